@@ -1,0 +1,22 @@
+//! Types that cross a process boundary in Drake: what `drake probe` prints, what a
+//! profile says, what `drake plan` decides, what `drake transcode` reports.
+//!
+//! This crate links no media library and does no I/O beyond reading profile files,
+//! so the coordinator can use it without pulling in libav.
+
+pub mod plan;
+pub mod probe;
+pub mod profile;
+pub mod report;
+
+/// Version of the JSON documents in this crate. Readers accept documents whose
+/// version they know; new optional fields do not bump it.
+pub const WIRE_VERSION: u32 = 1;
+
+/// Exit codes of the engine's subcommands. The farm retries only [`exit::INTERNAL`].
+pub mod exit {
+    /// The input (or the profile) cannot be transcoded; retrying will not help.
+    pub const BAD_INPUT: i32 = 65;
+    /// Something went wrong on this machine (I/O, encoder, verification).
+    pub const INTERNAL: i32 = 70;
+}

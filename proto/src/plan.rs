@@ -1,0 +1,175 @@
+//! Which of a profile's renditions apply to a source, and at what size and rate.
+//!
+//! Pure: the same probe and profile always give the same plan, so the coordinator
+//! can plan and each transcode process can re-derive its own rendition by name.
+
+use crate::probe::Probe;
+use crate::profile::{Profile, RateControl, VideoCodec};
+use serde::{Deserialize, Serialize};
+
+/// Name of the rendition planned for a source without video.
+pub const AUDIO_RENDITION: &str = "audio";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub profile: String,
+    pub renditions: Vec<PlannedRendition>,
+    pub skipped: Vec<Skipped>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedRendition {
+    pub name: String,
+    /// 0 for an audio-only rendition.
+    pub width: u32,
+    pub height: u32,
+    pub video: Option<PlannedVideo>,
+    pub audio: Option<PlannedAudio>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedVideo {
+    pub codec: VideoCodec,
+    /// Constant output frame rate as `num/den`.
+    pub frame_rate: String,
+    pub gop_seconds: f64,
+    pub segment_seconds: f64,
+    pub crf: Option<u32>,
+    pub bitrate: Option<u32>,
+    pub maxrate: u32,
+    pub bufsize: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedAudio {
+    pub codec: String,
+    pub bitrate: u32,
+    pub channels: u32,
+    pub sample_rate: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("the source has no audio or video stream")]
+    NoMedia,
+    #[error("the source picture is {0}x{1}, which is not a usable size")]
+    BadGeometry(u32, u32),
+}
+
+/// Frame rates that sources claim approximately; snapping to them keeps timestamps exact.
+const STANDARD_RATES: &[(u32, u32)] = &[(24000, 1001), (24, 1), (25, 1), (30000, 1001), (30, 1), (48, 1), (50, 1), (60000, 1001), (60, 1)];
+
+/// Turns a measured frame rate into an exact rational, snapping to broadcast rates
+/// within 0.5% (variable frame rate phones report 29.97-ish averages).
+pub fn rational_frame_rate(fps: f64) -> (u32, u32) {
+    if let Some(&(n, d)) = STANDARD_RATES.iter().min_by(|a, b| {
+        let da = (a.0 as f64 / a.1 as f64 - fps).abs();
+        let db = (b.0 as f64 / b.1 as f64 - fps).abs();
+        da.total_cmp(&db)
+    }) {
+        let r = n as f64 / d as f64;
+        if ((r - fps) / r).abs() < 0.005 {
+            return (n, d);
+        }
+    }
+    if (fps - fps.round()).abs() < 0.01 {
+        return (fps.round().max(1.0) as u32, 1);
+    }
+    ((fps * 1000.0).round().max(1.0) as u32, 1000)
+}
+
+/// The output rate for a source rate under a profile's cap: halve high rates when
+/// that fits (120 -> 60, 100 -> 50), else clamp to the cap.
+fn capped_rate(fps: f64, max: f64) -> (u32, u32) {
+    let fps = if fps.is_finite() && fps > 0.0 { fps } else { 25.0 };
+    if fps <= max + 1e-6 {
+        rational_frame_rate(fps)
+    } else if fps / 2.0 <= max + 1e-6 {
+        rational_frame_rate(fps / 2.0)
+    } else {
+        rational_frame_rate(max)
+    }
+}
+
+fn even(x: f64) -> u32 {
+    ((x / 2.0).round() as u32 * 2).max(2)
+}
+
+pub fn plan(probe: &Probe, profile: &Profile) -> Result<Plan, PlanError> {
+    let audio = probe.main_audio().map(|_| PlannedAudio {
+        codec: "aac".into(),
+        bitrate: profile.audio.bitrate,
+        channels: profile.audio.channels,
+        sample_rate: profile.audio.sample_rate,
+    });
+    let Some(v) = probe.main_video() else {
+        if audio.is_none() {
+            return Err(PlanError::NoMedia);
+        }
+        let skipped = profile.rungs.iter().map(|r| Skipped { name: r.name.clone(), reason: "the source has no video".into() }).collect();
+        let r = PlannedRendition { name: AUDIO_RENDITION.into(), width: 0, height: 0, video: None, audio };
+        return Ok(Plan { profile: profile.name.clone(), renditions: vec![r], skipped });
+    };
+    let (dw, dh) = (v.display_width, v.display_height);
+    if dw < 2 || dh < 2 || dw > 16384 || dh > 16384 {
+        return Err(PlanError::BadGeometry(dw, dh));
+    }
+    // Rungs are named by the short side, so a portrait 1080x1920 phone video gets "1080p".
+    let (short, long) = (dw.min(dh) as f64, dw.max(dh) as f64);
+    let portrait = dh > dw;
+    let (num, den) = capped_rate(v.frame_rate, profile.video.max_frame_rate);
+    let video_for = |rate: RateControl| {
+        let (crf, bitrate, maxrate, bufsize) = match rate {
+            RateControl::CappedCrf { crf, maxrate, bufsize } => (Some(crf), None, maxrate, bufsize),
+            RateControl::Bitrate { bitrate, maxrate, bufsize } => (None, Some(bitrate), maxrate, bufsize),
+        };
+        PlannedVideo {
+            codec: profile.video.codec,
+            frame_rate: format!("{num}/{den}"),
+            gop_seconds: profile.video.gop_seconds,
+            segment_seconds: profile.video.segment_seconds,
+            crf,
+            bitrate,
+            maxrate,
+            bufsize,
+        }
+    };
+    let sized = |short_side: f64| {
+        let s = even(short_side);
+        let l = even(long * short_side / short);
+        if portrait { (s, l) } else { (l, s) }
+    };
+
+    let mut renditions = Vec::new();
+    let mut skipped = Vec::new();
+    for rung in &profile.rungs {
+        if rung.height as f64 > short {
+            skipped.push(Skipped { name: rung.name.clone(), reason: format!("would upscale: the source is {dw}x{dh}") });
+            continue;
+        }
+        let (width, height) = sized(rung.height as f64);
+        renditions.push(PlannedRendition { name: rung.name.clone(), width, height, video: Some(video_for(rung.rate)), audio: audio.clone() });
+    }
+    if renditions.is_empty() {
+        // Smaller than the lowest rung: one rendition at the source's own (even) size.
+        let (width, height) = sized(short);
+        let lowest = &profile.rungs[0];
+        renditions.push(PlannedRendition {
+            name: format!("{}p", width.min(height)),
+            width,
+            height,
+            video: Some(video_for(lowest.rate)),
+            audio: audio.clone(),
+        });
+    }
+    Ok(Plan { profile: profile.name.clone(), renditions, skipped })
+}
+
+#[cfg(test)]
+mod tests;

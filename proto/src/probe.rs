@@ -1,0 +1,86 @@
+//! The source description printed by `drake probe` and consumed by the planner.
+//!
+//! Sizes here are what a viewer sees: `display_*` already accounts for rotation and
+//! non-square pixels, so the planner never has to.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    /// libav demuxer name, for example `mov,mp4,m4a,3gp,3g2,mj2` or `mpegts`.
+    pub container: String,
+    /// Seconds, from the container (or the longest stream when the container has none).
+    pub duration: f64,
+    /// Bits per second over the whole file; 0 when unknown.
+    pub bitrate: u64,
+    pub size_bytes: Option<u64>,
+    pub streams: Vec<StreamInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StreamInfo {
+    Video(VideoStream),
+    Audio(AudioStream),
+    /// Subtitles, data and attachments: listed so users see them, never transcoded.
+    Other { index: usize, codec: String, medium: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VideoStream {
+    pub index: usize,
+    pub codec: String,
+    pub coded_width: u32,
+    pub coded_height: u32,
+    /// Upright, square-pixel size a player would show.
+    pub display_width: u32,
+    pub display_height: u32,
+    /// Sample aspect ratio as `num:den` (`1:1` for square pixels).
+    pub sample_aspect_ratio: String,
+    /// Clockwise degrees a player must rotate the coded picture: 0, 90, 180 or 270.
+    pub rotation: u32,
+    /// Nominal frame rate the engine will output (constant), frames per second.
+    pub frame_rate: f64,
+    /// The container's average rate as `num/den`, which differs from `frame_rate`
+    /// for variable frame rate sources.
+    pub avg_frame_rate: String,
+    pub pix_fmt: String,
+    pub bit_depth: u32,
+    pub default: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioStream {
+    pub index: usize,
+    pub codec: String,
+    pub channels: u32,
+    pub channel_layout: String,
+    pub sample_rate: u32,
+    pub default: bool,
+}
+
+impl Probe {
+    pub fn videos(&self) -> impl Iterator<Item = &VideoStream> {
+        self.streams.iter().filter_map(|s| match s {
+            StreamInfo::Video(v) => Some(v),
+            _ => None,
+        })
+    }
+
+    pub fn audios(&self) -> impl Iterator<Item = &AudioStream> {
+        self.streams.iter().filter_map(|s| match s {
+            StreamInfo::Audio(a) => Some(a),
+            _ => None,
+        })
+    }
+
+    /// The video stream Drake transcodes: the default-flagged one, else the first.
+    pub fn main_video(&self) -> Option<&VideoStream> {
+        self.videos().find(|v| v.default).or_else(|| self.videos().next())
+    }
+
+    /// The audio stream Drake transcodes: the default track only, else the first.
+    pub fn main_audio(&self) -> Option<&AudioStream> {
+        self.audios().find(|a| a.default).or_else(|| self.audios().next())
+    }
+}
