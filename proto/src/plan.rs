@@ -30,6 +30,9 @@ pub struct PlannedRendition {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedVideo {
     pub codec: VideoCodec,
+    /// x264 preset (H.264) or libvpx `cpu-used` (VP9), from the profile.
+    pub preset: Option<String>,
+    pub cpu_used: Option<u32>,
     /// Constant output frame rate as `num/den`.
     pub frame_rate: String,
     pub gop_seconds: f64,
@@ -63,7 +66,17 @@ pub enum PlanError {
 }
 
 /// Frame rates that sources claim approximately; snapping to them keeps timestamps exact.
-const STANDARD_RATES: &[(u32, u32)] = &[(24000, 1001), (24, 1), (25, 1), (30000, 1001), (30, 1), (48, 1), (50, 1), (60000, 1001), (60, 1)];
+const STANDARD_RATES: &[(u32, u32)] = &[
+    (24000, 1001),
+    (24, 1),
+    (25, 1),
+    (30000, 1001),
+    (30, 1),
+    (48, 1),
+    (50, 1),
+    (60000, 1001),
+    (60, 1),
+];
 
 /// Turns a measured frame rate into an exact rational, snapping to broadcast rates
 /// within 0.5% (variable frame rate phones report 29.97-ish averages).
@@ -87,7 +100,11 @@ pub fn rational_frame_rate(fps: f64) -> (u32, u32) {
 /// The output rate for a source rate under a profile's cap: halve high rates when
 /// that fits (120 -> 60, 100 -> 50), else clamp to the cap.
 fn capped_rate(fps: f64, max: f64) -> (u32, u32) {
-    let fps = if fps.is_finite() && fps > 0.0 { fps } else { 25.0 };
+    let fps = if fps.is_finite() && fps > 0.0 {
+        fps
+    } else {
+        25.0
+    };
     if fps <= max + 1e-6 {
         rational_frame_rate(fps)
     } else if fps / 2.0 <= max + 1e-6 {
@@ -112,9 +129,26 @@ pub fn plan(probe: &Probe, profile: &Profile) -> Result<Plan, PlanError> {
         if audio.is_none() {
             return Err(PlanError::NoMedia);
         }
-        let skipped = profile.rungs.iter().map(|r| Skipped { name: r.name.clone(), reason: "the source has no video".into() }).collect();
-        let r = PlannedRendition { name: AUDIO_RENDITION.into(), width: 0, height: 0, video: None, audio };
-        return Ok(Plan { profile: profile.name.clone(), renditions: vec![r], skipped });
+        let skipped = profile
+            .rungs
+            .iter()
+            .map(|r| Skipped {
+                name: r.name.clone(),
+                reason: "the source has no video".into(),
+            })
+            .collect();
+        let r = PlannedRendition {
+            name: AUDIO_RENDITION.into(),
+            width: 0,
+            height: 0,
+            video: None,
+            audio,
+        };
+        return Ok(Plan {
+            profile: profile.name.clone(),
+            renditions: vec![r],
+            skipped,
+        });
     };
     let (dw, dh) = (v.display_width, v.display_height);
     if dw < 2 || dh < 2 || dw > 16384 || dh > 16384 {
@@ -126,11 +160,21 @@ pub fn plan(probe: &Probe, profile: &Profile) -> Result<Plan, PlanError> {
     let (num, den) = capped_rate(v.frame_rate, profile.video.max_frame_rate);
     let video_for = |rate: RateControl| {
         let (crf, bitrate, maxrate, bufsize) = match rate {
-            RateControl::CappedCrf { crf, maxrate, bufsize } => (Some(crf), None, maxrate, bufsize),
-            RateControl::Bitrate { bitrate, maxrate, bufsize } => (None, Some(bitrate), maxrate, bufsize),
+            RateControl::CappedCrf {
+                crf,
+                maxrate,
+                bufsize,
+            } => (Some(crf), None, maxrate, bufsize),
+            RateControl::Bitrate {
+                bitrate,
+                maxrate,
+                bufsize,
+            } => (None, Some(bitrate), maxrate, bufsize),
         };
         PlannedVideo {
             codec: profile.video.codec,
+            preset: profile.video.preset.clone(),
+            cpu_used: profile.video.cpu_used,
             frame_rate: format!("{num}/{den}"),
             gop_seconds: profile.video.gop_seconds,
             segment_seconds: profile.video.segment_seconds,
@@ -150,11 +194,20 @@ pub fn plan(probe: &Probe, profile: &Profile) -> Result<Plan, PlanError> {
     let mut skipped = Vec::new();
     for rung in &profile.rungs {
         if rung.height as f64 > short {
-            skipped.push(Skipped { name: rung.name.clone(), reason: format!("would upscale: the source is {dw}x{dh}") });
+            skipped.push(Skipped {
+                name: rung.name.clone(),
+                reason: format!("would upscale: the source is {dw}x{dh}"),
+            });
             continue;
         }
         let (width, height) = sized(rung.height as f64);
-        renditions.push(PlannedRendition { name: rung.name.clone(), width, height, video: Some(video_for(rung.rate)), audio: audio.clone() });
+        renditions.push(PlannedRendition {
+            name: rung.name.clone(),
+            width,
+            height,
+            video: Some(video_for(rung.rate)),
+            audio: audio.clone(),
+        });
     }
     if renditions.is_empty() {
         // Smaller than the lowest rung: one rendition at the source's own (even) size.
@@ -168,7 +221,11 @@ pub fn plan(probe: &Probe, profile: &Profile) -> Result<Plan, PlanError> {
             audio: audio.clone(),
         });
     }
-    Ok(Plan { profile: profile.name.clone(), renditions, skipped })
+    Ok(Plan {
+        profile: profile.name.clone(),
+        renditions,
+        skipped,
+    })
 }
 
 #[cfg(test)]

@@ -23,7 +23,11 @@ pub enum StreamInfo {
     Video(VideoStream),
     Audio(AudioStream),
     /// Subtitles, data and attachments: listed so users see them, never transcoded.
-    Other { index: usize, codec: String, medium: String },
+    Other {
+        index: usize,
+        codec: String,
+        medium: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,11 +80,15 @@ impl Probe {
 
     /// The video stream Drake transcodes: the default-flagged one, else the first.
     pub fn main_video(&self) -> Option<&VideoStream> {
-        self.videos().find(|v| v.default).or_else(|| self.videos().next())
+        self.videos()
+            .find(|v| v.default)
+            .or_else(|| self.videos().next())
     }
 
     /// The audio stream Drake transcodes: the default track only, else the first.
     pub fn main_audio(&self) -> Option<&AudioStream> {
-        self.audios().find(|a| a.default).or_else(|| self.audios().next())
+        self.audios()
+            .find(|a| a.default)
+            .or_else(|| self.audios().next())
     }
 }

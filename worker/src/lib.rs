@@ -1,1 +1,21 @@
-pub use ffmpeg_next; pub fn x(){ ffmpeg_next::init().unwrap(); }
+//! The transcode engine: everything that touches libav. Each entry point runs in
+//! its own `drake` child process, so a libav crash costs one task, not a worker.
+
+pub mod av;
+pub mod codecs;
+pub mod error;
+pub mod files;
+pub mod fmp4;
+pub mod probe;
+pub mod thumbnails;
+pub mod transcode;
+pub mod verify;
+
+pub use error::{EngineError, Result};
+
+/// Initializes libav once per process.
+pub fn init() -> Result<()> {
+    ffmpeg_next::init().map_err(|e| EngineError::internal("initializing libav", e))?;
+    av::quiet_logs();
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Small safe wrappers over the libav fields ffmpeg-next does not expose, and the
+//! one place that opens inputs (so every open gets the same protocol whitelist).
+//!
+//! Every `unsafe` block here reads plain fields of structs owned by a live context.
+
+use crate::error::{EngineError, Result};
+use ff::ffi;
+use ffmpeg_next as ff;
+use std::ffi::CStr;
+
+/// True for inputs libav should fetch over HTTP (with range requests).
+pub fn is_url(input: &str) -> bool {
+    input.starts_with("http://") || input.starts_with("https://")
+}
+
+/// Opens an input. Only `file` (for paths) or `http(s)` (for URLs) protocols are
+/// allowed, so a crafted name such as `concat:` or a playlist pointing elsewhere
+/// cannot make libav read files it was not given.
+pub fn open_input(input: &str) -> Result<ff::format::context::Input> {
+    let mut opts = ff::Dictionary::new();
+    let target = if is_url(input) {
+        opts.set("protocol_whitelist", "http,https,tcp,tls");
+        opts.set("reconnect", "1");
+        opts.set("rw_timeout", "30000000");
+        input.to_string()
+    } else {
+        let meta = std::fs::metadata(input)
+            .map_err(|e| EngineError::bad(format!("cannot read {input}: {e}")))?;
+        if !meta.is_file() {
+            return Err(EngineError::bad(format!("{input} is not a file")));
+        }
+        if meta.len() == 0 {
+            return Err(EngineError::bad(format!("{input} is empty (0 bytes)")));
+        }
+        opts.set("protocol_whitelist", "file");
+        format!("file:{input}")
+    };
+    ff::format::input_with_dictionary(&target, opts).map_err(|e| open_error(input, e))
+}
+
+/// Classifies a failure to open an input. Network trouble is retryable; anything
+/// libav could reach but not understand is bad input.
+fn open_error(input: &str, e: ff::Error) -> EngineError {
+    use ff::Error as E;
+    match e {
+        E::HttpNotFound
+        | E::HttpForbidden
+        | E::HttpUnauthorized
+        | E::HttpBadRequest
+        | E::HttpOther4xx => EngineError::bad(format!("cannot fetch {input}: {e}")),
+        E::HttpServerError | E::Exit | E::Other { .. } if is_url(input) => {
+            EngineError::internal(format!("cannot fetch {input}"), e)
+        }
+        E::InvalidData => {
+            EngineError::bad("not a media file libav can read (unrecognised or corrupt container)")
+        }
+        other => EngineError::bad(format!("cannot open as media: {other}")),
+    }
+}
+
+/// The codec parameters of a stream, read directly.
+pub fn params<'a>(stream: &'a ff::format::stream::Stream<'_>) -> &'a ffi::AVCodecParameters {
+    // SAFETY: the parameters pointer lives as long as the stream (and its context).
+    unsafe { &*(*stream.as_ptr()).codecpar }
+}
+
+pub fn codec_name(id: ffi::AVCodecID) -> String {
+    // SAFETY: avcodec_get_name returns a static string for every id.
+    unsafe {
+        CStr::from_ptr(ffi::avcodec_get_name(id))
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+pub fn pix_fmt_name(fmt: i32) -> String {
+    if fmt < 0 {
+        return "unknown".into();
+    }
+    // SAFETY: fmt is an AVPixelFormat value from libav; a null name means unknown.
+    unsafe {
+        let p = ffi::av_get_pix_fmt_name(std::mem::transmute::<i32, ffi::AVPixelFormat>(fmt));
+        if p.is_null() {
+            "unknown".into()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    }
+}
+
+/// Bits per luma sample of a pixel format (8 when unknown).
+pub fn bit_depth(fmt: i32) -> u32 {
+    if fmt < 0 {
+        return 8;
+    }
+    // SAFETY: av_pix_fmt_desc_get returns null or a static descriptor.
+    unsafe {
+        let d = ffi::av_pix_fmt_desc_get(std::mem::transmute::<i32, ffi::AVPixelFormat>(fmt));
+        if d.is_null() {
+            8
+        } else {
+            (*d).comp[0].depth as u32
+        }
+    }
+}
+
+pub fn channel_layout_name(p: &ffi::AVCodecParameters) -> String {
+    let mut buf = [0 as std::os::raw::c_char; 128];
+    // SAFETY: the buffer is large enough and NUL-terminated by libav on success.
+    unsafe {
+        if ffi::av_channel_layout_describe(&p.ch_layout, buf.as_mut_ptr(), buf.len()) < 0 {
+            return "unknown".into();
+        }
+        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+    }
+}
+
+/// Clockwise rotation a player applies, from the display matrix: 0, 90, 180 or 270.
+pub fn rotation(stream: &ff::format::stream::Stream) -> u32 {
+    for sd in stream.side_data() {
+        if sd.kind() == ff::codec::packet::side_data::Type::DisplayMatrix && sd.data().len() >= 36 {
+            // SAFETY: a display matrix is nine i32s; we checked the length.
+            let theta = unsafe { ffi::av_display_rotation_get(sd.data().as_ptr() as *const i32) };
+            if theta.is_nan() {
+                return 0;
+            }
+            // libav's angle is counter-clockwise; players rotate clockwise by its negation.
+            let cw = (-theta).rem_euclid(360.0);
+            return ((cw / 90.0).round() as u32 % 4) * 90;
+        }
+    }
+    0
+}
+
+/// Flushes the buffered fragment of a fragmented MP4 muxer (`movflags=frag_custom`).
+pub fn flush_fragment(octx: &mut ff::format::context::Output) -> Result<()> {
+    // SAFETY: a null packet asks the interleaver to drain, then the muxer to flush.
+    let (a, b) = unsafe {
+        let a = ffi::av_interleaved_write_frame(octx.as_mut_ptr(), std::ptr::null_mut());
+        let b = ffi::av_write_frame(octx.as_mut_ptr(), std::ptr::null_mut());
+        (a, b)
+    };
+    if a < 0 || b < 0 {
+        return Err(EngineError::internal(
+            "flushing an fMP4 fragment",
+            ff::Error::from(a.min(b)),
+        ));
+    }
+    Ok(())
+}
+
+/// Lowers libav's log level so its chatter does not reach stderr, where the farm
+/// reads our one-line error. Errors still show.
+pub fn quiet_logs() {
+    ff::util::log::set_level(ff::util::log::Level::Error);
+}

@@ -1,0 +1,122 @@
+//! `drake probe`: describes a source from its container headers. Decodes nothing.
+
+use crate::av;
+use crate::error::{EngineError, Result};
+use ff::ffi;
+use ff::format::stream::Disposition;
+use ffmpeg_next as ff;
+use proto::probe::{AudioStream, Probe, StreamInfo, VideoStream};
+
+/// Streams beyond this count make an input suspicious rather than useful.
+pub const MAX_STREAMS: usize = 64;
+
+pub fn probe(input: &str) -> Result<Probe> {
+    let ictx = av::open_input(input)?;
+    describe(&ictx, input)
+}
+
+pub fn describe(ictx: &ff::format::context::Input, input: &str) -> Result<Probe> {
+    if ictx.nb_streams() as usize > MAX_STREAMS {
+        return Err(EngineError::bad(format!(
+            "{} streams (at most {MAX_STREAMS} are accepted)",
+            ictx.nb_streams()
+        )));
+    }
+    let mut streams = Vec::new();
+    let mut longest = 0.0f64;
+    for s in ictx.streams() {
+        let p = av::params(&s);
+        let default = s.disposition().contains(Disposition::DEFAULT);
+        if s.duration() > 0 {
+            longest = longest.max(s.duration() as f64 * f64::from(s.time_base()));
+        }
+        let info = match p.codec_type {
+            ffi::AVMediaType::AVMEDIA_TYPE_VIDEO
+                if s.disposition().contains(Disposition::ATTACHED_PIC) =>
+            {
+                other(&s, "cover art")
+            }
+            ffi::AVMediaType::AVMEDIA_TYPE_VIDEO => {
+                let rotation = av::rotation(&s);
+                let sar = if p.sample_aspect_ratio.num > 0 && p.sample_aspect_ratio.den > 0 {
+                    (
+                        p.sample_aspect_ratio.num as u32,
+                        p.sample_aspect_ratio.den as u32,
+                    )
+                } else {
+                    (1, 1)
+                };
+                let (w, h) = (p.width.max(0) as u32, p.height.max(0) as u32);
+                let dw = ((w as u64 * sar.0 as u64) as f64 / sar.1 as f64).round() as u32;
+                let (display_width, display_height) = if rotation % 180 == 90 {
+                    (h, dw)
+                } else {
+                    (dw, h)
+                };
+                let avg = s.avg_frame_rate();
+                let rate = if avg.numerator() > 0 && avg.denominator() > 0 {
+                    avg
+                } else {
+                    s.rate()
+                };
+                let frame_rate = if rate.denominator() > 0 {
+                    f64::from(rate)
+                } else {
+                    0.0
+                };
+                StreamInfo::Video(VideoStream {
+                    index: s.index(),
+                    codec: av::codec_name(p.codec_id),
+                    coded_width: w,
+                    coded_height: h,
+                    display_width,
+                    display_height,
+                    sample_aspect_ratio: format!("{}:{}", sar.0, sar.1),
+                    rotation,
+                    frame_rate: (frame_rate * 1000.0).round() / 1000.0,
+                    avg_frame_rate: format!("{}/{}", avg.numerator(), avg.denominator()),
+                    pix_fmt: av::pix_fmt_name(p.format),
+                    bit_depth: av::bit_depth(p.format),
+                    default,
+                })
+            }
+            ffi::AVMediaType::AVMEDIA_TYPE_AUDIO => StreamInfo::Audio(AudioStream {
+                index: s.index(),
+                codec: av::codec_name(p.codec_id),
+                channels: p.ch_layout.nb_channels.max(0) as u32,
+                channel_layout: av::channel_layout_name(p),
+                sample_rate: p.sample_rate.max(0) as u32,
+                default,
+            }),
+            ffi::AVMediaType::AVMEDIA_TYPE_SUBTITLE => other(&s, "subtitle"),
+            ffi::AVMediaType::AVMEDIA_TYPE_ATTACHMENT => other(&s, "attachment"),
+            _ => other(&s, "data"),
+        };
+        streams.push(info);
+    }
+    let duration = if ictx.duration() > 0 {
+        ictx.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE)
+    } else {
+        longest
+    };
+    let size_bytes = if av::is_url(input) {
+        None
+    } else {
+        std::fs::metadata(input).ok().map(|m| m.len())
+    };
+    Ok(Probe {
+        container: ictx.format().name().to_string(),
+        duration: (duration * 1e6).round() / 1e6,
+        bitrate: ictx.bit_rate().max(0) as u64,
+        size_bytes,
+        streams,
+    })
+}
+
+fn other(s: &ff::format::stream::Stream, medium: &str) -> StreamInfo {
+    StreamInfo::Other {
+        index: s.index(),
+        codec: av::codec_name(av::params(s).codec_id),
+        medium: medium.into(),
+    }
+}

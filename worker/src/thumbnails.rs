@@ -1,0 +1,525 @@
+//! `drake thumbnails`: a poster, N thumbnails spread over the video, and a
+//! storyboard sprite sheet with a WebVTT index. libav decodes and converts to RGB;
+//! the image crate rotates, resizes and encodes.
+//!
+//! Frames are found by time: the walker seeks when the next target is far ahead
+//! and decodes forward otherwise, so a 2-minute clip is decoded once and a 2-hour
+//! film costs one GOP per target.
+
+use crate::av;
+use crate::error::{Context as _, EngineError, Result};
+use crate::files::{self, Staging};
+use ff::software::scaling;
+use ff::{Packet, Rational, Rescale, codec, decoder, format, frame};
+use ffmpeg_next as ff;
+use image::{RgbImage, imageops};
+use proto::report::{Image, Storyboard, ThumbnailsReport};
+use std::fmt::Write as _;
+use std::path::Path;
+
+pub const REPORT: &str = "thumbnails.json";
+pub const MAX_COUNT: usize = 100;
+const TILE_BOX: u32 = 160;
+const THUMB_BOX: (u32, u32) = (640, 640);
+const POSTER_BOX: (u32, u32) = (1280, 1280);
+const SHEET_COLUMNS: u32 = 10;
+const SHEET_ROWS: u32 = 10;
+/// Candidate frames examined per thumbnail slot.
+const CANDIDATES: usize = 8;
+
+/// Storyboard tile interval by length, as the big platforms do.
+pub fn tile_interval(duration: f64) -> f64 {
+    match duration {
+        d if d <= 120.0 => 2.0,
+        d if d <= 600.0 => 5.0,
+        d if d <= 1800.0 => 10.0,
+        d if d <= 3600.0 => 20.0,
+        _ => 30.0,
+    }
+}
+
+pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
+    if count == 0 || count > MAX_COUNT {
+        return Err(EngineError::bad(format!("--count must be 1..={MAX_COUNT}")));
+    }
+    let ictx = av::open_input(input)?;
+    let probe = crate::probe::describe(&ictx, input)?;
+    let v = probe
+        .main_video()
+        .cloned()
+        .ok_or_else(|| EngineError::bad("the source has no video to take thumbnails from"))?;
+    if v.display_width < 2
+        || v.display_height < 2
+        || v.display_width > 16384
+        || v.display_height > 16384
+    {
+        return Err(EngineError::bad(format!(
+            "the source picture is {}x{}",
+            v.display_width, v.display_height
+        )));
+    }
+    let duration = probe.duration.max(0.04);
+    let staging = Staging::new(out)?;
+    let mut walker = Walker::new(ictx, v.index, v.rotation)?;
+
+    // Thumbnail slots: candidates spread over each of `count` equal slices.
+    let slot = duration / count as f64;
+    let mut targets: Vec<(f64, Use)> = Vec::new();
+    for k in 0..count {
+        for j in 0..CANDIDATES {
+            targets.push((
+                k as f64 * slot + (j as f64 + 0.5) * slot / CANDIDATES as f64,
+                Use::Candidate(k),
+            ));
+        }
+    }
+    let interval = tile_interval(duration);
+    let tiles = (duration / interval).ceil().max(1.0) as usize;
+    for i in 0..tiles {
+        targets.push((i as f64 * interval, Use::Tile(i)));
+    }
+    targets.sort_by(|a, b| a.0.total_cmp(&b.0));
+
+    let (tw, th) = fit(v.display_width, v.display_height, TILE_BOX, TILE_BOX);
+    let mut candidates: Vec<Vec<(f64, RgbImage, Stats)>> = vec![Vec::new(); count];
+    let mut tile_images: Vec<Option<RgbImage>> = vec![None; tiles];
+    for (t, use_) in targets {
+        let Some((time, img)) = walker.frame_at(t)? else {
+            break;
+        };
+        match use_ {
+            Use::Candidate(k) => {
+                let (pw, ph) = fit(img.width(), img.height(), POSTER_BOX.0, POSTER_BOX.1);
+                let small = imageops::resize(&img, pw, ph, imageops::FilterType::Triangle);
+                let stats = Stats::of(&small);
+                candidates[k].push((time, small, stats));
+            }
+            Use::Tile(i) => {
+                tile_images[i] = Some(imageops::resize(
+                    &img,
+                    tw,
+                    th,
+                    imageops::FilterType::Triangle,
+                ))
+            }
+        }
+    }
+    if candidates.iter().all(|c| c.is_empty()) {
+        return Err(EngineError::bad("no decodable video frames in the source"));
+    }
+
+    let mut written = Vec::new();
+    let mut thumbs = Vec::new();
+    let mut best_poster: Option<(f64, f64, RgbImage)> = None;
+    for (k, cands) in candidates.into_iter().enumerate() {
+        let Some((time, img, stats)) = pick_representative(cands) else {
+            continue;
+        };
+        let (w, h) = fit(img.width(), img.height(), THUMB_BOX.0, THUMB_BOX.1);
+        let thumb = imageops::resize(&img, w, h, imageops::FilterType::Lanczos3);
+        let name = format!("thumb_{k:02}.jpg");
+        save_jpeg(&thumb, &staging.path(&name), 85)?;
+        written.push(name.clone());
+        thumbs.push(Image {
+            path: name,
+            time: round3(time),
+            width: w,
+            height: h,
+        });
+        let score = stats.interest();
+        if best_poster.as_ref().is_none_or(|(s, _, _)| score > *s) {
+            best_poster = Some((score, time, img));
+        }
+    }
+    let (_, poster_time, poster_img) =
+        best_poster.ok_or_else(|| EngineError::bad("no usable frame for a poster"))?;
+    save_jpeg(&poster_img, &staging.path("poster.jpg"), 90)?;
+    written.push("poster.jpg".into());
+    let poster = Image {
+        path: "poster.jpg".into(),
+        time: round3(poster_time),
+        width: poster_img.width(),
+        height: poster_img.height(),
+    };
+
+    // Storyboard: sheets of up to 10x10 tiles, and one VTT cue per tile.
+    let per_sheet = (SHEET_COLUMNS * SHEET_ROWS) as usize;
+    let mut last_tile: Option<RgbImage> = None;
+    let mut sheets = Vec::new();
+    let mut vtt = String::from("WEBVTT\n\n");
+    for (s, chunk) in tile_images.chunks(per_sheet).enumerate() {
+        let rows = (chunk.len() as u32).div_ceil(SHEET_COLUMNS);
+        let cols = SHEET_COLUMNS.min(chunk.len() as u32);
+        let mut sheet = RgbImage::new(cols * tw, rows * th);
+        let name = format!("storyboard_{s:02}.jpg");
+        for (i, tile) in chunk.iter().enumerate() {
+            // Past the last decodable frame (a short final GOP), repeat the last tile.
+            let tile = tile
+                .clone()
+                .or_else(|| last_tile.clone())
+                .unwrap_or_else(|| RgbImage::new(tw, th));
+            let (x, y) = (
+                (i as u32 % SHEET_COLUMNS) * tw,
+                (i as u32 / SHEET_COLUMNS) * th,
+            );
+            imageops::replace(&mut sheet, &tile, x as i64, y as i64);
+            let n = s * per_sheet + i;
+            let start = n as f64 * interval;
+            let end = ((n + 1) as f64 * interval).min(duration);
+            let _ = write!(
+                vtt,
+                "{} --> {}\n{name}#xywh={x},{y},{tw},{th}\n\n",
+                vtt_time(start),
+                vtt_time(end)
+            );
+            last_tile = Some(tile);
+        }
+        save_jpeg(&sheet, &staging.path(&name), 80)?;
+        written.push(name.clone());
+        sheets.push(name);
+    }
+    std::fs::write(staging.path("storyboard.vtt"), vtt).ctx(|| "writing storyboard.vtt".into())?;
+    written.push("storyboard.vtt".into());
+
+    let report = ThumbnailsReport {
+        version: proto::WIRE_VERSION,
+        poster,
+        thumbnails: thumbs,
+        storyboard: Storyboard {
+            vtt: "storyboard.vtt".into(),
+            sheets,
+            interval,
+            tile_width: tw,
+            tile_height: th,
+            columns: SHEET_COLUMNS,
+            rows: SHEET_ROWS,
+            tiles,
+        },
+        checksums: staging.checksums(&written)?,
+    };
+    files::write_json(&staging.path(REPORT), &report)?;
+    staging.commit(REPORT)?;
+    Ok(report)
+}
+
+#[derive(Clone, Copy)]
+enum Use {
+    Candidate(usize),
+    Tile(usize),
+}
+
+/// Largest even size with the aspect of `w`x`h` that fits in `bw`x`bh`.
+pub fn fit(w: u32, h: u32, bw: u32, bh: u32) -> (u32, u32) {
+    let scale = (bw as f64 / w as f64).min(bh as f64 / h as f64);
+    let even = |x: f64| ((x / 2.0).round() as u32 * 2).max(2);
+    (even(w as f64 * scale), even(h as f64 * scale))
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn vtt_time(t: f64) -> String {
+    let ms = (t * 1000.0).round() as u64;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
+fn save_jpeg(img: &RgbImage, path: &Path, quality: u8) -> Result<()> {
+    let file = std::fs::File::create(path).ctx(|| format!("creating {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, quality);
+    img.write_with_encoder(enc)
+        .ctx(|| format!("encoding {}", path.display()))
+}
+
+/// Luma statistics of a frame, for telling real pictures from black, white and fades.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stats {
+    pub mean: f64,
+    pub stddev: f64,
+    pub entropy: f64,
+    pub histogram: [f32; 32],
+}
+
+impl Stats {
+    pub fn of(img: &RgbImage) -> Stats {
+        let mut hist = [0u64; 32];
+        let (mut sum, mut sum2, mut n) = (0f64, 0f64, 0u64);
+        let step = ((img.width() * img.height()) as usize / 20_000).max(1);
+        for p in img.pixels().step_by(step) {
+            let y = 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64;
+            hist[(y as usize / 8).min(31)] += 1;
+            sum += y;
+            sum2 += y * y;
+            n += 1;
+        }
+        let n = n.max(1) as f64;
+        let mean = sum / n;
+        let stddev = (sum2 / n - mean * mean).max(0.0).sqrt();
+        let mut histogram = [0f32; 32];
+        let mut entropy = 0.0;
+        for (h, c) in histogram.iter_mut().zip(hist) {
+            let p = c as f64 / n;
+            *h = p as f32;
+            if p > 0.0 {
+                entropy -= p * p.log2();
+            }
+        }
+        Stats {
+            mean,
+            stddev,
+            entropy,
+            histogram,
+        }
+    }
+
+    /// Black, white, fades and flat frames: dark or bright with little detail.
+    pub fn is_blank(&self) -> bool {
+        self.mean < 24.0 || self.mean > 235.0 || self.stddev < 12.0
+    }
+
+    fn interest(&self) -> f64 {
+        if self.is_blank() {
+            self.entropy * 0.01
+        } else {
+            self.entropy * self.stddev
+        }
+    }
+}
+
+/// Like libav's `thumbnail` filter: among frames that are not blank, the one whose
+/// histogram is closest to their average. Falls back to the most detailed frame.
+fn pick_representative(cands: Vec<(f64, RgbImage, Stats)>) -> Option<(f64, RgbImage, Stats)> {
+    let good: Vec<_> = cands.iter().filter(|c| !c.2.is_blank()).collect();
+    if good.is_empty() {
+        return cands
+            .into_iter()
+            .max_by(|a, b| a.2.interest().total_cmp(&b.2.interest()));
+    }
+    let mut avg = [0f32; 32];
+    for c in &good {
+        for (a, h) in avg.iter_mut().zip(c.2.histogram) {
+            *a += h / good.len() as f32;
+        }
+    }
+    let dist = |s: &Stats| {
+        s.histogram
+            .iter()
+            .zip(avg)
+            .map(|(h, a)| (h - a) * (h - a))
+            .sum::<f32>()
+    };
+    let best = good
+        .iter()
+        .min_by(|a, b| dist(&a.2).total_cmp(&dist(&b.2)))?;
+    Some((best.0, best.1.clone(), best.2))
+}
+
+/// Decodes the main video forward, seeking when the next target is far ahead.
+struct Walker {
+    ictx: format::context::Input,
+    index: usize,
+    tb: Rational,
+    start: f64,
+    rotation: u32,
+    decoder: decoder::Video,
+    scaler: Option<(scaling::Context, (u32, u32, format::Pixel))>,
+    /// The most recent decoded frame and its time (seconds from the start).
+    current: Option<(f64, frame::Video)>,
+    eof: bool,
+}
+
+/// Seek instead of decoding forward when the target is this far ahead.
+const SEEK_AHEAD: f64 = 6.0;
+
+impl Walker {
+    fn new(ictx: format::context::Input, index: usize, rotation: u32) -> Result<Walker> {
+        let ist = ictx.stream(index).expect("probed stream");
+        let tb = ist.time_base();
+        let codec_id = av::params(&ist).codec_id;
+        let mut dctx = codec::context::Context::from_parameters(ist.parameters())
+            .ctx(|| "reading decoder parameters".into())?;
+        dctx.set_threading(codec::threading::Config {
+            kind: codec::threading::Type::Frame,
+            count: 0,
+            ..Default::default()
+        });
+        let mut decoder = dctx.decoder().video().map_err(|e| {
+            EngineError::bad(format!(
+                "unsupported video codec {}: {e}",
+                av::codec_name(codec_id)
+            ))
+        })?;
+        decoder.set_packet_time_base(tb);
+        // SAFETY: start_time is a plain field of the open input context.
+        let start_time = unsafe { (*ictx.as_ptr()).start_time };
+        let start = if start_time != ff::ffi::AV_NOPTS_VALUE {
+            start_time as f64 / 1e6
+        } else {
+            0.0
+        };
+        Ok(Walker {
+            ictx,
+            index,
+            tb,
+            start,
+            rotation,
+            decoder,
+            scaler: None,
+            current: None,
+            eof: false,
+        })
+    }
+
+    /// The first frame at or after `t` (or the last frame, past the end), upright, in RGB.
+    fn frame_at(&mut self, t: f64) -> Result<Option<(f64, RgbImage)>> {
+        let ahead = self
+            .current
+            .as_ref()
+            .map_or(f64::INFINITY, |(ct, _)| t - ct);
+        if ahead > SEEK_AHEAD && !self.eof {
+            let ts = ((t + self.start) * 1e6) as i64;
+            if self.ictx.seek(ts, ..ts).is_ok() {
+                self.decoder.flush();
+                self.current = None;
+            }
+        }
+        while self.current.as_ref().is_none_or(|(ct, _)| *ct + 1e-3 < t) && !self.eof {
+            if !self.next_frame()? {
+                self.eof = true;
+            }
+        }
+        match self.current.take() {
+            Some((ct, f)) => {
+                let img = self.to_rgb(&f)?;
+                self.current = Some((ct, f));
+                Ok(Some((ct, img)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Decodes one more frame into `current`; false at the end of the stream.
+    fn next_frame(&mut self) -> Result<bool> {
+        let mut f = frame::Video::empty();
+        loop {
+            match self.decoder.receive_frame(&mut f) {
+                Ok(()) => {
+                    let Some(ts) = f.timestamp() else { continue };
+                    let t = ts.rescale(self.tb, Rational(1, 1_000_000)) as f64 / 1e6 - self.start;
+                    self.current = Some((t, f));
+                    return Ok(true);
+                }
+                Err(ff::Error::Eof) => return Ok(false),
+                Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => {}
+                Err(ff::Error::InvalidData) => continue,
+                Err(e) => return Err(EngineError::bad(format!("video decoding failed: {e}"))),
+            }
+            let mut pkt = Packet::empty();
+            match pkt.read(&mut self.ictx) {
+                Ok(()) if pkt.stream() == self.index => match self.decoder.send_packet(&pkt) {
+                    Ok(()) | Err(ff::Error::InvalidData) => {}
+                    Err(e) => return Err(EngineError::bad(format!("video decoding failed: {e}"))),
+                },
+                Ok(()) => {}
+                Err(ff::Error::Eof) => {
+                    let _ = self.decoder.send_eof();
+                }
+                Err(ff::Error::InvalidData) => {}
+                Err(e) => return Err(EngineError::bad(format!("the source cannot be read: {e}"))),
+            }
+        }
+    }
+
+    fn to_rgb(&mut self, f: &frame::Video) -> Result<RgbImage> {
+        let sar = f.aspect_ratio();
+        let dw = if sar.numerator() > 0 && sar.denominator() > 0 {
+            (f.width() as f64 * f64::from(sar)).round() as u32
+        } else {
+            f.width()
+        };
+        let dw = dw.clamp(2, 16384);
+        let key = (f.width(), f.height(), f.format());
+        if self.scaler.as_ref().is_none_or(|(_, k)| *k != key) {
+            let s = scaling::Context::get(
+                f.format(),
+                f.width(),
+                f.height(),
+                format::Pixel::RGB24,
+                dw,
+                f.height(),
+                scaling::Flags::BICUBIC,
+            )
+            .ctx(|| "creating the RGB converter".into())?;
+            self.scaler = Some((s, key));
+        }
+        let mut rgb = frame::Video::empty();
+        self.scaler
+            .as_mut()
+            .expect("set above")
+            .0
+            .run(f, &mut rgb)
+            .ctx(|| "converting to RGB".into())?;
+        let (w, h, stride) = (rgb.width() as usize, rgb.height() as usize, rgb.stride(0));
+        let mut buf = Vec::with_capacity(w * h * 3);
+        for y in 0..h {
+            buf.extend_from_slice(&rgb.data(0)[y * stride..y * stride + w * 3]);
+        }
+        let img = RgbImage::from_raw(w as u32, h as u32, buf).expect("buffer sized for the image");
+        Ok(match self.rotation {
+            90 => imageops::rotate90(&img),
+            180 => imageops::rotate180(&img),
+            270 => imageops::rotate270(&img),
+            _ => img,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_grow_with_length() {
+        for (d, i) in [
+            (30.0, 2.0),
+            (120.0, 2.0),
+            (300.0, 5.0),
+            (1200.0, 10.0),
+            (3000.0, 20.0),
+            (7200.0, 30.0),
+        ] {
+            assert_eq!(tile_interval(d), i, "{d}");
+        }
+    }
+
+    #[test]
+    fn blank_frames_are_recognised() {
+        let black = RgbImage::new(64, 36);
+        assert!(Stats::of(&black).is_blank());
+        let grey = RgbImage::from_pixel(64, 36, image::Rgb([128, 128, 128]));
+        assert!(Stats::of(&grey).is_blank(), "flat");
+        let noise = RgbImage::from_fn(64, 36, |x, y| {
+            image::Rgb([
+                ((x * 37 + y * 91) % 256) as u8,
+                ((x * 13) % 256) as u8,
+                ((y * 7) % 256) as u8,
+            ])
+        });
+        assert!(!Stats::of(&noise).is_blank());
+    }
+
+    #[test]
+    fn vtt_times() {
+        assert_eq!(vtt_time(0.0), "00:00:00.000");
+        assert_eq!(vtt_time(3725.5), "01:02:05.500");
+        assert_eq!(fit(1920, 1080, 160, 160), (160, 90));
+        assert_eq!(fit(1080, 1920, 160, 160), (90, 160));
+    }
+}

@@ -1,0 +1,1084 @@
+//! `drake transcode`: one rendition in this process. The source is decoded once,
+//! encoded once, and each encoded packet is muxed twice: into a fast-start MP4 and
+//! into a fragmented MP4 (one fragment per GOP) that [`crate::fmp4`] cuts into HLS.
+//!
+//! Keyframes are forced by presentation time (every `gop_seconds`), never by frame
+//! count or scene cut, so every rendition of a job has IDRs at the same instants.
+//! Nothing is published until the outputs were probed back and matched the source.
+
+use crate::av;
+use crate::error::{Context as _, EngineError, Result};
+use crate::files::{self, Staging};
+use crate::fmp4;
+use crate::verify;
+use ff::util::picture;
+use ff::{Dictionary, Packet, Rational, Rescale, codec, decoder, encoder, filter, format, frame};
+use ffmpeg_next as ff;
+use proto::plan::{PlannedAudio, PlannedRendition, PlannedVideo};
+use proto::profile::{Profile, VideoCodec};
+use proto::report::{AudioReport, KeyframeIndex, ProgressLine, RenditionReport, VideoReport};
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::Instant;
+
+/// Limits on what a stranger's upload may ask of one transcode process.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest source accepted, in seconds.
+    pub max_duration: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_duration: 6.0 * 3600.0,
+        }
+    }
+}
+
+pub struct Request<'a> {
+    pub input: &'a str,
+    pub profile: &'a Profile,
+    pub rendition: &'a str,
+    pub out_dir: &'a Path,
+    pub limits: Limits,
+}
+
+/// File names inside a rendition's output directory.
+pub const PLAYLIST: &str = "playlist.m3u8";
+pub const IFRAMES: &str = "iframes.m3u8";
+pub const INIT: &str = "init.mp4";
+pub const KEYFRAMES: &str = "keyframes.json";
+pub const REPORT: &str = "rendition.json";
+const FRAGMENTED: &str = "stream.fmp4";
+
+pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<RenditionReport> {
+    let mut ictx = av::open_input(req.input)?;
+    let probe = crate::probe::describe(&ictx, req.input)?;
+    if probe.duration > req.limits.max_duration {
+        return Err(EngineError::bad(format!(
+            "the source lasts {:.0} s; at most {:.0} s are accepted",
+            probe.duration, req.limits.max_duration
+        )));
+    }
+    let plan =
+        proto::plan::plan(&probe, req.profile).map_err(|e| EngineError::bad(e.to_string()))?;
+    let Some(rendition) = plan
+        .renditions
+        .iter()
+        .find(|r| r.name == req.rendition)
+        .cloned()
+    else {
+        let why = match plan.skipped.iter().find(|s| s.name == req.rendition) {
+            Some(s) => format!(
+                "rendition {} does not apply to this source: {}",
+                s.name, s.reason
+            ),
+            None => format!(
+                "profile {} plans no rendition named {} for this source",
+                req.profile.name, req.rendition
+            ),
+        };
+        return Err(EngineError::bad(why));
+    };
+
+    let staging = Staging::new(req.out_dir)?;
+    let progressive = format!("{}.mp4", rendition.name);
+    let mut mux = Muxers::open(
+        &staging.path(&progressive),
+        &staging.path(FRAGMENTED),
+        &req.profile.video,
+    )?;
+
+    // SAFETY: start_time is a plain field of the open input context.
+    let start_time = unsafe { (*ictx.as_ptr()).start_time };
+    let start = if start_time != ff::ffi::AV_NOPTS_VALUE {
+        start_time as f64 / 1e6
+    } else {
+        0.0
+    };
+    let mut video = match (&rendition.video, probe.main_video()) {
+        (Some(pv), Some(v)) => Some(VideoPipe::new(
+            &ictx, v.index, v.rotation, pv, &rendition, start, &mut mux,
+        )?),
+        _ => None,
+    };
+    let mut audio = match (&rendition.audio, probe.main_audio()) {
+        (Some(pa), Some(a)) => Some(AudioPipe::new(&ictx, a.index, pa, start, &mut mux)?),
+        _ => None,
+    };
+    mux.start()?;
+
+    let total = probe.duration.max(0.001);
+    let is_url = av::is_url(req.input);
+    let began = Instant::now();
+    let mut last_report = Instant::now();
+    let mut corrupt_packets = 0u64;
+    loop {
+        let mut pkt = Packet::empty();
+        match pkt.read(&mut ictx) {
+            Ok(()) => {}
+            Err(ff::Error::Eof) => break,
+            Err(ff::Error::InvalidData) => {
+                corrupt_packets += 1;
+                if corrupt_packets > 1000 {
+                    return Err(EngineError::bad(
+                        "more than 1000 corrupt packets; the file is damaged",
+                    ));
+                }
+                continue;
+            }
+            Err(e) if is_url => {
+                return Err(EngineError::internal("reading the source over HTTP", e));
+            }
+            Err(e) => {
+                return Err(EngineError::bad(format!(
+                    "the source cannot be read to its end: {e}"
+                )));
+            }
+        }
+        if let Some(v) = video.as_mut().filter(|v| v.index == pkt.stream()) {
+            v.feed(Some(&pkt), &mut mux)?;
+        } else if let Some(a) = audio.as_mut().filter(|a| a.index == pkt.stream()) {
+            a.feed(Some(&pkt), &mut mux)?;
+        }
+        if last_report.elapsed().as_millis() >= 500 {
+            last_report = Instant::now();
+            let frame = video.as_ref().map_or(0, |v| v.frames);
+            let out_time = mux.out_time;
+            progress(ProgressLine::Progress {
+                fraction: (out_time / total).clamp(0.0, 0.99),
+                fps: frame as f64 / began.elapsed().as_secs_f64().max(1e-3),
+                frame,
+                out_time,
+            });
+        }
+    }
+    if let Some(v) = video.as_mut() {
+        v.feed(None, &mut mux)?;
+    }
+    if let Some(a) = audio.as_mut() {
+        a.feed(None, &mut mux)?;
+    }
+    mux.finish()?;
+
+    // The source must hold what its header promised: a short decode is a truncated file.
+    let decoded = match (&video, &audio) {
+        (Some(v), _) => {
+            if v.frames == 0 {
+                return Err(EngineError::bad(format!(
+                    "no decodable {} video frames in the source",
+                    av::codec_name(v.codec_id)
+                )));
+            }
+            v.decoded_end
+        }
+        (None, Some(a)) => {
+            if a.samples == 0 {
+                return Err(EngineError::bad("no decodable audio in the source"));
+            }
+            a.decoded_end
+        }
+        (None, None) => return Err(EngineError::bad("nothing to transcode")),
+    };
+    if probe.duration > 0.0 && decoded < probe.duration - (0.02 * probe.duration).max(1.0) {
+        return Err(EngineError::bad(format!(
+            "the source ends at {decoded:.2} s but its header declares {:.2} s (truncated or damaged file)",
+            probe.duration
+        )));
+    }
+
+    let report = package(
+        &staging,
+        &rendition,
+        &progressive,
+        video.as_ref(),
+        audio.as_ref(),
+        &mux,
+        decoded,
+    )?;
+    progress(ProgressLine::Done { fraction: 1.0 });
+    staging.commit(REPORT)?;
+    Ok(report)
+}
+
+/// Cuts HLS from the fragmented file, indexes the MP4, verifies both and writes the report.
+fn package(
+    staging: &Staging,
+    r: &PlannedRendition,
+    progressive: &str,
+    video: Option<&VideoPipe>,
+    audio: Option<&AudioPipe>,
+    mux: &Muxers,
+    source_duration: f64,
+) -> Result<RenditionReport> {
+    let fps = video.map_or(0.0, |v| f64::from(v.fps));
+    let scan = verify::scan(&staging.path(progressive))?;
+    let expected_end = video.map_or(source_duration, |v| v.frames as f64 / fps);
+    let tolerance = if fps > 0.0 { 2.0 / fps } else { 0.05 } + 0.03;
+    let mut problems = Vec::new();
+    if let Some(v) = video {
+        if scan.video_frames != v.frames {
+            problems.push(format!(
+                "MP4 holds {} video frames, {} were encoded",
+                scan.video_frames, v.frames
+            ));
+        }
+        let expected_frames = (source_duration * fps).round();
+        if (scan.video_frames as f64 - expected_frames).abs() > 2.0 {
+            problems.push(format!(
+                "{} frames for a {source_duration:.3} s source at {fps:.3} fps",
+                scan.video_frames
+            ));
+        }
+    }
+    if (scan.duration - source_duration).abs() > tolerance {
+        problems.push(format!(
+            "MP4 lasts {:.3} s, the source {source_duration:.3} s",
+            scan.duration
+        ));
+    }
+    if scan.has_audio != audio.is_some() || scan.has_video != video.is_some() {
+        problems.push("MP4 tracks do not match the plan".into());
+    }
+    if !problems.is_empty() {
+        return Err(EngineError::internal(
+            "verifying the output",
+            problems.join("; "),
+        ));
+    }
+
+    // HLS from the fragmented file: one fragment per GOP (or per gop_seconds of audio).
+    let frag_path = staging.path(FRAGMENTED);
+    let layout = fmp4::layout_file(&frag_path, 1).ctx(|| "reading the fragmented MP4".into())?;
+    if layout.fragments.len() != mux.fragment_times.len() {
+        return Err(EngineError::internal(
+            "cutting HLS",
+            format!(
+                "{} fragments for {} GOPs",
+                layout.fragments.len(),
+                mux.fragment_times.len()
+            ),
+        ));
+    }
+    let seg_target = mux.segment_seconds;
+    let mut src = std::fs::File::open(&frag_path).ctx(|| "opening the fragmented MP4".into())?;
+    copy_range(&mut src, layout.init, &staging.path(INIT))?;
+    let mut segments = Vec::new();
+    let mut iframes = Vec::new();
+    let mut written = vec![INIT.to_string(), progressive.to_string()];
+    for (i, (frags, seg_start, duration)) in
+        fmp4::group(&mux.fragment_times, expected_end, seg_target)
+            .into_iter()
+            .enumerate()
+    {
+        let file = format!("seg_{i:05}.m4s");
+        let first = &layout.fragments[frags.start];
+        let last = &layout.fragments[frags.end - 1];
+        let bytes = copy_range(&mut src, (first.moof.0, last.mdat.1), &staging.path(&file))?;
+        if video.is_some() {
+            for j in frags.clone() {
+                let f = &layout.fragments[j];
+                let next = mux
+                    .fragment_times
+                    .get(j + 1)
+                    .copied()
+                    .unwrap_or(expected_end);
+                iframes.push(fmp4::IFrame {
+                    file: file.clone(),
+                    duration: next - mux.fragment_times[j],
+                    offset: f.moof.0 - first.moof.0,
+                    length: f.first_sample.1 - f.moof.0,
+                });
+            }
+        }
+        written.push(file.clone());
+        segments.push(fmp4::Segment {
+            file,
+            fragments: frags,
+            start: seg_start,
+            duration,
+            bytes,
+        });
+    }
+    drop(src);
+    std::fs::remove_file(&frag_path).ctx(|| "removing the fragmented MP4".into())?;
+    if let Some(s) = segments
+        .iter()
+        .find(|s| s.duration > seg_target + 0.5 && s.fragments.len() > 1)
+    {
+        return Err(EngineError::internal(
+            "cutting HLS",
+            format!("segment {} lasts {:.3} s", s.file, s.duration),
+        ));
+    }
+    std::fs::write(
+        staging.path(PLAYLIST),
+        fmp4::media_playlist(INIT, &segments),
+    )
+    .ctx(|| "writing the playlist".into())?;
+    written.push(PLAYLIST.into());
+
+    let mut roles = BTreeMap::from([
+        ("progressive".to_string(), progressive.to_string()),
+        ("hls_playlist".into(), PLAYLIST.into()),
+        ("hls_init".into(), INIT.into()),
+    ]);
+    if video.is_some() {
+        std::fs::write(staging.path(IFRAMES), fmp4::iframe_playlist(INIT, &iframes))
+            .ctx(|| "writing the I-frame playlist".into())?;
+        let index = KeyframeIndex {
+            file: progressive.to_string(),
+            keyframes: scan.keyframes.clone(),
+        };
+        files::write_json(&staging.path(KEYFRAMES), &index)?;
+        written.extend([IFRAMES.to_string(), KEYFRAMES.to_string()]);
+        roles.insert("iframe_playlist".into(), IFRAMES.into());
+        roles.insert("keyframe_index".into(), KEYFRAMES.into());
+        let kf_times: Vec<f64> = scan.keyframes.iter().map(|k| k.time).collect();
+        let planned: Vec<f64> = mux
+            .fragment_times
+            .iter()
+            .map(|t| (t * 1e6).round() / 1e6)
+            .collect();
+        if kf_times.len() != planned.len()
+            || kf_times
+                .iter()
+                .zip(&planned)
+                .any(|(a, b)| (a - b).abs() > 1e-3)
+        {
+            return Err(EngineError::internal(
+                "verifying keyframes",
+                format!("MP4 keyframes at {kf_times:?}, forced at {planned:?}"),
+            ));
+        }
+    }
+
+    let total_bytes: u64 = segments.iter().map(|s| s.bytes).sum();
+    let average_bitrate = (total_bytes as f64 * 8.0 / expected_end.max(1e-3)) as u64;
+    let peak_bitrate = segments
+        .iter()
+        .map(|s| (s.bytes as f64 * 8.0 / s.duration.max(0.1)) as u64)
+        .max()
+        .unwrap_or(0)
+        .max(average_bitrate);
+    let mut codecs = Vec::new();
+    if let Some(v) = video {
+        codecs.push(v.codecs_string(r.width, r.height, fps));
+    }
+    if audio.is_some() {
+        codecs.push("mp4a.40.2".to_string());
+    }
+    let checksums = staging.checksums(&written)?;
+    let report = RenditionReport {
+        version: proto::WIRE_VERSION,
+        name: r.name.clone(),
+        width: r.width,
+        height: r.height,
+        duration: (scan.duration * 1e6).round() / 1e6,
+        frame_count: scan.video_frames,
+        frame_rate: (fps * 1000.0).round() / 1000.0,
+        average_bitrate,
+        peak_bitrate,
+        codecs: codecs.join(","),
+        video: video.map(|v| VideoReport {
+            encoder: v.encoder_name.clone(),
+            encoder_options: v.options.clone(),
+            gop_frames: v.gop_frames,
+        }),
+        audio: audio.map(|a| AudioReport {
+            encoder: "aac".into(),
+            bitrate: a.plan.bitrate,
+            channels: a.plan.channels,
+            sample_rate: a.plan.sample_rate,
+        }),
+        keyframe_times: scan.keyframes.iter().map(|k| k.time).collect(),
+        segment_count: segments.len(),
+        files: roles,
+        checksums,
+    };
+    files::write_json(&staging.path(REPORT), &report)?;
+    Ok(report)
+}
+
+/// Copies `range` of `src` into a new file, returning the byte count.
+fn copy_range(src: &mut std::fs::File, range: (u64, u64), dst: &Path) -> Result<u64> {
+    src.seek(SeekFrom::Start(range.0))
+        .ctx(|| "seeking the fragmented MP4".into())?;
+    let mut out = std::fs::File::create(dst).ctx(|| format!("creating {}", dst.display()))?;
+    let n = std::io::copy(&mut src.take(range.1 - range.0), &mut out)
+        .ctx(|| format!("writing {}", dst.display()))?;
+    out.flush().ctx(|| format!("writing {}", dst.display()))?;
+    Ok(n)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Track {
+    Video,
+    Audio,
+}
+
+/// The two muxers every encoded packet goes to, and the fragment bookkeeping.
+struct Muxers {
+    mp4: format::context::Output,
+    frag: format::context::Output,
+    /// (mp4 stream, fragmented stream, encoder time base) per track.
+    video: Option<(usize, usize, Rational)>,
+    audio: Option<(usize, usize, Rational)>,
+    gop_seconds: f64,
+    segment_seconds: f64,
+    /// Start time of every fragment (= every keyframe for video).
+    fragment_times: Vec<f64>,
+    next_audio_fragment: f64,
+    out_time: f64,
+}
+
+impl Muxers {
+    fn open(mp4: &Path, frag: &Path, settings: &proto::profile::VideoSettings) -> Result<Muxers> {
+        Ok(Muxers {
+            mp4: format::output_as(&mp4, "mp4").ctx(|| format!("creating {}", mp4.display()))?,
+            frag: format::output_as(&frag, "mp4").ctx(|| format!("creating {}", frag.display()))?,
+            video: None,
+            audio: None,
+            gop_seconds: settings.gop_seconds,
+            segment_seconds: settings.segment_seconds,
+            fragment_times: Vec::new(),
+            next_audio_fragment: 0.0,
+            out_time: 0.0,
+        })
+    }
+
+    fn needs_global_header(&self) -> bool {
+        self.mp4
+            .format()
+            .flags()
+            .contains(format::Flags::GLOBAL_HEADER)
+    }
+
+    fn add<E: ff::codec::traits::Encoder + Copy, C: AsRef<ff::codec::Context>>(
+        &mut self,
+        codec: E,
+        enc: &C,
+        tb: Rational,
+        track: Track,
+    ) -> Result<()> {
+        let mut ids = [0usize; 2];
+        for (k, octx) in [&mut self.mp4, &mut self.frag].into_iter().enumerate() {
+            let mut ost = octx
+                .add_stream(codec)
+                .ctx(|| "adding an output stream".into())?;
+            ost.set_parameters(enc);
+            ost.set_time_base(tb);
+            ids[k] = ost.index();
+        }
+        let entry = Some((ids[0], ids[1], tb));
+        match track {
+            Track::Video => self.video = entry,
+            Track::Audio => self.audio = entry,
+        }
+        Ok(())
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let mut o = Dictionary::new();
+        o.set("movflags", "+faststart");
+        self.mp4
+            .write_header_with(o)
+            .ctx(|| "writing the MP4 header".into())?;
+        let mut o = Dictionary::new();
+        // One fragment per GOP, cut by us (frag_custom) right before each keyframe, with
+        // sample offsets relative to each moof so fragments can be split into files.
+        o.set(
+            "movflags",
+            "+frag_custom+empty_moov+default_base_moof+skip_trailer",
+        );
+        self.frag
+            .write_header_with(o)
+            .ctx(|| "writing the fMP4 header".into())?;
+        Ok(())
+    }
+
+    fn write(&mut self, track: Track, pkt: &mut Packet) -> Result<()> {
+        let (mi, fi, tb) = match track {
+            Track::Video => self.video,
+            Track::Audio => self.audio,
+        }
+        .expect("a packet for a track that was added");
+        let secs = pkt.pts().map_or(0.0, |p| p as f64 * f64::from(tb));
+        let fragment_starts = match track {
+            Track::Video => pkt.is_key(),
+            Track::Audio => self.video.is_none() && secs + 1e-6 >= self.next_audio_fragment,
+        };
+        if fragment_starts {
+            // Packets written before the first fragment start (audio that the
+            // encoder delivered ahead of the first video frame) join fragment 0.
+            if !self.fragment_times.is_empty() {
+                av::flush_fragment(&mut self.frag)?;
+            }
+            self.fragment_times.push((secs * 1e6).round() / 1e6);
+            if track == Track::Audio {
+                while self.next_audio_fragment <= secs + 1e-6 {
+                    self.next_audio_fragment += self.gop_seconds;
+                }
+            }
+        }
+        self.out_time = self.out_time.max(secs);
+        let mut copy = pkt.clone();
+        copy.set_stream(fi);
+        copy.rescale_ts(tb, self.frag.stream(fi).expect("stream").time_base());
+        copy.write_interleaved(&mut self.frag)
+            .ctx(|| "writing the fMP4".into())?;
+        pkt.set_stream(mi);
+        pkt.rescale_ts(tb, self.mp4.stream(mi).expect("stream").time_base());
+        pkt.write_interleaved(&mut self.mp4)
+            .ctx(|| "writing the MP4".into())?;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.mp4
+            .write_trailer()
+            .ctx(|| "finishing the MP4".into())?;
+        self.frag
+            .write_trailer()
+            .ctx(|| "finishing the fMP4".into())?;
+        Ok(())
+    }
+}
+
+/// Drains an encoder into the muxers.
+fn drain_encoder(
+    enc: &mut encoder::Encoder,
+    track: Track,
+    mux: &mut Muxers,
+    frame_duration: i64,
+) -> Result<()> {
+    let mut pkt = Packet::empty();
+    loop {
+        match enc.receive_packet(&mut pkt) {
+            Ok(()) => {}
+            Err(ff::Error::Eof) => return Ok(()),
+            Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => return Ok(()),
+            Err(e) => return Err(EngineError::internal("encoding", e)),
+        }
+        if pkt.duration() == 0 {
+            pkt.set_duration(frame_duration);
+        }
+        mux.write(track, &mut pkt)?;
+    }
+}
+
+struct VideoPipe {
+    index: usize,
+    codec_id: ff::ffi::AVCodecID,
+    in_tb: Rational,
+    decoder: decoder::Video,
+    graph: Option<filter::Graph>,
+    /// Filters between the buffer source and sink, e.g. `fps=30,scale=640:360,...`.
+    chain: String,
+    encoder: encoder::Video,
+    enc_tb: Rational,
+    fps: Rational,
+    encoder_name: String,
+    options: BTreeMap<String, String>,
+    gop_seconds: f64,
+    gop_frames: u32,
+    next_keyframe: f64,
+    frames: u64,
+    start: f64,
+    /// End of the last decoded frame, seconds from the source's start.
+    decoded_end: f64,
+    /// The same, in the input time base, for closing the filter graph.
+    end_ts: i64,
+    codec: VideoCodec,
+}
+
+impl VideoPipe {
+    fn new(
+        ictx: &format::context::Input,
+        index: usize,
+        rotation: u32,
+        pv: &PlannedVideo,
+        r: &PlannedRendition,
+        start: f64,
+        mux: &mut Muxers,
+    ) -> Result<VideoPipe> {
+        let ist = ictx.stream(index).expect("planned stream exists");
+        let codec_id = av::params(&ist).codec_id;
+        let mut dctx = codec::context::Context::from_parameters(ist.parameters())
+            .ctx(|| "reading decoder parameters".into())?;
+        dctx.set_threading(codec::threading::Config {
+            kind: codec::threading::Type::Frame,
+            count: 0,
+            ..Default::default()
+        });
+        let mut decoder = dctx.decoder().video().map_err(|e| {
+            EngineError::bad(format!(
+                "unsupported video codec {}: {e}",
+                av::codec_name(codec_id)
+            ))
+        })?;
+        decoder.set_packet_time_base(ist.time_base());
+
+        let (num, den) = pv
+            .frame_rate
+            .split_once('/')
+            .and_then(|(n, d)| Some((n.parse::<i32>().ok()?, d.parse::<i32>().ok()?)))
+            .expect("planner writes num/den");
+        let fps = Rational(num, den);
+        let enc_tb = fps.invert();
+        let gop_frames = (pv.gop_seconds * f64::from(fps)).round() as u32;
+        // Forced keyframes land on the first frame at or after each mark, so a GOP is at
+        // most ceil(gop * fps) frames; the encoder's own limit sits just above that.
+        let keyint = (pv.gop_seconds * f64::from(fps)).ceil() as u32 + 1;
+        let rotate = match rotation {
+            90 => "transpose=clock,",
+            180 => "hflip,vflip,",
+            270 => "transpose=cclock,",
+            _ => "",
+        };
+        let chain = format!(
+            "setpts=PTS-{start:.6}/TB,fps=fps={num}/{den}:start_time=0,{rotate}scale={w}:{h}:flags=bicubic,setsar=1,format=yuv420p",
+            w = r.width,
+            h = r.height
+        );
+
+        let codec_name = pv.codec.encoder();
+        let codec = encoder::find_by_name(codec_name).ok_or_else(|| {
+            EngineError::internal(
+                "finding the encoder",
+                format!("{codec_name} is not in this libav"),
+            )
+        })?;
+        let mut ectx = codec::context::Context::new_with_codec(codec)
+            .encoder()
+            .video()
+            .ctx(|| "creating the video encoder".into())?;
+        ectx.set_width(r.width);
+        ectx.set_height(r.height);
+        ectx.set_format(format::Pixel::YUV420P);
+        ectx.set_time_base(enc_tb);
+        ectx.set_frame_rate(Some(fps));
+        ectx.set_aspect_ratio(Rational(1, 1));
+        if mux.needs_global_header() {
+            ectx.set_flags(codec::Flags::GLOBAL_HEADER);
+        }
+        let options = encoder_options(pv, keyint);
+        let mut dict = Dictionary::new();
+        for (k, v) in &options {
+            dict.set(k, v);
+        }
+        let encoder = ectx
+            .open_as_with(codec, dict)
+            .ctx(|| format!("opening {codec_name}"))?;
+        mux.add(codec, &encoder, enc_tb, Track::Video)?;
+        Ok(VideoPipe {
+            index,
+            codec_id,
+            in_tb: ist.time_base(),
+            decoder,
+            graph: None,
+            chain,
+            encoder,
+            enc_tb,
+            fps,
+            encoder_name: codec_name.to_string(),
+            options,
+            gop_seconds: pv.gop_seconds,
+            gop_frames,
+            next_keyframe: 0.0,
+            frames: 0,
+            start,
+            decoded_end: 0.0,
+            end_ts: 0,
+            codec: pv.codec,
+        })
+    }
+
+    fn build_graph(&mut self, f: &frame::Video) -> Result<filter::Graph> {
+        let mut g = filter::Graph::new();
+        let sar = f.aspect_ratio();
+        let sar = if sar.numerator() > 0 && sar.denominator() > 0 {
+            sar
+        } else {
+            Rational(1, 1)
+        };
+        let pix: ff::ffi::AVPixelFormat = f.format().into();
+        let args = format!(
+            "video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect={}/{}",
+            f.width(),
+            f.height(),
+            pix as i32,
+            self.in_tb.numerator(),
+            self.in_tb.denominator(),
+            sar.numerator(),
+            sar.denominator()
+        );
+        g.add(&filter::find("buffer").expect("buffer filter"), "in", &args)
+            .ctx(|| "creating the video source".into())?;
+        g.add(
+            &filter::find("buffersink").expect("buffersink filter"),
+            "out",
+            "",
+        )
+        .ctx(|| "creating the video sink".into())?;
+        // Interlaced sources (broadcast TS) are deinterlaced; progressive frames pass through.
+        let chain = if f.is_interlaced() {
+            format!("bwdif=deint=interlaced,{}", self.chain)
+        } else {
+            self.chain.clone()
+        };
+        g.output("in", 0)
+            .and_then(|p| p.input("out", 0))
+            .and_then(|p| p.parse(&chain))
+            .ctx(|| format!("building filters {chain}"))?;
+        g.validate().ctx(|| "configuring video filters".into())?;
+        Ok(g)
+    }
+
+    /// Feeds one packet (or end of stream) through decoder, filters and encoder.
+    fn feed(&mut self, pkt: Option<&Packet>, mux: &mut Muxers) -> Result<()> {
+        match pkt {
+            Some(p) => match self.decoder.send_packet(p) {
+                Ok(()) | Err(ff::Error::InvalidData) => {}
+                Err(e) => return Err(EngineError::bad(format!("video decoding failed: {e}"))),
+            },
+            None => {
+                let _ = self.decoder.send_eof();
+            }
+        }
+        let mut f = frame::Video::empty();
+        loop {
+            match self.decoder.receive_frame(&mut f) {
+                Ok(()) => {}
+                Err(ff::Error::Eof) => break,
+                Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => break,
+                Err(ff::Error::InvalidData) => continue,
+                Err(e) => return Err(EngineError::bad(format!("video decoding failed: {e}"))),
+            }
+            let ts = f.timestamp();
+            f.set_pts(ts);
+            if let Some(ts) = ts {
+                // SAFETY: pkt_duration is a plain field of the decoded frame.
+                let dur = unsafe { (*f.as_ptr()).pkt_duration };
+                let dur = if dur > 0 {
+                    dur
+                } else {
+                    1i64.rescale(self.fps.invert(), self.in_tb).max(1)
+                };
+                self.end_ts = self.end_ts.max(ts + dur);
+                let end = (ts + dur) as f64 * f64::from(self.in_tb) - self.start;
+                self.decoded_end = self.decoded_end.max(end);
+            }
+            if self.graph.is_none() {
+                self.graph = Some(self.build_graph(&f)?);
+            }
+            let g = self.graph.as_mut().expect("built above");
+            g.get("in")
+                .expect("source")
+                .source()
+                .add(&f)
+                .ctx(|| "filtering video".into())?;
+            self.pull(mux)?;
+        }
+        if pkt.is_none() {
+            if let Some(g) = self.graph.as_mut() {
+                // Closing at the last frame's end (not its start) lets `fps` keep that frame.
+                g.get("in")
+                    .expect("source")
+                    .source()
+                    .close(self.end_ts)
+                    .ctx(|| "flushing video filters".into())?;
+                self.pull(mux)?;
+            }
+            self.encoder
+                .send_eof()
+                .ctx(|| "flushing the video encoder".into())?;
+            drain_encoder(&mut self.encoder, Track::Video, mux, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Takes filtered frames, forces keyframes by time and encodes.
+    fn pull(&mut self, mux: &mut Muxers) -> Result<()> {
+        let g = self.graph.as_mut().expect("graph");
+        let mut sink = g.get("out").expect("sink");
+        let sink_tb = sink.sink().time_base();
+        let mut f = frame::Video::empty();
+        while sink.sink().frame(&mut f).is_ok() {
+            let pts = f
+                .pts()
+                .unwrap_or(self.frames as i64)
+                .rescale(sink_tb, self.enc_tb);
+            f.set_pts(Some(pts));
+            let t = pts as f64 * f64::from(self.enc_tb);
+            // Decoded frames carry the source's picture types; only our marks may force IDRs.
+            if t + 1e-6 >= self.next_keyframe {
+                f.set_kind(picture::Type::I);
+                while self.next_keyframe <= t + 1e-6 {
+                    self.next_keyframe += self.gop_seconds;
+                }
+            } else {
+                f.set_kind(picture::Type::None);
+            }
+            self.encoder
+                .send_frame(&f)
+                .ctx(|| "encoding video".into())?;
+            self.frames += 1;
+            drain_encoder(&mut self.encoder, Track::Video, mux, 1)?;
+        }
+        Ok(())
+    }
+
+    /// RFC 6381 codecs string for this encoder's output.
+    fn codecs_string(&self, width: u32, height: u32, fps: f64) -> String {
+        match self.codec {
+            VideoCodec::H264 => {
+                // SAFETY: extradata is owned by the open encoder for its lifetime.
+                let extradata = unsafe {
+                    let ctx = &*self.encoder.as_ptr();
+                    if ctx.extradata.is_null() {
+                        &[][..]
+                    } else {
+                        std::slice::from_raw_parts(ctx.extradata, ctx.extradata_size as usize)
+                    }
+                };
+                crate::codecs::avc1(extradata).unwrap_or_else(|| "avc1.640028".into())
+            }
+            VideoCodec::Vp9 => crate::codecs::vp09(width, height, fps),
+        }
+    }
+}
+
+/// The exact option dictionary given to the encoder (also recorded in rendition.json
+/// and used by the benchmark to give the ffmpeg CLI the same settings).
+pub fn encoder_options(pv: &PlannedVideo, keyint: u32) -> BTreeMap<String, String> {
+    let mut o = BTreeMap::new();
+    let kbps = |b: u32| format!("{}k", b / 1000);
+    if let Some(crf) = pv.crf {
+        o.insert("crf".into(), crf.to_string());
+    }
+    if let Some(b) = pv.bitrate {
+        o.insert("b".into(), kbps(b));
+    }
+    o.insert("maxrate".into(), kbps(pv.maxrate));
+    o.insert("bufsize".into(), kbps(pv.bufsize));
+    match pv.codec {
+        VideoCodec::H264 => {
+            o.insert(
+                "preset".into(),
+                pv.preset.clone().unwrap_or_else(|| "veryfast".into()),
+            );
+            o.insert("profile".into(), "high".into());
+            o.insert("forced-idr".into(), "1".into());
+            o.insert(
+                "x264-params".into(),
+                format!("keyint={keyint}:min-keyint={keyint}:scenecut=0:open-gop=0"),
+            );
+        }
+        VideoCodec::Vp9 => {
+            o.insert("deadline".into(), "realtime".into());
+            o.insert("cpu-used".into(), pv.cpu_used.unwrap_or(8).to_string());
+            o.insert("row-mt".into(), "1".into());
+            o.insert("g".into(), keyint.to_string());
+            // Constrained quality needs a target bitrate; the cap serves as one.
+            o.entry("b".into()).or_insert_with(|| kbps(pv.maxrate));
+        }
+    }
+    o
+}
+
+struct AudioPipe {
+    index: usize,
+    in_tb: Rational,
+    decoder: decoder::Audio,
+    graph: Option<filter::Graph>,
+    encoder: encoder::Audio,
+    enc_tb: Rational,
+    plan: PlannedAudio,
+    start: f64,
+    samples: u64,
+    decoded_end: f64,
+    end_ts: i64,
+}
+
+impl AudioPipe {
+    fn new(
+        ictx: &format::context::Input,
+        index: usize,
+        pa: &PlannedAudio,
+        start: f64,
+        mux: &mut Muxers,
+    ) -> Result<AudioPipe> {
+        let ist = ictx.stream(index).expect("planned stream exists");
+        let codec_id = av::params(&ist).codec_id;
+        let dctx = codec::context::Context::from_parameters(ist.parameters())
+            .ctx(|| "reading decoder parameters".into())?;
+        let mut decoder = dctx.decoder().audio().map_err(|e| {
+            EngineError::bad(format!(
+                "unsupported audio codec {}: {e}",
+                av::codec_name(codec_id)
+            ))
+        })?;
+        decoder.set_packet_time_base(ist.time_base());
+
+        let aac = encoder::find(codec::Id::AAC).ok_or_else(|| {
+            EngineError::internal("finding the encoder", "aac is not in this libav")
+        })?;
+        let mut ectx = codec::context::Context::new_with_codec(aac)
+            .encoder()
+            .audio()
+            .ctx(|| "creating the audio encoder".into())?;
+        let layout = if pa.channels == 1 {
+            ff::ChannelLayout::MONO
+        } else {
+            ff::ChannelLayout::STEREO
+        };
+        ectx.set_rate(pa.sample_rate as i32);
+        ectx.set_channel_layout(layout);
+        ectx.set_channels(pa.channels as i32);
+        ectx.set_format(format::Sample::F32(format::sample::Type::Planar));
+        ectx.set_bit_rate(pa.bitrate as usize);
+        let enc_tb = Rational(1, pa.sample_rate as i32);
+        ectx.set_time_base(enc_tb);
+        if mux.needs_global_header() {
+            ectx.set_flags(codec::Flags::GLOBAL_HEADER);
+        }
+        let encoder = ectx.open_as(aac).ctx(|| "opening aac".into())?;
+        mux.add(aac, &encoder, enc_tb, Track::Audio)?;
+        Ok(AudioPipe {
+            index,
+            in_tb: ist.time_base(),
+            decoder,
+            graph: None,
+            encoder,
+            enc_tb,
+            plan: pa.clone(),
+            start,
+            samples: 0,
+            decoded_end: 0.0,
+            end_ts: 0,
+        })
+    }
+
+    fn build_graph(&mut self, f: &frame::Audio) -> Result<filter::Graph> {
+        let mut g = filter::Graph::new();
+        let layout = if f.channel_layout().is_empty() {
+            ff::ChannelLayout::default(f.channels() as i32)
+        } else {
+            f.channel_layout()
+        };
+        let args = format!(
+            "time_base={}/{}:sample_rate={}:sample_fmt={}:channel_layout=0x{:x}",
+            self.in_tb.numerator(),
+            self.in_tb.denominator(),
+            f.rate(),
+            f.format().name(),
+            layout.bits()
+        );
+        g.add(&filter::find("abuffer").expect("abuffer"), "in", &args)
+            .ctx(|| "creating the audio source".into())?;
+        g.add(
+            &filter::find("abuffersink").expect("abuffersink"),
+            "out",
+            "",
+        )
+        .ctx(|| "creating the audio sink".into())?;
+        {
+            let mut out = g.get("out").expect("sink");
+            out.set_sample_format(self.encoder.format());
+            out.set_channel_layout(self.encoder.channel_layout());
+            out.set_sample_rate(self.plan.sample_rate);
+        }
+        // aresample's matrix downmixes any layout (5.1 side or back) with proper
+        // centre and surround weights; async=1 pads or trims to keep A/V in sync.
+        let chain = format!(
+            "asetpts=PTS-{:.6}/TB,aresample={}:async=1:first_pts=0",
+            self.start, self.plan.sample_rate
+        );
+        g.output("in", 0)
+            .and_then(|p| p.input("out", 0))
+            .and_then(|p| p.parse(&chain))
+            .ctx(|| format!("building filters {chain}"))?;
+        g.validate().ctx(|| "configuring audio filters".into())?;
+        g.get("out")
+            .expect("sink")
+            .sink()
+            .set_frame_size(self.encoder.frame_size());
+        Ok(g)
+    }
+
+    fn feed(&mut self, pkt: Option<&Packet>, mux: &mut Muxers) -> Result<()> {
+        match pkt {
+            Some(p) => match self.decoder.send_packet(p) {
+                Ok(()) | Err(ff::Error::InvalidData) => {}
+                Err(e) => return Err(EngineError::bad(format!("audio decoding failed: {e}"))),
+            },
+            None => {
+                let _ = self.decoder.send_eof();
+            }
+        }
+        let mut f = frame::Audio::empty();
+        loop {
+            match self.decoder.receive_frame(&mut f) {
+                Ok(()) => {}
+                Err(ff::Error::Eof) => break,
+                Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => break,
+                Err(ff::Error::InvalidData) => continue,
+                Err(e) => return Err(EngineError::bad(format!("audio decoding failed: {e}"))),
+            }
+            let ts = f.timestamp();
+            f.set_pts(ts);
+            self.samples += f.samples() as u64;
+            if let Some(ts) = ts {
+                let dur =
+                    (f.samples() as i64).rescale(Rational(1, f.rate().max(1) as i32), self.in_tb);
+                self.end_ts = self.end_ts.max(ts + dur);
+                let end = (ts + dur) as f64 * f64::from(self.in_tb) - self.start;
+                self.decoded_end = self.decoded_end.max(end);
+            }
+            if self.graph.is_none() {
+                self.graph = Some(self.build_graph(&f)?);
+            }
+            let g = self.graph.as_mut().expect("built above");
+            g.get("in")
+                .expect("source")
+                .source()
+                .add(&f)
+                .ctx(|| "filtering audio".into())?;
+            self.pull(mux)?;
+        }
+        if pkt.is_none() {
+            if let Some(g) = self.graph.as_mut() {
+                g.get("in")
+                    .expect("source")
+                    .source()
+                    .close(self.end_ts)
+                    .ctx(|| "flushing audio filters".into())?;
+                self.pull(mux)?;
+            }
+            self.encoder
+                .send_eof()
+                .ctx(|| "flushing the audio encoder".into())?;
+            drain_encoder(&mut self.encoder, Track::Audio, mux, 1024)?;
+        }
+        Ok(())
+    }
+
+    fn pull(&mut self, mux: &mut Muxers) -> Result<()> {
+        let g = self.graph.as_mut().expect("graph");
+        let mut sink = g.get("out").expect("sink");
+        let sink_tb = sink.sink().time_base();
+        let mut f = frame::Audio::empty();
+        while sink.sink().frame(&mut f).is_ok() {
+            let pts = f.pts().map(|p| p.rescale(sink_tb, self.enc_tb));
+            f.set_pts(pts);
+            self.encoder
+                .send_frame(&f)
+                .ctx(|| "encoding audio".into())?;
+            drain_encoder(&mut self.encoder, Track::Audio, mux, 1024)?;
+        }
+        Ok(())
+    }
+}
