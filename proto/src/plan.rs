@@ -118,6 +118,11 @@ fn even(x: f64) -> u32 {
     ((x / 2.0).round() as u32 * 2).max(2)
 }
 
+/// Largest even number not above `x`: the source-size fallback never upscales.
+fn even_down(x: f64) -> u32 {
+    ((x / 2.0).floor() as u32 * 2).max(2)
+}
+
 pub fn plan(probe: &Probe, profile: &Profile) -> Result<Plan, PlanError> {
     let audio = probe.main_audio().map(|_| PlannedAudio {
         codec: "aac".into(),
@@ -185,8 +190,13 @@ pub fn plan(probe: &Probe, profile: &Profile) -> Result<Plan, PlanError> {
         }
     };
     let sized = |short_side: f64| {
-        let s = even(short_side);
-        let l = even(long * short_side / short);
+        // At the source's own size, never a pixel more than the source.
+        let s = if short_side >= short {
+            even_down(short_side)
+        } else {
+            even(short_side)
+        };
+        let l = even(long * s as f64 / short).min(even_down(long));
         if portrait { (s, l) } else { (l, s) }
     };
 

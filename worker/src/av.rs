@@ -13,11 +13,17 @@ pub fn is_url(input: &str) -> bool {
     input.starts_with("http://") || input.starts_with("https://")
 }
 
+/// Demuxers Drake accepts: real audio and video containers. Leaving out playlist and
+/// text demuxers (hls, concat, tty, bin...) keeps libav from following references
+/// inside an upload or rendering a text file as "video".
+pub const FORMAT_WHITELIST: &str = "mov,matroska,mpegts,avi,flv,mpeg,mpegvideo,m4v,h264,hevc,ivf,mxf,dv,asf,ogg,wav,w64,mp3,aac,flac,aiff,caf,amr,gif,yuv4mpegpipe";
+
 /// Opens an input. Only `file` (for paths) or `http(s)` (for URLs) protocols are
 /// allowed, so a crafted name such as `concat:` or a playlist pointing elsewhere
 /// cannot make libav read files it was not given.
 pub fn open_input(input: &str) -> Result<ff::format::context::Input> {
     let mut opts = ff::Dictionary::new();
+    opts.set("format_whitelist", FORMAT_WHITELIST);
     let target = if is_url(input) {
         opts.set("protocol_whitelist", "http,https,tcp,tls");
         opts.set("reconnect", "1");

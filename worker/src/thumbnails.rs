@@ -80,8 +80,9 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
     }
     targets.sort_by(|a, b| a.0.total_cmp(&b.0));
 
+    // Pass 1: statistics of every candidate (kept small) and the storyboard tiles.
     let (tw, th) = fit(v.display_width, v.display_height, TILE_BOX, TILE_BOX);
-    let mut candidates: Vec<Vec<(f64, RgbImage, Stats)>> = vec![Vec::new(); count];
+    let mut candidates: Vec<Vec<(f64, Stats)>> = vec![Vec::new(); count];
     let mut tile_images: Vec<Option<RgbImage>> = vec![None; tiles];
     for (t, use_) in targets {
         let Some((time, img)) = walker.frame_at(t)? else {
@@ -89,10 +90,14 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
         };
         match use_ {
             Use::Candidate(k) => {
-                let (pw, ph) = fit(img.width(), img.height(), POSTER_BOX.0, POSTER_BOX.1);
-                let small = imageops::resize(&img, pw, ph, imageops::FilterType::Triangle);
-                let stats = Stats::of(&small);
-                candidates[k].push((time, small, stats));
+                let (sw, sh) = fit(img.width(), img.height(), 160, 160);
+                let stats = Stats::of(&imageops::resize(
+                    &img,
+                    sw,
+                    sh,
+                    imageops::FilterType::Triangle,
+                ));
+                candidates[k].push((time, stats));
             }
             Use::Tile(i) => {
                 tile_images[i] = Some(imageops::resize(
@@ -107,12 +112,15 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
     if candidates.iter().all(|c| c.is_empty()) {
         return Err(EngineError::bad("no decodable video frames in the source"));
     }
+    let picks = choose(&candidates);
 
+    // Pass 2: decode the chosen frames again at full size.
+    let mut walker = Walker::new(av::open_input(input)?, v.index, v.rotation)?;
     let mut written = Vec::new();
     let mut thumbs = Vec::new();
     let mut best_poster: Option<(f64, f64, RgbImage)> = None;
-    for (k, cands) in candidates.into_iter().enumerate() {
-        let Some((time, img, stats)) = pick_representative(cands) else {
+    for (k, (time, stats)) in picks.into_iter().enumerate() {
+        let Some((time, img)) = walker.frame_at(time)? else {
             continue;
         };
         let (w, h) = fit(img.width(), img.height(), THUMB_BOX.0, THUMB_BOX.1);
@@ -128,7 +136,12 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
         });
         let score = stats.interest();
         if best_poster.as_ref().is_none_or(|(s, _, _)| score > *s) {
-            best_poster = Some((score, time, img));
+            let (pw, ph) = fit(img.width(), img.height(), POSTER_BOX.0, POSTER_BOX.1);
+            best_poster = Some((
+                score,
+                time,
+                imageops::resize(&img, pw, ph, imageops::FilterType::Lanczos3),
+            ));
         }
     }
     let (_, poster_time, poster_img) =
@@ -293,32 +306,51 @@ impl Stats {
     }
 }
 
-/// Like libav's `thumbnail` filter: among frames that are not blank, the one whose
-/// histogram is closest to their average. Falls back to the most detailed frame.
-fn pick_representative(cands: Vec<(f64, RgbImage, Stats)>) -> Option<(f64, RgbImage, Stats)> {
-    let good: Vec<_> = cands.iter().filter(|c| !c.2.is_blank()).collect();
-    if good.is_empty() {
-        return cands
-            .into_iter()
-            .max_by(|a, b| a.2.interest().total_cmp(&b.2.interest()));
-    }
-    let mut avg = [0f32; 32];
-    for c in &good {
-        for (a, h) in avg.iter_mut().zip(c.2.histogram) {
-            *a += h / good.len() as f32;
-        }
-    }
-    let dist = |s: &Stats| {
-        s.histogram
-            .iter()
-            .zip(avg)
-            .map(|(h, a)| (h - a) * (h - a))
-            .sum::<f32>()
-    };
-    let best = good
+/// One frame per slot. Like libav's `thumbnail` filter: among a slot's frames that
+/// are not blank, the one whose histogram is closest to their average. A slot with
+/// only blank frames (a black intro) borrows the nearest good frame of another slot,
+/// so no thumbnail is black unless the whole video is.
+fn choose(slots: &[Vec<(f64, Stats)>]) -> Vec<(f64, Stats)> {
+    let good_all: Vec<(f64, Stats)> = slots
         .iter()
-        .min_by(|a, b| dist(&a.2).total_cmp(&dist(&b.2)))?;
-    Some((best.0, best.1.clone(), best.2))
+        .flatten()
+        .filter(|c| !c.1.is_blank())
+        .copied()
+        .collect();
+    slots
+        .iter()
+        .filter_map(|cands| {
+            let good: Vec<_> = cands.iter().filter(|c| !c.1.is_blank()).collect();
+            if good.is_empty() {
+                let at = cands.first()?.0;
+                let nearest = good_all
+                    .iter()
+                    .min_by(|a, b| (a.0 - at).abs().total_cmp(&(b.0 - at).abs()));
+                return nearest.copied().or_else(|| {
+                    cands
+                        .iter()
+                        .max_by(|a, b| a.1.interest().total_cmp(&b.1.interest()))
+                        .copied()
+                });
+            }
+            let mut avg = [0f32; 32];
+            for c in &good {
+                for (a, h) in avg.iter_mut().zip(c.1.histogram) {
+                    *a += h / good.len() as f32;
+                }
+            }
+            let dist = |s: &Stats| {
+                s.histogram
+                    .iter()
+                    .zip(avg)
+                    .map(|(h, a)| (h - a) * (h - a))
+                    .sum::<f32>()
+            };
+            good.into_iter()
+                .min_by(|a, b| dist(&a.1).total_cmp(&dist(&b.1)))
+                .copied()
+        })
+        .collect()
 }
 
 /// Decodes the main video forward, seeking when the next target is far ahead.

@@ -489,9 +489,11 @@ impl Muxers {
         let mut o = Dictionary::new();
         // One fragment per GOP, cut by us (frag_custom) right before each keyframe, with
         // sample offsets relative to each moof so fragments can be split into files.
+        // delay_moov writes the moov at the first cut, once samples exist, so its edit
+        // list accounts for B-frame delay and HLS timestamps start at 0 like the MP4's.
         o.set(
             "movflags",
-            "+frag_custom+empty_moov+default_base_moof+skip_trailer",
+            "+frag_custom+delay_moov+default_base_moof+skip_trailer",
         );
         self.frag
             .write_header_with(o)
@@ -514,7 +516,12 @@ impl Muxers {
             // Packets written before the first fragment start (audio that the
             // encoder delivered ahead of the first video frame) join fragment 0.
             if !self.fragment_times.is_empty() {
+                // With delay_moov the first cut only writes the moov; cut again.
+                let first_cut = self.fragment_times.len() == 1;
                 av::flush_fragment(&mut self.frag)?;
+                if first_cut {
+                    av::flush_fragment(&mut self.frag)?;
+                }
             }
             self.fragment_times.push((secs * 1e6).round() / 1e6);
             if track == Track::Audio {
