@@ -1010,3 +1010,52 @@ fn progress_is_reported_as_json_lines() {
             .all(|l| (0.0..=1.0).contains(&l["fraction"].as_f64().unwrap()))
     );
 }
+
+#[test]
+fn http_sources_are_read_with_range_requests() {
+    let dir = Dir::new();
+    // moov at the end: libav must seek, which over HTTP means range requests.
+    let src = dir.s("src.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=640x360:r=30:d=4",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=d=4",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        &src,
+    ]);
+    let server = RangeServer::start(dir.tmp.path().to_path_buf());
+    let url = format!("{}/src.mp4", server.url);
+    let p: Value = serde_json::from_str(&drake_ok(&["probe", &url])).unwrap();
+    assert_eq!(p["streams"][0]["display_width"], 640);
+    assert!(p["size_bytes"].is_null());
+    let r = transcode(&url, "web", "240p", &dir.path("out"));
+    assert_eq!(r["frame_count"], 120);
+    assert!(
+        server
+            .range_requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0,
+        "libav used range requests"
+    );
+
+    let o = drake(&["probe", &format!("{}/missing.mp4", server.url)]);
+    assert_eq!(
+        o.status.code(),
+        Some(65),
+        "a 404 is bad input: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Only http(s) and plain paths: other libav protocols are refused.
+    let o = drake(&["probe", &format!("concat:{src}|{src}")]);
+    assert_eq!(o.status.code(), Some(65));
+}

@@ -192,3 +192,89 @@ pub fn rms(samples: impl Iterator<Item = f32>) -> f64 {
     }
     (s / n.max(1) as f64).sqrt()
 }
+
+/// A minimal HTTP/1.1 file server on loopback that honours `Range`, counting the
+/// range requests it answers. Serves `root/<name>`; anything else is a 404.
+pub struct RangeServer {
+    pub url: String,
+    pub range_requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RangeServer {
+    pub fn start(root: PathBuf) -> RangeServer {
+        use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ranges = counter.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let root = root.clone();
+                let ranges = ranges.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    loop {
+                        let mut request = String::new();
+                        if reader.read_line(&mut request).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut range = None;
+                        loop {
+                            let mut h = String::new();
+                            if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                                break;
+                            }
+                            if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                                let (a, b) = v.trim().split_once('-').unwrap();
+                                range =
+                                    Some((a.parse::<u64>().unwrap_or(0), b.parse::<u64>().ok()));
+                            }
+                        }
+                        let path = request
+                            .split_whitespace()
+                            .nth(1)
+                            .unwrap_or("/")
+                            .trim_start_matches('/')
+                            .to_string();
+                        let file = root.join(&path);
+                        let opened = if path.contains("..") || path.is_empty() {
+                            None
+                        } else {
+                            std::fs::File::open(&file).ok()
+                        };
+                        let Some(mut f) = opened else {
+                            let _ = conn
+                                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                            continue;
+                        };
+                        let len = f.metadata().unwrap().len();
+                        let (status, start, end) = match range {
+                            Some((a, b)) => {
+                                ranges.fetch_add(1, Ordering::SeqCst);
+                                ("206 Partial Content", a, b.unwrap_or(len - 1).min(len - 1))
+                            }
+                            None => ("200 OK", 0, len - 1),
+                        };
+                        let head = format!(
+                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nContent-Range: bytes {start}-{end}/{len}\r\nContent-Type: video/mp4\r\n\r\n",
+                            end + 1 - start
+                        );
+                        if conn.write_all(head.as_bytes()).is_err() {
+                            return;
+                        }
+                        f.seek(SeekFrom::Start(start)).unwrap();
+                        if std::io::copy(&mut f.take(end + 1 - start), &mut conn).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RangeServer {
+            url,
+            range_requests: counter,
+        }
+    }
+}
