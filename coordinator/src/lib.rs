@@ -1,0 +1,5 @@
+//! The coordinator: keeps jobs and their tasks in a durable queue, leases tasks to
+//! workers and takes them back when heartbeats stop. It never decodes media; the
+//! HTTP API, WebDAV storage and finalize step build on this queue.
+
+pub mod queue;

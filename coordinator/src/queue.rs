@@ -1,0 +1,591 @@
+//! The durable task queue on SQLite: jobs, tasks, leases with epochs, retries with
+//! backoff. Every function takes `now` (unix ms) from its caller, so lease expiry
+//! and backoff are tested with a clock the test controls, never with sleeps.
+//!
+//! Lease protocol: `lease` grants a task to a worker with `epoch + 1` and an expiry;
+//! the worker renews it with `heartbeat` (which also carries progress and returns the
+//! cancel flag) and ends it with `complete` or `fail`. All three match on
+//! (task, worker, epoch): once a lapsed lease was re-granted, the old holder's calls
+//! change nothing and get [`QueueError::StaleLease`].
+
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, SqliteConnection};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("task {task}: lease epoch {epoch} is no longer held by this worker")]
+    StaleLease { task: String, epoch: i64 },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl QueueError {
+    /// Stable code for API errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            QueueError::Db(_) | QueueError::Migrate(_) => "internal",
+            QueueError::NotFound(_) => "not_found",
+            QueueError::StaleLease { .. } => "stale_lease",
+            QueueError::Conflict(_) => "conflict",
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, QueueError::Db(_))
+    }
+}
+
+pub type Result<T, E = QueueError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct QueueConfig {
+    /// How long a lease lasts without a heartbeat.
+    pub lease_ttl_ms: i64,
+    /// First retry waits this long; each further attempt doubles it.
+    pub backoff_base_ms: i64,
+    pub backoff_max_ms: i64,
+    /// Attempts per task before its job fails (infrastructure failures only).
+    pub max_attempts: i64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            lease_ttl_ms: 30_000,
+            backoff_base_ms: 2_000,
+            backoff_max_ms: 120_000,
+            max_attempts: 4,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// Wait before attempt `attempts + 1`.
+    pub fn backoff(&self, attempts: i64) -> i64 {
+        let shift = (attempts.max(1) - 1).min(20) as u32;
+        (self.backoff_base_ms.saturating_mul(1 << shift)).min(self.backoff_max_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    Transcode,
+    Thumbnails,
+}
+
+impl TaskKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Transcode => "transcode",
+            TaskKind::Thumbnails => "thumbnails",
+        }
+    }
+
+    fn parse(s: &str) -> TaskKind {
+        if s == "thumbnails" {
+            TaskKind::Thumbnails
+        } else {
+            TaskKind::Transcode
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub profile: String,
+    pub source: String,
+    pub callback_url: Option<String>,
+    pub priority: i64,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub kind: TaskKind,
+    pub rendition: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub state: String,
+    pub profile: String,
+    pub source: String,
+    pub callback_url: Option<String>,
+    pub priority: i64,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub tasks: Vec<Task>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub kind: TaskKind,
+    pub rendition: Option<String>,
+    pub state: String,
+    pub progress: f64,
+    pub attempts: i64,
+    pub worker: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A granted lease: what the worker must echo back to heartbeat, complete or fail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub task_id: String,
+    pub job_id: String,
+    pub epoch: i64,
+    pub kind: TaskKind,
+    pub rendition: Option<String>,
+    pub profile: String,
+    pub source: String,
+    pub expires_at: i64,
+    pub attempt: i64,
+}
+
+#[derive(Clone)]
+pub struct Queue {
+    pool: SqlitePool,
+    pub cfg: QueueConfig,
+}
+
+impl Queue {
+    /// Opens (creating if needed) the SQLite queue at `path` and migrates it.
+    pub async fn open(path: &Path, cfg: QueueConfig) -> Result<Queue> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
+        Queue::with_pool(pool, cfg).await
+    }
+
+    /// An in-memory queue, for tests.
+    pub async fn in_memory(cfg: QueueConfig) -> Result<Queue> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await?;
+        Queue::with_pool(pool, cfg).await
+    }
+
+    async fn with_pool(pool: SqlitePool, cfg: QueueConfig) -> Result<Queue> {
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Queue { pool, cfg })
+    }
+
+    /// Creates a job, or returns the existing one with the same idempotency key
+    /// (the bool says whether it was created).
+    pub async fn create_job(&self, new: &NewJob, now: i64) -> Result<(Job, bool)> {
+        if let Some(key) = &new.idempotency_key {
+            if let Some(id) =
+                sqlx::query_scalar::<_, String>("SELECT id FROM jobs WHERE idempotency_key = ?")
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?
+            {
+                return Ok((
+                    self.job(&id)
+                        .await?
+                        .ok_or_else(|| QueueError::NotFound(id))?,
+                    false,
+                ));
+            }
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        sqlx::query("INSERT INTO jobs (id, state, profile, source, callback_url, priority, idempotency_key, created_at, updated_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)")
+            .bind(&id)
+            .bind(&new.profile)
+            .bind(&new.source)
+            .bind(&new.callback_url)
+            .bind(new.priority)
+            .bind(&new.idempotency_key)
+            .bind(now)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok((
+            self.job(&id)
+                .await?
+                .ok_or_else(|| QueueError::NotFound(id))?,
+            true,
+        ))
+    }
+
+    /// Queues a job's tasks in the order given (run order within the job).
+    pub async fn add_tasks(&self, job_id: &str, tasks: &[NewTask], now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (seq, t) in tasks.iter().enumerate() {
+            sqlx::query("INSERT INTO tasks (id, job_id, kind, rendition, seq, state, max_attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)")
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(job_id)
+                .bind(t.kind.as_str())
+                .bind(&t.rendition)
+                .bind(seq as i64)
+                .bind(self.cfg.max_attempts)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Grants the next runnable task to `worker`, or `None` when nothing is runnable.
+    /// Order: job priority, then older jobs, then the task's place in its job.
+    pub async fn lease(&self, worker: &str, now: i64) -> Result<Option<Lease>> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE tasks SET state = 'leased', worker_id = ?1, epoch = epoch + 1, attempts = attempts + 1,
+                 lease_expires_at = ?2 + ?3, progress = 0, updated_at = ?2
+             WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
+                         WHERE t.state = 'queued' AND t.run_after <= ?2 AND t.cancel = 0
+                         ORDER BY j.priority DESC, j.created_at, t.seq LIMIT 1)
+             RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts",
+        )
+        .bind(worker)
+        .bind(now)
+        .bind(self.cfg.lease_ttl_ms)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let job_id: String = row.get("job_id");
+        let (profile, source): (String, String) =
+            sqlx::query_as("SELECT profile, source FROM jobs WHERE id = ?")
+                .bind(&job_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query(
+            "UPDATE jobs SET state = 'running', updated_at = ? WHERE id = ? AND state = 'queued'",
+        )
+        .bind(now)
+        .bind(&job_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(Lease {
+            task_id: row.get("id"),
+            job_id,
+            epoch: row.get("epoch"),
+            kind: TaskKind::parse(row.get::<&str, _>("kind")),
+            rendition: row.get("rendition"),
+            profile,
+            source,
+            expires_at: row.get("lease_expires_at"),
+            attempt: row.get("attempts"),
+        }))
+    }
+
+    /// Renews a lease and records progress. Returns true when the task was canceled
+    /// and the worker should stop.
+    pub async fn heartbeat(
+        &self,
+        task: &str,
+        worker: &str,
+        epoch: i64,
+        progress: f64,
+        now: i64,
+    ) -> Result<bool> {
+        let cancel: Option<i64> = sqlx::query_scalar(
+            "UPDATE tasks SET state = 'running', progress = max(progress, ?4), lease_expires_at = ?5 + ?6, updated_at = ?5
+             WHERE id = ?1 AND worker_id = ?2 AND epoch = ?3 AND state IN ('leased', 'running') RETURNING cancel",
+        )
+        .bind(task)
+        .bind(worker)
+        .bind(epoch)
+        .bind(progress.clamp(0.0, 1.0))
+        .bind(now)
+        .bind(self.cfg.lease_ttl_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        match cancel {
+            Some(c) => Ok(c != 0),
+            None => Err(QueueError::StaleLease {
+                task: task.into(),
+                epoch,
+            }),
+        }
+    }
+
+    /// Ends a lease successfully with the task's result.
+    pub async fn complete(
+        &self,
+        task: &str,
+        worker: &str,
+        epoch: i64,
+        result: &serde_json::Value,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let job: Option<String> = sqlx::query_scalar(
+            "UPDATE tasks SET state = 'succeeded', progress = 1, result = ?4, lease_expires_at = NULL, updated_at = ?5
+             WHERE id = ?1 AND worker_id = ?2 AND epoch = ?3 AND state IN ('leased', 'running') AND cancel = 0 RETURNING job_id",
+        )
+        .bind(task)
+        .bind(worker)
+        .bind(epoch)
+        .bind(result.to_string())
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let job = job.ok_or_else(|| QueueError::StaleLease {
+            task: task.into(),
+            epoch,
+        })?;
+        settle_job(&mut tx, &job, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends a lease with a failure. Retryable failures go back to the queue after a
+    /// backoff until the attempts run out; bad input fails the job at once.
+    pub async fn fail(
+        &self,
+        task: &str,
+        worker: &str,
+        epoch: i64,
+        error: &str,
+        retryable: bool,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT job_id, attempts, max_attempts FROM tasks WHERE id = ? AND worker_id = ? AND epoch = ? AND state IN ('leased', 'running')")
+            .bind(task)
+            .bind(worker)
+            .bind(epoch)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| QueueError::StaleLease { task: task.into(), epoch })?;
+        let (job, attempts, max): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        requeue_or_fail(
+            &mut tx, task, &job, attempts, max, error, retryable, &self.cfg, now,
+        )
+        .await?;
+        settle_job(&mut tx, &job, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes back every lease whose heartbeats stopped. Returns how many were reaped.
+    pub async fn reap(&self, now: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let expired = sqlx::query("SELECT id, job_id, attempts, max_attempts FROM tasks WHERE state IN ('leased', 'running') AND lease_expires_at < ?")
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in &expired {
+            let (task, job, attempts, max): (String, String, i64, i64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            requeue_or_fail(
+                &mut tx,
+                &task,
+                &job,
+                attempts,
+                max,
+                "the worker stopped sending heartbeats (lease expired)",
+                true,
+                &self.cfg,
+                now,
+            )
+            .await?;
+            settle_job(&mut tx, &job, now).await?;
+        }
+        tx.commit().await?;
+        Ok(expired.len() as u64)
+    }
+
+    /// Cancels a job: queued tasks stop, running ones see the flag on their next heartbeat.
+    pub async fn cancel_job(&self, id: &str, now: i64) -> Result<Job> {
+        let mut tx = self.pool.begin().await?;
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        match state.as_deref() {
+            None => return Err(QueueError::NotFound(format!("job {id}"))),
+            Some("succeeded" | "failed" | "canceled") => {
+                return Err(QueueError::Conflict(format!("job {id} has already ended")));
+            }
+            _ => {}
+        }
+        sqlx::query("UPDATE tasks SET cancel = 1, state = CASE WHEN state IN ('queued', 'leased', 'running') THEN 'canceled' ELSE state END, updated_at = ? WHERE job_id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE jobs SET state = 'canceled', updated_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.job(id)
+            .await?
+            .ok_or_else(|| QueueError::NotFound(format!("job {id}")))
+    }
+
+    /// Retries a failed or canceled job: its unfinished tasks are queued again with fresh attempts.
+    pub async fn retry_job(&self, id: &str, now: i64) -> Result<Job> {
+        let mut tx = self.pool.begin().await?;
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        match state.as_deref() {
+            None => return Err(QueueError::NotFound(format!("job {id}"))),
+            Some("failed" | "canceled") => {}
+            Some(_) => {
+                return Err(QueueError::Conflict(format!(
+                    "job {id} has not failed or been canceled"
+                )));
+            }
+        }
+        sqlx::query("UPDATE tasks SET state = 'queued', cancel = 0, attempts = 0, error = NULL, run_after = 0, worker_id = NULL, progress = 0, updated_at = ? WHERE job_id = ? AND state != 'succeeded'")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE jobs SET state = 'queued', error = NULL, updated_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.job(id)
+            .await?
+            .ok_or_else(|| QueueError::NotFound(format!("job {id}")))
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<Job>> {
+        let Some(row) = sqlx::query("SELECT id, state, profile, source, callback_url, priority, error, created_at, updated_at FROM jobs WHERE id = ?").bind(id).fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        let tasks = sqlx::query("SELECT id, kind, rendition, state, progress, attempts, worker_id, error FROM tasks WHERE job_id = ? ORDER BY seq")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|t| Task {
+                id: t.get(0),
+                kind: TaskKind::parse(t.get::<&str, _>(1)),
+                rendition: t.get(2),
+                state: t.get(3),
+                progress: t.get(4),
+                attempts: t.get(5),
+                worker: t.get(6),
+                error: t.get(7),
+            })
+            .collect();
+        Ok(Some(Job {
+            id: row.get(0),
+            state: row.get(1),
+            profile: row.get(2),
+            source: row.get(3),
+            callback_url: row.get(4),
+            priority: row.get(5),
+            error: row.get(6),
+            created_at: row.get(7),
+            updated_at: row.get(8),
+            tasks,
+        }))
+    }
+}
+
+async fn requeue_or_fail(
+    tx: &mut SqliteConnection,
+    task: &str,
+    job: &str,
+    attempts: i64,
+    max: i64,
+    error: &str,
+    retryable: bool,
+    cfg: &QueueConfig,
+    now: i64,
+) -> Result<()> {
+    if retryable && attempts < max {
+        sqlx::query("UPDATE tasks SET state = 'queued', worker_id = NULL, lease_expires_at = NULL, run_after = ?, error = ?, updated_at = ? WHERE id = ?")
+            .bind(now + cfg.backoff(attempts))
+            .bind(error)
+            .bind(now)
+            .bind(task)
+            .execute(&mut *tx)
+            .await?;
+    } else {
+        let why = if retryable {
+            format!("{error} (gave up after {attempts} attempts)")
+        } else {
+            error.to_string()
+        };
+        sqlx::query("UPDATE tasks SET state = 'failed', lease_expires_at = NULL, error = ?, updated_at = ? WHERE id = ?").bind(&why).bind(now).bind(task).execute(&mut *tx).await?;
+        sqlx::query("UPDATE jobs SET error = COALESCE(error, ?) WHERE id = ?")
+            .bind(&why)
+            .bind(job)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Derives a job's state from its tasks: any failed task fails the job (and stops
+/// the rest); all succeeded means succeeded.
+async fn settle_job(tx: &mut SqliteConnection, job: &str, now: i64) -> Result<()> {
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE job_id = ?")
+        .bind(job)
+        .fetch_all(&mut *tx)
+        .await?;
+    let current: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?")
+        .bind(job)
+        .fetch_one(&mut *tx)
+        .await?;
+    if current == "canceled" {
+        return Ok(());
+    }
+    let next = if states.iter().any(|s| s == "failed") {
+        sqlx::query("UPDATE tasks SET cancel = 1, state = CASE WHEN state IN ('queued', 'leased', 'running') THEN 'canceled' ELSE state END WHERE job_id = ?")
+            .bind(job)
+            .execute(&mut *tx)
+            .await?;
+        "failed"
+    } else if !states.is_empty() && states.iter().all(|s| s == "succeeded") {
+        "succeeded"
+    } else if states.iter().any(|s| s != "queued") {
+        "running"
+    } else {
+        "queued"
+    };
+    sqlx::query("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?")
+        .bind(next)
+        .bind(now)
+        .bind(job)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
