@@ -2,4 +2,7 @@
 //! workers and takes them back when heartbeats stop. It never decodes media; the
 //! HTTP API, WebDAV storage and finalize step build on this queue.
 
+pub mod api;
+pub mod auth;
 pub mod queue;
+pub mod server;

@@ -190,6 +190,10 @@ impl Queue {
         Queue::with_pool(pool, cfg).await
     }
 
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     async fn with_pool(pool: SqlitePool, cfg: QueueConfig) -> Result<Queue> {
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Queue { pool, cfg })
@@ -479,6 +483,50 @@ impl Queue {
         self.job(id)
             .await?
             .ok_or_else(|| QueueError::NotFound(format!("job {id}")))
+    }
+
+    /// Records the source probe on the job.
+    pub async fn set_probe(&self, id: &str, probe: &serde_json::Value, now: i64) -> Result<()> {
+        sqlx::query("UPDATE jobs SET probe = ?, updated_at = ? WHERE id = ?")
+            .bind(probe.to_string())
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Fails a job before any task ran (for example, its source could not be probed).
+    pub async fn fail_job(&self, id: &str, error: &str, now: i64) -> Result<()> {
+        sqlx::query("UPDATE jobs SET state = 'failed', error = ?, updated_at = ? WHERE id = ? AND state IN ('queued', 'running')")
+            .bind(error)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Jobs, newest first, optionally in one state.
+    pub async fn list_jobs(
+        &self,
+        state: Option<&str>,
+        page: i64,
+        per_page: i64,
+    ) -> Result<Vec<Job>> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3")
+            .bind(state)
+            .bind(per_page)
+            .bind(page.max(0) * per_page)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(j) = self.job(&id).await? {
+                jobs.push(j);
+            }
+        }
+        Ok(jobs)
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<Job>> {

@@ -46,6 +46,14 @@ enum Command {
         #[arg(long, default_value_t = 6.0 * 3600.0)]
         max_duration: f64,
     },
+    /// Run the coordinator: the durable queue and the HTTP API.
+    Coordinator {
+        /// Where the SQLite database and the admin token live.
+        #[arg(long, default_value = "drake-data")]
+        data: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8600")]
+        listen: String,
+    },
     /// Write a poster, thumbnails and a storyboard sprite with WebVTT into DIR.
     Thumbnails {
         input: String,
@@ -58,6 +66,9 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    if let Command::Coordinator { data, listen } = cli.command {
+        std::process::exit(coordinator(data, &listen));
+    }
     if let Err(e) = worker::init() {
         fail(Failure::Engine(e));
     }
@@ -73,6 +84,7 @@ fn main() {
             out,
             max_duration,
         } => transcode(&input, &profile, &rendition, out, max_duration),
+        Command::Coordinator { .. } => unreachable!("handled above"),
         Command::Thumbnails { input, out, count } => worker::thumbnails::run(&input, &out, count)
             .map_err(Failure::Engine)
             .map(|_| ()),
@@ -95,6 +107,49 @@ fn fail(f: Failure) -> ! {
     };
     eprintln!("drake: {line}");
     std::process::exit(code);
+}
+
+/// Runs the coordinator until Ctrl-C or SIGTERM; returns the exit code.
+fn coordinator(data: PathBuf, listen: &str) -> i32 {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drake: cannot start the async runtime: {e}");
+            return exit::INTERNAL;
+        }
+    };
+    rt.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("drake: cannot listen on {listen}: {e}");
+                return exit::INTERNAL;
+            }
+        };
+        let drake_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("drake"));
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+        };
+        match coordinator::server::run(
+            coordinator::server::Config {
+                data_dir: data,
+                drake_exe,
+            },
+            listener,
+            shutdown,
+        )
+        .await
+        {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("drake: coordinator: {e}");
+                exit::INTERNAL
+            }
+        }
+    })
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {

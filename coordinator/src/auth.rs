@@ -1,0 +1,168 @@
+//! Bearer tokens with roles. Only sha256 digests are stored; the plaintext is shown
+//! once, when the token is made. Every route names the roles it accepts.
+
+use crate::queue::{Queue, QueueError, Result};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything, including minting join tokens.
+    Admin,
+    /// The upload pipeline: submit and read jobs.
+    Submit,
+    /// A registered worker: only the worker routes.
+    Worker,
+    /// A join token: only registration.
+    Join,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Submit => "submit",
+            Role::Worker => "worker",
+            Role::Join => "join",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "admin" => Role::Admin,
+            "submit" => Role::Submit,
+            "worker" => Role::Worker,
+            "join" => Role::Join,
+            _ => return None,
+        })
+    }
+}
+
+/// A fresh random token with a role prefix, for example `drk_admin_3f9c...`.
+pub fn generate(role: Role) -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("drk_{}_{}", role.as_str(), hex::encode(bytes))
+}
+
+pub fn digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Who is calling: the role and, for workers, the token's label (the worker id).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caller {
+    pub role: Role,
+    pub label: Option<String>,
+}
+
+impl Queue {
+    /// Stores a token's digest. `uses` and `expires_at` limit join tokens.
+    pub async fn add_token(
+        &self,
+        token: &str,
+        role: Role,
+        label: Option<&str>,
+        uses: Option<i64>,
+        expires_at: Option<i64>,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query("INSERT OR IGNORE INTO tokens (hash, role, label, uses_left, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(digest(token))
+            .bind(role.as_str())
+            .bind(label)
+            .bind(uses)
+            .bind(expires_at)
+            .bind(now)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The caller a presented token stands for, if it is valid now.
+    pub async fn authenticate(&self, token: &str, now: i64) -> Result<Option<Caller>> {
+        let row = sqlx::query("SELECT role, label FROM tokens WHERE hash = ? AND revoked = 0 AND (expires_at IS NULL OR expires_at > ?) AND (uses_left IS NULL OR uses_left > 0)")
+            .bind(digest(token))
+            .bind(now)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.and_then(|r| {
+            Some(Caller {
+                role: Role::parse(r.get::<&str, _>(0))?,
+                label: r.get(1),
+            })
+        }))
+    }
+
+    /// Spends one use of a join token; false when it had none left.
+    pub async fn spend_join_token(&self, token: &str, now: i64) -> Result<bool> {
+        let n = sqlx::query("UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ? AND role = 'join' AND revoked = 0 AND uses_left > 0 AND (expires_at IS NULL OR expires_at > ?)")
+            .bind(digest(token))
+            .bind(now)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    pub async fn revoke_token(&self, token_digest: &str) -> Result<()> {
+        let n = sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = ?")
+            .bind(token_digest)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(QueueError::NotFound("token".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::QueueConfig;
+
+    #[tokio::test]
+    async fn tokens_are_stored_hashed_and_checked() {
+        let q = Queue::in_memory(QueueConfig::default()).await.unwrap();
+        let admin = generate(Role::Admin);
+        q.add_token(&admin, Role::Admin, None, None, None, 0)
+            .await
+            .unwrap();
+        let stored: Vec<String> = sqlx::query_scalar("SELECT hash FROM tokens")
+            .fetch_all(q.pool())
+            .await
+            .unwrap();
+        assert_eq!(stored, [digest(&admin)]);
+        assert!(!stored[0].contains(&admin[10..]));
+        assert_eq!(
+            q.authenticate(&admin, 1).await.unwrap().unwrap().role,
+            Role::Admin
+        );
+        assert!(
+            q.authenticate("drk_admin_wrong", 1)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let join = generate(Role::Join);
+        q.add_token(&join, Role::Join, None, Some(1), Some(100), 0)
+            .await
+            .unwrap();
+        assert!(q.spend_join_token(&join, 50).await.unwrap());
+        assert!(
+            !q.spend_join_token(&join, 51).await.unwrap(),
+            "one use only"
+        );
+        let join2 = generate(Role::Join);
+        q.add_token(&join2, Role::Join, None, Some(5), Some(100), 0)
+            .await
+            .unwrap();
+        assert!(!q.spend_join_token(&join2, 100).await.unwrap(), "expired");
+        q.revoke_token(&digest(&admin)).await.unwrap();
+        assert!(q.authenticate(&admin, 2).await.unwrap().is_none());
+    }
+}
