@@ -160,3 +160,35 @@ pub fn flush_fragment(octx: &mut ff::format::context::Output) -> Result<()> {
 pub fn quiet_logs() {
     ff::util::log::set_level(ff::util::log::Level::Error);
 }
+
+/// Opens a threaded video decoder for an input stream. A codec this libav cannot
+/// decode is bad input.
+pub fn video_decoder(ist: &ff::format::stream::Stream) -> Result<ff::decoder::Video> {
+    let codec_id = params(ist).codec_id;
+    let mut dctx = ff::codec::context::Context::from_parameters(ist.parameters())
+        .map_err(|e| EngineError::internal("reading decoder parameters", e))?;
+    dctx.set_threading(ff::codec::threading::Config {
+        kind: ff::codec::threading::Type::Frame,
+        count: 0,
+        ..Default::default()
+    });
+    let mut decoder = dctx.decoder().video().map_err(|e| {
+        EngineError::bad(format!(
+            "unsupported video codec {}: {e}",
+            codec_name(codec_id)
+        ))
+    })?;
+    decoder.set_packet_time_base(ist.time_base());
+    Ok(decoder)
+}
+
+/// The container's start time in seconds (0 when unknown); outputs start at 0.
+pub fn start_seconds(ictx: &ff::format::context::Input) -> f64 {
+    // SAFETY: start_time is a plain field of the open input context.
+    let start_time = unsafe { (*ictx.as_ptr()).start_time };
+    if start_time != ffi::AV_NOPTS_VALUE {
+        start_time as f64 / 1e6
+    } else {
+        0.0
+    }
+}

@@ -10,7 +10,7 @@ use crate::av;
 use crate::error::{Context as _, EngineError, Result};
 use crate::files::{self, Staging};
 use ff::software::scaling;
-use ff::{Packet, Rational, Rescale, codec, decoder, format, frame};
+use ff::{Packet, Rational, Rescale, decoder, format, frame};
 use ffmpeg_next as ff;
 use image::{RgbImage, imageops};
 use proto::report::{Image, Storyboard, ThumbnailsReport};
@@ -374,28 +374,8 @@ impl Walker {
     fn new(ictx: format::context::Input, index: usize, rotation: u32) -> Result<Walker> {
         let ist = ictx.stream(index).expect("probed stream");
         let tb = ist.time_base();
-        let codec_id = av::params(&ist).codec_id;
-        let mut dctx = codec::context::Context::from_parameters(ist.parameters())
-            .ctx(|| "reading decoder parameters".into())?;
-        dctx.set_threading(codec::threading::Config {
-            kind: codec::threading::Type::Frame,
-            count: 0,
-            ..Default::default()
-        });
-        let mut decoder = dctx.decoder().video().map_err(|e| {
-            EngineError::bad(format!(
-                "unsupported video codec {}: {e}",
-                av::codec_name(codec_id)
-            ))
-        })?;
-        decoder.set_packet_time_base(tb);
-        // SAFETY: start_time is a plain field of the open input context.
-        let start_time = unsafe { (*ictx.as_ptr()).start_time };
-        let start = if start_time != ff::ffi::AV_NOPTS_VALUE {
-            start_time as f64 / 1e6
-        } else {
-            0.0
-        };
+        let decoder = av::video_decoder(&ist)?;
+        let start = av::start_seconds(&ictx);
         Ok(Walker {
             ictx,
             index,

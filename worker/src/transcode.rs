@@ -91,13 +91,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Rend
         &req.profile.video,
     )?;
 
-    // SAFETY: start_time is a plain field of the open input context.
-    let start_time = unsafe { (*ictx.as_ptr()).start_time };
-    let start = if start_time != ff::ffi::AV_NOPTS_VALUE {
-        start_time as f64 / 1e6
-    } else {
-        0.0
-    };
+    let start = av::start_seconds(&ictx);
     let mut video = match (&rendition.video, probe.main_video()) {
         (Some(pv), Some(v)) => Some(VideoPipe::new(
             &ictx, v.index, v.rotation, pv, &rendition, start, &mut mux,
@@ -613,20 +607,7 @@ impl VideoPipe {
     ) -> Result<VideoPipe> {
         let ist = ictx.stream(index).expect("planned stream exists");
         let codec_id = av::params(&ist).codec_id;
-        let mut dctx = codec::context::Context::from_parameters(ist.parameters())
-            .ctx(|| "reading decoder parameters".into())?;
-        dctx.set_threading(codec::threading::Config {
-            kind: codec::threading::Type::Frame,
-            count: 0,
-            ..Default::default()
-        });
-        let mut decoder = dctx.decoder().video().map_err(|e| {
-            EngineError::bad(format!(
-                "unsupported video codec {}: {e}",
-                av::codec_name(codec_id)
-            ))
-        })?;
-        decoder.set_packet_time_base(ist.time_base());
+        let decoder = av::video_decoder(&ist)?;
 
         let (num, den) = pv
             .frame_rate
