@@ -166,13 +166,13 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Rend
                     av::codec_name(v.codec_id)
                 )));
             }
-            v.decoded_end
+            v.flow.decoded_end
         }
         (None, Some(a)) => {
             if a.samples == 0 {
                 return Err(EngineError::bad("no decodable audio in the source"));
             }
-            a.decoded_end
+            a.flow.decoded_end
         }
         (None, None) => return Err(EngineError::bad("nothing to transcode")),
     };
@@ -549,12 +549,12 @@ impl Muxers {
 }
 
 /// Drains an encoder into the muxers.
-fn drain_encoder(
-    enc: &mut encoder::Encoder,
-    track: Track,
-    mux: &mut Muxers,
-    frame_duration: i64,
-) -> Result<()> {
+fn drain_encoder(enc: &mut encoder::Encoder, track: Track, mux: &mut Muxers) -> Result<()> {
+    // Encoder time bases are 1/fps (video) and 1/sample_rate (AAC frames of 1024).
+    let frame_duration = match track {
+        Track::Video => 1,
+        Track::Audio => 1024,
+    };
     let mut pkt = Packet::empty();
     loop {
         match enc.receive_packet(&mut pkt) {
@@ -570,12 +570,126 @@ fn drain_encoder(
     }
 }
 
+/// Decoder-side state shared by the video and audio pipes.
+struct Flow {
+    in_tb: Rational,
+    /// Built from the first decoded frame, whose format is the one that counts.
+    graph: Option<filter::Graph>,
+    /// Container start time (seconds); outputs are shifted to start at 0.
+    start: f64,
+    /// End of the last decoded frame, seconds from the source's start.
+    decoded_end: f64,
+    /// The same, in the input time base, for closing the filter graph.
+    end_ts: i64,
+}
+
+impl Flow {
+    fn new(in_tb: Rational, start: f64) -> Flow {
+        Flow {
+            in_tb,
+            graph: None,
+            start,
+            decoded_end: 0.0,
+            end_ts: 0,
+        }
+    }
+}
+
+/// One elementary stream's path: decoder, filter graph, encoder, muxers. The feed
+/// loop is shared; each kind supplies its frame type, graph and encoding step.
+trait Pipe {
+    type Frame: std::ops::DerefMut<Target = ff::Frame>;
+    const TRACK: Track;
+
+    fn parts(&mut self) -> (&mut decoder::Opened, &mut Flow);
+    fn encoder(&mut self) -> &mut encoder::Encoder;
+    /// Duration of a decoded frame in the input time base.
+    fn frame_duration(&self, f: &Self::Frame) -> i64;
+    fn build_graph(&mut self, f: &Self::Frame) -> Result<filter::Graph>;
+    /// Takes filtered frames out of the graph and encodes them.
+    fn pull(&mut self, mux: &mut Muxers) -> Result<()>;
+    fn decoded(&mut self, _f: &Self::Frame) {}
+    fn empty_frame() -> Self::Frame;
+
+    fn label() -> &'static str {
+        match Self::TRACK {
+            Track::Video => "video",
+            Track::Audio => "audio",
+        }
+    }
+
+    /// Feeds one packet (or, with `None`, the end of stream) through decoder,
+    /// filters and encoder.
+    fn feed(&mut self, pkt: Option<&Packet>, mux: &mut Muxers) -> Result<()> {
+        let label = Self::label();
+        let decoding_failed = |e| EngineError::bad(format!("{label} decoding failed: {e}"));
+        match pkt {
+            Some(p) => match self.parts().0.send_packet(p) {
+                Ok(()) | Err(ff::Error::InvalidData) => {}
+                Err(e) => return Err(decoding_failed(e)),
+            },
+            None => {
+                let _ = self.parts().0.send_eof();
+            }
+        }
+        let mut f = Self::empty_frame();
+        loop {
+            match self.parts().0.receive_frame(&mut f) {
+                Ok(()) => {}
+                Err(ff::Error::Eof) => break,
+                Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => break,
+                Err(ff::Error::InvalidData) => continue,
+                Err(e) => return Err(decoding_failed(e)),
+            }
+            let ts = f.timestamp();
+            f.set_pts(ts);
+            self.decoded(&f);
+            if let Some(ts) = ts {
+                let end_ts = ts + self.frame_duration(&f);
+                let flow = self.parts().1;
+                flow.end_ts = flow.end_ts.max(end_ts);
+                flow.decoded_end = flow
+                    .decoded_end
+                    .max(end_ts as f64 * f64::from(flow.in_tb) - flow.start);
+            }
+            if self.parts().1.graph.is_none() {
+                let g = self.build_graph(&f)?;
+                self.parts().1.graph = Some(g);
+            }
+            let g = self.parts().1.graph.as_mut().expect("built above");
+            g.get("in")
+                .expect("source")
+                .source()
+                .add(&f)
+                .ctx(|| format!("filtering {label}"))?;
+            self.pull(mux)?;
+        }
+        if pkt.is_none() {
+            let flow = self.parts().1;
+            let end_ts = flow.end_ts;
+            if let Some(g) = flow.graph.as_mut() {
+                // Closing at the last frame's end (not its start) lets `fps` keep that frame.
+                g.get("in")
+                    .expect("source")
+                    .source()
+                    .close(end_ts)
+                    .ctx(|| format!("flushing {label} filters"))?;
+                self.pull(mux)?;
+            }
+            self.encoder()
+                .send_eof()
+                .ctx(|| format!("flushing the {label} encoder"))?;
+            drain_encoder(self.encoder(), Self::TRACK, mux)?;
+        }
+        Ok(())
+    }
+}
+
 struct VideoPipe {
     index: usize,
     codec_id: ff::ffi::AVCodecID,
-    in_tb: Rational,
     decoder: decoder::Video,
-    graph: Option<filter::Graph>,
+    flow: Flow,
     /// Filters between the buffer source and sink, e.g. `fps=30,scale=640:360,...`.
     chain: String,
     encoder: encoder::Video,
@@ -587,11 +701,6 @@ struct VideoPipe {
     gop_frames: u32,
     next_keyframe: f64,
     frames: u64,
-    start: f64,
-    /// End of the last decoded frame, seconds from the source's start.
-    decoded_end: f64,
-    /// The same, in the input time base, for closing the filter graph.
-    end_ts: i64,
     codec: VideoCodec,
 }
 
@@ -664,9 +773,8 @@ impl VideoPipe {
         Ok(VideoPipe {
             index,
             codec_id,
-            in_tb: ist.time_base(),
             decoder,
-            graph: None,
+            flow: Flow::new(ist.time_base(), start),
             chain,
             encoder,
             enc_tb,
@@ -677,11 +785,35 @@ impl VideoPipe {
             gop_frames,
             next_keyframe: 0.0,
             frames: 0,
-            start,
-            decoded_end: 0.0,
-            end_ts: 0,
             codec: pv.codec,
         })
+    }
+}
+
+impl Pipe for VideoPipe {
+    type Frame = frame::Video;
+    const TRACK: Track = Track::Video;
+
+    fn parts(&mut self) -> (&mut decoder::Opened, &mut Flow) {
+        (&mut self.decoder, &mut self.flow)
+    }
+
+    fn encoder(&mut self) -> &mut encoder::Encoder {
+        &mut self.encoder
+    }
+
+    fn empty_frame() -> frame::Video {
+        frame::Video::empty()
+    }
+
+    fn frame_duration(&self, f: &frame::Video) -> i64 {
+        // SAFETY: pkt_duration is a plain field of the decoded frame.
+        let dur = unsafe { (*f.as_ptr()).pkt_duration };
+        if dur > 0 {
+            dur
+        } else {
+            1i64.rescale(self.fps.invert(), self.flow.in_tb).max(1)
+        }
     }
 
     fn build_graph(&mut self, f: &frame::Video) -> Result<filter::Graph> {
@@ -698,8 +830,8 @@ impl VideoPipe {
             f.width(),
             f.height(),
             pix as i32,
-            self.in_tb.numerator(),
-            self.in_tb.denominator(),
+            self.flow.in_tb.numerator(),
+            self.flow.in_tb.denominator(),
             sar.numerator(),
             sar.denominator()
         );
@@ -725,72 +857,9 @@ impl VideoPipe {
         Ok(g)
     }
 
-    /// Feeds one packet (or end of stream) through decoder, filters and encoder.
-    fn feed(&mut self, pkt: Option<&Packet>, mux: &mut Muxers) -> Result<()> {
-        match pkt {
-            Some(p) => match self.decoder.send_packet(p) {
-                Ok(()) | Err(ff::Error::InvalidData) => {}
-                Err(e) => return Err(EngineError::bad(format!("video decoding failed: {e}"))),
-            },
-            None => {
-                let _ = self.decoder.send_eof();
-            }
-        }
-        let mut f = frame::Video::empty();
-        loop {
-            match self.decoder.receive_frame(&mut f) {
-                Ok(()) => {}
-                Err(ff::Error::Eof) => break,
-                Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => break,
-                Err(ff::Error::InvalidData) => continue,
-                Err(e) => return Err(EngineError::bad(format!("video decoding failed: {e}"))),
-            }
-            let ts = f.timestamp();
-            f.set_pts(ts);
-            if let Some(ts) = ts {
-                // SAFETY: pkt_duration is a plain field of the decoded frame.
-                let dur = unsafe { (*f.as_ptr()).pkt_duration };
-                let dur = if dur > 0 {
-                    dur
-                } else {
-                    1i64.rescale(self.fps.invert(), self.in_tb).max(1)
-                };
-                self.end_ts = self.end_ts.max(ts + dur);
-                let end = (ts + dur) as f64 * f64::from(self.in_tb) - self.start;
-                self.decoded_end = self.decoded_end.max(end);
-            }
-            if self.graph.is_none() {
-                self.graph = Some(self.build_graph(&f)?);
-            }
-            let g = self.graph.as_mut().expect("built above");
-            g.get("in")
-                .expect("source")
-                .source()
-                .add(&f)
-                .ctx(|| "filtering video".into())?;
-            self.pull(mux)?;
-        }
-        if pkt.is_none() {
-            if let Some(g) = self.graph.as_mut() {
-                // Closing at the last frame's end (not its start) lets `fps` keep that frame.
-                g.get("in")
-                    .expect("source")
-                    .source()
-                    .close(self.end_ts)
-                    .ctx(|| "flushing video filters".into())?;
-                self.pull(mux)?;
-            }
-            self.encoder
-                .send_eof()
-                .ctx(|| "flushing the video encoder".into())?;
-            drain_encoder(&mut self.encoder, Track::Video, mux, 1)?;
-        }
-        Ok(())
-    }
-
     /// Takes filtered frames, forces keyframes by time and encodes.
     fn pull(&mut self, mux: &mut Muxers) -> Result<()> {
-        let g = self.graph.as_mut().expect("graph");
+        let g = self.flow.graph.as_mut().expect("graph");
         let mut sink = g.get("out").expect("sink");
         let sink_tb = sink.sink().time_base();
         let mut f = frame::Video::empty();
@@ -814,11 +883,13 @@ impl VideoPipe {
                 .send_frame(&f)
                 .ctx(|| "encoding video".into())?;
             self.frames += 1;
-            drain_encoder(&mut self.encoder, Track::Video, mux, 1)?;
+            drain_encoder(&mut self.encoder, Track::Video, mux)?;
         }
         Ok(())
     }
+}
 
+impl VideoPipe {
     /// RFC 6381 codecs string for this encoder's output.
     fn codecs_string(&self, width: u32, height: u32, fps: f64) -> String {
         match self.codec {
@@ -879,16 +950,12 @@ pub fn encoder_options(pv: &PlannedVideo, keyint: u32) -> BTreeMap<String, Strin
 
 struct AudioPipe {
     index: usize,
-    in_tb: Rational,
     decoder: decoder::Audio,
-    graph: Option<filter::Graph>,
+    flow: Flow,
     encoder: encoder::Audio,
     enc_tb: Rational,
     plan: PlannedAudio,
-    start: f64,
     samples: u64,
-    decoded_end: f64,
-    end_ts: i64,
 }
 
 impl AudioPipe {
@@ -937,17 +1004,38 @@ impl AudioPipe {
         mux.add(aac, &encoder, enc_tb, Track::Audio)?;
         Ok(AudioPipe {
             index,
-            in_tb: ist.time_base(),
             decoder,
-            graph: None,
+            flow: Flow::new(ist.time_base(), start),
             encoder,
             enc_tb,
             plan: pa.clone(),
-            start,
             samples: 0,
-            decoded_end: 0.0,
-            end_ts: 0,
         })
+    }
+}
+
+impl Pipe for AudioPipe {
+    type Frame = frame::Audio;
+    const TRACK: Track = Track::Audio;
+
+    fn parts(&mut self) -> (&mut decoder::Opened, &mut Flow) {
+        (&mut self.decoder, &mut self.flow)
+    }
+
+    fn encoder(&mut self) -> &mut encoder::Encoder {
+        &mut self.encoder
+    }
+
+    fn empty_frame() -> frame::Audio {
+        frame::Audio::empty()
+    }
+
+    fn frame_duration(&self, f: &frame::Audio) -> i64 {
+        (f.samples() as i64).rescale(Rational(1, f.rate().max(1) as i32), self.flow.in_tb)
+    }
+
+    fn decoded(&mut self, f: &frame::Audio) {
+        self.samples += f.samples() as u64;
     }
 
     fn build_graph(&mut self, f: &frame::Audio) -> Result<filter::Graph> {
@@ -959,8 +1047,8 @@ impl AudioPipe {
         };
         let args = format!(
             "time_base={}/{}:sample_rate={}:sample_fmt={}:channel_layout=0x{:x}",
-            self.in_tb.numerator(),
-            self.in_tb.denominator(),
+            self.flow.in_tb.numerator(),
+            self.flow.in_tb.denominator(),
             f.rate(),
             f.format().name(),
             layout.bits()
@@ -983,7 +1071,7 @@ impl AudioPipe {
         // centre and surround weights; async=1 pads or trims to keep A/V in sync.
         let chain = format!(
             "asetpts=PTS-{:.6}/TB,aresample={}:async=1:first_pts=0",
-            self.start, self.plan.sample_rate
+            self.flow.start, self.plan.sample_rate
         );
         g.output("in", 0)
             .and_then(|p| p.input("out", 0))
@@ -997,65 +1085,8 @@ impl AudioPipe {
         Ok(g)
     }
 
-    fn feed(&mut self, pkt: Option<&Packet>, mux: &mut Muxers) -> Result<()> {
-        match pkt {
-            Some(p) => match self.decoder.send_packet(p) {
-                Ok(()) | Err(ff::Error::InvalidData) => {}
-                Err(e) => return Err(EngineError::bad(format!("audio decoding failed: {e}"))),
-            },
-            None => {
-                let _ = self.decoder.send_eof();
-            }
-        }
-        let mut f = frame::Audio::empty();
-        loop {
-            match self.decoder.receive_frame(&mut f) {
-                Ok(()) => {}
-                Err(ff::Error::Eof) => break,
-                Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => break,
-                Err(ff::Error::InvalidData) => continue,
-                Err(e) => return Err(EngineError::bad(format!("audio decoding failed: {e}"))),
-            }
-            let ts = f.timestamp();
-            f.set_pts(ts);
-            self.samples += f.samples() as u64;
-            if let Some(ts) = ts {
-                let dur =
-                    (f.samples() as i64).rescale(Rational(1, f.rate().max(1) as i32), self.in_tb);
-                self.end_ts = self.end_ts.max(ts + dur);
-                let end = (ts + dur) as f64 * f64::from(self.in_tb) - self.start;
-                self.decoded_end = self.decoded_end.max(end);
-            }
-            if self.graph.is_none() {
-                self.graph = Some(self.build_graph(&f)?);
-            }
-            let g = self.graph.as_mut().expect("built above");
-            g.get("in")
-                .expect("source")
-                .source()
-                .add(&f)
-                .ctx(|| "filtering audio".into())?;
-            self.pull(mux)?;
-        }
-        if pkt.is_none() {
-            if let Some(g) = self.graph.as_mut() {
-                g.get("in")
-                    .expect("source")
-                    .source()
-                    .close(self.end_ts)
-                    .ctx(|| "flushing audio filters".into())?;
-                self.pull(mux)?;
-            }
-            self.encoder
-                .send_eof()
-                .ctx(|| "flushing the audio encoder".into())?;
-            drain_encoder(&mut self.encoder, Track::Audio, mux, 1024)?;
-        }
-        Ok(())
-    }
-
     fn pull(&mut self, mux: &mut Muxers) -> Result<()> {
-        let g = self.graph.as_mut().expect("graph");
+        let g = self.flow.graph.as_mut().expect("graph");
         let mut sink = g.get("out").expect("sink");
         let sink_tb = sink.sink().time_base();
         let mut f = frame::Audio::empty();
@@ -1065,7 +1096,7 @@ impl AudioPipe {
             self.encoder
                 .send_frame(&f)
                 .ctx(|| "encoding audio".into())?;
-            drain_encoder(&mut self.encoder, Track::Audio, mux, 1024)?;
+            drain_encoder(&mut self.encoder, Track::Audio, mux)?;
         }
         Ok(())
     }
