@@ -426,16 +426,11 @@ impl Queue {
     /// Cancels a job: queued tasks stop, running ones see the flag on their next heartbeat.
     pub async fn cancel_job(&self, id: &str, now: i64) -> Result<Job> {
         let mut tx = self.pool.begin().await?;
-        let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        match state.as_deref() {
-            None => return Err(QueueError::NotFound(format!("job {id}"))),
-            Some("succeeded" | "failed" | "canceled") => {
-                return Err(QueueError::Conflict(format!("job {id} has already ended")));
-            }
-            _ => {}
+        if matches!(
+            job_state(&mut tx, id).await?.as_str(),
+            "succeeded" | "failed" | "canceled"
+        ) {
+            return Err(QueueError::Conflict(format!("job {id} has already ended")));
         }
         sqlx::query("UPDATE tasks SET cancel = 1, state = CASE WHEN state IN ('queued', 'leased', 'running') THEN 'canceled' ELSE state END, updated_at = ? WHERE job_id = ?")
             .bind(now)
@@ -456,18 +451,13 @@ impl Queue {
     /// Retries a failed or canceled job: its unfinished tasks are queued again with fresh attempts.
     pub async fn retry_job(&self, id: &str, now: i64) -> Result<Job> {
         let mut tx = self.pool.begin().await?;
-        let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        match state.as_deref() {
-            None => return Err(QueueError::NotFound(format!("job {id}"))),
-            Some("failed" | "canceled") => {}
-            Some(_) => {
-                return Err(QueueError::Conflict(format!(
-                    "job {id} has not failed or been canceled"
-                )));
-            }
+        if !matches!(
+            job_state(&mut tx, id).await?.as_str(),
+            "failed" | "canceled"
+        ) {
+            return Err(QueueError::Conflict(format!(
+                "job {id} has not failed or been canceled"
+            )));
         }
         sqlx::query("UPDATE tasks SET state = 'queued', cancel = 0, attempts = 0, error = NULL, run_after = 0, worker_id = NULL, progress = 0, updated_at = ? WHERE job_id = ? AND state != 'succeeded'")
             .bind(now)
@@ -562,6 +552,15 @@ impl Queue {
             tasks,
         }))
     }
+}
+
+/// A job's state, or `NotFound`.
+async fn job_state(tx: &mut SqliteConnection, id: &str) -> Result<String> {
+    sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| QueueError::NotFound(format!("job {id}")))
 }
 
 async fn requeue_or_fail(
