@@ -2,9 +2,14 @@
 //! roles it accepts; errors are JSON `{"code", "message"}` with stable codes.
 
 use crate::auth::{self, Caller, Role};
-use crate::queue::{NewJob, NewTask, Queue, QueueError, TaskKind};
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::{StatusCode, request::Parts};
+use crate::chores;
+use crate::queue::{NewJob, Queue, QueueError};
+use crate::{storage, workers_api};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Path, Query, Request, State,
+};
+use axum::http::{StatusCode, header, request::Parts};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -13,7 +18,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncWriteExt;
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -21,12 +27,47 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Shared state of the HTTP handlers.
+/// Limits on what a caller can send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_upload_bytes: u64,
+    /// Hard runtime cap given to every task's child process.
+    pub task_timeout_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_upload_bytes: 20 * 1024 * 1024 * 1024,
+            task_timeout_seconds: 4 * 3600,
+        }
+    }
+}
+
+/// Shared state of the HTTP handlers and chores.
 #[derive(Clone)]
 pub struct AppState {
     pub queue: Queue,
     /// The `drake` executable, run as a child for `drake probe` (the coordinator never links libav).
     pub drake_exe: Arc<PathBuf>,
+    /// Root of the files served under `/dav/`.
+    pub storage: Arc<PathBuf>,
+    pub dav: dav_server::DavHandler,
+    /// Every job and task change, as JSON, for `/api/v1/events`.
+    pub events: tokio::sync::broadcast::Sender<String>,
+    /// Woken when tasks become leasable, so long-polling workers answer at once.
+    pub work_ready: Arc<tokio::sync::Notify>,
+    pub limits: Limits,
+    pub webhook_secret: Arc<String>,
+}
+
+impl AppState {
+    /// Publishes an event to SSE subscribers (dropped when nobody listens).
+    pub fn emit(&self, kind: &str, data: Value) {
+        let mut data = data;
+        data["type"] = json!(kind);
+        let _ = self.events.send(data.to_string());
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +78,10 @@ pub enum ApiError {
     Forbidden,
     #[error("{0}")]
     BadRequest(String),
+    #[error("the upload exceeds the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("storage: {0}")]
+    Storage(String),
     #[error(transparent)]
     Queue(#[from] QueueError),
 }
@@ -47,6 +92,8 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
             ApiError::Queue(e) => (
                 match e {
                     QueueError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -56,33 +103,47 @@ impl IntoResponse for ApiError {
                 e.code(),
             ),
         };
-        (
+        let mut resp = (
             status,
             Json(json!({"code": code, "message": self.to_string()})),
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
     }
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
-        let token = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized)?;
-        state
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let mut caller = state
             .queue
-            .authenticate(token.trim(), now_ms())
+            .authenticate(token, now_ms())
             .await?
-            .ok_or(ApiError::Unauthorized)
+            .ok_or(ApiError::Unauthorized)?;
+        caller.presented = Some(token.to_string());
+        Ok(caller)
     }
 }
 
-fn allow(caller: &Caller, roles: &[Role]) -> Result<(), ApiError> {
+pub fn allow(caller: &Caller, roles: &[Role]) -> Result<(), ApiError> {
     if roles.contains(&caller.role) {
         Ok(())
     } else {
@@ -93,32 +154,36 @@ fn allow(caller: &Caller, roles: &[Role]) -> Result<(), ApiError> {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"ok": true})) }))
-        .route("/api/v1/jobs", post(create_job).get(list_jobs))
+        // Uploads are streamed to disk and limited by `Limits::max_upload_bytes`.
+        .route(
+            "/api/v1/jobs",
+            post(create_job)
+                .get(list_jobs)
+                .layer(DefaultBodyLimit::disable()),
+        )
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/api/v1/jobs/{id}/retry", post(retry_job))
+        .route("/api/v1/events", get(events))
         .route("/api/v1/join-tokens", post(create_join_token))
+        .merge(workers_api::routes())
+        .merge(storage::routes())
         .with_state(state)
 }
 
-/// Limits on what a caller can put in one request.
+/// Limits on fields of a job request.
 const MAX_URL_LEN: usize = 4096;
 const MAX_KEY_LEN: usize = 200;
+const MAX_FIELD_LEN: usize = 8192;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct CreateJob {
-    source_url: String,
-    #[serde(default = "default_profile")]
-    profile: String,
+struct JobFields {
+    source_url: Option<String>,
+    profile: Option<String>,
     callback_url: Option<String>,
-    #[serde(default)]
-    priority: i64,
+    priority: Option<i64>,
     idempotency_key: Option<String>,
-}
-
-fn default_profile() -> String {
-    "web".into()
 }
 
 fn check_url(what: &str, url: &str) -> Result<(), ApiError> {
@@ -130,49 +195,76 @@ fn check_url(what: &str, url: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn create_job(
-    State(st): State<AppState>,
-    caller: Caller,
-    Json(body): Json<CreateJob>,
-) -> Result<Response, ApiError> {
-    allow(&caller, &[Role::Admin, Role::Submit])?;
-    check_url("source_url", &body.source_url)?;
-    if let Some(cb) = &body.callback_url {
+/// Validates a request's fields into a job (source filled in by the caller).
+fn new_job(f: JobFields, source: String) -> Result<(NewJob, Profile), ApiError> {
+    if let Some(cb) = &f.callback_url {
         check_url("callback_url", cb)?;
     }
-    if body
-        .idempotency_key
+    if f.idempotency_key
         .as_ref()
-        .is_some_and(|k| k.len() > MAX_KEY_LEN)
+        .is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_LEN)
     {
         return Err(ApiError::BadRequest(format!(
-            "idempotency_key is limited to {MAX_KEY_LEN} characters"
+            "idempotency_key must be 1..={MAX_KEY_LEN} characters"
         )));
     }
-    if !(-100..=100).contains(&body.priority) {
+    let priority = f.priority.unwrap_or(0);
+    if !(-100..=100).contains(&priority) {
         return Err(ApiError::BadRequest("priority must be -100..=100".into()));
     }
-    let profile = Profile::load(&body.profile).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    if body.profile.contains('/') || body.profile.ends_with(".toml") {
+    let name = f.profile.unwrap_or_else(|| "web".into());
+    if name.contains('/') || name.ends_with(".toml") {
         return Err(ApiError::BadRequest(
             "profile must be a profile name".into(),
         ));
     }
-    let new = NewJob {
-        profile: body.profile,
-        source: body.source_url,
-        callback_url: body.callback_url,
-        priority: body.priority,
-        idempotency_key: body.idempotency_key,
+    let profile = Profile::load(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok((
+        NewJob {
+            profile: name,
+            source,
+            callback_url: f.callback_url,
+            priority,
+            idempotency_key: f.idempotency_key,
+        },
+        profile,
+    ))
+}
+
+/// `POST /api/v1/jobs`: a multipart upload (field `file`) or JSON `{"source_url"}`.
+async fn create_job(
+    State(st): State<AppState>,
+    caller: Caller,
+    req: Request,
+) -> Result<Response, ApiError> {
+    allow(&caller, &[Role::Admin, Role::Submit])?;
+    let is_multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let (job, created) = if is_multipart {
+        let multipart = Multipart::from_request(req, &st)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        create_from_upload(&st, multipart).await?
+    } else {
+        let Json(f): Json<JobFields> = Json::from_request(req, &st)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let url = f.source_url.clone().ok_or_else(|| {
+            ApiError::BadRequest("give source_url, or upload a multipart field `file`".into())
+        })?;
+        check_url("source_url", &url)?;
+        let (new, profile) = new_job(f, url)?;
+        let (job, created) = st.queue.create_job(&new, now_ms()).await?;
+        if created {
+            tokio::spawn(chores::probe_and_plan(st.clone(), job.id.clone(), profile));
+        }
+        (job, created)
     };
-    let (job, created) = st.queue.create_job(&new, now_ms()).await?;
     if created {
-        tokio::spawn(probe_and_plan(
-            st.clone(),
-            job.id.clone(),
-            job.source.clone(),
-            profile,
-        ));
+        st.emit("job", json!({"job_id": job.id, "state": job.state}));
     }
     let status = if created {
         StatusCode::CREATED
@@ -182,66 +274,109 @@ async fn create_job(
     Ok((status, Json(job)).into_response())
 }
 
-/// Probes the source in a child `drake probe` (so a libav crash cannot take the
-/// coordinator down), plans the renditions and queues one task per rendition,
-/// lowest rung first, plus the thumbnails task.
-async fn probe_and_plan(st: AppState, job: String, source: String, profile: Profile) {
-    let outcome = async {
-        let child = tokio::process::Command::new(st.drake_exe.as_ref())
-            .arg("probe")
-            .arg(&source)
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(120), child)
-            .await
-            .map_err(|_| "probing timed out after 120 s".to_string())?
-            .map_err(|e| format!("cannot run drake probe: {e}"))?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let line = stderr
-                .lines()
-                .last()
-                .unwrap_or("probe failed")
-                .trim_start_matches("drake: ")
-                .to_string();
-            return Err(line);
+/// Streams the `file` field to storage (never holding it in memory), then creates the job.
+async fn create_from_upload(
+    st: &AppState,
+    mut multipart: Multipart,
+) -> Result<(crate::queue::Job, bool), ApiError> {
+    let uploads = st.storage.join("uploads");
+    tokio::fs::create_dir_all(&uploads)
+        .await
+        .map_err(|e| ApiError::Storage(e.to_string()))?;
+    let temp = uploads.join(uuid::Uuid::now_v7().to_string());
+    // Removes the temporary file on every early return.
+    struct Cleanup(Option<PathBuf>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if let Some(p) = self.0.take() {
+                let _ = std::fs::remove_file(p);
+            }
         }
-        let probe: proto::probe::Probe = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("unreadable probe output: {e}"))?;
-        let plan = proto::plan::plan(&probe, &profile).map_err(|e| format!("bad input: {e}"))?;
-        let mut tasks: Vec<NewTask> = plan
-            .renditions
-            .iter()
-            .map(|r| NewTask {
-                kind: TaskKind::Transcode,
-                rendition: Some(r.name.clone()),
-            })
-            .collect();
-        if probe.main_video().is_some() {
-            tasks.push(NewTask {
-                kind: TaskKind::Thumbnails,
-                rendition: None,
-            });
+    }
+    let mut cleanup = Cleanup(None);
+    let mut fields = serde_json::Map::new();
+    let mut size = 0u64;
+    let mut got_file = false;
+    while let Some(mut field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| ApiError::BadRequest(e.body_text()))?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "file" {
+            if got_file {
+                return Err(ApiError::BadRequest(
+                    "only one `file` field is accepted".into(),
+                ));
+            }
+            got_file = true;
+            let mut out = tokio::fs::File::create(&temp)
+                .await
+                .map_err(|e| ApiError::Storage(e.to_string()))?;
+            cleanup.0 = Some(temp.clone());
+            while let Some(chunk) = field
+                .chunk()
+                .await
+                .map_err(|e| ApiError::BadRequest(e.body_text()))?
+            {
+                size += chunk.len() as u64;
+                if size > st.limits.max_upload_bytes {
+                    return Err(ApiError::TooLarge(st.limits.max_upload_bytes));
+                }
+                out.write_all(&chunk)
+                    .await
+                    .map_err(|e| ApiError::Storage(e.to_string()))?;
+            }
+            out.sync_all()
+                .await
+                .map_err(|e| ApiError::Storage(e.to_string()))?;
+        } else {
+            let text = field
+                .text()
+                .await
+                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+            if text.len() > MAX_FIELD_LEN || fields.len() > 16 {
+                return Err(ApiError::BadRequest("form fields are too large".into()));
+            }
+            let value = if name == "priority" {
+                json!(
+                    text.parse::<i64>()
+                        .map_err(|_| ApiError::BadRequest("priority must be a number".into()))?
+                )
+            } else {
+                json!(text)
+            };
+            fields.insert(name, value);
         }
-        Ok((probe, tasks))
     }
-    .await;
-    let now = now_ms();
-    let result = match outcome {
-        Ok((probe, tasks)) => st
-            .queue
-            .set_probe(
-                &job,
-                &serde_json::to_value(&probe).unwrap_or(Value::Null),
-                now,
-            )
+    if !got_file || size == 0 {
+        return Err(ApiError::BadRequest(
+            "the upload has no (or an empty) `file` field".into(),
+        ));
+    }
+    let f: JobFields = serde_json::from_value(Value::Object(fields))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if f.source_url.is_some() {
+        return Err(ApiError::BadRequest(
+            "give either an upload or source_url, not both".into(),
+        ));
+    }
+    let (mut new, profile) = new_job(f, String::new())?;
+    let id = uuid::Uuid::now_v7().to_string();
+    new.source = storage::source_path(&id);
+    let (job, created) = st.queue.create_job_with_id(&id, &new, now_ms()).await?;
+    if created {
+        let dest = st.storage.join(&job.source);
+        tokio::fs::create_dir_all(dest.parent().expect("jobs/ID/source has a parent"))
             .await
-            .and(st.queue.add_tasks(&job, &tasks, now).await),
-        Err(reason) => st.queue.fail_job(&job, &reason, now).await,
-    };
-    if let Err(e) = result {
-        eprintln!("coordinator: planning job {job}: {e}");
+            .map_err(|e| ApiError::Storage(e.to_string()))?;
+        tokio::fs::rename(&temp, &dest)
+            .await
+            .map_err(|e| ApiError::Storage(e.to_string()))?;
+        cleanup.0 = None;
+        tokio::spawn(chores::probe_and_plan(st.clone(), job.id.clone(), profile));
     }
+    Ok((job, created))
 }
 
 async fn get_job(
@@ -255,7 +390,7 @@ async fn get_job(
         .job(&id)
         .await?
         .ok_or_else(|| QueueError::NotFound(format!("job {id}")))?;
-    Ok(Json(serde_json::to_value(job).unwrap_or(Value::Null)))
+    Ok(Json(json!(job)))
 }
 
 #[derive(Deserialize)]
@@ -293,9 +428,10 @@ async fn cancel_job(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     allow(&caller, &[Role::Admin, Role::Submit])?;
-    Ok(Json(
-        serde_json::to_value(st.queue.cancel_job(&id, now_ms()).await?).unwrap_or(Value::Null),
-    ))
+    let job = st.queue.cancel_job(&id, now_ms()).await?;
+    st.emit("job", json!({"job_id": id, "state": job.state}));
+    chores::job_ended(&st, &job).await;
+    Ok(Json(json!(job)))
 }
 
 async fn retry_job(
@@ -304,9 +440,34 @@ async fn retry_job(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     allow(&caller, &[Role::Admin, Role::Submit])?;
-    Ok(Json(
-        serde_json::to_value(st.queue.retry_job(&id, now_ms()).await?).unwrap_or(Value::Null),
-    ))
+    let job = st.queue.retry_job(&id, now_ms()).await?;
+    st.emit("job", json!({"job_id": id, "state": job.state}));
+    st.work_ready.notify_waiters();
+    Ok(Json(json!(job)))
+}
+
+/// `GET /api/v1/events`: server-sent events for every job and task change.
+async fn events(State(st): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
+    allow(&caller, &[Role::Admin, Role::Submit])?;
+    let rx = st.events.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(data) => {
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(Event::default().data(data)),
+                        rx,
+                    ));
+                }
+                // A slow reader missed events; tell it to refetch.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    return Some((Ok(Event::default().event("lagged").data("{}")), rx));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 #[derive(Deserialize)]

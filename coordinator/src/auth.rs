@@ -55,6 +55,8 @@ pub fn digest(token: &str) -> String {
 pub struct Caller {
     pub role: Role,
     pub label: Option<String>,
+    /// The token as presented (needed only to spend a join token).
+    pub presented: Option<String>,
 }
 
 impl Queue {
@@ -91,6 +93,7 @@ impl Queue {
             Some(Caller {
                 role: Role::parse(r.get::<&str, _>(0))?,
                 label: r.get(1),
+                presented: None,
             })
         }))
     }

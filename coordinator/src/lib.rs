@@ -4,5 +4,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod chores;
 pub mod queue;
+pub mod registry;
 pub mod server;
+pub mod storage;
+pub mod workers_api;

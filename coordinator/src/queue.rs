@@ -79,27 +79,20 @@ impl QueueConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskKind {
-    Transcode,
-    Thumbnails,
+pub use proto::wire::TaskKind;
+
+fn kind_str(k: TaskKind) -> &'static str {
+    match k {
+        TaskKind::Transcode => "transcode",
+        TaskKind::Thumbnails => "thumbnails",
+    }
 }
 
-impl TaskKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            TaskKind::Transcode => "transcode",
-            TaskKind::Thumbnails => "thumbnails",
-        }
-    }
-
-    fn parse(s: &str) -> TaskKind {
-        if s == "thumbnails" {
-            TaskKind::Thumbnails
-        } else {
-            TaskKind::Transcode
-        }
+fn parse_kind(s: &str) -> TaskKind {
+    if s == "thumbnails" {
+        TaskKind::Thumbnails
+    } else {
+        TaskKind::Transcode
     }
 }
 
@@ -116,6 +109,8 @@ pub struct NewJob {
 pub struct NewTask {
     pub kind: TaskKind,
     pub rendition: Option<String>,
+    /// The encoder a worker must have to take this task.
+    pub requires: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,6 +124,11 @@ pub struct Job {
     pub error: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// True as soon as one rendition is published.
+    pub playable: bool,
+    /// Paths (under `/dav/`) of the master playlist and manifest, once finalized.
+    pub outputs: Option<serde_json::Value>,
+    pub probe: Option<serde_json::Value>,
     pub tasks: Vec<Task>,
 }
 
@@ -142,6 +142,8 @@ pub struct Task {
     pub attempts: i64,
     pub worker: Option<String>,
     pub error: Option<String>,
+    /// The end of the failed child's stderr.
+    pub log_tail: Option<String>,
 }
 
 /// A granted lease: what the worker must echo back to heartbeat, complete or fail.
@@ -202,6 +204,17 @@ impl Queue {
     /// Creates a job, or returns the existing one with the same idempotency key
     /// (the bool says whether it was created).
     pub async fn create_job(&self, new: &NewJob, now: i64) -> Result<(Job, bool)> {
+        self.create_job_with_id(&uuid::Uuid::now_v7().to_string(), new, now)
+            .await
+    }
+
+    /// Like [`Queue::create_job`] with a chosen id (an upload's storage path uses it).
+    pub async fn create_job_with_id(
+        &self,
+        id: &str,
+        new: &NewJob,
+        now: i64,
+    ) -> Result<(Job, bool)> {
         if let Some(key) = &new.idempotency_key {
             if let Some(id) =
                 sqlx::query_scalar::<_, String>("SELECT id FROM jobs WHERE idempotency_key = ?")
@@ -217,9 +230,8 @@ impl Queue {
                 ));
             }
         }
-        let id = uuid::Uuid::now_v7().to_string();
         sqlx::query("INSERT INTO jobs (id, state, profile, source, callback_url, priority, idempotency_key, created_at, updated_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)")
-            .bind(&id)
+            .bind(id)
             .bind(&new.profile)
             .bind(&new.source)
             .bind(&new.callback_url)
@@ -230,9 +242,9 @@ impl Queue {
             .execute(&self.pool)
             .await?;
         Ok((
-            self.job(&id)
+            self.job(id)
                 .await?
-                .ok_or_else(|| QueueError::NotFound(id))?,
+                .ok_or_else(|| QueueError::NotFound(id.to_string()))?,
             true,
         ))
     }
@@ -241,11 +253,12 @@ impl Queue {
     pub async fn add_tasks(&self, job_id: &str, tasks: &[NewTask], now: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for (seq, t) in tasks.iter().enumerate() {
-            sqlx::query("INSERT INTO tasks (id, job_id, kind, rendition, seq, state, max_attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)")
+            sqlx::query("INSERT INTO tasks (id, job_id, kind, rendition, requires, seq, state, max_attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)")
                 .bind(uuid::Uuid::now_v7().to_string())
                 .bind(job_id)
-                .bind(t.kind.as_str())
+                .bind(kind_str(t.kind))
                 .bind(&t.rendition)
+                .bind(&t.requires)
                 .bind(seq as i64)
                 .bind(self.cfg.max_attempts)
                 .bind(now)
@@ -259,19 +272,28 @@ impl Queue {
 
     /// Grants the next runnable task to `worker`, or `None` when nothing is runnable.
     /// Order: job priority, then older jobs, then the task's place in its job.
-    pub async fn lease(&self, worker: &str, now: i64) -> Result<Option<Lease>> {
+    pub async fn lease(
+        &self,
+        worker: &str,
+        encoders: &[String],
+        now: i64,
+    ) -> Result<Option<Lease>> {
+        // ",libx264,aac," so that instr() matches whole names only.
+        let encoders = format!(",{},", encoders.join(","));
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "UPDATE tasks SET state = 'leased', worker_id = ?1, epoch = epoch + 1, attempts = attempts + 1,
                  lease_expires_at = ?2 + ?3, progress = 0, updated_at = ?2
              WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
                          WHERE t.state = 'queued' AND t.run_after <= ?2 AND t.cancel = 0
+                           AND (t.requires IS NULL OR instr(?4, ',' || t.requires || ',') > 0)
                          ORDER BY j.priority DESC, j.created_at, t.seq LIMIT 1)
              RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts",
         )
         .bind(worker)
         .bind(now)
         .bind(self.cfg.lease_ttl_ms)
+        .bind(&encoders)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -296,7 +318,7 @@ impl Queue {
             task_id: row.get("id"),
             job_id,
             epoch: row.get("epoch"),
-            kind: TaskKind::parse(row.get::<&str, _>("kind")),
+            kind: parse_kind(row.get::<&str, _>("kind")),
             rendition: row.get("rendition"),
             profile,
             source,
@@ -344,7 +366,7 @@ impl Queue {
         epoch: i64,
         result: &serde_json::Value,
         now: i64,
-    ) -> Result<()> {
+    ) -> Result<String> {
         let mut tx = self.pool.begin().await?;
         let job: Option<String> = sqlx::query_scalar(
             "UPDATE tasks SET state = 'succeeded', progress = 1, result = ?4, lease_expires_at = NULL, updated_at = ?5
@@ -363,7 +385,7 @@ impl Queue {
         })?;
         settle_job(&mut tx, &job, now).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(job)
     }
 
     /// Ends a lease with a failure. Retryable failures go back to the queue after a
@@ -375,6 +397,7 @@ impl Queue {
         epoch: i64,
         error: &str,
         retryable: bool,
+        log_tail: &str,
         now: i64,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
@@ -386,6 +409,11 @@ impl Queue {
             .await?
             .ok_or_else(|| QueueError::StaleLease { task: task.into(), epoch })?;
         let (job, attempts, max): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        sqlx::query("UPDATE tasks SET log_tail = ? WHERE id = ?")
+            .bind(log_tail)
+            .bind(task)
+            .execute(&mut *tx)
+            .await?;
         requeue_or_fail(
             &mut tx, task, &job, attempts, max, error, retryable, &self.cfg, now,
         )
@@ -396,12 +424,13 @@ impl Queue {
     }
 
     /// Takes back every lease whose heartbeats stopped. Returns how many were reaped.
-    pub async fn reap(&self, now: i64) -> Result<u64> {
+    pub async fn reap(&self, now: i64) -> Result<Vec<String>> {
         let mut tx = self.pool.begin().await?;
         let expired = sqlx::query("SELECT id, job_id, attempts, max_attempts FROM tasks WHERE state IN ('leased', 'running') AND lease_expires_at < ?")
             .bind(now)
             .fetch_all(&mut *tx)
             .await?;
+        let mut jobs = Vec::new();
         for row in &expired {
             let (task, job, attempts, max): (String, String, i64, i64) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
@@ -418,9 +447,11 @@ impl Queue {
             )
             .await?;
             settle_job(&mut tx, &job, now).await?;
+            jobs.push(job);
         }
         tx.commit().await?;
-        Ok(expired.len() as u64)
+        jobs.dedup();
+        Ok(jobs)
     }
 
     /// Cancels a job: queued tasks stop, running ones see the flag on their next heartbeat.
@@ -475,6 +506,71 @@ impl Queue {
             .ok_or_else(|| QueueError::NotFound(format!("job {id}")))
     }
 
+    /// Marks a finalizing job succeeded with its output paths. False if it was not finalizing.
+    pub async fn finish_job(
+        &self,
+        id: &str,
+        outputs: &serde_json::Value,
+        now: i64,
+    ) -> Result<bool> {
+        let n = sqlx::query("UPDATE jobs SET state = 'succeeded', outputs = ?, updated_at = ? WHERE id = ? AND state = 'finalizing'")
+            .bind(outputs.to_string())
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// The stored results of a job's succeeded tasks: (kind, rendition, result).
+    pub async fn task_results(
+        &self,
+        id: &str,
+    ) -> Result<Vec<(TaskKind, Option<String>, serde_json::Value)>> {
+        let rows = sqlx::query("SELECT kind, rendition, result FROM tasks WHERE job_id = ? AND state = 'succeeded' ORDER BY seq").bind(id).fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let result: Option<String> = r.get(2);
+                (
+                    parse_kind(r.get::<&str, _>(0)),
+                    r.get(1),
+                    result
+                        .and_then(|t| serde_json::from_str(&t).ok())
+                        .unwrap_or(serde_json::Value::Null),
+                )
+            })
+            .collect())
+    }
+
+    /// True when the task was canceled (directly or with its job).
+    pub async fn task_canceled(&self, task: &str) -> Result<bool> {
+        let c: Option<i64> = sqlx::query_scalar("SELECT cancel FROM tasks WHERE id = ?")
+            .bind(task)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(c.unwrap_or(0) != 0)
+    }
+
+    pub async fn task_job(&self, task: &str) -> Result<String> {
+        sqlx::query_scalar("SELECT job_id FROM tasks WHERE id = ?")
+            .bind(task)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| QueueError::NotFound(format!("task {task}")))
+    }
+
+    /// A task's job and rendition (None for thumbnails).
+    pub async fn task_target(&self, task: &str) -> Result<(String, Option<String>)> {
+        let row = sqlx::query("SELECT job_id, rendition FROM tasks WHERE id = ?")
+            .bind(task)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| QueueError::NotFound(format!("task {task}")))?;
+        Ok((row.get(0), row.get(1)))
+    }
+
     /// Records the source probe on the job.
     pub async fn set_probe(&self, id: &str, probe: &serde_json::Value, now: i64) -> Result<()> {
         sqlx::query("UPDATE jobs SET probe = ?, updated_at = ? WHERE id = ?")
@@ -494,6 +590,12 @@ impl Queue {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// Fails a job whose finalize step could not complete.
+    pub async fn fail_job_finalizing(&self, id: &str, error: &str, now: i64) -> Result<()> {
+        sqlx::query("UPDATE jobs SET state = 'failed', error = ?, updated_at = ? WHERE id = ? AND state = 'finalizing'").bind(error).bind(now).bind(id).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -520,25 +622,27 @@ impl Queue {
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<Job>> {
-        let Some(row) = sqlx::query("SELECT id, state, profile, source, callback_url, priority, error, created_at, updated_at FROM jobs WHERE id = ?").bind(id).fetch_optional(&self.pool).await? else {
+        let Some(row) = sqlx::query("SELECT id, state, profile, source, callback_url, priority, error, created_at, updated_at, outputs, probe FROM jobs WHERE id = ?").bind(id).fetch_optional(&self.pool).await? else {
             return Ok(None);
         };
-        let tasks = sqlx::query("SELECT id, kind, rendition, state, progress, attempts, worker_id, error FROM tasks WHERE job_id = ? ORDER BY seq")
+        let tasks = sqlx::query("SELECT id, kind, rendition, state, progress, attempts, worker_id, error, log_tail FROM tasks WHERE job_id = ? ORDER BY seq")
             .bind(id)
             .fetch_all(&self.pool)
             .await?
             .into_iter()
             .map(|t| Task {
                 id: t.get(0),
-                kind: TaskKind::parse(t.get::<&str, _>(1)),
+                kind: parse_kind(t.get::<&str, _>(1)),
                 rendition: t.get(2),
                 state: t.get(3),
                 progress: t.get(4),
                 attempts: t.get(5),
                 worker: t.get(6),
                 error: t.get(7),
+                log_tail: t.get(8),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let json = |v: Option<String>| v.and_then(|t| serde_json::from_str(&t).ok());
         Ok(Some(Job {
             id: row.get(0),
             state: row.get(1),
@@ -549,6 +653,11 @@ impl Queue {
             error: row.get(6),
             created_at: row.get(7),
             updated_at: row.get(8),
+            playable: tasks
+                .iter()
+                .any(|t| t.kind == TaskKind::Transcode && t.state == "succeeded"),
+            outputs: json(row.get(9)),
+            probe: json(row.get(10)),
             tasks,
         }))
     }
@@ -619,7 +728,12 @@ async fn settle_job(tx: &mut SqliteConnection, job: &str, now: i64) -> Result<()
             .await?;
         "failed"
     } else if !states.is_empty() && states.iter().all(|s| s == "succeeded") {
-        "succeeded"
+        // Finalize (master playlist, manifest) turns this into succeeded.
+        if current == "succeeded" {
+            "succeeded"
+        } else {
+            "finalizing"
+        }
     } else if states.iter().any(|s| s != "queued") {
         "running"
     } else {

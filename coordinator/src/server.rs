@@ -1,9 +1,10 @@
-//! `drake coordinator`: opens the queue in the data directory, makes sure an admin
-//! token exists, serves the API on a listener the caller bound, and runs the lease
-//! reaper until shutdown.
+//! `drake coordinator`: opens the queue and storage in the data directory, makes
+//! sure an admin token and a webhook secret exist, serves the API on a listener the
+//! caller bound, and runs the background chores until shutdown.
 
-use crate::api::{self, AppState, now_ms};
+use crate::api::{self, AppState, Limits, now_ms};
 use crate::auth::{self, Role};
+use crate::chores;
 use crate::queue::{Queue, QueueConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,30 +13,99 @@ use std::time::Duration;
 pub struct Config {
     pub data_dir: PathBuf,
     pub drake_exe: PathBuf,
+    pub limits: Limits,
+}
+
+/// A prepared coordinator: state opened, secrets in place, not yet serving.
+pub struct Prepared {
+    pub state: AppState,
+    pub admin_token: String,
+    /// True when the admin token was generated now (print it once).
+    pub admin_token_generated: bool,
+}
+
+/// A secret kept in a data-dir file (mode 0600): read it, or create it with `make`.
+fn kept_secret(path: &Path, make: impl FnOnce() -> String) -> std::io::Result<(String, bool)> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        return Ok((t.trim().to_string(), false));
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let secret = make();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(secret.as_bytes())?;
+    Ok((secret, true))
 }
 
 /// The admin token: `DRAKE_ADMIN_TOKEN` if set, else the one kept in the data dir,
-/// else a new one written there (mode 0600). Returns it and whether it was generated.
+/// else a new one written there. Returns it and whether it was generated.
 pub fn admin_token(data_dir: &Path) -> std::io::Result<(String, bool)> {
     if let Ok(t) = std::env::var("DRAKE_ADMIN_TOKEN") {
         if !t.trim().is_empty() {
             return Ok((t.trim().to_string(), false));
         }
     }
-    let path = data_dir.join("admin-token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        return Ok((t.trim().to_string(), false));
-    }
-    let token = auth::generate(Role::Admin);
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)?;
-    f.write_all(token.as_bytes())?;
-    Ok((token, true))
+    kept_secret(&data_dir.join("admin-token"), || {
+        auth::generate(Role::Admin)
+    })
+}
+
+pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error + Send + Sync>> {
+    let storage = cfg.data_dir.join("storage");
+    std::fs::create_dir_all(storage.join("jobs"))?;
+    let queue = Queue::open(&cfg.data_dir.join("drake.db"), QueueConfig::default()).await?;
+    let (token, generated) = admin_token(&cfg.data_dir)?;
+    queue
+        .add_token(&token, Role::Admin, Some("admin"), None, None, now_ms())
+        .await?;
+    let (webhook_secret, _) = kept_secret(
+        &cfg.data_dir.join("webhook-secret"),
+        chores::new_webhook_secret,
+    )?;
+    let (events, _) = tokio::sync::broadcast::channel(1024);
+    let state = AppState {
+        queue,
+        drake_exe: Arc::new(cfg.drake_exe),
+        dav: crate::storage::handler(&storage),
+        storage: Arc::new(storage),
+        events,
+        work_ready: Arc::new(tokio::sync::Notify::new()),
+        limits: cfg.limits,
+        webhook_secret: Arc::new(webhook_secret),
+    };
+    Ok(Prepared {
+        state,
+        admin_token: token,
+        admin_token_generated: generated,
+    })
+}
+
+/// Serves until `shutdown` resolves; background chores stop with it.
+pub async fn serve(
+    p: Prepared,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let st = p.state.clone();
+    let chores = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            chores::reap(&st).await;
+            chores::deliver_webhooks(&st, &client).await;
+        }
+    });
+    let result = axum::serve(listener, api::router(p.state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    chores.abort();
+    result
 }
 
 pub async fn run(
@@ -43,38 +113,17 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    std::fs::create_dir_all(&cfg.data_dir)?;
-    let queue = Queue::open(&cfg.data_dir.join("drake.db"), QueueConfig::default()).await?;
-    let (token, generated) = admin_token(&cfg.data_dir)?;
-    queue
-        .add_token(&token, Role::Admin, Some("admin"), None, None, now_ms())
-        .await?;
+    let data_dir = cfg.data_dir.clone();
+    let p = prepare(cfg).await?;
     let addr = listener.local_addr()?;
     println!("drake coordinator listening on http://{addr}");
-    if generated {
+    if p.admin_token_generated {
         println!(
-            "admin token (kept in {}): {token}",
-            cfg.data_dir.join("admin-token").display()
+            "admin token (kept in {}): {}",
+            data_dir.join("admin-token").display(),
+            p.admin_token
         );
     }
-
-    let reaper_queue = queue.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            if let Err(e) = reaper_queue.reap(now_ms()).await {
-                eprintln!("coordinator: lease reaper: {e}");
-            }
-        }
-    });
-
-    let state = AppState {
-        queue,
-        drake_exe: Arc::new(cfg.drake_exe),
-    };
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    serve(p, listener, shutdown).await?;
     Ok(())
 }

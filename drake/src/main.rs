@@ -1,6 +1,8 @@
 //! The `drake` binary: parses the command line and hands each subcommand to the
 //! crate that owns it. No media logic lives here.
 
+mod farm;
+
 use clap::{Parser, Subcommand};
 use proto::exit;
 use proto::profile::Profile;
@@ -46,13 +48,64 @@ enum Command {
         #[arg(long, default_value_t = 6.0 * 3600.0)]
         max_duration: f64,
     },
-    /// Run the coordinator: the durable queue and the HTTP API.
+    /// Run the coordinator: durable queue, HTTP API and WebDAV storage.
     Coordinator {
-        /// Where the SQLite database and the admin token live.
+        /// Where the SQLite database, storage, admin token and webhook secret live.
         #[arg(long, default_value = "drake-data")]
         data: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8600")]
         listen: String,
+        /// Largest accepted upload, in bytes.
+        #[arg(long, default_value_t = 20 * 1024 * 1024 * 1024)]
+        max_upload_bytes: u64,
+    },
+    /// Run a worker that leases tasks from a coordinator.
+    Worker {
+        #[arg(long)]
+        coordinator: String,
+        /// A join token (or this worker's credential); also read from DRAKE_TOKEN.
+        #[arg(long, env = "DRAKE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Tasks run at once.
+        #[arg(long, default_value_t = 1)]
+        slots: u32,
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Where children write before publishing; emptied after every task.
+        #[arg(long, default_value = "drake-scratch")]
+        scratch: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Run a whole farm on this machine: a coordinator and local workers.
+    Up {
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        #[arg(long, default_value = "drake-data")]
+        data: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8600")]
+        listen: String,
+        #[arg(long, default_value_t = 20 * 1024 * 1024 * 1024)]
+        max_upload_bytes: u64,
+    },
+    /// Submit a file or URL as a job; with --wait, follow it to the end.
+    Submit {
+        input: String,
+        #[arg(long, default_value = "web")]
+        profile: String,
+        #[arg(long, default_value = "http://127.0.0.1:8600")]
+        coordinator: String,
+        /// Defaults to DRAKE_TOKEN, then ./drake-data/admin-token.
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 0)]
+        priority: i64,
+        #[arg(long)]
+        callback_url: Option<String>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
     },
     /// Write a poster, thumbnails and a storyboard sprite with WebVTT into DIR.
     Thumbnails {
@@ -65,14 +118,63 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    if let Command::Coordinator { data, listen } = cli.command {
-        std::process::exit(coordinator(data, &listen));
-    }
+    let code = match Cli::parse().command {
+        Command::Coordinator {
+            data,
+            listen,
+            max_upload_bytes,
+        } => farm::coordinator(data, &listen, max_upload_bytes),
+        Command::Worker {
+            coordinator,
+            token,
+            slots,
+            tags,
+            scratch,
+            name,
+        } => farm::worker(farm::WorkerArgs {
+            coordinator,
+            token,
+            slots,
+            tags,
+            scratch,
+            name,
+        }),
+        Command::Up {
+            workers,
+            data,
+            listen,
+            max_upload_bytes,
+        } => farm::up(data, &listen, workers, max_upload_bytes),
+        Command::Submit {
+            input,
+            profile,
+            coordinator,
+            token,
+            wait,
+            priority,
+            callback_url,
+            idempotency_key,
+        } => farm::submit(farm::SubmitArgs {
+            input,
+            profile,
+            coordinator,
+            token,
+            wait,
+            priority,
+            callback_url,
+            idempotency_key,
+        }),
+        engine => run_engine(engine),
+    };
+    std::process::exit(code);
+}
+
+/// The engine subcommands: one libav job in this process, one line on failure.
+fn run_engine(command: Command) -> i32 {
     if let Err(e) = worker::init() {
         fail(Failure::Engine(e));
     }
-    let result = match cli.command {
+    let result = match command {
         Command::Probe { input } => worker::probe::probe(&input)
             .map_err(Failure::Engine)
             .and_then(|p| print_json(&p)),
@@ -84,13 +186,17 @@ fn main() {
             out,
             max_duration,
         } => transcode(&input, &profile, &rendition, out, max_duration),
-        Command::Coordinator { .. } => unreachable!("handled above"),
         Command::Thumbnails { input, out, count } => worker::thumbnails::run(&input, &out, count)
             .map_err(Failure::Engine)
             .map(|_| ()),
+        Command::Coordinator { .. }
+        | Command::Worker { .. }
+        | Command::Up { .. }
+        | Command::Submit { .. } => unreachable!("farm commands are dispatched in main"),
     };
-    if let Err(f) = result {
-        fail(f);
+    match result {
+        Ok(()) => 0,
+        Err(f) => fail(f),
     }
 }
 
@@ -107,49 +213,6 @@ fn fail(f: Failure) -> ! {
     };
     eprintln!("drake: {line}");
     std::process::exit(code);
-}
-
-/// Runs the coordinator until Ctrl-C or SIGTERM; returns the exit code.
-fn coordinator(data: PathBuf, listen: &str) -> i32 {
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("drake: cannot start the async runtime: {e}");
-            return exit::INTERNAL;
-        }
-    };
-    rt.block_on(async {
-        let listener = match tokio::net::TcpListener::bind(listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("drake: cannot listen on {listen}: {e}");
-                return exit::INTERNAL;
-            }
-        };
-        let drake_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("drake"));
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
-        };
-        match coordinator::server::run(
-            coordinator::server::Config {
-                data_dir: data,
-                drake_exe,
-            },
-            listener,
-            shutdown,
-        )
-        .await
-        {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("drake: coordinator: {e}");
-                exit::INTERNAL
-            }
-        }
-    })
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {

@@ -1,12 +1,15 @@
 //! The transcode engine: everything that touches libav. Each entry point runs in
 //! its own `drake` child process, so a libav crash costs one task, not a worker.
+//! `node` is the worker loop that leases tasks and runs those children.
 
 pub mod av;
 pub mod codecs;
 pub mod error;
 pub mod files;
 pub mod fmp4;
+pub mod node;
 pub mod probe;
+pub mod publish;
 pub mod thumbnails;
 pub mod transcode;
 pub mod verify;

@@ -39,15 +39,15 @@ async fn job_with(q: &Queue, renditions: &[&str]) -> Job {
 async fn tasks_lease_lowest_rung_first_and_complete() {
     let q = queue().await;
     let job = job_with(&q, &["240p", "720p"]).await;
-    let a = q.lease("w1", T0).await.unwrap().unwrap();
+    let a = q.lease("w1", &[], T0).await.unwrap().unwrap();
     assert_eq!(
         (a.rendition.as_deref(), a.epoch, a.attempt),
         (Some("240p"), 1, 1)
     );
-    let b = q.lease("w2", T0).await.unwrap().unwrap();
+    let b = q.lease("w2", &[], T0).await.unwrap().unwrap();
     assert_eq!(b.rendition.as_deref(), Some("720p"));
     assert!(
-        q.lease("w3", T0).await.unwrap().is_none(),
+        q.lease("w3", &[], T0).await.unwrap().is_none(),
         "nothing else to lease"
     );
     assert!(
@@ -75,19 +75,19 @@ async fn tasks_lease_lowest_rung_first_and_complete() {
 async fn expired_leases_are_requeued_and_stale_completions_rejected() {
     let q = queue().await;
     let job = job_with(&q, &["240p"]).await;
-    let first = q.lease("w1", T0).await.unwrap().unwrap();
+    let first = q.lease("w1", &[], T0).await.unwrap().unwrap();
     // Heartbeats keep it alive past the original expiry.
     q.heartbeat(&first.task_id, "w1", first.epoch, 0.2, T0 + 8_000)
         .await
         .unwrap();
-    assert_eq!(q.reap(T0 + 12_000).await.unwrap(), 0);
+    assert!(q.reap(T0 + 12_000).await.unwrap().is_empty());
     // Then w1 goes silent (a partition): the lease lapses and is reaped.
-    assert_eq!(q.reap(T0 + 18_001).await.unwrap(), 1);
+    assert_eq!(q.reap(T0 + 18_001).await.unwrap(), [job.id.clone()]);
     assert!(
-        q.lease("w2", T0 + 18_001).await.unwrap().is_none(),
+        q.lease("w2", &[], T0 + 18_001).await.unwrap().is_none(),
         "backoff holds it back"
     );
-    let second = q.lease("w2", T0 + 19_001).await.unwrap().unwrap();
+    let second = q.lease("w2", &[], T0 + 19_001).await.unwrap().unwrap();
     assert_eq!((second.epoch, second.attempt), (2, 2));
     // w1 comes back and tries to finish: rejected, and nothing changes.
     let late = q
@@ -109,8 +109,16 @@ async fn expired_leases_are_requeued_and_stale_completions_rejected() {
         Err(QueueError::StaleLease { .. })
     ));
     assert!(matches!(
-        q.fail(&first.task_id, "w1", first.epoch, "x", true, T0 + 19_500)
-            .await,
+        q.fail(
+            &first.task_id,
+            "w1",
+            first.epoch,
+            "x",
+            true,
+            "",
+            T0 + 19_500
+        )
+        .await,
         Err(QueueError::StaleLease { .. })
     ));
     let t = &q.job(&job.id).await.unwrap().unwrap().tasks[0];
@@ -136,18 +144,26 @@ async fn retries_back_off_exponentially() {
     job_with(&q, &["240p"]).await;
     let mut now = T0;
     for (attempt, wait) in [(1, 1_000), (2, 2_000)] {
-        let l = q.lease("w", now).await.unwrap().unwrap();
+        let l = q.lease("w", &[], now).await.unwrap().unwrap();
         assert_eq!(l.attempt, attempt);
-        q.fail(&l.task_id, "w", l.epoch, "storage returned 503", true, now)
-            .await
-            .unwrap();
+        q.fail(
+            &l.task_id,
+            "w",
+            l.epoch,
+            "storage returned 503",
+            true,
+            "",
+            now,
+        )
+        .await
+        .unwrap();
         assert!(
-            q.lease("w", now + wait - 1).await.unwrap().is_none(),
+            q.lease("w", &[], now + wait - 1).await.unwrap().is_none(),
             "attempt {attempt}: still backing off"
         );
         now += wait;
     }
-    assert_eq!(q.lease("w", now).await.unwrap().unwrap().attempt, 3);
+    assert_eq!(q.lease("w", &[], now).await.unwrap().unwrap().attempt, 3);
     assert_eq!(q.cfg.backoff(10), 8_000, "capped");
 }
 
@@ -158,11 +174,19 @@ async fn the_retry_limit_fails_the_job_with_the_last_error() {
     let mut now = T0;
     for _ in 0..3 {
         now += 10_000;
-        let l = q.lease("w", now).await.unwrap().unwrap();
+        let l = q.lease("w", &[], now).await.unwrap().unwrap();
         assert_eq!(l.rendition.as_deref(), Some("240p"));
-        q.fail(&l.task_id, "w", l.epoch, "storage returned 503", true, now)
-            .await
-            .unwrap();
+        q.fail(
+            &l.task_id,
+            "w",
+            l.epoch,
+            "storage returned 503",
+            true,
+            "",
+            now,
+        )
+        .await
+        .unwrap();
     }
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!(j.state, "failed");
@@ -171,20 +195,21 @@ async fn the_retry_limit_fails_the_job_with_the_last_error() {
         Some("storage returned 503 (gave up after 3 attempts)")
     );
     assert_eq!(j.tasks[1].state, "canceled", "the rest of the job stops");
-    assert!(q.lease("w", now + 100_000).await.unwrap().is_none());
+    assert!(q.lease("w", &[], now + 100_000).await.unwrap().is_none());
 }
 
 #[tokio::test]
 async fn bad_input_fails_the_job_at_once() {
     let q = queue().await;
     let job = job_with(&q, &["240p"]).await;
-    let l = q.lease("w", T0).await.unwrap().unwrap();
+    let l = q.lease("w", &[], T0).await.unwrap().unwrap();
     q.fail(
         &l.task_id,
         "w",
         l.epoch,
         "bad input: the source ends at 2.00 s but its header declares 6.00 s",
         false,
+        "[mov,mp4] stream 0, offset 0x2f1a: partial file",
         T0,
     )
     .await
@@ -192,6 +217,14 @@ async fn bad_input_fails_the_job_at_once() {
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!((j.state.as_str(), j.tasks[0].attempts), ("failed", 1));
     assert!(j.error.unwrap().contains("header declares"));
+    assert!(
+        j.tasks[0]
+            .log_tail
+            .as_deref()
+            .unwrap()
+            .contains("partial file"),
+        "the log tail is kept for ops"
+    );
     // Retry brings it back with fresh attempts.
     let j = q.retry_job(&job.id, T0 + 1).await.unwrap();
     assert_eq!(
@@ -208,13 +241,13 @@ async fn bad_input_fails_the_job_at_once() {
 async fn cancel_reaches_running_tasks_through_heartbeats() {
     let q = queue().await;
     let job = job_with(&q, &["240p", "360p"]).await;
-    let l = q.lease("w", T0).await.unwrap().unwrap();
+    let l = q.lease("w", &[], T0).await.unwrap().unwrap();
     q.cancel_job(&job.id, T0 + 1).await.unwrap();
     assert!(matches!(
         q.heartbeat(&l.task_id, "w", l.epoch, 0.5, T0 + 2).await,
         Err(QueueError::StaleLease { .. })
     ));
-    assert!(q.lease("w", T0 + 3).await.unwrap().is_none());
+    assert!(q.lease("w", &[], T0 + 3).await.unwrap().is_none());
     assert_eq!(q.job(&job.id).await.unwrap().unwrap().state, "canceled");
     assert!(matches!(
         q.cancel_job(&job.id, T0 + 4).await,
@@ -235,4 +268,41 @@ async fn idempotency_keys_return_the_same_job() {
     let (a, created_a) = q.create_job(&new, T0).await.unwrap();
     let (b, created_b) = q.create_job(&new, T0 + 5).await.unwrap();
     assert_eq!((a.id, created_a, created_b), (b.id, true, false));
+}
+
+#[tokio::test]
+async fn tasks_go_only_to_workers_with_the_encoder() {
+    let q = queue().await;
+    let new = NewJob {
+        profile: "vp9".into(),
+        source: "s".into(),
+        callback_url: None,
+        priority: 0,
+        idempotency_key: None,
+    };
+    let (job, _) = q.create_job(&new, T0).await.unwrap();
+    q.add_tasks(
+        &job.id,
+        &[NewTask {
+            kind: TaskKind::Transcode,
+            rendition: Some("360p".into()),
+            requires: Some("libvpx-vp9".into()),
+        }],
+        T0,
+    )
+    .await
+    .unwrap();
+    assert!(
+        q.lease("w", &["libx264".into(), "libvpx".into()], T0)
+            .await
+            .unwrap()
+            .is_none(),
+        "libvpx is not libvpx-vp9"
+    );
+    assert!(
+        q.lease("w", &["libx264".into(), "libvpx-vp9".into()], T0)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }

@@ -1,0 +1,397 @@
+//! The coordinator's own background work: probe and plan a new job, finalize a
+//! job whose tasks all succeeded, deliver webhooks, and reap lapsed leases.
+//! None of it decodes media: probing runs `drake probe` as a child process.
+
+use crate::api::{AppState, now_ms};
+use crate::queue::{Job, NewTask, TaskKind};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use proto::profile::Profile;
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+/// Probes the source in a child `drake probe` (so a libav crash cannot take the
+/// coordinator down), plans the renditions and queues one task per rendition,
+/// lowest rung first, plus the thumbnails task. An unreadable source fails the job
+/// with the engine's reason.
+pub async fn probe_and_plan(st: AppState, job: String, profile: Profile) {
+    let source = match st.queue.job(&job).await {
+        Ok(Some(j)) => j.source,
+        _ => return,
+    };
+    // Uploads are local files in storage; URLs are read by libav directly.
+    let target = if source.starts_with("http://") || source.starts_with("https://") {
+        source
+    } else {
+        st.storage.join(&source).to_string_lossy().into_owned()
+    };
+    let outcome = async {
+        let child = tokio::process::Command::new(st.drake_exe.as_ref())
+            .arg("probe")
+            .arg(&target)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(120), child)
+            .await
+            .map_err(|_| "probing timed out after 120 s".to_string())?
+            .map_err(|e| format!("cannot run drake probe: {e}"))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(stderr
+                .lines()
+                .last()
+                .unwrap_or("probe failed")
+                .trim_start_matches("drake: ")
+                .to_string());
+        }
+        let probe: proto::probe::Probe = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("unreadable probe output: {e}"))?;
+        let plan = proto::plan::plan(&probe, &profile).map_err(|e| format!("bad input: {e}"))?;
+        let encoder = profile.video.codec.encoder().to_string();
+        let mut tasks: Vec<NewTask> = plan
+            .renditions
+            .iter()
+            .map(|r| NewTask {
+                kind: TaskKind::Transcode,
+                rendition: Some(r.name.clone()),
+                requires: r.video.as_ref().map(|_| encoder.clone()),
+            })
+            .collect();
+        if probe.main_video().is_some() {
+            tasks.push(NewTask {
+                kind: TaskKind::Thumbnails,
+                rendition: None,
+                requires: None,
+            });
+        }
+        Ok((probe, tasks))
+    }
+    .await;
+    let now = now_ms();
+    let result = match outcome {
+        Ok((probe, tasks)) => match st.queue.set_probe(&job, &json!(probe), now).await {
+            Ok(()) => st.queue.add_tasks(&job, &tasks, now).await,
+            Err(e) => Err(e),
+        },
+        Err(reason) => st.queue.fail_job(&job, &reason, now).await,
+    };
+    match result {
+        Ok(()) => {}
+        Err(e) => eprintln!("coordinator: planning job {job}: {e}"),
+    }
+    st.work_ready.notify_waiters();
+    if let Ok(Some(j)) = st.queue.job(&job).await {
+        st.emit(
+            "job",
+            json!({"job_id": job, "state": j.state, "error": j.error}),
+        );
+        if j.state == "failed" {
+            job_ended(&st, &j).await;
+        }
+    }
+}
+
+/// After a task ended: finalize a job whose tasks all succeeded, report one that failed.
+pub async fn after_task(st: &AppState, job: &str) {
+    let Ok(Some(j)) = st.queue.job(job).await else {
+        return;
+    };
+    match j.state.as_str() {
+        "finalizing" => {
+            let st = st.clone();
+            let job = j.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = finalize(&st, &job).await {
+                    let _ = st
+                        .queue
+                        .fail_job_finalizing(&job, &format!("finalize failed: {e}"), now_ms())
+                        .await;
+                }
+                if let Ok(Some(j)) = st.queue.job(&job).await {
+                    st.emit(
+                        "job",
+                        json!({"job_id": job, "state": j.state, "outputs": j.outputs}),
+                    );
+                    job_ended(&st, &j).await;
+                }
+            });
+        }
+        "failed" => {
+            st.emit(
+                "job",
+                json!({"job_id": j.id, "state": j.state, "error": j.error}),
+            );
+            job_ended(st, &j).await;
+        }
+        _ => st.emit("job", json!({"job_id": j.id, "state": j.state})),
+    }
+}
+
+/// Writes `master.m3u8` and `manifest.json` from the published renditions.
+pub async fn finalize(st: &AppState, job_id: &str) -> Result<(), String> {
+    let job = st
+        .queue
+        .job(job_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("job vanished")?;
+    let results = st
+        .queue
+        .task_results(job_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let job_dir = format!("jobs/{job_id}");
+    let url = |dir: &str, path: &str| format!("/dav/{dir}/{path}");
+    let mut renditions = Vec::new();
+    let mut thumbnails = Value::Null;
+    for (kind, _, result) in &results {
+        let dir = result["dir"].as_str().ok_or("task result without dir")?;
+        let files: Vec<Value> = result["files"].as_array().cloned().unwrap_or_default().into_iter().map(|f| json!({"url": url(dir, f["path"].as_str().unwrap_or("")), "size": f["size"], "sha256": f["sha256"]})).collect();
+        let mut entry = result["report"].clone();
+        // rendition.json's `files` maps roles to paths; the manifest's `files` lists
+        // every published file, so the roles move to `file_roles`.
+        entry["file_roles"] = entry["files"].take();
+        entry["files"] = json!(files);
+        entry["dir"] = json!(dir);
+        match kind {
+            TaskKind::Transcode => renditions.push(entry),
+            TaskKind::Thumbnails => thumbnails = entry,
+        }
+    }
+    if renditions.is_empty() {
+        return Err("no rendition was published".into());
+    }
+    renditions.sort_by_key(|r| r["peak_bitrate"].as_u64().unwrap_or(0));
+    let master = master_playlist(&st.storage.join(&job_dir), &renditions)?;
+    let outputs = json!({"master_playlist": url(&job_dir, "master.m3u8"), "manifest": url(&job_dir, "manifest.json")});
+    let manifest = json!({
+        "version": proto::WIRE_VERSION,
+        "job": {"id": job.id, "profile": job.profile, "source": job.source, "created_at": job.created_at},
+        "probe": job.probe,
+        "master_playlist": outputs["master_playlist"],
+        "thumbnails": thumbnails,
+        "renditions": renditions,
+    });
+    let root = st.storage.join(&job_dir);
+    write_atomic(&root.join("master.m3u8"), master.as_bytes()).await?;
+    write_atomic(
+        &root.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)
+            .map_err(|e| e.to_string())?
+            .as_bytes(),
+    )
+    .await?;
+    st.queue
+        .finish_job(job_id, &outputs, now_ms())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The multivariant playlist: one `EXT-X-STREAM-INF` and one `EXT-X-I-FRAME-STREAM-INF`
+/// per rendition, lowest bandwidth first. Paths are relative to the job directory.
+fn master_playlist(job_root: &Path, renditions: &[Value]) -> Result<String, String> {
+    let mut m = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    let mut iframes = String::new();
+    for r in renditions {
+        let dir = r["dir"].as_str().unwrap_or_default();
+        let name = dir.rsplit('/').next().unwrap_or_default();
+        let codecs = r["codecs"].as_str().unwrap_or_default();
+        let _ = write!(
+            m,
+            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},CODECS=\"{codecs}\"",
+            r["peak_bitrate"], r["average_bitrate"]
+        );
+        if r["video"].is_object() {
+            let _ = write!(
+                m,
+                ",RESOLUTION={}x{},FRAME-RATE={:.3}",
+                r["width"],
+                r["height"],
+                r["frame_rate"].as_f64().unwrap_or(0.0)
+            );
+        }
+        let _ = write!(
+            m,
+            "\n{name}/{}\n",
+            r["file_roles"]["hls_playlist"]
+                .as_str()
+                .unwrap_or("playlist.m3u8")
+        );
+        if r["video"].is_object() {
+            let iframe_path = r["file_roles"]["iframe_playlist"]
+                .as_str()
+                .unwrap_or("iframes.m3u8");
+            let text = std::fs::read_to_string(job_root.join(name).join(iframe_path))
+                .map_err(|e| format!("reading {name}/iframes.m3u8: {e}"))?;
+            let video_codec = codecs.split(',').next().unwrap_or_default();
+            let _ = writeln!(
+                iframes,
+                "#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH={},CODECS=\"{video_codec}\",RESOLUTION={}x{},URI=\"{name}/{iframe_path}\"",
+                iframe_bandwidth(&text),
+                r["width"],
+                r["height"]
+            );
+        }
+    }
+    m.push_str(&iframes);
+    Ok(m)
+}
+
+/// Peak bitrate of an I-frame playlist: the largest keyframe range over its duration.
+fn iframe_bandwidth(playlist: &str) -> u64 {
+    let mut peak = 0u64;
+    let mut duration = 0.0f64;
+    for line in playlist.lines() {
+        if let Some(d) = line.strip_prefix("#EXTINF:") {
+            duration = d.trim_end_matches(',').parse().unwrap_or(0.0);
+        } else if let Some(r) = line.strip_prefix("#EXT-X-BYTERANGE:") {
+            let len: u64 = r
+                .split('@')
+                .next()
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            if duration > 0.0 {
+                peak = peak.max((len as f64 * 8.0 / duration) as u64);
+            }
+        }
+    }
+    peak
+}
+
+async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp-write");
+    tokio::fs::write(&tmp, bytes)
+        .await
+        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| format!("renaming {}: {e}", path.display()))
+}
+
+/// A job reached an end state: queue its webhook, if it has a callback.
+pub async fn job_ended(st: &AppState, job: &Job) {
+    let Some(url) = &job.callback_url else { return };
+    let payload = json!({
+        "type": format!("job.{}", job.state),
+        "timestamp": chrono_like_now(),
+        "data": {"job_id": job.id, "state": job.state, "error": job.error, "outputs": job.outputs},
+    });
+    if let Err(e) = st
+        .queue
+        .enqueue_webhook(&job.id, url, &payload.to_string(), now_ms())
+        .await
+    {
+        eprintln!("coordinator: queueing the webhook of job {}: {e}", job.id);
+    }
+}
+
+/// RFC 3339 UTC time without pulling in a date crate.
+fn chrono_like_now() -> String {
+    let secs = now_ms() / 1000;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Standard Webhooks signature: `v1,` + base64(HMAC-SHA256(key, "id.timestamp.body")),
+/// where the key is the base64 part of the `whsec_` secret.
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap_or_default();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// Delivery attempts per webhook before giving up.
+pub const WEBHOOK_ATTEMPTS: i64 = 8;
+
+/// Delivers due webhooks, at least once, retrying with backoff.
+pub async fn deliver_webhooks(st: &AppState, client: &reqwest::Client) {
+    let Ok(due) = st.queue.due_webhooks(now_ms()).await else {
+        return;
+    };
+    for d in due {
+        let ts = now_ms() / 1000;
+        let outcome = client
+            .post(&d.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &d.id)
+            .header("webhook-timestamp", ts.to_string())
+            .header(
+                "webhook-signature",
+                sign(&st.webhook_secret, &d.id, ts, &d.payload),
+            )
+            .body(d.payload.clone())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                if r.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP {}", r.status()))
+                }
+            });
+        let _ = d.attempts;
+        if let Err(e) = st
+            .queue
+            .webhook_attempted(&d.id, outcome, WEBHOOK_ATTEMPTS, now_ms())
+            .await
+        {
+            eprintln!("coordinator: recording a webhook attempt: {e}");
+        }
+    }
+}
+
+/// Requeues (or fails) tasks whose heartbeats stopped, then reports what changed.
+pub async fn reap(st: &AppState) {
+    match st.queue.reap(now_ms()).await {
+        Ok(jobs) if !jobs.is_empty() => {
+            st.work_ready.notify_waiters();
+            for job in jobs {
+                after_task(st, &job).await;
+            }
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("coordinator: lease reaper: {e}"),
+    }
+}
+
+/// A fresh Standard Webhooks secret.
+pub fn new_webhook_secret() -> String {
+    let key = storage_random_bytes();
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    )
+}
+
+fn storage_random_bytes() -> [u8; 24] {
+    use rand::RngCore;
+    let mut b = [0u8; 24];
+    rand::rng().fill_bytes(&mut b);
+    b
+}

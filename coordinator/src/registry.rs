@@ -1,0 +1,232 @@
+//! Worker machines and webhook deliveries: the rest of the coordinator's durable
+//! state, beside the task queue.
+
+use crate::queue::{Queue, QueueError, Result};
+use proto::wire::Capabilities;
+use serde::Serialize;
+use sqlx::Row;
+
+/// A worker counts as offline when it has not polled for this long.
+pub const OFFLINE_AFTER_MS: i64 = 60_000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerView {
+    pub id: String,
+    pub name: String,
+    /// idle, busy, draining or offline.
+    pub state: String,
+    pub slots: i64,
+    pub free_slots: i64,
+    pub capabilities: Capabilities,
+    pub drake_version: String,
+    pub last_heartbeat: i64,
+    pub current_tasks: Vec<CurrentTask>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CurrentTask {
+    pub task_id: String,
+    pub job_id: String,
+    pub kind: String,
+    pub rendition: Option<String>,
+    pub progress: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    pub url: String,
+    pub payload: String,
+    pub attempts: i64,
+}
+
+impl Queue {
+    pub async fn register_worker(
+        &self,
+        id: &str,
+        name: &str,
+        slots: i64,
+        caps: &Capabilities,
+        version: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO workers (id, name, slots, free_slots, capabilities, drake_version, last_seen, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(id)
+            .bind(name)
+            .bind(slots)
+            .bind(slots)
+            .bind(serde_json::to_string(caps).unwrap_or_default())
+            .bind(version)
+            .bind(now)
+            .bind(now)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Records a worker's poll. Returns (encoders, draining) or NotFound for removed workers.
+    pub async fn worker_seen(
+        &self,
+        id: &str,
+        free_slots: i64,
+        now: i64,
+    ) -> Result<(Vec<String>, bool)> {
+        let row = sqlx::query("UPDATE workers SET last_seen = ?, free_slots = ? WHERE id = ? AND removed = 0 RETURNING capabilities, draining")
+            .bind(now)
+            .bind(free_slots)
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| QueueError::NotFound(format!("worker {id}")))?;
+        let caps: Capabilities = serde_json::from_str(row.get::<&str, _>(0))
+            .map_err(|e| QueueError::Conflict(e.to_string()))?;
+        Ok((caps.encoders, row.get::<i64, _>(1) != 0))
+    }
+
+    pub async fn set_draining(&self, id: &str, draining: bool) -> Result<()> {
+        let n = sqlx::query("UPDATE workers SET draining = ? WHERE id = ? AND removed = 0")
+            .bind(draining as i64)
+            .bind(id)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(QueueError::NotFound(format!("worker {id}")));
+        }
+        Ok(())
+    }
+
+    /// Removes a worker: its credential stops working and its leases are reaped.
+    pub async fn remove_worker(&self, id: &str) -> Result<()> {
+        let n = sqlx::query("UPDATE workers SET removed = 1 WHERE id = ? AND removed = 0")
+            .bind(id)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(QueueError::NotFound(format!("worker {id}")));
+        }
+        sqlx::query("UPDATE tokens SET revoked = 1 WHERE role = 'worker' AND label = ?")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        sqlx::query("UPDATE tasks SET lease_expires_at = 0 WHERE worker_id = ? AND state IN ('leased', 'running')").bind(id).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    pub async fn list_workers(&self, now: i64) -> Result<Vec<WorkerView>> {
+        let rows = sqlx::query("SELECT id, name, slots, free_slots, capabilities, drake_version, last_seen, draining FROM workers WHERE removed = 0 ORDER BY created_at").fetch_all(self.pool()).await?;
+        let tasks = sqlx::query("SELECT id, job_id, kind, rendition, progress, worker_id FROM tasks WHERE state IN ('leased', 'running')").fetch_all(self.pool()).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                let current_tasks: Vec<CurrentTask> = tasks
+                    .iter()
+                    .filter(|t| t.get::<Option<String>, _>(5).as_deref() == Some(id.as_str()))
+                    .map(|t| CurrentTask {
+                        task_id: t.get(0),
+                        job_id: t.get(1),
+                        kind: t.get(2),
+                        rendition: t.get(3),
+                        progress: t.get(4),
+                    })
+                    .collect();
+                let last_seen: i64 = r.get(6);
+                let state = if now - last_seen > OFFLINE_AFTER_MS {
+                    "offline"
+                } else if r.get::<i64, _>(7) != 0 {
+                    "draining"
+                } else if current_tasks.is_empty() {
+                    "idle"
+                } else {
+                    "busy"
+                };
+                WorkerView {
+                    id,
+                    name: r.get(1),
+                    state: state.into(),
+                    slots: r.get(2),
+                    free_slots: r.get(3),
+                    capabilities: serde_json::from_str(r.get::<&str, _>(4)).unwrap_or(
+                        Capabilities {
+                            encoders: vec![],
+                            cores: 0,
+                            tags: vec![],
+                        },
+                    ),
+                    drake_version: r.get(5),
+                    last_heartbeat: last_seen,
+                    current_tasks,
+                }
+            })
+            .collect())
+    }
+
+    pub async fn enqueue_webhook(
+        &self,
+        job_id: &str,
+        url: &str,
+        payload: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO webhooks (id, job_id, url, payload, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(job_id)
+            .bind(url)
+            .bind(payload)
+            .bind(now)
+            .bind(now)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn due_webhooks(&self, now: i64) -> Result<Vec<Delivery>> {
+        let rows = sqlx::query("SELECT id, url, payload, attempts FROM webhooks WHERE delivered_at IS NULL AND gave_up = 0 AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT 20")
+            .bind(now)
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Delivery {
+                id: r.get(0),
+                url: r.get(1),
+                payload: r.get(2),
+                attempts: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Records one delivery attempt; `Err` schedules a retry after a backoff, up to `max_attempts`.
+    pub async fn webhook_attempted(
+        &self,
+        id: &str,
+        outcome: std::result::Result<(), String>,
+        max_attempts: i64,
+        now: i64,
+    ) -> Result<()> {
+        match outcome {
+            Ok(()) => {
+                sqlx::query(
+                    "UPDATE webhooks SET attempts = attempts + 1, delivered_at = ? WHERE id = ?",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(self.pool())
+                .await?;
+            }
+            Err(e) => {
+                let attempts: i64 = sqlx::query_scalar("UPDATE webhooks SET attempts = attempts + 1, last_error = ? WHERE id = ? RETURNING attempts").bind(&e).bind(id).fetch_one(self.pool()).await?;
+                let next = now + self.cfg.backoff(attempts);
+                sqlx::query("UPDATE webhooks SET next_attempt_at = ?, gave_up = ? WHERE id = ?")
+                    .bind(next)
+                    .bind((attempts >= max_attempts) as i64)
+                    .bind(id)
+                    .execute(self.pool())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}

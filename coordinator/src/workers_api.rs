@@ -1,0 +1,310 @@
+//! Worker routes: registration with a join token, long-poll leasing, heartbeats,
+//! completion and failure; plus the admin's view and control of workers.
+//! A worker credential can call these routes (and `/dav/`) and nothing else.
+
+use crate::api::{ApiError, AppState, allow, now_ms};
+use crate::auth::{self, Caller, Role};
+use crate::chores;
+use crate::queue::QueueError;
+use crate::storage;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use proto::wire::{
+    Complete, Fail, Heartbeat, HeartbeatReply, LeaseRequest, RegisterRequest, RegisterResponse,
+    TaskLease,
+};
+use serde_json::json;
+use std::time::Duration;
+
+pub const HEARTBEAT_SECONDS: u64 = 5;
+const MAX_WAIT_SECONDS: u64 = 30;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/workers", get(list))
+        .route("/api/v1/workers/register", post(register))
+        .route("/api/v1/workers/lease", post(lease))
+        .route("/api/v1/workers/{id}/drain", post(drain))
+        .route("/api/v1/workers/{id}/resume", post(resume))
+        .route("/api/v1/workers/{id}/remove", post(remove))
+        .route("/api/v1/tasks/{id}/heartbeat", post(heartbeat))
+        .route("/api/v1/tasks/{id}/complete", post(complete))
+        .route("/api/v1/tasks/{id}/fail", post(fail))
+}
+
+/// The worker id of a worker caller.
+fn worker_id(caller: &Caller) -> Result<String, ApiError> {
+    allow(caller, &[Role::Worker])?;
+    caller.label.clone().ok_or(ApiError::Forbidden)
+}
+
+/// Exchanges a join token (one use) for a worker identity and credential.
+async fn register(
+    State(st): State<AppState>,
+    caller: Caller,
+    Json(req): Json<RegisterRequest>,
+) -> Result<Response, ApiError> {
+    allow(&caller, &[Role::Join])?;
+    if req.name.is_empty()
+        || req.name.len() > 100
+        || !(1..=64).contains(&req.slots)
+        || req.capabilities.encoders.len() > 500
+    {
+        return Err(ApiError::BadRequest(
+            "name must be 1..=100 characters and slots 1..=64".into(),
+        ));
+    }
+    // The join token is in the Authorization header; spend it atomically.
+    let now = now_ms();
+    let id = uuid::Uuid::now_v7().to_string();
+    let token = auth::generate(Role::Worker);
+    if !st
+        .queue
+        .spend_join_token(caller.presented.as_deref().unwrap_or_default(), now)
+        .await?
+    {
+        return Err(ApiError::Unauthorized);
+    }
+    st.queue
+        .register_worker(
+            &id,
+            &req.name,
+            req.slots as i64,
+            &req.capabilities,
+            &req.drake_version,
+            now,
+        )
+        .await?;
+    st.queue
+        .add_token(&token, Role::Worker, Some(&id), None, None, now)
+        .await?;
+    st.emit("worker", json!({"worker_id": id, "state": "idle"}));
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            worker_id: id,
+            token,
+            heartbeat_seconds: HEARTBEAT_SECONDS,
+        }),
+    )
+        .into_response())
+}
+
+/// Long poll: answers a lease as soon as a task this worker can run is queued,
+/// or 204 after `wait_seconds`.
+async fn lease(
+    State(st): State<AppState>,
+    caller: Caller,
+    Json(req): Json<LeaseRequest>,
+) -> Result<Response, ApiError> {
+    let worker = worker_id(&caller)?;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds.min(MAX_WAIT_SECONDS));
+    loop {
+        let now = now_ms();
+        let (encoders, draining) = st
+            .queue
+            .worker_seen(&worker, req.free_slots as i64, now)
+            .await?;
+        if req.free_slots > 0 && !draining && !req.draining {
+            // Register interest before looking, so a task queued in between wakes us.
+            let notified = st.work_ready.notified();
+            if let Some(l) = st.queue.lease(&worker, &encoders, now).await? {
+                st.emit("task", json!({"job_id": l.job_id, "task_id": l.task_id, "state": "leased", "worker": worker}));
+                let out = TaskLease {
+                    version: proto::WIRE_VERSION,
+                    output_dir: storage::staging_dir(&l.job_id, l.rendition.as_deref(), l.epoch),
+                    task_id: l.task_id,
+                    job_id: l.job_id,
+                    epoch: l.epoch,
+                    attempt: l.attempt,
+                    kind: l.kind,
+                    rendition: l.rendition,
+                    profile: l.profile,
+                    source: l.source,
+                    timeout_seconds: st.limits.task_timeout_seconds,
+                };
+                return Ok(Json(out).into_response());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
+            // Backoffs and reaped leases make tasks runnable by time alone: look again each second.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1).min(deadline - tokio::time::Instant::now()),
+                notified,
+            )
+            .await;
+        } else {
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
+            tokio::time::sleep(Duration::from_secs(1).min(deadline - tokio::time::Instant::now()))
+                .await;
+        }
+    }
+}
+
+async fn heartbeat(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(task): Path<String>,
+    Json(hb): Json<Heartbeat>,
+) -> Result<Json<HeartbeatReply>, ApiError> {
+    let worker = worker_id(&caller)?;
+    let now = now_ms();
+    st.queue.worker_seen(&worker, -1, now).await.ok();
+    match st
+        .queue
+        .heartbeat(&task, &worker, hb.epoch, hb.progress, now)
+        .await
+    {
+        Ok(cancel) => {
+            st.emit("task", json!({"task_id": task, "state": "running", "progress": hb.progress.clamp(0.0, 1.0), "worker": worker}));
+            Ok(Json(HeartbeatReply { cancel }))
+        }
+        Err(e @ QueueError::StaleLease { .. }) => {
+            // A canceled task's lease is gone too: tell the worker to stop either way.
+            if st.queue.task_canceled(&task).await? {
+                Ok(Json(HeartbeatReply { cancel: true }))
+            } else {
+                Err(e.into())
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn complete(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(task): Path<String>,
+    Json(c): Json<Complete>,
+) -> Result<StatusCode, ApiError> {
+    let worker = worker_id(&caller)?;
+    let (job, rendition) = st.queue.task_target(&task).await?;
+    let out_dir = storage::staging_dir(&job, rendition.as_deref(), c.epoch);
+    // Verify before success: every file the worker names is in place, at its size.
+    for f in &c.files {
+        if f.path.contains("..") || f.path.starts_with('/') {
+            return Err(ApiError::BadRequest(format!("bad file path {}", f.path)));
+        }
+        let path = st.storage.join(&out_dir).join(&f.path);
+        let len = tokio::fs::metadata(&path)
+            .await
+            .map(|m| m.len())
+            .map_err(|_| ApiError::BadRequest(format!("{} was not published", f.path)))?;
+        if len != f.size {
+            return Err(ApiError::BadRequest(format!(
+                "{} is {len} bytes, not {}",
+                f.path, f.size
+            )));
+        }
+    }
+    let result = json!({"report": c.report, "files": c.files, "dir": storage::output_dir(&job, rendition.as_deref())});
+    // The queue is the fence: only the current lease's completion is accepted...
+    st.queue
+        .complete(&task, &worker, c.epoch, &result, now_ms())
+        .await?;
+    // ...and only then do its outputs move into place.
+    if let Err(e) = storage::promote(&st.storage, &job, rendition.as_deref(), c.epoch).await {
+        let _ = st
+            .queue
+            .fail_job(&job, &format!("storage: promoting outputs: {e}"), now_ms())
+            .await;
+        let _ = st
+            .queue
+            .fail_job_finalizing(&job, &format!("storage: promoting outputs: {e}"), now_ms())
+            .await;
+    }
+    st.emit(
+        "task",
+        json!({"job_id": job, "task_id": task, "state": "succeeded", "progress": 1.0}),
+    );
+    chores::after_task(&st, &job).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn fail(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(task): Path<String>,
+    Json(f): Json<Fail>,
+) -> Result<StatusCode, ApiError> {
+    let worker = worker_id(&caller)?;
+    let error: String = f.error.chars().take(2000).collect();
+    let tail: String = f
+        .log_tail
+        .chars()
+        .rev()
+        .take(8000)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    st.queue
+        .fail(
+            &task,
+            &worker,
+            f.epoch,
+            &error,
+            f.retryable,
+            &tail,
+            now_ms(),
+        )
+        .await?;
+    let job = st.queue.task_job(&task).await?;
+    st.emit(
+        "task",
+        json!({"job_id": job, "task_id": task, "state": "failed", "error": error}),
+    );
+    st.work_ready.notify_waiters();
+    chores::after_task(&st, &job).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    allow(&caller, &[Role::Admin])?;
+    Ok(Json(
+        json!({"workers": st.queue.list_workers(now_ms()).await?}),
+    ))
+}
+
+async fn drain(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    allow(&caller, &[Role::Admin])?;
+    st.queue.set_draining(&id, true).await?;
+    st.emit("worker", json!({"worker_id": id, "state": "draining"}));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn resume(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    allow(&caller, &[Role::Admin])?;
+    st.queue.set_draining(&id, false).await?;
+    st.emit("worker", json!({"worker_id": id, "state": "idle"}));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    allow(&caller, &[Role::Admin])?;
+    st.queue.remove_worker(&id).await?;
+    st.emit("worker", json!({"worker_id": id, "state": "removed"}));
+    Ok(StatusCode::NO_CONTENT)
+}

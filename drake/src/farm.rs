@@ -1,0 +1,364 @@
+//! CLI glue for the farm commands: `coordinator`, `worker`, `up` and `submit`.
+
+use proto::exit;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap_or_else(|e| {
+        eprintln!("drake: cannot start the async runtime: {e}");
+        std::process::exit(exit::INTERNAL)
+    })
+}
+
+fn drake_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("drake"))
+}
+
+async fn bind(listen: &str) -> Result<tokio::net::TcpListener, i32> {
+    tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        eprintln!("drake: cannot listen on {listen}: {e}");
+        exit::INTERNAL
+    })
+}
+
+fn limits(max_upload_bytes: u64) -> coordinator::api::Limits {
+    coordinator::api::Limits {
+        max_upload_bytes,
+        ..Default::default()
+    }
+}
+
+pub fn coordinator(data: PathBuf, listen: &str, max_upload_bytes: u64) -> i32 {
+    runtime().block_on(async {
+        let listener = match bind(listen).await {
+            Ok(l) => l,
+            Err(code) => return code,
+        };
+        let cfg = coordinator::server::Config {
+            data_dir: data,
+            drake_exe: drake_exe(),
+            limits: limits(max_upload_bytes),
+        };
+        match coordinator::server::run(cfg, listener, shutdown_signal()).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("drake: coordinator: {e}");
+                exit::INTERNAL
+            }
+        }
+    })
+}
+
+pub struct WorkerArgs {
+    pub coordinator: String,
+    pub token: String,
+    pub slots: u32,
+    pub tags: Vec<String>,
+    pub scratch: PathBuf,
+    pub name: Option<String>,
+}
+
+pub fn worker(args: WorkerArgs) -> i32 {
+    if let Err(e) = worker::init() {
+        eprintln!("drake: {e}");
+        return e.exit_code();
+    }
+    let name = args.name.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "worker".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let cfg = worker::node::NodeConfig {
+        coordinator: args.coordinator.trim_end_matches('/').to_string(),
+        token: args.token,
+        name,
+        slots: args.slots.clamp(1, 64),
+        tags: args.tags,
+        scratch: args.scratch,
+        drake_exe: drake_exe(),
+    };
+    match runtime().block_on(worker::node::run(cfg, shutdown_signal())) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("drake: worker: {e}");
+            exit::INTERNAL
+        }
+    }
+}
+
+/// `drake up`: a coordinator plus `workers` local worker processes joined to it.
+pub fn up(data: PathBuf, listen: &str, workers: u32, max_upload_bytes: u64) -> i32 {
+    runtime().block_on(async {
+        let listener = match bind(listen).await {
+            Ok(l) => l,
+            Err(code) => return code,
+        };
+        let addr = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("drake: {e}");
+                return exit::INTERNAL;
+            }
+        };
+        let cfg = coordinator::server::Config {
+            data_dir: data.clone(),
+            drake_exe: drake_exe(),
+            limits: limits(max_upload_bytes),
+        };
+        let prepared = match coordinator::server::prepare(cfg).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("drake: coordinator: {e}");
+                return exit::INTERNAL;
+            }
+        };
+        let url = format!("http://{addr}");
+        println!("drake farm up at {url}");
+        println!("admin token: {}", prepared.admin_token);
+        println!("submit with: drake submit FILE --coordinator {url} --wait");
+
+        // Local workers join with a token minted for them, like any other machine.
+        let join = coordinator::auth::generate(coordinator::auth::Role::Join);
+        let now = coordinator::api::now_ms();
+        if let Err(e) = prepared
+            .state
+            .queue
+            .add_token(
+                &join,
+                coordinator::auth::Role::Join,
+                None,
+                Some(workers as i64),
+                Some(now + 3_600_000),
+                now,
+            )
+            .await
+        {
+            eprintln!("drake: minting a join token: {e}");
+            return exit::INTERNAL;
+        }
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(coordinator::server::serve(prepared, listener, async move {
+            let _ = stop_rx.await;
+        }));
+        let mut children = Vec::new();
+        for i in 0..workers {
+            let scratch = data.join("scratch").join(format!("worker-{i}"));
+            let mut cmd = tokio::process::Command::new(drake_exe());
+            cmd.args([
+                "worker",
+                "--coordinator",
+                &url,
+                "--slots",
+                "1",
+                "--name",
+                &format!("local-{i}"),
+            ])
+            .arg("--scratch")
+            .arg(&scratch)
+            .env("DRAKE_TOKEN", &join)
+            .kill_on_drop(true);
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+            match cmd.spawn() {
+                Ok(c) => children.push(c),
+                Err(e) => eprintln!("drake: starting local worker {i}: {e}"),
+            }
+        }
+        shutdown_signal().await;
+        eprintln!("drake: stopping: workers finish their tasks first");
+        for c in &children {
+            if let Some(pid) = c.id() {
+                // SAFETY: plain signal to our own child.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+        }
+        for mut c in children {
+            let _ = c.wait().await;
+        }
+        let _ = stop_tx.send(());
+        let _ = server.await;
+        0
+    })
+}
+
+pub struct SubmitArgs {
+    pub input: String,
+    pub profile: String,
+    pub coordinator: String,
+    pub token: Option<String>,
+    pub wait: bool,
+    pub priority: i64,
+    pub callback_url: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// The token for `submit`: the flag, `DRAKE_TOKEN`, or a local farm's admin token.
+fn submit_token(flag: Option<String>) -> Option<String> {
+    flag.or_else(|| std::env::var("DRAKE_TOKEN").ok())
+        .or_else(|| {
+            std::fs::read_to_string(Path::new("drake-data").join("admin-token"))
+                .ok()
+                .map(|t| t.trim().to_string())
+        })
+}
+
+pub fn submit(args: SubmitArgs) -> i32 {
+    let Some(token) = submit_token(args.token.clone()) else {
+        eprintln!(
+            "drake: no token: pass --token, set DRAKE_TOKEN, or run from the directory of `drake up`"
+        );
+        return 2;
+    };
+    runtime().block_on(async move {
+        match submit_async(&args, &token).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("drake: submit: {e}");
+                exit::INTERNAL
+            }
+        }
+    })
+}
+
+async fn submit_async(args: &SubmitArgs, token: &str) -> Result<i32, String> {
+    let base = args.coordinator.trim_end_matches('/');
+    let http = reqwest::Client::new();
+    let url = format!("{base}/api/v1/jobs");
+    let is_url = args.input.starts_with("http://") || args.input.starts_with("https://");
+    let req = if is_url {
+        let body = serde_json::json!({"source_url": args.input, "profile": args.profile, "priority": args.priority, "callback_url": args.callback_url, "idempotency_key": args.idempotency_key});
+        http.post(&url).json(&body)
+    } else {
+        let file = tokio::fs::File::open(&args.input)
+            .await
+            .map_err(|e| format!("{}: {e}", args.input))?;
+        let len = file.metadata().await.map_err(|e| e.to_string())?.len();
+        let name = Path::new(&args.input)
+            .file_name()
+            .map_or("upload".into(), |n| n.to_string_lossy().into_owned());
+        let part = reqwest::multipart::Part::stream_with_length(
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+                file,
+                256 * 1024,
+            )),
+            len,
+        )
+        .file_name(name);
+        let mut form = reqwest::multipart::Form::new()
+            .text("profile", args.profile.clone())
+            .text("priority", args.priority.to_string())
+            .part("file", part);
+        if let Some(cb) = &args.callback_url {
+            form = form.text("callback_url", cb.clone());
+        }
+        if let Some(k) = &args.idempotency_key {
+            form = form.text("idempotency_key", k.clone());
+        }
+        http.post(&url).multipart(form)
+    };
+    let resp = req
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let job: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!(
+            "HTTP {status}: {}",
+            job["message"].as_str().unwrap_or_default()
+        ));
+    }
+    let id = job["id"].as_str().unwrap_or_default().to_string();
+    println!("job {id}");
+    if !args.wait {
+        return Ok(0);
+    }
+    let job = watch(&http, base, token, &id).await?;
+    match job["state"].as_str() {
+        Some("succeeded") => {
+            println!(
+                "succeeded: master playlist {base}{}",
+                job["outputs"]["master_playlist"]
+                    .as_str()
+                    .unwrap_or_default()
+            );
+            println!(
+                "manifest {base}{}",
+                job["outputs"]["manifest"].as_str().unwrap_or_default()
+            );
+            Ok(0)
+        }
+        state => {
+            eprintln!(
+                "drake: job {id} {}: {}",
+                state.unwrap_or("ended"),
+                job["error"].as_str().unwrap_or("no reason given")
+            );
+            Ok(1)
+        }
+    }
+}
+
+/// Shows one progress bar per task until the job ends; returns the final job.
+async fn watch(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    id: &str,
+) -> Result<serde_json::Value, String> {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template(
+        "{prefix:>12.bold} [{elapsed_precise}] {wide_bar:.cyan/blue} {percent:>3}% {msg}",
+    )
+    .map_err(|e| e.to_string())?
+    .progress_chars("=> ");
+    let mut by_task: std::collections::HashMap<String, ProgressBar> = Default::default();
+    loop {
+        let resp = http
+            .get(format!("{base}/api/v1/jobs/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let job: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+        for t in job["tasks"].as_array().into_iter().flatten() {
+            let tid = t["id"].as_str().unwrap_or_default().to_string();
+            let bar = by_task.entry(tid).or_insert_with(|| {
+                let label = t["rendition"].as_str().unwrap_or("thumbnails").to_string();
+                bars.add(
+                    ProgressBar::new(1000)
+                        .with_style(style.clone())
+                        .with_prefix(label),
+                )
+            });
+            bar.set_position((t["progress"].as_f64().unwrap_or(0.0) * 1000.0) as u64);
+            bar.set_message(t["state"].as_str().unwrap_or_default().to_string());
+        }
+        if matches!(
+            job["state"].as_str(),
+            Some("succeeded" | "failed" | "canceled")
+        ) {
+            for b in by_task.values() {
+                b.finish();
+            }
+            return Ok(job);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

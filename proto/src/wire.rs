@@ -1,0 +1,105 @@
+//! The worker protocol: JSON bodies exchanged between `drake worker` and the
+//! coordinator's `/api/v1/workers` and `/api/v1/tasks` routes.
+//!
+//! Who renews what: a worker holding a lease sends a heartbeat at least every
+//! `heartbeat_seconds`; each one extends the lease by the coordinator's TTL. If
+//! heartbeats stop, the lease lapses, the task is queued again, and the next lease
+//! of that task carries a higher `epoch`. Every heartbeat, completion and failure
+//! names the epoch it holds; the coordinator answers 409 `stale_lease` to an old one.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// libav encoder names this worker can use, e.g. `libx264`, `libvpx-vp9`, `aac`.
+    pub encoders: Vec<String>,
+    pub cores: u32,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub version: u32,
+    pub name: String,
+    pub drake_version: String,
+    pub slots: u32,
+    pub capabilities: Capabilities,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub worker_id: String,
+    /// The worker's credential; shown once, stored hashed by the coordinator.
+    pub token: String,
+    pub heartbeat_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub version: u32,
+    pub free_slots: u32,
+    /// How long the coordinator may hold the request open waiting for work.
+    pub wait_seconds: u64,
+    #[serde(default)]
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    Transcode,
+    Thumbnails,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskLease {
+    pub version: u32,
+    pub task_id: String,
+    pub job_id: String,
+    pub epoch: i64,
+    pub attempt: i64,
+    pub kind: TaskKind,
+    pub rendition: Option<String>,
+    pub profile: String,
+    /// An http(s) URL, or a path under the coordinator's `/dav/` (then fetched
+    /// with the worker's own credential).
+    pub source: String,
+    /// Where to publish, as a path under `/dav/`, e.g. `jobs/ID/720p`.
+    pub output_dir: String,
+    /// Hard limit for the child process.
+    pub timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub epoch: i64,
+    pub progress: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The task was canceled: kill the child and drop the work.
+    pub cancel: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Complete {
+    pub epoch: i64,
+    /// The engine's report (`rendition.json` or `thumbnails.json`).
+    pub report: serde_json::Value,
+    /// Every file published, with the size and sha256 verified after upload.
+    pub files: Vec<crate::report::FileSum>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fail {
+    pub epoch: i64,
+    /// One readable line.
+    pub error: String,
+    /// False for bad input: the job fails at once.
+    pub retryable: bool,
+    /// The end of the child's stderr, for ops.
+    #[serde(default)]
+    pub log_tail: String,
+}

@@ -1,0 +1,537 @@
+//! `drake worker`: a farm node. It registers with a join token, advertises what its
+//! libav can encode, leases up to `slots` tasks, and runs each as a child process
+//! (`drake transcode` or `drake thumbnails`) that dies with it. It relays progress
+//! as heartbeats, publishes outputs over WebDAV (PUT under a temporary name, verify
+//! size and sha256, MOVE into place) and reports the result.
+//!
+//! It keeps no durable state: its scratch space is emptied after every task, and
+//! losing the machine loses at most the leases it held.
+
+use crate::publish::{Dav, PublishError};
+use proto::report::{FileSum, ProgressLine};
+use proto::wire::{
+    Capabilities, Complete, Fail, Heartbeat, HeartbeatReply, LeaseRequest, RegisterRequest,
+    RegisterResponse, TaskKind, TaskLease,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::sync::Semaphore;
+
+pub struct NodeConfig {
+    /// Base URL of the coordinator, e.g. `http://10.0.0.5:8600`.
+    pub coordinator: String,
+    /// A join token (`drk_join_...`) or an already issued worker credential.
+    pub token: String,
+    pub name: String,
+    pub slots: u32,
+    pub tags: Vec<String>,
+    pub scratch: PathBuf,
+    /// The `drake` executable the children run.
+    pub drake_exe: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("registering with {url}: {message}")]
+    Register { url: String, message: String },
+    #[error("scratch directory {0}: {1}")]
+    Scratch(PathBuf, std::io::Error),
+}
+
+/// Encoders this machine's libav has, of those a profile can ask for.
+pub fn capabilities(tags: Vec<String>) -> Capabilities {
+    let encoders = [
+        "libx264",
+        "libx265",
+        "libvpx-vp9",
+        "libsvtav1",
+        "libaom-av1",
+        "aac",
+        "libopus",
+    ]
+    .into_iter()
+    .filter(|n| ffmpeg_next::encoder::find_by_name(n).is_some())
+    .map(String::from)
+    .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    Capabilities {
+        encoders,
+        cores,
+        tags,
+    }
+}
+
+struct Node {
+    cfg: NodeConfig,
+    http: reqwest::Client,
+    token: String,
+    heartbeat: Duration,
+    draining: AtomicBool,
+}
+
+pub async fn run(
+    cfg: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    std::fs::create_dir_all(&cfg.scratch)
+        .map_err(|e| NodeError::Scratch(cfg.scratch.clone(), e))?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| NodeError::Register {
+            url: cfg.coordinator.clone(),
+            message: e.to_string(),
+        })?;
+    let (token, heartbeat) = if cfg.token.starts_with("drk_worker_") {
+        (cfg.token.clone(), Duration::from_secs(5))
+    } else {
+        let reg = register(&http, &cfg).await?;
+        println!("drake worker {} registered as {}", cfg.name, reg.worker_id);
+        (reg.token, Duration::from_secs(reg.heartbeat_seconds.max(1)))
+    };
+    let node = Arc::new(Node {
+        cfg,
+        http,
+        token,
+        heartbeat,
+        draining: AtomicBool::new(false),
+    });
+    {
+        let node = node.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            eprintln!("drake worker: draining: finishing running tasks, taking no new ones");
+            node.draining.store(true, Ordering::SeqCst);
+        });
+    }
+    let slots = Arc::new(Semaphore::new(node.cfg.slots as usize));
+    let mut errors = 0u32;
+    loop {
+        let free = slots.available_permits() as u32;
+        if node.draining.load(Ordering::SeqCst) {
+            // Wait for every running task, then stop.
+            let _all = slots
+                .acquire_many(node.cfg.slots)
+                .await
+                .expect("semaphore open");
+            return Ok(());
+        }
+        if free == 0 {
+            // Wait for a slot (or for draining to begin).
+            tokio::select! {
+                permit = slots.clone().acquire_owned() => drop(permit),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
+        match node.lease(free).await {
+            Ok(Some(lease)) => {
+                errors = 0;
+                let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+                let node = node.clone();
+                tokio::spawn(async move {
+                    node.run_task(lease).await;
+                    drop(permit);
+                });
+            }
+            Ok(None) => errors = 0,
+            Err(e) => {
+                // Backing off: grows with consecutive errors, so a coordinator restart is not hammered.
+                errors += 1;
+                let wait = Duration::from_millis(500 * 2u64.pow(errors.min(6)));
+                eprintln!("drake worker: leasing: {e}; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+async fn register(http: &reqwest::Client, cfg: &NodeConfig) -> Result<RegisterResponse, NodeError> {
+    let url = format!("{}/api/v1/workers/register", cfg.coordinator);
+    let req = RegisterRequest {
+        version: proto::WIRE_VERSION,
+        name: cfg.name.clone(),
+        drake_version: env!("CARGO_PKG_VERSION").into(),
+        slots: cfg.slots,
+        capabilities: capabilities(cfg.tags.clone()),
+    };
+    let err = |message: String| NodeError::Register {
+        url: url.clone(),
+        message,
+    };
+    let resp = http
+        .post(&url)
+        .bearer_auth(&cfg.token)
+        .json(&req)
+        .send()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        return Err(err(format!(
+            "HTTP {status}: {}",
+            resp.text().await.unwrap_or_default()
+        )));
+    }
+    resp.json().await.map_err(|e| err(e.to_string()))
+}
+
+/// How a task's child ended.
+enum Outcome {
+    Succeeded,
+    Failed {
+        error: String,
+        retryable: bool,
+        log_tail: String,
+    },
+    /// Canceled, or the lease was lost: drop the work silently.
+    Abandoned,
+}
+
+impl Node {
+    async fn lease(&self, free: u32) -> Result<Option<TaskLease>, String> {
+        let req = LeaseRequest {
+            version: proto::WIRE_VERSION,
+            free_slots: free,
+            wait_seconds: 20,
+            draining: false,
+        };
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/workers/lease", self.cfg.coordinator))
+            .bearer_auth(&self.token)
+            .json(&req)
+            .timeout(Duration::from_secs(40))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        match resp.status().as_u16() {
+            200 => resp.json().await.map(Some).map_err(|e| e.to_string()),
+            204 => Ok(None),
+            s => Err(format!(
+                "HTTP {s}: {}",
+                resp.text().await.unwrap_or_default()
+            )),
+        }
+    }
+
+    async fn run_task(self: Arc<Self>, lease: TaskLease) {
+        let dir = self
+            .cfg
+            .scratch
+            .join(format!("{}-{}", lease.task_id, lease.epoch));
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let outcome = self.execute(&lease, &dir).await;
+        let result = match outcome {
+            Outcome::Succeeded => match self.publish(&lease, &dir).await {
+                Ok(complete) => self.post(&lease, "complete", &complete).await,
+                // Storage trouble is infrastructure: another attempt may succeed.
+                Err(e) => {
+                    self.post(
+                        &lease,
+                        "fail",
+                        &Fail {
+                            epoch: lease.epoch,
+                            error: format!("publishing outputs: {e}"),
+                            retryable: true,
+                            log_tail: String::new(),
+                        },
+                    )
+                    .await
+                }
+            },
+            Outcome::Failed {
+                error,
+                retryable,
+                log_tail,
+            } => {
+                self.post(
+                    &lease,
+                    "fail",
+                    &Fail {
+                        epoch: lease.epoch,
+                        error,
+                        retryable,
+                        log_tail,
+                    },
+                )
+                .await
+            }
+            Outcome::Abandoned => Ok(()),
+        };
+        if let Err(e) = result {
+            eprintln!("drake worker: task {}: reporting: {e}", lease.task_id);
+        }
+        // Cleanup runs on every path.
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+    }
+
+    async fn post<T: serde::Serialize>(
+        &self,
+        lease: &TaskLease,
+        what: &str,
+        body: &T,
+    ) -> Result<(), String> {
+        let url = format!(
+            "{}/api/v1/tasks/{}/{what}",
+            self.cfg.coordinator, lease.task_id
+        );
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "HTTP {}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            ))
+        }
+    }
+
+    /// Runs the child, relaying progress as heartbeats, until it exits, times out,
+    /// or the task is canceled or its lease lost.
+    async fn execute(&self, lease: &TaskLease, dir: &Path) -> Outcome {
+        let on_coordinator =
+            !(lease.source.starts_with("http://") || lease.source.starts_with("https://"));
+        let source = if on_coordinator {
+            format!("{}/dav/{}", self.cfg.coordinator, lease.source)
+        } else {
+            lease.source.clone()
+        };
+        let mut cmd = tokio::process::Command::new(&self.cfg.drake_exe);
+        match lease.kind {
+            TaskKind::Transcode => {
+                cmd.arg("transcode").arg(&source).args([
+                    "--profile",
+                    &lease.profile,
+                    "--rendition",
+                    lease.rendition.as_deref().unwrap_or_default(),
+                ]);
+            }
+            TaskKind::Thumbnails => {
+                cmd.arg("thumbnails").arg(&source);
+            }
+        }
+        cmd.arg("--out").arg(dir);
+        if on_coordinator {
+            // Our own credential only ever goes to our own coordinator.
+            cmd.env("DRAKE_HTTP_BEARER", &self.token);
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Die with the worker, even on SIGKILL; and lead a process group we can kill whole.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::setpgid(0, 0);
+                Ok(())
+            });
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                return Outcome::Failed {
+                    error: format!("cannot start {}: {e}", self.cfg.drake_exe.display()),
+                    retryable: true,
+                    log_tail: String::new(),
+                };
+            }
+        };
+        let pid = child.id();
+        let progress = Arc::new(AtomicU64::new(0f64.to_bits()));
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let reader = {
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(f) = parse_progress(&line) {
+                        progress.store(f.to_bits(), Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        let stderr_task = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut stderr = stderr;
+            let _ = stderr.read_to_end(&mut buf).await;
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let start = text.len().saturating_sub(8000);
+            text[text
+                .char_indices()
+                .find(|(i, _)| *i >= start)
+                .map_or(0, |(i, _)| i)..]
+                .to_string()
+        });
+        let kill = |pid: Option<u32>| {
+            if let Some(pid) = pid {
+                // SAFETY: signalling the child's process group (it called setpgid).
+                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            }
+        };
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(lease.timeout_seconds.max(1));
+        let mut tick = tokio::time::interval(self.heartbeat);
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                _ = tick.tick() => {
+                    let p = f64::from_bits(progress.load(Ordering::Relaxed));
+                    match self.heartbeat(lease, p).await {
+                        Ok(false) => {}
+                        Ok(true) => { kill(pid); let _ = child.wait().await; return Outcome::Abandoned; }
+                        Err(e) => eprintln!("drake worker: heartbeat for {}: {e}", lease.task_id),
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    kill(pid);
+                    let _ = child.wait().await;
+                    return Outcome::Failed { error: format!("timed out after {} s", lease.timeout_seconds), retryable: true, log_tail: String::new() };
+                }
+            }
+        };
+        let _ = reader.await;
+        let log_tail = stderr_task.await.unwrap_or_default();
+        let last = log_tail
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim_start_matches("drake: ")
+            .to_string();
+        match status {
+            Ok(s) if s.success() => Outcome::Succeeded,
+            Ok(s) if s.code() == Some(proto::exit::BAD_INPUT) => Outcome::Failed {
+                error: last,
+                retryable: false,
+                log_tail,
+            },
+            Ok(s) => Outcome::Failed {
+                error: if last.is_empty() {
+                    format!("the engine exited with {s}")
+                } else {
+                    last
+                },
+                retryable: true,
+                log_tail,
+            },
+            Err(e) => Outcome::Failed {
+                error: format!("waiting for the engine: {e}"),
+                retryable: true,
+                log_tail,
+            },
+        }
+    }
+
+    /// Sends one heartbeat; Ok(true) means stop (canceled or lease lost).
+    async fn heartbeat(&self, lease: &TaskLease, progress: f64) -> Result<bool, String> {
+        let url = format!(
+            "{}/api/v1/tasks/{}/heartbeat",
+            self.cfg.coordinator, lease.task_id
+        );
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(&self.token)
+            .json(&Heartbeat {
+                epoch: lease.epoch,
+                progress,
+            })
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        match resp.status().as_u16() {
+            200 => Ok(resp
+                .json::<HeartbeatReply>()
+                .await
+                .map_err(|e| e.to_string())?
+                .cancel),
+            409 => Ok(true),
+            s => Err(format!("HTTP {s}")),
+        }
+    }
+
+    /// Publishes every output file (the report last) and builds the completion.
+    async fn publish(&self, lease: &TaskLease, dir: &Path) -> Result<Complete, PublishError> {
+        let report_name = match lease.kind {
+            TaskKind::Transcode => "rendition.json",
+            TaskKind::Thumbnails => "thumbnails.json",
+        };
+        let report: serde_json::Value = serde_json::from_slice(
+            &tokio::fs::read(dir.join(report_name))
+                .await
+                .map_err(PublishError::Local)?,
+        )
+        .map_err(|e| PublishError::Local(std::io::Error::other(e)))?;
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map_err(PublishError::Local)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != report_name)
+            .collect();
+        names.sort();
+        names.push(report_name.to_string());
+        let dav = Dav::new(&self.http, &self.cfg.coordinator, &self.token);
+        dav.mkcol_all(&lease.output_dir).await?;
+        let mut files: Vec<FileSum> = Vec::with_capacity(names.len());
+        for name in names {
+            files.push(
+                dav.publish(
+                    &dir.join(&name),
+                    &lease.output_dir,
+                    &name,
+                    &format!("{}-{}", lease.task_id, lease.epoch),
+                )
+                .await?,
+            );
+        }
+        Ok(Complete {
+            epoch: lease.epoch,
+            report,
+            files,
+        })
+    }
+}
+
+/// Progress fraction from one engine stdout line, e.g.
+/// `{"type":"progress","fraction":0.42,"fps":212.0,"frame":127,"out_time":4.2}`.
+pub fn parse_progress(line: &str) -> Option<f64> {
+    match serde_json::from_str::<ProgressLine>(line).ok()? {
+        ProgressLine::Progress { fraction, .. } | ProgressLine::Done { fraction } => {
+            Some(fraction.clamp(0.0, 1.0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn progress_lines() {
+        assert_eq!(
+            super::parse_progress(
+                r#"{"type":"progress","fraction":0.42,"fps":212.0,"frame":127,"out_time":4.2}"#
+            ),
+            Some(0.42)
+        );
+        assert_eq!(
+            super::parse_progress(r#"{"type":"done","fraction":1.0}"#),
+            Some(1.0)
+        );
+        assert_eq!(super::parse_progress("garbage"), None);
+    }
+}
