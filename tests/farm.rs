@@ -14,11 +14,15 @@ struct Coordinator {
     child: Child,
     url: String,
     admin: String,
-    _data: Dir,
+    data: Dir,
 }
 
 impl Coordinator {
     fn start() -> Coordinator {
+        Coordinator::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Coordinator {
         let data = Dir::new();
         let mut child = Command::new(drake_bin())
             .args([
@@ -28,6 +32,7 @@ impl Coordinator {
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .env_remove("DRAKE_ADMIN_TOKEN")
             .stdout(Stdio::piped())
             .spawn()
@@ -60,7 +65,7 @@ impl Coordinator {
             child,
             url,
             admin,
-            _data: data,
+            data,
         }
     }
 
@@ -308,4 +313,629 @@ fn submitted_jobs_are_probed_and_planned_lowest_rung_first() {
         c.call("GET", "/api/v1/jobs/nope", Some(&c.admin), None).0,
         404
     );
+}
+
+/// A `drake worker` process; killed when dropped.
+struct Worker {
+    child: Child,
+    name: String,
+    scratch: std::path::PathBuf,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Coordinator {
+    fn join_token(&self, uses: i64) -> String {
+        let (status, t) = self.call(
+            "POST",
+            "/api/v1/join-tokens",
+            Some(&self.admin),
+            Some(json!({"uses": uses, "ttl_seconds": 600})),
+        );
+        assert_eq!(status, 201);
+        t["token"].as_str().unwrap().to_string()
+    }
+
+    fn worker(&self, name: &str, token: &str) -> Worker {
+        let scratch = self.data.path(&format!("scratch-{name}"));
+        let child = Command::new(drake_bin())
+            .args([
+                "worker",
+                "--coordinator",
+                &self.url,
+                "--name",
+                name,
+                "--slots",
+                "1",
+                "--scratch",
+                scratch.to_str().unwrap(),
+            ])
+            .env("DRAKE_TOKEN", token)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Worker {
+            child,
+            name: name.to_string(),
+            scratch,
+        }
+    }
+
+    /// A multipart upload through curl, as an upload pipeline would send it.
+    fn upload(&self, file: &str, fields: &[(&str, &str)]) -> (u16, Value) {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &format!("Authorization: Bearer {}", self.admin),
+            "-F",
+            &format!("file=@{file}"),
+        ]);
+        for (k, v) in fields {
+            cmd.args(["-F", &format!("{k}={v}")]);
+        }
+        cmd.arg(format!("{}/api/v1/jobs", self.url));
+        let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
+        let (body, status) = out.rsplit_once('\n').unwrap();
+        (
+            status.parse().unwrap(),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        )
+    }
+
+    fn fetch(&self, path: &str) -> Vec<u8> {
+        let out = Command::new("curl")
+            .args([
+                "-sf",
+                "-H",
+                &format!("Authorization: Bearer {}", self.admin),
+                &format!("{}{path}", self.url),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "GET {path}");
+        out.stdout
+    }
+
+    fn wait_ended(&self, job: &str, limit: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let (_, j) = self.call(
+                "GET",
+                &format!("/api/v1/jobs/{job}"),
+                Some(&self.admin),
+                None,
+            );
+            if matches!(
+                j["state"].as_str(),
+                Some("succeeded" | "failed" | "canceled")
+            ) {
+                return j;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "job did not end in {limit:?}: {j}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// Receives webhooks on loopback: answers 500 to the first delivery and 200 after,
+/// recording (headers, body) of each.
+fn webhook_receiver() -> (String, Received) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let (head, body) = loop {
+                let n = conn.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break (String::new(), String::new());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break (head.to_string(), body[..len].to_string());
+                    }
+                }
+            };
+            let first = {
+                let mut l = log.lock().unwrap();
+                l.push((head, body));
+                l.len() == 1
+            };
+            let status = if first {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = conn.write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    (url, seen)
+}
+
+fn header<'a>(head: &'a str, name: &str) -> &'a str {
+    head.lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim())
+        })
+        .unwrap_or("")
+}
+
+#[test]
+fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
+    let c = Coordinator::start_with(&["--lease-ttl-seconds", "6"]);
+    let join = c.join_token(2);
+    let _w1 = c.worker("w1", &join);
+    let _w2 = c.worker("w2", &join);
+    let dir = Dir::new();
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=640x360:r=30:d=8",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=d=8",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        &dir.s("clip.mp4"),
+    ]);
+    std::fs::write(dir.path("corrupt.mp4"), vec![0x42u8; 100_000]).unwrap();
+    let (hook_url, hooks) = webhook_receiver();
+
+    // Everything that happens, as server-sent events.
+    let events = dir.path("events.txt");
+    let mut sse = Command::new("curl")
+        .args([
+            "-sN",
+            "--max-time",
+            "120",
+            "-H",
+            &format!("Authorization: Bearer {}", c.admin),
+            &format!("{}/api/v1/events", c.url),
+            "-o",
+            events.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+
+    // A corrupt upload fails its own job with a readable reason...
+    let (status, bad) = c.upload(&dir.s("corrupt.mp4"), &[]);
+    assert_eq!(status, 201, "{bad}");
+    let bad = c.wait_ended(bad["id"].as_str().unwrap(), Duration::from_secs(60));
+    assert_eq!(bad["state"], "failed");
+    assert!(
+        bad["error"].as_str().unwrap().starts_with("bad input:"),
+        "{bad}"
+    );
+
+    // ...and the next job succeeds.
+    let (status, job) = c.upload(
+        &dir.s("clip.mp4"),
+        &[("profile", "web"), ("callback_url", &hook_url)],
+    );
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let job = c.wait_ended(&id, Duration::from_secs(180));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["playable"], true);
+    let tasks = job["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3, "240p, 360p, thumbnails");
+    let workers: std::collections::BTreeSet<&str> = tasks
+        .iter()
+        .map(|t| t["worker"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        workers.len(),
+        2,
+        "the renditions spread over both workers: {job}"
+    );
+
+    // The master playlist plays over HTTP.
+    let master = job["outputs"]["master_playlist"].as_str().unwrap();
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-headers",
+            &format!("Authorization: Bearer {}\r\n", c.admin),
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "json",
+            &format!("{}{master}", c.url),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let duration: f64 =
+        serde_json::from_slice::<Value>(&probe.stdout).unwrap()["format"]["duration"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+    assert!((duration - 8.0).abs() < 0.1, "{duration}");
+    let master_text = String::from_utf8(c.fetch(master)).unwrap();
+    assert_eq!(
+        master_text.matches("#EXT-X-STREAM-INF:BANDWIDTH=").count(),
+        2
+    );
+    assert_eq!(master_text.matches("#EXT-X-I-FRAME-STREAM-INF:").count(), 2);
+    assert!(master_text.contains("RESOLUTION=640x360,FRAME-RATE=30.000"));
+
+    // Every published file matches its manifest checksum.
+    let manifest: Value =
+        serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
+    let mut files: Vec<Value> = manifest["thumbnails"]["files"].as_array().unwrap().clone();
+    for r in manifest["renditions"].as_array().unwrap() {
+        files.extend(r["files"].as_array().unwrap().iter().cloned());
+    }
+    assert!(files.len() > 15, "{}", files.len());
+    for f in &files {
+        let bytes = c.fetch(f["url"].as_str().unwrap());
+        use sha2::Digest;
+        assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap(), "{f}");
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            f["sha256"].as_str().unwrap(),
+            "{f}"
+        );
+    }
+    assert_eq!(manifest["probe"]["streams"][0]["display_width"], 640);
+
+    // The webhook came, signed per Standard Webhooks, and was retried after a 500.
+    let started = Instant::now();
+    while hooks.lock().unwrap().len() < 2 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let hooks = hooks.lock().unwrap().clone();
+    assert_eq!(hooks.len(), 2, "delivered again after a 500");
+    let secret = std::fs::read_to_string(c.data.path("webhook-secret")).unwrap();
+    for (head, body) in &hooks {
+        let (id, ts, sig) = (
+            header(head, "webhook-id"),
+            header(head, "webhook-timestamp"),
+            header(head, "webhook-signature"),
+        );
+        use base64::Engine;
+        use hmac::Mac;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(secret.trim().trim_start_matches("whsec_"))
+            .unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("{id}.{ts}.{body}").as_bytes());
+        assert_eq!(
+            sig,
+            format!(
+                "v1,{}",
+                base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+            )
+        );
+        let payload: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(payload["type"], "job.succeeded");
+        assert_eq!(payload["data"]["job_id"], job["id"]);
+    }
+    assert_eq!(
+        header(&hooks[0].0, "webhook-id"),
+        header(&hooks[1].0, "webhook-id"),
+        "a retry keeps its id"
+    );
+
+    // Workers are listed with their state.
+    let (_, list) = c.call("GET", "/api/v1/workers", Some(&c.admin), None);
+    let names: std::collections::BTreeSet<&str> = list["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["w1", "w2"].into());
+    assert!(
+        list["workers"][0]["capabilities"]["encoders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "libx264")
+    );
+
+    let _ = sse.kill();
+    let _ = sse.wait();
+    let events = std::fs::read_to_string(&events).unwrap();
+    assert!(
+        events.contains("\"type\":\"task\"") && events.contains("\"state\":\"succeeded\""),
+        "{events}"
+    );
+    assert!(
+        events.contains("\"progress\":"),
+        "progress reaches SSE subscribers"
+    );
+}
+
+/// Processes whose command line mentions `needle` (orphans of a killed worker).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle))
+        .collect()
+}
+
+#[test]
+fn a_worker_killed_mid_task_costs_one_lease_not_the_job() {
+    let c = Coordinator::start_with(&["--lease-ttl-seconds", "4"]);
+    let join = c.join_token(2);
+    let dir = Dir::new();
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=1280x720:r=30:d=20",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=d=20",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        &dir.s("long.mp4"),
+    ]);
+    let mut workers = vec![c.worker("victim", &join), c.worker("survivor", &join)];
+    let (_, job) = c.upload(&dir.s("long.mp4"), &[]);
+    let id = job["id"].as_str().unwrap().to_string();
+
+    // Wait until the victim is visibly mid-task, then SIGKILL it.
+    let started = Instant::now();
+    let victim_task = loop {
+        let (_, list) = c.call("GET", "/api/v1/workers", Some(&c.admin), None);
+        let busy = list["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == "victim")
+            .and_then(|w| {
+                w["current_tasks"]
+                    .as_array()
+                    .and_then(|t| t.first())
+                    .cloned()
+            });
+        if let Some(t) = busy.filter(|t| t["progress"].as_f64().unwrap_or(0.0) > 0.0) {
+            break t["task_id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the victim never got busy: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let victim = workers.remove(0);
+    let scratch = victim.scratch.to_string_lossy().into_owned();
+    assert!(
+        processes_mentioning(&scratch)
+            .iter()
+            .any(|p| p.contains(" --out ")),
+        "a child was running"
+    );
+    assert_eq!(victim.name, "victim");
+    drop(victim); // SIGKILL
+
+    // Its child dies with it (PR_SET_PDEATHSIG): no orphaned transcode.
+    let started = Instant::now();
+    while !processes_mentioning(&scratch).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "orphans: {:?}",
+            processes_mentioning(&scratch)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let job = c.wait_ended(&id, Duration::from_secs(300));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let t = job["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == victim_task.as_str())
+        .unwrap();
+    assert_eq!(
+        t["attempts"], 2,
+        "the lost lease was taken back and run again: {t}"
+    );
+    assert_eq!(workers[0].name, "survivor");
+
+    // No duplicate or partial outputs: each rendition directory holds exactly the
+    // files its manifest lists, and no staging or temporary file is left.
+    let manifest: Value =
+        serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
+    let root = c.data.path(&format!("storage/jobs/{id}"));
+    assert!(!root.join(".staging").exists(), "staging left behind");
+    for r in manifest["renditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain([&manifest["thumbnails"]])
+    {
+        let dir = r["dir"].as_str().unwrap();
+        let mut on_disk: Vec<String> = std::fs::read_dir(c.data.path(&format!("storage/{dir}")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut listed: Vec<String> = r["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                f["url"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        on_disk.sort();
+        listed.sort();
+        assert_eq!(on_disk, listed, "{dir}");
+    }
+}
+
+#[test]
+fn drake_up_and_drake_submit_from_the_readme() {
+    let data = Dir::new();
+    let mut up = Command::new(drake_bin())
+        .args([
+            "up",
+            "--workers",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.tmp.path().to_str().unwrap(),
+        ])
+        .env_remove("DRAKE_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let url = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let token = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && token.starts_with("drk_admin_"),
+        "{url} {token}"
+    );
+
+    let dir = Dir::new();
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=480x270:r=25:d=4",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        &dir.s("a.mp4"),
+    ]);
+    std::fs::write(dir.path("bad.mp4"), b"not a video at all").unwrap();
+    let submit = |file: &str| {
+        Command::new(drake_bin())
+            .args([
+                "submit",
+                file,
+                "--coordinator",
+                &url,
+                "--token",
+                &token,
+                "--wait",
+            ])
+            .output()
+            .unwrap()
+    };
+    let ok = submit(&dir.s("a.mp4"));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        stdout.contains("succeeded: master playlist http://127.0.0.1:"),
+        "{stdout}"
+    );
+    let bad = submit(&dir.s("bad.mp4"));
+    assert_eq!(
+        bad.status.code(),
+        Some(1),
+        "the exit code says the job failed"
+    );
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("failed: bad input"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    // SIGTERM stops the farm and its workers.
+    sigterm(up.id());
+    let started = Instant::now();
+    while up.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "drake up did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        processes_mentioning(&data.tmp.path().to_string_lossy()).is_empty(),
+        "workers left running"
+    );
+}
+
+fn sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }

@@ -451,21 +451,15 @@ async fn events(State(st): State<AppState>, caller: Caller) -> Result<impl IntoR
     allow(&caller, &[Role::Admin, Role::Submit])?;
     let rx = st.events.subscribe();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(data) => {
-                    return Some((
-                        Ok::<_, std::convert::Infallible>(Event::default().data(data)),
-                        rx,
-                    ));
-                }
-                // A slow reader missed events; tell it to refetch.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    return Some((Ok(Event::default().event("lagged").data("{}")), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        let event = match rx.recv().await {
+            Ok(data) => Event::default().data(data),
+            // A slow reader missed events; tell it to refetch.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                Event::default().event("lagged").data("{}")
             }
-        }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), rx))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -215,22 +215,12 @@ impl Queue {
         new: &NewJob,
         now: i64,
     ) -> Result<(Job, bool)> {
-        if let Some(key) = &new.idempotency_key {
-            if let Some(id) =
-                sqlx::query_scalar::<_, String>("SELECT id FROM jobs WHERE idempotency_key = ?")
-                    .bind(key)
-                    .fetch_optional(&self.pool)
-                    .await?
-            {
-                return Ok((
-                    self.job(&id)
-                        .await?
-                        .ok_or_else(|| QueueError::NotFound(id))?,
-                    false,
-                ));
-            }
+        if let Some(key) = &new.idempotency_key
+            && let Some(job) = self.job_by_key(key).await?
+        {
+            return Ok((job, false));
         }
-        sqlx::query("INSERT INTO jobs (id, state, profile, source, callback_url, priority, idempotency_key, created_at, updated_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)")
+        let inserted = sqlx::query("INSERT INTO jobs (id, state, profile, source, callback_url, priority, idempotency_key, created_at, updated_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)")
             .bind(id)
             .bind(&new.profile)
             .bind(&new.source)
@@ -240,13 +230,38 @@ impl Queue {
             .bind(now)
             .bind(now)
             .execute(&self.pool)
-            .await?;
+            .await;
+        match inserted {
+            Ok(_) => {}
+            // Two requests with one key raced: the other one created the job.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                if let Some(key) = &new.idempotency_key
+                    && let Some(job) = self.job_by_key(key).await?
+                {
+                    return Ok((job, false));
+                }
+                return Err(QueueError::Conflict(format!("job {id} already exists")));
+            }
+            Err(e) => return Err(e.into()),
+        }
         Ok((
             self.job(id)
                 .await?
                 .ok_or_else(|| QueueError::NotFound(id.to_string()))?,
             true,
         ))
+    }
+
+    async fn job_by_key(&self, key: &str) -> Result<Option<Job>> {
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = ?")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        match id {
+            Some(id) => self.job(&id).await,
+            None => Ok(None),
+        }
     }
 
     /// Queues a job's tasks in the order given (run order within the job).

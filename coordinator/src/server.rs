@@ -14,6 +14,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub drake_exe: PathBuf,
     pub limits: Limits,
+    pub queue: QueueConfig,
 }
 
 /// A prepared coordinator: state opened, secrets in place, not yet serving.
@@ -44,10 +45,10 @@ fn kept_secret(path: &Path, make: impl FnOnce() -> String) -> std::io::Result<(S
 /// The admin token: `DRAKE_ADMIN_TOKEN` if set, else the one kept in the data dir,
 /// else a new one written there. Returns it and whether it was generated.
 pub fn admin_token(data_dir: &Path) -> std::io::Result<(String, bool)> {
-    if let Ok(t) = std::env::var("DRAKE_ADMIN_TOKEN") {
-        if !t.trim().is_empty() {
-            return Ok((t.trim().to_string(), false));
-        }
+    if let Ok(t) = std::env::var("DRAKE_ADMIN_TOKEN")
+        && !t.trim().is_empty()
+    {
+        return Ok((t.trim().to_string(), false));
     }
     kept_secret(&data_dir.join("admin-token"), || {
         auth::generate(Role::Admin)
@@ -57,7 +58,7 @@ pub fn admin_token(data_dir: &Path) -> std::io::Result<(String, bool)> {
 pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error + Send + Sync>> {
     let storage = cfg.data_dir.join("storage");
     std::fs::create_dir_all(storage.join("jobs"))?;
-    let queue = Queue::open(&cfg.data_dir.join("drake.db"), QueueConfig::default()).await?;
+    let queue = Queue::open(&cfg.data_dir.join("drake.db"), cfg.queue).await?;
     let (token, generated) = admin_token(&cfg.data_dir)?;
     queue
         .add_token(&token, Role::Admin, Some("admin"), None, None, now_ms())

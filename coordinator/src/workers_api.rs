@@ -19,7 +19,6 @@ use proto::wire::{
 use serde_json::json;
 use std::time::Duration;
 
-pub const HEARTBEAT_SECONDS: u64 = 5;
 const MAX_WAIT_SECONDS: u64 = 30;
 
 pub fn routes() -> Router<AppState> {
@@ -87,7 +86,7 @@ async fn register(
         Json(RegisterResponse {
             worker_id: id,
             token,
-            heartbeat_seconds: HEARTBEAT_SECONDS,
+            heartbeat_seconds: (st.queue.cfg.lease_ttl_ms / 4000).clamp(1, 10) as u64,
         }),
     )
         .into_response())

@@ -29,25 +29,34 @@ async fn bind(listen: &str) -> Result<tokio::net::TcpListener, i32> {
     })
 }
 
-fn limits(max_upload_bytes: u64) -> coordinator::api::Limits {
-    coordinator::api::Limits {
-        max_upload_bytes,
-        ..Default::default()
+/// Operator settings shared by `coordinator` and `up`.
+pub struct FarmSettings {
+    pub max_upload_bytes: u64,
+    pub lease_ttl_seconds: u64,
+}
+
+fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
+    coordinator::server::Config {
+        data_dir: data,
+        drake_exe: drake_exe(),
+        limits: coordinator::api::Limits {
+            max_upload_bytes: s.max_upload_bytes,
+            ..Default::default()
+        },
+        queue: coordinator::queue::QueueConfig {
+            lease_ttl_ms: s.lease_ttl_seconds.clamp(3, 3600) as i64 * 1000,
+            ..Default::default()
+        },
     }
 }
 
-pub fn coordinator(data: PathBuf, listen: &str, max_upload_bytes: u64) -> i32 {
+pub fn coordinator(data: PathBuf, listen: &str, settings: FarmSettings) -> i32 {
     runtime().block_on(async {
         let listener = match bind(listen).await {
             Ok(l) => l,
             Err(code) => return code,
         };
-        let cfg = coordinator::server::Config {
-            data_dir: data,
-            drake_exe: drake_exe(),
-            limits: limits(max_upload_bytes),
-        };
-        match coordinator::server::run(cfg, listener, shutdown_signal()).await {
+        match coordinator::server::run(config(data, &settings), listener, shutdown_signal()).await {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("drake: coordinator: {e}");
@@ -96,7 +105,7 @@ pub fn worker(args: WorkerArgs) -> i32 {
 }
 
 /// `drake up`: a coordinator plus `workers` local worker processes joined to it.
-pub fn up(data: PathBuf, listen: &str, workers: u32, max_upload_bytes: u64) -> i32 {
+pub fn up(data: PathBuf, listen: &str, workers: u32, settings: FarmSettings) -> i32 {
     runtime().block_on(async {
         let listener = match bind(listen).await {
             Ok(l) => l,
@@ -109,12 +118,7 @@ pub fn up(data: PathBuf, listen: &str, workers: u32, max_upload_bytes: u64) -> i
                 return exit::INTERNAL;
             }
         };
-        let cfg = coordinator::server::Config {
-            data_dir: data.clone(),
-            drake_exe: drake_exe(),
-            limits: limits(max_upload_bytes),
-        };
-        let prepared = match coordinator::server::prepare(cfg).await {
+        let prepared = match coordinator::server::prepare(config(data.clone(), &settings)).await {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("drake: coordinator: {e}");

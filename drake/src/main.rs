@@ -55,9 +55,8 @@ enum Command {
         data: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8600")]
         listen: String,
-        /// Largest accepted upload, in bytes.
-        #[arg(long, default_value_t = 20 * 1024 * 1024 * 1024)]
-        max_upload_bytes: u64,
+        #[command(flatten)]
+        settings: FarmArgs,
     },
     /// Run a worker that leases tasks from a coordinator.
     Worker {
@@ -85,8 +84,8 @@ enum Command {
         data: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8600")]
         listen: String,
-        #[arg(long, default_value_t = 20 * 1024 * 1024 * 1024)]
-        max_upload_bytes: u64,
+        #[command(flatten)]
+        settings: FarmArgs,
     },
     /// Submit a file or URL as a job; with --wait, follow it to the end.
     Submit {
@@ -117,13 +116,33 @@ enum Command {
     },
 }
 
+/// Coordinator settings an operator may tune.
+#[derive(clap::Args)]
+struct FarmArgs {
+    /// Largest accepted upload, in bytes.
+    #[arg(long, default_value_t = 20 * 1024 * 1024 * 1024)]
+    max_upload_bytes: u64,
+    /// How long a lease lasts without a heartbeat before its task is queued again.
+    #[arg(long, default_value_t = 30)]
+    lease_ttl_seconds: u64,
+}
+
+impl FarmArgs {
+    fn settings(self) -> farm::FarmSettings {
+        farm::FarmSettings {
+            max_upload_bytes: self.max_upload_bytes,
+            lease_ttl_seconds: self.lease_ttl_seconds,
+        }
+    }
+}
+
 fn main() {
     let code = match Cli::parse().command {
         Command::Coordinator {
             data,
             listen,
-            max_upload_bytes,
-        } => farm::coordinator(data, &listen, max_upload_bytes),
+            settings,
+        } => farm::coordinator(data, &listen, settings.settings()),
         Command::Worker {
             coordinator,
             token,
@@ -143,8 +162,8 @@ fn main() {
             workers,
             data,
             listen,
-            max_upload_bytes,
-        } => farm::up(data, &listen, workers, max_upload_bytes),
+            settings,
+        } => farm::up(data, &listen, workers, settings.settings()),
         Command::Submit {
             input,
             profile,

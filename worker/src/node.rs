@@ -70,6 +70,8 @@ struct Node {
     token: String,
     heartbeat: Duration,
     draining: AtomicBool,
+    /// Wakes the lease long-poll when draining starts.
+    drain: tokio::sync::Notify,
 }
 
 pub async fn run(
@@ -98,6 +100,7 @@ pub async fn run(
         token,
         heartbeat,
         draining: AtomicBool::new(false),
+        drain: tokio::sync::Notify::new(),
     });
     {
         let node = node.clone();
@@ -105,6 +108,7 @@ pub async fn run(
             shutdown.await;
             eprintln!("drake worker: draining: finishing running tasks, taking no new ones");
             node.draining.store(true, Ordering::SeqCst);
+            node.drain.notify_waiters();
         });
     }
     let slots = Arc::new(Semaphore::new(node.cfg.slots as usize));
@@ -127,7 +131,16 @@ pub async fn run(
             }
             continue;
         }
-        match node.lease(free).await {
+        let drained = node.drain.notified();
+        if node.draining.load(Ordering::SeqCst) {
+            continue;
+        }
+        let leased = tokio::select! {
+            r = node.lease(free) => r,
+            // Stop waiting for work at once; a lease granted meanwhile lapses and is requeued.
+            _ = drained => continue,
+        };
+        match leased {
             Ok(Some(lease)) => {
                 errors = 0;
                 let permit = slots.clone().acquire_owned().await.expect("semaphore open");

@@ -409,7 +409,7 @@ impl Walker {
         }
         match self.current.take() {
             Some((ct, f)) => {
-                let img = self.to_rgb(&f)?;
+                let img = self.rgb_of(&f)?;
                 self.current = Some((ct, f));
                 Ok(Some((ct, img)))
             }
@@ -449,7 +449,7 @@ impl Walker {
         }
     }
 
-    fn to_rgb(&mut self, f: &frame::Video) -> Result<RgbImage> {
+    fn rgb_of(&mut self, f: &frame::Video) -> Result<RgbImage> {
         let sar = f.aspect_ratio();
         let dw = if sar.numerator() > 0 && sar.denominator() > 0 {
             (f.width() as f64 * f64::from(sar)).round() as u32

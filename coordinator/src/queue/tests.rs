@@ -29,6 +29,7 @@ async fn job_with(q: &Queue, renditions: &[&str]) -> Job {
         .map(|r| NewTask {
             kind: TaskKind::Transcode,
             rendition: Some(r.to_string()),
+            requires: None,
         })
         .collect();
     q.add_tasks(&job.id, &tasks, T0).await.unwrap();
@@ -68,6 +69,17 @@ async fn tasks_lease_lowest_rung_first_and_complete() {
     q.complete(&b.task_id, "w2", b.epoch, &serde_json::json!({}), T0 + 3)
         .await
         .unwrap();
+    let j = q.job(&job.id).await.unwrap().unwrap();
+    assert_eq!((j.state.as_str(), j.playable), ("finalizing", true));
+    assert!(
+        q.finish_job(
+            &job.id,
+            &serde_json::json!({"master_playlist": "m"}),
+            T0 + 4
+        )
+        .await
+        .unwrap()
+    );
     assert_eq!(q.job(&job.id).await.unwrap().unwrap().state, "succeeded");
 }
 
@@ -82,7 +94,10 @@ async fn expired_leases_are_requeued_and_stale_completions_rejected() {
         .unwrap();
     assert!(q.reap(T0 + 12_000).await.unwrap().is_empty());
     // Then w1 goes silent (a partition): the lease lapses and is reaped.
-    assert_eq!(q.reap(T0 + 18_001).await.unwrap(), [job.id.clone()]);
+    assert_eq!(
+        q.reap(T0 + 18_001).await.unwrap(),
+        std::slice::from_ref(&job.id)
+    );
     assert!(
         q.lease("w2", &[], T0 + 18_001).await.unwrap().is_none(),
         "backoff holds it back"
@@ -135,7 +150,7 @@ async fn expired_leases_are_requeued_and_stale_completions_rejected() {
     )
     .await
     .unwrap();
-    assert_eq!(q.job(&job.id).await.unwrap().unwrap().state, "succeeded");
+    assert_eq!(q.job(&job.id).await.unwrap().unwrap().state, "finalizing");
 }
 
 #[tokio::test]
