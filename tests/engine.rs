@@ -36,12 +36,7 @@ fn hd_source(dir: &Dir, d: u32) -> String {
 }
 
 fn files(report: &Value) -> Vec<String> {
-    report["checksums"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["path"].as_str().unwrap().to_string())
-        .collect()
+    report["checksums"].as_array().unwrap().iter().map(|c| c["path"].as_str().unwrap().to_string()).collect()
 }
 
 #[test]
@@ -52,23 +47,11 @@ fn probe_describes_streams() {
     assert!((p["duration"].as_f64().unwrap() - 3.0).abs() < 0.1);
     let v = &p["streams"][0];
     assert_eq!(
-        (
-            v["kind"].as_str(),
-            v["codec"].as_str(),
-            v["display_width"].as_u64(),
-            v["frame_rate"].as_f64()
-        ),
+        (v["kind"].as_str(), v["codec"].as_str(), v["display_width"].as_u64(), v["frame_rate"].as_f64()),
         (Some("video"), Some("h264"), Some(1280), Some(30.0))
     );
     let a = &p["streams"][1];
-    assert_eq!(
-        (
-            a["kind"].as_str(),
-            a["sample_rate"].as_u64(),
-            a["channels"].as_u64()
-        ),
-        (Some("audio"), Some(44100), Some(1))
-    );
+    assert_eq!((a["kind"].as_str(), a["sample_rate"].as_u64(), a["channels"].as_u64()), (Some("audio"), Some(44100), Some(1)));
 }
 
 #[test]
@@ -76,12 +59,7 @@ fn ladder_renditions_share_keyframes_and_segments_start_on_them() {
     let dir = Dir::new();
     let src = hd_source(&dir, 13);
     let plan: Value = serde_json::from_str(&drake_ok(&["plan", &src, "--profile", "web"])).unwrap();
-    let names: Vec<_> = plan["renditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap().to_string())
-        .collect();
+    let names: Vec<_> = plan["renditions"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_string()).collect();
     assert_eq!(names, ["240p", "360p", "480p", "720p"]);
     assert_eq!(plan["skipped"][0]["name"], "1080p");
 
@@ -93,20 +71,10 @@ fn ladder_renditions_share_keyframes_and_segments_start_on_them() {
 
         // Dimensions, duration, frame count.
         let s = &streams(&mp4)[0];
-        let expected = if name == "240p" {
-            (426, 240)
-        } else {
-            (1280, 720)
-        };
-        assert_eq!(
-            (s["width"].as_u64().unwrap(), s["height"].as_u64().unwrap()),
-            expected
-        );
+        let expected = if name == "240p" { (426, 240) } else { (1280, 720) };
+        assert_eq!((s["width"].as_u64().unwrap(), s["height"].as_u64().unwrap()), expected);
         assert_eq!(s["pix_fmt"], "yuv420p");
-        assert!(
-            (format_duration(&mp4) - 13.0).abs() < 0.07,
-            "{name} duration"
-        );
+        assert!((format_duration(&mp4) - 13.0).abs() < 0.07, "{name} duration");
         assert_eq!(r["frame_count"], 390);
 
         // Fast start: moov before mdat.
@@ -122,20 +90,13 @@ fn ladder_renditions_share_keyframes_and_segments_start_on_them() {
         keyframe_sets.push(keys);
 
         // Keyframe index: each entry is a real keyframe sample at that offset and size.
-        let index: Value =
-            serde_json::from_slice(&std::fs::read(out.join("keyframes.json")).unwrap()).unwrap();
+        let index: Value = serde_json::from_slice(&std::fs::read(out.join("keyframes.json")).unwrap()).unwrap();
         let entries = index["keyframes"].as_array().unwrap();
         assert_eq!(entries.len(), 7);
         for e in entries {
-            let (t, off, size) = (
-                e["time"].as_f64().unwrap(),
-                e["offset"].as_u64().unwrap(),
-                e["size"].as_u64().unwrap(),
-            );
+            let (t, off, size) = (e["time"].as_f64().unwrap(), e["offset"].as_u64().unwrap(), e["size"].as_u64().unwrap());
             assert!(
-                packets
-                    .iter()
-                    .any(|p| p.3 && p.1 == off && p.2 == size && (p.0 - t).abs() < 1e-3),
+                packets.iter().any(|p| p.3 && p.1 == off && p.2 == size && (p.0 - t).abs() < 1e-3),
                 "{name}: index entry {e} is not a keyframe sample"
             );
             // An H.264 IDR sample starts with a length-prefixed NAL; type 5 (IDR) appears in it.
@@ -145,11 +106,8 @@ fn ladder_renditions_share_keyframes_and_segments_start_on_them() {
 
         // HLS: segments of whole GOPs, each starting with a keyframe.
         let playlist = std::fs::read_to_string(out.join("playlist.m3u8")).unwrap();
-        let durations: Vec<f64> = playlist
-            .lines()
-            .filter_map(|l| l.strip_prefix("#EXTINF:"))
-            .map(|l| l.trim_end_matches(',').parse().unwrap())
-            .collect();
+        let durations: Vec<f64> =
+            playlist.lines().filter_map(|l| l.strip_prefix("#EXTINF:")).map(|l| l.trim_end_matches(',').parse().unwrap()).collect();
         assert_eq!(durations, [6.0, 6.0, 1.0]);
         let init = std::fs::read(out.join("init.mp4")).unwrap();
         let iframes = std::fs::read_to_string(out.join("iframes.m3u8")).unwrap();
@@ -162,24 +120,13 @@ fn ladder_renditions_share_keyframes_and_segments_start_on_them() {
             std::fs::write(&joined, [init.clone(), seg_bytes.clone()].concat()).unwrap();
             let pk = video_packets(&joined);
             assert!(pk[0].3, "{name} {seg} starts with a keyframe");
-            assert!(
-                (pk[0].0 - 6.0 * i as f64).abs() < 1e-3,
-                "{name} {seg} starts at {}",
-                pk[0].0
-            );
+            assert!((pk[0].0 - 6.0 * i as f64).abs() < 1e-3, "{name} {seg} starts at {}", pk[0].0);
             // Every I-frame byte range into this segment starts at a moof and ends at
             // the end of a keyframe sample.
             for (len, off, file) in ranges.iter().filter(|r| r.2 == seg) {
-                assert_eq!(
-                    &seg_bytes[*off as usize + 4..*off as usize + 8],
-                    b"moof",
-                    "{file}@{off}"
-                );
+                assert_eq!(&seg_bytes[*off as usize + 4..*off as usize + 8], b"moof", "{file}@{off}");
                 let end = init.len() as u64 + off + len;
-                assert!(
-                    pk.iter().any(|p| p.3 && p.1 + p.2 == end),
-                    "{name}: range {len}@{off} of {file} does not end a keyframe"
-                );
+                assert!(pk.iter().any(|p| p.3 && p.1 + p.2 == end), "{name}: range {len}@{off} of {file} does not end a keyframe");
             }
         }
         // The whole HLS rendition plays for the full duration.
@@ -191,10 +138,7 @@ fn ladder_renditions_share_keyframes_and_segments_start_on_them() {
         }
         assert!(!out.join("stream.fmp4").exists());
         assert_eq!(r["video"]["encoder"], "libx264");
-        assert_eq!(
-            r["video"]["encoder_options"]["x264-params"],
-            "keyint=61:min-keyint=61:scenecut=0:open-gop=0"
-        );
+        assert_eq!(r["video"]["encoder_options"]["x264-params"], "keyint=61:min-keyint=61:scenecut=0:open-gop=0");
         assert!(r["codecs"].as_str().unwrap().starts_with("avc1.64"));
         assert!(r["codecs"].as_str().unwrap().ends_with(",mp4a.40.2"));
         assert!(r["peak_bitrate"].as_u64() >= r["average_bitrate"].as_u64());
@@ -223,11 +167,7 @@ fn byteranges(playlist: &str) -> Vec<(u64, u64, String)> {
         .filter_map(|(i, l)| {
             let r = l.strip_prefix("#EXT-X-BYTERANGE:")?;
             let (len, off) = r.split_once('@')?;
-            Some((
-                len.parse().ok()?,
-                off.parse().ok()?,
-                lines[i + 1].to_string(),
-            ))
+            Some((len.parse().ok()?, off.parse().ok()?, lines[i + 1].to_string()))
         })
         .collect()
 }
@@ -254,79 +194,32 @@ fn rotated_phone_video_comes_out_upright() {
         &coded,
     ]);
     // FFmpeg 5.1 writes the rotation into the display matrix when stream-copying.
-    ffmpeg(&[
-        "-i",
-        &coded,
-        "-c",
-        "copy",
-        "-metadata:s:v",
-        "rotate=90",
-        &src,
-    ]);
+    ffmpeg(&["-i", &coded, "-c", "copy", "-metadata:s:v", "rotate=90", &src]);
     let p: Value = serde_json::from_str(&drake_ok(&["probe", &src])).unwrap();
     assert_eq!(p["streams"][0]["rotation"], 270, "clockwise degrees");
-    assert_eq!(
-        (
-            p["streams"][0]["display_width"].as_u64(),
-            p["streams"][0]["display_height"].as_u64()
-        ),
-        (Some(360), Some(640))
-    );
+    assert_eq!((p["streams"][0]["display_width"].as_u64(), p["streams"][0]["display_height"].as_u64()), (Some(360), Some(640)));
     let out = dir.path("out");
     let r = transcode(&src, "web", "360p", &out);
-    assert_eq!(
-        (r["width"].as_u64(), r["height"].as_u64()),
-        (Some(360), Some(640))
-    );
+    assert_eq!((r["width"].as_u64(), r["height"].as_u64()), (Some(360), Some(640)));
     let mp4 = out.join("360p.mp4");
     let s = &streams(&mp4)[0];
-    assert!(
-        s["side_data_list"].is_null(),
-        "no rotation left on the output"
-    );
+    assert!(s["side_data_list"].is_null(), "no rotation left on the output");
     let (w, h, px) = first_frame_grey(&mp4);
     assert_eq!((w, h), (360, 640));
     let mean = |rows: std::ops::Range<u32>| {
-        rows.clone()
-            .flat_map(|y| (0..w).map(move |x| (x, y)))
-            .map(|(x, y)| px[(y * w + x) as usize] as f64)
-            .sum::<f64>()
+        rows.clone().flat_map(|y| (0..w).map(move |x| (x, y))).map(|(x, y)| px[(y * w + x) as usize] as f64).sum::<f64>()
             / (rows.len() as f64 * w as f64)
     };
-    assert!(
-        mean(0..300) < 50.0 && mean(340..640) > 200.0,
-        "top {} bottom {}",
-        mean(0..300),
-        mean(340..640)
-    );
+    assert!(mean(0..300) < 50.0 && mean(340..640) > 200.0, "top {} bottom {}", mean(0..300), mean(340..640));
     // The same picture the ffmpeg CLI shows when it autorotates the source.
     let reference = std::process::Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-i",
-            &src,
-            "-frames:v",
-            "1",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "gray",
-            "-",
-        ])
+        .args(["-v", "error", "-i", &src, "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "gray", "-"])
         .output()
         .unwrap()
         .stdout;
     assert_eq!(reference.len(), px.len());
-    let differing = px
-        .iter()
-        .zip(&reference)
-        .filter(|(a, b)| a.abs_diff(**b) > 64)
-        .count();
-    assert!(
-        differing < px.len() / 100,
-        "{differing} pixels differ from ffmpeg's upright picture"
-    );
+    let differing = px.iter().zip(&reference).filter(|(a, b)| a.abs_diff(**b) > 64).count();
+    assert!(differing < px.len() / 100, "{differing} pixels differ from ffmpeg's upright picture");
 }
 
 #[test]
@@ -334,30 +227,11 @@ fn non_square_pixels_become_square_with_the_right_aspect() {
     let dir = Dir::new();
     let src = dir.s("anamorphic.mkv");
     // 720x576 with 16:15 pixels displays as 768x576 (4:3).
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=s=720x576:r=25:d=3",
-        "-vf",
-        "setsar=16/15",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        &src,
-    ]);
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=720x576:r=25:d=3", "-vf", "setsar=16/15", "-c:v", "libx264", "-preset", "ultrafast", &src]);
     let r = transcode(&src, "web", "480p", &dir.path("out"));
     let s = &streams(&dir.path("out/480p.mp4"))[0];
-    assert_eq!(
-        (s["width"].as_u64(), s["height"].as_u64()),
-        (Some(640), Some(480))
-    );
-    assert!(
-        matches!(s["sample_aspect_ratio"].as_str(), None | Some("1:1")),
-        "{}",
-        s["sample_aspect_ratio"]
-    );
+    assert_eq!((s["width"].as_u64(), s["height"].as_u64()), (Some(640), Some(480)));
+    assert!(matches!(s["sample_aspect_ratio"].as_str(), None | Some("1:1")), "{}", s["sample_aspect_ratio"]);
     assert_eq!(r["frame_rate"], 25.0);
 }
 
@@ -381,20 +255,12 @@ fn odd_and_tiny_sources_get_even_dimensions() {
         &src,
     ]);
     let plan: Value = serde_json::from_str(&drake_ok(&["plan", &src])).unwrap();
-    assert_eq!(
-        plan["renditions"].as_array().unwrap().len(),
-        1,
-        "one rendition at its own size"
-    );
+    assert_eq!(plan["renditions"].as_array().unwrap().len(), 1, "one rendition at its own size");
     let name = plan["renditions"][0]["name"].as_str().unwrap().to_string();
     transcode(&src, "web", &name, &dir.path("out"));
     let s = &streams(&dir.path(&format!("out/{name}.mp4")))[0];
     assert_eq!(name, "180p");
-    assert_eq!(
-        (s["width"].as_u64(), s["height"].as_u64()),
-        (Some(320), Some(180)),
-        "even, and never larger than the source"
-    );
+    assert_eq!((s["width"].as_u64(), s["height"].as_u64()), (Some(320), Some(180)), "even, and never larger than the source");
     assert_eq!(s["pix_fmt"], "yuv420p", "4:4:4 becomes 4:2:0");
 }
 
@@ -418,30 +284,13 @@ fn ten_bit_hevc_becomes_8bit_420_h264() {
         &src,
     ]);
     let p: Value = serde_json::from_str(&drake_ok(&["probe", &src])).unwrap();
-    assert_eq!(
-        (
-            p["streams"][0]["codec"].as_str(),
-            p["streams"][0]["bit_depth"].as_u64()
-        ),
-        (Some("hevc"), Some(10))
-    );
+    assert_eq!((p["streams"][0]["codec"].as_str(), p["streams"][0]["bit_depth"].as_u64()), (Some("hevc"), Some(10)));
     let r = transcode(&src, "web", "360p", &dir.path("out"));
     let s = &streams(&dir.path("out/360p.mp4"))[0];
-    assert_eq!(
-        (
-            s["codec_name"].as_str(),
-            s["pix_fmt"].as_str(),
-            s["profile"].as_str()
-        ),
-        (Some("h264"), Some("yuv420p"), Some("High"))
-    );
+    assert_eq!((s["codec_name"].as_str(), s["pix_fmt"].as_str(), s["profile"].as_str()), (Some("h264"), Some("yuv420p"), Some("High")));
     assert_eq!(r["frame_count"], 72);
     assert!(r["audio"].is_null(), "no audio track invented");
-    assert!(
-        streams(&dir.path("out/360p.mp4"))
-            .iter()
-            .all(|s| s["codec_type"] != "audio")
-    );
+    assert!(streams(&dir.path("out/360p.mp4")).iter().all(|s| s["codec_type"] != "audio"));
 }
 
 #[test]
@@ -465,27 +314,15 @@ fn variable_frame_rate_becomes_constant() {
         &src,
     ]);
     let src_packets = video_packets(Path::new(&src));
-    let gaps: std::collections::BTreeSet<i64> = src_packets
-        .windows(2)
-        .map(|w| ((w[1].0 - w[0].0) * 1000.0).round() as i64)
-        .collect();
+    let gaps: std::collections::BTreeSet<i64> = src_packets.windows(2).map(|w| ((w[1].0 - w[0].0) * 1000.0).round() as i64).collect();
     assert!(gaps.len() > 1, "the source really is VFR: {gaps:?}");
     let r = transcode(&src, "web", "360p", &dir.path("out"));
     let pk = video_packets(&dir.path("out/360p.mp4"));
     let mut times: Vec<f64> = pk.iter().map(|p| p.0).collect();
     times.sort_by(f64::total_cmp);
     let fps = r["frame_rate"].as_f64().unwrap();
-    assert!(
-        times
-            .windows(2)
-            .all(|w| ((w[1] - w[0]) * fps - 1.0).abs() < 0.01),
-        "constant frame rate at {fps}"
-    );
-    assert!(
-        (times.len() as f64 - 4.0 * fps).abs() <= 2.0,
-        "{} frames",
-        times.len()
-    );
+    assert!(times.windows(2).all(|w| ((w[1] - w[0]) * fps - 1.0).abs() < 0.01), "constant frame rate at {fps}");
+    assert!((times.len() as f64 - 4.0 * fps).abs() <= 2.0, "{} frames", times.len());
 }
 
 #[test]
@@ -513,44 +350,18 @@ fn surround_audio_is_downmixed_to_stereo() {
     let p: Value = serde_json::from_str(&drake_ok(&["probe", &src])).unwrap();
     assert_eq!(p["streams"][1]["channels"], 6);
     transcode(&src, "web", "240p", &dir.path("out"));
-    let a = streams(&dir.path("out/240p.mp4"))
-        .into_iter()
-        .find(|s| s["codec_type"] == "audio")
-        .unwrap();
-    assert_eq!(
-        (
-            a["channels"].as_u64(),
-            a["sample_rate"].as_str(),
-            a["profile"].as_str()
-        ),
-        (Some(2), Some("48000"), Some("LC"))
-    );
+    let a = streams(&dir.path("out/240p.mp4")).into_iter().find(|s| s["codec_type"] == "audio").unwrap();
+    assert_eq!((a["channels"].as_u64(), a["sample_rate"].as_str(), a["profile"].as_str()), (Some(2), Some("48000"), Some("LC")));
     let pcm = audio_samples(&dir.path("out/240p.mp4"), 2);
-    let (l, r) = (
-        rms(pcm.iter().step_by(2).copied()),
-        rms(pcm.iter().skip(1).step_by(2).copied()),
-    );
-    assert!(
-        l > 0.1 && r > 0.1 && (l - r).abs() < 0.02,
-        "centre in both channels: L {l} R {r}"
-    );
+    let (l, r) = (rms(pcm.iter().step_by(2).copied()), rms(pcm.iter().skip(1).step_by(2).copied()));
+    assert!(l > 0.1 && r > 0.1 && (l - r).abs() < 0.02, "centre in both channels: L {l} R {r}");
 }
 
 #[test]
 fn audio_only_sources_give_an_audio_rendition() {
     let dir = Dir::new();
     let src = dir.s("song.m4a");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=f=440:d=9:sample_rate=44100",
-        "-ac",
-        "2",
-        "-c:a",
-        "aac",
-        &src,
-    ]);
+    ffmpeg(&["-f", "lavfi", "-i", "sine=f=440:d=9:sample_rate=44100", "-ac", "2", "-c:a", "aac", &src]);
     let plan: Value = serde_json::from_str(&drake_ok(&["plan", &src])).unwrap();
     assert_eq!(plan["renditions"][0]["name"], "audio");
     let r = transcode(&src, "web", "audio", &dir.path("out"));
@@ -610,23 +421,11 @@ fn only_the_default_audio_track_is_kept_and_subtitles_are_ignored() {
     ]);
     transcode(&src, "web", "240p", &dir.path("out"));
     let st = streams(&dir.path("out/240p.mp4"));
-    assert_eq!(
-        st.iter()
-            .map(|s| s["codec_type"].as_str().unwrap())
-            .collect::<Vec<_>>(),
-        ["video", "audio"]
-    );
+    assert_eq!(st.iter().map(|s| s["codec_type"].as_str().unwrap()).collect::<Vec<_>>(), ["video", "audio"]);
     // The 2000 Hz default track crosses zero ~4000 times a second; the 300 Hz one ~600.
     let pcm = audio_samples(&dir.path("out/240p.mp4"), 1);
-    let crossings = pcm
-        .windows(2)
-        .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
-        .count() as f64
-        / 3.0;
-    assert!(
-        (3000.0..5000.0).contains(&crossings),
-        "{crossings} zero crossings per second"
-    );
+    let crossings = pcm.windows(2).filter(|w| (w[0] < 0.0) != (w[1] < 0.0)).count() as f64 / 3.0;
+    assert!((3000.0..5000.0).contains(&crossings), "{crossings} zero crossings per second");
 }
 
 #[test]
@@ -687,41 +486,14 @@ fn ts_webm_and_hevc_are_accepted() {
         &hevc,
     ]);
     for (src, fps) in [(&ts, 25.0), (&webm, 30.0), (&hevc, 30.0)] {
-        let out = dir.path(&format!(
-            "out-{}",
-            Path::new(src).extension().unwrap().to_str().unwrap()
-        ));
+        let out = dir.path(&format!("out-{}", Path::new(src).extension().unwrap().to_str().unwrap()));
         let r = transcode(src, "web", "360p", &out);
-        assert!(
-            (r["duration"].as_f64().unwrap() - 4.0).abs() < 0.1,
-            "{src}: {}",
-            r["duration"]
-        );
+        assert!((r["duration"].as_f64().unwrap() - 4.0).abs() < 0.1, "{src}: {}", r["duration"]);
         // A TS keeps its audio/video offset: one extra frame may lead the video.
-        assert!(
-            r["frame_count"]
-                .as_u64()
-                .unwrap()
-                .abs_diff((4.0 * fps) as u64)
-                <= 1,
-            "{src}: {}",
-            r["frame_count"]
-        );
-        let keys: Vec<f64> = video_packets(&out.join("360p.mp4"))
-            .iter()
-            .filter(|p| p.3)
-            .map(|p| p.0)
-            .collect();
-        assert_eq!(
-            keys[..2],
-            [0.0, 2.0],
-            "{src}: keyframes start at zero even when the source does not"
-        );
-        assert!(
-            keys.iter()
-                .all(|k| (k / 2.0 - (k / 2.0).round()).abs() < 1e-6),
-            "{src}: {keys:?}"
-        );
+        assert!(r["frame_count"].as_u64().unwrap().abs_diff((4.0 * fps) as u64) <= 1, "{src}: {}", r["frame_count"]);
+        let keys: Vec<f64> = video_packets(&out.join("360p.mp4")).iter().filter(|p| p.3).map(|p| p.0).collect();
+        assert_eq!(keys[..2], [0.0, 2.0], "{src}: keyframes start at zero even when the source does not");
+        assert!(keys.iter().all(|k| (k / 2.0 - (k / 2.0).round()).abs() < 1e-6), "{src}: {keys:?}");
     }
 }
 
@@ -729,25 +501,11 @@ fn ts_webm_and_hevc_are_accepted() {
 fn vp9_profile_keeps_keyframes_aligned() {
     let dir = Dir::new();
     let src = dir.s("src.mp4");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=s=1280x720:r=30:d=5",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        &src,
-    ]);
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=1280x720:r=30:d=5", "-c:v", "libx264", "-preset", "ultrafast", &src]);
     let r = transcode(&src, "vp9", "360p", &dir.path("out"));
     assert_eq!(r["video"]["encoder"], "libvpx-vp9");
     assert!(r["codecs"].as_str().unwrap().starts_with("vp09.00."));
-    let keys: Vec<f64> = video_packets(&dir.path("out/360p.mp4"))
-        .iter()
-        .filter(|p| p.3)
-        .map(|p| p.0)
-        .collect();
+    let keys: Vec<f64> = video_packets(&dir.path("out/360p.mp4")).iter().filter(|p| p.3).map(|p| p.0).collect();
     assert_eq!(keys, [0.0, 2.0, 4.0]);
 }
 
@@ -774,31 +532,14 @@ fn thumbnails_skip_black_frames_and_the_storyboard_covers_the_video() {
         &src,
     ]);
     let out = dir.path("thumbs");
-    drake_ok(&[
-        "thumbnails",
-        &src,
-        "--out",
-        out.to_str().unwrap(),
-        "--count",
-        "4",
-    ]);
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(out.join("thumbnails.json")).unwrap()).unwrap();
+    drake_ok(&["thumbnails", &src, "--out", out.to_str().unwrap(), "--count", "4"]);
+    let report: Value = serde_json::from_slice(&std::fs::read(out.join("thumbnails.json")).unwrap()).unwrap();
     let mut images = vec![report["poster"]["path"].as_str().unwrap().to_string()];
-    images.extend(
-        report["thumbnails"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["path"].as_str().unwrap().to_string()),
-    );
+    images.extend(report["thumbnails"].as_array().unwrap().iter().map(|t| t["path"].as_str().unwrap().to_string()));
     assert_eq!(images.len(), 5);
     for name in &images {
-        let img = image::open(out.join(name))
-            .unwrap_or_else(|e| panic!("{name} decodes: {e}"))
-            .to_luma8();
-        let mean =
-            img.pixels().map(|p| p[0] as f64).sum::<f64>() / (img.width() * img.height()) as f64;
+        let img = image::open(out.join(name)).unwrap_or_else(|e| panic!("{name} decodes: {e}")).to_luma8();
+        let mean = img.pixels().map(|p| p[0] as f64).sum::<f64>() / (img.width() * img.height()) as f64;
         assert!(mean > 40.0, "{name} is black (mean luma {mean})");
     }
     // Storyboard: contiguous cues from 0 to the end, pointing into the sprite.
@@ -808,30 +549,14 @@ fn thumbnails_skip_black_frames_and_the_storyboard_covers_the_video() {
         let p: Vec<f64> = s.split(':').map(|x| x.parse().unwrap()).collect();
         p[0] * 3600.0 + p[1] * 60.0 + p[2]
     };
-    let cues: Vec<(f64, f64)> = vtt
-        .lines()
-        .filter_map(|l| l.split_once(" --> "))
-        .map(|(a, b)| (secs(a), secs(b)))
-        .collect();
+    let cues: Vec<(f64, f64)> = vtt.lines().filter_map(|l| l.split_once(" --> ")).map(|(a, b)| (secs(a), secs(b))).collect();
     assert_eq!(cues[0].0, 0.0);
     assert!(cues.windows(2).all(|w| w[0].1 == w[1].0), "contiguous");
-    assert!(
-        (cues.last().unwrap().1 - 10.0).abs() < 0.05,
-        "covers the whole video"
-    );
+    assert!((cues.last().unwrap().1 - 10.0).abs() < 0.05, "covers the whole video");
     let sheet = image::open(out.join("storyboard_00.jpg")).unwrap();
     for l in vtt.lines().filter(|l| l.contains("#xywh=")) {
-        let xywh: Vec<u32> = l
-            .split("#xywh=")
-            .nth(1)
-            .unwrap()
-            .split(',')
-            .map(|x| x.parse().unwrap())
-            .collect();
-        assert!(
-            xywh[0] + xywh[2] <= sheet.width() && xywh[1] + xywh[3] <= sheet.height(),
-            "{l}"
-        );
+        let xywh: Vec<u32> = l.split("#xywh=").nth(1).unwrap().split(',').map(|x| x.parse().unwrap()).collect();
+        assert!(xywh[0] + xywh[2] <= sheet.width() && xywh[1] + xywh[3] <= sheet.height(), "{l}");
         assert!((100..=160).contains(&xywh[2]));
     }
 }
@@ -840,32 +565,15 @@ fn thumbnails_skip_black_frames_and_the_storyboard_covers_the_video() {
 /// line on stderr, no panic, and nothing left that looks complete.
 fn check_rejected(input: &str, out: &Path, reason: &str) {
     let started = Instant::now();
-    let o = drake(&[
-        "transcode",
-        input,
-        "--rendition",
-        "240p",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = drake(&["transcode", input, "--rendition", "240p", "--out", out.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(65), "{input}: {stderr}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{input} took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "{input} took {:?}", started.elapsed());
     let last = stderr.lines().last().unwrap_or("");
-    assert!(
-        last.starts_with("drake: bad input: ") && last.contains(reason),
-        "{input}: {stderr}"
-    );
+    assert!(last.starts_with("drake: bad input: ") && last.contains(reason), "{input}: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     if out.exists() {
-        let left: Vec<_> = std::fs::read_dir(out)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let left: Vec<_> = std::fs::read_dir(out).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(left.is_empty(), "{input} left {left:?}");
     }
 }
@@ -879,9 +587,7 @@ fn bad_inputs_are_rejected_cleanly() {
     std::fs::write(dir.path("empty.mp4"), b"").unwrap();
     check_rejected(&dir.s("empty.mp4"), &dir.path("o1"), "empty");
 
-    let random: Vec<u8> = (0..200_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let random: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(dir.path("random.mp4"), random).unwrap();
     check_rejected(&dir.s("random.mp4"), &dir.path("o2"), "not a media file");
 
@@ -894,15 +600,7 @@ fn bad_inputs_are_rejected_cleanly() {
 
     // Fast-start MP4 cut short: the header promises 6 s the data does not hold.
     let faststart = dir.s("faststart.mp4");
-    ffmpeg(&[
-        "-i",
-        &good,
-        "-c",
-        "copy",
-        "-movflags",
-        "+faststart",
-        &faststart,
-    ]);
+    ffmpeg(&["-i", &good, "-c", "copy", "-movflags", "+faststart", &faststart]);
     let fs_bytes = std::fs::read(&faststart).unwrap();
     std::fs::write(dir.path("short.mp4"), &fs_bytes[..fs_bytes.len() / 2]).unwrap();
     check_rejected(&dir.s("short.mp4"), &dir.path("o5"), "header declares");
@@ -923,42 +621,18 @@ fn bad_inputs_are_rejected_cleanly() {
     wav.extend_from_slice(&48000u32.to_le_bytes());
     wav.extend(std::iter::repeat_n(0u8, 48000));
     std::fs::write(dir.path("odd.wav"), wav).unwrap();
-    let o = drake(&[
-        "transcode",
-        &dir.s("odd.wav"),
-        "--rendition",
-        "audio",
-        "--out",
-        dir.path("o6").to_str().unwrap(),
-    ]);
-    assert_eq!(
-        o.status.code(),
-        Some(65),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = drake(&["transcode", &dir.s("odd.wav"), "--rendition", "audio", "--out", dir.path("o6").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(65), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("unsupported audio codec"));
 
     // Probe and thumbnails reject the same way.
     let o = drake(&["probe", &dir.s("random.mp4")]);
     assert_eq!(o.status.code(), Some(65));
-    let o = drake(&[
-        "thumbnails",
-        &dir.s("notes.txt"),
-        "--out",
-        dir.path("o7").to_str().unwrap(),
-    ]);
+    let o = drake(&["thumbnails", &dir.s("notes.txt"), "--out", dir.path("o7").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(65));
 
     // A rendition that would upscale is refused with the planner's reason.
-    let o = drake(&[
-        "transcode",
-        &good,
-        "--rendition",
-        "1080p",
-        "--out",
-        dir.path("o8").to_str().unwrap(),
-    ]);
+    let o = drake(&["transcode", &good, "--rendition", "1080p", "--out", dir.path("o8").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(65));
     assert!(String::from_utf8_lossy(&o.stderr).contains("would upscale"));
 }
@@ -969,46 +643,22 @@ fn profile_errors_name_the_file_line_and_key() {
     let src = hd_source(&dir, 1);
     let web = include_str!("../profiles/web.toml");
     let path = dir.path("mine.toml");
-    std::fs::write(
-        &path,
-        web.replacen("crf = 23", "crf = 23\nsharpness = 3", 1),
-    )
-    .unwrap();
+    std::fs::write(&path, web.replacen("crf = 23", "crf = 23\nsharpness = 3", 1)).unwrap();
     let o = drake(&["plan", &src, "--profile", path.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(65));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("mine.toml:") && err.contains("`sharpness`"),
-        "{err}"
-    );
+    assert!(err.contains("mine.toml:") && err.contains("`sharpness`"), "{err}");
 }
 
 #[test]
 fn progress_is_reported_as_json_lines() {
     let dir = Dir::new();
     let src = hd_source(&dir, 4);
-    let stdout = drake_ok(&[
-        "transcode",
-        &src,
-        "--rendition",
-        "240p",
-        "--out",
-        dir.path("out").to_str().unwrap(),
-    ]);
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let stdout = drake_ok(&["transcode", &src, "--rendition", "240p", "--out", dir.path("out").to_str().unwrap()]);
+    let lines: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let last = lines.last().unwrap();
-    assert_eq!(
-        (last["type"].as_str(), last["fraction"].as_f64()),
-        (Some("done"), Some(1.0))
-    );
-    assert!(
-        lines
-            .iter()
-            .all(|l| (0.0..=1.0).contains(&l["fraction"].as_f64().unwrap()))
-    );
+    assert_eq!((last["type"].as_str(), last["fraction"].as_f64()), (Some("done"), Some(1.0)));
+    assert!(lines.iter().all(|l| (0.0..=1.0).contains(&l["fraction"].as_f64().unwrap())));
 }
 
 #[test]
@@ -1040,21 +690,10 @@ fn http_sources_are_read_with_range_requests() {
     assert!(p["size_bytes"].is_null());
     let r = transcode(&url, "web", "240p", &dir.path("out"));
     assert_eq!(r["frame_count"], 120);
-    assert!(
-        server
-            .range_requests
-            .load(std::sync::atomic::Ordering::SeqCst)
-            > 0,
-        "libav used range requests"
-    );
+    assert!(server.range_requests.load(std::sync::atomic::Ordering::SeqCst) > 0, "libav used range requests");
 
     let o = drake(&["probe", &format!("{}/missing.mp4", server.url)]);
-    assert_eq!(
-        o.status.code(),
-        Some(65),
-        "a 404 is bad input: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_eq!(o.status.code(), Some(65), "a 404 is bad input: {}", String::from_utf8_lossy(&o.stderr));
     // Only http(s) and plain paths: other libav protocols are refused.
     let o = drake(&["probe", &format!("concat:{src}|{src}")]);
     assert_eq!(o.status.code(), Some(65));

@@ -25,69 +25,26 @@ impl Coordinator {
     fn start_with(extra: &[&str]) -> Coordinator {
         let data = Dir::new();
         let mut child = Command::new(drake_bin())
-            .args([
-                "coordinator",
-                "--data",
-                data.tmp.path().to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-            ])
+            .args(["coordinator", "--data", data.tmp.path().to_str().unwrap(), "--listen", "127.0.0.1:0"])
             .args(extra)
             .env_remove("DRAKE_ADMIN_TOKEN")
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = lines
-            .next()
-            .unwrap()
-            .unwrap()
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .to_string();
-        let admin = lines
-            .next()
-            .unwrap()
-            .unwrap()
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .to_string();
+        let url = lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_string();
+        let admin = lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_string();
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
         assert!(admin.starts_with("drk_admin_"));
         let stored = std::fs::read_to_string(data.path("admin-token")).unwrap();
-        assert_eq!(
-            stored, admin,
-            "the generated admin token is kept in the data dir"
-        );
-        Coordinator {
-            child,
-            url,
-            admin,
-            data,
-        }
+        assert_eq!(stored, admin, "the generated admin token is kept in the data dir");
+        Coordinator { child, url, admin, data }
     }
 
     /// (status, JSON body) of a request with the given token.
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
         let mut cmd = Command::new("curl");
-        cmd.args([
-            "-s",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "-X",
-            method,
-            &format!("{}{path}", self.url),
-        ]);
+        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, &format!("{}{path}", self.url)]);
         if let Some(t) = token {
             cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
         }
@@ -96,28 +53,17 @@ impl Coordinator {
         }
         let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
         let (body, status) = out.rsplit_once('\n').unwrap();
-        (
-            status.parse().unwrap(),
-            serde_json::from_str(body).unwrap_or(Value::Null),
-        )
+        (status.parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
     }
 
     fn wait_for(&self, job: &str, mut done: impl FnMut(&Value) -> bool) -> Value {
         let started = Instant::now();
         loop {
-            let (_, j) = self.call(
-                "GET",
-                &format!("/api/v1/jobs/{job}"),
-                Some(&self.admin),
-                None,
-            );
+            let (_, j) = self.call("GET", &format!("/api/v1/jobs/{job}"), Some(&self.admin), None);
             if done(&j) {
                 return j;
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "timed out; last: {j}"
-            );
+            assert!(started.elapsed() < Duration::from_secs(30), "timed out; last: {j}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -142,49 +88,17 @@ fn every_api_route_checks_the_caller() {
         ("POST", "/api/v1/join-tokens"),
     ] {
         let (status, body) = c.call(method, path, None, Some(json!({})));
-        assert_eq!(
-            (status, body["code"].as_str()),
-            (401, Some("unauthorized")),
-            "{method} {path}"
-        );
+        assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")), "{method} {path}");
         let (status, _) = c.call(method, path, Some("drk_admin_forged"), Some(json!({})));
         assert_eq!(status, 401, "{method} {path} with a forged token");
     }
     // A join token may only join: it cannot submit or mint.
-    let (status, t) = c.call(
-        "POST",
-        "/api/v1/join-tokens",
-        Some(&c.admin),
-        Some(json!({"uses": 1, "ttl_seconds": 600})),
-    );
+    let (status, t) = c.call("POST", "/api/v1/join-tokens", Some(&c.admin), Some(json!({"uses": 1, "ttl_seconds": 600})));
     assert_eq!(status, 201);
     let join = t["token"].as_str().unwrap();
-    assert_eq!(
-        c.call(
-            "POST",
-            "/api/v1/jobs",
-            Some(join),
-            Some(json!({"source_url": "http://x/y.mp4"}))
-        )
-        .0,
-        403
-    );
-    assert_eq!(
-        c.call(
-            "POST",
-            "/api/v1/join-tokens",
-            Some(join),
-            Some(json!({"uses": 1, "ttl_seconds": 600}))
-        )
-        .0,
-        403
-    );
-    let (status, body) = c.call(
-        "POST",
-        "/api/v1/join-tokens",
-        Some(&c.admin),
-        Some(json!({"uses": 0, "ttl_seconds": 600})),
-    );
+    assert_eq!(c.call("POST", "/api/v1/jobs", Some(join), Some(json!({"source_url": "http://x/y.mp4"}))).0, 403);
+    assert_eq!(c.call("POST", "/api/v1/join-tokens", Some(join), Some(json!({"uses": 1, "ttl_seconds": 600}))).0, 403);
+    let (status, body) = c.call("POST", "/api/v1/join-tokens", Some(&c.admin), Some(json!({"uses": 0, "ttl_seconds": 600})));
     assert_eq!((status, body["code"].as_str()), (400, Some("bad_request")));
 }
 
@@ -212,107 +126,45 @@ fn submitted_jobs_are_probed_and_planned_lowest_rung_first() {
     let server = RangeServer::start(dir.tmp.path().to_path_buf());
     let c = Coordinator::start();
 
-    let body =
-        json!({"source_url": format!("{}/src.mp4", server.url), "idempotency_key": "upload-1"});
+    let body = json!({"source_url": format!("{}/src.mp4", server.url), "idempotency_key": "upload-1"});
     let (status, job) = c.call("POST", "/api/v1/jobs", Some(&c.admin), Some(body.clone()));
     assert_eq!(status, 201, "{job}");
     assert_eq!(job["state"], "queued");
     let id = job["id"].as_str().unwrap();
     let (status, again) = c.call("POST", "/api/v1/jobs", Some(&c.admin), Some(body));
-    assert_eq!(
-        (status, again["id"].as_str()),
-        (200, Some(id)),
-        "same idempotency key, same job"
-    );
+    assert_eq!((status, again["id"].as_str()), (200, Some(id)), "same idempotency key, same job");
 
     let job = c.wait_for(id, |j| j["tasks"].as_array().is_some_and(|t| !t.is_empty()));
     let tasks: Vec<String> = job["tasks"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| {
-            format!(
-                "{}:{}",
-                t["kind"].as_str().unwrap(),
-                t["rendition"].as_str().unwrap_or("-")
-            )
-        })
+        .map(|t| format!("{}:{}", t["kind"].as_str().unwrap(), t["rendition"].as_str().unwrap_or("-")))
         .collect();
-    assert_eq!(
-        tasks,
-        [
-            "transcode:240p",
-            "transcode:360p",
-            "transcode:480p",
-            "thumbnails:-"
-        ]
-    );
+    assert_eq!(tasks, ["transcode:240p", "transcode:360p", "transcode:480p", "thumbnails:-"]);
 
-    let (_, listed) = c.call(
-        "GET",
-        "/api/v1/jobs?state=queued&per_page=10",
-        Some(&c.admin),
-        None,
-    );
+    let (_, listed) = c.call("GET", "/api/v1/jobs?state=queued&per_page=10", Some(&c.admin), None);
     assert_eq!(listed["jobs"][0]["id"].as_str(), Some(id));
 
     // A corrupt upload fails its own job with the engine's reason.
-    let (_, bad) = c.call(
-        "POST",
-        "/api/v1/jobs",
-        Some(&c.admin),
-        Some(json!({"source_url": format!("{}/garbage.mp4", server.url)})),
-    );
+    let (_, bad) = c.call("POST", "/api/v1/jobs", Some(&c.admin), Some(json!({"source_url": format!("{}/garbage.mp4", server.url)})));
     let bad = c.wait_for(bad["id"].as_str().unwrap(), |j| j["state"] == "failed");
-    assert!(
-        bad["error"].as_str().unwrap().starts_with("bad input:"),
-        "{bad}"
-    );
+    assert!(bad["error"].as_str().unwrap().starts_with("bad input:"), "{bad}");
 
     // Cancel, then retry.
-    let (status, canceled) = c.call(
-        "POST",
-        &format!("/api/v1/jobs/{id}/cancel"),
-        Some(&c.admin),
-        None,
-    );
-    assert_eq!(
-        (status, canceled["state"].as_str()),
-        (200, Some("canceled"))
-    );
-    let (status, _) = c.call(
-        "POST",
-        &format!("/api/v1/jobs/{id}/cancel"),
-        Some(&c.admin),
-        None,
-    );
+    let (status, canceled) = c.call("POST", &format!("/api/v1/jobs/{id}/cancel"), Some(&c.admin), None);
+    assert_eq!((status, canceled["state"].as_str()), (200, Some("canceled")));
+    let (status, _) = c.call("POST", &format!("/api/v1/jobs/{id}/cancel"), Some(&c.admin), None);
     assert_eq!(status, 409);
-    let (status, retried) = c.call(
-        "POST",
-        &format!("/api/v1/jobs/{id}/retry"),
-        Some(&c.admin),
-        None,
-    );
+    let (status, retried) = c.call("POST", &format!("/api/v1/jobs/{id}/retry"), Some(&c.admin), None);
     assert_eq!((status, retried["state"].as_str()), (200, Some("queued")));
 
-    let (status, e) = c.call(
-        "POST",
-        "/api/v1/jobs",
-        Some(&c.admin),
-        Some(json!({"source_url": "file:///etc/passwd"})),
-    );
+    let (status, e) = c.call("POST", "/api/v1/jobs", Some(&c.admin), Some(json!({"source_url": "file:///etc/passwd"})));
     assert_eq!((status, e["code"].as_str()), (400, Some("bad_request")));
-    let (status, e) = c.call(
-        "POST",
-        "/api/v1/jobs",
-        Some(&c.admin),
-        Some(json!({"source_url": "http://x/a.mp4", "profile": "../../etc/x.toml"})),
-    );
+    let (status, e) =
+        c.call("POST", "/api/v1/jobs", Some(&c.admin), Some(json!({"source_url": "http://x/a.mp4", "profile": "../../etc/x.toml"})));
     assert_eq!((status, e["code"].as_str()), (400, Some("bad_request")));
-    assert_eq!(
-        c.call("GET", "/api/v1/jobs/nope", Some(&c.admin), None).0,
-        404
-    );
+    assert_eq!(c.call("GET", "/api/v1/jobs/nope", Some(&c.admin), None).0, 404);
 }
 
 /// A `drake worker` process; killed when dropped.
@@ -331,12 +183,7 @@ impl Drop for Worker {
 
 impl Coordinator {
     fn join_token(&self, uses: i64) -> String {
-        let (status, t) = self.call(
-            "POST",
-            "/api/v1/join-tokens",
-            Some(&self.admin),
-            Some(json!({"uses": uses, "ttl_seconds": 600})),
-        );
+        let (status, t) = self.call("POST", "/api/v1/join-tokens", Some(&self.admin), Some(json!({"uses": uses, "ttl_seconds": 600})));
         assert_eq!(status, 201);
         t["token"].as_str().unwrap().to_string()
     }
@@ -344,26 +191,12 @@ impl Coordinator {
     fn worker(&self, name: &str, token: &str) -> Worker {
         let scratch = self.data.path(&format!("scratch-{name}"));
         let child = Command::new(drake_bin())
-            .args([
-                "worker",
-                "--coordinator",
-                &self.url,
-                "--name",
-                name,
-                "--slots",
-                "1",
-                "--scratch",
-                scratch.to_str().unwrap(),
-            ])
+            .args(["worker", "--coordinator", &self.url, "--name", name, "--slots", "1", "--scratch", scratch.to_str().unwrap()])
             .env("DRAKE_TOKEN", token)
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        Worker {
-            child,
-            name: name.to_string(),
-            scratch,
-        }
+        Worker { child, name: name.to_string(), scratch }
     }
 
     /// A multipart upload through curl, as an upload pipeline would send it.
@@ -386,20 +219,12 @@ impl Coordinator {
         cmd.arg(format!("{}/api/v1/jobs", self.url));
         let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
         let (body, status) = out.rsplit_once('\n').unwrap();
-        (
-            status.parse().unwrap(),
-            serde_json::from_str(body).unwrap_or(Value::Null),
-        )
+        (status.parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
     }
 
     fn fetch(&self, path: &str) -> Vec<u8> {
         let out = Command::new("curl")
-            .args([
-                "-sf",
-                "-H",
-                &format!("Authorization: Bearer {}", self.admin),
-                &format!("{}{path}", self.url),
-            ])
+            .args(["-sf", "-H", &format!("Authorization: Bearer {}", self.admin), &format!("{}{path}", self.url)])
             .output()
             .unwrap();
         assert!(out.status.success(), "GET {path}");
@@ -409,22 +234,11 @@ impl Coordinator {
     fn wait_ended(&self, job: &str, limit: Duration) -> Value {
         let started = Instant::now();
         loop {
-            let (_, j) = self.call(
-                "GET",
-                &format!("/api/v1/jobs/{job}"),
-                Some(&self.admin),
-                None,
-            );
-            if matches!(
-                j["state"].as_str(),
-                Some("succeeded" | "failed" | "canceled")
-            ) {
+            let (_, j) = self.call("GET", &format!("/api/v1/jobs/{job}"), Some(&self.admin), None);
+            if matches!(j["state"].as_str(), Some("succeeded" | "failed" | "canceled")) {
                 return j;
             }
-            assert!(
-                started.elapsed() < limit,
-                "job did not end in {limit:?}: {j}"
-            );
+            assert!(started.elapsed() < limit, "job did not end in {limit:?}: {j}");
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -455,11 +269,7 @@ fn webhook_receiver() -> (String, Received) {
                 if let Some((head, body)) = text.split_once("\r\n\r\n") {
                     let len: usize = head
                         .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
                         .unwrap_or(0);
                     if body.len() >= len {
                         break (head.to_string(), body[..len].to_string());
@@ -471,28 +281,15 @@ fn webhook_receiver() -> (String, Received) {
                 l.push((head, body));
                 l.len() == 1
             };
-            let status = if first {
-                "500 Internal Server Error"
-            } else {
-                "200 OK"
-            };
-            let _ = conn.write_all(
-                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            );
+            let status = if first { "500 Internal Server Error" } else { "200 OK" };
+            let _ = conn.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
         }
     });
     (url, seen)
 }
 
 fn header<'a>(head: &'a str, name: &str) -> &'a str {
-    head.lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.trim())
-        })
-        .unwrap_or("")
+    head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim())).unwrap_or("")
 }
 
 #[test]
@@ -543,16 +340,10 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
     assert_eq!(status, 201, "{bad}");
     let bad = c.wait_ended(bad["id"].as_str().unwrap(), Duration::from_secs(60));
     assert_eq!(bad["state"], "failed");
-    assert!(
-        bad["error"].as_str().unwrap().starts_with("bad input:"),
-        "{bad}"
-    );
+    assert!(bad["error"].as_str().unwrap().starts_with("bad input:"), "{bad}");
 
     // ...and the next job succeeds.
-    let (status, job) = c.upload(
-        &dir.s("clip.mp4"),
-        &[("profile", "web"), ("callback_url", &hook_url)],
-    );
+    let (status, job) = c.upload(&dir.s("clip.mp4"), &[("profile", "web"), ("callback_url", &hook_url)]);
     assert_eq!(status, 201, "{job}");
     let id = job["id"].as_str().unwrap().to_string();
     let job = c.wait_ended(&id, Duration::from_secs(180));
@@ -560,15 +351,8 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
     assert_eq!(job["playable"], true);
     let tasks = job["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), 3, "240p, 360p, thumbnails");
-    let workers: std::collections::BTreeSet<&str> = tasks
-        .iter()
-        .map(|t| t["worker"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        workers.len(),
-        2,
-        "the renditions spread over both workers: {job}"
-    );
+    let workers: std::collections::BTreeSet<&str> = tasks.iter().map(|t| t["worker"].as_str().unwrap()).collect();
+    assert_eq!(workers.len(), 2, "the renditions spread over both workers: {job}");
 
     // The master playlist plays over HTTP.
     let master = job["outputs"]["master_playlist"].as_str().unwrap();
@@ -586,29 +370,16 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
         ])
         .output()
         .unwrap();
-    assert!(
-        probe.status.success(),
-        "{}",
-        String::from_utf8_lossy(&probe.stderr)
-    );
-    let duration: f64 =
-        serde_json::from_slice::<Value>(&probe.stdout).unwrap()["format"]["duration"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
+    let duration: f64 = serde_json::from_slice::<Value>(&probe.stdout).unwrap()["format"]["duration"].as_str().unwrap().parse().unwrap();
     assert!((duration - 8.0).abs() < 0.1, "{duration}");
     let master_text = String::from_utf8(c.fetch(master)).unwrap();
-    assert_eq!(
-        master_text.matches("#EXT-X-STREAM-INF:BANDWIDTH=").count(),
-        2
-    );
+    assert_eq!(master_text.matches("#EXT-X-STREAM-INF:BANDWIDTH=").count(), 2);
     assert_eq!(master_text.matches("#EXT-X-I-FRAME-STREAM-INF:").count(), 2);
     assert!(master_text.contains("RESOLUTION=640x360,FRAME-RATE=30.000"));
 
     // Every published file matches its manifest checksum.
-    let manifest: Value =
-        serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
+    let manifest: Value = serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
     let mut files: Vec<Value> = manifest["thumbnails"]["files"].as_array().unwrap().clone();
     for r in manifest["renditions"].as_array().unwrap() {
         files.extend(r["files"].as_array().unwrap().iter().cloned());
@@ -618,11 +389,7 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
         let bytes = c.fetch(f["url"].as_str().unwrap());
         use sha2::Digest;
         assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap(), "{f}");
-        assert_eq!(
-            hex::encode(sha2::Sha256::digest(&bytes)),
-            f["sha256"].as_str().unwrap(),
-            "{f}"
-        );
+        assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), f["sha256"].as_str().unwrap(), "{f}");
     }
     assert_eq!(manifest["probe"]["streams"][0]["display_width"], 640);
 
@@ -635,63 +402,30 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
     assert_eq!(hooks.len(), 2, "delivered again after a 500");
     let secret = std::fs::read_to_string(c.data.path("webhook-secret")).unwrap();
     for (head, body) in &hooks {
-        let (id, ts, sig) = (
-            header(head, "webhook-id"),
-            header(head, "webhook-timestamp"),
-            header(head, "webhook-signature"),
-        );
+        let (id, ts, sig) = (header(head, "webhook-id"), header(head, "webhook-timestamp"), header(head, "webhook-signature"));
         use base64::Engine;
         use hmac::Mac;
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(secret.trim().trim_start_matches("whsec_"))
-            .unwrap();
+        let key = base64::engine::general_purpose::STANDARD.decode(secret.trim().trim_start_matches("whsec_")).unwrap();
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
         mac.update(format!("{id}.{ts}.{body}").as_bytes());
-        assert_eq!(
-            sig,
-            format!(
-                "v1,{}",
-                base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-            )
-        );
+        assert_eq!(sig, format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())));
         let payload: Value = serde_json::from_str(body).unwrap();
         assert_eq!(payload["type"], "job.succeeded");
         assert_eq!(payload["data"]["job_id"], job["id"]);
     }
-    assert_eq!(
-        header(&hooks[0].0, "webhook-id"),
-        header(&hooks[1].0, "webhook-id"),
-        "a retry keeps its id"
-    );
+    assert_eq!(header(&hooks[0].0, "webhook-id"), header(&hooks[1].0, "webhook-id"), "a retry keeps its id");
 
     // Workers are listed with their state.
     let (_, list) = c.call("GET", "/api/v1/workers", Some(&c.admin), None);
-    let names: std::collections::BTreeSet<&str> = list["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["name"].as_str().unwrap())
-        .collect();
+    let names: std::collections::BTreeSet<&str> = list["workers"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["w1", "w2"].into());
-    assert!(
-        list["workers"][0]["capabilities"]["encoders"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e == "libx264")
-    );
+    assert!(list["workers"][0]["capabilities"]["encoders"].as_array().unwrap().iter().any(|e| e == "libx264"));
 
     let _ = sse.kill();
     let _ = sse.wait();
     let events = std::fs::read_to_string(&events).unwrap();
-    assert!(
-        events.contains("\"type\":\"task\"") && events.contains("\"state\":\"succeeded\""),
-        "{events}"
-    );
-    assert!(
-        events.contains("\"progress\":"),
-        "progress reaches SSE subscribers"
-    );
+    assert!(events.contains("\"type\":\"task\"") && events.contains("\"state\":\"succeeded\""), "{events}");
+    assert!(events.contains("\"progress\":"), "progress reaches SSE subscribers");
 }
 
 /// Processes whose command line mentions `needle` (orphans of a killed worker).
@@ -739,88 +473,45 @@ fn a_worker_killed_mid_task_costs_one_lease_not_the_job() {
             .unwrap()
             .iter()
             .find(|w| w["name"] == "victim")
-            .and_then(|w| {
-                w["current_tasks"]
-                    .as_array()
-                    .and_then(|t| t.first())
-                    .cloned()
-            });
+            .and_then(|w| w["current_tasks"].as_array().and_then(|t| t.first()).cloned());
         if let Some(t) = busy.filter(|t| t["progress"].as_f64().unwrap_or(0.0) > 0.0) {
             break t["task_id"].as_str().unwrap().to_string();
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the victim never got busy: {list}"
-        );
+        assert!(started.elapsed() < Duration::from_secs(60), "the victim never got busy: {list}");
         std::thread::sleep(Duration::from_millis(100));
     };
     let victim = workers.remove(0);
     let scratch = victim.scratch.to_string_lossy().into_owned();
-    assert!(
-        processes_mentioning(&scratch)
-            .iter()
-            .any(|p| p.contains(" --out ")),
-        "a child was running"
-    );
+    assert!(processes_mentioning(&scratch).iter().any(|p| p.contains(" --out ")), "a child was running");
     assert_eq!(victim.name, "victim");
     drop(victim); // SIGKILL
 
     // Its child dies with it (PR_SET_PDEATHSIG): no orphaned transcode.
     let started = Instant::now();
     while !processes_mentioning(&scratch).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "orphans: {:?}",
-            processes_mentioning(&scratch)
-        );
+        assert!(started.elapsed() < Duration::from_secs(5), "orphans: {:?}", processes_mentioning(&scratch));
         std::thread::sleep(Duration::from_millis(100));
     }
 
     let job = c.wait_ended(&id, Duration::from_secs(300));
     assert_eq!(job["state"], "succeeded", "{job}");
-    let t = job["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["id"] == victim_task.as_str())
-        .unwrap();
-    assert_eq!(
-        t["attempts"], 2,
-        "the lost lease was taken back and run again: {t}"
-    );
+    let t = job["tasks"].as_array().unwrap().iter().find(|t| t["id"] == victim_task.as_str()).unwrap();
+    assert_eq!(t["attempts"], 2, "the lost lease was taken back and run again: {t}");
     assert_eq!(workers[0].name, "survivor");
 
     // No duplicate or partial outputs: each rendition directory holds exactly the
     // files its manifest lists, and no staging or temporary file is left.
-    let manifest: Value =
-        serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
+    let manifest: Value = serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
     let root = c.data.path(&format!("storage/jobs/{id}"));
     assert!(!root.join(".staging").exists(), "staging left behind");
-    for r in manifest["renditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .chain([&manifest["thumbnails"]])
-    {
+    for r in manifest["renditions"].as_array().unwrap().iter().chain([&manifest["thumbnails"]]) {
         let dir = r["dir"].as_str().unwrap();
         let mut on_disk: Vec<String> = std::fs::read_dir(c.data.path(&format!("storage/{dir}")))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        let mut listed: Vec<String> = r["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| {
-                f["url"]
-                    .as_str()
-                    .unwrap()
-                    .rsplit('/')
-                    .next()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
+        let mut listed: Vec<String> =
+            r["files"].as_array().unwrap().iter().map(|f| f["url"].as_str().unwrap().rsplit('/').next().unwrap().to_string()).collect();
         on_disk.sort();
         listed.sort();
         assert_eq!(on_disk, listed, "{dir}");
@@ -831,111 +522,40 @@ fn a_worker_killed_mid_task_costs_one_lease_not_the_job() {
 fn drake_up_and_drake_submit_from_the_readme() {
     let data = Dir::new();
     let mut up = Command::new(drake_bin())
-        .args([
-            "up",
-            "--workers",
-            "2",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            data.tmp.path().to_str().unwrap(),
-        ])
+        .args(["up", "--workers", "2", "--listen", "127.0.0.1:0", "--data", data.tmp.path().to_str().unwrap()])
         .env_remove("DRAKE_ADMIN_TOKEN")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
-    let url = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_string();
-    let token = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_string();
-    assert!(
-        url.starts_with("http://127.0.0.1:") && token.starts_with("drk_admin_"),
-        "{url} {token}"
-    );
+    let url = lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_string();
+    let token = lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_string();
+    assert!(url.starts_with("http://127.0.0.1:") && token.starts_with("drk_admin_"), "{url} {token}");
 
     let dir = Dir::new();
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=s=480x270:r=25:d=4",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        &dir.s("a.mp4"),
-    ]);
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=480x270:r=25:d=4", "-c:v", "libx264", "-preset", "ultrafast", &dir.s("a.mp4")]);
     std::fs::write(dir.path("bad.mp4"), b"not a video at all").unwrap();
-    let submit = |file: &str| {
-        Command::new(drake_bin())
-            .args([
-                "submit",
-                file,
-                "--coordinator",
-                &url,
-                "--token",
-                &token,
-                "--wait",
-            ])
-            .output()
-            .unwrap()
-    };
+    let submit =
+        |file: &str| Command::new(drake_bin()).args(["submit", file, "--coordinator", &url, "--token", &token, "--wait"]).output().unwrap();
     let ok = submit(&dir.s("a.mp4"));
     let stdout = String::from_utf8_lossy(&ok.stdout);
-    assert!(
-        ok.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    assert!(
-        stdout.contains("succeeded: master playlist http://127.0.0.1:"),
-        "{stdout}"
-    );
+    assert!(ok.status.success(), "{stdout} {}", String::from_utf8_lossy(&ok.stderr));
+    assert!(stdout.contains("succeeded: master playlist http://127.0.0.1:"), "{stdout}");
     let bad = submit(&dir.s("bad.mp4"));
-    assert_eq!(
-        bad.status.code(),
-        Some(1),
-        "the exit code says the job failed"
-    );
-    assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("failed: bad input"),
-        "{}",
-        String::from_utf8_lossy(&bad.stderr)
-    );
+    assert_eq!(bad.status.code(), Some(1), "the exit code says the job failed");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("failed: bad input"), "{}", String::from_utf8_lossy(&bad.stderr));
 
     // SIGTERM stops the farm and its workers.
     sigterm(up.id());
     let started = Instant::now();
     while up.try_wait().unwrap().is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "drake up did not stop"
-        );
+        assert!(started.elapsed() < Duration::from_secs(20), "drake up did not stop");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(
-        processes_mentioning(&data.tmp.path().to_string_lossy()).is_empty(),
-        "workers left running"
-    );
+    assert!(processes_mentioning(&data.tmp.path().to_string_lossy()).is_empty(), "workers left running");
 }
 
 fn sigterm(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
     assert!(status.success());
 }

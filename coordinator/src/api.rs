@@ -5,9 +5,7 @@ use crate::auth::{self, Caller, Role};
 use crate::chores;
 use crate::queue::{NewJob, Queue, QueueError};
 use crate::{storage, workers_api};
-use axum::extract::{
-    DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Path, Query, Request, State,
-};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header, request::Parts};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -22,9 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
 
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Limits on what a caller can send.
@@ -37,10 +33,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_upload_bytes: 20 * 1024 * 1024 * 1024,
-            task_timeout_seconds: 4 * 3600,
-        }
+        Limits { max_upload_bytes: 20 * 1024 * 1024 * 1024, task_timeout_seconds: 4 * 3600 }
     }
 }
 
@@ -59,6 +52,8 @@ pub struct AppState {
     pub work_ready: Arc<tokio::sync::Notify>,
     pub limits: Limits,
     pub webhook_secret: Arc<String>,
+    /// Durable background chores (apalis).
+    pub chores: crate::background::Chores,
 }
 
 impl AppState {
@@ -103,16 +98,9 @@ impl IntoResponse for ApiError {
                 e.code(),
             ),
         };
-        let mut resp = (
-            status,
-            Json(json!({"code": code, "message": self.to_string()})),
-        )
-            .into_response();
+        let mut resp = (status, Json(json!({"code": code, "message": self.to_string()}))).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
         resp
     }
@@ -120,12 +108,7 @@ impl IntoResponse for ApiError {
 
 /// The bearer token of a request, if any.
 pub fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+    parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim)
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -133,34 +116,21 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        let mut caller = state
-            .queue
-            .authenticate(token, now_ms())
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
+        let mut caller = state.queue.authenticate(token, now_ms()).await?.ok_or(ApiError::Unauthorized)?;
         caller.presented = Some(token.to_string());
         Ok(caller)
     }
 }
 
 pub fn allow(caller: &Caller, roles: &[Role]) -> Result<(), ApiError> {
-    if roles.contains(&caller.role) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden)
-    }
+    if roles.contains(&caller.role) { Ok(()) } else { Err(ApiError::Forbidden) }
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"ok": true})) }))
         // Uploads are streamed to disk and limited by `Limits::max_upload_bytes`.
-        .route(
-            "/api/v1/jobs",
-            post(create_job)
-                .get(list_jobs)
-                .layer(DefaultBodyLimit::disable()),
-        )
+        .route("/api/v1/jobs", post(create_job).get(list_jobs).layer(DefaultBodyLimit::disable()))
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/api/v1/jobs/{id}/retry", post(retry_job))
@@ -188,25 +158,18 @@ struct JobFields {
 
 fn check_url(what: &str, url: &str) -> Result<(), ApiError> {
     if url.len() > MAX_URL_LEN || !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(ApiError::BadRequest(format!(
-            "{what} must be an http(s) URL of at most {MAX_URL_LEN} characters"
-        )));
+        return Err(ApiError::BadRequest(format!("{what} must be an http(s) URL of at most {MAX_URL_LEN} characters")));
     }
     Ok(())
 }
 
 /// Validates a request's fields into a job (source filled in by the caller).
-fn new_job(f: JobFields, source: String) -> Result<(NewJob, Profile), ApiError> {
+fn new_job(f: JobFields, source: String) -> Result<NewJob, ApiError> {
     if let Some(cb) = &f.callback_url {
         check_url("callback_url", cb)?;
     }
-    if f.idempotency_key
-        .as_ref()
-        .is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_LEN)
-    {
-        return Err(ApiError::BadRequest(format!(
-            "idempotency_key must be 1..={MAX_KEY_LEN} characters"
-        )));
+    if f.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_LEN) {
+        return Err(ApiError::BadRequest(format!("idempotency_key must be 1..={MAX_KEY_LEN} characters")));
     }
     let priority = f.priority.unwrap_or(0);
     if !(-100..=100).contains(&priority) {
@@ -214,75 +177,43 @@ fn new_job(f: JobFields, source: String) -> Result<(NewJob, Profile), ApiError> 
     }
     let name = f.profile.unwrap_or_else(|| "web".into());
     if name.contains('/') || name.ends_with(".toml") {
-        return Err(ApiError::BadRequest(
-            "profile must be a profile name".into(),
-        ));
+        return Err(ApiError::BadRequest("profile must be a profile name".into()));
     }
-    let profile = Profile::load(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok((
-        NewJob {
-            profile: name,
-            source,
-            callback_url: f.callback_url,
-            priority,
-            idempotency_key: f.idempotency_key,
-        },
-        profile,
-    ))
+    // Validate the profile now, so a typo is a 400 rather than a failed job.
+    Profile::load(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(NewJob { profile: name, source, callback_url: f.callback_url, priority, idempotency_key: f.idempotency_key })
 }
 
 /// `POST /api/v1/jobs`: a multipart upload (field `file`) or JSON `{"source_url"}`.
-async fn create_job(
-    State(st): State<AppState>,
-    caller: Caller,
-    req: Request,
-) -> Result<Response, ApiError> {
+async fn create_job(State(st): State<AppState>, caller: Caller, req: Request) -> Result<Response, ApiError> {
     allow(&caller, &[Role::Admin, Role::Submit])?;
-    let is_multipart = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let is_multipart =
+        req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("multipart/form-data"));
     let (job, created) = if is_multipart {
-        let multipart = Multipart::from_request(req, &st)
-            .await
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let multipart = Multipart::from_request(req, &st).await.map_err(|e| ApiError::BadRequest(e.to_string()))?;
         create_from_upload(&st, multipart).await?
     } else {
-        let Json(f): Json<JobFields> = Json::from_request(req, &st)
-            .await
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        let url = f.source_url.clone().ok_or_else(|| {
-            ApiError::BadRequest("give source_url, or upload a multipart field `file`".into())
-        })?;
+        let Json(f): Json<JobFields> = Json::from_request(req, &st).await.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let url = f.source_url.clone().ok_or_else(|| ApiError::BadRequest("give source_url, or upload a multipart field `file`".into()))?;
         check_url("source_url", &url)?;
-        let (new, profile) = new_job(f, url)?;
+        let new = new_job(f, url)?;
         let (job, created) = st.queue.create_job(&new, now_ms()).await?;
         if created {
-            tokio::spawn(chores::probe_and_plan(st.clone(), job.id.clone(), profile));
+            st.chores.probe_and_plan(&job.id).await.map_err(ApiError::Storage)?;
         }
         (job, created)
     };
     if created {
         st.emit("job", json!({"job_id": job.id, "state": job.state}));
     }
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(job)).into_response())
 }
 
 /// Streams the `file` field to storage (never holding it in memory), then creates the job.
-async fn create_from_upload(
-    st: &AppState,
-    mut multipart: Multipart,
-) -> Result<(crate::queue::Job, bool), ApiError> {
+async fn create_from_upload(st: &AppState, mut multipart: Multipart) -> Result<(crate::queue::Job, bool), ApiError> {
     let uploads = st.storage.join("uploads");
-    tokio::fs::create_dir_all(&uploads)
-        .await
-        .map_err(|e| ApiError::Storage(e.to_string()))?;
+    tokio::fs::create_dir_all(&uploads).await.map_err(|e| ApiError::Storage(e.to_string()))?;
     let temp = uploads.join(uuid::Uuid::now_v7().to_string());
     // Removes the temporary file on every early return.
     struct Cleanup(Option<PathBuf>);
@@ -297,52 +228,30 @@ async fn create_from_upload(
     let mut fields = serde_json::Map::new();
     let mut size = 0u64;
     let mut got_file = false;
-    while let Some(mut field) = multipart
-        .next_field()
-        .await
-        .map_err(|e| ApiError::BadRequest(e.body_text()))?
-    {
+    while let Some(mut field) = multipart.next_field().await.map_err(|e| ApiError::BadRequest(e.body_text()))? {
         let name = field.name().unwrap_or_default().to_string();
         if name == "file" {
             if got_file {
-                return Err(ApiError::BadRequest(
-                    "only one `file` field is accepted".into(),
-                ));
+                return Err(ApiError::BadRequest("only one `file` field is accepted".into()));
             }
             got_file = true;
-            let mut out = tokio::fs::File::create(&temp)
-                .await
-                .map_err(|e| ApiError::Storage(e.to_string()))?;
+            let mut out = tokio::fs::File::create(&temp).await.map_err(|e| ApiError::Storage(e.to_string()))?;
             cleanup.0 = Some(temp.clone());
-            while let Some(chunk) = field
-                .chunk()
-                .await
-                .map_err(|e| ApiError::BadRequest(e.body_text()))?
-            {
+            while let Some(chunk) = field.chunk().await.map_err(|e| ApiError::BadRequest(e.body_text()))? {
                 size += chunk.len() as u64;
                 if size > st.limits.max_upload_bytes {
                     return Err(ApiError::TooLarge(st.limits.max_upload_bytes));
                 }
-                out.write_all(&chunk)
-                    .await
-                    .map_err(|e| ApiError::Storage(e.to_string()))?;
+                out.write_all(&chunk).await.map_err(|e| ApiError::Storage(e.to_string()))?;
             }
-            out.sync_all()
-                .await
-                .map_err(|e| ApiError::Storage(e.to_string()))?;
+            out.sync_all().await.map_err(|e| ApiError::Storage(e.to_string()))?;
         } else {
-            let text = field
-                .text()
-                .await
-                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+            let text = field.text().await.map_err(|e| ApiError::BadRequest(e.body_text()))?;
             if text.len() > MAX_FIELD_LEN || fields.len() > 16 {
                 return Err(ApiError::BadRequest("form fields are too large".into()));
             }
             let value = if name == "priority" {
-                json!(
-                    text.parse::<i64>()
-                        .map_err(|_| ApiError::BadRequest("priority must be a number".into()))?
-                )
+                json!(text.parse::<i64>().map_err(|_| ApiError::BadRequest("priority must be a number".into()))?)
             } else {
                 json!(text)
             };
@@ -350,18 +259,13 @@ async fn create_from_upload(
         }
     }
     if !got_file || size == 0 {
-        return Err(ApiError::BadRequest(
-            "the upload has no (or an empty) `file` field".into(),
-        ));
+        return Err(ApiError::BadRequest("the upload has no (or an empty) `file` field".into()));
     }
-    let f: JobFields = serde_json::from_value(Value::Object(fields))
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let f: JobFields = serde_json::from_value(Value::Object(fields)).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if f.source_url.is_some() {
-        return Err(ApiError::BadRequest(
-            "give either an upload or source_url, not both".into(),
-        ));
+        return Err(ApiError::BadRequest("give either an upload or source_url, not both".into()));
     }
-    let (mut new, profile) = new_job(f, String::new())?;
+    let mut new = new_job(f, String::new())?;
     let id = uuid::Uuid::now_v7().to_string();
     new.source = storage::source_path(&id);
     let (job, created) = st.queue.create_job_with_id(&id, &new, now_ms()).await?;
@@ -370,26 +274,16 @@ async fn create_from_upload(
         tokio::fs::create_dir_all(dest.parent().expect("jobs/ID/source has a parent"))
             .await
             .map_err(|e| ApiError::Storage(e.to_string()))?;
-        tokio::fs::rename(&temp, &dest)
-            .await
-            .map_err(|e| ApiError::Storage(e.to_string()))?;
+        tokio::fs::rename(&temp, &dest).await.map_err(|e| ApiError::Storage(e.to_string()))?;
         cleanup.0 = None;
-        tokio::spawn(chores::probe_and_plan(st.clone(), job.id.clone(), profile));
+        st.chores.probe_and_plan(&job.id).await.map_err(ApiError::Storage)?;
     }
     Ok((job, created))
 }
 
-async fn get_job(
-    State(st): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+async fn get_job(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     allow(&caller, &[Role::Admin, Role::Submit])?;
-    let job = st
-        .queue
-        .job(&id)
-        .await?
-        .ok_or_else(|| QueueError::NotFound(format!("job {id}")))?;
+    let job = st.queue.job(&id).await?.ok_or_else(|| QueueError::NotFound(format!("job {id}")))?;
     Ok(Json(json!(job)))
 }
 
@@ -406,27 +300,14 @@ fn default_per_page() -> u32 {
     50
 }
 
-async fn list_jobs(
-    State(st): State<AppState>,
-    caller: Caller,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+async fn list_jobs(State(st): State<AppState>, caller: Caller, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
     allow(&caller, &[Role::Admin, Role::Submit])?;
     let per_page = q.per_page.clamp(1, 200);
-    let jobs = st
-        .queue
-        .list_jobs(q.state.as_deref(), q.page as i64, per_page as i64)
-        .await?;
-    Ok(Json(
-        json!({"jobs": jobs, "page": q.page, "per_page": per_page}),
-    ))
+    let jobs = st.queue.list_jobs(q.state.as_deref(), q.page as i64, per_page as i64).await?;
+    Ok(Json(json!({"jobs": jobs, "page": q.page, "per_page": per_page})))
 }
 
-async fn cancel_job(
-    State(st): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+async fn cancel_job(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     allow(&caller, &[Role::Admin, Role::Submit])?;
     let job = st.queue.cancel_job(&id, now_ms()).await?;
     st.emit("job", json!({"job_id": id, "state": job.state}));
@@ -434,11 +315,7 @@ async fn cancel_job(
     Ok(Json(json!(job)))
 }
 
-async fn retry_job(
-    State(st): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+async fn retry_job(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     allow(&caller, &[Role::Admin, Role::Submit])?;
     let job = st.queue.retry_job(&id, now_ms()).await?;
     st.emit("job", json!({"job_id": id, "state": job.state}));
@@ -454,9 +331,7 @@ async fn events(State(st): State<AppState>, caller: Caller) -> Result<impl IntoR
         let event = match rx.recv().await {
             Ok(data) => Event::default().data(data),
             // A slow reader missed events; tell it to refetch.
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                Event::default().event("lagged").data("{}")
-            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Event::default().event("lagged").data("{}"),
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
         };
         Some((Ok::<_, std::convert::Infallible>(event), rx))
@@ -471,33 +346,14 @@ struct JoinTokenRequest {
     ttl_seconds: i64,
 }
 
-async fn create_join_token(
-    State(st): State<AppState>,
-    caller: Caller,
-    Json(body): Json<JoinTokenRequest>,
-) -> Result<Response, ApiError> {
+async fn create_join_token(State(st): State<AppState>, caller: Caller, Json(body): Json<JoinTokenRequest>) -> Result<Response, ApiError> {
     allow(&caller, &[Role::Admin])?;
     if !(1..=1000).contains(&body.uses) || !(60..=30 * 86400).contains(&body.ttl_seconds) {
-        return Err(ApiError::BadRequest(
-            "uses must be 1..=1000 and ttl_seconds 60..=2592000".into(),
-        ));
+        return Err(ApiError::BadRequest("uses must be 1..=1000 and ttl_seconds 60..=2592000".into()));
     }
     let token = auth::generate(Role::Join);
     let now = now_ms();
     let expires_at = now + body.ttl_seconds * 1000;
-    st.queue
-        .add_token(
-            &token,
-            Role::Join,
-            None,
-            Some(body.uses),
-            Some(expires_at),
-            now,
-        )
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"token": token, "uses": body.uses, "expires_at": expires_at})),
-    )
-        .into_response())
+    st.queue.add_token(&token, Role::Join, None, Some(body.uses), Some(expires_at), now).await?;
+    Ok((StatusCode::CREATED, Json(json!({"token": token, "uses": body.uses, "expires_at": expires_at}))).into_response())
 }

@@ -89,13 +89,7 @@ impl Queue {
             .bind(now)
             .fetch_optional(self.pool())
             .await?;
-        Ok(row.and_then(|r| {
-            Some(Caller {
-                role: Role::parse(r.get::<&str, _>(0))?,
-                label: r.get(1),
-                presented: None,
-            })
-        }))
+        Ok(row.and_then(|r| Some(Caller { role: Role::parse(r.get::<&str, _>(0))?, label: r.get(1), presented: None })))
     }
 
     /// Spends one use of a join token; false when it had none left.
@@ -110,11 +104,7 @@ impl Queue {
     }
 
     pub async fn revoke_token(&self, token_digest: &str) -> Result<()> {
-        let n = sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = ?")
-            .bind(token_digest)
-            .execute(self.pool())
-            .await?
-            .rows_affected();
+        let n = sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = ?").bind(token_digest).execute(self.pool()).await?.rows_affected();
         if n == 0 {
             return Err(QueueError::NotFound("token".into()));
         }
@@ -131,39 +121,19 @@ mod tests {
     async fn tokens_are_stored_hashed_and_checked() {
         let q = Queue::in_memory(QueueConfig::default()).await.unwrap();
         let admin = generate(Role::Admin);
-        q.add_token(&admin, Role::Admin, None, None, None, 0)
-            .await
-            .unwrap();
-        let stored: Vec<String> = sqlx::query_scalar("SELECT hash FROM tokens")
-            .fetch_all(q.pool())
-            .await
-            .unwrap();
+        q.add_token(&admin, Role::Admin, None, None, None, 0).await.unwrap();
+        let stored: Vec<String> = sqlx::query_scalar("SELECT hash FROM tokens").fetch_all(q.pool()).await.unwrap();
         assert_eq!(stored, [digest(&admin)]);
         assert!(!stored[0].contains(&admin[10..]));
-        assert_eq!(
-            q.authenticate(&admin, 1).await.unwrap().unwrap().role,
-            Role::Admin
-        );
-        assert!(
-            q.authenticate("drk_admin_wrong", 1)
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert_eq!(q.authenticate(&admin, 1).await.unwrap().unwrap().role, Role::Admin);
+        assert!(q.authenticate("drk_admin_wrong", 1).await.unwrap().is_none());
 
         let join = generate(Role::Join);
-        q.add_token(&join, Role::Join, None, Some(1), Some(100), 0)
-            .await
-            .unwrap();
+        q.add_token(&join, Role::Join, None, Some(1), Some(100), 0).await.unwrap();
         assert!(q.spend_join_token(&join, 50).await.unwrap());
-        assert!(
-            !q.spend_join_token(&join, 51).await.unwrap(),
-            "one use only"
-        );
+        assert!(!q.spend_join_token(&join, 51).await.unwrap(), "one use only");
         let join2 = generate(Role::Join);
-        q.add_token(&join2, Role::Join, None, Some(5), Some(100), 0)
-            .await
-            .unwrap();
+        q.add_token(&join2, Role::Join, None, Some(5), Some(100), 0).await.unwrap();
         assert!(!q.spend_join_token(&join2, 100).await.unwrap(), "expired");
         q.revoke_token(&digest(&admin)).await.unwrap();
         assert!(q.authenticate(&admin, 2).await.unwrap().is_none());

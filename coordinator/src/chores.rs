@@ -15,82 +15,72 @@ use std::time::Duration;
 /// Probes the source in a child `drake probe` (so a libav crash cannot take the
 /// coordinator down), plans the renditions and queues one task per rendition,
 /// lowest rung first, plus the thumbnails task. An unreadable source fails the job
-/// with the engine's reason.
-pub async fn probe_and_plan(st: AppState, job: String, profile: Profile) {
-    let source = match st.queue.job(&job).await {
-        Ok(Some(j)) => j.source,
-        _ => return,
+/// with the engine's reason. Errs only on infrastructure trouble, which apalis retries.
+pub async fn probe_and_plan(st: AppState, job: String) -> Result<(), String> {
+    let Some(j) = st.queue.job(&job).await.map_err(|e| e.to_string())? else { return Ok(()) };
+    if j.state != "queued" || !j.tasks.is_empty() {
+        return Ok(()); // canceled meanwhile, or planned by an earlier attempt
+    }
+    let profile = match Profile::load(&j.profile) {
+        Ok(p) => p,
+        Err(e) => return fail_and_report(&st, &job, &format!("bad input: {e}")).await,
     };
     // Uploads are local files in storage; URLs are read by libav directly.
+    let source = j.source;
     let target = if source.starts_with("http://") || source.starts_with("https://") {
         source
     } else {
         st.storage.join(&source).to_string_lossy().into_owned()
     };
-    let outcome = async {
-        let child = tokio::process::Command::new(st.drake_exe.as_ref())
-            .arg("probe")
-            .arg(&target)
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(120), child)
-            .await
-            .map_err(|_| "probing timed out after 120 s".to_string())?
-            .map_err(|e| format!("cannot run drake probe: {e}"))?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            return Err(stderr
-                .lines()
-                .last()
-                .unwrap_or("probe failed")
-                .trim_start_matches("drake: ")
-                .to_string());
-        }
-        let probe: proto::probe::Probe = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("unreadable probe output: {e}"))?;
-        let plan = proto::plan::plan(&probe, &profile).map_err(|e| format!("bad input: {e}"))?;
-        let encoder = profile.video.codec.encoder().to_string();
-        let mut tasks: Vec<NewTask> = plan
-            .renditions
-            .iter()
-            .map(|r| NewTask {
-                kind: TaskKind::Transcode,
-                rendition: Some(r.name.clone()),
-                requires: r.video.as_ref().map(|_| encoder.clone()),
-            })
-            .collect();
-        if probe.main_video().is_some() {
-            tasks.push(NewTask {
-                kind: TaskKind::Thumbnails,
-                rendition: None,
-                requires: None,
-            });
-        }
-        Ok((probe, tasks))
-    }
-    .await;
-    let now = now_ms();
-    let result = match outcome {
-        Ok((probe, tasks)) => match st.queue.set_probe(&job, &json!(probe), now).await {
-            Ok(()) => st.queue.add_tasks(&job, &tasks, now).await,
-            Err(e) => Err(e),
-        },
-        Err(reason) => st.queue.fail_job(&job, &reason, now).await,
+    let child = tokio::process::Command::new(st.drake_exe.as_ref()).arg("probe").arg(&target).kill_on_drop(true).output();
+    let out = match tokio::time::timeout(Duration::from_secs(120), child).await {
+        Err(_) => return fail_and_report(&st, &job, "probing timed out after 120 s").await,
+        Ok(Err(e)) => return Err(format!("cannot run drake probe: {e}")),
+        Ok(Ok(out)) => out,
     };
-    match result {
-        Ok(()) => {}
-        Err(e) => eprintln!("coordinator: planning job {job}: {e}"),
+    if out.status.code() == Some(proto::exit::BAD_INPUT)
+        || (out.status.code().is_some() && !out.status.success() && out.status.code() != Some(proto::exit::INTERNAL))
+    {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return fail_and_report(&st, &job, stderr.lines().last().unwrap_or("probe failed").trim_start_matches("drake: ")).await;
     }
+    if !out.status.success() {
+        // Internal trouble (or a crash): let apalis try again.
+        return Err(format!("drake probe failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()));
+    }
+    let probe: proto::probe::Probe = serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable probe output: {e}"))?;
+    let plan = match proto::plan::plan(&probe, &profile) {
+        Ok(p) => p,
+        Err(e) => return fail_and_report(&st, &job, &format!("bad input: {e}")).await,
+    };
+    let encoder = profile.video.codec.encoder().to_string();
+    let mut tasks: Vec<NewTask> = plan
+        .renditions
+        .iter()
+        .map(|r| NewTask {
+            kind: TaskKind::Transcode,
+            rendition: Some(r.name.clone()),
+            requires: r.video.as_ref().map(|_| encoder.clone()),
+        })
+        .collect();
+    if probe.main_video().is_some() {
+        tasks.push(NewTask { kind: TaskKind::Thumbnails, rendition: None, requires: None });
+    }
+    let now = now_ms();
+    st.queue.set_probe(&job, &json!(probe), now).await.map_err(|e| e.to_string())?;
+    st.queue.add_tasks(&job, &tasks, now).await.map_err(|e| e.to_string())?;
     st.work_ready.notify_waiters();
-    if let Ok(Some(j)) = st.queue.job(&job).await {
-        st.emit(
-            "job",
-            json!({"job_id": job, "state": j.state, "error": j.error}),
-        );
-        if j.state == "failed" {
-            job_ended(&st, &j).await;
-        }
+    st.emit("job", json!({"job_id": job, "state": "queued", "tasks": tasks.len()}));
+    Ok(())
+}
+
+async fn fail_and_report(st: &AppState, job: &str, reason: &str) -> Result<(), String> {
+    st.queue.fail_job(job, reason, now_ms()).await.map_err(|e| e.to_string())?;
+    if let Ok(Some(j)) = st.queue.job(job).await {
+        st.emit("job", json!({"job_id": job, "state": j.state, "error": j.error}));
+        job_ended(st, &j).await;
     }
+    Ok(())
 }
 
 /// After a task ended: finalize a job whose tasks all succeeded, report one that failed.
@@ -100,55 +90,47 @@ pub async fn after_task(st: &AppState, job: &str) {
     };
     match j.state.as_str() {
         "finalizing" => {
-            let st = st.clone();
-            let job = j.id.clone();
-            tokio::spawn(async move {
-                if let Err(e) = finalize(&st, &job).await {
-                    let _ = st
-                        .queue
-                        .fail_job_finalizing(&job, &format!("finalize failed: {e}"), now_ms())
-                        .await;
-                }
-                if let Ok(Some(j)) = st.queue.job(&job).await {
-                    st.emit(
-                        "job",
-                        json!({"job_id": job, "state": j.state, "outputs": j.outputs}),
-                    );
-                    job_ended(&st, &j).await;
-                }
-            });
+            if let Err(e) = st.chores.finalize(&j.id).await {
+                eprintln!("coordinator: queueing finalize of job {}: {e}", j.id);
+            }
         }
         "failed" => {
-            st.emit(
-                "job",
-                json!({"job_id": j.id, "state": j.state, "error": j.error}),
-            );
+            st.emit("job", json!({"job_id": j.id, "state": j.state, "error": j.error}));
             job_ended(st, &j).await;
         }
         _ => st.emit("job", json!({"job_id": j.id, "state": j.state})),
     }
 }
 
+/// The finalize chore: write the outputs, then report the job's end either way.
+pub async fn run_finalize(st: &AppState, job: &str) -> Result<(), String> {
+    if let Err(e) = finalize(st, job).await {
+        st.queue.fail_job_finalizing(job, &format!("finalize failed: {e}"), now_ms()).await.map_err(|e| e.to_string())?;
+    }
+    if let Ok(Some(j)) = st.queue.job(job).await {
+        st.emit("job", json!({"job_id": job, "state": j.state, "outputs": j.outputs, "error": j.error}));
+        job_ended(st, &j).await;
+    }
+    Ok(())
+}
+
 /// Writes `master.m3u8` and `manifest.json` from the published renditions.
 pub async fn finalize(st: &AppState, job_id: &str) -> Result<(), String> {
-    let job = st
-        .queue
-        .job(job_id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("job vanished")?;
-    let results = st
-        .queue
-        .task_results(job_id)
-        .await
-        .map_err(|e| e.to_string())?;
+    let job = st.queue.job(job_id).await.map_err(|e| e.to_string())?.ok_or("job vanished")?;
+    let results = st.queue.task_results(job_id).await.map_err(|e| e.to_string())?;
     let job_dir = format!("jobs/{job_id}");
     let url = |dir: &str, path: &str| format!("/dav/{dir}/{path}");
     let mut renditions = Vec::new();
     let mut thumbnails = Value::Null;
     for (kind, _, result) in &results {
         let dir = result["dir"].as_str().ok_or("task result without dir")?;
-        let files: Vec<Value> = result["files"].as_array().cloned().unwrap_or_default().into_iter().map(|f| json!({"url": url(dir, f["path"].as_str().unwrap_or("")), "size": f["size"], "sha256": f["sha256"]})).collect();
+        let files: Vec<Value> = result["files"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| json!({"url": url(dir, f["path"].as_str().unwrap_or("")), "size": f["size"], "sha256": f["sha256"]}))
+            .collect();
         let mut entry = result["report"].clone();
         // rendition.json's `files` maps roles to paths; the manifest's `files` lists
         // every published file, so the roles move to `file_roles`.
@@ -176,17 +158,8 @@ pub async fn finalize(st: &AppState, job_id: &str) -> Result<(), String> {
     });
     let root = st.storage.join(&job_dir);
     write_atomic(&root.join("master.m3u8"), master.as_bytes()).await?;
-    write_atomic(
-        &root.join("manifest.json"),
-        serde_json::to_string_pretty(&manifest)
-            .map_err(|e| e.to_string())?
-            .as_bytes(),
-    )
-    .await?;
-    st.queue
-        .finish_job(job_id, &outputs, now_ms())
-        .await
-        .map_err(|e| e.to_string())?;
+    write_atomic(&root.join("manifest.json"), serde_json::to_string_pretty(&manifest).map_err(|e| e.to_string())?.as_bytes()).await?;
+    st.queue.finish_job(job_id, &outputs, now_ms()).await.map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -199,33 +172,16 @@ fn master_playlist(job_root: &Path, renditions: &[Value]) -> Result<String, Stri
         let dir = r["dir"].as_str().unwrap_or_default();
         let name = dir.rsplit('/').next().unwrap_or_default();
         let codecs = r["codecs"].as_str().unwrap_or_default();
-        let _ = write!(
-            m,
-            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},CODECS=\"{codecs}\"",
-            r["peak_bitrate"], r["average_bitrate"]
-        );
+        let _ =
+            write!(m, "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},CODECS=\"{codecs}\"", r["peak_bitrate"], r["average_bitrate"]);
         if r["video"].is_object() {
-            let _ = write!(
-                m,
-                ",RESOLUTION={}x{},FRAME-RATE={:.3}",
-                r["width"],
-                r["height"],
-                r["frame_rate"].as_f64().unwrap_or(0.0)
-            );
+            let _ = write!(m, ",RESOLUTION={}x{},FRAME-RATE={:.3}", r["width"], r["height"], r["frame_rate"].as_f64().unwrap_or(0.0));
         }
-        let _ = write!(
-            m,
-            "\n{name}/{}\n",
-            r["file_roles"]["hls_playlist"]
-                .as_str()
-                .unwrap_or("playlist.m3u8")
-        );
+        let _ = write!(m, "\n{name}/{}\n", r["file_roles"]["hls_playlist"].as_str().unwrap_or("playlist.m3u8"));
         if r["video"].is_object() {
-            let iframe_path = r["file_roles"]["iframe_playlist"]
-                .as_str()
-                .unwrap_or("iframes.m3u8");
-            let text = std::fs::read_to_string(job_root.join(name).join(iframe_path))
-                .map_err(|e| format!("reading {name}/iframes.m3u8: {e}"))?;
+            let iframe_path = r["file_roles"]["iframe_playlist"].as_str().unwrap_or("iframes.m3u8");
+            let text =
+                std::fs::read_to_string(job_root.join(name).join(iframe_path)).map_err(|e| format!("reading {name}/iframes.m3u8: {e}"))?;
             let video_codec = codecs.split(',').next().unwrap_or_default();
             let _ = writeln!(
                 iframes,
@@ -248,11 +204,7 @@ fn iframe_bandwidth(playlist: &str) -> u64 {
         if let Some(d) = line.strip_prefix("#EXTINF:") {
             duration = d.trim_end_matches(',').parse().unwrap_or(0.0);
         } else if let Some(r) = line.strip_prefix("#EXT-X-BYTERANGE:") {
-            let len: u64 = r
-                .split('@')
-                .next()
-                .and_then(|l| l.parse().ok())
-                .unwrap_or(0);
+            let len: u64 = r.split('@').next().and_then(|l| l.parse().ok()).unwrap_or(0);
             if duration > 0.0 {
                 peak = peak.max((len as f64 * 8.0 / duration) as u64);
             }
@@ -263,12 +215,8 @@ fn iframe_bandwidth(playlist: &str) -> u64 {
 
 async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension("tmp-write");
-    tokio::fs::write(&tmp, bytes)
-        .await
-        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    tokio::fs::rename(&tmp, path)
-        .await
-        .map_err(|e| format!("renaming {}: {e}", path.display()))
+    tokio::fs::write(&tmp, bytes).await.map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    tokio::fs::rename(&tmp, path).await.map_err(|e| format!("renaming {}: {e}", path.display()))
 }
 
 /// A job reached an end state: queue its webhook, if it has a callback.
@@ -279,11 +227,7 @@ pub async fn job_ended(st: &AppState, job: &Job) {
         "timestamp": chrono_like_now(),
         "data": {"job_id": job.id, "state": job.state, "error": job.error, "outputs": job.outputs},
     });
-    if let Err(e) = st
-        .queue
-        .enqueue_webhook(&job.id, url, &payload.to_string(), now_ms())
-        .await
-    {
+    if let Err(e) = st.queue.enqueue_webhook(&job.id, url, &payload.to_string(), now_ms()).await {
         eprintln!("coordinator: queueing the webhook of job {}: {e}", job.id);
     }
 }
@@ -302,26 +246,16 @@ fn chrono_like_now() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + (m <= 2) as i64;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 /// Standard Webhooks signature: `v1,` + base64(HMAC-SHA256(key, "id.timestamp.body")),
 /// where the key is the base64 part of the `whsec_` secret.
 pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(secret.trim_start_matches("whsec_"))
-        .unwrap_or_default();
+    let key = base64::engine::general_purpose::STANDARD.decode(secret.trim_start_matches("whsec_")).unwrap_or_default();
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
     mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    )
+    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
 }
 
 /// Delivery attempts per webhook before giving up.
@@ -339,28 +273,15 @@ pub async fn deliver_webhooks(st: &AppState, client: &reqwest::Client) {
             .header("content-type", "application/json")
             .header("webhook-id", &d.id)
             .header("webhook-timestamp", ts.to_string())
-            .header(
-                "webhook-signature",
-                sign(&st.webhook_secret, &d.id, ts, &d.payload),
-            )
+            .header("webhook-signature", sign(&st.webhook_secret, &d.id, ts, &d.payload))
             .body(d.payload.clone())
             .timeout(Duration::from_secs(10))
             .send()
             .await
             .map_err(|e| e.to_string())
-            .and_then(|r| {
-                if r.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("HTTP {}", r.status()))
-                }
-            });
+            .and_then(|r| if r.status().is_success() { Ok(()) } else { Err(format!("HTTP {}", r.status())) });
         let _ = d.attempts;
-        if let Err(e) = st
-            .queue
-            .webhook_attempted(&d.id, outcome, WEBHOOK_ATTEMPTS, now_ms())
-            .await
-        {
+        if let Err(e) = st.queue.webhook_attempted(&d.id, outcome, WEBHOOK_ATTEMPTS, now_ms()).await {
             eprintln!("coordinator: recording a webhook attempt: {e}");
         }
     }
@@ -383,10 +304,7 @@ pub async fn reap(st: &AppState) {
 /// A fresh Standard Webhooks secret.
 pub fn new_webhook_secret() -> String {
     let key = storage_random_bytes();
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    )
+    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key))
 }
 
 fn storage_random_bytes() -> [u8; 24] {

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod background;
 pub mod chores;
 pub mod queue;
 pub mod registry;

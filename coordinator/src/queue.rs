@@ -9,9 +9,7 @@
 //! change nothing and get [`QueueError::StaleLease`].
 
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection};
 use std::path::Path;
 use std::str::FromStr;
@@ -62,12 +60,7 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig {
-            lease_ttl_ms: 30_000,
-            backoff_base_ms: 2_000,
-            backoff_max_ms: 120_000,
-            max_attempts: 4,
-        }
+        QueueConfig { lease_ttl_ms: 30_000, backoff_base_ms: 2_000, backoff_max_ms: 120_000, max_attempts: 4 }
     }
 }
 
@@ -89,11 +82,7 @@ fn kind_str(k: TaskKind) -> &'static str {
 }
 
 fn parse_kind(s: &str) -> TaskKind {
-    if s == "thumbnails" {
-        TaskKind::Thumbnails
-    } else {
-        TaskKind::Transcode
-    }
+    if s == "thumbnails" { TaskKind::Thumbnails } else { TaskKind::Transcode }
 }
 
 #[derive(Debug, Clone)]
@@ -175,20 +164,14 @@ impl Queue {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
         Queue::with_pool(pool, cfg).await
     }
 
     /// An in-memory queue, for tests.
     pub async fn in_memory(cfg: QueueConfig) -> Result<Queue> {
         let opts = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
         Queue::with_pool(pool, cfg).await
     }
 
@@ -204,17 +187,11 @@ impl Queue {
     /// Creates a job, or returns the existing one with the same idempotency key
     /// (the bool says whether it was created).
     pub async fn create_job(&self, new: &NewJob, now: i64) -> Result<(Job, bool)> {
-        self.create_job_with_id(&uuid::Uuid::now_v7().to_string(), new, now)
-            .await
+        self.create_job_with_id(&uuid::Uuid::now_v7().to_string(), new, now).await
     }
 
     /// Like [`Queue::create_job`] with a chosen id (an upload's storage path uses it).
-    pub async fn create_job_with_id(
-        &self,
-        id: &str,
-        new: &NewJob,
-        now: i64,
-    ) -> Result<(Job, bool)> {
+    pub async fn create_job_with_id(&self, id: &str, new: &NewJob, now: i64) -> Result<(Job, bool)> {
         if let Some(key) = &new.idempotency_key
             && let Some(job) = self.job_by_key(key).await?
         {
@@ -244,20 +221,12 @@ impl Queue {
             }
             Err(e) => return Err(e.into()),
         }
-        Ok((
-            self.job(id)
-                .await?
-                .ok_or_else(|| QueueError::NotFound(id.to_string()))?,
-            true,
-        ))
+        Ok((self.job(id).await?.ok_or_else(|| QueueError::NotFound(id.to_string()))?, true))
     }
 
     async fn job_by_key(&self, key: &str) -> Result<Option<Job>> {
         let id: Option<String> =
-            sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = ?")
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await?;
+            sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = ?").bind(key).fetch_optional(&self.pool).await?;
         match id {
             Some(id) => self.job(&id).await,
             None => Ok(None),
@@ -287,12 +256,7 @@ impl Queue {
 
     /// Grants the next runnable task to `worker`, or `None` when nothing is runnable.
     /// Order: job priority, then older jobs, then the task's place in its job.
-    pub async fn lease(
-        &self,
-        worker: &str,
-        encoders: &[String],
-        now: i64,
-    ) -> Result<Option<Lease>> {
+    pub async fn lease(&self, worker: &str, encoders: &[String], now: i64) -> Result<Option<Lease>> {
         // ",libx264,aac," so that instr() matches whole names only.
         let encoders = format!(",{},", encoders.join(","));
         let mut tx = self.pool.begin().await?;
@@ -317,17 +281,12 @@ impl Queue {
         };
         let job_id: String = row.get("job_id");
         let (profile, source): (String, String) =
-            sqlx::query_as("SELECT profile, source FROM jobs WHERE id = ?")
-                .bind(&job_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        sqlx::query(
-            "UPDATE jobs SET state = 'running', updated_at = ? WHERE id = ? AND state = 'queued'",
-        )
-        .bind(now)
-        .bind(&job_id)
-        .execute(&mut *tx)
-        .await?;
+            sqlx::query_as("SELECT profile, source FROM jobs WHERE id = ?").bind(&job_id).fetch_one(&mut *tx).await?;
+        sqlx::query("UPDATE jobs SET state = 'running', updated_at = ? WHERE id = ? AND state = 'queued'")
+            .bind(now)
+            .bind(&job_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Some(Lease {
             task_id: row.get("id"),
@@ -344,14 +303,7 @@ impl Queue {
 
     /// Renews a lease and records progress. Returns true when the task was canceled
     /// and the worker should stop.
-    pub async fn heartbeat(
-        &self,
-        task: &str,
-        worker: &str,
-        epoch: i64,
-        progress: f64,
-        now: i64,
-    ) -> Result<bool> {
+    pub async fn heartbeat(&self, task: &str, worker: &str, epoch: i64, progress: f64, now: i64) -> Result<bool> {
         let cancel: Option<i64> = sqlx::query_scalar(
             "UPDATE tasks SET state = 'running', progress = max(progress, ?4), lease_expires_at = ?5 + ?6, updated_at = ?5
              WHERE id = ?1 AND worker_id = ?2 AND epoch = ?3 AND state IN ('leased', 'running') RETURNING cancel",
@@ -366,22 +318,12 @@ impl Queue {
         .await?;
         match cancel {
             Some(c) => Ok(c != 0),
-            None => Err(QueueError::StaleLease {
-                task: task.into(),
-                epoch,
-            }),
+            None => Err(QueueError::StaleLease { task: task.into(), epoch }),
         }
     }
 
     /// Ends a lease successfully with the task's result.
-    pub async fn complete(
-        &self,
-        task: &str,
-        worker: &str,
-        epoch: i64,
-        result: &serde_json::Value,
-        now: i64,
-    ) -> Result<String> {
+    pub async fn complete(&self, task: &str, worker: &str, epoch: i64, result: &serde_json::Value, now: i64) -> Result<String> {
         let mut tx = self.pool.begin().await?;
         let job: Option<String> = sqlx::query_scalar(
             "UPDATE tasks SET state = 'succeeded', progress = 1, result = ?4, lease_expires_at = NULL, updated_at = ?5
@@ -394,10 +336,7 @@ impl Queue {
         .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
-        let job = job.ok_or_else(|| QueueError::StaleLease {
-            task: task.into(),
-            epoch,
-        })?;
+        let job = job.ok_or_else(|| QueueError::StaleLease { task: task.into(), epoch })?;
         settle_job(&mut tx, &job, now).await?;
         tx.commit().await?;
         Ok(job)
@@ -405,16 +344,7 @@ impl Queue {
 
     /// Ends a lease with a failure. Retryable failures go back to the queue after a
     /// backoff until the attempts run out; bad input fails the job at once.
-    pub async fn fail(
-        &self,
-        task: &str,
-        worker: &str,
-        epoch: i64,
-        error: &str,
-        retryable: bool,
-        log_tail: &str,
-        now: i64,
-    ) -> Result<()> {
+    pub async fn fail(&self, task: &str, worker: &str, epoch: i64, error: &str, retryable: bool, log_tail: &str, now: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query("SELECT job_id, attempts, max_attempts FROM tasks WHERE id = ? AND worker_id = ? AND epoch = ? AND state IN ('leased', 'running')")
             .bind(task)
@@ -424,15 +354,8 @@ impl Queue {
             .await?
             .ok_or_else(|| QueueError::StaleLease { task: task.into(), epoch })?;
         let (job, attempts, max): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
-        sqlx::query("UPDATE tasks SET log_tail = ? WHERE id = ?")
-            .bind(log_tail)
-            .bind(task)
-            .execute(&mut *tx)
-            .await?;
-        requeue_or_fail(
-            &mut tx, task, &job, attempts, max, error, retryable, &self.cfg, now,
-        )
-        .await?;
+        sqlx::query("UPDATE tasks SET log_tail = ? WHERE id = ?").bind(log_tail).bind(task).execute(&mut *tx).await?;
+        requeue_or_fail(&mut tx, task, &job, attempts, max, error, retryable, &self.cfg, now).await?;
         settle_job(&mut tx, &job, now).await?;
         tx.commit().await?;
         Ok(())
@@ -441,14 +364,15 @@ impl Queue {
     /// Takes back every lease whose heartbeats stopped. Returns how many were reaped.
     pub async fn reap(&self, now: i64) -> Result<Vec<String>> {
         let mut tx = self.pool.begin().await?;
-        let expired = sqlx::query("SELECT id, job_id, attempts, max_attempts FROM tasks WHERE state IN ('leased', 'running') AND lease_expires_at < ?")
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
+        let expired = sqlx::query(
+            "SELECT id, job_id, attempts, max_attempts FROM tasks WHERE state IN ('leased', 'running') AND lease_expires_at < ?",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
         let mut jobs = Vec::new();
         for row in &expired {
-            let (task, job, attempts, max): (String, String, i64, i64) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let (task, job, attempts, max): (String, String, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
             requeue_or_fail(
                 &mut tx,
                 &task,
@@ -472,10 +396,7 @@ impl Queue {
     /// Cancels a job: queued tasks stop, running ones see the flag on their next heartbeat.
     pub async fn cancel_job(&self, id: &str, now: i64) -> Result<Job> {
         let mut tx = self.pool.begin().await?;
-        if matches!(
-            job_state(&mut tx, id).await?.as_str(),
-            "succeeded" | "failed" | "canceled"
-        ) {
+        if matches!(job_state(&mut tx, id).await?.as_str(), "succeeded" | "failed" | "canceled") {
             return Err(QueueError::Conflict(format!("job {id} has already ended")));
         }
         sqlx::query("UPDATE tasks SET cancel = 1, state = CASE WHEN state IN ('queued', 'leased', 'running') THEN 'canceled' ELSE state END, updated_at = ? WHERE job_id = ?")
@@ -483,27 +404,16 @@ impl Queue {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE jobs SET state = 'canceled', updated_at = ? WHERE id = ?")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("UPDATE jobs SET state = 'canceled', updated_at = ? WHERE id = ?").bind(now).bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
-        self.job(id)
-            .await?
-            .ok_or_else(|| QueueError::NotFound(format!("job {id}")))
+        self.job(id).await?.ok_or_else(|| QueueError::NotFound(format!("job {id}")))
     }
 
     /// Retries a failed or canceled job: its unfinished tasks are queued again with fresh attempts.
     pub async fn retry_job(&self, id: &str, now: i64) -> Result<Job> {
         let mut tx = self.pool.begin().await?;
-        if !matches!(
-            job_state(&mut tx, id).await?.as_str(),
-            "failed" | "canceled"
-        ) {
-            return Err(QueueError::Conflict(format!(
-                "job {id} has not failed or been canceled"
-            )));
+        if !matches!(job_state(&mut tx, id).await?.as_str(), "failed" | "canceled") {
+            return Err(QueueError::Conflict(format!("job {id} has not failed or been canceled")));
         }
         sqlx::query("UPDATE tasks SET state = 'queued', cancel = 0, attempts = 0, error = NULL, run_after = 0, worker_id = NULL, progress = 0, updated_at = ? WHERE job_id = ? AND state != 'succeeded'")
             .bind(now)
@@ -516,18 +426,11 @@ impl Queue {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.job(id)
-            .await?
-            .ok_or_else(|| QueueError::NotFound(format!("job {id}")))
+        self.job(id).await?.ok_or_else(|| QueueError::NotFound(format!("job {id}")))
     }
 
     /// Marks a finalizing job succeeded with its output paths. False if it was not finalizing.
-    pub async fn finish_job(
-        &self,
-        id: &str,
-        outputs: &serde_json::Value,
-        now: i64,
-    ) -> Result<bool> {
+    pub async fn finish_job(&self, id: &str, outputs: &serde_json::Value, now: i64) -> Result<bool> {
         let n = sqlx::query("UPDATE jobs SET state = 'succeeded', outputs = ?, updated_at = ? WHERE id = ? AND state = 'finalizing'")
             .bind(outputs.to_string())
             .bind(now)
@@ -539,11 +442,11 @@ impl Queue {
     }
 
     /// The stored results of a job's succeeded tasks: (kind, rendition, result).
-    pub async fn task_results(
-        &self,
-        id: &str,
-    ) -> Result<Vec<(TaskKind, Option<String>, serde_json::Value)>> {
-        let rows = sqlx::query("SELECT kind, rendition, result FROM tasks WHERE job_id = ? AND state = 'succeeded' ORDER BY seq").bind(id).fetch_all(&self.pool).await?;
+    pub async fn task_results(&self, id: &str) -> Result<Vec<(TaskKind, Option<String>, serde_json::Value)>> {
+        let rows = sqlx::query("SELECT kind, rendition, result FROM tasks WHERE job_id = ? AND state = 'succeeded' ORDER BY seq")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows
             .into_iter()
             .map(|r| {
@@ -551,9 +454,7 @@ impl Queue {
                 (
                     parse_kind(r.get::<&str, _>(0)),
                     r.get(1),
-                    result
-                        .and_then(|t| serde_json::from_str(&t).ok())
-                        .unwrap_or(serde_json::Value::Null),
+                    result.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(serde_json::Value::Null),
                 )
             })
             .collect())
@@ -561,10 +462,7 @@ impl Queue {
 
     /// True when the task was canceled (directly or with its job).
     pub async fn task_canceled(&self, task: &str) -> Result<bool> {
-        let c: Option<i64> = sqlx::query_scalar("SELECT cancel FROM tasks WHERE id = ?")
-            .bind(task)
-            .fetch_optional(&self.pool)
-            .await?;
+        let c: Option<i64> = sqlx::query_scalar("SELECT cancel FROM tasks WHERE id = ?").bind(task).fetch_optional(&self.pool).await?;
         Ok(c.unwrap_or(0) != 0)
     }
 
@@ -610,23 +508,24 @@ impl Queue {
 
     /// Fails a job whose finalize step could not complete.
     pub async fn fail_job_finalizing(&self, id: &str, error: &str, now: i64) -> Result<()> {
-        sqlx::query("UPDATE jobs SET state = 'failed', error = ?, updated_at = ? WHERE id = ? AND state = 'finalizing'").bind(error).bind(now).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE jobs SET state = 'failed', error = ?, updated_at = ? WHERE id = ? AND state = 'finalizing'")
+            .bind(error)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     /// Jobs, newest first, optionally in one state.
-    pub async fn list_jobs(
-        &self,
-        state: Option<&str>,
-        page: i64,
-        per_page: i64,
-    ) -> Result<Vec<Job>> {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3")
-            .bind(state)
-            .bind(per_page)
-            .bind(page.max(0) * per_page)
-            .fetch_all(&self.pool)
-            .await?;
+    pub async fn list_jobs(&self, state: Option<&str>, page: i64, per_page: i64) -> Result<Vec<Job>> {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3")
+                .bind(state)
+                .bind(per_page)
+                .bind(page.max(0) * per_page)
+                .fetch_all(&self.pool)
+                .await?;
         let mut jobs = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(j) = self.job(&id).await? {
@@ -640,23 +539,25 @@ impl Queue {
         let Some(row) = sqlx::query("SELECT id, state, profile, source, callback_url, priority, error, created_at, updated_at, outputs, probe FROM jobs WHERE id = ?").bind(id).fetch_optional(&self.pool).await? else {
             return Ok(None);
         };
-        let tasks = sqlx::query("SELECT id, kind, rendition, state, progress, attempts, worker_id, error, log_tail FROM tasks WHERE job_id = ? ORDER BY seq")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(|t| Task {
-                id: t.get(0),
-                kind: parse_kind(t.get::<&str, _>(1)),
-                rendition: t.get(2),
-                state: t.get(3),
-                progress: t.get(4),
-                attempts: t.get(5),
-                worker: t.get(6),
-                error: t.get(7),
-                log_tail: t.get(8),
-            })
-            .collect::<Vec<_>>();
+        let tasks = sqlx::query(
+            "SELECT id, kind, rendition, state, progress, attempts, worker_id, error, log_tail FROM tasks WHERE job_id = ? ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|t| Task {
+            id: t.get(0),
+            kind: parse_kind(t.get::<&str, _>(1)),
+            rendition: t.get(2),
+            state: t.get(3),
+            progress: t.get(4),
+            attempts: t.get(5),
+            worker: t.get(6),
+            error: t.get(7),
+            log_tail: t.get(8),
+        })
+        .collect::<Vec<_>>();
         let json = |v: Option<String>| v.and_then(|t| serde_json::from_str(&t).ok());
         Ok(Some(Job {
             id: row.get(0),
@@ -668,9 +569,7 @@ impl Queue {
             error: row.get(6),
             created_at: row.get(7),
             updated_at: row.get(8),
-            playable: tasks
-                .iter()
-                .any(|t| t.kind == TaskKind::Transcode && t.state == "succeeded"),
+            playable: tasks.iter().any(|t| t.kind == TaskKind::Transcode && t.state == "succeeded"),
             outputs: json(row.get(9)),
             probe: json(row.get(10)),
             tasks,
@@ -707,17 +606,14 @@ async fn requeue_or_fail(
             .execute(&mut *tx)
             .await?;
     } else {
-        let why = if retryable {
-            format!("{error} (gave up after {attempts} attempts)")
-        } else {
-            error.to_string()
-        };
-        sqlx::query("UPDATE tasks SET state = 'failed', lease_expires_at = NULL, error = ?, updated_at = ? WHERE id = ?").bind(&why).bind(now).bind(task).execute(&mut *tx).await?;
-        sqlx::query("UPDATE jobs SET error = COALESCE(error, ?) WHERE id = ?")
+        let why = if retryable { format!("{error} (gave up after {attempts} attempts)") } else { error.to_string() };
+        sqlx::query("UPDATE tasks SET state = 'failed', lease_expires_at = NULL, error = ?, updated_at = ? WHERE id = ?")
             .bind(&why)
-            .bind(job)
+            .bind(now)
+            .bind(task)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("UPDATE jobs SET error = COALESCE(error, ?) WHERE id = ?").bind(&why).bind(job).execute(&mut *tx).await?;
     }
     Ok(())
 }
@@ -725,14 +621,8 @@ async fn requeue_or_fail(
 /// Derives a job's state from its tasks: any failed task fails the job (and stops
 /// the rest); all succeeded means succeeded.
 async fn settle_job(tx: &mut SqliteConnection, job: &str, now: i64) -> Result<()> {
-    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE job_id = ?")
-        .bind(job)
-        .fetch_all(&mut *tx)
-        .await?;
-    let current: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?")
-        .bind(job)
-        .fetch_one(&mut *tx)
-        .await?;
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE job_id = ?").bind(job).fetch_all(&mut *tx).await?;
+    let current: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?").bind(job).fetch_one(&mut *tx).await?;
     if current == "canceled" {
         return Ok(());
     }
@@ -744,22 +634,13 @@ async fn settle_job(tx: &mut SqliteConnection, job: &str, now: i64) -> Result<()
         "failed"
     } else if !states.is_empty() && states.iter().all(|s| s == "succeeded") {
         // Finalize (master playlist, manifest) turns this into succeeded.
-        if current == "succeeded" {
-            "succeeded"
-        } else {
-            "finalizing"
-        }
+        if current == "succeeded" { "succeeded" } else { "finalizing" }
     } else if states.iter().any(|s| s != "queued") {
         "running"
     } else {
         "queued"
     };
-    sqlx::query("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?")
-        .bind(next)
-        .bind(now)
-        .bind(job)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?").bind(next).bind(now).bind(job).execute(&mut *tx).await?;
     Ok(())
 }
 

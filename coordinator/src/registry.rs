@@ -41,15 +41,7 @@ pub struct Delivery {
 }
 
 impl Queue {
-    pub async fn register_worker(
-        &self,
-        id: &str,
-        name: &str,
-        slots: i64,
-        caps: &Capabilities,
-        version: &str,
-        now: i64,
-    ) -> Result<()> {
+    pub async fn register_worker(&self, id: &str, name: &str, slots: i64, caps: &Capabilities, version: &str, now: i64) -> Result<()> {
         sqlx::query("INSERT INTO workers (id, name, slots, free_slots, capabilities, drake_version, last_seen, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(id)
             .bind(name)
@@ -65,21 +57,16 @@ impl Queue {
     }
 
     /// Records a worker's poll. Returns (encoders, draining) or NotFound for removed workers.
-    pub async fn worker_seen(
-        &self,
-        id: &str,
-        free_slots: i64,
-        now: i64,
-    ) -> Result<(Vec<String>, bool)> {
-        let row = sqlx::query("UPDATE workers SET last_seen = ?, free_slots = ? WHERE id = ? AND removed = 0 RETURNING capabilities, draining")
-            .bind(now)
-            .bind(free_slots)
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or_else(|| QueueError::NotFound(format!("worker {id}")))?;
-        let caps: Capabilities = serde_json::from_str(row.get::<&str, _>(0))
-            .map_err(|e| QueueError::Conflict(e.to_string()))?;
+    pub async fn worker_seen(&self, id: &str, free_slots: i64, now: i64) -> Result<(Vec<String>, bool)> {
+        let row =
+            sqlx::query("UPDATE workers SET last_seen = ?, free_slots = ? WHERE id = ? AND removed = 0 RETURNING capabilities, draining")
+                .bind(now)
+                .bind(free_slots)
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?
+                .ok_or_else(|| QueueError::NotFound(format!("worker {id}")))?;
+        let caps: Capabilities = serde_json::from_str(row.get::<&str, _>(0)).map_err(|e| QueueError::Conflict(e.to_string()))?;
         Ok((caps.encoders, row.get::<i64, _>(1) != 0))
     }
 
@@ -98,25 +85,24 @@ impl Queue {
 
     /// Removes a worker: its credential stops working and its leases are reaped.
     pub async fn remove_worker(&self, id: &str) -> Result<()> {
-        let n = sqlx::query("UPDATE workers SET removed = 1 WHERE id = ? AND removed = 0")
-            .bind(id)
-            .execute(self.pool())
-            .await?
-            .rows_affected();
+        let n =
+            sqlx::query("UPDATE workers SET removed = 1 WHERE id = ? AND removed = 0").bind(id).execute(self.pool()).await?.rows_affected();
         if n == 0 {
             return Err(QueueError::NotFound(format!("worker {id}")));
         }
-        sqlx::query("UPDATE tokens SET revoked = 1 WHERE role = 'worker' AND label = ?")
+        sqlx::query("UPDATE tokens SET revoked = 1 WHERE role = 'worker' AND label = ?").bind(id).execute(self.pool()).await?;
+        sqlx::query("UPDATE tasks SET lease_expires_at = 0 WHERE worker_id = ? AND state IN ('leased', 'running')")
             .bind(id)
             .execute(self.pool())
             .await?;
-        sqlx::query("UPDATE tasks SET lease_expires_at = 0 WHERE worker_id = ? AND state IN ('leased', 'running')").bind(id).execute(self.pool()).await?;
         Ok(())
     }
 
     pub async fn list_workers(&self, now: i64) -> Result<Vec<WorkerView>> {
         let rows = sqlx::query("SELECT id, name, slots, free_slots, capabilities, drake_version, last_seen, draining FROM workers WHERE removed = 0 ORDER BY created_at").fetch_all(self.pool()).await?;
-        let tasks = sqlx::query("SELECT id, job_id, kind, rendition, progress, worker_id FROM tasks WHERE state IN ('leased', 'running')").fetch_all(self.pool()).await?;
+        let tasks = sqlx::query("SELECT id, job_id, kind, rendition, progress, worker_id FROM tasks WHERE state IN ('leased', 'running')")
+            .fetch_all(self.pool())
+            .await?;
         Ok(rows
             .into_iter()
             .map(|r| {
@@ -124,13 +110,7 @@ impl Queue {
                 let current_tasks: Vec<CurrentTask> = tasks
                     .iter()
                     .filter(|t| t.get::<Option<String>, _>(5).as_deref() == Some(id.as_str()))
-                    .map(|t| CurrentTask {
-                        task_id: t.get(0),
-                        job_id: t.get(1),
-                        kind: t.get(2),
-                        rendition: t.get(3),
-                        progress: t.get(4),
-                    })
+                    .map(|t| CurrentTask { task_id: t.get(0), job_id: t.get(1), kind: t.get(2), rendition: t.get(3), progress: t.get(4) })
                     .collect();
                 let last_seen: i64 = r.get(6);
                 let state = if now - last_seen > OFFLINE_AFTER_MS {
@@ -148,13 +128,11 @@ impl Queue {
                     state: state.into(),
                     slots: r.get(2),
                     free_slots: r.get(3),
-                    capabilities: serde_json::from_str(r.get::<&str, _>(4)).unwrap_or(
-                        Capabilities {
-                            encoders: vec![],
-                            cores: 0,
-                            tags: vec![],
-                        },
-                    ),
+                    capabilities: serde_json::from_str(r.get::<&str, _>(4)).unwrap_or(Capabilities {
+                        encoders: vec![],
+                        cores: 0,
+                        tags: vec![],
+                    }),
                     drake_version: r.get(5),
                     last_heartbeat: last_seen,
                     current_tasks,
@@ -163,13 +141,7 @@ impl Queue {
             .collect())
     }
 
-    pub async fn enqueue_webhook(
-        &self,
-        job_id: &str,
-        url: &str,
-        payload: &str,
-        now: i64,
-    ) -> Result<()> {
+    pub async fn enqueue_webhook(&self, job_id: &str, url: &str, payload: &str, now: i64) -> Result<()> {
         sqlx::query("INSERT INTO webhooks (id, job_id, url, payload, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?)")
             .bind(uuid::Uuid::now_v7().to_string())
             .bind(job_id)
@@ -187,37 +159,26 @@ impl Queue {
             .bind(now)
             .fetch_all(self.pool())
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Delivery {
-                id: r.get(0),
-                url: r.get(1),
-                payload: r.get(2),
-                attempts: r.get(3),
-            })
-            .collect())
+        Ok(rows.into_iter().map(|r| Delivery { id: r.get(0), url: r.get(1), payload: r.get(2), attempts: r.get(3) }).collect())
     }
 
     /// Records one delivery attempt; `Err` schedules a retry after a backoff, up to `max_attempts`.
-    pub async fn webhook_attempted(
-        &self,
-        id: &str,
-        outcome: std::result::Result<(), String>,
-        max_attempts: i64,
-        now: i64,
-    ) -> Result<()> {
+    pub async fn webhook_attempted(&self, id: &str, outcome: std::result::Result<(), String>, max_attempts: i64, now: i64) -> Result<()> {
         match outcome {
             Ok(()) => {
-                sqlx::query(
-                    "UPDATE webhooks SET attempts = attempts + 1, delivered_at = ? WHERE id = ?",
-                )
-                .bind(now)
-                .bind(id)
-                .execute(self.pool())
-                .await?;
+                sqlx::query("UPDATE webhooks SET attempts = attempts + 1, delivered_at = ? WHERE id = ?")
+                    .bind(now)
+                    .bind(id)
+                    .execute(self.pool())
+                    .await?;
             }
             Err(e) => {
-                let attempts: i64 = sqlx::query_scalar("UPDATE webhooks SET attempts = attempts + 1, last_error = ? WHERE id = ? RETURNING attempts").bind(&e).bind(id).fetch_one(self.pool()).await?;
+                let attempts: i64 =
+                    sqlx::query_scalar("UPDATE webhooks SET attempts = attempts + 1, last_error = ? WHERE id = ? RETURNING attempts")
+                        .bind(&e)
+                        .bind(id)
+                        .fetch_one(self.pool())
+                        .await?;
                 let next = now + self.cfg.backoff(attempts);
                 sqlx::query("UPDATE webhooks SET next_attempt_at = ?, gave_up = ? WHERE id = ?")
                     .bind(next)

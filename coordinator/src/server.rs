@@ -23,6 +23,8 @@ pub struct Prepared {
     pub admin_token: String,
     /// True when the admin token was generated now (print it once).
     pub admin_token_generated: bool,
+    /// apalis's own database (see `background`).
+    pub chores_pool: apalis_sqlite::SqlitePool,
 }
 
 /// A secret kept in a data-dir file (mode 0600): read it, or create it with `make`.
@@ -33,11 +35,7 @@ fn kept_secret(path: &Path, make: impl FnOnce() -> String) -> std::io::Result<(S
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let secret = make();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     f.write_all(secret.as_bytes())?;
     Ok((secret, true))
 }
@@ -50,9 +48,7 @@ pub fn admin_token(data_dir: &Path) -> std::io::Result<(String, bool)> {
     {
         return Ok((t.trim().to_string(), false));
     }
-    kept_secret(&data_dir.join("admin-token"), || {
-        auth::generate(Role::Admin)
-    })
+    kept_secret(&data_dir.join("admin-token"), || auth::generate(Role::Admin))
 }
 
 pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error + Send + Sync>> {
@@ -60,14 +56,10 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error 
     std::fs::create_dir_all(storage.join("jobs"))?;
     let queue = Queue::open(&cfg.data_dir.join("drake.db"), cfg.queue).await?;
     let (token, generated) = admin_token(&cfg.data_dir)?;
-    queue
-        .add_token(&token, Role::Admin, Some("admin"), None, None, now_ms())
-        .await?;
-    let (webhook_secret, _) = kept_secret(
-        &cfg.data_dir.join("webhook-secret"),
-        chores::new_webhook_secret,
-    )?;
+    queue.add_token(&token, Role::Admin, Some("admin"), None, None, now_ms()).await?;
+    let (webhook_secret, _) = kept_secret(&cfg.data_dir.join("webhook-secret"), chores::new_webhook_secret)?;
     let (events, _) = tokio::sync::broadcast::channel(1024);
+    let (chores, chores_pool) = crate::background::Chores::open(&cfg.data_dir.join("chores.db")).await?;
     let state = AppState {
         queue,
         drake_exe: Arc::new(cfg.drake_exe),
@@ -77,12 +69,9 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error 
         work_ready: Arc::new(tokio::sync::Notify::new()),
         limits: cfg.limits,
         webhook_secret: Arc::new(webhook_secret),
+        chores,
     };
-    Ok(Prepared {
-        state,
-        admin_token: token,
-        admin_token_generated: generated,
-    })
+    Ok(Prepared { state, admin_token: token, admin_token_generated: generated, chores_pool })
 }
 
 /// Serves until `shutdown` resolves; background chores stop with it.
@@ -102,10 +91,14 @@ pub async fn serve(
             chores::deliver_webhooks(&st, &client).await;
         }
     });
-    let result = axum::serve(listener, api::router(p.state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let background = tokio::spawn(crate::background::run(p.state.clone(), p.chores_pool.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let result = axum::serve(listener, api::router(p.state)).with_graceful_shutdown(shutdown).await;
     chores.abort();
+    let _ = stop.send(());
+    let _ = background.await;
     result
 }
 
@@ -119,11 +112,7 @@ pub async fn run(
     let addr = listener.local_addr()?;
     println!("drake coordinator listening on http://{addr}");
     if p.admin_token_generated {
-        println!(
-            "admin token (kept in {}): {}",
-            data_dir.join("admin-token").display(),
-            p.admin_token
-        );
+        println!("admin token (kept in {}): {}", data_dir.join("admin-token").display(), p.admin_token);
     }
     serve(p, listener, shutdown).await?;
     Ok(())

@@ -26,10 +26,7 @@ pub fn handler(root: &Path) -> DavHandler {
 }
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/dav", any(dav))
-        .route("/dav/", any(dav))
-        .route("/dav/{*path}", any(dav))
+    Router::new().route("/dav", any(dav)).route("/dav/", any(dav)).route("/dav/{*path}", any(dav))
 }
 
 /// Storage path of an uploaded source.
@@ -46,20 +43,12 @@ pub fn output_dir(job: &str, rendition: Option<&str>) -> String {
 /// queue accepts is promoted to [`output_dir`], so a worker that lost its lease can
 /// never overwrite the outputs of the one that holds it now.
 pub fn staging_dir(job: &str, rendition: Option<&str>, epoch: i64) -> String {
-    format!(
-        "jobs/{job}/.staging/{}.e{epoch}",
-        rendition.unwrap_or("thumbnails")
-    )
+    format!("jobs/{job}/.staging/{}.e{epoch}", rendition.unwrap_or("thumbnails"))
 }
 
 /// Moves an accepted attempt's staging directory into place and removes every
 /// other attempt's leftovers (partial uploads of lost leases).
-pub async fn promote(
-    root: &Path,
-    job: &str,
-    rendition: Option<&str>,
-    epoch: i64,
-) -> std::io::Result<String> {
+pub async fn promote(root: &Path, job: &str, rendition: Option<&str>, epoch: i64) -> std::io::Result<String> {
     let final_dir = output_dir(job, rendition);
     let target = root.join(&final_dir);
     if tokio::fs::metadata(&target).await.is_ok() {
@@ -131,31 +120,19 @@ async fn dav(State(st): State<AppState>, req: Request) -> Response {
         return ApiError::Forbidden.into_response();
     }
     // MOVE and COPY name a second path in the Destination header; check it too.
-    let destination_ok = match parts
-        .headers
-        .get("destination")
-        .and_then(|v| v.to_str().ok())
-    {
+    let destination_ok = match parts.headers.get("destination").and_then(|v| v.to_str().ok()) {
         Some(d) => {
             let path = d.find("/dav").map(|i| &d[i..]).unwrap_or("");
             path_allowed(path)
         }
         None => true,
     };
-    if !path_allowed(parts.uri.path())
-        || !destination_ok
-        || parts.method == Method::from_bytes(b"PROPPATCH").expect("method")
-    {
+    if !path_allowed(parts.uri.path()) || !destination_ok || parts.method == Method::from_bytes(b"PROPPATCH").expect("method") {
         return ApiError::Forbidden.into_response();
     }
-    let principal = caller
-        .label
-        .unwrap_or_else(|| caller.role.as_str().to_string());
+    let principal = caller.label.unwrap_or_else(|| caller.role.as_str().to_string());
     let req = Request::from_parts(parts, body);
-    st.dav
-        .handle_with(DavConfig::new().principal(principal), req)
-        .await
-        .into_response()
+    st.dav.handle_with(DavConfig::new().principal(principal), req).await.into_response()
 }
 
 #[cfg(test)]

@@ -12,10 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use proto::wire::{
-    Complete, Fail, Heartbeat, HeartbeatReply, LeaseRequest, RegisterRequest, RegisterResponse,
-    TaskLease,
-};
+use proto::wire::{Complete, Fail, Heartbeat, HeartbeatReply, LeaseRequest, RegisterRequest, RegisterResponse, TaskLease};
 use serde_json::json;
 use std::time::Duration;
 
@@ -41,73 +38,36 @@ fn worker_id(caller: &Caller) -> Result<String, ApiError> {
 }
 
 /// Exchanges a join token (one use) for a worker identity and credential.
-async fn register(
-    State(st): State<AppState>,
-    caller: Caller,
-    Json(req): Json<RegisterRequest>,
-) -> Result<Response, ApiError> {
+async fn register(State(st): State<AppState>, caller: Caller, Json(req): Json<RegisterRequest>) -> Result<Response, ApiError> {
     allow(&caller, &[Role::Join])?;
-    if req.name.is_empty()
-        || req.name.len() > 100
-        || !(1..=64).contains(&req.slots)
-        || req.capabilities.encoders.len() > 500
-    {
-        return Err(ApiError::BadRequest(
-            "name must be 1..=100 characters and slots 1..=64".into(),
-        ));
+    if req.name.is_empty() || req.name.len() > 100 || !(1..=64).contains(&req.slots) || req.capabilities.encoders.len() > 500 {
+        return Err(ApiError::BadRequest("name must be 1..=100 characters and slots 1..=64".into()));
     }
     // The join token is in the Authorization header; spend it atomically.
     let now = now_ms();
     let id = uuid::Uuid::now_v7().to_string();
     let token = auth::generate(Role::Worker);
-    if !st
-        .queue
-        .spend_join_token(caller.presented.as_deref().unwrap_or_default(), now)
-        .await?
-    {
+    if !st.queue.spend_join_token(caller.presented.as_deref().unwrap_or_default(), now).await? {
         return Err(ApiError::Unauthorized);
     }
-    st.queue
-        .register_worker(
-            &id,
-            &req.name,
-            req.slots as i64,
-            &req.capabilities,
-            &req.drake_version,
-            now,
-        )
-        .await?;
-    st.queue
-        .add_token(&token, Role::Worker, Some(&id), None, None, now)
-        .await?;
+    st.queue.register_worker(&id, &req.name, req.slots as i64, &req.capabilities, &req.drake_version, now).await?;
+    st.queue.add_token(&token, Role::Worker, Some(&id), None, None, now).await?;
     st.emit("worker", json!({"worker_id": id, "state": "idle"}));
     Ok((
         StatusCode::CREATED,
-        Json(RegisterResponse {
-            worker_id: id,
-            token,
-            heartbeat_seconds: (st.queue.cfg.lease_ttl_ms / 4000).clamp(1, 10) as u64,
-        }),
+        Json(RegisterResponse { worker_id: id, token, heartbeat_seconds: (st.queue.cfg.lease_ttl_ms / 4000).clamp(1, 10) as u64 }),
     )
         .into_response())
 }
 
 /// Long poll: answers a lease as soon as a task this worker can run is queued,
 /// or 204 after `wait_seconds`.
-async fn lease(
-    State(st): State<AppState>,
-    caller: Caller,
-    Json(req): Json<LeaseRequest>,
-) -> Result<Response, ApiError> {
+async fn lease(State(st): State<AppState>, caller: Caller, Json(req): Json<LeaseRequest>) -> Result<Response, ApiError> {
     let worker = worker_id(&caller)?;
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds.min(MAX_WAIT_SECONDS));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds.min(MAX_WAIT_SECONDS));
     loop {
         let now = now_ms();
-        let (encoders, draining) = st
-            .queue
-            .worker_seen(&worker, req.free_slots as i64, now)
-            .await?;
+        let (encoders, draining) = st.queue.worker_seen(&worker, req.free_slots as i64, now).await?;
         if req.free_slots > 0 && !draining && !req.draining {
             // Register interest before looking, so a task queued in between wakes us.
             let notified = st.work_ready.notified();
@@ -132,17 +92,12 @@ async fn lease(
                 return Ok(StatusCode::NO_CONTENT.into_response());
             }
             // Backoffs and reaped leases make tasks runnable by time alone: look again each second.
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1).min(deadline - tokio::time::Instant::now()),
-                notified,
-            )
-            .await;
+            let _ = tokio::time::timeout(Duration::from_secs(1).min(deadline - tokio::time::Instant::now()), notified).await;
         } else {
             if tokio::time::Instant::now() >= deadline {
                 return Ok(StatusCode::NO_CONTENT.into_response());
             }
-            tokio::time::sleep(Duration::from_secs(1).min(deadline - tokio::time::Instant::now()))
-                .await;
+            tokio::time::sleep(Duration::from_secs(1).min(deadline - tokio::time::Instant::now())).await;
         }
     }
 }
@@ -156,22 +111,14 @@ async fn heartbeat(
     let worker = worker_id(&caller)?;
     let now = now_ms();
     st.queue.worker_seen(&worker, -1, now).await.ok();
-    match st
-        .queue
-        .heartbeat(&task, &worker, hb.epoch, hb.progress, now)
-        .await
-    {
+    match st.queue.heartbeat(&task, &worker, hb.epoch, hb.progress, now).await {
         Ok(cancel) => {
             st.emit("task", json!({"task_id": task, "state": "running", "progress": hb.progress.clamp(0.0, 1.0), "worker": worker}));
             Ok(Json(HeartbeatReply { cancel }))
         }
         Err(e @ QueueError::StaleLease { .. }) => {
             // A canceled task's lease is gone too: tell the worker to stop either way.
-            if st.queue.task_canceled(&task).await? {
-                Ok(Json(HeartbeatReply { cancel: true }))
-            } else {
-                Err(e.into())
-            }
+            if st.queue.task_canceled(&task).await? { Ok(Json(HeartbeatReply { cancel: true })) } else { Err(e.into()) }
         }
         Err(e) => Err(e.into()),
     }
@@ -192,116 +139,57 @@ async fn complete(
             return Err(ApiError::BadRequest(format!("bad file path {}", f.path)));
         }
         let path = st.storage.join(&out_dir).join(&f.path);
-        let len = tokio::fs::metadata(&path)
-            .await
-            .map(|m| m.len())
-            .map_err(|_| ApiError::BadRequest(format!("{} was not published", f.path)))?;
+        let len =
+            tokio::fs::metadata(&path).await.map(|m| m.len()).map_err(|_| ApiError::BadRequest(format!("{} was not published", f.path)))?;
         if len != f.size {
-            return Err(ApiError::BadRequest(format!(
-                "{} is {len} bytes, not {}",
-                f.path, f.size
-            )));
+            return Err(ApiError::BadRequest(format!("{} is {len} bytes, not {}", f.path, f.size)));
         }
     }
     let result = json!({"report": c.report, "files": c.files, "dir": storage::output_dir(&job, rendition.as_deref())});
     // The queue is the fence: only the current lease's completion is accepted...
-    st.queue
-        .complete(&task, &worker, c.epoch, &result, now_ms())
-        .await?;
+    st.queue.complete(&task, &worker, c.epoch, &result, now_ms()).await?;
     // ...and only then do its outputs move into place.
     if let Err(e) = storage::promote(&st.storage, &job, rendition.as_deref(), c.epoch).await {
-        let _ = st
-            .queue
-            .fail_job(&job, &format!("storage: promoting outputs: {e}"), now_ms())
-            .await;
-        let _ = st
-            .queue
-            .fail_job_finalizing(&job, &format!("storage: promoting outputs: {e}"), now_ms())
-            .await;
+        let _ = st.queue.fail_job(&job, &format!("storage: promoting outputs: {e}"), now_ms()).await;
+        let _ = st.queue.fail_job_finalizing(&job, &format!("storage: promoting outputs: {e}"), now_ms()).await;
     }
-    st.emit(
-        "task",
-        json!({"job_id": job, "task_id": task, "state": "succeeded", "progress": 1.0}),
-    );
+    st.emit("task", json!({"job_id": job, "task_id": task, "state": "succeeded", "progress": 1.0}));
     chores::after_task(&st, &job).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn fail(
-    State(st): State<AppState>,
-    caller: Caller,
-    Path(task): Path<String>,
-    Json(f): Json<Fail>,
-) -> Result<StatusCode, ApiError> {
+async fn fail(State(st): State<AppState>, caller: Caller, Path(task): Path<String>, Json(f): Json<Fail>) -> Result<StatusCode, ApiError> {
     let worker = worker_id(&caller)?;
     let error: String = f.error.chars().take(2000).collect();
-    let tail: String = f
-        .log_tail
-        .chars()
-        .rev()
-        .take(8000)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    st.queue
-        .fail(
-            &task,
-            &worker,
-            f.epoch,
-            &error,
-            f.retryable,
-            &tail,
-            now_ms(),
-        )
-        .await?;
+    let tail: String = f.log_tail.chars().rev().take(8000).collect::<Vec<_>>().into_iter().rev().collect();
+    st.queue.fail(&task, &worker, f.epoch, &error, f.retryable, &tail, now_ms()).await?;
     let job = st.queue.task_job(&task).await?;
-    st.emit(
-        "task",
-        json!({"job_id": job, "task_id": task, "state": "failed", "error": error}),
-    );
+    st.emit("task", json!({"job_id": job, "task_id": task, "state": "failed", "error": error}));
     st.work_ready.notify_waiters();
     chores::after_task(&st, &job).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list(
-    State(st): State<AppState>,
-    caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list(State(st): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     allow(&caller, &[Role::Admin])?;
-    Ok(Json(
-        json!({"workers": st.queue.list_workers(now_ms()).await?}),
-    ))
+    Ok(Json(json!({"workers": st.queue.list_workers(now_ms()).await?})))
 }
 
-async fn drain(
-    State(st): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+async fn drain(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     allow(&caller, &[Role::Admin])?;
     st.queue.set_draining(&id, true).await?;
     st.emit("worker", json!({"worker_id": id, "state": "draining"}));
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn resume(
-    State(st): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+async fn resume(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     allow(&caller, &[Role::Admin])?;
     st.queue.set_draining(&id, false).await?;
     st.emit("worker", json!({"worker_id": id, "state": "idle"}));
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn remove(
-    State(st): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+async fn remove(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     allow(&caller, &[Role::Admin])?;
     st.queue.remove_worker(&id).await?;
     st.emit("worker", json!({"worker_id": id, "state": "removed"}));

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 /// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
 }
 
@@ -39,14 +38,8 @@ fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
     coordinator::server::Config {
         data_dir: data,
         drake_exe: drake_exe(),
-        limits: coordinator::api::Limits {
-            max_upload_bytes: s.max_upload_bytes,
-            ..Default::default()
-        },
-        queue: coordinator::queue::QueueConfig {
-            lease_ttl_ms: s.lease_ttl_seconds.clamp(3, 3600) as i64 * 1000,
-            ..Default::default()
-        },
+        limits: coordinator::api::Limits { max_upload_bytes: s.max_upload_bytes, ..Default::default() },
+        queue: coordinator::queue::QueueConfig { lease_ttl_ms: s.lease_ttl_seconds.clamp(3, 3600) as i64 * 1000, ..Default::default() },
     }
 }
 
@@ -81,9 +74,7 @@ pub fn worker(args: WorkerArgs) -> i32 {
         return e.exit_code();
     }
     let name = args.name.unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "worker".into());
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into());
         format!("{host}-{}", std::process::id())
     });
     let cfg = worker::node::NodeConfig {
@@ -136,14 +127,7 @@ pub fn up(data: PathBuf, listen: &str, workers: u32, settings: FarmSettings) -> 
         if let Err(e) = prepared
             .state
             .queue
-            .add_token(
-                &join,
-                coordinator::auth::Role::Join,
-                None,
-                Some(workers as i64),
-                Some(now + 3_600_000),
-                now,
-            )
+            .add_token(&join, coordinator::auth::Role::Join, None, Some(workers as i64), Some(now + 3_600_000), now)
             .await
         {
             eprintln!("drake: minting a join token: {e}");
@@ -157,19 +141,11 @@ pub fn up(data: PathBuf, listen: &str, workers: u32, settings: FarmSettings) -> 
         for i in 0..workers {
             let scratch = data.join("scratch").join(format!("worker-{i}"));
             let mut cmd = tokio::process::Command::new(drake_exe());
-            cmd.args([
-                "worker",
-                "--coordinator",
-                &url,
-                "--slots",
-                "1",
-                "--name",
-                &format!("local-{i}"),
-            ])
-            .arg("--scratch")
-            .arg(&scratch)
-            .env("DRAKE_TOKEN", &join)
-            .kill_on_drop(true);
+            cmd.args(["worker", "--coordinator", &url, "--slots", "1", "--name", &format!("local-{i}")])
+                .arg("--scratch")
+                .arg(&scratch)
+                .env("DRAKE_TOKEN", &join)
+                .kill_on_drop(true);
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
                 cmd.pre_exec(|| {
@@ -213,18 +189,12 @@ pub struct SubmitArgs {
 /// The token for `submit`: the flag, `DRAKE_TOKEN`, or a local farm's admin token.
 fn submit_token(flag: Option<String>) -> Option<String> {
     flag.or_else(|| std::env::var("DRAKE_TOKEN").ok())
-        .or_else(|| {
-            std::fs::read_to_string(Path::new("drake-data").join("admin-token"))
-                .ok()
-                .map(|t| t.trim().to_string())
-        })
+        .or_else(|| std::fs::read_to_string(Path::new("drake-data").join("admin-token")).ok().map(|t| t.trim().to_string()))
 }
 
 pub fn submit(args: SubmitArgs) -> i32 {
     let Some(token) = submit_token(args.token.clone()) else {
-        eprintln!(
-            "drake: no token: pass --token, set DRAKE_TOKEN, or run from the directory of `drake up`"
-        );
+        eprintln!("drake: no token: pass --token, set DRAKE_TOKEN, or run from the directory of `drake up`");
         return 2;
     };
     runtime().block_on(async move {
@@ -247,18 +217,11 @@ async fn submit_async(args: &SubmitArgs, token: &str) -> Result<i32, String> {
         let body = serde_json::json!({"source_url": args.input, "profile": args.profile, "priority": args.priority, "callback_url": args.callback_url, "idempotency_key": args.idempotency_key});
         http.post(&url).json(&body)
     } else {
-        let file = tokio::fs::File::open(&args.input)
-            .await
-            .map_err(|e| format!("{}: {e}", args.input))?;
+        let file = tokio::fs::File::open(&args.input).await.map_err(|e| format!("{}: {e}", args.input))?;
         let len = file.metadata().await.map_err(|e| e.to_string())?.len();
-        let name = Path::new(&args.input)
-            .file_name()
-            .map_or("upload".into(), |n| n.to_string_lossy().into_owned());
+        let name = Path::new(&args.input).file_name().map_or("upload".into(), |n| n.to_string_lossy().into_owned());
         let part = reqwest::multipart::Part::stream_with_length(
-            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
-                file,
-                256 * 1024,
-            )),
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)),
             len,
         )
         .file_name(name);
@@ -274,18 +237,11 @@ async fn submit_async(args: &SubmitArgs, token: &str) -> Result<i32, String> {
         }
         http.post(&url).multipart(form)
     };
-    let resp = req
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
+    let resp = req.bearer_auth(token).send().await.map_err(|e| e.to_string())?;
     let status = resp.status();
     let job: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
-        return Err(format!(
-            "HTTP {status}: {}",
-            job["message"].as_str().unwrap_or_default()
-        ));
+        return Err(format!("HTTP {status}: {}", job["message"].as_str().unwrap_or_default()));
     }
     let id = job["id"].as_str().unwrap_or_default().to_string();
     println!("job {id}");
@@ -295,69 +251,38 @@ async fn submit_async(args: &SubmitArgs, token: &str) -> Result<i32, String> {
     let job = watch(&http, base, token, &id).await?;
     match job["state"].as_str() {
         Some("succeeded") => {
-            println!(
-                "succeeded: master playlist {base}{}",
-                job["outputs"]["master_playlist"]
-                    .as_str()
-                    .unwrap_or_default()
-            );
-            println!(
-                "manifest {base}{}",
-                job["outputs"]["manifest"].as_str().unwrap_or_default()
-            );
+            println!("succeeded: master playlist {base}{}", job["outputs"]["master_playlist"].as_str().unwrap_or_default());
+            println!("manifest {base}{}", job["outputs"]["manifest"].as_str().unwrap_or_default());
             Ok(0)
         }
         state => {
-            eprintln!(
-                "drake: job {id} {}: {}",
-                state.unwrap_or("ended"),
-                job["error"].as_str().unwrap_or("no reason given")
-            );
+            eprintln!("drake: job {id} {}: {}", state.unwrap_or("ended"), job["error"].as_str().unwrap_or("no reason given"));
             Ok(1)
         }
     }
 }
 
 /// Shows one progress bar per task until the job ends; returns the final job.
-async fn watch(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    id: &str,
-) -> Result<serde_json::Value, String> {
+async fn watch(http: &reqwest::Client, base: &str, token: &str, id: &str) -> Result<serde_json::Value, String> {
     use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
     let bars = MultiProgress::new();
-    let style = ProgressStyle::with_template(
-        "{prefix:>12.bold} [{elapsed_precise}] {wide_bar:.cyan/blue} {percent:>3}% {msg}",
-    )
-    .map_err(|e| e.to_string())?
-    .progress_chars("=> ");
+    let style = ProgressStyle::with_template("{prefix:>12.bold} [{elapsed_precise}] {wide_bar:.cyan/blue} {percent:>3}% {msg}")
+        .map_err(|e| e.to_string())?
+        .progress_chars("=> ");
     let mut by_task: std::collections::HashMap<String, ProgressBar> = Default::default();
     loop {
-        let resp = http
-            .get(format!("{base}/api/v1/jobs/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let resp = http.get(format!("{base}/api/v1/jobs/{id}")).bearer_auth(token).send().await.map_err(|e| e.to_string())?;
         let job: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
         for t in job["tasks"].as_array().into_iter().flatten() {
             let tid = t["id"].as_str().unwrap_or_default().to_string();
             let bar = by_task.entry(tid).or_insert_with(|| {
                 let label = t["rendition"].as_str().unwrap_or("thumbnails").to_string();
-                bars.add(
-                    ProgressBar::new(1000)
-                        .with_style(style.clone())
-                        .with_prefix(label),
-                )
+                bars.add(ProgressBar::new(1000).with_style(style.clone()).with_prefix(label))
             });
             bar.set_position((t["progress"].as_f64().unwrap_or(0.0) * 1000.0) as u64);
             bar.set_message(t["state"].as_str().unwrap_or_default().to_string());
         }
-        if matches!(
-            job["state"].as_str(),
-            Some("succeeded" | "failed" | "canceled")
-        ) {
+        if matches!(job["state"].as_str(), Some("succeeded" | "failed" | "canceled")) {
             for b in by_task.values() {
                 b.finish();
             }

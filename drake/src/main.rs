@@ -11,11 +11,7 @@ use std::path::PathBuf;
 use worker::EngineError;
 
 #[derive(Parser)]
-#[command(
-    name = "drake",
-    version,
-    about = "Drake: a transcoding farm orchestrator"
-)]
+#[command(name = "drake", version, about = "Drake: a transcoding farm orchestrator")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -129,60 +125,20 @@ struct FarmArgs {
 
 impl FarmArgs {
     fn settings(self) -> farm::FarmSettings {
-        farm::FarmSettings {
-            max_upload_bytes: self.max_upload_bytes,
-            lease_ttl_seconds: self.lease_ttl_seconds,
-        }
+        farm::FarmSettings { max_upload_bytes: self.max_upload_bytes, lease_ttl_seconds: self.lease_ttl_seconds }
     }
 }
 
 fn main() {
     let code = match Cli::parse().command {
-        Command::Coordinator {
-            data,
-            listen,
-            settings,
-        } => farm::coordinator(data, &listen, settings.settings()),
-        Command::Worker {
-            coordinator,
-            token,
-            slots,
-            tags,
-            scratch,
-            name,
-        } => farm::worker(farm::WorkerArgs {
-            coordinator,
-            token,
-            slots,
-            tags,
-            scratch,
-            name,
-        }),
-        Command::Up {
-            workers,
-            data,
-            listen,
-            settings,
-        } => farm::up(data, &listen, workers, settings.settings()),
-        Command::Submit {
-            input,
-            profile,
-            coordinator,
-            token,
-            wait,
-            priority,
-            callback_url,
-            idempotency_key,
-        } => farm::submit(farm::SubmitArgs {
-            input,
-            profile,
-            coordinator,
-            token,
-            wait,
-            priority,
-            callback_url,
-            idempotency_key,
-        }),
+        Command::Coordinator { data, listen, settings } => farm::coordinator(data, &listen, settings.settings()),
+        Command::Worker { coordinator, token, slots, tags, scratch, name } => {
+            farm::worker(farm::WorkerArgs { coordinator, token, slots, tags, scratch, name })
+        }
+        Command::Up { workers, data, listen, settings } => farm::up(data, &listen, workers, settings.settings()),
+        Command::Submit { input, profile, coordinator, token, wait, priority, callback_url, idempotency_key } => {
+            farm::submit(farm::SubmitArgs { input, profile, coordinator, token, wait, priority, callback_url, idempotency_key })
+        }
         engine => run_engine(engine),
     };
     std::process::exit(code);
@@ -194,24 +150,13 @@ fn run_engine(command: Command) -> i32 {
         fail(Failure::Engine(e));
     }
     let result = match command {
-        Command::Probe { input } => worker::probe::probe(&input)
-            .map_err(Failure::Engine)
-            .and_then(|p| print_json(&p)),
+        Command::Probe { input } => worker::probe::probe(&input).map_err(Failure::Engine).and_then(|p| print_json(&p)),
         Command::Plan { input, profile } => plan(&input, &profile),
-        Command::Transcode {
-            input,
-            profile,
-            rendition,
-            out,
-            max_duration,
-        } => transcode(&input, &profile, &rendition, out, max_duration),
-        Command::Thumbnails { input, out, count } => worker::thumbnails::run(&input, &out, count)
-            .map_err(Failure::Engine)
-            .map(|_| ()),
-        Command::Coordinator { .. }
-        | Command::Worker { .. }
-        | Command::Up { .. }
-        | Command::Submit { .. } => unreachable!("farm commands are dispatched in main"),
+        Command::Transcode { input, profile, rendition, out, max_duration } => transcode(&input, &profile, &rendition, out, max_duration),
+        Command::Thumbnails { input, out, count } => worker::thumbnails::run(&input, &out, count).map_err(Failure::Engine).map(|_| ()),
+        Command::Coordinator { .. } | Command::Worker { .. } | Command::Up { .. } | Command::Submit { .. } => {
+            unreachable!("farm commands are dispatched in main")
+        }
     };
     match result {
         Ok(()) => 0,
@@ -243,18 +188,11 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
 fn plan(input: &str, profile: &str) -> Result<(), Failure> {
     let profile = Profile::load(profile).map_err(Failure::Profile)?;
     let probe = worker::probe::probe(input).map_err(Failure::Engine)?;
-    let plan = proto::plan::plan(&probe, &profile)
-        .map_err(|e| Failure::Engine(EngineError::bad(e.to_string())))?;
+    let plan = proto::plan::plan(&probe, &profile).map_err(|e| Failure::Engine(EngineError::bad(e.to_string())))?;
     print_json(&plan)
 }
 
-fn transcode(
-    input: &str,
-    profile: &str,
-    rendition: &str,
-    out: PathBuf,
-    max_duration: f64,
-) -> Result<(), Failure> {
+fn transcode(input: &str, profile: &str, rendition: &str, out: PathBuf, max_duration: f64) -> Result<(), Failure> {
     let profile = Profile::load(profile).map_err(Failure::Profile)?;
     let req = worker::transcode::Request {
         input,

@@ -66,17 +66,7 @@ pub enum PlanError {
 }
 
 /// Frame rates that sources claim approximately; snapping to them keeps timestamps exact.
-const STANDARD_RATES: &[(u32, u32)] = &[
-    (24000, 1001),
-    (24, 1),
-    (25, 1),
-    (30000, 1001),
-    (30, 1),
-    (48, 1),
-    (50, 1),
-    (60000, 1001),
-    (60, 1),
-];
+const STANDARD_RATES: &[(u32, u32)] = &[(24000, 1001), (24, 1), (25, 1), (30000, 1001), (30, 1), (48, 1), (50, 1), (60000, 1001), (60, 1)];
 
 /// Turns a measured frame rate into an exact rational, snapping to broadcast rates
 /// within 0.5% (variable frame rate phones report 29.97-ish averages).
@@ -100,11 +90,7 @@ pub fn rational_frame_rate(fps: f64) -> (u32, u32) {
 /// The output rate for a source rate under a profile's cap: halve high rates when
 /// that fits (120 -> 60, 100 -> 50), else clamp to the cap.
 fn capped_rate(fps: f64, max: f64) -> (u32, u32) {
-    let fps = if fps.is_finite() && fps > 0.0 {
-        fps
-    } else {
-        25.0
-    };
+    let fps = if fps.is_finite() && fps > 0.0 { fps } else { 25.0 };
     if fps <= max + 1e-6 {
         rational_frame_rate(fps)
     } else if fps / 2.0 <= max + 1e-6 {
@@ -134,26 +120,9 @@ pub fn plan(probe: &Probe, profile: &Profile) -> Result<Plan, PlanError> {
         if audio.is_none() {
             return Err(PlanError::NoMedia);
         }
-        let skipped = profile
-            .rungs
-            .iter()
-            .map(|r| Skipped {
-                name: r.name.clone(),
-                reason: "the source has no video".into(),
-            })
-            .collect();
-        let r = PlannedRendition {
-            name: AUDIO_RENDITION.into(),
-            width: 0,
-            height: 0,
-            video: None,
-            audio,
-        };
-        return Ok(Plan {
-            profile: profile.name.clone(),
-            renditions: vec![r],
-            skipped,
-        });
+        let skipped = profile.rungs.iter().map(|r| Skipped { name: r.name.clone(), reason: "the source has no video".into() }).collect();
+        let r = PlannedRendition { name: AUDIO_RENDITION.into(), width: 0, height: 0, video: None, audio };
+        return Ok(Plan { profile: profile.name.clone(), renditions: vec![r], skipped });
     };
     let (dw, dh) = (v.display_width, v.display_height);
     if dw < 2 || dh < 2 || dw > 16384 || dh > 16384 {
@@ -165,16 +134,8 @@ pub fn plan(probe: &Probe, profile: &Profile) -> Result<Plan, PlanError> {
     let (num, den) = capped_rate(v.frame_rate, profile.video.max_frame_rate);
     let video_for = |rate: RateControl| {
         let (crf, bitrate, maxrate, bufsize) = match rate {
-            RateControl::CappedCrf {
-                crf,
-                maxrate,
-                bufsize,
-            } => (Some(crf), None, maxrate, bufsize),
-            RateControl::Bitrate {
-                bitrate,
-                maxrate,
-                bufsize,
-            } => (None, Some(bitrate), maxrate, bufsize),
+            RateControl::CappedCrf { crf, maxrate, bufsize } => (Some(crf), None, maxrate, bufsize),
+            RateControl::Bitrate { bitrate, maxrate, bufsize } => (None, Some(bitrate), maxrate, bufsize),
         };
         PlannedVideo {
             codec: profile.video.codec,
@@ -191,11 +152,7 @@ pub fn plan(probe: &Probe, profile: &Profile) -> Result<Plan, PlanError> {
     };
     let sized = |short_side: f64| {
         // At the source's own size, never a pixel more than the source.
-        let s = if short_side >= short {
-            even_down(short_side)
-        } else {
-            even(short_side)
-        };
+        let s = if short_side >= short { even_down(short_side) } else { even(short_side) };
         let l = even(long * s as f64 / short).min(even_down(long));
         if portrait { (s, l) } else { (l, s) }
     };
@@ -204,10 +161,7 @@ pub fn plan(probe: &Probe, profile: &Profile) -> Result<Plan, PlanError> {
     let mut skipped = Vec::new();
     for rung in &profile.rungs {
         if rung.height as f64 > short {
-            skipped.push(Skipped {
-                name: rung.name.clone(),
-                reason: format!("would upscale: the source is {dw}x{dh}"),
-            });
+            skipped.push(Skipped { name: rung.name.clone(), reason: format!("would upscale: the source is {dw}x{dh}") });
             continue;
         }
         let (width, height) = sized(rung.height as f64);
@@ -231,11 +185,7 @@ pub fn plan(probe: &Probe, profile: &Profile) -> Result<Plan, PlanError> {
             audio: audio.clone(),
         });
     }
-    Ok(Plan {
-        profile: profile.name.clone(),
-        renditions,
-        skipped,
-    })
+    Ok(Plan { profile: profile.name.clone(), renditions, skipped })
 }
 
 #[cfg(test)]

@@ -80,15 +80,11 @@ impl Probe {
 
     /// The video stream Drake transcodes: the default-flagged one, else the first.
     pub fn main_video(&self) -> Option<&VideoStream> {
-        self.videos()
-            .find(|v| v.default)
-            .or_else(|| self.videos().next())
+        self.videos().find(|v| v.default).or_else(|| self.videos().next())
     }
 
     /// The audio stream Drake transcodes: the default track only, else the first.
     pub fn main_audio(&self) -> Option<&AudioStream> {
-        self.audios()
-            .find(|a| a.default)
-            .or_else(|| self.audios().next())
+        self.audios().find(|a| a.default).or_else(|| self.audios().next())
     }
 }

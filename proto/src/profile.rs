@@ -12,10 +12,7 @@ use toml::Spanned;
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Profiles compiled into the binary, by name.
-const BUILTIN: &[(&str, &str)] = &[
-    ("web", include_str!("../../profiles/web.toml")),
-    ("vp9", include_str!("../../profiles/vp9.toml")),
-];
+const BUILTIN: &[(&str, &str)] = &[("web", include_str!("../../profiles/web.toml")), ("vp9", include_str!("../../profiles/vp9.toml"))];
 
 /// Largest frame dimension a profile may ask for (8K).
 const MAX_RUNG_HEIGHT: u32 = 4320;
@@ -24,12 +21,7 @@ const MAX_RUNGS: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error("{file}:{line}: `{key}`: {message}")]
-    Invalid {
-        file: String,
-        line: usize,
-        key: String,
-        message: String,
-    },
+    Invalid { file: String, line: usize, key: String, message: String },
     #[error("{file}: {source}")]
     Read {
         file: String,
@@ -98,25 +90,15 @@ pub struct Rung {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RateControl {
     /// Constant quality with a VBV cap (bits per second).
-    CappedCrf {
-        crf: u32,
-        maxrate: u32,
-        bufsize: u32,
-    },
+    CappedCrf { crf: u32, maxrate: u32, bufsize: u32 },
     /// Average bitrate with a VBV cap (bits per second).
-    Bitrate {
-        bitrate: u32,
-        maxrate: u32,
-        bufsize: u32,
-    },
+    Bitrate { bitrate: u32, maxrate: u32, bufsize: u32 },
 }
 
 impl RateControl {
     pub fn maxrate(&self) -> u32 {
         match *self {
-            RateControl::CappedCrf { maxrate, .. } | RateControl::Bitrate { maxrate, .. } => {
-                maxrate
-            }
+            RateControl::CappedCrf { maxrate, .. } | RateControl::Bitrate { maxrate, .. } => maxrate,
         }
     }
 }
@@ -166,17 +148,7 @@ struct RawRung {
     bufsize_kbps: Spanned<u32>,
 }
 
-const X264_PRESETS: &[&str] = &[
-    "ultrafast",
-    "superfast",
-    "veryfast",
-    "faster",
-    "fast",
-    "medium",
-    "slow",
-    "slower",
-    "veryslow",
-];
+const X264_PRESETS: &[&str] = &["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"];
 
 impl Profile {
     /// Resolves `--profile NAME|PATH`: a path if it names a file (or ends in `.toml`),
@@ -186,10 +158,7 @@ impl Profile {
         if name_or_path.ends_with(".toml") || name_or_path.contains('/') {
             return Profile::from_file(as_path);
         }
-        if !name_or_path
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !name_or_path.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(ProfileError::Unknown(name_or_path.to_string()));
         }
         if let Some(dir) = std::env::var_os("DRAKE_PROFILES_DIR") {
@@ -206,10 +175,7 @@ impl Profile {
 
     pub fn from_file(path: &Path) -> Result<Profile, ProfileError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
-            file: file.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read { file: file.clone(), source })?;
         Profile::parse(&text, &file)
     }
 
@@ -220,13 +186,12 @@ impl Profile {
 
     /// Parses and validates profile text; `file` is only used in error messages.
     pub fn parse(text: &str, file: &str) -> Result<Profile, ProfileError> {
-        let err =
-            |span: std::ops::Range<usize>, key: &str, message: String| ProfileError::Invalid {
-                file: file.to_string(),
-                line: line_of(text, span.start),
-                key: key.to_string(),
-                message,
-            };
+        let err = |span: std::ops::Range<usize>, key: &str, message: String| ProfileError::Invalid {
+            file: file.to_string(),
+            line: line_of(text, span.start),
+            key: key.to_string(),
+            message,
+        };
         let raw: RawProfile = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             let key = key_at(text, span.start).unwrap_or_else(|| "(document)".into());
@@ -237,60 +202,31 @@ impl Profile {
             return Err(err(
                 raw.schema.span(),
                 "schema",
-                format!(
-                    "schema version {} is not supported (this build reads {SCHEMA_VERSION})",
-                    raw.schema.get_ref()
-                ),
+                format!("schema version {} is not supported (this build reads {SCHEMA_VERSION})", raw.schema.get_ref()),
             ));
         }
         let name = raw.name.get_ref().clone();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(err(
-                raw.name.span(),
-                "name",
-                "must be non-empty letters, digits, `-` or `_`".into(),
-            ));
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(err(raw.name.span(), "name", "must be non-empty letters, digits, `-` or `_`".into()));
         }
 
         let v = &raw.video;
         let (preset, cpu_used) = match v.codec {
             VideoCodec::H264 => {
                 if let Some(c) = &v.cpu_used {
-                    return Err(err(
-                        c.span(),
-                        "video.cpu_used",
-                        "only applies to codec = \"vp9\"".into(),
-                    ));
+                    return Err(err(c.span(), "video.cpu_used", "only applies to codec = \"vp9\"".into()));
                 }
-                let p = v
-                    .preset
-                    .as_ref()
-                    .ok_or_else(|| err(0..0, "video.preset", "required for h264".into()))?;
+                let p = v.preset.as_ref().ok_or_else(|| err(0..0, "video.preset", "required for h264".into()))?;
                 if !X264_PRESETS.contains(&p.get_ref().as_str()) {
-                    return Err(err(
-                        p.span(),
-                        "video.preset",
-                        format!("must be one of {}", X264_PRESETS.join(", ")),
-                    ));
+                    return Err(err(p.span(), "video.preset", format!("must be one of {}", X264_PRESETS.join(", "))));
                 }
                 (Some(p.get_ref().clone()), None)
             }
             VideoCodec::Vp9 => {
                 if let Some(p) = &v.preset {
-                    return Err(err(
-                        p.span(),
-                        "video.preset",
-                        "only applies to codec = \"h264\"".into(),
-                    ));
+                    return Err(err(p.span(), "video.preset", "only applies to codec = \"h264\"".into()));
                 }
-                let c = v
-                    .cpu_used
-                    .as_ref()
-                    .ok_or_else(|| err(0..0, "video.cpu_used", "required for vp9".into()))?;
+                let c = v.cpu_used.as_ref().ok_or_else(|| err(0..0, "video.cpu_used", "required for vp9".into()))?;
                 if *c.get_ref() > 8 {
                     return Err(err(c.span(), "video.cpu_used", "must be 0..=8".into()));
                 }
@@ -299,11 +235,7 @@ impl Profile {
         };
         let range = |s: &Spanned<f64>, key: &str, lo: f64, hi: f64| {
             let x = *s.get_ref();
-            if x.is_finite() && (lo..=hi).contains(&x) {
-                Ok(x)
-            } else {
-                Err(err(s.span(), key, format!("must be between {lo} and {hi}")))
-            }
+            if x.is_finite() && (lo..=hi).contains(&x) { Ok(x) } else { Err(err(s.span(), key, format!("must be between {lo} and {hi}"))) }
         };
         let gop_seconds = range(&v.gop_seconds, "video.gop_seconds", 0.5, 10.0)?;
         let segment_seconds = range(&v.segment_seconds, "video.segment_seconds", 1.0, 30.0)?;
@@ -319,70 +251,33 @@ impl Profile {
 
         let a = &raw.audio;
         if a.codec.get_ref() != "aac" {
-            return Err(err(
-                a.codec.span(),
-                "audio.codec",
-                "only \"aac\" is supported".into(),
-            ));
+            return Err(err(a.codec.span(), "audio.codec", "only \"aac\" is supported".into()));
         }
         if !(16..=512).contains(a.bitrate_kbps.get_ref()) {
-            return Err(err(
-                a.bitrate_kbps.span(),
-                "audio.bitrate_kbps",
-                "must be 16..=512".into(),
-            ));
+            return Err(err(a.bitrate_kbps.span(), "audio.bitrate_kbps", "must be 16..=512".into()));
         }
         if !(1..=2).contains(a.channels.get_ref()) {
-            return Err(err(
-                a.channels.span(),
-                "audio.channels",
-                "must be 1 or 2".into(),
-            ));
+            return Err(err(a.channels.span(), "audio.channels", "must be 1 or 2".into()));
         }
         if ![32000, 44100, 48000].contains(a.sample_rate.get_ref()) {
-            return Err(err(
-                a.sample_rate.span(),
-                "audio.sample_rate",
-                "must be 32000, 44100 or 48000".into(),
-            ));
+            return Err(err(a.sample_rate.span(), "audio.sample_rate", "must be 32000, 44100 or 48000".into()));
         }
 
         if raw.rendition.is_empty() || raw.rendition.len() > MAX_RUNGS {
-            return Err(err(
-                0..0,
-                "rendition",
-                format!("a profile needs 1..={MAX_RUNGS} [[rendition]] tables"),
-            ));
+            return Err(err(0..0, "rendition", format!("a profile needs 1..={MAX_RUNGS} [[rendition]] tables")));
         }
         let mut rungs = Vec::with_capacity(raw.rendition.len());
         for r in &raw.rendition {
             let rname = r.name.get_ref();
-            if rname.is_empty()
-                || rname == "audio"
-                || !rname
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(err(
-                    r.name.span(),
-                    "rendition.name",
-                    "must be letters, digits, `-` or `_`, and not `audio`".into(),
-                ));
+            if rname.is_empty() || rname == "audio" || !rname.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(err(r.name.span(), "rendition.name", "must be letters, digits, `-` or `_`, and not `audio`".into()));
             }
             if rungs.iter().any(|x: &Rung| &x.name == rname) {
-                return Err(err(
-                    r.name.span(),
-                    "rendition.name",
-                    format!("`{rname}` is used twice"),
-                ));
+                return Err(err(r.name.span(), "rendition.name", format!("`{rname}` is used twice")));
             }
             let h = *r.height.get_ref();
             if !(16..=MAX_RUNG_HEIGHT).contains(&h) || h % 2 != 0 {
-                return Err(err(
-                    r.height.span(),
-                    "rendition.height",
-                    format!("must be an even number in 16..={MAX_RUNG_HEIGHT}"),
-                ));
+                return Err(err(r.height.span(), "rendition.height", format!("must be an even number in 16..={MAX_RUNG_HEIGHT}")));
             }
             let kbps = |s: &Spanned<u32>, key: &str| {
                 if (50..=100_000).contains(s.get_ref()) {
@@ -397,60 +292,29 @@ impl Profile {
                 (Some(crf), None) => {
                     let max = if v.codec == VideoCodec::H264 { 51 } else { 63 };
                     if *crf.get_ref() > max {
-                        return Err(err(
-                            crf.span(),
-                            "rendition.crf",
-                            format!("must be 0..={max}"),
-                        ));
+                        return Err(err(crf.span(), "rendition.crf", format!("must be 0..={max}")));
                     }
-                    RateControl::CappedCrf {
-                        crf: *crf.get_ref(),
-                        maxrate,
-                        bufsize,
-                    }
+                    RateControl::CappedCrf { crf: *crf.get_ref(), maxrate, bufsize }
                 }
                 (None, Some(b)) => {
                     let bitrate = kbps(b, "rendition.bitrate_kbps")?;
                     if bitrate > maxrate {
-                        return Err(err(
-                            b.span(),
-                            "rendition.bitrate_kbps",
-                            "must not exceed maxrate_kbps".into(),
-                        ));
+                        return Err(err(b.span(), "rendition.bitrate_kbps", "must not exceed maxrate_kbps".into()));
                     }
-                    RateControl::Bitrate {
-                        bitrate,
-                        maxrate,
-                        bufsize,
-                    }
+                    RateControl::Bitrate { bitrate, maxrate, bufsize }
                 }
                 _ => {
-                    return Err(err(
-                        r.name.span(),
-                        "rendition",
-                        format!("`{rname}` needs exactly one of `crf` or `bitrate_kbps`"),
-                    ));
+                    return Err(err(r.name.span(), "rendition", format!("`{rname}` needs exactly one of `crf` or `bitrate_kbps`")));
                 }
             };
-            rungs.push(Rung {
-                name: rname.clone(),
-                height: h,
-                rate,
-            });
+            rungs.push(Rung { name: rname.clone(), height: h, rate });
         }
         rungs.sort_by_key(|r| r.height);
 
         Ok(Profile {
             name,
             description: raw.description,
-            video: VideoSettings {
-                codec: v.codec,
-                preset,
-                cpu_used,
-                gop_seconds,
-                segment_seconds,
-                max_frame_rate,
-            },
+            video: VideoSettings { codec: v.codec, preset, cpu_used, gop_seconds, segment_seconds, max_frame_rate },
             audio: AudioSettings {
                 bitrate: a.bitrate_kbps.get_ref() * 1000,
                 channels: *a.channels.get_ref(),
@@ -468,9 +332,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// The key written on the line holding `offset`, for errors raised by serde itself.
 fn key_at(text: &str, offset: usize) -> Option<String> {
-    let start = text[..offset.min(text.len())]
-        .rfind('\n')
-        .map_or(0, |i| i + 1);
+    let start = text[..offset.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
     let line = text[start..].lines().next()?;
     let key = line.split('=').next()?.trim();
     (!key.is_empty() && !key.starts_with('[')).then(|| key.to_string())

@@ -107,13 +107,6 @@ pub struct Storyboard {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ProgressLine {
-    Progress {
-        fraction: f64,
-        fps: f64,
-        frame: u64,
-        out_time: f64,
-    },
-    Done {
-        fraction: f64,
-    },
+    Progress { fraction: f64, fps: f64, frame: u64, out_time: f64 },
+    Done { fraction: f64 },
 }

@@ -12,60 +12,31 @@ pub fn drake_bin() -> &'static str {
 }
 
 pub fn drake(args: &[&str]) -> Output {
-    Command::new(drake_bin())
-        .args(args)
-        .output()
-        .expect("drake runs")
+    Command::new(drake_bin()).args(args).output().expect("drake runs")
 }
 
 /// Runs drake and returns stdout, failing the test with stderr on a non-zero exit.
 pub fn drake_ok(args: &[&str]) -> String {
     let out = drake(args);
-    assert!(
-        out.status.success(),
-        "drake {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "drake {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
 /// Runs the ffmpeg CLI (tests only; the product never does).
 pub fn ffmpeg(args: &[&str]) {
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .output()
-        .expect("ffmpeg is installed");
-    assert!(
-        out.status.success(),
-        "ffmpeg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-y"]).args(args).output().expect("ffmpeg is installed");
+    assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 pub fn ffprobe(args: &[&str]) -> Value {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-of", "json"])
-        .args(args)
-        .output()
-        .expect("ffprobe is installed");
-    assert!(
-        out.status.success(),
-        "ffprobe {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("ffprobe").args(["-v", "error", "-of", "json"]).args(args).output().expect("ffprobe is installed");
+    assert!(out.status.success(), "ffprobe {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("ffprobe json")
 }
 
 /// Video packets of a file: (pts_time, pos, size, is_key).
 pub fn video_packets(path: &Path) -> Vec<(f64, u64, u64, bool)> {
-    let v = ffprobe(&[
-        "-select_streams",
-        "v:0",
-        "-show_entries",
-        "packet=pts_time,pos,size,flags",
-        path.to_str().unwrap(),
-    ]);
+    let v = ffprobe(&["-select_streams", "v:0", "-show_entries", "packet=pts_time,pos,size,flags", path.to_str().unwrap()]);
     v["packets"]
         .as_array()
         .unwrap()
@@ -83,18 +54,11 @@ pub fn video_packets(path: &Path) -> Vec<(f64, u64, u64, bool)> {
 }
 
 pub fn streams(path: &Path) -> Vec<Value> {
-    ffprobe(&["-show_streams", "-show_format", path.to_str().unwrap()])["streams"]
-        .as_array()
-        .unwrap()
-        .clone()
+    ffprobe(&["-show_streams", "-show_format", path.to_str().unwrap()])["streams"].as_array().unwrap().clone()
 }
 
 pub fn format_duration(path: &Path) -> f64 {
-    ffprobe(&["-show_format", path.to_str().unwrap()])["format"]["duration"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
+    ffprobe(&["-show_format", path.to_str().unwrap()])["format"]["duration"].as_str().unwrap().parse().unwrap()
 }
 
 pub struct Dir {
@@ -103,9 +67,7 @@ pub struct Dir {
 
 impl Dir {
     pub fn new() -> Dir {
-        Dir {
-            tmp: tempfile::tempdir().expect("tempdir"),
-        }
+        Dir { tmp: tempfile::tempdir().expect("tempdir") }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -119,40 +81,16 @@ impl Dir {
 
 /// Transcodes one rendition and returns its directory and parsed rendition.json.
 pub fn transcode(input: &str, profile: &str, rendition: &str, out: &Path) -> Value {
-    drake_ok(&[
-        "transcode",
-        input,
-        "--profile",
-        profile,
-        "--rendition",
-        rendition,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    drake_ok(&["transcode", input, "--profile", profile, "--rendition", rendition, "--out", out.to_str().unwrap()]);
     serde_json::from_slice(&std::fs::read(out.join("rendition.json")).unwrap()).unwrap()
 }
 
 /// Decodes the first frame of a video to 8-bit grey: (width, height, pixels).
 pub fn first_frame_grey(path: &Path) -> (u32, u32, Vec<u8>) {
     let s = &streams(path)[0];
-    let (w, h) = (
-        s["width"].as_u64().unwrap() as u32,
-        s["height"].as_u64().unwrap() as u32,
-    );
+    let (w, h) = (s["width"].as_u64().unwrap() as u32, s["height"].as_u64().unwrap() as u32);
     let out = Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-i",
-            path.to_str().unwrap(),
-            "-frames:v",
-            "1",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "gray",
-            "-",
-        ])
+        .args(["-v", "error", "-i", path.to_str().unwrap(), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "gray", "-"])
         .output()
         .unwrap();
     assert_eq!(out.stdout.len(), (w * h) as usize);
@@ -163,25 +101,10 @@ pub fn first_frame_grey(path: &Path) -> (u32, u32, Vec<u8>) {
 pub fn audio_samples(path: &Path, channels: u32) -> Vec<f32> {
     let ac = channels.to_string();
     let out = Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-i",
-            path.to_str().unwrap(),
-            "-f",
-            "f32le",
-            "-ac",
-            &ac,
-            "-ar",
-            "48000",
-            "-",
-        ])
+        .args(["-v", "error", "-i", path.to_str().unwrap(), "-f", "f32le", "-ac", &ac, "-ar", "48000", "-"])
         .output()
         .unwrap();
-    out.stdout
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
+    out.stdout.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
 }
 
 pub fn rms(samples: impl Iterator<Item = f32>) -> f64 {
@@ -228,25 +151,14 @@ impl RangeServer {
                             }
                             if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
                                 let (a, b) = v.trim().split_once('-').unwrap();
-                                range =
-                                    Some((a.parse::<u64>().unwrap_or(0), b.parse::<u64>().ok()));
+                                range = Some((a.parse::<u64>().unwrap_or(0), b.parse::<u64>().ok()));
                             }
                         }
-                        let path = request
-                            .split_whitespace()
-                            .nth(1)
-                            .unwrap_or("/")
-                            .trim_start_matches('/')
-                            .to_string();
+                        let path = request.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
                         let file = root.join(&path);
-                        let opened = if path.contains("..") || path.is_empty() {
-                            None
-                        } else {
-                            std::fs::File::open(&file).ok()
-                        };
+                        let opened = if path.contains("..") || path.is_empty() { None } else { std::fs::File::open(&file).ok() };
                         let Some(mut f) = opened else {
-                            let _ = conn
-                                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                            let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
                             continue;
                         };
                         let len = f.metadata().unwrap().len();
@@ -272,9 +184,6 @@ impl RangeServer {
                 });
             }
         });
-        RangeServer {
-            url,
-            range_requests: counter,
-        }
+        RangeServer { url, range_requests: counter }
     }
 }

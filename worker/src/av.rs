@@ -16,7 +16,8 @@ pub fn is_url(input: &str) -> bool {
 /// Demuxers Drake accepts: real audio and video containers. Leaving out playlist and
 /// text demuxers (hls, concat, tty, bin...) keeps libav from following references
 /// inside an upload or rendering a text file as "video".
-pub const FORMAT_WHITELIST: &str = "mov,matroska,mpegts,avi,flv,mpeg,mpegvideo,m4v,h264,hevc,ivf,mxf,dv,asf,ogg,wav,w64,mp3,aac,flac,aiff,caf,amr,gif,yuv4mpegpipe";
+pub const FORMAT_WHITELIST: &str =
+    "mov,matroska,mpegts,avi,flv,mpeg,mpegvideo,m4v,h264,hevc,ivf,mxf,dv,asf,ogg,wav,w64,mp3,aac,flac,aiff,caf,amr,gif,yuv4mpegpipe";
 
 /// Opens an input. Only `file` (for paths) or `http(s)` (for URLs) protocols are
 /// allowed, so a crafted name such as `concat:` or a playlist pointing elsewhere
@@ -34,8 +35,7 @@ pub fn open_input(input: &str) -> Result<ff::format::context::Input> {
         }
         input.to_string()
     } else {
-        let meta = std::fs::metadata(input)
-            .map_err(|e| EngineError::bad(format!("cannot read {input}: {e}")))?;
+        let meta = std::fs::metadata(input).map_err(|e| EngineError::bad(format!("cannot read {input}: {e}")))?;
         if !meta.is_file() {
             return Err(EngineError::bad(format!("{input} is not a file")));
         }
@@ -53,17 +53,11 @@ pub fn open_input(input: &str) -> Result<ff::format::context::Input> {
 fn open_error(input: &str, e: ff::Error) -> EngineError {
     use ff::Error as E;
     match e {
-        E::HttpNotFound
-        | E::HttpForbidden
-        | E::HttpUnauthorized
-        | E::HttpBadRequest
-        | E::HttpOther4xx => EngineError::bad(format!("cannot fetch {input}: {e}")),
-        E::HttpServerError | E::Exit | E::Other { .. } if is_url(input) => {
-            EngineError::internal(format!("cannot fetch {input}"), e)
+        E::HttpNotFound | E::HttpForbidden | E::HttpUnauthorized | E::HttpBadRequest | E::HttpOther4xx => {
+            EngineError::bad(format!("cannot fetch {input}: {e}"))
         }
-        E::InvalidData => {
-            EngineError::bad("not a media file libav can read (unrecognised or corrupt container)")
-        }
+        E::HttpServerError | E::Exit | E::Other { .. } if is_url(input) => EngineError::internal(format!("cannot fetch {input}"), e),
+        E::InvalidData => EngineError::bad("not a media file libav can read (unrecognised or corrupt container)"),
         other => EngineError::bad(format!("cannot open as media: {other}")),
     }
 }
@@ -76,11 +70,7 @@ pub fn params<'a>(stream: &'a ff::format::stream::Stream<'_>) -> &'a ffi::AVCode
 
 pub fn codec_name(id: ffi::AVCodecID) -> String {
     // SAFETY: avcodec_get_name returns a static string for every id.
-    unsafe {
-        CStr::from_ptr(ffi::avcodec_get_name(id))
-            .to_string_lossy()
-            .into_owned()
-    }
+    unsafe { CStr::from_ptr(ffi::avcodec_get_name(id)).to_string_lossy().into_owned() }
 }
 
 pub fn pix_fmt_name(fmt: i32) -> String {
@@ -90,11 +80,7 @@ pub fn pix_fmt_name(fmt: i32) -> String {
     // SAFETY: fmt is an AVPixelFormat value from libav; a null name means unknown.
     unsafe {
         let p = ffi::av_get_pix_fmt_name(std::mem::transmute::<i32, ffi::AVPixelFormat>(fmt));
-        if p.is_null() {
-            "unknown".into()
-        } else {
-            CStr::from_ptr(p).to_string_lossy().into_owned()
-        }
+        if p.is_null() { "unknown".into() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
     }
 }
 
@@ -106,11 +92,7 @@ pub fn bit_depth(fmt: i32) -> u32 {
     // SAFETY: av_pix_fmt_desc_get returns null or a static descriptor.
     unsafe {
         let d = ffi::av_pix_fmt_desc_get(std::mem::transmute::<i32, ffi::AVPixelFormat>(fmt));
-        if d.is_null() {
-            8
-        } else {
-            (*d).comp[0].depth as u32
-        }
+        if d.is_null() { 8 } else { (*d).comp[0].depth as u32 }
     }
 }
 
@@ -151,10 +133,7 @@ pub fn flush_fragment(octx: &mut ff::format::context::Output) -> Result<()> {
         (a, b)
     };
     if a < 0 || b < 0 {
-        return Err(EngineError::internal(
-            "flushing an fMP4 fragment",
-            ff::Error::from(a.min(b)),
-        ));
+        return Err(EngineError::internal("flushing an fMP4 fragment", ff::Error::from(a.min(b))));
     }
     Ok(())
 }
@@ -171,17 +150,9 @@ pub fn video_decoder(ist: &ff::format::stream::Stream) -> Result<ff::decoder::Vi
     let codec_id = params(ist).codec_id;
     let mut dctx = ff::codec::context::Context::from_parameters(ist.parameters())
         .map_err(|e| EngineError::internal("reading decoder parameters", e))?;
-    dctx.set_threading(ff::codec::threading::Config {
-        kind: ff::codec::threading::Type::Frame,
-        count: 0,
-        ..Default::default()
-    });
-    let mut decoder = dctx.decoder().video().map_err(|e| {
-        EngineError::bad(format!(
-            "unsupported video codec {}: {e}",
-            codec_name(codec_id)
-        ))
-    })?;
+    dctx.set_threading(ff::codec::threading::Config { kind: ff::codec::threading::Type::Frame, count: 0, ..Default::default() });
+    let mut decoder =
+        dctx.decoder().video().map_err(|e| EngineError::bad(format!("unsupported video codec {}: {e}", codec_name(codec_id))))?;
     decoder.set_packet_time_base(ist.time_base());
     Ok(decoder)
 }
@@ -190,9 +161,5 @@ pub fn video_decoder(ist: &ff::format::stream::Stream) -> Result<ff::decoder::Vi
 pub fn start_seconds(ictx: &ff::format::context::Input) -> f64 {
     // SAFETY: start_time is a plain field of the open input context.
     let start_time = unsafe { (*ictx.as_ptr()).start_time };
-    if start_time != ffi::AV_NOPTS_VALUE {
-        start_time as f64 / 1e6
-    } else {
-        0.0
-    }
+    if start_time != ffi::AV_NOPTS_VALUE { start_time as f64 / 1e6 } else { 0.0 }
 }

@@ -6,9 +6,7 @@ pub fn avc1(extradata: &[u8]) -> Option<String> {
         &extradata[1..4]
     } else {
         // Annex B: find a start code followed by an SPS NAL (type 7).
-        let at = extradata
-            .windows(4)
-            .position(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 7)?;
+        let at = extradata.windows(4).position(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 7)?;
         extradata.get(at + 4..at + 7)?
     };
     Some(format!("avc1.{:02x}{:02x}{:02x}", sps[0], sps[1], sps[2]))
@@ -35,10 +33,7 @@ pub fn vp09(width: u32, height: u32, fps: f64) -> String {
     ];
     let pixels = width as u64 * height as u64;
     let rate = pixels as f64 * fps;
-    let level = LEVELS
-        .iter()
-        .find(|(_, p, r)| pixels <= *p && rate <= *r)
-        .map_or(62, |l| l.0);
+    let level = LEVELS.iter().find(|(_, p, r)| pixels <= *p && rate <= *r).map_or(62, |l| l.0);
     format!("vp09.00.{level}.08")
 }
 
@@ -48,14 +43,8 @@ mod tests {
 
     #[test]
     fn strings() {
-        assert_eq!(
-            avc1(&[0, 0, 0, 1, 0x67, 0x64, 0x00, 0x1f, 0xac]).as_deref(),
-            Some("avc1.64001f")
-        );
-        assert_eq!(
-            avc1(&[1, 0x64, 0x00, 0x28, 0xff]).as_deref(),
-            Some("avc1.640028")
-        );
+        assert_eq!(avc1(&[0, 0, 0, 1, 0x67, 0x64, 0x00, 0x1f, 0xac]).as_deref(), Some("avc1.64001f"));
+        assert_eq!(avc1(&[1, 0x64, 0x00, 0x28, 0xff]).as_deref(), Some("avc1.640028"));
         assert_eq!(avc1(&[0, 0, 1, 0x68]), None);
         assert_eq!(vp09(1280, 720, 30.0), "vp09.00.31.08");
         assert_eq!(vp09(1920, 1080, 30.0), "vp09.00.40.08");

@@ -24,14 +24,8 @@ impl EngineError {
         EngineError::BadInput(reason.into())
     }
 
-    pub fn internal(
-        context: impl Into<String>,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        EngineError::Internal {
-            context: context.into(),
-            source: source.into(),
-        }
+    pub fn internal(context: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        EngineError::Internal { context: context.into(), source: source.into() }
     }
 
     pub fn is_retryable(&self) -> bool {

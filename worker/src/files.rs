@@ -20,11 +20,7 @@ impl Staging {
         let dir = out.join(format!(".staging-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir(&dir).ctx(|| format!("creating {}", dir.display()))?;
-        Ok(Staging {
-            dir,
-            out: out.to_path_buf(),
-            committed: false,
-        })
+        Ok(Staging { dir, out: out.to_path_buf(), committed: false })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -46,8 +42,7 @@ impl Staging {
         names.sort();
         names.push(last.to_string());
         for n in names {
-            std::fs::rename(self.dir.join(&n), self.out.join(&n))
-                .ctx(|| format!("publishing {n}"))?;
+            std::fs::rename(self.dir.join(&n), self.out.join(&n)).ctx(|| format!("publishing {n}"))?;
         }
         self.committed = true;
         let _ = std::fs::remove_dir(&self.dir);
@@ -70,20 +65,14 @@ pub fn sum_file(path: &Path, name: &str) -> Result<FileSum> {
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {
-        let n = f
-            .read(&mut buf)
-            .ctx(|| format!("reading {}", path.display()))?;
+        let n = f.read(&mut buf).ctx(|| format!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }
         size += n as u64;
         h.update(&buf[..n]);
     }
-    Ok(FileSum {
-        path: name.to_string(),
-        size,
-        sha256: hex::encode(h.finalize()),
-    })
+    Ok(FileSum { path: name.to_string(), size, sha256: hex::encode(h.finalize()) })
 }
 
 /// Writes JSON with a trailing newline.

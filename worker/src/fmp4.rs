@@ -33,10 +33,7 @@ pub fn boxes(data: &[u8], range: Range<usize>) -> Result<Vec<BoxRef>, Fmp4Error>
     let mut at = range.start;
     while at < range.end {
         let (kind, size) = box_header(&data[at..range.end.min(at + 16)], (range.end - at) as u64)?;
-        out.push(BoxRef {
-            kind,
-            range: (at as u64, at as u64 + size),
-        });
+        out.push(BoxRef { kind, range: (at as u64, at as u64 + size) });
         at += size as usize;
     }
     Ok(out)
@@ -72,10 +69,7 @@ pub fn layout_file(path: &std::path::Path, track_id: u32) -> std::io::Result<Lay
         let n = (len - at).min(16) as usize;
         f.read_exact(&mut header[..n])?;
         let (kind, size) = box_header(&header[..n], len - at).map_err(std::io::Error::other)?;
-        top.push(BoxRef {
-            kind,
-            range: (at, at + size),
-        });
+        top.push(BoxRef { kind, range: (at, at + size) });
         at += size;
     }
     let mut moofs = std::collections::HashMap::new();
@@ -87,14 +81,7 @@ pub fn layout_file(path: &std::path::Path, track_id: u32) -> std::io::Result<Lay
     }
     assemble(&top, |moof| {
         let buf = &moofs[&moof.range.0];
-        first_sample(
-            buf,
-            &BoxRef {
-                kind: moof.kind,
-                range: (0, buf.len() as u64),
-            },
-            track_id,
-        )
+        first_sample(buf, &BoxRef { kind: moof.kind, range: (0, buf.len() as u64) }, track_id)
     })
     .map_err(std::io::Error::other)
 }
@@ -102,10 +89,7 @@ pub fn layout_file(path: &std::path::Path, track_id: u32) -> std::io::Result<Lay
 /// Type and total size of the box whose header starts `header`; `left` bytes remain in the file.
 fn box_header(header: &[u8], left: u64) -> Result<([u8; 4], u64), Fmp4Error> {
     if header.len() < 8 {
-        return Err(Fmp4Error::Malformed(format!(
-            "{} stray bytes at the end",
-            header.len()
-        )));
+        return Err(Fmp4Error::Malformed(format!("{} stray bytes at the end", header.len())));
     }
     let size32 = u32::from_be_bytes(header[0..4].try_into().unwrap()) as u64;
     let kind: [u8; 4] = header[4..8].try_into().unwrap();
@@ -115,10 +99,7 @@ fn box_header(header: &[u8], left: u64) -> Result<([u8; 4], u64), Fmp4Error> {
         s => s,
     };
     if size < 8 || size > left {
-        return Err(Fmp4Error::Malformed(format!(
-            "box {} has bad size {size}",
-            String::from_utf8_lossy(&kind)
-        )));
+        return Err(Fmp4Error::Malformed(format!("box {} has bad size {size}", String::from_utf8_lossy(&kind))));
     }
     Ok((kind, size))
 }
@@ -130,14 +111,8 @@ pub fn layout(data: &[u8], track_id: u32) -> Result<Layout, Fmp4Error> {
 
 /// Pairs each `moof` with its `mdat`; `sample` gives the first sample's (offset from
 /// the moof, size).
-fn assemble(
-    top: &[BoxRef],
-    mut sample: impl FnMut(&BoxRef) -> Result<(u64, u64), Fmp4Error>,
-) -> Result<Layout, Fmp4Error> {
-    let moov = top
-        .iter()
-        .position(|b| &b.kind == b"moov")
-        .ok_or_else(|| Fmp4Error::Malformed("no moov".into()))?;
+fn assemble(top: &[BoxRef], mut sample: impl FnMut(&BoxRef) -> Result<(u64, u64), Fmp4Error>) -> Result<Layout, Fmp4Error> {
+    let moov = top.iter().position(|b| &b.kind == b"moov").ok_or_else(|| Fmp4Error::Malformed("no moov".into()))?;
     let init = (0, top[moov].range.1);
     let mut fragments = Vec::new();
     let mut i = moov + 1;
@@ -148,22 +123,13 @@ fn assemble(
                 let mdat = top
                     .get(i + 1)
                     .filter(|m| &m.kind == b"mdat")
-                    .ok_or_else(|| {
-                        Fmp4Error::Malformed(format!("moof at {} has no mdat after it", b.range.0))
-                    })?;
+                    .ok_or_else(|| Fmp4Error::Malformed(format!("moof at {} has no mdat after it", b.range.0)))?;
                 let (offset, size) = sample(&b)?;
                 let start = b.range.0 + offset;
                 if start < mdat.range.0 || start + size > mdat.range.1 {
-                    return Err(Fmp4Error::Malformed(format!(
-                        "sample of moof at {} lies outside its mdat",
-                        b.range.0
-                    )));
+                    return Err(Fmp4Error::Malformed(format!("sample of moof at {} lies outside its mdat", b.range.0)));
                 }
-                fragments.push(Fragment {
-                    moof: b.range,
-                    mdat: mdat.range,
-                    first_sample: (start, start + size),
-                });
+                fragments.push(Fragment { moof: b.range, mdat: mdat.range, first_sample: (start, start + size) });
                 i += 2;
             }
             // Index and trailer boxes (sidx, mfra) are not part of any segment.
@@ -174,24 +140,16 @@ fn assemble(
 }
 
 fn be32(d: &[u8], at: usize) -> Result<u32, Fmp4Error> {
-    d.get(at..at + 4)
-        .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
-        .ok_or_else(|| Fmp4Error::Malformed("short box".into()))
+    d.get(at..at + 4).map(|b| u32::from_be_bytes(b.try_into().unwrap())).ok_or_else(|| Fmp4Error::Malformed("short box".into()))
 }
 
 /// Offset (relative to the moof start, as with `default-base-is-moof`) and size of
 /// the first sample of `track_id` in this fragment.
 fn first_sample(data: &[u8], moof: &BoxRef, track_id: u32) -> Result<(u64, u64), Fmp4Error> {
     let r = moof.bytes();
-    for traf in boxes(data, r.start + 8..r.end)?
-        .iter()
-        .filter(|b| &b.kind == b"traf")
-    {
+    for traf in boxes(data, r.start + 8..r.end)?.iter().filter(|b| &b.kind == b"traf") {
         let children = boxes(data, traf.bytes().start + 8..traf.bytes().end)?;
-        let tfhd = children
-            .iter()
-            .find(|b| &b.kind == b"tfhd")
-            .ok_or_else(|| Fmp4Error::Malformed("traf without tfhd".into()))?;
+        let tfhd = children.iter().find(|b| &b.kind == b"tfhd").ok_or_else(|| Fmp4Error::Malformed("traf without tfhd".into()))?;
         let t = tfhd.range.0 as usize + 8;
         let flags = be32(data, t)? & 0x00ff_ffff;
         if be32(data, t + 4)? != track_id {
@@ -209,15 +167,8 @@ fn first_sample(data: &[u8], moof: &BoxRef, track_id: u32) -> Result<(u64, u64),
         if flags & 0x8 != 0 {
             at += 4;
         }
-        let default_size = if flags & 0x10 != 0 {
-            Some(be32(data, at)?)
-        } else {
-            None
-        };
-        let trun = children
-            .iter()
-            .find(|b| &b.kind == b"trun")
-            .ok_or_else(|| Fmp4Error::Malformed("traf without trun".into()))?;
+        let default_size = if flags & 0x10 != 0 { Some(be32(data, at)?) } else { None };
+        let trun = children.iter().find(|b| &b.kind == b"trun").ok_or_else(|| Fmp4Error::Malformed("traf without trun".into()))?;
         let t = trun.range.0 as usize + 8;
         let flags = be32(data, t)? & 0x00ff_ffff;
         if be32(data, t + 4)? == 0 {
@@ -237,20 +188,14 @@ fn first_sample(data: &[u8], moof: &BoxRef, track_id: u32) -> Result<(u64, u64),
         if flags & 0x100 != 0 {
             at += 4;
         }
-        let size = if flags & 0x200 != 0 {
-            be32(data, at)?
-        } else {
-            default_size.ok_or_else(|| Fmp4Error::Malformed("no sample size".into()))?
-        };
+        let size =
+            if flags & 0x200 != 0 { be32(data, at)? } else { default_size.ok_or_else(|| Fmp4Error::Malformed("no sample size".into()))? };
         if data_offset < 0 {
             return Err(Fmp4Error::Malformed("negative data offset".into()));
         }
         return Ok((data_offset as u64, size as u64));
     }
-    Err(Fmp4Error::Malformed(format!(
-        "moof at {} has no track {track_id}",
-        moof.range.0
-    )))
+    Err(Fmp4Error::Malformed(format!("moof at {} has no track {track_id}", moof.range.0)))
 }
 
 /// One HLS media segment: which fragments it holds and when it starts.
@@ -281,12 +226,7 @@ pub fn group(times: &[f64], end: f64, target: f64) -> Vec<(Range<usize>, f64, f6
 
 /// The HLS media playlist for fMP4 segments.
 pub fn media_playlist(init: &str, segments: &[Segment]) -> String {
-    let target = segments
-        .iter()
-        .map(|s| s.duration.round() as u64)
-        .max()
-        .unwrap_or(1)
-        .max(1);
+    let target = segments.iter().map(|s| s.duration.round() as u64).max().unwrap_or(1).max(1);
     let mut m = String::new();
     let _ = write!(
         m,
@@ -311,23 +251,14 @@ pub struct IFrame {
 /// RFC 8216 4.3.3.6 I-frame playlist: each byte range covers the fragment's `moof`,
 /// the `mdat` header and the keyframe sample, so it can be fetched and decoded alone.
 pub fn iframe_playlist(init: &str, iframes: &[IFrame]) -> String {
-    let target = iframes
-        .iter()
-        .map(|f| f.duration.ceil() as u64)
-        .max()
-        .unwrap_or(1)
-        .max(1);
+    let target = iframes.iter().map(|f| f.duration.ceil() as u64).max().unwrap_or(1).max(1);
     let mut m = String::new();
     let _ = write!(
         m,
         "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-I-FRAMES-ONLY\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-MAP:URI=\"{init}\"\n"
     );
     for f in iframes {
-        let _ = write!(
-            m,
-            "#EXTINF:{:.6},\n#EXT-X-BYTERANGE:{}@{}\n{}\n",
-            f.duration, f.length, f.offset, f.file
-        );
+        let _ = write!(m, "#EXTINF:{:.6},\n#EXT-X-BYTERANGE:{}@{}\n{}\n", f.duration, f.length, f.offset, f.file);
     }
     m.push_str("#EXT-X-ENDLIST\n");
     m

@@ -10,8 +10,7 @@
 use crate::publish::{Dav, PublishError};
 use proto::report::{FileSum, ProgressLine};
 use proto::wire::{
-    Capabilities, Complete, Fail, Heartbeat, HeartbeatReply, LeaseRequest, RegisterRequest,
-    RegisterResponse, TaskKind, TaskLease,
+    Capabilities, Complete, Fail, Heartbeat, HeartbeatReply, LeaseRequest, RegisterRequest, RegisterResponse, TaskKind, TaskLease,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,25 +42,13 @@ pub enum NodeError {
 
 /// Encoders this machine's libav has, of those a profile can ask for.
 pub fn capabilities(tags: Vec<String>) -> Capabilities {
-    let encoders = [
-        "libx264",
-        "libx265",
-        "libvpx-vp9",
-        "libsvtav1",
-        "libaom-av1",
-        "aac",
-        "libopus",
-    ]
-    .into_iter()
-    .filter(|n| ffmpeg_next::encoder::find_by_name(n).is_some())
-    .map(String::from)
-    .collect();
+    let encoders = ["libx264", "libx265", "libvpx-vp9", "libsvtav1", "libaom-av1", "aac", "libopus"]
+        .into_iter()
+        .filter(|n| ffmpeg_next::encoder::find_by_name(n).is_some())
+        .map(String::from)
+        .collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    Capabilities {
-        encoders,
-        cores,
-        tags,
-    }
+    Capabilities { encoders, cores, tags }
 }
 
 struct Node {
@@ -74,19 +61,12 @@ struct Node {
     drain: tokio::sync::Notify,
 }
 
-pub async fn run(
-    cfg: NodeConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), NodeError> {
-    std::fs::create_dir_all(&cfg.scratch)
-        .map_err(|e| NodeError::Scratch(cfg.scratch.clone(), e))?;
+pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+    std::fs::create_dir_all(&cfg.scratch).map_err(|e| NodeError::Scratch(cfg.scratch.clone(), e))?;
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .build()
-        .map_err(|e| NodeError::Register {
-            url: cfg.coordinator.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| NodeError::Register { url: cfg.coordinator.clone(), message: e.to_string() })?;
     let (token, heartbeat) = if cfg.token.starts_with("drk_worker_") {
         (cfg.token.clone(), Duration::from_secs(5))
     } else {
@@ -94,14 +74,7 @@ pub async fn run(
         println!("drake worker {} registered as {}", cfg.name, reg.worker_id);
         (reg.token, Duration::from_secs(reg.heartbeat_seconds.max(1)))
     };
-    let node = Arc::new(Node {
-        cfg,
-        http,
-        token,
-        heartbeat,
-        draining: AtomicBool::new(false),
-        drain: tokio::sync::Notify::new(),
-    });
+    let node = Arc::new(Node { cfg, http, token, heartbeat, draining: AtomicBool::new(false), drain: tokio::sync::Notify::new() });
     {
         let node = node.clone();
         tokio::spawn(async move {
@@ -117,10 +90,7 @@ pub async fn run(
         let free = slots.available_permits() as u32;
         if node.draining.load(Ordering::SeqCst) {
             // Wait for every running task, then stop.
-            let _all = slots
-                .acquire_many(node.cfg.slots)
-                .await
-                .expect("semaphore open");
+            let _all = slots.acquire_many(node.cfg.slots).await.expect("semaphore open");
             return Ok(());
         }
         if free == 0 {
@@ -171,23 +141,11 @@ async fn register(http: &reqwest::Client, cfg: &NodeConfig) -> Result<RegisterRe
         slots: cfg.slots,
         capabilities: capabilities(cfg.tags.clone()),
     };
-    let err = |message: String| NodeError::Register {
-        url: url.clone(),
-        message,
-    };
-    let resp = http
-        .post(&url)
-        .bearer_auth(&cfg.token)
-        .json(&req)
-        .send()
-        .await
-        .map_err(|e| err(e.to_string()))?;
+    let err = |message: String| NodeError::Register { url: url.clone(), message };
+    let resp = http.post(&url).bearer_auth(&cfg.token).json(&req).send().await.map_err(|e| err(e.to_string()))?;
     if !resp.status().is_success() {
         let status = resp.status();
-        return Err(err(format!(
-            "HTTP {status}: {}",
-            resp.text().await.unwrap_or_default()
-        )));
+        return Err(err(format!("HTTP {status}: {}", resp.text().await.unwrap_or_default())));
     }
     resp.json().await.map_err(|e| err(e.to_string()))
 }
@@ -206,12 +164,7 @@ enum Outcome {
 
 impl Node {
     async fn lease(&self, free: u32) -> Result<Option<TaskLease>, String> {
-        let req = LeaseRequest {
-            version: proto::WIRE_VERSION,
-            free_slots: free,
-            wait_seconds: 20,
-            draining: false,
-        };
+        let req = LeaseRequest { version: proto::WIRE_VERSION, free_slots: free, wait_seconds: 20, draining: false };
         let resp = self
             .http
             .post(format!("{}/api/v1/workers/lease", self.cfg.coordinator))
@@ -224,18 +177,12 @@ impl Node {
         match resp.status().as_u16() {
             200 => resp.json().await.map(Some).map_err(|e| e.to_string()),
             204 => Ok(None),
-            s => Err(format!(
-                "HTTP {s}: {}",
-                resp.text().await.unwrap_or_default()
-            )),
+            s => Err(format!("HTTP {s}: {}", resp.text().await.unwrap_or_default())),
         }
     }
 
     async fn run_task(self: Arc<Self>, lease: TaskLease) {
-        let dir = self
-            .cfg
-            .scratch
-            .join(format!("{}-{}", lease.task_id, lease.epoch));
+        let dir = self.cfg.scratch.join(format!("{}-{}", lease.task_id, lease.epoch));
         let _ = tokio::fs::remove_dir_all(&dir).await;
         let outcome = self.execute(&lease, &dir).await;
         let result = match outcome {
@@ -246,32 +193,13 @@ impl Node {
                     self.post(
                         &lease,
                         "fail",
-                        &Fail {
-                            epoch: lease.epoch,
-                            error: format!("publishing outputs: {e}"),
-                            retryable: true,
-                            log_tail: String::new(),
-                        },
+                        &Fail { epoch: lease.epoch, error: format!("publishing outputs: {e}"), retryable: true, log_tail: String::new() },
                     )
                     .await
                 }
             },
-            Outcome::Failed {
-                error,
-                retryable,
-                log_tail,
-            } => {
-                self.post(
-                    &lease,
-                    "fail",
-                    &Fail {
-                        epoch: lease.epoch,
-                        error,
-                        retryable,
-                        log_tail,
-                    },
-                )
-                .await
+            Outcome::Failed { error, retryable, log_tail } => {
+                self.post(&lease, "fail", &Fail { epoch: lease.epoch, error, retryable, log_tail }).await
             }
             Outcome::Abandoned => Ok(()),
         };
@@ -282,45 +210,17 @@ impl Node {
         let _ = tokio::fs::remove_dir_all(&dir).await;
     }
 
-    async fn post<T: serde::Serialize>(
-        &self,
-        lease: &TaskLease,
-        what: &str,
-        body: &T,
-    ) -> Result<(), String> {
-        let url = format!(
-            "{}/api/v1/tasks/{}/{what}",
-            self.cfg.coordinator, lease.task_id
-        );
-        let resp = self
-            .http
-            .post(url)
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "HTTP {}: {}",
-                resp.status(),
-                resp.text().await.unwrap_or_default()
-            ))
-        }
+    async fn post<T: serde::Serialize>(&self, lease: &TaskLease, what: &str, body: &T) -> Result<(), String> {
+        let url = format!("{}/api/v1/tasks/{}/{what}", self.cfg.coordinator, lease.task_id);
+        let resp = self.http.post(url).bearer_auth(&self.token).json(body).send().await.map_err(|e| e.to_string())?;
+        if resp.status().is_success() { Ok(()) } else { Err(format!("HTTP {}: {}", resp.status(), resp.text().await.unwrap_or_default())) }
     }
 
     /// Runs the child, relaying progress as heartbeats, until it exits, times out,
     /// or the task is canceled or its lease lost.
     async fn execute(&self, lease: &TaskLease, dir: &Path) -> Outcome {
-        let on_coordinator =
-            !(lease.source.starts_with("http://") || lease.source.starts_with("https://"));
-        let source = if on_coordinator {
-            format!("{}/dav/{}", self.cfg.coordinator, lease.source)
-        } else {
-            lease.source.clone()
-        };
+        let on_coordinator = !(lease.source.starts_with("http://") || lease.source.starts_with("https://"));
+        let source = if on_coordinator { format!("{}/dav/{}", self.cfg.coordinator, lease.source) } else { lease.source.clone() };
         let mut cmd = tokio::process::Command::new(&self.cfg.drake_exe);
         match lease.kind {
             TaskKind::Transcode => {
@@ -340,10 +240,7 @@ impl Node {
             // Our own credential only ever goes to our own coordinator.
             cmd.env("DRAKE_HTTP_BEARER", &self.token);
         }
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
+        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -384,11 +281,7 @@ impl Node {
             let _ = stderr.read_to_end(&mut buf).await;
             let text = String::from_utf8_lossy(&buf).into_owned();
             let start = text.len().saturating_sub(8000);
-            text[text
-                .char_indices()
-                .find(|(i, _)| *i >= start)
-                .map_or(0, |(i, _)| i)..]
-                .to_string()
+            text[text.char_indices().find(|(i, _)| *i >= start).map_or(0, |(i, _)| i)..].to_string()
         });
         let kill = |pid: Option<u32>| {
             if let Some(pid) = pid {
@@ -396,8 +289,7 @@ impl Node {
                 unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
             }
         };
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_secs(lease.timeout_seconds.max(1));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(lease.timeout_seconds.max(1));
         let mut tick = tokio::time::interval(self.heartbeat);
         let status = loop {
             tokio::select! {
@@ -419,60 +311,33 @@ impl Node {
         };
         let _ = reader.await;
         let log_tail = stderr_task.await.unwrap_or_default();
-        let last = log_tail
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim_start_matches("drake: ")
-            .to_string();
+        let last = log_tail.lines().last().unwrap_or_default().trim_start_matches("drake: ").to_string();
         match status {
             Ok(s) if s.success() => Outcome::Succeeded,
-            Ok(s) if s.code() == Some(proto::exit::BAD_INPUT) => Outcome::Failed {
-                error: last,
-                retryable: false,
-                log_tail,
-            },
+            Ok(s) if s.code() == Some(proto::exit::BAD_INPUT) => Outcome::Failed { error: last, retryable: false, log_tail },
             Ok(s) => Outcome::Failed {
-                error: if last.is_empty() {
-                    format!("the engine exited with {s}")
-                } else {
-                    last
-                },
+                error: if last.is_empty() { format!("the engine exited with {s}") } else { last },
                 retryable: true,
                 log_tail,
             },
-            Err(e) => Outcome::Failed {
-                error: format!("waiting for the engine: {e}"),
-                retryable: true,
-                log_tail,
-            },
+            Err(e) => Outcome::Failed { error: format!("waiting for the engine: {e}"), retryable: true, log_tail },
         }
     }
 
     /// Sends one heartbeat; Ok(true) means stop (canceled or lease lost).
     async fn heartbeat(&self, lease: &TaskLease, progress: f64) -> Result<bool, String> {
-        let url = format!(
-            "{}/api/v1/tasks/{}/heartbeat",
-            self.cfg.coordinator, lease.task_id
-        );
+        let url = format!("{}/api/v1/tasks/{}/heartbeat", self.cfg.coordinator, lease.task_id);
         let resp = self
             .http
             .post(url)
             .bearer_auth(&self.token)
-            .json(&Heartbeat {
-                epoch: lease.epoch,
-                progress,
-            })
+            .json(&Heartbeat { epoch: lease.epoch, progress })
             .timeout(Duration::from_secs(10))
             .send()
             .await
             .map_err(|e| e.to_string())?;
         match resp.status().as_u16() {
-            200 => Ok(resp
-                .json::<HeartbeatReply>()
-                .await
-                .map_err(|e| e.to_string())?
-                .cancel),
+            200 => Ok(resp.json::<HeartbeatReply>().await.map_err(|e| e.to_string())?.cancel),
             409 => Ok(true),
             s => Err(format!("HTTP {s}")),
         }
@@ -484,12 +349,8 @@ impl Node {
             TaskKind::Transcode => "rendition.json",
             TaskKind::Thumbnails => "thumbnails.json",
         };
-        let report: serde_json::Value = serde_json::from_slice(
-            &tokio::fs::read(dir.join(report_name))
-                .await
-                .map_err(PublishError::Local)?,
-        )
-        .map_err(|e| PublishError::Local(std::io::Error::other(e)))?;
+        let report: serde_json::Value = serde_json::from_slice(&tokio::fs::read(dir.join(report_name)).await.map_err(PublishError::Local)?)
+            .map_err(|e| PublishError::Local(std::io::Error::other(e)))?;
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .map_err(PublishError::Local)?
             .filter_map(|e| e.ok())
@@ -503,21 +364,9 @@ impl Node {
         dav.mkcol_all(&lease.output_dir).await?;
         let mut files: Vec<FileSum> = Vec::with_capacity(names.len());
         for name in names {
-            files.push(
-                dav.publish(
-                    &dir.join(&name),
-                    &lease.output_dir,
-                    &name,
-                    &format!("{}-{}", lease.task_id, lease.epoch),
-                )
-                .await?,
-            );
+            files.push(dav.publish(&dir.join(&name), &lease.output_dir, &name, &format!("{}-{}", lease.task_id, lease.epoch)).await?);
         }
-        Ok(Complete {
-            epoch: lease.epoch,
-            report,
-            files,
-        })
+        Ok(Complete { epoch: lease.epoch, report, files })
     }
 }
 
@@ -525,9 +374,7 @@ impl Node {
 /// `{"type":"progress","fraction":0.42,"fps":212.0,"frame":127,"out_time":4.2}`.
 pub fn parse_progress(line: &str) -> Option<f64> {
     match serde_json::from_str::<ProgressLine>(line).ok()? {
-        ProgressLine::Progress { fraction, .. } | ProgressLine::Done { fraction } => {
-            Some(fraction.clamp(0.0, 1.0))
-        }
+        ProgressLine::Progress { fraction, .. } | ProgressLine::Done { fraction } => Some(fraction.clamp(0.0, 1.0)),
     }
 }
 
@@ -535,16 +382,8 @@ pub fn parse_progress(line: &str) -> Option<f64> {
 mod tests {
     #[test]
     fn progress_lines() {
-        assert_eq!(
-            super::parse_progress(
-                r#"{"type":"progress","fraction":0.42,"fps":212.0,"frame":127,"out_time":4.2}"#
-            ),
-            Some(0.42)
-        );
-        assert_eq!(
-            super::parse_progress(r#"{"type":"done","fraction":1.0}"#),
-            Some(1.0)
-        );
+        assert_eq!(super::parse_progress(r#"{"type":"progress","fraction":0.42,"fps":212.0,"frame":127,"out_time":4.2}"#), Some(0.42));
+        assert_eq!(super::parse_progress(r#"{"type":"done","fraction":1.0}"#), Some(1.0));
         assert_eq!(super::parse_progress("garbage"), None);
     }
 }

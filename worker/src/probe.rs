@@ -17,10 +17,7 @@ pub fn probe(input: &str) -> Result<Probe> {
 
 pub fn describe(ictx: &ff::format::context::Input, input: &str) -> Result<Probe> {
     if ictx.nb_streams() as usize > MAX_STREAMS {
-        return Err(EngineError::bad(format!(
-            "{} streams (at most {MAX_STREAMS} are accepted)",
-            ictx.nb_streams()
-        )));
+        return Err(EngineError::bad(format!("{} streams (at most {MAX_STREAMS} are accepted)", ictx.nb_streams())));
     }
     let mut streams = Vec::new();
     let mut longest = 0.0f64;
@@ -31,39 +28,20 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str) -> Result<Probe>
             longest = longest.max(s.duration() as f64 * f64::from(s.time_base()));
         }
         let info = match p.codec_type {
-            ffi::AVMediaType::AVMEDIA_TYPE_VIDEO
-                if s.disposition().contains(Disposition::ATTACHED_PIC) =>
-            {
-                other(&s, "cover art")
-            }
+            ffi::AVMediaType::AVMEDIA_TYPE_VIDEO if s.disposition().contains(Disposition::ATTACHED_PIC) => other(&s, "cover art"),
             ffi::AVMediaType::AVMEDIA_TYPE_VIDEO => {
                 let rotation = av::rotation(&s);
                 let sar = if p.sample_aspect_ratio.num > 0 && p.sample_aspect_ratio.den > 0 {
-                    (
-                        p.sample_aspect_ratio.num as u32,
-                        p.sample_aspect_ratio.den as u32,
-                    )
+                    (p.sample_aspect_ratio.num as u32, p.sample_aspect_ratio.den as u32)
                 } else {
                     (1, 1)
                 };
                 let (w, h) = (p.width.max(0) as u32, p.height.max(0) as u32);
                 let dw = ((w as u64 * sar.0 as u64) as f64 / sar.1 as f64).round() as u32;
-                let (display_width, display_height) = if rotation % 180 == 90 {
-                    (h, dw)
-                } else {
-                    (dw, h)
-                };
+                let (display_width, display_height) = if rotation % 180 == 90 { (h, dw) } else { (dw, h) };
                 let avg = s.avg_frame_rate();
-                let rate = if avg.numerator() > 0 && avg.denominator() > 0 {
-                    avg
-                } else {
-                    s.rate()
-                };
-                let frame_rate = if rate.denominator() > 0 {
-                    f64::from(rate)
-                } else {
-                    0.0
-                };
+                let rate = if avg.numerator() > 0 && avg.denominator() > 0 { avg } else { s.rate() };
+                let frame_rate = if rate.denominator() > 0 { f64::from(rate) } else { 0.0 };
                 StreamInfo::Video(VideoStream {
                     index: s.index(),
                     codec: av::codec_name(p.codec_id),
@@ -94,16 +72,8 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str) -> Result<Probe>
         };
         streams.push(info);
     }
-    let duration = if ictx.duration() > 0 {
-        ictx.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE)
-    } else {
-        longest
-    };
-    let size_bytes = if av::is_url(input) {
-        None
-    } else {
-        std::fs::metadata(input).ok().map(|m| m.len())
-    };
+    let duration = if ictx.duration() > 0 { ictx.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE) } else { longest };
+    let size_bytes = if av::is_url(input) { None } else { std::fs::metadata(input).ok().map(|m| m.len()) };
     Ok(Probe {
         container: ictx.format().name().to_string(),
         duration: (duration * 1e6).round() / 1e6,
@@ -114,9 +84,5 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str) -> Result<Probe>
 }
 
 fn other(s: &ff::format::stream::Stream, medium: &str) -> StreamInfo {
-    StreamInfo::Other {
-        index: s.index(),
-        codec: av::codec_name(av::params(s).codec_id),
-        medium: medium.into(),
-    }
+    StreamInfo::Other { index: s.index(), codec: av::codec_name(av::params(s).codec_id), medium: medium.into() }
 }

@@ -44,19 +44,9 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
     }
     let ictx = av::open_input(input)?;
     let probe = crate::probe::describe(&ictx, input)?;
-    let v = probe
-        .main_video()
-        .cloned()
-        .ok_or_else(|| EngineError::bad("the source has no video to take thumbnails from"))?;
-    if v.display_width < 2
-        || v.display_height < 2
-        || v.display_width > 16384
-        || v.display_height > 16384
-    {
-        return Err(EngineError::bad(format!(
-            "the source picture is {}x{}",
-            v.display_width, v.display_height
-        )));
+    let v = probe.main_video().cloned().ok_or_else(|| EngineError::bad("the source has no video to take thumbnails from"))?;
+    if v.display_width < 2 || v.display_height < 2 || v.display_width > 16384 || v.display_height > 16384 {
+        return Err(EngineError::bad(format!("the source picture is {}x{}", v.display_width, v.display_height)));
     }
     let duration = probe.duration.max(0.04);
     let staging = Staging::new(out)?;
@@ -67,10 +57,7 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
     let mut targets: Vec<(f64, Use)> = Vec::new();
     for k in 0..count {
         for j in 0..CANDIDATES {
-            targets.push((
-                k as f64 * slot + (j as f64 + 0.5) * slot / CANDIDATES as f64,
-                Use::Candidate(k),
-            ));
+            targets.push((k as f64 * slot + (j as f64 + 0.5) * slot / CANDIDATES as f64, Use::Candidate(k)));
         }
     }
     let interval = tile_interval(duration);
@@ -91,22 +78,10 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
         match use_ {
             Use::Candidate(k) => {
                 let (sw, sh) = fit(img.width(), img.height(), 160, 160);
-                let stats = Stats::of(&imageops::resize(
-                    &img,
-                    sw,
-                    sh,
-                    imageops::FilterType::Triangle,
-                ));
+                let stats = Stats::of(&imageops::resize(&img, sw, sh, imageops::FilterType::Triangle));
                 candidates[k].push((time, stats));
             }
-            Use::Tile(i) => {
-                tile_images[i] = Some(imageops::resize(
-                    &img,
-                    tw,
-                    th,
-                    imageops::FilterType::Triangle,
-                ))
-            }
+            Use::Tile(i) => tile_images[i] = Some(imageops::resize(&img, tw, th, imageops::FilterType::Triangle)),
         }
     }
     if candidates.iter().all(|c| c.is_empty()) {
@@ -128,32 +103,17 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
         let name = format!("thumb_{k:02}.jpg");
         save_jpeg(&thumb, &staging.path(&name), 85)?;
         written.push(name.clone());
-        thumbs.push(Image {
-            path: name,
-            time: round3(time),
-            width: w,
-            height: h,
-        });
+        thumbs.push(Image { path: name, time: round3(time), width: w, height: h });
         let score = stats.interest();
         if best_poster.as_ref().is_none_or(|(s, _, _)| score > *s) {
             let (pw, ph) = fit(img.width(), img.height(), POSTER_BOX.0, POSTER_BOX.1);
-            best_poster = Some((
-                score,
-                time,
-                imageops::resize(&img, pw, ph, imageops::FilterType::Lanczos3),
-            ));
+            best_poster = Some((score, time, imageops::resize(&img, pw, ph, imageops::FilterType::Lanczos3)));
         }
     }
-    let (_, poster_time, poster_img) =
-        best_poster.ok_or_else(|| EngineError::bad("no usable frame for a poster"))?;
+    let (_, poster_time, poster_img) = best_poster.ok_or_else(|| EngineError::bad("no usable frame for a poster"))?;
     save_jpeg(&poster_img, &staging.path("poster.jpg"), 90)?;
     written.push("poster.jpg".into());
-    let poster = Image {
-        path: "poster.jpg".into(),
-        time: round3(poster_time),
-        width: poster_img.width(),
-        height: poster_img.height(),
-    };
+    let poster = Image { path: "poster.jpg".into(), time: round3(poster_time), width: poster_img.width(), height: poster_img.height() };
 
     // Storyboard: sheets of up to 10x10 tiles, and one VTT cue per tile.
     let per_sheet = (SHEET_COLUMNS * SHEET_ROWS) as usize;
@@ -167,24 +127,13 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
         let name = format!("storyboard_{s:02}.jpg");
         for (i, tile) in chunk.iter().enumerate() {
             // Past the last decodable frame (a short final GOP), repeat the last tile.
-            let tile = tile
-                .clone()
-                .or_else(|| last_tile.clone())
-                .unwrap_or_else(|| RgbImage::new(tw, th));
-            let (x, y) = (
-                (i as u32 % SHEET_COLUMNS) * tw,
-                (i as u32 / SHEET_COLUMNS) * th,
-            );
+            let tile = tile.clone().or_else(|| last_tile.clone()).unwrap_or_else(|| RgbImage::new(tw, th));
+            let (x, y) = ((i as u32 % SHEET_COLUMNS) * tw, (i as u32 / SHEET_COLUMNS) * th);
             imageops::replace(&mut sheet, &tile, x as i64, y as i64);
             let n = s * per_sheet + i;
             let start = n as f64 * interval;
             let end = ((n + 1) as f64 * interval).min(duration);
-            let _ = write!(
-                vtt,
-                "{} --> {}\n{name}#xywh={x},{y},{tw},{th}\n\n",
-                vtt_time(start),
-                vtt_time(end)
-            );
+            let _ = write!(vtt, "{} --> {}\n{name}#xywh={x},{y},{tw},{th}\n\n", vtt_time(start), vtt_time(end));
             last_tile = Some(tile);
         }
         save_jpeg(&sheet, &staging.path(&name), 80)?;
@@ -234,21 +183,14 @@ fn round3(x: f64) -> f64 {
 
 fn vtt_time(t: f64) -> String {
     let ms = (t * 1000.0).round() as u64;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        ms / 3_600_000,
-        ms / 60_000 % 60,
-        ms / 1000 % 60,
-        ms % 1000
-    )
+    format!("{:02}:{:02}:{:02}.{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
 }
 
 fn save_jpeg(img: &RgbImage, path: &Path, quality: u8) -> Result<()> {
     let file = std::fs::File::create(path).ctx(|| format!("creating {}", path.display()))?;
     let mut w = std::io::BufWriter::new(file);
     let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, quality);
-    img.write_with_encoder(enc)
-        .ctx(|| format!("encoding {}", path.display()))
+    img.write_with_encoder(enc).ctx(|| format!("encoding {}", path.display()))
 }
 
 /// Luma statistics of a frame, for telling real pictures from black, white and fades.
@@ -284,12 +226,7 @@ impl Stats {
                 entropy -= p * p.log2();
             }
         }
-        Stats {
-            mean,
-            stddev,
-            entropy,
-            histogram,
-        }
+        Stats { mean, stddev, entropy, histogram }
     }
 
     /// Black, white, fades and flat frames: dark or bright with little detail.
@@ -298,11 +235,7 @@ impl Stats {
     }
 
     fn interest(&self) -> f64 {
-        if self.is_blank() {
-            self.entropy * 0.01
-        } else {
-            self.entropy * self.stddev
-        }
+        if self.is_blank() { self.entropy * 0.01 } else { self.entropy * self.stddev }
     }
 }
 
@@ -311,27 +244,15 @@ impl Stats {
 /// only blank frames (a black intro) borrows the nearest good frame of another slot,
 /// so no thumbnail is black unless the whole video is.
 fn choose(slots: &[Vec<(f64, Stats)>]) -> Vec<(f64, Stats)> {
-    let good_all: Vec<(f64, Stats)> = slots
-        .iter()
-        .flatten()
-        .filter(|c| !c.1.is_blank())
-        .copied()
-        .collect();
+    let good_all: Vec<(f64, Stats)> = slots.iter().flatten().filter(|c| !c.1.is_blank()).copied().collect();
     slots
         .iter()
         .filter_map(|cands| {
             let good: Vec<_> = cands.iter().filter(|c| !c.1.is_blank()).collect();
             if good.is_empty() {
                 let at = cands.first()?.0;
-                let nearest = good_all
-                    .iter()
-                    .min_by(|a, b| (a.0 - at).abs().total_cmp(&(b.0 - at).abs()));
-                return nearest.copied().or_else(|| {
-                    cands
-                        .iter()
-                        .max_by(|a, b| a.1.interest().total_cmp(&b.1.interest()))
-                        .copied()
-                });
+                let nearest = good_all.iter().min_by(|a, b| (a.0 - at).abs().total_cmp(&(b.0 - at).abs()));
+                return nearest.copied().or_else(|| cands.iter().max_by(|a, b| a.1.interest().total_cmp(&b.1.interest())).copied());
             }
             let mut avg = [0f32; 32];
             for c in &good {
@@ -339,16 +260,8 @@ fn choose(slots: &[Vec<(f64, Stats)>]) -> Vec<(f64, Stats)> {
                     *a += h / good.len() as f32;
                 }
             }
-            let dist = |s: &Stats| {
-                s.histogram
-                    .iter()
-                    .zip(avg)
-                    .map(|(h, a)| (h - a) * (h - a))
-                    .sum::<f32>()
-            };
-            good.into_iter()
-                .min_by(|a, b| dist(&a.1).total_cmp(&dist(&b.1)))
-                .copied()
+            let dist = |s: &Stats| s.histogram.iter().zip(avg).map(|(h, a)| (h - a) * (h - a)).sum::<f32>();
+            good.into_iter().min_by(|a, b| dist(&a.1).total_cmp(&dist(&b.1))).copied()
         })
         .collect()
 }
@@ -376,25 +289,12 @@ impl Walker {
         let tb = ist.time_base();
         let decoder = av::video_decoder(&ist)?;
         let start = av::start_seconds(&ictx);
-        Ok(Walker {
-            ictx,
-            index,
-            tb,
-            start,
-            rotation,
-            decoder,
-            scaler: None,
-            current: None,
-            eof: false,
-        })
+        Ok(Walker { ictx, index, tb, start, rotation, decoder, scaler: None, current: None, eof: false })
     }
 
     /// The first frame at or after `t` (or the last frame, past the end), upright, in RGB.
     fn frame_at(&mut self, t: f64) -> Result<Option<(f64, RgbImage)>> {
-        let ahead = self
-            .current
-            .as_ref()
-            .map_or(f64::INFINITY, |(ct, _)| t - ct);
+        let ahead = self.current.as_ref().map_or(f64::INFINITY, |(ct, _)| t - ct);
         if ahead > SEEK_AHEAD && !self.eof {
             let ts = ((t + self.start) * 1e6) as i64;
             if self.ictx.seek(ts, ..ts).is_ok() {
@@ -451,33 +351,16 @@ impl Walker {
 
     fn rgb_of(&mut self, f: &frame::Video) -> Result<RgbImage> {
         let sar = f.aspect_ratio();
-        let dw = if sar.numerator() > 0 && sar.denominator() > 0 {
-            (f.width() as f64 * f64::from(sar)).round() as u32
-        } else {
-            f.width()
-        };
+        let dw = if sar.numerator() > 0 && sar.denominator() > 0 { (f.width() as f64 * f64::from(sar)).round() as u32 } else { f.width() };
         let dw = dw.clamp(2, 16384);
         let key = (f.width(), f.height(), f.format());
         if self.scaler.as_ref().is_none_or(|(_, k)| *k != key) {
-            let s = scaling::Context::get(
-                f.format(),
-                f.width(),
-                f.height(),
-                format::Pixel::RGB24,
-                dw,
-                f.height(),
-                scaling::Flags::BICUBIC,
-            )
-            .ctx(|| "creating the RGB converter".into())?;
+            let s = scaling::Context::get(f.format(), f.width(), f.height(), format::Pixel::RGB24, dw, f.height(), scaling::Flags::BICUBIC)
+                .ctx(|| "creating the RGB converter".into())?;
             self.scaler = Some((s, key));
         }
         let mut rgb = frame::Video::empty();
-        self.scaler
-            .as_mut()
-            .expect("set above")
-            .0
-            .run(f, &mut rgb)
-            .ctx(|| "converting to RGB".into())?;
+        self.scaler.as_mut().expect("set above").0.run(f, &mut rgb).ctx(|| "converting to RGB".into())?;
         let (w, h, stride) = (rgb.width() as usize, rgb.height() as usize, rgb.stride(0));
         let mut buf = Vec::with_capacity(w * h * 3);
         for y in 0..h {
@@ -499,14 +382,7 @@ mod tests {
 
     #[test]
     fn intervals_grow_with_length() {
-        for (d, i) in [
-            (30.0, 2.0),
-            (120.0, 2.0),
-            (300.0, 5.0),
-            (1200.0, 10.0),
-            (3000.0, 20.0),
-            (7200.0, 30.0),
-        ] {
+        for (d, i) in [(30.0, 2.0), (120.0, 2.0), (300.0, 5.0), (1200.0, 10.0), (3000.0, 20.0), (7200.0, 30.0)] {
             assert_eq!(tile_interval(d), i, "{d}");
         }
     }
@@ -517,13 +393,8 @@ mod tests {
         assert!(Stats::of(&black).is_blank());
         let grey = RgbImage::from_pixel(64, 36, image::Rgb([128, 128, 128]));
         assert!(Stats::of(&grey).is_blank(), "flat");
-        let noise = RgbImage::from_fn(64, 36, |x, y| {
-            image::Rgb([
-                ((x * 37 + y * 91) % 256) as u8,
-                ((x * 13) % 256) as u8,
-                ((y * 7) % 256) as u8,
-            ])
-        });
+        let noise =
+            RgbImage::from_fn(64, 36, |x, y| image::Rgb([((x * 37 + y * 91) % 256) as u8, ((x * 13) % 256) as u8, ((y * 7) % 256) as u8]));
         assert!(!Stats::of(&noise).is_blank());
     }
 

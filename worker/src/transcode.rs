@@ -31,9 +31,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_duration: 6.0 * 3600.0,
-        }
+        Limits { max_duration: 6.0 * 3600.0 }
     }
 }
 
@@ -62,40 +60,22 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Rend
             probe.duration, req.limits.max_duration
         )));
     }
-    let plan =
-        proto::plan::plan(&probe, req.profile).map_err(|e| EngineError::bad(e.to_string()))?;
-    let Some(rendition) = plan
-        .renditions
-        .iter()
-        .find(|r| r.name == req.rendition)
-        .cloned()
-    else {
+    let plan = proto::plan::plan(&probe, req.profile).map_err(|e| EngineError::bad(e.to_string()))?;
+    let Some(rendition) = plan.renditions.iter().find(|r| r.name == req.rendition).cloned() else {
         let why = match plan.skipped.iter().find(|s| s.name == req.rendition) {
-            Some(s) => format!(
-                "rendition {} does not apply to this source: {}",
-                s.name, s.reason
-            ),
-            None => format!(
-                "profile {} plans no rendition named {} for this source",
-                req.profile.name, req.rendition
-            ),
+            Some(s) => format!("rendition {} does not apply to this source: {}", s.name, s.reason),
+            None => format!("profile {} plans no rendition named {} for this source", req.profile.name, req.rendition),
         };
         return Err(EngineError::bad(why));
     };
 
     let staging = Staging::new(req.out_dir)?;
     let progressive = format!("{}.mp4", rendition.name);
-    let mut mux = Muxers::open(
-        &staging.path(&progressive),
-        &staging.path(FRAGMENTED),
-        &req.profile.video,
-    )?;
+    let mut mux = Muxers::open(&staging.path(&progressive), &staging.path(FRAGMENTED), &req.profile.video)?;
 
     let start = av::start_seconds(&ictx);
     let mut video = match (&rendition.video, probe.main_video()) {
-        (Some(pv), Some(v)) => Some(VideoPipe::new(
-            &ictx, v.index, v.rotation, pv, &rendition, start, &mut mux,
-        )?),
+        (Some(pv), Some(v)) => Some(VideoPipe::new(&ictx, v.index, v.rotation, pv, &rendition, start, &mut mux)?),
         _ => None,
     };
     let mut audio = match (&rendition.audio, probe.main_audio()) {
@@ -117,9 +97,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Rend
             Err(ff::Error::InvalidData) => {
                 corrupt_packets += 1;
                 if corrupt_packets > 1000 {
-                    return Err(EngineError::bad(
-                        "more than 1000 corrupt packets; the file is damaged",
-                    ));
+                    return Err(EngineError::bad("more than 1000 corrupt packets; the file is damaged"));
                 }
                 continue;
             }
@@ -127,9 +105,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Rend
                 return Err(EngineError::internal("reading the source over HTTP", e));
             }
             Err(e) => {
-                return Err(EngineError::bad(format!(
-                    "the source cannot be read to its end: {e}"
-                )));
+                return Err(EngineError::bad(format!("the source cannot be read to its end: {e}")));
             }
         }
         if let Some(v) = video.as_mut().filter(|v| v.index == pkt.stream()) {
@@ -161,10 +137,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Rend
     let decoded = match (&video, &audio) {
         (Some(v), _) => {
             if v.frames == 0 {
-                return Err(EngineError::bad(format!(
-                    "no decodable {} video frames in the source",
-                    av::codec_name(v.codec_id)
-                )));
+                return Err(EngineError::bad(format!("no decodable {} video frames in the source", av::codec_name(v.codec_id))));
             }
             v.flow.decoded_end
         }
@@ -183,15 +156,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Rend
         )));
     }
 
-    let report = package(
-        &staging,
-        &rendition,
-        &progressive,
-        video.as_ref(),
-        audio.as_ref(),
-        &mux,
-        decoded,
-    )?;
+    let report = package(&staging, &rendition, &progressive, video.as_ref(), audio.as_ref(), &mux, decoded)?;
     progress(ProgressLine::Done { fraction: 1.0 });
     staging.commit(REPORT)?;
     Ok(report)
@@ -214,33 +179,21 @@ fn package(
     let mut problems = Vec::new();
     if let Some(v) = video {
         if scan.video_frames != v.frames {
-            problems.push(format!(
-                "MP4 holds {} video frames, {} were encoded",
-                scan.video_frames, v.frames
-            ));
+            problems.push(format!("MP4 holds {} video frames, {} were encoded", scan.video_frames, v.frames));
         }
         let expected_frames = (source_duration * fps).round();
         if (scan.video_frames as f64 - expected_frames).abs() > 2.0 {
-            problems.push(format!(
-                "{} frames for a {source_duration:.3} s source at {fps:.3} fps",
-                scan.video_frames
-            ));
+            problems.push(format!("{} frames for a {source_duration:.3} s source at {fps:.3} fps", scan.video_frames));
         }
     }
     if (scan.duration - source_duration).abs() > tolerance {
-        problems.push(format!(
-            "MP4 lasts {:.3} s, the source {source_duration:.3} s",
-            scan.duration
-        ));
+        problems.push(format!("MP4 lasts {:.3} s, the source {source_duration:.3} s", scan.duration));
     }
     if scan.has_audio != audio.is_some() || scan.has_video != video.is_some() {
         problems.push("MP4 tracks do not match the plan".into());
     }
     if !problems.is_empty() {
-        return Err(EngineError::internal(
-            "verifying the output",
-            problems.join("; "),
-        ));
+        return Err(EngineError::internal("verifying the output", problems.join("; ")));
     }
 
     // HLS from the fragmented file: one fragment per GOP (or per gop_seconds of audio).
@@ -249,11 +202,7 @@ fn package(
     if layout.fragments.len() != mux.fragment_times.len() {
         return Err(EngineError::internal(
             "cutting HLS",
-            format!(
-                "{} fragments for {} GOPs",
-                layout.fragments.len(),
-                mux.fragment_times.len()
-            ),
+            format!("{} fragments for {} GOPs", layout.fragments.len(), mux.fragment_times.len()),
         ));
     }
     let seg_target = mux.segment_seconds;
@@ -262,11 +211,7 @@ fn package(
     let mut segments = Vec::new();
     let mut iframes = Vec::new();
     let mut written = vec![INIT.to_string(), progressive.to_string()];
-    for (i, (frags, seg_start, duration)) in
-        fmp4::group(&mux.fragment_times, expected_end, seg_target)
-            .into_iter()
-            .enumerate()
-    {
+    for (i, (frags, seg_start, duration)) in fmp4::group(&mux.fragment_times, expected_end, seg_target).into_iter().enumerate() {
         let file = format!("seg_{i:05}.m4s");
         let first = &layout.fragments[frags.start];
         let last = &layout.fragments[frags.end - 1];
@@ -274,11 +219,7 @@ fn package(
         if video.is_some() {
             for j in frags.clone() {
                 let f = &layout.fragments[j];
-                let next = mux
-                    .fragment_times
-                    .get(j + 1)
-                    .copied()
-                    .unwrap_or(expected_end);
+                let next = mux.fragment_times.get(j + 1).copied().unwrap_or(expected_end);
                 iframes.push(fmp4::IFrame {
                     file: file.clone(),
                     duration: next - mux.fragment_times[j],
@@ -288,30 +229,14 @@ fn package(
             }
         }
         written.push(file.clone());
-        segments.push(fmp4::Segment {
-            file,
-            fragments: frags,
-            start: seg_start,
-            duration,
-            bytes,
-        });
+        segments.push(fmp4::Segment { file, fragments: frags, start: seg_start, duration, bytes });
     }
     drop(src);
     std::fs::remove_file(&frag_path).ctx(|| "removing the fragmented MP4".into())?;
-    if let Some(s) = segments
-        .iter()
-        .find(|s| s.duration > seg_target + 0.5 && s.fragments.len() > 1)
-    {
-        return Err(EngineError::internal(
-            "cutting HLS",
-            format!("segment {} lasts {:.3} s", s.file, s.duration),
-        ));
+    if let Some(s) = segments.iter().find(|s| s.duration > seg_target + 0.5 && s.fragments.len() > 1) {
+        return Err(EngineError::internal("cutting HLS", format!("segment {} lasts {:.3} s", s.file, s.duration)));
     }
-    std::fs::write(
-        staging.path(PLAYLIST),
-        fmp4::media_playlist(INIT, &segments),
-    )
-    .ctx(|| "writing the playlist".into())?;
+    std::fs::write(staging.path(PLAYLIST), fmp4::media_playlist(INIT, &segments)).ctx(|| "writing the playlist".into())?;
     written.push(PLAYLIST.into());
 
     let mut roles = BTreeMap::from([
@@ -320,43 +245,22 @@ fn package(
         ("hls_init".into(), INIT.into()),
     ]);
     if video.is_some() {
-        std::fs::write(staging.path(IFRAMES), fmp4::iframe_playlist(INIT, &iframes))
-            .ctx(|| "writing the I-frame playlist".into())?;
-        let index = KeyframeIndex {
-            file: progressive.to_string(),
-            keyframes: scan.keyframes.clone(),
-        };
+        std::fs::write(staging.path(IFRAMES), fmp4::iframe_playlist(INIT, &iframes)).ctx(|| "writing the I-frame playlist".into())?;
+        let index = KeyframeIndex { file: progressive.to_string(), keyframes: scan.keyframes.clone() };
         files::write_json(&staging.path(KEYFRAMES), &index)?;
         written.extend([IFRAMES.to_string(), KEYFRAMES.to_string()]);
         roles.insert("iframe_playlist".into(), IFRAMES.into());
         roles.insert("keyframe_index".into(), KEYFRAMES.into());
         let kf_times: Vec<f64> = scan.keyframes.iter().map(|k| k.time).collect();
-        let planned: Vec<f64> = mux
-            .fragment_times
-            .iter()
-            .map(|t| (t * 1e6).round() / 1e6)
-            .collect();
-        if kf_times.len() != planned.len()
-            || kf_times
-                .iter()
-                .zip(&planned)
-                .any(|(a, b)| (a - b).abs() > 1e-3)
-        {
-            return Err(EngineError::internal(
-                "verifying keyframes",
-                format!("MP4 keyframes at {kf_times:?}, forced at {planned:?}"),
-            ));
+        let planned: Vec<f64> = mux.fragment_times.iter().map(|t| (t * 1e6).round() / 1e6).collect();
+        if kf_times.len() != planned.len() || kf_times.iter().zip(&planned).any(|(a, b)| (a - b).abs() > 1e-3) {
+            return Err(EngineError::internal("verifying keyframes", format!("MP4 keyframes at {kf_times:?}, forced at {planned:?}")));
         }
     }
 
     let total_bytes: u64 = segments.iter().map(|s| s.bytes).sum();
     let average_bitrate = (total_bytes as f64 * 8.0 / expected_end.max(1e-3)) as u64;
-    let peak_bitrate = segments
-        .iter()
-        .map(|s| (s.bytes as f64 * 8.0 / s.duration.max(0.1)) as u64)
-        .max()
-        .unwrap_or(0)
-        .max(average_bitrate);
+    let peak_bitrate = segments.iter().map(|s| (s.bytes as f64 * 8.0 / s.duration.max(0.1)) as u64).max().unwrap_or(0).max(average_bitrate);
     let mut codecs = Vec::new();
     if let Some(v) = video {
         codecs.push(v.codecs_string(r.width, r.height, fps));
@@ -376,11 +280,7 @@ fn package(
         average_bitrate,
         peak_bitrate,
         codecs: codecs.join(","),
-        video: video.map(|v| VideoReport {
-            encoder: v.encoder_name.clone(),
-            encoder_options: v.options.clone(),
-            gop_frames: v.gop_frames,
-        }),
+        video: video.map(|v| VideoReport { encoder: v.encoder_name.clone(), encoder_options: v.options.clone(), gop_frames: v.gop_frames }),
         audio: audio.map(|a| AudioReport {
             encoder: "aac".into(),
             bitrate: a.plan.bitrate,
@@ -398,11 +298,9 @@ fn package(
 
 /// Copies `range` of `src` into a new file, returning the byte count.
 fn copy_range(src: &mut std::fs::File, range: (u64, u64), dst: &Path) -> Result<u64> {
-    src.seek(SeekFrom::Start(range.0))
-        .ctx(|| "seeking the fragmented MP4".into())?;
+    src.seek(SeekFrom::Start(range.0)).ctx(|| "seeking the fragmented MP4".into())?;
     let mut out = std::fs::File::create(dst).ctx(|| format!("creating {}", dst.display()))?;
-    let n = std::io::copy(&mut src.take(range.1 - range.0), &mut out)
-        .ctx(|| format!("writing {}", dst.display()))?;
+    let n = std::io::copy(&mut src.take(range.1 - range.0), &mut out).ctx(|| format!("writing {}", dst.display()))?;
     out.flush().ctx(|| format!("writing {}", dst.display()))?;
     Ok(n)
 }
@@ -444,10 +342,7 @@ impl Muxers {
     }
 
     fn needs_global_header(&self) -> bool {
-        self.mp4
-            .format()
-            .flags()
-            .contains(format::Flags::GLOBAL_HEADER)
+        self.mp4.format().flags().contains(format::Flags::GLOBAL_HEADER)
     }
 
     fn add<E: ff::codec::traits::Encoder + Copy, C: AsRef<ff::codec::Context>>(
@@ -459,9 +354,7 @@ impl Muxers {
     ) -> Result<()> {
         let mut ids = [0usize; 2];
         for (k, octx) in [&mut self.mp4, &mut self.frag].into_iter().enumerate() {
-            let mut ost = octx
-                .add_stream(codec)
-                .ctx(|| "adding an output stream".into())?;
+            let mut ost = octx.add_stream(codec).ctx(|| "adding an output stream".into())?;
             ost.set_parameters(enc);
             ost.set_time_base(tb);
             ids[k] = ost.index();
@@ -477,21 +370,14 @@ impl Muxers {
     fn start(&mut self) -> Result<()> {
         let mut o = Dictionary::new();
         o.set("movflags", "+faststart");
-        self.mp4
-            .write_header_with(o)
-            .ctx(|| "writing the MP4 header".into())?;
+        self.mp4.write_header_with(o).ctx(|| "writing the MP4 header".into())?;
         let mut o = Dictionary::new();
         // One fragment per GOP, cut by us (frag_custom) right before each keyframe, with
         // sample offsets relative to each moof so fragments can be split into files.
         // delay_moov writes the moov at the first cut, once samples exist, so its edit
         // list accounts for B-frame delay and HLS timestamps start at 0 like the MP4's.
-        o.set(
-            "movflags",
-            "+frag_custom+delay_moov+default_base_moof+skip_trailer",
-        );
-        self.frag
-            .write_header_with(o)
-            .ctx(|| "writing the fMP4 header".into())?;
+        o.set("movflags", "+frag_custom+delay_moov+default_base_moof+skip_trailer");
+        self.frag.write_header_with(o).ctx(|| "writing the fMP4 header".into())?;
         Ok(())
     }
 
@@ -528,22 +414,16 @@ impl Muxers {
         let mut copy = pkt.clone();
         copy.set_stream(fi);
         copy.rescale_ts(tb, self.frag.stream(fi).expect("stream").time_base());
-        copy.write_interleaved(&mut self.frag)
-            .ctx(|| "writing the fMP4".into())?;
+        copy.write_interleaved(&mut self.frag).ctx(|| "writing the fMP4".into())?;
         pkt.set_stream(mi);
         pkt.rescale_ts(tb, self.mp4.stream(mi).expect("stream").time_base());
-        pkt.write_interleaved(&mut self.mp4)
-            .ctx(|| "writing the MP4".into())?;
+        pkt.write_interleaved(&mut self.mp4).ctx(|| "writing the MP4".into())?;
         Ok(())
     }
 
     fn finish(&mut self) -> Result<()> {
-        self.mp4
-            .write_trailer()
-            .ctx(|| "finishing the MP4".into())?;
-        self.frag
-            .write_trailer()
-            .ctx(|| "finishing the fMP4".into())?;
+        self.mp4.write_trailer().ctx(|| "finishing the MP4".into())?;
+        self.frag.write_trailer().ctx(|| "finishing the fMP4".into())?;
         Ok(())
     }
 }
@@ -585,13 +465,7 @@ struct Flow {
 
 impl Flow {
     fn new(in_tb: Rational, start: f64) -> Flow {
-        Flow {
-            in_tb,
-            graph: None,
-            start,
-            decoded_end: 0.0,
-            end_ts: 0,
-        }
+        Flow { in_tb, graph: None, start, decoded_end: 0.0, end_ts: 0 }
     }
 }
 
@@ -648,20 +522,14 @@ trait Pipe {
                 let end_ts = ts + self.frame_duration(&f);
                 let flow = self.parts().1;
                 flow.end_ts = flow.end_ts.max(end_ts);
-                flow.decoded_end = flow
-                    .decoded_end
-                    .max(end_ts as f64 * f64::from(flow.in_tb) - flow.start);
+                flow.decoded_end = flow.decoded_end.max(end_ts as f64 * f64::from(flow.in_tb) - flow.start);
             }
             if self.parts().1.graph.is_none() {
                 let g = self.build_graph(&f)?;
                 self.parts().1.graph = Some(g);
             }
             let g = self.parts().1.graph.as_mut().expect("built above");
-            g.get("in")
-                .expect("source")
-                .source()
-                .add(&f)
-                .ctx(|| format!("filtering {label}"))?;
+            g.get("in").expect("source").source().add(&f).ctx(|| format!("filtering {label}"))?;
             self.pull(mux)?;
         }
         if pkt.is_none() {
@@ -669,16 +537,10 @@ trait Pipe {
             let end_ts = flow.end_ts;
             if let Some(g) = flow.graph.as_mut() {
                 // Closing at the last frame's end (not its start) lets `fps` keep that frame.
-                g.get("in")
-                    .expect("source")
-                    .source()
-                    .close(end_ts)
-                    .ctx(|| format!("flushing {label} filters"))?;
+                g.get("in").expect("source").source().close(end_ts).ctx(|| format!("flushing {label} filters"))?;
                 self.pull(mux)?;
             }
-            self.encoder()
-                .send_eof()
-                .ctx(|| format!("flushing the {label} encoder"))?;
+            self.encoder().send_eof().ctx(|| format!("flushing the {label} encoder"))?;
             drain_encoder(self.encoder(), Self::TRACK, mux)?;
         }
         Ok(())
@@ -742,16 +604,9 @@ impl VideoPipe {
         );
 
         let codec_name = pv.codec.encoder();
-        let codec = encoder::find_by_name(codec_name).ok_or_else(|| {
-            EngineError::internal(
-                "finding the encoder",
-                format!("{codec_name} is not in this libav"),
-            )
-        })?;
-        let mut ectx = codec::context::Context::new_with_codec(codec)
-            .encoder()
-            .video()
-            .ctx(|| "creating the video encoder".into())?;
+        let codec = encoder::find_by_name(codec_name)
+            .ok_or_else(|| EngineError::internal("finding the encoder", format!("{codec_name} is not in this libav")))?;
+        let mut ectx = codec::context::Context::new_with_codec(codec).encoder().video().ctx(|| "creating the video encoder".into())?;
         ectx.set_width(r.width);
         ectx.set_height(r.height);
         ectx.set_format(format::Pixel::YUV420P);
@@ -766,9 +621,7 @@ impl VideoPipe {
         for (k, v) in &options {
             dict.set(k, v);
         }
-        let encoder = ectx
-            .open_as_with(codec, dict)
-            .ctx(|| format!("opening {codec_name}"))?;
+        let encoder = ectx.open_as_with(codec, dict).ctx(|| format!("opening {codec_name}"))?;
         mux.add(codec, &encoder, enc_tb, Track::Video)?;
         Ok(VideoPipe {
             index,
@@ -809,21 +662,13 @@ impl Pipe for VideoPipe {
     fn frame_duration(&self, f: &frame::Video) -> i64 {
         // SAFETY: pkt_duration is a plain field of the decoded frame.
         let dur = unsafe { (*f.as_ptr()).pkt_duration };
-        if dur > 0 {
-            dur
-        } else {
-            1i64.rescale(self.fps.invert(), self.flow.in_tb).max(1)
-        }
+        if dur > 0 { dur } else { 1i64.rescale(self.fps.invert(), self.flow.in_tb).max(1) }
     }
 
     fn build_graph(&mut self, f: &frame::Video) -> Result<filter::Graph> {
         let mut g = filter::Graph::new();
         let sar = f.aspect_ratio();
-        let sar = if sar.numerator() > 0 && sar.denominator() > 0 {
-            sar
-        } else {
-            Rational(1, 1)
-        };
+        let sar = if sar.numerator() > 0 && sar.denominator() > 0 { sar } else { Rational(1, 1) };
         let pix: ff::ffi::AVPixelFormat = f.format().into();
         let args = format!(
             "video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect={}/{}",
@@ -835,24 +680,11 @@ impl Pipe for VideoPipe {
             sar.numerator(),
             sar.denominator()
         );
-        g.add(&filter::find("buffer").expect("buffer filter"), "in", &args)
-            .ctx(|| "creating the video source".into())?;
-        g.add(
-            &filter::find("buffersink").expect("buffersink filter"),
-            "out",
-            "",
-        )
-        .ctx(|| "creating the video sink".into())?;
+        g.add(&filter::find("buffer").expect("buffer filter"), "in", &args).ctx(|| "creating the video source".into())?;
+        g.add(&filter::find("buffersink").expect("buffersink filter"), "out", "").ctx(|| "creating the video sink".into())?;
         // Interlaced sources (broadcast TS) are deinterlaced; progressive frames pass through.
-        let chain = if f.is_interlaced() {
-            format!("bwdif=deint=interlaced,{}", self.chain)
-        } else {
-            self.chain.clone()
-        };
-        g.output("in", 0)
-            .and_then(|p| p.input("out", 0))
-            .and_then(|p| p.parse(&chain))
-            .ctx(|| format!("building filters {chain}"))?;
+        let chain = if f.is_interlaced() { format!("bwdif=deint=interlaced,{}", self.chain) } else { self.chain.clone() };
+        g.output("in", 0).and_then(|p| p.input("out", 0)).and_then(|p| p.parse(&chain)).ctx(|| format!("building filters {chain}"))?;
         g.validate().ctx(|| "configuring video filters".into())?;
         Ok(g)
     }
@@ -864,10 +696,7 @@ impl Pipe for VideoPipe {
         let sink_tb = sink.sink().time_base();
         let mut f = frame::Video::empty();
         while sink.sink().frame(&mut f).is_ok() {
-            let pts = f
-                .pts()
-                .unwrap_or(self.frames as i64)
-                .rescale(sink_tb, self.enc_tb);
+            let pts = f.pts().unwrap_or(self.frames as i64).rescale(sink_tb, self.enc_tb);
             f.set_pts(Some(pts));
             let t = pts as f64 * f64::from(self.enc_tb);
             // Decoded frames carry the source's picture types; only our marks may force IDRs.
@@ -879,9 +708,7 @@ impl Pipe for VideoPipe {
             } else {
                 f.set_kind(picture::Type::None);
             }
-            self.encoder
-                .send_frame(&f)
-                .ctx(|| "encoding video".into())?;
+            self.encoder.send_frame(&f).ctx(|| "encoding video".into())?;
             self.frames += 1;
             drain_encoder(&mut self.encoder, Track::Video, mux)?;
         }
@@ -897,11 +724,7 @@ impl VideoPipe {
                 // SAFETY: extradata is owned by the open encoder for its lifetime.
                 let extradata = unsafe {
                     let ctx = &*self.encoder.as_ptr();
-                    if ctx.extradata.is_null() {
-                        &[][..]
-                    } else {
-                        std::slice::from_raw_parts(ctx.extradata, ctx.extradata_size as usize)
-                    }
+                    if ctx.extradata.is_null() { &[][..] } else { std::slice::from_raw_parts(ctx.extradata, ctx.extradata_size as usize) }
                 };
                 crate::codecs::avc1(extradata).unwrap_or_else(|| "avc1.640028".into())
             }
@@ -925,16 +748,10 @@ pub fn encoder_options(pv: &PlannedVideo, keyint: u32) -> BTreeMap<String, Strin
     o.insert("bufsize".into(), kbps(pv.bufsize));
     match pv.codec {
         VideoCodec::H264 => {
-            o.insert(
-                "preset".into(),
-                pv.preset.clone().unwrap_or_else(|| "veryfast".into()),
-            );
+            o.insert("preset".into(), pv.preset.clone().unwrap_or_else(|| "veryfast".into()));
             o.insert("profile".into(), "high".into());
             o.insert("forced-idr".into(), "1".into());
-            o.insert(
-                "x264-params".into(),
-                format!("keyint={keyint}:min-keyint={keyint}:scenecut=0:open-gop=0"),
-            );
+            o.insert("x264-params".into(), format!("keyint={keyint}:min-keyint={keyint}:scenecut=0:open-gop=0"));
         }
         VideoCodec::Vp9 => {
             o.insert("deadline".into(), "realtime".into());
@@ -959,37 +776,17 @@ struct AudioPipe {
 }
 
 impl AudioPipe {
-    fn new(
-        ictx: &format::context::Input,
-        index: usize,
-        pa: &PlannedAudio,
-        start: f64,
-        mux: &mut Muxers,
-    ) -> Result<AudioPipe> {
+    fn new(ictx: &format::context::Input, index: usize, pa: &PlannedAudio, start: f64, mux: &mut Muxers) -> Result<AudioPipe> {
         let ist = ictx.stream(index).expect("planned stream exists");
         let codec_id = av::params(&ist).codec_id;
-        let dctx = codec::context::Context::from_parameters(ist.parameters())
-            .ctx(|| "reading decoder parameters".into())?;
-        let mut decoder = dctx.decoder().audio().map_err(|e| {
-            EngineError::bad(format!(
-                "unsupported audio codec {}: {e}",
-                av::codec_name(codec_id)
-            ))
-        })?;
+        let dctx = codec::context::Context::from_parameters(ist.parameters()).ctx(|| "reading decoder parameters".into())?;
+        let mut decoder =
+            dctx.decoder().audio().map_err(|e| EngineError::bad(format!("unsupported audio codec {}: {e}", av::codec_name(codec_id))))?;
         decoder.set_packet_time_base(ist.time_base());
 
-        let aac = encoder::find(codec::Id::AAC).ok_or_else(|| {
-            EngineError::internal("finding the encoder", "aac is not in this libav")
-        })?;
-        let mut ectx = codec::context::Context::new_with_codec(aac)
-            .encoder()
-            .audio()
-            .ctx(|| "creating the audio encoder".into())?;
-        let layout = if pa.channels == 1 {
-            ff::ChannelLayout::MONO
-        } else {
-            ff::ChannelLayout::STEREO
-        };
+        let aac = encoder::find(codec::Id::AAC).ok_or_else(|| EngineError::internal("finding the encoder", "aac is not in this libav"))?;
+        let mut ectx = codec::context::Context::new_with_codec(aac).encoder().audio().ctx(|| "creating the audio encoder".into())?;
+        let layout = if pa.channels == 1 { ff::ChannelLayout::MONO } else { ff::ChannelLayout::STEREO };
         ectx.set_rate(pa.sample_rate as i32);
         ectx.set_channel_layout(layout);
         ectx.set_channels(pa.channels as i32);
@@ -1002,15 +799,7 @@ impl AudioPipe {
         }
         let encoder = ectx.open_as(aac).ctx(|| "opening aac".into())?;
         mux.add(aac, &encoder, enc_tb, Track::Audio)?;
-        Ok(AudioPipe {
-            index,
-            decoder,
-            flow: Flow::new(ist.time_base(), start),
-            encoder,
-            enc_tb,
-            plan: pa.clone(),
-            samples: 0,
-        })
+        Ok(AudioPipe { index, decoder, flow: Flow::new(ist.time_base(), start), encoder, enc_tb, plan: pa.clone(), samples: 0 })
     }
 }
 
@@ -1040,11 +829,7 @@ impl Pipe for AudioPipe {
 
     fn build_graph(&mut self, f: &frame::Audio) -> Result<filter::Graph> {
         let mut g = filter::Graph::new();
-        let layout = if f.channel_layout().is_empty() {
-            ff::ChannelLayout::default(f.channels() as i32)
-        } else {
-            f.channel_layout()
-        };
+        let layout = if f.channel_layout().is_empty() { ff::ChannelLayout::default(f.channels() as i32) } else { f.channel_layout() };
         let args = format!(
             "time_base={}/{}:sample_rate={}:sample_fmt={}:channel_layout=0x{:x}",
             self.flow.in_tb.numerator(),
@@ -1053,14 +838,8 @@ impl Pipe for AudioPipe {
             f.format().name(),
             layout.bits()
         );
-        g.add(&filter::find("abuffer").expect("abuffer"), "in", &args)
-            .ctx(|| "creating the audio source".into())?;
-        g.add(
-            &filter::find("abuffersink").expect("abuffersink"),
-            "out",
-            "",
-        )
-        .ctx(|| "creating the audio sink".into())?;
+        g.add(&filter::find("abuffer").expect("abuffer"), "in", &args).ctx(|| "creating the audio source".into())?;
+        g.add(&filter::find("abuffersink").expect("abuffersink"), "out", "").ctx(|| "creating the audio sink".into())?;
         {
             let mut out = g.get("out").expect("sink");
             out.set_sample_format(self.encoder.format());
@@ -1069,19 +848,10 @@ impl Pipe for AudioPipe {
         }
         // aresample's matrix downmixes any layout (5.1 side or back) with proper
         // centre and surround weights; async=1 pads or trims to keep A/V in sync.
-        let chain = format!(
-            "asetpts=PTS-{:.6}/TB,aresample={}:async=1:first_pts=0",
-            self.flow.start, self.plan.sample_rate
-        );
-        g.output("in", 0)
-            .and_then(|p| p.input("out", 0))
-            .and_then(|p| p.parse(&chain))
-            .ctx(|| format!("building filters {chain}"))?;
+        let chain = format!("asetpts=PTS-{:.6}/TB,aresample={}:async=1:first_pts=0", self.flow.start, self.plan.sample_rate);
+        g.output("in", 0).and_then(|p| p.input("out", 0)).and_then(|p| p.parse(&chain)).ctx(|| format!("building filters {chain}"))?;
         g.validate().ctx(|| "configuring audio filters".into())?;
-        g.get("out")
-            .expect("sink")
-            .sink()
-            .set_frame_size(self.encoder.frame_size());
+        g.get("out").expect("sink").sink().set_frame_size(self.encoder.frame_size());
         Ok(g)
     }
 
@@ -1093,9 +863,7 @@ impl Pipe for AudioPipe {
         while sink.sink().frame(&mut f).is_ok() {
             let pts = f.pts().map(|p| p.rescale(sink_tb, self.enc_tb));
             f.set_pts(pts);
-            self.encoder
-                .send_frame(&f)
-                .ctx(|| "encoding audio".into())?;
+            self.encoder.send_frame(&f).ctx(|| "encoding audio".into())?;
             drain_encoder(&mut self.encoder, Track::Audio, mux)?;
         }
         Ok(())

@@ -18,10 +18,7 @@ pub struct Scan {
 
 pub fn scan(path: &Path) -> Result<Scan> {
     let mut ictx = ff::format::input(&path).ctx(|| format!("reopening {}", path.display()))?;
-    let video = ictx
-        .streams()
-        .best(ff::media::Type::Video)
-        .map(|s| (s.index(), s.time_base()));
+    let video = ictx.streams().best(ff::media::Type::Video).map(|s| (s.index(), s.time_base()));
     let has_audio = ictx.streams().best(ff::media::Type::Audio).is_some();
     let mut video_frames = 0;
     let mut keyframes = Vec::new();
@@ -31,10 +28,7 @@ pub fn scan(path: &Path) -> Result<Scan> {
             Ok(()) => {}
             Err(ff::Error::Eof) => break,
             Err(e) => {
-                return Err(crate::EngineError::internal(
-                    format!("reading back {}", path.display()),
-                    e,
-                ));
+                return Err(crate::EngineError::internal(format!("reading back {}", path.display()), e));
             }
         }
         let Some((vi, tb)) = video else { continue };
@@ -52,11 +46,5 @@ pub fn scan(path: &Path) -> Result<Scan> {
         }
     }
     keyframes.sort_by(|a, b| a.time.total_cmp(&b.time));
-    Ok(Scan {
-        duration: ictx.duration().max(0) as f64 / 1e6,
-        has_video: video.is_some(),
-        has_audio,
-        video_frames,
-        keyframes,
-    })
+    Ok(Scan { duration: ictx.duration().max(0) as f64 / 1e6, has_video: video.is_some(), has_audio, video_frames, keyframes })
 }

@@ -6,32 +6,15 @@ use super::*;
 const T0: i64 = 1_000_000;
 
 async fn queue() -> Queue {
-    let cfg = QueueConfig {
-        lease_ttl_ms: 10_000,
-        backoff_base_ms: 1_000,
-        backoff_max_ms: 8_000,
-        max_attempts: 3,
-    };
+    let cfg = QueueConfig { lease_ttl_ms: 10_000, backoff_base_ms: 1_000, backoff_max_ms: 8_000, max_attempts: 3 };
     Queue::in_memory(cfg).await.unwrap()
 }
 
 async fn job_with(q: &Queue, renditions: &[&str]) -> Job {
-    let new = NewJob {
-        profile: "web".into(),
-        source: "/dav/src".into(),
-        callback_url: None,
-        priority: 0,
-        idempotency_key: None,
-    };
+    let new = NewJob { profile: "web".into(), source: "/dav/src".into(), callback_url: None, priority: 0, idempotency_key: None };
     let (job, _) = q.create_job(&new, T0).await.unwrap();
-    let tasks: Vec<NewTask> = renditions
-        .iter()
-        .map(|r| NewTask {
-            kind: TaskKind::Transcode,
-            rendition: Some(r.to_string()),
-            requires: None,
-        })
-        .collect();
+    let tasks: Vec<NewTask> =
+        renditions.iter().map(|r| NewTask { kind: TaskKind::Transcode, rendition: Some(r.to_string()), requires: None }).collect();
     q.add_tasks(&job.id, &tasks, T0).await.unwrap();
     job
 }
@@ -41,45 +24,17 @@ async fn tasks_lease_lowest_rung_first_and_complete() {
     let q = queue().await;
     let job = job_with(&q, &["240p", "720p"]).await;
     let a = q.lease("w1", &[], T0).await.unwrap().unwrap();
-    assert_eq!(
-        (a.rendition.as_deref(), a.epoch, a.attempt),
-        (Some("240p"), 1, 1)
-    );
+    assert_eq!((a.rendition.as_deref(), a.epoch, a.attempt), (Some("240p"), 1, 1));
     let b = q.lease("w2", &[], T0).await.unwrap().unwrap();
     assert_eq!(b.rendition.as_deref(), Some("720p"));
-    assert!(
-        q.lease("w3", &[], T0).await.unwrap().is_none(),
-        "nothing else to lease"
-    );
-    assert!(
-        !q.heartbeat(&a.task_id, "w1", a.epoch, 0.5, T0 + 1)
-            .await
-            .unwrap()
-    );
-    q.complete(
-        &a.task_id,
-        "w1",
-        a.epoch,
-        &serde_json::json!({"ok": 1}),
-        T0 + 2,
-    )
-    .await
-    .unwrap();
+    assert!(q.lease("w3", &[], T0).await.unwrap().is_none(), "nothing else to lease");
+    assert!(!q.heartbeat(&a.task_id, "w1", a.epoch, 0.5, T0 + 1).await.unwrap());
+    q.complete(&a.task_id, "w1", a.epoch, &serde_json::json!({"ok": 1}), T0 + 2).await.unwrap();
     assert_eq!(q.job(&job.id).await.unwrap().unwrap().state, "running");
-    q.complete(&b.task_id, "w2", b.epoch, &serde_json::json!({}), T0 + 3)
-        .await
-        .unwrap();
+    q.complete(&b.task_id, "w2", b.epoch, &serde_json::json!({}), T0 + 3).await.unwrap();
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!((j.state.as_str(), j.playable), ("finalizing", true));
-    assert!(
-        q.finish_job(
-            &job.id,
-            &serde_json::json!({"master_playlist": "m"}),
-            T0 + 4
-        )
-        .await
-        .unwrap()
-    );
+    assert!(q.finish_job(&job.id, &serde_json::json!({"master_playlist": "m"}), T0 + 4).await.unwrap());
     assert_eq!(q.job(&job.id).await.unwrap().unwrap().state, "succeeded");
 }
 
@@ -89,67 +44,21 @@ async fn expired_leases_are_requeued_and_stale_completions_rejected() {
     let job = job_with(&q, &["240p"]).await;
     let first = q.lease("w1", &[], T0).await.unwrap().unwrap();
     // Heartbeats keep it alive past the original expiry.
-    q.heartbeat(&first.task_id, "w1", first.epoch, 0.2, T0 + 8_000)
-        .await
-        .unwrap();
+    q.heartbeat(&first.task_id, "w1", first.epoch, 0.2, T0 + 8_000).await.unwrap();
     assert!(q.reap(T0 + 12_000).await.unwrap().is_empty());
     // Then w1 goes silent (a partition): the lease lapses and is reaped.
-    assert_eq!(
-        q.reap(T0 + 18_001).await.unwrap(),
-        std::slice::from_ref(&job.id)
-    );
-    assert!(
-        q.lease("w2", &[], T0 + 18_001).await.unwrap().is_none(),
-        "backoff holds it back"
-    );
+    assert_eq!(q.reap(T0 + 18_001).await.unwrap(), std::slice::from_ref(&job.id));
+    assert!(q.lease("w2", &[], T0 + 18_001).await.unwrap().is_none(), "backoff holds it back");
     let second = q.lease("w2", &[], T0 + 19_001).await.unwrap().unwrap();
     assert_eq!((second.epoch, second.attempt), (2, 2));
     // w1 comes back and tries to finish: rejected, and nothing changes.
-    let late = q
-        .complete(
-            &first.task_id,
-            "w1",
-            first.epoch,
-            &serde_json::json!({}),
-            T0 + 19_500,
-        )
-        .await;
-    assert!(
-        matches!(late, Err(QueueError::StaleLease { .. })),
-        "{late:?}"
-    );
-    assert!(matches!(
-        q.heartbeat(&first.task_id, "w1", first.epoch, 0.9, T0 + 19_500)
-            .await,
-        Err(QueueError::StaleLease { .. })
-    ));
-    assert!(matches!(
-        q.fail(
-            &first.task_id,
-            "w1",
-            first.epoch,
-            "x",
-            true,
-            "",
-            T0 + 19_500
-        )
-        .await,
-        Err(QueueError::StaleLease { .. })
-    ));
+    let late = q.complete(&first.task_id, "w1", first.epoch, &serde_json::json!({}), T0 + 19_500).await;
+    assert!(matches!(late, Err(QueueError::StaleLease { .. })), "{late:?}");
+    assert!(matches!(q.heartbeat(&first.task_id, "w1", first.epoch, 0.9, T0 + 19_500).await, Err(QueueError::StaleLease { .. })));
+    assert!(matches!(q.fail(&first.task_id, "w1", first.epoch, "x", true, "", T0 + 19_500).await, Err(QueueError::StaleLease { .. })));
     let t = &q.job(&job.id).await.unwrap().unwrap().tasks[0];
-    assert_eq!(
-        (t.state.as_str(), t.worker.as_deref()),
-        ("leased", Some("w2"))
-    );
-    q.complete(
-        &second.task_id,
-        "w2",
-        second.epoch,
-        &serde_json::json!({}),
-        T0 + 20_000,
-    )
-    .await
-    .unwrap();
+    assert_eq!((t.state.as_str(), t.worker.as_deref()), ("leased", Some("w2")));
+    q.complete(&second.task_id, "w2", second.epoch, &serde_json::json!({}), T0 + 20_000).await.unwrap();
     assert_eq!(q.job(&job.id).await.unwrap().unwrap().state, "finalizing");
 }
 
@@ -161,21 +70,8 @@ async fn retries_back_off_exponentially() {
     for (attempt, wait) in [(1, 1_000), (2, 2_000)] {
         let l = q.lease("w", &[], now).await.unwrap().unwrap();
         assert_eq!(l.attempt, attempt);
-        q.fail(
-            &l.task_id,
-            "w",
-            l.epoch,
-            "storage returned 503",
-            true,
-            "",
-            now,
-        )
-        .await
-        .unwrap();
-        assert!(
-            q.lease("w", &[], now + wait - 1).await.unwrap().is_none(),
-            "attempt {attempt}: still backing off"
-        );
+        q.fail(&l.task_id, "w", l.epoch, "storage returned 503", true, "", now).await.unwrap();
+        assert!(q.lease("w", &[], now + wait - 1).await.unwrap().is_none(), "attempt {attempt}: still backing off");
         now += wait;
     }
     assert_eq!(q.lease("w", &[], now).await.unwrap().unwrap().attempt, 3);
@@ -191,24 +87,11 @@ async fn the_retry_limit_fails_the_job_with_the_last_error() {
         now += 10_000;
         let l = q.lease("w", &[], now).await.unwrap().unwrap();
         assert_eq!(l.rendition.as_deref(), Some("240p"));
-        q.fail(
-            &l.task_id,
-            "w",
-            l.epoch,
-            "storage returned 503",
-            true,
-            "",
-            now,
-        )
-        .await
-        .unwrap();
+        q.fail(&l.task_id, "w", l.epoch, "storage returned 503", true, "", now).await.unwrap();
     }
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!(j.state, "failed");
-    assert_eq!(
-        j.error.as_deref(),
-        Some("storage returned 503 (gave up after 3 attempts)")
-    );
+    assert_eq!(j.error.as_deref(), Some("storage returned 503 (gave up after 3 attempts)"));
     assert_eq!(j.tasks[1].state, "canceled", "the rest of the job stops");
     assert!(q.lease("w", &[], now + 100_000).await.unwrap().is_none());
 }
@@ -232,24 +115,10 @@ async fn bad_input_fails_the_job_at_once() {
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!((j.state.as_str(), j.tasks[0].attempts), ("failed", 1));
     assert!(j.error.unwrap().contains("header declares"));
-    assert!(
-        j.tasks[0]
-            .log_tail
-            .as_deref()
-            .unwrap()
-            .contains("partial file"),
-        "the log tail is kept for ops"
-    );
+    assert!(j.tasks[0].log_tail.as_deref().unwrap().contains("partial file"), "the log tail is kept for ops");
     // Retry brings it back with fresh attempts.
     let j = q.retry_job(&job.id, T0 + 1).await.unwrap();
-    assert_eq!(
-        (
-            j.state.as_str(),
-            j.tasks[0].state.as_str(),
-            j.tasks[0].attempts
-        ),
-        ("queued", "queued", 0)
-    );
+    assert_eq!((j.state.as_str(), j.tasks[0].state.as_str(), j.tasks[0].attempts), ("queued", "queued", 0));
 }
 
 #[tokio::test]
@@ -258,28 +127,17 @@ async fn cancel_reaches_running_tasks_through_heartbeats() {
     let job = job_with(&q, &["240p", "360p"]).await;
     let l = q.lease("w", &[], T0).await.unwrap().unwrap();
     q.cancel_job(&job.id, T0 + 1).await.unwrap();
-    assert!(matches!(
-        q.heartbeat(&l.task_id, "w", l.epoch, 0.5, T0 + 2).await,
-        Err(QueueError::StaleLease { .. })
-    ));
+    assert!(matches!(q.heartbeat(&l.task_id, "w", l.epoch, 0.5, T0 + 2).await, Err(QueueError::StaleLease { .. })));
     assert!(q.lease("w", &[], T0 + 3).await.unwrap().is_none());
     assert_eq!(q.job(&job.id).await.unwrap().unwrap().state, "canceled");
-    assert!(matches!(
-        q.cancel_job(&job.id, T0 + 4).await,
-        Err(QueueError::Conflict(_))
-    ));
+    assert!(matches!(q.cancel_job(&job.id, T0 + 4).await, Err(QueueError::Conflict(_))));
 }
 
 #[tokio::test]
 async fn idempotency_keys_return_the_same_job() {
     let q = queue().await;
-    let new = NewJob {
-        profile: "web".into(),
-        source: "s".into(),
-        callback_url: None,
-        priority: 0,
-        idempotency_key: Some("upload-42".into()),
-    };
+    let new =
+        NewJob { profile: "web".into(), source: "s".into(), callback_url: None, priority: 0, idempotency_key: Some("upload-42".into()) };
     let (a, created_a) = q.create_job(&new, T0).await.unwrap();
     let (b, created_b) = q.create_job(&new, T0 + 5).await.unwrap();
     assert_eq!((a.id, created_a, created_b), (b.id, true, false));
@@ -288,36 +146,11 @@ async fn idempotency_keys_return_the_same_job() {
 #[tokio::test]
 async fn tasks_go_only_to_workers_with_the_encoder() {
     let q = queue().await;
-    let new = NewJob {
-        profile: "vp9".into(),
-        source: "s".into(),
-        callback_url: None,
-        priority: 0,
-        idempotency_key: None,
-    };
+    let new = NewJob { profile: "vp9".into(), source: "s".into(), callback_url: None, priority: 0, idempotency_key: None };
     let (job, _) = q.create_job(&new, T0).await.unwrap();
-    q.add_tasks(
-        &job.id,
-        &[NewTask {
-            kind: TaskKind::Transcode,
-            rendition: Some("360p".into()),
-            requires: Some("libvpx-vp9".into()),
-        }],
-        T0,
-    )
-    .await
-    .unwrap();
-    assert!(
-        q.lease("w", &["libx264".into(), "libvpx".into()], T0)
-            .await
-            .unwrap()
-            .is_none(),
-        "libvpx is not libvpx-vp9"
-    );
-    assert!(
-        q.lease("w", &["libx264".into(), "libvpx-vp9".into()], T0)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    q.add_tasks(&job.id, &[NewTask { kind: TaskKind::Transcode, rendition: Some("360p".into()), requires: Some("libvpx-vp9".into()) }], T0)
+        .await
+        .unwrap();
+    assert!(q.lease("w", &["libx264".into(), "libvpx".into()], T0).await.unwrap().is_none(), "libvpx is not libvpx-vp9");
+    assert!(q.lease("w", &["libx264".into(), "libvpx-vp9".into()], T0).await.unwrap().is_some());
 }

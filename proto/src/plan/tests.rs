@@ -30,63 +30,25 @@ fn probe(w: u32, h: u32, fps: f64, audio: bool) -> Probe {
             default: true,
         }));
     }
-    Probe {
-        container: "mov".into(),
-        duration: 10.0,
-        bitrate: 0,
-        size_bytes: None,
-        streams,
-    }
+    Probe { container: "mov".into(), duration: 10.0, bitrate: 0, size_bytes: None, streams }
 }
 
 /// Plans `web` for a source and compares `name WxH` of each rendition.
 fn check(source: Probe, expected: &[&str]) {
     let plan = plan(&source, &Profile::load("web").unwrap()).unwrap();
-    let got: Vec<String> = plan
-        .renditions
-        .iter()
-        .map(|r| format!("{} {}x{}", r.name, r.width, r.height))
-        .collect();
+    let got: Vec<String> = plan.renditions.iter().map(|r| format!("{} {}x{}", r.name, r.width, r.height)).collect();
     assert_eq!(got, expected);
 }
 
 #[test]
 fn ladders() {
-    check(
-        probe(1920, 1080, 30.0, true),
-        &[
-            "240p 426x240",
-            "360p 640x360",
-            "480p 854x480",
-            "720p 1280x720",
-            "1080p 1920x1080",
-        ],
-    );
-    check(
-        probe(1280, 720, 30.0, true),
-        &[
-            "240p 426x240",
-            "360p 640x360",
-            "480p 854x480",
-            "720p 1280x720",
-        ],
-    );
+    check(probe(1920, 1080, 30.0, true), &["240p 426x240", "360p 640x360", "480p 854x480", "720p 1280x720", "1080p 1920x1080"]);
+    check(probe(1280, 720, 30.0, true), &["240p 426x240", "360p 640x360", "480p 854x480", "720p 1280x720"]);
     // Portrait phone video: rungs bound the short side.
-    check(
-        probe(720, 1280, 30.0, true),
-        &[
-            "240p 240x426",
-            "360p 360x640",
-            "480p 480x854",
-            "720p 720x1280",
-        ],
-    );
+    check(probe(720, 1280, 30.0, true), &["240p 240x426", "360p 360x640", "480p 480x854", "720p 720x1280"]);
     // Smaller than the lowest rung: one rendition at its own even size.
     check(probe(321, 181, 30.0, true), &["180p 320x180"]);
-    check(
-        probe(640, 480, 25.0, false),
-        &["240p 320x240", "360p 480x360", "480p 640x480"],
-    );
+    check(probe(640, 480, 25.0, false), &["240p 320x240", "360p 480x360", "480p 640x480"]);
 }
 
 #[test]
@@ -100,30 +62,14 @@ fn audio_only_sources_get_an_audio_rendition() {
 
 #[test]
 fn no_audio_means_no_audio_rendition() {
-    let plan = plan(
-        &probe(640, 360, 30.0, false),
-        &Profile::load("web").unwrap(),
-    )
-    .unwrap();
+    let plan = plan(&probe(640, 360, 30.0, false), &Profile::load("web").unwrap()).unwrap();
     assert!(plan.renditions.iter().all(|r| r.audio.is_none()));
-    assert_eq!(
-        plan.skipped
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>(),
-        ["480p", "720p", "1080p"]
-    );
+    assert_eq!(plan.skipped.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["480p", "720p", "1080p"]);
 }
 
 #[test]
 fn frame_rates_snap_and_cap() {
-    for (fps, expected) in [
-        (29.97, (30000, 1001)),
-        (29.95, (30000, 1001)),
-        (25.0, (25, 1)),
-        (12.0, (12, 1)),
-        (14.5, (14500, 1000)),
-    ] {
+    for (fps, expected) in [(29.97, (30000, 1001)), (29.95, (30000, 1001)), (25.0, (25, 1)), (12.0, (12, 1)), (14.5, (14500, 1000))] {
         assert_eq!(rational_frame_rate(fps), expected, "{fps}");
     }
     assert_eq!(capped_rate(120.0, 60.0), (60, 1));

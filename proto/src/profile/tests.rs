@@ -5,10 +5,7 @@ fn every_shipped_profile_loads() {
     for name in Profile::builtin_names() {
         let p = Profile::load(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!p.rungs.is_empty());
-        assert!(
-            p.rungs.windows(2).all(|w| w[0].height < w[1].height),
-            "{name}: rungs sorted"
-        );
+        assert!(p.rungs.windows(2).all(|w| w[0].height < w[1].height), "{name}: rungs sorted");
     }
     let web = Profile::load("web").unwrap();
     let names: Vec<_> = web.rungs.iter().map(|r| r.name.as_str()).collect();
@@ -44,9 +41,7 @@ bufsize_kbps = 800
 fn check(from: &str, to: &str, expected: &str) {
     assert!(BASE.contains(from), "{from}");
     let text = BASE.replacen(from, to, 1);
-    let err = Profile::parse(&text, "profiles/t.toml")
-        .expect_err(to)
-        .to_string();
+    let err = Profile::parse(&text, "profiles/t.toml").expect_err(to).to_string();
     assert_eq!(err, expected, "for {to:?}");
 }
 
@@ -57,21 +52,9 @@ fn errors_name_file_line_and_key() {
         "crf = 23\ncolour = 1",
         "profiles/t.toml:21: `colour`: unknown field `colour`, expected one of `name`, `height`, `crf`, `bitrate_kbps`, `maxrate_kbps`, `bufsize_kbps`",
     );
-    check(
-        "crf = 23",
-        "crf = 99",
-        "profiles/t.toml:20: `rendition.crf`: must be 0..=51",
-    );
-    check(
-        "crf = 23",
-        "crf = \"high\"",
-        "profiles/t.toml:20: `crf`: invalid type: string \"high\", expected u32",
-    );
-    check(
-        "schema = 1",
-        "schema = 2",
-        "profiles/t.toml:1: `schema`: schema version 2 is not supported (this build reads 1)",
-    );
+    check("crf = 23", "crf = 99", "profiles/t.toml:20: `rendition.crf`: must be 0..=51");
+    check("crf = 23", "crf = \"high\"", "profiles/t.toml:20: `crf`: invalid type: string \"high\", expected u32");
+    check("schema = 1", "schema = 2", "profiles/t.toml:1: `schema`: schema version 2 is not supported (this build reads 1)");
     check(
         "preset = \"veryfast\"",
         "preset = \"fastest\"",
@@ -82,45 +65,24 @@ fn errors_name_file_line_and_key() {
         "segment_seconds = 5.0",
         "profiles/t.toml:8: `video.segment_seconds`: must be a whole number of GOPs (a multiple of gop_seconds)",
     );
-    check(
-        "height = 240",
-        "height = 241",
-        "profiles/t.toml:19: `rendition.height`: must be an even number in 16..=4320",
-    );
+    check("height = 240", "height = 241", "profiles/t.toml:19: `rendition.height`: must be an even number in 16..=4320");
     check(
         "crf = 23",
         "crf = 23\nbitrate_kbps = 300",
         "profiles/t.toml:18: `rendition`: `240p` needs exactly one of `crf` or `bitrate_kbps`",
     );
-    check(
-        "channels = 2",
-        "channels = 6",
-        "profiles/t.toml:14: `audio.channels`: must be 1 or 2",
-    );
+    check("channels = 2", "channels = 6", "profiles/t.toml:14: `audio.channels`: must be 1 or 2");
 }
 
 #[test]
 fn fixed_bitrate_rungs_are_possible() {
     let text = BASE.replacen("crf = 23", "bitrate_kbps = 300", 1);
     let p = Profile::parse(&text, "t.toml").unwrap();
-    assert_eq!(
-        p.rungs[0].rate,
-        RateControl::Bitrate {
-            bitrate: 300_000,
-            maxrate: 400_000,
-            bufsize: 800_000
-        }
-    );
+    assert_eq!(p.rungs[0].rate, RateControl::Bitrate { bitrate: 300_000, maxrate: 400_000, bufsize: 800_000 });
 }
 
 #[test]
 fn unknown_names_are_rejected() {
-    assert!(matches!(
-        Profile::load("nope"),
-        Err(ProfileError::Unknown(_))
-    ));
-    assert!(matches!(
-        Profile::load("../etc"),
-        Err(ProfileError::Read { .. })
-    ));
+    assert!(matches!(Profile::load("nope"), Err(ProfileError::Unknown(_))));
+    assert!(matches!(Profile::load("../etc"), Err(ProfileError::Read { .. })));
 }

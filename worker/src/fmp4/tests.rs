@@ -1,26 +1,15 @@
 use super::*;
 
 fn check_group(times: &[f64], end: f64, expected: &[(Range<usize>, f64)]) {
-    let got: Vec<_> = group(times, end, 6.0)
-        .into_iter()
-        .map(|(r, _, d)| (r, (d * 1000.0).round() / 1000.0))
-        .collect();
+    let got: Vec<_> = group(times, end, 6.0).into_iter().map(|(r, _, d)| (r, (d * 1000.0).round() / 1000.0)).collect();
     assert_eq!(got, expected);
 }
 
 #[test]
 fn segments_are_whole_gops() {
-    check_group(
-        &[0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0],
-        13.0,
-        &[(0..3, 6.0), (3..6, 6.0), (6..7, 1.0)],
-    );
+    check_group(&[0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0], 13.0, &[(0..3, 6.0), (3..6, 6.0), (6..7, 1.0)]);
     // 29.97 fps: keyframes land on the first frame at or after each 2 s mark.
-    check_group(
-        &[0.0, 2.002, 4.004, 6.006, 8.008],
-        9.0,
-        &[(0..3, 6.006), (3..5, 2.994)],
-    );
+    check_group(&[0.0, 2.002, 4.004, 6.006, 8.008], 9.0, &[(0..3, 6.006), (3..5, 2.994)]);
     check_group(&[0.0], 0.5, &[(0..1, 0.5)]);
 }
 

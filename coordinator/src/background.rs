@@ -1,0 +1,125 @@
+//! apalis runs the coordinator's own durable chores: probing and planning new jobs,
+//! and finalizing jobs whose tasks all succeeded. Queued in SQLite (`chores.db`,
+//! beside `drake.db`: apalis's `Jobs`/`Workers` tables would collide with ours, as
+//! SQLite table names ignore case), they survive a coordinator restart: a job
+//! accepted just before a crash still gets planned. apalis workers are in-process only, so remote
+//! transcode tasks use the coordinator's own lease tables instead (see `queue`).
+//!
+//! Settings follow the verified pitfalls of apalis 1.0: a named queue, batch size 1,
+//! a short poll interval, few attempts, unique worker names per process start, a
+//! monitor that restarts a worker after a database error, and its own migrations table.
+
+use crate::api::AppState;
+use crate::chores;
+use apalis::prelude::*;
+use apalis_sqlite::{Config, SqlitePool, SqliteStorage};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Probe a new job's source and queue its tasks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeAndPlan {
+    pub job_id: String,
+}
+
+/// Write a finished job's master playlist and manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Finalize {
+    pub job_id: String,
+}
+
+const PROBE_QUEUE: &str = "drake.probe_and_plan";
+const FINALIZE_QUEUE: &str = "drake.finalize";
+
+/// Pushes chores; cheap to clone.
+#[derive(Clone)]
+pub struct Chores {
+    probe: SqliteStorage<ProbeAndPlan>,
+    finalize: SqliteStorage<Finalize>,
+}
+
+fn config(queue: &str) -> Config {
+    Config::default().queue(queue).batch_size(1)
+}
+
+impl Chores {
+    /// Opens (creating) apalis's database and its tables. Durable settings: WAL with
+    /// `synchronous=NORMAL`, not the `OFF` that apalis's own `setup()` chooses.
+    pub async fn open(path: &std::path::Path) -> Result<(Chores, SqlitePool), sqlx::Error> {
+        use apalis_sqlite::SqliteConnectOptions;
+        use std::str::FromStr;
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = apalis_sqlite::SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        SqliteStorage::migrations().run(&pool).await?;
+        let chores = Chores {
+            probe: SqliteStorage::new(&pool).with_config(config(PROBE_QUEUE)),
+            finalize: SqliteStorage::new(&pool).with_config(config(FINALIZE_QUEUE)),
+        };
+        Ok((chores, pool))
+    }
+
+    pub async fn probe_and_plan(&self, job_id: &str) -> Result<(), String> {
+        let mut sink = self.probe.clone();
+        sink.push_task(TaskBuilder::new(ProbeAndPlan { job_id: job_id.into() }).max_attempts(3).build()).await.map_err(|e| e.to_string())
+    }
+
+    pub async fn finalize(&self, job_id: &str) -> Result<(), String> {
+        let mut sink = self.finalize.clone();
+        sink.push_task(TaskBuilder::new(Finalize { job_id: job_id.into() }).max_attempts(3).build()).await.map_err(|e| e.to_string())
+    }
+}
+
+async fn probe_and_plan(task: ProbeAndPlan, st: Data<AppState>) -> Result<(), BoxDynError> {
+    chores::probe_and_plan((*st).clone(), task.job_id).await.map_err(Into::into)
+}
+
+async fn finalize(task: Finalize, st: Data<AppState>) -> Result<(), BoxDynError> {
+    chores::run_finalize(&st, &task.job_id).await.map_err(Into::into)
+}
+
+/// Runs the chore workers until `shutdown` resolves.
+pub async fn run(st: AppState, pool: SqlitePool, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+    // Unique per process start: apalis refuses a worker name seen within its heartbeat window.
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let (p_pool, p_st, p_id) = (pool.clone(), st.clone(), run_id.clone());
+    let (f_pool, f_st, f_id) = (pool, st, run_id);
+    let monitor = Monitor::new()
+        .register(move |restarts| {
+            WorkerBuilder::new(format!("probe-{p_id}-{restarts}"))
+                .backend(
+                    SqliteStorage::<ProbeAndPlan>::new(&p_pool)
+                        .with_config(config(PROBE_QUEUE))
+                        .poll_with_interval(Duration::from_millis(200)),
+                )
+                .data(p_st.clone())
+                .concurrency(2)
+                .build(probe_and_plan)
+        })
+        .register(move |restarts| {
+            WorkerBuilder::new(format!("finalize-{f_id}-{restarts}"))
+                .backend(
+                    SqliteStorage::<Finalize>::new(&f_pool)
+                        .with_config(config(FINALIZE_QUEUE))
+                        .poll_with_interval(Duration::from_millis(200)),
+                )
+                .data(f_st.clone())
+                .concurrency(2)
+                .build(finalize)
+        })
+        // A single SQLITE_BUSY kills an apalis worker; bring it back.
+        .should_restart(|_, _| true)
+        .shutdown_timeout(Duration::from_secs(10));
+    if let Err(e) = monitor
+        .run_with_signal(async move {
+            shutdown.await;
+            Ok(())
+        })
+        .await
+    {
+        eprintln!("coordinator: background chores stopped: {e}");
+    }
+}
