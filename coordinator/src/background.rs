@@ -31,6 +31,34 @@ pub struct Finalize {
 const PROBE_QUEUE: &str = "drake.probe_and_plan";
 const FINALIZE_QUEUE: &str = "drake.finalize";
 
+/// Wakes an apalis worker every `period` to look for new chores.
+///
+/// apalis 1.0's `IntervalStrategy` re-arms its timer without polling it, so after the
+/// first tick nothing wakes an idle worker until its 30 s heartbeat (measured: a
+/// finalize chore waited 21 s). Polling the tokio interval again right after a tick
+/// registers the waker for the next one.
+struct Ticker(tokio::time::Interval);
+
+impl Ticker {
+    fn every(period: Duration) -> Ticker {
+        let mut i = tokio::time::interval(period);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticker(i)
+    }
+}
+
+impl PollStrategy for Ticker {
+    fn poll_drive(&mut self, cx: &mut std::task::Context<'_>, _: &PollSnapshot) -> std::task::Poll<Option<()>> {
+        match self.0.poll_tick(cx) {
+            std::task::Poll::Ready(_) => {
+                let _ = self.0.poll_tick(cx);
+                std::task::Poll::Ready(Some(()))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
 /// Pushes chores; cheap to clone.
 #[derive(Clone)]
 pub struct Chores {
@@ -93,7 +121,7 @@ pub async fn run(st: AppState, pool: SqlitePool, shutdown: impl std::future::Fut
                 .backend(
                     SqliteStorage::<ProbeAndPlan>::new(&p_pool)
                         .with_config(config(PROBE_QUEUE))
-                        .poll_with_interval(Duration::from_millis(200)),
+                        .poll_with_strategy(Ticker::every(Duration::from_millis(200))),
                 )
                 .data(p_st.clone())
                 .concurrency(2)
@@ -104,7 +132,7 @@ pub async fn run(st: AppState, pool: SqlitePool, shutdown: impl std::future::Fut
                 .backend(
                     SqliteStorage::<Finalize>::new(&f_pool)
                         .with_config(config(FINALIZE_QUEUE))
-                        .poll_with_interval(Duration::from_millis(200)),
+                        .poll_with_strategy(Ticker::every(Duration::from_millis(200))),
                 )
                 .data(f_st.clone())
                 .concurrency(2)
