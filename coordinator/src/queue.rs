@@ -133,6 +133,18 @@ pub struct Task {
     pub error: Option<String>,
     /// The end of the failed child's stderr.
     pub log_tail: Option<String>,
+    /// Unix ms: when it became runnable, was last leased, the child ran (from the
+    /// worker's report), and when it ended.
+    pub timing: TaskTiming,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskTiming {
+    pub queued_at: Option<i64>,
+    pub leased_at: Option<i64>,
+    pub child_started_at: Option<i64>,
+    pub child_exited_at: Option<i64>,
+    pub finished_at: Option<i64>,
 }
 
 /// A granted lease: what the worker must echo back to heartbeat, complete or fail.
@@ -237,7 +249,7 @@ impl Queue {
     pub async fn add_tasks(&self, job_id: &str, tasks: &[NewTask], now: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for (seq, t) in tasks.iter().enumerate() {
-            sqlx::query("INSERT INTO tasks (id, job_id, kind, rendition, requires, seq, state, max_attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)")
+            sqlx::query("INSERT INTO tasks (id, job_id, kind, rendition, requires, seq, state, max_attempts, created_at, updated_at, queued_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?9)")
                 .bind(uuid::Uuid::now_v7().to_string())
                 .bind(job_id)
                 .bind(kind_str(t.kind))
@@ -261,7 +273,7 @@ impl Queue {
         let encoders = format!(",{},", encoders.join(","));
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "UPDATE tasks SET state = 'leased', worker_id = ?1, epoch = epoch + 1, attempts = attempts + 1,
+            "UPDATE tasks SET state = 'leased', worker_id = ?1, epoch = epoch + 1, attempts = attempts + 1, leased_at = ?2,
                  lease_expires_at = ?2 + ?3, progress = 0, updated_at = ?2
              WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
                          WHERE t.state = 'queued' AND t.run_after <= ?2 AND t.cancel = 0
@@ -326,7 +338,7 @@ impl Queue {
     pub async fn complete(&self, task: &str, worker: &str, epoch: i64, result: &serde_json::Value, now: i64) -> Result<String> {
         let mut tx = self.pool.begin().await?;
         let job: Option<String> = sqlx::query_scalar(
-            "UPDATE tasks SET state = 'succeeded', progress = 1, result = ?4, lease_expires_at = NULL, updated_at = ?5
+            "UPDATE tasks SET state = 'succeeded', progress = 1, result = ?4, lease_expires_at = NULL, updated_at = ?5, finished_at = ?5
              WHERE id = ?1 AND worker_id = ?2 AND epoch = ?3 AND state IN ('leased', 'running') AND cancel = 0 RETURNING job_id",
         )
         .bind(task)
@@ -415,7 +427,7 @@ impl Queue {
         if !matches!(job_state(&mut tx, id).await?.as_str(), "failed" | "canceled") {
             return Err(QueueError::Conflict(format!("job {id} has not failed or been canceled")));
         }
-        sqlx::query("UPDATE tasks SET state = 'queued', cancel = 0, attempts = 0, error = NULL, run_after = 0, worker_id = NULL, progress = 0, updated_at = ? WHERE job_id = ? AND state != 'succeeded'")
+        sqlx::query("UPDATE tasks SET state = 'queued', cancel = 0, attempts = 0, error = NULL, run_after = 0, worker_id = NULL, progress = 0, updated_at = ?1, queued_at = ?1 WHERE job_id = ?2 AND state != 'succeeded'")
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
@@ -540,7 +552,7 @@ impl Queue {
             return Ok(None);
         };
         let tasks = sqlx::query(
-            "SELECT id, kind, rendition, state, progress, attempts, worker_id, error, log_tail FROM tasks WHERE job_id = ? ORDER BY seq",
+            "SELECT id, kind, rendition, state, progress, attempts, worker_id, error, log_tail, queued_at, leased_at, finished_at, json_extract(result, '$.timing.child_started_at'), json_extract(result, '$.timing.child_exited_at') FROM tasks WHERE job_id = ? ORDER BY seq",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -556,6 +568,7 @@ impl Queue {
             worker: t.get(6),
             error: t.get(7),
             log_tail: t.get(8),
+            timing: TaskTiming { queued_at: t.get(9), leased_at: t.get(10), finished_at: t.get(11), child_started_at: t.get(12), child_exited_at: t.get(13) },
         })
         .collect::<Vec<_>>();
         let json = |v: Option<String>| v.and_then(|t| serde_json::from_str(&t).ok());
@@ -598,7 +611,7 @@ async fn requeue_or_fail(
     now: i64,
 ) -> Result<()> {
     if retryable && attempts < max {
-        sqlx::query("UPDATE tasks SET state = 'queued', worker_id = NULL, lease_expires_at = NULL, run_after = ?, error = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE tasks SET state = 'queued', worker_id = NULL, lease_expires_at = NULL, run_after = ?1, queued_at = ?1, error = ?2, updated_at = ?3 WHERE id = ?4")
             .bind(now + cfg.backoff(attempts))
             .bind(error)
             .bind(now)
@@ -607,12 +620,14 @@ async fn requeue_or_fail(
             .await?;
     } else {
         let why = if retryable { format!("{error} (gave up after {attempts} attempts)") } else { error.to_string() };
-        sqlx::query("UPDATE tasks SET state = 'failed', lease_expires_at = NULL, error = ?, updated_at = ? WHERE id = ?")
-            .bind(&why)
-            .bind(now)
-            .bind(task)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE tasks SET state = 'failed', lease_expires_at = NULL, error = ?1, updated_at = ?2, finished_at = ?2 WHERE id = ?3",
+        )
+        .bind(&why)
+        .bind(now)
+        .bind(task)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE jobs SET error = COALESCE(error, ?) WHERE id = ?").bind(&why).bind(job).execute(&mut *tx).await?;
     }
     Ok(())

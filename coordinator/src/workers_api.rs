@@ -145,7 +145,7 @@ async fn complete(
             return Err(ApiError::BadRequest(format!("{} is {len} bytes, not {}", f.path, f.size)));
         }
     }
-    let result = json!({"report": c.report, "files": c.files, "dir": storage::output_dir(&job, rendition.as_deref())});
+    let result = json!({"report": c.report, "files": c.files, "timing": c.timing, "dir": storage::output_dir(&job, rendition.as_deref())});
     // The queue is the fence: only the current lease's completion is accepted...
     st.queue.complete(&task, &worker, c.epoch, &result, now_ms()).await?;
     // ...and only then do its outputs move into place.

@@ -90,6 +90,16 @@ pub struct Complete {
     pub report: serde_json::Value,
     /// Every file published, with the size and sha256 verified after upload.
     pub files: Vec<crate::report::FileSum>,
+    /// When the child ran, for measuring orchestration overhead.
+    #[serde(default)]
+    pub timing: ChildTiming,
+}
+
+/// Unix milliseconds on the worker's clock.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChildTiming {
+    pub child_started_at: Option<i64>,
+    pub child_exited_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,7 +10,8 @@
 use crate::publish::{Dav, PublishError};
 use proto::report::{FileSum, ProgressLine};
 use proto::wire::{
-    Capabilities, Complete, Fail, Heartbeat, HeartbeatReply, LeaseRequest, RegisterRequest, RegisterResponse, TaskKind, TaskLease,
+    Capabilities, ChildTiming, Complete, Fail, Heartbeat, HeartbeatReply, LeaseRequest, RegisterRequest, RegisterResponse, TaskKind,
+    TaskLease,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -152,7 +153,7 @@ async fn register(http: &reqwest::Client, cfg: &NodeConfig) -> Result<RegisterRe
 
 /// How a task's child ended.
 enum Outcome {
-    Succeeded,
+    Succeeded(ChildTiming),
     Failed {
         error: String,
         retryable: bool,
@@ -186,7 +187,7 @@ impl Node {
         let _ = tokio::fs::remove_dir_all(&dir).await;
         let outcome = self.execute(&lease, &dir).await;
         let result = match outcome {
-            Outcome::Succeeded => match self.publish(&lease, &dir).await {
+            Outcome::Succeeded(timing) => match self.publish(&lease, &dir, timing).await {
                 Ok(complete) => self.post(&lease, "complete", &complete).await,
                 // Storage trouble is infrastructure: another attempt may succeed.
                 Err(e) => {
@@ -250,6 +251,7 @@ impl Node {
                 Ok(())
             });
         }
+        let started_at = unix_ms();
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -309,11 +311,14 @@ impl Node {
                 }
             }
         };
+        let exited_at = unix_ms();
         let _ = reader.await;
         let log_tail = stderr_task.await.unwrap_or_default();
         let last = log_tail.lines().last().unwrap_or_default().trim_start_matches("drake: ").to_string();
         match status {
-            Ok(s) if s.success() => Outcome::Succeeded,
+            Ok(s) if s.success() => {
+                Outcome::Succeeded(ChildTiming { child_started_at: Some(started_at), child_exited_at: Some(exited_at) })
+            }
             Ok(s) if s.code() == Some(proto::exit::BAD_INPUT) => Outcome::Failed { error: last, retryable: false, log_tail },
             Ok(s) => Outcome::Failed {
                 error: if last.is_empty() { format!("the engine exited with {s}") } else { last },
@@ -344,7 +349,7 @@ impl Node {
     }
 
     /// Publishes every output file (the report last) and builds the completion.
-    async fn publish(&self, lease: &TaskLease, dir: &Path) -> Result<Complete, PublishError> {
+    async fn publish(&self, lease: &TaskLease, dir: &Path, timing: ChildTiming) -> Result<Complete, PublishError> {
         let report_name = match lease.kind {
             TaskKind::Transcode => "rendition.json",
             TaskKind::Thumbnails => "thumbnails.json",
@@ -366,8 +371,12 @@ impl Node {
         for name in names {
             files.push(dav.publish(&dir.join(&name), &lease.output_dir, &name, &format!("{}-{}", lease.task_id, lease.epoch)).await?);
         }
-        Ok(Complete { epoch: lease.epoch, report, files })
+        Ok(Complete { epoch: lease.epoch, report, files, timing })
     }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Progress fraction from one engine stdout line, e.g.
