@@ -63,6 +63,12 @@ pub async fn probe_and_plan(st: AppState, job: String) -> Result<(), String> {
             requires: r.video.as_ref().map(|_| encoder.clone()),
         })
         .collect();
+    // The lowest rung runs first, so the job is playable early; then the longest
+    // tasks first (highest rung down), which keeps workers busy to the end instead of
+    // leaving the biggest encode alone on one machine at the tail.
+    if tasks.len() > 2 {
+        tasks[1..].reverse();
+    }
     if probe.main_video().is_some() {
         tasks.push(NewTask { kind: TaskKind::Thumbnails, rendition: None, requires: None });
     }

@@ -72,7 +72,7 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
     let mut candidates: Vec<Vec<(f64, Stats)>> = vec![Vec::new(); count];
     let mut tile_images: Vec<Option<RgbImage>> = vec![None; tiles];
     for (t, use_) in targets {
-        let Some((time, img)) = walker.frame_at(t)? else {
+        let Some((time, img)) = walker.frame_at(t, Some(2 * TILE_BOX))? else {
             break;
         };
         match use_ {
@@ -95,7 +95,7 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
     let mut thumbs = Vec::new();
     let mut best_poster: Option<(f64, f64, RgbImage)> = None;
     for (k, (time, stats)) in picks.into_iter().enumerate() {
-        let Some((time, img)) = walker.frame_at(time)? else {
+        let Some((time, img)) = walker.frame_at(time, None)? else {
             continue;
         };
         let (w, h) = fit(img.width(), img.height(), THUMB_BOX.0, THUMB_BOX.1);
@@ -274,7 +274,7 @@ struct Walker {
     start: f64,
     rotation: u32,
     decoder: decoder::Video,
-    scaler: Option<(scaling::Context, (u32, u32, format::Pixel))>,
+    scaler: Option<(scaling::Context, (u32, u32, format::Pixel, u32, u32))>,
     /// The most recent decoded frame and its time (seconds from the start).
     current: Option<(f64, frame::Video)>,
     eof: bool,
@@ -292,8 +292,10 @@ impl Walker {
         Ok(Walker { ictx, index, tb, start, rotation, decoder, scaler: None, current: None, eof: false })
     }
 
-    /// The first frame at or after `t` (or the last frame, past the end), upright, in RGB.
-    fn frame_at(&mut self, t: f64) -> Result<Option<(f64, RgbImage)>> {
+    /// The first frame at or after `t` (or the last frame, past the end), upright, in
+    /// RGB, at most `max_side` pixels on its long side (swscale does that first step
+    /// cheaply; the image crate does the final resize to the output size).
+    fn frame_at(&mut self, t: f64, max_side: Option<u32>) -> Result<Option<(f64, RgbImage)>> {
         let ahead = self.current.as_ref().map_or(f64::INFINITY, |(ct, _)| t - ct);
         if ahead > SEEK_AHEAD && !self.eof {
             let ts = ((t + self.start) * 1e6) as i64;
@@ -309,7 +311,7 @@ impl Walker {
         }
         match self.current.take() {
             Some((ct, f)) => {
-                let img = self.rgb_of(&f)?;
+                let img = self.rgb_of(&f, max_side)?;
                 self.current = Some((ct, f));
                 Ok(Some((ct, img)))
             }
@@ -349,13 +351,17 @@ impl Walker {
         }
     }
 
-    fn rgb_of(&mut self, f: &frame::Video) -> Result<RgbImage> {
+    fn rgb_of(&mut self, f: &frame::Video, max_side: Option<u32>) -> Result<RgbImage> {
         let sar = f.aspect_ratio();
         let dw = if sar.numerator() > 0 && sar.denominator() > 0 { (f.width() as f64 * f64::from(sar)).round() as u32 } else { f.width() };
-        let dw = dw.clamp(2, 16384);
-        let key = (f.width(), f.height(), f.format());
+        let (dw, dh) = (dw.clamp(2, 16384), f.height());
+        let (ow, oh) = match max_side {
+            Some(m) if dw.max(dh) > m => fit(dw, dh, m, m),
+            _ => (dw, dh),
+        };
+        let key = (f.width(), f.height(), f.format(), ow, oh);
         if self.scaler.as_ref().is_none_or(|(_, k)| *k != key) {
-            let s = scaling::Context::get(f.format(), f.width(), f.height(), format::Pixel::RGB24, dw, f.height(), scaling::Flags::BICUBIC)
+            let s = scaling::Context::get(f.format(), f.width(), f.height(), format::Pixel::RGB24, ow, oh, scaling::Flags::BICUBIC)
                 .ctx(|| "creating the RGB converter".into())?;
             self.scaler = Some((s, key));
         }
