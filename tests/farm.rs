@@ -103,7 +103,7 @@ fn every_api_route_checks_the_caller() {
 }
 
 #[test]
-fn submitted_jobs_are_probed_and_planned_lowest_rung_first() {
+fn submitted_jobs_are_probed_and_planned_lowest_rung_first_then_longest() {
     let dir = Dir::new();
     ffmpeg(&[
         "-f",
@@ -141,7 +141,7 @@ fn submitted_jobs_are_probed_and_planned_lowest_rung_first() {
         .iter()
         .map(|t| format!("{}:{}", t["kind"].as_str().unwrap(), t["rendition"].as_str().unwrap_or("-")))
         .collect();
-    assert_eq!(tasks, ["transcode:240p", "transcode:360p", "transcode:480p", "thumbnails:-"]);
+    assert_eq!(tasks, ["transcode:240p", "transcode:480p", "transcode:360p", "thumbnails:-"], "lowest rung first, then longest first");
 
     let (_, listed) = c.call("GET", "/api/v1/jobs?state=queued&per_page=10", Some(&c.admin), None);
     assert_eq!(listed["jobs"][0]["id"].as_str(), Some(id));
