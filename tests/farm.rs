@@ -559,3 +559,67 @@ fn sigterm(pid: u32) {
     let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn cancel_kills_the_child_and_sigterm_drains_a_worker() {
+    let c = Coordinator::start_with(&["--lease-ttl-seconds", "4", "--max-upload-bytes", "5000000"]);
+    let join = c.join_token(2);
+    let dir = Dir::new();
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=1280x720:r=30:d=20", "-c:v", "libx264", "-preset", "ultrafast", &dir.s("long.mp4")]);
+    let mut w = c.worker("drainer", &join);
+
+    // Uploads over the limit are refused without creating a job.
+    let (status, e) = c.upload(&dir.s("long.mp4"), &[]);
+    assert!(std::fs::metadata(dir.path("long.mp4")).unwrap().len() > 5_000_000);
+    assert_eq!((status, e["code"].as_str()), (413, Some("too_large")), "{e}");
+    let (_, list) = c.call("GET", "/api/v1/jobs", Some(&c.admin), None);
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 0);
+    assert_eq!(std::fs::read_dir(c.data.path("storage/uploads")).unwrap().count(), 0, "no partial upload left");
+
+    let c = Coordinator::start_with(&["--lease-ttl-seconds", "4"]);
+    let join = c.join_token(2);
+    drop(w);
+    w = c.worker("drainer", &join);
+    let scratch = w.scratch.to_string_lossy().into_owned();
+    let running = |c: &Coordinator| loop {
+        let (_, list) = c.call("GET", "/api/v1/workers", Some(&c.admin), None);
+        if let Some(t) =
+            list["workers"][0]["current_tasks"].as_array().and_then(|t| t.first()).filter(|t| t["progress"].as_f64().unwrap_or(0.0) > 0.0)
+        {
+            return t["job_id"].as_str().unwrap().to_string();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    // Cancel: the running child is killed within a heartbeat, and the job ends canceled.
+    let (_, job) = c.upload(&dir.s("long.mp4"), &[]);
+    let id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(running(&c), id);
+    let (status, _) = c.call("POST", &format!("/api/v1/jobs/{id}/cancel"), Some(&c.admin), None);
+    assert_eq!(status, 200);
+    let started = Instant::now();
+    while processes_mentioning(&scratch).iter().any(|p| p.contains(" --out ")) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the canceled child still runs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.wait_ended(&id, Duration::from_secs(5))["state"], "canceled");
+
+    // SIGTERM: the worker finishes the task it is running, takes no new one, and exits.
+    let (_, job) = c.upload(&dir.s("long.mp4"), &[]);
+    let id = job["id"].as_str().unwrap().to_string();
+    running(&c);
+    sigterm(w.child.id());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(status) = w.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the worker did not drain");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(exit.success(), "{exit}");
+    let (_, j) = c.call("GET", &format!("/api/v1/jobs/{id}"), Some(&c.admin), None);
+    let states: Vec<&str> = j["tasks"].as_array().unwrap().iter().map(|t| t["state"].as_str().unwrap()).collect();
+    assert_eq!(states.iter().filter(|s| **s == "succeeded").count(), 1, "the running task finished: {states:?}");
+    assert!(states.iter().skip(1).all(|s| *s == "queued"), "and no other was taken: {states:?}");
+}
