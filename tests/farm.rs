@@ -623,3 +623,75 @@ fn cancel_kills_the_child_and_sigterm_drains_a_worker() {
     assert_eq!(states.iter().filter(|s| **s == "succeeded").count(), 1, "the running task finished: {states:?}");
     assert!(states.iter().skip(1).all(|s| *s == "queued"), "and no other was taken: {states:?}");
 }
+
+#[test]
+fn each_role_reaches_only_its_routes() {
+    let c = Coordinator::start();
+    let (status, t) = c.call("POST", "/api/v1/tokens", Some(&c.admin), Some(json!({"role": "submit", "label": "pipeline"})));
+    assert_eq!(status, 201, "{t}");
+    let submit = t["token"].as_str().unwrap().to_string();
+    assert_eq!(c.call("POST", "/api/v1/tokens", Some(&c.admin), Some(json!({"role": "admin", "label": "x"}))).0, 400);
+    assert_eq!(c.call("POST", "/api/v1/tokens", Some(&submit), Some(json!({"role": "submit", "label": "x"}))).0, 403);
+
+    // A worker credential, obtained the way a worker gets one.
+    let join = c.join_token(1);
+    let reg = json!({"version": 1, "name": "probe", "drake_version": "0", "slots": 1, "capabilities": {"encoders": ["libx264"], "cores": 2, "tags": []}});
+    let (status, r) = c.call("POST", "/api/v1/workers/register", Some(&join), Some(reg.clone()));
+    assert_eq!(status, 201, "{r}");
+    let worker = r["token"].as_str().unwrap().to_string();
+    assert_eq!(c.call("POST", "/api/v1/workers/register", Some(&join), Some(reg)).0, 401, "a one-use join token is spent");
+
+    for (method, path, body) in [
+        ("GET", "/api/v1/jobs", None),
+        ("POST", "/api/v1/jobs", Some(json!({"source_url": "http://x/a.mp4"}))),
+        ("POST", "/api/v1/join-tokens", Some(json!({"uses": 1, "ttl_seconds": 600}))),
+        ("GET", "/api/v1/workers", None),
+        ("GET", "/api/v1/events", None),
+    ] {
+        assert_eq!(c.call(method, path, Some(&worker), body).0, 403, "worker token on {method} {path}");
+    }
+    for (method, path) in [("POST", "/api/v1/join-tokens"), ("GET", "/api/v1/workers"), ("POST", "/api/v1/workers/lease")] {
+        assert_eq!(
+            c.call(
+                method,
+                path,
+                Some(&submit),
+                Some(json!({"uses": 1, "ttl_seconds": 600, "version": 1, "free_slots": 1, "wait_seconds": 0}))
+            )
+            .0,
+            403,
+            "submit token on {method} {path}"
+        );
+    }
+    assert_eq!(c.call("GET", "/api/v1/jobs", Some(&submit), None).0, 200);
+
+    // WebDAV: the worker may write, the submit token may only read, nobody may escape.
+    let dav = |token: &str, method: &str, path: &str| -> u16 {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            method,
+            "--path-as-is",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+        ]);
+        if method == "PUT" {
+            cmd.args(["--data-binary", "x"]);
+        }
+        let out = cmd.arg(format!("{}{path}", c.url)).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().parse().unwrap()
+    };
+    assert_eq!(dav(&worker, "PUT", "/dav/jobs/probe.txt"), 201);
+    assert_eq!(dav(&submit, "GET", "/dav/jobs/probe.txt"), 200);
+    assert_eq!(dav(&submit, "PUT", "/dav/jobs/probe.txt"), 403);
+    assert_eq!(dav(&submit, "DELETE", "/dav/jobs/probe.txt"), 403);
+    assert_eq!(dav("drk_admin_forged", "GET", "/dav/jobs/probe.txt"), 401);
+    assert_eq!(dav(&worker, "GET", "/dav/jobs/../../admin-token"), 403);
+    assert_eq!(dav(&worker, "GET", "/dav/jobs/%2e%2e/%2e%2e/admin-token"), 403);
+    assert_eq!(dav(&c.admin, "GET", "/dav/uploads/"), 403);
+}

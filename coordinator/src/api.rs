@@ -5,6 +5,7 @@ use crate::auth::{self, Caller, Role};
 use crate::chores;
 use crate::queue::{NewJob, Queue, QueueError};
 use crate::{storage, workers_api};
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header, request::Parts};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -122,6 +123,12 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// A JSON body, parsed only after the caller was authorized, so that a caller
+/// without the right role learns nothing from validation errors.
+pub fn parsed<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    b.map(|Json(v)| v).map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
 pub fn allow(caller: &Caller, roles: &[Role]) -> Result<(), ApiError> {
     if roles.contains(&caller.role) { Ok(()) } else { Err(ApiError::Forbidden) }
 }
@@ -136,6 +143,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/retry", post(retry_job))
         .route("/api/v1/events", get(events))
         .route("/api/v1/join-tokens", post(create_join_token))
+        .route("/api/v1/tokens", post(create_token))
         .merge(workers_api::routes())
         .merge(storage::routes())
         .with_state(state)
@@ -346,8 +354,13 @@ struct JoinTokenRequest {
     ttl_seconds: i64,
 }
 
-async fn create_join_token(State(st): State<AppState>, caller: Caller, Json(body): Json<JoinTokenRequest>) -> Result<Response, ApiError> {
+async fn create_join_token(
+    State(st): State<AppState>,
+    caller: Caller,
+    body: Result<Json<JoinTokenRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
     allow(&caller, &[Role::Admin])?;
+    let body = parsed(body)?;
     if !(1..=1000).contains(&body.uses) || !(60..=30 * 86400).contains(&body.ttl_seconds) {
         return Err(ApiError::BadRequest("uses must be 1..=1000 and ttl_seconds 60..=2592000".into()));
     }
@@ -356,4 +369,31 @@ async fn create_join_token(State(st): State<AppState>, caller: Caller, Json(body
     let expires_at = now + body.ttl_seconds * 1000;
     st.queue.add_token(&token, Role::Join, None, Some(body.uses), Some(expires_at), now).await?;
     Ok((StatusCode::CREATED, Json(json!({"token": token, "uses": body.uses, "expires_at": expires_at}))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    /// Only `submit` tokens are minted here; workers get theirs by joining.
+    role: String,
+    label: String,
+}
+
+/// `POST /api/v1/tokens` (admin): a token for an upload pipeline (`{"role": "submit", "label"}`).
+async fn create_token(
+    State(st): State<AppState>,
+    caller: Caller,
+    body: Result<Json<TokenRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    allow(&caller, &[Role::Admin])?;
+    let body = parsed(body)?;
+    if body.role != "submit" {
+        return Err(ApiError::BadRequest("role must be \"submit\" (workers join with a join token)".into()));
+    }
+    if body.label.is_empty() || body.label.len() > 100 {
+        return Err(ApiError::BadRequest("label must be 1..=100 characters".into()));
+    }
+    let token = auth::generate(Role::Submit);
+    st.queue.add_token(&token, Role::Submit, Some(&body.label), None, None, now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(json!({"token": token, "role": "submit", "label": body.label}))).into_response())
 }

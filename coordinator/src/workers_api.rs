@@ -2,11 +2,12 @@
 //! completion and failure; plus the admin's view and control of workers.
 //! A worker credential can call these routes (and `/dav/`) and nothing else.
 
-use crate::api::{ApiError, AppState, allow, now_ms};
+use crate::api::{ApiError, AppState, allow, now_ms, parsed};
 use crate::auth::{self, Caller, Role};
 use crate::chores;
 use crate::queue::QueueError;
 use crate::storage;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -38,8 +39,13 @@ fn worker_id(caller: &Caller) -> Result<String, ApiError> {
 }
 
 /// Exchanges a join token (one use) for a worker identity and credential.
-async fn register(State(st): State<AppState>, caller: Caller, Json(req): Json<RegisterRequest>) -> Result<Response, ApiError> {
+async fn register(
+    State(st): State<AppState>,
+    caller: Caller,
+    req: Result<Json<RegisterRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
     allow(&caller, &[Role::Join])?;
+    let req = parsed(req)?;
     if req.name.is_empty() || req.name.len() > 100 || !(1..=64).contains(&req.slots) || req.capabilities.encoders.len() > 500 {
         return Err(ApiError::BadRequest("name must be 1..=100 characters and slots 1..=64".into()));
     }
@@ -62,8 +68,9 @@ async fn register(State(st): State<AppState>, caller: Caller, Json(req): Json<Re
 
 /// Long poll: answers a lease as soon as a task this worker can run is queued,
 /// or 204 after `wait_seconds`.
-async fn lease(State(st): State<AppState>, caller: Caller, Json(req): Json<LeaseRequest>) -> Result<Response, ApiError> {
+async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<LeaseRequest>, JsonRejection>) -> Result<Response, ApiError> {
     let worker = worker_id(&caller)?;
+    let req = parsed(req)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds.min(MAX_WAIT_SECONDS));
     loop {
         let now = now_ms();
@@ -106,9 +113,10 @@ async fn heartbeat(
     State(st): State<AppState>,
     caller: Caller,
     Path(task): Path<String>,
-    Json(hb): Json<Heartbeat>,
+    hb: Result<Json<Heartbeat>, JsonRejection>,
 ) -> Result<Json<HeartbeatReply>, ApiError> {
     let worker = worker_id(&caller)?;
+    let hb = parsed(hb)?;
     let now = now_ms();
     st.queue.worker_seen(&worker, -1, now).await.ok();
     match st.queue.heartbeat(&task, &worker, hb.epoch, hb.progress, now).await {
@@ -128,9 +136,10 @@ async fn complete(
     State(st): State<AppState>,
     caller: Caller,
     Path(task): Path<String>,
-    Json(c): Json<Complete>,
+    c: Result<Json<Complete>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     let worker = worker_id(&caller)?;
+    let c = parsed(c)?;
     let (job, rendition) = st.queue.task_target(&task).await?;
     let out_dir = storage::staging_dir(&job, rendition.as_deref(), c.epoch);
     // Verify before success: every file the worker names is in place, at its size.
@@ -158,8 +167,14 @@ async fn complete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn fail(State(st): State<AppState>, caller: Caller, Path(task): Path<String>, Json(f): Json<Fail>) -> Result<StatusCode, ApiError> {
+async fn fail(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(task): Path<String>,
+    f: Result<Json<Fail>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
     let worker = worker_id(&caller)?;
+    let f = parsed(f)?;
     let error: String = f.error.chars().take(2000).collect();
     let tail: String = f.log_tail.chars().rev().take(8000).collect::<Vec<_>>().into_iter().rev().collect();
     st.queue.fail(&task, &worker, f.epoch, &error, f.retryable, &tail, now_ms()).await?;
