@@ -266,6 +266,8 @@ fn choose(slots: &[Vec<(f64, Stats)>]) -> Vec<(f64, Stats)> {
         .collect()
 }
 
+type ScalerKey = (u32, u32, format::Pixel, u32, u32);
+
 /// Decodes the main video forward, seeking when the next target is far ahead.
 struct Walker {
     ictx: format::context::Input,
@@ -274,7 +276,8 @@ struct Walker {
     start: f64,
     rotation: u32,
     decoder: decoder::Video,
-    scaler: Option<(scaling::Context, (u32, u32, format::Pixel, u32, u32))>,
+    /// The converter and what it converts: (source w, h, format, output w, h).
+    scaler: Option<(scaling::Context, ScalerKey)>,
     /// The most recent decoded frame and its time (seconds from the start).
     current: Option<(f64, frame::Video)>,
     eof: bool,
