@@ -2,9 +2,9 @@
 //! storyboard sprite sheet with a WebVTT index. libav decodes and converts to RGB;
 //! the image crate rotates, resizes and encodes.
 //!
-//! Frames are found by time: the walker seeks when the next target is far ahead
-//! and decodes forward otherwise, so a 2-minute clip is decoded once and a 2-hour
-//! film costs one GOP per target.
+//! Frames are found by time in one pass: the walker seeks when the next target is
+//! far ahead and decodes forward otherwise (reference frames only), so a 2-minute
+//! clip is decoded once and a 2-hour film costs one GOP per target.
 
 use crate::av;
 use crate::error::{Context as _, EngineError, Result};
@@ -67,50 +67,33 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
     }
     targets.sort_by(|a, b| a.0.total_cmp(&b.0));
 
-    // Pass 1: statistics of every candidate (kept small) and the storyboard tiles.
+    // One pass. A slot's candidates are consecutive in time, so each slot is decided
+    // as soon as the walk leaves it, holding at most one slot's candidates at once.
     let (tw, th) = fit(v.display_width, v.display_height, TILE_BOX, TILE_BOX);
-    let mut candidates: Vec<Vec<(f64, Stats)>> = vec![Vec::new(); count];
+    let mut slots = Slots::new(count);
     let mut tile_images: Vec<Option<RgbImage>> = vec![None; tiles];
     for (t, use_) in targets {
-        let Some((time, img)) = walker.frame_at(t, Some(2 * TILE_BOX))? else {
+        let Some((time, img)) = walker.frame_at(t, Some(POSTER_BOX.0))? else {
             break;
         };
         match use_ {
-            Use::Candidate(k) => {
-                let (sw, sh) = fit(img.width(), img.height(), 160, 160);
-                let stats = Stats::of(&imageops::resize(&img, sw, sh, imageops::FilterType::Triangle));
-                candidates[k].push((time, stats));
-            }
+            Use::Candidate(k) => slots.offer(k, time, img),
             Use::Tile(i) => tile_images[i] = Some(imageops::resize(&img, tw, th, imageops::FilterType::Triangle)),
         }
     }
-    if candidates.iter().all(|c| c.is_empty()) {
+    let picks = slots.finish();
+    if picks.is_empty() {
         return Err(EngineError::bad("no decodable video frames in the source"));
     }
-    let picks = choose(&candidates);
-
-    // Pass 2: decode the chosen frames again at full size.
-    let mut walker = Walker::new(av::open_input(input)?, v.index, v.rotation)?;
     let mut written = Vec::new();
     let mut thumbs = Vec::new();
-    let mut best_poster: Option<(f64, f64, RgbImage)> = None;
-    for (k, (time, stats)) in picks.into_iter().enumerate() {
-        let Some((time, img)) = walker.frame_at(time, None)? else {
-            continue;
-        };
-        let (w, h) = fit(img.width(), img.height(), THUMB_BOX.0, THUMB_BOX.1);
-        let thumb = imageops::resize(&img, w, h, imageops::FilterType::Lanczos3);
+    for (k, pick) in picks.iter().enumerate() {
         let name = format!("thumb_{k:02}.jpg");
-        save_jpeg(&thumb, &staging.path(&name), 85)?;
+        save_jpeg(&pick.thumb, &staging.path(&name), 85)?;
         written.push(name.clone());
-        thumbs.push(Image { path: name, time: round3(time), width: w, height: h });
-        let score = stats.interest();
-        if best_poster.as_ref().is_none_or(|(s, _, _)| score > *s) {
-            let (pw, ph) = fit(img.width(), img.height(), POSTER_BOX.0, POSTER_BOX.1);
-            best_poster = Some((score, time, imageops::resize(&img, pw, ph, imageops::FilterType::Lanczos3)));
-        }
+        thumbs.push(Image { path: name, time: round3(pick.time), width: pick.thumb.width(), height: pick.thumb.height() });
     }
-    let (_, poster_time, poster_img) = best_poster.ok_or_else(|| EngineError::bad("no usable frame for a poster"))?;
+    let (poster_time, poster_img) = slots.poster.ok_or_else(|| EngineError::bad("no usable frame for a poster"))?;
     save_jpeg(&poster_img, &staging.path("poster.jpg"), 90)?;
     written.push("poster.jpg".into());
     let poster = Image { path: "poster.jpg".into(), time: round3(poster_time), width: poster_img.width(), height: poster_img.height() };
@@ -239,21 +222,46 @@ impl Stats {
     }
 }
 
-/// One frame per slot. Like libav's `thumbnail` filter: among a slot's frames that
-/// are not blank, the one whose histogram is closest to their average. A slot with
-/// only blank frames (a black intro) borrows the nearest good frame of another slot,
-/// so no thumbnail is black unless the whole video is.
-fn choose(slots: &[Vec<(f64, Stats)>]) -> Vec<(f64, Stats)> {
-    let good_all: Vec<(f64, Stats)> = slots.iter().flatten().filter(|c| !c.1.is_blank()).copied().collect();
-    slots
-        .iter()
-        .filter_map(|cands| {
-            let good: Vec<_> = cands.iter().filter(|c| !c.1.is_blank()).collect();
-            if good.is_empty() {
-                let at = cands.first()?.0;
-                let nearest = good_all.iter().min_by(|a, b| (a.0 - at).abs().total_cmp(&(b.0 - at).abs()));
-                return nearest.copied().or_else(|| cands.iter().max_by(|a, b| a.1.interest().total_cmp(&b.1.interest())).copied());
-            }
+/// One thumbnail per slot. Like libav's `thumbnail` filter: among a slot's frames
+/// that are not blank, the one whose histogram is closest to their average. A slot
+/// with only blank frames (a black intro) borrows the nearest good pick of another
+/// slot, so no thumbnail is black unless the whole video is. The poster is the most
+/// interesting pick.
+struct Slots {
+    /// The slot being filled, and its candidates at poster size.
+    open: Option<(usize, Vec<(f64, Stats, RgbImage)>)>,
+    /// Per slot: the pick, and whether it is a good (not blank) frame.
+    picks: Vec<Option<(Pick, bool)>>,
+    /// The best poster so far: interest, time, image.
+    best: Option<(f64, f64, RgbImage)>,
+    poster: Option<(f64, RgbImage)>,
+}
+
+#[derive(Clone)]
+struct Pick {
+    time: f64,
+    thumb: RgbImage,
+}
+
+impl Slots {
+    fn new(count: usize) -> Slots {
+        Slots { open: None, picks: vec![None; count], best: None, poster: None }
+    }
+
+    fn offer(&mut self, slot: usize, time: f64, img: RgbImage) {
+        if self.open.as_ref().is_some_and(|(k, _)| *k != slot) {
+            self.close();
+        }
+        let stats = Stats::of(&img);
+        self.open.get_or_insert_with(|| (slot, Vec::new())).1.push((time, stats, img));
+    }
+
+    fn close(&mut self) {
+        let Some((slot, cands)) = self.open.take() else { return };
+        let good: Vec<&(f64, Stats, RgbImage)> = cands.iter().filter(|c| !c.1.is_blank()).collect();
+        let chosen = if good.is_empty() {
+            cands.iter().max_by(|a, b| a.1.interest().total_cmp(&b.1.interest()))
+        } else {
             let mut avg = [0f32; 32];
             for c in &good {
                 for (a, h) in avg.iter_mut().zip(c.1.histogram) {
@@ -261,9 +269,37 @@ fn choose(slots: &[Vec<(f64, Stats)>]) -> Vec<(f64, Stats)> {
                 }
             }
             let dist = |s: &Stats| s.histogram.iter().zip(avg).map(|(h, a)| (h - a) * (h - a)).sum::<f32>();
-            good.into_iter().min_by(|a, b| dist(&a.1).total_cmp(&dist(&b.1))).copied()
-        })
-        .collect()
+            good.into_iter().min_by(|a, b| dist(&a.1).total_cmp(&dist(&b.1)))
+        };
+        let Some((time, stats, img)) = chosen else { return };
+        let (w, h) = fit(img.width(), img.height(), THUMB_BOX.0, THUMB_BOX.1);
+        let thumb = imageops::resize(img, w, h, imageops::FilterType::Lanczos3);
+        let score = stats.interest();
+        if self.best.as_ref().is_none_or(|(s, _, _)| score > *s) {
+            self.best = Some((score, *time, img.clone()));
+        }
+        self.picks[slot] = Some((Pick { time: *time, thumb }, !stats.is_blank()));
+    }
+
+    /// The picks in slot order (blank slots borrowing), and the poster.
+    fn finish(&mut self) -> Vec<Pick> {
+        self.close();
+        if let Some((_, time, img)) = self.best.take() {
+            let (pw, ph) = fit(img.width(), img.height(), POSTER_BOX.0, POSTER_BOX.1);
+            self.poster = Some((time, imageops::resize(&img, pw, ph, imageops::FilterType::Lanczos3)));
+        }
+        let good: Vec<Pick> = self.picks.iter().flatten().filter(|p| p.1).map(|p| p.0.clone()).collect();
+        self.picks
+            .iter()
+            .flatten()
+            .map(|(pick, is_good)| {
+                if *is_good {
+                    return pick.clone();
+                }
+                good.iter().min_by(|a, b| (a.time - pick.time).abs().total_cmp(&(b.time - pick.time).abs())).unwrap_or(pick).clone()
+            })
+            .collect()
+    }
 }
 
 type ScalerKey = (u32, u32, format::Pixel, u32, u32);
@@ -290,7 +326,10 @@ impl Walker {
     fn new(ictx: format::context::Input, index: usize, rotation: u32) -> Result<Walker> {
         let ist = ictx.stream(index).expect("probed stream");
         let tb = ist.time_base();
-        let decoder = av::video_decoder(&ist)?;
+        let mut decoder = av::video_decoder(&ist)?;
+        // Frames nothing else refers to (most B-frames) are never decoded: any frame
+        // near a target serves, and it halves the decoding of typical uploads.
+        decoder.skip_frame(ff::Discard::NonReference);
         let start = av::start_seconds(&ictx);
         Ok(Walker { ictx, index, tb, start, rotation, decoder, scaler: None, current: None, eof: false })
     }
