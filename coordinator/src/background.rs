@@ -1,5 +1,7 @@
-//! apalis runs the coordinator's own durable chores: probing and planning new jobs,
-//! and finalizing jobs whose tasks all succeeded. Queued in SQLite (`chores.db`,
+//! apalis runs the coordinator's own chores: probing and planning new jobs,
+//! finalizing jobs whose tasks all succeeded, delivering webhooks (each retry is a
+//! chore scheduled after its backoff), and, on an apalis-cron schedule, reaping
+//! lapsed leases every second. The durable chores are queued in SQLite (`chores.db`,
 //! beside `drake.db`: apalis's `Jobs`/`Workers` tables would collide with ours, as
 //! SQLite table names ignore case), they survive a coordinator restart: a job
 //! accepted just before a crash still gets planned. apalis workers are in-process only, so remote
@@ -12,8 +14,10 @@
 use crate::api::AppState;
 use crate::chores;
 use apalis::prelude::*;
+use apalis_cron::{CronScheduler, Tick};
 use apalis_sqlite::{Config, SqlitePool, SqliteStorage};
 use serde::{Deserialize, Serialize};
+use std::str::FromStr;
 use std::time::Duration;
 
 /// Probe a new job's source and queue its tasks.
@@ -28,8 +32,18 @@ pub struct Finalize {
     pub job_id: String,
 }
 
+/// Make one delivery attempt of a webhook.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliverWebhook {
+    pub delivery_id: String,
+}
+
 const PROBE_QUEUE: &str = "drake.probe_and_plan";
 const FINALIZE_QUEUE: &str = "drake.finalize";
+const WEBHOOK_QUEUE: &str = "drake.webhooks";
+
+/// How often the lease reaper runs (cron, seconds first).
+const REAP_SCHEDULE: &str = "* * * * * *";
 
 /// Wakes an apalis worker every `period` to look for new chores.
 ///
@@ -64,6 +78,7 @@ impl PollStrategy for Ticker {
 pub struct Chores {
     probe: SqliteStorage<ProbeAndPlan>,
     finalize: SqliteStorage<Finalize>,
+    webhooks: SqliteStorage<DeliverWebhook>,
 }
 
 fn config(queue: &str) -> Config {
@@ -86,6 +101,7 @@ impl Chores {
         let chores = Chores {
             probe: SqliteStorage::new(&pool).with_config(config(PROBE_QUEUE)),
             finalize: SqliteStorage::new(&pool).with_config(config(FINALIZE_QUEUE)),
+            webhooks: SqliteStorage::new(&pool).with_config(config(WEBHOOK_QUEUE)),
         };
         Ok((chores, pool))
     }
@@ -99,6 +115,19 @@ impl Chores {
         let mut sink = self.finalize.clone();
         sink.push_task(TaskBuilder::new(Finalize { job_id: job_id.into() }).max_attempts(3).build()).await.map_err(|e| e.to_string())
     }
+
+    /// Schedules attempt `attempts + 1` of a delivery, at `due_ms` or now. Keyed by
+    /// delivery and attempt, so scheduling the same attempt twice queues it once.
+    pub async fn deliver_webhook(&self, delivery_id: &str, attempts: i64, due_ms: Option<i64>) -> Result<(), String> {
+        let mut task = TaskBuilder::new(DeliverWebhook { delivery_id: delivery_id.into() })
+            .max_attempts(3)
+            .idempotency_key(format!("{delivery_id}/{attempts}"));
+        if let Some(ms) = due_ms {
+            task = task.run_at_timestamp(u64::try_from(ms.div_euclid(1000)).unwrap_or(0));
+        }
+        let mut sink = self.webhooks.clone();
+        sink.push_task(task.build()).await.map_err(|e| e.to_string())
+    }
 }
 
 async fn probe_and_plan(task: ProbeAndPlan, st: Data<AppState>) -> Result<(), BoxDynError> {
@@ -109,12 +138,23 @@ async fn finalize(task: Finalize, st: Data<AppState>) -> Result<(), BoxDynError>
     chores::run_finalize(&st, &task.job_id).await.map_err(Into::into)
 }
 
+async fn deliver_webhook(task: DeliverWebhook, st: Data<AppState>) -> Result<(), BoxDynError> {
+    chores::deliver_webhook(&st, &task.delivery_id).await.map_err(Into::into)
+}
+
+async fn reap(_: Tick, st: Data<AppState>) {
+    chores::reap(&st).await;
+}
+
 /// Runs the chore workers until `shutdown` resolves.
 pub async fn run(st: AppState, pool: SqlitePool, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
     // Unique per process start: apalis refuses a worker name seen within its heartbeat window.
     let run_id = uuid::Uuid::now_v7().simple().to_string();
     let (p_pool, p_st, p_id) = (pool.clone(), st.clone(), run_id.clone());
-    let (f_pool, f_st, f_id) = (pool, st, run_id);
+    let (f_pool, f_st, f_id) = (pool.clone(), st.clone(), run_id.clone());
+    let (w_pool, w_st, w_id) = (pool, st.clone(), run_id.clone());
+    let (r_st, r_id) = (st, run_id);
+    let every_second = cron::Schedule::from_str(REAP_SCHEDULE).expect("the reap schedule parses");
     let monitor = Monitor::new()
         .register(move |restarts| {
             WorkerBuilder::new(format!("probe-{p_id}-{restarts}"))
@@ -137,6 +177,23 @@ pub async fn run(st: AppState, pool: SqlitePool, shutdown: impl std::future::Fut
                 .data(f_st.clone())
                 .concurrency(2)
                 .build(finalize)
+        })
+        .register(move |restarts| {
+            WorkerBuilder::new(format!("webhooks-{w_id}-{restarts}"))
+                .backend(
+                    SqliteStorage::<DeliverWebhook>::new(&w_pool)
+                        .with_config(config(WEBHOOK_QUEUE))
+                        .poll_with_strategy(Ticker::every(Duration::from_millis(200))),
+                )
+                .data(w_st.clone())
+                .concurrency(4)
+                .build(deliver_webhook)
+        })
+        .register(move |restarts| {
+            WorkerBuilder::new(format!("reaper-{r_id}-{restarts}"))
+                .backend(CronScheduler::new(every_second.clone()))
+                .data(r_st.clone())
+                .build(reap)
         })
         // A single SQLITE_BUSY kills an apalis worker; bring it back.
         .should_restart(|_, _| true)

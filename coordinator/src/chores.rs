@@ -233,7 +233,11 @@ pub async fn job_ended(st: &AppState, job: &Job) {
         "timestamp": chrono_like_now(),
         "data": {"job_id": job.id, "state": job.state, "error": job.error, "outputs": job.outputs},
     });
-    if let Err(e) = st.queue.enqueue_webhook(&job.id, url, &payload.to_string(), now_ms()).await {
+    let queued = match st.queue.enqueue_webhook(&job.id, url, &payload.to_string(), now_ms()).await {
+        Ok(id) => st.chores.deliver_webhook(&id, 0, None).await,
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = queued {
         eprintln!("coordinator: queueing the webhook of job {}: {e}", job.id);
     }
 }
@@ -267,30 +271,51 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
 /// Delivery attempts per webhook before giving up.
 pub const WEBHOOK_ATTEMPTS: i64 = 8;
 
-/// Delivers due webhooks, at least once, retrying with backoff.
-pub async fn deliver_webhooks(st: &AppState, client: &reqwest::Client) {
-    let Ok(due) = st.queue.due_webhooks(now_ms()).await else {
-        return;
+/// Makes one attempt at a webhook delivery (the `DeliverWebhook` chore) and, if it
+/// fails, schedules the next attempt after a backoff. Deliveries are at least once:
+/// receivers deduplicate by `webhook-id`.
+pub async fn deliver_webhook(st: &AppState, id: &str) -> Result<(), String> {
+    let Some(d) = st.queue.owed_webhook(id).await.map_err(|e| e.to_string())? else {
+        return Ok(()); // delivered or given up already (a duplicate chore)
     };
-    for d in due {
-        let ts = now_ms() / 1000;
-        let outcome = client
-            .post(&d.url)
-            .header("content-type", "application/json")
-            .header("webhook-id", &d.id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", sign(&st.webhook_secret, &d.id, ts, &d.payload))
-            .body(d.payload.clone())
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| if r.status().is_success() { Ok(()) } else { Err(format!("HTTP {}", r.status())) });
-        let _ = d.attempts;
-        if let Err(e) = st.queue.webhook_attempted(&d.id, outcome, WEBHOOK_ATTEMPTS, now_ms()).await {
-            eprintln!("coordinator: recording a webhook attempt: {e}");
-        }
+    let ts = now_ms() / 1000;
+    let outcome = webhook_client()
+        .post(&d.url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &d.id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", sign(&st.webhook_secret, &d.id, ts, &d.payload))
+        .body(d.payload.clone())
+        .send()
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| if r.status().is_success() { Ok(()) } else { Err(format!("HTTP {}", r.status())) });
+    let retry = st.queue.webhook_attempted(&d.id, outcome, WEBHOOK_ATTEMPTS, now_ms()).await.map_err(|e| e.to_string())?;
+    if let Some(r) = retry {
+        st.chores.deliver_webhook(&d.id, r.attempts, Some(r.at)).await?;
     }
+    Ok(())
+}
+
+/// Reschedules every delivery still owed, for a coordinator that stopped between
+/// recording a delivery and queueing its chore. Queued chores are not duplicated.
+pub async fn resume_webhooks(st: &AppState) {
+    match st.queue.owed_webhooks().await {
+        Ok(owed) => {
+            for (d, due) in owed {
+                if let Err(e) = st.chores.deliver_webhook(&d.id, d.attempts, Some(due)).await {
+                    eprintln!("coordinator: rescheduling webhook {}: {e}", d.id);
+                }
+            }
+        }
+        Err(e) => eprintln!("coordinator: listing owed webhooks: {e}"),
+    }
+}
+
+/// One client for all deliveries (connection reuse); a receiver gets 10 s to answer.
+fn webhook_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("a default reqwest client builds"))
 }
 
 /// Requeues (or fails) tasks whose heartbeats stopped, then reports what changed.

@@ -40,6 +40,13 @@ pub struct Delivery {
     pub attempts: i64,
 }
 
+/// A failed delivery's next attempt: the attempts made so far, and when (ms) it is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub attempts: i64,
+    pub at: i64,
+}
+
 impl Queue {
     pub async fn register_worker(&self, id: &str, name: &str, slots: i64, caps: &Capabilities, version: &str, now: i64) -> Result<()> {
         sqlx::query("INSERT INTO workers (id, name, slots, free_slots, capabilities, drake_version, last_seen, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
@@ -141,9 +148,11 @@ impl Queue {
             .collect())
     }
 
-    pub async fn enqueue_webhook(&self, job_id: &str, url: &str, payload: &str, now: i64) -> Result<()> {
+    /// Records a webhook to deliver and returns its id, which is also its `webhook-id`.
+    pub async fn enqueue_webhook(&self, job_id: &str, url: &str, payload: &str, now: i64) -> Result<String> {
+        let id = uuid::Uuid::now_v7().to_string();
         sqlx::query("INSERT INTO webhooks (id, job_id, url, payload, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(&id)
             .bind(job_id)
             .bind(url)
             .bind(payload)
@@ -151,19 +160,38 @@ impl Queue {
             .bind(now)
             .execute(self.pool())
             .await?;
-        Ok(())
+        Ok(id)
     }
 
-    pub async fn due_webhooks(&self, now: i64) -> Result<Vec<Delivery>> {
-        let rows = sqlx::query("SELECT id, url, payload, attempts FROM webhooks WHERE delivered_at IS NULL AND gave_up = 0 AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT 20")
-            .bind(now)
-            .fetch_all(self.pool())
+    /// A delivery that is still owed (neither delivered nor given up), if any.
+    pub async fn owed_webhook(&self, id: &str) -> Result<Option<Delivery>> {
+        let row = sqlx::query("SELECT id, url, payload, attempts FROM webhooks WHERE id = ? AND delivered_at IS NULL AND gave_up = 0")
+            .bind(id)
+            .fetch_optional(self.pool())
             .await?;
-        Ok(rows.into_iter().map(|r| Delivery { id: r.get(0), url: r.get(1), payload: r.get(2), attempts: r.get(3) }).collect())
+        Ok(row.map(|r| Delivery { id: r.get(0), url: r.get(1), payload: r.get(2), attempts: r.get(3) }))
     }
 
-    /// Records one delivery attempt; `Err` schedules a retry after a backoff, up to `max_attempts`.
-    pub async fn webhook_attempted(&self, id: &str, outcome: std::result::Result<(), String>, max_attempts: i64, now: i64) -> Result<()> {
+    /// Every delivery still owed, with when its next attempt is due: the set to
+    /// reschedule when the coordinator starts.
+    pub async fn owed_webhooks(&self) -> Result<Vec<(Delivery, i64)>> {
+        let rows = sqlx::query(
+            "SELECT id, url, payload, attempts, next_attempt_at FROM webhooks WHERE delivered_at IS NULL AND gave_up = 0 ORDER BY next_attempt_at",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|r| (Delivery { id: r.get(0), url: r.get(1), payload: r.get(2), attempts: r.get(3) }, r.get(4))).collect())
+    }
+
+    /// Records one delivery attempt. After an `Err` it returns when the retry is due
+    /// (after a backoff), or `None` once `max_attempts` are spent.
+    pub async fn webhook_attempted(
+        &self,
+        id: &str,
+        outcome: std::result::Result<(), String>,
+        max_attempts: i64,
+        now: i64,
+    ) -> Result<Option<Retry>> {
         match outcome {
             Ok(()) => {
                 sqlx::query("UPDATE webhooks SET attempts = attempts + 1, delivered_at = ? WHERE id = ?")
@@ -171,6 +199,7 @@ impl Queue {
                     .bind(id)
                     .execute(self.pool())
                     .await?;
+                Ok(None)
             }
             Err(e) => {
                 let attempts: i64 =
@@ -186,8 +215,8 @@ impl Queue {
                     .bind(id)
                     .execute(self.pool())
                     .await?;
+                Ok((attempts < max_attempts).then_some(Retry { attempts, at: next }))
             }
         }
-        Ok(())
     }
 }

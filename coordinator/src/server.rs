@@ -8,7 +8,6 @@ use crate::chores;
 use crate::queue::{Queue, QueueConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 pub struct Config {
     pub data_dir: PathBuf,
@@ -80,23 +79,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let st = p.state.clone();
-    let chores = tokio::spawn(async move {
-        let client = reqwest::Client::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            chores::reap(&st).await;
-            chores::deliver_webhooks(&st, &client).await;
-        }
-    });
+    chores::resume_webhooks(&p.state).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let background = tokio::spawn(crate::background::run(p.state.clone(), p.chores_pool.clone(), async move {
         let _ = stopped.await;
     }));
     let result = axum::serve(listener, api::router(p.state)).with_graceful_shutdown(shutdown).await;
-    chores.abort();
     let _ = stop.send(());
     let _ = background.await;
     result
