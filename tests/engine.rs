@@ -146,6 +146,37 @@ fn ladder_renditions_share_keyframes_and_segments_start_on_them() {
     assert_eq!(keyframe_sets[0], keyframe_sets[1]);
 }
 
+#[test]
+fn one_decode_makes_several_renditions_identical_to_separate_runs() {
+    let dir = Dir::new();
+    let src = hd_source(&dir, 5);
+    let (a240, a480) = (dir.path("a240"), dir.path("a480"));
+    drake_ok(&["transcode", &src, "--rendition", "240p", "--out", &dir.s("a240"), "--rendition", "480p", "--out", &dir.s("a480")]);
+    for (name, bundled) in [("240p", &a240), ("480p", &a480)] {
+        let alone = dir.path(&format!("alone{name}"));
+        let report = transcode(&src, "web", name, &alone);
+        let bundled_report: Value = serde_json::from_slice(&std::fs::read(bundled.join("rendition.json")).unwrap()).unwrap();
+        assert_eq!(bundled_report["name"], name);
+        // x264 is deterministic: the same frames in give the same bytes out.
+        assert_eq!(bundled_report["checksums"], report["checksums"], "{name}: outputs differ from a run of its own");
+        let files = files(&report);
+        assert!(files.len() > 5);
+        for f in files {
+            assert_eq!(std::fs::read(bundled.join(&f)).unwrap(), std::fs::read(alone.join(&f)).unwrap(), "{name}/{f}");
+        }
+    }
+
+    // Each rendition needs its own directory, once.
+    for (args, reason) in [
+        (vec!["--rendition", "240p", "--out", "x", "--rendition", "480p"], "give one --out per rendition"),
+        (vec!["--rendition", "240p", "--out", "x", "--rendition", "240p", "--out", "y"], "asked for twice"),
+    ] {
+        let out = drake(&[&["transcode", src.as_str()][..], &args[..]].concat());
+        assert_eq!(out.status.code(), Some(65));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(reason), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 fn sample_has_idr(sample: &[u8]) -> bool {
     let mut at = 0;
     while at + 4 < sample.len() {

@@ -247,7 +247,7 @@ impl Queue {
 
     /// Queues a job's tasks in the order given (run order within the job).
     pub async fn add_tasks(&self, job_id: &str, tasks: &[NewTask], now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for (seq, t) in tasks.iter().enumerate() {
             sqlx::query("INSERT INTO tasks (id, job_id, kind, rendition, requires, seq, state, max_attempts, created_at, updated_at, queued_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?9)")
                 .bind(uuid::Uuid::now_v7().to_string())
@@ -266,29 +266,91 @@ impl Queue {
         Ok(())
     }
 
+    /// A transaction that takes SQLite's write lock up front. A deferred one that
+    /// reads first fails with SQLITE_BUSY_SNAPSHOT (which no busy timeout waits
+    /// out) when another connection writes between its read and its write.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// Grants the next runnable task to `worker`, or `None` when nothing is runnable.
     /// Order: job priority, then older jobs, then the task's place in its job.
     pub async fn lease(&self, worker: &str, encoders: &[String], now: i64) -> Result<Option<Lease>> {
+        Ok(self.lease_bundle(worker, encoders, now, 1).await?.into_iter().next())
+    }
+
+    /// Like [`Queue::lease`], but a transcode task may come with more queued
+    /// renditions of its job (up to `max_tasks` in all), for one child process to
+    /// encode from a single decode of the source. The job's remaining renditions
+    /// are split evenly over the farm's free slots, so a lone worker takes them all
+    /// while a busy farm still spreads them. Each task keeps its own lease and epoch.
+    pub async fn lease_bundle(&self, worker: &str, encoders: &[String], now: i64, max_tasks: usize) -> Result<Vec<Lease>> {
         // ",libx264,aac," so that instr() matches whole names only.
         let encoders = format!(",{},", encoders.join(","));
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
+        let Some(first) = self.lease_one(&mut tx, worker, &encoders, now, None).await? else {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        };
+        let job = first.job_id.clone();
+        let mut leased = vec![first];
+        if leased[0].kind == TaskKind::Transcode && max_tasks > 1 {
+            let remaining: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM tasks t WHERE t.job_id = ?1 AND t.kind = 'transcode' AND t.state = 'queued'
+                   AND t.run_after <= ?2 AND t.cancel = 0 AND (t.requires IS NULL OR instr(?3, ',' || t.requires || ',') > 0)",
+            )
+            .bind(&job)
+            .bind(now)
+            .bind(&encoders)
+            .fetch_one(&mut *tx)
+            .await?;
+            // Free slots of live workers other than this one's just-taken slot.
+            let free: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(SUM(MAX(0, w.slots - (SELECT COUNT(*) FROM tasks t WHERE t.worker_id = w.id AND t.state IN ('leased', 'running')))), 0)
+                 FROM workers w WHERE w.removed = 0 AND w.draining = 0 AND w.last_seen >= ?1",
+            )
+            .bind(now - self.cfg.lease_ttl_ms)
+            .fetch_one(&mut *tx)
+            .await?;
+            let share = (remaining.max(0) as u64 + 1).div_ceil(free.max(0) as u64 + 1) as usize;
+            while leased.len() < share.min(max_tasks) {
+                match self.lease_one(&mut tx, worker, &encoders, now, Some(&job)).await? {
+                    Some(l) => leased.push(l),
+                    None => break,
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(leased)
+    }
+
+    /// Leases the next runnable task (of `job`'s transcode tasks only, if given).
+    async fn lease_one(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        worker: &str,
+        encoders: &str,
+        now: i64,
+        job: Option<&str>,
+    ) -> Result<Option<Lease>> {
         let row = sqlx::query(
             "UPDATE tasks SET state = 'leased', worker_id = ?1, epoch = epoch + 1, attempts = attempts + 1, leased_at = ?2,
                  lease_expires_at = ?2 + ?3, progress = 0, updated_at = ?2
              WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
                          WHERE t.state = 'queued' AND t.run_after <= ?2 AND t.cancel = 0
                            AND (t.requires IS NULL OR instr(?4, ',' || t.requires || ',') > 0)
+                           AND (?5 IS NULL OR (t.job_id = ?5 AND t.kind = 'transcode'))
                          ORDER BY j.priority DESC, j.created_at, t.seq LIMIT 1)
              RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts",
         )
         .bind(worker)
         .bind(now)
         .bind(self.cfg.lease_ttl_ms)
-        .bind(&encoders)
+        .bind(encoders)
+        .bind(job)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
-            tx.commit().await?;
             return Ok(None);
         };
         let job_id: String = row.get("job_id");
@@ -299,7 +361,6 @@ impl Queue {
             .bind(&job_id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
         Ok(Some(Lease {
             task_id: row.get("id"),
             job_id,
@@ -336,7 +397,7 @@ impl Queue {
 
     /// Ends a lease successfully with the task's result.
     pub async fn complete(&self, task: &str, worker: &str, epoch: i64, result: &serde_json::Value, now: i64) -> Result<String> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let job: Option<String> = sqlx::query_scalar(
             "UPDATE tasks SET state = 'succeeded', progress = 1, result = ?4, lease_expires_at = NULL, updated_at = ?5, finished_at = ?5
              WHERE id = ?1 AND worker_id = ?2 AND epoch = ?3 AND state IN ('leased', 'running') AND cancel = 0 RETURNING job_id",
@@ -357,7 +418,7 @@ impl Queue {
     /// Ends a lease with a failure. Retryable failures go back to the queue after a
     /// backoff until the attempts run out; bad input fails the job at once.
     pub async fn fail(&self, task: &str, worker: &str, epoch: i64, error: &str, retryable: bool, log_tail: &str, now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query("SELECT job_id, attempts, max_attempts FROM tasks WHERE id = ? AND worker_id = ? AND epoch = ? AND state IN ('leased', 'running')")
             .bind(task)
             .bind(worker)
@@ -375,7 +436,7 @@ impl Queue {
 
     /// Takes back every lease whose heartbeats stopped. Returns how many were reaped.
     pub async fn reap(&self, now: i64) -> Result<Vec<String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let expired = sqlx::query(
             "SELECT id, job_id, attempts, max_attempts FROM tasks WHERE state IN ('leased', 'running') AND lease_expires_at < ?",
         )
@@ -407,7 +468,7 @@ impl Queue {
 
     /// Cancels a job: queued tasks stop, running ones see the flag on their next heartbeat.
     pub async fn cancel_job(&self, id: &str, now: i64) -> Result<Job> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         if matches!(job_state(&mut tx, id).await?.as_str(), "succeeded" | "failed" | "canceled") {
             return Err(QueueError::Conflict(format!("job {id} has already ended")));
         }
@@ -423,7 +484,7 @@ impl Queue {
 
     /// Retries a failed or canceled job: its unfinished tasks are queued again with fresh attempts.
     pub async fn retry_job(&self, id: &str, now: i64) -> Result<Job> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         if !matches!(job_state(&mut tx, id).await?.as_str(), "failed" | "canceled") {
             return Err(QueueError::Conflict(format!("job {id} has not failed or been canceled")));
         }

@@ -68,6 +68,9 @@ async fn register(
 
 /// Long poll: answers a lease as soon as a task this worker can run is queued,
 /// or 204 after `wait_seconds`.
+/// Most renditions one lease may bundle (the engine's limit per process).
+const MAX_BUNDLE: usize = 4;
+
 async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<LeaseRequest>, JsonRejection>) -> Result<Response, ApiError> {
     let worker = worker_id(&caller)?;
     let req = parsed(req)?;
@@ -78,9 +81,10 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
         if req.free_slots > 0 && !draining && !req.draining {
             // Register interest before looking, so a task queued in between wakes us.
             let notified = st.work_ready.notified();
-            if let Some(l) = st.queue.lease(&worker, &encoders, now).await? {
+            let max_tasks = (req.max_tasks as usize).clamp(1, MAX_BUNDLE);
+            let mut leased = st.queue.lease_bundle(&worker, &encoders, now, max_tasks).await?.into_iter().map(|l| {
                 st.emit("task", json!({"job_id": l.job_id, "task_id": l.task_id, "state": "leased", "worker": worker}));
-                let out = TaskLease {
+                TaskLease {
                     version: proto::WIRE_VERSION,
                     output_dir: storage::staging_dir(&l.job_id, l.rendition.as_deref(), l.epoch),
                     task_id: l.task_id,
@@ -92,8 +96,12 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
                     profile: l.profile,
                     source: l.source,
                     timeout_seconds: st.limits.task_timeout_seconds,
-                };
-                return Ok(Json(out).into_response());
+                    companions: Vec::new(),
+                }
+            });
+            if let Some(mut first) = leased.next() {
+                first.companions = leased.collect();
+                return Ok(Json(first).into_response());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(StatusCode::NO_CONTENT.into_response());

@@ -31,15 +31,16 @@ enum Command {
         #[arg(long, default_value = "web")]
         profile: String,
     },
-    /// Transcode one rendition into DIR, printing progress as JSON lines.
+    /// Transcode renditions, each into its DIR, printing progress as JSON lines.
+    /// Several `--rendition NAME --out DIR` pairs share one decode of the source.
     Transcode {
         input: String,
         #[arg(long, default_value = "web")]
         profile: String,
-        #[arg(long)]
-        rendition: String,
-        #[arg(long)]
-        out: PathBuf,
+        #[arg(long, required = true)]
+        rendition: Vec<String>,
+        #[arg(long, required = true)]
+        out: Vec<PathBuf>,
         /// Longest source accepted, in seconds.
         #[arg(long, default_value_t = 6.0 * 3600.0)]
         max_duration: f64,
@@ -152,7 +153,7 @@ fn run_engine(command: Command) -> i32 {
     let result = match command {
         Command::Probe { input } => worker::probe::probe(&input).map_err(Failure::Engine).and_then(|p| print_json(&p)),
         Command::Plan { input, profile } => plan(&input, &profile),
-        Command::Transcode { input, profile, rendition, out, max_duration } => transcode(&input, &profile, &rendition, out, max_duration),
+        Command::Transcode { input, profile, rendition, out, max_duration } => transcode(&input, &profile, &rendition, &out, max_duration),
         Command::Thumbnails { input, out, count } => worker::thumbnails::run(&input, &out, count).map_err(Failure::Engine).map(|_| ()),
         Command::Coordinator { .. } | Command::Worker { .. } | Command::Up { .. } | Command::Submit { .. } => {
             unreachable!("farm commands are dispatched in main")
@@ -192,13 +193,19 @@ fn plan(input: &str, profile: &str) -> Result<(), Failure> {
     print_json(&plan)
 }
 
-fn transcode(input: &str, profile: &str, rendition: &str, out: PathBuf, max_duration: f64) -> Result<(), Failure> {
+fn transcode(input: &str, profile: &str, renditions: &[String], outs: &[PathBuf], max_duration: f64) -> Result<(), Failure> {
+    if renditions.len() != outs.len() {
+        return Err(Failure::Engine(worker::error::EngineError::bad(format!(
+            "{} --rendition but {} --out: give one --out per rendition",
+            renditions.len(),
+            outs.len()
+        ))));
+    }
     let profile = Profile::load(profile).map_err(Failure::Profile)?;
     let req = worker::transcode::Request {
         input,
         profile: &profile,
-        rendition,
-        out_dir: &out,
+        outputs: renditions.iter().map(String::as_str).zip(outs.iter().map(PathBuf::as_path)).collect(),
         limits: worker::transcode::Limits { max_duration },
     };
     let stdout = std::io::stdout();

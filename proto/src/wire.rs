@@ -43,6 +43,14 @@ pub struct LeaseRequest {
     pub wait_seconds: u64,
     #[serde(default)]
     pub draining: bool,
+    /// Most tasks the worker takes in one lease (renditions of one job that its
+    /// child encodes from a single decode). 1, the default, means one task.
+    #[serde(default = "one")]
+    pub max_tasks: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +77,11 @@ pub struct TaskLease {
     pub output_dir: String,
     /// Hard limit for the child process.
     pub timeout_seconds: u64,
+    /// More transcode tasks of the same job, leased with this one to share its
+    /// decode: one child makes them all. Each has its own epoch and is
+    /// heartbeated, completed or failed on its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub companions: Vec<TaskLease>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

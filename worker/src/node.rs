@@ -52,6 +52,9 @@ pub fn capabilities(tags: Vec<String>) -> Capabilities {
     Capabilities { encoders, cores, tags }
 }
 
+/// Most renditions one child encodes from one decode of the source.
+const MAX_BUNDLE: u32 = 4;
+
 struct Node {
     cfg: NodeConfig,
     http: reqwest::Client,
@@ -165,7 +168,7 @@ enum Outcome {
 
 impl Node {
     async fn lease(&self, free: u32) -> Result<Option<TaskLease>, String> {
-        let req = LeaseRequest { version: proto::WIRE_VERSION, free_slots: free, wait_seconds: 20, draining: false };
+        let req = LeaseRequest { version: proto::WIRE_VERSION, free_slots: free, wait_seconds: 20, draining: false, max_tasks: MAX_BUNDLE };
         let resp = self
             .http
             .post(format!("{}/api/v1/workers/lease", self.cfg.coordinator))
@@ -182,33 +185,53 @@ impl Node {
         }
     }
 
-    async fn run_task(self: Arc<Self>, lease: TaskLease) {
-        let dir = self.cfg.scratch.join(format!("{}-{}", lease.task_id, lease.epoch));
-        let _ = tokio::fs::remove_dir_all(&dir).await;
-        let outcome = self.execute(&lease, &dir).await;
-        let result = match outcome {
-            Outcome::Succeeded(timing) => match self.publish(&lease, &dir, timing).await {
-                Ok(complete) => self.post(&lease, "complete", &complete).await,
-                // Storage trouble is infrastructure: another attempt may succeed.
-                Err(e) => {
-                    self.post(
-                        &lease,
-                        "fail",
-                        &Fail { epoch: lease.epoch, error: format!("publishing outputs: {e}"), retryable: true, log_tail: String::new() },
-                    )
-                    .await
-                }
-            },
-            Outcome::Failed { error, retryable, log_tail } => {
-                self.post(&lease, "fail", &Fail { epoch: lease.epoch, error, retryable, log_tail }).await
-            }
-            Outcome::Abandoned => Ok(()),
-        };
-        if let Err(e) = result {
-            eprintln!("drake worker: task {}: reporting: {e}", lease.task_id);
+    /// Runs a lease (and its companions, in the same child), then publishes and
+    /// reports each task on its own.
+    async fn run_task(self: Arc<Self>, mut lease: TaskLease) {
+        let companions = std::mem::take(&mut lease.companions);
+        let tasks: Vec<TaskLease> = std::iter::once(lease).chain(companions).collect();
+        let dirs: Vec<PathBuf> = tasks.iter().map(|l| self.cfg.scratch.join(format!("{}-{}", l.task_id, l.epoch))).collect();
+        for dir in &dirs {
+            let _ = tokio::fs::remove_dir_all(dir).await;
         }
-        // Cleanup runs on every path.
-        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let outcome = self.execute(&tasks, &dirs).await;
+        for (lease, dir) in tasks.iter().zip(&dirs) {
+            let result = match &outcome {
+                Outcome::Succeeded(timing) => match self.publish(lease, dir, timing.clone()).await {
+                    Ok(complete) => self.post(lease, "complete", &complete).await,
+                    // Storage trouble is infrastructure: another attempt may succeed.
+                    Err(e) => {
+                        let fail = Fail {
+                            epoch: lease.epoch,
+                            error: format!("publishing outputs: {e}"),
+                            retryable: true,
+                            log_tail: String::new(),
+                        };
+                        self.post(lease, "fail", &fail).await
+                    }
+                },
+                Outcome::Failed { error, retryable, log_tail } => {
+                    let fail = Fail { epoch: lease.epoch, error: error.clone(), retryable: *retryable, log_tail: log_tail.clone() };
+                    self.post(lease, "fail", &fail).await
+                }
+                // The canceled or lost task is dropped silently; bundle mates that still
+                // hold their leases go back to the queue at once (their posts may be
+                // refused if the whole job was canceled).
+                Outcome::Abandoned => {
+                    if tasks.len() > 1 {
+                        let error = "stopped because a task leased with it was canceled or lost".to_string();
+                        let _ =
+                            self.post(lease, "fail", &Fail { epoch: lease.epoch, error, retryable: true, log_tail: String::new() }).await;
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                eprintln!("drake worker: task {}: reporting: {e}", lease.task_id);
+            }
+            // Cleanup runs on every path.
+            let _ = tokio::fs::remove_dir_all(dir).await;
+        }
     }
 
     async fn post<T: serde::Serialize>(&self, lease: &TaskLease, what: &str, body: &T) -> Result<(), String> {
@@ -218,25 +241,24 @@ impl Node {
     }
 
     /// Runs the child, relaying progress as heartbeats, until it exits, times out,
-    /// or the task is canceled or its lease lost.
-    async fn execute(&self, lease: &TaskLease, dir: &Path) -> Outcome {
+    /// or a task is canceled or its lease lost. `tasks` share one source (a lease
+    /// and its companions); `dirs` are their output directories.
+    async fn execute(&self, tasks: &[TaskLease], dirs: &[PathBuf]) -> Outcome {
+        let lease = &tasks[0];
         let on_coordinator = !(lease.source.starts_with("http://") || lease.source.starts_with("https://"));
         let source = if on_coordinator { format!("{}/dav/{}", self.cfg.coordinator, lease.source) } else { lease.source.clone() };
         let mut cmd = tokio::process::Command::new(&self.cfg.drake_exe);
         match lease.kind {
             TaskKind::Transcode => {
-                cmd.arg("transcode").arg(&source).args([
-                    "--profile",
-                    &lease.profile,
-                    "--rendition",
-                    lease.rendition.as_deref().unwrap_or_default(),
-                ]);
+                cmd.arg("transcode").arg(&source).args(["--profile", &lease.profile]);
+                for (task, dir) in tasks.iter().zip(dirs) {
+                    cmd.args(["--rendition", task.rendition.as_deref().unwrap_or_default()]).arg("--out").arg(dir);
+                }
             }
             TaskKind::Thumbnails => {
-                cmd.arg("thumbnails").arg(&source);
+                cmd.arg("thumbnails").arg(&source).arg("--out").arg(&dirs[0]);
             }
         }
-        cmd.arg("--out").arg(dir);
         if on_coordinator {
             // Our own credential only ever goes to our own coordinator.
             cmd.env("DRAKE_HTTP_BEARER", &self.token);
@@ -291,23 +313,27 @@ impl Node {
                 unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
             }
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(lease.timeout_seconds.max(1));
+        // Each rendition of a bundle gets the per-task allowance.
+        let timeout = lease.timeout_seconds.max(1) * tasks.len() as u64;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
         let mut tick = tokio::time::interval(self.heartbeat);
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status,
                 _ = tick.tick() => {
                     let p = f64::from_bits(progress.load(Ordering::Relaxed));
-                    match self.heartbeat(lease, p).await {
-                        Ok(false) => {}
-                        Ok(true) => { kill(pid); let _ = child.wait().await; return Outcome::Abandoned; }
-                        Err(e) => eprintln!("drake worker: heartbeat for {}: {e}", lease.task_id),
+                    for task in tasks {
+                        match self.heartbeat(task, p).await {
+                            Ok(false) => {}
+                            Ok(true) => { kill(pid); let _ = child.wait().await; return Outcome::Abandoned; }
+                            Err(e) => eprintln!("drake worker: heartbeat for {}: {e}", task.task_id),
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     kill(pid);
                     let _ = child.wait().await;
-                    return Outcome::Failed { error: format!("timed out after {} s", lease.timeout_seconds), retryable: true, log_tail: String::new() };
+                    return Outcome::Failed { error: format!("timed out after {timeout} s"), retryable: true, log_tail: String::new() };
                 }
             }
         };

@@ -229,13 +229,16 @@ impl Stats {
 /// interesting pick.
 struct Slots {
     /// The slot being filled, and its candidates at poster size.
-    open: Option<(usize, Vec<(f64, Stats, RgbImage)>)>,
+    open: Option<(usize, Vec<Candidate>)>,
     /// Per slot: the pick, and whether it is a good (not blank) frame.
     picks: Vec<Option<(Pick, bool)>>,
     /// The best poster so far: interest, time, image.
     best: Option<(f64, f64, RgbImage)>,
     poster: Option<(f64, RgbImage)>,
 }
+
+/// A frame examined for a slot: time, statistics, picture.
+type Candidate = (f64, Stats, RgbImage);
 
 #[derive(Clone)]
 struct Pick {
@@ -258,7 +261,7 @@ impl Slots {
 
     fn close(&mut self) {
         let Some((slot, cands)) = self.open.take() else { return };
-        let good: Vec<&(f64, Stats, RgbImage)> = cands.iter().filter(|c| !c.1.is_blank()).collect();
+        let good: Vec<&Candidate> = cands.iter().filter(|c| !c.1.is_blank()).collect();
         let chosen = if good.is_empty() {
             cands.iter().max_by(|a, b| a.1.interest().total_cmp(&b.1.interest()))
         } else {

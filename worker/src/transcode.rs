@@ -1,6 +1,7 @@
-//! `drake transcode`: one rendition in this process. The source is decoded once,
-//! encoded once, and each encoded packet is muxed twice: into a fast-start MP4 and
-//! into a fragmented MP4 (one fragment per GOP) that [`crate::fmp4`] cuts into HLS.
+//! `drake transcode`: one or more renditions in this process. The source is decoded
+//! once; each decoded frame feeds every rendition's filters and encoder, and each
+//! encoded packet is muxed twice: into a fast-start MP4 and into a fragmented MP4
+//! (one fragment per GOP) that [`crate::fmp4`] cuts into HLS.
 //!
 //! Keyframes are forced by presentation time (every `gop_seconds`), never by frame
 //! count or scene cut, so every rendition of a job has IDRs at the same instants.
@@ -38,8 +39,8 @@ impl Default for Limits {
 pub struct Request<'a> {
     pub input: &'a str,
     pub profile: &'a Profile,
-    pub rendition: &'a str,
-    pub out_dir: &'a Path,
+    /// Each rendition to make, and the directory its outputs go to.
+    pub outputs: Vec<(&'a str, &'a Path)>,
     pub limits: Limits,
 }
 
@@ -51,7 +52,13 @@ pub const KEYFRAMES: &str = "keyframes.json";
 pub const REPORT: &str = "rendition.json";
 const FRAGMENTED: &str = "stream.fmp4";
 
-pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<RenditionReport> {
+/// Most renditions one process encodes from a single decode.
+pub const MAX_OUTPUTS: usize = 8;
+
+pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Vec<RenditionReport>> {
+    if req.outputs.is_empty() || req.outputs.len() > MAX_OUTPUTS {
+        return Err(EngineError::bad(format!("give 1 to {MAX_OUTPUTS} renditions, each with its --out directory")));
+    }
     let mut ictx = av::open_input(req.input)?;
     let probe = crate::probe::describe(&ictx, req.input)?;
     if probe.duration > req.limits.max_duration {
@@ -61,28 +68,42 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Rend
         )));
     }
     let plan = proto::plan::plan(&probe, req.profile).map_err(|e| EngineError::bad(e.to_string()))?;
-    let Some(rendition) = plan.renditions.iter().find(|r| r.name == req.rendition).cloned() else {
-        let why = match plan.skipped.iter().find(|s| s.name == req.rendition) {
-            Some(s) => format!("rendition {} does not apply to this source: {}", s.name, s.reason),
-            None => format!("profile {} plans no rendition named {} for this source", req.profile.name, req.rendition),
+    let mut renditions = Vec::with_capacity(req.outputs.len());
+    for (name, _) in &req.outputs {
+        let Some(rendition) = plan.renditions.iter().find(|r| r.name == *name).cloned() else {
+            let why = match plan.skipped.iter().find(|s| s.name == *name) {
+                Some(s) => format!("rendition {} does not apply to this source: {}", s.name, s.reason),
+                None => format!("profile {} plans no rendition named {name} for this source", req.profile.name),
+            };
+            return Err(EngineError::bad(why));
         };
-        return Err(EngineError::bad(why));
-    };
+        if renditions.iter().any(|r: &PlannedRendition| r.name == rendition.name) {
+            return Err(EngineError::bad(format!("rendition {name} is asked for twice")));
+        }
+        renditions.push(rendition);
+    }
 
-    let staging = Staging::new(req.out_dir)?;
-    let progressive = format!("{}.mp4", rendition.name);
-    let mut mux = Muxers::open(&staging.path(&progressive), &staging.path(FRAGMENTED), &req.profile.video)?;
+    let mut stagings = Vec::with_capacity(renditions.len());
+    let mut muxes = Vec::with_capacity(renditions.len());
+    for (r, (_, dir)) in renditions.iter().zip(&req.outputs) {
+        let staging = Staging::new(dir)?;
+        muxes.push(Muxers::open(&staging.path(&progressive_name(r)), &staging.path(FRAGMENTED), &req.profile.video)?);
+        stagings.push(staging);
+    }
 
     let start = av::start_seconds(&ictx);
-    let mut video = match (&rendition.video, probe.main_video()) {
-        (Some(pv), Some(v)) => Some(VideoPipe::new(&ictx, v.index, v.rotation, pv, &rendition, start, &mut mux)?),
+    // Renditions all plan video, or all none (audio-only sources); likewise audio.
+    let mut video = match (renditions[0].video.is_some(), probe.main_video()) {
+        (true, Some(v)) => Some(VideoPipe::new(&ictx, v.index, v.rotation, &renditions, start, &mut muxes)?),
         _ => None,
     };
-    let mut audio = match (&rendition.audio, probe.main_audio()) {
-        (Some(pa), Some(a)) => Some(AudioPipe::new(&ictx, a.index, pa, start, &mut mux)?),
+    let mut audio = match (renditions[0].audio.is_some(), probe.main_audio()) {
+        (true, Some(a)) => Some(AudioPipe::new(&ictx, a.index, &renditions, start, &mut muxes)?),
         _ => None,
     };
-    mux.start()?;
+    for mux in &mut muxes {
+        mux.start()?;
+    }
 
     let total = probe.duration.max(0.001);
     let is_url = av::is_url(req.input);
@@ -109,14 +130,14 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Rend
             }
         }
         if let Some(v) = video.as_mut().filter(|v| v.index == pkt.stream()) {
-            v.feed(Some(&pkt), &mut mux)?;
+            v.feed(Some(&pkt), &mut muxes)?;
         } else if let Some(a) = audio.as_mut().filter(|a| a.index == pkt.stream()) {
-            a.feed(Some(&pkt), &mut mux)?;
+            a.feed(Some(&pkt), &mut muxes)?;
         }
         if last_report.elapsed().as_millis() >= 500 {
             last_report = Instant::now();
             let frame = video.as_ref().map_or(0, |v| v.frames);
-            let out_time = mux.out_time;
+            let out_time = muxes.iter().map(|m| m.out_time).fold(f64::INFINITY, f64::min);
             progress(ProgressLine::Progress {
                 fraction: (out_time / total).clamp(0.0, 0.99),
                 fps: frame as f64 / began.elapsed().as_secs_f64().max(1e-3),
@@ -126,12 +147,14 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Rend
         }
     }
     if let Some(v) = video.as_mut() {
-        v.feed(None, &mut mux)?;
+        v.feed(None, &mut muxes)?;
     }
     if let Some(a) = audio.as_mut() {
-        a.feed(None, &mut mux)?;
+        a.feed(None, &mut muxes)?;
     }
-    mux.finish()?;
+    for mux in &mut muxes {
+        mux.finish()?;
+    }
 
     // The source must hold what its header promised: a short decode is a truncated file.
     let decoded = match (&video, &audio) {
@@ -156,10 +179,21 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Rend
         )));
     }
 
-    let report = package(&staging, &rendition, &progressive, video.as_ref(), audio.as_ref(), &mux, decoded)?;
+    let mut reports = Vec::with_capacity(renditions.len());
+    for (k, r) in renditions.iter().enumerate() {
+        let v = video.as_ref().map(|v| &v.outs[k]);
+        let a = audio.as_ref().map(|a| &a.outs[k]);
+        reports.push(package(&stagings[k], r, &progressive_name(r), v, a, &muxes[k], decoded)?);
+    }
     progress(ProgressLine::Done { fraction: 1.0 });
-    staging.commit(REPORT)?;
-    Ok(report)
+    for staging in stagings {
+        staging.commit(REPORT)?;
+    }
+    Ok(reports)
+}
+
+fn progressive_name(r: &PlannedRendition) -> String {
+    format!("{}.mp4", r.name)
 }
 
 /// Cuts HLS from the fragmented file, indexes the MP4, verifies both and writes the report.
@@ -167,8 +201,8 @@ fn package(
     staging: &Staging,
     r: &PlannedRendition,
     progressive: &str,
-    video: Option<&VideoPipe>,
-    audio: Option<&AudioPipe>,
+    video: Option<&VideoOut>,
+    audio: Option<&AudioOut>,
     mux: &Muxers,
     source_duration: f64,
 ) -> Result<RenditionReport> {
@@ -453,8 +487,6 @@ fn drain_encoder(enc: &mut encoder::Encoder, track: Track, mux: &mut Muxers) -> 
 /// Decoder-side state shared by the video and audio pipes.
 struct Flow {
     in_tb: Rational,
-    /// Built from the first decoded frame, whose format is the one that counts.
-    graph: Option<filter::Graph>,
     /// Container start time (seconds); outputs are shifted to start at 0.
     start: f64,
     /// End of the last decoded frame, seconds from the source's start.
@@ -465,23 +497,26 @@ struct Flow {
 
 impl Flow {
     fn new(in_tb: Rational, start: f64) -> Flow {
-        Flow { in_tb, graph: None, start, decoded_end: 0.0, end_ts: 0 }
+        Flow { in_tb, start, decoded_end: 0.0, end_ts: 0 }
     }
 }
 
-/// One elementary stream's path: decoder, filter graph, encoder, muxers. The feed
-/// loop is shared; each kind supplies its frame type, graph and encoding step.
+/// One elementary stream's path: a decoder, then per rendition a filter graph,
+/// an encoder and that rendition's muxers. The feed loop is shared; each kind
+/// supplies its frame type, graph and encoding step.
 trait Pipe {
     type Frame: std::ops::DerefMut<Target = ff::Frame>;
     const TRACK: Track;
 
     fn parts(&mut self) -> (&mut decoder::Opened, &mut Flow);
-    fn encoder(&mut self) -> &mut encoder::Encoder;
+    /// Rendition `k`'s filter graph, built from the first decoded frame.
+    fn graph(&mut self, k: usize) -> &mut Option<filter::Graph>;
+    fn encoder(&mut self, k: usize) -> &mut encoder::Encoder;
     /// Duration of a decoded frame in the input time base.
     fn frame_duration(&self, f: &Self::Frame) -> i64;
-    fn build_graph(&mut self, f: &Self::Frame) -> Result<filter::Graph>;
-    /// Takes filtered frames out of the graph and encodes them.
-    fn pull(&mut self, mux: &mut Muxers) -> Result<()>;
+    fn build_graph(&mut self, k: usize, f: &Self::Frame) -> Result<filter::Graph>;
+    /// Takes rendition `k`'s filtered frames out of its graph and encodes them.
+    fn pull(&mut self, k: usize, mux: &mut Muxers) -> Result<()>;
     fn decoded(&mut self, _f: &Self::Frame) {}
     fn empty_frame() -> Self::Frame;
 
@@ -492,9 +527,9 @@ trait Pipe {
         }
     }
 
-    /// Feeds one packet (or, with `None`, the end of stream) through decoder,
-    /// filters and encoder.
-    fn feed(&mut self, pkt: Option<&Packet>, mux: &mut Muxers) -> Result<()> {
+    /// Feeds one packet (or, with `None`, the end of stream) through the decoder,
+    /// then every rendition's filters and encoder.
+    fn feed(&mut self, pkt: Option<&Packet>, muxes: &mut [Muxers]) -> Result<()> {
         let label = Self::label();
         let decoding_failed = |e| EngineError::bad(format!("{label} decoding failed: {e}"));
         match pkt {
@@ -524,27 +559,42 @@ trait Pipe {
                 flow.end_ts = flow.end_ts.max(end_ts);
                 flow.decoded_end = flow.decoded_end.max(end_ts as f64 * f64::from(flow.in_tb) - flow.start);
             }
-            if self.parts().1.graph.is_none() {
-                let g = self.build_graph(&f)?;
-                self.parts().1.graph = Some(g);
+            for (k, mux) in muxes.iter_mut().enumerate() {
+                if self.graph(k).is_none() {
+                    let g = self.build_graph(k, &f)?;
+                    *self.graph(k) = Some(g);
+                }
+                let g = self.graph(k).as_mut().expect("built above");
+                add_frame(g, &f).ctx(|| format!("filtering {label}"))?;
+                self.pull(k, mux)?;
             }
-            let g = self.parts().1.graph.as_mut().expect("built above");
-            g.get("in").expect("source").source().add(&f).ctx(|| format!("filtering {label}"))?;
-            self.pull(mux)?;
         }
         if pkt.is_none() {
-            let flow = self.parts().1;
-            let end_ts = flow.end_ts;
-            if let Some(g) = flow.graph.as_mut() {
-                // Closing at the last frame's end (not its start) lets `fps` keep that frame.
-                g.get("in").expect("source").source().close(end_ts).ctx(|| format!("flushing {label} filters"))?;
-                self.pull(mux)?;
+            let end_ts = self.parts().1.end_ts;
+            for (k, mux) in muxes.iter_mut().enumerate() {
+                if let Some(g) = self.graph(k).as_mut() {
+                    // Closing at the last frame's end (not its start) lets `fps` keep that frame.
+                    g.get("in").expect("source").source().close(end_ts).ctx(|| format!("flushing {label} filters"))?;
+                    self.pull(k, mux)?;
+                }
+                self.encoder(k).send_eof().ctx(|| format!("flushing the {label} encoder"))?;
+                drain_encoder(self.encoder(k), Self::TRACK, mux)?;
             }
-            self.encoder().send_eof().ctx(|| format!("flushing the {label} encoder"))?;
-            drain_encoder(self.encoder(), Self::TRACK, mux)?;
         }
         Ok(())
     }
+}
+
+/// Gives a graph its own reference to a decoded frame, leaving `f` intact for the
+/// next rendition's graph (ffmpeg-next's `add` would take the frame's data away).
+fn add_frame(g: &mut filter::Graph, f: &ff::Frame) -> std::result::Result<(), ff::Error> {
+    let mut src = g.get("in").expect("source");
+    // SAFETY: both pointers are valid for the call; KEEP_REF makes libav take a new
+    // reference to the frame's buffers instead of moving them out of `f`.
+    let ret = unsafe {
+        ff::ffi::av_buffersrc_add_frame_flags(src.as_mut_ptr(), f.as_ptr() as *mut _, ff::ffi::AV_BUFFERSRC_FLAG_KEEP_REF as i32)
+    };
+    if ret < 0 { Err(ff::Error::from(ret)) } else { Ok(()) }
 }
 
 struct VideoPipe {
@@ -552,6 +602,14 @@ struct VideoPipe {
     codec_id: ff::ffi::AVCodecID,
     decoder: decoder::Video,
     flow: Flow,
+    /// Frames handed to the encoders (the same count for every rendition).
+    frames: u64,
+    outs: Vec<VideoOut>,
+}
+
+/// One rendition's video: filters, encoder and keyframe schedule.
+struct VideoOut {
+    graph: Option<filter::Graph>,
     /// Filters between the buffer source and sink, e.g. `fps=30,scale=640:360,...`.
     chain: String,
     encoder: encoder::Video,
@@ -571,15 +629,24 @@ impl VideoPipe {
         ictx: &format::context::Input,
         index: usize,
         rotation: u32,
-        pv: &PlannedVideo,
-        r: &PlannedRendition,
+        renditions: &[PlannedRendition],
         start: f64,
-        mux: &mut Muxers,
+        muxes: &mut [Muxers],
     ) -> Result<VideoPipe> {
         let ist = ictx.stream(index).expect("planned stream exists");
         let codec_id = av::params(&ist).codec_id;
         let decoder = av::video_decoder(&ist)?;
+        let mut outs = Vec::with_capacity(renditions.len());
+        for (r, mux) in renditions.iter().zip(muxes) {
+            let pv = r.video.as_ref().ok_or_else(|| EngineError::bad(format!("rendition {} has no video", r.name)))?;
+            outs.push(VideoOut::new(pv, r, rotation, start, mux)?);
+        }
+        Ok(VideoPipe { index, codec_id, decoder, flow: Flow::new(ist.time_base(), start), frames: 0, outs })
+    }
+}
 
+impl VideoOut {
+    fn new(pv: &PlannedVideo, r: &PlannedRendition, rotation: u32, start: f64, mux: &mut Muxers) -> Result<VideoOut> {
         let (num, den) = pv
             .frame_rate
             .split_once('/')
@@ -623,11 +690,8 @@ impl VideoPipe {
         }
         let encoder = ectx.open_as_with(codec, dict).ctx(|| format!("opening {codec_name}"))?;
         mux.add(codec, &encoder, enc_tb, Track::Video)?;
-        Ok(VideoPipe {
-            index,
-            codec_id,
-            decoder,
-            flow: Flow::new(ist.time_base(), start),
+        Ok(VideoOut {
+            graph: None,
             chain,
             encoder,
             enc_tb,
@@ -641,6 +705,21 @@ impl VideoPipe {
             codec: pv.codec,
         })
     }
+
+    /// RFC 6381 codecs string for this encoder's output.
+    fn codecs_string(&self, width: u32, height: u32, fps: f64) -> String {
+        match self.codec {
+            VideoCodec::H264 => {
+                // SAFETY: extradata is owned by the open encoder for its lifetime.
+                let extradata = unsafe {
+                    let ctx = &*self.encoder.as_ptr();
+                    if ctx.extradata.is_null() { &[][..] } else { std::slice::from_raw_parts(ctx.extradata, ctx.extradata_size as usize) }
+                };
+                crate::codecs::avc1(extradata).unwrap_or_else(|| "avc1.640028".into())
+            }
+            VideoCodec::Vp9 => crate::codecs::vp09(width, height, fps),
+        }
+    }
 }
 
 impl Pipe for VideoPipe {
@@ -651,8 +730,12 @@ impl Pipe for VideoPipe {
         (&mut self.decoder, &mut self.flow)
     }
 
-    fn encoder(&mut self) -> &mut encoder::Encoder {
-        &mut self.encoder
+    fn graph(&mut self, k: usize) -> &mut Option<filter::Graph> {
+        &mut self.outs[k].graph
+    }
+
+    fn encoder(&mut self, k: usize) -> &mut encoder::Encoder {
+        &mut self.outs[k].encoder
     }
 
     fn empty_frame() -> frame::Video {
@@ -662,10 +745,10 @@ impl Pipe for VideoPipe {
     fn frame_duration(&self, f: &frame::Video) -> i64 {
         // SAFETY: pkt_duration is a plain field of the decoded frame.
         let dur = unsafe { (*f.as_ptr()).pkt_duration };
-        if dur > 0 { dur } else { 1i64.rescale(self.fps.invert(), self.flow.in_tb).max(1) }
+        if dur > 0 { dur } else { 1i64.rescale(self.outs[0].fps.invert(), self.flow.in_tb).max(1) }
     }
 
-    fn build_graph(&mut self, f: &frame::Video) -> Result<filter::Graph> {
+    fn build_graph(&mut self, k: usize, f: &frame::Video) -> Result<filter::Graph> {
         let mut g = filter::Graph::new();
         let sar = f.aspect_ratio();
         let sar = if sar.numerator() > 0 && sar.denominator() > 0 { sar } else { Rational(1, 1) };
@@ -683,53 +766,41 @@ impl Pipe for VideoPipe {
         g.add(&filter::find("buffer").expect("buffer filter"), "in", &args).ctx(|| "creating the video source".into())?;
         g.add(&filter::find("buffersink").expect("buffersink filter"), "out", "").ctx(|| "creating the video sink".into())?;
         // Interlaced sources (broadcast TS) are deinterlaced; progressive frames pass through.
-        let chain = if f.is_interlaced() { format!("bwdif=deint=interlaced,{}", self.chain) } else { self.chain.clone() };
+        let out = &self.outs[k];
+        let chain = if f.is_interlaced() { format!("bwdif=deint=interlaced,{}", out.chain) } else { out.chain.clone() };
         g.output("in", 0).and_then(|p| p.input("out", 0)).and_then(|p| p.parse(&chain)).ctx(|| format!("building filters {chain}"))?;
         g.validate().ctx(|| "configuring video filters".into())?;
         Ok(g)
     }
 
     /// Takes filtered frames, forces keyframes by time and encodes.
-    fn pull(&mut self, mux: &mut Muxers) -> Result<()> {
-        let g = self.flow.graph.as_mut().expect("graph");
+    fn pull(&mut self, k: usize, mux: &mut Muxers) -> Result<()> {
+        let out = &mut self.outs[k];
+        let g = out.graph.as_mut().expect("graph");
         let mut sink = g.get("out").expect("sink");
         let sink_tb = sink.sink().time_base();
         let mut f = frame::Video::empty();
         while sink.sink().frame(&mut f).is_ok() {
-            let pts = f.pts().unwrap_or(self.frames as i64).rescale(sink_tb, self.enc_tb);
+            let pts = f.pts().unwrap_or(out.frames as i64).rescale(sink_tb, out.enc_tb);
             f.set_pts(Some(pts));
-            let t = pts as f64 * f64::from(self.enc_tb);
+            let t = pts as f64 * f64::from(out.enc_tb);
             // Decoded frames carry the source's picture types; only our marks may force IDRs.
-            if t + 1e-6 >= self.next_keyframe {
+            if t + 1e-6 >= out.next_keyframe {
                 f.set_kind(picture::Type::I);
-                while self.next_keyframe <= t + 1e-6 {
-                    self.next_keyframe += self.gop_seconds;
+                while out.next_keyframe <= t + 1e-6 {
+                    out.next_keyframe += out.gop_seconds;
                 }
             } else {
                 f.set_kind(picture::Type::None);
             }
-            self.encoder.send_frame(&f).ctx(|| "encoding video".into())?;
-            self.frames += 1;
-            drain_encoder(&mut self.encoder, Track::Video, mux)?;
+            out.encoder.send_frame(&f).ctx(|| "encoding video".into())?;
+            out.frames += 1;
+            drain_encoder(&mut out.encoder, Track::Video, mux)?;
+        }
+        if k == 0 {
+            self.frames = self.outs[0].frames;
         }
         Ok(())
-    }
-}
-
-impl VideoPipe {
-    /// RFC 6381 codecs string for this encoder's output.
-    fn codecs_string(&self, width: u32, height: u32, fps: f64) -> String {
-        match self.codec {
-            VideoCodec::H264 => {
-                // SAFETY: extradata is owned by the open encoder for its lifetime.
-                let extradata = unsafe {
-                    let ctx = &*self.encoder.as_ptr();
-                    if ctx.extradata.is_null() { &[][..] } else { std::slice::from_raw_parts(ctx.extradata, ctx.extradata_size as usize) }
-                };
-                crate::codecs::avc1(extradata).unwrap_or_else(|| "avc1.640028".into())
-            }
-            VideoCodec::Vp9 => crate::codecs::vp09(width, height, fps),
-        }
     }
 }
 
@@ -769,21 +840,43 @@ struct AudioPipe {
     index: usize,
     decoder: decoder::Audio,
     flow: Flow,
+    samples: u64,
+    outs: Vec<AudioOut>,
+}
+
+/// One rendition's audio: resampling filters and encoder.
+struct AudioOut {
+    graph: Option<filter::Graph>,
     encoder: encoder::Audio,
     enc_tb: Rational,
     plan: PlannedAudio,
-    samples: u64,
 }
 
 impl AudioPipe {
-    fn new(ictx: &format::context::Input, index: usize, pa: &PlannedAudio, start: f64, mux: &mut Muxers) -> Result<AudioPipe> {
+    fn new(
+        ictx: &format::context::Input,
+        index: usize,
+        renditions: &[PlannedRendition],
+        start: f64,
+        muxes: &mut [Muxers],
+    ) -> Result<AudioPipe> {
         let ist = ictx.stream(index).expect("planned stream exists");
         let codec_id = av::params(&ist).codec_id;
         let dctx = codec::context::Context::from_parameters(ist.parameters()).ctx(|| "reading decoder parameters".into())?;
         let mut decoder =
             dctx.decoder().audio().map_err(|e| EngineError::bad(format!("unsupported audio codec {}: {e}", av::codec_name(codec_id))))?;
         decoder.set_packet_time_base(ist.time_base());
+        let mut outs = Vec::with_capacity(renditions.len());
+        for (r, mux) in renditions.iter().zip(muxes) {
+            let pa = r.audio.as_ref().ok_or_else(|| EngineError::bad(format!("rendition {} has no audio", r.name)))?;
+            outs.push(AudioOut::new(pa, mux)?);
+        }
+        Ok(AudioPipe { index, decoder, flow: Flow::new(ist.time_base(), start), samples: 0, outs })
+    }
+}
 
+impl AudioOut {
+    fn new(pa: &PlannedAudio, mux: &mut Muxers) -> Result<AudioOut> {
         let aac = encoder::find(codec::Id::AAC).ok_or_else(|| EngineError::internal("finding the encoder", "aac is not in this libav"))?;
         let mut ectx = codec::context::Context::new_with_codec(aac).encoder().audio().ctx(|| "creating the audio encoder".into())?;
         let layout = if pa.channels == 1 { ff::ChannelLayout::MONO } else { ff::ChannelLayout::STEREO };
@@ -799,7 +892,7 @@ impl AudioPipe {
         }
         let encoder = ectx.open_as(aac).ctx(|| "opening aac".into())?;
         mux.add(aac, &encoder, enc_tb, Track::Audio)?;
-        Ok(AudioPipe { index, decoder, flow: Flow::new(ist.time_base(), start), encoder, enc_tb, plan: pa.clone(), samples: 0 })
+        Ok(AudioOut { graph: None, encoder, enc_tb, plan: pa.clone() })
     }
 }
 
@@ -811,8 +904,12 @@ impl Pipe for AudioPipe {
         (&mut self.decoder, &mut self.flow)
     }
 
-    fn encoder(&mut self) -> &mut encoder::Encoder {
-        &mut self.encoder
+    fn graph(&mut self, k: usize) -> &mut Option<filter::Graph> {
+        &mut self.outs[k].graph
+    }
+
+    fn encoder(&mut self, k: usize) -> &mut encoder::Encoder {
+        &mut self.outs[k].encoder
     }
 
     fn empty_frame() -> frame::Audio {
@@ -827,7 +924,8 @@ impl Pipe for AudioPipe {
         self.samples += f.samples() as u64;
     }
 
-    fn build_graph(&mut self, f: &frame::Audio) -> Result<filter::Graph> {
+    fn build_graph(&mut self, k: usize, f: &frame::Audio) -> Result<filter::Graph> {
+        let out = &self.outs[k];
         let mut g = filter::Graph::new();
         let layout = if f.channel_layout().is_empty() { ff::ChannelLayout::default(f.channels() as i32) } else { f.channel_layout() };
         let args = format!(
@@ -841,30 +939,31 @@ impl Pipe for AudioPipe {
         g.add(&filter::find("abuffer").expect("abuffer"), "in", &args).ctx(|| "creating the audio source".into())?;
         g.add(&filter::find("abuffersink").expect("abuffersink"), "out", "").ctx(|| "creating the audio sink".into())?;
         {
-            let mut out = g.get("out").expect("sink");
-            out.set_sample_format(self.encoder.format());
-            out.set_channel_layout(self.encoder.channel_layout());
-            out.set_sample_rate(self.plan.sample_rate);
+            let mut sink = g.get("out").expect("sink");
+            sink.set_sample_format(out.encoder.format());
+            sink.set_channel_layout(out.encoder.channel_layout());
+            sink.set_sample_rate(out.plan.sample_rate);
         }
         // aresample's matrix downmixes any layout (5.1 side or back) with proper
         // centre and surround weights; async=1 pads or trims to keep A/V in sync.
-        let chain = format!("asetpts=PTS-{:.6}/TB,aresample={}:async=1:first_pts=0", self.flow.start, self.plan.sample_rate);
+        let chain = format!("asetpts=PTS-{:.6}/TB,aresample={}:async=1:first_pts=0", self.flow.start, out.plan.sample_rate);
         g.output("in", 0).and_then(|p| p.input("out", 0)).and_then(|p| p.parse(&chain)).ctx(|| format!("building filters {chain}"))?;
         g.validate().ctx(|| "configuring audio filters".into())?;
-        g.get("out").expect("sink").sink().set_frame_size(self.encoder.frame_size());
+        g.get("out").expect("sink").sink().set_frame_size(out.encoder.frame_size());
         Ok(g)
     }
 
-    fn pull(&mut self, mux: &mut Muxers) -> Result<()> {
-        let g = self.flow.graph.as_mut().expect("graph");
+    fn pull(&mut self, k: usize, mux: &mut Muxers) -> Result<()> {
+        let out = &mut self.outs[k];
+        let g = out.graph.as_mut().expect("graph");
         let mut sink = g.get("out").expect("sink");
         let sink_tb = sink.sink().time_base();
         let mut f = frame::Audio::empty();
         while sink.sink().frame(&mut f).is_ok() {
-            let pts = f.pts().map(|p| p.rescale(sink_tb, self.enc_tb));
+            let pts = f.pts().map(|p| p.rescale(sink_tb, out.enc_tb));
             f.set_pts(pts);
-            self.encoder.send_frame(&f).ctx(|| "encoding audio".into())?;
-            drain_encoder(&mut self.encoder, Track::Audio, mux)?;
+            out.encoder.send_frame(&f).ctx(|| "encoding audio".into())?;
+            drain_encoder(&mut out.encoder, Track::Audio, mux)?;
         }
         Ok(())
     }
