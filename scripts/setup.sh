@@ -11,6 +11,8 @@ APT_PACKAGES=(
   ffmpeg
   # Peak-memory measurements in the benchmarks.
   time
+  # nginx with its dav module: the external WebDAV storage the farm tests publish to.
+  nginx-core
   curl ca-certificates
 )
 

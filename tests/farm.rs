@@ -701,3 +701,132 @@ fn each_role_reaches_only_its_routes() {
     assert_eq!(dav(&worker, "GET", "/dav/jobs/%2e%2e/%2e%2e/admin-token"), 403);
     assert_eq!(dav(&c.admin, "GET", "/dav/uploads/"), 403);
 }
+
+/// nginx with its dav module, on loopback, as production's external storage.
+struct Nginx {
+    child: Child,
+    url: String,
+    root: std::path::PathBuf,
+    _dir: Dir,
+}
+
+impl Nginx {
+    const AUTHORIZATION: &str = "Bearer store-s3cret";
+
+    fn start() -> Nginx {
+        let dir = Dir::new();
+        let root = dir.path("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let as_root = Command::new("id").arg("-u").output().unwrap().stdout.starts_with(b"0");
+        let conf = format!(
+            "daemon off;\n{user}pid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  client_max_body_size 0;\n  server {{\n    listen 127.0.0.1:{port};\n    location /media/ {{\n      if ($http_authorization != \"{auth}\") {{ return 401; }}\n      alias {root}/;\n      dav_methods PUT DELETE MKCOL COPY MOVE;\n      dav_access user:rw group:r all:r;\n    }}\n  }}\n}}\n",
+            user = if as_root { "user root;\n" } else { "" },
+            d = dir.tmp.path().display(),
+            auth = Nginx::AUTHORIZATION,
+            root = root.display(),
+        );
+        std::fs::write(dir.path("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .args(["-e", &dir.s("error.log"), "-p", &dir.s(""), "-c", &dir.s("nginx.conf")])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (scripts/setup.sh installs nginx-core)");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nginx did not start: {}",
+                std::fs::read_to_string(dir.path("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx { child, url: format!("http://127.0.0.1:{port}/media"), root, _dir: dir }
+    }
+
+    fn fetch(&self, url: &str) -> Vec<u8> {
+        let out = Command::new("curl").args(["-sf", "-H", &format!("Authorization: {}", Nginx::AUTHORIZATION), url]).output().unwrap();
+        assert!(out.status.success(), "GET {url}");
+        out.stdout
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
+        sigterm(self.child.id());
+        let _ = self.child.wait();
+    }
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.push(format!("{}/", e.path().display()));
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path().display().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn outputs_can_live_on_an_external_webdav_server() {
+    let nginx = Nginx::start();
+    let c = Coordinator::start_with(&["--storage-url", &nginx.url, "--storage-authorization", Nginx::AUTHORIZATION]);
+    let join = c.join_token(1);
+    let _w = c.worker("w", &join);
+    let dir = Dir::new();
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=640x360:r=30:d=4",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=d=4",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        &dir.s("clip.mp4"),
+    ]);
+    let (status, job) = c.upload(&dir.s("clip.mp4"), &[]);
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap();
+    let job = c.wait_ended(id, Duration::from_secs(120));
+    assert_eq!(job["state"], "succeeded", "{job}");
+
+    // Outputs are nginx URLs, and play from there.
+    let master = job["outputs"]["master_playlist"].as_str().unwrap();
+    assert_eq!(master, format!("{}/jobs/{id}/master.m3u8", nginx.url));
+    let probe = ffprobe(&["-headers", &format!("Authorization: {}\r\n", Nginx::AUTHORIZATION), "-show_format", master]);
+    assert!((probe["format"]["duration"].as_str().unwrap().parse::<f64>().unwrap() - 4.0).abs() < 0.2, "{probe}");
+    let manifest: Value = serde_json::from_slice(&nginx.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
+    let mut files: Vec<Value> = manifest["thumbnails"]["files"].as_array().unwrap().clone();
+    for r in manifest["renditions"].as_array().unwrap() {
+        files.extend(r["files"].as_array().unwrap().iter().cloned());
+    }
+    assert!(files.len() > 15);
+    for f in &files {
+        let url = f["url"].as_str().unwrap();
+        assert!(url.starts_with(&nginx.url), "{url}");
+        use sha2::Digest;
+        assert_eq!(hex::encode(sha2::Sha256::digest(nginx.fetch(url))), f["sha256"].as_str().unwrap(), "{f}");
+    }
+
+    // Nothing half-written or staged is left on the store, and nothing stored locally.
+    let stored = files_under(&nginx.root);
+    assert!(stored.iter().all(|p| !p.contains(".staging") && !p.contains(".part")), "{stored:#?}");
+    assert!(stored.iter().any(|p| p.ends_with(&format!("jobs/{id}/source"))));
+    assert!(files_under(&c.data.path("storage")).iter().all(|p| p.ends_with('/')), "only empty directories locally");
+    // The coordinator does not serve storage it does not hold, and the store wants its credential.
+    assert_eq!(c.call("GET", &format!("/dav/jobs/{id}/master.m3u8"), Some(&c.admin), None).0, 404);
+    let anonymous = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", master]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&anonymous.stdout), "401");
+}

@@ -45,7 +45,7 @@ pub struct AppState {
     /// The `drake` executable, run as a child for `drake probe` (the coordinator never links libav).
     pub drake_exe: Arc<PathBuf>,
     /// Root of the files served under `/dav/`.
-    pub storage: Arc<PathBuf>,
+    pub storage: storage::Store,
     pub dav: dav_server::DavHandler,
     /// Every job and task change, as JSON, for `/api/v1/events`.
     pub events: tokio::sync::broadcast::Sender<String>,
@@ -220,7 +220,7 @@ async fn create_job(State(st): State<AppState>, caller: Caller, req: Request) ->
 
 /// Streams the `file` field to storage (never holding it in memory), then creates the job.
 async fn create_from_upload(st: &AppState, mut multipart: Multipart) -> Result<(crate::queue::Job, bool), ApiError> {
-    let uploads = st.storage.join("uploads");
+    let uploads = st.storage.spool_dir();
     tokio::fs::create_dir_all(&uploads).await.map_err(|e| ApiError::Storage(e.to_string()))?;
     let temp = uploads.join(uuid::Uuid::now_v7().to_string());
     // Removes the temporary file on every early return.
@@ -278,11 +278,7 @@ async fn create_from_upload(st: &AppState, mut multipart: Multipart) -> Result<(
     new.source = storage::source_path(&id);
     let (job, created) = st.queue.create_job_with_id(&id, &new, now_ms()).await?;
     if created {
-        let dest = st.storage.join(&job.source);
-        tokio::fs::create_dir_all(dest.parent().expect("jobs/ID/source has a parent"))
-            .await
-            .map_err(|e| ApiError::Storage(e.to_string()))?;
-        tokio::fs::rename(&temp, &dest).await.map_err(|e| ApiError::Storage(e.to_string()))?;
+        st.storage.import(&temp, &job.source).await.map_err(|e| ApiError::Storage(e.to_string()))?;
         cleanup.0 = None;
         st.chores.probe_and_plan(&job.id).await.map_err(ApiError::Storage)?;
     }

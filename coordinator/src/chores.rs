@@ -9,7 +9,6 @@ use hmac::{Hmac, Mac};
 use proto::profile::Profile;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
-use std::path::Path;
 use std::time::Duration;
 
 /// Probes the source in a child `drake probe` (so a libav crash cannot take the
@@ -25,14 +24,16 @@ pub async fn probe_and_plan(st: AppState, job: String) -> Result<(), String> {
         Ok(p) => p,
         Err(e) => return fail_and_report(&st, &job, &format!("bad input: {e}")).await,
     };
-    // Uploads are local files in storage; URLs are read by libav directly.
+    // Uploads are in storage; URLs are read by libav directly.
     let source = j.source;
-    let target = if source.starts_with("http://") || source.starts_with("https://") {
-        source
-    } else {
-        st.storage.join(&source).to_string_lossy().into_owned()
-    };
-    let child = tokio::process::Command::new(st.drake_exe.as_ref()).arg("probe").arg(&target).kill_on_drop(true).output();
+    let (target, authorization) =
+        if source.starts_with("http://") || source.starts_with("https://") { (source, None) } else { st.storage.probe_target(&source) };
+    let mut probe = tokio::process::Command::new(st.drake_exe.as_ref());
+    probe.arg("probe").arg(&target).kill_on_drop(true);
+    if let Some(a) = authorization {
+        probe.env(proto::HTTP_AUTHORIZATION_ENV, a);
+    }
+    let child = probe.output();
     let out = match tokio::time::timeout(Duration::from_secs(120), child).await {
         Err(_) => return fail_and_report(&st, &job, "probing timed out after 120 s").await,
         Ok(Err(e)) => return Err(format!("cannot run drake probe: {e}")),
@@ -125,7 +126,7 @@ pub async fn finalize(st: &AppState, job_id: &str) -> Result<(), String> {
     let job = st.queue.job(job_id).await.map_err(|e| e.to_string())?.ok_or("job vanished")?;
     let results = st.queue.task_results(job_id).await.map_err(|e| e.to_string())?;
     let job_dir = format!("jobs/{job_id}");
-    let url = |dir: &str, path: &str| format!("/dav/{dir}/{path}");
+    let url = |dir: &str, path: &str| st.storage.url(&format!("{dir}/{path}"));
     let mut renditions = Vec::new();
     let mut thumbnails = Value::Null;
     for (kind, _, result) in &results {
@@ -152,7 +153,7 @@ pub async fn finalize(st: &AppState, job_id: &str) -> Result<(), String> {
         return Err("no rendition was published".into());
     }
     renditions.sort_by_key(|r| r["peak_bitrate"].as_u64().unwrap_or(0));
-    let master = master_playlist(&st.storage.join(&job_dir), &renditions)?;
+    let master = master_playlist(&st.storage, &job_dir, &renditions).await?;
     let outputs = json!({"master_playlist": url(&job_dir, "master.m3u8"), "manifest": url(&job_dir, "manifest.json")});
     let manifest = json!({
         "version": proto::WIRE_VERSION,
@@ -162,16 +163,18 @@ pub async fn finalize(st: &AppState, job_id: &str) -> Result<(), String> {
         "thumbnails": thumbnails,
         "renditions": renditions,
     });
-    let root = st.storage.join(&job_dir);
-    write_atomic(&root.join("master.m3u8"), master.as_bytes()).await?;
-    write_atomic(&root.join("manifest.json"), serde_json::to_string_pretty(&manifest).map_err(|e| e.to_string())?.as_bytes()).await?;
+    let store_error = |e: crate::storage::StoreError| format!("storage: {e}");
+    st.storage.write(&format!("{job_dir}/master.m3u8"), master.into_bytes()).await.map_err(store_error)?;
+    let manifest = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+    st.storage.write(&format!("{job_dir}/manifest.json"), manifest).await.map_err(store_error)?;
+    st.storage.remove_staging(job_id).await.map_err(store_error)?;
     st.queue.finish_job(job_id, &outputs, now_ms()).await.map_err(|e| e.to_string())?;
     Ok(())
 }
 
 /// The multivariant playlist: one `EXT-X-STREAM-INF` and one `EXT-X-I-FRAME-STREAM-INF`
 /// per rendition, lowest bandwidth first. Paths are relative to the job directory.
-fn master_playlist(job_root: &Path, renditions: &[Value]) -> Result<String, String> {
+async fn master_playlist(store: &crate::storage::Store, job_dir: &str, renditions: &[Value]) -> Result<String, String> {
     let mut m = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
     let mut iframes = String::new();
     for r in renditions {
@@ -186,8 +189,11 @@ fn master_playlist(job_root: &Path, renditions: &[Value]) -> Result<String, Stri
         let _ = write!(m, "\n{name}/{}\n", r["file_roles"]["hls_playlist"].as_str().unwrap_or("playlist.m3u8"));
         if r["video"].is_object() {
             let iframe_path = r["file_roles"]["iframe_playlist"].as_str().unwrap_or("iframes.m3u8");
-            let text =
-                std::fs::read_to_string(job_root.join(name).join(iframe_path)).map_err(|e| format!("reading {name}/iframes.m3u8: {e}"))?;
+            let text = store
+                .read(&format!("{job_dir}/{name}/{iframe_path}"), 16 << 20)
+                .await
+                .map_err(|e| format!("reading {name}/{iframe_path}: {e}"))?;
+            let text = String::from_utf8_lossy(&text);
             let video_codec = codecs.split(',').next().unwrap_or_default();
             let _ = writeln!(
                 iframes,
@@ -217,12 +223,6 @@ fn iframe_bandwidth(playlist: &str) -> u64 {
         }
     }
     peak
-}
-
-async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension("tmp-write");
-    tokio::fs::write(&tmp, bytes).await.map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    tokio::fs::rename(&tmp, path).await.map_err(|e| format!("renaming {}: {e}", path.display()))
 }
 
 /// A job reached an end state: queue its webhook, if it has a callback.

@@ -14,6 +14,15 @@ pub struct Config {
     pub drake_exe: PathBuf,
     pub limits: Limits,
     pub queue: QueueConfig,
+    /// External WebDAV storage; `None` serves the data dir at `/dav/`.
+    pub storage: Option<ExternalStorage>,
+}
+
+/// An external WebDAV server for sources and outputs, e.g. nginx with its dav module.
+pub struct ExternalStorage {
+    pub url: String,
+    /// The `Authorization` header value it expects, e.g. `Basic ...`.
+    pub authorization: Option<String>,
 }
 
 /// A prepared coordinator: state opened, secrets in place, not yet serving.
@@ -51,8 +60,13 @@ pub fn admin_token(data_dir: &Path) -> std::io::Result<(String, bool)> {
 }
 
 pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error + Send + Sync>> {
-    let storage = cfg.data_dir.join("storage");
-    std::fs::create_dir_all(storage.join("jobs"))?;
+    let root = cfg.data_dir.join("storage");
+    std::fs::create_dir_all(root.join("jobs"))?;
+    let dav = crate::storage::handler(&root);
+    let storage = match &cfg.storage {
+        Some(ext) => crate::storage::Store::remote(root, &ext.url, ext.authorization.clone())?,
+        None => crate::storage::Store::local(root),
+    };
     let queue = Queue::open(&cfg.data_dir.join("drake.db"), cfg.queue).await?;
     let (token, generated) = admin_token(&cfg.data_dir)?;
     queue.add_token(&token, Role::Admin, Some("admin"), None, None, now_ms()).await?;
@@ -62,8 +76,8 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error 
     let state = AppState {
         queue,
         drake_exe: Arc::new(cfg.drake_exe),
-        dav: crate::storage::handler(&storage),
-        storage: Arc::new(storage),
+        dav,
+        storage,
         events,
         work_ready: Arc::new(tokio::sync::Notify::new()),
         limits: cfg.limits,

@@ -1,6 +1,8 @@
-//! Storage: the data dir's `storage/` served over WebDAV under `/dav/` (dav-server),
-//! behind the same bearer tokens as the API. Workers read sources and publish
-//! outputs here; upload pipelines read results.
+//! Storage: by default the data dir's `storage/` served over WebDAV under `/dav/`
+//! (dav-server), behind the same bearer tokens as the API; or an external WebDAV
+//! server (nginx's dav module, ...) given by its base URL. Workers read sources and
+//! publish outputs there; upload pipelines read results. [`Store`] is everything the
+//! coordinator itself does to storage, for either kind.
 //!
 //! Layout: `jobs/ID/source` (an upload), `jobs/ID/RENDITION/...`,
 //! `jobs/ID/thumbnails/...`, `jobs/ID/master.m3u8`, `jobs/ID/manifest.json`;
@@ -14,7 +16,280 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use dav_server::{DavConfig, DavHandler, localfs::LocalFs, memls::MemLs};
-use std::path::Path;
+use proto::wire::StorageAccess;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where sources and outputs live, and how the coordinator reaches them.
+#[derive(Clone)]
+pub struct Store {
+    /// The data dir's `storage/`: the store itself when local, and always where
+    /// uploads are spooled (`uploads/`) before they are stored.
+    root: PathBuf,
+    remote: Option<Arc<Remote>>,
+}
+
+/// An external WebDAV server.
+struct Remote {
+    /// Base URL without a trailing slash, e.g. `http://media.internal/drake`.
+    base: String,
+    /// The `Authorization` header value it expects, if any.
+    authorization: Option<String>,
+    http: reqwest::Client,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{method} {url}: {message}")]
+    Http { method: String, url: String, message: String },
+}
+
+type StoreResult<T> = std::result::Result<T, StoreError>;
+
+impl Store {
+    pub fn local(root: PathBuf) -> Store {
+        Store { root, remote: None }
+    }
+
+    /// Storage on an external WebDAV server; `root` still spools uploads.
+    pub fn remote(root: PathBuf, base: &str, authorization: Option<String>) -> Result<Store, String> {
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(format!("--storage-url must be an http(s) URL, not {base}"));
+        }
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
+        let remote = Remote { base: base.trim_end_matches('/').to_string(), authorization, http };
+        Ok(Store { root, remote: Some(Arc::new(remote)) })
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// The local tree (`storage/` in the data dir).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where an upload is written while it streams in.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.root.join("uploads")
+    }
+
+    /// The URL clients use for a storage path: `/dav/...` on the coordinator, or
+    /// the external server's absolute URL.
+    pub fn url(&self, rel: &str) -> String {
+        match &self.remote {
+            Some(r) => format!("{}/{rel}", r.base),
+            None => format!("/dav/{rel}"),
+        }
+    }
+
+    /// What a worker needs to reach external storage (`None`: the coordinator's `/dav/`).
+    pub fn access(&self) -> Option<StorageAccess> {
+        self.remote.as_ref().map(|r| StorageAccess { url: r.base.clone(), authorization: r.authorization.clone() })
+    }
+
+    /// What `drake probe` opens for a stored source, and the Authorization header for it.
+    pub fn probe_target(&self, rel: &str) -> (String, Option<String>) {
+        match &self.remote {
+            Some(r) => (self.url(rel), r.authorization.clone()),
+            None => (self.root.join(rel).to_string_lossy().into_owned(), None),
+        }
+    }
+
+    /// Moves a spooled upload to `rel`.
+    pub async fn import(&self, spooled: &Path, rel: &str) -> StoreResult<()> {
+        match &self.remote {
+            None => {
+                let dest = self.root.join(rel);
+                tokio::fs::create_dir_all(dest.parent().expect("a storage path has a parent")).await?;
+                tokio::fs::rename(spooled, &dest).await?;
+            }
+            Some(r) => {
+                let size = tokio::fs::metadata(spooled).await?.len();
+                let file = tokio::fs::File::open(spooled).await?;
+                let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
+                r.put_verified(rel, body, size).await?;
+                tokio::fs::remove_file(spooled).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a small file in one step (readers never see it half written).
+    pub async fn write(&self, rel: &str, bytes: Vec<u8>) -> StoreResult<()> {
+        match &self.remote {
+            None => {
+                let path = self.root.join(rel);
+                let tmp = path.with_extension("tmp-write");
+                tokio::fs::write(&tmp, &bytes).await?;
+                tokio::fs::rename(&tmp, &path).await?;
+            }
+            Some(r) => {
+                let size = bytes.len() as u64;
+                r.put_verified(rel, reqwest::Body::from(bytes), size).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a small stored file (playlists, reports), at most `limit` bytes.
+    pub async fn read(&self, rel: &str, limit: u64) -> StoreResult<Vec<u8>> {
+        let bytes = match &self.remote {
+            None => tokio::fs::read(self.root.join(rel)).await?,
+            Some(r) => {
+                let resp = r.send("GET", rel, None, None).await?;
+                r.expect_ok("GET", rel, &resp)?;
+                resp.bytes().await.map_err(|e| r.error("GET", rel, e.to_string()))?.to_vec()
+            }
+        };
+        if bytes.len() as u64 > limit {
+            return Err(StoreError::Io(std::io::Error::other(format!("{rel} is larger than {limit} bytes"))));
+        }
+        Ok(bytes)
+    }
+
+    /// The size of a stored file, or `None` if it is not there.
+    pub async fn size(&self, rel: &str) -> StoreResult<Option<u64>> {
+        match &self.remote {
+            None => Ok(tokio::fs::metadata(self.root.join(rel)).await.ok().filter(|m| m.is_file()).map(|m| m.len())),
+            Some(r) => {
+                let resp = r.send("HEAD", rel, None, None).await?;
+                if resp.status().as_u16() == 404 {
+                    return Ok(None);
+                }
+                r.expect_ok("HEAD", rel, &resp)?;
+                Ok(resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()))
+            }
+        }
+    }
+
+    /// Moves an accepted attempt's staging directory into place and removes every
+    /// other attempt's leftovers (partial uploads of lost leases).
+    pub async fn promote(&self, job: &str, rendition: Option<&str>, epoch: i64) -> StoreResult<String> {
+        let final_dir = output_dir(job, rendition);
+        match &self.remote {
+            None => {
+                let root = &self.root;
+                let target = root.join(&final_dir);
+                if tokio::fs::metadata(&target).await.is_ok() {
+                    tokio::fs::remove_dir_all(&target).await?;
+                }
+                tokio::fs::rename(root.join(staging_dir(job, rendition, epoch)), &target).await?;
+                let staging = root.join(format!("jobs/{job}/.staging"));
+                let prefix = format!("{}.e", rendition.unwrap_or("thumbnails"));
+                if let Ok(mut entries) = tokio::fs::read_dir(&staging).await {
+                    while let Ok(Some(e)) = entries.next_entry().await {
+                        if e.file_name().to_string_lossy().starts_with(&prefix) {
+                            let _ = tokio::fs::remove_dir_all(e.path()).await;
+                        }
+                    }
+                }
+                let _ = tokio::fs::remove_dir(&staging).await;
+            }
+            Some(r) => {
+                // MOVE onto an existing collection replaces it (Overwrite: T).
+                let dest = format!("{}/{final_dir}/", r.base);
+                let from = format!("{}/", staging_dir(job, rendition, epoch));
+                let resp = r.send("MOVE", &from, Some(("destination", &dest)), None).await?;
+                r.expect_ok("MOVE", &from, &resp)?;
+                // No PROPFIND on nginx: earlier epochs are the only other attempts.
+                for e in 1..epoch {
+                    r.delete(&format!("{}/", staging_dir(job, rendition, e))).await?;
+                }
+            }
+        }
+        Ok(final_dir)
+    }
+
+    /// Removes what is left of a finished job's staging area.
+    pub async fn remove_staging(&self, job: &str) -> StoreResult<()> {
+        let rel = format!("jobs/{job}/.staging");
+        match &self.remote {
+            None => match tokio::fs::remove_dir_all(self.root.join(&rel)).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            },
+            Some(r) => r.delete(&format!("{rel}/")).await,
+        }
+    }
+}
+
+impl Remote {
+    fn url(&self, rel: &str) -> String {
+        format!("{}/{}", self.base, rel.trim_start_matches('/'))
+    }
+
+    fn error(&self, method: &str, rel: &str, message: String) -> StoreError {
+        StoreError::Http { method: method.into(), url: self.url(rel), message }
+    }
+
+    fn expect_ok(&self, method: &str, rel: &str, resp: &reqwest::Response) -> StoreResult<()> {
+        if resp.status().is_success() { Ok(()) } else { Err(self.error(method, rel, format!("HTTP {}", resp.status()))) }
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        rel: &str,
+        header: Option<(&str, &str)>,
+        body: Option<reqwest::Body>,
+    ) -> StoreResult<reqwest::Response> {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("a WebDAV method name");
+        let mut req = self.http.request(m, self.url(rel)).timeout(Duration::from_secs(3600));
+        if let Some(a) = &self.authorization {
+            req = req.header("authorization", a);
+        }
+        if let Some((k, v)) = header {
+            req = req.header(k, v);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        req.send().await.map_err(|e| self.error(method, rel, e.to_string()))
+    }
+
+    async fn delete(&self, rel: &str) -> StoreResult<()> {
+        let resp = self.send("DELETE", rel, None, None).await?;
+        if resp.status().as_u16() == 404 { Ok(()) } else { self.expect_ok("DELETE", rel, &resp) }
+    }
+
+    /// Creates every parent collection of `rel` (405: it exists already).
+    async fn mkcol_parents(&self, rel: &str) -> StoreResult<()> {
+        let mut path = String::new();
+        let segments: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
+        for seg in &segments[..segments.len().saturating_sub(1)] {
+            path = if path.is_empty() { seg.to_string() } else { format!("{path}/{seg}") };
+            let dir = format!("{path}/");
+            let resp = self.send("MKCOL", &dir, None, None).await?;
+            if !(resp.status().is_success() || resp.status().as_u16() == 405) {
+                return Err(self.error("MKCOL", &dir, format!("HTTP {}", resp.status())));
+            }
+        }
+        Ok(())
+    }
+
+    /// PUT under a temporary name, check the stored size, MOVE into place: a
+    /// WebDAV PUT is not atomic, so nothing is ever written at its final name.
+    async fn put_verified(&self, rel: &str, body: reqwest::Body, size: u64) -> StoreResult<()> {
+        self.mkcol_parents(rel).await?;
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let temp = format!("{dir}/.{name}.part-{}", uuid::Uuid::now_v7().simple());
+        let resp = self.send("PUT", &temp, Some(("content-length", &size.to_string())), Some(body)).await?;
+        self.expect_ok("PUT", &temp, &resp)?;
+        let head = self.send("HEAD", &temp, None, None).await?;
+        let stored: Option<u64> = head.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        if stored != Some(size) {
+            let _ = self.delete(&temp).await;
+            return Err(self.error("PUT", &temp, format!("stored {stored:?} bytes of {size}")));
+        }
+        let resp = self.send("MOVE", &temp, Some(("destination", &self.url(rel))), None).await?;
+        self.expect_ok("MOVE", &temp, &resp)
+    }
+}
 
 pub fn handler(root: &Path) -> DavHandler {
     DavHandler::builder()
@@ -44,28 +319,6 @@ pub fn output_dir(job: &str, rendition: Option<&str>) -> String {
 /// never overwrite the outputs of the one that holds it now.
 pub fn staging_dir(job: &str, rendition: Option<&str>, epoch: i64) -> String {
     format!("jobs/{job}/.staging/{}.e{epoch}", rendition.unwrap_or("thumbnails"))
-}
-
-/// Moves an accepted attempt's staging directory into place and removes every
-/// other attempt's leftovers (partial uploads of lost leases).
-pub async fn promote(root: &Path, job: &str, rendition: Option<&str>, epoch: i64) -> std::io::Result<String> {
-    let final_dir = output_dir(job, rendition);
-    let target = root.join(&final_dir);
-    if tokio::fs::metadata(&target).await.is_ok() {
-        tokio::fs::remove_dir_all(&target).await?;
-    }
-    tokio::fs::rename(root.join(staging_dir(job, rendition, epoch)), &target).await?;
-    let staging = root.join(format!("jobs/{job}/.staging"));
-    let prefix = format!("{}.e", rendition.unwrap_or("thumbnails"));
-    if let Ok(mut entries) = tokio::fs::read_dir(&staging).await {
-        while let Ok(Some(e)) = entries.next_entry().await {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = tokio::fs::remove_dir_all(e.path()).await;
-            }
-        }
-    }
-    let _ = tokio::fs::remove_dir(&staging).await;
-    Ok(final_dir)
 }
 
 const READ_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS", "PROPFIND"];
@@ -102,6 +355,10 @@ fn percent_decode(s: &str) -> String {
 }
 
 async fn dav(State(st): State<AppState>, req: Request) -> Response {
+    if st.storage.is_remote() {
+        let why = "storage is on an external WebDAV server; see the jobs' output URLs";
+        return ApiError::Queue(crate::queue::QueueError::NotFound(why.into())).into_response();
+    }
     let (parts, body) = req.into_parts();
     let caller = match bearer(&parts) {
         Some(t) => st.queue.authenticate(t, now_ms()).await.ok().flatten(),

@@ -97,6 +97,7 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
                     source: l.source,
                     timeout_seconds: st.limits.task_timeout_seconds,
                     companions: Vec::new(),
+                    storage: st.storage.access(),
                 }
             });
             if let Some(mut first) = leased.next() {
@@ -155,9 +156,8 @@ async fn complete(
         if f.path.contains("..") || f.path.starts_with('/') {
             return Err(ApiError::BadRequest(format!("bad file path {}", f.path)));
         }
-        let path = st.storage.join(&out_dir).join(&f.path);
-        let len =
-            tokio::fs::metadata(&path).await.map(|m| m.len()).map_err(|_| ApiError::BadRequest(format!("{} was not published", f.path)))?;
+        let stored = st.storage.size(&format!("{out_dir}/{}", f.path)).await.map_err(|e| ApiError::Storage(e.to_string()))?;
+        let len = stored.ok_or_else(|| ApiError::BadRequest(format!("{} was not published", f.path)))?;
         if len != f.size {
             return Err(ApiError::BadRequest(format!("{} is {len} bytes, not {}", f.path, f.size)));
         }
@@ -166,7 +166,7 @@ async fn complete(
     // The queue is the fence: only the current lease's completion is accepted...
     st.queue.complete(&task, &worker, c.epoch, &result, now_ms()).await?;
     // ...and only then do its outputs move into place.
-    if let Err(e) = storage::promote(&st.storage, &job, rendition.as_deref(), c.epoch).await {
+    if let Err(e) = st.storage.promote(&job, rendition.as_deref(), c.epoch).await {
         let _ = st.queue.fail_job(&job, &format!("storage: promoting outputs: {e}"), now_ms()).await;
         let _ = st.queue.fail_job_finalizing(&job, &format!("storage: promoting outputs: {e}"), now_ms()).await;
     }

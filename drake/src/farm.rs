@@ -32,6 +32,8 @@ async fn bind(listen: &str) -> Result<tokio::net::TcpListener, i32> {
 pub struct FarmSettings {
     pub max_upload_bytes: u64,
     pub lease_ttl_seconds: u64,
+    pub storage_url: Option<String>,
+    pub storage_authorization: Option<String>,
 }
 
 fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
@@ -40,6 +42,10 @@ fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
         drake_exe: drake_exe(),
         limits: coordinator::api::Limits { max_upload_bytes: s.max_upload_bytes, ..Default::default() },
         queue: coordinator::queue::QueueConfig { lease_ttl_ms: s.lease_ttl_seconds.clamp(3, 3600) as i64 * 1000, ..Default::default() },
+        storage: s
+            .storage_url
+            .clone()
+            .map(|url| coordinator::server::ExternalStorage { url, authorization: s.storage_authorization.clone() }),
     }
 }
 

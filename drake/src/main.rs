@@ -122,11 +122,23 @@ struct FarmArgs {
     /// How long a lease lasts without a heartbeat before its task is queued again.
     #[arg(long, default_value_t = 30)]
     lease_ttl_seconds: u64,
+    /// Keep sources and outputs on this external WebDAV server (for example nginx
+    /// with its dav module) instead of serving the data dir at /dav/.
+    #[arg(long, env = "DRAKE_STORAGE_URL")]
+    storage_url: Option<String>,
+    /// The Authorization header value the storage server expects, e.g. "Basic ...".
+    #[arg(long, env = "DRAKE_STORAGE_AUTHORIZATION", hide_env_values = true, requires = "storage_url")]
+    storage_authorization: Option<String>,
 }
 
 impl FarmArgs {
     fn settings(self) -> farm::FarmSettings {
-        farm::FarmSettings { max_upload_bytes: self.max_upload_bytes, lease_ttl_seconds: self.lease_ttl_seconds }
+        farm::FarmSettings {
+            max_upload_bytes: self.max_upload_bytes,
+            lease_ttl_seconds: self.lease_ttl_seconds,
+            storage_url: self.storage_url,
+            storage_authorization: self.storage_authorization,
+        }
     }
 }
 

@@ -21,3 +21,8 @@ pub mod exit {
     /// Something went wrong on this machine (I/O, encoder, verification).
     pub const INTERNAL: i32 = 70;
 }
+
+/// Environment variable through which a worker or the coordinator hands an engine
+/// child the `Authorization` header value for reading its `http(s)` source from
+/// storage. Only ever set for storage URLs, never for a job's own `source_url`.
+pub const HTTP_AUTHORIZATION_ENV: &str = "DRAKE_HTTP_AUTHORIZATION";

@@ -70,10 +70,10 @@ pub struct TaskLease {
     pub kind: TaskKind,
     pub rendition: Option<String>,
     pub profile: String,
-    /// An http(s) URL, or a path under the coordinator's `/dav/` (then fetched
-    /// with the worker's own credential).
+    /// An http(s) URL, or a storage path (under the coordinator's `/dav/`, fetched
+    /// with the worker's own credential, or under `storage`).
     pub source: String,
-    /// Where to publish, as a path under `/dav/`, e.g. `jobs/ID/720p`.
+    /// Where to publish, as a storage path, e.g. `jobs/ID/.staging/720p.e1`.
     pub output_dir: String,
     /// Hard limit for the child process.
     pub timeout_seconds: u64,
@@ -82,6 +82,19 @@ pub struct TaskLease {
     /// heartbeated, completed or failed on its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub companions: Vec<TaskLease>,
+    /// External WebDAV storage holding `source` and `output_dir`; absent when
+    /// storage is the coordinator's own `/dav/` (reached with the worker's token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageAccess>,
+}
+
+/// How to reach an external WebDAV store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StorageAccess {
+    /// Base URL; storage paths are relative to it.
+    pub url: String,
+    /// The `Authorization` header value the store expects, if any.
+    pub authorization: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -29,9 +29,11 @@ pub fn open_input(input: &str) -> Result<ff::format::context::Input> {
         opts.set("protocol_whitelist", "http,https,tcp,tls");
         opts.set("reconnect", "1");
         opts.set("rw_timeout", "30000000");
-        // A worker reading from its own coordinator's storage passes its credential here.
-        if let Ok(token) = std::env::var("DRAKE_HTTP_BEARER") {
-            opts.set("headers", &format!("Authorization: Bearer {token}\r\n"));
+        // A worker (or the coordinator) reading from storage passes its credential here.
+        if let Ok(authorization) = std::env::var(proto::HTTP_AUTHORIZATION_ENV)
+            && !authorization.contains(['\r', '\n'])
+        {
+            opts.set("headers", &format!("Authorization: {authorization}\r\n"));
         }
         input.to_string()
     } else {

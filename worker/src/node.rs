@@ -245,8 +245,9 @@ impl Node {
     /// and its companions); `dirs` are their output directories.
     async fn execute(&self, tasks: &[TaskLease], dirs: &[PathBuf]) -> Outcome {
         let lease = &tasks[0];
-        let on_coordinator = !(lease.source.starts_with("http://") || lease.source.starts_with("https://"));
-        let source = if on_coordinator { format!("{}/dav/{}", self.cfg.coordinator, lease.source) } else { lease.source.clone() };
+        let in_storage = !(lease.source.starts_with("http://") || lease.source.starts_with("https://"));
+        let (base, authorization) = self.storage(lease);
+        let source = if in_storage { format!("{base}/{}", lease.source) } else { lease.source.clone() };
         let mut cmd = tokio::process::Command::new(&self.cfg.drake_exe);
         match lease.kind {
             TaskKind::Transcode => {
@@ -259,9 +260,9 @@ impl Node {
                 cmd.arg("thumbnails").arg(&source).arg("--out").arg(&dirs[0]);
             }
         }
-        if on_coordinator {
-            // Our own credential only ever goes to our own coordinator.
-            cmd.env("DRAKE_HTTP_BEARER", &self.token);
+        if in_storage && let Some(a) = authorization {
+            // Storage credentials only ever go to storage, never to a job's source_url.
+            cmd.env(proto::HTTP_AUTHORIZATION_ENV, a);
         }
         cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
         // SAFETY: only async-signal-safe calls between fork and exec.
@@ -355,6 +356,15 @@ impl Node {
         }
     }
 
+    /// The base URL of a lease's storage and the Authorization header for it: the
+    /// external store the coordinator named, or the coordinator's own `/dav/`.
+    fn storage(&self, lease: &TaskLease) -> (String, Option<String>) {
+        match &lease.storage {
+            Some(s) => (s.url.trim_end_matches('/').to_string(), s.authorization.clone()),
+            None => (format!("{}/dav", self.cfg.coordinator), Some(format!("Bearer {}", self.token))),
+        }
+    }
+
     /// Sends one heartbeat; Ok(true) means stop (canceled or lease lost).
     async fn heartbeat(&self, lease: &TaskLease, progress: f64) -> Result<bool, String> {
         let url = format!("{}/api/v1/tasks/{}/heartbeat", self.cfg.coordinator, lease.task_id);
@@ -391,7 +401,8 @@ impl Node {
             .collect();
         names.sort();
         names.push(report_name.to_string());
-        let dav = Dav::new(&self.http, &self.cfg.coordinator, &self.token);
+        let (base, authorization) = self.storage(lease);
+        let dav = Dav::new(&self.http, base, authorization);
         dav.mkcol_all(&lease.output_dir).await?;
         let mut files: Vec<FileSum> = Vec::with_capacity(names.len());
         for name in names {

@@ -21,13 +21,15 @@ pub enum PublishError {
 
 pub struct Dav<'a> {
     http: &'a reqwest::Client,
+    /// Base URL of the store, without a trailing slash.
     base: String,
-    token: &'a str,
+    /// The `Authorization` header value, if the store wants one.
+    authorization: Option<String>,
 }
 
 impl<'a> Dav<'a> {
-    pub fn new(http: &'a reqwest::Client, coordinator: &str, token: &'a str) -> Dav<'a> {
-        Dav { http, base: format!("{coordinator}/dav"), token }
+    pub fn new(http: &'a reqwest::Client, base: String, authorization: Option<String>) -> Dav<'a> {
+        Dav { http, base, authorization }
     }
 
     fn url(&self, path: &str) -> String {
@@ -35,7 +37,11 @@ impl<'a> Dav<'a> {
     }
 
     async fn send(&self, method: &'static str, url: &str, req: reqwest::RequestBuilder) -> Result<reqwest::Response, PublishError> {
-        req.bearer_auth(self.token).send().await.map_err(|e| PublishError::Http { method, url: url.into(), message: e.to_string() })
+        let req = match &self.authorization {
+            Some(a) => req.header("authorization", a),
+            None => req,
+        };
+        req.send().await.map_err(|e| PublishError::Http { method, url: url.into(), message: e.to_string() })
     }
 
     /// Creates every level of `dir` (MKCOL answers 405 for one that exists).
