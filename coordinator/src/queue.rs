@@ -428,6 +428,7 @@ impl Queue {
             .ok_or_else(|| QueueError::StaleLease { task: task.into(), epoch })?;
         let (job, attempts, max): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
         sqlx::query("UPDATE tasks SET log_tail = ? WHERE id = ?").bind(log_tail).bind(task).execute(&mut *tx).await?;
+        log_failure(&mut tx, task, &job, "failed", error, now).await?;
         requeue_or_fail(&mut tx, task, &job, attempts, max, error, retryable, &self.cfg, now).await?;
         settle_job(&mut tx, &job, now).await?;
         tx.commit().await?;
@@ -446,18 +447,9 @@ impl Queue {
         let mut jobs = Vec::new();
         for row in &expired {
             let (task, job, attempts, max): (String, String, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
-            requeue_or_fail(
-                &mut tx,
-                &task,
-                &job,
-                attempts,
-                max,
-                "the worker stopped sending heartbeats (lease expired)",
-                true,
-                &self.cfg,
-                now,
-            )
-            .await?;
+            let why = "the worker stopped sending heartbeats (lease expired)";
+            log_failure(&mut tx, &task, &job, "expired", why, now).await?;
+            requeue_or_fail(&mut tx, &task, &job, attempts, max, why, true, &self.cfg, now).await?;
             settle_job(&mut tx, &job, now).await?;
             jobs.push(job);
         }
@@ -658,6 +650,19 @@ async fn job_state(tx: &mut SqliteConnection, id: &str) -> Result<String> {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| QueueError::NotFound(format!("job {id}")))
+}
+
+/// Records a failed attempt (for failure rates; the task row keeps only the last error).
+async fn log_failure(tx: &mut SqliteConnection, task: &str, job: &str, kind: &str, error: &str, now: i64) -> Result<()> {
+    sqlx::query("INSERT INTO task_failures (task_id, job_id, kind, error, at) VALUES (?, ?, ?, ?, ?)")
+        .bind(task)
+        .bind(job)
+        .bind(kind)
+        .bind(error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 async fn requeue_or_fail(

@@ -20,6 +20,8 @@ pub struct WorkerView {
     pub capabilities: Capabilities,
     pub drake_version: String,
     pub last_heartbeat: i64,
+    /// The machine's 1-minute load average, as the worker last reported it.
+    pub load: Option<f64>,
     pub current_tasks: Vec<CurrentTask>,
 }
 
@@ -63,16 +65,20 @@ impl Queue {
         Ok(())
     }
 
-    /// Records a worker's poll. Returns (encoders, draining) or NotFound for removed workers.
-    pub async fn worker_seen(&self, id: &str, free_slots: i64, now: i64) -> Result<(Vec<String>, bool)> {
-        let row =
-            sqlx::query("UPDATE workers SET last_seen = ?, free_slots = ? WHERE id = ? AND removed = 0 RETURNING capabilities, draining")
-                .bind(now)
-                .bind(free_slots)
-                .bind(id)
-                .fetch_optional(self.pool())
-                .await?
-                .ok_or_else(|| QueueError::NotFound(format!("worker {id}")))?;
+    /// Records a worker's poll or heartbeat (free slots and load when it reports
+    /// them). Returns (encoders, draining) or NotFound for removed workers.
+    pub async fn worker_seen(&self, id: &str, free_slots: Option<i64>, load: Option<f64>, now: i64) -> Result<(Vec<String>, bool)> {
+        let row = sqlx::query(
+            "UPDATE workers SET last_seen = ?, free_slots = COALESCE(?, free_slots), load = COALESCE(?, load)
+             WHERE id = ? AND removed = 0 RETURNING capabilities, draining",
+        )
+        .bind(now)
+        .bind(free_slots)
+        .bind(load.filter(|l| l.is_finite() && *l >= 0.0))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| QueueError::NotFound(format!("worker {id}")))?;
         let caps: Capabilities = serde_json::from_str(row.get::<&str, _>(0)).map_err(|e| QueueError::Conflict(e.to_string()))?;
         Ok((caps.encoders, row.get::<i64, _>(1) != 0))
     }
@@ -106,7 +112,7 @@ impl Queue {
     }
 
     pub async fn list_workers(&self, now: i64) -> Result<Vec<WorkerView>> {
-        let rows = sqlx::query("SELECT id, name, slots, free_slots, capabilities, drake_version, last_seen, draining FROM workers WHERE removed = 0 ORDER BY created_at").fetch_all(self.pool()).await?;
+        let rows = sqlx::query("SELECT id, name, slots, free_slots, capabilities, drake_version, last_seen, draining, load FROM workers WHERE removed = 0 ORDER BY created_at").fetch_all(self.pool()).await?;
         let tasks = sqlx::query("SELECT id, job_id, kind, rendition, progress, worker_id FROM tasks WHERE state IN ('leased', 'running')")
             .fetch_all(self.pool())
             .await?;
@@ -142,6 +148,7 @@ impl Queue {
                     }),
                     drake_version: r.get(5),
                     last_heartbeat: last_seen,
+                    load: r.get(8),
                     current_tasks,
                 }
             })

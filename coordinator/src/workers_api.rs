@@ -77,7 +77,7 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds.min(MAX_WAIT_SECONDS));
     loop {
         let now = now_ms();
-        let (encoders, draining) = st.queue.worker_seen(&worker, req.free_slots as i64, now).await?;
+        let (encoders, draining) = st.queue.worker_seen(&worker, Some(req.free_slots as i64), req.load, now).await?;
         if req.free_slots > 0 && !draining && !req.draining {
             // Register interest before looking, so a task queued in between wakes us.
             let notified = st.work_ready.notified();
@@ -127,7 +127,7 @@ async fn heartbeat(
     let worker = worker_id(&caller)?;
     let hb = parsed(hb)?;
     let now = now_ms();
-    st.queue.worker_seen(&worker, -1, now).await.ok();
+    st.queue.worker_seen(&worker, None, hb.load, now).await.ok();
     match st.queue.heartbeat(&task, &worker, hb.epoch, hb.progress, now).await {
         Ok(cancel) => {
             st.emit("task", json!({"task_id": task, "state": "running", "progress": hb.progress.clamp(0.0, 1.0), "worker": worker}));

@@ -47,6 +47,9 @@ pub struct LeaseRequest {
     /// child encodes from a single decode). 1, the default, means one task.
     #[serde(default = "one")]
     pub max_tasks: u32,
+    /// The machine's 1-minute load average, for the dashboard.
+    #[serde(default)]
+    pub load: Option<f64>,
 }
 
 fn one() -> u32 {
@@ -101,6 +104,9 @@ pub struct StorageAccess {
 pub struct Heartbeat {
     pub epoch: i64,
     pub progress: f64,
+    /// The machine's 1-minute load average, for the dashboard.
+    #[serde(default)]
+    pub load: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -168,7 +168,14 @@ enum Outcome {
 
 impl Node {
     async fn lease(&self, free: u32) -> Result<Option<TaskLease>, String> {
-        let req = LeaseRequest { version: proto::WIRE_VERSION, free_slots: free, wait_seconds: 20, draining: false, max_tasks: MAX_BUNDLE };
+        let req = LeaseRequest {
+            version: proto::WIRE_VERSION,
+            free_slots: free,
+            wait_seconds: 20,
+            draining: false,
+            max_tasks: MAX_BUNDLE,
+            load: load_average(),
+        };
         let resp = self
             .http
             .post(format!("{}/api/v1/workers/lease", self.cfg.coordinator))
@@ -372,7 +379,7 @@ impl Node {
             .http
             .post(url)
             .bearer_auth(&self.token)
-            .json(&Heartbeat { epoch: lease.epoch, progress })
+            .json(&Heartbeat { epoch: lease.epoch, progress, load: load_average() })
             .timeout(Duration::from_secs(10))
             .send()
             .await
@@ -410,6 +417,11 @@ impl Node {
         }
         Ok(Complete { epoch: lease.epoch, report, files, timing })
     }
+}
+
+/// The 1-minute load average (Linux), shown on the dashboard.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 fn unix_ms() -> i64 {
