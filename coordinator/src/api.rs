@@ -313,18 +313,40 @@ async fn list_jobs(State(st): State<AppState>, caller: Caller, Query(q): Query<L
 
 async fn cancel_job(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     allow(&caller, &[Role::Admin, Role::Submit])?;
-    let job = st.queue.cancel_job(&id, now_ms()).await?;
-    st.emit("job", json!({"job_id": id, "state": job.state}));
-    chores::job_ended(&st, &job).await;
-    Ok(Json(json!(job)))
+    Ok(Json(json!(cancel(&st, &id).await?)))
 }
 
 async fn retry_job(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     allow(&caller, &[Role::Admin, Role::Submit])?;
-    let job = st.queue.retry_job(&id, now_ms()).await?;
+    Ok(Json(json!(retry(&st, &id).await?)))
+}
+
+/// Cancels a job and tells everyone (the API and the dashboard share this).
+pub async fn cancel(st: &AppState, id: &str) -> Result<crate::queue::Job, ApiError> {
+    let job = st.queue.cancel_job(id, now_ms()).await?;
+    st.emit("job", json!({"job_id": id, "state": job.state}));
+    chores::job_ended(st, &job).await;
+    Ok(job)
+}
+
+/// Queues a failed or canceled job's unfinished tasks again.
+pub async fn retry(st: &AppState, id: &str) -> Result<crate::queue::Job, ApiError> {
+    let job = st.queue.retry_job(id, now_ms()).await?;
     st.emit("job", json!({"job_id": id, "state": job.state}));
     st.work_ready.notify_waiters();
-    Ok(Json(json!(job)))
+    Ok(job)
+}
+
+/// A new join token with `uses` and a lifetime; returns it and its expiry (unix ms).
+pub async fn mint_join_token(st: &AppState, uses: i64, ttl_seconds: i64) -> Result<(String, i64), ApiError> {
+    if !(1..=1000).contains(&uses) || !(60..=30 * 86400).contains(&ttl_seconds) {
+        return Err(ApiError::BadRequest("uses must be 1..=1000 and ttl_seconds 60..=2592000".into()));
+    }
+    let token = auth::generate(Role::Join);
+    let now = now_ms();
+    let expires_at = now + ttl_seconds * 1000;
+    st.queue.add_token(&token, Role::Join, None, Some(uses), Some(expires_at), now).await?;
+    Ok((token, expires_at))
 }
 
 /// `GET /api/v1/events`: server-sent events for every job and task change.
@@ -357,13 +379,7 @@ async fn create_join_token(
 ) -> Result<Response, ApiError> {
     allow(&caller, &[Role::Admin])?;
     let body = parsed(body)?;
-    if !(1..=1000).contains(&body.uses) || !(60..=30 * 86400).contains(&body.ttl_seconds) {
-        return Err(ApiError::BadRequest("uses must be 1..=1000 and ttl_seconds 60..=2592000".into()));
-    }
-    let token = auth::generate(Role::Join);
-    let now = now_ms();
-    let expires_at = now + body.ttl_seconds * 1000;
-    st.queue.add_token(&token, Role::Join, None, Some(body.uses), Some(expires_at), now).await?;
+    let (token, expires_at) = mint_join_token(&st, body.uses, body.ttl_seconds).await?;
     Ok((StatusCode::CREATED, Json(json!({"token": token, "uses": body.uses, "expires_at": expires_at}))).into_response())
 }
 

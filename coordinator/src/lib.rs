@@ -9,5 +9,7 @@ pub mod chores;
 pub mod queue;
 pub mod registry;
 pub mod server;
+pub mod sessions;
+pub mod stats;
 pub mod storage;
 pub mod workers_api;

@@ -582,6 +582,11 @@ impl Queue {
         Ok(())
     }
 
+    /// How many jobs there are, optionally in one state.
+    pub async fn count_jobs(&self, state: Option<&str>) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE (?1 IS NULL OR state = ?1)").bind(state).fetch_one(&self.pool).await?)
+    }
+
     /// Jobs, newest first, optionally in one state.
     pub async fn list_jobs(&self, state: Option<&str>, page: i64, per_page: i64) -> Result<Vec<Job>> {
         let ids: Vec<String> =

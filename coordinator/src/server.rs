@@ -16,6 +16,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// External WebDAV storage; `None` serves the data dir at `/dav/`.
     pub storage: Option<ExternalStorage>,
+    /// More routes served beside the API (the dashboard, which builds on this crate).
+    pub ui: Option<fn(AppState) -> axum::Router>,
 }
 
 /// An external WebDAV server for sources and outputs, e.g. nginx with its dav module.
@@ -33,6 +35,16 @@ pub struct Prepared {
     pub admin_token_generated: bool,
     /// apalis's own database (see `background`).
     pub chores_pool: apalis_sqlite::SqlitePool,
+    /// A one-time dashboard login token for `/login?token=...`, minted at start.
+    pub login_token: String,
+    ui: Option<fn(AppState) -> axum::Router>,
+}
+
+impl Prepared {
+    /// The one-time dashboard login URL for a coordinator at `base_url`.
+    pub fn login_url(&self, base_url: &str) -> String {
+        format!("{base_url}/login?token={}", self.login_token)
+    }
 }
 
 /// A secret kept in a data-dir file (mode 0600): read it, or create it with `make`.
@@ -84,7 +96,8 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error 
         webhook_secret: Arc::new(webhook_secret),
         chores,
     };
-    Ok(Prepared { state, admin_token: token, admin_token_generated: generated, chores_pool })
+    let login_token = state.queue.create_login_link(now_ms()).await?;
+    Ok(Prepared { state, admin_token: token, admin_token_generated: generated, chores_pool, login_token, ui: cfg.ui })
 }
 
 /// Serves until `shutdown` resolves; background chores stop with it.
@@ -98,7 +111,28 @@ pub async fn serve(
     let background = tokio::spawn(crate::background::run(p.state.clone(), p.chores_pool.clone(), async move {
         let _ = stopped.await;
     }));
-    let result = axum::serve(listener, api::router(p.state)).with_graceful_shutdown(shutdown).await;
+    let app = match p.ui {
+        Some(ui) => api::router(p.state.clone()).merge(ui(p.state)),
+        None => api::router(p.state),
+    };
+    // Event streams (browsers, `curl -N`) never end on their own: after the shutdown
+    // signal, in-flight requests get a grace period, then the server stops anyway.
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let (mut graceful, mut deadline) = (rx.clone(), rx);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|stop| *stop).await;
+    });
+    let result = tokio::select! {
+        r = server.into_future() => r,
+        _ = async move {
+            let _ = deadline.wait_for(|stop| *stop).await;
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        } => Ok(()),
+    };
     let _ = stop.send(());
     let _ = background.await;
     result
@@ -115,6 +149,9 @@ pub async fn run(
     println!("drake coordinator listening on http://{addr}");
     if p.admin_token_generated {
         println!("admin token (kept in {}): {}", data_dir.join("admin-token").display(), p.admin_token);
+    }
+    if p.ui.is_some() {
+        println!("dashboard (one-time login link): {}", p.login_url(&format!("http://{addr}")));
     }
     serve(p, listener, shutdown).await?;
     Ok(())

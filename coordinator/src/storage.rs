@@ -321,6 +321,44 @@ pub fn staging_dir(job: &str, rendition: Option<&str>, epoch: i64) -> String {
     format!("jobs/{job}/.staging/{}.e{epoch}", rendition.unwrap_or("thumbnails"))
 }
 
+/// A stored file as an HTTP response for a signed-in browser (the dashboard's
+/// player and images): GET with the request's `Range` and conditional headers,
+/// served from the data dir by dav-server or fetched from the external store.
+pub async fn read_response(st: &AppState, rel: &str, headers: &axum::http::HeaderMap) -> StoreResult<Response> {
+    const PASSED: [&str; 3] = ["range", "if-none-match", "if-modified-since"];
+    match &st.storage.remote {
+        None => {
+            let mut req = axum::http::Request::builder().method("GET").uri(format!("/dav/{rel}"));
+            for h in PASSED {
+                if let Some(v) = headers.get(h) {
+                    req = req.header(h, v);
+                }
+            }
+            let req = req.body(axum::body::Body::empty()).map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+            Ok(st.dav.handle(req).await.into_response())
+        }
+        Some(r) => {
+            let mut req = r.http.get(r.url(rel)).timeout(Duration::from_secs(3600));
+            if let Some(a) = &r.authorization {
+                req = req.header("authorization", a);
+            }
+            for h in PASSED {
+                if let Some(v) = headers.get(h) {
+                    req = req.header(h, v.as_bytes());
+                }
+            }
+            let resp = req.send().await.map_err(|e| r.error("GET", rel, e.to_string()))?;
+            let mut out = Response::builder().status(resp.status().as_u16());
+            for h in ["content-type", "content-length", "content-range", "accept-ranges", "etag", "last-modified"] {
+                if let Some(v) = resp.headers().get(h) {
+                    out = out.header(h, v.as_bytes());
+                }
+            }
+            out.body(axum::body::Body::from_stream(resp.bytes_stream())).map_err(|e| StoreError::Io(std::io::Error::other(e)))
+        }
+    }
+}
+
 const READ_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS", "PROPFIND"];
 
 /// True when a request path stays inside the served tree and out of `uploads/`.

@@ -26,7 +26,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/workers/lease", post(lease))
         .route("/api/v1/workers/{id}/drain", post(drain))
         .route("/api/v1/workers/{id}/resume", post(resume))
-        .route("/api/v1/workers/{id}/remove", post(remove))
+        .route("/api/v1/workers/{id}/remove", post(remove_route))
         .route("/api/v1/tasks/{id}/heartbeat", post(heartbeat))
         .route("/api/v1/tasks/{id}/complete", post(complete))
         .route("/api/v1/tasks/{id}/fail", post(fail))
@@ -200,21 +200,32 @@ async fn list(State(st): State<AppState>, caller: Caller) -> Result<Json<serde_j
 
 async fn drain(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     allow(&caller, &[Role::Admin])?;
-    st.queue.set_draining(&id, true).await?;
-    st.emit("worker", json!({"worker_id": id, "state": "draining"}));
+    set_draining(&st, &id, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn resume(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     allow(&caller, &[Role::Admin])?;
-    st.queue.set_draining(&id, false).await?;
-    st.emit("worker", json!({"worker_id": id, "state": "idle"}));
+    set_draining(&st, &id, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn remove(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn remove_route(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     allow(&caller, &[Role::Admin])?;
-    st.queue.remove_worker(&id).await?;
-    st.emit("worker", json!({"worker_id": id, "state": "removed"}));
+    remove(&st, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Drains a worker (it finishes what it runs, takes nothing new) or resumes it.
+pub async fn set_draining(st: &AppState, id: &str, draining: bool) -> Result<(), ApiError> {
+    st.queue.set_draining(id, draining).await?;
+    st.emit("worker", json!({"worker_id": id, "state": if draining { "draining" } else { "idle" }}));
+    Ok(())
+}
+
+/// Removes a worker: its credential is revoked and its leases lapse at once.
+pub async fn remove(st: &AppState, id: &str) -> Result<(), ApiError> {
+    st.queue.remove_worker(id).await?;
+    st.emit("worker", json!({"worker_id": id, "state": "removed"}));
+    Ok(())
 }

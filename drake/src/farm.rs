@@ -46,6 +46,7 @@ fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
             .storage_url
             .clone()
             .map(|url| coordinator::server::ExternalStorage { url, authorization: s.storage_authorization.clone() }),
+        ui: Some(dashboard::router),
     }
 }
 
@@ -125,6 +126,7 @@ pub fn up(data: PathBuf, listen: &str, workers: u32, settings: FarmSettings) -> 
         let url = format!("http://{addr}");
         println!("drake farm up at {url}");
         println!("admin token: {}", prepared.admin_token);
+        println!("dashboard (one-time login link): {}", prepared.login_url(&url));
         println!("submit with: drake submit FILE --coordinator {url} --wait");
 
         // Local workers join with a token minted for them, like any other machine.

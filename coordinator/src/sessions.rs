@@ -1,0 +1,141 @@
+//! Dashboard sign-in: browser sessions (a cookie, stored as its sha256 like every
+//! token) with a CSRF token each, and one-time login links printed at start.
+
+use crate::auth::{Role, digest};
+use crate::queue::{Queue, Result};
+use rand::RngCore;
+use serde::Serialize;
+use sqlx::Row;
+
+/// How long a dashboard session lasts.
+pub const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;
+/// How long a printed login link stays valid (it works once).
+pub const LOGIN_LINK_TTL_MS: i64 = 24 * 3600 * 1000;
+
+/// A signed-in browser.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub csrf: String,
+}
+
+/// A join token as the dashboard lists it (the token itself is never stored).
+#[derive(Debug, Clone, Serialize)]
+pub struct JoinTokenView {
+    /// The token's sha256: names it for revocation, reveals nothing.
+    pub digest: String,
+    pub uses_left: i64,
+    pub expires_at: i64,
+    pub created_at: i64,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+impl Queue {
+    /// A new one-time login link token (`drk_login_...`).
+    pub async fn create_login_link(&self, now: i64) -> Result<String> {
+        let token = format!("drk_login_{}", random_hex(24));
+        sqlx::query("INSERT INTO login_links (hash, expires_at) VALUES (?, ?)")
+            .bind(digest(&token))
+            .bind(now + LOGIN_LINK_TTL_MS)
+            .execute(self.pool())
+            .await?;
+        Ok(token)
+    }
+
+    /// Spends a login link; false if unknown, used or expired.
+    pub async fn use_login_link(&self, token: &str, now: i64) -> Result<bool> {
+        let n = sqlx::query("UPDATE login_links SET used_at = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?")
+            .bind(now)
+            .bind(digest(token))
+            .bind(now)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Starts a session; returns the cookie value and the session.
+    pub async fn create_session(&self, now: i64) -> Result<(String, Session)> {
+        let cookie = random_hex(32);
+        let csrf = random_hex(24);
+        sqlx::query("DELETE FROM sessions WHERE expires_at < ?").bind(now).execute(self.pool()).await?;
+        sqlx::query("INSERT INTO sessions (hash, csrf, created_at, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(digest(&cookie))
+            .bind(&csrf)
+            .bind(now)
+            .bind(now + SESSION_TTL_MS)
+            .execute(self.pool())
+            .await?;
+        Ok((cookie, Session { csrf }))
+    }
+
+    pub async fn session(&self, cookie: &str, now: i64) -> Result<Option<Session>> {
+        let row = sqlx::query("SELECT csrf FROM sessions WHERE hash = ? AND expires_at > ?")
+            .bind(digest(cookie))
+            .bind(now)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.map(|r| Session { csrf: r.get(0) }))
+    }
+
+    pub async fn end_session(&self, cookie: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE hash = ?").bind(digest(cookie)).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    /// Join tokens that can still be used, newest first.
+    pub async fn join_tokens(&self, now: i64) -> Result<Vec<JoinTokenView>> {
+        let rows = sqlx::query(
+            "SELECT hash, uses_left, expires_at, created_at FROM tokens
+             WHERE role = ? AND revoked = 0 AND uses_left > 0 AND expires_at > ? ORDER BY created_at DESC LIMIT 200",
+        )
+        .bind(Role::Join.as_str())
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| JoinTokenView { digest: r.get(0), uses_left: r.get(1), expires_at: r.get(2), created_at: r.get(3) })
+            .collect())
+    }
+
+    /// Revokes a join token by its digest (only join tokens: the dashboard cannot
+    /// revoke the admin token it signed in with).
+    pub async fn revoke_join_token(&self, token_digest: &str) -> Result<bool> {
+        let n = sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = ? AND role = ?")
+            .bind(token_digest)
+            .bind(Role::Join.as_str())
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::queue::{Queue, QueueConfig};
+
+    #[tokio::test]
+    async fn login_links_work_once_and_sessions_expire() {
+        let q = Queue::in_memory(QueueConfig::default()).await.unwrap();
+        let link = q.create_login_link(0).await.unwrap();
+        assert!(!q.use_login_link("drk_login_guess", 1).await.unwrap());
+        assert!(q.use_login_link(&link, 1).await.unwrap());
+        assert!(!q.use_login_link(&link, 2).await.unwrap(), "a login link works once");
+        let late = q.create_login_link(0).await.unwrap();
+        assert!(!q.use_login_link(&late, super::LOGIN_LINK_TTL_MS + 1).await.unwrap(), "expired");
+
+        let (cookie, s) = q.create_session(10).await.unwrap();
+        assert_eq!(q.session(&cookie, 11).await.unwrap(), Some(s));
+        let stored: Vec<String> = sqlx::query_scalar("SELECT hash FROM sessions").fetch_all(q.pool()).await.unwrap();
+        assert!(!stored.contains(&cookie), "cookies are stored hashed");
+        assert_eq!(q.session(&cookie, 10 + super::SESSION_TTL_MS + 1).await.unwrap(), None);
+        q.end_session(&cookie).await.unwrap();
+        assert_eq!(q.session(&cookie, 12).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,184 @@
+//! Numbers for the ops dashboard and `/metrics`, computed in SQL over the queue's
+//! own tables (indexed by time, so they stay cheap with many jobs).
+
+use crate::queue::{Queue, Result};
+use serde::Serialize;
+use sqlx::Row;
+
+/// The window the overview looks back over.
+pub const HOUR_MS: i64 = 3600 * 1000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Overview {
+    pub jobs_by_state: Vec<(String, i64)>,
+    pub tasks_by_state: Vec<(String, i64)>,
+    pub running: Vec<RunningTask>,
+    /// Media seconds encoded per wall second, per minute of the last hour (oldest first).
+    pub throughput_per_minute: Vec<f64>,
+    /// The same over the whole hour.
+    pub throughput: f64,
+    /// Failed task attempts (worker-reported or lapsed leases) in the last hour.
+    pub failed_attempts: i64,
+    /// Jobs that ended failed in the last hour.
+    pub failed_jobs: i64,
+    /// Mean time from queued to leased of tasks leased in the last hour.
+    pub avg_queue_wait_ms: Option<f64>,
+    /// Medians over jobs of the last hour: created -> first rendition published, and -> succeeded.
+    pub median_first_playable_ms: Option<i64>,
+    pub median_done_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunningTask {
+    pub task_id: String,
+    pub job_id: String,
+    pub kind: String,
+    pub rendition: Option<String>,
+    pub progress: f64,
+    pub worker: Option<String>,
+}
+
+/// Upper bounds (seconds) of the task duration histogram.
+pub const DURATION_BUCKETS: [f64; 8] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    pub jobs_by_state: Vec<(String, i64)>,
+    pub tasks_by_state: Vec<(String, i64)>,
+    /// Per task kind: cumulative counts per bucket of [`DURATION_BUCKETS`], count, sum (s).
+    pub task_durations: Vec<(String, Vec<i64>, i64, f64)>,
+    /// Failed attempts by kind (`failed`, `expired`).
+    pub failures: Vec<(String, i64)>,
+    pub bytes_published: i64,
+}
+
+fn median(mut v: Vec<i64>) -> Option<i64> {
+    v.sort_unstable();
+    (!v.is_empty()).then(|| v[v.len() / 2])
+}
+
+impl Queue {
+    async fn counts(&self, jobs: bool) -> Result<Vec<(String, i64)>> {
+        let sql = if jobs {
+            "SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state"
+        } else {
+            "SELECT state, COUNT(*) FROM tasks GROUP BY state ORDER BY state"
+        };
+        Ok(sqlx::query(sql).fetch_all(self.pool()).await?.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    pub async fn overview(&self, now: i64) -> Result<Overview> {
+        let start = now - HOUR_MS;
+        let running = sqlx::query(
+            "SELECT t.id, t.job_id, t.kind, t.rendition, t.progress, w.name FROM tasks t LEFT JOIN workers w ON w.id = t.worker_id
+             WHERE t.state IN ('leased', 'running') ORDER BY t.leased_at LIMIT 200",
+        )
+        .fetch_all(self.pool())
+        .await?
+        .into_iter()
+        .map(|r| RunningTask {
+            task_id: r.get(0),
+            job_id: r.get(1),
+            kind: r.get(2),
+            rendition: r.get(3),
+            progress: r.get(4),
+            worker: r.get(5),
+        })
+        .collect();
+        let mut per_minute = vec![0.0; 60];
+        let buckets = sqlx::query(
+            "SELECT (t.finished_at - ?1) / 60000, SUM(COALESCE(json_extract(j.probe, '$.duration'), 0)) FROM tasks t JOIN jobs j ON j.id = t.job_id
+             WHERE t.kind = 'transcode' AND t.state = 'succeeded' AND t.finished_at >= ?1 GROUP BY 1",
+        )
+        .bind(start)
+        .fetch_all(self.pool())
+        .await?;
+        for r in buckets {
+            let (minute, media): (i64, f64) = (r.get(0), r.get(1));
+            if let Some(slot) = per_minute.get_mut(minute.clamp(0, 59) as usize) {
+                *slot += media / 60.0;
+            }
+        }
+        let throughput = per_minute.iter().sum::<f64>() / 60.0;
+        let failed_attempts: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM task_failures WHERE at >= ?").bind(start).fetch_one(self.pool()).await?;
+        let failed_jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'failed' AND updated_at >= ?")
+            .bind(start)
+            .fetch_one(self.pool())
+            .await?;
+        let avg_queue_wait_ms: Option<f64> =
+            sqlx::query_scalar("SELECT AVG(leased_at - queued_at) FROM tasks WHERE leased_at >= ? AND queued_at IS NOT NULL")
+                .bind(start)
+                .fetch_one(self.pool())
+                .await?;
+        let jobs = sqlx::query(
+            "SELECT j.created_at, j.updated_at, j.state,
+                    (SELECT MIN(t.finished_at) FROM tasks t WHERE t.job_id = j.id AND t.kind = 'transcode' AND t.state = 'succeeded')
+             FROM jobs j WHERE j.updated_at >= ? AND j.state IN ('running', 'succeeded') LIMIT 10000",
+        )
+        .bind(start)
+        .fetch_all(self.pool())
+        .await?;
+        let (mut playable, mut done) = (Vec::new(), Vec::new());
+        for r in jobs {
+            let (created, updated, state, first): (i64, i64, String, Option<i64>) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            if let Some(f) = first {
+                playable.push(f - created);
+            }
+            if state == "succeeded" {
+                done.push(updated - created);
+            }
+        }
+        Ok(Overview {
+            jobs_by_state: self.counts(true).await?,
+            tasks_by_state: self.counts(false).await?,
+            running,
+            throughput_per_minute: per_minute,
+            throughput,
+            failed_attempts,
+            failed_jobs,
+            avg_queue_wait_ms,
+            median_first_playable_ms: median(playable),
+            median_done_ms: median(done),
+        })
+    }
+
+    pub async fn metrics(&self) -> Result<Metrics> {
+        let mut task_durations = Vec::new();
+        for kind in ["transcode", "thumbnails"] {
+            let mut cols: Vec<String> = DURATION_BUCKETS
+                .iter()
+                .map(|b| format!("SUM(CASE WHEN (finished_at - leased_at) <= {} THEN 1 ELSE 0 END)", (b * 1000.0) as i64))
+                .collect();
+            cols.push("COUNT(*)".into());
+            cols.push("COALESCE(SUM(finished_at - leased_at), 0)".into());
+            let sql = format!(
+                "SELECT {} FROM tasks WHERE kind = ? AND state = 'succeeded' AND finished_at IS NOT NULL AND leased_at IS NOT NULL",
+                cols.join(", ")
+            );
+            // Built from the constant buckets above only.
+            let r = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(kind).fetch_one(self.pool()).await?;
+            let n = DURATION_BUCKETS.len();
+            let buckets: Vec<i64> = (0..n).map(|i| r.get::<Option<i64>, _>(i).unwrap_or(0)).collect();
+            task_durations.push((kind.to_string(), buckets, r.get(n), r.get::<i64, _>(n + 1) as f64 / 1000.0));
+        }
+        let failures = sqlx::query("SELECT kind, COUNT(*) FROM task_failures GROUP BY kind ORDER BY kind")
+            .fetch_all(self.pool())
+            .await?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let bytes_published: Option<i64> = sqlx::query_scalar(
+            "SELECT SUM(json_extract(f.value, '$.size')) FROM tasks t, json_each(t.result, '$.files') f WHERE t.state = 'succeeded'",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(Metrics {
+            jobs_by_state: self.counts(true).await?,
+            tasks_by_state: self.counts(false).await?,
+            task_durations,
+            failures,
+            bytes_published: bytes_published.unwrap_or(0),
+        })
+    }
+}

@@ -1,0 +1,84 @@
+// Drake dashboard: keeps the server-rendered page live. Progress events move bars
+// in place; state changes refetch this page's fragment (at most once a second).
+(function () {
+  "use strict";
+  const main = document.getElementById("live");
+  if (!main) return;
+
+  function bind() {
+    // The player's rendition picker.
+    document.querySelectorAll("select[data-player]").forEach(function (sel) {
+      sel.addEventListener("change", function () {
+        const video = document.getElementById(sel.dataset.player);
+        if (video) { video.src = sel.value; video.load(); }
+      });
+    });
+    // Destructive buttons ask first.
+    document.querySelectorAll("button.danger").forEach(function (b) {
+      if (b.closest("[data-no-confirm]")) return;
+      const form = b.closest("form");
+      if (form && form.action.endsWith("/remove")) {
+        form.addEventListener("submit", function (e) {
+          if (!window.confirm("Remove this worker? Its running tasks go back to the queue.")) e.preventDefault();
+        });
+      }
+    });
+    // Filters apply on change.
+    const state = document.getElementById("state-filter");
+    if (state) state.addEventListener("change", function () { state.form.submit(); });
+  }
+
+  function setBar(taskId, progress, state) {
+    document.querySelectorAll('.bar[data-task="' + CSS.escape(taskId) + '"]').forEach(function (el) {
+      const pct = Math.round(Math.max(0, Math.min(1, progress)) * 100);
+      el.querySelector(".fill").style.width = pct + "%";
+      el.querySelector(".pct").textContent = pct + "%";
+      if (state) {
+        el.className = "bar state-" + state;
+        el.dataset.state = state;
+      }
+    });
+  }
+
+  let timer = null;
+  let busy = false;
+  function refresh() {
+    const url = main.dataset.fragment;
+    if (!url || timer) return;
+    timer = setTimeout(async function () {
+      timer = null;
+      if (busy) { refresh(); return; }
+      // Never pull the page from under someone typing or choosing.
+      const active = document.activeElement;
+      if (active && main.contains(active) && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName)) { refresh(); return; }
+      busy = true;
+      try {
+        const r = await fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } });
+        if (r.status === 401) { window.location = "/login"; return; }
+        if (r.ok) {
+          const video = document.getElementById("player");
+          if (video && !video.paused) return; // keep a playing video alive
+          main.innerHTML = await r.text();
+          bind();
+          main.dataset.updated = String(Date.now());
+        }
+      } catch (e) { /* the next event or tick tries again */ } finally { busy = false; }
+    }, 700);
+  }
+
+  const events = new EventSource("/ui/events");
+  events.onmessage = function (m) {
+    let ev;
+    try { ev = JSON.parse(m.data); } catch (e) { return; }
+    if (ev.type === "task" && ev.task_id && typeof ev.progress === "number") {
+      setBar(ev.task_id, ev.progress, ev.state === "running" ? "running" : null);
+    }
+    if (ev.type !== "task" || ev.state !== "running") refresh();
+  };
+  events.onopen = function () { document.body.dataset.live = "connected"; };
+  events.onerror = function () { document.body.dataset.live = "reconnecting"; };
+
+  const every = Number(main.dataset.refreshMs || 0);
+  if (every > 0) setInterval(refresh, every);
+  bind();
+})();
