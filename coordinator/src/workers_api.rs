@@ -61,13 +61,21 @@ async fn register(
     st.emit("worker", json!({"worker_id": id, "state": "idle"}));
     Ok((
         StatusCode::CREATED,
-        Json(RegisterResponse { worker_id: id, token, heartbeat_seconds: (st.queue.cfg.lease_ttl_ms / 4000).clamp(1, 10) as u64 }),
+        Json(RegisterResponse {
+            worker_id: id,
+            token,
+            heartbeat_seconds: ((st.queue.cfg.lease_ttl_ms / 4000).max(1) as u64).min(HEARTBEAT_MAX_SECONDS),
+        }),
     )
         .into_response())
 }
 
 /// Long poll: answers a lease as soon as a task this worker can run is queued,
 /// or 204 after `wait_seconds`.
+/// Heartbeats carry progress to the dashboard, so they come at least this often
+/// (and four per lease TTL, so one lost heartbeat never costs a lease).
+const HEARTBEAT_MAX_SECONDS: u64 = 2;
+
 /// Most renditions one lease may bundle (the engine's limit per process).
 const MAX_BUNDLE: usize = 4;
 

@@ -6,6 +6,9 @@
   if (!main) return;
 
   function bind() {
+    document.querySelectorAll(".bar[data-progress]").forEach(function (el) {
+      el.querySelector(".fill").style.width = Number(el.dataset.progress) + "%";
+    });
     // The player's rendition picker.
     document.querySelectorAll("select[data-player]").forEach(function (sel) {
       sel.addEventListener("change", function () {
@@ -31,6 +34,7 @@
   function setBar(taskId, progress, state) {
     document.querySelectorAll('.bar[data-task="' + CSS.escape(taskId) + '"]').forEach(function (el) {
       const pct = Math.round(Math.max(0, Math.min(1, progress)) * 100);
+      el.dataset.progress = String(pct);
       el.querySelector(".fill").style.width = pct + "%";
       el.querySelector(".pct").textContent = pct + "%";
       if (state) {

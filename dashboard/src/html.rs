@@ -56,12 +56,13 @@ pub fn action(path: &str, label: &str, csrf: &str, class: &str) -> String {
     )
 }
 
-/// A progress bar that the live script can move: `data-task` names the task.
+/// A progress bar that the live script can move: `data-task` names the task. The
+/// script sizes the fill from `data-progress` (the CSP allows no inline styles).
 pub fn bar(task_id: &str, label: &str, progress: f64, state: &str) -> String {
     let pct = (progress.clamp(0.0, 1.0) * 100.0).round();
     format!(
-        "<div class=\"bar state-{state}\" data-task=\"{id}\" data-state=\"{state}\" title=\"{label}: {state}\">\
-<div class=\"fill\" style=\"width:{pct}%\"></div><span class=\"label\">{label}</span><span class=\"pct\">{pct}%</span></div>",
+        "<div class=\"bar state-{state}\" data-task=\"{id}\" data-state=\"{state}\" data-progress=\"{pct}\" title=\"{label}: {state}\">\
+<div class=\"fill\"></div><span class=\"label\">{label}</span><span class=\"pct\">{pct}%</span></div>",
         id = esc(task_id),
         label = esc(label),
         state = esc(state),

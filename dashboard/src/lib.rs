@@ -63,8 +63,9 @@ async fn security_headers(mut resp: Response) -> Response {
         ),
     );
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    // The login link carries a token in its URL: never leak it in a Referer.
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // The login link carries a token in its URL: never send it to another site. (Not
+    // `no-referrer`: browsers then send `Origin: null` on form posts.)
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     resp
 }
@@ -249,7 +250,9 @@ async fn jobs_fragment(State(st): State<AppState>, headers: HeaderMap, Query(q):
 async fn job_html(st: &AppState, id: &str, csrf: &str) -> Result<Option<String>, Denied> {
     let Some(job) = st.queue.job(id).await.map_err(failed)? else { return Ok(None) };
     let results = st.queue.task_results(id).await.map_err(failed)?;
-    Ok(Some(pages::job(&job, &results, csrf, now_ms())))
+    let workers = st.queue.list_workers(now_ms()).await.map_err(failed)?;
+    let names: std::collections::HashMap<String, String> = workers.into_iter().map(|w| (w.id, w.name)).collect();
+    Ok(Some(pages::job(&job, &results, &names, csrf, now_ms())))
 }
 
 async fn job_page(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, Denied> {

@@ -166,7 +166,13 @@ fn role_path(result: &Value, role: &str) -> Option<String> {
     Some(format!("{dir}/{file}"))
 }
 
-pub fn job(j: &Job, results: &[(TaskKind, Option<String>, Value)], csrf: &str, now: i64) -> String {
+pub fn job(
+    j: &Job,
+    results: &[(TaskKind, Option<String>, Value)],
+    worker_names: &std::collections::HashMap<String, String>,
+    csrf: &str,
+    now: i64,
+) -> String {
     let mut s = format!(
         "<h1>Job <code>{id}</code> <span class=\"pill state-{state}\" id=\"job-state\">{state}</span></h1>\
 <p class=\"muted\">profile {profile} · created {created} ({ago}) · priority {prio}</p><div class=\"actions\">",
@@ -205,7 +211,7 @@ pub fn job(j: &Job, results: &[(TaskKind, Option<String>, Value)], csrf: &str, n
             esc(&task_label(t.kind, t.rendition.as_deref())),
             bar(&t.id, &t.state, t.progress, &t.state),
             t.attempts,
-            esc(t.worker.as_deref().unwrap_or("–")),
+            esc(t.worker.as_deref().map_or("–", |w| worker_names.get(w).map_or(w, String::as_str))),
             esc(t.error.as_deref().unwrap_or("")),
         );
     }
