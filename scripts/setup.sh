@@ -13,6 +13,8 @@ APT_PACKAGES=(
   time
   # nginx with its dav module: the external WebDAV storage the farm tests publish to.
   nginx-core
+  # Headless Chromium and its WebDriver: the dashboard's browser tests.
+  chromium chromium-driver
   curl ca-certificates
 )
 

@@ -18,7 +18,8 @@ struct Farm {
     url: String,
     admin: String,
     login_link: String,
-    data: Dir,
+    /// Holds the data dir until the farm is gone.
+    _data: Dir,
 }
 
 impl Farm {
@@ -53,7 +54,7 @@ impl Farm {
         // Keep draining stdout so the farm never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         assert!(login_link.starts_with(&format!("{url}/login?token=drk_login_")), "{login_link}");
-        Farm { child, url, admin, login_link, data }
+        Farm { child, url, admin, login_link, _data: data }
     }
 
     fn upload(&self, file: &str) -> String {
@@ -261,4 +262,219 @@ fn ops_watch_and_act_from_a_real_browser() {
     b.screenshot("08-worker-added");
     let _ = new_worker.kill();
     let _ = new_worker.wait();
+}
+
+/// (status, headers, body) of a request through curl, without following redirects.
+fn http(method: &str, url: &str, headers: &[&str], form: Option<&str>) -> (u16, String, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--path-as-is", "-D", "-", "-X", method, url]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if let Some(f) = form {
+        cmd.args(["--data", f]);
+    }
+    let out = String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// Signs in with the admin token; returns the `Cookie` header.
+fn sign_in(farm: &Farm) -> String {
+    let (status, head, _) = http("POST", &format!("{}/login", farm.url), &[], Some(&format!("token={}", farm.admin)));
+    assert_eq!(status, 303, "{head}");
+    let cookie = head.lines().find_map(|l| l.strip_prefix("set-cookie: ")).expect("a session cookie").to_string();
+    assert!(cookie.contains("httponly") && cookie.contains("samesite=strict"), "{cookie}");
+    format!("Cookie: {}", cookie.split(';').next().unwrap())
+}
+
+fn csrf_of(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
+    page[at..at + page[at..].find('"').unwrap()].to_string()
+}
+
+#[test]
+fn every_dashboard_route_checks_the_session_and_csrf() {
+    let farm = Farm::start(Dir::new(), &["coordinator"]);
+    let u = |p: &str| format!("{}{p}", farm.url);
+
+    // Without a session: pages go to sign-in, everything else is refused.
+    let (status, head, _) = http("GET", &u("/"), &[], None);
+    assert_eq!((status, head.contains("location: /login")), (303, true), "{head}");
+    for path in ["/ui/fragment/jobs", "/ui/fragment/overview", "/ui/events", "/ui/files/jobs/x/240p/240p.mp4", "/metrics"] {
+        assert_eq!(http("GET", &u(path), &[], None).0, 401, "{path}");
+    }
+    assert_eq!(http("POST", &u("/workers/add"), &[], Some("csrf=x&uses=1&ttl_seconds=3600")).0, 401);
+    // Assets are public (the sign-in page needs them) and contain no data.
+    assert_eq!(http("GET", &u("/ui/app.js"), &[], None).0, 200);
+    // A wrong token or a non-admin token does not sign in.
+    assert_eq!(http("POST", &u("/login"), &[], Some("token=drk_admin_guess")).0, 401);
+    let (_, _, t) = http(
+        "POST",
+        &u("/api/v1/tokens"),
+        &[&format!("Authorization: Bearer {}", farm.admin), "Content-Type: application/json"],
+        Some(r#"{"role":"submit","label":"p"}"#),
+    );
+    let submit: Value = serde_json::from_str(&t).unwrap();
+    let submit = submit["token"].as_str().unwrap();
+    assert_eq!(http("POST", &u("/login"), &[], Some(&format!("token={submit}"))).0, 401);
+    assert_eq!(http("GET", &u("/metrics"), &[&format!("Authorization: Bearer {submit}")], None).0, 401);
+
+    // The login link works once.
+    assert_eq!(http("GET", &farm.login_link, &[], None).0, 303);
+    assert_eq!(http("GET", &farm.login_link, &[], None).0, 401);
+
+    let cookie = sign_in(&farm);
+    let (status, head, page) = http("GET", &u("/workers/add"), &[&cookie], None);
+    assert_eq!(status, 200);
+    assert!(head.contains("content-security-policy: default-src 'self'"), "{head}");
+    let csrf = csrf_of(&page);
+    let form = |c: &str| format!("csrf={c}&uses=1&ttl_seconds=3600");
+    // Actions need the session's CSRF token, and a same-origin Origin when one is sent.
+    assert_eq!(http("POST", &u("/workers/add"), &[&cookie], Some(&form("0000"))).0, 403);
+    assert_eq!(http("POST", &u("/workers/add"), &[&cookie, "Origin: http://evil.example"], Some(&form(&csrf))).0, 403);
+    let (status, _, page) = http("POST", &u("/workers/add"), &[&cookie, &format!("Origin: {}", farm.url)], Some(&form(&csrf)));
+    assert_eq!(status, 200);
+    assert!(page.contains(&format!("drake worker --coordinator {} --token drk_join_", farm.url)));
+    // Files: no way out of the storage tree, and not into uploads.
+    for path in ["/ui/files/../admin-token", "/ui/files/jobs/%2e%2e/%2e%2e/admin-token", "/ui/files/uploads/x", "/ui/files/jobs/.staging/x"]
+    {
+        let (status, _, body) = http("GET", &u(path), &[&cookie], None);
+        assert!(matches!(status, 403 | 404), "{path}: {status}");
+        assert!(!body.contains(&farm.admin), "{path}");
+    }
+    // Metrics for Prometheus, with the admin token.
+    let (status, head, metrics) = http("GET", &u("/metrics"), &[&format!("Authorization: Bearer {}", farm.admin)], None);
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+    for name in [
+        "drake_tasks",
+        "drake_task_duration_seconds_bucket{kind=\"transcode\",le=\"+Inf\"}",
+        "drake_task_failures_total{kind=\"expired\"} 0",
+        "drake_workers{state=\"idle\"} 0",
+        "drake_published_bytes_total 0",
+    ] {
+        assert!(metrics.contains(name), "{name} in\n{metrics}");
+    }
+    // Signing out ends the session.
+    assert_eq!(http("POST", &u("/logout"), &[&cookie], Some(&format!("csrf={csrf}"))).0, 303);
+    assert_eq!(http("GET", &u("/"), &[&cookie], None).0, 303);
+}
+
+#[test]
+fn pages_stay_fast_with_a_thousand_jobs_and_fifty_workers() {
+    let data = Dir::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let first_job = rt.block_on(seed(&data.path("drake.db")));
+    let farm = Farm::start(data, &["coordinator"]);
+    let cookie = sign_in(&farm);
+    let pages = [
+        "/".to_string(),
+        "/jobs".into(),
+        "/jobs?page=19".into(),
+        "/jobs?state=failed".into(),
+        format!("/jobs/{first_job}"),
+        "/workers".into(),
+        "/workers/add".into(),
+        "/ui/fragment/jobs?page=0".into(),
+        "/metrics".into(),
+    ];
+    let mut report = Vec::new();
+    for p in &pages {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", "-H", &cookie, &format!("{}{p}", farm.url)])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (status, t) = text.split_once(' ').unwrap();
+            assert_eq!(status, "200", "{p}");
+            times.push(t.parse::<f64>().unwrap());
+        }
+        times.sort_by(f64::total_cmp);
+        report.push(format!("{p}: median {:.1} ms", times[2] * 1000.0));
+        assert!(times[2] < 0.5, "{p} took {:.3} s (median of 5)", times[2]);
+    }
+    let (_, _, jobs) = http("GET", &format!("{}/jobs", farm.url), &[&cookie], None);
+    assert!(jobs.contains("1000 jobs · page 1 of 20"), "paged, not all at once");
+    let (_, _, workers) = http("GET", &format!("{}/workers", farm.url), &[&cookie], None);
+    assert_eq!(workers.matches("<tr data-worker=").count(), 50);
+
+    // And in the browser: the jobs page loads and renders quickly.
+    let b = Browser::start();
+    b.goto(&farm.login_link);
+    b.wait_for("sign-in", "return location.pathname === '/';", json!([]), Duration::from_secs(10));
+    for p in ["/jobs", "/workers", "/"] {
+        b.goto(&format!("{}{p}", farm.url));
+        let ms = b.wait_for(
+            "navigation timing",
+            "const n = performance.getEntriesByType('navigation')[0]; return n && n.loadEventEnd > 0 ? n.loadEventEnd : null;",
+            json!([]),
+            Duration::from_secs(10),
+        );
+        report.push(format!("browser {p}: loaded in {:.0} ms", ms.as_f64().unwrap()));
+        assert!(ms.as_f64().unwrap() < 2000.0, "{p} loaded in {ms} ms");
+    }
+    b.screenshot("09-jobs-1000");
+    println!("{}", report.join("\n"));
+}
+
+/// 1,000 jobs in every state with 5 tasks each, 50 workers (half of them busy),
+/// and an hour of history. Returns one job's id.
+async fn seed(db: &std::path::Path) -> String {
+    use coordinator::queue::{NewJob, NewTask, Queue, QueueConfig, TaskKind};
+    let q = Queue::open(db, QueueConfig::default()).await.unwrap();
+    let now = coordinator::api::now_ms();
+    let caps = proto::wire::Capabilities { encoders: vec!["libx264".into(), "aac".into()], cores: 16, tags: vec![] };
+    for w in 0..50 {
+        q.register_worker(&format!("w{w:02}"), &format!("machine-{w:02}"), 2, &caps, "0.1.0", now).await.unwrap();
+    }
+    let mut first = String::new();
+    for i in 0..1000 {
+        let new = NewJob {
+            profile: "web".into(),
+            source: format!("https://example.com/{i}.mp4"),
+            callback_url: None,
+            priority: 0,
+            idempotency_key: None,
+        };
+        let (job, _) = q.create_job(&new, now - 3_500_000 + i * 3_000).await.unwrap();
+        let tasks: Vec<NewTask> = ["240p", "360p", "480p", "720p"]
+            .iter()
+            .map(|r| NewTask { kind: TaskKind::Transcode, rendition: Some(r.to_string()), requires: None })
+            .chain(std::iter::once(NewTask { kind: TaskKind::Thumbnails, rendition: None, requires: None }))
+            .collect();
+        q.add_tasks(&job.id, &tasks, now - 3_500_000 + i * 3_000).await.unwrap();
+        if first.is_empty() {
+            first = job.id.clone();
+        }
+    }
+    let pool = q.pool();
+    sqlx::query(
+        "UPDATE jobs SET probe = '{\"container\":\"mov,mp4\",\"duration\":60.0,\"bitrate\":2000000,\"size_bytes\":15000000,\"streams\":[]}',
+                         state = CASE abs(random()) % 7 WHEN 0 THEN 'failed' WHEN 1 THEN 'canceled' WHEN 2 THEN 'running' WHEN 3 THEN 'queued' ELSE 'succeeded' END,
+                         error = 'bad input: the source cannot be read to its end', updated_at = created_at + 40000",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE tasks SET state = (SELECT CASE j.state WHEN 'running' THEN 'running' WHEN 'queued' THEN 'queued' WHEN 'succeeded' THEN 'succeeded' ELSE 'failed' END FROM jobs j WHERE j.id = tasks.job_id),
+                          progress = 0.5, leased_at = created_at + 1000, finished_at = created_at + 30000,
+                          result = '{\"files\":[{\"path\":\"a.mp4\",\"size\":1000000,\"sha256\":\"x\"}],\"dir\":\"jobs/x/240p\",\"report\":{}}'",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE tasks SET worker_id = 'w' || printf('%02d', abs(random()) % 25) WHERE state = 'running'")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO task_failures (task_id, job_id, kind, error, at) SELECT id, job_id, 'failed', 'x', finished_at FROM tasks WHERE state = 'failed'")
+        .execute(pool)
+        .await
+        .unwrap();
+    first
 }

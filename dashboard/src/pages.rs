@@ -75,7 +75,11 @@ pub fn overview(o: &Overview) -> String {
     );
     let _ =
         write!(s, "<section class=\"card wide\"><h2>Throughput, last hour</h2>{}</section>", throughput_chart(&o.throughput_per_minute));
-    let _ = write!(s, "<section class=\"card wide\"><h2>Running tasks ({})</h2>", o.running.len());
+    let running: i64 = o.tasks_by_state.iter().filter(|(s, _)| s == "running" || s == "leased").map(|(_, n)| n).sum();
+    let _ = write!(s, "<section class=\"card wide\"><h2>Running tasks ({running})</h2>");
+    if (o.running.len() as i64) < running {
+        let _ = write!(s, "<p class=\"muted\">The {} that started first:</p>", o.running.len());
+    }
     if o.running.is_empty() {
         s.push_str("<p class=\"muted\">Nothing is running.</p>");
     }
