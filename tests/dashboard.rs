@@ -214,6 +214,38 @@ fn ops_watch_and_act_from_a_real_browser() {
     assert_eq!(farm.job(&long_id)["state"], "canceled");
     b.screenshot("05-job-canceled");
 
+    // A corrupt upload: its page says why, with the end of the engine's log.
+    std::fs::write(media.path("corrupt.mp4"), vec![0x42u8; 50_000]).unwrap();
+    let bad = farm.upload(&media.s("corrupt.mp4"));
+    b.goto(&format!("{}/jobs/{bad}", farm.url));
+    let why = b.wait_for(
+        "the failure reason",
+        "const e = document.getElementById('job-error'); return e && e.textContent;",
+        json!([]),
+        Duration::from_secs(30),
+    );
+    assert!(why.as_str().unwrap().contains("bad input"), "{why}");
+    // Retry probes it again (it never got as far as tasks), and it fails again, for the same reason.
+    let before = farm.job(&bad)["updated_at"].as_i64().unwrap();
+    b.click("form[action$='/retry'] button");
+    let started = Instant::now();
+    loop {
+        let j = farm.job(&bad);
+        if j["state"] == "failed" && j["updated_at"].as_i64().unwrap() > before {
+            assert!(j["error"].as_str().unwrap().contains("bad input"), "{j}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the retried job did not run again: {j}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    b.wait_for(
+        "the page to show it failed again",
+        "const p = document.getElementById('job-state'); return p && p.textContent === 'failed' && document.getElementById('job-error');",
+        json!([]),
+        Duration::from_secs(15),
+    );
+    b.screenshot("06-job-failed");
+
     // Draining a worker.
     b.goto(&format!("{}/workers", farm.url));
     b.wait_for(
@@ -227,9 +259,9 @@ fn ops_watch_and_act_from_a_real_browser() {
         "the worker to show draining",
         "const p = document.querySelector('tr[data-name=\"local-0\"] [data-worker-state]'); return p && p.textContent === 'draining';",
         json!([]),
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     );
-    b.screenshot("06-worker-draining");
+    b.screenshot("07-worker-draining");
 
     // Adding a machine: create a join token, run the command line the page shows,
     // and watch the new worker appear on the workers page without a reload.
@@ -244,7 +276,7 @@ fn ops_watch_and_act_from_a_real_browser() {
     );
     let command = command.as_str().unwrap().to_string();
     assert!(command.starts_with(&format!("drake worker --coordinator {} --token drk_join_", farm.url)), "{command}");
-    b.screenshot("07-join-token");
+    b.screenshot("08-join-token");
     b.goto(&format!("{}/workers", farm.url));
     b.js(NO_RELOAD_MARK, json!([]));
     let machine = Dir::new();
@@ -259,7 +291,7 @@ fn ops_watch_and_act_from_a_real_browser() {
     );
     assert_eq!(rows, json!(2));
     assert_eq!(b.js(STILL_MARKED, json!([])), json!(true), "the worker appeared without a reload");
-    b.screenshot("08-worker-added");
+    b.screenshot("09-worker-added");
     let _ = new_worker.kill();
     let _ = new_worker.wait();
 }
@@ -337,6 +369,15 @@ fn every_dashboard_route_checks_the_session_and_csrf() {
     let (status, _, page) = http("POST", &u("/workers/add"), &[&cookie, &format!("Origin: {}", farm.url)], Some(&form(&csrf)));
     assert_eq!(status, 200);
     assert!(page.contains(&format!("drake worker --coordinator {} --token drk_join_", farm.url)));
+    // Listed, and revocable.
+    let (_, _, page) = http("GET", &u("/workers/add"), &[&cookie], None);
+    let marker = "action=\"/join-tokens/";
+    let at = page.find(marker).expect("the token is listed") + marker.len();
+    let digest = &page[at..at + 64];
+    assert_eq!(http("POST", &u(&format!("/join-tokens/{digest}/revoke")), &[&cookie], Some(&format!("csrf={csrf}"))).0, 303);
+    let (_, _, page) = http("GET", &u("/workers/add"), &[&cookie], None);
+    assert!(!page.contains(digest) && page.contains("No usable join tokens"), "revoked");
+
     // Files: no way out of the storage tree, and not into uploads.
     for path in ["/ui/files/../admin-token", "/ui/files/jobs/%2e%2e/%2e%2e/admin-token", "/ui/files/uploads/x", "/ui/files/jobs/.staging/x"]
     {
@@ -417,7 +458,7 @@ fn pages_stay_fast_with_a_thousand_jobs_and_fifty_workers() {
         report.push(format!("browser {p}: loaded in {:.0} ms", ms.as_f64().unwrap()));
         assert!(ms.as_f64().unwrap() < 2000.0, "{p} loaded in {ms} ms");
     }
-    b.screenshot("09-jobs-1000");
+    b.screenshot("10-overview-1000-jobs");
     println!("{}", report.join("\n"));
 }
 

@@ -333,6 +333,10 @@ pub async fn cancel(st: &AppState, id: &str) -> Result<crate::queue::Job, ApiErr
 pub async fn retry(st: &AppState, id: &str) -> Result<crate::queue::Job, ApiError> {
     let job = st.queue.retry_job(id, now_ms()).await?;
     st.emit("job", json!({"job_id": id, "state": job.state}));
+    if job.tasks.is_empty() {
+        // It failed before planning (an unreadable source): probe it again.
+        st.chores.probe_and_plan(id).await.map_err(ApiError::Storage)?;
+    }
     st.work_ready.notify_waiters();
     Ok(job)
 }
