@@ -34,6 +34,8 @@ impl Coordinator {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let url = lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_string();
         let admin = lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_string();
+        // Keep reading, so the coordinator never writes into a closed pipe.
+        std::thread::spawn(move || for _ in lines {});
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
         assert!(admin.starts_with("drk_admin_"));
         let stored = std::fs::read_to_string(data.path("admin-token")).unwrap();
@@ -829,4 +831,32 @@ fn outputs_can_live_on_an_external_webdav_server() {
     assert_eq!(c.call("GET", &format!("/dav/jobs/{id}/master.m3u8"), Some(&c.admin), None).0, 404);
     let anonymous = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", master]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&anonymous.stdout), "401");
+}
+
+#[test]
+fn a_coordinator_whose_output_is_closed_keeps_serving() {
+    let data = Dir::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(drake_bin())
+        .args(["coordinator", "--data", &data.s(""), "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // like a terminal that went away
+    let started = Instant::now();
+    let health = loop {
+        let out = Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}/healthz")]).output().unwrap();
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the coordinator died when its stdout closed");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(health.contains("\"ok\":true"), "{health}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -6,6 +6,7 @@ use crate::api::{self, AppState, Limits, now_ms};
 use crate::auth::{self, Role};
 use crate::chores;
 use crate::queue::{Queue, QueueConfig};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -146,12 +147,12 @@ pub async fn run(
     let data_dir = cfg.data_dir.clone();
     let p = prepare(cfg).await?;
     let addr = listener.local_addr()?;
-    println!("drake coordinator listening on http://{addr}");
+    let _ = writeln!(std::io::stdout(), "drake coordinator listening on http://{addr}");
     if p.admin_token_generated {
-        println!("admin token (kept in {}): {}", data_dir.join("admin-token").display(), p.admin_token);
+        let _ = writeln!(std::io::stdout(), "admin token (kept in {}): {}", data_dir.join("admin-token").display(), p.admin_token);
     }
     if p.ui.is_some() {
-        println!("dashboard (one-time login link): {}", p.login_url(&format!("http://{addr}")));
+        let _ = writeln!(std::io::stdout(), "dashboard (one-time login link): {}", p.login_url(&format!("http://{addr}")));
     }
     serve(p, listener, shutdown).await?;
     Ok(())

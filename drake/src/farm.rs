@@ -1,6 +1,7 @@
 //! CLI glue for the farm commands: `coordinator`, `worker`, `up` and `submit`.
 
 use proto::exit;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -124,10 +125,10 @@ pub fn up(data: PathBuf, listen: &str, workers: u32, settings: FarmSettings) -> 
             }
         };
         let url = format!("http://{addr}");
-        println!("drake farm up at {url}");
-        println!("admin token: {}", prepared.admin_token);
-        println!("dashboard (one-time login link): {}", prepared.login_url(&url));
-        println!("submit with: drake submit FILE --coordinator {url} --wait");
+        let _ = writeln!(std::io::stdout(), "drake farm up at {url}");
+        let _ = writeln!(std::io::stdout(), "admin token: {}", prepared.admin_token);
+        let _ = writeln!(std::io::stdout(), "dashboard (one-time login link): {}", prepared.login_url(&url));
+        let _ = writeln!(std::io::stdout(), "submit with: drake submit FILE --coordinator {url} --wait");
 
         // Local workers join with a token minted for them, like any other machine.
         let join = coordinator::auth::generate(coordinator::auth::Role::Join);
@@ -252,15 +253,19 @@ async fn submit_async(args: &SubmitArgs, token: &str) -> Result<i32, String> {
         return Err(format!("HTTP {status}: {}", job["message"].as_str().unwrap_or_default()));
     }
     let id = job["id"].as_str().unwrap_or_default().to_string();
-    println!("job {id}");
+    let _ = writeln!(std::io::stdout(), "job {id}");
     if !args.wait {
         return Ok(0);
     }
     let job = watch(&http, base, token, &id).await?;
     match job["state"].as_str() {
         Some("succeeded") => {
-            println!("succeeded: master playlist {base}{}", job["outputs"]["master_playlist"].as_str().unwrap_or_default());
-            println!("manifest {base}{}", job["outputs"]["manifest"].as_str().unwrap_or_default());
+            let _ = writeln!(
+                std::io::stdout(),
+                "succeeded: master playlist {base}{}",
+                job["outputs"]["master_playlist"].as_str().unwrap_or_default()
+            );
+            let _ = writeln!(std::io::stdout(), "manifest {base}{}", job["outputs"]["manifest"].as_str().unwrap_or_default());
             Ok(0)
         }
         state => {

@@ -13,6 +13,7 @@ use proto::wire::{
     Capabilities, ChildTiming, Complete, Fail, Heartbeat, HeartbeatReply, LeaseRequest, RegisterRequest, RegisterResponse, TaskKind,
     TaskLease,
 };
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -75,7 +76,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         (cfg.token.clone(), Duration::from_secs(5))
     } else {
         let reg = register(&http, &cfg).await?;
-        println!("drake worker {} registered as {}", cfg.name, reg.worker_id);
+        let _ = writeln!(std::io::stdout(), "drake worker {} registered as {}", cfg.name, reg.worker_id);
         (reg.token, Duration::from_secs(reg.heartbeat_seconds.max(1)))
     };
     let node = Arc::new(Node { cfg, http, token, heartbeat, draining: AtomicBool::new(false), drain: tokio::sync::Notify::new() });
