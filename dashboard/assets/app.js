@@ -44,14 +44,24 @@
     });
   }
 
+  // Never swap the page under a click: a button replaced between mousedown and
+  // mouseup gets no click, and a form removed before it submits never submits.
+  let holdUntil = 0;
+  let leaving = false;
+  document.addEventListener("pointerdown", function () { holdUntil = Date.now() + 1500; }, true);
+  document.addEventListener("submit", function () { leaving = true; }, true);
+  window.addEventListener("pagehide", function () { leaving = true; });
+  function held() { return leaving || Date.now() < holdUntil; }
+
   let timer = null;
   let busy = false;
+  let last = null;
   function refresh() {
     const url = main.dataset.fragment;
-    if (!url || timer) return;
+    if (!url || timer || leaving) return;
     timer = setTimeout(async function () {
       timer = null;
-      if (busy) { refresh(); return; }
+      if (busy || held()) { refresh(); return; }
       // Never pull the page from under someone typing or choosing.
       const active = document.activeElement;
       if (active && main.contains(active) && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName)) { refresh(); return; }
@@ -60,10 +70,15 @@
         const r = await fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } });
         if (r.status === 401) { window.location = "/login"; return; }
         if (r.ok) {
+          const html = await r.text();
+          if (held()) { busy = false; refresh(); return; }
           const video = document.getElementById("player");
           if (video && !video.paused) return; // keep a playing video alive
-          main.innerHTML = await r.text();
-          bind();
+          if (html !== last) {
+            last = html;
+            main.innerHTML = html;
+            bind();
+          }
           main.dataset.updated = String(Date.now());
         }
       } catch (e) { /* the next event or tick tries again */ } finally { busy = false; }

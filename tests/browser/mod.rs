@@ -121,19 +121,6 @@ impl Browser {
         }
     }
 
-    /// Like `wait_for`, but returns `None` on timeout instead of failing.
-    pub fn wait_for_quietly(&self, script: &str, args: Value, limit: Duration) -> Option<Value> {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            let v = self.js(script, args.clone());
-            if !(v.is_null() || v == Value::Bool(false)) {
-                return Some(v);
-            }
-            std::thread::sleep(Duration::from_millis(150));
-        }
-        None
-    }
-
     /// Saves a PNG of the page in `target/screenshots/NAME.png`.
     pub fn screenshot(&self, name: &str) -> PathBuf {
         use base64::Engine;
