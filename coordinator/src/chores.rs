@@ -230,7 +230,7 @@ pub async fn job_ended(st: &AppState, job: &Job) {
     let Some(url) = &job.callback_url else { return };
     let payload = json!({
         "type": format!("job.{}", job.state),
-        "timestamp": chrono_like_now(),
+        "timestamp": proto::time::rfc3339(now_ms() / 1000),
         "data": {"job_id": job.id, "state": job.state, "error": job.error, "outputs": job.outputs},
     });
     let queued = match st.queue.enqueue_webhook(&job.id, url, &payload.to_string(), now_ms()).await {
@@ -240,23 +240,6 @@ pub async fn job_ended(st: &AppState, job: &Job) {
     if let Err(e) = queued {
         eprintln!("coordinator: queueing the webhook of job {}: {e}", job.id);
     }
-}
-
-/// RFC 3339 UTC time without pulling in a date crate.
-fn chrono_like_now() -> String {
-    let secs = now_ms() / 1000;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + (m <= 2) as i64;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 /// Standard Webhooks signature: `v1,` + base64(HMAC-SHA256(key, "id.timestamp.body")),

@@ -33,8 +33,7 @@ pub fn router(st: AppState) -> Router {
         .route("/", get(overview_page))
         .route("/jobs", get(jobs_page))
         .route("/jobs/{id}", get(job_page))
-        .route("/jobs/{id}/cancel", post(cancel_job))
-        .route("/jobs/{id}/retry", post(retry_job))
+        .route("/jobs/{id}/{action}", post(job_action))
         .route("/workers", get(workers_page))
         .route("/workers/add", get(add_worker_page).post(create_join_token))
         .route("/workers/{id}/{action}", post(worker_action))
@@ -274,27 +273,20 @@ async fn job_fragment(State(st): State<AppState>, headers: HeaderMap, Path(id): 
     }
 }
 
-async fn cancel_job(
+/// The job page's buttons: cancel and retry.
+async fn job_action(
     State(st): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
     Form(f): Form<CsrfForm>,
 ) -> Result<Response, Denied> {
     checked_post(&st, &headers, &f.csrf).await?;
-    match coordinator::api::cancel(&st, &id).await {
-        Ok(_) => Ok(Redirect::to(&format!("/jobs/{id}")).into_response()),
-        Err(e) => Ok(e.into_response()),
-    }
-}
-
-async fn retry_job(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(f): Form<CsrfForm>,
-) -> Result<Response, Denied> {
-    checked_post(&st, &headers, &f.csrf).await?;
-    match coordinator::api::retry(&st, &id).await {
+    let done = match action.as_str() {
+        "cancel" => coordinator::api::cancel(&st, &id).await,
+        "retry" => coordinator::api::retry(&st, &id).await,
+        _ => return Ok(StatusCode::NOT_FOUND.into_response()),
+    };
+    match done {
         Ok(_) => Ok(Redirect::to(&format!("/jobs/{id}")).into_response()),
         Err(e) => Ok(e.into_response()),
     }

@@ -8,6 +8,7 @@ pub mod plan;
 pub mod probe;
 pub mod profile;
 pub mod report;
+pub mod time;
 pub mod wire;
 
 /// Version of the JSON documents in this crate. Readers accept documents whose
