@@ -97,23 +97,7 @@ impl Drop for Farm {
 
 fn clip(dir: &Dir, name: &str, size: &str, seconds: u32) -> String {
     let path = dir.s(name);
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        &format!("testsrc2=s={size}:r=30:d={seconds}"),
-        "-f",
-        "lavfi",
-        "-i",
-        &format!("sine=d={seconds}"),
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-c:a",
-        "aac",
-        &path,
-    ]);
+    test_clip(&path, size, seconds);
     path
 }
 

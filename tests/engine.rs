@@ -704,23 +704,7 @@ fn http_sources_are_read_with_range_requests() {
     let dir = Dir::new();
     // moov at the end: libav must seek, which over HTTP means range requests.
     let src = dir.s("src.mp4");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=s=640x360:r=30:d=4",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=d=4",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-c:a",
-        "aac",
-        &src,
-    ]);
+    test_clip(&src, "640x360", 4);
     let server = RangeServer::start(dir.tmp.path().to_path_buf());
     let url = format!("{}/src.mp4", server.url);
     let p: Value = serde_json::from_str(&drake_ok(&["probe", &url])).unwrap();

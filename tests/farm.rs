@@ -301,23 +301,7 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
     let _w1 = c.worker("w1", &join);
     let _w2 = c.worker("w2", &join);
     let dir = Dir::new();
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=s=640x360:r=30:d=8",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=d=8",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-c:a",
-        "aac",
-        &dir.s("clip.mp4"),
-    ]);
+    test_clip(&dir.s("clip.mp4"), "640x360", 8);
     std::fs::write(dir.path("corrupt.mp4"), vec![0x42u8; 100_000]).unwrap();
     let (hook_url, hooks) = webhook_receiver();
 
@@ -781,23 +765,7 @@ fn outputs_can_live_on_an_external_webdav_server() {
     let join = c.join_token(1);
     let _w = c.worker("w", &join);
     let dir = Dir::new();
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=s=640x360:r=30:d=4",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=d=4",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-c:a",
-        "aac",
-        &dir.s("clip.mp4"),
-    ]);
+    test_clip(&dir.s("clip.mp4"), "640x360", 4);
     let (status, job) = c.upload(&dir.s("clip.mp4"), &[]);
     assert_eq!(status, 201, "{job}");
     let id = job["id"].as_str().unwrap();

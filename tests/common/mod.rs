@@ -28,6 +28,13 @@ pub fn ffmpeg(args: &[&str]) {
     assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A test pattern with a tone: `size` (e.g. `640x360`) at 30 fps for `seconds`,
+/// H.264 and AAC in MP4, written to `path`.
+pub fn test_clip(path: &str, size: &str, seconds: u32) {
+    let (video, audio) = (format!("testsrc2=s={size}:r=30:d={seconds}"), format!("sine=d={seconds}"));
+    ffmpeg(&["-f", "lavfi", "-i", &video, "-f", "lavfi", "-i", &audio, "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", path]);
+}
+
 pub fn ffprobe(args: &[&str]) -> Value {
     let out = Command::new("ffprobe").args(["-v", "error", "-of", "json"]).args(args).output().expect("ffprobe is installed");
     assert!(out.status.success(), "ffprobe {args:?}: {}", String::from_utf8_lossy(&out.stderr));
