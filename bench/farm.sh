@@ -5,6 +5,8 @@
 # options read from the farm's own rendition.json files), MP4 + fMP4 HLS each.
 # The farm also makes thumbnails and a storyboard, which the CLI run does not.
 # Prints median wall times, their ratio, and the farm's orchestration overhead.
+# Farm and ffmpeg runs alternate after one untimed farm run (which also gives the
+# ffmpeg command its settings), so a noisy machine's drift hits both alike.
 # Usage: bench/farm.sh [RUNS=3] [SECONDS=20]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,15 +32,20 @@ token=$(awk '/admin token/ {print $NF}' "$work/up.log")
 sleep 1 # let both workers register
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-: > "$work/farm_times"; : > "$work/ff_times"; : > "$work/jobs"
-for i in $(seq "$runs"); do
+: > "$work/farm_times"; : > "$work/ff_times"; : > "$work/ratios"; : > "$work/jobs"
+farm_run() { # prints the wall time of one job through the farm
+  local start end
   start=$(date +%s.%N)
   "$drake" submit "$src" --coordinator "$url" --token "$token" --wait > "$work/submit.out"
   end=$(date +%s.%N)
-  echo "$end - $start" | bc >> "$work/farm_times"
   awk '/^job / {print $2}' "$work/submit.out" >> "$work/jobs"
-done
+  echo "$end - $start" | bc
+}
+
+# A first job, not timed, gives the farm's settings for the ffmpeg command line.
+farm_run > /dev/null
 job=$(head -1 "$work/jobs")
+: > "$work/jobs"
 
 # The same ladder in one ffmpeg process, decoding once, settings from the farm's reports.
 mapfile -t args < <(python3 - "$work/farm/storage/jobs/$job" "$work/ff" <<'PY'
@@ -54,7 +61,6 @@ graph += f";[0:a]asetpts=PTS-0/TB,aresample=48000:async=1:first_pts=0,asplit={n}
 args = ["-filter_complex", graph]
 for i, r in enumerate(reps):
     d = os.path.join(out, r["name"])
-    os.makedirs(d, exist_ok=True)
     args += ["-map", f"[v{i}]", "-map", f"[a{i}]", "-c:v", r["video"]["encoder"]]
     for k, v in r["video"]["encoder_options"].items():
         args += [f"-{k}:v", v]
@@ -64,24 +70,30 @@ for i, r in enumerate(reps):
 print("\n".join(args))
 PY
 )
-for i in $(seq "$runs"); do
-  rm -rf "$work/ff"; mkdir -p "$work/ff"
-  # (re-create the per-rendition dirs the helper made)
-  python3 - "$work/farm/storage/jobs/$job" "$work/ff" <<'PY'
-import os, sys
-for d in os.listdir(sys.argv[1]):
-    if os.path.exists(os.path.join(sys.argv[1], d, "rendition.json")):
-        os.makedirs(os.path.join(sys.argv[2], d), exist_ok=True)
-PY
+renditions=$(find "$work/farm/storage/jobs/$job" -name rendition.json -printf '%h\n' | xargs -n1 basename)
+ffmpeg_run() { # prints the wall time of the same ladder in one ffmpeg process
+  local start end
+  rm -rf "$work/ff"
+  for r in $renditions; do mkdir -p "$work/ff/$r"; done
   start=$(date +%s.%N)
   ffmpeg -hide_banner -loglevel error -y -i "$src" "${args[@]}"
   end=$(date +%s.%N)
-  echo "$end - $start" | bc >> "$work/ff_times"
+  echo "$end - $start" | bc
+}
+
+# Runs alternate (farm, ffmpeg, farm, ...), so the machine's drift hits both alike.
+for i in $(seq "$runs"); do
+  f=$(farm_run)
+  c=$(ffmpeg_run)
+  echo "$f" >> "$work/farm_times"
+  echo "$c" >> "$work/ff_times"
+  awk -v f="$f" -v c="$c" 'BEGIN { printf "%.4f\n", f/c }' >> "$work/ratios"
+  awk -v i="$i" -v f="$f" -v c="$c" 'BEGIN { printf "run %d: drake up %.2f s, ffmpeg %.2f s, ratio %.3f\n", i, f, c, f/c }' >&2
 done
 
-fm=$(median < "$work/farm_times"); ff=$(median < "$work/ff_times")
-echo "web ladder of a ${secs} s 1280x720 source, $runs runs, medians"
-awk -v f="$fm" -v c="$ff" 'BEGIN { printf "drake up (2 workers): %.2f s   ffmpeg (1 process, decode once): %.2f s   ratio %.3f\n", f, c, f/c }'
+fm=$(median < "$work/farm_times"); ff=$(median < "$work/ff_times"); rr=$(median < "$work/ratios")
+echo "web ladder of a ${secs} s 1280x720 source, $runs alternating runs, medians"
+awk -v f="$fm" -v c="$ff" -v r="$rr" 'BEGIN { printf "drake up (2 workers): %.2f s   ffmpeg (1 process, decode once): %.2f s   ratio %.3f (median of per-run ratios %.3f)\n", f, c, f/c, r }'
 
 # Orchestration overhead from the farm's own task timings (unix ms).
 for j in $(cat "$work/jobs"); do curl -s -H "Authorization: Bearer $token" "$url/api/v1/jobs/$j"; echo; done | python3 -c '

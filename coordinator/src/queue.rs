@@ -74,6 +74,19 @@ impl QueueConfig {
 
 pub use proto::wire::TaskKind;
 
+/// What one lease may carry besides its first task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bundling {
+    /// Most renditions in the lease, the first included.
+    pub max_renditions: usize,
+    /// Whether the worker can make a job's thumbnails while it transcodes.
+    pub thumbnails: bool,
+}
+
+impl Bundling {
+    pub const NONE: Bundling = Bundling { max_renditions: 1, thumbnails: false };
+}
+
 fn kind_str(k: TaskKind) -> &'static str {
     match k {
         TaskKind::Transcode => "transcode",
@@ -276,15 +289,19 @@ impl Queue {
     /// Grants the next runnable task to `worker`, or `None` when nothing is runnable.
     /// Order: job priority, then older jobs, then the task's place in its job.
     pub async fn lease(&self, worker: &str, encoders: &[String], now: i64) -> Result<Option<Lease>> {
-        Ok(self.lease_bundle(worker, encoders, now, 1).await?.into_iter().next())
+        Ok(self.lease_bundle(worker, encoders, now, Bundling::NONE).await?.into_iter().next())
     }
 
     /// Like [`Queue::lease`], but a transcode task may come with more queued
     /// renditions of its job (up to `max_tasks` in all), for one child process to
     /// encode from a single decode of the source. The job's remaining renditions
     /// are split evenly over the farm's free slots, so a lone worker takes them all
-    /// while a busy farm still spreads them. Each task keeps its own lease and epoch.
-    pub async fn lease_bundle(&self, worker: &str, encoders: &[String], now: i64, max_tasks: usize) -> Result<Vec<Lease>> {
+    /// while a busy farm still spreads them. The bundle that takes the job's last
+    /// queued rendition also takes its thumbnails task (if the worker can make them
+    /// from the same decode), so no worker decodes the source just for pictures.
+    /// Each task keeps its own lease and epoch.
+    pub async fn lease_bundle(&self, worker: &str, encoders: &[String], now: i64, bundling: Bundling) -> Result<Vec<Lease>> {
+        let max_tasks = bundling.max_renditions.max(1);
         // ",libx264,aac," so that instr() matches whole names only.
         let encoders = format!(",{},", encoders.join(","));
         let mut tx = self.write_tx().await?;
@@ -314,24 +331,31 @@ impl Queue {
             .await?;
             let share = (remaining.max(0) as u64 + 1).div_ceil(free.max(0) as u64 + 1) as usize;
             while leased.len() < share.min(max_tasks) {
-                match self.lease_one(&mut tx, worker, &encoders, now, Some(&job)).await? {
+                match self.lease_one(&mut tx, worker, &encoders, now, Some((&job, TaskKind::Transcode))).await? {
                     Some(l) => leased.push(l),
                     None => break,
                 }
+            }
+            let took_the_last = leased.len() as i64 == remaining + 1;
+            if bundling.thumbnails
+                && took_the_last
+                && let Some(l) = self.lease_one(&mut tx, worker, &encoders, now, Some((&job, TaskKind::Thumbnails))).await?
+            {
+                leased.push(l);
             }
         }
         tx.commit().await?;
         Ok(leased)
     }
 
-    /// Leases the next runnable task (of `job`'s transcode tasks only, if given).
+    /// Leases the next runnable task (of one job's tasks of one kind only, if given).
     async fn lease_one(
         &self,
         tx: &mut sqlx::SqliteConnection,
         worker: &str,
         encoders: &str,
         now: i64,
-        job: Option<&str>,
+        only: Option<(&str, TaskKind)>,
     ) -> Result<Option<Lease>> {
         let row = sqlx::query(
             "UPDATE tasks SET state = 'leased', worker_id = ?1, epoch = epoch + 1, attempts = attempts + 1, leased_at = ?2,
@@ -339,7 +363,7 @@ impl Queue {
              WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
                          WHERE t.state = 'queued' AND t.run_after <= ?2 AND t.cancel = 0
                            AND (t.requires IS NULL OR instr(?4, ',' || t.requires || ',') > 0)
-                           AND (?5 IS NULL OR (t.job_id = ?5 AND t.kind = 'transcode'))
+                           AND (?5 IS NULL OR (t.job_id = ?5 AND t.kind = ?6))
                          ORDER BY j.priority DESC, j.created_at, t.seq LIMIT 1)
              RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts",
         )
@@ -347,7 +371,8 @@ impl Queue {
         .bind(now)
         .bind(self.cfg.lease_ttl_ms)
         .bind(encoders)
-        .bind(job)
+        .bind(only.map(|o| o.0))
+        .bind(only.map(|o| kind_str(o.1)))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {

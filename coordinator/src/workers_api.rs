@@ -5,7 +5,7 @@
 use crate::api::{ApiError, AppState, allow, now_ms, parsed};
 use crate::auth::{self, Caller, Role};
 use crate::chores;
-use crate::queue::QueueError;
+use crate::queue::{Bundling, QueueError};
 use crate::storage;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -89,8 +89,8 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
         if req.free_slots > 0 && !draining && !req.draining {
             // Register interest before looking, so a task queued in between wakes us.
             let notified = st.work_ready.notified();
-            let max_tasks = (req.max_tasks as usize).clamp(1, MAX_BUNDLE);
-            let mut leased = st.queue.lease_bundle(&worker, &encoders, now, max_tasks).await?.into_iter().map(|l| {
+            let bundling = Bundling { max_renditions: (req.max_tasks as usize).clamp(1, MAX_BUNDLE), thumbnails: req.bundle_thumbnails };
+            let mut leased = st.queue.lease_bundle(&worker, &encoders, now, bundling).await?.into_iter().map(|l| {
                 st.emit("task", json!({"job_id": l.job_id, "task_id": l.task_id, "state": "leased", "worker": worker}));
                 TaskLease {
                     version: proto::WIRE_VERSION,

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use proto::exit;
 use proto::profile::Profile;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use worker::EngineError;
 
 #[derive(Parser)]
@@ -44,6 +44,14 @@ enum Command {
         /// Longest source accepted, in seconds.
         #[arg(long, default_value_t = 6.0 * 3600.0)]
         max_duration: f64,
+        /// Also write the poster, thumbnails and storyboard (as `drake thumbnails`
+        /// does) into DIR, from the same decode. They succeed or fail on their own:
+        /// a failure is reported on stderr and leaves no thumbnails.json.
+        #[arg(long, value_name = "DIR")]
+        thumbnails: Option<PathBuf>,
+        /// How many thumbnails `--thumbnails` makes.
+        #[arg(long, default_value_t = 4)]
+        thumbnails_count: usize,
     },
     /// Run the coordinator: durable queue, HTTP API and WebDAV storage.
     Coordinator {
@@ -165,7 +173,10 @@ fn run_engine(command: Command) -> i32 {
     let result = match command {
         Command::Probe { input } => worker::probe::probe(&input).map_err(Failure::Engine).and_then(|p| print_json(&p)),
         Command::Plan { input, profile } => plan(&input, &profile),
-        Command::Transcode { input, profile, rendition, out, max_duration } => transcode(&input, &profile, &rendition, &out, max_duration),
+        Command::Transcode { input, profile, rendition, out, max_duration, thumbnails, thumbnails_count } => {
+            let thumbnails = thumbnails.as_deref().map(|dir| (dir, thumbnails_count));
+            transcode(&input, &profile, &rendition, &out, max_duration, thumbnails)
+        }
         Command::Thumbnails { input, out, count } => worker::thumbnails::run(&input, &out, count).map_err(Failure::Engine).map(|_| ()),
         Command::Coordinator { .. } | Command::Worker { .. } | Command::Up { .. } | Command::Submit { .. } => {
             unreachable!("farm commands are dispatched in main")
@@ -205,7 +216,14 @@ fn plan(input: &str, profile: &str) -> Result<(), Failure> {
     print_json(&plan)
 }
 
-fn transcode(input: &str, profile: &str, renditions: &[String], outs: &[PathBuf], max_duration: f64) -> Result<(), Failure> {
+fn transcode(
+    input: &str,
+    profile: &str,
+    renditions: &[String],
+    outs: &[PathBuf],
+    max_duration: f64,
+    thumbnails: Option<(&Path, usize)>,
+) -> Result<(), Failure> {
     if renditions.len() != outs.len() {
         return Err(Failure::Engine(worker::error::EngineError::bad(format!(
             "{} --rendition but {} --out: give one --out per rendition",
@@ -219,6 +237,7 @@ fn transcode(input: &str, profile: &str, renditions: &[String], outs: &[PathBuf]
         profile: &profile,
         outputs: renditions.iter().map(String::as_str).zip(outs.iter().map(PathBuf::as_path)).collect(),
         limits: worker::transcode::Limits { max_duration },
+        thumbnails,
     };
     let stdout = std::io::stdout();
     let mut progress = |line: proto::report::ProgressLine| {
@@ -227,6 +246,9 @@ fn transcode(input: &str, profile: &str, renditions: &[String], outs: &[PathBuf]
         let _ = out.write_all(b"\n");
         let _ = out.flush();
     };
-    worker::transcode::run(&req, &mut progress).map_err(Failure::Engine)?;
+    let made = worker::transcode::run(&req, &mut progress).map_err(Failure::Engine)?;
+    if let Some(Err(e)) = made.thumbnails {
+        let _ = writeln!(std::io::stderr(), "drake: {}{e}", worker::thumbnails::NOT_MADE);
+    }
     Ok(())
 }

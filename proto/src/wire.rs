@@ -47,6 +47,11 @@ pub struct LeaseRequest {
     /// child encodes from a single decode). 1, the default, means one task.
     #[serde(default = "one")]
     pub max_tasks: u32,
+    /// Whether the worker's child can make a job's thumbnails from the decode of a
+    /// bundle (`drake transcode --thumbnails`); then a job's thumbnails task comes
+    /// with the lease that takes its last renditions.
+    #[serde(default)]
+    pub bundle_thumbnails: bool,
     /// The machine's 1-minute load average, for the dashboard.
     #[serde(default)]
     pub load: Option<f64>,

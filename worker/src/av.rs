@@ -165,3 +165,13 @@ pub fn start_seconds(ictx: &ff::format::context::Input) -> f64 {
     let start_time = unsafe { (*ictx.as_ptr()).start_time };
     if start_time != ffi::AV_NOPTS_VALUE { start_time as f64 / 1e6 } else { 0.0 }
 }
+
+/// Makes `dst` another reference to `src`'s picture (no copy), dropping what `dst` held.
+pub fn frame_ref(dst: &mut ff::frame::Video, src: &ff::frame::Video) -> std::result::Result<(), ff::Error> {
+    // SAFETY: both frames are valid; av_frame_ref needs an unreferenced destination.
+    let ret = unsafe {
+        ffi::av_frame_unref(dst.as_mut_ptr());
+        ffi::av_frame_ref(dst.as_mut_ptr(), src.as_ptr())
+    };
+    if ret < 0 { Err(ff::Error::from(ret)) } else { Ok(()) }
+}

@@ -1,13 +1,16 @@
 //! `drake worker`: a farm node. It registers with a join token, advertises what its
 //! libav can encode, leases up to `slots` tasks, and runs each as a child process
-//! (`drake transcode` or `drake thumbnails`) that dies with it. It relays progress
-//! as heartbeats, publishes outputs over WebDAV (PUT under a temporary name, verify
-//! size and sha256, MOVE into place) and reports the result.
+//! (`drake transcode` or `drake thumbnails`) that dies with it. A lease may bundle
+//! several renditions of one job, and its thumbnails, for one child that decodes
+//! the source once. It relays progress as heartbeats, publishes outputs over WebDAV
+//! (PUT under a temporary name, verify size and sha256, MOVE into place) and reports
+//! each task's result on its own.
 //!
 //! It keeps no durable state: its scratch space is emptied after every task, and
 //! losing the machine loses at most the leases it held.
 
 use crate::publish::{Dav, PublishError};
+use crate::thumbnails;
 use proto::report::{FileSum, ProgressLine};
 use proto::wire::{
     Capabilities, ChildTiming, Complete, Fail, Heartbeat, HeartbeatReply, LeaseRequest, RegisterRequest, RegisterResponse, TaskKind,
@@ -157,7 +160,10 @@ async fn register(http: &reqwest::Client, cfg: &NodeConfig) -> Result<RegisterRe
 
 /// How a task's child ended.
 enum Outcome {
-    Succeeded(ChildTiming),
+    Succeeded {
+        timing: ChildTiming,
+        log_tail: String,
+    },
     Failed {
         error: String,
         retryable: bool,
@@ -175,6 +181,7 @@ impl Node {
             wait_seconds: 20,
             draining: false,
             max_tasks: MAX_BUNDLE,
+            bundle_thumbnails: true,
             load: load_average(),
         };
         let resp = self
@@ -205,7 +212,15 @@ impl Node {
         let outcome = self.execute(&tasks, &dirs).await;
         for (lease, dir) in tasks.iter().zip(&dirs) {
             let result = match &outcome {
-                Outcome::Succeeded(timing) => match self.publish(lease, dir, timing.clone()).await {
+                // Thumbnails made alongside renditions fail on their own; their
+                // retry runs as a task of its own.
+                Outcome::Succeeded { log_tail, .. } if lease.kind == TaskKind::Thumbnails && !dir.join(thumbnails::REPORT).exists() => {
+                    let reason =
+                        log_tail.lines().rev().find_map(|l| l.strip_prefix("drake: ").and_then(|l| l.strip_prefix(thumbnails::NOT_MADE)));
+                    let error = format!("{}{}", thumbnails::NOT_MADE, reason.unwrap_or("the engine wrote no thumbnails.json"));
+                    self.post(lease, "fail", &Fail { epoch: lease.epoch, error, retryable: true, log_tail: log_tail.clone() }).await
+                }
+                Outcome::Succeeded { timing, .. } => match self.publish(lease, dir, timing.clone()).await {
                     Ok(complete) => self.post(lease, "complete", &complete).await,
                     // Storage trouble is infrastructure: another attempt may succeed.
                     Err(e) => {
@@ -261,7 +276,12 @@ impl Node {
             TaskKind::Transcode => {
                 cmd.arg("transcode").arg(&source).args(["--profile", &lease.profile]);
                 for (task, dir) in tasks.iter().zip(dirs) {
-                    cmd.args(["--rendition", task.rendition.as_deref().unwrap_or_default()]).arg("--out").arg(dir);
+                    match task.kind {
+                        TaskKind::Transcode => {
+                            cmd.args(["--rendition", task.rendition.as_deref().unwrap_or_default()]).arg("--out").arg(dir)
+                        }
+                        TaskKind::Thumbnails => cmd.arg("--thumbnails").arg(dir),
+                    };
                 }
             }
             TaskKind::Thumbnails => {
@@ -351,9 +371,10 @@ impl Node {
         let log_tail = stderr_task.await.unwrap_or_default();
         let last = log_tail.lines().last().unwrap_or_default().trim_start_matches("drake: ").to_string();
         match status {
-            Ok(s) if s.success() => {
-                Outcome::Succeeded(ChildTiming { child_started_at: Some(started_at), child_exited_at: Some(exited_at) })
-            }
+            Ok(s) if s.success() => Outcome::Succeeded {
+                timing: ChildTiming { child_started_at: Some(started_at), child_exited_at: Some(exited_at) },
+                log_tail,
+            },
             Ok(s) if s.code() == Some(proto::exit::BAD_INPUT) => Outcome::Failed { error: last, retryable: false, log_tail },
             Ok(s) => Outcome::Failed {
                 error: if last.is_empty() { format!("the engine exited with {s}") } else { last },

@@ -13,12 +13,16 @@ use ff::software::scaling;
 use ff::{Packet, Rational, Rescale, decoder, format, frame};
 use ffmpeg_next as ff;
 use image::{RgbImage, imageops};
+use proto::probe::VideoStream;
 use proto::report::{Image, Storyboard, ThumbnailsReport};
 use std::fmt::Write as _;
 use std::path::Path;
 
 pub const REPORT: &str = "thumbnails.json";
 pub const MAX_COUNT: usize = 100;
+/// How `drake transcode --thumbnails` starts the stderr line saying why the
+/// thumbnails were not made (the renditions were).
+pub const NOT_MADE: &str = "thumbnails not made: ";
 const TILE_BOX: u32 = 160;
 const THUMB_BOX: (u32, u32) = (640, 640);
 const POSTER_BOX: (u32, u32) = (1280, 1280);
@@ -39,112 +43,187 @@ pub fn tile_interval(duration: f64) -> f64 {
 }
 
 pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
-    if count == 0 || count > MAX_COUNT {
-        return Err(EngineError::bad(format!("--count must be 1..={MAX_COUNT}")));
-    }
     let ictx = av::open_input(input)?;
     let probe = crate::probe::describe(&ictx, input)?;
     let v = probe.main_video().cloned().ok_or_else(|| EngineError::bad("the source has no video to take thumbnails from"))?;
-    if v.display_width < 2 || v.display_height < 2 || v.display_width > 16384 || v.display_height > 16384 {
-        return Err(EngineError::bad(format!("the source picture is {}x{}", v.display_width, v.display_height)));
-    }
-    let duration = probe.duration.max(0.04);
-    let staging = Staging::new(out)?;
-    let mut walker = Walker::new(ictx, v.index, v.rotation)?;
-
-    // Thumbnail slots: candidates spread over each of `count` equal slices.
-    let slot = duration / count as f64;
-    let mut targets: Vec<(f64, Use)> = Vec::new();
-    for k in 0..count {
-        for j in 0..CANDIDATES {
-            targets.push((k as f64 * slot + (j as f64 + 0.5) * slot / CANDIDATES as f64, Use::Candidate(k)));
+    let mut collector = Collector::new(&v, probe.duration, count)?;
+    let mut walker = Walker::new(ictx, v.index)?;
+    while let Some(t) = collector.wants() {
+        match walker.frame_towards(t)? {
+            Some((time, f)) => collector.offer(time, f)?,
+            None => break,
         }
     }
-    let interval = tile_interval(duration);
-    let tiles = (duration / interval).ceil().max(1.0) as usize;
-    for i in 0..tiles {
-        targets.push((i as f64 * interval, Use::Tile(i)));
-    }
-    targets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    collector.finish(out)
+}
 
-    // One pass. A slot's candidates are consecutive in time, so each slot is decided
-    // as soon as the walk leaves it, holding at most one slot's candidates at once.
-    let (tw, th) = fit(v.display_width, v.display_height, TILE_BOX, TILE_BOX);
-    let mut slots = Slots::new(count);
-    let mut tile_images: Vec<Option<RgbImage>> = vec![None; tiles];
-    for (t, use_) in targets {
-        let Some((time, img)) = walker.frame_at(t, Some(POSTER_BOX.0))? else {
-            break;
-        };
-        match use_ {
-            Use::Candidate(k) => slots.offer(k, time, img),
-            Use::Tile(i) => tile_images[i] = Some(imageops::resize(&img, tw, th, imageops::FilterType::Triangle)),
+/// Makes the thumbnails and storyboard from decoded frames pushed to it in
+/// presentation order, by whichever decoder has them: the standalone walker above,
+/// or a transcode that decodes the source anyway (`drake transcode --thumbnails`).
+/// Each target time takes the first frame at or after it; targets past the last
+/// frame take the last frame.
+pub struct Collector {
+    /// Target times, sorted, and what each frame is for.
+    targets: Vec<(f64, Use)>,
+    next: usize,
+    duration: f64,
+    interval: f64,
+    tile_size: (u32, u32),
+    rgb: Rgb,
+    slots: Slots,
+    tile_images: Vec<Option<RgbImage>>,
+    /// A reference to the newest frame not yet used, for targets past the end.
+    last: Option<(f64, frame::Video)>,
+}
+
+impl Collector {
+    /// `duration` is the source's; `count` thumbnails are spread over it.
+    pub fn new(v: &VideoStream, duration: f64, count: usize) -> Result<Collector> {
+        if count == 0 || count > MAX_COUNT {
+            return Err(EngineError::bad(format!("--count must be 1..={MAX_COUNT}")));
         }
-    }
-    let picks = slots.finish();
-    if picks.is_empty() {
-        return Err(EngineError::bad("no decodable video frames in the source"));
-    }
-    let mut written = Vec::new();
-    let mut thumbs = Vec::new();
-    for (k, pick) in picks.iter().enumerate() {
-        let name = format!("thumb_{k:02}.jpg");
-        save_jpeg(&pick.thumb, &staging.path(&name), 85)?;
-        written.push(name.clone());
-        thumbs.push(Image { path: name, time: round3(pick.time), width: pick.thumb.width(), height: pick.thumb.height() });
-    }
-    let (poster_time, poster_img) = slots.poster.ok_or_else(|| EngineError::bad("no usable frame for a poster"))?;
-    save_jpeg(&poster_img, &staging.path("poster.jpg"), 90)?;
-    written.push("poster.jpg".into());
-    let poster = Image { path: "poster.jpg".into(), time: round3(poster_time), width: poster_img.width(), height: poster_img.height() };
-
-    // Storyboard: sheets of up to 10x10 tiles, and one VTT cue per tile.
-    let per_sheet = (SHEET_COLUMNS * SHEET_ROWS) as usize;
-    let mut last_tile: Option<RgbImage> = None;
-    let mut sheets = Vec::new();
-    let mut vtt = String::from("WEBVTT\n\n");
-    for (s, chunk) in tile_images.chunks(per_sheet).enumerate() {
-        let rows = (chunk.len() as u32).div_ceil(SHEET_COLUMNS);
-        let cols = SHEET_COLUMNS.min(chunk.len() as u32);
-        let mut sheet = RgbImage::new(cols * tw, rows * th);
-        let name = format!("storyboard_{s:02}.jpg");
-        for (i, tile) in chunk.iter().enumerate() {
-            // Past the last decodable frame (a short final GOP), repeat the last tile.
-            let tile = tile.clone().or_else(|| last_tile.clone()).unwrap_or_else(|| RgbImage::new(tw, th));
-            let (x, y) = ((i as u32 % SHEET_COLUMNS) * tw, (i as u32 / SHEET_COLUMNS) * th);
-            imageops::replace(&mut sheet, &tile, x as i64, y as i64);
-            let n = s * per_sheet + i;
-            let start = n as f64 * interval;
-            let end = ((n + 1) as f64 * interval).min(duration);
-            let _ = write!(vtt, "{} --> {}\n{name}#xywh={x},{y},{tw},{th}\n\n", vtt_time(start), vtt_time(end));
-            last_tile = Some(tile);
+        if v.display_width < 2 || v.display_height < 2 || v.display_width > 16384 || v.display_height > 16384 {
+            return Err(EngineError::bad(format!("the source picture is {}x{}", v.display_width, v.display_height)));
         }
-        save_jpeg(&sheet, &staging.path(&name), 80)?;
-        written.push(name.clone());
-        sheets.push(name);
-    }
-    std::fs::write(staging.path("storyboard.vtt"), vtt).ctx(|| "writing storyboard.vtt".into())?;
-    written.push("storyboard.vtt".into());
-
-    let report = ThumbnailsReport {
-        version: proto::WIRE_VERSION,
-        poster,
-        thumbnails: thumbs,
-        storyboard: Storyboard {
-            vtt: "storyboard.vtt".into(),
-            sheets,
+        let duration = duration.max(0.04);
+        // Thumbnail slots: candidates spread over each of `count` equal slices.
+        let slot = duration / count as f64;
+        let mut targets: Vec<(f64, Use)> = Vec::new();
+        for k in 0..count {
+            for j in 0..CANDIDATES {
+                targets.push((k as f64 * slot + (j as f64 + 0.5) * slot / CANDIDATES as f64, Use::Candidate(k)));
+            }
+        }
+        let interval = tile_interval(duration);
+        let tiles = (duration / interval).ceil().max(1.0) as usize;
+        for i in 0..tiles {
+            targets.push((i as f64 * interval, Use::Tile(i)));
+        }
+        targets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Ok(Collector {
+            targets,
+            next: 0,
+            duration,
             interval,
-            tile_width: tw,
-            tile_height: th,
-            columns: SHEET_COLUMNS,
-            rows: SHEET_ROWS,
-            tiles,
-        },
-        checksums: staging.checksums(&written)?,
-    };
-    files::write_json(&staging.path(REPORT), &report)?;
-    staging.commit(REPORT)?;
-    Ok(report)
+            tile_size: fit(v.display_width, v.display_height, TILE_BOX, TILE_BOX),
+            rgb: Rgb { rotation: v.rotation, max_side: POSTER_BOX.0, scaler: None },
+            slots: Slots::new(count),
+            tile_images: vec![None; tiles],
+            last: None,
+        })
+    }
+
+    /// The next target time still waiting for a frame, if any.
+    pub fn wants(&self) -> Option<f64> {
+        self.targets.get(self.next).map(|t| t.0)
+    }
+
+    /// Offers a decoded frame, `time` seconds from the source's start. A frame that
+    /// serves no target costs one reference, kept until the next frame.
+    pub fn offer(&mut self, time: f64, f: &frame::Video) -> Result<()> {
+        let Some(target) = self.wants() else { return Ok(()) };
+        if target > time + 1e-3 {
+            let kept = self.last.get_or_insert_with(|| (time, frame::Video::empty()));
+            kept.0 = time;
+            av::frame_ref(&mut kept.1, f).ctx(|| "keeping a decoded frame".into())?;
+            return Ok(());
+        }
+        self.last = None;
+        let img = self.rgb.convert(f)?;
+        while self.wants().is_some_and(|t| t <= time + 1e-3) {
+            self.take(time, &img);
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, time: f64, img: &RgbImage) {
+        let (tw, th) = self.tile_size;
+        match self.targets[self.next].1 {
+            Use::Candidate(k) => self.slots.offer(k, time, img.clone()),
+            Use::Tile(i) => self.tile_images[i] = Some(imageops::resize(img, tw, th, imageops::FilterType::Triangle)),
+        }
+        self.next += 1;
+    }
+
+    /// Gives targets past the last frame that frame, then writes the poster,
+    /// thumbnails, storyboard sheets, WebVTT and `thumbnails.json` into `out`.
+    pub fn finish(mut self, out: &Path) -> Result<ThumbnailsReport> {
+        if let Some((time, f)) = self.last.take()
+            && self.wants().is_some()
+        {
+            let img = self.rgb.convert(&f)?;
+            while self.wants().is_some() {
+                self.take(time, &img);
+            }
+        }
+        let picks = self.slots.finish();
+        if picks.is_empty() {
+            return Err(EngineError::bad("no decodable video frames in the source"));
+        }
+        let staging = Staging::new(out)?;
+        let mut written = Vec::new();
+        let mut thumbs = Vec::new();
+        for (k, pick) in picks.iter().enumerate() {
+            let name = format!("thumb_{k:02}.jpg");
+            save_jpeg(&pick.thumb, &staging.path(&name), 85)?;
+            written.push(name.clone());
+            thumbs.push(Image { path: name, time: round3(pick.time), width: pick.thumb.width(), height: pick.thumb.height() });
+        }
+        let (poster_time, poster_img) = self.slots.poster.take().ok_or_else(|| EngineError::bad("no usable frame for a poster"))?;
+        save_jpeg(&poster_img, &staging.path("poster.jpg"), 90)?;
+        written.push("poster.jpg".into());
+        let poster = Image { path: "poster.jpg".into(), time: round3(poster_time), width: poster_img.width(), height: poster_img.height() };
+
+        // Storyboard: sheets of up to 10x10 tiles, and one VTT cue per tile.
+        let (tw, th) = self.tile_size;
+        let (duration, interval, tiles) = (self.duration, self.interval, self.tile_images.len());
+        let per_sheet = (SHEET_COLUMNS * SHEET_ROWS) as usize;
+        let mut last_tile: Option<RgbImage> = None;
+        let mut sheets = Vec::new();
+        let mut vtt = String::from("WEBVTT\n\n");
+        for (s, chunk) in self.tile_images.chunks(per_sheet).enumerate() {
+            let rows = (chunk.len() as u32).div_ceil(SHEET_COLUMNS);
+            let cols = SHEET_COLUMNS.min(chunk.len() as u32);
+            let mut sheet = RgbImage::new(cols * tw, rows * th);
+            let name = format!("storyboard_{s:02}.jpg");
+            for (i, tile) in chunk.iter().enumerate() {
+                // Past the last decodable frame (a short final GOP), repeat the last tile.
+                let tile = tile.clone().or_else(|| last_tile.clone()).unwrap_or_else(|| RgbImage::new(tw, th));
+                let (x, y) = ((i as u32 % SHEET_COLUMNS) * tw, (i as u32 / SHEET_COLUMNS) * th);
+                imageops::replace(&mut sheet, &tile, x as i64, y as i64);
+                let n = s * per_sheet + i;
+                let start = n as f64 * interval;
+                let end = ((n + 1) as f64 * interval).min(duration);
+                let _ = write!(vtt, "{} --> {}\n{name}#xywh={x},{y},{tw},{th}\n\n", vtt_time(start), vtt_time(end));
+                last_tile = Some(tile);
+            }
+            save_jpeg(&sheet, &staging.path(&name), 80)?;
+            written.push(name.clone());
+            sheets.push(name);
+        }
+        std::fs::write(staging.path("storyboard.vtt"), vtt).ctx(|| "writing storyboard.vtt".into())?;
+        written.push("storyboard.vtt".into());
+
+        let report = ThumbnailsReport {
+            version: proto::WIRE_VERSION,
+            poster,
+            thumbnails: thumbs,
+            storyboard: Storyboard {
+                vtt: "storyboard.vtt".into(),
+                sheets,
+                interval,
+                tile_width: tw,
+                tile_height: th,
+                columns: SHEET_COLUMNS,
+                rows: SHEET_ROWS,
+                tiles,
+            },
+            checksums: staging.checksums(&written)?,
+        };
+        files::write_json(&staging.path(REPORT), &report)?;
+        staging.commit(REPORT)?;
+        Ok(report)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -307,103 +386,22 @@ impl Slots {
 
 type ScalerKey = (u32, u32, format::Pixel, u32, u32);
 
-/// Decodes the main video forward, seeking when the next target is far ahead.
-struct Walker {
-    ictx: format::context::Input,
-    index: usize,
-    tb: Rational,
-    start: f64,
+/// Converts decoded frames to upright RGB pictures at most `max_side` pixels on
+/// their long side (swscale does that first step cheaply; the image crate does the
+/// final resize to each output's size).
+struct Rgb {
     rotation: u32,
-    decoder: decoder::Video,
+    max_side: u32,
     /// The converter and what it converts: (source w, h, format, output w, h).
     scaler: Option<(scaling::Context, ScalerKey)>,
-    /// The most recent decoded frame and its time (seconds from the start).
-    current: Option<(f64, frame::Video)>,
-    eof: bool,
 }
 
-/// Seek instead of decoding forward when the target is this far ahead.
-const SEEK_AHEAD: f64 = 6.0;
-
-impl Walker {
-    fn new(ictx: format::context::Input, index: usize, rotation: u32) -> Result<Walker> {
-        let ist = ictx.stream(index).expect("probed stream");
-        let tb = ist.time_base();
-        let mut decoder = av::video_decoder(&ist)?;
-        // Frames nothing else refers to (most B-frames) are never decoded: any frame
-        // near a target serves, and it halves the decoding of typical uploads.
-        decoder.skip_frame(ff::Discard::NonReference);
-        let start = av::start_seconds(&ictx);
-        Ok(Walker { ictx, index, tb, start, rotation, decoder, scaler: None, current: None, eof: false })
-    }
-
-    /// The first frame at or after `t` (or the last frame, past the end), upright, in
-    /// RGB, at most `max_side` pixels on its long side (swscale does that first step
-    /// cheaply; the image crate does the final resize to the output size).
-    fn frame_at(&mut self, t: f64, max_side: Option<u32>) -> Result<Option<(f64, RgbImage)>> {
-        let ahead = self.current.as_ref().map_or(f64::INFINITY, |(ct, _)| t - ct);
-        if ahead > SEEK_AHEAD && !self.eof {
-            let ts = ((t + self.start) * 1e6) as i64;
-            if self.ictx.seek(ts, ..ts).is_ok() {
-                self.decoder.flush();
-                self.current = None;
-            }
-        }
-        while self.current.as_ref().is_none_or(|(ct, _)| *ct + 1e-3 < t) && !self.eof {
-            if !self.next_frame()? {
-                self.eof = true;
-            }
-        }
-        match self.current.take() {
-            Some((ct, f)) => {
-                let img = self.rgb_of(&f, max_side)?;
-                self.current = Some((ct, f));
-                Ok(Some((ct, img)))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// Decodes one more frame into `current`; false at the end of the stream.
-    fn next_frame(&mut self) -> Result<bool> {
-        let mut f = frame::Video::empty();
-        loop {
-            match self.decoder.receive_frame(&mut f) {
-                Ok(()) => {
-                    let Some(ts) = f.timestamp() else { continue };
-                    let t = ts.rescale(self.tb, Rational(1, 1_000_000)) as f64 / 1e6 - self.start;
-                    self.current = Some((t, f));
-                    return Ok(true);
-                }
-                Err(ff::Error::Eof) => return Ok(false),
-                Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => {}
-                Err(ff::Error::InvalidData) => continue,
-                Err(e) => return Err(EngineError::bad(format!("video decoding failed: {e}"))),
-            }
-            let mut pkt = Packet::empty();
-            match pkt.read(&mut self.ictx) {
-                Ok(()) if pkt.stream() == self.index => match self.decoder.send_packet(&pkt) {
-                    Ok(()) | Err(ff::Error::InvalidData) => {}
-                    Err(e) => return Err(EngineError::bad(format!("video decoding failed: {e}"))),
-                },
-                Ok(()) => {}
-                Err(ff::Error::Eof) => {
-                    let _ = self.decoder.send_eof();
-                }
-                Err(ff::Error::InvalidData) => {}
-                Err(e) => return Err(EngineError::bad(format!("the source cannot be read: {e}"))),
-            }
-        }
-    }
-
-    fn rgb_of(&mut self, f: &frame::Video, max_side: Option<u32>) -> Result<RgbImage> {
+impl Rgb {
+    fn convert(&mut self, f: &frame::Video) -> Result<RgbImage> {
         let sar = f.aspect_ratio();
         let dw = if sar.numerator() > 0 && sar.denominator() > 0 { (f.width() as f64 * f64::from(sar)).round() as u32 } else { f.width() };
         let (dw, dh) = (dw.clamp(2, 16384), f.height());
-        let (ow, oh) = match max_side {
-            Some(m) if dw.max(dh) > m => fit(dw, dh, m, m),
-            _ => (dw, dh),
-        };
+        let (ow, oh) = if dw.max(dh) > self.max_side { fit(dw, dh, self.max_side, self.max_side) } else { (dw, dh) };
         let key = (f.width(), f.height(), f.format(), ow, oh);
         if self.scaler.as_ref().is_none_or(|(_, k)| *k != key) {
             let s = scaling::Context::get(f.format(), f.width(), f.height(), format::Pixel::RGB24, ow, oh, scaling::Flags::BICUBIC)
@@ -424,6 +422,83 @@ impl Walker {
             270 => imageops::rotate270(&img),
             _ => img,
         })
+    }
+}
+
+/// Decodes the main video forward, seeking when the next target is far ahead.
+struct Walker {
+    ictx: format::context::Input,
+    index: usize,
+    tb: Rational,
+    start: f64,
+    decoder: decoder::Video,
+    frame: frame::Video,
+    /// Time of the most recent decoded frame (seconds from the start).
+    at: Option<f64>,
+    /// The target the walk is heading for; a seek is considered once per target.
+    heading: Option<f64>,
+    eof: bool,
+}
+
+/// Seek instead of decoding forward when the target is this far ahead.
+const SEEK_AHEAD: f64 = 6.0;
+
+impl Walker {
+    fn new(ictx: format::context::Input, index: usize) -> Result<Walker> {
+        let ist = ictx.stream(index).expect("probed stream");
+        let tb = ist.time_base();
+        let mut decoder = av::video_decoder(&ist)?;
+        // Frames nothing else refers to (most B-frames) are never decoded: any frame
+        // near a target serves, and it halves the decoding of typical uploads.
+        decoder.skip_frame(ff::Discard::NonReference);
+        let start = av::start_seconds(&ictx);
+        Ok(Walker { ictx, index, tb, start, decoder, frame: frame::Video::empty(), at: None, heading: None, eof: false })
+    }
+
+    /// The next decoded frame on the way to `t` (seeking first when `t` is far
+    /// ahead), or None at the end of the stream.
+    fn frame_towards(&mut self, t: f64) -> Result<Option<(f64, &frame::Video)>> {
+        if self.eof {
+            return Ok(None);
+        }
+        let new_target = self.heading != Some(t);
+        self.heading = Some(t);
+        if new_target && self.at.is_none_or(|at| t - at > SEEK_AHEAD) {
+            let ts = ((t + self.start) * 1e6) as i64;
+            if self.ictx.seek(ts, ..ts).is_ok() {
+                self.decoder.flush();
+            }
+        }
+        loop {
+            match self.decoder.receive_frame(&mut self.frame) {
+                Ok(()) => {
+                    let Some(ts) = self.frame.timestamp() else { continue };
+                    let at = ts.rescale(self.tb, Rational(1, 1_000_000)) as f64 / 1e6 - self.start;
+                    self.at = Some(at);
+                    return Ok(Some((at, &self.frame)));
+                }
+                Err(ff::Error::Eof) => {
+                    self.eof = true;
+                    return Ok(None);
+                }
+                Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => {}
+                Err(ff::Error::InvalidData) => continue,
+                Err(e) => return Err(EngineError::bad(format!("video decoding failed: {e}"))),
+            }
+            let mut pkt = Packet::empty();
+            match pkt.read(&mut self.ictx) {
+                Ok(()) if pkt.stream() == self.index => match self.decoder.send_packet(&pkt) {
+                    Ok(()) | Err(ff::Error::InvalidData) => {}
+                    Err(e) => return Err(EngineError::bad(format!("video decoding failed: {e}"))),
+                },
+                Ok(()) => {}
+                Err(ff::Error::Eof) => {
+                    let _ = self.decoder.send_eof();
+                }
+                Err(ff::Error::InvalidData) => {}
+                Err(e) => return Err(EngineError::bad(format!("the source cannot be read: {e}"))),
+            }
+        }
     }
 }
 

@@ -6,18 +6,23 @@
 //! Keyframes are forced by presentation time (every `gop_seconds`), never by frame
 //! count or scene cut, so every rendition of a job has IDRs at the same instants.
 //! Nothing is published until the outputs were probed back and matched the source.
+//!
+//! The same decode can also make the job's thumbnails and storyboard (`thumbnails`
+//! in the request): the farm bundles them with a job's last renditions, so the
+//! source is not decoded again just for pictures.
 
 use crate::av;
 use crate::error::{Context as _, EngineError, Result};
 use crate::files::{self, Staging};
 use crate::fmp4;
+use crate::thumbnails::Collector;
 use crate::verify;
 use ff::util::picture;
 use ff::{Dictionary, Packet, Rational, Rescale, codec, decoder, encoder, filter, format, frame};
 use ffmpeg_next as ff;
 use proto::plan::{PlannedAudio, PlannedRendition, PlannedVideo};
 use proto::profile::{Profile, VideoCodec};
-use proto::report::{AudioReport, KeyframeIndex, ProgressLine, RenditionReport, VideoReport};
+use proto::report::{AudioReport, KeyframeIndex, ProgressLine, RenditionReport, ThumbnailsReport, VideoReport};
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -42,6 +47,16 @@ pub struct Request<'a> {
     /// Each rendition to make, and the directory its outputs go to.
     pub outputs: Vec<(&'a str, &'a Path)>,
     pub limits: Limits,
+    /// Also make this many thumbnails, a poster and the storyboard from the same
+    /// decoded frames, into this directory.
+    pub thumbnails: Option<(&'a Path, usize)>,
+}
+
+/// What a transcode made. The thumbnails succeed or fail on their own: a picture
+/// that cannot be made does not cost the renditions.
+pub struct Made {
+    pub renditions: Vec<RenditionReport>,
+    pub thumbnails: Option<Result<ThumbnailsReport>>,
 }
 
 /// File names inside a rendition's output directory.
@@ -55,7 +70,7 @@ const FRAGMENTED: &str = "stream.fmp4";
 /// Most renditions one process encodes from a single decode.
 pub const MAX_OUTPUTS: usize = 8;
 
-pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Vec<RenditionReport>> {
+pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made> {
     if req.outputs.is_empty() || req.outputs.len() > MAX_OUTPUTS {
         return Err(EngineError::bad(format!("give 1 to {MAX_OUTPUTS} renditions, each with its --out directory")));
     }
@@ -97,6 +112,13 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Vec<
         (true, Some(v)) => Some(VideoPipe::new(&ictx, v.index, v.rotation, &renditions, start, &mut muxes)?),
         _ => None,
     };
+    let mut sheet = req.thumbnails.map(|(_, count)| match (&video, probe.main_video()) {
+        (Some(_), Some(v)) => Collector::new(v, probe.duration, count),
+        _ => Err(EngineError::bad("the source has no video to take thumbnails from")),
+    });
+    if let Some(v) = video.as_mut() {
+        v.sheet = sheet.take();
+    }
     let mut audio = match (renditions[0].audio.is_some(), probe.main_audio()) {
         (true, Some(a)) => Some(AudioPipe::new(&ictx, a.index, &renditions, start, &mut muxes)?),
         _ => None,
@@ -185,11 +207,15 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Vec<
         let a = audio.as_ref().map(|a| &a.outs[k]);
         reports.push(package(&stagings[k], r, &progressive_name(r), v, a, &muxes[k], decoded)?);
     }
-    progress(ProgressLine::Done { fraction: 1.0 });
     for staging in stagings {
         staging.commit(REPORT)?;
     }
-    Ok(reports)
+    let thumbnails = match (req.thumbnails, video.as_mut().and_then(|v| v.sheet.take()).or(sheet)) {
+        (Some((out, _)), Some(made)) => Some(made.and_then(|collector| collector.finish(out))),
+        _ => None,
+    };
+    progress(ProgressLine::Done { fraction: 1.0 });
+    Ok(Made { renditions: reports, thumbnails })
 }
 
 fn progressive_name(r: &PlannedRendition) -> String {
@@ -605,6 +631,8 @@ struct VideoPipe {
     /// Frames handed to the encoders (the same count for every rendition).
     frames: u64,
     outs: Vec<VideoOut>,
+    /// Thumbnails made from the same frames; an error here stops only them.
+    sheet: Option<Result<Collector>>,
 }
 
 /// One rendition's video: filters, encoder and keyframe schedule.
@@ -641,7 +669,7 @@ impl VideoPipe {
             let pv = r.video.as_ref().ok_or_else(|| EngineError::bad(format!("rendition {} has no video", r.name)))?;
             outs.push(VideoOut::new(pv, r, rotation, start, mux)?);
         }
-        Ok(VideoPipe { index, codec_id, decoder, flow: Flow::new(ist.time_base(), start), frames: 0, outs })
+        Ok(VideoPipe { index, codec_id, decoder, flow: Flow::new(ist.time_base(), start), frames: 0, outs, sheet: None })
     }
 }
 
@@ -740,6 +768,15 @@ impl Pipe for VideoPipe {
 
     fn empty_frame() -> frame::Video {
         frame::Video::empty()
+    }
+
+    fn decoded(&mut self, f: &frame::Video) {
+        if let (Some(Ok(sheet)), Some(ts)) = (&mut self.sheet, f.timestamp()) {
+            let time = ts as f64 * f64::from(self.flow.in_tb) - self.flow.start;
+            if let Err(e) = sheet.offer(time, f) {
+                self.sheet = Some(Err(e));
+            }
+        }
     }
 
     fn frame_duration(&self, f: &frame::Video) -> i64 {

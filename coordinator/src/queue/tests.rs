@@ -159,42 +159,53 @@ async fn tasks_go_only_to_workers_with_the_encoder() {
 async fn bundles_split_a_jobs_renditions_over_the_free_workers() {
     let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![] };
     let rungs = ["240p", "720p", "480p", "360p"];
-    let names = |ls: &[Lease]| ls.iter().map(|l| l.rendition.clone().unwrap()).collect::<Vec<_>>();
+    let names = |ls: &[Lease]| ls.iter().map(|l| l.rendition.clone().unwrap_or_else(|| "thumbnails".into())).collect::<Vec<_>>();
+    let up_to = |max_renditions| Bundling { max_renditions, thumbnails: true };
+    let with_thumbnails = |q: Queue| async move {
+        let new = NewJob { profile: "web".into(), source: "/dav/src".into(), callback_url: None, priority: 0, idempotency_key: None };
+        let (job, _) = q.create_job(&new, T0).await.unwrap();
+        let mut tasks: Vec<NewTask> =
+            rungs.iter().map(|r| NewTask { kind: TaskKind::Transcode, rendition: Some(r.to_string()), requires: None }).collect();
+        tasks.push(NewTask { kind: TaskKind::Thumbnails, rendition: None, requires: None });
+        q.add_tasks(&job.id, &tasks, T0).await.unwrap();
+        q
+    };
 
-    // Two idle workers: each takes half the ladder, lowest rung first.
-    let q = queue().await;
-    let new = NewJob { profile: "web".into(), source: "/dav/src".into(), callback_url: None, priority: 0, idempotency_key: None };
-    let (job, _) = q.create_job(&new, T0).await.unwrap();
-    let mut tasks: Vec<NewTask> =
-        rungs.iter().map(|r| NewTask { kind: TaskKind::Transcode, rendition: Some(r.to_string()), requires: None }).collect();
-    tasks.push(NewTask { kind: TaskKind::Thumbnails, rendition: None, requires: None });
-    q.add_tasks(&job.id, &tasks, T0).await.unwrap();
+    // Two idle workers: each takes half the ladder, lowest rung first; the bundle
+    // with the job's last renditions makes the thumbnails from its decode.
+    let q = with_thumbnails(queue().await).await;
     for w in ["w1", "w2"] {
         q.register_worker(w, w, 1, &caps, "0", T0).await.unwrap();
     }
-    let a = q.lease_bundle("w1", &[], T0, 4).await.unwrap();
+    let a = q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap();
     assert_eq!(names(&a), ["240p", "720p"]);
     assert_ne!(a[0].task_id, a[1].task_id);
-    let b = q.lease_bundle("w2", &[], T0, 4).await.unwrap();
-    assert_eq!(names(&b), ["480p", "360p"]);
-    // Thumbnails never ride along with renditions.
-    let c = q.lease_bundle("w1", &[], T0, 4).await.unwrap();
-    assert_eq!((c.len(), c[0].kind), (1, TaskKind::Thumbnails));
+    let b = q.lease_bundle("w2", &[], T0, up_to(4)).await.unwrap();
+    assert_eq!(names(&b), ["480p", "360p", "thumbnails"]);
+    assert_eq!(b[2].kind, TaskKind::Thumbnails);
+    assert!(q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap().is_empty());
     // Bundled leases are independent: one completes, its mate's lease lapses alone.
     q.complete(&a[0].task_id, "w1", a[0].epoch, &serde_json::json!({}), T0 + 1).await.unwrap();
     assert!(!q.heartbeat(&a[1].task_id, "w1", a[1].epoch, 0.5, T0 + 2).await.unwrap());
 
-    // One worker alone takes the whole ladder in one lease; a limit caps it.
-    let q = queue().await;
-    job_with(&q, &rungs).await;
+    // A worker that cannot make thumbnails in its transcode gets them on their own.
+    let q = with_thumbnails(queue().await).await;
+    q.register_worker("old", "old", 1, &caps, "0", T0).await.unwrap();
+    let old = Bundling { max_renditions: 4, thumbnails: false };
+    assert_eq!(names(&q.lease_bundle("old", &[], T0, old).await.unwrap()), rungs);
+    assert_eq!(names(&q.lease_bundle("old", &[], T0, old).await.unwrap()), ["thumbnails"]);
+
+    // One worker alone takes the whole ladder in one lease; a limit caps it, and the
+    // thumbnails come with the last renditions.
+    let q = with_thumbnails(queue().await).await;
     q.register_worker("solo", "solo", 1, &caps, "0", T0).await.unwrap();
-    assert_eq!(names(&q.lease_bundle("solo", &[], T0, 3).await.unwrap()), ["240p", "720p", "480p"]);
-    assert_eq!(names(&q.lease_bundle("solo", &[], T0, 3).await.unwrap()), ["360p"]);
+    assert_eq!(names(&q.lease_bundle("solo", &[], T0, up_to(3)).await.unwrap()), ["240p", "720p", "480p"]);
+    assert_eq!(names(&q.lease_bundle("solo", &[], T0, up_to(3)).await.unwrap()), ["360p", "thumbnails"]);
 
     // Workers whose heartbeats stopped are not counted as free.
     let q = queue().await;
     job_with(&q, &rungs).await;
     q.register_worker("gone", "gone", 1, &caps, "0", T0 - 60_000).await.unwrap();
     q.register_worker("here", "here", 1, &caps, "0", T0).await.unwrap();
-    assert_eq!(q.lease_bundle("here", &[], T0, 4).await.unwrap().len(), 4);
+    assert_eq!(q.lease_bundle("here", &[], T0, up_to(4)).await.unwrap().len(), 4);
 }
