@@ -569,8 +569,71 @@ fn thumbnails_skip_black_frames_and_the_storyboard_covers_the_video() {
         "ultrafast",
         &src,
     ]);
-    let out = dir.path("thumbs");
-    drake_ok(&["thumbnails", &src, "--out", out.to_str().unwrap(), "--count", "4"]);
+    // On their own, and from the decode of a transcode (as the farm bundles them).
+    let alone = dir.path("thumbs");
+    drake_ok(&["thumbnails", &src, "--out", alone.to_str().unwrap(), "--count", "4"]);
+    check_thumbnails(&alone);
+    let (bundled, rendition) = (dir.path("bundled"), dir.path("360p"));
+    let progress = drake_ok(&[
+        "transcode",
+        &src,
+        "--rendition",
+        "360p",
+        "--out",
+        rendition.to_str().unwrap(),
+        "--thumbnails",
+        bundled.to_str().unwrap(),
+        "--thumbnails-count",
+        "4",
+    ]);
+    assert!(progress.trim_end().ends_with(r#"{"type":"done","fraction":1.0}"#), "done comes last: {progress}");
+    assert!(rendition.join("rendition.json").exists());
+    check_thumbnails(&bundled);
+    let report = |dir: &Path| serde_json::from_slice::<Value>(&std::fs::read(dir.join("thumbnails.json")).unwrap()).unwrap();
+    let (a, b) = (report(&alone), report(&bundled));
+    assert_eq!(a["storyboard"], b["storyboard"], "the same storyboard layout");
+    for (x, y) in a["thumbnails"].as_array().unwrap().iter().zip(b["thumbnails"].as_array().unwrap()) {
+        // Each thumbnail is picked within the same quarter of the video.
+        assert_eq!((x["time"].as_f64().unwrap() / 2.5).floor(), (y["time"].as_f64().unwrap() / 2.5).floor(), "{x} vs {y}");
+        assert_eq!((&x["width"], &x["height"]), (&y["width"], &y["height"]));
+    }
+}
+
+#[test]
+fn thumbnails_that_fail_in_a_transcode_do_not_cost_its_renditions() {
+    let dir = Dir::new();
+    let src = dir.s("src.mp4");
+    test_clip(&src, "320x240", 3);
+    let song = dir.s("song.m4a");
+    ffmpeg(&["-f", "lavfi", "-i", "sine=f=440:d=3:sample_rate=44100", "-ac", "2", "-c:a", "aac", &song]);
+    for (input, rendition, extra, reason) in [
+        (src.as_str(), "240p", "0", "thumbnails not made: bad input: a thumbnail count of 0 is outside 1..=100"),
+        (song.as_str(), "audio", "4", "thumbnails not made: bad input: the source has no video to take thumbnails from"),
+    ] {
+        let (out, thumbs) = (dir.path(&format!("{rendition}-out")), dir.path(&format!("{rendition}-thumbs")));
+        let run = drake(&[
+            "transcode",
+            input,
+            "--rendition",
+            rendition,
+            "--out",
+            out.to_str().unwrap(),
+            "--thumbnails",
+            thumbs.to_str().unwrap(),
+            "--thumbnails-count",
+            extra,
+        ]);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{stderr}");
+        assert!(out.join("rendition.json").exists(), "the rendition is made");
+        assert!(!thumbs.join("thumbnails.json").exists(), "no thumbnails report");
+        assert!(stderr.contains(reason), "{stderr}");
+    }
+}
+
+/// A thumbnails directory: five pictures that are not black, and a storyboard of
+/// contiguous cues over the whole 10 s video, pointing into the sprite.
+fn check_thumbnails(out: &Path) {
     let report: Value = serde_json::from_slice(&std::fs::read(out.join("thumbnails.json")).unwrap()).unwrap();
     let mut images = vec![report["poster"]["path"].as_str().unwrap().to_string()];
     images.extend(report["thumbnails"].as_array().unwrap().iter().map(|t| t["path"].as_str().unwrap().to_string()));

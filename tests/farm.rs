@@ -339,6 +339,12 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
     assert_eq!(tasks.len(), 3, "240p, 360p, thumbnails");
     let workers: std::collections::BTreeSet<&str> = tasks.iter().map(|t| t["worker"].as_str().unwrap()).collect();
     assert_eq!(workers.len(), 2, "the renditions spread over both workers: {job}");
+    // The thumbnails came from the decode of the lease that took the last rendition:
+    // the same worker and the same child.
+    let child = |t: &Value| (t["worker"].clone(), t["timing"]["child_started_at"].clone());
+    let thumbnails = tasks.iter().find(|t| t["kind"] == "thumbnails").unwrap();
+    assert!(thumbnails["timing"]["child_started_at"].is_i64(), "{thumbnails}");
+    assert!(tasks.iter().any(|t| t["kind"] == "transcode" && child(t) == child(thumbnails)), "{job}");
 
     // The master playlist plays over HTTP.
     let master = job["outputs"]["master_playlist"].as_str().unwrap();

@@ -80,7 +80,7 @@ impl Collector {
     /// `duration` is the source's; `count` thumbnails are spread over it.
     pub fn new(v: &VideoStream, duration: f64, count: usize) -> Result<Collector> {
         if count == 0 || count > MAX_COUNT {
-            return Err(EngineError::bad(format!("--count must be 1..={MAX_COUNT}")));
+            return Err(EngineError::bad(format!("a thumbnail count of {count} is outside 1..={MAX_COUNT}")));
         }
         if v.display_width < 2 || v.display_height < 2 || v.display_width > 16384 || v.display_height > 16384 {
             return Err(EngineError::bad(format!("the source picture is {}x{}", v.display_width, v.display_height)));
