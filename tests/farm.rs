@@ -24,8 +24,15 @@ impl Coordinator {
 
     fn start_with(extra: &[&str]) -> Coordinator {
         let data = Dir::new();
+        let (child, url, admin) = Coordinator::spawn(&data, "127.0.0.1:0", extra, true);
+        Coordinator { child, url, admin, data }
+    }
+
+    /// Starts a coordinator on `data`; `fresh` says the data dir is new, so an admin
+    /// token is generated and printed.
+    fn spawn(data: &Dir, listen: &str, extra: &[&str], fresh: bool) -> (Child, String, String) {
         let mut child = Command::new(drake_bin())
-            .args(["coordinator", "--data", data.tmp.path().to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(["coordinator", "--data", data.tmp.path().to_str().unwrap(), "--listen", listen])
             .args(extra)
             .env_remove("DRAKE_ADMIN_TOKEN")
             .stdout(Stdio::piped())
@@ -33,14 +40,27 @@ impl Coordinator {
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let url = lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_string();
-        let admin = lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_string();
+        let second = lines.next().unwrap().unwrap();
         // Keep reading, so the coordinator never writes into a closed pipe.
         std::thread::spawn(move || for _ in lines {});
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-        assert!(admin.starts_with("drk_admin_"));
         let stored = std::fs::read_to_string(data.path("admin-token")).unwrap();
-        assert_eq!(stored, admin, "the generated admin token is kept in the data dir");
-        Coordinator { child, url, admin, data }
+        assert!(stored.starts_with("drk_admin_"));
+        // A token is printed when it was generated; a restart keeps the stored one.
+        assert_eq!(second.starts_with("admin token"), fresh, "{second}");
+        if fresh {
+            assert_eq!(second.rsplit(' ').next().unwrap(), stored, "the generated admin token is kept in the data dir");
+        }
+        (child, url, stored)
+    }
+
+    /// Kills the coordinator and starts it again on the same address and data.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, url, admin) = Coordinator::spawn(&self.data, self.url.trim_start_matches("http://"), &[], false);
+        self.child = child;
+        assert_eq!((url.as_str(), admin.as_str()), (self.url.as_str(), self.admin.as_str()));
     }
 
     /// (status, JSON body) of a request with the given token.
@@ -191,11 +211,16 @@ impl Coordinator {
     }
 
     fn worker(&self, name: &str, token: &str) -> Worker {
+        self.worker_with_stderr(name, token, Stdio::inherit())
+    }
+
+    fn worker_with_stderr(&self, name: &str, token: &str, stderr: Stdio) -> Worker {
         let scratch = self.data.path(&format!("scratch-{name}"));
         let child = Command::new(drake_bin())
             .args(["worker", "--coordinator", &self.url, "--name", name, "--slots", "1", "--scratch", scratch.to_str().unwrap()])
             .env("DRAKE_TOKEN", token)
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         Worker { child, name: name.to_string(), scratch }
@@ -833,4 +858,30 @@ fn a_coordinator_whose_output_is_closed_keeps_serving() {
     assert!(child.try_wait().unwrap().is_none(), "still running");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn a_worker_whose_stderr_closed_waits_out_a_coordinator_restart() {
+    let mut c = Coordinator::start();
+    let join = c.join_token(1);
+    let mut w = c.worker_with_stderr("w", &join, Stdio::piped());
+    drop(w.child.stderr.take()); // a log reader that went away: every line now hits a closed pipe
+    let registered = Instant::now();
+    while c.call("GET", "/api/v1/workers", Some(&c.admin), None).1["workers"].as_array().is_none_or(|ws| ws.is_empty()) {
+        assert!(registered.elapsed() < Duration::from_secs(10), "the worker registers");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The coordinator goes away mid long-poll: the worker logs each failed lease and backs off.
+    let _ = c.child.kill();
+    let _ = c.child.wait();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(w.child.try_wait().unwrap().is_none(), "the worker died logging into a closed pipe");
+    c.restart();
+    let dir = Dir::new();
+    test_clip(&dir.s("clip.mp4"), "320x240", 2);
+    let (status, job) = c.upload(&dir.s("clip.mp4"), &[]);
+    assert_eq!(status, 201, "{job}");
+    let job = c.wait_ended(job["id"].as_str().unwrap(), Duration::from_secs(120));
+    assert_eq!(job["state"], "succeeded", "the same worker carries on: {job}");
+    assert!(job["tasks"].as_array().unwrap().iter().all(|t| t["worker"].as_str().is_some()));
 }

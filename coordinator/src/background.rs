@@ -205,6 +205,6 @@ pub async fn run(st: AppState, pool: SqlitePool, shutdown: impl std::future::Fut
         })
         .await
     {
-        eprintln!("coordinator: background chores stopped: {e}");
+        proto::log!("coordinator: background chores stopped: {e}");
     }
 }

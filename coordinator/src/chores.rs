@@ -98,7 +98,7 @@ pub async fn after_task(st: &AppState, job: &str) {
     match j.state.as_str() {
         "finalizing" => {
             if let Err(e) = st.chores.finalize(&j.id).await {
-                eprintln!("coordinator: queueing finalize of job {}: {e}", j.id);
+                proto::log!("coordinator: queueing finalize of job {}: {e}", j.id);
             }
         }
         "failed" => {
@@ -238,7 +238,7 @@ pub async fn job_ended(st: &AppState, job: &Job) {
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = queued {
-        eprintln!("coordinator: queueing the webhook of job {}: {e}", job.id);
+        proto::log!("coordinator: queueing the webhook of job {}: {e}", job.id);
     }
 }
 
@@ -287,11 +287,11 @@ pub async fn resume_webhooks(st: &AppState) {
         Ok(owed) => {
             for (d, due) in owed {
                 if let Err(e) = st.chores.deliver_webhook(&d.id, d.attempts, Some(due)).await {
-                    eprintln!("coordinator: rescheduling webhook {}: {e}", d.id);
+                    proto::log!("coordinator: rescheduling webhook {}: {e}", d.id);
                 }
             }
         }
-        Err(e) => eprintln!("coordinator: listing owed webhooks: {e}"),
+        Err(e) => proto::log!("coordinator: listing owed webhooks: {e}"),
     }
 }
 
@@ -311,7 +311,7 @@ pub async fn reap(st: &AppState) {
             }
         }
         Ok(_) => {}
-        Err(e) => eprintln!("coordinator: lease reaper: {e}"),
+        Err(e) => proto::log!("coordinator: lease reaper: {e}"),
     }
 }
 

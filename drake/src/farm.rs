@@ -13,7 +13,7 @@ async fn shutdown_signal() {
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap_or_else(|e| {
-        eprintln!("drake: cannot start the async runtime: {e}");
+        proto::log!("drake: cannot start the async runtime: {e}");
         std::process::exit(exit::INTERNAL)
     })
 }
@@ -24,7 +24,7 @@ fn drake_exe() -> PathBuf {
 
 async fn bind(listen: &str) -> Result<tokio::net::TcpListener, i32> {
     tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        eprintln!("drake: cannot listen on {listen}: {e}");
+        proto::log!("drake: cannot listen on {listen}: {e}");
         exit::INTERNAL
     })
 }
@@ -60,7 +60,7 @@ pub fn coordinator(data: PathBuf, listen: &str, settings: FarmSettings) -> i32 {
         match coordinator::server::run(config(data, &settings), listener, shutdown_signal()).await {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("drake: coordinator: {e}");
+                proto::log!("drake: coordinator: {e}");
                 exit::INTERNAL
             }
         }
@@ -78,7 +78,7 @@ pub struct WorkerArgs {
 
 pub fn worker(args: WorkerArgs) -> i32 {
     if let Err(e) = worker::init() {
-        eprintln!("drake: {e}");
+        proto::log!("drake: {e}");
         return e.exit_code();
     }
     let name = args.name.unwrap_or_else(|| {
@@ -97,7 +97,7 @@ pub fn worker(args: WorkerArgs) -> i32 {
     match runtime().block_on(worker::node::run(cfg, shutdown_signal())) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("drake: worker: {e}");
+            proto::log!("drake: worker: {e}");
             exit::INTERNAL
         }
     }
@@ -113,14 +113,14 @@ pub fn up(data: PathBuf, listen: &str, workers: u32, settings: FarmSettings) -> 
         let addr = match listener.local_addr() {
             Ok(a) => a,
             Err(e) => {
-                eprintln!("drake: {e}");
+                proto::log!("drake: {e}");
                 return exit::INTERNAL;
             }
         };
         let prepared = match coordinator::server::prepare(config(data.clone(), &settings)).await {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("drake: coordinator: {e}");
+                proto::log!("drake: coordinator: {e}");
                 return exit::INTERNAL;
             }
         };
@@ -139,7 +139,7 @@ pub fn up(data: PathBuf, listen: &str, workers: u32, settings: FarmSettings) -> 
             .add_token(&join, coordinator::auth::Role::Join, None, Some(workers as i64), Some(now + 3_600_000), now)
             .await
         {
-            eprintln!("drake: minting a join token: {e}");
+            proto::log!("drake: minting a join token: {e}");
             return exit::INTERNAL;
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -164,11 +164,11 @@ pub fn up(data: PathBuf, listen: &str, workers: u32, settings: FarmSettings) -> 
             }
             match cmd.spawn() {
                 Ok(c) => children.push(c),
-                Err(e) => eprintln!("drake: starting local worker {i}: {e}"),
+                Err(e) => proto::log!("drake: starting local worker {i}: {e}"),
             }
         }
         shutdown_signal().await;
-        eprintln!("drake: stopping: workers finish their tasks first");
+        proto::log!("drake: stopping: workers finish their tasks first");
         for c in &children {
             if let Some(pid) = c.id() {
                 // SAFETY: plain signal to our own child.
@@ -203,14 +203,14 @@ fn submit_token(flag: Option<String>) -> Option<String> {
 
 pub fn submit(args: SubmitArgs) -> i32 {
     let Some(token) = submit_token(args.token.clone()) else {
-        eprintln!("drake: no token: pass --token, set DRAKE_TOKEN, or run from the directory of `drake up`");
+        proto::log!("drake: no token: pass --token, set DRAKE_TOKEN, or run from the directory of `drake up`");
         return 2;
     };
     runtime().block_on(async move {
         match submit_async(&args, &token).await {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("drake: submit: {e}");
+                proto::log!("drake: submit: {e}");
                 exit::INTERNAL
             }
         }
@@ -269,7 +269,7 @@ async fn submit_async(args: &SubmitArgs, token: &str) -> Result<i32, String> {
             Ok(0)
         }
         state => {
-            eprintln!("drake: job {id} {}: {}", state.unwrap_or("ended"), job["error"].as_str().unwrap_or("no reason given"));
+            proto::log!("drake: job {id} {}: {}", state.unwrap_or("ended"), job["error"].as_str().unwrap_or("no reason given"));
             Ok(1)
         }
     }

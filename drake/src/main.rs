@@ -199,7 +199,7 @@ fn fail(f: Failure) -> ! {
         Failure::Engine(e) => (e.to_string(), e.exit_code()),
         Failure::Profile(e) => (format!("profile error: {e}"), exit::BAD_INPUT),
     };
-    eprintln!("drake: {line}");
+    proto::log!("drake: {line}");
     std::process::exit(code);
 }
 

@@ -27,3 +27,14 @@ pub mod exit {
 /// child the `Authorization` header value for reading its `http(s)` source from
 /// storage. Only ever set for storage URLs, never for a job's own `source_url`.
 pub const HTTP_AUTHORIZATION_ENV: &str = "DRAKE_HTTP_AUTHORIZATION";
+
+/// `eprintln!` for processes that run for days: a write error (a closed pipe whose
+/// reader went away) is ignored instead of panicking, so a coordinator or worker
+/// never dies, or drops a lease, over a log line.
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}

@@ -87,7 +87,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         let node = node.clone();
         tokio::spawn(async move {
             shutdown.await;
-            eprintln!("drake worker: draining: finishing running tasks, taking no new ones");
+            proto::log!("drake worker: draining: finishing running tasks, taking no new ones");
             node.draining.store(true, Ordering::SeqCst);
             node.drain.notify_waiters();
         });
@@ -133,7 +133,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
                 // Backing off: grows with consecutive errors, so a coordinator restart is not hammered.
                 errors += 1;
                 let wait = Duration::from_millis(500 * 2u64.pow(errors.min(6)));
-                eprintln!("drake worker: leasing: {e}; retrying in {wait:?}");
+                proto::log!("drake worker: leasing: {e}; retrying in {wait:?}");
                 tokio::time::sleep(wait).await;
             }
         }
@@ -250,7 +250,7 @@ impl Node {
                 }
             };
             if let Err(e) = result {
-                eprintln!("drake worker: task {}: reporting: {e}", lease.task_id);
+                proto::log!("drake worker: task {}: reporting: {e}", lease.task_id);
             }
             // Cleanup runs on every path.
             let _ = tokio::fs::remove_dir_all(dir).await;
@@ -355,7 +355,7 @@ impl Node {
                         match self.heartbeat(task, p).await {
                             Ok(false) => {}
                             Ok(true) => { kill(pid); let _ = child.wait().await; return Outcome::Abandoned; }
-                            Err(e) => eprintln!("drake worker: heartbeat for {}: {e}", task.task_id),
+                            Err(e) => proto::log!("drake worker: heartbeat for {}: {e}", task.task_id),
                         }
                     }
                 }
