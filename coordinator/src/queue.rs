@@ -287,7 +287,9 @@ impl Queue {
     }
 
     /// Grants the next runnable task to `worker`, or `None` when nothing is runnable.
-    /// Order: job priority, then older jobs, then the task's place in its job.
+    /// Order: job priority; then the job due first (upload time plus media duration,
+    /// so a short clip is not stuck behind a long film uploaded just before it); then
+    /// the task's place in its job.
     pub async fn lease(&self, worker: &str, encoders: &[String], now: i64) -> Result<Option<Lease>> {
         Ok(self.lease_bundle(worker, encoders, now, Bundling::NONE).await?.into_iter().next())
     }
@@ -364,7 +366,7 @@ impl Queue {
                          WHERE t.state = 'queued' AND t.run_after <= ?2 AND t.cancel = 0
                            AND (t.requires IS NULL OR instr(?4, ',' || t.requires || ',') > 0)
                            AND (?5 IS NULL OR (t.job_id = ?5 AND t.kind = ?6))
-                         ORDER BY j.priority DESC, j.created_at, t.seq LIMIT 1)
+                         ORDER BY j.priority DESC, COALESCE(j.due_at, j.created_at), j.created_at, t.seq LIMIT 1)
              RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts",
         )
         .bind(worker)
@@ -575,9 +577,13 @@ impl Queue {
     }
 
     /// Records the source probe on the job.
+    /// Records a job's probe, and when the job is due: its upload time plus its media
+    /// duration (see [`Queue::lease`] for the order this gives).
     pub async fn set_probe(&self, id: &str, probe: &serde_json::Value, now: i64) -> Result<()> {
-        sqlx::query("UPDATE jobs SET probe = ?, updated_at = ? WHERE id = ?")
+        let media_ms = (probe["duration"].as_f64().unwrap_or(0.0).clamp(0.0, 1e9) * 1000.0) as i64;
+        sqlx::query("UPDATE jobs SET probe = ?, due_at = created_at + ?, updated_at = ? WHERE id = ?")
             .bind(probe.to_string())
+            .bind(media_ms)
             .bind(now)
             .bind(id)
             .execute(&self.pool)

@@ -209,3 +209,29 @@ async fn bundles_split_a_jobs_renditions_over_the_free_workers() {
     q.register_worker("here", "here", 1, &caps, "0", T0).await.unwrap();
     assert_eq!(q.lease_bundle("here", &[], T0, up_to(4)).await.unwrap().len(), 4);
 }
+
+#[tokio::test]
+async fn a_short_clip_is_not_queued_behind_a_long_film() {
+    let q = queue().await;
+    let job = |at: i64, seconds: f64, priority: i64| {
+        let q = &q;
+        async move {
+            let new = NewJob { profile: "web".into(), source: "s".into(), callback_url: None, priority, idempotency_key: None };
+            let (job, _) = q.create_job(&new, at).await.unwrap();
+            q.set_probe(&job.id, &serde_json::json!({"duration": seconds}), at).await.unwrap();
+            let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
+            q.add_tasks(&job.id, &tasks, at).await.unwrap();
+            job.id
+        }
+    };
+    let film = job(T0, 7200.0, 0).await; // two hours, due at T0 + 2 h
+    let clip = job(T0 + 60_000, 10.0, 0).await; // a minute later, due at T0 + 70 s
+    let late_clip = job(T0 + 7_300_000, 10.0, 0).await; // uploaded after the film was due
+    let urgent = job(T0 + 90_000, 600.0, 1).await; // priority still comes first
+    let now = T0 + 7_400_000;
+    let mut order = Vec::new();
+    while let Some(l) = q.lease("w", &[], now).await.unwrap() {
+        order.push(l.job_id);
+    }
+    assert_eq!(order, [urgent, clip, film, late_clip]);
+}
