@@ -388,6 +388,15 @@ fn every_dashboard_route_checks_the_session_and_csrf() {
     assert_eq!(http("POST", &u(&format!("/join-tokens/{digest}/revoke")), &[&cookie], Some(&format!("csrf={csrf}"))).0, 303);
     let (_, _, page) = http("GET", &u("/workers/add"), &[&cookie], None);
     assert!(!page.contains(digest) && page.contains("No usable join tokens"), "revoked");
+    // Behind a TLS-terminating proxy the command says https, and cookies are Secure.
+    let https = "X-Forwarded-Proto: https";
+    let (_, _, page) = http("POST", &u("/workers/add"), &[&cookie, https], Some(&form(&csrf)));
+    let host = farm.url.trim_start_matches("http://");
+    assert!(page.contains(&format!("drake worker --coordinator https://{host} --token drk_join_")));
+    let (_, head, _) = http("POST", &u("/login"), &[https], Some(&format!("token={}", farm.admin)));
+    assert!(head.lines().any(|l| l.starts_with("set-cookie: ") && l.contains("; secure")), "{head}");
+    let (_, head, _) = http("POST", &u("/login"), &[], Some(&format!("token={}", farm.admin)));
+    assert!(!head.contains("; secure"), "plain HTTP: {head}");
 
     // Files: no way out of the storage tree, and not into uploads.
     for path in ["/ui/files/../admin-token", "/ui/files/jobs/%2e%2e/%2e%2e/admin-token", "/ui/files/uploads/x", "/ui/files/jobs/.staging/x"]

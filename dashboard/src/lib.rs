@@ -3,7 +3,8 @@
 //! Assets are compiled into the binary; nothing loads from anywhere else.
 //!
 //! Sign-in: the admin token (a form) or a one-time login link printed at start,
-//! either of which sets an HttpOnly, SameSite=Strict session cookie (stored hashed).
+//! either of which sets an HttpOnly, SameSite=Strict session cookie (stored hashed;
+//! `Secure` when a TLS-terminating proxy says the browser used HTTPS).
 //! Every state-changing request is a POST carrying the session's CSRF token, and
 //! its `Origin`, when sent, must be this host.
 
@@ -152,15 +153,34 @@ struct LoginQuery {
     token: Option<String>,
 }
 
-async fn start_session(st: &AppState) -> Result<Response, Denied> {
+async fn start_session(st: &AppState, headers: &HeaderMap) -> Result<Response, Denied> {
     let (cookie, _) = st.queue.create_session(now_ms()).await.map_err(failed)?;
-    let set = format!("{COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", SESSION_TTL_MS / 1000);
+    let set = format!("{COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Strict{}; Max-Age={}", secure(headers), SESSION_TTL_MS / 1000);
     Ok(([(header::SET_COOKIE, set)], Redirect::to("/")).into_response())
 }
 
-async fn login_page(State(st): State<AppState>, Query(q): Query<LoginQuery>) -> Result<Response, Denied> {
+/// The scheme the browser used: `https` behind a TLS-terminating proxy that says so
+/// (`X-Forwarded-Proto` or `Forwarded: proto=`), else `http`.
+fn scheme(headers: &HeaderMap) -> &'static str {
+    let says_https = |name: &str, prefix: &str| {
+        headers.get(name).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+            v.split([',', ';'])
+                .next()
+                .is_some_and(|first| first.trim().strip_prefix(prefix).is_some_and(|p| p.eq_ignore_ascii_case("https")))
+        })
+    };
+    if says_https("x-forwarded-proto", "") || says_https("forwarded", "proto=") { "https" } else { "http" }
+}
+
+/// `; Secure` for cookies set over HTTPS. (A client that claims HTTPS over plain
+/// HTTP only gets a cookie its own browser will not send back.)
+fn secure(headers: &HeaderMap) -> &'static str {
+    if scheme(headers) == "https" { "; Secure" } else { "" }
+}
+
+async fn login_page(State(st): State<AppState>, headers: HeaderMap, Query(q): Query<LoginQuery>) -> Result<Response, Denied> {
     match q.token {
-        Some(t) if t.len() <= 128 && st.queue.use_login_link(&t, now_ms()).await.map_err(failed)? => start_session(&st).await,
+        Some(t) if t.len() <= 128 && st.queue.use_login_link(&t, now_ms()).await.map_err(failed)? => start_session(&st, &headers).await,
         Some(_) => Ok((
             StatusCode::UNAUTHORIZED,
             Html(pages::login(Some("This login link is invalid, used or expired. Sign in with the admin token."))),
@@ -175,10 +195,10 @@ struct LoginForm {
     token: String,
 }
 
-async fn login_form(State(st): State<AppState>, Form(f): Form<LoginForm>) -> Result<Response, Denied> {
+async fn login_form(State(st): State<AppState>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Result<Response, Denied> {
     let caller = if f.token.len() <= 256 { st.queue.authenticate(f.token.trim(), now_ms()).await.map_err(failed)? } else { None };
     match caller {
-        Some(c) if c.role == Role::Admin => start_session(&st).await,
+        Some(c) if c.role == Role::Admin => start_session(&st, &headers).await,
         _ => Ok((StatusCode::UNAUTHORIZED, Html(pages::login(Some("That is not an admin token.")))).into_response()),
     }
 }
@@ -188,7 +208,7 @@ async fn logout(State(st): State<AppState>, headers: HeaderMap, Form(f): Form<Cs
     if let Some(c) = cookie_value(&headers) {
         st.queue.end_session(c).await.map_err(failed)?;
     }
-    let clear = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    let clear = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict{}; Max-Age=0", secure(&headers));
     Ok(([(header::SET_COOKIE, clear)], Redirect::to("/login")).into_response())
 }
 
@@ -351,7 +371,7 @@ async fn create_join_token(State(st): State<AppState>, headers: HeaderMap, Form(
     };
     // The address this browser reached us at is one the new machine can likely reach too.
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("COORDINATOR:8600");
-    let command = format!("drake worker --coordinator http://{host} --token {token}");
+    let command = format!("drake worker --coordinator {}://{host} --token {token}", scheme(&headers));
     let body = add_worker_html(&st, &s.csrf, Some(&command)).await?;
     Ok(([(header::CACHE_CONTROL, "no-store")], Html(html::page("Add a worker", "/workers/add", &s.csrf, "", 0, &body))).into_response())
 }
