@@ -98,7 +98,7 @@ awk -v f="$fm" -v c="$ff" -v r="$rr" 'BEGIN { printf "drake up (2 workers): %.2f
 # Orchestration overhead from the farm's own task timings (unix ms).
 for j in $(cat "$work/jobs"); do curl -s -H "Authorization: Bearer $token" "$url/api/v1/jobs/$j"; echo; done | python3 -c '
 import json, statistics, sys
-lease_to_child, exit_to_done, first_queue_to_child = [], [], []
+lease_to_child, exit_to_done, first_queue_to_child, playable, done = [], [], [], [], []
 for line in sys.stdin:
     if not line.strip(): continue
     job = json.loads(line)
@@ -109,8 +109,12 @@ for line in sys.stdin:
         exit_to_done.append(tm["finished_at"] - tm["child_exited_at"])
     first = min(tasks, key=lambda t: t["timing"]["queued_at"])["timing"]
     first_queue_to_child.append(first["child_started_at"] - first["queued_at"])
+    ends = [t["timing"]["finished_at"] for t in tasks if t["kind"] == "transcode"]
+    playable.append(min(ends) - job["created_at"])
+    done.append(max(t["timing"]["finished_at"] for t in tasks) - job["created_at"])
 m = statistics.median
 print(f"queued -> child started (idle worker, first task of each job): median {m(first_queue_to_child):.0f} ms")
 print(f"leased -> child started (every task):                          median {m(lease_to_child):.0f} ms")
 print(f"child exited -> task succeeded (publish: PUT, read back, MOVE): median {m(exit_to_done):.0f} ms")
+print(f"job created -> first rendition playable: median {m(playable) / 1000:.2f} s; -> every task done: median {m(done) / 1000:.2f} s")
 '

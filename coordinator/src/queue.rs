@@ -298,10 +298,12 @@ impl Queue {
     /// renditions of its job (up to `max_tasks` in all), for one child process to
     /// encode from a single decode of the source. The job's remaining renditions
     /// are split evenly over the farm's free slots, so a lone worker takes them all
-    /// while a busy farm still spreads them. The bundle that takes the job's last
-    /// queued rendition also takes its thumbnails task (if the worker can make them
-    /// from the same decode), so no worker decodes the source just for pictures.
-    /// Each task keeps its own lease and epoch.
+    /// while a busy farm still spreads them. Until a job is playable, its lowest rung
+    /// goes alone: it takes a fraction of the ladder's time, and the job is playable
+    /// as soon as it is published. The bundle that takes the job's last queued
+    /// rendition also takes its thumbnails task (if the worker can make them from the
+    /// same decode), so no worker decodes the source just for pictures. Each task
+    /// keeps its own lease and epoch.
     pub async fn lease_bundle(&self, worker: &str, encoders: &[String], now: i64, bundling: Bundling) -> Result<Vec<Lease>> {
         let max_tasks = bundling.max_renditions.max(1);
         // ",libx264,aac," so that instr() matches whole names only.
@@ -331,7 +333,14 @@ impl Queue {
             .bind(now - self.cfg.lease_ttl_ms)
             .fetch_one(&mut *tx)
             .await?;
-            let share = (remaining.max(0) as u64 + 1).div_ceil(free.max(0) as u64 + 1) as usize;
+            let playable_early: bool = sqlx::query_scalar(
+                "SELECT t.seq = 0 AND NOT EXISTS (SELECT 1 FROM tasks s WHERE s.job_id = t.job_id AND s.kind = 'transcode' AND s.state = 'succeeded')
+                 FROM tasks t WHERE t.id = ?",
+            )
+            .bind(&leased[0].task_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let share = if playable_early { 1 } else { (remaining.max(0) as u64 + 1).div_ceil(free.max(0) as u64 + 1) as usize };
             while leased.len() < share.min(max_tasks) {
                 match self.lease_one(&mut tx, worker, &encoders, now, Some((&job, TaskKind::Transcode))).await? {
                     Some(l) => leased.push(l),

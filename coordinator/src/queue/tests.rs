@@ -171,43 +171,66 @@ async fn bundles_split_a_jobs_renditions_over_the_free_workers() {
         q
     };
 
-    // Two idle workers: each takes half the ladder, lowest rung first; the bundle
-    // with the job's last renditions makes the thumbnails from its decode.
+    // Three idle workers: the lowest rung goes alone, so the job is playable early;
+    // the rest are split over the other two, and the bundle with the job's last
+    // renditions makes the thumbnails from its decode.
+    let q = with_thumbnails(queue().await).await;
+    for w in ["w1", "w2", "w3"] {
+        q.register_worker(w, w, 1, &caps, "0", T0).await.unwrap();
+    }
+    assert_eq!(names(&q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap()), ["240p"]);
+    let b = q.lease_bundle("w2", &[], T0, up_to(4)).await.unwrap();
+    assert_eq!(names(&b), ["720p", "480p"]);
+    assert_ne!(b[0].task_id, b[1].task_id);
+    let c = q.lease_bundle("w3", &[], T0, up_to(4)).await.unwrap();
+    assert_eq!(names(&c), ["360p", "thumbnails"]);
+    assert_eq!(c[1].kind, TaskKind::Thumbnails);
+    assert!(q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap().is_empty());
+    // Bundled leases are independent: one completes, its mate's lease lapses alone.
+    q.complete(&b[0].task_id, "w2", b[0].epoch, &serde_json::json!({}), T0 + 1).await.unwrap();
+    assert!(!q.heartbeat(&b[1].task_id, "w2", b[1].epoch, 0.5, T0 + 2).await.unwrap());
+
+    // Two idle workers: the lowest rung alone, the rest of the ladder in one decode.
     let q = with_thumbnails(queue().await).await;
     for w in ["w1", "w2"] {
         q.register_worker(w, w, 1, &caps, "0", T0).await.unwrap();
     }
     let a = q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap();
-    assert_eq!(names(&a), ["240p", "720p"]);
-    assert_ne!(a[0].task_id, a[1].task_id);
-    let b = q.lease_bundle("w2", &[], T0, up_to(4)).await.unwrap();
-    assert_eq!(names(&b), ["480p", "360p", "thumbnails"]);
-    assert_eq!(b[2].kind, TaskKind::Thumbnails);
-    assert!(q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap().is_empty());
-    // Bundled leases are independent: one completes, its mate's lease lapses alone.
-    q.complete(&a[0].task_id, "w1", a[0].epoch, &serde_json::json!({}), T0 + 1).await.unwrap();
-    assert!(!q.heartbeat(&a[1].task_id, "w1", a[1].epoch, 0.5, T0 + 2).await.unwrap());
+    assert_eq!(names(&a), ["240p"]);
+    assert_eq!(names(&q.lease_bundle("w2", &[], T0, up_to(4)).await.unwrap()), ["720p", "480p", "360p", "thumbnails"]);
+    // Once a job is playable, its lowest rung bundles like any other (here, a retry).
+    let q = with_thumbnails(queue().await).await;
+    q.register_worker("w1", "w1", 1, &caps, "0", T0).await.unwrap();
+    let a = q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap();
+    let rest = q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap();
+    q.complete(&rest[0].task_id, "w1", rest[0].epoch, &serde_json::json!({}), T0 + 1).await.unwrap();
+    q.fail(&a[0].task_id, "w1", a[0].epoch, "disk full", true, "", T0 + 1).await.unwrap();
+    let retry = q.lease_bundle("w1", &[], T0 + 600_000, up_to(4)).await.unwrap();
+    assert_eq!(names(&retry), ["240p"], "{retry:?}");
 
     // A worker that cannot make thumbnails in its transcode gets them on their own.
     let q = with_thumbnails(queue().await).await;
     q.register_worker("old", "old", 1, &caps, "0", T0).await.unwrap();
     let old = Bundling { max_renditions: 4, thumbnails: false };
-    assert_eq!(names(&q.lease_bundle("old", &[], T0, old).await.unwrap()), rungs);
+    assert_eq!(names(&q.lease_bundle("old", &[], T0, old).await.unwrap()), ["240p"]);
+    assert_eq!(names(&q.lease_bundle("old", &[], T0, old).await.unwrap()), rungs[1..]);
     assert_eq!(names(&q.lease_bundle("old", &[], T0, old).await.unwrap()), ["thumbnails"]);
 
-    // One worker alone takes the whole ladder in one lease; a limit caps it, and the
-    // thumbnails come with the last renditions.
+    // One worker alone: the lowest rung, then the rest of the ladder in one lease; a
+    // limit caps it, and the thumbnails come with the last renditions.
     let q = with_thumbnails(queue().await).await;
     q.register_worker("solo", "solo", 1, &caps, "0", T0).await.unwrap();
-    assert_eq!(names(&q.lease_bundle("solo", &[], T0, up_to(3)).await.unwrap()), ["240p", "720p", "480p"]);
-    assert_eq!(names(&q.lease_bundle("solo", &[], T0, up_to(3)).await.unwrap()), ["360p", "thumbnails"]);
+    assert_eq!(names(&q.lease_bundle("solo", &[], T0, up_to(2)).await.unwrap()), ["240p"]);
+    assert_eq!(names(&q.lease_bundle("solo", &[], T0, up_to(2)).await.unwrap()), ["720p", "480p"]);
+    assert_eq!(names(&q.lease_bundle("solo", &[], T0, up_to(2)).await.unwrap()), ["360p", "thumbnails"]);
 
     // Workers whose heartbeats stopped are not counted as free.
     let q = queue().await;
     job_with(&q, &rungs).await;
     q.register_worker("gone", "gone", 1, &caps, "0", T0 - 60_000).await.unwrap();
     q.register_worker("here", "here", 1, &caps, "0", T0).await.unwrap();
-    assert_eq!(q.lease_bundle("here", &[], T0, up_to(4)).await.unwrap().len(), 4);
+    assert_eq!(q.lease_bundle("here", &[], T0, up_to(4)).await.unwrap().len(), 1, "the lowest rung");
+    assert_eq!(q.lease_bundle("here", &[], T0, up_to(4)).await.unwrap().len(), 3, "the rest in one lease");
 }
 
 #[tokio::test]
