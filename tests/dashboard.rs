@@ -19,7 +19,7 @@ struct Farm {
     admin: String,
     login_link: String,
     /// Holds the data dir until the farm is gone.
-    _data: Dir,
+    data: Dir,
 }
 
 impl Farm {
@@ -35,7 +35,7 @@ impl Farm {
             .current_dir(data.tmp.path())
             .env_remove("DRAKE_ADMIN_TOKEN")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(data.path("farm.log")).unwrap())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -54,7 +54,7 @@ impl Farm {
         // Keep draining stdout so the farm never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         assert!(login_link.starts_with(&format!("{url}/login?token=drk_login_")), "{login_link}");
-        Farm { child, url, admin, login_link, _data: data }
+        Farm { child, url, admin, login_link, data }
     }
 
     fn upload(&self, file: &str) -> String {
@@ -250,9 +250,17 @@ fn ops_watch_and_act_from_a_real_browser() {
         if list["workers"].as_array().unwrap().iter().any(|w| w["name"] == "local-0" && w["state"] == "draining") {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "the drain button did not drain: {list}");
+        if started.elapsed() > Duration::from_secs(20) {
+            b.screenshot("timeout-drain");
+            let page = b.js("return location.href + ' ' + document.readyState + ': ' + document.body.innerText.slice(0, 600);", json!([]));
+            let log = std::fs::read_to_string(farm.data.path("farm.log")).unwrap_or_default();
+            panic!("the drain button did not drain: {list}; page {page}; farm log:\n{log}");
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // ...the coordinator's log says who and when...
+    let log = std::fs::read_to_string(farm.data.path("farm.log")).unwrap();
+    assert!(log.lines().any(|l| l.ends_with(" draining") && l.contains(" worker ")), "{log}");
     // ...and the page shows it.
     b.wait_for(
         "the worker to show draining",

@@ -324,6 +324,7 @@ async fn retry_job(State(st): State<AppState>, caller: Caller, Path(id): Path<St
 /// Cancels a job and tells everyone (the API and the dashboard share this).
 pub async fn cancel(st: &AppState, id: &str) -> Result<crate::queue::Job, ApiError> {
     let job = st.queue.cancel_job(id, now_ms()).await?;
+    audit(&format!("job {id} canceled"));
     st.emit("job", json!({"job_id": id, "state": job.state}));
     chores::job_ended(st, &job).await;
     Ok(job)
@@ -332,6 +333,7 @@ pub async fn cancel(st: &AppState, id: &str) -> Result<crate::queue::Job, ApiErr
 /// Queues a failed or canceled job's unfinished tasks again.
 pub async fn retry(st: &AppState, id: &str) -> Result<crate::queue::Job, ApiError> {
     let job = st.queue.retry_job(id, now_ms()).await?;
+    audit(&format!("job {id} retried"));
     st.emit("job", json!({"job_id": id, "state": job.state}));
     if job.tasks.is_empty() {
         // It failed before planning (an unreadable source): probe it again.
@@ -350,7 +352,14 @@ pub async fn mint_join_token(st: &AppState, uses: i64, ttl_seconds: i64) -> Resu
     let now = now_ms();
     let expires_at = now + ttl_seconds * 1000;
     st.queue.add_token(&token, Role::Join, None, Some(uses), Some(expires_at), now).await?;
+    audit(&format!("join token {} created ({uses} uses, {ttl_seconds} s)", &auth::digest(&token)[..12]));
     Ok((token, expires_at))
+}
+
+/// One line on the coordinator's log for an operator's action, with the time.
+pub fn audit(what: &str) {
+    let now = now_ms();
+    proto::log!("{}.{:03}Z {what}", proto::time::rfc3339(now / 1000).trim_end_matches('Z'), now % 1000);
 }
 
 /// `GET /api/v1/events`: server-sent events for every job and task change.

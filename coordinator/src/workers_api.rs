@@ -2,7 +2,7 @@
 //! completion and failure; plus the admin's view and control of workers.
 //! A worker credential can call these routes (and `/dav/`) and nothing else.
 
-use crate::api::{ApiError, AppState, allow, now_ms, parsed};
+use crate::api::{ApiError, AppState, allow, audit, now_ms, parsed};
 use crate::auth::{self, Caller, Role};
 use crate::chores;
 use crate::queue::{Bundling, QueueError};
@@ -227,6 +227,7 @@ async fn remove_route(State(st): State<AppState>, caller: Caller, Path(id): Path
 /// Drains a worker (it finishes what it runs, takes nothing new) or resumes it.
 pub async fn set_draining(st: &AppState, id: &str, draining: bool) -> Result<(), ApiError> {
     st.queue.set_draining(id, draining).await?;
+    audit(&format!("worker {id} {}", if draining { "draining" } else { "resumed" }));
     st.emit("worker", json!({"worker_id": id, "state": if draining { "draining" } else { "idle" }}));
     Ok(())
 }
@@ -234,6 +235,7 @@ pub async fn set_draining(st: &AppState, id: &str, draining: bool) -> Result<(),
 /// Removes a worker: its credential is revoked and its leases lapse at once.
 pub async fn remove(st: &AppState, id: &str) -> Result<(), ApiError> {
     st.queue.remove_worker(id).await?;
+    audit(&format!("worker {id} removed"));
     st.emit("worker", json!({"worker_id": id, "state": "removed"}));
     Ok(())
 }

@@ -46,9 +46,14 @@
 
   // Never swap the page under a click: a button replaced between mousedown and
   // mouseup gets no click, and a form removed before it submits never submits.
+  // Nor while the pointer is on a control: a row that changes height moves the
+  // buttons below it away from the pointer just before the press.
   let holdUntil = 0;
   let leaving = false;
   document.addEventListener("pointerdown", function () { holdUntil = Date.now() + 1500; }, true);
+  document.addEventListener("pointermove", function (e) {
+    if (e.target instanceof Element && e.target.closest("button, a, select, input, label")) holdUntil = Date.now() + 1500;
+  }, true);
   document.addEventListener("submit", function () { leaving = true; }, true);
   window.addEventListener("pagehide", function () { leaving = true; });
   function held() { return leaving || Date.now() < holdUntil; }

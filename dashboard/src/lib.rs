@@ -384,6 +384,7 @@ async fn revoke_join_token(
 ) -> Result<Response, Denied> {
     checked_post(&st, &headers, &f.csrf).await?;
     st.queue.revoke_join_token(&digest).await.map_err(failed)?;
+    coordinator::api::audit(&format!("join token {} revoked", digest.get(..12).unwrap_or_default()));
     Ok(Redirect::to("/workers/add").into_response())
 }
 
