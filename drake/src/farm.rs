@@ -275,7 +275,9 @@ async fn submit_async(args: &SubmitArgs, token: &str) -> Result<i32, String> {
     }
 }
 
-/// Shows one progress bar per task until the job ends; returns the final job.
+/// Shows one progress bar per task until the job ends; returns the final job. The
+/// job is fetched again whenever the coordinator's event stream mentions it (so the
+/// end is seen at once), and every 2 s in case the stream is unavailable.
 async fn watch(http: &reqwest::Client, base: &str, token: &str, id: &str) -> Result<serde_json::Value, String> {
     use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
     let bars = MultiProgress::new();
@@ -283,7 +285,10 @@ async fn watch(http: &reqwest::Client, base: &str, token: &str, id: &str) -> Res
         .map_err(|e| e.to_string())?
         .progress_chars("=> ");
     let mut by_task: std::collections::HashMap<String, ProgressBar> = Default::default();
-    loop {
+    let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let events =
+        tokio::spawn(follow_events(http.clone(), format!("{base}/api/v1/events"), token.to_string(), id.to_string(), changed.clone()));
+    let result = loop {
         let resp = http.get(format!("{base}/api/v1/jobs/{id}")).bearer_auth(token).send().await.map_err(|e| e.to_string())?;
         let job: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
         for t in job["tasks"].as_array().into_iter().flatten() {
@@ -299,8 +304,34 @@ async fn watch(http: &reqwest::Client, base: &str, token: &str, id: &str) -> Res
             for b in by_task.values() {
                 b.finish();
             }
-            return Ok(job);
+            break Ok(job);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), changed.notified()).await;
+    };
+    events.abort();
+    result
+}
+
+/// Follows `/api/v1/events` and wakes `changed` on each event about job `id`.
+/// Gives up quietly if the stream cannot be had; the caller also polls.
+async fn follow_events(http: reqwest::Client, url: String, token: String, id: String, changed: std::sync::Arc<tokio::sync::Notify>) {
+    let Ok(mut resp) = http.get(url).bearer_auth(token).send().await else { return };
+    if !resp.status().is_success() {
+        return;
+    }
+    let needle = format!("\"job_id\":\"{id}\"");
+    let mut pending = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        pending.extend_from_slice(&chunk);
+        // Events end at a blank line; look at complete ones only, and keep the buffer bounded.
+        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = pending.drain(..end + 2).collect();
+            if String::from_utf8_lossy(&event).contains(&needle) {
+                changed.notify_one();
+            }
+        }
+        if pending.len() > 1 << 20 {
+            pending.clear();
+        }
     }
 }
