@@ -547,3 +547,49 @@ async fn seed(db: &std::path::Path) -> String {
         .unwrap();
     first
 }
+
+/// The API's view of a worker's state.
+fn worker_state(farm: &Farm, name: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sf", "-H", &format!("Authorization: Bearer {}", farm.admin), &format!("{}/api/v1/workers", farm.url)])
+        .output()
+        .unwrap();
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    list["workers"].as_array().unwrap().iter().find(|w| w["name"] == name).map_or(String::new(), |w| w["state"].as_str().unwrap().into())
+}
+
+#[test]
+fn many_tabs_share_one_event_stream_and_stay_live() {
+    // Browsers allow six HTTP/1.1 connections per host; a stream per tab froze the
+    // seventh tab (it never loaded) and any action in it.
+    let farm = Farm::up(1);
+    let b = Browser::start();
+    b.goto(&farm.login_link);
+    b.wait_for("the overview", "return document.title.startsWith('Overview');", json!([]), Duration::from_secs(10));
+    let mut tabs = Vec::new();
+    for n in 0..8 {
+        tabs.push(b.new_tab());
+        b.goto(&format!("{}/workers", farm.url));
+        b.wait_for(
+            &format!("tab {n} to be live"),
+            "return document.body.dataset.live === 'connected';",
+            json!([]),
+            Duration::from_secs(10),
+        );
+    }
+    b.screenshot("11-eighth-tab-live");
+    let started = Instant::now();
+    b.click("tr[data-name=\"local-0\"] form[action$='/drain'] button");
+    while worker_state(&farm, "local-0") != "draining" {
+        assert!(started.elapsed() < Duration::from_secs(10), "the drain from the eighth tab did not arrive");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The first tab hears of it through the shared stream, without a reload.
+    b.switch_to(&tabs[0]);
+    b.wait_for(
+        "the first tab to show draining",
+        "const p = document.querySelector('tr[data-name=\"local-0\"] [data-worker-state]'); return p && p.textContent === 'draining';",
+        json!([]),
+        Duration::from_secs(10),
+    );
+}

@@ -55,7 +55,6 @@
     if (e.target instanceof Element && e.target.closest("button, a, select, input, label")) holdUntil = Date.now() + 1500;
   }, true);
   document.addEventListener("submit", function () { leaving = true; }, true);
-  window.addEventListener("pagehide", function () { leaving = true; });
   function held() { return leaving || Date.now() < holdUntil; }
 
   let timer = null;
@@ -90,17 +89,50 @@
     }, 700);
   }
 
-  const events = new EventSource("/ui/events");
-  events.onmessage = function (m) {
+  function onEvent(data) {
     let ev;
-    try { ev = JSON.parse(m.data); } catch (e) { return; }
+    try { ev = JSON.parse(data); } catch (e) { return; }
     if (ev.type === "task" && ev.task_id && typeof ev.progress === "number") {
       setBar(ev.task_id, ev.progress, ev.state === "running" ? "running" : null);
     }
     if (ev.type !== "task" || ev.state !== "running") refresh();
-  };
-  events.onopen = function () { document.body.dataset.live = "connected"; };
-  events.onerror = function () { document.body.dataset.live = "reconnecting"; };
+  }
+  function onStatus(status) { document.body.dataset.live = status; }
+
+  // Events come from one stream shared by all of this browser's tabs (events.js);
+  // a browser without SharedWorker gets a stream of its own.
+  let port = null;
+  let own = null;
+  function connect() {
+    if (typeof SharedWorker === "function") {
+      try {
+        port = new SharedWorker("/ui/events.js", { name: "drake-events" }).port;
+        port.onmessage = function (m) {
+          if (m.data.status) onStatus(m.data.status);
+          if (m.data.data) onEvent(m.data.data);
+        };
+        port.start();
+        return;
+      } catch (e) { port = null; }
+    }
+    own = new EventSource("/ui/events");
+    own.onmessage = function (m) { onEvent(m.data); };
+    own.onopen = function () { onStatus("connected"); };
+    own.onerror = function () { onStatus("reconnecting"); };
+  }
+  function disconnect() {
+    if (port) { port.postMessage("close"); port.close(); port = null; }
+    if (own) { own.close(); own = null; }
+  }
+  window.addEventListener("pagehide", function () { leaving = true; disconnect(); });
+  window.addEventListener("pageshow", function (e) {
+    if (!e.persisted) return;
+    // Back from the back-forward cache: live again, and catch up.
+    leaving = false;
+    connect();
+    refresh();
+  });
+  connect();
 
   const every = Number(main.dataset.refreshMs || 0);
   if (every > 0) setInterval(refresh, every);

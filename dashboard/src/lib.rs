@@ -25,6 +25,7 @@ use std::fmt::Write as _;
 
 const COOKIE: &str = "drake_session";
 const APP_JS: &str = include_str!("../assets/app.js");
+const EVENTS_JS: &str = include_str!("../assets/events.js");
 const APP_CSS: &str = include_str!("../assets/app.css");
 /// Pages without events of their own (workers' heartbeats) refresh this often.
 const WORKERS_REFRESH_MS: u32 = 3000;
@@ -43,6 +44,7 @@ pub fn router(st: AppState) -> Router {
         .route("/logout", post(logout))
         .route("/metrics", get(metrics))
         .route("/ui/app.js", get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }))
+        .route("/ui/events.js", get(|| async { asset(EVENTS_JS, "text/javascript; charset=utf-8") }))
         .route("/ui/app.css", get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }))
         .route("/ui/events", get(events))
         .route("/ui/fragment/overview", get(overview_fragment))

@@ -32,7 +32,8 @@ impl Browser {
             assert!(started.elapsed() < Duration::from_secs(20), "chromedriver did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+        // A page that does not load within 20 s fails the test (the default waits 300 s).
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "timeouts": {"pageLoad": 20_000}, "goog:chromeOptions": {
             "binary": "/usr/bin/chromium",
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                      "--disable-dev-shm-usage", "--window-size=1400,1000", "--autoplay-policy=no-user-gesture-required"]
@@ -64,6 +65,18 @@ impl Browser {
 
     pub fn goto(&self, url: &str) {
         self.call("POST", &self.s("/url"), json!({"url": url}));
+    }
+
+    /// Opens a new tab, switches to it, and returns its handle.
+    pub fn new_tab(&self) -> String {
+        let v = self.call("POST", &self.s("/window/new"), json!({"type": "tab"}));
+        let handle = v["handle"].as_str().expect("a window handle").to_string();
+        self.switch_to(&handle);
+        handle
+    }
+
+    pub fn switch_to(&self, handle: &str) {
+        self.call("POST", &self.s("/window"), json!({"handle": handle}));
     }
 
     pub fn url(&self) -> String {
