@@ -12,10 +12,17 @@ function broadcast(message) {
 }
 
 function open() {
-  source = new EventSource("/ui/events");
-  source.onopen = function () { status = "connected"; broadcast({ status: status }); };
-  source.onerror = function () { status = "reconnecting"; broadcast({ status: status }); };
-  source.onmessage = function (m) { broadcast({ data: m.data }); };
+  const s = new EventSource("/ui/events");
+  source = s;
+  s.onopen = function () { if (s === source) { status = "connected"; broadcast({ status: status }); } };
+  s.onerror = function () {
+    if (s !== source) return;
+    // EventSource retries by itself unless the server refused it (say, an expired
+    // session); then the next page that connects opens a new stream.
+    status = s.readyState === EventSource.CLOSED ? "closed" : "reconnecting";
+    broadcast({ status: status });
+  };
+  s.onmessage = function (m) { if (s === source) broadcast({ data: m.data }); };
 }
 
 self.onconnect = function (e) {
@@ -28,6 +35,6 @@ self.onconnect = function (e) {
     if (ports.size === 0 && source) { source.close(); source = null; status = "connecting"; }
   };
   port.start();
-  if (!source) open();
+  if (!source || source.readyState === EventSource.CLOSED) open();
   port.postMessage({ status: status });
 };
