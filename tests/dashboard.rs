@@ -242,19 +242,15 @@ fn ops_watch_and_act_from_a_real_browser() {
     // The drain took effect (the API says so)...
     let started = Instant::now();
     loop {
-        let out = Command::new("curl")
-            .args(["-sf", "-H", &format!("Authorization: Bearer {}", farm.admin), &format!("{}/api/v1/workers", farm.url)])
-            .output()
-            .unwrap();
-        let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-        if list["workers"].as_array().unwrap().iter().any(|w| w["name"] == "local-0" && w["state"] == "draining") {
+        let state = worker_state(&farm, "local-0");
+        if state == "draining" {
             break;
         }
         if started.elapsed() > Duration::from_secs(20) {
             b.screenshot("timeout-drain");
             let page = b.js("return location.href + ' ' + document.readyState + ': ' + document.body.innerText.slice(0, 600);", json!([]));
             let log = std::fs::read_to_string(farm.data.path("farm.log")).unwrap_or_default();
-            panic!("the drain button did not drain: {list}; page {page}; farm log:\n{log}");
+            panic!("the drain button did not drain: the API says {state}; page {page}; farm log:\n{log}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
