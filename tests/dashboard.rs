@@ -491,7 +491,7 @@ fn pages_stay_fast_with_a_thousand_jobs_and_fifty_workers() {
 async fn seed(db: &std::path::Path) -> String {
     use coordinator::queue::{NewJob, NewTask, Queue, QueueConfig, TaskKind};
     let q = Queue::open(db, QueueConfig::default()).await.unwrap();
-    let now = coordinator::api::now_ms();
+    let now = coordinator::state::now_ms();
     let caps = proto::wire::Capabilities { encoders: vec!["libx264".into(), "aac".into()], cores: 16, tags: vec![] };
     for w in 0..50 {
         q.register_worker(&format!("w{w:02}"), &format!("machine-{w:02}"), 2, &caps, "0.1.0", now).await.unwrap();

@@ -1,10 +1,11 @@
 //! The HTTP API (axum). Every `/api` route authenticates its caller and names the
 //! roles it accepts; errors are JSON `{"code", "message"}` with stable codes.
 
-use crate::auth::{self, Caller, Role};
+use crate::auth::{self, Caller, Role, bearer};
+use crate::state::{AppState, audit, now_ms};
 use crate::chores;
-use crate::queue::{NewJob, Queue, QueueError};
-use crate::{storage, workers_api};
+use crate::queue::{NewJob, QueueError};
+use crate::{dav, storage, workers_api};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header, request::Parts};
@@ -16,55 +17,7 @@ use proto::profile::Profile;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
-
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Limits on what a caller can send.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_upload_bytes: u64,
-    /// Hard runtime cap given to every task's child process.
-    pub task_timeout_seconds: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { max_upload_bytes: 20 * 1024 * 1024 * 1024, task_timeout_seconds: 4 * 3600 }
-    }
-}
-
-/// Shared state of the HTTP handlers and chores.
-#[derive(Clone)]
-pub struct AppState {
-    pub queue: Queue,
-    /// The `drake` executable, run as a child for `drake probe` (the coordinator never links libav).
-    pub drake_exe: Arc<PathBuf>,
-    /// Root of the files served under `/dav/`.
-    pub storage: storage::Store,
-    pub dav: dav_server::DavHandler,
-    /// Every job and task change, as JSON, for `/api/v1/events`.
-    pub events: tokio::sync::broadcast::Sender<String>,
-    /// Woken when tasks become leasable, so long-polling workers answer at once.
-    pub work_ready: Arc<tokio::sync::Notify>,
-    pub limits: Limits,
-    pub webhook_secret: Arc<String>,
-    /// Durable background chores (apalis).
-    pub chores: crate::background::Chores,
-}
-
-impl AppState {
-    /// Publishes an event to SSE subscribers (dropped when nobody listens).
-    pub fn emit(&self, kind: &str, data: Value) {
-        let mut data = data;
-        data["type"] = json!(kind);
-        let _ = self.events.send(data.to_string());
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -107,11 +60,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The bearer token of a request, if any.
-pub fn bearer(parts: &Parts) -> Option<&str> {
-    parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim)
-}
-
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -145,7 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/join-tokens", post(create_join_token))
         .route("/api/v1/tokens", post(create_token))
         .merge(workers_api::routes())
-        .merge(storage::routes())
+        .merge(dav::routes())
         .with_state(state)
 }
 
@@ -354,12 +302,6 @@ pub async fn mint_join_token(st: &AppState, uses: i64, ttl_seconds: i64) -> Resu
     st.queue.add_token(&token, Role::Join, None, Some(uses), Some(expires_at), now).await?;
     audit(&format!("join token {} created ({uses} uses, {ttl_seconds} s)", &auth::digest(&token)[..12]));
     Ok((token, expires_at))
-}
-
-/// One line on the coordinator's log for an operator's action, with the time.
-pub fn audit(what: &str) {
-    let now = now_ms();
-    proto::log!("{}.{:03}Z {what}", proto::time::rfc3339(now / 1000).trim_end_matches('Z'), now % 1000);
 }
 
 /// `GET /api/v1/events`: server-sent events for every job and task change.

@@ -6,6 +6,11 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
+/// The bearer token of a request, if any.
+pub fn bearer(parts: &axum::http::request::Parts) -> Option<&str> {
+    parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Everything, including minting join tokens.

@@ -11,7 +11,7 @@
 //! a short poll interval, few attempts, unique worker names per process start, a
 //! monitor that restarts a worker after a database error, and its own migrations table.
 
-use crate::api::AppState;
+use crate::state::AppState;
 use crate::chores;
 use apalis::prelude::*;
 use apalis_cron::{CronScheduler, Tick};

@@ -2,7 +2,7 @@
 //! job whose tasks all succeeded, deliver webhooks, and reap lapsed leases.
 //! None of it decodes media: probing runs `drake probe` as a child process.
 
-use crate::api::{AppState, now_ms};
+use crate::state::{AppState, now_ms};
 use crate::queue::{Job, NewTask, TaskKind};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};

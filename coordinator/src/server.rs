@@ -2,7 +2,8 @@
 //! sure an admin token and a webhook secret exist, serves the API on a listener the
 //! caller bound, and runs the background chores until shutdown.
 
-use crate::api::{self, AppState, Limits, now_ms};
+use crate::api;
+use crate::state::{AppState, Limits, now_ms};
 use crate::auth::{self, Role};
 use crate::chores;
 use crate::queue::{Queue, QueueConfig};
@@ -75,7 +76,7 @@ pub fn admin_token(data_dir: &Path) -> std::io::Result<(String, bool)> {
 pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error + Send + Sync>> {
     let root = cfg.data_dir.join("storage");
     std::fs::create_dir_all(root.join("jobs"))?;
-    let dav = crate::storage::handler(&root);
+    let dav = crate::dav::handler(&root);
     let storage = match &cfg.storage {
         Some(ext) => crate::storage::Store::remote(root, &ext.url, ext.authorization.clone())?,
         None => crate::storage::Store::local(root),

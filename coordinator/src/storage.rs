@@ -1,6 +1,6 @@
-//! Storage: by default the data dir's `storage/` served over WebDAV under `/dav/`
-//! (dav-server), behind the same bearer tokens as the API; or an external WebDAV
-//! server (nginx's dav module, ...) given by its base URL. Workers read sources and
+//! Storage: by default the data dir's `storage/` (served under `/dav/` by
+//! [`crate::dav`]); or an external WebDAV server (nginx's dav module, ...) given by
+//! its base URL. Workers read sources and
 //! publish outputs there; upload pipelines read results. [`Store`] is everything the
 //! coordinator itself does to storage, for either kind.
 //!
@@ -8,14 +8,6 @@
 //! `jobs/ID/thumbnails/...`, `jobs/ID/master.m3u8`, `jobs/ID/manifest.json`;
 //! `uploads/` holds uploads in flight and is never served.
 
-use crate::api::{ApiError, AppState, bearer, now_ms};
-use crate::auth::Role;
-use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::Method;
-use axum::response::{IntoResponse, Response};
-use axum::routing::any;
-use dav_server::{DavConfig, DavHandler, localfs::LocalFs, memls::MemLs};
 use proto::wire::StorageAccess;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -205,6 +197,20 @@ impl Store {
         Ok(final_dir)
     }
 
+    /// A streaming GET from the external store, passing `headers` (Range and
+    /// conditional ones) through; the caller relays status and body.
+    pub async fn get_remote(&self, rel: &str, headers: &[(&str, &[u8])]) -> StoreResult<reqwest::Response> {
+        let r = self.remote.as_ref().ok_or_else(|| StoreError::Io(std::io::Error::other("storage is local")))?;
+        let mut req = r.http.get(r.url(rel)).timeout(Duration::from_secs(3600));
+        if let Some(a) = &r.authorization {
+            req = req.header("authorization", a);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.send().await.map_err(|e| r.error("GET", rel, e.to_string()))
+    }
+
     /// Removes what is left of a finished job's staging area.
     pub async fn remove_staging(&self, job: &str) -> StoreResult<()> {
         let rel = format!("jobs/{job}/.staging");
@@ -291,19 +297,6 @@ impl Remote {
     }
 }
 
-pub fn handler(root: &Path) -> DavHandler {
-    DavHandler::builder()
-        .filesystem(LocalFs::new(root, false, false, false))
-        .locksystem(MemLs::new())
-        .strip_prefix("/dav")
-        .read_buf_size(256 * 1024)
-        .build_handler()
-}
-
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/dav", any(dav)).route("/dav/", any(dav)).route("/dav/{*path}", any(dav))
-}
-
 /// Storage path of an uploaded source.
 pub fn source_path(job: &str) -> String {
     format!("jobs/{job}/source")
@@ -321,131 +314,3 @@ pub fn staging_dir(job: &str, rendition: Option<&str>, epoch: i64) -> String {
     format!("jobs/{job}/.staging/{}.e{epoch}", rendition.unwrap_or("thumbnails"))
 }
 
-/// A stored file as an HTTP response for a signed-in browser (the dashboard's
-/// player and images): GET with the request's `Range` and conditional headers,
-/// served from the data dir by dav-server or fetched from the external store.
-pub async fn read_response(st: &AppState, rel: &str, headers: &axum::http::HeaderMap) -> StoreResult<Response> {
-    const PASSED: [&str; 3] = ["range", "if-none-match", "if-modified-since"];
-    match &st.storage.remote {
-        None => {
-            let mut req = axum::http::Request::builder().method("GET").uri(format!("/dav/{rel}"));
-            for h in PASSED {
-                if let Some(v) = headers.get(h) {
-                    req = req.header(h, v);
-                }
-            }
-            let req = req.body(axum::body::Body::empty()).map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-            Ok(st.dav.handle(req).await.into_response())
-        }
-        Some(r) => {
-            let mut req = r.http.get(r.url(rel)).timeout(Duration::from_secs(3600));
-            if let Some(a) = &r.authorization {
-                req = req.header("authorization", a);
-            }
-            for h in PASSED {
-                if let Some(v) = headers.get(h) {
-                    req = req.header(h, v.as_bytes());
-                }
-            }
-            let resp = req.send().await.map_err(|e| r.error("GET", rel, e.to_string()))?;
-            let mut out = Response::builder().status(resp.status().as_u16());
-            for h in ["content-type", "content-length", "content-range", "accept-ranges", "etag", "last-modified"] {
-                if let Some(v) = resp.headers().get(h) {
-                    out = out.header(h, v.as_bytes());
-                }
-            }
-            out.body(axum::body::Body::from_stream(resp.bytes_stream())).map_err(|e| StoreError::Io(std::io::Error::other(e)))
-        }
-    }
-}
-
-const READ_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS", "PROPFIND"];
-
-/// True when a request path stays inside the served tree and out of `uploads/`.
-pub fn path_allowed(path: &str) -> bool {
-    let Some(rest) = path.strip_prefix("/dav") else {
-        return false;
-    };
-    let decoded = percent_decode(rest);
-    !decoded.split('/').any(|seg| seg == ".." || seg == ".")
-        && !decoded.contains('\\')
-        && !decoded.contains('\0')
-        && !decoded.trim_start_matches('/').starts_with("uploads")
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-async fn dav(State(st): State<AppState>, req: Request) -> Response {
-    if st.storage.is_remote() {
-        let why = "storage is on an external WebDAV server; see the jobs' output URLs";
-        return ApiError::Queue(crate::queue::QueueError::NotFound(why.into())).into_response();
-    }
-    let (parts, body) = req.into_parts();
-    let caller = match bearer(&parts) {
-        Some(t) => st.queue.authenticate(t, now_ms()).await.ok().flatten(),
-        None => None,
-    };
-    let Some(caller) = caller else {
-        return ApiError::Unauthorized.into_response();
-    };
-    let read_only = READ_METHODS.contains(&parts.method.as_str());
-    let allowed = match caller.role {
-        Role::Admin | Role::Worker => true,
-        Role::Submit => read_only,
-        Role::Join => false,
-    };
-    if !allowed {
-        return ApiError::Forbidden.into_response();
-    }
-    // MOVE and COPY name a second path in the Destination header; check it too.
-    let destination_ok = match parts.headers.get("destination").and_then(|v| v.to_str().ok()) {
-        Some(d) => {
-            let path = d.find("/dav").map(|i| &d[i..]).unwrap_or("");
-            path_allowed(path)
-        }
-        None => true,
-    };
-    if !path_allowed(parts.uri.path()) || !destination_ok || parts.method == Method::from_bytes(b"PROPPATCH").expect("method") {
-        return ApiError::Forbidden.into_response();
-    }
-    let principal = caller.label.unwrap_or_else(|| caller.role.as_str().to_string());
-    let req = Request::from_parts(parts, body);
-    st.dav.handle_with(DavConfig::new().principal(principal), req).await.into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_stay_inside() {
-        for (p, ok) in [
-            ("/dav/jobs/1/720p/seg_00000.m4s", true),
-            ("/dav/", true),
-            ("/dav/jobs/../../etc/passwd", false),
-            ("/dav/jobs/%2e%2e/%2e%2e/etc", false),
-            ("/dav/uploads/x", false),
-            ("/dav/jobs/a\\b", false),
-            ("/api/v1/jobs", false),
-        ] {
-            assert_eq!(path_allowed(p), ok, "{p}");
-        }
-    }
-}

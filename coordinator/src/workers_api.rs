@@ -2,7 +2,8 @@
 //! completion and failure; plus the admin's view and control of workers.
 //! A worker credential can call these routes (and `/dav/`) and nothing else.
 
-use crate::api::{ApiError, AppState, allow, audit, now_ms, parsed};
+use crate::api::{ApiError, allow, parsed};
+use crate::state::{AppState, audit, now_ms};
 use crate::auth::{self, Caller, Role};
 use crate::chores;
 use crate::queue::{Bundling, QueueError};

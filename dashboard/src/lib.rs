@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use coordinator::api::{AppState, now_ms};
+use coordinator::state::{AppState, now_ms};
 use coordinator::auth::Role;
 use coordinator::sessions::{SESSION_TTL_MS, Session};
 use serde::Deserialize;
@@ -386,7 +386,7 @@ async fn revoke_join_token(
 ) -> Result<Response, Denied> {
     checked_post(&st, &headers, &f.csrf).await?;
     st.queue.revoke_join_token(&digest).await.map_err(failed)?;
-    coordinator::api::audit(&format!("join token {} revoked", digest.get(..12).unwrap_or_default()));
+    coordinator::state::audit(&format!("join token {} revoked", digest.get(..12).unwrap_or_default()));
     Ok(Redirect::to("/workers/add").into_response())
 }
 
@@ -410,10 +410,10 @@ async fn events(State(st): State<AppState>, headers: HeaderMap) -> Result<Respon
 async fn file(State(st): State<AppState>, headers: HeaderMap, Path(path): Path<String>, req: Request) -> Result<Response, Denied> {
     api_session(&st, &headers).await?;
     let dav_path = format!("/dav/{path}");
-    if !coordinator::storage::path_allowed(&dav_path) || path.split('/').any(|s| s.starts_with('.')) {
+    if !coordinator::dav::path_allowed(&dav_path) || path.split('/').any(|s| s.starts_with('.')) {
         return Err(Denied::Forbidden("that path is not served"));
     }
-    match coordinator::storage::read_response(&st, &path, req.headers()).await {
+    match coordinator::dav::read_response(&st, &path, req.headers()).await {
         Ok(resp) => Ok(resp),
         Err(e) => Ok((StatusCode::BAD_GATEWAY, e.to_string()).into_response()),
     }

@@ -41,7 +41,7 @@ fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
     coordinator::server::Config {
         data_dir: data,
         drake_exe: drake_exe(),
-        limits: coordinator::api::Limits { max_upload_bytes: s.max_upload_bytes, ..Default::default() },
+        limits: coordinator::state::Limits { max_upload_bytes: s.max_upload_bytes, ..Default::default() },
         queue: coordinator::queue::QueueConfig { lease_ttl_ms: s.lease_ttl_seconds.clamp(3, 3600) as i64 * 1000, ..Default::default() },
         storage: s
             .storage_url
@@ -132,7 +132,7 @@ pub fn up(data: PathBuf, listen: &str, workers: u32, settings: FarmSettings) -> 
 
         // Local workers join with a token minted for them, like any other machine.
         let join = coordinator::auth::generate(coordinator::auth::Role::Join);
-        let now = coordinator::api::now_ms();
+        let now = coordinator::state::now_ms();
         if let Err(e) = prepared
             .state
             .queue

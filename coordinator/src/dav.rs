@@ -1,0 +1,150 @@
+//! The coordinator's own WebDAV server under `/dav/` (dav-server over the data dir's
+//! `storage/`), behind the same bearer tokens as the API, and stored files as HTTP
+//! responses for the dashboard. The HTTP side of storage; [`crate::storage`] is the
+//! store itself and knows nothing of requests.
+
+use crate::api::ApiError;
+use crate::auth::{Role, bearer};
+use crate::state::{AppState, now_ms};
+use crate::storage::StoreError;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use dav_server::{DavConfig, DavHandler, localfs::LocalFs, memls::MemLs};
+use std::path::Path;
+
+pub fn handler(root: &Path) -> DavHandler {
+    DavHandler::builder()
+        .filesystem(LocalFs::new(root, false, false, false))
+        .locksystem(MemLs::new())
+        .strip_prefix("/dav")
+        .read_buf_size(256 * 1024)
+        .build_handler()
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/dav", any(dav)).route("/dav/", any(dav)).route("/dav/{*path}", any(dav))
+}
+
+/// A stored file as an HTTP response for a signed-in browser (the dashboard's
+/// player and images): GET with the request's `Range` and conditional headers,
+/// served from the data dir by dav-server or fetched from the external store.
+pub async fn read_response(st: &AppState, rel: &str, headers: &axum::http::HeaderMap) -> Result<Response, StoreError> {
+    const PASSED: [&str; 3] = ["range", "if-none-match", "if-modified-since"];
+    match st.storage.is_remote() {
+        false => {
+            let mut req = axum::http::Request::builder().method("GET").uri(format!("/dav/{rel}"));
+            for h in PASSED {
+                if let Some(v) = headers.get(h) {
+                    req = req.header(h, v);
+                }
+            }
+            let req = req.body(axum::body::Body::empty()).map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+            Ok(st.dav.handle(req).await.into_response())
+        }
+        true => {
+            let passed: Vec<(&str, &[u8])> = PASSED.iter().filter_map(|h| headers.get(*h).map(|v| (*h, v.as_bytes()))).collect();
+            let resp = st.storage.get_remote(rel, &passed).await?;
+            let mut out = Response::builder().status(resp.status().as_u16());
+            for h in ["content-type", "content-length", "content-range", "accept-ranges", "etag", "last-modified"] {
+                if let Some(v) = resp.headers().get(h) {
+                    out = out.header(h, v.as_bytes());
+                }
+            }
+            out.body(axum::body::Body::from_stream(resp.bytes_stream())).map_err(|e| StoreError::Io(std::io::Error::other(e)))
+        }
+    }
+}
+
+const READ_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS", "PROPFIND"];
+
+/// True when a request path stays inside the served tree and out of `uploads/`.
+pub fn path_allowed(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/dav") else {
+        return false;
+    };
+    let decoded = percent_decode(rest);
+    !decoded.split('/').any(|seg| seg == ".." || seg == ".")
+        && !decoded.contains('\\')
+        && !decoded.contains('\0')
+        && !decoded.trim_start_matches('/').starts_with("uploads")
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn dav(State(st): State<AppState>, req: Request) -> Response {
+    if st.storage.is_remote() {
+        let why = "storage is on an external WebDAV server; see the jobs' output URLs";
+        return ApiError::Queue(crate::queue::QueueError::NotFound(why.into())).into_response();
+    }
+    let (parts, body) = req.into_parts();
+    let caller = match bearer(&parts) {
+        Some(t) => st.queue.authenticate(t, now_ms()).await.ok().flatten(),
+        None => None,
+    };
+    let Some(caller) = caller else {
+        return ApiError::Unauthorized.into_response();
+    };
+    let read_only = READ_METHODS.contains(&parts.method.as_str());
+    let allowed = match caller.role {
+        Role::Admin | Role::Worker => true,
+        Role::Submit => read_only,
+        Role::Join => false,
+    };
+    if !allowed {
+        return ApiError::Forbidden.into_response();
+    }
+    // MOVE and COPY name a second path in the Destination header; check it too.
+    let destination_ok = match parts.headers.get("destination").and_then(|v| v.to_str().ok()) {
+        Some(d) => {
+            let path = d.find("/dav").map(|i| &d[i..]).unwrap_or("");
+            path_allowed(path)
+        }
+        None => true,
+    };
+    if !path_allowed(parts.uri.path()) || !destination_ok || parts.method == Method::from_bytes(b"PROPPATCH").expect("method") {
+        return ApiError::Forbidden.into_response();
+    }
+    let principal = caller.label.unwrap_or_else(|| caller.role.as_str().to_string());
+    let req = Request::from_parts(parts, body);
+    st.dav.handle_with(DavConfig::new().principal(principal), req).await.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_inside() {
+        for (p, ok) in [
+            ("/dav/jobs/1/720p/seg_00000.m4s", true),
+            ("/dav/", true),
+            ("/dav/jobs/../../etc/passwd", false),
+            ("/dav/jobs/%2e%2e/%2e%2e/etc", false),
+            ("/dav/uploads/x", false),
+            ("/dav/jobs/a\\b", false),
+            ("/api/v1/jobs", false),
+        ] {
+            assert_eq!(path_allowed(p), ok, "{p}");
+        }
+    }
+}

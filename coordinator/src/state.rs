@@ -1,0 +1,63 @@
+//! State shared by the HTTP layer, the chores and the reconciler: the queue, the
+//! store, the event bus, limits and secrets. It sits below every handler, so the
+//! queue, storage and chores never depend on HTTP code.
+
+use crate::queue::Queue;
+use crate::storage;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Limits on what a caller can send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_upload_bytes: u64,
+    /// Hard runtime cap given to every task's child process.
+    pub task_timeout_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_upload_bytes: 20 * 1024 * 1024 * 1024, task_timeout_seconds: 4 * 3600 }
+    }
+}
+
+/// Shared state of the HTTP handlers and chores.
+#[derive(Clone)]
+pub struct AppState {
+    pub queue: Queue,
+    /// The `drake` executable, run as a child for `drake probe` (the coordinator never links libav).
+    pub drake_exe: Arc<PathBuf>,
+    /// Root of the files served under `/dav/`.
+    pub storage: storage::Store,
+    pub dav: dav_server::DavHandler,
+    /// Every job and task change, as JSON, for `/api/v1/events`.
+    pub events: tokio::sync::broadcast::Sender<String>,
+    /// Woken when tasks become leasable, so long-polling workers answer at once.
+    pub work_ready: Arc<tokio::sync::Notify>,
+    pub limits: Limits,
+    pub webhook_secret: Arc<String>,
+    /// Durable background chores (apalis).
+    pub chores: crate::background::Chores,
+}
+
+impl AppState {
+    /// Publishes an event to SSE subscribers (dropped when nobody listens).
+    pub fn emit(&self, kind: &str, data: Value) {
+        let mut data = data;
+        data["type"] = json!(kind);
+        let _ = self.events.send(data.to_string());
+    }
+}
+
+/// One line on the coordinator's log for an operator's action, with the time.
+pub fn audit(what: &str) {
+    let now = now_ms();
+    proto::log!("{}.{:03}Z {what}", proto::time::rfc3339(now / 1000).trim_end_matches('Z'), now % 1000);
+}
+
