@@ -3,7 +3,7 @@
 
 use crate::auth::{self, Caller, Role, bearer};
 use crate::state::{AppState, audit, now_ms};
-use crate::chores;
+use crate::lifecycle;
 use crate::queue::{NewJob, QueueError};
 use crate::{dav, storage, workers_api};
 use axum::extract::rejection::JsonRejection;
@@ -153,14 +153,11 @@ async fn create_job(State(st): State<AppState>, caller: Caller, req: Request) ->
         let url = f.source_url.clone().ok_or_else(|| ApiError::BadRequest("give source_url, or upload a multipart field `file`".into()))?;
         check_url("source_url", &url)?;
         let new = new_job(f, url)?;
-        let (job, created) = st.queue.create_job(&new, now_ms()).await?;
-        if created {
-            st.chores.probe_and_plan(&job.id).await.map_err(ApiError::Storage)?;
-        }
-        (job, created)
+        st.queue.create_job(&new, now_ms()).await?
     };
     if created {
-        st.emit("job", json!({"job_id": job.id, "state": job.state}));
+        // The job row already owes its probe; this pushes it at once.
+        lifecycle::kick(&st, &job.id).await;
     }
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(job)).into_response())
@@ -222,13 +219,19 @@ async fn create_from_upload(st: &AppState, mut multipart: Multipart) -> Result<(
         return Err(ApiError::BadRequest("give either an upload or source_url, not both".into()));
     }
     let mut new = new_job(f, String::new())?;
+    if let Some(job) = st.queue.job_by_key(new.idempotency_key.as_deref()).await? {
+        return Ok((job, false));
+    }
+    // The source is stored before the job exists, so no job ever owes a probe of a
+    // file that is not there. A crash in between leaves only an unreferenced file.
     let id = uuid::Uuid::now_v7().to_string();
     new.source = storage::source_path(&id);
+    st.storage.import(&temp, &new.source).await.map_err(|e| ApiError::Storage(e.to_string()))?;
+    cleanup.0 = None;
     let (job, created) = st.queue.create_job_with_id(&id, &new, now_ms()).await?;
-    if created {
-        st.storage.import(&temp, &job.source).await.map_err(|e| ApiError::Storage(e.to_string()))?;
-        cleanup.0 = None;
-        st.chores.probe_and_plan(&job.id).await.map_err(ApiError::Storage)?;
+    if !created {
+        // Another request with the same key won the race: this copy is not needed.
+        let _ = st.storage.remove_job_dir(&id).await;
     }
     Ok((job, created))
 }
@@ -261,35 +264,14 @@ async fn list_jobs(State(st): State<AppState>, caller: Caller, Query(q): Query<L
 
 async fn cancel_job(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     allow(&caller, &[Role::Admin, Role::Submit])?;
-    Ok(Json(json!(cancel(&st, &id).await?)))
+    Ok(Json(json!(lifecycle::cancel(&st, &id).await?)))
 }
 
 async fn retry_job(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     allow(&caller, &[Role::Admin, Role::Submit])?;
-    Ok(Json(json!(retry(&st, &id).await?)))
+    Ok(Json(json!(lifecycle::retry(&st, &id).await?)))
 }
 
-/// Cancels a job and tells everyone (the API and the dashboard share this).
-pub async fn cancel(st: &AppState, id: &str) -> Result<crate::queue::Job, ApiError> {
-    let job = st.queue.cancel_job(id, now_ms()).await?;
-    audit(&format!("job {id} canceled"));
-    st.emit("job", json!({"job_id": id, "state": job.state}));
-    chores::job_ended(st, &job).await;
-    Ok(job)
-}
-
-/// Queues a failed or canceled job's unfinished tasks again.
-pub async fn retry(st: &AppState, id: &str) -> Result<crate::queue::Job, ApiError> {
-    let job = st.queue.retry_job(id, now_ms()).await?;
-    audit(&format!("job {id} retried"));
-    st.emit("job", json!({"job_id": id, "state": job.state}));
-    if job.tasks.is_empty() {
-        // It failed before planning (an unreadable source): probe it again.
-        st.chores.probe_and_plan(id).await.map_err(ApiError::Storage)?;
-    }
-    st.work_ready.notify_waiters();
-    Ok(job)
-}
 
 /// A new join token with `uses` and a lifetime; returns it and its expiry (unix ms).
 pub async fn mint_join_token(st: &AppState, uses: i64, ttl_seconds: i64) -> Result<(String, i64), ApiError> {

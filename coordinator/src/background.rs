@@ -1,7 +1,9 @@
 //! apalis runs the coordinator's own chores: probing and planning new jobs,
 //! finalizing jobs whose tasks all succeeded, delivering webhooks (each retry is a
-//! chore scheduled after its backoff), and, on an apalis-cron schedule, reaping
-//! lapsed leases every second. The durable chores are queued in SQLite (`chores.db`,
+//! chore scheduled after its backoff), and, on an apalis-cron schedule, the
+//! reconciler every second (`lifecycle::reconcile`: lapsed leases, owed chores,
+//! overdue promotions and deliveries). apalis is only the executor: what a job is
+//! owed lives in `drake.db` with the job, and a chore lost here is pushed again. The durable chores are queued in SQLite (`chores.db`,
 //! beside `drake.db`: apalis's `Jobs`/`Workers` tables would collide with ours, as
 //! SQLite table names ignore case), they survive a coordinator restart: a job
 //! accepted just before a crash still gets planned. apalis workers are in-process only, so remote
@@ -24,12 +26,17 @@ use std::time::Duration;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbeAndPlan {
     pub job_id: String,
+    /// The seq it was armed with; only that one can claim the job's probe.
+    #[serde(default)]
+    pub seq: i64,
 }
 
 /// Write a finished job's master playlist and manifest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Finalize {
     pub job_id: String,
+    #[serde(default)]
+    pub seq: i64,
 }
 
 /// Make one delivery attempt of a webhook.
@@ -42,7 +49,7 @@ const PROBE_QUEUE: &str = "drake.probe_and_plan";
 const FINALIZE_QUEUE: &str = "drake.finalize";
 const WEBHOOK_QUEUE: &str = "drake.webhooks";
 
-/// How often the lease reaper runs (cron, seconds first).
+/// How often the reconciler runs (cron, seconds first).
 const REAP_SCHEDULE: &str = "* * * * * *";
 
 /// Wakes an apalis worker every `period` to look for new chores.
@@ -106,14 +113,17 @@ impl Chores {
         Ok((chores, pool))
     }
 
-    pub async fn probe_and_plan(&self, job_id: &str) -> Result<(), String> {
-        let mut sink = self.probe.clone();
-        sink.push_task(TaskBuilder::new(ProbeAndPlan { job_id: job_id.into() }).max_attempts(3).build()).await.map_err(|e| e.to_string())
+    /// Pushes a job's owed probe, armed with `seq` (one push per seq). Retries are
+    /// the queue's, with a backoff (`queue::owed`), so apalis makes one attempt.
+    pub async fn probe_and_plan(&self, job_id: &str, seq: i64) -> Result<(), String> {
+        let task = TaskBuilder::new(ProbeAndPlan { job_id: job_id.into(), seq }).max_attempts(1).idempotency_key(format!("{job_id}/{seq}"));
+        self.probe.clone().push_task(task.build()).await.map_err(|e| e.to_string())
     }
 
-    pub async fn finalize(&self, job_id: &str) -> Result<(), String> {
-        let mut sink = self.finalize.clone();
-        sink.push_task(TaskBuilder::new(Finalize { job_id: job_id.into() }).max_attempts(3).build()).await.map_err(|e| e.to_string())
+    /// Pushes a job's owed finalize, armed with `seq`.
+    pub async fn finalize(&self, job_id: &str, seq: i64) -> Result<(), String> {
+        let task = TaskBuilder::new(Finalize { job_id: job_id.into(), seq }).max_attempts(1).idempotency_key(format!("{job_id}/{seq}"));
+        self.finalize.clone().push_task(task.build()).await.map_err(|e| e.to_string())
     }
 
     /// Schedules attempt `attempts + 1` of a delivery, at `due_ms` or now. Keyed by
@@ -131,19 +141,19 @@ impl Chores {
 }
 
 async fn probe_and_plan(task: ProbeAndPlan, st: Data<AppState>) -> Result<(), BoxDynError> {
-    chores::probe_and_plan((*st).clone(), task.job_id).await.map_err(Into::into)
+    chores::probe_and_plan(&st, &task.job_id, task.seq).await.map_err(Into::into)
 }
 
 async fn finalize(task: Finalize, st: Data<AppState>) -> Result<(), BoxDynError> {
-    chores::run_finalize(&st, &task.job_id).await.map_err(Into::into)
+    chores::finalize(&st, &task.job_id, task.seq).await.map_err(Into::into)
 }
 
 async fn deliver_webhook(task: DeliverWebhook, st: Data<AppState>) -> Result<(), BoxDynError> {
     chores::deliver_webhook(&st, &task.delivery_id).await.map_err(Into::into)
 }
 
-async fn reap(_: Tick, st: Data<AppState>) {
-    chores::reap(&st).await;
+async fn reconcile(_: Tick, st: Data<AppState>) {
+    crate::lifecycle::reconcile(&st, false).await;
 }
 
 /// Runs the chore workers until `shutdown` resolves.
@@ -190,10 +200,10 @@ pub async fn run(st: AppState, pool: SqlitePool, shutdown: impl std::future::Fut
                 .build(deliver_webhook)
         })
         .register(move |restarts| {
-            WorkerBuilder::new(format!("reaper-{r_id}-{restarts}"))
+            WorkerBuilder::new(format!("reconciler-{r_id}-{restarts}"))
                 .backend(CronScheduler::new(every_second.clone()))
                 .data(r_st.clone())
-                .build(reap)
+                .build(reconcile)
         })
         // A single SQLITE_BUSY kills an apalis worker; bring it back.
         .should_restart(|_, _| true)

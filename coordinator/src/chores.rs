@@ -1,9 +1,12 @@
-//! The coordinator's own background work: probe and plan a new job, finalize a
-//! job whose tasks all succeeded, deliver webhooks, and reap lapsed leases.
-//! None of it decodes media: probing runs `drake probe` as a child process.
+//! What the coordinator's chores do: probe and plan a new job, finalize a job
+//! whose tasks all succeeded, deliver webhooks. Each chore first claims the work
+//! its job owes (see `queue::owed`), so a duplicate or stale chore does nothing,
+//! and records its outcome in the same claim. None of it decodes media: probing
+//! runs `drake probe` as a child process.
 
+use crate::lifecycle;
+use crate::queue::{Chore, ChoreClaim, NewTask, TaskKind};
 use crate::state::{AppState, now_ms};
-use crate::queue::{Job, NewTask, TaskKind};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use proto::profile::Profile;
@@ -11,19 +14,56 @@ use serde_json::{Value, json};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-/// Probes the source in a child `drake probe` (so a libav crash cannot take the
+/// How a chore attempt ended, other than in success.
+enum Outcome {
+    /// Bad input: the job fails at once with this reason.
+    Rejected(String),
+    /// Trouble that another attempt may not have (after a backoff).
+    Failed(String),
+}
+
+/// The probe-and-plan chore pushed with `seq`: claims the job's owed probe, probes
+/// the source in a child `drake probe` (so a libav crash cannot take the
 /// coordinator down), plans the renditions and queues one task per rendition,
-/// lowest rung first, plus the thumbnails task. An unreadable source fails the job
-/// with the engine's reason. Errs only on infrastructure trouble, which apalis retries.
-pub async fn probe_and_plan(st: AppState, job: String) -> Result<(), String> {
-    let Some(j) = st.queue.job(&job).await.map_err(|e| e.to_string())? else { return Ok(()) };
-    if j.state != "queued" || !j.tasks.is_empty() {
-        return Ok(()); // canceled meanwhile, or planned by an earlier attempt
-    }
-    let profile = match Profile::load(&j.profile) {
-        Ok(p) => p,
-        Err(e) => return fail_and_report(&st, &job, &format!("bad input: {e}")).await,
+/// lowest rung first, plus the thumbnails task, all in the claim. An unreadable
+/// source fails the job with the engine's reason; other trouble is retried after a
+/// backoff, and the last attempt fails the job with its reason.
+pub async fn probe_and_plan(st: &AppState, job: &str, seq: i64) -> Result<(), String> {
+    let Some(claim) = st.queue.claim_chore(job, Chore::Probe, seq, &st.instance, now_ms()).await.map_err(|e| e.to_string())? else {
+        return Ok(()); // not owed any more (canceled, retried), or a duplicate
     };
+    let outcome = match probe_and_plan_tasks(st, job).await {
+        Ok((probe, tasks)) => {
+            if st.queue.plan_job(job, claim, &probe, &tasks, now_ms()).await.map_err(|e| e.to_string())? {
+                st.work_ready.notify_waiters();
+            }
+            Ok(())
+        }
+        Err(o) => Err(o),
+    };
+    finish_attempt(st, job, Chore::Probe, claim, outcome).await
+}
+
+/// Records a chore attempt's failure on its claim and reports the change.
+async fn finish_attempt(st: &AppState, job: &str, chore: Chore, claim: ChoreClaim, outcome: Result<(), Outcome>) -> Result<(), String> {
+    let now = now_ms();
+    match outcome {
+        Ok(()) => {}
+        Err(Outcome::Rejected(reason)) => {
+            st.queue.chore_rejected(job, chore, claim, &reason, now).await.map_err(|e| e.to_string())?;
+        }
+        Err(Outcome::Failed(error)) => {
+            proto::log!("coordinator: job {job}: {} attempt {} failed: {error}", chore.as_str(), claim.attempt);
+            st.queue.chore_failed(job, chore, claim, &error, now).await.map_err(|e| e.to_string())?;
+        }
+    }
+    lifecycle::kick(st, job).await;
+    Ok(())
+}
+
+async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Value, Vec<NewTask>), Outcome> {
+    let j = st.queue.job(job).await.map_err(|e| Outcome::Failed(e.to_string()))?.ok_or_else(|| Outcome::Failed("job vanished".into()))?;
+    let profile = Profile::load(&j.profile).map_err(|e| Outcome::Rejected(format!("bad input: {e}")))?;
     // Uploads are in storage; URLs are read by libav directly.
     let source = j.source;
     let (target, authorization) =
@@ -33,27 +73,21 @@ pub async fn probe_and_plan(st: AppState, job: String) -> Result<(), String> {
     if let Some(a) = authorization {
         probe.env(proto::HTTP_AUTHORIZATION_ENV, a);
     }
-    let child = probe.output();
-    let out = match tokio::time::timeout(Duration::from_secs(120), child).await {
-        Err(_) => return fail_and_report(&st, &job, "probing timed out after 120 s").await,
-        Ok(Err(e)) => return Err(format!("cannot run drake probe: {e}")),
+    let out = match tokio::time::timeout(Duration::from_secs(120), probe.output()).await {
+        Err(_) => return Err(Outcome::Failed("timed out after 120 s".into())),
+        Ok(Err(e)) => return Err(Outcome::Failed(format!("cannot run drake probe: {e}"))),
         Ok(Ok(out)) => out,
     };
-    if out.status.code() == Some(proto::exit::BAD_INPUT)
-        || (out.status.code().is_some() && !out.status.success() && out.status.code() != Some(proto::exit::INTERNAL))
-    {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return fail_and_report(&st, &job, stderr.lines().last().unwrap_or("probe failed").trim_start_matches("drake: ")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or("probe failed").trim_start_matches("drake: ").to_string();
+    match out.status.code() {
+        Some(0) => {}
+        Some(proto::exit::INTERNAL) | None => return Err(Outcome::Failed(last)),
+        Some(_) => return Err(Outcome::Rejected(last)),
     }
-    if !out.status.success() {
-        // Internal trouble (or a crash): let apalis try again.
-        return Err(format!("drake probe failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()));
-    }
-    let probe: proto::probe::Probe = serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable probe output: {e}"))?;
-    let plan = match proto::plan::plan(&probe, &profile) {
-        Ok(p) => p,
-        Err(e) => return fail_and_report(&st, &job, &format!("bad input: {e}")).await,
-    };
+    let probe: proto::probe::Probe =
+        serde_json::from_slice(&out.stdout).map_err(|e| Outcome::Failed(format!("unreadable probe output: {e}")))?;
+    let plan = proto::plan::plan(&probe, &profile).map_err(|e| Outcome::Rejected(format!("bad input: {e}")))?;
     let encoder = profile.video.codec.encoder().to_string();
     let mut tasks: Vec<NewTask> = plan
         .renditions
@@ -73,68 +107,67 @@ pub async fn probe_and_plan(st: AppState, job: String) -> Result<(), String> {
     if probe.main_video().is_some() {
         tasks.push(NewTask { kind: TaskKind::Thumbnails, rendition: None, requires: None });
     }
-    let now = now_ms();
-    st.queue.set_probe(&job, &json!(probe), now).await.map_err(|e| e.to_string())?;
-    st.queue.add_tasks(&job, &tasks, now).await.map_err(|e| e.to_string())?;
-    st.work_ready.notify_waiters();
-    st.emit("job", json!({"job_id": job, "state": "queued", "tasks": tasks.len()}));
-    Ok(())
+    Ok((json!(probe), tasks))
 }
 
-async fn fail_and_report(st: &AppState, job: &str, reason: &str) -> Result<(), String> {
-    st.queue.fail_job(job, reason, now_ms()).await.map_err(|e| e.to_string())?;
-    if let Ok(Some(j)) = st.queue.job(job).await {
-        st.emit("job", json!({"job_id": job, "state": j.state, "error": j.error}));
-        job_ended(st, &j).await;
-    }
-    Ok(())
-}
-
-/// After a task ended: finalize a job whose tasks all succeeded, report one that failed.
-pub async fn after_task(st: &AppState, job: &str) {
-    let Ok(Some(j)) = st.queue.job(job).await else {
-        return;
+/// The finalize chore pushed with `seq`: claims the job's owed finalize, checks
+/// every published file on the store against its task's report (size and sha256),
+/// writes `master.m3u8` and `manifest.json`, and ends the job `succeeded` in the
+/// claim. A file missing or changed sends its task back to the queue; storage
+/// trouble is retried after a backoff.
+pub async fn finalize(st: &AppState, job: &str, seq: i64) -> Result<(), String> {
+    let Some(claim) = st.queue.claim_chore(job, Chore::Finalize, seq, &st.instance, now_ms()).await.map_err(|e| e.to_string())? else {
+        return Ok(());
     };
-    match j.state.as_str() {
-        "finalizing" => {
-            if let Err(e) = st.chores.finalize(&j.id).await {
-                proto::log!("coordinator: queueing finalize of job {}: {e}", j.id);
-            }
+    let outcome = match write_outputs(st, job).await {
+        Ok(Written::Outputs(outputs)) => {
+            st.queue.finish_job(job, claim, &outputs, now_ms()).await.map_err(|e| e.to_string())?;
+            Ok(())
         }
-        "failed" => {
-            st.emit("job", json!({"job_id": j.id, "state": j.state, "error": j.error}));
-            job_ended(st, &j).await;
+        Ok(Written::Broken { task, why }) => {
+            proto::log!("coordinator: job {job}: finalize: {why}; running its task again");
+            st.queue.reopen_task(job, claim, &task, &why, now_ms()).await.map_err(|e| e.to_string())?;
+            st.work_ready.notify_waiters();
+            Ok(())
         }
-        _ => st.emit("job", json!({"job_id": j.id, "state": j.state})),
-    }
+        Err(e) => Err(Outcome::Failed(e)),
+    };
+    finish_attempt(st, job, Chore::Finalize, claim, outcome).await
 }
 
-/// The finalize chore: write the outputs, then report the job's end either way.
-pub async fn run_finalize(st: &AppState, job: &str) -> Result<(), String> {
-    if let Err(e) = finalize(st, job).await {
-        st.queue.fail_job_finalizing(job, &format!("finalize failed: {e}"), now_ms()).await.map_err(|e| e.to_string())?;
-    }
-    if let Ok(Some(j)) = st.queue.job(job).await {
-        st.emit("job", json!({"job_id": job, "state": j.state, "outputs": j.outputs, "error": j.error}));
-        job_ended(st, &j).await;
-    }
-    Ok(())
+enum Written {
+    /// The job's output paths.
+    Outputs(Value),
+    /// A task's published outputs are missing or changed on the store.
+    Broken { task: String, why: String },
 }
 
-/// Writes `master.m3u8` and `manifest.json` from the published renditions.
-pub async fn finalize(st: &AppState, job_id: &str) -> Result<(), String> {
+/// Verifies the published renditions, then writes `master.m3u8` and `manifest.json`.
+async fn write_outputs(st: &AppState, job_id: &str) -> Result<Written, String> {
     let job = st.queue.job(job_id).await.map_err(|e| e.to_string())?.ok_or("job vanished")?;
     let results = st.queue.task_results(job_id).await.map_err(|e| e.to_string())?;
     let job_dir = format!("jobs/{job_id}");
     let url = |dir: &str, path: &str| st.storage.url(&format!("{dir}/{path}"));
+    let store_error = |e: crate::storage::StoreError| format!("storage: {e}");
     let mut renditions = Vec::new();
     let mut thumbnails = Value::Null;
-    for (kind, _, result) in &results {
+    for (task, kind, _, result) in &results {
         let dir = result["dir"].as_str().ok_or("task result without dir")?;
-        let files: Vec<Value> = result["files"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        let listed = result["files"].as_array().cloned().unwrap_or_default();
+        for f in &listed {
+            let path = f["path"].as_str().unwrap_or_default();
+            let stored = st.storage.checksum(&format!("{dir}/{path}")).await.map_err(store_error)?;
+            let expected = (f["size"].as_u64().unwrap_or(0), f["sha256"].as_str().unwrap_or_default());
+            match stored {
+                Some((size, sha)) if size == expected.0 && sha == expected.1 => {}
+                Some((size, _)) => {
+                    let why = format!("{dir}/{path} on the store is not what was published ({size} bytes, expected {})", expected.0);
+                    return Ok(Written::Broken { task: task.clone(), why });
+                }
+                None => return Ok(Written::Broken { task: task.clone(), why: format!("{dir}/{path} is missing from the store") }),
+            }
+        }
+        let files: Vec<Value> = listed
             .into_iter()
             .map(|f| json!({"url": url(dir, f["path"].as_str().unwrap_or("")), "size": f["size"], "sha256": f["sha256"]}))
             .collect();
@@ -163,13 +196,11 @@ pub async fn finalize(st: &AppState, job_id: &str) -> Result<(), String> {
         "thumbnails": thumbnails,
         "renditions": renditions,
     });
-    let store_error = |e: crate::storage::StoreError| format!("storage: {e}");
     st.storage.write(&format!("{job_dir}/master.m3u8"), master.into_bytes()).await.map_err(store_error)?;
     let manifest = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
     st.storage.write(&format!("{job_dir}/manifest.json"), manifest).await.map_err(store_error)?;
     st.storage.remove_staging(job_id).await.map_err(store_error)?;
-    st.queue.finish_job(job_id, &outputs, now_ms()).await.map_err(|e| e.to_string())?;
-    Ok(())
+    Ok(Written::Outputs(outputs))
 }
 
 /// The multivariant playlist: one `EXT-X-STREAM-INF` and one `EXT-X-I-FRAME-STREAM-INF`
@@ -225,23 +256,6 @@ fn iframe_bandwidth(playlist: &str) -> u64 {
     peak
 }
 
-/// A job reached an end state: queue its webhook, if it has a callback.
-pub async fn job_ended(st: &AppState, job: &Job) {
-    let Some(url) = &job.callback_url else { return };
-    let payload = json!({
-        "type": format!("job.{}", job.state),
-        "timestamp": proto::time::rfc3339(now_ms() / 1000),
-        "data": {"job_id": job.id, "state": job.state, "error": job.error, "outputs": job.outputs},
-    });
-    let queued = match st.queue.enqueue_webhook(&job.id, url, &payload.to_string(), now_ms()).await {
-        Ok(id) => st.chores.deliver_webhook(&id, 0, None).await,
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = queued {
-        proto::log!("coordinator: queueing the webhook of job {}: {e}", job.id);
-    }
-}
-
 /// Standard Webhooks signature: `v1,` + base64(HMAC-SHA256(key, "id.timestamp.body")),
 /// where the key is the base64 part of the `whsec_` secret.
 pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
@@ -280,39 +294,10 @@ pub async fn deliver_webhook(st: &AppState, id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Reschedules every delivery still owed, for a coordinator that stopped between
-/// recording a delivery and queueing its chore. Queued chores are not duplicated.
-pub async fn resume_webhooks(st: &AppState) {
-    match st.queue.owed_webhooks().await {
-        Ok(owed) => {
-            for (d, due) in owed {
-                if let Err(e) = st.chores.deliver_webhook(&d.id, d.attempts, Some(due)).await {
-                    proto::log!("coordinator: rescheduling webhook {}: {e}", d.id);
-                }
-            }
-        }
-        Err(e) => proto::log!("coordinator: listing owed webhooks: {e}"),
-    }
-}
-
 /// One client for all deliveries (connection reuse); a receiver gets 10 s to answer.
 fn webhook_client() -> &'static reqwest::Client {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     CLIENT.get_or_init(|| reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("a default reqwest client builds"))
-}
-
-/// Requeues (or fails) tasks whose heartbeats stopped, then reports what changed.
-pub async fn reap(st: &AppState) {
-    match st.queue.reap(now_ms()).await {
-        Ok(jobs) if !jobs.is_empty() => {
-            st.work_ready.notify_waiters();
-            for job in jobs {
-                after_task(st, &job).await;
-            }
-        }
-        Ok(_) => {}
-        Err(e) => proto::log!("coordinator: lease reaper: {e}"),
-    }
 }
 
 /// A fresh Standard Webhooks secret.

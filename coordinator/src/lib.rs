@@ -7,6 +7,7 @@ pub mod auth;
 pub mod background;
 pub mod chores;
 pub mod dav;
+pub mod lifecycle;
 pub mod queue;
 pub mod registry;
 pub mod server;

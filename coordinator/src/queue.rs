@@ -56,11 +56,14 @@ pub struct QueueConfig {
     pub backoff_max_ms: i64,
     /// Attempts per task before its job fails (infrastructure failures only).
     pub max_attempts: i64,
+    /// How long a queued task may wait while no live worker has its encoder,
+    /// before it fails with that reason.
+    pub capable_worker_wait_ms: i64,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { lease_ttl_ms: 30_000, backoff_base_ms: 2_000, backoff_max_ms: 120_000, max_attempts: 4 }
+        QueueConfig { lease_ttl_ms: 30_000, backoff_base_ms: 2_000, backoff_max_ms: 120_000, max_attempts: 4, capable_worker_wait_ms: 3_600_000 }
     }
 }
 
@@ -73,6 +76,10 @@ impl QueueConfig {
 }
 
 pub use proto::wire::TaskKind;
+
+/// How long the coordinator that accepted a completion has to promote its outputs
+/// before the reconciler does it instead.
+pub const PROMOTE_GRACE_MS: i64 = 30_000;
 
 /// What one lease may carry besides its first task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +137,10 @@ pub struct Job {
     pub playable: bool,
     /// Paths (under `/dav/`) of the master playlist and manifest, once finalized.
     pub outputs: Option<serde_json::Value>,
+    /// What the job waits for while it is live (its probe, a capable worker, a free
+    /// worker, its running tasks, finalize); `None` once it has ended.
+    #[serde(default)]
+    pub waiting_for: Option<String>,
     pub probe: Option<serde_json::Value>,
     pub tasks: Vec<Task>,
 }
@@ -218,18 +229,18 @@ impl Queue {
     /// Like [`Queue::create_job`] with a chosen id (an upload's storage path uses it).
     pub async fn create_job_with_id(&self, id: &str, new: &NewJob, now: i64) -> Result<(Job, bool)> {
         if let Some(key) = &new.idempotency_key
-            && let Some(job) = self.job_by_key(key).await?
+            && let Some(job) = self.job_by_key(Some(key)).await?
         {
             return Ok((job, false));
         }
-        let inserted = sqlx::query("INSERT INTO jobs (id, state, profile, source, callback_url, priority, idempotency_key, created_at, updated_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)")
+        // The probe is owed from the moment the job exists, in the same statement.
+        let inserted = sqlx::query("INSERT INTO jobs (id, state, profile, source, callback_url, priority, idempotency_key, created_at, updated_at, chore, chore_due_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?7, ?7, 'probe', ?7)")
             .bind(id)
             .bind(&new.profile)
             .bind(&new.source)
             .bind(&new.callback_url)
             .bind(new.priority)
             .bind(&new.idempotency_key)
-            .bind(now)
             .bind(now)
             .execute(&self.pool)
             .await;
@@ -238,7 +249,7 @@ impl Queue {
             // Two requests with one key raced: the other one created the job.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 if let Some(key) = &new.idempotency_key
-                    && let Some(job) = self.job_by_key(key).await?
+                    && let Some(job) = self.job_by_key(Some(key)).await?
                 {
                     return Ok((job, false));
                 }
@@ -249,7 +260,9 @@ impl Queue {
         Ok((self.job(id).await?.ok_or_else(|| QueueError::NotFound(id.to_string()))?, true))
     }
 
-    async fn job_by_key(&self, key: &str) -> Result<Option<Job>> {
+    /// The job made with idempotency key `key`, if any.
+    pub async fn job_by_key(&self, key: Option<&str>) -> Result<Option<Job>> {
+        let Some(key) = key else { return Ok(None) };
         let id: Option<String> =
             sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = ?").bind(key).fetch_optional(&self.pool).await?;
         match id {
@@ -258,31 +271,10 @@ impl Queue {
         }
     }
 
-    /// Queues a job's tasks in the order given (run order within the job).
-    pub async fn add_tasks(&self, job_id: &str, tasks: &[NewTask], now: i64) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        for (seq, t) in tasks.iter().enumerate() {
-            sqlx::query("INSERT INTO tasks (id, job_id, kind, rendition, requires, seq, state, max_attempts, created_at, updated_at, queued_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?9)")
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(job_id)
-                .bind(kind_str(t.kind))
-                .bind(&t.rendition)
-                .bind(&t.requires)
-                .bind(seq as i64)
-                .bind(self.cfg.max_attempts)
-                .bind(now)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// A transaction that takes SQLite's write lock up front. A deferred one that
     /// reads first fails with SQLITE_BUSY_SNAPSHOT (which no busy timeout waits
     /// out) when another connection writes between its read and its write.
-    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
@@ -372,7 +364,7 @@ impl Queue {
             "UPDATE tasks SET state = 'leased', worker_id = ?1, epoch = epoch + 1, attempts = attempts + 1, leased_at = ?2,
                  lease_expires_at = ?2 + ?3, progress = 0, updated_at = ?2
              WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
-                         WHERE t.state = 'queued' AND t.run_after <= ?2 AND t.cancel = 0
+                         WHERE t.state = 'queued' AND t.run_after <= ?2 AND t.cancel = 0 AND j.state IN ('queued', 'running')
                            AND (t.requires IS NULL OR instr(?4, ',' || t.requires || ',') > 0)
                            AND (?5 IS NULL OR (t.job_id = ?5 AND t.kind = ?6))
                          ORDER BY j.priority DESC, COALESCE(j.due_at, j.created_at), j.created_at, t.seq LIMIT 1)
@@ -431,31 +423,95 @@ impl Queue {
         }
     }
 
-    /// Ends a lease successfully with the task's result.
+    /// Ends a lease with the task's result: the task becomes `promoting`, which owes
+    /// the promotion of that epoch's staging directory. It succeeds only once its
+    /// files are in place ([`Queue::promoted`]); a promotion still owed after its
+    /// deadline ([`PROMOTE_GRACE_MS`]) is redone by the reconciler.
     pub async fn complete(&self, task: &str, worker: &str, epoch: i64, result: &serde_json::Value, now: i64) -> Result<String> {
-        let mut tx = self.write_tx().await?;
         let job: Option<String> = sqlx::query_scalar(
-            "UPDATE tasks SET state = 'succeeded', progress = 1, result = ?4, lease_expires_at = NULL, updated_at = ?5, finished_at = ?5
-             WHERE id = ?1 AND worker_id = ?2 AND epoch = ?3 AND state IN ('leased', 'running') AND cancel = 0 RETURNING job_id",
+            "UPDATE tasks SET state = 'promoting', progress = 1, result = ?4, lease_expires_at = ?5 + ?6, updated_at = ?5
+             WHERE id = ?1 AND worker_id = ?2 AND epoch = ?3 AND state IN ('leased', 'running') AND cancel = 0
+               AND (SELECT state FROM jobs WHERE id = tasks.job_id) IN ('queued', 'running')
+             RETURNING job_id",
         )
         .bind(task)
         .bind(worker)
         .bind(epoch)
         .bind(result.to_string())
         .bind(now)
+        .bind(PROMOTE_GRACE_MS)
+        .fetch_optional(&self.pool)
+        .await?;
+        job.ok_or_else(|| QueueError::StaleLease { task: task.into(), epoch })
+    }
+
+    /// A promoting task whose outputs are in place succeeds; when it was its job's
+    /// last, the job moves to `finalizing` and owes its finalize. False when the task
+    /// was not promoting (canceled meanwhile, or promoted already).
+    pub async fn promoted(&self, task: &str, now: i64) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let job: Option<String> = sqlx::query_scalar(
+            "UPDATE tasks SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?2, finished_at = ?2
+             WHERE id = ?1 AND state = 'promoting' RETURNING job_id",
+        )
+        .bind(task)
+        .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
-        let job = job.ok_or_else(|| QueueError::StaleLease { task: task.into(), epoch })?;
+        let Some(job) = job else {
+            tx.commit().await?;
+            return Ok(false);
+        };
         settle_job(&mut tx, &job, now).await?;
         tx.commit().await?;
-        Ok(job)
+        Ok(true)
+    }
+
+    /// A promoting task whose outputs could not be put in place (or were found
+    /// missing): the attempt counts as failed and the task runs again.
+    pub async fn promotion_failed(&self, task: &str, error: &str, now: i64) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query("SELECT job_id, attempts, max_attempts FROM tasks WHERE id = ? AND state = 'promoting'")
+            .bind(task)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(row) = row {
+            let (job, attempts, max): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            log_failure(&mut tx, task, &job, "failed", error, now).await?;
+            requeue_or_fail(&mut tx, task, &job, attempts, max, error, true, &self.cfg, now).await?;
+            settle_job(&mut tx, &job, now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Promotions owed past their deadline (the coordinator doing them stopped), or
+    /// all of them with `all` (at start, when no promotion can be in flight).
+    pub async fn overdue_promotions(&self, now: i64, all: bool) -> Result<Vec<Promotion>> {
+        let rows = sqlx::query(
+            "SELECT id, job_id, rendition, epoch, result FROM tasks WHERE state = 'promoting' AND (?2 OR lease_expires_at < ?1) ORDER BY updated_at LIMIT 100",
+        )
+        .bind(now)
+        .bind(all)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(promotion_row).collect())
+    }
+
+    /// The promotion a task owes, if it is promoting.
+    pub async fn promotion(&self, task: &str) -> Result<Option<Promotion>> {
+        let row = sqlx::query("SELECT id, job_id, rendition, epoch, result FROM tasks WHERE id = ? AND state = 'promoting'")
+            .bind(task)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(promotion_row))
     }
 
     /// Ends a lease with a failure. Retryable failures go back to the queue after a
     /// backoff until the attempts run out; bad input fails the job at once.
     pub async fn fail(&self, task: &str, worker: &str, epoch: i64, error: &str, retryable: bool, log_tail: &str, now: i64) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query("SELECT job_id, attempts, max_attempts FROM tasks WHERE id = ? AND worker_id = ? AND epoch = ? AND state IN ('leased', 'running')")
+        let row = sqlx::query("SELECT job_id, attempts, max_attempts FROM tasks WHERE id = ? AND worker_id = ? AND epoch = ? AND state IN ('leased', 'running') AND cancel = 0")
             .bind(task)
             .bind(worker)
             .bind(epoch)
@@ -494,57 +550,53 @@ impl Queue {
         Ok(jobs)
     }
 
-    /// Cancels a job: queued tasks stop, running ones see the flag on their next heartbeat.
+    /// Cancels a job: queued tasks stop, running ones see the flag on their next
+    /// heartbeat, an owed probe or finalize is dropped, and the end is reported.
     pub async fn cancel_job(&self, id: &str, now: i64) -> Result<Job> {
         let mut tx = self.write_tx().await?;
-        if matches!(job_state(&mut tx, id).await?.as_str(), "succeeded" | "failed" | "canceled") {
+        if is_terminal(&job_state(&mut tx, id).await?) {
             return Err(QueueError::Conflict(format!("job {id} has already ended")));
         }
-        sqlx::query("UPDATE tasks SET cancel = 1, state = CASE WHEN state IN ('queued', 'leased', 'running') THEN 'canceled' ELSE state END, updated_at = ? WHERE job_id = ?")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE jobs SET state = 'canceled', updated_at = ? WHERE id = ?").bind(now).bind(id).execute(&mut *tx).await?;
+        end_job(&mut tx, id, "canceled", None, now).await?;
         tx.commit().await?;
         self.job(id).await?.ok_or_else(|| QueueError::NotFound(format!("job {id}")))
     }
 
-    /// Retries a failed or canceled job: its unfinished tasks are queued again with fresh attempts.
+    /// Retries a failed or canceled job as a new run: what failed or was canceled is
+    /// queued again with fresh attempts, what succeeded is kept. A job that was never
+    /// planned owes its probe again; one whose tasks all succeeded owes its finalize.
     pub async fn retry_job(&self, id: &str, now: i64) -> Result<Job> {
         let mut tx = self.write_tx().await?;
         if !matches!(job_state(&mut tx, id).await?.as_str(), "failed" | "canceled") {
             return Err(QueueError::Conflict(format!("job {id} has not failed or been canceled")));
         }
-        sqlx::query("UPDATE tasks SET state = 'queued', cancel = 0, attempts = 0, error = NULL, run_after = 0, worker_id = NULL, progress = 0, updated_at = ?1, queued_at = ?1 WHERE job_id = ?2 AND state != 'succeeded'")
+        sqlx::query("UPDATE tasks SET state = 'queued', cancel = 0, attempts = 0, error = NULL, run_after = 0, worker_id = NULL, lease_expires_at = NULL, progress = 0, unrunnable_since = NULL, updated_at = ?1, queued_at = ?1 WHERE job_id = ?2 AND state != 'succeeded'")
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE jobs SET state = 'queued', error = NULL, updated_at = ? WHERE id = ?")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let planned: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ?)").bind(id).fetch_one(&mut *tx).await?;
+        // A new run: the seq bump makes any chore still in flight from the last run stale.
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', error = NULL, outputs = NULL, run = run + 1, chore = ?3, chore_seq = chore_seq + 1,
+                 chore_attempts = 0, chore_error = NULL, chore_claimed_by = NULL, chore_due_at = ?1, updated_at = ?1 WHERE id = ?2",
+        )
+        .bind(now)
+        .bind(id)
+        .bind((!planned).then_some("probe"))
+        .execute(&mut *tx)
+        .await?;
+        if planned {
+            settle_job(&mut tx, id, now).await?;
+        }
         tx.commit().await?;
         self.job(id).await?.ok_or_else(|| QueueError::NotFound(format!("job {id}")))
     }
 
-    /// Marks a finalizing job succeeded with its output paths. False if it was not finalizing.
-    pub async fn finish_job(&self, id: &str, outputs: &serde_json::Value, now: i64) -> Result<bool> {
-        let n = sqlx::query("UPDATE jobs SET state = 'succeeded', outputs = ?, updated_at = ? WHERE id = ? AND state = 'finalizing'")
-            .bind(outputs.to_string())
-            .bind(now)
-            .bind(id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n == 1)
-    }
-
     /// The stored results of a job's succeeded tasks: (kind, rendition, result).
-    pub async fn task_results(&self, id: &str) -> Result<Vec<(TaskKind, Option<String>, serde_json::Value)>> {
-        let rows = sqlx::query("SELECT kind, rendition, result FROM tasks WHERE job_id = ? AND state = 'succeeded' ORDER BY seq")
+    /// (task id, kind, rendition, result), in the job's order.
+    pub async fn task_results(&self, id: &str) -> Result<Vec<(String, TaskKind, Option<String>, serde_json::Value)>> {
+        let rows = sqlx::query("SELECT kind, rendition, result, id FROM tasks WHERE job_id = ? AND state = 'succeeded' ORDER BY seq")
             .bind(id)
             .fetch_all(&self.pool)
             .await?;
@@ -553,6 +605,7 @@ impl Queue {
             .map(|r| {
                 let result: Option<String> = r.get(2);
                 (
+                    r.get(3),
                     parse_kind(r.get::<&str, _>(0)),
                     r.get(1),
                     result.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(serde_json::Value::Null),
@@ -583,43 +636,6 @@ impl Queue {
             .await?
             .ok_or_else(|| QueueError::NotFound(format!("task {task}")))?;
         Ok((row.get(0), row.get(1)))
-    }
-
-    /// Records the source probe on the job.
-    /// Records a job's probe, and when the job is due: its upload time plus its media
-    /// duration (see [`Queue::lease`] for the order this gives).
-    pub async fn set_probe(&self, id: &str, probe: &serde_json::Value, now: i64) -> Result<()> {
-        let media_ms = (probe["duration"].as_f64().unwrap_or(0.0).clamp(0.0, 1e9) * 1000.0) as i64;
-        sqlx::query("UPDATE jobs SET probe = ?, due_at = created_at + ?, updated_at = ? WHERE id = ?")
-            .bind(probe.to_string())
-            .bind(media_ms)
-            .bind(now)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Fails a job before any task ran (for example, its source could not be probed).
-    pub async fn fail_job(&self, id: &str, error: &str, now: i64) -> Result<()> {
-        sqlx::query("UPDATE jobs SET state = 'failed', error = ?, updated_at = ? WHERE id = ? AND state IN ('queued', 'running')")
-            .bind(error)
-            .bind(now)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Fails a job whose finalize step could not complete.
-    pub async fn fail_job_finalizing(&self, id: &str, error: &str, now: i64) -> Result<()> {
-        sqlx::query("UPDATE jobs SET state = 'failed', error = ?, updated_at = ? WHERE id = ? AND state = 'finalizing'")
-            .bind(error)
-            .bind(now)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     /// How many jobs there are, optionally in one state.
@@ -670,6 +686,7 @@ impl Queue {
         })
         .collect::<Vec<_>>();
         let json = |v: Option<String>| v.and_then(|t| serde_json::from_str(&t).ok());
+        let waiting_for = self.waiting_for(id).await?;
         Ok(Some(Job {
             id: row.get(0),
             state: row.get(1),
@@ -683,6 +700,7 @@ impl Queue {
             playable: tasks.iter().any(|t| t.kind == TaskKind::Transcode && t.state == "succeeded"),
             outputs: json(row.get(9)),
             probe: json(row.get(10)),
+            waiting_for,
             tasks,
         }))
     }
@@ -744,31 +762,43 @@ async fn requeue_or_fail(
     Ok(())
 }
 
-/// Derives a job's state from its tasks: any failed task fails the job (and stops
-/// the rest); all succeeded means succeeded.
+/// Derives a live job's state from its tasks: any failed task fails the job (and
+/// stops the rest); all succeeded means finalizing, which owes the finalize chore.
+/// An ended job never moves again.
 async fn settle_job(tx: &mut SqliteConnection, job: &str, now: i64) -> Result<()> {
-    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE job_id = ?").bind(job).fetch_all(&mut *tx).await?;
-    let current: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?").bind(job).fetch_one(&mut *tx).await?;
-    if current == "canceled" {
+    let current = job_state(&mut *tx, job).await?;
+    if is_terminal(&current) {
         return Ok(());
     }
-    let next = if states.iter().any(|s| s == "failed") {
-        sqlx::query("UPDATE tasks SET cancel = 1, state = CASE WHEN state IN ('queued', 'leased', 'running') THEN 'canceled' ELSE state END WHERE job_id = ?")
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE job_id = ?").bind(job).fetch_all(&mut *tx).await?;
+    if states.iter().any(|s| s == "failed") {
+        return end_job(tx, job, "failed", None, now).await;
+    }
+    if !states.is_empty() && states.iter().all(|s| s == "succeeded") {
+        if current != "finalizing" {
+            sqlx::query(
+                "UPDATE jobs SET state = 'finalizing', chore = 'finalize', chore_attempts = 0, chore_error = NULL, chore_claimed_by = NULL,
+                     chore_due_at = ?1, updated_at = ?1 WHERE id = ?2",
+            )
+            .bind(now)
             .bind(job)
             .execute(&mut *tx)
             .await?;
-        "failed"
-    } else if !states.is_empty() && states.iter().all(|s| s == "succeeded") {
-        // Finalize (master playlist, manifest) turns this into succeeded.
-        if current == "succeeded" { "succeeded" } else { "finalizing" }
-    } else if states.iter().any(|s| s != "queued") {
-        "running"
-    } else {
-        "queued"
-    };
+        }
+        return Ok(());
+    }
+    let next = if states.iter().any(|s| s != "queued") { "running" } else { "queued" };
     sqlx::query("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?").bind(next).bind(now).bind(job).execute(&mut *tx).await?;
     Ok(())
 }
+
+pub fn is_terminal(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "canceled")
+}
+
+mod owed;
+pub use owed::{Chore, ChoreClaim, Owed, Promotion};
+use owed::{end_job, promotion_row};
 
 #[cfg(test)]
 mod tests;

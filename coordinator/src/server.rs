@@ -97,6 +97,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error 
         limits: cfg.limits,
         webhook_secret: Arc::new(webhook_secret),
         chores,
+        instance: Arc::new(format!("coordinator-{}", uuid::Uuid::now_v7().simple())),
     };
     let login_token = state.queue.create_login_link(now_ms()).await?;
     Ok(Prepared { state, admin_token: token, admin_token_generated: generated, chores_pool, login_token, ui: cfg.ui })
@@ -108,7 +109,8 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    chores::resume_webhooks(&p.state).await;
+    // Whatever a coordinator that stopped here still owed, before serving anyone.
+    crate::lifecycle::reconcile(&p.state, true).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let background = tokio::spawn(crate::background::run(p.state.clone(), p.chores_pool.clone(), async move {
         let _ = stopped.await;

@@ -44,6 +44,8 @@ pub struct AppState {
     pub webhook_secret: Arc<String>,
     /// Durable background chores (apalis).
     pub chores: crate::background::Chores,
+    /// This coordinator process, unique per start: the owner of the chores it claims.
+    pub instance: Arc<String>,
 }
 
 impl AppState {

@@ -116,7 +116,12 @@ impl Store {
         match &self.remote {
             None => {
                 let path = self.root.join(rel);
-                let tmp = path.with_extension("tmp-write");
+                // A name of its own per write: two writers never share a temporary file.
+                let tmp = path.with_file_name(format!(
+                    ".{}.part-{}",
+                    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    uuid::Uuid::now_v7().simple()
+                ));
                 tokio::fs::write(&tmp, &bytes).await?;
                 tokio::fs::rename(&tmp, &path).await?;
             }
@@ -157,6 +162,44 @@ impl Store {
                 Ok(resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()))
             }
         }
+    }
+
+    /// The size and sha256 of a stored file, read back in full; `None` if it is not there.
+    pub async fn checksum(&self, rel: &str) -> StoreResult<Option<(u64, String)>> {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        let mut size = 0u64;
+        match &self.remote {
+            None => {
+                use tokio::io::AsyncReadExt;
+                let mut f = match tokio::fs::File::open(self.root.join(rel)).await {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = f.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    hash.update(&buf[..n]);
+                    size += n as u64;
+                }
+            }
+            Some(r) => {
+                let mut resp = r.send("GET", rel, None, None).await?;
+                if resp.status().as_u16() == 404 {
+                    return Ok(None);
+                }
+                r.expect_ok("GET", rel, &resp)?;
+                while let Some(chunk) = resp.chunk().await.map_err(|e| r.error("GET", rel, e.to_string()))? {
+                    hash.update(&chunk);
+                    size += chunk.len() as u64;
+                }
+            }
+        }
+        Ok(Some((size, hex::encode(hash.finalize()))))
     }
 
     /// Moves an accepted attempt's staging directory into place and removes every
@@ -209,6 +252,18 @@ impl Store {
             req = req.header(*name, *value);
         }
         req.send().await.map_err(|e| r.error("GET", rel, e.to_string()))
+    }
+
+    /// Removes a job's whole directory (a source stored for a job that was not made).
+    pub async fn remove_job_dir(&self, job: &str) -> StoreResult<()> {
+        let rel = format!("jobs/{job}");
+        match &self.remote {
+            None => match tokio::fs::remove_dir_all(self.root.join(&rel)).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            },
+            Some(r) => r.delete(&format!("{rel}/")).await,
+        }
     }
 
     /// Removes what is left of a finished job's staging area.

@@ -5,7 +5,7 @@
 use crate::api::{ApiError, allow, parsed};
 use crate::state::{AppState, audit, now_ms};
 use crate::auth::{self, Caller, Role};
-use crate::chores;
+use crate::lifecycle;
 use crate::queue::{Bundling, QueueError};
 use crate::storage;
 use axum::extract::rejection::JsonRejection;
@@ -158,29 +158,7 @@ async fn complete(
 ) -> Result<StatusCode, ApiError> {
     let worker = worker_id(&caller)?;
     let c = parsed(c)?;
-    let (job, rendition) = st.queue.task_target(&task).await?;
-    let out_dir = storage::staging_dir(&job, rendition.as_deref(), c.epoch);
-    // Verify before success: every file the worker names is in place, at its size.
-    for f in &c.files {
-        if f.path.contains("..") || f.path.starts_with('/') {
-            return Err(ApiError::BadRequest(format!("bad file path {}", f.path)));
-        }
-        let stored = st.storage.size(&format!("{out_dir}/{}", f.path)).await.map_err(|e| ApiError::Storage(e.to_string()))?;
-        let len = stored.ok_or_else(|| ApiError::BadRequest(format!("{} was not published", f.path)))?;
-        if len != f.size {
-            return Err(ApiError::BadRequest(format!("{} is {len} bytes, not {}", f.path, f.size)));
-        }
-    }
-    let result = json!({"report": c.report, "files": c.files, "timing": c.timing, "dir": storage::output_dir(&job, rendition.as_deref())});
-    // The queue is the fence: only the current lease's completion is accepted...
-    st.queue.complete(&task, &worker, c.epoch, &result, now_ms()).await?;
-    // ...and only then do its outputs move into place.
-    if let Err(e) = st.storage.promote(&job, rendition.as_deref(), c.epoch).await {
-        let _ = st.queue.fail_job(&job, &format!("storage: promoting outputs: {e}"), now_ms()).await;
-        let _ = st.queue.fail_job_finalizing(&job, &format!("storage: promoting outputs: {e}"), now_ms()).await;
-    }
-    st.emit("task", json!({"job_id": job, "task_id": task, "state": "succeeded", "progress": 1.0}));
-    chores::after_task(&st, &job).await;
+    lifecycle::complete(&st, &worker, &task, &c).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -192,13 +170,7 @@ async fn fail(
 ) -> Result<StatusCode, ApiError> {
     let worker = worker_id(&caller)?;
     let f = parsed(f)?;
-    let error: String = f.error.chars().take(2000).collect();
-    let tail: String = f.log_tail.chars().rev().take(8000).collect::<Vec<_>>().into_iter().rev().collect();
-    st.queue.fail(&task, &worker, f.epoch, &error, f.retryable, &tail, now_ms()).await?;
-    let job = st.queue.task_job(&task).await?;
-    st.emit("task", json!({"job_id": job, "task_id": task, "state": "failed", "error": error}));
-    st.work_ready.notify_waiters();
-    chores::after_task(&st, &job).await;
+    lifecycle::fail(&st, &worker, &task, &f).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

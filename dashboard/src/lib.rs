@@ -304,8 +304,8 @@ async fn job_action(
 ) -> Result<Response, Denied> {
     checked_post(&st, &headers, &f.csrf).await?;
     let done = match action.as_str() {
-        "cancel" => coordinator::api::cancel(&st, &id).await,
-        "retry" => coordinator::api::retry(&st, &id).await,
+        "cancel" => coordinator::lifecycle::cancel(&st, &id).await,
+        "retry" => coordinator::lifecycle::retry(&st, &id).await,
         _ => return Ok(StatusCode::NOT_FOUND.into_response()),
     };
     match done {

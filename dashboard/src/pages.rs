@@ -172,7 +172,7 @@ fn role_path(result: &Value, role: &str) -> Option<String> {
 
 pub fn job(
     j: &Job,
-    results: &[(TaskKind, Option<String>, Value)],
+    results: &[(String, TaskKind, Option<String>, Value)],
     worker_names: &std::collections::HashMap<String, String>,
     csrf: &str,
     now: i64,
@@ -222,7 +222,7 @@ pub fn job(
     s.push_str("</tbody></table></section>");
 
     // Outputs: player, renditions, thumbnails.
-    let renditions: Vec<&Value> = results.iter().filter(|r| r.0 == TaskKind::Transcode).map(|r| &r.2).collect();
+    let renditions: Vec<&Value> = results.iter().filter(|r| r.1 == TaskKind::Transcode).map(|r| &r.3).collect();
     if !renditions.is_empty() {
         s.push_str(
             "<section class=\"card wide\"><h2>Player</h2><div class=\"player\"><select data-player=\"player\" id=\"rendition-select\">",
@@ -237,8 +237,8 @@ pub fn job(
         }
         let poster = results
             .iter()
-            .find(|r| r.0 == TaskKind::Thumbnails)
-            .and_then(|r| Some(format!("{}/{}", r.2["dir"].as_str()?, r.2["report"]["poster"]["path"].as_str()?)));
+            .find(|r| r.1 == TaskKind::Thumbnails)
+            .and_then(|r| Some(format!("{}/{}", r.3["dir"].as_str()?, r.3["report"]["poster"]["path"].as_str()?)));
         let _ = write!(
             s,
             "</select><video id=\"player\" controls preload=\"metadata\" src=\"/ui/files/{}\"{}></video></div>",
@@ -270,7 +270,7 @@ pub fn job(
         }
         s.push_str("</tbody></table></section>");
     }
-    if let Some((_, _, t)) = results.iter().find(|r| r.0 == TaskKind::Thumbnails) {
+    if let Some((_, _, _, t)) = results.iter().find(|r| r.1 == TaskKind::Thumbnails) {
         let dir = t["dir"].as_str().unwrap_or_default();
         s.push_str("<section class=\"card wide\"><h2>Thumbnails and storyboard</h2><div class=\"thumbs\">");
         for th in t["report"]["thumbnails"].as_array().into_iter().flatten() {

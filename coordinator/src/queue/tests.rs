@@ -6,7 +6,7 @@ use super::*;
 const T0: i64 = 1_000_000;
 
 async fn queue() -> Queue {
-    let cfg = QueueConfig { lease_ttl_ms: 10_000, backoff_base_ms: 1_000, backoff_max_ms: 8_000, max_attempts: 3 };
+    let cfg = QueueConfig { lease_ttl_ms: 10_000, backoff_base_ms: 1_000, backoff_max_ms: 8_000, max_attempts: 3, capable_worker_wait_ms: 60_000 };
     Queue::in_memory(cfg).await.unwrap()
 }
 
@@ -19,6 +19,19 @@ async fn job_with(q: &Queue, renditions: &[&str]) -> Job {
     job
 }
 
+/// Completes a lease and promotes its outputs, as the coordinator does.
+async fn done(q: &Queue, l: &Lease, worker: &str, now: i64) {
+    q.complete(&l.task_id, worker, l.epoch, &serde_json::json!({}), now).await.unwrap();
+    assert!(q.promoted(&l.task_id, now).await.unwrap());
+}
+
+/// Arms a job's owed chore and claims it, as a pushed chore does.
+async fn claim(q: &Queue, job: &str, chore: Chore, now: i64) -> Option<ChoreClaim> {
+    let armed = q.arm_chores(Some(job), "me", false, now).await.unwrap();
+    let owed = armed.into_iter().find(|o| o.chore == chore)?;
+    q.claim_chore(job, chore, owed.seq, "me", now).await.unwrap()
+}
+
 #[tokio::test]
 async fn tasks_lease_lowest_rung_first_and_complete() {
     let q = queue().await;
@@ -29,12 +42,16 @@ async fn tasks_lease_lowest_rung_first_and_complete() {
     assert_eq!(b.rendition.as_deref(), Some("720p"));
     assert!(q.lease("w3", &[], T0).await.unwrap().is_none(), "nothing else to lease");
     assert!(!q.heartbeat(&a.task_id, "w1", a.epoch, 0.5, T0 + 1).await.unwrap());
-    q.complete(&a.task_id, "w1", a.epoch, &serde_json::json!({"ok": 1}), T0 + 2).await.unwrap();
+    done(&q, &a, "w1", T0 + 2).await;
     assert_eq!(q.job(&job.id).await.unwrap().unwrap().state, "running");
     q.complete(&b.task_id, "w2", b.epoch, &serde_json::json!({}), T0 + 3).await.unwrap();
     let j = q.job(&job.id).await.unwrap().unwrap();
+    assert_eq!((j.state.as_str(), j.tasks[1].state.as_str()), ("running", "promoting"), "no success before its files are in place");
+    assert!(q.promoted(&b.task_id, T0 + 3).await.unwrap());
+    let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!((j.state.as_str(), j.playable), ("finalizing", true));
-    assert!(q.finish_job(&job.id, &serde_json::json!({"master_playlist": "m"}), T0 + 4).await.unwrap());
+    let claim = claim(&q, &job.id, Chore::Finalize, T0 + 4).await.unwrap();
+    assert!(q.finish_job(&job.id, claim, &serde_json::json!({"master_playlist": "m"}), T0 + 4).await.unwrap());
     assert_eq!(q.job(&job.id).await.unwrap().unwrap().state, "succeeded");
 }
 
@@ -58,7 +75,7 @@ async fn expired_leases_are_requeued_and_stale_completions_rejected() {
     assert!(matches!(q.fail(&first.task_id, "w1", first.epoch, "x", true, "", T0 + 19_500).await, Err(QueueError::StaleLease { .. })));
     let t = &q.job(&job.id).await.unwrap().unwrap().tasks[0];
     assert_eq!((t.state.as_str(), t.worker.as_deref()), ("leased", Some("w2")));
-    q.complete(&second.task_id, "w2", second.epoch, &serde_json::json!({}), T0 + 20_000).await.unwrap();
+    done(&q, &second, "w2", T0 + 20_000).await;
     assert_eq!(q.job(&job.id).await.unwrap().unwrap().state, "finalizing");
 }
 
@@ -203,7 +220,7 @@ async fn bundles_split_a_jobs_renditions_over_the_free_workers() {
     q.register_worker("w1", "w1", 1, &caps, "0", T0).await.unwrap();
     let a = q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap();
     let rest = q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap();
-    q.complete(&rest[0].task_id, "w1", rest[0].epoch, &serde_json::json!({}), T0 + 1).await.unwrap();
+    done(&q, &rest[0], "w1", T0 + 1).await;
     q.fail(&a[0].task_id, "w1", a[0].epoch, "disk full", true, "", T0 + 1).await.unwrap();
     let retry = q.lease_bundle("w1", &[], T0 + 600_000, up_to(4)).await.unwrap();
     assert_eq!(names(&retry), ["240p"], "{retry:?}");
@@ -241,9 +258,9 @@ async fn a_short_clip_is_not_queued_behind_a_long_film() {
         async move {
             let new = NewJob { profile: "web".into(), source: "s".into(), callback_url: None, priority, idempotency_key: None };
             let (job, _) = q.create_job(&new, at).await.unwrap();
-            q.set_probe(&job.id, &serde_json::json!({"duration": seconds}), at).await.unwrap();
             let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
-            q.add_tasks(&job.id, &tasks, at).await.unwrap();
+            let claim = claim(q, &job.id, Chore::Probe, at).await.unwrap();
+            assert!(q.plan_job(&job.id, claim, &serde_json::json!({"duration": seconds}), &tasks, at).await.unwrap());
             job.id
         }
     };

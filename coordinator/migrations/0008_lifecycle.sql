@@ -1,0 +1,30 @@
+-- The job lifecycle as one durable state machine. The chore a job is owed (its
+-- probe, or its finalize) is recorded on the job row by the same transaction that
+-- makes it owed; apalis only runs it. A reconciler pushes every owed chore whose
+-- `chore_due_at` has passed; each push takes a fresh `chore_seq`, and only the chore
+-- holding the latest seq can claim it, so duplicates and stale chores change nothing.
+ALTER TABLE jobs ADD COLUMN chore TEXT;
+ALTER TABLE jobs ADD COLUMN chore_seq INTEGER NOT NULL DEFAULT 0;
+-- Attempts at the owed chore (claims), and the last attempt's error.
+ALTER TABLE jobs ADD COLUMN chore_attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN chore_error TEXT;
+-- When the reconciler should (re)push it: now when it became owed, after a backoff
+-- when an attempt failed, after a grace when pushed or claimed (so a chore lost in a
+-- crash is pushed again).
+ALTER TABLE jobs ADD COLUMN chore_due_at INTEGER;
+-- The coordinator process (run id) whose chore claimed it; a claim by a process
+-- that is gone is pushed again when the next one starts.
+ALTER TABLE jobs ADD COLUMN chore_claimed_by TEXT;
+-- Grows with every retry of the job: each run ends at most once, with one webhook.
+ALTER TABLE jobs ADD COLUMN run INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE webhooks ADD COLUMN run INTEGER;
+CREATE UNIQUE INDEX webhooks_one_per_end ON webhooks (job_id, run);
+CREATE INDEX jobs_chore_due ON jobs (chore_due_at) WHERE chore IS NOT NULL;
+
+-- Since when no live worker has the encoder a queued task requires (NULL: one has).
+ALTER TABLE tasks ADD COLUMN unrunnable_since INTEGER;
+
+-- Jobs already waiting for their chores when this migration runs.
+UPDATE jobs SET chore = 'probe', chore_due_at = 0
+ WHERE state = 'queued' AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = jobs.id);
+UPDATE jobs SET chore = 'finalize', chore_due_at = 0 WHERE state = 'finalizing';

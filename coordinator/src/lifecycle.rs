@@ -1,0 +1,207 @@
+//! The job lifecycle: every transition that HTTP handlers, chores and the reconciler
+//! make goes through here. The queue records each transition together with the work
+//! it makes owed (a probe, a promotion, a finalize, a webhook) in one transaction;
+//! this module then does that work at once as a fast path (`kick`), and the
+//! reconciler does whatever is still owed after a crash, a lost push or a failed
+//! attempt. Nothing here is remembered only in memory.
+//!
+//! ```text
+//!  submit ──▶ queued (owes probe) ──probe──▶ queued/running (tasks) ──all promoted──▶ finalizing (owes finalize)
+//!                 │                                  │                                         │
+//!                 └──── bad input / attempts spent ──┴──── a task failed ─────────────────────┴──▶ failed
+//!  any live state ──cancel──▶ canceled          finalizing ──verified, written──▶ succeeded
+//!  failed/canceled ──retry──▶ a new run: what did not succeed runs again
+//! ```
+//! Every end (succeeded, failed, canceled) records exactly one webhook for its run.
+
+use crate::api::ApiError;
+use crate::queue::{Chore, Job, Promotion, QueueError};
+use crate::state::{AppState, audit, now_ms};
+use crate::storage;
+use serde_json::json;
+
+/// After a transition on `job`: push its owed chore if one is due now, push its
+/// owed webhook deliveries, and tell event subscribers. Failures here only delay
+/// the work: the reconciler pushes whatever is still owed.
+pub async fn kick(st: &AppState, job: &str) {
+    let now = now_ms();
+    match st.queue.arm_chores(Some(job), &st.instance, false, now).await {
+        Ok(armed) => {
+            for owed in armed {
+                push(st, &owed).await;
+            }
+        }
+        Err(e) => proto::log!("coordinator: job {job}: arming its chore: {e}"),
+    }
+    push_deliveries(st, Some(job), now).await;
+    if let Ok(Some(j)) = st.queue.job(job).await {
+        st.emit("job", json!({"job_id": j.id, "state": j.state, "error": j.error, "outputs": j.outputs}));
+    }
+}
+
+async fn push(st: &AppState, owed: &crate::queue::Owed) {
+    let pushed = match owed.chore {
+        Chore::Probe => st.chores.probe_and_plan(&owed.job_id, owed.seq).await,
+        Chore::Finalize => st.chores.finalize(&owed.job_id, owed.seq).await,
+    };
+    if let Err(e) = pushed {
+        // Still owed: the reconciler pushes it again after the push grace.
+        proto::log!("coordinator: job {}: queueing its {} chore: {e}", owed.job_id, owed.chore.as_str());
+    }
+}
+
+/// Pushes webhook deliveries still owed: a job's (right after it ended), or every
+/// delivery whose attempt is overdue (its chore was lost).
+async fn push_deliveries(st: &AppState, job: Option<&str>, now: i64) {
+    match st.queue.owed_deliveries(job, 5_000, now).await {
+        Ok(owed) => {
+            for (id, attempts, due) in owed {
+                if let Err(e) = st.chores.deliver_webhook(&id, attempts, Some(due)).await {
+                    proto::log!("coordinator: queueing webhook {id}: {e}");
+                }
+            }
+        }
+        Err(e) => proto::log!("coordinator: listing owed webhooks: {e}"),
+    }
+}
+
+/// One pass of the reconciler: takes back lapsed leases, pushes owed chores that
+/// are due (or, `at_start`, were claimed by a coordinator that is gone), redoes
+/// overdue promotions, fails tasks no live worker can run, and pushes overdue
+/// webhook deliveries. Runs at start and every second.
+pub async fn reconcile(st: &AppState, at_start: bool) {
+    let now = now_ms();
+    match st.queue.reap(now).await {
+        Ok(jobs) if !jobs.is_empty() => {
+            st.work_ready.notify_waiters();
+            for job in jobs {
+                kick(st, &job).await;
+            }
+        }
+        Ok(_) => {}
+        Err(e) => proto::log!("coordinator: lease reaper: {e}"),
+    }
+    match st.queue.arm_chores(None, &st.instance, at_start, now).await {
+        Ok(armed) => {
+            for owed in &armed {
+                push(st, owed).await;
+            }
+        }
+        Err(e) => proto::log!("coordinator: reconciler: arming chores: {e}"),
+    }
+    match st.queue.overdue_promotions(now, at_start).await {
+        Ok(owed) => {
+            for p in owed {
+                promote(st, &p).await;
+            }
+        }
+        Err(e) => proto::log!("coordinator: reconciler: listing promotions: {e}"),
+    }
+    match st.queue.check_capable_workers(st.queue.cfg.capable_worker_wait_ms, now).await {
+        Ok(jobs) => {
+            for job in jobs {
+                kick(st, &job).await;
+            }
+        }
+        Err(e) => proto::log!("coordinator: reconciler: checking capable workers: {e}"),
+    }
+    push_deliveries(st, None, now).await;
+}
+
+/// A worker's completion of task `task` with epoch `epoch`: its staged files must
+/// all be there at their sizes; then the queue fences it (only the current lease's
+/// completion is accepted) and records the promotion it owes; then the outputs move
+/// into place, and only then does the task succeed.
+pub async fn complete(st: &AppState, worker: &str, task: &str, c: &proto::wire::Complete) -> Result<(), ApiError> {
+    let (job, rendition) = st.queue.task_target(task).await?;
+    let out_dir = storage::staging_dir(&job, rendition.as_deref(), c.epoch);
+    for f in &c.files {
+        if f.path.is_empty() || f.path.contains("..") || f.path.contains('/') || f.path.starts_with('.') {
+            return Err(ApiError::BadRequest(format!("bad file path {}", f.path)));
+        }
+        let stored = st.storage.size(&format!("{out_dir}/{}", f.path)).await.map_err(|e| ApiError::Storage(e.to_string()))?;
+        let len = stored.ok_or_else(|| ApiError::BadRequest(format!("{} was not published", f.path)))?;
+        if len != f.size {
+            return Err(ApiError::BadRequest(format!("{} is {len} bytes, not {}", f.path, f.size)));
+        }
+    }
+    let result = json!({"report": c.report, "files": c.files, "timing": c.timing, "dir": storage::output_dir(&job, rendition.as_deref())});
+    st.queue.complete(task, worker, c.epoch, &result, now_ms()).await?;
+    st.emit("task", json!({"job_id": job, "task_id": task, "state": "promoting", "progress": 1.0}));
+    if let Some(p) = st.queue.promotion(task).await? {
+        promote(st, &p).await;
+    }
+    Ok(())
+}
+
+/// Does a promotion a task owes, idempotently: moves the epoch's staging directory
+/// into place if it is still there, then checks every file at its final path. All
+/// there: the task succeeds. Some missing: the attempt failed and the task runs
+/// again. The store failing: it stays owed, and the reconciler tries again.
+pub async fn promote(st: &AppState, p: &Promotion) {
+    let rendition = p.rendition.as_deref();
+    let staging = storage::staging_dir(&p.job_id, rendition, p.epoch);
+    let final_dir = storage::output_dir(&p.job_id, rendition);
+    let first = p.files.first().and_then(|f| f["path"].as_str()).unwrap_or("rendition.json");
+    let outcome: Result<Option<String>, storage::StoreError> = async {
+        if st.storage.size(&format!("{staging}/{first}")).await?.is_some() {
+            st.storage.promote(&p.job_id, rendition, p.epoch).await?;
+        }
+        for f in &p.files {
+            let path = f["path"].as_str().unwrap_or_default();
+            let size = st.storage.size(&format!("{final_dir}/{path}")).await?;
+            if size != f["size"].as_u64() {
+                return Ok(Some(format!("{final_dir}/{path} is missing after promotion")));
+            }
+        }
+        Ok(None)
+    }
+    .await;
+    let now = now_ms();
+    let recorded = match outcome {
+        Ok(None) => st.queue.promoted(&p.task_id, now).await.map(|_| ()),
+        Ok(Some(lost)) => {
+            st.work_ready.notify_waiters();
+            st.queue.promotion_failed(&p.task_id, &format!("storage: {lost}"), now).await
+        }
+        Err(e) => {
+            proto::log!("coordinator: task {}: promoting its outputs: {e} (will retry)", p.task_id);
+            return;
+        }
+    };
+    if let Err(e) = recorded {
+        proto::log!("coordinator: task {}: recording its promotion: {e}", p.task_id);
+        return;
+    }
+    st.emit("task", json!({"job_id": p.job_id, "task_id": p.task_id, "state": "succeeded", "progress": 1.0}));
+    kick(st, &p.job_id).await;
+}
+
+/// A worker's report that a task's attempt failed.
+pub async fn fail(st: &AppState, worker: &str, task: &str, f: &proto::wire::Fail) -> Result<(), ApiError> {
+    let error: String = f.error.chars().take(2000).collect();
+    let tail: String = f.log_tail.chars().rev().take(8000).collect::<Vec<_>>().into_iter().rev().collect();
+    st.queue.fail(task, worker, f.epoch, &error, f.retryable, &tail, now_ms()).await?;
+    let job = st.queue.task_job(task).await?;
+    st.emit("task", json!({"job_id": job, "task_id": task, "state": "failed", "error": error}));
+    st.work_ready.notify_waiters();
+    kick(st, &job).await;
+    Ok(())
+}
+
+/// Cancels a job and tells everyone (the API and the dashboard share this).
+pub async fn cancel(st: &AppState, id: &str) -> Result<Job, ApiError> {
+    st.queue.cancel_job(id, now_ms()).await?;
+    audit(&format!("job {id} canceled"));
+    kick(st, id).await;
+    Ok(st.queue.job(id).await?.ok_or_else(|| QueueError::NotFound(format!("job {id}")))?)
+}
+
+/// Starts a failed or canceled job's next run.
+pub async fn retry(st: &AppState, id: &str) -> Result<Job, ApiError> {
+    st.queue.retry_job(id, now_ms()).await?;
+    audit(&format!("job {id} retried"));
+    st.work_ready.notify_waiters();
+    kick(st, id).await;
+    Ok(st.queue.job(id).await?.ok_or_else(|| QueueError::NotFound(format!("job {id}")))?)
+}

@@ -1,0 +1,451 @@
+//! Owed work: the chores a job's state makes owed (its probe, its finalize), the
+//! promotions completed tasks owe, and the one webhook each job's end owes. Each is
+//! recorded by the transaction that makes it owed, so a crash at any instant leaves
+//! it in the database for the reconciler, never only in memory.
+//!
+//! Chore protocol. A job row carries `chore` (what it is owed), `chore_seq`,
+//! `chore_attempts` and `chore_due_at`. [`Queue::arm_chores`] takes every owed chore
+//! that is due, bumps its seq and returns it for pushing to apalis (keyed by that
+//! seq, so one push per arm). A chore first [`Queue::claim_chore`]s with the seq it
+//! was pushed with; the claim bumps the seq again and is the only token that can
+//! finish it ([`Queue::plan_job`], [`Queue::finish_job`]) or record its failure
+//! ([`Queue::chore_failed`]). A duplicate or stale chore claims nothing and does
+//! nothing. A claim that never finishes (its coordinator died) falls due again after
+//! the claim's timeout and counts as a failed attempt; attempts are bounded, and the
+//! last one ends the job `failed` with the reason.
+
+use super::{NewTask, Queue, QueueError, Result, is_terminal, job_state, kind_str, settle_job};
+use serde_json::json;
+use sqlx::{Row, SqliteConnection};
+
+/// A chore a job can be owed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chore {
+    /// Probe the source and plan the tasks.
+    Probe,
+    /// Verify the published outputs, write the master playlist and manifest.
+    Finalize,
+}
+
+impl Chore {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Chore::Probe => "probe",
+            Chore::Finalize => "finalize",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Chore> {
+        match s {
+            "probe" => Some(Chore::Probe),
+            "finalize" => Some(Chore::Finalize),
+            _ => None,
+        }
+    }
+
+    /// How long a claim may run before it counts as lost.
+    pub fn claim_timeout_ms(self) -> i64 {
+        match self {
+            // The probe child has 120 s.
+            Chore::Probe => 180_000,
+            // Reading back every output for its checksum.
+            Chore::Finalize => 900_000,
+        }
+    }
+}
+
+/// Attempts at one owed chore before the job fails.
+pub const CHORE_ATTEMPTS: i64 = 3;
+
+/// After an owed chore is pushed, how long before it is pushed again if nothing
+/// claimed it (apalis lost it, or its push failed).
+pub const CHORE_PUSH_GRACE_MS: i64 = 60_000;
+
+/// An owed chore, armed for one push: the seq it must claim with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owed {
+    pub job_id: String,
+    pub chore: Chore,
+    pub seq: i64,
+}
+
+/// A claimed chore: the token that finishes it, and which attempt this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChoreClaim {
+    pub token: i64,
+    pub attempt: i64,
+}
+
+/// A promotion a completed task owes: move `jobs/JOB/.staging/NAME.eEPOCH` into place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Promotion {
+    pub task_id: String,
+    pub job_id: String,
+    pub rendition: Option<String>,
+    pub epoch: i64,
+    /// Files the worker published, `{"path", "size", "sha256"}`.
+    pub files: Vec<serde_json::Value>,
+}
+
+pub(super) fn promotion_row(r: sqlx::sqlite::SqliteRow) -> Promotion {
+    let result: Option<String> = r.get(4);
+    let result: serde_json::Value = result.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    Promotion {
+        task_id: r.get(0),
+        job_id: r.get(1),
+        rendition: r.get(2),
+        epoch: r.get(3),
+        files: result["files"].as_array().cloned().unwrap_or_default(),
+    }
+}
+
+impl Queue {
+    /// Arms every owed chore that is due (or, with `job`, that job's), and ends the
+    /// jobs whose chore has no attempts left. `stale_claims_of_others`: also re-arm
+    /// chores claimed by another coordinator process (at start: with SQLite, only one
+    /// process serves a database, so such a claim died with its process).
+    pub async fn arm_chores(&self, job: Option<&str>, me: &str, at_start: bool, now: i64) -> Result<Vec<Owed>> {
+        let mut tx = self.write_tx().await?;
+        let due = sqlx::query(
+            "SELECT id, chore, chore_attempts, chore_error, source FROM jobs
+             WHERE chore IS NOT NULL AND (?1 IS NULL OR id = ?1)
+               AND (chore_due_at <= ?2 OR (?3 AND chore_claimed_by IS NOT NULL AND chore_claimed_by != ?4))
+             ORDER BY chore_due_at LIMIT 500",
+        )
+        .bind(job)
+        .bind(now)
+        .bind(at_start)
+        .bind(me)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut armed = Vec::new();
+        for row in due {
+            let (id, chore, attempts, error, source): (String, String, i64, Option<String>, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            let Some(chore) = Chore::parse(&chore) else { continue };
+            if attempts >= CHORE_ATTEMPTS {
+                // The last claim never finished: its coordinator stopped mid-chore.
+                let error = error.unwrap_or_else(|| "the coordinator running it stopped".into());
+                let reason = gave_up(chore, &source, attempts, &error);
+                end_job(&mut tx, &id, "failed", Some(&reason), now).await?;
+                continue;
+            }
+            let seq: i64 = sqlx::query_scalar(
+                "UPDATE jobs SET chore_seq = chore_seq + 1, chore_due_at = ?2, chore_claimed_by = NULL WHERE id = ?1 RETURNING chore_seq",
+            )
+            .bind(&id)
+            .bind(now + CHORE_PUSH_GRACE_MS)
+            .fetch_one(&mut *tx)
+            .await?;
+            armed.push(Owed { job_id: id, chore, seq });
+        }
+        tx.commit().await?;
+        Ok(armed)
+    }
+
+    /// Claims an owed chore pushed with `seq`, for process `me`. `None`: it is not
+    /// owed any more, or a later push superseded this one.
+    pub async fn claim_chore(&self, job: &str, chore: Chore, seq: i64, me: &str, now: i64) -> Result<Option<ChoreClaim>> {
+        let row = sqlx::query(
+            "UPDATE jobs SET chore_seq = chore_seq + 1, chore_attempts = chore_attempts + 1, chore_due_at = ?4, chore_claimed_by = ?5
+             WHERE id = ?1 AND chore = ?2 AND chore_seq = ?3 RETURNING chore_seq, chore_attempts",
+        )
+        .bind(job)
+        .bind(chore.as_str())
+        .bind(seq)
+        .bind(now + chore.claim_timeout_ms())
+        .bind(me)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| ChoreClaim { token: r.get(0), attempt: r.get(1) }))
+    }
+
+    /// Records a failed attempt at a claimed chore: the next is due after a backoff,
+    /// or, with no attempts left, the job fails with the reason. False when the claim
+    /// was superseded (the job was canceled or retried meanwhile).
+    pub async fn chore_failed(&self, job: &str, chore: Chore, claim: ChoreClaim, error: &str, now: i64) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let source: Option<String> = sqlx::query_scalar("SELECT source FROM jobs WHERE id = ? AND chore = ? AND chore_seq = ?")
+            .bind(job)
+            .bind(chore.as_str())
+            .bind(claim.token)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(source) = source else {
+            tx.commit().await?;
+            return Ok(false);
+        };
+        if claim.attempt >= CHORE_ATTEMPTS {
+            end_job(&mut tx, job, "failed", Some(&gave_up(chore, &source, claim.attempt, error)), now).await?;
+        } else {
+            sqlx::query("UPDATE jobs SET chore_error = ?2, chore_due_at = ?3, chore_claimed_by = NULL, updated_at = ?4 WHERE id = ?1")
+                .bind(job)
+                .bind(error)
+                .bind(now + self.cfg.backoff(claim.attempt))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Ends a job whose claimed chore found bad input (an unreadable source, a
+    /// profile that plans nothing): failed at once, with the reason.
+    pub async fn chore_rejected(&self, job: &str, chore: Chore, claim: ChoreClaim, reason: &str, now: i64) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let held = holds(&mut tx, job, chore, claim).await?;
+        if held {
+            end_job(&mut tx, job, "failed", Some(reason), now).await?;
+        }
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    /// Finishes a claimed probe: records the probe and the job's due time (upload
+    /// time plus media duration, see [`Queue::lease`]) and queues its tasks, in one
+    /// transaction. False (and nothing written) when the job was canceled or retried
+    /// while it was probed.
+    pub async fn plan_job(&self, job: &str, claim: ChoreClaim, probe: &serde_json::Value, tasks: &[NewTask], now: i64) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        if !holds(&mut tx, job, Chore::Probe, claim).await? || job_state(&mut tx, job).await? != "queued" {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        let media_ms = (probe["duration"].as_f64().unwrap_or(0.0).clamp(0.0, 1e9) * 1000.0) as i64;
+        sqlx::query("UPDATE jobs SET probe = ?, due_at = created_at + ?, chore = NULL, chore_error = NULL, chore_claimed_by = NULL, updated_at = ? WHERE id = ?")
+            .bind(probe.to_string())
+            .bind(media_ms)
+            .bind(now)
+            .bind(job)
+            .execute(&mut *tx)
+            .await?;
+        insert_tasks(&mut tx, job, tasks, self.cfg.max_attempts, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Plans a job directly, without its probe: for tests and fixtures.
+    pub async fn add_tasks(&self, job_id: &str, tasks: &[NewTask], now: i64) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("UPDATE jobs SET chore = NULL WHERE id = ? AND chore = 'probe'").bind(job_id).execute(&mut *tx).await?;
+        insert_tasks(&mut tx, job_id, tasks, self.cfg.max_attempts, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Finishes a claimed finalize: the job succeeds with its output paths. False
+    /// when the claim was superseded.
+    pub async fn finish_job(&self, id: &str, claim: ChoreClaim, outputs: &serde_json::Value, now: i64) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let held = holds(&mut tx, id, Chore::Finalize, claim).await? && job_state(&mut tx, id).await? == "finalizing";
+        if held {
+            sqlx::query("UPDATE jobs SET outputs = ? WHERE id = ?").bind(outputs.to_string()).bind(id).execute(&mut *tx).await?;
+            end_job(&mut tx, id, "succeeded", None, now).await?;
+        }
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    /// A claimed finalize found a task's published outputs missing or changed: that
+    /// task runs again (the attempt counts as failed), and the job waits for it.
+    pub async fn reopen_task(&self, job: &str, claim: ChoreClaim, task: &str, error: &str, now: i64) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let held = holds(&mut tx, job, Chore::Finalize, claim).await?;
+        if held {
+            let row = sqlx::query("SELECT attempts, max_attempts FROM tasks WHERE id = ? AND job_id = ? AND state = 'succeeded'")
+                .bind(task)
+                .bind(job)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = row {
+                sqlx::query("UPDATE jobs SET state = 'running', chore = NULL, chore_claimed_by = NULL, updated_at = ? WHERE id = ?")
+                    .bind(now)
+                    .bind(job)
+                    .execute(&mut *tx)
+                    .await?;
+                super::log_failure(&mut tx, task, job, "failed", error, now).await?;
+                super::requeue_or_fail(&mut tx, task, job, row.get(0), row.get(1), error, true, &self.cfg, now).await?;
+                settle_job(&mut tx, job, now).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    /// What a job waits for, for its view: its probe, a capable worker, a free
+    /// worker, or its finalize. `None` once it has ended.
+    pub async fn waiting_for(&self, id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT state, chore, chore_attempts, chore_error, chore_claimed_by FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| QueueError::NotFound(format!("job {id}")))?;
+        let (state, chore, attempts, error, claimed): (String, Option<String>, i64, Option<String>, Option<String>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        if is_terminal(&state) {
+            return Ok(None);
+        }
+        if let Some(chore) = chore {
+            let what = if chore == "probe" { "its probe" } else { "finalize" };
+            return Ok(Some(match (claimed, error) {
+                (Some(_), _) => format!("{what} (attempt {attempts} of {CHORE_ATTEMPTS} running)"),
+                (None, Some(e)) => format!("{what} (attempt {attempts} of {CHORE_ATTEMPTS} failed: {e}; retrying after a backoff)"),
+                (None, None) => format!("{what} (queued)"),
+            }));
+        }
+        let unrunnable: Option<String> =
+            sqlx::query_scalar("SELECT requires FROM tasks WHERE job_id = ? AND state = 'queued' AND unrunnable_since IS NOT NULL LIMIT 1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        if let Some(encoder) = unrunnable {
+            return Ok(Some(format!("a capable worker: no live worker has the encoder {encoder}")));
+        }
+        let queued: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ? AND state = 'queued')")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Some(if queued { "a free worker".into() } else { "its running tasks".into() }))
+    }
+
+    /// Marks queued tasks that no live worker can run, and fails those that have
+    /// waited for a capable worker longer than `wait_ms`. Returns the jobs changed.
+    pub async fn check_capable_workers(&self, wait_ms: i64, now: i64) -> Result<Vec<String>> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE tasks SET unrunnable_since = CASE
+                 WHEN EXISTS (SELECT 1 FROM workers w, json_each(w.capabilities, '$.encoders') e
+                              WHERE e.value = tasks.requires AND w.removed = 0 AND w.last_seen >= ?2) THEN NULL
+                 ELSE COALESCE(unrunnable_since, ?1) END
+             WHERE state = 'queued' AND requires IS NOT NULL",
+        )
+        .bind(now)
+        .bind(now - self.cfg.lease_ttl_ms)
+        .execute(&mut *tx)
+        .await?;
+        let stuck = sqlx::query("SELECT id, job_id, requires FROM tasks WHERE state = 'queued' AND unrunnable_since < ?")
+            .bind(now - wait_ms)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut jobs = Vec::new();
+        for row in stuck {
+            let (task, job, encoder): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+            let why = format!("no live worker has the encoder {encoder} (waited {} s for one)", wait_ms / 1000);
+            sqlx::query("UPDATE tasks SET state = 'failed', error = ?1, updated_at = ?2, finished_at = ?2 WHERE id = ?3")
+                .bind(&why)
+                .bind(now)
+                .bind(&task)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE jobs SET error = COALESCE(error, ?) WHERE id = ?").bind(&why).bind(&job).execute(&mut *tx).await?;
+            settle_job(&mut tx, &job, now).await?;
+            jobs.push(job);
+        }
+        tx.commit().await?;
+        jobs.dedup();
+        Ok(jobs)
+    }
+
+    /// Webhook deliveries owed for `job` (or all whose attempt is overdue by
+    /// `overdue_ms`): (delivery id, attempts made, due at).
+    pub async fn owed_deliveries(&self, job: Option<&str>, overdue_ms: i64, now: i64) -> Result<Vec<(String, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT id, attempts, next_attempt_at FROM webhooks WHERE delivered_at IS NULL AND gave_up = 0
+               AND (?1 IS NULL OR job_id = ?1) AND (?1 IS NOT NULL OR next_attempt_at <= ?2) ORDER BY next_attempt_at LIMIT 500",
+        )
+        .bind(job)
+        .bind(now - overdue_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+}
+
+/// True when `claim` is still the token of the job's owed `chore`.
+async fn holds(tx: &mut SqliteConnection, job: &str, chore: Chore, claim: ChoreClaim) -> Result<bool> {
+    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ? AND chore = ? AND chore_seq = ?)")
+        .bind(job)
+        .bind(chore.as_str())
+        .bind(claim.token)
+        .fetch_one(&mut *tx)
+        .await?)
+}
+
+fn gave_up(chore: Chore, source: &str, attempts: i64, error: &str) -> String {
+    match chore {
+        Chore::Probe => format!("probing {source} failed {attempts} times: {error}"),
+        Chore::Finalize => format!("finalizing failed {attempts} times: {error}"),
+    }
+}
+
+async fn insert_tasks(tx: &mut SqliteConnection, job: &str, tasks: &[NewTask], max_attempts: i64, now: i64) -> Result<()> {
+    for (seq, t) in tasks.iter().enumerate() {
+        sqlx::query("INSERT INTO tasks (id, job_id, kind, rendition, requires, seq, state, max_attempts, created_at, updated_at, queued_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?8, ?8, ?8)")
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(job)
+            .bind(kind_str(t.kind))
+            .bind(&t.rendition)
+            .bind(&t.requires)
+            .bind(seq as i64)
+            .bind(max_attempts)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Ends a live job (`succeeded`, `failed` or `canceled`): the rest of its tasks stop,
+/// whatever chore it was owed is dropped (and any in flight made stale), and the one
+/// webhook of this run's end is recorded, in the caller's transaction. An ended job
+/// is left as it is.
+pub(super) async fn end_job(tx: &mut SqliteConnection, job: &str, state: &str, error: Option<&str>, now: i64) -> Result<()> {
+    if is_terminal(&job_state(&mut *tx, job).await?) {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE tasks SET cancel = 1, lease_expires_at = CASE WHEN state = 'promoting' THEN NULL ELSE lease_expires_at END,
+             state = CASE WHEN state IN ('queued', 'leased', 'running', 'promoting') THEN 'canceled' ELSE state END, updated_at = ?2
+         WHERE job_id = ?1 AND state NOT IN ('succeeded', 'failed')",
+    )
+    .bind(job)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE jobs SET state = ?2, error = COALESCE(?3, error), chore = NULL, chore_seq = chore_seq + 1, chore_claimed_by = NULL,
+             updated_at = ?4 WHERE id = ?1",
+    )
+    .bind(job)
+    .bind(state)
+    .bind(error)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let row = sqlx::query("SELECT callback_url, run, error, outputs FROM jobs WHERE id = ?").bind(job).fetch_one(&mut *tx).await?;
+    let (callback, run, error, outputs): (Option<String>, i64, Option<String>, Option<String>) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if let Some(url) = callback {
+        let outputs: serde_json::Value = outputs.and_then(|o| serde_json::from_str(&o).ok()).unwrap_or_default();
+        let payload = json!({
+            "type": format!("job.{state}"),
+            "timestamp": proto::time::rfc3339(now / 1000),
+            "data": {"job_id": job, "state": state, "error": error, "outputs": outputs, "run": run},
+        });
+        // One per (job, run): a second end of the same run cannot record another.
+        sqlx::query(
+            "INSERT INTO webhooks (id, job_id, run, url, payload, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?6, ?6)
+             ON CONFLICT (job_id, run) DO NOTHING",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(job)
+        .bind(run)
+        .bind(url)
+        .bind(payload.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
