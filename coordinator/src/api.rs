@@ -2,9 +2,9 @@
 //! roles it accepts; errors are JSON `{"code", "message"}` with stable codes.
 
 use crate::auth::{self, Caller, Role, bearer};
-use crate::state::{AppState, audit, now_ms};
 use crate::lifecycle;
 use crate::queue::{NewJob, QueueError};
+use crate::state::{AppState, audit, now_ms};
 use crate::{dav, storage, workers_api};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Path, Query, Request, State};
@@ -271,7 +271,6 @@ async fn retry_job(State(st): State<AppState>, caller: Caller, Path(id): Path<St
     allow(&caller, &[Role::Admin, Role::Submit])?;
     Ok(Json(json!(lifecycle::retry(&st, &id).await?)))
 }
-
 
 /// A new join token with `uses` and a lifetime; returns it and its expiry (unix ms).
 pub async fn mint_join_token(st: &AppState, uses: i64, ttl_seconds: i64) -> Result<(String, i64), ApiError> {

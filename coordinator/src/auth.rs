@@ -8,7 +8,12 @@ use sqlx::Row;
 
 /// The bearer token of a request, if any.
 pub fn bearer(parts: &axum::http::request::Parts) -> Option<&str> {
-    parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim)
+    parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

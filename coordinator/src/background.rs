@@ -13,8 +13,8 @@
 //! a short poll interval, few attempts, unique worker names per process start, a
 //! monitor that restarts a worker after a database error, and its own migrations table.
 
-use crate::state::AppState;
 use crate::chores;
+use crate::state::AppState;
 use apalis::prelude::*;
 use apalis_cron::{CronScheduler, Tick};
 use apalis_sqlite::{Config, SqlitePool, SqliteStorage};

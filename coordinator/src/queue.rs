@@ -63,7 +63,13 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { lease_ttl_ms: 30_000, backoff_base_ms: 2_000, backoff_max_ms: 120_000, max_attempts: 4, capable_worker_wait_ms: 3_600_000 }
+        QueueConfig {
+            lease_ttl_ms: 30_000,
+            backoff_base_ms: 2_000,
+            backoff_max_ms: 120_000,
+            max_attempts: 4,
+            capable_worker_wait_ms: 3_600_000,
+        }
     }
 }
 

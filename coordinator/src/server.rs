@@ -3,10 +3,10 @@
 //! caller bound, and runs the background chores until shutdown.
 
 use crate::api;
-use crate::state::{AppState, Limits, now_ms};
 use crate::auth::{self, Role};
 use crate::chores;
 use crate::queue::{Queue, QueueConfig};
+use crate::state::{AppState, Limits, now_ms};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -62,4 +62,3 @@ pub fn audit(what: &str) {
     let now = now_ms();
     proto::log!("{}.{:03}Z {what}", proto::time::rfc3339(now / 1000).trim_end_matches('Z'), now % 1000);
 }
-

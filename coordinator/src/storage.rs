@@ -368,4 +368,3 @@ pub fn output_dir(job: &str, rendition: Option<&str>) -> String {
 pub fn staging_dir(job: &str, rendition: Option<&str>, epoch: i64) -> String {
     format!("jobs/{job}/.staging/{}.e{epoch}", rendition.unwrap_or("thumbnails"))
 }
-

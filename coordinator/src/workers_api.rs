@@ -3,10 +3,10 @@
 //! A worker credential can call these routes (and `/dav/`) and nothing else.
 
 use crate::api::{ApiError, allow, parsed};
-use crate::state::{AppState, audit, now_ms};
 use crate::auth::{self, Caller, Role};
 use crate::lifecycle;
 use crate::queue::{Bundling, QueueError};
+use crate::state::{AppState, audit, now_ms};
 use crate::storage;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};

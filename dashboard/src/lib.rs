@@ -17,9 +17,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use coordinator::state::{AppState, now_ms};
 use coordinator::auth::Role;
 use coordinator::sessions::{SESSION_TTL_MS, Session};
+use coordinator::state::{AppState, now_ms};
 use serde::Deserialize;
 use std::fmt::Write as _;
 

@@ -6,7 +6,13 @@ use super::*;
 const T0: i64 = 1_000_000;
 
 async fn queue() -> Queue {
-    let cfg = QueueConfig { lease_ttl_ms: 10_000, backoff_base_ms: 1_000, backoff_max_ms: 8_000, max_attempts: 3, capable_worker_wait_ms: 60_000 };
+    let cfg = QueueConfig {
+        lease_ttl_ms: 10_000,
+        backoff_base_ms: 1_000,
+        backoff_max_ms: 8_000,
+        max_attempts: 3,
+        capable_worker_wait_ms: 60_000,
+    };
     Queue::in_memory(cfg).await.unwrap()
 }
 
@@ -274,4 +280,257 @@ async fn a_short_clip_is_not_queued_behind_a_long_film() {
         order.push(l.job_id);
     }
     assert_eq!(order, [urgent, clip, film, late_clip]);
+}
+
+fn url_job(key: Option<&str>) -> NewJob {
+    NewJob {
+        profile: "web".into(),
+        source: "http://origin.example/v.mp4".into(),
+        callback_url: Some("http://hooks.example/drake".into()),
+        priority: 0,
+        idempotency_key: key.map(String::from),
+    }
+}
+
+/// The terminal webhooks recorded for a job: (run, type).
+async fn ends(q: &Queue, job: &str) -> Vec<(i64, String)> {
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT run, json_extract(payload, '$.type') FROM webhooks WHERE job_id = ? ORDER BY run")
+            .bind(job)
+            .fetch_all(q.pool())
+            .await
+            .unwrap();
+    rows
+}
+
+#[tokio::test]
+async fn a_probe_that_keeps_failing_backs_off_then_fails_the_job_with_its_reason() {
+    let q = queue().await;
+    let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
+    let mut now = T0;
+    for attempt in 1..=3 {
+        let c = claim(&q, &job.id, Chore::Probe, now).await.unwrap_or_else(|| panic!("attempt {attempt} is due at {now}"));
+        assert_eq!(c.attempt, attempt);
+        assert!(q.chore_failed(&job.id, Chore::Probe, c, "connection refused", now).await.unwrap());
+        if attempt < 3 {
+            let j = q.job(&job.id).await.unwrap().unwrap();
+            assert_eq!(j.state, "queued");
+            assert!(j.waiting_for.unwrap().contains("its probe (attempt"), "the job view says what it waits for");
+            // Backing off: nothing is due before the backoff has passed.
+            assert!(q.arm_chores(Some(&job.id), "me", false, now + q.cfg.backoff(attempt) - 1).await.unwrap().is_empty());
+            now += q.cfg.backoff(attempt);
+        }
+    }
+    let j = q.job(&job.id).await.unwrap().unwrap();
+    assert_eq!(j.state, "failed");
+    assert_eq!(j.error.as_deref(), Some("probing http://origin.example/v.mp4 failed 3 times: connection refused"));
+    assert_eq!(j.waiting_for, None);
+    assert_eq!(ends(&q, &job.id).await, [(0, "job.failed".to_string())]);
+    assert!(q.arm_chores(None, "me", false, now + 1_000_000).await.unwrap().is_empty(), "nothing is owed any more");
+}
+
+#[tokio::test]
+async fn a_chore_whose_coordinator_died_is_pushed_again_and_counts_as_an_attempt() {
+    let q = queue().await;
+    let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
+    // Nothing in memory: the job row itself says a probe is owed.
+    let armed = q.arm_chores(None, "first", false, T0).await.unwrap();
+    assert_eq!(armed.iter().map(|o| (o.job_id.as_str(), o.chore)).collect::<Vec<_>>(), [(job.id.as_str(), Chore::Probe)]);
+    // Pushed, but lost (the push failed): pushed again after the grace, with a new seq.
+    let again = q.arm_chores(None, "first", false, T0 + owed::CHORE_PUSH_GRACE_MS).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert!(q.claim_chore(&job.id, Chore::Probe, armed[0].seq, "first", T0).await.unwrap().is_none(), "a superseded push claims nothing");
+    let c = q.claim_chore(&job.id, Chore::Probe, again[0].seq, "first", T0 + 60_000).await.unwrap().unwrap();
+    assert!(q.claim_chore(&job.id, Chore::Probe, again[0].seq, "first", T0 + 60_000).await.unwrap().is_none(), "claimed once");
+    // The coordinator dies mid-probe. The next one re-arms the claim at its start.
+    assert!(q.arm_chores(None, "second", false, T0 + 61_000).await.unwrap().is_empty(), "not yet due");
+    let restarted = q.arm_chores(None, "second", true, T0 + 61_000).await.unwrap();
+    assert_eq!(restarted.len(), 1, "a claim of a process that is gone");
+    // The stale claim can no longer plan the job.
+    let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
+    assert!(!q.plan_job(&job.id, c, &serde_json::json!({}), &tasks, T0 + 62_000).await.unwrap());
+    // Two more lost claims, and the job fails instead of staying queued.
+    let mut seq = restarted[0].seq;
+    let mut now = T0 + 62_000;
+    for _ in 0..2 {
+        q.claim_chore(&job.id, Chore::Probe, seq, "second", now).await.unwrap().unwrap();
+        now += Chore::Probe.claim_timeout_ms();
+        let armed = q.arm_chores(None, "second", false, now).await.unwrap();
+        seq = armed.first().map_or(-1, |o| o.seq);
+    }
+    let j = q.job(&job.id).await.unwrap().unwrap();
+    assert_eq!(j.state, "failed");
+    assert!(j.error.unwrap().contains("failed 3 times: the coordinator running it stopped"));
+    assert!(j.tasks.is_empty());
+}
+
+#[tokio::test]
+async fn cancel_during_a_probe_stops_the_job_and_cancel_plus_retry_plans_it_once() {
+    let q = queue().await;
+    let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
+    let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
+    let first = claim(&q, &job.id, Chore::Probe, T0).await.unwrap();
+    q.cancel_job(&job.id, T0 + 1).await.unwrap();
+    assert!(!q.plan_job(&job.id, first, &serde_json::json!({}), &tasks, T0 + 2).await.unwrap(), "no tasks for a canceled job");
+    assert!(q.job(&job.id).await.unwrap().unwrap().tasks.is_empty());
+    assert!(q.lease("w", &[], T0 + 3).await.unwrap().is_none());
+    // Cancel and retry while one probe runs: only the retry's probe plans.
+    let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
+    let stale = claim(&q, &job.id, Chore::Probe, T0).await.unwrap();
+    q.cancel_job(&job.id, T0 + 1).await.unwrap();
+    q.retry_job(&job.id, T0 + 2).await.unwrap();
+    let fresh = claim(&q, &job.id, Chore::Probe, T0 + 3).await.unwrap();
+    assert!(!q.plan_job(&job.id, stale, &serde_json::json!({}), &tasks, T0 + 4).await.unwrap());
+    assert!(q.plan_job(&job.id, fresh, &serde_json::json!({}), &tasks, T0 + 5).await.unwrap());
+    assert_eq!(q.job(&job.id).await.unwrap().unwrap().tasks.len(), 1, "planned once");
+    assert_eq!(ends(&q, &job.id).await, [(0, "job.canceled".to_string())], "the canceled run reported its end once");
+}
+
+#[tokio::test]
+async fn a_failed_job_stays_failed_and_reports_its_end_once() {
+    let q = queue().await;
+    let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
+    let tasks: Vec<NewTask> = ["240p", "360p", "480p"]
+        .iter()
+        .map(|r| NewTask { kind: TaskKind::Transcode, rendition: Some(r.to_string()), requires: None })
+        .collect();
+    q.add_tasks(&job.id, &tasks, T0).await.unwrap();
+    let a = q.lease("w1", &[], T0).await.unwrap().unwrap();
+    let b = q.lease("w2", &[], T0).await.unwrap().unwrap();
+    let c = q.lease("w3", &[], T0).await.unwrap().unwrap();
+    q.fail(&a.task_id, "w1", a.epoch, "bad input: corrupt", false, "", T0 + 1).await.unwrap();
+    // Its running mates see the cancel, and their late reports change nothing.
+    assert!(matches!(q.heartbeat(&b.task_id, "w2", b.epoch, 0.5, T0 + 2).await, Err(QueueError::StaleLease { .. })));
+    assert!(q.task_canceled(&b.task_id).await.unwrap());
+    assert!(matches!(q.complete(&b.task_id, "w2", b.epoch, &serde_json::json!({}), T0 + 3).await, Err(QueueError::StaleLease { .. })));
+    assert!(matches!(q.fail(&c.task_id, "w3", c.epoch, "x", true, "", T0 + 3).await, Err(QueueError::StaleLease { .. })));
+    assert!(q.reap(T0 + 100_000).await.unwrap().is_empty());
+    let j = q.job(&job.id).await.unwrap().unwrap();
+    assert_eq!(j.state, "failed");
+    assert_eq!(j.tasks.iter().map(|t| t.state.as_str()).collect::<Vec<_>>(), ["failed", "canceled", "canceled"]);
+    assert_eq!(ends(&q, &job.id).await, [(0, "job.failed".to_string())]);
+    assert!(matches!(q.cancel_job(&job.id, T0 + 4).await, Err(QueueError::Conflict(_))));
+}
+
+#[tokio::test]
+async fn a_task_leased_before_its_job_ended_is_never_handed_out_after() {
+    let q = queue().await;
+    let job = job_with(&q, &["240p", "360p"]).await;
+    // Fail the job some other way than through its tasks (here, a lost probe re-run).
+    let claim_ = {
+        sqlx::query("UPDATE jobs SET chore = 'finalize', chore_due_at = 0 WHERE id = ?").bind(&job.id).execute(q.pool()).await.unwrap();
+        claim(&q, &job.id, Chore::Finalize, T0).await.unwrap()
+    };
+    q.chore_rejected(&job.id, Chore::Finalize, claim_, "bad input: x", T0).await.unwrap();
+    assert_eq!(q.job(&job.id).await.unwrap().unwrap().state, "failed");
+    assert!(q.lease("w", &[], T0 + 1).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn retrying_a_job_resumes_it() {
+    let q = queue().await;
+    // Everything succeeded, then finalize failed: the retry goes straight to finalize.
+    let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
+    q.add_tasks(&job.id, &[NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }], T0).await.unwrap();
+    let l = q.lease("w", &[], T0).await.unwrap().unwrap();
+    done(&q, &l, "w", T0).await;
+    for i in 0..3 {
+        let c = claim(&q, &job.id, Chore::Finalize, T0 + 1_000_000 * i).await.unwrap();
+        q.chore_failed(&job.id, Chore::Finalize, c, "storage: HTTP 503", T0 + 1_000_000 * i).await.unwrap();
+    }
+    let j = q.job(&job.id).await.unwrap().unwrap();
+    assert_eq!((j.state.as_str(), j.error.as_deref()), ("failed", Some("finalizing failed 3 times: storage: HTTP 503")));
+    let j = q.retry_job(&job.id, T0 + 5_000_000).await.unwrap();
+    assert_eq!((j.state.as_str(), j.tasks[0].state.as_str()), ("finalizing", "succeeded"), "what succeeded is kept");
+    let c = claim(&q, &job.id, Chore::Finalize, T0 + 5_000_000).await.expect("finalize is owed at once");
+    assert!(q.finish_job(&job.id, c, &serde_json::json!({}), T0 + 5_000_001).await.unwrap());
+    assert_eq!(ends(&q, &job.id).await, [(0, "job.failed".into()), (1, "job.succeeded".into())], "one end per run");
+    // Only the failed task runs again.
+    let job = job_with(&q, &["240p", "360p"]).await;
+    let a = q.lease("w", &[], T0).await.unwrap().unwrap();
+    done(&q, &a, "w", T0).await;
+    let b = q.lease("w", &[], T0).await.unwrap().unwrap();
+    q.fail(&b.task_id, "w", b.epoch, "bad input", false, "", T0).await.unwrap();
+    q.retry_job(&job.id, T0 + 1).await.unwrap();
+    let again = q.lease("w", &[], T0 + 2).await.unwrap().unwrap();
+    assert_eq!(again.task_id, b.task_id);
+    assert!(q.lease("w", &[], T0 + 2).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn finalize_runs_once_and_a_missing_output_reruns_its_task() {
+    let q = queue().await;
+    let job = job_with(&q, &["240p"]).await;
+    let l = q.lease("w", &[], T0).await.unwrap().unwrap();
+    done(&q, &l, "w", T0).await;
+    // Two triggers at once: both arm, but only the latest push can claim, once.
+    let first = q.arm_chores(Some(&job.id), "me", false, T0).await.unwrap();
+    let second = q.arm_chores(None, "me", false, T0 + owed::CHORE_PUSH_GRACE_MS).await.unwrap();
+    assert!(q.claim_chore(&job.id, Chore::Finalize, first[0].seq, "me", T0).await.unwrap().is_none());
+    let c = q.claim_chore(&job.id, Chore::Finalize, second[0].seq, "me", T0).await.unwrap().unwrap();
+    assert!(q.claim_chore(&job.id, Chore::Finalize, second[0].seq, "me", T0).await.unwrap().is_none());
+    // It found the task's files missing on the store: the task runs again.
+    assert!(q.reopen_task(&job.id, c, &l.task_id, "jobs/x/240p/rendition.json is missing from the store", T0).await.unwrap());
+    assert!(!q.finish_job(&job.id, c, &serde_json::json!({}), T0).await.unwrap(), "the claim is spent");
+    let j = q.job(&job.id).await.unwrap().unwrap();
+    assert_eq!((j.state.as_str(), j.tasks[0].state.as_str()), ("queued", "queued"));
+    let again = q.lease("w", &[], T0 + 10_000).await.unwrap().unwrap();
+    assert_eq!(again.epoch, 2);
+}
+
+#[tokio::test]
+async fn an_unfinished_promotion_is_redone_not_papered_over() {
+    let q = queue().await;
+    let job = job_with(&q, &["240p"]).await;
+    let l = q.lease("w", &[], T0).await.unwrap().unwrap();
+    q.complete(&l.task_id, "w", l.epoch, &serde_json::json!({"files": [{"path": "rendition.json", "size": 3}]}), T0).await.unwrap();
+    // The coordinator dies before promoting: the task is not a success, and not reaped.
+    assert!(q.reap(T0 + 100_000).await.unwrap().is_empty());
+    assert_eq!(q.job(&job.id).await.unwrap().unwrap().tasks[0].state, "promoting");
+    assert!(q.overdue_promotions(T0 + 1, false).await.unwrap().is_empty(), "its coordinator still has time");
+    let owed = q.overdue_promotions(T0 + PROMOTE_GRACE_MS + 1, false).await.unwrap();
+    assert_eq!((owed.len(), owed[0].epoch, owed[0].files.len()), (1, l.epoch, 1));
+    assert_eq!(q.overdue_promotions(T0, true).await.unwrap().len(), 1, "at start, all of them");
+    // Its files were lost: the attempt failed and the task runs again.
+    q.promotion_failed(&l.task_id, "storage: jobs/x/240p/rendition.json is missing after promotion", T0 + 40_000).await.unwrap();
+    let t = &q.job(&job.id).await.unwrap().unwrap().tasks[0];
+    assert_eq!(t.state, "queued");
+}
+
+#[tokio::test]
+async fn a_task_no_live_worker_can_run_waits_then_fails_with_that_reason() {
+    let q = queue().await;
+    let caps = |e: &[&str]| proto::wire::Capabilities { encoders: e.iter().map(|s| s.to_string()).collect(), cores: 2, tags: vec![] };
+    let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
+    q.add_tasks(&job.id, &[NewTask { kind: TaskKind::Transcode, rendition: Some("360p".into()), requires: Some("libsvtav1".into()) }], T0)
+        .await
+        .unwrap();
+    q.register_worker("x264", "x264", 1, &caps(&["libx264"]), "0", T0).await.unwrap();
+    q.register_worker("av1", "av1", 1, &caps(&["libsvtav1"]), "0", T0).await.unwrap();
+    assert!(q.check_capable_workers(60_000, T0).await.unwrap().is_empty());
+    assert_eq!(q.job(&job.id).await.unwrap().unwrap().waiting_for.as_deref(), Some("a free worker"));
+    // The only capable worker goes silent.
+    let later = T0 + q.cfg.lease_ttl_ms + 1;
+    q.worker_seen("x264", None, None, later).await.unwrap();
+    assert!(q.check_capable_workers(60_000, later).await.unwrap().is_empty());
+    let j = q.job(&job.id).await.unwrap().unwrap();
+    assert_eq!(j.waiting_for.as_deref(), Some("a capable worker: no live worker has the encoder libsvtav1"));
+    assert_eq!(q.check_capable_workers(60_000, later + 60_001).await.unwrap(), [job.id.clone()]);
+    let j = q.job(&job.id).await.unwrap().unwrap();
+    assert_eq!(j.state, "failed");
+    assert_eq!(j.error.as_deref(), Some("no live worker has the encoder libsvtav1 (waited 60 s for one)"));
+}
+
+#[tokio::test]
+async fn concurrent_submits_with_one_key_make_one_job() {
+    let q = queue().await;
+    let key = Some("pipeline/42");
+    let made = futures_util::future::join_all((0..8).map(|i| {
+        let q = q.clone();
+        async move { q.create_job(&url_job(key), T0 + i).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(made.iter().filter(|(_, created)| *created).count(), 1);
+    assert!(made.iter().all(|(j, _)| j.id == made[0].0.id));
+    assert_eq!(q.arm_chores(None, "me", false, T0 + 10).await.unwrap().len(), 1, "one probe owed");
 }
