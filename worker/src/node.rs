@@ -210,6 +210,23 @@ impl Node {
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
         let outcome = self.execute(&tasks, &dirs).await;
+        // Publishing a large bundle can outlast the lease TTL: keep every lease not
+        // yet reported alive until its completion or failure is posted.
+        let unreported = Arc::new(std::sync::Mutex::new(tasks.clone()));
+        let keeper = {
+            let (node, unreported) = (self.clone(), unreported.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(node.heartbeat).await;
+                    let pending = unreported.lock().map(|p| p.clone()).unwrap_or_default();
+                    for task in &pending {
+                        if let Err(e) = node.heartbeat(task, 1.0).await {
+                            proto::log!("drake worker: heartbeat while publishing {}: {e}", task.task_id);
+                        }
+                    }
+                }
+            })
+        };
         for (lease, dir) in tasks.iter().zip(&dirs) {
             let result = match &outcome {
                 // Thumbnails made alongside renditions fail on their own; their
@@ -252,9 +269,13 @@ impl Node {
             if let Err(e) = result {
                 proto::log!("drake worker: task {}: reporting: {e}", lease.task_id);
             }
+            if let Ok(mut p) = unreported.lock() {
+                p.retain(|t| t.task_id != lease.task_id);
+            }
             // Cleanup runs on every path.
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
+        keeper.abort();
     }
 
     async fn post<T: serde::Serialize>(&self, lease: &TaskLease, what: &str, body: &T) -> Result<(), String> {
@@ -328,14 +349,7 @@ impl Node {
                 }
             })
         };
-        let stderr_task = tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let mut stderr = stderr;
-            let _ = stderr.read_to_end(&mut buf).await;
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            let start = text.len().saturating_sub(8000);
-            text[text.char_indices().find(|(i, _)| *i >= start).map_or(0, |(i, _)| i)..].to_string()
-        });
+        let stderr_task = tokio::spawn(log_tail(stderr, LOG_TAIL_BYTES));
         let kill = |pid: Option<u32>| {
             if let Some(pid) = pid {
                 // SAFETY: signalling the child's process group (it called setpgid).
@@ -441,6 +455,31 @@ impl Node {
     }
 }
 
+/// How much of a child's stderr is kept: its end, shown to ops with a failure.
+const LOG_TAIL_BYTES: usize = 8000;
+
+/// Reads a child's stderr to its end, keeping only the last `keep` bytes (at most
+/// twice that in memory), so a chatty or hostile engine log cannot fill the worker.
+async fn log_tail(mut stderr: impl tokio::io::AsyncRead + Unpin, keep: usize) -> String {
+    let mut tail: Vec<u8> = Vec::with_capacity(2 * keep);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match stderr.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > 2 * keep {
+                    tail.drain(..tail.len() - keep);
+                }
+            }
+        }
+    }
+    let start = tail.len().saturating_sub(keep);
+    let text = String::from_utf8_lossy(&tail[start..]).into_owned();
+    // Drop a character cut in half at the start.
+    text.trim_start_matches('\u{fffd}').to_string()
+}
+
 /// The 1-minute load average (Linux), shown on the dashboard.
 fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
@@ -460,6 +499,14 @@ pub fn parse_progress(line: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn only_the_end_of_a_huge_log_is_kept() {
+        let log: Vec<u8> = (0..200_000u32).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+        let tail = super::log_tail(&log[..], 8000).await;
+        assert!(tail.len() <= 8000 && tail.len() > 7000, "{}", tail.len());
+        assert!(tail.ends_with("line 199999\n"));
+    }
+
     #[test]
     fn progress_lines() {
         assert_eq!(super::parse_progress(r#"{"type":"progress","fraction":0.42,"fps":212.0,"frame":127,"out_time":4.2}"#), Some(0.42));
