@@ -3,100 +3,12 @@
 
 mod common;
 
+use common::farm::*;
 use common::*;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A coordinator on port 0 in a temp dir; killed when dropped.
-struct Coordinator {
-    child: Child,
-    url: String,
-    admin: String,
-    data: Dir,
-}
-
-impl Coordinator {
-    fn start() -> Coordinator {
-        Coordinator::start_with(&[])
-    }
-
-    fn start_with(extra: &[&str]) -> Coordinator {
-        let data = Dir::new();
-        let (child, url, admin) = Coordinator::spawn(&data, "127.0.0.1:0", extra, true);
-        Coordinator { child, url, admin, data }
-    }
-
-    /// Starts a coordinator on `data`; `fresh` says the data dir is new, so an admin
-    /// token is generated and printed.
-    fn spawn(data: &Dir, listen: &str, extra: &[&str], fresh: bool) -> (Child, String, String) {
-        let mut child = Command::new(drake_bin())
-            .args(["coordinator", "--data", data.tmp.path().to_str().unwrap(), "--listen", listen])
-            .args(extra)
-            .env_remove("DRAKE_ADMIN_TOKEN")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_string();
-        let second = lines.next().unwrap().unwrap();
-        // Keep reading, so the coordinator never writes into a closed pipe.
-        std::thread::spawn(move || for _ in lines {});
-        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-        let stored = std::fs::read_to_string(data.path("admin-token")).unwrap();
-        assert!(stored.starts_with("drk_admin_"));
-        // A token is printed when it was generated; a restart keeps the stored one.
-        assert_eq!(second.starts_with("admin token"), fresh, "{second}");
-        if fresh {
-            assert_eq!(second.rsplit(' ').next().unwrap(), stored, "the generated admin token is kept in the data dir");
-        }
-        (child, url, stored)
-    }
-
-    /// Kills the coordinator and starts it again on the same address and data.
-    fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let (child, url, admin) = Coordinator::spawn(&self.data, self.url.trim_start_matches("http://"), &[], false);
-        self.child = child;
-        assert_eq!((url.as_str(), admin.as_str()), (self.url.as_str(), self.admin.as_str()));
-    }
-
-    /// (status, JSON body) of a request with the given token.
-    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, &format!("{}{path}", self.url)]);
-        if let Some(t) = token {
-            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-        }
-        if let Some(b) = body {
-            cmd.args(["-H", "Content-Type: application/json", "-d", &b.to_string()]);
-        }
-        let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
-        let (body, status) = out.rsplit_once('\n').unwrap();
-        (status.parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
-    }
-
-    fn wait_for(&self, job: &str, mut done: impl FnMut(&Value) -> bool) -> Value {
-        let started = Instant::now();
-        loop {
-            let (_, j) = self.call("GET", &format!("/api/v1/jobs/{job}"), Some(&self.admin), None);
-            if done(&j) {
-                return j;
-            }
-            assert!(started.elapsed() < Duration::from_secs(30), "timed out; last: {j}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn every_api_route_checks_the_caller() {
@@ -122,6 +34,20 @@ fn every_api_route_checks_the_caller() {
     assert_eq!(c.call("POST", "/api/v1/join-tokens", Some(join), Some(json!({"uses": 1, "ttl_seconds": 600}))).0, 403);
     let (status, body) = c.call("POST", "/api/v1/join-tokens", Some(&c.admin), Some(json!({"uses": 0, "ttl_seconds": 600})));
     assert_eq!((status, body["code"].as_str()), (400, Some("bad_request")));
+    // Nothing a caller names is fetched from a private network: known addresses are
+    // refused at once, and nothing is recorded.
+    for body in [
+        json!({"source_url": format!("{}/admin", c.url)}),
+        json!({"source_url": "http://169.254.169.254/latest/meta-data/"}),
+        json!({"source_url": "http://[::ffff:127.0.0.1]:9/x.mp4"}),
+        json!({"source_url": "http://localhost:9/x.mp4"}),
+        json!({"source_url": "https://media.example.com/x.mp4", "callback_url": "http://10.0.0.7/hook"}),
+    ] {
+        let (status, e) = c.call("POST", "/api/v1/jobs", Some(&c.admin), Some(body.clone()));
+        assert_eq!((status, e["code"].as_str()), (422, Some("unprocessable")), "{body}: {e}");
+    }
+    let (_, listed) = c.call("GET", "/api/v1/jobs", Some(&c.admin), None);
+    assert_eq!(listed["jobs"], json!([]));
 }
 
 #[test]
@@ -146,7 +72,7 @@ fn submitted_jobs_are_probed_and_planned_lowest_rung_first_then_longest() {
     ]);
     std::fs::write(dir.path("garbage.mp4"), vec![0x5au8; 50_000]).unwrap();
     let server = RangeServer::start(dir.tmp.path().to_path_buf());
-    let c = Coordinator::start();
+    let c = Coordinator::start_with(&["--allow-network", "127.0.0.1/32"]);
 
     let body = json!({"source_url": format!("{}/src.mp4", server.url), "idempotency_key": "upload-1"});
     let (status, job) = c.call("POST", "/api/v1/jobs", Some(&c.admin), Some(body.clone()));
@@ -189,139 +115,9 @@ fn submitted_jobs_are_probed_and_planned_lowest_rung_first_then_longest() {
     assert_eq!(c.call("GET", "/api/v1/jobs/nope", Some(&c.admin), None).0, 404);
 }
 
-/// A `drake worker` process; killed when dropped.
-struct Worker {
-    child: Child,
-    name: String,
-    scratch: std::path::PathBuf,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Coordinator {
-    fn join_token(&self, uses: i64) -> String {
-        let (status, t) = self.call("POST", "/api/v1/join-tokens", Some(&self.admin), Some(json!({"uses": uses, "ttl_seconds": 600})));
-        assert_eq!(status, 201);
-        t["token"].as_str().unwrap().to_string()
-    }
-
-    fn worker(&self, name: &str, token: &str) -> Worker {
-        self.worker_with_stderr(name, token, Stdio::inherit())
-    }
-
-    fn worker_with_stderr(&self, name: &str, token: &str, stderr: Stdio) -> Worker {
-        let scratch = self.data.path(&format!("scratch-{name}"));
-        let child = Command::new(drake_bin())
-            .args(["worker", "--coordinator", &self.url, "--name", name, "--slots", "1", "--scratch", scratch.to_str().unwrap()])
-            .env("DRAKE_TOKEN", token)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        Worker { child, name: name.to_string(), scratch }
-    }
-
-    /// A multipart upload through curl, as an upload pipeline would send it.
-    fn upload(&self, file: &str, fields: &[(&str, &str)]) -> (u16, Value) {
-        let mut cmd = Command::new("curl");
-        cmd.args([
-            "-s",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            &format!("Authorization: Bearer {}", self.admin),
-            "-F",
-            &format!("file=@{file}"),
-        ]);
-        for (k, v) in fields {
-            cmd.args(["-F", &format!("{k}={v}")]);
-        }
-        cmd.arg(format!("{}/api/v1/jobs", self.url));
-        let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
-        let (body, status) = out.rsplit_once('\n').unwrap();
-        (status.parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
-    }
-
-    fn fetch(&self, path: &str) -> Vec<u8> {
-        let out = Command::new("curl")
-            .args(["-sf", "-H", &format!("Authorization: Bearer {}", self.admin), &format!("{}{path}", self.url)])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "GET {path}");
-        out.stdout
-    }
-
-    fn wait_ended(&self, job: &str, limit: Duration) -> Value {
-        let started = Instant::now();
-        loop {
-            let (_, j) = self.call("GET", &format!("/api/v1/jobs/{job}"), Some(&self.admin), None);
-            if matches!(j["state"].as_str(), Some("succeeded" | "failed" | "canceled")) {
-                return j;
-            }
-            assert!(started.elapsed() < limit, "job did not end in {limit:?}: {j}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
-
-/// Receives webhooks on loopback: answers 500 to the first delivery and 200 after,
-/// recording (headers, body) of each.
-fn webhook_receiver() -> (String, Received) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let (head, body) = loop {
-                let n = conn.read(&mut chunk).unwrap_or(0);
-                if n == 0 {
-                    break (String::new(), String::new());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        break (head.to_string(), body[..len].to_string());
-                    }
-                }
-            };
-            let first = {
-                let mut l = log.lock().unwrap();
-                l.push((head, body));
-                l.len() == 1
-            };
-            let status = if first { "500 Internal Server Error" } else { "200 OK" };
-            let _ = conn.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
-        }
-    });
-    (url, seen)
-}
-
-fn header<'a>(head: &'a str, name: &str) -> &'a str {
-    head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim())).unwrap_or("")
-}
-
 #[test]
 fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
-    let c = Coordinator::start_with(&["--lease-ttl-seconds", "6"]);
+    let c = Coordinator::start_with(&["--lease-ttl-seconds", "6", "--allow-network", "127.0.0.0/8"]);
     let join = c.join_token(2);
     let _w1 = c.worker("w1", &join);
     let _w2 = c.worker("w2", &join);
@@ -445,16 +241,6 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
     assert!(events.contains("\"progress\":"), "progress reaches SSE subscribers");
 }
 
-/// Processes whose command line mentions `needle` (orphans of a killed worker).
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(needle))
-        .collect()
-}
-
 #[test]
 fn a_worker_killed_mid_task_costs_one_lease_not_the_job() {
     let c = Coordinator::start_with(&["--lease-ttl-seconds", "4"]);
@@ -570,11 +356,6 @@ fn drake_up_and_drake_submit_from_the_readme() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(processes_mentioning(&data.tmp.path().to_string_lossy()).is_empty(), "workers left running");
-}
-
-fn sigterm(pid: u32) {
-    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    assert!(status.success());
 }
 
 #[test]
@@ -717,76 +498,6 @@ fn each_role_reaches_only_its_routes() {
     assert_eq!(dav(&worker, "GET", "/dav/jobs/../../admin-token"), 403);
     assert_eq!(dav(&worker, "GET", "/dav/jobs/%2e%2e/%2e%2e/admin-token"), 403);
     assert_eq!(dav(&c.admin, "GET", "/dav/uploads/"), 403);
-}
-
-/// nginx with its dav module, on loopback, as production's external storage.
-struct Nginx {
-    child: Child,
-    url: String,
-    root: std::path::PathBuf,
-    _dir: Dir,
-}
-
-impl Nginx {
-    const AUTHORIZATION: &str = "Bearer store-s3cret";
-
-    fn start() -> Nginx {
-        let dir = Dir::new();
-        let root = dir.path("root");
-        std::fs::create_dir_all(&root).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let as_root = Command::new("id").arg("-u").output().unwrap().stdout.starts_with(b"0");
-        let conf = format!(
-            "daemon off;\n{user}pid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  client_max_body_size 0;\n  server {{\n    listen 127.0.0.1:{port};\n    location /media/ {{\n      if ($http_authorization != \"{auth}\") {{ return 401; }}\n      alias {root}/;\n      dav_methods PUT DELETE MKCOL COPY MOVE;\n      dav_access user:rw group:r all:r;\n    }}\n  }}\n}}\n",
-            user = if as_root { "user root;\n" } else { "" },
-            d = dir.tmp.path().display(),
-            auth = Nginx::AUTHORIZATION,
-            root = root.display(),
-        );
-        std::fs::write(dir.path("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
-            .args(["-e", &dir.s("error.log"), "-p", &dir.s(""), "-c", &dir.s("nginx.conf")])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx (scripts/setup.sh installs nginx-core)");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "nginx did not start: {}",
-                std::fs::read_to_string(dir.path("error.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Nginx { child, url: format!("http://127.0.0.1:{port}/media"), root, _dir: dir }
-    }
-
-    fn fetch(&self, url: &str) -> Vec<u8> {
-        let out = Command::new("curl").args(["-sf", "-H", &format!("Authorization: {}", Nginx::AUTHORIZATION), url]).output().unwrap();
-        assert!(out.status.success(), "GET {url}");
-        out.stdout
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
-        sigterm(self.child.id());
-        let _ = self.child.wait();
-    }
-}
-
-fn files_under(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            out.push(format!("{}/", e.path().display()));
-            out.extend(files_under(&e.path()));
-        } else {
-            out.push(e.path().display().to_string());
-        }
-    }
-    out
 }
 
 #[test]

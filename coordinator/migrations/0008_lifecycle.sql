@@ -8,6 +8,8 @@ ALTER TABLE jobs ADD COLUMN chore_seq INTEGER NOT NULL DEFAULT 0;
 -- Attempts at the owed chore (claims), and the last attempt's error.
 ALTER TABLE jobs ADD COLUMN chore_attempts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN chore_error TEXT;
+-- What the last failed attempt was doing ("fetching URL", "probing URL", "finalizing").
+ALTER TABLE jobs ADD COLUMN chore_step TEXT;
 -- When the reconciler should (re)push it: now when it became owed, after a backoff
 -- when an attempt failed, after a grace when pushed or claimed (so a chore lost in a
 -- crash is pushed again).
@@ -20,6 +22,9 @@ ALTER TABLE jobs ADD COLUMN run INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE webhooks ADD COLUMN run INTEGER;
 CREATE UNIQUE INDEX webhooks_one_per_end ON webhooks (job_id, run);
 CREATE INDEX jobs_chore_due ON jobs (chore_due_at) WHERE chore IS NOT NULL;
+
+-- Where an ingested URL source was copied to in storage; tasks read that copy.
+ALTER TABLE jobs ADD COLUMN stored_source TEXT;
 
 -- Since when no live worker has the encoder a queued task requires (NULL: one has).
 ALTER TABLE tasks ADD COLUMN unrunnable_since INTEGER;

@@ -29,6 +29,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("the upload exceeds the limit of {0} bytes")]
     TooLarge(u64),
+    /// Well-formed but refused: a URL naming a network callers may not reach.
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("storage: {0}")]
     Storage(String),
     #[error(transparent)]
@@ -42,6 +45,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             ApiError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
             ApiError::Queue(e) => (
                 match e {
@@ -119,10 +123,16 @@ fn check_url(what: &str, url: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses a URL whose host is an address callers may not reach (known without DNS).
+fn check_network(st: &AppState, url: &str) -> Result<(), ApiError> {
+    st.network.check_literal(url).map_err(|e| ApiError::Unprocessable(e.to_string()))
+}
+
 /// Validates a request's fields into a job (source filled in by the caller).
-fn new_job(f: JobFields, source: String) -> Result<NewJob, ApiError> {
+fn new_job(st: &AppState, f: JobFields, source: String) -> Result<NewJob, ApiError> {
     if let Some(cb) = &f.callback_url {
         check_url("callback_url", cb)?;
+        check_network(st, cb)?;
     }
     if f.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_LEN) {
         return Err(ApiError::BadRequest(format!("idempotency_key must be 1..={MAX_KEY_LEN} characters")));
@@ -152,10 +162,12 @@ async fn create_job(State(st): State<AppState>, caller: Caller, req: Request) ->
         let Json(f): Json<JobFields> = Json::from_request(req, &st).await.map_err(|e| ApiError::BadRequest(e.body_text()))?;
         let url = f.source_url.clone().ok_or_else(|| ApiError::BadRequest("give source_url, or upload a multipart field `file`".into()))?;
         check_url("source_url", &url)?;
-        let new = new_job(f, url)?;
+        check_network(&st, &url)?;
+        let new = new_job(&st, f, url)?;
         st.queue.create_job(&new, now_ms()).await?
     };
     if created {
+        crate::fault::point(crate::fault::AFTER_CREATE);
         // The job row already owes its probe; this pushes it at once.
         lifecycle::kick(&st, &job.id).await;
     }
@@ -218,7 +230,7 @@ async fn create_from_upload(st: &AppState, mut multipart: Multipart) -> Result<(
     if f.source_url.is_some() {
         return Err(ApiError::BadRequest("give either an upload or source_url, not both".into()));
     }
-    let mut new = new_job(f, String::new())?;
+    let mut new = new_job(st, f, String::new())?;
     if let Some(job) = st.queue.job_by_key(new.idempotency_key.as_deref()).await? {
         return Ok((job, false));
     }

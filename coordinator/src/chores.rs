@@ -18,8 +18,15 @@ use std::time::Duration;
 enum Outcome {
     /// Bad input: the job fails at once with this reason.
     Rejected(String),
-    /// Trouble that another attempt may not have (after a backoff).
-    Failed(String),
+    /// Trouble that another attempt may not have (after a backoff), at a step
+    /// ("fetching URL"; `None`: the chore's own name).
+    Failed(Option<String>, String),
+}
+
+impl Outcome {
+    fn failed(error: impl ToString) -> Outcome {
+        Outcome::Failed(None, error.to_string())
+    }
 }
 
 /// The probe-and-plan chore pushed with `seq`: claims the job's owed probe, probes
@@ -33,8 +40,8 @@ pub async fn probe_and_plan(st: &AppState, job: &str, seq: i64) -> Result<(), St
         return Ok(()); // not owed any more (canceled, retried), or a duplicate
     };
     let outcome = match probe_and_plan_tasks(st, job).await {
-        Ok((probe, tasks)) => {
-            if st.queue.plan_job(job, claim, &probe, &tasks, now_ms()).await.map_err(|e| e.to_string())? {
+        Ok((stored, probe, tasks)) => {
+            if st.queue.plan_job(job, claim, stored.as_deref(), &probe, &tasks, now_ms()).await.map_err(|e| e.to_string())? {
                 st.work_ready.notify_waiters();
             }
             Ok(())
@@ -52,41 +59,70 @@ async fn finish_attempt(st: &AppState, job: &str, chore: Chore, claim: ChoreClai
         Err(Outcome::Rejected(reason)) => {
             st.queue.chore_rejected(job, chore, claim, &reason, now).await.map_err(|e| e.to_string())?;
         }
-        Err(Outcome::Failed(error)) => {
+        Err(Outcome::Failed(step, error)) => {
             proto::log!("coordinator: job {job}: {} attempt {} failed: {error}", chore.as_str(), claim.attempt);
-            st.queue.chore_failed(job, chore, claim, &error, now).await.map_err(|e| e.to_string())?;
+            st.queue.chore_failed(job, chore, claim, step.as_deref(), &error, now).await.map_err(|e| e.to_string())?;
         }
     }
     lifecycle::kick(st, job).await;
     Ok(())
 }
 
-async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Value, Vec<NewTask>), Outcome> {
-    let j = st.queue.job(job).await.map_err(|e| Outcome::Failed(e.to_string()))?.ok_or_else(|| Outcome::Failed("job vanished".into()))?;
+/// Copies a URL source into storage (`jobs/ID/source`), unless an earlier attempt
+/// did; a partial copy from an earlier attempt is resumed by `Range`.
+async fn ingest(st: &AppState, job: &str, url: &str) -> Result<String, Outcome> {
+    let stored = crate::storage::source_path(job);
+    if st.storage.size(&stored).await.map_err(Outcome::failed)?.is_some() {
+        return Ok(stored);
+    }
+    let spool = st.storage.spool_dir();
+    tokio::fs::create_dir_all(&spool).await.map_err(Outcome::failed)?;
+    let part = spool.join(format!("ingest-{job}.part"));
+    let limits = crate::fetch::IngestLimits {
+        max_bytes: st.limits.max_upload_bytes,
+        total: Duration::from_secs(st.limits.ingest_timeout_seconds),
+        stall: Duration::from_secs(60),
+    };
+    match crate::fetch::ingest(&st.network, url, &part, limits).await {
+        Ok(_) => {}
+        Err(e @ (crate::fetch::FetchError::Refused(_) | crate::fetch::FetchError::TooLarge(_))) => {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(Outcome::Rejected(format!("bad input: fetching {url}: {e}")));
+        }
+        // The partial copy stays for the next attempt to resume.
+        Err(e) => return Err(Outcome::Failed(Some(format!("fetching {url}")), e.to_string())),
+    }
+    st.storage.import(&part, &stored).await.map_err(|e| Outcome::Failed(Some(format!("storing {url}")), e.to_string()))?;
+    Ok(stored)
+}
+
+/// The job's stored source (for a URL source, the copy ingested now), its probe,
+/// and its tasks.
+async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Option<String>, Value, Vec<NewTask>), Outcome> {
+    let j = st.queue.job(job).await.map_err(Outcome::failed)?.ok_or_else(|| Outcome::failed("job vanished"))?;
     let profile = Profile::load(&j.profile).map_err(|e| Outcome::Rejected(format!("bad input: {e}")))?;
-    // Uploads are in storage; URLs are read by libav directly.
-    let source = j.source;
-    let (target, authorization) =
-        if source.starts_with("http://") || source.starts_with("https://") { (source, None) } else { st.storage.probe_target(&source) };
+    let stored =
+        if j.source.starts_with("http://") || j.source.starts_with("https://") { Some(ingest(st, job, &j.source).await?) } else { None };
+    let (target, authorization) = st.storage.probe_target(stored.as_deref().unwrap_or(&j.source));
     let mut probe = tokio::process::Command::new(st.drake_exe.as_ref());
     probe.arg("probe").arg(&target).kill_on_drop(true);
     if let Some(a) = authorization {
         probe.env(proto::HTTP_AUTHORIZATION_ENV, a);
     }
     let out = match tokio::time::timeout(Duration::from_secs(120), probe.output()).await {
-        Err(_) => return Err(Outcome::Failed("timed out after 120 s".into())),
-        Ok(Err(e)) => return Err(Outcome::Failed(format!("cannot run drake probe: {e}"))),
+        Err(_) => return Err(Outcome::failed("timed out after 120 s")),
+        Ok(Err(e)) => return Err(Outcome::failed(format!("cannot run drake probe: {e}"))),
         Ok(Ok(out)) => out,
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().last().unwrap_or("probe failed").trim_start_matches("drake: ").to_string();
     match out.status.code() {
         Some(0) => {}
-        Some(proto::exit::INTERNAL) | None => return Err(Outcome::Failed(last)),
+        Some(proto::exit::INTERNAL) | None => return Err(Outcome::failed(last)),
         Some(_) => return Err(Outcome::Rejected(last)),
     }
     let probe: proto::probe::Probe =
-        serde_json::from_slice(&out.stdout).map_err(|e| Outcome::Failed(format!("unreadable probe output: {e}")))?;
+        serde_json::from_slice(&out.stdout).map_err(|e| Outcome::failed(format!("unreadable probe output: {e}")))?;
     let plan = proto::plan::plan(&probe, &profile).map_err(|e| Outcome::Rejected(format!("bad input: {e}")))?;
     let encoder = profile.video.codec.encoder().to_string();
     let mut tasks: Vec<NewTask> = plan
@@ -107,7 +143,7 @@ async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Value, Vec<Ne
     if probe.main_video().is_some() {
         tasks.push(NewTask { kind: TaskKind::Thumbnails, rendition: None, requires: None });
     }
-    Ok((json!(probe), tasks))
+    Ok((stored, json!(probe), tasks))
 }
 
 /// The finalize chore pushed with `seq`: claims the job's owed finalize, checks
@@ -121,6 +157,7 @@ pub async fn finalize(st: &AppState, job: &str, seq: i64) -> Result<(), String> 
     };
     let outcome = match write_outputs(st, job).await {
         Ok(Written::Outputs(outputs)) => {
+            crate::fault::point(crate::fault::AFTER_OUTPUTS);
             st.queue.finish_job(job, claim, &outputs, now_ms()).await.map_err(|e| e.to_string())?;
             Ok(())
         }
@@ -130,7 +167,7 @@ pub async fn finalize(st: &AppState, job: &str, seq: i64) -> Result<(), String> 
             st.work_ready.notify_waiters();
             Ok(())
         }
-        Err(e) => Err(Outcome::Failed(e)),
+        Err(e) => Err(Outcome::failed(e)),
     };
     finish_attempt(st, job, Chore::Finalize, claim, outcome).await
 }
@@ -276,14 +313,19 @@ pub async fn deliver_webhook(st: &AppState, id: &str) -> Result<(), String> {
         return Ok(()); // delivered or given up already (a duplicate chore)
     };
     let ts = now_ms() / 1000;
-    let outcome = webhook_client()
-        .post(&d.url)
-        .header("content-type", "application/json")
-        .header("webhook-id", &d.id)
-        .header("webhook-timestamp", ts.to_string())
-        .header("webhook-signature", sign(&st.webhook_secret, &d.id, ts, &d.payload))
-        .body(d.payload.clone())
-        .send()
+    let signature = sign(&st.webhook_secret, &d.id, ts, &d.payload);
+    // A receiver gets 10 s to answer; the address is checked like a source's.
+    let outcome = st
+        .network
+        .send(&d.url, Duration::from_secs(10), |client, url| {
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .header("webhook-id", &d.id)
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", &signature)
+                .body(d.payload.clone())
+        })
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| if r.status().is_success() { Ok(()) } else { Err(format!("HTTP {}", r.status())) });
@@ -292,12 +334,6 @@ pub async fn deliver_webhook(st: &AppState, id: &str) -> Result<(), String> {
         st.chores.deliver_webhook(&d.id, r.attempts, Some(r.at)).await?;
     }
     Ok(())
-}
-
-/// One client for all deliveries (connection reuse); a receiver gets 10 s to answer.
-fn webhook_client() -> &'static reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("a default reqwest client builds"))
 }
 
 /// A fresh Standard Webhooks secret.

@@ -7,6 +7,8 @@ pub mod auth;
 pub mod background;
 pub mod chores;
 pub mod dav;
+pub mod fault;
+pub mod fetch;
 pub mod lifecycle;
 pub mod queue;
 pub mod registry;

@@ -127,6 +127,7 @@ pub async fn complete(st: &AppState, worker: &str, task: &str, c: &proto::wire::
     }
     let result = json!({"report": c.report, "files": c.files, "timing": c.timing, "dir": storage::output_dir(&job, rendition.as_deref())});
     st.queue.complete(task, worker, c.epoch, &result, now_ms()).await?;
+    crate::fault::point(crate::fault::AFTER_COMPLETE);
     st.emit("task", json!({"job_id": job, "task_id": task, "state": "promoting", "progress": 1.0}));
     if let Some(p) = st.queue.promotion(task).await? {
         promote(st, &p).await;

@@ -388,8 +388,10 @@ impl Queue {
             return Ok(None);
         };
         let job_id: String = row.get("job_id");
-        let (profile, source): (String, String) =
-            sqlx::query_as("SELECT profile, source FROM jobs WHERE id = ?").bind(&job_id).fetch_one(&mut *tx).await?;
+        let (profile, source): (String, String) = sqlx::query_as("SELECT profile, COALESCE(stored_source, source) FROM jobs WHERE id = ?")
+            .bind(&job_id)
+            .fetch_one(&mut *tx)
+            .await?;
         sqlx::query("UPDATE jobs SET state = 'running', updated_at = ? WHERE id = ? AND state = 'queued'")
             .bind(now)
             .bind(&job_id)

@@ -18,6 +18,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// External WebDAV storage; `None` serves the data dir at `/dav/`.
     pub storage: Option<ExternalStorage>,
+    /// Non-public networks that caller-named URLs may reach (`--allow-network`).
+    pub allow_network: Vec<String>,
     /// More routes served beside the API (the dashboard, which builds on this crate).
     pub ui: Option<fn(AppState) -> axum::Router>,
 }
@@ -97,6 +99,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error 
         limits: cfg.limits,
         webhook_secret: Arc::new(webhook_secret),
         chores,
+        network: Arc::new(crate::fetch::NetPolicy::parse(&cfg.allow_network)?),
         instance: Arc::new(format!("coordinator-{}", uuid::Uuid::now_v7().simple())),
     };
     let login_token = state.queue.create_login_link(now_ms()).await?;

@@ -19,11 +19,13 @@ pub struct Limits {
     pub max_upload_bytes: u64,
     /// Hard runtime cap given to every task's child process.
     pub task_timeout_seconds: u64,
+    /// How long copying a URL source into storage may take, per attempt.
+    pub ingest_timeout_seconds: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_upload_bytes: 20 * 1024 * 1024 * 1024, task_timeout_seconds: 4 * 3600 }
+        Limits { max_upload_bytes: 20 * 1024 * 1024 * 1024, task_timeout_seconds: 4 * 3600, ingest_timeout_seconds: 2 * 3600 }
     }
 }
 
@@ -44,6 +46,8 @@ pub struct AppState {
     pub webhook_secret: Arc<String>,
     /// Durable background chores (apalis).
     pub chores: crate::background::Chores,
+    /// Which networks caller-named URLs (sources, webhooks) may reach.
+    pub network: Arc<crate::fetch::NetPolicy>,
     /// This coordinator process, unique per start: the owner of the chores it claims.
     pub instance: Arc<String>,
 }

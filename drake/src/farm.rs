@@ -35,6 +35,7 @@ pub struct FarmSettings {
     pub lease_ttl_seconds: u64,
     pub storage_url: Option<String>,
     pub storage_authorization: Option<String>,
+    pub allow_network: Vec<String>,
 }
 
 fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
@@ -47,6 +48,7 @@ fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
             .storage_url
             .clone()
             .map(|url| coordinator::server::ExternalStorage { url, authorization: s.storage_authorization.clone() }),
+        allow_network: s.allow_network.clone(),
         ui: Some(dashboard::router),
     }
 }

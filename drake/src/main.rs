@@ -137,6 +137,10 @@ struct FarmArgs {
     /// The Authorization header value the storage server expects, e.g. "Basic ...".
     #[arg(long, env = "DRAKE_STORAGE_AUTHORIZATION", hide_env_values = true, requires = "storage_url")]
     storage_authorization: Option<String>,
+    /// Let URL sources and webhook callbacks reach this non-public network (CIDR,
+    /// e.g. 10.0.0.0/8; repeatable). By default they reach public addresses only.
+    #[arg(long = "allow-network", value_name = "CIDR")]
+    allow_network: Vec<String>,
 }
 
 impl FarmArgs {
@@ -146,6 +150,7 @@ impl FarmArgs {
             lease_ttl_seconds: self.lease_ttl_seconds,
             storage_url: self.storage_url,
             storage_authorization: self.storage_authorization,
+            allow_network: self.allow_network,
         }
     }
 }

@@ -107,7 +107,7 @@ impl Queue {
     pub async fn arm_chores(&self, job: Option<&str>, me: &str, at_start: bool, now: i64) -> Result<Vec<Owed>> {
         let mut tx = self.write_tx().await?;
         let due = sqlx::query(
-            "SELECT id, chore, chore_attempts, chore_error, source FROM jobs
+            "SELECT id, chore, chore_attempts, chore_error, source, chore_step FROM jobs
              WHERE chore IS NOT NULL AND (?1 IS NULL OR id = ?1)
                AND (chore_due_at <= ?2 OR (?3 AND chore_claimed_by IS NOT NULL AND chore_claimed_by != ?4))
              ORDER BY chore_due_at LIMIT 500",
@@ -120,13 +120,13 @@ impl Queue {
         .await?;
         let mut armed = Vec::new();
         for row in due {
-            let (id, chore, attempts, error, source): (String, String, i64, Option<String>, String) =
-                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            let (id, chore, attempts, error, source, step): (String, String, i64, Option<String>, String, Option<String>) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
             let Some(chore) = Chore::parse(&chore) else { continue };
             if attempts >= CHORE_ATTEMPTS {
                 // The last claim never finished: its coordinator stopped mid-chore.
                 let error = error.unwrap_or_else(|| "the coordinator running it stopped".into());
-                let reason = gave_up(chore, &source, attempts, &error);
+                let reason = gave_up(&step.unwrap_or_else(|| default_step(chore, &source)), attempts, &error);
                 end_job(&mut tx, &id, "failed", Some(&reason), now).await?;
                 continue;
             }
@@ -160,10 +160,20 @@ impl Queue {
         Ok(row.map(|r| ChoreClaim { token: r.get(0), attempt: r.get(1) }))
     }
 
-    /// Records a failed attempt at a claimed chore: the next is due after a backoff,
-    /// or, with no attempts left, the job fails with the reason. False when the claim
-    /// was superseded (the job was canceled or retried meanwhile).
-    pub async fn chore_failed(&self, job: &str, chore: Chore, claim: ChoreClaim, error: &str, now: i64) -> Result<bool> {
+    /// Records a failed attempt at a claimed chore, at `step` (e.g. "fetching URL";
+    /// `None`: the chore's own name): the next is due after a backoff, or, with no
+    /// attempts left, the job fails with the reason, e.g. `fetching URL failed 3
+    /// times: connection refused`. False when the claim was superseded (the job was
+    /// canceled or retried meanwhile).
+    pub async fn chore_failed(
+        &self,
+        job: &str,
+        chore: Chore,
+        claim: ChoreClaim,
+        step: Option<&str>,
+        error: &str,
+        now: i64,
+    ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
         let source: Option<String> = sqlx::query_scalar("SELECT source FROM jobs WHERE id = ? AND chore = ? AND chore_seq = ?")
             .bind(job)
@@ -175,14 +185,16 @@ impl Queue {
             tx.commit().await?;
             return Ok(false);
         };
+        let step = step.map_or_else(|| default_step(chore, &source), String::from);
         if claim.attempt >= CHORE_ATTEMPTS {
-            end_job(&mut tx, job, "failed", Some(&gave_up(chore, &source, claim.attempt, error)), now).await?;
+            end_job(&mut tx, job, "failed", Some(&gave_up(&step, claim.attempt, error)), now).await?;
         } else {
-            sqlx::query("UPDATE jobs SET chore_error = ?2, chore_due_at = ?3, chore_claimed_by = NULL, updated_at = ?4 WHERE id = ?1")
+            sqlx::query("UPDATE jobs SET chore_error = ?2, chore_step = ?5, chore_due_at = ?3, chore_claimed_by = NULL, updated_at = ?4 WHERE id = ?1")
                 .bind(job)
                 .bind(error)
                 .bind(now + self.cfg.backoff(claim.attempt))
                 .bind(now)
+                .bind(&step)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -206,17 +218,27 @@ impl Queue {
     /// time plus media duration, see [`Queue::lease`]) and queues its tasks, in one
     /// transaction. False (and nothing written) when the job was canceled or retried
     /// while it was probed.
-    pub async fn plan_job(&self, job: &str, claim: ChoreClaim, probe: &serde_json::Value, tasks: &[NewTask], now: i64) -> Result<bool> {
+    /// `stored_source`: where an ingested URL source was copied to.
+    pub async fn plan_job(
+        &self,
+        job: &str,
+        claim: ChoreClaim,
+        stored_source: Option<&str>,
+        probe: &serde_json::Value,
+        tasks: &[NewTask],
+        now: i64,
+    ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
         if !holds(&mut tx, job, Chore::Probe, claim).await? || job_state(&mut tx, job).await? != "queued" {
             tx.commit().await?;
             return Ok(false);
         }
         let media_ms = (probe["duration"].as_f64().unwrap_or(0.0).clamp(0.0, 1e9) * 1000.0) as i64;
-        sqlx::query("UPDATE jobs SET probe = ?, due_at = created_at + ?, chore = NULL, chore_error = NULL, chore_claimed_by = NULL, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE jobs SET probe = ?, due_at = created_at + ?, chore = NULL, chore_error = NULL, chore_step = NULL, chore_claimed_by = NULL, updated_at = ?, stored_source = COALESCE(?, stored_source) WHERE id = ?")
             .bind(probe.to_string())
             .bind(media_ms)
             .bind(now)
+            .bind(stored_source)
             .bind(job)
             .execute(&mut *tx)
             .await?;
@@ -372,11 +394,15 @@ async fn holds(tx: &mut SqliteConnection, job: &str, chore: Chore, claim: ChoreC
         .await?)
 }
 
-fn gave_up(chore: Chore, source: &str, attempts: i64, error: &str) -> String {
+fn default_step(chore: Chore, source: &str) -> String {
     match chore {
-        Chore::Probe => format!("probing {source} failed {attempts} times: {error}"),
-        Chore::Finalize => format!("finalizing failed {attempts} times: {error}"),
+        Chore::Probe => format!("probing {source}"),
+        Chore::Finalize => "finalizing".into(),
     }
+}
+
+fn gave_up(step: &str, attempts: i64, error: &str) -> String {
+    format!("{step} failed {attempts} times: {error}")
 }
 
 async fn insert_tasks(tx: &mut SqliteConnection, job: &str, tasks: &[NewTask], max_attempts: i64, now: i64) -> Result<()> {

@@ -266,7 +266,7 @@ async fn a_short_clip_is_not_queued_behind_a_long_film() {
             let (job, _) = q.create_job(&new, at).await.unwrap();
             let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
             let claim = claim(q, &job.id, Chore::Probe, at).await.unwrap();
-            assert!(q.plan_job(&job.id, claim, &serde_json::json!({"duration": seconds}), &tasks, at).await.unwrap());
+            assert!(q.plan_job(&job.id, claim, None, &serde_json::json!({"duration": seconds}), &tasks, at).await.unwrap());
             job.id
         }
     };
@@ -311,7 +311,7 @@ async fn a_probe_that_keeps_failing_backs_off_then_fails_the_job_with_its_reason
     for attempt in 1..=3 {
         let c = claim(&q, &job.id, Chore::Probe, now).await.unwrap_or_else(|| panic!("attempt {attempt} is due at {now}"));
         assert_eq!(c.attempt, attempt);
-        assert!(q.chore_failed(&job.id, Chore::Probe, c, "connection refused", now).await.unwrap());
+        assert!(q.chore_failed(&job.id, Chore::Probe, c, None, "connection refused", now).await.unwrap());
         if attempt < 3 {
             let j = q.job(&job.id).await.unwrap().unwrap();
             assert_eq!(j.state, "queued");
@@ -348,7 +348,7 @@ async fn a_chore_whose_coordinator_died_is_pushed_again_and_counts_as_an_attempt
     assert_eq!(restarted.len(), 1, "a claim of a process that is gone");
     // The stale claim can no longer plan the job.
     let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
-    assert!(!q.plan_job(&job.id, c, &serde_json::json!({}), &tasks, T0 + 62_000).await.unwrap());
+    assert!(!q.plan_job(&job.id, c, None, &serde_json::json!({}), &tasks, T0 + 62_000).await.unwrap());
     // Two more lost claims, and the job fails instead of staying queued.
     let mut seq = restarted[0].seq;
     let mut now = T0 + 62_000;
@@ -371,7 +371,7 @@ async fn cancel_during_a_probe_stops_the_job_and_cancel_plus_retry_plans_it_once
     let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
     let first = claim(&q, &job.id, Chore::Probe, T0).await.unwrap();
     q.cancel_job(&job.id, T0 + 1).await.unwrap();
-    assert!(!q.plan_job(&job.id, first, &serde_json::json!({}), &tasks, T0 + 2).await.unwrap(), "no tasks for a canceled job");
+    assert!(!q.plan_job(&job.id, first, None, &serde_json::json!({}), &tasks, T0 + 2).await.unwrap(), "no tasks for a canceled job");
     assert!(q.job(&job.id).await.unwrap().unwrap().tasks.is_empty());
     assert!(q.lease("w", &[], T0 + 3).await.unwrap().is_none());
     // Cancel and retry while one probe runs: only the retry's probe plans.
@@ -380,8 +380,8 @@ async fn cancel_during_a_probe_stops_the_job_and_cancel_plus_retry_plans_it_once
     q.cancel_job(&job.id, T0 + 1).await.unwrap();
     q.retry_job(&job.id, T0 + 2).await.unwrap();
     let fresh = claim(&q, &job.id, Chore::Probe, T0 + 3).await.unwrap();
-    assert!(!q.plan_job(&job.id, stale, &serde_json::json!({}), &tasks, T0 + 4).await.unwrap());
-    assert!(q.plan_job(&job.id, fresh, &serde_json::json!({}), &tasks, T0 + 5).await.unwrap());
+    assert!(!q.plan_job(&job.id, stale, None, &serde_json::json!({}), &tasks, T0 + 4).await.unwrap());
+    assert!(q.plan_job(&job.id, fresh, None, &serde_json::json!({}), &tasks, T0 + 5).await.unwrap());
     assert_eq!(q.job(&job.id).await.unwrap().unwrap().tasks.len(), 1, "planned once");
     assert_eq!(ends(&q, &job.id).await, [(0, "job.canceled".to_string())], "the canceled run reported its end once");
 }
@@ -436,7 +436,7 @@ async fn retrying_a_job_resumes_it() {
     done(&q, &l, "w", T0).await;
     for i in 0..3 {
         let c = claim(&q, &job.id, Chore::Finalize, T0 + 1_000_000 * i).await.unwrap();
-        q.chore_failed(&job.id, Chore::Finalize, c, "storage: HTTP 503", T0 + 1_000_000 * i).await.unwrap();
+        q.chore_failed(&job.id, Chore::Finalize, c, None, "storage: HTTP 503", T0 + 1_000_000 * i).await.unwrap();
     }
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!((j.state.as_str(), j.error.as_deref()), ("failed", Some("finalizing failed 3 times: storage: HTTP 503")));

@@ -1,0 +1,129 @@
+//! The job lifecycle under crashes at its worst instants, against real processes:
+//! a coordinator aborted at a fault point and restarted on the same data must
+//! finish every job with all its files, and a source that cannot be read must end
+//! its job with the reason instead of leaving it queued.
+
+mod common;
+
+use common::farm::*;
+use common::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Checks a succeeded job's outputs as its upload pipeline would: every file the
+/// manifest lists is served, at its size and sha256, and no staging file is left.
+fn assert_outputs_complete(c: &Coordinator, job: &Value) {
+    use sha2::Digest;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let manifest: Value = serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
+    let mut files = 0;
+    for r in manifest["renditions"].as_array().unwrap().iter().chain(std::iter::once(&manifest["thumbnails"])) {
+        for f in r["files"].as_array().unwrap() {
+            let bytes = c.fetch(f["url"].as_str().unwrap());
+            assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap(), "{}", f["url"]);
+            assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), f["sha256"].as_str().unwrap(), "{}", f["url"]);
+            files += 1;
+        }
+    }
+    assert!(files > 10, "{manifest}");
+    let job_dir = c.data.path(&format!("storage/jobs/{}", job["id"].as_str().unwrap()));
+    assert!(!job_dir.join(".staging").exists(), "staging left behind");
+}
+
+/// One worker and a short clip; returns the coordinator, the worker and the job id.
+fn farm_with_a_job(faults: &str) -> (Coordinator, Worker, String, Dir) {
+    let c = Coordinator::start_faulty(&["--lease-ttl-seconds", "6"], faults);
+    let w = c.worker("w1", &c.join_token(1));
+    let dir = Dir::new();
+    test_clip(&dir.s("clip.mp4"), "320x180", 3);
+    let (status, job) = c.upload(&dir.s("clip.mp4"), &[]);
+    assert_eq!(status, 201, "{job}");
+    (c, w, job["id"].as_str().unwrap().to_string(), dir)
+}
+
+#[test]
+fn a_coordinator_killed_between_a_completion_and_its_promotion_loses_nothing() {
+    let (mut c, _w, id, _dir) = farm_with_a_job(coordinator::fault::AFTER_COMPLETE);
+    c.wait_exit(Duration::from_secs(120));
+    // The completion was recorded, its files were not moved: the restart moves them.
+    c.restart();
+    let job = c.wait_ended(&id, Duration::from_secs(120));
+    assert_outputs_complete(&c, &job);
+}
+
+#[test]
+fn a_coordinator_killed_during_finalize_finishes_the_job_after_a_restart() {
+    let (mut c, _w, id, _dir) = farm_with_a_job(coordinator::fault::AFTER_OUTPUTS);
+    c.wait_exit(Duration::from_secs(120));
+    let (_, j) = {
+        c.restart();
+        c.call("GET", &format!("/api/v1/jobs/{id}"), Some(&c.admin), None)
+    };
+    assert!(matches!(j["state"].as_str(), Some("finalizing" | "succeeded")), "{j}");
+    let job = c.wait_ended(&id, Duration::from_secs(60));
+    assert_outputs_complete(&c, &job);
+}
+
+#[test]
+fn a_job_accepted_just_before_a_crash_is_still_probed() {
+    let mut c = Coordinator::start_faulty(&[], coordinator::fault::AFTER_CREATE);
+    let dir = Dir::new();
+    test_clip(&dir.s("clip.mp4"), "320x180", 2);
+    // The coordinator dies right after recording the job: the client sees no answer.
+    let (status, _) = c.upload(&dir.s("clip.mp4"), &[("idempotency_key", "crash-1")]);
+    assert_eq!(status, 0, "no answer from a coordinator that died");
+    c.wait_exit(Duration::from_secs(10));
+    c.restart();
+    // The client retries with its key and gets the same job, which gets planned.
+    let (status, job) = c.upload(&dir.s("clip.mp4"), &[("idempotency_key", "crash-1")]);
+    assert_eq!(status, 200, "{job}");
+    let id = job["id"].as_str().unwrap();
+    let job = c.wait_for(id, |j| j["tasks"].as_array().is_some_and(|t| !t.is_empty()));
+    assert_eq!(job["state"], "queued");
+    assert_eq!(job["waiting_for"], "a free worker");
+    let (_, listed) = c.call("GET", "/api/v1/jobs", Some(&c.admin), None);
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1, "one job for one key");
+}
+
+/// An HTTP origin that answers every request with `response`, then closes.
+fn origin(response: &'static [u8]) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(response);
+        }
+    });
+    url
+}
+
+#[test]
+fn a_source_that_cannot_be_read_fails_its_job_with_the_reason() {
+    let c = Coordinator::start_with(&["--allow-network", "127.0.0.0/8"]);
+    // Nothing listens on this port any more.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/upload.mp4", l.local_addr().unwrap())
+    };
+    // An origin that sends a body without a Content-Length (and not a video).
+    let no_length =
+        format!("{}/upload.mp4", origin(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nConnection: close\r\n\r\nnot a video at all"));
+    let submit = |url: &str| {
+        let (status, job) = c.call("POST", "/api/v1/jobs", Some(&c.admin), Some(json!({"source_url": url})));
+        assert_eq!(status, 201, "{job}");
+        job["id"].as_str().unwrap().to_string()
+    };
+    let (refused, unlengthed) = (submit(&closed), submit(&no_length));
+    let job = c.wait_ended(&refused, Duration::from_secs(60));
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.starts_with(&format!("fetching {closed} failed 3 times: ")), "{error}");
+    assert!(error.to_lowercase().contains("refused"), "{error}");
+    let job = c.wait_ended(&unlengthed, Duration::from_secs(60));
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(job["error"].as_str().unwrap().starts_with("bad input:"), "{job}");
+}
