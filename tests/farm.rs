@@ -490,7 +490,9 @@ fn each_role_reaches_only_its_routes() {
         let out = cmd.arg(format!("{}{path}", c.url)).output().unwrap();
         String::from_utf8(out.stdout).unwrap().parse().unwrap()
     };
-    assert_eq!(dav(&worker, "PUT", "/dav/jobs/probe.txt"), 201);
+    assert_eq!(dav(&c.admin, "PUT", "/dav/jobs/probe.txt"), 201);
+    assert_eq!(dav(&worker, "PUT", "/dav/jobs/probe.txt"), 403, "a worker writes only where a lease of its own says");
+    assert_eq!(dav(&worker, "GET", "/dav/jobs/probe.txt"), 403);
     assert_eq!(dav(&submit, "GET", "/dav/jobs/probe.txt"), 200);
     assert_eq!(dav(&submit, "PUT", "/dav/jobs/probe.txt"), 403);
     assert_eq!(dav(&submit, "DELETE", "/dav/jobs/probe.txt"), 403);
@@ -498,6 +500,47 @@ fn each_role_reaches_only_its_routes() {
     assert_eq!(dav(&worker, "GET", "/dav/jobs/../../admin-token"), 403);
     assert_eq!(dav(&worker, "GET", "/dav/jobs/%2e%2e/%2e%2e/admin-token"), 403);
     assert_eq!(dav(&c.admin, "GET", "/dav/uploads/"), 403);
+
+    // A worker reaches its leases' sources and staging directories, and nothing else.
+    let dir = Dir::new();
+    test_clip(&dir.s("clip.mp4"), "320x180", 1);
+    let (_, mine) = c.upload(&dir.s("clip.mp4"), &[]);
+    let (_, other) = c.upload(&dir.s("clip.mp4"), &[]);
+    let (mine, other) = (mine["id"].as_str().unwrap(), other["id"].as_str().unwrap());
+    c.wait_for(mine, |j| j["tasks"].as_array().is_some_and(|t| !t.is_empty()));
+    let (status, lease) = c.call(
+        "POST",
+        "/api/v1/workers/lease",
+        Some(&worker),
+        Some(json!({"version": 1, "free_slots": 1, "wait_seconds": 10, "max_tasks": 1})),
+    );
+    assert_eq!((status, lease["job_id"].as_str()), (200, Some(mine)), "{lease}");
+    let staging = format!("/dav/{}", lease["output_dir"].as_str().unwrap());
+    let epoch = lease["epoch"].as_i64().unwrap();
+    assert_eq!(dav(&worker, "MKCOL", "/dav/jobs/"), 405, "parents may be made (they exist)");
+    assert_eq!(dav(&worker, "MKCOL", &format!("/dav/jobs/{mine}/")), 405);
+    assert_eq!(dav(&worker, "MKCOL", &format!("/dav/jobs/{mine}/.staging/")), 201);
+    assert_eq!(dav(&worker, "MKCOL", &format!("{staging}/")), 201);
+    assert_eq!(dav(&worker, "PUT", &format!("{staging}/.f.part")), 201);
+    assert_eq!(dav(&worker, "GET", &format!("{staging}/.f.part")), 200);
+    assert_eq!(dav(&worker, "GET", &format!("/dav/jobs/{mine}/source")), 200);
+    for (method, path) in [
+        ("GET", format!("/dav/jobs/{other}/source")),
+        ("PUT", format!("/dav/jobs/{other}/.staging/240p.e1/x")),
+        ("PUT", staging.replace(&format!(".e{epoch}"), &format!(".e{}", epoch + 1)) + "/x"),
+        ("PUT", format!("/dav/jobs/{mine}/240p/rendition.json")),
+        ("DELETE", format!("/dav/jobs/{mine}/source")),
+        ("PUT", format!("/dav/jobs/{mine}/master.m3u8")),
+        ("PROPFIND", format!("{staging}/")),
+        ("DELETE", format!("/dav/jobs/{mine}/")),
+    ] {
+        assert_eq!(dav(&worker, method, &path), 403, "worker {method} {path}");
+    }
+    // Once the lease is gone, so is the access.
+    let (status, _) = c.call("POST", &format!("/api/v1/jobs/{mine}/cancel"), Some(&c.admin), None);
+    assert_eq!(status, 200);
+    assert_eq!(dav(&worker, "PUT", &format!("{staging}/.g.part")), 403);
+    assert_eq!(dav(&worker, "GET", &format!("/dav/jobs/{mine}/source")), 403);
 }
 
 #[test]

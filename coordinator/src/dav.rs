@@ -105,28 +105,74 @@ async fn dav(State(st): State<AppState>, req: Request) -> Response {
         return ApiError::Unauthorized.into_response();
     };
     let read_only = READ_METHODS.contains(&parts.method.as_str());
+    // MOVE and COPY name a second path in the Destination header; check it too.
+    let destination = parts.headers.get("destination").map(|v| {
+        let d = v.to_str().unwrap_or("");
+        d.find("/dav").map(|i| d[i..].to_string()).unwrap_or_default()
+    });
+    if !path_allowed(parts.uri.path())
+        || destination.as_deref().is_some_and(|d| !path_allowed(d))
+        || parts.method == Method::from_bytes(b"PROPPATCH").expect("method")
+    {
+        return ApiError::Forbidden.into_response();
+    }
     let allowed = match caller.role {
-        Role::Admin | Role::Worker => true,
+        Role::Admin => true,
         Role::Submit => read_only,
+        Role::Worker => {
+            let worker = caller.label.as_deref().unwrap_or_default();
+            let path = percent_decode(parts.uri.path().trim_start_matches("/dav"));
+            let dest = destination.map(|d| percent_decode(d.trim_start_matches("/dav")));
+            worker_may(&st, worker, parts.method.as_str(), &path, dest.as_deref()).await
+        }
         Role::Join => false,
     };
     if !allowed {
         return ApiError::Forbidden.into_response();
     }
-    // MOVE and COPY name a second path in the Destination header; check it too.
-    let destination_ok = match parts.headers.get("destination").and_then(|v| v.to_str().ok()) {
-        Some(d) => {
-            let path = d.find("/dav").map(|i| &d[i..]).unwrap_or("");
-            path_allowed(path)
-        }
-        None => true,
-    };
-    if !path_allowed(parts.uri.path()) || !destination_ok || parts.method == Method::from_bytes(b"PROPPATCH").expect("method") {
-        return ApiError::Forbidden.into_response();
-    }
     let principal = caller.label.unwrap_or_else(|| caller.role.as_str().to_string());
     let req = Request::from_parts(parts, body);
     st.dav.handle_with(DavConfig::new().principal(principal), req).await.into_response()
+}
+
+/// What a worker credential reaches in `/dav/`: it reads the source of a job it
+/// holds a lease of, and writes only inside the staging directory of a lease it
+/// holds now (`jobs/J/.staging/NAME.eEPOCH/`), creating its parent collections on
+/// the way. Nothing else: not other jobs, not published outputs, not its own
+/// earlier epochs, nothing at all once the lease is gone.
+async fn worker_may(st: &AppState, worker: &str, method: &str, path: &str, destination: Option<&str>) -> bool {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let holds = |job: &str, staging: Option<&str>| {
+        let (job, staging) = (job.to_string(), staging.map(String::from));
+        async move {
+            let lease = staging.as_deref().and_then(|s| {
+                let (name, epoch) = s.rsplit_once(".e")?;
+                Some((name.to_string(), epoch.parse::<i64>().ok()?))
+            });
+            if staging.is_some() && lease.is_none() {
+                return false;
+            }
+            st.queue.worker_holds(worker, &job, lease.as_ref().map(|(n, e)| (n.as_str(), *e))).await.unwrap_or(false)
+        }
+    };
+    match (method, segments.as_slice()) {
+        ("GET" | "HEAD", ["jobs", job, "source"]) => holds(job, None).await,
+        ("MKCOL", ["jobs"]) => true,
+        ("MKCOL", ["jobs", job] | ["jobs", job, ".staging"]) => holds(job, None).await,
+        (_, ["jobs", job, ".staging", lease, rest @ ..]) if !matches!(method, "PROPFIND" | "COPY" | "LOCK" | "UNLOCK") => {
+            let inside = |p: &str| {
+                let s: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
+                s.len() == 5 && s[..4] == ["jobs", job, ".staging", lease]
+            };
+            let shape_ok = match method {
+                "MKCOL" => rest.is_empty(),
+                "MOVE" => rest.len() == 1 && destination.is_some_and(inside),
+                _ => rest.len() == 1,
+            };
+            shape_ok && holds(job, Some(lease)).await
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -622,6 +622,21 @@ impl Queue {
             .collect())
     }
 
+    /// Whether `worker` holds a live lease on a task of `job` (with `lease`: on the
+    /// task of that rendition, or `thumbnails`, at that epoch).
+    pub async fn worker_holds(&self, worker: &str, job: &str, lease: Option<(&str, i64)>) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ?1 AND worker_id = ?2 AND state IN ('leased', 'running')
+                 AND (?3 IS NULL OR (COALESCE(rendition, 'thumbnails') = ?3 AND epoch = ?4)))",
+        )
+        .bind(job)
+        .bind(worker)
+        .bind(lease.map(|l| l.0))
+        .bind(lease.map(|l| l.1))
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// True when the task was canceled (directly or with its job).
     pub async fn task_canceled(&self, task: &str) -> Result<bool> {
         let c: Option<i64> = sqlx::query_scalar("SELECT cancel FROM tasks WHERE id = ?").bind(task).fetch_optional(&self.pool).await?;
