@@ -499,6 +499,7 @@ async fn seed(db: &std::path::Path) -> String {
     let mut first = String::new();
     for i in 0..1000 {
         let new = NewJob {
+            pipeline: None,
             profile: "web".into(),
             source: format!("https://example.com/{i}.mp4"),
             callback_url: None,

@@ -493,10 +493,42 @@ fn each_role_reaches_only_its_routes() {
     assert_eq!(dav(&c.admin, "PUT", "/dav/jobs/probe.txt"), 201);
     assert_eq!(dav(&worker, "PUT", "/dav/jobs/probe.txt"), 403, "a worker writes only where a lease of its own says");
     assert_eq!(dav(&worker, "GET", "/dav/jobs/probe.txt"), 403);
-    assert_eq!(dav(&submit, "GET", "/dav/jobs/probe.txt"), 200);
+    assert_eq!(dav(&c.admin, "GET", "/dav/jobs/probe.txt"), 200);
+    assert_eq!(dav(&submit, "GET", "/dav/jobs/probe.txt"), 403, "not a job of its pipeline");
     assert_eq!(dav(&submit, "PUT", "/dav/jobs/probe.txt"), 403);
     assert_eq!(dav(&submit, "DELETE", "/dav/jobs/probe.txt"), 403);
     assert_eq!(dav("drk_admin_forged", "GET", "/dav/jobs/probe.txt"), 401);
+
+    // Each pipeline sees, cancels and retries only its own jobs; admin sees all.
+    let (_, t) = c.call("POST", "/api/v1/tokens", Some(&c.admin), Some(json!({"role": "submit", "label": "other pipeline"})));
+    let other_pipeline = t["token"].as_str().unwrap().to_string();
+    let body = json!({"source_url": "https://media.example.com/a.mp4", "idempotency_key": "k1"});
+    let (status, a_job) = c.call("POST", "/api/v1/jobs", Some(&submit), Some(body.clone()));
+    assert_eq!((status, a_job["pipeline"].as_str()), (201, Some("pipeline")), "{a_job}");
+    let a_id = a_job["id"].as_str().unwrap();
+    let (status, b_job) = c.call("POST", "/api/v1/jobs", Some(&other_pipeline), Some(body));
+    assert_eq!(status, 201, "the same key in another pipeline is another job");
+    assert_ne!(b_job["id"], a_job["id"]);
+    for (method, path) in [
+        ("GET", format!("/api/v1/jobs/{a_id}")),
+        ("POST", format!("/api/v1/jobs/{a_id}/cancel")),
+        ("POST", format!("/api/v1/jobs/{a_id}/retry")),
+    ] {
+        assert_eq!(c.call(method, &path, Some(&other_pipeline), None).0, 404, "{method} {path}");
+    }
+    let (_, listed) = c.call("GET", "/api/v1/jobs", Some(&other_pipeline), None);
+    assert_eq!(listed["jobs"].as_array().unwrap().iter().map(|j| j["id"].clone()).collect::<Vec<_>>(), [b_job["id"].clone()]);
+    assert_eq!(c.call("GET", &format!("/api/v1/jobs/{a_id}"), Some(&submit), None).0, 200);
+    let (_, all) = c.call("GET", "/api/v1/jobs", Some(&c.admin), None);
+    assert_eq!(all["jobs"].as_array().unwrap().len(), 2);
+    // Admins list and revoke pipelines' tokens; a revoked token stops at once.
+    let (status, tokens) = c.call("GET", "/api/v1/tokens", Some(&c.admin), None);
+    assert_eq!(status, 200);
+    let other_id = tokens["tokens"].as_array().unwrap().iter().find(|t| t["pipeline"] == "other pipeline").unwrap()["id"].clone();
+    assert!(!tokens.to_string().contains(&other_pipeline), "tokens are never shown again");
+    assert_eq!(c.call("GET", "/api/v1/tokens", Some(&submit), None).0, 403);
+    assert_eq!(c.call("POST", &format!("/api/v1/tokens/{}/revoke", other_id.as_str().unwrap()), Some(&c.admin), None).0, 204);
+    assert_eq!(c.call("GET", "/api/v1/jobs", Some(&other_pipeline), None).0, 401);
     assert_eq!(dav(&worker, "GET", "/dav/jobs/../../admin-token"), 403);
     assert_eq!(dav(&worker, "GET", "/dav/jobs/%2e%2e/%2e%2e/admin-token"), 403);
     assert_eq!(dav(&c.admin, "GET", "/dav/uploads/"), 403);

@@ -33,3 +33,8 @@ ALTER TABLE tasks ADD COLUMN unrunnable_since INTEGER;
 UPDATE jobs SET chore = 'probe', chore_due_at = 0
  WHERE state = 'queued' AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = jobs.id);
 UPDATE jobs SET chore = 'finalize', chore_due_at = 0 WHERE state = 'finalizing';
+
+-- The pipeline (submit token label) that submitted a job; NULL for an admin's.
+-- A submit token sees, cancels and retries only its pipeline's jobs.
+ALTER TABLE jobs ADD COLUMN pipeline TEXT;
+CREATE INDEX jobs_pipeline_created ON jobs (pipeline, created_at);

@@ -95,7 +95,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/retry", post(retry_job))
         .route("/api/v1/events", get(events))
         .route("/api/v1/join-tokens", post(create_join_token))
-        .route("/api/v1/tokens", post(create_token))
+        .route("/api/v1/tokens", post(create_token).get(list_tokens))
+        .route("/api/v1/tokens/{id}/revoke", post(revoke_token))
         .merge(workers_api::routes())
         .merge(dav::routes())
         .with_state(state)
@@ -129,7 +130,7 @@ fn check_network(st: &AppState, url: &str) -> Result<(), ApiError> {
 }
 
 /// Validates a request's fields into a job (source filled in by the caller).
-fn new_job(st: &AppState, f: JobFields, source: String) -> Result<NewJob, ApiError> {
+fn new_job(st: &AppState, caller: &Caller, f: JobFields, source: String) -> Result<NewJob, ApiError> {
     if let Some(cb) = &f.callback_url {
         check_url("callback_url", cb)?;
         check_network(st, cb)?;
@@ -147,7 +148,14 @@ fn new_job(st: &AppState, f: JobFields, source: String) -> Result<NewJob, ApiErr
     }
     // Validate the profile now, so a typo is a 400 rather than a failed job.
     Profile::load(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok(NewJob { profile: name, source, callback_url: f.callback_url, priority, idempotency_key: f.idempotency_key })
+    Ok(NewJob {
+        pipeline: pipeline_of(caller),
+        profile: name,
+        source,
+        callback_url: f.callback_url,
+        priority,
+        idempotency_key: f.idempotency_key,
+    })
 }
 
 /// `POST /api/v1/jobs`: a multipart upload (field `file`) or JSON `{"source_url"}`.
@@ -157,13 +165,13 @@ async fn create_job(State(st): State<AppState>, caller: Caller, req: Request) ->
         req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("multipart/form-data"));
     let (job, created) = if is_multipart {
         let multipart = Multipart::from_request(req, &st).await.map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        create_from_upload(&st, multipart).await?
+        create_from_upload(&st, &caller, multipart).await?
     } else {
         let Json(f): Json<JobFields> = Json::from_request(req, &st).await.map_err(|e| ApiError::BadRequest(e.body_text()))?;
         let url = f.source_url.clone().ok_or_else(|| ApiError::BadRequest("give source_url, or upload a multipart field `file`".into()))?;
         check_url("source_url", &url)?;
         check_network(&st, &url)?;
-        let new = new_job(&st, f, url)?;
+        let new = new_job(&st, &caller, f, url)?;
         st.queue.create_job(&new, now_ms()).await?
     };
     if created {
@@ -176,7 +184,7 @@ async fn create_job(State(st): State<AppState>, caller: Caller, req: Request) ->
 }
 
 /// Streams the `file` field to storage (never holding it in memory), then creates the job.
-async fn create_from_upload(st: &AppState, mut multipart: Multipart) -> Result<(crate::queue::Job, bool), ApiError> {
+async fn create_from_upload(st: &AppState, caller: &Caller, mut multipart: Multipart) -> Result<(crate::queue::Job, bool), ApiError> {
     let uploads = st.storage.spool_dir();
     tokio::fs::create_dir_all(&uploads).await.map_err(|e| ApiError::Storage(e.to_string()))?;
     let temp = uploads.join(uuid::Uuid::now_v7().to_string());
@@ -230,8 +238,8 @@ async fn create_from_upload(st: &AppState, mut multipart: Multipart) -> Result<(
     if f.source_url.is_some() {
         return Err(ApiError::BadRequest("give either an upload or source_url, not both".into()));
     }
-    let mut new = new_job(st, f, String::new())?;
-    if let Some(job) = st.queue.job_by_key(new.idempotency_key.as_deref()).await? {
+    let mut new = new_job(st, caller, f, String::new())?;
+    if let Some(job) = st.queue.job_by_key(crate::queue::scoped_key(&new).as_deref()).await? {
         return Ok((job, false));
     }
     // The source is stored before the job exists, so no job ever owes a probe of a
@@ -248,8 +256,25 @@ async fn create_from_upload(st: &AppState, mut multipart: Multipart) -> Result<(
     Ok((job, created))
 }
 
+/// The pipeline a caller submits for and sees: a submit token's label; `None` for
+/// an admin, who sees every job.
+fn pipeline_of(caller: &Caller) -> Option<String> {
+    (caller.role == Role::Submit).then(|| caller.label.clone().unwrap_or_default())
+}
+
+/// Checks that the caller may see job `id`: an admin sees all, a submit token only
+/// its pipeline's (another pipeline's job is reported as not found).
+async fn visible(st: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
+    allow(caller, &[Role::Admin, Role::Submit])?;
+    let owner = st.queue.job_pipeline(id).await?;
+    match pipeline_of(caller) {
+        Some(mine) if owner.as_deref() != Some(mine.as_str()) => Err(QueueError::NotFound(format!("job {id}")).into()),
+        _ => Ok(()),
+    }
+}
+
 async fn get_job(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    allow(&caller, &[Role::Admin, Role::Submit])?;
+    visible(&st, &caller, &id).await?;
     let job = st.queue.job(&id).await?.ok_or_else(|| QueueError::NotFound(format!("job {id}")))?;
     Ok(Json(json!(job)))
 }
@@ -270,17 +295,17 @@ fn default_per_page() -> u32 {
 async fn list_jobs(State(st): State<AppState>, caller: Caller, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
     allow(&caller, &[Role::Admin, Role::Submit])?;
     let per_page = q.per_page.clamp(1, 200);
-    let jobs = st.queue.list_jobs(q.state.as_deref(), q.page as i64, per_page as i64).await?;
+    let jobs = st.queue.list_jobs_of(pipeline_of(&caller).as_deref(), q.state.as_deref(), q.page as i64, per_page as i64).await?;
     Ok(Json(json!({"jobs": jobs, "page": q.page, "per_page": per_page})))
 }
 
 async fn cancel_job(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    allow(&caller, &[Role::Admin, Role::Submit])?;
+    visible(&st, &caller, &id).await?;
     Ok(Json(json!(lifecycle::cancel(&st, &id).await?)))
 }
 
 async fn retry_job(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    allow(&caller, &[Role::Admin, Role::Submit])?;
+    visible(&st, &caller, &id).await?;
     Ok(Json(json!(lifecycle::retry(&st, &id).await?)))
 }
 
@@ -301,14 +326,38 @@ pub async fn mint_join_token(st: &AppState, uses: i64, ttl_seconds: i64) -> Resu
 async fn events(State(st): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
     allow(&caller, &[Role::Admin, Role::Submit])?;
     let rx = st.events.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let event = match rx.recv().await {
-            Ok(data) => Event::default().data(data),
-            // A slow reader missed events; tell it to refetch.
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Event::default().event("lagged").data("{}"),
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+    // A pipeline hears only of its own jobs; whose a job is, is cached per stream.
+    let filter = pipeline_of(&caller).map(|p| (p, std::collections::HashMap::<String, bool>::new()));
+    let stream = futures_util::stream::unfold((rx, filter, st), |(mut rx, mut filter, st)| async move {
+        let event = loop {
+            match rx.recv().await {
+                Ok(data) => {
+                    if let Some((mine, seen)) = &mut filter {
+                        let job = serde_json::from_str::<Value>(&data).ok().and_then(|v| v["job_id"].as_str().map(String::from));
+                        let Some(job) = job else { continue };
+                        let ours = match seen.get(&job) {
+                            Some(o) => *o,
+                            None => {
+                                let o = st.queue.job_pipeline(&job).await.ok().flatten().as_deref() == Some(mine.as_str());
+                                if seen.len() > 10_000 {
+                                    seen.clear();
+                                }
+                                seen.insert(job, o);
+                                o
+                            }
+                        };
+                        if !ours {
+                            continue;
+                        }
+                    }
+                    break Event::default().data(data);
+                }
+                // A slow reader missed events; tell it to refetch.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break Event::default().event("lagged").data("{}"),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
         };
-        Some((Ok::<_, std::convert::Infallible>(event), rx))
+        Some((Ok::<_, std::convert::Infallible>(event), (rx, filter, st)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
@@ -350,10 +399,38 @@ async fn create_token(
     if body.role != "submit" {
         return Err(ApiError::BadRequest("role must be \"submit\" (workers join with a join token)".into()));
     }
-    if body.label.is_empty() || body.label.len() > 100 {
-        return Err(ApiError::BadRequest("label must be 1..=100 characters".into()));
+    if body.label.is_empty() || body.label.len() > 100 || body.label.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest("label (the pipeline's name) must be 1..=100 characters, none of them control characters".into()));
     }
-    let token = auth::generate(Role::Submit);
-    st.queue.add_token(&token, Role::Submit, Some(&body.label), None, None, now_ms()).await?;
+    let token = mint_submit_token(&st, &body.label).await?;
     Ok((StatusCode::CREATED, Json(json!({"token": token, "role": "submit", "label": body.label}))).into_response())
+}
+
+/// `GET /api/v1/tokens` (admin): the submit tokens, each with its pipeline, id
+/// (a prefix of its digest; the token itself is never stored) and state.
+async fn list_tokens(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    allow(&caller, &[Role::Admin])?;
+    Ok(Json(json!({"tokens": st.queue.submit_tokens().await?})))
+}
+
+/// `POST /api/v1/tokens/{id}/revoke` (admin): the pipeline's token stops working at once.
+async fn revoke_token(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    allow(&caller, &[Role::Admin])?;
+    revoke_submit_token(&st, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes a submit token by its id (the API and the dashboard share this).
+pub async fn revoke_submit_token(st: &AppState, id: &str) -> Result<(), ApiError> {
+    st.queue.revoke_submit_token(id).await?;
+    audit(&format!("submit token {id} revoked"));
+    Ok(())
+}
+
+/// A new submit token for pipeline `label` (the API and the dashboard share this).
+pub async fn mint_submit_token(st: &AppState, label: &str) -> Result<String, ApiError> {
+    let token = auth::generate(Role::Submit);
+    st.queue.add_token(&token, Role::Submit, Some(label), None, None, now_ms()).await?;
+    audit(&format!("submit token {} created for pipeline {label:?}", &auth::digest(&token)[..16]));
+    Ok(token)
 }

@@ -113,6 +113,37 @@ impl Queue {
         Ok(n == 1)
     }
 
+    /// Submit tokens: id (16 hex digits of the digest), pipeline, created, revoked.
+    pub async fn submit_tokens(&self) -> Result<Vec<serde_json::Value>> {
+        let rows = sqlx::query(
+            "SELECT substr(hash, 1, 16), label, created_at, revoked FROM tokens WHERE role = 'submit' ORDER BY created_at DESC LIMIT 1000",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                serde_json::json!({"id": r.get::<String, _>(0), "pipeline": r.get::<Option<String>, _>(1), "created_at": r.get::<i64, _>(2), "revoked": r.get::<i64, _>(3) != 0})
+            })
+            .collect())
+    }
+
+    /// Revokes the submit token whose digest starts with `id` (16 hex digits).
+    pub async fn revoke_submit_token(&self, id: &str) -> Result<()> {
+        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(QueueError::NotFound(format!("token {id}")));
+        }
+        let n = sqlx::query("UPDATE tokens SET revoked = 1 WHERE role = 'submit' AND substr(hash, 1, 16) = ?")
+            .bind(id.to_ascii_lowercase())
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(QueueError::NotFound(format!("token {id}")));
+        }
+        Ok(())
+    }
+
     pub async fn revoke_token(&self, token_digest: &str) -> Result<()> {
         let n = sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = ?").bind(token_digest).execute(self.pool()).await?.rows_affected();
         if n == 0 {

@@ -118,7 +118,18 @@ async fn dav(State(st): State<AppState>, req: Request) -> Response {
     }
     let allowed = match caller.role {
         Role::Admin => true,
-        Role::Submit => read_only,
+        Role::Submit => {
+            // A pipeline reads its own jobs' outputs only.
+            let path = percent_decode(parts.uri.path().trim_start_matches("/dav"));
+            let job = path.split('/').filter(|s| !s.is_empty()).collect::<Vec<_>>();
+            read_only
+                && match job.as_slice() {
+                    ["jobs", id, _, ..] => {
+                        st.queue.job_pipeline(id).await.ok().flatten().is_some_and(|p| Some(p.as_str()) == caller.label.as_deref())
+                    }
+                    _ => false,
+                }
+        }
         Role::Worker => {
             let worker = caller.label.as_deref().unwrap_or_default();
             let path = percent_decode(parts.uri.path().trim_start_matches("/dav"));

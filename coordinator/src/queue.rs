@@ -113,6 +113,8 @@ fn parse_kind(s: &str) -> TaskKind {
 
 #[derive(Debug, Clone)]
 pub struct NewJob {
+    /// The pipeline (submit token label) that owns it; `None` when an admin submitted it.
+    pub pipeline: Option<String>,
     pub profile: String,
     pub source: String,
     pub callback_url: Option<String>,
@@ -132,6 +134,9 @@ pub struct NewTask {
 pub struct Job {
     pub id: String,
     pub state: String,
+    /// The pipeline that submitted it (`None`: an admin).
+    #[serde(default)]
+    pub pipeline: Option<String>,
     pub profile: String,
     pub source: String,
     pub callback_url: Option<String>,
@@ -234,27 +239,29 @@ impl Queue {
 
     /// Like [`Queue::create_job`] with a chosen id (an upload's storage path uses it).
     pub async fn create_job_with_id(&self, id: &str, new: &NewJob, now: i64) -> Result<(Job, bool)> {
-        if let Some(key) = &new.idempotency_key
+        let key = scoped_key(new);
+        if let Some(key) = &key
             && let Some(job) = self.job_by_key(Some(key)).await?
         {
             return Ok((job, false));
         }
         // The probe is owed from the moment the job exists, in the same statement.
-        let inserted = sqlx::query("INSERT INTO jobs (id, state, profile, source, callback_url, priority, idempotency_key, created_at, updated_at, chore, chore_due_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?7, ?7, 'probe', ?7)")
+        let inserted = sqlx::query("INSERT INTO jobs (id, state, profile, source, callback_url, priority, idempotency_key, created_at, updated_at, chore, chore_due_at, pipeline) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?7, ?7, 'probe', ?7, ?8)")
             .bind(id)
             .bind(&new.profile)
             .bind(&new.source)
             .bind(&new.callback_url)
             .bind(new.priority)
-            .bind(&new.idempotency_key)
+            .bind(&key)
             .bind(now)
+            .bind(&new.pipeline)
             .execute(&self.pool)
             .await;
         match inserted {
             Ok(_) => {}
             // Two requests with one key raced: the other one created the job.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                if let Some(key) = &new.idempotency_key
+                if let Some(key) = &key
                     && let Some(job) = self.job_by_key(Some(key)).await?
                 {
                     return Ok((job, false));
@@ -266,7 +273,7 @@ impl Queue {
         Ok((self.job(id).await?.ok_or_else(|| QueueError::NotFound(id.to_string()))?, true))
     }
 
-    /// The job made with idempotency key `key`, if any.
+    /// The job made with (scoped, see [`scoped_key`]) idempotency key `key`, if any.
     pub async fn job_by_key(&self, key: Option<&str>) -> Result<Option<Job>> {
         let Some(key) = key else { return Ok(None) };
         let id: Option<String> =
@@ -666,13 +673,26 @@ impl Queue {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE (?1 IS NULL OR state = ?1)").bind(state).fetch_one(&self.pool).await?)
     }
 
+    /// The pipeline that owns a job (`None`: an admin's), or `NotFound`.
+    pub async fn job_pipeline(&self, id: &str) -> Result<Option<String>> {
+        let row: Option<Option<String>> =
+            sqlx::query_scalar("SELECT pipeline FROM jobs WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        row.ok_or_else(|| QueueError::NotFound(format!("job {id}")))
+    }
+
     /// Jobs, newest first, optionally in one state.
     pub async fn list_jobs(&self, state: Option<&str>, page: i64, per_page: i64) -> Result<Vec<Job>> {
+        self.list_jobs_of(None, state, page, per_page).await
+    }
+
+    /// Jobs of one pipeline (all, with `None`), newest first, optionally in one state.
+    pub async fn list_jobs_of(&self, pipeline: Option<&str>, state: Option<&str>, page: i64, per_page: i64) -> Result<Vec<Job>> {
         let ids: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3")
+            sqlx::query_scalar("SELECT id FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?4 IS NULL OR pipeline = ?4) ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3")
                 .bind(state)
                 .bind(per_page)
                 .bind(page.max(0) * per_page)
+                .bind(pipeline)
                 .fetch_all(&self.pool)
                 .await?;
         let mut jobs = Vec::with_capacity(ids.len());
@@ -685,7 +705,7 @@ impl Queue {
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<Job>> {
-        let Some(row) = sqlx::query("SELECT id, state, profile, source, callback_url, priority, error, created_at, updated_at, outputs, probe FROM jobs WHERE id = ?").bind(id).fetch_optional(&self.pool).await? else {
+        let Some(row) = sqlx::query("SELECT id, state, profile, source, callback_url, priority, error, created_at, updated_at, outputs, probe, pipeline FROM jobs WHERE id = ?").bind(id).fetch_optional(&self.pool).await? else {
             return Ok(None);
         };
         let tasks = sqlx::query(
@@ -713,6 +733,7 @@ impl Queue {
         Ok(Some(Job {
             id: row.get(0),
             state: row.get(1),
+            pipeline: row.get(11),
             profile: row.get(2),
             source: row.get(3),
             callback_url: row.get(4),
@@ -727,6 +748,17 @@ impl Queue {
             tasks,
         }))
     }
+}
+
+/// The stored form of a job's idempotency key: a pipeline's keys are its own, so
+/// two pipelines using the same key never see each other's job. Pipeline labels
+/// cannot contain control characters, so the separator cannot be forged.
+pub fn scoped_key(new: &NewJob) -> Option<String> {
+    let key = new.idempotency_key.as_ref()?;
+    Some(match &new.pipeline {
+        Some(p) => format!("{p}\u{1f}{key}"),
+        None => key.clone(),
+    })
 }
 
 /// A job's state, or `NotFound`.

@@ -17,7 +17,8 @@ async fn queue() -> Queue {
 }
 
 async fn job_with(q: &Queue, renditions: &[&str]) -> Job {
-    let new = NewJob { profile: "web".into(), source: "/dav/src".into(), callback_url: None, priority: 0, idempotency_key: None };
+    let new =
+        NewJob { pipeline: None, profile: "web".into(), source: "/dav/src".into(), callback_url: None, priority: 0, idempotency_key: None };
     let (job, _) = q.create_job(&new, T0).await.unwrap();
     let tasks: Vec<NewTask> =
         renditions.iter().map(|r| NewTask { kind: TaskKind::Transcode, rendition: Some(r.to_string()), requires: None }).collect();
@@ -159,8 +160,14 @@ async fn cancel_reaches_running_tasks_through_heartbeats() {
 #[tokio::test]
 async fn idempotency_keys_return_the_same_job() {
     let q = queue().await;
-    let new =
-        NewJob { profile: "web".into(), source: "s".into(), callback_url: None, priority: 0, idempotency_key: Some("upload-42".into()) };
+    let new = NewJob {
+        pipeline: None,
+        profile: "web".into(),
+        source: "s".into(),
+        callback_url: None,
+        priority: 0,
+        idempotency_key: Some("upload-42".into()),
+    };
     let (a, created_a) = q.create_job(&new, T0).await.unwrap();
     let (b, created_b) = q.create_job(&new, T0 + 5).await.unwrap();
     assert_eq!((a.id, created_a, created_b), (b.id, true, false));
@@ -169,7 +176,7 @@ async fn idempotency_keys_return_the_same_job() {
 #[tokio::test]
 async fn tasks_go_only_to_workers_with_the_encoder() {
     let q = queue().await;
-    let new = NewJob { profile: "vp9".into(), source: "s".into(), callback_url: None, priority: 0, idempotency_key: None };
+    let new = NewJob { pipeline: None, profile: "vp9".into(), source: "s".into(), callback_url: None, priority: 0, idempotency_key: None };
     let (job, _) = q.create_job(&new, T0).await.unwrap();
     q.add_tasks(&job.id, &[NewTask { kind: TaskKind::Transcode, rendition: Some("360p".into()), requires: Some("libvpx-vp9".into()) }], T0)
         .await
@@ -185,7 +192,14 @@ async fn bundles_split_a_jobs_renditions_over_the_free_workers() {
     let names = |ls: &[Lease]| ls.iter().map(|l| l.rendition.clone().unwrap_or_else(|| "thumbnails".into())).collect::<Vec<_>>();
     let up_to = |max_renditions| Bundling { max_renditions, thumbnails: true };
     let with_thumbnails = |q: Queue| async move {
-        let new = NewJob { profile: "web".into(), source: "/dav/src".into(), callback_url: None, priority: 0, idempotency_key: None };
+        let new = NewJob {
+            pipeline: None,
+            profile: "web".into(),
+            source: "/dav/src".into(),
+            callback_url: None,
+            priority: 0,
+            idempotency_key: None,
+        };
         let (job, _) = q.create_job(&new, T0).await.unwrap();
         let mut tasks: Vec<NewTask> =
             rungs.iter().map(|r| NewTask { kind: TaskKind::Transcode, rendition: Some(r.to_string()), requires: None }).collect();
@@ -262,7 +276,8 @@ async fn a_short_clip_is_not_queued_behind_a_long_film() {
     let job = |at: i64, seconds: f64, priority: i64| {
         let q = &q;
         async move {
-            let new = NewJob { profile: "web".into(), source: "s".into(), callback_url: None, priority, idempotency_key: None };
+            let new =
+                NewJob { pipeline: None, profile: "web".into(), source: "s".into(), callback_url: None, priority, idempotency_key: None };
             let (job, _) = q.create_job(&new, at).await.unwrap();
             let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
             let claim = claim(q, &job.id, Chore::Probe, at).await.unwrap();
@@ -284,6 +299,8 @@ async fn a_short_clip_is_not_queued_behind_a_long_film() {
 
 fn url_job(key: Option<&str>) -> NewJob {
     NewJob {
+        pipeline: None,
+        pipeline: None,
         profile: "web".into(),
         source: "http://origin.example/v.mp4".into(),
         callback_url: Some("http://hooks.example/drake".into()),
