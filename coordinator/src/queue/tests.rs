@@ -300,7 +300,6 @@ async fn a_short_clip_is_not_queued_behind_a_long_film() {
 fn url_job(key: Option<&str>) -> NewJob {
     NewJob {
         pipeline: None,
-        pipeline: None,
         profile: "web".into(),
         source: "http://origin.example/v.mp4".into(),
         callback_url: Some("http://hooks.example/drake".into()),
