@@ -28,7 +28,7 @@ ffmpeg -hide_banner -loglevel error -y -f lavfi -i "testsrc2=s=1280x720:r=30:d=$
 farm_pid=$!
 for _ in $(seq 100); do grep -q "admin token" "$work/up.log" 2>/dev/null && break; sleep 0.1; done
 url=$(awk '/farm up at/ {print $NF}' "$work/up.log")
-token=$(awk '/admin token/ {print $NF}' "$work/up.log")
+token=$(cat "$work/farm/admin-token")
 sleep 1 # let both workers register
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }

@@ -46,9 +46,12 @@ impl Farm {
             if line.starts_with("drake farm up at") || line.starts_with("drake coordinator listening on") {
                 url = last;
             } else if line.starts_with("admin token") {
-                admin = last;
+                // Not a terminal: the farm names the 0600 files instead of printing secrets.
+                assert!(!line.contains("drk_admin_"), "{line}");
+                admin = std::fs::read_to_string(data.path("admin-token")).unwrap().trim().to_string();
             } else if line.starts_with("dashboard (one-time login link)") {
-                login_link = last;
+                assert!(!line.contains("drk_login_"), "{line}");
+                login_link = std::fs::read_to_string(data.path("login-link")).unwrap().trim().to_string();
             }
         }
         // Keep draining stdout so the farm never blocks on a full pipe.
@@ -367,6 +370,11 @@ fn every_dashboard_route_checks_the_session_and_csrf() {
     let submit = submit["token"].as_str().unwrap();
     assert_eq!(http("POST", &u("/login"), &[], Some(&format!("token={submit}"))).0, 401);
     assert_eq!(http("GET", &u("/metrics"), &[&format!("Authorization: Bearer {submit}")], None).0, 401);
+
+    // The sign-in form checks Origin like every other POST: another site cannot
+    // sign a browser in to an attacker's session.
+    let evil = http("POST", &u("/login"), &["Origin: http://evil.example"], Some(&format!("token={}", farm.admin)));
+    assert_eq!((evil.0, evil.1.contains("set-cookie")), (403, false), "{}", evil.1);
 
     // The login link works once.
     assert_eq!(http("GET", &farm.login_link, &[], None).0, 303);

@@ -332,7 +332,9 @@ fn drake_up_and_drake_submit_from_the_readme() {
         .unwrap();
     let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
     let url = lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_string();
-    let token = lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_string();
+    let line = lines.next().unwrap().unwrap();
+    assert!(line.starts_with("admin token: kept in ") && !line.contains("drk_admin_"), "not a terminal, so no secret: {line}");
+    let token = std::fs::read_to_string(data.path("admin-token")).unwrap().trim().to_string();
     assert!(url.starts_with("http://127.0.0.1:") && token.starts_with("drk_admin_"), "{url} {token}");
 
     let dir = Dir::new();
@@ -670,4 +672,33 @@ fn a_worker_whose_stderr_closed_waits_out_a_coordinator_restart() {
     let job = c.wait_ended(job["id"].as_str().unwrap(), Duration::from_secs(120));
     assert_eq!(job["state"], "succeeded", "the same worker carries on: {job}");
     assert!(job["tasks"].as_array().unwrap().iter().all(|t| t["worker"].as_str().is_some()));
+}
+
+#[test]
+fn weak_secrets_are_refused_at_start() {
+    let start = |data: &Dir, env: Option<&str>| {
+        let mut cmd = Command::new(drake_bin());
+        cmd.args(["coordinator", "--data", data.tmp.path().to_str().unwrap(), "--listen", "127.0.0.1:0"]).env_remove("DRAKE_ADMIN_TOKEN");
+        if let Some(v) = env {
+            cmd.env("DRAKE_ADMIN_TOKEN", v);
+        }
+        let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap().wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // An empty admin-token file is not an empty admin token.
+    let data = Dir::new();
+    std::fs::write(data.path("admin-token"), "\n").unwrap();
+    let (code, err) = start(&data, None);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("admin-token") && err.contains("24 to 256"), "{err}");
+    // Nor is an empty DRAKE_ADMIN_TOKEN.
+    let (code, err) = start(&Dir::new(), Some("  "));
+    assert_ne!(code, Some(0));
+    assert!(err.contains("DRAKE_ADMIN_TOKEN"), "{err}");
+    // A webhook secret that cannot sign.
+    let data = Dir::new();
+    std::fs::write(data.path("webhook-secret"), "whsec_").unwrap();
+    let (code, err) = start(&data, None);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("webhook-secret"), "{err}");
 }

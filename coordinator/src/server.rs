@@ -45,6 +45,35 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The lines that tell an operator how to sign in. Secrets are printed only to a
+    /// terminal; where stdout goes to a log collector, the admin token's file and a
+    /// 0600 file holding the login link are named instead.
+    /// `always_token`: name the admin token even when it was not generated now.
+    pub fn announce(&self, data_dir: &Path, base_url: &str, always_token: bool) -> std::io::Result<Vec<String>> {
+        use std::io::IsTerminal;
+        let terminal = std::io::stdout().is_terminal();
+        let mut lines = Vec::new();
+        let token_file = data_dir.join("admin-token");
+        if self.admin_token_generated || always_token {
+            lines.push(if terminal {
+                format!("admin token (kept in {}): {}", token_file.display(), self.admin_token)
+            } else {
+                format!("admin token: kept in {} (mode 0600)", token_file.display())
+            });
+        }
+        if self.ui.is_some() {
+            let link = self.login_url(base_url);
+            if terminal {
+                lines.push(format!("dashboard (one-time login link): {link}"));
+            } else {
+                let file = data_dir.join("login-link");
+                write_secret(&file, &link)?;
+                lines.push(format!("dashboard (one-time login link): kept in {} (mode 0600)", file.display()));
+            }
+        }
+        Ok(lines)
+    }
+
     /// The one-time dashboard login URL for a coordinator at `base_url`.
     pub fn login_url(&self, base_url: &str) -> String {
         format!("{base_url}/login?token={}", self.login_token)
@@ -52,9 +81,21 @@ impl Prepared {
 }
 
 /// A secret kept in a data-dir file (mode 0600): read it, or create it with `make`.
-fn kept_secret(path: &Path, make: impl FnOnce() -> String) -> std::io::Result<(String, bool)> {
-    if let Ok(t) = std::fs::read_to_string(path) {
-        return Ok((t.trim().to_string(), false));
+/// A file that exists but is unreadable or holds no valid secret (`valid`) is an
+/// error: a secret never silently weakens (an empty file is not an empty token).
+fn kept_secret(path: &Path, make: impl FnOnce() -> String, valid: fn(&str) -> Result<(), String>) -> std::io::Result<(String, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => {
+            let t = t.trim().to_string();
+            valid(&t).map_err(|why| {
+                std::io::Error::other(format!("{}: {why}; fix it, or delete it to have a new one generated", path.display()))
+            })?;
+            return Ok((t, false));
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(std::io::Error::other(format!("{}: {e}", path.display())));
+        }
+        Err(_) => {}
     }
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -67,12 +108,41 @@ fn kept_secret(path: &Path, make: impl FnOnce() -> String) -> std::io::Result<(S
 /// The admin token: `DRAKE_ADMIN_TOKEN` if set, else the one kept in the data dir,
 /// else a new one written there. Returns it and whether it was generated.
 pub fn admin_token(data_dir: &Path) -> std::io::Result<(String, bool)> {
-    if let Ok(t) = std::env::var("DRAKE_ADMIN_TOKEN")
-        && !t.trim().is_empty()
-    {
+    if let Ok(t) = std::env::var("DRAKE_ADMIN_TOKEN") {
+        valid_token(t.trim()).map_err(|why| std::io::Error::other(format!("DRAKE_ADMIN_TOKEN: {why}")))?;
         return Ok((t.trim().to_string(), false));
     }
-    kept_secret(&data_dir.join("admin-token"), || auth::generate(Role::Admin))
+    kept_secret(&data_dir.join("admin-token"), || auth::generate(Role::Admin), valid_token)
+}
+
+/// An admin token must be long and plain enough to be a secret and a header value.
+fn valid_token(t: &str) -> Result<(), String> {
+    if t.len() < 24 || t.len() > 256 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("an admin token must be 24 to 256 printable characters without spaces".into());
+    }
+    Ok(())
+}
+
+/// A Standard Webhooks secret: `whsec_` and base64 of at least 16 random bytes.
+fn valid_webhook_secret(s: &str) -> Result<(), String> {
+    use base64::Engine as _;
+    let key = s.strip_prefix("whsec_").and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok());
+    match key {
+        Some(k) if k.len() >= 16 => Ok(()),
+        _ => Err("a webhook secret must be whsec_ followed by base64 of at least 16 bytes".into()),
+    }
+}
+
+/// Writes a secret to a file only its owner can read, replacing what was there.
+pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error + Send + Sync>> {
@@ -86,7 +156,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error 
     let queue = Queue::open(&cfg.data_dir.join("drake.db"), cfg.queue).await?;
     let (token, generated) = admin_token(&cfg.data_dir)?;
     queue.add_token(&token, Role::Admin, Some("admin"), None, None, now_ms()).await?;
-    let (webhook_secret, _) = kept_secret(&cfg.data_dir.join("webhook-secret"), chores::new_webhook_secret)?;
+    let (webhook_secret, _) = kept_secret(&cfg.data_dir.join("webhook-secret"), chores::new_webhook_secret, valid_webhook_secret)?;
     let (events, _) = tokio::sync::broadcast::channel(1024);
     let (chores, chores_pool) = crate::background::Chores::open(&cfg.data_dir.join("chores.db")).await?;
     let state = AppState {
@@ -102,6 +172,8 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error 
         network: Arc::new(crate::fetch::NetPolicy::parse(&cfg.allow_network)?),
         instance: Arc::new(format!("coordinator-{}", uuid::Uuid::now_v7().simple())),
     };
+    // A restart revokes every unused login link; only the one made now works.
+    state.queue.revoke_login_links().await?;
     let login_token = state.queue.create_login_link(now_ms()).await?;
     Ok(Prepared { state, admin_token: token, admin_token_generated: generated, chores_pool, login_token, ui: cfg.ui })
 }
@@ -153,12 +225,10 @@ pub async fn run(
     let data_dir = cfg.data_dir.clone();
     let p = prepare(cfg).await?;
     let addr = listener.local_addr()?;
-    let _ = writeln!(std::io::stdout(), "drake coordinator listening on http://{addr}");
-    if p.admin_token_generated {
-        let _ = writeln!(std::io::stdout(), "admin token (kept in {}): {}", data_dir.join("admin-token").display(), p.admin_token);
-    }
-    if p.ui.is_some() {
-        let _ = writeln!(std::io::stdout(), "dashboard (one-time login link): {}", p.login_url(&format!("http://{addr}")));
+    let mut lines = vec![format!("drake coordinator listening on http://{addr}")];
+    lines.extend(p.announce(&data_dir, &format!("http://{addr}"), false)?);
+    for line in lines {
+        let _ = writeln!(std::io::stdout(), "{line}");
     }
     serve(p, listener, shutdown).await?;
     Ok(())

@@ -46,6 +46,13 @@ impl Queue {
         Ok(token)
     }
 
+    /// Revokes every login link not used yet (at start: links printed by an earlier
+    /// run stop working).
+    pub async fn revoke_login_links(&self) -> Result<()> {
+        sqlx::query("DELETE FROM login_links WHERE used_at IS NULL").execute(self.pool()).await?;
+        Ok(())
+    }
+
     /// Spends a login link; false if unknown, used or expired.
     pub async fn use_login_link(&self, token: &str, now: i64) -> Result<bool> {
         let n = sqlx::query("UPDATE login_links SET used_at = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?")
@@ -127,6 +134,9 @@ mod tests {
         assert!(!q.use_login_link("drk_login_guess", 1).await.unwrap());
         assert!(q.use_login_link(&link, 1).await.unwrap());
         assert!(!q.use_login_link(&link, 2).await.unwrap(), "a login link works once");
+        let unused = q.create_login_link(0).await.unwrap();
+        q.revoke_login_links().await.unwrap();
+        assert!(!q.use_login_link(&unused, 1).await.unwrap(), "a restart revokes unused links");
         let late = q.create_login_link(0).await.unwrap();
         assert!(!q.use_login_link(&late, super::LOGIN_LINK_TTL_MS + 1).await.unwrap(), "expired");
 

@@ -134,6 +134,12 @@ async fn checked_post(st: &AppState, headers: &HeaderMap, csrf: &str) -> Result<
     if !constant_time_eq(s.csrf.as_bytes(), csrf.as_bytes()) {
         return Err(Denied::Forbidden("the form is stale or forged (CSRF token mismatch); reload the page"));
     }
+    same_origin(headers)?;
+    Ok(s)
+}
+
+/// A POST's `Origin`, when the browser sends one, must be this host.
+fn same_origin(headers: &HeaderMap) -> Result<(), Denied> {
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
         let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
@@ -141,7 +147,7 @@ async fn checked_post(st: &AppState, headers: &HeaderMap, csrf: &str) -> Result<
             return Err(Denied::Forbidden("cross-origin request refused"));
         }
     }
-    Ok(s)
+    Ok(())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -198,6 +204,8 @@ struct LoginForm {
 }
 
 async fn login_form(State(st): State<AppState>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Result<Response, Denied> {
+    // Like every other POST: a page elsewhere cannot sign a browser in (login CSRF).
+    same_origin(&headers)?;
     let caller = if f.token.len() <= 256 { st.queue.authenticate(f.token.trim(), now_ms()).await.map_err(failed)? } else { None };
     match caller {
         Some(c) if c.role == Role::Admin => start_session(&st, &headers).await,

@@ -128,8 +128,17 @@ pub fn up(data: PathBuf, listen: &str, workers: u32, settings: FarmSettings) -> 
         };
         let url = format!("http://{addr}");
         let _ = writeln!(std::io::stdout(), "drake farm up at {url}");
-        let _ = writeln!(std::io::stdout(), "admin token: {}", prepared.admin_token);
-        let _ = writeln!(std::io::stdout(), "dashboard (one-time login link): {}", prepared.login_url(&url));
+        match prepared.announce(&data, &url, true) {
+            Ok(lines) => {
+                for line in lines {
+                    let _ = writeln!(std::io::stdout(), "{line}");
+                }
+            }
+            Err(e) => {
+                proto::log!("drake: writing the login link: {e}");
+                return exit::INTERNAL;
+            }
+        }
         let _ = writeln!(std::io::stdout(), "submit with: drake submit FILE --coordinator {url} --wait");
 
         // Local workers join with a token minted for them, like any other machine.
