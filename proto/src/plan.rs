@@ -63,6 +63,50 @@ pub enum PlanError {
     NoMedia,
     #[error("the source picture is {0}x{1}, which is not a usable size")]
     BadGeometry(u32, u32),
+    /// A header that claims more than any real upload needs (a decompression bomb,
+    /// or a corrupt file): refused before anything is decoded.
+    #[error("the source claims {0}, over the limit of {1}")]
+    OverLimit(String, String),
+}
+
+/// Most pixels in one source frame: 8K (8192x4320).
+pub const MAX_FRAME_PIXELS: u64 = 8192 * 4320;
+/// Most source pixels per second to decode: 8K at 120 fps.
+pub const MAX_SOURCE_PIXEL_RATE: f64 = 8192.0 * 4320.0 * 120.0;
+/// Most output pixels per second over all renditions: four 4K rungs at 60 fps.
+pub const MAX_OUTPUT_PIXEL_RATE: f64 = 4.0 * 3840.0 * 2160.0 * 60.0;
+/// Longest source: 24 hours.
+pub const MAX_DURATION_SECONDS: f64 = 24.0 * 3600.0;
+/// Audio beyond these is not a real upload.
+pub const MAX_SAMPLE_RATE: u32 = 384_000;
+pub const MAX_CHANNELS: u32 = 64;
+
+/// Refuses sources whose headers claim sizes, rates or lengths past the limits.
+fn check_limits(probe: &Probe) -> Result<(), PlanError> {
+    let over = |what: String, limit: String| Err(PlanError::OverLimit(what, limit));
+    if !probe.duration.is_finite() || probe.duration > MAX_DURATION_SECONDS {
+        return over(format!("a duration of {} s", probe.duration), format!("{MAX_DURATION_SECONDS} s"));
+    }
+    for v in probe.videos() {
+        for (w, h) in [(v.coded_width, v.coded_height), (v.display_width, v.display_height)] {
+            if w as u64 * h as u64 > MAX_FRAME_PIXELS {
+                return over(format!("{w}x{h} pixels per frame"), "8192x4320".into());
+            }
+        }
+        let rate = v.coded_width as f64 * v.coded_height as f64 * v.frame_rate;
+        if !rate.is_finite() || rate > MAX_SOURCE_PIXEL_RATE {
+            return over(format!("{:.0} pixels per second ({} fps)", rate, v.frame_rate), format!("{MAX_SOURCE_PIXEL_RATE:.0}"));
+        }
+    }
+    for a in probe.audios() {
+        if a.sample_rate > MAX_SAMPLE_RATE {
+            return over(format!("a sample rate of {} Hz", a.sample_rate), format!("{MAX_SAMPLE_RATE} Hz"));
+        }
+        if a.channels > MAX_CHANNELS {
+            return over(format!("{} audio channels", a.channels), format!("{MAX_CHANNELS}"));
+        }
+    }
+    Ok(())
 }
 
 /// Frame rates that sources claim approximately; snapping to them keeps timestamps exact.
@@ -110,6 +154,24 @@ fn even_down(x: f64) -> u32 {
 }
 
 pub fn plan(probe: &Probe, profile: &Profile) -> Result<Plan, PlanError> {
+    check_limits(probe)?;
+    let plan = plan_within_limits(probe, profile)?;
+    let output_rate: f64 = plan
+        .renditions
+        .iter()
+        .filter_map(|r| {
+            let v = r.video.as_ref()?;
+            let (num, den) = v.frame_rate.split_once('/')?;
+            Some(r.width as f64 * r.height as f64 * num.parse::<f64>().ok()? / den.parse::<f64>().ok()?.max(1.0))
+        })
+        .sum();
+    if output_rate > MAX_OUTPUT_PIXEL_RATE {
+        return Err(PlanError::OverLimit(format!("{output_rate:.0} output pixels per second"), format!("{MAX_OUTPUT_PIXEL_RATE:.0}")));
+    }
+    Ok(plan)
+}
+
+fn plan_within_limits(probe: &Probe, profile: &Profile) -> Result<Plan, PlanError> {
     let audio = probe.main_audio().map(|_| PlannedAudio {
         codec: "aac".into(),
         bitrate: profile.audio.bitrate,

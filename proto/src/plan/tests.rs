@@ -76,3 +76,26 @@ fn frame_rates_snap_and_cap() {
     assert_eq!(capped_rate(59.94, 60.0), (60000, 1001));
     assert_eq!(capped_rate(240.0, 60.0), (60, 1));
 }
+
+#[test]
+fn headers_that_claim_too_much_are_refused_before_decoding() {
+    let web = Profile::load("web").unwrap();
+    let over = |p: Probe| match plan(&p, &web) {
+        Err(PlanError::OverLimit(what, _)) => what,
+        other => panic!("expected a limit, got {other:?}"),
+    };
+    // A small file claiming a 60000x60000 picture (a side under 16384 is not enough:
+    // 16000x16000 is 256 megapixels a frame).
+    assert!(over(probe(16000, 16000, 30.0, false)).contains("16000x16000 pixels per frame"));
+    // 8K is fine at a normal rate, not at 10,000 frames a second.
+    assert!(plan(&probe(8192, 4320, 30.0, false), &web).is_ok());
+    assert!(over(probe(8192, 4320, 10_000.0, false)).contains("pixels per second"));
+    let mut long = probe(640, 360, 30.0, true);
+    long.duration = 1e9;
+    assert!(over(long).contains("duration"));
+    let mut loud = probe(640, 360, 30.0, true);
+    if let StreamInfo::Audio(a) = &mut loud.streams[1] {
+        a.sample_rate = 100_000_000;
+    }
+    assert!(over(loud).contains("sample rate"));
+}
