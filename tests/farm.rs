@@ -702,3 +702,62 @@ fn weak_secrets_are_refused_at_start() {
     assert_ne!(code, Some(0));
     assert!(err.contains("webhook-secret"), "{err}");
 }
+
+#[test]
+fn every_size_and_count_a_stranger_sends_is_bounded() {
+    let mut c = Coordinator::start_with(&["--max-upload-bytes", "100000"]);
+    let dir = Dir::new();
+    let curl_status = |args: &[&str]| -> u16 {
+        let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+    };
+    let auth = format!("Authorization: Bearer {}", c.admin);
+    let jobs = format!("{}/api/v1/jobs", c.url);
+    // JSON at most 1 MiB, refused at once.
+    std::fs::write(dir.path("big.json"), format!("{{\"source_url\": \"https://media.example.com/{}\"}}", "a".repeat(2 << 20))).unwrap();
+    let big = format!("@{}", dir.s("big.json"));
+    assert_eq!(curl_status(&["-H", &auth, "-H", "Content-Type: application/json", "--data-binary", &big, &jobs]), 413);
+    // Uploads by --max-upload-bytes; text fields before they are read.
+    std::fs::write(dir.path("big.mp4"), vec![7u8; 300_000]).unwrap();
+    assert_eq!(curl_status(&["-H", &auth, "-F", &format!("file=@{}", dir.s("big.mp4")), &jobs]), 413);
+    std::fs::write(dir.path("small.mp4"), vec![7u8; 1000]).unwrap();
+    let long_field = format!("callback_url=https://x.example/{}", "b".repeat(20_000));
+    assert_eq!(curl_status(&["-H", &auth, "-F", &long_field, "-F", &format!("file=@{}", dir.s("small.mp4")), &jobs]), 400);
+    // Event streams per token.
+    let events = format!("{}/api/v1/events", c.url);
+    let mut open: Vec<std::process::Child> =
+        (0..16).map(|_| Command::new("curl").args(["-sN", "-H", &auth, &events]).stdout(Stdio::null()).spawn().unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let exited: Vec<_> = open.iter_mut().filter_map(|p| p.try_wait().unwrap()).collect();
+    assert!(exited.is_empty(), "streams ended: {exited:?}");
+    let started = Instant::now();
+    let mut status = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        status = curl_status(&["-H", &auth, "--max-time", "2", &events]);
+        if status == 429 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(status, 429, "the 17th stream of one token");
+    for mut p in open.drain(..) {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    let (_, listed) = c.call("GET", "/api/v1/jobs", Some(&c.admin), None);
+    assert_eq!(listed["jobs"], json!([]), "nothing refused was recorded");
+    let spool = c.data.path("storage/uploads");
+    assert!(std::fs::read_dir(&spool).map_or(true, |d| d.count() == 0), "no partial upload left");
+    // A partial upload left by a crash is removed at start.
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::write(spool.join("01a2-stale"), b"half an upload").unwrap();
+    c.restart();
+    assert!(!spool.join("01a2-stale").exists());
+
+    // A full spool disk refuses uploads with 507 and loses nothing.
+    let full = Coordinator::start_with(&["--min-free-disk-bytes", "1000000000000000000"]);
+    let (status, e) = full.upload(&dir.s("small.mp4"), &[]);
+    assert_eq!((status, e["code"].as_str()), (507, Some("insufficient_storage")), "{e}");
+    let (_, listed) = full.call("GET", "/api/v1/jobs", Some(&full.admin), None);
+    assert_eq!(listed["jobs"], json!([]));
+}

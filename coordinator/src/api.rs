@@ -2,6 +2,7 @@
 //! roles it accepts; errors are JSON `{"code", "message"}` with stable codes.
 
 use crate::auth::{self, Caller, Role, bearer};
+use crate::gate::Kind;
 use crate::lifecycle;
 use crate::queue::{NewJob, QueueError};
 use crate::state::{AppState, audit, now_ms};
@@ -27,8 +28,12 @@ pub enum ApiError {
     Forbidden,
     #[error("{0}")]
     BadRequest(String),
-    #[error("the upload exceeds the limit of {0} bytes")]
+    #[error("the request body exceeds the limit of {0} bytes")]
     TooLarge(u64),
+    #[error("{0}")]
+    TooMany(&'static str),
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// Well-formed but refused: a URL naming a network callers may not reach.
     #[error("{0}")]
     Unprocessable(String),
@@ -45,6 +50,8 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::InsufficientStorage(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             ApiError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
             ApiError::Queue(e) => (
@@ -86,7 +93,7 @@ pub fn allow(caller: &Caller, roles: &[Role]) -> Result<(), ApiError> {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/healthz", get(|| async { Json(json!({"ok": true})) }))
         // Uploads are streamed to disk and limited by `Limits::max_upload_bytes`.
         .route("/api/v1/jobs", post(create_job).get(list_jobs).layer(DefaultBodyLimit::disable()))
@@ -97,7 +104,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/join-tokens", post(create_join_token))
         .route("/api/v1/tokens", post(create_token).get(list_tokens))
         .route("/api/v1/tokens/{id}/revoke", post(revoke_token))
-        .merge(workers_api::routes())
+        .layer(DefaultBodyLimit::max(crate::state::MAX_JSON_BYTES));
+    api.merge(workers_api::routes().layer(DefaultBodyLimit::max(crate::state::MAX_WORKER_BODY_BYTES)))
         .merge(dav::routes())
         .with_state(state)
 }
@@ -163,11 +171,25 @@ async fn create_job(State(st): State<AppState>, caller: Caller, req: Request) ->
     allow(&caller, &[Role::Admin, Role::Submit])?;
     let is_multipart =
         req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("multipart/form-data"));
+    let declared: Option<u64> = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let (job, created) = if is_multipart {
+        // Over the limit by its own account: refused before a byte is read.
+        if declared.is_some_and(|n| n > st.limits.max_upload_bytes + MULTIPART_OVERHEAD) {
+            return Err(ApiError::TooLarge(st.limits.max_upload_bytes));
+        }
+        let who = crate::auth::digest(caller.presented.as_deref().unwrap_or_default());
+        let _uploading = st.gate.enter(Kind::Upload, &who).ok_or(ApiError::TooMany("too many uploads in flight for this token"))?;
+        check_disk(&st, declared.unwrap_or(0))?;
         let multipart = Multipart::from_request(req, &st).await.map_err(|e| ApiError::BadRequest(e.to_string()))?;
         create_from_upload(&st, &caller, multipart).await?
     } else {
-        let Json(f): Json<JobFields> = Json::from_request(req, &st).await.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let limit = crate::state::MAX_JSON_BYTES;
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::TooLarge(limit as u64));
+        }
+        let body = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| ApiError::TooLarge(limit as u64))?;
+        let f: JobFields =
+            serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the JSON body is not a job request: {e}")))?;
         let url = f.source_url.clone().ok_or_else(|| ApiError::BadRequest("give source_url, or upload a multipart field `file`".into()))?;
         check_url("source_url", &url)?;
         check_network(&st, &url)?;
@@ -181,6 +203,38 @@ async fn create_job(State(st): State<AppState>, caller: Caller, req: Request) ->
     }
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(job)).into_response())
+}
+
+/// Room for multipart boundaries and the text fields beside the file.
+const MULTIPART_OVERHEAD: u64 = 256 * 1024;
+
+/// How long an upload may go without sending a byte before it is dropped (and its
+/// partial file removed).
+const UPLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Refuses an upload (507) that would leave less than the reserve free on the spool disk.
+fn check_disk(st: &AppState, more: u64) -> Result<(), ApiError> {
+    let spool = st.storage.spool_dir();
+    let free = crate::gate::free_bytes(spool.parent().unwrap_or(&spool)).map_err(|e| ApiError::Storage(e.to_string()))?;
+    if free < more.saturating_add(st.limits.min_free_disk_bytes) {
+        return Err(ApiError::InsufficientStorage(format!(
+            "the coordinator's spool disk has {free} bytes free, and keeps {} in reserve; try again later",
+            st.limits.min_free_disk_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a multipart text field, refusing it once it passes `limit` bytes.
+async fn bounded_text(field: &mut axum::extract::multipart::Field<'_>, limit: usize) -> Result<String, ApiError> {
+    let mut text = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| ApiError::BadRequest(e.body_text()))? {
+        if text.len() + chunk.len() > limit {
+            return Err(ApiError::BadRequest(format!("a form field is longer than {limit} bytes")));
+        }
+        text.extend_from_slice(&chunk);
+    }
+    String::from_utf8(text).map_err(|_| ApiError::BadRequest("a form field is not UTF-8".into()))
 }
 
 /// Streams the `file` field to storage (never holding it in memory), then creates the job.
@@ -210,19 +264,30 @@ async fn create_from_upload(st: &AppState, caller: &Caller, mut multipart: Multi
             got_file = true;
             let mut out = tokio::fs::File::create(&temp).await.map_err(|e| ApiError::Storage(e.to_string()))?;
             cleanup.0 = Some(temp.clone());
-            while let Some(chunk) = field.chunk().await.map_err(|e| ApiError::BadRequest(e.body_text()))? {
+            let mut checked = 0u64;
+            loop {
+                let chunk = tokio::time::timeout(UPLOAD_STALL, field.chunk())
+                    .await
+                    .map_err(|_| ApiError::BadRequest(format!("the upload sent nothing for {} s", UPLOAD_STALL.as_secs())))?
+                    .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+                let Some(chunk) = chunk else { break };
                 size += chunk.len() as u64;
                 if size > st.limits.max_upload_bytes {
                     return Err(ApiError::TooLarge(st.limits.max_upload_bytes));
+                }
+                // Uploads without a Content-Length are checked as they grow.
+                if size - checked > 64 << 20 {
+                    check_disk(st, 0)?;
+                    checked = size;
                 }
                 out.write_all(&chunk).await.map_err(|e| ApiError::Storage(e.to_string()))?;
             }
             out.sync_all().await.map_err(|e| ApiError::Storage(e.to_string()))?;
         } else {
-            let text = field.text().await.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-            if text.len() > MAX_FIELD_LEN || fields.len() > 16 {
-                return Err(ApiError::BadRequest("form fields are too large".into()));
+            if fields.len() >= 16 {
+                return Err(ApiError::BadRequest("too many form fields".into()));
             }
+            let text = bounded_text(&mut field, MAX_FIELD_LEN).await?;
             let value = if name == "priority" {
                 json!(text.parse::<i64>().map_err(|_| ApiError::BadRequest("priority must be a number".into()))?)
             } else {
@@ -325,6 +390,8 @@ pub async fn mint_join_token(st: &AppState, uses: i64, ttl_seconds: i64) -> Resu
 /// `GET /api/v1/events`: server-sent events for every job and task change.
 async fn events(State(st): State<AppState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
     allow(&caller, &[Role::Admin, Role::Submit])?;
+    let who = crate::auth::digest(caller.presented.as_deref().unwrap_or_default());
+    let permit = st.gate.enter(Kind::Events, &who).ok_or(ApiError::TooMany("too many event streams open for this token"))?;
     let rx = st.events.subscribe();
     // A pipeline hears only of its own jobs; whose a job is, is cached per stream.
     let filter = pipeline_of(&caller).map(|p| (p, std::collections::HashMap::<String, bool>::new()));
@@ -358,6 +425,11 @@ async fn events(State(st): State<AppState>, caller: Caller) -> Result<impl IntoR
             }
         };
         Some((Ok::<_, std::convert::Infallible>(event), (rx, filter, st)))
+    });
+    // The stream holds its place until the client goes away.
+    let stream = futures_util::StreamExt::map(stream, move |e| {
+        let _held = &permit;
+        e
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -9,6 +9,7 @@ pub mod chores;
 pub mod dav;
 pub mod fault;
 pub mod fetch;
+pub mod gate;
 pub mod lifecycle;
 pub mod queue;
 pub mod registry;

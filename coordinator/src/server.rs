@@ -133,6 +133,23 @@ fn valid_webhook_secret(s: &str) -> Result<(), String> {
     }
 }
 
+/// At start, no upload is in flight: every spooled upload is a leftover of a
+/// connection that died with the last process. A URL source's partial copy is
+/// kept while its job still owes the probe that resumes it.
+async fn remove_partial_uploads(spool: &Path, queue: &Queue) {
+    let Ok(entries) = std::fs::read_dir(spool) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let resumable = match name.strip_prefix("ingest-").and_then(|n| n.strip_suffix(".part")) {
+            Some(job) => queue.owes_probe(job).await.unwrap_or(false),
+            None => false,
+        };
+        if !resumable {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Writes a secret to a file only its owner can read, replacing what was there.
 pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -154,6 +171,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error 
         None => crate::storage::Store::local(root),
     };
     let queue = Queue::open(&cfg.data_dir.join("drake.db"), cfg.queue).await?;
+    remove_partial_uploads(&storage.spool_dir(), &queue).await;
     let (token, generated) = admin_token(&cfg.data_dir)?;
     queue.add_token(&token, Role::Admin, Some("admin"), None, None, now_ms()).await?;
     let (webhook_secret, _) = kept_secret(&cfg.data_dir.join("webhook-secret"), chores::new_webhook_secret, valid_webhook_secret)?;
@@ -169,6 +187,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error 
         limits: cfg.limits,
         webhook_secret: Arc::new(webhook_secret),
         chores,
+        gate: Default::default(),
         network: Arc::new(crate::fetch::NetPolicy::parse(&cfg.allow_network)?),
         instance: Arc::new(format!("coordinator-{}", uuid::Uuid::now_v7().simple())),
     };

@@ -21,11 +21,24 @@ pub struct Limits {
     pub task_timeout_seconds: u64,
     /// How long copying a URL source into storage may take, per attempt.
     pub ingest_timeout_seconds: u64,
+    /// Uploads are refused (507) when they would leave less than this free on the
+    /// spool disk.
+    pub min_free_disk_bytes: u64,
 }
+
+/// Largest JSON body on the API (jobs, tokens); over it, 413 at once.
+pub const MAX_JSON_BYTES: usize = 1 << 20;
+/// Largest body of a worker's call (a completion lists every segment of a long film).
+pub const MAX_WORKER_BODY_BYTES: usize = 16 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_upload_bytes: 20 * 1024 * 1024 * 1024, task_timeout_seconds: 4 * 3600, ingest_timeout_seconds: 2 * 3600 }
+        Limits {
+            max_upload_bytes: 20 * 1024 * 1024 * 1024,
+            task_timeout_seconds: 4 * 3600,
+            ingest_timeout_seconds: 2 * 3600,
+            min_free_disk_bytes: 1 << 30,
+        }
     }
 }
 
@@ -46,6 +59,8 @@ pub struct AppState {
     pub webhook_secret: Arc<String>,
     /// Durable background chores (apalis).
     pub chores: crate::background::Chores,
+    /// Per-caller caps on open streams, long polls and uploads.
+    pub gate: crate::gate::Gate,
     /// Which networks caller-named URLs (sources, webhooks) may reach.
     pub network: Arc<crate::fetch::NetPolicy>,
     /// This coordinator process, unique per start: the owner of the chores it claims.

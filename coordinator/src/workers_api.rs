@@ -83,6 +83,8 @@ const MAX_BUNDLE: usize = 4;
 async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<LeaseRequest>, JsonRejection>) -> Result<Response, ApiError> {
     let worker = worker_id(&caller)?;
     let req = parsed(req)?;
+    let _polling =
+        st.gate.enter(crate::gate::Kind::LongPoll, &worker).ok_or(ApiError::TooMany("too many lease polls open for this worker"))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds.min(MAX_WAIT_SECONDS));
     loop {
         let now = now_ms();

@@ -36,13 +36,18 @@ pub struct FarmSettings {
     pub storage_url: Option<String>,
     pub storage_authorization: Option<String>,
     pub allow_network: Vec<String>,
+    pub min_free_disk_bytes: u64,
 }
 
 fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
     coordinator::server::Config {
         data_dir: data,
         drake_exe: drake_exe(),
-        limits: coordinator::state::Limits { max_upload_bytes: s.max_upload_bytes, ..Default::default() },
+        limits: coordinator::state::Limits {
+            max_upload_bytes: s.max_upload_bytes,
+            min_free_disk_bytes: s.min_free_disk_bytes,
+            ..Default::default()
+        },
         queue: coordinator::queue::QueueConfig { lease_ttl_ms: s.lease_ttl_seconds.clamp(3, 3600) as i64 * 1000, ..Default::default() },
         storage: s
             .storage_url

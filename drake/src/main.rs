@@ -141,6 +141,9 @@ struct FarmArgs {
     /// e.g. 10.0.0.0/8; repeatable). By default they reach public addresses only.
     #[arg(long = "allow-network", value_name = "CIDR")]
     allow_network: Vec<String>,
+    /// Refuse uploads (507) that would leave less than this free on the spool disk.
+    #[arg(long, default_value_t = 1 << 30)]
+    min_free_disk_bytes: u64,
 }
 
 impl FarmArgs {
@@ -151,6 +154,7 @@ impl FarmArgs {
             storage_url: self.storage_url,
             storage_authorization: self.storage_authorization,
             allow_network: self.allow_network,
+            min_free_disk_bytes: self.min_free_disk_bytes,
         }
     }
 }

@@ -143,6 +143,14 @@ impl Queue {
         Ok(armed)
     }
 
+    /// Whether a job still owes its probe.
+    pub async fn owes_probe(&self, job: &str) -> Result<bool> {
+        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ? AND chore = 'probe')")
+            .bind(job)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// Claims an owed chore pushed with `seq`, for process `me`. `None`: it is not
     /// owed any more, or a later push superseded this one.
     pub async fn claim_chore(&self, job: &str, chore: Chore, seq: i64, me: &str, now: i64) -> Result<Option<ChoreClaim>> {

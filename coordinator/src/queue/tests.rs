@@ -531,7 +531,7 @@ async fn a_task_no_live_worker_can_run_waits_then_fails_with_that_reason() {
     assert!(q.check_capable_workers(60_000, later).await.unwrap().is_empty());
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!(j.waiting_for.as_deref(), Some("a capable worker: no live worker has the encoder libsvtav1"));
-    assert_eq!(q.check_capable_workers(60_000, later + 60_001).await.unwrap(), [job.id.clone()]);
+    assert_eq!(q.check_capable_workers(60_000, later + 60_001).await.unwrap(), std::slice::from_ref(&job.id));
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!(j.state, "failed");
     assert_eq!(j.error.as_deref(), Some("no live worker has the encoder libsvtav1 (waited 60 s for one)"));

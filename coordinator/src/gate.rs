@@ -1,0 +1,89 @@
+//! Per-caller caps on long-lived requests: event streams per token, long polls per
+//! worker, uploads in flight per token. A count of open connections is the one
+//! thing kept only in memory, because it dies with them: a restart has none open.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// What is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Events,
+    LongPoll,
+    Upload,
+}
+
+impl Kind {
+    /// How many one caller may hold open at once.
+    pub fn cap(self) -> usize {
+        match self {
+            // A dashboard shares one stream per browser; a pipeline needs a few.
+            Kind::Events => 16,
+            // A worker polls once per free slot round; a few spare for restarts.
+            Kind::LongPoll => 4,
+            Kind::Upload => 8,
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct Gate {
+    open: Arc<Mutex<HashMap<(Kind, String), usize>>>,
+}
+
+/// Held while the request runs; dropping it frees the place.
+pub struct Permit {
+    gate: Gate,
+    key: (Kind, String),
+}
+
+impl Gate {
+    /// A place for `caller` (a token digest or worker id), or `None` at its cap.
+    pub fn enter(&self, kind: Kind, caller: &str) -> Option<Permit> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (kind, caller.to_string());
+        let n = open.entry(key.clone()).or_insert(0);
+        if *n >= kind.cap() {
+            return None;
+        }
+        *n += 1;
+        Some(Permit { gate: self.clone(), key })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut open = self.gate.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Free bytes on the file system holding `path`.
+pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `s` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(s.f_bavail as u64 * s.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_caller_holds_at_most_its_cap() {
+        let g = super::Gate::default();
+        let held: Vec<_> = (0..4).map(|_| g.enter(super::Kind::LongPoll, "w1").unwrap()).collect();
+        assert!(g.enter(super::Kind::LongPoll, "w1").is_none());
+        assert!(g.enter(super::Kind::LongPoll, "w2").is_some(), "caps are per caller");
+        drop(held);
+        assert!(g.enter(super::Kind::LongPoll, "w1").is_some());
+    }
+}
