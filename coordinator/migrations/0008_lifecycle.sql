@@ -38,3 +38,8 @@ UPDATE jobs SET chore = 'finalize', chore_due_at = 0 WHERE state = 'finalizing';
 -- A submit token sees, cancels and retries only its pipeline's jobs.
 ALTER TABLE jobs ADD COLUMN pipeline TEXT;
 CREATE INDEX jobs_pipeline_created ON jobs (pipeline, created_at);
+
+-- An ended job owes a sweep of its staging area once no lease of it can still be
+-- publishing (two lease TTLs after the end); 1 once done.
+ALTER TABLE jobs ADD COLUMN swept INTEGER NOT NULL DEFAULT 0;
+UPDATE jobs SET swept = 1 WHERE state IN ('succeeded', 'failed', 'canceled');

@@ -106,6 +106,28 @@ pub async fn reconcile(st: &AppState, at_start: bool) {
         Err(e) => proto::log!("coordinator: reconciler: checking capable workers: {e}"),
     }
     push_deliveries(st, None, now).await;
+    match st.queue.unswept_jobs(now).await {
+        Ok(jobs) => {
+            for job in jobs {
+                sweep(st, &job).await;
+            }
+        }
+        Err(e) => proto::log!("coordinator: reconciler: listing jobs to sweep: {e}"),
+    }
+}
+
+/// Removes what an ended job left in staging (attempts that were never promoted,
+/// uploads of lapsed leases) and a partial copy of its URL source.
+async fn sweep(st: &AppState, job: &str) {
+    let _ = tokio::fs::remove_file(st.storage.spool_dir().join(format!("ingest-{job}.part"))).await;
+    match st.storage.remove_staging(job).await {
+        Ok(()) => {
+            if let Err(e) = st.queue.swept(job).await {
+                proto::log!("coordinator: job {job}: recording its sweep: {e}");
+            }
+        }
+        Err(e) => proto::log!("coordinator: job {job}: sweeping its staging area: {e} (will retry)"),
+    }
 }
 
 /// A worker's completion of task `task` with epoch `epoch`: its staged files must

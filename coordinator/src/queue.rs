@@ -593,7 +593,7 @@ impl Queue {
         let planned: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ?)").bind(id).fetch_one(&mut *tx).await?;
         // A new run: the seq bump makes any chore still in flight from the last run stale.
         sqlx::query(
-            "UPDATE jobs SET state = 'queued', error = NULL, outputs = NULL, run = run + 1, chore = ?3, chore_seq = chore_seq + 1,
+            "UPDATE jobs SET state = 'queued', error = NULL, outputs = NULL, run = run + 1, swept = 0, chore = ?3, chore_seq = chore_seq + 1,
                  chore_attempts = 0, chore_error = NULL, chore_claimed_by = NULL, chore_due_at = ?1, updated_at = ?1 WHERE id = ?2",
         )
         .bind(now)

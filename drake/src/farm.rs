@@ -37,6 +37,7 @@ pub struct FarmSettings {
     pub storage_authorization: Option<String>,
     pub allow_network: Vec<String>,
     pub min_free_disk_bytes: u64,
+    pub capable_worker_wait_seconds: u64,
 }
 
 fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
@@ -48,7 +49,11 @@ fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
             min_free_disk_bytes: s.min_free_disk_bytes,
             ..Default::default()
         },
-        queue: coordinator::queue::QueueConfig { lease_ttl_ms: s.lease_ttl_seconds.clamp(3, 3600) as i64 * 1000, ..Default::default() },
+        queue: coordinator::queue::QueueConfig {
+            lease_ttl_ms: s.lease_ttl_seconds.clamp(3, 3600) as i64 * 1000,
+            capable_worker_wait_ms: s.capable_worker_wait_seconds.clamp(1, 30 * 86400) as i64 * 1000,
+            ..Default::default()
+        },
         storage: s
             .storage_url
             .clone()

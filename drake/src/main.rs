@@ -144,6 +144,10 @@ struct FarmArgs {
     /// Refuse uploads (507) that would leave less than this free on the spool disk.
     #[arg(long, default_value_t = 1 << 30)]
     min_free_disk_bytes: u64,
+    /// How long a task may wait while no live worker has its encoder, before it
+    /// fails with that reason.
+    #[arg(long, default_value_t = 3600)]
+    capable_worker_wait_seconds: u64,
 }
 
 impl FarmArgs {
@@ -155,6 +159,7 @@ impl FarmArgs {
             storage_authorization: self.storage_authorization,
             allow_network: self.allow_network,
             min_free_disk_bytes: self.min_free_disk_bytes,
+            capable_worker_wait_seconds: self.capable_worker_wait_seconds,
         }
     }
 }

@@ -212,16 +212,24 @@ impl Node {
         let outcome = self.execute(&tasks, &dirs).await;
         // Publishing a large bundle can outlast the lease TTL: keep every lease not
         // yet reported alive until its completion or failure is posted.
+        // A task whose lease is lost (or canceled) meanwhile stops publishing.
         let unreported = Arc::new(std::sync::Mutex::new(tasks.clone()));
+        let lost: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
         let keeper = {
-            let (node, unreported) = (self.clone(), unreported.clone());
+            let (node, unreported, lost) = (self.clone(), unreported.clone(), lost.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(node.heartbeat).await;
                     let pending = unreported.lock().map(|p| p.clone()).unwrap_or_default();
                     for task in &pending {
-                        if let Err(e) = node.heartbeat(task, 1.0).await {
-                            proto::log!("drake worker: heartbeat while publishing {}: {e}", task.task_id);
+                        match node.heartbeat(task, 1.0).await {
+                            Ok(false) => {}
+                            Ok(true) => {
+                                if let Ok(mut l) = lost.lock() {
+                                    l.push(task.task_id.clone());
+                                }
+                            }
+                            Err(e) => proto::log!("drake worker: heartbeat while publishing {}: {e}", task.task_id),
                         }
                     }
                 }
@@ -237,7 +245,7 @@ impl Node {
                     let error = format!("{}{}", thumbnails::NOT_MADE, reason.unwrap_or("the engine wrote no thumbnails.json"));
                     self.post(lease, "fail", &Fail { epoch: lease.epoch, error, retryable: true, log_tail: log_tail.clone() }).await
                 }
-                Outcome::Succeeded { timing, .. } => match self.publish(lease, dir, timing.clone()).await {
+                Outcome::Succeeded { timing, .. } => match self.publish(lease, dir, timing.clone(), &lost).await {
                     Ok(complete) => self.post(lease, "complete", &complete).await,
                     // Storage trouble is infrastructure: another attempt may succeed.
                     Err(e) => {
@@ -428,7 +436,13 @@ impl Node {
     }
 
     /// Publishes every output file (the report last) and builds the completion.
-    async fn publish(&self, lease: &TaskLease, dir: &Path, timing: ChildTiming) -> Result<Complete, PublishError> {
+    async fn publish(
+        &self,
+        lease: &TaskLease,
+        dir: &Path,
+        timing: ChildTiming,
+        lost: &std::sync::Mutex<Vec<String>>,
+    ) -> Result<Complete, PublishError> {
         let report_name = match lease.kind {
             TaskKind::Transcode => "rendition.json",
             TaskKind::Thumbnails => "thumbnails.json",
@@ -449,6 +463,9 @@ impl Node {
         dav.mkcol_all(&lease.output_dir).await?;
         let mut files: Vec<FileSum> = Vec::with_capacity(names.len());
         for name in names {
+            if lost.lock().is_ok_and(|l| l.contains(&lease.task_id)) {
+                return Err(PublishError::Local(std::io::Error::other("the lease was lost or the task canceled while publishing")));
+            }
             files.push(dav.publish(&dir.join(&name), &lease.output_dir, &name, &format!("{}-{}", lease.task_id, lease.epoch)).await?);
         }
         Ok(Complete { epoch: lease.epoch, report, files, timing })

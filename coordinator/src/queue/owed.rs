@@ -143,6 +143,26 @@ impl Queue {
         Ok(armed)
     }
 
+    /// Ended jobs whose staging area is owed a sweep: ended at least two lease TTLs
+    /// ago, so no worker holding one of their leases can still be publishing.
+    pub async fn unswept_jobs(&self, now: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE swept = 0 AND state IN ('succeeded', 'failed', 'canceled') AND updated_at < ? ORDER BY updated_at LIMIT 100",
+        )
+        .bind(now - 2 * self.cfg.lease_ttl_ms)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records that an ended job's staging area was swept.
+    pub async fn swept(&self, job: &str) -> Result<()> {
+        sqlx::query("UPDATE jobs SET swept = 1 WHERE id = ? AND state IN ('succeeded', 'failed', 'canceled')")
+            .bind(job)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Whether a job still owes its probe.
     pub async fn owes_probe(&self, job: &str) -> Result<bool> {
         Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ? AND chore = 'probe')")
