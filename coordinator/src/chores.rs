@@ -103,13 +103,19 @@ async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Option<String
     let profile = Profile::load(&j.profile).map_err(|e| Outcome::Rejected(format!("bad input: {e}")))?;
     let stored =
         if j.source.starts_with("http://") || j.source.starts_with("https://") { Some(ingest(st, job, &j.source).await?) } else { None };
-    let (target, authorization) = st.storage.probe_target(stored.as_deref().unwrap_or(&j.source));
+    let spool = st.storage.spool_dir();
+    let (target, copy) = st
+        .storage
+        .local_copy(stored.as_deref().unwrap_or(&j.source), &spool)
+        .await
+        .map_err(|e| Outcome::failed(format!("storage: {e}")))?;
     let mut probe = tokio::process::Command::new(st.drake_exe.as_ref());
     probe.arg("probe").arg(&target).kill_on_drop(true);
-    if let Some(a) = authorization {
-        probe.env(proto::HTTP_AUTHORIZATION_ENV, a);
+    let out = tokio::time::timeout(Duration::from_secs(120), probe.output()).await;
+    if copy {
+        let _ = tokio::fs::remove_file(&target).await;
     }
-    let out = match tokio::time::timeout(Duration::from_secs(120), probe.output()).await {
+    let out = match out {
         Err(_) => return Err(Outcome::failed("timed out after 120 s")),
         Ok(Err(e)) => return Err(Outcome::failed(format!("cannot run drake probe: {e}"))),
         Ok(Ok(out)) => out,

@@ -84,12 +84,36 @@ impl Store {
         self.remote.as_ref().map(|r| StorageAccess { url: r.base.clone(), authorization: r.authorization.clone() })
     }
 
-    /// What `drake probe` opens for a stored source, and the Authorization header for it.
-    pub fn probe_target(&self, rel: &str) -> (String, Option<String>) {
-        match &self.remote {
-            Some(r) => (self.url(rel), r.authorization.clone()),
-            None => (self.root.join(rel).to_string_lossy().into_owned(), None),
+    /// A local file holding a stored file, for `drake probe`: the file itself when
+    /// storage is local, else a complete copy fetched into `spool` (the bool says it
+    /// is a copy, to remove). libav never reads storage over the network, so a
+    /// storage blip is a retry, never a source misread as corrupt.
+    pub async fn local_copy(&self, rel: &str, spool: &Path) -> StoreResult<(PathBuf, bool)> {
+        let Some(r) = &self.remote else { return Ok((self.root.join(rel), false)) };
+        use tokio::io::AsyncWriteExt;
+        tokio::fs::create_dir_all(spool).await?;
+        let dest = spool.join(format!("probe-{}", uuid::Uuid::now_v7().simple()));
+        let mut resp = r.send("GET", rel, None, None).await?;
+        r.expect_ok("GET", rel, &resp)?;
+        let expected = resp.content_length();
+        let mut file = tokio::fs::File::create(&dest).await?;
+        let mut got = 0u64;
+        let copied: StoreResult<()> = async {
+            while let Some(chunk) = resp.chunk().await.map_err(|e| r.error("GET", rel, e.to_string()))? {
+                file.write_all(&chunk).await?;
+                got += chunk.len() as u64;
+            }
+            if expected.is_some_and(|n| n != got) {
+                return Err(r.error("GET", rel, format!("got {got} of {} bytes", expected.unwrap_or(0))));
+            }
+            Ok(())
         }
+        .await;
+        if let Err(e) = copied {
+            let _ = tokio::fs::remove_file(&dest).await;
+            return Err(e);
+        }
+        Ok((dest, true))
     }
 
     /// Moves a spooled upload to `rel`.

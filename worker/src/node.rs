@@ -283,6 +283,7 @@ impl Node {
             // Cleanup runs on every path.
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
+        let _ = tokio::fs::remove_file(dirs[0].with_extension("source")).await;
         keeper.abort();
     }
 
@@ -298,8 +299,15 @@ impl Node {
     async fn execute(&self, tasks: &[TaskLease], dirs: &[PathBuf]) -> Outcome {
         let lease = &tasks[0];
         let in_storage = !(lease.source.starts_with("http://") || lease.source.starts_with("https://"));
-        let (base, authorization) = self.storage(lease);
-        let source = if in_storage { format!("{base}/{}", lease.source) } else { lease.source.clone() };
+        let source = if in_storage {
+            match self.fetch_source(tasks, &dirs[0]).await {
+                Ok(local) => local.to_string_lossy().into_owned(),
+                Err(outcome) => return outcome,
+            }
+        } else {
+            // A lease from before sources were ingested: libav reads the URL itself.
+            lease.source.clone()
+        };
         let mut cmd = tokio::process::Command::new(&self.cfg.drake_exe);
         match lease.kind {
             TaskKind::Transcode => {
@@ -316,10 +324,6 @@ impl Node {
             TaskKind::Thumbnails => {
                 cmd.arg("thumbnails").arg(&source).arg("--out").arg(&dirs[0]);
             }
-        }
-        if in_storage && let Some(a) = authorization {
-            // Storage credentials only ever go to storage, never to a job's source_url.
-            cmd.env(proto::HTTP_AUTHORIZATION_ENV, a);
         }
         cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
         // SAFETY: only async-signal-safe calls between fork and exec.
@@ -404,6 +408,46 @@ impl Node {
                 log_tail,
             },
             Err(e) => Outcome::Failed { error: format!("waiting for the engine: {e}"), retryable: true, log_tail },
+        }
+    }
+
+    /// Copies a lease's source from storage into scratch (beside its first output
+    /// directory), heartbeating every task meanwhile. A failed copy is retryable;
+    /// a task canceled or lost meanwhile is abandoned.
+    async fn fetch_source(&self, tasks: &[TaskLease], first_dir: &Path) -> Result<PathBuf, Outcome> {
+        let lease = &tasks[0];
+        let dest = first_dir.with_extension("source");
+        let (base, authorization) = self.storage(lease);
+        let dav = Dav::new(&self.http, base, authorization);
+        let outcome = {
+            let download = dav.download(&lease.source, &dest);
+            tokio::pin!(download);
+            let mut tick = tokio::time::interval(self.heartbeat);
+            'copy: loop {
+                tokio::select! {
+                    done = &mut download => {
+                        break 'copy done.map(|_| ()).map_err(|e| Outcome::Failed {
+                            error: format!("copying the source from storage: {e}"),
+                            retryable: true,
+                            log_tail: String::new(),
+                        });
+                    }
+                    _ = tick.tick() => {
+                        for task in tasks {
+                            if let Ok(true) = self.heartbeat(task, 0.0).await {
+                                break 'copy Err(Outcome::Abandoned);
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => Ok(dest),
+            Err(o) => {
+                let _ = tokio::fs::remove_file(&dest).await;
+                Err(o)
+            }
         }
     }
 

@@ -44,6 +44,75 @@ impl<'a> Dav<'a> {
         req.send().await.map_err(|e| PublishError::Http { method, url: url.into(), message: e.to_string() })
     }
 
+    /// Copies a stored file to `dest`, resuming with `Range` after a dropped
+    /// connection (up to a few times), and checks that it got as many bytes as the
+    /// store said. A store blip then costs a retry here, not a misread source: libav
+    /// only ever reads a complete local copy, so "not media" really means not media.
+    pub async fn download(&self, path: &str, dest: &Path) -> Result<u64, PublishError> {
+        use tokio::io::AsyncWriteExt;
+        let url = self.url(path);
+        let local = |e: std::io::Error| PublishError::Local(e);
+        let mut file = tokio::fs::File::create(dest).await.map_err(local)?;
+        let mut have = 0u64;
+        let mut total: Option<u64> = None;
+        let mut last_error = String::new();
+        for attempt in 0..5u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            }
+            let mut req = self.http.get(&url).timeout(Duration::from_secs(3600));
+            if have > 0 {
+                req = req.header("range", format!("bytes={have}-"));
+            }
+            let resp = match self.send("GET", &url, req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    last_error = e.to_string();
+                    continue;
+                }
+            };
+            let status = resp.status();
+            if status.is_client_error() && status.as_u16() != 416 {
+                return Err(PublishError::Http { method: "GET", url, message: format!("HTTP {status}") });
+            }
+            if !status.is_success() {
+                last_error = format!("HTTP {status}");
+                continue;
+            }
+            if have > 0 && status.as_u16() != 206 {
+                // The store ignored the range: start over.
+                file = tokio::fs::File::create(dest).await.map_err(local)?;
+                have = 0;
+            }
+            if total.is_none() || have == 0 {
+                total = resp.content_length().map(|n| n + have);
+            }
+            let mut body = resp.bytes_stream();
+            let mut broke = false;
+            while let Some(chunk) = body.next().await {
+                match chunk {
+                    Ok(c) => {
+                        file.write_all(&c).await.map_err(local)?;
+                        have += c.len() as u64;
+                    }
+                    Err(e) => {
+                        last_error = e.to_string();
+                        broke = true;
+                        break;
+                    }
+                }
+            }
+            if !broke && total.is_none_or(|t| t == have) {
+                file.sync_all().await.map_err(local)?;
+                return Ok(have);
+            }
+            if !broke {
+                last_error = format!("got {have} of {} bytes", total.unwrap_or(0));
+            }
+        }
+        Err(PublishError::Http { method: "GET", url, message: last_error })
+    }
+
     /// Creates every level of `dir` (MKCOL answers 405 for one that exists).
     pub async fn mkcol_all(&self, dir: &str) -> Result<(), PublishError> {
         let mut path = String::new();
