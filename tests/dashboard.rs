@@ -400,6 +400,23 @@ fn every_dashboard_route_checks_the_session_and_csrf() {
     assert_eq!(http("POST", &u(&format!("/join-tokens/{digest}/revoke")), &[&cookie], Some(&format!("csrf={csrf}"))).0, 303);
     let (_, _, page) = http("GET", &u("/workers/add"), &[&cookie], None);
     assert!(!page.contains(digest) && page.contains("No usable join tokens"), "revoked");
+    // Pipelines: an admin makes a submit token on the dashboard (shown once), and revokes it.
+    assert_eq!(http("POST", &u("/pipelines"), &[&cookie], Some("csrf=0000&label=ingest")).0, 403);
+    let (status, _, page) = http("POST", &u("/pipelines"), &[&cookie], Some(&format!("csrf={csrf}&label=ingest")));
+    assert_eq!(status, 200);
+    let at = page.find("drk_submit_").expect("the new token is shown");
+    let submit_token: String = page[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+    let api = |t: &str| http("GET", &u("/api/v1/jobs"), &[&format!("Authorization: Bearer {t}")], None).0;
+    assert_eq!(api(&submit_token), 200);
+    let (_, _, page) = http("GET", &u("/pipelines"), &[&cookie], None);
+    assert!(page.contains("ingest") && !page.contains(&submit_token), "listed, never shown again");
+    let marker = "action=\"/pipelines/";
+    let at = page.find(marker).expect("revocable") + marker.len();
+    let id = &page[at..at + 16];
+    assert_eq!(http("POST", &u(&format!("/pipelines/{id}/revoke")), &[&cookie], Some(&format!("csrf={csrf}"))).0, 303);
+    assert_eq!(api(&submit_token), 401, "a revoked pipeline token stops at once");
+    assert_ne!(http("GET", &u("/pipelines"), &[], None).0, 200, "the page needs a session");
+
     // Behind a TLS-terminating proxy the command says https, and cookies are Secure.
     let https = "X-Forwarded-Proto: https";
     let (_, _, page) = http("POST", &u("/workers/add"), &[&cookie, https], Some(&form(&csrf)));

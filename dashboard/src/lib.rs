@@ -40,6 +40,8 @@ pub fn router(st: AppState) -> Router {
         .route("/workers/add", get(add_worker_page).post(create_join_token))
         .route("/workers/{id}/{action}", post(worker_action))
         .route("/join-tokens/{digest}/revoke", post(revoke_join_token))
+        .route("/pipelines", get(pipelines_page).post(create_submit_token))
+        .route("/pipelines/{id}/revoke", post(revoke_submit_token))
         .route("/login", get(login_page).post(login_form))
         .route("/logout", post(logout))
         .route("/metrics", get(metrics))
@@ -396,6 +398,50 @@ async fn revoke_join_token(
     st.queue.revoke_join_token(&digest).await.map_err(failed)?;
     coordinator::state::audit(&format!("join token {} revoked", digest.get(..12).unwrap_or_default()));
     Ok(Redirect::to("/workers/add").into_response())
+}
+
+async fn pipelines_html(st: &AppState, csrf: &str, new_token: Option<(&str, &str)>) -> Result<String, Denied> {
+    let tokens = st.queue.submit_tokens().await.map_err(failed)?;
+    Ok(pages::pipelines(&tokens, new_token, csrf, now_ms()))
+}
+
+async fn pipelines_page(State(st): State<AppState>, headers: HeaderMap) -> Result<Html<String>, Denied> {
+    let s = page_session(&st, &headers).await?;
+    Ok(Html(html::page("Pipelines", "/pipelines", &s.csrf, "", 0, &pipelines_html(&st, &s.csrf, None).await?)))
+}
+
+#[derive(Deserialize)]
+struct PipelineForm {
+    csrf: String,
+    label: String,
+}
+
+/// A new submit token for an upload pipeline, shown once.
+async fn create_submit_token(State(st): State<AppState>, headers: HeaderMap, Form(f): Form<PipelineForm>) -> Result<Response, Denied> {
+    let s = checked_post(&st, &headers, &f.csrf).await?;
+    let label = f.label.trim();
+    if label.is_empty() || label.len() > 100 || label.chars().any(char::is_control) {
+        return Ok(coordinator::api::ApiError::BadRequest("a pipeline's name is 1 to 100 characters".into()).into_response());
+    }
+    let token = match coordinator::api::mint_submit_token(&st, label).await {
+        Ok(t) => t,
+        Err(e) => return Ok(e.into_response()),
+    };
+    let body = pipelines_html(&st, &s.csrf, Some((label, &token))).await?;
+    Ok(([(header::CACHE_CONTROL, "no-store")], Html(html::page("Pipelines", "/pipelines", &s.csrf, "", 0, &body))).into_response())
+}
+
+async fn revoke_submit_token(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, Denied> {
+    checked_post(&st, &headers, &f.csrf).await?;
+    match coordinator::api::revoke_submit_token(&st, &id).await {
+        Ok(()) => Ok(Redirect::to("/pipelines").into_response()),
+        Err(e) => Ok(e.into_response()),
+    }
 }
 
 // ---- live data

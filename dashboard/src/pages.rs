@@ -427,6 +427,47 @@ pub fn add_worker(tokens: &[JoinTokenView], new_command: Option<&str>, csrf: &st
     s
 }
 
+/// Upload pipelines and their submit tokens: create one (shown once), revoke one.
+pub fn pipelines(tokens: &[serde_json::Value], new_token: Option<(&str, &str)>, csrf: &str, now: i64) -> String {
+    let mut s = String::from("<h1>Pipelines</h1>");
+    if let Some((label, token)) = new_token {
+        let _ = write!(
+            s,
+            "<section class=\"card wide ok\"><h2>Submit token for {}</h2><pre class=\"command\" id=\"submit-token\">{}</pre>\
+<p class=\"muted\">The token is shown only now. The pipeline sends it as <code>Authorization: Bearer ...</code>; it sees only its own jobs.</p></section>",
+            esc(label),
+            esc(token)
+        );
+    }
+    let _ = write!(
+        s,
+        "<section class=\"card\"><h2>New pipeline</h2><form method=\"post\" action=\"/pipelines\" id=\"pipeline-form\">{}\
+<label>Name <input type=\"text\" name=\"label\" maxlength=\"100\" required></label><button>Create submit token</button></form></section>",
+        crate::html::csrf_input(csrf)
+    );
+    s.push_str("<section class=\"card wide\"><h2>Submit tokens</h2><table id=\"submit-tokens\"><thead><tr><th>Pipeline</th><th>Token</th><th>Created</th><th></th></tr></thead><tbody>");
+    if tokens.is_empty() {
+        s.push_str("<tr><td colspan=\"4\" class=\"muted\">No pipelines yet.</td></tr>");
+    }
+    for t in tokens {
+        let id = t["id"].as_str().unwrap_or_default();
+        let state = if t["revoked"].as_bool().unwrap_or(false) {
+            "<span class=\"muted\">revoked</span>".to_string()
+        } else {
+            action(&format!("/pipelines/{id}/revoke"), "Revoke", csrf, "danger")
+        };
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td><code>{}…</code></td><td>{}</td><td>{state}</td></tr>",
+            esc(t["pipeline"].as_str().unwrap_or_default()),
+            esc(&id[..12.min(id.len())]),
+            ago(now, t["created_at"].as_i64().unwrap_or(now)),
+        );
+    }
+    s.push_str("</tbody></table></section>");
+    s
+}
+
 pub fn login(error: Option<&str>) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
