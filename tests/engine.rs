@@ -783,3 +783,17 @@ fn http_sources_are_read_with_range_requests() {
     let o = drake(&["probe", &format!("concat:{src}|{src}")]);
     assert_eq!(o.status.code(), Some(65));
 }
+
+#[test]
+fn small_files_that_claim_huge_pictures_fail_fast_as_bad_input() {
+    let dir = Dir::new();
+    for (name, size) in [("a.y4m", "W60000 H60000"), ("b.y4m", "W16000 H16000")] {
+        std::fs::write(dir.path(name), format!("YUV4MPEG2 {size} F30:1 C420\nFRAME\nabc")).unwrap();
+        let started = std::time::Instant::now();
+        let out = drake(&["plan", &dir.s(name), "--profile", "web"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(65), "{name}: {stderr}");
+        assert!(stderr.lines().last().unwrap().starts_with("drake: bad input:"), "{name}: {stderr}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{name} took {:?}", started.elapsed());
+    }
+}

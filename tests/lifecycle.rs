@@ -127,3 +127,61 @@ fn a_source_that_cannot_be_read_fails_its_job_with_the_reason() {
     assert_eq!(job["state"], "failed", "{job}");
     assert!(job["error"].as_str().unwrap().starts_with("bad input:"), "{job}");
 }
+
+/// A proxy to `upstream` that passes what clients send at about 130 KB/s: a slow
+/// link to the store, for uploads that outlast a lease.
+fn slow_uplink(upstream: std::net::SocketAddr) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(upstream) else { continue };
+            let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream, slow: bool| {
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; if slow { 4096 } else { 65536 }];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        if slow {
+                            std::thread::sleep(Duration::from_millis(30));
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                })
+            };
+            pipe(client.try_clone().unwrap(), server.try_clone().unwrap(), true);
+            pipe(server, client, false);
+        }
+    });
+    port
+}
+
+#[test]
+fn publishing_that_outlasts_the_lease_keeps_it() {
+    let nginx = Nginx::start();
+    let port: u16 = nginx.url.trim_start_matches("http://127.0.0.1:").split('/').next().unwrap().parse().unwrap();
+    let slow = format!("http://127.0.0.1:{}/media", slow_uplink(([127, 0, 0, 1], port).into()));
+    let c = Coordinator::start_with(&["--lease-ttl-seconds", "3", "--storage-url", &slow, "--storage-authorization", Nginx::AUTHORIZATION]);
+    let _w = c.worker("w1", &c.join_token(1));
+    let dir = Dir::new();
+    test_clip(&dir.s("clip.mp4"), "426x240", 4);
+    let (status, job) = c.upload(&dir.s("clip.mp4"), &[]);
+    assert_eq!(status, 201, "{job}");
+    let job = c.wait_ended(job["id"].as_str().unwrap(), Duration::from_secs(180));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    for t in job["tasks"].as_array().unwrap() {
+        let took = t["timing"]["finished_at"].as_i64().unwrap() - t["timing"]["child_exited_at"].as_i64().unwrap();
+        assert_eq!(t["attempts"], 1, "no upload was thrown away over a lapsed lease: {t}");
+        eprintln!("{} published in {took} ms with a 3 s lease", t["rendition"]);
+    }
+    let slowest = job["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["timing"]["finished_at"].as_i64().unwrap() - t["timing"]["child_exited_at"].as_i64().unwrap())
+        .max()
+        .unwrap();
+    assert!(slowest > 3_000, "the test must publish for longer than the lease ({slowest} ms)");
+}

@@ -174,7 +174,9 @@ pub async fn run(st: AppState, pool: SqlitePool, shutdown: impl std::future::Fut
                         .poll_with_strategy(Ticker::every(Duration::from_millis(200))),
                 )
                 .data(p_st.clone())
-                .concurrency(2)
+                // Mostly waiting on origins (ingest) and a light child: many at once,
+                // so a slow origin costs its own job, not the probes of everyone else.
+                .concurrency(32)
                 .build(probe_and_plan)
         })
         .register(move |restarts| {
