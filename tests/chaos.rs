@@ -246,14 +246,34 @@ fn run(seed: u64) -> Vec<String> {
             &proxy.url,
             "--storage-authorization",
             Nginx::AUTHORIZATION,
+            "--min-free-disk-bytes",
+            "65536",
         ],
         fault_point,
     );
+    // The spool on a small disk of its own (as root: a 16 MiB tmpfs), so it can fill up.
+    let spool = c.data.path("storage/uploads");
+    std::fs::create_dir_all(&spool).unwrap();
+    let spool_disk = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs", spool.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     let join = c.join_token(50);
     let mut workers = vec![c.worker("w1", &join), c.worker("w2", &join)];
     let mut restarts = 0;
 
+    // An origin for a URL source (ingested through the spool, resumed by Range).
+    let origin = RangeServer::start(std::path::Path::new(good).parent().unwrap().to_path_buf());
     let mut jobs: Vec<Job> = Vec::new();
+    jobs.push(Job {
+        id: None,
+        key: format!("seed{seed}-url"),
+        file: format!("{}/good.mp4", origin.url),
+        expect: Expect::Succeeded,
+        cancel_at: None,
+        retry_with_cancel: false,
+    });
     for i in 0..6 {
         let (file, expect, cancel_at, retry_with_cancel) = match i {
             0..=2 => (good.clone(), Expect::Succeeded, None, false),
@@ -270,17 +290,20 @@ fn run(seed: u64) -> Vec<String> {
         KillWorker(usize),
         StopWorker(usize),
         Store(Mode, Duration),
+        /// Fill the spool disk for a while (only where it is a tmpfs of its own).
+        FillSpool(Duration),
     }
     let mut faults: Vec<(Duration, Fault)> = (0..3)
         .map(|_| {
             let at = rng.ms(200, 6000);
-            let f = match rng.below(6) {
+            let f = match rng.below(7) {
                 0 => Fault::KillCoordinator,
                 1 => Fault::KillWorker(rng.below(2) as usize),
                 2 => Fault::StopWorker(rng.below(2) as usize),
                 3 => Fault::Store(Mode::Error, rng.ms(500, 2500)),
                 4 => Fault::Store(Mode::Stall, rng.ms(500, 2500)),
-                _ => Fault::Store(Mode::Reset, rng.ms(500, 2500)),
+                5 => Fault::Store(Mode::Reset, rng.ms(500, 2500)),
+                _ => Fault::FillSpool(rng.ms(500, 2500)),
             };
             (at, f)
         })
@@ -290,6 +313,8 @@ fn run(seed: u64) -> Vec<String> {
     eprintln!("chaos: {log}");
 
     let start = Instant::now();
+    let filler = spool.join("filler");
+    let mut spool_back_at: Option<Instant> = None;
     let mut store_back_at: Option<Instant> = None;
     let mut stopped: Vec<(usize, Instant)> = Vec::new();
     let mut canceled_ok: BTreeSet<String> = BTreeSet::new();
@@ -305,9 +330,17 @@ fn run(seed: u64) -> Vec<String> {
         // Submissions, retried with the same key until the coordinator answers, and
         // sent twice at once (a pipeline's retry racing its first attempt).
         for j in jobs.iter_mut().filter(|j| j.id.is_none()) {
-            let (status, made) = c.upload(&j.file, &[("idempotency_key", &j.key), ("callback_url", &hook_url)]);
+            let submit = || {
+                if j.file.starts_with("http://") {
+                    let body = serde_json::json!({"source_url": j.file, "idempotency_key": j.key, "callback_url": hook_url});
+                    c.call("POST", "/api/v1/jobs", Some(&c.admin), Some(body))
+                } else {
+                    c.upload(&j.file, &[("idempotency_key", &j.key), ("callback_url", &hook_url)])
+                }
+            };
+            let (status, made) = submit();
             if status == 201 || status == 200 {
-                let (again, dup) = c.upload(&j.file, &[("idempotency_key", &j.key), ("callback_url", &hook_url)]);
+                let (again, dup) = submit();
                 if again == 200 && dup["id"] != made["id"] {
                     problems.push(format!("seed {seed}: job {}: one idempotency key made two jobs", made["id"]));
                 }
@@ -356,7 +389,19 @@ fn run(seed: u64) -> Vec<String> {
                     proxy.set(mode);
                     store_back_at = Some(Instant::now() + d);
                 }
+                Fault::FillSpool(d) if spool_disk => {
+                    // All of it: below the reserve, so uploads get 507 and spooling fails.
+                    let mut f = std::fs::File::create(&filler).unwrap();
+                    let chunk = vec![0u8; 1 << 20];
+                    while f.write_all(&chunk).is_ok() {}
+                    spool_back_at = Some(Instant::now() + d);
+                }
+                Fault::FillSpool(_) => {}
             }
+        }
+        if spool_back_at.is_some_and(|t| t <= now) {
+            let _ = std::fs::remove_file(&filler);
+            spool_back_at = None;
         }
         if store_back_at.is_some_and(|t| t <= now) {
             proxy.set(Mode::Pass);
@@ -376,7 +421,7 @@ fn run(seed: u64) -> Vec<String> {
                 matches!(v["state"].as_str(), Some("succeeded" | "failed" | "canceled")) && j.cancel_at.is_none()
             })
         });
-        if ended && faults.is_empty() && stopped.is_empty() && store_back_at.is_none() {
+        if ended && faults.is_empty() && stopped.is_empty() && store_back_at.is_none() && spool_back_at.is_none() {
             break;
         }
         if now > deadline {
@@ -464,9 +509,9 @@ fn run(seed: u64) -> Vec<String> {
     if !leftovers.is_empty() {
         problems.push(format!("seed {seed}: staging or partial files left on the store: {leftovers:?}"));
     }
-    let spool: Vec<String> = files_under(&c.data.path("storage/uploads"));
-    if !spool.is_empty() {
-        problems.push(format!("seed {seed}: partial uploads left in the spool: {spool:?}"));
+    let left: Vec<String> = files_under(&spool);
+    if !left.is_empty() {
+        problems.push(format!("seed {seed}: partial uploads left in the spool: {left:?}"));
     }
     // Exactly one terminal webhook per run of each job (deduplicated by webhook-id,
     // as receivers do), and the last one says how the job ended.
@@ -500,6 +545,11 @@ fn run(seed: u64) -> Vec<String> {
     // No child process outlives its worker.
     let data = c.data.tmp.path().to_string_lossy().into_owned();
     drop(workers);
+    let _ = c.child.kill();
+    let _ = c.child.wait();
+    if spool_disk {
+        let _ = Command::new("umount").arg(&spool).status();
+    }
     drop(c);
     std::thread::sleep(Duration::from_millis(500));
     let orphans = processes_mentioning(&data);

@@ -194,6 +194,9 @@ pub fn job(
         s.push_str(&action(&format!("/jobs/{}/retry", j.id), "Retry", csrf, ""));
     }
     s.push_str("</div>");
+    if let Some(w) = &j.waiting_for {
+        let _ = write!(s, "<p class=\"muted\" id=\"job-waiting\">Waiting for {}.</p>", esc(w));
+    }
     if let Some(e) = &j.error {
         let _ = write!(s, "<section class=\"card error\"><h2>Why it failed</h2><p id=\"job-error\">{}</p>", esc(e));
         for t in j.tasks.iter().filter(|t| t.log_tail.as_deref().is_some_and(|l| !l.is_empty())) {
