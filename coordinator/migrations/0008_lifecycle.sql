@@ -43,3 +43,5 @@ CREATE INDEX jobs_pipeline_created ON jobs (pipeline, created_at);
 -- publishing (two lease TTLs after the end); 1 once done.
 ALTER TABLE jobs ADD COLUMN swept INTEGER NOT NULL DEFAULT 0;
 UPDATE jobs SET swept = 1 WHERE state IN ('succeeded', 'failed', 'canceled');
+CREATE INDEX jobs_unswept ON jobs (updated_at) WHERE swept = 0;
+CREATE INDEX tasks_unrunnable ON tasks (requires) WHERE state = 'queued' AND requires IS NOT NULL;

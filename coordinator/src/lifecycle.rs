@@ -97,13 +97,16 @@ pub async fn reconcile(st: &AppState, at_start: bool) {
         }
         Err(e) => proto::log!("coordinator: reconciler: listing promotions: {e}"),
     }
-    match st.queue.check_capable_workers(st.queue.cfg.capable_worker_wait_ms, now).await {
-        Ok(jobs) => {
-            for job in jobs {
-                kick(st, &job).await;
+    // Every queued task with an encoder to match: every tenth second is often enough.
+    if at_start || (now / 1000) % 10 == 0 {
+        match st.queue.check_capable_workers(st.queue.cfg.capable_worker_wait_ms, now).await {
+            Ok(jobs) => {
+                for job in jobs {
+                    kick(st, &job).await;
+                }
             }
+            Err(e) => proto::log!("coordinator: reconciler: checking capable workers: {e}"),
         }
-        Err(e) => proto::log!("coordinator: reconciler: checking capable workers: {e}"),
     }
     push_deliveries(st, None, now).await;
     match st.queue.unswept_jobs(now).await {
