@@ -150,26 +150,8 @@ fn hook_receiver() -> (String, Hooks) {
             let Ok(mut conn) = conn else { continue };
             let log = log.clone();
             std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                let (head, body) = loop {
-                    let n = conn.read(&mut chunk).unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            break (head.to_string(), body[..len].to_string());
-                        }
-                    }
-                };
+                let Some((head, body)) = read_request(&mut conn) else { return };
                 let id = head
                     .lines()
                     .find_map(|l| {

@@ -280,21 +280,18 @@ impl Store {
 
     /// Removes a job's whole directory (a source stored for a job that was not made).
     pub async fn remove_job_dir(&self, job: &str) -> StoreResult<()> {
-        let rel = format!("jobs/{job}");
-        match &self.remote {
-            None => match tokio::fs::remove_dir_all(self.root.join(&rel)).await {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-                _ => Ok(()),
-            },
-            Some(r) => r.delete(&format!("{rel}/")).await,
-        }
+        self.remove_dir(&format!("jobs/{job}")).await
     }
 
     /// Removes what is left of a finished job's staging area.
     pub async fn remove_staging(&self, job: &str) -> StoreResult<()> {
-        let rel = format!("jobs/{job}/.staging");
+        self.remove_dir(&format!("jobs/{job}/.staging")).await
+    }
+
+    /// Removes a directory and everything in it; one that is not there is no error.
+    async fn remove_dir(&self, rel: &str) -> StoreResult<()> {
         match &self.remote {
-            None => match tokio::fs::remove_dir_all(self.root.join(&rel)).await {
+            None => match tokio::fs::remove_dir_all(self.root.join(rel)).await {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
                 _ => Ok(()),
             },

@@ -205,12 +205,37 @@ impl Coordinator {
     }
 }
 
+/// Reads one HTTP request with a Content-Length body: (head, body), or `None` if
+/// the connection closed first.
+pub fn read_request(conn: &mut std::net::TcpStream) -> Option<(String, String)> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                .unwrap_or(0);
+            if body.len() >= len {
+                return Some((head.to_string(), body[..len].to_string()));
+            }
+        }
+    }
+}
+
 pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
 
 /// Receives webhooks on loopback: answers 500 to the first delivery and 200 after,
 /// recording (headers, body) of each.
 pub fn webhook_receiver() -> (String, Received) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -218,25 +243,7 @@ pub fn webhook_receiver() -> (String, Received) {
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let (head, body) = loop {
-                let n = conn.read(&mut chunk).unwrap_or(0);
-                if n == 0 {
-                    break (String::new(), String::new());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        break (head.to_string(), body[..len].to_string());
-                    }
-                }
-            };
+            let (head, body) = read_request(&mut conn).unwrap_or_default();
             let first = {
                 let mut l = log.lock().unwrap();
                 l.push((head, body));
