@@ -3,7 +3,7 @@
 //! responses for the dashboard. The HTTP side of storage; [`crate::storage`] is the
 //! store itself and knows nothing of requests.
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 use crate::auth::{Role, bearer};
 use crate::state::{AppState, now_ms};
 use crate::storage::StoreError;

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod background;
 pub mod chores;
 pub mod dav;
+pub mod error;
 pub mod fault;
 pub mod fetch;
 pub mod gate;

@@ -14,7 +14,7 @@
 //! ```
 //! Every end (succeeded, failed, canceled) records exactly one webhook for its run.
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 use crate::queue::{Chore, Job, Promotion, QueueError};
 use crate::state::{AppState, audit, now_ms};
 use crate::storage;

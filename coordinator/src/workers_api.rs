@@ -2,7 +2,8 @@
 //! completion and failure; plus the admin's view and control of workers.
 //! A worker credential can call these routes (and `/dav/`) and nothing else.
 
-use crate::api::{ApiError, allow, parsed};
+use crate::api::{allow, parsed};
+use crate::error::ApiError;
 use crate::auth::{self, Caller, Role};
 use crate::lifecycle;
 use crate::queue::{Bundling, QueueError};
