@@ -185,3 +185,48 @@ fn publishing_that_outlasts_the_lease_keeps_it() {
         .unwrap();
     assert!(slowest > 3_000, "the test must publish for longer than the lease ({slowest} ms)");
 }
+
+#[test]
+fn an_ingest_cut_off_midway_resumes_where_it_stopped() {
+    use std::io::{Read, Write};
+    let dir = Dir::new();
+    test_clip(&dir.s("clip.mp4"), "320x180", 2);
+    let bytes = std::fs::read(dir.path("clip.mp4")).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/clip.mp4", listener.local_addr().unwrap());
+    let ranges = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let (bytes, ranges) = (bytes.clone(), ranges.clone());
+        // The first answer promises the whole file and stops halfway; later ones
+        // serve the Range asked for.
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(mut conn) = conn else { continue };
+                let mut buf = [0u8; 4096];
+                let len = conn.read(&mut buf).unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..len]).to_lowercase();
+                let from: Option<usize> =
+                    request.lines().find_map(|l| l.strip_prefix("range: bytes=")).and_then(|r| r.trim_end_matches('-').parse().ok());
+                ranges.lock().unwrap().push(from.map_or("none".into(), |f| f.to_string()));
+                let _ = match from {
+                    Some(f) => conn.write_all(
+                        &[format!("HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {f}-{}/{}\r\nConnection: close\r\n\r\n", bytes.len() - f, bytes.len() - 1, bytes.len()).as_bytes(), &bytes[f..]].concat(),
+                    ),
+                    None if n == 0 => conn.write_all(&[format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n", bytes.len()).as_bytes(), &bytes[..bytes.len() / 2]].concat()),
+                    None => conn.write_all(&[format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", bytes.len()).as_bytes(), &bytes[..]].concat()),
+                };
+            }
+        });
+    }
+    let c = Coordinator::start_with(&["--allow-network", "127.0.0.1/32"]);
+    let (status, job) = c.call("POST", "/api/v1/jobs", Some(&c.admin), Some(json!({"source_url": url})));
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap();
+    let job = c.wait_for(id, |j| j["tasks"].as_array().is_some_and(|t| !t.is_empty()) || j["state"] == "failed");
+    assert_eq!(job["state"], "queued", "{job}");
+    assert_eq!(job["source"], url, "the job still names its origin");
+    let seen = ranges.lock().unwrap().clone();
+    assert_eq!(seen, ["none".to_string(), (bytes.len() / 2).to_string()], "resumed from where the copy stopped");
+    let stored = std::fs::read(c.data.path(&format!("storage/jobs/{id}/source"))).unwrap();
+    assert!(stored == bytes, "the stored copy is the origin's file, byte for byte");
+}

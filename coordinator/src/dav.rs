@@ -3,8 +3,8 @@
 //! responses for the dashboard. The HTTP side of storage; [`crate::storage`] is the
 //! store itself and knows nothing of requests.
 
-use crate::error::ApiError;
 use crate::auth::{Role, bearer};
+use crate::error::ApiError;
 use crate::state::{AppState, now_ms};
 use crate::storage::StoreError;
 use axum::Router;

@@ -59,4 +59,3 @@ impl IntoResponse for ApiError {
         resp
     }
 }
-

@@ -3,8 +3,8 @@
 //! A worker credential can call these routes (and `/dav/`) and nothing else.
 
 use crate::api::{allow, parsed};
-use crate::error::ApiError;
 use crate::auth::{self, Caller, Role};
+use crate::error::ApiError;
 use crate::lifecycle;
 use crate::queue::{Bundling, QueueError};
 use crate::state::{AppState, audit, now_ms};
