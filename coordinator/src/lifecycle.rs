@@ -185,7 +185,11 @@ pub async fn promote(st: &AppState, p: &Promotion) {
     .await;
     let now = now_ms();
     let recorded = match outcome {
-        Ok(None) => st.queue.promoted(&p.task_id, now).await.map(|_| ()),
+        Ok(None) => st.queue.promoted(&p.task_id, now).await.map(|succeeded| {
+            if succeeded {
+                st.emit("task", json!({"job_id": p.job_id, "task_id": p.task_id, "state": "succeeded", "progress": 1.0}));
+            }
+        }),
         Ok(Some(lost)) => {
             st.work_ready.notify_waiters();
             st.queue.promotion_failed(&p.task_id, &format!("storage: {lost}"), now).await
@@ -199,7 +203,6 @@ pub async fn promote(st: &AppState, p: &Promotion) {
         proto::log!("coordinator: task {}: recording its promotion: {e}", p.task_id);
         return;
     }
-    st.emit("task", json!({"job_id": p.job_id, "task_id": p.task_id, "state": "succeeded", "progress": 1.0}));
     kick(st, &p.job_id).await;
 }
 

@@ -344,13 +344,13 @@ impl Queue {
                 (None, None) => format!("{what} (queued)"),
             }));
         }
-        let unrunnable: Option<String> =
+        let unrunnable: Option<Option<String>> =
             sqlx::query_scalar("SELECT requires FROM tasks WHERE job_id = ? AND state = 'queued' AND unrunnable_since IS NOT NULL LIMIT 1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
         if let Some(encoder) = unrunnable {
-            return Ok(Some(format!("a capable worker: no live worker has the encoder {encoder}")));
+            return Ok(Some(format!("a capable worker: {}", no_capable_worker(encoder.as_deref()))));
         }
         let queued: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ? AND state = 'queued')")
             .bind(id)
@@ -363,12 +363,14 @@ impl Queue {
     /// waited for a capable worker longer than `wait_ms`. Returns the jobs changed.
     pub async fn check_capable_workers(&self, wait_ms: i64, now: i64) -> Result<Vec<String>> {
         let mut tx = self.write_tx().await?;
+        // A task that needs no particular encoder needs a live worker all the same.
         sqlx::query(
             "UPDATE tasks SET unrunnable_since = CASE
+                 WHEN tasks.requires IS NULL AND EXISTS (SELECT 1 FROM workers w WHERE w.removed = 0 AND w.last_seen >= ?2) THEN NULL
                  WHEN EXISTS (SELECT 1 FROM workers w, json_each(w.capabilities, '$.encoders') e
                               WHERE e.value = tasks.requires AND w.removed = 0 AND w.last_seen >= ?2) THEN NULL
                  ELSE COALESCE(unrunnable_since, ?1) END
-             WHERE state = 'queued' AND requires IS NOT NULL",
+             WHERE state = 'queued'",
         )
         .bind(now)
         .bind(now - self.cfg.lease_ttl_ms)
@@ -380,8 +382,8 @@ impl Queue {
             .await?;
         let mut jobs = Vec::new();
         for row in stuck {
-            let (task, job, encoder): (String, String, String) = (row.get(0), row.get(1), row.get(2));
-            let why = format!("no live worker has the encoder {encoder} (waited {} s for one)", wait_ms / 1000);
+            let (task, job, encoder): (String, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
+            let why = format!("{} (waited {} s for one)", no_capable_worker(encoder.as_deref()), wait_ms / 1000);
             sqlx::query("UPDATE tasks SET state = 'failed', error = ?1, updated_at = ?2, finished_at = ?2 WHERE id = ?3")
                 .bind(&why)
                 .bind(now)
@@ -420,6 +422,13 @@ async fn holds(tx: &mut SqliteConnection, job: &str, chore: Chore, claim: ChoreC
         .bind(claim.token)
         .fetch_one(&mut *tx)
         .await?)
+}
+
+fn no_capable_worker(encoder: Option<&str>) -> String {
+    match encoder {
+        Some(e) => format!("no live worker has the encoder {e}"),
+        None => "no worker is live".into(),
+    }
 }
 
 fn default_step(chore: Chore, source: &str) -> String {

@@ -550,3 +550,14 @@ async fn concurrent_submits_with_one_key_make_one_job() {
     assert!(made.iter().all(|(j, _)| j.id == made[0].0.id));
     assert_eq!(q.arm_chores(None, "me", false, T0 + 10).await.unwrap().len(), 1, "one probe owed");
 }
+
+#[tokio::test]
+async fn a_farm_with_no_live_worker_says_so_and_fails_its_tasks_after_the_wait() {
+    let q = queue().await;
+    let job = job_with(&q, &["240p"]).await;
+    assert!(q.check_capable_workers(60_000, T0).await.unwrap().is_empty());
+    assert_eq!(q.job(&job.id).await.unwrap().unwrap().waiting_for.as_deref(), Some("a capable worker: no worker is live"));
+    assert_eq!(q.check_capable_workers(60_000, T0 + 60_001).await.unwrap(), std::slice::from_ref(&job.id));
+    let j = q.job(&job.id).await.unwrap().unwrap();
+    assert_eq!((j.state.as_str(), j.error.as_deref()), ("failed", Some("no worker is live (waited 60 s for one)")));
+}
