@@ -230,3 +230,26 @@ fn an_ingest_cut_off_midway_resumes_where_it_stopped() {
     let stored = std::fs::read(c.data.path(&format!("storage/jobs/{id}/source"))).unwrap();
     assert!(stored == bytes, "the stored copy is the origin's file, byte for byte");
 }
+
+#[test]
+fn a_webhook_whose_chore_died_with_its_coordinator_is_delivered_after_the_restart() {
+    let (hook, received) = webhook_receiver();
+    let mut c = Coordinator::start_faulty(&["--allow-network", "127.0.0.0/8"], coordinator::fault::BEFORE_DELIVERY);
+    let dir = Dir::new();
+    std::fs::write(dir.path("bad.mp4"), vec![0x42u8; 10_000]).unwrap();
+    let (status, job) = c.upload(&dir.s("bad.mp4"), &[("callback_url", &hook)]);
+    assert_eq!(status, 201, "{job}");
+    // The job fails, its delivery chore is taken, and the coordinator dies before posting.
+    c.wait_exit(Duration::from_secs(30));
+    assert!(received.lock().unwrap().is_empty());
+    c.restart();
+    let started = std::time::Instant::now();
+    while received.lock().unwrap().len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the owed webhook was not delivered after the restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = received.lock().unwrap().clone();
+    let ids: std::collections::BTreeSet<String> = got.iter().map(|(head, _)| header(head, "webhook-id").to_string()).collect();
+    assert_eq!(ids.len(), 1, "one webhook, delivered at least once: {got:?}");
+    assert!(got[1].1.contains("\"job.failed\""), "{}", got[1].1);
+}

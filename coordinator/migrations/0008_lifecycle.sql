@@ -20,6 +20,8 @@ ALTER TABLE jobs ADD COLUMN chore_claimed_by TEXT;
 -- Grows with every retry of the job: each run ends at most once, with one webhook.
 ALTER TABLE jobs ADD COLUMN run INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE webhooks ADD COLUMN run INTEGER;
+-- How often the reconciler pushed a delivery again (a lost or stuck chore).
+ALTER TABLE webhooks ADD COLUMN pushes INTEGER NOT NULL DEFAULT 0;
 CREATE UNIQUE INDEX webhooks_one_per_end ON webhooks (job_id, run);
 CREATE INDEX jobs_chore_due ON jobs (chore_due_at) WHERE chore IS NOT NULL;
 

@@ -127,11 +127,12 @@ impl Chores {
     }
 
     /// Schedules attempt `attempts + 1` of a delivery, at `due_ms` or now. Keyed by
-    /// delivery and attempt, so scheduling the same attempt twice queues it once.
-    pub async fn deliver_webhook(&self, delivery_id: &str, attempts: i64, due_ms: Option<i64>) -> Result<(), String> {
+    /// delivery, attempt and push, so scheduling the same attempt twice queues it
+    /// once, while the reconciler's push of a lost one (a new `pushes`) is queued.
+    pub async fn deliver_webhook(&self, delivery_id: &str, attempts: i64, pushes: i64, due_ms: Option<i64>) -> Result<(), String> {
         let mut task = TaskBuilder::new(DeliverWebhook { delivery_id: delivery_id.into() })
-            .max_attempts(3)
-            .idempotency_key(format!("{delivery_id}/{attempts}"));
+            .max_attempts(1)
+            .idempotency_key(format!("{delivery_id}/{attempts}/{pushes}"));
         if let Some(ms) = due_ms {
             task = task.run_at_timestamp(u64::try_from(ms.div_euclid(1000)).unwrap_or(0));
         }

@@ -318,6 +318,7 @@ pub async fn deliver_webhook(st: &AppState, id: &str) -> Result<(), String> {
     let Some(d) = st.queue.owed_webhook(id).await.map_err(|e| e.to_string())? else {
         return Ok(()); // delivered or given up already (a duplicate chore)
     };
+    crate::fault::point(crate::fault::BEFORE_DELIVERY);
     let ts = now_ms() / 1000;
     let signature = sign(&st.webhook_secret, &d.id, ts, &d.payload);
     // A receiver gets 10 s to answer; the address is checked like a source's.
@@ -337,7 +338,7 @@ pub async fn deliver_webhook(st: &AppState, id: &str) -> Result<(), String> {
         .and_then(|r| if r.status().is_success() { Ok(()) } else { Err(format!("HTTP {}", r.status())) });
     let retry = st.queue.webhook_attempted(&d.id, outcome, WEBHOOK_ATTEMPTS, now_ms()).await.map_err(|e| e.to_string())?;
     if let Some(r) = retry {
-        st.chores.deliver_webhook(&d.id, r.attempts, Some(r.at)).await?;
+        st.chores.deliver_webhook(&d.id, r.attempts, d.pushes, Some(r.at)).await?;
     }
     Ok(())
 }

@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 pub const AFTER_COMPLETE: &str = "after-complete";
 pub const AFTER_OUTPUTS: &str = "after-outputs";
 pub const AFTER_CREATE: &str = "after-create";
+/// In a webhook delivery chore, before it posts (the chore is claimed in apalis).
+pub const BEFORE_DELIVERY: &str = "before-delivery";
 
 fn armed() -> &'static HashSet<String> {
     static POINTS: OnceLock<HashSet<String>> = OnceLock::new();

@@ -33,7 +33,7 @@ pub async fn kick(st: &AppState, job: &str) {
         }
         Err(e) => proto::log!("coordinator: job {job}: arming its chore: {e}"),
     }
-    push_deliveries(st, Some(job), now).await;
+    push_deliveries(st, Some(job), false, now).await;
     if let Ok(Some(j)) = st.queue.job(job).await {
         st.emit("job", json!({"job_id": j.id, "state": j.state, "error": j.error, "outputs": j.outputs}));
     }
@@ -50,13 +50,19 @@ async fn push(st: &AppState, owed: &crate::queue::Owed) {
     }
 }
 
-/// Pushes webhook deliveries still owed: a job's (right after it ended), or every
-/// delivery whose attempt is overdue (its chore was lost).
-async fn push_deliveries(st: &AppState, job: Option<&str>, now: i64) {
-    match st.queue.owed_deliveries(job, 5_000, now).await {
+/// Pushes webhook deliveries still owed: a job's (right after it ended), or, from
+/// the reconciler, every delivery whose attempt is overdue (its chore was lost or
+/// died with a coordinator), each under a new key.
+async fn push_deliveries(st: &AppState, job: Option<&str>, at_start: bool, now: i64) {
+    let owed = match job {
+        Some(job) => st.queue.owed_deliveries(job).await,
+        // A chore may take 10 s to resolve and 10 s to post; past 30 s it is lost.
+        None => st.queue.rearm_deliveries(30_000, 60_000, at_start, now).await,
+    };
+    match owed {
         Ok(owed) => {
-            for (id, attempts, due) in owed {
-                if let Err(e) = st.chores.deliver_webhook(&id, attempts, Some(due)).await {
+            for (id, attempts, pushes, due) in owed {
+                if let Err(e) = st.chores.deliver_webhook(&id, attempts, pushes, Some(due)).await {
                     proto::log!("coordinator: queueing webhook {id}: {e}");
                 }
             }
@@ -108,7 +114,7 @@ pub async fn reconcile(st: &AppState, at_start: bool) {
             Err(e) => proto::log!("coordinator: reconciler: checking capable workers: {e}"),
         }
     }
-    push_deliveries(st, None, now).await;
+    push_deliveries(st, None, at_start, now).await;
     match st.queue.unswept_jobs(now).await {
         Ok(jobs) => {
             for job in jobs {

@@ -40,6 +40,8 @@ pub struct Delivery {
     pub url: String,
     pub payload: String,
     pub attempts: i64,
+    /// How often the reconciler pushed it again (part of its chore's key).
+    pub pushes: i64,
 }
 
 /// A failed delivery's next attempt: the attempts made so far, and when (ms) it is due.
@@ -172,22 +174,12 @@ impl Queue {
 
     /// A delivery that is still owed (neither delivered nor given up), if any.
     pub async fn owed_webhook(&self, id: &str) -> Result<Option<Delivery>> {
-        let row = sqlx::query("SELECT id, url, payload, attempts FROM webhooks WHERE id = ? AND delivered_at IS NULL AND gave_up = 0")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.map(|r| Delivery { id: r.get(0), url: r.get(1), payload: r.get(2), attempts: r.get(3) }))
-    }
-
-    /// Every delivery still owed, with when its next attempt is due: the set to
-    /// reschedule when the coordinator starts.
-    pub async fn owed_webhooks(&self) -> Result<Vec<(Delivery, i64)>> {
-        let rows = sqlx::query(
-            "SELECT id, url, payload, attempts, next_attempt_at FROM webhooks WHERE delivered_at IS NULL AND gave_up = 0 ORDER BY next_attempt_at",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows.into_iter().map(|r| (Delivery { id: r.get(0), url: r.get(1), payload: r.get(2), attempts: r.get(3) }, r.get(4))).collect())
+        let row =
+            sqlx::query("SELECT id, url, payload, attempts, pushes FROM webhooks WHERE id = ? AND delivered_at IS NULL AND gave_up = 0")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.map(|r| Delivery { id: r.get(0), url: r.get(1), payload: r.get(2), attempts: r.get(3), pushes: r.get(4) }))
     }
 
     /// Records one delivery attempt. After an `Err` it returns when the retry is due

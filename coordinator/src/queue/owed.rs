@@ -399,18 +399,35 @@ impl Queue {
         Ok(jobs)
     }
 
-    /// Webhook deliveries owed for `job` (or all whose attempt is overdue by
-    /// `overdue_ms`): (delivery id, attempts made, due at).
-    pub async fn owed_deliveries(&self, job: Option<&str>, overdue_ms: i64, now: i64) -> Result<Vec<(String, i64, i64)>> {
+    /// Webhook deliveries owed for `job`, to push right after it ended: (delivery
+    /// id, attempts made, pushes, due at).
+    pub async fn owed_deliveries(&self, job: &str) -> Result<Vec<(String, i64, i64, i64)>> {
         let rows = sqlx::query(
-            "SELECT id, attempts, next_attempt_at FROM webhooks WHERE delivered_at IS NULL AND gave_up = 0
-               AND (?1 IS NULL OR job_id = ?1) AND (?1 IS NOT NULL OR next_attempt_at <= ?2) ORDER BY next_attempt_at LIMIT 500",
+            "SELECT id, attempts, pushes, next_attempt_at FROM webhooks WHERE delivered_at IS NULL AND gave_up = 0 AND job_id = ?",
         )
         .bind(job)
-        .bind(now - overdue_ms)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
+    }
+
+    /// Deliveries whose attempt is overdue by `overdue_ms` (its chore was lost, or
+    /// is stuck with a coordinator that died), or all owed ones `at_start`: each gets
+    /// a new push (a new chore key) and is not due again for `grace_ms`.
+    pub async fn rearm_deliveries(&self, overdue_ms: i64, grace_ms: i64, at_start: bool, now: i64) -> Result<Vec<(String, i64, i64, i64)>> {
+        let rows = sqlx::query(
+            "UPDATE webhooks SET pushes = pushes + 1, next_attempt_at = ?3
+             WHERE id IN (SELECT id FROM webhooks WHERE delivered_at IS NULL AND gave_up = 0 AND (?2 OR next_attempt_at <= ?1)
+                          ORDER BY next_attempt_at LIMIT 500)
+             RETURNING id, attempts, pushes, next_attempt_at",
+        )
+        .bind(now - overdue_ms)
+        .bind(at_start)
+        .bind(now + grace_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        // Pushed to run now; `next_attempt_at` only says when to look again.
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2), now)).collect())
     }
 }
 
