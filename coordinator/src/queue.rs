@@ -729,7 +729,8 @@ impl Queue {
         })
         .collect::<Vec<_>>();
         let json = |v: Option<String>| v.and_then(|t| serde_json::from_str(&t).ok());
-        let waiting_for = self.waiting_for(id).await?;
+        // An ended job waits for nothing; only a live one costs the lookups.
+        let waiting_for = if is_terminal(row.get::<&str, _>(1)) { None } else { self.waiting_for(id).await? };
         Ok(Some(Job {
             id: row.get(0),
             state: row.get(1),
