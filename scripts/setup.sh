@@ -13,6 +13,9 @@ APT_PACKAGES=(
   time
   # nginx with its dav module: the external WebDAV storage the farm tests publish to.
   nginx-core
+  # PostgreSQL: the second backend. The tests start throwaway clusters with its
+  # binaries (as the postgres user when run as root); nothing uses its main cluster.
+  postgresql
   # Headless Chromium and its WebDriver: the dashboard's browser tests.
   chromium chromium-driver
   curl ca-certificates

@@ -12,6 +12,8 @@ pub mod fault;
 pub mod fetch;
 pub mod gate;
 pub mod lifecycle;
+#[cfg(any(test, feature = "testing"))]
+pub mod pgtest;
 pub mod queue;
 pub mod registry;
 pub mod server;

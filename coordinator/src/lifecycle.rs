@@ -115,6 +115,12 @@ pub async fn reconcile(st: &AppState, at_start: bool) {
         }
     }
     push_deliveries(st, None, at_start, now).await;
+    // The farm clock follows the shared database's (PostgreSQL), checked twice a minute.
+    if (now / 1000) % 30 == 0
+        && let Err(e) = st.queue.sync_clock().await
+    {
+        proto::log!("coordinator: reading the database's clock: {e}");
+    }
     match st.queue.unswept_jobs(now).await {
         Ok(jobs) => {
             for job in jobs {

@@ -9,11 +9,9 @@
 //! change nothing and get [`QueueError::StaleLease`].
 
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqliteConnection};
+use sqlx::{Any, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, any::AnyPoolOptions};
 use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -196,39 +194,147 @@ pub struct Lease {
     pub attempt: i64,
 }
 
+/// The database a queue runs on. The state machine is the same on both: the few
+/// statements whose SQL differs (claims, locks, JSON) are chosen by `match` on it,
+/// next to each other, and each backend has its own migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded, one coordinator process: the default.
+    Sqlite,
+    /// Shared by several coordinators.
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Where the farm's state lives, from `--database`: a path or `sqlite://PATH`, or a
+/// `postgres://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(s: &str) -> Result<DatabaseUrl, String> {
+        let s = s.trim();
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(s.to_string()));
+        }
+        let path = s.strip_prefix("sqlite://").or_else(|| s.strip_prefix("sqlite:")).unwrap_or(s);
+        if path.is_empty() || path.contains("://") || path.contains('?') {
+            return Err(format!("{s:?} is neither a path, sqlite://PATH nor postgres://..."));
+        }
+        Ok(DatabaseUrl::Sqlite(path.into()))
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            DatabaseUrl::Sqlite(_) => Backend::Sqlite,
+            DatabaseUrl::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The URL with any password replaced, for logs.
+    pub fn redacted(&self) -> String {
+        match self {
+            DatabaseUrl::Sqlite(p) => format!("sqlite://{}", p.display()),
+            DatabaseUrl::Postgres(u) => match url::Url::parse(u) {
+                Ok(mut url) if url.password().is_some() => {
+                    let _ = url.set_password(Some("***"));
+                    url.to_string()
+                }
+                _ => u.clone(),
+            },
+        }
+    }
+}
+
+/// The transaction-level advisory lock that serializes the state machine's
+/// multi-statement transactions on PostgreSQL, as SQLite's single writer does.
+const WRITE_LOCK: i64 = 0x6472_616b_6500; // "drake\0"
+
 #[derive(Clone)]
 pub struct Queue {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
     pub cfg: QueueConfig,
 }
 
 impl Queue {
+    /// Connects to (creating, for SQLite, if needed) the database and migrates it.
+    pub async fn connect(url: &DatabaseUrl, cfg: QueueConfig) -> Result<Queue> {
+        sqlx::any::install_default_drivers();
+        match url {
+            DatabaseUrl::Sqlite(path) => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(8)
+                    .after_connect(|conn, _| Box::pin(async move { sqlite_pragmas(conn).await }))
+                    .connect(&format!("sqlite://{}?mode=rwc", path.display()))
+                    .await?;
+                Queue::migrated(pool, Backend::Sqlite, cfg).await
+            }
+            DatabaseUrl::Postgres(url) => {
+                let pool = AnyPoolOptions::new().max_connections(16).connect(url).await?;
+                let q = Queue::migrated(pool, Backend::Postgres, cfg).await?;
+                q.sync_clock().await?;
+                Ok(q)
+            }
+        }
+    }
+
     /// Opens (creating if needed) the SQLite queue at `path` and migrates it.
     pub async fn open(path: &Path, cfg: QueueConfig) -> Result<Queue> {
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
-        Queue::with_pool(pool, cfg).await
+        Queue::connect(&DatabaseUrl::Sqlite(path.into()), cfg).await
     }
 
-    /// An in-memory queue, for tests.
+    /// An in-memory SQLite queue, for tests.
     pub async fn in_memory(cfg: QueueConfig) -> Result<Queue> {
-        let opts = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
-        Queue::with_pool(pool, cfg).await
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .after_connect(|conn, _| Box::pin(async move { sqlite_pragmas(conn).await }))
+            .connect("sqlite::memory:")
+            .await?;
+        Queue::migrated(pool, Backend::Sqlite, cfg).await
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
-    async fn with_pool(pool: SqlitePool, cfg: QueueConfig) -> Result<Queue> {
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Queue { pool, cfg })
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn migrated(pool: AnyPool, backend: Backend, cfg: QueueConfig) -> Result<Queue> {
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            // The migrator holds an advisory lock: coordinators starting together are safe.
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        Ok(Queue { pool, backend, cfg })
+    }
+
+    /// Sets the process's farm clock ([`crate::state::now_ms`]) to the database's,
+    /// so that lease expiry does not depend on which coordinator's wall clock is
+    /// right. A no-op on SQLite, whose one process is the only clock.
+    pub async fn sync_clock(&self) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            let before = crate::state::system_ms();
+            let db: i64 =
+                sqlx::query_scalar("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)").fetch_one(&self.pool).await?;
+            let after = crate::state::system_ms();
+            crate::state::set_clock_offset(db - (before + after) / 2);
+        }
+        Ok(())
     }
 
     /// Creates a job, or returns the existing one with the same idempotency key
@@ -246,7 +352,7 @@ impl Queue {
             return Ok((job, false));
         }
         // The probe is owed from the moment the job exists, in the same statement.
-        let inserted = sqlx::query("INSERT INTO jobs (id, state, profile, source, callback_url, priority, idempotency_key, created_at, updated_at, chore, chore_due_at, pipeline) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?7, ?7, 'probe', ?7, ?8)")
+        let inserted = sqlx::query("INSERT INTO jobs (id, state, profile, source, callback_url, priority, idempotency_key, created_at, updated_at, chore, chore_due_at, pipeline) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $7, 'probe', $7, $8)")
             .bind(id)
             .bind(&new.profile)
             .bind(&new.source)
@@ -277,18 +383,27 @@ impl Queue {
     pub async fn job_by_key(&self, key: Option<&str>) -> Result<Option<Job>> {
         let Some(key) = key else { return Ok(None) };
         let id: Option<String> =
-            sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = ?").bind(key).fetch_optional(&self.pool).await?;
+            sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1").bind(key).fetch_optional(&self.pool).await?;
         match id {
             Some(id) => self.job(&id).await,
             None => Ok(None),
         }
     }
 
-    /// A transaction that takes SQLite's write lock up front. A deferred one that
-    /// reads first fails with SQLITE_BUSY_SNAPSHOT (which no busy timeout waits
-    /// out) when another connection writes between its read and its write.
-    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// A transaction that holds the writer's lock from its first statement, so that
+    /// what it reads stays true until it commits. On SQLite that is the write lock (a
+    /// deferred transaction that reads first fails with SQLITE_BUSY_SNAPSHOT, which
+    /// no busy timeout waits out, when another connection writes in between); on
+    /// PostgreSQL a transaction-level advisory lock that every coordinator takes.
+    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, Any>> {
+        match self.backend {
+            Backend::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
+                Ok(tx)
+            }
+        }
     }
 
     /// Grants the next runnable task to `worker`, or `None` when nothing is runnable.
@@ -313,7 +428,14 @@ impl Queue {
         let max_tasks = bundling.max_renditions.max(1);
         // ",libx264,aac," so that instr() matches whole names only.
         let encoders = format!(",{},", encoders.join(","));
-        let mut tx = self.write_tx().await?;
+        // A single task's claim is one statement, safe without the writer's lock on
+        // PostgreSQL (see `lease_one`), so coordinators lease in parallel. A bundle
+        // reads the farm's free slots before it leases more, so it takes the lock,
+        // and takes it first: the lock is always taken before any row lock.
+        let mut tx = match self.backend {
+            Backend::Postgres if max_tasks == 1 => self.pool.begin().await?,
+            _ => self.write_tx().await?,
+        };
         let Some(first) = self.lease_one(&mut tx, worker, &encoders, now, None).await? else {
             tx.commit().await?;
             return Ok(Vec::new());
@@ -322,8 +444,8 @@ impl Queue {
         let mut leased = vec![first];
         if leased[0].kind == TaskKind::Transcode && max_tasks > 1 {
             let remaining: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM tasks t WHERE t.job_id = ?1 AND t.kind = 'transcode' AND t.state = 'queued'
-                   AND t.run_after <= ?2 AND t.cancel = 0 AND (t.requires IS NULL OR instr(?3, ',' || t.requires || ',') > 0)",
+                "SELECT COUNT(*) FROM tasks t WHERE t.job_id = $1 AND t.kind = 'transcode' AND t.state = 'queued'
+                   AND t.run_after <= $2 AND t.cancel = 0 AND (t.requires IS NULL OR instr($3, ',' || t.requires || ',') > 0)",
             )
             .bind(&job)
             .bind(now)
@@ -332,20 +454,22 @@ impl Queue {
             .await?;
             // Free slots of live workers other than this one's just-taken slot.
             let free: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(SUM(MAX(0, w.slots - (SELECT COUNT(*) FROM tasks t WHERE t.worker_id = w.id AND t.state IN ('leased', 'running')))), 0)
-                 FROM workers w WHERE w.removed = 0 AND w.draining = 0 AND w.last_seen >= ?1",
+                "SELECT CAST(COALESCE(SUM(CASE WHEN w.slots > COALESCE(h.held, 0) THEN w.slots - COALESCE(h.held, 0) ELSE 0 END), 0) AS BIGINT)
+                 FROM workers w LEFT JOIN (SELECT worker_id, COUNT(*) AS held FROM tasks WHERE state IN ('leased', 'running') GROUP BY worker_id) h
+                   ON h.worker_id = w.id
+                 WHERE w.removed = 0 AND w.draining = 0 AND w.last_seen >= $1",
             )
             .bind(now - self.cfg.lease_ttl_ms)
             .fetch_one(&mut *tx)
             .await?;
-            let playable_early: bool = sqlx::query_scalar(
-                "SELECT t.seq = 0 AND NOT EXISTS (SELECT 1 FROM tasks s WHERE s.job_id = t.job_id AND s.kind = 'transcode' AND s.state = 'succeeded')
-                 FROM tasks t WHERE t.id = ?",
+            let playable_early: i64 = sqlx::query_scalar(
+                "SELECT CASE WHEN t.seq = 0 AND NOT EXISTS (SELECT 1 FROM tasks s WHERE s.job_id = t.job_id AND s.kind = 'transcode' AND s.state = 'succeeded') THEN 1 ELSE 0 END
+                 FROM tasks t WHERE t.id = $1",
             )
             .bind(&leased[0].task_id)
             .fetch_one(&mut *tx)
             .await?;
-            let share = if playable_early { 1 } else { (remaining.max(0) as u64 + 1).div_ceil(free.max(0) as u64 + 1) as usize };
+            let share = if playable_early != 0 { 1 } else { (remaining.max(0) as u64 + 1).div_ceil(free.max(0) as u64 + 1) as usize };
             while leased.len() < share.min(max_tasks) {
                 match self.lease_one(&mut tx, worker, &encoders, now, Some((&job, TaskKind::Transcode))).await? {
                     Some(l) => leased.push(l),
@@ -367,39 +491,56 @@ impl Queue {
     /// Leases the next runnable task (of one job's tasks of one kind only, if given).
     async fn lease_one(
         &self,
-        tx: &mut sqlx::SqliteConnection,
+        tx: &mut sqlx::AnyConnection,
         worker: &str,
         encoders: &str,
         now: i64,
         only: Option<(&str, TaskKind)>,
     ) -> Result<Option<Lease>> {
-        let row = sqlx::query(
-            "UPDATE tasks SET state = 'leased', worker_id = ?1, epoch = epoch + 1, attempts = attempts + 1, leased_at = ?2,
-                 lease_expires_at = ?2 + ?3, progress = 0, updated_at = ?2
-             WHERE id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
-                         WHERE t.state = 'queued' AND t.run_after <= ?2 AND t.cancel = 0 AND j.state IN ('queued', 'running')
-                           AND (t.requires IS NULL OR instr(?4, ',' || t.requires || ',') > 0)
-                           AND (?5 IS NULL OR (t.job_id = ?5 AND t.kind = ?6))
-                         ORDER BY j.priority DESC, COALESCE(j.due_at, j.created_at), j.created_at, t.seq LIMIT 1)
-             RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts",
-        )
-        .bind(worker)
-        .bind(now)
-        .bind(self.cfg.lease_ttl_ms)
-        .bind(encoders)
-        .bind(only.map(|o| o.0))
-        .bind(only.map(|o| kind_str(o.1)))
-        .fetch_optional(&mut *tx)
-        .await?;
+        // One statement claims the task. On PostgreSQL the subquery locks its row and
+        // skips rows another coordinator holds, and the UPDATE checks the state again:
+        // under Read Committed a plain `id = (SELECT ...)` can lease one task twice.
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "UPDATE tasks SET state = 'leased', worker_id = $1, epoch = epoch + 1, attempts = attempts + 1, leased_at = $2,
+                     lease_expires_at = $2 + $3, progress = 0, updated_at = $2
+                 WHERE state = 'queued' AND id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
+                             WHERE t.state = 'queued' AND t.run_after <= $2 AND t.cancel = 0 AND j.state IN ('queued', 'running')
+                               AND (t.requires IS NULL OR instr($4, ',' || t.requires || ',') > 0)
+                               AND ($5 IS NULL OR (t.job_id = $5 AND t.kind = $6))
+                             ORDER BY j.priority DESC, COALESCE(j.due_at, j.created_at), j.created_at, t.seq LIMIT 1)
+                 RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts"
+            }
+            Backend::Postgres => {
+                "UPDATE tasks SET state = 'leased', worker_id = $1, epoch = epoch + 1, attempts = attempts + 1, leased_at = $2,
+                     lease_expires_at = $2 + $3, progress = 0, updated_at = $2
+                 WHERE state = 'queued' AND id = (SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
+                             WHERE t.state = 'queued' AND t.run_after <= $2 AND t.cancel = 0 AND j.state IN ('queued', 'running')
+                               AND (t.requires IS NULL OR instr($4, ',' || t.requires || ',') > 0)
+                               AND ($5::TEXT IS NULL OR (t.job_id = $5 AND t.kind = $6))
+                             ORDER BY j.priority DESC, COALESCE(j.due_at, j.created_at), j.created_at, t.seq LIMIT 1
+                             FOR UPDATE OF t SKIP LOCKED)
+                 RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts"
+            }
+        };
+        let row = sqlx::query(sql)
+            .bind(worker)
+            .bind(now)
+            .bind(self.cfg.lease_ttl_ms)
+            .bind(encoders)
+            .bind(only.map(|o| o.0))
+            .bind(only.map(|o| kind_str(o.1)))
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
         let job_id: String = row.get("job_id");
-        let (profile, source): (String, String) = sqlx::query_as("SELECT profile, COALESCE(stored_source, source) FROM jobs WHERE id = ?")
+        let (profile, source): (String, String) = sqlx::query_as("SELECT profile, COALESCE(stored_source, source) FROM jobs WHERE id = $1")
             .bind(&job_id)
             .fetch_one(&mut *tx)
             .await?;
-        sqlx::query("UPDATE jobs SET state = 'running', updated_at = ? WHERE id = ? AND state = 'queued'")
+        sqlx::query("UPDATE jobs SET state = 'running', updated_at = $1 WHERE id = $2 AND state = 'queued'")
             .bind(now)
             .bind(&job_id)
             .execute(&mut *tx)
@@ -421,8 +562,8 @@ impl Queue {
     /// and the worker should stop.
     pub async fn heartbeat(&self, task: &str, worker: &str, epoch: i64, progress: f64, now: i64) -> Result<bool> {
         let cancel: Option<i64> = sqlx::query_scalar(
-            "UPDATE tasks SET state = 'running', progress = max(progress, ?4), lease_expires_at = ?5 + ?6, updated_at = ?5
-             WHERE id = ?1 AND worker_id = ?2 AND epoch = ?3 AND state IN ('leased', 'running') RETURNING cancel",
+            "UPDATE tasks SET state = 'running', progress = CASE WHEN progress > $4 THEN progress ELSE $4 END, lease_expires_at = $5 + $6, updated_at = $5
+             WHERE id = $1 AND worker_id = $2 AND epoch = $3 AND state IN ('leased', 'running') RETURNING cancel",
         )
         .bind(task)
         .bind(worker)
@@ -444,8 +585,8 @@ impl Queue {
     /// deadline ([`PROMOTE_GRACE_MS`]) is redone by the reconciler.
     pub async fn complete(&self, task: &str, worker: &str, epoch: i64, result: &serde_json::Value, now: i64) -> Result<String> {
         let job: Option<String> = sqlx::query_scalar(
-            "UPDATE tasks SET state = 'promoting', progress = 1, result = ?4, lease_expires_at = ?5 + ?6, updated_at = ?5
-             WHERE id = ?1 AND worker_id = ?2 AND epoch = ?3 AND state IN ('leased', 'running') AND cancel = 0
+            "UPDATE tasks SET state = 'promoting', progress = 1, result = $4, lease_expires_at = $5 + $6, updated_at = $5
+             WHERE id = $1 AND worker_id = $2 AND epoch = $3 AND state IN ('leased', 'running') AND cancel = 0
                AND (SELECT state FROM jobs WHERE id = tasks.job_id) IN ('queued', 'running')
              RETURNING job_id",
         )
@@ -466,8 +607,8 @@ impl Queue {
     pub async fn promoted(&self, task: &str, now: i64) -> Result<bool> {
         let mut tx = self.write_tx().await?;
         let job: Option<String> = sqlx::query_scalar(
-            "UPDATE tasks SET state = 'succeeded', lease_expires_at = NULL, updated_at = ?2, finished_at = ?2
-             WHERE id = ?1 AND state = 'promoting' RETURNING job_id",
+            "UPDATE tasks SET state = 'succeeded', lease_expires_at = NULL, updated_at = $2, finished_at = $2
+             WHERE id = $1 AND state = 'promoting' RETURNING job_id",
         )
         .bind(task)
         .bind(now)
@@ -486,7 +627,7 @@ impl Queue {
     /// missing): the attempt counts as failed and the task runs again.
     pub async fn promotion_failed(&self, task: &str, error: &str, now: i64) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query("SELECT job_id, attempts, max_attempts FROM tasks WHERE id = ? AND state = 'promoting'")
+        let row = sqlx::query("SELECT job_id, attempts, max_attempts FROM tasks WHERE id = $1 AND state = 'promoting'")
             .bind(task)
             .fetch_optional(&mut *tx)
             .await?;
@@ -504,7 +645,7 @@ impl Queue {
     /// all of them with `all` (at start, when no promotion can be in flight).
     pub async fn overdue_promotions(&self, now: i64, all: bool) -> Result<Vec<Promotion>> {
         let rows = sqlx::query(
-            "SELECT id, job_id, rendition, epoch, result FROM tasks WHERE state = 'promoting' AND (?2 OR lease_expires_at < ?1) ORDER BY updated_at LIMIT 100",
+            "SELECT id, job_id, rendition, epoch, result FROM tasks WHERE state = 'promoting' AND ($2 OR lease_expires_at < $1) ORDER BY updated_at LIMIT 100",
         )
         .bind(now)
         .bind(all)
@@ -515,7 +656,7 @@ impl Queue {
 
     /// The promotion a task owes, if it is promoting.
     pub async fn promotion(&self, task: &str) -> Result<Option<Promotion>> {
-        let row = sqlx::query("SELECT id, job_id, rendition, epoch, result FROM tasks WHERE id = ? AND state = 'promoting'")
+        let row = sqlx::query("SELECT id, job_id, rendition, epoch, result FROM tasks WHERE id = $1 AND state = 'promoting'")
             .bind(task)
             .fetch_optional(&self.pool)
             .await?;
@@ -526,7 +667,7 @@ impl Queue {
     /// backoff until the attempts run out; bad input fails the job at once.
     pub async fn fail(&self, task: &str, worker: &str, epoch: i64, error: &str, retryable: bool, log_tail: &str, now: i64) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query("SELECT job_id, attempts, max_attempts FROM tasks WHERE id = ? AND worker_id = ? AND epoch = ? AND state IN ('leased', 'running') AND cancel = 0")
+        let row = sqlx::query("SELECT job_id, attempts, max_attempts FROM tasks WHERE id = $1 AND worker_id = $2 AND epoch = $3 AND state IN ('leased', 'running') AND cancel = 0")
             .bind(task)
             .bind(worker)
             .bind(epoch)
@@ -534,7 +675,7 @@ impl Queue {
             .await?
             .ok_or_else(|| QueueError::StaleLease { task: task.into(), epoch })?;
         let (job, attempts, max): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
-        sqlx::query("UPDATE tasks SET log_tail = ? WHERE id = ?").bind(log_tail).bind(task).execute(&mut *tx).await?;
+        sqlx::query("UPDATE tasks SET log_tail = $1 WHERE id = $2").bind(log_tail).bind(task).execute(&mut *tx).await?;
         log_failure(&mut tx, task, &job, "failed", error, now).await?;
         requeue_or_fail(&mut tx, task, &job, attempts, max, error, retryable, &self.cfg, now).await?;
         settle_job(&mut tx, &job, now).await?;
@@ -546,7 +687,7 @@ impl Queue {
     pub async fn reap(&self, now: i64) -> Result<Vec<String>> {
         let mut tx = self.write_tx().await?;
         let expired = sqlx::query(
-            "SELECT id, job_id, attempts, max_attempts FROM tasks WHERE state IN ('leased', 'running') AND lease_expires_at < ?",
+            "SELECT id, job_id, attempts, max_attempts FROM tasks WHERE state IN ('leased', 'running') AND lease_expires_at < $1",
         )
         .bind(now)
         .fetch_all(&mut *tx)
@@ -585,16 +726,20 @@ impl Queue {
         if !matches!(job_state(&mut tx, id).await?.as_str(), "failed" | "canceled") {
             return Err(QueueError::Conflict(format!("job {id} has not failed or been canceled")));
         }
-        sqlx::query("UPDATE tasks SET state = 'queued', cancel = 0, attempts = 0, error = NULL, run_after = 0, worker_id = NULL, lease_expires_at = NULL, progress = 0, unrunnable_since = NULL, updated_at = ?1, queued_at = ?1 WHERE job_id = ?2 AND state != 'succeeded'")
+        sqlx::query("UPDATE tasks SET state = 'queued', cancel = 0, attempts = 0, error = NULL, run_after = 0, worker_id = NULL, lease_expires_at = NULL, progress = 0, unrunnable_since = NULL, updated_at = $1, queued_at = $1 WHERE job_id = $2 AND state != 'succeeded'")
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        let planned: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ?)").bind(id).fetch_one(&mut *tx).await?;
+        let planned: i64 = sqlx::query_scalar("SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1) THEN 1 ELSE 0 END")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let planned = planned != 0;
         // A new run: the seq bump makes any chore still in flight from the last run stale.
         sqlx::query(
-            "UPDATE jobs SET state = 'queued', error = NULL, outputs = NULL, run = run + 1, swept = 0, chore = ?3, chore_seq = chore_seq + 1,
-                 chore_attempts = 0, chore_error = NULL, chore_claimed_by = NULL, chore_due_at = ?1, updated_at = ?1 WHERE id = ?2",
+            "UPDATE jobs SET state = 'queued', error = NULL, outputs = NULL, run = run + 1, swept = 0, chore = $3, chore_seq = chore_seq + 1,
+                 chore_attempts = 0, chore_error = NULL, chore_claimed_by = NULL, chore_due_at = $1, updated_at = $1 WHERE id = $2",
         )
         .bind(now)
         .bind(id)
@@ -611,7 +756,7 @@ impl Queue {
     /// The stored results of a job's succeeded tasks: (kind, rendition, result).
     /// (task id, kind, rendition, result), in the job's order.
     pub async fn task_results(&self, id: &str) -> Result<Vec<(String, TaskKind, Option<String>, serde_json::Value)>> {
-        let rows = sqlx::query("SELECT kind, rendition, result, id FROM tasks WHERE job_id = ? AND state = 'succeeded' ORDER BY seq")
+        let rows = sqlx::query("SELECT kind, rendition, result, id FROM tasks WHERE job_id = $1 AND state = 'succeeded' ORDER BY seq")
             .bind(id)
             .fetch_all(&self.pool)
             .await?;
@@ -623,7 +768,7 @@ impl Queue {
                     r.get(3),
                     parse_kind(r.get::<&str, _>(0)),
                     r.get(1),
-                    result.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(serde_json::Value::Null),
+                    result.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).unwrap_or(serde_json::Value::Null),
                 )
             })
             .collect())
@@ -632,26 +777,27 @@ impl Queue {
     /// Whether `worker` holds a live lease on a task of `job` (with `lease`: on the
     /// task of that rendition, or `thumbnails`, at that epoch).
     pub async fn worker_holds(&self, worker: &str, job: &str, lease: Option<(&str, i64)>) -> Result<bool> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ?1 AND worker_id = ?2 AND state IN ('leased', 'running')
-                 AND (?3 IS NULL OR (COALESCE(rendition, 'thumbnails') = ?3 AND epoch = ?4)))",
+        let held: i64 = sqlx::query_scalar(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND worker_id = $2 AND state IN ('leased', 'running')
+                 AND ($3 IS NULL OR (COALESCE(rendition, 'thumbnails') = $3 AND epoch = $4))) THEN 1 ELSE 0 END",
         )
         .bind(job)
         .bind(worker)
         .bind(lease.map(|l| l.0))
         .bind(lease.map(|l| l.1))
         .fetch_one(&self.pool)
-        .await?)
+        .await?;
+        Ok(held != 0)
     }
 
     /// True when the task was canceled (directly or with its job).
     pub async fn task_canceled(&self, task: &str) -> Result<bool> {
-        let c: Option<i64> = sqlx::query_scalar("SELECT cancel FROM tasks WHERE id = ?").bind(task).fetch_optional(&self.pool).await?;
+        let c: Option<i64> = sqlx::query_scalar("SELECT cancel FROM tasks WHERE id = $1").bind(task).fetch_optional(&self.pool).await?;
         Ok(c.unwrap_or(0) != 0)
     }
 
     pub async fn task_job(&self, task: &str) -> Result<String> {
-        sqlx::query_scalar("SELECT job_id FROM tasks WHERE id = ?")
+        sqlx::query_scalar("SELECT job_id FROM tasks WHERE id = $1")
             .bind(task)
             .fetch_optional(&self.pool)
             .await?
@@ -660,7 +806,7 @@ impl Queue {
 
     /// A task's job and rendition (None for thumbnails).
     pub async fn task_target(&self, task: &str) -> Result<(String, Option<String>)> {
-        let row = sqlx::query("SELECT job_id, rendition FROM tasks WHERE id = ?")
+        let row = sqlx::query("SELECT job_id, rendition FROM tasks WHERE id = $1")
             .bind(task)
             .fetch_optional(&self.pool)
             .await?
@@ -670,13 +816,13 @@ impl Queue {
 
     /// How many jobs there are, optionally in one state.
     pub async fn count_jobs(&self, state: Option<&str>) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE (?1 IS NULL OR state = ?1)").bind(state).fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE ($1 IS NULL OR state = $1)").bind(state).fetch_one(&self.pool).await?)
     }
 
     /// The pipeline that owns a job (`None`: an admin's), or `NotFound`.
     pub async fn job_pipeline(&self, id: &str) -> Result<Option<String>> {
         let row: Option<Option<String>> =
-            sqlx::query_scalar("SELECT pipeline FROM jobs WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+            sqlx::query_scalar("SELECT pipeline FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
         row.ok_or_else(|| QueueError::NotFound(format!("job {id}")))
     }
 
@@ -688,7 +834,7 @@ impl Queue {
     /// Jobs of one pipeline (all, with `None`), newest first, optionally in one state.
     pub async fn list_jobs_of(&self, pipeline: Option<&str>, state: Option<&str>, page: i64, per_page: i64) -> Result<Vec<Job>> {
         let ids: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?4 IS NULL OR pipeline = ?4) ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3")
+            sqlx::query_scalar("SELECT id FROM jobs WHERE ($1 IS NULL OR state = $1) AND ($4 IS NULL OR pipeline = $4) ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3")
                 .bind(state)
                 .bind(per_page)
                 .bind(page.max(0) * per_page)
@@ -705,17 +851,21 @@ impl Queue {
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<Job>> {
-        let Some(row) = sqlx::query("SELECT id, state, profile, source, callback_url, priority, error, created_at, updated_at, outputs, probe, pipeline FROM jobs WHERE id = ?").bind(id).fetch_optional(&self.pool).await? else {
+        let Some(row) = sqlx::query("SELECT id, state, profile, source, callback_url, priority, error, created_at, updated_at, outputs, probe, pipeline FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await? else {
             return Ok(None);
         };
         let tasks = sqlx::query(
-            "SELECT id, kind, rendition, state, progress, attempts, worker_id, error, log_tail, queued_at, leased_at, finished_at, json_extract(result, '$.timing.child_started_at'), json_extract(result, '$.timing.child_exited_at') FROM tasks WHERE job_id = ? ORDER BY seq",
+            "SELECT id, kind, rendition, state, progress, attempts, worker_id, error, log_tail, queued_at, leased_at, finished_at, result FROM tasks WHERE job_id = $1 ORDER BY seq",
         )
         .bind(id)
         .fetch_all(&self.pool)
         .await?
         .into_iter()
-        .map(|t| Task {
+        .map(|t| {
+            // The child's times, from the worker's report.
+            let result: Option<serde_json::Value> = t.get::<Option<String>, _>(12).and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok());
+            let child = |k: &str| result.as_ref().and_then(|r| r["timing"][k].as_i64());
+            Task {
             id: t.get(0),
             kind: parse_kind(t.get::<&str, _>(1)),
             rendition: t.get(2),
@@ -725,8 +875,14 @@ impl Queue {
             worker: t.get(6),
             error: t.get(7),
             log_tail: t.get(8),
-            timing: TaskTiming { queued_at: t.get(9), leased_at: t.get(10), finished_at: t.get(11), child_started_at: t.get(12), child_exited_at: t.get(13) },
-        })
+            timing: TaskTiming {
+                queued_at: t.get(9),
+                leased_at: t.get(10),
+                finished_at: t.get(11),
+                child_started_at: child("child_started_at"),
+                child_exited_at: child("child_exited_at"),
+            },
+        }})
         .collect::<Vec<_>>();
         let json = |v: Option<String>| v.and_then(|t| serde_json::from_str(&t).ok());
         // An ended job waits for nothing; only a live one costs the lookups.
@@ -751,6 +907,14 @@ impl Queue {
     }
 }
 
+/// What every SQLite connection needs: WAL (readers never wait for the writer),
+/// synchronous=NORMAL (durable across process crashes), a busy timeout and
+/// foreign keys.
+async fn sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON").await?;
+    Ok(())
+}
+
 /// The stored form of a job's idempotency key: a pipeline's keys are its own, so
 /// two pipelines using the same key never see each other's job. Pipeline labels
 /// cannot contain control characters, so the separator cannot be forged.
@@ -763,8 +927,8 @@ pub fn scoped_key(new: &NewJob) -> Option<String> {
 }
 
 /// A job's state, or `NotFound`.
-async fn job_state(tx: &mut SqliteConnection, id: &str) -> Result<String> {
-    sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?")
+async fn job_state(tx: &mut AnyConnection, id: &str) -> Result<String> {
+    sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?
@@ -772,8 +936,8 @@ async fn job_state(tx: &mut SqliteConnection, id: &str) -> Result<String> {
 }
 
 /// Records a failed attempt (for failure rates; the task row keeps only the last error).
-async fn log_failure(tx: &mut SqliteConnection, task: &str, job: &str, kind: &str, error: &str, now: i64) -> Result<()> {
-    sqlx::query("INSERT INTO task_failures (task_id, job_id, kind, error, at) VALUES (?, ?, ?, ?, ?)")
+async fn log_failure(tx: &mut AnyConnection, task: &str, job: &str, kind: &str, error: &str, now: i64) -> Result<()> {
+    sqlx::query("INSERT INTO task_failures (task_id, job_id, kind, error, at) VALUES ($1, $2, $3, $4, $5)")
         .bind(task)
         .bind(job)
         .bind(kind)
@@ -785,7 +949,7 @@ async fn log_failure(tx: &mut SqliteConnection, task: &str, job: &str, kind: &st
 }
 
 async fn requeue_or_fail(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     task: &str,
     job: &str,
     attempts: i64,
@@ -796,7 +960,7 @@ async fn requeue_or_fail(
     now: i64,
 ) -> Result<()> {
     if retryable && attempts < max {
-        sqlx::query("UPDATE tasks SET state = 'queued', worker_id = NULL, lease_expires_at = NULL, run_after = ?1, queued_at = ?1, error = ?2, updated_at = ?3 WHERE id = ?4")
+        sqlx::query("UPDATE tasks SET state = 'queued', worker_id = NULL, lease_expires_at = NULL, run_after = $1, queued_at = $1, error = $2, updated_at = $3 WHERE id = $4")
             .bind(now + cfg.backoff(attempts))
             .bind(error)
             .bind(now)
@@ -806,14 +970,14 @@ async fn requeue_or_fail(
     } else {
         let why = if retryable { format!("{error} (gave up after {attempts} attempts)") } else { error.to_string() };
         sqlx::query(
-            "UPDATE tasks SET state = 'failed', lease_expires_at = NULL, error = ?1, updated_at = ?2, finished_at = ?2 WHERE id = ?3",
+            "UPDATE tasks SET state = 'failed', lease_expires_at = NULL, error = $1, updated_at = $2, finished_at = $2 WHERE id = $3",
         )
         .bind(&why)
         .bind(now)
         .bind(task)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE jobs SET error = COALESCE(error, ?) WHERE id = ?").bind(&why).bind(job).execute(&mut *tx).await?;
+        sqlx::query("UPDATE jobs SET error = COALESCE(error, $1) WHERE id = $2").bind(&why).bind(job).execute(&mut *tx).await?;
     }
     Ok(())
 }
@@ -821,12 +985,12 @@ async fn requeue_or_fail(
 /// Derives a live job's state from its tasks: any failed task fails the job (and
 /// stops the rest); all succeeded means finalizing, which owes the finalize chore.
 /// An ended job never moves again.
-async fn settle_job(tx: &mut SqliteConnection, job: &str, now: i64) -> Result<()> {
+async fn settle_job(tx: &mut AnyConnection, job: &str, now: i64) -> Result<()> {
     let current = job_state(&mut *tx, job).await?;
     if is_terminal(&current) {
         return Ok(());
     }
-    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE job_id = ?").bind(job).fetch_all(&mut *tx).await?;
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE job_id = $1").bind(job).fetch_all(&mut *tx).await?;
     if states.iter().any(|s| s == "failed") {
         return end_job(tx, job, "failed", None, now).await;
     }
@@ -834,7 +998,7 @@ async fn settle_job(tx: &mut SqliteConnection, job: &str, now: i64) -> Result<()
         if current != "finalizing" {
             sqlx::query(
                 "UPDATE jobs SET state = 'finalizing', chore = 'finalize', chore_attempts = 0, chore_error = NULL, chore_claimed_by = NULL,
-                     chore_due_at = ?1, updated_at = ?1 WHERE id = ?2",
+                     chore_due_at = $1, updated_at = $1 WHERE id = $2",
             )
             .bind(now)
             .bind(job)
@@ -844,7 +1008,7 @@ async fn settle_job(tx: &mut SqliteConnection, job: &str, now: i64) -> Result<()
         return Ok(());
     }
     let next = if states.iter().any(|s| s != "queued") { "running" } else { "queued" };
-    sqlx::query("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?").bind(next).bind(now).bind(job).execute(&mut *tx).await?;
+    sqlx::query("UPDATE jobs SET state = $1, updated_at = $2 WHERE id = $3").bind(next).bind(now).bind(job).execute(&mut *tx).await?;
     Ok(())
 }
 

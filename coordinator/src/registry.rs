@@ -53,7 +53,7 @@ pub struct Retry {
 
 impl Queue {
     pub async fn register_worker(&self, id: &str, name: &str, slots: i64, caps: &Capabilities, version: &str, now: i64) -> Result<()> {
-        sqlx::query("INSERT INTO workers (id, name, slots, free_slots, capabilities, drake_version, last_seen, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO workers (id, name, slots, free_slots, capabilities, drake_version, last_seen, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(id)
             .bind(name)
             .bind(slots)
@@ -71,8 +71,8 @@ impl Queue {
     /// them). Returns (encoders, draining) or NotFound for removed workers.
     pub async fn worker_seen(&self, id: &str, free_slots: Option<i64>, load: Option<f64>, now: i64) -> Result<(Vec<String>, bool)> {
         let row = sqlx::query(
-            "UPDATE workers SET last_seen = ?, free_slots = COALESCE(?, free_slots), load = COALESCE(?, load)
-             WHERE id = ? AND removed = 0 RETURNING capabilities, draining",
+            "UPDATE workers SET last_seen = $1, free_slots = COALESCE($2, free_slots), load = COALESCE($3, load)
+             WHERE id = $4 AND removed = 0 RETURNING capabilities, draining",
         )
         .bind(now)
         .bind(free_slots)
@@ -86,7 +86,7 @@ impl Queue {
     }
 
     pub async fn set_draining(&self, id: &str, draining: bool) -> Result<()> {
-        let n = sqlx::query("UPDATE workers SET draining = ? WHERE id = ? AND removed = 0")
+        let n = sqlx::query("UPDATE workers SET draining = $1 WHERE id = $2 AND removed = 0")
             .bind(draining as i64)
             .bind(id)
             .execute(self.pool())
@@ -100,13 +100,16 @@ impl Queue {
 
     /// Removes a worker: its credential stops working and its leases are reaped.
     pub async fn remove_worker(&self, id: &str) -> Result<()> {
-        let n =
-            sqlx::query("UPDATE workers SET removed = 1 WHERE id = ? AND removed = 0").bind(id).execute(self.pool()).await?.rows_affected();
+        let n = sqlx::query("UPDATE workers SET removed = 1 WHERE id = $1 AND removed = 0")
+            .bind(id)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
         if n == 0 {
             return Err(QueueError::NotFound(format!("worker {id}")));
         }
-        sqlx::query("UPDATE tokens SET revoked = 1 WHERE role = 'worker' AND label = ?").bind(id).execute(self.pool()).await?;
-        sqlx::query("UPDATE tasks SET lease_expires_at = 0 WHERE worker_id = ? AND state IN ('leased', 'running')")
+        sqlx::query("UPDATE tokens SET revoked = 1 WHERE role = 'worker' AND label = $1").bind(id).execute(self.pool()).await?;
+        sqlx::query("UPDATE tasks SET lease_expires_at = 0 WHERE worker_id = $1 AND state IN ('leased', 'running')")
             .bind(id)
             .execute(self.pool())
             .await?;
@@ -160,7 +163,7 @@ impl Queue {
     /// Records a webhook to deliver and returns its id, which is also its `webhook-id`.
     pub async fn enqueue_webhook(&self, job_id: &str, url: &str, payload: &str, now: i64) -> Result<String> {
         let id = uuid::Uuid::now_v7().to_string();
-        sqlx::query("INSERT INTO webhooks (id, job_id, url, payload, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO webhooks (id, job_id, url, payload, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(&id)
             .bind(job_id)
             .bind(url)
@@ -175,7 +178,7 @@ impl Queue {
     /// A delivery that is still owed (neither delivered nor given up), if any.
     pub async fn owed_webhook(&self, id: &str) -> Result<Option<Delivery>> {
         let row =
-            sqlx::query("SELECT id, url, payload, attempts, pushes FROM webhooks WHERE id = ? AND delivered_at IS NULL AND gave_up = 0")
+            sqlx::query("SELECT id, url, payload, attempts, pushes FROM webhooks WHERE id = $1 AND delivered_at IS NULL AND gave_up = 0")
                 .bind(id)
                 .fetch_optional(self.pool())
                 .await?;
@@ -193,7 +196,7 @@ impl Queue {
     ) -> Result<Option<Retry>> {
         match outcome {
             Ok(()) => {
-                sqlx::query("UPDATE webhooks SET attempts = attempts + 1, delivered_at = ? WHERE id = ?")
+                sqlx::query("UPDATE webhooks SET attempts = attempts + 1, delivered_at = $1 WHERE id = $2")
                     .bind(now)
                     .bind(id)
                     .execute(self.pool())
@@ -202,13 +205,13 @@ impl Queue {
             }
             Err(e) => {
                 let attempts: i64 =
-                    sqlx::query_scalar("UPDATE webhooks SET attempts = attempts + 1, last_error = ? WHERE id = ? RETURNING attempts")
+                    sqlx::query_scalar("UPDATE webhooks SET attempts = attempts + 1, last_error = $1 WHERE id = $2 RETURNING attempts")
                         .bind(&e)
                         .bind(id)
                         .fetch_one(self.pool())
                         .await?;
                 let next = now + self.cfg.backoff(attempts);
-                sqlx::query("UPDATE webhooks SET next_attempt_at = ?, gave_up = ? WHERE id = ?")
+                sqlx::query("UPDATE webhooks SET next_attempt_at = $1, gave_up = $2 WHERE id = $3")
                     .bind(next)
                     .bind((attempts >= max_attempts) as i64)
                     .bind(id)

@@ -5,13 +5,16 @@
 use crate::api;
 use crate::auth::{self, Role};
 use crate::chores;
-use crate::queue::{Queue, QueueConfig};
+use crate::queue::{Backend, DatabaseUrl, Queue, QueueConfig};
 use crate::state::{AppState, Limits, now_ms};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub struct Config {
+    /// `--database`: a path, `sqlite://PATH` or `postgres://...`; `None` is
+    /// `DATA/drake.db`.
+    pub database: Option<String>,
     pub data_dir: PathBuf,
     pub drake_exe: PathBuf,
     pub limits: Limits,
@@ -167,10 +170,21 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error 
     std::fs::create_dir_all(root.join("jobs"))?;
     let dav = crate::dav::handler(&root);
     let storage = match &cfg.storage {
-        Some(ext) => crate::storage::Store::remote(root, &ext.url, ext.authorization.clone())?,
-        None => crate::storage::Store::local(root),
+        Some(ext) => crate::storage::Store::remote(root.clone(), &ext.url, ext.authorization.clone())?,
+        None => crate::storage::Store::local(root.clone()),
     };
-    let queue = Queue::open(&cfg.data_dir.join("drake.db"), cfg.queue).await?;
+    let database = match &cfg.database {
+        Some(url) => DatabaseUrl::parse(url).map_err(|e| format!("--database: {e}"))?,
+        None => DatabaseUrl::Sqlite(cfg.data_dir.join("drake.db")),
+    };
+    let queue = Queue::connect(&database, cfg.queue).await.map_err(|e| format!("opening {}: {e}", database.redacted()))?;
+    if queue.backend() == Backend::Postgres && cfg.storage.is_none() {
+        proto::log!(
+            "coordinator: warning: the state is in PostgreSQL, but sources and outputs are in this machine's {}: \
+             other coordinators cannot share them; give every coordinator the same --storage-url",
+            root.display()
+        );
+    }
     remove_partial_uploads(&storage.spool_dir(), &queue).await;
     let (token, generated) = admin_token(&cfg.data_dir)?;
     queue.add_token(&token, Role::Admin, Some("admin"), None, None, now_ms()).await?;

@@ -38,7 +38,7 @@ impl Queue {
     /// A new one-time login link token (`drk_login_...`).
     pub async fn create_login_link(&self, now: i64) -> Result<String> {
         let token = format!("drk_login_{}", random_hex(24));
-        sqlx::query("INSERT INTO login_links (hash, expires_at) VALUES (?, ?)")
+        sqlx::query("INSERT INTO login_links (hash, expires_at) VALUES ($1, $2)")
             .bind(digest(&token))
             .bind(now + LOGIN_LINK_TTL_MS)
             .execute(self.pool())
@@ -55,7 +55,7 @@ impl Queue {
 
     /// Spends a login link; false if unknown, used or expired.
     pub async fn use_login_link(&self, token: &str, now: i64) -> Result<bool> {
-        let n = sqlx::query("UPDATE login_links SET used_at = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?")
+        let n = sqlx::query("UPDATE login_links SET used_at = $1 WHERE hash = $2 AND used_at IS NULL AND expires_at > $3")
             .bind(now)
             .bind(digest(token))
             .bind(now)
@@ -69,8 +69,8 @@ impl Queue {
     pub async fn create_session(&self, now: i64) -> Result<(String, Session)> {
         let cookie = random_hex(32);
         let csrf = random_hex(24);
-        sqlx::query("DELETE FROM sessions WHERE expires_at < ?").bind(now).execute(self.pool()).await?;
-        sqlx::query("INSERT INTO sessions (hash, csrf, created_at, expires_at) VALUES (?, ?, ?, ?)")
+        sqlx::query("DELETE FROM sessions WHERE expires_at < $1").bind(now).execute(self.pool()).await?;
+        sqlx::query("INSERT INTO sessions (hash, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(digest(&cookie))
             .bind(&csrf)
             .bind(now)
@@ -81,7 +81,7 @@ impl Queue {
     }
 
     pub async fn session(&self, cookie: &str, now: i64) -> Result<Option<Session>> {
-        let row = sqlx::query("SELECT csrf FROM sessions WHERE hash = ? AND expires_at > ?")
+        let row = sqlx::query("SELECT csrf FROM sessions WHERE hash = $1 AND expires_at > $2")
             .bind(digest(cookie))
             .bind(now)
             .fetch_optional(self.pool())
@@ -90,7 +90,7 @@ impl Queue {
     }
 
     pub async fn end_session(&self, cookie: &str) -> Result<()> {
-        sqlx::query("DELETE FROM sessions WHERE hash = ?").bind(digest(cookie)).execute(self.pool()).await?;
+        sqlx::query("DELETE FROM sessions WHERE hash = $1").bind(digest(cookie)).execute(self.pool()).await?;
         Ok(())
     }
 
@@ -98,7 +98,7 @@ impl Queue {
     pub async fn join_tokens(&self, now: i64) -> Result<Vec<JoinTokenView>> {
         let rows = sqlx::query(
             "SELECT hash, uses_left, expires_at, created_at FROM tokens
-             WHERE role = ? AND revoked = 0 AND uses_left > 0 AND expires_at > ? ORDER BY created_at DESC LIMIT 200",
+             WHERE role = $1 AND revoked = 0 AND uses_left > 0 AND expires_at > $2 ORDER BY created_at DESC LIMIT 200",
         )
         .bind(Role::Join.as_str())
         .bind(now)
@@ -113,39 +113,12 @@ impl Queue {
     /// Revokes a join token by its digest (only join tokens: the dashboard cannot
     /// revoke the admin token it signed in with).
     pub async fn revoke_join_token(&self, token_digest: &str) -> Result<bool> {
-        let n = sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = ? AND role = ?")
+        let n = sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = $1 AND role = $2")
             .bind(token_digest)
             .bind(Role::Join.as_str())
             .execute(self.pool())
             .await?
             .rows_affected();
         Ok(n == 1)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::queue::{Queue, QueueConfig};
-
-    #[tokio::test]
-    async fn login_links_work_once_and_sessions_expire() {
-        let q = Queue::in_memory(QueueConfig::default()).await.unwrap();
-        let link = q.create_login_link(0).await.unwrap();
-        assert!(!q.use_login_link("drk_login_guess", 1).await.unwrap());
-        assert!(q.use_login_link(&link, 1).await.unwrap());
-        assert!(!q.use_login_link(&link, 2).await.unwrap(), "a login link works once");
-        let unused = q.create_login_link(0).await.unwrap();
-        q.revoke_login_links().await.unwrap();
-        assert!(!q.use_login_link(&unused, 1).await.unwrap(), "a restart revokes unused links");
-        let late = q.create_login_link(0).await.unwrap();
-        assert!(!q.use_login_link(&late, super::LOGIN_LINK_TTL_MS + 1).await.unwrap(), "expired");
-
-        let (cookie, s) = q.create_session(10).await.unwrap();
-        assert_eq!(q.session(&cookie, 11).await.unwrap(), Some(s));
-        let stored: Vec<String> = sqlx::query_scalar("SELECT hash FROM sessions").fetch_all(q.pool()).await.unwrap();
-        assert!(!stored.contains(&cookie), "cookies are stored hashed");
-        assert_eq!(q.session(&cookie, 10 + super::SESSION_TTL_MS + 1).await.unwrap(), None);
-        q.end_session(&cookie).await.unwrap();
-        assert_eq!(q.session(&cookie, 12).await.unwrap(), None);
     }
 }

@@ -9,8 +9,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The farm's clock, unix ms: this machine's clock plus the offset to the shared
+/// database's (see [`crate::queue::Queue::sync_clock`]; zero on SQLite). Leases,
+/// backoffs and deadlines written by several coordinators compare on it.
 pub fn now_ms() -> i64 {
+    system_ms() + CLOCK_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// This machine's wall clock, unix ms.
+pub fn system_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+static CLOCK_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+pub(crate) fn set_clock_offset(ms: i64) {
+    CLOCK_OFFSET_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Limits on what a caller can send.

@@ -1,7 +1,7 @@
 //! Numbers for the ops dashboard and `/metrics`, computed in SQL over the queue's
 //! own tables (indexed by time, so they stay cheap with many jobs).
 
-use crate::queue::{Queue, Result};
+use crate::queue::{Backend, Queue, Result};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -86,13 +86,19 @@ impl Queue {
         })
         .collect();
         let mut per_minute = vec![0.0; 60];
-        let buckets = sqlx::query(
-            "SELECT (t.finished_at - ?1) / 60000, SUM(COALESCE(json_extract(j.probe, '$.duration'), 0)) FROM tasks t JOIN jobs j ON j.id = t.job_id
-             WHERE t.kind = 'transcode' AND t.state = 'succeeded' AND t.finished_at >= ?1 GROUP BY 1",
-        )
-        .bind(start)
-        .fetch_all(self.pool())
-        .await?;
+        let sql = match self.backend() {
+            Backend::Sqlite => {
+                "SELECT (t.finished_at - $1) / 60000, CAST(SUM(COALESCE(json_extract(j.probe, '$.duration'), 0)) AS DOUBLE PRECISION)
+                 FROM tasks t JOIN jobs j ON j.id = t.job_id
+                 WHERE t.kind = 'transcode' AND t.state = 'succeeded' AND t.finished_at >= $1 GROUP BY 1"
+            }
+            Backend::Postgres => {
+                "SELECT (t.finished_at - $1) / 60000, SUM(COALESCE((j.probe::jsonb ->> 'duration')::DOUBLE PRECISION, 0))
+                 FROM tasks t JOIN jobs j ON j.id = t.job_id
+                 WHERE t.kind = 'transcode' AND t.state = 'succeeded' AND t.finished_at >= $1 GROUP BY 1"
+            }
+        };
+        let buckets = sqlx::query(sql).bind(start).fetch_all(self.pool()).await?;
         for r in buckets {
             let (minute, media): (i64, f64) = (r.get(0), r.get(1));
             if let Some(slot) = per_minute.get_mut(minute.clamp(0, 59) as usize) {
@@ -101,20 +107,21 @@ impl Queue {
         }
         let throughput = per_minute.iter().sum::<f64>() / 60.0;
         let failed_attempts: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM task_failures WHERE at >= ?").bind(start).fetch_one(self.pool()).await?;
-        let failed_jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'failed' AND updated_at >= ?")
+            sqlx::query_scalar("SELECT COUNT(*) FROM task_failures WHERE at >= $1").bind(start).fetch_one(self.pool()).await?;
+        let failed_jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'failed' AND updated_at >= $1")
             .bind(start)
             .fetch_one(self.pool())
             .await?;
-        let avg_queue_wait_ms: Option<f64> =
-            sqlx::query_scalar("SELECT AVG(leased_at - queued_at) FROM tasks WHERE leased_at >= ? AND queued_at IS NOT NULL")
-                .bind(start)
-                .fetch_one(self.pool())
-                .await?;
+        let avg_queue_wait_ms: Option<f64> = sqlx::query_scalar(
+            "SELECT CAST(AVG(leased_at - queued_at) AS DOUBLE PRECISION) FROM tasks WHERE leased_at >= $1 AND queued_at IS NOT NULL",
+        )
+        .bind(start)
+        .fetch_one(self.pool())
+        .await?;
         let jobs = sqlx::query(
             "SELECT j.created_at, j.updated_at, j.state,
                     (SELECT MIN(t.finished_at) FROM tasks t WHERE t.job_id = j.id AND t.kind = 'transcode' AND t.state = 'succeeded')
-             FROM jobs j WHERE j.updated_at >= ? AND j.state IN ('running', 'succeeded') LIMIT 10000",
+             FROM jobs j WHERE j.updated_at >= $1 AND j.state IN ('running', 'succeeded') LIMIT 10000",
         )
         .bind(start)
         .fetch_all(self.pool())
@@ -148,12 +155,12 @@ impl Queue {
         for kind in ["transcode", "thumbnails"] {
             let mut cols: Vec<String> = DURATION_BUCKETS
                 .iter()
-                .map(|b| format!("SUM(CASE WHEN (finished_at - leased_at) <= {} THEN 1 ELSE 0 END)", (b * 1000.0) as i64))
+                .map(|b| format!("CAST(SUM(CASE WHEN (finished_at - leased_at) <= {} THEN 1 ELSE 0 END) AS BIGINT)", (b * 1000.0) as i64))
                 .collect();
             cols.push("COUNT(*)".into());
-            cols.push("COALESCE(SUM(finished_at - leased_at), 0)".into());
+            cols.push("CAST(COALESCE(SUM(finished_at - leased_at), 0) AS BIGINT)".into());
             let sql = format!(
-                "SELECT {} FROM tasks WHERE kind = ? AND state = 'succeeded' AND finished_at IS NOT NULL AND leased_at IS NOT NULL",
+                "SELECT {} FROM tasks WHERE kind = $1 AND state = 'succeeded' AND finished_at IS NOT NULL AND leased_at IS NOT NULL",
                 cols.join(", ")
             );
             // Built from the constant buckets above only.
@@ -168,11 +175,16 @@ impl Queue {
             .into_iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        let bytes_published: Option<i64> = sqlx::query_scalar(
-            "SELECT SUM(json_extract(f.value, '$.size')) FROM tasks t, json_each(t.result, '$.files') f WHERE t.state = 'succeeded'",
-        )
-        .fetch_one(self.pool())
-        .await?;
+        let sql = match self.backend() {
+            Backend::Sqlite => {
+                "SELECT CAST(SUM(json_extract(f.value, '$.size')) AS BIGINT) FROM tasks t, json_each(t.result, '$.files') f WHERE t.state = 'succeeded'"
+            }
+            Backend::Postgres => {
+                "SELECT CAST(SUM((f.value ->> 'size')::BIGINT) AS BIGINT)
+                 FROM tasks t, jsonb_array_elements(t.result::jsonb -> 'files') f(value) WHERE t.state = 'succeeded'"
+            }
+        };
+        let bytes_published: Option<i64> = sqlx::query_scalar(sql).fetch_one(self.pool()).await?;
         Ok(Metrics {
             jobs_by_state: self.counts(true).await?,
             tasks_by_state: self.counts(false).await?,

@@ -31,6 +31,7 @@ async fn bind(listen: &str) -> Result<tokio::net::TcpListener, i32> {
 
 /// Operator settings shared by `coordinator` and `up`.
 pub struct FarmSettings {
+    pub database: Option<String>,
     pub max_upload_bytes: u64,
     pub lease_ttl_seconds: u64,
     pub storage_url: Option<String>,
@@ -42,6 +43,7 @@ pub struct FarmSettings {
 
 fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
     coordinator::server::Config {
+        database: s.database.clone(),
         data_dir: data,
         drake_exe: drake_exe(),
         limits: coordinator::state::Limits {

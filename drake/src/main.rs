@@ -124,6 +124,10 @@ enum Command {
 /// Coordinator settings an operator may tune.
 #[derive(clap::Args)]
 struct FarmArgs {
+    /// Where the farm's state lives: a path or sqlite://PATH (default DATA/drake.db),
+    /// or postgres://USER:PASSWORD@HOST/DB, which several coordinators can share.
+    #[arg(long, env = "DRAKE_DATABASE_URL", hide_env_values = true)]
+    database: Option<String>,
     /// Largest accepted upload, in bytes.
     #[arg(long, default_value_t = 20 * 1024 * 1024 * 1024)]
     max_upload_bytes: u64,
@@ -153,6 +157,7 @@ struct FarmArgs {
 impl FarmArgs {
     fn settings(self) -> farm::FarmSettings {
         farm::FarmSettings {
+            database: self.database,
             max_upload_bytes: self.max_upload_bytes,
             lease_ttl_seconds: self.lease_ttl_seconds,
             storage_url: self.storage_url,

@@ -14,9 +14,9 @@
 //! the claim's timeout and counts as a failed attempt; attempts are bounded, and the
 //! last one ends the job `failed` with the reason.
 
-use super::{NewTask, Queue, QueueError, Result, is_terminal, job_state, kind_str, settle_job};
+use super::{Backend, NewTask, Queue, QueueError, Result, is_terminal, job_state, kind_str, settle_job};
 use serde_json::json;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{AnyConnection, Row};
 
 /// A chore a job can be owed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +87,7 @@ pub struct Promotion {
     pub files: Vec<serde_json::Value>,
 }
 
-pub(super) fn promotion_row(r: sqlx::sqlite::SqliteRow) -> Promotion {
+pub(super) fn promotion_row(r: sqlx::any::AnyRow) -> Promotion {
     let result: Option<String> = r.get(4);
     let result: serde_json::Value = result.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     Promotion {
@@ -108,8 +108,8 @@ impl Queue {
         let mut tx = self.write_tx().await?;
         let due = sqlx::query(
             "SELECT id, chore, chore_attempts, chore_error, source, chore_step FROM jobs
-             WHERE chore IS NOT NULL AND (?1 IS NULL OR id = ?1)
-               AND (chore_due_at <= ?2 OR (?3 AND chore_claimed_by IS NOT NULL AND chore_claimed_by != ?4))
+             WHERE chore IS NOT NULL AND ($1 IS NULL OR id = $1)
+               AND (chore_due_at <= $2 OR ($3 AND chore_claimed_by IS NOT NULL AND chore_claimed_by != $4))
              ORDER BY chore_due_at LIMIT 500",
         )
         .bind(job)
@@ -131,7 +131,7 @@ impl Queue {
                 continue;
             }
             let seq: i64 = sqlx::query_scalar(
-                "UPDATE jobs SET chore_seq = chore_seq + 1, chore_due_at = ?2, chore_claimed_by = NULL WHERE id = ?1 RETURNING chore_seq",
+                "UPDATE jobs SET chore_seq = chore_seq + 1, chore_due_at = $2, chore_claimed_by = NULL WHERE id = $1 RETURNING chore_seq",
             )
             .bind(&id)
             .bind(now + CHORE_PUSH_GRACE_MS)
@@ -147,7 +147,7 @@ impl Queue {
     /// ago, so no worker holding one of their leases can still be publishing.
     pub async fn unswept_jobs(&self, now: i64) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE swept = 0 AND state IN ('succeeded', 'failed', 'canceled') AND updated_at < ? ORDER BY updated_at LIMIT 100",
+            "SELECT id FROM jobs WHERE swept = 0 AND state IN ('succeeded', 'failed', 'canceled') AND updated_at < $1 ORDER BY updated_at LIMIT 100",
         )
         .bind(now - 2 * self.cfg.lease_ttl_ms)
         .fetch_all(&self.pool)
@@ -156,7 +156,7 @@ impl Queue {
 
     /// Records that an ended job's staging area was swept.
     pub async fn swept(&self, job: &str) -> Result<()> {
-        sqlx::query("UPDATE jobs SET swept = 1 WHERE id = ? AND state IN ('succeeded', 'failed', 'canceled')")
+        sqlx::query("UPDATE jobs SET swept = 1 WHERE id = $1 AND state IN ('succeeded', 'failed', 'canceled')")
             .bind(job)
             .execute(&self.pool)
             .await?;
@@ -165,18 +165,20 @@ impl Queue {
 
     /// Whether a job still owes its probe.
     pub async fn owes_probe(&self, job: &str) -> Result<bool> {
-        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ? AND chore = 'probe')")
-            .bind(job)
-            .fetch_one(&self.pool)
-            .await?)
+        let owed: i64 =
+            sqlx::query_scalar("SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND chore = 'probe') THEN 1 ELSE 0 END")
+                .bind(job)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(owed != 0)
     }
 
     /// Claims an owed chore pushed with `seq`, for process `me`. `None`: it is not
     /// owed any more, or a later push superseded this one.
     pub async fn claim_chore(&self, job: &str, chore: Chore, seq: i64, me: &str, now: i64) -> Result<Option<ChoreClaim>> {
         let row = sqlx::query(
-            "UPDATE jobs SET chore_seq = chore_seq + 1, chore_attempts = chore_attempts + 1, chore_due_at = ?4, chore_claimed_by = ?5
-             WHERE id = ?1 AND chore = ?2 AND chore_seq = ?3 RETURNING chore_seq, chore_attempts",
+            "UPDATE jobs SET chore_seq = chore_seq + 1, chore_attempts = chore_attempts + 1, chore_due_at = $4, chore_claimed_by = $5
+             WHERE id = $1 AND chore = $2 AND chore_seq = $3 RETURNING chore_seq, chore_attempts",
         )
         .bind(job)
         .bind(chore.as_str())
@@ -203,7 +205,7 @@ impl Queue {
         now: i64,
     ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        let source: Option<String> = sqlx::query_scalar("SELECT source FROM jobs WHERE id = ? AND chore = ? AND chore_seq = ?")
+        let source: Option<String> = sqlx::query_scalar("SELECT source FROM jobs WHERE id = $1 AND chore = $2 AND chore_seq = $3")
             .bind(job)
             .bind(chore.as_str())
             .bind(claim.token)
@@ -217,7 +219,7 @@ impl Queue {
         if claim.attempt >= CHORE_ATTEMPTS {
             end_job(&mut tx, job, "failed", Some(&gave_up(&step, claim.attempt, error)), now).await?;
         } else {
-            sqlx::query("UPDATE jobs SET chore_error = ?2, chore_step = ?5, chore_due_at = ?3, chore_claimed_by = NULL, updated_at = ?4 WHERE id = ?1")
+            sqlx::query("UPDATE jobs SET chore_error = $2, chore_step = $5, chore_due_at = $3, chore_claimed_by = NULL, updated_at = $4 WHERE id = $1")
                 .bind(job)
                 .bind(error)
                 .bind(now + self.cfg.backoff(claim.attempt))
@@ -262,7 +264,7 @@ impl Queue {
             return Ok(false);
         }
         let media_ms = (probe["duration"].as_f64().unwrap_or(0.0).clamp(0.0, 1e9) * 1000.0) as i64;
-        sqlx::query("UPDATE jobs SET probe = ?, due_at = created_at + ?, chore = NULL, chore_error = NULL, chore_step = NULL, chore_claimed_by = NULL, updated_at = ?, stored_source = COALESCE(?, stored_source) WHERE id = ?")
+        sqlx::query("UPDATE jobs SET probe = $1, due_at = created_at + $2, chore = NULL, chore_error = NULL, chore_step = NULL, chore_claimed_by = NULL, updated_at = $3, stored_source = COALESCE($4, stored_source) WHERE id = $5")
             .bind(probe.to_string())
             .bind(media_ms)
             .bind(now)
@@ -278,7 +280,7 @@ impl Queue {
     /// Plans a job directly, without its probe: for tests and fixtures.
     pub async fn add_tasks(&self, job_id: &str, tasks: &[NewTask], now: i64) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE jobs SET chore = NULL WHERE id = ? AND chore = 'probe'").bind(job_id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE jobs SET chore = NULL WHERE id = $1 AND chore = 'probe'").bind(job_id).execute(&mut *tx).await?;
         insert_tasks(&mut tx, job_id, tasks, self.cfg.max_attempts, now).await?;
         tx.commit().await?;
         Ok(())
@@ -290,7 +292,7 @@ impl Queue {
         let mut tx = self.write_tx().await?;
         let held = holds(&mut tx, id, Chore::Finalize, claim).await? && job_state(&mut tx, id).await? == "finalizing";
         if held {
-            sqlx::query("UPDATE jobs SET outputs = ? WHERE id = ?").bind(outputs.to_string()).bind(id).execute(&mut *tx).await?;
+            sqlx::query("UPDATE jobs SET outputs = $1 WHERE id = $2").bind(outputs.to_string()).bind(id).execute(&mut *tx).await?;
             end_job(&mut tx, id, "succeeded", None, now).await?;
         }
         tx.commit().await?;
@@ -303,13 +305,13 @@ impl Queue {
         let mut tx = self.write_tx().await?;
         let held = holds(&mut tx, job, Chore::Finalize, claim).await?;
         if held {
-            let row = sqlx::query("SELECT attempts, max_attempts FROM tasks WHERE id = ? AND job_id = ? AND state = 'succeeded'")
+            let row = sqlx::query("SELECT attempts, max_attempts FROM tasks WHERE id = $1 AND job_id = $2 AND state = 'succeeded'")
                 .bind(task)
                 .bind(job)
                 .fetch_optional(&mut *tx)
                 .await?;
             if let Some(row) = row {
-                sqlx::query("UPDATE jobs SET state = 'running', chore = NULL, chore_claimed_by = NULL, updated_at = ? WHERE id = ?")
+                sqlx::query("UPDATE jobs SET state = 'running', chore = NULL, chore_claimed_by = NULL, updated_at = $1 WHERE id = $2")
                     .bind(now)
                     .bind(job)
                     .execute(&mut *tx)
@@ -326,7 +328,7 @@ impl Queue {
     /// What a job waits for, for its view: its probe, a capable worker, a free
     /// worker, or its finalize. `None` once it has ended.
     pub async fn waiting_for(&self, id: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT state, chore, chore_attempts, chore_error, chore_claimed_by FROM jobs WHERE id = ?")
+        let row = sqlx::query("SELECT state, chore, chore_attempts, chore_error, chore_claimed_by FROM jobs WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -344,19 +346,21 @@ impl Queue {
                 (None, None) => format!("{what} (queued)"),
             }));
         }
-        let unrunnable: Option<Option<String>> =
-            sqlx::query_scalar("SELECT requires FROM tasks WHERE job_id = ? AND state = 'queued' AND unrunnable_since IS NOT NULL LIMIT 1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let unrunnable: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT requires FROM tasks WHERE job_id = $1 AND state = 'queued' AND unrunnable_since IS NOT NULL LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         if let Some(encoder) = unrunnable {
             return Ok(Some(format!("a capable worker: {}", no_capable_worker(encoder.as_deref()))));
         }
-        let queued: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ? AND state = 'queued')")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(Some(if queued { "a free worker".into() } else { "its running tasks".into() }))
+        let queued: i64 =
+            sqlx::query_scalar("SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND state = 'queued') THEN 1 ELSE 0 END")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(Some(if queued != 0 { "a free worker".into() } else { "its running tasks".into() }))
     }
 
     /// Marks queued tasks that no live worker can run, and fails those that have
@@ -364,19 +368,26 @@ impl Queue {
     pub async fn check_capable_workers(&self, wait_ms: i64, now: i64) -> Result<Vec<String>> {
         let mut tx = self.write_tx().await?;
         // A task that needs no particular encoder needs a live worker all the same.
-        sqlx::query(
-            "UPDATE tasks SET unrunnable_since = CASE
-                 WHEN tasks.requires IS NULL AND EXISTS (SELECT 1 FROM workers w WHERE w.removed = 0 AND w.last_seen >= ?2) THEN NULL
-                 WHEN EXISTS (SELECT 1 FROM workers w, json_each(w.capabilities, '$.encoders') e
-                              WHERE e.value = tasks.requires AND w.removed = 0 AND w.last_seen >= ?2) THEN NULL
-                 ELSE COALESCE(unrunnable_since, ?1) END
-             WHERE state = 'queued'",
-        )
-        .bind(now)
-        .bind(now - self.cfg.lease_ttl_ms)
-        .execute(&mut *tx)
-        .await?;
-        let stuck = sqlx::query("SELECT id, job_id, requires FROM tasks WHERE state = 'queued' AND unrunnable_since < ?")
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "UPDATE tasks SET unrunnable_since = CASE
+                     WHEN tasks.requires IS NULL AND EXISTS (SELECT 1 FROM workers w WHERE w.removed = 0 AND w.last_seen >= $2) THEN NULL
+                     WHEN EXISTS (SELECT 1 FROM workers w, json_each(w.capabilities, '$.encoders') e
+                                  WHERE e.value = tasks.requires AND w.removed = 0 AND w.last_seen >= $2) THEN NULL
+                     ELSE COALESCE(unrunnable_since, $1) END
+                 WHERE state = 'queued'"
+            }
+            Backend::Postgres => {
+                "UPDATE tasks SET unrunnable_since = CASE
+                     WHEN tasks.requires IS NULL AND EXISTS (SELECT 1 FROM workers w WHERE w.removed = 0 AND w.last_seen >= $2) THEN NULL
+                     WHEN EXISTS (SELECT 1 FROM workers w, jsonb_array_elements_text(w.capabilities::jsonb -> 'encoders') e(value)
+                                  WHERE e.value = tasks.requires AND w.removed = 0 AND w.last_seen >= $2) THEN NULL
+                     ELSE COALESCE(unrunnable_since, $1) END
+                 WHERE state = 'queued'"
+            }
+        };
+        sqlx::query(sql).bind(now).bind(now - self.cfg.lease_ttl_ms).execute(&mut *tx).await?;
+        let stuck = sqlx::query("SELECT id, job_id, requires FROM tasks WHERE state = 'queued' AND unrunnable_since < $1")
             .bind(now - wait_ms)
             .fetch_all(&mut *tx)
             .await?;
@@ -384,13 +395,13 @@ impl Queue {
         for row in stuck {
             let (task, job, encoder): (String, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
             let why = format!("{} (waited {} s for one)", no_capable_worker(encoder.as_deref()), wait_ms / 1000);
-            sqlx::query("UPDATE tasks SET state = 'failed', error = ?1, updated_at = ?2, finished_at = ?2 WHERE id = ?3")
+            sqlx::query("UPDATE tasks SET state = 'failed', error = $1, updated_at = $2, finished_at = $2 WHERE id = $3")
                 .bind(&why)
                 .bind(now)
                 .bind(&task)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("UPDATE jobs SET error = COALESCE(error, ?) WHERE id = ?").bind(&why).bind(&job).execute(&mut *tx).await?;
+            sqlx::query("UPDATE jobs SET error = COALESCE(error, $1) WHERE id = $2").bind(&why).bind(&job).execute(&mut *tx).await?;
             settle_job(&mut tx, &job, now).await?;
             jobs.push(job);
         }
@@ -403,7 +414,7 @@ impl Queue {
     /// id, attempts made, pushes, due at).
     pub async fn owed_deliveries(&self, job: &str) -> Result<Vec<(String, i64, i64, i64)>> {
         let rows = sqlx::query(
-            "SELECT id, attempts, pushes, next_attempt_at FROM webhooks WHERE delivered_at IS NULL AND gave_up = 0 AND job_id = ?",
+            "SELECT id, attempts, pushes, next_attempt_at FROM webhooks WHERE delivered_at IS NULL AND gave_up = 0 AND job_id = $1",
         )
         .bind(job)
         .fetch_all(&self.pool)
@@ -416,8 +427,8 @@ impl Queue {
     /// a new push (a new chore key) and is not due again for `grace_ms`.
     pub async fn rearm_deliveries(&self, overdue_ms: i64, grace_ms: i64, at_start: bool, now: i64) -> Result<Vec<(String, i64, i64, i64)>> {
         let rows = sqlx::query(
-            "UPDATE webhooks SET pushes = pushes + 1, next_attempt_at = ?3
-             WHERE id IN (SELECT id FROM webhooks WHERE delivered_at IS NULL AND gave_up = 0 AND (?2 OR next_attempt_at <= ?1)
+            "UPDATE webhooks SET pushes = pushes + 1, next_attempt_at = $3
+             WHERE id IN (SELECT id FROM webhooks WHERE delivered_at IS NULL AND gave_up = 0 AND ($2 OR next_attempt_at <= $1)
                           ORDER BY next_attempt_at LIMIT 500)
              RETURNING id, attempts, pushes, next_attempt_at",
         )
@@ -432,13 +443,16 @@ impl Queue {
 }
 
 /// True when `claim` is still the token of the job's owed `chore`.
-async fn holds(tx: &mut SqliteConnection, job: &str, chore: Chore, claim: ChoreClaim) -> Result<bool> {
-    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ? AND chore = ? AND chore_seq = ?)")
-        .bind(job)
-        .bind(chore.as_str())
-        .bind(claim.token)
-        .fetch_one(&mut *tx)
-        .await?)
+async fn holds(tx: &mut AnyConnection, job: &str, chore: Chore, claim: ChoreClaim) -> Result<bool> {
+    let held: i64 = sqlx::query_scalar(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND chore = $2 AND chore_seq = $3) THEN 1 ELSE 0 END",
+    )
+    .bind(job)
+    .bind(chore.as_str())
+    .bind(claim.token)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(held != 0)
 }
 
 fn no_capable_worker(encoder: Option<&str>) -> String {
@@ -459,9 +473,9 @@ fn gave_up(step: &str, attempts: i64, error: &str) -> String {
     format!("{step} failed {attempts} times: {error}")
 }
 
-async fn insert_tasks(tx: &mut SqliteConnection, job: &str, tasks: &[NewTask], max_attempts: i64, now: i64) -> Result<()> {
+async fn insert_tasks(tx: &mut AnyConnection, job: &str, tasks: &[NewTask], max_attempts: i64, now: i64) -> Result<()> {
     for (seq, t) in tasks.iter().enumerate() {
-        sqlx::query("INSERT INTO tasks (id, job_id, kind, rendition, requires, seq, state, max_attempts, created_at, updated_at, queued_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?8, ?8, ?8)")
+        sqlx::query("INSERT INTO tasks (id, job_id, kind, rendition, requires, seq, state, max_attempts, created_at, updated_at, queued_at) VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8, $8)")
             .bind(uuid::Uuid::now_v7().to_string())
             .bind(job)
             .bind(kind_str(t.kind))
@@ -480,22 +494,22 @@ async fn insert_tasks(tx: &mut SqliteConnection, job: &str, tasks: &[NewTask], m
 /// whatever chore it was owed is dropped (and any in flight made stale), and the one
 /// webhook of this run's end is recorded, in the caller's transaction. An ended job
 /// is left as it is.
-pub(super) async fn end_job(tx: &mut SqliteConnection, job: &str, state: &str, error: Option<&str>, now: i64) -> Result<()> {
+pub(super) async fn end_job(tx: &mut AnyConnection, job: &str, state: &str, error: Option<&str>, now: i64) -> Result<()> {
     if is_terminal(&job_state(&mut *tx, job).await?) {
         return Ok(());
     }
     sqlx::query(
         "UPDATE tasks SET cancel = 1, lease_expires_at = CASE WHEN state = 'promoting' THEN NULL ELSE lease_expires_at END,
-             state = CASE WHEN state IN ('queued', 'leased', 'running', 'promoting') THEN 'canceled' ELSE state END, updated_at = ?2
-         WHERE job_id = ?1 AND state NOT IN ('succeeded', 'failed')",
+             state = CASE WHEN state IN ('queued', 'leased', 'running', 'promoting') THEN 'canceled' ELSE state END, updated_at = $2
+         WHERE job_id = $1 AND state NOT IN ('succeeded', 'failed')",
     )
     .bind(job)
     .bind(now)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "UPDATE jobs SET state = ?2, error = COALESCE(?3, error), chore = NULL, chore_seq = chore_seq + 1, chore_claimed_by = NULL,
-             updated_at = ?4 WHERE id = ?1",
+        "UPDATE jobs SET state = $2, error = COALESCE($3, error), chore = NULL, chore_seq = chore_seq + 1, chore_claimed_by = NULL,
+             updated_at = $4 WHERE id = $1",
     )
     .bind(job)
     .bind(state)
@@ -503,7 +517,7 @@ pub(super) async fn end_job(tx: &mut SqliteConnection, job: &str, state: &str, e
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    let row = sqlx::query("SELECT callback_url, run, error, outputs FROM jobs WHERE id = ?").bind(job).fetch_one(&mut *tx).await?;
+    let row = sqlx::query("SELECT callback_url, run, error, outputs FROM jobs WHERE id = $1").bind(job).fetch_one(&mut *tx).await?;
     let (callback, run, error, outputs): (Option<String>, i64, Option<String>, Option<String>) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
     if let Some(url) = callback {
@@ -515,7 +529,7 @@ pub(super) async fn end_job(tx: &mut SqliteConnection, job: &str, state: &str, e
         });
         // One per (job, run): a second end of the same run cannot record another.
         sqlx::query(
-            "INSERT INTO webhooks (id, job_id, run, url, payload, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?6, ?6)
+            "INSERT INTO webhooks (id, job_id, run, url, payload, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $6)
              ON CONFLICT (job_id, run) DO NOTHING",
         )
         .bind(uuid::Uuid::now_v7().to_string())

@@ -2,19 +2,75 @@
 //! tests move by hand.
 
 use super::*;
+use crate::auth::{Role, digest, generate};
+use crate::sessions::{LOGIN_LINK_TTL_MS, SESSION_TTL_MS};
 
 const T0: i64 = 1_000_000;
 
-async fn queue() -> Queue {
-    let cfg = QueueConfig {
-        lease_ttl_ms: 10_000,
-        backoff_base_ms: 1_000,
-        backoff_max_ms: 8_000,
-        max_attempts: 3,
-        capable_worker_wait_ms: 60_000,
-    };
-    Queue::in_memory(cfg).await.unwrap()
+fn config() -> QueueConfig {
+    QueueConfig { lease_ttl_ms: 10_000, backoff_base_ms: 1_000, backoff_max_ms: 8_000, max_attempts: 3, capable_worker_wait_ms: 60_000 }
 }
+
+/// A new, empty queue on `backend`.
+async fn fresh(backend: Backend) -> Queue {
+    match backend {
+        Backend::Sqlite => Queue::in_memory(config()).await.unwrap(),
+        Backend::Postgres => {
+            let url = crate::pgtest::database().await.expect("PostgreSQL was there for this test's first queue");
+            Queue::connect(&DatabaseUrl::Postgres(url), config()).await.unwrap()
+        }
+    }
+}
+
+/// Runs each conformance test on both backends: `sqlite::NAME` always, and
+/// `postgres::NAME` on a throwaway cluster (skipped with a message on a machine
+/// without PostgreSQL, except under `CI=true`).
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::fresh(super::Backend::Sqlite).await).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                if crate::pgtest::database().await.is_some() {
+                    super::$name(super::fresh(super::Backend::Postgres).await).await
+                }
+            })*
+        }
+    };
+}
+
+conformance!(
+    overview_and_metrics_count_what_happened,
+    workers_register_drain_and_leave,
+    tokens_are_stored_hashed_and_checked,
+    login_links_work_once_and_sessions_expire,
+    tasks_lease_lowest_rung_first_and_complete,
+    expired_leases_are_requeued_and_stale_completions_rejected,
+    retries_back_off_exponentially,
+    the_retry_limit_fails_the_job_with_the_last_error,
+    bad_input_fails_the_job_at_once,
+    cancel_reaches_running_tasks_through_heartbeats,
+    idempotency_keys_return_the_same_job,
+    tasks_go_only_to_workers_with_the_encoder,
+    bundles_split_a_jobs_renditions_over_the_free_workers,
+    a_short_clip_is_not_queued_behind_a_long_film,
+    a_probe_that_keeps_failing_backs_off_then_fails_the_job_with_its_reason,
+    a_chore_whose_coordinator_died_is_pushed_again_and_counts_as_an_attempt,
+    cancel_during_a_probe_stops_the_job_and_cancel_plus_retry_plans_it_once,
+    a_failed_job_stays_failed_and_reports_its_end_once,
+    a_task_leased_before_its_job_ended_is_never_handed_out_after,
+    retrying_a_job_resumes_it,
+    finalize_runs_once_and_a_missing_output_reruns_its_task,
+    an_unfinished_promotion_is_redone_not_papered_over,
+    a_task_no_live_worker_can_run_waits_then_fails_with_that_reason,
+    concurrent_submits_with_one_key_make_one_job,
+    a_farm_with_no_live_worker_says_so_and_fails_its_tasks_after_the_wait,
+);
 
 async fn job_with(q: &Queue, renditions: &[&str]) -> Job {
     let new =
@@ -39,9 +95,7 @@ async fn claim(q: &Queue, job: &str, chore: Chore, now: i64) -> Option<ChoreClai
     q.claim_chore(job, chore, owed.seq, "me", now).await.unwrap()
 }
 
-#[tokio::test]
-async fn tasks_lease_lowest_rung_first_and_complete() {
-    let q = queue().await;
+async fn tasks_lease_lowest_rung_first_and_complete(q: Queue) {
     let job = job_with(&q, &["240p", "720p"]).await;
     let a = q.lease("w1", &[], T0).await.unwrap().unwrap();
     assert_eq!((a.rendition.as_deref(), a.epoch, a.attempt), (Some("240p"), 1, 1));
@@ -62,9 +116,7 @@ async fn tasks_lease_lowest_rung_first_and_complete() {
     assert_eq!(q.job(&job.id).await.unwrap().unwrap().state, "succeeded");
 }
 
-#[tokio::test]
-async fn expired_leases_are_requeued_and_stale_completions_rejected() {
-    let q = queue().await;
+async fn expired_leases_are_requeued_and_stale_completions_rejected(q: Queue) {
     let job = job_with(&q, &["240p"]).await;
     let first = q.lease("w1", &[], T0).await.unwrap().unwrap();
     // Heartbeats keep it alive past the original expiry.
@@ -86,9 +138,7 @@ async fn expired_leases_are_requeued_and_stale_completions_rejected() {
     assert_eq!(q.job(&job.id).await.unwrap().unwrap().state, "finalizing");
 }
 
-#[tokio::test]
-async fn retries_back_off_exponentially() {
-    let q = queue().await;
+async fn retries_back_off_exponentially(q: Queue) {
     job_with(&q, &["240p"]).await;
     let mut now = T0;
     for (attempt, wait) in [(1, 1_000), (2, 2_000)] {
@@ -102,9 +152,7 @@ async fn retries_back_off_exponentially() {
     assert_eq!(q.cfg.backoff(10), 8_000, "capped");
 }
 
-#[tokio::test]
-async fn the_retry_limit_fails_the_job_with_the_last_error() {
-    let q = queue().await;
+async fn the_retry_limit_fails_the_job_with_the_last_error(q: Queue) {
     let job = job_with(&q, &["240p", "360p"]).await;
     let mut now = T0;
     for _ in 0..3 {
@@ -120,9 +168,7 @@ async fn the_retry_limit_fails_the_job_with_the_last_error() {
     assert!(q.lease("w", &[], now + 100_000).await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn bad_input_fails_the_job_at_once() {
-    let q = queue().await;
+async fn bad_input_fails_the_job_at_once(q: Queue) {
     let job = job_with(&q, &["240p"]).await;
     let l = q.lease("w", &[], T0).await.unwrap().unwrap();
     q.fail(
@@ -145,9 +191,7 @@ async fn bad_input_fails_the_job_at_once() {
     assert_eq!((j.state.as_str(), j.tasks[0].state.as_str(), j.tasks[0].attempts), ("queued", "queued", 0));
 }
 
-#[tokio::test]
-async fn cancel_reaches_running_tasks_through_heartbeats() {
-    let q = queue().await;
+async fn cancel_reaches_running_tasks_through_heartbeats(q: Queue) {
     let job = job_with(&q, &["240p", "360p"]).await;
     let l = q.lease("w", &[], T0).await.unwrap().unwrap();
     q.cancel_job(&job.id, T0 + 1).await.unwrap();
@@ -157,9 +201,7 @@ async fn cancel_reaches_running_tasks_through_heartbeats() {
     assert!(matches!(q.cancel_job(&job.id, T0 + 4).await, Err(QueueError::Conflict(_))));
 }
 
-#[tokio::test]
-async fn idempotency_keys_return_the_same_job() {
-    let q = queue().await;
+async fn idempotency_keys_return_the_same_job(q: Queue) {
     let new = NewJob {
         pipeline: None,
         profile: "web".into(),
@@ -173,9 +215,7 @@ async fn idempotency_keys_return_the_same_job() {
     assert_eq!((a.id, created_a, created_b), (b.id, true, false));
 }
 
-#[tokio::test]
-async fn tasks_go_only_to_workers_with_the_encoder() {
-    let q = queue().await;
+async fn tasks_go_only_to_workers_with_the_encoder(q: Queue) {
     let new = NewJob { pipeline: None, profile: "vp9".into(), source: "s".into(), callback_url: None, priority: 0, idempotency_key: None };
     let (job, _) = q.create_job(&new, T0).await.unwrap();
     q.add_tasks(&job.id, &[NewTask { kind: TaskKind::Transcode, rendition: Some("360p".into()), requires: Some("libvpx-vp9".into()) }], T0)
@@ -185,8 +225,8 @@ async fn tasks_go_only_to_workers_with_the_encoder() {
     assert!(q.lease("w", &["libx264".into(), "libvpx-vp9".into()], T0).await.unwrap().is_some());
 }
 
-#[tokio::test]
-async fn bundles_split_a_jobs_renditions_over_the_free_workers() {
+async fn bundles_split_a_jobs_renditions_over_the_free_workers(q: Queue) {
+    let backend = q.backend();
     let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![] };
     let rungs = ["240p", "720p", "480p", "360p"];
     let names = |ls: &[Lease]| ls.iter().map(|l| l.rendition.clone().unwrap_or_else(|| "thumbnails".into())).collect::<Vec<_>>();
@@ -211,7 +251,7 @@ async fn bundles_split_a_jobs_renditions_over_the_free_workers() {
     // Three idle workers: the lowest rung goes alone, so the job is playable early;
     // the rest are split over the other two, and the bundle with the job's last
     // renditions makes the thumbnails from its decode.
-    let q = with_thumbnails(queue().await).await;
+    let q = with_thumbnails(fresh(backend).await).await;
     for w in ["w1", "w2", "w3"] {
         q.register_worker(w, w, 1, &caps, "0", T0).await.unwrap();
     }
@@ -228,7 +268,7 @@ async fn bundles_split_a_jobs_renditions_over_the_free_workers() {
     assert!(!q.heartbeat(&b[1].task_id, "w2", b[1].epoch, 0.5, T0 + 2).await.unwrap());
 
     // Two idle workers: the lowest rung alone, the rest of the ladder in one decode.
-    let q = with_thumbnails(queue().await).await;
+    let q = with_thumbnails(fresh(backend).await).await;
     for w in ["w1", "w2"] {
         q.register_worker(w, w, 1, &caps, "0", T0).await.unwrap();
     }
@@ -236,7 +276,7 @@ async fn bundles_split_a_jobs_renditions_over_the_free_workers() {
     assert_eq!(names(&a), ["240p"]);
     assert_eq!(names(&q.lease_bundle("w2", &[], T0, up_to(4)).await.unwrap()), ["720p", "480p", "360p", "thumbnails"]);
     // Once a job is playable, its lowest rung bundles like any other (here, a retry).
-    let q = with_thumbnails(queue().await).await;
+    let q = with_thumbnails(fresh(backend).await).await;
     q.register_worker("w1", "w1", 1, &caps, "0", T0).await.unwrap();
     let a = q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap();
     let rest = q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap();
@@ -246,7 +286,7 @@ async fn bundles_split_a_jobs_renditions_over_the_free_workers() {
     assert_eq!(names(&retry), ["240p"], "{retry:?}");
 
     // A worker that cannot make thumbnails in its transcode gets them on their own.
-    let q = with_thumbnails(queue().await).await;
+    let q = with_thumbnails(fresh(backend).await).await;
     q.register_worker("old", "old", 1, &caps, "0", T0).await.unwrap();
     let old = Bundling { max_renditions: 4, thumbnails: false };
     assert_eq!(names(&q.lease_bundle("old", &[], T0, old).await.unwrap()), ["240p"]);
@@ -255,14 +295,14 @@ async fn bundles_split_a_jobs_renditions_over_the_free_workers() {
 
     // One worker alone: the lowest rung, then the rest of the ladder in one lease; a
     // limit caps it, and the thumbnails come with the last renditions.
-    let q = with_thumbnails(queue().await).await;
+    let q = with_thumbnails(fresh(backend).await).await;
     q.register_worker("solo", "solo", 1, &caps, "0", T0).await.unwrap();
     assert_eq!(names(&q.lease_bundle("solo", &[], T0, up_to(2)).await.unwrap()), ["240p"]);
     assert_eq!(names(&q.lease_bundle("solo", &[], T0, up_to(2)).await.unwrap()), ["720p", "480p"]);
     assert_eq!(names(&q.lease_bundle("solo", &[], T0, up_to(2)).await.unwrap()), ["360p", "thumbnails"]);
 
     // Workers whose heartbeats stopped are not counted as free.
-    let q = queue().await;
+    let q = fresh(backend).await;
     job_with(&q, &rungs).await;
     q.register_worker("gone", "gone", 1, &caps, "0", T0 - 60_000).await.unwrap();
     q.register_worker("here", "here", 1, &caps, "0", T0).await.unwrap();
@@ -270,9 +310,7 @@ async fn bundles_split_a_jobs_renditions_over_the_free_workers() {
     assert_eq!(q.lease_bundle("here", &[], T0, up_to(4)).await.unwrap().len(), 3, "the rest in one lease");
 }
 
-#[tokio::test]
-async fn a_short_clip_is_not_queued_behind_a_long_film() {
-    let q = queue().await;
+async fn a_short_clip_is_not_queued_behind_a_long_film(q: Queue) {
     let job = |at: i64, seconds: f64, priority: i64| {
         let q = &q;
         async move {
@@ -311,17 +349,13 @@ fn url_job(key: Option<&str>) -> NewJob {
 /// The terminal webhooks recorded for a job: (run, type).
 async fn ends(q: &Queue, job: &str) -> Vec<(i64, String)> {
     let rows: Vec<(i64, String)> =
-        sqlx::query_as("SELECT run, json_extract(payload, '$.type') FROM webhooks WHERE job_id = ? ORDER BY run")
-            .bind(job)
-            .fetch_all(q.pool())
-            .await
-            .unwrap();
-    rows
+        sqlx::query_as("SELECT run, payload FROM webhooks WHERE job_id = $1 ORDER BY run").bind(job).fetch_all(q.pool()).await.unwrap();
+    rows.into_iter()
+        .map(|(run, payload)| (run, serde_json::from_str::<serde_json::Value>(&payload).unwrap()["type"].as_str().unwrap().to_string()))
+        .collect()
 }
 
-#[tokio::test]
-async fn a_probe_that_keeps_failing_backs_off_then_fails_the_job_with_its_reason() {
-    let q = queue().await;
+async fn a_probe_that_keeps_failing_backs_off_then_fails_the_job_with_its_reason(q: Queue) {
     let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
     let mut now = T0;
     for attempt in 1..=3 {
@@ -345,9 +379,7 @@ async fn a_probe_that_keeps_failing_backs_off_then_fails_the_job_with_its_reason
     assert!(q.arm_chores(None, "me", false, now + 1_000_000).await.unwrap().is_empty(), "nothing is owed any more");
 }
 
-#[tokio::test]
-async fn a_chore_whose_coordinator_died_is_pushed_again_and_counts_as_an_attempt() {
-    let q = queue().await;
+async fn a_chore_whose_coordinator_died_is_pushed_again_and_counts_as_an_attempt(q: Queue) {
     let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
     // Nothing in memory: the job row itself says a probe is owed.
     let armed = q.arm_chores(None, "first", false, T0).await.unwrap();
@@ -380,9 +412,7 @@ async fn a_chore_whose_coordinator_died_is_pushed_again_and_counts_as_an_attempt
     assert!(j.tasks.is_empty());
 }
 
-#[tokio::test]
-async fn cancel_during_a_probe_stops_the_job_and_cancel_plus_retry_plans_it_once() {
-    let q = queue().await;
+async fn cancel_during_a_probe_stops_the_job_and_cancel_plus_retry_plans_it_once(q: Queue) {
     let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
     let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
     let first = claim(&q, &job.id, Chore::Probe, T0).await.unwrap();
@@ -402,9 +432,7 @@ async fn cancel_during_a_probe_stops_the_job_and_cancel_plus_retry_plans_it_once
     assert_eq!(ends(&q, &job.id).await, [(0, "job.canceled".to_string())], "the canceled run reported its end once");
 }
 
-#[tokio::test]
-async fn a_failed_job_stays_failed_and_reports_its_end_once() {
-    let q = queue().await;
+async fn a_failed_job_stays_failed_and_reports_its_end_once(q: Queue) {
     let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
     let tasks: Vec<NewTask> = ["240p", "360p", "480p"]
         .iter()
@@ -428,13 +456,11 @@ async fn a_failed_job_stays_failed_and_reports_its_end_once() {
     assert!(matches!(q.cancel_job(&job.id, T0 + 4).await, Err(QueueError::Conflict(_))));
 }
 
-#[tokio::test]
-async fn a_task_leased_before_its_job_ended_is_never_handed_out_after() {
-    let q = queue().await;
+async fn a_task_leased_before_its_job_ended_is_never_handed_out_after(q: Queue) {
     let job = job_with(&q, &["240p", "360p"]).await;
     // Fail the job some other way than through its tasks (here, a lost probe re-run).
     let claim_ = {
-        sqlx::query("UPDATE jobs SET chore = 'finalize', chore_due_at = 0 WHERE id = ?").bind(&job.id).execute(q.pool()).await.unwrap();
+        sqlx::query("UPDATE jobs SET chore = 'finalize', chore_due_at = 0 WHERE id = $1").bind(&job.id).execute(q.pool()).await.unwrap();
         claim(&q, &job.id, Chore::Finalize, T0).await.unwrap()
     };
     q.chore_rejected(&job.id, Chore::Finalize, claim_, "bad input: x", T0).await.unwrap();
@@ -442,9 +468,7 @@ async fn a_task_leased_before_its_job_ended_is_never_handed_out_after() {
     assert!(q.lease("w", &[], T0 + 1).await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn retrying_a_job_resumes_it() {
-    let q = queue().await;
+async fn retrying_a_job_resumes_it(q: Queue) {
     // Everything succeeded, then finalize failed: the retry goes straight to finalize.
     let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
     q.add_tasks(&job.id, &[NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }], T0).await.unwrap();
@@ -473,9 +497,7 @@ async fn retrying_a_job_resumes_it() {
     assert!(q.lease("w", &[], T0 + 2).await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn finalize_runs_once_and_a_missing_output_reruns_its_task() {
-    let q = queue().await;
+async fn finalize_runs_once_and_a_missing_output_reruns_its_task(q: Queue) {
     let job = job_with(&q, &["240p"]).await;
     let l = q.lease("w", &[], T0).await.unwrap().unwrap();
     done(&q, &l, "w", T0).await;
@@ -494,9 +516,7 @@ async fn finalize_runs_once_and_a_missing_output_reruns_its_task() {
     assert_eq!(again.epoch, 2);
 }
 
-#[tokio::test]
-async fn an_unfinished_promotion_is_redone_not_papered_over() {
-    let q = queue().await;
+async fn an_unfinished_promotion_is_redone_not_papered_over(q: Queue) {
     let job = job_with(&q, &["240p"]).await;
     let l = q.lease("w", &[], T0).await.unwrap().unwrap();
     q.complete(&l.task_id, "w", l.epoch, &serde_json::json!({"files": [{"path": "rendition.json", "size": 3}]}), T0).await.unwrap();
@@ -513,9 +533,7 @@ async fn an_unfinished_promotion_is_redone_not_papered_over() {
     assert_eq!(t.state, "queued");
 }
 
-#[tokio::test]
-async fn a_task_no_live_worker_can_run_waits_then_fails_with_that_reason() {
-    let q = queue().await;
+async fn a_task_no_live_worker_can_run_waits_then_fails_with_that_reason(q: Queue) {
     let caps = |e: &[&str]| proto::wire::Capabilities { encoders: e.iter().map(|s| s.to_string()).collect(), cores: 2, tags: vec![] };
     let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
     q.add_tasks(&job.id, &[NewTask { kind: TaskKind::Transcode, rendition: Some("360p".into()), requires: Some("libsvtav1".into()) }], T0)
@@ -537,9 +555,7 @@ async fn a_task_no_live_worker_can_run_waits_then_fails_with_that_reason() {
     assert_eq!(j.error.as_deref(), Some("no live worker has the encoder libsvtav1 (waited 60 s for one)"));
 }
 
-#[tokio::test]
-async fn concurrent_submits_with_one_key_make_one_job() {
-    let q = queue().await;
+async fn concurrent_submits_with_one_key_make_one_job(q: Queue) {
     let key = Some("pipeline/42");
     let made = futures_util::future::join_all((0..8).map(|i| {
         let q = q.clone();
@@ -551,13 +567,218 @@ async fn concurrent_submits_with_one_key_make_one_job() {
     assert_eq!(q.arm_chores(None, "me", false, T0 + 10).await.unwrap().len(), 1, "one probe owed");
 }
 
-#[tokio::test]
-async fn a_farm_with_no_live_worker_says_so_and_fails_its_tasks_after_the_wait() {
-    let q = queue().await;
+async fn a_farm_with_no_live_worker_says_so_and_fails_its_tasks_after_the_wait(q: Queue) {
     let job = job_with(&q, &["240p"]).await;
     assert!(q.check_capable_workers(60_000, T0).await.unwrap().is_empty());
     assert_eq!(q.job(&job.id).await.unwrap().unwrap().waiting_for.as_deref(), Some("a capable worker: no worker is live"));
     assert_eq!(q.check_capable_workers(60_000, T0 + 60_001).await.unwrap(), std::slice::from_ref(&job.id));
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!((j.state.as_str(), j.error.as_deref()), ("failed", Some("no worker is live (waited 60 s for one)")));
+}
+
+// The registry: workers, tokens, sessions and login links.
+
+async fn tokens_are_stored_hashed_and_checked(q: Queue) {
+    let admin = generate(Role::Admin);
+    q.add_token(&admin, Role::Admin, None, None, None, 0).await.unwrap();
+    let stored: Vec<String> = sqlx::query_scalar("SELECT hash FROM tokens").fetch_all(q.pool()).await.unwrap();
+    assert_eq!(stored, [digest(&admin)]);
+    assert!(!stored[0].contains(&admin[10..]));
+    assert_eq!(q.authenticate(&admin, 1).await.unwrap().unwrap().role, Role::Admin);
+    assert!(q.authenticate("drk_admin_wrong", 1).await.unwrap().is_none());
+
+    let join = generate(Role::Join);
+    q.add_token(&join, Role::Join, None, Some(1), Some(100), 0).await.unwrap();
+    assert!(q.spend_join_token(&join, 50).await.unwrap());
+    assert!(!q.spend_join_token(&join, 51).await.unwrap(), "one use only");
+    let join2 = generate(Role::Join);
+    q.add_token(&join2, Role::Join, None, Some(5), Some(100), 0).await.unwrap();
+    assert!(!q.spend_join_token(&join2, 100).await.unwrap(), "expired");
+    q.revoke_token(&digest(&admin)).await.unwrap();
+    assert!(q.authenticate(&admin, 2).await.unwrap().is_none());
+}
+
+async fn login_links_work_once_and_sessions_expire(q: Queue) {
+    let link = q.create_login_link(0).await.unwrap();
+    assert!(!q.use_login_link("drk_login_guess", 1).await.unwrap());
+    assert!(q.use_login_link(&link, 1).await.unwrap());
+    assert!(!q.use_login_link(&link, 2).await.unwrap(), "a login link works once");
+    let unused = q.create_login_link(0).await.unwrap();
+    q.revoke_login_links().await.unwrap();
+    assert!(!q.use_login_link(&unused, 1).await.unwrap(), "a restart revokes unused links");
+    let late = q.create_login_link(0).await.unwrap();
+    assert!(!q.use_login_link(&late, LOGIN_LINK_TTL_MS + 1).await.unwrap(), "expired");
+
+    let (cookie, s) = q.create_session(10).await.unwrap();
+    assert_eq!(q.session(&cookie, 11).await.unwrap(), Some(s));
+    let stored: Vec<String> = sqlx::query_scalar("SELECT hash FROM sessions").fetch_all(q.pool()).await.unwrap();
+    assert!(!stored.contains(&cookie), "cookies are stored hashed");
+    assert_eq!(q.session(&cookie, 10 + SESSION_TTL_MS + 1).await.unwrap(), None);
+    q.end_session(&cookie).await.unwrap();
+    assert_eq!(q.session(&cookie, 12).await.unwrap(), None);
+}
+
+async fn workers_register_drain_and_leave(q: Queue) {
+    let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec!["gpu".into()] };
+    q.register_worker("w1", "box-1", 2, &caps, "1.0", T0).await.unwrap();
+    let (encoders, draining) = q.worker_seen("w1", Some(1), Some(0.5), T0 + 1).await.unwrap();
+    assert_eq!((encoders, draining), (vec!["libx264".to_string()], false));
+    q.set_draining("w1", true).await.unwrap();
+    assert!(q.worker_seen("w1", None, None, T0 + 2).await.unwrap().1);
+    let listed = q.list_workers(T0 + 2).await.unwrap();
+    assert_eq!((listed.len(), listed[0].name.as_str(), listed[0].slots), (1, "box-1", 2));
+    q.remove_worker("w1").await.unwrap();
+    assert!(matches!(q.worker_seen("w1", None, None, T0 + 3).await, Err(QueueError::NotFound(_))));
+    assert!(q.list_workers(T0 + 3).await.unwrap().is_empty());
+}
+
+/// PostgreSQL only: K connection pools, standing in for K coordinators, race on
+/// the same rows. (SQLite has one writer and one coordinator process.)
+mod races {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+
+    const POOLS: usize = 6;
+
+    /// K queues on one fresh database, or `None` when this machine has no PostgreSQL.
+    async fn coordinators() -> Option<Vec<Queue>> {
+        let url = DatabaseUrl::Postgres(crate::pgtest::database().await?);
+        let mut qs = Vec::new();
+        for _ in 0..POOLS {
+            qs.push(Queue::connect(&url, config()).await.unwrap());
+        }
+        Some(qs)
+    }
+
+    /// Every pool leases as fast as it can, with single leases and bundles, until
+    /// the queue is empty; then every lease lapses and they race again.
+    #[tokio::test]
+    async fn no_task_is_ever_held_by_two_leases_and_epochs_only_grow() {
+        let Some(qs) = coordinators().await else { return };
+        let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![] };
+        let mut tasks = 0;
+        for _ in 0..30 {
+            job_with(&qs[0], &["240p", "360p", "480p", "720p"]).await;
+            tasks += 4;
+        }
+        let mut last_epoch: HashMap<String, i64> = HashMap::new();
+        for round in 0..3 {
+            // Every lease of the round before has lapsed; leasing starts after the backoff.
+            qs[0].reap(T0 + round as i64 * 100_000).await.unwrap();
+            let now = T0 + round as i64 * 100_000 + 20_000;
+            let mut racers = Vec::new();
+            for (k, q) in qs.iter().enumerate() {
+                for i in 0..4 {
+                    let q = q.clone();
+                    let worker = format!("w{k}-{i}-r{round}");
+                    q.register_worker(&worker, &worker, 1, &caps, "0", now).await.unwrap();
+                    let bundling = if i % 2 == 0 { Bundling::NONE } else { Bundling { max_renditions: 3, thumbnails: false } };
+                    racers.push(tokio::spawn(async move {
+                        let mut got = Vec::new();
+                        loop {
+                            let leases = q.lease_bundle(&worker, &[], now, bundling).await.unwrap();
+                            if leases.is_empty() {
+                                return got;
+                            }
+                            got.extend(leases.into_iter().map(|l| (l.task_id, l.epoch, worker.clone())));
+                        }
+                    }));
+                }
+            }
+            let mut held: HashSet<String> = HashSet::new();
+            for r in racers {
+                for (task, epoch, worker) in r.await.unwrap() {
+                    assert!(held.insert(task.clone()), "round {round}: task {task} leased twice (second time to {worker})");
+                    let before = last_epoch.insert(task.clone(), epoch).unwrap_or(0);
+                    assert!(epoch > before, "round {round}: task {task} epoch went from {before} to {epoch}");
+                }
+            }
+            assert_eq!(held.len(), tasks, "round {round}: every task leased exactly once");
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_submits_with_one_key_across_coordinators_make_one_job() {
+        let Some(qs) = coordinators().await else { return };
+        for round in 0..10 {
+            let key = format!("upload-{round}");
+            let racers: Vec<_> = qs
+                .iter()
+                .cloned()
+                .map(|q| {
+                    let new = url_job(Some(&key));
+                    tokio::spawn(async move { q.create_job(&new, T0).await.unwrap() })
+                })
+                .collect();
+            let mut ids = HashSet::new();
+            let mut created = 0;
+            for r in racers {
+                let (job, new) = r.await.unwrap();
+                ids.insert(job.id);
+                created += new as usize;
+            }
+            assert_eq!((ids.len(), created), (1, 1), "round {round}");
+        }
+        assert_eq!(qs[0].count_jobs(None).await.unwrap(), 10);
+    }
+
+    #[tokio::test]
+    async fn concurrent_triggers_finalize_a_job_once() {
+        let Some(qs) = coordinators().await else { return };
+        for round in 0..5 {
+            let (job, _) = qs[0].create_job(&url_job(None), T0).await.unwrap();
+            let c = claim(&qs[0], &job.id, Chore::Probe, T0).await.unwrap();
+            let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
+            assert!(qs[0].plan_job(&job.id, c, None, &serde_json::json!({"duration": 1.0}), &tasks, T0).await.unwrap());
+            let l = qs[0].lease("w", &[], T0).await.unwrap().unwrap();
+            done(&qs[0], &l, "w", T0 + 1).await;
+            // Every coordinator's reconciler arms the owed finalize and runs what it armed.
+            let racers: Vec<_> = qs
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(k, q)| {
+                    let job = job.id.clone();
+                    tokio::spawn(async move {
+                        let me = format!("c{k}");
+                        let mut finished = 0;
+                        for owed in q.arm_chores(Some(&job), &me, false, T0 + 2).await.unwrap() {
+                            if let Some(c) = q.claim_chore(&job, owed.chore, owed.seq, &me, T0 + 2).await.unwrap()
+                                && q.finish_job(&job, c, &serde_json::json!({"master": "m.m3u8"}), T0 + 3).await.unwrap()
+                            {
+                                finished += 1;
+                            }
+                        }
+                        finished
+                    })
+                })
+                .collect();
+            let mut finished = 0;
+            for r in racers {
+                finished += r.await.unwrap();
+            }
+            assert_eq!(finished, 1, "round {round}: one finalize finished the job");
+            assert_eq!(qs[1].job(&job.id).await.unwrap().unwrap().state, "succeeded");
+            assert_eq!(ends(&qs[2], &job.id).await, [(0, "job.succeeded".to_string())], "one webhook");
+        }
+    }
+}
+
+/// The dashboard's and `/metrics`' numbers, computed in each backend's SQL.
+async fn overview_and_metrics_count_what_happened(q: Queue) {
+    let job = job_with(&q, &["240p"]).await;
+    sqlx::query("UPDATE jobs SET probe = $1 WHERE id = $2").bind(r#"{"duration": 120.0}"#).bind(&job.id).execute(q.pool()).await.unwrap();
+    let l = q.lease("w", &[], T0 + 1_000).await.unwrap().unwrap();
+    let result = serde_json::json!({"files": [{"path": "a.mp4", "size": 1000}, {"path": "b.m3u8", "size": 24}]});
+    q.complete(&l.task_id, "w", l.epoch, &result, T0 + 61_000).await.unwrap();
+    assert!(q.promoted(&l.task_id, T0 + 61_000).await.unwrap());
+    let o = q.overview(T0 + 120_000).await.unwrap();
+    assert_eq!(o.jobs_by_state, [("finalizing".to_string(), 1)]);
+    assert_eq!(o.tasks_by_state, [("succeeded".to_string(), 1)]);
+    assert!((o.throughput_per_minute.iter().sum::<f64>() - 2.0).abs() < 1e-9, "{:?}", o.throughput_per_minute);
+    assert_eq!(o.avg_queue_wait_ms, Some(1_000.0));
+    let m = q.metrics().await.unwrap();
+    assert_eq!(m.bytes_published, 1024);
+    let transcode = m.task_durations.iter().find(|d| d.0 == "transcode").unwrap();
+    assert_eq!((transcode.1[3], transcode.2, transcode.3), (1, 1, 60.0), "one task of 60 s");
 }
