@@ -17,6 +17,7 @@ use crate::chores;
 use crate::state::AppState;
 use apalis::prelude::*;
 use apalis_cron::{CronScheduler, Tick};
+use apalis_postgres::PostgresStorage;
 use apalis_sqlite::{Config, SqlitePool, SqliteStorage};
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
@@ -80,22 +81,42 @@ impl PollStrategy for Ticker {
     }
 }
 
-/// Pushes chores; cheap to clone.
+/// Pushes chores; cheap to clone. On SQLite the chores are queued in `chores.db`
+/// beside the farm's database; on PostgreSQL in the farm's database, in apalis's
+/// own schema `apalis`, where every coordinator pushes and takes them.
 #[derive(Clone)]
-pub struct Chores {
-    probe: SqliteStorage<ProbeAndPlan>,
-    finalize: SqliteStorage<Finalize>,
-    webhooks: SqliteStorage<DeliverWebhook>,
+pub enum Chores {
+    Sqlite { probe: SqliteStorage<ProbeAndPlan>, finalize: SqliteStorage<Finalize>, webhooks: SqliteStorage<DeliverWebhook> },
+    Postgres { probe: PostgresStorage<ProbeAndPlan>, finalize: PostgresStorage<Finalize>, webhooks: PostgresStorage<DeliverWebhook> },
+}
+
+/// apalis's database, which [`run`] takes its chores from.
+#[derive(Clone)]
+pub enum ChorePool {
+    Sqlite(SqlitePool),
+    Postgres(apalis_postgres::PgPool),
 }
 
 fn config(queue: &str) -> Config {
     Config::default().queue(queue).batch_size(1)
 }
 
+fn pg_config(queue: &str) -> apalis_postgres::Config {
+    apalis_postgres::Config::default().queue(queue).batch_size(1)
+}
+
+/// Pushes `task` (a `TaskBuilder`) into `sink`, mapping the error to text.
+macro_rules! push {
+    ($sink:expr, $task:expr) => {{
+        let mut sink = $sink.clone();
+        sink.push_task($task.build()).await.map_err(|e| e.to_string())
+    }};
+}
+
 impl Chores {
-    /// Opens (creating) apalis's database and its tables. Durable settings: WAL with
-    /// `synchronous=NORMAL`, not the `OFF` that apalis's own `setup()` chooses.
-    pub async fn open(path: &std::path::Path) -> Result<(Chores, SqlitePool), sqlx::Error> {
+    /// Opens (creating) apalis's SQLite database and its tables. Durable settings:
+    /// WAL with `synchronous=NORMAL`, not the `OFF` that apalis's own `setup()` chooses.
+    pub async fn open(path: &std::path::Path) -> Result<(Chores, ChorePool), sqlx::Error> {
         use apalis_sqlite::SqliteConnectOptions;
         use std::str::FromStr;
         let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
@@ -105,25 +126,45 @@ impl Chores {
             .busy_timeout(Duration::from_secs(10));
         let pool = apalis_sqlite::SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
         SqliteStorage::migrations().run(&pool).await?;
-        let chores = Chores {
+        let chores = Chores::Sqlite {
             probe: SqliteStorage::new(&pool).with_config(config(PROBE_QUEUE)),
             finalize: SqliteStorage::new(&pool).with_config(config(FINALIZE_QUEUE)),
             webhooks: SqliteStorage::new(&pool).with_config(config(WEBHOOK_QUEUE)),
         };
-        Ok((chores, pool))
+        Ok((chores, ChorePool::Sqlite(pool)))
+    }
+
+    /// Opens apalis's tables in the farm's PostgreSQL database (schema `apalis`,
+    /// its own migration history), creating them on first use. Its pool is its own:
+    /// apalis holds connections for its fetchers and heartbeats.
+    pub async fn open_postgres(url: &str) -> Result<(Chores, ChorePool), String> {
+        let pool = apalis_postgres::PgPool::connect(url).await.map_err(|e| e.to_string())?;
+        PostgresStorage::setup(&pool).await.map_err(|e| format!("setting up apalis's schema: {e}"))?;
+        let chores = Chores::Postgres {
+            probe: PostgresStorage::new(&pool).with_config(pg_config(PROBE_QUEUE)),
+            finalize: PostgresStorage::new(&pool).with_config(pg_config(FINALIZE_QUEUE)),
+            webhooks: PostgresStorage::new(&pool).with_config(pg_config(WEBHOOK_QUEUE)),
+        };
+        Ok((chores, ChorePool::Postgres(pool)))
     }
 
     /// Pushes a job's owed probe, armed with `seq` (one push per seq). Retries are
     /// the queue's, with a backoff (`queue::owed`), so apalis makes one attempt.
     pub async fn probe_and_plan(&self, job_id: &str, seq: i64) -> Result<(), String> {
         let task = TaskBuilder::new(ProbeAndPlan { job_id: job_id.into(), seq }).max_attempts(1).idempotency_key(format!("{job_id}/{seq}"));
-        self.probe.clone().push_task(task.build()).await.map_err(|e| e.to_string())
+        match self {
+            Chores::Sqlite { probe, .. } => push!(probe, task),
+            Chores::Postgres { probe, .. } => push!(probe, task),
+        }
     }
 
     /// Pushes a job's owed finalize, armed with `seq`.
     pub async fn finalize(&self, job_id: &str, seq: i64) -> Result<(), String> {
         let task = TaskBuilder::new(Finalize { job_id: job_id.into(), seq }).max_attempts(1).idempotency_key(format!("{job_id}/{seq}"));
-        self.finalize.clone().push_task(task.build()).await.map_err(|e| e.to_string())
+        match self {
+            Chores::Sqlite { finalize, .. } => push!(finalize, task),
+            Chores::Postgres { finalize, .. } => push!(finalize, task),
+        }
     }
 
     /// Schedules attempt `attempts + 1` of a delivery, at `due_ms` or now. Keyed by
@@ -136,8 +177,10 @@ impl Chores {
         if let Some(ms) = due_ms {
             task = task.run_at_timestamp(u64::try_from(ms.div_euclid(1000)).unwrap_or(0));
         }
-        let mut sink = self.webhooks.clone();
-        sink.push_task(task.build()).await.map_err(|e| e.to_string())
+        match self {
+            Chores::Sqlite { webhooks, .. } => push!(webhooks, task),
+            Chores::Postgres { webhooks, .. } => push!(webhooks, task),
+        }
     }
 }
 
@@ -157,51 +200,64 @@ async fn reconcile(_: Tick, st: Data<AppState>) {
     crate::lifecycle::reconcile(&st, false).await;
 }
 
+/// Registers the probe, finalize and webhook workers of `$pool` on `$monitor`,
+/// each backend built by `$storage(pool, config)`.
+macro_rules! chore_workers {
+    ($monitor:expr, $st:expr, $run_id:expr, $pool:expr, $storage:ident, $config:ident) => {{
+        let (p_pool, p_st, p_id) = ($pool.clone(), $st.clone(), $run_id.clone());
+        let (f_pool, f_st, f_id) = ($pool.clone(), $st.clone(), $run_id.clone());
+        let (w_pool, w_st, w_id) = ($pool.clone(), $st.clone(), $run_id.clone());
+        $monitor
+            .register(move |restarts| {
+                WorkerBuilder::new(format!("probe-{p_id}-{restarts}"))
+                    .backend(
+                        $storage::<ProbeAndPlan>::new(&p_pool)
+                            .with_config($config(PROBE_QUEUE))
+                            .poll_with_strategy(Ticker::every(Duration::from_millis(200))),
+                    )
+                    .data(p_st.clone())
+                    // Mostly waiting on origins (ingest) and a light child: many at once,
+                    // so a slow origin costs its own job, not the probes of everyone else.
+                    .concurrency(32)
+                    .build(probe_and_plan)
+            })
+            .register(move |restarts| {
+                WorkerBuilder::new(format!("finalize-{f_id}-{restarts}"))
+                    .backend(
+                        $storage::<Finalize>::new(&f_pool)
+                            .with_config($config(FINALIZE_QUEUE))
+                            .poll_with_strategy(Ticker::every(Duration::from_millis(200))),
+                    )
+                    .data(f_st.clone())
+                    .concurrency(2)
+                    .build(finalize)
+            })
+            .register(move |restarts| {
+                WorkerBuilder::new(format!("webhooks-{w_id}-{restarts}"))
+                    .backend(
+                        $storage::<DeliverWebhook>::new(&w_pool)
+                            .with_config($config(WEBHOOK_QUEUE))
+                            .poll_with_strategy(Ticker::every(Duration::from_millis(200))),
+                    )
+                    .data(w_st.clone())
+                    .concurrency(4)
+                    .build(deliver_webhook)
+            })
+    }};
+}
+
 /// Runs the chore workers until `shutdown` resolves.
-pub async fn run(st: AppState, pool: SqlitePool, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
-    // Unique per process start: apalis refuses a worker name seen within its heartbeat window.
-    let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let (p_pool, p_st, p_id) = (pool.clone(), st.clone(), run_id.clone());
-    let (f_pool, f_st, f_id) = (pool.clone(), st.clone(), run_id.clone());
-    let (w_pool, w_st, w_id) = (pool, st.clone(), run_id.clone());
-    let (r_st, r_id) = (st, run_id);
+pub async fn run(st: AppState, pool: ChorePool, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+    // Unique per process start: apalis refuses a worker name seen within its heartbeat
+    // window, and on PostgreSQL every coordinator's workers share apalis's tables.
+    let run_id = st.instance.to_string();
+    let (r_st, r_id) = (st.clone(), run_id.clone());
     let every_second = cron::Schedule::from_str(REAP_SCHEDULE).expect("the reap schedule parses");
-    let monitor = Monitor::new()
-        .register(move |restarts| {
-            WorkerBuilder::new(format!("probe-{p_id}-{restarts}"))
-                .backend(
-                    SqliteStorage::<ProbeAndPlan>::new(&p_pool)
-                        .with_config(config(PROBE_QUEUE))
-                        .poll_with_strategy(Ticker::every(Duration::from_millis(200))),
-                )
-                .data(p_st.clone())
-                // Mostly waiting on origins (ingest) and a light child: many at once,
-                // so a slow origin costs its own job, not the probes of everyone else.
-                .concurrency(32)
-                .build(probe_and_plan)
-        })
-        .register(move |restarts| {
-            WorkerBuilder::new(format!("finalize-{f_id}-{restarts}"))
-                .backend(
-                    SqliteStorage::<Finalize>::new(&f_pool)
-                        .with_config(config(FINALIZE_QUEUE))
-                        .poll_with_strategy(Ticker::every(Duration::from_millis(200))),
-                )
-                .data(f_st.clone())
-                .concurrency(2)
-                .build(finalize)
-        })
-        .register(move |restarts| {
-            WorkerBuilder::new(format!("webhooks-{w_id}-{restarts}"))
-                .backend(
-                    SqliteStorage::<DeliverWebhook>::new(&w_pool)
-                        .with_config(config(WEBHOOK_QUEUE))
-                        .poll_with_strategy(Ticker::every(Duration::from_millis(200))),
-                )
-                .data(w_st.clone())
-                .concurrency(4)
-                .build(deliver_webhook)
-        })
+    let monitor = match &pool {
+        ChorePool::Sqlite(pool) => chore_workers!(Monitor::new(), st, run_id, pool, SqliteStorage, config),
+        ChorePool::Postgres(pool) => chore_workers!(Monitor::new(), st, run_id, pool, PostgresStorage, pg_config),
+    };
+    let monitor = monitor
         .register(move |restarts| {
             WorkerBuilder::new(format!("reconciler-{r_id}-{restarts}"))
                 .backend(CronScheduler::new(every_second.clone()))

@@ -42,7 +42,7 @@ pub async fn probe_and_plan(st: &AppState, job: &str, seq: i64) -> Result<(), St
     let outcome = match probe_and_plan_tasks(st, job).await {
         Ok((stored, probe, tasks)) => {
             if st.queue.plan_job(job, claim, stored.as_deref(), &probe, &tasks, now_ms()).await.map_err(|e| e.to_string())? {
-                st.work_ready.notify_waiters();
+                st.wake_workers();
             }
             Ok(())
         }
@@ -170,7 +170,7 @@ pub async fn finalize(st: &AppState, job: &str, seq: i64) -> Result<(), String> 
         Ok(Written::Broken { task, why }) => {
             proto::log!("coordinator: job {job}: finalize: {why}; running its task again");
             st.queue.reopen_task(job, claim, &task, &why, now_ms()).await.map_err(|e| e.to_string())?;
-            st.work_ready.notify_waiters();
+            st.wake_workers();
             Ok(())
         }
         Err(e) => Err(Outcome::failed(e)),

@@ -15,7 +15,7 @@
 //! Every end (succeeded, failed, canceled) records exactly one webhook for its run.
 
 use crate::error::ApiError;
-use crate::queue::{Chore, Job, Promotion, QueueError};
+use crate::queue::{Backend, Chore, Job, Promotion, QueueError};
 use crate::state::{AppState, audit, now_ms};
 use crate::storage;
 use serde_json::json;
@@ -25,7 +25,7 @@ use serde_json::json;
 /// the work: the reconciler pushes whatever is still owed.
 pub async fn kick(st: &AppState, job: &str) {
     let now = now_ms();
-    match st.queue.arm_chores(Some(job), &st.instance, false, now).await {
+    match st.queue.arm_chores(Some(job), &st.instance, now).await {
         Ok(armed) => {
             for owed in armed {
                 push(st, &owed).await;
@@ -71,15 +71,31 @@ async fn push_deliveries(st: &AppState, job: Option<&str>, at_start: bool, now: 
     }
 }
 
-/// One pass of the reconciler: takes back lapsed leases, pushes owed chores that
-/// are due (or, `at_start`, were claimed by a coordinator that is gone), redoes
-/// overdue promotions, fails tasks no live worker can run, and pushes overdue
-/// webhook deliveries. Runs at start and every second.
+/// One pass of the reconciler: heartbeats this coordinator, takes back lapsed
+/// leases, pushes owed chores that are due (or were claimed by a coordinator that
+/// is gone), redoes overdue promotions, fails tasks no live worker can run, and
+/// pushes overdue webhook deliveries. Runs at start and every second, on every
+/// coordinator at once: each step is idempotent, and the multi-row ones hold the
+/// writer's lock.
 pub async fn reconcile(st: &AppState, at_start: bool) {
     let now = now_ms();
+    if let Err(e) = st.queue.coordinator_seen(&st.instance, now).await {
+        proto::log!("coordinator: recording this coordinator's heartbeat: {e}");
+    }
+    // The only coordinator of its database (SQLite) knows at start that nothing it
+    // did not start can be in flight: every other process is gone, and so are the
+    // promotions and deliveries they were making.
+    let sole = at_start && st.queue.backend() == Backend::Sqlite;
+    if at_start {
+        // Dead coordinators' rows: all others when sole, else those silent for an hour.
+        let older_than = if sole { i64::MAX } else { now - 3_600_000 };
+        if let Err(e) = st.queue.forget_coordinators(&st.instance, older_than).await {
+            proto::log!("coordinator: forgetting earlier coordinators: {e}");
+        }
+    }
     match st.queue.reap(now).await {
         Ok(jobs) if !jobs.is_empty() => {
-            st.work_ready.notify_waiters();
+            st.wake_workers();
             for job in jobs {
                 kick(st, &job).await;
             }
@@ -87,7 +103,7 @@ pub async fn reconcile(st: &AppState, at_start: bool) {
         Ok(_) => {}
         Err(e) => proto::log!("coordinator: lease reaper: {e}"),
     }
-    match st.queue.arm_chores(None, &st.instance, at_start, now).await {
+    match st.queue.arm_chores(None, &st.instance, now).await {
         Ok(armed) => {
             for owed in &armed {
                 push(st, owed).await;
@@ -95,7 +111,7 @@ pub async fn reconcile(st: &AppState, at_start: bool) {
         }
         Err(e) => proto::log!("coordinator: reconciler: arming chores: {e}"),
     }
-    match st.queue.overdue_promotions(now, at_start).await {
+    match st.queue.overdue_promotions(now, sole).await {
         Ok(owed) => {
             for p in owed {
                 promote(st, &p).await;
@@ -114,7 +130,7 @@ pub async fn reconcile(st: &AppState, at_start: bool) {
             Err(e) => proto::log!("coordinator: reconciler: checking capable workers: {e}"),
         }
     }
-    push_deliveries(st, None, at_start, now).await;
+    push_deliveries(st, None, sole, now).await;
     // The farm clock follows the shared database's (PostgreSQL), checked twice a minute.
     if (now / 1000) % 30 == 0
         && let Err(e) = st.queue.sync_clock().await
@@ -203,7 +219,7 @@ pub async fn promote(st: &AppState, p: &Promotion) {
             }
         }),
         Ok(Some(lost)) => {
-            st.work_ready.notify_waiters();
+            st.wake_workers();
             st.queue.promotion_failed(&p.task_id, &format!("storage: {lost}"), now).await
         }
         Err(e) => {
@@ -225,7 +241,7 @@ pub async fn fail(st: &AppState, worker: &str, task: &str, f: &proto::wire::Fail
     st.queue.fail(task, worker, f.epoch, &error, f.retryable, &tail, now_ms()).await?;
     let job = st.queue.task_job(task).await?;
     st.emit("task", json!({"job_id": job, "task_id": task, "state": "failed", "error": error}));
-    st.work_ready.notify_waiters();
+    st.wake_workers();
     kick(st, &job).await;
     Ok(())
 }
@@ -242,7 +258,7 @@ pub async fn cancel(st: &AppState, id: &str) -> Result<Job, ApiError> {
 pub async fn retry(st: &AppState, id: &str) -> Result<Job, ApiError> {
     st.queue.retry_job(id, now_ms()).await?;
     audit(&format!("job {id} retried"));
-    st.work_ready.notify_waiters();
+    st.wake_workers();
     kick(st, id).await;
     Ok(st.queue.job(id).await?.ok_or_else(|| QueueError::NotFound(format!("job {id}")))?)
 }

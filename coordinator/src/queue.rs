@@ -81,6 +81,10 @@ impl QueueConfig {
 
 pub use proto::wire::TaskKind;
 
+/// A coordinator whose heartbeat is older than this is gone: what it claimed is
+/// claimed again by the others. Coordinators heartbeat every second.
+pub const COORDINATOR_TTL_MS: i64 = 10_000;
+
 /// How long the coordinator that accepted a completion has to promote its outputs
 /// before the reconciler does it instead.
 pub const PROMOTE_GRACE_MS: i64 = 30_000;

@@ -221,4 +221,48 @@ impl Queue {
             }
         }
     }
+
+    /// Records a coordinator's heartbeat (every reconciler pass).
+    pub async fn coordinator_seen(&self, id: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO coordinators (id, started_at, last_seen) VALUES ($1, $2, $2)
+             ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets every other coordinator, and heartbeats from dead ones. On SQLite
+    /// (one process per database) at start every other one is gone.
+    pub async fn forget_coordinators(&self, me: &str, older_than: i64) -> Result<()> {
+        sqlx::query("DELETE FROM coordinators WHERE id != $1 AND last_seen < $2").bind(me).bind(older_than).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    /// Coordinators that heartbeat within [`crate::queue::COORDINATOR_TTL_MS`]: (id, started_at).
+    pub async fn live_coordinators(&self, now: i64) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as("SELECT id, started_at FROM coordinators WHERE last_seen >= $1 ORDER BY started_at")
+            .bind(now - crate::queue::COORDINATOR_TTL_MS)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// A farm-wide setting.
+    pub async fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = $1").bind(key).fetch_optional(self.pool()).await?)
+    }
+
+    /// Stores `value` under `key` unless one is there; returns the stored value (the
+    /// first coordinator's, when several start at once).
+    pub async fn setting_or_insert(&self, key: &str, value: &str) -> Result<String> {
+        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(self.pool())
+            .await?;
+        Ok(self.setting(key).await?.unwrap_or_else(|| value.to_string()))
+    }
 }

@@ -41,7 +41,7 @@ pub struct Prepared {
     /// True when the admin token was generated now (print it once).
     pub admin_token_generated: bool,
     /// apalis's own database (see `background`).
-    pub chores_pool: apalis_sqlite::SqlitePool,
+    pub chores_pool: crate::background::ChorePool,
     /// A one-time dashboard login token for `/login?token=...`, minted at start.
     pub login_token: String,
     ui: Option<fn(AppState) -> axum::Router>,
@@ -108,14 +108,62 @@ fn kept_secret(path: &Path, make: impl FnOnce() -> String, valid: fn(&str) -> Re
     Ok((secret, true))
 }
 
-/// The admin token: `DRAKE_ADMIN_TOKEN` if set, else the one kept in the data dir,
-/// else a new one written there. Returns it and whether it was generated.
+/// A secret from shared configuration: the variable `NAME`, or the file named by
+/// `NAME_FILE` (a Docker or Kubernetes secret). `None` when neither is set.
+fn configured_secret(name: &str, valid: fn(&str) -> Result<(), String>) -> std::io::Result<Option<String>> {
+    let (value, from) = if let Ok(v) = std::env::var(name) {
+        (v, name.to_string())
+    } else if let Ok(path) = std::env::var(format!("{name}_FILE")) {
+        let v = std::fs::read_to_string(&path).map_err(|e| std::io::Error::other(format!("{name}_FILE={path}: {e}")))?;
+        (v, format!("{name}_FILE={path}"))
+    } else {
+        return Ok(None);
+    };
+    let value = value.trim().to_string();
+    valid(&value).map_err(|why| std::io::Error::other(format!("{from}: {why}")))?;
+    Ok(Some(value))
+}
+
+/// The admin token: `DRAKE_ADMIN_TOKEN` (or the file `DRAKE_ADMIN_TOKEN_FILE`
+/// names) if set, else the one kept in the data dir, else a new one written there.
+/// Returns it and whether it was generated. Every coordinator registers its admin
+/// token in the shared database, so each one accepts all of them.
 pub fn admin_token(data_dir: &Path) -> std::io::Result<(String, bool)> {
-    if let Ok(t) = std::env::var("DRAKE_ADMIN_TOKEN") {
-        valid_token(t.trim()).map_err(|why| std::io::Error::other(format!("DRAKE_ADMIN_TOKEN: {why}")))?;
-        return Ok((t.trim().to_string(), false));
+    if let Some(t) = configured_secret("DRAKE_ADMIN_TOKEN", valid_token)? {
+        return Ok((t, false));
     }
     kept_secret(&data_dir.join("admin-token"), || auth::generate(Role::Admin), valid_token)
+}
+
+/// The farm's webhook signing secret, one for every coordinator: the database's
+/// setting. The first coordinator to start stores it, from `DRAKE_WEBHOOK_SECRET`
+/// (or `DRAKE_WEBHOOK_SECRET_FILE`), else from its data dir's `webhook-secret`
+/// (a farm from before the setting), else a new one. A configured secret that
+/// differs from the stored one is an error: receivers verify with one secret. The
+/// data dir keeps a copy (mode 0600) for the operator to give receivers.
+async fn webhook_secret(queue: &Queue, data_dir: &Path) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    const KEY: &str = "webhook_secret";
+    let configured = configured_secret("DRAKE_WEBHOOK_SECRET", valid_webhook_secret)?;
+    let file = data_dir.join("webhook-secret");
+    let stored = match queue.setting(KEY).await? {
+        Some(s) => s,
+        None => {
+            let candidate = match &configured {
+                Some(c) => c.clone(),
+                None => kept_secret(&file, chores::new_webhook_secret, valid_webhook_secret)?.0,
+            };
+            queue.setting_or_insert(KEY, &candidate).await?
+        }
+    };
+    if configured.as_ref().is_some_and(|c| *c != stored) {
+        return Err("DRAKE_WEBHOOK_SECRET differs from the farm's webhook secret stored in its database; \
+                    receivers verify one secret, so give every coordinator the same one"
+            .into());
+    }
+    if std::fs::read_to_string(&file).map(|f| f.trim() != stored).unwrap_or(true) {
+        write_secret(&file, &stored)?;
+    }
+    Ok(stored)
 }
 
 /// An admin token must be long and plain enough to be a secret and a header value.
@@ -188,25 +236,38 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error 
     remove_partial_uploads(&storage.spool_dir(), &queue).await;
     let (token, generated) = admin_token(&cfg.data_dir)?;
     queue.add_token(&token, Role::Admin, Some("admin"), None, None, now_ms()).await?;
-    let (webhook_secret, _) = kept_secret(&cfg.data_dir.join("webhook-secret"), chores::new_webhook_secret, valid_webhook_secret)?;
+    let webhook_secret = webhook_secret(&queue, &cfg.data_dir).await?;
     let (events, _) = tokio::sync::broadcast::channel(1024);
-    let (chores, chores_pool) = crate::background::Chores::open(&cfg.data_dir.join("chores.db")).await?;
+    let work_ready = Arc::new(tokio::sync::Notify::new());
+    let instance = format!("coordinator-{}", uuid::Uuid::now_v7().simple());
+    let relay = match &database {
+        DatabaseUrl::Postgres(url) => crate::relay::Relay::postgres(url, &instance, events.clone(), work_ready.clone()),
+        DatabaseUrl::Sqlite(_) => crate::relay::Relay::local(),
+    };
+    let (chores, chores_pool) = match &database {
+        DatabaseUrl::Postgres(url) => crate::background::Chores::open_postgres(url).await?,
+        DatabaseUrl::Sqlite(_) => crate::background::Chores::open(&cfg.data_dir.join("chores.db")).await?,
+    };
     let state = AppState {
         queue,
         drake_exe: Arc::new(cfg.drake_exe),
         dav,
         storage,
         events,
-        work_ready: Arc::new(tokio::sync::Notify::new()),
+        work_ready,
         limits: cfg.limits,
         webhook_secret: Arc::new(webhook_secret),
         chores,
         gate: Default::default(),
         network: Arc::new(crate::fetch::NetPolicy::parse(&cfg.allow_network)?),
-        instance: Arc::new(format!("coordinator-{}", uuid::Uuid::now_v7().simple())),
+        instance: Arc::new(instance),
+        relay,
     };
-    // A restart revokes every unused login link; only the one made now works.
-    state.queue.revoke_login_links().await?;
+    // A restart revokes every unused login link; only the one made now works. With
+    // several coordinators on one database, the others' links stay valid.
+    if state.queue.backend() == Backend::Sqlite {
+        state.queue.revoke_login_links().await?;
+    }
     let login_token = state.queue.create_login_link(now_ms()).await?;
     Ok(Prepared { state, admin_token: token, admin_token_generated: generated, chores_pool, login_token, ui: cfg.ui })
 }

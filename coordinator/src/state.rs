@@ -79,14 +79,26 @@ pub struct AppState {
     pub network: Arc<crate::fetch::NetPolicy>,
     /// This coordinator process, unique per start: the owner of the chores it claims.
     pub instance: Arc<String>,
+    /// Carries events and wake-ups to the other coordinators of a shared database.
+    pub relay: crate::relay::Relay,
 }
 
 impl AppState {
-    /// Publishes an event to SSE subscribers (dropped when nobody listens).
+    /// Publishes an event to SSE subscribers (dropped when nobody listens), here
+    /// and on the other coordinators.
     pub fn emit(&self, kind: &str, data: Value) {
         let mut data = data;
         data["type"] = json!(kind);
-        let _ = self.events.send(data.to_string());
+        let event = data.to_string();
+        self.relay.event(&event);
+        let _ = self.events.send(event);
+    }
+
+    /// Wakes long-polling workers, here and on the other coordinators: tasks
+    /// became leasable.
+    pub fn wake_workers(&self) {
+        self.work_ready.notify_waiters();
+        self.relay.work();
     }
 }
 

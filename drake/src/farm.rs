@@ -82,7 +82,7 @@ pub fn coordinator(data: PathBuf, listen: &str, settings: FarmSettings) -> i32 {
 }
 
 pub struct WorkerArgs {
-    pub coordinator: String,
+    pub coordinators: Vec<String>,
     pub token: String,
     pub slots: u32,
     pub tags: Vec<String>,
@@ -100,7 +100,7 @@ pub fn worker(args: WorkerArgs) -> i32 {
         format!("{host}-{}", std::process::id())
     });
     let cfg = worker::node::NodeConfig {
-        coordinator: args.coordinator.trim_end_matches('/').to_string(),
+        coordinators: args.coordinators.iter().map(|c| c.trim_end_matches('/').to_string()).collect(),
         token: args.token,
         name,
         slots: args.slots.clamp(1, 64),
@@ -357,4 +357,31 @@ async fn follow_events(http: reqwest::Client, url: String, token: String, id: St
             pending.clear();
         }
     }
+}
+
+/// `drake db copy`: a farm's state into a new database.
+pub fn db_copy(from: &str, to: &str) -> i32 {
+    let parse = |flag: &str, url: &str| {
+        coordinator::queue::DatabaseUrl::parse(url).map_err(|e| {
+            proto::log!("drake: db copy: {flag}: {e}");
+            2
+        })
+    };
+    let (from, to) = match (parse("--from", from), parse("--to", to)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    runtime().block_on(async {
+        match coordinator::dbcopy::copy(&from, &to).await {
+            Ok(copied) => {
+                let summary: Vec<String> = copied.iter().map(|(t, n)| format!("{n} {t}")).collect();
+                let _ = writeln!(std::io::stdout(), "copied {} into {}: {}", from.redacted(), to.redacted(), summary.join(", "));
+                0
+            }
+            Err(e) => {
+                proto::log!("drake: db copy: {e}");
+                exit::INTERNAL
+            }
+        }
+    })
 }

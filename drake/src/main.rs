@@ -65,8 +65,11 @@ enum Command {
     },
     /// Run a worker that leases tasks from a coordinator.
     Worker {
-        #[arg(long)]
-        coordinator: String,
+        /// A coordinator's URL, or a load balancer's. Repeat it (or separate URLs
+        /// with commas) for several coordinators: the worker moves to the next one
+        /// when the one it talks to stops answering.
+        #[arg(long, required = true, value_delimiter = ',')]
+        coordinator: Vec<String>,
         /// A join token (or this worker's credential); also read from DRAKE_TOKEN.
         #[arg(long, env = "DRAKE_TOKEN", hide_env_values = true)]
         token: String,
@@ -111,6 +114,11 @@ enum Command {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
+    /// Manage the farm's database.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Write a poster, thumbnails and a storyboard sprite with WebVTT into DIR.
     Thumbnails {
         input: String,
@@ -118,6 +126,20 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 4)]
         count: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Copy a farm's state (jobs, tasks, tokens, workers, sessions, webhook
+    /// deliveries, settings) into a new, empty database. Stop the coordinators first.
+    Copy {
+        /// The database to copy: a path, sqlite://PATH or postgres://...
+        #[arg(long)]
+        from: String,
+        /// The empty database to copy into.
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -173,12 +195,13 @@ fn main() {
     let code = match Cli::parse().command {
         Command::Coordinator { data, listen, settings } => farm::coordinator(data, &listen, settings.settings()),
         Command::Worker { coordinator, token, slots, tags, scratch, name } => {
-            farm::worker(farm::WorkerArgs { coordinator, token, slots, tags, scratch, name })
+            farm::worker(farm::WorkerArgs { coordinators: coordinator, token, slots, tags, scratch, name })
         }
         Command::Up { workers, data, listen, settings } => farm::up(data, &listen, workers, settings.settings()),
         Command::Submit { input, profile, coordinator, token, wait, priority, callback_url, idempotency_key } => {
             farm::submit(farm::SubmitArgs { input, profile, coordinator, token, wait, priority, callback_url, idempotency_key })
         }
+        Command::Db { command: DbCommand::Copy { from, to } } => farm::db_copy(&from, &to),
         engine => run_engine(engine),
     };
     std::process::exit(code);
@@ -197,7 +220,7 @@ fn run_engine(command: Command) -> i32 {
             transcode(&input, &profile, &rendition, &out, max_duration, thumbnails)
         }
         Command::Thumbnails { input, out, count } => worker::thumbnails::run(&input, &out, count).map_err(Failure::Engine).map(|_| ()),
-        Command::Coordinator { .. } | Command::Worker { .. } | Command::Up { .. } | Command::Submit { .. } => {
+        Command::Coordinator { .. } | Command::Worker { .. } | Command::Up { .. } | Command::Submit { .. } | Command::Db { .. } => {
             unreachable!("farm commands are dispatched in main")
         }
     };

@@ -19,14 +19,16 @@ use proto::wire::{
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::Semaphore;
 
 pub struct NodeConfig {
-    /// Base URL of the coordinator, e.g. `http://10.0.0.5:8600`.
-    pub coordinator: String,
+    /// Base URLs of the coordinators, e.g. `http://10.0.0.5:8600`: several
+    /// coordinators of one farm, or one load balancer in front of them. The worker
+    /// talks to one at a time and moves to the next when it stops answering.
+    pub coordinators: Vec<String>,
     /// A join token (`drk_join_...`) or an already issued worker credential.
     pub token: String,
     pub name: String,
@@ -61,6 +63,8 @@ const MAX_BUNDLE: u32 = 4;
 
 struct Node {
     cfg: NodeConfig,
+    /// Which of `cfg.coordinators` the worker talks to now.
+    current: AtomicUsize,
     http: reqwest::Client,
     token: String,
     heartbeat: Duration,
@@ -74,15 +78,23 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .build()
-        .map_err(|e| NodeError::Register { url: cfg.coordinator.clone(), message: e.to_string() })?;
-    let (token, heartbeat) = if cfg.token.starts_with("drk_worker_") {
-        (cfg.token.clone(), Duration::from_secs(5))
+        .map_err(|e| NodeError::Register { url: cfg.coordinators.join(", "), message: e.to_string() })?;
+    let (token, heartbeat, current) = if cfg.token.starts_with("drk_worker_") {
+        (cfg.token.clone(), Duration::from_secs(5), 0)
     } else {
-        let reg = register(&http, &cfg).await?;
+        let (reg, current) = register(&http, &cfg).await?;
         let _ = writeln!(std::io::stdout(), "drake worker {} registered as {}", cfg.name, reg.worker_id);
-        (reg.token, Duration::from_secs(reg.heartbeat_seconds.max(1)))
+        (reg.token, Duration::from_secs(reg.heartbeat_seconds.max(1)), current)
     };
-    let node = Arc::new(Node { cfg, http, token, heartbeat, draining: AtomicBool::new(false), drain: tokio::sync::Notify::new() });
+    let node = Arc::new(Node {
+        cfg,
+        current: AtomicUsize::new(current),
+        http,
+        token,
+        heartbeat,
+        draining: AtomicBool::new(false),
+        drain: tokio::sync::Notify::new(),
+    });
     {
         let node = node.clone();
         tokio::spawn(async move {
@@ -140,8 +152,23 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
     }
 }
 
-async fn register(http: &reqwest::Client, cfg: &NodeConfig) -> Result<RegisterResponse, NodeError> {
-    let url = format!("{}/api/v1/workers/register", cfg.coordinator);
+/// Registers with the first coordinator that answers; returns which one did.
+async fn register(http: &reqwest::Client, cfg: &NodeConfig) -> Result<(RegisterResponse, usize), NodeError> {
+    let mut last = None;
+    for (i, base) in cfg.coordinators.iter().enumerate() {
+        match register_with(http, cfg, base).await {
+            Ok(reg) => return Ok((reg, i)),
+            Err(e) => {
+                proto::log!("drake worker: {e}");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| NodeError::Register { url: String::new(), message: "no coordinator given".into() }))
+}
+
+async fn register_with(http: &reqwest::Client, cfg: &NodeConfig, base: &str) -> Result<RegisterResponse, NodeError> {
+    let url = format!("{base}/api/v1/workers/register");
     let req = RegisterRequest {
         version: proto::WIRE_VERSION,
         name: cfg.name.clone(),
@@ -174,6 +201,32 @@ enum Outcome {
 }
 
 impl Node {
+    /// The coordinator the worker talks to now.
+    fn base(&self) -> &str {
+        &self.cfg.coordinators[self.current.load(Ordering::Relaxed) % self.cfg.coordinators.len()]
+    }
+
+    /// Sends a request to the current coordinator, moving on to the next one when
+    /// it does not answer (connection refused, timeout) or its load balancer says
+    /// it is down (502, 503, 504); every coordinator is tried at most once.
+    async fn send(&self, request: impl Fn(&str) -> reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
+        let mut last = String::new();
+        for _ in 0..self.cfg.coordinators.len() {
+            let at = self.current.load(Ordering::Relaxed);
+            let base = &self.cfg.coordinators[at % self.cfg.coordinators.len()];
+            match request(base).send().await {
+                Ok(r) if !matches!(r.status().as_u16(), 502..=504) => return Ok(r),
+                Ok(r) => last = format!("{base}: HTTP {}", r.status()),
+                Err(e) => last = format!("{base}: {e}"),
+            }
+            if self.cfg.coordinators.len() > 1 && self.current.compare_exchange(at, at + 1, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                let next = &self.cfg.coordinators[(at + 1) % self.cfg.coordinators.len()];
+                proto::log!("drake worker: {last}; moving to {next}");
+            }
+        }
+        Err(last)
+    }
+
     async fn lease(&self, free: u32) -> Result<Option<TaskLease>, String> {
         let req = LeaseRequest {
             version: proto::WIRE_VERSION,
@@ -185,14 +238,10 @@ impl Node {
             load: load_average(),
         };
         let resp = self
-            .http
-            .post(format!("{}/api/v1/workers/lease", self.cfg.coordinator))
-            .bearer_auth(&self.token)
-            .json(&req)
-            .timeout(Duration::from_secs(40))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .send(|base| {
+                self.http.post(format!("{base}/api/v1/workers/lease")).bearer_auth(&self.token).json(&req).timeout(Duration::from_secs(40))
+            })
+            .await?;
         match resp.status().as_u16() {
             200 => resp.json().await.map(Some).map_err(|e| e.to_string()),
             204 => Ok(None),
@@ -288,8 +337,15 @@ impl Node {
     }
 
     async fn post<T: serde::Serialize>(&self, lease: &TaskLease, what: &str, body: &T) -> Result<(), String> {
-        let url = format!("{}/api/v1/tasks/{}/{what}", self.cfg.coordinator, lease.task_id);
-        let resp = self.http.post(url).bearer_auth(&self.token).json(body).send().await.map_err(|e| e.to_string())?;
+        let resp = self
+            .send(|base| {
+                self.http
+                    .post(format!("{base}/api/v1/tasks/{}/{what}", lease.task_id))
+                    .bearer_auth(&self.token)
+                    .json(body)
+                    .timeout(Duration::from_secs(60))
+            })
+            .await?;
         if resp.status().is_success() { Ok(()) } else { Err(format!("HTTP {}: {}", resp.status(), resp.text().await.unwrap_or_default())) }
     }
 
@@ -456,22 +512,22 @@ impl Node {
     fn storage(&self, lease: &TaskLease) -> (String, Option<String>) {
         match &lease.storage {
             Some(s) => (s.url.trim_end_matches('/').to_string(), s.authorization.clone()),
-            None => (format!("{}/dav", self.cfg.coordinator), Some(format!("Bearer {}", self.token))),
+            None => (format!("{}/dav", self.base()), Some(format!("Bearer {}", self.token))),
         }
     }
 
     /// Sends one heartbeat; Ok(true) means stop (canceled or lease lost).
     async fn heartbeat(&self, lease: &TaskLease, progress: f64) -> Result<bool, String> {
-        let url = format!("{}/api/v1/tasks/{}/heartbeat", self.cfg.coordinator, lease.task_id);
+        let beat = Heartbeat { epoch: lease.epoch, progress, load: load_average() };
         let resp = self
-            .http
-            .post(url)
-            .bearer_auth(&self.token)
-            .json(&Heartbeat { epoch: lease.epoch, progress, load: load_average() })
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .send(|base| {
+                self.http
+                    .post(format!("{base}/api/v1/tasks/{}/heartbeat", lease.task_id))
+                    .bearer_auth(&self.token)
+                    .json(&beat)
+                    .timeout(Duration::from_secs(10))
+            })
+            .await?;
         match resp.status().as_u16() {
             200 => Ok(resp.json::<HeartbeatReply>().await.map_err(|e| e.to_string())?.cancel),
             409 => Ok(true),

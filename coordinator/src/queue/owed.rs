@@ -101,21 +101,23 @@ pub(super) fn promotion_row(r: sqlx::any::AnyRow) -> Promotion {
 
 impl Queue {
     /// Arms every owed chore that is due (or, with `job`, that job's), and ends the
-    /// jobs whose chore has no attempts left. `stale_claims_of_others`: also re-arm
-    /// chores claimed by another coordinator process (at start: with SQLite, only one
-    /// process serves a database, so such a claim died with its process).
-    pub async fn arm_chores(&self, job: Option<&str>, me: &str, at_start: bool, now: i64) -> Result<Vec<Owed>> {
+    /// jobs whose chore has no attempts left. A chore claimed by another coordinator
+    /// whose heartbeats stopped ([`Queue::coordinator_seen`]) is due at once: its
+    /// claim died with that process.
+    pub async fn arm_chores(&self, job: Option<&str>, me: &str, now: i64) -> Result<Vec<Owed>> {
         let mut tx = self.write_tx().await?;
         let due = sqlx::query(
             "SELECT id, chore, chore_attempts, chore_error, source, chore_step FROM jobs
              WHERE chore IS NOT NULL AND ($1 IS NULL OR id = $1)
-               AND (chore_due_at <= $2 OR ($3 AND chore_claimed_by IS NOT NULL AND chore_claimed_by != $4))
+               AND (chore_due_at <= $2
+                    OR (chore_claimed_by IS NOT NULL AND chore_claimed_by != $3
+                        AND chore_claimed_by NOT IN (SELECT id FROM coordinators WHERE last_seen >= $4)))
              ORDER BY chore_due_at LIMIT 500",
         )
         .bind(job)
         .bind(now)
-        .bind(at_start)
         .bind(me)
+        .bind(now - super::COORDINATOR_TTL_MS)
         .fetch_all(&mut *tx)
         .await?;
         let mut armed = Vec::new();

@@ -90,7 +90,7 @@ async fn done(q: &Queue, l: &Lease, worker: &str, now: i64) {
 
 /// Arms a job's owed chore and claims it, as a pushed chore does.
 async fn claim(q: &Queue, job: &str, chore: Chore, now: i64) -> Option<ChoreClaim> {
-    let armed = q.arm_chores(Some(job), "me", false, now).await.unwrap();
+    let armed = q.arm_chores(Some(job), "me", now).await.unwrap();
     let owed = armed.into_iter().find(|o| o.chore == chore)?;
     q.claim_chore(job, chore, owed.seq, "me", now).await.unwrap()
 }
@@ -367,7 +367,7 @@ async fn a_probe_that_keeps_failing_backs_off_then_fails_the_job_with_its_reason
             assert_eq!(j.state, "queued");
             assert!(j.waiting_for.unwrap().contains("its probe (attempt"), "the job view says what it waits for");
             // Backing off: nothing is due before the backoff has passed.
-            assert!(q.arm_chores(Some(&job.id), "me", false, now + q.cfg.backoff(attempt) - 1).await.unwrap().is_empty());
+            assert!(q.arm_chores(Some(&job.id), "me", now + q.cfg.backoff(attempt) - 1).await.unwrap().is_empty());
             now += q.cfg.backoff(attempt);
         }
     }
@@ -376,34 +376,37 @@ async fn a_probe_that_keeps_failing_backs_off_then_fails_the_job_with_its_reason
     assert_eq!(j.error.as_deref(), Some("probing http://origin.example/v.mp4 failed 3 times: connection refused"));
     assert_eq!(j.waiting_for, None);
     assert_eq!(ends(&q, &job.id).await, [(0, "job.failed".to_string())]);
-    assert!(q.arm_chores(None, "me", false, now + 1_000_000).await.unwrap().is_empty(), "nothing is owed any more");
+    assert!(q.arm_chores(None, "me", now + 1_000_000).await.unwrap().is_empty(), "nothing is owed any more");
 }
 
 async fn a_chore_whose_coordinator_died_is_pushed_again_and_counts_as_an_attempt(q: Queue) {
     let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
     // Nothing in memory: the job row itself says a probe is owed.
-    let armed = q.arm_chores(None, "first", false, T0).await.unwrap();
+    let armed = q.arm_chores(None, "first", T0).await.unwrap();
     assert_eq!(armed.iter().map(|o| (o.job_id.as_str(), o.chore)).collect::<Vec<_>>(), [(job.id.as_str(), Chore::Probe)]);
     // Pushed, but lost (the push failed): pushed again after the grace, with a new seq.
-    let again = q.arm_chores(None, "first", false, T0 + owed::CHORE_PUSH_GRACE_MS).await.unwrap();
+    let again = q.arm_chores(None, "first", T0 + owed::CHORE_PUSH_GRACE_MS).await.unwrap();
     assert_eq!(again.len(), 1);
     assert!(q.claim_chore(&job.id, Chore::Probe, armed[0].seq, "first", T0).await.unwrap().is_none(), "a superseded push claims nothing");
     let c = q.claim_chore(&job.id, Chore::Probe, again[0].seq, "first", T0 + 60_000).await.unwrap().unwrap();
     assert!(q.claim_chore(&job.id, Chore::Probe, again[0].seq, "first", T0 + 60_000).await.unwrap().is_none(), "claimed once");
-    // The coordinator dies mid-probe. The next one re-arms the claim at its start.
-    assert!(q.arm_chores(None, "second", false, T0 + 61_000).await.unwrap().is_empty(), "not yet due");
-    let restarted = q.arm_chores(None, "second", true, T0 + 61_000).await.unwrap();
+    // While its coordinator heartbeats, another one leaves the claim alone.
+    q.coordinator_seen("first", T0 + 60_000).await.unwrap();
+    assert!(q.arm_chores(None, "second", T0 + 61_000).await.unwrap().is_empty(), "not yet due");
+    // It dies mid-probe: once its heartbeat is stale, the other re-arms the claim.
+    let gone = T0 + 60_000 + COORDINATOR_TTL_MS + 1;
+    let restarted = q.arm_chores(None, "second", gone).await.unwrap();
     assert_eq!(restarted.len(), 1, "a claim of a process that is gone");
     // The stale claim can no longer plan the job.
     let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
-    assert!(!q.plan_job(&job.id, c, None, &serde_json::json!({}), &tasks, T0 + 62_000).await.unwrap());
+    assert!(!q.plan_job(&job.id, c, None, &serde_json::json!({}), &tasks, gone + 1).await.unwrap());
     // Two more lost claims, and the job fails instead of staying queued.
     let mut seq = restarted[0].seq;
-    let mut now = T0 + 62_000;
+    let mut now = gone + 1;
     for _ in 0..2 {
         q.claim_chore(&job.id, Chore::Probe, seq, "second", now).await.unwrap().unwrap();
         now += Chore::Probe.claim_timeout_ms();
-        let armed = q.arm_chores(None, "second", false, now).await.unwrap();
+        let armed = q.arm_chores(None, "second", now).await.unwrap();
         seq = armed.first().map_or(-1, |o| o.seq);
     }
     let j = q.job(&job.id).await.unwrap().unwrap();
@@ -502,8 +505,8 @@ async fn finalize_runs_once_and_a_missing_output_reruns_its_task(q: Queue) {
     let l = q.lease("w", &[], T0).await.unwrap().unwrap();
     done(&q, &l, "w", T0).await;
     // Two triggers at once: both arm, but only the latest push can claim, once.
-    let first = q.arm_chores(Some(&job.id), "me", false, T0).await.unwrap();
-    let second = q.arm_chores(None, "me", false, T0 + owed::CHORE_PUSH_GRACE_MS).await.unwrap();
+    let first = q.arm_chores(Some(&job.id), "me", T0).await.unwrap();
+    let second = q.arm_chores(None, "me", T0 + owed::CHORE_PUSH_GRACE_MS).await.unwrap();
     assert!(q.claim_chore(&job.id, Chore::Finalize, first[0].seq, "me", T0).await.unwrap().is_none());
     let c = q.claim_chore(&job.id, Chore::Finalize, second[0].seq, "me", T0).await.unwrap().unwrap();
     assert!(q.claim_chore(&job.id, Chore::Finalize, second[0].seq, "me", T0).await.unwrap().is_none());
@@ -564,7 +567,7 @@ async fn concurrent_submits_with_one_key_make_one_job(q: Queue) {
     .await;
     assert_eq!(made.iter().filter(|(_, created)| *created).count(), 1);
     assert!(made.iter().all(|(j, _)| j.id == made[0].0.id));
-    assert_eq!(q.arm_chores(None, "me", false, T0 + 10).await.unwrap().len(), 1, "one probe owed");
+    assert_eq!(q.arm_chores(None, "me", T0 + 10).await.unwrap().len(), 1, "one probe owed");
 }
 
 async fn a_farm_with_no_live_worker_says_so_and_fails_its_tasks_after_the_wait(q: Queue) {
@@ -741,8 +744,9 @@ mod races {
                     let job = job.id.clone();
                     tokio::spawn(async move {
                         let me = format!("c{k}");
+                        q.coordinator_seen(&me, T0 + 2).await.unwrap();
                         let mut finished = 0;
-                        for owed in q.arm_chores(Some(&job), &me, false, T0 + 2).await.unwrap() {
+                        for owed in q.arm_chores(Some(&job), &me, T0 + 2).await.unwrap() {
                             if let Some(c) = q.claim_chore(&job, owed.chore, owed.seq, &me, T0 + 2).await.unwrap()
                                 && q.finish_job(&job, c, &serde_json::json!({"master": "m.m3u8"}), T0 + 3).await.unwrap()
                             {
