@@ -90,17 +90,7 @@ impl Coordinator {
 
     /// (status, JSON body) of a request with the given token.
     pub fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, &format!("{}{path}", self.url)]);
-        if let Some(t) = token {
-            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-        }
-        if let Some(b) = body {
-            cmd.args(["-H", "Content-Type: application/json", "-d", &b.to_string()]);
-        }
-        let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
-        let (body, status) = out.rsplit_once('\n').unwrap();
-        (status.parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
+        call_at(&self.url, method, path, token, body)
     }
 
     pub fn wait_for(&self, job: &str, mut done: impl FnMut(&Value) -> bool) -> Value {
@@ -149,9 +139,15 @@ impl Coordinator {
     }
 
     pub fn worker_with_stderr(&self, name: &str, token: &str, stderr: Stdio) -> Worker {
+        self.worker_at(&self.url, name, token, stderr)
+    }
+
+    /// A worker that talks to `coordinator` (a load balancer, say), with its scratch
+    /// in this coordinator's data dir.
+    pub fn worker_at(&self, coordinator: &str, name: &str, token: &str, stderr: Stdio) -> Worker {
         let scratch = self.data.path(&format!("scratch-{name}"));
         let child = Command::new(drake_bin())
-            .args(["worker", "--coordinator", &self.url, "--name", name, "--slots", "1", "--scratch", scratch.to_str().unwrap()])
+            .args(["worker", "--coordinator", coordinator, "--name", name, "--slots", "1", "--scratch", scratch.to_str().unwrap()])
             .env("DRAKE_TOKEN", token)
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -162,25 +158,7 @@ impl Coordinator {
 
     /// A multipart upload through curl, as an upload pipeline would send it.
     pub fn upload(&self, file: &str, fields: &[(&str, &str)]) -> (u16, Value) {
-        let mut cmd = Command::new("curl");
-        cmd.args([
-            "-s",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            &format!("Authorization: Bearer {}", self.admin),
-            "-F",
-            &format!("file=@{file}"),
-        ]);
-        for (k, v) in fields {
-            cmd.args(["-F", &format!("{k}={v}")]);
-        }
-        cmd.arg(format!("{}/api/v1/jobs", self.url));
-        let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
-        let (body, status) = out.rsplit_once('\n').unwrap();
-        (status.parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
+        upload_at(&self.url, &self.admin, file, fields)
     }
 
     pub fn fetch(&self, path: &str) -> Vec<u8> {
@@ -203,6 +181,34 @@ impl Coordinator {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// (status, JSON body) of a request to the coordinator (or balancer) at `base`.
+pub fn call_at(base: &str, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, &format!("{base}{path}")]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", &b.to_string()]);
+    }
+    let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// A multipart upload to the coordinator (or balancer) at `base` with `token`.
+pub fn upload_at(base: &str, token: &str, file: &str, fields: &[(&str, &str)]) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-H", &format!("Authorization: Bearer {}", token), "-F", &format!("file=@{file}")]);
+    for (k, v) in fields {
+        cmd.args(["-F", &format!("{k}={v}")]);
+    }
+    cmd.arg(format!("{base}/api/v1/jobs"));
+    let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 /// Reads one HTTP request with a Content-Length body: (head, body), or `None` if
@@ -278,7 +284,10 @@ pub fn sigterm(pid: u32) {
 /// nginx with its dav module, on loopback, as production's external storage.
 pub struct Nginx {
     pub child: Child,
+    /// The store's root URL (`.../media`).
     pub url: String,
+    /// The server's own root: the load balancer, when it balances.
+    pub base: String,
     pub root: std::path::PathBuf,
     pub _dir: Dir,
 }
@@ -287,13 +296,32 @@ impl Nginx {
     pub const AUTHORIZATION: &str = "Bearer store-s3cret";
 
     pub fn start() -> Nginx {
+        Nginx::start_balancing(&[])
+    }
+
+    /// The store, and also a load balancer in front of coordinators at `upstreams`
+    /// (host:port) on the same address, as a platform runs several: every path
+    /// outside `/media/` goes to a coordinator, and to the next one when the one
+    /// picked is down; event streams are not buffered; uploads of any size pass.
+    pub fn start_balancing(upstreams: &[String]) -> Nginx {
         let dir = Dir::new();
         let root = dir.path("root");
         std::fs::create_dir_all(&root).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let as_root = Command::new("id").arg("-u").output().unwrap().stdout.starts_with(b"0");
         let conf = format!(
-            "daemon off;\n{user}pid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  client_max_body_size 0;\n  server {{\n    listen 127.0.0.1:{port};\n    location /media/ {{\n      if ($http_authorization != \"{auth}\") {{ return 401; }}\n      alias {root}/;\n      dav_methods PUT DELETE MKCOL COPY MOVE;\n      dav_access user:rw group:r all:r;\n    }}\n  }}\n}}\n",
+            "daemon off;\n{user}pid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  client_max_body_size 0;\n  server {{\n    listen 127.0.0.1:{port};\n    location /media/ {{\n      if ($http_authorization != \"{auth}\") {{ return 401; }}\n      alias {root}/;\n      dav_methods PUT DELETE MKCOL COPY MOVE;\n      dav_access user:rw group:r all:r;\n    }}\n{balancer}  }}\n{upstream}}}\n",
+            balancer = if upstreams.is_empty() {
+                String::new()
+            } else {
+                "    location / {\n      proxy_pass http://coordinators;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n      proxy_read_timeout 1h;\n      proxy_connect_timeout 2s;\n      proxy_next_upstream error timeout http_502 http_503 non_idempotent;\n    }\n".to_string()
+            },
+            upstream = if upstreams.is_empty() {
+                String::new()
+            } else {
+                let servers: String = upstreams.iter().map(|u| format!("    server {u} max_fails=1 fail_timeout=5s;\n")).collect();
+                format!("  upstream coordinators {{\n{servers}  }}\n")
+            },
             user = if as_root { "user root;\n" } else { "" },
             d = dir.tmp.path().display(),
             auth = Nginx::AUTHORIZATION,
@@ -314,7 +342,7 @@ impl Nginx {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Nginx { child, url: format!("http://127.0.0.1:{port}/media"), root, _dir: dir }
+        Nginx { child, url: format!("http://127.0.0.1:{port}/media"), base: format!("http://127.0.0.1:{port}"), root, _dir: dir }
     }
 
     pub fn fetch(&self, url: &str) -> Vec<u8> {

@@ -208,10 +208,14 @@ impl Node {
 
     /// Sends a request to the current coordinator, moving on to the next one when
     /// it does not answer (connection refused, timeout) or its load balancer says
-    /// it is down (502, 503, 504); every coordinator is tried at most once.
+    /// it is down (502, 503, 504). Every coordinator is tried once, and the first
+    /// once more after a moment (a load balancer's next pick is another one).
     async fn send(&self, request: impl Fn(&str) -> reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
         let mut last = String::new();
-        for _ in 0..self.cfg.coordinators.len() {
+        for attempt in 0..=self.cfg.coordinators.len() {
+            if attempt == self.cfg.coordinators.len() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
             let at = self.current.load(Ordering::Relaxed);
             let base = &self.cfg.coordinators[at % self.cfg.coordinators.len()];
             match request(base).send().await {
