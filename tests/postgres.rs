@@ -181,3 +181,57 @@ fn two_coordinators_behind_a_balancer_lose_one_mid_job() {
         files_under(&lb.root.join("jobs")).into_iter().filter(|p| p.contains("/.staging") || p.contains(".part")).collect();
     assert!(leftovers.iter().all(|p| !p.contains(".part")), "no half-written file: {leftovers:?}");
 }
+
+#[test]
+fn db_copy_moves_a_farm_from_sqlite_to_postgres() {
+    let Some(db) = database() else { return };
+    // A farm on SQLite with a finished, a failed and a queued job.
+    let mut c = Coordinator::start();
+    let (status, t) = c.call("POST", "/api/v1/tokens", Some(&c.admin), Some(json!({"role": "submit", "label": "pipeline"})));
+    assert_eq!(status, 201, "{t}");
+    let submit = t["token"].as_str().unwrap().to_string();
+    let media = Dir::new();
+    test_clip(&media.s("clip.mp4"), "320x240", 3);
+    std::fs::write(media.path("junk.mp4"), b"this is not a video, it is a text file with an .mp4 name").unwrap();
+    let worker = c.worker_with_stderr("w", &c.join_token(1), Stdio::null());
+    let upload = |file: &str| {
+        let (status, j) = upload_at(&c.url, &submit, &media.s(file), &[]);
+        assert_eq!(status, 201, "{j}");
+        j["id"].as_str().unwrap().to_string()
+    };
+    let done = upload("clip.mp4");
+    assert_eq!(c.wait_ended(&done, Duration::from_secs(120))["state"], "succeeded");
+    let failed = upload("junk.mp4");
+    assert_eq!(c.wait_ended(&failed, Duration::from_secs(60))["state"], "failed");
+    drop(worker);
+    let queued = upload("clip.mp4");
+    c.wait_for(&queued, |j| j["tasks"].as_array().is_some_and(|t| !t.is_empty()) && j["state"] == "queued");
+    let before: Vec<Value> =
+        [&done, &failed, &queued].iter().map(|id| c.call("GET", &format!("/api/v1/jobs/{id}"), Some(&c.admin), None).1).collect();
+    sigterm(c.child.id());
+    c.child.wait().unwrap();
+
+    // The copy, and a second one that the target refuses.
+    let from = c.data.s("drake.db");
+    let out = drake(&["db", "copy", "--from", &from, "--to", &db]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("3 jobs") && said.contains("tokens"), "{said}");
+    let again = drake(&["db", "copy", "--from", &from, "--to", &db]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is not empty (it holds 3 jobs"), "{}", String::from_utf8_lossy(&again.stderr));
+
+    // The farm on the copy: every job as it was, the old tokens work, the queued job finishes.
+    let (child, url, admin) = Coordinator::spawn(&c.data, c.url.trim_start_matches("http://"), &["--database", &db], false);
+    c.child = child;
+    assert_eq!((url.as_str(), admin.as_str()), (c.url.as_str(), c.admin.as_str()));
+    for (id, was) in [&done, &failed, &queued].iter().zip(&before) {
+        let (status, now) = c.call("GET", &format!("/api/v1/jobs/{id}"), Some(&submit), None);
+        assert_eq!(status, 200, "the pipeline's submit token still works");
+        for field in ["state", "error", "outputs", "profile", "source", "pipeline"] {
+            assert_eq!(now[field], was[field], "job {id}: {field}");
+        }
+    }
+    let _w = c.worker_with_stderr("w2", &c.join_token(1), Stdio::null());
+    assert_eq!(c.wait_ended(&queued, Duration::from_secs(120))["state"], "succeeded");
+}

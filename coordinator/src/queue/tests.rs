@@ -22,6 +22,17 @@ async fn fresh(backend: Backend) -> Queue {
     }
 }
 
+#[test]
+fn database_urls_name_a_backend_and_never_print_a_password() {
+    assert_eq!(DatabaseUrl::parse("drake-data/drake.db").unwrap(), DatabaseUrl::Sqlite("drake-data/drake.db".into()));
+    assert_eq!(DatabaseUrl::parse("sqlite:///var/lib/drake/drake.db").unwrap(), DatabaseUrl::Sqlite("/var/lib/drake/drake.db".into()));
+    let pg = DatabaseUrl::parse("postgres://drake:s3cret@db.internal:5432/farm").unwrap();
+    assert_eq!(pg.backend(), Backend::Postgres);
+    assert_eq!(pg.redacted(), "postgres://drake:***@db.internal:5432/farm");
+    assert!(DatabaseUrl::parse("mysql://x/y").is_err());
+    assert!(DatabaseUrl::parse("").is_err());
+}
+
 /// Runs each conformance test on both backends: `sqlite::NAME` always, and
 /// `postgres::NAME` on a throwaway cluster (skipped with a message on a machine
 /// without PostgreSQL, except under `CI=true`).
