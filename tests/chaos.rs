@@ -204,8 +204,10 @@ fn kill(pid: u32, signal: &str) {
     let _ = Command::new("kill").args([signal, &pid.to_string()]).status();
 }
 
-/// One seeded run; returns the violated invariants.
-fn run(seed: u64) -> Vec<String> {
+/// One seeded run; returns the violated invariants. With `database` (PostgreSQL),
+/// two coordinators share it: clients alternate between them, workers know both,
+/// and the faults kill either.
+fn run(seed: u64, database: Option<&str>) -> Vec<String> {
     let mut rng = Rng(seed);
     let (_, good, bad) = media();
     let nginx = Nginx::start();
@@ -218,31 +220,41 @@ fn run(seed: u64) -> Vec<String> {
         _ => "",
     };
     let ttl = LEASE_TTL_SECONDS.to_string();
-    let mut c = Coordinator::start_faulty(
-        &[
-            "--lease-ttl-seconds",
-            &ttl,
-            "--allow-network",
-            "127.0.0.0/8",
-            "--storage-url",
-            &proxy.url,
-            "--storage-authorization",
-            Nginx::AUTHORIZATION,
-            "--min-free-disk-bytes",
-            "65536",
-        ],
-        fault_point,
-    );
+    let mut args = vec![
+        "--lease-ttl-seconds",
+        &ttl,
+        "--allow-network",
+        "127.0.0.0/8",
+        "--storage-url",
+        &proxy.url,
+        "--storage-authorization",
+        Nginx::AUTHORIZATION,
+        "--min-free-disk-bytes",
+        "65536",
+    ];
+    if let Some(db) = database {
+        args.extend(["--database", db]);
+    }
+    // The first coordinator dies at this run's fault point; a second shares its database.
+    let mut cs = vec![Coordinator::start_faulty(&args, fault_point)];
+    if database.is_some() {
+        cs.push(Coordinator::start_with(&args));
+    }
+    let every = cs.iter().map(|c| c.url.clone()).collect::<Vec<_>>().join(",");
+    // Requests alternate between the coordinators, one per pass of the loop below.
+    let mut pass = 0usize;
     // The spool on a small disk of its own (as root: a 16 MiB tmpfs), so it can fill up.
-    let spool = c.data.path("storage/uploads");
+    let spool = cs[0].data.path("storage/uploads");
     std::fs::create_dir_all(&spool).unwrap();
     let spool_disk = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs", spool.to_str().unwrap()])
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    let join = c.join_token(50);
-    let mut workers = vec![c.worker("w1", &join), c.worker("w2", &join)];
+    let join = cs[0].join_token(50);
+    // Workers keep their scratch in the first coordinator's data dir and know every coordinator.
+    let worker = |cs: &[Coordinator], name: &str| cs[0].worker_at(&every, name, &join, std::process::Stdio::inherit());
+    let mut workers = vec![worker(&cs, "w1"), worker(&cs, "w2")];
     let mut restarts = 0;
 
     // An origin for a URL source (ingested through the spool, resumed by Range).
@@ -268,7 +280,7 @@ fn run(seed: u64) -> Vec<String> {
     // The faults of this run, at random instants in its first seconds.
     #[derive(Debug)]
     enum Fault {
-        KillCoordinator,
+        KillCoordinator(usize),
         KillWorker(usize),
         StopWorker(usize),
         Store(Mode, Duration),
@@ -279,7 +291,7 @@ fn run(seed: u64) -> Vec<String> {
         .map(|_| {
             let at = rng.ms(200, 6000);
             let f = match rng.below(7) {
-                0 => Fault::KillCoordinator,
+                0 => Fault::KillCoordinator(rng.below(2) as usize),
                 1 => Fault::KillWorker(rng.below(2) as usize),
                 2 => Fault::StopWorker(rng.below(2) as usize),
                 3 => Fault::Store(Mode::Error, rng.ms(500, 2500)),
@@ -305,10 +317,14 @@ fn run(seed: u64) -> Vec<String> {
     loop {
         let now = Instant::now();
         // A coordinator that died at its fault point (or was killed) comes back.
-        if c.child.try_wait().unwrap().is_some() {
-            c.restart();
-            restarts += 1;
+        for c in cs.iter_mut() {
+            if c.child.try_wait().unwrap().is_some() {
+                c.restart();
+                restarts += 1;
+            }
         }
+        pass += 1;
+        let c = &cs[pass % cs.len()];
         // Submissions, retried with the same key until the coordinator answers, and
         // sent twice at once (a pipeline's retry racing its first attempt).
         for j in jobs.iter_mut().filter(|j| j.id.is_none()) {
@@ -355,12 +371,12 @@ fn run(seed: u64) -> Vec<String> {
         while faults.first().is_some_and(|f| f.0 <= elapsed) {
             let (_, f) = faults.remove(0);
             match f {
-                Fault::KillCoordinator => {
-                    let _ = c.child.kill();
+                Fault::KillCoordinator(k) => {
+                    kill(cs[k % cs.len()].child.id(), "-KILL");
                 }
                 Fault::KillWorker(i) => {
                     // SIGKILL (the Drop) and a new worker process in its place.
-                    let fresh = c.worker(&format!("{}r", workers[i].name), &join);
+                    let fresh = worker(&cs, &format!("{}r", workers[i].name));
                     drop(std::mem::replace(&mut workers[i], fresh));
                 }
                 Fault::StopWorker(i) => {
@@ -419,6 +435,12 @@ fn run(seed: u64) -> Vec<String> {
 
     // Sweeps run two lease TTLs after a job's end; webhooks may still be retrying.
     std::thread::sleep(Duration::from_secs(2 * LEASE_TTL_SECONDS + 3));
+    for c in cs.iter_mut() {
+        if c.child.try_wait().unwrap().is_some() {
+            c.restart();
+        }
+    }
+    let c = &cs[0];
     let mut finals: BTreeMap<String, Value> = BTreeMap::new();
     for j in &jobs {
         let id = j.id.clone().unwrap();
@@ -491,7 +513,7 @@ fn run(seed: u64) -> Vec<String> {
     if !leftovers.is_empty() {
         problems.push(format!("seed {seed}: staging or partial files left on the store: {leftovers:?}"));
     }
-    let left: Vec<String> = files_under(&spool);
+    let left: Vec<String> = cs.iter().flat_map(|c| files_under(&c.data.path("storage/uploads"))).collect();
     if !left.is_empty() {
         problems.push(format!("seed {seed}: partial uploads left in the spool: {left:?}"));
     }
@@ -525,16 +547,18 @@ fn run(seed: u64) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(500));
     }
     // No child process outlives its worker.
-    let data = c.data.tmp.path().to_string_lossy().into_owned();
+    let data: Vec<String> = cs.iter().map(|c| c.data.tmp.path().to_string_lossy().into_owned()).collect();
     drop(workers);
-    let _ = c.child.kill();
-    let _ = c.child.wait();
+    for c in cs.iter_mut() {
+        let _ = c.child.kill();
+        let _ = c.child.wait();
+    }
     if spool_disk {
         let _ = Command::new("umount").arg(&spool).status();
     }
-    drop(c);
+    drop(cs);
     std::thread::sleep(Duration::from_millis(500));
-    let orphans = processes_mentioning(&data);
+    let orphans: Vec<String> = data.iter().flat_map(|d| processes_mentioning(d)).collect();
     if !orphans.is_empty() {
         problems.push(format!("seed {seed}: processes left running: {orphans:?}"));
     }
@@ -544,6 +568,20 @@ fn run(seed: u64) -> Vec<String> {
 
 #[test]
 fn the_lifecycle_holds_under_injected_faults() {
+    run_seeds(None);
+}
+
+/// The same suite with two coordinators on one PostgreSQL database (a fresh one
+/// per seed); skipped with a message on a machine without PostgreSQL, except in CI.
+#[test]
+fn the_lifecycle_holds_with_two_coordinators_on_postgres() {
+    if tokio::runtime::Runtime::new().unwrap().block_on(coordinator::pgtest::database()).is_none() {
+        return;
+    }
+    run_seeds(Some(()));
+}
+
+fn run_seeds(postgres: Option<()>) {
     let seeds: Vec<u64> = match std::env::var("CHAOS_RUNS").ok().and_then(|n| n.parse::<u64>().ok()) {
         Some(n) => {
             let first = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
@@ -553,7 +591,8 @@ fn the_lifecycle_holds_under_injected_faults() {
     };
     let mut failures = Vec::new();
     for seed in &seeds {
-        let problems = run(*seed);
+        let db = postgres.map(|()| tokio::runtime::Runtime::new().unwrap().block_on(coordinator::pgtest::database()).unwrap());
+        let problems = run(*seed, db.as_deref());
         for p in &problems {
             eprintln!("chaos: FAILED {p}");
         }

@@ -37,14 +37,17 @@ fn coordinator(port: u16, db: &str, store: &Nginx) -> Coordinator {
     Coordinator { child, url, admin, data, args: extra.iter().map(|s| s.to_string()).collect() }
 }
 
+/// An event stream's lines, each with when it arrived.
+type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
+
 /// `curl -N` on an event stream, its lines collected as they come.
-fn listen(url: &str, token: &str) -> (std::process::Child, Arc<Mutex<Vec<(Instant, String)>>>) {
+fn listen(url: &str, token: &str) -> (std::process::Child, Lines) {
     let mut child = Command::new("curl")
         .args(["-sN", "-H", &format!("Authorization: Bearer {token}"), &format!("{url}/api/v1/events")])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let lines: Arc<Mutex<Vec<(Instant, String)>>> = Default::default();
+    let lines: Lines = Default::default();
     let out = child.stdout.take().unwrap();
     let l = lines.clone();
     std::thread::spawn(move || {

@@ -191,7 +191,29 @@ impl FarmArgs {
     }
 }
 
+/// Settings whose value may come from a file: `NAME_FILE=PATH` (a Docker or
+/// Kubernetes secret) stands for `NAME=<the file's contents>` when NAME is unset.
+const FILE_SETTINGS: [&str; 3] = ["DRAKE_DATABASE_URL", "DRAKE_STORAGE_AUTHORIZATION", "DRAKE_TOKEN"];
+
+fn settings_from_files() {
+    for name in FILE_SETTINGS {
+        let Ok(path) = std::env::var(format!("{name}_FILE")) else { continue };
+        if std::env::var_os(name).is_some() {
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            // SAFETY: called first thing in main, before any other thread exists.
+            Ok(value) => unsafe { std::env::set_var(name, value.trim()) },
+            Err(e) => {
+                proto::log!("drake: {name}_FILE={path}: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+}
+
 fn main() {
+    settings_from_files();
     let code = match Cli::parse().command {
         Command::Coordinator { data, listen, settings } => farm::coordinator(data, &listen, settings.settings()),
         Command::Worker { coordinator, token, slots, tags, scratch, name } => {
