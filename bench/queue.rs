@@ -8,8 +8,8 @@
 //! latency of a lease request that got a task, and each PostgreSQL setup's
 //! throughput as a ratio to SQLite's at the same worker count.
 //!
-//! Run it with `bench/queue.sh [SECONDS=8]` (a release build; PostgreSQL from
-//! `scripts/setup.sh`).
+//! Run it with `bench/queue.sh [SECONDS=8] [WORKERS=10,100,500]` (a release build;
+//! PostgreSQL from `scripts/setup.sh`); `BENCH_SETUPS=1,2` runs only those setups.
 
 use coordinator::queue::{Chore, DatabaseUrl, NewJob, NewTask, Queue, QueueConfig, TaskKind};
 use serde_json::{Value, json};
@@ -45,10 +45,13 @@ fn main() {
         Setup { name: "1 coordinator, PostgreSQL", postgres: true, coordinators: 1 },
         Setup { name: "2 coordinators, PostgreSQL, nginx", postgres: true, coordinators: 2 },
     ];
+    let only: Option<Vec<usize>> =
+        std::env::var("BENCH_SETUPS").ok().map(|s| s.split(',').filter_map(|n| n.trim().parse::<usize>().ok()).map(|n| n - 1).collect());
+    let setups: Vec<&Setup> = setups.iter().enumerate().filter(|(i, _)| only.as_ref().is_none_or(|o| o.contains(i))).map(|(_, s)| s).collect();
     println!("queue benchmark: {seconds} s per run, {} cores", std::thread::available_parallelism().map_or(1, |n| n.get()));
     println!("{:<36} {:>8} {:>12} {:>10} {:>10} {:>8} {:>10}", "setup", "workers", "cycles/s", "p50 ms", "p99 ms", "errors", "vs SQLite");
     let mut sqlite: Vec<(usize, f64)> = Vec::new();
-    for setup in &setups {
+    for setup in setups {
         for &n in &counts {
             let o = rt.block_on(run(setup, n, seconds));
             let vs = if setup.postgres {
@@ -108,7 +111,8 @@ async fn run(setup: &Setup, workers: usize, seconds: u64) -> Outcome {
         if let Some(s) = &store {
             cmd.args(["--storage-url", &s.media, "--storage-authorization", "Bearer bench"]);
         }
-        let child = cmd.env_remove("DRAKE_ADMIN_TOKEN").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let log = std::fs::File::create(data.join("coordinator.log")).unwrap();
+        let child = cmd.env_remove("DRAKE_ADMIN_TOKEN").stdout(Stdio::null()).stderr(log).spawn().unwrap();
         procs.push(Proc(child));
         urls.push(format!("http://127.0.0.1:{port}"));
     }
@@ -165,6 +169,15 @@ async fn run(setup: &Setup, workers: usize, seconds: u64) -> Outcome {
     let pct =
         |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0.0);
     drop(procs);
+    // What the coordinators said about failed requests, if any failed.
+    if errors.load(Ordering::Relaxed) > 0 {
+        for i in 0..setup.coordinators {
+            let log = std::fs::read_to_string(dir.path().join(format!("c{i}/coordinator.log"))).unwrap_or_default();
+            for line in log.lines().filter(|l| !l.contains(" join token ")).take(3) {
+                eprintln!("  coordinator {i}: {line}");
+            }
+        }
+    }
     Outcome { cycles_per_second: done as f64 / elapsed, p50_ms: pct(0.50), p99_ms: pct(0.99), errors: errors.load(Ordering::Relaxed) }
 }
 
@@ -181,6 +194,7 @@ async fn seed(database: &DatabaseUrl, tasks: usize) {
             callback_url: None,
             priority: 0,
             idempotency_key: None,
+            requires_tags: vec![],
         };
         let (job, _) = q.create_job(&new, now).await.unwrap();
         let owed = q.arm_chores(Some(&job.id), "bench-seed", now).await.unwrap();

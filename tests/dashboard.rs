@@ -530,6 +530,7 @@ async fn seed(db: &std::path::Path) -> String {
             callback_url: None,
             priority: 0,
             idempotency_key: None,
+            requires_tags: vec![],
         };
         let (job, _) = q.create_job(&new, now - 3_500_000 + i * 3_000).await.unwrap();
         let tasks: Vec<NewTask> = ["240p", "360p", "480p", "720p"]

@@ -762,3 +762,38 @@ fn every_size_and_count_a_stranger_sends_is_bounded() {
     let (_, listed) = full.call("GET", "/api/v1/jobs", Some(&full.admin), None);
     assert_eq!(listed["jobs"], json!([]));
 }
+
+#[test]
+fn a_job_that_requires_a_tag_runs_only_on_a_worker_with_it() {
+    let c = Coordinator::start();
+    let join = c.join_token(2);
+    let _plain = c.worker_with_stderr("plain", &join, Stdio::null());
+    let dir = Dir::new();
+    test_clip(&dir.s("clip.mp4"), "320x240", 2);
+    let (status, job) = c.upload(&dir.s("clip.mp4"), &[("requires_tags", "gpu")]);
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(job["requires_tags"], json!(["gpu"]));
+    let id = job["id"].as_str().unwrap();
+    // The reconciler's capable-worker check (every tenth second) says why it waits.
+    c.wait_for(id, |j| j["waiting_for"].as_str().is_some_and(|w| w == "a capable worker: no live worker has both the encoder libx264 and the tags gpu"));
+    assert!(c.call("GET", &format!("/api/v1/jobs/{id}"), Some(&c.admin), None).1["tasks"].as_array().unwrap().iter().all(|t| t["state"] == "queued"));
+    // A bad tag is refused at submit.
+    assert_eq!(c.upload(&dir.s("clip.mp4"), &[("requires_tags", "GPU!")]).0, 400);
+    let scratch = c.data.path("scratch-gpu");
+    let _gpu = Worker {
+        child: Command::new(drake_bin())
+            .args(["worker", "--coordinator", &c.url, "--name", "gpu", "--tags", "gpu,ssd", "--scratch", scratch.to_str().unwrap()])
+            .env("DRAKE_TOKEN", &join)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        name: "gpu".into(),
+        scratch,
+    };
+    let job = c.wait_ended(id, Duration::from_secs(120));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (_, workers) = c.call("GET", "/api/v1/workers", Some(&c.admin), None);
+    let gpu = workers["workers"].as_array().unwrap().iter().find(|w| w["name"] == "gpu").unwrap()["id"].clone();
+    assert!(job["tasks"].as_array().unwrap().iter().all(|t| t["worker"] == gpu), "{job}");
+}

@@ -73,6 +73,8 @@ struct JobFields {
     callback_url: Option<String>,
     priority: Option<i64>,
     idempotency_key: Option<String>,
+    /// Worker tags the job's tasks need, besides its profile's (multipart: comma-separated).
+    requires_tags: Option<Vec<String>>,
 }
 
 fn check_url(what: &str, url: &str) -> Result<(), ApiError> {
@@ -105,8 +107,12 @@ fn new_job(st: &AppState, caller: &Caller, f: JobFields, source: String) -> Resu
         return Err(ApiError::BadRequest("profile must be a profile name".into()));
     }
     // Validate the profile now, so a typo is a 400 rather than a failed job.
-    Profile::load(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let profile = Profile::load(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut tags = f.requires_tags.unwrap_or_default();
+    tags.extend(profile.requires_tags);
+    let requires_tags = proto::profile::valid_tags(tags).map_err(|e| ApiError::BadRequest(format!("requires_tags: {e}")))?;
     Ok(NewJob {
+        requires_tags,
         pipeline: pipeline_of(caller),
         profile: name,
         source,
@@ -240,6 +246,8 @@ async fn create_from_upload(st: &AppState, caller: &Caller, mut multipart: Multi
             let text = bounded_text(&mut field, MAX_FIELD_LEN).await?;
             let value = if name == "priority" {
                 json!(text.parse::<i64>().map_err(|_| ApiError::BadRequest("priority must be a number".into()))?)
+            } else if name == "requires_tags" {
+                json!(text.split(',').map(str::trim).filter(|t| !t.is_empty()).collect::<Vec<_>>())
             } else {
                 json!(text)
             };

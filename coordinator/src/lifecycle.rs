@@ -34,8 +34,8 @@ pub async fn kick(st: &AppState, job: &str) {
         Err(e) => proto::log!("coordinator: job {job}: arming its chore: {e}"),
     }
     push_deliveries(st, Some(job), false, now).await;
-    if let Ok(Some(j)) = st.queue.job(job).await {
-        st.emit("job", json!({"job_id": j.id, "state": j.state, "error": j.error, "outputs": j.outputs}));
+    if let Ok(Some((state, error, outputs))) = st.queue.job_summary(job).await {
+        st.emit("job", json!({"job_id": job, "state": state, "error": error, "outputs": outputs}));
     }
 }
 

@@ -68,8 +68,8 @@ impl Queue {
     }
 
     /// Records a worker's poll or heartbeat (free slots and load when it reports
-    /// them). Returns (encoders, draining) or NotFound for removed workers.
-    pub async fn worker_seen(&self, id: &str, free_slots: Option<i64>, load: Option<f64>, now: i64) -> Result<(Vec<String>, bool)> {
+    /// them). Returns (capabilities, draining) or NotFound for removed workers.
+    pub async fn worker_seen(&self, id: &str, free_slots: Option<i64>, load: Option<f64>, now: i64) -> Result<(Capabilities, bool)> {
         let row = sqlx::query(
             "UPDATE workers SET last_seen = $1, free_slots = COALESCE($2, free_slots), load = COALESCE($3, load)
              WHERE id = $4 AND removed = 0 RETURNING capabilities, draining",
@@ -82,7 +82,7 @@ impl Queue {
         .await?
         .ok_or_else(|| QueueError::NotFound(format!("worker {id}")))?;
         let caps: Capabilities = serde_json::from_str(row.get::<&str, _>(0)).map_err(|e| QueueError::Conflict(e.to_string()))?;
-        Ok((caps.encoders, row.get::<i64, _>(1) != 0))
+        Ok((caps, row.get::<i64, _>(1) != 0))
     }
 
     pub async fn set_draining(&self, id: &str, draining: bool) -> Result<()> {

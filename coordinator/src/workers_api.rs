@@ -6,7 +6,7 @@ use crate::api::{allow, parsed};
 use crate::auth::{self, Caller, Role};
 use crate::error::ApiError;
 use crate::lifecycle;
-use crate::queue::{Bundling, QueueError};
+use crate::queue::{Bundling, Fit, QueueError};
 use crate::state::{AppState, audit, now_ms};
 use crate::storage;
 use axum::extract::rejection::JsonRejection;
@@ -89,12 +89,12 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds.min(MAX_WAIT_SECONDS));
     loop {
         let now = now_ms();
-        let (encoders, draining) = st.queue.worker_seen(&worker, Some(req.free_slots as i64), req.load, now).await?;
+        let (caps, draining) = st.queue.worker_seen(&worker, Some(req.free_slots as i64), req.load, now).await?;
         if req.free_slots > 0 && !draining && !req.draining {
             // Register interest before looking, so a task queued in between wakes us.
             let notified = st.work_ready.notified();
             let bundling = Bundling { max_renditions: (req.max_tasks as usize).clamp(1, MAX_BUNDLE), thumbnails: req.bundle_thumbnails };
-            let mut leased = st.queue.lease_bundle(&worker, &encoders, now, bundling).await?.into_iter().map(|l| {
+            let mut leased = st.queue.lease_bundle(&worker, &Fit { encoders: &caps.encoders, tags: &caps.tags }, now, bundling).await?.into_iter().map(|l| {
                 st.emit("task", json!({"job_id": l.job_id, "task_id": l.task_id, "state": "leased", "worker": worker}));
                 TaskLease {
                     version: proto::WIRE_VERSION,

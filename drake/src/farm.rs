@@ -216,6 +216,7 @@ pub struct SubmitArgs {
     pub priority: i64,
     pub callback_url: Option<String>,
     pub idempotency_key: Option<String>,
+    pub requires_tags: Vec<String>,
 }
 
 /// The token for `submit`: the flag, `DRAKE_TOKEN`, or a local farm's admin token.
@@ -246,7 +247,7 @@ async fn submit_async(args: &SubmitArgs, token: &str) -> Result<i32, String> {
     let url = format!("{base}/api/v1/jobs");
     let is_url = args.input.starts_with("http://") || args.input.starts_with("https://");
     let req = if is_url {
-        let body = serde_json::json!({"source_url": args.input, "profile": args.profile, "priority": args.priority, "callback_url": args.callback_url, "idempotency_key": args.idempotency_key});
+        let body = serde_json::json!({"source_url": args.input, "profile": args.profile, "priority": args.priority, "callback_url": args.callback_url, "idempotency_key": args.idempotency_key, "requires_tags": args.requires_tags});
         http.post(&url).json(&body)
     } else {
         let file = tokio::fs::File::open(&args.input).await.map_err(|e| format!("{}: {e}", args.input))?;
@@ -266,6 +267,9 @@ async fn submit_async(args: &SubmitArgs, token: &str) -> Result<i32, String> {
         }
         if let Some(k) = &args.idempotency_key {
             form = form.text("idempotency_key", k.clone());
+        }
+        if !args.requires_tags.is_empty() {
+            form = form.text("requires_tags", args.requires_tags.join(","));
         }
         http.post(&url).multipart(form)
     };

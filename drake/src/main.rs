@@ -113,6 +113,10 @@ enum Command {
         callback_url: Option<String>,
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// A worker tag the job's tasks need (repeatable, or comma-separated): only
+        /// workers started with every one of them (`--tags`) take them.
+        #[arg(long = "requires-tag", value_delimiter = ',')]
+        requires_tags: Vec<String>,
     },
     /// Manage the farm's database.
     Db {
@@ -220,8 +224,8 @@ fn main() {
             farm::worker(farm::WorkerArgs { coordinators: coordinator, token, slots, tags, scratch, name })
         }
         Command::Up { workers, data, listen, settings } => farm::up(data, &listen, workers, settings.settings()),
-        Command::Submit { input, profile, coordinator, token, wait, priority, callback_url, idempotency_key } => {
-            farm::submit(farm::SubmitArgs { input, profile, coordinator, token, wait, priority, callback_url, idempotency_key })
+        Command::Submit { input, profile, coordinator, token, wait, priority, callback_url, idempotency_key, requires_tags } => {
+            farm::submit(farm::SubmitArgs { input, profile, coordinator, token, wait, priority, callback_url, idempotency_key, requires_tags })
         }
         Command::Db { command: DbCommand::Copy { from, to } } => farm::db_copy(&from, &to),
         engine => run_engine(engine),

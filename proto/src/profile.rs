@@ -53,6 +53,9 @@ impl VideoCodec {
 pub struct Profile {
     pub name: String,
     pub description: String,
+    /// Worker tags a machine must have all of to take this profile's tasks (a GPU,
+    /// a region); empty: any worker.
+    pub requires_tags: Vec<String>,
     pub video: VideoSettings,
     pub audio: AudioSettings,
     /// Rungs sorted by height, lowest first.
@@ -112,6 +115,7 @@ struct RawProfile {
     name: Spanned<String>,
     #[serde(default)]
     description: String,
+    requires_tags: Option<Spanned<Vec<String>>>,
     video: RawVideo,
     audio: RawAudio,
     rendition: Vec<RawRung>,
@@ -311,9 +315,17 @@ impl Profile {
         }
         rungs.sort_by_key(|r| r.height);
 
+        let requires_tags = match raw.requires_tags {
+            Some(tags) => {
+                let span = tags.span();
+                valid_tags(tags.into_inner()).map_err(|m| err(span, "requires_tags", m))?
+            }
+            None => Vec::new(),
+        };
         Ok(Profile {
             name,
             description: raw.description,
+            requires_tags,
             video: VideoSettings { codec: v.codec, preset, cpu_used, gop_seconds, segment_seconds, max_frame_rate },
             audio: AudioSettings {
                 bitrate: a.bitrate_kbps.get_ref() * 1000,
@@ -323,6 +335,28 @@ impl Profile {
             rungs,
         })
     }
+}
+
+/// Most tags a profile or a job may require.
+pub const MAX_REQUIRED_TAGS: usize = 16;
+
+/// Checks worker tags a profile or job requires: each 1 to 64 of `a-z 0-9 . _ -`
+/// (as worker `--tags` are), at most [`MAX_REQUIRED_TAGS`]. Returns them sorted and
+/// without repeats.
+pub fn valid_tags(tags: Vec<String>) -> Result<Vec<String>, String> {
+    if tags.len() > MAX_REQUIRED_TAGS {
+        return Err(format!("at most {MAX_REQUIRED_TAGS} tags"));
+    }
+    for t in &tags {
+        let ok = !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if !ok {
+            return Err(format!("{t:?} is not a tag (1 to 64 of a-z, 0-9, '.', '_', '-')"));
+        }
+    }
+    let mut tags = tags;
+    tags.sort();
+    tags.dedup();
+    Ok(tags)
 }
 
 /// 1-based line number of a byte offset.

@@ -99,6 +99,30 @@ pub(super) fn promotion_row(r: sqlx::any::AnyRow) -> Promotion {
     }
 }
 
+/// Whether a live worker can take the queued task `tasks`: it has the task's
+/// encoder (if it needs one) and every tag the task's job requires. `$2` is the
+/// oldest heartbeat that counts as live.
+macro_rules! capable_sqlite {
+    () => {
+        "EXISTS (SELECT 1 FROM workers w WHERE w.removed = 0 AND w.last_seen >= $2
+             AND (tasks.requires IS NULL
+                  OR EXISTS (SELECT 1 FROM json_each(w.capabilities, '$.encoders') e WHERE e.value = tasks.requires))
+             AND NOT EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = tasks.job_id
+                  AND NOT EXISTS (SELECT 1 FROM json_each(w.capabilities, '$.tags') g WHERE g.value = jt.tag)))"
+    };
+}
+
+/// [`capable_sqlite`] in PostgreSQL's JSON functions.
+macro_rules! capable_postgres {
+    () => {
+        "EXISTS (SELECT 1 FROM workers w WHERE w.removed = 0 AND w.last_seen >= $2
+             AND (tasks.requires IS NULL
+                  OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(w.capabilities::jsonb -> 'encoders') e(value) WHERE e.value = tasks.requires))
+             AND NOT EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = tasks.job_id
+                  AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(w.capabilities::jsonb -> 'tags') g(value) WHERE g.value = jt.tag)))"
+    };
+}
+
 impl Queue {
     /// Arms every owed chore that is due (or, with `job`, that job's), and ends the
     /// jobs whose chore has no attempts left. A chore claimed by another coordinator
@@ -355,7 +379,8 @@ impl Queue {
         .fetch_optional(&self.pool)
         .await?;
         if let Some(encoder) = unrunnable {
-            return Ok(Some(format!("a capable worker: {}", no_capable_worker(encoder.as_deref()))));
+            let tags = job_tags(self.pool.acquire().await?.as_mut(), id).await?;
+            return Ok(Some(format!("a capable worker: {}", no_capable_worker(encoder.as_deref(), &tags))));
         }
         let queued: i64 =
             sqlx::query_scalar("SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND state = 'queued') THEN 1 ELSE 0 END")
@@ -370,25 +395,20 @@ impl Queue {
     pub async fn check_capable_workers(&self, wait_ms: i64, now: i64) -> Result<Vec<String>> {
         let mut tx = self.write_tx().await?;
         // A task that needs no particular encoder needs a live worker all the same.
-        let sql = match self.backend {
-            Backend::Sqlite => {
-                "UPDATE tasks SET unrunnable_since = CASE
-                     WHEN tasks.requires IS NULL AND EXISTS (SELECT 1 FROM workers w WHERE w.removed = 0 AND w.last_seen >= $2) THEN NULL
-                     WHEN EXISTS (SELECT 1 FROM workers w, json_each(w.capabilities, '$.encoders') e
-                                  WHERE e.value = tasks.requires AND w.removed = 0 AND w.last_seen >= $2) THEN NULL
-                     ELSE COALESCE(unrunnable_since, $1) END
-                 WHERE state = 'queued'"
-            }
-            Backend::Postgres => {
-                "UPDATE tasks SET unrunnable_since = CASE
-                     WHEN tasks.requires IS NULL AND EXISTS (SELECT 1 FROM workers w WHERE w.removed = 0 AND w.last_seen >= $2) THEN NULL
-                     WHEN EXISTS (SELECT 1 FROM workers w, jsonb_array_elements_text(w.capabilities::jsonb -> 'encoders') e(value)
-                                  WHERE e.value = tasks.requires AND w.removed = 0 AND w.last_seen >= $2) THEN NULL
-                     ELSE COALESCE(unrunnable_since, $1) END
-                 WHERE state = 'queued'"
-            }
+        // Only tasks whose answer changed are written: a farm with thousands of queued
+        // tasks rewrote all of them every tenth second, holding the writer's lock.
+        let (mark, clear) = match self.backend {
+            Backend::Sqlite => (
+                concat!("UPDATE tasks SET unrunnable_since = $1 WHERE state = 'queued' AND unrunnable_since IS NULL AND NOT ", capable_sqlite!()),
+                concat!("UPDATE tasks SET unrunnable_since = NULL WHERE state = 'queued' AND unrunnable_since <= $1 AND ", capable_sqlite!()),
+            ),
+            Backend::Postgres => (
+                concat!("UPDATE tasks SET unrunnable_since = $1 WHERE state = 'queued' AND unrunnable_since IS NULL AND NOT ", capable_postgres!()),
+                concat!("UPDATE tasks SET unrunnable_since = NULL WHERE state = 'queued' AND unrunnable_since <= $1 AND ", capable_postgres!()),
+            ),
         };
-        sqlx::query(sql).bind(now).bind(now - self.cfg.lease_ttl_ms).execute(&mut *tx).await?;
+        sqlx::query(mark).bind(now).bind(now - self.cfg.lease_ttl_ms).execute(&mut *tx).await?;
+        sqlx::query(clear).bind(now).bind(now - self.cfg.lease_ttl_ms).execute(&mut *tx).await?;
         let stuck = sqlx::query("SELECT id, job_id, requires FROM tasks WHERE state = 'queued' AND unrunnable_since < $1")
             .bind(now - wait_ms)
             .fetch_all(&mut *tx)
@@ -396,7 +416,8 @@ impl Queue {
         let mut jobs = Vec::new();
         for row in stuck {
             let (task, job, encoder): (String, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
-            let why = format!("{} (waited {} s for one)", no_capable_worker(encoder.as_deref()), wait_ms / 1000);
+            let tags = job_tags(&mut tx, &job).await?;
+            let why = format!("{} (waited {} s for one)", no_capable_worker(encoder.as_deref(), &tags), wait_ms / 1000);
             sqlx::query("UPDATE tasks SET state = 'failed', error = $1, updated_at = $2, finished_at = $2 WHERE id = $3")
                 .bind(&why)
                 .bind(now)
@@ -457,11 +478,19 @@ async fn holds(tx: &mut AnyConnection, job: &str, chore: Chore, claim: ChoreClai
     Ok(held != 0)
 }
 
-fn no_capable_worker(encoder: Option<&str>) -> String {
-    match encoder {
-        Some(e) => format!("no live worker has the encoder {e}"),
-        None => "no worker is live".into(),
+/// Why no live worker can take a task that needs `encoder` and `tags`.
+fn no_capable_worker(encoder: Option<&str>, tags: &[String]) -> String {
+    match (encoder, tags) {
+        (Some(e), []) => format!("no live worker has the encoder {e}"),
+        (None, []) => "no worker is live".into(),
+        (Some(e), t) => format!("no live worker has both the encoder {e} and the tags {}", t.join(", ")),
+        (None, t) => format!("no live worker has the tags {}", t.join(", ")),
     }
+}
+
+/// The worker tags a job requires.
+async fn job_tags(conn: &mut AnyConnection, job: &str) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar("SELECT tag FROM job_tags WHERE job_id = $1 ORDER BY tag").bind(job).fetch_all(&mut *conn).await?)
 }
 
 fn default_step(chore: Chore, source: &str) -> String {
@@ -477,7 +506,13 @@ fn gave_up(step: &str, attempts: i64, error: &str) -> String {
 
 async fn insert_tasks(tx: &mut AnyConnection, job: &str, tasks: &[NewTask], max_attempts: i64, now: i64) -> Result<()> {
     for (seq, t) in tasks.iter().enumerate() {
-        sqlx::query("INSERT INTO tasks (id, job_id, kind, rendition, requires, seq, state, max_attempts, created_at, updated_at, queued_at) VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8, $8)")
+        // The job's place in the lease order goes with each task (see `lease_one`).
+        sqlx::query(
+            "INSERT INTO tasks (id, job_id, kind, rendition, requires, seq, state, max_attempts, created_at, updated_at, queued_at,
+                                priority, due_at, job_created_at)
+             SELECT $1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8, $8, j.priority, COALESCE(j.due_at, j.created_at), j.created_at
+             FROM jobs j WHERE j.id = $2",
+        )
             .bind(uuid::Uuid::now_v7().to_string())
             .bind(job)
             .bind(kind_str(t.kind))

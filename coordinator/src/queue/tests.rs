@@ -7,6 +7,13 @@ use crate::sessions::{LOGIN_LINK_TTL_MS, SESSION_TTL_MS};
 
 const T0: i64 = 1_000_000;
 
+impl Queue {
+    /// `lease_bundle` for a worker with these encoders and no tags.
+    async fn lease_bundle_for(&self, worker: &str, encoders: &[String], now: i64, bundling: Bundling) -> Result<Vec<Lease>> {
+        self.lease_bundle(worker, &Fit { encoders, tags: &[] }, now, bundling).await
+    }
+}
+
 fn config() -> QueueConfig {
     QueueConfig { lease_ttl_ms: 10_000, backoff_base_ms: 1_000, backoff_max_ms: 8_000, max_attempts: 3, capable_worker_wait_ms: 60_000 }
 }
@@ -56,6 +63,8 @@ macro_rules! conformance {
 }
 
 conformance!(
+    tasks_go_only_to_workers_with_every_required_tag,
+    a_task_whose_tags_no_worker_has_fails_after_the_wait_with_that_reason,
     overview_and_metrics_count_what_happened,
     workers_register_drain_and_leave,
     tokens_are_stored_hashed_and_checked,
@@ -85,7 +94,7 @@ conformance!(
 
 async fn job_with(q: &Queue, renditions: &[&str]) -> Job {
     let new =
-        NewJob { pipeline: None, profile: "web".into(), source: "/dav/src".into(), callback_url: None, priority: 0, idempotency_key: None };
+        NewJob { pipeline: None, profile: "web".into(), source: "/dav/src".into(), callback_url: None, priority: 0, idempotency_key: None, requires_tags: vec![] };
     let (job, _) = q.create_job(&new, T0).await.unwrap();
     let tasks: Vec<NewTask> =
         renditions.iter().map(|r| NewTask { kind: TaskKind::Transcode, rendition: Some(r.to_string()), requires: None }).collect();
@@ -220,6 +229,7 @@ async fn idempotency_keys_return_the_same_job(q: Queue) {
         callback_url: None,
         priority: 0,
         idempotency_key: Some("upload-42".into()),
+        requires_tags: vec![],
     };
     let (a, created_a) = q.create_job(&new, T0).await.unwrap();
     let (b, created_b) = q.create_job(&new, T0 + 5).await.unwrap();
@@ -227,7 +237,7 @@ async fn idempotency_keys_return_the_same_job(q: Queue) {
 }
 
 async fn tasks_go_only_to_workers_with_the_encoder(q: Queue) {
-    let new = NewJob { pipeline: None, profile: "vp9".into(), source: "s".into(), callback_url: None, priority: 0, idempotency_key: None };
+    let new = NewJob { pipeline: None, profile: "vp9".into(), source: "s".into(), callback_url: None, priority: 0, idempotency_key: None, requires_tags: vec![] };
     let (job, _) = q.create_job(&new, T0).await.unwrap();
     q.add_tasks(&job.id, &[NewTask { kind: TaskKind::Transcode, rendition: Some("360p".into()), requires: Some("libvpx-vp9".into()) }], T0)
         .await
@@ -250,6 +260,7 @@ async fn bundles_split_a_jobs_renditions_over_the_free_workers(q: Queue) {
             callback_url: None,
             priority: 0,
             idempotency_key: None,
+            requires_tags: vec![],
         };
         let (job, _) = q.create_job(&new, T0).await.unwrap();
         let mut tasks: Vec<NewTask> =
@@ -266,14 +277,14 @@ async fn bundles_split_a_jobs_renditions_over_the_free_workers(q: Queue) {
     for w in ["w1", "w2", "w3"] {
         q.register_worker(w, w, 1, &caps, "0", T0).await.unwrap();
     }
-    assert_eq!(names(&q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap()), ["240p"]);
-    let b = q.lease_bundle("w2", &[], T0, up_to(4)).await.unwrap();
+    assert_eq!(names(&q.lease_bundle_for("w1", &[], T0, up_to(4)).await.unwrap()), ["240p"]);
+    let b = q.lease_bundle_for("w2", &[], T0, up_to(4)).await.unwrap();
     assert_eq!(names(&b), ["720p", "480p"]);
     assert_ne!(b[0].task_id, b[1].task_id);
-    let c = q.lease_bundle("w3", &[], T0, up_to(4)).await.unwrap();
+    let c = q.lease_bundle_for("w3", &[], T0, up_to(4)).await.unwrap();
     assert_eq!(names(&c), ["360p", "thumbnails"]);
     assert_eq!(c[1].kind, TaskKind::Thumbnails);
-    assert!(q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap().is_empty());
+    assert!(q.lease_bundle_for("w1", &[], T0, up_to(4)).await.unwrap().is_empty());
     // Bundled leases are independent: one completes, its mate's lease lapses alone.
     q.complete(&b[0].task_id, "w2", b[0].epoch, &serde_json::json!({}), T0 + 1).await.unwrap();
     assert!(!q.heartbeat(&b[1].task_id, "w2", b[1].epoch, 0.5, T0 + 2).await.unwrap());
@@ -283,42 +294,42 @@ async fn bundles_split_a_jobs_renditions_over_the_free_workers(q: Queue) {
     for w in ["w1", "w2"] {
         q.register_worker(w, w, 1, &caps, "0", T0).await.unwrap();
     }
-    let a = q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap();
+    let a = q.lease_bundle_for("w1", &[], T0, up_to(4)).await.unwrap();
     assert_eq!(names(&a), ["240p"]);
-    assert_eq!(names(&q.lease_bundle("w2", &[], T0, up_to(4)).await.unwrap()), ["720p", "480p", "360p", "thumbnails"]);
+    assert_eq!(names(&q.lease_bundle_for("w2", &[], T0, up_to(4)).await.unwrap()), ["720p", "480p", "360p", "thumbnails"]);
     // Once a job is playable, its lowest rung bundles like any other (here, a retry).
     let q = with_thumbnails(fresh(backend).await).await;
     q.register_worker("w1", "w1", 1, &caps, "0", T0).await.unwrap();
-    let a = q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap();
-    let rest = q.lease_bundle("w1", &[], T0, up_to(4)).await.unwrap();
+    let a = q.lease_bundle_for("w1", &[], T0, up_to(4)).await.unwrap();
+    let rest = q.lease_bundle_for("w1", &[], T0, up_to(4)).await.unwrap();
     done(&q, &rest[0], "w1", T0 + 1).await;
     q.fail(&a[0].task_id, "w1", a[0].epoch, "disk full", true, "", T0 + 1).await.unwrap();
-    let retry = q.lease_bundle("w1", &[], T0 + 600_000, up_to(4)).await.unwrap();
+    let retry = q.lease_bundle_for("w1", &[], T0 + 600_000, up_to(4)).await.unwrap();
     assert_eq!(names(&retry), ["240p"], "{retry:?}");
 
     // A worker that cannot make thumbnails in its transcode gets them on their own.
     let q = with_thumbnails(fresh(backend).await).await;
     q.register_worker("old", "old", 1, &caps, "0", T0).await.unwrap();
     let old = Bundling { max_renditions: 4, thumbnails: false };
-    assert_eq!(names(&q.lease_bundle("old", &[], T0, old).await.unwrap()), ["240p"]);
-    assert_eq!(names(&q.lease_bundle("old", &[], T0, old).await.unwrap()), rungs[1..]);
-    assert_eq!(names(&q.lease_bundle("old", &[], T0, old).await.unwrap()), ["thumbnails"]);
+    assert_eq!(names(&q.lease_bundle_for("old", &[], T0, old).await.unwrap()), ["240p"]);
+    assert_eq!(names(&q.lease_bundle_for("old", &[], T0, old).await.unwrap()), rungs[1..]);
+    assert_eq!(names(&q.lease_bundle_for("old", &[], T0, old).await.unwrap()), ["thumbnails"]);
 
     // One worker alone: the lowest rung, then the rest of the ladder in one lease; a
     // limit caps it, and the thumbnails come with the last renditions.
     let q = with_thumbnails(fresh(backend).await).await;
     q.register_worker("solo", "solo", 1, &caps, "0", T0).await.unwrap();
-    assert_eq!(names(&q.lease_bundle("solo", &[], T0, up_to(2)).await.unwrap()), ["240p"]);
-    assert_eq!(names(&q.lease_bundle("solo", &[], T0, up_to(2)).await.unwrap()), ["720p", "480p"]);
-    assert_eq!(names(&q.lease_bundle("solo", &[], T0, up_to(2)).await.unwrap()), ["360p", "thumbnails"]);
+    assert_eq!(names(&q.lease_bundle_for("solo", &[], T0, up_to(2)).await.unwrap()), ["240p"]);
+    assert_eq!(names(&q.lease_bundle_for("solo", &[], T0, up_to(2)).await.unwrap()), ["720p", "480p"]);
+    assert_eq!(names(&q.lease_bundle_for("solo", &[], T0, up_to(2)).await.unwrap()), ["360p", "thumbnails"]);
 
     // Workers whose heartbeats stopped are not counted as free.
     let q = fresh(backend).await;
     job_with(&q, &rungs).await;
     q.register_worker("gone", "gone", 1, &caps, "0", T0 - 60_000).await.unwrap();
     q.register_worker("here", "here", 1, &caps, "0", T0).await.unwrap();
-    assert_eq!(q.lease_bundle("here", &[], T0, up_to(4)).await.unwrap().len(), 1, "the lowest rung");
-    assert_eq!(q.lease_bundle("here", &[], T0, up_to(4)).await.unwrap().len(), 3, "the rest in one lease");
+    assert_eq!(q.lease_bundle_for("here", &[], T0, up_to(4)).await.unwrap().len(), 1, "the lowest rung");
+    assert_eq!(q.lease_bundle_for("here", &[], T0, up_to(4)).await.unwrap().len(), 3, "the rest in one lease");
 }
 
 async fn a_short_clip_is_not_queued_behind_a_long_film(q: Queue) {
@@ -326,7 +337,7 @@ async fn a_short_clip_is_not_queued_behind_a_long_film(q: Queue) {
         let q = &q;
         async move {
             let new =
-                NewJob { pipeline: None, profile: "web".into(), source: "s".into(), callback_url: None, priority, idempotency_key: None };
+                NewJob { pipeline: None, profile: "web".into(), source: "s".into(), callback_url: None, priority, idempotency_key: None, requires_tags: vec![] };
             let (job, _) = q.create_job(&new, at).await.unwrap();
             let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
             let claim = claim(q, &job.id, Chore::Probe, at).await.unwrap();
@@ -354,6 +365,7 @@ fn url_job(key: Option<&str>) -> NewJob {
         callback_url: Some("http://hooks.example/drake".into()),
         priority: 0,
         idempotency_key: key.map(String::from),
+        requires_tags: vec![],
     }
 }
 
@@ -635,8 +647,8 @@ async fn login_links_work_once_and_sessions_expire(q: Queue) {
 async fn workers_register_drain_and_leave(q: Queue) {
     let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec!["gpu".into()] };
     q.register_worker("w1", "box-1", 2, &caps, "1.0", T0).await.unwrap();
-    let (encoders, draining) = q.worker_seen("w1", Some(1), Some(0.5), T0 + 1).await.unwrap();
-    assert_eq!((encoders, draining), (vec!["libx264".to_string()], false));
+    let (seen, draining) = q.worker_seen("w1", Some(1), Some(0.5), T0 + 1).await.unwrap();
+    assert_eq!((seen, draining), (caps.clone(), false));
     q.set_draining("w1", true).await.unwrap();
     assert!(q.worker_seen("w1", None, None, T0 + 2).await.unwrap().1);
     let listed = q.list_workers(T0 + 2).await.unwrap();
@@ -690,7 +702,7 @@ mod races {
                     racers.push(tokio::spawn(async move {
                         let mut got = Vec::new();
                         loop {
-                            let leases = q.lease_bundle(&worker, &[], now, bundling).await.unwrap();
+                            let leases = q.lease_bundle_for(&worker, &[], now, bundling).await.unwrap();
                             if leases.is_empty() {
                                 return got;
                             }
@@ -796,4 +808,51 @@ async fn overview_and_metrics_count_what_happened(q: Queue) {
     assert_eq!(m.bytes_published, 1024);
     let transcode = m.task_durations.iter().find(|d| d.0 == "transcode").unwrap();
     assert_eq!((transcode.1[3], transcode.2, transcode.3), (1, 1, 60.0), "one task of 60 s");
+}
+
+async fn tasks_go_only_to_workers_with_every_required_tag(q: Queue) {
+    let mut new = url_job(None);
+    new.requires_tags = vec!["eu".into(), "gpu".into()];
+    let (job, _) = q.create_job(&new, T0).await.unwrap();
+    assert_eq!(job.requires_tags, ["eu", "gpu"]);
+    let c = claim(&q, &job.id, Chore::Probe, T0).await.unwrap();
+    let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
+    assert!(q.plan_job(&job.id, c, None, &serde_json::json!({}), &tasks, T0).await.unwrap());
+    let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let caps = |t: &[&str]| proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: tags(t) };
+    // A worker with only one of the tags is live but cannot take it: the wait shows.
+    q.register_worker("gpu-us", "gpu-us", 1, &caps(&["gpu", "us"]), "0", T0).await.unwrap();
+    q.check_capable_workers(60_000, T0).await.unwrap();
+    let waiting = q.job(&job.id).await.unwrap().unwrap().waiting_for;
+    assert_eq!(waiting.as_deref(), Some("a capable worker: no live worker has the tags eu, gpu"));
+    let gpu_us = tags(&["gpu", "us"]);
+    assert!(q.lease_bundle("gpu-us", &Fit { encoders: &[], tags: &gpu_us }, T0, Bundling::NONE).await.unwrap().is_empty());
+    // One with both (and more) takes it, and the wait is over.
+    q.register_worker("gpu-eu", "gpu-eu", 1, &caps(&["eu", "gpu", "ssd"]), "0", T0).await.unwrap();
+    q.check_capable_workers(60_000, T0 + 1).await.unwrap();
+    assert_eq!(q.job(&job.id).await.unwrap().unwrap().waiting_for.as_deref(), Some("a free worker"));
+    let all = tags(&["eu", "gpu", "ssd"]);
+    assert_eq!(q.lease_bundle("gpu-eu", &Fit { encoders: &[], tags: &all }, T0 + 1, Bundling::NONE).await.unwrap().len(), 1);
+    // A job without tags goes to any worker.
+    job_with(&q, &["240p"]).await;
+    assert_eq!(q.lease_bundle("gpu-us", &Fit { encoders: &[], tags: &gpu_us }, T0 + 2, Bundling::NONE).await.unwrap().len(), 1);
+}
+
+async fn a_task_whose_tags_no_worker_has_fails_after_the_wait_with_that_reason(q: Queue) {
+    let mut new = url_job(None);
+    new.requires_tags = vec!["gpu".into()];
+    let (job, _) = q.create_job(&new, T0).await.unwrap();
+    let c = claim(&q, &job.id, Chore::Probe, T0).await.unwrap();
+    let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: Some("libx264".into()) }];
+    assert!(q.plan_job(&job.id, c, None, &serde_json::json!({}), &tasks, T0).await.unwrap());
+    let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec![] };
+    q.register_worker("plain", "plain", 1, &caps, "0", T0).await.unwrap();
+    q.check_capable_workers(60_000, T0).await.unwrap();
+    q.worker_seen("plain", None, None, T0 + 60_000).await.unwrap();
+    assert_eq!(q.check_capable_workers(60_000, T0 + 60_001).await.unwrap(), std::slice::from_ref(&job.id));
+    let j = q.job(&job.id).await.unwrap().unwrap();
+    assert_eq!(
+        (j.state.as_str(), j.error.as_deref()),
+        ("failed", Some("no live worker has both the encoder libx264 and the tags gpu (waited 60 s for one)"))
+    );
 }
