@@ -47,7 +47,8 @@ fn main() {
     ];
     let only: Option<Vec<usize>> =
         std::env::var("BENCH_SETUPS").ok().map(|s| s.split(',').filter_map(|n| n.trim().parse::<usize>().ok()).map(|n| n - 1).collect());
-    let setups: Vec<&Setup> = setups.iter().enumerate().filter(|(i, _)| only.as_ref().is_none_or(|o| o.contains(i))).map(|(_, s)| s).collect();
+    let setups: Vec<&Setup> =
+        setups.iter().enumerate().filter(|(i, _)| only.as_ref().is_none_or(|o| o.contains(i))).map(|(_, s)| s).collect();
     println!("queue benchmark: {seconds} s per run, {} cores", std::thread::available_parallelism().map_or(1, |n| n.get()));
     println!("{:<36} {:>8} {:>12} {:>10} {:>10} {:>8} {:>10}", "setup", "workers", "cycles/s", "p50 ms", "p99 ms", "errors", "vs SQLite");
     let mut sqlite: Vec<(usize, f64)> = Vec::new();
@@ -90,7 +91,7 @@ async fn run(setup: &Setup, workers: usize, seconds: u64) -> Outcome {
         DatabaseUrl::Sqlite(dir.path().join("c0/drake.db"))
     };
     // Enough planned tasks that the run never drains the queue.
-    let tasks = (workers.max(50) * 40 * seconds as usize).min(400_000);
+    let tasks = (3_000 * seconds as usize).clamp(10_000, 400_000);
     std::fs::create_dir_all(dir.path().join("c0")).unwrap();
     seed(&database, tasks).await;
 

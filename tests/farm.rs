@@ -775,8 +775,16 @@ fn a_job_that_requires_a_tag_runs_only_on_a_worker_with_it() {
     assert_eq!(job["requires_tags"], json!(["gpu"]));
     let id = job["id"].as_str().unwrap();
     // The reconciler's capable-worker check (every tenth second) says why it waits.
-    c.wait_for(id, |j| j["waiting_for"].as_str().is_some_and(|w| w == "a capable worker: no live worker has both the encoder libx264 and the tags gpu"));
-    assert!(c.call("GET", &format!("/api/v1/jobs/{id}"), Some(&c.admin), None).1["tasks"].as_array().unwrap().iter().all(|t| t["state"] == "queued"));
+    c.wait_for(id, |j| {
+        j["waiting_for"].as_str().is_some_and(|w| w == "a capable worker: no live worker has both the encoder libx264 and the tags gpu")
+    });
+    assert!(
+        c.call("GET", &format!("/api/v1/jobs/{id}"), Some(&c.admin), None).1["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["state"] == "queued")
+    );
     // A bad tag is refused at submit.
     assert_eq!(c.upload(&dir.s("clip.mp4"), &[("requires_tags", "GPU!")]).0, 400);
     let scratch = c.data.path("scratch-gpu");

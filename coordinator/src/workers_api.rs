@@ -94,24 +94,27 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
             // Register interest before looking, so a task queued in between wakes us.
             let notified = st.work_ready.notified();
             let bundling = Bundling { max_renditions: (req.max_tasks as usize).clamp(1, MAX_BUNDLE), thumbnails: req.bundle_thumbnails };
-            let mut leased = st.queue.lease_bundle(&worker, &Fit { encoders: &caps.encoders, tags: &caps.tags }, now, bundling).await?.into_iter().map(|l| {
-                st.emit("task", json!({"job_id": l.job_id, "task_id": l.task_id, "state": "leased", "worker": worker}));
-                TaskLease {
-                    version: proto::WIRE_VERSION,
-                    output_dir: storage::staging_dir(&l.job_id, l.rendition.as_deref(), l.epoch),
-                    task_id: l.task_id,
-                    job_id: l.job_id,
-                    epoch: l.epoch,
-                    attempt: l.attempt,
-                    kind: l.kind,
-                    rendition: l.rendition,
-                    profile: l.profile,
-                    source: l.source,
-                    timeout_seconds: st.limits.task_timeout_seconds,
-                    companions: Vec::new(),
-                    storage: st.storage.access(),
-                }
-            });
+            let mut leased =
+                st.queue.lease_bundle(&worker, &Fit { encoders: &caps.encoders, tags: &caps.tags }, now, bundling).await?.into_iter().map(
+                    |l| {
+                        st.emit("task", json!({"job_id": l.job_id, "task_id": l.task_id, "state": "leased", "worker": worker}));
+                        TaskLease {
+                            version: proto::WIRE_VERSION,
+                            output_dir: storage::staging_dir(&l.job_id, l.rendition.as_deref(), l.epoch),
+                            task_id: l.task_id,
+                            job_id: l.job_id,
+                            epoch: l.epoch,
+                            attempt: l.attempt,
+                            kind: l.kind,
+                            rendition: l.rendition,
+                            profile: l.profile,
+                            source: l.source,
+                            timeout_seconds: st.limits.task_timeout_seconds,
+                            companions: Vec::new(),
+                            storage: st.storage.access(),
+                        }
+                    },
+                );
             if let Some(mut first) = leased.next() {
                 first.companions = leased.collect();
                 return Ok(Json(first).into_response());

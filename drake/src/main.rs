@@ -225,7 +225,17 @@ fn main() {
         }
         Command::Up { workers, data, listen, settings } => farm::up(data, &listen, workers, settings.settings()),
         Command::Submit { input, profile, coordinator, token, wait, priority, callback_url, idempotency_key, requires_tags } => {
-            farm::submit(farm::SubmitArgs { input, profile, coordinator, token, wait, priority, callback_url, idempotency_key, requires_tags })
+            farm::submit(farm::SubmitArgs {
+                input,
+                profile,
+                coordinator,
+                token,
+                wait,
+                priority,
+                callback_url,
+                idempotency_key,
+                requires_tags,
+            })
         }
         Command::Db { command: DbCommand::Copy { from, to } } => farm::db_copy(&from, &to),
         engine => run_engine(engine),

@@ -399,12 +399,24 @@ impl Queue {
         // tasks rewrote all of them every tenth second, holding the writer's lock.
         let (mark, clear) = match self.backend {
             Backend::Sqlite => (
-                concat!("UPDATE tasks SET unrunnable_since = $1 WHERE state = 'queued' AND unrunnable_since IS NULL AND NOT ", capable_sqlite!()),
-                concat!("UPDATE tasks SET unrunnable_since = NULL WHERE state = 'queued' AND unrunnable_since <= $1 AND ", capable_sqlite!()),
+                concat!(
+                    "UPDATE tasks SET unrunnable_since = $1 WHERE state = 'queued' AND unrunnable_since IS NULL AND NOT ",
+                    capable_sqlite!()
+                ),
+                concat!(
+                    "UPDATE tasks SET unrunnable_since = NULL WHERE state = 'queued' AND unrunnable_since <= $1 AND ",
+                    capable_sqlite!()
+                ),
             ),
             Backend::Postgres => (
-                concat!("UPDATE tasks SET unrunnable_since = $1 WHERE state = 'queued' AND unrunnable_since IS NULL AND NOT ", capable_postgres!()),
-                concat!("UPDATE tasks SET unrunnable_since = NULL WHERE state = 'queued' AND unrunnable_since <= $1 AND ", capable_postgres!()),
+                concat!(
+                    "UPDATE tasks SET unrunnable_since = $1 WHERE state = 'queued' AND unrunnable_since IS NULL AND NOT ",
+                    capable_postgres!()
+                ),
+                concat!(
+                    "UPDATE tasks SET unrunnable_since = NULL WHERE state = 'queued' AND unrunnable_since <= $1 AND ",
+                    capable_postgres!()
+                ),
             ),
         };
         sqlx::query(mark).bind(now).bind(now - self.cfg.lease_ttl_ms).execute(&mut *tx).await?;
@@ -513,16 +525,16 @@ async fn insert_tasks(tx: &mut AnyConnection, job: &str, tasks: &[NewTask], max_
              SELECT $1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8, $8, j.priority, COALESCE(j.due_at, j.created_at), j.created_at
              FROM jobs j WHERE j.id = $2",
         )
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(job)
-            .bind(kind_str(t.kind))
-            .bind(&t.rendition)
-            .bind(&t.requires)
-            .bind(seq as i64)
-            .bind(max_attempts)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(job)
+        .bind(kind_str(t.kind))
+        .bind(&t.rendition)
+        .bind(&t.requires)
+        .bind(seq as i64)
+        .bind(max_attempts)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
     }
     Ok(())
 }

@@ -93,8 +93,15 @@ conformance!(
 );
 
 async fn job_with(q: &Queue, renditions: &[&str]) -> Job {
-    let new =
-        NewJob { pipeline: None, profile: "web".into(), source: "/dav/src".into(), callback_url: None, priority: 0, idempotency_key: None, requires_tags: vec![] };
+    let new = NewJob {
+        pipeline: None,
+        profile: "web".into(),
+        source: "/dav/src".into(),
+        callback_url: None,
+        priority: 0,
+        idempotency_key: None,
+        requires_tags: vec![],
+    };
     let (job, _) = q.create_job(&new, T0).await.unwrap();
     let tasks: Vec<NewTask> =
         renditions.iter().map(|r| NewTask { kind: TaskKind::Transcode, rendition: Some(r.to_string()), requires: None }).collect();
@@ -237,7 +244,15 @@ async fn idempotency_keys_return_the_same_job(q: Queue) {
 }
 
 async fn tasks_go_only_to_workers_with_the_encoder(q: Queue) {
-    let new = NewJob { pipeline: None, profile: "vp9".into(), source: "s".into(), callback_url: None, priority: 0, idempotency_key: None, requires_tags: vec![] };
+    let new = NewJob {
+        pipeline: None,
+        profile: "vp9".into(),
+        source: "s".into(),
+        callback_url: None,
+        priority: 0,
+        idempotency_key: None,
+        requires_tags: vec![],
+    };
     let (job, _) = q.create_job(&new, T0).await.unwrap();
     q.add_tasks(&job.id, &[NewTask { kind: TaskKind::Transcode, rendition: Some("360p".into()), requires: Some("libvpx-vp9".into()) }], T0)
         .await
@@ -336,8 +351,15 @@ async fn a_short_clip_is_not_queued_behind_a_long_film(q: Queue) {
     let job = |at: i64, seconds: f64, priority: i64| {
         let q = &q;
         async move {
-            let new =
-                NewJob { pipeline: None, profile: "web".into(), source: "s".into(), callback_url: None, priority, idempotency_key: None, requires_tags: vec![] };
+            let new = NewJob {
+                pipeline: None,
+                profile: "web".into(),
+                source: "s".into(),
+                callback_url: None,
+                priority,
+                idempotency_key: None,
+                requires_tags: vec![],
+            };
             let (job, _) = q.create_job(&new, at).await.unwrap();
             let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
             let claim = claim(q, &job.id, Chore::Probe, at).await.unwrap();

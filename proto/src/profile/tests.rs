@@ -92,5 +92,9 @@ fn a_profile_may_require_worker_tags() {
     assert!(Profile::parse(BASE, "t.toml").unwrap().requires_tags.is_empty());
     let text = BASE.replacen("name = \"t\"\n", "name = \"t\"\nrequires_tags = [\"gpu\", \"eu-west\", \"gpu\"]\n", 1);
     assert_eq!(Profile::parse(&text, "t.toml").unwrap().requires_tags, ["eu-west", "gpu"]);
-    check("name = \"t\"\n", "name = \"t\"\nrequires_tags = [\"GPU!\"]\n", "profiles/t.toml:3: `requires_tags`: \"GPU!\" is not a tag (1 to 64 of a-z, 0-9, '.', '_', '-')");
+    check(
+        "name = \"t\"\n",
+        "name = \"t\"\nrequires_tags = [\"GPU!\"]\n",
+        "profiles/t.toml:3: `requires_tags`: \"GPU!\" is not a tag (1 to 64 of a-z, 0-9, '.', '_', '-')",
+    );
 }
