@@ -211,6 +211,11 @@ fn db_copy_moves_a_farm_from_sqlite_to_postgres() {
     c.wait_for(&queued, |j| j["tasks"].as_array().is_some_and(|t| !t.is_empty()) && j["state"] == "queued");
     let before: Vec<Value> =
         [&done, &failed, &queued].iter().map(|id| c.call("GET", &format!("/api/v1/jobs/{id}"), Some(&c.admin), None).1).collect();
+    // Not while the farm runs.
+    let live = drake(&["db", "copy", "--from", &c.data.s("drake.db"), "--to", &db]);
+    assert!(!live.status.success());
+    assert!(String::from_utf8_lossy(&live.stderr).contains("still serve"), "{}", String::from_utf8_lossy(&live.stderr));
+    // A coordinator that stops cleanly is gone at once.
     sigterm(c.child.id());
     c.child.wait().unwrap();
 

@@ -4,8 +4,8 @@
 //! Both ends are migrated to this version's schema first; the target must be
 //! empty. Every table of state is copied in one transaction on the target, so a
 //! copy that fails leaves the target as empty as it was. The coordinators' own
-//! heartbeats are not state and stay behind. Stop the farm's coordinators before
-//! copying: a job that changes during the copy may be copied half-changed.
+//! heartbeats are not state and stay behind. The farm's coordinators must be
+//! stopped first: a copy is refused while one of them heartbeats.
 
 use crate::queue::{Backend, DatabaseUrl, Queue, QueueConfig};
 use futures_util::TryStreamExt;
@@ -28,6 +28,16 @@ pub async fn copy(from: &DatabaseUrl, to: &DatabaseUrl) -> Result<Vec<(&'static 
         return Err("--from and --to are the same database".into());
     }
     let source = Queue::connect(from, QueueConfig::default()).await.map_err(|e| format!("opening {}: {e}", from.redacted()))?;
+    // A job that changes during the copy could be copied half-changed.
+    let live = source.live_coordinators(crate::state::now_ms()).await.map_err(|e| e.to_string())?;
+    if !live.is_empty() {
+        return Err(format!(
+            "{} coordinator(s) still serve {} (heartbeats in the last {} s); stop them first",
+            live.len(),
+            from.redacted(),
+            crate::queue::COORDINATOR_TTL_MS / 1000
+        ));
+    }
     let target = Queue::connect(to, QueueConfig::default()).await.map_err(|e| format!("opening {}: {e}", to.redacted()))?;
     let mut held = Vec::new();
     for table in TABLES {

@@ -22,21 +22,36 @@ use serde_json::json;
 
 /// After a transition on `job`: push its owed chore if one is due now, push its
 /// owed webhook deliveries, and tell event subscribers. Failures here only delay
-/// the work: the reconciler pushes whatever is still owed.
+/// the work: the reconciler pushes whatever is still owed. One read says what is
+/// owed, so the common case (nothing) costs one statement.
 pub async fn kick(st: &AppState, job: &str) {
     let now = now_ms();
-    match st.queue.arm_chores(Some(job), &st.instance, now).await {
-        Ok(armed) => {
-            for owed in armed {
-                push(st, &owed).await;
-            }
+    let mut summary = match st.queue.job_summary(job, now).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(e) => {
+            proto::log!("coordinator: job {job}: reading it after a change: {e}");
+            return;
         }
-        Err(e) => proto::log!("coordinator: job {job}: arming its chore: {e}"),
+    };
+    if summary.chore_due {
+        match st.queue.arm_chores(Some(job), &st.instance, now).await {
+            Ok(armed) => {
+                for owed in armed {
+                    push(st, &owed).await;
+                }
+            }
+            Err(e) => proto::log!("coordinator: job {job}: arming its chore: {e}"),
+        }
+        // A chore out of attempts ends the job as it is armed.
+        if let Ok(Some(s)) = st.queue.job_summary(job, now).await {
+            summary = s;
+        }
     }
-    push_deliveries(st, Some(job), false, now).await;
-    if let Ok(Some((state, error, outputs))) = st.queue.job_summary(job).await {
-        st.emit("job", json!({"job_id": job, "state": state, "error": error, "outputs": outputs}));
+    if summary.owes_delivery || crate::queue::is_terminal(&summary.state) {
+        push_deliveries(st, Some(job), false, now).await;
     }
+    st.emit("job", json!({"job_id": job, "state": summary.state, "error": summary.error, "outputs": summary.outputs}));
 }
 
 async fn push(st: &AppState, owed: &crate::queue::Owed) {

@@ -189,6 +189,16 @@ pub struct TaskTiming {
     pub finished_at: Option<i64>,
 }
 
+/// See [`Queue::job_summary`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSummary {
+    pub state: String,
+    pub error: Option<String>,
+    pub outputs: Option<serde_json::Value>,
+    pub chore_due: bool,
+    pub owes_delivery: bool,
+}
+
 /// What a worker can take: the encoders its libav has and the tags it was given.
 #[derive(Debug, Clone, Copy)]
 pub struct Fit<'a> {
@@ -889,12 +899,27 @@ impl Queue {
         Ok(jobs)
     }
 
-    /// A job's state, error and outputs (what its change events carry), without its
-    /// tasks: cheaper than [`Queue::job`] on every transition.
-    pub async fn job_summary(&self, id: &str) -> Result<Option<(String, Option<String>, Option<serde_json::Value>)>> {
-        let row: Option<(String, Option<String>, Option<String>)> =
-            sqlx::query_as("SELECT state, error, outputs FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
-        Ok(row.map(|(state, error, outputs)| (state, error, outputs.and_then(|o| serde_json::from_str(&o).ok()))))
+    /// What a transition's follow-up needs to know of a job, in one statement: its
+    /// state, error and outputs (what its change events carry), whether a chore is
+    /// owed and due at `now`, and whether a webhook delivery is owed.
+    pub async fn job_summary(&self, id: &str, now: i64) -> Result<Option<JobSummary>> {
+        let row = sqlx::query(
+            "SELECT state, error, outputs, CASE WHEN chore IS NOT NULL AND chore_due_at <= $2 THEN 1 ELSE 0 END,
+                    CASE WHEN EXISTS (SELECT 1 FROM webhooks w WHERE w.job_id = jobs.id AND w.delivered_at IS NULL AND w.gave_up = 0)
+                         THEN 1 ELSE 0 END
+             FROM jobs WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| JobSummary {
+            state: r.get(0),
+            error: r.get(1),
+            outputs: r.get::<Option<String>, _>(2).and_then(|o| serde_json::from_str(&o).ok()),
+            chore_due: r.get::<i64, _>(3) != 0,
+            owes_delivery: r.get::<i64, _>(4) != 0,
+        }))
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<Job>> {
@@ -1040,11 +1065,20 @@ async fn settle_job(tx: &mut AnyConnection, job: &str, now: i64) -> Result<()> {
     if is_terminal(&current) {
         return Ok(());
     }
-    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE job_id = $1").bind(job).fetch_all(&mut *tx).await?;
-    if states.iter().any(|s| s == "failed") {
+    // Counts, not rows: a job may have many tasks, and this runs on every completion.
+    let (tasks, failed, succeeded, queued): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END), 0) AS BIGINT),
+                CAST(COALESCE(SUM(CASE WHEN state = 'succeeded' THEN 1 ELSE 0 END), 0) AS BIGINT),
+                CAST(COALESCE(SUM(CASE WHEN state = 'queued' THEN 1 ELSE 0 END), 0) AS BIGINT)
+         FROM tasks WHERE job_id = $1",
+    )
+    .bind(job)
+    .fetch_one(&mut *tx)
+    .await?;
+    if failed > 0 {
         return end_job(tx, job, "failed", None, now).await;
     }
-    if !states.is_empty() && states.iter().all(|s| s == "succeeded") {
+    if tasks > 0 && succeeded == tasks {
         if current != "finalizing" {
             sqlx::query(
                 "UPDATE jobs SET state = 'finalizing', chore = 'finalize', chore_attempts = 0, chore_error = NULL, chore_claimed_by = NULL,
@@ -1057,7 +1091,7 @@ async fn settle_job(tx: &mut AnyConnection, job: &str, now: i64) -> Result<()> {
         }
         return Ok(());
     }
-    let next = if states.iter().any(|s| s != "queued") { "running" } else { "queued" };
+    let next = if queued < tasks { "running" } else { "queued" };
     sqlx::query("UPDATE jobs SET state = $1, updated_at = $2 WHERE id = $3").bind(next).bind(now).bind(job).execute(&mut *tx).await?;
     Ok(())
 }

@@ -235,6 +235,13 @@ impl Queue {
         Ok(())
     }
 
+    /// A coordinator that stops cleanly says so: it is gone at once, not after its
+    /// heartbeat lapses.
+    pub async fn coordinator_stopped(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM coordinators WHERE id = $1").bind(id).execute(self.pool()).await?;
+        Ok(())
+    }
+
     /// Forgets every other coordinator, and heartbeats from dead ones. On SQLite
     /// (one process per database) at start every other one is gone.
     pub async fn forget_coordinators(&self, me: &str, older_than: i64) -> Result<()> {

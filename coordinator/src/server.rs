@@ -280,6 +280,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // Whatever a coordinator that stopped here still owed, before serving anyone.
     crate::lifecycle::reconcile(&p.state, true).await;
+    let (queue, instance) = (p.state.queue.clone(), p.state.instance.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let background = tokio::spawn(crate::background::run(p.state.clone(), p.chores_pool.clone(), async move {
         let _ = stopped.await;
@@ -308,6 +309,9 @@ pub async fn serve(
     };
     let _ = stop.send(());
     let _ = background.await;
+    if let Err(e) = queue.coordinator_stopped(&instance).await {
+        proto::log!("coordinator: recording this coordinator's stop: {e}");
+    }
     result
 }
 
