@@ -130,16 +130,9 @@ async fn run(setup: &Setup, workers: usize, seconds: u64) -> Outcome {
         None => urls[0].clone(),
     };
     let admin = std::fs::read_to_string(dir.path().join("c0/admin-token")).unwrap().trim().to_string();
-    let join: Value = http
-        .post(format!("{balancer}/api/v1/join-tokens"))
-        .bearer_auth(&admin)
-        .json(&json!({"uses": workers, "ttl_seconds": 3600}))
-        .send()
+    let join = post_json(&http, &format!("{balancer}/api/v1/join-tokens"), &admin, &json!({"uses": workers, "ttl_seconds": 3600}))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect("a join token");
     let join = join["token"].as_str().unwrap().to_string();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -220,18 +213,13 @@ impl Sim {
     async fn run(mut self, join: &str, stop: &AtomicBool, measuring: &AtomicBool, cycles: &AtomicU64, errors: &AtomicU64) -> Vec<f64> {
         let reg = json!({"version": 1, "name": self.name, "drake_version": "bench", "slots": 1,
                          "capabilities": {"encoders": ["libx264", "aac"], "cores": 1, "tags": []}});
-        let r: Value = self
-            .http
-            .post(format!("{}/api/v1/workers/register", self.base))
-            .bearer_auth(join)
-            .json(&reg)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        self.token = r["token"].as_str().expect("registered").to_string();
+        let registered = post_json(&self.http, &format!("{}/api/v1/workers/register", self.base), join, &reg).await;
+        let Some(token) = registered.as_ref().ok().and_then(|r| r["token"].as_str()) else {
+            eprintln!("{}: registering: {registered:?}", self.name);
+            errors.fetch_add(1, Ordering::Relaxed);
+            return Vec::new();
+        };
+        self.token = token.to_string();
         let mut latencies = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             match self.cycle(measuring, &mut latencies).await {
@@ -310,6 +298,12 @@ impl Sim {
     async fn post(&self, path: &str, body: &Value) -> Result<reqwest::Response, String> {
         self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(body).send().await.map_err(|e| e.to_string())
     }
+}
+
+/// POSTs JSON with a bearer token and reads the JSON answer.
+async fn post_json(http: &reqwest::Client, url: &str, token: &str, body: &Value) -> Result<Value, String> {
+    let r = http.post(url).bearer_auth(token).json(body).send().await.map_err(|e| e.to_string())?;
+    r.json().await.map_err(|e| e.to_string())
 }
 
 /// nginx as the shared store (and, once the coordinators are up, their balancer).

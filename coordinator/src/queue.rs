@@ -287,6 +287,29 @@ impl DatabaseUrl {
 /// multi-statement transactions on PostgreSQL, as SQLite's single writer does.
 const WRITE_LOCK: i64 = 0x6472_616b_6500; // "drake\0"
 
+/// The lease claim, with `$lock` after the candidate's `LIMIT 1` (PostgreSQL's row
+/// lock; nothing on SQLite, whose writer is alone). `$1` worker, `$2` now, `$3` the
+/// lease TTL, `$4` the worker's encoders and `$7` its tags (",a,b,"), `$5`/`$6` only
+/// this job's tasks of this kind (a bundle's companions).
+macro_rules! lease_claim {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE tasks SET state = 'leased', worker_id = $1, epoch = epoch + 1, attempts = attempts + 1, leased_at = $2,
+                 lease_expires_at = $2 + $3, progress = 0, updated_at = $2
+             WHERE state = 'queued' AND id = (SELECT t.id FROM tasks t
+                         WHERE t.state = 'queued' AND t.run_after <= $2 AND t.cancel = 0
+                           AND (SELECT j.state FROM jobs j WHERE j.id = t.job_id) IN ('queued', 'running')
+                           AND (t.requires IS NULL OR instr($4, ',' || t.requires || ',') > 0)
+                           AND (CAST($5 AS TEXT) IS NULL OR (t.job_id = $5 AND t.kind = $6))
+                           AND NOT EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = t.job_id AND instr($7, ',' || jt.tag || ',') = 0)
+                         ORDER BY t.priority DESC, t.due_at, t.job_created_at, t.seq LIMIT 1 ",
+            $lock,
+            ")
+             RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts"
+        )
+    };
+}
+
 #[derive(Clone)]
 pub struct Queue {
     pool: AnyPool,
@@ -545,31 +568,8 @@ impl Queue {
         // skips rows another coordinator holds, and the UPDATE checks the state again:
         // under Read Committed a plain `id = (SELECT ...)` can lease one task twice.
         let sql = match self.backend {
-            Backend::Sqlite => {
-                "UPDATE tasks SET state = 'leased', worker_id = $1, epoch = epoch + 1, attempts = attempts + 1, leased_at = $2,
-                     lease_expires_at = $2 + $3, progress = 0, updated_at = $2
-                 WHERE state = 'queued' AND id = (SELECT t.id FROM tasks t
-                             WHERE t.state = 'queued' AND t.run_after <= $2 AND t.cancel = 0
-                               AND (SELECT j.state FROM jobs j WHERE j.id = t.job_id) IN ('queued', 'running')
-                               AND (t.requires IS NULL OR instr($4, ',' || t.requires || ',') > 0)
-                               AND ($5 IS NULL OR (t.job_id = $5 AND t.kind = $6))
-                               AND NOT EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = t.job_id AND instr($7, ',' || jt.tag || ',') = 0)
-                             ORDER BY t.priority DESC, t.due_at, t.job_created_at, t.seq LIMIT 1)
-                 RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts"
-            }
-            Backend::Postgres => {
-                "UPDATE tasks SET state = 'leased', worker_id = $1, epoch = epoch + 1, attempts = attempts + 1, leased_at = $2,
-                     lease_expires_at = $2 + $3, progress = 0, updated_at = $2
-                 WHERE state = 'queued' AND id = (SELECT t.id FROM tasks t
-                             WHERE t.state = 'queued' AND t.run_after <= $2 AND t.cancel = 0
-                               AND (SELECT j.state FROM jobs j WHERE j.id = t.job_id) IN ('queued', 'running')
-                               AND (t.requires IS NULL OR instr($4, ',' || t.requires || ',') > 0)
-                               AND ($5::TEXT IS NULL OR (t.job_id = $5 AND t.kind = $6))
-                               AND NOT EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = t.job_id AND instr($7, ',' || jt.tag || ',') = 0)
-                             ORDER BY t.priority DESC, t.due_at, t.job_created_at, t.seq LIMIT 1
-                             FOR UPDATE SKIP LOCKED)
-                 RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts"
-            }
+            Backend::Sqlite => lease_claim!(""),
+            Backend::Postgres => lease_claim!("FOR UPDATE SKIP LOCKED"),
         };
         let row = sqlx::query(sql)
             .bind(worker)

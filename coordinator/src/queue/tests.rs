@@ -18,15 +18,20 @@ fn config() -> QueueConfig {
     QueueConfig { lease_ttl_ms: 10_000, backoff_base_ms: 1_000, backoff_max_ms: 8_000, max_attempts: 3, capable_worker_wait_ms: 60_000 }
 }
 
-/// A new, empty queue on `backend`.
-async fn fresh(backend: Backend) -> Queue {
+/// A new, empty queue on `backend`, or `None` (said why) without PostgreSQL.
+async fn fresh_or_skip(backend: Backend) -> Option<Queue> {
     match backend {
-        Backend::Sqlite => Queue::in_memory(config()).await.unwrap(),
+        Backend::Sqlite => Some(Queue::in_memory(config()).await.unwrap()),
         Backend::Postgres => {
-            let url = crate::pgtest::database().await.expect("PostgreSQL was there for this test's first queue");
-            Queue::connect(&DatabaseUrl::Postgres(url), config()).await.unwrap()
+            let url = crate::pgtest::database().await?;
+            Some(Queue::connect(&DatabaseUrl::Postgres(url), config()).await.unwrap())
         }
     }
+}
+
+/// A new, empty queue on `backend`, in a test that already has one there.
+async fn fresh(backend: Backend) -> Queue {
+    fresh_or_skip(backend).await.expect("PostgreSQL was there for this test's first queue")
 }
 
 #[test]
@@ -54,8 +59,8 @@ macro_rules! conformance {
         mod postgres {
             $(#[tokio::test]
             async fn $name() {
-                if crate::pgtest::database().await.is_some() {
-                    super::$name(super::fresh(super::Backend::Postgres).await).await
+                if let Some(q) = super::fresh_or_skip(super::Backend::Postgres).await {
+                    super::$name(q).await
                 }
             })*
         }
@@ -92,8 +97,9 @@ conformance!(
     a_farm_with_no_live_worker_says_so_and_fails_its_tasks_after_the_wait,
 );
 
-async fn job_with(q: &Queue, renditions: &[&str]) -> Job {
-    let new = NewJob {
+/// A job of the `web` profile on an uploaded source, as tests submit it.
+fn web_job() -> NewJob {
+    NewJob {
         pipeline: None,
         profile: "web".into(),
         source: "/dav/src".into(),
@@ -101,7 +107,11 @@ async fn job_with(q: &Queue, renditions: &[&str]) -> Job {
         priority: 0,
         idempotency_key: None,
         requires_tags: vec![],
-    };
+    }
+}
+
+async fn job_with(q: &Queue, renditions: &[&str]) -> Job {
+    let new = web_job();
     let (job, _) = q.create_job(&new, T0).await.unwrap();
     let tasks: Vec<NewTask> =
         renditions.iter().map(|r| NewTask { kind: TaskKind::Transcode, rendition: Some(r.to_string()), requires: None }).collect();
@@ -229,30 +239,14 @@ async fn cancel_reaches_running_tasks_through_heartbeats(q: Queue) {
 }
 
 async fn idempotency_keys_return_the_same_job(q: Queue) {
-    let new = NewJob {
-        pipeline: None,
-        profile: "web".into(),
-        source: "s".into(),
-        callback_url: None,
-        priority: 0,
-        idempotency_key: Some("upload-42".into()),
-        requires_tags: vec![],
-    };
+    let new = NewJob { source: "s".into(), idempotency_key: Some("upload-42".into()), ..web_job() };
     let (a, created_a) = q.create_job(&new, T0).await.unwrap();
     let (b, created_b) = q.create_job(&new, T0 + 5).await.unwrap();
     assert_eq!((a.id, created_a, created_b), (b.id, true, false));
 }
 
 async fn tasks_go_only_to_workers_with_the_encoder(q: Queue) {
-    let new = NewJob {
-        pipeline: None,
-        profile: "vp9".into(),
-        source: "s".into(),
-        callback_url: None,
-        priority: 0,
-        idempotency_key: None,
-        requires_tags: vec![],
-    };
+    let new = NewJob { profile: "vp9".into(), source: "s".into(), ..web_job() };
     let (job, _) = q.create_job(&new, T0).await.unwrap();
     q.add_tasks(&job.id, &[NewTask { kind: TaskKind::Transcode, rendition: Some("360p".into()), requires: Some("libvpx-vp9".into()) }], T0)
         .await
@@ -268,15 +262,7 @@ async fn bundles_split_a_jobs_renditions_over_the_free_workers(q: Queue) {
     let names = |ls: &[Lease]| ls.iter().map(|l| l.rendition.clone().unwrap_or_else(|| "thumbnails".into())).collect::<Vec<_>>();
     let up_to = |max_renditions| Bundling { max_renditions, thumbnails: true };
     let with_thumbnails = |q: Queue| async move {
-        let new = NewJob {
-            pipeline: None,
-            profile: "web".into(),
-            source: "/dav/src".into(),
-            callback_url: None,
-            priority: 0,
-            idempotency_key: None,
-            requires_tags: vec![],
-        };
+        let new = web_job();
         let (job, _) = q.create_job(&new, T0).await.unwrap();
         let mut tasks: Vec<NewTask> =
             rungs.iter().map(|r| NewTask { kind: TaskKind::Transcode, rendition: Some(r.to_string()), requires: None }).collect();
@@ -351,15 +337,7 @@ async fn a_short_clip_is_not_queued_behind_a_long_film(q: Queue) {
     let job = |at: i64, seconds: f64, priority: i64| {
         let q = &q;
         async move {
-            let new = NewJob {
-                pipeline: None,
-                profile: "web".into(),
-                source: "s".into(),
-                callback_url: None,
-                priority,
-                idempotency_key: None,
-                requires_tags: vec![],
-            };
+            let new = NewJob { source: "s".into(), priority, ..web_job() };
             let (job, _) = q.create_job(&new, at).await.unwrap();
             let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
             let claim = claim(q, &job.id, Chore::Probe, at).await.unwrap();
@@ -381,13 +359,10 @@ async fn a_short_clip_is_not_queued_behind_a_long_film(q: Queue) {
 
 fn url_job(key: Option<&str>) -> NewJob {
     NewJob {
-        pipeline: None,
-        profile: "web".into(),
         source: "http://origin.example/v.mp4".into(),
         callback_url: Some("http://hooks.example/drake".into()),
-        priority: 0,
         idempotency_key: key.map(String::from),
-        requires_tags: vec![],
+        ..web_job()
     }
 }
 
