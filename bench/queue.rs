@@ -5,11 +5,15 @@
 //! Setups: one coordinator on SQLite; one on PostgreSQL; two on PostgreSQL
 //! behind nginx (the load balancer of `tests/postgres.rs`). Each runs with 10,
 //! 100 and 500 simulated workers. Prints task cycles per second and the p50/p99
-//! latency of a lease request that got a task, and each PostgreSQL setup's
-//! throughput as a ratio to SQLite's at the same worker count.
+//! latency of a lease request that got a task, each PostgreSQL setup's throughput
+//! as a ratio to SQLite's at the same worker count, and every setup's ratio to the
+//! ideal: the same clients making a cycle's five requests to a route that does
+//! nothing, which is what HTTP alone costs these clients and a coordinator on
+//! this machine.
 //!
 //! Run it with `bench/queue.sh [SECONDS=8] [WORKERS=10,100,500]` (a release build;
-//! PostgreSQL from `scripts/setup.sh`); `BENCH_SETUPS=1,2` runs only those setups.
+//! PostgreSQL from `scripts/setup.sh`); `BENCH_SETUPS=1,2` runs only those setups,
+//! and `BENCH_COORDINATOR_CPUS=1` runs the coordinators on those CPUs only.
 
 use coordinator::queue::{Chore, DatabaseUrl, NewJob, NewTask, Queue, QueueConfig, TaskKind};
 use serde_json::{Value, json};
@@ -24,7 +28,14 @@ struct Setup {
     name: &'static str,
     postgres: bool,
     coordinators: usize,
+    /// The ideal: the same clients making a cycle's number of requests to a
+    /// coordinator route that does nothing (`/healthz`).
+    ceiling: bool,
 }
+
+/// HTTP requests in one task cycle: lease, heartbeat, MKCOL (a job's staging
+/// directory is there after its first task), PUT, complete.
+const REQUESTS_PER_CYCLE: usize = 5;
 
 struct Outcome {
     cycles_per_second: f64,
@@ -41,29 +52,43 @@ fn main() {
         .unwrap_or_else(|| vec![10, 100, 500]);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let setups = [
-        Setup { name: "1 coordinator, SQLite", postgres: false, coordinators: 1 },
-        Setup { name: "1 coordinator, PostgreSQL", postgres: true, coordinators: 1 },
-        Setup { name: "2 coordinators, PostgreSQL, nginx", postgres: true, coordinators: 2 },
+        Setup { name: "ceiling: 5 no-op requests per cycle", postgres: false, coordinators: 1, ceiling: true },
+        Setup { name: "1 coordinator, SQLite", postgres: false, coordinators: 1, ceiling: false },
+        Setup { name: "1 coordinator, PostgreSQL", postgres: true, coordinators: 1, ceiling: false },
+        Setup { name: "2 coordinators, PostgreSQL, nginx", postgres: true, coordinators: 2, ceiling: false },
     ];
     let only: Option<Vec<usize>> =
         std::env::var("BENCH_SETUPS").ok().map(|s| s.split(',').filter_map(|n| n.trim().parse::<usize>().ok()).map(|n| n - 1).collect());
     let setups: Vec<&Setup> =
         setups.iter().enumerate().filter(|(i, _)| only.as_ref().is_none_or(|o| o.contains(i))).map(|(_, s)| s).collect();
     println!("queue benchmark: {seconds} s per run, {} cores", std::thread::available_parallelism().map_or(1, |n| n.get()));
-    println!("{:<36} {:>8} {:>12} {:>10} {:>10} {:>8} {:>10}", "setup", "workers", "cycles/s", "p50 ms", "p99 ms", "errors", "vs SQLite");
-    let mut sqlite: Vec<(usize, f64)> = Vec::new();
+    println!(
+        "{:<36} {:>8} {:>12} {:>10} {:>10} {:>8} {:>10} {:>10}",
+        "setup", "workers", "cycles/s", "p50 ms", "p99 ms", "errors", "vs SQLite", "vs ceiling"
+    );
+    let (mut sqlite, mut ceiling): (Vec<(usize, f64)>, Vec<(usize, f64)>) = (Vec::new(), Vec::new());
+    let ratio = |base: &[(usize, f64)], n: usize, x: f64| {
+        base.iter().find(|(w, _)| *w == n).map_or("-".to_string(), |(_, b)| format!("{:.2}x", x / b))
+    };
     for setup in setups {
         for &n in &counts {
             let o = rt.block_on(run(setup, n, seconds));
-            let vs = if setup.postgres {
-                sqlite.iter().find(|(w, _)| *w == n).map_or("-".to_string(), |(_, s)| format!("{:.2}x", o.cycles_per_second / s))
-            } else {
+            if setup.ceiling {
+                ceiling.push((n, o.cycles_per_second));
+            } else if !setup.postgres {
                 sqlite.push((n, o.cycles_per_second));
-                "1.00x".to_string()
-            };
+            }
+            let vs_sqlite = if setup.ceiling { "-".to_string() } else { ratio(&sqlite, n, o.cycles_per_second) };
             println!(
-                "{:<36} {:>8} {:>12.0} {:>10.1} {:>10.1} {:>8} {:>10}",
-                setup.name, n, o.cycles_per_second, o.p50_ms, o.p99_ms, o.errors, vs
+                "{:<36} {:>8} {:>12.0} {:>10.1} {:>10.1} {:>8} {:>10} {:>10}",
+                setup.name,
+                n,
+                o.cycles_per_second,
+                o.p50_ms,
+                o.p99_ms,
+                o.errors,
+                vs_sqlite,
+                ratio(&ceiling, n, o.cycles_per_second)
             );
         }
     }
@@ -93,7 +118,9 @@ async fn run(setup: &Setup, workers: usize, seconds: u64) -> Outcome {
     // Enough planned tasks that the run never drains the queue.
     let tasks = (3_000 * seconds as usize).clamp(10_000, 400_000);
     std::fs::create_dir_all(dir.path().join("c0")).unwrap();
-    seed(&database, tasks).await;
+    if !setup.ceiling {
+        seed(&database, tasks).await;
+    }
 
     // The coordinators, sharing the database and (with two) an nginx store.
     let store = (setup.coordinators > 1).then(|| Store::start(dir.path()));
@@ -103,7 +130,15 @@ async fn run(setup: &Setup, workers: usize, seconds: u64) -> Outcome {
         let data = dir.path().join(format!("c{i}"));
         std::fs::create_dir_all(&data).unwrap();
         let port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_drake"));
+        // BENCH_COORDINATOR_CPUS=1 pins the coordinators to those CPUs (`taskset`).
+        let mut cmd = match std::env::var("BENCH_COORDINATOR_CPUS") {
+            Ok(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpus, env!("CARGO_BIN_EXE_drake")]);
+                c
+            }
+            Err(_) => Command::new(env!("CARGO_BIN_EXE_drake")),
+        };
         cmd.args(["coordinator", "--data", data.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")]);
         cmd.args(["--lease-ttl-seconds", "30"]);
         if let DatabaseUrl::Postgres(url) = &database {
@@ -141,7 +176,8 @@ async fn run(setup: &Setup, workers: usize, seconds: u64) -> Outcome {
     let errors = Arc::new(AtomicU64::new(0));
     let mut sims = Vec::new();
     for i in 0..workers {
-        let sim = Sim { http: http.clone(), base: balancer.clone(), token: String::new(), name: format!("sim-{i}") };
+        let sim =
+            Sim { http: http.clone(), base: balancer.clone(), token: String::new(), name: format!("sim-{i}"), ceiling: setup.ceiling };
         let (join, stop, measuring, cycles, errors) = (join.clone(), stop.clone(), measuring.clone(), cycles.clone(), errors.clone());
         sims.push(tokio::spawn(async move { sim.run(&join, &stop, &measuring, &cycles, &errors).await }));
     }
@@ -205,12 +241,16 @@ struct Sim {
     base: String,
     token: String,
     name: String,
+    ceiling: bool,
 }
 
 impl Sim {
     /// Registers, then runs task cycles until `stop`; returns its lease latencies
     /// (ms) inside the measured window.
     async fn run(mut self, join: &str, stop: &AtomicBool, measuring: &AtomicBool, cycles: &AtomicU64, errors: &AtomicU64) -> Vec<f64> {
+        if self.ceiling {
+            return self.no_ops(stop, measuring, cycles, errors).await;
+        }
         let reg = json!({"version": 1, "name": self.name, "drake_version": "bench", "slots": 1,
                          "capabilities": {"encoders": ["libx264", "aac"], "cores": 1, "tags": []}});
         let registered = post_json(&self.http, &format!("{}/api/v1/workers/register", self.base), join, &reg).await;
@@ -264,15 +304,8 @@ impl Sim {
             None => (format!("{}/dav", self.base), format!("Bearer {}", self.token)),
         };
         let dir = l["output_dir"].as_str().unwrap_or_default();
-        let mut path = String::new();
-        for seg in dir.split('/') {
-            path = if path.is_empty() { seg.to_string() } else { format!("{path}/{seg}") };
-            let m = self
-                .http
-                .request(reqwest::Method::from_bytes(b"MKCOL").unwrap(), format!("{store}/{path}/"))
-                .header("authorization", &auth);
-            m.send().await.map_err(|e| e.to_string())?;
-        }
+        // The staging directory, made the way a worker makes it.
+        worker::publish::Dav::new(&self.http, store.clone(), Some(auth.clone())).mkcol_all(dir).await.map_err(|e| e.to_string())?;
         let body = format!("{task} {epoch}\n");
         let put = self
             .http
@@ -293,6 +326,30 @@ impl Sim {
             return Err(format!("complete: HTTP {} {}", c.status(), c.text().await.unwrap_or_default()));
         }
         Ok(true)
+    }
+
+    /// The ceiling's cycles: [`REQUESTS_PER_CYCLE`] GETs of `/healthz`, the first
+    /// one's latency standing for the lease's.
+    async fn no_ops(&self, stop: &AtomicBool, measuring: &AtomicBool, cycles: &AtomicU64, errors: &AtomicU64) -> Vec<f64> {
+        let mut latencies = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let asked = Instant::now();
+            for i in 0..REQUESTS_PER_CYCLE {
+                match self.http.get(format!("{}/healthz", self.base)).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if i == 0 && measuring.load(Ordering::Relaxed) {
+                    latencies.push(asked.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            cycles.fetch_add(1, Ordering::Relaxed);
+        }
+        latencies
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<reqwest::Response, String> {

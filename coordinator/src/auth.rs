@@ -87,7 +87,7 @@ impl Queue {
             .bind(uses)
             .bind(expires_at)
             .bind(now)
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(())
     }
@@ -97,7 +97,7 @@ impl Queue {
         let row = sqlx::query("SELECT role, label FROM tokens WHERE hash = $1 AND revoked = 0 AND (expires_at IS NULL OR expires_at > $2) AND (uses_left IS NULL OR uses_left > 0)")
             .bind(digest(token))
             .bind(now)
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *self.conn().await?)
             .await?;
         Ok(row.and_then(|r| Some(Caller { role: Role::parse(r.get::<&str, _>(0))?, label: r.get(1), presented: None })))
     }
@@ -107,7 +107,7 @@ impl Queue {
         let n = sqlx::query("UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = $1 AND role = 'join' AND revoked = 0 AND uses_left > 0 AND (expires_at IS NULL OR expires_at > $2)")
             .bind(digest(token))
             .bind(now)
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?
             .rows_affected();
         Ok(n == 1)
@@ -135,7 +135,7 @@ impl Queue {
         }
         let n = sqlx::query("UPDATE tokens SET revoked = 1 WHERE role = 'submit' AND substr(hash, 1, 16) = $1")
             .bind(id.to_ascii_lowercase())
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?
             .rows_affected();
         if n == 0 {
@@ -145,7 +145,11 @@ impl Queue {
     }
 
     pub async fn revoke_token(&self, token_digest: &str) -> Result<()> {
-        let n = sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = $1").bind(token_digest).execute(self.pool()).await?.rows_affected();
+        let n = sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = $1")
+            .bind(token_digest)
+            .execute(&mut *self.conn().await?)
+            .await?
+            .rows_affected();
         if n == 0 {
             return Err(QueueError::NotFound("token".into()));
         }

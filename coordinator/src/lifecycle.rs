@@ -183,23 +183,23 @@ async fn sweep(st: &AppState, job: &str) {
 pub async fn complete(st: &AppState, worker: &str, task: &str, c: &proto::wire::Complete) -> Result<(), ApiError> {
     let (job, rendition) = st.queue.task_target(task).await?;
     let out_dir = storage::staging_dir(&job, rendition.as_deref(), c.epoch);
-    for f in &c.files {
-        if f.path.is_empty() || f.path.contains("..") || f.path.contains('/') || f.path.starts_with('.') {
-            return Err(ApiError::BadRequest(format!("bad file path {}", f.path)));
-        }
-        let stored = st.storage.size(&format!("{out_dir}/{}", f.path)).await.map_err(|e| ApiError::Storage(e.to_string()))?;
+    if let Some(f) = c.files.iter().find(|f| f.path.is_empty() || f.path.contains("..") || f.path.contains('/') || f.path.starts_with('.'))
+    {
+        return Err(ApiError::BadRequest(format!("bad file path {}", f.path)));
+    }
+    let names: Vec<&str> = c.files.iter().map(|f| f.path.as_str()).collect();
+    let stored = st.storage.sizes(&out_dir, &names).await.map_err(|e| ApiError::Storage(e.to_string()))?;
+    for (f, stored) in c.files.iter().zip(stored) {
         let len = stored.ok_or_else(|| ApiError::BadRequest(format!("{} was not published", f.path)))?;
         if len != f.size {
             return Err(ApiError::BadRequest(format!("{} is {len} bytes, not {}", f.path, f.size)));
         }
     }
     let result = json!({"report": c.report, "files": c.files, "timing": c.timing, "dir": storage::output_dir(&job, rendition.as_deref())});
-    st.queue.complete(task, worker, c.epoch, &result, now_ms()).await?;
+    let owed = st.queue.complete(task, worker, c.epoch, &result, now_ms()).await?;
     crate::fault::point(crate::fault::AFTER_COMPLETE);
     st.emit("task", json!({"job_id": job, "task_id": task, "state": "promoting", "progress": 1.0}));
-    if let Some(p) = st.queue.promotion(task).await? {
-        promote(st, &p).await;
-    }
+    promote(st, &owed).await;
     Ok(())
 }
 
@@ -216,14 +216,12 @@ pub async fn promote(st: &AppState, p: &Promotion) {
         if st.storage.size(&format!("{staging}/{first}")).await?.is_some() {
             st.storage.promote(&p.job_id, rendition, p.epoch).await?;
         }
-        for f in &p.files {
-            let path = f["path"].as_str().unwrap_or_default();
-            let size = st.storage.size(&format!("{final_dir}/{path}")).await?;
-            if size != f["size"].as_u64() {
-                return Ok(Some(format!("{final_dir}/{path} is missing after promotion")));
-            }
+        let names: Vec<&str> = p.files.iter().map(|f| f["path"].as_str().unwrap_or_default()).collect();
+        let sizes = st.storage.sizes(&final_dir, &names).await?;
+        match p.files.iter().zip(&names).zip(sizes).find(|((f, _), size)| *size != f["size"].as_u64()) {
+            Some(((_, path), _)) => Ok(Some(format!("{final_dir}/{path} is missing after promotion"))),
+            None => Ok(None),
         }
-        Ok(None)
     }
     .await;
     let now = now_ms();

@@ -9,8 +9,8 @@
 //! change nothing and get [`QueueError::StaleLease`].
 
 use serde::{Deserialize, Serialize};
-use sqlx::{Any, Executor, Row};
 use sqlx::{AnyConnection, AnyPool, any::AnyPoolOptions};
+use sqlx::{Executor, Row};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -283,10 +283,6 @@ impl DatabaseUrl {
     }
 }
 
-/// The transaction-level advisory lock that serializes the state machine's
-/// multi-statement transactions on PostgreSQL, as SQLite's single writer does.
-const WRITE_LOCK: i64 = 0x6472_616b_6500; // "drake\0"
-
 /// The lease claim, with `$lock` after the candidate's `LIMIT 1` (PostgreSQL's row
 /// lock; nothing on SQLite, whose writer is alone). `$1` worker, `$2` now, `$3` the
 /// lease TTL, `$4` the worker's encoders and `$7` its tags (",a,b,"), `$5`/`$6` only
@@ -312,7 +308,10 @@ macro_rules! lease_claim {
 
 #[derive(Clone)]
 pub struct Queue {
+    /// The dashboard's and the API's longer reads (and, on PostgreSQL, everything).
     pool: AnyPool,
+    /// SQLite's one connection for writes and a worker's reads (see `conn`).
+    held: Option<std::sync::Arc<tokio::sync::Mutex<conn::Held>>>,
     backend: Backend,
     pub cfg: QueueConfig,
 }
@@ -323,7 +322,9 @@ impl Queue {
         sqlx::any::install_default_drivers();
         match url {
             DatabaseUrl::Sqlite(path) => {
+                // No ping before each checkout: a dead SQLite connection is not a thing.
                 let pool = AnyPoolOptions::new()
+                    .test_before_acquire(false)
                     .max_connections(8)
                     .after_connect(|conn, _| Box::pin(async move { sqlite_pragmas(conn).await }))
                     .connect(&format!("sqlite://{}?mode=rwc", path.display()))
@@ -347,14 +348,18 @@ impl Queue {
     /// An in-memory SQLite queue, for tests.
     pub async fn in_memory(cfg: QueueConfig) -> Result<Queue> {
         sqlx::any::install_default_drivers();
+        // A named database in SQLite's shared cache, so that the pool's connections
+        // and the held one see the same tables.
         let pool = AnyPoolOptions::new()
-            .max_connections(1)
+            .test_before_acquire(false)
+            .max_connections(2)
             .after_connect(|conn, _| Box::pin(async move { sqlite_pragmas(conn).await }))
-            .connect("sqlite::memory:")
+            .connect(&format!("sqlite:file:drake-{}?mode=memory&cache=shared", uuid::Uuid::new_v4()))
             .await?;
         Queue::migrated(pool, Backend::Sqlite, cfg).await
     }
 
+    /// The pool, for reads that stream many rows (`drake db copy`) and tests.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
@@ -369,7 +374,12 @@ impl Queue {
             // The migrator holds an advisory lock: coordinators starting together are safe.
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
-        Ok(Queue { pool, backend, cfg })
+        // The held connection leaves the pool (freeing its place there) for good.
+        let held = match backend {
+            Backend::Sqlite => Some(conn::Held::new(pool.acquire().await?.detach())),
+            Backend::Postgres => None,
+        };
+        Ok(Queue { pool, held, backend, cfg })
     }
 
     /// Sets the process's farm clock ([`crate::state::now_ms`]) to the database's,
@@ -402,7 +412,7 @@ impl Queue {
         }
         // The probe is owed from the moment the job exists, in the same statement;
         // its required tags are written in the same transaction.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let inserted = sqlx::query("INSERT INTO jobs (id, state, profile, source, callback_url, priority, idempotency_key, created_at, updated_at, chore, chore_due_at, pipeline) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $7, 'probe', $7, $8)")
             .bind(id)
             .bind(&new.profile)
@@ -447,22 +457,6 @@ impl Queue {
         }
     }
 
-    /// A transaction that holds the writer's lock from its first statement, so that
-    /// what it reads stays true until it commits. On SQLite that is the write lock (a
-    /// deferred transaction that reads first fails with SQLITE_BUSY_SNAPSHOT, which
-    /// no busy timeout waits out, when another connection writes in between); on
-    /// PostgreSQL a transaction-level advisory lock that every coordinator takes.
-    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, Any>> {
-        match self.backend {
-            Backend::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
-            Backend::Postgres => {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
-                Ok(tx)
-            }
-        }
-    }
-
     /// Grants the next runnable task to `worker`, or `None` when nothing is runnable.
     /// Order: job priority; then the job due first (upload time plus media duration,
     /// so a short clip is not stuck behind a long film uploaded just before it); then
@@ -491,7 +485,7 @@ impl Queue {
         // reads the farm's free slots before it leases more, so it takes the lock,
         // and takes it first: the lock is always taken before any row lock.
         let mut tx = match self.backend {
-            Backend::Postgres if max_tasks == 1 => self.pool.begin().await?,
+            Backend::Postgres if max_tasks == 1 => self.begin().await?,
             _ => self.write_tx().await?,
         };
         if self.backend == Backend::Postgres {
@@ -620,7 +614,7 @@ impl Queue {
         .bind(progress.clamp(0.0, 1.0))
         .bind(now)
         .bind(self.cfg.lease_ttl_ms)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         match cancel {
             Some(c) => Ok(c != 0),
@@ -631,13 +625,14 @@ impl Queue {
     /// Ends a lease with the task's result: the task becomes `promoting`, which owes
     /// the promotion of that epoch's staging directory. It succeeds only once its
     /// files are in place ([`Queue::promoted`]); a promotion still owed after its
-    /// deadline ([`PROMOTE_GRACE_MS`]) is redone by the reconciler.
-    pub async fn complete(&self, task: &str, worker: &str, epoch: i64, result: &serde_json::Value, now: i64) -> Result<String> {
-        let job: Option<String> = sqlx::query_scalar(
+    /// deadline ([`PROMOTE_GRACE_MS`]) is redone by the reconciler. Returns the
+    /// promotion owed.
+    pub async fn complete(&self, task: &str, worker: &str, epoch: i64, result: &serde_json::Value, now: i64) -> Result<Promotion> {
+        let row = sqlx::query(
             "UPDATE tasks SET state = 'promoting', progress = 1, result = $4, lease_expires_at = $5 + $6, updated_at = $5
              WHERE id = $1 AND worker_id = $2 AND epoch = $3 AND state IN ('leased', 'running') AND cancel = 0
                AND (SELECT state FROM jobs WHERE id = tasks.job_id) IN ('queued', 'running')
-             RETURNING job_id",
+             RETURNING id, job_id, rendition, epoch, result",
         )
         .bind(task)
         .bind(worker)
@@ -645,9 +640,9 @@ impl Queue {
         .bind(result.to_string())
         .bind(now)
         .bind(PROMOTE_GRACE_MS)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
-        job.ok_or_else(|| QueueError::StaleLease { task: task.into(), epoch })
+        row.map(promotion_row).ok_or_else(|| QueueError::StaleLease { task: task.into(), epoch })
     }
 
     /// A promoting task whose outputs are in place succeeds; when it was its job's
@@ -698,18 +693,9 @@ impl Queue {
         )
         .bind(now)
         .bind(all)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(promotion_row).collect())
-    }
-
-    /// The promotion a task owes, if it is promoting.
-    pub async fn promotion(&self, task: &str) -> Result<Option<Promotion>> {
-        let row = sqlx::query("SELECT id, job_id, rendition, epoch, result FROM tasks WHERE id = $1 AND state = 'promoting'")
-            .bind(task)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(promotion_row))
     }
 
     /// Ends a lease with a failure. Retryable failures go back to the queue after a
@@ -834,21 +820,22 @@ impl Queue {
         .bind(worker)
         .bind(lease.map(|l| l.0))
         .bind(lease.map(|l| l.1))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(held != 0)
     }
 
     /// True when the task was canceled (directly or with its job).
     pub async fn task_canceled(&self, task: &str) -> Result<bool> {
-        let c: Option<i64> = sqlx::query_scalar("SELECT cancel FROM tasks WHERE id = $1").bind(task).fetch_optional(&self.pool).await?;
+        let c: Option<i64> =
+            sqlx::query_scalar("SELECT cancel FROM tasks WHERE id = $1").bind(task).fetch_optional(&mut *self.conn().await?).await?;
         Ok(c.unwrap_or(0) != 0)
     }
 
     pub async fn task_job(&self, task: &str) -> Result<String> {
         sqlx::query_scalar("SELECT job_id FROM tasks WHERE id = $1")
             .bind(task)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?
             .ok_or_else(|| QueueError::NotFound(format!("task {task}")))
     }
@@ -857,7 +844,7 @@ impl Queue {
     pub async fn task_target(&self, task: &str) -> Result<(String, Option<String>)> {
         let row = sqlx::query("SELECT job_id, rendition FROM tasks WHERE id = $1")
             .bind(task)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?
             .ok_or_else(|| QueueError::NotFound(format!("task {task}")))?;
         Ok((row.get(0), row.get(1)))
@@ -871,7 +858,7 @@ impl Queue {
     /// The pipeline that owns a job (`None`: an admin's), or `NotFound`.
     pub async fn job_pipeline(&self, id: &str) -> Result<Option<String>> {
         let row: Option<Option<String>> =
-            sqlx::query_scalar("SELECT pipeline FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+            sqlx::query_scalar("SELECT pipeline FROM jobs WHERE id = $1").bind(id).fetch_optional(&mut *self.conn().await?).await?;
         row.ok_or_else(|| QueueError::NotFound(format!("job {id}")))
     }
 
@@ -911,7 +898,7 @@ impl Queue {
         )
         .bind(id)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         Ok(row.map(|r| JobSummary {
             state: r.get(0),
@@ -1061,20 +1048,22 @@ async fn requeue_or_fail(
 /// stops the rest); all succeeded means finalizing, which owes the finalize chore.
 /// An ended job never moves again.
 async fn settle_job(tx: &mut AnyConnection, job: &str, now: i64) -> Result<()> {
-    let current = job_state(&mut *tx, job).await?;
+    // Counts, not rows: a job may have many tasks, and this runs on every completion.
+    let row = sqlx::query(
+        "SELECT j.state, COUNT(t.id), CAST(COALESCE(SUM(CASE WHEN t.state = 'failed' THEN 1 ELSE 0 END), 0) AS BIGINT),
+                CAST(COALESCE(SUM(CASE WHEN t.state = 'succeeded' THEN 1 ELSE 0 END), 0) AS BIGINT),
+                CAST(COALESCE(SUM(CASE WHEN t.state = 'queued' THEN 1 ELSE 0 END), 0) AS BIGINT)
+         FROM jobs j LEFT JOIN tasks t ON t.job_id = j.id WHERE j.id = $1 GROUP BY j.state",
+    )
+    .bind(job)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| QueueError::NotFound(format!("job {job}")))?;
+    let current: String = row.get(0);
+    let (tasks, failed, succeeded, queued): (i64, i64, i64, i64) = (row.get(1), row.get(2), row.get(3), row.get(4));
     if is_terminal(&current) {
         return Ok(());
     }
-    // Counts, not rows: a job may have many tasks, and this runs on every completion.
-    let (tasks, failed, succeeded, queued): (i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END), 0) AS BIGINT),
-                CAST(COALESCE(SUM(CASE WHEN state = 'succeeded' THEN 1 ELSE 0 END), 0) AS BIGINT),
-                CAST(COALESCE(SUM(CASE WHEN state = 'queued' THEN 1 ELSE 0 END), 0) AS BIGINT)
-         FROM tasks WHERE job_id = $1",
-    )
-    .bind(job)
-    .fetch_one(&mut *tx)
-    .await?;
     if failed > 0 {
         return end_job(tx, job, "failed", None, now).await;
     }
@@ -1092,7 +1081,9 @@ async fn settle_job(tx: &mut AnyConnection, job: &str, now: i64) -> Result<()> {
         return Ok(());
     }
     let next = if queued < tasks { "running" } else { "queued" };
-    sqlx::query("UPDATE jobs SET state = $1, updated_at = $2 WHERE id = $3").bind(next).bind(now).bind(job).execute(&mut *tx).await?;
+    if next != current {
+        sqlx::query("UPDATE jobs SET state = $1, updated_at = $2 WHERE id = $3").bind(next).bind(now).bind(job).execute(&mut *tx).await?;
+    }
     Ok(())
 }
 
@@ -1100,6 +1091,7 @@ pub fn is_terminal(state: &str) -> bool {
     matches!(state, "succeeded" | "failed" | "canceled")
 }
 
+mod conn;
 mod owed;
 pub use owed::{Chore, ChoreClaim, Owed, Promotion};
 use owed::{end_job, promotion_row};

@@ -62,7 +62,7 @@ impl Queue {
             .bind(version)
             .bind(now)
             .bind(now)
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(())
     }
@@ -78,7 +78,7 @@ impl Queue {
         .bind(free_slots)
         .bind(load.filter(|l| l.is_finite() && *l >= 0.0))
         .bind(id)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *self.conn().await?)
         .await?
         .ok_or_else(|| QueueError::NotFound(format!("worker {id}")))?;
         let caps: Capabilities = serde_json::from_str(row.get::<&str, _>(0)).map_err(|e| QueueError::Conflict(e.to_string()))?;
@@ -89,7 +89,7 @@ impl Queue {
         let n = sqlx::query("UPDATE workers SET draining = $1 WHERE id = $2 AND removed = 0")
             .bind(draining as i64)
             .bind(id)
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?
             .rows_affected();
         if n == 0 {
@@ -102,16 +102,19 @@ impl Queue {
     pub async fn remove_worker(&self, id: &str) -> Result<()> {
         let n = sqlx::query("UPDATE workers SET removed = 1 WHERE id = $1 AND removed = 0")
             .bind(id)
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?
             .rows_affected();
         if n == 0 {
             return Err(QueueError::NotFound(format!("worker {id}")));
         }
-        sqlx::query("UPDATE tokens SET revoked = 1 WHERE role = 'worker' AND label = $1").bind(id).execute(self.pool()).await?;
+        sqlx::query("UPDATE tokens SET revoked = 1 WHERE role = 'worker' AND label = $1")
+            .bind(id)
+            .execute(&mut *self.conn().await?)
+            .await?;
         sqlx::query("UPDATE tasks SET lease_expires_at = 0 WHERE worker_id = $1 AND state IN ('leased', 'running')")
             .bind(id)
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(())
     }
@@ -170,7 +173,7 @@ impl Queue {
             .bind(payload)
             .bind(now)
             .bind(now)
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(id)
     }
@@ -180,7 +183,7 @@ impl Queue {
         let row =
             sqlx::query("SELECT id, url, payload, attempts, pushes FROM webhooks WHERE id = $1 AND delivered_at IS NULL AND gave_up = 0")
                 .bind(id)
-                .fetch_optional(self.pool())
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
         Ok(row.map(|r| Delivery { id: r.get(0), url: r.get(1), payload: r.get(2), attempts: r.get(3), pushes: r.get(4) }))
     }
@@ -199,7 +202,7 @@ impl Queue {
                 sqlx::query("UPDATE webhooks SET attempts = attempts + 1, delivered_at = $1 WHERE id = $2")
                     .bind(now)
                     .bind(id)
-                    .execute(self.pool())
+                    .execute(&mut *self.conn().await?)
                     .await?;
                 Ok(None)
             }
@@ -208,14 +211,14 @@ impl Queue {
                     sqlx::query_scalar("UPDATE webhooks SET attempts = attempts + 1, last_error = $1 WHERE id = $2 RETURNING attempts")
                         .bind(&e)
                         .bind(id)
-                        .fetch_one(self.pool())
+                        .fetch_one(&mut *self.conn().await?)
                         .await?;
                 let next = now + self.cfg.backoff(attempts);
                 sqlx::query("UPDATE webhooks SET next_attempt_at = $1, gave_up = $2 WHERE id = $3")
                     .bind(next)
                     .bind((attempts >= max_attempts) as i64)
                     .bind(id)
-                    .execute(self.pool())
+                    .execute(&mut *self.conn().await?)
                     .await?;
                 Ok((attempts < max_attempts).then_some(Retry { attempts, at: next }))
             }
@@ -230,7 +233,7 @@ impl Queue {
         )
         .bind(id)
         .bind(now)
-        .execute(self.pool())
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(())
     }
@@ -238,14 +241,18 @@ impl Queue {
     /// A coordinator that stops cleanly says so: it is gone at once, not after its
     /// heartbeat lapses.
     pub async fn coordinator_stopped(&self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM coordinators WHERE id = $1").bind(id).execute(self.pool()).await?;
+        sqlx::query("DELETE FROM coordinators WHERE id = $1").bind(id).execute(&mut *self.conn().await?).await?;
         Ok(())
     }
 
     /// Forgets every other coordinator, and heartbeats from dead ones. On SQLite
     /// (one process per database) at start every other one is gone.
     pub async fn forget_coordinators(&self, me: &str, older_than: i64) -> Result<()> {
-        sqlx::query("DELETE FROM coordinators WHERE id != $1 AND last_seen < $2").bind(me).bind(older_than).execute(self.pool()).await?;
+        sqlx::query("DELETE FROM coordinators WHERE id != $1 AND last_seen < $2")
+            .bind(me)
+            .bind(older_than)
+            .execute(&mut *self.conn().await?)
+            .await?;
         Ok(())
     }
 
@@ -268,7 +275,7 @@ impl Queue {
         sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
             .bind(key)
             .bind(value)
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(self.setting(key).await?.unwrap_or_else(|| value.to_string()))
     }

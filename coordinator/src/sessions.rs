@@ -41,7 +41,7 @@ impl Queue {
         sqlx::query("INSERT INTO login_links (hash, expires_at) VALUES ($1, $2)")
             .bind(digest(&token))
             .bind(now + LOGIN_LINK_TTL_MS)
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(token)
     }
@@ -49,7 +49,7 @@ impl Queue {
     /// Revokes every login link not used yet (at start: links printed by an earlier
     /// run stop working).
     pub async fn revoke_login_links(&self) -> Result<()> {
-        sqlx::query("DELETE FROM login_links WHERE used_at IS NULL").execute(self.pool()).await?;
+        sqlx::query("DELETE FROM login_links WHERE used_at IS NULL").execute(&mut *self.conn().await?).await?;
         Ok(())
     }
 
@@ -59,7 +59,7 @@ impl Queue {
             .bind(now)
             .bind(digest(token))
             .bind(now)
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?
             .rows_affected();
         Ok(n == 1)
@@ -69,13 +69,13 @@ impl Queue {
     pub async fn create_session(&self, now: i64) -> Result<(String, Session)> {
         let cookie = random_hex(32);
         let csrf = random_hex(24);
-        sqlx::query("DELETE FROM sessions WHERE expires_at < $1").bind(now).execute(self.pool()).await?;
+        sqlx::query("DELETE FROM sessions WHERE expires_at < $1").bind(now).execute(&mut *self.conn().await?).await?;
         sqlx::query("INSERT INTO sessions (hash, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(digest(&cookie))
             .bind(&csrf)
             .bind(now)
             .bind(now + SESSION_TTL_MS)
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok((cookie, Session { csrf }))
     }
@@ -84,13 +84,13 @@ impl Queue {
         let row = sqlx::query("SELECT csrf FROM sessions WHERE hash = $1 AND expires_at > $2")
             .bind(digest(cookie))
             .bind(now)
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *self.conn().await?)
             .await?;
         Ok(row.map(|r| Session { csrf: r.get(0) }))
     }
 
     pub async fn end_session(&self, cookie: &str) -> Result<()> {
-        sqlx::query("DELETE FROM sessions WHERE hash = $1").bind(digest(cookie)).execute(self.pool()).await?;
+        sqlx::query("DELETE FROM sessions WHERE hash = $1").bind(digest(cookie)).execute(&mut *self.conn().await?).await?;
         Ok(())
     }
 
@@ -116,7 +116,7 @@ impl Queue {
         let n = sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = $1 AND role = $2")
             .bind(token_digest)
             .bind(Role::Join.as_str())
-            .execute(self.pool())
+            .execute(&mut *self.conn().await?)
             .await?
             .rows_affected();
         Ok(n == 1)

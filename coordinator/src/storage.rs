@@ -139,15 +139,12 @@ impl Store {
     pub async fn write(&self, rel: &str, bytes: Vec<u8>) -> StoreResult<()> {
         match &self.remote {
             None => {
-                let path = self.root.join(rel);
-                // A name of its own per write: two writers never share a temporary file.
-                let tmp = path.with_file_name(format!(
-                    ".{}.part-{}",
-                    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                    uuid::Uuid::now_v7().simple()
-                ));
+                let tmp = self.root.join(temp_path(rel));
+                if let Some(dir) = tmp.parent() {
+                    tokio::fs::create_dir_all(dir).await?;
+                }
                 tokio::fs::write(&tmp, &bytes).await?;
-                tokio::fs::rename(&tmp, &path).await?;
+                tokio::fs::rename(&tmp, self.root.join(rel)).await?;
             }
             Some(r) => {
                 let size = bytes.len() as u64;
@@ -184,6 +181,28 @@ impl Store {
                 }
                 r.expect_ok("HEAD", rel, &resp)?;
                 Ok(resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()))
+            }
+        }
+    }
+
+    /// The sizes of the files `names` in the directory `dir` (`None` for one that is
+    /// not there); in one trip to the blocking pool when local.
+    pub async fn sizes(&self, dir: &str, names: &[&str]) -> StoreResult<Vec<Option<u64>>> {
+        match &self.remote {
+            None => {
+                let dir = self.root.join(dir);
+                let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+                let sizes = tokio::task::spawn_blocking(move || {
+                    names.iter().map(|n| std::fs::metadata(dir.join(n)).ok().filter(|m| m.is_file()).map(|m| m.len())).collect()
+                });
+                Ok(sizes.await.map_err(std::io::Error::other)?)
+            }
+            Some(_) => {
+                let mut sizes = Vec::with_capacity(names.len());
+                for n in names {
+                    sizes.push(self.size(&format!("{dir}/{n}")).await?);
+                }
+                Ok(sizes)
             }
         }
     }
@@ -232,22 +251,23 @@ impl Store {
         let final_dir = output_dir(job, rendition);
         match &self.remote {
             None => {
-                let root = &self.root;
-                let target = root.join(&final_dir);
-                if tokio::fs::metadata(&target).await.is_ok() {
-                    tokio::fs::remove_dir_all(&target).await?;
-                }
-                tokio::fs::rename(root.join(staging_dir(job, rendition, epoch)), &target).await?;
-                let staging = root.join(format!("jobs/{job}/.staging"));
-                let prefix = format!("{}.e", rendition.unwrap_or("thumbnails"));
-                if let Ok(mut entries) = tokio::fs::read_dir(&staging).await {
-                    while let Ok(Some(e)) = entries.next_entry().await {
-                        if e.file_name().to_string_lossy().starts_with(&prefix) {
-                            let _ = tokio::fs::remove_dir_all(e.path()).await;
-                        }
+                let root = self.root.clone();
+                let (target, (job, rendition)) = (root.join(&final_dir), (job.to_string(), rendition.map(String::from)));
+                // One trip to the blocking pool for the whole move.
+                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    if std::fs::metadata(&target).is_ok() {
+                        std::fs::remove_dir_all(&target)?;
                     }
-                }
-                let _ = tokio::fs::remove_dir(&staging).await;
+                    std::fs::rename(root.join(staging_dir(&job, rendition.as_deref(), epoch)), &target)?;
+                    // Earlier epochs are the only other attempts. `.staging` itself stays
+                    // for the job's other tasks; the job's sweep removes it at its end.
+                    for e in 1..epoch {
+                        let _ = std::fs::remove_dir_all(root.join(staging_dir(&job, rendition.as_deref(), e)));
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(std::io::Error::other)??;
             }
             Some(r) => {
                 // MOVE onto an existing collection replaces it (Overwrite: T).
@@ -358,8 +378,8 @@ impl Remote {
     /// WebDAV PUT is not atomic, so nothing is ever written at its final name.
     async fn put_verified(&self, rel: &str, body: reqwest::Body, size: u64) -> StoreResult<()> {
         self.mkcol_parents(rel).await?;
-        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let temp = format!("{dir}/.{name}.part-{}", uuid::Uuid::now_v7().simple());
+        let temp = temp_path(rel);
+        self.mkcol_parents(&temp).await?;
         let resp = self.send("PUT", &temp, Some(("content-length", &size.to_string())), Some(body)).await?;
         self.expect_ok("PUT", &temp, &resp)?;
         let head = self.send("HEAD", &temp, None, None).await?;
@@ -370,6 +390,18 @@ impl Remote {
         }
         let resp = self.send("MOVE", &temp, Some(("destination", &self.url(rel))), None).await?;
         self.expect_ok("MOVE", &temp, &resp)
+    }
+}
+
+/// Where a file is written before it is moved to `rel`: a name of its own per
+/// write, so two writers never share one; for a job's file, inside the job's
+/// staging area, which the job's sweep removes with whatever a crash left there.
+fn temp_path(rel: &str) -> String {
+    let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let unique = uuid::Uuid::now_v7().simple();
+    match rel.split('/').collect::<Vec<_>>().as_slice() {
+        ["jobs", job, _, ..] => format!("jobs/{job}/.staging/.{}.part-{unique}", rel.split('/').skip(2).collect::<Vec<_>>().join("-")),
+        _ => format!("{dir}/.{name}.part-{unique}"),
     }
 }
 

@@ -113,19 +113,36 @@ impl<'a> Dav<'a> {
         Err(PublishError::Http { method: "GET", url, message: last_error })
     }
 
-    /// Creates every level of `dir` (MKCOL answers 405 for one that exists).
+    /// Creates `dir` and whatever of its parents is missing. The deepest level goes
+    /// first, since its parents usually exist (a job's every task after its first):
+    /// one request, walking up only while MKCOL answers 409 (a missing parent).
     pub async fn mkcol_all(&self, dir: &str) -> Result<(), PublishError> {
-        let mut path = String::new();
-        for seg in dir.split('/').filter(|s| !s.is_empty()) {
-            path = if path.is_empty() { seg.to_string() } else { format!("{path}/{seg}") };
-            let url = self.url(&format!("{path}/"));
-            let req = self.http.request(reqwest::Method::from_bytes(b"MKCOL").expect("method"), &url);
-            let resp = self.send("MKCOL", &url, req).await?;
-            if !(resp.status().is_success() || resp.status().as_u16() == 405) {
-                return Err(PublishError::Http { method: "MKCOL", url, message: format!("HTTP {}", resp.status()) });
+        let levels: Vec<&str> = dir.split('/').filter(|s| !s.is_empty()).collect();
+        let mut made = levels.len();
+        while made > 0 && !self.mkcol(&levels[..made].join("/")).await? {
+            made -= 1;
+        }
+        for depth in made + 1..=levels.len() {
+            if !self.mkcol(&levels[..depth].join("/")).await? {
+                let url = self.url(&format!("{}/", levels[..depth].join("/")));
+                return Err(PublishError::Http { method: "MKCOL", url, message: "HTTP 409 after its parent was made".into() });
             }
         }
         Ok(())
+    }
+
+    /// One MKCOL: true when the collection is there now (made, or 405: it existed),
+    /// false when its parent is missing (409).
+    async fn mkcol(&self, path: &str) -> Result<bool, PublishError> {
+        let url = self.url(&format!("{path}/"));
+        let req = self.http.request(reqwest::Method::from_bytes(b"MKCOL").expect("method"), &url);
+        let resp = self.send("MKCOL", &url, req).await?;
+        match resp.status().as_u16() {
+            405 => Ok(true),
+            409 => Ok(false),
+            _ if resp.status().is_success() => Ok(true),
+            code => Err(PublishError::Http { method: "MKCOL", url, message: format!("HTTP {code}") }),
+        }
     }
 
     /// PUT to a temporary name, verify, MOVE to `dir/name`. Returns the verified sum.
