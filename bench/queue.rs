@@ -66,7 +66,9 @@ fn main() {
         "{:<36} {:>8} {:>12} {:>10} {:>10} {:>8} {:>10} {:>10}",
         "setup", "workers", "cycles/s", "p50 ms", "p99 ms", "errors", "vs SQLite", "vs ceiling"
     );
-    let (mut sqlite, mut ceiling): (Vec<(usize, f64)>, Vec<(usize, f64)>) = (Vec::new(), Vec::new());
+    // (workers, cycles/s) of the SQLite and the ideal runs, for the ratios.
+    let mut sqlite: Vec<(usize, f64)> = Vec::new();
+    let mut ceiling: Vec<(usize, f64)> = Vec::new();
     let ratio = |base: &[(usize, f64)], n: usize, x: f64| {
         base.iter().find(|(w, _)| *w == n).map_or("-".to_string(), |(_, b)| format!("{:.2}x", x / b))
     };
