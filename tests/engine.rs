@@ -797,3 +797,58 @@ fn small_files_that_claim_huge_pictures_fail_fast_as_bad_input() {
         assert!(started.elapsed() < std::time::Duration::from_secs(10), "{name} took {:?}", started.elapsed());
     }
 }
+
+/// A long source cut in time: each chunk, encoded on its own from a seek, holds
+/// exactly its frames of the job's grid, starts on an IDR and keeps the 2 s grid;
+/// together the chunks hold the frames and keyframes of a whole encode.
+#[test]
+fn chunks_encoded_apart_hold_the_frames_and_keyframes_of_a_whole_encode() {
+    let dir = Dir::new();
+    let src = dir.s("src.mp4");
+    // 29.97 fps, so chunk starts fall between marks and frames; source keyframes
+    // every 250 frames, so each chunk seeks to one well before its start.
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=640x360:r=30000/1001:d=31", "-c:v", "libx264", "-preset", "ultrafast", "-g", "250", &src]);
+    let probe: proto::probe::Probe = serde_json::from_str(&drake_ok(&["probe", &src])).unwrap();
+    let web = proto::profile::Profile::load("web").unwrap();
+    let plan = proto::plan::plan(&probe, &web).unwrap();
+    let chunking = proto::profile::Chunking { min_duration_s: 0.0, chunk_s: 12.0 };
+    let cut = proto::plan::chunks(&plan, probe.duration, &chunking).unwrap();
+    assert_eq!(cut.frame_rate, "30000/1001");
+    let starts: Vec<(u64, u64)> = cut.chunks.iter().map(|c| (c.start_frame, c.frames)).collect();
+    assert_eq!(starts, [(0, 360), (360, 360), (720, cut.total_frames - 720)]);
+
+    let mut reports: Vec<Vec<proto::chunk::ChunkReport>> = vec![Vec::new(), Vec::new()];
+    for c in &cut.chunks {
+        let last = c.index as usize == cut.chunks.len() - 1;
+        let frames = if last { "end".to_string() } else { c.frames.to_string() };
+        let (d240, d360) = (dir.path(&format!("c{}-240p", c.index)), dir.path(&format!("c{}-360p", c.index)));
+        let spec = format!("{}:{}:{frames}", c.index, c.start_frame);
+        #[rustfmt::skip]
+        drake_ok(&["transcode", &src, "--rendition", "240p", "--out", d240.to_str().unwrap(),
+                   "--rendition", "360p", "--out", d360.to_str().unwrap(), "--chunk", &spec]);
+        for (k, d) in [d240, d360].iter().enumerate() {
+            assert!(d.join("chunk.pkts").is_file());
+            let r: proto::chunk::ChunkReport = serde_json::from_slice(&std::fs::read(d.join("chunk.json")).unwrap()).unwrap();
+            proto::chunk::check(&r, c, last, (30000, 1001), 2.0).unwrap();
+            reports[k].push(r);
+        }
+    }
+    for (k, name) in ["240p", "360p"].iter().enumerate() {
+        let of: Vec<&proto::chunk::ChunkReport> = reports[k].iter().collect();
+        proto::chunk::same_parameters(&of).unwrap();
+        let whole = transcode(&src, "web", name, &dir.path(&format!("whole-{name}")));
+        let frames: u64 = of.iter().map(|r| r.frames).sum();
+        assert_eq!(frames, whole["frame_count"].as_u64().unwrap(), "{name}: chunked and whole frame counts");
+        let keyframes: Vec<f64> = of.iter().flat_map(|r| r.keyframes.iter().map(|&k| k as f64 * 1001.0 / 30000.0)).collect();
+        let expected: Vec<f64> = whole["keyframe_times"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
+        assert_eq!(keyframes.len(), expected.len(), "{name}: {keyframes:?} vs {expected:?}");
+        assert!(keyframes.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-3), "{name}: {keyframes:?} vs {expected:?}");
+    }
+
+    // A chunk past the source's end is bad input, and leaves nothing behind.
+    let out = dir.path("past-end");
+    let o = drake(&["transcode", &src, "--rendition", "240p", "--out", out.to_str().unwrap(), "--chunk", "9:5000:100"]);
+    assert_eq!(o.status.code(), Some(65), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the source ends 0 frames into it"));
+    assert!(!out.join("chunk.json").exists());
+}

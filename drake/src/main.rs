@@ -52,6 +52,11 @@ enum Command {
         /// How many thumbnails `--thumbnails` makes.
         #[arg(long, default_value_t = 4)]
         thumbnails_count: usize,
+        /// Encode only one time chunk, video only, as packets for a join:
+        /// `INDEX:FIRST_FRAME:FRAMES` on the job's frame grid (FRAMES `end`: to the
+        /// source's end). Each --out gets chunk.pkts and chunk.json.
+        #[arg(long, value_name = "INDEX:FIRST:FRAMES", conflicts_with = "thumbnails")]
+        chunk: Option<String>,
     },
     /// Run the coordinator: durable queue, HTTP API and WebDAV storage.
     Coordinator {
@@ -251,9 +256,13 @@ fn run_engine(command: Command) -> i32 {
     let result = match command {
         Command::Probe { input } => worker::probe::probe(&input).map_err(Failure::Engine).and_then(|p| print_json(&p)),
         Command::Plan { input, profile } => plan(&input, &profile),
-        Command::Transcode { input, profile, rendition, out, max_duration, thumbnails, thumbnails_count } => {
+        Command::Transcode { input, profile, rendition, out, max_duration, thumbnails, thumbnails_count, chunk } => {
             let thumbnails = thumbnails.as_deref().map(|dir| (dir, thumbnails_count));
-            transcode(&input, &profile, &rendition, &out, max_duration, thumbnails)
+            let chunk = match chunk.as_deref().map(parse_chunk).transpose() {
+                Ok(c) => c,
+                Err(e) => fail(Failure::Engine(worker::error::EngineError::bad(e))),
+            };
+            transcode(&input, &profile, &rendition, &out, max_duration, thumbnails, chunk)
         }
         Command::Thumbnails { input, out, count } => worker::thumbnails::run(&input, &out, count).map_err(Failure::Engine).map(|_| ()),
         Command::Coordinator { .. } | Command::Worker { .. } | Command::Up { .. } | Command::Submit { .. } | Command::Db { .. } => {
@@ -294,6 +303,18 @@ fn plan(input: &str, profile: &str) -> Result<(), Failure> {
     print_json(&plan)
 }
 
+/// `--chunk INDEX:FIRST:FRAMES` (FRAMES `end`: to the source's end).
+fn parse_chunk(s: &str) -> Result<(u32, worker::transcode::Span), String> {
+    let bad = || format!("--chunk {s:?}: expected INDEX:FIRST_FRAME:FRAMES, FRAMES a number or `end`");
+    let parts: Vec<&str> = s.split(':').collect();
+    let [index, first, count] = parts.as_slice() else { return Err(bad()) };
+    let count = match *count {
+        "end" => None,
+        n => Some(n.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(bad)?),
+    };
+    Ok((index.parse().map_err(|_| bad())?, worker::transcode::Span { first: first.parse().map_err(|_| bad())?, count }))
+}
+
 fn transcode(
     input: &str,
     profile: &str,
@@ -301,6 +322,7 @@ fn transcode(
     outs: &[PathBuf],
     max_duration: f64,
     thumbnails: Option<(&Path, usize)>,
+    chunk: Option<(u32, worker::transcode::Span)>,
 ) -> Result<(), Failure> {
     if renditions.len() != outs.len() {
         return Err(Failure::Engine(worker::error::EngineError::bad(format!(
@@ -324,6 +346,10 @@ fn transcode(
         let _ = out.write_all(b"\n");
         let _ = out.flush();
     };
+    if let Some((index, span)) = chunk {
+        worker::transcode::run_chunk(&req, index, span, &mut progress).map_err(Failure::Engine)?;
+        return Ok(());
+    }
     let made = worker::transcode::run(&req, &mut progress).map_err(Failure::Engine)?;
     if let Some(Err(e)) = made.thumbnails {
         let _ = writeln!(std::io::stderr(), "drake: {}{e}", worker::thumbnails::NOT_MADE);

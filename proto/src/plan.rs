@@ -4,7 +4,7 @@
 //! can plan and each transcode process can re-derive its own rendition by name.
 
 use crate::probe::Probe;
-use crate::profile::{Profile, RateControl, VideoCodec};
+use crate::profile::{Chunking, Profile, RateControl, VideoCodec};
 use serde::{Deserialize, Serialize};
 
 /// Name of the rendition planned for a source without video.
@@ -248,6 +248,82 @@ fn plan_within_limits(probe: &Probe, profile: &Profile) -> Result<Plan, PlanErro
         });
     }
     Ok(Plan { profile: profile.name.clone(), renditions, skipped })
+}
+
+/// How a long source is cut in time: the job's output frame grid, computed once
+/// from the probe and shared by every rendition, and each chunk's frames on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkPlan {
+    /// The constant output frame rate of every rendition, as `num/den`.
+    pub frame_rate: String,
+    /// Frames in the whole output: the source's duration on the grid, rounded.
+    pub total_frames: u64,
+    pub chunk_s: f64,
+    /// In order; together they cover frames `0..total_frames` exactly once.
+    pub chunks: Vec<PlannedChunk>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedChunk {
+    pub index: u32,
+    /// The chunk's first frame: the first frame at or after its start mark, where
+    /// an unchunked encode forces its IDR too.
+    pub start_frame: u64,
+    pub frames: u64,
+}
+
+impl PlannedChunk {
+    pub fn end_frame(&self) -> u64 {
+        self.start_frame + self.frames
+    }
+}
+
+/// The first frame at or after `ms` milliseconds at `num/den` fps, in exact
+/// integer arithmetic: where the encoder forces an IDR for a mark at `ms`.
+pub fn first_frame_at(ms: u128, (num, den): (u64, u64)) -> u64 {
+    (ms * u128::from(num)).div_ceil(1000 * u128::from(den)) as u64
+}
+
+/// Most chunks one job is cut into; longer sources get longer chunks.
+pub const MAX_CHUNKS: usize = 1000;
+
+/// Cuts a source of `duration` seconds into chunks, or `None` when it is encoded
+/// whole: it is shorter than `min_duration_s`, has no video, or would make a single
+/// chunk. Chunks start at multiples of `chunk_s` (doubled until there are at most
+/// [`MAX_CHUNKS`]); a last piece shorter than half a chunk joins the one before it.
+pub fn chunks(plan: &Plan, duration: f64, chunking: &Chunking) -> Option<ChunkPlan> {
+    if !duration.is_finite() || duration < chunking.min_duration_s || chunking.chunk_s <= 0.0 {
+        return None;
+    }
+    let frame_rate = plan.renditions.iter().find_map(|r| r.video.as_ref())?.frame_rate.clone();
+    let (num, den) = frame_rate.split_once('/').and_then(|(n, d)| Some((n.parse::<u64>().ok()?, d.parse::<u64>().ok()?)))?;
+    if num == 0 || den == 0 {
+        return None;
+    }
+    let total_frames = (duration * num as f64 / den as f64).round() as u64;
+    let mut chunk_s = chunking.chunk_s;
+    while duration / chunk_s > MAX_CHUNKS as f64 {
+        chunk_s *= 2.0;
+    }
+    let chunk_ms = (chunk_s * 1000.0).round() as u128;
+    let start_of = |k: u64| first_frame_at(u128::from(k) * chunk_ms, (num, den));
+    let mut starts: Vec<u64> = (0..).map(start_of).take_while(|&s| s < total_frames).collect();
+    let last_piece = total_frames - starts.last().copied().unwrap_or(0);
+    if starts.len() > 1 && (last_piece as f64) < (start_of(1) as f64) / 2.0 {
+        starts.pop();
+    }
+    if starts.len() < 2 {
+        return None;
+    }
+    let chunks = starts
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| {
+            let end = starts.get(i + 1).copied().unwrap_or(total_frames);
+            PlannedChunk { index: i as u32, start_frame: start, frames: end - start }
+        })
+        .collect();
+    Some(ChunkPlan { frame_rate, total_frames, chunk_s, chunks })
 }
 
 #[cfg(test)]

@@ -58,9 +58,26 @@ pub struct Profile {
     pub requires_tags: Vec<String>,
     pub video: VideoSettings,
     pub audio: AudioSettings,
+    pub chunking: Chunking,
     /// Rungs sorted by height, lowest first.
     pub rungs: Vec<Rung>,
 }
+
+/// When and how a long source is cut in time, so that every worker encodes a piece
+/// of it (the profile's `[chunking]` table).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Chunking {
+    /// Sources shorter than this are encoded whole.
+    pub min_duration_s: f64,
+    /// Length of a chunk: a whole number of HLS segments, so that chunk boundaries
+    /// are segment boundaries in every rendition.
+    pub chunk_s: f64,
+}
+
+/// Default `[chunking] min_duration_s`.
+pub const DEFAULT_CHUNKING_MIN_DURATION_S: f64 = 180.0;
+/// Default `[chunking] chunk_s` (rounded to a whole number of segments).
+pub const DEFAULT_CHUNK_S: f64 = 60.0;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct VideoSettings {
@@ -118,7 +135,15 @@ struct RawProfile {
     requires_tags: Option<Spanned<Vec<String>>>,
     video: RawVideo,
     audio: RawAudio,
+    chunking: Option<RawChunking>,
     rendition: Vec<RawRung>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChunking {
+    min_duration_s: Option<Spanned<f64>>,
+    chunk_s: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -253,6 +278,27 @@ impl Profile {
         }
         let max_frame_rate = range(&v.max_frame_rate, "video.max_frame_rate", 1.0, 120.0)?;
 
+        let raw_chunking = raw.chunking.as_ref();
+        let min_duration_s = match raw_chunking.and_then(|c| c.min_duration_s.as_ref()) {
+            Some(m) => range(m, "chunking.min_duration_s", 0.0, 86_400.0)?,
+            None => DEFAULT_CHUNKING_MIN_DURATION_S,
+        };
+        let chunk_s = match raw_chunking.and_then(|c| c.chunk_s.as_ref()) {
+            Some(c) => {
+                let x = range(c, "chunking.chunk_s", segment_seconds, 3600.0)?;
+                let segments = x / segment_seconds;
+                if (segments - segments.round()).abs() > 1e-9 {
+                    return Err(err(
+                        c.span(),
+                        "chunking.chunk_s",
+                        "must be a whole number of segments (a multiple of segment_seconds)".into(),
+                    ));
+                }
+                x
+            }
+            None => (DEFAULT_CHUNK_S / segment_seconds).round().max(1.0) * segment_seconds,
+        };
+
         let a = &raw.audio;
         if a.codec.get_ref() != "aac" {
             return Err(err(a.codec.span(), "audio.codec", "only \"aac\" is supported".into()));
@@ -327,6 +373,7 @@ impl Profile {
             description: raw.description,
             requires_tags,
             video: VideoSettings { codec: v.codec, preset, cpu_used, gop_seconds, segment_seconds, max_frame_rate },
+            chunking: Chunking { min_duration_s, chunk_s },
             audio: AudioSettings {
                 bitrate: a.bitrate_kbps.get_ref() * 1000,
                 channels: *a.channels.get_ref(),

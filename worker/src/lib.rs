@@ -8,6 +8,7 @@ pub mod error;
 pub mod files;
 pub mod fmp4;
 pub mod node;
+pub mod packets;
 pub mod probe;
 pub mod publish;
 pub mod thumbnails;

@@ -15,11 +15,13 @@ use crate::av;
 use crate::error::{Context as _, EngineError, Result};
 use crate::files::{self, Staging};
 use crate::fmp4;
+use crate::packets;
 use crate::thumbnails::Collector;
 use crate::verify;
 use ff::util::picture;
 use ff::{Dictionary, Packet, Rational, Rescale, codec, decoder, encoder, filter, format, frame};
 use ffmpeg_next as ff;
+use proto::chunk::ChunkReport;
 use proto::plan::{PlannedAudio, PlannedRendition, PlannedVideo};
 use proto::profile::{Profile, VideoCodec};
 use proto::report::{AudioReport, KeyframeIndex, ProgressLine, RenditionReport, ThumbnailsReport, VideoReport};
@@ -70,11 +72,12 @@ const FRAGMENTED: &str = "stream.fmp4";
 /// Most renditions one process encodes from a single decode.
 pub const MAX_OUTPUTS: usize = 8;
 
-pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made> {
+/// Opens the source and plans the renditions a request names.
+fn prepare(req: &Request) -> Result<(format::context::Input, proto::probe::Probe, Vec<PlannedRendition>)> {
     if req.outputs.is_empty() || req.outputs.len() > MAX_OUTPUTS {
         return Err(EngineError::bad(format!("give 1 to {MAX_OUTPUTS} renditions, each with its --out directory")));
     }
-    let mut ictx = av::open_input(req.input)?;
+    let ictx = av::open_input(req.input)?;
     let probe = crate::probe::describe(&ictx, req.input)?;
     if probe.duration > req.limits.max_duration {
         return Err(EngineError::bad(format!(
@@ -97,7 +100,11 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
         }
         renditions.push(rendition);
     }
+    Ok((ictx, probe, renditions))
+}
 
+pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made> {
+    let (mut ictx, probe, renditions) = prepare(req)?;
     let mut stagings = Vec::with_capacity(renditions.len());
     let mut muxes = Vec::with_capacity(renditions.len());
     for (r, (_, dir)) in renditions.iter().zip(&req.outputs) {
@@ -109,7 +116,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
     let start = av::start_seconds(&ictx);
     // Renditions all plan video, or all none (audio-only sources); likewise audio.
     let mut video = match (renditions[0].video.is_some(), probe.main_video()) {
-        (true, Some(v)) => Some(VideoPipe::new(&ictx, v.index, v.rotation, &renditions, start, &mut muxes)?),
+        (true, Some(v)) => Some(VideoPipe::new(&ictx, v.index, v.rotation, &renditions, start, None, &mut muxes)?),
         _ => None,
     };
     let mut sheet = req.thumbnails.map(|(_, count)| match (&video, probe.main_video()) {
@@ -216,6 +223,130 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
     };
     progress(ProgressLine::Done { fraction: 1.0 });
     Ok(Made { renditions: reports, thumbnails })
+}
+
+/// File names of a chunk's outputs.
+pub const CHUNK_PACKETS: &str = "chunk.pkts";
+pub const CHUNK_REPORT: &str = "chunk.json";
+
+/// One time chunk of a long source, video only: frames `span` of the job's frame
+/// grid, for every requested rendition from one decode, each into its directory
+/// as a packet file ([`CHUNK_PACKETS`]) and its report ([`CHUNK_REPORT`]), which is
+/// written from the packets read back. Decoding starts at the source keyframe
+/// before the chunk; the frames before it are dropped, and encoding stops after
+/// the chunk's frames. IDRs are forced on the job's 2 s grid, as in a whole encode.
+pub fn run_chunk(req: &Request, index: u32, span: Span, progress: &mut dyn FnMut(ProgressLine)) -> Result<Vec<ChunkReport>> {
+    let (mut ictx, probe, renditions) = prepare(req)?;
+    let Some((v, Some(pv))) = probe.main_video().map(|v| (v, renditions[0].video.as_ref())) else {
+        return Err(EngineError::bad("a chunk needs a source with video"));
+    };
+    let (num, den) = frame_rate(pv);
+    let start = av::start_seconds(&ictx);
+    let first_time = span.first as f64 * f64::from(den) / f64::from(num);
+    if span.first > 0 {
+        // The source keyframe before the chunk (a second early, so that the frame
+        // the output's first slot takes is decoded even with rounding).
+        let target = (((first_time - 1.0).max(0.0) + start) * 1e6) as i64;
+        ictx.seek(target, ..target).map_err(|e| EngineError::internal("seeking the source", e))?;
+    }
+    let mut stagings = Vec::with_capacity(renditions.len());
+    let mut muxes = Vec::with_capacity(renditions.len());
+    for (_, dir) in &req.outputs {
+        let staging = Staging::new(dir)?;
+        muxes.push(Muxers::packets(&staging.path(CHUNK_PACKETS), &req.profile.video));
+        stagings.push(staging);
+    }
+    let mut video = VideoPipe::new(&ictx, v.index, v.rotation, &renditions, start, Some(span), &mut muxes)?;
+    let total = span.count.map_or(probe.duration - first_time, |n| n as f64 * f64::from(den) / f64::from(num)).max(0.001);
+    let began = Instant::now();
+    let mut last_report = Instant::now();
+    let mut corrupt_packets = 0u64;
+    while !video.has_span() {
+        let mut pkt = Packet::empty();
+        match pkt.read(&mut ictx) {
+            Ok(()) => {}
+            Err(ff::Error::Eof) => break,
+            Err(ff::Error::InvalidData) => {
+                corrupt_packets += 1;
+                if corrupt_packets > 1000 {
+                    return Err(EngineError::bad("more than 1000 corrupt packets; the file is damaged"));
+                }
+                continue;
+            }
+            Err(e) => return Err(EngineError::internal("reading the source", e)),
+        }
+        if pkt.stream() == video.index {
+            video.feed(Some(&pkt), &mut muxes)?;
+        }
+        if last_report.elapsed().as_millis() >= 500 {
+            last_report = Instant::now();
+            let out_time = muxes.iter().map(|m| m.out_time).fold(f64::INFINITY, f64::min) - first_time;
+            progress(ProgressLine::Progress {
+                fraction: (out_time / total).clamp(0.0, 0.99),
+                fps: video.frames as f64 / began.elapsed().as_secs_f64().max(1e-3),
+                frame: video.frames,
+                out_time,
+            });
+        }
+    }
+    video.feed(None, &mut muxes)?;
+    let mut reports = Vec::with_capacity(renditions.len());
+    for ((mux, staging), r) in muxes.iter_mut().zip(&stagings).zip(&renditions) {
+        mux.finish()?;
+        let report = chunk_report(&staging.path(CHUNK_PACKETS), index, &r.name)?;
+        if let Some(n) = span.count
+            && report.frames != n
+        {
+            return Err(EngineError::bad(format!("chunk {index} of {}: the source ends {} frames into it", r.name, report.frames)));
+        }
+        files::write_json(&staging.path(CHUNK_REPORT), &report)?;
+        reports.push(report);
+    }
+    for staging in stagings {
+        staging.commit(CHUNK_REPORT)?;
+    }
+    progress(ProgressLine::Done { fraction: 1.0 });
+    Ok(reports)
+}
+
+/// A chunk's report, from its packets as they were written.
+pub fn chunk_report(path: &Path, index: u32, rendition: &str) -> Result<ChunkReport> {
+    use sha2::Digest;
+    let mut reader = packets::Reader::open(path).ctx(|| format!("reading {}", path.display()))?;
+    let extradata = hex::decode(&reader.header.extradata).map_err(|e| EngineError::internal("reading a packet file", e))?;
+    let mut report = ChunkReport {
+        version: proto::WIRE_VERSION,
+        index,
+        rendition: rendition.to_string(),
+        frames: 0,
+        first_pts: None,
+        first_key: false,
+        keyframes: Vec::new(),
+        dts_increasing: true,
+        extradata_sha256: hex::encode(sha2::Sha256::digest(&extradata)),
+        bytes: 0,
+    };
+    let mut last_dts = None;
+    while let Some(p) = reader.next_record().ctx(|| format!("reading {}", path.display()))? {
+        if report.frames == 0 {
+            (report.first_pts, report.first_key) = (Some(p.pts), p.key);
+        }
+        if p.key {
+            report.keyframes.push(p.pts);
+        }
+        if last_dts.is_some_and(|d| p.dts <= d) {
+            report.dts_increasing = false;
+        }
+        last_dts = Some(p.dts);
+        report.frames += 1;
+        report.bytes += p.data.len() as u64;
+    }
+    Ok(report)
+}
+
+/// A planned video's frame rate, `num/den`.
+fn frame_rate(pv: &PlannedVideo) -> (i32, i32) {
+    pv.frame_rate.split_once('/').and_then(|(n, d)| Some((n.parse::<i32>().ok()?, d.parse::<i32>().ok()?))).expect("planner writes num/den")
 }
 
 fn progressive_name(r: &PlannedRendition) -> String {
@@ -371,10 +502,16 @@ enum Track {
     Audio,
 }
 
-/// The two muxers every encoded packet goes to, and the fragment bookkeeping.
+/// Where a rendition's encoded packets go: the two muxers of a whole encode, or
+/// (a chunk, or a job's audio) a packet file for the join.
+enum Sink {
+    Files { mp4: format::context::Output, frag: format::context::Output },
+    Packets { path: std::path::PathBuf, writer: Option<packets::Writer> },
+}
+
+/// The sink every encoded packet of one rendition goes to, and the fragment bookkeeping.
 struct Muxers {
-    mp4: format::context::Output,
-    frag: format::context::Output,
+    sink: Sink,
     /// (mp4 stream, fragmented stream, encoder time base) per track.
     video: Option<(usize, usize, Rational)>,
     audio: Option<(usize, usize, Rational)>,
@@ -388,9 +525,21 @@ struct Muxers {
 
 impl Muxers {
     fn open(mp4: &Path, frag: &Path, settings: &proto::profile::VideoSettings) -> Result<Muxers> {
-        Ok(Muxers {
+        let sink = Sink::Files {
             mp4: format::output_as(&mp4, "mp4").ctx(|| format!("creating {}", mp4.display()))?,
             frag: format::output_as(&frag, "mp4").ctx(|| format!("creating {}", frag.display()))?,
+        };
+        Ok(Muxers::with(sink, settings))
+    }
+
+    /// Packets into a packet file at `path`, for one track.
+    fn packets(path: &Path, settings: &proto::profile::VideoSettings) -> Muxers {
+        Muxers::with(Sink::Packets { path: path.to_path_buf(), writer: None }, settings)
+    }
+
+    fn with(sink: Sink, settings: &proto::profile::VideoSettings) -> Muxers {
+        Muxers {
+            sink,
             video: None,
             audio: None,
             gop_seconds: settings.gop_seconds,
@@ -398,11 +547,15 @@ impl Muxers {
             fragment_times: Vec::new(),
             next_audio_fragment: 0.0,
             out_time: 0.0,
-        })
+        }
     }
 
+    /// Whether codec headers go out of band (MP4's avcC; the join writes MP4 too).
     fn needs_global_header(&self) -> bool {
-        self.mp4.format().flags().contains(format::Flags::GLOBAL_HEADER)
+        match &self.sink {
+            Sink::Files { mp4, .. } => mp4.format().flags().contains(format::Flags::GLOBAL_HEADER),
+            Sink::Packets { .. } => true,
+        }
     }
 
     fn add<E: ff::codec::traits::Encoder + Copy, C: AsRef<ff::codec::Context>>(
@@ -413,11 +566,22 @@ impl Muxers {
         track: Track,
     ) -> Result<()> {
         let mut ids = [0usize; 2];
-        for (k, octx) in [&mut self.mp4, &mut self.frag].into_iter().enumerate() {
-            let mut ost = octx.add_stream(codec).ctx(|| "adding an output stream".into())?;
-            ost.set_parameters(enc);
-            ost.set_time_base(tb);
-            ids[k] = ost.index();
+        match &mut self.sink {
+            Sink::Files { mp4, frag } => {
+                for (k, octx) in [mp4, frag].into_iter().enumerate() {
+                    let mut ost = octx.add_stream(codec).ctx(|| "adding an output stream".into())?;
+                    ost.set_parameters(enc);
+                    ost.set_time_base(tb);
+                    ids[k] = ost.index();
+                }
+            }
+            Sink::Packets { path, writer } => {
+                if writer.is_some() {
+                    return Err(EngineError::internal("writing packets", "a packet file holds one track"));
+                }
+                let header = stream_header(enc.as_ref(), tb);
+                *writer = Some(packets::Writer::create(path, &header).ctx(|| format!("creating {}", path.display()))?);
+            }
         }
         let entry = Some((ids[0], ids[1], tb));
         match track {
@@ -428,16 +592,19 @@ impl Muxers {
     }
 
     fn start(&mut self) -> Result<()> {
+        let Sink::Files { mp4, frag } = &mut self.sink else {
+            return Ok(());
+        };
         let mut o = Dictionary::new();
         o.set("movflags", "+faststart");
-        self.mp4.write_header_with(o).ctx(|| "writing the MP4 header".into())?;
+        mp4.write_header_with(o).ctx(|| "writing the MP4 header".into())?;
         let mut o = Dictionary::new();
         // One fragment per GOP, cut by us (frag_custom) right before each keyframe, with
         // sample offsets relative to each moof so fragments can be split into files.
         // delay_moov writes the moov at the first cut, once samples exist, so its edit
         // list accounts for B-frame delay and HLS timestamps start at 0 like the MP4's.
         o.set("movflags", "+frag_custom+delay_moov+default_base_moof+skip_trailer");
-        self.frag.write_header_with(o).ctx(|| "writing the fMP4 header".into())?;
+        frag.write_header_with(o).ctx(|| "writing the fMP4 header".into())?;
         Ok(())
     }
 
@@ -448,6 +615,17 @@ impl Muxers {
         }
         .expect("a packet for a track that was added");
         let secs = pkt.pts().map_or(0.0, |p| p as f64 * f64::from(tb));
+        self.out_time = self.out_time.max(secs);
+        let (mp4, frag) = match &mut self.sink {
+            Sink::Files { mp4, frag } => (mp4, frag),
+            Sink::Packets { writer, path } => {
+                let w = writer.as_mut().expect("a packet for a track that was added");
+                let (pts, dts) = (pkt.pts().unwrap_or(0), pkt.dts().or(pkt.pts()).unwrap_or(0));
+                return w
+                    .write(pts, dts, pkt.duration(), pkt.is_key(), pkt.data().unwrap_or_default())
+                    .ctx(|| format!("writing {}", path.display()));
+            }
+        };
         let fragment_starts = match track {
             Track::Video => pkt.is_key(),
             Track::Audio => self.video.is_none() && secs + 1e-6 >= self.next_audio_fragment,
@@ -458,9 +636,9 @@ impl Muxers {
             if !self.fragment_times.is_empty() {
                 // With delay_moov the first cut only writes the moov; cut again.
                 let first_cut = self.fragment_times.len() == 1;
-                av::flush_fragment(&mut self.frag)?;
+                av::flush_fragment(frag)?;
                 if first_cut {
-                    av::flush_fragment(&mut self.frag)?;
+                    av::flush_fragment(frag)?;
                 }
             }
             self.fragment_times.push((secs * 1e6).round() / 1e6);
@@ -470,21 +648,57 @@ impl Muxers {
                 }
             }
         }
-        self.out_time = self.out_time.max(secs);
         let mut copy = pkt.clone();
         copy.set_stream(fi);
-        copy.rescale_ts(tb, self.frag.stream(fi).expect("stream").time_base());
-        copy.write_interleaved(&mut self.frag).ctx(|| "writing the fMP4".into())?;
+        copy.rescale_ts(tb, frag.stream(fi).expect("stream").time_base());
+        copy.write_interleaved(frag).ctx(|| "writing the fMP4".into())?;
         pkt.set_stream(mi);
-        pkt.rescale_ts(tb, self.mp4.stream(mi).expect("stream").time_base());
-        pkt.write_interleaved(&mut self.mp4).ctx(|| "writing the MP4".into())?;
+        pkt.rescale_ts(tb, mp4.stream(mi).expect("stream").time_base());
+        pkt.write_interleaved(mp4).ctx(|| "writing the MP4".into())?;
         Ok(())
     }
 
     fn finish(&mut self) -> Result<()> {
-        self.mp4.write_trailer().ctx(|| "finishing the MP4".into())?;
-        self.frag.write_trailer().ctx(|| "finishing the fMP4".into())?;
+        match &mut self.sink {
+            Sink::Files { mp4, frag } => {
+                mp4.write_trailer().ctx(|| "finishing the MP4".into())?;
+                frag.write_trailer().ctx(|| "finishing the fMP4".into())?;
+            }
+            Sink::Packets { path, writer } => {
+                if let Some(w) = writer.take() {
+                    w.finish().ctx(|| format!("writing {}", path.display()))?;
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+/// The codec's out-of-band headers (H.264's SPS and PPS, AAC's AudioSpecificConfig).
+fn extradata(ctx: &ff::codec::Context) -> &[u8] {
+    // SAFETY: extradata is owned by the codec context for its lifetime.
+    unsafe {
+        let c = &*ctx.as_ptr();
+        if c.extradata.is_null() { &[][..] } else { std::slice::from_raw_parts(c.extradata, c.extradata_size as usize) }
+    }
+}
+
+/// What a packet file says about its stream, from the open encoder.
+fn stream_header(ctx: &ff::codec::Context, tb: Rational) -> packets::StreamHeader {
+    // SAFETY: plain fields of the open encoder context.
+    let (width, height, sample_rate, channels, bit_rate) = unsafe {
+        let c = &*ctx.as_ptr();
+        (c.width.max(0) as u32, c.height.max(0) as u32, c.sample_rate.max(0) as u32, c.ch_layout.nb_channels.max(0) as u32, c.bit_rate)
+    };
+    packets::StreamHeader {
+        codec: av::codec_name(ctx.id().into()),
+        time_base: (tb.numerator(), tb.denominator()),
+        width,
+        height,
+        sample_rate,
+        channels,
+        extradata: hex::encode(extradata(ctx)),
+        bit_rate,
     }
 }
 
@@ -623,6 +837,21 @@ fn add_frame(g: &mut filter::Graph, f: &ff::Frame) -> std::result::Result<(), ff
     if ret < 0 { Err(ff::Error::from(ret)) } else { Ok(()) }
 }
 
+/// The frames a chunk encodes: from frame `first` of the job's grid, `count` of
+/// them (`None`: to the source's end).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Span {
+    pub first: u64,
+    pub count: Option<u64>,
+}
+
+impl VideoPipe {
+    /// True once every rendition has all of its chunk's frames.
+    fn has_span(&self) -> bool {
+        self.outs.iter().all(|o| o.span.count.is_some_and(|n| o.frames >= n))
+    }
+}
+
 struct VideoPipe {
     index: usize,
     codec_id: ff::ffi::AVCodecID,
@@ -649,6 +878,8 @@ struct VideoOut {
     gop_frames: u32,
     next_keyframe: f64,
     frames: u64,
+    /// The frames to encode (all of them, unless this is a chunk).
+    span: Span,
     codec: VideoCodec,
 }
 
@@ -659,6 +890,7 @@ impl VideoPipe {
         rotation: u32,
         renditions: &[PlannedRendition],
         start: f64,
+        span: Option<Span>,
         muxes: &mut [Muxers],
     ) -> Result<VideoPipe> {
         let ist = ictx.stream(index).expect("planned stream exists");
@@ -667,19 +899,15 @@ impl VideoPipe {
         let mut outs = Vec::with_capacity(renditions.len());
         for (r, mux) in renditions.iter().zip(muxes) {
             let pv = r.video.as_ref().ok_or_else(|| EngineError::bad(format!("rendition {} has no video", r.name)))?;
-            outs.push(VideoOut::new(pv, r, rotation, start, mux)?);
+            outs.push(VideoOut::new(pv, r, rotation, start, span, mux)?);
         }
         Ok(VideoPipe { index, codec_id, decoder, flow: Flow::new(ist.time_base(), start), frames: 0, outs, sheet: None })
     }
 }
 
 impl VideoOut {
-    fn new(pv: &PlannedVideo, r: &PlannedRendition, rotation: u32, start: f64, mux: &mut Muxers) -> Result<VideoOut> {
-        let (num, den) = pv
-            .frame_rate
-            .split_once('/')
-            .and_then(|(n, d)| Some((n.parse::<i32>().ok()?, d.parse::<i32>().ok()?)))
-            .expect("planner writes num/den");
+    fn new(pv: &PlannedVideo, r: &PlannedRendition, rotation: u32, start: f64, span: Option<Span>, mux: &mut Muxers) -> Result<VideoOut> {
+        let (num, den) = frame_rate(pv);
         let fps = Rational(num, den);
         let enc_tb = fps.invert();
         let gop_frames = (pv.gop_seconds * f64::from(fps)).round() as u32;
@@ -692,8 +920,12 @@ impl VideoOut {
             270 => "transpose=cclock,",
             _ => "",
         };
+        // A chunk's grid starts at its first frame, whose time is exact in the
+        // output time base; the frames before it are dropped here.
+        let span = span.unwrap_or(Span { first: 0, count: None });
+        let first_time = span.first as f64 * f64::from(den) / f64::from(num);
         let chain = format!(
-            "setpts=PTS-{start:.6}/TB,fps=fps={num}/{den}:start_time=0,{rotate}scale={w}:{h}:flags=bicubic,setsar=1,format=yuv420p",
+            "setpts=PTS-{start:.6}/TB,fps=fps={num}/{den}:start_time={first_time:.9},{rotate}scale={w}:{h}:flags=bicubic,setsar=1,format=yuv420p",
             w = r.width,
             h = r.height
         );
@@ -730,6 +962,7 @@ impl VideoOut {
             gop_frames,
             next_keyframe: 0.0,
             frames: 0,
+            span,
             codec: pv.codec,
         })
     }
@@ -737,14 +970,7 @@ impl VideoOut {
     /// RFC 6381 codecs string for this encoder's output.
     fn codecs_string(&self, width: u32, height: u32, fps: f64) -> String {
         match self.codec {
-            VideoCodec::H264 => {
-                // SAFETY: extradata is owned by the open encoder for its lifetime.
-                let extradata = unsafe {
-                    let ctx = &*self.encoder.as_ptr();
-                    if ctx.extradata.is_null() { &[][..] } else { std::slice::from_raw_parts(ctx.extradata, ctx.extradata_size as usize) }
-                };
-                crate::codecs::avc1(extradata).unwrap_or_else(|| "avc1.640028".into())
-            }
+            VideoCodec::H264 => crate::codecs::avc1(extradata(&self.encoder)).unwrap_or_else(|| "avc1.640028".into()),
             VideoCodec::Vp9 => crate::codecs::vp09(width, height, fps),
         }
     }
@@ -819,6 +1045,10 @@ impl Pipe for VideoPipe {
         let mut f = frame::Video::empty();
         while sink.sink().frame(&mut f).is_ok() {
             let pts = f.pts().unwrap_or(out.frames as i64).rescale(sink_tb, out.enc_tb);
+            // Frame numbers on the job's grid: a chunk encodes only its own.
+            if pts < out.span.first as i64 || out.span.count.is_some_and(|n| out.frames >= n) {
+                continue;
+            }
             f.set_pts(Some(pts));
             let t = pts as f64 * f64::from(out.enc_tb);
             // Decoded frames carry the source's picture types; only our marks may force IDRs.

@@ -99,3 +99,46 @@ fn headers_that_claim_too_much_are_refused_before_decoding() {
     }
     assert!(over(loud).contains("sample rate"));
 }
+
+#[test]
+fn long_sources_are_cut_on_segment_boundaries_of_one_frame_grid() {
+    let web = Profile::load("web").unwrap();
+    assert_eq!(web.chunking, Chunking { min_duration_s: 180.0, chunk_s: 60.0 });
+    let at = |fps: f64, duration: f64, chunk_s: f64| {
+        let p = plan(&probe(1280, 720, fps, true), &web).unwrap();
+        chunks(&p, duration, &Chunking { min_duration_s: 180.0, chunk_s })
+    };
+    // Shorter than min_duration_s: encoded whole.
+    assert_eq!(at(30.0, 179.9, 60.0), None);
+
+    // 4 minutes at 30 fps in 60 s chunks: four of 1800 frames.
+    let c = at(30.0, 240.0, 60.0).unwrap();
+    assert_eq!((c.frame_rate.as_str(), c.total_frames), ("30/1", 7200));
+    let starts: Vec<(u64, u64)> = c.chunks.iter().map(|k| (k.start_frame, k.frames)).collect();
+    assert_eq!(starts, [(0, 1800), (1800, 1800), (3600, 1800), (5400, 1800)]);
+
+    // 29.97 fps: each chunk starts on the first frame at or after its mark, where an
+    // unchunked encode forces its IDR (ceil(60 * 30000/1001) = 1799).
+    let c = at(29.97, 240.0, 60.0).unwrap();
+    assert_eq!(c.frame_rate, "30000/1001");
+    assert_eq!(c.chunks.iter().map(|k| k.start_frame).collect::<Vec<_>>(), [0, 1799, 3597, 5395]);
+    assert_eq!(c.total_frames, 7193);
+    for k in &c.chunks {
+        let t = k.start_frame as f64 * 1001.0 / 30000.0;
+        assert!(t + 1e-9 >= k.index as f64 * 60.0 && t < k.index as f64 * 60.0 + 1001.0 / 30000.0, "chunk {} at {t}", k.index);
+    }
+    // Chunks cover every frame once.
+    assert_eq!(c.chunks.last().unwrap().end_frame(), c.total_frames);
+    assert!(c.chunks.windows(2).all(|w| w[0].end_frame() == w[1].start_frame));
+
+    // A tail shorter than half a chunk joins the chunk before it; a longer one is its own.
+    let c = at(25.0, 245.0, 60.0).unwrap();
+    assert_eq!(c.chunks.iter().map(|k| k.frames).collect::<Vec<_>>(), [1500, 1500, 1500, 1625]);
+    assert_eq!(at(25.0, 275.0, 60.0).unwrap().chunks.len(), 5);
+    // No video, nothing to cut.
+    let audio_only = plan(&probe(0, 0, 0.0, true), &web).unwrap();
+    assert_eq!(chunks(&audio_only, 600.0, &web.chunking), None);
+    // A six-hour film in 6 s chunks still makes at most MAX_CHUNKS.
+    let c = at(30.0, 6.0 * 3600.0, 6.0).unwrap();
+    assert!(c.chunks.len() <= MAX_CHUNKS && c.chunk_s == 24.0, "{} chunks of {} s", c.chunks.len(), c.chunk_s);
+}

@@ -98,3 +98,24 @@ fn a_profile_may_require_worker_tags() {
         "profiles/t.toml:3: `requires_tags`: \"GPU!\" is not a tag (1 to 64 of a-z, 0-9, '.', '_', '-')",
     );
 }
+
+#[test]
+fn chunking_cuts_whole_segments() {
+    let p = Profile::parse(BASE, "t.toml").unwrap();
+    assert_eq!(p.chunking, Chunking { min_duration_s: 180.0, chunk_s: 60.0 });
+    let with = |table: &str| BASE.replacen("[[rendition]]", &format!("{table}\n\n[[rendition]]"), 1);
+    let p = Profile::parse(&with("[chunking]\nmin_duration_s = 600\nchunk_s = 30"), "t.toml").unwrap();
+    assert_eq!(p.chunking, Chunking { min_duration_s: 600.0, chunk_s: 30.0 });
+    let err = |table: &str| Profile::parse(&with(table), "t.toml").expect_err(table).to_string();
+    assert!(
+        err("[chunking]\nchunk_s = 50").contains("`chunking.chunk_s`: must be a whole number of segments"),
+        "{}",
+        err("[chunking]\nchunk_s = 50")
+    );
+    assert!(err("[chunking]\nchunk_s = 3").contains("`chunking.chunk_s`: must be between 6 and 3600"));
+    assert!(err("[chunking]\nmin_duration_s = -1").contains("`chunking.min_duration_s`: must be between 0 and 86400"));
+    assert!(err("[chunking]\nchunks = 4").contains("unknown field `chunks`"));
+    // Segments that do not divide a minute: the default is the nearest whole number of them.
+    let eight = BASE.replacen("segment_seconds = 6.0", "segment_seconds = 8.0", 1);
+    assert_eq!(Profile::parse(&eight, "t.toml").unwrap().chunking.chunk_s, 64.0);
+}
