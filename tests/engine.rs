@@ -852,3 +852,29 @@ fn chunks_encoded_apart_hold_the_frames_and_keyframes_of_a_whole_encode() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("the source ends 0 frames into it"));
     assert!(!out.join("chunk.json").exists());
 }
+
+/// A job's audio encoded once, whole, for every rendition's join: it spans the
+/// source, priming included, and is not cut anywhere.
+#[test]
+fn the_audio_is_encoded_once_whole_as_packets() {
+    let dir = Dir::new();
+    let src = hd_source(&dir, 5);
+    let out = dir.path("audio");
+    drake_ok(&["transcode", &src, "--rendition", "240p", "--out", out.to_str().unwrap(), "--audio"]);
+    let made: Value = serde_json::from_slice(&std::fs::read(out.join("audio.json")).unwrap()).unwrap();
+    let (start, end) = (made["start"].as_f64().unwrap(), made["end"].as_f64().unwrap());
+    assert_eq!(made["sample_rate"].as_u64(), Some(48000), "{made}");
+    // The encoder's priming sits before 0; the end is the source's, within one AAC frame.
+    assert!((-0.05..=0.0).contains(&start), "{made}");
+    assert!((end - format_duration(Path::new(&src))).abs() < 1024.0 / 48000.0 + 0.03, "{made}");
+    // 1024 samples a packet (the last one may be shorter), all of them there.
+    let expected = ((end - start) * 48000.0 / 1024.0 - 1e-6).ceil() as u64;
+    assert_eq!(made["packets"].as_u64(), Some(expected), "{made}");
+    assert!(out.join("audio.pkts").metadata().unwrap().len() > 5 * 128_000 / 8 / 2);
+
+    // A source without audio is bad input.
+    let silent = dir.s("silent.mp4");
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=2", "-c:v", "libx264", "-preset", "ultrafast", &silent]);
+    let o = drake(&["transcode", &silent, "--rendition", "240p", "--out", dir.s("none").as_str(), "--audio"]);
+    assert_eq!(o.status.code(), Some(65), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -57,6 +57,10 @@ enum Command {
         /// source's end). Each --out gets chunk.pkts and chunk.json.
         #[arg(long, value_name = "INDEX:FIRST:FRAMES", conflicts_with = "thumbnails")]
         chunk: Option<String>,
+        /// Encode only the job's audio, whole, as packets for the joins of every
+        /// rendition: the --out DIR gets audio.pkts and audio.json.
+        #[arg(long, conflicts_with_all = ["thumbnails", "chunk"])]
+        audio: bool,
     },
     /// Run the coordinator: durable queue, HTTP API and WebDAV storage.
     Coordinator {
@@ -256,13 +260,18 @@ fn run_engine(command: Command) -> i32 {
     let result = match command {
         Command::Probe { input } => worker::probe::probe(&input).map_err(Failure::Engine).and_then(|p| print_json(&p)),
         Command::Plan { input, profile } => plan(&input, &profile),
-        Command::Transcode { input, profile, rendition, out, max_duration, thumbnails, thumbnails_count, chunk } => {
+        Command::Transcode { input, profile, rendition, out, max_duration, thumbnails, thumbnails_count, chunk, audio } => {
             let thumbnails = thumbnails.as_deref().map(|dir| (dir, thumbnails_count));
             let chunk = match chunk.as_deref().map(parse_chunk).transpose() {
                 Ok(c) => c,
                 Err(e) => fail(Failure::Engine(worker::error::EngineError::bad(e))),
             };
-            transcode(&input, &profile, &rendition, &out, max_duration, thumbnails, chunk)
+            let only = match (chunk, audio) {
+                (Some((index, span)), _) => Some(Only::Chunk(index, span)),
+                (None, true) => Some(Only::Audio),
+                (None, false) => None,
+            };
+            transcode(&input, &profile, &rendition, &out, max_duration, thumbnails, only)
         }
         Command::Thumbnails { input, out, count } => worker::thumbnails::run(&input, &out, count).map_err(Failure::Engine).map(|_| ()),
         Command::Coordinator { .. } | Command::Worker { .. } | Command::Up { .. } | Command::Submit { .. } | Command::Db { .. } => {
@@ -303,6 +312,14 @@ fn plan(input: &str, profile: &str) -> Result<(), Failure> {
     print_json(&plan)
 }
 
+/// A part of a long source's encode, for its join.
+enum Only {
+    /// `--chunk`: one time chunk's video.
+    Chunk(u32, worker::transcode::Span),
+    /// `--audio`: the whole audio.
+    Audio,
+}
+
 /// `--chunk INDEX:FIRST:FRAMES` (FRAMES `end`: to the source's end).
 fn parse_chunk(s: &str) -> Result<(u32, worker::transcode::Span), String> {
     let bad = || format!("--chunk {s:?}: expected INDEX:FIRST_FRAME:FRAMES, FRAMES a number or `end`");
@@ -322,7 +339,7 @@ fn transcode(
     outs: &[PathBuf],
     max_duration: f64,
     thumbnails: Option<(&Path, usize)>,
-    chunk: Option<(u32, worker::transcode::Span)>,
+    only: Option<Only>,
 ) -> Result<(), Failure> {
     if renditions.len() != outs.len() {
         return Err(Failure::Engine(worker::error::EngineError::bad(format!(
@@ -346,9 +363,12 @@ fn transcode(
         let _ = out.write_all(b"\n");
         let _ = out.flush();
     };
-    if let Some((index, span)) = chunk {
-        worker::transcode::run_chunk(&req, index, span, &mut progress).map_err(Failure::Engine)?;
-        return Ok(());
+    match only {
+        Some(Only::Chunk(index, span)) => {
+            return worker::transcode::run_chunk(&req, index, span, &mut progress).map(|_| ()).map_err(Failure::Engine);
+        }
+        Some(Only::Audio) => return worker::transcode::run_audio(&req, &mut progress).map(|_| ()).map_err(Failure::Engine),
+        None => {}
     }
     let made = worker::transcode::run(&req, &mut progress).map_err(Failure::Engine)?;
     if let Some(Err(e)) = made.thumbnails {

@@ -309,6 +309,75 @@ pub fn run_chunk(req: &Request, index: u32, span: Span, progress: &mut dyn FnMut
     Ok(reports)
 }
 
+/// File names of a job's audio, encoded once for every rendition's join.
+pub const AUDIO_PACKETS: &str = "audio.pkts";
+pub const AUDIO_REPORT: &str = "audio.json";
+
+/// A job's audio, whole and once: the default track of the source, as the first
+/// requested rendition plans it (every rendition of a job plans the same audio),
+/// into `outputs[0]`'s directory as a packet file ([`AUDIO_PACKETS`]) and its
+/// report ([`AUDIO_REPORT`]). Never cut in chunks: each AAC encoder start primes
+/// anew, which clicks at every join.
+pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<AudioPackets> {
+    let (mut ictx, probe, renditions) = prepare(req)?;
+    let Some(a) = probe.main_audio() else {
+        return Err(EngineError::bad("the source has no audio"));
+    };
+    let staging = Staging::new(req.outputs[0].1)?;
+    let mut muxes = vec![Muxers::packets(&staging.path(AUDIO_PACKETS), &req.profile.video)];
+    let start = av::start_seconds(&ictx);
+    let mut audio = AudioPipe::new(&ictx, a.index, &renditions[..1], start, &mut muxes)?;
+    let total = probe.duration.max(0.001);
+    let mut last_report = Instant::now();
+    loop {
+        let mut pkt = Packet::empty();
+        match pkt.read(&mut ictx) {
+            Ok(()) => {}
+            Err(ff::Error::Eof) => break,
+            Err(ff::Error::InvalidData) => continue,
+            Err(e) => return Err(EngineError::internal("reading the source", e)),
+        }
+        if pkt.stream() == audio.index {
+            audio.feed(Some(&pkt), &mut muxes)?;
+        }
+        if last_report.elapsed().as_millis() >= 500 {
+            last_report = Instant::now();
+            let out_time = muxes[0].out_time;
+            progress(ProgressLine::Progress { fraction: (out_time / total).clamp(0.0, 0.99), fps: 0.0, frame: 0, out_time });
+        }
+    }
+    audio.feed(None, &mut muxes)?;
+    muxes[0].finish()?;
+    if audio.samples == 0 {
+        return Err(EngineError::bad("no decodable audio in the source"));
+    }
+    // What the join needs to check the audio against the source: its span.
+    let mut reader = packets::Reader::open(&staging.path(AUDIO_PACKETS)).ctx(|| "reading the audio packets".into())?;
+    let (mut made, mut first, mut end) = (AudioPackets { packets: 0, start: 0.0, end: 0.0, sample_rate: 0 }, None, 0i64);
+    made.sample_rate = reader.header.sample_rate;
+    while let Some(p) = reader.next_record().ctx(|| "reading the audio packets".into())? {
+        first.get_or_insert(p.pts);
+        end = end.max(p.pts + p.duration);
+        made.packets += 1;
+    }
+    let tb = reader.header.time_base;
+    let secs = |t: i64| t as f64 * f64::from(tb.0) / f64::from(tb.1.max(1));
+    (made.start, made.end) = (secs(first.unwrap_or(0)), secs(end));
+    files::write_json(&staging.path(AUDIO_REPORT), &made)?;
+    staging.commit(AUDIO_REPORT)?;
+    progress(ProgressLine::Done { fraction: 1.0 });
+    Ok(made)
+}
+
+/// `audio.json`: the encoded audio's packets and span, in seconds from the source's start.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AudioPackets {
+    pub packets: u64,
+    pub start: f64,
+    pub end: f64,
+    pub sample_rate: u32,
+}
+
 /// A chunk's report, from its packets as they were written.
 pub fn chunk_report(path: &Path, index: u32, rendition: &str) -> Result<ChunkReport> {
     use sha2::Digest;
