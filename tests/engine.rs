@@ -800,14 +800,18 @@ fn small_files_that_claim_huge_pictures_fail_fast_as_bad_input() {
 
 /// A long source cut in time: each chunk, encoded on its own from a seek, holds
 /// exactly its frames of the job's grid, starts on an IDR and keeps the 2 s grid;
-/// together the chunks hold the frames and keyframes of a whole encode.
+/// joined with the audio (encoded once, whole) without re-encoding, they make the
+/// files, frames, keyframes and segments of a whole encode, with seams that play,
+/// seek and look like the whole encode's.
 #[test]
-fn chunks_encoded_apart_hold_the_frames_and_keyframes_of_a_whole_encode() {
+fn chunks_encoded_apart_and_joined_make_what_a_whole_encode_makes() {
     let dir = Dir::new();
     let src = dir.s("src.mp4");
     // 29.97 fps, so chunk starts fall between marks and frames; source keyframes
     // every 250 frames, so each chunk seeks to one well before its start.
-    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=640x360:r=30000/1001:d=31", "-c:v", "libx264", "-preset", "ultrafast", "-g", "250", &src]);
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=640x360:r=30000/1001:d=31", "-f", "lavfi", "-i", "sine=f=440:d=31:sample_rate=44100",
+             "-c:v", "libx264", "-preset", "ultrafast", "-g", "250", "-c:a", "aac", "-shortest", &src]);
     let probe: proto::probe::Probe = serde_json::from_str(&drake_ok(&["probe", &src])).unwrap();
     let web = proto::profile::Profile::load("web").unwrap();
     let plan = proto::plan::plan(&probe, &web).unwrap();
@@ -851,6 +855,86 @@ fn chunks_encoded_apart_hold_the_frames_and_keyframes_of_a_whole_encode() {
     assert_eq!(o.status.code(), Some(65), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("the source ends 0 frames into it"));
     assert!(!out.join("chunk.json").exists());
+
+    // The join: the same outputs as the whole encode, from the chunks and the audio.
+    let profile = dir.path("chunked.toml");
+    let web_text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/web.toml")).unwrap();
+    std::fs::write(&profile, format!("{web_text}\n[chunking]\nmin_duration_s = 0\nchunk_s = 12\n")).unwrap();
+    let audio = dir.path("audio");
+    drake_ok(&["transcode", &src, "--rendition", "240p", "--out", audio.to_str().unwrap(), "--audio"]);
+    let joined = dir.path("joined-240p");
+    let mut args: Vec<String> = ["join", &src, "--profile", profile.to_str().unwrap(), "--rendition", "240p"].map(String::from).to_vec();
+    for c in &cut.chunks {
+        args.extend(["--chunk".to_string(), dir.s(&format!("c{}-240p", c.index))]);
+    }
+    args.extend(["--audio", audio.to_str().unwrap(), "--out", joined.to_str().unwrap()].map(String::from));
+    // Chunks out of order never reach the outputs: the first fails its check.
+    let (a, b) = (args.iter().position(|x| x == "--chunk").unwrap() + 1, args.iter().rposition(|x| x == "--chunk").unwrap() + 1);
+    let mut swapped = args.clone();
+    swapped.swap(a, b);
+    let o = drake(&swapped.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(70), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("chunk 0:"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!joined.join("rendition.json").exists());
+    drake_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let j: Value = serde_json::from_slice(&std::fs::read(joined.join("rendition.json")).unwrap()).unwrap();
+    let w: Value = serde_json::from_slice(&std::fs::read(dir.path("whole-240p").join("rendition.json")).unwrap()).unwrap();
+    assert_eq!(files(&j), files(&w), "the same files as a whole encode");
+    for key in ["frame_count", "keyframe_times", "segment_count", "codecs", "width", "height"] {
+        assert_eq!(j[key], w[key], "{key}");
+    }
+    let (jd, wd) = (j["duration"].as_f64().unwrap(), w["duration"].as_f64().unwrap());
+    assert!((jd - wd).abs() <= 1001.0 / 30000.0, "durations {jd} vs {wd}");
+    let (jm, wm) = (joined.join("240p.mp4"), dir.path("whole-240p").join("240p.mp4"));
+    let samples = |p: &Path| {
+        let a = streams(p).into_iter().find(|s| s["codec_type"] == "audio").unwrap();
+        a["duration_ts"].as_u64().unwrap()
+    };
+    assert!(samples(&jm).abs_diff(samples(&wm)) <= 1024, "audio samples {} vs {}", samples(&jm), samples(&wm));
+    let playlist = std::fs::read_to_string(joined.join("playlist.m3u8")).unwrap();
+    assert!(!playlist.contains("DISCONTINUITY"), "{playlist}");
+    // Every segment starts on a keyframe: its first video packet is one.
+    for seg in playlist.lines().filter(|l| l.ends_with(".m4s")) {
+        let both = [joined.join("init.mp4"), joined.join(seg)].iter().map(|p| std::fs::read(p).unwrap()).collect::<Vec<_>>().concat();
+        let part = dir.path("seg.mp4");
+        std::fs::write(&part, both).unwrap();
+        assert!(video_packets(&part).first().is_some_and(|p| p.3), "{seg} starts on a keyframe");
+    }
+    // It plays through the playlist, and a seek to just after a seam decodes cleanly.
+    let seam = format!("{:.3}", 360.0 * 1001.0 / 30000.0 + 0.05);
+    for args in [
+        vec!["-v", "error", "-i", joined.join("playlist.m3u8").to_str().unwrap(), "-f", "null", "-"],
+        vec!["-v", "error", "-ss", &seam, "-i", jm.to_str().unwrap(), "-frames:v", "30", "-f", "null", "-"],
+    ] {
+        let o = std::process::Command::new("ffmpeg").args(&args).output().unwrap();
+        assert!(o.status.success() && o.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    // Quality at the seams: PSNR against the source over the frames around each
+    // seam, within 0.5 dB of the whole encode's over the same frames.
+    for c in &cut.chunks[1..] {
+        let around = (c.start_frame - 15, c.start_frame + 15);
+        let (pj, pw) = (seam_psnr(&jm, &src, around), seam_psnr(&wm, &src, around));
+        eprintln!("seam at frame {}: PSNR joined {pj:.2} dB, whole {pw:.2} dB", c.start_frame);
+        assert!((pj - pw).abs() <= 0.5, "seam at frame {}: joined {pj:.2} dB, whole {pw:.2} dB", c.start_frame);
+    }
+}
+
+/// Average PSNR (dB) of `encoded`'s frames `from..to` against the same frames of
+/// `source` scaled to its size, by ffmpeg's `psnr` filter.
+fn seam_psnr(encoded: &Path, source: &str, (from, to): (u64, u64)) -> f64 {
+    let s = &streams(encoded)[0];
+    let (w, h) = (s["width"].as_u64().unwrap(), s["height"].as_u64().unwrap());
+    let graph = format!(
+        "[0:v]trim=start_frame={from}:end_frame={to},setpts=PTS-STARTPTS[a];\
+         [1:v]trim=start_frame={from}:end_frame={to},setpts=PTS-STARTPTS,scale={w}:{h}:flags=bicubic[b];[a][b]psnr"
+    );
+    let o = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-i", encoded.to_str().unwrap(), "-i", source, "-lavfi", &graph, "-f", "null", "-"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let avg = err.split("average:").nth(1).and_then(|t| t.split_whitespace().next()).and_then(|v| v.parse().ok());
+    avg.unwrap_or_else(|| panic!("no PSNR in {err}"))
 }
 
 /// A job's audio encoded once, whole, for every rendition's join: it spans the

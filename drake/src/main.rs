@@ -62,6 +62,25 @@ enum Command {
         #[arg(long, conflicts_with_all = ["thumbnails", "chunk"])]
         audio: bool,
     },
+    /// Join a chunked rendition without re-encoding: its chunks' packets (each
+    /// --chunk DIR from `transcode --chunk`, in chunk order) and the job's audio
+    /// (--audio DIR from `transcode --audio`) into the outputs a whole encode makes.
+    Join {
+        input: String,
+        #[arg(long, default_value = "web")]
+        profile: String,
+        #[arg(long)]
+        rendition: String,
+        #[arg(long = "chunk", value_name = "DIR", required = true)]
+        chunks: Vec<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        audio: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Longest source accepted, in seconds.
+        #[arg(long, default_value_t = 6.0 * 3600.0)]
+        max_duration: f64,
+    },
     /// Run the coordinator: durable queue, HTTP API and WebDAV storage.
     Coordinator {
         /// Where the SQLite database, storage, admin token and webhook secret live.
@@ -272,6 +291,22 @@ fn run_engine(command: Command) -> i32 {
                 (None, false) => None,
             };
             transcode(&input, &profile, &rendition, &out, max_duration, thumbnails, only)
+        }
+        Command::Join { input, profile, rendition, chunks, audio, out, max_duration } => {
+            let profile = match Profile::load(&profile) {
+                Ok(p) => p,
+                Err(e) => fail(Failure::Profile(e)),
+            };
+            let req = worker::join::JoinRequest {
+                input: &input,
+                profile: &profile,
+                rendition: &rendition,
+                chunks: chunks.iter().map(PathBuf::as_path).collect(),
+                audio: audio.as_deref(),
+                out: &out,
+                limits: worker::transcode::Limits { max_duration },
+            };
+            worker::join::run(&req).map(|_| ()).map_err(Failure::Engine)
         }
         Command::Thumbnails { input, out, count } => worker::thumbnails::run(&input, &out, count).map_err(Failure::Engine).map(|_| ()),
         Command::Coordinator { .. } | Command::Worker { .. } | Command::Up { .. } | Command::Submit { .. } | Command::Db { .. } => {

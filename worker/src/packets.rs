@@ -34,6 +34,14 @@ pub struct StreamHeader {
     pub extradata: String,
     /// The encoder's bit rate, if it declared one.
     pub bit_rate: i64,
+    /// Audio: samples per frame, and the encoder's priming before the first sample.
+    #[serde(default)]
+    pub frame_size: i32,
+    #[serde(default)]
+    pub initial_padding: i32,
+    /// Video: frames of reordering delay (B-frames).
+    #[serde(default)]
+    pub video_delay: i32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +141,9 @@ mod tests {
             channels: 0,
             extradata: "0164001f".into(),
             bit_rate: 0,
+            frame_size: 0,
+            initial_padding: 0,
+            video_delay: 2,
         };
         let mut w = Writer::create(&path, &header).unwrap();
         w.write(1799, 1797, 1, true, b"idr").unwrap();

@@ -67,13 +67,13 @@ pub const IFRAMES: &str = "iframes.m3u8";
 pub const INIT: &str = "init.mp4";
 pub const KEYFRAMES: &str = "keyframes.json";
 pub const REPORT: &str = "rendition.json";
-const FRAGMENTED: &str = "stream.fmp4";
+pub(crate) const FRAGMENTED: &str = "stream.fmp4";
 
 /// Most renditions one process encodes from a single decode.
 pub const MAX_OUTPUTS: usize = 8;
 
 /// Opens the source and plans the renditions a request names.
-fn prepare(req: &Request) -> Result<(format::context::Input, proto::probe::Probe, Vec<PlannedRendition>)> {
+pub(crate) fn prepare(req: &Request) -> Result<(format::context::Input, proto::probe::Probe, Vec<PlannedRendition>)> {
     if req.outputs.is_empty() || req.outputs.len() > MAX_OUTPUTS {
         return Err(EngineError::bad(format!("give 1 to {MAX_OUTPUTS} renditions, each with its --out directory")));
     }
@@ -210,9 +210,9 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
 
     let mut reports = Vec::with_capacity(renditions.len());
     for (k, r) in renditions.iter().enumerate() {
-        let v = video.as_ref().map(|v| &v.outs[k]);
-        let a = audio.as_ref().map(|a| &a.outs[k]);
-        reports.push(package(&stagings[k], r, &progressive_name(r), v, a, &muxes[k], decoded)?);
+        let v = video.as_ref().map(|v| v.outs[k].facts(r));
+        let a = audio.as_ref().map(|a| &a.outs[k].plan);
+        reports.push(package(&stagings[k], r, &progressive_name(r), v.as_ref(), a, &muxes[k], decoded)?);
     }
     for staging in stagings {
         staging.commit(REPORT)?;
@@ -414,21 +414,45 @@ pub fn chunk_report(path: &Path, index: u32, rendition: &str) -> Result<ChunkRep
 }
 
 /// A planned video's frame rate, `num/den`.
-fn frame_rate(pv: &PlannedVideo) -> (i32, i32) {
+pub(crate) fn frame_rate(pv: &PlannedVideo) -> (i32, i32) {
     pv.frame_rate.split_once('/').and_then(|(n, d)| Some((n.parse::<i32>().ok()?, d.parse::<i32>().ok()?))).expect("planner writes num/den")
 }
 
-fn progressive_name(r: &PlannedRendition) -> String {
+pub(crate) fn progressive_name(r: &PlannedRendition) -> String {
     format!("{}.mp4", r.name)
 }
 
 /// Cuts HLS from the fragmented file, indexes the MP4, verifies both and writes the report.
-fn package(
+/// What packaging needs to know of a rendition's video: the frames muxed, and
+/// how they were encoded (for the report).
+pub(crate) struct VideoFacts {
+    pub fps: Rational,
+    pub frames: u64,
+    pub codecs: String,
+    pub encoder_name: String,
+    pub options: BTreeMap<String, String>,
+    pub gop_frames: u32,
+}
+
+impl VideoOut {
+    fn facts(&self, r: &PlannedRendition) -> VideoFacts {
+        VideoFacts {
+            fps: self.fps,
+            frames: self.frames,
+            codecs: self.codecs_string(r.width, r.height, f64::from(self.fps)),
+            encoder_name: self.encoder_name.clone(),
+            options: self.options.clone(),
+            gop_frames: self.gop_frames,
+        }
+    }
+}
+
+pub(crate) fn package(
     staging: &Staging,
     r: &PlannedRendition,
     progressive: &str,
-    video: Option<&VideoOut>,
-    audio: Option<&AudioOut>,
+    video: Option<&VideoFacts>,
+    audio: Option<&PlannedAudio>,
     mux: &Muxers,
     source_duration: f64,
 ) -> Result<RenditionReport> {
@@ -523,7 +547,7 @@ fn package(
     let peak_bitrate = segments.iter().map(|s| (s.bytes as f64 * 8.0 / s.duration.max(0.1)) as u64).max().unwrap_or(0).max(average_bitrate);
     let mut codecs = Vec::new();
     if let Some(v) = video {
-        codecs.push(v.codecs_string(r.width, r.height, fps));
+        codecs.push(v.codecs.clone());
     }
     if audio.is_some() {
         codecs.push("mp4a.40.2".to_string());
@@ -541,12 +565,7 @@ fn package(
         peak_bitrate,
         codecs: codecs.join(","),
         video: video.map(|v| VideoReport { encoder: v.encoder_name.clone(), encoder_options: v.options.clone(), gop_frames: v.gop_frames }),
-        audio: audio.map(|a| AudioReport {
-            encoder: "aac".into(),
-            bitrate: a.plan.bitrate,
-            channels: a.plan.channels,
-            sample_rate: a.plan.sample_rate,
-        }),
+        audio: audio.map(|a| AudioReport { encoder: "aac".into(), bitrate: a.bitrate, channels: a.channels, sample_rate: a.sample_rate }),
         keyframe_times: scan.keyframes.iter().map(|k| k.time).collect(),
         segment_count: segments.len(),
         files: roles,
@@ -566,7 +585,7 @@ fn copy_range(src: &mut std::fs::File, range: (u64, u64), dst: &Path) -> Result<
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Track {
+pub(crate) enum Track {
     Video,
     Audio,
 }
@@ -579,7 +598,7 @@ enum Sink {
 }
 
 /// The sink every encoded packet of one rendition goes to, and the fragment bookkeeping.
-struct Muxers {
+pub(crate) struct Muxers {
     sink: Sink,
     /// (mp4 stream, fragmented stream, encoder time base) per track.
     video: Option<(usize, usize, Rational)>,
@@ -593,7 +612,7 @@ struct Muxers {
 }
 
 impl Muxers {
-    fn open(mp4: &Path, frag: &Path, settings: &proto::profile::VideoSettings) -> Result<Muxers> {
+    pub(crate) fn open(mp4: &Path, frag: &Path, settings: &proto::profile::VideoSettings) -> Result<Muxers> {
         let sink = Sink::Files {
             mp4: format::output_as(&mp4, "mp4").ctx(|| format!("creating {}", mp4.display()))?,
             frag: format::output_as(&frag, "mp4").ctx(|| format!("creating {}", frag.display()))?,
@@ -660,7 +679,67 @@ impl Muxers {
         Ok(())
     }
 
-    fn start(&mut self) -> Result<()> {
+    /// Declares a track from a packet file's header (the join: no encoder here).
+    pub(crate) fn add_stream(&mut self, h: &packets::StreamHeader, track: Track) -> Result<()> {
+        let extradata = hex::decode(&h.extradata).map_err(|e| EngineError::internal("reading a packet file", e))?;
+        let name = std::ffi::CString::new(h.codec.as_str()).map_err(|e| EngineError::internal("reading a packet file", e))?;
+        let mut params = codec::Parameters::new();
+        // SAFETY: a fresh parameters struct we own; extradata is allocated with
+        // libav's allocator (padded, as libav requires) and freed with the struct.
+        unsafe {
+            let desc = ff::ffi::avcodec_descriptor_get_by_name(name.as_ptr());
+            if desc.is_null() {
+                return Err(EngineError::internal("joining", format!("unknown codec {}", h.codec)));
+            }
+            let p = &mut *params.as_mut_ptr();
+            p.codec_id = (*desc).id;
+            p.codec_type = (*desc).type_;
+            p.bit_rate = h.bit_rate;
+            match track {
+                Track::Video => {
+                    p.width = h.width as i32;
+                    p.height = h.height as i32;
+                    p.format = ff::ffi::AVPixelFormat::AV_PIX_FMT_YUV420P as i32;
+                    p.sample_aspect_ratio = ff::ffi::AVRational { num: 1, den: 1 };
+                    p.video_delay = h.video_delay;
+                }
+                Track::Audio => {
+                    p.sample_rate = h.sample_rate as i32;
+                    ff::ffi::av_channel_layout_default(&mut p.ch_layout, h.channels as i32);
+                    p.format = ff::ffi::AVSampleFormat::AV_SAMPLE_FMT_FLTP as i32;
+                    p.frame_size = h.frame_size;
+                    p.initial_padding = h.initial_padding;
+                }
+            }
+            let pad = ff::ffi::AV_INPUT_BUFFER_PADDING_SIZE as usize;
+            let buf = ff::ffi::av_mallocz(extradata.len() + pad) as *mut u8;
+            if buf.is_null() {
+                return Err(EngineError::internal("joining", "out of memory"));
+            }
+            std::ptr::copy_nonoverlapping(extradata.as_ptr(), buf, extradata.len());
+            p.extradata = buf;
+            p.extradata_size = extradata.len() as i32;
+        }
+        let tb = Rational(h.time_base.0, h.time_base.1);
+        let Sink::Files { mp4, frag } = &mut self.sink else {
+            return Err(EngineError::internal("joining", "a join writes MP4"));
+        };
+        let mut ids = [0usize; 2];
+        for (k, octx) in [mp4, frag].into_iter().enumerate() {
+            let mut ost = octx.add_stream(Option::<ff::Codec>::None).ctx(|| "adding an output stream".into())?;
+            ost.set_parameters(params.clone());
+            ost.set_time_base(tb);
+            ids[k] = ost.index();
+        }
+        let entry = Some((ids[0], ids[1], tb));
+        match track {
+            Track::Video => self.video = entry,
+            Track::Audio => self.audio = entry,
+        }
+        Ok(())
+    }
+
+    pub(crate) fn start(&mut self) -> Result<()> {
         let Sink::Files { mp4, frag } = &mut self.sink else {
             return Ok(());
         };
@@ -677,7 +756,7 @@ impl Muxers {
         Ok(())
     }
 
-    fn write(&mut self, track: Track, pkt: &mut Packet) -> Result<()> {
+    pub(crate) fn write(&mut self, track: Track, pkt: &mut Packet) -> Result<()> {
         let (mi, fi, tb) = match track {
             Track::Video => self.video,
             Track::Audio => self.audio,
@@ -727,7 +806,7 @@ impl Muxers {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<()> {
+    pub(crate) fn finish(&mut self) -> Result<()> {
         match &mut self.sink {
             Sink::Files { mp4, frag } => {
                 mp4.write_trailer().ctx(|| "finishing the MP4".into())?;
@@ -755,19 +834,19 @@ fn extradata(ctx: &ff::codec::Context) -> &[u8] {
 /// What a packet file says about its stream, from the open encoder.
 fn stream_header(ctx: &ff::codec::Context, tb: Rational) -> packets::StreamHeader {
     // SAFETY: plain fields of the open encoder context.
-    let (width, height, sample_rate, channels, bit_rate) = unsafe {
-        let c = &*ctx.as_ptr();
-        (c.width.max(0) as u32, c.height.max(0) as u32, c.sample_rate.max(0) as u32, c.ch_layout.nb_channels.max(0) as u32, c.bit_rate)
-    };
+    let c = unsafe { &*ctx.as_ptr() };
     packets::StreamHeader {
         codec: av::codec_name(ctx.id().into()),
         time_base: (tb.numerator(), tb.denominator()),
-        width,
-        height,
-        sample_rate,
-        channels,
+        width: c.width.max(0) as u32,
+        height: c.height.max(0) as u32,
+        sample_rate: c.sample_rate.max(0) as u32,
+        channels: c.ch_layout.nb_channels.max(0) as u32,
         extradata: hex::encode(extradata(ctx)),
-        bit_rate,
+        bit_rate: c.bit_rate,
+        frame_size: c.frame_size,
+        initial_padding: c.initial_padding,
+        video_delay: c.has_b_frames,
     }
 }
 

@@ -1,0 +1,214 @@
+//! `drake join`: a chunked rendition's outputs, made from its chunks' packets and
+//! the job's audio without re-encoding, exactly the set a whole encode makes
+//! (fast-start MP4, fMP4 HLS, I-frame playlist, keyframe index, `rendition.json`).
+//!
+//! Before a packet is written, every chunk passes [`proto::chunk::check`] against
+//! the job's chunk plan (recomputed here from the probe and the profile) and all of
+//! them share one set of codec parameters: a bad chunk never reaches the outputs.
+//! Chunks are taken in plan order, as given; timestamps are the encoder's frame
+//! numbers, never a container's durations. The same packaging and checks as a
+//! whole encode follow, and then the checks only a join needs: keyframes
+//! continuous on the 2 s grid across seams, and audio and video that end with
+//! the source.
+
+use crate::error::{Context as _, EngineError, Result};
+use crate::files::{self, Staging};
+use crate::packets::{Reader, Record, StreamHeader};
+use crate::transcode::{self, CHUNK_PACKETS, CHUNK_REPORT, Limits, Request};
+use ff::{Packet, Rational};
+use ffmpeg_next as ff;
+use proto::chunk::ChunkReport;
+use proto::profile::{Profile, VideoCodec};
+use proto::report::RenditionReport;
+use std::path::Path;
+
+pub struct JoinRequest<'a> {
+    pub input: &'a str,
+    pub profile: &'a Profile,
+    pub rendition: &'a str,
+    /// Each chunk's directory (`chunk.pkts`, `chunk.json`), in chunk order.
+    pub chunks: Vec<&'a Path>,
+    /// The job's audio (`audio.pkts`), if the rendition has audio.
+    pub audio: Option<&'a Path>,
+    pub out: &'a Path,
+    pub limits: Limits,
+}
+
+pub fn run(req: &JoinRequest) -> Result<RenditionReport> {
+    let whole =
+        Request { input: req.input, profile: req.profile, outputs: vec![(req.rendition, req.out)], limits: req.limits, thumbnails: None };
+    let (ictx, probe, renditions) = transcode::prepare(&whole)?;
+    drop(ictx);
+    let r = &renditions[0];
+    let pv = r.video.as_ref().ok_or_else(|| EngineError::bad(format!("rendition {} has no video to join", r.name)))?;
+    let plan = proto::plan::plan(&probe, req.profile).map_err(|e| EngineError::bad(e.to_string()))?;
+    let cut = proto::plan::chunks(&plan, probe.duration, &req.profile.chunking)
+        .ok_or_else(|| EngineError::bad(format!("profile {} does not cut this source in chunks", req.profile.name)))?;
+    let (num, den) = transcode::frame_rate(pv);
+    let rate = (num as u64, den as u64);
+    if req.chunks.len() != cut.chunks.len() {
+        return Err(EngineError::bad(format!("{} chunk directories for {} chunks", req.chunks.len(), cut.chunks.len())));
+    }
+    if r.audio.is_some() != req.audio.is_some() {
+        return Err(EngineError::bad(format!("rendition {} {} audio", r.name, if r.audio.is_some() { "needs" } else { "has no" })));
+    }
+
+    // Every chunk is checked before any packet is written.
+    let mut reports = Vec::with_capacity(req.chunks.len());
+    for (dir, planned) in req.chunks.iter().zip(&cut.chunks) {
+        let path = dir.join(CHUNK_REPORT);
+        let text = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
+        let report: ChunkReport = serde_json::from_slice(&text).map_err(|e| EngineError::internal("reading a chunk report", e))?;
+        // The report must say what the packets say.
+        if report != transcode::chunk_report(&dir.join(CHUNK_PACKETS), planned.index, &r.name)? {
+            return Err(EngineError::internal(
+                "checking chunks",
+                format!("chunk {}: its report does not match its packets", planned.index),
+            ));
+        }
+        let last = planned.index as usize == cut.chunks.len() - 1;
+        proto::chunk::check(&report, planned, last, rate, pv.gop_seconds).map_err(|e| EngineError::internal("checking chunks", e))?;
+        reports.push(report);
+    }
+    proto::chunk::same_parameters(&reports.iter().collect::<Vec<_>>()).map_err(|e| EngineError::internal("checking chunks", e))?;
+
+    let staging = Staging::new(req.out)?;
+    let progressive = transcode::progressive_name(r);
+    let mut mux = transcode::Muxers::open(&staging.path(&progressive), &staging.path(transcode::FRAGMENTED), &req.profile.video)?;
+    let mut video = Chunks::open(&req.chunks)?;
+    mux.add_stream(&video.header, transcode::Track::Video)?;
+    let mut audio = match req.audio {
+        Some(dir) => {
+            let a = Reader::open(&dir.join(transcode::AUDIO_PACKETS)).ctx(|| format!("reading {}", dir.display()))?;
+            mux.add_stream(&a.header, transcode::Track::Audio)?;
+            Some(a)
+        }
+        None => None,
+    };
+    mux.start()?;
+
+    // Interleave by decode time; video decode timestamps must keep rising across seams.
+    let secs = |h: &StreamHeader, t: i64| t as f64 * f64::from(h.time_base.0) / f64::from(h.time_base.1.max(1));
+    let (vh, ah) = (video.header.clone(), audio.as_ref().map(|a| a.header.clone()));
+    let mut next_video = video.next()?;
+    let mut next_audio = match audio.as_mut() {
+        Some(a) => a.next_record().ctx(|| "reading the audio packets".into())?,
+        None => None,
+    };
+    let (mut frames, mut last_dts, mut audio_end) = (0u64, None::<i64>, 0.0f64);
+    loop {
+        let take_video = match (&next_video, &next_audio, &ah) {
+            (Some(v), Some(a), Some(ah)) => secs(&vh, v.dts) <= secs(ah, a.dts),
+            (Some(_), _, _) => true,
+            (None, Some(_), _) => false,
+            (None, None, _) => break,
+        };
+        if take_video {
+            let v = next_video.take().expect("a video packet");
+            if last_dts.is_some_and(|d| v.dts <= d) {
+                return Err(EngineError::internal("joining", format!("decode timestamps go back at frame {} (a seam)", v.pts)));
+            }
+            last_dts = Some(v.dts);
+            frames += 1;
+            mux.write(transcode::Track::Video, &mut packet(&v))?;
+            next_video = video.next()?;
+        } else {
+            let a = next_audio.take().expect("an audio packet");
+            audio_end = audio_end.max(secs(ah.as_ref().expect("audio"), a.pts + a.duration));
+            mux.write(transcode::Track::Audio, &mut packet(&a))?;
+            next_audio = audio.as_mut().expect("audio").next_record().ctx(|| "reading the audio packets".into())?;
+        }
+    }
+    mux.finish()?;
+
+    let fps = Rational(num, den);
+    let extradata = hex::decode(&vh.extradata).map_err(|e| EngineError::internal("reading a packet file", e))?;
+    let keyint = (pv.gop_seconds * f64::from(fps)).ceil() as u32 + 1;
+    let facts = transcode::VideoFacts {
+        fps,
+        frames,
+        codecs: match pv.codec {
+            VideoCodec::H264 => crate::codecs::avc1(&extradata).unwrap_or_else(|| "avc1.640028".into()),
+            VideoCodec::Vp9 => crate::codecs::vp09(r.width, r.height, f64::from(fps)),
+        },
+        encoder_name: pv.codec.encoder().to_string(),
+        options: transcode::encoder_options(pv, keyint),
+        gop_frames: (pv.gop_seconds * f64::from(fps)).round() as u32,
+    };
+    let report = transcode::package(&staging, r, &progressive, Some(&facts), r.audio.as_ref(), &mux, probe.duration)?;
+
+    // What only a join can get wrong: the seams.
+    let grid: Vec<f64> =
+        proto::chunk::grid_keyframes(0..frames, rate, pv.gop_seconds).iter().map(|&f| f as f64 * f64::from(den) / f64::from(num)).collect();
+    if report.keyframe_times.len() != grid.len() || report.keyframe_times.iter().zip(&grid).any(|(a, b)| (a - b).abs() > 1e-3) {
+        return Err(EngineError::internal(
+            "checking the join",
+            format!("keyframes at {:?}, the 2 s grid has {grid:?}", report.keyframe_times),
+        ));
+    }
+    let slack = (1.5 / f64::from(fps)).max(0.1);
+    let video_end = frames as f64 / f64::from(fps);
+    if (video_end - probe.duration).abs() > slack {
+        return Err(EngineError::internal(
+            "checking the join",
+            format!("video ends at {video_end:.3} s, the source at {:.3} s", probe.duration),
+        ));
+    }
+    if ah.is_some() && (audio_end - probe.duration).abs() > slack {
+        return Err(EngineError::internal(
+            "checking the join",
+            format!("audio ends at {audio_end:.3} s, the source at {:.3} s", probe.duration),
+        ));
+    }
+    staging.commit(transcode::REPORT)?;
+    files::write_json(&req.out.join(JOINED), &cut)?;
+    Ok(report)
+}
+
+/// Written next to a joined rendition's outputs: the chunk plan it was joined from.
+pub const JOINED: &str = "chunks.json";
+
+/// The chunks' video packets, one chunk after another, in the order given.
+struct Chunks<'a> {
+    dirs: &'a [&'a Path],
+    at: usize,
+    reader: Reader,
+    header: StreamHeader,
+}
+
+impl<'a> Chunks<'a> {
+    fn open(dirs: &'a [&'a Path]) -> Result<Chunks<'a>> {
+        let reader = Reader::open(&dirs[0].join(CHUNK_PACKETS)).ctx(|| format!("reading {}", dirs[0].display()))?;
+        let header = reader.header.clone();
+        Ok(Chunks { dirs, at: 0, reader, header })
+    }
+
+    fn next(&mut self) -> Result<Option<Record>> {
+        loop {
+            let dir = self.dirs[self.at];
+            if let Some(r) = self.reader.next_record().ctx(|| format!("reading {}", dir.display()))? {
+                return Ok(Some(r));
+            }
+            if self.at + 1 == self.dirs.len() {
+                return Ok(None);
+            }
+            self.at += 1;
+            let dir = self.dirs[self.at];
+            self.reader = Reader::open(&dir.join(CHUNK_PACKETS)).ctx(|| format!("reading {}", dir.display()))?;
+            if self.reader.header != self.header {
+                return Err(EngineError::internal("joining", format!("{}: its stream differs from the first chunk's", dir.display())));
+            }
+        }
+    }
+}
+
+fn packet(r: &Record) -> Packet {
+    let mut p = Packet::copy(&r.data);
+    p.set_pts(Some(r.pts));
+    p.set_dts(Some(r.dts));
+    p.set_duration(r.duration);
+    if r.key {
+        p.set_flags(ff::packet::Flags::KEY);
+    }
+    p
+}
