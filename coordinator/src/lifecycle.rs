@@ -261,7 +261,10 @@ pub async fn fail(st: &AppState, worker: &str, task: &str, f: &proto::wire::Fail
 
 /// Cancels a job and tells everyone (the API and the dashboard share this).
 pub async fn cancel(st: &AppState, id: &str) -> Result<Job, ApiError> {
-    st.queue.cancel_job(id, now_ms()).await?;
+    let (job, canceled) = st.queue.cancel_job(id, now_ms()).await?;
+    if !canceled {
+        return Ok(job);
+    }
     audit(&format!("job {id} canceled"));
     kick(st, id).await;
     Ok(st.queue.job(id).await?.ok_or_else(|| QueueError::NotFound(format!("job {id}")))?)

@@ -743,14 +743,22 @@ impl Queue {
 
     /// Cancels a job: queued tasks stop, running ones see the flag on their next
     /// heartbeat, an owed probe or finalize is dropped, and the end is reported.
-    pub async fn cancel_job(&self, id: &str, now: i64) -> Result<Job> {
+    /// Cancels a live job; true when this call canceled it. Canceling a canceled job
+    /// changes nothing and is no error (a client retrying a cancel whose answer it
+    /// lost), while a job that succeeded or failed cannot be canceled.
+    pub async fn cancel_job(&self, id: &str, now: i64) -> Result<(Job, bool)> {
         let mut tx = self.write_tx().await?;
-        if is_terminal(&job_state(&mut tx, id).await?) {
-            return Err(QueueError::Conflict(format!("job {id} has already ended")));
-        }
-        end_job(&mut tx, id, "canceled", None, now).await?;
+        let state = job_state(&mut tx, id).await?;
+        let canceled = match state.as_str() {
+            "canceled" => false,
+            s if is_terminal(s) => return Err(QueueError::Conflict(format!("job {id} has already ended"))),
+            _ => {
+                end_job(&mut tx, id, "canceled", None, now).await?;
+                true
+            }
+        };
         tx.commit().await?;
-        self.job(id).await?.ok_or_else(|| QueueError::NotFound(format!("job {id}")))
+        Ok((self.job(id).await?.ok_or_else(|| QueueError::NotFound(format!("job {id}")))?, canceled))
     }
 
     /// Retries a failed or canceled job as a new run: what failed or was canceled is
