@@ -353,16 +353,15 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
     }
     // What the join needs to check the audio against the source: its span.
     let mut reader = packets::Reader::open(&staging.path(AUDIO_PACKETS)).ctx(|| "reading the audio packets".into())?;
-    let (mut made, mut first, mut end) = (AudioPackets { packets: 0, start: 0.0, end: 0.0, sample_rate: 0 }, None, 0i64);
-    made.sample_rate = reader.header.sample_rate;
+    let (mut packets, mut first, mut end) = (0u64, None, 0i64);
     while let Some(p) = reader.next_record().ctx(|| "reading the audio packets".into())? {
         first.get_or_insert(p.pts);
         end = end.max(p.pts + p.duration);
-        made.packets += 1;
+        packets += 1;
     }
     let tb = reader.header.time_base;
     let secs = |t: i64| t as f64 * f64::from(tb.0) / f64::from(tb.1.max(1));
-    (made.start, made.end) = (secs(first.unwrap_or(0)), secs(end));
+    let made = AudioPackets { packets, start: secs(first.unwrap_or(0)), end: secs(end), sample_rate: reader.header.sample_rate };
     files::write_json(&staging.path(AUDIO_REPORT), &made)?;
     staging.commit(AUDIO_REPORT)?;
     progress(ProgressLine::Done { fraction: 1.0 });
