@@ -909,6 +909,26 @@ fn chunks_encoded_apart_and_joined_make_what_a_whole_encode_makes() {
         let o = std::process::Command::new("ffmpeg").args(&args).output().unwrap();
         assert!(o.status.success() && o.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
     }
+    // Bitrate at the seams: no 2 s window across a seam holds more than the VBV
+    // allows (maxrate for 2 s plus the buffer), though x264's rate control restarts.
+    let (maxrate, bufsize) = (400_000.0, 800_000.0); // web's 240p
+    let window_peak = |mp4: &Path, seam: f64| {
+        let packets = video_packets(mp4);
+        let bits = |from: f64| packets.iter().filter(|p| p.0 >= from && p.0 < from + 2.0).map(|p| p.2 as f64 * 8.0).sum::<f64>();
+        packets.iter().filter(|p| p.0 >= seam - 2.0 && p.0 <= seam).map(|p| bits(p.0)).fold(0.0, f64::max)
+    };
+    for c in &cut.chunks[1..] {
+        let seam = c.start_frame as f64 * 1001.0 / 30000.0;
+        let (pj, pw) = (window_peak(&jm, seam), window_peak(&wm, seam));
+        eprintln!(
+            "seam at frame {}: peak 2 s window {:.0} kbit joined, {:.0} whole (VBV bound {:.0})",
+            c.start_frame,
+            pj / 1e3,
+            pw / 1e3,
+            (2.0 * maxrate + bufsize) / 1e3
+        );
+        assert!(pj <= 2.0 * maxrate + bufsize, "seam at frame {}: {pj} bits in 2 s", c.start_frame);
+    }
     // Quality at the seams: PSNR against the source over the frames around each
     // seam, within 0.5 dB of the whole encode's over the same frames.
     for c in &cut.chunks[1..] {
