@@ -397,11 +397,14 @@ impl Remote {
 /// write, so two writers never share one; for a job's file, inside the job's
 /// staging area, which the job's sweep removes with whatever a crash left there.
 fn temp_path(rel: &str) -> String {
-    let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
     let unique = uuid::Uuid::now_v7().simple();
-    match rel.split('/').collect::<Vec<_>>().as_slice() {
-        ["jobs", job, _, ..] => format!("jobs/{job}/.staging/.{}.part-{unique}", rel.split('/').skip(2).collect::<Vec<_>>().join("-")),
-        _ => format!("{dir}/.{name}.part-{unique}"),
+    let mut parts = rel.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("jobs"), Some(job), Some(rest)) => format!("jobs/{job}/.staging/.{}.part-{unique}", rest.replace('/', "-")),
+        _ => {
+            let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+            format!("{dir}/.{name}.part-{unique}")
+        }
     }
 }
 

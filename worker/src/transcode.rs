@@ -135,29 +135,10 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
     }
 
     let total = probe.duration.max(0.001);
-    let is_url = av::is_url(req.input);
+    let mut source = SourceReader::new(req.input);
     let began = Instant::now();
     let mut last_report = Instant::now();
-    let mut corrupt_packets = 0u64;
-    loop {
-        let mut pkt = Packet::empty();
-        match pkt.read(&mut ictx) {
-            Ok(()) => {}
-            Err(ff::Error::Eof) => break,
-            Err(ff::Error::InvalidData) => {
-                corrupt_packets += 1;
-                if corrupt_packets > 1000 {
-                    return Err(EngineError::bad("more than 1000 corrupt packets; the file is damaged"));
-                }
-                continue;
-            }
-            Err(e) if is_url => {
-                return Err(EngineError::internal("reading the source over HTTP", e));
-            }
-            Err(e) => {
-                return Err(EngineError::bad(format!("the source cannot be read to its end: {e}")));
-            }
-        }
+    while let Some(pkt) = source.next(&mut ictx)? {
         if let Some(v) = video.as_mut().filter(|v| v.index == pkt.stream()) {
             v.feed(Some(&pkt), &mut muxes)?;
         } else if let Some(a) = audio.as_mut().filter(|a| a.index == pkt.stream()) {
@@ -225,6 +206,39 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
     Ok(Made { renditions: reports, thumbnails })
 }
 
+/// Reads a source's packets: a few corrupt ones are skipped, too many (or a file
+/// that cannot be read to its end) are bad input, and a storage URL that fails is
+/// this machine's problem, worth a retry.
+struct SourceReader {
+    is_url: bool,
+    corrupt: u64,
+}
+
+impl SourceReader {
+    fn new(input: &str) -> SourceReader {
+        SourceReader { is_url: av::is_url(input), corrupt: 0 }
+    }
+
+    /// The next packet, or `None` at the end of the source.
+    fn next(&mut self, ictx: &mut format::context::Input) -> Result<Option<Packet>> {
+        loop {
+            let mut pkt = Packet::empty();
+            match pkt.read(ictx) {
+                Ok(()) => return Ok(Some(pkt)),
+                Err(ff::Error::Eof) => return Ok(None),
+                Err(ff::Error::InvalidData) => {
+                    self.corrupt += 1;
+                    if self.corrupt > 1000 {
+                        return Err(EngineError::bad("more than 1000 corrupt packets; the file is damaged"));
+                    }
+                }
+                Err(e) if self.is_url => return Err(EngineError::internal("reading the source over HTTP", e)),
+                Err(e) => return Err(EngineError::bad(format!("the source cannot be read to its end: {e}"))),
+            }
+        }
+    }
+}
+
 /// File names of a chunk's outputs.
 pub const CHUNK_PACKETS: &str = "chunk.pkts";
 pub const CHUNK_REPORT: &str = "chunk.json";
@@ -260,21 +274,9 @@ pub fn run_chunk(req: &Request, index: u32, span: Span, progress: &mut dyn FnMut
     let total = span.count.map_or(probe.duration - first_time, |n| n as f64 * f64::from(den) / f64::from(num)).max(0.001);
     let began = Instant::now();
     let mut last_report = Instant::now();
-    let mut corrupt_packets = 0u64;
+    let mut source = SourceReader::new(req.input);
     while !video.has_span() {
-        let mut pkt = Packet::empty();
-        match pkt.read(&mut ictx) {
-            Ok(()) => {}
-            Err(ff::Error::Eof) => break,
-            Err(ff::Error::InvalidData) => {
-                corrupt_packets += 1;
-                if corrupt_packets > 1000 {
-                    return Err(EngineError::bad("more than 1000 corrupt packets; the file is damaged"));
-                }
-                continue;
-            }
-            Err(e) => return Err(EngineError::internal("reading the source", e)),
-        }
+        let Some(pkt) = source.next(&mut ictx)? else { break };
         if pkt.stream() == video.index {
             video.feed(Some(&pkt), &mut muxes)?;
         }
@@ -329,14 +331,8 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
     let mut audio = AudioPipe::new(&ictx, a.index, &renditions[..1], start, &mut muxes)?;
     let total = probe.duration.max(0.001);
     let mut last_report = Instant::now();
-    loop {
-        let mut pkt = Packet::empty();
-        match pkt.read(&mut ictx) {
-            Ok(()) => {}
-            Err(ff::Error::Eof) => break,
-            Err(ff::Error::InvalidData) => continue,
-            Err(e) => return Err(EngineError::internal("reading the source", e)),
-        }
+    let mut source = SourceReader::new(req.input);
+    while let Some(pkt) = source.next(&mut ictx)? {
         if pkt.stream() == audio.index {
             audio.feed(Some(&pkt), &mut muxes)?;
         }
