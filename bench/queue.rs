@@ -15,7 +15,7 @@
 //! PostgreSQL from `scripts/setup.sh`); `BENCH_SETUPS=1,2` runs only those setups,
 //! and `BENCH_COORDINATOR_CPUS=1` runs the coordinators on those CPUs only.
 
-use coordinator::queue::{Chore, DatabaseUrl, NewJob, NewTask, Queue, QueueConfig, TaskKind};
+use coordinator::queue::{Chore, DatabaseUrl, NewJob, NewTask, Queue, QueueConfig};
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -231,8 +231,7 @@ async fn seed(database: &DatabaseUrl, tasks: usize) {
         let (job, _) = q.create_job(&new, now).await.unwrap();
         let owed = q.arm_chores(Some(&job.id), "bench-seed", now).await.unwrap();
         let claim = q.claim_chore(&job.id, Chore::Probe, owed[0].seq, "bench-seed", now).await.unwrap().unwrap();
-        let planned: Vec<NewTask> =
-            (0..TASKS_PER_JOB).map(|r| NewTask { kind: TaskKind::Transcode, rendition: Some(format!("r{r}")), requires: None }).collect();
+        let planned: Vec<NewTask> = (0..TASKS_PER_JOB).map(|r| NewTask::transcode(&format!("r{r}"), None)).collect();
         q.plan_job(&job.id, claim, None, &json!({"duration": 1.0}), &planned, now).await.unwrap();
     }
 }

@@ -514,7 +514,7 @@ fn pages_stay_fast_with_a_thousand_jobs_and_fifty_workers() {
 /// 1,000 jobs in every state with 5 tasks each, 50 workers (half of them busy),
 /// and an hour of history. Returns one job's id.
 async fn seed(db: &std::path::Path) -> String {
-    use coordinator::queue::{NewJob, NewTask, Queue, QueueConfig, TaskKind};
+    use coordinator::queue::{NewJob, NewTask, Queue, QueueConfig};
     let q = Queue::open(db, QueueConfig::default()).await.unwrap();
     let now = coordinator::state::now_ms();
     let caps = proto::wire::Capabilities { encoders: vec!["libx264".into(), "aac".into()], cores: 16, tags: vec![] };
@@ -535,8 +535,8 @@ async fn seed(db: &std::path::Path) -> String {
         let (job, _) = q.create_job(&new, now - 3_500_000 + i * 3_000).await.unwrap();
         let tasks: Vec<NewTask> = ["240p", "360p", "480p", "720p"]
             .iter()
-            .map(|r| NewTask { kind: TaskKind::Transcode, rendition: Some(r.to_string()), requires: None })
-            .chain(std::iter::once(NewTask { kind: TaskKind::Thumbnails, rendition: None, requires: None }))
+            .map(|r| NewTask::transcode(r, None))
+            .chain(std::iter::once(NewTask::thumbnails()))
             .collect();
         q.add_tasks(&job.id, &tasks, now - 3_500_000 + i * 3_000).await.unwrap();
         if first.is_empty() {

@@ -863,7 +863,12 @@ fn chunks_encoded_apart_and_joined_make_what_a_whole_encode_makes() {
     let audio = dir.path("audio");
     drake_ok(&["transcode", &src, "--rendition", "240p", "--out", audio.to_str().unwrap(), "--audio"]);
     let joined = dir.path("joined-240p");
-    let mut args: Vec<String> = ["join", &src, "--profile", profile.to_str().unwrap(), "--rendition", "240p"].map(String::from).to_vec();
+    // The join reads the source's probe, never the source.
+    let probe_file = dir.path("probe.json");
+    std::fs::write(&probe_file, drake_ok(&["probe", &src])).unwrap();
+    #[rustfmt::skip]
+    let mut args: Vec<String> = ["join", "--probe", probe_file.to_str().unwrap(), "--profile", profile.to_str().unwrap(), "--rendition", "240p"]
+        .map(String::from).to_vec();
     for c in &cut.chunks {
         args.extend(["--chunk".to_string(), dir.s(&format!("c{}-240p", c.index))]);
     }

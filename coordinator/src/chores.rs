@@ -5,7 +5,7 @@
 //! runs `drake probe` as a child process.
 
 use crate::lifecycle;
-use crate::queue::{Chore, ChoreClaim, NewTask, TaskKind};
+use crate::queue::{Chore, ChoreClaim, ChunkSpan, NewTask, TaskKind};
 use crate::state::{AppState, now_ms};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -31,8 +31,9 @@ impl Outcome {
 
 /// The probe-and-plan chore pushed with `seq`: claims the job's owed probe, probes
 /// the source in a child `drake probe` (so a libav crash cannot take the
-/// coordinator down), plans the renditions and queues one task per rendition,
-/// lowest rung first, plus the thumbnails task, all in the claim. An unreadable
+/// coordinator down), plans the renditions and queues their tasks in the claim:
+/// one task per rendition, lowest rung first, plus the thumbnails task; or, for a
+/// source the profile cuts in time chunks, the tasks of [`chunked_tasks`]. An unreadable
 /// source fails the job with the engine's reason; other trouble is retried after a
 /// backoff, and the last attempt fails the job with its reason.
 pub async fn probe_and_plan(st: &AppState, job: &str, seq: i64) -> Result<(), String> {
@@ -131,25 +132,51 @@ async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Option<String
         serde_json::from_slice(&out.stdout).map_err(|e| Outcome::failed(format!("unreadable probe output: {e}")))?;
     let plan = proto::plan::plan(&probe, &profile).map_err(|e| Outcome::Rejected(format!("bad input: {e}")))?;
     let encoder = profile.video.codec.encoder().to_string();
-    let mut tasks: Vec<NewTask> = plan
-        .renditions
-        .iter()
-        .map(|r| NewTask {
-            kind: TaskKind::Transcode,
-            rendition: Some(r.name.clone()),
-            requires: r.video.as_ref().map(|_| encoder.clone()),
-        })
-        .collect();
+    let tasks = match proto::plan::chunks(&plan, probe.duration, &profile.chunking) {
+        Some(cut) => chunked_tasks(&plan, &cut, probe.main_audio().is_some(), &encoder),
+        None => whole_tasks(&plan, probe.main_video().is_some(), &encoder),
+    };
+    Ok((stored, json!(probe), tasks))
+}
+
+/// A job encoded whole: one transcode task per rendition, and the thumbnails.
+fn whole_tasks(plan: &proto::plan::Plan, video: bool, encoder: &str) -> Vec<NewTask> {
+    let mut tasks: Vec<NewTask> =
+        plan.renditions.iter().map(|r| NewTask::transcode(&r.name, r.video.as_ref().map(|_| encoder.to_string()))).collect();
     // The lowest rung runs first, so the job is playable early; then the longest
     // tasks first (highest rung down), which keeps workers busy to the end instead of
     // leaving the biggest encode alone on one machine at the tail.
     if tasks.len() > 2 {
         tasks[1..].reverse();
     }
-    if probe.main_video().is_some() {
-        tasks.push(NewTask { kind: TaskKind::Thumbnails, rendition: None, requires: None });
+    if video {
+        tasks.push(NewTask::thumbnails());
     }
-    Ok((stored, json!(probe), tasks))
+    tasks
+}
+
+/// A job cut in time chunks, in lease order: the audio (whole, once) and the
+/// thumbnails, which start at once; the lowest rung's chunks, so it is joined and
+/// playable first; every rendition's join (each waits for its chunks and the audio);
+/// then the other rungs' chunks, chunk by chunk, highest rung first, so that one
+/// lease can take the same chunk of several rungs from one decode.
+fn chunked_tasks(plan: &proto::plan::Plan, cut: &proto::plan::ChunkPlan, audio: bool, encoder: &str) -> Vec<NewTask> {
+    let span = |i: usize| {
+        let c = &cut.chunks[i];
+        ChunkSpan { index: c.index, first_frame: c.start_frame, frames: (i + 1 < cut.chunks.len()).then_some(c.frames) }
+    };
+    let rungs: Vec<&str> = plan.renditions.iter().map(|r| r.name.as_str()).collect();
+    let mut tasks = Vec::new();
+    if audio {
+        tasks.push(NewTask::audio(rungs[0]));
+    }
+    tasks.push(NewTask::thumbnails());
+    tasks.extend((0..cut.chunks.len()).map(|i| NewTask::chunk(rungs[0], span(i), Some(encoder.to_string()))));
+    tasks.extend(rungs.iter().map(|r| NewTask::join(r)));
+    for i in 0..cut.chunks.len() {
+        tasks.extend(rungs[1..].iter().rev().map(|r| NewTask::chunk(r, span(i), Some(encoder.to_string()))));
+    }
+    tasks
 }
 
 /// The finalize chore pushed with `seq`: claims the job's owed finalize, checks
@@ -195,6 +222,10 @@ async fn write_outputs(st: &AppState, job_id: &str) -> Result<Written, String> {
     let mut renditions = Vec::new();
     let mut thumbnails = Value::Null;
     for (task, kind, _, result) in &results {
+        if kind.is_part() {
+            // Chunks and audio are published only through their joins.
+            continue;
+        }
         let dir = result["dir"].as_str().ok_or("task result without dir")?;
         let listed = result["files"].as_array().cloned().unwrap_or_default();
         for f in &listed {
@@ -221,8 +252,8 @@ async fn write_outputs(st: &AppState, job_id: &str) -> Result<Written, String> {
         entry["files"] = json!(files);
         entry["dir"] = json!(dir);
         match kind {
-            TaskKind::Transcode => renditions.push(entry),
             TaskKind::Thumbnails => thumbnails = entry,
+            _ => renditions.push(entry),
         }
     }
     if renditions.is_empty() {
@@ -238,12 +269,28 @@ async fn write_outputs(st: &AppState, job_id: &str) -> Result<Written, String> {
         "master_playlist": outputs["master_playlist"],
         "thumbnails": thumbnails,
         "renditions": renditions,
+        "chunking": chunking(&job),
     });
     st.storage.write(&format!("{job_dir}/master.m3u8"), master.into_bytes()).await.map_err(store_error)?;
     let manifest = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
     st.storage.write(&format!("{job_dir}/manifest.json"), manifest).await.map_err(store_error)?;
     st.storage.remove_staging(job_id).await.map_err(store_error)?;
     Ok(Written::Outputs(outputs))
+}
+
+/// How a chunked job was split, for its manifest: every chunk task with its
+/// rendition, its frames and the worker that made it; `null` for a job encoded whole.
+fn chunking(job: &crate::queue::Job) -> Value {
+    let chunks: Vec<Value> = job
+        .tasks
+        .iter()
+        .filter(|t| t.kind == TaskKind::Chunk)
+        .map(|t| json!({"rendition": t.rendition, "chunk": t.chunk, "worker": t.worker, "attempts": t.attempts}))
+        .collect();
+    match job.chunks {
+        Some(c) if !chunks.is_empty() => json!({"chunks": c.count, "tasks": chunks}),
+        _ => Value::Null,
+    }
 }
 
 /// The multivariant playlist: one `EXT-X-STREAM-INF` and one `EXT-X-I-FRAME-STREAM-INF`

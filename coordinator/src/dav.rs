@@ -147,7 +147,8 @@ async fn dav(State(st): State<AppState>, req: Request) -> Response {
 }
 
 /// What a worker credential reaches in `/dav/`: it reads the source of a job it
-/// holds a lease of, and writes only inside the staging directory of a lease it
+/// holds a lease of, and the parts a join lease it holds joins (its rendition's
+/// chunks and the audio, in `jobs/J/.chunks/`), and writes only inside the staging directory of a lease it
 /// holds now (`jobs/J/.staging/NAME.eEPOCH/`), creating its parent collections on
 /// the way. Nothing else: not other jobs, not published outputs, not its own
 /// earlier epochs, nothing at all once the lease is gone.
@@ -168,6 +169,9 @@ async fn worker_may(st: &AppState, worker: &str, method: &str, path: &str, desti
     };
     match (method, segments.as_slice()) {
         ("GET" | "HEAD", ["jobs", job, "source"]) => holds(job, None).await,
+        ("GET" | "HEAD", ["jobs", job, crate::storage::PARTS, part, _file]) => {
+            st.queue.worker_joins(worker, job, part).await.unwrap_or(false)
+        }
         ("MKCOL", ["jobs"]) => true,
         ("MKCOL", ["jobs", job] | ["jobs", job, ".staging"]) => holds(job, None).await,
         (_, ["jobs", job, ".staging", lease, rest @ ..]) if !matches!(method, "PROPFIND" | "COPY" | "LOCK" | "UNLOCK") => {

@@ -15,9 +15,10 @@
 //! Every end (succeeded, failed, canceled) records exactly one webhook for its run.
 
 use crate::error::ApiError;
-use crate::queue::{Backend, Chore, Job, Promotion, QueueError};
+use crate::queue::{Backend, Chore, Job, Promotion, QueueError, TaskKind, TaskTarget};
 use crate::state::{AppState, audit, now_ms};
 use crate::storage;
+use proto::chunk::ChunkReport;
 use serde_json::json;
 
 /// After a transition on `job`: push its owed chore if one is due now, push its
@@ -181,8 +182,9 @@ async fn sweep(st: &AppState, job: &str) {
 /// completion is accepted) and records the promotion it owes; then the outputs move
 /// into place, and only then does the task succeed.
 pub async fn complete(st: &AppState, worker: &str, task: &str, c: &proto::wire::Complete) -> Result<(), ApiError> {
-    let (job, rendition) = st.queue.task_target(task).await?;
-    let out_dir = storage::staging_dir(&job, rendition.as_deref(), c.epoch);
+    let target = st.queue.task_target(task).await?;
+    let job = target.job_id.clone();
+    let out_dir = storage::staging_dir(&job, &target.name, c.epoch);
     if let Some(f) = c.files.iter().find(|f| f.path.is_empty() || f.path.contains("..") || f.path.contains('/') || f.path.starts_with('.'))
     {
         return Err(ApiError::BadRequest(format!("bad file path {}", f.path)));
@@ -195,7 +197,19 @@ pub async fn complete(st: &AppState, worker: &str, task: &str, c: &proto::wire::
             return Err(ApiError::BadRequest(format!("{} is {len} bytes, not {}", f.path, f.size)));
         }
     }
-    let result = json!({"report": c.report, "files": c.files, "timing": c.timing, "dir": storage::output_dir(&job, rendition.as_deref())});
+    if target.kind == TaskKind::Chunk
+        && let Err(why) = check_chunk(st, &target, &c.report).await
+    {
+        // A bad chunk never reaches a join: this attempt failed, and the chunk runs again alone.
+        let why = format!("chunk rejected: {why}");
+        st.queue.fail(task, worker, c.epoch, &why, true, "", now_ms()).await?;
+        st.emit("task", json!({"job_id": job, "task_id": task, "state": "failed", "error": why}));
+        st.wake_workers();
+        kick(st, &job).await;
+        return Err(ApiError::Unprocessable(why));
+    }
+    let result =
+        json!({"report": c.report, "files": c.files, "timing": c.timing, "dir": storage::output_dir(&job, target.kind, &target.name)});
     let owed = st.queue.complete(task, worker, c.epoch, &result, now_ms()).await?;
     crate::fault::point(crate::fault::AFTER_COMPLETE);
     st.emit("task", json!({"job_id": job, "task_id": task, "state": "promoting", "progress": 1.0}));
@@ -208,13 +222,12 @@ pub async fn complete(st: &AppState, worker: &str, task: &str, c: &proto::wire::
 /// there: the task succeeds. Some missing: the attempt failed and the task runs
 /// again. The store failing: it stays owed, and the reconciler tries again.
 pub async fn promote(st: &AppState, p: &Promotion) {
-    let rendition = p.rendition.as_deref();
-    let staging = storage::staging_dir(&p.job_id, rendition, p.epoch);
-    let final_dir = storage::output_dir(&p.job_id, rendition);
+    let staging = storage::staging_dir(&p.job_id, &p.name, p.epoch);
+    let final_dir = storage::output_dir(&p.job_id, p.kind, &p.name);
     let first = p.files.first().and_then(|f| f["path"].as_str()).unwrap_or("rendition.json");
     let outcome: Result<Option<String>, storage::StoreError> = async {
         if st.storage.size(&format!("{staging}/{first}")).await?.is_some() {
-            st.storage.promote(&p.job_id, rendition, p.epoch).await?;
+            st.storage.promote(&p.job_id, p.kind, &p.name, p.epoch).await?;
         }
         let names: Vec<&str> = p.files.iter().map(|f| f["path"].as_str().unwrap_or_default()).collect();
         let sizes = st.storage.sizes(&final_dir, &names).await?;
@@ -245,6 +258,39 @@ pub async fn promote(st: &AppState, p: &Promotion) {
         return;
     }
     kick(st, &p.job_id).await;
+}
+
+/// Checks a chunk's report against the job's chunk plan (recomputed from its probe
+/// and profile, as the join does): its frames, its first IDR, every IDR on the 2 s
+/// grid, rising decode times, and the codec parameters of the rendition's other
+/// accepted chunks.
+async fn check_chunk(st: &AppState, target: &TaskTarget, report: &serde_json::Value) -> Result<(), String> {
+    let report: ChunkReport = serde_json::from_value(report.clone()).map_err(|e| format!("unreadable chunk.json: {e}"))?;
+    let (Some(span), Some(rendition)) = (target.chunk, target.rendition.as_deref()) else {
+        return Err("the task names no chunk".into());
+    };
+    if report.rendition != rendition {
+        return Err(format!("reported for rendition {}, not {rendition}", report.rendition));
+    }
+    let (profile, probe) = st.queue.job_plan_inputs(&target.job_id).await.map_err(|e| e.to_string())?;
+    let profile = proto::profile::Profile::load(&profile).map_err(|e| e.to_string())?;
+    let probe: proto::probe::Probe = serde_json::from_value(probe).map_err(|e| format!("the job's probe: {e}"))?;
+    let plan = proto::plan::plan(&probe, &profile).map_err(|e| e.to_string())?;
+    let cut = proto::plan::chunks(&plan, probe.duration, &profile.chunking).ok_or("the job is no longer cut in chunks")?;
+    let planned = cut.chunks.get(span.index as usize).ok_or_else(|| format!("the plan has no chunk {}", span.index))?;
+    let video = plan.renditions.iter().find(|r| r.name == rendition).and_then(|r| r.video.as_ref()).ok_or("the rendition has no video")?;
+    let rate = video.frame_rate.split_once('/').and_then(|(n, d)| Some((n.parse().ok()?, d.parse().ok()?))).ok_or("a bad frame rate")?;
+    let last = span.index as usize + 1 == cut.chunks.len();
+    proto::chunk::check(&report, planned, last, rate, video.gop_seconds)?;
+    let others: Vec<ChunkReport> = st
+        .queue
+        .chunk_reports(&target.job_id, rendition, span.index)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter_map(|r| serde_json::from_value(r).ok())
+        .collect();
+    proto::chunk::same_parameters(&std::iter::once(&report).chain(&others).collect::<Vec<_>>())
 }
 
 /// A worker's report that a task's attempt failed.

@@ -79,7 +79,7 @@ impl QueueConfig {
     }
 }
 
-pub use proto::wire::TaskKind;
+pub use proto::wire::{ChunkSpan, TaskKind};
 
 /// A coordinator whose heartbeat is older than this is gone: what it claimed is
 /// claimed again by the others. Coordinators heartbeat every second.
@@ -103,14 +103,11 @@ impl Bundling {
 }
 
 fn kind_str(k: TaskKind) -> &'static str {
-    match k {
-        TaskKind::Transcode => "transcode",
-        TaskKind::Thumbnails => "thumbnails",
-    }
+    k.as_str()
 }
 
 fn parse_kind(s: &str) -> TaskKind {
-    if s == "thumbnails" { TaskKind::Thumbnails } else { TaskKind::Transcode }
+    TaskKind::parse(s).unwrap_or(TaskKind::Transcode)
 }
 
 #[derive(Debug, Clone)]
@@ -129,9 +126,52 @@ pub struct NewJob {
 #[derive(Debug, Clone)]
 pub struct NewTask {
     pub kind: TaskKind,
+    /// The rendition it makes (for an audio task: whose audio settings it uses).
     pub rendition: Option<String>,
     /// The encoder a worker must have to take this task.
     pub requires: Option<String>,
+    /// A chunk task's frames.
+    pub chunk: Option<ChunkSpan>,
+}
+
+impl NewTask {
+    pub fn transcode(rendition: &str, requires: Option<String>) -> NewTask {
+        NewTask { kind: TaskKind::Transcode, rendition: Some(rendition.into()), requires, chunk: None }
+    }
+
+    pub fn thumbnails() -> NewTask {
+        NewTask { kind: TaskKind::Thumbnails, rendition: None, requires: None, chunk: None }
+    }
+
+    pub fn chunk(rendition: &str, span: ChunkSpan, requires: Option<String>) -> NewTask {
+        NewTask { kind: TaskKind::Chunk, rendition: Some(rendition.into()), requires, chunk: Some(span) }
+    }
+
+    /// A chunked job's audio, with `rendition`'s audio settings (every rung's are the profile's).
+    pub fn audio(rendition: &str) -> NewTask {
+        NewTask { kind: TaskKind::Audio, rendition: Some(rendition.into()), requires: None, chunk: None }
+    }
+
+    /// Joins `rendition` once its chunks and the job's audio are done.
+    pub fn join(rendition: &str) -> NewTask {
+        NewTask { kind: TaskKind::Join, rendition: Some(rendition.into()), requires: None, chunk: None }
+    }
+
+    /// The task's name: where its outputs go (see [`crate::storage::output_dir`]).
+    pub fn name(&self) -> String {
+        task_name(self.kind, self.rendition.as_deref(), self.chunk.map(|c| c.index))
+    }
+}
+
+/// A task's name: its rendition's, `thumbnails`, `audio`, or `RENDITION.cNNNN` for
+/// one chunk (rendition names cannot hold a `.`, nor be `audio`).
+pub fn task_name(kind: TaskKind, rendition: Option<&str>, chunk: Option<u32>) -> String {
+    match (kind, rendition, chunk) {
+        (TaskKind::Thumbnails, ..) => "thumbnails".into(),
+        (TaskKind::Audio, ..) => "audio".into(),
+        (TaskKind::Chunk, Some(r), Some(i)) => format!("{r}.c{i:04}"),
+        (_, r, _) => r.unwrap_or("thumbnails").into(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,7 +200,28 @@ pub struct Job {
     #[serde(default)]
     pub waiting_for: Option<String>,
     pub probe: Option<serde_json::Value>,
+    /// How a job cut in time chunks is split: `None` when it is encoded whole.
+    #[serde(default)]
+    pub chunks: Option<ChunksView>,
     pub tasks: Vec<Task>,
+}
+
+/// A chunked job's chunks: how many, and how many are done in every rendition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunksView {
+    pub count: u32,
+    pub done: u32,
+}
+
+impl ChunksView {
+    fn of(tasks: &[Task]) -> Option<ChunksView> {
+        let mut chunks: std::collections::BTreeMap<u32, bool> = Default::default();
+        for t in tasks.iter().filter(|t| t.kind == TaskKind::Chunk) {
+            let done = chunks.entry(t.chunk?).or_insert(true);
+            *done &= t.state == "succeeded";
+        }
+        (!chunks.is_empty()).then(|| ChunksView { count: chunks.len() as u32, done: chunks.values().filter(|d| **d).count() as u32 })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,6 +229,12 @@ pub struct Task {
     pub id: String,
     pub kind: TaskKind,
     pub rendition: Option<String>,
+    /// Its name: the rendition's, `thumbnails`, `audio`, or `RENDITION.cNNNN`.
+    #[serde(default)]
+    pub name: String,
+    /// A chunk task's chunk index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<u32>,
     pub state: String,
     pub progress: f64,
     pub attempts: i64,
@@ -187,6 +254,16 @@ pub struct TaskTiming {
     pub child_started_at: Option<i64>,
     pub child_exited_at: Option<i64>,
     pub finished_at: Option<i64>,
+}
+
+/// See [`Queue::task_target`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskTarget {
+    pub job_id: String,
+    pub kind: TaskKind,
+    pub name: String,
+    pub rendition: Option<String>,
+    pub chunk: Option<ChunkSpan>,
 }
 
 /// See [`Queue::job_summary`].
@@ -214,6 +291,9 @@ pub struct Lease {
     pub epoch: i64,
     pub kind: TaskKind,
     pub rendition: Option<String>,
+    /// Where its outputs go (see [`task_name`]).
+    pub name: String,
+    pub chunk: Option<ChunkSpan>,
     pub profile: String,
     pub source: String,
     pub expires_at: i64,
@@ -286,7 +366,8 @@ impl DatabaseUrl {
 /// The lease claim, with `$lock` after the candidate's `LIMIT 1` (PostgreSQL's row
 /// lock; nothing on SQLite, whose writer is alone). `$1` worker, `$2` now, `$3` the
 /// lease TTL, `$4` the worker's encoders and `$7` its tags (",a,b,"), `$5`/`$6` only
-/// this job's tasks of this kind (a bundle's companions).
+/// this job's tasks of this kind (a bundle's companions), and `$8` of this chunk.
+/// A join is runnable only once the job's audio and its rendition's chunks succeeded.
 macro_rules! lease_claim {
     ($lock:literal) => {
         concat!(
@@ -296,12 +377,14 @@ macro_rules! lease_claim {
                          WHERE t.state = 'queued' AND t.run_after <= $2 AND t.cancel = 0
                            AND (SELECT j.state FROM jobs j WHERE j.id = t.job_id) IN ('queued', 'running')
                            AND (t.requires IS NULL OR instr($4, ',' || t.requires || ',') > 0)
-                           AND (CAST($5 AS TEXT) IS NULL OR (t.job_id = $5 AND t.kind = $6))
+                           AND (CAST($5 AS TEXT) IS NULL OR (t.job_id = $5 AND t.kind = $6 AND (CAST($8 AS BIGINT) IS NULL OR t.chunk = $8)))
                            AND NOT EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = t.job_id AND instr($7, ',' || jt.tag || ',') = 0)
+                           AND (t.kind <> 'join' OR NOT EXISTS (SELECT 1 FROM tasks d WHERE d.job_id = t.job_id AND d.state <> 'succeeded'
+                                 AND (d.kind = 'audio' OR (d.kind = 'chunk' AND d.rendition = t.rendition))))
                          ORDER BY t.priority DESC, t.due_at, t.job_created_at, t.seq LIMIT 1 ",
             $lock,
             ")
-             RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts"
+             RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts, name, chunk, first_frame, frames"
         )
     };
 }
@@ -501,15 +584,19 @@ impl Queue {
             return Ok(Vec::new());
         };
         let job = first.job_id.clone();
+        let (kind, chunk) = (first.kind, first.chunk.map(|c| i64::from(c.index)));
         let mut leased = vec![first];
-        if leased[0].kind == TaskKind::Transcode && max_tasks > 1 {
+        if matches!(kind, TaskKind::Transcode | TaskKind::Chunk) && max_tasks > 1 {
+            // More renditions of this job (for a chunk: of this chunk) from one decode.
             let remaining: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM tasks t WHERE t.job_id = $1 AND t.kind = 'transcode' AND t.state = 'queued'
+                "SELECT COUNT(*) FROM tasks t WHERE t.job_id = $1 AND t.kind = $4 AND t.state = 'queued' AND ($5 IS NULL OR t.chunk = $5)
                    AND t.run_after <= $2 AND t.cancel = 0 AND (t.requires IS NULL OR instr($3, ',' || t.requires || ',') > 0)",
             )
             .bind(&job)
             .bind(now)
             .bind(encoders.0)
+            .bind(kind_str(kind))
+            .bind(chunk)
             .fetch_one(&mut *tx)
             .await?;
             // Free slots of live workers other than this one's just-taken slot.
@@ -522,8 +609,11 @@ impl Queue {
             .bind(now - self.cfg.lease_ttl_ms)
             .fetch_one(&mut *tx)
             .await?;
+            // The lowest rung (the job's first task of this kind) goes alone until the
+            // job is playable.
             let playable_early: i64 = sqlx::query_scalar(
-                "SELECT CASE WHEN t.seq = 0 AND NOT EXISTS (SELECT 1 FROM tasks s WHERE s.job_id = t.job_id AND s.kind = 'transcode' AND s.state = 'succeeded') THEN 1 ELSE 0 END
+                "SELECT CASE WHEN t.rendition = (SELECT s.rendition FROM tasks s WHERE s.job_id = t.job_id AND s.kind = t.kind ORDER BY s.seq LIMIT 1)
+                   AND NOT EXISTS (SELECT 1 FROM tasks s WHERE s.job_id = t.job_id AND s.kind IN ('transcode', 'join') AND s.state = 'succeeded') THEN 1 ELSE 0 END
                  FROM tasks t WHERE t.id = $1",
             )
             .bind(&leased[0].task_id)
@@ -531,15 +621,16 @@ impl Queue {
             .await?;
             let share = if playable_early != 0 { 1 } else { (remaining.max(0) as u64 + 1).div_ceil(free.max(0) as u64 + 1) as usize };
             while leased.len() < share.min(max_tasks) {
-                match self.lease_one(&mut tx, worker, encoders, now, Some((&job, TaskKind::Transcode))).await? {
+                match self.lease_one(&mut tx, worker, encoders, now, Some((&job, kind, chunk))).await? {
                     Some(l) => leased.push(l),
                     None => break,
                 }
             }
             let took_the_last = leased.len() as i64 == remaining + 1;
-            if bundling.thumbnails
+            if kind == TaskKind::Transcode
+                && bundling.thumbnails
                 && took_the_last
-                && let Some(l) = self.lease_one(&mut tx, worker, encoders, now, Some((&job, TaskKind::Thumbnails))).await?
+                && let Some(l) = self.lease_one(&mut tx, worker, encoders, now, Some((&job, TaskKind::Thumbnails, None))).await?
             {
                 leased.push(l);
             }
@@ -555,7 +646,7 @@ impl Queue {
         worker: &str,
         (encoders, tags): (&str, &str),
         now: i64,
-        only: Option<(&str, TaskKind)>,
+        only: Option<(&str, TaskKind, Option<i64>)>,
     ) -> Result<Option<Lease>> {
         // One statement claims the task: the first queued row of the lease-order index
         // (`tasks_lease_order`) that this worker can take. On PostgreSQL the subquery locks its row and
@@ -573,6 +664,7 @@ impl Queue {
             .bind(only.map(|o| o.0))
             .bind(only.map(|o| kind_str(o.1)))
             .bind(tags)
+            .bind(only.and_then(|o| o.2))
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
@@ -594,6 +686,8 @@ impl Queue {
             epoch: row.get("epoch"),
             kind: parse_kind(row.get::<&str, _>("kind")),
             rendition: row.get("rendition"),
+            name: row.get("name"),
+            chunk: chunk_span(&row),
             profile,
             source,
             expires_at: row.get("lease_expires_at"),
@@ -632,7 +726,7 @@ impl Queue {
             "UPDATE tasks SET state = 'promoting', progress = 1, result = $4, lease_expires_at = $5 + $6, updated_at = $5
              WHERE id = $1 AND worker_id = $2 AND epoch = $3 AND state IN ('leased', 'running') AND cancel = 0
                AND (SELECT state FROM jobs WHERE id = tasks.job_id) IN ('queued', 'running')
-             RETURNING id, job_id, rendition, epoch, result",
+             RETURNING id, job_id, kind, name, epoch, result",
         )
         .bind(task)
         .bind(worker)
@@ -689,7 +783,7 @@ impl Queue {
     /// all of them with `all` (at start, when no promotion can be in flight).
     pub async fn overdue_promotions(&self, now: i64, all: bool) -> Result<Vec<Promotion>> {
         let rows = sqlx::query(
-            "SELECT id, job_id, rendition, epoch, result FROM tasks WHERE state = 'promoting' AND ($2 OR lease_expires_at < $1) ORDER BY updated_at LIMIT 100",
+            "SELECT id, job_id, kind, name, epoch, result FROM tasks WHERE state = 'promoting' AND ($2 OR lease_expires_at < $1) ORDER BY updated_at LIMIT 100",
         )
         .bind(now)
         .bind(all)
@@ -769,7 +863,10 @@ impl Queue {
         if !matches!(job_state(&mut tx, id).await?.as_str(), "failed" | "canceled") {
             return Err(QueueError::Conflict(format!("job {id} has not failed or been canceled")));
         }
-        sqlx::query("UPDATE tasks SET state = 'queued', cancel = 0, attempts = 0, error = NULL, run_after = 0, worker_id = NULL, lease_expires_at = NULL, progress = 0, unrunnable_since = NULL, updated_at = $1, queued_at = $1 WHERE job_id = $2 AND state != 'succeeded'")
+        // A chunked rendition not yet joined needs its parts again: the job's end swept them.
+        sqlx::query("UPDATE tasks SET state = 'queued', cancel = 0, attempts = 0, error = NULL, run_after = 0, worker_id = NULL, lease_expires_at = NULL, progress = 0, unrunnable_since = NULL, updated_at = $1, queued_at = $1
+                     WHERE job_id = $2 AND (state != 'succeeded' OR (kind IN ('chunk', 'audio') AND EXISTS (SELECT 1 FROM tasks j WHERE j.job_id = tasks.job_id
+                       AND j.kind = 'join' AND j.state != 'succeeded' AND (tasks.kind = 'audio' OR j.rendition = tasks.rendition))))")
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
@@ -818,11 +915,11 @@ impl Queue {
     }
 
     /// Whether `worker` holds a live lease on a task of `job` (with `lease`: on the
-    /// task of that rendition, or `thumbnails`, at that epoch).
+    /// task of that name at that epoch).
     pub async fn worker_holds(&self, worker: &str, job: &str, lease: Option<(&str, i64)>) -> Result<bool> {
         let held: i64 = sqlx::query_scalar(
             "SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND worker_id = $2 AND state IN ('leased', 'running')
-                 AND ($3 IS NULL OR (COALESCE(rendition, 'thumbnails') = $3 AND epoch = $4))) THEN 1 ELSE 0 END",
+                 AND ($3 IS NULL OR (name = $3 AND epoch = $4))) THEN 1 ELSE 0 END",
         )
         .bind(job)
         .bind(worker)
@@ -848,14 +945,78 @@ impl Queue {
             .ok_or_else(|| QueueError::NotFound(format!("task {task}")))
     }
 
-    /// A task's job and rendition (None for thumbnails).
-    pub async fn task_target(&self, task: &str) -> Result<(String, Option<String>)> {
-        let row = sqlx::query("SELECT job_id, rendition FROM tasks WHERE id = $1")
+    /// A job's profile name and probe (`null` before it was probed).
+    pub async fn job_plan_inputs(&self, job: &str) -> Result<(String, serde_json::Value)> {
+        let row = sqlx::query("SELECT profile, probe FROM jobs WHERE id = $1")
+            .bind(job)
+            .fetch_optional(&mut *self.conn().await?)
+            .await?
+            .ok_or_else(|| QueueError::NotFound(format!("job {job}")))?;
+        let probe: Option<String> = row.get(1);
+        Ok((row.get(0), probe.and_then(|p| serde_json::from_str(&p).ok()).unwrap_or_default()))
+    }
+
+    /// What a task makes and where its outputs go.
+    pub async fn task_target(&self, task: &str) -> Result<TaskTarget> {
+        let row = sqlx::query("SELECT job_id, kind, name, rendition, chunk, first_frame, frames FROM tasks WHERE id = $1")
             .bind(task)
             .fetch_optional(&mut *self.conn().await?)
             .await?
             .ok_or_else(|| QueueError::NotFound(format!("task {task}")))?;
-        Ok((row.get(0), row.get(1)))
+        Ok(TaskTarget {
+            job_id: row.get(0),
+            kind: parse_kind(row.get::<&str, _>(1)),
+            name: row.get(2),
+            rendition: row.get(3),
+            chunk: chunk_span(&row),
+        })
+    }
+
+    /// What a join of `rendition` reads: the names of its chunk tasks, in chunk
+    /// order, and whether the job has an audio task.
+    pub async fn join_parts(&self, job: &str, rendition: &str) -> Result<(Vec<String>, bool)> {
+        let rows = sqlx::query(
+            "SELECT kind, name FROM tasks WHERE job_id = $1 AND ((kind = 'chunk' AND rendition = $2) OR kind = 'audio') ORDER BY chunk",
+        )
+        .bind(job)
+        .bind(rendition)
+        .fetch_all(&mut *self.conn().await?)
+        .await?;
+        let audio = rows.iter().any(|r| r.get::<&str, _>(0) == "audio");
+        Ok((rows.iter().filter(|r| r.get::<&str, _>(0) == "chunk").map(|r| r.get(1)).collect(), audio))
+    }
+
+    /// The succeeded chunk reports of `rendition` other than chunk `index`'s.
+    pub async fn chunk_reports(&self, job: &str, rendition: &str, index: u32) -> Result<Vec<serde_json::Value>> {
+        let rows: Vec<Option<String>> = sqlx::query_scalar(
+            "SELECT result FROM tasks WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2 AND chunk <> $3 AND state = 'succeeded' ORDER BY chunk",
+        )
+        .bind(job)
+        .bind(rendition)
+        .bind(i64::from(index))
+        .fetch_all(&mut *self.conn().await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .flatten()
+            .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
+            .map(|r| r["report"].clone())
+            .collect())
+    }
+
+    /// Whether `worker` holds a live join lease of `job` that reads part `part` (the
+    /// audio, or a chunk of the join's rendition).
+    pub async fn worker_joins(&self, worker: &str, job: &str, part: &str) -> Result<bool> {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND worker_id = $2 AND kind = 'join' AND state IN ('leased', 'running')
+                 AND ($3 = 'audio' OR substr($3, 1, length(rendition) + 2) = rendition || '.c')) THEN 1 ELSE 0 END",
+        )
+        .bind(job)
+        .bind(worker)
+        .bind(part)
+        .fetch_one(&mut *self.conn().await?)
+        .await?;
+        Ok(held != 0)
     }
 
     /// How many jobs there are, optionally in one state.
@@ -922,7 +1083,7 @@ impl Queue {
             return Ok(None);
         };
         let tasks = sqlx::query(
-            "SELECT id, kind, rendition, state, progress, attempts, worker_id, error, log_tail, queued_at, leased_at, finished_at, result FROM tasks WHERE job_id = $1 ORDER BY seq",
+            "SELECT id, kind, rendition, state, progress, attempts, worker_id, error, log_tail, queued_at, leased_at, finished_at, result, name, chunk FROM tasks WHERE job_id = $1 ORDER BY seq",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -936,6 +1097,8 @@ impl Queue {
             id: t.get(0),
             kind: parse_kind(t.get::<&str, _>(1)),
             rendition: t.get(2),
+            name: t.get(13),
+            chunk: t.get::<Option<i64>, _>(14).map(|c| c as u32),
             state: t.get(3),
             progress: t.get(4),
             attempts: t.get(5),
@@ -968,13 +1131,22 @@ impl Queue {
             error: row.get(6),
             created_at: row.get(7),
             updated_at: row.get(8),
-            playable: tasks.iter().any(|t| t.kind == TaskKind::Transcode && t.state == "succeeded"),
+            playable: tasks.iter().any(|t| matches!(t.kind, TaskKind::Transcode | TaskKind::Join) && t.state == "succeeded"),
             outputs: json(row.get(9)),
             probe: json(row.get(10)),
             waiting_for,
+            chunks: ChunksView::of(&tasks),
             tasks,
         }))
     }
+}
+
+/// A chunk task's span from its row's `chunk`, `first_frame` and `frames`.
+fn chunk_span(row: &sqlx::any::AnyRow) -> Option<ChunkSpan> {
+    let index: Option<i64> = row.get("chunk");
+    let first: Option<i64> = row.get("first_frame");
+    let frames: Option<i64> = row.get("frames");
+    Some(ChunkSpan { index: index? as u32, first_frame: first? as u64, frames: frames.map(|f| f as u64) })
 }
 
 /// What every SQLite connection needs: WAL (readers never wait for the writer),

@@ -31,6 +31,8 @@ pub struct CurrentTask {
     pub job_id: String,
     pub kind: String,
     pub rendition: Option<String>,
+    /// Its name (a rendition's, `thumbnails`, `audio`, or `RENDITION.cNNNN`).
+    pub name: String,
     pub progress: f64,
 }
 
@@ -121,9 +123,10 @@ impl Queue {
 
     pub async fn list_workers(&self, now: i64) -> Result<Vec<WorkerView>> {
         let rows = sqlx::query("SELECT id, name, slots, free_slots, capabilities, drake_version, last_seen, draining, load FROM workers WHERE removed = 0 ORDER BY created_at").fetch_all(self.pool()).await?;
-        let tasks = sqlx::query("SELECT id, job_id, kind, rendition, progress, worker_id FROM tasks WHERE state IN ('leased', 'running')")
-            .fetch_all(self.pool())
-            .await?;
+        let tasks =
+            sqlx::query("SELECT id, job_id, kind, rendition, progress, worker_id, name FROM tasks WHERE state IN ('leased', 'running')")
+                .fetch_all(self.pool())
+                .await?;
         Ok(rows
             .into_iter()
             .map(|r| {
@@ -131,7 +134,14 @@ impl Queue {
                 let current_tasks: Vec<CurrentTask> = tasks
                     .iter()
                     .filter(|t| t.get::<Option<String>, _>(5).as_deref() == Some(id.as_str()))
-                    .map(|t| CurrentTask { task_id: t.get(0), job_id: t.get(1), kind: t.get(2), rendition: t.get(3), progress: t.get(4) })
+                    .map(|t| CurrentTask {
+                        task_id: t.get(0),
+                        job_id: t.get(1),
+                        kind: t.get(2),
+                        rendition: t.get(3),
+                        name: t.get(6),
+                        progress: t.get(4),
+                    })
                     .collect();
                 let last_seen: i64 = r.get(6);
                 let state = if now - last_seen > OFFLINE_AFTER_MS {

@@ -34,6 +34,7 @@ pub struct RunningTask {
     pub job_id: String,
     pub kind: String,
     pub rendition: Option<String>,
+    pub name: String,
     pub progress: f64,
     pub worker: Option<String>,
 }
@@ -70,7 +71,7 @@ impl Queue {
     pub async fn overview(&self, now: i64) -> Result<Overview> {
         let start = now - HOUR_MS;
         let running = sqlx::query(
-            "SELECT t.id, t.job_id, t.kind, t.rendition, t.progress, w.name FROM tasks t LEFT JOIN workers w ON w.id = t.worker_id
+            "SELECT t.id, t.job_id, t.kind, t.rendition, t.progress, w.name, t.name FROM tasks t LEFT JOIN workers w ON w.id = t.worker_id
              WHERE t.state IN ('leased', 'running') ORDER BY t.leased_at LIMIT 200",
         )
         .fetch_all(self.pool())
@@ -81,6 +82,7 @@ impl Queue {
             job_id: r.get(1),
             kind: r.get(2),
             rendition: r.get(3),
+            name: r.get(6),
             progress: r.get(4),
             worker: r.get(5),
         })

@@ -8,7 +8,7 @@
 //! `jobs/ID/thumbnails/...`, `jobs/ID/master.m3u8`, `jobs/ID/manifest.json`;
 //! `uploads/` holds uploads in flight and is never served.
 
-use proto::wire::StorageAccess;
+use proto::wire::{StorageAccess, TaskKind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -247,22 +247,25 @@ impl Store {
 
     /// Moves an accepted attempt's staging directory into place and removes every
     /// other attempt's leftovers (partial uploads of lost leases).
-    pub async fn promote(&self, job: &str, rendition: Option<&str>, epoch: i64) -> StoreResult<String> {
-        let final_dir = output_dir(job, rendition);
+    pub async fn promote(&self, job: &str, kind: TaskKind, name: &str, epoch: i64) -> StoreResult<String> {
+        let final_dir = output_dir(job, kind, name);
         match &self.remote {
             None => {
                 let root = self.root.clone();
-                let (target, (job, rendition)) = (root.join(&final_dir), (job.to_string(), rendition.map(String::from)));
+                let (target, (job, name)) = (root.join(&final_dir), (job.to_string(), name.to_string()));
                 // One trip to the blocking pool for the whole move.
                 tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                     if std::fs::metadata(&target).is_ok() {
                         std::fs::remove_dir_all(&target)?;
                     }
-                    std::fs::rename(root.join(staging_dir(&job, rendition.as_deref(), epoch)), &target)?;
+                    if kind.is_part() {
+                        std::fs::create_dir_all(target.parent().expect("a job's directory"))?;
+                    }
+                    std::fs::rename(root.join(staging_dir(&job, &name, epoch)), &target)?;
                     // Earlier epochs are the only other attempts. `.staging` itself stays
                     // for the job's other tasks; the job's sweep removes it at its end.
                     for e in 1..epoch {
-                        let _ = std::fs::remove_dir_all(root.join(staging_dir(&job, rendition.as_deref(), e)));
+                        let _ = std::fs::remove_dir_all(root.join(staging_dir(&job, &name, e)));
                     }
                     Ok(())
                 })
@@ -272,12 +275,15 @@ impl Store {
             Some(r) => {
                 // MOVE onto an existing collection replaces it (Overwrite: T).
                 let dest = format!("{}/{final_dir}/", r.base);
-                let from = format!("{}/", staging_dir(job, rendition, epoch));
+                let from = format!("{}/", staging_dir(job, name, epoch));
+                if kind.is_part() {
+                    r.mkcol_parents(&final_dir).await?;
+                }
                 let resp = r.send("MOVE", &from, Some(("destination", &dest)), None).await?;
                 r.expect_ok("MOVE", &from, &resp)?;
                 // No PROPFIND on nginx: earlier epochs are the only other attempts.
                 for e in 1..epoch {
-                    r.delete(&format!("{}/", staging_dir(job, rendition, e))).await?;
+                    r.delete(&format!("{}/", staging_dir(job, name, e))).await?;
                 }
             }
         }
@@ -304,8 +310,11 @@ impl Store {
     }
 
     /// Removes what is left of a finished job's staging area.
+    /// Removes a job's work in progress: its staging area, and a chunked job's
+    /// parts (chunks and audio), which its joins have used.
     pub async fn remove_staging(&self, job: &str) -> StoreResult<()> {
-        self.remove_dir(&format!("jobs/{job}/.staging")).await
+        self.remove_dir(&format!("jobs/{job}/.staging")).await?;
+        self.remove_dir(&format!("jobs/{job}/{PARTS}")).await
     }
 
     /// Removes a directory and everything in it; one that is not there is no error.
@@ -413,14 +422,18 @@ pub fn source_path(job: &str) -> String {
     format!("jobs/{job}/source")
 }
 
-/// Final storage directory of one task's outputs.
-pub fn output_dir(job: &str, rendition: Option<&str>) -> String {
-    format!("jobs/{job}/{}", rendition.unwrap_or("thumbnails"))
+/// Final storage directory of one task's outputs: the job's directory for what is
+/// published, [`PARTS`] for the chunks and audio only joins read.
+pub fn output_dir(job: &str, kind: TaskKind, name: &str) -> String {
+    if kind.is_part() { format!("jobs/{job}/{PARTS}/{name}") } else { format!("jobs/{job}/{name}") }
 }
+
+/// Where a chunked job's parts live until it ends, out of its published tree.
+pub const PARTS: &str = ".chunks";
 
 /// Where the holder of lease `epoch` publishes. Only the epoch whose completion the
 /// queue accepts is promoted to [`output_dir`], so a worker that lost its lease can
 /// never overwrite the outputs of the one that holds it now.
-pub fn staging_dir(job: &str, rendition: Option<&str>, epoch: i64) -> String {
-    format!("jobs/{job}/.staging/{}.e{epoch}", rendition.unwrap_or("thumbnails"))
+pub fn staging_dir(job: &str, name: &str, epoch: i64) -> String {
+    format!("jobs/{job}/.staging/{name}.e{epoch}")
 }

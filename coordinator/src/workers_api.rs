@@ -15,7 +15,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use proto::wire::{Complete, Fail, Heartbeat, HeartbeatReply, LeaseRequest, RegisterRequest, RegisterResponse, TaskLease};
+use proto::wire::{
+    Complete, Fail, Heartbeat, HeartbeatReply, JoinInputs, LeaseRequest, RegisterRequest, RegisterResponse, TaskKind, TaskLease,
+};
 use serde_json::json;
 use std::time::Duration;
 
@@ -94,27 +96,33 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
             // Register interest before looking, so a task queued in between wakes us.
             let notified = st.work_ready.notified();
             let bundling = Bundling { max_renditions: (req.max_tasks as usize).clamp(1, MAX_BUNDLE), thumbnails: req.bundle_thumbnails };
-            let mut leased =
-                st.queue.lease_bundle(&worker, &Fit { encoders: &caps.encoders, tags: &caps.tags }, now, bundling).await?.into_iter().map(
-                    |l| {
-                        st.emit("task", json!({"job_id": l.job_id, "task_id": l.task_id, "state": "leased", "worker": worker}));
-                        TaskLease {
-                            version: proto::WIRE_VERSION,
-                            output_dir: storage::staging_dir(&l.job_id, l.rendition.as_deref(), l.epoch),
-                            task_id: l.task_id,
-                            job_id: l.job_id,
-                            epoch: l.epoch,
-                            attempt: l.attempt,
-                            kind: l.kind,
-                            rendition: l.rendition,
-                            profile: l.profile,
-                            source: l.source,
-                            timeout_seconds: st.limits.task_timeout_seconds,
-                            companions: Vec::new(),
-                            storage: st.storage.access(),
-                        }
-                    },
-                );
+            let granted = st.queue.lease_bundle(&worker, &Fit { encoders: &caps.encoders, tags: &caps.tags }, now, bundling).await?;
+            let mut leased = Vec::with_capacity(granted.len());
+            for l in granted {
+                st.emit("task", json!({"job_id": l.job_id, "task_id": l.task_id, "state": "leased", "worker": worker}));
+                let join = match (l.kind, l.rendition.as_deref()) {
+                    (TaskKind::Join, Some(r)) => Some(join_inputs(&st, &l.job_id, r).await?),
+                    _ => None,
+                };
+                leased.push(TaskLease {
+                    version: proto::WIRE_VERSION,
+                    output_dir: storage::staging_dir(&l.job_id, &l.name, l.epoch),
+                    task_id: l.task_id,
+                    job_id: l.job_id,
+                    epoch: l.epoch,
+                    attempt: l.attempt,
+                    kind: l.kind,
+                    rendition: l.rendition,
+                    profile: l.profile,
+                    source: l.source,
+                    timeout_seconds: st.limits.task_timeout_seconds,
+                    companions: Vec::new(),
+                    chunk: l.chunk,
+                    join,
+                    storage: st.storage.access(),
+                });
+            }
+            let mut leased = leased.into_iter();
             if let Some(mut first) = leased.next() {
                 first.companions = leased.collect();
                 return Ok(Json(first).into_response());
@@ -131,6 +139,18 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
             tokio::time::sleep(Duration::from_secs(1).min(deadline - tokio::time::Instant::now())).await;
         }
     }
+}
+
+/// What a join of `rendition` reads: its chunks' directories in chunk order, the
+/// audio's, and the job's probe (the join recomputes the chunk plan from it).
+async fn join_inputs(st: &AppState, job: &str, rendition: &str) -> Result<JoinInputs, ApiError> {
+    let (chunks, audio) = st.queue.join_parts(job, rendition).await?;
+    let (_, probe) = st.queue.job_plan_inputs(job).await?;
+    Ok(JoinInputs {
+        chunks: chunks.iter().map(|name| storage::output_dir(job, TaskKind::Chunk, name)).collect(),
+        audio: audio.then(|| storage::output_dir(job, TaskKind::Audio, "audio")),
+        probe,
+    })
 }
 
 async fn heartbeat(

@@ -2,7 +2,7 @@
 //! whole on first load and its fragment is refetched by the live script.
 
 use crate::html::{action, ago, bar, bytes, duration, esc, timestamp};
-use coordinator::queue::{Job, TaskKind};
+use coordinator::queue::{Job, Task, TaskKind};
 use coordinator::registry::WorkerView;
 use coordinator::sessions::JoinTokenView;
 use coordinator::stats::Overview;
@@ -84,14 +84,14 @@ pub fn overview(o: &Overview) -> String {
         s.push_str("<p class=\"muted\">Nothing is running.</p>");
     }
     for t in &o.running {
-        let label = t.rendition.clone().unwrap_or_else(|| t.kind.clone());
+        let label = &t.name;
         let _ = write!(
             s,
             "<div class=\"running\"><a href=\"/jobs/{j}\">{short}</a> <span class=\"muted\">on {w}</span>{b}</div>",
             j = esc(&t.job_id),
             short = esc(short_id(&t.job_id)),
             w = esc(t.worker.as_deref().unwrap_or("?")),
-            b = bar(&t.task_id, &label, t.progress, "running"),
+            b = bar(&t.task_id, label, t.progress, "running"),
         );
     }
     s.push_str("</section>");
@@ -102,10 +102,14 @@ pub fn short_id(id: &str) -> &str {
     id.get(id.len().saturating_sub(12)..).unwrap_or(id)
 }
 
-fn task_label(kind: TaskKind, rendition: Option<&str>) -> String {
-    match kind {
-        TaskKind::Transcode => rendition.unwrap_or("?").to_string(),
-        TaskKind::Thumbnails => "thumbs".into(),
+fn task_label(t: &Task) -> String {
+    let rendition = t.rendition.as_deref().unwrap_or("?");
+    match (t.kind, t.chunk) {
+        (TaskKind::Thumbnails, _) => "thumbs".into(),
+        (TaskKind::Audio, _) => "audio".into(),
+        (TaskKind::Join, _) => format!("{rendition} join"),
+        (TaskKind::Chunk, Some(c)) => format!("{rendition} #{c}"),
+        _ => rendition.to_string(),
     }
 }
 
@@ -135,8 +139,12 @@ pub fn jobs(list: &[Job], state: Option<&str>, page: i64, total: i64, now: i64) 
     }
     for j in list {
         let mut bars = String::new();
-        for t in &j.tasks {
-            bars.push_str(&bar(&t.id, &task_label(t.kind, t.rendition.as_deref()), t.progress, &t.state));
+        // A chunked job's chunks are counted, not drawn one by one.
+        if let Some(c) = j.chunks {
+            let _ = write!(bars, "<span class=\"muted small\">{} of {} chunks done</span>", c.done, c.count);
+        }
+        for t in j.tasks.iter().filter(|t| t.kind != TaskKind::Chunk) {
+            bars.push_str(&bar(&t.id, &task_label(t), t.progress, &t.state));
         }
         let _ = write!(
             s,
@@ -203,19 +211,27 @@ pub fn job(
             let _ = write!(
                 s,
                 "<h3>{} log (end)</h3><pre class=\"log\">{}</pre>",
-                esc(&task_label(t.kind, t.rendition.as_deref())),
+                esc(&task_label(t)),
                 esc(t.log_tail.as_deref().unwrap_or_default())
             );
         }
         s.push_str("</section>");
     }
 
-    s.push_str("<section class=\"card wide\"><h2>Tasks</h2><table><thead><tr><th>Task</th><th>Progress</th><th>Attempts</th><th>Worker</th><th>Error</th></tr></thead><tbody>");
+    s.push_str("<section class=\"card wide\"><h2>Tasks</h2>");
+    if let Some(c) = j.chunks {
+        let _ = write!(
+            s,
+            "<p id=\"job-chunks\">Cut in {} time chunks, each encoded on its own worker and joined without re-encoding: {} done.</p>",
+            c.count, c.done
+        );
+    }
+    s.push_str("<table><thead><tr><th>Task</th><th>Progress</th><th>Attempts</th><th>Worker</th><th>Error</th></tr></thead><tbody>");
     for t in &j.tasks {
         let _ = write!(
             s,
             "<tr><td>{}</td><td class=\"bars\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&task_label(t.kind, t.rendition.as_deref())),
+            esc(&task_label(t)),
             bar(&t.id, &t.state, t.progress, &t.state),
             t.attempts,
             esc(t.worker.as_deref().map_or("–", |w| worker_names.get(w).map_or(w, String::as_str))),
@@ -225,7 +241,7 @@ pub fn job(
     s.push_str("</tbody></table></section>");
 
     // Outputs: player, renditions, thumbnails.
-    let renditions: Vec<&Value> = results.iter().filter(|r| r.1 == TaskKind::Transcode).map(|r| &r.3).collect();
+    let renditions: Vec<&Value> = results.iter().filter(|r| matches!(r.1, TaskKind::Transcode | TaskKind::Join)).map(|r| &r.3).collect();
     if !renditions.is_empty() {
         s.push_str(
             "<section class=\"card wide\"><h2>Player</h2><div class=\"player\"><select data-player=\"player\" id=\"rendition-select\">",
@@ -363,8 +379,8 @@ pub fn workers(list: &[WorkerView], csrf: &str, now: i64) -> String {
     for w in list {
         let mut tasks = String::new();
         for t in &w.current_tasks {
-            let label = t.rendition.clone().unwrap_or_else(|| t.kind.clone());
-            let _ = write!(tasks, "<a href=\"/jobs/{}\">{}</a>", esc(&t.job_id), bar(&t.task_id, &label, t.progress, "running"));
+            let label = &t.name;
+            let _ = write!(tasks, "<a href=\"/jobs/{}\">{}</a>", esc(&t.job_id), bar(&t.task_id, label, t.progress, "running"));
         }
         let mut actions = String::new();
         if w.state == "draining" {

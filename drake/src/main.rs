@@ -65,8 +65,10 @@ enum Command {
     /// Join a chunked rendition without re-encoding: its chunks' packets (each
     /// --chunk DIR from `transcode --chunk`, in chunk order) and the job's audio
     /// (--audio DIR from `transcode --audio`) into the outputs a whole encode makes.
+    /// It reads the source's probe (`drake probe SOURCE > probe.json`), never the source.
     Join {
-        input: String,
+        #[arg(long, value_name = "FILE")]
+        probe: PathBuf,
         #[arg(long, default_value = "web")]
         profile: String,
         #[arg(long)]
@@ -292,13 +294,20 @@ fn run_engine(command: Command) -> i32 {
             };
             transcode(&input, &profile, &rendition, &out, max_duration, thumbnails, only)
         }
-        Command::Join { input, profile, rendition, chunks, audio, out, max_duration } => {
+        Command::Join { probe, profile, rendition, chunks, audio, out, max_duration } => {
             let profile = match Profile::load(&profile) {
                 Ok(p) => p,
                 Err(e) => fail(Failure::Profile(e)),
             };
+            let probe: proto::probe::Probe = match std::fs::read(&probe)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(p) => p,
+                Err(e) => fail(Failure::Engine(worker::error::EngineError::bad(format!("--probe {}: {e}", probe.display())))),
+            };
             let req = worker::join::JoinRequest {
-                input: &input,
+                probe: &probe,
                 profile: &profile,
                 rendition: &rendition,
                 chunks: chunks.iter().map(PathBuf::as_path).collect(),

@@ -64,8 +64,66 @@ fn one() -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskKind {
+    /// Renditions encoded whole.
     Transcode,
     Thumbnails,
+    /// One time chunk of a long source, video only, as packets for its join.
+    Chunk,
+    /// A chunked job's audio, encoded once, whole, as packets for every join.
+    Audio,
+    /// A chunked rendition's outputs, remuxed from its chunks and the audio.
+    Join,
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Transcode => "transcode",
+            TaskKind::Thumbnails => "thumbnails",
+            TaskKind::Chunk => "chunk",
+            TaskKind::Audio => "audio",
+            TaskKind::Join => "join",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskKind> {
+        [TaskKind::Transcode, TaskKind::Thumbnails, TaskKind::Chunk, TaskKind::Audio, TaskKind::Join].into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The report the engine writes last, which the worker publishes last.
+    pub fn report_file(self) -> &'static str {
+        match self {
+            TaskKind::Transcode | TaskKind::Join => "rendition.json",
+            TaskKind::Thumbnails => "thumbnails.json",
+            TaskKind::Chunk => "chunk.json",
+            TaskKind::Audio => "audio.json",
+        }
+    }
+
+    /// Whether the task makes part of a chunked job's work, never published itself.
+    pub fn is_part(self) -> bool {
+        matches!(self, TaskKind::Chunk | TaskKind::Audio)
+    }
+}
+
+/// One time chunk on the job's frame grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkSpan {
+    pub index: u32,
+    pub first_frame: u64,
+    /// `None` for the last chunk: to the source's end.
+    pub frames: Option<u64>,
+}
+
+/// What a join task joins: every chunk's directory in chunk order, and the audio's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinInputs {
+    /// Storage directories, each holding `chunk.pkts` and `chunk.json`.
+    pub chunks: Vec<String>,
+    /// Storage directory holding `audio.pkts` and `audio.json`.
+    pub audio: Option<String>,
+    /// The job's probe, from which the join recomputes the chunk plan.
+    pub probe: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +148,12 @@ pub struct TaskLease {
     /// heartbeated, completed or failed on its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub companions: Vec<TaskLease>,
+    /// A chunk task's chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<ChunkSpan>,
+    /// A join task's inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinInputs>,
     /// External WebDAV storage holding `source` and `output_dir`; absent when
     /// storage is the coordinator's own `/dav/` (reached with the worker's token).
     #[serde(default, skip_serializing_if = "Option::is_none")]

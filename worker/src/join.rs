@@ -12,18 +12,21 @@
 //! the source.
 
 use crate::error::{Context as _, EngineError, Result};
-use crate::files::{self, Staging};
+use crate::files::Staging;
 use crate::packets::{Reader, Record, StreamHeader};
-use crate::transcode::{self, CHUNK_PACKETS, CHUNK_REPORT, Limits, Request};
+use crate::transcode::{self, CHUNK_PACKETS, CHUNK_REPORT, Limits};
 use ff::{Packet, Rational};
 use ffmpeg_next as ff;
 use proto::chunk::ChunkReport;
+use proto::probe::Probe;
 use proto::profile::{Profile, VideoCodec};
 use proto::report::RenditionReport;
 use std::path::Path;
 
 pub struct JoinRequest<'a> {
-    pub input: &'a str,
+    /// The source's probe (`drake probe`), from which the plan is recomputed: a
+    /// join never reads the source.
+    pub probe: &'a Probe,
     pub profile: &'a Profile,
     pub rendition: &'a str,
     /// Each chunk's directory (`chunk.pkts`, `chunk.json`), in chunk order.
@@ -35,13 +38,11 @@ pub struct JoinRequest<'a> {
 }
 
 pub fn run(req: &JoinRequest) -> Result<RenditionReport> {
-    let whole =
-        Request { input: req.input, profile: req.profile, outputs: vec![(req.rendition, req.out)], limits: req.limits, thumbnails: None };
-    let (ictx, probe, renditions) = transcode::prepare(&whole)?;
-    drop(ictx);
+    let probe = req.probe;
+    let renditions = transcode::plan_renditions(probe, req.profile, &[req.rendition], req.limits)?;
     let r = &renditions[0];
     let pv = r.video.as_ref().ok_or_else(|| EngineError::bad(format!("rendition {} has no video to join", r.name)))?;
-    let plan = proto::plan::plan(&probe, req.profile).map_err(|e| EngineError::bad(e.to_string()))?;
+    let plan = proto::plan::plan(probe, req.profile).map_err(|e| EngineError::bad(e.to_string()))?;
     let cut = proto::plan::chunks(&plan, probe.duration, &req.profile.chunking)
         .ok_or_else(|| EngineError::bad(format!("profile {} does not cut this source in chunks", req.profile.name)))?;
     let (num, den) = transcode::frame_rate(pv);
@@ -161,12 +162,8 @@ pub fn run(req: &JoinRequest) -> Result<RenditionReport> {
         ));
     }
     staging.commit(transcode::REPORT)?;
-    files::write_json(&req.out.join(JOINED), &cut)?;
     Ok(report)
 }
-
-/// Written next to a joined rendition's outputs: the chunk plan it was joined from.
-pub const JOINED: &str = "chunks.json";
 
 /// The chunks' video packets, one chunk after another, in the order given.
 struct Chunks<'a> {

@@ -13,8 +13,8 @@ use crate::publish::{Dav, PublishError};
 use crate::thumbnails;
 use proto::report::{FileSum, ProgressLine};
 use proto::wire::{
-    Capabilities, ChildTiming, Complete, Fail, Heartbeat, HeartbeatReply, LeaseRequest, RegisterRequest, RegisterResponse, TaskKind,
-    TaskLease,
+    Capabilities, ChildTiming, Complete, Fail, Heartbeat, HeartbeatReply, JoinInputs, LeaseRequest, RegisterRequest, RegisterResponse,
+    TaskKind, TaskLease,
 };
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -185,6 +185,13 @@ async fn register_with(http: &reqwest::Client, cfg: &NodeConfig, base: &str) -> 
     resp.json().await.map_err(|e| err(e.to_string()))
 }
 
+/// A join's inputs, copied into scratch.
+struct Parts {
+    probe: PathBuf,
+    chunks: Vec<PathBuf>,
+    audio: Option<PathBuf>,
+}
+
 /// How a task's child ended.
 enum Outcome {
     Succeeded {
@@ -337,6 +344,7 @@ impl Node {
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
         let _ = tokio::fs::remove_file(dirs[0].with_extension("source")).await;
+        let _ = tokio::fs::remove_dir_all(dirs[0].with_extension("parts")).await;
         keeper.abort();
     }
 
@@ -358,31 +366,53 @@ impl Node {
     /// and its companions); `dirs` are their output directories.
     async fn execute(&self, tasks: &[TaskLease], dirs: &[PathBuf]) -> Outcome {
         let lease = &tasks[0];
-        let in_storage = !(lease.source.starts_with("http://") || lease.source.starts_with("https://"));
-        let source = if in_storage {
-            match self.fetch_source(tasks, &dirs[0]).await {
-                Ok(local) => local.to_string_lossy().into_owned(),
-                Err(outcome) => return outcome,
-            }
-        } else {
-            // A lease from before sources were ingested: libav reads the URL itself.
-            lease.source.clone()
-        };
         let mut cmd = tokio::process::Command::new(&self.cfg.drake_exe);
-        match lease.kind {
-            TaskKind::Transcode => {
+        if let Some(join) = &lease.join {
+            // A join reads its parts and the probe, never the source.
+            let parts = match self.fetch_parts(lease, join, &dirs[0]).await {
+                Ok(p) => p,
+                Err(outcome) => return outcome,
+            };
+            cmd.arg("join").arg("--probe").arg(&parts.probe).args(["--profile", &lease.profile]);
+            cmd.args(["--rendition", lease.rendition.as_deref().unwrap_or_default()]);
+            for chunk in &parts.chunks {
+                cmd.arg("--chunk").arg(chunk);
+            }
+            if let Some(audio) = &parts.audio {
+                cmd.arg("--audio").arg(audio);
+            }
+            cmd.arg("--out").arg(&dirs[0]);
+        } else {
+            let in_storage = !(lease.source.starts_with("http://") || lease.source.starts_with("https://"));
+            let source = if in_storage {
+                match self.fetch_source(tasks, &dirs[0]).await {
+                    Ok(local) => local.to_string_lossy().into_owned(),
+                    Err(outcome) => return outcome,
+                }
+            } else {
+                // A lease from before sources were ingested: libav reads the URL itself.
+                lease.source.clone()
+            };
+            if lease.kind == TaskKind::Thumbnails {
+                cmd.arg("thumbnails").arg(&source).arg("--out").arg(&dirs[0]);
+            } else {
                 cmd.arg("transcode").arg(&source).args(["--profile", &lease.profile]);
                 for (task, dir) in tasks.iter().zip(dirs) {
                     match task.kind {
-                        TaskKind::Transcode => {
-                            cmd.args(["--rendition", task.rendition.as_deref().unwrap_or_default()]).arg("--out").arg(dir)
-                        }
                         TaskKind::Thumbnails => cmd.arg("--thumbnails").arg(dir),
+                        _ => cmd.args(["--rendition", task.rendition.as_deref().unwrap_or_default()]).arg("--out").arg(dir),
                     };
                 }
-            }
-            TaskKind::Thumbnails => {
-                cmd.arg("thumbnails").arg(&source).arg("--out").arg(&dirs[0]);
+                match (lease.kind, lease.chunk) {
+                    (TaskKind::Chunk, Some(c)) => {
+                        let frames = c.frames.map_or_else(|| "end".to_string(), |f| f.to_string());
+                        cmd.arg("--chunk").arg(format!("{}:{}:{frames}", c.index, c.first_frame));
+                    }
+                    (TaskKind::Audio, _) => {
+                        cmd.arg("--audio");
+                    }
+                    _ => {}
+                }
             }
         }
         cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
@@ -479,34 +509,72 @@ impl Node {
         let dest = first_dir.with_extension("source");
         let (base, authorization) = self.storage(lease);
         let dav = Dav::new(&self.http, base, authorization);
-        let outcome = {
-            let download = dav.download(&lease.source, &dest);
-            tokio::pin!(download);
-            let mut tick = tokio::time::interval(self.heartbeat);
-            'copy: loop {
-                tokio::select! {
-                    done = &mut download => {
-                        break 'copy done.map(|_| ()).map_err(|e| Outcome::Failed {
-                            error: format!("copying the source from storage: {e}"),
-                            retryable: true,
-                            log_tail: String::new(),
-                        });
-                    }
-                    _ = tick.tick() => {
-                        for task in tasks {
-                            if let Ok(true) = self.heartbeat(task, 0.0).await {
-                                break 'copy Err(Outcome::Abandoned);
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        match outcome {
-            Ok(()) => Ok(dest),
+        match self.beating(tasks, "copying the source from storage", dav.download(&lease.source, &dest)).await {
+            Ok(_) => Ok(dest),
             Err(o) => {
                 let _ = tokio::fs::remove_file(&dest).await;
                 Err(o)
+            }
+        }
+    }
+
+    /// Copies what a join reads into scratch (beside its output directory): every
+    /// chunk's packets and report, the audio's packets, and the probe.
+    async fn fetch_parts(&self, lease: &TaskLease, join: &JoinInputs, out_dir: &Path) -> Result<Parts, Outcome> {
+        let root = out_dir.with_extension("parts");
+        let parts = Parts {
+            probe: root.join("probe.json"),
+            chunks: (0..join.chunks.len()).map(|i| root.join(format!("c{i:04}"))).collect(),
+            audio: join.audio.as_ref().map(|_| root.join("audio")),
+        };
+        let (base, authorization) = self.storage(lease);
+        let dav = Dav::new(&self.http, base, authorization);
+        let copy = async {
+            for dir in parts.chunks.iter().chain(&parts.audio) {
+                tokio::fs::create_dir_all(dir).await.map_err(PublishError::Local)?;
+            }
+            tokio::fs::write(&parts.probe, join.probe.to_string()).await.map_err(PublishError::Local)?;
+            for (from, to) in join.chunks.iter().zip(&parts.chunks) {
+                for name in [crate::transcode::CHUNK_PACKETS, crate::transcode::CHUNK_REPORT] {
+                    dav.download(&format!("{from}/{name}"), &to.join(name)).await?;
+                }
+            }
+            if let (Some(from), Some(to)) = (&join.audio, &parts.audio) {
+                dav.download(&format!("{from}/{}", crate::transcode::AUDIO_PACKETS), &to.join(crate::transcode::AUDIO_PACKETS)).await?;
+            }
+            Ok(())
+        };
+        match self.beating(std::slice::from_ref(lease), "copying the chunks from storage", copy).await {
+            Ok(()) => Ok(parts),
+            Err(o) => {
+                let _ = tokio::fs::remove_dir_all(&root).await;
+                Err(o)
+            }
+        }
+    }
+
+    /// Runs `work` (a copy from storage) while heartbeating every task. Its failure
+    /// is retryable; a task canceled or lost meanwhile abandons it.
+    async fn beating<T>(
+        &self,
+        tasks: &[TaskLease],
+        what: &str,
+        work: impl std::future::Future<Output = Result<T, PublishError>>,
+    ) -> Result<T, Outcome> {
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(self.heartbeat);
+        loop {
+            tokio::select! {
+                done = &mut work => {
+                    return done.map_err(|e| Outcome::Failed { error: format!("{what}: {e}"), retryable: true, log_tail: String::new() });
+                }
+                _ = tick.tick() => {
+                    for task in tasks {
+                        if let Ok(true) = self.heartbeat(task, 0.0).await {
+                            return Err(Outcome::Abandoned);
+                        }
+                    }
+                }
             }
         }
     }
@@ -547,10 +615,7 @@ impl Node {
         timing: ChildTiming,
         lost: &std::sync::Mutex<Vec<String>>,
     ) -> Result<Complete, PublishError> {
-        let report_name = match lease.kind {
-            TaskKind::Transcode => "rendition.json",
-            TaskKind::Thumbnails => "thumbnails.json",
-        };
+        let report_name = lease.kind.report_file();
         let report: serde_json::Value = serde_json::from_slice(&tokio::fs::read(dir.join(report_name)).await.map_err(PublishError::Local)?)
             .map_err(|e| PublishError::Local(std::io::Error::other(e)))?;
         let mut names: Vec<String> = std::fs::read_dir(dir)

@@ -74,24 +74,36 @@ pub const MAX_OUTPUTS: usize = 8;
 
 /// Opens the source and plans the renditions a request names.
 pub(crate) fn prepare(req: &Request) -> Result<(format::context::Input, proto::probe::Probe, Vec<PlannedRendition>)> {
-    if req.outputs.is_empty() || req.outputs.len() > MAX_OUTPUTS {
-        return Err(EngineError::bad(format!("give 1 to {MAX_OUTPUTS} renditions, each with its --out directory")));
-    }
     let ictx = av::open_input(req.input)?;
     let probe = crate::probe::describe(&ictx, req.input)?;
-    if probe.duration > req.limits.max_duration {
+    let names: Vec<&str> = req.outputs.iter().map(|(name, _)| *name).collect();
+    let renditions = plan_renditions(&probe, req.profile, &names, req.limits)?;
+    Ok((ictx, probe, renditions))
+}
+
+/// The renditions named, as the profile plans them for a source of this probe.
+pub(crate) fn plan_renditions(
+    probe: &proto::probe::Probe,
+    profile: &Profile,
+    names: &[&str],
+    limits: Limits,
+) -> Result<Vec<PlannedRendition>> {
+    if names.is_empty() || names.len() > MAX_OUTPUTS {
+        return Err(EngineError::bad(format!("give 1 to {MAX_OUTPUTS} renditions, each with its --out directory")));
+    }
+    if probe.duration > limits.max_duration {
         return Err(EngineError::bad(format!(
             "the source lasts {:.0} s; at most {:.0} s are accepted",
-            probe.duration, req.limits.max_duration
+            probe.duration, limits.max_duration
         )));
     }
-    let plan = proto::plan::plan(&probe, req.profile).map_err(|e| EngineError::bad(e.to_string()))?;
-    let mut renditions = Vec::with_capacity(req.outputs.len());
-    for (name, _) in &req.outputs {
+    let plan = proto::plan::plan(probe, profile).map_err(|e| EngineError::bad(e.to_string()))?;
+    let mut renditions = Vec::with_capacity(names.len());
+    for name in names {
         let Some(rendition) = plan.renditions.iter().find(|r| r.name == *name).cloned() else {
             let why = match plan.skipped.iter().find(|s| s.name == *name) {
                 Some(s) => format!("rendition {} does not apply to this source: {}", s.name, s.reason),
-                None => format!("profile {} plans no rendition named {name} for this source", req.profile.name),
+                None => format!("profile {} plans no rendition named {name} for this source", profile.name),
             };
             return Err(EngineError::bad(why));
         };
@@ -100,7 +112,7 @@ pub(crate) fn prepare(req: &Request) -> Result<(format::context::Input, proto::p
         }
         renditions.push(rendition);
     }
-    Ok((ictx, probe, renditions))
+    Ok(renditions)
 }
 
 pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made> {

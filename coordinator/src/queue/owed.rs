@@ -81,20 +81,23 @@ pub struct ChoreClaim {
 pub struct Promotion {
     pub task_id: String,
     pub job_id: String,
-    pub rendition: Option<String>,
+    pub kind: super::TaskKind,
+    /// The task's name (see [`super::task_name`]).
+    pub name: String,
     pub epoch: i64,
     /// Files the worker published, `{"path", "size", "sha256"}`.
     pub files: Vec<serde_json::Value>,
 }
 
 pub(super) fn promotion_row(r: sqlx::any::AnyRow) -> Promotion {
-    let result: Option<String> = r.get(4);
+    let result: Option<String> = r.get(5);
     let result: serde_json::Value = result.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     Promotion {
         task_id: r.get(0),
         job_id: r.get(1),
-        rendition: r.get(2),
-        epoch: r.get(3),
+        kind: super::parse_kind(r.get::<&str, _>(2)),
+        name: r.get(3),
+        epoch: r.get(4),
         files: result["files"].as_array().cloned().unwrap_or_default(),
     }
 }
@@ -521,8 +524,8 @@ async fn insert_tasks(tx: &mut AnyConnection, job: &str, tasks: &[NewTask], max_
         // The job's place in the lease order goes with each task (see `lease_one`).
         sqlx::query(
             "INSERT INTO tasks (id, job_id, kind, rendition, requires, seq, state, max_attempts, created_at, updated_at, queued_at,
-                                priority, due_at, job_created_at)
-             SELECT $1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8, $8, j.priority, COALESCE(j.due_at, j.created_at), j.created_at
+                                priority, due_at, job_created_at, name, chunk, first_frame, frames)
+             SELECT $1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8, $8, j.priority, COALESCE(j.due_at, j.created_at), j.created_at, $9, $10, $11, $12
              FROM jobs j WHERE j.id = $2",
         )
         .bind(uuid::Uuid::now_v7().to_string())
@@ -533,6 +536,10 @@ async fn insert_tasks(tx: &mut AnyConnection, job: &str, tasks: &[NewTask], max_
         .bind(seq as i64)
         .bind(max_attempts)
         .bind(now)
+        .bind(t.name())
+        .bind(t.chunk.map(|c| i64::from(c.index)))
+        .bind(t.chunk.map(|c| c.first_frame as i64))
+        .bind(t.chunk.and_then(|c| c.frames).map(|f| f as i64))
         .execute(&mut *tx)
         .await?;
     }

@@ -95,6 +95,7 @@ conformance!(
     a_task_no_live_worker_can_run_waits_then_fails_with_that_reason,
     concurrent_submits_with_one_key_make_one_job,
     a_farm_with_no_live_worker_says_so_and_fails_its_tasks_after_the_wait,
+    a_chunked_job_joins_each_rung_once_its_chunks_and_audio_are_done,
 );
 
 /// A job of the `web` profile on an uploaded source, as tests submit it.
@@ -113,8 +114,7 @@ fn web_job() -> NewJob {
 async fn job_with(q: &Queue, renditions: &[&str]) -> Job {
     let new = web_job();
     let (job, _) = q.create_job(&new, T0).await.unwrap();
-    let tasks: Vec<NewTask> =
-        renditions.iter().map(|r| NewTask { kind: TaskKind::Transcode, rendition: Some(r.to_string()), requires: None }).collect();
+    let tasks: Vec<NewTask> = renditions.iter().map(|r| NewTask::transcode(r, None)).collect();
     q.add_tasks(&job.id, &tasks, T0).await.unwrap();
     job
 }
@@ -251,9 +251,7 @@ async fn idempotency_keys_return_the_same_job(q: Queue) {
 async fn tasks_go_only_to_workers_with_the_encoder(q: Queue) {
     let new = NewJob { profile: "vp9".into(), source: "s".into(), ..web_job() };
     let (job, _) = q.create_job(&new, T0).await.unwrap();
-    q.add_tasks(&job.id, &[NewTask { kind: TaskKind::Transcode, rendition: Some("360p".into()), requires: Some("libvpx-vp9".into()) }], T0)
-        .await
-        .unwrap();
+    q.add_tasks(&job.id, &[NewTask::transcode("360p", Some("libvpx-vp9".into()))], T0).await.unwrap();
     assert!(q.lease("w", &["libx264".into(), "libvpx".into()], T0).await.unwrap().is_none(), "libvpx is not libvpx-vp9");
     assert!(q.lease("w", &["libx264".into(), "libvpx-vp9".into()], T0).await.unwrap().is_some());
 }
@@ -267,9 +265,8 @@ async fn bundles_split_a_jobs_renditions_over_the_free_workers(q: Queue) {
     let with_thumbnails = |q: Queue| async move {
         let new = web_job();
         let (job, _) = q.create_job(&new, T0).await.unwrap();
-        let mut tasks: Vec<NewTask> =
-            rungs.iter().map(|r| NewTask { kind: TaskKind::Transcode, rendition: Some(r.to_string()), requires: None }).collect();
-        tasks.push(NewTask { kind: TaskKind::Thumbnails, rendition: None, requires: None });
+        let mut tasks: Vec<NewTask> = rungs.iter().map(|r| NewTask::transcode(r, None)).collect();
+        tasks.push(NewTask::thumbnails());
         q.add_tasks(&job.id, &tasks, T0).await.unwrap();
         q
     };
@@ -342,7 +339,7 @@ async fn a_short_clip_is_not_queued_behind_a_long_film(q: Queue) {
         async move {
             let new = NewJob { source: "s".into(), priority, ..web_job() };
             let (job, _) = q.create_job(&new, at).await.unwrap();
-            let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
+            let tasks = [NewTask::transcode("240p", None)];
             let claim = claim(q, &job.id, Chore::Probe, at).await.unwrap();
             assert!(q.plan_job(&job.id, claim, None, &serde_json::json!({"duration": seconds}), &tasks, at).await.unwrap());
             job.id
@@ -421,7 +418,7 @@ async fn a_chore_whose_coordinator_died_is_pushed_again_and_counts_as_an_attempt
     let restarted = q.arm_chores(None, "second", gone).await.unwrap();
     assert_eq!(restarted.len(), 1, "a claim of a process that is gone");
     // The stale claim can no longer plan the job.
-    let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
+    let tasks = [NewTask::transcode("240p", None)];
     assert!(!q.plan_job(&job.id, c, None, &serde_json::json!({}), &tasks, gone + 1).await.unwrap());
     // Two more lost claims, and the job fails instead of staying queued.
     let mut seq = restarted[0].seq;
@@ -439,7 +436,7 @@ async fn a_chore_whose_coordinator_died_is_pushed_again_and_counts_as_an_attempt
 }
 
 async fn cancel_during_a_probe_stops_the_job_and_cancel_plus_retry_plans_it_once(q: Queue) {
-    let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
+    let tasks = [NewTask::transcode("240p", None)];
     let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
     let first = claim(&q, &job.id, Chore::Probe, T0).await.unwrap();
     q.cancel_job(&job.id, T0 + 1).await.unwrap();
@@ -460,10 +457,7 @@ async fn cancel_during_a_probe_stops_the_job_and_cancel_plus_retry_plans_it_once
 
 async fn a_failed_job_stays_failed_and_reports_its_end_once(q: Queue) {
     let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
-    let tasks: Vec<NewTask> = ["240p", "360p", "480p"]
-        .iter()
-        .map(|r| NewTask { kind: TaskKind::Transcode, rendition: Some(r.to_string()), requires: None })
-        .collect();
+    let tasks: Vec<NewTask> = ["240p", "360p", "480p"].iter().map(|r| NewTask::transcode(r, None)).collect();
     q.add_tasks(&job.id, &tasks, T0).await.unwrap();
     let a = q.lease("w1", &[], T0).await.unwrap().unwrap();
     let b = q.lease("w2", &[], T0).await.unwrap().unwrap();
@@ -497,7 +491,7 @@ async fn a_task_leased_before_its_job_ended_is_never_handed_out_after(q: Queue) 
 async fn retrying_a_job_resumes_it(q: Queue) {
     // Everything succeeded, then finalize failed: the retry goes straight to finalize.
     let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
-    q.add_tasks(&job.id, &[NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }], T0).await.unwrap();
+    q.add_tasks(&job.id, &[NewTask::transcode("240p", None)], T0).await.unwrap();
     let l = q.lease("w", &[], T0).await.unwrap().unwrap();
     done(&q, &l, "w", T0).await;
     for i in 0..3 {
@@ -562,9 +556,7 @@ async fn an_unfinished_promotion_is_redone_not_papered_over(q: Queue) {
 async fn a_task_no_live_worker_can_run_waits_then_fails_with_that_reason(q: Queue) {
     let caps = |e: &[&str]| proto::wire::Capabilities { encoders: e.iter().map(|s| s.to_string()).collect(), cores: 2, tags: vec![] };
     let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
-    q.add_tasks(&job.id, &[NewTask { kind: TaskKind::Transcode, rendition: Some("360p".into()), requires: Some("libsvtav1".into()) }], T0)
-        .await
-        .unwrap();
+    q.add_tasks(&job.id, &[NewTask::transcode("360p", Some("libsvtav1".into()))], T0).await.unwrap();
     q.register_worker("x264", "x264", 1, &caps(&["libx264"]), "0", T0).await.unwrap();
     q.register_worker("av1", "av1", 1, &caps(&["libsvtav1"]), "0", T0).await.unwrap();
     assert!(q.check_capable_workers(60_000, T0).await.unwrap().is_empty());
@@ -754,7 +746,7 @@ mod races {
         for round in 0..5 {
             let (job, _) = qs[0].create_job(&url_job(None), T0).await.unwrap();
             let c = claim(&qs[0], &job.id, Chore::Probe, T0).await.unwrap();
-            let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
+            let tasks = [NewTask::transcode("240p", None)];
             assert!(qs[0].plan_job(&job.id, c, None, &serde_json::json!({"duration": 1.0}), &tasks, T0).await.unwrap());
             let l = qs[0].lease("w", &[], T0).await.unwrap().unwrap();
             done(&qs[0], &l, "w", T0 + 1).await;
@@ -816,7 +808,7 @@ async fn tasks_go_only_to_workers_with_every_required_tag(q: Queue) {
     let (job, _) = q.create_job(&new, T0).await.unwrap();
     assert_eq!(job.requires_tags, ["eu", "gpu"]);
     let c = claim(&q, &job.id, Chore::Probe, T0).await.unwrap();
-    let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: None }];
+    let tasks = [NewTask::transcode("240p", None)];
     assert!(q.plan_job(&job.id, c, None, &serde_json::json!({}), &tasks, T0).await.unwrap());
     let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let caps = |t: &[&str]| proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: tags(t) };
@@ -843,7 +835,7 @@ async fn a_task_whose_tags_no_worker_has_fails_after_the_wait_with_that_reason(q
     new.requires_tags = vec!["gpu".into()];
     let (job, _) = q.create_job(&new, T0).await.unwrap();
     let c = claim(&q, &job.id, Chore::Probe, T0).await.unwrap();
-    let tasks = [NewTask { kind: TaskKind::Transcode, rendition: Some("240p".into()), requires: Some("libx264".into()) }];
+    let tasks = [NewTask::transcode("240p", Some("libx264".into()))];
     assert!(q.plan_job(&job.id, c, None, &serde_json::json!({}), &tasks, T0).await.unwrap());
     let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec![] };
     q.register_worker("plain", "plain", 1, &caps, "0", T0).await.unwrap();
@@ -855,4 +847,80 @@ async fn a_task_whose_tags_no_worker_has_fails_after_the_wait_with_that_reason(q
         (j.state.as_str(), j.error.as_deref()),
         ("failed", Some("no live worker has both the encoder libx264 and the tags gpu (waited 60 s for one)"))
     );
+}
+
+/// A chunked job: the lowest rung's chunks go first and alone, over every free
+/// worker; a join waits for its rendition's chunks and the audio; the other rungs'
+/// chunks go one chunk at a time, the same chunk of several rungs in one lease.
+async fn a_chunked_job_joins_each_rung_once_its_chunks_and_audio_are_done(q: Queue) {
+    let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![] };
+    for w in ["w1", "w2"] {
+        q.register_worker(w, w, 1, &caps, "0", T0).await.unwrap();
+    }
+    let (job, _) = q.create_job(&web_job(), T0).await.unwrap();
+    let span = |i: u32| ChunkSpan { index: i, first_frame: u64::from(i) * 100, frames: (i < 2).then_some(100) };
+    let mut tasks = vec![NewTask::audio("240p")];
+    tasks.extend((0..3).map(|i| NewTask::chunk("240p", span(i), None)));
+    tasks.extend(["240p", "360p"].map(NewTask::join));
+    tasks.extend((0..3).map(|i| NewTask::chunk("360p", span(i), None)));
+    q.add_tasks(&job.id, &tasks, T0).await.unwrap();
+    let names = |ls: &[Lease]| ls.iter().map(|l| l.name.clone()).collect::<Vec<_>>();
+    let up_to_4 = Bundling { max_renditions: 4, thumbnails: true };
+
+    let audio = q.lease_bundle_for("w1", &[], T0, up_to_4).await.unwrap();
+    assert_eq!(names(&audio), ["audio"]);
+    // The lowest rung's chunks, one per lease, with their frames.
+    let c0 = q.lease_bundle_for("w2", &[], T0, up_to_4).await.unwrap();
+    assert_eq!(names(&c0), ["240p.c0000"]);
+    assert_eq!(c0[0].chunk, Some(span(0)));
+    done(&q, &c0[0], "w2", T0 + 1).await;
+    done(&q, &audio[0], "w1", T0 + 1).await;
+    let c1 = q.lease_bundle_for("w1", &[], T0 + 2, up_to_4).await.unwrap();
+    let c2 = q.lease_bundle_for("w2", &[], T0 + 2, up_to_4).await.unwrap();
+    assert_eq!((names(&c1), names(&c2)), (vec!["240p.c0001".to_string()], vec!["240p.c0002".to_string()]));
+    assert_eq!(c2[0].chunk.unwrap().frames, None, "the last chunk runs to the source's end");
+    done(&q, &c1[0], "w1", T0 + 3).await;
+    // No join yet: chunk 2 is still running. The 360p chunks go, each alone while
+    // the job is not playable and another worker is free.
+    let next = q.lease_bundle_for("w1", &[], T0 + 3, up_to_4).await.unwrap();
+    assert_eq!(names(&next), ["360p.c0000"]);
+    done(&q, &next[0], "w1", T0 + 4).await;
+    done(&q, &c2[0], "w2", T0 + 4).await;
+    // 240p's parts are all done: its join comes before any more chunks; 360p's waits.
+    let join = q.lease_bundle_for("w1", &[], T0 + 5, up_to_4).await.unwrap();
+    assert_eq!((names(&join), join[0].kind), (vec!["240p".to_string()], TaskKind::Join));
+    let more = q.lease_bundle_for("w2", &[], T0 + 5, up_to_4).await.unwrap();
+    assert_eq!(names(&more), ["360p.c0001"]);
+    done(&q, &join[0], "w1", T0 + 6).await;
+    assert!(q.job(&job.id).await.unwrap().unwrap().playable);
+    done(&q, &more[0], "w2", T0 + 6).await;
+    let last = q.lease_bundle_for("w1", &[], T0 + 7, up_to_4).await.unwrap();
+    assert_eq!(names(&last), ["360p.c0002"]);
+    assert!(q.lease_bundle_for("w2", &[], T0 + 7, up_to_4).await.unwrap().is_empty(), "360p's join waits for its last chunk");
+    done(&q, &last[0], "w1", T0 + 8).await;
+    let join = q.lease_bundle_for("w2", &[], T0 + 9, up_to_4).await.unwrap();
+    assert_eq!((names(&join), join[0].kind), (vec!["360p".to_string()], TaskKind::Join));
+    done(&q, &join[0], "w2", T0 + 10).await;
+    let j = q.job(&job.id).await.unwrap().unwrap();
+    assert_eq!(j.state, "finalizing");
+    assert_eq!(j.chunks, Some(ChunksView { count: 3, done: 3 }));
+
+    // Once playable, a lone worker's lease takes the same chunk of every remaining rung.
+    q.set_draining("w2", true).await.unwrap();
+    let (job, _) = q.create_job(&web_job(), T0).await.unwrap();
+    let mut tasks = vec![NewTask::chunk("240p", span(0), None), NewTask::join("240p")];
+    for i in 0..2 {
+        tasks.extend(["720p", "360p"].map(|r| NewTask::chunk(r, span(i), None)));
+    }
+    q.add_tasks(&job.id, &tasks, T0).await.unwrap();
+    let first = q.lease_bundle_for("w1", &[], T0 + 20, up_to_4).await.unwrap();
+    done(&q, &first[0], "w1", T0 + 21).await;
+    let join = q.lease_bundle_for("w1", &[], T0 + 21, up_to_4).await.unwrap();
+    done(&q, &join[0], "w1", T0 + 22).await;
+    let bundle = q.lease_bundle_for("w1", &[], T0 + 23, up_to_4).await.unwrap();
+    assert_eq!(names(&bundle), ["720p.c0000", "360p.c0000"]);
+    // A canceled job cancels every chunk.
+    q.cancel_job(&job.id, T0 + 24).await.unwrap();
+    let j = q.job(&job.id).await.unwrap().unwrap();
+    assert!(j.tasks.iter().filter(|t| t.kind == TaskKind::Chunk).all(|t| t.state == "canceled" || t.state == "succeeded"), "{:?}", j.tasks);
 }
