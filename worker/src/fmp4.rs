@@ -208,15 +208,19 @@ pub struct Segment {
     pub bytes: u64,
 }
 
-/// Groups fragments (starting at `times`) into segments of whole fragments, each
-/// at least `target` seconds long except the last, never more than half a second over.
+/// Groups fragments (starting at `times`) into segments of whole fragments: a
+/// segment starts with the first fragment at or after each multiple of `target`.
+/// Fragments start on the first frame at or after their marks, so at 29.97 fps a
+/// segment may last a frame less than `target` (30.030 s to 36.003 s): marks, not
+/// measured lengths, decide, and every rendition cuts at the same instants.
 pub fn group(times: &[f64], end: f64, target: f64) -> Vec<(Range<usize>, f64, f64)> {
+    // A frame starts at most a frame after its mark; 1 ms absorbs float rounding.
+    let slot = |t: f64| ((t + 1e-3) / target).floor() as i64;
     let mut out = Vec::new();
     let mut first = 0;
     for i in 1..=times.len() {
-        let next = if i < times.len() { times[i] } else { end };
-        let long_enough = next - times[first] >= target - 1e-3;
-        if i == times.len() || long_enough {
+        if i == times.len() || slot(times[i]) > slot(times[first]) {
+            let next = if i < times.len() { times[i] } else { end };
             out.push((first..i, times[first], next - times[first]));
             first = i;
         }

@@ -11,6 +11,9 @@ fn segments_are_whole_gops() {
     // 29.97 fps: keyframes land on the first frame at or after each 2 s mark.
     check_group(&[0.0, 2.002, 4.004, 6.006, 8.008], 9.0, &[(0..3, 6.006), (3..5, 2.994)]);
     check_group(&[0.0], 0.5, &[(0..1, 0.5)]);
+    // Past 30 s at 29.97 fps a segment's first frame is 30.030 s but the next
+    // one's 36.003 s (frame 1079): a frame short of 6 s, and still a segment.
+    check_group(&[30.03, 32.032, 34.0007, 36.0027, 38.0047, 40.007], 41.0, &[(0..3, 5.973), (3..6, 4.997)]);
 }
 
 fn bx(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
