@@ -34,7 +34,7 @@ fn coordinator(port: u16, db: &str, store: &Nginx) -> Coordinator {
     let extra =
         ["--database", db, "--storage-url", &store.url, "--storage-authorization", Nginx::AUTHORIZATION, "--lease-ttl-seconds", "4"];
     let (child, url, admin) = Coordinator::spawn(&data, &format!("127.0.0.1:{port}"), &extra, true);
-    Coordinator { child, url, admin, data, args: extra.iter().map(|s| s.to_string()).collect() }
+    Coordinator { child, url, admin, data, args: extra.iter().map(|s| s.to_string()).collect(), env: Vec::new() }
 }
 
 /// An event stream's lines, each with when it arrived.

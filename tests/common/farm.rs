@@ -15,6 +15,8 @@ pub struct Coordinator {
     pub data: Dir,
     /// Flags it was started with, kept across restarts.
     pub args: Vec<String>,
+    /// Environment it and its workers were started with.
+    pub env: Vec<(String, String)>,
 }
 
 impl Coordinator {
@@ -29,9 +31,15 @@ impl Coordinator {
     /// A coordinator that aborts at the named fault points (`coordinator::fault`)
     /// the first time it reaches one; restarts run without faults.
     pub fn start_faulty(extra: &[&str], faults: &str) -> Coordinator {
+        Coordinator::start_env(extra, faults, &[])
+    }
+
+    /// A coordinator (and its workers) with more environment variables.
+    pub fn start_env(extra: &[&str], faults: &str, env: &[(&str, &str)]) -> Coordinator {
         let data = Dir::new();
-        let (child, url, admin) = Coordinator::spawn_with(&data, "127.0.0.1:0", extra, true, faults);
-        Coordinator { child, url, admin, data, args: extra.iter().map(|s| s.to_string()).collect() }
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (child, url, admin) = Coordinator::spawn_with(&data, "127.0.0.1:0", extra, true, faults, &env);
+        Coordinator { child, url, admin, data, args: extra.iter().map(|s| s.to_string()).collect(), env }
     }
 
     /// Waits for the coordinator to exit on its own (a fault point), at most `limit`.
@@ -46,15 +54,23 @@ impl Coordinator {
     /// Starts a coordinator on `data`; `fresh` says the data dir is new, so an admin
     /// token is generated and printed.
     pub fn spawn(data: &Dir, listen: &str, extra: &[&str], fresh: bool) -> (Child, String, String) {
-        Coordinator::spawn_with(data, listen, extra, fresh, "")
+        Coordinator::spawn_with(data, listen, extra, fresh, "", &[])
     }
 
-    fn spawn_with(data: &Dir, listen: &str, extra: &[&str], fresh: bool, faults: &str) -> (Child, String, String) {
+    fn spawn_with(
+        data: &Dir,
+        listen: &str,
+        extra: &[&str],
+        fresh: bool,
+        faults: &str,
+        env: &[(String, String)],
+    ) -> (Child, String, String) {
         let mut child = Command::new(drake_bin())
             .args(["coordinator", "--data", data.tmp.path().to_str().unwrap(), "--listen", listen])
             .args(extra)
             .env_remove("DRAKE_ADMIN_TOKEN")
             .env("DRAKE_FAULT_POINTS", faults)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -83,7 +99,7 @@ impl Coordinator {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let (child, url, admin) = Coordinator::spawn(&self.data, self.url.trim_start_matches("http://"), &args, false);
+        let (child, url, admin) = Coordinator::spawn_with(&self.data, self.url.trim_start_matches("http://"), &args, false, "", &self.env);
         self.child = child;
         assert_eq!((url.as_str(), admin.as_str()), (self.url.as_str(), self.admin.as_str()));
     }
@@ -149,6 +165,7 @@ impl Coordinator {
         let child = Command::new(drake_bin())
             .args(["worker", "--coordinator", coordinator, "--name", name, "--slots", "1", "--scratch", scratch.to_str().unwrap()])
             .env("DRAKE_TOKEN", token)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

@@ -1,0 +1,221 @@
+//! A long source through the farm cut in time chunks, against the same source
+//! encoded whole: the same outputs, frame for frame, with seams that play and seek.
+//! A chunk whose attempt fails is retried alone, and a chunk with the wrong frame
+//! count is rejected before any join sees it.
+
+mod common;
+
+use common::farm::*;
+use common::*;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// The web ladder, cut in 60 s chunks from 60 s up (`chunky`), or never (`whole`).
+fn profiles(dir: &Dir) -> String {
+    let web = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/web.toml")).unwrap();
+    for (name, chunking) in [("chunky", "min_duration_s = 60\nchunk_s = 60"), ("whole", "min_duration_s = 86400")] {
+        let text = web.replace("name = \"web\"", &format!("name = \"{name}\""));
+        std::fs::write(dir.path(&format!("{name}.toml")), format!("{text}\n[chunking]\n{chunking}\n")).unwrap();
+    }
+    dir.s("")
+}
+
+#[test]
+fn a_long_source_cut_in_chunks_comes_out_as_its_whole_encode_does() {
+    let dir = Dir::new();
+    let profiles_dir = profiles(&dir);
+    let c = Coordinator::start_env(&["--lease-ttl-seconds", "6"], "", &[("DRAKE_PROFILES_DIR", &profiles_dir)]);
+    // About 4 minutes, stereo, at 29.97 fps (chunk starts fall between frames),
+    // with source keyframes far apart (each chunk seeks well before its start).
+    let src = dir.s("long.mp4");
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=640x360:r=30000/1001:d=241", "-f", "lavfi", "-i", "sine=f=440:d=241:sample_rate=48000",
+             "-ac", "2", "-c:v", "libx264", "-preset", "ultrafast", "-g", "300", "-c:a", "aac", "-shortest", &src]);
+
+    let (status, chunked) = c.upload(&src, &[("profile", "chunky")]);
+    assert_eq!(status, 201, "{chunked}");
+    let chunked_id = chunked["id"].as_str().unwrap().to_string();
+    let planned = c.wait_for(&chunked_id, |j| !j["tasks"].as_array().unwrap().is_empty());
+    let kinds = |j: &Value, kind: &str| j["tasks"].as_array().unwrap().iter().filter(|t| t["kind"] == kind).count();
+    // 240p and 360p, 4 chunks each; the audio once; a join per rung; the thumbnails.
+    assert_eq!((kinds(&planned, "chunk"), kinds(&planned, "audio"), kinds(&planned, "join")), (8, 1, 2), "{planned}");
+    assert_eq!(planned["chunks"], json!({"count": 4, "done": 0}));
+
+    // A worker of our own, on the wire: one chunk attempt fails, another reports a
+    // wrong frame count; both run again, alone, on the real workers.
+    let fake = FakeWorker::register(&c);
+    let (failed, rejected) = (fake.lease_chunk(), fake.lease_chunk());
+    let fail = json!({"epoch": failed["epoch"], "error": "injected failure", "retryable": true});
+    assert_eq!(fake.post(&failed, "fail", fail).0, 204);
+    let (status, body) = fake.complete_with_frames(&rejected, 7);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("7 frames"), "{body}");
+
+    let (status, whole) = c.upload(&src, &[("profile", "whole")]);
+    assert_eq!(status, 201, "{whole}");
+    let whole_id = whole["id"].as_str().unwrap().to_string();
+    let join = c.join_token(2);
+    let (_w1, _w2) = (c.worker("w1", &join), c.worker("w2", &join));
+    let chunked = c.wait_ended(&chunked_id, Duration::from_secs(900));
+    assert_eq!(chunked["state"], "succeeded", "{chunked}");
+    let whole = c.wait_ended(&whole_id, Duration::from_secs(900));
+    assert_eq!(whole["state"], "succeeded", "{whole}");
+
+    // The chunk that failed and the one rejected ran again; no other chunk did.
+    let tasks = chunked["tasks"].as_array().unwrap();
+    for t in tasks.iter().filter(|t| t["kind"] == "chunk") {
+        let again = t["id"] == failed["task_id"] || t["id"] == rejected["task_id"];
+        assert_eq!(t["attempts"], if again { 2 } else { 1 }, "{t}");
+    }
+    assert_eq!(chunked["chunks"], json!({"count": 4, "done": 4}));
+    let workers: std::collections::BTreeSet<&str> =
+        tasks.iter().filter(|t| t["kind"] == "chunk").map(|t| t["worker"].as_str().unwrap()).collect();
+    assert_eq!(workers.len(), 2, "chunks spread over both workers: {chunked}");
+
+    let (mc, mw) = (manifest(&c, &chunked), manifest(&c, &whole));
+    assert_eq!(mc["chunking"]["chunks"], 4, "{}", mc["chunking"]);
+    assert_eq!(mc["chunking"]["tasks"].as_array().unwrap().len(), 8);
+    assert!(mc["chunking"]["tasks"].as_array().unwrap().iter().all(|t| t["worker"].is_string()));
+    assert_eq!(mw["chunking"], Value::Null);
+    let renditions = |m: &Value| m["renditions"].as_array().unwrap().clone();
+    assert_eq!(renditions(&mc).len(), 2);
+    let frame = 1001.0 / 30000.0;
+    for (rc, rw) in renditions(&mc).iter().zip(&renditions(&mw)) {
+        let name = rc["name"].as_str().unwrap();
+        assert_eq!(rw["name"], name);
+        let names = |r: &Value| {
+            let mut n: Vec<String> =
+                r["files"].as_array().unwrap().iter().map(|f| f["url"].as_str().unwrap().rsplit('/').next().unwrap().into()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(rc), names(rw), "{name}: the same files as a whole encode");
+        for key in ["frame_count", "keyframe_times", "segment_count", "codecs", "width", "height"] {
+            assert_eq!(rc[key], rw[key], "{name}: {key}");
+        }
+        let (dc, dw) = (rc["duration"].as_f64().unwrap(), rw["duration"].as_f64().unwrap());
+        assert!((dc - dw).abs() <= frame, "{name}: durations {dc} vs {dw}");
+
+        let (local_c, local_w) = (download(&c, rc, &dir.path(&format!("c-{name}"))), download(&c, rw, &dir.path(&format!("w-{name}"))));
+        let progressive = rc["file_roles"]["progressive"].as_str().unwrap();
+        let audio_samples = |d: &Path| {
+            let a = streams(&d.join(progressive)).into_iter().find(|s| s["codec_type"] == "audio").unwrap();
+            a["duration_ts"].as_u64().unwrap()
+        };
+        let (ac, aw) = (audio_samples(&local_c), audio_samples(&local_w));
+        assert!(ac.abs_diff(aw) <= 1024, "{name}: audio samples {ac} vs {aw}");
+        assert_eq!(streams(&local_c.join(progressive)).iter().find(|s| s["codec_type"] == "audio").unwrap()["channels"], 2);
+        let playlist = std::fs::read_to_string(local_c.join("playlist.m3u8")).unwrap();
+        assert!(!playlist.contains("DISCONTINUITY"), "{playlist}");
+        for seg in playlist.lines().filter(|l| l.ends_with(".m4s")) {
+            let both = [local_c.join("init.mp4"), local_c.join(seg)].iter().map(|p| std::fs::read(p).unwrap()).collect::<Vec<_>>().concat();
+            let part = dir.path("seg.mp4");
+            std::fs::write(&part, both).unwrap();
+            assert!(video_packets(&part).first().is_some_and(|p| p.3), "{name}: {seg} starts on a keyframe");
+        }
+        // A seek to just after each seam decodes cleanly.
+        for seam in [60.0, 120.0, 180.0] {
+            let at = format!("{:.3}", seam + 0.05);
+            let mp4 = local_c.join(progressive);
+            let o = Command::new("ffmpeg")
+                .args(["-v", "error", "-ss", &at, "-i", mp4.to_str().unwrap(), "-frames:v", "30", "-f", "null", "-"])
+                .output()
+                .unwrap();
+            assert!(o.status.success() && o.stderr.is_empty(), "{name} at {at}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+
+    // ffprobe plays it through the master playlist, over HTTP.
+    let master = chunked["outputs"]["master_playlist"].as_str().unwrap();
+    let auth = format!("Authorization: Bearer {}\r\n", c.admin);
+    let o = Command::new("ffprobe")
+        .args(["-v", "error", "-headers", &auth, "-show_entries", "format=duration", "-of", "json", &format!("{}{master}", c.url)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let duration: f64 = serde_json::from_slice::<Value>(&o.stdout).unwrap()["format"]["duration"].as_str().unwrap().parse().unwrap();
+    assert!((duration - 241.0).abs() < 0.1, "{duration}");
+    // The parts are gone once the job succeeded: only what an unchunked job has is left.
+    let job_dir = c.data.path(&format!("storage/jobs/{chunked_id}"));
+    assert!(!job_dir.join(".chunks").exists() && !job_dir.join(".staging").exists(), "{:?}", files_under(&job_dir));
+}
+
+/// A job's manifest.
+fn manifest(c: &Coordinator, job: &Value) -> Value {
+    serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap()
+}
+
+/// Every file of a manifest's rendition, into `to`.
+fn download(c: &Coordinator, rendition: &Value, to: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for f in rendition["files"].as_array().unwrap() {
+        let url = f["url"].as_str().unwrap();
+        std::fs::write(to.join(url.rsplit('/').next().unwrap()), c.fetch(url)).unwrap();
+    }
+    to.to_path_buf()
+}
+
+/// A worker that speaks the protocol from the test, to fail or fake its chunks.
+struct FakeWorker<'a> {
+    c: &'a Coordinator,
+    token: String,
+}
+
+impl<'a> FakeWorker<'a> {
+    fn register(c: &'a Coordinator) -> FakeWorker<'a> {
+        let join = c.join_token(1);
+        let req = json!({"version": proto::WIRE_VERSION, "name": "fake", "drake_version": "0", "slots": 1,
+                         "capabilities": {"encoders": ["libx264", "aac"], "cores": 1}});
+        let (status, reg) = c.call("POST", "/api/v1/workers/register", Some(&join), Some(req));
+        assert_eq!(status, 201, "{reg}");
+        FakeWorker { c, token: reg["token"].as_str().unwrap().to_string() }
+    }
+
+    /// Leases until it holds a chunk; whatever else it is given goes back at once.
+    fn lease_chunk(&self) -> Value {
+        for _ in 0..10 {
+            let req = json!({"version": proto::WIRE_VERSION, "free_slots": 1, "wait_seconds": 5, "max_tasks": 1});
+            let (status, lease) = self.c.call("POST", "/api/v1/workers/lease", Some(&self.token), Some(req));
+            assert_eq!(status, 200, "{lease}");
+            if lease["kind"] == "chunk" {
+                assert!(lease["companions"].is_null(), "one task per lease: {lease}");
+                return lease;
+            }
+            let fail = json!({"epoch": lease["epoch"], "error": "not this one", "retryable": true});
+            assert_eq!(self.post(&lease, "fail", fail).0, 204);
+        }
+        panic!("no chunk was leased");
+    }
+
+    fn post(&self, lease: &Value, what: &str, body: Value) -> (u16, Value) {
+        self.c.call("POST", &format!("/api/v1/tasks/{}/{what}", lease["task_id"].as_str().unwrap()), Some(&self.token), Some(body))
+    }
+
+    /// Publishes a chunk.json that claims `frames` frames and completes with it.
+    fn complete_with_frames(&self, lease: &Value, frames: u64) -> (u16, Value) {
+        let chunk = &lease["chunk"];
+        let report = json!({"version": 1, "index": chunk["index"], "rendition": lease["rendition"], "frames": frames,
+                            "first_pts": chunk["first_frame"], "first_key": true, "keyframes": [chunk["first_frame"]],
+                            "dts_increasing": true, "extradata_sha256": "00", "bytes": 100});
+        let body = report.to_string();
+        let dir = lease["output_dir"].as_str().unwrap();
+        let job = lease["job_id"].as_str().unwrap();
+        for (method, path) in
+            [("MKCOL", format!("jobs/{job}/.staging/")), ("MKCOL", format!("{dir}/")), ("PUT", format!("{dir}/chunk.json"))]
+        {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, "-H", &format!("Authorization: Bearer {}", self.token)])
+                .args(if method == "PUT" { vec!["--data-binary", body.as_str()] } else { vec![] })
+                .arg(format!("{}/dav/{path}", self.c.url))
+                .output()
+                .unwrap();
+            let code = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(code.starts_with('2') || code == "405", "{method} {path}: {code}");
+        }
+        use sha2::Digest;
+        let file = json!({"path": "chunk.json", "size": body.len(), "sha256": hex::encode(sha2::Sha256::digest(body.as_bytes()))});
+        self.post(lease, "complete", json!({"epoch": lease["epoch"], "report": report, "files": [file]}))
+    }
+}
