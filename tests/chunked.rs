@@ -219,3 +219,46 @@ impl<'a> FakeWorker<'a> {
         self.post(lease, "complete", json!({"epoch": lease["epoch"], "report": report, "files": [file]}))
     }
 }
+
+/// On external storage (nginx): each chunk reads only its part of the source, with
+/// range requests, and the chunks and audio live out of the published tree until
+/// the job succeeded.
+#[test]
+fn chunks_read_only_their_part_of_the_source_from_external_storage() {
+    let dir = Dir::new();
+    let profiles_dir = profiles(&dir);
+    let nginx = Nginx::start();
+    let storage = ["--storage-url", &nginx.url, "--storage-authorization", Nginx::AUTHORIZATION];
+    let c = Coordinator::start_env(&storage, "", &[("DRAKE_PROFILES_DIR", &profiles_dir)]);
+    let src = dir.s("long.mp4");
+    #[rustfmt::skip]
+    // Lossless, so that the source is large next to libav's read-ahead on each open.
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=426x240:r=25:d=200", "-f", "lavfi", "-i", "sine=d=200",
+             "-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", "-g", "250", "-c:a", "aac", &src]);
+    let size = std::fs::metadata(&src).unwrap().len();
+    let (status, job) = c.upload(&src, &[("profile", "chunky")]);
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let join = c.join_token(2);
+    let (_w1, _w2) = (c.worker("w1", &join), c.worker("w2", &join));
+    let job = c.wait_ended(&id, Duration::from_secs(600));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["chunks"], json!({"count": 3, "done": 3}));
+
+    // What was read of the source: whole copies for the probe, the audio and the
+    // thumbnails, and for each of the 3 chunks, ranges.
+    let source = format!("/media/jobs/{id}/source");
+    let log = nginx.access_log();
+    let reads = |status: &str| -> Vec<u64> {
+        let prefix = format!("GET {source} {status} ");
+        log.lines().filter_map(|l| l.strip_prefix(&prefix)).map(|l| l.split(' ').next().unwrap().parse().unwrap()).collect()
+    };
+    let (whole, ranges) = (reads("200"), reads("206"));
+    assert_eq!(whole, [size; 3], "{log}");
+    let read = ranges.iter().sum::<u64>() as f64 / size as f64;
+    eprintln!("3 chunks read {read:.2} times the source's {size} bytes, in {} range requests", ranges.len());
+    assert!(read < 0.75 * 3.0, "3 chunks read {read:.2} times the source:\n{log}");
+    let job_dir = nginx.root.join(format!("jobs/{id}"));
+    assert!(!job_dir.join(".chunks").exists() && !job_dir.join(".staging").exists(), "{:?}", files_under(&job_dir));
+    assert!(job_dir.join("240p/playlist.m3u8").is_file());
+}

@@ -384,7 +384,15 @@ impl Node {
             cmd.arg("--out").arg(&dirs[0]);
         } else {
             let in_storage = !(lease.source.starts_with("http://") || lease.source.starts_with("https://"));
-            let source = if in_storage {
+            let source = if in_storage && lease.kind == TaskKind::Chunk {
+                // A chunk reads only its part of the source: libav seeks over HTTP
+                // with range requests, with the storage credential from the environment.
+                let (base, authorization) = self.storage(lease);
+                if let Some(a) = authorization {
+                    cmd.env(proto::HTTP_AUTHORIZATION_ENV, a);
+                }
+                format!("{base}/{}", lease.source.trim_start_matches('/'))
+            } else if in_storage {
                 match self.fetch_source(tasks, &dirs[0]).await {
                     Ok(local) => local.to_string_lossy().into_owned(),
                     Err(outcome) => return outcome,
