@@ -182,19 +182,26 @@ struct Job {
     id: Option<String>,
     key: String,
     file: String,
+    profile: &'static str,
     expect: Expect,
     /// When to cancel it (from the start of the run), if at all.
     cancel_at: Option<Duration>,
     retry_with_cancel: bool,
 }
 
-/// Media shared by all runs: made once.
+/// Media shared by all runs, made once: a good clip, a corrupt one, a longer one
+/// that the `chunky` profile (in the dir's `profiles/`) cuts in 3 time chunks.
 fn media() -> &'static (Dir, String, String) {
     static MEDIA: std::sync::OnceLock<(Dir, String, String)> = std::sync::OnceLock::new();
     MEDIA.get_or_init(|| {
         let dir = Dir::new();
         test_clip(&dir.s("good.mp4"), "426x240", 2);
+        test_clip(&dir.s("long.mp4"), "426x240", 20);
         std::fs::write(dir.path("bad.mp4"), vec![0x42u8; 20_000]).unwrap();
+        let web = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/web.toml")).unwrap();
+        std::fs::create_dir_all(dir.path("profiles")).unwrap();
+        let chunky = format!("{}\n[chunking]\nmin_duration_s = 0\nchunk_s = 6\n", web.replace("name = \"web\"", "name = \"chunky\""));
+        std::fs::write(dir.path("profiles/chunky.toml"), chunky).unwrap();
         let (good, bad) = (dir.s("good.mp4"), dir.s("bad.mp4"));
         (dir, good, bad)
     })
@@ -209,7 +216,9 @@ fn kill(pid: u32, signal: &str) {
 /// and the faults kill either.
 fn run(seed: u64, database: Option<&str>) -> Vec<String> {
     let mut rng = Rng(seed);
-    let (_, good, bad) = media();
+    let (media_dir, good, bad) = media();
+    let (long, profiles) = (media_dir.s("long.mp4"), media_dir.s("profiles"));
+    let env = [("DRAKE_PROFILES_DIR", profiles.as_str())];
     let nginx = Nginx::start();
     let port: u16 = nginx.url.trim_start_matches("http://127.0.0.1:").split('/').next().unwrap().parse().unwrap();
     let proxy = FaultProxy::start(([127, 0, 0, 1], port).into(), "/media");
@@ -236,9 +245,9 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
         args.extend(["--database", db]);
     }
     // The first coordinator dies at this run's fault point; a second shares its database.
-    let mut cs = vec![Coordinator::start_faulty(&args, fault_point)];
+    let mut cs = vec![Coordinator::start_env(&args, fault_point, &env)];
     if database.is_some() {
-        cs.push(Coordinator::start_with(&args));
+        cs.push(Coordinator::start_env(&args, "", &env));
     }
     let every = cs.iter().map(|c| c.url.clone()).collect::<Vec<_>>().join(",");
     // Requests alternate between the coordinators, one per pass of the loop below.
@@ -264,6 +273,17 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
         id: None,
         key: format!("seed{seed}-url"),
         file: format!("{}/good.mp4", origin.url),
+        profile: "web",
+        expect: Expect::Succeeded,
+        cancel_at: None,
+        retry_with_cancel: false,
+    });
+    // Cut in chunks: its chunks, audio and joins go through the same faults.
+    jobs.push(Job {
+        id: None,
+        key: format!("seed{seed}-chunked"),
+        file: long,
+        profile: "chunky",
         expect: Expect::Succeeded,
         cancel_at: None,
         retry_with_cancel: false,
@@ -275,7 +295,7 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
             4 => (good.clone(), Expect::Canceled, Some(rng.ms(0, 3000)), false),
             _ => (good.clone(), Expect::CanceledOrSucceeded, Some(rng.ms(500, 3000)), true),
         };
-        jobs.push(Job { id: None, key: format!("seed{seed}-job{i}"), file, expect, cancel_at, retry_with_cancel });
+        jobs.push(Job { id: None, key: format!("seed{seed}-job{i}"), file, profile: "web", expect, cancel_at, retry_with_cancel });
     }
     // The faults of this run, at random instants in its first seconds.
     #[derive(Debug)]
@@ -333,7 +353,7 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
                     let body = serde_json::json!({"source_url": j.file, "idempotency_key": j.key, "callback_url": hook_url});
                     c.call("POST", "/api/v1/jobs", Some(&c.admin), Some(body))
                 } else {
-                    c.upload(&j.file, &[("idempotency_key", &j.key), ("callback_url", &hook_url)])
+                    c.upload(&j.file, &[("idempotency_key", &j.key), ("callback_url", &hook_url), ("profile", j.profile)])
                 }
             };
             let (status, made) = submit();
@@ -508,8 +528,10 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
         }
     }
     // Nothing left in staging or half written, on the store or in the spool.
-    let leftovers: Vec<String> =
-        files_under(&nginx.root.join("jobs")).into_iter().filter(|p| p.contains("/.staging") || p.contains(".part")).collect();
+    let leftovers: Vec<String> = files_under(&nginx.root.join("jobs"))
+        .into_iter()
+        .filter(|p| p.contains("/.staging") || p.contains("/.chunks") || p.contains(".part"))
+        .collect();
     if !leftovers.is_empty() {
         problems.push(format!("seed {seed}: staging or partial files left on the store: {leftovers:?}"));
     }
