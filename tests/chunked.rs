@@ -137,9 +137,30 @@ fn a_long_source_cut_in_chunks_comes_out_as_its_whole_encode_does() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let duration: f64 = serde_json::from_slice::<Value>(&o.stdout).unwrap()["format"]["duration"].as_str().unwrap().parse().unwrap();
     assert!((duration - 241.0).abs() < 0.1, "{duration}");
+    // The dashboard's job page says how the job was split, and who did each chunk.
+    let page = dashboard_page(&c, &format!("/jobs/{chunked_id}"));
+    assert!(page.contains("Cut in 4 time chunks") && page.contains(": 4 done."), "{page}");
+    for chunk in ["240p #0", "240p #3", "360p #0", "240p join"] {
+        assert!(page.contains(chunk), "{chunk} in {page}");
+    }
+    assert!(page.contains("<td>w1</td>") && page.contains("<td>w2</td>"), "{page}");
     // The parts are gone once the job succeeded: only what an unchunked job has is left.
     let job_dir = c.data.path(&format!("storage/jobs/{chunked_id}"));
     assert!(!job_dir.join(".chunks").exists() && !job_dir.join(".staging").exists(), "{:?}", files_under(&job_dir));
+}
+
+/// A dashboard page, signed in with the admin token.
+fn dashboard_page(c: &Coordinator, path: &str) -> String {
+    let login = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "--data", &format!("token={}", c.admin), &format!("{}/login", c.url)])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&login.stdout).to_ascii_lowercase();
+    let cookie = head.lines().find_map(|l| l.strip_prefix("set-cookie: ")).expect("a session cookie");
+    let cookie = format!("Cookie: {}", cookie.split(';').next().unwrap());
+    let page = Command::new("curl").args(["-sf", "-H", &cookie, &format!("{}{path}", c.url)]).output().unwrap();
+    assert!(page.status.success(), "GET {path}");
+    String::from_utf8(page.stdout).unwrap()
 }
 
 /// A job's manifest.

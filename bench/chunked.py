@@ -1,0 +1,125 @@
+"""The driver of bench/chunked.sh: a coordinator and W workers (each in CPU and
+cpuacct cgroups of its own, quota 2/W cores), one job per (W, mode), timed from
+the job's own record. Modes: `chunked` (the built-in web profile, which cuts
+sources of 3 minutes and more in 60 s chunks) and `whole` (web with chunking off).
+"""
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+drake, src, work = sys.argv[1], sys.argv[2], sys.argv[3]
+counts = [int(w) for w in sys.argv[4:]] or [1, 2, 4, 8]
+PERIOD_US = 100_000
+CORES = 2
+
+profiles = os.path.join(work, "profiles")
+os.makedirs(profiles, exist_ok=True)
+web = open(os.path.join(os.path.dirname(__file__), "..", "profiles", "web.toml")).read()
+with open(os.path.join(profiles, "whole.toml"), "w") as f:
+    f.write(web.replace('name = "web"', 'name = "whole"') + "\n[chunking]\nmin_duration_s = 86400\n")
+env = dict(os.environ, DRAKE_PROFILES_DIR=profiles)
+
+
+def call(base, token, method, path, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method, headers={"Authorization": f"Bearer {token}"})
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read() or b"null")
+
+
+def cgroup(kind, name):
+    return f"/sys/fs/cgroup/{kind}/{name}"
+
+
+def run(w, mode):
+    procs, groups = [], []
+    try:
+        return timed_job(w, mode, procs, groups)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        for g in groups:
+            for kind in ("cpu", "cpuacct"):
+                for _ in range(100):  # the workers' children die with them, a moment later
+                    try:
+                        os.rmdir(cgroup(kind, g))
+                        break
+                    except OSError:
+                        time.sleep(0.1)
+
+
+def timed_job(w, mode, procs, groups):
+    data = os.path.join(work, f"farm-{w}-{mode}")
+    shutil.rmtree(data, ignore_errors=True)
+    coord = subprocess.Popen([drake, "coordinator", "--data", data, "--listen", "127.0.0.1:0"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    url = coord.stdout.readline().split()[-1]
+    procs.append(coord)
+    threading_drain(coord.stdout)
+    token = open(os.path.join(data, "admin-token")).read().strip()
+    join = call(url, token, "POST", "/api/v1/join-tokens", {"uses": w, "ttl_seconds": 3600})["token"]
+    for i in range(w):
+        name = f"drake-bench-{os.getpid()}-{i}"
+        for kind in ("cpu", "cpuacct"):
+            os.makedirs(cgroup(kind, name), exist_ok=True)
+        groups.append(name)
+        with open(cgroup("cpu", name) + "/cpu.cfs_period_us", "w") as f:
+            f.write(str(PERIOD_US))
+        with open(cgroup("cpu", name) + "/cpu.cfs_quota_us", "w") as f:
+            f.write(str(PERIOD_US * CORES // w))
+        p = subprocess.Popen([drake, "worker", "--coordinator", url, "--name", f"w{i}", "--slots", "1",
+                              "--scratch", os.path.join(data, f"scratch-{i}")],
+                             env=dict(env, DRAKE_TOKEN=join), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for kind in ("cpu", "cpuacct"):
+            with open(cgroup(kind, name) + "/cgroup.procs", "w") as f:
+                f.write(str(p.pid))
+        procs.append(p)
+    while len(call(url, token, "GET", "/api/v1/workers")["workers"]) < w:
+        time.sleep(0.2)
+    used_before = sum(int(open(cgroup("cpuacct", g) + "/cpuacct.usage").read()) for g in groups)
+    out = subprocess.run(["curl", "-sf", "-H", f"Authorization: Bearer {token}", "-F", f"file=@{src}", "-F",
+                          f"profile={'web' if mode == 'chunked' else 'whole'}", url + "/api/v1/jobs"],
+                         check=True, capture_output=True, text=True)
+    job_id = json.loads(out.stdout)["id"]
+    while True:
+        job = call(url, token, "GET", f"/api/v1/jobs/{job_id}")
+        if job["state"] in ("succeeded", "failed", "canceled"):
+            break
+        time.sleep(1)
+    cpu_s = (sum(int(open(cgroup("cpuacct", g) + "/cpuacct.usage").read()) for g in groups) - used_before) / 1e9
+    if job["state"] != "succeeded":
+        sys.exit(f"W={w} {mode}: the job {job['state']}: {job.get('error')}")
+    tasks = job["tasks"]
+    # Timed from the job's record: created (upload stored) to the first rendition
+    # published, and to the job's success (finalize included).
+    playable = min(t["timing"]["finished_at"] for t in tasks if t["kind"] in ("transcode", "join")) - job["created_at"]
+    done = job["updated_at"] - job["created_at"]
+    chunks = job.get("chunks") or {}
+    return {"done": done / 1000, "playable": playable / 1000, "cpu": cpu_s, "ideal": cpu_s / CORES,
+            "chunks": chunks.get("count", 0), "tasks": len(tasks)}
+
+
+def threading_drain(stream):
+    import threading
+    threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
+
+
+print(f"source: {src} ({os.path.getsize(src)} bytes), web ladder, CPU quota {CORES}/W cores per worker")
+print(f"{'W':>2} {'mode':>8} {'chunks':>6} {'done s':>8} {'playable s':>10} {'CPU s':>8} {'ideal s':>8} "
+      f"{'done/ideal':>10} {'playable/done':>13} {'whole/chunked':>13}")
+for w in counts:
+    r = {mode: run(w, mode) for mode in ("chunked", "whole")}
+    for mode in ("chunked", "whole"):
+        x = r[mode]
+        speedup = r["whole"]["done"] / r["chunked"]["done"] if mode == "chunked" else float("nan")
+        print(f"{w:>2} {mode:>8} {x['chunks']:>6} {x['done']:>8.1f} {x['playable']:>10.1f} {x['cpu']:>8.1f} {x['ideal']:>8.1f} "
+              f"{x['done'] / x['ideal']:>10.3f} {x['playable'] / x['done']:>13.3f} {speedup:>13.2f}", flush=True)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): one long 720p source through the `web` ladder, cut in
+# time chunks and encoded whole, on W = 1, 2, 4 and 8 emulated machines: each
+# worker runs in its own cgroup (v1) with a CPU quota of 2/W cores, so the farm
+# has two cores' worth of CPU however many machines it has. Prints, per W and
+# mode: time to done, time to first playable, the ideal (the job's CPU seconds,
+# measured by cpuacct over every worker and its children, / 2 cores) and the
+# ratios the chunking issue asks for. Needs root (cgroups).
+# Usage: bench/chunked.sh [SECONDS=600] [WORKER_COUNTS="1 2 4 8"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+secs="${1:-600}"
+counts="${2:-1 2 4 8}"
+[ "$(id -u)" = 0 ] || { echo "bench/chunked.sh needs root for its cgroups" >&2; exit 1; }
+
+cargo build --release --bin drake >&2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+src="$work/src.mp4"
+# Moving content (a moving test pattern and a noise overlay) so that the encode
+# costs what a real upload's does; source keyframes every 10 s.
+ffmpeg -hide_banner -loglevel error -y -f lavfi -i "testsrc2=s=1280x720:r=30:d=$secs" \
+  -f lavfi -i "sine=f=440:d=$secs:sample_rate=48000" -vf "noise=alls=4:allf=t" -ac 2 \
+  -c:v libx264 -preset veryfast -crf 26 -g 300 -c:a aac -shortest "$src"
+python3 bench/chunked.py "$PWD/target/release/drake" "$src" "$work" $counts
