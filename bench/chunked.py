@@ -1,7 +1,8 @@
 """The driver of bench/chunked.sh: a coordinator and W workers (each in CPU and
 cpuacct cgroups of its own, quota 2/W cores), one job per (W, mode), timed from
-the job's own record. Modes: `chunked` (the built-in web profile, which cuts
-sources of 3 minutes and more in 60 s chunks) and `whole` (web with chunking off).
+the job's own record. Modes (`BENCH_MODES`, default both): `chunked` (the built-in
+web profile, which cuts sources of 3 minutes and more in 60 s chunks) and `whole`
+(web with chunking off).
 """
 
 import json
@@ -116,10 +117,11 @@ def threading_drain(stream):
 print(f"source: {src} ({os.path.getsize(src)} bytes), web ladder, CPU quota {CORES}/W cores per worker")
 print(f"{'W':>2} {'mode':>8} {'chunks':>6} {'done s':>8} {'playable s':>10} {'CPU s':>8} {'ideal s':>8} "
       f"{'done/ideal':>10} {'playable/done':>13} {'whole/chunked':>13}")
+modes = os.environ.get("BENCH_MODES", "chunked whole").split()
 for w in counts:
-    r = {mode: run(w, mode) for mode in ("chunked", "whole")}
-    for mode in ("chunked", "whole"):
+    r = {mode: run(w, mode) for mode in modes}
+    for mode in modes:
         x = r[mode]
-        speedup = r["whole"]["done"] / r["chunked"]["done"] if mode == "chunked" else float("nan")
+        speedup = r["whole"]["done"] / r["chunked"]["done"] if mode == "chunked" and "whole" in r else float("nan")
         print(f"{w:>2} {mode:>8} {x['chunks']:>6} {x['done']:>8.1f} {x['playable']:>10.1f} {x['cpu']:>8.1f} {x['ideal']:>8.1f} "
               f"{x['done'] / x['ideal']:>10.3f} {x['playable'] / x['done']:>13.3f} {speedup:>13.2f}", flush=True)

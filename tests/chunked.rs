@@ -115,6 +115,24 @@ fn a_long_source_cut_in_chunks_comes_out_as_its_whole_encode_does() {
             std::fs::write(&part, both).unwrap();
             assert!(video_packets(&part).first().is_some_and(|p| p.3), "{name}: {seg} starts on a keyframe");
         }
+        // At each seam, x264's rate control restarted: PSNR against the source over
+        // the frames around it is within 0.5 dB of the whole encode's, and no 2 s
+        // window across it holds more than the VBV allows (maxrate for 2 s plus the buffer).
+        let (maxrate, bufsize) = if name == "240p" { (400_000.0, 800_000.0) } else { (800_000.0, 1_600_000.0) };
+        let (mc, mw) = (local_c.join(progressive), local_w.join(progressive));
+        for seam_frame in [1799u64, 3597, 5395] {
+            let around = (seam_frame - 15, seam_frame + 15);
+            let (pc, pw) = (seam_psnr(&mc, &src, around), seam_psnr(&mw, &src, around));
+            let seam = seam_frame as f64 * frame;
+            let (bc, bw) = (window_peak(&mc, seam), window_peak(&mw, seam));
+            eprintln!(
+                "{name} seam at frame {seam_frame}: PSNR {pc:.2} dB chunked, {pw:.2} whole; peak 2 s {:.0} kbit chunked, {:.0} whole",
+                bc / 1e3,
+                bw / 1e3
+            );
+            assert!((pc - pw).abs() <= 0.5, "{name} seam at frame {seam_frame}: PSNR {pc:.2} vs {pw:.2} dB");
+            assert!(bc <= 2.0 * maxrate + bufsize, "{name} seam at frame {seam_frame}: {bc} bits in 2 s");
+        }
         // A seek to just after each seam decodes cleanly.
         for seam in [60.0, 120.0, 180.0] {
             let at = format!("{:.3}", seam + 0.05);

@@ -917,11 +917,6 @@ fn chunks_encoded_apart_and_joined_make_what_a_whole_encode_makes() {
     // Bitrate at the seams: no 2 s window across a seam holds more than the VBV
     // allows (maxrate for 2 s plus the buffer), though x264's rate control restarts.
     let (maxrate, bufsize) = (400_000.0, 800_000.0); // web's 240p
-    let window_peak = |mp4: &Path, seam: f64| {
-        let packets = video_packets(mp4);
-        let bits = |from: f64| packets.iter().filter(|p| p.0 >= from && p.0 < from + 2.0).map(|p| p.2 as f64 * 8.0).sum::<f64>();
-        packets.iter().filter(|p| p.0 >= seam - 2.0 && p.0 <= seam).map(|p| bits(p.0)).fold(0.0, f64::max)
-    };
     for c in &cut.chunks[1..] {
         let seam = c.start_frame as f64 * 1001.0 / 30000.0;
         let (pj, pw) = (window_peak(&jm, seam), window_peak(&wm, seam));
@@ -942,24 +937,6 @@ fn chunks_encoded_apart_and_joined_make_what_a_whole_encode_makes() {
         eprintln!("seam at frame {}: PSNR joined {pj:.2} dB, whole {pw:.2} dB", c.start_frame);
         assert!((pj - pw).abs() <= 0.5, "seam at frame {}: joined {pj:.2} dB, whole {pw:.2} dB", c.start_frame);
     }
-}
-
-/// Average PSNR (dB) of `encoded`'s frames `from..to` against the same frames of
-/// `source` scaled to its size, by ffmpeg's `psnr` filter.
-fn seam_psnr(encoded: &Path, source: &str, (from, to): (u64, u64)) -> f64 {
-    let s = &streams(encoded)[0];
-    let (w, h) = (s["width"].as_u64().unwrap(), s["height"].as_u64().unwrap());
-    let graph = format!(
-        "[0:v]trim=start_frame={from}:end_frame={to},setpts=PTS-STARTPTS[a];\
-         [1:v]trim=start_frame={from}:end_frame={to},setpts=PTS-STARTPTS,scale={w}:{h}:flags=bicubic[b];[a][b]psnr"
-    );
-    let o = std::process::Command::new("ffmpeg")
-        .args(["-hide_banner", "-i", encoded.to_str().unwrap(), "-i", source, "-lavfi", &graph, "-f", "null", "-"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    let avg = err.split("average:").nth(1).and_then(|t| t.split_whitespace().next()).and_then(|v| v.parse().ok());
-    avg.unwrap_or_else(|| panic!("no PSNR in {err}"))
 }
 
 /// A job's audio encoded once, whole, for every rendition's join: it spans the

@@ -155,11 +155,12 @@ fn whole_tasks(plan: &proto::plan::Plan, video: bool, encoder: &str) -> Vec<NewT
     tasks
 }
 
-/// A job cut in time chunks, in lease order: the audio (whole, once) and the
-/// thumbnails, which start at once; the lowest rung's chunks, so it is joined and
-/// playable first; every rendition's join (each waits for its chunks and the audio);
-/// then the other rungs' chunks, chunk by chunk, highest rung first, so that one
-/// lease can take the same chunk of several rungs from one decode.
+/// A job cut in time chunks, in lease order: the audio (whole, once), which every
+/// join needs; the lowest rung's chunks, so it is joined and playable first; every
+/// rendition's join (each waits for its chunks and the audio); the thumbnails; then
+/// the other rungs' chunks, highest rung first, the longest tasks first so that the
+/// end of the job is short ones spread over the farm. A lease may take the same
+/// chunk of several rungs from one decode (see `Queue::lease_bundle`).
 fn chunked_tasks(plan: &proto::plan::Plan, cut: &proto::plan::ChunkPlan, audio: bool, encoder: &str) -> Vec<NewTask> {
     let span = |i: usize| {
         let c = &cut.chunks[i];
@@ -170,11 +171,11 @@ fn chunked_tasks(plan: &proto::plan::Plan, cut: &proto::plan::ChunkPlan, audio: 
     if audio {
         tasks.push(NewTask::audio(rungs[0]));
     }
-    tasks.push(NewTask::thumbnails());
     tasks.extend((0..cut.chunks.len()).map(|i| NewTask::chunk(rungs[0], span(i), Some(encoder.to_string()))));
     tasks.extend(rungs.iter().map(|r| NewTask::join(r)));
-    for i in 0..cut.chunks.len() {
-        tasks.extend(rungs[1..].iter().rev().map(|r| NewTask::chunk(r, span(i), Some(encoder.to_string()))));
+    tasks.push(NewTask::thumbnails());
+    for r in rungs[1..].iter().rev() {
+        tasks.extend((0..cut.chunks.len()).map(|i| NewTask::chunk(r, span(i), Some(encoder.to_string()))));
     }
     tasks
 }

@@ -587,9 +587,11 @@ impl Queue {
         let (kind, chunk) = (first.kind, first.chunk.map(|c| i64::from(c.index)));
         let mut leased = vec![first];
         if matches!(kind, TaskKind::Transcode | TaskKind::Chunk) && max_tasks > 1 {
-            // More renditions of this job (for a chunk: of this chunk) from one decode.
-            let remaining: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM tasks t WHERE t.job_id = $1 AND t.kind = $4 AND t.state = 'queued' AND ($5 IS NULL OR t.chunk = $5)
+            // More renditions of this job (for a chunk: of this chunk) from one decode:
+            // how many are queued, and how many of the job's tasks of this kind in all.
+            let counts = sqlx::query(
+                "SELECT CAST(COALESCE(SUM(CASE WHEN $5 IS NULL OR t.chunk = $5 THEN 1 ELSE 0 END), 0) AS BIGINT), COUNT(*)
+                 FROM tasks t WHERE t.job_id = $1 AND t.kind = $4 AND t.state = 'queued'
                    AND t.run_after <= $2 AND t.cancel = 0 AND (t.requires IS NULL OR instr($3, ',' || t.requires || ',') > 0)",
             )
             .bind(&job)
@@ -599,9 +601,11 @@ impl Queue {
             .bind(chunk)
             .fetch_one(&mut *tx)
             .await?;
-            // Free slots of live workers other than this one's just-taken slot.
-            let free: i64 = sqlx::query_scalar(
-                "SELECT CAST(COALESCE(SUM(CASE WHEN w.slots > COALESCE(h.held, 0) THEN w.slots - COALESCE(h.held, 0) ELSE 0 END), 0) AS BIGINT)
+            let (remaining, of_kind): (i64, i64) = (counts.get(0), counts.get(1));
+            // Free slots of live workers other than this one's just-taken slot, and all their slots.
+            let slots = sqlx::query(
+                "SELECT CAST(COALESCE(SUM(CASE WHEN w.slots > COALESCE(h.held, 0) THEN w.slots - COALESCE(h.held, 0) ELSE 0 END), 0) AS BIGINT),
+                        CAST(COALESCE(SUM(w.slots), 0) AS BIGINT)
                  FROM workers w LEFT JOIN (SELECT worker_id, COUNT(*) AS held FROM tasks WHERE state IN ('leased', 'running') GROUP BY worker_id) h
                    ON h.worker_id = w.id
                  WHERE w.removed = 0 AND w.draining = 0 AND w.last_seen >= $1",
@@ -609,6 +613,7 @@ impl Queue {
             .bind(now - self.cfg.lease_ttl_ms)
             .fetch_one(&mut *tx)
             .await?;
+            let (free, live): (i64, i64) = (slots.get(0), slots.get(1));
             // The lowest rung (the job's first task of this kind) goes alone until the
             // job is playable.
             let playable_early: i64 = sqlx::query_scalar(
@@ -619,7 +624,16 @@ impl Queue {
             .bind(&leased[0].task_id)
             .fetch_one(&mut *tx)
             .await?;
-            let share = if playable_early != 0 { 1 } else { (remaining.max(0) as u64 + 1).div_ceil(free.max(0) as u64 + 1) as usize };
+            let share = match kind {
+                _ if playable_early != 0 => 1,
+                // Whole renditions: the job's remaining rungs split evenly over the free slots.
+                TaskKind::Transcode => (remaining.max(0) as u64 + 1).div_ceil(free.max(0) as u64 + 1) as usize,
+                // Chunks: other chunks keep the farm busy, so bundle (one decode for
+                // several rungs) while the job has at least two leases' worth per live
+                // slot left, and no more: coarse bundles at the end leave one machine
+                // finishing while the rest are idle.
+                _ => ((of_kind.max(0) as u64 + 1) / (2 * live.max(1) as u64)).max(1) as usize,
+            };
             while leased.len() < share.min(max_tasks) {
                 match self.lease_one(&mut tx, worker, encoders, now, Some((&job, kind, chunk))).await? {
                     Some(l) => leased.push(l),

@@ -196,3 +196,29 @@ impl RangeServer {
         RangeServer { url, range_requests: counter }
     }
 }
+
+/// Average PSNR (dB) of `encoded`'s frames `from..to` against the same frames of
+/// `source` scaled to its size, by ffmpeg's `psnr` filter.
+pub fn seam_psnr(encoded: &Path, source: &str, (from, to): (u64, u64)) -> f64 {
+    let s = &streams(encoded)[0];
+    let (w, h) = (s["width"].as_u64().unwrap(), s["height"].as_u64().unwrap());
+    let graph = format!(
+        "[0:v]trim=start_frame={from}:end_frame={to},setpts=PTS-STARTPTS[a];\
+         [1:v]trim=start_frame={from}:end_frame={to},setpts=PTS-STARTPTS,scale={w}:{h}:flags=bicubic[b];[a][b]psnr"
+    );
+    let o = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-i", encoded.to_str().unwrap(), "-i", source, "-lavfi", &graph, "-f", "null", "-"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let avg = err.split("average:").nth(1).and_then(|t| t.split_whitespace().next()).and_then(|v| v.parse().ok());
+    avg.unwrap_or_else(|| panic!("no PSNR in {err}"))
+}
+
+/// The most video bits in any 2 s window of `mp4` that starts in the 2 s before
+/// `seam` (seconds), so that every window across the seam is counted.
+pub fn window_peak(mp4: &Path, seam: f64) -> f64 {
+    let packets = video_packets(mp4);
+    let bits = |from: f64| packets.iter().filter(|p| p.0 >= from && p.0 < from + 2.0).map(|p| p.2 as f64 * 8.0).sum::<f64>();
+    packets.iter().filter(|p| p.0 >= seam - 2.0 && p.0 <= seam).map(|p| bits(p.0)).fold(0.0, f64::max)
+}
