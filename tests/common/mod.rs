@@ -222,3 +222,16 @@ pub fn window_peak(mp4: &Path, seam: f64) -> f64 {
     let bits = |from: f64| packets.iter().filter(|p| p.0 >= from && p.0 < from + 2.0).map(|p| p.2 as f64 * 8.0).sum::<f64>();
     packets.iter().filter(|p| p.0 >= seam - 2.0 && p.0 <= seam).map(|p| bits(p.0)).fold(0.0, f64::max)
 }
+
+/// A rendition directory's HLS playlist has no discontinuity, and every segment
+/// starts on a keyframe: its first video packet (read with `init.mp4` before it,
+/// written to `scratch`) is one.
+pub fn check_segments(dir: &Path, scratch: &Path) {
+    let playlist = std::fs::read_to_string(dir.join("playlist.m3u8")).unwrap();
+    assert!(!playlist.contains("DISCONTINUITY"), "{playlist}");
+    for seg in playlist.lines().filter(|l| l.ends_with(".m4s")) {
+        let both = [dir.join("init.mp4"), dir.join(seg)].iter().map(|p| std::fs::read(p).unwrap()).collect::<Vec<_>>().concat();
+        std::fs::write(scratch, both).unwrap();
+        assert!(video_packets(scratch).first().is_some_and(|p| p.3), "{}: {seg} starts on a keyframe", dir.display());
+    }
+}
