@@ -105,13 +105,21 @@ fn pg_config(queue: &str) -> apalis_postgres::Config {
     apalis_postgres::Config::default().queue(queue).batch_size(1)
 }
 
-/// Pushes `task` (a `TaskBuilder`) into `sink`, mapping the error to text.
+/// Pushes `task` (a `TaskBuilder`) into `sink`, mapping the error to text. A task
+/// whose idempotency key is already queued counts as pushed: on PostgreSQL another
+/// coordinator's push of the same owed chore shows up as this unique violation.
 macro_rules! push {
     ($sink:expr, $task:expr) => {{
         let mut sink = $sink.clone();
-        sink.push_task($task.build()).await.map_err(|e| e.to_string())
+        match sink.push_task($task.build()).await.map_err(|e| e.to_string()) {
+            Err(e) if e.contains(IDEMPOTENCY_INDEX) => Ok(()),
+            pushed => pushed.map(|_| ()),
+        }
     }};
 }
+
+/// apalis-postgres's unique index on a task's idempotency key.
+const IDEMPOTENCY_INDEX: &str = "idx_jobs_idempotency_key";
 
 impl Chores {
     /// Opens (creating) apalis's SQLite database and its tables. Durable settings:

@@ -50,15 +50,17 @@ pub fn open_input(input: &str) -> Result<ff::format::context::Input> {
     ff::format::input_with_dictionary(&target, opts).map_err(|e| open_error(input, e))
 }
 
-/// Classifies a failure to open an input. Network trouble is retryable; anything
-/// libav could reach but not understand is bad input.
+/// Classifies a failure to open an input. A file libav could read but not
+/// understand is bad input. Over HTTP only a 4xx answer is: a cut connection shows
+/// up as a short read (end of file, or even invalid data), so anything else there
+/// is network trouble and retryable.
 fn open_error(input: &str, e: ff::Error) -> EngineError {
     use ff::Error as E;
     match e {
         E::HttpNotFound | E::HttpForbidden | E::HttpUnauthorized | E::HttpBadRequest | E::HttpOther4xx => {
             EngineError::bad(format!("cannot fetch {input}: {e}"))
         }
-        E::HttpServerError | E::Exit | E::Other { .. } if is_url(input) => EngineError::internal(format!("cannot fetch {input}"), e),
+        _ if is_url(input) => EngineError::internal(format!("cannot fetch {input}"), e),
         E::InvalidData => EngineError::bad("not a media file libav can read (unrecognised or corrupt container)"),
         other => EngineError::bad(format!("cannot open as media: {other}")),
     }
@@ -174,4 +176,28 @@ pub fn frame_ref(dst: &mut ff::frame::Video, src: &ff::frame::Video) -> std::res
         ffi::av_frame_ref(dst.as_mut_ptr(), src.as_ptr())
     };
     if ret < 0 { Err(ff::Error::from(ret)) } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::EngineError;
+
+    fn is_bad(e: &EngineError) -> bool {
+        matches!(e, EngineError::BadInput(_))
+    }
+
+    #[test]
+    fn a_short_read_over_http_is_retryable_but_not_from_a_file() {
+        let url = "http://store/media/jobs/j/source";
+        for e in [ff::Error::Eof, ff::Error::InvalidData, ff::Error::HttpServerError, ff::Error::Exit] {
+            assert!(!is_bad(&open_error(url, e)), "{e:?} over HTTP");
+        }
+        for e in [ff::Error::HttpNotFound, ff::Error::HttpForbidden] {
+            assert!(is_bad(&open_error(url, e)), "{e:?} over HTTP");
+        }
+        for e in [ff::Error::Eof, ff::Error::InvalidData] {
+            assert!(is_bad(&open_error("/data/source", e)), "{e:?} from a file");
+        }
+    }
 }
