@@ -146,6 +146,57 @@ fn ladder_renditions_share_keyframes_and_segments_start_on_them() {
     assert_eq!(keyframe_sets[0], keyframe_sets[1]);
 }
 
+/// Each rendition's PSNR and SSIM, from the GOPs decoded back in the encoding
+/// process, agree with ffmpeg's `psnr` and `ssim` filters run on the same files:
+/// exactly over the same frames, and within 0.1 dB over all of them.
+#[test]
+fn measured_quality_agrees_with_ffmpegs_own_filters() {
+    let dir = Dir::new();
+    let src = dir.s("src.mp4");
+    // Moving content with grain, so that the encode loses something to measure.
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=1280x720:r=30:d=13", "-vf", "noise=alls=6:allf=t",
+             "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-g", "250", &src]);
+    let db = |mse: f64| 10.0 * (255.0f64 * 255.0 / mse).log10();
+    for name in ["240p", "480p"] {
+        let out = dir.path(name);
+        let r = transcode(&src, "web", name, &out);
+        let q = &r["quality"];
+        let mp4 = out.join(format!("{name}.mp4"));
+        // 7 GOPs of 60 frames: GOP 0 was decoded back (one in eight), SSIM on every fourth frame.
+        assert_eq!((q["psnr_frames"].as_u64(), q["ssim_frames"].as_u64()), (Some(60), Some(15)), "{name}: {q}");
+        let (psnr, frames) = ffmpeg_quality(&mp4, &src, "psnr", None);
+        let mean = |key: &str| frames[..60].iter().map(|f| f[key]).sum::<f64>() / 60.0;
+        let (ours_y, ours) = (q["psnr_y"].as_f64().unwrap(), q["psnr"].as_f64().unwrap());
+        eprintln!(
+            "{name}: PSNR Y {ours_y:.3} dB, all {ours:.3} dB; ffmpeg on the same frames {:.3}, {:.3}; on every frame {:.3}, {:.3}",
+            db(mean("mse_y")),
+            db(mean("mse_avg")),
+            psnr["y"],
+            psnr["average"]
+        );
+        assert!((ours_y - db(mean("mse_y"))).abs() <= 0.01, "{name}: PSNR Y {ours_y} vs ffmpeg {}", db(mean("mse_y")));
+        assert!((ours - db(mean("mse_avg"))).abs() <= 0.01, "{name}: PSNR {ours} vs ffmpeg {}", db(mean("mse_avg")));
+        assert!((ours_y - psnr["y"]).abs() <= 0.1, "{name}: PSNR Y {ours_y} vs ffmpeg over every frame {}", psnr["y"]);
+        assert!((ours - psnr["average"]).abs() <= 0.1, "{name}: PSNR {ours} vs ffmpeg over every frame {}", psnr["average"]);
+        assert!(ours > 25.0 && ours < 60.0, "{name}: {ours} dB");
+
+        let (ssim, frames) = ffmpeg_quality(&mp4, &src, "ssim", None);
+        let sampled = |key: &str| (0..60).step_by(4).map(|n| frames[n][key]).sum::<f64>() / 15.0;
+        let (ours_y, ours) = (q["ssim_y"].as_f64().unwrap(), q["ssim"].as_f64().unwrap());
+        eprintln!("{name}: SSIM {ours:.5}; ffmpeg on the same frames {:.5}, on every frame {:.5}", sampled("All"), ssim["All"]);
+        assert!((ours_y - sampled("Y")).abs() <= 0.001, "{name}: SSIM Y {ours_y} vs ffmpeg {}", sampled("Y"));
+        assert!((ours - sampled("All")).abs() <= 0.001, "{name}: SSIM {ours} vs ffmpeg {}", sampled("All"));
+        assert!((ours - ssim["All"]).abs() <= 0.01, "{name}: sampled SSIM {ours}, every frame {}", ssim["All"]);
+        assert!(q["vmaf"].is_null() && q["vmaf_note"].as_str().unwrap().contains("libvmaf"), "{q}");
+    }
+    // Measuring can be turned off (to measure what it costs).
+    let out = dir.path("unmeasured");
+    drake_ok(&["transcode", &src, "--rendition", "240p", "--out", out.to_str().unwrap(), "--no-quality"]);
+    let r: Value = serde_json::from_slice(&std::fs::read(out.join("rendition.json")).unwrap()).unwrap();
+    assert!(r.get("quality").is_none(), "{r}");
+}
+
 #[test]
 fn one_decode_makes_several_renditions_like_separate_runs() {
     let dir = Dir::new();
@@ -545,6 +596,12 @@ fn vp9_profile_keeps_keyframes_aligned() {
     assert!(r["codecs"].as_str().unwrap().starts_with("vp09.00."));
     let keys: Vec<f64> = video_packets(&dir.path("out/360p.mp4")).iter().filter(|p| p.3).map(|p| p.0).collect();
     assert_eq!(keys, [0.0, 2.0, 4.0]);
+    // libvpx reports every frame's errors itself: PSNR covers every frame.
+    let q = &r["quality"];
+    assert_eq!(q["psnr_frames"], r["frame_count"], "{q}");
+    let (psnr, _) = ffmpeg_quality(&dir.path("out/360p.mp4"), &src, "psnr", None);
+    let ours = q["psnr"].as_f64().unwrap();
+    assert!((ours - psnr["average"]).abs() <= 0.1, "VP9 PSNR {ours} vs ffmpeg {}", psnr["average"]);
 }
 
 #[test]
@@ -888,6 +945,11 @@ fn chunks_encoded_apart_and_joined_make_what_a_whole_encode_makes() {
     for key in ["frame_count", "keyframe_times", "segment_count", "codecs", "width", "height"] {
         assert_eq!(j[key], w[key], "{key}");
     }
+    // Quality adds up over the chunks: every frame's PSNR, and each chunk's samples.
+    let (jq, wq) = (&j["quality"], &w["quality"]);
+    // Each chunk's first GOP was decoded back (60 frames; SSIM on 15 of them).
+    assert_eq!((jq["psnr_frames"].as_u64(), jq["ssim_frames"].as_u64()), (Some(3 * 60), Some(3 * 15)), "{jq}");
+    assert!((jq["psnr"].as_f64().unwrap() - wq["psnr"].as_f64().unwrap()).abs() <= 0.5, "{jq} vs {wq}");
     let (jd, wd) = (j["duration"].as_f64().unwrap(), w["duration"].as_f64().unwrap());
     assert!((jd - wd).abs() <= 1001.0 / 30000.0, "durations {jd} vs {wd}");
     let (jm, wm) = (joined.join("240p.mp4"), dir.path("whole-240p").join("240p.mp4"));

@@ -269,14 +269,20 @@ pub fn job(
         }
         s.push_str("</section>");
 
-        s.push_str("<section class=\"card wide\"><h2>Renditions</h2><table id=\"renditions\"><thead><tr><th>Name</th><th>Size</th><th>Bytes</th><th>Average bitrate</th><th>Peak bitrate</th><th>Keyframes</th><th>Codecs</th></tr></thead><tbody>");
+        s.push_str("<section class=\"card wide\"><h2>Renditions</h2><table id=\"renditions\"><thead><tr><th>Name</th><th>Size</th><th>Bytes</th><th>Average bitrate</th><th>Peak bitrate</th><th>Keyframes</th><th title=\"against the source scaled to this size\">PSNR Y / all</th><th>SSIM</th><th>Codecs</th></tr></thead><tbody>");
         for r in &renditions {
             let rep = &r["report"];
             let total: u64 = r["files"].as_array().map_or(0, |f| f.iter().filter_map(|f| f["size"].as_u64()).sum());
             let kbps = |v: &Value| v.as_u64().map_or("–".into(), |b| format!("{} kbit/s", b / 1000));
+            let q = &rep["quality"];
+            let psnr = match (q["psnr_y"].as_f64(), q["psnr"].as_f64()) {
+                (Some(y), Some(all)) => format!("{y:.2} / {all:.2} dB"),
+                _ => "–".into(),
+            };
+            let ssim = q["ssim"].as_f64().map_or("–".into(), |v| format!("{v:.4}"));
             let _ = write!(
                 s,
-                "<tr><td>{}</td><td>{}×{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td><code>{}</code></td></tr>",
+                "<tr><td>{}</td><td>{}×{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td><code>{}</code></td></tr>",
                 esc(rep["name"].as_str().unwrap_or("?")),
                 rep["width"],
                 rep["height"],
@@ -284,6 +290,8 @@ pub fn job(
                 kbps(&rep["average_bitrate"]),
                 kbps(&rep["peak_bitrate"]),
                 rep["keyframe_times"].as_array().map_or(0, |k| k.len()),
+                psnr,
+                ssim,
                 esc(rep["codecs"].as_str().unwrap_or("")),
             );
         }

@@ -61,6 +61,9 @@ enum Command {
         /// rendition: the --out DIR gets audio.pkts and audio.json.
         #[arg(long, conflicts_with_all = ["thumbnails", "chunk"])]
         audio: bool,
+        /// Do not measure PSNR and SSIM (only to measure what measuring costs).
+        #[arg(long)]
+        no_quality: bool,
     },
     /// Join a chunked rendition without re-encoding: its chunks' packets (each
     /// --chunk DIR from `transcode --chunk`, in chunk order) and the job's audio
@@ -281,7 +284,7 @@ fn run_engine(command: Command) -> i32 {
     let result = match command {
         Command::Probe { input } => worker::probe::probe(&input).map_err(Failure::Engine).and_then(|p| print_json(&p)),
         Command::Plan { input, profile } => plan(&input, &profile),
-        Command::Transcode { input, profile, rendition, out, max_duration, thumbnails, thumbnails_count, chunk, audio } => {
+        Command::Transcode { input, profile, rendition, out, max_duration, thumbnails, thumbnails_count, chunk, audio, no_quality } => {
             let thumbnails = thumbnails.as_deref().map(|dir| (dir, thumbnails_count));
             let chunk = match chunk.as_deref().map(parse_chunk).transpose() {
                 Ok(c) => c,
@@ -292,7 +295,8 @@ fn run_engine(command: Command) -> i32 {
                 (None, true) => Some(Only::Audio),
                 (None, false) => None,
             };
-            transcode(&input, &profile, &rendition, &out, max_duration, thumbnails, only)
+            let options = EngineOptions { max_duration, thumbnails, only, quality: !no_quality };
+            transcode(&input, &profile, &rendition, &out, options)
         }
         Command::Join { probe, profile, rendition, chunks, audio, out, max_duration } => {
             let profile = match Profile::load(&profile) {
@@ -376,15 +380,16 @@ fn parse_chunk(s: &str) -> Result<(u32, worker::transcode::Span), String> {
     Ok((index.parse().map_err(|_| bad())?, worker::transcode::Span { first: first.parse().map_err(|_| bad())?, count }))
 }
 
-fn transcode(
-    input: &str,
-    profile: &str,
-    renditions: &[String],
-    outs: &[PathBuf],
+/// What `drake transcode` was asked besides its renditions.
+struct EngineOptions<'a> {
     max_duration: f64,
-    thumbnails: Option<(&Path, usize)>,
+    thumbnails: Option<(&'a Path, usize)>,
     only: Option<Only>,
-) -> Result<(), Failure> {
+    quality: bool,
+}
+
+fn transcode(input: &str, profile: &str, renditions: &[String], outs: &[PathBuf], options: EngineOptions) -> Result<(), Failure> {
+    let EngineOptions { max_duration, thumbnails, only, quality } = options;
     if renditions.len() != outs.len() {
         return Err(Failure::Engine(worker::error::EngineError::bad(format!(
             "{} --rendition but {} --out: give one --out per rendition",
@@ -399,6 +404,7 @@ fn transcode(
         outputs: renditions.iter().map(String::as_str).zip(outs.iter().map(PathBuf::as_path)).collect(),
         limits: worker::transcode::Limits { max_duration },
         thumbnails,
+        quality,
     };
     let stdout = std::io::stdout();
     let mut progress = |line: proto::report::ProgressLine| {

@@ -25,6 +25,10 @@ pub struct ChunkReport {
     /// sha256 of the codec's extradata (H.264: SPS and PPS), hex.
     pub extradata_sha256: String,
     pub bytes: u64,
+    /// The encoder's errors and the sampled SSIM of this chunk's frames (not in the
+    /// packets: the join adds them up as they were reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<crate::report::QualitySums>,
 }
 
 /// The frame numbers where a job's forced IDRs fall inside `frames`: the first
@@ -97,6 +101,7 @@ mod tests {
             dts_increasing: true,
             extradata_sha256: "ab".into(),
             bytes: 1,
+            quality: None,
         }
     }
 

@@ -26,6 +26,9 @@ pub struct RenditionReport {
     /// Presentation times (seconds) of every keyframe, shared by all rungs of a job.
     pub keyframe_times: Vec<f64>,
     pub segment_count: usize,
+    /// PSNR and SSIM against the source scaled to this rendition's size (video only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualityReport>,
     /// Relative paths by role: `progressive`, `hls_playlist`, `hls_init`,
     /// `iframe_playlist`, `keyframe_index`.
     pub files: BTreeMap<String, String>,
@@ -40,6 +43,85 @@ pub struct VideoReport {
     pub encoder_options: BTreeMap<String, String>,
     /// Nominal frames per GOP (keyframes are forced by time, so a GOP may be one frame longer).
     pub gop_frames: u32,
+}
+
+/// A rendition's measured quality, against the source scaled to the rendition's
+/// size by the same filters the encoder was fed from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QualityReport {
+    /// PSNR of the luma plane in dB, from the total squared error over the frames
+    /// measured (as ffmpeg's `psnr` filter averages); `None` if none were.
+    pub psnr_y: Option<f64>,
+    /// PSNR over all three planes, weighted by their pixel counts.
+    pub psnr: Option<f64>,
+    /// Frames the PSNR covers: every frame where the encoder reports its errors,
+    /// else the frames of the GOPs decoded back (one in eight).
+    pub psnr_frames: u64,
+    /// Mean SSIM of the luma plane over the frames compared (ffmpeg's `ssim`
+    /// filter's algorithm: 8x8 windows on a 4-pixel grid).
+    pub ssim_y: Option<f64>,
+    /// Mean SSIM over all planes, weighted by their pixel counts (ffmpeg's "All").
+    pub ssim: Option<f64>,
+    /// Frames the SSIM covers (every fourth frame of the GOPs decoded back).
+    pub ssim_frames: u64,
+    /// VMAF is only reported where it was measured.
+    pub vmaf: Option<f64>,
+    pub vmaf_note: Option<String>,
+}
+
+/// What quality is made from: sums that add up across the chunks of a rendition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QualitySums {
+    /// Frames whose squared error is summed.
+    pub psnr_frames: u64,
+    /// Summed squared error per plane (Y, U, V).
+    pub sse: [u64; 3],
+    /// Pixels per frame in each plane.
+    pub plane_pixels: [u64; 3],
+    pub ssim_frames: u64,
+    /// Summed per-frame SSIM per plane.
+    pub ssim: [f64; 3],
+}
+
+/// PSNR of 8-bit samples with `sse` over `pixels`, capped at 100 dB (an exact copy).
+fn psnr(sse: u64, pixels: u64) -> f64 {
+    if sse == 0 {
+        return 100.0;
+    }
+    let db = 10.0 * (255.0f64 * 255.0 * pixels as f64 / sse as f64).log10();
+    (db.min(100.0) * 1000.0).round() / 1000.0
+}
+
+impl QualitySums {
+    pub fn add(&mut self, other: &QualitySums) {
+        self.psnr_frames += other.psnr_frames;
+        self.ssim_frames += other.ssim_frames;
+        for c in 0..3 {
+            self.sse[c] += other.sse[c];
+            self.ssim[c] += other.ssim[c];
+            if self.plane_pixels[c] == 0 {
+                self.plane_pixels[c] = other.plane_pixels[c];
+            }
+        }
+    }
+
+    pub fn report(&self, vmaf_note: &str) -> QualityReport {
+        let pixels: u64 = self.plane_pixels.iter().sum();
+        let measured = self.psnr_frames > 0 && pixels > 0;
+        let round = |x: f64| (x * 100_000.0).round() / 100_000.0;
+        let weighted = |v: &[f64; 3]| v.iter().zip(self.plane_pixels).map(|(s, p)| s * p as f64).sum::<f64>() / pixels.max(1) as f64;
+        let sampled = self.ssim_frames > 0 && pixels > 0;
+        QualityReport {
+            psnr_y: measured.then(|| psnr(self.sse[0], self.plane_pixels[0] * self.psnr_frames)),
+            psnr: measured.then(|| psnr(self.sse.iter().sum(), pixels * self.psnr_frames)),
+            psnr_frames: self.psnr_frames,
+            ssim_y: sampled.then(|| round(self.ssim[0] / self.ssim_frames as f64)),
+            ssim: sampled.then(|| round(weighted(&self.ssim) / self.ssim_frames as f64)),
+            ssim_frames: self.ssim_frames,
+            vmaf: None,
+            vmaf_note: Some(vmaf_note.to_string()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

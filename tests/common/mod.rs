@@ -197,22 +197,46 @@ impl RangeServer {
     }
 }
 
-/// Average PSNR (dB) of `encoded`'s frames `from..to` against the same frames of
-/// `source` scaled to its size, by ffmpeg's `psnr` filter.
-pub fn seam_psnr(encoded: &Path, source: &str, (from, to): (u64, u64)) -> f64 {
+/// PSNR (ffmpeg's `psnr` filter, "average") of frames `from..to` of `encoded`
+/// against the same frames of `source` scaled to its size.
+pub fn seam_psnr(encoded: &Path, source: &str, around: (u64, u64)) -> f64 {
+    ffmpeg_quality(encoded, source, "psnr", Some(around)).0["average"]
+}
+
+/// ffmpeg's own `psnr` or `ssim` filter (`filter`) on `encoded` against `source`
+/// scaled to its size (bicubic, as the engine scales), over frames `from..to` of
+/// both or all of them: the summary's values by name (psnr: `y`, `average`...;
+/// ssim: `Y`, `All`...) and the same for every frame, from the filter's stats file.
+pub fn ffmpeg_quality(
+    encoded: &Path,
+    source: &str,
+    filter: &str,
+    frames: Option<(u64, u64)>,
+) -> (std::collections::BTreeMap<String, f64>, Vec<std::collections::BTreeMap<String, f64>>) {
     let s = &streams(encoded)[0];
     let (w, h) = (s["width"].as_u64().unwrap(), s["height"].as_u64().unwrap());
+    let trim = frames.map_or(String::new(), |(from, to)| format!("trim=start_frame={from}:end_frame={to},setpts=PTS-STARTPTS,"));
+    let stats = encoded.with_extension(format!("{filter}.log"));
     let graph = format!(
-        "[0:v]trim=start_frame={from}:end_frame={to},setpts=PTS-STARTPTS[a];\
-         [1:v]trim=start_frame={from}:end_frame={to},setpts=PTS-STARTPTS,scale={w}:{h}:flags=bicubic[b];[a][b]psnr"
+        "[0:v]{trim}null[a];[1:v]{trim}scale={w}:{h}:flags=bicubic,format=yuv420p[b];[a][b]{filter}=stats_file={}",
+        stats.display()
     );
-    let o = std::process::Command::new("ffmpeg")
+    let o = Command::new("ffmpeg")
         .args(["-hide_banner", "-i", encoded.to_str().unwrap(), "-i", source, "-lavfi", &graph, "-f", "null", "-"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    let avg = err.split("average:").nth(1).and_then(|t| t.split_whitespace().next()).and_then(|v| v.parse().ok());
-    avg.unwrap_or_else(|| panic!("no PSNR in {err}"))
+    let values = |line: &str| -> std::collections::BTreeMap<String, f64> {
+        line.split_whitespace()
+            .filter_map(|kv| kv.split_once(':'))
+            .filter_map(|(k, v)| Some((k.to_string(), v.parse::<f64>().ok()?)))
+            .collect()
+    };
+    let tag = format!("{} ", filter.to_uppercase());
+    let summary = err.lines().find_map(|l| l.split_once(&tag).map(|(_, rest)| values(rest)));
+    let summary = summary.unwrap_or_else(|| panic!("no {filter} summary in {err}"));
+    let per_frame = std::fs::read_to_string(&stats).unwrap().lines().map(values).collect();
+    (summary, per_frame)
 }
 
 /// The most video bits in any 2 s window of `mp4` that starts in the 2 s before

@@ -20,7 +20,7 @@ use ffmpeg_next as ff;
 use proto::chunk::ChunkReport;
 use proto::probe::Probe;
 use proto::profile::{Profile, VideoCodec};
-use proto::report::RenditionReport;
+use proto::report::{QualitySums, RenditionReport};
 use std::path::Path;
 
 pub struct JoinRequest<'a> {
@@ -60,8 +60,9 @@ pub fn run(req: &JoinRequest) -> Result<RenditionReport> {
         let path = dir.join(CHUNK_REPORT);
         let text = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
         let report: ChunkReport = serde_json::from_slice(&text).map_err(|e| EngineError::internal("reading a chunk report", e))?;
-        // The report must say what the packets say.
-        if report != transcode::chunk_report(&dir.join(CHUNK_PACKETS), planned.index, &r.name)? {
+        // The report must say what the packets say (quality is not in the packets).
+        let from_packets = transcode::chunk_report(&dir.join(CHUNK_PACKETS), planned.index, &r.name)?;
+        if (ChunkReport { quality: None, ..report.clone() }) != from_packets {
             return Err(EngineError::internal(
                 "checking chunks",
                 format!("chunk {}: its report does not match its packets", planned.index),
@@ -135,6 +136,7 @@ pub fn run(req: &JoinRequest) -> Result<RenditionReport> {
         encoder_name: pv.codec.encoder().to_string(),
         options: transcode::encoder_options(pv, keyint),
         gop_frames: (pv.gop_seconds * f64::from(fps)).round() as u32,
+        quality: chunk_quality(&reports),
     };
     let report = transcode::package(&staging, r, &progressive, Some(&facts), r.audio.as_ref(), &mux, probe.duration)?;
 
@@ -197,6 +199,15 @@ impl<'a> Chunks<'a> {
             }
         }
     }
+}
+
+/// The rendition's quality sums: every chunk's added up, if every chunk measured.
+fn chunk_quality(reports: &[ChunkReport]) -> Option<QualitySums> {
+    let mut sums = QualitySums::default();
+    for r in reports {
+        sums.add(r.quality.as_ref()?);
+    }
+    Some(sums)
 }
 
 fn packet(r: &Record) -> Packet {

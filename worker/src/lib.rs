@@ -12,6 +12,7 @@ pub mod node;
 pub mod packets;
 pub mod probe;
 pub mod publish;
+pub mod quality;
 pub mod thumbnails;
 pub mod transcode;
 pub mod verify;

@@ -16,6 +16,7 @@ use crate::error::{Context as _, EngineError, Result};
 use crate::files::{self, Staging};
 use crate::fmp4;
 use crate::packets;
+use crate::quality::Meter;
 use crate::thumbnails::Collector;
 use crate::verify;
 use ff::util::picture;
@@ -24,7 +25,7 @@ use ffmpeg_next as ff;
 use proto::chunk::ChunkReport;
 use proto::plan::{PlannedAudio, PlannedRendition, PlannedVideo};
 use proto::profile::{Profile, VideoCodec};
-use proto::report::{AudioReport, KeyframeIndex, ProgressLine, RenditionReport, ThumbnailsReport, VideoReport};
+use proto::report::{AudioReport, KeyframeIndex, ProgressLine, QualitySums, RenditionReport, ThumbnailsReport, VideoReport};
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -52,6 +53,9 @@ pub struct Request<'a> {
     /// Also make this many thumbnails, a poster and the storyboard from the same
     /// decoded frames, into this directory.
     pub thumbnails: Option<(&'a Path, usize)>,
+    /// Measure each rendition's PSNR and SSIM ([`crate::quality`]); off only to
+    /// measure what measuring costs.
+    pub quality: bool,
 }
 
 /// What a transcode made. The thumbnails succeed or fail on their own: a picture
@@ -128,7 +132,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
     let start = av::start_seconds(&ictx);
     // Renditions all plan video, or all none (audio-only sources); likewise audio.
     let mut video = match (renditions[0].video.is_some(), probe.main_video()) {
-        (true, Some(v)) => Some(VideoPipe::new(&ictx, v.index, v.rotation, &renditions, start, None, &mut muxes)?),
+        (true, Some(v)) => Some(VideoPipe::new(&ictx, v.index, v.rotation, &renditions, start, None, req.quality, &mut muxes)?),
         _ => None,
     };
     let mut sheet = req.thumbnails.map(|(_, count)| match (&video, probe.main_video()) {
@@ -203,7 +207,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
 
     let mut reports = Vec::with_capacity(renditions.len());
     for (k, r) in renditions.iter().enumerate() {
-        let v = video.as_ref().map(|v| v.outs[k].facts(r));
+        let v = video.as_mut().map(|v| v.outs[k].facts(r)).transpose()?;
         let a = audio.as_ref().map(|a| &a.outs[k].plan);
         reports.push(package(&stagings[k], r, &progressive_name(r), v.as_ref(), a, &muxes[k], decoded)?);
     }
@@ -282,7 +286,7 @@ pub fn run_chunk(req: &Request, index: u32, span: Span, progress: &mut dyn FnMut
         muxes.push(Muxers::packets(&staging.path(CHUNK_PACKETS), &req.profile.video));
         stagings.push(staging);
     }
-    let mut video = VideoPipe::new(&ictx, v.index, v.rotation, &renditions, start, Some(span), &mut muxes)?;
+    let mut video = VideoPipe::new(&ictx, v.index, v.rotation, &renditions, start, Some(span), req.quality, &mut muxes)?;
     let total = span.count.map_or(probe.duration - first_time, |n| n as f64 * f64::from(den) / f64::from(num)).max(0.001);
     let began = Instant::now();
     let mut last_report = Instant::now();
@@ -305,9 +309,10 @@ pub fn run_chunk(req: &Request, index: u32, span: Span, progress: &mut dyn FnMut
     }
     video.feed(None, &mut muxes)?;
     let mut reports = Vec::with_capacity(renditions.len());
-    for ((mux, staging), r) in muxes.iter_mut().zip(&stagings).zip(&renditions) {
+    for (((mux, staging), r), out) in muxes.iter_mut().zip(&stagings).zip(&renditions).zip(&mut video.outs) {
         mux.finish()?;
-        let report = chunk_report(&staging.path(CHUNK_PACKETS), index, &r.name)?;
+        let mut report = chunk_report(&staging.path(CHUNK_PACKETS), index, &r.name)?;
+        report.quality = out.meter.take().map(Meter::finish).transpose()?;
         if let Some(n) = span.count
             && report.frames != n
         {
@@ -401,6 +406,7 @@ pub fn chunk_report(path: &Path, index: u32, rendition: &str) -> Result<ChunkRep
         dts_increasing: true,
         extradata_sha256: hex::encode(sha2::Sha256::digest(&extradata)),
         bytes: 0,
+        quality: None,
     };
     let mut last_dts = None;
     while let Some(p) = reader.next_record().ctx(|| format!("reading {}", path.display()))? {
@@ -439,18 +445,22 @@ pub(crate) struct VideoFacts {
     pub encoder_name: String,
     pub options: BTreeMap<String, String>,
     pub gop_frames: u32,
+    /// What the quality is made from, if it was measured.
+    pub quality: Option<QualitySums>,
 }
 
 impl VideoOut {
-    fn facts(&self, r: &PlannedRendition) -> VideoFacts {
-        VideoFacts {
+    /// The facts of a finished encode (its quality meter is used up here).
+    fn facts(&mut self, r: &PlannedRendition) -> Result<VideoFacts> {
+        Ok(VideoFacts {
             fps: self.fps,
             frames: self.frames,
             codecs: self.codecs_string(r.width, r.height, f64::from(self.fps)),
             encoder_name: self.encoder_name.clone(),
             options: self.options.clone(),
             gop_frames: self.gop_frames,
-        }
+            quality: self.meter.take().map(Meter::finish).transpose()?,
+        })
     }
 }
 
@@ -575,6 +585,7 @@ pub(crate) fn package(
         audio: audio.map(|a| AudioReport { encoder: "aac".into(), bitrate: a.bitrate, channels: a.channels, sample_rate: a.sample_rate }),
         keyframe_times: scan.keyframes.iter().map(|k| k.time).collect(),
         segment_count: segments.len(),
+        quality: video.and_then(|v| v.quality.as_ref()).map(|q| q.report(crate::quality::vmaf_note())),
         files: roles,
         checksums,
     };
@@ -857,8 +868,8 @@ fn stream_header(ctx: &ff::codec::Context, tb: Rational) -> packets::StreamHeade
     }
 }
 
-/// Drains an encoder into the muxers.
-fn drain_encoder(enc: &mut encoder::Encoder, track: Track, mux: &mut Muxers) -> Result<()> {
+/// Drains an encoder into the muxers, showing each packet to the quality meter.
+fn drain_encoder(enc: &mut encoder::Encoder, track: Track, mux: &mut Muxers, mut meter: Option<&mut Meter>) -> Result<()> {
     // Encoder time bases are 1/fps (video) and 1/sample_rate (AAC frames of 1024).
     let frame_duration = match track {
         Track::Video => 1,
@@ -874,6 +885,9 @@ fn drain_encoder(enc: &mut encoder::Encoder, track: Track, mux: &mut Muxers) -> 
         }
         if pkt.duration() == 0 {
             pkt.set_duration(frame_duration);
+        }
+        if let Some(m) = meter.as_deref_mut() {
+            m.packet(&pkt)?;
         }
         mux.write(track, &mut pkt)?;
     }
@@ -907,6 +921,10 @@ trait Pipe {
     /// Rendition `k`'s filter graph, built from the first decoded frame.
     fn graph(&mut self, k: usize) -> &mut Option<filter::Graph>;
     fn encoder(&mut self, k: usize) -> &mut encoder::Encoder;
+    /// Drains rendition `k`'s encoder into its muxers.
+    fn drain(&mut self, k: usize, mux: &mut Muxers) -> Result<()> {
+        drain_encoder(self.encoder(k), Self::TRACK, mux, None)
+    }
     /// Duration of a decoded frame in the input time base.
     fn frame_duration(&self, f: &Self::Frame) -> i64;
     fn build_graph(&mut self, k: usize, f: &Self::Frame) -> Result<filter::Graph>;
@@ -973,7 +991,7 @@ trait Pipe {
                     self.pull(k, mux)?;
                 }
                 self.encoder(k).send_eof().ctx(|| format!("flushing the {label} encoder"))?;
-                drain_encoder(self.encoder(k), Self::TRACK, mux)?;
+                self.drain(k, mux)?;
             }
         }
         Ok(())
@@ -1036,6 +1054,7 @@ struct VideoOut {
     /// The frames to encode (all of them, unless this is a chunk).
     span: Span,
     codec: VideoCodec,
+    meter: Option<Meter>,
 }
 
 impl VideoPipe {
@@ -1046,6 +1065,7 @@ impl VideoPipe {
         renditions: &[PlannedRendition],
         start: f64,
         span: Option<Span>,
+        quality: bool,
         muxes: &mut [Muxers],
     ) -> Result<VideoPipe> {
         let ist = ictx.stream(index).expect("planned stream exists");
@@ -1054,14 +1074,22 @@ impl VideoPipe {
         let mut outs = Vec::with_capacity(renditions.len());
         for (r, mux) in renditions.iter().zip(muxes) {
             let pv = r.video.as_ref().ok_or_else(|| EngineError::bad(format!("rendition {} has no video", r.name)))?;
-            outs.push(VideoOut::new(pv, r, rotation, start, span, mux)?);
+            outs.push(VideoOut::new(pv, r, rotation, start, span, quality, mux)?);
         }
         Ok(VideoPipe { index, codec_id, decoder, flow: Flow::new(ist.time_base(), start), frames: 0, outs, sheet: None })
     }
 }
 
 impl VideoOut {
-    fn new(pv: &PlannedVideo, r: &PlannedRendition, rotation: u32, start: f64, span: Option<Span>, mux: &mut Muxers) -> Result<VideoOut> {
+    fn new(
+        pv: &PlannedVideo,
+        r: &PlannedRendition,
+        rotation: u32,
+        start: f64,
+        span: Option<Span>,
+        quality: bool,
+        mux: &mut Muxers,
+    ) -> Result<VideoOut> {
         let (num, den) = frame_rate(pv);
         let fps = Rational(num, den);
         let enc_tb = fps.invert();
@@ -1095,9 +1123,15 @@ impl VideoOut {
         ectx.set_time_base(enc_tb);
         ectx.set_frame_rate(Some(fps));
         ectx.set_aspect_ratio(Rational(1, 1));
+        let mut flags = codec::Flags::empty();
         if mux.needs_global_header() {
-            ectx.set_flags(codec::Flags::GLOBAL_HEADER);
+            flags |= codec::Flags::GLOBAL_HEADER;
         }
+        if quality {
+            // The encoder reports each frame's squared error per plane.
+            flags |= codec::Flags::PSNR;
+        }
+        ectx.set_flags(flags);
         let options = encoder_options(pv, keyint);
         let mut dict = Dictionary::new();
         for (k, v) in &options {
@@ -1105,6 +1139,7 @@ impl VideoOut {
         }
         let encoder = ectx.open_as_with(codec, dict).ctx(|| format!("opening {codec_name}"))?;
         mux.add(codec, &encoder, enc_tb, Track::Video)?;
+        let meter = if quality { Some(Meter::new(&encoder)?) } else { None };
         Ok(VideoOut {
             graph: None,
             chain,
@@ -1119,6 +1154,7 @@ impl VideoOut {
             frames: 0,
             span,
             codec: pv.codec,
+            meter,
         })
     }
 
@@ -1145,6 +1181,11 @@ impl Pipe for VideoPipe {
 
     fn encoder(&mut self, k: usize) -> &mut encoder::Encoder {
         &mut self.outs[k].encoder
+    }
+
+    fn drain(&mut self, k: usize, mux: &mut Muxers) -> Result<()> {
+        let out = &mut self.outs[k];
+        drain_encoder(&mut out.encoder, Track::Video, mux, out.meter.as_mut())
     }
 
     fn empty_frame() -> frame::Video {
@@ -1207,7 +1248,8 @@ impl Pipe for VideoPipe {
             f.set_pts(Some(pts));
             let t = pts as f64 * f64::from(out.enc_tb);
             // Decoded frames carry the source's picture types; only our marks may force IDRs.
-            if t + 1e-6 >= out.next_keyframe {
+            let keyframe = t + 1e-6 >= out.next_keyframe;
+            if keyframe {
                 f.set_kind(picture::Type::I);
                 while out.next_keyframe <= t + 1e-6 {
                     out.next_keyframe += out.gop_seconds;
@@ -1215,9 +1257,12 @@ impl Pipe for VideoPipe {
             } else {
                 f.set_kind(picture::Type::None);
             }
+            if let Some(m) = out.meter.as_mut() {
+                m.input(keyframe, &f);
+            }
             out.encoder.send_frame(&f).ctx(|| "encoding video".into())?;
             out.frames += 1;
-            drain_encoder(&mut out.encoder, Track::Video, mux)?;
+            drain_encoder(&mut out.encoder, Track::Video, mux, out.meter.as_mut())?;
         }
         if k == 0 {
             self.frames = self.outs[0].frames;
@@ -1385,7 +1430,7 @@ impl Pipe for AudioPipe {
             let pts = f.pts().map(|p| p.rescale(sink_tb, out.enc_tb));
             f.set_pts(pts);
             out.encoder.send_frame(&f).ctx(|| "encoding audio".into())?;
-            drain_encoder(&mut out.encoder, Track::Audio, mux)?;
+            drain_encoder(&mut out.encoder, Track::Audio, mux, None)?;
         }
         Ok(())
     }
