@@ -163,7 +163,7 @@ fn measured_quality_agrees_with_ffmpegs_own_filters() {
         let r = transcode(&src, "web", name, &out);
         let q = &r["quality"];
         let mp4 = out.join(format!("{name}.mp4"));
-        // 7 GOPs of 60 frames: GOP 0 was decoded back (one in eight), SSIM on every fourth frame.
+        // 7 GOPs of 60 frames: GOP 0 was decoded back (one in ten), SSIM on every fourth frame.
         assert_eq!((q["psnr_frames"].as_u64(), q["ssim_frames"].as_u64()), (Some(60), Some(15)), "{name}: {q}");
         let (psnr, frames) = ffmpeg_quality(&mp4, &src, "psnr", None);
         let mean = |key: &str| frames[..60].iter().map(|f| f[key]).sum::<f64>() / 60.0;

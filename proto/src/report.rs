@@ -55,7 +55,7 @@ pub struct QualityReport {
     /// PSNR over all three planes, weighted by their pixel counts.
     pub psnr: Option<f64>,
     /// Frames the PSNR covers: every frame where the encoder reports its errors,
-    /// else the frames of the GOPs decoded back (one in eight).
+    /// else the frames of the GOPs decoded back (one in ten).
     pub psnr_frames: u64,
     /// Mean SSIM of the luma plane over the frames compared (ffmpeg's `ssim`
     /// filter's algorithm: 8x8 windows on a 4-pixel grid).

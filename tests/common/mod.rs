@@ -259,3 +259,89 @@ pub fn check_segments(dir: &Path, scratch: &Path) {
         assert!(video_packets(scratch).first().is_some_and(|p| p.3), "{}: {seg} starts on a keyframe", dir.display());
     }
 }
+
+/// An npm package installed once (per machine) for the tests to judge outputs
+/// with, under `target/npm`: its directory for `require`.
+pub fn npm_package(name: &str, version: &str) -> PathBuf {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let prefix = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/npm");
+    let dir = prefix.join("node_modules").join(name);
+    let installed = std::fs::read_to_string(dir.join("package.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .is_some_and(|p| p["version"] == version);
+    if !installed {
+        std::fs::create_dir_all(&prefix).unwrap();
+        let o = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--no-save", "--prefix", prefix.to_str().unwrap(), &format!("{name}@{version}")])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "npm install {name}@{version}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    dir
+}
+
+/// Parses every playlist with npm `hls-parser` in strict mode, which throws on
+/// what RFC 8216 forbids: (name, text) pairs; panics with the parser's complaint.
+pub fn hls_parser_strict(playlists: &[(String, String)]) {
+    let parser = npm_package("hls-parser", "0.16.1");
+    let script = r#"
+        const HLS = require(process.env.HLS_PARSER);
+        HLS.setOptions({strictMode: true});
+        const playlists = JSON.parse(require('fs').readFileSync(0, 'utf8'));
+        for (const [name, text] of playlists) {
+            try { HLS.parse(text); } catch (e) { console.error(`${name}: ${e.message}`); process.exit(1); }
+        }
+    "#;
+    let mut child = Command::new("node")
+        .args(["-e", script])
+        .env("HLS_PARSER", &parser)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(serde_json::to_string(playlists).unwrap().as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "hls-parser (strict): {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Checks an RFC 6381 `CODECS` list against what ffprobe reports for `mp4`'s
+/// tracks: `avc1.PPCCLL` against the H.264 profile and level, `mp4a.40.2` against
+/// AAC-LC, `vp09.PP.LL.DD` against the VP9 profile.
+pub fn check_codecs(codecs: &str, mp4: &Path) {
+    let streams = streams(mp4);
+    let of = |kind: &str| streams.iter().find(|s| s["codec_type"] == kind);
+    let list: Vec<&str> = codecs.split(',').collect();
+    assert_eq!(list.len(), streams.len(), "{codecs} for {} tracks", streams.len());
+    for c in list {
+        if let Some(hex) = c.strip_prefix("avc1.") {
+            let v = of("video").expect("a video track");
+            let byte = |i: usize| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+            let profile = match v["profile"].as_str().unwrap() {
+                "Constrained Baseline" | "Baseline" => 66,
+                "Main" => 77,
+                "High" => 100,
+                other => panic!("profile {other}"),
+            };
+            assert_eq!(
+                (v["codec_name"].as_str(), byte(0), i64::from(byte(2))),
+                (Some("h264"), profile, v["level"].as_i64().unwrap()),
+                "{c}"
+            );
+        } else if let Some(rest) = c.strip_prefix("vp09.") {
+            let v = of("video").expect("a video track");
+            let profile: u32 = rest.split('.').next().unwrap().parse().unwrap();
+            assert_eq!(
+                (v["codec_name"].as_str(), format!("Profile {profile}")),
+                (Some("vp9"), v["profile"].as_str().unwrap().to_string()),
+                "{c}"
+            );
+        } else {
+            assert_eq!(c, "mp4a.40.2", "an AAC-LC codecs string");
+            let a = of("audio").expect("an audio track");
+            assert_eq!((a["codec_name"].as_str(), a["profile"].as_str()), (Some("aac"), Some("LC")), "{c}");
+        }
+    }
+}
