@@ -116,7 +116,8 @@ impl Meter {
     pub fn finish(mut self) -> Result<QualitySums> {
         self.finish_gop()?;
         // Every frame's errors where the encoder reported them, else the sampled ones.
-        let errors = if self.reported.frames > 0 { &self.reported } else { &self.sampled };
+        // (FFmpeg 5.1's libx264 sends the fields, all zeros: that reports nothing.)
+        let errors = if self.reported.sse.iter().any(|e| *e > 0) { &self.reported } else { &self.sampled };
         Ok(QualitySums {
             psnr_frames: errors.frames,
             sse: errors.sse,
@@ -133,18 +134,11 @@ impl Meter {
         if count < 3 || data.len() < 8 + 8 * 3 {
             return;
         }
-        let mut sse = [0u64; 3];
-        for (c, e) in sse.iter_mut().enumerate() {
-            let at = 8 + 8 * c;
-            *e = u64::from_le_bytes(data[at..at + 8].try_into().expect("8 bytes"));
+        let sse: [u64; 3] = std::array::from_fn(|c| u64::from_le_bytes(data[8 + 8 * c..16 + 8 * c].try_into().expect("8 bytes")));
+        for (total, e) in self.reported.sse.iter_mut().zip(sse) {
+            *total += e;
         }
-        // An encoder that fills the fields with zeros reports nothing.
-        if sse.iter().any(|e| *e > 0) {
-            for (total, e) in self.reported.sse.iter_mut().zip(sse) {
-                *total += e;
-            }
-            self.reported.frames += 1;
-        }
+        self.reported.frames += 1;
     }
 
     /// Ends the GOP being decoded: its last frames, then the decoder is reset.
