@@ -506,8 +506,33 @@ fn only_the_default_audio_track_is_kept_and_subtitles_are_ignored() {
         "0",
         "-disposition:a:1",
         "default",
+        "-metadata:s:a:0",
+        "language=fre",
+        "-metadata:s:a:0",
+        "title=Fran\"çais\n",
+        "-metadata:s:a:1",
+        "language=und",
+        "-metadata:s:s:0",
+        "language=eng",
+        "-disposition:s:0",
+        "forced",
         &src,
     ]);
+    // The probe tells the tracks apart: languages (untagged `und` is none), titles
+    // made safe to quote, subtitle dispositions, text or bitmap.
+    let p: Value = serde_json::from_str(&drake_ok(&["probe", &src])).unwrap();
+    let (a0, a1, sub) = (&p["streams"][1], &p["streams"][2], &p["streams"][3]);
+    assert_eq!(
+        (a0["language"].as_str(), a0["title"].as_str(), a0["default"].as_bool()),
+        (Some("fre"), Some("Français"), Some(false)),
+        "{p}"
+    );
+    assert_eq!((a1["language"].as_str(), a1["default"].as_bool()), (None, Some(true)), "{p}");
+    assert_eq!(
+        (sub["kind"].as_str(), sub["codec"].as_str(), sub["text"].as_bool(), sub["language"].as_str(), sub["forced"].as_bool()),
+        (Some("subtitle"), Some("subrip"), Some(true), Some("eng"), Some(true)),
+        "{p}"
+    );
     transcode(&src, "web", "240p", &dir.path("out"));
     let st = streams(&dir.path("out/240p.mp4"));
     assert_eq!(st.iter().map(|s| s["codec_type"].as_str().unwrap()).collect::<Vec<_>>(), ["video", "audio"]);

@@ -360,12 +360,24 @@ pub fn job(
                 StreamInfo::Audio(a) => (
                     a.index,
                     format!(
-                        "audio: {} {} Hz, {} channels ({}){}",
+                        "audio: {} {} Hz, {} channels ({}){}{}",
                         a.codec,
                         a.sample_rate,
                         a.channels,
                         a.channel_layout,
+                        a.language.as_deref().map_or(String::new(), |l| format!(", {l}")),
                         if a.default { ", default" } else { "" }
+                    ),
+                ),
+                StreamInfo::Subtitle(t) => (
+                    t.index,
+                    format!(
+                        "subtitles: {}{}{}{}{}",
+                        t.codec,
+                        t.language.as_deref().map_or(String::new(), |l| format!(", {l}")),
+                        if t.default { ", default" } else { "" },
+                        if t.forced { ", forced" } else { "" },
+                        if t.text { " (ignored)" } else { " (bitmap: ignored)" }
                     ),
                 ),
                 StreamInfo::Other { index, codec, medium } => (*index, format!("{medium}: {codec} (ignored)")),

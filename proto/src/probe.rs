@@ -22,7 +22,8 @@ pub struct Probe {
 pub enum StreamInfo {
     Video(VideoStream),
     Audio(AudioStream),
-    /// Subtitles, data and attachments: listed so users see them, never transcoded.
+    Subtitle(SubtitleStream),
+    /// Data, attachments and cover art: listed so users see them, never transcoded.
     Other {
         index: usize,
         codec: String,
@@ -61,6 +62,42 @@ pub struct AudioStream {
     pub channel_layout: String,
     pub sample_rate: u32,
     pub default: bool,
+    /// The track's language tag as the container has it (ISO 639, e.g. `eng`);
+    /// `None` when untagged or `und`.
+    #[serde(default)]
+    pub language: Option<String>,
+    /// The track's title, if the container names it.
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubtitleStream {
+    pub index: usize,
+    pub codec: String,
+    /// Text subtitles (SubRip, ASS/SSA, mov_text, WebVTT) can become WebVTT; bitmap
+    /// ones (PGS, DVB, VobSub) cannot.
+    pub text: bool,
+    pub language: Option<String>,
+    pub title: Option<String>,
+    pub default: bool,
+    pub forced: bool,
+    pub hearing_impaired: bool,
+}
+
+/// Subtitle codecs whose cues are text.
+pub const TEXT_SUBTITLE_CODECS: &[&str] = &["subrip", "srt", "ass", "ssa", "mov_text", "webvtt", "text"];
+
+/// Longest language tag and title kept from a source's metadata.
+pub const MAX_LANGUAGE_CHARS: usize = 16;
+pub const MAX_TITLE_CHARS: usize = 128;
+
+/// A metadata text from an upload, made safe to show and to quote: control
+/// characters and quotes dropped, trimmed, at most `max` characters; `None` if empty.
+pub fn clean_tag(text: &str, max: usize) -> Option<String> {
+    let kept: String = text.chars().filter(|c| !c.is_control() && *c != '"').take(max).collect();
+    let kept = kept.trim();
+    (!kept.is_empty()).then(|| kept.to_string())
 }
 
 impl Probe {
@@ -78,6 +115,13 @@ impl Probe {
         })
     }
 
+    pub fn subtitles(&self) -> impl Iterator<Item = &SubtitleStream> {
+        self.streams.iter().filter_map(|s| match s {
+            StreamInfo::Subtitle(t) => Some(t),
+            _ => None,
+        })
+    }
+
     /// The video stream Drake transcodes: the default-flagged one, else the first.
     pub fn main_video(&self) -> Option<&VideoStream> {
         self.videos().find(|v| v.default).or_else(|| self.videos().next())
@@ -86,5 +130,25 @@ impl Probe {
     /// The audio stream Drake transcodes: the default track only, else the first.
     pub fn main_audio(&self) -> Option<&AudioStream> {
         self.audios().find(|a| a.default).or_else(|| self.audios().next())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_from_an_upload_are_cleaned_and_bounded() {
+        assert_eq!(clean_tag(" eng\n", 16).as_deref(), Some("eng"));
+        assert_eq!(clean_tag("Director\"s \r\ncut", 128).as_deref(), Some("Directors cut"));
+        assert_eq!(clean_tag("\u{7}", 16), None);
+        assert_eq!(clean_tag(&"é".repeat(500), 128).map(|t| t.chars().count()), Some(128));
+    }
+
+    #[test]
+    fn probes_stored_before_languages_were_probed_still_read() {
+        let old = r#"{"index":1,"codec":"aac","channels":2,"channel_layout":"stereo","sample_rate":48000,"default":true}"#;
+        let a: AudioStream = serde_json::from_str(old).unwrap();
+        assert_eq!((a.language, a.title), (None, None));
     }
 }

@@ -5,7 +5,7 @@ use crate::error::{EngineError, Result};
 use ff::ffi;
 use ff::format::stream::Disposition;
 use ffmpeg_next as ff;
-use proto::probe::{AudioStream, Probe, StreamInfo, VideoStream};
+use proto::probe::{AudioStream, MAX_LANGUAGE_CHARS, MAX_TITLE_CHARS, Probe, StreamInfo, SubtitleStream, VideoStream, clean_tag};
 
 /// Streams beyond this count make an input suspicious rather than useful.
 pub const MAX_STREAMS: usize = 64;
@@ -65,8 +65,22 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str) -> Result<Probe>
                 channel_layout: av::channel_layout_name(p),
                 sample_rate: p.sample_rate.max(0) as u32,
                 default,
+                language: language(&s),
+                title: title(&s),
             }),
-            ffi::AVMediaType::AVMEDIA_TYPE_SUBTITLE => other(&s, "subtitle"),
+            ffi::AVMediaType::AVMEDIA_TYPE_SUBTITLE => {
+                let codec = av::codec_name(p.codec_id);
+                StreamInfo::Subtitle(SubtitleStream {
+                    index: s.index(),
+                    text: proto::probe::TEXT_SUBTITLE_CODECS.contains(&codec.as_str()),
+                    codec,
+                    language: language(&s),
+                    title: title(&s),
+                    default,
+                    forced: s.disposition().contains(Disposition::FORCED),
+                    hearing_impaired: s.disposition().contains(Disposition::HEARING_IMPAIRED),
+                })
+            }
             ffi::AVMediaType::AVMEDIA_TYPE_ATTACHMENT => other(&s, "attachment"),
             _ => other(&s, "data"),
         };
@@ -81,6 +95,15 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str) -> Result<Probe>
         size_bytes,
         streams,
     })
+}
+
+/// A stream's language tag (`und`, undetermined, is none).
+fn language(s: &ff::format::stream::Stream) -> Option<String> {
+    s.metadata().get("language").and_then(|l| clean_tag(l, MAX_LANGUAGE_CHARS)).filter(|l| !l.eq_ignore_ascii_case("und"))
+}
+
+fn title(s: &ff::format::stream::Stream) -> Option<String> {
+    s.metadata().get("title").and_then(|t| clean_tag(t, MAX_TITLE_CHARS))
 }
 
 fn other(s: &ff::format::stream::Stream, medium: &str) -> StreamInfo {

@@ -28,6 +28,8 @@ fn probe(w: u32, h: u32, fps: f64, audio: bool) -> Probe {
             channel_layout: "stereo".into(),
             sample_rate: 48000,
             default: true,
+            language: None,
+            title: None,
         }));
     }
     Probe { container: "mov".into(), duration: 10.0, bitrate: 0, size_bytes: None, streams }
