@@ -821,6 +821,28 @@ fn bad_inputs_are_rejected_cleanly() {
 }
 
 #[test]
+fn caption_files_become_webvtt_and_malformed_ones_name_the_line() {
+    let dir = Dir::new();
+    let srt = dir.path("fr.srt");
+    std::fs::write(&srt, "1\r\n00:00:01,000 --> 00:00:02,500\r\nBonjour\r\n\r\n2\r\n00:00:03,000 --> 00:00:04,000\r\nEncore\r\n").unwrap();
+    let vtt = drake_ok(&["captions", srt.to_str().unwrap()]);
+    assert_eq!(vtt, "WEBVTT\n\n00:00:01.000 --> 00:00:02.500\nBonjour\n\n00:00:03.000 --> 00:00:04.000\nEncore\n");
+    // ffmpeg reads what it wrote as WebVTT, with the same two cues.
+    let out = dir.path("fr.vtt");
+    std::fs::write(&out, &vtt).unwrap();
+    let o = std::process::Command::new("ffmpeg").args(["-v", "error", "-i", out.to_str().unwrap(), "-f", "srt", "-"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).matches(" --> ").count(), 2);
+
+    let broken = dir.path("broken.srt");
+    std::fs::write(&broken, "1\n00:00:01,000 --> 00:00:02,000\nok\n\n2\n00:00:03,000 --> 00:00:0x,000\nbad\n").unwrap();
+    let o = drake(&["captions", broken.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("broken.srt: line 6: bad timestamp"), "{err}");
+}
+
+#[test]
 fn profile_errors_name_the_file_line_and_key() {
     let dir = Dir::new();
     let src = hd_source(&dir, 1);

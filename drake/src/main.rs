@@ -19,6 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Check a caption file (SubRip `.srt` or WebVTT `.vtt`) and print it as WebVTT;
+    /// a malformed file fails as bad input, naming the line.
+    Captions { file: PathBuf },
     /// Print a source's container and streams as JSON.
     Probe {
         /// A path or an http(s) URL.
@@ -282,6 +285,7 @@ fn run_engine(command: Command) -> i32 {
         fail(Failure::Engine(e));
     }
     let result = match command {
+        Command::Captions { file } => captions(&file),
         Command::Probe { input } => worker::probe::probe(&input).map_err(Failure::Engine).and_then(|p| print_json(&p)),
         Command::Plan { input, profile } => plan(&input, &profile),
         Command::Transcode { input, profile, rendition, out, max_duration, thumbnails, thumbnails_count, chunk, audio, no_quality } => {
@@ -350,6 +354,19 @@ fn fail(f: Failure) -> ! {
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).expect("wire types serialize");
     println!("{text}");
+    Ok(())
+}
+
+fn captions(file: &Path) -> Result<(), Failure> {
+    let bad = |e: String| Failure::Engine(EngineError::bad(format!("{}: {e}", file.display())));
+    let meta = std::fs::metadata(file).map_err(|e| bad(e.to_string()))?;
+    if meta.len() > proto::captions::MAX_CAPTION_BYTES as u64 {
+        return Err(bad(format!("{} bytes; at most {} are accepted", meta.len(), proto::captions::MAX_CAPTION_BYTES)));
+    }
+    let bytes = std::fs::read(file).map_err(|e| bad(e.to_string()))?;
+    let format = proto::captions::Format::detect(&file.to_string_lossy(), &String::from_utf8_lossy(&bytes[..bytes.len().min(16)]));
+    let cues = proto::captions::parse(&bytes, format).map_err(|e| bad(e.to_string()))?;
+    print!("{}", proto::captions::to_webvtt(&cues));
     Ok(())
 }
 

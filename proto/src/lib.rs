@@ -4,6 +4,7 @@
 //! This crate links no media library and does no I/O beyond reading profile files,
 //! so the coordinator can use it without pulling in libav.
 
+pub mod captions;
 pub mod chunk;
 pub mod plan;
 pub mod probe;
