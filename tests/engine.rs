@@ -834,6 +834,17 @@ fn caption_files_become_webvtt_and_malformed_ones_name_the_line() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout).matches(" --> ").count(), 2);
 
+    // A source's text subtitles come out timed like its video, whose outputs start
+    // at 0 even when the container starts later (here at 1.4 s).
+    let src = dir.s("subbed.mkv");
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=5", "-i", srt.to_str().unwrap(), "-map", "0", "-map", "1",
+             "-c:v", "libx264", "-preset", "ultrafast", "-c:s", "ass", "-output_ts_offset", "1.4", &src]);
+    let vtt = drake_ok(&["captions", &src, "--stream", "1"]);
+    assert_eq!(vtt, "WEBVTT\n\n00:00:01.000 --> 00:00:02.500\nBonjour\n\n00:00:03.000 --> 00:00:04.000\nEncore\n", "{vtt}");
+    let o = drake(&["captions", &src, "--stream", "0"]);
+    assert_eq!(o.status.code(), Some(65), "the video stream is not subtitles");
+
     let broken = dir.path("broken.srt");
     std::fs::write(&broken, "1\n00:00:01,000 --> 00:00:02,000\nok\n\n2\n00:00:03,000 --> 00:00:0x,000\nbad\n").unwrap();
     let o = drake(&["captions", broken.to_str().unwrap()]);

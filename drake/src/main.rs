@@ -20,8 +20,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Check a caption file (SubRip `.srt` or WebVTT `.vtt`) and print it as WebVTT;
-    /// a malformed file fails as bad input, naming the line.
-    Captions { file: PathBuf },
+    /// a malformed file fails as bad input, naming the line. With `--stream N`,
+    /// FILE is a media source and its text subtitle stream N is printed instead.
+    Captions {
+        file: PathBuf,
+        #[arg(long)]
+        stream: Option<usize>,
+    },
     /// Print a source's container and streams as JSON.
     Probe {
         /// A path or an http(s) URL.
@@ -285,7 +290,10 @@ fn run_engine(command: Command) -> i32 {
         fail(Failure::Engine(e));
     }
     let result = match command {
-        Command::Captions { file } => captions(&file),
+        Command::Captions { file, stream: None } => captions(&file),
+        Command::Captions { file, stream: Some(n) } => worker::subtitles::extract(&file.to_string_lossy(), n)
+            .map(|cues| print!("{}", proto::captions::to_webvtt(&cues)))
+            .map_err(Failure::Engine),
         Command::Probe { input } => worker::probe::probe(&input).map_err(Failure::Engine).and_then(|p| print_json(&p)),
         Command::Plan { input, profile } => plan(&input, &profile),
         Command::Transcode { input, profile, rendition, out, max_duration, thumbnails, thumbnails_count, chunk, audio, no_quality } => {

@@ -13,6 +13,7 @@ pub mod packets;
 pub mod probe;
 pub mod publish;
 pub mod quality;
+pub mod subtitles;
 pub mod thumbnails;
 pub mod transcode;
 pub mod verify;

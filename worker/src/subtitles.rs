@@ -1,0 +1,118 @@
+//! A source's text subtitle stream (SubRip, ASS/SSA, mov_text, WebVTT) as cues,
+//! timed like the video Drake makes from it: from the container's start, which
+//! every output starts at 0. Bitmap subtitles (PGS, DVB, VobSub) have no text.
+
+use crate::av;
+use crate::error::{EngineError, Result};
+use ff::ffi;
+use ffmpeg_next as ff;
+use proto::captions::{Cue, MAX_CUE_CHARS, MAX_CUES};
+use std::ffi::CStr;
+
+/// Reads subtitle stream `index` of `input` into cues, in presentation order.
+pub fn extract(input: &str, index: usize) -> Result<Vec<Cue>> {
+    let mut ictx = av::open_input(input)?;
+    let start = av::start_seconds(&ictx);
+    let (tb, mut decoder) = {
+        let Some(st) = ictx.stream(index) else {
+            return Err(EngineError::bad(format!("the source has no stream {index}")));
+        };
+        let p = av::params(&st);
+        let codec = av::codec_name(p.codec_id);
+        if p.codec_type != ffi::AVMediaType::AVMEDIA_TYPE_SUBTITLE {
+            return Err(EngineError::bad(format!("stream {index} is not subtitles")));
+        }
+        if !proto::probe::TEXT_SUBTITLE_CODECS.contains(&codec.as_str()) {
+            return Err(EngineError::bad(format!("stream {index} is {codec} subtitles: pictures, not text")));
+        }
+        let ctx = ff::codec::context::Context::from_parameters(st.parameters())
+            .map_err(|e| EngineError::internal("reading decoder parameters", e))?;
+        let decoder = ctx.decoder().subtitle().map_err(|e| EngineError::bad(format!("{codec} subtitles: {e}")))?;
+        (st.time_base(), decoder)
+    };
+    let seconds = |ts: i64| ts as f64 * f64::from(tb) - start;
+    let mut cues = Vec::new();
+    for (stream, packet) in ictx.packets() {
+        if stream.index() != index {
+            continue;
+        }
+        let Some(pts) = packet.pts().or(packet.dts()) else { continue };
+        let mut sub = ff::Subtitle::new();
+        match decoder.decode(&packet, &mut sub) {
+            Ok(true) => {}
+            // A damaged cue is skipped, as a player would.
+            Ok(false) | Err(_) => continue,
+        }
+        let at = seconds(pts) + f64::from(sub.start()) / 1000.0;
+        let end = if sub.end() > sub.start() && sub.end() != u32::MAX {
+            seconds(pts) + f64::from(sub.end()) / 1000.0
+        } else {
+            seconds(pts + packet.duration())
+        };
+        let text: Vec<String> = sub.rects().filter_map(|r| rect_text(&r)).filter(|t| !t.is_empty()).collect();
+        if text.is_empty() || end <= at {
+            continue;
+        }
+        if cues.len() == MAX_CUES {
+            return Err(EngineError::bad(format!("subtitle stream {index} has more than {MAX_CUES} cues")));
+        }
+        let text: String = text.join("\n").chars().take(MAX_CUE_CHARS).collect();
+        cues.push(Cue { start: at.max(0.0), end, settings: String::new(), text });
+    }
+    cues.sort_by(|a, b| a.start.total_cmp(&b.start));
+    Ok(cues)
+}
+
+/// A rectangle's text, as WebVTT cue text: ASS events lose their fields and
+/// override tags, and what WebVTT would read as markup is escaped.
+fn rect_text(r: &ff::codec::subtitle::Rect) -> Option<String> {
+    // SAFETY: the rect belongs to a live AVSubtitle; its text fields are NUL-terminated
+    // C strings owned by it (read lossily: a file's bytes may not be UTF-8).
+    let raw = |p: *const std::os::raw::c_char| (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned());
+    let plain = match r {
+        ff::codec::subtitle::Rect::Ass(a) => ass_text(&raw(unsafe { (*a.as_ptr()).ass })?),
+        ff::codec::subtitle::Rect::Text(t) => raw(unsafe { (*t.as_ptr()).text })?,
+        _ => return None,
+    };
+    Some(plain.trim().replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;"))
+}
+
+/// The text of an ASS event as libav's decoders write it
+/// (`ReadOrder,Layer,Style,Name,MarginL,MarginR,MarginV,Effect,Text`).
+fn ass_text(event: &str) -> String {
+    let text = event.splitn(9, ',').nth(8).unwrap_or(event);
+    let mut out = String::with_capacity(text.len());
+    let mut in_override = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' => in_override = true,
+            '}' if in_override => in_override = false,
+            _ if in_override => {}
+            '\\' => match chars.peek() {
+                Some('N' | 'n') => {
+                    chars.next();
+                    out.push('\n');
+                }
+                Some('h') => {
+                    chars.next();
+                    out.push(' ');
+                }
+                _ => out.push('\\'),
+            },
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ass_events_become_plain_text() {
+        assert_eq!(ass_text("0,0,Default,,0,0,0,,Hello\\N{\\i1}world{\\i0}, again"), "Hello\nworld, again");
+        assert_eq!(ass_text("3,0,Default,,0,0,0,,a\\hb"), "a b");
+    }
+}
