@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+source bench/source.sh
 secs="${1:-600}"
 counts="${2:-1 2 4 8}"
 [ "$(id -u)" = 0 ] || { echo "bench/chunked.sh needs root for its cgroups" >&2; exit 1; }
@@ -18,9 +19,5 @@ cargo build --release --bin drake >&2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 src="$work/src.mp4"
-# Moving content (a moving test pattern and a noise overlay) so that the encode
-# costs what a real upload's does; source keyframes every 10 s.
-ffmpeg -hide_banner -loglevel error -y -f lavfi -i "testsrc2=s=1280x720:r=30:d=$secs" \
-  -f lavfi -i "sine=f=440:d=$secs:sample_rate=48000" -vf "noise=alls=4:allf=t" -ac 2 \
-  -c:v libx264 -preset veryfast -crf 26 -g 300 -c:a aac -shortest "$src"
+bench_source "$secs" "$src"
 python3 bench/chunked.py "$PWD/target/release/drake" "$src" "$work" $counts

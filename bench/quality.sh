@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+source bench/source.sh
 runs="${1:-5}"
 secs="${2:-30}"
 
@@ -15,9 +16,7 @@ drake="$PWD/target/release/drake"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 src="$work/src.mp4"
-ffmpeg -hide_banner -loglevel error -y -f lavfi -i "testsrc2=s=1280x720:r=30:d=$secs" \
-  -f lavfi -i "sine=f=440:d=$secs:sample_rate=48000" -vf "noise=alls=4:allf=t" -ac 2 \
-  -c:v libx264 -preset veryfast -crf 26 -g 300 -c:a aac -shortest "$src"
+bench_source "$secs" "$src"
 
 # CPU seconds (user + system) of one ladder transcode.
 cpu() {

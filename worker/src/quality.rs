@@ -100,9 +100,7 @@ impl Meter {
         if pkt.is_key() {
             self.finish_gop()?;
             // Kept frames of a GOP that was never encoded (a chunk's span ended it) go.
-            while self.kept.front().is_some_and(|f| f.pts() < pkt.pts()) {
-                self.kept.pop_front();
-            }
+            self.drop_kept_before(pkt.pts());
             self.decoding = pkt.pts().filter(|_| self.kept.front().is_some_and(|f| f.pts() == pkt.pts()));
         }
         if self.decoding.is_some() {
@@ -152,14 +150,19 @@ impl Meter {
         Ok(())
     }
 
+    /// Forgets kept frames before `pts`: their packets never came back.
+    fn drop_kept_before(&mut self, pts: Option<i64>) {
+        while self.kept.front().is_some_and(|f| f.pts() < pts) {
+            self.kept.pop_front();
+        }
+    }
+
     /// Compares each frame decoded back with the frame the encoder was given.
     fn receive(&mut self) -> Result<()> {
         let Some(gop_start) = self.decoding else { return Ok(()) };
         let mut decoded = frame::Video::empty();
         while self.decoder.receive_frame(&mut decoded).is_ok() {
-            while self.kept.front().is_some_and(|f| f.pts() < decoded.pts()) {
-                self.kept.pop_front();
-            }
+            self.drop_kept_before(decoded.pts());
             let Some(reference) = self.kept.front().filter(|f| f.pts() == decoded.pts()) else { continue };
             for c in 0..3 {
                 self.sampled.sse[c] += plane_sse(&decoded, reference, c);
