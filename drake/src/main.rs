@@ -65,10 +65,16 @@ enum Command {
         /// source's end). Each --out gets chunk.pkts and chunk.json.
         #[arg(long, value_name = "INDEX:FIRST:FRAMES", conflicts_with = "thumbnails")]
         chunk: Option<String>,
-        /// Encode only the job's audio, whole, as packets for the joins of every
-        /// rendition: the --out DIR gets audio.pkts and audio.json.
+        /// Encode only the job's audio, whole, once for every rendition: each
+        /// audio track the profile keeps as HLS of its own (a0.m3u8, ...), the
+        /// first track's packets for the renditions' MP4s (audio.pkts) and
+        /// audio.json, into the --out DIR.
         #[arg(long, conflicts_with_all = ["thumbnails", "chunk"])]
         audio: bool,
+        /// Mux the job's audio from this packet file (audio.pkts from `--audio`)
+        /// into each rendition's MP4 instead of encoding the source's audio again.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["chunk", "audio"])]
+        audio_packets: Option<PathBuf>,
         /// Do not measure PSNR and SSIM (only to measure what measuring costs).
         #[arg(long)]
         no_quality: bool,
@@ -296,7 +302,19 @@ fn run_engine(command: Command) -> i32 {
             .map_err(Failure::Engine),
         Command::Probe { input } => worker::probe::probe(&input).map_err(Failure::Engine).and_then(|p| print_json(&p)),
         Command::Plan { input, profile } => plan(&input, &profile),
-        Command::Transcode { input, profile, rendition, out, max_duration, thumbnails, thumbnails_count, chunk, audio, no_quality } => {
+        Command::Transcode {
+            input,
+            profile,
+            rendition,
+            out,
+            max_duration,
+            thumbnails,
+            thumbnails_count,
+            chunk,
+            audio,
+            audio_packets,
+            no_quality,
+        } => {
             let thumbnails = thumbnails.as_deref().map(|dir| (dir, thumbnails_count));
             let chunk = match chunk.as_deref().map(parse_chunk).transpose() {
                 Ok(c) => c,
@@ -307,7 +325,7 @@ fn run_engine(command: Command) -> i32 {
                 (None, true) => Some(Only::Audio),
                 (None, false) => None,
             };
-            let options = EngineOptions { max_duration, thumbnails, only, quality: !no_quality };
+            let options = EngineOptions { max_duration, thumbnails, only, quality: !no_quality, audio_packets: audio_packets.as_deref() };
             transcode(&input, &profile, &rendition, &out, options)
         }
         Command::Join { probe, profile, rendition, chunks, audio, out, max_duration } => {
@@ -411,10 +429,11 @@ struct EngineOptions<'a> {
     thumbnails: Option<(&'a Path, usize)>,
     only: Option<Only>,
     quality: bool,
+    audio_packets: Option<&'a Path>,
 }
 
 fn transcode(input: &str, profile: &str, renditions: &[String], outs: &[PathBuf], options: EngineOptions) -> Result<(), Failure> {
-    let EngineOptions { max_duration, thumbnails, only, quality } = options;
+    let EngineOptions { max_duration, thumbnails, only, quality, audio_packets } = options;
     if renditions.len() != outs.len() {
         return Err(Failure::Engine(worker::error::EngineError::bad(format!(
             "{} --rendition but {} --out: give one --out per rendition",
@@ -430,6 +449,7 @@ fn transcode(input: &str, profile: &str, renditions: &[String], outs: &[PathBuf]
         limits: worker::transcode::Limits { max_duration },
         thumbnails,
         quality,
+        audio_packets,
     };
     let stdout = std::io::stdout();
     let mut progress = |line: proto::report::ProgressLine| {

@@ -15,6 +15,29 @@ pub struct Plan {
     pub profile: String,
     pub renditions: Vec<PlannedRendition>,
     pub skipped: Vec<Skipped>,
+    /// A source with video: every audio track it keeps, the default first, each
+    /// an HLS alternate of its own (the rungs' HLS is video-only; their MP4s mux
+    /// the first track's packets). Empty for an audio-only source, whose one
+    /// rendition carries its audio.
+    #[serde(default)]
+    pub audio_tracks: Vec<PlannedTrack>,
+}
+
+/// One audio track of the source, encoded once per job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedTrack {
+    /// `a0`, `a1`, ... in plan order: the prefix of the track's files.
+    pub name: String,
+    /// The source stream it is made from.
+    pub stream: usize,
+    /// The source's language tag (ISO 639), if it has one.
+    pub language: Option<String>,
+    /// What a player lists: the source's title, else its language, else `Track N`
+    /// (N the source stream's index).
+    pub label: String,
+    /// The source's default track (the first of the plan).
+    pub default: bool,
+    pub audio: PlannedAudio,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,7 +207,7 @@ fn plan_within_limits(probe: &Probe, profile: &Profile) -> Result<Plan, PlanErro
         }
         let skipped = profile.rungs.iter().map(|r| Skipped { name: r.name.clone(), reason: "the source has no video".into() }).collect();
         let r = PlannedRendition { name: AUDIO_RENDITION.into(), width: 0, height: 0, video: None, audio };
-        return Ok(Plan { profile: profile.name.clone(), renditions: vec![r], skipped });
+        return Ok(Plan { profile: profile.name.clone(), renditions: vec![r], skipped, audio_tracks: Vec::new() });
     };
     let (dw, dh) = (v.display_width, v.display_height);
     if dw < 2 || dh < 2 || dw > 16384 || dh > 16384 {
@@ -247,7 +270,27 @@ fn plan_within_limits(probe: &Probe, profile: &Profile) -> Result<Plan, PlanErro
             audio: audio.clone(),
         });
     }
-    Ok(Plan { profile: profile.name.clone(), renditions, skipped })
+    let audio_tracks = audio.map(|a| audio_tracks(probe, profile, &a)).unwrap_or_default();
+    Ok(Plan { profile: profile.name.clone(), renditions, skipped, audio_tracks })
+}
+
+/// The tracks a source keeps: its default (or first) audio track, then the others
+/// in stream order, up to the profile's `max_tracks`.
+fn audio_tracks(probe: &Probe, profile: &Profile, planned: &PlannedAudio) -> Vec<PlannedTrack> {
+    let Some(main) = probe.main_audio() else { return Vec::new() };
+    let ordered = std::iter::once(main).chain(probe.audios().filter(|a| a.index != main.index));
+    ordered
+        .take(profile.audio.max_tracks)
+        .enumerate()
+        .map(|(k, a)| PlannedTrack {
+            name: format!("a{k}"),
+            stream: a.index,
+            language: a.language.clone(),
+            label: a.title.clone().or_else(|| a.language.clone()).unwrap_or_else(|| format!("Track {}", a.index)),
+            default: k == 0,
+            audio: planned.clone(),
+        })
+        .collect()
 }
 
 /// How a long source is cut in time: the job's output frame grid, computed once

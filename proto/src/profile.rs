@@ -97,7 +97,14 @@ pub struct AudioSettings {
     pub bitrate: u32,
     pub channels: u32,
     pub sample_rate: u32,
+    /// Most audio tracks of a source kept (the default first, then in source order).
+    pub max_tracks: usize,
 }
+
+/// Most audio tracks any profile keeps.
+pub const MAX_AUDIO_TRACKS: usize = 16;
+/// Audio tracks kept when a profile does not say.
+pub const DEFAULT_AUDIO_TRACKS: usize = 8;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rung {
@@ -164,6 +171,7 @@ struct RawAudio {
     bitrate_kbps: Spanned<u32>,
     channels: Spanned<u32>,
     sample_rate: Spanned<u32>,
+    max_tracks: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -312,6 +320,13 @@ impl Profile {
         if ![32000, 44100, 48000].contains(a.sample_rate.get_ref()) {
             return Err(err(a.sample_rate.span(), "audio.sample_rate", "must be 32000, 44100 or 48000".into()));
         }
+        let max_tracks = match &a.max_tracks {
+            Some(m) if !(1..=MAX_AUDIO_TRACKS).contains(m.get_ref()) => {
+                return Err(err(m.span(), "audio.max_tracks", format!("must be 1..={MAX_AUDIO_TRACKS}")));
+            }
+            Some(m) => *m.get_ref(),
+            None => DEFAULT_AUDIO_TRACKS,
+        };
 
         if raw.rendition.is_empty() || raw.rendition.len() > MAX_RUNGS {
             return Err(err(0..0, "rendition", format!("a profile needs 1..={MAX_RUNGS} [[rendition]] tables")));
@@ -378,6 +393,7 @@ impl Profile {
                 bitrate: a.bitrate_kbps.get_ref() * 1000,
                 channels: *a.channels.get_ref(),
                 sample_rate: *a.sample_rate.get_ref(),
+                max_tracks,
             },
             rungs,
         })

@@ -132,6 +132,45 @@ pub struct AudioReport {
     pub sample_rate: u32,
 }
 
+/// `audio.json`: a job's audio, encoded once for every rung. Each track the plan
+/// keeps is an HLS alternate of its own (`TRACK.m3u8`, `TRACK.init.mp4`,
+/// `TRACK.NNNNN.m4s`); the first track's packets (`audio.pkts`, never published)
+/// are what every rung's MP4 muxes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioTracksReport {
+    pub version: u32,
+    /// Packets in `audio.pkts`, and their span in seconds from the source's start
+    /// (the encoder's priming before 0).
+    pub packets: u64,
+    pub start: f64,
+    pub end: f64,
+    pub sample_rate: u32,
+    pub tracks: Vec<AudioTrackReport>,
+    /// Every file written, with its size and sha256.
+    pub checksums: Vec<FileSum>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioTrackReport {
+    /// `a0`, `a1`, ...: the default track first.
+    pub name: String,
+    /// The source stream it was made from.
+    pub stream: usize,
+    pub language: Option<String>,
+    /// What a player lists (the source's title, else its language, else `Track N`).
+    pub label: String,
+    pub default: bool,
+    pub duration: f64,
+    pub average_bitrate: u64,
+    pub peak_bitrate: u64,
+    /// RFC 6381, `mp4a.40.2`.
+    pub codecs: String,
+    pub audio: AudioReport,
+    pub segment_count: usize,
+    /// Relative paths by role: `hls_playlist`, `hls_init`.
+    pub files: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileSum {
     pub path: String,

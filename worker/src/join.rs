@@ -15,7 +15,7 @@ use crate::error::{Context as _, EngineError, Result};
 use crate::files::Staging;
 use crate::packets::{Reader, Record, StreamHeader};
 use crate::transcode::{self, CHUNK_PACKETS, CHUNK_REPORT, Limits};
-use ff::{Packet, Rational};
+use ff::Rational;
 use ffmpeg_next as ff;
 use proto::chunk::ChunkReport;
 use proto::probe::Probe;
@@ -76,52 +76,28 @@ pub fn run(req: &JoinRequest) -> Result<RenditionReport> {
 
     let staging = Staging::new(req.out)?;
     let progressive = transcode::progressive_name(r);
-    let mut mux = transcode::Muxers::open(&staging.path(&progressive), &staging.path(transcode::FRAGMENTED), &req.profile.video)?;
+    let mut mux = transcode::Muxers::open(Some(&staging.path(&progressive)), &staging.path(transcode::FRAGMENTED), &req.profile.video)?;
     let mut video = Chunks::open(&req.chunks)?;
     mux.add_stream(&video.header, transcode::Track::Video)?;
-    let mut audio = match req.audio {
-        Some(dir) => {
-            let a = Reader::open(&dir.join(transcode::AUDIO_PACKETS)).ctx(|| format!("reading {}", dir.display()))?;
-            mux.add_stream(&a.header, transcode::Track::Audio)?;
-            Some(a)
-        }
-        None => None,
-    };
+    if let Some(dir) = req.audio {
+        // The MP4 gets the job's audio in step with the video (HLS stays video-only).
+        mux.add_audio_packets(Reader::open(&dir.join(transcode::AUDIO_PACKETS)).ctx(|| format!("reading {}", dir.display()))?)?;
+    }
     mux.start()?;
 
-    // Interleave by decode time; video decode timestamps must keep rising across seams.
-    let secs = |h: &StreamHeader, t: i64| t as f64 * f64::from(h.time_base.0) / f64::from(h.time_base.1.max(1));
-    let (vh, ah) = (video.header.clone(), audio.as_ref().map(|a| a.header.clone()));
-    let mut next_video = video.next()?;
-    let mut next_audio = match audio.as_mut() {
-        Some(a) => a.next_record().ctx(|| "reading the audio packets".into())?,
-        None => None,
-    };
-    let (mut frames, mut last_dts, mut audio_end) = (0u64, None::<i64>, 0.0f64);
-    loop {
-        let take_video = match (&next_video, &next_audio, &ah) {
-            (Some(v), Some(a), Some(ah)) => secs(&vh, v.dts) <= secs(ah, a.dts),
-            (Some(_), _, _) => true,
-            (None, Some(_), _) => false,
-            (None, None, _) => break,
-        };
-        if take_video {
-            let v = next_video.take().expect("a video packet");
-            if last_dts.is_some_and(|d| v.dts <= d) {
-                return Err(EngineError::internal("joining", format!("decode timestamps go back at frame {} (a seam)", v.pts)));
-            }
-            last_dts = Some(v.dts);
-            frames += 1;
-            mux.write(transcode::Track::Video, &mut packet(&v))?;
-            next_video = video.next()?;
-        } else {
-            let a = next_audio.take().expect("an audio packet");
-            audio_end = audio_end.max(secs(ah.as_ref().expect("audio"), a.pts + a.duration));
-            mux.write(transcode::Track::Audio, &mut packet(&a))?;
-            next_audio = audio.as_mut().expect("audio").next_record().ctx(|| "reading the audio packets".into())?;
+    // Video decode timestamps must keep rising across seams.
+    let vh = video.header.clone();
+    let (mut frames, mut last_dts) = (0u64, None::<i64>);
+    while let Some(v) = video.next()? {
+        if last_dts.is_some_and(|d| v.dts <= d) {
+            return Err(EngineError::internal("joining", format!("decode timestamps go back at frame {} (a seam)", v.pts)));
         }
+        last_dts = Some(v.dts);
+        frames += 1;
+        mux.write(transcode::Track::Video, &mut transcode::record_packet(&v))?;
     }
     mux.finish()?;
+    let audio_end = mux.fed_audio_end();
 
     let fps = Rational(num, den);
     let extradata = hex::decode(&vh.extradata).map_err(|e| EngineError::internal("reading a packet file", e))?;
@@ -157,7 +133,7 @@ pub fn run(req: &JoinRequest) -> Result<RenditionReport> {
             format!("video ends at {video_end:.3} s, the source at {:.3} s", probe.duration),
         ));
     }
-    if ah.is_some() && (audio_end - probe.duration).abs() > slack {
+    if let Some(audio_end) = audio_end.filter(|end| (end - probe.duration).abs() > slack) {
         return Err(EngineError::internal(
             "checking the join",
             format!("audio ends at {audio_end:.3} s, the source at {:.3} s", probe.duration),
@@ -208,15 +184,4 @@ fn chunk_quality(reports: &[ChunkReport]) -> Option<QualitySums> {
         sums.add(r.quality.as_ref()?);
     }
     Some(sums)
-}
-
-fn packet(r: &Record) -> Packet {
-    let mut p = Packet::copy(&r.data);
-    p.set_pts(Some(r.pts));
-    p.set_dts(Some(r.dts));
-    p.set_duration(r.duration);
-    if r.key {
-        p.set_flags(ff::packet::Flags::KEY);
-    }
-    p
 }

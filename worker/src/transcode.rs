@@ -23,9 +23,12 @@ use ff::util::picture;
 use ff::{Dictionary, Packet, Rational, Rescale, codec, decoder, encoder, filter, format, frame};
 use ffmpeg_next as ff;
 use proto::chunk::ChunkReport;
-use proto::plan::{PlannedAudio, PlannedRendition, PlannedVideo};
+use proto::plan::{PlannedAudio, PlannedRendition, PlannedTrack, PlannedVideo};
 use proto::profile::{Profile, VideoCodec};
-use proto::report::{AudioReport, KeyframeIndex, ProgressLine, QualitySums, RenditionReport, ThumbnailsReport, VideoReport};
+use proto::report::{
+    AudioReport, AudioTrackReport, AudioTracksReport, KeyframeIndex, ProgressLine, QualitySums, RenditionReport, ThumbnailsReport,
+    VideoReport,
+};
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -56,6 +59,9 @@ pub struct Request<'a> {
     /// Measure each rendition's PSNR and SSIM ([`crate::quality`]); off only to
     /// measure what measuring costs.
     pub quality: bool,
+    /// The job's audio, encoded before by its audio task (`audio.pkts`): muxed
+    /// into every rendition's MP4 instead of encoding the source's audio again.
+    pub audio_packets: Option<&'a Path>,
 }
 
 /// What a transcode made. The thumbnails succeed or fail on their own: a picture
@@ -125,7 +131,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
     let mut muxes = Vec::with_capacity(renditions.len());
     for (r, (_, dir)) in renditions.iter().zip(&req.outputs) {
         let staging = Staging::new(dir)?;
-        muxes.push(Muxers::open(&staging.path(&progressive_name(r)), &staging.path(FRAGMENTED), &req.profile.video)?);
+        muxes.push(Muxers::open(Some(&staging.path(&progressive_name(r))), &staging.path(FRAGMENTED), &req.profile.video)?);
         stagings.push(staging);
     }
 
@@ -142,8 +148,14 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
     if let Some(v) = video.as_mut() {
         v.sheet = sheet.take();
     }
-    let mut audio = match (renditions[0].audio.is_some(), probe.main_audio()) {
-        (true, Some(a)) => Some(AudioPipe::new(&ictx, a.index, &renditions, start, &mut muxes)?),
+    let mut audio = match (renditions[0].audio.is_some(), probe.main_audio(), req.audio_packets) {
+        (true, Some(_), Some(path)) if video.is_some() => {
+            for mux in &mut muxes {
+                mux.add_audio_packets(packets::Reader::open(path).ctx(|| format!("reading {}", path.display()))?)?;
+            }
+            None
+        }
+        (true, Some(a), _) => Some(AudioPipe::new(&ictx, a.index, &renditions, start, &mut muxes)?),
         _ => None,
     };
     for mux in &mut muxes {
@@ -208,7 +220,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
     let mut reports = Vec::with_capacity(renditions.len());
     for (k, r) in renditions.iter().enumerate() {
         let v = video.as_mut().map(|v| v.outs[k].facts(r)).transpose()?;
-        let a = audio.as_ref().map(|a| &a.outs[k].plan);
+        let a = if audio.is_some() || muxes[k].fed_audio_end().is_some() { r.audio.as_ref() } else { None };
         reports.push(package(&stagings[k], r, &progressive_name(r), v.as_ref(), a, &muxes[k], decoded)?);
     }
     for staging in stagings {
@@ -328,43 +340,68 @@ pub fn run_chunk(req: &Request, index: u32, span: Span, progress: &mut dyn FnMut
     Ok(reports)
 }
 
-/// File names of a job's audio, encoded once for every rendition's join.
+/// File names of a job's audio, encoded once for every rendition.
 pub const AUDIO_PACKETS: &str = "audio.pkts";
 pub const AUDIO_REPORT: &str = "audio.json";
 
-/// A job's audio, whole and once: the default track of the source, as the first
-/// requested rendition plans it (every rendition of a job plans the same audio),
-/// into `outputs[0]`'s directory as a packet file ([`AUDIO_PACKETS`]) and its
-/// report ([`AUDIO_REPORT`]). Never cut in chunks: each AAC encoder start primes
-/// anew, which clicks at every join.
-pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<AudioPackets> {
+/// A job's audio, whole and once, into `outputs[0]`'s directory: every track the
+/// plan keeps (the default first) decoded in one pass over the source, each
+/// encoded as the first requested rendition plans audio (every rendition of a
+/// job plans the same) and cut into HLS of its own (`a0.m3u8`, ...); the first
+/// track's packets ([`AUDIO_PACKETS`]) for the rungs' MP4s; and the report
+/// ([`AUDIO_REPORT`]). Never cut in chunks: each AAC encoder start primes anew,
+/// which clicks at every join.
+pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<AudioTracksReport> {
     let (mut ictx, probe, renditions) = prepare(req)?;
-    let Some(a) = probe.main_audio() else {
-        return Err(EngineError::bad("the source has no audio"));
-    };
+    let plan = proto::plan::plan(&probe, req.profile).map_err(|e| EngineError::bad(e.to_string()))?;
+    if plan.audio_tracks.is_empty() {
+        return Err(EngineError::bad(if probe.main_audio().is_none() {
+            "the source has no audio"
+        } else {
+            "the source has no video: its audio is its one rendition"
+        }));
+    }
     let staging = Staging::new(req.outputs[0].1)?;
-    let mut muxes = vec![Muxers::packets(&staging.path(AUDIO_PACKETS), &req.profile.video)];
+    let packets_of = |t: &PlannedTrack| if t.default { AUDIO_PACKETS.to_string() } else { format!("{}.pkts", t.name) };
+    let mut muxes: Vec<Muxers> =
+        plan.audio_tracks.iter().map(|t| Muxers::packets(&staging.path(&packets_of(t)), &req.profile.video)).collect();
     let start = av::start_seconds(&ictx);
-    let mut audio = AudioPipe::new(&ictx, a.index, &renditions[..1], start, &mut muxes)?;
+    let mut pipes = Vec::with_capacity(plan.audio_tracks.len());
+    for (t, mux) in plan.audio_tracks.iter().zip(muxes.iter_mut()) {
+        pipes.push(AudioPipe::new(&ictx, t.stream, &renditions[..1], start, std::slice::from_mut(mux))?);
+    }
     let total = probe.duration.max(0.001);
     let mut last_report = Instant::now();
     let mut source = SourceReader::new(req.input);
     while let Some(pkt) = source.next(&mut ictx)? {
-        if pkt.stream() == audio.index {
-            audio.feed(Some(&pkt), &mut muxes)?;
+        if let Some(k) = pipes.iter().position(|p| p.index == pkt.stream()) {
+            pipes[k].feed(Some(&pkt), std::slice::from_mut(&mut muxes[k]))?;
         }
         if last_report.elapsed().as_millis() >= 500 {
             last_report = Instant::now();
-            let out_time = muxes[0].out_time;
-            progress(ProgressLine::Progress { fraction: (out_time / total).clamp(0.0, 0.99), fps: 0.0, frame: 0, out_time });
+            let out_time = muxes.iter().map(|m| m.out_time).fold(f64::INFINITY, f64::min);
+            // Packaging the tracks' HLS is the last tenth.
+            progress(ProgressLine::Progress { fraction: (0.9 * out_time / total).clamp(0.0, 0.9), fps: 0.0, frame: 0, out_time });
         }
     }
-    audio.feed(None, &mut muxes)?;
-    muxes[0].finish()?;
-    if audio.samples == 0 {
-        return Err(EngineError::bad("no decodable audio in the source"));
+    for (pipe, mux) in pipes.iter_mut().zip(muxes.iter_mut()) {
+        pipe.feed(None, std::slice::from_mut(mux))?;
+        mux.finish()?;
     }
-    // What the join needs to check the audio against the source: its span.
+    let mut tracks = Vec::with_capacity(plan.audio_tracks.len());
+    let mut written = Vec::new();
+    for (t, pipe) in plan.audio_tracks.iter().zip(&pipes) {
+        if pipe.samples == 0 {
+            return Err(EngineError::bad(format!("no decodable audio in the source's stream {}", t.stream)));
+        }
+        let (track, files) = package_track(&staging, req.profile, t, &staging.path(&packets_of(t)), probe.duration)?;
+        if !t.default {
+            std::fs::remove_file(staging.path(&packets_of(t))).ctx(|| "removing a track's packets".into())?;
+        }
+        tracks.push(track);
+        written.extend(files);
+    }
+    // What the rungs' MP4s and the joins check the audio against: its span.
     let mut reader = packets::Reader::open(&staging.path(AUDIO_PACKETS)).ctx(|| "reading the audio packets".into())?;
     let (mut packets, mut first, mut end) = (0u64, None, 0i64);
     while let Some(p) = reader.next_record().ctx(|| "reading the audio packets".into())? {
@@ -374,20 +411,73 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
     }
     let tb = reader.header.time_base;
     let secs = |t: i64| t as f64 * f64::from(tb.0) / f64::from(tb.1.max(1));
-    let made = AudioPackets { packets, start: secs(first.unwrap_or(0)), end: secs(end), sample_rate: reader.header.sample_rate };
-    files::write_json(&staging.path(AUDIO_REPORT), &made)?;
+    written.push(AUDIO_PACKETS.to_string());
+    let report = AudioTracksReport {
+        version: proto::WIRE_VERSION,
+        packets,
+        start: secs(first.unwrap_or(0)),
+        end: secs(end),
+        sample_rate: reader.header.sample_rate,
+        tracks,
+        checksums: staging.checksums(&written)?,
+    };
+    files::write_json(&staging.path(AUDIO_REPORT), &report)?;
     staging.commit(AUDIO_REPORT)?;
     progress(ProgressLine::Done { fraction: 1.0 });
-    Ok(made)
+    Ok(report)
 }
 
-/// `audio.json`: the encoded audio's packets and span, in seconds from the source's start.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AudioPackets {
-    pub packets: u64,
-    pub start: f64,
-    pub end: f64,
-    pub sample_rate: u32,
+/// One audio track's HLS, remuxed from its packets (`pkts`) without re-encoding:
+/// checked to span the source, cut into segments of `gop_seconds` fragments.
+fn package_track(
+    staging: &Staging,
+    profile: &Profile,
+    t: &PlannedTrack,
+    pkts: &Path,
+    source_duration: f64,
+) -> Result<(AudioTrackReport, Vec<String>)> {
+    let mut reader = packets::Reader::open(pkts).ctx(|| format!("reading {}", pkts.display()))?;
+    let mut mux = Muxers::open(None, &staging.path(FRAGMENTED), &profile.video)?;
+    mux.add_stream(&reader.header, Track::Audio)?;
+    mux.start()?;
+    let mut end = 0i64;
+    while let Some(r) = reader.next_record().ctx(|| format!("reading {}", pkts.display()))? {
+        end = end.max(r.pts + r.duration);
+        mux.write(Track::Audio, &mut record_packet(&r))?;
+    }
+    mux.finish()?;
+    let tb = reader.header.time_base;
+    let duration = end as f64 * f64::from(tb.0) / f64::from(tb.1.max(1));
+    // The end within one AAC frame of the source's, and a little for the container's rounding.
+    if (duration - source_duration).abs() > 1024.0 / f64::from(t.audio.sample_rate) + 0.05 {
+        return Err(EngineError::internal(
+            "verifying the output",
+            format!("audio track {} ends at {duration:.3} s, the source at {source_duration:.3} s", t.name),
+        ));
+    }
+    let hls = cut_hls(staging, &mux, &t.name, source_duration, false)?;
+    let (average_bitrate, peak_bitrate) = bitrates(&hls.segments, source_duration);
+    let names = HlsNames(&t.name);
+    let report = AudioTrackReport {
+        name: t.name.clone(),
+        stream: t.stream,
+        language: t.language.clone(),
+        label: t.label.clone(),
+        default: t.default,
+        duration: (duration * 1e6).round() / 1e6,
+        average_bitrate,
+        peak_bitrate,
+        codecs: AAC_CODECS.to_string(),
+        audio: AudioReport {
+            encoder: "aac".into(),
+            bitrate: t.audio.bitrate,
+            channels: t.audio.channels,
+            sample_rate: t.audio.sample_rate,
+        },
+        segment_count: hls.segments.len(),
+        files: BTreeMap::from([("hls_playlist".to_string(), names.playlist()), ("hls_init".to_string(), names.init())]),
+    };
+    Ok((report, hls.files))
 }
 
 /// A chunk's report, from its packets as they were written.
@@ -497,48 +587,9 @@ pub(crate) fn package(
         return Err(EngineError::internal("verifying the output", problems.join("; ")));
     }
 
-    // HLS from the fragmented file: one fragment per GOP (or per gop_seconds of audio).
-    let frag_path = staging.path(FRAGMENTED);
-    let layout = fmp4::layout_file(&frag_path, 1).ctx(|| "reading the fragmented MP4".into())?;
-    if layout.fragments.len() != mux.fragment_times.len() {
-        return Err(EngineError::internal(
-            "cutting HLS",
-            format!("{} fragments for {} GOPs", layout.fragments.len(), mux.fragment_times.len()),
-        ));
-    }
-    let seg_target = mux.segment_seconds;
-    let mut src = std::fs::File::open(&frag_path).ctx(|| "opening the fragmented MP4".into())?;
-    copy_range(&mut src, layout.init, &staging.path(INIT))?;
-    let mut segments = Vec::new();
-    let mut iframes = Vec::new();
-    let mut written = vec![INIT.to_string(), progressive.to_string()];
-    for (i, (frags, seg_start, duration)) in fmp4::group(&mux.fragment_times, expected_end, seg_target).into_iter().enumerate() {
-        let file = format!("seg_{i:05}.m4s");
-        let first = &layout.fragments[frags.start];
-        let last = &layout.fragments[frags.end - 1];
-        let bytes = copy_range(&mut src, (first.moof.0, last.mdat.1), &staging.path(&file))?;
-        if video.is_some() {
-            for j in frags.clone() {
-                let f = &layout.fragments[j];
-                let next = mux.fragment_times.get(j + 1).copied().unwrap_or(expected_end);
-                iframes.push(fmp4::IFrame {
-                    file: file.clone(),
-                    duration: next - mux.fragment_times[j],
-                    offset: f.moof.0 - first.moof.0,
-                    length: f.first_sample.1 - f.moof.0,
-                });
-            }
-        }
-        written.push(file.clone());
-        segments.push(fmp4::Segment { file, fragments: frags, start: seg_start, duration, bytes });
-    }
-    drop(src);
-    std::fs::remove_file(&frag_path).ctx(|| "removing the fragmented MP4".into())?;
-    if let Some(s) = segments.iter().find(|s| s.duration > seg_target + 0.5 && s.fragments.len() > 1) {
-        return Err(EngineError::internal("cutting HLS", format!("segment {} lasts {:.3} s", s.file, s.duration)));
-    }
-    std::fs::write(staging.path(PLAYLIST), fmp4::media_playlist(INIT, &segments)).ctx(|| "writing the playlist".into())?;
-    written.push(PLAYLIST.into());
+    let Hls { segments, iframes, files } = cut_hls(staging, mux, "", expected_end, video.is_some())?;
+    let mut written = vec![progressive.to_string()];
+    written.extend(files);
 
     let mut roles = BTreeMap::from([
         ("progressive".to_string(), progressive.to_string()),
@@ -559,16 +610,12 @@ pub(crate) fn package(
         }
     }
 
-    let total_bytes: u64 = segments.iter().map(|s| s.bytes).sum();
-    let average_bitrate = (total_bytes as f64 * 8.0 / expected_end.max(1e-3)) as u64;
-    let peak_bitrate = segments.iter().map(|s| (s.bytes as f64 * 8.0 / s.duration.max(0.1)) as u64).max().unwrap_or(0).max(average_bitrate);
-    let mut codecs = Vec::new();
-    if let Some(v) = video {
-        codecs.push(v.codecs.clone());
-    }
-    if audio.is_some() {
-        codecs.push("mp4a.40.2".to_string());
-    }
+    let (average_bitrate, peak_bitrate) = bitrates(&segments, expected_end);
+    // The HLS playlist's codecs: with video, its video alone (audio is the job's group).
+    let codecs = match video {
+        Some(v) => v.codecs.clone(),
+        None => AAC_CODECS.to_string(),
+    };
     let checksums = staging.checksums(&written)?;
     let report = RenditionReport {
         version: proto::WIRE_VERSION,
@@ -580,7 +627,7 @@ pub(crate) fn package(
         frame_rate: (fps * 1000.0).round() / 1000.0,
         average_bitrate,
         peak_bitrate,
-        codecs: codecs.join(","),
+        codecs,
         video: video.map(|v| VideoReport { encoder: v.encoder_name.clone(), encoder_options: v.options.clone(), gop_frames: v.gop_frames }),
         audio: audio.map(|a| AudioReport { encoder: "aac".into(), bitrate: a.bitrate, channels: a.channels, sample_rate: a.sample_rate }),
         keyframe_times: scan.keyframes.iter().map(|k| k.time).collect(),
@@ -591,6 +638,94 @@ pub(crate) fn package(
     };
     files::write_json(&staging.path(REPORT), &report)?;
     Ok(report)
+}
+
+/// RFC 6381 codecs of AAC-LC.
+pub const AAC_CODECS: &str = "mp4a.40.2";
+
+/// A rendition's or track's HLS, cut from its fragmented file.
+struct Hls {
+    segments: Vec<fmp4::Segment>,
+    iframes: Vec<fmp4::IFrame>,
+    /// The files written: the init segment, the media segments, the playlist.
+    files: Vec<String>,
+}
+
+/// The file names of an HLS stream whose files start with `prefix`: a rendition's
+/// own directory has none (`init.mp4`, `seg_00000.m4s`, `playlist.m3u8`); an audio
+/// track's files share the job's audio directory (`a0.init.mp4`, `a0.00000.m4s`, `a0.m3u8`).
+struct HlsNames<'a>(&'a str);
+
+impl HlsNames<'_> {
+    fn init(&self) -> String {
+        if self.0.is_empty() { INIT.to_string() } else { format!("{}.{INIT}", self.0) }
+    }
+
+    fn playlist(&self) -> String {
+        if self.0.is_empty() { PLAYLIST.to_string() } else { format!("{}.m3u8", self.0) }
+    }
+
+    fn segment(&self, i: usize) -> String {
+        if self.0.is_empty() { format!("seg_{i:05}.m4s") } else { format!("{}.{i:05}.m4s", self.0) }
+    }
+}
+
+/// Cuts HLS from the fragmented file (then removed): one fragment per GOP (or per
+/// gop_seconds of audio), whole fragments per segment; with video, the I-frame
+/// entries too.
+fn cut_hls(staging: &Staging, mux: &Muxers, prefix: &str, expected_end: f64, video: bool) -> Result<Hls> {
+    let names = HlsNames(prefix);
+    let (init, playlist) = (names.init(), names.playlist());
+    let frag_path = staging.path(FRAGMENTED);
+    let layout = fmp4::layout_file(&frag_path, 1).ctx(|| "reading the fragmented MP4".into())?;
+    if layout.fragments.len() != mux.fragment_times.len() {
+        return Err(EngineError::internal(
+            "cutting HLS",
+            format!("{} fragments for {} GOPs", layout.fragments.len(), mux.fragment_times.len()),
+        ));
+    }
+    let seg_target = mux.segment_seconds;
+    let mut src = std::fs::File::open(&frag_path).ctx(|| "opening the fragmented MP4".into())?;
+    copy_range(&mut src, layout.init, &staging.path(&init))?;
+    let mut segments = Vec::new();
+    let mut iframes = Vec::new();
+    let mut files = vec![init.clone()];
+    for (i, (frags, seg_start, duration)) in fmp4::group(&mux.fragment_times, expected_end, seg_target).into_iter().enumerate() {
+        let file = names.segment(i);
+        let first = &layout.fragments[frags.start];
+        let last = &layout.fragments[frags.end - 1];
+        let bytes = copy_range(&mut src, (first.moof.0, last.mdat.1), &staging.path(&file))?;
+        if video {
+            for j in frags.clone() {
+                let f = &layout.fragments[j];
+                let next = mux.fragment_times.get(j + 1).copied().unwrap_or(expected_end);
+                iframes.push(fmp4::IFrame {
+                    file: file.clone(),
+                    duration: next - mux.fragment_times[j],
+                    offset: f.moof.0 - first.moof.0,
+                    length: f.first_sample.1 - f.moof.0,
+                });
+            }
+        }
+        files.push(file.clone());
+        segments.push(fmp4::Segment { file, fragments: frags, start: seg_start, duration, bytes });
+    }
+    drop(src);
+    std::fs::remove_file(&frag_path).ctx(|| "removing the fragmented MP4".into())?;
+    if let Some(s) = segments.iter().find(|s| s.duration > seg_target + 0.5 && s.fragments.len() > 1) {
+        return Err(EngineError::internal("cutting HLS", format!("segment {} lasts {:.3} s", s.file, s.duration)));
+    }
+    std::fs::write(staging.path(&playlist), fmp4::media_playlist(&init, &segments)).ctx(|| "writing the playlist".into())?;
+    files.push(playlist);
+    Ok(Hls { segments, iframes, files })
+}
+
+/// Average and peak (HLS `BANDWIDTH`: the largest segment's) bits per second.
+fn bitrates(segments: &[fmp4::Segment], duration: f64) -> (u64, u64) {
+    let total_bytes: u64 = segments.iter().map(|s| s.bytes).sum();
+    let average = (total_bytes as f64 * 8.0 / duration.max(1e-3)) as u64;
+    let peak = segments.iter().map(|s| (s.bytes as f64 * 8.0 / s.duration.max(0.1)) as u64).max().unwrap_or(0).max(average);
+    (average, peak)
 }
 
 /// Copies `range` of `src` into a new file, returning the byte count.
@@ -608,19 +743,40 @@ pub(crate) enum Track {
     Audio,
 }
 
-/// Where a rendition's encoded packets go: the two muxers of a whole encode, or
-/// (a chunk, or a job's audio) a packet file for the join.
+/// Where a rendition's encoded packets go: the muxers of a whole encode (a
+/// fast-start MP4 and the fragmented MP4 HLS is cut from; an audio track has no
+/// MP4), or (a chunk, or a job's audio) a packet file for the join.
 enum Sink {
-    Files { mp4: format::context::Output, frag: format::context::Output },
+    Files { mp4: Option<format::context::Output>, frag: format::context::Output },
     Packets { path: std::path::PathBuf, writer: Option<packets::Writer> },
 }
 
+/// Where one track's packets go: its stream in the MP4 and in the fragmented
+/// file (`None`: not in it), and the time base packets come in.
+#[derive(Clone, Copy)]
+struct Route {
+    mp4: Option<usize>,
+    frag: Option<usize>,
+    tb: Rational,
+}
+
+/// Audio encoded before (the job's audio task), muxed into the MP4 in step with
+/// the video: before each video packet, every audio packet due by its decode time.
+struct AudioFeed {
+    reader: packets::Reader,
+    next: Option<packets::Record>,
+    /// The end of the last audio packet written, in seconds.
+    end: f64,
+}
+
 /// The sink every encoded packet of one rendition goes to, and the fragment bookkeeping.
+/// With video, the fragmented file (HLS) is video-only: audio goes to the MP4
+/// alone (a player takes it from the job's audio group).
 pub(crate) struct Muxers {
     sink: Sink,
-    /// (mp4 stream, fragmented stream, encoder time base) per track.
-    video: Option<(usize, usize, Rational)>,
-    audio: Option<(usize, usize, Rational)>,
+    video: Option<Route>,
+    audio: Option<Route>,
+    audio_feed: Option<AudioFeed>,
     gop_seconds: f64,
     segment_seconds: f64,
     /// Start time of every fragment (= every keyframe for video).
@@ -630,9 +786,10 @@ pub(crate) struct Muxers {
 }
 
 impl Muxers {
-    pub(crate) fn open(mp4: &Path, frag: &Path, settings: &proto::profile::VideoSettings) -> Result<Muxers> {
+    /// A fast-start MP4 at `mp4` (none for an audio track) and the fragmented file at `frag`.
+    pub(crate) fn open(mp4: Option<&Path>, frag: &Path, settings: &proto::profile::VideoSettings) -> Result<Muxers> {
         let sink = Sink::Files {
-            mp4: format::output_as(&mp4, "mp4").ctx(|| format!("creating {}", mp4.display()))?,
+            mp4: mp4.map(|p| format::output_as(&p, "mp4").ctx(|| format!("creating {}", p.display()))).transpose()?,
             frag: format::output_as(&frag, "mp4").ctx(|| format!("creating {}", frag.display()))?,
         };
         Ok(Muxers::with(sink, settings))
@@ -648,6 +805,7 @@ impl Muxers {
             sink,
             video: None,
             audio: None,
+            audio_feed: None,
             gop_seconds: settings.gop_seconds,
             segment_seconds: settings.segment_seconds,
             fragment_times: Vec::new(),
@@ -659,8 +817,31 @@ impl Muxers {
     /// Whether codec headers go out of band (MP4's avcC; the join writes MP4 too).
     fn needs_global_header(&self) -> bool {
         match &self.sink {
-            Sink::Files { mp4, .. } => mp4.format().flags().contains(format::Flags::GLOBAL_HEADER),
+            Sink::Files { mp4, frag } => mp4.as_ref().unwrap_or(frag).format().flags().contains(format::Flags::GLOBAL_HEADER),
             Sink::Packets { .. } => true,
+        }
+    }
+
+    /// The outputs a track is muxed into: the MP4 always; the fragmented file
+    /// unless it is audio beside video (tracks are added video first).
+    fn outputs(&mut self, track: Track) -> Vec<(bool, &mut format::context::Output)> {
+        let audio_beside_video = track == Track::Audio && self.video.is_some();
+        match &mut self.sink {
+            Sink::Files { mp4, frag } => {
+                let mut outs: Vec<(bool, &mut format::context::Output)> = mp4.iter_mut().map(|m| (true, m)).collect();
+                if !audio_beside_video {
+                    outs.push((false, frag));
+                }
+                outs
+            }
+            Sink::Packets { .. } => Vec::new(),
+        }
+    }
+
+    fn set_route(&mut self, track: Track, route: Route) {
+        match track {
+            Track::Video => self.video = Some(route),
+            Track::Audio => self.audio = Some(route),
         }
     }
 
@@ -671,30 +852,52 @@ impl Muxers {
         tb: Rational,
         track: Track,
     ) -> Result<()> {
-        let mut ids = [0usize; 2];
-        match &mut self.sink {
-            Sink::Files { mp4, frag } => {
-                for (k, octx) in [mp4, frag].into_iter().enumerate() {
-                    let mut ost = octx.add_stream(codec).ctx(|| "adding an output stream".into())?;
-                    ost.set_parameters(enc);
-                    ost.set_time_base(tb);
-                    ids[k] = ost.index();
-                }
+        let mut route = Route { mp4: None, frag: None, tb };
+        if let Sink::Packets { path, writer } = &mut self.sink {
+            if writer.is_some() {
+                return Err(EngineError::internal("writing packets", "a packet file holds one track"));
             }
-            Sink::Packets { path, writer } => {
-                if writer.is_some() {
-                    return Err(EngineError::internal("writing packets", "a packet file holds one track"));
-                }
-                let header = stream_header(enc.as_ref(), tb);
-                *writer = Some(packets::Writer::create(path, &header).ctx(|| format!("creating {}", path.display()))?);
-            }
+            let header = stream_header(enc.as_ref(), tb);
+            *writer = Some(packets::Writer::create(path, &header).ctx(|| format!("creating {}", path.display()))?);
         }
-        let entry = Some((ids[0], ids[1], tb));
-        match track {
-            Track::Video => self.video = entry,
-            Track::Audio => self.audio = entry,
+        for (is_mp4, octx) in self.outputs(track) {
+            let mut ost = octx.add_stream(codec).ctx(|| "adding an output stream".into())?;
+            ost.set_parameters(enc);
+            ost.set_time_base(tb);
+            *(if is_mp4 { &mut route.mp4 } else { &mut route.frag }) = Some(ost.index());
         }
+        self.set_route(track, route);
         Ok(())
+    }
+
+    /// Muxes audio encoded before (a packet file) into the MP4, in step with the
+    /// video written after this; call once the video track is added.
+    pub(crate) fn add_audio_packets(&mut self, mut reader: packets::Reader) -> Result<()> {
+        self.add_stream(&reader.header.clone(), Track::Audio)?;
+        let next = reader.next_record().ctx(|| "reading the audio packets".into())?;
+        self.audio_feed = Some(AudioFeed { reader, next, end: 0.0 });
+        Ok(())
+    }
+
+    /// Where the audio fed from packets ends (seconds), if it was.
+    pub(crate) fn fed_audio_end(&self) -> Option<f64> {
+        self.audio_feed.as_ref().map(|f| f.end)
+    }
+
+    /// Writes the fed audio packets due by `until` seconds (decode time); all with `None`.
+    fn feed_audio(&mut self, until: Option<f64>) -> Result<()> {
+        let Some(tb) = self.audio.map(|r| r.tb) else { return Ok(()) };
+        loop {
+            let Some(feed) = self.audio_feed.as_mut() else { return Ok(()) };
+            let due = feed.next.as_ref().is_some_and(|a| until.is_none_or(|t| a.dts as f64 * f64::from(tb) <= t));
+            if !due {
+                return Ok(());
+            }
+            let a = feed.next.take().expect("a due packet");
+            feed.end = feed.end.max((a.pts + a.duration) as f64 * f64::from(tb));
+            feed.next = feed.reader.next_record().ctx(|| "reading the audio packets".into())?;
+            self.write(Track::Audio, &mut record_packet(&a))?;
+        }
     }
 
     /// Declares a track from a packet file's header (the join: no encoder here).
@@ -739,21 +942,17 @@ impl Muxers {
             p.extradata_size = extradata.len() as i32;
         }
         let tb = Rational(h.time_base.0, h.time_base.1);
-        let Sink::Files { mp4, frag } = &mut self.sink else {
+        if matches!(self.sink, Sink::Packets { .. }) {
             return Err(EngineError::internal("joining", "a join writes MP4"));
-        };
-        let mut ids = [0usize; 2];
-        for (k, octx) in [mp4, frag].into_iter().enumerate() {
+        }
+        let mut route = Route { mp4: None, frag: None, tb };
+        for (is_mp4, octx) in self.outputs(track) {
             let mut ost = octx.add_stream(Option::<ff::Codec>::None).ctx(|| "adding an output stream".into())?;
             ost.set_parameters(params.clone());
             ost.set_time_base(tb);
-            ids[k] = ost.index();
+            *(if is_mp4 { &mut route.mp4 } else { &mut route.frag }) = Some(ost.index());
         }
-        let entry = Some((ids[0], ids[1], tb));
-        match track {
-            Track::Video => self.video = entry,
-            Track::Audio => self.audio = entry,
-        }
+        self.set_route(track, route);
         Ok(())
     }
 
@@ -761,9 +960,11 @@ impl Muxers {
         let Sink::Files { mp4, frag } = &mut self.sink else {
             return Ok(());
         };
-        let mut o = Dictionary::new();
-        o.set("movflags", "+faststart");
-        mp4.write_header_with(o).ctx(|| "writing the MP4 header".into())?;
+        if let Some(mp4) = mp4 {
+            let mut o = Dictionary::new();
+            o.set("movflags", "+faststart");
+            mp4.write_header_with(o).ctx(|| "writing the MP4 header".into())?;
+        }
         let mut o = Dictionary::new();
         // One fragment per GOP, cut by us (frag_custom) right before each keyframe, with
         // sample offsets relative to each moof so fragments can be split into files.
@@ -775,11 +976,15 @@ impl Muxers {
     }
 
     pub(crate) fn write(&mut self, track: Track, pkt: &mut Packet) -> Result<()> {
-        let (mi, fi, tb) = match track {
+        let route = match track {
             Track::Video => self.video,
             Track::Audio => self.audio,
         }
         .expect("a packet for a track that was added");
+        let tb = route.tb;
+        if track == Track::Video && self.audio_feed.is_some() {
+            self.feed_audio(Some(pkt.dts().or(pkt.pts()).unwrap_or(0) as f64 * f64::from(tb)))?;
+        }
         let secs = pkt.pts().map_or(0.0, |p| p as f64 * f64::from(tb));
         self.out_time = self.out_time.max(secs);
         let (mp4, frag) = match &mut self.sink {
@@ -794,7 +999,7 @@ impl Muxers {
         };
         let fragment_starts = match track {
             Track::Video => pkt.is_key(),
-            Track::Audio => self.video.is_none() && secs + 1e-6 >= self.next_audio_fragment,
+            Track::Audio => route.frag.is_some() && secs + 1e-6 >= self.next_audio_fragment,
         };
         if fragment_starts {
             // Packets written before the first fragment start (audio that the
@@ -814,20 +1019,27 @@ impl Muxers {
                 }
             }
         }
-        let mut copy = pkt.clone();
-        copy.set_stream(fi);
-        copy.rescale_ts(tb, frag.stream(fi).expect("stream").time_base());
-        copy.write_interleaved(frag).ctx(|| "writing the fMP4".into())?;
-        pkt.set_stream(mi);
-        pkt.rescale_ts(tb, mp4.stream(mi).expect("stream").time_base());
-        pkt.write_interleaved(mp4).ctx(|| "writing the MP4".into())?;
+        if let Some(fi) = route.frag {
+            let mut copy = pkt.clone();
+            copy.set_stream(fi);
+            copy.rescale_ts(tb, frag.stream(fi).expect("stream").time_base());
+            copy.write_interleaved(frag).ctx(|| "writing the fMP4".into())?;
+        }
+        if let (Some(mi), Some(mp4)) = (route.mp4, mp4.as_mut()) {
+            pkt.set_stream(mi);
+            pkt.rescale_ts(tb, mp4.stream(mi).expect("stream").time_base());
+            pkt.write_interleaved(mp4).ctx(|| "writing the MP4".into())?;
+        }
         Ok(())
     }
 
     pub(crate) fn finish(&mut self) -> Result<()> {
+        self.feed_audio(None)?;
         match &mut self.sink {
             Sink::Files { mp4, frag } => {
-                mp4.write_trailer().ctx(|| "finishing the MP4".into())?;
+                if let Some(mp4) = mp4 {
+                    mp4.write_trailer().ctx(|| "finishing the MP4".into())?;
+                }
                 frag.write_trailer().ctx(|| "finishing the fMP4".into())?;
             }
             Sink::Packets { path, writer } => {
@@ -838,6 +1050,18 @@ impl Muxers {
         }
         Ok(())
     }
+}
+
+/// A packet file's record as a libav packet.
+pub(crate) fn record_packet(r: &packets::Record) -> Packet {
+    let mut p = Packet::copy(&r.data);
+    p.set_pts(Some(r.pts));
+    p.set_dts(Some(r.dts));
+    p.set_duration(r.duration);
+    if r.key {
+        p.set_flags(ff::packet::Flags::KEY);
+    }
+    p
 }
 
 /// The codec's out-of-band headers (H.264's SPS and PPS, AAC's AudioSpecificConfig).
