@@ -125,7 +125,40 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
     let _w1 = c.worker("w1", &join);
     let _w2 = c.worker("w2", &join);
     let dir = Dir::new();
-    test_clip(&dir.s("clip.mp4"), "640x360", 8);
+    // Two languages: English (the default) and an untagged commentary track.
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=640x360:r=30:d=8",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=f=440:d=8",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=f=880:d=8",
+        "-map",
+        "0",
+        "-map",
+        "1",
+        "-map",
+        "2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        "-metadata:s:a:0",
+        "language=eng",
+        "-disposition:a:0",
+        "default",
+        "-disposition:a:1",
+        "0",
+        &dir.s("clip.mp4"),
+    ]);
     std::fs::write(dir.path("corrupt.mp4"), vec![0x42u8; 100_000]).unwrap();
     let (hook_url, hooks) = webhook_receiver();
 
@@ -160,7 +193,7 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["playable"], true);
     let tasks = job["tasks"].as_array().unwrap();
-    assert_eq!(tasks.len(), 3, "240p, 360p, thumbnails");
+    assert_eq!(tasks.len(), 4, "the audio, 240p, 360p, thumbnails");
     let workers: std::collections::BTreeSet<&str> = tasks.iter().map(|t| t["worker"].as_str().unwrap()).collect();
     assert_eq!(workers.len(), 2, "the renditions spread over both workers: {job}");
     // The thumbnails came from the decode of the lease that took the last rendition:
@@ -193,14 +226,32 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
     assert_eq!(master_text.matches("#EXT-X-STREAM-INF:BANDWIDTH=").count(), 2);
     assert_eq!(master_text.matches("#EXT-X-I-FRAME-STREAM-INF:").count(), 2);
     assert!(master_text.contains("RESOLUTION=640x360,FRAME-RATE=30.000"));
+    // The audio is its own group: every track, the source's default first and
+    // DEFAULT=YES, the untagged one named by its stream; every rung points at it.
+    assert!(
+        master_text.contains(
+            "#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",NAME=\"English\",LANGUAGE=\"en\",DEFAULT=YES,AUTOSELECT=YES,CHANNELS=\"2\",URI=\"audio/a0.m3u8\""
+        ),
+        "{master_text}"
+    );
+    assert!(
+        master_text.contains(
+            "#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",NAME=\"Track 2\",DEFAULT=NO,AUTOSELECT=YES,CHANNELS=\"2\",URI=\"audio/a1.m3u8\""
+        ),
+        "{master_text}"
+    );
+    assert_eq!(master_text.lines().filter(|l| l.starts_with("#EXT-X-STREAM-INF:") && l.contains(",AUDIO=\"audio\"")).count(), 2);
 
     // Every published file matches its manifest checksum.
     let manifest: Value = serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
     let mut files: Vec<Value> = manifest["thumbnails"]["files"].as_array().unwrap().clone();
-    for r in manifest["renditions"].as_array().unwrap() {
+    for r in manifest["renditions"].as_array().unwrap().iter().chain(manifest["audio"]["tracks"].as_array().unwrap()) {
         files.extend(r["files"].as_array().unwrap().iter().cloned());
     }
     assert!(files.len() > 15, "{}", files.len());
+    // The audio packets the MP4s muxed are gone with the job's end, never listed.
+    assert!(!files.iter().any(|f| f["url"].as_str().unwrap().ends_with(".pkts")));
+    assert_eq!(c.call("GET", &format!("/dav/jobs/{id}/audio/audio.pkts"), Some(&c.admin), None).0, 404);
     for f in &files {
         let bytes = c.fetch(f["url"].as_str().unwrap());
         use sha2::Digest;
@@ -212,24 +263,44 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
     // Judged by tools no one here wrote: every playlist parses with hls-parser in
     // strict mode, and each rendition's CODECS (in the master playlist too) is what
     // ffprobe finds in its tracks. Each rendition's quality was measured.
+    // The rungs' HLS is video-only (their CODECS in the master add the group's
+    // audio); their MP4s keep the default audio muxed in, for a plain <video src>.
     let mut playlists = vec![(master.to_string(), master_text.clone())];
+    let first_segment = |init: &str, segment: &str, name: &str| {
+        let path = dir.path(name);
+        std::fs::write(&path, [c.fetch(init), c.fetch(segment)].concat()).unwrap();
+        path
+    };
     for r in manifest["renditions"].as_array().unwrap() {
         let codecs = r["codecs"].as_str().unwrap();
-        assert!(master_text.contains(&format!("CODECS=\"{codecs}\"")), "{codecs} in {master_text}");
+        assert!(master_text.contains(&format!("CODECS=\"{codecs},mp4a.40.2\",AUDIO=\"audio\"")), "{codecs} in {master_text}");
+        let url_of = |name: &str| {
+            let f = r["files"].as_array().unwrap().iter().find(|f| f["url"].as_str().unwrap().ends_with(&format!("/{name}")));
+            f.unwrap_or_else(|| panic!("{name} in {r}"))["url"].as_str().unwrap().to_string()
+        };
         for f in r["files"].as_array().unwrap() {
             let url = f["url"].as_str().unwrap();
             if url.ends_with(".m3u8") {
                 playlists.push((url.to_string(), String::from_utf8(c.fetch(url)).unwrap()));
-            } else if url.ends_with(&format!("/{}.mp4", r["name"].as_str().unwrap())) {
-                let mp4 = dir.path("rendition.mp4");
-                std::fs::write(&mp4, c.fetch(url)).unwrap();
-                check_codecs(codecs, &mp4);
             }
         }
+        let mp4 = dir.path("rendition.mp4");
+        std::fs::write(&mp4, c.fetch(&url_of(&format!("{}.mp4", r["name"].as_str().unwrap())))).unwrap();
+        check_codecs(&format!("{codecs},mp4a.40.2"), &mp4);
+        check_codecs(codecs, &first_segment(&url_of("init.mp4"), &url_of("seg_00000.m4s"), "hls.mp4"));
         let psnr = r["quality"]["psnr"].as_f64().unwrap_or_default();
         assert!(psnr > 25.0 && r["quality"]["ssim"].as_f64().unwrap_or_default() > 0.8, "{}", r["quality"]);
     }
-    assert_eq!(playlists.len(), 1 + 2 * 2, "the master, and each rung's media and I-frame playlists");
+    for t in manifest["audio"]["tracks"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        let url = t["playlist"].as_str().unwrap();
+        playlists.push((url.to_string(), String::from_utf8(c.fetch(url)).unwrap()));
+        let (init, segment) = (url.replace(".m3u8", ".init.mp4"), url.replace(".m3u8", ".00000.m4s"));
+        check_codecs(t["codecs"].as_str().unwrap(), &first_segment(&init, &segment, "audio.mp4"));
+        assert!((t["duration"].as_f64().unwrap() - 8.0).abs() < 0.05, "{t}");
+        assert_eq!(t["default"], name == "a0");
+    }
+    assert_eq!(playlists.len(), 1 + 2 * 2 + 2, "the master, each rung's media and I-frame playlists, each audio track's");
     hls_parser_strict(&playlists);
 
     // The webhook came, signed per Standard Webhooks, and was retried after a 500.
@@ -625,7 +696,7 @@ fn outputs_can_live_on_an_external_webdav_server() {
     assert!((probe["format"]["duration"].as_str().unwrap().parse::<f64>().unwrap() - 4.0).abs() < 0.2, "{probe}");
     let manifest: Value = serde_json::from_slice(&nginx.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
     let mut files: Vec<Value> = manifest["thumbnails"]["files"].as_array().unwrap().clone();
-    for r in manifest["renditions"].as_array().unwrap() {
+    for r in manifest["renditions"].as_array().unwrap().iter().chain(manifest["audio"]["tracks"].as_array().unwrap()) {
         files.extend(r["files"].as_array().unwrap().iter().cloned());
     }
     assert!(files.len() > 15);

@@ -133,26 +133,35 @@ async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Option<String
     let plan = proto::plan::plan(&probe, &profile).map_err(|e| Outcome::Rejected(format!("bad input: {e}")))?;
     let encoder = profile.video.codec.encoder().to_string();
     let tasks = match proto::plan::chunks(&plan, probe.duration, &profile.chunking) {
-        Some(cut) => chunked_tasks(&plan, &cut, probe.main_audio().is_some(), &encoder),
+        Some(cut) => chunked_tasks(&plan, &cut, &encoder),
         None => whole_tasks(&plan, probe.main_video().is_some(), &encoder),
     };
     Ok((stored, json!(probe), tasks))
 }
 
-/// A job encoded whole: one transcode task per rendition, and the thumbnails.
+/// A job encoded whole, in lease order: its audio (every track, once), which the
+/// renditions' MP4s mux; one transcode task per rendition; the thumbnails.
 fn whole_tasks(plan: &proto::plan::Plan, video: bool, encoder: &str) -> Vec<NewTask> {
-    let mut tasks: Vec<NewTask> =
+    let mut renditions: Vec<NewTask> =
         plan.renditions.iter().map(|r| NewTask::transcode(&r.name, r.video.as_ref().map(|_| encoder.to_string()))).collect();
     // The lowest rung runs first, so the job is playable early; then the longest
     // tasks first (highest rung down), which keeps workers busy to the end instead of
     // leaving the biggest encode alone on one machine at the tail.
-    if tasks.len() > 2 {
-        tasks[1..].reverse();
+    if renditions.len() > 2 {
+        renditions[1..].reverse();
     }
+    let mut tasks: Vec<NewTask> = audio_task(plan).into_iter().collect();
+    tasks.extend(renditions);
     if video {
         tasks.push(NewTask::thumbnails());
     }
     tasks
+}
+
+/// The job's audio task, when its audio is apart from its video (every source
+/// with both; an audio-only source's one rendition is its audio).
+fn audio_task(plan: &proto::plan::Plan) -> Option<NewTask> {
+    (!plan.audio_tracks.is_empty()).then(|| NewTask::audio(&plan.renditions[0].name))
 }
 
 /// A job cut in time chunks, in lease order: the audio (whole, once), which every
@@ -161,16 +170,13 @@ fn whole_tasks(plan: &proto::plan::Plan, video: bool, encoder: &str) -> Vec<NewT
 /// the other rungs' chunks, highest rung first, the longest tasks first so that the
 /// end of the job is short ones spread over the farm. A lease may take the same
 /// chunk of several rungs from one decode (see `Queue::lease_bundle`).
-fn chunked_tasks(plan: &proto::plan::Plan, cut: &proto::plan::ChunkPlan, audio: bool, encoder: &str) -> Vec<NewTask> {
+fn chunked_tasks(plan: &proto::plan::Plan, cut: &proto::plan::ChunkPlan, encoder: &str) -> Vec<NewTask> {
     let span = |i: usize| {
         let c = &cut.chunks[i];
         ChunkSpan { index: c.index, first_frame: c.start_frame, frames: (i + 1 < cut.chunks.len()).then_some(c.frames) }
     };
     let rungs: Vec<&str> = plan.renditions.iter().map(|r| r.name.as_str()).collect();
-    let mut tasks = Vec::new();
-    if audio {
-        tasks.push(NewTask::audio(rungs[0]));
-    }
+    let mut tasks: Vec<NewTask> = audio_task(plan).into_iter().collect();
     tasks.extend((0..cut.chunks.len()).map(|i| NewTask::chunk(rungs[0], span(i), Some(encoder.to_string()))));
     tasks.extend(rungs.iter().map(|r| NewTask::join(r)));
     tasks.push(NewTask::thumbnails());
@@ -222,13 +228,16 @@ async fn write_outputs(st: &AppState, job_id: &str) -> Result<Written, String> {
     let store_error = |e: crate::storage::StoreError| format!("storage: {e}");
     let mut renditions = Vec::new();
     let mut thumbnails = Value::Null;
+    let mut audio = Value::Null;
     for (task, kind, _, result) in &results {
         if kind.is_part() {
-            // Chunks and audio are published only through their joins.
+            // Chunks are published only through their joins.
             continue;
         }
         let dir = result["dir"].as_str().ok_or("task result without dir")?;
-        let listed = result["files"].as_array().cloned().unwrap_or_default();
+        let mut listed = result["files"].as_array().cloned().unwrap_or_default();
+        // The audio packets are the renditions' input, never published (the job's end removes them).
+        listed.retain(|f| !(*kind == TaskKind::Audio && f["path"] == crate::storage::AUDIO_PACKETS));
         for f in &listed {
             let path = f["path"].as_str().unwrap_or_default();
             let stored = st.storage.checksum(&format!("{dir}/{path}")).await.map_err(store_error)?;
@@ -254,6 +263,7 @@ async fn write_outputs(st: &AppState, job_id: &str) -> Result<Written, String> {
         entry["dir"] = json!(dir);
         match kind {
             TaskKind::Thumbnails => thumbnails = entry,
+            TaskKind::Audio => audio = audio_entry(entry, &|path| url(dir, path)),
             _ => renditions.push(entry),
         }
     }
@@ -261,7 +271,7 @@ async fn write_outputs(st: &AppState, job_id: &str) -> Result<Written, String> {
         return Err("no rendition was published".into());
     }
     renditions.sort_by_key(|r| r["peak_bitrate"].as_u64().unwrap_or(0));
-    let master = master_playlist(&st.storage, &job_dir, &renditions).await?;
+    let master = master_playlist(&st.storage, &job_dir, &renditions, &audio).await?;
     let outputs = json!({"master_playlist": url(&job_dir, "master.m3u8"), "manifest": url(&job_dir, "manifest.json")});
     let manifest = json!({
         "version": proto::WIRE_VERSION,
@@ -269,6 +279,7 @@ async fn write_outputs(st: &AppState, job_id: &str) -> Result<Written, String> {
         "probe": job.probe,
         "master_playlist": outputs["master_playlist"],
         "thumbnails": thumbnails,
+        "audio": audio,
         "renditions": renditions,
         "chunking": chunking(&job),
     });
@@ -294,17 +305,66 @@ fn chunking(job: &crate::queue::Job) -> Value {
     }
 }
 
-/// The multivariant playlist: one `EXT-X-STREAM-INF` and one `EXT-X-I-FRAME-STREAM-INF`
-/// per rendition, lowest bandwidth first. Paths are relative to the job directory.
-async fn master_playlist(store: &crate::storage::Store, job_dir: &str, renditions: &[Value]) -> Result<String, String> {
+/// The manifest's `audio`: the audio task's report with every track's own files
+/// (`url` gives a file's URL) beside it.
+fn audio_entry(mut entry: Value, url: &dyn Fn(&str) -> String) -> Value {
+    let files = entry["files"].as_array().cloned().unwrap_or_default();
+    if let Some(tracks) = entry["tracks"].as_array_mut() {
+        for t in tracks {
+            let prefix = format!("{}.", t["name"].as_str().unwrap_or_default());
+            let own: Vec<Value> = files
+                .iter()
+                .filter(|f| f["url"].as_str().is_some_and(|u| u.rsplit('/').next().is_some_and(|n| n.starts_with(&prefix))))
+                .cloned()
+                .collect();
+            t["playlist"] = json!(url(t["files"]["hls_playlist"].as_str().unwrap_or_default()));
+            t["file_roles"] = t["files"].take();
+            t["files"] = json!(own);
+        }
+    }
+    entry
+}
+
+/// The HLS group every video rendition's audio comes from.
+const AUDIO_GROUP: &str = "audio";
+
+/// The multivariant playlist: the job's audio tracks as one `EXT-X-MEDIA` group
+/// (the source's default track `DEFAULT=YES`, every track selectable), then one
+/// `EXT-X-STREAM-INF` (its bandwidth and codecs with the group's largest track)
+/// and one `EXT-X-I-FRAME-STREAM-INF` per rendition, lowest bandwidth first.
+/// Paths are relative to the job directory.
+async fn master_playlist(store: &crate::storage::Store, job_dir: &str, renditions: &[Value], audio: &Value) -> Result<String, String> {
     let mut m = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    let tracks = audio["tracks"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let audio_dir = audio["dir"].as_str().and_then(|d| d.rsplit('/').next()).unwrap_or(crate::storage::AUDIO_DIR);
+    for t in tracks {
+        let _ = write!(m, "#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"{AUDIO_GROUP}\",NAME=\"{}\"", t["label"].as_str().unwrap_or_default());
+        if let Some(lang) = t["language"].as_str() {
+            let _ = write!(m, ",LANGUAGE=\"{lang}\"");
+        }
+        let default = if t["default"] == true { "YES" } else { "NO" };
+        let _ = writeln!(
+            m,
+            ",DEFAULT={default},AUTOSELECT=YES,CHANNELS=\"{}\",URI=\"{audio_dir}/{}\"",
+            t["audio"]["channels"],
+            t["file_roles"]["hls_playlist"].as_str().unwrap_or_default()
+        );
+    }
+    let most = |key: &str| tracks.iter().filter_map(|t| t[key].as_u64()).max();
     let mut iframes = String::new();
     for r in renditions {
         let dir = r["dir"].as_str().unwrap_or_default();
         let name = dir.rsplit('/').next().unwrap_or_default();
         let codecs = r["codecs"].as_str().unwrap_or_default();
-        let _ =
-            write!(m, "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},CODECS=\"{codecs}\"", r["peak_bitrate"], r["average_bitrate"]);
+        let with_audio = r["video"].is_object() && !tracks.is_empty();
+        let (peak, average) = (r["peak_bitrate"].as_u64().unwrap_or(0), r["average_bitrate"].as_u64().unwrap_or(0));
+        let _ = if with_audio {
+            let codecs = format!("{codecs},{}", tracks[0]["codecs"].as_str().unwrap_or("mp4a.40.2"));
+            let (peak, average) = (peak + most("peak_bitrate").unwrap_or(0), average + most("average_bitrate").unwrap_or(0));
+            write!(m, "#EXT-X-STREAM-INF:BANDWIDTH={peak},AVERAGE-BANDWIDTH={average},CODECS=\"{codecs}\",AUDIO=\"{AUDIO_GROUP}\"")
+        } else {
+            write!(m, "#EXT-X-STREAM-INF:BANDWIDTH={peak},AVERAGE-BANDWIDTH={average},CODECS=\"{codecs}\"")
+        };
         if r["video"].is_object() {
             let _ = write!(m, ",RESOLUTION={}x{},FRAME-RATE={:.3}", r["width"], r["height"], r["frame_rate"].as_f64().unwrap_or(0.0));
         }

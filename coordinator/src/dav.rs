@@ -146,10 +146,10 @@ async fn dav(State(st): State<AppState>, req: Request) -> Response {
     st.dav.handle_with(DavConfig::new().principal(principal), req).await.into_response()
 }
 
-/// What a worker credential reaches in `/dav/`: it reads the source of a job it
-/// holds a lease of, and the parts a join lease it holds joins (its rendition's
-/// chunks and the audio, in `jobs/J/.chunks/`), and writes only inside the staging directory of a lease it
-/// holds now (`jobs/J/.staging/NAME.eEPOCH/`), creating its parent collections on
+/// What a worker credential reaches in `/dav/`: it reads the source and the audio
+/// packets (`jobs/J/audio/audio.pkts`) of a job it holds a lease of, and the
+/// chunks a join lease it holds joins (its rendition's, in `jobs/J/.chunks/`), and
+/// writes only inside the staging directory of a lease it holds now (`jobs/J/.staging/NAME.eEPOCH/`), creating its parent collections on
 /// the way. Nothing else: not other jobs, not published outputs, not its own
 /// earlier epochs, nothing at all once the lease is gone.
 async fn worker_may(st: &AppState, worker: &str, method: &str, path: &str, destination: Option<&str>) -> bool {
@@ -169,6 +169,8 @@ async fn worker_may(st: &AppState, worker: &str, method: &str, path: &str, desti
     };
     match (method, segments.as_slice()) {
         ("GET" | "HEAD", ["jobs", job, "source"]) => holds(job, None).await,
+        // The job's audio packets, which every rendition's MP4 muxes.
+        ("GET" | "HEAD", ["jobs", job, crate::storage::AUDIO_DIR, "audio.pkts"]) => holds(job, None).await,
         ("GET" | "HEAD", ["jobs", job, crate::storage::PARTS, part, _file]) => {
             st.queue.worker_joins(worker, job, part).await.unwrap_or(false)
         }

@@ -242,6 +242,9 @@ pub async fn promote(st: &AppState, p: &Promotion) {
         Ok(None) => st.queue.promoted(&p.task_id, now).await.map(|succeeded| {
             if succeeded {
                 st.emit("task", json!({"job_id": p.job_id, "task_id": p.task_id, "state": "succeeded", "progress": 1.0}));
+                // Tasks that waited for this one (renditions for the audio, joins for
+                // their chunks) may run now.
+                st.wake_workers();
             }
         }),
         Ok(Some(lost)) => {

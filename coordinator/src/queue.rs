@@ -147,7 +147,7 @@ impl NewTask {
         NewTask { kind: TaskKind::Chunk, rendition: Some(rendition.into()), requires, chunk: Some(span) }
     }
 
-    /// A chunked job's audio, with `rendition`'s audio settings (every rung's are the profile's).
+    /// A job's audio, with `rendition`'s audio settings (every rung's are the profile's).
     pub fn audio(rendition: &str) -> NewTask {
         NewTask { kind: TaskKind::Audio, rendition: Some(rendition.into()), requires: None, chunk: None }
     }
@@ -367,7 +367,9 @@ impl DatabaseUrl {
 /// lock; nothing on SQLite, whose writer is alone). `$1` worker, `$2` now, `$3` the
 /// lease TTL, `$4` the worker's encoders and `$7` its tags (",a,b,"), `$5`/`$6` only
 /// this job's tasks of this kind (a bundle's companions), and `$8` of this chunk.
-/// A join is runnable only once the job's audio and its rendition's chunks succeeded.
+/// A rendition (transcode or join) and the thumbnails are runnable only once the
+/// job's audio succeeded (the renditions mux it; the thumbnails wait to share the
+/// last renditions' decode), and a join only once its rendition's chunks did too.
 macro_rules! lease_claim {
     ($lock:literal) => {
         concat!(
@@ -379,8 +381,8 @@ macro_rules! lease_claim {
                            AND (t.requires IS NULL OR instr($4, ',' || t.requires || ',') > 0)
                            AND (CAST($5 AS TEXT) IS NULL OR (t.job_id = $5 AND t.kind = $6 AND (CAST($8 AS BIGINT) IS NULL OR t.chunk = $8)))
                            AND NOT EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = t.job_id AND instr($7, ',' || jt.tag || ',') = 0)
-                           AND (t.kind <> 'join' OR NOT EXISTS (SELECT 1 FROM tasks d WHERE d.job_id = t.job_id AND d.state <> 'succeeded'
-                                 AND (d.kind = 'audio' OR (d.kind = 'chunk' AND d.rendition = t.rendition))))
+                           AND (t.kind NOT IN ('transcode', 'join', 'thumbnails') OR NOT EXISTS (SELECT 1 FROM tasks d WHERE d.job_id = t.job_id
+                                 AND d.state <> 'succeeded' AND (d.kind = 'audio' OR (t.kind = 'join' AND d.kind = 'chunk' AND d.rendition = t.rendition))))
                          ORDER BY t.priority DESC, t.due_at, t.job_created_at, t.seq LIMIT 1 ",
             $lock,
             ")
@@ -877,10 +879,14 @@ impl Queue {
         if !matches!(job_state(&mut tx, id).await?.as_str(), "failed" | "canceled") {
             return Err(QueueError::Conflict(format!("job {id} has not failed or been canceled")));
         }
-        // A chunked rendition not yet joined needs its parts again: the job's end swept them.
+        // A chunked rendition not yet joined needs its chunks again, and a rendition
+        // not yet made needs the audio packets again: the job's end swept them.
         sqlx::query("UPDATE tasks SET state = 'queued', cancel = 0, attempts = 0, error = NULL, run_after = 0, worker_id = NULL, lease_expires_at = NULL, progress = 0, unrunnable_since = NULL, updated_at = $1, queued_at = $1
-                     WHERE job_id = $2 AND (state != 'succeeded' OR (kind IN ('chunk', 'audio') AND EXISTS (SELECT 1 FROM tasks j WHERE j.job_id = tasks.job_id
-                       AND j.kind = 'join' AND j.state != 'succeeded' AND (tasks.kind = 'audio' OR j.rendition = tasks.rendition))))")
+                     WHERE job_id = $2 AND (state != 'succeeded'
+                       OR (kind = 'chunk' AND EXISTS (SELECT 1 FROM tasks j WHERE j.job_id = tasks.job_id
+                         AND j.kind = 'join' AND j.state != 'succeeded' AND j.rendition = tasks.rendition))
+                       OR (kind = 'audio' AND EXISTS (SELECT 1 FROM tasks r WHERE r.job_id = tasks.job_id
+                         AND r.kind IN ('transcode', 'join') AND r.state != 'succeeded')))")
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
@@ -986,18 +992,23 @@ impl Queue {
         })
     }
 
-    /// What a join of `rendition` reads: the names of its chunk tasks, in chunk
-    /// order, and whether the job has an audio task.
-    pub async fn join_parts(&self, job: &str, rendition: &str) -> Result<(Vec<String>, bool)> {
-        let rows = sqlx::query(
-            "SELECT kind, name FROM tasks WHERE job_id = $1 AND ((kind = 'chunk' AND rendition = $2) OR kind = 'audio') ORDER BY chunk",
-        )
-        .bind(job)
-        .bind(rendition)
-        .fetch_all(&mut *self.conn().await?)
-        .await?;
-        let audio = rows.iter().any(|r| r.get::<&str, _>(0) == "audio");
-        Ok((rows.iter().filter(|r| r.get::<&str, _>(0) == "chunk").map(|r| r.get(1)).collect(), audio))
+    /// What a join of `rendition` reads: the names of its chunk tasks, in chunk order.
+    pub async fn join_parts(&self, job: &str, rendition: &str) -> Result<Vec<String>> {
+        let names = sqlx::query_scalar("SELECT name FROM tasks WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2 ORDER BY chunk")
+            .bind(job)
+            .bind(rendition)
+            .fetch_all(&mut *self.conn().await?)
+            .await?;
+        Ok(names)
+    }
+
+    /// Whether the job's audio is a task of its own (every job with video and audio).
+    pub async fn has_audio_task(&self, job: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE job_id = $1 AND kind = 'audio'")
+            .bind(job)
+            .fetch_one(&mut *self.conn().await?)
+            .await?;
+        Ok(n > 0)
     }
 
     /// The succeeded chunk reports of `rendition` other than chunk `index`'s.
@@ -1018,12 +1029,12 @@ impl Queue {
             .collect())
     }
 
-    /// Whether `worker` holds a live join lease of `job` that reads part `part` (the
-    /// audio, or a chunk of the join's rendition).
+    /// Whether `worker` holds a live join lease of `job` that reads part `part` (a
+    /// chunk of the join's rendition).
     pub async fn worker_joins(&self, worker: &str, job: &str, part: &str) -> Result<bool> {
         let held: i64 = sqlx::query_scalar(
             "SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND worker_id = $2 AND kind = 'join' AND state IN ('leased', 'running')
-                 AND ($3 = 'audio' OR substr($3, 1, length(rendition) + 2) = rendition || '.c')) THEN 1 ELSE 0 END",
+                 AND substr($3, 1, length(rendition) + 2) = rendition || '.c') THEN 1 ELSE 0 END",
         )
         .bind(job)
         .bind(worker)

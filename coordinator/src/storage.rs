@@ -309,12 +309,20 @@ impl Store {
         self.remove_dir(&format!("jobs/{job}")).await
     }
 
-    /// Removes what is left of a finished job's staging area.
-    /// Removes a job's work in progress: its staging area, and a chunked job's
-    /// parts (chunks and audio), which its joins have used.
+    /// Removes a job's work in progress, at its end: its staging area, a chunked
+    /// job's chunks, which its joins have used, and the audio packets its
+    /// renditions muxed (a retry encodes the audio again).
     pub async fn remove_staging(&self, job: &str) -> StoreResult<()> {
         self.remove_dir(&format!("jobs/{job}/.staging")).await?;
-        self.remove_dir(&format!("jobs/{job}/{PARTS}")).await
+        self.remove_dir(&format!("jobs/{job}/{PARTS}")).await?;
+        let packets = format!("jobs/{job}/{AUDIO_DIR}/{AUDIO_PACKETS}");
+        match &self.remote {
+            None => match tokio::fs::remove_file(self.root.join(&packets)).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            },
+            Some(r) => r.delete(&packets).await,
+        }
     }
 
     /// Removes a directory and everything in it; one that is not there is no error.
@@ -430,6 +438,12 @@ pub fn output_dir(job: &str, kind: TaskKind, name: &str) -> String {
 
 /// Where a chunked job's parts live until it ends, out of its published tree.
 pub const PARTS: &str = ".chunks";
+
+/// The job's audio task's directory (its tasks are named so): published, every
+/// track's HLS, and `audio.pkts` for the renditions' MP4s until the job ends.
+pub const AUDIO_DIR: &str = "audio";
+/// The audio packets in [`AUDIO_DIR`]: never published, removed when the job ends.
+pub const AUDIO_PACKETS: &str = "audio.pkts";
 
 /// Where the holder of lease `epoch` publishes. Only the epoch whose completion the
 /// queue accepts is promoted to [`output_dir`], so a worker that lost its lease can

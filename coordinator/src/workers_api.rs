@@ -104,6 +104,12 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
                     (TaskKind::Join, Some(r)) => Some(join_inputs(&st, &l.job_id, r).await?),
                     _ => None,
                 };
+                let audio = match l.kind {
+                    TaskKind::Transcode | TaskKind::Join if st.queue.has_audio_task(&l.job_id).await? => {
+                        Some(storage::output_dir(&l.job_id, TaskKind::Audio, storage::AUDIO_DIR))
+                    }
+                    _ => None,
+                };
                 leased.push(TaskLease {
                     version: proto::WIRE_VERSION,
                     output_dir: storage::staging_dir(&l.job_id, &l.name, l.epoch),
@@ -119,6 +125,7 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
                     companions: Vec::new(),
                     chunk: l.chunk,
                     join,
+                    audio,
                     storage: st.storage.access(),
                 });
             }
@@ -141,16 +148,12 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
     }
 }
 
-/// What a join of `rendition` reads: its chunks' directories in chunk order, the
-/// audio's, and the job's probe (the join recomputes the chunk plan from it).
+/// What a join of `rendition` reads: its chunks' directories in chunk order and
+/// the job's probe (the join recomputes the chunk plan from it).
 async fn join_inputs(st: &AppState, job: &str, rendition: &str) -> Result<JoinInputs, ApiError> {
-    let (chunks, audio) = st.queue.join_parts(job, rendition).await?;
+    let chunks = st.queue.join_parts(job, rendition).await?;
     let (_, probe) = st.queue.job_plan_inputs(job).await?;
-    Ok(JoinInputs {
-        chunks: chunks.iter().map(|name| storage::output_dir(job, TaskKind::Chunk, name)).collect(),
-        audio: audio.then(|| storage::output_dir(job, TaskKind::Audio, "audio")),
-        probe,
-    })
+    Ok(JoinInputs { chunks: chunks.iter().map(|name| storage::output_dir(job, TaskKind::Chunk, name)).collect(), probe })
 }
 
 async fn heartbeat(

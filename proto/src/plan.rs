@@ -30,10 +30,10 @@ pub struct PlannedTrack {
     pub name: String,
     /// The source stream it is made from.
     pub stream: usize,
-    /// The source's language tag (ISO 639), if it has one.
+    /// The source's language tag as BCP 47 (`en`), if it has one.
     pub language: Option<String>,
-    /// What a player lists: the source's title, else its language, else `Track N`
-    /// (N the source stream's index).
+    /// What a player lists: the source's title, else its language's name, else
+    /// `Track N` (N the source stream's index); unique within the job.
     pub label: String,
     /// The source's default track (the first of the plan).
     pub default: bool,
@@ -279,18 +279,21 @@ fn plan_within_limits(probe: &Probe, profile: &Profile) -> Result<Plan, PlanErro
 fn audio_tracks(probe: &Probe, profile: &Profile, planned: &PlannedAudio) -> Vec<PlannedTrack> {
     let Some(main) = probe.main_audio() else { return Vec::new() };
     let ordered = std::iter::once(main).chain(probe.audios().filter(|a| a.index != main.index));
-    ordered
-        .take(profile.audio.max_tracks)
-        .enumerate()
-        .map(|(k, a)| PlannedTrack {
-            name: format!("a{k}"),
-            stream: a.index,
-            language: a.language.clone(),
-            label: a.title.clone().or_else(|| a.language.clone()).unwrap_or_else(|| format!("Track {}", a.index)),
-            default: k == 0,
-            audio: planned.clone(),
-        })
-        .collect()
+    let mut tracks: Vec<PlannedTrack> = Vec::new();
+    for (k, a) in ordered.take(profile.audio.max_tracks).enumerate() {
+        let language = a.language.as_deref().and_then(crate::language::bcp47);
+        let named = a.title.clone().or_else(|| {
+            let tag = a.language.as_deref()?;
+            Some(crate::language::name(tag).map_or_else(|| tag.to_string(), str::to_string))
+        });
+        let mut label = named.unwrap_or_else(|| format!("Track {}", a.index));
+        // A player's menu needs every name once (HLS requires it within a group).
+        if tracks.iter().any(|t| t.label == label) {
+            label = format!("{label} ({})", a.index);
+        }
+        tracks.push(PlannedTrack { name: format!("a{k}"), stream: a.index, language, label, default: k == 0, audio: planned.clone() });
+    }
+    tracks
 }
 
 /// How a long source is cut in time: the job's output frame grid, computed once

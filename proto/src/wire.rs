@@ -69,7 +69,8 @@ pub enum TaskKind {
     Thumbnails,
     /// One time chunk of a long source, video only, as packets for its join.
     Chunk,
-    /// A chunked job's audio, encoded once, whole, as packets for every join.
+    /// A job's audio, encoded once, whole: every kept track as HLS of its own,
+    /// and the default track's packets, which every rendition's MP4 muxes.
     Audio,
     /// A chunked rendition's outputs, remuxed from its chunks and the audio.
     Join,
@@ -102,7 +103,7 @@ impl TaskKind {
 
     /// Whether the task makes part of a chunked job's work, never published itself.
     pub fn is_part(self) -> bool {
-        matches!(self, TaskKind::Chunk | TaskKind::Audio)
+        self == TaskKind::Chunk
     }
 }
 
@@ -115,13 +116,12 @@ pub struct ChunkSpan {
     pub frames: Option<u64>,
 }
 
-/// What a join task joins: every chunk's directory in chunk order, and the audio's.
+/// What a join task joins: every chunk's directory in chunk order (the audio is
+/// the lease's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JoinInputs {
     /// Storage directories, each holding `chunk.pkts` and `chunk.json`.
     pub chunks: Vec<String>,
-    /// Storage directory holding `audio.pkts` and `audio.json`.
-    pub audio: Option<String>,
     /// The job's probe, from which the join recomputes the chunk plan.
     pub probe: serde_json::Value,
 }
@@ -154,6 +154,10 @@ pub struct TaskLease {
     /// A join task's inputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join: Option<JoinInputs>,
+    /// A rendition (transcode or join) of a job with audio: the storage directory
+    /// of the job's audio task, whose `audio.pkts` its MP4 muxes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<String>,
     /// External WebDAV storage holding `source` and `output_dir`; absent when
     /// storage is the coordinator's own `/dav/` (reached with the worker's token).
     #[serde(default, skip_serializing_if = "Option::is_none")]

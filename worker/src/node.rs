@@ -189,7 +189,6 @@ async fn register_with(http: &reqwest::Client, cfg: &NodeConfig, base: &str) -> 
 struct Parts {
     probe: PathBuf,
     chunks: Vec<PathBuf>,
-    audio: Option<PathBuf>,
 }
 
 /// How a task's child ended.
@@ -367,6 +366,11 @@ impl Node {
     async fn execute(&self, tasks: &[TaskLease], dirs: &[PathBuf]) -> Outcome {
         let lease = &tasks[0];
         let mut cmd = tokio::process::Command::new(&self.cfg.drake_exe);
+        // A rendition muxes the job's audio, encoded once by its audio task.
+        let audio = match self.fetch_audio(lease, &dirs[0]).await {
+            Ok(a) => a,
+            Err(outcome) => return outcome,
+        };
         if let Some(join) = &lease.join {
             // A join reads its parts and the probe, never the source.
             let parts = match self.fetch_parts(lease, join, &dirs[0]).await {
@@ -378,8 +382,8 @@ impl Node {
             for chunk in &parts.chunks {
                 cmd.arg("--chunk").arg(chunk);
             }
-            if let Some(audio) = &parts.audio {
-                cmd.arg("--audio").arg(audio);
+            if let Some(audio) = &audio {
+                cmd.arg("--audio").arg(audio.parent().expect("in the parts directory"));
             }
             cmd.arg("--out").arg(&dirs[0]);
         } else {
@@ -420,6 +424,9 @@ impl Node {
                         cmd.arg("--audio");
                     }
                     _ => {}
+                }
+                if let Some(audio) = &audio {
+                    cmd.arg("--audio-packets").arg(audio);
                 }
             }
         }
@@ -526,19 +533,36 @@ impl Node {
         }
     }
 
-    /// Copies what a join reads into scratch (beside its output directory): every
-    /// chunk's packets and report, the audio's packets, and the probe.
-    async fn fetch_parts(&self, lease: &TaskLease, join: &JoinInputs, out_dir: &Path) -> Result<Parts, Outcome> {
-        let root = out_dir.with_extension("parts");
-        let parts = Parts {
-            probe: root.join("probe.json"),
-            chunks: (0..join.chunks.len()).map(|i| root.join(format!("c{i:04}"))).collect(),
-            audio: join.audio.as_ref().map(|_| root.join("audio")),
-        };
+    /// Copies the job's audio packets (`audio.pkts`), which a rendition lease's MP4
+    /// muxes, into scratch (in the parts directory beside its output directory).
+    async fn fetch_audio(&self, lease: &TaskLease, out_dir: &Path) -> Result<Option<PathBuf>, Outcome> {
+        let Some(from) = &lease.audio else { return Ok(None) };
+        let dest = out_dir.with_extension("parts").join("audio").join(crate::transcode::AUDIO_PACKETS);
         let (base, authorization) = self.storage(lease);
         let dav = Dav::new(&self.http, base, authorization);
         let copy = async {
-            for dir in parts.chunks.iter().chain(&parts.audio) {
+            tokio::fs::create_dir_all(dest.parent().expect("a directory")).await.map_err(PublishError::Local)?;
+            dav.download(&format!("{from}/{}", crate::transcode::AUDIO_PACKETS), &dest).await
+        };
+        match self.beating(std::slice::from_ref(lease), "copying the audio from storage", copy).await {
+            Ok(_) => Ok(Some(dest)),
+            Err(o) => {
+                let _ = tokio::fs::remove_file(&dest).await;
+                Err(o)
+            }
+        }
+    }
+
+    /// Copies what a join reads into scratch (beside its output directory): every
+    /// chunk's packets and report, and the probe.
+    async fn fetch_parts(&self, lease: &TaskLease, join: &JoinInputs, out_dir: &Path) -> Result<Parts, Outcome> {
+        let root = out_dir.with_extension("parts");
+        let parts =
+            Parts { probe: root.join("probe.json"), chunks: (0..join.chunks.len()).map(|i| root.join(format!("c{i:04}"))).collect() };
+        let (base, authorization) = self.storage(lease);
+        let dav = Dav::new(&self.http, base, authorization);
+        let copy = async {
+            for dir in &parts.chunks {
                 tokio::fs::create_dir_all(dir).await.map_err(PublishError::Local)?;
             }
             tokio::fs::write(&parts.probe, join.probe.to_string()).await.map_err(PublishError::Local)?;
@@ -546,9 +570,6 @@ impl Node {
                 for name in [crate::transcode::CHUNK_PACKETS, crate::transcode::CHUNK_REPORT] {
                     dav.download(&format!("{from}/{name}"), &to.join(name)).await?;
                 }
-            }
-            if let (Some(from), Some(to)) = (&join.audio, &parts.audio) {
-                dav.download(&format!("{from}/{}", crate::transcode::AUDIO_PACKETS), &to.join(crate::transcode::AUDIO_PACKETS)).await?;
             }
             Ok(())
         };
