@@ -1,7 +1,9 @@
 //! `drake transcode`: one or more renditions in this process. The source is decoded
 //! once; each decoded frame feeds every rendition's filters and encoder, and each
 //! encoded packet is muxed twice: into a fast-start MP4 and into a fragmented MP4
-//! (one fragment per GOP) that [`crate::fmp4`] cuts into HLS.
+//! (one fragment per GOP) that [`crate::fmp4`] cuts into HLS. Beside video, the HLS
+//! is video-only: the job's audio task ([`run_audio`]) encodes every audio track
+//! once, as HLS of its own, and its packets are muxed into each MP4.
 //!
 //! Keyframes are forced by presentation time (every `gop_seconds`), never by frame
 //! count or scene cut, so every rendition of a job has IDRs at the same instants.
