@@ -165,6 +165,8 @@ fn ops_watch_and_act_from_a_real_browser() {
     b.wait_for("the job page", "return document.getElementById('renditions') !== null;", json!([]), Duration::from_secs(10));
     let rows = b.js("return [...document.querySelectorAll('#renditions tbody tr')].map(r => r.cells[0].textContent);", json!([]));
     assert_eq!(rows, json!(["240p", "360p"]), "a 360p source gets 240p and 360p");
+    let tracks = b.js("return [...document.querySelectorAll('#audio-tracks tbody tr')].map(r => [r.cells[0].textContent, r.cells[1].textContent, r.cells[4].textContent]);", json!([]));
+    assert_eq!(tracks, json!([["a0", "Track 1", "yes"]]), "the source's one (untagged, default) audio track");
     assert!(b.text("#probe").contains("h264"), "{}", b.text("#probe"));
     b.wait_for(
         "thumbnails and storyboard images to load",

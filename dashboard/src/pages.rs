@@ -297,6 +297,23 @@ pub fn job(
         }
         s.push_str("</tbody></table></section>");
     }
+    if let Some((_, _, _, a)) = results.iter().find(|r| r.1 == TaskKind::Audio) {
+        s.push_str("<section class=\"card wide\"><h2>Audio tracks</h2><table id=\"audio-tracks\"><thead><tr><th>Track</th><th>Name</th><th>Language</th><th>Source stream</th><th>Default</th><th>Average bitrate</th><th>Codecs</th></tr></thead><tbody>");
+        for t in a["report"]["tracks"].as_array().into_iter().flatten() {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"num\">{} kbit/s</td><td><code>{}</code></td></tr>",
+                esc(t["name"].as_str().unwrap_or("?")),
+                esc(t["label"].as_str().unwrap_or("")),
+                esc(t["language"].as_str().unwrap_or("–")),
+                t["stream"],
+                if t["default"] == true { "yes" } else { "" },
+                t["average_bitrate"].as_u64().unwrap_or(0) / 1000,
+                esc(t["codecs"].as_str().unwrap_or("")),
+            );
+        }
+        s.push_str("</tbody></table></section>");
+    }
     if let Some((_, _, _, t)) = results.iter().find(|r| r.1 == TaskKind::Thumbnails) {
         let dir = t["dir"].as_str().unwrap_or_default();
         s.push_str("<section class=\"card wide\"><h2>Thumbnails and storyboard</h2><div class=\"thumbs\">");
