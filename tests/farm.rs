@@ -130,39 +130,11 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
     let _w2 = c.worker("w2", &join);
     let dir = Dir::new();
     // Two languages: English (the default) and an untagged commentary track.
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=s=640x360:r=30:d=8",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=f=440:d=8",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=f=880:d=8",
-        "-map",
-        "0",
-        "-map",
-        "1",
-        "-map",
-        "2",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-c:a",
-        "aac",
-        "-metadata:s:a:0",
-        "language=eng",
-        "-disposition:a:0",
-        "default",
-        "-disposition:a:1",
-        "0",
-        &dir.s("clip.mp4"),
-    ]);
+    let clip = dir.s("clip.mp4");
+    let args = "-f lavfi -i testsrc2=s=640x360:r=30:d=8 -f lavfi -i sine=f=440:d=8 -f lavfi -i sine=f=880:d=8 \
+                -map 0 -map 1 -map 2 -c:v libx264 -preset ultrafast -c:a aac \
+                -metadata:s:a:0 language=eng -disposition:a:0 default -disposition:a:1 0";
+    ffmpeg(&args.split_whitespace().chain([clip.as_str()]).collect::<Vec<_>>());
     std::fs::write(dir.path("corrupt.mp4"), vec![0x42u8; 100_000]).unwrap();
     let (hook_url, hooks) = webhook_receiver();
 
