@@ -271,24 +271,50 @@ async fn write_outputs(st: &AppState, job_id: &str) -> Result<Written, String> {
         return Err("no rendition was published".into());
     }
     renditions.sort_by_key(|r| r["peak_bitrate"].as_u64().unwrap_or(0));
+    let subtitles = audio["subtitles"].as_array().cloned().unwrap_or_default();
     let master = master_playlist(&st.storage, &job_dir, &renditions, &audio).await?;
-    let outputs = json!({"master_playlist": url(&job_dir, "master.m3u8"), "manifest": url(&job_dir, "manifest.json")});
+    let dash = crate::dash::mpd(&renditions, &audio, &subtitles);
+    let mut outputs = json!({"master_playlist": url(&job_dir, "master.m3u8"), "manifest": url(&job_dir, "manifest.json")});
+    if dash.is_some() {
+        outputs["dash_manifest"] = json!(url(&job_dir, DASH_MANIFEST));
+    }
     let manifest = json!({
         "version": proto::WIRE_VERSION,
         "job": {"id": job.id, "profile": job.profile, "source": job.source, "created_at": job.created_at},
         "probe": job.probe,
         "master_playlist": outputs["master_playlist"],
+        "dash_manifest": outputs["dash_manifest"],
         "thumbnails": thumbnails,
         "audio": audio,
+        "subtitles": subtitles,
+        "skipped_subtitles": skipped_subtitles(&job),
         "renditions": renditions,
         "chunking": chunking(&job),
     });
     st.storage.write(&format!("{job_dir}/master.m3u8"), master.into_bytes()).await.map_err(store_error)?;
+    if let Some(mpd) = dash {
+        st.storage.write(&format!("{job_dir}/{DASH_MANIFEST}"), mpd.into_bytes()).await.map_err(store_error)?;
+    }
     let manifest = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
     st.storage.write(&format!("{job_dir}/manifest.json"), manifest).await.map_err(store_error)?;
     st.storage.remove_staging(job_id).await.map_err(store_error)?;
     Ok(Written::Outputs(outputs))
 }
+
+/// The source's subtitle streams the job does not publish, with why (the plan,
+/// made again from the job's probe and profile; empty if either is gone).
+fn skipped_subtitles(job: &crate::queue::Job) -> Value {
+    let plan = job
+        .probe
+        .as_ref()
+        .and_then(|p| serde_json::from_value::<proto::probe::Probe>(p.clone()).ok())
+        .zip(Profile::load(&job.profile).ok())
+        .and_then(|(probe, profile)| proto::plan::plan(&probe, &profile).ok());
+    json!(plan.map(|p| p.skipped_subtitles).unwrap_or_default())
+}
+
+/// The job's DASH MPD, over the same segments as its HLS.
+const DASH_MANIFEST: &str = "manifest.mpd";
 
 /// How a chunked job was split, for its manifest: every chunk task with its
 /// rendition, its frames and the worker that made it; `null` for a job encoded whole.
@@ -322,14 +348,24 @@ fn audio_entry(mut entry: Value, url: &dyn Fn(&str) -> String) -> Value {
             t["files"] = json!(own);
         }
     }
+    if let Some(subtitles) = entry["subtitles"].as_array_mut() {
+        for t in subtitles {
+            t["playlist"] = json!(url(t["files"]["hls_playlist"].as_str().unwrap_or_default()));
+            t["vtt"] = json!(url(t["files"]["vtt"].as_str().unwrap_or_default()));
+            t["file_roles"] = t["files"].take();
+        }
+    }
     entry
 }
 
 /// The HLS group every video rendition's audio comes from.
 const AUDIO_GROUP: &str = "audio";
+/// The HLS group of the job's subtitles.
+const SUBTITLES_GROUP: &str = "subs";
 
 /// The multivariant playlist: the job's audio tracks as one `EXT-X-MEDIA` group
-/// (the source's default track `DEFAULT=YES`, every track selectable), then one
+/// (the source's default track `DEFAULT=YES`, every track selectable), its text
+/// subtitles as another (`DEFAULT`, `FORCED` from the source's dispositions), then one
 /// `EXT-X-STREAM-INF` (its bandwidth and codecs with the group's largest track)
 /// and one `EXT-X-I-FRAME-STREAM-INF` per rendition, lowest bandwidth first.
 /// Paths are relative to the job directory.
@@ -350,6 +386,21 @@ async fn master_playlist(store: &crate::storage::Store, job_dir: &str, rendition
             t["file_roles"]["hls_playlist"].as_str().unwrap_or_default()
         );
     }
+    let subtitles = audio["subtitles"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for t in subtitles {
+        let _ = write!(m, "#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"{SUBTITLES_GROUP}\",NAME=\"{}\"", t["label"].as_str().unwrap_or_default());
+        if let Some(lang) = t["language"].as_str() {
+            let _ = write!(m, ",LANGUAGE=\"{lang}\"");
+        }
+        let yes = |v: &Value| if *v == true { "YES" } else { "NO" };
+        // DEFAULT=YES needs AUTOSELECT=YES; a forced track is only ever auto-selected.
+        let _ = write!(m, ",DEFAULT={},AUTOSELECT=YES,FORCED={}", yes(&t["default"]), yes(&t["forced"]));
+        if t["hearing_impaired"] == true {
+            m.push_str(",CHARACTERISTICS=\"public.accessibility.transcribes-spoken-dialog,public.accessibility.describes-music-and-sound\"");
+        }
+        let _ = writeln!(m, ",URI=\"{audio_dir}/{}\"", t["file_roles"]["hls_playlist"].as_str().unwrap_or_default());
+    }
+    let subtitles_group = if subtitles.is_empty() { String::new() } else { format!(",SUBTITLES=\"{SUBTITLES_GROUP}\"") };
     let most = |key: &str| tracks.iter().filter_map(|t| t[key].as_u64()).max();
     let mut iframes = String::new();
     for r in renditions {
@@ -367,6 +418,7 @@ async fn master_playlist(store: &crate::storage::Store, job_dir: &str, rendition
         };
         if r["video"].is_object() {
             let _ = write!(m, ",RESOLUTION={}x{},FRAME-RATE={:.3}", r["width"], r["height"], r["frame_rate"].as_f64().unwrap_or(0.0));
+            m.push_str(&subtitles_group);
         }
         let _ = write!(m, "\n{name}/{}\n", r["file_roles"]["hls_playlist"].as_str().unwrap_or("playlist.m3u8"));
         if r["video"].is_object() {

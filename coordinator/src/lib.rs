@@ -7,6 +7,7 @@ pub mod auth;
 pub mod background;
 pub mod chores;
 pub mod dav;
+pub mod dash;
 pub mod dbcopy;
 pub mod error;
 pub mod fault;

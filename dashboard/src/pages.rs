@@ -265,7 +265,10 @@ pub fn job(
             poster.map_or(String::new(), |p| format!(" poster=\"/ui/files/{}\"", esc(&p)))
         );
         if let Some(m) = j.outputs.as_ref().and_then(|o| o["master_playlist"].as_str()) {
-            let _ = write!(s, "<p class=\"muted\">HLS master playlist: <code>{}</code> (for players with HLS support)</p>", esc(m));
+            let _ = write!(s, "<p class=\"muted\" id=\"master-playlist\">HLS master playlist: <code>{}</code></p>", esc(m));
+        }
+        if let Some(m) = j.outputs.as_ref().and_then(|o| o["dash_manifest"].as_str()) {
+            let _ = write!(s, "<p class=\"muted\" id=\"dash-manifest\">DASH MPD: <code>{}</code></p>", esc(m));
         }
         s.push_str("</section>");
 

@@ -21,6 +21,41 @@ pub struct Plan {
     /// rendition carries its audio.
     #[serde(default)]
     pub audio_tracks: Vec<PlannedTrack>,
+    /// The source's text subtitle streams, each a WebVTT rendition extracted by
+    /// the job's audio task in its pass over the source (`s0`, `s1`, ...).
+    #[serde(default)]
+    pub subtitle_tracks: Vec<PlannedSubtitle>,
+    /// Subtitle streams not kept, and why (pictures, not text; no audio task; the cap).
+    #[serde(default)]
+    pub skipped_subtitles: Vec<SkippedSubtitle>,
+}
+
+/// At most this many subtitle streams of a source are kept.
+pub const MAX_SUBTITLE_TRACKS: usize = 16;
+
+/// One text subtitle stream of the source, as a WebVTT rendition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedSubtitle {
+    /// `s0`, `s1`, ... in stream order: the prefix of its files.
+    pub name: String,
+    pub stream: usize,
+    pub codec: String,
+    /// BCP 47, if the source tags it.
+    pub language: Option<String>,
+    /// What a player lists, unique within the job's subtitles.
+    pub label: String,
+    pub default: bool,
+    pub forced: bool,
+    pub hearing_impaired: bool,
+}
+
+/// A subtitle stream the job does not publish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedSubtitle {
+    pub stream: usize,
+    pub codec: String,
+    pub language: Option<String>,
+    pub reason: String,
 }
 
 /// One audio track of the source, encoded once per job.
@@ -207,7 +242,8 @@ fn plan_within_limits(probe: &Probe, profile: &Profile) -> Result<Plan, PlanErro
         }
         let skipped = profile.rungs.iter().map(|r| Skipped { name: r.name.clone(), reason: "the source has no video".into() }).collect();
         let r = PlannedRendition { name: AUDIO_RENDITION.into(), width: 0, height: 0, video: None, audio };
-        return Ok(Plan { profile: profile.name.clone(), renditions: vec![r], skipped, audio_tracks: Vec::new() });
+        let (subtitle_tracks, skipped_subtitles) = subtitle_tracks(probe, false);
+        return Ok(Plan { profile: profile.name.clone(), renditions: vec![r], skipped, audio_tracks: Vec::new(), subtitle_tracks, skipped_subtitles });
     };
     let (dw, dh) = (v.display_width, v.display_height);
     if dw < 2 || dh < 2 || dw > 16384 || dh > 16384 {
@@ -271,7 +307,55 @@ fn plan_within_limits(probe: &Probe, profile: &Profile) -> Result<Plan, PlanErro
         });
     }
     let audio_tracks = audio.map(|a| audio_tracks(probe, profile, &a)).unwrap_or_default();
-    Ok(Plan { profile: profile.name.clone(), renditions, skipped, audio_tracks })
+    let (subtitle_tracks, skipped_subtitles) = subtitle_tracks(probe, !audio_tracks.is_empty());
+    Ok(Plan { profile: profile.name.clone(), renditions, skipped, audio_tracks, subtitle_tracks, skipped_subtitles })
+}
+
+/// What a player lists for a track: its title, else its language's name, else
+/// `Track N` (N its stream index); with the index added where `taken` already
+/// has the name (a player's menu needs every name once; HLS requires it in a group).
+fn track_label(title: Option<&str>, language: Option<&str>, index: usize, taken: &[&str]) -> String {
+    let named = title.map(str::to_string).or_else(|| {
+        let tag = language?;
+        Some(crate::language::name(tag).map_or_else(|| tag.to_string(), str::to_string))
+    });
+    let label = named.unwrap_or_else(|| format!("Track {index}"));
+    if taken.contains(&label.as_str()) { format!("{label} ({index})") } else { label }
+}
+
+/// The subtitle streams a source keeps: its text ones in stream order, up to
+/// [`MAX_SUBTITLE_TRACKS`], when the job has an audio task to extract them in its
+/// pass over the source; every other one skipped with its reason.
+fn subtitle_tracks(probe: &Probe, with_audio_task: bool) -> (Vec<PlannedSubtitle>, Vec<SkippedSubtitle>) {
+    let (mut kept, mut skipped): (Vec<PlannedSubtitle>, Vec<SkippedSubtitle>) = (Vec::new(), Vec::new());
+    for t in probe.subtitles() {
+        let reason = if !t.text {
+            Some(format!("{} subtitles are pictures, not text: they cannot become WebVTT", t.codec))
+        } else if !with_audio_task {
+            Some("the source has no audio and video together: subtitles are extracted by the job's audio task".to_string())
+        } else if kept.len() == MAX_SUBTITLE_TRACKS {
+            Some(format!("over the limit of {MAX_SUBTITLE_TRACKS} subtitle tracks"))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            skipped.push(SkippedSubtitle { stream: t.index, codec: t.codec.clone(), language: t.language.clone(), reason });
+            continue;
+        }
+        let taken: Vec<&str> = kept.iter().map(|k| k.label.as_str()).collect();
+        let label = track_label(t.title.as_deref(), t.language.as_deref(), t.index, &taken);
+        kept.push(PlannedSubtitle {
+            name: format!("s{}", kept.len()),
+            stream: t.index,
+            codec: t.codec.clone(),
+            language: t.language.as_deref().and_then(crate::language::bcp47),
+            label,
+            default: t.default,
+            forced: t.forced,
+            hearing_impaired: t.hearing_impaired,
+        });
+    }
+    (kept, skipped)
 }
 
 /// The tracks a source keeps: its default (or first) audio track, then the others
@@ -282,15 +366,8 @@ fn audio_tracks(probe: &Probe, profile: &Profile, planned: &PlannedAudio) -> Vec
     let mut tracks: Vec<PlannedTrack> = Vec::new();
     for (k, a) in ordered.take(profile.audio.max_tracks).enumerate() {
         let language = a.language.as_deref().and_then(crate::language::bcp47);
-        let named = a.title.clone().or_else(|| {
-            let tag = a.language.as_deref()?;
-            Some(crate::language::name(tag).map_or_else(|| tag.to_string(), str::to_string))
-        });
-        let mut label = named.unwrap_or_else(|| format!("Track {}", a.index));
-        // A player's menu needs every name once (HLS requires it within a group).
-        if tracks.iter().any(|t| t.label == label) {
-            label = format!("{label} ({})", a.index);
-        }
+        let taken: Vec<&str> = tracks.iter().map(|t| t.label.as_str()).collect();
+        let label = track_label(a.title.as_deref(), a.language.as_deref(), a.index, &taken);
         tracks.push(PlannedTrack { name: format!("a{k}"), stream: a.index, language, label, default: k == 0, audio: planned.clone() });
     }
     tracks

@@ -26,6 +26,10 @@ pub struct RenditionReport {
     /// Presentation times (seconds) of every keyframe, shared by all rungs of a job.
     pub keyframe_times: Vec<f64>,
     pub segment_count: usize,
+    /// The HLS segments' times, for the job's DASH MPD (absent in reports from
+    /// before DASH).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<Timeline>,
     /// PSNR and SSIM against the source scaled to this rendition's size (video only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality: Option<QualityReport>,
@@ -34,6 +38,15 @@ pub struct RenditionReport {
     pub files: BTreeMap<String, String>,
     /// Every file written, with its size and sha256, by relative path.
     pub checksums: Vec<FileSum>,
+}
+
+/// What a DASH `SegmentTimeline` says of a track's media segments (the same
+/// files HLS lists): the track's timescale, and each segment's earliest
+/// presentation time and duration in it, as `[t, d]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timeline {
+    pub timescale: u32,
+    pub segments: Vec<(i64, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,8 +159,29 @@ pub struct AudioTracksReport {
     pub end: f64,
     pub sample_rate: u32,
     pub tracks: Vec<AudioTrackReport>,
+    /// The source's text subtitles, extracted in the same pass.
+    #[serde(default)]
+    pub subtitles: Vec<SubtitleTrackReport>,
     /// Every file written, with its size and sha256.
     pub checksums: Vec<FileSum>,
+}
+
+/// One text subtitle stream of the source as WebVTT: a single-file VTT and its
+/// HLS playlist, timed like the video.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubtitleTrackReport {
+    /// `s0`, `s1`, ...
+    pub name: String,
+    pub stream: usize,
+    pub codec: String,
+    pub language: Option<String>,
+    pub label: String,
+    pub default: bool,
+    pub forced: bool,
+    pub hearing_impaired: bool,
+    pub cues: usize,
+    /// Relative paths by role: `vtt`, `hls_playlist`.
+    pub files: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,6 +201,8 @@ pub struct AudioTrackReport {
     pub codecs: String,
     pub audio: AudioReport,
     pub segment_count: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<Timeline>,
     /// Relative paths by role: `hls_playlist`, `hls_init`.
     pub files: BTreeMap<String, String>,
 }

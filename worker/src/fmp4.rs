@@ -2,8 +2,10 @@
 //! media segments of whole GOPs, the media playlist and the I-frame playlist.
 //!
 //! Pure byte work on a file the engine just wrote; it never decodes. Boxes are read
-//! with the minimum of ISO BMFF parsing: top-level boxes, and `tfhd`/`trun` inside
-//! `moof` to find where each fragment's first video sample lies.
+//! with the minimum of ISO BMFF parsing: top-level boxes; `mdhd`/`trex` inside `moov`
+//! for the track's timescale and default duration; and `tfhd`/`tfdt`/`trun` inside
+//! `moof` to find where each fragment's first sample lies and when it plays (what
+//! a DASH `SegmentTimeline` lists).
 
 use std::fmt::Write as _;
 use std::ops::Range;
@@ -39,24 +41,42 @@ pub fn boxes(data: &[u8], range: Range<usize>) -> Result<Vec<BoxRef>, Fmp4Error>
     Ok(out)
 }
 
-/// One `moof`+`mdat` pair and where its first sample of `track_id` lies.
+/// One `moof`+`mdat` pair, where its first sample of `track_id` lies and when
+/// its samples play.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fragment {
     pub moof: (u64, u64),
     pub mdat: (u64, u64),
     /// Byte range of the track's first sample, absolute in the file.
     pub first_sample: (u64, u64),
+    /// In the track's timescale: the first sample's decode time (`tfdt`), the
+    /// earliest presentation time of any sample (decode time plus composition
+    /// offset), and the sum of the samples' durations. Zero where the file says
+    /// nothing (no `tfdt`, no durations).
+    pub decode_time: u64,
+    pub earliest_presentation: i64,
+    pub duration: u64,
 }
 
 /// The parsed layout of a fragmented MP4: `ftyp`+`moov` bytes, then fragments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
     pub init: (u64, u64),
+    /// The track's timescale (its `mdhd`), 0 if the `moov` does not say.
+    pub timescale: u32,
     pub fragments: Vec<Fragment>,
 }
 
-/// The layout of a fragmented MP4 file, reading only box headers and `moof` boxes,
-/// so a multi-gigabyte rendition is never held in memory.
+/// What the `moov` says of one track that fragments need: its timescale and the
+/// default sample duration of its `trex`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct TrackDefaults {
+    timescale: u32,
+    sample_duration: u32,
+}
+
+/// The layout of a fragmented MP4 file, reading only box headers, `moov` and
+/// `moof` boxes, so a multi-gigabyte rendition is never held in memory.
 pub fn layout_file(path: &std::path::Path, track_id: u32) -> std::io::Result<Layout> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path)?;
@@ -72,17 +92,26 @@ pub fn layout_file(path: &std::path::Path, track_id: u32) -> std::io::Result<Lay
         top.push(BoxRef { kind, range: (at, at + size) });
         at += size;
     }
-    let mut moofs = std::collections::HashMap::new();
-    for b in top.iter().filter(|b| &b.kind == b"moof") {
+    // Box bodies by their start: the moov and every moof (each a few KB).
+    let mut bodies = std::collections::HashMap::new();
+    for b in top.iter().filter(|b| &b.kind == b"moof" || &b.kind == b"moov") {
         let mut buf = vec![0u8; (b.range.1 - b.range.0) as usize];
         f.seek(SeekFrom::Start(b.range.0))?;
         f.read_exact(&mut buf)?;
-        moofs.insert(b.range.0, buf);
+        bodies.insert(b.range.0, buf);
     }
-    assemble(&top, |moof| {
-        let buf = &moofs[&moof.range.0];
-        first_sample(buf, &BoxRef { kind: moof.kind, range: (0, buf.len() as u64) }, track_id)
-    })
+    let whole = |b: &BoxRef, buf: &Vec<u8>| BoxRef { kind: b.kind, range: (0, buf.len() as u64) };
+    assemble(
+        &top,
+        |moov| {
+            let buf = &bodies[&moov.range.0];
+            track_defaults(buf, &whole(moov, buf), track_id)
+        },
+        |moof, defaults| {
+            let buf = &bodies[&moof.range.0];
+            track_fragment(buf, &whole(moof, buf), track_id, defaults)
+        },
+    )
     .map_err(std::io::Error::other)
 }
 
@@ -106,14 +135,27 @@ fn box_header(header: &[u8], left: u64) -> Result<([u8; 4], u64), Fmp4Error> {
 
 pub fn layout(data: &[u8], track_id: u32) -> Result<Layout, Fmp4Error> {
     let top = boxes(data, 0..data.len())?;
-    assemble(&top, |moof| first_sample(data, moof, track_id))
+    assemble(&top, |moov| track_defaults(data, moov, track_id), |moof, defaults| track_fragment(data, moof, track_id, defaults))
 }
 
-/// Pairs each `moof` with its `mdat`; `sample` gives the first sample's (offset from
-/// the moof, size).
-fn assemble(top: &[BoxRef], mut sample: impl FnMut(&BoxRef) -> Result<(u64, u64), Fmp4Error>) -> Result<Layout, Fmp4Error> {
+/// What a `moof` says of the track: where its first sample lies (offset from the
+/// moof, size) and its timing.
+struct TrackRun {
+    first_sample: (u64, u64),
+    decode_time: u64,
+    earliest_presentation: i64,
+    duration: u64,
+}
+
+/// Pairs each `moof` with its `mdat`; `defaults` reads the `moov`, `run` a `moof`.
+fn assemble(
+    top: &[BoxRef],
+    defaults: impl FnOnce(&BoxRef) -> Result<TrackDefaults, Fmp4Error>,
+    mut run: impl FnMut(&BoxRef, TrackDefaults) -> Result<TrackRun, Fmp4Error>,
+) -> Result<Layout, Fmp4Error> {
     let moov = top.iter().position(|b| &b.kind == b"moov").ok_or_else(|| Fmp4Error::Malformed("no moov".into()))?;
     let init = (0, top[moov].range.1);
+    let track = defaults(&top[moov])?;
     let mut fragments = Vec::new();
     let mut i = moov + 1;
     while i < top.len() {
@@ -124,31 +166,78 @@ fn assemble(top: &[BoxRef], mut sample: impl FnMut(&BoxRef) -> Result<(u64, u64)
                     .get(i + 1)
                     .filter(|m| &m.kind == b"mdat")
                     .ok_or_else(|| Fmp4Error::Malformed(format!("moof at {} has no mdat after it", b.range.0)))?;
-                let (offset, size) = sample(&b)?;
+                let r = run(&b, track)?;
+                let (offset, size) = r.first_sample;
                 let start = b.range.0 + offset;
                 if start < mdat.range.0 || start + size > mdat.range.1 {
                     return Err(Fmp4Error::Malformed(format!("sample of moof at {} lies outside its mdat", b.range.0)));
                 }
-                fragments.push(Fragment { moof: b.range, mdat: mdat.range, first_sample: (start, start + size) });
+                fragments.push(Fragment {
+                    moof: b.range,
+                    mdat: mdat.range,
+                    first_sample: (start, start + size),
+                    decode_time: r.decode_time,
+                    earliest_presentation: r.earliest_presentation,
+                    duration: r.duration,
+                });
                 i += 2;
             }
             // Index and trailer boxes (sidx, mfra) are not part of any segment.
             _ => i += 1,
         }
     }
-    Ok(Layout { init, fragments })
+    Ok(Layout { init, timescale: track.timescale, fragments })
+}
+
+/// The children of a box with a plain (not full) header.
+fn children(data: &[u8], parent: &BoxRef) -> Result<Vec<BoxRef>, Fmp4Error> {
+    boxes(data, parent.bytes().start + 8..parent.bytes().end)
+}
+
+/// The track's timescale (`trak/mdia/mdhd`) and default sample duration
+/// (`mvex/trex`), from the `moov`; zeros where they are absent.
+fn track_defaults(data: &[u8], moov: &BoxRef, track_id: u32) -> Result<TrackDefaults, Fmp4Error> {
+    let mut out = TrackDefaults::default();
+    for b in children(data, moov)? {
+        match &b.kind {
+            b"trak" => {
+                let kids = children(data, &b)?;
+                let Some(tkhd) = kids.iter().find(|k| &k.kind == b"tkhd") else { continue };
+                let t = tkhd.range.0 as usize + 8;
+                // tkhd v1 has 64-bit times before the track id.
+                let id_at = if data.get(t) == Some(&1) { t + 20 } else { t + 12 };
+                if be32(data, id_at)? != track_id {
+                    continue;
+                }
+                let Some(mdia) = kids.iter().find(|k| &k.kind == b"mdia") else { continue };
+                if let Some(mdhd) = children(data, mdia)?.iter().find(|k| &k.kind == b"mdhd") {
+                    let m = mdhd.range.0 as usize + 8;
+                    out.timescale = be32(data, if data.get(m) == Some(&1) { m + 20 } else { m + 12 })?;
+                }
+            }
+            b"mvex" => {
+                for trex in children(data, &b)?.iter().filter(|k| &k.kind == b"trex") {
+                    let t = trex.range.0 as usize + 8;
+                    if be32(data, t + 4)? == track_id {
+                        out.sample_duration = be32(data, t + 12)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 fn be32(d: &[u8], at: usize) -> Result<u32, Fmp4Error> {
     d.get(at..at + 4).map(|b| u32::from_be_bytes(b.try_into().unwrap())).ok_or_else(|| Fmp4Error::Malformed("short box".into()))
 }
 
-/// Offset (relative to the moof start, as with `default-base-is-moof`) and size of
-/// the first sample of `track_id` in this fragment.
-fn first_sample(data: &[u8], moof: &BoxRef, track_id: u32) -> Result<(u64, u64), Fmp4Error> {
-    let r = moof.bytes();
-    for traf in boxes(data, r.start + 8..r.end)?.iter().filter(|b| &b.kind == b"traf") {
-        let children = boxes(data, traf.bytes().start + 8..traf.bytes().end)?;
+/// The track's run in this fragment: the offset (relative to the moof start, as
+/// with `default-base-is-moof`) and size of its first sample, and its timing.
+fn track_fragment(data: &[u8], moof: &BoxRef, track_id: u32, defaults: TrackDefaults) -> Result<TrackRun, Fmp4Error> {
+    for traf in children(data, moof)?.iter().filter(|b| &b.kind == b"traf") {
+        let children = children(data, traf)?;
         let tfhd = children.iter().find(|b| &b.kind == b"tfhd").ok_or_else(|| Fmp4Error::Malformed("traf without tfhd".into()))?;
         let t = tfhd.range.0 as usize + 8;
         let flags = be32(data, t)? & 0x00ff_ffff;
@@ -164,14 +253,29 @@ fn first_sample(data: &[u8], moof: &BoxRef, track_id: u32) -> Result<(u64, u64),
         if flags & 0x2 != 0 {
             at += 4;
         }
-        if flags & 0x8 != 0 {
+        let default_duration = if flags & 0x8 != 0 {
             at += 4;
-        }
+            be32(data, at - 4)?
+        } else {
+            defaults.sample_duration
+        };
         let default_size = if flags & 0x10 != 0 { Some(be32(data, at)?) } else { None };
+        let decode_time = match children.iter().find(|b| &b.kind == b"tfdt") {
+            Some(tfdt) => {
+                let d = tfdt.range.0 as usize + 8;
+                if data.get(d) == Some(&1) {
+                    (u64::from(be32(data, d + 4)?) << 32) | u64::from(be32(data, d + 8)?)
+                } else {
+                    u64::from(be32(data, d + 4)?)
+                }
+            }
+            None => 0,
+        };
         let trun = children.iter().find(|b| &b.kind == b"trun").ok_or_else(|| Fmp4Error::Malformed("traf without trun".into()))?;
         let t = trun.range.0 as usize + 8;
-        let flags = be32(data, t)? & 0x00ff_ffff;
-        if be32(data, t + 4)? == 0 {
+        let (version, flags) = (data.get(t).copied().unwrap_or(0), be32(data, t)? & 0x00ff_ffff);
+        let count = be32(data, t + 4)?;
+        if count == 0 {
             return Err(Fmp4Error::Malformed("empty trun".into()));
         }
         let mut at = t + 8;
@@ -185,15 +289,41 @@ fn first_sample(data: &[u8], moof: &BoxRef, track_id: u32) -> Result<(u64, u64),
         if flags & 0x4 != 0 {
             at += 4;
         }
-        if flags & 0x100 != 0 {
-            at += 4;
-        }
-        let size =
-            if flags & 0x200 != 0 { be32(data, at)? } else { default_size.ok_or_else(|| Fmp4Error::Malformed("no sample size".into()))? };
         if data_offset < 0 {
             return Err(Fmp4Error::Malformed("negative data offset".into()));
         }
-        return Ok((data_offset as u64, size as u64));
+        // Each sample: duration (0x100), size (0x200), flags (0x400), composition offset (0x800).
+        let (mut first_size, mut elapsed, mut earliest) = (None, 0u64, i64::MAX);
+        for _ in 0..count {
+            let duration = if flags & 0x100 != 0 {
+                at += 4;
+                be32(data, at - 4)?
+            } else {
+                default_duration
+            };
+            let size = if flags & 0x200 != 0 {
+                at += 4;
+                Some(be32(data, at - 4)?)
+            } else {
+                default_size
+            };
+            if flags & 0x400 != 0 {
+                at += 4;
+            }
+            let offset = if flags & 0x800 != 0 {
+                at += 4;
+                let raw = be32(data, at - 4)?;
+                // Version 1 offsets are signed.
+                if version == 1 { i64::from(raw as i32) } else { i64::from(raw) }
+            } else {
+                0
+            };
+            first_size.get_or_insert(size.ok_or_else(|| Fmp4Error::Malformed("no sample size".into()))?);
+            earliest = earliest.min((decode_time + elapsed) as i64 + offset);
+            elapsed += u64::from(duration);
+        }
+        let size = first_size.unwrap_or(0);
+        return Ok(TrackRun { first_sample: (data_offset as u64, u64::from(size)), decode_time, earliest_presentation: earliest, duration: elapsed });
     }
     Err(Fmp4Error::Malformed(format!("moof at {} has no track {track_id}", moof.range.0)))
 }
@@ -206,6 +336,10 @@ pub struct Segment {
     pub start: f64,
     pub duration: f64,
     pub bytes: u64,
+    /// In the track's timescale: the earliest presentation time of its first
+    /// fragment, and the sum of its fragments' durations.
+    pub time: i64,
+    pub ticks: u64,
 }
 
 /// Groups fragments (starting at `times`) into segments of whole fragments: a

@@ -12,8 +12,29 @@ use std::ffi::CStr;
 /// Reads subtitle stream `index` of `input` into cues, in presentation order.
 pub fn extract(input: &str, index: usize) -> Result<Vec<Cue>> {
     let mut ictx = av::open_input(input)?;
-    let start = av::start_seconds(&ictx);
-    let (tb, mut decoder) = {
+    let mut extractor = Extractor::new(&ictx, index)?;
+    for (stream, packet) in ictx.packets() {
+        if stream.index() == index {
+            extractor.feed(&packet)?;
+        }
+    }
+    Ok(extractor.finish())
+}
+
+/// One subtitle stream's decoder and the cues it has made, fed that stream's
+/// packets by whoever reads the source (so a task's one pass over it serves its
+/// audio and its subtitles alike).
+pub struct Extractor {
+    pub index: usize,
+    decoder: ff::decoder::Subtitle,
+    time_base: f64,
+    start: f64,
+    cues: Vec<Cue>,
+}
+
+impl Extractor {
+    /// The extractor of stream `index` of `ictx`: bad input if it is no text subtitle stream.
+    pub fn new(ictx: &ff::format::context::Input, index: usize) -> Result<Extractor> {
         let Some(st) = ictx.stream(index) else {
             return Err(EngineError::bad(format!("the source has no stream {index}")));
         };
@@ -28,20 +49,17 @@ pub fn extract(input: &str, index: usize) -> Result<Vec<Cue>> {
         let ctx = ff::codec::context::Context::from_parameters(st.parameters())
             .map_err(|e| EngineError::internal("reading decoder parameters", e))?;
         let decoder = ctx.decoder().subtitle().map_err(|e| EngineError::bad(format!("{codec} subtitles: {e}")))?;
-        (st.time_base(), decoder)
-    };
-    let seconds = |ts: i64| ts as f64 * f64::from(tb) - start;
-    let mut cues = Vec::new();
-    for (stream, packet) in ictx.packets() {
-        if stream.index() != index {
-            continue;
-        }
-        let Some(pts) = packet.pts().or(packet.dts()) else { continue };
+        Ok(Extractor { index, decoder, time_base: f64::from(st.time_base()), start: av::start_seconds(ictx), cues: Vec::new() })
+    }
+
+    /// Decodes one packet of the stream; a damaged cue is skipped, as a player would.
+    pub fn feed(&mut self, packet: &ff::Packet) -> Result<()> {
+        let Some(pts) = packet.pts().or(packet.dts()) else { return Ok(()) };
+        let seconds = |ts: i64| ts as f64 * self.time_base - self.start;
         let mut sub = ff::Subtitle::new();
-        match decoder.decode(&packet, &mut sub) {
+        match self.decoder.decode(packet, &mut sub) {
             Ok(true) => {}
-            // A damaged cue is skipped, as a player would.
-            Ok(false) | Err(_) => continue,
+            Ok(false) | Err(_) => return Ok(()),
         }
         let at = seconds(pts) + f64::from(sub.start()) / 1000.0;
         let end = if sub.end() > sub.start() && sub.end() != u32::MAX {
@@ -51,16 +69,21 @@ pub fn extract(input: &str, index: usize) -> Result<Vec<Cue>> {
         };
         let text: Vec<String> = sub.rects().filter_map(|r| rect_text(&r)).filter(|t| !t.is_empty()).collect();
         if text.is_empty() || end <= at {
-            continue;
+            return Ok(());
         }
-        if cues.len() == MAX_CUES {
-            return Err(EngineError::bad(format!("subtitle stream {index} has more than {MAX_CUES} cues")));
+        if self.cues.len() == MAX_CUES {
+            return Err(EngineError::bad(format!("subtitle stream {} has more than {MAX_CUES} cues", self.index)));
         }
         let text: String = text.join("\n").chars().take(MAX_CUE_CHARS).collect();
-        cues.push(Cue { start: at.max(0.0), end, settings: String::new(), text });
+        self.cues.push(Cue { start: at.max(0.0), end, settings: String::new(), text });
+        Ok(())
     }
-    cues.sort_by(|a, b| a.start.total_cmp(&b.start));
-    Ok(cues)
+
+    /// The cues, in presentation order.
+    pub fn finish(mut self) -> Vec<Cue> {
+        self.cues.sort_by(|a, b| a.start.total_cmp(&b.start));
+        self.cues
+    }
 }
 
 /// A rectangle's text, as WebVTT cue text: ASS events lose their fields and

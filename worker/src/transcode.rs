@@ -25,10 +25,11 @@ use ff::util::picture;
 use ff::{Dictionary, Packet, Rational, Rescale, codec, decoder, encoder, filter, format, frame};
 use ffmpeg_next as ff;
 use proto::chunk::ChunkReport;
-use proto::plan::{PlannedAudio, PlannedRendition, PlannedTrack, PlannedVideo};
+use proto::plan::{PlannedAudio, PlannedRendition, PlannedSubtitle, PlannedTrack, PlannedVideo};
 use proto::profile::{Profile, VideoCodec};
 use proto::report::{
-    AudioReport, AudioTrackReport, AudioTracksReport, KeyframeIndex, ProgressLine, QualitySums, RenditionReport, ThumbnailsReport,
+    AudioReport, AudioTrackReport, AudioTracksReport, KeyframeIndex, ProgressLine, QualitySums, RenditionReport, SubtitleTrackReport,
+    ThumbnailsReport,
     VideoReport,
 };
 use std::collections::BTreeMap;
@@ -372,12 +373,16 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
     for (t, mux) in plan.audio_tracks.iter().zip(muxes.iter_mut()) {
         pipes.push(AudioPipe::new(&ictx, t.stream, &renditions[..1], start, std::slice::from_mut(mux))?);
     }
+    let mut subtitles =
+        plan.subtitle_tracks.iter().map(|t| crate::subtitles::Extractor::new(&ictx, t.stream)).collect::<Result<Vec<_>>>()?;
     let total = probe.duration.max(0.001);
     let mut last_report = Instant::now();
     let mut source = SourceReader::new(req.input);
     while let Some(pkt) = source.next(&mut ictx)? {
         if let Some(k) = pipes.iter().position(|p| p.index == pkt.stream()) {
             pipes[k].feed(Some(&pkt), std::slice::from_mut(&mut muxes[k]))?;
+        } else if let Some(x) = subtitles.iter_mut().find(|x| x.index == pkt.stream()) {
+            x.feed(&pkt)?;
         }
         if last_report.elapsed().as_millis() >= 500 {
             last_report = Instant::now();
@@ -414,6 +419,12 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
     let tb = reader.header.time_base;
     let secs = |t: i64| t as f64 * f64::from(tb.0) / f64::from(tb.1.max(1));
     written.push(AUDIO_PACKETS.to_string());
+    let mut subtitle_reports = Vec::with_capacity(subtitles.len());
+    for (t, x) in plan.subtitle_tracks.iter().zip(subtitles) {
+        let (report, files) = write_subtitles(&staging, t, x.finish(), probe.duration)?;
+        subtitle_reports.push(report);
+        written.extend(files);
+    }
     let report = AudioTracksReport {
         version: proto::WIRE_VERSION,
         packets,
@@ -421,12 +432,42 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
         end: secs(end),
         sample_rate: reader.header.sample_rate,
         tracks,
+        subtitles: subtitle_reports,
         checksums: staging.checksums(&written)?,
     };
     files::write_json(&staging.path(AUDIO_REPORT), &report)?;
     staging.commit(AUDIO_REPORT)?;
     progress(ProgressLine::Done { fraction: 1.0 });
     Ok(report)
+}
+
+/// One subtitle track as a single-file WebVTT (`s0.vtt`) and its HLS playlist
+/// (`s0.m3u8`, one segment spanning the source). Its cues are timed from the
+/// container's start, as the video is; `X-TIMESTAMP-MAP` says that cue time 0 is
+/// the video's decode time 0 (its first fragment's `tfdt`), where HLS players
+/// anchor fMP4 timelines.
+fn write_subtitles(staging: &Staging, t: &PlannedSubtitle, cues: Vec<proto::captions::Cue>, duration: f64) -> Result<(SubtitleTrackReport, Vec<String>)> {
+    let (vtt, playlist) = (format!("{}.vtt", t.name), format!("{}.m3u8", t.name));
+    let text = proto::captions::to_webvtt(&cues).replacen("WEBVTT\n", "WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:0,LOCAL:00:00:00.000\n", 1);
+    std::fs::write(staging.path(&vtt), text).ctx(|| format!("writing {vtt}"))?;
+    let target = duration.ceil().max(1.0) as u64;
+    let m3u8 = format!(
+        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXTINF:{duration:.6},\n{vtt}\n#EXT-X-ENDLIST\n"
+    );
+    std::fs::write(staging.path(&playlist), m3u8).ctx(|| format!("writing {playlist}"))?;
+    let report = SubtitleTrackReport {
+        name: t.name.clone(),
+        stream: t.stream,
+        codec: t.codec.clone(),
+        language: t.language.clone(),
+        label: t.label.clone(),
+        default: t.default,
+        forced: t.forced,
+        hearing_impaired: t.hearing_impaired,
+        cues: cues.len(),
+        files: BTreeMap::from([("vtt".to_string(), vtt.clone()), ("hls_playlist".to_string(), playlist.clone())]),
+    };
+    Ok((report, vec![vtt, playlist]))
 }
 
 /// One audio track's HLS, remuxed from its packets (`pkts`) without re-encoding:
@@ -477,6 +518,7 @@ fn package_track(
             sample_rate: t.audio.sample_rate,
         },
         segment_count: hls.segments.len(),
+        timeline: hls.timeline,
         files: BTreeMap::from([("hls_playlist".to_string(), names.playlist()), ("hls_init".to_string(), names.init())]),
     };
     Ok((report, hls.files))
@@ -589,7 +631,7 @@ pub(crate) fn package(
         return Err(EngineError::internal("verifying the output", problems.join("; ")));
     }
 
-    let Hls { segments, iframes, files } = cut_hls(staging, mux, "", expected_end, video.is_some())?;
+    let Hls { segments, timeline, iframes, files } = cut_hls(staging, mux, "", expected_end, video.is_some())?;
     let mut written = vec![progressive.to_string()];
     written.extend(files);
 
@@ -634,6 +676,7 @@ pub(crate) fn package(
         audio: audio.map(|a| AudioReport { encoder: "aac".into(), bitrate: a.bitrate, channels: a.channels, sample_rate: a.sample_rate }),
         keyframe_times: scan.keyframes.iter().map(|k| k.time).collect(),
         segment_count: segments.len(),
+        timeline,
         quality: video.and_then(|v| v.quality.as_ref()).map(|q| q.report(crate::quality::vmaf_note())),
         files: roles,
         checksums,
@@ -648,6 +691,8 @@ pub const AAC_CODECS: &str = "mp4a.40.2";
 /// A rendition's or track's HLS, cut from its fragmented file.
 struct Hls {
     segments: Vec<fmp4::Segment>,
+    /// The segments' times for DASH, when the file gave its timescale.
+    timeline: Option<proto::report::Timeline>,
     iframes: Vec<fmp4::IFrame>,
     /// The files written: the init segment, the media segments, the playlist.
     files: Vec<String>,
@@ -710,7 +755,8 @@ fn cut_hls(staging: &Staging, mux: &Muxers, prefix: &str, expected_end: f64, vid
             }
         }
         files.push(file.clone());
-        segments.push(fmp4::Segment { file, fragments: frags, start: seg_start, duration, bytes });
+        let (time, ticks) = (first.earliest_presentation, layout.fragments[frags.clone()].iter().map(|f| f.duration).sum());
+        segments.push(fmp4::Segment { file, fragments: frags, start: seg_start, duration, bytes, time, ticks });
     }
     drop(src);
     std::fs::remove_file(&frag_path).ctx(|| "removing the fragmented MP4".into())?;
@@ -719,7 +765,11 @@ fn cut_hls(staging: &Staging, mux: &Muxers, prefix: &str, expected_end: f64, vid
     }
     std::fs::write(staging.path(&playlist), fmp4::media_playlist(&init, &segments)).ctx(|| "writing the playlist".into())?;
     files.push(playlist);
-    Ok(Hls { segments, iframes, files })
+    let timeline = (layout.timescale > 0).then(|| proto::report::Timeline {
+        timescale: layout.timescale,
+        segments: segments.iter().map(|s| (s.time, s.ticks)).collect(),
+    });
+    Ok(Hls { segments, timeline, iframes, files })
 }
 
 /// Average and peak (HLS `BANDWIDTH`: the largest segment's) bits per second.
