@@ -129,11 +129,21 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
     let _w1 = c.worker("w1", &join);
     let _w2 = c.worker("w2", &join);
     let dir = Dir::new();
-    // Two languages: English (the default) and an untagged commentary track.
+    // Two languages: English (the default) and an untagged commentary track; and
+    // two subtitle streams (English, the default as the MP4 muxer marks the first;
+    // French, forced) as mov_text from SubRip.
     let clip = dir.s("clip.mp4");
-    let args = "-f lavfi -i testsrc2=s=640x360:r=30:d=8 -f lavfi -i sine=f=440:d=8 -f lavfi -i sine=f=880:d=8 \
-                -map 0 -map 1 -map 2 -c:v libx264 -preset ultrafast -c:a aac \
-                -metadata:s:a:0 language=eng -disposition:a:0 default -disposition:a:1 0";
+    std::fs::write(dir.path("en.srt"), "1\n00:00:01,000 --> 00:00:03,000\nHello there\n\n2\n00:00:05,000 --> 00:00:07,500\nSecond line\n")
+        .unwrap();
+    std::fs::write(dir.path("fr.srt"), "1\n00:00:02,000 --> 00:00:04,000\nBonjour\n").unwrap();
+    let args = format!(
+        "-f lavfi -i testsrc2=s=640x360:r=30:d=8 -f lavfi -i sine=f=440:d=8 -f lavfi -i sine=f=880:d=8 -i {} -i {} \
+         -map 0 -map 1 -map 2 -map 3 -map 4 -c:v libx264 -preset ultrafast -c:a aac -c:s mov_text \
+         -metadata:s:a:0 language=eng -disposition:a:0 default -disposition:a:1 0 \
+         -metadata:s:s:0 language=eng -metadata:s:s:1 language=fre -disposition:s:1 forced",
+        dir.s("en.srt"),
+        dir.s("fr.srt")
+    );
     ffmpeg(&args.split_whitespace().chain([clip.as_str()]).collect::<Vec<_>>());
     std::fs::write(dir.path("corrupt.mp4"), vec![0x42u8; 100_000]).unwrap();
     let (hook_url, hooks) = webhook_receiver();
@@ -217,6 +227,14 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
         "{master_text}"
     );
     assert_eq!(master_text.lines().filter(|l| l.starts_with("#EXT-X-STREAM-INF:") && l.contains(",AUDIO=\"audio\"")).count(), 2);
+    // The text subtitles are a group too, with their languages and dispositions.
+    for line in [
+        "#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"subs\",NAME=\"English\",LANGUAGE=\"en\",DEFAULT=YES,AUTOSELECT=YES,FORCED=NO,URI=\"audio/s0.m3u8\"",
+        "#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"subs\",NAME=\"French\",LANGUAGE=\"fr\",DEFAULT=NO,AUTOSELECT=YES,FORCED=YES,URI=\"audio/s1.m3u8\"",
+    ] {
+        assert!(master_text.contains(line), "{line} in {master_text}");
+    }
+    assert_eq!(master_text.lines().filter(|l| l.starts_with("#EXT-X-STREAM-INF:") && l.contains(",SUBTITLES=\"subs\"")).count(), 2);
 
     // Every published file matches its manifest checksum.
     let manifest: Value = serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
@@ -276,8 +294,46 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
         assert!((t["duration"].as_f64().unwrap() - 8.0).abs() < 0.05, "{t}");
         assert_eq!(t["default"], name == "a0");
     }
-    assert_eq!(playlists.len(), 1 + 2 * 2 + 2, "the master, each rung's media and I-frame playlists, each audio track's");
+    // Each subtitle track is one WebVTT file, timed like the video.
+    let subtitles = manifest["subtitles"].as_array().unwrap();
+    assert_eq!(subtitles.len(), 2, "{manifest}");
+    for t in subtitles {
+        let url = t["playlist"].as_str().unwrap();
+        playlists.push((url.to_string(), String::from_utf8(c.fetch(url)).unwrap()));
+    }
+    let vtt = String::from_utf8(c.fetch(subtitles[0]["vtt"].as_str().unwrap())).unwrap();
+    assert!(vtt.starts_with("WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:0,LOCAL:00:00:00.000\n"), "{vtt}");
+    assert!(vtt.contains("00:00:01.000 --> 00:00:03.000\nHello there\n"), "{vtt}");
+    assert_eq!(
+        (subtitles[1]["language"].as_str(), subtitles[1]["forced"].as_bool(), subtitles[1]["cues"].as_u64()),
+        (Some("fr"), Some(true), Some(1))
+    );
+    assert_eq!(manifest["skipped_subtitles"], json!([]));
+    assert_eq!(playlists.len(), 1 + 2 * 2 + 2 + 2, "the master, each rung's media and I-frame playlists, each audio and subtitle track's");
     hls_parser_strict(&playlists);
+
+    // DASH over the same segments: one MPD, each track's timeline listing exactly
+    // its HLS segments, and ffmpeg's DASH demuxer reads it to the end.
+    let mpd_url = job["outputs"]["dash_manifest"].as_str().unwrap();
+    assert_eq!(manifest["dash_manifest"].as_str(), Some(mpd_url));
+    let mpd = String::from_utf8(c.fetch(mpd_url)).unwrap();
+    for r in manifest["renditions"].as_array().unwrap() {
+        let segments = r["timeline"]["segments"].as_array().unwrap();
+        assert_eq!(segments.len() as u64, r["segment_count"].as_u64().unwrap(), "{r}");
+        let codecs = r["codecs"].as_str().unwrap();
+        assert!(mpd.contains(&format!("bandwidth=\"{}\" codecs=\"{codecs}\"", r["peak_bitrate"])), "{codecs} in {mpd}");
+    }
+    assert_eq!(mpd.matches("<AdaptationSet").count(), 1 + 2 + 2, "video, two audio languages, two subtitles: {mpd}");
+    assert!(mpd.contains("mimeType=\"text/vtt\" lang=\"fr\"") && mpd.contains("<BaseURL>audio/s1.vtt</BaseURL>"), "{mpd}");
+    let probe = ffprobe(&[
+        "-headers",
+        &format!("Authorization: Bearer {}\r\n", c.admin),
+        "-show_entries",
+        "stream=codec_type",
+        &format!("{}{mpd_url}", c.url),
+    ])
+    .to_string();
+    assert!(probe.contains("video") && probe.contains("audio"), "{probe}");
 
     // The webhook came, signed per Standard Webhooks, and was retried after a 500.
     let started = Instant::now();

@@ -388,7 +388,8 @@ async fn master_playlist(store: &crate::storage::Store, job_dir: &str, rendition
     }
     let subtitles = audio["subtitles"].as_array().map(Vec::as_slice).unwrap_or_default();
     for t in subtitles {
-        let _ = write!(m, "#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"{SUBTITLES_GROUP}\",NAME=\"{}\"", t["label"].as_str().unwrap_or_default());
+        let _ =
+            write!(m, "#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"{SUBTITLES_GROUP}\",NAME=\"{}\"", t["label"].as_str().unwrap_or_default());
         if let Some(lang) = t["language"].as_str() {
             let _ = write!(m, ",LANGUAGE=\"{lang}\"");
         }
@@ -396,7 +397,9 @@ async fn master_playlist(store: &crate::storage::Store, job_dir: &str, rendition
         // DEFAULT=YES needs AUTOSELECT=YES; a forced track is only ever auto-selected.
         let _ = write!(m, ",DEFAULT={},AUTOSELECT=YES,FORCED={}", yes(&t["default"]), yes(&t["forced"]));
         if t["hearing_impaired"] == true {
-            m.push_str(",CHARACTERISTICS=\"public.accessibility.transcribes-spoken-dialog,public.accessibility.describes-music-and-sound\"");
+            m.push_str(
+                ",CHARACTERISTICS=\"public.accessibility.transcribes-spoken-dialog,public.accessibility.describes-music-and-sound\"",
+            );
         }
         let _ = writeln!(m, ",URI=\"{audio_dir}/{}\"", t["file_roles"]["hls_playlist"].as_str().unwrap_or_default());
     }

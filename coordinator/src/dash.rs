@@ -35,7 +35,8 @@ pub fn mpd(renditions: &[Value], audio: &Value, subtitles: &[Value]) -> Option<S
     );
     let _ = writeln!(m, "  <Period id=\"0\" start=\"PT0S\">");
 
-    let (max_w, max_h) = videos.iter().fold((0, 0), |(w, h), r| (w.max(r["width"].as_u64().unwrap_or(0)), h.max(r["height"].as_u64().unwrap_or(0))));
+    let (max_w, max_h) =
+        videos.iter().fold((0, 0), |(w, h), r| (w.max(r["width"].as_u64().unwrap_or(0)), h.max(r["height"].as_u64().unwrap_or(0))));
     let _ = writeln!(
         m,
         "    <AdaptationSet id=\"0\" contentType=\"video\" mimeType=\"video/mp4\" segmentAlignment=\"true\" startWithSAP=\"1\" maxWidth=\"{max_w}\" maxHeight=\"{max_h}\">"
@@ -67,7 +68,11 @@ pub fn mpd(renditions: &[Value], audio: &Value, subtitles: &[Value]) -> Option<S
     let audio_dir = audio["dir"].as_str().and_then(|d| d.rsplit('/').next()).unwrap_or(crate::storage::AUDIO_DIR);
     for (i, t) in tracks.iter().enumerate() {
         let name = t["name"].as_str().unwrap_or_default();
-        let _ = write!(m, "    <AdaptationSet id=\"{}\" contentType=\"audio\" mimeType=\"audio/mp4\" segmentAlignment=\"true\" startWithSAP=\"1\"", i + 1);
+        let _ = write!(
+            m,
+            "    <AdaptationSet id=\"{}\" contentType=\"audio\" mimeType=\"audio/mp4\" segmentAlignment=\"true\" startWithSAP=\"1\"",
+            i + 1
+        );
         if let Some(lang) = t["language"].as_str() {
             let _ = write!(m, " lang=\"{}\"", esc(lang));
         }
@@ -199,7 +204,7 @@ mod tests {
         let a = json!({"dir": "jobs/j/audio", "tracks": [{"name": "a0", "language": "en", "label": "English", "default": true,
             "codecs": "mp4a.40.2", "peak_bitrate": 130000, "duration": 14.0, "audio": {"sample_rate": 48000, "channels": 2},
             "file_roles": {"hls_init": "a0.init.mp4"}, "timeline": {"timescale": 48000, "segments": [[0, 289792]]}}]});
-        let m = mpd(&[r.clone()], &a, &[]).unwrap();
+        let m = mpd(std::slice::from_ref(&r), &a, &[]).unwrap();
         assert!(m.contains("presentationTimeOffset=\"1024\""), "{m}");
         assert!(m.contains("<S t=\"1024\" d=\"92160\" r=\"1\"/>\n            <S d=\"30720\"/>"), "{m}");
         assert!(m.contains("frameRate=\"30000/1001\""), "{m}");

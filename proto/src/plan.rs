@@ -243,7 +243,14 @@ fn plan_within_limits(probe: &Probe, profile: &Profile) -> Result<Plan, PlanErro
         let skipped = profile.rungs.iter().map(|r| Skipped { name: r.name.clone(), reason: "the source has no video".into() }).collect();
         let r = PlannedRendition { name: AUDIO_RENDITION.into(), width: 0, height: 0, video: None, audio };
         let (subtitle_tracks, skipped_subtitles) = subtitle_tracks(probe, false);
-        return Ok(Plan { profile: profile.name.clone(), renditions: vec![r], skipped, audio_tracks: Vec::new(), subtitle_tracks, skipped_subtitles });
+        return Ok(Plan {
+            profile: profile.name.clone(),
+            renditions: vec![r],
+            skipped,
+            audio_tracks: Vec::new(),
+            subtitle_tracks,
+            skipped_subtitles,
+        });
     };
     let (dw, dh) = (v.display_width, v.display_height);
     if dw < 2 || dh < 2 || dw > 16384 || dh > 16384 {

@@ -323,7 +323,12 @@ fn track_fragment(data: &[u8], moof: &BoxRef, track_id: u32, defaults: TrackDefa
             elapsed += u64::from(duration);
         }
         let size = first_size.unwrap_or(0);
-        return Ok(TrackRun { first_sample: (data_offset as u64, u64::from(size)), decode_time, earliest_presentation: earliest, duration: elapsed });
+        return Ok(TrackRun {
+            first_sample: (data_offset as u64, u64::from(size)),
+            decode_time,
+            earliest_presentation: earliest,
+            duration: elapsed,
+        });
     }
     Err(Fmp4Error::Malformed(format!("moof at {} has no track {track_id}", moof.range.0)))
 }

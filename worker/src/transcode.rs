@@ -29,8 +29,7 @@ use proto::plan::{PlannedAudio, PlannedRendition, PlannedSubtitle, PlannedTrack,
 use proto::profile::{Profile, VideoCodec};
 use proto::report::{
     AudioReport, AudioTrackReport, AudioTracksReport, KeyframeIndex, ProgressLine, QualitySums, RenditionReport, SubtitleTrackReport,
-    ThumbnailsReport,
-    VideoReport,
+    ThumbnailsReport, VideoReport,
 };
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -446,7 +445,12 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
 /// container's start, as the video is; `X-TIMESTAMP-MAP` says that cue time 0 is
 /// the video's decode time 0 (its first fragment's `tfdt`), where HLS players
 /// anchor fMP4 timelines.
-fn write_subtitles(staging: &Staging, t: &PlannedSubtitle, cues: Vec<proto::captions::Cue>, duration: f64) -> Result<(SubtitleTrackReport, Vec<String>)> {
+fn write_subtitles(
+    staging: &Staging,
+    t: &PlannedSubtitle,
+    cues: Vec<proto::captions::Cue>,
+    duration: f64,
+) -> Result<(SubtitleTrackReport, Vec<String>)> {
     let (vtt, playlist) = (format!("{}.vtt", t.name), format!("{}.m3u8", t.name));
     let text = proto::captions::to_webvtt(&cues).replacen("WEBVTT\n", "WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:0,LOCAL:00:00:00.000\n", 1);
     std::fs::write(staging.path(&vtt), text).ctx(|| format!("writing {vtt}"))?;
@@ -765,10 +769,8 @@ fn cut_hls(staging: &Staging, mux: &Muxers, prefix: &str, expected_end: f64, vid
     }
     std::fs::write(staging.path(&playlist), fmp4::media_playlist(&init, &segments)).ctx(|| "writing the playlist".into())?;
     files.push(playlist);
-    let timeline = (layout.timescale > 0).then(|| proto::report::Timeline {
-        timescale: layout.timescale,
-        segments: segments.iter().map(|s| (s.time, s.ticks)).collect(),
-    });
+    let timeline = (layout.timescale > 0)
+        .then(|| proto::report::Timeline { timescale: layout.timescale, segments: segments.iter().map(|s| (s.time, s.ticks)).collect() });
     Ok(Hls { segments, timeline, iframes, files })
 }
 
