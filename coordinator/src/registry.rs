@@ -121,6 +121,16 @@ impl Queue {
         Ok(())
     }
 
+    /// The names of the workers that held any of a job's tasks, by worker id,
+    /// removed workers included: a job's history names the machines it ran on.
+    pub async fn job_worker_names(&self, job_id: &str) -> Result<std::collections::HashMap<String, String>> {
+        let rows = sqlx::query("SELECT DISTINCT w.id, w.name FROM tasks t JOIN workers w ON w.id = t.worker_id WHERE t.job_id = $1")
+            .bind(job_id)
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     pub async fn list_workers(&self, now: i64) -> Result<Vec<WorkerView>> {
         let rows = sqlx::query("SELECT id, name, slots, free_slots, capabilities, drake_version, last_seen, draining, load FROM workers WHERE removed = 0 ORDER BY created_at").fetch_all(self.pool()).await?;
         let tasks =

@@ -645,9 +645,14 @@ async fn workers_register_drain_and_leave(q: Queue) {
     assert!(q.worker_seen("w1", None, None, T0 + 2).await.unwrap().1);
     let listed = q.list_workers(T0 + 2).await.unwrap();
     assert_eq!((listed.len(), listed[0].name.as_str(), listed[0].slots), (1, "box-1", 2));
+    let job = job_with(&q, &["240p"]).await;
+    q.lease("w1", &[], T0 + 2).await.unwrap().unwrap();
     q.remove_worker("w1").await.unwrap();
     assert!(matches!(q.worker_seen("w1", None, None, T0 + 3).await, Err(QueueError::NotFound(_))));
     assert!(q.list_workers(T0 + 3).await.unwrap().is_empty());
+    let names = q.job_worker_names(&job.id).await.unwrap();
+    assert_eq!(names.get("w1").map(String::as_str), Some("box-1"), "a job's history names a removed worker");
+    assert_eq!(names.len(), 1);
 }
 
 /// PostgreSQL only: K connection pools, standing in for K coordinators, race on
