@@ -455,46 +455,50 @@ fn every_dashboard_route_checks_the_session_and_csrf() {
 }
 
 #[test]
-fn pages_stay_fast_with_a_thousand_jobs_and_fifty_workers() {
-    let data = Dir::new();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let first_job = rt.block_on(seed(&data.path("drake.db")));
-    let farm = Farm::start(data, &["coordinator"]);
-    let cookie = sign_in(&farm);
-    let pages = [
-        "/".to_string(),
-        "/jobs".into(),
-        "/jobs?page=19".into(),
-        "/jobs?state=failed".into(),
-        format!("/jobs/{first_job}"),
-        "/workers".into(),
-        "/workers/add".into(),
-        "/ui/fragment/jobs?page=0".into(),
-        "/metrics".into(),
-    ];
+fn pages_cost_no_more_with_five_thousand_jobs_than_with_five_hundred() {
+    // Pages list at most a page of rows (both farms fill every page), so their
+    // cost is independent of the history behind them: the ideal ratio between
+    // the two farms is 1. The overview summarises the last hour, which holds ten
+    // times as many jobs on the big farm, and the metrics' counters are sums over
+    // all history: linear is their bound (×10). A query that scans history for
+    // every row grows with the square (the overview's first-playable once did:
+    // 305 ms at 1,000 jobs against 12 ms at 100, ×25).
+    let small = seeded_farm(500);
+    let big = seeded_farm(5000);
+    let pages = |first_job: &str| {
+        [
+            ("/".to_string(), 10.0),
+            ("/metrics".into(), 10.0),
+            ("/jobs".into(), 3.0),
+            ("/jobs?page=1".into(), 3.0),
+            ("/jobs?state=failed".into(), 3.0),
+            (format!("/jobs/{first_job}"), 3.0),
+            ("/workers".into(), 3.0),
+            ("/workers/add".into(), 3.0),
+            ("/ui/fragment/jobs?page=0".into(), 3.0),
+        ]
+    };
+    let (small_pages, big_pages) = (pages(&small.2), pages(&big.2));
     let mut report = Vec::new();
-    for p in &pages {
-        let mut times = Vec::new();
-        for _ in 0..5 {
-            let out = Command::new("curl")
-                .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", "-H", &cookie, &format!("{}{p}", farm.url)])
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let (status, t) = text.split_once(' ').unwrap();
-            assert_eq!(status, "200", "{p}");
-            times.push(t.parse::<f64>().unwrap());
+    for ((s, _), (b, bound)) in small_pages.iter().zip(&big_pages) {
+        // Interleaved, so a noisy moment hits both farms alike.
+        let (mut ts, mut tb) = (Vec::new(), Vec::new());
+        for _ in 0..7 {
+            ts.push(page_time(&small.0, &small.1, s));
+            tb.push(page_time(&big.0, &big.1, b));
         }
-        times.sort_by(f64::total_cmp);
-        report.push(format!("{p}: median {:.1} ms", times[2] * 1000.0));
-        assert!(times[2] < 0.5, "{p} took {:.3} s (median of 5)", times[2]);
+        let (ms, mb) = (median(ts), median(tb));
+        let ratio = mb / ms.max(0.001);
+        report.push(format!("{s}: {:.1} ms at 500 jobs, {:.1} ms at 5,000 (×{ratio:.2})", ms * 1000.0, mb * 1000.0));
+        assert!(ratio < *bound, "{b} costs ×{ratio:.2} more at 5,000 jobs than at 500 ({:.1} ms vs {:.1} ms)", mb * 1000.0, ms * 1000.0);
     }
-    let (_, _, jobs) = http("GET", &format!("{}/jobs", farm.url), &[&cookie], None);
-    assert!(jobs.contains("1000 jobs · page 1 of 20"), "paged, not all at once");
-    let (_, _, workers) = http("GET", &format!("{}/workers", farm.url), &[&cookie], None);
+    let (farm, cookie, _) = &big;
+    let (_, _, jobs) = http("GET", &format!("{}/jobs", farm.url), &[cookie], None);
+    assert!(jobs.contains("5000 jobs · page 1 of 100"), "paged, not all at once");
+    let (_, _, workers) = http("GET", &format!("{}/workers", farm.url), &[cookie], None);
     assert_eq!(workers.matches("<tr data-worker=").count(), 50);
 
-    // And in the browser: the jobs page loads and renders quickly.
+    // And in the browser: the pages load and render (times reported, not judged).
     let b = Browser::start();
     b.goto(&farm.login_link);
     b.wait_for("sign-in", "return location.pathname === '/';", json!([]), Duration::from_secs(10));
@@ -507,15 +511,42 @@ fn pages_stay_fast_with_a_thousand_jobs_and_fifty_workers() {
             Duration::from_secs(10),
         );
         report.push(format!("browser {p}: loaded in {:.0} ms", ms.as_f64().unwrap()));
-        assert!(ms.as_f64().unwrap() < 2000.0, "{p} loaded in {ms} ms");
     }
-    b.screenshot("10-overview-1000-jobs");
+    b.screenshot("10-overview-5000-jobs");
     println!("{}", report.join("\n"));
 }
 
-/// 1,000 jobs in every state with 5 tasks each, 50 workers (half of them busy),
-/// and an hour of history. Returns one job's id.
-async fn seed(db: &std::path::Path) -> String {
+/// A coordinator over a seeded database of `jobs` jobs: the farm, a signed-in
+/// cookie header and the first job's id.
+fn seeded_farm(jobs: i64) -> (Farm, String, String) {
+    let data = Dir::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let first_job = rt.block_on(seed(&data.path("drake.db"), jobs));
+    let farm = Farm::start(data, &["coordinator"]);
+    let cookie = sign_in(&farm);
+    (farm, cookie, first_job)
+}
+
+/// One request's total time in seconds, as curl measures it; the page must be 200.
+fn page_time(farm: &Farm, cookie: &str, path: &str) -> f64 {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", "-H", cookie, &format!("{}{path}", farm.url)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, t) = text.split_once(' ').unwrap();
+    assert_eq!(status, "200", "{path}");
+    t.parse().unwrap()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// `jobs` jobs in every state with 5 tasks each, spread over the last hour, and 50
+/// workers (half of them busy, with 50 running tasks). Returns the first job's id.
+async fn seed(db: &std::path::Path, jobs: i64) -> String {
     use coordinator::queue::{NewJob, NewTask, Queue, QueueConfig};
     let q = Queue::open(db, QueueConfig::default()).await.unwrap();
     let now = coordinator::state::now_ms();
@@ -524,7 +555,8 @@ async fn seed(db: &std::path::Path) -> String {
         q.register_worker(&format!("w{w:02}"), &format!("machine-{w:02}"), 2, &caps, "0.1.0", now).await.unwrap();
     }
     let mut first = String::new();
-    for i in 0..1000 {
+    let spacing = 3_000_000 / jobs;
+    for i in 0..jobs {
         let new = NewJob {
             pipeline: None,
             profile: "web".into(),
@@ -534,13 +566,13 @@ async fn seed(db: &std::path::Path) -> String {
             idempotency_key: None,
             requires_tags: vec![],
         };
-        let (job, _) = q.create_job(&new, now - 3_500_000 + i * 3_000).await.unwrap();
+        let (job, _) = q.create_job(&new, now - 3_500_000 + i * spacing).await.unwrap();
         let tasks: Vec<NewTask> = ["240p", "360p", "480p", "720p"]
             .iter()
             .map(|r| NewTask::transcode(r, None))
             .chain(std::iter::once(NewTask::thumbnails()))
             .collect();
-        q.add_tasks(&job.id, &tasks, now - 3_500_000 + i * 3_000).await.unwrap();
+        q.add_tasks(&job.id, &tasks, now - 3_500_000 + i * spacing).await.unwrap();
         if first.is_empty() {
             first = job.id.clone();
         }
@@ -558,6 +590,14 @@ async fn seed(db: &std::path::Path) -> String {
         "UPDATE tasks SET state = (SELECT CASE j.state WHEN 'running' THEN 'running' WHEN 'queued' THEN 'queued' WHEN 'succeeded' THEN 'succeeded' ELSE 'failed' END FROM jobs j WHERE j.id = tasks.job_id),
                           progress = 0.5, leased_at = created_at + 1000, finished_at = created_at + 30000,
                           result = '{\"files\":[{\"path\":\"a.mp4\",\"size\":1000000,\"sha256\":\"x\"}],\"dir\":\"jobs/x/240p\",\"report\":{}}'",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    // A worker runs at most its slots: 25 busy workers, 2 tasks each.
+    sqlx::query(
+        "UPDATE tasks SET state = 'queued' WHERE state = 'running'
+           AND id NOT IN (SELECT id FROM tasks WHERE state = 'running' ORDER BY created_at DESC LIMIT 50)",
     )
     .execute(pool)
     .await
@@ -617,4 +657,143 @@ fn many_tabs_share_one_event_stream_and_stay_live() {
         json!([]),
         Duration::from_secs(10),
     );
+}
+
+/// A 20 s source with two audio languages (English default, French) and English
+/// subtitles whose cues span the whole clip.
+fn languages_clip(dir: &Dir) -> String {
+    let srt: String =
+        (0..10).map(|k| format!("{}\n00:00:{:02},000 --> 00:00:{:02},900\nHello cue {k}\n\n", k + 1, 2 * k, 2 * k + 1)).collect();
+    std::fs::write(dir.path("en.srt"), srt).unwrap();
+    let path = dir.s("languages.mp4");
+    let args = format!(
+        "-f lavfi -i testsrc2=s=640x360:r=30:d=20 -f lavfi -i sine=f=440:d=20 -f lavfi -i sine=f=880:d=20 -i {} \
+         -map 0 -map 1 -map 2 -map 3 -c:v libx264 -preset ultrafast -c:a aac -c:s mov_text \
+         -metadata:s:a:0 language=eng -metadata:s:a:1 language=fre -disposition:a:0 default -disposition:a:1 0 \
+         -metadata:s:s:0 language=eng {path}",
+        dir.s("en.srt")
+    );
+    ffmpeg(&args.split_whitespace().collect::<Vec<_>>());
+    path
+}
+
+#[test]
+fn the_job_page_plays_hls_with_rung_audio_and_captions_pickers_and_dashjs_plays_the_mpd() {
+    let farm = Farm::up(2);
+    let media = Dir::new();
+    let id = farm.upload(&languages_clip(&media));
+    let started = Instant::now();
+    while !matches!(farm.job(&id)["state"].as_str(), Some("succeeded" | "failed" | "canceled")) {
+        assert!(started.elapsed() < Duration::from_secs(180), "the job did not end");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(farm.job(&id)["state"], "succeeded");
+
+    let b = Browser::start();
+    b.goto(&farm.login_link);
+    b.wait_for("the overview", "return location.pathname === '/';", json!([]), Duration::from_secs(10));
+    b.goto(&format!("{}/jobs/{id}", farm.url));
+    // hls.js starts on the lowest rung, and lists both rungs, both languages and the captions.
+    b.wait_for(
+        "the HLS player to play",
+        "const v = document.getElementById('player'); if (v.paused) v.play().catch(() => {}); \
+         return window.drakeHls && v.currentTime > 0.5 ? v.videoWidth : null;",
+        json!([]),
+        Duration::from_secs(30),
+    );
+    let pickers = b.js(
+        "return ['rung-select', 'audio-select', 'captions-select'].map(id => [...document.getElementById(id).options].map(o => o.textContent));",
+        json!([]),
+    );
+    assert_eq!(
+        pickers,
+        json!([["auto", "240p", "360p"], ["English (en)", "French (fr)"], ["off", "English (en)"]]),
+        "the pickers list what the master playlist declares"
+    );
+    b.screenshot("12-hls-player");
+
+    // Picking the top rung lands: the picture is 640 wide.
+    b.js("const s = document.getElementById('rung-select'); s.value = '1'; s.dispatchEvent(new Event('change'));", json!([]));
+    b.wait_for(
+        "the top rung's picture",
+        "const v = document.getElementById('player'); return v.videoWidth === 640 && !v.paused ? v.currentTime : null;",
+        json!([]),
+        Duration::from_secs(30),
+    );
+
+    // A seek past a segment boundary (segments are 6 s) keeps playing.
+    b.js("document.getElementById('player').currentTime = 7.5;", json!([]));
+    b.wait_for(
+        "playback past the seek",
+        "const v = document.getElementById('player'); return !v.paused && !v.error && v.currentTime > 8.5 ? v.currentTime : null;",
+        json!([]),
+        Duration::from_secs(30),
+    );
+
+    // The second language: hls.js switches its audio track and keeps playing.
+    let before = b.js("return document.getElementById('player').currentTime;", json!([])).as_f64().unwrap();
+    b.js("const s = document.getElementById('audio-select'); s.value = '1'; s.dispatchEvent(new Event('change'));", json!([]));
+    b.wait_for(
+        "the French track",
+        "const h = window.drakeHls, v = document.getElementById('player'); \
+         return h.audioTrack === 1 && h.audioTracks[1].lang === 'fr' && v.currentTime > arguments[0] + 1 && !v.error;",
+        json!([before]),
+        Duration::from_secs(30),
+    );
+
+    // Captions on: a cue shows.
+    b.js("const s = document.getElementById('captions-select'); s.value = '0'; s.dispatchEvent(new Event('change'));", json!([]));
+    let cue = b.wait_for(
+        "a caption cue",
+        "const v = document.getElementById('player'); \
+         for (const t of v.textTracks) { if (t.mode === 'showing' && t.activeCues && t.activeCues.length) return t.activeCues[0].text; } \
+         return null;",
+        json!([]),
+        Duration::from_secs(30),
+    );
+    assert!(cue.as_str().unwrap().starts_with("Hello cue"), "{cue}");
+    b.screenshot("13-hls-player-captions");
+
+    // dash.js (npm `dashjs`) plays the job's MPD over the very same files: a copy of
+    // the job's directory served by a plain HTTP server next to a page that loads it.
+    let dashjs = npm_package("dashjs", "5.2.1");
+    let site = Dir::new();
+    let job_dir = farm.data.path(&format!("storage/jobs/{id}"));
+    let copied = Command::new("cp").args(["-r", job_dir.to_str().unwrap(), site.s("job").as_str()]).status().unwrap();
+    assert!(copied.success());
+    std::fs::copy(dashjs.join("dist/modern/umd/dash.all.min.js"), site.path("dash.all.min.js")).unwrap();
+    std::fs::write(
+        site.path("dash.html"),
+        "<!doctype html><video id=v muted playsinline></video><script src=dash.all.min.js></script><script>\
+         window.errors = []; const p = dashjs.MediaPlayer().create(); window.player = p;\
+         p.on('error', e => window.errors.push(JSON.stringify(e.error || e)));\
+         p.initialize(document.getElementById('v'), 'job/manifest.mpd', true);</script>",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory", &site.s("")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let served = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(served.elapsed() < Duration::from_secs(10), "python3 -m http.server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.goto(&format!("http://127.0.0.1:{port}/dash.html"));
+    let played = b.wait_for(
+        "dash.js to play the MPD",
+        "const v = document.getElementById('v'); if (window.errors.length) return 'errors: ' + window.errors.join('; '); \
+         return v.currentTime > 3 ? [v.videoWidth, window.player.getTracksFor('audio').map(t => t.lang), \
+                                      window.player.getTracksFor('text').map(t => t.lang), window.player.duration()] : null;",
+        json!([]),
+        Duration::from_secs(30),
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(played.is_array(), "{played}");
+    assert_eq!((&played[1], &played[2]), (&json!(["en", "fr"]), &json!(["en"])), "{played}");
+    assert!((played[3].as_f64().unwrap() - 20.0).abs() < 0.2, "{played}");
 }

@@ -5,7 +5,67 @@
   const main = document.getElementById("live");
   if (!main) return;
 
+  // The job's HLS in hls.js (embedded, loaded by the job page), with a rung picker
+  // ("auto" or one rung), an audio-language picker and a captions picker. Names
+  // come from the playlists (the source's metadata), so they are set as text.
+  let hls = null;
+  function option(value, label) {
+    const o = document.createElement("option");
+    o.value = String(value);
+    o.textContent = label;
+    return o;
+  }
+  function fill(select, first, items, label, selected) {
+    select.replaceChildren(...(first ? [first] : []), ...items.map(function (t, i) { return option(i, label(t)); }));
+    select.value = String(selected);
+  }
+  function bindPlayer() {
+    const box = document.querySelector(".player[data-hls]");
+    const video = box && box.querySelector("video");
+    if (hls && hls.media === video) return;
+    if (hls) { hls.destroy(); hls = null; window.drakeHls = null; }
+    if (!box) return;
+    if (typeof Hls === "undefined" || !Hls.isSupported()) {
+      // No MSE: a browser with native HLS plays the master playlist itself.
+      video.src = box.dataset.hls;
+      return;
+    }
+    // No worker (the CSP allows none) and the lowest rung first: playable at once.
+    hls = new Hls({ enableWorker: false, startLevel: 0 });
+    window.drakeHls = hls; // for ops in the console, and the browser tests
+    const rung = document.getElementById("rung-select");
+    const audio = document.getElementById("audio-select");
+    const captions = document.getElementById("captions-select");
+    function rungs() {
+      fill(rung, option(-1, "auto"), hls.levels, function (l) { return l.height + "p"; }, hls.autoLevelEnabled ? -1 : hls.currentLevel);
+    }
+    function audios() {
+      fill(audio, null, hls.audioTracks, function (t) { return t.lang ? t.name + " (" + t.lang + ")" : t.name; }, hls.audioTrack);
+    }
+    function subtitles() {
+      fill(captions, option(-1, "off"), hls.subtitleTracks, function (t) { return t.lang ? t.name + " (" + t.lang + ")" : t.name; }, hls.subtitleTrack);
+    }
+    hls.on(Hls.Events.MANIFEST_PARSED, function () { rungs(); audios(); subtitles(); });
+    hls.on(Hls.Events.AUDIO_TRACKS_UPDATED, audios);
+    hls.on(Hls.Events.SUBTITLE_TRACKS_UPDATED, subtitles);
+    hls.on(Hls.Events.LEVEL_SWITCHED, function () { if (!hls.autoLevelEnabled) rung.value = String(hls.currentLevel); });
+    rung.addEventListener("change", function () {
+      // A chosen rung lands now (the buffer ahead is replaced); auto lets ABR decide.
+      const level = Number(rung.value);
+      if (level < 0) hls.nextLevel = -1; else hls.currentLevel = level;
+    });
+    audio.addEventListener("change", function () { hls.audioTrack = Number(audio.value); });
+    captions.addEventListener("change", function () {
+      const track = Number(captions.value);
+      hls.subtitleDisplay = track >= 0;
+      hls.subtitleTrack = track;
+    });
+    hls.loadSource(box.dataset.hls);
+    hls.attachMedia(video);
+  }
+
   function bind() {
+    bindPlayer();
     document.querySelectorAll(".bar[data-progress]").forEach(function (el) {
       el.querySelector(".fill").style.width = Number(el.dataset.progress) + "%";
     });

@@ -24,6 +24,12 @@ const NAV: [(&str, &str); 5] =
 
 /// A whole page. `fragment` is where the live script refetches `body` from.
 pub fn page(title: &str, current: &str, csrf: &str, fragment: &str, refresh_ms: u32, body: &str) -> String {
+    page_with_scripts(title, current, csrf, fragment, refresh_ms, body, &[])
+}
+
+/// A whole page that also loads `scripts` (embedded assets' paths) before the live script.
+pub fn page_with_scripts(title: &str, current: &str, csrf: &str, fragment: &str, refresh_ms: u32, body: &str, scripts: &[&str]) -> String {
+    let scripts: String = scripts.iter().map(|s| format!("<script src=\"{}\"></script>", esc(s))).collect();
     let mut nav = String::new();
     for (href, label) in NAV {
         let cls = if href == current { " class=\"current\"" } else { "" };
@@ -35,7 +41,7 @@ pub fn page(title: &str, current: &str, csrf: &str, fragment: &str, refresh_ms: 
 <header><span class=\"brand\">Drake</span><nav>{nav}</nav>\
 <form method=\"post\" action=\"/logout\" class=\"logout\">{csrf_field}<button>Sign out</button></form></header>\
 <main id=\"live\" data-fragment=\"{fragment}\" data-refresh-ms=\"{refresh_ms}\">{body}</main>\
-<script src=\"/ui/app.js\"></script></body></html>",
+{scripts}<script src=\"/ui/app.js\"></script></body></html>",
         title = esc(title),
         csrf_field = csrf_input(csrf),
         fragment = esc(fragment),

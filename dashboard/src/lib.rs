@@ -27,6 +27,11 @@ const COOKIE: &str = "drake_session";
 const APP_JS: &str = include_str!("../assets/app.js");
 const EVENTS_JS: &str = include_str!("../assets/events.js");
 const APP_CSS: &str = include_str!("../assets/app.css");
+/// hls.js (npm, unmodified; see `assets/vendor/README.md`): the job page's player.
+const HLS_JS: &str = include_str!("../assets/vendor/hls.min.js");
+const HLS_JS_LICENSE: &str = include_str!("../assets/vendor/hls.js-LICENSE");
+/// hls.js's URL carries its version, so a browser may cache it for a year.
+pub const HLS_JS_PATH: &str = "/ui/hls-1.7.4.min.js";
 /// Pages without events of their own (workers' heartbeats) refresh this often.
 const WORKERS_REFRESH_MS: u32 = 3000;
 
@@ -48,6 +53,8 @@ pub fn router(st: AppState) -> Router {
         .route("/ui/app.js", get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }))
         .route("/ui/events.js", get(|| async { asset(EVENTS_JS, "text/javascript; charset=utf-8") }))
         .route("/ui/app.css", get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }))
+        .route(HLS_JS_PATH, get(|| async { cached_asset(HLS_JS, "text/javascript; charset=utf-8") }))
+        .route("/ui/hls.js-LICENSE.txt", get(|| async { asset(HLS_JS_LICENSE, "text/plain; charset=utf-8") }))
         .route("/ui/events", get(events))
         .route("/ui/fragment/overview", get(overview_fragment))
         .route("/ui/fragment/jobs", get(jobs_fragment))
@@ -63,7 +70,7 @@ async fn security_headers(mut resp: Response) -> Response {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'self'; img-src 'self'; media-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+            "default-src 'self'; img-src 'self'; media-src 'self' blob:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
         ),
     );
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -76,6 +83,11 @@ async fn security_headers(mut resp: Response) -> Response {
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+/// An asset whose URL carries its version: cached for a year.
+fn cached_asset(body: &'static str, content_type: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "public, max-age=31536000, immutable")], body).into_response()
 }
 
 /// The signed-in session of a request, if any.
@@ -281,8 +293,7 @@ async fn jobs_fragment(State(st): State<AppState>, headers: HeaderMap, Query(q):
 async fn job_html(st: &AppState, id: &str, csrf: &str) -> Result<Option<String>, Denied> {
     let Some(job) = st.queue.job(id).await.map_err(failed)? else { return Ok(None) };
     let results = st.queue.task_results(id).await.map_err(failed)?;
-    let workers = st.queue.list_workers(now_ms()).await.map_err(failed)?;
-    let names: std::collections::HashMap<String, String> = workers.into_iter().map(|w| (w.id, w.name)).collect();
+    let names = st.queue.job_worker_names(id).await.map_err(failed)?;
     Ok(Some(pages::job(&job, &results, &names, csrf, now_ms())))
 }
 
@@ -294,7 +305,9 @@ async fn job_page(State(st): State<AppState>, headers: HeaderMap, Path(id): Path
         );
     };
     let fragment = format!("/ui/fragment/jobs/{}", html::esc(&id));
-    Ok(Html(html::page("Job", "/jobs", &s.csrf, &fragment, 0, &body)).into_response())
+    // The player's library loads with the page, so a fragment that gains the
+    // player when the job succeeds finds it there.
+    Ok(Html(html::page_with_scripts("Job", "/jobs", &s.csrf, &fragment, 0, &body, &[HLS_JS_PATH])).into_response())
 }
 
 async fn job_fragment(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, Denied> {

@@ -243,28 +243,45 @@ pub fn job(
     // Outputs: player, renditions, thumbnails.
     let renditions: Vec<&Value> = results.iter().filter(|r| matches!(r.1, TaskKind::Transcode | TaskKind::Join)).map(|r| &r.3).collect();
     if !renditions.is_empty() {
-        s.push_str(
-            "<section class=\"card wide\"><h2>Player</h2><div class=\"player\"><select data-player=\"player\" id=\"rendition-select\">",
-        );
-        let mut first = None;
-        for r in &renditions {
-            if let Some(path) = role_path(r, "progressive") {
-                first.get_or_insert(path.clone());
-                let _ =
-                    write!(s, "<option value=\"/ui/files/{}\">{}</option>", esc(&path), esc(r["report"]["name"].as_str().unwrap_or("?")));
-            }
-        }
         let poster = results
             .iter()
             .find(|r| r.1 == TaskKind::Thumbnails)
-            .and_then(|r| Some(format!("{}/{}", r.3["dir"].as_str()?, r.3["report"]["poster"]["path"].as_str()?)));
-        let _ = write!(
-            s,
-            "</select><video id=\"player\" controls preload=\"metadata\" src=\"/ui/files/{}\"{}></video></div>",
-            esc(first.as_deref().unwrap_or_default()),
-            poster.map_or(String::new(), |p| format!(" poster=\"/ui/files/{}\"", esc(&p)))
-        );
-        if let Some(m) = j.outputs.as_ref().and_then(|o| o["master_playlist"].as_str()) {
+            .and_then(|r| Some(format!("{}/{}", r.3["dir"].as_str()?, r.3["report"]["poster"]["path"].as_str()?)))
+            .map_or(String::new(), |p| format!(" poster=\"/ui/files/{}\"", esc(&p)));
+        let mp4s: Vec<(String, &str)> =
+            renditions.iter().filter_map(|r| Some((role_path(r, "progressive")?, r["report"]["name"].as_str().unwrap_or("?")))).collect();
+        s.push_str("<section class=\"card wide\"><h2>Player</h2>");
+        let master = j.outputs.as_ref().and_then(|o| o["master_playlist"].as_str());
+        if master.is_some() {
+            // The job's HLS through hls.js (app.js), with its pickers; the MP4s as downloads.
+            let _ = write!(
+                s,
+                "<div class=\"player\" data-hls=\"/ui/files/jobs/{id}/master.m3u8\"><div class=\"pickers\">\
+<label>Quality <select id=\"rung-select\"><option value=\"-1\">auto</option></select></label>\
+<label>Audio <select id=\"audio-select\"></select></label>\
+<label>Captions <select id=\"captions-select\"><option value=\"-1\">off</option></select></label></div>\
+<video id=\"player\" controls muted playsinline preload=\"metadata\"{poster}></video></div><p class=\"muted\" id=\"downloads\">MP4:",
+                id = esc(&j.id)
+            );
+            for (path, name) in &mp4s {
+                let _ = write!(s, " <a href=\"/ui/files/{}\" download>{}</a>", esc(path), esc(name));
+            }
+            s.push_str("</p>");
+        } else {
+            // Before the job's end there is no master playlist: the renditions published
+            // so far play as progressive MP4s.
+            s.push_str("<div class=\"player\"><select data-player=\"player\" id=\"rendition-select\">");
+            for (path, name) in &mp4s {
+                let _ = write!(s, "<option value=\"/ui/files/{}\">{}</option>", esc(path), esc(name));
+            }
+            let first = mp4s.first().map_or("", |(p, _)| p.as_str());
+            let _ = write!(
+                s,
+                "</select><video id=\"player\" controls preload=\"metadata\" src=\"/ui/files/{}\"{poster}></video></div>",
+                esc(first)
+            );
+        }
+        if let Some(m) = master {
             let _ = write!(s, "<p class=\"muted\" id=\"master-playlist\">HLS master playlist: <code>{}</code></p>", esc(m));
         }
         if let Some(m) = j.outputs.as_ref().and_then(|o| o["dash_manifest"].as_str()) {

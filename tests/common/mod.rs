@@ -265,7 +265,8 @@ pub fn check_segments(dir: &Path, scratch: &Path) {
 pub fn npm_package(name: &str, version: &str) -> PathBuf {
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    let prefix = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/npm");
+    // A prefix of its own: npm prunes what another install into the same prefix left.
+    let prefix = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/npm/{name}@{version}"));
     let dir = prefix.join("node_modules").join(name);
     let installed = std::fs::read_to_string(dir.join("package.json"))
         .ok()
