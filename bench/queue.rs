@@ -227,6 +227,7 @@ async fn seed(database: &DatabaseUrl, tasks: usize) {
             priority: 0,
             idempotency_key: None,
             requires_tags: vec![],
+            captions: vec![],
         };
         let (job, _) = q.create_job(&new, now).await.unwrap();
         let owed = q.arm_chores(Some(&job.id), "bench-seed", now).await.unwrap();

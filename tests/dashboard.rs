@@ -565,6 +565,7 @@ async fn seed(db: &std::path::Path, jobs: i64) -> String {
             priority: 0,
             idempotency_key: None,
             requires_tags: vec![],
+            captions: vec![],
         };
         let (job, _) = q.create_job(&new, now - 3_500_000 + i * spacing).await.unwrap();
         let tasks: Vec<NewTask> = ["240p", "360p", "480p", "720p"]
@@ -770,19 +771,8 @@ fn the_job_page_plays_hls_with_rung_audio_and_captions_pickers_and_dashjs_plays_
          p.initialize(document.getElementById('v'), 'job/manifest.mpd', true);</script>",
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut server = Command::new("python3")
-        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory", &site.s("")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let served = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(served.elapsed() < Duration::from_secs(10), "python3 -m http.server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    b.goto(&format!("http://127.0.0.1:{port}/dash.html"));
+    let server = StaticSite::serve(&site);
+    b.goto(&format!("{}/dash.html", server.url));
     let played = b.wait_for(
         "dash.js to play the MPD",
         "const v = document.getElementById('v'); if (window.errors.length) return 'errors: ' + window.errors.join('; '); \
@@ -791,8 +781,7 @@ fn the_job_page_plays_hls_with_rung_audio_and_captions_pickers_and_dashjs_plays_
         json!([]),
         Duration::from_secs(30),
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(played.is_array(), "{played}");
     assert_eq!((&played[1], &played[2]), (&json!(["en", "fr"]), &json!(["en"])), "{played}");
     assert!((played[3].as_f64().unwrap() - 20.0).abs() < 0.2, "{played}");

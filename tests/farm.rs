@@ -42,9 +42,19 @@ fn every_api_route_checks_the_caller() {
         json!({"source_url": "http://[::ffff:127.0.0.1]:9/x.mp4"}),
         json!({"source_url": "http://localhost:9/x.mp4"}),
         json!({"source_url": "https://media.example.com/x.mp4", "callback_url": "http://10.0.0.7/hook"}),
+        json!({"source_url": "https://media.example.com/x.mp4", "captions": [{"url": "http://10.0.0.7/en.vtt", "language": "en"}]}),
     ] {
         let (status, e) = c.call("POST", "/api/v1/jobs", Some(&c.admin), Some(body.clone()));
         assert_eq!((status, e["code"].as_str()), (422, Some("unprocessable")), "{body}: {e}");
+    }
+    // Caption files: a language tag each, and at most eight.
+    let caption = json!({"url": "https://media.example.com/en.vtt", "language": "en"});
+    for body in [
+        json!({"source_url": "https://media.example.com/x.mp4", "captions": [{"url": "https://media.example.com/en.vtt", "language": "<b>"}]}),
+        json!({"source_url": "https://media.example.com/x.mp4", "captions": vec![caption; 9]}),
+    ] {
+        let (status, e) = c.call("POST", "/api/v1/jobs", Some(&c.admin), Some(body.clone()));
+        assert_eq!((status, e["code"].as_str()), (400, Some("bad_request")), "{body}: {e}");
     }
     let (_, listed) = c.call("GET", "/api/v1/jobs", Some(&c.admin), None);
     assert_eq!(listed["jobs"], json!([]));
@@ -147,6 +157,14 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
     ffmpeg(&args.split_whitespace().chain([clip.as_str()]).collect::<Vec<_>>());
     std::fs::write(dir.path("corrupt.mp4"), vec![0x42u8; 100_000]).unwrap();
     let (hook_url, hooks) = webhook_receiver();
+    // Caption files sent with the job: one uploaded (WebVTT), one by URL (SubRip,
+    // fetched by the coordinator), and a malformed one.
+    std::fs::write(dir.path("de.vtt"), "WEBVTT\n\n00:00:00.500 --> 00:00:02.000 line:0\nHallo\n").unwrap();
+    let site = Dir::new();
+    std::fs::write(site.path("es.srt"), "1\n00:00:03,000 --> 00:00:04,000\nHola\n").unwrap();
+    std::fs::write(dir.path("bad.srt"), "1\n00:00:01,000 --> 00:00:02,000\nfine\n\n2\n00:00:03,000 -> 00:00:04,000\nbroken arrow\n")
+        .unwrap();
+    let site_server = StaticSite::serve(&site);
 
     // Everything that happens, as server-sent events.
     let events = dir.path("events.txt");
@@ -170,9 +188,36 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
     let bad = c.wait_ended(bad["id"].as_str().unwrap(), Duration::from_secs(60));
     assert_eq!(bad["state"], "failed");
     assert!(bad["error"].as_str().unwrap().starts_with("bad input:"), "{bad}");
+    // So does a malformed caption file, naming its line, before anything is encoded
+    // (sent by `drake submit --caption`).
+    let out = Command::new(drake_bin())
+        .args([
+            "submit",
+            &dir.s("clip.mp4"),
+            "--coordinator",
+            &c.url,
+            "--token",
+            &c.admin,
+            "--caption",
+            &format!("en={}", dir.s("bad.srt")),
+        ])
+        .output()
+        .unwrap();
+    let bad_id = String::from_utf8_lossy(&out.stdout).trim().trim_start_matches("job ").to_string();
+    let bad = c.wait_ended(&bad_id, Duration::from_secs(60));
+    assert_eq!(bad["state"], "failed", "{bad}");
+    assert_eq!(
+        bad["error"], "bad input: caption file 1 (en, bad.srt): line 6: expected START --> END, found \"00:00:03,000 -> 00:00:04,000\"",
+        "{bad}"
+    );
+    assert!(bad["tasks"].as_array().unwrap().is_empty(), "{bad}");
 
     // ...and the next job succeeds.
-    let (status, job) = c.upload(&dir.s("clip.mp4"), &[("profile", "web"), ("callback_url", &hook_url)]);
+    let es_url = format!("{}/es.srt", site_server.url);
+    let (status, job) = c.upload(
+        &dir.s("clip.mp4"),
+        &[("profile", "web"), ("callback_url", &hook_url), ("caption.de", &format!("@{}", dir.s("de.vtt"))), ("caption_url.es", &es_url)],
+    );
     assert_eq!(status, 201, "{job}");
     let id = job["id"].as_str().unwrap().to_string();
     let job = c.wait_ended(&id, Duration::from_secs(180));
@@ -235,6 +280,13 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
         assert!(master_text.contains(line), "{line} in {master_text}");
     }
     assert_eq!(master_text.lines().filter(|l| l.starts_with("#EXT-X-STREAM-INF:") && l.contains(",SUBTITLES=\"subs\"")).count(), 2);
+    // The caption files sent with the job join the group.
+    for line in [
+        "#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"subs\",NAME=\"German\",LANGUAGE=\"de\",DEFAULT=NO,AUTOSELECT=YES,FORCED=NO,URI=\"captions/c0.m3u8\"",
+        "#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"subs\",NAME=\"Spanish\",LANGUAGE=\"es\",DEFAULT=NO,AUTOSELECT=YES,FORCED=NO,URI=\"captions/c1.m3u8\"",
+    ] {
+        assert!(master_text.contains(line), "{line} in {master_text}");
+    }
 
     // Every published file matches its manifest checksum.
     let manifest: Value = serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
@@ -296,7 +348,7 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
     }
     // Each subtitle track is one WebVTT file, timed like the video.
     let subtitles = manifest["subtitles"].as_array().unwrap();
-    assert_eq!(subtitles.len(), 2, "{manifest}");
+    assert_eq!(subtitles.len(), 4, "the source's two, then the two caption files: {manifest}");
     for t in subtitles {
         let url = t["playlist"].as_str().unwrap();
         playlists.push((url.to_string(), String::from_utf8(c.fetch(url)).unwrap()));
@@ -309,7 +361,18 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
         (Some("fr"), Some(true), Some(1))
     );
     assert_eq!(manifest["skipped_subtitles"], json!([]));
-    assert_eq!(playlists.len(), 1 + 2 * 2 + 2 + 2, "the master, each rung's media and I-frame playlists, each audio and subtitle track's");
+    // The caption files as WebVTT on the video's timeline, listed with their checksums.
+    let (de, es) = (&subtitles[2], &subtitles[3]);
+    assert_eq!((de["sidecar"].as_str(), de["cues"].as_u64(), es["url"].as_str()), (Some("de.vtt"), Some(1), Some(es_url.as_str())));
+    let de_vtt = String::from_utf8(c.fetch(de["vtt"].as_str().unwrap())).unwrap();
+    assert_eq!(de_vtt, "WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:0,LOCAL:00:00:00.000\n\n00:00:00.500 --> 00:00:02.000 line:0\nHallo\n");
+    let es_vtt = String::from_utf8(c.fetch(es["vtt"].as_str().unwrap())).unwrap();
+    assert!(es_vtt.ends_with("\n00:00:03.000 --> 00:00:04.000\nHola\n"), "{es_vtt}");
+    for f in de["files"].as_array().unwrap().iter().chain(es["files"].as_array().unwrap()) {
+        use sha2::Digest;
+        assert_eq!(hex::encode(sha2::Sha256::digest(c.fetch(f["url"].as_str().unwrap()))), f["sha256"].as_str().unwrap(), "{f}");
+    }
+    assert_eq!(playlists.len(), 1 + 2 * 2 + 2 + 4, "the master, each rung's media and I-frame playlists, each audio and subtitle track's");
     hls_parser_strict(&playlists);
 
     // DASH over the same segments: one MPD, each track's timeline listing exactly
@@ -323,7 +386,8 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
         let codecs = r["codecs"].as_str().unwrap();
         assert!(mpd.contains(&format!("bandwidth=\"{}\" codecs=\"{codecs}\"", r["peak_bitrate"])), "{codecs} in {mpd}");
     }
-    assert_eq!(mpd.matches("<AdaptationSet").count(), 1 + 2 + 2, "video, two audio languages, two subtitles: {mpd}");
+    assert_eq!(mpd.matches("<AdaptationSet").count(), 1 + 2 + 4, "video, two audio languages, four subtitles: {mpd}");
+    assert!(mpd.contains("<BaseURL>captions/c1.vtt</BaseURL>"), "{mpd}");
     assert!(mpd.contains("mimeType=\"text/vtt\" lang=\"fr\"") && mpd.contains("<BaseURL>audio/s1.vtt</BaseURL>"), "{mpd}");
     let probe = ffprobe(&[
         "-headers",

@@ -15,6 +15,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use proto::captions::{self, Sidecar};
 use proto::profile::Profile;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -75,6 +76,33 @@ struct JobFields {
     idempotency_key: Option<String>,
     /// Worker tags the job's tasks need, besides its profile's (multipart: comma-separated).
     requires_tags: Option<Vec<String>>,
+    /// Caption files by URL (an upload sends `caption.LANG` and `caption_url.LANG` fields).
+    captions: Option<Vec<CaptionUrl>>,
+}
+
+/// A caption file named by URL in a JSON submit.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaptionUrl {
+    url: String,
+    language: String,
+    label: Option<String>,
+}
+
+/// The caption files of a JSON submit, checked (the files themselves are read
+/// when the job is probed).
+fn caption_urls(st: &AppState, list: Vec<CaptionUrl>) -> Result<Vec<Sidecar>, ApiError> {
+    if list.len() > captions::MAX_SIDECARS {
+        return Err(ApiError::BadRequest(format!("at most {} caption files", captions::MAX_SIDECARS)));
+    }
+    let mut out = Vec::new();
+    for c in list {
+        check_url("a caption url", &c.url)?;
+        check_network(st, &c.url)?;
+        let file = c.url.split(['?', '#']).next().unwrap_or_default().to_string();
+        out.push(Sidecar::new(&c.language, c.label.as_deref(), &file, Some(c.url)).map_err(ApiError::BadRequest)?);
+    }
+    Ok(out)
 }
 
 fn check_url(what: &str, url: &str) -> Result<(), ApiError> {
@@ -90,7 +118,8 @@ fn check_network(st: &AppState, url: &str) -> Result<(), ApiError> {
 }
 
 /// Validates a request's fields into a job (source filled in by the caller).
-fn new_job(st: &AppState, caller: &Caller, f: JobFields, source: String) -> Result<NewJob, ApiError> {
+fn new_job(st: &AppState, caller: &Caller, mut f: JobFields, source: String) -> Result<NewJob, ApiError> {
+    let captions = caption_urls(st, f.captions.take().unwrap_or_default())?;
     if let Some(cb) = &f.callback_url {
         check_url("callback_url", cb)?;
         check_network(st, cb)?;
@@ -119,6 +148,7 @@ fn new_job(st: &AppState, caller: &Caller, f: JobFields, source: String) -> Resu
         callback_url: f.callback_url,
         priority,
         idempotency_key: f.idempotency_key,
+        captions,
     })
 }
 
@@ -161,8 +191,8 @@ async fn create_job(State(st): State<AppState>, caller: Caller, req: Request) ->
     Ok((status, Json(job)).into_response())
 }
 
-/// Room for multipart boundaries and the text fields beside the file.
-const MULTIPART_OVERHEAD: u64 = 256 * 1024;
+/// Room for multipart boundaries, the text fields and the caption files beside the file.
+const MULTIPART_OVERHEAD: u64 = 256 * 1024 + (captions::MAX_SIDECARS * captions::MAX_CAPTION_BYTES) as u64;
 
 /// How long an upload may go without sending a byte before it is dropped (and its
 /// partial file removed).
@@ -181,16 +211,22 @@ fn check_disk(st: &AppState, more: u64) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Reads a multipart field, refusing it once it passes `limit` bytes.
+async fn bounded_bytes(field: &mut axum::extract::multipart::Field<'_>, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| ApiError::BadRequest(e.body_text()))? {
+        if bytes.len() + chunk.len() > limit {
+            let name = field.name().unwrap_or_default().to_string();
+            return Err(ApiError::BadRequest(format!("form field {name:?} is longer than {limit} bytes")));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
 /// Reads a multipart text field, refusing it once it passes `limit` bytes.
 async fn bounded_text(field: &mut axum::extract::multipart::Field<'_>, limit: usize) -> Result<String, ApiError> {
-    let mut text = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(|e| ApiError::BadRequest(e.body_text()))? {
-        if text.len() + chunk.len() > limit {
-            return Err(ApiError::BadRequest(format!("a form field is longer than {limit} bytes")));
-        }
-        text.extend_from_slice(&chunk);
-    }
-    String::from_utf8(text).map_err(|_| ApiError::BadRequest("a form field is not UTF-8".into()))
+    String::from_utf8(bounded_bytes(field, limit).await?).map_err(|_| ApiError::BadRequest("a form field is not UTF-8".into()))
 }
 
 /// Streams the `file` field to storage (never holding it in memory), then creates the job.
@@ -211,9 +247,26 @@ async fn create_from_upload(st: &AppState, caller: &Caller, mut multipart: Multi
     let mut fields = serde_json::Map::new();
     let mut size = 0u64;
     let mut got_file = false;
+    // Caption files in the order sent: uploaded ones with their bytes.
+    let mut caption_files: Vec<(Sidecar, Option<Vec<u8>>)> = Vec::new();
     while let Some(mut field) = multipart.next_field().await.map_err(|e| ApiError::BadRequest(e.body_text()))? {
         let name = field.name().unwrap_or_default().to_string();
-        if name == "file" {
+        let caption = name.strip_prefix("caption.").map(|l| (l, false)).or_else(|| name.strip_prefix("caption_url.").map(|l| (l, true)));
+        if let Some((language, by_url)) = caption {
+            if caption_files.len() == captions::MAX_SIDECARS {
+                return Err(ApiError::BadRequest(format!("at most {} caption files", captions::MAX_SIDECARS)));
+            }
+            if by_url {
+                let url = bounded_text(&mut field, MAX_URL_LEN).await?;
+                let mut list = caption_urls(st, vec![CaptionUrl { url, language: language.to_string(), label: None }])?;
+                caption_files.push((list.remove(0), None));
+            } else {
+                let file = field.file_name().unwrap_or("captions").to_string();
+                let sidecar = Sidecar::new(language, None, &file, None).map_err(ApiError::BadRequest)?;
+                let bytes = bounded_bytes(&mut field, captions::MAX_CAPTION_BYTES).await?;
+                caption_files.push((sidecar, Some(bytes)));
+            }
+        } else if name == "file" {
             if got_file {
                 return Err(ApiError::BadRequest("only one `file` field is accepted".into()));
             }
@@ -261,16 +314,28 @@ async fn create_from_upload(st: &AppState, caller: &Caller, mut multipart: Multi
     if f.source_url.is_some() {
         return Err(ApiError::BadRequest("give either an upload or source_url, not both".into()));
     }
+    if f.captions.is_some() {
+        return Err(ApiError::BadRequest(
+            "an upload sends its caption files as `caption.LANG` (a file) or `caption_url.LANG` fields".into(),
+        ));
+    }
     let mut new = new_job(st, caller, f, String::new())?;
     if let Some(job) = st.queue.job_by_key(crate::queue::scoped_key(&new).as_deref()).await? {
         return Ok((job, false));
     }
-    // The source is stored before the job exists, so no job ever owes a probe of a
-    // file that is not there. A crash in between leaves only an unreferenced file.
+    // The source and its caption files are stored before the job exists, so no job
+    // ever owes a probe of a file that is not there. A crash in between leaves only
+    // unreferenced files.
     let id = uuid::Uuid::now_v7().to_string();
     new.source = storage::source_path(&id);
     st.storage.import(&temp, &new.source).await.map_err(|e| ApiError::Storage(e.to_string()))?;
     cleanup.0 = None;
+    for (i, (sidecar, bytes)) in caption_files.into_iter().enumerate() {
+        if let Some(bytes) = bytes {
+            st.storage.write(&crate::sidecars::stored_path(&id, i), bytes).await.map_err(|e| ApiError::Storage(e.to_string()))?;
+        }
+        new.captions.push(sidecar);
+    }
     let (job, created) = st.queue.create_job_with_id(&id, &new, now_ms()).await?;
     if !created {
         // Another request with the same key won the race: this copy is not needed.

@@ -131,6 +131,11 @@ async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Option<String
     let probe: proto::probe::Probe =
         serde_json::from_slice(&out.stdout).map_err(|e| Outcome::failed(format!("unreadable probe output: {e}")))?;
     let plan = proto::plan::plan(&probe, &profile).map_err(|e| Outcome::Rejected(format!("bad input: {e}")))?;
+    // A malformed caption file fails the job now, before anything is encoded.
+    crate::sidecars::check(st, job, &j.captions).await.map_err(|e| match e {
+        crate::sidecars::SidecarError::BadInput(why) => Outcome::Rejected(why),
+        crate::sidecars::SidecarError::Failed(why) => Outcome::failed(why),
+    })?;
     let encoder = profile.video.codec.encoder().to_string();
     let tasks = match proto::plan::chunks(&plan, probe.duration, &profile.chunking) {
         Some(cut) => chunked_tasks(&plan, &cut, &encoder),
@@ -271,8 +276,8 @@ async fn write_outputs(st: &AppState, job_id: &str) -> Result<Written, String> {
         return Err("no rendition was published".into());
     }
     renditions.sort_by_key(|r| r["peak_bitrate"].as_u64().unwrap_or(0));
-    let subtitles = audio["subtitles"].as_array().cloned().unwrap_or_default();
-    let master = master_playlist(&st.storage, &job_dir, &renditions, &audio).await?;
+    let (subtitles, skipped_subtitles) = subtitles(st, &job, &renditions, &audio).await?;
+    let master = master_playlist(&st.storage, &job_dir, &renditions, &audio, &subtitles).await?;
     let dash = crate::dash::mpd(&renditions, &audio, &subtitles);
     let mut outputs = json!({"master_playlist": url(&job_dir, "master.m3u8"), "manifest": url(&job_dir, "manifest.json")});
     if dash.is_some() {
@@ -287,7 +292,7 @@ async fn write_outputs(st: &AppState, job_id: &str) -> Result<Written, String> {
         "thumbnails": thumbnails,
         "audio": audio,
         "subtitles": subtitles,
-        "skipped_subtitles": skipped_subtitles(&job),
+        "skipped_subtitles": skipped_subtitles,
         "renditions": renditions,
         "chunking": chunking(&job),
     });
@@ -301,16 +306,31 @@ async fn write_outputs(st: &AppState, job_id: &str) -> Result<Written, String> {
     Ok(Written::Outputs(outputs))
 }
 
-/// The source's subtitle streams the job does not publish, with why (the plan,
-/// made again from the job's probe and profile; empty if either is gone).
-fn skipped_subtitles(job: &crate::queue::Job) -> Value {
-    let plan = job
-        .probe
-        .as_ref()
-        .and_then(|p| serde_json::from_value::<proto::probe::Probe>(p.clone()).ok())
-        .zip(Profile::load(&job.profile).ok())
-        .and_then(|(probe, profile)| proto::plan::plan(&probe, &profile).ok());
-    json!(plan.map(|p| p.skipped_subtitles).unwrap_or_default())
+/// The job's subtitles, each with its directory: the source's own (extracted by
+/// the audio task) then its caption files, published now; and the ones it does
+/// not publish, with why (the source's, from the plan made again from the job's
+/// probe and profile; caption files, when the source has no video).
+async fn subtitles(st: &AppState, job: &crate::queue::Job, renditions: &[Value], audio: &Value) -> Result<(Vec<Value>, Value), String> {
+    let mut subtitles = audio["subtitles"].as_array().cloned().unwrap_or_default();
+    for t in &mut subtitles {
+        t["dir"] = audio["dir"].clone();
+    }
+    let probe = job.probe.as_ref().and_then(|p| serde_json::from_value::<proto::probe::Probe>(p.clone()).ok());
+    let plan = probe.as_ref().zip(Profile::load(&job.profile).ok()).and_then(|(probe, profile)| proto::plan::plan(probe, &profile).ok());
+    let mut skipped = json!(plan.map(|p| p.skipped_subtitles).unwrap_or_default());
+    if renditions.iter().any(|r| r["video"].is_object()) {
+        let taken: Vec<String> = subtitles.iter().filter_map(|t| t["label"].as_str().map(str::to_string)).collect();
+        let duration = probe.map_or(0.0, |p| p.duration);
+        let published = crate::sidecars::publish(&st.storage, &job.id, &job.captions, duration, &taken).await.map_err(|e| match e {
+            crate::sidecars::SidecarError::BadInput(why) | crate::sidecars::SidecarError::Failed(why) => why,
+        })?;
+        subtitles.extend(published);
+    } else if let Some(list) = skipped.as_array_mut() {
+        for c in &job.captions {
+            list.push(json!({"sidecar": c.file, "language": c.language, "reason": "the source has no video to caption"}));
+        }
+    }
+    Ok((subtitles, skipped))
 }
 
 /// The job's DASH MPD, over the same segments as its HLS.
@@ -369,7 +389,13 @@ const SUBTITLES_GROUP: &str = "subs";
 /// `EXT-X-STREAM-INF` (its bandwidth and codecs with the group's largest track)
 /// and one `EXT-X-I-FRAME-STREAM-INF` per rendition, lowest bandwidth first.
 /// Paths are relative to the job directory.
-async fn master_playlist(store: &crate::storage::Store, job_dir: &str, renditions: &[Value], audio: &Value) -> Result<String, String> {
+async fn master_playlist(
+    store: &crate::storage::Store,
+    job_dir: &str,
+    renditions: &[Value],
+    audio: &Value,
+    subtitles: &[Value],
+) -> Result<String, String> {
     let mut m = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
     let tracks = audio["tracks"].as_array().map(Vec::as_slice).unwrap_or_default();
     let audio_dir = audio["dir"].as_str().and_then(|d| d.rsplit('/').next()).unwrap_or(crate::storage::AUDIO_DIR);
@@ -386,7 +412,6 @@ async fn master_playlist(store: &crate::storage::Store, job_dir: &str, rendition
             t["file_roles"]["hls_playlist"].as_str().unwrap_or_default()
         );
     }
-    let subtitles = audio["subtitles"].as_array().map(Vec::as_slice).unwrap_or_default();
     for t in subtitles {
         let _ =
             write!(m, "#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"{SUBTITLES_GROUP}\",NAME=\"{}\"", t["label"].as_str().unwrap_or_default());
@@ -401,7 +426,8 @@ async fn master_playlist(store: &crate::storage::Store, job_dir: &str, rendition
                 ",CHARACTERISTICS=\"public.accessibility.transcribes-spoken-dialog,public.accessibility.describes-music-and-sound\"",
             );
         }
-        let _ = writeln!(m, ",URI=\"{audio_dir}/{}\"", t["file_roles"]["hls_playlist"].as_str().unwrap_or_default());
+        let dir = t["dir"].as_str().and_then(|d| d.rsplit('/').next()).unwrap_or(audio_dir);
+        let _ = writeln!(m, ",URI=\"{dir}/{}\"", t["file_roles"]["hls_playlist"].as_str().unwrap_or_default());
     }
     let subtitles_group = if subtitles.is_empty() { String::new() } else { format!(",SUBTITLES=\"{SUBTITLES_GROUP}\"") };
     let most = |key: &str| tracks.iter().filter_map(|t| t[key].as_u64()).max();

@@ -117,7 +117,8 @@ pub fn mpd(renditions: &[Value], audio: &Value, subtitles: &[Value]) -> Option<S
         let _ = writeln!(m, "      <Role schemeIdUri=\"urn:mpeg:dash:role:2011\" value=\"{role}\"/>");
         let _ = writeln!(m, "      <Representation id=\"{}\" bandwidth=\"256\">", esc(name));
         let vtt = s["file_roles"]["vtt"].as_str().unwrap_or_default();
-        let _ = writeln!(m, "        <BaseURL>{}/{}</BaseURL>", esc(audio_dir), esc(vtt));
+        let dir = s["dir"].as_str().and_then(|d| d.rsplit('/').next()).unwrap_or(audio_dir);
+        let _ = writeln!(m, "        <BaseURL>{}/{}</BaseURL>", esc(dir), esc(vtt));
         m.push_str("      </Representation>\n    </AdaptationSet>\n");
     }
     m.push_str("  </Period>\n</MPD>\n");

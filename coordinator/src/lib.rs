@@ -21,6 +21,7 @@ pub mod registry;
 pub mod relay;
 pub mod server;
 pub mod sessions;
+pub mod sidecars;
 pub mod state;
 pub mod stats;
 pub mod storage;

@@ -121,6 +121,8 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     /// Worker tags a machine must have all of to take the job's tasks.
     pub requires_tags: Vec<String>,
+    /// Caption files sent with it.
+    pub captions: Vec<proto::captions::Sidecar>,
 }
 
 #[derive(Debug, Clone)]
@@ -188,6 +190,9 @@ pub struct Job {
     /// Worker tags its tasks need (from its profile and its submit).
     #[serde(default)]
     pub requires_tags: Vec<String>,
+    /// Caption files sent with it, published as subtitles beside the source's own.
+    #[serde(default)]
+    pub captions: Vec<proto::captions::Sidecar>,
     pub error: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
@@ -498,7 +503,7 @@ impl Queue {
         // The probe is owed from the moment the job exists, in the same statement;
         // its required tags are written in the same transaction.
         let mut tx = self.begin().await?;
-        let inserted = sqlx::query("INSERT INTO jobs (id, state, profile, source, callback_url, priority, idempotency_key, created_at, updated_at, chore, chore_due_at, pipeline) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $7, 'probe', $7, $8)")
+        let inserted = sqlx::query("INSERT INTO jobs (id, state, profile, source, callback_url, priority, idempotency_key, created_at, updated_at, chore, chore_due_at, pipeline, captions) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $7, 'probe', $7, $8, $9)")
             .bind(id)
             .bind(&new.profile)
             .bind(&new.source)
@@ -507,6 +512,7 @@ impl Queue {
             .bind(&key)
             .bind(now)
             .bind(&new.pipeline)
+            .bind((!new.captions.is_empty()).then(|| serde_json::to_string(&new.captions).unwrap_or_default()))
             .execute(&mut *tx)
             .await;
         match inserted {
@@ -1104,7 +1110,7 @@ impl Queue {
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<Job>> {
-        let Some(row) = sqlx::query("SELECT id, state, profile, source, callback_url, priority, error, created_at, updated_at, outputs, probe, pipeline FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await? else {
+        let Some(row) = sqlx::query("SELECT id, state, profile, source, callback_url, priority, error, created_at, updated_at, outputs, probe, pipeline, captions FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await? else {
             return Ok(None);
         };
         let tasks = sqlx::query(
@@ -1153,6 +1159,7 @@ impl Queue {
             callback_url: row.get(4),
             priority: row.get(5),
             requires_tags,
+            captions: row.get::<Option<String>, _>(12).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default(),
             error: row.get(6),
             created_at: row.get(7),
             updated_at: row.get(8),

@@ -139,12 +139,12 @@ impl Store {
     pub async fn write(&self, rel: &str, bytes: Vec<u8>) -> StoreResult<()> {
         match &self.remote {
             None => {
-                let tmp = self.root.join(temp_path(rel));
-                if let Some(dir) = tmp.parent() {
+                let (tmp, dest) = (self.root.join(temp_path(rel)), self.root.join(rel));
+                for dir in [tmp.parent(), dest.parent()].into_iter().flatten() {
                     tokio::fs::create_dir_all(dir).await?;
                 }
                 tokio::fs::write(&tmp, &bytes).await?;
-                tokio::fs::rename(&tmp, self.root.join(rel)).await?;
+                tokio::fs::rename(&tmp, dest).await?;
             }
             Some(r) => {
                 let size = bytes.len() as u64;

@@ -217,6 +217,8 @@ pub struct SubmitArgs {
     pub callback_url: Option<String>,
     pub idempotency_key: Option<String>,
     pub requires_tags: Vec<String>,
+    /// `LANG=FILE` or `LANG=URL`.
+    pub captions: Vec<String>,
 }
 
 /// The token for `submit`: the flag, `DRAKE_TOKEN`, or a local farm's admin token.
@@ -246,8 +248,20 @@ async fn submit_async(args: &SubmitArgs, token: &str) -> Result<i32, String> {
     let http = reqwest::Client::new();
     let url = format!("{base}/api/v1/jobs");
     let is_url = args.input.starts_with("http://") || args.input.starts_with("https://");
+    let mut captions = Vec::new();
+    for c in &args.captions {
+        let (lang, at) = c.split_once('=').ok_or_else(|| format!("--caption {c}: give LANG=FILE or LANG=URL"))?;
+        captions.push((lang.to_string(), at.to_string(), at.starts_with("http://") || at.starts_with("https://")));
+    }
     let req = if is_url {
-        let body = serde_json::json!({"source_url": args.input, "profile": args.profile, "priority": args.priority, "callback_url": args.callback_url, "idempotency_key": args.idempotency_key, "requires_tags": args.requires_tags});
+        let mut list = Vec::new();
+        for (language, at, by_url) in &captions {
+            if !by_url {
+                return Err(format!("--caption {language}={at}: a URL source takes caption URLs only"));
+            }
+            list.push(serde_json::json!({"url": at, "language": language}));
+        }
+        let body = serde_json::json!({"source_url": args.input, "profile": args.profile, "priority": args.priority, "callback_url": args.callback_url, "idempotency_key": args.idempotency_key, "requires_tags": args.requires_tags, "captions": list});
         http.post(&url).json(&body)
     } else {
         let file = tokio::fs::File::open(&args.input).await.map_err(|e| format!("{}: {e}", args.input))?;
@@ -270,6 +284,15 @@ async fn submit_async(args: &SubmitArgs, token: &str) -> Result<i32, String> {
         }
         if !args.requires_tags.is_empty() {
             form = form.text("requires_tags", args.requires_tags.join(","));
+        }
+        for (language, at, by_url) in captions {
+            form = if by_url {
+                form.text(format!("caption_url.{language}"), at)
+            } else {
+                let bytes = tokio::fs::read(&at).await.map_err(|e| format!("--caption {language}={at}: {e}"))?;
+                let name = Path::new(&at).file_name().map_or("captions".into(), |n| n.to_string_lossy().into_owned());
+                form.part(format!("caption.{language}"), reqwest::multipart::Part::bytes(bytes).file_name(name))
+            };
         }
         http.post(&url).multipart(form)
     };

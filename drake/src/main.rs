@@ -164,6 +164,9 @@ enum Command {
         /// workers started with every one of them (`--tags`) take them.
         #[arg(long = "requires-tag", value_delimiter = ',')]
         requires_tags: Vec<String>,
+        /// A caption file for the job, `LANG=FILE.srt|.vtt` or `LANG=URL` (repeatable).
+        #[arg(long = "caption")]
+        captions: Vec<String>,
     },
     /// Manage the farm's database.
     Db {
@@ -271,7 +274,7 @@ fn main() {
             farm::worker(farm::WorkerArgs { coordinators: coordinator, token, slots, tags, scratch, name })
         }
         Command::Up { workers, data, listen, settings } => farm::up(data, &listen, workers, settings.settings()),
-        Command::Submit { input, profile, coordinator, token, wait, priority, callback_url, idempotency_key, requires_tags } => {
+        Command::Submit { input, profile, coordinator, token, wait, priority, callback_url, idempotency_key, requires_tags, captions } => {
             farm::submit(farm::SubmitArgs {
                 input,
                 profile,
@@ -282,6 +285,7 @@ fn main() {
                 callback_url,
                 idempotency_key,
                 requires_tags,
+                captions,
             })
         }
         Command::Db { command: DbCommand::Copy { from, to } } => farm::db_copy(&from, &to),

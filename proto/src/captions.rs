@@ -200,6 +200,59 @@ pub fn to_webvtt(cues: &[Cue]) -> String {
     out
 }
 
+/// WebVTT for an HLS subtitles rendition: the cues mapped onto the video's
+/// timeline, whose media time 0 is the source's start.
+pub fn to_hls_webvtt(cues: &[Cue]) -> String {
+    to_webvtt(cues).replacen("WEBVTT\n", "WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:0,LOCAL:00:00:00.000\n", 1)
+}
+
+/// The HLS media playlist of a single-file WebVTT rendition spanning `duration`
+/// seconds (the source's).
+pub fn single_file_playlist(vtt: &str, duration: f64) -> String {
+    let target = duration.ceil().max(1.0) as u64;
+    format!(
+        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXTINF:{duration:.6},\n{vtt}\n#EXT-X-ENDLIST\n"
+    )
+}
+
+/// Most caption files one job may carry.
+pub const MAX_SIDECARS: usize = 8;
+/// Longest label of a caption file, in characters.
+pub const MAX_LABEL_CHARS: usize = 100;
+
+/// A caption file sent with a job: uploaded with it, or named by URL and fetched
+/// by the coordinator when it probes the job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sidecar {
+    /// BCP 47.
+    pub language: String,
+    /// What a player lists (by default the language's name).
+    pub label: String,
+    /// The uploaded file's name, or the URL's last path segment: its extension
+    /// says SubRip or WebVTT.
+    pub file: String,
+    /// Where the coordinator fetches it from; `None` when it was uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+impl Sidecar {
+    /// A caption file's description from what a submit said: its language (any
+    /// BCP 47 or ISO 639-2 tag), an optional label and its file name or URL.
+    pub fn new(language: &str, label: Option<&str>, file: &str, url: Option<String>) -> Result<Sidecar, String> {
+        let language = crate::language::bcp47(language).ok_or_else(|| format!("caption language {language:?} is not a language tag"))?;
+        let label = match label.map(str::trim).filter(|l| !l.is_empty()) {
+            Some(l) if l.chars().count() > MAX_LABEL_CHARS || l.chars().any(|c| c.is_control() || c == '"') => {
+                return Err(format!("a caption label is at most {MAX_LABEL_CHARS} characters, without quotes or control characters"));
+            }
+            Some(l) => l.to_string(),
+            None => crate::language::name(&language).map_or_else(|| language.clone(), str::to_string),
+        };
+        let file: String = file.rsplit(['/', '\\']).next().unwrap_or_default().chars().filter(|c| !c.is_control()).take(200).collect();
+        Ok(Sidecar { language, label, file, url })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,5 +305,28 @@ mod tests {
         assert_eq!(Format::detect("fr.SRT", "WEBVTT"), Format::SubRip);
         assert_eq!(Format::detect("fr.vtt", ""), Format::WebVtt);
         assert_eq!(Format::detect("captions", "\u{feff}WEBVTT\n"), Format::WebVtt);
+    }
+
+    #[test]
+    fn a_sidecar_has_a_language_tag_a_label_and_a_bare_file_name() {
+        let s = Sidecar::new("ger", None, "../../etc/de.vtt", None).unwrap();
+        assert_eq!((s.language.as_str(), s.label.as_str(), s.file.as_str()), ("de", "German", "de.vtt"));
+        let s = Sidecar::new("pt-BR", Some(" Portuguese (Brazil) "), "https://x.example/subs/pt.srt", None).unwrap();
+        assert_eq!((s.language.as_str(), s.label.as_str(), s.file.as_str()), ("pt-br", "Portuguese (Brazil)", "pt.srt"));
+        assert_eq!(Sidecar::new("x-klingon", None, "k.vtt", None).unwrap().label, "x-klingon");
+        assert!(Sidecar::new("und", None, "a.vtt", None).is_err(), "a caption file has a language");
+        assert!(Sidecar::new("en", Some("say \"hi\""), "a.vtt", None).is_err(), "a label goes into playlists as a quoted string");
+        assert!(Sidecar::new("en", Some(&"x".repeat(MAX_LABEL_CHARS + 1)), "a.vtt", None).is_err());
+    }
+
+    #[test]
+    fn hls_webvtt_maps_media_time_zero_and_its_playlist_spans_the_source() {
+        let cues = parse(b"1\n00:00:01,000 --> 00:00:02,000\nHi\n", Format::SubRip).unwrap();
+        assert_eq!(to_hls_webvtt(&cues), "WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:0,LOCAL:00:00:00.000\n\n00:00:01.000 --> 00:00:02.000\nHi\n");
+        let playlist = single_file_playlist("c0.vtt", 8.5);
+        assert!(
+            playlist.contains("#EXT-X-TARGETDURATION:9\n") && playlist.contains("#EXTINF:8.500000,\nc0.vtt\n#EXT-X-ENDLIST"),
+            "{playlist}"
+        );
     }
 }

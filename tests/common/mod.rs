@@ -89,6 +89,38 @@ impl Dir {
 }
 
 /// Transcodes one rendition and returns its directory and parsed rendition.json.
+/// A directory served over plain HTTP (`python3 -m http.server`) on a free port
+/// of 127.0.0.1, stopped when dropped.
+pub struct StaticSite {
+    pub url: String,
+    server: std::process::Child,
+}
+
+impl StaticSite {
+    pub fn serve(dir: &Dir) -> StaticSite {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let server = Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory", &dir.s("")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "python3 -m http.server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        StaticSite { url: format!("http://127.0.0.1:{port}"), server }
+    }
+}
+
+impl Drop for StaticSite {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
 pub fn transcode(input: &str, profile: &str, rendition: &str, out: &Path) -> Value {
     drake_ok(&["transcode", input, "--profile", profile, "--rendition", rendition, "--out", out.to_str().unwrap()]);
     serde_json::from_slice(&std::fs::read(out.join("rendition.json")).unwrap()).unwrap()

@@ -452,12 +452,8 @@ fn write_subtitles(
     duration: f64,
 ) -> Result<(SubtitleTrackReport, Vec<String>)> {
     let (vtt, playlist) = (format!("{}.vtt", t.name), format!("{}.m3u8", t.name));
-    let text = proto::captions::to_webvtt(&cues).replacen("WEBVTT\n", "WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:0,LOCAL:00:00:00.000\n", 1);
-    std::fs::write(staging.path(&vtt), text).ctx(|| format!("writing {vtt}"))?;
-    let target = duration.ceil().max(1.0) as u64;
-    let m3u8 = format!(
-        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXTINF:{duration:.6},\n{vtt}\n#EXT-X-ENDLIST\n"
-    );
+    std::fs::write(staging.path(&vtt), proto::captions::to_hls_webvtt(&cues)).ctx(|| format!("writing {vtt}"))?;
+    let m3u8 = proto::captions::single_file_playlist(&vtt, duration);
     std::fs::write(staging.path(&playlist), m3u8).ctx(|| format!("writing {playlist}"))?;
     let report = SubtitleTrackReport {
         name: t.name.clone(),

@@ -108,6 +108,7 @@ fn web_job() -> NewJob {
         priority: 0,
         idempotency_key: None,
         requires_tags: vec![],
+        captions: vec![],
     }
 }
 
