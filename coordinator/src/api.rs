@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tokens/{id}/revoke", post(revoke_token))
         .layer(DefaultBodyLimit::max(crate::state::MAX_JSON_BYTES));
     api.merge(workers_api::routes().layer(DefaultBodyLimit::max(crate::state::MAX_WORKER_BODY_BYTES)))
+        .merge(crate::tus::routes())
         .merge(dav::routes())
         .with_state(state)
 }
@@ -68,25 +69,25 @@ const MAX_FIELD_LEN: usize = 8192;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct JobFields {
-    source_url: Option<String>,
-    profile: Option<String>,
-    callback_url: Option<String>,
-    priority: Option<i64>,
-    idempotency_key: Option<String>,
+pub(crate) struct JobFields {
+    pub(crate) source_url: Option<String>,
+    pub(crate) profile: Option<String>,
+    pub(crate) callback_url: Option<String>,
+    pub(crate) priority: Option<i64>,
+    pub(crate) idempotency_key: Option<String>,
     /// Worker tags the job's tasks need, besides its profile's (multipart: comma-separated).
-    requires_tags: Option<Vec<String>>,
+    pub(crate) requires_tags: Option<Vec<String>>,
     /// Caption files by URL (an upload sends `caption.LANG` and `caption_url.LANG` fields).
-    captions: Option<Vec<CaptionUrl>>,
+    pub(crate) captions: Option<Vec<CaptionUrl>>,
 }
 
 /// A caption file named by URL in a JSON submit.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CaptionUrl {
-    url: String,
-    language: String,
-    label: Option<String>,
+pub(crate) struct CaptionUrl {
+    pub(crate) url: String,
+    pub(crate) language: String,
+    pub(crate) label: Option<String>,
 }
 
 /// The caption files of a JSON submit, checked (the files themselves are read
@@ -118,7 +119,7 @@ fn check_network(st: &AppState, url: &str) -> Result<(), ApiError> {
 }
 
 /// Validates a request's fields into a job (source filled in by the caller).
-fn new_job(st: &AppState, caller: &Caller, mut f: JobFields, source: String) -> Result<NewJob, ApiError> {
+pub(crate) fn new_job(st: &AppState, caller: &Caller, mut f: JobFields, source: String) -> Result<NewJob, ApiError> {
     let captions = caption_urls(st, f.captions.take().unwrap_or_default())?;
     if let Some(cb) = &f.callback_url {
         check_url("callback_url", cb)?;
@@ -199,7 +200,7 @@ const MULTIPART_OVERHEAD: u64 = 256 * 1024 + (captions::MAX_SIDECARS * captions:
 const UPLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Refuses an upload (507) that would leave less than the reserve free on the spool disk.
-fn check_disk(st: &AppState, more: u64) -> Result<(), ApiError> {
+pub(crate) fn check_disk(st: &AppState, more: u64) -> Result<(), ApiError> {
     let spool = st.storage.spool_dir();
     let free = crate::gate::free_bytes(spool.parent().unwrap_or(&spool)).map_err(|e| ApiError::Storage(e.to_string()))?;
     if free < more.saturating_add(st.limits.min_free_disk_bytes) {

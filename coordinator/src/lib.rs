@@ -25,4 +25,6 @@ pub mod sidecars;
 pub mod state;
 pub mod stats;
 pub mod storage;
+pub mod tus;
+pub mod uploads;
 pub mod workers_api;

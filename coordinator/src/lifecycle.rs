@@ -127,6 +127,7 @@ pub async fn reconcile(st: &AppState, at_start: bool) {
         }
         Err(e) => proto::log!("coordinator: reconciler: arming chores: {e}"),
     }
+    crate::tus::finish_owed(st, now).await;
     match st.queue.overdue_promotions(now, sole).await {
         Ok(owed) => {
             for p in owed {

@@ -110,7 +110,7 @@ fn parse_kind(s: &str) -> TaskKind {
     TaskKind::parse(s).unwrap_or(TaskKind::Transcode)
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewJob {
     /// The pipeline (submit token label) that owns it; `None` when an admin submitted it.
     pub pipeline: Option<String>,

@@ -38,6 +38,8 @@ pub struct Limits {
     /// Uploads are refused (507) when they would leave less than this free on the
     /// spool disk.
     pub min_free_disk_bytes: u64,
+    /// How long an unfinished resumable upload is kept after its last part.
+    pub upload_expiry_ms: i64,
 }
 
 /// Largest JSON body on the API (jobs, tokens); over it, 413 at once.
@@ -52,6 +54,7 @@ impl Default for Limits {
             task_timeout_seconds: 4 * 3600,
             ingest_timeout_seconds: 2 * 3600,
             min_free_disk_bytes: 1 << 30,
+            upload_expiry_ms: 24 * 3_600_000,
         }
     }
 }

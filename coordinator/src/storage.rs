@@ -9,6 +9,7 @@
 //! `uploads/` holds uploads in flight and is never served.
 
 use proto::wire::{StorageAccess, TaskKind};
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -323,6 +324,91 @@ impl Store {
             },
             Some(r) => r.delete(&packets).await,
         }
+    }
+
+    /// Stores a stream of exactly `size` bytes at `rel`, never holding it in memory;
+    /// nothing is at `rel` unless all of it arrived.
+    pub async fn put_stream<S>(&self, rel: &str, stream: S, size: u64) -> StoreResult<()>
+    where
+        S: futures_util::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send + 'static,
+    {
+        match &self.remote {
+            None => {
+                use futures_util::StreamExt;
+                use tokio::io::AsyncWriteExt;
+                let (tmp, dest) = (self.root.join(temp_path(rel)), self.root.join(rel));
+                for dir in [tmp.parent(), dest.parent()].into_iter().flatten() {
+                    tokio::fs::create_dir_all(dir).await?;
+                }
+                let written: StoreResult<()> = async {
+                    let mut file = tokio::fs::File::create(&tmp).await?;
+                    let mut got = 0u64;
+                    let mut stream = std::pin::pin!(stream);
+                    while let Some(chunk) = stream.next().await {
+                        let chunk = chunk?;
+                        got += chunk.len() as u64;
+                        file.write_all(&chunk).await?;
+                    }
+                    if got != size {
+                        return Err(std::io::Error::other(format!("{rel}: got {got} of {size} bytes")).into());
+                    }
+                    file.sync_all().await?;
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = written {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(e);
+                }
+                tokio::fs::rename(&tmp, dest).await?;
+                Ok(())
+            }
+            Some(r) => r.put_verified(rel, reqwest::Body::wrap_stream(stream), size).await,
+        }
+    }
+
+    /// Joins the stored files `parts` (their sizes adding up to `size`) into `rel`,
+    /// streaming: no part is ever read whole into memory.
+    pub async fn concat(&self, parts: &[String], rel: &str, size: u64) -> StoreResult<()> {
+        match &self.remote {
+            None => {
+                let files: Vec<PathBuf> = parts.iter().map(|p| self.root.join(p)).collect();
+                let stream = futures_util::stream::iter(files)
+                    .then(|path| async move { tokio::fs::File::open(path).await.map(|f| tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024)) })
+                    .try_flatten();
+                self.put_stream(rel, stream, size).await
+            }
+            Some(r) => {
+                let (remote, parts) = (r.clone(), parts.to_vec());
+                let stream = futures_util::stream::iter(parts)
+                    .then(move |p| {
+                        let remote = remote.clone();
+                        async move {
+                            let resp = remote.send("GET", &p, None, None).await.map_err(std::io::Error::other)?;
+                            remote.expect_ok("GET", &p, &resp).map_err(std::io::Error::other)?;
+                            Ok::<_, std::io::Error>(resp.bytes_stream().map_err(std::io::Error::other))
+                        }
+                    })
+                    .try_flatten();
+                self.put_stream(rel, stream, size).await
+            }
+        }
+    }
+
+    /// Removes a stored file; one that is not there is no error.
+    pub async fn remove(&self, rel: &str) -> StoreResult<()> {
+        match &self.remote {
+            None => match tokio::fs::remove_file(self.root.join(rel)).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            },
+            Some(r) => r.delete(rel).await,
+        }
+    }
+
+    /// Removes a directory and everything in it; one that is not there is no error.
+    pub async fn remove_tree(&self, rel: &str) -> StoreResult<()> {
+        self.remove_dir(rel).await
     }
 
     /// Removes a directory and everything in it; one that is not there is no error.

@@ -39,6 +39,7 @@ pub struct FarmSettings {
     pub allow_network: Vec<String>,
     pub min_free_disk_bytes: u64,
     pub capable_worker_wait_seconds: u64,
+    pub upload_expiry_seconds: u64,
 }
 
 fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
@@ -49,6 +50,7 @@ fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
         limits: coordinator::state::Limits {
             max_upload_bytes: s.max_upload_bytes,
             min_free_disk_bytes: s.min_free_disk_bytes,
+            upload_expiry_ms: s.upload_expiry_seconds.clamp(1, 30 * 86400) as i64 * 1000,
             ..Default::default()
         },
         queue: coordinator::queue::QueueConfig {

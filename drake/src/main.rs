@@ -228,6 +228,9 @@ struct FarmArgs {
     /// fails with that reason.
     #[arg(long, default_value_t = 3600)]
     capable_worker_wait_seconds: u64,
+    /// How long an unfinished resumable (tus) upload is kept after its last part.
+    #[arg(long, default_value_t = 86400)]
+    upload_expiry_seconds: u64,
 }
 
 impl FarmArgs {
@@ -241,6 +244,7 @@ impl FarmArgs {
             allow_network: self.allow_network,
             min_free_disk_bytes: self.min_free_disk_bytes,
             capable_worker_wait_seconds: self.capable_worker_wait_seconds,
+            upload_expiry_seconds: self.upload_expiry_seconds,
         }
     }
 }

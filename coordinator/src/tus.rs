@@ -1,0 +1,486 @@
+//! Resumable uploads: tus 1.0.0 at `/api/v1/uploads/`, with the creation,
+//! creation-with-upload, creation-defer-length, termination, expiration and
+//! checksum (sha1, sha256) extensions.
+//!
+//! An upload is a job submission: the same bearer tokens and roles as
+//! `POST /api/v1/jobs`, and its metadata (`profile`, `callback_url`, ...) is
+//! checked at creation, so a bad profile is refused before a byte is sent. Each
+//! PATCH stores its bytes as one object of the store (`tus/ID/...`) and appends
+//! it in the database only once all of it arrived (and matched its checksum), so
+//! an upload continues through any coordinator and across restarts, on local or
+//! WebDAV storage alike. When the offset reaches the length, the parts are joined,
+//! streaming, into the job's source and the job is created; a completion cut short
+//! is finished by the reconciler ([`finish_owed`]).
+
+use crate::api::{JobFields, allow, check_disk, new_job};
+use crate::auth::{Caller, Role, digest};
+use crate::error::ApiError;
+use crate::state::{AppState, now_ms};
+use crate::uploads::{AppendRefused, Upload};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine as _;
+use futures_util::StreamExt as _;
+use serde_json::json;
+use sha2::Digest as _;
+use std::sync::{Arc, Mutex};
+
+const TUS_VERSION: &str = "1.0.0";
+const EXTENSIONS: &str = "creation,creation-with-upload,creation-defer-length,termination,expiration,checksum";
+const CHECKSUMS: &str = "sha1,sha256";
+const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
+/// Longest `Upload-Metadata` header.
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/uploads", post(create).options(options))
+        .route("/api/v1/uploads/", post(create).options(options))
+        .route("/api/v1/uploads/{id}", axum::routing::head(head).patch(patch).delete(terminate).get(get_upload).options(options))
+        // A PATCH streams up to the upload limit; `Upload-Length` bounds it.
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::map_response(|mut r: Response| async move {
+            r.headers_mut().insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
+            r
+        }))
+}
+
+/// A tus response: its status, headers and a short text body.
+struct Answer(StatusCode, Vec<(&'static str, String)>, String);
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut r = (self.0, self.2).into_response();
+        for (k, v) in self.1 {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                r.headers_mut().insert(k, v);
+            }
+        }
+        r
+    }
+}
+
+fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
+    Answer(status, vec![], why.into()).into_response()
+}
+
+/// 460 Checksum Mismatch (tus checksum extension).
+fn checksum_mismatch() -> StatusCode {
+    StatusCode::from_u16(460).expect("a valid status code")
+}
+
+async fn options(State(st): State<AppState>) -> Response {
+    Answer(
+        StatusCode::NO_CONTENT,
+        vec![
+            ("tus-version", TUS_VERSION.into()),
+            ("tus-extension", EXTENSIONS.into()),
+            ("tus-max-size", st.limits.max_upload_bytes.to_string()),
+            ("tus-checksum-algorithm", CHECKSUMS.into()),
+        ],
+        String::new(),
+    )
+    .into_response()
+}
+
+/// Every request but OPTIONS names the protocol version it speaks.
+fn check_version(headers: &HeaderMap) -> Result<(), Response> {
+    match headers.get("tus-resumable").and_then(|v| v.to_str().ok()) {
+        Some(TUS_VERSION) => Ok(()),
+        _ => Err(Answer(
+            StatusCode::PRECONDITION_FAILED,
+            vec![("tus-version", TUS_VERSION.into())],
+            format!("send Tus-Resumable: {TUS_VERSION}"),
+        )
+        .into_response()),
+    }
+}
+
+fn number(headers: &HeaderMap, name: &str) -> Result<Option<i64>, Response> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .map(Some)
+            .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, format!("{name} must be a non-negative integer"))),
+    }
+}
+
+/// `Upload-Metadata`: comma-separated `key base64value` pairs.
+fn metadata(headers: &HeaderMap) -> Result<Vec<(String, String)>, Response> {
+    let Some(raw) = headers.get("upload-metadata") else { return Ok(vec![]) };
+    let bad = |why: &str| refuse(StatusCode::BAD_REQUEST, format!("Upload-Metadata: {why}"));
+    let raw = raw.to_str().map_err(|_| bad("not ASCII"))?;
+    if raw.len() > MAX_METADATA_BYTES {
+        return Err(bad(&format!("longer than {MAX_METADATA_BYTES} bytes")));
+    }
+    let mut pairs = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (key, value) = item.split_once(' ').unwrap_or((item, ""));
+        let value = base64::engine::general_purpose::STANDARD.decode(value.trim()).map_err(|_| bad(&format!("{key}: not base64")))?;
+        let value = String::from_utf8(value).map_err(|_| bad(&format!("{key}: not UTF-8")))?;
+        pairs.push((key.to_string(), value));
+    }
+    Ok(pairs)
+}
+
+/// The job request an upload's metadata makes (validated as `POST /api/v1/jobs`
+/// validates its fields); its filename.
+fn job_request(st: &AppState, caller: &Caller, pairs: Vec<(String, String)>) -> Result<(crate::queue::NewJob, Option<String>), ApiError> {
+    let mut f = JobFields::default();
+    let mut filename = None;
+    let mut captions = Vec::new();
+    for (key, value) in pairs {
+        match key.as_str() {
+            "filename" => filename = Some(value.chars().filter(|c| !c.is_control()).take(255).collect()),
+            "profile" => f.profile = Some(value),
+            "callback_url" => f.callback_url = Some(value),
+            "priority" => f.priority = Some(value.parse().map_err(|_| ApiError::BadRequest("priority must be a number".into()))?),
+            "idempotency_key" => f.idempotency_key = Some(value),
+            "requires_tags" => f.requires_tags = Some(value.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect()),
+            k => {
+                if let Some(language) = k.strip_prefix("caption_url.") {
+                    captions.push(crate::api::CaptionUrl { url: value, language: language.to_string(), label: None });
+                }
+                // Other keys (filetype, name...) are the client's own.
+            }
+        }
+    }
+    if !captions.is_empty() {
+        f.captions = Some(captions);
+    }
+    Ok((new_job(st, caller, f, String::new())?, filename))
+}
+
+async fn create(State(st): State<AppState>, caller: Caller, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    allow(&caller, &[Role::Admin, Role::Submit])?;
+    if let Err(r) = check_version(&headers) {
+        return Ok(r);
+    }
+    let length = match number(&headers, "upload-length") {
+        Ok(l) => l,
+        Err(r) => return Ok(r),
+    };
+    let deferred = headers.get("upload-defer-length").is_some_and(|v| v == "1");
+    match length {
+        None if !deferred => return Ok(refuse(StatusCode::BAD_REQUEST, "send Upload-Length, or Upload-Defer-Length: 1")),
+        Some(0) => return Ok(refuse(StatusCode::BAD_REQUEST, "an upload of no bytes is no video")),
+        Some(n) if n as u64 > st.limits.max_upload_bytes => return Err(ApiError::TooLarge(st.limits.max_upload_bytes)),
+        _ => {}
+    }
+    let pairs = match metadata(&headers) {
+        Ok(p) => p,
+        Err(r) => return Ok(r),
+    };
+    let (request, filename) = job_request(&st, &caller, pairs)?;
+    check_disk(&st, length.unwrap_or(0) as u64)?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let owner = digest(caller.presented.as_deref().unwrap_or_default());
+    let now = now_ms();
+    let expires_at = now + st.limits.upload_expiry_ms;
+    if !st.queue.create_upload(&id, &owner, &request, filename.as_deref(), length, now, expires_at).await? {
+        return Err(ApiError::TooMany("this token has too many unfinished uploads; finish or delete one first"));
+    }
+    let location = format!("/api/v1/uploads/{id}");
+    let mut extra = vec![("location", location), ("upload-expires", httpdate(expires_at))];
+    // creation-with-upload: the first bytes come with the creation.
+    let with_bytes = headers.get(header::CONTENT_TYPE).is_some_and(|v| v == OFFSET_OCTET_STREAM)
+        && headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v != "0");
+    if with_bytes {
+        let upload = st.queue.upload(&id).await?.ok_or_else(|| ApiError::Storage("the upload vanished".into()))?;
+        let appended = append(&st, &upload, 0, &headers, body).await?;
+        if appended.0 != StatusCode::NO_CONTENT {
+            // The upload exists; the client resumes it from its HEAD.
+            return Ok(Answer(appended.0, extra, appended.2).into_response());
+        }
+        extra.extend(appended.1);
+    }
+    Ok(Answer(StatusCode::CREATED, extra, String::new()).into_response())
+}
+
+/// The caller's upload `id`: another token's is not found.
+async fn owned(st: &AppState, caller: &Caller, id: &str) -> Result<Upload, ApiError> {
+    allow(caller, &[Role::Admin, Role::Submit])?;
+    let upload = st.queue.upload(id).await?;
+    match upload {
+        Some(u) if u.owner == digest(caller.presented.as_deref().unwrap_or_default()) => Ok(u),
+        _ => Err(crate::queue::QueueError::NotFound(format!("upload {id}")).into()),
+    }
+}
+
+fn expired(u: &Upload) -> bool {
+    u.job_id.is_none() && u.expires_at <= now_ms()
+}
+
+async fn head(State(st): State<AppState>, caller: Caller, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let u = owned(&st, &caller, &id).await?;
+    if let Err(r) = check_version(&headers) {
+        return Ok(r);
+    }
+    if expired(&u) {
+        return Ok(refuse(StatusCode::GONE, "this upload expired"));
+    }
+    if u.is_complete() && u.job_id.is_none() {
+        let _ = finish(&st, &id).await;
+    }
+    let mut h = vec![("upload-offset", u.offset.to_string()), ("cache-control", "no-store".into())];
+    match u.length {
+        Some(l) => h.push(("upload-length", l.to_string())),
+        None => h.push(("upload-defer-length", "1".into())),
+    }
+    if u.job_id.is_none() {
+        h.push(("upload-expires", httpdate(u.expires_at)));
+    }
+    Ok(Answer(StatusCode::OK, h, String::new()).into_response())
+}
+
+async fn patch(State(st): State<AppState>, caller: Caller, headers: HeaderMap, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+    let u = owned(&st, &caller, &id).await?;
+    if let Err(r) = check_version(&headers) {
+        return Ok(r);
+    }
+    if !headers.get(header::CONTENT_TYPE).is_some_and(|v| v == OFFSET_OCTET_STREAM) {
+        return Ok(refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("send Content-Type: {OFFSET_OCTET_STREAM}")));
+    }
+    let offset = match number(&headers, "upload-offset") {
+        Ok(Some(o)) => o,
+        Ok(None) => return Ok(refuse(StatusCode::BAD_REQUEST, "send Upload-Offset")),
+        Err(r) => return Ok(r),
+    };
+    if expired(&u) {
+        return Ok(refuse(StatusCode::GONE, "this upload expired"));
+    }
+    let a = append(&st, &u, offset, &headers, body).await?;
+    Ok(a.into_response())
+}
+
+/// The checksum a PATCH declares: its algorithm's hasher and the expected digest.
+enum Checksum {
+    Sha1(sha1::Sha1, Vec<u8>),
+    Sha256(sha2::Sha256, Vec<u8>),
+}
+
+fn declared_checksum(headers: &HeaderMap) -> Result<Option<Checksum>, Response> {
+    let Some(raw) = headers.get("upload-checksum") else { return Ok(None) };
+    let bad = || refuse(StatusCode::BAD_REQUEST, "Upload-Checksum: send `sha1 BASE64` or `sha256 BASE64`");
+    let (algorithm, value) = raw.to_str().ok().and_then(|v| v.split_once(' ')).ok_or_else(bad)?;
+    let expected = base64::engine::general_purpose::STANDARD.decode(value.trim()).map_err(|_| bad())?;
+    match algorithm {
+        "sha1" => Ok(Some(Checksum::Sha1(sha1::Sha1::new(), expected))),
+        "sha256" => Ok(Some(Checksum::Sha256(sha2::Sha256::new(), expected))),
+        // 400 for an algorithm the server does not support, as tus says.
+        _ => Err(bad()),
+    }
+}
+
+/// Stores a PATCH's bytes as one part and appends it at `offset`.
+async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, body: Body) -> Result<Answer, ApiError> {
+    let answer = |status: StatusCode, why: &str| Ok(Answer(status, vec![], why.to_string()));
+    let size = match number(headers, "content-length") {
+        Ok(Some(n)) => n,
+        Ok(None) => return answer(StatusCode::LENGTH_REQUIRED, "send Content-Length"),
+        Err(r) => return Ok(Answer(r.status(), vec![], "Content-Length must be a number".into())),
+    };
+    let declared_length = match number(headers, "upload-length") {
+        Ok(l) => l,
+        Err(r) => return Ok(Answer(r.status(), vec![], "Upload-Length must be a number".into())),
+    };
+    if offset != u.offset || u.job_id.is_some() {
+        return answer(StatusCode::CONFLICT, &format!("the upload is at offset {}", u.offset));
+    }
+    let limit = u.length.or(declared_length).unwrap_or(st.limits.max_upload_bytes as i64).min(st.limits.max_upload_bytes as i64);
+    if offset + size > limit {
+        return Err(ApiError::TooLarge(limit as u64));
+    }
+    let mut checksum = match declared_checksum(headers) {
+        Ok(c) => c,
+        Err(r) => return Ok(Answer(r.status(), vec![], "Upload-Checksum: send `sha1 BASE64` or `sha256 BASE64`".into())),
+    };
+    if size == 0 {
+        // A PATCH of no bytes may still tell a deferred length.
+        if let Some(l) = declared_length
+            && u.length.is_none()
+            && !st.queue.set_upload_length(&u.id, l).await?
+        {
+            return answer(StatusCode::CONFLICT, "the upload's length cannot change");
+        }
+        return Ok(Answer(StatusCode::NO_CONTENT, vec![("upload-offset", offset.to_string())], String::new()));
+    }
+    check_disk(st, size as u64)?;
+    let part = format!("{}/{:06}-{}", parts_dir(&u.id), u.parts, uuid::Uuid::now_v7().simple());
+    // The body, hashed as it streams to the store.
+    let hasher: Arc<Mutex<Option<Checksum>>> = Arc::new(Mutex::new(checksum.take()));
+    let h = hasher.clone();
+    let stream = body.into_data_stream().map(move |chunk: Result<Bytes, axum::Error>| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        match h.lock().expect("the hasher's lock").as_mut() {
+            Some(Checksum::Sha1(s, _)) => s.update(&chunk),
+            Some(Checksum::Sha256(s, _)) => s.update(&chunk),
+            None => {}
+        }
+        Ok(chunk)
+    });
+    if let Err(e) = st.storage.put_stream(&part, stream, size as u64).await {
+        // The client went away or the store failed: nothing was appended.
+        proto::log!("coordinator: upload {}: a part of {size} bytes was not stored: {e}", u.id);
+        return answer(StatusCode::BAD_REQUEST, "the part did not arrive whole; resume from the upload's offset");
+    }
+    let matches = match hasher.lock().expect("the hasher's lock").take() {
+        Some(Checksum::Sha1(s, want)) => s.finalize().as_slice() == want.as_slice(),
+        Some(Checksum::Sha256(s, want)) => s.finalize().as_slice() == want.as_slice(),
+        None => true,
+    };
+    if !matches {
+        let _ = st.storage.remove(&part).await;
+        return answer(checksum_mismatch(), "Checksum Mismatch: nothing was appended");
+    }
+    let expires_at = now_ms() + st.limits.upload_expiry_ms;
+    let appended = st.queue.append_part(&u.id, offset, &part, size, declared_length, now_ms(), expires_at).await?;
+    let new_offset = match appended {
+        Ok(o) => o,
+        Err(refused) => {
+            let _ = st.storage.remove(&part).await;
+            return match refused {
+                AppendRefused::Offset => answer(StatusCode::CONFLICT, "another request moved the offset; ask HEAD"),
+                AppendRefused::TooLong => answer(StatusCode::PAYLOAD_TOO_LARGE, "the part goes past the upload's length"),
+                AppendRefused::Closed => answer(StatusCode::GONE, "this upload is complete or expired"),
+            };
+        }
+    };
+    let mut h = vec![("upload-offset", new_offset.to_string()), ("upload-expires", httpdate(expires_at))];
+    if u.length.or(declared_length) == Some(new_offset) {
+        match finish(st, &u.id).await {
+            Ok(job) => h.push(("drake-job", job)),
+            // Every byte is stored and recorded: the reconciler finishes it.
+            Err(e) => proto::log!("coordinator: upload {}: making its job: {e}; the reconciler will", u.id),
+        }
+    }
+    Ok(Answer(StatusCode::NO_CONTENT, h, String::new()))
+}
+
+/// Where an upload's parts are stored.
+fn parts_dir(id: &str) -> String {
+    format!("tus/{id}")
+}
+
+/// Turns a complete upload into its job: claims the completion, joins the parts
+/// into the job's source, creates the job (or finds the one its idempotency key
+/// made) and removes the parts. Safe to run again, and on several coordinators.
+pub async fn finish(st: &AppState, id: &str) -> Result<String, String> {
+    let e = |e: crate::queue::QueueError| e.to_string();
+    let u = st.queue.upload(id).await.map_err(e)?.ok_or("the upload is gone")?;
+    if !u.is_complete() {
+        return Err("the upload is not complete".into());
+    }
+    let job_id = match &u.job_id {
+        Some(j) => j.clone(),
+        None => {
+            let j = uuid::Uuid::now_v7().to_string();
+            if st.queue.claim_upload(id, &j).await.map_err(e)? {
+                j
+            } else {
+                st.queue.upload(id).await.map_err(e)?.and_then(|u| u.job_id).ok_or("the upload is gone")?
+            }
+        }
+    };
+    let parts = st.queue.upload_parts(id).await.map_err(e)?;
+    if st.queue.job(&job_id).await.map_err(e)?.is_none() && !parts.is_empty() {
+        let mut new = u.request.clone();
+        let job = match st.queue.job_by_key(crate::queue::scoped_key(&new).as_deref()).await.map_err(e)? {
+            Some(earlier) => earlier,
+            None => {
+                new.source = crate::storage::source_path(&job_id);
+                let paths: Vec<String> = parts.iter().map(|(p, _)| p.clone()).collect();
+                st.storage.concat(&paths, &new.source, u.offset as u64).await.map_err(|e| format!("joining the parts: {e}"))?;
+                let (job, created) = match st.queue.create_job_with_id(&job_id, &new, now_ms()).await {
+                    Ok(j) => j,
+                    // Another coordinator finished it at the same time.
+                    Err(crate::queue::QueueError::Conflict(_)) => {
+                        (st.queue.job(&job_id).await.map_err(e)?.ok_or("the upload's job vanished")?, false)
+                    }
+                    Err(err) => return Err(err.to_string()),
+                };
+                if created {
+                    crate::lifecycle::kick(st, &job.id).await;
+                }
+                job
+            }
+        };
+        st.queue.upload_done(id, &job.id).await.map_err(e)?;
+        let _ = st.storage.remove_tree(&parts_dir(id)).await;
+        return Ok(job.id);
+    }
+    st.queue.upload_done(id, &job_id).await.map_err(e)?;
+    let _ = st.storage.remove_tree(&parts_dir(id)).await;
+    Ok(job_id)
+}
+
+/// The reconciler's share: finishes complete uploads whose completion was cut
+/// short, and removes expired ones with their parts.
+pub async fn finish_owed(st: &AppState, now: i64) {
+    match st.queue.owed_completions(10).await {
+        Ok(ids) => {
+            for id in ids {
+                if let Err(e) = finish(st, &id).await {
+                    proto::log!("coordinator: upload {id}: making its job: {e}");
+                }
+            }
+        }
+        Err(e) => proto::log!("coordinator: listing owed uploads: {e}"),
+    }
+    match st.queue.expired_uploads(now, 100).await {
+        Ok(ids) => {
+            for id in ids {
+                if st.storage.remove_tree(&parts_dir(&id)).await.is_ok() {
+                    let _ = st.queue.delete_upload(&id).await;
+                }
+            }
+        }
+        Err(e) => proto::log!("coordinator: listing expired uploads: {e}"),
+    }
+}
+
+async fn terminate(State(st): State<AppState>, caller: Caller, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let u = owned(&st, &caller, &id).await?;
+    if let Err(r) = check_version(&headers) {
+        return Ok(r);
+    }
+    if u.job_id.is_some() {
+        return Ok(refuse(StatusCode::CONFLICT, "this upload is a job now; cancel the job instead"));
+    }
+    st.storage.remove_tree(&parts_dir(&id)).await.map_err(|e| ApiError::Storage(e.to_string()))?;
+    st.queue.delete_upload(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /api/v1/uploads/{id}`: the upload's progress, and once complete its job.
+async fn get_upload(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let u = owned(&st, &caller, &id).await?;
+    let job = match &u.job_id {
+        Some(j) => st.queue.job(j).await?,
+        None => None,
+    };
+    Ok(axum::Json(json!({
+        "id": u.id,
+        "filename": u.filename,
+        "offset": u.offset,
+        "length": u.length,
+        "expires_at": u.expires_at,
+        "expired": expired(&u),
+        "job_id": job.as_ref().map(|j| j.id.clone()),
+        "job": job,
+    }))
+    .into_response())
+}
+
+/// An HTTP date (RFC 9110) for a time in Unix milliseconds.
+fn httpdate(ms: i64) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+}

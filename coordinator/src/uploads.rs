@@ -1,0 +1,213 @@
+//! The queue's record of resumable uploads (tus): their offsets, their parts and
+//! the completion that turns one into a job. The bytes live in the store; this is
+//! what says which of them belong to an upload (see the `uploads` migration).
+
+use crate::queue::{NewJob, Queue, Result};
+use sqlx::Row;
+
+/// Most unfinished uploads one token may have at once.
+pub const MAX_OPEN_UPLOADS: i64 = 16;
+
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub id: String,
+    pub owner: String,
+    pub request: NewJob,
+    pub filename: Option<String>,
+    pub length: Option<i64>,
+    pub offset: i64,
+    pub parts: i64,
+    pub expires_at: i64,
+    pub job_id: Option<String>,
+}
+
+impl Upload {
+    /// Every byte is here, so the completion is owed (or done, if `job_id` is set).
+    pub fn is_complete(&self) -> bool {
+        self.length == Some(self.offset)
+    }
+}
+
+/// Why a part was not appended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AppendRefused {
+    /// The upload's offset is not the one the part starts at (another PATCH won).
+    Offset,
+    /// The part would take the upload past its length.
+    TooLong,
+    /// The upload is complete, expired or gone.
+    Closed,
+}
+
+impl Queue {
+    /// Records a new upload; false (nothing recorded) when its owner has
+    /// [`MAX_OPEN_UPLOADS`] unfinished already.
+    pub async fn create_upload(
+        &self,
+        id: &str,
+        owner: &str,
+        request: &NewJob,
+        filename: Option<&str>,
+        length: Option<i64>,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uploads WHERE owner = $1 AND job_id IS NULL AND expires_at > $2")
+            .bind(owner)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+        if open >= MAX_OPEN_UPLOADS {
+            return Ok(false);
+        }
+        let request = serde_json::to_string(request).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        sqlx::query(
+            "INSERT INTO uploads (id, owner, request, filename, length, upload_offset, parts, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, 0, 0, $6, $7)",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(request)
+        .bind(filename)
+        .bind(length)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn upload(&self, id: &str) -> Result<Option<Upload>> {
+        let row = sqlx::query("SELECT id, owner, request, filename, length, upload_offset, parts, expires_at, job_id FROM uploads WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let request: String = r.get(2);
+        Ok(Some(Upload {
+            id: r.get(0),
+            owner: r.get(1),
+            request: serde_json::from_str(&request).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            filename: r.get(3),
+            length: r.get(4),
+            offset: r.get(5),
+            parts: r.get(6),
+            expires_at: r.get(7),
+            job_id: r.get(8),
+        }))
+    }
+
+    /// Appends a stored part of `size` bytes at `offset`, setting a deferred length
+    /// if given, and moves the expiry to `expires_at`; the upload's new offset.
+    /// Nothing changes when it is refused.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn append_part(
+        &self,
+        id: &str,
+        offset: i64,
+        path: &str,
+        size: i64,
+        length: Option<i64>,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<std::result::Result<i64, AppendRefused>> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query("SELECT length, upload_offset, parts, job_id, expires_at FROM uploads WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?;
+        let Some(r) = row else { return Ok(Err(AppendRefused::Closed)) };
+        let (known, at, parts, job, expires): (Option<i64>, i64, i64, Option<String>, i64) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        if job.is_some() || expires <= now {
+            return Ok(Err(AppendRefused::Closed));
+        }
+        if at != offset {
+            return Ok(Err(AppendRefused::Offset));
+        }
+        let length = known.or(length);
+        if length.is_some_and(|l| offset + size > l) {
+            return Ok(Err(AppendRefused::TooLong));
+        }
+        let updated = sqlx::query("UPDATE uploads SET upload_offset = $2, parts = $3, length = $4, expires_at = $5 WHERE id = $1 AND upload_offset = $6 AND parts = $7")
+            .bind(id)
+            .bind(offset + size)
+            .bind(parts + 1)
+            .bind(length)
+            .bind(expires_at)
+            .bind(offset)
+            .bind(parts)
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(Err(AppendRefused::Offset));
+        }
+        sqlx::query("INSERT INTO upload_parts (upload_id, seq, path, size) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(parts)
+            .bind(path)
+            .bind(size)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(offset + size))
+    }
+
+    /// Sets a deferred length (a PATCH of no bytes may carry it).
+    pub async fn set_upload_length(&self, id: &str, length: i64) -> Result<bool> {
+        let r = sqlx::query("UPDATE uploads SET length = $2 WHERE id = $1 AND length IS NULL AND upload_offset <= $2 AND job_id IS NULL")
+            .bind(id)
+            .bind(length)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// The stored paths of an upload's parts, in order.
+    pub async fn upload_parts(&self, id: &str) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT path, size FROM upload_parts WHERE upload_id = $1 ORDER BY seq").bind(id).fetch_all(self.pool()).await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Claims a complete upload's completion for job id `job`: false if it was
+    /// claimed already (then `job_id` names the job).
+    pub async fn claim_upload(&self, id: &str, job: &str) -> Result<bool> {
+        let r = sqlx::query("UPDATE uploads SET job_id = $2 WHERE id = $1 AND job_id IS NULL AND length = upload_offset")
+            .bind(id)
+            .bind(job)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Points a completed upload at the job its request resolved to (an earlier
+    /// job with the same idempotency key), and forgets its parts.
+    pub async fn upload_done(&self, id: &str, job: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE uploads SET job_id = $2 WHERE id = $1").bind(id).bind(job).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets an upload and its parts (termination, expiry).
+    pub async fn delete_upload(&self, id: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Uploads past their expiry, at most `limit`.
+    pub async fn expired_uploads(&self, now: i64, limit: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT id FROM uploads WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2").bind(now).bind(limit).fetch_all(self.pool()).await?)
+    }
+
+    /// Complete uploads whose completion is owed or unfinished (claimed, parts left).
+    pub async fn owed_completions(&self, limit: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM uploads u WHERE length = upload_offset AND (job_id IS NULL OR EXISTS (SELECT 1 FROM upload_parts p WHERE p.upload_id = u.id)) LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+}
