@@ -8,8 +8,8 @@
 //! `jobs/ID/thumbnails/...`, `jobs/ID/master.m3u8`, `jobs/ID/manifest.json`;
 //! `uploads/` holds uploads in flight and is never served.
 
-use proto::wire::{StorageAccess, TaskKind};
 use futures_util::{StreamExt as _, TryStreamExt as _};
+use proto::wire::{StorageAccess, TaskKind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -374,7 +374,9 @@ impl Store {
             None => {
                 let files: Vec<PathBuf> = parts.iter().map(|p| self.root.join(p)).collect();
                 let stream = futures_util::stream::iter(files)
-                    .then(|path| async move { tokio::fs::File::open(path).await.map(|f| tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024)) })
+                    .then(|path| async move {
+                        tokio::fs::File::open(path).await.map(|f| tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024))
+                    })
                     .try_flatten();
                 self.put_stream(rel, stream, size).await
             }

@@ -64,8 +64,8 @@ impl IntoResponse for Answer {
     }
 }
 
-fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
-    Answer(status, vec![], why.into()).into_response()
+fn refuse(status: StatusCode, why: impl Into<String>) -> Answer {
+    Answer(status, vec![], why.into())
 }
 
 /// 460 Checksum Mismatch (tus checksum extension).
@@ -88,19 +88,18 @@ async fn options(State(st): State<AppState>) -> Response {
 }
 
 /// Every request but OPTIONS names the protocol version it speaks.
-fn check_version(headers: &HeaderMap) -> Result<(), Response> {
+fn check_version(headers: &HeaderMap) -> Result<(), Answer> {
     match headers.get("tus-resumable").and_then(|v| v.to_str().ok()) {
         Some(TUS_VERSION) => Ok(()),
         _ => Err(Answer(
             StatusCode::PRECONDITION_FAILED,
             vec![("tus-version", TUS_VERSION.into())],
             format!("send Tus-Resumable: {TUS_VERSION}"),
-        )
-        .into_response()),
+        )),
     }
 }
 
-fn number(headers: &HeaderMap, name: &str) -> Result<Option<i64>, Response> {
+fn number(headers: &HeaderMap, name: &str) -> Result<Option<i64>, Answer> {
     match headers.get(name) {
         None => Ok(None),
         Some(v) => v
@@ -114,7 +113,7 @@ fn number(headers: &HeaderMap, name: &str) -> Result<Option<i64>, Response> {
 }
 
 /// `Upload-Metadata`: comma-separated `key base64value` pairs.
-fn metadata(headers: &HeaderMap) -> Result<Vec<(String, String)>, Response> {
+fn metadata(headers: &HeaderMap) -> Result<Vec<(String, String)>, Answer> {
     let Some(raw) = headers.get("upload-metadata") else { return Ok(vec![]) };
     let bad = |why: &str| refuse(StatusCode::BAD_REQUEST, format!("Upload-Metadata: {why}"));
     let raw = raw.to_str().map_err(|_| bad("not ASCII"))?;
@@ -144,7 +143,9 @@ fn job_request(st: &AppState, caller: &Caller, pairs: Vec<(String, String)>) -> 
             "callback_url" => f.callback_url = Some(value),
             "priority" => f.priority = Some(value.parse().map_err(|_| ApiError::BadRequest("priority must be a number".into()))?),
             "idempotency_key" => f.idempotency_key = Some(value),
-            "requires_tags" => f.requires_tags = Some(value.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect()),
+            "requires_tags" => {
+                f.requires_tags = Some(value.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect())
+            }
             k => {
                 if let Some(language) = k.strip_prefix("caption_url.") {
                     captions.push(crate::api::CaptionUrl { url: value, language: language.to_string(), label: None });
@@ -162,22 +163,22 @@ fn job_request(st: &AppState, caller: &Caller, pairs: Vec<(String, String)>) -> 
 async fn create(State(st): State<AppState>, caller: Caller, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     allow(&caller, &[Role::Admin, Role::Submit])?;
     if let Err(r) = check_version(&headers) {
-        return Ok(r);
+        return Ok(r.into_response());
     }
     let length = match number(&headers, "upload-length") {
         Ok(l) => l,
-        Err(r) => return Ok(r),
+        Err(r) => return Ok(r.into_response()),
     };
     let deferred = headers.get("upload-defer-length").is_some_and(|v| v == "1");
     match length {
-        None if !deferred => return Ok(refuse(StatusCode::BAD_REQUEST, "send Upload-Length, or Upload-Defer-Length: 1")),
-        Some(0) => return Ok(refuse(StatusCode::BAD_REQUEST, "an upload of no bytes is no video")),
+        None if !deferred => return Ok(refuse(StatusCode::BAD_REQUEST, "send Upload-Length, or Upload-Defer-Length: 1").into_response()),
+        Some(0) => return Ok(refuse(StatusCode::BAD_REQUEST, "an upload of no bytes is no video").into_response()),
         Some(n) if n as u64 > st.limits.max_upload_bytes => return Err(ApiError::TooLarge(st.limits.max_upload_bytes)),
         _ => {}
     }
     let pairs = match metadata(&headers) {
         Ok(p) => p,
-        Err(r) => return Ok(r),
+        Err(r) => return Ok(r.into_response()),
     };
     let (request, filename) = job_request(&st, &caller, pairs)?;
     check_disk(&st, length.unwrap_or(0) as u64)?;
@@ -222,10 +223,10 @@ fn expired(u: &Upload) -> bool {
 async fn head(State(st): State<AppState>, caller: Caller, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
     let u = owned(&st, &caller, &id).await?;
     if let Err(r) = check_version(&headers) {
-        return Ok(r);
+        return Ok(r.into_response());
     }
     if expired(&u) {
-        return Ok(refuse(StatusCode::GONE, "this upload expired"));
+        return Ok(refuse(StatusCode::GONE, "this upload expired").into_response());
     }
     if u.is_complete() && u.job_id.is_none() {
         let _ = finish(&st, &id).await;
@@ -241,21 +242,27 @@ async fn head(State(st): State<AppState>, caller: Caller, headers: HeaderMap, Pa
     Ok(Answer(StatusCode::OK, h, String::new()).into_response())
 }
 
-async fn patch(State(st): State<AppState>, caller: Caller, headers: HeaderMap, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+async fn patch(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let u = owned(&st, &caller, &id).await?;
     if let Err(r) = check_version(&headers) {
-        return Ok(r);
+        return Ok(r.into_response());
     }
-    if !headers.get(header::CONTENT_TYPE).is_some_and(|v| v == OFFSET_OCTET_STREAM) {
-        return Ok(refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("send Content-Type: {OFFSET_OCTET_STREAM}")));
+    if headers.get(header::CONTENT_TYPE).is_none_or(|v| v != OFFSET_OCTET_STREAM) {
+        return Ok(refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("send Content-Type: {OFFSET_OCTET_STREAM}")).into_response());
     }
     let offset = match number(&headers, "upload-offset") {
         Ok(Some(o)) => o,
-        Ok(None) => return Ok(refuse(StatusCode::BAD_REQUEST, "send Upload-Offset")),
-        Err(r) => return Ok(r),
+        Ok(None) => return Ok(refuse(StatusCode::BAD_REQUEST, "send Upload-Offset").into_response()),
+        Err(r) => return Ok(r.into_response()),
     };
     if expired(&u) {
-        return Ok(refuse(StatusCode::GONE, "this upload expired"));
+        return Ok(refuse(StatusCode::GONE, "this upload expired").into_response());
     }
     let a = append(&st, &u, offset, &headers, body).await?;
     Ok(a.into_response())
@@ -267,7 +274,7 @@ enum Checksum {
     Sha256(sha2::Sha256, Vec<u8>),
 }
 
-fn declared_checksum(headers: &HeaderMap) -> Result<Option<Checksum>, Response> {
+fn declared_checksum(headers: &HeaderMap) -> Result<Option<Checksum>, Answer> {
     let Some(raw) = headers.get("upload-checksum") else { return Ok(None) };
     let bad = || refuse(StatusCode::BAD_REQUEST, "Upload-Checksum: send `sha1 BASE64` or `sha256 BASE64`");
     let (algorithm, value) = raw.to_str().ok().and_then(|v| v.split_once(' ')).ok_or_else(bad)?;
@@ -286,11 +293,11 @@ async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, bod
     let size = match number(headers, "content-length") {
         Ok(Some(n)) => n,
         Ok(None) => return answer(StatusCode::LENGTH_REQUIRED, "send Content-Length"),
-        Err(r) => return Ok(Answer(r.status(), vec![], "Content-Length must be a number".into())),
+        Err(r) => return Ok(r),
     };
     let declared_length = match number(headers, "upload-length") {
         Ok(l) => l,
-        Err(r) => return Ok(Answer(r.status(), vec![], "Upload-Length must be a number".into())),
+        Err(r) => return Ok(r),
     };
     if offset != u.offset || u.job_id.is_some() {
         return answer(StatusCode::CONFLICT, &format!("the upload is at offset {}", u.offset));
@@ -301,7 +308,7 @@ async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, bod
     }
     let mut checksum = match declared_checksum(headers) {
         Ok(c) => c,
-        Err(r) => return Ok(Answer(r.status(), vec![], "Upload-Checksum: send `sha1 BASE64` or `sha256 BASE64`".into())),
+        Err(r) => return Ok(r),
     };
     if size == 0 {
         // A PATCH of no bytes may still tell a deferred length.
@@ -450,10 +457,10 @@ pub async fn finish_owed(st: &AppState, now: i64) {
 async fn terminate(State(st): State<AppState>, caller: Caller, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
     let u = owned(&st, &caller, &id).await?;
     if let Err(r) = check_version(&headers) {
-        return Ok(r);
+        return Ok(r.into_response());
     }
     if u.job_id.is_some() {
-        return Ok(refuse(StatusCode::CONFLICT, "this upload is a job now; cancel the job instead"));
+        return Ok(refuse(StatusCode::CONFLICT, "this upload is a job now; cancel the job instead").into_response());
     }
     st.storage.remove_tree(&parts_dir(&id)).await.map_err(|e| ApiError::Storage(e.to_string()))?;
     st.queue.delete_upload(&id).await?;

@@ -79,10 +79,11 @@ impl Queue {
     }
 
     pub async fn upload(&self, id: &str) -> Result<Option<Upload>> {
-        let row = sqlx::query("SELECT id, owner, request, filename, length, upload_offset, parts, expires_at, job_id FROM uploads WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?;
+        let row =
+            sqlx::query("SELECT id, owner, request, filename, length, upload_offset, parts, expires_at, job_id FROM uploads WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?;
         let Some(r) = row else { return Ok(None) };
         let request: String = r.get(2);
         Ok(Some(Upload {
@@ -113,9 +114,13 @@ impl Queue {
         expires_at: i64,
     ) -> Result<std::result::Result<i64, AppendRefused>> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query("SELECT length, upload_offset, parts, job_id, expires_at FROM uploads WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?;
+        let row = sqlx::query("SELECT length, upload_offset, parts, job_id, expires_at FROM uploads WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(r) = row else { return Ok(Err(AppendRefused::Closed)) };
-        let (known, at, parts, job, expires): (Option<i64>, i64, i64, Option<String>, i64) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let (known, at, parts, job, expires): (Option<i64>, i64, i64, Option<String>, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
         if job.is_some() || expires <= now {
             return Ok(Err(AppendRefused::Closed));
         }
@@ -162,7 +167,8 @@ impl Queue {
 
     /// The stored paths of an upload's parts, in order.
     pub async fn upload_parts(&self, id: &str) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT path, size FROM upload_parts WHERE upload_id = $1 ORDER BY seq").bind(id).fetch_all(self.pool()).await?;
+        let rows =
+            sqlx::query("SELECT path, size FROM upload_parts WHERE upload_id = $1 ORDER BY seq").bind(id).fetch_all(self.pool()).await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -198,7 +204,11 @@ impl Queue {
 
     /// Uploads past their expiry, at most `limit`.
     pub async fn expired_uploads(&self, now: i64, limit: i64) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT id FROM uploads WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2").bind(now).bind(limit).fetch_all(self.pool()).await?)
+        Ok(sqlx::query_scalar("SELECT id FROM uploads WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2")
+            .bind(now)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?)
     }
 
     /// Complete uploads whose completion is owed or unfinished (claimed, parts left).

@@ -315,6 +315,33 @@ pub fn npm_package(name: &str, version: &str) -> PathBuf {
     dir
 }
 
+/// A PyPI package installed (once per version) into a directory of its own under
+/// `target/pip/`: the directory to put on `PYTHONPATH`.
+pub fn pip_package(name: &str, version: &str) -> PathBuf {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/pip/{name}-{version}"));
+    let marker = dir.join(".installed");
+    if !marker.exists() {
+        let o = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+                dir.to_str().unwrap(),
+                &format!("{name}=={version}"),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "pip install {name}=={version}: {}", String::from_utf8_lossy(&o.stderr));
+        std::fs::write(&marker, "").unwrap();
+    }
+    dir
+}
+
 /// Parses every playlist with npm `hls-parser` in strict mode, which throws on
 /// what RFC 8216 forbids: (name, text) pairs; panics with the parser's complaint.
 pub fn hls_parser_strict(playlists: &[(String, String)]) {

@@ -1,0 +1,282 @@
+//! Resumable uploads (tus 1.0) against a real coordinator: a client no one here
+//! wrote (PyPI `tuspy`) killed midway and resumed, a coordinator restarted between
+//! two PATCHes, checksums, expiry, and parts that live only in external storage.
+
+mod common;
+
+use common::farm::*;
+use common::*;
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+
+/// A real video of about `mb` MB (10 s, 640x360) that the farm can transcode.
+fn video(dir: &Dir, name: &str, mb: u64) -> String {
+    let path = dir.s(name);
+    let rate = format!("{}k", mb * 8 * 1000 / 10);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=640x360:r=25:d=10",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=d=10",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-b:v",
+        &rate,
+        "-minrate",
+        &rate,
+        "-maxrate",
+        &rate,
+        "-bufsize",
+        &rate,
+        "-x264-params",
+        "nal-hrd=cbr:filler=1",
+        "-c:a",
+        "aac",
+        &path,
+    ]);
+    path
+}
+
+/// Runs a tuspy script with the coordinator's URL and token; its stdout.
+fn tuspy(script: &str, c: &Coordinator, args: &[&str]) -> std::process::Output {
+    let lib = pip_package("tuspy", "1.1.0");
+    Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args([&format!("{}/api/v1/uploads/", c.url), &c.admin])
+        .args(args)
+        .env("PYTHONPATH", lib)
+        .output()
+        .unwrap()
+}
+
+const TUSPY: &str = r#"
+import os, sys
+from tusclient import client
+endpoint, token, path, mode = sys.argv[1:5]
+c = client.TusClient(endpoint, headers={"Authorization": "Bearer " + token})
+if mode == "start":
+    u = c.uploader(path, chunk_size=5 * 1024 * 1024, metadata={"filename": "big.mp4", "profile": "web"})
+    u.upload_chunk()
+    u.upload_chunk()
+    print(u.url, u.offset, flush=True)
+    os._exit(9)  # killed midway: no goodbye to the server
+else:
+    u = c.uploader(path, url=sys.argv[5], chunk_size=5 * 1024 * 1024)
+    print("resumed at", u.offset, flush=True)
+    u.upload()
+    print(u.offset, flush=True)
+"#;
+
+fn upload_of(c: &Coordinator, url: &str) -> Value {
+    let path = url.split_once("/api/").map(|(_, p)| format!("/api/{p}")).unwrap();
+    c.call("GET", &path, Some(&c.admin), None).1
+}
+
+#[test]
+fn tuspy_killed_midway_resumes_with_a_new_client_and_the_job_succeeds() {
+    let c = Coordinator::start();
+    let _w = c.worker("w1", &c.join_token(1));
+    let dir = Dir::new();
+    let file = video(&dir, "big.mp4", 24);
+    let size = std::fs::metadata(&file).unwrap().len();
+    let out = tuspy(TUSPY, &c, &[&file, "start"]);
+    assert_eq!(out.status.code(), Some(9), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (url, offset) = stdout.trim().split_once(' ').unwrap();
+    assert_eq!(offset, (10 << 20).to_string(), "two 5 MiB chunks");
+    let u = upload_of(&c, url);
+    assert_eq!((u["offset"].as_u64(), u["length"].as_u64(), &u["job_id"]), (Some(10 << 20), Some(size), &Value::Null), "{u}");
+
+    let out = tuspy(TUSPY, &c, &[&file, "resume", url]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.starts_with(&format!("resumed at {}", 10 << 20)), "{stdout}");
+    let u = upload_of(&c, url);
+    let job = c.wait_ended(u["job_id"].as_str().expect("the completed upload names its job"), Duration::from_secs(180));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!((job["probe"]["duration"].as_f64().unwrap() - 10.0).abs() < 0.1, "{}", job["probe"]);
+    assert_eq!(job["probe"]["size_bytes"].as_u64(), Some(size));
+    assert!(!c.data.path("storage/tus").read_dir().is_ok_and(|mut d| d.next().is_some()), "the parts are gone");
+}
+
+/// A tus request with curl: (status, headers lowercased).
+fn tus(c: &Coordinator, method: &str, path: &str, headers: &[&str], body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "-X",
+        method,
+        "-H",
+        &format!("Authorization: Bearer {}", c.admin),
+        "-H",
+        "Tus-Resumable: 1.0.0",
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if let Some(file) = body {
+        cmd.args(["-H", "Content-Type: application/offset+octet-stream", "--data-binary", &format!("@{file}")]);
+    }
+    if method == "HEAD" {
+        cmd.arg("-I");
+    }
+    let out = String::from_utf8_lossy(&cmd.arg(format!("{}{path}", c.url)).output().unwrap().stdout).to_lowercase();
+    let status = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, out)
+}
+
+fn location(headers: &str) -> String {
+    header(headers, "location").trim().to_string()
+}
+
+#[test]
+fn an_upload_resumes_across_a_restart_checks_checksums_and_expires() {
+    let mut c = Coordinator::start_with(&["--upload-expiry-seconds", "3"]);
+    let dir = Dir::new();
+    let file = video(&dir, "clip.mp4", 1);
+    let bytes = std::fs::read(&file).unwrap();
+    let half = bytes.len() / 2;
+    std::fs::write(dir.path("a"), &bytes[..half]).unwrap();
+    std::fs::write(dir.path("b"), &bytes[half..]).unwrap();
+    let meta = |k: &str, v: &str| {
+        use base64::Engine;
+        format!("{k} {}", base64::engine::general_purpose::STANDARD.encode(v))
+    };
+
+    // OPTIONS tells what the server speaks, without a token.
+    let options = String::from_utf8_lossy(
+        &Command::new("curl").args(["-s", "-D", "-", "-X", "OPTIONS", &format!("{}/api/v1/uploads/", c.url)]).output().unwrap().stdout,
+    )
+    .to_lowercase();
+    assert!(options.contains("tus-version: 1.0.0") && options.contains("tus-checksum-algorithm: sha1,sha256"), "{options}");
+    assert!(
+        options.contains("tus-extension: creation,creation-with-upload,creation-defer-length,termination,expiration,checksum"),
+        "{options}"
+    );
+
+    // A bad profile is refused at creation, before any byte.
+    let (status, _) =
+        tus(&c, "POST", "/api/v1/uploads/", &["Upload-Length: 10", &format!("Upload-Metadata: {}", meta("profile", "nope"))], None);
+    assert_eq!(status, 400);
+    // Over the limit: 413 at creation.
+    assert_eq!(tus(&c, "POST", "/api/v1/uploads/", &["Upload-Length: 999999999999999"], None).0, 413);
+    // Without a token: 401, with the tus header.
+    let anonymous = String::from_utf8_lossy(
+        &Command::new("curl")
+            .args(["-s", "-D", "-", "-X", "POST", "-H", "Upload-Length: 5", &format!("{}/api/v1/uploads/", c.url)])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .to_lowercase();
+    assert!(anonymous.starts_with("http/1.1 401") && anonymous.contains("tus-resumable: 1.0.0"), "{anonymous}");
+
+    // Created with its first half (creation-with-upload), deferred length.
+    let (status, h) = tus(
+        &c,
+        "POST",
+        "/api/v1/uploads/",
+        &["Upload-Defer-Length: 1", &format!("Upload-Metadata: {},{}", meta("filename", "clip.mp4"), meta("profile", "web"))],
+        Some(&dir.s("a")),
+    );
+    assert_eq!(status, 201, "{h}");
+    assert_eq!(header(&h, "upload-offset").trim(), half.to_string());
+    let at = location(&h);
+
+    // A wrong checksum: 460, nothing appended.
+    let (status, h) = tus(
+        &c,
+        "PATCH",
+        &at,
+        &[
+            &format!("Upload-Offset: {half}"),
+            &format!("Upload-Length: {}", bytes.len()),
+            "Upload-Checksum: sha1 AAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        ],
+        Some(&dir.s("b")),
+    );
+    assert_eq!(status, 460, "{h}");
+    // A wrong offset: 409.
+    assert_eq!(tus(&c, "PATCH", &at, &["Upload-Offset: 0"], Some(&dir.s("b"))).0, 409);
+
+    // The coordinator restarts between the two PATCHes; the upload goes on.
+    c.restart();
+    let (status, h) = tus(&c, "HEAD", &at, &[], None);
+    assert_eq!((status, header(&h, "upload-offset").trim()), (200, half.to_string().as_str()), "{h}");
+    use sha2::Digest;
+    let sum = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&bytes[half..]))
+    };
+    let (status, h) = tus(
+        &c,
+        "PATCH",
+        &at,
+        &[&format!("Upload-Offset: {half}"), &format!("Upload-Length: {}", bytes.len()), &format!("Upload-Checksum: sha256 {sum}")],
+        Some(&dir.s("b")),
+    );
+    assert_eq!(status, 204, "{h}");
+    assert_eq!(header(&h, "upload-offset").trim(), bytes.len().to_string());
+    let job = header(&h, "drake-job").trim().to_string();
+    let stored = std::fs::read(c.data.path(&format!("storage/jobs/{job}/source"))).unwrap();
+    assert!(stored == bytes, "the job's source is the uploaded file, byte for byte");
+    assert_eq!(c.call("GET", &format!("/api/v1/jobs/{job}"), Some(&c.admin), None).1["profile"], "web");
+
+    // Another token does not see the upload.
+    let (_, t) = c.call("POST", "/api/v1/tokens", Some(&c.admin), Some(serde_json::json!({"role": "submit", "label": "other"})));
+    let other = t["token"].as_str().unwrap();
+    assert_eq!(call_at(&c.url, "GET", &at, Some(other), None).0, 404);
+
+    // An unfinished upload expires: its HEAD answers 410 or 404, and its parts are gone.
+    let (_, h) = tus(&c, "POST", "/api/v1/uploads/", &[&format!("Upload-Length: {}", bytes.len())], None);
+    let stale = location(&h);
+    assert_eq!(tus(&c, "PATCH", &stale, &["Upload-Offset: 0"], Some(&dir.s("a"))).0, 204);
+    let id = stale.rsplit('/').next().unwrap().to_string();
+    assert!(c.data.path(&format!("storage/tus/{id}")).exists());
+    std::thread::sleep(Duration::from_secs(5));
+    let status = tus(&c, "HEAD", &stale, &[], None).0;
+    assert!(status == 404 || status == 410, "{status}");
+    assert!(!c.data.path(&format!("storage/tus/{id}")).exists(), "the expired upload's parts are removed");
+
+    // Termination removes an unfinished upload.
+    let (_, h) = tus(&c, "POST", "/api/v1/uploads/", &["Upload-Length: 100"], None);
+    let doomed = location(&h);
+    assert_eq!(tus(&c, "DELETE", &doomed, &[], None).0, 204);
+    assert_eq!(tus(&c, "HEAD", &doomed, &[], None).0, 404);
+}
+
+#[test]
+fn with_external_storage_the_parts_never_touch_the_coordinators_disk() {
+    let nginx = Nginx::start();
+    let c = Coordinator::start_with(&["--storage-url", &nginx.url, "--storage-authorization", Nginx::AUTHORIZATION]);
+    let dir = Dir::new();
+    let file = video(&dir, "clip.mp4", 1);
+    let bytes = std::fs::read(&file).unwrap();
+    let half = bytes.len() / 2;
+    std::fs::write(dir.path("a"), &bytes[..half]).unwrap();
+    std::fs::write(dir.path("b"), &bytes[half..]).unwrap();
+    let (status, h) = tus(&c, "POST", "/api/v1/uploads/", &[&format!("Upload-Length: {}", bytes.len())], Some(&dir.s("a")));
+    assert_eq!(status, 201, "{h}");
+    let at = location(&h);
+    let id = at.rsplit('/').next().unwrap().to_string();
+    let parts: Vec<_> = std::fs::read_dir(nginx.root.join(format!("tus/{id}"))).unwrap().collect();
+    assert_eq!(parts.len(), 1, "the first part is on the store");
+    assert!(!c.data.path("storage/tus").exists(), "and not on the coordinator");
+    let (status, h) = tus(&c, "PATCH", &at, &[&format!("Upload-Offset: {half}")], Some(&dir.s("b")));
+    assert_eq!(status, 204, "{h}");
+    let job = header(&h, "drake-job").trim().to_string();
+    assert!(std::fs::read(nginx.root.join(format!("jobs/{job}/source"))).unwrap() == bytes);
+    assert!(!nginx.root.join(format!("tus/{id}")).exists(), "the parts are removed once joined");
+}
