@@ -30,6 +30,10 @@ done
 if ! command -v npm >/dev/null 2>&1; then
   missing+=(nodejs npm)
 fi
+# pip: the upload tests install PyPI tuspy into target/pip.
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  missing+=(python3-pip)
+fi
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
   SUDO=""
