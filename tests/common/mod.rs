@@ -323,7 +323,10 @@ pub fn pip_package(name: &str, version: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/pip/{name}-{version}"));
     let marker = dir.join(".installed");
     if !marker.exists() {
+        // Into its own directory, never the system's (Debian marks its Python as
+        // externally managed; this install touches nothing of it).
         let o = Command::new("python3")
+            .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
             .args([
                 "-m",
                 "pip",
