@@ -137,6 +137,16 @@ fn tus(c: &Coordinator, method: &str, path: &str, headers: &[&str], body: Option
     (status, out)
 }
 
+/// A 1 MB clip, whole, and cut in two files `a` and `b` in `dir`: its bytes and
+/// where `b` starts.
+fn clip_in_halves(dir: &Dir) -> (Vec<u8>, usize) {
+    let bytes = std::fs::read(video(dir, "clip.mp4", 1)).unwrap();
+    let half = bytes.len() / 2;
+    std::fs::write(dir.path("a"), &bytes[..half]).unwrap();
+    std::fs::write(dir.path("b"), &bytes[half..]).unwrap();
+    (bytes, half)
+}
+
 fn location(headers: &str) -> String {
     header(headers, "location").trim().to_string()
 }
@@ -145,11 +155,7 @@ fn location(headers: &str) -> String {
 fn an_upload_resumes_across_a_restart_checks_checksums_and_expires() {
     let mut c = Coordinator::start_with(&["--upload-expiry-seconds", "3"]);
     let dir = Dir::new();
-    let file = video(&dir, "clip.mp4", 1);
-    let bytes = std::fs::read(&file).unwrap();
-    let half = bytes.len() / 2;
-    std::fs::write(dir.path("a"), &bytes[..half]).unwrap();
-    std::fs::write(dir.path("b"), &bytes[half..]).unwrap();
+    let (bytes, half) = clip_in_halves(&dir);
     let meta = |k: &str, v: &str| {
         use base64::Engine;
         format!("{k} {}", base64::engine::general_purpose::STANDARD.encode(v))
@@ -262,11 +268,7 @@ fn with_external_storage_the_parts_never_touch_the_coordinators_disk() {
     let nginx = Nginx::start();
     let c = Coordinator::start_with(&["--storage-url", &nginx.url, "--storage-authorization", Nginx::AUTHORIZATION]);
     let dir = Dir::new();
-    let file = video(&dir, "clip.mp4", 1);
-    let bytes = std::fs::read(&file).unwrap();
-    let half = bytes.len() / 2;
-    std::fs::write(dir.path("a"), &bytes[..half]).unwrap();
-    std::fs::write(dir.path("b"), &bytes[half..]).unwrap();
+    let (bytes, half) = clip_in_halves(&dir);
     let (status, h) = tus(&c, "POST", "/api/v1/uploads/", &[&format!("Upload-Length: {}", bytes.len())], Some(&dir.s("a")));
     assert_eq!(status, 201, "{h}");
     let at = location(&h);

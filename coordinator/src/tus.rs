@@ -397,36 +397,34 @@ pub async fn finish(st: &AppState, id: &str) -> Result<String, String> {
             }
         }
     };
+    // Unless an earlier run got as far as the job, make it from the parts.
     let parts = st.queue.upload_parts(id).await.map_err(e)?;
+    let mut made = job_id.clone();
     if st.queue.job(&job_id).await.map_err(e)?.is_none() && !parts.is_empty() {
         let mut new = u.request.clone();
-        let job = match st.queue.job_by_key(crate::queue::scoped_key(&new).as_deref()).await.map_err(e)? {
-            Some(earlier) => earlier,
+        made = match st.queue.job_by_key(crate::queue::scoped_key(&new).as_deref()).await.map_err(e)? {
+            Some(earlier) => earlier.id,
             None => {
                 new.source = crate::storage::source_path(&job_id);
                 let paths: Vec<String> = parts.iter().map(|(p, _)| p.clone()).collect();
                 st.storage.concat(&paths, &new.source, u.offset as u64).await.map_err(|e| format!("joining the parts: {e}"))?;
-                let (job, created) = match st.queue.create_job_with_id(&job_id, &new, now_ms()).await {
-                    Ok(j) => j,
-                    // Another coordinator finished it at the same time.
-                    Err(crate::queue::QueueError::Conflict(_)) => {
-                        (st.queue.job(&job_id).await.map_err(e)?.ok_or("the upload's job vanished")?, false)
+                match st.queue.create_job_with_id(&job_id, &new, now_ms()).await {
+                    Ok((job, created)) => {
+                        if created {
+                            crate::lifecycle::kick(st, &job.id).await;
+                        }
+                        job.id
                     }
+                    // Another coordinator finished it at the same time.
+                    Err(crate::queue::QueueError::Conflict(_)) => job_id.clone(),
                     Err(err) => return Err(err.to_string()),
-                };
-                if created {
-                    crate::lifecycle::kick(st, &job.id).await;
                 }
-                job
             }
         };
-        st.queue.upload_done(id, &job.id).await.map_err(e)?;
-        let _ = st.storage.remove_tree(&parts_dir(id)).await;
-        return Ok(job.id);
     }
-    st.queue.upload_done(id, &job_id).await.map_err(e)?;
+    st.queue.upload_done(id, &made).await.map_err(e)?;
     let _ = st.storage.remove_tree(&parts_dir(id)).await;
-    Ok(job_id)
+    Ok(made)
 }
 
 /// The reconciler's share: finishes complete uploads whose completion was cut
