@@ -282,3 +282,68 @@ fn with_external_storage_the_parts_never_touch_the_coordinators_disk() {
     assert!(std::fs::read(nginx.root.join(format!("jobs/{job}/source"))).unwrap() == bytes);
     assert!(!nginx.root.join(format!("tus/{id}")).exists(), "the parts are removed once joined");
 }
+
+/// The response head of a curl request with exactly these arguments, lowercased.
+fn curl_head(args: &[&str]) -> String {
+    String::from_utf8_lossy(&Command::new("curl").args(["-s", "-o", "/dev/null", "-D", "-"]).args(args).output().unwrap().stdout)
+        .to_lowercase()
+}
+
+#[test]
+fn browsers_from_allowed_origins_get_cors_and_unfinished_uploads_share_a_spool_limit() {
+    let c = Coordinator::start_with(&["--cors-origin", "https://up.example.com", "--max-spool-bytes", "3000000"]);
+    let endpoint = format!("{}/api/v1/uploads/", c.url);
+
+    // A preflight from the allowed origin is answered, and names tus's headers.
+    let pre = curl_head(&[
+        "-X",
+        "OPTIONS",
+        "-H",
+        "Origin: https://up.example.com",
+        "-H",
+        "Access-Control-Request-Method: POST",
+        "-H",
+        "Access-Control-Request-Headers: authorization, tus-resumable, upload-length, upload-metadata",
+        &endpoint,
+    ]);
+    assert!(pre.starts_with("http/1.1 204"), "{pre}");
+    assert_eq!(header(&pre, "access-control-allow-origin"), "https://up.example.com", "{pre}");
+    for h in ["authorization", "tus-resumable", "upload-length", "upload-metadata", "upload-offset", "upload-checksum"] {
+        assert!(header(&pre, "access-control-allow-headers").contains(h), "{h}: {pre}");
+    }
+    assert!(header(&pre, "access-control-allow-methods").contains("patch"), "{pre}");
+    assert_eq!(header(&pre, "access-control-allow-credentials"), "", "a bearer token, never cookies");
+    // The answer itself lets the page read Location and Upload-Offset.
+    let auth = format!("Authorization: Bearer {}", c.admin);
+    let created = curl_head(&[
+        "-X",
+        "POST",
+        "-H",
+        "Origin: https://up.example.com",
+        "-H",
+        &auth,
+        "-H",
+        "Tus-Resumable: 1.0.0",
+        "-H",
+        "Upload-Length: 2000000",
+        &endpoint,
+    ]);
+    assert!(created.starts_with("http/1.1 201"), "{created}");
+    assert_eq!(header(&created, "access-control-allow-origin"), "https://up.example.com");
+    let exposed = header(&created, "access-control-expose-headers");
+    assert!(exposed.contains("location") && exposed.contains("upload-offset") && exposed.contains("drake-job"), "{created}");
+    let first = location(&created);
+
+    // Another origin gets no CORS header: its browser keeps the answer from the page.
+    let foreign =
+        curl_head(&["-X", "OPTIONS", "-H", "Origin: https://evil.example.net", "-H", "Access-Control-Request-Method: POST", &endpoint]);
+    assert!(!foreign.contains("access-control-allow"), "{foreign}");
+    assert!(foreign.contains("tus-version: 1.0.0"), "a plain OPTIONS for it is tus discovery: {foreign}");
+
+    // 2 MB are reserved of the 3 MB spool: a second 2 MB upload is refused, until the first is gone.
+    let second = ["-X", "POST", "-H", &auth, "-H", "Tus-Resumable: 1.0.0", "-H", "Upload-Length: 2000000", &endpoint];
+    let refused = curl_head(&second);
+    assert!(refused.starts_with("http/1.1 507"), "{refused}");
+    assert_eq!(tus(&c, "DELETE", &first, &[], None).0, 204);
+    assert!(curl_head(&second).starts_with("http/1.1 201"), "the spool is free again");
+}

@@ -56,8 +56,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tokens", post(create_token).get(list_tokens))
         .route("/api/v1/tokens/{id}/revoke", post(revoke_token))
         .layer(DefaultBodyLimit::max(crate::state::MAX_JSON_BYTES));
-    api.merge(workers_api::routes().layer(DefaultBodyLimit::max(crate::state::MAX_WORKER_BODY_BYTES)))
-        .merge(crate::tus::routes())
+    // Browsers may call the job and upload routes from the origins the operator named.
+    let cors = state.cors.clone();
+    let browser_facing =
+        api.merge(crate::tus::routes()).layer(axum::middleware::from_fn(move |req, next| crate::cors::layer(cors.clone(), req, next)));
+    browser_facing
+        .merge(workers_api::routes().layer(DefaultBodyLimit::max(crate::state::MAX_WORKER_BODY_BYTES)))
         .merge(dav::routes())
         .with_state(state)
 }

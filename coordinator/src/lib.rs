@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod background;
 pub mod chores;
+pub mod cors;
 pub mod dash;
 pub mod dav;
 pub mod dbcopy;

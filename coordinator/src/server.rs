@@ -23,6 +23,8 @@ pub struct Config {
     pub storage: Option<ExternalStorage>,
     /// Non-public networks that caller-named URLs may reach (`--allow-network`).
     pub allow_network: Vec<String>,
+    /// Web origins whose pages may call the API from a browser (`--cors-origin`).
+    pub cors_origins: Vec<String>,
     /// More routes served beside the API (the dashboard, which builds on this crate).
     pub ui: Option<fn(AppState) -> axum::Router>,
 }
@@ -262,6 +264,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error 
         network: Arc::new(crate::fetch::NetPolicy::parse(&cfg.allow_network)?),
         instance: Arc::new(instance),
         relay,
+        cors: Arc::new(crate::cors::Origins::parse(&cfg.cors_origins)?),
     };
     // A restart revokes every unused login link; only the one made now works. With
     // several coordinators on one database, the others' links stay valid.

@@ -7,6 +7,11 @@ use rand::RngCore;
 use serde::Serialize;
 use sqlx::Row;
 
+/// The dashboard session's cookie.
+pub const SESSION_COOKIE: &str = "drake_session";
+/// The header in which a dashboard page's script sends its session's CSRF token.
+pub const CSRF_HEADER: &str = "x-drake-csrf";
+
 /// How long a dashboard session lasts.
 pub const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;
 /// How long a printed login link stays valid (it works once).
@@ -26,6 +31,22 @@ pub struct JoinTokenView {
     pub uses_left: i64,
     pub expires_at: i64,
     pub created_at: i64,
+}
+
+/// The session cookie's value among a request's cookies.
+pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| kv.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+        .filter(|v| v.len() <= 128)
+}
+
+/// Compares secrets without telling, by its time, where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -120,5 +141,28 @@ impl Queue {
             .await?
             .rows_affected();
         Ok(n == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue, header};
+
+    #[test]
+    fn finds_the_session_cookie_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; drake_session=abc; b=2"));
+        assert_eq!(session_cookie(&h), Some("abc"));
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("drake_sessionx=1"));
+        assert_eq!(session_cookie(&h), None);
+    }
+
+    #[test]
+    fn compares_in_constant_time() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

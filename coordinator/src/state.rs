@@ -40,6 +40,8 @@ pub struct Limits {
     pub min_free_disk_bytes: u64,
     /// How long an unfinished resumable upload is kept after its last part.
     pub upload_expiry_ms: i64,
+    /// Most bytes all unfinished resumable uploads together may hold (507 past it).
+    pub max_spool_bytes: u64,
 }
 
 /// Largest JSON body on the API (jobs, tokens); over it, 413 at once.
@@ -55,6 +57,7 @@ impl Default for Limits {
             ingest_timeout_seconds: 2 * 3600,
             min_free_disk_bytes: 1 << 30,
             upload_expiry_ms: 24 * 3_600_000,
+            max_spool_bytes: 100 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -84,6 +87,8 @@ pub struct AppState {
     pub instance: Arc<String>,
     /// Carries events and wake-ups to the other coordinators of a shared database.
     pub relay: crate::relay::Relay,
+    /// Web origins whose pages may call the API (`--cors-origin`).
+    pub cors: Arc<crate::cors::Origins>,
 }
 
 impl AppState {

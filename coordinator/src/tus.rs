@@ -16,11 +16,11 @@ use crate::api::{JobFields, allow, check_disk, new_job};
 use crate::auth::{Caller, Role, digest};
 use crate::error::ApiError;
 use crate::state::{AppState, now_ms};
-use crate::uploads::{AppendRefused, Upload};
+use crate::uploads::{AppendRefused, CreateRefused, Upload};
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine as _;
@@ -47,6 +47,32 @@ pub fn routes() -> Router<AppState> {
             r.headers_mut().insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
             r
         }))
+}
+
+/// Who uploads: a bearer token's caller, or the dashboard's upload page, which
+/// sends its session's CSRF token in a header (a cookie alone is not enough, so
+/// another site's page cannot upload in a signed-in operator's name).
+pub struct Uploader(Caller);
+
+/// The owner of uploads made from the dashboard: any signed-in session may resume them.
+const DASHBOARD_OWNER: &str = "dashboard session";
+
+impl FromRequestParts<AppState> for Uploader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Uploader, ApiError> {
+        if crate::auth::bearer(parts).is_some() {
+            return Caller::from_request_parts(parts, st).await.map(Uploader);
+        }
+        let cookie = crate::sessions::session_cookie(&parts.headers).ok_or(ApiError::Unauthorized)?;
+        let csrf = parts.headers.get(crate::sessions::CSRF_HEADER).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
+        let session = st.queue.session(cookie, now_ms()).await?.ok_or(ApiError::Unauthorized)?;
+        if !crate::sessions::constant_time_eq(session.csrf.as_bytes(), csrf.as_bytes()) {
+            return Err(ApiError::Unauthorized);
+        }
+        // A dashboard session is the operator's, signed in with the admin token.
+        Ok(Uploader(Caller { role: Role::Admin, label: None, presented: Some(DASHBOARD_OWNER.into()) }))
+    }
 }
 
 /// A tus response: its status, headers and a short text body.
@@ -160,7 +186,7 @@ fn job_request(st: &AppState, caller: &Caller, pairs: Vec<(String, String)>) -> 
     Ok((new_job(st, caller, f, String::new())?, filename))
 }
 
-async fn create(State(st): State<AppState>, caller: Caller, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn create(State(st): State<AppState>, Uploader(caller): Uploader, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     allow(&caller, &[Role::Admin, Role::Submit])?;
     if let Err(r) = check_version(&headers) {
         return Ok(r.into_response());
@@ -186,8 +212,13 @@ async fn create(State(st): State<AppState>, caller: Caller, headers: HeaderMap, 
     let owner = digest(caller.presented.as_deref().unwrap_or_default());
     let now = now_ms();
     let expires_at = now + st.limits.upload_expiry_ms;
-    if !st.queue.create_upload(&id, &owner, &request, filename.as_deref(), length, now, expires_at).await? {
-        return Err(ApiError::TooMany("this token has too many unfinished uploads; finish or delete one first"));
+    let spool_limit = st.limits.max_spool_bytes.min(i64::MAX as u64) as i64;
+    match st.queue.create_upload(&id, &owner, &request, filename.as_deref(), length, spool_limit, now, expires_at).await? {
+        Ok(()) => {}
+        Err(CreateRefused::TooMany) => {
+            return Err(ApiError::TooMany("this token has too many unfinished uploads; finish or delete one first"));
+        }
+        Err(CreateRefused::SpoolFull(held)) => return Err(spool_full(held, spool_limit)),
     }
     let location = format!("/api/v1/uploads/{id}");
     let mut extra = vec![("location", location), ("upload-expires", httpdate(expires_at))];
@@ -220,7 +251,12 @@ fn expired(u: &Upload) -> bool {
     u.job_id.is_none() && u.expires_at <= now_ms()
 }
 
-async fn head(State(st): State<AppState>, caller: Caller, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn head(
+    State(st): State<AppState>,
+    Uploader(caller): Uploader,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let u = owned(&st, &caller, &id).await?;
     if let Err(r) = check_version(&headers) {
         return Ok(r.into_response());
@@ -244,7 +280,7 @@ async fn head(State(st): State<AppState>, caller: Caller, headers: HeaderMap, Pa
 
 async fn patch(
     State(st): State<AppState>,
-    caller: Caller,
+    Uploader(caller): Uploader,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
@@ -321,6 +357,14 @@ async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, bod
         return Ok(Answer(StatusCode::NO_CONTENT, vec![("upload-offset", offset.to_string())], String::new()));
     }
     check_disk(st, size as u64)?;
+    if u.length.is_none() {
+        // A deferred length reserved nothing at creation: its bytes count as they come.
+        let held = st.queue.spool_held(now_ms()).await?;
+        let limit = st.limits.max_spool_bytes.min(i64::MAX as u64) as i64;
+        if held.saturating_add(declared_length.map_or(size, |l| l - offset)) > limit {
+            return Err(spool_full(held, limit));
+        }
+    }
     let part = format!("{}/{:06}-{}", parts_dir(&u.id), u.parts, uuid::Uuid::now_v7().simple());
     // The body, hashed as it streams to the store.
     let hasher: Arc<Mutex<Option<Checksum>>> = Arc::new(Mutex::new(checksum.take()));
@@ -370,6 +414,12 @@ async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, bod
         }
     }
     Ok(Answer(StatusCode::NO_CONTENT, h, String::new()))
+}
+
+fn spool_full(held: i64, limit: i64) -> ApiError {
+    ApiError::InsufficientStorage(format!(
+        "unfinished uploads hold {held} bytes of the farm's {limit}-byte upload spool; try again when some finish or expire"
+    ))
 }
 
 /// Where an upload's parts are stored.
@@ -452,7 +502,12 @@ pub async fn finish_owed(st: &AppState, now: i64) {
     }
 }
 
-async fn terminate(State(st): State<AppState>, caller: Caller, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn terminate(
+    State(st): State<AppState>,
+    Uploader(caller): Uploader,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let u = owned(&st, &caller, &id).await?;
     if let Err(r) = check_version(&headers) {
         return Ok(r.into_response());
@@ -466,7 +521,7 @@ async fn terminate(State(st): State<AppState>, caller: Caller, headers: HeaderMa
 }
 
 /// `GET /api/v1/uploads/{id}`: the upload's progress, and once complete its job.
-async fn get_upload(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_upload(State(st): State<AppState>, Uploader(caller): Uploader, Path(id): Path<String>) -> Result<Response, ApiError> {
     let u = owned(&st, &caller, &id).await?;
     let job = match &u.job_id {
         Some(j) => st.queue.job(j).await?,

@@ -28,6 +28,15 @@ impl Upload {
     }
 }
 
+/// Why an upload was not created.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CreateRefused {
+    /// Its owner has [`MAX_OPEN_UPLOADS`] unfinished already.
+    TooMany,
+    /// Unfinished uploads would hold more than the spool limit: how many bytes they hold now.
+    SpoolFull(i64),
+}
+
 /// Why a part was not appended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AppendRefused {
@@ -40,8 +49,10 @@ pub enum AppendRefused {
 }
 
 impl Queue {
-    /// Records a new upload; false (nothing recorded) when its owner has
-    /// [`MAX_OPEN_UPLOADS`] unfinished already.
+    /// Records a new upload, unless its owner has [`MAX_OPEN_UPLOADS`] unfinished
+    /// already or the unfinished uploads' bytes (see [`Queue::spool_held`]) and
+    /// `length` would pass `spool_limit`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_upload(
         &self,
         id: &str,
@@ -49,9 +60,10 @@ impl Queue {
         request: &NewJob,
         filename: Option<&str>,
         length: Option<i64>,
+        spool_limit: i64,
         now: i64,
         expires_at: i64,
-    ) -> Result<bool> {
+    ) -> Result<std::result::Result<(), CreateRefused>> {
         let mut tx = self.begin().await?;
         let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uploads WHERE owner = $1 AND job_id IS NULL AND expires_at > $2")
             .bind(owner)
@@ -59,7 +71,11 @@ impl Queue {
             .fetch_one(&mut *tx)
             .await?;
         if open >= MAX_OPEN_UPLOADS {
-            return Ok(false);
+            return Ok(Err(CreateRefused::TooMany));
+        }
+        let held = spool_held(&mut tx, now).await?;
+        if held.saturating_add(length.unwrap_or(0)) > spool_limit {
+            return Ok(Err(CreateRefused::SpoolFull(held)));
         }
         let request = serde_json::to_string(request).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         sqlx::query(
@@ -75,7 +91,14 @@ impl Queue {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Ok(()))
+    }
+
+    /// The bytes unfinished uploads hold on the spool: each its declared length
+    /// (what it will hold once complete), or what it received so far while its
+    /// length is deferred.
+    pub async fn spool_held(&self, now: i64) -> Result<i64> {
+        spool_held(&mut *self.conn().await?, now).await
     }
 
     pub async fn upload(&self, id: &str) -> Result<Option<Upload>> {
@@ -220,4 +243,14 @@ impl Queue {
         .fetch_all(self.pool())
         .await?)
     }
+}
+
+async fn spool_held(conn: &mut sqlx::AnyConnection, now: i64) -> Result<i64> {
+    let held: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(SUM(COALESCE(length, upload_offset)) AS BIGINT) FROM uploads WHERE job_id IS NULL AND expires_at > $1",
+    )
+    .bind(now)
+    .fetch_one(conn)
+    .await?;
+    Ok(held.unwrap_or(0))
 }

@@ -18,12 +18,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use coordinator::auth::Role;
-use coordinator::sessions::{SESSION_TTL_MS, Session};
+use coordinator::sessions::{SESSION_COOKIE as COOKIE, SESSION_TTL_MS, Session, constant_time_eq, session_cookie as cookie_value};
 use coordinator::state::{AppState, now_ms};
 use serde::Deserialize;
 use std::fmt::Write as _;
 
-const COOKIE: &str = "drake_session";
 const APP_JS: &str = include_str!("../assets/app.js");
 const EVENTS_JS: &str = include_str!("../assets/events.js");
 const APP_CSS: &str = include_str!("../assets/app.css");
@@ -96,16 +95,6 @@ async fn session(st: &AppState, headers: &HeaderMap) -> Option<Session> {
     st.queue.session(cookie, now_ms()).await.ok().flatten()
 }
 
-fn cookie_value(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-        .filter(|v| v.len() <= 128)
-}
-
 /// A page request without a session goes to the sign-in form.
 enum Denied {
     ToLogin,
@@ -162,10 +151,6 @@ fn same_origin(headers: &HeaderMap) -> Result<(), Denied> {
         }
     }
     Ok(())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 // ---- sign-in
@@ -533,26 +518,4 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Result<Respo
 
 fn bearer_of(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_session_cookie_among_others() {
-        let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; drake_session=abc; b=2"));
-        assert_eq!(cookie_value(&h), Some("abc"));
-        let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("drake_sessionx=1"));
-        assert_eq!(cookie_value(&h), None);
-    }
-
-    #[test]
-    fn compares_in_constant_time() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-    }
 }

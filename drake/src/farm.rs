@@ -40,6 +40,8 @@ pub struct FarmSettings {
     pub min_free_disk_bytes: u64,
     pub capable_worker_wait_seconds: u64,
     pub upload_expiry_seconds: u64,
+    pub max_spool_bytes: u64,
+    pub cors_origins: Vec<String>,
 }
 
 fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
@@ -51,6 +53,7 @@ fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
             max_upload_bytes: s.max_upload_bytes,
             min_free_disk_bytes: s.min_free_disk_bytes,
             upload_expiry_ms: s.upload_expiry_seconds.clamp(1, 30 * 86400) as i64 * 1000,
+            max_spool_bytes: s.max_spool_bytes,
             ..Default::default()
         },
         queue: coordinator::queue::QueueConfig {
@@ -63,6 +66,7 @@ fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
             .clone()
             .map(|url| coordinator::server::ExternalStorage { url, authorization: s.storage_authorization.clone() }),
         allow_network: s.allow_network.clone(),
+        cors_origins: s.cors_origins.clone(),
         ui: Some(dashboard::router),
     }
 }

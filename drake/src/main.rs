@@ -231,6 +231,14 @@ struct FarmArgs {
     /// How long an unfinished resumable (tus) upload is kept after its last part.
     #[arg(long, default_value_t = 86400)]
     upload_expiry_seconds: u64,
+    /// Most bytes all unfinished resumable uploads together may hold; past it a new
+    /// upload is refused (507) until others finish or expire.
+    #[arg(long, default_value_t = 100 * 1024 * 1024 * 1024)]
+    max_spool_bytes: u64,
+    /// Let web pages from this origin (e.g. https://upload.example.com; repeatable)
+    /// call the API from a browser: jobs and resumable uploads, with a token.
+    #[arg(long = "cors-origin", value_name = "ORIGIN", env = "DRAKE_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
 }
 
 impl FarmArgs {
@@ -245,6 +253,8 @@ impl FarmArgs {
             min_free_disk_bytes: self.min_free_disk_bytes,
             capable_worker_wait_seconds: self.capable_worker_wait_seconds,
             upload_expiry_seconds: self.upload_expiry_seconds,
+            max_spool_bytes: self.max_spool_bytes,
+            cors_origins: self.cors_origins,
         }
     }
 }
