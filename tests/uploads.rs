@@ -347,3 +347,46 @@ fn browsers_from_allowed_origins_get_cors_and_unfinished_uploads_share_a_spool_l
     assert_eq!(tus(&c, "DELETE", &first, &[], None).0, 204);
     assert!(curl_head(&second).starts_with("http/1.1 201"), "the spool is free again");
 }
+
+#[test]
+fn drake_submit_resumes_an_upload_cut_by_a_coordinator_crash_from_the_servers_offset() {
+    let mut c = Coordinator::start_faulty(&[], "tus-after-second-part");
+    let dir = Dir::new();
+    let file = video(&dir, "big.mp4", 4);
+    let size = std::fs::metadata(&file).unwrap().len();
+    let state = Dir::new();
+    let submit = |c: &Coordinator, extra: &[&str]| {
+        Command::new(drake_bin())
+            .args(["submit", &file, "--coordinator", &c.url, "--token", &c.admin])
+            .args(["--tus-threshold", "1000000", "--chunk-size", "1048576", "--retries", "0"])
+            .args(extra)
+            .env("DRAKE_STATE_DIR", state.tmp.path())
+            .output()
+            .unwrap()
+    };
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    let out = submit(&c, &["--resume"]);
+    assert!(!out.status.success() && stderr(&out).contains("no upload of"), "nothing to resume yet: {}", stderr(&out));
+
+    // The coordinator records the second chunk and dies before answering it.
+    let out = submit(&c, &[]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(stderr(&out).contains("run the same command again, or add --resume"), "{}", stderr(&out));
+    c.wait_exit(Duration::from_secs(10));
+    assert_eq!(state.path("uploads").read_dir().unwrap().count(), 1, "the upload's URL is recorded");
+
+    c.restart();
+    let _w = c.worker("w1", &c.join_token(1));
+    let out = submit(&c, &["--resume", "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("resuming the upload at {} of {size} bytes", 2 << 20)), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let job = stdout.lines().find_map(|l| l.strip_prefix("job ")).expect("the job is named").to_string();
+    assert!(stdout.contains("succeeded: master playlist"), "{stdout}");
+    let job = c.call("GET", &format!("/api/v1/jobs/{job}"), Some(&c.admin), None).1;
+    assert_eq!(job["probe"]["size_bytes"].as_u64(), Some(size));
+    assert!((job["probe"]["duration"].as_f64().unwrap() - 10.0).abs() < 0.1, "{}", job["probe"]);
+    let left: Vec<_> = state.path("uploads").read_dir().unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "a finished upload's record is removed: {left:?}");
+}

@@ -13,6 +13,8 @@ pub const AFTER_OUTPUTS: &str = "after-outputs";
 pub const AFTER_CREATE: &str = "after-create";
 /// In a webhook delivery chore, before it posts (the chore is claimed in apalis).
 pub const BEFORE_DELIVERY: &str = "before-delivery";
+/// In a tus PATCH, once an upload's second part is recorded, before the answer.
+pub const TUS_AFTER_SECOND_PART: &str = "tus-after-second-part";
 
 fn armed() -> &'static HashSet<String> {
     static POINTS: OnceLock<HashSet<String>> = OnceLock::new();

@@ -405,6 +405,10 @@ async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, bod
             };
         }
     };
+    if u.parts == 1 {
+        // The second part is recorded and its answer not yet sent.
+        crate::fault::point(crate::fault::TUS_AFTER_SECOND_PART);
+    }
     let mut h = vec![("upload-offset", new_offset.to_string()), ("upload-expires", httpdate(expires_at))];
     if u.length.or(declared_length) == Some(new_offset) {
         match finish(st, &u.id).await {

@@ -225,6 +225,12 @@ pub struct SubmitArgs {
     pub requires_tags: Vec<String>,
     /// `LANG=FILE` or `LANG=URL`.
     pub captions: Vec<String>,
+    /// Files larger than this go by tus, resumable.
+    pub tus_threshold: u64,
+    pub chunk_size: u64,
+    pub retries: u32,
+    /// Continue a recorded tus upload (a plain rerun does too).
+    pub resume: bool,
 }
 
 /// The token for `submit`: the flag, `DRAKE_TOKEN`, or a local farm's admin token.
@@ -241,6 +247,10 @@ pub fn submit(args: SubmitArgs) -> i32 {
     runtime().block_on(async move {
         match submit_async(&args, &token).await {
             Ok(code) => code,
+            Err(e) if e.starts_with(INTERRUPTED) => {
+                proto::log!("drake: submit: {e}");
+                crate::upload::INTERRUPTED
+            }
             Err(e) => {
                 proto::log!("drake: submit: {e}");
                 exit::INTERNAL
@@ -258,6 +268,10 @@ async fn submit_async(args: &SubmitArgs, token: &str) -> Result<i32, String> {
     for c in &args.captions {
         let (lang, at) = c.split_once('=').ok_or_else(|| format!("--caption {c}: give LANG=FILE or LANG=URL"))?;
         captions.push((lang.to_string(), at.to_string(), at.starts_with("http://") || at.starts_with("https://")));
+    }
+    if !is_url && (args.resume || by_tus(args)?) {
+        let id = submit_by_tus(args, token, &http, base, &captions).await?;
+        return announce_and_wait(args, &http, base, token, &id).await;
     }
     let req = if is_url {
         let mut list = Vec::new();
@@ -309,11 +323,16 @@ async fn submit_async(args: &SubmitArgs, token: &str) -> Result<i32, String> {
         return Err(format!("HTTP {status}: {}", job["message"].as_str().unwrap_or_default()));
     }
     let id = job["id"].as_str().unwrap_or_default().to_string();
+    announce_and_wait(args, &http, base, token, &id).await
+}
+
+/// Says which job was made and, with `--wait`, follows it to its end.
+async fn announce_and_wait(args: &SubmitArgs, http: &reqwest::Client, base: &str, token: &str, id: &str) -> Result<i32, String> {
     let _ = writeln!(std::io::stdout(), "job {id}");
     if !args.wait {
         return Ok(0);
     }
-    let job = watch(&http, base, token, &id).await?;
+    let job = watch(http, base, token, id).await?;
     match job["state"].as_str() {
         Some("succeeded") => {
             let _ = writeln!(
@@ -329,6 +348,56 @@ async fn submit_async(args: &SubmitArgs, token: &str) -> Result<i32, String> {
             Ok(1)
         }
     }
+}
+
+/// How an error of an interrupted tus upload starts: `submit` exits with
+/// [`crate::upload::INTERRUPTED`] so a script knows a rerun continues it.
+const INTERRUPTED: &str = "the upload was interrupted";
+
+fn by_tus(args: &SubmitArgs) -> Result<bool, String> {
+    let len = std::fs::metadata(&args.input).map_err(|e| format!("{}: {e}", args.input))?.len();
+    Ok(len > args.tus_threshold)
+}
+
+/// Sends a local file by tus (resumable) and returns the job it made.
+async fn submit_by_tus(
+    args: &SubmitArgs,
+    token: &str,
+    http: &reqwest::Client,
+    base: &str,
+    captions: &[(String, String, bool)],
+) -> Result<String, String> {
+    let file = Path::new(&args.input);
+    let mut metadata = vec![("profile".to_string(), args.profile.clone()), ("priority".to_string(), args.priority.to_string())];
+    if let Some(name) = file.file_name() {
+        metadata.push(("filename".into(), name.to_string_lossy().into_owned()));
+    }
+    if let Some(cb) = &args.callback_url {
+        metadata.push(("callback_url".into(), cb.clone()));
+    }
+    if let Some(k) = &args.idempotency_key {
+        metadata.push(("idempotency_key".into(), k.clone()));
+    }
+    if !args.requires_tags.is_empty() {
+        metadata.push(("requires_tags".into(), args.requires_tags.join(",")));
+    }
+    for (language, at, by_url) in captions {
+        if !by_url {
+            return Err(format!(
+                "--caption {language}={at}: a resumable (tus) upload takes caption URLs only; \
+                 give a URL, or raise --tus-threshold above the file's size to send both in one request"
+            ));
+        }
+        metadata.push((format!("caption_url.{language}"), at.clone()));
+    }
+    let tus =
+        crate::upload::Tus { http, base, token, file, metadata, chunk_size: args.chunk_size, retries: args.retries, resume: args.resume };
+    tus.run().await.map_err(|f| match f {
+        crate::upload::Failure::Interrupted(why) => {
+            format!("{INTERRUPTED} ({why}); run the same command again, or add --resume, to continue where the coordinator stopped")
+        }
+        crate::upload::Failure::Refused(why) => why,
+    })
 }
 
 /// Shows one progress bar per task until the job ends; returns the final job. The

@@ -2,6 +2,7 @@
 //! crate that owns it. No media logic lives here.
 
 mod farm;
+mod upload;
 
 use clap::{Parser, Subcommand};
 use proto::exit;
@@ -167,6 +168,19 @@ enum Command {
         /// A caption file for the job, `LANG=FILE.srt|.vtt` or `LANG=URL` (repeatable).
         #[arg(long = "caption")]
         captions: Vec<String>,
+        /// Files larger than this many bytes are sent by tus, in chunks, resumably.
+        #[arg(long, default_value_t = 64 << 20)]
+        tus_threshold: u64,
+        /// Bytes per tus PATCH, each sent with its sha256.
+        #[arg(long, default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+        chunk_size: u64,
+        /// Attempts after a failed request, with backoff (1 s, 2 s, 4 s ... 30 s), before giving up.
+        #[arg(long, default_value_t = 6)]
+        retries: u32,
+        /// Continue this file's interrupted upload from the coordinator's offset
+        /// (running the same command again does too; this insists on it).
+        #[arg(long)]
+        resume: bool,
     },
     /// Manage the farm's database.
     Db {
@@ -288,20 +302,37 @@ fn main() {
             farm::worker(farm::WorkerArgs { coordinators: coordinator, token, slots, tags, scratch, name })
         }
         Command::Up { workers, data, listen, settings } => farm::up(data, &listen, workers, settings.settings()),
-        Command::Submit { input, profile, coordinator, token, wait, priority, callback_url, idempotency_key, requires_tags, captions } => {
-            farm::submit(farm::SubmitArgs {
-                input,
-                profile,
-                coordinator,
-                token,
-                wait,
-                priority,
-                callback_url,
-                idempotency_key,
-                requires_tags,
-                captions,
-            })
-        }
+        Command::Submit {
+            input,
+            profile,
+            coordinator,
+            token,
+            wait,
+            priority,
+            callback_url,
+            idempotency_key,
+            requires_tags,
+            captions,
+            tus_threshold,
+            chunk_size,
+            retries,
+            resume,
+        } => farm::submit(farm::SubmitArgs {
+            input,
+            profile,
+            coordinator,
+            token,
+            wait,
+            priority,
+            callback_url,
+            idempotency_key,
+            requires_tags,
+            captions,
+            tus_threshold,
+            chunk_size,
+            retries,
+            resume,
+        }),
         Command::Db { command: DbCommand::Copy { from, to } } => farm::db_copy(&from, &to),
         engine => run_engine(engine),
     };
