@@ -1,6 +1,8 @@
-//! Resumable uploads (tus 1.0) against a real coordinator: a client no one here
-//! wrote (PyPI `tuspy`) killed midway and resumed, a coordinator restarted between
-//! two PATCHes, checksums, expiry, and parts that live only in external storage.
+//! Resumable uploads (tus 1.0) against a real coordinator: clients no one here
+//! wrote (PyPI `tuspy`, npm `tus-js-client`) killed midway through 200 MB and
+//! resumed, `drake submit` cut by a coordinator crash, a coordinator restarted
+//! between two PATCHes, checksums, idempotency, expiry, CORS, the spool limit, and
+//! parts that live only in external storage.
 
 mod common;
 
@@ -44,17 +46,41 @@ fn video(dir: &Dir, name: &str, mb: u64) -> String {
     path
 }
 
-/// Runs a tuspy script with the coordinator's URL and token; its stdout.
-fn tuspy(script: &str, c: &Coordinator, args: &[&str]) -> std::process::Output {
-    let lib = pip_package("tuspy", "1.1.0");
-    Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args([&format!("{}/api/v1/uploads/", c.url), &c.admin])
-        .args(args)
-        .env("PYTHONPATH", lib)
-        .output()
-        .unwrap()
+/// About 200 MB of uncompressed 640x360 video with sound, `seconds` long: big
+/// for an upload, cheap to make and to transcode.
+fn raw_video(dir: &Dir, name: &str, seconds: u32) -> String {
+    let path = dir.s(name);
+    let d = seconds.to_string();
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("testsrc2=s=640x360:r=25:d={d}"),
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("sine=d={d}"),
+        "-c:v",
+        "rawvideo",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "pcm_s16le",
+        &path,
+    ]);
+    path
+}
+
+/// Runs a client script (`python3` with tuspy, or `node` with tus-js-client) with
+/// the coordinator's endpoint and token and then `args`.
+fn client(program: &str, script: &str, c: &Coordinator, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(program);
+    if program == "python3" {
+        cmd.args(["-c", script]).env("PYTHONPATH", pip_package("tuspy", "1.1.0"));
+    } else {
+        cmd.args(["-e", script, "--"]).env("TUS_JS_CLIENT", npm_package("tus-js-client", "4.3.1"));
+    }
+    cmd.args([&format!("{}/api/v1/uploads/", c.url), &c.admin]).args(args).output().unwrap()
 }
 
 const TUSPY: &str = r#"
@@ -63,7 +89,7 @@ from tusclient import client
 endpoint, token, path, mode = sys.argv[1:5]
 c = client.TusClient(endpoint, headers={"Authorization": "Bearer " + token})
 if mode == "start":
-    u = c.uploader(path, chunk_size=5 * 1024 * 1024, metadata={"filename": "big.mp4", "profile": "web"})
+    u = c.uploader(path, chunk_size=5 * 1024 * 1024, metadata={"filename": "big.mkv", "profile": "web"})
     u.upload_chunk()
     u.upload_chunk()
     print(u.url, u.offset, flush=True)
@@ -75,36 +101,93 @@ else:
     print(u.offset, flush=True)
 "#;
 
+const TUS_JS_CLIENT: &str = r#"
+const tus = require(process.env.TUS_JS_CLIENT);
+const fs = require("fs");
+const [endpoint, token, path, mode, url] = process.argv.slice(1);
+let chunks = 0;
+const upload = new tus.Upload(fs.createReadStream(path), {
+  endpoint,
+  uploadUrl: mode === "resume" ? url : undefined,
+  headers: { Authorization: "Bearer " + token },
+  chunkSize: 5 * 1024 * 1024,
+  metadata: { filename: "big.mkv", profile: "web" },
+  retryDelays: null,
+  onBeforeRequest(req) {
+    if (mode === "damaged" && req.getMethod() === "PATCH") req.setHeader("Upload-Checksum", "sha256 " + "A".repeat(43) + "=");
+  },
+  onAfterResponse(req, res) {
+    if (mode === "resume" && req.getMethod() === "HEAD") console.log("resumed at", res.getHeader("Upload-Offset"));
+  },
+  onChunkComplete(_chunk, accepted) {
+    if (mode === "start" && ++chunks === 2) {
+      console.log(upload.url, accepted);
+      process.exit(9); // killed midway: no goodbye to the server
+    }
+  },
+  onError(e) {
+    const res = e.originalResponse;
+    console.log("error", res ? res.getStatus() : 0, upload.url);
+    process.exit(1);
+  },
+  onSuccess() {
+    console.log("done", upload.url);
+  },
+});
+upload.start();
+"#;
+
 fn upload_of(c: &Coordinator, url: &str) -> Value {
     let path = url.split_once("/api/").map(|(_, p)| format!("/api/{p}")).unwrap();
     c.call("GET", &path, Some(&c.admin), None).1
 }
 
+/// A 200 MB file sent by a client killed midway, then resumed by a new client
+/// from the stored URL: (upload URL, the job it made).
+fn killed_and_resumed(c: &Coordinator, program: &str, script: &str, file: &str, size: u64) -> (String, String) {
+    let out = client(program, script, c, &[file, "start"]);
+    assert_eq!(out.status.code(), Some(9), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (url, offset) =
+        stdout.trim().split_once(" ").unwrap_or_else(|| panic!("{program}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(offset, (10 << 20).to_string(), "{program}: two 5 MiB chunks");
+    let u = upload_of(c, url);
+    assert_eq!((u["offset"].as_u64(), u["length"].as_u64(), &u["job_id"]), (Some(10 << 20), Some(size), &Value::Null), "{u}");
+
+    let out = client(program, script, c, &[file, "resume", url]);
+    assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.starts_with(&format!("resumed at {}", 10 << 20)), "{program}: {stdout}");
+    let u = upload_of(c, url);
+    assert_eq!(u["offset"].as_u64(), Some(size), "{u}");
+    (url.to_string(), u["job_id"].as_str().expect("the completed upload names its job").to_string())
+}
+
 #[test]
-fn tuspy_killed_midway_resumes_with_a_new_client_and_the_job_succeeds() {
+fn tuspy_and_tus_js_client_killed_midway_resume_with_new_clients_and_their_jobs_succeed() {
     let c = Coordinator::start();
     let _w = c.worker("w1", &c.join_token(1));
     let dir = Dir::new();
-    let file = video(&dir, "big.mp4", 24);
+    let file = raw_video(&dir, "big.mkv", 23);
     let size = std::fs::metadata(&file).unwrap().len();
-    let out = tuspy(TUSPY, &c, &[&file, "start"]);
-    assert_eq!(out.status.code(), Some(9), "{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (url, offset) = stdout.trim().split_once(' ').unwrap();
-    assert_eq!(offset, (10 << 20).to_string(), "two 5 MiB chunks");
-    let u = upload_of(&c, url);
-    assert_eq!((u["offset"].as_u64(), u["length"].as_u64(), &u["job_id"]), (Some(10 << 20), Some(size), &Value::Null), "{u}");
+    assert!(size > 200_000_000, "{size}");
 
-    let out = tuspy(TUSPY, &c, &[&file, "resume", url]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(stdout.starts_with(&format!("resumed at {}", 10 << 20)), "{stdout}");
-    let u = upload_of(&c, url);
-    let job = c.wait_ended(u["job_id"].as_str().expect("the completed upload names its job"), Duration::from_secs(180));
-    assert_eq!(job["state"], "succeeded", "{job}");
-    assert!((job["probe"]["duration"].as_f64().unwrap() - 10.0).abs() < 0.1, "{}", job["probe"]);
-    assert_eq!(job["probe"]["size_bytes"].as_u64(), Some(size));
+    let (_, by_python) = killed_and_resumed(&c, "python3", TUSPY, &file, size);
+    let (_, by_node) = killed_and_resumed(&c, "node", TUS_JS_CLIENT, &file, size);
+    assert_ne!(by_python, by_node);
+    for job in [&by_python, &by_node] {
+        let job = c.wait_ended(job, Duration::from_secs(300));
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert!((job["probe"]["duration"].as_f64().unwrap() - 23.0).abs() < 0.1, "{}", job["probe"]);
+        assert_eq!(job["probe"]["size_bytes"].as_u64(), Some(size));
+    }
     assert!(!c.data.path("storage/tus").read_dir().is_ok_and(|mut d| d.next().is_some()), "the parts are gone");
+
+    // tus-js-client with a damaged chunk: 460, and nothing appended.
+    let out = client("node", TUS_JS_CLIENT, &c, &[&file, "damaged"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let url = stdout.trim().strip_prefix("error 460 ").unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(upload_of(&c, url)["offset"].as_u64(), Some(0));
 }
 
 /// A tus request with curl: (status, headers lowercased).
@@ -133,6 +216,8 @@ fn tus(c: &Coordinator, method: &str, path: &str, headers: &[&str], body: Option
         cmd.arg("-I");
     }
     let out = String::from_utf8_lossy(&cmd.arg(format!("{}{path}", c.url)).output().unwrap().stdout).to_lowercase();
+    // The last head is the answer (a large body first gets "100 continue").
+    let out = out.rfind("http/1.1 ").map_or(out.clone(), |at| out[at..].to_string());
     let status = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, out)
 }
@@ -255,6 +340,19 @@ fn an_upload_resumes_across_a_restart_checks_checksums_and_expires() {
     let status = tus(&c, "HEAD", &stale, &[], None).0;
     assert!(status == 404 || status == 410, "{status}");
     assert!(!c.data.path(&format!("storage/tus/{id}")).exists(), "the expired upload's parts are removed");
+
+    // A completed upload whose idempotency key already made a job returns that job.
+    std::fs::write(dir.path("whole"), &bytes).unwrap();
+    let keyed = [format!("Upload-Length: {}", bytes.len()), format!("Upload-Metadata: {}", meta("idempotency_key", "clip-1"))];
+    let keyed: Vec<&str> = keyed.iter().map(String::as_str).collect();
+    let made: Vec<String> = (0..2)
+        .map(|_| {
+            let (status, h) = tus(&c, "POST", "/api/v1/uploads/", &keyed, Some(&dir.s("whole")));
+            assert_eq!(status, 201, "{h}");
+            header(&h, "drake-job").to_string()
+        })
+        .collect();
+    assert!(!made[0].is_empty() && made[0] == made[1], "{made:?}");
 
     // Termination removes an unfinished upload.
     let (_, h) = tus(&c, "POST", "/api/v1/uploads/", &["Upload-Length: 100"], None);
