@@ -488,3 +488,62 @@ fn drake_submit_resumes_an_upload_cut_by_a_coordinator_crash_from_the_servers_of
     let left: Vec<_> = state.path("uploads").read_dir().unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "a finished upload's record is removed: {left:?}");
 }
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("{field} in {status}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// PATCHes `len` zero bytes at `offset` over a plain socket, streaming: the answer's head.
+fn patch_zeros(c: &Coordinator, at: &str, offset: u64, len: u64) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(c.url.trim_start_matches("http://")).unwrap();
+    write!(
+        conn,
+        "PATCH {at} HTTP/1.1\r\nHost: drake\r\nAuthorization: Bearer {}\r\nTus-Resumable: 1.0.0\r\n\
+         Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
+        c.admin
+    )
+    .unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        conn.write_all(&zeros[..n]).unwrap();
+        left -= n as u64;
+    }
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    answer.to_lowercase()
+}
+
+#[test]
+fn a_2_gib_upload_streams_through_the_coordinator_in_bounded_memory() {
+    let c = Coordinator::start();
+    let pid = c.child.id();
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = memory_kib(pid, "VmRSS");
+    const PART: u64 = 512 << 20;
+    let (status, h) = tus(&c, "POST", "/api/v1/uploads/", &[&format!("Upload-Length: {}", 4 * PART)], None);
+    assert_eq!(status, 201, "{h}");
+    let at = location(&h);
+    let mut last = String::new();
+    for i in 0..4 {
+        last = patch_zeros(&c, &at, i * PART, PART);
+        assert!(last.starts_with("http/1.1 204"), "{last}");
+    }
+    let peak = memory_kib(pid, "VmHWM");
+    eprintln!(
+        "coordinator memory: idle RSS {} MiB, peak {} MiB (+{} MiB) through a 2 GiB tus upload and its join",
+        idle / 1024,
+        peak / 1024,
+        peak.saturating_sub(idle) / 1024
+    );
+    assert!(peak.saturating_sub(idle) < 100 * 1024, "peak {peak} KiB, idle {idle} KiB");
+    // Two gibibytes of zeros are no video: the job fails with its reason, and the farm goes on.
+    let job = c.wait_ended(header(&last, "drake-job"), Duration::from_secs(120));
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(!job["error"].as_str().unwrap_or_default().is_empty(), "{job}");
+}

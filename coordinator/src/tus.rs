@@ -440,6 +440,53 @@ pub async fn finish(st: &AppState, id: &str) -> Result<String, String> {
     if !u.is_complete() {
         return Err("the upload is not complete".into());
     }
+    if let Some(job) = done(st, &u).await? {
+        return Ok(job);
+    }
+    // One coordinator joins at a time: a join of many gigabytes outlasts a reconciler pass.
+    if !st.queue.lease_completion(id, now_ms(), now_ms() + COMPLETION_LEASE_MS).await.map_err(e)? {
+        return Err(FINISHING.into());
+    }
+    // Read again under the lease: the previous holder may have finished it.
+    let u = st.queue.upload(id).await.map_err(e)?.ok_or("the upload is gone")?;
+    let renewing = {
+        let (st, id) = (st.clone(), id.to_string());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(COMPLETION_LEASE_MS as u64 / 3)).await;
+                if let Err(e) = st.queue.renew_completion(&id, now_ms() + COMPLETION_LEASE_MS).await {
+                    proto::log!("coordinator: upload {id}: renewing its completion lease: {e}");
+                }
+            }
+        })
+    };
+    let finished = finish_leased(st, &u).await;
+    renewing.abort();
+    if let Err(err) = st.queue.release_completion(id).await {
+        proto::log!("coordinator: upload {id}: releasing its completion lease: {err}; it lapses");
+    }
+    finished
+}
+
+/// How long a completion's lease lasts unless renewed (every third of it).
+const COMPLETION_LEASE_MS: i64 = 60_000;
+/// What [`finish`] says when another request or coordinator is joining the upload.
+const FINISHING: &str = "another request is joining its parts";
+
+/// The job of an upload whose completion is over, if it is.
+async fn done(st: &AppState, u: &Upload) -> Result<Option<String>, String> {
+    match &u.job_id {
+        Some(job) if st.queue.upload_parts(&u.id).await.map_err(|e| e.to_string())?.is_empty() => Ok(Some(job.clone())),
+        _ => Ok(None),
+    }
+}
+
+async fn finish_leased(st: &AppState, u: &Upload) -> Result<String, String> {
+    let e = |e: crate::queue::QueueError| e.to_string();
+    let id = u.id.as_str();
+    if let Some(job) = done(st, u).await? {
+        return Ok(job);
+    }
     let job_id = match &u.job_id {
         Some(j) => j.clone(),
         None => {
@@ -484,10 +531,12 @@ pub async fn finish(st: &AppState, id: &str) -> Result<String, String> {
 /// The reconciler's share: finishes complete uploads whose completion was cut
 /// short, and removes expired ones with their parts.
 pub async fn finish_owed(st: &AppState, now: i64) {
-    match st.queue.owed_completions(10).await {
+    match st.queue.owed_completions(now, 10).await {
         Ok(ids) => {
             for id in ids {
-                if let Err(e) = finish(st, &id).await {
+                if let Err(e) = finish(st, &id).await
+                    && e != FINISHING
+                {
                     proto::log!("coordinator: upload {id}: making its job: {e}");
                 }
             }

@@ -197,6 +197,32 @@ impl Queue {
 
     /// Claims a complete upload's completion for job id `job`: false if it was
     /// claimed already (then `job_id` names the job).
+    /// Takes (or renews, with `held`) the lease on a complete upload's completion
+    /// until `until`: false if another holds it.
+    pub async fn lease_completion(&self, id: &str, now: i64, until: i64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE uploads SET finishing_until = $3 WHERE id = $1 AND length = upload_offset AND (finishing_until IS NULL OR finishing_until < $2)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(until)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Extends a completion lease this coordinator holds.
+    pub async fn renew_completion(&self, id: &str, until: i64) -> Result<()> {
+        sqlx::query("UPDATE uploads SET finishing_until = $2 WHERE id = $1").bind(id).bind(until).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    /// Gives a completion lease back (the work is done or failed).
+    pub async fn release_completion(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE uploads SET finishing_until = NULL WHERE id = $1").bind(id).execute(self.pool()).await?;
+        Ok(())
+    }
+
     pub async fn claim_upload(&self, id: &str, job: &str) -> Result<bool> {
         let r = sqlx::query("UPDATE uploads SET job_id = $2 WHERE id = $1 AND job_id IS NULL AND length = upload_offset")
             .bind(id)
@@ -235,10 +261,12 @@ impl Queue {
     }
 
     /// Complete uploads whose completion is owed or unfinished (claimed, parts left).
-    pub async fn owed_completions(&self, limit: i64) -> Result<Vec<String>> {
+    pub async fn owed_completions(&self, now: i64, limit: i64) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
-            "SELECT id FROM uploads u WHERE length = upload_offset AND (job_id IS NULL OR EXISTS (SELECT 1 FROM upload_parts p WHERE p.upload_id = u.id)) LIMIT $1",
+            "SELECT id FROM uploads u WHERE length = upload_offset AND (job_id IS NULL OR EXISTS (SELECT 1 FROM upload_parts p WHERE p.upload_id = u.id)) \
+             AND (finishing_until IS NULL OR finishing_until < $1) LIMIT $2",
         )
+        .bind(now)
         .bind(limit)
         .fetch_all(self.pool())
         .await?)

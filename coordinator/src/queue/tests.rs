@@ -96,6 +96,7 @@ conformance!(
     concurrent_submits_with_one_key_make_one_job,
     a_farm_with_no_live_worker_says_so_and_fails_its_tasks_after_the_wait,
     a_chunked_job_joins_each_rung_once_its_chunks_and_audio_are_done,
+    uploads_append_at_their_offset_within_limits_and_one_coordinator_joins_them,
 );
 
 /// A job of the `web` profile on an uploaded source, as tests submit it.
@@ -929,4 +930,42 @@ async fn a_chunked_job_joins_each_rung_once_its_chunks_and_audio_are_done(q: Que
     q.cancel_job(&job.id, T0 + 24).await.unwrap();
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert!(j.tasks.iter().filter(|t| t.kind == TaskKind::Chunk).all(|t| t.state == "canceled" || t.state == "succeeded"), "{:?}", j.tasks);
+}
+
+async fn uploads_append_at_their_offset_within_limits_and_one_coordinator_joins_them(q: Queue) {
+    use crate::uploads::{AppendRefused, CreateRefused, MAX_OPEN_UPLOADS};
+    let job = web_job();
+    let later = T0 + 60_000;
+    assert_eq!(q.create_upload("u1", "alice", &job, Some("a.mp4"), Some(100), 250, T0, later).await.unwrap(), Ok(()));
+    assert_eq!(q.create_upload("u2", "bob", &job, None, Some(100), 250, T0, later).await.unwrap(), Ok(()));
+    // 200 of the 250-byte spool are promised: 100 more do not fit.
+    assert_eq!(q.create_upload("u3", "bob", &job, None, Some(100), 250, T0, later).await.unwrap(), Err(CreateRefused::SpoolFull(200)));
+    for i in 0..MAX_OPEN_UPLOADS - 1 {
+        assert_eq!(q.create_upload(&format!("d{i}"), "bob", &job, None, None, 250, T0, later).await.unwrap(), Ok(()));
+    }
+    assert_eq!(q.create_upload("d-last", "bob", &job, None, None, 250, T0, later).await.unwrap(), Err(CreateRefused::TooMany));
+
+    // Parts append only at the offset, and never past the length.
+    assert_eq!(q.append_part("u1", 0, "tus/u1/0", 60, None, T0, later).await.unwrap(), Ok(60));
+    assert_eq!(q.append_part("u1", 0, "tus/u1/0b", 60, None, T0, later).await.unwrap(), Err(AppendRefused::Offset));
+    assert_eq!(q.append_part("u1", 60, "tus/u1/1", 50, None, T0, later).await.unwrap(), Err(AppendRefused::TooLong));
+    assert!(!q.lease_completion("u1", T0, T0 + 1_000).await.unwrap(), "an incomplete upload has no completion");
+    assert_eq!(q.append_part("u1", 60, "tus/u1/1", 40, None, T0, later).await.unwrap(), Ok(100));
+    assert_eq!(q.append_part("u1", 100, "tus/u1/2", 1, None, T0, later).await.unwrap(), Err(AppendRefused::TooLong));
+    assert_eq!(q.upload_parts("u1").await.unwrap().len(), 2);
+
+    // The completion is owed; one coordinator holds its lease, and the reconciler
+    // looks away until it lapses.
+    assert_eq!(q.owed_completions(T0, 10).await.unwrap(), vec!["u1".to_string()]);
+    assert!(q.lease_completion("u1", T0, T0 + 1_000).await.unwrap());
+    assert!(!q.lease_completion("u1", T0 + 500, T0 + 1_500).await.unwrap(), "held");
+    assert!(q.owed_completions(T0 + 500, 10).await.unwrap().is_empty());
+    q.renew_completion("u1", T0 + 2_000).await.unwrap();
+    assert!(!q.lease_completion("u1", T0 + 1_500, T0 + 2_500).await.unwrap(), "renewed");
+    assert_eq!(q.owed_completions(T0 + 2_001, 10).await.unwrap(), vec!["u1".to_string()], "lapsed: its holder died");
+    assert!(q.lease_completion("u1", T0 + 2_001, T0 + 3_000).await.unwrap());
+    assert!(q.claim_upload("u1", "job-1").await.unwrap());
+    q.upload_done("u1", "job-1").await.unwrap();
+    q.release_completion("u1").await.unwrap();
+    assert!(q.owed_completions(T0 + 2_001, 10).await.unwrap().is_empty(), "done");
 }
