@@ -786,3 +786,53 @@ fn the_job_page_plays_hls_with_rung_audio_and_captions_pickers_and_dashjs_plays_
     assert_eq!((&played[1], &played[2]), (&json!(["en", "fr"]), &json!(["en"])), "{played}");
     assert!((played[3].as_f64().unwrap() - 20.0).abs() < 0.2, "{played}");
 }
+
+#[test]
+fn ops_upload_a_test_file_from_the_browser_with_tus() {
+    let farm = Farm::up(1);
+    let media = Dir::new();
+    let file = clip(&media, "test upload.mp4", "320x240", 4);
+    let size = std::fs::metadata(&file).unwrap().len();
+    let b = Browser::start();
+    b.goto(&farm.login_link);
+    b.wait_for("the overview", "return location.pathname === '/';", json!([]), Duration::from_secs(10));
+    b.click("header nav a[href='/upload']");
+    b.wait_for(
+        "the upload page with tus-js-client",
+        "return location.pathname === '/upload' && typeof tus !== 'undefined' && tus.isSupported;",
+        json!([]),
+        Duration::from_secs(10),
+    );
+
+    // The session's cookie alone may not upload: without the page's CSRF header, 401.
+    b.js(
+        "window.__bare = null; fetch('/api/v1/uploads/', {method: 'POST', headers: {'Tus-Resumable': '1.0.0', 'Upload-Length': '5'}})\
+         .then(r => { window.__bare = r.status; });",
+        json!([]),
+    );
+    let bare = b.wait_for("the bare POST's answer", "return window.__bare;", json!([]), Duration::from_secs(10));
+    assert_eq!(bare, 401);
+
+    b.choose_file("#upload-form input[name=file]", &file);
+    b.click("#upload-form button");
+    let href = b.wait_for(
+        "the uploaded file's job link",
+        "const a = document.getElementById('upload-job'); return a ? a.getAttribute('href') : null;",
+        json!([]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(b.js("return document.getElementById('upload-progress').value;", json!([])), 100);
+    b.screenshot("14-upload-done");
+    let href = href.as_str().unwrap().to_string();
+    b.click("#upload-job");
+    b.wait_for("the job page", "return location.pathname === arguments[0];", json!([href]), Duration::from_secs(10));
+    let id = href.strip_prefix("/jobs/").unwrap();
+    let started = Instant::now();
+    while !matches!(farm.job(id)["state"].as_str(), Some("succeeded" | "failed" | "canceled")) {
+        assert!(started.elapsed() < Duration::from_secs(120), "the job did not end");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let job = farm.job(id);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["probe"]["size_bytes"].as_u64(), Some(size), "the whole file arrived");
+}

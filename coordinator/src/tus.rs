@@ -65,6 +65,13 @@ impl FromRequestParts<AppState> for Uploader {
             return Caller::from_request_parts(parts, st).await.map(Uploader);
         }
         let cookie = crate::sessions::session_cookie(&parts.headers).ok_or(ApiError::Unauthorized)?;
+        // The dashboard's own page, on this host: its `Origin`, when sent, names it.
+        if let Some(origin) = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+            let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            if origin.split_once("://").map_or(origin, |(_, h)| h) != host {
+                return Err(ApiError::Unauthorized);
+            }
+        }
         let csrf = parts.headers.get(crate::sessions::CSRF_HEADER).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
         let session = st.queue.session(cookie, now_ms()).await?.ok_or(ApiError::Unauthorized)?;
         if !crate::sessions::constant_time_eq(session.csrf.as_bytes(), csrf.as_bytes()) {

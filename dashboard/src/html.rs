@@ -19,8 +19,14 @@ pub fn esc(s: &str) -> String {
 }
 
 /// Navigation entries: (path, label).
-const NAV: [(&str, &str); 5] =
-    [("/", "Overview"), ("/jobs", "Jobs"), ("/workers", "Workers"), ("/workers/add", "Add a worker"), ("/pipelines", "Pipelines")];
+const NAV: [(&str, &str); 6] = [
+    ("/", "Overview"),
+    ("/jobs", "Jobs"),
+    ("/upload", "Upload"),
+    ("/workers", "Workers"),
+    ("/workers/add", "Add a worker"),
+    ("/pipelines", "Pipelines"),
+];
 
 /// A whole page. `fragment` is where the live script refetches `body` from.
 pub fn page(title: &str, current: &str, csrf: &str, fragment: &str, refresh_ms: u32, body: &str) -> String {

@@ -31,6 +31,11 @@ const HLS_JS: &str = include_str!("../assets/vendor/hls.min.js");
 const HLS_JS_LICENSE: &str = include_str!("../assets/vendor/hls.js-LICENSE");
 /// hls.js's URL carries its version, so a browser may cache it for a year.
 pub const HLS_JS_PATH: &str = "/ui/hls-1.7.4.min.js";
+/// tus-js-client (npm, unmodified; see `assets/vendor/README.md`): the upload page's client.
+const TUS_JS: &str = include_str!("../assets/vendor/tus.min.js");
+const TUS_JS_LICENSE: &str = include_str!("../assets/vendor/tus-js-client-LICENSE");
+pub const TUS_JS_PATH: &str = "/ui/tus-js-client-4.3.1.min.js";
+const UPLOAD_JS: &str = include_str!("../assets/upload.js");
 /// Pages without events of their own (workers' heartbeats) refresh this often.
 const WORKERS_REFRESH_MS: u32 = 3000;
 
@@ -45,6 +50,7 @@ pub fn router(st: AppState) -> Router {
         .route("/workers/{id}/{action}", post(worker_action))
         .route("/join-tokens/{digest}/revoke", post(revoke_join_token))
         .route("/pipelines", get(pipelines_page).post(create_submit_token))
+        .route("/upload", get(upload_page))
         .route("/pipelines/{id}/revoke", post(revoke_submit_token))
         .route("/login", get(login_page).post(login_form))
         .route("/logout", post(logout))
@@ -54,6 +60,9 @@ pub fn router(st: AppState) -> Router {
         .route("/ui/app.css", get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }))
         .route(HLS_JS_PATH, get(|| async { cached_asset(HLS_JS, "text/javascript; charset=utf-8") }))
         .route("/ui/hls.js-LICENSE.txt", get(|| async { asset(HLS_JS_LICENSE, "text/plain; charset=utf-8") }))
+        .route(TUS_JS_PATH, get(|| async { cached_asset(TUS_JS, "text/javascript; charset=utf-8") }))
+        .route("/ui/tus-js-client-LICENSE.txt", get(|| async { asset(TUS_JS_LICENSE, "text/plain; charset=utf-8") }))
+        .route("/ui/upload.js", get(|| async { asset(UPLOAD_JS, "text/javascript; charset=utf-8") }))
         .route("/ui/events", get(events))
         .route("/ui/fragment/overview", get(overview_fragment))
         .route("/ui/fragment/jobs", get(jobs_fragment))
@@ -406,6 +415,14 @@ async fn pipelines_html(st: &AppState, csrf: &str, new_token: Option<(&str, &str
 async fn pipelines_page(State(st): State<AppState>, headers: HeaderMap) -> Result<Html<String>, Denied> {
     let s = page_session(&st, &headers).await?;
     Ok(Html(html::page("Pipelines", "/pipelines", &s.csrf, "", 0, &pipelines_html(&st, &s.csrf, None).await?)))
+}
+
+/// Ops send a test file from the browser: tus, resumable, as the signed-in session.
+async fn upload_page(State(st): State<AppState>, headers: HeaderMap) -> Result<Html<String>, Denied> {
+    let s = page_session(&st, &headers).await?;
+    let profiles: Vec<&str> = proto::profile::Profile::builtin_names().collect();
+    let body = pages::upload(&s.csrf, &profiles, st.limits.max_upload_bytes);
+    Ok(Html(html::page_with_scripts("Upload", "/upload", &s.csrf, "", 0, &body, &[TUS_JS_PATH, "/ui/upload.js"])))
 }
 
 #[derive(Deserialize)]

@@ -504,6 +504,22 @@ pub fn add_worker(tokens: &[JoinTokenView], new_command: Option<&str>, csrf: &st
 }
 
 /// Upload pipelines and their submit tokens: create one (shown once), revoke one.
+/// The upload page: a file, a profile, and the upload's progress (moved by `upload.js`).
+pub fn upload(csrf: &str, profiles: &[&str], max_bytes: u64) -> String {
+    let options: String = profiles.iter().map(|p| format!("<option value=\"{}\">", esc(p))).collect();
+    format!(
+        "<h1>Upload a test file</h1><section class=\"card wide\"><form id=\"upload-form\">{}\
+<label>File <input type=\"file\" name=\"file\" required></label>\
+<label>Profile <input type=\"text\" name=\"profile\" value=\"web\" list=\"profile-names\" maxlength=\"100\" required></label>\
+<datalist id=\"profile-names\">{options}</datalist><button>Upload</button></form>\
+<progress id=\"upload-progress\" max=\"100\" value=\"0\" hidden></progress>\
+<p id=\"upload-status\" class=\"muted\">Up to {} per file. Resumable (tus): if an upload stops, choose the same file again \
+and it continues where the coordinator stopped.</p></section>",
+        crate::html::csrf_input(csrf),
+        bytes(max_bytes)
+    )
+}
+
 pub fn pipelines(tokens: &[serde_json::Value], new_token: Option<(&str, &str)>, csrf: &str, now: i64) -> String {
     let mut s = String::from("<h1>Pipelines</h1>");
     if let Some((label, token)) = new_token {

@@ -105,6 +105,12 @@ impl Browser {
         self.call("POST", &self.s(&format!("/element/{id}/value")), json!({"text": text}));
     }
 
+    /// Picks a file in an `<input type="file">`, as a user does in the file dialog.
+    pub fn choose_file(&self, css: &str, path: &str) {
+        let id = self.find(css);
+        self.call("POST", &self.s(&format!("/element/{id}/value")), json!({"text": path}));
+    }
+
     pub fn text(&self, css: &str) -> String {
         self.js("const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", json!([css]))
             .as_str()
