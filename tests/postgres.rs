@@ -1,6 +1,7 @@
 //! Past one machine, as real processes: the farm's state on a throwaway PostgreSQL
 //! cluster, two coordinators, nginx as the shared store and as the load balancer
-//! in front of them, workers pointed at the balancer; and `drake db copy` moving a
+//! in front of them, workers pointed at the balancer, a tus upload begun through
+//! one coordinator and finished through the other; and `drake db copy` moving a
 //! farm from SQLite to PostgreSQL.
 //!
 //! Without PostgreSQL on the machine these tests say so and pass, except under
@@ -78,6 +79,35 @@ fn two_coordinators_behind_a_balancer_lose_one_mid_job() {
     // Both sign webhooks with the farm's one secret.
     let secret = |c: &Coordinator| std::fs::read_to_string(c.data.path("webhook-secret")).unwrap().trim().to_string();
     assert_eq!(secret(&a), secret(&b));
+
+    // A tus upload begun through A continues through B: its parts are on the shared
+    // store and its offset in the shared database.
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let media = Dir::new();
+    std::fs::write(media.path("first"), &bytes[..100_000]).unwrap();
+    std::fs::write(media.path("rest"), &bytes[100_000..]).unwrap();
+    let tus = |base: &str, method: &str, path: &str, headers: &[String], body: Option<String>| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-o", "/dev/null", "-D", "-", "-X", method, "-H", "Tus-Resumable: 1.0.0"]);
+        cmd.args(["-H", &format!("Authorization: Bearer {}", a.admin)]);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        if let Some(file) = body {
+            cmd.args(["-H", "Content-Type: application/offset+octet-stream", "--data-binary", &format!("@{file}")]);
+        }
+        String::from_utf8_lossy(&cmd.arg(format!("{base}{path}")).output().unwrap().stdout).to_lowercase()
+    };
+    let created = tus(&a.url, "POST", "/api/v1/uploads/", &[format!("Upload-Length: {}", bytes.len())], Some(media.s("first")));
+    assert!(created.contains("201 created") && header(&created, "upload-offset") == "100000", "{created}");
+    let at = header(&created, "location").to_string();
+    let head = tus(&b.url, "HEAD", &at, &[], None);
+    assert_eq!(header(&head, "upload-offset"), "100000", "B knows the offset: {head}");
+    let done = tus(&b.url, "PATCH", &at, &["Upload-Offset: 100000".to_string()], Some(media.s("rest")));
+    let upload_job = header(&done, "drake-job").to_string();
+    assert!(!upload_job.is_empty(), "B completes it: {done}");
+    assert!(lb.fetch(&format!("{}/jobs/{upload_job}/source", lb.url)) == bytes, "joined on the store, byte for byte");
+    assert_eq!(call_at(&a.url, "GET", &at, Some(&a.admin), None).1["job_id"], upload_job.as_str(), "A names the job B made");
 
     // An event stream on A, a dashboard tab on B.
     let (mut sse, events) = listen(&a.url, &a.admin);

@@ -269,6 +269,9 @@ async fn submit_async(args: &SubmitArgs, token: &str) -> Result<i32, String> {
         let (lang, at) = c.split_once('=').ok_or_else(|| format!("--caption {c}: give LANG=FILE or LANG=URL"))?;
         captions.push((lang.to_string(), at.to_string(), at.starts_with("http://") || at.starts_with("https://")));
     }
+    if is_url && args.resume {
+        return Err("--resume continues a file's upload; a URL source has none".into());
+    }
     if !is_url && (args.resume || by_tus(args)?) {
         let id = submit_by_tus(args, token, &http, base, &captions).await?;
         return announce_and_wait(args, &http, base, token, &id).await;
