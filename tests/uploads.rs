@@ -286,7 +286,9 @@ fn an_upload_resumes_across_a_restart_checks_checksums_and_expires() {
     assert_eq!(header(&h, "upload-offset").trim(), half.to_string());
     let at = location(&h);
 
-    // A wrong checksum: 460, nothing appended.
+    // A damaged part (other bytes) with a checksum that does not match: 460, nothing appended.
+    let junk: Vec<u8> = bytes[half..].iter().map(|b| !b).collect();
+    std::fs::write(dir.path("junk"), junk).unwrap();
     let (status, h) = tus(
         &c,
         "PATCH",
@@ -296,11 +298,17 @@ fn an_upload_resumes_across_a_restart_checks_checksums_and_expires() {
             &format!("Upload-Length: {}", bytes.len()),
             "Upload-Checksum: sha1 AAAAAAAAAAAAAAAAAAAAAAAAAAA=",
         ],
-        Some(&dir.s("b")),
+        Some(&dir.s("junk")),
     );
     assert_eq!(status, 460, "{h}");
     // A wrong offset: 409.
     assert_eq!(tus(&c, "PATCH", &at, &["Upload-Offset: 0"], Some(&dir.s("b"))).0, 409);
+    // While one PATCH is still sending (a stalled client), another of the same upload is 423 Locked.
+    let mut stalled = start_patch(&c, &at, half as u64, (bytes.len() - half) as u64);
+    std::io::Write::write_all(&mut stalled, &[0u8; 1000]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(tus(&c, "PATCH", &at, &[&format!("Upload-Offset: {half}")], Some(&dir.s("b"))).0, 423);
+    drop(stalled);
 
     // The coordinator restarts between the two PATCHes; the upload goes on.
     c.restart();
@@ -496,9 +504,9 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// PATCHes `len` zero bytes at `offset` over a plain socket, streaming: the answer's head.
-fn patch_zeros(c: &Coordinator, at: &str, offset: u64, len: u64) -> String {
-    use std::io::{Read, Write};
+/// A PATCH of `len` bytes at `offset` over a plain socket, its head sent: the body is the caller's to send.
+fn start_patch(c: &Coordinator, at: &str, offset: u64, len: u64) -> std::net::TcpStream {
+    use std::io::Write;
     let mut conn = std::net::TcpStream::connect(c.url.trim_start_matches("http://")).unwrap();
     write!(
         conn,
@@ -507,6 +515,13 @@ fn patch_zeros(c: &Coordinator, at: &str, offset: u64, len: u64) -> String {
         c.admin
     )
     .unwrap();
+    conn
+}
+
+/// PATCHes `len` zero bytes at `offset` over a plain socket, streaming: the answer's head.
+fn patch_zeros(c: &Coordinator, at: &str, offset: u64, len: u64) -> String {
+    use std::io::{Read, Write};
+    let mut conn = start_patch(c, at, offset, len);
     let zeros = vec![0u8; 1 << 20];
     let mut left = len;
     while left > 0 {

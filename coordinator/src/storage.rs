@@ -367,10 +367,48 @@ impl Store {
         }
     }
 
+    /// Whether the store is the coordinator's own disk (not external WebDAV).
+    pub fn is_local(&self) -> bool {
+        self.remote.is_none()
+    }
+
+    /// Local store only: writes the `size` bytes of `stream` into `rel` at
+    /// `offset` (creating the file), durably. Bytes past them are left as they were.
+    pub async fn write_at<S>(&self, rel: &str, offset: u64, stream: S, size: u64) -> StoreResult<()>
+    where
+        S: futures_util::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send + 'static,
+    {
+        use futures_util::StreamExt;
+        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+        if self.remote.is_some() {
+            return Err(std::io::Error::other("writing in place needs the local store").into());
+        }
+        let path = self.root.join(rel);
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let mut file = tokio::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&path).await?;
+        file.seek(std::io::SeekFrom::Start(offset)).await?;
+        let mut got = 0u64;
+        let mut stream = std::pin::pin!(stream);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            got += chunk.len() as u64;
+            file.write_all(&chunk).await?;
+        }
+        if got != size {
+            return Err(std::io::Error::other(format!("{rel}: got {got} of {size} bytes")).into());
+        }
+        file.sync_data().await?;
+        Ok(())
+    }
+
     /// Joins the stored files `parts` (their sizes adding up to `size`) into `rel`,
-    /// streaming: no part is ever read whole into memory.
+    /// streaming: no part is ever read whole into memory. Parts that are all one
+    /// local file written in place ([`Store::write_at`]) become `rel` by a rename.
     pub async fn concat(&self, parts: &[String], rel: &str, size: u64) -> StoreResult<()> {
         match &self.remote {
+            None if parts.first().is_some_and(|first| parts.iter().all(|p| p == first)) => self.adopt(&parts[0], rel, size).await,
             None => {
                 let files: Vec<PathBuf> = parts.iter().map(|p| self.root.join(p)).collect();
                 let stream = futures_util::stream::iter(files)
@@ -394,6 +432,32 @@ impl Store {
                     .try_flatten();
                 self.put_stream(rel, stream, size).await
             }
+        }
+    }
+
+    /// Makes the local file `from` (its first `size` bytes) the file `rel`, by a rename.
+    async fn adopt(&self, from: &str, rel: &str, size: u64) -> StoreResult<()> {
+        let (src, dest) = (self.root.join(from), self.root.join(rel));
+        match tokio::fs::OpenOptions::new().write(true).open(&src).await {
+            Ok(file) => {
+                let len = file.metadata().await?.len();
+                if len < size {
+                    return Err(std::io::Error::other(format!("{from}: {len} bytes, not {size}")).into());
+                }
+                // A PATCH cut short may have left bytes past the last recorded part.
+                file.set_len(size).await?;
+                file.sync_all().await?;
+                if let Some(dir) = dest.parent() {
+                    tokio::fs::create_dir_all(dir).await?;
+                }
+                tokio::fs::rename(&src, &dest).await?;
+                Ok(())
+            }
+            // A join cut short after its rename: the file is already in place.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tokio::fs::metadata(&dest).await.is_ok_and(|m| m.len() == size) => {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -333,6 +333,23 @@ fn declared_checksum(headers: &HeaderMap) -> Result<Option<Checksum>, Answer> {
 /// Stores a PATCH's bytes as one part and appends it at `offset`.
 async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, body: Body) -> Result<Answer, ApiError> {
     let answer = |status: StatusCode, why: &str| Ok(Answer(status, vec![], why.to_string()));
+    // On the local store the parts are written in place, into one file (so the
+    // completion is a rename, not a copy): one PATCH of an upload at a time, and
+    // the offset read again once it holds the upload.
+    // (An upload begun by a version that stored local parts as objects goes on so.)
+    let in_place = st.storage.is_local()
+        && (u.parts == 0 || st.queue.upload_parts(&u.id).await?.first().is_some_and(|(p, _)| *p == in_place_file(&u.id)));
+    let _writing = match in_place.then(|| Writing::begin(&u.id)) {
+        Some(None) => return answer(StatusCode::LOCKED, "another PATCH of this upload is in flight; ask HEAD and try again"),
+        held => held.flatten(),
+    };
+    let fresh;
+    let u = if in_place {
+        fresh = st.queue.upload(&u.id).await?.ok_or_else(|| crate::queue::QueueError::NotFound(format!("upload {}", u.id)))?;
+        &fresh
+    } else {
+        u
+    };
     let size = match number(headers, "content-length") {
         Ok(Some(n)) => n,
         Ok(None) => return answer(StatusCode::LENGTH_REQUIRED, "send Content-Length"),
@@ -372,7 +389,11 @@ async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, bod
             return Err(spool_full(held, limit));
         }
     }
-    let part = format!("{}/{:06}-{}", parts_dir(&u.id), u.parts, uuid::Uuid::now_v7().simple());
+    let part = if in_place {
+        in_place_file(&u.id)
+    } else {
+        format!("{}/{:06}-{}", parts_dir(&u.id), u.parts, uuid::Uuid::now_v7().simple())
+    };
     // The body, hashed as it streams to the store.
     let hasher: Arc<Mutex<Option<Checksum>>> = Arc::new(Mutex::new(checksum.take()));
     let h = hasher.clone();
@@ -385,7 +406,12 @@ async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, bod
         }
         Ok(chunk)
     });
-    if let Err(e) = st.storage.put_stream(&part, stream, size as u64).await {
+    let stored = if in_place {
+        st.storage.write_at(&part, offset as u64, stream, size as u64).await
+    } else {
+        st.storage.put_stream(&part, stream, size as u64).await
+    };
+    if let Err(e) = stored {
         // The client went away or the store failed: nothing was appended.
         proto::log!("coordinator: upload {}: a part of {size} bytes was not stored: {e}", u.id);
         return answer(StatusCode::BAD_REQUEST, "the part did not arrive whole; resume from the upload's offset");
@@ -395,8 +421,15 @@ async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, bod
         Some(Checksum::Sha256(s, want)) => s.finalize().as_slice() == want.as_slice(),
         None => true,
     };
+    // A part refused from here on is not in the upload: its object is removed, and
+    // bytes written in place past the offset are overwritten by the next PATCH.
+    let discard = |part: String| async move {
+        if !in_place {
+            let _ = st.storage.remove(&part).await;
+        }
+    };
     if !matches {
-        let _ = st.storage.remove(&part).await;
+        discard(part).await;
         return answer(checksum_mismatch(), "Checksum Mismatch: nothing was appended");
     }
     let expires_at = now_ms() + st.limits.upload_expiry_ms;
@@ -404,7 +437,7 @@ async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, bod
     let new_offset = match appended {
         Ok(o) => o,
         Err(refused) => {
-            let _ = st.storage.remove(&part).await;
+            discard(part).await;
             return match refused {
                 AppendRefused::Offset => answer(StatusCode::CONFLICT, "another request moved the offset; ask HEAD"),
                 AppendRefused::TooLong => answer(StatusCode::PAYLOAD_TOO_LARGE, "the part goes past the upload's length"),
@@ -427,6 +460,27 @@ async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, bod
     Ok(Answer(StatusCode::NO_CONTENT, h, String::new()))
 }
 
+/// An upload being written in place by a PATCH of this coordinator (local store).
+struct Writing(String);
+
+impl Writing {
+    /// `None` while another PATCH of upload `id` is writing.
+    fn begin(id: &str) -> Option<Writing> {
+        writing().lock().expect("the writers' lock").insert(id.to_string()).then(|| Writing(id.to_string()))
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        writing().lock().expect("the writers' lock").remove(&self.0);
+    }
+}
+
+fn writing() -> &'static Mutex<std::collections::HashSet<String>> {
+    static WRITING: std::sync::OnceLock<Mutex<std::collections::HashSet<String>>> = std::sync::OnceLock::new();
+    WRITING.get_or_init(Default::default)
+}
+
 fn spool_full(held: i64, limit: i64) -> ApiError {
     ApiError::InsufficientStorage(format!(
         "unfinished uploads hold {held} bytes of the farm's {limit}-byte upload spool; try again when some finish or expire"
@@ -436,6 +490,11 @@ fn spool_full(held: i64, limit: i64) -> ApiError {
 /// Where an upload's parts are stored.
 fn parts_dir(id: &str) -> String {
     format!("tus/{id}")
+}
+
+/// The one file a local store's upload is written into, every part in place.
+fn in_place_file(id: &str) -> String {
+    format!("{}/data", parts_dir(id))
 }
 
 /// Turns a complete upload into its job: claims the completion, joins the parts
