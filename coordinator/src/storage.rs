@@ -454,9 +454,7 @@ impl Store {
                 Ok(())
             }
             // A join cut short after its rename: the file is already in place.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tokio::fs::metadata(&dest).await.is_ok_and(|m| m.len() == size) => {
-                Ok(())
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tokio::fs::metadata(&dest).await.is_ok_and(|m| m.len() == size) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }

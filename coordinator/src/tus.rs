@@ -389,11 +389,8 @@ async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, bod
             return Err(spool_full(held, limit));
         }
     }
-    let part = if in_place {
-        in_place_file(&u.id)
-    } else {
-        format!("{}/{:06}-{}", parts_dir(&u.id), u.parts, uuid::Uuid::now_v7().simple())
-    };
+    let part =
+        if in_place { in_place_file(&u.id) } else { format!("{}/{:06}-{}", parts_dir(&u.id), u.parts, uuid::Uuid::now_v7().simple()) };
     // The body, hashed as it streams to the store.
     let hasher: Arc<Mutex<Option<Checksum>>> = Arc::new(Mutex::new(checksum.take()));
     let h = hasher.clone();

@@ -119,9 +119,21 @@ impl Tus<'_> {
         let mut job = None;
         let mut known = Some(offset);
         let mut failures = 0;
+        // The next chunk is read and hashed while this one is on the wire.
+        let mut next: Option<tokio::task::JoinHandle<std::io::Result<Chunk>>> = None;
         while offset < size || known.is_none() {
             let step = match known {
-                Some(at) => self.patch(&url, at, size, &bar).await,
+                Some(at) => match self.chunk_at(next.take(), at, size).await {
+                    Ok(chunk) => {
+                        let after = at + chunk.data.len() as u64;
+                        if after < size {
+                            let (file, len) = (self.file.to_path_buf(), self.chunk_size.min(size - after));
+                            next = Some(tokio::task::spawn_blocking(move || Chunk::read(&file, after, len)));
+                        }
+                        self.patch(&url, chunk, size, &bar).await
+                    }
+                    Err(e) => Err(e),
+                },
                 None => self.head(&url).await,
             };
             match step {
@@ -236,16 +248,29 @@ impl Tus<'_> {
         }
     }
 
-    /// Sends the chunk at `offset` with its sha256.
-    async fn patch(&self, url: &str, offset: u64, size: u64, bar: &ProgressBar) -> Result<Step, Error> {
-        let len = self.chunk_size.min(size - offset);
-        let chunk = read_at(self.file, offset, len).map_err(|e| Error::Fatal(format!("{}: {e}", self.file.display())))?;
-        let sum = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&chunk));
-        let slices: Vec<Vec<u8>> = chunk.chunks(SLICE).map(<[u8]>::to_vec).collect();
+    /// The chunk at `at`: the one read ahead if it is that one, else read now.
+    async fn chunk_at(&self, ahead: Option<tokio::task::JoinHandle<std::io::Result<Chunk>>>, at: u64, size: u64) -> Result<Chunk, Error> {
+        let unreadable = |e: std::io::Error| Error::Fatal(format!("{}: {e}", self.file.display()));
+        if let Some(handle) = ahead {
+            match handle.await {
+                Ok(Ok(chunk)) if chunk.offset == at => return Ok(chunk),
+                Ok(Err(e)) => return Err(unreadable(e)),
+                _ => {}
+            }
+        }
+        let (file, len) = (self.file.to_path_buf(), self.chunk_size.min(size - at));
+        tokio::task::spawn_blocking(move || Chunk::read(&file, at, len)).await.map_err(|e| Error::Fatal(e.to_string()))?.map_err(unreadable)
+    }
+
+    /// Sends a chunk with its sha256.
+    async fn patch(&self, url: &str, chunk: Chunk, size: u64, bar: &ProgressBar) -> Result<Step, Error> {
+        let Chunk { offset, data, sum } = chunk;
+        let len = data.len();
         let moving = bar.clone();
-        let body = futures_util::stream::iter(slices.into_iter().map(move |s| {
-            moving.inc(s.len() as u64);
-            Ok::<_, std::io::Error>(s)
+        let body = futures_util::stream::iter((0..len).step_by(SLICE).map(move |from| {
+            let slice = data.slice(from..(from + SLICE).min(len));
+            moving.inc(slice.len() as u64);
+            Ok::<_, std::io::Error>(slice)
         }));
         let sent = self
             .request(reqwest::Method::PATCH, url)
@@ -343,15 +368,25 @@ async fn refusal(resp: reqwest::Response) -> Error {
     }
 }
 
-fn read_at(file: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-    let mut f = std::fs::File::open(file)?;
-    f.seek(std::io::SeekFrom::Start(offset))?;
-    let mut chunk = Vec::with_capacity(len as usize);
-    f.take(len).read_to_end(&mut chunk)?;
-    if chunk.len() as u64 != len {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file shrank while it was uploaded"));
+/// A chunk of the file, read with its sha256 (base64), ready to send.
+struct Chunk {
+    offset: u64,
+    data: bytes::Bytes,
+    sum: String,
+}
+
+impl Chunk {
+    fn read(file: &Path, offset: u64, len: u64) -> std::io::Result<Chunk> {
+        let mut f = std::fs::File::open(file)?;
+        f.seek(std::io::SeekFrom::Start(offset))?;
+        let mut data = Vec::with_capacity(len as usize);
+        f.take(len).read_to_end(&mut data)?;
+        if data.len() as u64 != len {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file shrank while it was uploaded"));
+        }
+        let sum = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&data));
+        Ok(Chunk { offset, data: data.into(), sum })
     }
-    Ok(chunk)
 }
 
 fn absolute(file: &Path) -> PathBuf {
