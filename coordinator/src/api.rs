@@ -201,7 +201,7 @@ const MULTIPART_OVERHEAD: u64 = 256 * 1024 + (captions::MAX_SIDECARS * captions:
 
 /// How long an upload may go without sending a byte before it is dropped (and its
 /// partial file removed).
-const UPLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(120);
+pub(crate) const UPLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Refuses an upload (507) that would leave less than the reserve free on the spool disk.
 pub(crate) fn check_disk(st: &AppState, more: u64) -> Result<(), ApiError> {

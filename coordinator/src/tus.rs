@@ -394,8 +394,8 @@ async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, bod
     // The body, hashed as it streams to the store.
     let hasher: Arc<Mutex<Option<Checksum>>> = Arc::new(Mutex::new(checksum.take()));
     let h = hasher.clone();
-    let stream = body.into_data_stream().map(move |chunk: Result<Bytes, axum::Error>| {
-        let chunk = chunk.map_err(std::io::Error::other)?;
+    let stream = stalls_end(body, crate::api::UPLOAD_STALL).map(move |chunk: std::io::Result<Bytes>| {
+        let chunk = chunk?;
         match h.lock().expect("the hasher's lock").as_mut() {
             Some(Checksum::Sha1(s, _)) => s.update(&chunk),
             Some(Checksum::Sha256(s, _)) => s.update(&chunk),
@@ -455,6 +455,22 @@ async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, bod
         }
     }
     Ok(Answer(StatusCode::NO_CONTENT, h, String::new()))
+}
+
+/// A PATCH's body that ends in an error when it sends nothing for `stall`
+/// ([`crate::api::UPLOAD_STALL`]), so a stalled client holds no upload or connection.
+fn stalls_end(body: Body, stall: std::time::Duration) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::unfold(Some(body.into_data_stream()), move |inner| async move {
+        let mut inner = inner?;
+        match tokio::time::timeout(stall, inner.next()).await {
+            Ok(Some(chunk)) => Some((chunk.map_err(std::io::Error::other), Some(inner))),
+            Ok(None) => None,
+            Err(_) => {
+                let why = format!("the PATCH sent nothing for {:?}", stall);
+                Some((Err(std::io::Error::other(why)), None))
+            }
+        }
+    })
 }
 
 /// An upload being written in place by a PATCH of this coordinator (local store).
@@ -659,4 +675,21 @@ async fn get_upload(State(st): State<AppState>, Uploader(caller): Uploader, Path
 /// An HTTP date (RFC 9110) for a time in Unix milliseconds.
 fn httpdate(ms: i64) -> String {
     httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_that_sends_nothing_for_the_stall_limit_ends_in_an_error() {
+        let first = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"abc"))]);
+        let body = Body::from_stream(first.chain(futures_util::stream::pending()));
+        let mut s = std::pin::pin!(stalls_end(body, std::time::Duration::from_millis(50)));
+        assert_eq!(s.next().await.unwrap().unwrap(), "abc");
+        let stalled =
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.next()).await.expect("the stall ends it").unwrap().unwrap_err();
+        assert!(stalled.to_string().contains("sent nothing for 50ms"), "{stalled}");
+        assert!(s.next().await.is_none(), "and then it ends");
+    }
 }
