@@ -33,6 +33,15 @@ pub struct JoinTokenView {
     pub created_at: i64,
 }
 
+/// Whether a browser request's `Origin`, when it sends one, is this host: a
+/// session's request from another site's page is refused.
+pub fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    use axum::http::header;
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    origin.split_once("://").map_or(origin, |(_, h)| h) == host
+}
+
 /// The session cookie's value among a request's cookies.
 pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers

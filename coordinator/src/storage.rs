@@ -334,24 +334,13 @@ impl Store {
     {
         match &self.remote {
             None => {
-                use futures_util::StreamExt;
-                use tokio::io::AsyncWriteExt;
                 let (tmp, dest) = (self.root.join(temp_path(rel)), self.root.join(rel));
                 for dir in [tmp.parent(), dest.parent()].into_iter().flatten() {
                     tokio::fs::create_dir_all(dir).await?;
                 }
                 let written: StoreResult<()> = async {
                     let mut file = tokio::fs::File::create(&tmp).await?;
-                    let mut got = 0u64;
-                    let mut stream = std::pin::pin!(stream);
-                    while let Some(chunk) = stream.next().await {
-                        let chunk = chunk?;
-                        got += chunk.len() as u64;
-                        file.write_all(&chunk).await?;
-                    }
-                    if got != size {
-                        return Err(std::io::Error::other(format!("{rel}: got {got} of {size} bytes")).into());
-                    }
+                    write_whole(&mut file, stream, rel, size).await?;
                     file.sync_all().await?;
                     Ok(())
                 }
@@ -378,8 +367,7 @@ impl Store {
     where
         S: futures_util::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send + 'static,
     {
-        use futures_util::StreamExt;
-        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+        use tokio::io::AsyncSeekExt;
         if self.remote.is_some() {
             return Err(std::io::Error::other("writing in place needs the local store").into());
         }
@@ -389,16 +377,7 @@ impl Store {
         }
         let mut file = tokio::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&path).await?;
         file.seek(std::io::SeekFrom::Start(offset)).await?;
-        let mut got = 0u64;
-        let mut stream = std::pin::pin!(stream);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            got += chunk.len() as u64;
-            file.write_all(&chunk).await?;
-        }
-        if got != size {
-            return Err(std::io::Error::other(format!("{rel}: got {got} of {size} bytes")).into());
-        }
+        write_whole(&mut file, stream, rel, size).await?;
         file.sync_data().await?;
         Ok(())
     }
@@ -563,6 +542,26 @@ impl Remote {
 /// Where a file is written before it is moved to `rel`: a name of its own per
 /// write, so two writers never share one; for a job's file, inside the job's
 /// staging area, which the job's sweep removes with whatever a crash left there.
+/// Writes all of `stream` into `file` (for `rel`), which must come to `size` bytes.
+async fn write_whole<S>(file: &mut tokio::fs::File, stream: S, rel: &str, size: u64) -> StoreResult<()>
+where
+    S: futures_util::Stream<Item = Result<axum::body::Bytes, std::io::Error>>,
+{
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut got = 0u64;
+    let mut stream = std::pin::pin!(stream);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        got += chunk.len() as u64;
+        file.write_all(&chunk).await?;
+    }
+    if got != size {
+        return Err(std::io::Error::other(format!("{rel}: got {got} of {size} bytes")).into());
+    }
+    Ok(())
+}
+
 fn temp_path(rel: &str) -> String {
     let unique = uuid::Uuid::now_v7().simple();
     let mut parts = rel.splitn(3, '/');

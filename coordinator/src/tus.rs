@@ -65,12 +65,9 @@ impl FromRequestParts<AppState> for Uploader {
             return Caller::from_request_parts(parts, st).await.map(Uploader);
         }
         let cookie = crate::sessions::session_cookie(&parts.headers).ok_or(ApiError::Unauthorized)?;
-        // The dashboard's own page, on this host: its `Origin`, when sent, names it.
-        if let Some(origin) = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-            let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
-            if origin.split_once("://").map_or(origin, |(_, h)| h) != host {
-                return Err(ApiError::Unauthorized);
-            }
+        // The dashboard's own page, on this host.
+        if !crate::sessions::same_origin(&parts.headers) {
+            return Err(ApiError::Unauthorized);
         }
         let csrf = parts.headers.get(crate::sessions::CSRF_HEADER).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
         let session = st.queue.session(cookie, now_ms()).await?.ok_or(ApiError::Unauthorized)?;
@@ -219,13 +216,13 @@ async fn create(State(st): State<AppState>, Uploader(caller): Uploader, headers:
     let owner = digest(caller.presented.as_deref().unwrap_or_default());
     let now = now_ms();
     let expires_at = now + st.limits.upload_expiry_ms;
-    let spool_limit = st.limits.max_spool_bytes.min(i64::MAX as u64) as i64;
-    match st.queue.create_upload(&id, &owner, &request, filename.as_deref(), length, spool_limit, now, expires_at).await? {
+    let limit = spool_limit(&st);
+    match st.queue.create_upload(&id, &owner, &request, filename.as_deref(), length, limit, now, expires_at).await? {
         Ok(()) => {}
         Err(CreateRefused::TooMany) => {
             return Err(ApiError::TooMany("this token has too many unfinished uploads; finish or delete one first"));
         }
-        Err(CreateRefused::SpoolFull(held)) => return Err(spool_full(held, spool_limit)),
+        Err(CreateRefused::SpoolFull(held)) => return Err(spool_full(held, limit)),
     }
     let location = format!("/api/v1/uploads/{id}");
     let mut extra = vec![("location", location), ("upload-expires", httpdate(expires_at))];
@@ -384,7 +381,7 @@ async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, bod
     if u.length.is_none() {
         // A deferred length reserved nothing at creation: its bytes count as they come.
         let held = st.queue.spool_held(now_ms()).await?;
-        let limit = st.limits.max_spool_bytes.min(i64::MAX as u64) as i64;
+        let limit = spool_limit(st);
         if held.saturating_add(declared_length.map_or(size, |l| l - offset)) > limit {
             return Err(spool_full(held, limit));
         }
@@ -492,6 +489,11 @@ impl Drop for Writing {
 fn writing() -> &'static Mutex<std::collections::HashSet<String>> {
     static WRITING: std::sync::OnceLock<Mutex<std::collections::HashSet<String>>> = std::sync::OnceLock::new();
     WRITING.get_or_init(Default::default)
+}
+
+/// `--max-spool-bytes`, as the database counts.
+fn spool_limit(st: &AppState) -> i64 {
+    st.limits.max_spool_bytes.min(i64::MAX as u64) as i64
 }
 
 fn spool_full(held: i64, limit: i64) -> ApiError {

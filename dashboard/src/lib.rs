@@ -152,14 +152,7 @@ async fn checked_post(st: &AppState, headers: &HeaderMap, csrf: &str) -> Result<
 
 /// A POST's `Origin`, when the browser sends one, must be this host.
 fn same_origin(headers: &HeaderMap) -> Result<(), Denied> {
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-        if origin_host != host {
-            return Err(Denied::Forbidden("cross-origin request refused"));
-        }
-    }
-    Ok(())
+    if coordinator::sessions::same_origin(headers) { Ok(()) } else { Err(Denied::Forbidden("cross-origin request refused")) }
 }
 
 // ---- sign-in

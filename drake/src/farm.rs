@@ -213,23 +213,44 @@ pub fn up(data: PathBuf, listen: &str, workers: u32, settings: FarmSettings) -> 
     })
 }
 
+/// `drake submit`'s arguments.
+#[derive(clap::Args)]
 pub struct SubmitArgs {
     pub input: String,
+    #[arg(long, default_value = "web")]
     pub profile: String,
+    #[arg(long, default_value = "http://127.0.0.1:8600")]
     pub coordinator: String,
+    /// Defaults to DRAKE_TOKEN, then ./drake-data/admin-token.
+    #[arg(long)]
     pub token: Option<String>,
+    #[arg(long)]
     pub wait: bool,
+    #[arg(long, default_value_t = 0)]
     pub priority: i64,
+    #[arg(long)]
     pub callback_url: Option<String>,
+    #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// A worker tag the job's tasks need (repeatable, or comma-separated): only
+    /// workers started with every one of them (`--tags`) take them.
+    #[arg(long = "requires-tag", value_delimiter = ',')]
     pub requires_tags: Vec<String>,
-    /// `LANG=FILE` or `LANG=URL`.
+    /// A caption file for the job, `LANG=FILE.srt|.vtt` or `LANG=URL` (repeatable).
+    #[arg(long = "caption")]
     pub captions: Vec<String>,
-    /// Files larger than this go by tus, resumable.
+    /// Files larger than this many bytes are sent by tus, in chunks, resumably.
+    #[arg(long, default_value_t = 64 << 20)]
     pub tus_threshold: u64,
+    /// Bytes per tus PATCH, each sent with its sha256.
+    #[arg(long, default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
     pub chunk_size: u64,
+    /// Attempts after a failed request, with backoff (1 s, 2 s, 4 s ... 30 s), before giving up.
+    #[arg(long, default_value_t = 6)]
     pub retries: u32,
-    /// Continue a recorded tus upload (a plain rerun does too).
+    /// Continue this file's interrupted upload from the coordinator's offset
+    /// (running the same command again does too; this insists on it).
+    #[arg(long)]
     pub resume: bool,
 }
 

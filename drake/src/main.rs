@@ -144,44 +144,7 @@ enum Command {
         settings: FarmArgs,
     },
     /// Submit a file or URL as a job; with --wait, follow it to the end.
-    Submit {
-        input: String,
-        #[arg(long, default_value = "web")]
-        profile: String,
-        #[arg(long, default_value = "http://127.0.0.1:8600")]
-        coordinator: String,
-        /// Defaults to DRAKE_TOKEN, then ./drake-data/admin-token.
-        #[arg(long)]
-        token: Option<String>,
-        #[arg(long)]
-        wait: bool,
-        #[arg(long, default_value_t = 0)]
-        priority: i64,
-        #[arg(long)]
-        callback_url: Option<String>,
-        #[arg(long)]
-        idempotency_key: Option<String>,
-        /// A worker tag the job's tasks need (repeatable, or comma-separated): only
-        /// workers started with every one of them (`--tags`) take them.
-        #[arg(long = "requires-tag", value_delimiter = ',')]
-        requires_tags: Vec<String>,
-        /// A caption file for the job, `LANG=FILE.srt|.vtt` or `LANG=URL` (repeatable).
-        #[arg(long = "caption")]
-        captions: Vec<String>,
-        /// Files larger than this many bytes are sent by tus, in chunks, resumably.
-        #[arg(long, default_value_t = 64 << 20)]
-        tus_threshold: u64,
-        /// Bytes per tus PATCH, each sent with its sha256.
-        #[arg(long, default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
-        chunk_size: u64,
-        /// Attempts after a failed request, with backoff (1 s, 2 s, 4 s ... 30 s), before giving up.
-        #[arg(long, default_value_t = 6)]
-        retries: u32,
-        /// Continue this file's interrupted upload from the coordinator's offset
-        /// (running the same command again does too; this insists on it).
-        #[arg(long)]
-        resume: bool,
-    },
+    Submit(farm::SubmitArgs),
     /// Manage the farm's database.
     Db {
         #[command(subcommand)]
@@ -302,37 +265,7 @@ fn main() {
             farm::worker(farm::WorkerArgs { coordinators: coordinator, token, slots, tags, scratch, name })
         }
         Command::Up { workers, data, listen, settings } => farm::up(data, &listen, workers, settings.settings()),
-        Command::Submit {
-            input,
-            profile,
-            coordinator,
-            token,
-            wait,
-            priority,
-            callback_url,
-            idempotency_key,
-            requires_tags,
-            captions,
-            tus_threshold,
-            chunk_size,
-            retries,
-            resume,
-        } => farm::submit(farm::SubmitArgs {
-            input,
-            profile,
-            coordinator,
-            token,
-            wait,
-            priority,
-            callback_url,
-            idempotency_key,
-            requires_tags,
-            captions,
-            tus_threshold,
-            chunk_size,
-            retries,
-            resume,
-        }),
+        Command::Submit(args) => farm::submit(args),
         Command::Db { command: DbCommand::Copy { from, to } } => farm::db_copy(&from, &to),
         engine => run_engine(engine),
     };
@@ -401,7 +334,7 @@ fn run_engine(command: Command) -> i32 {
             worker::join::run(&req).map(|_| ()).map_err(Failure::Engine)
         }
         Command::Thumbnails { input, out, count } => worker::thumbnails::run(&input, &out, count).map_err(Failure::Engine).map(|_| ()),
-        Command::Coordinator { .. } | Command::Worker { .. } | Command::Up { .. } | Command::Submit { .. } | Command::Db { .. } => {
+        Command::Coordinator { .. } | Command::Worker { .. } | Command::Up { .. } | Command::Submit(_) | Command::Db { .. } => {
             unreachable!("farm commands are dispatched in main")
         }
     };
