@@ -334,8 +334,7 @@ async fn append(st: &AppState, u: &Upload, offset: i64, headers: &HeaderMap, bod
     // completion is a rename, not a copy): one PATCH of an upload at a time, and
     // the offset read again once it holds the upload.
     // (An upload begun by a version that stored local parts as objects goes on so.)
-    let in_place = st.storage.is_local()
-        && (u.parts == 0 || st.queue.upload_parts(&u.id).await?.first().is_some_and(|(p, _)| *p == in_place_file(&u.id)));
+    let in_place = st.storage.is_local() && (u.parts == 0 || st.queue.first_part(&u.id).await?.is_some_and(|p| p == in_place_file(&u.id)));
     let _writing = match in_place.then(|| Writing::begin(&u.id)) {
         Some(None) => return answer(StatusCode::LOCKED, "another PATCH of this upload is in flight; ask HEAD and try again"),
         held => held.flatten(),

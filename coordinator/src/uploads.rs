@@ -195,10 +195,16 @@ impl Queue {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Claims a complete upload's completion for job id `job`: false if it was
-    /// claimed already (then `job_id` names the job).
-    /// Takes (or renews, with `held`) the lease on a complete upload's completion
-    /// until `until`: false if another holds it.
+    /// The stored path of an upload's first part, if it has one.
+    pub async fn first_part(&self, id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT path FROM upload_parts WHERE upload_id = $1 ORDER BY seq LIMIT 1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// Takes the lease on a complete upload's completion until `until`: false if
+    /// another holds it (its lease has not lapsed at `now`).
     pub async fn lease_completion(&self, id: &str, now: i64, until: i64) -> Result<bool> {
         let r = sqlx::query(
             "UPDATE uploads SET finishing_until = $3 WHERE id = $1 AND length = upload_offset AND (finishing_until IS NULL OR finishing_until < $2)",
@@ -223,6 +229,8 @@ impl Queue {
         Ok(())
     }
 
+    /// Claims a complete upload's completion for job id `job`: false if it was
+    /// claimed already (then `job_id` names the job).
     pub async fn claim_upload(&self, id: &str, job: &str) -> Result<bool> {
         let r = sqlx::query("UPDATE uploads SET job_id = $2 WHERE id = $1 AND job_id IS NULL AND length = upload_offset")
             .bind(id)
