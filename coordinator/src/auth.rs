@@ -4,7 +4,7 @@
 use crate::queue::{Queue, QueueError, Result};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
+use crate::queue::sql;
 
 /// The bearer token of a request, if any.
 pub fn bearer(parts: &axum::http::request::Parts) -> Option<&str> {
@@ -80,34 +80,34 @@ impl Queue {
         expires_at: Option<i64>,
         now: i64,
     ) -> Result<()> {
-        sqlx::query("INSERT INTO tokens (hash, role, label, uses_left, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
+        sql::query("INSERT INTO tokens (hash, role, label, uses_left, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
             .bind(digest(token))
             .bind(role.as_str())
             .bind(label)
             .bind(uses)
             .bind(expires_at)
             .bind(now)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?;
         Ok(())
     }
 
     /// The caller a presented token stands for, if it is valid now.
     pub async fn authenticate(&self, token: &str, now: i64) -> Result<Option<Caller>> {
-        let row = sqlx::query("SELECT role, label FROM tokens WHERE hash = $1 AND revoked = 0 AND (expires_at IS NULL OR expires_at > $2) AND (uses_left IS NULL OR uses_left > 0)")
+        let row = sql::query("SELECT role, label FROM tokens WHERE hash = $1 AND revoked = 0 AND (expires_at IS NULL OR expires_at > $2) AND (uses_left IS NULL OR uses_left > 0)")
             .bind(digest(token))
             .bind(now)
-            .fetch_optional(&mut *self.conn().await?)
+            .fetch_optional(&mut self.conn().await?)
             .await?;
-        Ok(row.and_then(|r| Some(Caller { role: Role::parse(r.get::<&str, _>(0))?, label: r.get(1), presented: None })))
+        Ok(row.and_then(|r| Some(Caller { role: Role::parse(&r.get::<String, _>(0))?, label: r.get(1), presented: None })))
     }
 
     /// Spends one use of a join token; false when it had none left.
     pub async fn spend_join_token(&self, token: &str, now: i64) -> Result<bool> {
-        let n = sqlx::query("UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = $1 AND role = 'join' AND revoked = 0 AND uses_left > 0 AND (expires_at IS NULL OR expires_at > $2)")
+        let n = sql::query("UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = $1 AND role = 'join' AND revoked = 0 AND uses_left > 0 AND (expires_at IS NULL OR expires_at > $2)")
             .bind(digest(token))
             .bind(now)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?
             .rows_affected();
         Ok(n == 1)
@@ -115,10 +115,10 @@ impl Queue {
 
     /// Submit tokens: id (16 hex digits of the digest), pipeline, created, revoked.
     pub async fn submit_tokens(&self) -> Result<Vec<serde_json::Value>> {
-        let rows = sqlx::query(
+        let rows = sql::query(
             "SELECT substr(hash, 1, 16), label, created_at, revoked FROM tokens WHERE role = 'submit' ORDER BY created_at DESC LIMIT 1000",
         )
-        .fetch_all(self.pool())
+        .fetch_all(&mut self.read().await?)
         .await?;
         Ok(rows
             .into_iter()
@@ -133,9 +133,9 @@ impl Queue {
         if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(QueueError::NotFound(format!("token {id}")));
         }
-        let n = sqlx::query("UPDATE tokens SET revoked = 1 WHERE role = 'submit' AND substr(hash, 1, 16) = $1")
+        let n = sql::query("UPDATE tokens SET revoked = 1 WHERE role = 'submit' AND substr(hash, 1, 16) = $1")
             .bind(id.to_ascii_lowercase())
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?
             .rows_affected();
         if n == 0 {
@@ -145,9 +145,9 @@ impl Queue {
     }
 
     pub async fn revoke_token(&self, token_digest: &str) -> Result<()> {
-        let n = sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = $1")
+        let n = sql::query("UPDATE tokens SET revoked = 1 WHERE hash = $1")
             .bind(token_digest)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?
             .rows_affected();
         if n == 0 {

@@ -10,7 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, AnyPool, any::AnyPoolOptions};
-use sqlx::{Executor, Row};
+use sqlx::Executor;
+use sql::Exec;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -419,11 +420,11 @@ impl Queue {
                     .after_connect(|conn, _| Box::pin(async move { sqlite_pragmas(conn).await }))
                     .connect(&format!("sqlite://{}?mode=rwc", path.display()))
                     .await?;
-                Queue::migrated(pool, Backend::Sqlite, cfg).await
+                Queue::migrated(pool, Some(&path.display().to_string()), cfg).await
             }
             DatabaseUrl::Postgres(url) => {
                 let pool = AnyPoolOptions::new().max_connections(16).connect(url).await?;
-                let q = Queue::migrated(pool, Backend::Postgres, cfg).await?;
+                let q = Queue::migrated(pool, None, cfg).await?;
                 q.sync_clock().await?;
                 Ok(q)
             }
@@ -440,13 +441,14 @@ impl Queue {
         sqlx::any::install_default_drivers();
         // A named database in SQLite's shared cache, so that the pool's connections
         // and the held one see the same tables.
+        let name = format!("file:drake-{}?mode=memory&cache=shared", uuid::Uuid::new_v4());
         let pool = AnyPoolOptions::new()
             .test_before_acquire(false)
             .max_connections(2)
             .after_connect(|conn, _| Box::pin(async move { sqlite_pragmas(conn).await }))
-            .connect(&format!("sqlite:file:drake-{}?mode=memory&cache=shared", uuid::Uuid::new_v4()))
+            .connect(&format!("sqlite:{name}"))
             .await?;
-        Queue::migrated(pool, Backend::Sqlite, cfg).await
+        Queue::migrated(pool, Some(&name), cfg).await
     }
 
     /// The pool, for reads that stream many rows (`drake db copy`) and tests.
@@ -458,16 +460,18 @@ impl Queue {
         self.backend
     }
 
-    async fn migrated(pool: AnyPool, backend: Backend, cfg: QueueConfig) -> Result<Queue> {
+    /// Migrates the database; `sqlite` is the SQLite database to open the held
+    /// connection to (`None` on PostgreSQL).
+    async fn migrated(pool: AnyPool, sqlite: Option<&str>, cfg: QueueConfig) -> Result<Queue> {
+        let backend = if sqlite.is_some() { Backend::Sqlite } else { Backend::Postgres };
         match backend {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             // The migrator holds an advisory lock: coordinators starting together are safe.
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
-        // The held connection leaves the pool (freeing its place there) for good.
-        let held = match backend {
-            Backend::Sqlite => Some(conn::Held::new(pool.acquire().await?.detach())),
-            Backend::Postgres => None,
+        let held = match sqlite {
+            Some(target) => Some(conn::Held::new(sql::sqlite::open(target)?)),
+            None => None,
         };
         Ok(Queue { pool, held, backend, cfg })
     }
@@ -479,7 +483,7 @@ impl Queue {
         if self.backend == Backend::Postgres {
             let before = crate::state::system_ms();
             let db: i64 =
-                sqlx::query_scalar("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)").fetch_one(&self.pool).await?;
+                sql::query_scalar("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)").fetch_one(&mut self.read().await?).await?;
             let after = crate::state::system_ms();
             crate::state::set_clock_offset(db - (before + after) / 2);
         }
@@ -503,7 +507,7 @@ impl Queue {
         // The probe is owed from the moment the job exists, in the same statement;
         // its required tags are written in the same transaction.
         let mut tx = self.begin().await?;
-        let inserted = sqlx::query("INSERT INTO jobs (id, state, profile, source, callback_url, priority, idempotency_key, created_at, updated_at, chore, chore_due_at, pipeline, captions) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $7, 'probe', $7, $8, $9)")
+        let inserted = sql::query("INSERT INTO jobs (id, state, profile, source, callback_url, priority, idempotency_key, created_at, updated_at, chore, chore_due_at, pipeline, captions) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $7, 'probe', $7, $8, $9)")
             .bind(id)
             .bind(&new.profile)
             .bind(&new.source)
@@ -513,12 +517,12 @@ impl Queue {
             .bind(now)
             .bind(&new.pipeline)
             .bind((!new.captions.is_empty()).then(|| serde_json::to_string(&new.captions).unwrap_or_default()))
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await;
         match inserted {
             Ok(_) => {
                 for tag in &new.requires_tags {
-                    sqlx::query("INSERT INTO job_tags (job_id, tag) VALUES ($1, $2)").bind(id).bind(tag).execute(&mut *tx).await?;
+                    sql::query("INSERT INTO job_tags (job_id, tag) VALUES ($1, $2)").bind(id).bind(tag).execute(&mut tx).await?;
                 }
                 tx.commit().await?;
             }
@@ -541,7 +545,7 @@ impl Queue {
     pub async fn job_by_key(&self, key: Option<&str>) -> Result<Option<Job>> {
         let Some(key) = key else { return Ok(None) };
         let id: Option<String> =
-            sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1").bind(key).fetch_optional(&self.pool).await?;
+            sql::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1").bind(key).fetch_optional(&mut self.read().await?).await?;
         match id {
             Some(id) => self.job(&id).await,
             None => Ok(None),
@@ -584,8 +588,8 @@ impl Queue {
             // state every second), and a plan made from them sorted every queued task
             // on each lease (measured: 1 s per lease at 40,000 queued). The claim walks
             // the lease-order index instead.
-            sqlx::query("SET LOCAL enable_sort = off").execute(&mut *tx).await?;
-            sqlx::query("SET LOCAL enable_bitmapscan = off").execute(&mut *tx).await?;
+            sql::query("SET LOCAL enable_sort = off").execute(&mut tx).await?;
+            sql::query("SET LOCAL enable_bitmapscan = off").execute(&mut tx).await?;
         }
         let Some(first) = self.lease_one(&mut tx, worker, encoders, now, None).await? else {
             tx.commit().await?;
@@ -597,7 +601,7 @@ impl Queue {
         if matches!(kind, TaskKind::Transcode | TaskKind::Chunk) && max_tasks > 1 {
             // More renditions of this job (for a chunk: of this chunk) from one decode:
             // how many are queued, and how many of the job's tasks of this kind in all.
-            let counts = sqlx::query(
+            let counts = sql::query(
                 "SELECT CAST(COALESCE(SUM(CASE WHEN $5 IS NULL OR t.chunk = $5 THEN 1 ELSE 0 END), 0) AS BIGINT), COUNT(*)
                  FROM tasks t WHERE t.job_id = $1 AND t.kind = $4 AND t.state = 'queued'
                    AND t.run_after <= $2 AND t.cancel = 0 AND (t.requires IS NULL OR instr($3, ',' || t.requires || ',') > 0)",
@@ -607,11 +611,11 @@ impl Queue {
             .bind(encoders.0)
             .bind(kind_str(kind))
             .bind(chunk)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut tx)
             .await?;
             let (remaining, of_kind): (i64, i64) = (counts.get(0), counts.get(1));
             // Free slots of live workers other than this one's just-taken slot, and all their slots.
-            let slots = sqlx::query(
+            let slots = sql::query(
                 "SELECT CAST(COALESCE(SUM(CASE WHEN w.slots > COALESCE(h.held, 0) THEN w.slots - COALESCE(h.held, 0) ELSE 0 END), 0) AS BIGINT),
                         CAST(COALESCE(SUM(w.slots), 0) AS BIGINT)
                  FROM workers w LEFT JOIN (SELECT worker_id, COUNT(*) AS held FROM tasks WHERE state IN ('leased', 'running') GROUP BY worker_id) h
@@ -619,18 +623,18 @@ impl Queue {
                  WHERE w.removed = 0 AND w.draining = 0 AND w.last_seen >= $1",
             )
             .bind(now - self.cfg.lease_ttl_ms)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut tx)
             .await?;
             let (free, live): (i64, i64) = (slots.get(0), slots.get(1));
             // The lowest rung (the job's first task of this kind) goes alone until the
             // job is playable.
-            let playable_early: i64 = sqlx::query_scalar(
+            let playable_early: i64 = sql::query_scalar(
                 "SELECT CASE WHEN t.rendition = (SELECT s.rendition FROM tasks s WHERE s.job_id = t.job_id AND s.kind = t.kind ORDER BY s.seq LIMIT 1)
                    AND NOT EXISTS (SELECT 1 FROM tasks s WHERE s.job_id = t.job_id AND s.kind IN ('transcode', 'join') AND s.state = 'succeeded') THEN 1 ELSE 0 END
                  FROM tasks t WHERE t.id = $1",
             )
             .bind(&leased[0].task_id)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut tx)
             .await?;
             let share = match kind {
                 _ if playable_early != 0 => 1,
@@ -664,7 +668,7 @@ impl Queue {
     /// Leases the next runnable task (of one job's tasks of one kind only, if given).
     async fn lease_one(
         &self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut impl Exec,
         worker: &str,
         (encoders, tags): (&str, &str),
         now: i64,
@@ -678,7 +682,7 @@ impl Queue {
             Backend::Sqlite => lease_claim!(""),
             Backend::Postgres => lease_claim!("FOR UPDATE SKIP LOCKED"),
         };
-        let row = sqlx::query(sql)
+        let row = sql::query(sql)
             .bind(worker)
             .bind(now)
             .bind(self.cfg.lease_ttl_ms)
@@ -693,11 +697,11 @@ impl Queue {
             return Ok(None);
         };
         let job_id: String = row.get("job_id");
-        let (profile, source): (String, String) = sqlx::query_as("SELECT profile, COALESCE(stored_source, source) FROM jobs WHERE id = $1")
+        let (profile, source): (String, String) = sql::query_as("SELECT profile, COALESCE(stored_source, source) FROM jobs WHERE id = $1")
             .bind(&job_id)
             .fetch_one(&mut *tx)
             .await?;
-        sqlx::query("UPDATE jobs SET state = 'running', updated_at = $1 WHERE id = $2 AND state = 'queued'")
+        sql::query("UPDATE jobs SET state = 'running', updated_at = $1 WHERE id = $2 AND state = 'queued'")
             .bind(now)
             .bind(&job_id)
             .execute(&mut *tx)
@@ -706,7 +710,7 @@ impl Queue {
             task_id: row.get("id"),
             job_id,
             epoch: row.get("epoch"),
-            kind: parse_kind(row.get::<&str, _>("kind")),
+            kind: parse_kind(&row.get::<String, _>("kind")),
             rendition: row.get("rendition"),
             name: row.get("name"),
             chunk: chunk_span(&row),
@@ -720,7 +724,7 @@ impl Queue {
     /// Renews a lease and records progress. Returns true when the task was canceled
     /// and the worker should stop.
     pub async fn heartbeat(&self, task: &str, worker: &str, epoch: i64, progress: f64, now: i64) -> Result<bool> {
-        let cancel: Option<i64> = sqlx::query_scalar(
+        let cancel: Option<i64> = sql::query_scalar(
             "UPDATE tasks SET state = 'running', progress = CASE WHEN progress > $4 THEN progress ELSE $4 END, lease_expires_at = $5 + $6, updated_at = $5
              WHERE id = $1 AND worker_id = $2 AND epoch = $3 AND state IN ('leased', 'running') RETURNING cancel",
         )
@@ -730,7 +734,7 @@ impl Queue {
         .bind(progress.clamp(0.0, 1.0))
         .bind(now)
         .bind(self.cfg.lease_ttl_ms)
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_optional(&mut self.conn().await?)
         .await?;
         match cancel {
             Some(c) => Ok(c != 0),
@@ -744,7 +748,7 @@ impl Queue {
     /// deadline ([`PROMOTE_GRACE_MS`]) is redone by the reconciler. Returns the
     /// promotion owed.
     pub async fn complete(&self, task: &str, worker: &str, epoch: i64, result: &serde_json::Value, now: i64) -> Result<Promotion> {
-        let row = sqlx::query(
+        let row = sql::query(
             "UPDATE tasks SET state = 'promoting', progress = 1, result = $4, lease_expires_at = $5 + $6, updated_at = $5
              WHERE id = $1 AND worker_id = $2 AND epoch = $3 AND state IN ('leased', 'running') AND cancel = 0
                AND (SELECT state FROM jobs WHERE id = tasks.job_id) IN ('queued', 'running')
@@ -756,7 +760,7 @@ impl Queue {
         .bind(result.to_string())
         .bind(now)
         .bind(PROMOTE_GRACE_MS)
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_optional(&mut self.conn().await?)
         .await?;
         row.map(promotion_row).ok_or_else(|| QueueError::StaleLease { task: task.into(), epoch })
     }
@@ -766,13 +770,13 @@ impl Queue {
     /// was not promoting (canceled meanwhile, or promoted already).
     pub async fn promoted(&self, task: &str, now: i64) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        let job: Option<String> = sqlx::query_scalar(
+        let job: Option<String> = sql::query_scalar(
             "UPDATE tasks SET state = 'succeeded', lease_expires_at = NULL, updated_at = $2, finished_at = $2
              WHERE id = $1 AND state = 'promoting' RETURNING job_id",
         )
         .bind(task)
         .bind(now)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut tx)
         .await?;
         let Some(job) = job else {
             tx.commit().await?;
@@ -787,9 +791,9 @@ impl Queue {
     /// missing): the attempt counts as failed and the task runs again.
     pub async fn promotion_failed(&self, task: &str, error: &str, now: i64) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query("SELECT job_id, attempts, max_attempts FROM tasks WHERE id = $1 AND state = 'promoting'")
+        let row = sql::query("SELECT job_id, attempts, max_attempts FROM tasks WHERE id = $1 AND state = 'promoting'")
             .bind(task)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut tx)
             .await?;
         if let Some(row) = row {
             let (job, attempts, max): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
@@ -804,12 +808,12 @@ impl Queue {
     /// Promotions owed past their deadline (the coordinator doing them stopped), or
     /// all of them with `all` (at start, when no promotion can be in flight).
     pub async fn overdue_promotions(&self, now: i64, all: bool) -> Result<Vec<Promotion>> {
-        let rows = sqlx::query(
+        let rows = sql::query(
             "SELECT id, job_id, kind, name, epoch, result FROM tasks WHERE state = 'promoting' AND ($2 OR lease_expires_at < $1) ORDER BY updated_at LIMIT 100",
         )
         .bind(now)
         .bind(all)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(promotion_row).collect())
     }
@@ -818,15 +822,15 @@ impl Queue {
     /// backoff until the attempts run out; bad input fails the job at once.
     pub async fn fail(&self, task: &str, worker: &str, epoch: i64, error: &str, retryable: bool, log_tail: &str, now: i64) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query("SELECT job_id, attempts, max_attempts FROM tasks WHERE id = $1 AND worker_id = $2 AND epoch = $3 AND state IN ('leased', 'running') AND cancel = 0")
+        let row = sql::query("SELECT job_id, attempts, max_attempts FROM tasks WHERE id = $1 AND worker_id = $2 AND epoch = $3 AND state IN ('leased', 'running') AND cancel = 0")
             .bind(task)
             .bind(worker)
             .bind(epoch)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut tx)
             .await?
             .ok_or_else(|| QueueError::StaleLease { task: task.into(), epoch })?;
         let (job, attempts, max): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
-        sqlx::query("UPDATE tasks SET log_tail = $1 WHERE id = $2").bind(log_tail).bind(task).execute(&mut *tx).await?;
+        sql::query("UPDATE tasks SET log_tail = $1 WHERE id = $2").bind(log_tail).bind(task).execute(&mut tx).await?;
         log_failure(&mut tx, task, &job, "failed", error, now).await?;
         requeue_or_fail(&mut tx, task, &job, attempts, max, error, retryable, &self.cfg, now).await?;
         settle_job(&mut tx, &job, now).await?;
@@ -837,11 +841,11 @@ impl Queue {
     /// Takes back every lease whose heartbeats stopped. Returns how many were reaped.
     pub async fn reap(&self, now: i64) -> Result<Vec<String>> {
         let mut tx = self.write_tx().await?;
-        let expired = sqlx::query(
+        let expired = sql::query(
             "SELECT id, job_id, attempts, max_attempts FROM tasks WHERE state IN ('leased', 'running') AND lease_expires_at < $1",
         )
         .bind(now)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut tx)
         .await?;
         let mut jobs = Vec::new();
         for row in &expired {
@@ -887,7 +891,7 @@ impl Queue {
         }
         // A chunked rendition not yet joined needs its chunks again, and a rendition
         // not yet made needs the audio packets again: the job's end swept them.
-        sqlx::query("UPDATE tasks SET state = 'queued', cancel = 0, attempts = 0, error = NULL, run_after = 0, worker_id = NULL, lease_expires_at = NULL, progress = 0, unrunnable_since = NULL, updated_at = $1, queued_at = $1
+        sql::query("UPDATE tasks SET state = 'queued', cancel = 0, attempts = 0, error = NULL, run_after = 0, worker_id = NULL, lease_expires_at = NULL, progress = 0, unrunnable_since = NULL, updated_at = $1, queued_at = $1
                      WHERE job_id = $2 AND (state != 'succeeded'
                        OR (kind = 'chunk' AND EXISTS (SELECT 1 FROM tasks j WHERE j.job_id = tasks.job_id
                          AND j.kind = 'join' AND j.state != 'succeeded' AND j.rendition = tasks.rendition))
@@ -895,22 +899,22 @@ impl Queue {
                          AND r.kind IN ('transcode', 'join') AND r.state != 'succeeded')))")
             .bind(now)
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
-        let planned: i64 = sqlx::query_scalar("SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1) THEN 1 ELSE 0 END")
+        let planned: i64 = sql::query_scalar("SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1) THEN 1 ELSE 0 END")
             .bind(id)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut tx)
             .await?;
         let planned = planned != 0;
         // A new run: the seq bump makes any chore still in flight from the last run stale.
-        sqlx::query(
+        sql::query(
             "UPDATE jobs SET state = 'queued', error = NULL, outputs = NULL, run = run + 1, swept = 0, chore = $3, chore_seq = chore_seq + 1,
                  chore_attempts = 0, chore_error = NULL, chore_claimed_by = NULL, chore_due_at = $1, updated_at = $1 WHERE id = $2",
         )
         .bind(now)
         .bind(id)
         .bind((!planned).then_some("probe"))
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         if planned {
             settle_job(&mut tx, id, now).await?;
@@ -922,9 +926,9 @@ impl Queue {
     /// The stored results of a job's succeeded tasks: (kind, rendition, result).
     /// (task id, kind, rendition, result), in the job's order.
     pub async fn task_results(&self, id: &str) -> Result<Vec<(String, TaskKind, Option<String>, serde_json::Value)>> {
-        let rows = sqlx::query("SELECT kind, rendition, result, id FROM tasks WHERE job_id = $1 AND state = 'succeeded' ORDER BY seq")
+        let rows = sql::query("SELECT kind, rendition, result, id FROM tasks WHERE job_id = $1 AND state = 'succeeded' ORDER BY seq")
             .bind(id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut self.read().await?)
             .await?;
         Ok(rows
             .into_iter()
@@ -932,7 +936,7 @@ impl Queue {
                 let result: Option<String> = r.get(2);
                 (
                     r.get(3),
-                    parse_kind(r.get::<&str, _>(0)),
+                    parse_kind(&r.get::<String, _>(0)),
                     r.get(1),
                     result.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).unwrap_or(serde_json::Value::Null),
                 )
@@ -943,7 +947,7 @@ impl Queue {
     /// Whether `worker` holds a live lease on a task of `job` (with `lease`: on the
     /// task of that name at that epoch).
     pub async fn worker_holds(&self, worker: &str, job: &str, lease: Option<(&str, i64)>) -> Result<bool> {
-        let held: i64 = sqlx::query_scalar(
+        let held: i64 = sql::query_scalar(
             "SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND worker_id = $2 AND state IN ('leased', 'running')
                  AND ($3 IS NULL OR (name = $3 AND epoch = $4))) THEN 1 ELSE 0 END",
         )
@@ -951,7 +955,7 @@ impl Queue {
         .bind(worker)
         .bind(lease.map(|l| l.0))
         .bind(lease.map(|l| l.1))
-        .fetch_one(&mut *self.conn().await?)
+        .fetch_one(&mut self.conn().await?)
         .await?;
         Ok(held != 0)
     }
@@ -959,23 +963,23 @@ impl Queue {
     /// True when the task was canceled (directly or with its job).
     pub async fn task_canceled(&self, task: &str) -> Result<bool> {
         let c: Option<i64> =
-            sqlx::query_scalar("SELECT cancel FROM tasks WHERE id = $1").bind(task).fetch_optional(&mut *self.conn().await?).await?;
+            sql::query_scalar("SELECT cancel FROM tasks WHERE id = $1").bind(task).fetch_optional(&mut self.conn().await?).await?;
         Ok(c.unwrap_or(0) != 0)
     }
 
     pub async fn task_job(&self, task: &str) -> Result<String> {
-        sqlx::query_scalar("SELECT job_id FROM tasks WHERE id = $1")
+        sql::query_scalar("SELECT job_id FROM tasks WHERE id = $1")
             .bind(task)
-            .fetch_optional(&mut *self.conn().await?)
+            .fetch_optional(&mut self.conn().await?)
             .await?
             .ok_or_else(|| QueueError::NotFound(format!("task {task}")))
     }
 
     /// A job's profile name and probe (`null` before it was probed).
     pub async fn job_plan_inputs(&self, job: &str) -> Result<(String, serde_json::Value)> {
-        let row = sqlx::query("SELECT profile, probe FROM jobs WHERE id = $1")
+        let row = sql::query("SELECT profile, probe FROM jobs WHERE id = $1")
             .bind(job)
-            .fetch_optional(&mut *self.conn().await?)
+            .fetch_optional(&mut self.conn().await?)
             .await?
             .ok_or_else(|| QueueError::NotFound(format!("job {job}")))?;
         let probe: Option<String> = row.get(1);
@@ -984,14 +988,14 @@ impl Queue {
 
     /// What a task makes and where its outputs go.
     pub async fn task_target(&self, task: &str) -> Result<TaskTarget> {
-        let row = sqlx::query("SELECT job_id, kind, name, rendition, chunk, first_frame, frames FROM tasks WHERE id = $1")
+        let row = sql::query("SELECT job_id, kind, name, rendition, chunk, first_frame, frames FROM tasks WHERE id = $1")
             .bind(task)
-            .fetch_optional(&mut *self.conn().await?)
+            .fetch_optional(&mut self.conn().await?)
             .await?
             .ok_or_else(|| QueueError::NotFound(format!("task {task}")))?;
         Ok(TaskTarget {
             job_id: row.get(0),
-            kind: parse_kind(row.get::<&str, _>(1)),
+            kind: parse_kind(&row.get::<String, _>(1)),
             name: row.get(2),
             rendition: row.get(3),
             chunk: chunk_span(&row),
@@ -1000,32 +1004,32 @@ impl Queue {
 
     /// What a join of `rendition` reads: the names of its chunk tasks, in chunk order.
     pub async fn join_parts(&self, job: &str, rendition: &str) -> Result<Vec<String>> {
-        let names = sqlx::query_scalar("SELECT name FROM tasks WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2 ORDER BY chunk")
+        let names = sql::query_scalar("SELECT name FROM tasks WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2 ORDER BY chunk")
             .bind(job)
             .bind(rendition)
-            .fetch_all(&mut *self.conn().await?)
+            .fetch_all(&mut self.conn().await?)
             .await?;
         Ok(names)
     }
 
     /// Whether the job's audio is a task of its own (every job with video and audio).
     pub async fn has_audio_task(&self, job: &str) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE job_id = $1 AND kind = 'audio'")
+        let n: i64 = sql::query_scalar("SELECT COUNT(*) FROM tasks WHERE job_id = $1 AND kind = 'audio'")
             .bind(job)
-            .fetch_one(&mut *self.conn().await?)
+            .fetch_one(&mut self.conn().await?)
             .await?;
         Ok(n > 0)
     }
 
     /// The succeeded chunk reports of `rendition` other than chunk `index`'s.
     pub async fn chunk_reports(&self, job: &str, rendition: &str, index: u32) -> Result<Vec<serde_json::Value>> {
-        let rows: Vec<Option<String>> = sqlx::query_scalar(
+        let rows: Vec<Option<String>> = sql::query_scalar(
             "SELECT result FROM tasks WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2 AND chunk <> $3 AND state = 'succeeded' ORDER BY chunk",
         )
         .bind(job)
         .bind(rendition)
         .bind(i64::from(index))
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?;
         Ok(rows
             .into_iter()
@@ -1038,27 +1042,27 @@ impl Queue {
     /// Whether `worker` holds a live join lease of `job` that reads part `part` (a
     /// chunk of the join's rendition).
     pub async fn worker_joins(&self, worker: &str, job: &str, part: &str) -> Result<bool> {
-        let held: i64 = sqlx::query_scalar(
+        let held: i64 = sql::query_scalar(
             "SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND worker_id = $2 AND kind = 'join' AND state IN ('leased', 'running')
                  AND substr($3, 1, length(rendition) + 2) = rendition || '.c') THEN 1 ELSE 0 END",
         )
         .bind(job)
         .bind(worker)
         .bind(part)
-        .fetch_one(&mut *self.conn().await?)
+        .fetch_one(&mut self.conn().await?)
         .await?;
         Ok(held != 0)
     }
 
     /// How many jobs there are, optionally in one state.
     pub async fn count_jobs(&self, state: Option<&str>) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE ($1 IS NULL OR state = $1)").bind(state).fetch_one(&self.pool).await?)
+        Ok(sql::query_scalar("SELECT COUNT(*) FROM jobs WHERE ($1 IS NULL OR state = $1)").bind(state).fetch_one(&mut self.read().await?).await?)
     }
 
     /// The pipeline that owns a job (`None`: an admin's), or `NotFound`.
     pub async fn job_pipeline(&self, id: &str) -> Result<Option<String>> {
         let row: Option<Option<String>> =
-            sqlx::query_scalar("SELECT pipeline FROM jobs WHERE id = $1").bind(id).fetch_optional(&mut *self.conn().await?).await?;
+            sql::query_scalar("SELECT pipeline FROM jobs WHERE id = $1").bind(id).fetch_optional(&mut self.conn().await?).await?;
         row.ok_or_else(|| QueueError::NotFound(format!("job {id}")))
     }
 
@@ -1070,12 +1074,12 @@ impl Queue {
     /// Jobs of one pipeline (all, with `None`), newest first, optionally in one state.
     pub async fn list_jobs_of(&self, pipeline: Option<&str>, state: Option<&str>, page: i64, per_page: i64) -> Result<Vec<Job>> {
         let ids: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM jobs WHERE ($1 IS NULL OR state = $1) AND ($4 IS NULL OR pipeline = $4) ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3")
+            sql::query_scalar("SELECT id FROM jobs WHERE ($1 IS NULL OR state = $1) AND ($4 IS NULL OR pipeline = $4) ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3")
                 .bind(state)
                 .bind(per_page)
                 .bind(page.max(0) * per_page)
                 .bind(pipeline)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut self.read().await?)
                 .await?;
         let mut jobs = Vec::with_capacity(ids.len());
         for id in ids {
@@ -1090,7 +1094,7 @@ impl Queue {
     /// state, error and outputs (what its change events carry), whether a chore is
     /// owed and due at `now`, and whether a webhook delivery is owed.
     pub async fn job_summary(&self, id: &str, now: i64) -> Result<Option<JobSummary>> {
-        let row = sqlx::query(
+        let row = sql::query(
             "SELECT state, error, outputs, CASE WHEN chore IS NOT NULL AND chore_due_at <= $2 THEN 1 ELSE 0 END,
                     CASE WHEN EXISTS (SELECT 1 FROM webhooks w WHERE w.job_id = jobs.id AND w.delivered_at IS NULL AND w.gave_up = 0)
                          THEN 1 ELSE 0 END
@@ -1098,7 +1102,7 @@ impl Queue {
         )
         .bind(id)
         .bind(now)
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_optional(&mut self.conn().await?)
         .await?;
         Ok(row.map(|r| JobSummary {
             state: r.get(0),
@@ -1110,14 +1114,14 @@ impl Queue {
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<Job>> {
-        let Some(row) = sqlx::query("SELECT id, state, profile, source, callback_url, priority, error, created_at, updated_at, outputs, probe, pipeline, captions FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await? else {
+        let Some(row) = sql::query("SELECT id, state, profile, source, callback_url, priority, error, created_at, updated_at, outputs, probe, pipeline, captions FROM jobs WHERE id = $1").bind(id).fetch_optional(&mut self.read().await?).await? else {
             return Ok(None);
         };
-        let tasks = sqlx::query(
+        let tasks = sql::query(
             "SELECT id, kind, rendition, state, progress, attempts, worker_id, error, log_tail, queued_at, leased_at, finished_at, result, name, chunk FROM tasks WHERE job_id = $1 ORDER BY seq",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await?
         .into_iter()
         .map(|t| {
@@ -1126,7 +1130,7 @@ impl Queue {
             let child = |k: &str| result.as_ref().and_then(|r| r["timing"][k].as_i64());
             Task {
             id: t.get(0),
-            kind: parse_kind(t.get::<&str, _>(1)),
+            kind: parse_kind(&t.get::<String, _>(1)),
             rendition: t.get(2),
             name: t.get(13),
             chunk: t.get::<Option<i64>, _>(14).map(|c| c as u32),
@@ -1146,10 +1150,10 @@ impl Queue {
         }})
         .collect::<Vec<_>>();
         let requires_tags: Vec<String> =
-            sqlx::query_scalar("SELECT tag FROM job_tags WHERE job_id = $1 ORDER BY tag").bind(id).fetch_all(&self.pool).await?;
+            sql::query_scalar("SELECT tag FROM job_tags WHERE job_id = $1 ORDER BY tag").bind(id).fetch_all(&mut self.read().await?).await?;
         let json = |v: Option<String>| v.and_then(|t| serde_json::from_str(&t).ok());
         // An ended job waits for nothing; only a live one costs the lookups.
-        let waiting_for = if is_terminal(row.get::<&str, _>(1)) { None } else { self.waiting_for(id).await? };
+        let waiting_for = if is_terminal(&row.get::<String, _>(1)) { None } else { self.waiting_for(id).await? };
         Ok(Some(Job {
             id: row.get(0),
             state: row.get(1),
@@ -1174,7 +1178,7 @@ impl Queue {
 }
 
 /// A chunk task's span from its row's `chunk`, `first_frame` and `frames`.
-fn chunk_span(row: &sqlx::any::AnyRow) -> Option<ChunkSpan> {
+fn chunk_span(row: &sql::Row) -> Option<ChunkSpan> {
     let index: Option<i64> = row.get("chunk");
     let first: Option<i64> = row.get("first_frame");
     let frames: Option<i64> = row.get("frames");
@@ -1184,8 +1188,10 @@ fn chunk_span(row: &sqlx::any::AnyRow) -> Option<ChunkSpan> {
 /// What every SQLite connection needs: WAL (readers never wait for the writer),
 /// synchronous=NORMAL (durable across process crashes), a busy timeout and
 /// foreign keys.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON";
+
 async fn sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
-    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON").await?;
+    conn.execute(SQLITE_PRAGMAS).await?;
     Ok(())
 }
 
@@ -1201,8 +1207,8 @@ pub fn scoped_key(new: &NewJob) -> Option<String> {
 }
 
 /// A job's state, or `NotFound`.
-async fn job_state(tx: &mut AnyConnection, id: &str) -> Result<String> {
-    sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+async fn job_state(tx: &mut impl Exec, id: &str) -> Result<String> {
+    sql::query_scalar("SELECT state FROM jobs WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?
@@ -1210,8 +1216,8 @@ async fn job_state(tx: &mut AnyConnection, id: &str) -> Result<String> {
 }
 
 /// Records a failed attempt (for failure rates; the task row keeps only the last error).
-async fn log_failure(tx: &mut AnyConnection, task: &str, job: &str, kind: &str, error: &str, now: i64) -> Result<()> {
-    sqlx::query("INSERT INTO task_failures (task_id, job_id, kind, error, at) VALUES ($1, $2, $3, $4, $5)")
+async fn log_failure(tx: &mut impl Exec, task: &str, job: &str, kind: &str, error: &str, now: i64) -> Result<()> {
+    sql::query("INSERT INTO task_failures (task_id, job_id, kind, error, at) VALUES ($1, $2, $3, $4, $5)")
         .bind(task)
         .bind(job)
         .bind(kind)
@@ -1223,7 +1229,7 @@ async fn log_failure(tx: &mut AnyConnection, task: &str, job: &str, kind: &str, 
 }
 
 async fn requeue_or_fail(
-    tx: &mut AnyConnection,
+    tx: &mut impl Exec,
     task: &str,
     job: &str,
     attempts: i64,
@@ -1234,7 +1240,7 @@ async fn requeue_or_fail(
     now: i64,
 ) -> Result<()> {
     if retryable && attempts < max {
-        sqlx::query("UPDATE tasks SET state = 'queued', worker_id = NULL, lease_expires_at = NULL, run_after = $1, queued_at = $1, error = $2, updated_at = $3 WHERE id = $4")
+        sql::query("UPDATE tasks SET state = 'queued', worker_id = NULL, lease_expires_at = NULL, run_after = $1, queued_at = $1, error = $2, updated_at = $3 WHERE id = $4")
             .bind(now + cfg.backoff(attempts))
             .bind(error)
             .bind(now)
@@ -1243,7 +1249,7 @@ async fn requeue_or_fail(
             .await?;
     } else {
         let why = if retryable { format!("{error} (gave up after {attempts} attempts)") } else { error.to_string() };
-        sqlx::query(
+        sql::query(
             "UPDATE tasks SET state = 'failed', lease_expires_at = NULL, error = $1, updated_at = $2, finished_at = $2 WHERE id = $3",
         )
         .bind(&why)
@@ -1251,7 +1257,7 @@ async fn requeue_or_fail(
         .bind(task)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE jobs SET error = COALESCE(error, $1) WHERE id = $2").bind(&why).bind(job).execute(&mut *tx).await?;
+        sql::query("UPDATE jobs SET error = COALESCE(error, $1) WHERE id = $2").bind(&why).bind(job).execute(&mut *tx).await?;
     }
     Ok(())
 }
@@ -1259,9 +1265,9 @@ async fn requeue_or_fail(
 /// Derives a live job's state from its tasks: any failed task fails the job (and
 /// stops the rest); all succeeded means finalizing, which owes the finalize chore.
 /// An ended job never moves again.
-async fn settle_job(tx: &mut AnyConnection, job: &str, now: i64) -> Result<()> {
+async fn settle_job(tx: &mut impl Exec, job: &str, now: i64) -> Result<()> {
     // Counts, not rows: a job may have many tasks, and this runs on every completion.
-    let row = sqlx::query(
+    let row = sql::query(
         "SELECT j.state, COUNT(t.id), CAST(COALESCE(SUM(CASE WHEN t.state = 'failed' THEN 1 ELSE 0 END), 0) AS BIGINT),
                 CAST(COALESCE(SUM(CASE WHEN t.state = 'succeeded' THEN 1 ELSE 0 END), 0) AS BIGINT),
                 CAST(COALESCE(SUM(CASE WHEN t.state = 'queued' THEN 1 ELSE 0 END), 0) AS BIGINT)
@@ -1281,7 +1287,7 @@ async fn settle_job(tx: &mut AnyConnection, job: &str, now: i64) -> Result<()> {
     }
     if tasks > 0 && succeeded == tasks {
         if current != "finalizing" {
-            sqlx::query(
+            sql::query(
                 "UPDATE jobs SET state = 'finalizing', chore = 'finalize', chore_attempts = 0, chore_error = NULL, chore_claimed_by = NULL,
                      chore_due_at = $1, updated_at = $1 WHERE id = $2",
             )
@@ -1294,7 +1300,7 @@ async fn settle_job(tx: &mut AnyConnection, job: &str, now: i64) -> Result<()> {
     }
     let next = if queued < tasks { "running" } else { "queued" };
     if next != current {
-        sqlx::query("UPDATE jobs SET state = $1, updated_at = $2 WHERE id = $3").bind(next).bind(now).bind(job).execute(&mut *tx).await?;
+        sql::query("UPDATE jobs SET state = $1, updated_at = $2 WHERE id = $3").bind(next).bind(now).bind(job).execute(&mut *tx).await?;
     }
     Ok(())
 }
@@ -1305,6 +1311,7 @@ pub fn is_terminal(state: &str) -> bool {
 
 mod conn;
 mod owed;
+pub(crate) mod sql;
 pub use owed::{Chore, ChoreClaim, Owed, Promotion};
 use owed::{end_job, promotion_row};
 

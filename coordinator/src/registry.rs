@@ -4,7 +4,7 @@
 use crate::queue::{Queue, QueueError, Result};
 use proto::wire::Capabilities;
 use serde::Serialize;
-use sqlx::Row;
+use crate::queue::sql;
 
 /// A worker counts as offline when it has not polled for this long.
 pub const OFFLINE_AFTER_MS: i64 = 60_000;
@@ -55,7 +55,7 @@ pub struct Retry {
 
 impl Queue {
     pub async fn register_worker(&self, id: &str, name: &str, slots: i64, caps: &Capabilities, version: &str, now: i64) -> Result<()> {
-        sqlx::query("INSERT INTO workers (id, name, slots, free_slots, capabilities, drake_version, last_seen, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        sql::query("INSERT INTO workers (id, name, slots, free_slots, capabilities, drake_version, last_seen, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(id)
             .bind(name)
             .bind(slots)
@@ -64,7 +64,7 @@ impl Queue {
             .bind(version)
             .bind(now)
             .bind(now)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?;
         Ok(())
     }
@@ -72,7 +72,7 @@ impl Queue {
     /// Records a worker's poll or heartbeat (free slots and load when it reports
     /// them). Returns (capabilities, draining) or NotFound for removed workers.
     pub async fn worker_seen(&self, id: &str, free_slots: Option<i64>, load: Option<f64>, now: i64) -> Result<(Capabilities, bool)> {
-        let row = sqlx::query(
+        let row = sql::query(
             "UPDATE workers SET last_seen = $1, free_slots = COALESCE($2, free_slots), load = COALESCE($3, load)
              WHERE id = $4 AND removed = 0 RETURNING capabilities, draining",
         )
@@ -80,18 +80,18 @@ impl Queue {
         .bind(free_slots)
         .bind(load.filter(|l| l.is_finite() && *l >= 0.0))
         .bind(id)
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_optional(&mut self.conn().await?)
         .await?
         .ok_or_else(|| QueueError::NotFound(format!("worker {id}")))?;
-        let caps: Capabilities = serde_json::from_str(row.get::<&str, _>(0)).map_err(|e| QueueError::Conflict(e.to_string()))?;
+        let caps: Capabilities = serde_json::from_str(&row.get::<String, _>(0)).map_err(|e| QueueError::Conflict(e.to_string()))?;
         Ok((caps, row.get::<i64, _>(1) != 0))
     }
 
     pub async fn set_draining(&self, id: &str, draining: bool) -> Result<()> {
-        let n = sqlx::query("UPDATE workers SET draining = $1 WHERE id = $2 AND removed = 0")
+        let n = sql::query("UPDATE workers SET draining = $1 WHERE id = $2 AND removed = 0")
             .bind(draining as i64)
             .bind(id)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?
             .rows_affected();
         if n == 0 {
@@ -102,21 +102,21 @@ impl Queue {
 
     /// Removes a worker: its credential stops working and its leases are reaped.
     pub async fn remove_worker(&self, id: &str) -> Result<()> {
-        let n = sqlx::query("UPDATE workers SET removed = 1 WHERE id = $1 AND removed = 0")
+        let n = sql::query("UPDATE workers SET removed = 1 WHERE id = $1 AND removed = 0")
             .bind(id)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?
             .rows_affected();
         if n == 0 {
             return Err(QueueError::NotFound(format!("worker {id}")));
         }
-        sqlx::query("UPDATE tokens SET revoked = 1 WHERE role = 'worker' AND label = $1")
+        sql::query("UPDATE tokens SET revoked = 1 WHERE role = 'worker' AND label = $1")
             .bind(id)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?;
-        sqlx::query("UPDATE tasks SET lease_expires_at = 0 WHERE worker_id = $1 AND state IN ('leased', 'running')")
+        sql::query("UPDATE tasks SET lease_expires_at = 0 WHERE worker_id = $1 AND state IN ('leased', 'running')")
             .bind(id)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?;
         Ok(())
     }
@@ -124,18 +124,18 @@ impl Queue {
     /// The names of the workers that held any of a job's tasks, by worker id,
     /// removed workers included: a job's history names the machines it ran on.
     pub async fn job_worker_names(&self, job_id: &str) -> Result<std::collections::HashMap<String, String>> {
-        let rows = sqlx::query("SELECT DISTINCT w.id, w.name FROM tasks t JOIN workers w ON w.id = t.worker_id WHERE t.job_id = $1")
+        let rows = sql::query("SELECT DISTINCT w.id, w.name FROM tasks t JOIN workers w ON w.id = t.worker_id WHERE t.job_id = $1")
             .bind(job_id)
-            .fetch_all(self.pool())
+            .fetch_all(&mut self.read().await?)
             .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     pub async fn list_workers(&self, now: i64) -> Result<Vec<WorkerView>> {
-        let rows = sqlx::query("SELECT id, name, slots, free_slots, capabilities, drake_version, last_seen, draining, load FROM workers WHERE removed = 0 ORDER BY created_at").fetch_all(self.pool()).await?;
+        let rows = sql::query("SELECT id, name, slots, free_slots, capabilities, drake_version, last_seen, draining, load FROM workers WHERE removed = 0 ORDER BY created_at").fetch_all(&mut self.read().await?).await?;
         let tasks =
-            sqlx::query("SELECT id, job_id, kind, rendition, progress, worker_id, name FROM tasks WHERE state IN ('leased', 'running')")
-                .fetch_all(self.pool())
+            sql::query("SELECT id, job_id, kind, rendition, progress, worker_id, name FROM tasks WHERE state IN ('leased', 'running')")
+                .fetch_all(&mut self.read().await?)
                 .await?;
         Ok(rows
             .into_iter()
@@ -169,7 +169,7 @@ impl Queue {
                     state: state.into(),
                     slots: r.get(2),
                     free_slots: r.get(3),
-                    capabilities: serde_json::from_str(r.get::<&str, _>(4)).unwrap_or(Capabilities {
+                    capabilities: serde_json::from_str(&r.get::<String, _>(4)).unwrap_or(Capabilities {
                         encoders: vec![],
                         cores: 0,
                         tags: vec![],
@@ -186,14 +186,14 @@ impl Queue {
     /// Records a webhook to deliver and returns its id, which is also its `webhook-id`.
     pub async fn enqueue_webhook(&self, job_id: &str, url: &str, payload: &str, now: i64) -> Result<String> {
         let id = uuid::Uuid::now_v7().to_string();
-        sqlx::query("INSERT INTO webhooks (id, job_id, url, payload, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        sql::query("INSERT INTO webhooks (id, job_id, url, payload, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(&id)
             .bind(job_id)
             .bind(url)
             .bind(payload)
             .bind(now)
             .bind(now)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?;
         Ok(id)
     }
@@ -201,9 +201,9 @@ impl Queue {
     /// A delivery that is still owed (neither delivered nor given up), if any.
     pub async fn owed_webhook(&self, id: &str) -> Result<Option<Delivery>> {
         let row =
-            sqlx::query("SELECT id, url, payload, attempts, pushes FROM webhooks WHERE id = $1 AND delivered_at IS NULL AND gave_up = 0")
+            sql::query("SELECT id, url, payload, attempts, pushes FROM webhooks WHERE id = $1 AND delivered_at IS NULL AND gave_up = 0")
                 .bind(id)
-                .fetch_optional(&mut *self.conn().await?)
+                .fetch_optional(&mut self.conn().await?)
                 .await?;
         Ok(row.map(|r| Delivery { id: r.get(0), url: r.get(1), payload: r.get(2), attempts: r.get(3), pushes: r.get(4) }))
     }
@@ -219,26 +219,26 @@ impl Queue {
     ) -> Result<Option<Retry>> {
         match outcome {
             Ok(()) => {
-                sqlx::query("UPDATE webhooks SET attempts = attempts + 1, delivered_at = $1 WHERE id = $2")
+                sql::query("UPDATE webhooks SET attempts = attempts + 1, delivered_at = $1 WHERE id = $2")
                     .bind(now)
                     .bind(id)
-                    .execute(&mut *self.conn().await?)
+                    .execute(&mut self.conn().await?)
                     .await?;
                 Ok(None)
             }
             Err(e) => {
                 let attempts: i64 =
-                    sqlx::query_scalar("UPDATE webhooks SET attempts = attempts + 1, last_error = $1 WHERE id = $2 RETURNING attempts")
+                    sql::query_scalar("UPDATE webhooks SET attempts = attempts + 1, last_error = $1 WHERE id = $2 RETURNING attempts")
                         .bind(&e)
                         .bind(id)
-                        .fetch_one(&mut *self.conn().await?)
+                        .fetch_one(&mut self.conn().await?)
                         .await?;
                 let next = now + self.cfg.backoff(attempts);
-                sqlx::query("UPDATE webhooks SET next_attempt_at = $1, gave_up = $2 WHERE id = $3")
+                sql::query("UPDATE webhooks SET next_attempt_at = $1, gave_up = $2 WHERE id = $3")
                     .bind(next)
                     .bind((attempts >= max_attempts) as i64)
                     .bind(id)
-                    .execute(&mut *self.conn().await?)
+                    .execute(&mut self.conn().await?)
                     .await?;
                 Ok((attempts < max_attempts).then_some(Retry { attempts, at: next }))
             }
@@ -247,13 +247,13 @@ impl Queue {
 
     /// Records a coordinator's heartbeat (every reconciler pass).
     pub async fn coordinator_seen(&self, id: &str, now: i64) -> Result<()> {
-        sqlx::query(
+        sql::query(
             "INSERT INTO coordinators (id, started_at, last_seen) VALUES ($1, $2, $2)
              ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
         )
         .bind(id)
         .bind(now)
-        .execute(&mut *self.conn().await?)
+        .execute(&mut self.conn().await?)
         .await?;
         Ok(())
     }
@@ -261,41 +261,41 @@ impl Queue {
     /// A coordinator that stops cleanly says so: it is gone at once, not after its
     /// heartbeat lapses.
     pub async fn coordinator_stopped(&self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM coordinators WHERE id = $1").bind(id).execute(&mut *self.conn().await?).await?;
+        sql::query("DELETE FROM coordinators WHERE id = $1").bind(id).execute(&mut self.conn().await?).await?;
         Ok(())
     }
 
     /// Forgets every other coordinator, and heartbeats from dead ones. On SQLite
     /// (one process per database) at start every other one is gone.
     pub async fn forget_coordinators(&self, me: &str, older_than: i64) -> Result<()> {
-        sqlx::query("DELETE FROM coordinators WHERE id != $1 AND last_seen < $2")
+        sql::query("DELETE FROM coordinators WHERE id != $1 AND last_seen < $2")
             .bind(me)
             .bind(older_than)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?;
         Ok(())
     }
 
     /// Coordinators that heartbeat within [`crate::queue::COORDINATOR_TTL_MS`]: (id, started_at).
     pub async fn live_coordinators(&self, now: i64) -> Result<Vec<(String, i64)>> {
-        Ok(sqlx::query_as("SELECT id, started_at FROM coordinators WHERE last_seen >= $1 ORDER BY started_at")
+        Ok(sql::query_as("SELECT id, started_at FROM coordinators WHERE last_seen >= $1 ORDER BY started_at")
             .bind(now - crate::queue::COORDINATOR_TTL_MS)
-            .fetch_all(self.pool())
+            .fetch_all(&mut self.read().await?)
             .await?)
     }
 
     /// A farm-wide setting.
     pub async fn setting(&self, key: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = $1").bind(key).fetch_optional(self.pool()).await?)
+        Ok(sql::query_scalar("SELECT value FROM settings WHERE key = $1").bind(key).fetch_optional(&mut self.read().await?).await?)
     }
 
     /// Stores `value` under `key` unless one is there; returns the stored value (the
     /// first coordinator's, when several start at once).
     pub async fn setting_or_insert(&self, key: &str, value: &str) -> Result<String> {
-        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+        sql::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
             .bind(key)
             .bind(value)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?;
         Ok(self.setting(key).await?.unwrap_or_else(|| value.to_string()))
     }

@@ -5,7 +5,7 @@ use crate::auth::{Role, digest};
 use crate::queue::{Queue, Result};
 use rand::RngCore;
 use serde::Serialize;
-use sqlx::Row;
+use crate::queue::sql;
 
 /// The dashboard session's cookie.
 pub const SESSION_COOKIE: &str = "drake_session";
@@ -68,10 +68,10 @@ impl Queue {
     /// A new one-time login link token (`drk_login_...`).
     pub async fn create_login_link(&self, now: i64) -> Result<String> {
         let token = format!("drk_login_{}", random_hex(24));
-        sqlx::query("INSERT INTO login_links (hash, expires_at) VALUES ($1, $2)")
+        sql::query("INSERT INTO login_links (hash, expires_at) VALUES ($1, $2)")
             .bind(digest(&token))
             .bind(now + LOGIN_LINK_TTL_MS)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?;
         Ok(token)
     }
@@ -79,17 +79,17 @@ impl Queue {
     /// Revokes every login link not used yet (at start: links printed by an earlier
     /// run stop working).
     pub async fn revoke_login_links(&self) -> Result<()> {
-        sqlx::query("DELETE FROM login_links WHERE used_at IS NULL").execute(&mut *self.conn().await?).await?;
+        sql::query("DELETE FROM login_links WHERE used_at IS NULL").execute(&mut self.conn().await?).await?;
         Ok(())
     }
 
     /// Spends a login link; false if unknown, used or expired.
     pub async fn use_login_link(&self, token: &str, now: i64) -> Result<bool> {
-        let n = sqlx::query("UPDATE login_links SET used_at = $1 WHERE hash = $2 AND used_at IS NULL AND expires_at > $3")
+        let n = sql::query("UPDATE login_links SET used_at = $1 WHERE hash = $2 AND used_at IS NULL AND expires_at > $3")
             .bind(now)
             .bind(digest(token))
             .bind(now)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?
             .rows_affected();
         Ok(n == 1)
@@ -99,40 +99,40 @@ impl Queue {
     pub async fn create_session(&self, now: i64) -> Result<(String, Session)> {
         let cookie = random_hex(32);
         let csrf = random_hex(24);
-        sqlx::query("DELETE FROM sessions WHERE expires_at < $1").bind(now).execute(&mut *self.conn().await?).await?;
-        sqlx::query("INSERT INTO sessions (hash, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+        sql::query("DELETE FROM sessions WHERE expires_at < $1").bind(now).execute(&mut self.conn().await?).await?;
+        sql::query("INSERT INTO sessions (hash, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(digest(&cookie))
             .bind(&csrf)
             .bind(now)
             .bind(now + SESSION_TTL_MS)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?;
         Ok((cookie, Session { csrf }))
     }
 
     pub async fn session(&self, cookie: &str, now: i64) -> Result<Option<Session>> {
-        let row = sqlx::query("SELECT csrf FROM sessions WHERE hash = $1 AND expires_at > $2")
+        let row = sql::query("SELECT csrf FROM sessions WHERE hash = $1 AND expires_at > $2")
             .bind(digest(cookie))
             .bind(now)
-            .fetch_optional(&mut *self.conn().await?)
+            .fetch_optional(&mut self.conn().await?)
             .await?;
         Ok(row.map(|r| Session { csrf: r.get(0) }))
     }
 
     pub async fn end_session(&self, cookie: &str) -> Result<()> {
-        sqlx::query("DELETE FROM sessions WHERE hash = $1").bind(digest(cookie)).execute(&mut *self.conn().await?).await?;
+        sql::query("DELETE FROM sessions WHERE hash = $1").bind(digest(cookie)).execute(&mut self.conn().await?).await?;
         Ok(())
     }
 
     /// Join tokens that can still be used, newest first.
     pub async fn join_tokens(&self, now: i64) -> Result<Vec<JoinTokenView>> {
-        let rows = sqlx::query(
+        let rows = sql::query(
             "SELECT hash, uses_left, expires_at, created_at FROM tokens
              WHERE role = $1 AND revoked = 0 AND uses_left > 0 AND expires_at > $2 ORDER BY created_at DESC LIMIT 200",
         )
         .bind(Role::Join.as_str())
         .bind(now)
-        .fetch_all(self.pool())
+        .fetch_all(&mut self.read().await?)
         .await?;
         Ok(rows
             .into_iter()
@@ -143,10 +143,10 @@ impl Queue {
     /// Revokes a join token by its digest (only join tokens: the dashboard cannot
     /// revoke the admin token it signed in with).
     pub async fn revoke_join_token(&self, token_digest: &str) -> Result<bool> {
-        let n = sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = $1 AND role = $2")
+        let n = sql::query("UPDATE tokens SET revoked = 1 WHERE hash = $1 AND role = $2")
             .bind(token_digest)
             .bind(Role::Join.as_str())
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?
             .rows_affected();
         Ok(n == 1)

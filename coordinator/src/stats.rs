@@ -3,7 +3,7 @@
 
 use crate::queue::{Backend, Queue, Result};
 use serde::Serialize;
-use sqlx::Row;
+use crate::queue::sql;
 
 /// The window the overview looks back over.
 pub const HOUR_MS: i64 = 3600 * 1000;
@@ -65,16 +65,16 @@ impl Queue {
         } else {
             "SELECT state, COUNT(*) FROM tasks GROUP BY state ORDER BY state"
         };
-        Ok(sqlx::query(sql).fetch_all(self.pool()).await?.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(sql::query(sql).fetch_all(&mut self.read().await?).await?.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     pub async fn overview(&self, now: i64) -> Result<Overview> {
         let start = now - HOUR_MS;
-        let running = sqlx::query(
+        let running = sql::query(
             "SELECT t.id, t.job_id, t.kind, t.rendition, t.progress, w.name, t.name FROM tasks t LEFT JOIN workers w ON w.id = t.worker_id
              WHERE t.state IN ('leased', 'running') ORDER BY t.leased_at LIMIT 200",
         )
-        .fetch_all(self.pool())
+        .fetch_all(&mut self.read().await?)
         .await?
         .into_iter()
         .map(|r| RunningTask {
@@ -100,7 +100,7 @@ impl Queue {
                  WHERE t.kind = 'transcode' AND t.state = 'succeeded' AND t.finished_at >= $1 GROUP BY 1"
             }
         };
-        let buckets = sqlx::query(sql).bind(start).fetch_all(self.pool()).await?;
+        let buckets = sql::query(sql).bind(start).fetch_all(&mut self.read().await?).await?;
         for r in buckets {
             let (minute, media): (i64, f64) = (r.get(0), r.get(1));
             if let Some(slot) = per_minute.get_mut(minute.clamp(0, 59) as usize) {
@@ -109,24 +109,24 @@ impl Queue {
         }
         let throughput = per_minute.iter().sum::<f64>() / 60.0;
         let failed_attempts: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM task_failures WHERE at >= $1").bind(start).fetch_one(self.pool()).await?;
-        let failed_jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'failed' AND updated_at >= $1")
+            sql::query_scalar("SELECT COUNT(*) FROM task_failures WHERE at >= $1").bind(start).fetch_one(&mut self.read().await?).await?;
+        let failed_jobs: i64 = sql::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'failed' AND updated_at >= $1")
             .bind(start)
-            .fetch_one(self.pool())
+            .fetch_one(&mut self.read().await?)
             .await?;
-        let avg_queue_wait_ms: Option<f64> = sqlx::query_scalar(
+        let avg_queue_wait_ms: Option<f64> = sql::query_scalar(
             "SELECT CAST(AVG(leased_at - queued_at) AS DOUBLE PRECISION) FROM tasks WHERE leased_at >= $1 AND queued_at IS NOT NULL",
         )
         .bind(start)
-        .fetch_one(self.pool())
+        .fetch_one(&mut self.read().await?)
         .await?;
-        let jobs = sqlx::query(
+        let jobs = sql::query(
             "SELECT j.created_at, j.updated_at, j.state,
                     (SELECT MIN(t.finished_at) FROM tasks t WHERE t.job_id = j.id AND t.kind = 'transcode' AND t.state = 'succeeded')
              FROM jobs j WHERE j.updated_at >= $1 AND j.state IN ('running', 'succeeded') LIMIT 10000",
         )
         .bind(start)
-        .fetch_all(self.pool())
+        .fetch_all(&mut self.read().await?)
         .await?;
         let (mut playable, mut done) = (Vec::new(), Vec::new());
         for r in jobs {
@@ -166,13 +166,13 @@ impl Queue {
                 cols.join(", ")
             );
             // Built from the constant buckets above only.
-            let r = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(kind).fetch_one(self.pool()).await?;
+            let r = sql::query(sql).bind(kind).fetch_one(&mut self.read().await?).await?;
             let n = DURATION_BUCKETS.len();
             let buckets: Vec<i64> = (0..n).map(|i| r.get::<Option<i64>, _>(i).unwrap_or(0)).collect();
             task_durations.push((kind.to_string(), buckets, r.get(n), r.get::<i64, _>(n + 1) as f64 / 1000.0));
         }
-        let failures = sqlx::query("SELECT kind, COUNT(*) FROM task_failures GROUP BY kind ORDER BY kind")
-            .fetch_all(self.pool())
+        let failures = sql::query("SELECT kind, COUNT(*) FROM task_failures GROUP BY kind ORDER BY kind")
+            .fetch_all(&mut self.read().await?)
             .await?
             .into_iter()
             .map(|r| (r.get(0), r.get(1)))
@@ -186,7 +186,7 @@ impl Queue {
                  FROM tasks t, jsonb_array_elements(t.result::jsonb -> 'files') f(value) WHERE t.state = 'succeeded'"
             }
         };
-        let bytes_published: Option<i64> = sqlx::query_scalar(sql).fetch_one(self.pool()).await?;
+        let bytes_published: Option<i64> = sql::query_scalar(sql).fetch_one(&mut self.read().await?).await?;
         Ok(Metrics {
             jobs_by_state: self.counts(true).await?,
             tasks_by_state: self.counts(false).await?,

@@ -3,7 +3,7 @@
 //! what says which of them belong to an upload (see the `uploads` migration).
 
 use crate::queue::{NewJob, Queue, Result};
-use sqlx::Row;
+use crate::queue::sql;
 
 /// Most unfinished uploads one token may have at once.
 pub const MAX_OPEN_UPLOADS: i64 = 16;
@@ -65,10 +65,10 @@ impl Queue {
         expires_at: i64,
     ) -> Result<std::result::Result<(), CreateRefused>> {
         let mut tx = self.begin().await?;
-        let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uploads WHERE owner = $1 AND job_id IS NULL AND expires_at > $2")
+        let open: i64 = sql::query_scalar("SELECT COUNT(*) FROM uploads WHERE owner = $1 AND job_id IS NULL AND expires_at > $2")
             .bind(owner)
             .bind(now)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut tx)
             .await?;
         if open >= MAX_OPEN_UPLOADS {
             return Ok(Err(CreateRefused::TooMany));
@@ -78,7 +78,7 @@ impl Queue {
             return Ok(Err(CreateRefused::SpoolFull(held)));
         }
         let request = serde_json::to_string(request).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        sqlx::query(
+        sql::query(
             "INSERT INTO uploads (id, owner, request, filename, length, upload_offset, parts, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, 0, 0, $6, $7)",
         )
         .bind(id)
@@ -88,7 +88,7 @@ impl Queue {
         .bind(length)
         .bind(now)
         .bind(expires_at)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         tx.commit().await?;
         Ok(Ok(()))
@@ -98,14 +98,14 @@ impl Queue {
     /// (what it will hold once complete), or what it received so far while its
     /// length is deferred.
     pub async fn spool_held(&self, now: i64) -> Result<i64> {
-        spool_held(&mut *self.conn().await?, now).await
+        spool_held(&mut self.conn().await?, now).await
     }
 
     pub async fn upload(&self, id: &str) -> Result<Option<Upload>> {
         let row =
-            sqlx::query("SELECT id, owner, request, filename, length, upload_offset, parts, expires_at, job_id FROM uploads WHERE id = $1")
+            sql::query("SELECT id, owner, request, filename, length, upload_offset, parts, expires_at, job_id FROM uploads WHERE id = $1")
                 .bind(id)
-                .fetch_optional(self.pool())
+                .fetch_optional(&mut self.read().await?)
                 .await?;
         let Some(r) = row else { return Ok(None) };
         let request: String = r.get(2);
@@ -137,9 +137,9 @@ impl Queue {
         expires_at: i64,
     ) -> Result<std::result::Result<i64, AppendRefused>> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query("SELECT length, upload_offset, parts, job_id, expires_at FROM uploads WHERE id = $1")
+        let row = sql::query("SELECT length, upload_offset, parts, job_id, expires_at FROM uploads WHERE id = $1")
             .bind(id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut tx)
             .await?;
         let Some(r) = row else { return Ok(Err(AppendRefused::Closed)) };
         let (known, at, parts, job, expires): (Option<i64>, i64, i64, Option<String>, i64) =
@@ -154,7 +154,7 @@ impl Queue {
         if length.is_some_and(|l| offset + size > l) {
             return Ok(Err(AppendRefused::TooLong));
         }
-        let updated = sqlx::query("UPDATE uploads SET upload_offset = $2, parts = $3, length = $4, expires_at = $5 WHERE id = $1 AND upload_offset = $6 AND parts = $7")
+        let updated = sql::query("UPDATE uploads SET upload_offset = $2, parts = $3, length = $4, expires_at = $5 WHERE id = $1 AND upload_offset = $6 AND parts = $7")
             .bind(id)
             .bind(offset + size)
             .bind(parts + 1)
@@ -162,17 +162,17 @@ impl Queue {
             .bind(expires_at)
             .bind(offset)
             .bind(parts)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         if updated.rows_affected() == 0 {
             return Ok(Err(AppendRefused::Offset));
         }
-        sqlx::query("INSERT INTO upload_parts (upload_id, seq, path, size) VALUES ($1, $2, $3, $4)")
+        sql::query("INSERT INTO upload_parts (upload_id, seq, path, size) VALUES ($1, $2, $3, $4)")
             .bind(id)
             .bind(parts)
             .bind(path)
             .bind(size)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         tx.commit().await?;
         Ok(Ok(offset + size))
@@ -180,10 +180,10 @@ impl Queue {
 
     /// Sets a deferred length (a PATCH of no bytes may carry it).
     pub async fn set_upload_length(&self, id: &str, length: i64) -> Result<bool> {
-        let r = sqlx::query("UPDATE uploads SET length = $2 WHERE id = $1 AND length IS NULL AND upload_offset <= $2 AND job_id IS NULL")
+        let r = sql::query("UPDATE uploads SET length = $2 WHERE id = $1 AND length IS NULL AND upload_offset <= $2 AND job_id IS NULL")
             .bind(id)
             .bind(length)
-            .execute(self.pool())
+            .execute(&mut self.read().await?)
             .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -191,51 +191,51 @@ impl Queue {
     /// The stored paths of an upload's parts, in order.
     pub async fn upload_parts(&self, id: &str) -> Result<Vec<(String, i64)>> {
         let rows =
-            sqlx::query("SELECT path, size FROM upload_parts WHERE upload_id = $1 ORDER BY seq").bind(id).fetch_all(self.pool()).await?;
+            sql::query("SELECT path, size FROM upload_parts WHERE upload_id = $1 ORDER BY seq").bind(id).fetch_all(&mut self.read().await?).await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// The stored path of an upload's first part, if it has one.
     pub async fn first_part(&self, id: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT path FROM upload_parts WHERE upload_id = $1 ORDER BY seq LIMIT 1")
+        Ok(sql::query_scalar("SELECT path FROM upload_parts WHERE upload_id = $1 ORDER BY seq LIMIT 1")
             .bind(id)
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut self.read().await?)
             .await?)
     }
 
     /// Takes the lease on a complete upload's completion until `until`: false if
     /// another holds it (its lease has not lapsed at `now`).
     pub async fn lease_completion(&self, id: &str, now: i64, until: i64) -> Result<bool> {
-        let r = sqlx::query(
+        let r = sql::query(
             "UPDATE uploads SET finishing_until = $3 WHERE id = $1 AND length = upload_offset AND (finishing_until IS NULL OR finishing_until < $2)",
         )
         .bind(id)
         .bind(now)
         .bind(until)
-        .execute(self.pool())
+        .execute(&mut self.read().await?)
         .await?;
         Ok(r.rows_affected() == 1)
     }
 
     /// Extends a completion lease this coordinator holds.
     pub async fn renew_completion(&self, id: &str, until: i64) -> Result<()> {
-        sqlx::query("UPDATE uploads SET finishing_until = $2 WHERE id = $1").bind(id).bind(until).execute(self.pool()).await?;
+        sql::query("UPDATE uploads SET finishing_until = $2 WHERE id = $1").bind(id).bind(until).execute(&mut self.read().await?).await?;
         Ok(())
     }
 
     /// Gives a completion lease back (the work is done or failed).
     pub async fn release_completion(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE uploads SET finishing_until = NULL WHERE id = $1").bind(id).execute(self.pool()).await?;
+        sql::query("UPDATE uploads SET finishing_until = NULL WHERE id = $1").bind(id).execute(&mut self.read().await?).await?;
         Ok(())
     }
 
     /// Claims a complete upload's completion for job id `job`: false if it was
     /// claimed already (then `job_id` names the job).
     pub async fn claim_upload(&self, id: &str, job: &str) -> Result<bool> {
-        let r = sqlx::query("UPDATE uploads SET job_id = $2 WHERE id = $1 AND job_id IS NULL AND length = upload_offset")
+        let r = sql::query("UPDATE uploads SET job_id = $2 WHERE id = $1 AND job_id IS NULL AND length = upload_offset")
             .bind(id)
             .bind(job)
-            .execute(self.pool())
+            .execute(&mut self.read().await?)
             .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -244,8 +244,8 @@ impl Queue {
     /// job with the same idempotency key), and forgets its parts.
     pub async fn upload_done(&self, id: &str, job: &str) -> Result<()> {
         let mut tx = self.begin().await?;
-        sqlx::query("UPDATE uploads SET job_id = $2 WHERE id = $1").bind(id).bind(job).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1").bind(id).execute(&mut *tx).await?;
+        sql::query("UPDATE uploads SET job_id = $2 WHERE id = $1").bind(id).bind(job).execute(&mut tx).await?;
+        sql::query("DELETE FROM upload_parts WHERE upload_id = $1").bind(id).execute(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -253,36 +253,36 @@ impl Queue {
     /// Forgets an upload and its parts (termination, expiry).
     pub async fn delete_upload(&self, id: &str) -> Result<()> {
         let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1").bind(id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        sql::query("DELETE FROM upload_parts WHERE upload_id = $1").bind(id).execute(&mut tx).await?;
+        sql::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Uploads past their expiry, at most `limit`.
     pub async fn expired_uploads(&self, now: i64, limit: i64) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT id FROM uploads WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2")
+        Ok(sql::query_scalar("SELECT id FROM uploads WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2")
             .bind(now)
             .bind(limit)
-            .fetch_all(self.pool())
+            .fetch_all(&mut self.read().await?)
             .await?)
     }
 
     /// Complete uploads whose completion is owed or unfinished (claimed, parts left).
     pub async fn owed_completions(&self, now: i64, limit: i64) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
+        Ok(sql::query_scalar(
             "SELECT id FROM uploads u WHERE length = upload_offset AND (job_id IS NULL OR EXISTS (SELECT 1 FROM upload_parts p WHERE p.upload_id = u.id)) \
              AND (finishing_until IS NULL OR finishing_until < $1) LIMIT $2",
         )
         .bind(now)
         .bind(limit)
-        .fetch_all(self.pool())
+        .fetch_all(&mut self.read().await?)
         .await?)
     }
 }
 
-async fn spool_held(conn: &mut sqlx::AnyConnection, now: i64) -> Result<i64> {
-    let held: Option<i64> = sqlx::query_scalar(
+async fn spool_held(conn: &mut impl sql::Exec, now: i64) -> Result<i64> {
+    let held: Option<i64> = sql::query_scalar(
         "SELECT CAST(SUM(COALESCE(length, upload_offset)) AS BIGINT) FROM uploads WHERE job_id IS NULL AND expires_at > $1",
     )
     .bind(now)

@@ -3,20 +3,19 @@
 //! On SQLite one connection, held for the process's life behind a FIFO lock, runs
 //! every write and every read on a worker's path (authentication, leases,
 //! heartbeats, completions). SQLite has one writer at a time anyway, and a pool
-//! made that expensive: each statement on a pooled connection paid a checkout, a
-//! spawned return and a ping, each one more round trip to the connection's own
-//! thread; writers on different connections waited out each other's locks in
-//! SQLite's sleeping busy handler; and every write emptied the other connections'
-//! page caches. (`bench/queue.sh`: p99 lease latency at 10 simulated workers went
-//! from 64 ms to 12 ms, at 100 from 114 ms to 73 ms.) The pool remains for the
-//! dashboard's and the API's longer reads, which then never delay a lease.
+//! made that expensive: writers on different connections waited out each other's
+//! locks in SQLite's sleeping busy handler, and every write emptied the other
+//! connections' page caches. It is a rusqlite connection called on the holder's
+//! own thread ([`super::sql`]): a statement costs what SQLite takes to run it,
+//! with no hand-off to another thread. The sqlx pool remains for the dashboard's
+//! and the API's longer reads, which then never delay a lease.
 //!
 //! On PostgreSQL, where several coordinators write at once, everything runs on the
 //! pool.
 
+use super::sql::{Db, Exec, sqlite};
 use super::{Backend, Queue, QueueError, Result};
-use sqlx::{Any, AnyConnection, Executor};
-use std::ops::{Deref, DerefMut};
+use sqlx::Any;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -29,44 +28,38 @@ const HELD_WAIT: Duration = Duration::from_secs(30);
 /// SQLite's held connection, and whether a transaction that was never committed
 /// (its holder returned early or was dropped) is still open on it.
 pub(crate) struct Held {
-    conn: AnyConnection,
+    conn: rusqlite::Connection,
     in_tx: bool,
 }
 
 impl Held {
-    pub(super) fn new(conn: AnyConnection) -> Arc<Mutex<Held>> {
+    pub(super) fn new(conn: rusqlite::Connection) -> Arc<Mutex<Held>> {
         Arc::new(Mutex::new(Held { conn, in_tx: false }))
+    }
+
+    /// Runs statements without parameters; a failure ends the transaction, if any.
+    fn batch(&mut self, sql: &str) -> Result<()> {
+        Ok(sqlite::batch(&mut self.conn, sql)?)
     }
 }
 
 /// A connection to run statements on: SQLite's held one, or one from the pool.
-/// Derefs to the connection, so `&mut *conn` is an executor.
 pub(crate) enum Conn {
     Held(OwnedMutexGuard<Held>),
     Pooled(sqlx::pool::PoolConnection<Any>),
 }
 
-impl Deref for Conn {
-    type Target = AnyConnection;
-    fn deref(&self) -> &AnyConnection {
+impl Exec for Conn {
+    fn db(&mut self) -> Db<'_> {
         match self {
-            Conn::Held(h) => &h.conn,
-            Conn::Pooled(c) => c,
+            Conn::Held(h) => Db::Sqlite(&mut h.conn),
+            Conn::Pooled(c) => Db::Any(&mut *c),
         }
     }
 }
 
-impl DerefMut for Conn {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        match self {
-            Conn::Held(h) => &mut h.conn,
-            Conn::Pooled(c) => &mut *c,
-        }
-    }
-}
-
-/// A transaction. Dropped without [`Tx::commit`], it rolls back at once, in the
-/// background (sqlx's own transaction does the same on the pool).
+/// A transaction. Dropped without [`Tx::commit`], it rolls back at once (sqlx's
+/// own transaction does the same on the pool, in the background).
 pub(crate) enum Tx {
     // Each `Some` until it commits or drops.
     Held(Option<OwnedMutexGuard<Held>>),
@@ -78,7 +71,7 @@ impl Tx {
         match &mut self {
             Tx::Held(h) => {
                 let mut h = h.take().expect("an open transaction");
-                h.conn.execute("COMMIT").await?;
+                h.batch("COMMIT")?;
                 h.in_tx = false;
             }
             Tx::Pooled(tx) => tx.take().expect("an open transaction").commit().await?,
@@ -92,33 +85,19 @@ impl Drop for Tx {
         if let Tx::Held(h) = self
             && let Some(mut h) = h.take()
             && h.in_tx
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            // The lock goes with the task, so nothing runs on the connection first.
-            // Without a runtime the next holder rolls it back.
-            runtime.spawn(async move {
-                let _ = h.conn.execute("ROLLBACK").await;
-                h.in_tx = false;
-            });
+            // At once, on this thread, while the lock is still held.
+            let _ = h.batch("ROLLBACK");
+            h.in_tx = false;
         }
     }
 }
 
-impl Deref for Tx {
-    type Target = AnyConnection;
-    fn deref(&self) -> &AnyConnection {
+impl Exec for Tx {
+    fn db(&mut self) -> Db<'_> {
         match self {
-            Tx::Held(h) => &h.as_ref().expect("an open transaction").conn,
-            Tx::Pooled(t) => t.as_ref().expect("an open transaction"),
-        }
-    }
-}
-
-impl DerefMut for Tx {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        match self {
-            Tx::Held(h) => &mut h.as_mut().expect("an open transaction").conn,
-            Tx::Pooled(t) => t.as_mut().expect("an open transaction"),
+            Tx::Held(h) => Db::Sqlite(&mut h.as_mut().expect("an open transaction").conn),
+            Tx::Pooled(t) => Db::Any(&mut *t.as_mut().expect("an open transaction")),
         }
     }
 }
@@ -136,6 +115,11 @@ impl Queue {
         }
     }
 
+    /// A pooled connection for longer reads (the dashboard's, the API's).
+    pub(crate) async fn read(&self) -> Result<sqlx::pool::PoolConnection<Any>> {
+        Ok(self.pool.acquire().await?)
+    }
+
     async fn lock_held(&self) -> Result<OwnedMutexGuard<Held>> {
         let held = self.held.clone().expect("a held connection");
         let mut h = tokio::time::timeout(HELD_WAIT, held.lock_owned())
@@ -144,7 +128,7 @@ impl Queue {
         if h.in_tx {
             // A transaction its holder left: roll it back (it may already be gone,
             // if a failed statement ended it).
-            let _ = h.conn.execute("ROLLBACK").await;
+            let _ = h.batch("ROLLBACK");
             h.in_tx = false;
         }
         Ok(h)
@@ -157,7 +141,7 @@ impl Queue {
                 let mut h = self.lock_held().await?;
                 // IMMEDIATE: the write lock from the first statement, so that a
                 // reader-turned-writer never meets another process's write (`db copy`).
-                h.conn.execute("BEGIN IMMEDIATE").await?;
+                h.batch("BEGIN IMMEDIATE")?;
                 h.in_tx = true;
                 Ok(Tx::Held(Some(h)))
             }
@@ -171,7 +155,7 @@ impl Queue {
     pub(crate) async fn write_tx(&self) -> Result<Tx> {
         let mut tx = self.begin().await?;
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
+            super::sql::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut tx).await?;
         }
         Ok(tx)
     }

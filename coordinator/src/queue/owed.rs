@@ -16,7 +16,7 @@
 
 use super::{Backend, NewTask, Queue, QueueError, Result, is_terminal, job_state, kind_str, settle_job};
 use serde_json::json;
-use sqlx::{AnyConnection, Row};
+use super::sql::{self, Exec};
 
 /// A chore a job can be owed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,13 +89,13 @@ pub struct Promotion {
     pub files: Vec<serde_json::Value>,
 }
 
-pub(super) fn promotion_row(r: sqlx::any::AnyRow) -> Promotion {
+pub(super) fn promotion_row(r: sql::Row) -> Promotion {
     let result: Option<String> = r.get(5);
     let result: serde_json::Value = result.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     Promotion {
         task_id: r.get(0),
         job_id: r.get(1),
-        kind: super::parse_kind(r.get::<&str, _>(2)),
+        kind: super::parse_kind(&r.get::<String, _>(2)),
         name: r.get(3),
         epoch: r.get(4),
         files: result["files"].as_array().cloned().unwrap_or_default(),
@@ -133,7 +133,7 @@ impl Queue {
     /// claim died with that process.
     pub async fn arm_chores(&self, job: Option<&str>, me: &str, now: i64) -> Result<Vec<Owed>> {
         let mut tx = self.write_tx().await?;
-        let due = sqlx::query(
+        let due = sql::query(
             "SELECT id, chore, chore_attempts, chore_error, source, chore_step FROM jobs
              WHERE chore IS NOT NULL AND ($1 IS NULL OR id = $1)
                AND (chore_due_at <= $2
@@ -145,7 +145,7 @@ impl Queue {
         .bind(now)
         .bind(me)
         .bind(now - super::COORDINATOR_TTL_MS)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut tx)
         .await?;
         let mut armed = Vec::new();
         for row in due {
@@ -159,12 +159,12 @@ impl Queue {
                 end_job(&mut tx, &id, "failed", Some(&reason), now).await?;
                 continue;
             }
-            let seq: i64 = sqlx::query_scalar(
+            let seq: i64 = sql::query_scalar(
                 "UPDATE jobs SET chore_seq = chore_seq + 1, chore_due_at = $2, chore_claimed_by = NULL WHERE id = $1 RETURNING chore_seq",
             )
             .bind(&id)
             .bind(now + CHORE_PUSH_GRACE_MS)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut tx)
             .await?;
             armed.push(Owed { job_id: id, chore, seq });
         }
@@ -175,19 +175,19 @@ impl Queue {
     /// Ended jobs whose staging area is owed a sweep: ended at least two lease TTLs
     /// ago, so no worker holding one of their leases can still be publishing.
     pub async fn unswept_jobs(&self, now: i64) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
+        Ok(sql::query_scalar(
             "SELECT id FROM jobs WHERE swept = 0 AND state IN ('succeeded', 'failed', 'canceled') AND updated_at < $1 ORDER BY updated_at LIMIT 100",
         )
         .bind(now - 2 * self.cfg.lease_ttl_ms)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?)
     }
 
     /// Records that an ended job's staging area was swept.
     pub async fn swept(&self, job: &str) -> Result<()> {
-        sqlx::query("UPDATE jobs SET swept = 1 WHERE id = $1 AND state IN ('succeeded', 'failed', 'canceled')")
+        sql::query("UPDATE jobs SET swept = 1 WHERE id = $1 AND state IN ('succeeded', 'failed', 'canceled')")
             .bind(job)
-            .execute(&mut *self.conn().await?)
+            .execute(&mut self.conn().await?)
             .await?;
         Ok(())
     }
@@ -195,9 +195,9 @@ impl Queue {
     /// Whether a job still owes its probe.
     pub async fn owes_probe(&self, job: &str) -> Result<bool> {
         let owed: i64 =
-            sqlx::query_scalar("SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND chore = 'probe') THEN 1 ELSE 0 END")
+            sql::query_scalar("SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND chore = 'probe') THEN 1 ELSE 0 END")
                 .bind(job)
-                .fetch_one(&mut *self.conn().await?)
+                .fetch_one(&mut self.conn().await?)
                 .await?;
         Ok(owed != 0)
     }
@@ -205,7 +205,7 @@ impl Queue {
     /// Claims an owed chore pushed with `seq`, for process `me`. `None`: it is not
     /// owed any more, or a later push superseded this one.
     pub async fn claim_chore(&self, job: &str, chore: Chore, seq: i64, me: &str, now: i64) -> Result<Option<ChoreClaim>> {
-        let row = sqlx::query(
+        let row = sql::query(
             "UPDATE jobs SET chore_seq = chore_seq + 1, chore_attempts = chore_attempts + 1, chore_due_at = $4, chore_claimed_by = $5
              WHERE id = $1 AND chore = $2 AND chore_seq = $3 RETURNING chore_seq, chore_attempts",
         )
@@ -214,7 +214,7 @@ impl Queue {
         .bind(seq)
         .bind(now + chore.claim_timeout_ms())
         .bind(me)
-        .fetch_optional(&mut *self.conn().await?)
+        .fetch_optional(&mut self.conn().await?)
         .await?;
         Ok(row.map(|r| ChoreClaim { token: r.get(0), attempt: r.get(1) }))
     }
@@ -234,11 +234,11 @@ impl Queue {
         now: i64,
     ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        let source: Option<String> = sqlx::query_scalar("SELECT source FROM jobs WHERE id = $1 AND chore = $2 AND chore_seq = $3")
+        let source: Option<String> = sql::query_scalar("SELECT source FROM jobs WHERE id = $1 AND chore = $2 AND chore_seq = $3")
             .bind(job)
             .bind(chore.as_str())
             .bind(claim.token)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut tx)
             .await?;
         let Some(source) = source else {
             tx.commit().await?;
@@ -248,13 +248,13 @@ impl Queue {
         if claim.attempt >= CHORE_ATTEMPTS {
             end_job(&mut tx, job, "failed", Some(&gave_up(&step, claim.attempt, error)), now).await?;
         } else {
-            sqlx::query("UPDATE jobs SET chore_error = $2, chore_step = $5, chore_due_at = $3, chore_claimed_by = NULL, updated_at = $4 WHERE id = $1")
+            sql::query("UPDATE jobs SET chore_error = $2, chore_step = $5, chore_due_at = $3, chore_claimed_by = NULL, updated_at = $4 WHERE id = $1")
                 .bind(job)
                 .bind(error)
                 .bind(now + self.cfg.backoff(claim.attempt))
                 .bind(now)
                 .bind(&step)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
         }
         tx.commit().await?;
@@ -293,13 +293,13 @@ impl Queue {
             return Ok(false);
         }
         let media_ms = (probe["duration"].as_f64().unwrap_or(0.0).clamp(0.0, 1e9) * 1000.0) as i64;
-        sqlx::query("UPDATE jobs SET probe = $1, due_at = created_at + $2, chore = NULL, chore_error = NULL, chore_step = NULL, chore_claimed_by = NULL, updated_at = $3, stored_source = COALESCE($4, stored_source) WHERE id = $5")
+        sql::query("UPDATE jobs SET probe = $1, due_at = created_at + $2, chore = NULL, chore_error = NULL, chore_step = NULL, chore_claimed_by = NULL, updated_at = $3, stored_source = COALESCE($4, stored_source) WHERE id = $5")
             .bind(probe.to_string())
             .bind(media_ms)
             .bind(now)
             .bind(stored_source)
             .bind(job)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         insert_tasks(&mut tx, job, tasks, self.cfg.max_attempts, now).await?;
         tx.commit().await?;
@@ -309,7 +309,7 @@ impl Queue {
     /// Plans a job directly, without its probe: for tests and fixtures.
     pub async fn add_tasks(&self, job_id: &str, tasks: &[NewTask], now: i64) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE jobs SET chore = NULL WHERE id = $1 AND chore = 'probe'").bind(job_id).execute(&mut *tx).await?;
+        sql::query("UPDATE jobs SET chore = NULL WHERE id = $1 AND chore = 'probe'").bind(job_id).execute(&mut tx).await?;
         insert_tasks(&mut tx, job_id, tasks, self.cfg.max_attempts, now).await?;
         tx.commit().await?;
         Ok(())
@@ -321,7 +321,7 @@ impl Queue {
         let mut tx = self.write_tx().await?;
         let held = holds(&mut tx, id, Chore::Finalize, claim).await? && job_state(&mut tx, id).await? == "finalizing";
         if held {
-            sqlx::query("UPDATE jobs SET outputs = $1 WHERE id = $2").bind(outputs.to_string()).bind(id).execute(&mut *tx).await?;
+            sql::query("UPDATE jobs SET outputs = $1 WHERE id = $2").bind(outputs.to_string()).bind(id).execute(&mut tx).await?;
             end_job(&mut tx, id, "succeeded", None, now).await?;
         }
         tx.commit().await?;
@@ -334,16 +334,16 @@ impl Queue {
         let mut tx = self.write_tx().await?;
         let held = holds(&mut tx, job, Chore::Finalize, claim).await?;
         if held {
-            let row = sqlx::query("SELECT attempts, max_attempts FROM tasks WHERE id = $1 AND job_id = $2 AND state = 'succeeded'")
+            let row = sql::query("SELECT attempts, max_attempts FROM tasks WHERE id = $1 AND job_id = $2 AND state = 'succeeded'")
                 .bind(task)
                 .bind(job)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut tx)
                 .await?;
             if let Some(row) = row {
-                sqlx::query("UPDATE jobs SET state = 'running', chore = NULL, chore_claimed_by = NULL, updated_at = $1 WHERE id = $2")
+                sql::query("UPDATE jobs SET state = 'running', chore = NULL, chore_claimed_by = NULL, updated_at = $1 WHERE id = $2")
                     .bind(now)
                     .bind(job)
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await?;
                 super::log_failure(&mut tx, task, job, "failed", error, now).await?;
                 super::requeue_or_fail(&mut tx, task, job, row.get(0), row.get(1), error, true, &self.cfg, now).await?;
@@ -357,9 +357,9 @@ impl Queue {
     /// What a job waits for, for its view: its probe, a capable worker, a free
     /// worker, or its finalize. `None` once it has ended.
     pub async fn waiting_for(&self, id: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT state, chore, chore_attempts, chore_error, chore_claimed_by FROM jobs WHERE id = $1")
+        let row = sql::query("SELECT state, chore, chore_attempts, chore_error, chore_claimed_by FROM jobs WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut self.read().await?)
             .await?
             .ok_or_else(|| QueueError::NotFound(format!("job {id}")))?;
         let (state, chore, attempts, error, claimed): (String, Option<String>, i64, Option<String>, Option<String>) =
@@ -375,20 +375,20 @@ impl Queue {
                 (None, None) => format!("{what} (queued)"),
             }));
         }
-        let unrunnable: Option<Option<String>> = sqlx::query_scalar(
+        let unrunnable: Option<Option<String>> = sql::query_scalar(
             "SELECT requires FROM tasks WHERE job_id = $1 AND state = 'queued' AND unrunnable_since IS NOT NULL LIMIT 1",
         )
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut self.read().await?)
         .await?;
         if let Some(encoder) = unrunnable {
             let tags = job_tags(self.pool.acquire().await?.as_mut(), id).await?;
             return Ok(Some(format!("a capable worker: {}", no_capable_worker(encoder.as_deref(), &tags))));
         }
         let queued: i64 =
-            sqlx::query_scalar("SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND state = 'queued') THEN 1 ELSE 0 END")
+            sql::query_scalar("SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND state = 'queued') THEN 1 ELSE 0 END")
                 .bind(id)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut self.read().await?)
                 .await?;
         Ok(Some(if queued != 0 { "a free worker".into() } else { "its running tasks".into() }))
     }
@@ -422,24 +422,24 @@ impl Queue {
                 ),
             ),
         };
-        sqlx::query(mark).bind(now).bind(now - self.cfg.lease_ttl_ms).execute(&mut *tx).await?;
-        sqlx::query(clear).bind(now).bind(now - self.cfg.lease_ttl_ms).execute(&mut *tx).await?;
-        let stuck = sqlx::query("SELECT id, job_id, requires FROM tasks WHERE state = 'queued' AND unrunnable_since < $1")
+        sql::query(mark).bind(now).bind(now - self.cfg.lease_ttl_ms).execute(&mut tx).await?;
+        sql::query(clear).bind(now).bind(now - self.cfg.lease_ttl_ms).execute(&mut tx).await?;
+        let stuck = sql::query("SELECT id, job_id, requires FROM tasks WHERE state = 'queued' AND unrunnable_since < $1")
             .bind(now - wait_ms)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut tx)
             .await?;
         let mut jobs = Vec::new();
         for row in stuck {
             let (task, job, encoder): (String, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
             let tags = job_tags(&mut tx, &job).await?;
             let why = format!("{} (waited {} s for one)", no_capable_worker(encoder.as_deref(), &tags), wait_ms / 1000);
-            sqlx::query("UPDATE tasks SET state = 'failed', error = $1, updated_at = $2, finished_at = $2 WHERE id = $3")
+            sql::query("UPDATE tasks SET state = 'failed', error = $1, updated_at = $2, finished_at = $2 WHERE id = $3")
                 .bind(&why)
                 .bind(now)
                 .bind(&task)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
-            sqlx::query("UPDATE jobs SET error = COALESCE(error, $1) WHERE id = $2").bind(&why).bind(&job).execute(&mut *tx).await?;
+            sql::query("UPDATE jobs SET error = COALESCE(error, $1) WHERE id = $2").bind(&why).bind(&job).execute(&mut tx).await?;
             settle_job(&mut tx, &job, now).await?;
             jobs.push(job);
         }
@@ -451,11 +451,11 @@ impl Queue {
     /// Webhook deliveries owed for `job`, to push right after it ended: (delivery
     /// id, attempts made, pushes, due at).
     pub async fn owed_deliveries(&self, job: &str) -> Result<Vec<(String, i64, i64, i64)>> {
-        let rows = sqlx::query(
+        let rows = sql::query(
             "SELECT id, attempts, pushes, next_attempt_at FROM webhooks WHERE delivered_at IS NULL AND gave_up = 0 AND job_id = $1",
         )
         .bind(job)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
     }
@@ -464,7 +464,7 @@ impl Queue {
     /// is stuck with a coordinator that died), or all owed ones `at_start`: each gets
     /// a new push (a new chore key) and is not due again for `grace_ms`.
     pub async fn rearm_deliveries(&self, overdue_ms: i64, grace_ms: i64, at_start: bool, now: i64) -> Result<Vec<(String, i64, i64, i64)>> {
-        let rows = sqlx::query(
+        let rows = sql::query(
             "UPDATE webhooks SET pushes = pushes + 1, next_attempt_at = $3
              WHERE id IN (SELECT id FROM webhooks WHERE delivered_at IS NULL AND gave_up = 0 AND ($2 OR next_attempt_at <= $1)
                           ORDER BY next_attempt_at LIMIT 500)
@@ -473,7 +473,7 @@ impl Queue {
         .bind(now - overdue_ms)
         .bind(at_start)
         .bind(now + grace_ms)
-        .fetch_all(&mut *self.conn().await?)
+        .fetch_all(&mut self.conn().await?)
         .await?;
         // Pushed to run now; `next_attempt_at` only says when to look again.
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2), now)).collect())
@@ -481,8 +481,8 @@ impl Queue {
 }
 
 /// True when `claim` is still the token of the job's owed `chore`.
-async fn holds(tx: &mut AnyConnection, job: &str, chore: Chore, claim: ChoreClaim) -> Result<bool> {
-    let held: i64 = sqlx::query_scalar(
+async fn holds(tx: &mut impl Exec, job: &str, chore: Chore, claim: ChoreClaim) -> Result<bool> {
+    let held: i64 = sql::query_scalar(
         "SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND chore = $2 AND chore_seq = $3) THEN 1 ELSE 0 END",
     )
     .bind(job)
@@ -504,8 +504,8 @@ fn no_capable_worker(encoder: Option<&str>, tags: &[String]) -> String {
 }
 
 /// The worker tags a job requires.
-async fn job_tags(conn: &mut AnyConnection, job: &str) -> Result<Vec<String>> {
-    Ok(sqlx::query_scalar("SELECT tag FROM job_tags WHERE job_id = $1 ORDER BY tag").bind(job).fetch_all(&mut *conn).await?)
+async fn job_tags(conn: &mut impl Exec, job: &str) -> Result<Vec<String>> {
+    Ok(sql::query_scalar("SELECT tag FROM job_tags WHERE job_id = $1 ORDER BY tag").bind(job).fetch_all(&mut *conn).await?)
 }
 
 fn default_step(chore: Chore, source: &str) -> String {
@@ -519,10 +519,10 @@ fn gave_up(step: &str, attempts: i64, error: &str) -> String {
     format!("{step} failed {attempts} times: {error}")
 }
 
-async fn insert_tasks(tx: &mut AnyConnection, job: &str, tasks: &[NewTask], max_attempts: i64, now: i64) -> Result<()> {
+async fn insert_tasks(tx: &mut impl Exec, job: &str, tasks: &[NewTask], max_attempts: i64, now: i64) -> Result<()> {
     for (seq, t) in tasks.iter().enumerate() {
         // The job's place in the lease order goes with each task (see `lease_one`).
-        sqlx::query(
+        sql::query(
             "INSERT INTO tasks (id, job_id, kind, rendition, requires, seq, state, max_attempts, created_at, updated_at, queued_at,
                                 priority, due_at, job_created_at, name, chunk, first_frame, frames)
              SELECT $1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8, $8, j.priority, COALESCE(j.due_at, j.created_at), j.created_at, $9, $10, $11, $12
@@ -550,11 +550,11 @@ async fn insert_tasks(tx: &mut AnyConnection, job: &str, tasks: &[NewTask], max_
 /// whatever chore it was owed is dropped (and any in flight made stale), and the one
 /// webhook of this run's end is recorded, in the caller's transaction. An ended job
 /// is left as it is.
-pub(super) async fn end_job(tx: &mut AnyConnection, job: &str, state: &str, error: Option<&str>, now: i64) -> Result<()> {
+pub(super) async fn end_job(tx: &mut impl Exec, job: &str, state: &str, error: Option<&str>, now: i64) -> Result<()> {
     if is_terminal(&job_state(&mut *tx, job).await?) {
         return Ok(());
     }
-    sqlx::query(
+    sql::query(
         "UPDATE tasks SET cancel = 1, lease_expires_at = CASE WHEN state = 'promoting' THEN NULL ELSE lease_expires_at END,
              state = CASE WHEN state IN ('queued', 'leased', 'running', 'promoting') THEN 'canceled' ELSE state END, updated_at = $2
          WHERE job_id = $1 AND state NOT IN ('succeeded', 'failed')",
@@ -563,7 +563,7 @@ pub(super) async fn end_job(tx: &mut AnyConnection, job: &str, state: &str, erro
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    sql::query(
         "UPDATE jobs SET state = $2, error = COALESCE($3, error), chore = NULL, chore_seq = chore_seq + 1, chore_claimed_by = NULL,
              updated_at = $4 WHERE id = $1",
     )
@@ -573,7 +573,7 @@ pub(super) async fn end_job(tx: &mut AnyConnection, job: &str, state: &str, erro
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    let row = sqlx::query("SELECT callback_url, run, error, outputs FROM jobs WHERE id = $1").bind(job).fetch_one(&mut *tx).await?;
+    let row = sql::query("SELECT callback_url, run, error, outputs FROM jobs WHERE id = $1").bind(job).fetch_one(&mut *tx).await?;
     let (callback, run, error, outputs): (Option<String>, i64, Option<String>, Option<String>) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
     if let Some(url) = callback {
@@ -584,7 +584,7 @@ pub(super) async fn end_job(tx: &mut AnyConnection, job: &str, state: &str, erro
             "data": {"job_id": job, "state": state, "error": error, "outputs": outputs, "run": run},
         });
         // One per (job, run): a second end of the same run cannot record another.
-        sqlx::query(
+        sql::query(
             "INSERT INTO webhooks (id, job_id, run, url, payload, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $6)
              ON CONFLICT (job_id, run) DO NOTHING",
         )
