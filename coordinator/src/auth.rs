@@ -87,7 +87,7 @@ impl Queue {
             .bind(uses)
             .bind(expires_at)
             .bind(now)
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?;
         Ok(())
     }
@@ -97,7 +97,7 @@ impl Queue {
         let row = sql::query("SELECT role, label FROM tokens WHERE hash = $1 AND revoked = 0 AND (expires_at IS NULL OR expires_at > $2) AND (uses_left IS NULL OR uses_left > 0)")
             .bind(digest(token))
             .bind(now)
-            .fetch_optional(&mut self.conn().await?)
+            .fetch_optional(&mut self.auto())
             .await?;
         Ok(row.and_then(|r| Some(Caller { role: Role::parse(&r.get::<String, _>(0))?, label: r.get(1), presented: None })))
     }
@@ -107,7 +107,7 @@ impl Queue {
         let n = sql::query("UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = $1 AND role = 'join' AND revoked = 0 AND uses_left > 0 AND (expires_at IS NULL OR expires_at > $2)")
             .bind(digest(token))
             .bind(now)
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?
             .rows_affected();
         Ok(n == 1)
@@ -135,7 +135,7 @@ impl Queue {
         }
         let n = sql::query("UPDATE tokens SET revoked = 1 WHERE role = 'submit' AND substr(hash, 1, 16) = $1")
             .bind(id.to_ascii_lowercase())
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?
             .rows_affected();
         if n == 0 {
@@ -147,7 +147,7 @@ impl Queue {
     pub async fn revoke_token(&self, token_digest: &str) -> Result<()> {
         let n = sql::query("UPDATE tokens SET revoked = 1 WHERE hash = $1")
             .bind(token_digest)
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?
             .rows_affected();
         if n == 0 {

@@ -402,7 +402,7 @@ pub struct Queue {
     /// The dashboard's and the API's longer reads (and, on PostgreSQL, everything).
     pool: AnyPool,
     /// SQLite's one connection for writes and a worker's reads (see `conn`).
-    held: Option<std::sync::Arc<tokio::sync::Mutex<conn::Held>>>,
+    held: Option<std::sync::Arc<conn::Shared>>,
     backend: Backend,
     pub cfg: QueueConfig,
 }
@@ -470,7 +470,7 @@ impl Queue {
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
         let held = match sqlite {
-            Some(target) => Some(conn::Held::new(sql::sqlite::open(target)?)),
+            Some(target) => Some(conn::Shared::new(sql::sqlite::open(target)?)),
             None => None,
         };
         Ok(Queue { pool, held, backend, cfg })
@@ -734,7 +734,7 @@ impl Queue {
         .bind(progress.clamp(0.0, 1.0))
         .bind(now)
         .bind(self.cfg.lease_ttl_ms)
-        .fetch_optional(&mut self.conn().await?)
+        .fetch_optional(&mut self.auto())
         .await?;
         match cancel {
             Some(c) => Ok(c != 0),
@@ -760,7 +760,7 @@ impl Queue {
         .bind(result.to_string())
         .bind(now)
         .bind(PROMOTE_GRACE_MS)
-        .fetch_optional(&mut self.conn().await?)
+        .fetch_optional(&mut self.auto())
         .await?;
         row.map(promotion_row).ok_or_else(|| QueueError::StaleLease { task: task.into(), epoch })
     }
@@ -813,7 +813,7 @@ impl Queue {
         )
         .bind(now)
         .bind(all)
-        .fetch_all(&mut self.conn().await?)
+        .fetch_all(&mut self.auto())
         .await?;
         Ok(rows.into_iter().map(promotion_row).collect())
     }
@@ -955,7 +955,7 @@ impl Queue {
         .bind(worker)
         .bind(lease.map(|l| l.0))
         .bind(lease.map(|l| l.1))
-        .fetch_one(&mut self.conn().await?)
+        .fetch_one(&mut self.auto())
         .await?;
         Ok(held != 0)
     }
@@ -963,14 +963,14 @@ impl Queue {
     /// True when the task was canceled (directly or with its job).
     pub async fn task_canceled(&self, task: &str) -> Result<bool> {
         let c: Option<i64> =
-            sql::query_scalar("SELECT cancel FROM tasks WHERE id = $1").bind(task).fetch_optional(&mut self.conn().await?).await?;
+            sql::query_scalar("SELECT cancel FROM tasks WHERE id = $1").bind(task).fetch_optional(&mut self.auto()).await?;
         Ok(c.unwrap_or(0) != 0)
     }
 
     pub async fn task_job(&self, task: &str) -> Result<String> {
         sql::query_scalar("SELECT job_id FROM tasks WHERE id = $1")
             .bind(task)
-            .fetch_optional(&mut self.conn().await?)
+            .fetch_optional(&mut self.auto())
             .await?
             .ok_or_else(|| QueueError::NotFound(format!("task {task}")))
     }
@@ -979,7 +979,7 @@ impl Queue {
     pub async fn job_plan_inputs(&self, job: &str) -> Result<(String, serde_json::Value)> {
         let row = sql::query("SELECT profile, probe FROM jobs WHERE id = $1")
             .bind(job)
-            .fetch_optional(&mut self.conn().await?)
+            .fetch_optional(&mut self.auto())
             .await?
             .ok_or_else(|| QueueError::NotFound(format!("job {job}")))?;
         let probe: Option<String> = row.get(1);
@@ -990,7 +990,7 @@ impl Queue {
     pub async fn task_target(&self, task: &str) -> Result<TaskTarget> {
         let row = sql::query("SELECT job_id, kind, name, rendition, chunk, first_frame, frames FROM tasks WHERE id = $1")
             .bind(task)
-            .fetch_optional(&mut self.conn().await?)
+            .fetch_optional(&mut self.auto())
             .await?
             .ok_or_else(|| QueueError::NotFound(format!("task {task}")))?;
         Ok(TaskTarget {
@@ -1007,7 +1007,7 @@ impl Queue {
         let names = sql::query_scalar("SELECT name FROM tasks WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2 ORDER BY chunk")
             .bind(job)
             .bind(rendition)
-            .fetch_all(&mut self.conn().await?)
+            .fetch_all(&mut self.auto())
             .await?;
         Ok(names)
     }
@@ -1016,7 +1016,7 @@ impl Queue {
     pub async fn has_audio_task(&self, job: &str) -> Result<bool> {
         let n: i64 = sql::query_scalar("SELECT COUNT(*) FROM tasks WHERE job_id = $1 AND kind = 'audio'")
             .bind(job)
-            .fetch_one(&mut self.conn().await?)
+            .fetch_one(&mut self.auto())
             .await?;
         Ok(n > 0)
     }
@@ -1029,7 +1029,7 @@ impl Queue {
         .bind(job)
         .bind(rendition)
         .bind(i64::from(index))
-        .fetch_all(&mut self.conn().await?)
+        .fetch_all(&mut self.auto())
         .await?;
         Ok(rows
             .into_iter()
@@ -1049,7 +1049,7 @@ impl Queue {
         .bind(job)
         .bind(worker)
         .bind(part)
-        .fetch_one(&mut self.conn().await?)
+        .fetch_one(&mut self.auto())
         .await?;
         Ok(held != 0)
     }
@@ -1062,7 +1062,7 @@ impl Queue {
     /// The pipeline that owns a job (`None`: an admin's), or `NotFound`.
     pub async fn job_pipeline(&self, id: &str) -> Result<Option<String>> {
         let row: Option<Option<String>> =
-            sql::query_scalar("SELECT pipeline FROM jobs WHERE id = $1").bind(id).fetch_optional(&mut self.conn().await?).await?;
+            sql::query_scalar("SELECT pipeline FROM jobs WHERE id = $1").bind(id).fetch_optional(&mut self.auto()).await?;
         row.ok_or_else(|| QueueError::NotFound(format!("job {id}")))
     }
 
@@ -1102,7 +1102,7 @@ impl Queue {
         )
         .bind(id)
         .bind(now)
-        .fetch_optional(&mut self.conn().await?)
+        .fetch_optional(&mut self.auto())
         .await?;
         Ok(row.map(|r| JobSummary {
             state: r.get(0),

@@ -64,7 +64,7 @@ impl Queue {
             .bind(version)
             .bind(now)
             .bind(now)
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?;
         Ok(())
     }
@@ -80,7 +80,7 @@ impl Queue {
         .bind(free_slots)
         .bind(load.filter(|l| l.is_finite() && *l >= 0.0))
         .bind(id)
-        .fetch_optional(&mut self.conn().await?)
+        .fetch_optional(&mut self.auto())
         .await?
         .ok_or_else(|| QueueError::NotFound(format!("worker {id}")))?;
         let caps: Capabilities = serde_json::from_str(&row.get::<String, _>(0)).map_err(|e| QueueError::Conflict(e.to_string()))?;
@@ -91,7 +91,7 @@ impl Queue {
         let n = sql::query("UPDATE workers SET draining = $1 WHERE id = $2 AND removed = 0")
             .bind(draining as i64)
             .bind(id)
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?
             .rows_affected();
         if n == 0 {
@@ -104,7 +104,7 @@ impl Queue {
     pub async fn remove_worker(&self, id: &str) -> Result<()> {
         let n = sql::query("UPDATE workers SET removed = 1 WHERE id = $1 AND removed = 0")
             .bind(id)
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?
             .rows_affected();
         if n == 0 {
@@ -112,11 +112,11 @@ impl Queue {
         }
         sql::query("UPDATE tokens SET revoked = 1 WHERE role = 'worker' AND label = $1")
             .bind(id)
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?;
         sql::query("UPDATE tasks SET lease_expires_at = 0 WHERE worker_id = $1 AND state IN ('leased', 'running')")
             .bind(id)
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?;
         Ok(())
     }
@@ -193,7 +193,7 @@ impl Queue {
             .bind(payload)
             .bind(now)
             .bind(now)
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?;
         Ok(id)
     }
@@ -203,7 +203,7 @@ impl Queue {
         let row =
             sql::query("SELECT id, url, payload, attempts, pushes FROM webhooks WHERE id = $1 AND delivered_at IS NULL AND gave_up = 0")
                 .bind(id)
-                .fetch_optional(&mut self.conn().await?)
+                .fetch_optional(&mut self.auto())
                 .await?;
         Ok(row.map(|r| Delivery { id: r.get(0), url: r.get(1), payload: r.get(2), attempts: r.get(3), pushes: r.get(4) }))
     }
@@ -222,7 +222,7 @@ impl Queue {
                 sql::query("UPDATE webhooks SET attempts = attempts + 1, delivered_at = $1 WHERE id = $2")
                     .bind(now)
                     .bind(id)
-                    .execute(&mut self.conn().await?)
+                    .execute(&mut self.auto())
                     .await?;
                 Ok(None)
             }
@@ -231,14 +231,14 @@ impl Queue {
                     sql::query_scalar("UPDATE webhooks SET attempts = attempts + 1, last_error = $1 WHERE id = $2 RETURNING attempts")
                         .bind(&e)
                         .bind(id)
-                        .fetch_one(&mut self.conn().await?)
+                        .fetch_one(&mut self.auto())
                         .await?;
                 let next = now + self.cfg.backoff(attempts);
                 sql::query("UPDATE webhooks SET next_attempt_at = $1, gave_up = $2 WHERE id = $3")
                     .bind(next)
                     .bind((attempts >= max_attempts) as i64)
                     .bind(id)
-                    .execute(&mut self.conn().await?)
+                    .execute(&mut self.auto())
                     .await?;
                 Ok((attempts < max_attempts).then_some(Retry { attempts, at: next }))
             }
@@ -253,7 +253,7 @@ impl Queue {
         )
         .bind(id)
         .bind(now)
-        .execute(&mut self.conn().await?)
+        .execute(&mut self.auto())
         .await?;
         Ok(())
     }
@@ -261,7 +261,7 @@ impl Queue {
     /// A coordinator that stops cleanly says so: it is gone at once, not after its
     /// heartbeat lapses.
     pub async fn coordinator_stopped(&self, id: &str) -> Result<()> {
-        sql::query("DELETE FROM coordinators WHERE id = $1").bind(id).execute(&mut self.conn().await?).await?;
+        sql::query("DELETE FROM coordinators WHERE id = $1").bind(id).execute(&mut self.auto()).await?;
         Ok(())
     }
 
@@ -271,7 +271,7 @@ impl Queue {
         sql::query("DELETE FROM coordinators WHERE id != $1 AND last_seen < $2")
             .bind(me)
             .bind(older_than)
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?;
         Ok(())
     }
@@ -295,7 +295,7 @@ impl Queue {
         sql::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
             .bind(key)
             .bind(value)
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?;
         Ok(self.setting(key).await?.unwrap_or_else(|| value.to_string()))
     }

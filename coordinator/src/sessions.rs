@@ -71,7 +71,7 @@ impl Queue {
         sql::query("INSERT INTO login_links (hash, expires_at) VALUES ($1, $2)")
             .bind(digest(&token))
             .bind(now + LOGIN_LINK_TTL_MS)
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?;
         Ok(token)
     }
@@ -79,7 +79,7 @@ impl Queue {
     /// Revokes every login link not used yet (at start: links printed by an earlier
     /// run stop working).
     pub async fn revoke_login_links(&self) -> Result<()> {
-        sql::query("DELETE FROM login_links WHERE used_at IS NULL").execute(&mut self.conn().await?).await?;
+        sql::query("DELETE FROM login_links WHERE used_at IS NULL").execute(&mut self.auto()).await?;
         Ok(())
     }
 
@@ -89,7 +89,7 @@ impl Queue {
             .bind(now)
             .bind(digest(token))
             .bind(now)
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?
             .rows_affected();
         Ok(n == 1)
@@ -99,13 +99,13 @@ impl Queue {
     pub async fn create_session(&self, now: i64) -> Result<(String, Session)> {
         let cookie = random_hex(32);
         let csrf = random_hex(24);
-        sql::query("DELETE FROM sessions WHERE expires_at < $1").bind(now).execute(&mut self.conn().await?).await?;
+        sql::query("DELETE FROM sessions WHERE expires_at < $1").bind(now).execute(&mut self.auto()).await?;
         sql::query("INSERT INTO sessions (hash, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(digest(&cookie))
             .bind(&csrf)
             .bind(now)
             .bind(now + SESSION_TTL_MS)
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?;
         Ok((cookie, Session { csrf }))
     }
@@ -114,13 +114,13 @@ impl Queue {
         let row = sql::query("SELECT csrf FROM sessions WHERE hash = $1 AND expires_at > $2")
             .bind(digest(cookie))
             .bind(now)
-            .fetch_optional(&mut self.conn().await?)
+            .fetch_optional(&mut self.auto())
             .await?;
         Ok(row.map(|r| Session { csrf: r.get(0) }))
     }
 
     pub async fn end_session(&self, cookie: &str) -> Result<()> {
-        sql::query("DELETE FROM sessions WHERE hash = $1").bind(digest(cookie)).execute(&mut self.conn().await?).await?;
+        sql::query("DELETE FROM sessions WHERE hash = $1").bind(digest(cookie)).execute(&mut self.auto()).await?;
         Ok(())
     }
 
@@ -146,7 +146,7 @@ impl Queue {
         let n = sql::query("UPDATE tokens SET revoked = 1 WHERE hash = $1 AND role = $2")
             .bind(token_digest)
             .bind(Role::Join.as_str())
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?
             .rows_affected();
         Ok(n == 1)

@@ -98,7 +98,7 @@ impl Queue {
     /// (what it will hold once complete), or what it received so far while its
     /// length is deferred.
     pub async fn spool_held(&self, now: i64) -> Result<i64> {
-        spool_held(&mut self.conn().await?, now).await
+        spool_held(&mut self.auto(), now).await
     }
 
     pub async fn upload(&self, id: &str) -> Result<Option<Upload>> {

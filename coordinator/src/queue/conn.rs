@@ -7,8 +7,9 @@
 //! locks in SQLite's sleeping busy handler, and every write emptied the other
 //! connections' page caches. It is a rusqlite connection called on the holder's
 //! own thread ([`super::sql`]): a statement costs what SQLite takes to run it,
-//! with no hand-off to another thread. The sqlx pool remains for the dashboard's
-//! and the API's longer reads, which then never delay a lease.
+//! with no hand-off to another thread. Operations share commits ([`Held`]). The
+//! sqlx pool remains for the dashboard's and the API's longer reads, which then
+//! never delay a lease.
 //!
 //! On PostgreSQL, where several coordinators write at once, everything runs on the
 //! pool.
@@ -17,78 +18,267 @@ use super::sql::{Db, Exec, sqlite};
 use super::{Backend, Queue, QueueError, Result};
 use sqlx::Any;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
 /// Longest wait for the held connection. Every holder runs a few statements, so a
 /// wait this long is a bug (a holder waiting for the lock it holds); it fails the
 /// caller instead of hanging the farm.
 const HELD_WAIT: Duration = Duration::from_secs(30);
 
-/// SQLite's held connection, and whether a transaction that was never committed
-/// (its holder returned early or was dropped) is still open on it.
+/// Group commit: most operations one commit carries, and the longest a batch
+/// stays open while operations keep coming.
+const GROUP_MAX_OPS: u32 = 64;
+const GROUP_MAX_AGE: Duration = Duration::from_millis(4);
+
+/// How long an operation waits for someone else to commit its batch before it
+/// commits it itself (the one that would have was dropped mid-way).
+const GROUP_FLUSH_AFTER: Duration = Duration::from_millis(10);
+
+/// SQLite's held connection. Operations on it share transactions (group
+/// commit): each runs in a savepoint of the open batch, and the batch commits
+/// when no other operation is waiting for the connection, or it has carried
+/// [`GROUP_MAX_OPS`], or it is [`GROUP_MAX_AGE`] old. Nothing an operation did
+/// is answered before its batch commits: it waits for that. A commit writes the
+/// WAL pages the whole batch changed once, instead of once per operation: the
+/// tasks table and its indexes share most of their pages between operations.
 pub(crate) struct Held {
     conn: rusqlite::Connection,
-    in_tx: bool,
+    /// An operation's savepoint is open (its holder is running it, or dropped it
+    /// mid-way).
+    op: bool,
+    batch: Option<Batch>,
+    next_seq: u64,
+}
+
+struct Batch {
+    seq: u64,
+    ops: u32,
+    opened: Instant,
+}
+
+/// Which batches have ended: every batch up to `seq`; `failed` names the recent
+/// ones whose commit failed, and why.
+#[derive(Clone, Default)]
+struct Ended {
+    seq: u64,
+    failed: Vec<(u64, String)>,
+}
+
+/// The held connection and what its operations share.
+pub(crate) struct Shared {
+    held: Arc<Mutex<Held>>,
+    /// Operations waiting for the connection: while there are some, a finished
+    /// operation leaves its batch open for them.
+    waiting: AtomicUsize,
+    ended: watch::Sender<Ended>,
+}
+
+impl Shared {
+    pub(super) fn new(conn: rusqlite::Connection) -> Arc<Shared> {
+        Arc::new(Shared {
+            held: Arc::new(Mutex::new(Held { conn, op: false, batch: None, next_seq: 1 })),
+            waiting: AtomicUsize::new(0),
+            ended: watch::channel(Ended::default()).0,
+        })
+    }
+
+    /// The connection, with any operation its last holder left unfinished undone.
+    async fn lock(&self) -> Result<OwnedMutexGuard<Held>> {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let waiting = Waiting(&self.waiting);
+        let mut h = tokio::time::timeout(HELD_WAIT, self.held.clone().lock_owned())
+            .await
+            .map_err(|_| QueueError::Conflict("the database connection has been busy for 30 s".into()))?;
+        drop(waiting);
+        if h.op {
+            h.undo_op(self);
+        }
+        Ok(h)
+    }
+
+    /// Starts an operation: a savepoint in the open batch (opening one if none is).
+    async fn begin_op(self: &Arc<Shared>) -> Result<Op> {
+        let mut h = self.lock().await?;
+        if h.batch.is_none() {
+            // IMMEDIATE: the write lock from the first statement, so that a
+            // reader-turned-writer never meets another process's write (`db copy`).
+            h.batch("BEGIN IMMEDIATE")?;
+            let seq = h.next_seq;
+            h.next_seq += 1;
+            h.batch = Some(Batch { seq, ops: 0, opened: Instant::now() });
+        }
+        h.batch("SAVEPOINT op")?;
+        h.op = true;
+        let batch = h.batch.as_mut().expect("an open batch");
+        batch.ops += 1;
+        let seq = batch.seq;
+        Ok(Op { held: Some(h), shared: self.clone(), seq })
+    }
+
+    /// Resolves when batch `seq` has ended: its commit's outcome.
+    async fn ended(&self, seq: u64) -> Result<()> {
+        let mut rx = self.ended.subscribe();
+        loop {
+            {
+                let ended = rx.borrow_and_update();
+                if ended.seq >= seq {
+                    return match ended.failed.iter().find(|(s, _)| *s == seq) {
+                        Some((_, why)) => Err(QueueError::Db(sqlx::Error::Protocol(format!("committing: {why}")))),
+                        None => Ok(()),
+                    };
+                }
+            }
+            if tokio::time::timeout(GROUP_FLUSH_AFTER, rx.changed()).await.is_err() {
+                // Whoever would have committed it is gone: commit it here.
+                let mut h = self.lock().await?;
+                if h.batch.as_ref().is_some_and(|b| b.seq == seq) {
+                    h.commit(self);
+                }
+            }
+        }
+    }
 }
 
 impl Held {
-    pub(super) fn new(conn: rusqlite::Connection) -> Arc<Mutex<Held>> {
-        Arc::new(Mutex::new(Held { conn, in_tx: false }))
-    }
-
-    /// Runs statements without parameters; a failure ends the transaction, if any.
+    /// Runs statements without parameters.
     fn batch(&mut self, sql: &str) -> Result<()> {
         Ok(sqlite::batch(&mut self.conn, sql)?)
+    }
+
+    /// Undoes the open operation, leaving the rest of its batch as it was.
+    fn undo_op(&mut self, shared: &Shared) {
+        self.op = false;
+        if self.batch("ROLLBACK TO op; RELEASE op").is_err() || self.conn.is_autocommit() {
+            // SQLite ended the whole transaction (a full disk, an I/O error): the
+            // batch's other operations are lost too, and are told so.
+            self.abandon(shared, "the transaction was rolled back");
+        }
+    }
+
+    /// Commits the open batch and tells its operations.
+    fn commit(&mut self, shared: &Shared) {
+        if let Err(e) = self.batch("COMMIT") {
+            self.abandon(shared, &e.to_string());
+            return;
+        }
+        if let Some(b) = self.batch.take() {
+            shared.ended.send_modify(|ended| ended.seq = b.seq);
+        }
+    }
+
+    /// Ends the open batch as failed.
+    fn abandon(&mut self, shared: &Shared, why: &str) {
+        if !self.conn.is_autocommit() {
+            let _ = self.batch("ROLLBACK");
+        }
+        if let Some(b) = self.batch.take() {
+            shared.ended.send_modify(|ended| {
+                ended.seq = b.seq;
+                ended.failed.push((b.seq, why.to_string()));
+                let len = ended.failed.len();
+                ended.failed.drain(..len.saturating_sub(32));
+            });
+        }
+    }
+
+    /// Whether the open batch should commit now.
+    fn due(&self, shared: &Shared) -> bool {
+        self.batch.as_ref().is_some_and(|b| {
+            shared.waiting.load(Ordering::Acquire) == 0 || b.ops >= GROUP_MAX_OPS || b.opened.elapsed() >= GROUP_MAX_AGE
+        })
+    }
+}
+
+/// One operation on the held connection: the lock, and the batch it is in.
+/// Dropped before [`Op::finish`], it is undone.
+pub(crate) struct Op {
+    held: Option<OwnedMutexGuard<Held>>,
+    shared: Arc<Shared>,
+    seq: u64,
+}
+
+impl Op {
+    /// Ends the operation (kept when `keep`, else undone), lets the next one run,
+    /// and when it was kept waits until its batch has committed.
+    async fn finish(mut self, keep: bool) -> Result<()> {
+        let mut h = self.held.take().expect("an open operation");
+        let kept = keep && {
+            h.op = false;
+            h.batch("RELEASE op").is_ok()
+        };
+        if !kept {
+            h.undo_op(&self.shared);
+        }
+        if h.due(&self.shared) {
+            h.commit(&self.shared);
+        }
+        drop(h);
+        if !kept {
+            return Ok(());
+        }
+        self.shared.ended(self.seq).await
+    }
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        if let Some(mut h) = self.held.take() {
+            // At once, on this thread, while the lock is still held.
+            h.undo_op(&self.shared);
+            if h.due(&self.shared) {
+                h.commit(&self.shared);
+            }
+        }
     }
 }
 
 /// A connection to run statements on: SQLite's held one, or one from the pool.
 pub(crate) enum Conn {
-    Held(OwnedMutexGuard<Held>),
+    Held(Op),
     Pooled(sqlx::pool::PoolConnection<Any>),
 }
 
 impl Exec for Conn {
     fn db(&mut self) -> Db<'_> {
         match self {
-            Conn::Held(h) => Db::Sqlite(&mut h.conn),
+            Conn::Held(op) => Db::Sqlite(&mut op.held.as_mut().expect("an open operation").conn),
             Conn::Pooled(c) => Db::Any(&mut *c),
         }
     }
 }
 
-/// A transaction. Dropped without [`Tx::commit`], it rolls back at once (sqlx's
+impl Conn {
+    /// Ends a statement run on its own: kept if it succeeded, and on SQLite once
+    /// its batch has committed.
+    pub(crate) async fn finish(self, ok: bool) -> Result<()> {
+        match self {
+            Conn::Held(op) => op.finish(ok).await,
+            Conn::Pooled(_) => Ok(()),
+        }
+    }
+}
+
+/// A transaction. Dropped without [`Tx::commit`], it is undone at once (sqlx's
 /// own transaction does the same on the pool, in the background).
 pub(crate) enum Tx {
-    // Each `Some` until it commits or drops.
-    Held(Option<OwnedMutexGuard<Held>>),
+    Held(Op),
+    // `Some` until it commits or drops.
     Pooled(Option<sqlx::Transaction<'static, Any>>),
 }
 
 impl Tx {
-    pub(crate) async fn commit(mut self) -> Result<()> {
-        match &mut self {
-            Tx::Held(h) => {
-                let mut h = h.take().expect("an open transaction");
-                h.batch("COMMIT")?;
-                h.in_tx = false;
-            }
-            Tx::Pooled(tx) => tx.take().expect("an open transaction").commit().await?,
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Tx {
-    fn drop(&mut self) {
-        if let Tx::Held(h) = self
-            && let Some(mut h) = h.take()
-            && h.in_tx
-        {
-            // At once, on this thread, while the lock is still held.
-            let _ = h.batch("ROLLBACK");
-            h.in_tx = false;
+    pub(crate) async fn commit(self) -> Result<()> {
+        match self {
+            Tx::Held(op) => op.finish(true).await,
+            Tx::Pooled(mut tx) => Ok(tx.take().expect("an open transaction").commit().await?),
         }
     }
 }
@@ -96,7 +286,7 @@ impl Drop for Tx {
 impl Exec for Tx {
     fn db(&mut self) -> Db<'_> {
         match self {
-            Tx::Held(h) => Db::Sqlite(&mut h.as_mut().expect("an open transaction").conn),
+            Tx::Held(op) => Db::Sqlite(&mut op.held.as_mut().expect("an open transaction").conn),
             Tx::Pooled(t) => Db::Any(&mut *t.as_mut().expect("an open transaction")),
         }
     }
@@ -107,12 +297,18 @@ impl Exec for Tx {
 const WRITE_LOCK: i64 = 0x6472_616b_6500; // "drake\0"
 
 impl Queue {
-    /// The connection for the queue's own statements (see the module's doc).
+    /// A connection for one statement of the queue's own (see the module's doc).
     pub(crate) async fn conn(&self) -> Result<Conn> {
         match &self.held {
-            Some(_) => Ok(Conn::Held(self.lock_held().await?)),
+            Some(shared) => Ok(Conn::Held(shared.begin_op().await?)),
             None => Ok(Conn::Pooled(self.pool.acquire().await?)),
         }
+    }
+
+    /// Runs statements on their own, each on [`Queue::conn`]: `&mut q.auto()`
+    /// is an executor.
+    pub(crate) fn auto(&self) -> super::sql::Auto<'_> {
+        super::sql::Auto(self)
     }
 
     /// A pooled connection for longer reads (the dashboard's, the API's).
@@ -120,31 +316,10 @@ impl Queue {
         Ok(self.pool.acquire().await?)
     }
 
-    async fn lock_held(&self) -> Result<OwnedMutexGuard<Held>> {
-        let held = self.held.clone().expect("a held connection");
-        let mut h = tokio::time::timeout(HELD_WAIT, held.lock_owned())
-            .await
-            .map_err(|_| QueueError::Conflict("the database connection has been busy for 30 s".into()))?;
-        if h.in_tx {
-            // A transaction its holder left: roll it back (it may already be gone,
-            // if a failed statement ended it).
-            let _ = h.batch("ROLLBACK");
-            h.in_tx = false;
-        }
-        Ok(h)
-    }
-
     /// A plain transaction: it takes no lock of its own on PostgreSQL.
     pub(crate) async fn begin(&self) -> Result<Tx> {
         match &self.held {
-            Some(_) => {
-                let mut h = self.lock_held().await?;
-                // IMMEDIATE: the write lock from the first statement, so that a
-                // reader-turned-writer never meets another process's write (`db copy`).
-                h.batch("BEGIN IMMEDIATE")?;
-                h.in_tx = true;
-                Ok(Tx::Held(Some(h)))
-            }
+            Some(shared) => Ok(Tx::Held(shared.begin_op().await?)),
             None => Ok(Tx::Pooled(Some(self.pool.begin().await?))),
         }
     }

@@ -179,7 +179,7 @@ impl Queue {
             "SELECT id FROM jobs WHERE swept = 0 AND state IN ('succeeded', 'failed', 'canceled') AND updated_at < $1 ORDER BY updated_at LIMIT 100",
         )
         .bind(now - 2 * self.cfg.lease_ttl_ms)
-        .fetch_all(&mut self.conn().await?)
+        .fetch_all(&mut self.auto())
         .await?)
     }
 
@@ -187,7 +187,7 @@ impl Queue {
     pub async fn swept(&self, job: &str) -> Result<()> {
         sql::query("UPDATE jobs SET swept = 1 WHERE id = $1 AND state IN ('succeeded', 'failed', 'canceled')")
             .bind(job)
-            .execute(&mut self.conn().await?)
+            .execute(&mut self.auto())
             .await?;
         Ok(())
     }
@@ -197,7 +197,7 @@ impl Queue {
         let owed: i64 =
             sql::query_scalar("SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND chore = 'probe') THEN 1 ELSE 0 END")
                 .bind(job)
-                .fetch_one(&mut self.conn().await?)
+                .fetch_one(&mut self.auto())
                 .await?;
         Ok(owed != 0)
     }
@@ -214,7 +214,7 @@ impl Queue {
         .bind(seq)
         .bind(now + chore.claim_timeout_ms())
         .bind(me)
-        .fetch_optional(&mut self.conn().await?)
+        .fetch_optional(&mut self.auto())
         .await?;
         Ok(row.map(|r| ChoreClaim { token: r.get(0), attempt: r.get(1) }))
     }
@@ -455,7 +455,7 @@ impl Queue {
             "SELECT id, attempts, pushes, next_attempt_at FROM webhooks WHERE delivered_at IS NULL AND gave_up = 0 AND job_id = $1",
         )
         .bind(job)
-        .fetch_all(&mut self.conn().await?)
+        .fetch_all(&mut self.auto())
         .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
     }
@@ -473,7 +473,7 @@ impl Queue {
         .bind(now - overdue_ms)
         .bind(at_start)
         .bind(now + grace_ms)
-        .fetch_all(&mut self.conn().await?)
+        .fetch_all(&mut self.auto())
         .await?;
         // Pushed to run now; `next_attempt_at` only says when to look again.
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2), now)).collect())

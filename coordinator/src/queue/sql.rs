@@ -12,6 +12,7 @@
 //! `Row::get`), so a statement reads the same either way. Parameters are `$N` on
 //! both backends; rows are decoded into plain values ([`Value`]).
 
+use super::{Queue, QueueError};
 use sqlx::AnyConnection;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -20,6 +21,25 @@ use std::sync::Arc;
 pub(crate) enum Db<'c> {
     Sqlite(&'c mut rusqlite::Connection),
     Any(&'c mut AnyConnection),
+    /// Each statement on its own connection from the queue ([`Queue::conn`]).
+    Auto(&'c Queue),
+}
+
+/// An executor that runs each statement on its own ([`Queue::auto`]).
+pub(crate) struct Auto<'q>(pub(crate) &'q Queue);
+
+impl Exec for Auto<'_> {
+    fn db(&mut self) -> Db<'_> {
+        Db::Auto(self.0)
+    }
+}
+
+/// Which rows a statement's caller wants.
+#[derive(Clone, Copy)]
+enum Keep {
+    None,
+    First,
+    All,
 }
 
 /// Something statements can run on: a held SQLite connection, a pooled one, a
@@ -255,32 +275,48 @@ impl Query {
     }
 
     pub(crate) async fn execute(self, e: &mut (impl Exec + ?Sized)) -> Result<Done, sqlx::Error> {
-        match e.db() {
-            Db::Sqlite(c) => sqlite::run(c, &self.sql, &self.args, |_| true).map(|(_, n)| Done { rows_affected: n }),
-            Db::Any(c) => Ok(Done { rows_affected: self.any().execute(c).await?.rows_affected() }),
-        }
+        let (_, rows_affected) = self.run(e, Keep::None).await?;
+        Ok(Done { rows_affected })
     }
 
     pub(crate) async fn fetch_all(self, e: &mut (impl Exec + ?Sized)) -> Result<Vec<Row>, sqlx::Error> {
-        match e.db() {
-            Db::Sqlite(c) => sqlite::run(c, &self.sql, &self.args, |_| true).map(|(rows, _)| rows),
-            Db::Any(c) => {
-                let rows = self.any().fetch_all(c).await?;
-                rows.iter().map(any_row).collect()
-            }
-        }
+        Ok(self.run(e, Keep::All).await?.0)
     }
 
     pub(crate) async fn fetch_optional(self, e: &mut (impl Exec + ?Sized)) -> Result<Option<Row>, sqlx::Error> {
-        match e.db() {
-            // Every row is stepped through, so an UPDATE ... RETURNING runs whole.
-            Db::Sqlite(c) => sqlite::run(c, &self.sql, &self.args, |n| n == 0).map(|(rows, _)| rows.into_iter().next()),
-            Db::Any(c) => self.any().fetch_optional(c).await?.as_ref().map(any_row).transpose(),
-        }
+        Ok(self.run(e, Keep::First).await?.0.into_iter().next())
     }
 
     pub(crate) async fn fetch_one(self, e: &mut (impl Exec + ?Sized)) -> Result<Row, sqlx::Error> {
         self.fetch_optional(e).await?.ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// Runs the statement: the rows kept, and how many it changed.
+    async fn run(self, e: &mut (impl Exec + ?Sized), keep: Keep) -> Result<(Vec<Row>, u64), sqlx::Error> {
+        let Db::Auto(queue) = e.db() else {
+            return self.on(e.db(), keep).await;
+        };
+        let mut conn = queue.conn().await.map_err(sqlx_error)?;
+        let out = self.on(conn.db(), keep).await;
+        conn.finish(out.is_ok()).await.map_err(sqlx_error)?;
+        out
+    }
+
+    async fn on(self, db: Db<'_>, keep: Keep) -> Result<(Vec<Row>, u64), sqlx::Error> {
+        match db {
+            // Every row is stepped through, so an UPDATE ... RETURNING runs whole.
+            Db::Sqlite(c) => sqlite::run(c, &self.sql, &self.args, |n| match keep {
+                Keep::None => false,
+                Keep::First => n == 0,
+                Keep::All => true,
+            }),
+            Db::Any(c) => match keep {
+                Keep::None => Ok((Vec::new(), self.any().execute(c).await?.rows_affected())),
+                Keep::First => Ok((self.any().fetch_optional(c).await?.as_ref().map(any_row).transpose()?.into_iter().collect(), 0)),
+                Keep::All => Ok((self.any().fetch_all(c).await?.iter().map(any_row).collect::<Result<_, _>>()?, 0)),
+            },
+            Db::Auto(_) => unreachable!("run takes a connection first"),
+        }
     }
 
     /// The same statement for sqlx, each parameter bound as the type it has.
@@ -296,6 +332,15 @@ impl Query {
             };
         }
         q
+    }
+}
+
+/// The queue's error as sqlx's, for the few that getting a connection can have.
+fn sqlx_error(e: QueueError) -> sqlx::Error {
+    match e {
+        QueueError::Db(e) => e,
+        QueueError::Conflict(_) => sqlx::Error::PoolTimedOut,
+        other => sqlx::Error::Protocol(other.to_string()),
     }
 }
 
