@@ -1267,8 +1267,9 @@ async fn requeue_or_fail(
 /// An ended job never moves again.
 async fn settle_job(tx: &mut impl Exec, job: &str, now: i64) -> Result<()> {
     // Counts, not rows: a job may have many tasks, and this runs on every completion.
+    // Only indexed columns (tasks_job_outcome), so no task row is read.
     let row = sql::query(
-        "SELECT j.state, COUNT(t.id), CAST(COALESCE(SUM(CASE WHEN t.state = 'failed' THEN 1 ELSE 0 END), 0) AS BIGINT),
+        "SELECT j.state, COUNT(t.job_id), CAST(COALESCE(SUM(CASE WHEN t.state = 'failed' THEN 1 ELSE 0 END), 0) AS BIGINT),
                 CAST(COALESCE(SUM(CASE WHEN t.state = 'succeeded' THEN 1 ELSE 0 END), 0) AS BIGINT),
                 CAST(COALESCE(SUM(CASE WHEN t.state = 'queued' THEN 1 ELSE 0 END), 0) AS BIGINT)
          FROM jobs j LEFT JOIN tasks t ON t.job_id = j.id WHERE j.id = $1 GROUP BY j.state",
