@@ -1,10 +1,10 @@
 //! Bearer tokens with roles. Only sha256 digests are stored; the plaintext is shown
 //! once, when the token is made. Every route names the roles it accepts.
 
+use crate::queue::sql;
 use crate::queue::{Queue, QueueError, Result};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use crate::queue::sql;
 
 /// The bearer token of a request, if any.
 pub fn bearer(parts: &axum::http::request::Parts) -> Option<&str> {
@@ -145,11 +145,8 @@ impl Queue {
     }
 
     pub async fn revoke_token(&self, token_digest: &str) -> Result<()> {
-        let n = sql::query("UPDATE tokens SET revoked = 1 WHERE hash = $1")
-            .bind(token_digest)
-            .execute(&mut self.auto())
-            .await?
-            .rows_affected();
+        let n =
+            sql::query("UPDATE tokens SET revoked = 1 WHERE hash = $1").bind(token_digest).execute(&mut self.auto()).await?.rows_affected();
         if n == 0 {
             return Err(QueueError::NotFound("token".into()));
         }

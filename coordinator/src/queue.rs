@@ -9,9 +9,9 @@
 //! change nothing and get [`QueueError::StaleLease`].
 
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyConnection, AnyPool, any::AnyPoolOptions};
-use sqlx::Executor;
 use sql::Exec;
+use sqlx::Executor;
+use sqlx::{AnyConnection, AnyPool, any::AnyPoolOptions};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -387,8 +387,10 @@ macro_rules! lease_claim {
                            AND (t.requires IS NULL OR instr($4, ',' || t.requires || ',') > 0)
                            AND (CAST($5 AS TEXT) IS NULL OR (t.job_id = $5 AND t.kind = $6 AND (CAST($8 AS BIGINT) IS NULL OR t.chunk = $8)))
                            AND NOT EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = t.job_id AND instr($7, ',' || jt.tag || ',') = 0)
-                           AND (t.kind NOT IN ('transcode', 'join', 'thumbnails') OR NOT EXISTS (SELECT 1 FROM tasks d WHERE d.job_id = t.job_id
-                                 AND d.state <> 'succeeded' AND (d.kind = 'audio' OR (t.kind = 'join' AND d.kind = 'chunk' AND d.rendition = t.rendition))))
+                           AND (t.kind NOT IN ('transcode', 'join', 'thumbnails') OR NOT EXISTS (SELECT 1 FROM tasks d
+                                 WHERE d.job_id = t.job_id AND d.kind = 'audio' AND d.state <> 'succeeded'))
+                           AND (t.kind <> 'join' OR NOT EXISTS (SELECT 1 FROM tasks d
+                                 WHERE d.job_id = t.job_id AND d.kind = 'chunk' AND d.rendition = t.rendition AND d.state <> 'succeeded'))
                          ORDER BY t.priority DESC, t.due_at, t.job_created_at, t.seq LIMIT 1 ",
             $lock,
             ")
@@ -482,8 +484,9 @@ impl Queue {
     pub async fn sync_clock(&self) -> Result<()> {
         if self.backend == Backend::Postgres {
             let before = crate::state::system_ms();
-            let db: i64 =
-                sql::query_scalar("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)").fetch_one(&mut self.read().await?).await?;
+            let db: i64 = sql::query_scalar("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)")
+                .fetch_one(&mut self.read().await?)
+                .await?;
             let after = crate::state::system_ms();
             crate::state::set_clock_offset(db - (before + after) / 2);
         }
@@ -1056,7 +1059,10 @@ impl Queue {
 
     /// How many jobs there are, optionally in one state.
     pub async fn count_jobs(&self, state: Option<&str>) -> Result<i64> {
-        Ok(sql::query_scalar("SELECT COUNT(*) FROM jobs WHERE ($1 IS NULL OR state = $1)").bind(state).fetch_one(&mut self.read().await?).await?)
+        Ok(sql::query_scalar("SELECT COUNT(*) FROM jobs WHERE ($1 IS NULL OR state = $1)")
+            .bind(state)
+            .fetch_one(&mut self.read().await?)
+            .await?)
     }
 
     /// The pipeline that owns a job (`None`: an admin's), or `NotFound`.
@@ -1149,8 +1155,10 @@ impl Queue {
             },
         }})
         .collect::<Vec<_>>();
-        let requires_tags: Vec<String> =
-            sql::query_scalar("SELECT tag FROM job_tags WHERE job_id = $1 ORDER BY tag").bind(id).fetch_all(&mut self.read().await?).await?;
+        let requires_tags: Vec<String> = sql::query_scalar("SELECT tag FROM job_tags WHERE job_id = $1 ORDER BY tag")
+            .bind(id)
+            .fetch_all(&mut self.read().await?)
+            .await?;
         let json = |v: Option<String>| v.and_then(|t| serde_json::from_str(&t).ok());
         // An ended job waits for nothing; only a live one costs the lookups.
         let waiting_for = if is_terminal(&row.get::<String, _>(1)) { None } else { self.waiting_for(id).await? };
@@ -1188,7 +1196,8 @@ fn chunk_span(row: &sql::Row) -> Option<ChunkSpan> {
 /// What every SQLite connection needs: WAL (readers never wait for the writer),
 /// synchronous=NORMAL (durable across process crashes), a busy timeout and
 /// foreign keys.
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON";
+const SQLITE_PRAGMAS: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON";
 
 async fn sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     conn.execute(SQLITE_PRAGMAS).await?;

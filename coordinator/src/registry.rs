@@ -1,10 +1,10 @@
 //! Worker machines and webhook deliveries: the rest of the coordinator's durable
 //! state, beside the task queue.
 
+use crate::queue::sql;
 use crate::queue::{Queue, QueueError, Result};
 use proto::wire::Capabilities;
 use serde::Serialize;
-use crate::queue::sql;
 
 /// A worker counts as offline when it has not polled for this long.
 pub const OFFLINE_AFTER_MS: i64 = 60_000;
@@ -110,10 +110,7 @@ impl Queue {
         if n == 0 {
             return Err(QueueError::NotFound(format!("worker {id}")));
         }
-        sql::query("UPDATE tokens SET revoked = 1 WHERE role = 'worker' AND label = $1")
-            .bind(id)
-            .execute(&mut self.auto())
-            .await?;
+        sql::query("UPDATE tokens SET revoked = 1 WHERE role = 'worker' AND label = $1").bind(id).execute(&mut self.auto()).await?;
         sql::query("UPDATE tasks SET lease_expires_at = 0 WHERE worker_id = $1 AND state IN ('leased', 'running')")
             .bind(id)
             .execute(&mut self.auto())

@@ -2,10 +2,10 @@
 //! token) with a CSRF token each, and one-time login links printed at start.
 
 use crate::auth::{Role, digest};
+use crate::queue::sql;
 use crate::queue::{Queue, Result};
 use rand::RngCore;
 use serde::Serialize;
-use crate::queue::sql;
 
 /// The dashboard session's cookie.
 pub const SESSION_COOKIE: &str = "drake_session";

@@ -1,9 +1,9 @@
 //! Numbers for the ops dashboard and `/metrics`, computed in SQL over the queue's
 //! own tables (indexed by time, so they stay cheap with many jobs).
 
+use crate::queue::sql;
 use crate::queue::{Backend, Queue, Result};
 use serde::Serialize;
-use crate::queue::sql;
 
 /// The window the overview looks back over.
 pub const HOUR_MS: i64 = 3600 * 1000;

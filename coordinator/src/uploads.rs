@@ -2,8 +2,8 @@
 //! the completion that turns one into a job. The bytes live in the store; this is
 //! what says which of them belong to an upload (see the `uploads` migration).
 
-use crate::queue::{NewJob, Queue, Result};
 use crate::queue::sql;
+use crate::queue::{NewJob, Queue, Result};
 
 /// Most unfinished uploads one token may have at once.
 pub const MAX_OPEN_UPLOADS: i64 = 16;
@@ -190,8 +190,10 @@ impl Queue {
 
     /// The stored paths of an upload's parts, in order.
     pub async fn upload_parts(&self, id: &str) -> Result<Vec<(String, i64)>> {
-        let rows =
-            sql::query("SELECT path, size FROM upload_parts WHERE upload_id = $1 ORDER BY seq").bind(id).fetch_all(&mut self.read().await?).await?;
+        let rows = sql::query("SELECT path, size FROM upload_parts WHERE upload_id = $1 ORDER BY seq")
+            .bind(id)
+            .fetch_all(&mut self.read().await?)
+            .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 

@@ -191,9 +191,9 @@ impl Held {
 
     /// Whether the open batch should commit now.
     fn due(&self, shared: &Shared) -> bool {
-        self.batch.as_ref().is_some_and(|b| {
-            shared.waiting.load(Ordering::Acquire) == 0 || b.ops >= GROUP_MAX_OPS || b.opened.elapsed() >= GROUP_MAX_AGE
-        })
+        self.batch
+            .as_ref()
+            .is_some_and(|b| shared.waiting.load(Ordering::Acquire) == 0 || b.ops >= GROUP_MAX_OPS || b.opened.elapsed() >= GROUP_MAX_AGE)
     }
 }
 

@@ -14,9 +14,9 @@
 //! the claim's timeout and counts as a failed attempt; attempts are bounded, and the
 //! last one ends the job `failed` with the reason.
 
+use super::sql::{self, Exec};
 use super::{Backend, NewTask, Queue, QueueError, Result, is_terminal, job_state, kind_str, settle_job};
 use serde_json::json;
-use super::sql::{self, Exec};
 
 /// A chore a job can be owed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,12 +375,11 @@ impl Queue {
                 (None, None) => format!("{what} (queued)"),
             }));
         }
-        let unrunnable: Option<Option<String>> = sql::query_scalar(
-            "SELECT requires FROM tasks WHERE job_id = $1 AND state = 'queued' AND unrunnable_since IS NOT NULL LIMIT 1",
-        )
-        .bind(id)
-        .fetch_optional(&mut self.read().await?)
-        .await?;
+        let unrunnable: Option<Option<String>> =
+            sql::query_scalar("SELECT requires FROM tasks WHERE job_id = $1 AND state = 'queued' AND unrunnable_since IS NOT NULL LIMIT 1")
+                .bind(id)
+                .fetch_optional(&mut self.read().await?)
+                .await?;
         if let Some(encoder) = unrunnable {
             let tags = job_tags(self.pool.acquire().await?.as_mut(), id).await?;
             return Ok(Some(format!("a capable worker: {}", no_capable_worker(encoder.as_deref(), &tags))));
@@ -482,14 +481,13 @@ impl Queue {
 
 /// True when `claim` is still the token of the job's owed `chore`.
 async fn holds(tx: &mut impl Exec, job: &str, chore: Chore, claim: ChoreClaim) -> Result<bool> {
-    let held: i64 = sql::query_scalar(
-        "SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND chore = $2 AND chore_seq = $3) THEN 1 ELSE 0 END",
-    )
-    .bind(job)
-    .bind(chore.as_str())
-    .bind(claim.token)
-    .fetch_one(&mut *tx)
-    .await?;
+    let held: i64 =
+        sql::query_scalar("SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND chore = $2 AND chore_seq = $3) THEN 1 ELSE 0 END")
+            .bind(job)
+            .bind(chore.as_str())
+            .bind(claim.token)
+            .fetch_one(&mut *tx)
+            .await?;
     Ok(held != 0)
 }
 

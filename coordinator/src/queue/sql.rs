@@ -453,9 +453,9 @@ pub(crate) mod sqlite {
                 Some(name) => name.trim_start_matches(['$', '?']).parse::<usize>().unwrap_or(i),
                 None => i,
             };
-            let arg = args.get(n - 1).ok_or_else(|| {
-                sqlx::Error::Protocol(format!("statement wants parameter {n}, {} were bound: {sql}", args.len()))
-            })?;
+            let arg = args
+                .get(n - 1)
+                .ok_or_else(|| sqlx::Error::Protocol(format!("statement wants parameter {n}, {} were bound: {sql}", args.len())))?;
             let bound = match arg {
                 Arg::Int(v) => stmt.raw_bind_parameter(i, v),
                 Arg::Bool(v) => stmt.raw_bind_parameter(i, v),
