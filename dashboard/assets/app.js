@@ -119,7 +119,14 @@
 
   let timer = null;
   let busy = false;
-  let last = null;
+  // What the live part shows, as the browser serializes it (taken before bind()
+  // touches it), so a refresh that brings nothing new leaves the page alone.
+  let last = main.innerHTML;
+  function normalized(html) {
+    const t = document.createElement("template");
+    t.innerHTML = html;
+    return t.innerHTML;
+  }
   function refresh() {
     const url = main.dataset.fragment;
     if (!url || timer || leaving) return;
@@ -134,7 +141,7 @@
         const r = await fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } });
         if (r.status === 401) { window.location = "/login"; return; }
         if (r.ok) {
-          const html = await r.text();
+          const html = normalized(await r.text());
           if (held()) { busy = false; refresh(); return; }
           const video = document.getElementById("player");
           if (video && !video.paused) return; // keep a playing video alive
@@ -157,7 +164,14 @@
     }
     if (ev.type !== "task" || ev.state !== "running") refresh();
   }
-  function onStatus(status) { document.body.dataset.live = status; }
+  // What happened between this page's render and its stream going live (or while
+  // the stream reconnected) came as no event: catch up once when it is live.
+  let live = false;
+  function onStatus(status) {
+    document.body.dataset.live = status;
+    if (status === "connected" && !live) refresh();
+    live = status === "connected";
+  }
 
   // Events come from one stream shared by all of this browser's tabs (events.js);
   // a browser without SharedWorker gets a stream of its own.
