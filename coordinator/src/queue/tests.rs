@@ -969,3 +969,42 @@ async fn uploads_append_at_their_offset_within_limits_and_one_coordinator_joins_
     q.release_completion("u1").await.unwrap();
     assert!(q.owed_completions(T0 + 2_001, 10).await.unwrap().is_empty(), "done");
 }
+
+/// SQLite's group commit: many operations at once share commits, and each one
+/// answers only once its batch is durable, so another connection (the pool, as
+/// the dashboard reads) already sees what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_answer_only_once_their_shared_commit_is_done() {
+    let dir = std::env::temp_dir().join(format!("drake-group-commit-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let q = Queue::open(&dir.join("drake.db"), config()).await.unwrap();
+    let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec![] };
+    let mut writers = Vec::new();
+    for i in 0..64 {
+        let (q, caps) = (q.clone(), caps.clone());
+        writers.push(tokio::spawn(async move {
+            let id = format!("w{i}");
+            q.register_worker(&id, &id, 1, &caps, "test", T0).await.unwrap();
+            // Seen at once from another connection: committed before it returned.
+            let seen: i64 = sql::query_scalar("SELECT COUNT(*) FROM workers WHERE id = $1")
+                .bind(&id)
+                .fetch_one(&mut q.read().await.unwrap())
+                .await
+                .unwrap();
+            assert_eq!(seen, 1, "{id} was answered before its commit");
+            // A transaction that fails leaves the others' writes alone.
+            let mut tx = q.begin().await.unwrap();
+            sql::query("UPDATE workers SET name = 'undone' WHERE id = $1").bind(&id).execute(&mut tx).await.unwrap();
+            drop(tx);
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let rows: Vec<(String, String)> =
+        sql::query_as("SELECT id, name FROM workers ORDER BY id").fetch_all(&mut q.read().await.unwrap()).await.unwrap();
+    assert_eq!(rows.len(), 64);
+    assert!(rows.iter().all(|(id, name)| id == name), "a dropped transaction was kept: {rows:?}");
+    drop(q);
+    let _ = std::fs::remove_dir_all(&dir);
+}
