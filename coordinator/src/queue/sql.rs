@@ -4,7 +4,7 @@
 //! queue's own connection is a rusqlite one, called on the request's thread: a
 //! statement there costs microseconds of SQLite and nothing else. Through sqlx
 //! every statement was two hand-offs to the connection's own thread and back,
-//! and on two CPUs each cost 40-50 µs, about twenty times the statement
+//! and on two CPUs each cost 40-50 µs, ten times a simple indexed read
 //! (`bench/queue.sh`; ARCHITECTURE.md, "The backend seam").
 //!
 //! The API mirrors the part of sqlx's the queue uses (`query`, `query_scalar`,
