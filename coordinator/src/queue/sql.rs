@@ -259,13 +259,13 @@ pub(crate) fn query(sql: impl Into<Cow<'static, str>>) -> Query {
 }
 
 /// A statement whose rows' first column is the answer.
-pub(crate) fn query_scalar<T: Decode>(sql: impl Into<Cow<'static, str>>) -> Scalar<T> {
-    Scalar { query: query(sql), of: std::marker::PhantomData }
+pub(crate) fn query_scalar<T: Decode>(sql: impl Into<Cow<'static, str>>) -> Typed<T> {
+    Typed { query: query(sql), decode: |row| row.get(0usize) }
 }
 
 /// A statement whose rows decode into tuples.
-pub(crate) fn query_as<T: FromRow>(sql: impl Into<Cow<'static, str>>) -> As<T> {
-    As { query: query(sql), of: std::marker::PhantomData }
+pub(crate) fn query_as<T: FromRow>(sql: impl Into<Cow<'static, str>>) -> Typed<T> {
+    Typed { query: query(sql), decode: T::from_row }
 }
 
 impl Query {
@@ -369,51 +369,29 @@ fn any_row(row: &sqlx::any::AnyRow) -> Result<Row, sqlx::Error> {
     Ok(Row { names: names.into(), values })
 }
 
-/// A statement whose rows' first column is the answer.
+/// A statement whose rows decode into `T` (`query_scalar`, `query_as`).
 #[must_use]
-pub(crate) struct Scalar<T> {
+pub(crate) struct Typed<T> {
     query: Query,
-    of: std::marker::PhantomData<fn() -> T>,
+    decode: fn(&Row) -> T,
 }
 
-impl<T: Decode> Scalar<T> {
+impl<T> Typed<T> {
     pub(crate) fn bind(mut self, arg: impl Into<Arg>) -> Self {
         self.query = self.query.bind(arg);
         self
     }
 
     pub(crate) async fn fetch_one(self, e: &mut (impl Exec + ?Sized)) -> Result<T, sqlx::Error> {
-        Ok(self.query.fetch_one(e).await?.get(0usize))
+        Ok((self.decode)(&self.query.fetch_one(e).await?))
     }
 
     pub(crate) async fn fetch_optional(self, e: &mut (impl Exec + ?Sized)) -> Result<Option<T>, sqlx::Error> {
-        Ok(self.query.fetch_optional(e).await?.map(|r| r.get(0usize)))
+        Ok(self.query.fetch_optional(e).await?.as_ref().map(self.decode))
     }
 
     pub(crate) async fn fetch_all(self, e: &mut (impl Exec + ?Sized)) -> Result<Vec<T>, sqlx::Error> {
-        Ok(self.query.fetch_all(e).await?.iter().map(|r| r.get(0usize)).collect())
-    }
-}
-
-/// A statement whose rows decode into tuples.
-#[must_use]
-pub(crate) struct As<T> {
-    query: Query,
-    of: std::marker::PhantomData<fn() -> T>,
-}
-
-impl<T: FromRow> As<T> {
-    pub(crate) fn bind(mut self, arg: impl Into<Arg>) -> Self {
-        self.query = self.query.bind(arg);
-        self
-    }
-
-    pub(crate) async fn fetch_one(self, e: &mut (impl Exec + ?Sized)) -> Result<T, sqlx::Error> {
-        Ok(T::from_row(&self.query.fetch_one(e).await?))
-    }
-
-    pub(crate) async fn fetch_all(self, e: &mut (impl Exec + ?Sized)) -> Result<Vec<T>, sqlx::Error> {
-        Ok(self.query.fetch_all(e).await?.iter().map(T::from_row).collect())
+        Ok(self.query.fetch_all(e).await?.iter().map(self.decode).collect())
     }
 }
 
