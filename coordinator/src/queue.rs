@@ -471,10 +471,7 @@ impl Queue {
             // The migrator holds an advisory lock: coordinators starting together are safe.
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
-        let held = match sqlite {
-            Some(target) => Some(conn::Shared::new(sql::sqlite::open(target)?)),
-            None => None,
-        };
+        let held = sqlite.map(|target| sql::sqlite::open(target).map(conn::Shared::new)).transpose()?;
         Ok(Queue { pool, held, backend, cfg })
     }
 

@@ -35,7 +35,7 @@ impl Exec for Auto<'_> {
 }
 
 /// Which rows a statement's caller wants.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Keep {
     None,
     First,
@@ -304,12 +304,7 @@ impl Query {
 
     async fn on(self, db: Db<'_>, keep: Keep) -> Result<(Vec<Row>, u64), sqlx::Error> {
         match db {
-            // Every row is stepped through, so an UPDATE ... RETURNING runs whole.
-            Db::Sqlite(c) => sqlite::run(c, &self.sql, &self.args, |n| match keep {
-                Keep::None => false,
-                Keep::First => n == 0,
-                Keep::All => true,
-            }),
+            Db::Sqlite(c) => sqlite::run(c, &self.sql, &self.args, keep),
             Db::Any(c) => match keep {
                 Keep::None => Ok((Vec::new(), self.any().execute(c).await?.rows_affected())),
                 Keep::First => Ok((self.any().fetch_optional(c).await?.as_ref().map(any_row).transpose()?.into_iter().collect(), 0)),
@@ -397,7 +392,7 @@ impl<T> Typed<T> {
 
 /// SQLite through rusqlite, on the caller's thread.
 pub(crate) mod sqlite {
-    use super::{Arg, Row, Value};
+    use super::{Arg, Keep, Row, Value};
     use rusqlite::types::ValueRef;
     use std::sync::Arc;
 
@@ -416,14 +411,10 @@ pub(crate) mod sqlite {
         Ok(conn)
     }
 
-    /// Runs a statement to its end, keeping the rows `keep(n)` says to keep (n:
-    /// how many were kept so far); returns them and the rows it changed.
-    pub(super) fn run(
-        conn: &mut rusqlite::Connection,
-        sql: &str,
-        args: &[Arg],
-        keep: impl Fn(usize) -> bool,
-    ) -> Result<(Vec<Row>, u64), sqlx::Error> {
+    /// Runs a statement, keeping the rows `keep` asks for; returns them and the
+    /// rows it changed. A statement that writes is stepped to its end (an UPDATE
+    /// ... RETURNING changes every row it returns); a read stops at what it needs.
+    pub(super) fn run(conn: &mut rusqlite::Connection, sql: &str, args: &[Arg], keep: Keep) -> Result<(Vec<Row>, u64), sqlx::Error> {
         let mut stmt = conn.prepare_cached(sql).map_err(error)?;
         for i in 1..=stmt.parameter_count() {
             // `$N` is the Nth argument wherever it appears, as on PostgreSQL.
@@ -443,11 +434,20 @@ pub(crate) mod sqlite {
             };
             bound.map_err(error)?;
         }
+        let readonly = stmt.readonly();
         let names: Arc<[String]> = stmt.column_names().into_iter().map(str::to_string).collect();
         let mut out = Vec::new();
         let mut rows = stmt.raw_query();
         while let Some(row) = rows.next().map_err(error)? {
-            if !keep(out.len()) {
+            let wanted = match keep {
+                Keep::None => false,
+                Keep::First => out.is_empty(),
+                Keep::All => true,
+            };
+            if !wanted {
+                if readonly {
+                    break;
+                }
                 continue;
             }
             let mut values = Vec::with_capacity(names.len());
