@@ -180,13 +180,16 @@ fn chunked_tasks(plan: &proto::plan::Plan, cut: &proto::plan::ChunkPlan, encoder
         let c = &cut.chunks[i];
         ChunkSpan { index: c.index, first_frame: c.start_frame, frames: (i + 1 < cut.chunks.len()).then_some(c.frames) }
     };
-    let rungs: Vec<&str> = plan.renditions.iter().map(|r| r.name.as_str()).collect();
+    let chunks = |r: &proto::plan::PlannedRendition| -> Vec<NewTask> {
+        (0..cut.chunks.len()).map(|i| NewTask::chunk(&r.name, span(i), Some(encoder.to_string())).with_pixels(r.width, r.height)).collect()
+    };
+    let rungs = &plan.renditions;
     let mut tasks: Vec<NewTask> = audio_task(plan).into_iter().collect();
-    tasks.extend((0..cut.chunks.len()).map(|i| NewTask::chunk(rungs[0], span(i), Some(encoder.to_string()))));
-    tasks.extend(rungs.iter().map(|r| NewTask::join(r)));
+    tasks.extend(chunks(&rungs[0]));
+    tasks.extend(rungs.iter().map(|r| NewTask::join(&r.name)));
     tasks.push(NewTask::thumbnails());
     for r in rungs[1..].iter().rev() {
-        tasks.extend((0..cut.chunks.len()).map(|i| NewTask::chunk(r, span(i), Some(encoder.to_string()))));
+        tasks.extend(chunks(r));
     }
     tasks
 }

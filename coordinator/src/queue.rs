@@ -135,29 +135,37 @@ pub struct NewTask {
     pub requires: Option<String>,
     /// A chunk task's frames.
     pub chunk: Option<ChunkSpan>,
+    /// A video task's output frame size (width x height): what a chunk bundle weighs
+    /// (see [`Queue::lease_bundle`]).
+    pub pixels: Option<u64>,
 }
 
 impl NewTask {
     pub fn transcode(rendition: &str, requires: Option<String>) -> NewTask {
-        NewTask { kind: TaskKind::Transcode, rendition: Some(rendition.into()), requires, chunk: None }
+        NewTask { kind: TaskKind::Transcode, rendition: Some(rendition.into()), requires, chunk: None, pixels: None }
     }
 
     pub fn thumbnails() -> NewTask {
-        NewTask { kind: TaskKind::Thumbnails, rendition: None, requires: None, chunk: None }
+        NewTask { kind: TaskKind::Thumbnails, rendition: None, requires: None, chunk: None, pixels: None }
     }
 
     pub fn chunk(rendition: &str, span: ChunkSpan, requires: Option<String>) -> NewTask {
-        NewTask { kind: TaskKind::Chunk, rendition: Some(rendition.into()), requires, chunk: Some(span) }
+        NewTask { kind: TaskKind::Chunk, rendition: Some(rendition.into()), requires, chunk: Some(span), pixels: None }
     }
 
     /// A job's audio, with `rendition`'s audio settings (every rung's are the profile's).
     pub fn audio(rendition: &str) -> NewTask {
-        NewTask { kind: TaskKind::Audio, rendition: Some(rendition.into()), requires: None, chunk: None }
+        NewTask { kind: TaskKind::Audio, rendition: Some(rendition.into()), requires: None, chunk: None, pixels: None }
     }
 
     /// Joins `rendition` once its chunks and the job's audio are done.
     pub fn join(rendition: &str) -> NewTask {
-        NewTask { kind: TaskKind::Join, rendition: Some(rendition.into()), requires: None, chunk: None }
+        NewTask { kind: TaskKind::Join, rendition: Some(rendition.into()), requires: None, chunk: None, pixels: None }
+    }
+
+    /// The same task, weighing `width` x `height` output pixels per frame.
+    pub fn with_pixels(self, width: u32, height: u32) -> NewTask {
+        NewTask { pixels: Some(u64::from(width) * u64::from(height)), ..self }
     }
 
     /// The task's name: where its outputs go (see [`crate::storage::output_dir`]).
@@ -306,6 +314,22 @@ pub struct Lease {
     pub attempt: i64,
 }
 
+/// Which tasks a bundle's further claims may take: `job`'s of `kind` (of one
+/// chunk, and of at most so many pixels, if given).
+#[derive(Clone, Copy)]
+struct Only<'a> {
+    job: &'a str,
+    kind: TaskKind,
+    chunk: Option<i64>,
+    max_pixels: Option<i64>,
+}
+
+/// A claimed task's lease, and its weight (see [`NewTask::pixels`]).
+struct Claimed {
+    lease: Lease,
+    pixels: Option<i64>,
+}
+
 /// The database a queue runs on. The state machine is the same on both: the few
 /// statements whose SQL differs (claims, locks, JSON) are chosen by `match` on it,
 /// next to each other, and each backend has its own migrations.
@@ -372,7 +396,8 @@ impl DatabaseUrl {
 /// The lease claim, with `$lock` after the candidate's `LIMIT 1` (PostgreSQL's row
 /// lock; nothing on SQLite, whose writer is alone). `$1` worker, `$2` now, `$3` the
 /// lease TTL, `$4` the worker's encoders and `$7` its tags (",a,b,"), `$5`/`$6` only
-/// this job's tasks of this kind (a bundle's companions), and `$8` of this chunk.
+/// this job's tasks of this kind (a bundle's companions), `$8` of this chunk, and
+/// `$9` of at most this many pixels.
 /// A rendition (transcode or join) and the thumbnails are runnable only once the
 /// job's audio succeeded (the renditions mux it; the thumbnails wait to share the
 /// last renditions' decode), and a join only once its rendition's chunks did too.
@@ -385,7 +410,8 @@ macro_rules! lease_claim {
                          WHERE t.state = 'queued' AND t.run_after <= $2 AND t.cancel = 0
                            AND (SELECT j.state FROM jobs j WHERE j.id = t.job_id) IN ('queued', 'running')
                            AND (t.requires IS NULL OR instr($4, ',' || t.requires || ',') > 0)
-                           AND (CAST($5 AS TEXT) IS NULL OR (t.job_id = $5 AND t.kind = $6 AND (CAST($8 AS BIGINT) IS NULL OR t.chunk = $8)))
+                           AND (CAST($5 AS TEXT) IS NULL OR (t.job_id = $5 AND t.kind = $6 AND (CAST($8 AS BIGINT) IS NULL OR t.chunk = $8)
+                                                        AND (CAST($9 AS BIGINT) IS NULL OR t.pixels <= $9)))
                            AND NOT EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = t.job_id AND instr($7, ',' || jt.tag || ',') = 0)
                            AND (t.kind NOT IN ('transcode', 'join', 'thumbnails') OR NOT EXISTS (SELECT 1 FROM tasks d
                                  WHERE d.job_id = t.job_id AND d.kind = 'audio' AND d.state <> 'succeeded'))
@@ -394,7 +420,7 @@ macro_rules! lease_claim {
                          ORDER BY t.priority DESC, t.due_at, t.job_created_at, t.seq LIMIT 1 ",
             $lock,
             ")
-             RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts, name, chunk, first_frame, frames"
+             RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts, name, chunk, first_frame, frames, pixels"
         )
     };
 }
@@ -591,7 +617,7 @@ impl Queue {
             sql::query("SET LOCAL enable_sort = off").execute(&mut tx).await?;
             sql::query("SET LOCAL enable_bitmapscan = off").execute(&mut tx).await?;
         }
-        let Some(first) = self.lease_one(&mut tx, worker, encoders, now, None).await? else {
+        let Some(Claimed { lease: first, pixels }) = self.lease_one(&mut tx, worker, encoders, now, None).await? else {
             tx.commit().await?;
             return Ok(Vec::new());
         };
@@ -636,8 +662,9 @@ impl Queue {
             .bind(&leased[0].task_id)
             .fetch_one(&mut tx)
             .await?;
+            let playable_early = playable_early != 0;
             let share = match kind {
-                _ if playable_early != 0 => 1,
+                _ if playable_early => 1,
                 // Whole renditions: the job's remaining rungs split evenly over the free slots.
                 TaskKind::Transcode => (remaining.max(0) as u64 + 1).div_ceil(free.max(0) as u64 + 1) as usize,
                 // Chunks: other chunks keep the farm busy, so bundle (one decode for
@@ -646,9 +673,34 @@ impl Queue {
                 // finishing while the rest are idle.
                 _ => ((of_kind.max(0) as u64 + 1) / (2 * live.max(1) as u64)).max(1) as usize,
             };
-            while leased.len() < share.min(max_tasks) {
-                match self.lease_one(&mut tx, worker, encoders, now, Some((&job, kind, chunk))).await? {
-                    Some(l) => leased.push(l),
+            // Beyond its share, a chunk lease takes more rungs of its chunk while their
+            // pixels together stay within the job's largest rung's. That rung's chunks
+            // go alone anyway, so they set how coarse the job's end is; a bundle no
+            // larger leaves the end as it was and saves a decode of the source for
+            // each rung it carries.
+            let mut budget = match (kind, playable_early, pixels) {
+                (TaskKind::Chunk, false, Some(first)) => {
+                    let largest: Option<i64> = sql::query_scalar("SELECT MAX(pixels) FROM tasks WHERE job_id = $1 AND kind = $2")
+                        .bind(&job)
+                        .bind(kind_str(kind))
+                        .fetch_one(&mut tx)
+                        .await?;
+                    largest.unwrap_or(0) - first
+                }
+                _ => 0,
+            };
+            while leased.len() < max_tasks {
+                let max_pixels = match leased.len() < share {
+                    true => None,
+                    false if budget > 0 => Some(budget),
+                    false => break,
+                };
+                let only = Only { job: &job, kind, chunk, max_pixels };
+                match self.lease_one(&mut tx, worker, encoders, now, Some(only)).await? {
+                    Some(c) => {
+                        budget -= c.pixels.unwrap_or(0);
+                        leased.push(c.lease);
+                    }
                     None => break,
                 }
             }
@@ -656,9 +708,9 @@ impl Queue {
             if kind == TaskKind::Transcode
                 && bundling.thumbnails
                 && took_the_last
-                && let Some(l) = self.lease_one(&mut tx, worker, encoders, now, Some((&job, TaskKind::Thumbnails, None))).await?
+                && let Some(c) = self.lease_one(&mut tx, worker, encoders, now, Some(Only { job: &job, kind: TaskKind::Thumbnails, chunk: None, max_pixels: None })).await?
             {
-                leased.push(l);
+                leased.push(c.lease);
             }
         }
         tx.commit().await?;
@@ -672,8 +724,8 @@ impl Queue {
         worker: &str,
         (encoders, tags): (&str, &str),
         now: i64,
-        only: Option<(&str, TaskKind, Option<i64>)>,
-    ) -> Result<Option<Lease>> {
+        only: Option<Only<'_>>,
+    ) -> Result<Option<Claimed>> {
         // One statement claims the task: the first queued row of the lease-order index
         // (`tasks_lease_order`) that this worker can take. On PostgreSQL the subquery locks its row and
         // skips rows another coordinator holds, and the UPDATE checks the state again:
@@ -687,10 +739,11 @@ impl Queue {
             .bind(now)
             .bind(self.cfg.lease_ttl_ms)
             .bind(encoders)
-            .bind(only.map(|o| o.0))
-            .bind(only.map(|o| kind_str(o.1)))
+            .bind(only.map(|o| o.job))
+            .bind(only.map(|o| kind_str(o.kind)))
             .bind(tags)
-            .bind(only.and_then(|o| o.2))
+            .bind(only.and_then(|o| o.chunk))
+            .bind(only.and_then(|o| o.max_pixels))
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
@@ -706,7 +759,7 @@ impl Queue {
             .bind(&job_id)
             .execute(&mut *tx)
             .await?;
-        Ok(Some(Lease {
+        let lease = Lease {
             task_id: row.get("id"),
             job_id,
             epoch: row.get("epoch"),
@@ -718,7 +771,8 @@ impl Queue {
             source,
             expires_at: row.get("lease_expires_at"),
             attempt: row.get("attempts"),
-        }))
+        };
+        Ok(Some(Claimed { lease, pixels: row.get("pixels") }))
     }
 
     /// Renews a lease and records progress. Returns true when the task was canceled

@@ -522,8 +522,8 @@ async fn insert_tasks(tx: &mut impl Exec, job: &str, tasks: &[NewTask], max_atte
         // The job's place in the lease order goes with each task (see `lease_one`).
         sql::query(
             "INSERT INTO tasks (id, job_id, kind, rendition, requires, seq, state, max_attempts, created_at, updated_at, queued_at,
-                                priority, due_at, job_created_at, name, chunk, first_frame, frames)
-             SELECT $1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8, $8, j.priority, COALESCE(j.due_at, j.created_at), j.created_at, $9, $10, $11, $12
+                                priority, due_at, job_created_at, name, chunk, first_frame, frames, pixels)
+             SELECT $1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8, $8, j.priority, COALESCE(j.due_at, j.created_at), j.created_at, $9, $10, $11, $12, $13
              FROM jobs j WHERE j.id = $2",
         )
         .bind(uuid::Uuid::now_v7().to_string())
@@ -538,6 +538,7 @@ async fn insert_tasks(tx: &mut impl Exec, job: &str, tasks: &[NewTask], max_atte
         .bind(t.chunk.map(|c| i64::from(c.index)))
         .bind(t.chunk.map(|c| c.first_frame as i64))
         .bind(t.chunk.and_then(|c| c.frames).map(|f| f as i64))
+        .bind(t.pixels.map(|p| p as i64))
         .execute(&mut *tx)
         .await?;
     }

@@ -96,6 +96,7 @@ conformance!(
     concurrent_submits_with_one_key_make_one_job,
     a_farm_with_no_live_worker_says_so_and_fails_its_tasks_after_the_wait,
     a_chunked_job_joins_each_rung_once_its_chunks_and_audio_are_done,
+    on_a_busy_farm_a_chunk_bundle_stays_within_the_largest_rung,
     uploads_append_at_their_offset_within_limits_and_one_coordinator_joins_them,
 );
 
@@ -930,6 +931,41 @@ async fn a_chunked_job_joins_each_rung_once_its_chunks_and_audio_are_done(q: Que
     q.cancel_job(&job.id, T0 + 24).await.unwrap();
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert!(j.tasks.iter().filter(|t| t.kind == TaskKind::Chunk).all(|t| t.state == "canceled" || t.state == "succeeded"), "{:?}", j.tasks);
+}
+
+/// With more chunks queued than a bundle's share (a busy farm), the largest rung's
+/// chunks go alone, and the smaller rungs of a chunk share one lease (one decode)
+/// while their pixels together stay within the largest rung's.
+async fn on_a_busy_farm_a_chunk_bundle_stays_within_the_largest_rung(q: Queue) {
+    let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![] };
+    for i in 0..8 {
+        q.register_worker(&format!("w{i}"), "w", 1, &caps, "0", T0).await.unwrap();
+    }
+    let (job, _) = q.create_job(&web_job(), T0).await.unwrap();
+    let span = |i: u32| ChunkSpan { index: i, first_frame: u64::from(i) * 100, frames: (i < 2).then_some(100) };
+    let rungs = [("1080p", 1920, 1080), ("720p", 1280, 720), ("480p", 854, 480), ("360p", 640, 360)];
+    // Already playable: its lowest rung (here 240p, one chunk) is joined.
+    let mut tasks = vec![NewTask::chunk("240p", span(0), None), NewTask::join("240p")];
+    for (r, w, h) in rungs {
+        tasks.extend((0..3).map(|i| NewTask::chunk(r, span(i), None).with_pixels(w, h)));
+    }
+    q.add_tasks(&job.id, &tasks, T0).await.unwrap();
+    let up_to_4 = Bundling { max_renditions: 4, thumbnails: true };
+    for w in ["w0", "w0"] {
+        let l = q.lease_bundle_for(w, &[], T0, up_to_4).await.unwrap();
+        done(&q, &l[0], w, T0 + 1).await;
+    }
+    let names = |ls: &[Lease]| ls.iter().map(|l| l.name.clone()).collect::<Vec<_>>();
+    for i in 0..3 {
+        assert_eq!(names(&q.lease_bundle_for(&format!("w{i}"), &[], T0 + 2, up_to_4).await.unwrap()), [format!("1080p.c000{i}")]);
+    }
+    // 720p + 480p + 360p = 1,563,360 pixels, within 1080p's 2,073,600.
+    for i in 0..3 {
+        assert_eq!(
+            names(&q.lease_bundle_for(&format!("w{}", i + 3), &[], T0 + 2, up_to_4).await.unwrap()),
+            ["720p", "480p", "360p"].map(|r| format!("{r}.c000{i}"))
+        );
+    }
 }
 
 async fn uploads_append_at_their_offset_within_limits_and_one_coordinator_joins_them(q: Queue) {
