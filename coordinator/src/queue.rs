@@ -626,9 +626,12 @@ impl Queue {
         let mut leased = vec![first];
         if matches!(kind, TaskKind::Transcode | TaskKind::Chunk) && max_tasks > 1 {
             // More renditions of this job (for a chunk: of this chunk) from one decode:
-            // how many are queued, and how many of the job's tasks of this kind in all.
+            // how many are queued, how many of the job's tasks of this kind in all and
+            // their pixels, and the pixels of the job's largest task of this kind.
             let counts = sql::query(
-                "SELECT CAST(COALESCE(SUM(CASE WHEN $5 IS NULL OR t.chunk = $5 THEN 1 ELSE 0 END), 0) AS BIGINT), COUNT(*)
+                "SELECT CAST(COALESCE(SUM(CASE WHEN $5 IS NULL OR t.chunk = $5 THEN 1 ELSE 0 END), 0) AS BIGINT), COUNT(*),
+                        CAST(COALESCE(SUM(t.pixels), 0) AS BIGINT),
+                        (SELECT MAX(a.pixels) FROM tasks a WHERE a.job_id = $1 AND a.kind = $4)
                  FROM tasks t WHERE t.job_id = $1 AND t.kind = $4 AND t.state = 'queued'
                    AND t.run_after <= $2 AND t.cancel = 0 AND (t.requires IS NULL OR instr($3, ',' || t.requires || ',') > 0)",
             )
@@ -640,6 +643,7 @@ impl Queue {
             .fetch_one(&mut tx)
             .await?;
             let (remaining, of_kind): (i64, i64) = (counts.get(0), counts.get(1));
+            let (queued_pixels, largest): (i64, Option<i64>) = (counts.get(2), counts.get(3));
             // Free slots of live workers other than this one's just-taken slot, and all their slots.
             let slots = sql::query(
                 "SELECT CAST(COALESCE(SUM(CASE WHEN w.slots > COALESCE(h.held, 0) THEN w.slots - COALESCE(h.held, 0) ELSE 0 END), 0) AS BIGINT),
@@ -674,18 +678,15 @@ impl Queue {
                 _ => ((of_kind.max(0) as u64 + 1) / (2 * live.max(1) as u64)).max(1) as usize,
             };
             // Beyond its share, a chunk lease takes more rungs of its chunk while their
-            // pixels together stay within the job's largest rung's. That rung's chunks
-            // go alone anyway, so they set how coarse the job's end is; a bundle no
-            // larger leaves the end as it was and saves a decode of the source for
-            // each rung it carries.
-            let mut budget = match (kind, playable_early, pixels) {
-                (TaskKind::Chunk, false, Some(first)) => {
-                    let largest: Option<i64> = sql::query_scalar("SELECT MAX(pixels) FROM tasks WHERE job_id = $1 AND kind = $2")
-                        .bind(&job)
-                        .bind(kind_str(kind))
-                        .fetch_one(&mut tx)
-                        .await?;
-                    largest.unwrap_or(0) - first
+            // pixels together stay within the job's largest rung's, and within a live
+            // slot's even part of the job's queued chunks (this one included). The
+            // largest rung's chunks go alone anyway, so a bundle no larger leaves the
+            // job's granularity as it was and saves a decode of the source for each
+            // rung it carries; near the end, the even part shrinks and the rungs
+            // spread over the farm again.
+            let mut budget = match (kind, playable_early, pixels, largest) {
+                (TaskKind::Chunk, false, Some(first), Some(largest)) => {
+                    largest.min((queued_pixels + first) / live.max(1)) - first
                 }
                 _ => 0,
             };
