@@ -170,11 +170,12 @@ fn audio_task(plan: &proto::plan::Plan) -> Option<NewTask> {
 }
 
 /// A job cut in time chunks, in lease order: the audio (whole, once), which every
-/// join needs; the lowest rung's chunks, so it is joined and playable first; every
-/// rendition's join (each waits for its chunks and the audio); the thumbnails; then
-/// the other rungs' chunks, highest rung first, the longest tasks first so that the
-/// end of the job is short ones spread over the farm. A lease may take the same
-/// chunk of several rungs from one decode (see `Queue::lease_bundle`).
+/// join needs; the lowest rung's chunks and its join (which waits for them and the
+/// audio), so it is playable first; the thumbnails; the other rungs' chunks, highest
+/// rung first, the longest tasks first so that the end of the job is short ones
+/// spread over the farm; then their joins, which never hold a chunk back. A lease
+/// may take the same chunk of several rungs from one decode (see
+/// `Queue::lease_bundle`).
 fn chunked_tasks(plan: &proto::plan::Plan, cut: &proto::plan::ChunkPlan, encoder: &str) -> Vec<NewTask> {
     let span = |i: usize| {
         let c = &cut.chunks[i];
@@ -186,11 +187,12 @@ fn chunked_tasks(plan: &proto::plan::Plan, cut: &proto::plan::ChunkPlan, encoder
     let rungs = &plan.renditions;
     let mut tasks: Vec<NewTask> = audio_task(plan).into_iter().collect();
     tasks.extend(chunks(&rungs[0]));
-    tasks.extend(rungs.iter().map(|r| NewTask::join(&r.name)));
+    tasks.push(NewTask::join(&rungs[0].name));
     tasks.push(NewTask::thumbnails());
     for r in rungs[1..].iter().rev() {
         tasks.extend(chunks(r));
     }
+    tasks.extend(rungs[1..].iter().map(|r| NewTask::join(&r.name)));
     tasks
 }
 
