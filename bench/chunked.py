@@ -2,7 +2,8 @@
 cpuacct cgroups of its own, quota 2/W cores), one job per (W, mode), timed from
 the job's own record. Modes (`BENCH_MODES`, default both): `chunked` (the built-in
 web profile, which cuts sources of 3 minutes and more in 60 s chunks) and `whole`
-(web with chunking off).
+(web with chunking off). `BENCH_TIMELINE=DIR` also writes each run's tasks, where
+and when each ran, to DIR/timeline-W-MODE.txt.
 """
 
 import json
@@ -100,6 +101,14 @@ def timed_job(w, mode, procs, groups):
     if job["state"] != "succeeded":
         sys.exit(f"W={w} {mode}: the job {job['state']}: {job.get('error')}")
     tasks = job["tasks"]
+    if os.environ.get("BENCH_TIMELINE"):
+        # Where each task ran, and when (seconds from the job's creation): what the
+        # scheduler did, to read beside the table.
+        t0 = job["created_at"]
+        with open(os.path.join(os.environ["BENCH_TIMELINE"], f"timeline-{w}-{mode}.txt"), "w") as f:
+            for t in sorted(tasks, key=lambda t: t["timing"].get("leased_at") or 0):
+                at = lambda k: (t["timing"].get(k) or t0) / 1000 - t0 / 1000
+                f.write(f"{t['name']:>12} {t['worker'] or '-':>4} {at('leased_at'):8.1f} {at('finished_at'):8.1f}\n")
     # Timed from the job's record: created (upload stored) to the first rendition
     # published, and to the job's success (finalize included).
     playable = min(t["timing"]["finished_at"] for t in tasks if t["kind"] in ("transcode", "join")) - job["created_at"]

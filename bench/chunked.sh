@@ -18,6 +18,7 @@ counts="${2:-1 2 4 8}"
 cargo build --release --bin drake >&2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-src="$work/src.mp4"
-bench_source "$secs" "$src"
+# BENCH_SOURCE: a source made before (by bench_source, of SECONDS), to skip making it again.
+src="${BENCH_SOURCE:-$work/src.mp4}"
+[ -n "${BENCH_SOURCE:-}" ] || bench_source "$secs" "$src"
 python3 bench/chunked.py "$PWD/target/release/drake" "$src" "$work" $counts
