@@ -685,9 +685,7 @@ impl Queue {
             // rung it carries; near the end, the even part shrinks and the rungs
             // spread over the farm again.
             let mut budget = match (kind, playable_early, pixels, largest) {
-                (TaskKind::Chunk, false, Some(first), Some(largest)) => {
-                    largest.min((queued_pixels + first) / live.max(1)) - first
-                }
+                (TaskKind::Chunk, false, Some(first), Some(largest)) => largest.min((queued_pixels + first) / live.max(1)) - first,
                 _ => 0,
             };
             while leased.len() < max_tasks {
@@ -709,7 +707,15 @@ impl Queue {
             if kind == TaskKind::Transcode
                 && bundling.thumbnails
                 && took_the_last
-                && let Some(c) = self.lease_one(&mut tx, worker, encoders, now, Some(Only { job: &job, kind: TaskKind::Thumbnails, chunk: None, max_pixels: None })).await?
+                && let Some(c) = self
+                    .lease_one(
+                        &mut tx,
+                        worker,
+                        encoders,
+                        now,
+                        Some(Only { job: &job, kind: TaskKind::Thumbnails, chunk: None, max_pixels: None }),
+                    )
+                    .await?
             {
                 leased.push(c.lease);
             }
