@@ -135,8 +135,8 @@ pub struct NewTask {
     pub requires: Option<String>,
     /// A chunk task's frames.
     pub chunk: Option<ChunkSpan>,
-    /// A video task's output frame size (width x height): what a chunk bundle weighs
-    /// (see [`Queue::lease_bundle`]).
+    /// A chunk task's output frame size (width x height): what a chunk bundle weighs
+    /// (see [`Queue::lease_bundle`]). Other tasks are not weighed.
     pub pixels: Option<u64>,
 }
 
