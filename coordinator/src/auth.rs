@@ -92,14 +92,30 @@ impl Queue {
         Ok(())
     }
 
-    /// The caller a presented token stands for, if it is valid now.
+    /// The caller a presented token stands for, if it is valid now. Answers from
+    /// [`Callers`] when it can.
     pub async fn authenticate(&self, token: &str, now: i64) -> Result<Option<Caller>> {
-        let row = sql::query("SELECT role, label FROM tokens WHERE hash = $1 AND revoked = 0 AND (expires_at IS NULL OR expires_at > $2) AND (uses_left IS NULL OR uses_left > 0)")
-            .bind(digest(token))
+        let hash = digest(token);
+        if let Some(caller) = self.callers.get(&hash, now) {
+            return Ok(Some(caller));
+        }
+        let row = sql::query("SELECT role, label, expires_at FROM tokens WHERE hash = $1 AND revoked = 0 AND (expires_at IS NULL OR expires_at > $2) AND (uses_left IS NULL OR uses_left > 0)")
+            .bind(&hash)
             .bind(now)
             .fetch_optional(&mut self.auto())
             .await?;
-        Ok(row.and_then(|r| Some(Caller { role: Role::parse(&r.get::<String, _>(0))?, label: r.get(1), presented: None })))
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let Some(role) = Role::parse(&row.get::<String, _>(0)) else {
+            return Ok(None);
+        };
+        let caller = Caller { role, label: row.get(1), presented: None };
+        // A join token's uses run out: it is always read.
+        if role != Role::Join {
+            self.callers.keep(hash, &caller, row.get(2));
+        }
+        Ok(Some(caller))
     }
 
     /// Spends one use of a join token; false when it had none left.
@@ -138,6 +154,7 @@ impl Queue {
             .execute(&mut self.auto())
             .await?
             .rows_affected();
+        self.callers.forget();
         if n == 0 {
             return Err(QueueError::NotFound(format!("token {id}")));
         }
@@ -147,9 +164,52 @@ impl Queue {
     pub async fn revoke_token(&self, token_digest: &str) -> Result<()> {
         let n =
             sql::query("UPDATE tokens SET revoked = 1 WHERE hash = $1").bind(token_digest).execute(&mut self.auto()).await?.rows_affected();
+        self.callers.forget();
         if n == 0 {
             return Err(QueueError::NotFound("token".into()));
         }
         Ok(())
+    }
+}
+
+/// How long an authenticated caller is answered from memory.
+const CALLER_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Most callers kept; more empties the cache (only valid tokens get in).
+const CALLERS_KEPT: usize = 10_000;
+
+/// Callers authenticated within [`CALLER_TTL`], by token digest. A worker
+/// authenticates every request, several a second, and the lookup was a fifth of
+/// a task cycle's statements. A revocation through this coordinator empties the
+/// cache at once ([`Callers::forget`]); one through another coordinator takes
+/// effect here within the TTL. An expiring token is checked against its expiry
+/// on every hit.
+#[derive(Default)]
+pub struct Callers(std::sync::Mutex<std::collections::HashMap<String, Kept>>);
+
+struct Kept {
+    caller: Caller,
+    expires_at: Option<i64>,
+    at: std::time::Instant,
+}
+
+impl Callers {
+    fn get(&self, hash: &str, now: i64) -> Option<Caller> {
+        let kept = self.0.lock().expect("the callers cache");
+        let k = kept.get(hash)?;
+        (k.at.elapsed() < CALLER_TTL && k.expires_at.is_none_or(|e| e > now)).then(|| k.caller.clone())
+    }
+
+    fn keep(&self, hash: String, caller: &Caller, expires_at: Option<i64>) {
+        let mut kept = self.0.lock().expect("the callers cache");
+        if kept.len() >= CALLERS_KEPT {
+            kept.clear();
+        }
+        kept.insert(hash, Kept { caller: caller.clone(), expires_at, at: std::time::Instant::now() });
+    }
+
+    /// Forgets every caller (a token was revoked).
+    pub fn forget(&self) {
+        self.0.lock().expect("the callers cache").clear();
     }
 }

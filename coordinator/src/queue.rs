@@ -312,6 +312,8 @@ pub struct Lease {
     pub source: String,
     pub expires_at: i64,
     pub attempt: i64,
+    /// The job's audio is a task of its own (every job with video and audio).
+    pub has_audio: bool,
 }
 
 /// Which tasks a bundle's further claims may take: `job`'s of `kind` (of one
@@ -420,7 +422,12 @@ macro_rules! lease_claim {
                          ORDER BY t.priority DESC, t.due_at, t.job_created_at, t.seq LIMIT 1 ",
             $lock,
             ")
-             RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts, name, chunk, first_frame, frames, pixels"
+             RETURNING id, job_id, epoch, kind, rendition, lease_expires_at, attempts, name, chunk, first_frame, frames, pixels,
+                 (SELECT j.profile FROM jobs j WHERE j.id = tasks.job_id) AS profile,
+                 (SELECT COALESCE(j.stored_source, j.source) FROM jobs j WHERE j.id = tasks.job_id) AS source,
+                 (SELECT j.state FROM jobs j WHERE j.id = tasks.job_id) AS job_state,
+                 CASE WHEN EXISTS (SELECT 1 FROM tasks a WHERE a.job_id = tasks.job_id AND a.name = 'audio' AND a.kind = 'audio')
+                      THEN 1 ELSE 0 END AS has_audio"
         )
     };
 }
@@ -433,6 +440,8 @@ pub struct Queue {
     held: Option<std::sync::Arc<conn::Shared>>,
     backend: Backend,
     pub cfg: QueueConfig,
+    /// Recently authenticated callers (see [`crate::auth::Callers`]).
+    pub(crate) callers: std::sync::Arc<crate::auth::Callers>,
 }
 
 impl Queue {
@@ -488,6 +497,12 @@ impl Queue {
         self.backend
     }
 
+    /// How stale a live worker's `last_seen` may be before its next call writes
+    /// it (see [`Queue::worker_seen`]): a tenth of the lease TTL, at most a second.
+    pub fn seen_every_ms(&self) -> i64 {
+        (self.cfg.lease_ttl_ms / 10).min(1000)
+    }
+
     /// Migrates the database; `sqlite` is the SQLite database to open the held
     /// connection to (`None` on PostgreSQL).
     async fn migrated(pool: AnyPool, sqlite: Option<&str>, cfg: QueueConfig) -> Result<Queue> {
@@ -498,7 +513,7 @@ impl Queue {
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
         let held = sqlite.map(|target| sql::sqlite::open(target).map(conn::Shared::new)).transpose()?;
-        Ok(Queue { pool, held, backend, cfg })
+        Ok(Queue { pool, held, backend, cfg, callers: Default::default() })
     }
 
     /// Sets the process's farm clock ([`crate::state::now_ms`]) to the database's,
@@ -614,8 +629,9 @@ impl Queue {
             // state every second), and a plan made from them sorted every queued task
             // on each lease (measured: 1 s per lease at 40,000 queued). The claim walks
             // the lease-order index instead.
-            sql::query("SET LOCAL enable_sort = off").execute(&mut tx).await?;
-            sql::query("SET LOCAL enable_bitmapscan = off").execute(&mut tx).await?;
+            sql::query("SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)")
+                .execute(&mut tx)
+                .await?;
         }
         let Some(Claimed { lease: first, pixels }) = self.lease_one(&mut tx, worker, encoders, now, None).await? else {
             tx.commit().await?;
@@ -756,16 +772,16 @@ impl Queue {
         let Some(row) = row else {
             return Ok(None);
         };
+        // The claim returns what the lease needs of its job, so that a lease is one
+        // round trip on PostgreSQL.
         let job_id: String = row.get("job_id");
-        let (profile, source): (String, String) = sql::query_as("SELECT profile, COALESCE(stored_source, source) FROM jobs WHERE id = $1")
-            .bind(&job_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        sql::query("UPDATE jobs SET state = 'running', updated_at = $1 WHERE id = $2 AND state = 'queued'")
-            .bind(now)
-            .bind(&job_id)
-            .execute(&mut *tx)
-            .await?;
+        if row.get::<String, _>("job_state") == "queued" {
+            sql::query("UPDATE jobs SET state = 'running', updated_at = $1 WHERE id = $2 AND state = 'queued'")
+                .bind(now)
+                .bind(&job_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         let lease = Lease {
             task_id: row.get("id"),
             job_id,
@@ -774,10 +790,11 @@ impl Queue {
             rendition: row.get("rendition"),
             name: row.get("name"),
             chunk: chunk_span(&row),
-            profile,
-            source,
+            profile: row.get("profile"),
+            source: row.get("source"),
             expires_at: row.get("lease_expires_at"),
             attempt: row.get("attempts"),
+            has_audio: row.get::<i64, _>("has_audio") != 0,
         };
         Ok(Some(Claimed { lease, pixels: row.get("pixels") }))
     }
@@ -830,6 +847,27 @@ impl Queue {
     /// last, the job moves to `finalizing` and owes its finalize. False when the task
     /// was not promoting (canceled meanwhile, or promoted already).
     pub async fn promoted(&self, task: &str, now: i64) -> Result<bool> {
+        if self.backend == Backend::Postgres {
+            // One round trip: the database settles the job under the writer's lock
+            // (migration 0012's `drake_promoted`), so the lock is never held while
+            // a coordinator waits for an answer.
+            let row = sql::query("SELECT job_id, settled FROM drake_promoted($1, $2, $3)")
+                .bind(task)
+                .bind(now)
+                .bind(conn::WRITE_LOCK)
+                .fetch_optional(&mut self.auto())
+                .await?;
+            let Some(row) = row else {
+                return Ok(false);
+            };
+            if row.get::<i64, _>(1) == 0 {
+                // A task of the job failed: settling ends it (only a race gets here).
+                let mut tx = self.write_tx().await?;
+                settle_job(&mut tx, &row.get::<String, _>(0), now).await?;
+                tx.commit().await?;
+            }
+            return Ok(true);
+        }
         let mut tx = self.write_tx().await?;
         let job: Option<String> = sql::query_scalar(
             "UPDATE tasks SET state = 'succeeded', lease_expires_at = NULL, updated_at = $2, finished_at = $2
@@ -1008,16 +1046,25 @@ impl Queue {
     /// Whether `worker` holds a live lease on a task of `job` (with `lease`: on the
     /// task of that name at that epoch).
     pub async fn worker_holds(&self, worker: &str, job: &str, lease: Option<(&str, i64)>) -> Result<bool> {
-        let held: i64 = sql::query_scalar(
-            "SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND worker_id = $2 AND state IN ('leased', 'running')
-                 AND ($3 IS NULL OR (name = $3 AND epoch = $4))) THEN 1 ELSE 0 END",
-        )
-        .bind(job)
-        .bind(worker)
-        .bind(lease.map(|l| l.0))
-        .bind(lease.map(|l| l.1))
-        .fetch_one(&mut self.auto())
-        .await?;
+        // With a lease, the task by its name (`tasks_job_name`): one row, where the
+        // job's leased tasks may be hundreds.
+        let query = match lease {
+            Some((name, epoch)) => sql::query_scalar(
+                "SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND name = $3 AND epoch = $4 AND worker_id = $2
+                     AND state IN ('leased', 'running')) THEN 1 ELSE 0 END",
+            )
+            .bind(job)
+            .bind(worker)
+            .bind(name)
+            .bind(epoch),
+            None => sql::query_scalar(
+                "SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND worker_id = $2 AND state IN ('leased', 'running'))
+                 THEN 1 ELSE 0 END",
+            )
+            .bind(job)
+            .bind(worker),
+        };
+        let held: i64 = query.fetch_one(&mut self.auto()).await?;
         Ok(held != 0)
     }
 
@@ -1071,15 +1118,6 @@ impl Queue {
             .fetch_all(&mut self.auto())
             .await?;
         Ok(names)
-    }
-
-    /// Whether the job's audio is a task of its own (every job with video and audio).
-    pub async fn has_audio_task(&self, job: &str) -> Result<bool> {
-        let n: i64 = sql::query_scalar("SELECT COUNT(*) FROM tasks WHERE job_id = $1 AND kind = 'audio'")
-            .bind(job)
-            .fetch_one(&mut self.auto())
-            .await?;
-        Ok(n > 0)
     }
 
     /// The succeeded chunk reports of `rendition` other than chunk `index`'s.
@@ -1332,28 +1370,35 @@ async fn requeue_or_fail(
 /// Derives a live job's state from its tasks: any failed task fails the job (and
 /// stops the rest); all succeeded means finalizing, which owes the finalize chore.
 /// An ended job never moves again.
+///
+/// On PostgreSQL, a promotion settles its job in `drake_promoted` (postgres
+/// migration 0012), which does what this does: keep the two in step.
 async fn settle_job(tx: &mut impl Exec, job: &str, now: i64) -> Result<()> {
-    // Counts, not rows: a job may have many tasks, and this runs on every completion.
-    // Only indexed columns (tasks_job_outcome), so no task row is read.
+    // Whether some task exists, has failed, has not succeeded, has left the queue:
+    // each the first entry of an index range (`tasks_job_outcome`, and
+    // `tasks_pending_by_kind` for the unfinished), never a count of the job's
+    // tasks. This runs on every completion, and a job may have hundreds of tasks.
     let row = sql::query(
-        "SELECT j.state, COUNT(t.job_id), CAST(COALESCE(SUM(CASE WHEN t.state = 'failed' THEN 1 ELSE 0 END), 0) AS BIGINT),
-                CAST(COALESCE(SUM(CASE WHEN t.state = 'succeeded' THEN 1 ELSE 0 END), 0) AS BIGINT),
-                CAST(COALESCE(SUM(CASE WHEN t.state = 'queued' THEN 1 ELSE 0 END), 0) AS BIGINT)
-         FROM jobs j LEFT JOIN tasks t ON t.job_id = j.id WHERE j.id = $1 GROUP BY j.state",
+        "SELECT j.state,
+                CASE WHEN EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id) THEN 1 ELSE 0 END,
+                CASE WHEN EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id AND t.state = 'failed') THEN 1 ELSE 0 END,
+                CASE WHEN EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id AND t.state <> 'succeeded') THEN 1 ELSE 0 END,
+                CASE WHEN EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id AND t.state <> 'queued') THEN 1 ELSE 0 END
+         FROM jobs j WHERE j.id = $1",
     )
     .bind(job)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| QueueError::NotFound(format!("job {job}")))?;
     let current: String = row.get(0);
-    let (tasks, failed, succeeded, queued): (i64, i64, i64, i64) = (row.get(1), row.get(2), row.get(3), row.get(4));
+    let [any, failed, unfinished, started] = [1, 2, 3, 4].map(|i| row.get::<i64, _>(i) != 0);
     if is_terminal(&current) {
         return Ok(());
     }
-    if failed > 0 {
+    if failed {
         return end_job(tx, job, "failed", None, now).await;
     }
-    if tasks > 0 && succeeded == tasks {
+    if any && !unfinished {
         if current != "finalizing" {
             sql::query(
                 "UPDATE jobs SET state = 'finalizing', chore = 'finalize', chore_attempts = 0, chore_error = NULL, chore_claimed_by = NULL,
@@ -1366,7 +1411,7 @@ async fn settle_job(tx: &mut impl Exec, job: &str, now: i64) -> Result<()> {
         }
         return Ok(());
     }
-    let next = if queued < tasks { "running" } else { "queued" };
+    let next = if started { "running" } else { "queued" };
     if next != current {
         sql::query("UPDATE jobs SET state = $1, updated_at = $2 WHERE id = $3").bind(next).bind(now).bind(job).execute(&mut *tx).await?;
     }

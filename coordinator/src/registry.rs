@@ -71,18 +71,29 @@ impl Queue {
 
     /// Records a worker's poll or heartbeat (free slots and load when it reports
     /// them). Returns (capabilities, draining) or NotFound for removed workers.
+    ///
+    /// A worker calls several times a second under load, and liveness is judged
+    /// against the lease TTL: the row is read, and written only when its
+    /// `last_seen` is [`Queue::seen_every_ms`] old or its free slots changed. A
+    /// write costs the commit the row's pages; a read costs a few microseconds.
     pub async fn worker_seen(&self, id: &str, free_slots: Option<i64>, load: Option<f64>, now: i64) -> Result<(Capabilities, bool)> {
-        let row = sql::query(
-            "UPDATE workers SET last_seen = $1, free_slots = COALESCE($2, free_slots), load = COALESCE($3, load)
-             WHERE id = $4 AND removed = 0 RETURNING capabilities, draining",
-        )
-        .bind(now)
-        .bind(free_slots)
-        .bind(load.filter(|l| l.is_finite() && *l >= 0.0))
-        .bind(id)
-        .fetch_optional(&mut self.auto())
-        .await?
-        .ok_or_else(|| QueueError::NotFound(format!("worker {id}")))?;
+        let row = sql::query("SELECT capabilities, draining, last_seen, free_slots FROM workers WHERE id = $1 AND removed = 0")
+            .bind(id)
+            .fetch_optional(&mut self.auto())
+            .await?
+            .ok_or_else(|| QueueError::NotFound(format!("worker {id}")))?;
+        let (last_seen, slots): (i64, Option<i64>) = (row.get(2), row.get(3));
+        if last_seen <= now - self.seen_every_ms() || free_slots.is_some_and(|f| slots != Some(f)) {
+            sql::query(
+                "UPDATE workers SET last_seen = $1, free_slots = COALESCE($2, free_slots), load = COALESCE($3, load) WHERE id = $4 AND removed = 0",
+            )
+            .bind(now)
+            .bind(free_slots)
+            .bind(load.filter(|l| l.is_finite() && *l >= 0.0))
+            .bind(id)
+            .execute(&mut self.auto())
+            .await?;
+        }
         let caps: Capabilities = serde_json::from_str(&row.get::<String, _>(0)).map_err(|e| QueueError::Conflict(e.to_string()))?;
         Ok((caps, row.get::<i64, _>(1) != 0))
     }
@@ -111,6 +122,7 @@ impl Queue {
             return Err(QueueError::NotFound(format!("worker {id}")));
         }
         sql::query("UPDATE tokens SET revoked = 1 WHERE role = 'worker' AND label = $1").bind(id).execute(&mut self.auto()).await?;
+        self.callers.forget();
         sql::query("UPDATE tasks SET lease_expires_at = 0 WHERE worker_id = $1 AND state IN ('leased', 'running')")
             .bind(id)
             .execute(&mut self.auto())

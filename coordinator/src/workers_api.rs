@@ -98,8 +98,6 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
             let bundling = Bundling { max_renditions: (req.max_tasks as usize).clamp(1, MAX_BUNDLE), thumbnails: req.bundle_thumbnails };
             let granted = st.queue.lease_bundle(&worker, &Fit { encoders: &caps.encoders, tags: &caps.tags }, now, bundling).await?;
             let mut leased = Vec::with_capacity(granted.len());
-            // A bundle is one job's: whether it has an audio task is asked once.
-            let mut has_audio: Option<(String, bool)> = None;
             for l in granted {
                 st.emit("task", json!({"job_id": l.job_id, "task_id": l.task_id, "state": "leased", "worker": worker}));
                 let join = match (l.kind, l.rendition.as_deref()) {
@@ -107,14 +105,8 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
                     _ => None,
                 };
                 let audio = match l.kind {
-                    TaskKind::Transcode | TaskKind::Join => {
-                        let known = has_audio.as_ref().filter(|(job, _)| *job == l.job_id).map(|(_, has)| *has);
-                        let has = match known {
-                            Some(has) => has,
-                            None => st.queue.has_audio_task(&l.job_id).await?,
-                        };
-                        has_audio = Some((l.job_id.clone(), has));
-                        has.then(|| storage::output_dir(&l.job_id, TaskKind::Audio, storage::AUDIO_DIR))
+                    TaskKind::Transcode | TaskKind::Join if l.has_audio => {
+                        Some(storage::output_dir(&l.job_id, TaskKind::Audio, storage::AUDIO_DIR))
                     }
                     _ => None,
                 };

@@ -616,7 +616,20 @@ async fn tokens_are_stored_hashed_and_checked(q: Queue) {
     q.add_token(&join2, Role::Join, None, Some(5), Some(100), 0).await.unwrap();
     assert!(!q.spend_join_token(&join2, 100).await.unwrap(), "expired");
     q.revoke_token(&digest(&admin)).await.unwrap();
-    assert!(q.authenticate(&admin, 2).await.unwrap().is_none());
+    assert!(q.authenticate(&admin, 2).await.unwrap().is_none(), "a revoked token answered from memory");
+    // A caller kept in memory still expires with its token.
+    let expiring = generate(Role::Submit);
+    q.add_token(&expiring, Role::Submit, Some("p"), None, Some(100), 0).await.unwrap();
+    assert!(q.authenticate(&expiring, 99).await.unwrap().is_some());
+    assert!(q.authenticate(&expiring, 100).await.unwrap().is_none(), "an expired token answered from memory");
+    // A removed worker's credential stops at once.
+    let caps = proto::wire::Capabilities { encoders: vec![], cores: 1, tags: vec![] };
+    let worker = generate(Role::Worker);
+    q.register_worker("w9", "box-9", 1, &caps, "1.0", 0).await.unwrap();
+    q.add_token(&worker, Role::Worker, Some("w9"), None, None, 0).await.unwrap();
+    assert_eq!(q.authenticate(&worker, 1).await.unwrap().unwrap().label.as_deref(), Some("w9"));
+    q.remove_worker("w9").await.unwrap();
+    assert!(q.authenticate(&worker, 2).await.unwrap().is_none(), "a removed worker answered from memory");
 }
 
 async fn login_links_work_once_and_sessions_expire(q: Queue) {
@@ -648,6 +661,15 @@ async fn workers_register_drain_and_leave(q: Queue) {
     assert!(q.worker_seen("w1", None, None, T0 + 2).await.unwrap().1);
     let listed = q.list_workers(T0 + 2).await.unwrap();
     assert_eq!((listed.len(), listed[0].name.as_str(), listed[0].slots), (1, "box-1", 2));
+    // Liveness is written once per `seen_every_ms` (a call within it only reads),
+    // and at once when the free slots change.
+    assert_eq!(listed[0].last_heartbeat, T0 + 1, "a call within the interval wrote last_seen");
+    let every = q.seen_every_ms();
+    assert!(every > 0 && every <= 1000, "{every}");
+    q.worker_seen("w1", Some(1), None, T0 + 1 + every).await.unwrap();
+    assert_eq!(q.list_workers(T0 + 2).await.unwrap()[0].last_heartbeat, T0 + 1 + every);
+    q.worker_seen("w1", Some(2), None, T0 + 2 + every).await.unwrap();
+    assert_eq!(q.list_workers(T0 + 2).await.unwrap()[0].last_heartbeat, T0 + 2 + every);
     let job = job_with(&q, &["240p"]).await;
     q.lease("w1", &[], T0 + 2).await.unwrap().unwrap();
     q.remove_worker("w1").await.unwrap();
@@ -1046,6 +1068,9 @@ async fn operations_answer_only_once_their_shared_commit_is_done() {
                 .await
                 .unwrap();
             assert_eq!(seen, 1, "{id} was answered before its commit");
+            // A single statement runs without a savepoint: one that fails undoes
+            // only itself, and the batch it was in commits the others' writes.
+            assert!(q.register_worker(&id, "again", 1, &caps, "test", T0).await.is_err(), "{id} registered twice");
             // A transaction that fails leaves the others' writes alone.
             let mut tx = q.begin().await.unwrap();
             sql::query("UPDATE workers SET name = 'undone' WHERE id = $1").bind(&id).execute(&mut tx).await.unwrap();
