@@ -38,9 +38,7 @@ const GROUP_FLUSH_AFTER: Duration = Duration::from_millis(10);
 
 /// SQLite's held connection. Operations on it share transactions (group
 /// commit): each transaction runs in a savepoint of the open batch (a single
-/// statement needs none: SQLite undoes a failed statement itself, and one that
-/// ran cannot be half done; the savepoint pair cost 40 µs a task cycle in
-/// `bench/queue.sh`), and the batch commits
+/// statement needs none, see [`Shared::begin_op`]), and the batch commits
 /// when no other operation is waiting for the connection, or it has carried
 /// [`GROUP_MAX_OPS`], or it is [`GROUP_MAX_AGE`] old. Nothing an operation did
 /// is answered before its batch commits: it waits for that. A commit writes the
@@ -110,7 +108,8 @@ impl Shared {
     /// Starts an operation in the open batch (opening one if none is). A
     /// transaction's runs in a savepoint, so that it can be undone alone. A single
     /// statement needs none: SQLite undoes a failed statement by itself, and one
-    /// that ran cannot be half done.
+    /// that ran cannot be half done (the savepoint pair cost 40 µs a task cycle
+    /// in `bench/queue.sh`).
     async fn begin_op(self: &Arc<Shared>, savepoint: bool) -> Result<Op> {
         let mut h = self.lock().await?;
         if h.batch.is_none() {
