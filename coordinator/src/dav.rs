@@ -8,12 +8,14 @@ use crate::error::ApiError;
 use crate::state::{AppState, now_ms};
 use crate::storage::StoreError;
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::Method;
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use dav_server::{DavConfig, DavHandler, localfs::LocalFs, memls::MemLs};
-use std::path::Path;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
 
 pub fn handler(root: &Path) -> DavHandler {
     DavHandler::builder()
@@ -141,9 +143,129 @@ async fn dav(State(st): State<AppState>, req: Request) -> Response {
     if !allowed {
         return ApiError::Forbidden.into_response();
     }
+    if caller.role == Role::Worker && matches!(parts.method.as_str(), "MKCOL" | "PUT") {
+        let rel = percent_decode(parts.uri.path().trim_start_matches("/dav")).trim_start_matches('/').to_string();
+        return write_direct(st.storage.root(), &parts.method, &rel, &parts.headers, body).await;
+    }
     let principal = caller.label.unwrap_or_else(|| caller.role.as_str().to_string());
     let req = Request::from_parts(parts, body);
     st.dav.handle_with(DavConfig::new().principal(principal), req).await.into_response()
+}
+
+/// A PUT's body is written to its file in pieces of this size: a smaller body is
+/// one trip to the blocking pool, opening the file included.
+const WRITE_PIECE: usize = 1024 * 1024;
+
+/// A worker's MKCOL or PUT (always inside its staging directory, see
+/// [`worker_may`]), done here rather than by dav-server. Its `LocalFs` runs every
+/// filesystem call of a request in `block_in_place`, each handing the runtime
+/// thread's work to another thread: five for a small PUT. Here a MKCOL, or a PUT
+/// of up to [`WRITE_PIECE`], is one trip to the blocking pool. The answers are
+/// WebDAV's (RFC 4918): 201 made, 204 replaced, 405 a collection is there, 409
+/// the parent is missing, 415 a MKCOL with a body.
+async fn write_direct(root: &Path, method: &Method, rel: &str, headers: &HeaderMap, body: Body) -> Response {
+    let path = root.join(rel);
+    let status = match method.as_str() {
+        "MKCOL" => {
+            let has_body = headers.get("content-length").is_some_and(|v| v.as_bytes() != b"0") || headers.contains_key("transfer-encoding");
+            if has_body {
+                return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
+            }
+            let made = tokio::task::spawn_blocking(move || std::fs::create_dir(&path)).await.map_err(std::io::Error::other);
+            match made.and_then(|r| r) {
+                Ok(()) => StatusCode::CREATED,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => StatusCode::METHOD_NOT_ALLOWED,
+                Err(e) => io_status(&e),
+            }
+        }
+        _ => match put_file(path, body).await {
+            Ok(true) => StatusCode::NO_CONTENT,
+            Ok(false) => StatusCode::CREATED,
+            Err(e) if e.kind() == ErrorKind::IsADirectory => StatusCode::METHOD_NOT_ALLOWED,
+            Err(e) => io_status(&e),
+        },
+    };
+    status.into_response()
+}
+
+/// Writes a PUT's body to `path`: true when it replaced a file. A body that breaks
+/// off leaves no file behind.
+async fn put_file(path: PathBuf, body: Body) -> std::io::Result<bool> {
+    use futures_util::StreamExt as _;
+    struct Open {
+        file: std::fs::File,
+        replaced: bool,
+    }
+    // One blocking trip: opens the file on the first piece, then writes the piece.
+    async fn write(path: &Path, open: Option<Open>, piece: Vec<u8>) -> std::io::Result<(Open, Vec<u8>)> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let mut open = match open {
+                Some(o) => o,
+                None => {
+                    let replaced = match std::fs::symlink_metadata(&path) {
+                        Ok(m) if m.is_dir() => return Err(ErrorKind::IsADirectory.into()),
+                        Ok(_) => true,
+                        Err(_) => false,
+                    };
+                    Open { file: std::fs::File::create(&path)?, replaced }
+                }
+            };
+            std::io::Write::write_all(&mut open.file, &piece)?;
+            let mut piece = piece;
+            piece.clear();
+            Ok((open, piece))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+    let mut stream = body.into_data_stream();
+    let mut open: Option<Open> = None;
+    let mut piece = Vec::with_capacity(WRITE_PIECE);
+    loop {
+        let next = match stream.next().await.transpose() {
+            Ok(next) => next,
+            Err(e) => {
+                // The client broke off: no partial file stays (nor after a failed write).
+                if open.is_some() {
+                    let _ = tokio::fs::remove_file(&path).await;
+                }
+                return Err(std::io::Error::new(ErrorKind::ConnectionAborted, e));
+            }
+        };
+        let end = next.is_none();
+        if let Some(data) = next {
+            piece.extend_from_slice(&data);
+        }
+        if piece.len() >= WRITE_PIECE || (end && (open.is_none() || !piece.is_empty())) {
+            match write(&path, open.take(), std::mem::take(&mut piece)).await {
+                Ok((o, p)) => (open, piece) = (Some(o), p),
+                Err(e) => {
+                    if e.kind() != ErrorKind::IsADirectory {
+                        let _ = tokio::fs::remove_file(&path).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if end {
+            return Ok(open.is_some_and(|o| o.replaced));
+        }
+    }
+}
+
+/// The status of a failed filesystem call: a missing parent is 409 (RFC 4918).
+fn io_status(e: &std::io::Error) -> StatusCode {
+    match e.kind() {
+        ErrorKind::NotFound => StatusCode::CONFLICT,
+        ErrorKind::NotADirectory => StatusCode::CONFLICT,
+        // The body broke off.
+        ErrorKind::ConnectionAborted => StatusCode::BAD_REQUEST,
+        _ => {
+            proto::log!("coordinator: writing to storage: {e}");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
 }
 
 /// What a worker credential reaches in `/dav/`: it reads the source and the audio
@@ -209,5 +331,50 @@ mod tests {
         ] {
             assert_eq!(path_allowed(p), ok, "{p}");
         }
+    }
+
+    /// A body of `pieces` data frames, optionally breaking off after them.
+    fn body(pieces: Vec<Vec<u8>>, broken: bool) -> Body {
+        let mut frames: Vec<Result<Vec<u8>, std::io::Error>> = pieces.into_iter().map(Ok).collect();
+        if broken {
+            frames.push(Err(std::io::Error::other("the client went away")));
+        }
+        Body::from_stream(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn direct_writes_answer_as_webdav_does() {
+        let root = std::env::temp_dir().join(format!("drake-dav-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(root.join("jobs")).unwrap();
+        let (mkcol, put) = (Method::from_bytes(b"MKCOL").unwrap(), Method::PUT);
+        let none = HeaderMap::new();
+        let status = |r: Response| r.status().as_u16();
+
+        assert_eq!(status(write_direct(&root, &mkcol, "jobs/j/", &none, Body::empty()).await), 201);
+        assert_eq!(status(write_direct(&root, &mkcol, "jobs/j", &none, Body::empty()).await), 405, "it is there");
+        assert_eq!(status(write_direct(&root, &mkcol, "jobs/x/y/", &none, Body::empty()).await), 409, "no parent");
+        let mut with_body = HeaderMap::new();
+        with_body.insert("content-length", "3".parse().unwrap());
+        assert_eq!(status(write_direct(&root, &mkcol, "jobs/k/", &with_body, Body::from("abc")).await), 415);
+        assert!(!root.join("jobs/k").exists());
+
+        // Made, then replaced; a body of several pieces lands byte for byte.
+        assert_eq!(status(write_direct(&root, &put, "jobs/j/a", &none, body(vec![b"one".to_vec()], false)).await), 201);
+        let big: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 64 * 1024 + 7]).collect();
+        let expected: Vec<u8> = big.concat();
+        assert!(expected.len() > 2 * WRITE_PIECE);
+        assert_eq!(status(write_direct(&root, &put, "jobs/j/a", &none, body(big, false)).await), 204);
+        assert_eq!(std::fs::read(root.join("jobs/j/a")).unwrap(), expected);
+        assert_eq!(status(write_direct(&root, &put, "jobs/j/empty", &none, Body::empty()).await), 201);
+        assert_eq!(std::fs::read(root.join("jobs/j/empty")).unwrap(), b"");
+
+        // Refused: a collection, a missing parent. A body that breaks off leaves nothing.
+        assert_eq!(status(write_direct(&root, &put, "jobs/j", &none, body(vec![b"x".to_vec()], false)).await), 405);
+        assert!(root.join("jobs/j").is_dir());
+        assert_eq!(status(write_direct(&root, &put, "jobs/nope/a", &none, body(vec![b"x".to_vec()], false)).await), 409);
+        let pieces = vec![vec![1u8; WRITE_PIECE + 1], vec![2u8; 10]];
+        assert_eq!(status(write_direct(&root, &put, "jobs/j/broken", &none, body(pieces, true)).await), 400);
+        assert!(!root.join("jobs/j/broken").exists());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
