@@ -223,15 +223,11 @@ pub async fn complete(st: &AppState, worker: &str, task: &str, c: &proto::wire::
 /// there: the task succeeds. Some missing: the attempt failed and the task runs
 /// again. The store failing: it stays owed, and the reconciler tries again.
 pub async fn promote(st: &AppState, p: &Promotion) {
-    let staging = storage::staging_dir(&p.job_id, &p.name, p.epoch);
     let final_dir = storage::output_dir(&p.job_id, p.kind, &p.name);
     let first = p.files.first().and_then(|f| f["path"].as_str()).unwrap_or("rendition.json");
     let outcome: Result<Option<String>, storage::StoreError> = async {
-        if st.storage.size(&format!("{staging}/{first}")).await?.is_some() {
-            st.storage.promote(&p.job_id, p.kind, &p.name, p.epoch).await?;
-        }
         let names: Vec<&str> = p.files.iter().map(|f| f["path"].as_str().unwrap_or_default()).collect();
-        let sizes = st.storage.sizes(&final_dir, &names).await?;
+        let sizes = st.storage.promote(&p.job_id, p.kind, &p.name, p.epoch, first, &names).await?;
         match p.files.iter().zip(&names).zip(sizes).find(|((f, _), size)| *size != f["size"].as_u64()) {
             Some(((_, path), _)) => Ok(Some(format!("{final_dir}/{path} is missing after promotion"))),
             None => Ok(None),

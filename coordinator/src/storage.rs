@@ -14,6 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The size of a local file; `None` if it is not there or is not a file.
+fn file_size(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| m.len())
+}
+
 /// Where sources and outputs live, and how the coordinator reaches them.
 #[derive(Clone)]
 pub struct Store {
@@ -193,9 +198,7 @@ impl Store {
             None => {
                 let dir = self.root.join(dir);
                 let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-                let sizes = tokio::task::spawn_blocking(move || {
-                    names.iter().map(|n| std::fs::metadata(dir.join(n)).ok().filter(|m| m.is_file()).map(|m| m.len())).collect()
-                });
+                let sizes = tokio::task::spawn_blocking(move || names.iter().map(|n| file_size(&dir.join(n))).collect());
                 Ok(sizes.await.map_err(std::io::Error::other)?)
             }
             Some(_) => {
@@ -246,49 +249,67 @@ impl Store {
         Ok(Some((size, hex::encode(hash.finalize()))))
     }
 
-    /// Moves an accepted attempt's staging directory into place and removes every
-    /// other attempt's leftovers (partial uploads of lost leases).
-    pub async fn promote(&self, job: &str, kind: TaskKind, name: &str, epoch: i64) -> StoreResult<String> {
+    /// Promotes an accepted attempt, idempotently: moves its staging directory into
+    /// place if it is still there (it holds `first`), removing every other
+    /// attempt's leftovers (partial uploads of lost leases), then returns the sizes
+    /// of `names` at the final place (`None` for one that is not there). Local, it
+    /// is one trip to the blocking pool.
+    pub async fn promote(
+        &self,
+        job: &str,
+        kind: TaskKind,
+        name: &str,
+        epoch: i64,
+        first: &str,
+        names: &[&str],
+    ) -> StoreResult<Vec<Option<u64>>> {
         let final_dir = output_dir(job, kind, name);
+        let staging = staging_dir(job, name, epoch);
         match &self.remote {
             None => {
                 let root = self.root.clone();
-                let (target, (job, name)) = (root.join(&final_dir), (job.to_string(), name.to_string()));
-                // One trip to the blocking pool for the whole move.
-                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                    if std::fs::metadata(&target).is_ok() {
-                        std::fs::remove_dir_all(&target)?;
+                let (first, names) = (first.to_string(), names.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+                let (job, name) = (job.to_string(), name.to_string());
+                tokio::task::spawn_blocking(move || -> std::io::Result<Vec<Option<u64>>> {
+                    let target = root.join(&final_dir);
+                    if file_size(&root.join(&staging).join(&first)).is_some() {
+                        if std::fs::metadata(&target).is_ok() {
+                            std::fs::remove_dir_all(&target)?;
+                        }
+                        if kind.is_part() {
+                            std::fs::create_dir_all(target.parent().expect("a job's directory"))?;
+                        }
+                        std::fs::rename(root.join(&staging), &target)?;
+                        // Earlier epochs are the only other attempts. `.staging` itself stays
+                        // for the job's other tasks; the job's sweep removes it at its end.
+                        for e in 1..epoch {
+                            let _ = std::fs::remove_dir_all(root.join(staging_dir(&job, &name, e)));
+                        }
                     }
-                    if kind.is_part() {
-                        std::fs::create_dir_all(target.parent().expect("a job's directory"))?;
-                    }
-                    std::fs::rename(root.join(staging_dir(&job, &name, epoch)), &target)?;
-                    // Earlier epochs are the only other attempts. `.staging` itself stays
-                    // for the job's other tasks; the job's sweep removes it at its end.
-                    for e in 1..epoch {
-                        let _ = std::fs::remove_dir_all(root.join(staging_dir(&job, &name, e)));
-                    }
-                    Ok(())
+                    Ok(names.iter().map(|n| file_size(&target.join(n))).collect())
                 })
                 .await
-                .map_err(std::io::Error::other)??;
+                .map_err(std::io::Error::other)?
+                .map_err(StoreError::from)
             }
             Some(r) => {
-                // MOVE onto an existing collection replaces it (Overwrite: T).
-                let dest = format!("{}/{final_dir}/", r.base);
-                let from = format!("{}/", staging_dir(job, name, epoch));
-                if kind.is_part() {
-                    r.mkcol_parents(&final_dir).await?;
+                if self.size(&format!("{staging}/{first}")).await?.is_some() {
+                    // MOVE onto an existing collection replaces it (Overwrite: T).
+                    let dest = format!("{}/{final_dir}/", r.base);
+                    let from = format!("{staging}/");
+                    if kind.is_part() {
+                        r.mkcol_parents(&final_dir).await?;
+                    }
+                    let resp = r.send("MOVE", &from, Some(("destination", &dest)), None).await?;
+                    r.expect_ok("MOVE", &from, &resp)?;
+                    // No PROPFIND on nginx: earlier epochs are the only other attempts.
+                    for e in 1..epoch {
+                        r.delete(&format!("{}/", staging_dir(job, name, e))).await?;
+                    }
                 }
-                let resp = r.send("MOVE", &from, Some(("destination", &dest)), None).await?;
-                r.expect_ok("MOVE", &from, &resp)?;
-                // No PROPFIND on nginx: earlier epochs are the only other attempts.
-                for e in 1..epoch {
-                    r.delete(&format!("{}/", staging_dir(job, name, e))).await?;
-                }
+                self.sizes(&final_dir, names).await
             }
         }
-        Ok(final_dir)
     }
 
     /// A streaming GET from the external store, passing `headers` (Range and
