@@ -219,6 +219,11 @@ pub fn call_at(base: &str, method: &str, path: &str, token: Option<&str>, body: 
 pub fn upload_at(base: &str, token: &str, file: &str, fields: &[(&str, &str)]) -> (u16, Value) {
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-H", &format!("Authorization: Bearer {}", token), "-F", &format!("file=@{file}")]);
+    // A large body waits for the coordinator's `100 Continue` however slow the
+    // machine is (curl's default is 1 s). An upload refused by its Content-Length
+    // is then answered before a byte is sent; otherwise the connection the refusal
+    // closes can lose the answer under curl's send.
+    cmd.args(["--expect100-timeout", "60"]);
     for (k, v) in fields {
         cmd.args(["-F", &format!("{k}={v}")]);
     }
