@@ -167,7 +167,7 @@ async fn write_direct(root: &Path, method: &Method, rel: &str, headers: &HeaderM
     let path = root.join(rel);
     let status = match method.as_str() {
         "MKCOL" => {
-            let has_body = headers.get("content-length").is_some_and(|v| v.as_bytes() != b"0") || headers.contains_key("transfer-encoding");
+            let has_body = declared_length(headers).is_some_and(|n| n > 0) || headers.contains_key("transfer-encoding");
             if has_body {
                 return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
             }
@@ -178,7 +178,7 @@ async fn write_direct(root: &Path, method: &Method, rel: &str, headers: &HeaderM
                 Err(e) => io_status(&e),
             }
         }
-        _ => match put_file(path, body).await {
+        _ => match put_file(path, declared_length(headers), body).await {
             Ok(true) => StatusCode::NO_CONTENT,
             Ok(false) => StatusCode::CREATED,
             Err(e) if e.kind() == ErrorKind::IsADirectory => StatusCode::METHOD_NOT_ALLOWED,
@@ -188,9 +188,13 @@ async fn write_direct(root: &Path, method: &Method, rel: &str, headers: &HeaderM
     status.into_response()
 }
 
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+}
+
 /// Writes a PUT's body to `path`: true when it replaced a file. A body that breaks
 /// off leaves no file behind.
-async fn put_file(path: PathBuf, body: Body) -> std::io::Result<bool> {
+async fn put_file(path: PathBuf, declared: Option<usize>, body: Body) -> std::io::Result<bool> {
     use futures_util::StreamExt as _;
     struct Open {
         file: std::fs::File,
@@ -221,7 +225,8 @@ async fn put_file(path: PathBuf, body: Body) -> std::io::Result<bool> {
     }
     let mut stream = body.into_data_stream();
     let mut open: Option<Open> = None;
-    let mut piece = Vec::with_capacity(WRITE_PIECE);
+    // Room for the declared body, so that a small one is never copied on the way.
+    let mut piece = Vec::with_capacity(declared.unwrap_or(0).min(WRITE_PIECE));
     loop {
         let next = match stream.next().await.transpose() {
             Ok(next) => next,
