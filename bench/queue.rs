@@ -42,6 +42,9 @@ struct Outcome {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// The coordinators' CPU time (user and system) per task cycle, in µs: steadier
+    /// than cycles/s on a noisy machine, and what a change to the coordinator moves.
+    cpu_us_per_cycle: f64,
 }
 
 fn main() {
@@ -63,8 +66,8 @@ fn main() {
         setups.iter().enumerate().filter(|(i, _)| only.as_ref().is_none_or(|o| o.contains(i))).map(|(_, s)| s).collect();
     println!("queue benchmark: {seconds} s per run, {} cores", std::thread::available_parallelism().map_or(1, |n| n.get()));
     println!(
-        "{:<36} {:>8} {:>12} {:>10} {:>10} {:>8} {:>10} {:>10}",
-        "setup", "workers", "cycles/s", "p50 ms", "p99 ms", "errors", "vs SQLite", "vs ceiling"
+        "{:<36} {:>8} {:>12} {:>10} {:>10} {:>8} {:>10} {:>10} {:>12}",
+        "setup", "workers", "cycles/s", "p50 ms", "p99 ms", "errors", "vs SQLite", "vs ceiling", "coord µs/cyc"
     );
     // (workers, cycles/s) of the SQLite and the ideal runs, for the ratios.
     let mut sqlite: Vec<(usize, f64)> = Vec::new();
@@ -82,7 +85,7 @@ fn main() {
             }
             let vs_sqlite = if setup.ceiling { "-".to_string() } else { ratio(&sqlite, n, o.cycles_per_second) };
             println!(
-                "{:<36} {:>8} {:>12.0} {:>10.1} {:>10.1} {:>8} {:>10} {:>10}",
+                "{:<36} {:>8} {:>12.0} {:>10.1} {:>10.1} {:>8} {:>10} {:>10} {:>12.0}",
                 setup.name,
                 n,
                 o.cycles_per_second,
@@ -90,7 +93,8 @@ fn main() {
                 o.p99_ms,
                 o.errors,
                 vs_sqlite,
-                ratio(&ceiling, n, o.cycles_per_second)
+                ratio(&ceiling, n, o.cycles_per_second),
+                o.cpu_us_per_cycle
             );
         }
     }
@@ -186,12 +190,14 @@ async fn run(setup: &Setup, workers: usize, seconds: u64) -> Outcome {
     // A second of warm-up (registration, connections), then the measured window.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = cycles.load(Ordering::Relaxed);
+    let cpu_before = cpu_seconds(&procs);
     measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::Relaxed);
     let done = cycles.load(Ordering::Relaxed) - before;
     let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(&procs) - cpu_before;
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     for s in sims {
@@ -210,7 +216,30 @@ async fn run(setup: &Setup, workers: usize, seconds: u64) -> Outcome {
             }
         }
     }
-    Outcome { cycles_per_second: done as f64 / elapsed, p50_ms: pct(0.50), p99_ms: pct(0.99), errors: errors.load(Ordering::Relaxed) }
+    Outcome {
+        cycles_per_second: done as f64 / elapsed,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        errors: errors.load(Ordering::Relaxed),
+        cpu_us_per_cycle: cpu * 1e6 / done.max(1) as f64,
+    }
+}
+
+/// The CPU time (user and system) the coordinator processes have used so far, in
+/// seconds, from `/proc/PID/stat` (with `taskset`, the process is the coordinator).
+fn cpu_seconds(procs: &[Proc]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    procs
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{}/stat", p.0.id())).ok())
+        .filter_map(|stat| {
+            // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
+        })
+        .sum()
 }
 
 /// Plans `tasks` transcode tasks, in jobs of [`TASKS_PER_JOB`], the way a probe does.
