@@ -34,7 +34,7 @@ use proto::report::{
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Limits on what a stranger's upload may ask of one transcode process.
 #[derive(Debug, Clone, Copy)]
@@ -242,11 +242,34 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
 struct SourceReader {
     is_url: bool,
     corrupt: u64,
+    /// Where the last invalid read left the input, and how many in a row left it there.
+    stuck_at: i64,
+    stuck_reads: u32,
 }
+
+/// Failed reads at one place of a source over HTTP before the task gives up (with
+/// the waits between them, about 10 s).
+const STUCK_READS: u32 = 25;
 
 impl SourceReader {
     fn new(input: &str) -> SourceReader {
-        SourceReader { is_url: av::is_url(input), corrupt: 0 }
+        SourceReader { is_url: av::is_url(input), corrupt: 0, stuck_at: -1, stuck_reads: 0 }
+    }
+
+    /// Counts an invalid read: true when it left the input where the last one did.
+    fn stuck(&mut self, ictx: &mut format::context::Input) -> bool {
+        // SAFETY: the context is open; its `pb` is null or the AVIOContext it reads
+        // through, and a seek by 0 from the current place only tells the place.
+        let at = unsafe {
+            let pb = (*ictx.as_mut_ptr()).pb;
+            if pb.is_null() { -1 } else { ff::ffi::avio_seek(pb, 0, libc::SEEK_CUR) }
+        };
+        if at == self.stuck_at {
+            self.stuck_reads += 1;
+        } else {
+            (self.stuck_at, self.stuck_reads) = (at, 1);
+        }
+        self.stuck_reads > 1
     }
 
     /// The next packet, or `None` at the end of the source.
@@ -256,6 +279,18 @@ impl SourceReader {
             match pkt.read(ictx) {
                 Ok(()) => return Ok(Some(pkt)),
                 Err(ff::Error::Eof) => return Ok(None),
+                // Over HTTP, a read the store failed (a 503 to the range request of
+                // a seek) reaches the demuxer as a short read, which it reports as
+                // invalid data and tries again from the same place. Corrupt data
+                // moves on; a failing store does not: wait for it a little, then
+                // leave it to a retry of the task.
+                Err(ff::Error::InvalidData) if self.is_url && self.stuck(ictx) => {
+                    if self.stuck_reads > STUCK_READS {
+                        let why = format!("the store failed the read at byte {} {STUCK_READS} times", self.stuck_at);
+                        return Err(EngineError::internal("reading the source over HTTP", why));
+                    }
+                    std::thread::sleep(Duration::from_millis((5u64 << self.stuck_reads.min(7)).min(500)));
+                }
                 Err(ff::Error::InvalidData) => {
                     self.corrupt += 1;
                     if self.corrupt > 1000 {
