@@ -442,6 +442,32 @@ pub struct Queue {
     pub cfg: QueueConfig,
     /// Recently authenticated callers (see [`crate::auth::Callers`]).
     pub(crate) callers: std::sync::Arc<crate::auth::Callers>,
+    /// The targets of tasks this coordinator leased (see [`Targets`]).
+    targets: std::sync::Arc<Targets>,
+}
+
+/// The targets of tasks this coordinator leased, for their completions: a task's
+/// target (job, kind, name, rendition, chunk) never changes once it is planned, so
+/// a kept one is never stale, and a completion through another coordinator reads
+/// its own. Taken on use; bounded by emptying it when full.
+#[derive(Default)]
+struct Targets(std::sync::Mutex<std::collections::HashMap<String, TaskTarget>>);
+
+impl Targets {
+    /// A few times the tasks a large farm holds at once.
+    const MAX: usize = 8192;
+
+    fn put(&self, task: &str, target: TaskTarget) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= Targets::MAX {
+            kept.clear();
+        }
+        kept.insert(task.to_string(), target);
+    }
+
+    fn take(&self, task: &str) -> Option<TaskTarget> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(task)
+    }
 }
 
 impl Queue {
@@ -513,7 +539,7 @@ impl Queue {
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
         let held = sqlite.map(|target| sql::sqlite::open(target).map(conn::Shared::new)).transpose()?;
-        Ok(Queue { pool, held, backend, cfg, callers: Default::default() })
+        Ok(Queue { pool, held, backend, cfg, callers: Default::default(), targets: Default::default() })
     }
 
     /// Sets the process's farm clock ([`crate::state::now_ms`]) to the database's,
@@ -737,6 +763,11 @@ impl Queue {
             }
         }
         tx.commit().await?;
+        for l in &leased {
+            let target =
+                TaskTarget { job_id: l.job_id.clone(), kind: l.kind, name: l.name.clone(), rendition: l.rendition.clone(), chunk: l.chunk };
+            self.targets.put(&l.task_id, target);
+        }
         Ok(leased)
     }
 
@@ -1094,8 +1125,12 @@ impl Queue {
         Ok((row.get(0), probe.and_then(|p| serde_json::from_str(&p).ok()).unwrap_or_default()))
     }
 
-    /// What a task makes and where its outputs go.
+    /// What a task makes and where its outputs go: from the targets this
+    /// coordinator's leases kept ([`Targets`]), or read.
     pub async fn task_target(&self, task: &str) -> Result<TaskTarget> {
+        if let Some(target) = self.targets.take(task) {
+            return Ok(target);
+        }
         let row = sql::query("SELECT job_id, kind, name, rendition, chunk, first_frame, frames FROM tasks WHERE id = $1")
             .bind(task)
             .fetch_optional(&mut self.auto())

@@ -128,6 +128,14 @@ async fn done(q: &Queue, l: &Lease, worker: &str, now: i64) {
     assert!(q.promoted(&l.task_id, now).await.unwrap());
 }
 
+/// The target a lease kept for its completion is the one the database holds.
+async fn assert_kept_target_is_read_target(q: &Queue, l: &Lease) {
+    let kept = q.task_target(&l.task_id).await.unwrap();
+    let read = q.task_target(&l.task_id).await.unwrap();
+    assert_eq!(kept, read);
+    assert_eq!((kept.job_id.as_str(), kept.kind, kept.name.as_str(), kept.chunk), (l.job_id.as_str(), l.kind, l.name.as_str(), l.chunk));
+}
+
 /// Arms a job's owed chore and claims it, as a pushed chore does.
 async fn claim(q: &Queue, job: &str, chore: Chore, now: i64) -> Option<ChoreClaim> {
     let armed = q.arm_chores(Some(job), "me", now).await.unwrap();
@@ -139,6 +147,7 @@ async fn tasks_lease_lowest_rung_first_and_complete(q: Queue) {
     let job = job_with(&q, &["240p", "720p"]).await;
     let a = q.lease("w1", &[], T0).await.unwrap().unwrap();
     assert_eq!((a.rendition.as_deref(), a.epoch, a.attempt), (Some("240p"), 1, 1));
+    assert_kept_target_is_read_target(&q, &a).await;
     let b = q.lease("w2", &[], T0).await.unwrap().unwrap();
     assert_eq!(b.rendition.as_deref(), Some("720p"));
     assert!(q.lease("w3", &[], T0).await.unwrap().is_none(), "nothing else to lease");
@@ -903,6 +912,7 @@ async fn a_chunked_job_joins_each_rung_once_its_chunks_and_audio_are_done(q: Que
     let c0 = q.lease_bundle_for("w2", &[], T0, up_to_4).await.unwrap();
     assert_eq!(names(&c0), ["240p.c0000"]);
     assert_eq!(c0[0].chunk, Some(span(0)));
+    assert_kept_target_is_read_target(&q, &c0[0]).await;
     done(&q, &c0[0], "w2", T0 + 1).await;
     done(&q, &audio[0], "w1", T0 + 1).await;
     let c1 = q.lease_bundle_for("w1", &[], T0 + 2, up_to_4).await.unwrap();
