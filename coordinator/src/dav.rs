@@ -188,6 +188,7 @@ async fn write_direct(root: &Path, method: &Method, rel: &str, headers: &HeaderM
     status.into_response()
 }
 
+/// A request's Content-Length, if it gave one.
 fn declared_length(headers: &HeaderMap) -> Option<usize> {
     headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
