@@ -179,7 +179,10 @@ impl Store {
     /// The size of a stored file, or `None` if it is not there.
     pub async fn size(&self, rel: &str) -> StoreResult<Option<u64>> {
         match &self.remote {
-            None => Ok(tokio::fs::metadata(self.root.join(rel)).await.ok().filter(|m| m.is_file()).map(|m| m.len())),
+            None => {
+                let path = self.root.join(rel);
+                Ok(tokio::task::spawn_blocking(move || file_size(&path)).await.map_err(std::io::Error::other)?)
+            }
             Some(r) => {
                 let resp = r.send("HEAD", rel, None, None).await?;
                 if resp.status().as_u16() == 404 {
