@@ -7,6 +7,7 @@
 use crate::lifecycle;
 use crate::queue::{Chore, ChoreClaim, ChunkSpan, NewTask, TaskKind};
 use crate::state::{AppState, now_ms};
+use crate::storage::StoreError;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use proto::profile::Profile;
@@ -21,11 +22,31 @@ enum Outcome {
     /// Trouble that another attempt may not have (after a backoff), at a step
     /// ("fetching URL"; `None`: the chore's own name).
     Failed(Option<String>, String),
+    /// A disk it writes to is full, at a step: the attempt is tried again once there
+    /// may be room, and counts only after a long wait (see `Queue::chore_waits_for_space`).
+    NoSpace(Option<String>, String),
+}
+
+impl From<String> for Outcome {
+    fn from(error: String) -> Outcome {
+        Outcome::Failed(None, error)
+    }
+}
+
+impl From<&str> for Outcome {
+    fn from(error: &str) -> Outcome {
+        Outcome::Failed(None, error.into())
+    }
 }
 
 impl Outcome {
     fn failed(error: impl ToString) -> Outcome {
         Outcome::Failed(None, error.to_string())
+    }
+
+    /// Storage trouble at `step`: waiting for space when a disk is full.
+    fn storage(step: Option<String>, e: StoreError) -> Outcome {
+        if e.is_out_of_space() { Outcome::NoSpace(step, format!("storage: {e}")) } else { Outcome::Failed(step, format!("storage: {e}")) }
     }
 }
 
@@ -64,6 +85,10 @@ async fn finish_attempt(st: &AppState, job: &str, chore: Chore, claim: ChoreClai
             proto::log!("coordinator: job {job}: {} attempt {} failed: {error}", chore.as_str(), claim.attempt);
             st.queue.chore_failed(job, chore, claim, step.as_deref(), &error, now).await.map_err(|e| e.to_string())?;
         }
+        Err(Outcome::NoSpace(step, error)) => {
+            proto::log!("coordinator: job {job}: {} waits for space: {error}", chore.as_str());
+            st.queue.chore_waits_for_space(job, chore, claim, step.as_deref(), &error, now).await.map_err(|e| e.to_string())?;
+        }
     }
     lifecycle::kick(st, job).await;
     Ok(())
@@ -73,11 +98,11 @@ async fn finish_attempt(st: &AppState, job: &str, chore: Chore, claim: ChoreClai
 /// did; a partial copy from an earlier attempt is resumed by `Range`.
 async fn ingest(st: &AppState, job: &str, url: &str) -> Result<String, Outcome> {
     let stored = crate::storage::source_path(job);
-    if st.storage.size(&stored).await.map_err(Outcome::failed)?.is_some() {
+    if st.storage.size(&stored).await.map_err(|e| Outcome::storage(None, e))?.is_some() {
         return Ok(stored);
     }
     let spool = st.storage.spool_dir();
-    tokio::fs::create_dir_all(&spool).await.map_err(Outcome::failed)?;
+    tokio::fs::create_dir_all(&spool).await.map_err(|e| Outcome::storage(None, e.into()))?;
     let part = spool.join(format!("ingest-{job}.part"));
     let limits = crate::fetch::IngestLimits {
         max_bytes: st.limits.max_upload_bytes,
@@ -91,9 +116,10 @@ async fn ingest(st: &AppState, job: &str, url: &str) -> Result<String, Outcome> 
             return Err(Outcome::Rejected(format!("bad input: fetching {url}: {e}")));
         }
         // The partial copy stays for the next attempt to resume.
+        Err(e @ crate::fetch::FetchError::NoSpace(_)) => return Err(Outcome::NoSpace(Some(format!("fetching {url}")), e.to_string())),
         Err(e) => return Err(Outcome::Failed(Some(format!("fetching {url}")), e.to_string())),
     }
-    st.storage.import(&part, &stored).await.map_err(|e| Outcome::Failed(Some(format!("storing {url}")), e.to_string()))?;
+    st.storage.import(&part, &stored).await.map_err(|e| Outcome::storage(Some(format!("storing {url}")), e))?;
     Ok(stored)
 }
 
@@ -105,11 +131,8 @@ async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Option<String
     let stored =
         if j.source.starts_with("http://") || j.source.starts_with("https://") { Some(ingest(st, job, &j.source).await?) } else { None };
     let spool = st.storage.spool_dir();
-    let (target, copy) = st
-        .storage
-        .local_copy(stored.as_deref().unwrap_or(&j.source), &spool)
-        .await
-        .map_err(|e| Outcome::failed(format!("storage: {e}")))?;
+    let (target, copy) =
+        st.storage.local_copy(stored.as_deref().unwrap_or(&j.source), &spool).await.map_err(|e| Outcome::storage(None, e))?;
     let mut probe = tokio::process::Command::new(st.drake_exe.as_ref());
     probe.arg("probe").arg(&target).kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(120), probe.output()).await;
@@ -217,7 +240,7 @@ pub async fn finalize(st: &AppState, job: &str, seq: i64) -> Result<(), String> 
             st.wake_workers();
             Ok(())
         }
-        Err(e) => Err(Outcome::failed(e)),
+        Err(o) => Err(o),
     };
     finish_attempt(st, job, Chore::Finalize, claim, outcome).await
 }
@@ -230,12 +253,12 @@ enum Written {
 }
 
 /// Verifies the published renditions, then writes `master.m3u8` and `manifest.json`.
-async fn write_outputs(st: &AppState, job_id: &str) -> Result<Written, String> {
+async fn write_outputs(st: &AppState, job_id: &str) -> Result<Written, Outcome> {
     let job = st.queue.job(job_id).await.map_err(|e| e.to_string())?.ok_or("job vanished")?;
     let results = st.queue.task_results(job_id).await.map_err(|e| e.to_string())?;
     let job_dir = format!("jobs/{job_id}");
     let url = |dir: &str, path: &str| st.storage.url(&format!("{dir}/{path}"));
-    let store_error = |e: crate::storage::StoreError| format!("storage: {e}");
+    let store_error = |e: StoreError| Outcome::storage(None, e);
     let mut renditions = Vec::new();
     let mut thumbnails = Value::Null;
     let mut audio = Value::Null;

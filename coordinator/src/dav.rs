@@ -267,6 +267,8 @@ fn io_status(e: &std::io::Error) -> StatusCode {
         ErrorKind::NotADirectory => StatusCode::CONFLICT,
         // The body broke off.
         ErrorKind::ConnectionAborted => StatusCode::BAD_REQUEST,
+        // The disk is full (RFC 4918 9.7.1).
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
         _ => {
             proto::log!("coordinator: writing to storage: {e}");
             StatusCode::INTERNAL_SERVER_ERROR
@@ -381,6 +383,8 @@ mod tests {
         let pieces = vec![vec![1u8; WRITE_PIECE + 1], vec![2u8; 10]];
         assert_eq!(status(write_direct(&root, &put, "jobs/j/broken", &none, body(pieces, true)).await), 400);
         assert!(!root.join("jobs/j/broken").exists());
+        // A full disk is 507 Insufficient Storage, not a server fault.
+        assert_eq!(io_status(&std::io::Error::from(ErrorKind::StorageFull)), StatusCode::INSUFFICIENT_STORAGE);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

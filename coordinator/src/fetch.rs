@@ -34,6 +34,9 @@ pub enum FetchError {
     /// The body is larger than the limit: bad input.
     #[error("the source is larger than the limit of {0} bytes")]
     TooLarge(u64),
+    /// The local disk it is copied to is full: the farm's trouble, not the source's.
+    #[error("spooling the source: {0}")]
+    NoSpace(std::io::Error),
 }
 
 /// Most redirects followed for one fetch.
@@ -195,7 +198,9 @@ pub struct IngestLimits {
 /// `Range` request when the origin supports it (206), starting over when it does
 /// not (200). A body without a Content-Length is read to its end. Returns the size.
 pub async fn ingest(policy: &NetPolicy, url: &str, part: &Path, limits: IngestLimits) -> Result<u64, FetchError> {
-    let io = |e: std::io::Error| FetchError::Failed(format!("spooling the source: {e}"));
+    let io = |e: std::io::Error| {
+        if crate::storage::is_out_of_space(&e) { FetchError::NoSpace(e) } else { FetchError::Failed(format!("spooling the source: {e}")) }
+    };
     let have = tokio::fs::metadata(part).await.map(|m| m.len()).unwrap_or(0);
     let run = async {
         let resp = policy

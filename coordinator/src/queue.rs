@@ -58,6 +58,9 @@ pub struct QueueConfig {
     /// How long a queued task may wait while no live worker has its encoder,
     /// before it fails with that reason.
     pub capable_worker_wait_ms: i64,
+    /// How long an owed chore may wait for a full disk (its attempts given back)
+    /// before further attempts count as failed ones.
+    pub space_wait_ms: i64,
 }
 
 impl Default for QueueConfig {
@@ -68,6 +71,7 @@ impl Default for QueueConfig {
             backoff_max_ms: 120_000,
             max_attempts: 4,
             capable_worker_wait_ms: 3_600_000,
+            space_wait_ms: 3_600_000,
         }
     }
 }
@@ -1039,7 +1043,8 @@ impl Queue {
         // A new run: the seq bump makes any chore still in flight from the last run stale.
         sql::query(
             "UPDATE jobs SET state = 'queued', error = NULL, outputs = NULL, run = run + 1, swept = 0, chore = $3, chore_seq = chore_seq + 1,
-                 chore_attempts = 0, chore_error = NULL, chore_claimed_by = NULL, chore_due_at = $1, updated_at = $1 WHERE id = $2",
+                 chore_attempts = 0, chore_error = NULL, chore_claimed_by = NULL, chore_waiting_since = NULL, chore_due_at = $1, updated_at = $1
+             WHERE id = $2",
         )
         .bind(now)
         .bind(id)

@@ -47,6 +47,22 @@ pub enum StoreError {
 
 type StoreResult<T> = std::result::Result<T, StoreError>;
 
+impl StoreError {
+    /// The disk written to is full (or over quota): local, or the store's (WebDAV's
+    /// 507 Insufficient Storage). A condition of the farm that passes, not of a job.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            StoreError::Io(e) => is_out_of_space(e),
+            StoreError::Http { message, .. } => message.starts_with("HTTP 507"),
+        }
+    }
+}
+
+/// Whether a write failed because its disk is full or over quota.
+pub fn is_out_of_space(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+}
+
 impl Store {
     pub fn local(root: PathBuf) -> Store {
         Store { root, remote: None }
@@ -623,4 +639,22 @@ pub const AUDIO_PACKETS: &str = "audio.pkts";
 /// never overwrite the outputs of the one that holds it now.
 pub fn staging_dir(job: &str, name: &str, epoch: i64) -> String {
     format!("jobs/{job}/.staging/{name}.e{epoch}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_told_from_other_storage_trouble() {
+        // /dev/full answers every write with ENOSPC, as a full disk does.
+        use std::io::Write as _;
+        let e = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap().write_all(b"x").unwrap_err();
+        assert!(StoreError::Io(e).is_out_of_space());
+        let denied = std::fs::File::open("/nonexistent/drake").unwrap_err();
+        assert!(!StoreError::Io(denied).is_out_of_space());
+        let http = |message: &str| StoreError::Http { method: "PUT".into(), url: "http://store/x".into(), message: message.into() };
+        assert!(http("HTTP 507 Insufficient Storage").is_out_of_space());
+        assert!(!http("HTTP 503 Service Unavailable").is_out_of_space());
+    }
 }

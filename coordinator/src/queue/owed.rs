@@ -57,6 +57,9 @@ impl Chore {
 /// Attempts at one owed chore before the job fails.
 pub const CHORE_ATTEMPTS: i64 = 3;
 
+/// Longest wait between a chore's attempts while a disk is full.
+const SPACE_RETRY_MAX_MS: i64 = 60_000;
+
 /// After an owed chore is pushed, how long before it is pushed again if nothing
 /// claimed it (apalis lost it, or its push failed).
 pub const CHORE_PUSH_GRACE_MS: i64 = 60_000;
@@ -233,6 +236,22 @@ impl Queue {
         error: &str,
         now: i64,
     ) -> Result<bool> {
+        self.count_chore_failure(job, chore, claim, step, error, false, now).await
+    }
+
+    /// [`Queue::chore_failed`]; `for_space`: the failure is a full disk's, so a
+    /// wait for space that has run out goes on counting (rather than ending).
+    #[allow(clippy::too_many_arguments)]
+    async fn count_chore_failure(
+        &self,
+        job: &str,
+        chore: Chore,
+        claim: ChoreClaim,
+        step: Option<&str>,
+        error: &str,
+        for_space: bool,
+        now: i64,
+    ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
         let source: Option<String> = sql::query_scalar("SELECT source FROM jobs WHERE id = $1 AND chore = $2 AND chore_seq = $3")
             .bind(job)
@@ -248,15 +267,69 @@ impl Queue {
         if claim.attempt >= CHORE_ATTEMPTS {
             end_job(&mut tx, job, "failed", Some(&gave_up(&step, claim.attempt, error)), now).await?;
         } else {
-            sql::query("UPDATE jobs SET chore_error = $2, chore_step = $5, chore_due_at = $3, chore_claimed_by = NULL, updated_at = $4 WHERE id = $1")
-                .bind(job)
-                .bind(error)
-                .bind(now + self.cfg.backoff(claim.attempt))
-                .bind(now)
-                .bind(&step)
-                .execute(&mut tx)
-                .await?;
+            sql::query(
+                "UPDATE jobs SET chore_error = $2, chore_step = $5, chore_due_at = $3, chore_claimed_by = NULL,
+                     chore_waiting_since = CASE WHEN $6 THEN chore_waiting_since END, updated_at = $4 WHERE id = $1",
+            )
+            .bind(job)
+            .bind(error)
+            .bind(now + self.cfg.backoff(claim.attempt))
+            .bind(now)
+            .bind(&step)
+            .bind(for_space)
+            .execute(&mut tx)
+            .await?;
         }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Records that a claimed chore found a disk full (the spool's, or the store's):
+    /// a condition of the farm that passes, not of the job. The attempt is given
+    /// back and the chore is due again after a wait that grows with the time spent
+    /// waiting (from the first backoff up to a minute). Once it has waited
+    /// `space_wait_ms`, the attempt counts as a failed one ([`Queue::chore_failed`]),
+    /// so a disk that stays full still ends the job with the reason. False when the
+    /// claim was superseded.
+    pub async fn chore_waits_for_space(
+        &self,
+        job: &str,
+        chore: Chore,
+        claim: ChoreClaim,
+        step: Option<&str>,
+        error: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let since: Option<Option<i64>> =
+            sql::query_scalar("SELECT chore_waiting_since FROM jobs WHERE id = $1 AND chore = $2 AND chore_seq = $3")
+                .bind(job)
+                .bind(chore.as_str())
+                .bind(claim.token)
+                .fetch_optional(&mut tx)
+                .await?;
+        let Some(since) = since else {
+            tx.commit().await?;
+            return Ok(false);
+        };
+        let since = since.unwrap_or(now);
+        if now - since >= self.cfg.space_wait_ms {
+            tx.commit().await?;
+            return self.count_chore_failure(job, chore, claim, step, error, true, now).await;
+        }
+        let wait = ((now - since) / 2).clamp(self.cfg.backoff_base_ms, SPACE_RETRY_MAX_MS);
+        sql::query(
+            "UPDATE jobs SET chore_attempts = chore_attempts - 1, chore_error = $2, chore_step = $3, chore_due_at = $4,
+                 chore_claimed_by = NULL, chore_waiting_since = $5, updated_at = $6 WHERE id = $1",
+        )
+        .bind(job)
+        .bind(error)
+        .bind(step)
+        .bind(now + wait)
+        .bind(since)
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -293,7 +366,10 @@ impl Queue {
             return Ok(false);
         }
         let media_ms = (probe["duration"].as_f64().unwrap_or(0.0).clamp(0.0, 1e9) * 1000.0) as i64;
-        sql::query("UPDATE jobs SET probe = $1, due_at = created_at + $2, chore = NULL, chore_error = NULL, chore_step = NULL, chore_claimed_by = NULL, updated_at = $3, stored_source = COALESCE($4, stored_source) WHERE id = $5")
+        sql::query(
+            "UPDATE jobs SET probe = $1, due_at = created_at + $2, chore = NULL, chore_error = NULL, chore_step = NULL, chore_claimed_by = NULL,
+                 chore_waiting_since = NULL, updated_at = $3, stored_source = COALESCE($4, stored_source) WHERE id = $5",
+        )
             .bind(probe.to_string())
             .bind(media_ms)
             .bind(now)
@@ -340,7 +416,7 @@ impl Queue {
                 .fetch_optional(&mut tx)
                 .await?;
             if let Some(row) = row {
-                sql::query("UPDATE jobs SET state = 'running', chore = NULL, chore_claimed_by = NULL, updated_at = $1 WHERE id = $2")
+                sql::query("UPDATE jobs SET state = 'running', chore = NULL, chore_claimed_by = NULL, chore_waiting_since = NULL, updated_at = $1 WHERE id = $2")
                     .bind(now)
                     .bind(job)
                     .execute(&mut tx)
@@ -357,20 +433,24 @@ impl Queue {
     /// What a job waits for, for its view: its probe, a capable worker, a free
     /// worker, or its finalize. `None` once it has ended.
     pub async fn waiting_for(&self, id: &str) -> Result<Option<String>> {
-        let row = sql::query("SELECT state, chore, chore_attempts, chore_error, chore_claimed_by FROM jobs WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut self.read().await?)
-            .await?
-            .ok_or_else(|| QueueError::NotFound(format!("job {id}")))?;
+        let row =
+            sql::query("SELECT state, chore, chore_attempts, chore_error, chore_claimed_by, chore_waiting_since FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut self.read().await?)
+                .await?
+                .ok_or_else(|| QueueError::NotFound(format!("job {id}")))?;
         let (state, chore, attempts, error, claimed): (String, Option<String>, i64, Option<String>, Option<String>) =
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let waiting_since: Option<i64> = row.get(5);
         if is_terminal(&state) {
             return Ok(None);
         }
         if let Some(chore) = chore {
             let what = if chore == "probe" { "its probe" } else { "finalize" };
             return Ok(Some(match (claimed, error) {
+                (Some(_), _) if waiting_since.is_some() => format!("{what} (running again after a disk was full)"),
                 (Some(_), _) => format!("{what} (attempt {attempts} of {CHORE_ATTEMPTS} running)"),
+                (None, Some(e)) if waiting_since.is_some() => format!("{what} (space on a full disk: {e}; trying again)"),
                 (None, Some(e)) => format!("{what} (attempt {attempts} of {CHORE_ATTEMPTS} failed: {e}; retrying after a backoff)"),
                 (None, None) => format!("{what} (queued)"),
             }));

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::auth::{Role, digest, generate};
+use crate::queue::owed::CHORE_PUSH_GRACE_MS;
 use crate::sessions::{LOGIN_LINK_TTL_MS, SESSION_TTL_MS};
 
 const T0: i64 = 1_000_000;
@@ -15,7 +16,14 @@ impl Queue {
 }
 
 fn config() -> QueueConfig {
-    QueueConfig { lease_ttl_ms: 10_000, backoff_base_ms: 1_000, backoff_max_ms: 8_000, max_attempts: 3, capable_worker_wait_ms: 60_000 }
+    QueueConfig {
+        lease_ttl_ms: 10_000,
+        backoff_base_ms: 1_000,
+        backoff_max_ms: 8_000,
+        max_attempts: 3,
+        capable_worker_wait_ms: 60_000,
+        space_wait_ms: 600_000,
+    }
 }
 
 /// A new, empty queue on `backend`, or `None` (said why) without PostgreSQL.
@@ -85,6 +93,7 @@ conformance!(
     bundles_split_a_jobs_renditions_over_the_free_workers,
     a_short_clip_is_not_queued_behind_a_long_film,
     a_probe_that_keeps_failing_backs_off_then_fails_the_job_with_its_reason,
+    a_probe_waits_for_a_full_disk_without_spending_attempts_up_to_the_limit,
     a_chore_whose_coordinator_died_is_pushed_again_and_counts_as_an_attempt,
     cancel_during_a_probe_stops_the_job_and_cancel_plus_retry_plans_it_once,
     a_failed_job_stays_failed_and_reports_its_end_once,
@@ -409,6 +418,47 @@ async fn a_probe_that_keeps_failing_backs_off_then_fails_the_job_with_its_reason
     assert_eq!(j.waiting_for, None);
     assert_eq!(ends(&q, &job.id).await, [(0, "job.failed".to_string())]);
     assert!(q.arm_chores(None, "me", now + 1_000_000).await.unwrap().is_empty(), "nothing is owed any more");
+}
+
+async fn a_probe_waits_for_a_full_disk_without_spending_attempts_up_to_the_limit(q: Queue) {
+    let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
+    let full = "storage: No space left on device (os error 28)";
+    // One ordinary failure first: it stays counted.
+    let c = claim(&q, &job.id, Chore::Probe, T0).await.unwrap();
+    assert!(q.chore_failed(&job.id, Chore::Probe, c, None, "connection refused", T0).await.unwrap());
+    let mut now = T0 + q.cfg.backoff(1);
+    // Full for longer than three attempts' backoffs: every attempt is given back.
+    let mut waits = 0;
+    while now - (T0 + q.cfg.backoff(1)) < q.cfg.space_wait_ms {
+        let c = claim(&q, &job.id, Chore::Probe, now).await.unwrap_or_else(|| panic!("an attempt is due at {now}"));
+        assert_eq!(c.attempt, 2, "the wait gives its attempts back");
+        assert!(q.chore_waits_for_space(&job.id, Chore::Probe, c, None, full, now).await.unwrap());
+        let j = q.job(&job.id).await.unwrap().unwrap();
+        assert_eq!(j.state, "queued");
+        assert!(j.waiting_for.unwrap().contains("full disk"), "the job view says it waits for space");
+        let next = q.arm_chores(Some(&job.id), "me", now).await.unwrap();
+        assert!(next.is_empty(), "not due again at once");
+        // The wait grows with the time spent waiting, up to a minute.
+        let mut due = now + 1;
+        while q.arm_chores(Some(&job.id), "peek", due).await.unwrap().is_empty() {
+            due += 1_000;
+        }
+        assert!(due - now <= 61_000, "waited {} ms", due - now);
+        // `peek` armed it; the next claim pushes it again.
+        now = due + CHORE_PUSH_GRACE_MS;
+        waits += 1;
+    }
+    assert!(waits > 3, "{waits} waits");
+    // Past the limit, a full disk counts: two more attempts and the job fails with it.
+    for attempt in 2..=3 {
+        let c = claim(&q, &job.id, Chore::Probe, now).await.unwrap();
+        assert_eq!(c.attempt, attempt);
+        assert!(q.chore_waits_for_space(&job.id, Chore::Probe, c, None, full, now).await.unwrap());
+        now += q.cfg.backoff(attempt) + CHORE_PUSH_GRACE_MS;
+    }
+    let j = q.job(&job.id).await.unwrap().unwrap();
+    assert_eq!(j.state, "failed");
+    assert_eq!(j.error.as_deref(), Some(format!("probing http://origin.example/v.mp4 failed 3 times: {full}").as_str()));
 }
 
 async fn a_chore_whose_coordinator_died_is_pushed_again_and_counts_as_an_attempt(q: Queue) {
