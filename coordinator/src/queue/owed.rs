@@ -57,6 +57,10 @@ impl Chore {
 /// Attempts at one owed chore before the job fails.
 pub const CHORE_ATTEMPTS: i64 = 3;
 
+/// The `settings` key that says since when no worker has been live (absent while
+/// some are), written by [`Queue::check_capable_workers`].
+const NO_LIVE_WORKER: &str = "no_live_worker_since";
+
 /// Longest wait between a chore's attempts while a disk is full.
 const SPACE_RETRY_MAX_MS: i64 = 60_000;
 
@@ -455,6 +459,10 @@ impl Queue {
                 (None, None) => format!("{what} (queued)"),
             }));
         }
+        let idle: Option<String> = sql::query_scalar("SELECT value FROM settings WHERE key = $1")
+            .bind(NO_LIVE_WORKER)
+            .fetch_optional(&mut self.read().await?)
+            .await?;
         let unrunnable: Option<Option<String>> =
             sql::query_scalar("SELECT requires FROM tasks WHERE job_id = $1 AND state = 'queued' AND unrunnable_since IS NOT NULL LIMIT 1")
                 .bind(id)
@@ -469,49 +477,84 @@ impl Queue {
                 .bind(id)
                 .fetch_one(&mut self.read().await?)
                 .await?;
-        Ok(Some(if queued != 0 { "a free worker".into() } else { "its running tasks".into() }))
+        Ok(Some(match (queued != 0, idle) {
+            (true, Some(_)) => format!("a capable worker: {}", no_capable_worker(None, &[])),
+            (true, None) => "a free worker".into(),
+            (false, _) => "its running tasks".into(),
+        }))
     }
 
     /// Marks queued tasks that no live worker can run, and fails those that have
     /// waited for a capable worker longer than `wait_ms`. Returns the jobs changed.
     pub async fn check_capable_workers(&self, wait_ms: i64, now: i64) -> Result<Vec<String>> {
+        let live_since = now - self.cfg.lease_ttl_ms;
         let mut tx = self.write_tx().await?;
-        // A task that needs no particular encoder needs a live worker all the same.
+        let live: Vec<String> = sql::query_scalar("SELECT capabilities FROM workers WHERE removed = 0 AND last_seen >= $1")
+            .bind(live_since)
+            .fetch_all(&mut tx)
+            .await?;
+        // With no live worker at all, the farm says so once (`settings`), rather
+        // than on each queued task: a restart with a long queue rewrote every task,
+        // holding the writer's lock for seconds, then again once the workers were
+        // back. Its tasks have waited since the last worker was seen, or since they
+        // were queued.
+        let idle_since = if live.is_empty() {
+            let last: Option<i64> = sql::query_scalar("SELECT MAX(last_seen) FROM workers WHERE removed = 0").fetch_one(&mut tx).await?;
+            let since = last.map_or(0, |l| l + self.cfg.lease_ttl_ms);
+            sql::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+                .bind(NO_LIVE_WORKER)
+                .bind(since.to_string())
+                .execute(&mut tx)
+                .await?;
+            Some(since)
+        } else {
+            sql::query("DELETE FROM settings WHERE key = $1").bind(NO_LIVE_WORKER).execute(&mut tx).await?;
+            self.mark_unrunnable(&mut tx, &live, now, live_since).await?;
+            None
+        };
         // Only tasks whose answer changed are written: a farm with thousands of queued
-        // tasks rewrote all of them every tenth second, holding the writer's lock.
-        let (mark, clear) = match self.backend {
+        // tasks rewrote all of them every tenth second, holding the writer's lock. The
+        // marked ones are read through their own index (SQLite, without statistics,
+        // would walk every queued task).
+        let (clear, stuck) = match self.backend {
             Backend::Sqlite => (
                 concat!(
-                    "UPDATE tasks SET unrunnable_since = $1 WHERE state = 'queued' AND unrunnable_since IS NULL AND NOT ",
+                    "UPDATE tasks INDEXED BY tasks_waiting_for_worker SET unrunnable_since = NULL WHERE state = 'queued' AND unrunnable_since <= $1 AND ",
                     capable_sqlite!()
                 ),
-                concat!(
-                    "UPDATE tasks SET unrunnable_since = NULL WHERE state = 'queued' AND unrunnable_since <= $1 AND ",
-                    capable_sqlite!()
-                ),
+                "SELECT id, job_id, requires FROM tasks INDEXED BY tasks_waiting_for_worker WHERE state = 'queued' AND unrunnable_since < $1",
             ),
             Backend::Postgres => (
                 concat!(
-                    "UPDATE tasks SET unrunnable_since = $1 WHERE state = 'queued' AND unrunnable_since IS NULL AND NOT ",
-                    capable_postgres!()
-                ),
-                concat!(
                     "UPDATE tasks SET unrunnable_since = NULL WHERE state = 'queued' AND unrunnable_since <= $1 AND ",
                     capable_postgres!()
                 ),
+                "SELECT id, job_id, requires FROM tasks WHERE state = 'queued' AND unrunnable_since < $1",
             ),
         };
-        sql::query(mark).bind(now).bind(now - self.cfg.lease_ttl_ms).execute(&mut tx).await?;
-        sql::query(clear).bind(now).bind(now - self.cfg.lease_ttl_ms).execute(&mut tx).await?;
-        let stuck = sql::query("SELECT id, job_id, requires FROM tasks WHERE state = 'queued' AND unrunnable_since < $1")
+        sql::query(clear).bind(now).bind(live_since).execute(&mut tx).await?;
+        // (task, job, why it waits: its encoder, or `None` for a farm with no live worker)
+        let mut stuck: Vec<(String, String, Option<Option<String>>)> = sql::query(stuck)
             .bind(now - wait_ms)
             .fetch_all(&mut tx)
-            .await?;
+            .await?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), Some(r.get(2))))
+            .collect();
+        if idle_since.is_some_and(|since| since < now - wait_ms) {
+            let idle = sql::query("SELECT id, job_id FROM tasks WHERE state = 'queued' AND queued_at < $1 AND unrunnable_since IS NULL")
+                .bind(now - wait_ms)
+                .fetch_all(&mut tx)
+                .await?;
+            stuck.extend(idle.into_iter().map(|r| (r.get(0), r.get(1), None)));
+        }
         let mut jobs = Vec::new();
-        for row in stuck {
-            let (task, job, encoder): (String, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
-            let tags = job_tags(&mut tx, &job).await?;
-            let why = format!("{} (waited {} s for one)", no_capable_worker(encoder.as_deref(), &tags), wait_ms / 1000);
+        for (task, job, encoder) in stuck {
+            let why = match encoder {
+                None => no_capable_worker(None, &[]),
+                Some(encoder) => no_capable_worker(encoder.as_deref(), &job_tags(&mut tx, &job).await?),
+            };
+            let why = format!("{why} (waited {} s for one)", wait_ms / 1000);
             sql::query("UPDATE tasks SET state = 'failed', error = $1, updated_at = $2, finished_at = $2 WHERE id = $3")
                 .bind(&why)
                 .bind(now)
@@ -525,6 +568,83 @@ impl Queue {
         tx.commit().await?;
         jobs.dedup();
         Ok(jobs)
+    }
+
+    /// Marks the queued tasks, not marked yet, that none of the `live` workers
+    /// (their capabilities) can run. A task's answer depends only on its encoder
+    /// and its job's tags, so this asks per encoder and per tagged job, not per
+    /// task: asking each queued task held the writer's lock for a second at 90,000
+    /// queued (a JSON lookup per task), every tenth second. It writes the tasks
+    /// needing an encoder no live worker has, and those of a tagged job that no
+    /// live worker fits.
+    async fn mark_unrunnable(&self, tx: &mut impl Exec, live: &[String], now: i64, live_since: i64) -> Result<()> {
+        let encoders: std::collections::HashSet<String> = live
+            .iter()
+            .filter_map(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+            .flat_map(|c| c["encoders"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e.as_str().map(String::from))
+            .collect();
+        // The distinct encoders queued tasks need, one index probe each (a loose
+        // index scan of `tasks_unrunnable`). SQLite, without statistics, would walk
+        // the lease order's index instead.
+        macro_rules! needed {
+            ($indexed:literal) => {
+                concat!(
+                    "WITH RECURSIVE needed(e) AS (
+                         SELECT MIN(requires) FROM tasks ",
+                    $indexed,
+                    " WHERE state = 'queued' AND requires IS NOT NULL
+                         UNION ALL
+                         SELECT (SELECT MIN(t.requires) FROM tasks t ",
+                    $indexed,
+                    " WHERE t.state = 'queued' AND t.requires > needed.e)
+                         FROM needed WHERE needed.e IS NOT NULL)
+                     SELECT e FROM needed WHERE e IS NOT NULL"
+                )
+            };
+        }
+        macro_rules! mark {
+            ($indexed:literal) => {
+                concat!(
+                    "UPDATE tasks ",
+                    $indexed,
+                    " SET unrunnable_since = $1 WHERE state = 'queued' AND requires = $2 AND unrunnable_since IS NULL"
+                )
+            };
+        }
+        let (needed, mark, tagged) = match self.backend {
+            Backend::Sqlite => (
+                needed!("INDEXED BY tasks_unrunnable"),
+                mark!("INDEXED BY tasks_unrunnable"),
+                concat!(
+                    "UPDATE tasks SET unrunnable_since = $1 WHERE job_id = $3 AND state = 'queued' AND unrunnable_since IS NULL AND NOT ",
+                    capable_sqlite!()
+                ),
+            ),
+            Backend::Postgres => (
+                needed!(""),
+                mark!(""),
+                concat!(
+                    "UPDATE tasks SET unrunnable_since = $1 WHERE job_id = $3 AND state = 'queued' AND unrunnable_since IS NULL AND NOT ",
+                    capable_postgres!()
+                ),
+            ),
+        };
+        let needed: Vec<String> = sql::query_scalar(needed).fetch_all(&mut *tx).await?;
+        for missing in needed.iter().filter(|e| !encoders.contains(*e)) {
+            sql::query(mark).bind(now).bind(missing).execute(&mut *tx).await?;
+        }
+        // A tagged job's tasks need a worker with its tags too: asked per task, but
+        // only of the unfinished jobs that require tags (usually none).
+        let jobs: Vec<String> = sql::query_scalar(
+            "SELECT j.id FROM jobs j WHERE j.state IN ('queued', 'running') AND EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = j.id)",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for job in jobs {
+            sql::query(tagged).bind(now).bind(live_since).bind(&job).execute(&mut *tx).await?;
+        }
+        Ok(())
     }
 
     /// Webhook deliveries owed for `job`, to push right after it ended: (delivery

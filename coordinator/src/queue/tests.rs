@@ -619,6 +619,9 @@ async fn a_task_no_live_worker_can_run_waits_then_fails_with_that_reason(q: Queu
     let caps = |e: &[&str]| proto::wire::Capabilities { encoders: e.iter().map(|s| s.to_string()).collect(), cores: 2, tags: vec![] };
     let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
     q.add_tasks(&job.id, &[NewTask::transcode("360p", Some("libsvtav1".into()))], T0).await.unwrap();
+    // Another job's task needs an encoder that stays live.
+    let (other, _) = q.create_job(&url_job(Some("other")), T0).await.unwrap();
+    q.add_tasks(&other.id, &[NewTask::transcode("360p", Some("libx264".into()))], T0).await.unwrap();
     q.register_worker("x264", "x264", 1, &caps(&["libx264"]), "0", T0).await.unwrap();
     q.register_worker("av1", "av1", 1, &caps(&["libsvtav1"]), "0", T0).await.unwrap();
     assert!(q.check_capable_workers(60_000, T0).await.unwrap().is_empty());
@@ -629,6 +632,7 @@ async fn a_task_no_live_worker_can_run_waits_then_fails_with_that_reason(q: Queu
     assert!(q.check_capable_workers(60_000, later).await.unwrap().is_empty());
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!(j.waiting_for.as_deref(), Some("a capable worker: no live worker has the encoder libsvtav1"));
+    assert_eq!(q.job(&other.id).await.unwrap().unwrap().waiting_for.as_deref(), Some("a free worker"));
     assert_eq!(q.check_capable_workers(60_000, later + 60_001).await.unwrap(), std::slice::from_ref(&job.id));
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!(j.state, "failed");
@@ -651,7 +655,18 @@ async fn a_farm_with_no_live_worker_says_so_and_fails_its_tasks_after_the_wait(q
     let job = job_with(&q, &["240p"]).await;
     assert!(q.check_capable_workers(60_000, T0).await.unwrap().is_empty());
     assert_eq!(q.job(&job.id).await.unwrap().unwrap().waiting_for.as_deref(), Some("a capable worker: no worker is live"));
-    assert_eq!(q.check_capable_workers(60_000, T0 + 60_001).await.unwrap(), std::slice::from_ref(&job.id));
+    // The farm says it once: no task is rewritten.
+    let marked: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE unrunnable_since IS NOT NULL").fetch_one(q.pool()).await.unwrap();
+    assert_eq!(marked, 0);
+    // A worker seen meanwhile, then gone: the wait counts from when it was last live.
+    let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec![] };
+    q.register_worker("brief", "brief", 1, &caps, "0", T0 + 20_000).await.unwrap();
+    assert!(q.check_capable_workers(60_000, T0 + 20_001).await.unwrap().is_empty());
+    assert_eq!(q.job(&job.id).await.unwrap().unwrap().waiting_for.as_deref(), Some("a free worker"));
+    assert!(q.check_capable_workers(60_000, T0 + 60_001).await.unwrap().is_empty(), "idle only since T0 + 30 s");
+    let idle_from = T0 + 20_000 + q.cfg.lease_ttl_ms;
+    assert_eq!(q.check_capable_workers(60_000, idle_from + 60_001).await.unwrap(), std::slice::from_ref(&job.id));
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!((j.state.as_str(), j.error.as_deref()), ("failed", Some("no worker is live (waited 60 s for one)")));
 }
