@@ -888,9 +888,11 @@ impl Queue {
     /// was not promoting (canceled meanwhile, or promoted already).
     pub async fn promoted(&self, task: &str, now: i64) -> Result<bool> {
         if self.backend == Backend::Postgres {
-            // One round trip: the database settles the job under the writer's lock
-            // (migration 0012's `drake_promoted`), so the lock is never held while
-            // a coordinator waits for an answer.
+            // One round trip: the database settles the job holding the job's row
+            // lock (`drake_promoted`, migrations 0012 and 0014), so no lock is held
+            // while a coordinator waits for an answer, and promotions of different
+            // jobs never wait for each other. (`WRITE_LOCK` is an argument 0014 no
+            // longer uses.)
             let row = sql::query("SELECT job_id, settled FROM drake_promoted($1, $2, $3)")
                 .bind(task)
                 .bind(now)

@@ -750,7 +750,18 @@ async fn insert_tasks(tx: &mut impl Exec, job: &str, tasks: &[NewTask], max_atte
 /// webhook of this run's end is recorded, in the caller's transaction. An ended job
 /// is left as it is.
 pub(super) async fn end_job(tx: &mut impl Exec, job: &str, state: &str, error: Option<&str>, now: i64) -> Result<()> {
-    if is_terminal(&job_state(&mut *tx, job).await?) {
+    // On PostgreSQL the job's row is locked before its tasks', the order a promotion
+    // takes them in (`drake_promoted`), so the two cannot deadlock.
+    let current = if sql::on_postgres(&mut *tx) {
+        sql::query_scalar("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(job)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| QueueError::NotFound(format!("job {job}")))?
+    } else {
+        job_state(&mut *tx, job).await?
+    };
+    if is_terminal(&current) {
         return Ok(());
     }
     sql::query(

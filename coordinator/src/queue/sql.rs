@@ -48,6 +48,15 @@ pub(crate) trait Exec: Send {
     fn db(&mut self) -> Db<'_>;
 }
 
+/// Whether statements on `e` run on PostgreSQL (else on SQLite).
+pub(crate) fn on_postgres(e: &mut impl Exec) -> bool {
+    match e.db() {
+        Db::Sqlite(_) => false,
+        Db::Any(c) => c.backend_name() == "PostgreSQL",
+        Db::Auto(q) => q.backend == super::Backend::Postgres,
+    }
+}
+
 impl<T: Exec + ?Sized> Exec for &mut T {
     fn db(&mut self) -> Db<'_> {
         (**self).db()

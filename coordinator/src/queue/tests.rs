@@ -844,6 +844,48 @@ mod races {
         assert_eq!(qs[0].count_jobs(None).await.unwrap(), 10);
     }
 
+    /// A job's last promotions land on every coordinator at once, in half the rounds
+    /// with a cancel among them: the job ends finalizing (owing one finalize) or
+    /// canceled, never running with every task done, and a cancel is never undone.
+    #[tokio::test]
+    async fn concurrent_promotions_settle_a_job_once() {
+        let Some(qs) = coordinators().await else { return };
+        for round in 0..12 {
+            let job = job_with(&qs[0], &["240p", "360p", "480p", "720p"]);
+            let job = job.await;
+            let now = T0 + round * 1_000;
+            let mut promoting = Vec::new();
+            while let Some(l) = qs[0].lease("w", &[], now).await.unwrap() {
+                qs[0].complete(&l.task_id, "w", l.epoch, &serde_json::json!({"files": []}), now).await.unwrap();
+                promoting.push(l.task_id);
+            }
+            assert_eq!(promoting.len(), 4, "round {round}");
+            let mut racers: Vec<tokio::task::JoinHandle<bool>> = promoting
+                .into_iter()
+                .enumerate()
+                .map(|(k, task)| {
+                    let q = qs[k % qs.len()].clone();
+                    tokio::spawn(async move { q.promoted(&task, now + 1).await.unwrap() })
+                })
+                .collect();
+            let cancel = round % 2 == 1;
+            if cancel {
+                let (q, id) = (qs[1].clone(), job.id.clone());
+                racers.push(tokio::spawn(async move { q.cancel_job(&id, now + 1).await.unwrap().1 }));
+            }
+            let outcomes: Vec<bool> = futures_util::future::join_all(racers).await.into_iter().map(|r| r.unwrap()).collect();
+            let j = qs[2].job(&job.id).await.unwrap().unwrap();
+            if cancel && outcomes[4] {
+                assert_eq!(j.state, "canceled", "round {round}: the cancel stands");
+            } else {
+                assert!(outcomes[..4].iter().all(|p| *p), "round {round}: every promotion went through");
+                assert_eq!(j.state, "finalizing", "round {round}: {:?}", j.tasks.iter().map(|t| &t.state).collect::<Vec<_>>());
+                let owed = qs[0].arm_chores(Some(&job.id), "me", now + 2).await.unwrap();
+                assert_eq!(owed.iter().map(|o| o.chore).collect::<Vec<_>>(), [Chore::Finalize], "round {round}");
+            }
+        }
+    }
+
     #[tokio::test]
     async fn concurrent_triggers_finalize_a_job_once() {
         let Some(qs) = coordinators().await else { return };
