@@ -399,14 +399,8 @@ impl DatabaseUrl {
     }
 }
 
-/// The lease claim, with `$lock` after the candidate's `LIMIT 1` (PostgreSQL's row
-/// lock; nothing on SQLite, whose writer is alone). `$1` worker, `$2` now, `$3` the
-/// lease TTL, `$4` the worker's encoders, and its tags (",a,b,") in `$tags`. A
-/// bundle's companions add `$only`: `$5`/`$6` only this job's tasks of this kind,
-/// `$8` of this chunk, and `$9` of at most this many pixels. The first claim's
-/// statement has no such clause, so that PostgreSQL's plan for it is as good made
-/// once as made for each call: with the clause, it planned every claim afresh
-/// (750-850 µs of planning for 300-400 µs of running).
+/// A bundle companion's part of [`lease_claim`]: `$5`/`$6` only this job's tasks of
+/// this kind, `$8` of this chunk, and `$9` of at most this many pixels.
 macro_rules! only_clause {
     () => {
         "AND t.job_id = $5 AND t.kind = $6 AND (CAST($8 AS BIGINT) IS NULL OR t.chunk = $8)
@@ -414,6 +408,13 @@ macro_rules! only_clause {
     };
 }
 
+/// The lease claim, with `$lock` after the candidate's `LIMIT 1` (PostgreSQL's row
+/// lock; nothing on SQLite, whose writer is alone). `$1` worker, `$2` now, `$3` the
+/// lease TTL, `$4` the worker's encoders, and its tags (",a,b,") in `$tags`; a
+/// bundle's companions add `$only` ([`only_clause`]). The first claim's statement
+/// has no such clause, so that PostgreSQL's plan for it is as good made once as
+/// made for each call: with the clause, it planned every claim afresh (750-850 µs
+/// of planning for 300-400 µs of running).
 /// A rendition (transcode or join) and the thumbnails are runnable only once the
 /// job's audio succeeded (the renditions mux it; the thumbnails wait to share the
 /// last renditions' decode), and a join only once its rendition's chunks did too.
