@@ -281,7 +281,9 @@ fn io_status(e: &std::io::Error) -> StatusCode {
 /// chunks a join lease it holds joins (its rendition's, in `jobs/J/.chunks/`), and
 /// writes only inside the staging directory of a lease it holds now (`jobs/J/.staging/NAME.eEPOCH/`), creating its parent collections on
 /// the way. Nothing else: not other jobs, not published outputs, not its own
-/// earlier epochs, nothing at all once the lease is gone.
+/// earlier epochs, nothing at all once the lease is gone (at once when it ended
+/// through this coordinator, within a second through another: see
+/// `queue/holds.rs`).
 async fn worker_may(st: &AppState, worker: &str, method: &str, path: &str, destination: Option<&str>) -> bool {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let holds = |job: &str, staging: Option<&str>| {

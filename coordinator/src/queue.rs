@@ -430,7 +430,8 @@ macro_rules! lease_claim {
              WHERE state = 'queued' AND id = (SELECT t.id FROM tasks t
                          WHERE t.state = 'queued' AND t.run_after <= $2 AND t.cancel = 0
                            AND (SELECT j.state FROM jobs j WHERE j.id = t.job_id) IN ('queued', 'running')
-                           AND (t.requires IS NULL OR instr($4, ',' || t.requires || ',') > 0) ",
+                           AND (t.requires IS NULL OR instr($4, ',' || t.requires || ',') > 0)
+                           AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = $1 AND (w.draining <> 0 OR w.removed <> 0)) ",
             $only,
             "
                            AND NOT EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = t.job_id AND instr(",
@@ -466,6 +467,10 @@ pub struct Queue {
     pub(crate) callers: std::sync::Arc<crate::auth::Callers>,
     /// The targets of tasks this coordinator leased (see [`Targets`]).
     targets: std::sync::Arc<Targets>,
+    /// The workers calling this coordinator (see [`crate::registry::SeenWorkers`]).
+    pub(crate) seen: std::sync::Arc<crate::registry::SeenWorkers>,
+    /// Leases the store's writes were checked against (see [`holds::Holds`]).
+    pub(crate) holds: std::sync::Arc<holds::Holds>,
 }
 
 /// The targets of tasks this coordinator leased, for their completions: a task's
@@ -508,7 +513,7 @@ impl Queue {
                 Queue::migrated(pool, Some(&path.display().to_string()), cfg).await
             }
             DatabaseUrl::Postgres(url) => {
-                let pool = AnyPoolOptions::new().max_connections(16).connect(url).await?;
+                let pool = AnyPoolOptions::new().test_before_acquire(false).max_connections(16).connect(url).await?;
                 let q = Queue::migrated(pool, None, cfg).await?;
                 q.sync_clock().await?;
                 Ok(q)
@@ -561,7 +566,16 @@ impl Queue {
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
         let held = sqlite.map(|target| sql::sqlite::open(target).map(conn::Shared::new)).transpose()?;
-        Ok(Queue { pool, held, backend, cfg, callers: Default::default(), targets: Default::default() })
+        Ok(Queue {
+            pool,
+            held,
+            backend,
+            cfg,
+            callers: Default::default(),
+            targets: Default::default(),
+            seen: Default::default(),
+            holds: Default::default(),
+        })
     }
 
     /// Sets the process's farm clock ([`crate::state::now_ms`]) to the database's,
@@ -665,13 +679,17 @@ impl Queue {
         let (encoders, tags) = (format!(",{},", fit.encoders.join(",")), format!(",{},", fit.tags.join(",")));
         let encoders = (encoders.as_str(), tags.as_str());
         // A single task's claim is one statement, safe without the writer's lock on
-        // PostgreSQL (see `lease_one`), so coordinators lease in parallel. A bundle
-        // reads the farm's free slots before it leases more, so it takes the lock,
-        // and takes it first: the lock is always taken before any row lock.
-        let mut tx = match self.backend {
-            Backend::Postgres if max_tasks == 1 => self.begin().await?,
-            _ => self.write_tx().await?,
-        };
+        // PostgreSQL (see `lease_one`), so coordinators lease in parallel: one
+        // round trip. A bundle reads the farm's free slots before it leases more,
+        // so it takes the lock, and takes it first: the lock is always taken before
+        // any row lock.
+        if self.backend == Backend::Postgres && max_tasks == 1 {
+            let claimed = self.lease_one(&mut self.auto(), worker, encoders, now, None).await?;
+            let leased: Vec<Lease> = claimed.into_iter().map(|c| c.lease).collect();
+            self.remember_targets(&leased);
+            return Ok(leased);
+        }
+        let mut tx = self.write_tx().await?;
         if self.backend == Backend::Postgres {
             // A queue table's statistics are always stale (thousands of rows change
             // state every second), and a plan made from them sorted every queued task
@@ -785,12 +803,17 @@ impl Queue {
             }
         }
         tx.commit().await?;
-        for l in &leased {
+        self.remember_targets(&leased);
+        Ok(leased)
+    }
+
+    /// Keeps the targets of leased tasks for their completions (see [`Targets`]).
+    fn remember_targets(&self, leased: &[Lease]) {
+        for l in leased {
             let target =
                 TaskTarget { job_id: l.job_id.clone(), kind: l.kind, name: l.name.clone(), rendition: l.rendition.clone(), chunk: l.chunk };
             self.targets.put(&l.task_id, target);
         }
-        Ok(leased)
     }
 
     /// Leases the next runnable task (of one job's tasks of one kind only, if given).
@@ -806,10 +829,12 @@ impl Queue {
         // (`tasks_lease_order`) that this worker can take. On PostgreSQL the subquery locks its row and
         // skips rows another coordinator holds, and the UPDATE checks the state again:
         // under Read Committed a plain `id = (SELECT ...)` can lease one task twice.
+        // On PostgreSQL the first claim is `drake_claim` (migration 0015): this claim
+        // as a function with its planner settings, which starts the job too.
         let sql = match (self.backend, only.is_some()) {
             (Backend::Sqlite, false) => lease_claim!("", "", "$5"),
             (Backend::Sqlite, true) => lease_claim!("", only_clause!(), "$7"),
-            (Backend::Postgres, false) => lease_claim!("FOR UPDATE SKIP LOCKED", "", "$5"),
+            (Backend::Postgres, false) => "SELECT * FROM drake_claim($1, $2, $3, $4, $5)",
             (Backend::Postgres, true) => lease_claim!("FOR UPDATE SKIP LOCKED", only_clause!(), "$7"),
         };
         let query = sql::query(sql).bind(worker).bind(now).bind(self.cfg.lease_ttl_ms).bind(encoders);
@@ -889,6 +914,7 @@ impl Queue {
         .bind(PROMOTE_GRACE_MS)
         .fetch_optional(&mut self.auto())
         .await?;
+        self.holds.forget_worker(worker);
         row.map(promotion_row).ok_or_else(|| QueueError::StaleLease { task: task.into(), epoch })
     }
 
@@ -985,6 +1011,8 @@ impl Queue {
         requeue_or_fail(&mut tx, task, &job, attempts, max, error, retryable, &self.cfg, now).await?;
         settle_job(&mut tx, &job, now).await?;
         tx.commit().await?;
+        self.holds.forget_worker(worker);
+        self.holds.forget_jobs(std::slice::from_ref(&job));
         Ok(())
     }
 
@@ -1008,6 +1036,7 @@ impl Queue {
         }
         tx.commit().await?;
         jobs.dedup();
+        self.holds.forget_jobs(&jobs);
         Ok(jobs)
     }
 
@@ -1028,6 +1057,7 @@ impl Queue {
             }
         };
         tx.commit().await?;
+        self.holds.forget_jobs(&[id.to_string()]);
         Ok((self.job(id).await?.ok_or_else(|| QueueError::NotFound(format!("job {id}")))?, canceled))
     }
 
@@ -1093,31 +1123,6 @@ impl Queue {
                 )
             })
             .collect())
-    }
-
-    /// Whether `worker` holds a live lease on a task of `job` (with `lease`: on the
-    /// task of that name at that epoch).
-    pub async fn worker_holds(&self, worker: &str, job: &str, lease: Option<(&str, i64)>) -> Result<bool> {
-        // With a lease, the task by its name (`tasks_job_name`): one row, where the
-        // job's leased tasks may be hundreds.
-        let query = match lease {
-            Some((name, epoch)) => sql::query_scalar(
-                "SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND name = $3 AND epoch = $4 AND worker_id = $2
-                     AND state IN ('leased', 'running')) THEN 1 ELSE 0 END",
-            )
-            .bind(job)
-            .bind(worker)
-            .bind(name)
-            .bind(epoch),
-            None => sql::query_scalar(
-                "SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND worker_id = $2 AND state IN ('leased', 'running'))
-                 THEN 1 ELSE 0 END",
-            )
-            .bind(job)
-            .bind(worker),
-        };
-        let held: i64 = query.fetch_one(&mut self.auto()).await?;
-        Ok(held != 0)
     }
 
     /// True when the task was canceled (directly or with its job).
@@ -1479,6 +1484,7 @@ pub fn is_terminal(state: &str) -> bool {
 }
 
 mod conn;
+mod holds;
 mod owed;
 pub(crate) mod sql;
 pub use owed::{Chore, ChoreClaim, Owed, Promotion};

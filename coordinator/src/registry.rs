@@ -5,6 +5,8 @@ use crate::queue::sql;
 use crate::queue::{Queue, QueueError, Result};
 use proto::wire::Capabilities;
 use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// A worker counts as offline when it has not polled for this long.
 pub const OFFLINE_AFTER_MS: i64 = 60_000;
@@ -70,32 +72,30 @@ impl Queue {
     }
 
     /// Records a worker's poll or heartbeat (free slots and load when it reports
-    /// them). Returns (capabilities, draining) or NotFound for removed workers.
+    /// them). Returns its capabilities, or NotFound for a removed worker.
     ///
     /// A worker calls several times a second under load, and liveness is judged
-    /// against the lease TTL: the row is read, and written only when its
-    /// `last_seen` is [`Queue::seen_every_ms`] old or its free slots changed. A
-    /// write costs the commit the row's pages; a read costs a few microseconds.
-    pub async fn worker_seen(&self, id: &str, free_slots: Option<i64>, load: Option<f64>, now: i64) -> Result<(Capabilities, bool)> {
-        let row = sql::query("SELECT capabilities, draining, last_seen, free_slots FROM workers WHERE id = $1 AND removed = 0")
-            .bind(id)
-            .fetch_optional(&mut self.auto())
-            .await?
-            .ok_or_else(|| QueueError::NotFound(format!("worker {id}")))?;
-        let (last_seen, slots): (i64, Option<i64>) = (row.get(2), row.get(3));
-        if last_seen <= now - self.seen_every_ms() || free_slots.is_some_and(|f| slots != Some(f)) {
-            sql::query(
-                "UPDATE workers SET last_seen = $1, free_slots = COALESCE($2, free_slots), load = COALESCE($3, load) WHERE id = $4 AND removed = 0",
-            )
-            .bind(now)
-            .bind(free_slots)
-            .bind(load.filter(|l| l.is_finite() && *l >= 0.0))
-            .bind(id)
-            .execute(&mut self.auto())
-            .await?;
+    /// against the lease TTL: the row is written only when this coordinator last
+    /// wrote it [`Queue::seen_every_ms`] ago or more, or the free slots changed;
+    /// otherwise the call costs no statement ([`SeenWorkers`]). Whether the worker
+    /// is draining is not answered here: the claim checks it.
+    pub async fn worker_seen(&self, id: &str, free_slots: Option<i64>, load: Option<f64>, now: i64) -> Result<Arc<Capabilities>> {
+        if let Some(caps) = self.seen.fresh(id, free_slots, now - self.seen_every_ms()) {
+            return Ok(caps);
         }
-        let caps: Capabilities = serde_json::from_str(&row.get::<String, _>(0)).map_err(|e| QueueError::Conflict(e.to_string()))?;
-        Ok((caps, row.get::<i64, _>(1) != 0))
+        let caps: Option<String> = sql::query_scalar(
+            "UPDATE workers SET last_seen = $1, free_slots = COALESCE($2, free_slots), load = COALESCE($3, load) WHERE id = $4 AND removed = 0
+             RETURNING capabilities",
+        )
+        .bind(now)
+        .bind(free_slots)
+        .bind(load.filter(|l| l.is_finite() && *l >= 0.0))
+        .bind(id)
+        .fetch_optional(&mut self.auto())
+        .await?;
+        let caps = caps.ok_or_else(|| QueueError::NotFound(format!("worker {id}")))?;
+        let caps: Capabilities = serde_json::from_str(&caps).map_err(|e| QueueError::Conflict(e.to_string()))?;
+        Ok(self.seen.keep(id, caps, now, free_slots))
     }
 
     pub async fn set_draining(&self, id: &str, draining: bool) -> Result<()> {
@@ -123,6 +123,8 @@ impl Queue {
         }
         sql::query("UPDATE tokens SET revoked = 1 WHERE role = 'worker' AND label = $1").bind(id).execute(&mut self.auto()).await?;
         self.callers.forget();
+        self.seen.forget(id);
+        self.holds.forget_worker(id);
         sql::query("UPDATE tasks SET lease_expires_at = 0 WHERE worker_id = $1 AND state IN ('leased', 'running')")
             .bind(id)
             .execute(&mut self.auto())
@@ -307,5 +309,49 @@ impl Queue {
             .execute(&mut self.auto())
             .await?;
         Ok(self.setting(key).await?.unwrap_or_else(|| value.to_string()))
+    }
+}
+
+/// What this coordinator knows of the workers that call it, so that most polls
+/// and heartbeats cost no statement: each worker's capabilities (fixed at
+/// registration: a worker id never changes them), and when this coordinator last
+/// wrote its `last_seen`, with what free slots. Only a cache: draining and removal
+/// are not kept (the claim checks them), and a worker seen through another
+/// coordinator is written there too.
+#[derive(Default)]
+pub(crate) struct SeenWorkers(Mutex<HashMap<String, Seen>>);
+
+struct Seen {
+    caps: Arc<Capabilities>,
+    /// When (farm ms) this coordinator last wrote the row.
+    written_at: i64,
+    free_slots: Option<i64>,
+}
+
+impl SeenWorkers {
+    /// More workers than a farm has; past it, the cache starts again.
+    const MAX: usize = 10_000;
+
+    /// The worker's capabilities, if its row was written after `since` with these
+    /// free slots (`None`: not reported).
+    fn fresh(&self, id: &str, free_slots: Option<i64>, since: i64) -> Option<Arc<Capabilities>> {
+        let seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let s = seen.get(id)?;
+        (s.written_at > since && free_slots.is_none_or(|f| s.free_slots == Some(f))).then(|| s.caps.clone())
+    }
+
+    fn keep(&self, id: &str, caps: Capabilities, now: i64, free_slots: Option<i64>) -> Arc<Capabilities> {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= SeenWorkers::MAX {
+            seen.clear();
+        }
+        let caps = Arc::new(caps);
+        let free_slots = free_slots.or_else(|| seen.get(id).and_then(|s| s.free_slots));
+        seen.insert(id.to_string(), Seen { caps: caps.clone(), written_at: now, free_slots });
+        caps
+    }
+
+    fn forget(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
 }

@@ -91,8 +91,9 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds.min(MAX_WAIT_SECONDS));
     loop {
         let now = now_ms();
-        let (caps, draining) = st.queue.worker_seen(&worker, Some(req.free_slots as i64), req.load, now).await?;
-        if req.free_slots > 0 && !draining && !req.draining {
+        let caps = st.queue.worker_seen(&worker, Some(req.free_slots as i64), req.load, now).await?;
+        // A worker an admin drains gets nothing from the claim.
+        if req.free_slots > 0 && !req.draining {
             // Register interest before looking, so a task queued in between wakes us.
             let notified = st.work_ready.notified();
             let bundling = Bundling { max_renditions: (req.max_tasks as usize).clamp(1, MAX_BUNDLE), thumbnails: req.bundle_thumbnails };

@@ -567,6 +567,7 @@ impl Queue {
         }
         tx.commit().await?;
         jobs.dedup();
+        self.holds.forget_jobs(&jobs);
         Ok(jobs)
     }
 

@@ -729,10 +729,8 @@ async fn login_links_work_once_and_sessions_expire(q: Queue) {
 async fn workers_register_drain_and_leave(q: Queue) {
     let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec!["gpu".into()] };
     q.register_worker("w1", "box-1", 2, &caps, "1.0", T0).await.unwrap();
-    let (seen, draining) = q.worker_seen("w1", Some(1), Some(0.5), T0 + 1).await.unwrap();
-    assert_eq!((seen, draining), (caps.clone(), false));
-    q.set_draining("w1", true).await.unwrap();
-    assert!(q.worker_seen("w1", None, None, T0 + 2).await.unwrap().1);
+    assert_eq!(*q.worker_seen("w1", Some(1), Some(0.5), T0 + 1).await.unwrap(), caps);
+    assert_eq!(*q.worker_seen("w1", None, None, T0 + 2).await.unwrap(), caps);
     let listed = q.list_workers(T0 + 2).await.unwrap();
     assert_eq!((listed.len(), listed[0].name.as_str(), listed[0].slots), (1, "box-1", 2));
     // Liveness is written once per `seen_every_ms` (a call within it only reads),
@@ -744,7 +742,12 @@ async fn workers_register_drain_and_leave(q: Queue) {
     assert_eq!(q.list_workers(T0 + 2).await.unwrap()[0].last_heartbeat, T0 + 1 + every);
     q.worker_seen("w1", Some(2), None, T0 + 2 + every).await.unwrap();
     assert_eq!(q.list_workers(T0 + 2).await.unwrap()[0].last_heartbeat, T0 + 2 + every);
+    // A draining worker's claim gets nothing; resumed, it gets work again.
     let job = job_with(&q, &["240p"]).await;
+    q.set_draining("w1", true).await.unwrap();
+    assert_eq!(q.list_workers(T0 + 2).await.unwrap()[0].state, "draining");
+    assert!(q.lease("w1", &[], T0 + 2).await.unwrap().is_none(), "a draining worker was given a task");
+    q.set_draining("w1", false).await.unwrap();
     q.lease("w1", &[], T0 + 2).await.unwrap().unwrap();
     q.remove_worker("w1").await.unwrap();
     assert!(matches!(q.worker_seen("w1", None, None, T0 + 3).await, Err(QueueError::NotFound(_))));
@@ -1203,4 +1206,14 @@ async fn operations_answer_only_once_their_shared_commit_is_done() {
     assert!(rows.iter().all(|(id, name)| id == name), "a dropped transaction was kept: {rows:?}");
     drop(q);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// PostgreSQL's first claim (`drake_claim`, migration 0015) runs the claim
+/// SQLite runs and a bundle's companions build on, word for word.
+#[test]
+fn the_postgres_claim_function_runs_the_same_claim() {
+    let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let function = words(include_str!("../../migrations/postgres/0015_claim_function.sql"));
+    let claim = words(lease_claim!("FOR UPDATE SKIP LOCKED", "", "$5"));
+    assert!(function.contains(&claim), "drake_claim differs from lease_claim!:\n{claim}");
 }
