@@ -457,10 +457,13 @@ macro_rules! lease_claim {
 
 #[derive(Clone)]
 pub struct Queue {
-    /// The dashboard's and the API's longer reads (and, on PostgreSQL, everything).
+    /// SQLite: the dashboard's and the API's longer reads. PostgreSQL: migrations,
+    /// `drake db copy` and tests.
     pool: AnyPool,
     /// SQLite's one connection for writes and a worker's reads (see `conn`).
     held: Option<std::sync::Arc<conn::Shared>>,
+    /// PostgreSQL's connections for everything else (see `conn`).
+    pg: Option<std::sync::Arc<conn::PgConns>>,
     backend: Backend,
     pub cfg: QueueConfig,
     /// Recently authenticated callers (see [`crate::auth::Callers`]).
@@ -513,8 +516,9 @@ impl Queue {
                 Queue::migrated(pool, Some(&path.display().to_string()), cfg).await
             }
             DatabaseUrl::Postgres(url) => {
-                let pool = AnyPoolOptions::new().test_before_acquire(false).max_connections(16).connect(url).await?;
-                let q = Queue::migrated(pool, None, cfg).await?;
+                let pool = AnyPoolOptions::new().max_connections(4).connect(url).await?;
+                let mut q = Queue::migrated(pool, None, cfg).await?;
+                q.pg = Some(conn::PgConns::new(url));
                 q.sync_clock().await?;
                 Ok(q)
             }
@@ -569,6 +573,7 @@ impl Queue {
         Ok(Queue {
             pool,
             held,
+            pg: None,
             backend,
             cfg,
             callers: Default::default(),

@@ -11,8 +11,12 @@
 //! sqlx pool remains for the dashboard's and the API's longer reads, which then
 //! never delay a lease.
 //!
-//! On PostgreSQL, where several coordinators write at once, everything runs on the
-//! pool.
+//! On PostgreSQL, where several coordinators write at once, statements and
+//! transactions run on connections the queue keeps itself ([`PgConns`]), not on
+//! sqlx's pool: that pool tests every connection given back to it with a round
+//! trip to the server before anyone may have it again, which doubled the round
+//! trips of a task cycle. sqlx's pool remains for migrations, `drake db copy` and
+//! tests.
 
 use super::sql::{Db, Exec, sqlite};
 use super::{Backend, Queue, QueueError, Result};
@@ -250,17 +254,17 @@ impl Drop for Op {
     }
 }
 
-/// A connection to run statements on: SQLite's held one, or one from the pool.
+/// A connection to run statements on: SQLite's held one, or one of PostgreSQL's.
 pub(crate) enum Conn {
     Held(Op),
-    Pooled(sqlx::pool::PoolConnection<Any>),
+    Pg(PgConn),
 }
 
 impl Exec for Conn {
     fn db(&mut self) -> Db<'_> {
         match self {
             Conn::Held(op) => Db::Sqlite(&mut op.held.as_mut().expect("an open operation").conn),
-            Conn::Pooled(c) => Db::Any(&mut *c),
+            Conn::Pg(c) => c.db(),
         }
     }
 }
@@ -271,24 +275,30 @@ impl Conn {
     pub(crate) async fn finish(self, ok: bool) -> Result<()> {
         match self {
             Conn::Held(op) => op.finish(ok).await,
-            Conn::Pooled(_) => Ok(()),
+            Conn::Pg(_) => Ok(()),
         }
     }
 }
 
-/// A transaction. Dropped without [`Tx::commit`], it is undone at once (sqlx's
-/// own transaction does the same on the pool, in the background).
+/// A transaction. Dropped without [`Tx::commit`], it is undone at once (on
+/// PostgreSQL in the background, before its connection is used again).
 pub(crate) enum Tx {
     Held(Op),
-    // `Some` until it commits or drops.
-    Pooled(Option<sqlx::Transaction<'static, Any>>),
+    Pg(PgConn),
 }
 
 impl Tx {
     pub(crate) async fn commit(self) -> Result<()> {
         match self {
             Tx::Held(op) => op.finish(true).await,
-            Tx::Pooled(mut tx) => Ok(tx.take().expect("an open transaction").commit().await?),
+            Tx::Pg(mut c) => {
+                if let Err(e) = sqlx::raw_sql("COMMIT").execute(c.connection()).await {
+                    c.discard();
+                    return Err(e.into());
+                }
+                c.in_tx = false;
+                Ok(())
+            }
         }
     }
 }
@@ -297,8 +307,110 @@ impl Exec for Tx {
     fn db(&mut self) -> Db<'_> {
         match self {
             Tx::Held(op) => Db::Sqlite(&mut op.held.as_mut().expect("an open transaction").conn),
-            Tx::Pooled(t) => Db::Any(&mut *t.as_mut().expect("an open transaction")),
+            Tx::Pg(c) => c.db(),
         }
+    }
+}
+
+/// A connection for longer reads: one of sqlx's pool (SQLite), or one of
+/// PostgreSQL's kept ones.
+pub(crate) enum Read {
+    Pooled(sqlx::pool::PoolConnection<Any>),
+    Pg(PgConn),
+}
+
+impl Exec for Read {
+    fn db(&mut self) -> Db<'_> {
+        match self {
+            Read::Pooled(c) => Db::Any(&mut *c),
+            Read::Pg(c) => c.db(),
+        }
+    }
+}
+
+/// PostgreSQL connections the queue keeps (see the module's doc): at most
+/// [`PgConns::MAX`] at once, made when none is idle, given back without a round
+/// trip. A statement cut off mid-way (its caller dropped) leaves its answer
+/// unread, and sqlx reads it off before the connection's next statement; a
+/// transaction dropped open is rolled back before its connection is kept. A
+/// connection whose rollback fails is closed, and so is one whose statement or
+/// commit failed for a reason other than the statement's own (a broken socket).
+pub(crate) struct PgConns {
+    url: String,
+    idle: std::sync::Mutex<Vec<sqlx::AnyConnection>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// One of [`PgConns`], given back when dropped.
+pub(crate) struct PgConn {
+    conn: Option<sqlx::AnyConnection>,
+    keeper: Arc<PgConns>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    in_tx: bool,
+}
+
+impl PgConns {
+    /// Connections per coordinator, as sqlx's pool had.
+    pub(crate) const MAX: usize = 16;
+
+    pub(crate) fn new(url: &str) -> Arc<PgConns> {
+        Arc::new(PgConns { url: url.to_string(), idle: Default::default(), permits: Arc::new(tokio::sync::Semaphore::new(PgConns::MAX)) })
+    }
+
+    async fn get(self: &Arc<PgConns>) -> Result<PgConn> {
+        let permit = self.permits.clone().acquire_owned().await.map_err(|e| QueueError::Conflict(e.to_string()))?;
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => <sqlx::AnyConnection as sqlx::Connection>::connect(&self.url).await?,
+        };
+        Ok(PgConn { conn: Some(conn), keeper: self.clone(), permit: Some(permit), in_tx: false })
+    }
+
+    fn keep(&self, conn: sqlx::AnyConnection) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+    }
+}
+
+impl PgConn {
+    fn db(&mut self) -> Db<'_> {
+        Db::Pg(self)
+    }
+
+    pub(crate) fn connection(&mut self) -> &mut sqlx::AnyConnection {
+        self.conn.as_mut().expect("a kept connection")
+    }
+
+    /// After a statement failed: a connection that failed, rather than its
+    /// statement, is closed instead of kept.
+    pub(crate) fn failed(&mut self, e: &sqlx::Error) {
+        if matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed) {
+            self.discard();
+        }
+    }
+
+    /// Closes the connection instead of keeping it.
+    fn discard(&mut self) {
+        self.conn = None;
+        self.in_tx = false;
+    }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else { return };
+        if !self.in_tx {
+            self.keeper.keep(conn);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (keeper, permit) = (self.keeper.clone(), self.permit.take());
+        runtime.spawn(async move {
+            if sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.is_ok() {
+                keeper.keep(conn);
+            }
+            drop(permit);
+        });
     }
 }
 
@@ -309,9 +421,10 @@ pub(super) const WRITE_LOCK: i64 = 0x6472_616b_6500; // "drake\0"
 impl Queue {
     /// A connection for one statement of the queue's own (see the module's doc).
     pub(crate) async fn conn(&self) -> Result<Conn> {
-        match &self.held {
-            Some(shared) => Ok(Conn::Held(shared.begin_op(false).await?)),
-            None => Ok(Conn::Pooled(self.pool.acquire().await?)),
+        match (&self.held, &self.pg) {
+            (Some(shared), _) => Ok(Conn::Held(shared.begin_op(false).await?)),
+            (None, Some(pg)) => Ok(Conn::Pg(pg.get().await?)),
+            (None, None) => unreachable!("a queue is on SQLite or PostgreSQL"),
         }
     }
 
@@ -322,15 +435,27 @@ impl Queue {
     }
 
     /// A pooled connection for longer reads (the dashboard's, the API's).
-    pub(crate) async fn read(&self) -> Result<sqlx::pool::PoolConnection<Any>> {
-        Ok(self.pool.acquire().await?)
+    pub(crate) async fn read(&self) -> Result<Read> {
+        match &self.pg {
+            Some(pg) => Ok(Read::Pg(pg.get().await?)),
+            None => Ok(Read::Pooled(self.pool.acquire().await?)),
+        }
     }
 
     /// A plain transaction: it takes no lock of its own on PostgreSQL.
     pub(crate) async fn begin(&self) -> Result<Tx> {
-        match &self.held {
-            Some(shared) => Ok(Tx::Held(shared.begin_op(true).await?)),
-            None => Ok(Tx::Pooled(Some(self.pool.begin().await?))),
+        match (&self.held, &self.pg) {
+            (Some(shared), _) => Ok(Tx::Held(shared.begin_op(true).await?)),
+            (None, Some(pg)) => {
+                let mut c = pg.get().await?;
+                if let Err(e) = sqlx::raw_sql("BEGIN").execute(c.connection()).await {
+                    c.discard();
+                    return Err(e.into());
+                }
+                c.in_tx = true;
+                Ok(Tx::Pg(c))
+            }
+            (None, None) => unreachable!("a queue is on SQLite or PostgreSQL"),
         }
     }
 

@@ -469,7 +469,7 @@ impl Queue {
                 .fetch_optional(&mut self.read().await?)
                 .await?;
         if let Some(encoder) = unrunnable {
-            let tags = job_tags(self.pool.acquire().await?.as_mut(), id).await?;
+            let tags = job_tags(&mut self.read().await?, id).await?;
             return Ok(Some(format!("a capable worker: {}", no_capable_worker(encoder.as_deref(), &tags))));
         }
         let queued: i64 =

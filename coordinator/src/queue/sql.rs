@@ -21,6 +21,8 @@ use std::sync::Arc;
 pub(crate) enum Db<'c> {
     Sqlite(&'c mut rusqlite::Connection),
     Any(&'c mut AnyConnection),
+    /// One of the queue's own PostgreSQL connections.
+    Pg(&'c mut super::conn::PgConn),
     /// Each statement on its own connection from the queue ([`Queue::conn`]).
     Auto(&'c Queue),
 }
@@ -53,6 +55,7 @@ pub(crate) fn on_postgres(e: &mut impl Exec) -> bool {
     match e.db() {
         Db::Sqlite(_) => false,
         Db::Any(c) => c.backend_name() == "PostgreSQL",
+        Db::Pg(_) => true,
         Db::Auto(q) => q.backend == super::Backend::Postgres,
     }
 }
@@ -314,12 +317,23 @@ impl Query {
     async fn on(self, db: Db<'_>, keep: Keep) -> Result<(Vec<Row>, u64), sqlx::Error> {
         match db {
             Db::Sqlite(c) => sqlite::run(c, &self.sql, &self.args, keep),
-            Db::Any(c) => match keep {
-                Keep::None => Ok((Vec::new(), self.any().execute(c).await?.rows_affected())),
-                Keep::First => Ok((self.any().fetch_optional(c).await?.as_ref().map(any_row).transpose()?.into_iter().collect(), 0)),
-                Keep::All => Ok((self.any().fetch_all(c).await?.iter().map(any_row).collect::<Result<_, _>>()?, 0)),
-            },
+            Db::Any(c) => self.on_any(c, keep).await,
+            Db::Pg(c) => {
+                let out = self.on_any(c.connection(), keep).await;
+                if let Err(e) = &out {
+                    c.failed(e);
+                }
+                out
+            }
             Db::Auto(_) => unreachable!("run takes a connection first"),
+        }
+    }
+
+    async fn on_any(self, c: &mut AnyConnection, keep: Keep) -> Result<(Vec<Row>, u64), sqlx::Error> {
+        match keep {
+            Keep::None => Ok((Vec::new(), self.any().execute(c).await?.rows_affected())),
+            Keep::First => Ok((self.any().fetch_optional(c).await?.as_ref().map(any_row).transpose()?.into_iter().collect(), 0)),
+            Keep::All => Ok((self.any().fetch_all(c).await?.iter().map(any_row).collect::<Result<_, _>>()?, 0)),
         }
     }
 
