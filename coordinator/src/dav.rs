@@ -6,7 +6,7 @@
 use crate::auth::{Role, bearer};
 use crate::error::ApiError;
 use crate::state::{AppState, now_ms};
-use crate::storage::StoreError;
+use crate::storage::{FEW_BYTES, StoreError, local_io};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -153,14 +153,15 @@ async fn dav(State(st): State<AppState>, req: Request) -> Response {
 }
 
 /// A PUT's body is written to its file in pieces of this size: a smaller body is
-/// one trip to the blocking pool, opening the file included.
+/// one call of [`local_io`], opening the file included.
 const WRITE_PIECE: usize = 1024 * 1024;
 
 /// A worker's MKCOL or PUT (always inside its staging directory, see
 /// [`worker_may`]), done here rather than by dav-server. Its `LocalFs` runs every
 /// filesystem call of a request in `block_in_place`, each handing the runtime
 /// thread's work to another thread: five for a small PUT. Here a MKCOL, or a PUT
-/// of up to [`WRITE_PIECE`], is one trip to the blocking pool. The answers are
+/// of up to [`FEW_BYTES`], runs on the runtime's thread, and a larger PUT makes
+/// one trip to the blocking pool per [`WRITE_PIECE`]. The answers are
 /// WebDAV's (RFC 4918): 201 made, 204 replaced, 405 a collection is there, 409
 /// the parent is missing, 415 a MKCOL with a body.
 async fn write_direct(root: &Path, method: &Method, rel: &str, headers: &HeaderMap, body: Body) -> Response {
@@ -171,8 +172,7 @@ async fn write_direct(root: &Path, method: &Method, rel: &str, headers: &HeaderM
             if has_body {
                 return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
             }
-            let made = tokio::task::spawn_blocking(move || std::fs::create_dir(&path)).await.map_err(std::io::Error::other);
-            match made.and_then(|r| r) {
+            match local_io(true, move || std::fs::create_dir(&path)).await.and_then(|r| r) {
                 Ok(()) => StatusCode::CREATED,
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => StatusCode::METHOD_NOT_ALLOWED,
                 Err(e) => io_status(&e),
@@ -201,10 +201,10 @@ async fn put_file(path: PathBuf, declared: Option<usize>, body: Body) -> std::io
         file: std::fs::File,
         replaced: bool,
     }
-    // One blocking trip: opens the file on the first piece, then writes the piece.
+    // One call of `local_io`: opens the file on the first piece, then writes the piece.
     async fn write(path: &Path, open: Option<Open>, piece: Vec<u8>) -> std::io::Result<(Open, Vec<u8>)> {
         let path = path.to_path_buf();
-        tokio::task::spawn_blocking(move || {
+        local_io(piece.len() <= FEW_BYTES, move || {
             let mut open = match open {
                 Some(o) => o,
                 None => {
@@ -221,8 +221,7 @@ async fn put_file(path: PathBuf, declared: Option<usize>, body: Body) -> std::io
             piece.clear();
             Ok((open, piece))
         })
-        .await
-        .map_err(std::io::Error::other)?
+        .await?
     }
     let mut stream = body.into_data_stream();
     let mut open: Option<Open> = None;
