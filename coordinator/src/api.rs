@@ -329,24 +329,59 @@ async fn create_from_upload(st: &AppState, caller: &Caller, mut multipart: Multi
         return Ok((job, false));
     }
     // The source and its caption files are stored before the job exists, so no job
-    // ever owes a probe of a file that is not there. A crash in between leaves only
-    // unreferenced files.
+    // ever owes a probe of a file that is not there. Their directory is owed a
+    // removal from before the first byte until the job exists: a failed write, a
+    // lost race for the idempotency key or a crash in between leaves nothing on
+    // the store for good.
     let id = uuid::Uuid::now_v7().to_string();
     new.source = storage::source_path(&id);
-    st.storage.import(&temp, &new.source).await.map_err(|e| ApiError::Storage(e.to_string()))?;
+    st.queue.owe_unclaimed_dir(&id, &st.instance, now_ms()).await?;
+    let stored = store_upload(st, &id, &temp, &new.source, caption_files, &mut new.captions).await;
+    if let Err(e) = stored {
+        lifecycle::remove_unclaimed_dir(st, &id).await;
+        return Err(e);
+    }
     cleanup.0 = None;
+    match st.queue.create_job_with_id(&id, &new, now_ms()).await {
+        Ok((job, true)) => {
+            if let Err(e) = st.queue.forget_unclaimed_dir(&id).await {
+                // The reconciler sees that the job exists, and forgets it then.
+                proto::log!("coordinator: job {id}: {e}");
+            }
+            Ok((job, true))
+        }
+        // Another request with the same key won the race: this copy is not needed.
+        Ok((job, false)) => {
+            lifecycle::remove_unclaimed_dir(st, &id).await;
+            Ok((job, false))
+        }
+        Err(e) => {
+            // The job may exist all the same (a commit whose answer was lost): the
+            // reconciler looks before it removes anything.
+            let _ = st.queue.unclaimed_dir_failed(&id, &st.instance, &e.to_string(), now_ms()).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Stores an upload's source (from the spooled `temp`) and caption files in job
+/// `id`'s directory, and lists the captions in `captions`.
+async fn store_upload(
+    st: &AppState,
+    id: &str,
+    temp: &std::path::Path,
+    source: &str,
+    caption_files: Vec<(Sidecar, Option<Vec<u8>>)>,
+    captions: &mut Vec<Sidecar>,
+) -> Result<(), ApiError> {
+    st.storage.import(temp, source).await.map_err(|e| ApiError::Storage(e.to_string()))?;
     for (i, (sidecar, bytes)) in caption_files.into_iter().enumerate() {
         if let Some(bytes) = bytes {
-            st.storage.write(&crate::sidecars::stored_path(&id, i), bytes).await.map_err(|e| ApiError::Storage(e.to_string()))?;
+            st.storage.write(&crate::sidecars::stored_path(id, i), bytes).await.map_err(|e| ApiError::Storage(e.to_string()))?;
         }
-        new.captions.push(sidecar);
+        captions.push(sidecar);
     }
-    let (job, created) = st.queue.create_job_with_id(&id, &new, now_ms()).await?;
-    if !created {
-        // Another request with the same key won the race: this copy is not needed.
-        let _ = st.storage.remove_job_dir(&id).await;
-    }
-    Ok((job, created))
+    Ok(())
 }
 
 /// The pipeline a caller submits for and sees: a submit token's label; `None` for

@@ -12,8 +12,19 @@ use futures_util::TryStreamExt;
 use sqlx::Row;
 
 /// The tables that hold a farm's state, parents before children.
-pub const TABLES: &[&str] =
-    &["jobs", "job_tags", "tasks", "tokens", "workers", "webhooks", "sessions", "login_links", "task_failures", "settings"];
+pub const TABLES: &[&str] = &[
+    "jobs",
+    "job_tags",
+    "tasks",
+    "tokens",
+    "workers",
+    "webhooks",
+    "sessions",
+    "login_links",
+    "task_failures",
+    "settings",
+    "unclaimed_job_dirs",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {

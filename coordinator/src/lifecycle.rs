@@ -154,6 +154,7 @@ pub async fn reconcile(st: &AppState, at_start: bool) {
     {
         proto::log!("coordinator: reading the database's clock: {e}");
     }
+    remove_unclaimed_dirs(st, now).await;
     match st.queue.unswept_jobs(now).await {
         Ok(jobs) => {
             for job in jobs {
@@ -161,6 +162,37 @@ pub async fn reconcile(st: &AppState, at_start: bool) {
             }
         }
         Err(e) => proto::log!("coordinator: reconciler: listing jobs to sweep: {e}"),
+    }
+}
+
+/// Removes the job directories written ahead of jobs that never came to be (see
+/// [`remove_unclaimed_dir`]), and forgets those whose job exists after all.
+async fn remove_unclaimed_dirs(st: &AppState, now: i64) {
+    match st.queue.unclaimed_dirs_due(&st.instance, now).await {
+        Ok(due) => {
+            for (job, exists) in due {
+                if exists {
+                    if let Err(e) = st.queue.forget_unclaimed_dir(&job).await {
+                        proto::log!("coordinator: job {job}: {e}");
+                    }
+                } else {
+                    remove_unclaimed_dir(st, &job).await;
+                }
+            }
+        }
+        Err(e) => proto::log!("coordinator: reconciler: listing unclaimed job directories: {e}"),
+    }
+}
+
+/// Removes job `id`'s directory, written ahead of a job that will not exist; when
+/// the store refuses, the reconciler tries again ([`remove_unclaimed_dirs`]).
+pub async fn remove_unclaimed_dir(st: &AppState, id: &str) {
+    let outcome = match st.storage.remove_job_dir(id).await {
+        Ok(()) => st.queue.forget_unclaimed_dir(id).await,
+        Err(e) => st.queue.unclaimed_dir_failed(id, &st.instance, &e.to_string(), now_ms()).await,
+    };
+    if let Err(e) = outcome {
+        proto::log!("coordinator: job {id}: recording its directory's removal: {e}");
     }
 }
 

@@ -68,6 +68,14 @@ const SPACE_RETRY_MAX_MS: i64 = 60_000;
 /// claimed it (apalis lost it, or its push failed).
 pub const CHORE_PUSH_GRACE_MS: i64 = 60_000;
 
+/// How long a job directory written ahead of its job may wait for the job: longer
+/// than storing the largest upload may take. A directory whose coordinator died
+/// is removed sooner ([`Queue::unclaimed_dirs_due`]).
+pub const UNCLAIMED_DIR_GRACE_MS: i64 = 24 * 3_600_000;
+
+/// The longest wait between two tries at removing an unclaimed job directory.
+const UNCLAIMED_DIR_RETRY_MAX_MS: i64 = 300_000;
+
 /// An owed chore, armed for one push: the seq it must claim with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owed {
@@ -197,6 +205,66 @@ impl Queue {
             .execute(&mut self.auto())
             .await?;
         Ok(())
+    }
+
+    /// Records that coordinator `me` is about to write job `job`'s directory on the
+    /// store before the job exists (see migration sqlite 0021). Unless
+    /// [`Queue::forget_unclaimed_dir`] follows, the reconciler removes the directory
+    /// once it is [`UNCLAIMED_DIR_GRACE_MS`] old, or as soon as `me` is gone.
+    pub async fn owe_unclaimed_dir(&self, job: &str, me: &str, now: i64) -> Result<()> {
+        sql::query(
+            "INSERT INTO unclaimed_job_dirs (job_id, coordinator, due_at) VALUES ($1, $2, $3)
+             ON CONFLICT (job_id) DO UPDATE SET coordinator = excluded.coordinator, due_at = excluded.due_at",
+        )
+        .bind(job)
+        .bind(me)
+        .bind(now + UNCLAIMED_DIR_GRACE_MS)
+        .execute(&mut self.auto())
+        .await?;
+        Ok(())
+    }
+
+    /// Nothing more is owed for job `job`'s directory: its job exists, or it was removed.
+    pub async fn forget_unclaimed_dir(&self, job: &str) -> Result<()> {
+        sql::query("DELETE FROM unclaimed_job_dirs WHERE job_id = $1").bind(job).execute(&mut self.auto()).await?;
+        Ok(())
+    }
+
+    /// A removal of job `job`'s unclaimed directory failed (or is owed at once):
+    /// coordinator `me` tries again after a backoff that grows with the attempts.
+    pub async fn unclaimed_dir_failed(&self, job: &str, me: &str, error: &str, now: i64) -> Result<()> {
+        sql::query(
+            "UPDATE unclaimed_job_dirs SET coordinator = $2, attempts = attempts + 1, error = $3,
+                    due_at = $4 + CASE WHEN attempts >= 8 THEN $5 ELSE 1000 * (1 << attempts) END
+             WHERE job_id = $1",
+        )
+        .bind(job)
+        .bind(me)
+        .bind(error)
+        .bind(now)
+        .bind(UNCLAIMED_DIR_RETRY_MAX_MS)
+        .execute(&mut self.auto())
+        .await?;
+        Ok(())
+    }
+
+    /// Unclaimed job directories owed a removal now: due, or written by a
+    /// coordinator that is gone. Each with whether its job exists after all (then
+    /// the directory is the job's, and only the row goes).
+    pub async fn unclaimed_dirs_due(&self, me: &str, now: i64) -> Result<Vec<(String, bool)>> {
+        let rows = sql::query(
+            "SELECT o.job_id, CASE WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.id = o.job_id) THEN 1 ELSE 0 END
+             FROM unclaimed_job_dirs o
+             WHERE o.due_at <= $1
+                OR (o.coordinator <> $2 AND o.coordinator NOT IN (SELECT id FROM coordinators WHERE last_seen >= $3))
+             ORDER BY o.due_at LIMIT 100",
+        )
+        .bind(now)
+        .bind(me)
+        .bind(now - super::COORDINATOR_TTL_MS)
+        .fetch_all(&mut self.auto())
+        .await?;
+        Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) != 0)).collect())
     }
 
     /// Whether a job still owes its probe.

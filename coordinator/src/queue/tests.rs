@@ -107,7 +107,47 @@ conformance!(
     a_chunked_job_joins_each_rung_once_its_chunks_and_audio_are_done,
     chunk_bundles_stay_within_the_largest_rung_and_shrink_at_the_job_end,
     uploads_append_at_their_offset_within_limits_and_one_coordinator_joins_them,
+    a_job_directory_written_ahead_of_its_job_is_owed_until_the_job_exists,
 );
+
+/// A multipart upload's directory, written before its job exists: owed a removal
+/// when it is due or its coordinator is gone, retried with a backoff, and
+/// forgotten (never removed) once the job exists.
+async fn a_job_directory_written_ahead_of_its_job_is_owed_until_the_job_exists(q: Queue) {
+    use owed::UNCLAIMED_DIR_GRACE_MS;
+    q.coordinator_seen("a", T0).await.unwrap();
+    q.coordinator_seen("b", T0).await.unwrap();
+    q.owe_unclaimed_dir("lost", "a", T0).await.unwrap();
+    q.owe_unclaimed_dir("kept", "a", T0).await.unwrap();
+    q.owe_unclaimed_dir("stored", "a", T0).await.unwrap();
+    // Its job is created: the row goes at once.
+    let (job, _) = q.create_job_with_id("stored", &web_job(), T0).await.unwrap();
+    assert_eq!(job.id, "stored");
+    q.forget_unclaimed_dir("stored").await.unwrap();
+    // While "a" heartbeats, "b" leaves its uploads alone until they are due.
+    assert!(q.unclaimed_dirs_due("b", T0 + 1_000).await.unwrap().is_empty(), "in progress");
+    // "a" dies: its directories are owed at once, to anyone else.
+    let gone = T0 + COORDINATOR_TTL_MS + 1;
+    q.coordinator_seen("b", gone).await.unwrap();
+    let mut due = q.unclaimed_dirs_due("b", gone).await.unwrap();
+    due.sort();
+    assert_eq!(due, [("kept".to_string(), false), ("lost".to_string(), false)]);
+    // A removal that fails is "b"'s to retry, after a growing backoff.
+    q.unclaimed_dir_failed("lost", "b", "HTTP 503", gone).await.unwrap();
+    q.forget_unclaimed_dir("kept").await.unwrap();
+    assert!(q.unclaimed_dirs_due("b", gone + 999).await.unwrap().is_empty(), "backing off");
+    assert_eq!(q.unclaimed_dirs_due("b", gone + 1_000).await.unwrap(), [("lost".to_string(), false)]);
+    q.unclaimed_dir_failed("lost", "b", "HTTP 503", gone + 1_000).await.unwrap();
+    assert!(q.unclaimed_dirs_due("b", gone + 2_999).await.unwrap().is_empty(), "twice as long");
+    q.forget_unclaimed_dir("lost").await.unwrap();
+    // A live coordinator's upload is due after the grace; a job created meanwhile
+    // (an answer lost after its commit) keeps its directory.
+    q.owe_unclaimed_dir("late", "b", gone).await.unwrap();
+    q.create_job_with_id("late", &web_job(), gone).await.unwrap();
+    q.coordinator_seen("b", gone + UNCLAIMED_DIR_GRACE_MS).await.unwrap();
+    assert!(q.unclaimed_dirs_due("b", gone + UNCLAIMED_DIR_GRACE_MS - 1).await.unwrap().is_empty());
+    assert_eq!(q.unclaimed_dirs_due("b", gone + UNCLAIMED_DIR_GRACE_MS).await.unwrap(), [("late".to_string(), true)]);
+}
 
 /// A job of the `web` profile on an uploaded source, as tests submit it.
 fn web_job() -> NewJob {
