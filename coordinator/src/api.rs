@@ -358,7 +358,10 @@ async fn create_from_upload(st: &AppState, caller: &Caller, mut multipart: Multi
         Err(e) => {
             // The job may exist all the same (a commit whose answer was lost): the
             // reconciler looks before it removes anything.
-            let _ = st.queue.unclaimed_dir_failed(&id, &st.instance, &e.to_string(), now_ms()).await;
+            if let Err(owed) = st.queue.unclaimed_dir_failed(&id, &st.instance, &e.to_string(), now_ms()).await {
+                // Then it is due after the grace, or once this coordinator is gone.
+                proto::log!("coordinator: job {id}: {owed}");
+            }
             Err(e.into())
         }
     }

@@ -230,8 +230,9 @@ impl Queue {
         Ok(())
     }
 
-    /// A removal of job `job`'s unclaimed directory failed (or is owed at once):
-    /// coordinator `me` tries again after a backoff that grows with the attempts.
+    /// A removal of job `job`'s unclaimed directory failed, or must wait for the
+    /// reconciler to see whether the job exists: coordinator `me` tries again after
+    /// a backoff that grows with the attempts (1 s first).
     pub async fn unclaimed_dir_failed(&self, job: &str, me: &str, error: &str, now: i64) -> Result<()> {
         sql::query(
             "UPDATE unclaimed_job_dirs SET coordinator = $2, attempts = attempts + 1, error = $3,
