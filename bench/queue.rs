@@ -45,6 +45,11 @@ struct Outcome {
     /// The coordinators' CPU time (user and system) per task cycle, in µs: steadier
     /// than cycles/s on a noisy machine, and what a change to the coordinator moves.
     cpu_us_per_cycle: f64,
+    /// The same for the PostgreSQL server's processes (`None` on SQLite, where the
+    /// database runs inside the coordinator).
+    db_us_per_cycle: Option<f64>,
+    /// The same for the simulated workers (this process).
+    sims_us_per_cycle: f64,
 }
 
 fn main() {
@@ -66,8 +71,8 @@ fn main() {
         setups.iter().enumerate().filter(|(i, _)| only.as_ref().is_none_or(|o| o.contains(i))).map(|(_, s)| s).collect();
     println!("queue benchmark: {seconds} s per run, {} cores", std::thread::available_parallelism().map_or(1, |n| n.get()));
     println!(
-        "{:<36} {:>8} {:>12} {:>10} {:>10} {:>8} {:>10} {:>10} {:>12}",
-        "setup", "workers", "cycles/s", "p50 ms", "p99 ms", "errors", "vs SQLite", "vs ceiling", "coord µs/cyc"
+        "{:<36} {:>8} {:>12} {:>10} {:>10} {:>8} {:>10} {:>10} {:>12} {:>12} {:>12}",
+        "setup", "workers", "cycles/s", "p50 ms", "p99 ms", "errors", "vs SQLite", "vs ceiling", "coord µs/cyc", "db µs/cyc", "sims µs/cyc"
     );
     // (workers, cycles/s) of the SQLite and the ideal runs, for the ratios.
     let mut sqlite: Vec<(usize, f64)> = Vec::new();
@@ -85,7 +90,7 @@ fn main() {
             }
             let vs_sqlite = if setup.ceiling { "-".to_string() } else { ratio(&sqlite, n, o.cycles_per_second) };
             println!(
-                "{:<36} {:>8} {:>12.0} {:>10.1} {:>10.1} {:>8} {:>10} {:>10} {:>12.0}",
+                "{:<36} {:>8} {:>12.0} {:>10.1} {:>10.1} {:>8} {:>10} {:>10} {:>12.0} {:>12} {:>12.0}",
                 setup.name,
                 n,
                 o.cycles_per_second,
@@ -94,7 +99,9 @@ fn main() {
                 o.errors,
                 vs_sqlite,
                 ratio(&ceiling, n, o.cycles_per_second),
-                o.cpu_us_per_cycle
+                o.cpu_us_per_cycle,
+                o.db_us_per_cycle.map_or("-".to_string(), |d| format!("{d:.0}")),
+                o.sims_us_per_cycle
             );
         }
     }
@@ -190,14 +197,20 @@ async fn run(setup: &Setup, workers: usize, seconds: u64) -> Outcome {
     // A second of warm-up (registration, connections), then the measured window.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = cycles.load(Ordering::Relaxed);
-    let cpu_before = cpu_seconds(&procs);
+    let coordinators: Vec<u32> = procs.iter().map(|p| p.0.id()).collect();
+    let server = match &database {
+        DatabaseUrl::Postgres(url) => postgres_pids(url),
+        DatabaseUrl::Sqlite(_) => Vec::new(),
+    };
+    let cpu_before = (cpu_seconds(&coordinators), cpu_seconds(&server), cpu_seconds(&[std::process::id()]));
     measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::Relaxed);
     let done = cycles.load(Ordering::Relaxed) - before;
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(&procs) - cpu_before;
+    let cpu =
+        (cpu_seconds(&coordinators) - cpu_before.0, cpu_seconds(&server) - cpu_before.1, cpu_seconds(&[std::process::id()]) - cpu_before.2);
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     for s in sims {
@@ -221,25 +234,49 @@ async fn run(setup: &Setup, workers: usize, seconds: u64) -> Outcome {
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         errors: errors.load(Ordering::Relaxed),
-        cpu_us_per_cycle: cpu * 1e6 / done.max(1) as f64,
+        cpu_us_per_cycle: cpu.0 * 1e6 / done.max(1) as f64,
+        db_us_per_cycle: (!server.is_empty()).then(|| cpu.1 * 1e6 / done.max(1) as f64),
+        sims_us_per_cycle: cpu.2 * 1e6 / done.max(1) as f64,
     }
 }
 
-/// The CPU time (user and system) the coordinator processes have used so far, in
-/// seconds, from `/proc/PID/stat` (with `taskset`, the process is the coordinator).
-fn cpu_seconds(procs: &[Proc]) -> f64 {
+/// The CPU time (user and system) processes have used so far, in seconds, from
+/// `/proc/PID/stat` (with `taskset`, the coordinator's process is the coordinator).
+fn cpu_seconds(pids: &[u32]) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    procs
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{}/stat", p.0.id())).ok())
-        .filter_map(|stat| {
-            // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
-        })
+    pids.iter()
+        .filter_map(|pid| stat_fields(*pid))
+        .filter_map(|f| Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks))
         .sum()
+}
+
+/// The fields of `/proc/PID/stat` after the command's closing parenthesis (the
+/// state is the first, the parent's pid the second).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat[stat.rfind(')')? + 2..].split_whitespace().map(str::to_string).collect())
+}
+
+/// The PostgreSQL server behind `url` and its backends, when it runs on this
+/// machine the way `pgtest` starts it (its socket directory holds `data/`). The
+/// coordinators keep their connections for the run, so the backends do not change.
+fn postgres_pids(url: &str) -> Vec<u32> {
+    let Some(host) = url::Url::parse(url).ok().and_then(|u| u.query_pairs().find(|(k, _)| k == "host").map(|(_, v)| v.into_owned())) else {
+        return Vec::new();
+    };
+    let Some(postmaster) = std::fs::read_to_string(format!("{host}/data/postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+    else {
+        return Vec::new();
+    };
+    let children = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| stat_fields(*pid).is_some_and(|f| f.get(1).is_some_and(|p| p.parse() == Ok(postmaster))));
+    std::iter::once(postmaster).chain(children).collect()
 }
 
 /// Plans `tasks` transcode tasks, in jobs of [`TASKS_PER_JOB`], the way a probe does.
