@@ -15,7 +15,7 @@
 //! Every end (succeeded, failed, canceled) records exactly one webhook for its run.
 
 use crate::error::ApiError;
-use crate::queue::{Backend, Chore, Job, Promotion, QueueError, TaskKind, TaskTarget};
+use crate::queue::{Backend, Chore, Job, Promoted, Promotion, QueueError, TaskKind, TaskTarget};
 use crate::state::{AppState, audit, now_ms};
 use crate::storage;
 use proto::chunk::ChunkReport;
@@ -268,8 +268,8 @@ pub async fn promote(st: &AppState, p: &Promotion) {
     .await;
     let now = now_ms();
     let recorded = match outcome {
-        Ok(None) => st.queue.promoted(&p.task_id, now).await.map(|succeeded| {
-            if succeeded {
+        Ok(None) => st.queue.promoted(&p.task_id, now).await.inspect(|promoted| {
+            if promoted.succeeded() {
                 st.emit("task", json!({"job_id": p.job_id, "task_id": p.task_id, "state": "succeeded", "progress": 1.0}));
                 // Tasks that waited for this one (renditions for the audio, joins for
                 // their chunks) may run now.
@@ -278,18 +278,19 @@ pub async fn promote(st: &AppState, p: &Promotion) {
         }),
         Ok(Some(lost)) => {
             st.wake_workers();
-            st.queue.promotion_failed(&p.task_id, &format!("storage: {lost}"), now).await
+            st.queue.promotion_failed(&p.task_id, &format!("storage: {lost}"), now).await.map(|()| Promoted::No)
         }
         Err(e) => {
             proto::log!("coordinator: task {}: promoting its outputs: {e} (will retry)", p.task_id);
             return;
         }
     };
-    if let Err(e) = recorded {
-        proto::log!("coordinator: task {}: recording its promotion: {e}", p.task_id);
-        return;
+    match recorded {
+        Err(e) => proto::log!("coordinator: task {}: recording its promotion: {e}", p.task_id),
+        // A success that left its job as it was owes the job nothing: no read of it.
+        Ok(Promoted::Succeeded { job_changed: false }) => {}
+        Ok(_) => kick(st, &p.job_id).await,
     }
-    kick(st, &p.job_id).await;
 }
 
 /// Checks a chunk's report against the job's chunk plan (recomputed from its probe

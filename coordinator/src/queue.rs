@@ -691,7 +691,7 @@ impl Queue {
         if self.backend == Backend::Postgres && max_tasks == 1 {
             let claimed = self.lease_one(&mut self.auto(), worker, encoders, now, None).await?;
             let leased: Vec<Lease> = claimed.into_iter().map(|c| c.lease).collect();
-            self.remember_targets(&leased);
+            self.remember_leases(worker, &leased);
             return Ok(leased);
         }
         let mut tx = self.write_tx().await?;
@@ -808,13 +808,17 @@ impl Queue {
             }
         }
         tx.commit().await?;
-        self.remember_targets(&leased);
+        self.remember_leases(worker, &leased);
         Ok(leased)
     }
 
-    /// Keeps the targets of leased tasks for their completions (see [`Targets`]).
-    fn remember_targets(&self, leased: &[Lease]) {
+    /// Keeps the targets of leased tasks for their completions (see [`Targets`]),
+    /// and that `worker` holds them, for the store's write checks (see
+    /// [`holds::Holds`]): the answer the database gives right after the
+    /// lease's commit, so that a worker's first write costs no statement.
+    fn remember_leases(&self, worker: &str, leased: &[Lease]) {
         for l in leased {
+            self.holds.leased(worker, &l.job_id, &l.name, l.epoch);
             let target =
                 TaskTarget { job_id: l.job_id.clone(), kind: l.kind, name: l.name.clone(), rendition: l.rendition.clone(), chunk: l.chunk };
             self.targets.put(&l.task_id, target);
@@ -924,31 +928,32 @@ impl Queue {
     }
 
     /// A promoting task whose outputs are in place succeeds; when it was its job's
-    /// last, the job moves to `finalizing` and owes its finalize. False when the task
-    /// was not promoting (canceled meanwhile, or promoted already).
-    pub async fn promoted(&self, task: &str, now: i64) -> Result<bool> {
+    /// last, the job moves to `finalizing` and owes its finalize. [`Promoted::No`]
+    /// when the task was not promoting (canceled meanwhile, or promoted already).
+    pub async fn promoted(&self, task: &str, now: i64) -> Result<Promoted> {
         if self.backend == Backend::Postgres {
             // One round trip: the database settles the job holding the job's row
-            // lock (`drake_promoted`, migrations 0012 and 0014), so no lock is held
+            // lock (`drake_promoted`, migrations 0012, 0014 and 0017), so no lock is held
             // while a coordinator waits for an answer, and promotions of different
             // jobs never wait for each other. (`WRITE_LOCK` is an argument 0014 no
             // longer uses.)
-            let row = sql::query("SELECT job_id, settled FROM drake_promoted($1, $2, $3)")
+            let row = sql::query("SELECT job_id, settled, changed FROM drake_promoted($1, $2, $3)")
                 .bind(task)
                 .bind(now)
                 .bind(conn::WRITE_LOCK)
                 .fetch_optional(&mut self.auto())
                 .await?;
             let Some(row) = row else {
-                return Ok(false);
+                return Ok(Promoted::No);
             };
+            let mut job_changed = row.get::<i64, _>(2) != 0;
             if row.get::<i64, _>(1) == 0 {
                 // A task of the job failed: settling ends it (only a race gets here).
                 let mut tx = self.write_tx().await?;
-                settle_job(&mut tx, &row.get::<String, _>(0), now).await?;
+                job_changed = settle_job(&mut tx, &row.get::<String, _>(0), now).await?;
                 tx.commit().await?;
             }
-            return Ok(true);
+            return Ok(Promoted::Succeeded { job_changed });
         }
         let mut tx = self.write_tx().await?;
         let job: Option<String> = sql::query_scalar(
@@ -961,11 +966,11 @@ impl Queue {
         .await?;
         let Some(job) = job else {
             tx.commit().await?;
-            return Ok(false);
+            return Ok(Promoted::No);
         };
-        settle_job(&mut tx, &job, now).await?;
+        let job_changed = settle_job(&mut tx, &job, now).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Promoted::Succeeded { job_changed })
     }
 
     /// A promoting task whose outputs could not be put in place (or were found
@@ -1435,11 +1440,11 @@ async fn requeue_or_fail(
 
 /// Derives a live job's state from its tasks: any failed task fails the job (and
 /// stops the rest); all succeeded means finalizing, which owes the finalize chore.
-/// An ended job never moves again.
+/// An ended job never moves again. Returns whether the job changed.
 ///
 /// On PostgreSQL, a promotion settles its job in `drake_promoted` (postgres
-/// migration 0012), which does what this does: keep the two in step.
-async fn settle_job(tx: &mut impl Exec, job: &str, now: i64) -> Result<()> {
+/// migration 0017, first 0012), which does what this does: keep the two in step.
+async fn settle_job(tx: &mut impl Exec, job: &str, now: i64) -> Result<bool> {
     // Whether some task exists, has failed, has not succeeded, has left the queue:
     // each the first entry of an index range (`tasks_job_outcome`, and
     // `tasks_pending_by_kind` for the unfinished), never a count of the job's
@@ -1459,29 +1464,49 @@ async fn settle_job(tx: &mut impl Exec, job: &str, now: i64) -> Result<()> {
     let current: String = row.get(0);
     let [any, failed, unfinished, started] = [1, 2, 3, 4].map(|i| row.get::<i64, _>(i) != 0);
     if is_terminal(&current) {
-        return Ok(());
+        return Ok(false);
     }
     if failed {
-        return end_job(tx, job, "failed", None, now).await;
+        end_job(tx, job, "failed", None, now).await?;
+        return Ok(true);
     }
     if any && !unfinished {
-        if current != "finalizing" {
-            sql::query(
-                "UPDATE jobs SET state = 'finalizing', chore = 'finalize', chore_attempts = 0, chore_error = NULL, chore_claimed_by = NULL,
-                     chore_due_at = $1, updated_at = $1 WHERE id = $2",
-            )
-            .bind(now)
-            .bind(job)
-            .execute(&mut *tx)
-            .await?;
+        if current == "finalizing" {
+            return Ok(false);
         }
-        return Ok(());
+        sql::query(
+            "UPDATE jobs SET state = 'finalizing', chore = 'finalize', chore_attempts = 0, chore_error = NULL, chore_claimed_by = NULL,
+                 chore_due_at = $1, updated_at = $1 WHERE id = $2",
+        )
+        .bind(now)
+        .bind(job)
+        .execute(&mut *tx)
+        .await?;
+        return Ok(true);
     }
     let next = if started { "running" } else { "queued" };
-    if next != current {
-        sql::query("UPDATE jobs SET state = $1, updated_at = $2 WHERE id = $3").bind(next).bind(now).bind(job).execute(&mut *tx).await?;
+    if next == current {
+        return Ok(false);
     }
-    Ok(())
+    sql::query("UPDATE jobs SET state = $1, updated_at = $2 WHERE id = $3").bind(next).bind(now).bind(job).execute(&mut *tx).await?;
+    Ok(true)
+}
+
+/// What [`Queue::promoted`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Promoted {
+    /// Nothing: the task was not promoting (canceled meanwhile, or promoted already).
+    No,
+    /// The task succeeded. `job_changed` when that moved its job (to finalizing, or
+    /// failed): only then does the job's follow-up owe anything (a chore, a
+    /// webhook, a job event).
+    Succeeded { job_changed: bool },
+}
+
+impl Promoted {
+    pub fn succeeded(self) -> bool {
+        matches!(self, Promoted::Succeeded { .. })
+    }
 }
 
 pub fn is_terminal(state: &str) -> bool {

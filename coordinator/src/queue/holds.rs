@@ -3,7 +3,8 @@
 //!
 //! A worker publishing a rendition makes dozens of requests in a burst (a MKCOL,
 //! then a PUT and a MOVE per file), each asking the same question. A yes is kept
-//! for [`Holds::TTL`]; a no is never kept. This coordinator forgets the yeses a
+//! for [`Holds::TTL`]; a no is never kept. A lease this coordinator grants is a
+//! yes from its commit, so a worker's first write asks the database nothing. This coordinator forgets the yeses a
 //! transition of its own ends (a completion or failure of the worker's, a cancel,
 //! a reap, a removal), so the store refuses at once what it must. A lease ended
 //! through another coordinator stops writes here within the TTL; what such a
@@ -38,6 +39,13 @@ impl Holds {
             kept.clear();
         }
         kept.insert(key, Instant::now());
+    }
+
+    /// Keeps the yeses a lease just committed makes true: `worker` holds the task
+    /// `name` of `job` at `epoch`, and so a task of `job`.
+    pub(crate) fn leased(&self, worker: &str, job: &str, name: &str, epoch: i64) {
+        self.keep((worker.to_string(), job.to_string(), Some((name.to_string(), epoch))));
+        self.keep((worker.to_string(), job.to_string(), None));
     }
 
     /// Forgets the yeses of a worker (its lease ended, or it was removed).

@@ -108,6 +108,7 @@ conformance!(
     chunk_bundles_stay_within_the_largest_rung_and_shrink_at_the_job_end,
     uploads_append_at_their_offset_within_limits_and_one_coordinator_joins_them,
     a_job_directory_written_ahead_of_its_job_is_owed_until_the_job_exists,
+    a_lease_is_a_kept_hold_until_it_ends_here_or_for_a_second,
 );
 
 /// A multipart upload's directory, written before its job exists: owed a removal
@@ -172,9 +173,11 @@ async fn job_with(q: &Queue, renditions: &[&str]) -> Job {
 }
 
 /// Completes a lease and promotes its outputs, as the coordinator does.
-async fn done(q: &Queue, l: &Lease, worker: &str, now: i64) {
+async fn done(q: &Queue, l: &Lease, worker: &str, now: i64) -> Promoted {
     q.complete(&l.task_id, worker, l.epoch, &serde_json::json!({}), now).await.unwrap();
-    assert!(q.promoted(&l.task_id, now).await.unwrap());
+    let promoted = q.promoted(&l.task_id, now).await.unwrap();
+    assert!(promoted.succeeded());
+    promoted
 }
 
 /// The target a lease kept for its completion is the one the database holds.
@@ -192,6 +195,29 @@ async fn claim(q: &Queue, job: &str, chore: Chore, now: i64) -> Option<ChoreClai
     q.claim_chore(job, chore, owed.seq, "me", now).await.unwrap()
 }
 
+/// The store's write check: a lease this coordinator grants holds from its commit
+/// (kept, so the worker's first write asks the database nothing); its end here
+/// stops writes at once; an end the cache cannot see (another coordinator's,
+/// written here straight to the database) stops them within the kept second.
+async fn a_lease_is_a_kept_hold_until_it_ends_here_or_for_a_second(q: Queue) {
+    let job = job_with(&q, &["240p", "720p"]).await;
+    let a = q.lease("w1", &[], T0).await.unwrap().unwrap();
+    let named = Some((a.name.as_str(), a.epoch));
+    assert!(q.worker_holds("w1", &job.id, named).await.unwrap());
+    assert!(q.worker_holds("w1", &job.id, None).await.unwrap());
+    assert!(!q.worker_holds("w1", &job.id, Some((a.name.as_str(), a.epoch + 1))).await.unwrap(), "another epoch");
+    assert!(!q.worker_holds("w2", &job.id, None).await.unwrap(), "another worker");
+    done(&q, &a, "w1", T0 + 1).await;
+    assert!(!q.worker_holds("w1", &job.id, named).await.unwrap(), "its completion here ends it at once");
+
+    let b = q.lease("w1", &[], T0 + 2).await.unwrap().unwrap();
+    let named = Some((b.name.as_str(), b.epoch));
+    sqlx::query("UPDATE tasks SET state = 'queued', worker_id = NULL WHERE id = $1").bind(&b.task_id).execute(q.pool()).await.unwrap();
+    assert!(q.worker_holds("w1", &job.id, named).await.unwrap(), "kept for up to a second");
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert!(!q.worker_holds("w1", &job.id, named).await.unwrap(), "not past it");
+}
+
 async fn tasks_lease_lowest_rung_first_and_complete(q: Queue) {
     let job = job_with(&q, &["240p", "720p"]).await;
     let a = q.lease("w1", &[], T0).await.unwrap().unwrap();
@@ -201,12 +227,13 @@ async fn tasks_lease_lowest_rung_first_and_complete(q: Queue) {
     assert_eq!(b.rendition.as_deref(), Some("720p"));
     assert!(q.lease("w3", &[], T0).await.unwrap().is_none(), "nothing else to lease");
     assert!(!q.heartbeat(&a.task_id, "w1", a.epoch, 0.5, T0 + 1).await.unwrap());
-    done(&q, &a, "w1", T0 + 2).await;
+    assert_eq!(done(&q, &a, "w1", T0 + 2).await, Promoted::Succeeded { job_changed: false }, "the job was running and still is");
     assert_eq!(q.job(&job.id).await.unwrap().unwrap().state, "running");
     q.complete(&b.task_id, "w2", b.epoch, &serde_json::json!({}), T0 + 3).await.unwrap();
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!((j.state.as_str(), j.tasks[1].state.as_str()), ("running", "promoting"), "no success before its files are in place");
-    assert!(q.promoted(&b.task_id, T0 + 3).await.unwrap());
+    assert_eq!(q.promoted(&b.task_id, T0 + 3).await.unwrap(), Promoted::Succeeded { job_changed: true }, "the job's last task");
+    assert_eq!(q.promoted(&b.task_id, T0 + 3).await.unwrap(), Promoted::No, "promoted already");
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!((j.state.as_str(), j.playable), ("finalizing", true));
     let claim = claim(&q, &job.id, Chore::Finalize, T0 + 4).await.unwrap();
@@ -908,7 +935,7 @@ mod races {
                 .enumerate()
                 .map(|(k, task)| {
                     let q = qs[k % qs.len()].clone();
-                    tokio::spawn(async move { q.promoted(&task, now + 1).await.unwrap() })
+                    tokio::spawn(async move { q.promoted(&task, now + 1).await.unwrap().succeeded() })
                 })
                 .collect();
             let cancel = round % 2 == 1;
@@ -979,7 +1006,7 @@ async fn overview_and_metrics_count_what_happened(q: Queue) {
     let l = q.lease("w", &[], T0 + 1_000).await.unwrap().unwrap();
     let result = serde_json::json!({"files": [{"path": "a.mp4", "size": 1000}, {"path": "b.m3u8", "size": 24}]});
     q.complete(&l.task_id, "w", l.epoch, &result, T0 + 61_000).await.unwrap();
-    assert!(q.promoted(&l.task_id, T0 + 61_000).await.unwrap());
+    assert!(q.promoted(&l.task_id, T0 + 61_000).await.unwrap().succeeded());
     let o = q.overview(T0 + 120_000).await.unwrap();
     assert_eq!(o.jobs_by_state, [("finalizing".to_string(), 1)]);
     assert_eq!(o.tasks_by_state, [("succeeded".to_string(), 1)]);
