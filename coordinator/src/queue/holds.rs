@@ -4,8 +4,8 @@
 //! A worker publishing a rendition makes dozens of requests in a burst (a MKCOL,
 //! then a PUT and a MOVE per file), each asking the same question. A yes is kept
 //! for [`Holds::TTL`]; a no is never kept. A lease this coordinator grants is a
-//! yes from its commit, so a worker's first write asks the database nothing. This coordinator forgets the yeses a
-//! transition of its own ends (a completion or failure of the worker's, a cancel,
+//! yes from its commit, so a worker's first write asks the database nothing.
+//! This coordinator forgets the yeses a transition of its own ends (a completion or failure of the worker's, a cancel,
 //! a reap, a removal), so the store refuses at once what it must. A lease ended
 //! through another coordinator stops writes here within the TTL; what such a
 //! write leaves is in a staging directory that no completion of a later epoch
@@ -33,19 +33,20 @@ impl Holds {
         kept.get(key).is_some_and(|at| at.elapsed() < Holds::TTL)
     }
 
-    fn keep(&self, key: Key) {
+    fn keep(&self, keys: impl IntoIterator<Item = Key>) {
         let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() >= Holds::MAX {
-            kept.clear();
+        for key in keys {
+            if kept.len() >= Holds::MAX {
+                kept.clear();
+            }
+            kept.insert(key, Instant::now());
         }
-        kept.insert(key, Instant::now());
     }
 
     /// Keeps the yeses a lease just committed makes true: `worker` holds the task
     /// `name` of `job` at `epoch`, and so a task of `job`.
     pub(crate) fn leased(&self, worker: &str, job: &str, name: &str, epoch: i64) {
-        self.keep((worker.to_string(), job.to_string(), Some((name.to_string(), epoch))));
-        self.keep((worker.to_string(), job.to_string(), None));
+        self.keep([(worker.to_string(), job.to_string(), Some((name.to_string(), epoch))), (worker.to_string(), job.to_string(), None)]);
     }
 
     /// Forgets the yeses of a worker (its lease ended, or it was removed).
@@ -89,7 +90,7 @@ impl Queue {
         };
         let held: i64 = query.fetch_one(&mut self.auto()).await?;
         if held != 0 {
-            self.holds.keep(key);
+            self.holds.keep([key]);
         }
         Ok(held != 0)
     }
