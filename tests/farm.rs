@@ -922,6 +922,14 @@ fn every_size_and_count_a_stranger_sends_is_bounded() {
     let file = format!("file=@{}", dir.s("big.mp4"));
     let answers: Vec<u16> = (0..40).map(|_| curl_status(&["-H", &auth, "-F", &file, &jobs])).collect();
     assert!(answers.iter().all(|&a| a == 413), "{answers:?}");
+    // Every route reads on so: a worker's call and a store write, refused before a
+    // byte of their bodies was read.
+    let body = format!("@{}", dir.s("big.mp4"));
+    for (method, path) in [("POST", "/api/v1/workers/lease"), ("PUT", "/dav/jobs/x/out.bin")] {
+        let url = format!("{}{path}", c.url);
+        let answers: Vec<u16> = (0..20).map(|_| curl_status(&["-X", method, "--data-binary", &body, &url])).collect();
+        assert!(answers.iter().all(|&a| a == 401), "{method} {path}: {answers:?}");
+    }
     std::fs::write(dir.path("small.mp4"), vec![7u8; 1000]).unwrap();
     let long_field = format!("callback_url=https://x.example/{}", "b".repeat(20_000));
     assert_eq!(curl_status(&["-H", &auth, "-F", &long_field, "-F", &format!("file=@{}", dir.s("small.mp4")), &jobs]), 400);

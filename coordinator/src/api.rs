@@ -163,29 +163,22 @@ async fn create_job(State(st): State<AppState>, caller: Caller, req: Request) ->
     let is_multipart =
         req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("multipart/form-data"));
     let declared: Option<u64> = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    // A refusal before the body is read is answered once the client has sent it
+    // (`crate::linger`).
     let (job, created) = if is_multipart {
         // Over the limit by its own account: refused before a byte is read.
         if declared.is_some_and(|n| n > st.limits.max_upload_bytes + MULTIPART_OVERHEAD) {
-            return Err(linger(req.into_body(), declared, ApiError::TooLarge(st.limits.max_upload_bytes)).await);
+            return Err(ApiError::TooLarge(st.limits.max_upload_bytes));
         }
         let who = crate::auth::digest(caller.presented.as_deref().unwrap_or_default());
-        let Some(uploading) = st.gate.enter(Kind::Upload, &who) else {
-            return Err(linger(req.into_body(), declared, ApiError::TooMany("too many uploads in flight for this token")).await);
-        };
-        if let Err(e) = check_disk(&st, declared.unwrap_or(0)) {
-            return Err(linger(req.into_body(), declared, e).await);
-        }
-        let mut multipart = Multipart::from_request(req, &st).await.map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let made = create_from_upload(&st, &caller, &mut multipart).await;
-        drop(uploading);
-        match made {
-            Ok(made) => made,
-            Err(e) => return Err(linger_multipart(&mut multipart, e).await),
-        }
+        let _uploading = st.gate.enter(Kind::Upload, &who).ok_or(ApiError::TooMany("too many uploads in flight for this token"))?;
+        check_disk(&st, declared.unwrap_or(0))?;
+        let multipart = Multipart::from_request(req, &st).await.map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        create_from_upload(&st, &caller, multipart).await?
     } else {
         let limit = crate::state::MAX_JSON_BYTES;
         if declared.is_some_and(|n| n > limit as u64) {
-            return Err(linger(req.into_body(), declared, ApiError::TooLarge(limit as u64)).await);
+            return Err(ApiError::TooLarge(limit as u64));
         }
         let body = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| ApiError::TooLarge(limit as u64))?;
         let f: JobFields =
@@ -203,52 +196,6 @@ async fn create_job(State(st): State<AppState>, caller: Caller, req: Request) ->
     }
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(job)).into_response())
-}
-
-/// At most what a refusal reads of a body it will not use, and for how long.
-///
-/// A server that closes a connection with unread bytes makes the kernel reset it, and a
-/// client still sending then sees the reset instead of the answer. Reading on for a
-/// little first lets it read the refusal (nginx's lingering close does the same). A
-/// larger body should come with `Expect: 100-continue`, which a refusal never invites.
-const LINGER_BYTES: u64 = 4 << 20;
-const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Reads (and drops) what is left of a refused request's body, within the linger bounds,
-/// and hands back the refusal.
-async fn linger(body: axum::body::Body, declared: Option<u64>, refusal: ApiError) -> ApiError {
-    if declared.is_some_and(|n| n > LINGER_BYTES) {
-        return refusal;
-    }
-    let mut stream = body.into_data_stream();
-    let drain = async {
-        let mut read = 0;
-        while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
-            read += chunk.len() as u64;
-            if read > LINGER_BYTES {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
-    refusal
-}
-
-/// `linger` for an upload refused part way through its form.
-async fn linger_multipart(multipart: &mut Multipart, refusal: ApiError) -> ApiError {
-    let drain = async {
-        let mut read = 0;
-        while let Ok(Some(mut field)) = multipart.next_field().await {
-            while let Ok(Some(chunk)) = field.chunk().await {
-                read += chunk.len() as u64;
-                if read > LINGER_BYTES {
-                    return;
-                }
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
-    refusal
 }
 
 /// Room for multipart boundaries, the text fields and the caption files beside the file.
@@ -290,7 +237,7 @@ async fn bounded_text(field: &mut axum::extract::multipart::Field<'_>, limit: us
 }
 
 /// Streams the `file` field to storage (never holding it in memory), then creates the job.
-async fn create_from_upload(st: &AppState, caller: &Caller, multipart: &mut Multipart) -> Result<(crate::queue::Job, bool), ApiError> {
+async fn create_from_upload(st: &AppState, caller: &Caller, mut multipart: Multipart) -> Result<(crate::queue::Job, bool), ApiError> {
     let uploads = st.storage.spool_dir();
     tokio::fs::create_dir_all(&uploads).await.map_err(|e| ApiError::Storage(e.to_string()))?;
     let temp = uploads.join(uuid::Uuid::now_v7().to_string());

@@ -15,6 +15,7 @@ pub mod fault;
 pub mod fetch;
 pub mod gate;
 pub mod lifecycle;
+pub mod linger;
 #[cfg(any(test, feature = "testing"))]
 pub mod pgtest;
 pub mod queue;

@@ -292,6 +292,9 @@ pub async fn serve(
         Some(ui) => api::router(p.state.clone()).merge(ui(p.state)),
         None => api::router(p.state),
     };
+    // Every route: a body left unread is read on for a moment, so an answer given
+    // early reaches a client that is still sending.
+    let app = app.layer(axum::middleware::from_fn(crate::linger::layer));
     // Event streams (browsers, `curl -N`) never end on their own: after the shutdown
     // signal, in-flight requests get a grace period, then the server stops anyway.
     let (tx, rx) = tokio::sync::watch::channel(false);
