@@ -109,7 +109,27 @@ conformance!(
     uploads_append_at_their_offset_within_limits_and_one_coordinator_joins_them,
     a_job_directory_written_ahead_of_its_job_is_owed_until_the_job_exists,
     a_lease_is_a_kept_hold_until_it_ends_here_or_for_a_second,
+    leases_never_wait_behind_reports,
 );
+
+/// Reports take turns at the database and leases do not: with every turn taken
+/// (as by a crowd of heartbeats and completions), a lease is still granted at
+/// once, while a heartbeat waits until a report ends.
+async fn leases_never_wait_behind_reports(q: Queue) {
+    job_with(&q, &["240p", "720p"]).await;
+    let a = q.lease("w1", &[], T0).await.unwrap().unwrap();
+    let turns: Vec<_> = (0..REPORTS_AT_ONCE).map(|_| q.reports.try_acquire().expect("a free turn")).collect();
+    let soon = std::time::Duration::from_secs(5);
+    let b = tokio::time::timeout(soon, q.lease("w2", &[], T0)).await.expect("a lease waited for a report's turn").unwrap();
+    assert_eq!(b.unwrap().rendition.as_deref(), Some("720p"));
+    let mut heartbeat = std::pin::pin!(q.heartbeat(&a.task_id, "w1", a.epoch, 0.5, T0 + 1));
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(200), heartbeat.as_mut()).await.is_err(),
+        "a heartbeat ran with every turn taken"
+    );
+    drop(turns);
+    assert!(!tokio::time::timeout(soon, heartbeat).await.expect("the heartbeat got a turn").unwrap());
+}
 
 /// A multipart upload's directory, written before its job exists: owed a removal
 /// when it is due or its coordinator is gone, retried with a backoff, and
