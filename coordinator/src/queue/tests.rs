@@ -118,7 +118,7 @@ conformance!(
 async fn leases_never_wait_behind_reports(q: Queue) {
     job_with(&q, &["240p", "720p"]).await;
     let a = q.lease("w1", &[], T0).await.unwrap().unwrap();
-    let turns: Vec<_> = (0..REPORTS_AT_ONCE).map(|_| q.reports.try_acquire().expect("a free turn")).collect();
+    let turns: Vec<_> = (0..reports_at_once(q.backend)).map(|_| q.reports.try_acquire().expect("a free turn")).collect();
     let soon = std::time::Duration::from_secs(5);
     let b = tokio::time::timeout(soon, q.lease("w2", &[], T0)).await.expect("a lease waited for a report's turn").unwrap();
     assert_eq!(b.unwrap().rendition.as_deref(), Some("720p"));
