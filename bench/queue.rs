@@ -319,6 +319,9 @@ async fn seed(database: &DatabaseUrl, tasks: usize) {
         let planned: Vec<NewTask> = (0..TASKS_PER_JOB).map(|r| NewTask::transcode(&format!("r{r}"), None)).collect();
         q.plan_job(&job.id, claim, None, &json!({"duration": 1.0}), &planned, now).await.unwrap();
     }
+    // Done, as a coordinator that stops cleanly: the coordinators measured share
+    // the database with each other only.
+    q.coordinator_stopped("bench-seed").await.unwrap();
 }
 
 /// One simulated worker's latencies (ms) inside the measured window.
