@@ -98,6 +98,13 @@ pub async fn reconcile(st: &AppState, at_start: bool) {
     if let Err(e) = st.queue.coordinator_seen(&st.instance, now).await {
         proto::log!("coordinator: recording this coordinator's heartbeat: {e}");
     }
+    // Coordinators sharing a database share its report turns (`queue::turns`).
+    if st.queue.backend() == Backend::Postgres {
+        match st.queue.live_coordinators(now).await {
+            Ok(live) => st.queue.share_report_turns(live.len()),
+            Err(e) => proto::log!("coordinator: counting live coordinators: {e}"),
+        }
+    }
     // The only coordinator of its database (SQLite) knows at start that nothing it
     // did not start can be in flight: every other process is gone, and so are the
     // promotions and deliveries they were making.

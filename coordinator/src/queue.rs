@@ -474,29 +474,8 @@ pub struct Queue {
     pub(crate) seen: std::sync::Arc<crate::registry::SeenWorkers>,
     /// Leases the store's writes were checked against (see [`holds::Holds`]).
     pub(crate) holds: std::sync::Arc<holds::Holds>,
-    /// Turns for reports (see [`Queue::report_turn`]).
-    reports: std::sync::Arc<tokio::sync::Semaphore>,
-}
-
-/// Most reports (heartbeats, completions, promotions, failures) one coordinator
-/// runs against the database at once. Leases never wait for a turn, so a lease
-/// waits behind at most this many reports however many workers report at once:
-/// with 500 simulated workers (`bench/queue.sh`) the p99 of a lease fell from 70
-/// ms to 15 on SQLite and from 240 ms to 12-20 on PostgreSQL, as the queue of
-/// reports moved from the database's connections, where leases waited in it, to
-/// this FIFO of turns, where they do not.
-///
-/// SQLite's one connection runs one statement at a time, so a second turn only
-/// queues a report at the connection, ahead of leases: one turn did 5% more task
-/// cycles than four, at 100 and at 500 workers, in all six paired runs. A
-/// PostgreSQL server runs statements side by side, and a report's round trip
-/// is most of its time: one turn capped a coordinator at 950 task cycles a
-/// second, four did 1,250, eight 3% more than four with leases' p99 up by half.
-fn reports_at_once(backend: Backend) -> usize {
-    match backend {
-        Backend::Sqlite => 1,
-        Backend::Postgres => 4,
-    }
+    /// Turns for reports, so that leases go first (see [`turns`]).
+    reports: std::sync::Arc<turns::Turns>,
 }
 
 /// The targets of tasks this coordinator leased, for their completions: a task's
@@ -603,14 +582,19 @@ impl Queue {
             targets: Default::default(),
             seen: Default::default(),
             holds: Default::default(),
-            reports: std::sync::Arc::new(tokio::sync::Semaphore::new(reports_at_once(backend))),
+            reports: std::sync::Arc::new(turns::Turns::new(backend)),
         })
     }
 
-    /// A report's turn at the database, held while its statements run (never
-    /// across the store's I/O, so a slow store cannot make heartbeats wait).
+    /// A report's turn at the database, held while its statements run (see [`turns`]).
     async fn report_turn(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.reports.acquire().await.expect("the reports' semaphore is never closed")
+        self.reports.take().await
+    }
+
+    /// Keeps this coordinator's share of the farm's report turns while
+    /// `coordinators` share the database (see [`turns`]).
+    pub fn share_report_turns(&self, coordinators: usize) {
+        self.reports.share(coordinators);
     }
 
     /// Sets the process's farm clock ([`crate::state::now_ms`]) to the database's,
@@ -1552,6 +1536,7 @@ mod conn;
 mod holds;
 mod owed;
 pub(crate) mod sql;
+mod turns;
 pub use owed::{Chore, ChoreClaim, Owed, Promotion};
 use owed::{end_job, promotion_row};
 

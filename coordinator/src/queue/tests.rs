@@ -114,11 +114,14 @@ conformance!(
 
 /// Reports take turns at the database and leases do not: with every turn taken
 /// (as by a crowd of heartbeats and completions), a lease is still granted at
-/// once, while a heartbeat waits until a report ends.
+/// once, while a heartbeat waits until a report ends. Coordinators sharing a
+/// database share its turns.
 async fn leases_never_wait_behind_reports(q: Queue) {
+    let farm = q.reports.free();
+    assert_eq!(farm, if q.backend == Backend::Sqlite { 1 } else { 4 });
     job_with(&q, &["240p", "720p"]).await;
     let a = q.lease("w1", &[], T0).await.unwrap().unwrap();
-    let turns: Vec<_> = (0..reports_at_once(q.backend)).map(|_| q.reports.try_acquire().expect("a free turn")).collect();
+    let turns: Vec<_> = (0..farm).map(|_| q.reports.take()).collect::<futures_util::future::JoinAll<_>>().await;
     let soon = std::time::Duration::from_secs(5);
     let b = tokio::time::timeout(soon, q.lease("w2", &[], T0)).await.expect("a lease waited for a report's turn").unwrap();
     assert_eq!(b.unwrap().rendition.as_deref(), Some("720p"));
@@ -127,8 +130,18 @@ async fn leases_never_wait_behind_reports(q: Queue) {
         tokio::time::timeout(std::time::Duration::from_millis(200), heartbeat.as_mut()).await.is_err(),
         "a heartbeat ran with every turn taken"
     );
+    // Two coordinators: this one keeps half the turns, setting aside those in use
+    // once they are free.
+    q.share_report_turns(2);
+    assert_eq!(q.reports.free(), 0);
     drop(turns);
     assert!(!tokio::time::timeout(soon, heartbeat).await.expect("the heartbeat got a turn").unwrap());
+    q.share_report_turns(2);
+    assert_eq!(q.reports.free(), (farm / 2).max(1));
+    q.share_report_turns(9);
+    assert_eq!(q.reports.free(), 1, "at least one turn each");
+    q.share_report_turns(1);
+    assert_eq!(q.reports.free(), farm, "alone again: all of them");
 }
 
 /// A multipart upload's directory, written before its job exists: owed a removal
