@@ -61,6 +61,10 @@ pub struct QueueConfig {
     /// How long an owed chore may wait for a full disk (its attempts given back)
     /// before further attempts count as failed ones.
     pub space_wait_ms: i64,
+    /// On PostgreSQL, the longest a queue statement may run (waiting for a lock
+    /// included) and a connection may take to open, before it fails: a hung one
+    /// would hold a report turn ([`turns`]) for good.
+    pub statement_timeout_ms: i64,
 }
 
 impl Default for QueueConfig {
@@ -72,6 +76,7 @@ impl Default for QueueConfig {
             max_attempts: 4,
             capable_worker_wait_ms: 3_600_000,
             space_wait_ms: 3_600_000,
+            statement_timeout_ms: 30_000,
         }
     }
 }
@@ -520,7 +525,7 @@ impl Queue {
             DatabaseUrl::Postgres(url) => {
                 let pool = AnyPoolOptions::new().max_connections(4).connect(url).await?;
                 let mut q = Queue::migrated(pool, None, cfg).await?;
-                q.pg = Some(conn::PgConns::new(url));
+                q.pg = Some(conn::PgConns::new(url, cfg.statement_timeout_ms));
                 q.sync_clock().await?;
                 Ok(q)
             }

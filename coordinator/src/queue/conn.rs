@@ -337,6 +337,8 @@ impl Exec for Read {
 /// commit failed for a reason other than the statement's own (a broken socket).
 pub(crate) struct PgConns {
     url: String,
+    /// `QueueConfig::statement_timeout_ms`, for each connection's statements and its opening.
+    timeout_ms: i64,
     idle: std::sync::Mutex<Vec<sqlx::AnyConnection>>,
     permits: Arc<tokio::sync::Semaphore>,
 }
@@ -353,8 +355,27 @@ impl PgConns {
     /// Connections per coordinator, as sqlx's pool had.
     pub(crate) const MAX: usize = 16;
 
-    pub(crate) fn new(url: &str) -> Arc<PgConns> {
-        Arc::new(PgConns { url: url.to_string(), idle: Default::default(), permits: Arc::new(tokio::sync::Semaphore::new(PgConns::MAX)) })
+    pub(crate) fn new(url: &str, timeout_ms: i64) -> Arc<PgConns> {
+        Arc::new(PgConns {
+            url: url.to_string(),
+            timeout_ms: timeout_ms.max(1),
+            idle: Default::default(),
+            permits: Arc::new(tokio::sync::Semaphore::new(PgConns::MAX)),
+        })
+    }
+
+    /// A new connection whose statements fail after the timeout.
+    async fn open(&self) -> Result<sqlx::AnyConnection> {
+        let limit = Duration::from_millis(self.timeout_ms as u64);
+        let opening = async {
+            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&self.url).await?;
+            sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(format!("SET statement_timeout = {}", self.timeout_ms))).await?;
+            Ok::<_, QueueError>(conn)
+        };
+        tokio::time::timeout(limit, opening).await.map_err(|_| {
+            let why = format!("opening a connection to PostgreSQL took longer than {} ms", self.timeout_ms);
+            QueueError::Db(sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, why)))
+        })?
     }
 
     async fn get(self: &Arc<PgConns>) -> Result<PgConn> {
@@ -362,7 +383,7 @@ impl PgConns {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match idle {
             Some(c) => c,
-            None => <sqlx::AnyConnection as sqlx::Connection>::connect(&self.url).await?,
+            None => self.open().await?,
         };
         Ok(PgConn { conn: Some(conn), keeper: self.clone(), permit: Some(permit), in_tx: false })
     }

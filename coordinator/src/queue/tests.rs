@@ -23,6 +23,7 @@ fn config() -> QueueConfig {
         max_attempts: 3,
         capable_worker_wait_ms: 60_000,
         space_wait_ms: 600_000,
+        statement_timeout_ms: 30_000,
     }
 }
 
@@ -920,6 +921,28 @@ mod races {
             }
             assert_eq!(held.len(), tasks, "round {round}: every task leased exactly once");
         }
+    }
+
+    /// A statement stuck behind a lock fails after the statement timeout and gives
+    /// its report turn back, so a lock never released cannot stall a coordinator's
+    /// reports for good.
+    #[tokio::test]
+    async fn a_report_stuck_behind_a_lock_fails_and_gives_its_turn_back() {
+        let Some(url) = crate::pgtest::database().await else { return };
+        let url = DatabaseUrl::Postgres(url);
+        let q = Queue::connect(&url, QueueConfig { statement_timeout_ms: 300, ..config() }).await.unwrap();
+        job_with(&q, &["240p"]).await;
+        let a = q.lease("w1", &[], T0).await.unwrap().unwrap();
+        // Another session holds the task's row (as a coordinator that hung mid-transaction would).
+        let mut other = q.pool().begin().await.unwrap();
+        sqlx::query("SELECT id FROM tasks WHERE id = $1 FOR UPDATE").bind(&a.task_id).fetch_one(&mut *other).await.unwrap();
+        let stuck = tokio::time::timeout(std::time::Duration::from_secs(5), q.heartbeat(&a.task_id, "w1", a.epoch, 0.5, T0 + 1))
+            .await
+            .expect("the heartbeat still waits for the lock");
+        assert!(matches!(stuck, Err(QueueError::Db(_))), "{stuck:?}");
+        assert_eq!(q.reports.free(), 4, "the turn came back");
+        other.rollback().await.unwrap();
+        assert!(!q.heartbeat(&a.task_id, "w1", a.epoch, 0.6, T0 + 2).await.unwrap(), "the next heartbeat runs");
     }
 
     #[tokio::test]
