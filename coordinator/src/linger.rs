@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 /// At most what an answered request's body is read on for, and for how long.
-pub(crate) const LINGER_BYTES: u64 = 4 << 20;
-pub(crate) const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: u64 = 4 << 20;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The middleware (see the module's doc).
 pub async fn layer(req: Request, next: Next) -> Response {
