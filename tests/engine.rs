@@ -241,6 +241,23 @@ fn one_decode_makes_several_renditions_like_separate_runs() {
     }
 }
 
+#[test]
+fn codec_threads_follow_the_cores_a_task_is_given() {
+    let dir = Dir::new();
+    let src = hd_source(&dir, 3);
+    // x264 writes its settings into the first frame's SEI: "... threads=N lookahead_threads=M ...".
+    for (cores, threads) in [("1", " threads=1 "), ("4", " threads=6 ")] {
+        let out = dir.path(&format!("cores{cores}"));
+        drake_ok(&["transcode", &src, "--rendition", "240p", "--out", out.to_str().unwrap(), "--cores", cores]);
+        let mp4 = std::fs::read(out.join("240p.mp4")).unwrap();
+        let at = mp4.windows(11).position(|w| w == b"x264 - core").expect("x264's settings SEI");
+        let sei = String::from_utf8_lossy(mp4[at..].split(|&b| b == 0).next().unwrap());
+        assert!(sei.contains(threads), "--cores {cores}: {sei}");
+    }
+    let out = drake(&["transcode", &src, "--rendition", "240p", "--out", &dir.s("none"), "--cores", "0"]);
+    assert_eq!(out.status.code(), Some(2), "--cores 0 is refused by the argument parser");
+}
+
 fn sample_has_idr(sample: &[u8]) -> bool {
     let mut at = 0;
     while at + 4 < sample.len() {

@@ -79,6 +79,8 @@ enum Command {
         /// Do not measure PSNR and SSIM (only to measure what measuring costs).
         #[arg(long)]
         no_quality: bool,
+        #[command(flatten)]
+        cores: CoresArg,
     },
     /// Join a chunked rendition without re-encoding: its chunks' packets (each
     /// --chunk DIR from `transcode --chunk`, in chunk order) and the job's audio
@@ -157,7 +159,27 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 4)]
         count: usize,
+        #[command(flatten)]
+        cores: CoresArg,
     },
+}
+
+/// How many cores an engine command's codecs and filters may use.
+#[derive(clap::Args)]
+struct CoresArg {
+    /// Size decoder, x264 and filter threads to N cores (a worker passes its
+    /// task's share of its CPU quota). Default: libav's own count, every
+    /// processor of the machine.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    cores: Option<u32>,
+}
+
+impl CoresArg {
+    fn apply(&self) {
+        if let Some(n) = self.cores {
+            worker::av::set_cores(n);
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -296,7 +318,9 @@ fn run_engine(command: Command) -> i32 {
             audio,
             audio_packets,
             no_quality,
+            cores,
         } => {
+            cores.apply();
             let thumbnails = thumbnails.as_deref().map(|dir| (dir, thumbnails_count));
             let chunk = match chunk.as_deref().map(parse_chunk).transpose() {
                 Ok(c) => c,
@@ -333,7 +357,10 @@ fn run_engine(command: Command) -> i32 {
             };
             worker::join::run(&req).map(|_| ()).map_err(Failure::Engine)
         }
-        Command::Thumbnails { input, out, count } => worker::thumbnails::run(&input, &out, count).map_err(Failure::Engine).map(|_| ()),
+        Command::Thumbnails { input, out, count, cores } => {
+            cores.apply();
+            worker::thumbnails::run(&input, &out, count).map_err(Failure::Engine).map(|_| ())
+        }
         Command::Coordinator { .. } | Command::Worker { .. } | Command::Up { .. } | Command::Submit(_) | Command::Db { .. } => {
             unreachable!("farm commands are dispatched in main")
         }

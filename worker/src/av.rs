@@ -7,6 +7,7 @@ use crate::error::{EngineError, Result};
 use ff::ffi;
 use ffmpeg_next as ff;
 use std::ffi::CStr;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// True for inputs libav should fetch over HTTP (with range requests).
 pub fn is_url(input: &str) -> bool {
@@ -148,13 +149,57 @@ pub fn quiet_logs() {
     ff::util::log::set_level(ff::util::log::Level::Error);
 }
 
-/// Opens a threaded video decoder for an input stream. A codec this libav cannot
-/// decode is bad input.
+/// Cores this process's decoders, encoders and filters may use; 0 leaves the count
+/// to libav, which counts the machine's processors, not a container's CPU quota.
+static CORES: AtomicU32 = AtomicU32::new(0);
+
+/// Sizes this process's codec and filter threads to `cores`: a worker passes its
+/// task's share of the CPU it may use (its cgroup quota or affinity, over its
+/// slots). On a quarter of a core, libav's own count (every processor of the
+/// host) would run three decoder and three x264 threads that only take turns,
+/// at 6-10% more CPU per frame than one thread (measured on a 240p chunk).
+pub fn set_cores(cores: u32) {
+    CORES.store(cores, Ordering::Relaxed);
+}
+
+/// The cores given by [`set_cores`], if any.
+fn cores() -> Option<u32> {
+    Some(CORES.load(Ordering::Relaxed)).filter(|&n| n > 0)
+}
+
+/// Frame threads for a video decoder: libav's own rule (one more than the cores,
+/// one on a single core) applied to the task's cores; 0 (libav's count) when unset.
+fn decoder_threads() -> usize {
+    match cores() {
+        None => 0,
+        Some(1) => 1,
+        Some(n) => n as usize + 1,
+    }
+}
+
+/// Frame threads for x264: its own rule (1.5 per core) applied to the task's
+/// cores; `None` leaves x264 its count of the host's processors.
+pub fn x264_threads() -> Option<usize> {
+    cores().map(|n| (n as usize * 3 / 2).max(1))
+}
+
+/// Limits a filter graph's slice threads (the scaler's among them) to the task's
+/// cores; libav's default is one per processor of the host.
+pub fn size_filter_threads(graph: &mut ff::filter::Graph) {
+    if let Some(n) = cores() {
+        // SAFETY: nb_threads is a plain field of the live graph, read when it is configured.
+        unsafe { (*graph.as_mut_ptr()).nb_threads = n as i32 };
+    }
+}
+
+/// Opens a threaded video decoder for an input stream, with [`decoder_threads`].
+/// A codec this libav cannot decode is bad input.
 pub fn video_decoder(ist: &ff::format::stream::Stream) -> Result<ff::decoder::Video> {
     let codec_id = params(ist).codec_id;
     let mut dctx = ff::codec::context::Context::from_parameters(ist.parameters())
         .map_err(|e| EngineError::internal("reading decoder parameters", e))?;
-    dctx.set_threading(ff::codec::threading::Config { kind: ff::codec::threading::Type::Frame, count: 0, ..Default::default() });
+    let count = decoder_threads();
+    dctx.set_threading(ff::codec::threading::Config { kind: ff::codec::threading::Type::Frame, count, ..Default::default() });
     let mut decoder =
         dctx.decoder().video().map_err(|e| EngineError::bad(format!("unsupported video codec {}: {e}", codec_name(codec_id))))?;
     decoder.set_packet_time_base(ist.time_base());

@@ -54,8 +54,19 @@ pub fn capabilities(tags: Vec<String>) -> Capabilities {
         .filter(|n| ffmpeg_next::encoder::find_by_name(n).is_some())
         .map(String::from)
         .collect();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    Capabilities { encoders, cores, tags }
+    Capabilities { encoders, cores: machine_cores(), tags }
+}
+
+/// The cores this worker may use: its affinity and its cgroup's CPU quota (v1 or
+/// v2), as the standard library counts them, at least one.
+fn machine_cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// The cores each task's child may use: the machine's, shared evenly among the
+/// slots, at least one. Passed as `--cores` to children that decode.
+fn task_cores(machine: u32, slots: u32) -> u32 {
+    (machine / slots.max(1)).max(1)
 }
 
 /// Most renditions one child encodes from one decode of the source.
@@ -405,10 +416,11 @@ impl Node {
                 // A lease from before sources were ingested: libav reads the URL itself.
                 lease.source.clone()
             };
+            let cores = task_cores(machine_cores(), self.cfg.slots).to_string();
             if lease.kind == TaskKind::Thumbnails {
-                cmd.arg("thumbnails").arg(&source).arg("--out").arg(&dirs[0]);
+                cmd.arg("thumbnails").arg(&source).arg("--out").arg(&dirs[0]).args(["--cores", &cores]);
             } else {
-                cmd.arg("transcode").arg(&source).args(["--profile", &lease.profile]);
+                cmd.arg("transcode").arg(&source).args(["--profile", &lease.profile, "--cores", &cores]);
                 for (task, dir) in tasks.iter().zip(dirs) {
                     match task.kind {
                         TaskKind::Thumbnails => cmd.arg("--thumbnails").arg(dir),
@@ -720,6 +732,11 @@ mod tests {
         let tail = super::log_tail(&log[..], 8000).await;
         assert!(tail.len() <= 8000 && tail.len() > 7000, "{}", tail.len());
         assert!(tail.ends_with("line 199999\n"));
+    }
+
+    #[test]
+    fn each_slot_gets_an_even_share_of_the_cores_and_at_least_one() {
+        assert_eq!([(2, 1), (2, 2), (1, 4), (8, 3), (64, 0)].map(|(m, s)| super::task_cores(m, s)), [2, 1, 1, 2, 64]);
     }
 
     #[test]

@@ -1446,6 +1446,11 @@ impl VideoOut {
         for (k, v) in &options {
             dict.set(k, v);
         }
+        // The thread count is the machine's, not the rendition's: it stays out of
+        // the recorded options, which chunks encoded on different machines share.
+        if let (VideoCodec::H264, Some(n)) = (pv.codec, av::x264_threads()) {
+            dict.set("threads", &n.to_string());
+        }
         let encoder = ectx.open_as_with(codec, dict).ctx(|| format!("opening {codec_name}"))?;
         mux.add(codec, &encoder, enc_tb, Track::Video)?;
         let meter = if quality { Some(Meter::new(&encoder)?) } else { None };
@@ -1518,6 +1523,7 @@ impl Pipe for VideoPipe {
 
     fn build_graph(&mut self, k: usize, f: &frame::Video) -> Result<filter::Graph> {
         let mut g = filter::Graph::new();
+        av::size_filter_threads(&mut g);
         let sar = f.aspect_ratio();
         let sar = if sar.numerator() > 0 && sar.denominator() > 0 { sar } else { Rational(1, 1) };
         let pix: ff::ffi::AVPixelFormat = f.format().into();
