@@ -149,11 +149,12 @@ pub fn quiet_logs() {
     ff::util::log::set_level(ff::util::log::Level::Error);
 }
 
-/// Cores this process's decoders, encoders and filters may use; 0 leaves the count
-/// to libav, which counts the machine's processors, not a container's CPU quota.
+/// Cores this process's video decoders, x264 and filter graphs may use; 0 leaves
+/// the count to libav, which counts the machine's processors, not a container's
+/// CPU quota.
 static CORES: AtomicU32 = AtomicU32::new(0);
 
-/// Sizes this process's codec and filter threads to `cores`: a worker passes its
+/// Sizes this process's video decoder, x264 and filter threads to `cores`: a worker passes its
 /// task's share of the CPU it may use (its cgroup quota or affinity, over its
 /// slots). On a quarter of a core, libav's own count (every processor of the
 /// host) would run three decoder and three x264 threads that only take turns,
@@ -180,7 +181,7 @@ fn decoder_threads() -> usize {
 /// Frame threads for x264: its own rule (1.5 per core) applied to the task's
 /// cores; `None` leaves x264 its count of the host's processors.
 pub fn x264_threads() -> Option<usize> {
-    cores().map(|n| (n as usize * 3 / 2).max(1))
+    cores().map(|n| n as usize * 3 / 2)
 }
 
 /// Limits a filter graph's slice threads (the scaler's among them) to the task's
