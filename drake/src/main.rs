@@ -167,9 +167,8 @@ enum Command {
 /// How many cores an engine command's codecs and filters may use.
 #[derive(clap::Args)]
 struct CoresArg {
-    /// Size decoder, x264 and filter threads to N cores (a worker passes its
-    /// task's share of its CPU quota). Default: libav's own count, every
-    /// processor of the machine.
+    /// Size decoder, encoder and filter threads to N cores (a worker passes its
+    /// task's share of its CPU quota). Default: every processor of the machine.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     cores: Option<u32>,
 }

@@ -6,6 +6,7 @@
 use crate::error::{EngineError, Result};
 use ff::ffi;
 use ffmpeg_next as ff;
+use proto::profile::VideoCodec;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -149,16 +150,17 @@ pub fn quiet_logs() {
     ff::util::log::set_level(ff::util::log::Level::Error);
 }
 
-/// Cores this process's video decoders, x264 and filter graphs may use; 0 leaves
-/// the count to libav, which counts the machine's processors, not a container's
-/// CPU quota.
+/// Cores this process's video decoders, encoders and filter graphs may use; 0
+/// leaves the count to libav, which counts the machine's processors, not a
+/// container's CPU quota.
 static CORES: AtomicU32 = AtomicU32::new(0);
 
-/// Sizes this process's video decoder, x264 and filter threads to `cores`: a worker passes its
-/// task's share of the CPU it may use (its cgroup quota or affinity, over its
-/// slots). On a quarter of a core, libav's own count (every processor of the
-/// host) would run three decoder and three x264 threads that only take turns,
-/// at 6-10% more CPU per frame than one thread (measured on a 240p chunk).
+/// Sizes this process's video decoder, encoder and filter threads to `cores`: a
+/// worker passes its task's share of the CPU it may use (its cgroup quota or
+/// affinity, over its slots). On a quarter of a core, libav's own count (every
+/// processor of the host) would run three decoder and three x264 threads that
+/// only take turns, at 6-10% more CPU per frame than one thread (measured on a
+/// 240p chunk).
 pub fn set_cores(cores: u32) {
     CORES.store(cores, Ordering::Relaxed);
 }
@@ -178,10 +180,21 @@ fn decoder_threads() -> usize {
     }
 }
 
-/// Frame threads for x264: its own rule (1.5 per core) applied to the task's
-/// cores; `None` leaves x264 its count of the host's processors.
-pub fn x264_threads() -> Option<usize> {
-    cores().map(|n| n as usize * 3 / 2)
+/// The `threads` option for a video encoder, by each encoder's own rule applied to
+/// the task's cores: x264 runs 1.5 frame threads per core; libvpx one per core
+/// (row-based multithreading spreads them over each frame's tile columns), which
+/// is what the ffmpeg CLI's `-threads auto` gives it. Without cores, x264 counts
+/// the host's processors itself (`None`), and libvpx, to which libav would give
+/// one thread, gets `0`: libav's count of the host's processors.
+pub fn encoder_threads(codec: VideoCodec) -> Option<usize> {
+    encoder_threads_on(codec, cores())
+}
+
+fn encoder_threads_on(codec: VideoCodec, cores: Option<u32>) -> Option<usize> {
+    match (codec, cores) {
+        (VideoCodec::H264, n) => n.map(|n| n as usize * 3 / 2),
+        (VideoCodec::Vp9, n) => Some(n.map_or(0, |n| n as usize)),
+    }
 }
 
 /// Limits a filter graph's slice threads (the scaler's among them) to the task's
@@ -245,5 +258,15 @@ mod tests {
         for e in [ff::Error::Eof, ff::Error::InvalidData] {
             assert!(is_bad(&open_error("/data/source", e)), "{e:?} from a file");
         }
+    }
+
+    #[test]
+    fn each_encoder_gets_threads_by_its_own_rule() {
+        let rule = |codec, cores| encoder_threads_on(codec, cores);
+        assert_eq!((rule(VideoCodec::H264, Some(1)), rule(VideoCodec::H264, Some(4))), (Some(1), Some(6)));
+        assert_eq!((rule(VideoCodec::Vp9, Some(1)), rule(VideoCodec::Vp9, Some(4))), (Some(1), Some(4)));
+        // Unsized: x264 counts the processors itself; libvpx is told to (0), since
+        // libav's default for it is a single thread.
+        assert_eq!((rule(VideoCodec::H264, None), rule(VideoCodec::Vp9, None)), (None, Some(0)));
     }
 }

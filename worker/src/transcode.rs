@@ -1448,7 +1448,7 @@ impl VideoOut {
         }
         // The thread count is the machine's, not the rendition's: it stays out of
         // the recorded options, which chunks encoded on different machines share.
-        if let (VideoCodec::H264, Some(n)) = (pv.codec, av::x264_threads()) {
+        if let Some(n) = av::encoder_threads(pv.codec) {
             dict.set("threads", &n.to_string());
         }
         let encoder = ectx.open_as_with(codec, dict).ctx(|| format!("opening {codec_name}"))?;
