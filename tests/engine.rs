@@ -1074,6 +1074,64 @@ fn chunks_encoded_apart_and_joined_make_what_a_whole_encode_makes() {
     }
 }
 
+/// A phone's variable frame rate source, cut in chunks: each chunk takes from the
+/// source exactly the frames a whole encode takes for its part of the job's grid,
+/// even where the seam falls in a gap between source frames.
+#[test]
+fn variable_frame_rate_chunks_take_the_frames_a_whole_encode_takes() {
+    let dir = Dir::new();
+    let src = dir.s("vfr.mkv");
+    // Every source frame n is flat grey at level 16 + (7n mod 220), so a decoded
+    // frame's mean says which source frame it shows. Frames are dropped
+    // irregularly with their gaps kept, frame 360 (the seam, 12 s in) among them:
+    // chunk 1's first frame must repeat frame 359, from before the chunk's start.
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", "color=gray:s=320x240:r=30:d=30,geq=lum='mod(N*7\\,220)+16':cb=128:cr=128",
+             "-vf", "select='not(eq(mod(n\\,7)\\,3))*not(eq(mod(n\\,11)\\,5))'", "-fps_mode", "vfr",
+             "-c:v", "libx264", "-preset", "ultrafast", "-g", "100", &src]);
+    let probe_json = drake_ok(&["probe", &src]);
+    let probe: proto::probe::Probe = serde_json::from_str(&probe_json).unwrap();
+    let web = proto::profile::Profile::load("web").unwrap();
+    let plan = proto::plan::plan(&probe, &web).unwrap();
+    let chunking = proto::profile::Chunking { min_duration_s: 0.0, chunk_s: 12.0 };
+    let cut = proto::plan::chunks(&plan, probe.duration, &chunking).unwrap();
+    assert_eq!((cut.frame_rate.as_str(), cut.chunks.len(), cut.chunks[1].start_frame), ("30/1", 2, 360));
+
+    let profile = dir.path("chunked.toml");
+    let web_text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/web.toml")).unwrap();
+    std::fs::write(&profile, format!("{web_text}\n[chunking]\nmin_duration_s = 0\nchunk_s = 12\n")).unwrap();
+    let probe_file = dir.path("probe.json");
+    std::fs::write(&probe_file, probe_json).unwrap();
+    let mut join = vec!["join".to_string(), "--probe".into(), dir.s("probe.json"), "--profile".into(), dir.s("chunked.toml")];
+    join.extend(["--rendition".into(), "240p".into(), "--out".into(), dir.s("joined")]);
+    for c in &cut.chunks {
+        let last = c.index as usize == cut.chunks.len() - 1;
+        let spec = format!("{}:{}:{}", c.index, c.start_frame, if last { "end".to_string() } else { c.frames.to_string() });
+        let out = dir.s(&format!("c{}", c.index));
+        drake_ok(&["transcode", &src, "--rendition", "240p", "--out", &out, "--chunk", &spec]);
+        join.extend(["--chunk".into(), out]);
+    }
+    drake_ok(&join.iter().map(String::as_str).collect::<Vec<_>>());
+    transcode(&src, "web", "240p", &dir.path("whole"));
+
+    // Each frame's mean grey level, decoded at 16x12.
+    let levels = |mp4: &Path| -> Vec<f64> {
+        let out = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-i", mp4.to_str().unwrap(), "-vf", "scale=16:12,format=gray", "-f", "rawvideo", "-"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout.chunks(16 * 12).map(|f| f.iter().map(|&p| f64::from(p)).sum::<f64>() / f.len() as f64).collect()
+    };
+    let (joined, whole) = (levels(&dir.path("joined/240p.mp4")), levels(&dir.path("whole/240p.mp4")));
+    assert_eq!(joined.len(), whole.len(), "frame counts");
+    // Neighbouring source frames are 7 levels (8 in full range) apart.
+    let differ: Vec<(usize, f64, f64)> =
+        joined.iter().zip(&whole).enumerate().filter(|(_, (j, w))| (*j - *w).abs() > 2.0).map(|(i, (j, w))| (i, *j, *w)).collect();
+    assert!(differ.is_empty(), "frames showing other source frames (frame, joined, whole): {differ:?}");
+    assert!((whole[360] - whole[359]).abs() <= 2.0, "the seam's frame repeats frame 359: {:?}", &whole[355..365]);
+}
+
 /// A job's audio encoded once, whole, for every rendition's join: it spans the
 /// source, priming included, and is not cut anywhere.
 #[test]
