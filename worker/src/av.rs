@@ -220,6 +220,46 @@ pub fn video_decoder(ist: &ff::format::stream::Stream) -> Result<ff::decoder::Vi
     Ok(decoder)
 }
 
+/// Seeks the source to a video keyframe at or before `before` seconds (on the
+/// output's timeline, which starts at `start` of the source's) and returns that
+/// keyframe's packet, the first to decode (`next` reads the packets); `None` when
+/// the source has no video keyframe at all. A container with a keyframe index
+/// (MP4, Matroska) lands on one at once. MPEG-TS and other streams without one
+/// land on any packet (libav's binary search takes every timestamp for a
+/// keyframe): the video packets before the next keyframe cannot be decoded and
+/// are skipped, and when that keyframe is after `before` (or there is none), the
+/// frames in between would be lost, so the seek goes further back, to the
+/// source's start at worst.
+pub fn seek_keyframe_before(
+    ictx: &mut ff::format::context::Input,
+    video: usize,
+    start: f64,
+    before: f64,
+    mut next: impl FnMut(&mut ff::format::context::Input) -> Result<Option<ff::Packet>>,
+) -> Result<Option<ff::Packet>> {
+    let time_base = ictx.stream(video).expect("the planned stream exists").time_base();
+    // A second early first, so that a frame the caller's first output takes from
+    // just before `before` (rounding to a frame grid) is decoded; then 5, 25,
+    // 125... seconds.
+    let mut back = 1.0;
+    loop {
+        let at = (before - back).max(0.0);
+        let target = ((at + start) * 1e6) as i64;
+        ictx.seek(target, ..target).map_err(|e| EngineError::internal("seeking the source", e))?;
+        let key = loop {
+            let Some(pkt) = next(ictx)? else { break None };
+            if pkt.stream() == video && pkt.is_key() {
+                break Some(pkt);
+            }
+        };
+        let time = key.as_ref().and_then(|k| k.pts().or(k.dts())).map(|t| f64::from(time_base) * t as f64 - start);
+        if at <= 0.0 || time.is_some_and(|t| t <= before + 1e-6) {
+            return Ok(key);
+        }
+        back *= 5.0;
+    }
+}
+
 /// The container's start time in seconds (0 when unknown); outputs start at 0.
 pub fn start_seconds(ictx: &ff::format::context::Input) -> f64 {
     // SAFETY: start_time is a plain field of the open input context.

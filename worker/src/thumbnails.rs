@@ -437,6 +437,8 @@ struct Walker {
     at: Option<f64>,
     /// The target the walk is heading for; a seek is considered once per target.
     heading: Option<f64>,
+    /// The keyframe a seek found, to decode first.
+    pending: Option<Packet>,
     eof: bool,
 }
 
@@ -452,7 +454,7 @@ impl Walker {
         // near a target serves, and it halves the decoding of typical uploads.
         decoder.skip_frame(ff::Discard::NonReference);
         let start = av::start_seconds(&ictx);
-        Ok(Walker { ictx, index, tb, start, decoder, frame: frame::Video::empty(), at: None, heading: None, eof: false })
+        Ok(Walker { ictx, index, tb, start, decoder, frame: frame::Video::empty(), at: None, heading: None, pending: None, eof: false })
     }
 
     /// The next decoded frame on the way to `t` (seeking first when `t` is far
@@ -464,9 +466,16 @@ impl Walker {
         let new_target = self.heading != Some(t);
         self.heading = Some(t);
         if new_target && self.at.is_none_or(|at| t - at > SEEK_AHEAD) {
-            let ts = ((t + self.start) * 1e6) as i64;
-            if self.ictx.seek(ts, ..ts).is_ok() {
-                self.decoder.flush();
+            // From the keyframe at or before the target, which a source without a
+            // keyframe index (MPEG-TS) does not land on by itself. Where libav
+            // cannot seek, the walk decodes on from where it is.
+            self.decoder.flush();
+            match av::seek_keyframe_before(&mut self.ictx, self.index, self.start, t, read_packet) {
+                Ok(Some(key)) => self.pending = Some(key),
+                Ok(None) => {
+                    let _ = self.decoder.send_eof();
+                }
+                Err(_) => {}
             }
         }
         loop {
@@ -485,19 +494,33 @@ impl Walker {
                 Err(ff::Error::InvalidData) => continue,
                 Err(e) => return Err(EngineError::bad(format!("video decoding failed: {e}"))),
             }
-            let mut pkt = Packet::empty();
-            match pkt.read(&mut self.ictx) {
-                Ok(()) if pkt.stream() == self.index => match self.decoder.send_packet(&pkt) {
+            let pkt = match self.pending.take() {
+                Some(pkt) => Some(pkt),
+                None => read_packet(&mut self.ictx)?,
+            };
+            match pkt {
+                Some(pkt) if pkt.stream() == self.index => match self.decoder.send_packet(&pkt) {
                     Ok(()) | Err(ff::Error::InvalidData) => {}
                     Err(e) => return Err(EngineError::bad(format!("video decoding failed: {e}"))),
                 },
-                Ok(()) => {}
-                Err(ff::Error::Eof) => {
+                Some(_) => {}
+                None => {
                     let _ = self.decoder.send_eof();
                 }
-                Err(ff::Error::InvalidData) => {}
-                Err(e) => return Err(EngineError::bad(format!("the source cannot be read: {e}"))),
             }
+        }
+    }
+}
+
+/// The source's next readable packet, `None` at its end.
+fn read_packet(ictx: &mut format::context::Input) -> Result<Option<Packet>> {
+    loop {
+        let mut pkt = Packet::empty();
+        match pkt.read(ictx) {
+            Ok(()) => return Ok(Some(pkt)),
+            Err(ff::Error::Eof) => return Ok(None),
+            Err(ff::Error::InvalidData) => {}
+            Err(e) => return Err(EngineError::bad(format!("the source cannot be read: {e}"))),
         }
     }
 }

@@ -322,12 +322,14 @@ pub fn run_chunk(req: &Request, index: u32, span: Span, progress: &mut dyn FnMut
     let (num, den) = frame_rate(pv);
     let start = av::start_seconds(&ictx);
     let first_time = span.first as f64 * f64::from(den) / f64::from(num);
-    if span.first > 0 {
-        // The source keyframe before the chunk (a second early, so that the frame
-        // the output's first slot takes is decoded even with rounding).
-        let target = (((first_time - 1.0).max(0.0) + start) * 1e6) as i64;
-        ictx.seek(target, ..target).map_err(|e| EngineError::internal("seeking the source", e))?;
-    }
+    let mut source = SourceReader::new(req.input);
+    // The packet decoding starts from: a keyframe before the chunk.
+    let mut pending = if span.first > 0 {
+        let before = first_time - f64::from(den) / f64::from(num);
+        av::seek_keyframe_before(&mut ictx, v.index, start, before, |i| source.next(i))?
+    } else {
+        None
+    };
     let mut stagings = Vec::with_capacity(renditions.len());
     let mut muxes = Vec::with_capacity(renditions.len());
     for (_, dir) in &req.outputs {
@@ -339,9 +341,8 @@ pub fn run_chunk(req: &Request, index: u32, span: Span, progress: &mut dyn FnMut
     let total = span.count.map_or(probe.duration - first_time, |n| n as f64 * f64::from(den) / f64::from(num)).max(0.001);
     let began = Instant::now();
     let mut last_report = Instant::now();
-    let mut source = SourceReader::new(req.input);
     while !video.has_span() {
-        let Some(pkt) = source.next(&mut ictx)? else { break };
+        let Some(pkt) = pending.take().map_or_else(|| source.next(&mut ictx), |p| Ok(Some(p)))? else { break };
         if pkt.stream() == video.index {
             video.feed(Some(&pkt), &mut muxes)?;
         }
