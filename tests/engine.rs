@@ -1122,7 +1122,7 @@ fn chunks_encoded_apart_and_joined_make_what_a_whole_encode_makes() {
 #[test]
 fn variable_frame_rate_chunks_take_the_frames_a_whole_encode_takes() {
     let dir = Dir::new();
-    let (whole, joined) = chunked_and_whole_levels(&dir, "vfr.mkv", 100);
+    let (whole, joined) = chunked_and_whole_levels(&dir, "vfr.mkv", &["-c:v", "libx264", "-preset", "ultrafast", "-g", "100"]);
     same_source_frames(&whole, &joined);
     // Source frame 360, the seam 12 s in, was dropped: chunk 1's first frame must
     // repeat frame 359, from before the chunk's start.
@@ -1137,23 +1137,29 @@ fn chunks_of_a_source_without_a_keyframe_index_start_from_a_keyframe_before_them
     let dir = Dir::new();
     // Keyframes every 250 source frames (about 10.7 s): chunks start 12 and 24 s in,
     // about 1.3 s after one.
-    let (whole, joined) = chunked_and_whole_levels(&dir, "vfr.ts", 250);
+    let (whole, joined) = chunked_and_whole_levels(&dir, "vfr.ts", &["-c:v", "libx264", "-preset", "ultrafast", "-g", "250"]);
+    same_source_frames(&whole, &joined);
+    // An MPEG program stream (DVD, camcorders) has none either, and its last frame
+    // has no timestamp at all.
+    let (whole, joined) = chunked_and_whole_levels(&Dir::new(), "vfr.mpg", &["-c:v", "mpeg2video", "-q:v", "3", "-g", "250", "-bf", "2"]);
     same_source_frames(&whole, &joined);
 }
 
 /// Encodes a generated 30 s variable frame rate source (in the container its name
-/// says, a keyframe every `gop` source frames) to 240p whole and in 12 s chunks
+/// says, with the `codec` ffmpeg arguments) to 240p whole and in 12 s chunks
 /// joined, and gives the source frame (its grey level) each output frame shows:
 /// (whole, joined).
-fn chunked_and_whole_levels(dir: &Dir, name: &str, gop: u32) -> (Vec<f64>, Vec<f64>) {
+fn chunked_and_whole_levels(dir: &Dir, name: &str, codec: &[&str]) -> (Vec<f64>, Vec<f64>) {
     let src = dir.s(name);
     // Every source frame n is flat grey at level 16 + (7n mod 220), so a decoded
     // frame's mean says which source frame it shows. Frames are dropped
     // irregularly with their gaps kept.
     #[rustfmt::skip]
-    ffmpeg(&["-f", "lavfi", "-i", "color=gray:s=320x240:r=30:d=30,geq=lum='mod(N*7\\,220)+16':cb=128:cr=128",
-             "-vf", "select='not(eq(mod(n\\,7)\\,3))*not(eq(mod(n\\,11)\\,5))'", "-fps_mode", "vfr",
-             "-c:v", "libx264", "-preset", "ultrafast", "-g", &gop.to_string(), &src]);
+    let mut args = vec!["-f", "lavfi", "-i", "color=gray:s=320x240:r=30:d=30,geq=lum='mod(N*7\\,220)+16':cb=128:cr=128",
+             "-vf", "select='not(eq(mod(n\\,7)\\,3))*not(eq(mod(n\\,11)\\,5))'", "-fps_mode", "vfr"];
+    args.extend(codec);
+    args.push(&src);
+    ffmpeg(&args);
     let probe_json = drake_ok(&["probe", &src]);
     let probe: proto::probe::Probe = serde_json::from_str(&probe_json).unwrap();
     let web = proto::profile::Profile::load("web").unwrap();

@@ -1210,13 +1210,14 @@ struct Flow {
     start: f64,
     /// End of the last decoded frame, seconds from the source's start.
     decoded_end: f64,
-    /// The same, in the input time base, for closing the filter graph.
-    end_ts: i64,
+    /// The same, in the input time base, for closing the filter graph; `None`
+    /// until a frame with a timestamp is decoded.
+    end_ts: Option<i64>,
 }
 
 impl Flow {
     fn new(in_tb: Rational, start: f64) -> Flow {
-        Flow { in_tb, start, decoded_end: 0.0, end_ts: 0 }
+        Flow { in_tb, start, decoded_end: 0.0, end_ts: None }
     }
 }
 
@@ -1273,15 +1274,18 @@ trait Pipe {
                 Err(ff::Error::InvalidData) => continue,
                 Err(e) => return Err(decoding_failed(e)),
             }
-            let ts = f.timestamp();
-            f.set_pts(ts);
+            // A frame libav cannot time (no timestamp in its packet nor a guess,
+            // as the last frame of an MPEG program stream can be) follows the one
+            // before; one before any timed frame is dropped. Filters never see an
+            // untimed frame: `fps` with a start time (a chunk's) would put it hours
+            // away and fill the gap with copies.
+            let Some(ts) = f.timestamp().or(self.parts().1.end_ts) else { continue };
+            f.set_pts(Some(ts));
             self.decoded(&f);
-            if let Some(ts) = ts {
-                let end_ts = ts + self.frame_duration(&f);
-                let flow = self.parts().1;
-                flow.end_ts = flow.end_ts.max(end_ts);
-                flow.decoded_end = flow.decoded_end.max(end_ts as f64 * f64::from(flow.in_tb) - flow.start);
-            }
+            let end_ts = ts + self.frame_duration(&f);
+            let flow = self.parts().1;
+            flow.end_ts = Some(flow.end_ts.map_or(end_ts, |e| e.max(end_ts)));
+            flow.decoded_end = flow.decoded_end.max(end_ts as f64 * f64::from(flow.in_tb) - flow.start);
             for (k, mux) in muxes.iter_mut().enumerate() {
                 if self.graph(k).is_none() {
                     let g = self.build_graph(k, &f)?;
@@ -1293,7 +1297,7 @@ trait Pipe {
             }
         }
         if pkt.is_none() {
-            let end_ts = self.parts().1.end_ts;
+            let end_ts = self.parts().1.end_ts.unwrap_or(0);
             for (k, mux) in muxes.iter_mut().enumerate() {
                 if let Some(g) = self.graph(k).as_mut() {
                     // Closing at the last frame's end (not its start) lets `fps` keep that frame.
