@@ -54,6 +54,34 @@ fn probe_describes_streams() {
     assert_eq!((a["kind"].as_str(), a["sample_rate"].as_u64(), a["channels"].as_u64()), (Some("audio"), Some(44100), Some(1)));
 }
 
+/// A browser's MediaRecorder writes WebM as a stream: no duration in its header
+/// and no cues. Its length is still measured, so the thumbnails spread over it,
+/// the storyboard covers it, and limits and chunking see it.
+#[test]
+fn a_recording_that_does_not_say_how_long_it_is_is_measured() {
+    let dir = Dir::new();
+    let src = dir.s("recording.webm");
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-f", "lavfi", "-i", "testsrc2=s=320x240:r=30:d=20", "-f", "lavfi", "-i", "sine=d=20"])
+        .args(["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-c:a", "libopus", "-f", "webm", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&src, out.stdout).unwrap();
+    let header = ffprobe(&["-show_entries", "format=duration", &src]);
+    assert_eq!(header["format"]["duration"], Value::Null, "the header says no duration: {header}");
+
+    let p: Value = serde_json::from_str(&drake_ok(&["probe", &src])).unwrap();
+    let duration = p["duration"].as_f64().unwrap();
+    assert!((duration - 20.0).abs() < 0.1, "{duration}");
+    let thumbs = dir.path("thumbs");
+    drake_ok(&["thumbnails", &src, "--out", thumbs.to_str().unwrap()]);
+    let t: Value = serde_json::from_slice(&std::fs::read(thumbs.join("thumbnails.json")).unwrap()).unwrap();
+    assert_eq!(t["storyboard"]["tiles"].as_f64(), Some((duration / 2.0).ceil()), "a tile every 2 s: {}", t["storyboard"]);
+    let last = t["thumbnails"].as_array().unwrap().last().unwrap()["time"].as_f64().unwrap();
+    assert!(last > 15.0, "thumbnails spread over the video: {}", t["thumbnails"]);
+}
+
 #[test]
 fn ladder_renditions_share_keyframes_and_segments_start_on_them() {
     let dir = Dir::new();

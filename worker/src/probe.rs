@@ -1,4 +1,5 @@
-//! `drake probe`: describes a source from its container headers. Decodes nothing.
+//! `drake probe`: describes a source from its container headers, reading its packets
+//! only when they do not say how long it is. Decodes nothing.
 
 use crate::av;
 use crate::error::{EngineError, Result};
@@ -86,7 +87,12 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str) -> Result<Probe>
         };
         streams.push(info);
     }
-    let duration = if ictx.duration() > 0 { ictx.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE) } else { longest };
+    let duration = match (ictx.duration(), longest) {
+        (d, _) if d > 0 => d as f64 / f64::from(ff::ffi::AV_TIME_BASE),
+        (_, l) if l > 0.0 => l,
+        _ if !av::is_url(input) => duration_by_reading(input)?,
+        _ => 0.0,
+    };
     let size_bytes = if av::is_url(input) { None } else { std::fs::metadata(input).ok().map(|m| m.len()) };
     Ok(Probe {
         container: ictx.format().name().to_string(),
@@ -95,6 +101,24 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str) -> Result<Probe>
         size_bytes,
         streams,
     })
+}
+
+/// The duration of a local file whose container does not say it (a browser's
+/// MediaRecorder WebM, a Matroska recording written as a stream): where its last
+/// packet ends, from reading every packet without decoding them. Over HTTP this
+/// would fetch the whole source, so there the duration stays unknown (0).
+fn duration_by_reading(input: &str) -> Result<f64> {
+    let mut ictx = av::open_input(input)?;
+    let start = av::start_seconds(&ictx);
+    let time_bases: Vec<ff::Rational> = ictx.streams().map(|s| s.time_base()).collect();
+    let mut end = 0.0f64;
+    for (stream, pkt) in ictx.packets() {
+        if let Some(ts) = pkt.pts().or(pkt.dts()) {
+            let tb = f64::from(time_bases[stream.index()]);
+            end = end.max((ts + pkt.duration().max(0)) as f64 * tb - start);
+        }
+    }
+    Ok(end.max(0.0))
 }
 
 /// A stream's language tag (`und`, undetermined, is none).
