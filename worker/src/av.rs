@@ -302,7 +302,7 @@ mod tests {
 
     #[test]
     fn each_encoder_gets_threads_by_its_own_rule() {
-        let rule = |codec, cores| encoder_threads_on(codec, cores);
+        let rule = encoder_threads_on;
         assert_eq!((rule(VideoCodec::H264, Some(1)), rule(VideoCodec::H264, Some(4))), (Some(1), Some(6)));
         assert_eq!((rule(VideoCodec::Vp9, Some(1)), rule(VideoCodec::Vp9, Some(4))), (Some(1), Some(4)));
         // Unsized: x264 counts the processors itself; libvpx is told to (0), since
