@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// A 1280x720 30 fps source with a tone: `d` seconds.
@@ -776,8 +776,7 @@ fn storyboard_tiles_show_their_time_in_a_source_without_a_keyframe_index() {
     // Over 10 minutes, so tiles are 10 s apart and each is sought; every frame n
     // flat grey at 16 + (7n mod 220); keyframes every 317 frames, off the tiles' grid.
     #[rustfmt::skip]
-    ffmpeg(&["-f", "lavfi", "-i", "color=gray:s=32x24:r=30:d=610,geq=lum='mod(N*7\\,220)+16':cb=128:cr=128",
-             "-c:v", "libx264", "-preset", "ultrafast", "-g", "317", &src]);
+    ffmpeg(&["-f", "lavfi", "-i", &numbered_grey("32x24", 610), "-c:v", "libx264", "-preset", "ultrafast", "-g", "317", &src]);
     let out = dir.path("thumbs");
     drake_ok(&["thumbnails", &src, "--out", out.to_str().unwrap()]);
     let vtt = std::fs::read_to_string(out.join("storyboard.vtt")).unwrap();
@@ -1065,9 +1064,7 @@ fn chunks_encoded_apart_and_joined_make_what_a_whole_encode_makes() {
     assert!(!out.join("chunk.json").exists());
 
     // The join: the same outputs as the whole encode, from the chunks and the audio.
-    let profile = dir.path("chunked.toml");
-    let web_text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/web.toml")).unwrap();
-    std::fs::write(&profile, format!("{web_text}\n[chunking]\nmin_duration_s = 0\nchunk_s = 12\n")).unwrap();
+    let profile = chunked_web_profile(&dir);
     let audio = dir.path("audio");
     drake_ok(&["transcode", &src, "--rendition", "240p", "--out", audio.to_str().unwrap(), "--audio"]);
     let joined = dir.path("joined-240p");
@@ -1182,8 +1179,9 @@ fn chunked_and_whole_levels(dir: &Dir, name: &str, codec: &[&str]) -> (Vec<f64>,
     // Every source frame n is flat grey at level 16 + (7n mod 220), so a decoded
     // frame's mean says which source frame it shows. Frames are dropped
     // irregularly with their gaps kept.
+    let grey = numbered_grey("320x240", 30);
     #[rustfmt::skip]
-    let mut args = vec!["-f", "lavfi", "-i", "color=gray:s=320x240:r=30:d=30,geq=lum='mod(N*7\\,220)+16':cb=128:cr=128",
+    let mut args = vec!["-f", "lavfi", "-i", &grey,
              "-vf", "select='not(eq(mod(n\\,7)\\,3))*not(eq(mod(n\\,11)\\,5))'", "-fps_mode", "vfr"];
     args.extend(codec);
     args.push(&src);
@@ -1196,11 +1194,9 @@ fn chunked_and_whole_levels(dir: &Dir, name: &str, codec: &[&str]) -> (Vec<f64>,
     let cut = proto::plan::chunks(&plan, probe.duration, &chunking).unwrap();
     assert_eq!((cut.frame_rate.as_str(), cut.chunks[1].start_frame), ("30/1", 360));
 
-    let profile = dir.path("chunked.toml");
-    let web_text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/web.toml")).unwrap();
-    std::fs::write(&profile, format!("{web_text}\n[chunking]\nmin_duration_s = 0\nchunk_s = 12\n")).unwrap();
+    let profile = chunked_web_profile(dir);
     std::fs::write(dir.path("probe.json"), probe_json).unwrap();
-    let mut join = vec!["join".to_string(), "--probe".into(), dir.s("probe.json"), "--profile".into(), dir.s("chunked.toml")];
+    let mut join = vec!["join".to_string(), "--probe".into(), dir.s("probe.json"), "--profile".into(), profile.to_string_lossy().into()];
     join.extend(["--rendition".into(), "240p".into(), "--out".into(), dir.s("joined")]);
     for c in &cut.chunks {
         let last = c.index as usize == cut.chunks.len() - 1;
@@ -1222,6 +1218,21 @@ fn chunked_and_whole_levels(dir: &Dir, name: &str, codec: &[&str]) -> (Vec<f64>,
         out.stdout.chunks(16 * 12).map(|f| f.iter().map(|&p| f64::from(p)).sum::<f64>() / f.len() as f64).collect()
     };
     (levels(&dir.path("whole/240p.mp4")), levels(&dir.path("joined/240p.mp4")))
+}
+
+/// A lavfi source of `seconds` at 30 fps whose frame n is flat grey at level
+/// 16 + (7n mod 220): a decoded frame's mean grey says which source frame it shows.
+fn numbered_grey(size: &str, seconds: u32) -> String {
+    format!("color=gray:s={size}:r=30:d={seconds},geq=lum='mod(N*7\\,220)+16':cb=128:cr=128")
+}
+
+/// The web profile with chunking for short test sources (12 s chunks from any
+/// length), written into `dir`.
+fn chunked_web_profile(dir: &Dir) -> PathBuf {
+    let profile = dir.path("chunked.toml");
+    let web_text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/web.toml")).unwrap();
+    std::fs::write(&profile, format!("{web_text}\n[chunking]\nmin_duration_s = 0\nchunk_s = 12\n")).unwrap();
+    profile
 }
 
 /// Frame by frame, two lists of grey levels show the same source frames:

@@ -323,8 +323,8 @@ pub fn run_chunk(req: &Request, index: u32, span: Span, progress: &mut dyn FnMut
     let start = av::start_seconds(&ictx);
     let first_time = span.first as f64 * f64::from(den) / f64::from(num);
     let mut source = SourceReader::new(req.input);
-    // The packet decoding starts from: a keyframe before the chunk.
-    let mut pending = if span.first > 0 {
+    // Decoding starts from a source keyframe before the chunk.
+    let key = if span.first > 0 {
         let before = first_time - f64::from(den) / f64::from(num);
         av::seek_keyframe_before(&mut ictx, v.index, start, before, |i| source.next(i))?
     } else {
@@ -339,10 +339,13 @@ pub fn run_chunk(req: &Request, index: u32, span: Span, progress: &mut dyn FnMut
     }
     let mut video = VideoPipe::new(&ictx, v.index, v.rotation, &renditions, start, Some(span), req.quality, &mut muxes)?;
     let total = span.count.map_or(probe.duration - first_time, |n| n as f64 * f64::from(den) / f64::from(num)).max(0.001);
+    if let Some(key) = &key {
+        video.feed(Some(key), &mut muxes)?;
+    }
     let began = Instant::now();
     let mut last_report = Instant::now();
     while !video.has_span() {
-        let Some(pkt) = pending.take().map_or_else(|| source.next(&mut ictx), |p| Ok(Some(p)))? else { break };
+        let Some(pkt) = source.next(&mut ictx)? else { break };
         if pkt.stream() == video.index {
             video.feed(Some(&pkt), &mut muxes)?;
         }
