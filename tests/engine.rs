@@ -1154,6 +1154,26 @@ fn variable_frame_rate_chunks_take_the_frames_a_whole_encode_takes() {
     same_source_frames(&whole[360..361], &whole[359..360]);
 }
 
+/// A phone records at a nominal rate and drops frames in low light. MP4 and MOV
+/// then say fewer frames a second than were captured (their average is frames over
+/// duration: 23.4 here, for 30), Matroska says the nominal rate. The output keeps
+/// the nominal rate whatever the container: every source frame in its own slot of
+/// the 30 fps grid, a dropped frame's slot showing the frame before it, whole and
+/// chunked alike.
+#[test]
+fn a_variable_frame_rate_recording_keeps_its_nominal_rate_in_every_container() {
+    for name in ["vfr.mp4", "vfr.mov"] {
+        let dir = Dir::new();
+        let (whole, joined) = chunked_and_whole_levels(&dir, name, &["-c:v", "libx264", "-preset", "ultrafast", "-g", "100"]);
+        same_source_frames(&whole, &joined);
+        assert!((899..=900).contains(&whole.len()), "{name}: {} frames for 30 s at 30 fps", whole.len());
+        // Neighbouring source frames are 8 grey levels apart.
+        let kept = |n: usize| n % 7 != 3 && n % 11 != 5;
+        let wrong: Vec<usize> = (1..whole.len()).filter(|&n| kept(n) != ((whole[n] - whole[n - 1]).abs() > 3.0)).collect();
+        assert!(wrong.is_empty(), "{name}: slots not showing their own source frame (or the one before a gap): {wrong:?}");
+    }
+}
+
 /// An MPEG-TS source has no keyframe index: a seek lands on any packet, often
 /// past the keyframe before a chunk. Each chunk must still decode from a
 /// keyframe before its start, or its first seconds would freeze on the next one.

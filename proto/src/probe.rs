@@ -44,10 +44,11 @@ pub struct VideoStream {
     pub sample_aspect_ratio: String,
     /// Clockwise degrees a player must rotate the coded picture: 0, 90, 180 or 270.
     pub rotation: u32,
-    /// Nominal frame rate the engine will output (constant), frames per second.
+    /// Nominal frame rate, frames per second: the rate the frames were captured on,
+    /// which the output's constant rate grid takes (under the profile's cap).
     pub frame_rate: f64,
     /// The container's average rate as `num/den`, which differs from `frame_rate`
-    /// for variable frame rate sources.
+    /// for variable frame rate sources in MP4 and MOV (frames over duration).
     pub avg_frame_rate: String,
     pub pix_fmt: String,
     pub bit_depth: u32,

@@ -113,6 +113,20 @@ pub fn channel_layout_name(p: &ffi::AVCodecParameters) -> String {
     }
 }
 
+/// A video stream's nominal frame rate: the rate its frames were captured on, which
+/// a variable frame rate source (a phone dropping frames in low light) keeps
+/// between its gaps. libav's guess, as the ffmpeg CLI makes it: the lowest rate all
+/// timestamps fit, unless that is a timebase rather than a rate, or a field rate of
+/// a frame-coded stream, where it takes the average or the codec's rate. MP4's
+/// average rate is frames over duration instead (a phone's 30 fps recording with a
+/// fifth of its frames dropped averages 24), and Matroska's is the nominal one.
+pub fn nominal_frame_rate(ictx: &ff::format::context::Input, stream: &ff::format::stream::Stream) -> ff::Rational {
+    // SAFETY: both pointers belong to the live input context; libav only reads them
+    // (a null frame is allowed).
+    let r = unsafe { ffi::av_guess_frame_rate(ictx.as_ptr() as *mut _, stream.as_ptr() as *mut _, std::ptr::null_mut()) };
+    ff::Rational::from(r)
+}
+
 /// Clockwise rotation a player applies, from the display matrix: 0, 90, 180 or 270.
 pub fn rotation(stream: &ff::format::stream::Stream) -> u32 {
     for sd in stream.side_data() {

@@ -41,8 +41,10 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str) -> Result<Probe>
                 let dw = ((w as u64 * sar.0 as u64) as f64 / sar.1 as f64).round() as u32;
                 let (display_width, display_height) = if rotation % 180 == 90 { (h, dw) } else { (dw, h) };
                 let avg = s.avg_frame_rate();
-                let rate = if avg.numerator() > 0 && avg.denominator() > 0 { avg } else { s.rate() };
-                let frame_rate = if rate.denominator() > 0 { f64::from(rate) } else { 0.0 };
+                let nominal = av::nominal_frame_rate(ictx, &s);
+                let known = |r: ff::Rational| r.numerator() > 0 && r.denominator() > 0;
+                let rate = if known(nominal) { nominal } else { avg };
+                let frame_rate = if known(rate) { f64::from(rate) } else { 0.0 };
                 StreamInfo::Video(VideoStream {
                     index: s.index(),
                     codec: av::codec_name(p.codec_id),
