@@ -1174,6 +1174,66 @@ fn a_variable_frame_rate_recording_keeps_its_nominal_rate_in_every_container() {
     }
 }
 
+/// A phone's HLG recording or an HDR10 (PQ) film, with an SDR player: the
+/// outputs and the thumbnails show the colours the scene has in SDR, and say they
+/// are BT.709. Taken as BT.709 unmapped, HDR pictures are grey and washed out:
+/// SMPTE bars' 75% white shows as 50%, their yellow's blue as 53 where it is 2.
+#[test]
+fn a_high_dynamic_range_source_comes_out_in_standard_dynamic_range_colours() {
+    let dir = Dir::new();
+    let sdr = dir.s("sdr.mp4");
+    ffmpeg(&["-f", "lavfi", "-i", "smptebars=s=640x360:r=30:d=2", "-c:v", "libx264", "-crf", "10", "-pix_fmt", "yuv420p", &sdr]);
+    // The seven bars across the top two thirds of a picture's first frame, in RGB.
+    let bars = |path: &str| -> Vec<[u8; 3]> {
+        let out = std::process::Command::new("ffmpeg")
+            .args([
+                "-v",
+                "error",
+                "-i",
+                path,
+                "-frames:v",
+                "1",
+                "-vf",
+                "crop=iw:ih*2/3:0:0,scale=7:1:flags=area",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "rgb24",
+                "-",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout.chunks(3).map(|c| [c[0], c[1], c[2]]).collect()
+    };
+    let expected = bars(&sdr);
+    for transfer in ["arib-std-b67", "smpte2084"] {
+        // The same scene in HDR: SDR white at HDR reference white (203 nits), in
+        // 10-bit HEVC, BT.2020, as a phone or a grading suite writes it.
+        let hdr = dir.s(&format!("{transfer}.mp4"));
+        let to_hdr =
+            format!("zscale=tin=709:pin=709:min=709:rin=limited:npl=203:t={transfer}:p=2020:m=2020_ncl:r=limited,format=yuv420p10le");
+        let x265 = format!("log-level=error:colorprim=bt2020:transfer={transfer}:colormatrix=bt2020nc");
+        ffmpeg(&["-i", &sdr, "-vf", &to_hdr, "-c:v", "libx265", "-preset", "ultrafast", "-crf", "10", "-x265-params", &x265, &hdr]);
+        let out = dir.path(&format!("out-{transfer}"));
+        let thumbs = dir.path(&format!("thumbs-{transfer}"));
+        drake_ok(&["transcode", &hdr, "--rendition", "360p", "--out", out.to_str().unwrap(), "--thumbnails", thumbs.to_str().unwrap()]);
+        let video = out.join("360p.mp4");
+        let s = &streams(&video)[0];
+        assert_eq!(
+            (s["color_primaries"].as_str(), s["color_transfer"].as_str(), s["color_space"].as_str()),
+            (Some("bt709"), Some("bt709"), Some("bt709")),
+            "{transfer}"
+        );
+        for (what, got) in [("video", bars(video.to_str().unwrap())), ("poster", bars(thumbs.join("poster.jpg").to_str().unwrap()))] {
+            // Highlights roll off and BT.2020 comes into BT.709's gamut, so colours
+            // move a little; unmapped, every bar is off by 50 or more.
+            let off = got.iter().zip(&expected).flat_map(|(g, e)| g.iter().zip(e).map(|(a, b)| a.abs_diff(*b))).max().unwrap();
+            assert!(off <= 36, "{transfer} {what}: bars {got:?}, in SDR {expected:?}");
+        }
+    }
+}
+
 /// An MPEG-TS source has no keyframe index: a seek lands on any packet, often
 /// past the keyframe before a chunk. Each chunk must still decode from a
 /// keyframe before its start, or its first seconds would freeze on the next one.

@@ -127,6 +127,49 @@ pub fn nominal_frame_rate(ictx: &ff::format::context::Input, stream: &ff::format
     ff::Rational::from(r)
 }
 
+/// Filters that turn a high dynamic range stream's pictures into standard dynamic
+/// range BT.709 at the same size (a `format` filter after them picks YUV or RGB),
+/// or `None` for a stream that is not HDR. PQ (HDR10, the base layer of Dolby
+/// Vision) and HLG (phones since 2020, broadcast) are both mapped with HDR
+/// reference white (203 nits, BT.2408) at SDR white, and highlights above it
+/// rolled off (Möbius) instead of clipped; the BT.2020 colours are then brought
+/// into BT.709's gamut. Without this, an HDR source's outputs, which players take
+/// as BT.709, look grey and washed out. The input's colour properties are named
+/// from the stream's parameters, so a decoder that leaves them out of its frames
+/// does not change the result.
+pub fn hdr_to_sdr(p: &ffi::AVCodecParameters) -> Option<String> {
+    use ffi::{AVColorPrimaries as P, AVColorSpace as S, AVColorTransferCharacteristic as T};
+    let transfer = match p.color_trc {
+        T::AVCOL_TRC_SMPTE2084 => "smpte2084",
+        T::AVCOL_TRC_ARIB_STD_B67 => "arib-std-b67",
+        _ => return None,
+    };
+    let primaries = if p.color_primaries == P::AVCOL_PRI_BT709 { "709" } else { "2020" };
+    let matrix = match p.color_space {
+        S::AVCOL_SPC_BT709 => "709",
+        S::AVCOL_SPC_BT2020_CL => "2020_cl",
+        _ => "2020_ncl",
+    };
+    let range = if p.color_range == ffi::AVColorRange::AVCOL_RANGE_JPEG { "full" } else { "limited" };
+    Some(format!(
+        "zscale=tin={transfer}:pin={primaries}:min={matrix}:rin={range}:t=linear:npl=203,format=gbrpf32le,zscale=p=709,\
+         tonemap=tonemap=mobius:desat=0,zscale=t=709:m=709:r=limited"
+    ))
+}
+
+/// Tags an encoder's output as BT.709 standard dynamic range (its VUI), as
+/// `hdr_to_sdr`'s pictures are.
+pub fn tag_bt709(encoder: &mut ff::codec::context::Context) {
+    // SAFETY: plain fields of an encoder context not yet opened.
+    unsafe {
+        let c = encoder.as_mut_ptr();
+        (*c).color_primaries = ffi::AVColorPrimaries::AVCOL_PRI_BT709;
+        (*c).color_trc = ffi::AVColorTransferCharacteristic::AVCOL_TRC_BT709;
+        (*c).colorspace = ffi::AVColorSpace::AVCOL_SPC_BT709;
+        (*c).color_range = ffi::AVColorRange::AVCOL_RANGE_MPEG;
+    }
+}
+
 /// Clockwise rotation a player applies, from the display matrix: 0, 90, 180 or 270.
 pub fn rotation(stream: &ff::format::stream::Stream) -> u32 {
     for sd in stream.side_data() {

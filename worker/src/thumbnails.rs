@@ -10,7 +10,7 @@ use crate::av;
 use crate::error::{Context as _, EngineError, Result};
 use crate::files::{self, Staging};
 use ff::software::scaling;
-use ff::{Packet, Rational, Rescale, decoder, format, frame};
+use ff::{Packet, Rational, Rescale, decoder, filter, format, frame};
 use ffmpeg_next as ff;
 use image::{RgbImage, imageops};
 use proto::probe::VideoStream;
@@ -46,7 +46,8 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
     let ictx = av::open_input(input)?;
     let probe = crate::probe::describe(&ictx, input)?;
     let v = probe.main_video().cloned().ok_or_else(|| EngineError::bad("the source has no video to take thumbnails from"))?;
-    let mut collector = Collector::new(&v, probe.duration, count)?;
+    let to_sdr = av::hdr_to_sdr(av::params(&ictx.stream(v.index).expect("probed stream")));
+    let mut collector = Collector::new(&v, probe.duration, count, to_sdr)?;
     let mut walker = Walker::new(ictx, v.index)?;
     while let Some(t) = collector.wants() {
         match walker.frame_towards(t)? {
@@ -77,8 +78,10 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// `duration` is the source's; `count` thumbnails are spread over it.
-    pub fn new(v: &VideoStream, duration: f64, count: usize) -> Result<Collector> {
+    /// `duration` is the source's; `count` thumbnails are spread over it; `to_sdr`
+    /// are the filters from the source's high dynamic range, if it has one
+    /// (`av::hdr_to_sdr`).
+    pub fn new(v: &VideoStream, duration: f64, count: usize, to_sdr: Option<String>) -> Result<Collector> {
         if count == 0 || count > MAX_COUNT {
             return Err(EngineError::bad(format!("a thumbnail count of {count} is outside 1..={MAX_COUNT}")));
         }
@@ -106,7 +109,7 @@ impl Collector {
             duration,
             interval,
             tile_size: fit(v.display_width, v.display_height, TILE_BOX, TILE_BOX),
-            rgb: Rgb { rotation: v.rotation, max_side: POSTER_BOX.0, scaler: None },
+            rgb: Rgb { rotation: v.rotation, max_side: POSTER_BOX.0, to_sdr, converter: None },
             slots: Slots::new(count),
             tile_images: vec![None; tiles],
             last: None,
@@ -388,12 +391,52 @@ type ScalerKey = (u32, u32, format::Pixel, u32, u32);
 
 /// Converts decoded frames to upright RGB pictures at most `max_side` pixels on
 /// their long side (swscale does that first step cheaply; the image crate does the
-/// final resize to each output's size).
+/// final resize to each output's size). A high dynamic range source's pictures go
+/// through filters instead, which map them to SDR as its renditions are.
 struct Rgb {
     rotation: u32,
     max_side: u32,
+    to_sdr: Option<String>,
     /// The converter and what it converts: (source w, h, format, output w, h).
-    scaler: Option<(scaling::Context, ScalerKey)>,
+    converter: Option<(Converter, ScalerKey)>,
+}
+
+enum Converter {
+    Scaler(scaling::Context),
+    Filters(filter::Graph),
+}
+
+impl Converter {
+    fn new(f: &frame::Video, (ow, oh): (u32, u32), to_sdr: Option<&str>) -> Result<Converter> {
+        let Some(to_sdr) = to_sdr else {
+            let s = scaling::Context::get(f.format(), f.width(), f.height(), format::Pixel::RGB24, ow, oh, scaling::Flags::BICUBIC)
+                .ctx(|| "creating the RGB converter".into())?;
+            return Ok(Converter::Scaler(s));
+        };
+        let mut g = filter::Graph::new();
+        let pix: ff::ffi::AVPixelFormat = f.format().into();
+        let args = format!("video_size={}x{}:pix_fmt={}:time_base=1/1:pixel_aspect=1/1", f.width(), f.height(), pix as i32);
+        g.add(&filter::find("buffer").expect("buffer filter"), "in", &args).ctx(|| "creating the RGB converter's source".into())?;
+        g.add(&filter::find("buffersink").expect("buffersink filter"), "out", "").ctx(|| "creating the RGB converter's sink".into())?;
+        let chain = format!("scale={ow}:{oh}:flags=bicubic,{to_sdr},format=rgb24");
+        g.output("in", 0).and_then(|p| p.input("out", 0)).and_then(|p| p.parse(&chain)).ctx(|| format!("building filters {chain}"))?;
+        g.validate().ctx(|| "configuring the RGB converter".into())?;
+        Ok(Converter::Filters(g))
+    }
+
+    fn run(&mut self, f: &frame::Video, rgb: &mut frame::Video) -> Result<()> {
+        match self {
+            Converter::Scaler(s) => s.run(f, rgb).ctx(|| "converting to RGB".into()),
+            Converter::Filters(g) => {
+                // The source takes the references of the frame it is given: give it
+                // new ones, so the caller's frame stays whole.
+                let mut r = frame::Video::empty();
+                av::frame_ref(&mut r, f).ctx(|| "converting to RGB".into())?;
+                g.get("in").expect("source").source().add(&r).ctx(|| "converting to RGB".into())?;
+                g.get("out").expect("sink").sink().frame(rgb).ctx(|| "converting to RGB".into())
+            }
+        }
+    }
 }
 
 impl Rgb {
@@ -403,13 +446,11 @@ impl Rgb {
         let (dw, dh) = (dw.clamp(2, 16384), f.height());
         let (ow, oh) = if dw.max(dh) > self.max_side { fit(dw, dh, self.max_side, self.max_side) } else { (dw, dh) };
         let key = (f.width(), f.height(), f.format(), ow, oh);
-        if self.scaler.as_ref().is_none_or(|(_, k)| *k != key) {
-            let s = scaling::Context::get(f.format(), f.width(), f.height(), format::Pixel::RGB24, ow, oh, scaling::Flags::BICUBIC)
-                .ctx(|| "creating the RGB converter".into())?;
-            self.scaler = Some((s, key));
+        if self.converter.as_ref().is_none_or(|(_, k)| *k != key) {
+            self.converter = Some((Converter::new(f, (ow, oh), self.to_sdr.as_deref())?, key));
         }
         let mut rgb = frame::Video::empty();
-        self.scaler.as_mut().expect("set above").0.run(f, &mut rgb).ctx(|| "converting to RGB".into())?;
+        self.converter.as_mut().expect("set above").0.run(f, &mut rgb)?;
         let (w, h, stride) = (rgb.width() as usize, rgb.height() as usize, rgb.stride(0));
         let mut buf = Vec::with_capacity(w * h * 3);
         for y in 0..h {

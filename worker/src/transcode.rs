@@ -144,7 +144,9 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
         _ => None,
     };
     let mut sheet = req.thumbnails.map(|(_, count)| match (&video, probe.main_video()) {
-        (Some(_), Some(v)) => Collector::new(v, probe.duration, count),
+        (Some(_), Some(v)) => {
+            Collector::new(v, probe.duration, count, av::hdr_to_sdr(av::params(&ictx.stream(v.index).expect("probed stream"))))
+        }
         _ => Err(EngineError::bad("the source has no video to take thumbnails from")),
     });
     if let Some(v) = video.as_mut() {
@@ -1388,20 +1390,30 @@ impl VideoPipe {
         let ist = ictx.stream(index).expect("planned stream exists");
         let codec_id = av::params(&ist).codec_id;
         let decoder = av::video_decoder(&ist)?;
+        let to_sdr = av::hdr_to_sdr(av::params(&ist));
         let mut outs = Vec::with_capacity(renditions.len());
         for (r, mux) in renditions.iter().zip(muxes) {
             let pv = r.video.as_ref().ok_or_else(|| EngineError::bad(format!("rendition {} has no video", r.name)))?;
-            outs.push(VideoOut::new(pv, r, rotation, start, span, quality, mux)?);
+            let look = Look { rotation, to_sdr: to_sdr.as_deref() };
+            outs.push(VideoOut::new(pv, r, look, start, span, quality, mux)?);
         }
         Ok(VideoPipe { index, codec_id, decoder, flow: Flow::new(ist.time_base(), start), frames: 0, outs, sheet: None })
     }
+}
+
+/// How the source's pictures are turned to be shown as a player should: its
+/// rotation, and the filters from its high dynamic range, if it has one.
+#[derive(Clone, Copy)]
+struct Look<'a> {
+    rotation: u32,
+    to_sdr: Option<&'a str>,
 }
 
 impl VideoOut {
     fn new(
         pv: &PlannedVideo,
         r: &PlannedRendition,
-        rotation: u32,
+        look: Look,
         start: f64,
         span: Option<Span>,
         quality: bool,
@@ -1414,7 +1426,7 @@ impl VideoOut {
         // Forced keyframes land on the first frame at or after each mark, so a GOP is at
         // most ceil(gop * fps) frames; the encoder's own limit sits just above that.
         let keyint = (pv.gop_seconds * f64::from(fps)).ceil() as u32 + 1;
-        let rotate = match rotation {
+        let rotate = match look.rotation {
             90 => "transpose=clock,",
             180 => "hflip,vflip,",
             270 => "transpose=cclock,",
@@ -1424,8 +1436,11 @@ impl VideoOut {
         // output time base; the frames before it are dropped here.
         let span = span.unwrap_or(Span { first: 0, count: None });
         let first_time = span.first as f64 * f64::from(den) / f64::from(num);
+        // HDR is mapped to SDR after scaling, at the rendition's size, where it costs
+        // least (its float maths is the dearest filter here by far).
+        let to_sdr = look.to_sdr.map(|f| format!("{f},")).unwrap_or_default();
         let chain = format!(
-            "setpts=PTS-{start:.6}/TB,fps=fps={num}/{den}:start_time={first_time:.9},{rotate}scale={w}:{h}:flags=bicubic,setsar=1,format=yuv420p",
+            "setpts=PTS-{start:.6}/TB,fps=fps={num}/{den}:start_time={first_time:.9},{rotate}scale={w}:{h}:flags=bicubic,setsar=1,{to_sdr}format=yuv420p",
             w = r.width,
             h = r.height
         );
@@ -1440,6 +1455,9 @@ impl VideoOut {
         ectx.set_time_base(enc_tb);
         ectx.set_frame_rate(Some(fps));
         ectx.set_aspect_ratio(Rational(1, 1));
+        if look.to_sdr.is_some() {
+            av::tag_bt709(&mut ectx);
+        }
         let mut flags = codec::Flags::empty();
         if mux.needs_global_header() {
             flags |= codec::Flags::GLOBAL_HEADER;
