@@ -1174,6 +1174,50 @@ fn a_variable_frame_rate_recording_keeps_its_nominal_rate_in_every_container() {
     }
 }
 
+/// A broadcast recording's audio changes at an ad break: here from 48 kHz stereo
+/// to 44.1 kHz mono, mid-stream. The output keeps every second of both parts, each
+/// its own tone, with no gap at the change.
+#[test]
+fn audio_that_changes_rate_and_channels_mid_stream_is_kept_whole() {
+    let dir = Dir::new();
+    let part = |name: &str, tone: u32, rate: &str, channels: &str, offset: &str| {
+        let path = dir.s(name);
+        let sine = format!("sine=f={tone}:d=4:sample_rate={rate}");
+        #[rustfmt::skip]
+        ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=4", "-f", "lavfi", "-i", &sine, "-c:v", "libx264", "-preset", "ultrafast",
+                 "-c:a", "mp2", "-ac", channels, "-ar", rate, "-output_ts_offset", offset, "-f", "mpegts", &path]);
+        std::fs::read(path).unwrap()
+    };
+    // One transport stream, its audio PID changing shape 4 s in.
+    let mut ts = part("a.ts", 440, "48000", "2", "0");
+    ts.extend(part("b.ts", 880, "44100", "1", "4"));
+    let src = dir.s("change.ts");
+    std::fs::write(&src, ts).unwrap();
+    transcode(&src, "web", "240p", &dir.path("out"));
+
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i", dir.s("out/240p.mp4").as_str(), "-map", "0:a", "-ac", "1", "-ar", "48000", "-f", "s16le", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let samples: Vec<i16> = out.stdout.chunks(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    let seconds = samples.len() as f64 / 48000.0;
+    assert!((seconds - 8.0).abs() < 0.1, "{seconds:.3} s of audio for 8 s");
+    // Each tenth of a second: its tone (zero crossings), and that it is not silent.
+    let tenths: Vec<(f64, i32)> = samples
+        .chunks(4800)
+        .filter(|c| c.len() == 4800)
+        .map(|c| {
+            let crossings = c.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+            (crossings as f64 * 10.0 / 2.0, c.iter().map(|&v| i32::from(v).abs()).max().unwrap())
+        })
+        .collect();
+    let silent: Vec<usize> = tenths.iter().enumerate().filter(|(_, t)| t.1 < 1000).map(|(i, _)| i).collect();
+    assert!(silent.is_empty(), "silent tenths of a second: {silent:?}");
+    assert!(tenths[1..38].iter().all(|t| (t.0 - 440.0).abs() <= 20.0), "the first part is 440 Hz: {tenths:?}");
+    assert!(tenths[42..78].iter().all(|t| (t.0 - 880.0).abs() <= 20.0), "the second part is 880 Hz: {tenths:?}");
+}
+
 /// A phone's HLG recording or an HDR10 (PQ) film, with an SDR player: the
 /// outputs and the thumbnails show the colours the scene has in SDR, and say they
 /// are BT.709. Taken as BT.709 unmapped, HDR pictures are grey and washed out:

@@ -1244,6 +1244,11 @@ trait Pipe {
     /// Duration of a decoded frame in the input time base.
     fn frame_duration(&self, f: &Self::Frame) -> i64;
     fn build_graph(&mut self, k: usize, f: &Self::Frame) -> Result<filter::Graph>;
+    /// Whether rendition `k`'s graph takes frames shaped like `f`; when not, it is
+    /// built again for `f`.
+    fn fits(&self, _k: usize, _f: &Self::Frame) -> bool {
+        true
+    }
     /// Takes rendition `k`'s filtered frames out of its graph and encodes them.
     fn pull(&mut self, k: usize, mux: &mut Muxers) -> Result<()>;
     fn decoded(&mut self, _f: &Self::Frame) {}
@@ -1292,6 +1297,9 @@ trait Pipe {
             flow.end_ts = Some(flow.end_ts.map_or(end_ts, |e| e.max(end_ts)));
             flow.decoded_end = flow.decoded_end.max(end_ts as f64 * f64::from(flow.in_tb) - flow.start);
             for (k, mux) in muxes.iter_mut().enumerate() {
+                if self.graph(k).is_some() && !self.fits(k, &f) {
+                    *self.graph(k) = None;
+                }
                 if self.graph(k).is_none() {
                     let g = self.build_graph(k, &f)?;
                     *self.graph(k) = Some(g);
@@ -1655,9 +1663,23 @@ struct AudioPipe {
 /// One rendition's audio: resampling filters and encoder.
 struct AudioOut {
     graph: Option<filter::Graph>,
+    /// The frames the graph was built for: (sample rate, format, layout).
+    shape: Option<AudioShape>,
     encoder: encoder::Audio,
     enc_tb: Rational,
+    /// Where the next sample sent to the encoder goes, in the encoder's time base.
+    next_pts: i64,
     plan: PlannedAudio,
+}
+
+type AudioShape = (u32, format::Sample, u64);
+
+fn audio_shape(f: &frame::Audio) -> AudioShape {
+    (f.rate(), f.format(), audio_layout(f).bits())
+}
+
+fn audio_layout(f: &frame::Audio) -> ff::ChannelLayout {
+    if f.channel_layout().is_empty() { ff::ChannelLayout::default(f.channels() as i32) } else { f.channel_layout() }
 }
 
 impl AudioPipe {
@@ -1700,7 +1722,7 @@ impl AudioOut {
         }
         let encoder = ectx.open_as(aac).ctx(|| "opening aac".into())?;
         mux.add(aac, &encoder, enc_tb, Track::Audio)?;
-        Ok(AudioOut { graph: None, encoder, enc_tb, plan: pa.clone() })
+        Ok(AudioOut { graph: None, shape: None, encoder, enc_tb, next_pts: 0, plan: pa.clone() })
     }
 }
 
@@ -1732,10 +1754,18 @@ impl Pipe for AudioPipe {
         self.samples += f.samples() as u64;
     }
 
+    /// A broadcast recording changes its audio at an ad break (5.1 to stereo, 48 to
+    /// 44.1 kHz); libav's audio source refuses frames of another shape than its
+    /// first.
+    fn fits(&self, k: usize, f: &frame::Audio) -> bool {
+        self.outs[k].shape == Some(audio_shape(f))
+    }
+
     fn build_graph(&mut self, k: usize, f: &frame::Audio) -> Result<filter::Graph> {
+        self.outs[k].shape = Some(audio_shape(f));
         let out = &self.outs[k];
         let mut g = filter::Graph::new();
-        let layout = if f.channel_layout().is_empty() { ff::ChannelLayout::default(f.channels() as i32) } else { f.channel_layout() };
+        let layout = audio_layout(f);
         let args = format!(
             "time_base={}/{}:sample_rate={}:sample_fmt={}:channel_layout=0x{:x}",
             self.flow.in_tb.numerator(),
@@ -1754,7 +1784,11 @@ impl Pipe for AudioPipe {
         }
         // aresample's matrix downmixes any layout (5.1 side or back) with proper
         // centre and surround weights; async=1 pads or trims to keep A/V in sync.
-        let chain = format!("asetpts=PTS-{:.6}/TB,aresample={}:async=1:first_pts=0", self.flow.start, out.plan.sample_rate);
+        // A graph built again when the source's audio changes shape goes on from
+        // the last sample encoded (the few the old one held are padded as silence).
+        // aresample counts `first_pts` in samples at its input's rate.
+        let first_pts = out.next_pts.rescale(out.enc_tb, Rational(1, f.rate().max(1) as i32));
+        let chain = format!("asetpts=PTS-{:.6}/TB,aresample={}:async=1:first_pts={first_pts}", self.flow.start, out.plan.sample_rate);
         g.output("in", 0).and_then(|p| p.input("out", 0)).and_then(|p| p.parse(&chain)).ctx(|| format!("building filters {chain}"))?;
         g.validate().ctx(|| "configuring audio filters".into())?;
         g.get("out").expect("sink").sink().set_frame_size(out.encoder.frame_size());
@@ -1770,6 +1804,7 @@ impl Pipe for AudioPipe {
         while sink.sink().frame(&mut f).is_ok() {
             let pts = f.pts().map(|p| p.rescale(sink_tb, out.enc_tb));
             f.set_pts(pts);
+            out.next_pts = pts.unwrap_or(out.next_pts) + f.samples() as i64;
             out.encoder.send_frame(&f).ctx(|| "encoding audio".into())?;
             drain_encoder(&mut out.encoder, Track::Audio, mux, None)?;
         }
