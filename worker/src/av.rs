@@ -1,7 +1,8 @@
 //! Small safe wrappers over the libav fields ffmpeg-next does not expose, and the
 //! one place that opens inputs (so every open gets the same protocol whitelist).
 //!
-//! Every `unsafe` block here reads plain fields of structs owned by a live context.
+//! Every `unsafe` block here reads (or, for an encoder not yet opened, sets) plain
+//! fields of structs owned by a live context, or calls libav with pointers it owns.
 
 use crate::error::{EngineError, Result};
 use ff::ffi;
@@ -168,6 +169,18 @@ pub fn tag_bt709(encoder: &mut ff::codec::context::Context) {
         (*c).colorspace = ffi::AVColorSpace::AVCOL_SPC_BT709;
         (*c).color_range = ffi::AVColorRange::AVCOL_RANGE_MPEG;
     }
+}
+
+/// Gives a graph its own reference to a decoded frame, leaving `f` intact for the
+/// next rendition's graph (ffmpeg-next's `add` would take the frame's data away).
+pub fn add_frame(g: &mut ff::filter::Graph, f: &ff::Frame) -> std::result::Result<(), ff::Error> {
+    let mut src = g.get("in").expect("source");
+    // SAFETY: both pointers are valid for the call; KEEP_REF makes libav take a new
+    // reference to the frame's buffers instead of moving them out of `f`.
+    let ret = unsafe {
+        ff::ffi::av_buffersrc_add_frame_flags(src.as_mut_ptr(), f.as_ptr() as *mut _, ff::ffi::AV_BUFFERSRC_FLAG_KEEP_REF as i32)
+    };
+    if ret < 0 { Err(ff::Error::from(ret)) } else { Ok(()) }
 }
 
 /// Clockwise rotation a player applies, from the display matrix: 0, 90, 180 or 270.

@@ -428,11 +428,7 @@ impl Converter {
         match self {
             Converter::Scaler(s) => s.run(f, rgb).ctx(|| "converting to RGB".into()),
             Converter::Filters(g) => {
-                // The source takes the references of the frame it is given: give it
-                // new ones, so the caller's frame stays whole.
-                let mut r = frame::Video::empty();
-                av::frame_ref(&mut r, f).ctx(|| "converting to RGB".into())?;
-                g.get("in").expect("source").source().add(&r).ctx(|| "converting to RGB".into())?;
+                av::add_frame(g, f).ctx(|| "converting to RGB".into())?;
                 g.get("out").expect("sink").sink().frame(rgb).ctx(|| "converting to RGB".into())
             }
         }

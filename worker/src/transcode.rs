@@ -1305,7 +1305,7 @@ trait Pipe {
                     *self.graph(k) = Some(g);
                 }
                 let g = self.graph(k).as_mut().expect("built above");
-                add_frame(g, &f).ctx(|| format!("filtering {label}"))?;
+                av::add_frame(g, &f).ctx(|| format!("filtering {label}"))?;
                 self.pull(k, mux)?;
             }
         }
@@ -1323,18 +1323,6 @@ trait Pipe {
         }
         Ok(())
     }
-}
-
-/// Gives a graph its own reference to a decoded frame, leaving `f` intact for the
-/// next rendition's graph (ffmpeg-next's `add` would take the frame's data away).
-fn add_frame(g: &mut filter::Graph, f: &ff::Frame) -> std::result::Result<(), ff::Error> {
-    let mut src = g.get("in").expect("source");
-    // SAFETY: both pointers are valid for the call; KEEP_REF makes libav take a new
-    // reference to the frame's buffers instead of moving them out of `f`.
-    let ret = unsafe {
-        ff::ffi::av_buffersrc_add_frame_flags(src.as_mut_ptr(), f.as_ptr() as *mut _, ff::ffi::AV_BUFFERSRC_FLAG_KEEP_REF as i32)
-    };
-    if ret < 0 { Err(ff::Error::from(ret)) } else { Ok(()) }
 }
 
 /// The frames a chunk encodes: from frame `first` of the job's grid, `count` of
