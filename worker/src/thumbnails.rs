@@ -387,7 +387,7 @@ impl Slots {
     }
 }
 
-type ScalerKey = (u32, u32, format::Pixel, u32, u32);
+type ConverterKey = (u32, u32, format::Pixel, u32, u32);
 
 /// Converts decoded frames to upright RGB pictures at most `max_side` pixels on
 /// their long side (swscale does that first step cheaply; the image crate does the
@@ -398,7 +398,7 @@ struct Rgb {
     max_side: u32,
     to_sdr: Option<String>,
     /// The converter and what it converts: (source w, h, format, output w, h).
-    converter: Option<(Converter, ScalerKey)>,
+    converter: Option<(Converter, ConverterKey)>,
 }
 
 enum Converter {

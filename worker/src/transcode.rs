@@ -1234,7 +1234,8 @@ trait Pipe {
     const TRACK: Track;
 
     fn parts(&mut self) -> (&mut decoder::Opened, &mut Flow);
-    /// Rendition `k`'s filter graph, built from the first decoded frame.
+    /// Rendition `k`'s filter graph, built from the first decoded frame (and again
+    /// from a frame it does not `fit`).
     fn graph(&mut self, k: usize) -> &mut Option<filter::Graph>;
     fn encoder(&mut self, k: usize) -> &mut encoder::Encoder;
     /// Drains rendition `k`'s encoder into its muxers.
