@@ -1218,6 +1218,41 @@ fn audio_that_changes_rate_and_channels_mid_stream_is_kept_whole() {
     assert!(tenths[42..78].iter().all(|t| (t.0 - 880.0).abs() <= 20.0), "the second part is 880 Hz: {tenths:?}");
 }
 
+/// A source's default audio track is in a codec no decoder here reads (a newer
+/// phone's spatial audio beside its stereo track): it is listed, and the job
+/// keeps the audio it can read instead of failing.
+#[test]
+fn an_audio_track_no_decoder_reads_is_left_out_not_fatal() {
+    let dir = Dir::new();
+    let readable = dir.s("two.mkv");
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=3", "-f", "lavfi", "-i", "sine=f=440:d=3", "-f", "lavfi", "-i", "sine=f=880:d=3",
+             "-map", "0", "-map", "1", "-map", "2", "-c:v", "libx264", "-preset", "ultrafast", "-c:a:0", "libopus", "-c:a:1", "flac", &readable]);
+    // Rename the first track's codec to one Matroska does not know.
+    let mut bytes = std::fs::read(&readable).unwrap();
+    let at = bytes.windows(6).position(|w| w == b"A_OPUS").expect("the Opus track's codec id");
+    bytes[at..at + 6].copy_from_slice(b"A_OPUX");
+    let src = dir.s("unknown.mkv");
+    std::fs::write(&src, bytes).unwrap();
+
+    let probe: Value = serde_json::from_str(&drake_ok(&["probe", &src])).unwrap();
+    let kinds: Vec<(&str, &str)> =
+        probe["streams"].as_array().unwrap().iter().map(|s| (s["kind"].as_str().unwrap(), s["codec"].as_str().unwrap())).collect();
+    assert_eq!(kinds, [("video", "h264"), ("other", "none"), ("audio", "flac")], "{probe}");
+    assert_eq!(probe["streams"][1]["medium"], "audio without a decoder");
+
+    transcode(&src, "web", "240p", &dir.path("out"));
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i", dir.s("out/240p.mp4").as_str(), "-map", "0:a", "-ac", "1", "-ar", "48000", "-f", "s16le", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let samples: Vec<i16> = out.stdout.chunks(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    let second = &samples[48000..96000];
+    let crossings = second.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+    assert!((crossings as f64 / 2.0 - 880.0).abs() <= 10.0, "the readable track (880 Hz) is kept: {} Hz", crossings / 2);
+}
+
 /// A phone's HLG recording or an HDR10 (PQ) film, with an SDR player: the
 /// outputs and the thumbnails show the colours the scene has in SDR, and say they
 /// are BT.709. Taken as BT.709 unmapped, HDR pictures are grey and washed out:

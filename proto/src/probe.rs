@@ -23,7 +23,8 @@ pub enum StreamInfo {
     Video(VideoStream),
     Audio(AudioStream),
     Subtitle(SubtitleStream),
-    /// Data, attachments and cover art: listed so users see them, never transcoded.
+    /// Data, attachments, cover art and audio no decoder here reads (`medium` says
+    /// which): listed so users see them, never transcoded.
     Other {
         index: usize,
         codec: String,

@@ -61,6 +61,9 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str) -> Result<Probe>
                     default,
                 })
             }
+            // A track no decoder here reads (a newer phone's spatial audio beside its
+            // stereo track) is listed, not planned: it would fail the whole job.
+            ffi::AVMediaType::AVMEDIA_TYPE_AUDIO if ff::decoder::find(p.codec_id.into()).is_none() => other(&s, "audio without a decoder"),
             ffi::AVMediaType::AVMEDIA_TYPE_AUDIO => StreamInfo::Audio(AudioStream {
                 index: s.index(),
                 codec: av::codec_name(p.codec_id),
