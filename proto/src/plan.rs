@@ -3,7 +3,7 @@
 //! Pure: the same probe and profile always give the same plan, so the coordinator
 //! can plan and each transcode process can re-derive its own rendition by name.
 
-use crate::probe::Probe;
+use crate::probe::{Probe, StreamInfo, UNDECODABLE_AUDIO};
 use crate::profile::{Chunking, Profile, RateControl, VideoCodec};
 use serde::{Deserialize, Serialize};
 
@@ -119,6 +119,9 @@ pub struct Skipped {
 pub enum PlanError {
     #[error("the source has no audio or video stream")]
     NoMedia,
+    /// Its only audio is in a codec no decoder here reads (and it has no video).
+    #[error("unsupported audio codec {0}: no decoder here reads it")]
+    UnsupportedAudio(String),
     #[error("the source picture is {0}x{1}, which is not a usable size")]
     BadGeometry(u32, u32),
     /// A header that claims more than any real upload needs (a decompression bomb,
@@ -238,7 +241,11 @@ fn plan_within_limits(probe: &Probe, profile: &Profile) -> Result<Plan, PlanErro
     });
     let Some(v) = probe.main_video() else {
         if audio.is_none() {
-            return Err(PlanError::NoMedia);
+            let unread = probe.streams.iter().find_map(|s| match s {
+                StreamInfo::Other { codec, medium, .. } if medium == UNDECODABLE_AUDIO => Some(codec.clone()),
+                _ => None,
+            });
+            return Err(unread.map_or(PlanError::NoMedia, PlanError::UnsupportedAudio));
         }
         let skipped = profile.rungs.iter().map(|r| Skipped { name: r.name.clone(), reason: "the source has no video".into() }).collect();
         let r = PlannedRendition { name: AUDIO_RENDITION.into(), width: 0, height: 0, video: None, audio };

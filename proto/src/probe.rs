@@ -17,6 +17,9 @@ pub struct Probe {
     pub streams: Vec<StreamInfo>,
 }
 
+/// The `medium` of an audio stream no decoder here reads, listed as `Other`.
+pub const UNDECODABLE_AUDIO: &str = "audio without a decoder";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StreamInfo {

@@ -6,7 +6,9 @@ use crate::error::{EngineError, Result};
 use ff::ffi;
 use ff::format::stream::Disposition;
 use ffmpeg_next as ff;
-use proto::probe::{AudioStream, MAX_LANGUAGE_CHARS, MAX_TITLE_CHARS, Probe, StreamInfo, SubtitleStream, VideoStream, clean_tag};
+use proto::probe::{
+    AudioStream, MAX_LANGUAGE_CHARS, MAX_TITLE_CHARS, Probe, StreamInfo, SubtitleStream, UNDECODABLE_AUDIO, VideoStream, clean_tag,
+};
 
 /// Streams beyond this count make an input suspicious rather than useful.
 pub const MAX_STREAMS: usize = 64;
@@ -63,7 +65,7 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str) -> Result<Probe>
             }
             // A track no decoder here reads (a newer phone's spatial audio beside its
             // stereo track) is listed, not planned: it would fail the whole job.
-            ffi::AVMediaType::AVMEDIA_TYPE_AUDIO if ff::decoder::find(p.codec_id.into()).is_none() => other(&s, "audio without a decoder"),
+            ffi::AVMediaType::AVMEDIA_TYPE_AUDIO if ff::decoder::find(p.codec_id.into()).is_none() => other(&s, UNDECODABLE_AUDIO),
             ffi::AVMediaType::AVMEDIA_TYPE_AUDIO => StreamInfo::Audio(AudioStream {
                 index: s.index(),
                 codec: av::codec_name(p.codec_id),
