@@ -1218,6 +1218,49 @@ fn audio_that_changes_rate_and_channels_mid_stream_is_kept_whole() {
     assert!(tenths[42..78].iter().all(|t| (t.0 - 880.0).abs() <= 20.0), "the second part is 880 Hz: {tenths:?}");
 }
 
+/// A podcast uploaded as one still picture over its audio, or a screen recording
+/// that stopped sending frames when the screen stopped changing: the video ends
+/// long before the audio. It holds its last picture to the audio's end, whole and
+/// in chunks, since a player stops where the first of them runs out. (It was
+/// refused as a truncated file.)
+#[test]
+fn a_still_picture_over_long_audio_is_held_to_the_audio_end() {
+    let dir = Dir::new();
+    let src = dir.s("still.mp4");
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=30:d=0.5", "-f", "lavfi", "-i", "sine=d=30", "-c:v", "libx264", "-preset", "ultrafast",
+             "-c:a", "aac", &src]);
+    let r = transcode(&src, "web", "240p", &dir.path("whole"));
+    assert_eq!(r["frame_count"], 900, "{r}");
+    let playlist = std::fs::read_to_string(dir.path("whole/playlist.m3u8")).unwrap();
+    let listed: f64 =
+        playlist.lines().filter_map(|l| l.strip_prefix("#EXTINF:")).map(|l| l.trim_end_matches(',').parse::<f64>().unwrap()).sum();
+    assert!((listed - 30.0).abs() < 0.05, "the video's HLS lasts {listed} s");
+
+    // Chunks past the picture's end repeat it too, as the plan's frame counts say.
+    let profile = chunked_web_profile(&dir);
+    let probe_json = drake_ok(&["probe", &src]);
+    std::fs::write(dir.path("probe.json"), &probe_json).unwrap();
+    drake_ok(&["transcode", &src, "--rendition", "240p", "--out", &dir.s("audio"), "--audio"]);
+    let mut join = vec!["join".to_string(), "--probe".into(), dir.s("probe.json"), "--profile".into(), profile.to_string_lossy().into()];
+    join.extend(["--rendition", "240p", "--audio", &dir.s("audio"), "--out", &dir.s("joined")].map(String::from));
+    for (i, spec) in ["0:0:360", "1:360:360", "2:720:end"].iter().enumerate() {
+        let out = dir.s(&format!("c{i}"));
+        drake_ok(&["transcode", &src, "--profile", profile.to_str().unwrap(), "--rendition", "240p", "--out", &out, "--chunk", spec]);
+        join.extend(["--chunk".into(), out]);
+    }
+    drake_ok(&join.iter().map(String::as_str).collect::<Vec<_>>());
+    let joined: Value = serde_json::from_slice(&std::fs::read(dir.path("joined/rendition.json")).unwrap()).unwrap();
+    assert_eq!(joined["frame_count"], 900, "{joined}");
+
+    // A file cut short loses its audio too: it is still refused as truncated.
+    let faststart = dir.s("faststart.mp4");
+    ffmpeg(&["-i", &src, "-c", "copy", "-movflags", "+faststart", &faststart]);
+    let bytes = std::fs::read(&faststart).unwrap();
+    std::fs::write(dir.path("short.mp4"), &bytes[..bytes.len() / 2]).unwrap();
+    check_rejected(&dir.s("short.mp4"), &dir.path("short"), "header declares");
+}
+
 /// A source's default audio track is in a codec no decoder here reads (a newer
 /// phone's spatial audio beside its stereo track): it is listed, and the job
 /// keeps the audio it can read instead of failing.

@@ -189,6 +189,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
         }
     }
     if let Some(v) = video.as_mut() {
+        v.hold_until(source.audio_end);
         v.feed(None, &mut muxes)?;
     }
     if let Some(a) = audio.as_mut() {
@@ -247,6 +248,9 @@ struct SourceReader {
     /// Where the last invalid read left the input, and how many in a row left it there.
     stuck_at: i64,
     stuck_reads: u32,
+    /// Where the furthest audio packet read so far ends, in seconds of the
+    /// source's timeline (container start included).
+    audio_end: f64,
 }
 
 /// Failed reads at one place of a source over HTTP before the task gives up (with
@@ -255,7 +259,14 @@ const STUCK_READS: u32 = 25;
 
 impl SourceReader {
     fn new(input: &str) -> SourceReader {
-        SourceReader { is_url: av::is_url(input), corrupt: 0, stuck_at: -1, stuck_reads: 0 }
+        SourceReader { is_url: av::is_url(input), corrupt: 0, stuck_at: -1, stuck_reads: 0, audio_end: 0.0 }
+    }
+
+    fn saw(&mut self, ictx: &format::context::Input, pkt: &Packet) {
+        let (Some(ts), Some(stream)) = (pkt.pts().or(pkt.dts()), ictx.stream(pkt.stream())) else { return };
+        if av::params(&stream).codec_type == ff::ffi::AVMediaType::AVMEDIA_TYPE_AUDIO {
+            self.audio_end = self.audio_end.max((ts + pkt.duration().max(0)) as f64 * f64::from(stream.time_base()));
+        }
     }
 
     /// Counts an invalid read: true when it left the input where the last one did.
@@ -279,7 +290,10 @@ impl SourceReader {
         loop {
             let mut pkt = Packet::empty();
             match pkt.read(ictx) {
-                Ok(()) => return Ok(Some(pkt)),
+                Ok(()) => {
+                    self.saw(ictx, &pkt);
+                    return Ok(Some(pkt));
+                }
                 Err(ff::Error::Eof) => return Ok(None),
                 // Over HTTP, a read the store failed (a 503 to the range request of
                 // a seek) reaches the demuxer as a short read, which it reports as
@@ -362,6 +376,7 @@ pub fn run_chunk(req: &Request, index: u32, span: Span, progress: &mut dyn FnMut
             });
         }
     }
+    video.hold_until(source.audio_end);
     video.feed(None, &mut muxes)?;
     let mut reports = Vec::with_capacity(renditions.len());
     for (((mux, staging), r), out) in muxes.iter_mut().zip(&stagings).zip(&renditions).zip(&mut video.outs) {
@@ -1253,6 +1268,11 @@ trait Pipe {
     /// Takes rendition `k`'s filtered frames out of its graph and encodes them.
     fn pull(&mut self, k: usize, mux: &mut Muxers) -> Result<()>;
     fn decoded(&mut self, _f: &Self::Frame) {}
+    /// Where the filters are closed at the end, in the input time base, given
+    /// where the last decoded frame ends.
+    fn close_at(&self, end_ts: i64) -> i64 {
+        end_ts
+    }
     fn empty_frame() -> Self::Frame;
 
     fn label() -> &'static str {
@@ -1311,7 +1331,10 @@ trait Pipe {
             }
         }
         if pkt.is_none() {
-            let end_ts = self.parts().1.end_ts.unwrap_or(0);
+            let last_end = self.parts().1.end_ts.unwrap_or(0);
+            let end_ts = self.close_at(last_end);
+            let flow = self.parts().1;
+            flow.decoded_end = flow.decoded_end.max(end_ts as f64 * f64::from(flow.in_tb) - flow.start);
             for (k, mux) in muxes.iter_mut().enumerate() {
                 if let Some(g) = self.graph(k).as_mut() {
                     // Closing at the last frame's end (not its start) lets `fps` keep that frame.
@@ -1334,7 +1357,22 @@ pub struct Span {
     pub count: Option<u64>,
 }
 
+/// A video that stops more than this many seconds before its audio holds its last
+/// picture until the audio ends.
+const HOLD_AFTER_S: f64 = 1.0;
+
 impl VideoPipe {
+    /// The audio read ends at `audio_end` seconds of the source's timeline. A video
+    /// that stops over a second before it (a still picture over a podcast's audio,
+    /// a screen recording that stopped changing) holds its last picture to there:
+    /// a player stops where the first of video and audio runs out, and a truncated
+    /// file, whose audio stops too, is still one. Shorter differences are the
+    /// usual ends of a recording's tracks and are left as they are.
+    fn hold_until(&mut self, audio_end: f64) {
+        let end = (audio_end / f64::from(self.flow.in_tb)).round() as i64;
+        self.hold = Some(end).filter(|&e| e > 0);
+    }
+
     /// True once every rendition has all of its chunk's frames.
     fn has_span(&self) -> bool {
         self.outs.iter().all(|o| o.span.count.is_some_and(|n| o.frames >= n))
@@ -1351,6 +1389,8 @@ struct VideoPipe {
     outs: Vec<VideoOut>,
     /// Thumbnails made from the same frames; an error here stops only them.
     sheet: Option<Result<Collector>>,
+    /// Where the source's audio ends, in the input time base (`hold_until`).
+    hold: Option<i64>,
 }
 
 /// One rendition's video: filters, encoder and keyframe schedule.
@@ -1394,7 +1434,7 @@ impl VideoPipe {
             let look = Look { rotation, to_sdr: to_sdr.as_deref() };
             outs.push(VideoOut::new(pv, r, look, start, span, quality, mux)?);
         }
-        Ok(VideoPipe { index, codec_id, decoder, flow: Flow::new(ist.time_base(), start), frames: 0, outs, sheet: None })
+        Ok(VideoPipe { index, codec_id, decoder, flow: Flow::new(ist.time_base(), start), frames: 0, outs, sheet: None, hold: None })
     }
 }
 
@@ -1510,6 +1550,13 @@ impl Pipe for VideoPipe {
 
     fn parts(&mut self) -> (&mut decoder::Opened, &mut Flow) {
         (&mut self.decoder, &mut self.flow)
+    }
+
+    fn close_at(&self, end_ts: i64) -> i64 {
+        match self.hold {
+            Some(hold) if (hold - end_ts) as f64 * f64::from(self.flow.in_tb) > HOLD_AFTER_S => hold,
+            _ => end_ts,
+        }
     }
 
     fn graph(&mut self, k: usize) -> &mut Option<filter::Graph> {
