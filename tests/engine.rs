@@ -1227,18 +1227,9 @@ fn a_still_picture_over_long_audio_is_held_to_the_audio_end() {
     assert!((listed - 30.0).abs() < 0.05, "the video's HLS lasts {listed} s");
 
     // Chunks past the picture's end repeat it too, as the plan's frame counts say.
-    let profile = chunked_web_profile(&dir);
-    let probe_json = drake_ok(&["probe", &src]);
-    std::fs::write(dir.path("probe.json"), &probe_json).unwrap();
     drake_ok(&["transcode", &src, "--rendition", "240p", "--out", &dir.s("audio"), "--audio"]);
-    let mut join = vec!["join".to_string(), "--probe".into(), dir.s("probe.json"), "--profile".into(), profile.to_string_lossy().into()];
-    join.extend(["--rendition", "240p", "--audio", &dir.s("audio"), "--out", &dir.s("joined")].map(String::from));
-    for (i, spec) in ["0:0:360", "1:360:360", "2:720:end"].iter().enumerate() {
-        let out = dir.s(&format!("c{i}"));
-        drake_ok(&["transcode", &src, "--profile", profile.to_str().unwrap(), "--rendition", "240p", "--out", &out, "--chunk", spec]);
-        join.extend(["--chunk".into(), out]);
-    }
-    drake_ok(&join.iter().map(String::as_str).collect::<Vec<_>>());
+    let cut = chunk_and_join(&dir, &src, Some(&dir.s("audio")));
+    assert_eq!((cut.total_frames, cut.chunks.len()), (900, 3));
     let joined: Value = serde_json::from_slice(&std::fs::read(dir.path("joined/rendition.json")).unwrap()).unwrap();
     assert_eq!(joined["frame_count"], 900, "{joined}");
 
@@ -1386,26 +1377,8 @@ fn chunked_and_whole_levels(dir: &Dir, name: &str, codec: &[&str]) -> (Vec<f64>,
     args.extend(codec);
     args.push(&src);
     ffmpeg(&args);
-    let probe_json = drake_ok(&["probe", &src]);
-    let probe: proto::probe::Probe = serde_json::from_str(&probe_json).unwrap();
-    let web = proto::profile::Profile::load("web").unwrap();
-    let plan = proto::plan::plan(&probe, &web).unwrap();
-    let chunking = proto::profile::Chunking { min_duration_s: 0.0, chunk_s: 12.0 };
-    let cut = proto::plan::chunks(&plan, probe.duration, &chunking).unwrap();
+    let cut = chunk_and_join(dir, &src, None);
     assert_eq!((cut.frame_rate.as_str(), cut.chunks[1].start_frame), ("30/1", 360));
-
-    let profile = chunked_web_profile(dir);
-    std::fs::write(dir.path("probe.json"), probe_json).unwrap();
-    let mut join = vec!["join".to_string(), "--probe".into(), dir.s("probe.json"), "--profile".into(), profile.to_string_lossy().into()];
-    join.extend(["--rendition".into(), "240p".into(), "--out".into(), dir.s("joined")]);
-    for c in &cut.chunks {
-        let last = c.index as usize == cut.chunks.len() - 1;
-        let spec = format!("{}:{}:{}", c.index, c.start_frame, if last { "end".to_string() } else { c.frames.to_string() });
-        let out = dir.s(&format!("c{}", c.index));
-        drake_ok(&["transcode", &src, "--rendition", "240p", "--out", &out, "--chunk", &spec]);
-        join.extend(["--chunk".into(), out]);
-    }
-    drake_ok(&join.iter().map(String::as_str).collect::<Vec<_>>());
     transcode(&src, "web", "240p", &dir.path("whole"));
 
     // Each frame's mean grey level, decoded at 16x12.
@@ -1418,6 +1391,36 @@ fn chunked_and_whole_levels(dir: &Dir, name: &str, codec: &[&str]) -> (Vec<f64>,
         out.stdout.chunks(16 * 12).map(|f| f.iter().map(|&p| f64::from(p)).sum::<f64>() / f.len() as f64).collect()
     };
     (levels(&dir.path("whole/240p.mp4")), levels(&dir.path("joined/240p.mp4")))
+}
+
+/// Encodes `src`'s 240p rendition in the chunks the planner cuts it in at 12 s
+/// (the last to the source's end), and joins them, with the job's audio from
+/// `audio` (a `transcode --audio` directory) if given, into `dir/joined`.
+/// Gives the chunk plan.
+fn chunk_and_join(dir: &Dir, src: &str, audio: Option<&str>) -> proto::plan::ChunkPlan {
+    let probe_json = drake_ok(&["probe", src]);
+    let probe: proto::probe::Probe = serde_json::from_str(&probe_json).unwrap();
+    let web = proto::profile::Profile::load("web").unwrap();
+    let plan = proto::plan::plan(&probe, &web).unwrap();
+    let chunking = proto::profile::Chunking { min_duration_s: 0.0, chunk_s: 12.0 };
+    let cut = proto::plan::chunks(&plan, probe.duration, &chunking).unwrap();
+
+    let profile = chunked_web_profile(dir);
+    std::fs::write(dir.path("probe.json"), probe_json).unwrap();
+    let mut join = vec!["join".to_string(), "--probe".into(), dir.s("probe.json"), "--profile".into(), profile.to_string_lossy().into()];
+    join.extend(["--rendition".into(), "240p".into(), "--out".into(), dir.s("joined")]);
+    if let Some(audio) = audio {
+        join.extend(["--audio".into(), audio.into()]);
+    }
+    for c in &cut.chunks {
+        let last = c.index as usize == cut.chunks.len() - 1;
+        let spec = format!("{}:{}:{}", c.index, c.start_frame, if last { "end".to_string() } else { c.frames.to_string() });
+        let out = dir.s(&format!("c{}", c.index));
+        drake_ok(&["transcode", src, "--rendition", "240p", "--out", &out, "--chunk", &spec]);
+        join.extend(["--chunk".into(), out]);
+    }
+    drake_ok(&join.iter().map(String::as_str).collect::<Vec<_>>());
+    cut
 }
 
 /// A lavfi source of `seconds` at 30 fps whose frame n is flat grey at level
