@@ -196,7 +196,10 @@ fn media() -> &'static (Dir, String, String) {
     MEDIA.get_or_init(|| {
         let dir = Dir::new();
         test_clip(&dir.s("good.mp4"), "426x240", 2);
-        test_clip(&dir.s("long.mp4"), "426x240", 20);
+        // Keyframes every 2 s: the planner keeps chunks of 6 s for keyframes up to 3 s apart.
+        #[rustfmt::skip]
+        ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=426x240:r=30:d=20", "-f", "lavfi", "-i", "sine=d=20",
+                 "-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-c:a", "aac", &dir.s("long.mp4")]);
         std::fs::write(dir.path("bad.mp4"), vec![0x42u8; 20_000]).unwrap();
         let web = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/web.toml")).unwrap();
         std::fs::create_dir_all(dir.path("profiles")).unwrap();

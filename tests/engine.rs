@@ -1005,6 +1005,50 @@ fn small_files_that_claim_huge_pictures_fail_fast_as_bad_input() {
     }
 }
 
+/// A chunk decodes from the source keyframe before its start, so how far apart a
+/// source's keyframes are (from its container's index, or from reading a file
+/// that has none and no duration either) sets how long its chunks must be. A
+/// source with a single keyframe, as screen recorders and browsers write them, is
+/// encoded whole: cut in chunks, each would decode everything before it again.
+#[test]
+fn sparse_keyframes_make_longer_chunks_or_a_whole_encode() {
+    let dir = Dir::new();
+    let profile = chunked_web_profile(&dir);
+    let x264 = |keyint: &str| {
+        ["-c:v", "libx264", "-preset", "ultrafast", "-x264-params", &format!("keyint={keyint}:min-keyint={keyint}:scenecut=0")]
+            .map(String::from)
+            .to_vec()
+    };
+    let vp8_live = ["-c:v", "libvpx", "-b:v", "200k", "-g", "100000", "-live", "1", "-f", "webm"].map(String::from).to_vec();
+    // (file, encoder, the probe's longest keyframe gap, the chunks' length and count)
+    #[rustfmt::skip]
+    let cases = [
+        ("every5s.mp4", x264("150"), Some(5.0), Some((12.0, 5))),
+        ("every8s.mov", x264("240"), Some(8.0), Some((24.0, 3))),
+        ("one.mp4", x264("infinite"), Some(60.0), None),
+        ("one.avi", x264("infinite"), Some(60.0), None),
+        // A browser's recording: no index, no duration; the probe reads it through.
+        ("one.webm", vp8_live, Some(60.0), None),
+        // MPEG-TS has no index: the gap is unknown, and the profile's chunks stay.
+        ("one.ts", x264("infinite"), None, Some((12.0, 5))),
+    ];
+    for (name, codec, gap, chunks) in cases {
+        let src = dir.s(name);
+        let mut args = vec!["-f".to_string(), "lavfi".into(), "-i".into(), "testsrc2=s=160x120:r=30:d=60".into()];
+        args.extend(codec);
+        args.push(src.clone());
+        ffmpeg(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let probe: Value = serde_json::from_str(&drake_ok(&["probe", &src])).unwrap();
+        let measured = probe["streams"][0]["keyframe_gap_s"].as_f64();
+        // MP4 indexes decode times, a frame or two before the presentation times.
+        assert!(measured.zip(gap).is_some_and(|(m, g)| (m - g).abs() < 0.1) || measured == gap, "{name}: gap {measured:?}");
+        let plan: Value = serde_json::from_str(&drake_ok(&["plan", &src, "--profile", profile.to_str().unwrap()])).unwrap();
+        let cut = &plan["chunks"];
+        let got = cut["chunk_s"].as_f64().map(|s| (s, cut["chunks"].as_array().unwrap().len()));
+        assert_eq!(got, chunks, "{name}: {cut}");
+    }
+}
+
 /// A long source cut in time: each chunk, encoded on its own from a seek, holds
 /// exactly its frames of the job's grid, starts on an IDR and keeps the 2 s grid;
 /// joined with the audio (encoded once, whole) without re-encoding, they make the
@@ -1015,15 +1059,16 @@ fn chunks_encoded_apart_and_joined_make_what_a_whole_encode_makes() {
     let dir = Dir::new();
     let src = dir.s("src.mp4");
     // 29.97 fps, so chunk starts fall between marks and frames; source keyframes
-    // every 250 frames, so each chunk seeks to one well before its start.
+    // every 170 frames (5.7 s, as far apart as the planner keeps 12 s chunks), so
+    // each chunk seeks to one before its start (20 and 40 frames before).
     #[rustfmt::skip]
     ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=640x360:r=30000/1001:d=31", "-f", "lavfi", "-i", "sine=f=440:d=31:sample_rate=44100",
-             "-c:v", "libx264", "-preset", "ultrafast", "-g", "250", "-c:a", "aac", "-shortest", &src]);
+             "-c:v", "libx264", "-preset", "ultrafast", "-g", "170", "-c:a", "aac", "-shortest", &src]);
     let probe: proto::probe::Probe = serde_json::from_str(&drake_ok(&["probe", &src])).unwrap();
     let web = proto::profile::Profile::load("web").unwrap();
     let plan = proto::plan::plan(&probe, &web).unwrap();
     let chunking = proto::profile::Chunking { min_duration_s: 0.0, chunk_s: 12.0 };
-    let cut = proto::plan::chunks(&plan, probe.duration, &chunking).unwrap();
+    let cut = proto::plan::chunks(&plan, &probe, &chunking).unwrap();
     assert_eq!(cut.frame_rate, "30000/1001");
     let starts: Vec<(u64, u64)> = cut.chunks.iter().map(|c| (c.start_frame, c.frames)).collect();
     assert_eq!(starts, [(0, 360), (360, 360), (720, cut.total_frames - 720)]);
@@ -1403,7 +1448,7 @@ fn chunk_and_join(dir: &Dir, src: &str, audio: Option<&str>) -> proto::plan::Chu
     let web = proto::profile::Profile::load("web").unwrap();
     let plan = proto::plan::plan(&probe, &web).unwrap();
     let chunking = proto::profile::Chunking { min_duration_s: 0.0, chunk_s: 12.0 };
-    let cut = proto::plan::chunks(&plan, probe.duration, &chunking).unwrap();
+    let cut = proto::plan::chunks(&plan, &probe, &chunking).unwrap();
 
     let profile = chunked_web_profile(dir);
     std::fs::write(dir.path("probe.json"), probe_json).unwrap();

@@ -160,7 +160,7 @@ async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Option<String
         crate::sidecars::SidecarError::Failed(why) => Outcome::failed(why),
     })?;
     let encoder = profile.video.codec.encoder().to_string();
-    let tasks = match proto::plan::chunks(&plan, probe.duration, &profile.chunking) {
+    let tasks = match proto::plan::chunks(&plan, &probe, &profile.chunking) {
         Some(cut) => chunked_tasks(&plan, &cut, &encoder),
         None => whole_tasks(&plan, probe.main_video().is_some(), &encoder),
     };

@@ -316,7 +316,7 @@ async fn check_chunk(st: &AppState, target: &TaskTarget, report: &serde_json::Va
     let profile = proto::profile::Profile::load(&profile).map_err(|e| e.to_string())?;
     let probe: proto::probe::Probe = serde_json::from_value(probe).map_err(|e| format!("the job's probe: {e}"))?;
     let plan = proto::plan::plan(&probe, &profile).map_err(|e| e.to_string())?;
-    let cut = proto::plan::chunks(&plan, probe.duration, &profile.chunking).ok_or("the job is no longer cut in chunks")?;
+    let cut = proto::plan::chunks(&plan, &probe, &profile.chunking).ok_or("the job is no longer cut in chunks")?;
     let planned = cut.chunks.get(span.index as usize).ok_or_else(|| format!("the plan has no chunk {}", span.index))?;
     let video = plan.renditions.iter().find(|r| r.name == rendition).and_then(|r| r.video.as_ref()).ok_or("the rendition has no video")?;
     let rate = video.frame_rate.split_once('/').and_then(|(n, d)| Some((n.parse().ok()?, d.parse().ok()?))).ok_or("a bad frame rate")?;

@@ -33,7 +33,8 @@ enum Command {
         /// A path or an http(s) URL.
         input: String,
     },
-    /// Print which of a profile's renditions apply to a source, as JSON.
+    /// Print which of a profile's renditions apply to a source, and how a long
+    /// source is cut in time chunks (`chunks`, null when it is encoded whole), as JSON.
     Plan {
         input: String,
         /// A built-in profile name (web, vp9) or a path to a profile TOML file.
@@ -408,7 +409,10 @@ fn plan(input: &str, profile: &str) -> Result<(), Failure> {
     let profile = Profile::load(profile).map_err(Failure::Profile)?;
     let probe = worker::probe::probe(input).map_err(Failure::Engine)?;
     let plan = proto::plan::plan(&probe, &profile).map_err(|e| Failure::Engine(EngineError::bad(e.to_string())))?;
-    print_json(&plan)
+    let chunks = proto::plan::chunks(&plan, &probe, &profile.chunking);
+    let mut out = serde_json::to_value(&plan).expect("wire types serialize");
+    out["chunks"] = serde_json::to_value(chunks).expect("wire types serialize");
+    print_json(&out)
 }
 
 /// A part of a long source's encode, for its join.

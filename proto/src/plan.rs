@@ -424,11 +424,22 @@ pub fn first_frame_at(ms: u128, (num, den): (u64, u64)) -> u64 {
 /// Most chunks one job is cut into; longer sources get longer chunks.
 pub const MAX_CHUNKS: usize = 1000;
 
-/// Cuts a source of `duration` seconds into chunks, or `None` when it is encoded
-/// whole: it is shorter than `min_duration_s`, has no video, or would make a single
-/// chunk. Chunks start at multiples of `chunk_s` (doubled until there are at most
-/// [`MAX_CHUNKS`]); a last piece shorter than half a chunk joins the one before it.
-pub fn chunks(plan: &Plan, duration: f64, chunking: &Chunking) -> Option<ChunkPlan> {
+/// A chunk is at least this many times as long as the longest stretch of its
+/// source without a keyframe. A chunk decodes from the source keyframe before its
+/// start and throws away the frames before it, up to that stretch: at this ratio,
+/// at most half a chunk's decode, a quarter on average. A source with one keyframe
+/// (a screen recording, a browser's MediaRecorder WebM) would otherwise decode
+/// everything before each chunk again, and its chunks would cost the square of its
+/// length.
+pub const CHUNK_PER_KEYFRAME_GAP: f64 = 2.0;
+
+/// Cuts a source into chunks, or `None` when it is encoded whole: it is shorter
+/// than `min_duration_s`, has no video, or would make a single chunk. Chunks start
+/// at multiples of `chunk_s`, doubled until there are at most [`MAX_CHUNKS`] and
+/// each is at least [`CHUNK_PER_KEYFRAME_GAP`] times the source's longest keyframe
+/// gap; a last piece shorter than half a chunk joins the one before it.
+pub fn chunks(plan: &Plan, source: &Probe, chunking: &Chunking) -> Option<ChunkPlan> {
+    let duration = source.duration;
     if !duration.is_finite() || duration < chunking.min_duration_s || chunking.chunk_s <= 0.0 {
         return None;
     }
@@ -438,8 +449,10 @@ pub fn chunks(plan: &Plan, duration: f64, chunking: &Chunking) -> Option<ChunkPl
         return None;
     }
     let total_frames = (duration * num as f64 / den as f64).round() as u64;
+    // A gap beyond the source's end (a bad index) still ends the doubling.
+    let keyframe_gap = source.main_video().and_then(|v| v.keyframe_gap_s).filter(|g| g.is_finite()).unwrap_or(0.0).min(duration);
     let mut chunk_s = chunking.chunk_s;
-    while duration / chunk_s > MAX_CHUNKS as f64 {
+    while duration / chunk_s > MAX_CHUNKS as f64 || chunk_s < CHUNK_PER_KEYFRAME_GAP * keyframe_gap {
         chunk_s *= 2.0;
     }
     let chunk_ms = (chunk_s * 1000.0).round() as u128;

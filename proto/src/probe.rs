@@ -57,6 +57,13 @@ pub struct VideoStream {
     pub pix_fmt: String,
     pub bit_depth: u32,
     pub default: bool,
+    /// Seconds: the longest stretch of the stream without a keyframe, the one
+    /// from its last keyframe to the source's end included, as the container's
+    /// keyframe index says (an MP4's sample table, Matroska's cues). A chunk
+    /// decodes from the keyframe before its start, so this bounds what it decodes
+    /// and throws away. `None` when the container has no such index (MPEG-TS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyframe_gap_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

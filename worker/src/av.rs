@@ -26,6 +26,76 @@ pub const FORMAT_WHITELIST: &str =
 /// allowed, so a crafted name such as `concat:` or a playlist pointing elsewhere
 /// cannot make libav read files it was not given.
 pub fn open_input(input: &str) -> Result<ff::format::context::Input> {
+    open(input, |_| ())
+}
+
+/// Opens an input as [`open_input`] does, with what each stream's keyframe index
+/// says (see [`KeyframeIndex`]), in stream order.
+pub fn open_input_indexed(input: &str) -> Result<(ff::format::context::Input, Vec<Option<KeyframeIndex>>)> {
+    let mut index = Vec::new();
+    let ictx = open(input, |ctx| {
+        // SAFETY: the context's header was read, so `streams` holds `nb_streams` live streams.
+        index = unsafe { (0..ctx.nb_streams as usize).map(|i| keyframe_index(*ctx.streams.add(i), ctx.start_time)).collect() };
+    })?;
+    Ok((ictx, index))
+}
+
+/// The longest stretch between two keyframes of a stream, its last keyframe and
+/// its end, as the container's header indexes them (an MP4's sample table, an
+/// AVI's index), in seconds on the output's timeline (which starts at 0). Read
+/// before libav reads any packet: it adds what it reads to the index, and that
+/// part would look like a whole index of a stream with one keyframe.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyframeIndex {
+    pub longest_gap: f64,
+    pub last: f64,
+    /// Where the stream ends, if the header says.
+    pub end: Option<f64>,
+}
+
+impl KeyframeIndex {
+    /// The longest stretch without a keyframe, the one after the last keyframe
+    /// included, to the stream's end or else `source_end`.
+    pub fn gap(&self, source_end: f64) -> f64 {
+        self.longest_gap.max(self.end.unwrap_or(source_end) - self.last).max(0.0)
+    }
+}
+
+/// A stream's [`KeyframeIndex`], `None` when its header indexes no keyframe of it.
+/// MPEG-TS and FLV have no such index; Matroska reads its cues only when first
+/// asked to seek, and a seek before libav knows the streams could read the whole
+/// file, so a Matroska or WebM source has none here either.
+///
+/// # Safety
+/// `st` is a live stream of a context whose header was read; `start_time` is
+/// that context's (`AV_NOPTS_VALUE` when unknown).
+unsafe fn keyframe_index(st: *mut ffi::AVStream, start_time: i64) -> Option<KeyframeIndex> {
+    // SAFETY: per the contract; libav returns each entry of the stream's index,
+    // valid until the next call that takes the stream.
+    unsafe {
+        let time_base = f64::from(ff::Rational::from((*st).time_base));
+        let start = if start_time != ffi::AV_NOPTS_VALUE { start_time as f64 / 1e6 } else { 0.0 };
+        let (first, length) = ((*st).start_time, (*st).duration);
+        let end = (first != ffi::AV_NOPTS_VALUE && length > 0).then(|| (first + length) as f64 * time_base - start);
+        let (mut last, mut longest_gap) = (None::<f64>, 0.0f64);
+        for i in 0..ffi::avformat_index_get_entries_count(st) {
+            let e = ffi::avformat_index_get_entry(st, i);
+            if e.is_null() || (*e).flags() & ffi::AVINDEX_KEYFRAME == 0 || (*e).timestamp == ffi::AV_NOPTS_VALUE {
+                continue;
+            }
+            let t = (*e).timestamp as f64 * time_base - start;
+            if let Some(before) = last {
+                longest_gap = longest_gap.max(t - before);
+            }
+            last = Some(last.map_or(t, |l| l.max(t)));
+        }
+        Some(KeyframeIndex { longest_gap, last: last?, end })
+    }
+}
+
+/// Opens `input` with the whitelists, calls `header` once its header is read and
+/// before anything reads its packets, then reads its streams' parameters.
+fn open(input: &str, header: impl FnOnce(&ffi::AVFormatContext)) -> Result<ff::format::context::Input> {
     let mut opts = ff::Dictionary::new();
     opts.set("format_whitelist", FORMAT_WHITELIST);
     let target = if is_url(input) {
@@ -50,7 +120,27 @@ pub fn open_input(input: &str) -> Result<ff::format::context::Input> {
         opts.set("protocol_whitelist", "file");
         format!("file:{input}")
     };
-    ff::format::input_with_dictionary(&target, opts).map_err(|e| open_error(input, e))
+    let target = std::ffi::CString::new(target).map_err(|_| EngineError::bad(format!("{input}: a name with a NUL byte")))?;
+    // What `ff::format::input_with_dictionary` does, with `header` between its two steps.
+    // SAFETY: `ps` starts null, so avformat_open_input allocates the context; on
+    // failure it frees it and the options, else the context is ours: freed here if
+    // reading its streams fails, or by the returned `Input`.
+    unsafe {
+        let mut ps = std::ptr::null_mut();
+        let mut raw = opts.disown();
+        let opened = ffi::avformat_open_input(&mut ps, target.as_ptr(), std::ptr::null(), &mut raw);
+        ff::Dictionary::own(raw);
+        if opened < 0 {
+            return Err(open_error(input, ff::Error::from(opened)));
+        }
+        header(&*ps);
+        let found = ffi::avformat_find_stream_info(ps, std::ptr::null_mut());
+        if found < 0 {
+            ffi::avformat_close_input(&mut ps);
+            return Err(open_error(input, ff::Error::from(found)));
+        }
+        Ok(ff::format::context::Input::wrap(ps))
+    }
 }
 
 /// Classifies a failure to open an input. A file libav could read but not

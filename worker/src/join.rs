@@ -43,7 +43,7 @@ pub fn run(req: &JoinRequest) -> Result<RenditionReport> {
     let r = &renditions[0];
     let pv = r.video.as_ref().ok_or_else(|| EngineError::bad(format!("rendition {} has no video to join", r.name)))?;
     let plan = proto::plan::plan(probe, req.profile).map_err(|e| EngineError::bad(e.to_string()))?;
-    let cut = proto::plan::chunks(&plan, probe.duration, &req.profile.chunking)
+    let cut = proto::plan::chunks(&plan, probe, &req.profile.chunking)
         .ok_or_else(|| EngineError::bad(format!("profile {} does not cut this source in chunks", req.profile.name)))?;
     let (num, den) = transcode::frame_rate(pv);
     let rate = (num as u64, den as u64);

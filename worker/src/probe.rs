@@ -14,11 +14,13 @@ use proto::probe::{
 pub const MAX_STREAMS: usize = 64;
 
 pub fn probe(input: &str) -> Result<Probe> {
-    let ictx = av::open_input(input)?;
-    describe(&ictx, input)
+    let (ictx, keyframes) = av::open_input_indexed(input)?;
+    describe(&ictx, input, &keyframes)
 }
 
-pub fn describe(ictx: &ff::format::context::Input, input: &str) -> Result<Probe> {
+/// Describes an open input; `keyframes` is what its header indexes (from
+/// `av::open_input_indexed`), in stream order.
+pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: &[Option<av::KeyframeIndex>]) -> Result<Probe> {
     if ictx.nb_streams() as usize > MAX_STREAMS {
         return Err(EngineError::bad(format!("{} streams (at most {MAX_STREAMS} are accepted)", ictx.nb_streams())));
     }
@@ -61,6 +63,7 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str) -> Result<Probe>
                     pix_fmt: av::pix_fmt_name(p.format),
                     bit_depth: av::bit_depth(p.format),
                     default,
+                    keyframe_gap_s: None,
                 })
             }
             // A track no decoder here reads (a newer phone's spatial audio beside its
@@ -94,12 +97,24 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str) -> Result<Probe>
         };
         streams.push(info);
     }
+    let mut keyframes = keyframes.to_vec();
     let duration = match (ictx.duration(), longest) {
         (d, _) if d > 0 => d as f64 / f64::from(ff::ffi::AV_TIME_BASE),
         (_, l) if l > 0.0 => l,
-        _ if !av::is_url(input) => duration_by_reading(input)?,
+        _ if !av::is_url(input) => {
+            let (end, read) = by_reading(input)?;
+            keyframes = read;
+            end
+        }
         _ => 0.0,
     };
+    for s in &mut streams {
+        if let StreamInfo::Video(v) = s
+            && let Some(Some(k)) = keyframes.get(v.index)
+        {
+            v.keyframe_gap_s = Some((k.gap(duration) * 1000.0).round() / 1000.0);
+        }
+    }
     let size_bytes = if av::is_url(input) { None } else { std::fs::metadata(input).ok().map(|m| m.len()) };
     Ok(Probe {
         container: ictx.format().name().to_string(),
@@ -112,20 +127,34 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str) -> Result<Probe>
 
 /// The duration of a local file whose container does not say it (a browser's
 /// MediaRecorder WebM, a Matroska recording written as a stream): where its last
-/// packet ends, from reading every packet without decoding them. Over HTTP this
-/// would fetch the whole source, so there the duration stays unknown (0).
-fn duration_by_reading(input: &str) -> Result<f64> {
+/// packet ends, and each stream's keyframes (such a file has no index either),
+/// from reading every packet without decoding them. Over HTTP this would fetch
+/// the whole source, so there the duration stays unknown (0).
+fn by_reading(input: &str) -> Result<(f64, Vec<Option<av::KeyframeIndex>>)> {
     let mut ictx = av::open_input(input)?;
     let start = av::start_seconds(&ictx);
     let time_bases: Vec<ff::Rational> = ictx.streams().map(|s| s.time_base()).collect();
-    let mut end = 0.0f64;
+    let mut keyframes: Vec<Option<av::KeyframeIndex>> = vec![None; time_bases.len()];
+    let mut ends = vec![0.0f64; time_bases.len()];
     for (stream, pkt) in ictx.packets() {
+        let i = stream.index();
         if let Some(ts) = pkt.pts().or(pkt.dts()) {
-            let tb = f64::from(time_bases[stream.index()]);
-            end = end.max((ts + pkt.duration().max(0)) as f64 * tb - start);
+            let t = ts as f64 * f64::from(time_bases[i]) - start;
+            ends[i] = ends[i].max(t + pkt.duration().max(0) as f64 * f64::from(time_bases[i]));
+            if pkt.is_key() {
+                keyframes[i] = Some(match keyframes[i] {
+                    Some(k) => av::KeyframeIndex { longest_gap: k.longest_gap.max(t - k.last), last: k.last.max(t), end: None },
+                    None => av::KeyframeIndex { longest_gap: 0.0, last: t, end: None },
+                });
+            }
         }
     }
-    Ok(end.max(0.0))
+    for (k, end) in keyframes.iter_mut().zip(&ends) {
+        if let Some(k) = k {
+            k.end = Some(*end);
+        }
+    }
+    Ok((ends.iter().fold(0.0f64, |a, &b| a.max(b)), keyframes))
 }
 
 /// A stream's language tag (`und`, undetermined, is none).

@@ -18,6 +18,7 @@ fn probe(w: u32, h: u32, fps: f64, audio: bool) -> Probe {
             pix_fmt: "yuv420p".into(),
             bit_depth: 8,
             default: true,
+            keyframe_gap_s: None,
         }));
     }
     if audio {
@@ -107,8 +108,8 @@ fn long_sources_are_cut_on_segment_boundaries_of_one_frame_grid() {
     let web = Profile::load("web").unwrap();
     assert_eq!(web.chunking, Chunking { min_duration_s: 180.0, chunk_s: 60.0 });
     let at = |fps: f64, duration: f64, chunk_s: f64| {
-        let p = plan(&probe(1280, 720, fps, true), &web).unwrap();
-        chunks(&p, duration, &Chunking { min_duration_s: 180.0, chunk_s })
+        let source = Probe { duration, ..probe(1280, 720, fps, true) };
+        chunks(&plan(&source, &web).unwrap(), &source, &Chunking { min_duration_s: 180.0, chunk_s })
     };
     // Shorter than min_duration_s: encoded whole.
     assert_eq!(at(30.0, 179.9, 60.0), None);
@@ -138,9 +139,31 @@ fn long_sources_are_cut_on_segment_boundaries_of_one_frame_grid() {
     assert_eq!(c.chunks.iter().map(|k| k.frames).collect::<Vec<_>>(), [1500, 1500, 1500, 1625]);
     assert_eq!(at(25.0, 275.0, 60.0).unwrap().chunks.len(), 5);
     // No video, nothing to cut.
-    let audio_only = plan(&probe(0, 0, 0.0, true), &web).unwrap();
-    assert_eq!(chunks(&audio_only, 600.0, &web.chunking), None);
+    let audio_only = Probe { duration: 600.0, ..probe(0, 0, 0.0, true) };
+    assert_eq!(chunks(&plan(&audio_only, &web).unwrap(), &audio_only, &web.chunking), None);
     // A six-hour film in 6 s chunks still makes at most MAX_CHUNKS.
     let c = at(30.0, 6.0 * 3600.0, 6.0).unwrap();
     assert!(c.chunks.len() <= MAX_CHUNKS && c.chunk_s == 24.0, "{} chunks of {} s", c.chunks.len(), c.chunk_s);
+}
+
+#[test]
+fn chunks_are_long_enough_that_their_keyframe_gaps_stay_a_small_part() {
+    let web = Profile::load("web").unwrap();
+    let cut = |gap: Option<f64>| {
+        let mut source = Probe { duration: 1200.0, ..probe(1280, 720, 30.0, true) };
+        let Some(StreamInfo::Video(v)) = source.streams.first_mut() else { unreachable!() };
+        v.keyframe_gap_s = gap;
+        chunks(&plan(&source, &web).unwrap(), &source, &web.chunking).map(|c| (c.chunk_s, c.chunks.len()))
+    };
+    // Unknown (MPEG-TS) and short gaps keep the profile's 60 s chunks.
+    assert_eq!(cut(None), Some((60.0, 20)));
+    assert_eq!(cut(Some(2.0)), Some((60.0, 20)));
+    assert_eq!(cut(Some(30.0)), Some((60.0, 20)));
+    // Longer gaps double the chunks, keeping them on segment boundaries.
+    assert_eq!(cut(Some(30.5)), Some((120.0, 10)));
+    assert_eq!(cut(Some(200.0)), Some((480.0, 3)));
+    // One keyframe (the gap is the source), or a gap past its end: encoded whole.
+    assert_eq!(cut(Some(1200.0)), None);
+    assert_eq!(cut(Some(1e9)), None);
+    assert_eq!(cut(Some(f64::INFINITY)), Some((60.0, 20)));
 }
