@@ -1049,6 +1049,31 @@ fn sparse_keyframes_make_longer_chunks_or_a_whole_encode() {
     }
 }
 
+/// The thumbnails of a source with one keyframe (a screen recording) read it in
+/// one pass: a seek to each tile would land on that keyframe at the start and
+/// decode everything before the tile again. With an index (MP4) the probe's
+/// keyframe gap says so; without one (MPEG-TS) the first seek that lands behind
+/// the walk does.
+#[test]
+fn thumbnails_of_a_source_with_one_keyframe_read_it_once() {
+    let dir = Dir::new();
+    let server = RangeServer::start(dir.tmp.path().to_path_buf());
+    // Over 10 minutes, so that tiles are 10 s apart, further than a walk decodes on.
+    let grey = numbered_grey("32x24", 610);
+    let mut requests = Vec::new();
+    for name in ["one.mp4", "one.ts"] {
+        ffmpeg(&["-f", "lavfi", "-i", &grey, "-c:v", "libx264", "-preset", "ultrafast", "-x264-params", "keyint=infinite", &dir.s(name)]);
+        let before = server.range_requests.load(std::sync::atomic::Ordering::SeqCst);
+        let out = dir.path(&format!("thumbs-{name}"));
+        drake_ok(&["thumbnails", &format!("{}/{name}", server.url), "--out", out.to_str().unwrap()]);
+        requests.push(server.range_requests.load(std::sync::atomic::Ordering::SeqCst) - before);
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("thumbnails.json")).unwrap()).unwrap();
+        assert_eq!((report["storyboard"]["interval"].as_f64(), report["storyboard"]["tiles"].as_u64()), (Some(10.0), Some(61)), "{name}");
+    }
+    // A seek is a range request or, in MPEG-TS, a few (libav's binary search).
+    assert!(requests[0] <= 8 && requests[1] <= 40, "range requests (MP4, MPEG-TS): {requests:?}");
+}
+
 /// A long source cut in time: each chunk, encoded on its own from a seek, holds
 /// exactly its frames of the job's grid, starts on an IDR and keeps the 2 s grid;
 /// joined with the audio (encoded once, whole) without re-encoding, they make the

@@ -48,7 +48,7 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
     let v = probe.main_video().cloned().ok_or_else(|| EngineError::bad("the source has no video to take thumbnails from"))?;
     let to_sdr = av::hdr_to_sdr(av::params(&ictx.stream(v.index).expect("probed stream")));
     let mut collector = Collector::new(&v, probe.duration, count, to_sdr)?;
-    let mut walker = Walker::new(ictx, v.index)?;
+    let mut walker = Walker::new(ictx, &v)?;
     while let Some(t) = collector.wants() {
         match walker.frame_towards(t)? {
             Some((time, f)) => collector.offer(time, f)?,
@@ -476,14 +476,20 @@ struct Walker {
     heading: Option<f64>,
     /// The keyframe a seek found, to decode first.
     pending: Option<Packet>,
+    /// The longest stretch of the stream without a keyframe, as far as known:
+    /// from the probe, or learnt from a seek that landed no further than the
+    /// walk already was.
+    keyframe_gap: f64,
     eof: bool,
 }
 
-/// Seek instead of decoding forward when the target is this far ahead.
+/// Seek instead of decoding forward when the target is this far ahead (and a
+/// keyframe gap further: see `Walker::frame_towards`).
 const SEEK_AHEAD: f64 = 6.0;
 
 impl Walker {
-    fn new(ictx: format::context::Input, index: usize) -> Result<Walker> {
+    fn new(ictx: format::context::Input, video: &VideoStream) -> Result<Walker> {
+        let index = video.index;
         let ist = ictx.stream(index).expect("probed stream");
         let tb = ist.time_base();
         let mut decoder = av::video_decoder(&ist)?;
@@ -491,7 +497,10 @@ impl Walker {
         // near a target serves, and it halves the decoding of typical uploads.
         decoder.skip_frame(ff::Discard::NonReference);
         let start = av::start_seconds(&ictx);
-        Ok(Walker { ictx, index, tb, start, decoder, frame: frame::Video::empty(), at: None, heading: None, pending: None, eof: false })
+        let keyframe_gap = video.keyframe_gap_s.unwrap_or(0.0);
+        #[rustfmt::skip]
+        let walker = Walker { ictx, index, tb, start, decoder, frame: frame::Video::empty(), at: None, heading: None, pending: None, keyframe_gap, eof: false };
+        Ok(walker)
     }
 
     /// The next decoded frame on the way to `t` (seeking first when `t` is far
@@ -502,13 +511,27 @@ impl Walker {
         }
         let new_target = self.heading != Some(t);
         self.heading = Some(t);
-        if new_target && self.at.is_none_or(|at| t - at > SEEK_AHEAD) {
+        // The keyframe at or before `t` is at most a keyframe gap before it: a
+        // target further ahead than that has one past where the walk is. Nearer, a
+        // seek could land behind the walk and decode that stretch again; with one
+        // keyframe (a screen recording), every target would decode the video
+        // from its start.
+        if new_target && self.at.is_none_or(|at| t - at > SEEK_AHEAD.max(self.keyframe_gap)) {
             // From the keyframe at or before the target, which a source without a
             // keyframe index (MPEG-TS) does not land on by itself. Where libav
             // cannot seek, the walk decodes on from where it is.
             self.decoder.flush();
             match av::seek_keyframe_before(&mut self.ictx, self.index, self.start, t, read_packet) {
-                Ok(Some(key)) => self.pending = Some(key),
+                Ok(Some(key)) => {
+                    let landed = key.pts().or(key.dts()).map(|ts| ts.rescale(self.tb, Rational(1, 1_000_000)) as f64 / 1e6 - self.start);
+                    if let (Some(at), Some(landed)) = (self.at, landed)
+                        && landed <= at
+                    {
+                        // No keyframe between the walk and the target: seek only further ahead from now on.
+                        self.keyframe_gap = self.keyframe_gap.max(t - landed);
+                    }
+                    self.pending = Some(key);
+                }
                 Ok(None) => {
                     let _ = self.decoder.send_eof();
                 }
