@@ -853,6 +853,40 @@ fn check_rejected(input: &str, out: &Path, reason: &str) {
     }
 }
 
+/// MPEG-TS recordings joined end to end start their timestamps over at the join.
+/// Encoded as they are, the second part would be dropped and nothing would say so
+/// (the container's duration counts one part too): such a source is refused, by
+/// the whole encode and by the audio task every chunked job has, saying how to
+/// make it one timeline. A stream whose timestamps wrap around (every 26.5 hours
+/// of a broadcast's clock) is one timeline and is encoded whole.
+#[test]
+fn recordings_joined_end_to_end_are_refused_not_cut_short() {
+    let dir = Dir::new();
+    let mut joined = Vec::new();
+    for (name, hz) in [("a.ts", "440"), ("b.ts", "880")] {
+        #[rustfmt::skip]
+        ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=30:d=5", "-f", "lavfi", "-i", &format!("sine=f={hz}:d=5"),
+                 "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-f", "mpegts", &dir.s(name)]);
+        joined.extend(std::fs::read(dir.path(name)).unwrap());
+    }
+    std::fs::write(dir.path("joined.ts"), joined).unwrap();
+    check_rejected(&dir.s("joined.ts"), &dir.path("whole"), "timestamps go back from 4.9");
+    let o = drake(&["transcode", &dir.s("joined.ts"), "--rendition", "240p", "--out", &dir.s("audio"), "--audio"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(65), "{stderr}");
+    assert!(stderr.contains("joined end to end") && stderr.contains("ffmpeg -i SOURCE -c copy"), "{stderr}");
+
+    // The same 20 s with timestamps that wrap past 2^33 ticks 10 s in, and without.
+    let mut frames = Vec::new();
+    for (name, offset) in [("wrap.ts", "95433.7"), ("plain.ts", "0")] {
+        #[rustfmt::skip]
+        ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=30:d=20", "-f", "lavfi", "-i", "sine=d=20", "-c:v", "libx264",
+                 "-preset", "ultrafast", "-c:a", "aac", "-output_ts_offset", offset, "-f", "mpegts", &dir.s(name)]);
+        frames.push(transcode(&dir.s(name), "web", "240p", &dir.path(&format!("out-{name}")))["frame_count"].as_u64().unwrap());
+    }
+    assert!(frames[0] == frames[1] && frames[0] >= 600, "frames (wrapped, plain): {frames:?}");
+}
+
 #[test]
 fn bad_inputs_are_rejected_cleanly() {
     let dir = Dir::new();

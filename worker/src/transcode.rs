@@ -251,7 +251,25 @@ struct SourceReader {
     /// Where the furthest audio packet read so far ends, in seconds of the
     /// source's timeline (container start included).
     audio_end: f64,
+    /// Each audio and video stream's decode times since the last seek, by stream index.
+    timelines: Vec<Option<Timeline>>,
 }
+
+/// Where a stream's decode times have got to, in seconds.
+#[derive(Clone, Copy)]
+struct Timeline {
+    latest: f64,
+    /// How many packets in a row have been well behind `latest`, and the first's time.
+    behind: u32,
+    back_to: f64,
+}
+
+/// A stream whose decode time goes back by more than this many seconds, for
+/// [`PACKETS_BACK`] packets in a row, holds parts recorded apart and joined end to
+/// end (see `SourceReader::saw`). A frame or two back is a muxer's rounding, and
+/// one packet far back is a damaged timestamp, which the decoders drop.
+const TIME_BACK_S: f64 = 1.0;
+const PACKETS_BACK: u32 = 8;
 
 /// Failed reads at one place of a source over HTTP before the task gives up (with
 /// the waits between them, about 10 s).
@@ -259,14 +277,63 @@ const STUCK_READS: u32 = 25;
 
 impl SourceReader {
     fn new(input: &str) -> SourceReader {
-        SourceReader { is_url: av::is_url(input), corrupt: 0, stuck_at: -1, stuck_reads: 0, audio_end: 0.0 }
+        SourceReader { is_url: av::is_url(input), corrupt: 0, stuck_at: -1, stuck_reads: 0, audio_end: 0.0, timelines: Vec::new() }
     }
 
-    fn saw(&mut self, ictx: &format::context::Input, pkt: &Packet) {
-        let (Some(ts), Some(stream)) = (pkt.pts().or(pkt.dts()), ictx.stream(pkt.stream())) else { return };
-        if av::params(&stream).codec_type == ff::ffi::AVMediaType::AVMEDIA_TYPE_AUDIO {
-            self.audio_end = self.audio_end.max((ts + pkt.duration().max(0)) as f64 * f64::from(stream.time_base()));
+    /// Notes where a packet of the source is. Files joined end to end (MPEG-TS
+    /// recordings split by a recorder and concatenated, a stream saved across
+    /// its discontinuities) start their timestamps over at each join. The
+    /// frames after it would land on times already encoded and be dropped, and
+    /// the container's duration, measured from the first and last timestamps,
+    /// counts only one part, so nothing would notice the loss: the source is
+    /// refused instead, saying how to make it one timeline.
+    fn saw(&mut self, ictx: &format::context::Input, pkt: &Packet) -> Result<()> {
+        let Some(stream) = ictx.stream(pkt.stream()) else { return Ok(()) };
+        let (kind, time_base) = (av::params(&stream).codec_type, f64::from(stream.time_base()));
+        if let Some(ts) = pkt.pts().or(pkt.dts())
+            && kind == ff::ffi::AVMediaType::AVMEDIA_TYPE_AUDIO
+        {
+            self.audio_end = self.audio_end.max((ts + pkt.duration().max(0)) as f64 * time_base);
         }
+        let watched = matches!(kind, ff::ffi::AVMediaType::AVMEDIA_TYPE_AUDIO | ff::ffi::AVMediaType::AVMEDIA_TYPE_VIDEO);
+        // Decode times only: presentation times go back by design where frames are reordered.
+        let Some(t) = pkt.dts().map(|ts| ts as f64 * time_base).filter(|_| watched) else { return Ok(()) };
+        if self.timelines.len() <= pkt.stream() {
+            self.timelines.resize(pkt.stream() + 1, None);
+        }
+        let timeline = &mut self.timelines[pkt.stream()];
+        match timeline {
+            Some(line) if t < line.latest - TIME_BACK_S => {
+                if line.behind == 0 {
+                    line.back_to = t;
+                }
+                line.behind += 1;
+                if line.behind < PACKETS_BACK {
+                    return Ok(());
+                }
+                let start = av::start_seconds(ictx);
+                Err(EngineError::bad(format!(
+                    "the source's timestamps go back from {:.2} s to {:.2} s: it is recordings joined end to end, and the part after \
+                     the join would be lost; make it one timeline first, for example with `ffmpeg -i SOURCE -c copy joined.mkv`",
+                    line.latest - start,
+                    line.back_to - start
+                )))
+            }
+            Some(line) => {
+                (line.latest, line.behind) = (line.latest.max(t), 0);
+                Ok(())
+            }
+            None => {
+                *timeline = Some(Timeline { latest: t, behind: 0, back_to: t });
+                Ok(())
+            }
+        }
+    }
+
+    /// The first packet after a seek (which goes back by design), or `None`.
+    fn next_after_seek(&mut self, ictx: &mut format::context::Input) -> Result<Option<Packet>> {
+        self.timelines.clear();
+        self.next(ictx)
     }
 
     /// Counts an invalid read: true when it left the input where the last one did.
@@ -291,7 +358,7 @@ impl SourceReader {
             let mut pkt = Packet::empty();
             match pkt.read(ictx) {
                 Ok(()) => {
-                    self.saw(ictx, &pkt);
+                    self.saw(ictx, &pkt)?;
                     return Ok(Some(pkt));
                 }
                 Err(ff::Error::Eof) => return Ok(None),
@@ -342,7 +409,7 @@ pub fn run_chunk(req: &Request, index: u32, span: Span, progress: &mut dyn FnMut
     // Decoding starts from a source keyframe before the chunk.
     let key = if span.first > 0 {
         let before = first_time - f64::from(den) / f64::from(num);
-        av::seek_keyframe_before(&mut ictx, v.index, start, before, |i| source.next(i))?
+        av::seek_keyframe_before(&mut ictx, v.index, start, before, |i| source.next_after_seek(i))?
     } else {
         None
     };
