@@ -1383,6 +1383,34 @@ fn mono_48k(path: &Path) -> Vec<i16> {
     out.stdout.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
 }
 
+/// A recording whose audio track was opened and never written to (a sample, no
+/// sound) beside a good video: the video is encoded, with silence as long as the
+/// source in its MP4 and in the job's audio task, so the ladder and the audio
+/// group keep their track. Alone, such a track is nothing to encode: bad input.
+#[test]
+fn an_audio_track_with_no_sound_becomes_silence_beside_its_video() {
+    let dir = Dir::new();
+    let src = dir.s("mute.mp4");
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=30:d=5", "-f", "lavfi", "-i", "anullsrc=r=48000:cl=stereo,atrim=end_sample=1",
+             "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-t", "5", &src]);
+    let r = transcode(&src, "web", "240p", &dir.path("whole"));
+    assert_eq!(r["frame_count"], 150);
+    let audio = mono_48k(&dir.path("whole/240p.mp4"));
+    assert!((audio.len() as f64 / 48000.0 - 5.0).abs() < 0.05, "{} samples", audio.len());
+    assert!(audio.iter().all(|&s| s.abs() <= 1), "silence");
+    drake_ok(&["transcode", &src, "--rendition", "240p", "--out", &dir.s("audio"), "--audio"]);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.path("audio/audio.json")).unwrap()).unwrap();
+    assert!((report["tracks"][0]["duration"].as_f64().unwrap() - 5.0).abs() < 0.05, "{report}");
+
+    let alone = dir.s("mute.m4a");
+    ffmpeg(&["-f", "lavfi", "-i", "anullsrc=r=48000:cl=stereo,atrim=end_sample=1", "-c:a", "aac", &alone]);
+    let o = drake(&["transcode", &alone, "--rendition", "audio", "--out", &dir.s("alone")]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(65), "{stderr}");
+    assert!(stderr.contains("bad input: no decodable audio"), "{stderr}");
+}
+
 /// The frequency of a pure tone in 48 kHz samples, from its zero crossings.
 fn tone_hz(samples: &[i16]) -> f64 {
     let crossings = samples.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();

@@ -409,10 +409,15 @@ fn plan(input: &str, profile: &str) -> Result<(), Failure> {
     let profile = Profile::load(profile).map_err(Failure::Profile)?;
     let probe = worker::probe::probe(input).map_err(Failure::Engine)?;
     let plan = proto::plan::plan(&probe, &profile).map_err(|e| Failure::Engine(EngineError::bad(e.to_string())))?;
+    /// The plan, and how the source is cut in time (`None`: encoded whole).
+    #[derive(serde::Serialize)]
+    struct Printed {
+        #[serde(flatten)]
+        plan: proto::plan::Plan,
+        chunks: Option<proto::plan::ChunkPlan>,
+    }
     let chunks = proto::plan::chunks(&plan, &probe, &profile.chunking);
-    let mut out = serde_json::to_value(&plan).expect("wire types serialize");
-    out["chunks"] = serde_json::to_value(chunks).expect("wire types serialize");
-    print_json(&out)
+    print_json(&Printed { plan, chunks })
 }
 
 /// A part of a long source's encode, for its join.

@@ -159,7 +159,10 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
             }
             None
         }
-        (true, Some(a), _) => Some(AudioPipe::new(&ictx, a.index, &renditions, start, &mut muxes)?),
+        (true, Some(a), _) => {
+            let silence_s = if video.is_some() { probe.duration } else { 0.0 };
+            Some(AudioPipe::new(&ictx, a.index, &renditions, (start, silence_s), &mut muxes)?)
+        }
         _ => None,
     };
     for mux in &mut muxes {
@@ -493,7 +496,7 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
     let start = av::start_seconds(&ictx);
     let mut pipes = Vec::with_capacity(plan.audio_tracks.len());
     for (t, mux) in plan.audio_tracks.iter().zip(muxes.iter_mut()) {
-        pipes.push(AudioPipe::new(&ictx, t.stream, &renditions[..1], start, std::slice::from_mut(mux))?);
+        pipes.push(AudioPipe::new(&ictx, t.stream, &renditions[..1], (start, probe.duration), std::slice::from_mut(mux))?);
     }
     let mut subtitles =
         plan.subtitle_tracks.iter().map(|t| crate::subtitles::Extractor::new(&ictx, t.stream)).collect::<Result<Vec<_>>>()?;
@@ -1341,12 +1344,41 @@ trait Pipe {
         end_ts
     }
     fn empty_frame() -> Self::Frame;
+    /// Frame `n` of what is encoded in place of a stream that decoded nothing at
+    /// all, in the input time base; `None` past its end (and for a stream that
+    /// has no stand-in).
+    fn stand_in(&self, _n: u64) -> Option<Self::Frame> {
+        None
+    }
 
     fn label() -> &'static str {
         match Self::TRACK {
             Track::Video => "video",
             Track::Audio => "audio",
         }
+    }
+
+    /// Sends a timed frame through every rendition's filters and encoder.
+    fn filter(&mut self, f: &Self::Frame, muxes: &mut [Muxers]) -> Result<()> {
+        let ts = f.pts().expect("frames are timed before filtering");
+        self.decoded(f);
+        let end_ts = ts + self.frame_duration(f);
+        let flow = self.parts().1;
+        flow.end_ts = Some(flow.end_ts.map_or(end_ts, |e| e.max(end_ts)));
+        flow.decoded_end = flow.decoded_end.max(end_ts as f64 * f64::from(flow.in_tb) - flow.start);
+        for (k, mux) in muxes.iter_mut().enumerate() {
+            if self.graph(k).is_some() && !self.fits(k, f) {
+                *self.graph(k) = None;
+            }
+            if self.graph(k).is_none() {
+                let g = self.build_graph(k, f)?;
+                *self.graph(k) = Some(g);
+            }
+            let g = self.graph(k).as_mut().expect("built above");
+            av::add_frame(g, f).ctx(|| format!("filtering {}", Self::label()))?;
+            self.pull(k, mux)?;
+        }
+        Ok(())
     }
 
     /// Feeds one packet (or, with `None`, the end of stream) through the decoder,
@@ -1379,22 +1411,13 @@ trait Pipe {
             // away and fill the gap with copies.
             let Some(ts) = f.timestamp().or(self.parts().1.end_ts) else { continue };
             f.set_pts(Some(ts));
-            self.decoded(&f);
-            let end_ts = ts + self.frame_duration(&f);
-            let flow = self.parts().1;
-            flow.end_ts = Some(flow.end_ts.map_or(end_ts, |e| e.max(end_ts)));
-            flow.decoded_end = flow.decoded_end.max(end_ts as f64 * f64::from(flow.in_tb) - flow.start);
-            for (k, mux) in muxes.iter_mut().enumerate() {
-                if self.graph(k).is_some() && !self.fits(k, &f) {
-                    *self.graph(k) = None;
-                }
-                if self.graph(k).is_none() {
-                    let g = self.build_graph(k, &f)?;
-                    *self.graph(k) = Some(g);
-                }
-                let g = self.graph(k).as_mut().expect("built above");
-                av::add_frame(g, &f).ctx(|| format!("filtering {label}"))?;
-                self.pull(k, mux)?;
+            self.filter(&f, muxes)?;
+        }
+        if pkt.is_none() && self.parts().1.end_ts.is_none() {
+            let mut n = 0;
+            while let Some(f) = self.stand_in(n) {
+                self.filter(&f, muxes)?;
+                n += 1;
             }
         }
         if pkt.is_none() {
@@ -1761,7 +1784,13 @@ struct AudioPipe {
     flow: Flow,
     samples: u64,
     outs: Vec<AudioOut>,
+    /// Seconds of silence encoded if the stream decodes to nothing (see `Pipe::stand_in`).
+    silence_s: f64,
 }
+
+/// Samples in each frame of silence standing in for an audio track that holds
+/// no sound: a second at 48 kHz.
+const SILENCE_FRAME: usize = 48_000;
 
 /// One rendition's audio: resampling filters and encoder.
 struct AudioOut {
@@ -1786,11 +1815,12 @@ fn audio_layout(f: &frame::Audio) -> ff::ChannelLayout {
 }
 
 impl AudioPipe {
+    /// `silence_s`: how much silence to encode if the stream decodes to nothing.
     fn new(
         ictx: &format::context::Input,
         index: usize,
         renditions: &[PlannedRendition],
-        start: f64,
+        (start, silence_s): (f64, f64),
         muxes: &mut [Muxers],
     ) -> Result<AudioPipe> {
         let ist = ictx.stream(index).expect("planned stream exists");
@@ -1804,7 +1834,7 @@ impl AudioPipe {
             let pa = r.audio.as_ref().ok_or_else(|| EngineError::bad(format!("rendition {} has no audio", r.name)))?;
             outs.push(AudioOut::new(pa, mux)?);
         }
-        Ok(AudioPipe { index, decoder, flow: Flow::new(ist.time_base(), start), samples: 0, outs })
+        Ok(AudioPipe { index, decoder, flow: Flow::new(ist.time_base(), start), samples: 0, outs, silence_s })
     }
 }
 
@@ -1855,6 +1885,23 @@ impl Pipe for AudioPipe {
 
     fn decoded(&mut self, f: &frame::Audio) {
         self.samples += f.samples() as u64;
+    }
+
+    /// An audio track with no sound at all (a recorder that opened the track and
+    /// never wrote to it) beside a video: silence as long as the source, so that
+    /// every rendition and the job's audio group still have their track.
+    fn stand_in(&self, n: u64) -> Option<frame::Audio> {
+        let total = (self.silence_s * SILENCE_FRAME as f64).round() as u64;
+        let first = n * SILENCE_FRAME as u64;
+        let samples = total.checked_sub(first).filter(|&left| left > 0)?.min(SILENCE_FRAME as u64) as usize;
+        let mut f = frame::Audio::new(format::Sample::F32(format::sample::Type::Planar), samples, ff::ChannelLayout::STEREO);
+        f.set_rate(SILENCE_FRAME as u32);
+        for plane in 0..f.planes() {
+            f.plane_mut::<f32>(plane).fill(0.0);
+        }
+        let at = self.flow.start + first as f64 / SILENCE_FRAME as f64;
+        f.set_pts(Some((at / f64::from(self.flow.in_tb)).round() as i64));
+        Some(f)
     }
 
     /// A broadcast recording changes its audio at an ad break (5.1 to stereo, 48 to
