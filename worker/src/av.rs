@@ -41,10 +41,11 @@ pub fn open_input_indexed(input: &str) -> Result<(ff::format::context::Input, Ve
 }
 
 /// The longest stretch between two keyframes of a stream, its last keyframe and
-/// its end, as the container's header indexes them (an MP4's sample table, an
-/// AVI's index), in seconds on the output's timeline (which starts at 0). Read
-/// before libav reads any packet: it adds what it reads to the index, and that
-/// part would look like a whole index of a stream with one keyframe.
+/// its end, in seconds on the output's timeline (which starts at 0): as the
+/// container's header indexes them (an MP4's sample table, an AVI's index), read
+/// before libav reads any packet, since it adds what it reads to the index and
+/// that part would look like a whole index of a stream with one keyframe; or, for
+/// a file with neither index nor duration, as the probe finds them reading it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KeyframeIndex {
     pub longest_gap: f64,

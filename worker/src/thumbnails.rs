@@ -498,9 +498,8 @@ impl Walker {
         decoder.skip_frame(ff::Discard::NonReference);
         let start = av::start_seconds(&ictx);
         let keyframe_gap = video.keyframe_gap_s.unwrap_or(0.0);
-        #[rustfmt::skip]
-        let walker = Walker { ictx, index, tb, start, decoder, frame: frame::Video::empty(), at: None, heading: None, pending: None, keyframe_gap, eof: false };
-        Ok(walker)
+        let frame = frame::Video::empty();
+        Ok(Walker { ictx, index, tb, start, decoder, frame, at: None, heading: None, pending: None, keyframe_gap, eof: false })
     }
 
     /// The next decoded frame on the way to `t` (seeking first when `t` is far
