@@ -887,6 +887,16 @@ fn recordings_joined_end_to_end_are_refused_not_cut_short() {
     assert!(frames[0] == frames[1] && frames[0] >= 600, "frames (wrapped, plain): {frames:?}");
 }
 
+/// `src` remuxed as a fast-start MP4 (its header first) and cut after half its
+/// bytes: a header that promises more than the file holds. Gives its path.
+fn faststart_cut_in_half(dir: &Dir, src: &str) -> String {
+    let faststart = dir.s("faststart.mp4");
+    ffmpeg(&["-i", src, "-c", "copy", "-movflags", "+faststart", &faststart]);
+    let bytes = std::fs::read(&faststart).unwrap();
+    std::fs::write(dir.path("short.mp4"), &bytes[..bytes.len() / 2]).unwrap();
+    dir.s("short.mp4")
+}
+
 #[test]
 fn bad_inputs_are_rejected_cleanly() {
     let dir = Dir::new();
@@ -908,11 +918,7 @@ fn bad_inputs_are_rejected_cleanly() {
     check_rejected(&dir.s("cut.mp4"), &dir.path("o4"), "");
 
     // Fast-start MP4 cut short: the header promises 6 s the data does not hold.
-    let faststart = dir.s("faststart.mp4");
-    ffmpeg(&["-i", &good, "-c", "copy", "-movflags", "+faststart", &faststart]);
-    let fs_bytes = std::fs::read(&faststart).unwrap();
-    std::fs::write(dir.path("short.mp4"), &fs_bytes[..fs_bytes.len() / 2]).unwrap();
-    check_rejected(&dir.s("short.mp4"), &dir.path("o5"), "header declares");
+    check_rejected(&faststart_cut_in_half(&dir, &good), &dir.path("o5"), "header declares");
 
     // A WAV whose format tag no decoder knows.
     let mut wav = Vec::new();
@@ -1338,11 +1344,7 @@ fn a_still_picture_over_long_audio_is_held_to_the_audio_end() {
     assert_eq!(joined["frame_count"], 900, "{joined}");
 
     // A file cut short loses its audio too: it is still refused as truncated.
-    let faststart = dir.s("faststart.mp4");
-    ffmpeg(&["-i", &src, "-c", "copy", "-movflags", "+faststart", &faststart]);
-    let bytes = std::fs::read(&faststart).unwrap();
-    std::fs::write(dir.path("short.mp4"), &bytes[..bytes.len() / 2]).unwrap();
-    check_rejected(&dir.s("short.mp4"), &dir.path("short"), "header declares");
+    check_rejected(&faststart_cut_in_half(&dir, &src), &dir.path("short"), "header declares");
 }
 
 /// A source's default audio track is in a codec no decoder here reads (a newer

@@ -55,6 +55,14 @@ pub struct KeyframeIndex {
 }
 
 impl KeyframeIndex {
+    /// Adds a keyframe at `t` seconds to what `index` knows (the first makes it).
+    pub fn add(index: &mut Option<KeyframeIndex>, t: f64) {
+        *index = Some(match *index {
+            Some(k) => KeyframeIndex { longest_gap: k.longest_gap.max(t - k.last), last: k.last.max(t), end: k.end },
+            None => KeyframeIndex { longest_gap: 0.0, last: t, end: None },
+        });
+    }
+
     /// The longest stretch without a keyframe, the one after the last keyframe
     /// included, to the stream's end or else `source_end`.
     pub fn gap(&self, source_end: f64) -> f64 {
@@ -78,19 +86,15 @@ unsafe fn keyframe_index(st: *mut ffi::AVStream, start_time: i64) -> Option<Keyf
         let start = if start_time != ffi::AV_NOPTS_VALUE { start_time as f64 / 1e6 } else { 0.0 };
         let (first, length) = ((*st).start_time, (*st).duration);
         let end = (first != ffi::AV_NOPTS_VALUE && length > 0).then(|| (first + length) as f64 * time_base - start);
-        let (mut last, mut longest_gap) = (None::<f64>, 0.0f64);
+        let mut index = None;
         for i in 0..ffi::avformat_index_get_entries_count(st) {
             let e = ffi::avformat_index_get_entry(st, i);
             if e.is_null() || (*e).flags() & ffi::AVINDEX_KEYFRAME == 0 || (*e).timestamp == ffi::AV_NOPTS_VALUE {
                 continue;
             }
-            let t = (*e).timestamp as f64 * time_base - start;
-            if let Some(before) = last {
-                longest_gap = longest_gap.max(t - before);
-            }
-            last = Some(last.map_or(t, |l| l.max(t)));
+            KeyframeIndex::add(&mut index, (*e).timestamp as f64 * time_base - start);
         }
-        Some(KeyframeIndex { longest_gap, last: last?, end })
+        index.map(|k| KeyframeIndex { end, ..k })
     }
 }
 

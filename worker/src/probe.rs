@@ -142,10 +142,7 @@ fn by_reading(input: &str) -> Result<(f64, Vec<Option<av::KeyframeIndex>>)> {
             let t = ts as f64 * f64::from(time_bases[i]) - start;
             ends[i] = ends[i].max(t + pkt.duration().max(0) as f64 * f64::from(time_bases[i]));
             if pkt.is_key() {
-                keyframes[i] = Some(match keyframes[i] {
-                    Some(k) => av::KeyframeIndex { longest_gap: k.longest_gap.max(t - k.last), last: k.last.max(t), end: None },
-                    None => av::KeyframeIndex { longest_gap: 0.0, last: t, end: None },
-                });
+                av::KeyframeIndex::add(&mut keyframes[i], t);
             }
         }
     }
