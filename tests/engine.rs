@@ -1047,7 +1047,7 @@ fn small_files_that_claim_huge_pictures_fail_fast_as_bad_input() {
 
 /// A chunk decodes from the source keyframe before its start, so how far apart a
 /// source's keyframes are (from its container's index, or from reading a file
-/// that has none and no duration either) sets how long its chunks must be. A
+/// whose container has none) sets how long its chunks must be. A
 /// source with a single keyframe, as screen recorders and browsers write them, is
 /// encoded whole: cut in chunks, each would decode everything before it again.
 #[test]
@@ -1069,8 +1069,12 @@ fn sparse_keyframes_make_longer_chunks_or_a_whole_encode() {
         ("one.avi", x264("infinite"), Some(60.0), None),
         // A browser's recording: no index, no duration; the probe reads it through.
         ("one.webm", vp8_live, Some(60.0), None),
-        // MPEG-TS has no index: the gap is unknown, and the profile's chunks stay.
-        ("one.ts", x264("infinite"), None, Some((12.0, 5))),
+        // MPEG-TS has no index, and Matroska's cues are not read before a seek: the
+        // probe reads them through.
+        ("one.ts", x264("infinite"), Some(60.0), None),
+        ("every5s.ts", x264("150"), Some(5.0), Some((12.0, 5))),
+        ("one.mkv", x264("infinite"), Some(60.0), None),
+        ("every8s.mkv", x264("240"), Some(8.0), Some((24.0, 3))),
     ];
     for (name, codec, gap, chunks) in cases {
         let src = dir.s(name);
@@ -1485,13 +1489,14 @@ fn a_high_dynamic_range_source_comes_out_in_standard_dynamic_range_colours() {
 #[test]
 fn chunks_of_a_source_without_a_keyframe_index_start_from_a_keyframe_before_them() {
     let dir = Dir::new();
-    // Keyframes every 250 source frames (about 10.7 s): chunks start 12 and 24 s in,
-    // about 1.3 s after one.
-    let (whole, joined) = chunked_and_whole_levels(&dir, "vfr.ts", &["-c:v", "libx264", "-preset", "ultrafast", "-g", "250"]);
+    // Keyframes every 130 of the 23.4 frames a second kept (5.6 s, as far apart as
+    // the planner keeps 12 s chunks): chunks start 12 and 24 s in, 0.9 and 1.8 s
+    // after one.
+    let (whole, joined) = chunked_and_whole_levels(&dir, "vfr.ts", &["-c:v", "libx264", "-preset", "ultrafast", "-g", "130"]);
     same_source_frames(&whole, &joined);
     // An MPEG program stream (DVD, camcorders) has none either, and its last frame
     // has no timestamp at all.
-    let (whole, joined) = chunked_and_whole_levels(&Dir::new(), "vfr.mpg", &["-c:v", "mpeg2video", "-q:v", "3", "-g", "250", "-bf", "2"]);
+    let (whole, joined) = chunked_and_whole_levels(&Dir::new(), "vfr.mpg", &["-c:v", "mpeg2video", "-q:v", "3", "-g", "130", "-bf", "2"]);
     same_source_frames(&whole, &joined);
 }
 

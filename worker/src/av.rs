@@ -45,7 +45,7 @@ pub fn open_input_indexed(input: &str) -> Result<(ff::format::context::Input, Ve
 /// container's header indexes them (an MP4's sample table, an AVI's index), read
 /// before libav reads any packet, since it adds what it reads to the index and
 /// that part would look like a whole index of a stream with one keyframe; or, for
-/// a file with neither index nor duration, as the probe finds them reading it.
+/// a local file without an index, as the probe finds them reading it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KeyframeIndex {
     pub longest_gap: f64,
@@ -73,7 +73,8 @@ impl KeyframeIndex {
 /// A stream's [`KeyframeIndex`], `None` when its header indexes no keyframe of it.
 /// MPEG-TS and FLV have no such index; Matroska reads its cues only when first
 /// asked to seek, and a seek before libav knows the streams could read the whole
-/// file, so a Matroska or WebM source has none here either.
+/// file, so a Matroska or WebM source has none here either (the probe reads a
+/// local one through instead).
 ///
 /// # Safety
 /// `st` is a live stream of a context whose header was read; `start_time` is

@@ -1,5 +1,6 @@
 //! `drake probe`: describes a source from its container headers, reading its packets
-//! only when they do not say how long it is. Decodes nothing.
+//! only when they do not say how long it is or where its video's keyframes are.
+//! Decodes nothing.
 
 use crate::av;
 use crate::error::{EngineError, Result};
@@ -12,6 +13,12 @@ use proto::probe::{
 
 /// Streams beyond this count make an input suspicious rather than useful.
 pub const MAX_STREAMS: usize = 64;
+
+/// How much of a local source without a keyframe index the probe reads to find its
+/// keyframes: about 4 s of an MPEG-TS in the page cache (a 1 GB one takes 0.9 s),
+/// and a source that long has shown its keyframe spacing well before. One that
+/// does not say its duration is read to the end.
+pub const KEYFRAME_READ_BYTES: u64 = 4 << 30;
 
 pub fn probe(input: &str) -> Result<Probe> {
     let (ictx, keyframes) = av::open_input_indexed(input)?;
@@ -98,15 +105,28 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: &[Opt
         streams.push(info);
     }
     let mut keyframes = keyframes.to_vec();
-    let duration = match (ictx.duration(), longest) {
-        (d, _) if d > 0 => d as f64 / f64::from(ff::ffi::AV_TIME_BASE),
-        (_, l) if l > 0.0 => l,
-        _ if !av::is_url(input) => {
-            let (end, read) = by_reading(input)?;
+    let local = !av::is_url(input);
+    let said = match (ictx.duration(), longest) {
+        (d, _) if d > 0 => Some(d as f64 / f64::from(ff::ffi::AV_TIME_BASE)),
+        (_, l) if l > 0.0 => Some(l),
+        _ => None,
+    };
+    // MPEG-TS and FLV have no keyframe index, and Matroska reads its cues only when
+    // first asked to seek.
+    let unindexed = streams.iter().any(|s| matches!(s, StreamInfo::Video(v) if keyframes.get(v.index).is_none_or(Option::is_none)));
+    let duration = match said {
+        Some(d) => {
+            if local && unindexed {
+                keyframes = by_reading(input, KEYFRAME_READ_BYTES)?.1;
+            }
+            d
+        }
+        None if local => {
+            let (end, read) = by_reading(input, u64::MAX)?;
             keyframes = read;
             end
         }
-        _ => 0.0,
+        None => 0.0,
     };
     for s in &mut streams {
         if let StreamInfo::Video(v) = s
@@ -125,18 +145,25 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: &[Opt
     })
 }
 
-/// The duration of a local file whose container does not say it (a browser's
-/// MediaRecorder WebM, a Matroska recording written as a stream): where its last
-/// packet ends, and each stream's keyframes (such a file has no index either),
-/// from reading every packet without decoding them. Over HTTP this would fetch
-/// the whole source, so there the duration stays unknown (0).
-fn by_reading(input: &str) -> Result<(f64, Vec<Option<av::KeyframeIndex>>)> {
+/// Where a local file's last packet ends, and each stream's keyframes, from reading
+/// its packets without decoding them, up to `budget` bytes of them: the duration of
+/// a file whose container does not say it (a browser's MediaRecorder WebM, a
+/// Matroska recording written as a stream), and the keyframes of one that has no
+/// index (such a file has none either). A stream's keyframe index then ends where
+/// the reading stopped. Over HTTP this would fetch the whole source, so there the
+/// duration and the keyframes stay unknown.
+fn by_reading(input: &str, budget: u64) -> Result<(f64, Vec<Option<av::KeyframeIndex>>)> {
     let mut ictx = av::open_input(input)?;
     let start = av::start_seconds(&ictx);
     let time_bases: Vec<ff::Rational> = ictx.streams().map(|s| s.time_base()).collect();
     let mut keyframes: Vec<Option<av::KeyframeIndex>> = vec![None; time_bases.len()];
     let mut ends = vec![0.0f64; time_bases.len()];
+    let mut read = 0u64;
     for (stream, pkt) in ictx.packets() {
+        read += pkt.size() as u64;
+        if read > budget {
+            break;
+        }
         let i = stream.index();
         if let Some(ts) = pkt.pts().or(pkt.dts()) {
             let t = ts as f64 * f64::from(time_bases[i]) - start;
@@ -165,4 +192,35 @@ fn title(s: &ff::format::stream::Stream) -> Option<String> {
 
 fn other(s: &ff::format::stream::Stream, medium: &str) -> StreamInfo {
     StreamInfo::Other { index: s.index(), codec: av::codec_name(av::params(s).codec_id), medium: medium.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reading for keyframes stops at its byte budget, and the index it gives ends
+    /// where it stopped: what was not read says nothing about keyframes.
+    #[test]
+    fn reading_for_keyframes_stops_at_its_budget() {
+        ff::init().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ts = dir.path().join("every2s.ts");
+        #[rustfmt::skip]
+        let made = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-f", "lavfi", "-i", "testsrc2=s=160x120:r=30:d=20", "-c:v", "libx264", "-preset", "ultrafast",
+                   "-x264-params", "keyint=60:min-keyint=60:scenecut=0"])
+            .arg(&ts)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let ts = ts.to_str().unwrap();
+        let (end, whole) = by_reading(ts, u64::MAX).unwrap();
+        let whole = whole[0].unwrap();
+        assert!((end - 20.0).abs() < 0.1 && (whole.longest_gap - 2.0).abs() < 0.01 && whole.last > 17.9, "{end} {whole:?}");
+        let bytes = std::fs::metadata(ts).unwrap().len();
+        let (_, part) = by_reading(ts, bytes / 3).unwrap();
+        let part = part[0].unwrap();
+        let read_to = part.end.unwrap();
+        assert!(read_to > 2.0 && read_to < 10.0 && part.last <= read_to && part.gap(20.0) <= 2.1, "{part:?}");
+    }
 }
