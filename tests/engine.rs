@@ -913,6 +913,12 @@ fn bad_inputs_are_rejected_cleanly() {
     std::fs::write(dir.path("notes.txt"), "This is not a video.\n".repeat(100)).unwrap();
     check_rejected(&dir.s("notes.txt"), &dir.path("o3"), "");
 
+    // A photo or a caption file sent as the source: libav knows them, Drake refuses them.
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240", "-frames:v", "1", &dir.s("photo.png")]);
+    check_rejected(&dir.s("photo.png"), &dir.path("o6"), "a still image (png), not a video or audio file");
+    std::fs::write(dir.path("captions.srt"), "1\n00:00:01,000 --> 00:00:02,000\nHello\n").unwrap();
+    check_rejected(&dir.s("captions.srt"), &dir.path("o7"), "a SubRip subtitle file (srt), not a video or audio container");
+
     // moov at the end, cut off: the container cannot even be opened.
     std::fs::write(dir.path("cut.mp4"), &bytes[..bytes.len() / 3]).unwrap();
     check_rejected(&dir.s("cut.mp4"), &dir.path("o4"), "");

@@ -161,7 +161,38 @@ fn open_error(input: &str, e: ff::Error) -> EngineError {
         }
         _ if is_url(input) => EngineError::internal(format!("cannot fetch {input}"), e),
         E::InvalidData => EngineError::bad("not a media file libav can read (unrecognised or corrupt container)"),
+        // libav recognised a format the whitelist refuses: a photo, a subtitle file.
+        E::Other { errno: libc::EINVAL } if let Some((name, long_name)) = sniff(input) => match name.strip_suffix("_pipe") {
+            Some(image) => EngineError::bad(format!("a still image ({image}), not a video or audio file")),
+            None if name == "image2" => EngineError::bad("a still image, not a video or audio file"),
+            None => EngineError::bad(format!("a {long_name} file ({name}), not a video or audio container Drake reads")),
+        },
         other => EngineError::bad(format!("cannot open as media: {other}")),
+    }
+}
+
+/// The format libav recognises in the first bytes of a local file, whitelist or
+/// not (`png_pipe`, `srt`, ...), and its long name, to say what a refused upload is.
+fn sniff(path: &str) -> Option<(String, String)> {
+    use std::io::Read;
+    const PROBE_BYTES: usize = 4096;
+    // libav reads up to AVPROBE_PADDING_SIZE zeroed bytes past the data.
+    let mut buf = vec![0u8; PROBE_BYTES + ffi::AVPROBE_PADDING_SIZE as usize];
+    let read = std::fs::File::open(path).ok()?.take(PROBE_BYTES as u64).read(&mut buf).ok()?;
+    let name = std::ffi::CString::new(path).ok()?;
+    let data = ffi::AVProbeData { filename: name.as_ptr(), buf: buf.as_mut_ptr(), buf_size: read as i32, mime_type: std::ptr::null() };
+    // SAFETY: `data` points at a live name and a buffer padded as libav asks; the
+    // format libav returns is static, and so is its name.
+    unsafe {
+        let format = ffi::av_probe_input_format(&data, 1);
+        if format.is_null() {
+            return None;
+        }
+        let name = std::ffi::CStr::from_ptr((*format).name).to_string_lossy().into_owned();
+        // A small build of libav leaves long names out.
+        let long_name = (*format).long_name;
+        let long_name = if long_name.is_null() { name.clone() } else { std::ffi::CStr::from_ptr(long_name).to_string_lossy().into_owned() };
+        Some((name, long_name))
     }
 }
 
