@@ -22,12 +22,15 @@ pub const KEYFRAME_READ_BYTES: u64 = 4 << 30;
 
 pub fn probe(input: &str) -> Result<Probe> {
     let (ictx, keyframes) = av::open_input_indexed(input)?;
-    describe(&ictx, input, &keyframes)
+    describe(&ictx, input, Some(&keyframes))
 }
 
-/// Describes an open input; `keyframes` is what its header indexes (from
-/// `av::open_input_indexed`), in stream order.
-pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: &[Option<av::KeyframeIndex>]) -> Result<Probe> {
+/// Describes an open input. `keyframes` is what its header indexes (from
+/// `av::open_input_indexed`), in stream order, for the video's `keyframe_gap_s`; a
+/// local file whose header indexes none is read for them. `None`: the caller has
+/// no use for the gap, and it is left out unless a file without a duration is read
+/// anyway.
+pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Option<&[Option<av::KeyframeIndex>]>) -> Result<Probe> {
     if ictx.nb_streams() as usize > MAX_STREAMS {
         return Err(EngineError::bad(format!("{} streams (at most {MAX_STREAMS} are accepted)", ictx.nb_streams())));
     }
@@ -104,7 +107,8 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: &[Opt
         };
         streams.push(info);
     }
-    let mut keyframes = keyframes.to_vec();
+    let wanted = keyframes.is_some();
+    let mut keyframes = keyframes.map(<[_]>::to_vec).unwrap_or_default();
     let local = !av::is_url(input);
     let said = match (ictx.duration(), longest) {
         (d, _) if d > 0 => Some(d as f64 / f64::from(ff::ffi::AV_TIME_BASE)),
@@ -116,7 +120,7 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: &[Opt
     let unindexed = streams.iter().any(|s| matches!(s, StreamInfo::Video(v) if keyframes.get(v.index).is_none_or(Option::is_none)));
     let duration = match said {
         Some(d) => {
-            if local && unindexed {
+            if wanted && local && unindexed {
                 keyframes = by_reading(input, KEYFRAME_READ_BYTES)?.1;
             }
             d

@@ -44,7 +44,7 @@ pub fn tile_interval(duration: f64) -> f64 {
 
 pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
     let (ictx, keyframes) = av::open_input_indexed(input)?;
-    let probe = crate::probe::describe(&ictx, input, &keyframes)?;
+    let probe = crate::probe::describe(&ictx, input, Some(&keyframes))?;
     let v = probe.main_video().cloned().ok_or_else(|| EngineError::bad("the source has no video to take thumbnails from"))?;
     let to_sdr = av::hdr_to_sdr(av::params(&ictx.stream(v.index).expect("probed stream")));
     let mut collector = Collector::new(&v, probe.duration, count, to_sdr)?;

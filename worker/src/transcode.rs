@@ -86,8 +86,8 @@ pub const MAX_OUTPUTS: usize = 8;
 
 /// Opens the source and plans the renditions a request names.
 pub(crate) fn prepare(req: &Request) -> Result<(format::context::Input, proto::probe::Probe, Vec<PlannedRendition>)> {
-    let (ictx, keyframes) = av::open_input_indexed(req.input)?;
-    let probe = crate::probe::describe(&ictx, req.input, &keyframes)?;
+    let ictx = av::open_input(req.input)?;
+    let probe = crate::probe::describe(&ictx, req.input, None)?;
     let names: Vec<&str> = req.outputs.iter().map(|(name, _)| *name).collect();
     let renditions = plan_renditions(&probe, req.profile, &names, req.limits)?;
     Ok((ictx, probe, renditions))
