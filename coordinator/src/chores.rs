@@ -135,12 +135,14 @@ async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Option<String
         st.storage.local_copy(stored.as_deref().unwrap_or(&j.source), &spool).await.map_err(|e| Outcome::storage(None, e))?;
     let mut probe = tokio::process::Command::new(st.drake_exe.as_ref());
     probe.arg("probe").arg(&target).kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(120), probe.output()).await;
+    let bytes = tokio::fs::metadata(&target).await.map(|m| m.len()).unwrap_or(0);
+    let limit = probe_time_limit(bytes);
+    let out = tokio::time::timeout(limit, probe.output()).await;
     if copy {
         let _ = tokio::fs::remove_file(&target).await;
     }
     let out = match out {
-        Err(_) => return Err(Outcome::failed("timed out after 120 s")),
+        Err(_) => return Err(Outcome::failed(format!("timed out after {} s", limit.as_secs()))),
         Ok(Err(e)) => return Err(Outcome::failed(format!("cannot run drake probe: {e}"))),
         Ok(Ok(out)) => out,
     };
@@ -165,6 +167,16 @@ async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Option<String
         None => whole_tasks(&plan, probe.main_video().is_some(), &encoder),
     };
     Ok((stored, json!(probe), tasks))
+}
+
+/// How long `drake probe` may take on a source of `bytes`: it reads the headers,
+/// and the packets of a source without a duration or a keyframe index (MPEG-TS,
+/// Matroska), undecoded, at about 1 GB/s from the page cache and a few hundred MB/s
+/// from a cold disk.
+fn probe_time_limit(bytes: u64) -> Duration {
+    const BASE_S: u64 = 120;
+    const PER_GIB_S: u64 = 10;
+    Duration::from_secs(BASE_S + PER_GIB_S * bytes.div_ceil(1 << 30))
 }
 
 /// A job encoded whole, in lease order: its audio (every track, once), which the
@@ -571,4 +583,17 @@ fn storage_random_bytes() -> [u8; 24] {
     let mut b = [0u8; 24];
     rand::rng().fill_bytes(&mut b);
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bigger_source_may_take_longer_to_probe() {
+        assert_eq!(probe_time_limit(0), Duration::from_secs(120));
+        assert_eq!(probe_time_limit(1), Duration::from_secs(130));
+        // The largest upload the coordinator takes by default, read through at 64 MB/s.
+        assert_eq!(probe_time_limit(20 << 30), Duration::from_secs(320));
+    }
 }
