@@ -15,7 +15,7 @@ use proto::probe::{
 pub const MAX_STREAMS: usize = 64;
 
 /// How much of a local source without a keyframe index the probe reads to find its
-/// keyframes: about 4 s of an MPEG-TS in the page cache (a 1 GB one takes 0.9 s),
+/// keyframes: a few seconds of an MPEG-TS (a 1 GB one takes 0.9 to 2.6 s here),
 /// and a source that long has shown its keyframe spacing well before. One that
 /// does not say its duration is read to the end.
 pub const KEYFRAME_READ_BYTES: u64 = 4 << 30;
