@@ -162,13 +162,20 @@ fn open_error(input: &str, e: ff::Error) -> EngineError {
         _ if is_url(input) => EngineError::internal(format!("cannot fetch {input}"), e),
         E::InvalidData => EngineError::bad("not a media file libav can read (unrecognised or corrupt container)"),
         // libav recognised a format the whitelist refuses: a photo, a subtitle file.
-        E::Other { errno: libc::EINVAL } if let Some((name, long_name)) = sniff(input) => match name.strip_suffix("_pipe") {
-            Some(image) => EngineError::bad(format!("a still image ({image}), not a video or audio file")),
-            None if name == "image2" => EngineError::bad("a still image, not a video or audio file"),
-            None => EngineError::bad(format!("a {long_name} file ({name}), not a video or audio container Drake reads")),
-        },
+        E::Other { errno: libc::EINVAL } if let Some((name, long_name)) = sniff(input).filter(|(name, _)| !whitelisted(name)) => {
+            match name.strip_suffix("_pipe") {
+                Some(image) => EngineError::bad(format!("a still image ({image}), not a video or audio file")),
+                None if name == "image2" => EngineError::bad("a still image, not a video or audio file"),
+                None => EngineError::bad(format!("a {long_name} file ({name}), not a video or audio container Drake reads")),
+            }
+        }
         other => EngineError::bad(format!("cannot open as media: {other}")),
     }
+}
+
+/// Whether a demuxer's name (a list, as `mov,mp4,m4a,...`) is on [`FORMAT_WHITELIST`].
+fn whitelisted(name: &str) -> bool {
+    name.split(',').any(|n| FORMAT_WHITELIST.split(',').any(|w| w == n))
 }
 
 /// The format libav recognises in the first bytes of a local file, whitelist or
@@ -481,6 +488,13 @@ mod tests {
 
     fn is_bad(e: &EngineError) -> bool {
         matches!(e, EngineError::BadInput(_))
+    }
+
+    /// A demuxer names its formats as a list; one of them on the whitelist will do.
+    #[test]
+    fn whitelisted_formats_are_found_in_demuxer_name_lists() {
+        assert!(whitelisted("mov,mp4,m4a,3gp,3g2,mj2") && whitelisted("matroska,webm") && whitelisted("mpegts"));
+        assert!(!whitelisted("png_pipe") && !whitelisted("image2") && !whitelisted("srt") && !whitelisted("hls"));
     }
 
     #[test]
