@@ -12,10 +12,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// The web ladder, cut in 60 s chunks from 60 s up (`chunky`), or never (`whole`).
+/// The web ladder, cut in 60 s chunks from 60 s up (`chunky`), in 6 s chunks
+/// (`short`), or never (`whole`).
 fn profiles(dir: &Dir) -> String {
     let web = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/web.toml")).unwrap();
-    for (name, chunking) in [("chunky", "min_duration_s = 60\nchunk_s = 60"), ("whole", "min_duration_s = 86400")] {
+    #[rustfmt::skip]
+    let profiles = [("chunky", "min_duration_s = 60\nchunk_s = 60"), ("short", "min_duration_s = 0\nchunk_s = 6"),
+                    ("whole", "min_duration_s = 86400")];
+    for (name, chunking) in profiles {
         let text = web.replace("name = \"web\"", &format!("name = \"{name}\""));
         std::fs::write(dir.path(&format!("{name}.toml")), format!("{text}\n[chunking]\n{chunking}\n")).unwrap();
     }
@@ -158,6 +162,45 @@ fn a_long_source_cut_in_chunks_comes_out_as_its_whole_encode_does() {
     // The parts are gone once the job succeeded: only what an unchunked job has is left.
     let job_dir = c.data.path(&format!("storage/jobs/{chunked_id}"));
     assert!(!job_dir.join(".chunks").exists() && !job_dir.join(".staging").exists(), "{:?}", files_under(&job_dir));
+}
+
+/// MPEG-TS recordings joined end to end (a recorder's parts, concatenated): their
+/// timestamps start over at the join. The coordinator's probe finds the join and
+/// makes the source one timeline (`drake remux`, into Matroska) before it plans,
+/// so the chunks seek in one timeline and the job holds both parts, in order.
+#[test]
+fn recordings_joined_end_to_end_are_made_one_timeline_and_cut_in_chunks() {
+    let dir = Dir::new();
+    let profiles_dir = profiles(&dir);
+    let c = Coordinator::start_env(&[], "", &[("DRAKE_PROFILES_DIR", &profiles_dir)]);
+    let mut joined = Vec::new();
+    for (name, hz) in [("a.ts", "440"), ("b.ts", "880")] {
+        #[rustfmt::skip]
+        ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=12", "-f", "lavfi", "-i", &format!("sine=f={hz}:d=12"),
+                 "-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-c:a", "aac", "-f", "mpegts", &dir.s(name)]);
+        joined.extend(std::fs::read(dir.path(name)).unwrap());
+    }
+    std::fs::write(dir.path("joined.ts"), joined).unwrap();
+    let (status, job) = c.upload(&dir.s("joined.ts"), &[("profile", "short")]);
+    assert_eq!(status, 201, "{job}");
+    let join = c.join_token(1);
+    let _w = c.worker("w1", &join);
+    let job = c.wait_ended(job["id"].as_str().unwrap(), Duration::from_secs(300));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["chunks"], json!({"count": 4, "done": 4}), "{job}");
+
+    let m = manifest(&c, &job);
+    assert_eq!(m["probe"]["container"], "matroska,webm", "{}", m["probe"]);
+    let rendition = &m["renditions"].as_array().unwrap()[0];
+    let local = download(&c, rendition, &dir.path("240p"));
+    let mp4 = local.join(rendition["file_roles"]["progressive"].as_str().unwrap());
+    let video = streams(&mp4).into_iter().find(|s| s["codec_type"] == "video").unwrap();
+    // 24 s at 25 fps, held to the audio's end (its last AAC frame ends after the video).
+    let frames: u64 = video["nb_frames"].as_str().unwrap().parse().unwrap();
+    assert!((600..=602).contains(&frames), "{video}");
+    let audio = mono_48k(&mp4);
+    let (first, second) = (tone_hz(&audio[48000..10 * 48000]), tone_hz(&audio[14 * 48000..23 * 48000]));
+    assert!((first - 440.0).abs() <= 10.0 && (second - 880.0).abs() <= 10.0, "tones {first} and {second} Hz");
 }
 
 /// A dashboard page, signed in with the admin token.

@@ -855,12 +855,15 @@ fn check_rejected(input: &str, out: &Path, reason: &str) {
 
 /// MPEG-TS recordings joined end to end start their timestamps over at the join.
 /// Encoded as they are, the second part would be dropped and nothing would say so
-/// (the container's duration counts one part too): such a source is refused, by
-/// the whole encode and by the audio task every chunked job has, saying how to
-/// make it one timeline. A stream whose timestamps wrap around (every 26.5 hours
-/// of a broadcast's clock) is one timeline and is encoded whole.
+/// (the container's duration counts one part too). The probe counts the joins,
+/// and `drake remux` (which the coordinator runs on such a source) lays the parts
+/// one after another in Matroska, which encodes whole: both tones, in order. The
+/// source itself is refused, by the whole encode and by the audio task every
+/// chunked job has, saying how to make it one timeline. A stream whose timestamps
+/// wrap around (every 26.5 hours of a broadcast's clock) is one timeline and is
+/// encoded whole.
 #[test]
-fn recordings_joined_end_to_end_are_refused_not_cut_short() {
+fn recordings_joined_end_to_end_are_made_one_timeline_not_cut_short() {
     let dir = Dir::new();
     let mut joined = Vec::new();
     for (name, hz) in [("a.ts", "440"), ("b.ts", "880")] {
@@ -874,7 +877,19 @@ fn recordings_joined_end_to_end_are_refused_not_cut_short() {
     let o = drake(&["transcode", &dir.s("joined.ts"), "--rendition", "240p", "--out", &dir.s("audio"), "--audio"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(65), "{stderr}");
-    assert!(stderr.contains("joined end to end") && stderr.contains("ffmpeg -i SOURCE -c copy"), "{stderr}");
+    assert!(stderr.contains("joined end to end") && stderr.contains("drake remux SOURCE"), "{stderr}");
+
+    let probe: Value = serde_json::from_str(&drake_ok(&["probe", &dir.s("joined.ts")])).unwrap();
+    assert_eq!(probe["timeline_joins"], 1, "{probe}");
+    let remuxed: Value = serde_json::from_str(&drake_ok(&["remux", &dir.s("joined.ts"), "--out", &dir.s("one.mkv")])).unwrap();
+    assert_eq!(remuxed["parts"], 2, "{remuxed}");
+    let probe: Value = serde_json::from_str(&drake_ok(&["probe", &dir.s("one.mkv")])).unwrap();
+    assert!(probe.get("timeline_joins").is_none() && (probe["duration"].as_f64().unwrap() - 10.0).abs() < 0.1, "{probe}");
+    let r = transcode(&dir.s("one.mkv"), "web", "240p", &dir.path("one"));
+    assert!((300..=302).contains(&r["frame_count"].as_u64().unwrap()), "{r}");
+    let audio = mono_48k(&dir.path("one/240p.mp4"));
+    let (first, second) = (tone_hz(&audio[48000..4 * 48000]), tone_hz(&audio[6 * 48000..9 * 48000]));
+    assert!((first - 440.0).abs() <= 10.0 && (second - 880.0).abs() <= 10.0, "tones {first} and {second} Hz");
 
     // The same 20 s with timestamps that wrap past 2^33 ticks (26.5 hours) 8.6 s in, and without.
     let mut frames = Vec::new();
@@ -882,6 +897,8 @@ fn recordings_joined_end_to_end_are_refused_not_cut_short() {
         #[rustfmt::skip]
         ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=30:d=20", "-f", "lavfi", "-i", "sine=d=20", "-c:v", "libx264",
                  "-preset", "ultrafast", "-c:a", "aac", "-output_ts_offset", offset, "-f", "mpegts", &dir.s(name)]);
+        let probe: Value = serde_json::from_str(&drake_ok(&["probe", &dir.s(name)])).unwrap();
+        assert!(probe.get("timeline_joins").is_none(), "{name}: {probe}");
         frames.push(transcode(&dir.s(name), "web", "240p", &dir.path(&format!("out-{name}")))["frame_count"].as_u64().unwrap());
     }
     assert!(frames[0] == frames[1] && frames[0] >= 600, "frames (wrapped, plain): {frames:?}");
@@ -1385,16 +1402,6 @@ fn an_audio_track_no_decoder_reads_is_left_out_not_fatal() {
     assert!((hz - 880.0).abs() <= 10.0, "the readable track (880 Hz) is kept: {hz} Hz");
 }
 
-/// A file's first audio track, decoded to mono 16-bit samples at 48 kHz.
-fn mono_48k(path: &Path) -> Vec<i16> {
-    let out = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-i", path.to_str().unwrap(), "-map", "0:a:0", "-ac", "1", "-ar", "48000", "-f", "s16le", "-"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    out.stdout.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
-}
-
 /// A recording whose audio track was opened and never written to (a sample, no
 /// sound) beside a good video: the video is encoded, with silence as long as the
 /// source in its MP4 and in the job's audio task, so the ladder and the audio
@@ -1421,12 +1428,6 @@ fn an_audio_track_with_no_sound_becomes_silence_beside_its_video() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(65), "{stderr}");
     assert!(stderr.contains("bad input: no decodable audio"), "{stderr}");
-}
-
-/// The frequency of a pure tone in 48 kHz samples, from its zero crossings.
-fn tone_hz(samples: &[i16]) -> f64 {
-    let crossings = samples.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
-    crossings as f64 / 2.0 * 48000.0 / samples.len() as f64
 }
 
 /// A phone's HLG recording or an HDR10 (PQ) film, with an SDR player: the

@@ -133,28 +133,15 @@ async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Option<String
     let spool = st.storage.spool_dir();
     let (target, copy) =
         st.storage.local_copy(stored.as_deref().unwrap_or(&j.source), &spool).await.map_err(|e| Outcome::storage(None, e))?;
-    let mut probe = tokio::process::Command::new(st.drake_exe.as_ref());
-    probe.arg("probe").arg(&target).kill_on_drop(true);
-    let bytes = tokio::fs::metadata(&target).await.map(|m| m.len()).unwrap_or(0);
-    let limit = probe_time_limit(bytes);
-    let out = tokio::time::timeout(limit, probe.output()).await;
+    let rel = stored.as_deref().unwrap_or(&j.source);
+    let probed = match probe(st, &target).await {
+        Ok(p) if p.timeline_joins > 0 => one_timeline(st, job, &target, rel).await,
+        other => other,
+    };
     if copy {
         let _ = tokio::fs::remove_file(&target).await;
     }
-    let out = match out {
-        Err(_) => return Err(Outcome::failed(format!("timed out after {} s", limit.as_secs()))),
-        Ok(Err(e)) => return Err(Outcome::failed(format!("cannot run drake probe: {e}"))),
-        Ok(Ok(out)) => out,
-    };
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.lines().last().unwrap_or("probe failed").trim_start_matches("drake: ").to_string();
-    match out.status.code() {
-        Some(0) => {}
-        Some(proto::exit::INTERNAL) | None => return Err(Outcome::failed(last)),
-        Some(_) => return Err(Outcome::Rejected(last)),
-    }
-    let probe: proto::probe::Probe =
-        serde_json::from_slice(&out.stdout).map_err(|e| Outcome::failed(format!("unreadable probe output: {e}")))?;
+    let probe = probed?;
     let plan = proto::plan::plan(&probe, &profile).map_err(|e| Outcome::Rejected(format!("bad input: {e}")))?;
     // A malformed caption file fails the job now, before anything is encoded.
     crate::sidecars::check(st, job, &j.captions).await.map_err(|e| match e {
@@ -169,7 +156,57 @@ async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Option<String
     Ok((stored, json!(probe), tasks))
 }
 
-/// How long `drake probe` may take on a source of `bytes`: it reads the headers,
+/// `drake probe` of a local file, in a child process.
+async fn probe(st: &AppState, path: &std::path::Path) -> Result<proto::probe::Probe, Outcome> {
+    let out = drake_child(st, "probe", &[path.as_os_str()], path).await?;
+    serde_json::from_slice(&out).map_err(|e| Outcome::failed(format!("unreadable probe output: {e}")))
+}
+
+/// A source whose timestamps start over (recordings joined end to end) made one
+/// timeline: `drake remux` copies its packets into Matroska, the parts one after
+/// another, and that copy, probed again, replaces the stored source `rel`.
+async fn one_timeline(st: &AppState, job: &str, target: &std::path::Path, rel: &str) -> Result<proto::probe::Probe, Outcome> {
+    let spool = st.storage.spool_dir();
+    let out = spool.join(format!("remux-{job}.mkv"));
+    let remuxed = async {
+        drake_child(st, "remux", &[target.as_os_str(), "--out".as_ref(), out.as_os_str()], target).await?;
+        let probe = probe(st, &out).await?;
+        if probe.timeline_joins > 0 {
+            return Err(Outcome::Rejected("bad input: the source's timestamps start over even after a remux".into()));
+        }
+        st.storage.import(&out, rel).await.map_err(|e| Outcome::storage(Some("storing the source on one timeline".into()), e))?;
+        Ok(probe)
+    }
+    .await;
+    if remuxed.is_err() {
+        let _ = tokio::fs::remove_file(&out).await;
+    }
+    remuxed
+}
+
+/// Runs `drake COMMAND ARGS` (an engine command reading `source`) within
+/// [`probe_time_limit`], for its standard output. Its last line of stderr is the
+/// failure: bad input rejects the job, anything else is retried.
+async fn drake_child(st: &AppState, command: &str, args: &[&std::ffi::OsStr], source: &std::path::Path) -> Result<Vec<u8>, Outcome> {
+    let mut child = tokio::process::Command::new(st.drake_exe.as_ref());
+    child.arg(command).args(args).kill_on_drop(true);
+    let bytes = tokio::fs::metadata(source).await.map(|m| m.len()).unwrap_or(0);
+    let limit = probe_time_limit(bytes);
+    let out = match tokio::time::timeout(limit, child.output()).await {
+        Err(_) => return Err(Outcome::failed(format!("drake {command} timed out after {} s", limit.as_secs()))),
+        Ok(Err(e)) => return Err(Outcome::failed(format!("cannot run drake {command}: {e}"))),
+        Ok(Ok(out)) => out,
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or("failed").trim_start_matches("drake: ").to_string();
+    match out.status.code() {
+        Some(0) => Ok(out.stdout),
+        Some(proto::exit::INTERNAL) | None => Err(Outcome::failed(last)),
+        Some(_) => Err(Outcome::Rejected(last)),
+    }
+}
+
+/// How long `drake probe` (or `drake remux`) may take on a source of `bytes`: it reads the headers,
 /// and the packets of a source without a duration or a keyframe index (MPEG-TS,
 /// Matroska), undecoded, at about 1 GB/s from the page cache and a few hundred MB/s
 /// from a cold disk.

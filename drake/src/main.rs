@@ -153,6 +153,14 @@ enum Command {
         #[command(subcommand)]
         command: DbCommand,
     },
+    /// Copy a source's audio, video and subtitle packets, undecoded, into Matroska
+    /// on one timeline: recordings joined end to end (their timestamps start over
+    /// at each join) come out one after another. Prints how many parts there were.
+    Remux {
+        input: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a poster, thumbnails and a storyboard sprite with WebVTT into DIR.
     Thumbnails {
         input: String,
@@ -357,6 +365,7 @@ fn run_engine(command: Command) -> i32 {
             };
             worker::join::run(&req).map(|_| ()).map_err(Failure::Engine)
         }
+        Command::Remux { input, out } => worker::remux::run(&input, &out).map_err(Failure::Engine).and_then(|r| print_json(&r)),
         Command::Thumbnails { input, out, count, cores } => {
             cores.apply();
             worker::thumbnails::run(&input, &out, count).map_err(Failure::Engine).map(|_| ())

@@ -15,6 +15,15 @@ pub struct Probe {
     pub bitrate: u64,
     pub size_bytes: Option<u64>,
     pub streams: Vec<StreamInfo>,
+    /// Where the source's timestamps start over: recordings joined end to end
+    /// (MPEG-TS parts concatenated), found reading a local file without an index.
+    /// The coordinator makes such a source one timeline (`drake remux`) first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub timeline_joins: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The `medium` of an audio stream no decoder here reads, listed as `Other`.
@@ -59,9 +68,11 @@ pub struct VideoStream {
     pub default: bool,
     /// Seconds: the longest stretch of the stream without a keyframe, the one
     /// from its last keyframe to the source's end included, as the container's
-    /// keyframe index says (an MP4's sample table, Matroska's cues). A chunk
+    /// keyframe index says (an MP4's sample table), or as reading a local file's
+    /// packets finds them (MPEG-TS, Matroska). A chunk
     /// decodes from the keyframe before its start, so this bounds what it decodes
-    /// and throws away. `None` when the container has no such index (MPEG-TS).
+    /// and throws away. `None` when the container has no index and the file was not
+    /// read for it (over HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keyframe_gap_s: Option<f64>,
 }

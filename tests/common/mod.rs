@@ -408,3 +408,19 @@ pub fn check_codecs(codecs: &str, mp4: &Path) {
         }
     }
 }
+
+/// A file's first audio track, decoded to mono 16-bit samples at 48 kHz.
+pub fn mono_48k(path: &Path) -> Vec<i16> {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i", path.to_str().unwrap(), "-map", "0:a:0", "-ac", "1", "-ar", "48000", "-f", "s16le", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
+}
+
+/// The frequency of a pure tone in 48 kHz samples, from its zero crossings.
+pub fn tone_hz(samples: &[i16]) -> f64 {
+    let crossings = samples.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+    crossings as f64 / 2.0 * 48000.0 / samples.len() as f64
+}

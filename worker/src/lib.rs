@@ -13,8 +13,10 @@ pub mod packets;
 pub mod probe;
 pub mod publish;
 pub mod quality;
+pub mod remux;
 pub mod subtitles;
 pub mod thumbnails;
+pub mod timeline;
 pub mod transcode;
 pub mod verify;
 

@@ -4,6 +4,7 @@
 
 use crate::av;
 use crate::error::{EngineError, Result};
+use crate::timeline::{Seen, Timelines};
 use ff::ffi;
 use ff::format::stream::Disposition;
 use ffmpeg_next as ff;
@@ -118,17 +119,19 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
     // MPEG-TS and FLV have no keyframe index, and Matroska reads its cues only when
     // first asked to seek.
     let unindexed = streams.iter().any(|s| matches!(s, StreamInfo::Video(v) if keyframes.get(v.index).is_none_or(Option::is_none)));
+    let mut timeline_joins = 0;
     let duration = match said {
         Some(d) => {
             if wanted && local && unindexed {
-                keyframes = by_reading(input, KEYFRAME_READ_BYTES)?.1;
+                let read = by_reading(input, KEYFRAME_READ_BYTES)?;
+                (keyframes, timeline_joins) = (read.keyframes, read.joins);
             }
             d
         }
         None if local => {
-            let (end, read) = by_reading(input, u64::MAX)?;
-            keyframes = read;
-            end
+            let read = by_reading(input, u64::MAX)?;
+            (keyframes, timeline_joins) = (read.keyframes, read.joins);
+            read.end
         }
         None => 0.0,
     };
@@ -146,22 +149,38 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
         bitrate: ictx.bit_rate().max(0) as u64,
         size_bytes,
         streams,
+        timeline_joins,
     })
 }
 
-/// Where a local file's last packet ends, and each stream's keyframes, from reading
-/// its packets without decoding them, up to `budget` bytes of them: the duration of
-/// a file whose container does not say it (a browser's MediaRecorder WebM, a
-/// Matroska recording written as a stream), and the keyframes of one that has no
-/// index (such a file has none either). A stream's keyframe index then ends where
-/// the reading stopped. Over HTTP this would fetch the whole source, so there the
-/// duration and the keyframes stay unknown.
-fn by_reading(input: &str, budget: u64) -> Result<(f64, Vec<Option<av::KeyframeIndex>>)> {
+/// What reading a local file's packets, undecoded, finds.
+struct Reading {
+    /// Where its last packet ends.
+    end: f64,
+    /// Each stream's keyframes, their index ending where the reading stopped.
+    keyframes: Vec<Option<av::KeyframeIndex>>,
+    /// Where the timestamps of a stream start over (the most of any stream).
+    joins: u32,
+}
+
+/// Reads a local file's packets, without decoding them, up to `budget` bytes of
+/// them: for the duration of a file whose container does not say it (a browser's
+/// MediaRecorder WebM, a Matroska recording written as a stream), and the
+/// keyframes and joins of one that has no index (such a file has none either).
+/// Over HTTP this would fetch the whole source, so there the duration, the
+/// keyframes and the joins stay unknown.
+fn by_reading(input: &str, budget: u64) -> Result<Reading> {
     let mut ictx = av::open_input(input)?;
     let start = av::start_seconds(&ictx);
     let time_bases: Vec<ff::Rational> = ictx.streams().map(|s| s.time_base()).collect();
+    let watched: Vec<bool> = ictx
+        .streams()
+        .map(|s| matches!(av::params(&s).codec_type, ffi::AVMediaType::AVMEDIA_TYPE_AUDIO | ffi::AVMediaType::AVMEDIA_TYPE_VIDEO))
+        .collect();
     let mut keyframes: Vec<Option<av::KeyframeIndex>> = vec![None; time_bases.len()];
     let mut ends = vec![0.0f64; time_bases.len()];
+    let mut joins = vec![0u32; time_bases.len()];
+    let mut timelines = Timelines::default();
     let mut read = 0u64;
     for (stream, pkt) in ictx.packets() {
         read += pkt.size() as u64;
@@ -169,6 +188,11 @@ fn by_reading(input: &str, budget: u64) -> Result<(f64, Vec<Option<av::KeyframeI
             break;
         }
         let i = stream.index();
+        if let Some(dts) = pkt.dts().filter(|_| watched[i])
+            && let Seen::Joined { .. } = timelines.see(i, dts as f64 * f64::from(time_bases[i]))
+        {
+            joins[i] += 1;
+        }
         if let Some(ts) = pkt.pts().or(pkt.dts()) {
             let t = ts as f64 * f64::from(time_bases[i]) - start;
             ends[i] = ends[i].max(t + pkt.duration().max(0) as f64 * f64::from(time_bases[i]));
@@ -182,7 +206,7 @@ fn by_reading(input: &str, budget: u64) -> Result<(f64, Vec<Option<av::KeyframeI
             k.end = Some(*end);
         }
     }
-    Ok((ends.iter().fold(0.0f64, |a, &b| a.max(b)), keyframes))
+    Ok(Reading { end: ends.iter().fold(0.0f64, |a, &b| a.max(b)), keyframes, joins: joins.into_iter().max().unwrap_or(0) })
 }
 
 /// A stream's language tag (`und`, undetermined, is none).
@@ -218,12 +242,11 @@ mod tests {
             .unwrap();
         assert!(made.success());
         let ts = ts.to_str().unwrap();
-        let (end, whole) = by_reading(ts, u64::MAX).unwrap();
-        let whole = whole[0].unwrap();
+        let read = by_reading(ts, u64::MAX).unwrap();
+        let (end, whole) = (read.end, read.keyframes[0].unwrap());
         assert!((end - 20.0).abs() < 0.1 && (whole.longest_gap - 2.0).abs() < 0.01 && whole.last > 17.9, "{end} {whole:?}");
         let bytes = std::fs::metadata(ts).unwrap().len();
-        let (_, part) = by_reading(ts, bytes / 3).unwrap();
-        let part = part[0].unwrap();
+        let part = by_reading(ts, bytes / 3).unwrap().keyframes[0].unwrap();
         let read_to = part.end.unwrap();
         assert!(read_to > 2.0 && read_to < 10.0 && part.last <= read_to && part.gap(20.0) <= 2.1, "{part:?}");
     }

@@ -20,6 +20,7 @@ use crate::fmp4;
 use crate::packets;
 use crate::quality::Meter;
 use crate::thumbnails::Collector;
+use crate::timeline::{Seen, Timelines};
 use crate::verify;
 use ff::util::picture;
 use ff::{Dictionary, Packet, Rational, Rescale, codec, decoder, encoder, filter, format, frame};
@@ -254,25 +255,9 @@ struct SourceReader {
     /// Where the furthest audio packet read so far ends, in seconds of the
     /// source's timeline (container start included).
     audio_end: f64,
-    /// Each audio and video stream's decode times since the last seek, by stream index.
-    timelines: Vec<Option<Timeline>>,
+    /// Each audio and video stream's decode times since the last seek.
+    timelines: Timelines,
 }
-
-/// Where a stream's decode times have got to, in seconds.
-#[derive(Clone, Copy)]
-struct Timeline {
-    latest: f64,
-    /// How many packets in a row have been well behind `latest`, and the first's time.
-    behind: u32,
-    back_to: f64,
-}
-
-/// A stream whose decode time goes back by more than this many seconds, for
-/// [`PACKETS_BACK`] packets in a row, holds parts recorded apart and joined end to
-/// end (see `SourceReader::saw`). A frame or two back is a muxer's rounding, and
-/// one packet far back is a damaged timestamp, which the decoders drop.
-const TIME_BACK_S: f64 = 1.0;
-const PACKETS_BACK: u32 = 8;
 
 /// Failed reads at one place of a source over HTTP before the task gives up (with
 /// the waits between them, about 10 s).
@@ -280,16 +265,23 @@ const STUCK_READS: u32 = 25;
 
 impl SourceReader {
     fn new(input: &str) -> SourceReader {
-        SourceReader { is_url: av::is_url(input), corrupt: 0, stuck_at: -1, stuck_reads: 0, audio_end: 0.0, timelines: Vec::new() }
+        SourceReader {
+            is_url: av::is_url(input),
+            corrupt: 0,
+            stuck_at: -1,
+            stuck_reads: 0,
+            audio_end: 0.0,
+            timelines: Timelines::default(),
+        }
     }
 
-    /// Notes where a packet of the source is. Files joined end to end (MPEG-TS
-    /// recordings split by a recorder and concatenated, a stream saved across
-    /// its discontinuities) start their timestamps over at each join. The
-    /// frames after it would land on times already encoded and be dropped, and
-    /// the container's duration, measured from the first and last timestamps,
-    /// counts only one part, so nothing would notice the loss: the source is
-    /// refused instead, saying how to make it one timeline.
+    /// Notes where a packet of the source is. Files joined end to end (see
+    /// [`crate::timeline`]) start their timestamps over at each join. The frames
+    /// after it would land on times already encoded and be dropped, and the
+    /// container's duration, measured from the first and last timestamps, counts
+    /// only one part, so nothing would notice the loss: the source is refused
+    /// instead, saying how to make it one timeline. (The farm remuxes the joins
+    /// its probe finds before anything reads the source here.)
     fn saw(&mut self, ictx: &format::context::Input, pkt: &Packet) -> Result<()> {
         let Some(stream) = ictx.stream(pkt.stream()) else { return Ok(()) };
         let (kind, time_base) = (av::params(&stream).codec_type, f64::from(stream.time_base()));
@@ -301,35 +293,17 @@ impl SourceReader {
         let watched = matches!(kind, ff::ffi::AVMediaType::AVMEDIA_TYPE_AUDIO | ff::ffi::AVMediaType::AVMEDIA_TYPE_VIDEO);
         // Decode times only: presentation times go back by design where frames are reordered.
         let Some(t) = pkt.dts().map(|ts| ts as f64 * time_base).filter(|_| watched) else { return Ok(()) };
-        if self.timelines.len() <= pkt.stream() {
-            self.timelines.resize(pkt.stream() + 1, None);
-        }
-        let timeline = &mut self.timelines[pkt.stream()];
-        match timeline {
-            Some(line) if t < line.latest - TIME_BACK_S => {
-                if line.behind == 0 {
-                    line.back_to = t;
-                }
-                line.behind += 1;
-                if line.behind < PACKETS_BACK {
-                    return Ok(());
-                }
+        match self.timelines.see(pkt.stream(), t) {
+            Seen::Joined { from, to } => {
                 let start = av::start_seconds(ictx);
                 Err(EngineError::bad(format!(
                     "the source's timestamps go back from {:.2} s to {:.2} s: it is recordings joined end to end, and the part after \
-                     the join would be lost; make it one timeline first, for example with `ffmpeg -i SOURCE -c copy joined.mkv`",
-                    line.latest - start,
-                    line.back_to - start
+                     the join would be lost; make it one timeline first, for example with `drake remux SOURCE --out joined.mkv`",
+                    from - start,
+                    to - start
                 )))
             }
-            Some(line) => {
-                (line.latest, line.behind) = (line.latest.max(t), 0);
-                Ok(())
-            }
-            None => {
-                *timeline = Some(Timeline { latest: t, behind: 0, back_to: t });
-                Ok(())
-            }
+            Seen::Along | Seen::Behind => Ok(()),
         }
     }
 
