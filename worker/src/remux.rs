@@ -6,7 +6,7 @@
 
 use crate::av;
 use crate::error::{Context as _, EngineError, Result};
-use crate::timeline::{PACKETS_BACK, Seen, Timelines};
+use crate::timeline::{Seen, Timelines};
 use ff::ffi::AVMediaType;
 use ff::{Packet, Rational};
 use ffmpeg_next as ff;
@@ -90,32 +90,26 @@ pub fn run(input: &str, out: &Path) -> Result<Remuxed> {
         };
         let t = dts as f64 * f64::from(track.in_tb);
         match timelines.see(s.index(), t) {
+            // Packets held behind it, fewer than PACKETS_BACK in a row: damaged timestamps.
+            Seen::Along => dropped += std::mem::take(&mut track.held).len() as u64,
             Seen::Behind if track.part + 1 < offsets.len() => {
                 // Another stream found the join these packets are after.
                 timelines.restart(s.index(), t);
                 track.part += 1;
-                for held in std::mem::take(&mut track.held) {
-                    write(&mut octx, track, held, offsets[track.part], &mut end, &mut dropped)?;
-                }
-                write(&mut octx, track, pkt, offsets[track.part], &mut end, &mut dropped)?;
             }
-            Seen::Behind => track.held.push(pkt),
+            Seen::Behind => {
+                track.held.push(pkt);
+                continue;
+            }
             Seen::Joined { .. } => {
                 // The new part starts where the output ends so far.
                 let first = track.held.first().and_then(|p| p.dts().or(p.pts())).unwrap_or(dts);
                 offsets.push(end - first as f64 * f64::from(track.in_tb));
                 track.part = offsets.len() - 1;
-                for held in std::mem::take(&mut track.held) {
-                    write(&mut octx, track, held, offsets[track.part], &mut end, &mut dropped)?;
-                }
-                write(&mut octx, track, pkt, offsets[track.part], &mut end, &mut dropped)?;
             }
-            Seen::Along => {
-                // Fewer than PACKETS_BACK behind in a row: damaged timestamps.
-                debug_assert!(track.held.len() < PACKETS_BACK as usize);
-                dropped += std::mem::take(&mut track.held).len() as u64;
-                write(&mut octx, track, pkt, offsets[track.part], &mut end, &mut dropped)?;
-            }
+        }
+        for p in std::mem::take(&mut track.held).into_iter().chain([pkt]) {
+            write(&mut octx, track, p, offsets[track.part], &mut end, &mut dropped)?;
         }
     }
     dropped += tracks.iter().flatten().map(|t| t.held.len() as u64).sum::<u64>();
