@@ -167,12 +167,15 @@ fn a_long_source_cut_in_chunks_comes_out_as_its_whole_encode_does() {
 /// MPEG-TS recordings joined end to end (a recorder's parts, concatenated): their
 /// timestamps start over at the join. The coordinator's probe finds the join and
 /// makes the source one timeline (`drake remux`, into Matroska) before it plans,
-/// so the chunks seek in one timeline and the job holds both parts, in order.
+/// and stores it in place of the upload, here on an external WebDAV server: the
+/// chunks seek in one timeline, and the job holds both parts, in order.
 #[test]
 fn recordings_joined_end_to_end_are_made_one_timeline_and_cut_in_chunks() {
     let dir = Dir::new();
     let profiles_dir = profiles(&dir);
-    let c = Coordinator::start_env(&[], "", &[("DRAKE_PROFILES_DIR", &profiles_dir)]);
+    let nginx = Nginx::start();
+    let storage = ["--storage-url", &nginx.url, "--storage-authorization", Nginx::AUTHORIZATION];
+    let c = Coordinator::start_env(&storage, "", &[("DRAKE_PROFILES_DIR", &profiles_dir)]);
     let mut joined = Vec::new();
     for (name, hz) in [("a.ts", "440"), ("b.ts", "880")] {
         #[rustfmt::skip]
@@ -189,11 +192,11 @@ fn recordings_joined_end_to_end_are_made_one_timeline_and_cut_in_chunks() {
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["chunks"], json!({"count": 4, "done": 4}), "{job}");
 
-    let m = manifest(&c, &job);
-    assert_eq!(m["probe"]["container"], "matroska,webm", "{}", m["probe"]);
-    let rendition = &m["renditions"].as_array().unwrap()[0];
-    let local = download(&c, rendition, &dir.path("240p"));
-    let mp4 = local.join(rendition["file_roles"]["progressive"].as_str().unwrap());
+    assert_eq!(job["probe"]["container"], "matroska,webm", "{}", job["probe"]);
+    let job_dir = nginx.root.join(format!("jobs/{}", job["id"].as_str().unwrap()));
+    let stored = std::fs::read(job_dir.join("source")).unwrap();
+    assert_eq!(stored[..4], [0x1a, 0x45, 0xdf, 0xa3], "the stored source is Matroska (EBML)");
+    let mp4 = job_dir.join("240p/240p.mp4");
     let video = streams(&mp4).into_iter().find(|s| s["codec_type"] == "video").unwrap();
     // 24 s at 25 fps, held to the audio's end (its last AAC frame ends after the video).
     let frames: u64 = video["nb_frames"].as_str().unwrap().parse().unwrap();
