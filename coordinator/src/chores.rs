@@ -134,7 +134,7 @@ async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Option<String
     let (target, copy) =
         st.storage.local_copy(stored.as_deref().unwrap_or(&j.source), &spool).await.map_err(|e| Outcome::storage(None, e))?;
     let rel = stored.as_deref().unwrap_or(&j.source);
-    let probed = match probe(st, &target).await {
+    let probed = match probe_file(st, &target).await {
         Ok(p) if p.timeline_joins > 0 => one_timeline(st, job, &target, rel).await,
         other => other,
     };
@@ -157,7 +157,7 @@ async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Option<String
 }
 
 /// `drake probe` of a local file, in a child process.
-async fn probe(st: &AppState, path: &std::path::Path) -> Result<proto::probe::Probe, Outcome> {
+async fn probe_file(st: &AppState, path: &std::path::Path) -> Result<proto::probe::Probe, Outcome> {
     let out = drake_child(st, "probe", &[path.as_os_str()], path).await?;
     serde_json::from_slice(&out).map_err(|e| Outcome::failed(format!("unreadable probe output: {e}")))
 }
@@ -170,7 +170,7 @@ async fn one_timeline(st: &AppState, job: &str, target: &std::path::Path, rel: &
     let out = spool.join(format!("remux-{job}.mkv"));
     let remuxed = async {
         drake_child(st, "remux", &[target.as_os_str(), "--out".as_ref(), out.as_os_str()], target).await?;
-        let probe = probe(st, &out).await?;
+        let probe = probe_file(st, &out).await?;
         if probe.timeline_joins > 0 {
             return Err(Outcome::Rejected("bad input: the source's timestamps start over even after a remux".into()));
         }
