@@ -116,8 +116,7 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
         (_, l) if l > 0.0 => Some(l),
         _ => None,
     };
-    // MPEG-TS and FLV have no keyframe index, and Matroska reads its cues only when
-    // first asked to seek.
+    // MPEG-TS, FLV and Matroska (see `av::keyframe_index`).
     let unindexed = streams.iter().any(|s| matches!(s, StreamInfo::Video(v) if keyframes.get(v.index).is_none_or(Option::is_none)));
     let mut timeline_joins = 0;
     let duration = match said {
