@@ -169,11 +169,13 @@ async fn one_timeline(st: &AppState, job: &str, target: &std::path::Path, rel: &
     let spool = st.storage.spool_dir();
     let out = spool.join(format!("remux-{job}.mkv"));
     let remuxed = async {
-        drake_child(st, "remux", &[target.as_os_str(), "--out".as_ref(), out.as_os_str()], target).await?;
-        let probe = probe_file(st, &out).await?;
+        let remuxed = drake_child(st, "remux", &[target.as_os_str(), "--out".as_ref(), out.as_os_str()], target).await?;
+        let parts = serde_json::from_slice::<Value>(&remuxed).ok().and_then(|r| r["parts"].as_u64()).map(|n| n as u32);
+        let mut probe = probe_file(st, &out).await?;
         if probe.timeline_joins > 0 {
             return Err(Outcome::Rejected("bad input: the source's timestamps start over even after a remux".into()));
         }
+        probe.remuxed_parts = parts;
         st.storage.import(&out, rel).await.map_err(|e| Outcome::storage(Some("storing the source on one timeline".into()), e))?;
         Ok(probe)
     }

@@ -20,6 +20,10 @@ pub struct Probe {
     /// The coordinator makes such a source one timeline (`drake remux`) first.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub timeline_joins: u32,
+    /// Set by the coordinator when it made the uploaded source one timeline: how
+    /// many parts that source's timeline was in. The probe is then the remuxed file's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remuxed_parts: Option<u32>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -149,6 +149,7 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
         size_bytes,
         streams,
         timeline_joins,
+        remuxed_parts: None,
     })
 }
 
