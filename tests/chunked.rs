@@ -26,6 +26,15 @@ fn profiles(dir: &Dir) -> String {
     dir.s("")
 }
 
+/// A coordinator with these profiles, storing on an external WebDAV server (nginx).
+fn on_external_storage(dir: &Dir) -> (Nginx, Coordinator) {
+    let profiles_dir = profiles(dir);
+    let nginx = Nginx::start();
+    let storage = ["--storage-url", &nginx.url, "--storage-authorization", Nginx::AUTHORIZATION];
+    let c = Coordinator::start_env(&storage, "", &[("DRAKE_PROFILES_DIR", &profiles_dir)]);
+    (nginx, c)
+}
+
 #[test]
 fn a_long_source_cut_in_chunks_comes_out_as_its_whole_encode_does() {
     let dir = Dir::new();
@@ -172,18 +181,8 @@ fn a_long_source_cut_in_chunks_comes_out_as_its_whole_encode_does() {
 #[test]
 fn recordings_joined_end_to_end_are_made_one_timeline_and_cut_in_chunks() {
     let dir = Dir::new();
-    let profiles_dir = profiles(&dir);
-    let nginx = Nginx::start();
-    let storage = ["--storage-url", &nginx.url, "--storage-authorization", Nginx::AUTHORIZATION];
-    let c = Coordinator::start_env(&storage, "", &[("DRAKE_PROFILES_DIR", &profiles_dir)]);
-    let mut joined = Vec::new();
-    for (name, hz) in [("a.ts", "440"), ("b.ts", "880")] {
-        #[rustfmt::skip]
-        ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=12", "-f", "lavfi", "-i", &format!("sine=f={hz}:d=12"),
-                 "-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-c:a", "aac", "-f", "mpegts", &dir.s(name)]);
-        joined.extend(std::fs::read(dir.path(name)).unwrap());
-    }
-    std::fs::write(dir.path("joined.ts"), joined).unwrap();
+    let (nginx, c) = on_external_storage(&dir);
+    joined_recordings(&dir, "320x240", 25, 12, &["-g", "50"]);
     let (status, job) = c.upload(&dir.s("joined.ts"), &[("profile", "short")]);
     assert_eq!(status, 201, "{job}");
     let join = c.join_token(1);
@@ -309,10 +308,7 @@ impl<'a> FakeWorker<'a> {
 #[test]
 fn chunks_read_only_their_part_of_the_source_from_external_storage() {
     let dir = Dir::new();
-    let profiles_dir = profiles(&dir);
-    let nginx = Nginx::start();
-    let storage = ["--storage-url", &nginx.url, "--storage-authorization", Nginx::AUTHORIZATION];
-    let c = Coordinator::start_env(&storage, "", &[("DRAKE_PROFILES_DIR", &profiles_dir)]);
+    let (nginx, c) = on_external_storage(&dir);
     let src = dir.s("long.mp4");
     #[rustfmt::skip]
     // Lossless, so that the source is large next to libav's read-ahead on each open.

@@ -865,14 +865,7 @@ fn check_rejected(input: &str, out: &Path, reason: &str) {
 #[test]
 fn recordings_joined_end_to_end_are_made_one_timeline_not_cut_short() {
     let dir = Dir::new();
-    let mut joined = Vec::new();
-    for (name, hz) in [("a.ts", "440"), ("b.ts", "880")] {
-        #[rustfmt::skip]
-        ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=30:d=5", "-f", "lavfi", "-i", &format!("sine=f={hz}:d=5"),
-                 "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-f", "mpegts", &dir.s(name)]);
-        joined.extend(std::fs::read(dir.path(name)).unwrap());
-    }
-    std::fs::write(dir.path("joined.ts"), joined).unwrap();
+    joined_recordings(&dir, "320x240", 30, 5, &[]);
     check_rejected(&dir.s("joined.ts"), &dir.path("whole"), "timestamps go back from");
     let o = drake(&["transcode", &dir.s("joined.ts"), "--rendition", "240p", "--out", &dir.s("audio"), "--audio"]);
     let stderr = String::from_utf8_lossy(&o.stderr);

@@ -424,3 +424,20 @@ pub fn tone_hz(samples: &[i16]) -> f64 {
     let crossings = samples.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
     crossings as f64 / 2.0 * 48000.0 / samples.len() as f64
 }
+
+/// `joined.ts` in `dir`: two MPEG-TS recordings of `seconds` each (a test picture
+/// of `size` at `fps`, a 440 Hz then an 880 Hz tone) joined end to end, as `cat`
+/// joins a recorder's parts: the second's timestamps start over.
+pub fn joined_recordings(dir: &Dir, size: &str, fps: u32, seconds: u32, video: &[&str]) {
+    let mut joined = Vec::new();
+    for (name, hz) in [("a.ts", 440), ("b.ts", 880)] {
+        let (picture, tone) = (format!("testsrc2=s={size}:r={fps}:d={seconds}"), format!("sine=f={hz}:d={seconds}"));
+        let mut args = vec!["-f", "lavfi", "-i", &picture, "-f", "lavfi", "-i", &tone, "-c:v", "libx264", "-preset", "ultrafast"];
+        args.extend(video);
+        let path = dir.s(name);
+        args.extend(["-c:a", "aac", "-f", "mpegts", &path]);
+        ffmpeg(&args);
+        joined.extend(std::fs::read(&path).unwrap());
+    }
+    std::fs::write(dir.path("joined.ts"), joined).unwrap();
+}
