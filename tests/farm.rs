@@ -561,13 +561,23 @@ fn cancel_kills_the_child_and_sigterm_drains_a_worker() {
     ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=1280x720:r=30:d=20", "-c:v", "libx264", "-preset", "ultrafast", &dir.s("long.mp4")]);
     let mut w = c.worker("drainer", &join);
 
-    // Uploads over the limit are refused without creating a job.
-    let (status, e) = c.upload(&dir.s("long.mp4"), &[]);
-    assert!(std::fs::metadata(dir.path("long.mp4")).unwrap().len() > 5_000_000);
+    // Uploads over the limit are refused without creating a job. One whose
+    // Content-Length is over it, with room for caption files, is refused before
+    // a byte is spooled (or the spool made).
+    let huge = dir.path("huge.mp4");
+    std::fs::File::create(&huge).unwrap().set_len(48 << 20).unwrap();
+    let (status, e) = c.upload(&dir.s("huge.mp4"), &[]);
     assert_eq!((status, e["code"].as_str()), (413, Some("too_large")), "{e}");
+    assert!(!c.data.path("storage/uploads").exists(), "the spool was made for a refused upload");
+    // One within that room is refused once it has sent more than the limit, and
+    // the answer reaches the client while it is still sending (`linger`).
+    assert!(std::fs::metadata(dir.path("long.mp4")).unwrap().len() > 5_000_000);
+    for _ in 0..3 {
+        let (status, e) = c.upload(&dir.s("long.mp4"), &[]);
+        assert_eq!((status, e["code"].as_str()), (413, Some("too_large")), "{e}");
+    }
     let (_, list) = c.call("GET", "/api/v1/jobs", Some(&c.admin), None);
     assert_eq!(list["jobs"].as_array().unwrap().len(), 0);
-    // Refused by its Content-Length, before a byte was spooled (or the spool made).
     assert_eq!(std::fs::read_dir(c.data.path("storage/uploads")).map_or(0, |d| d.count()), 0, "no partial upload left");
 
     let c = Coordinator::start_with(&["--lease-ttl-seconds", "4"]);

@@ -163,8 +163,8 @@ async fn create_job(State(st): State<AppState>, caller: Caller, req: Request) ->
     let is_multipart =
         req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("multipart/form-data"));
     let declared: Option<u64> = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    // A refusal before the body is read is answered once the client has sent it
-    // (`crate::linger`).
+    // A refusal before or while the body is read reaches a client still sending
+    // it (`crate::linger`).
     let (job, created) = if is_multipart {
         // Over the limit by its own account: refused before a byte is read.
         if declared.is_some_and(|n| n > st.limits.max_upload_bytes + MULTIPART_OVERHEAD) {

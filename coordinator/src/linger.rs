@@ -1,18 +1,21 @@
 //! Lingering close: a request answered before its body was read (a refusal, most
-//! often: 413, 429, 401) reads on for a moment before the answer goes out.
+//! often: 413, 429, 401) has the rest of its body read and dropped after the
+//! answer goes out.
 //!
 //! A server that closes a connection with unread bytes makes the kernel reset it,
 //! and a client still sending then sees the reset instead of the answer (curl
-//! said `000` where a 413 was due). nginx's lingering close does the same as this
-//! layer. It wraps every request's body; when the handler is done with a body it
-//! had not read to its end, the rest comes back here and is read and dropped,
-//! within [`LINGER_BYTES`] and [`LINGER_TIME`]. A body that declares more than
-//! that is not read at all: such a client should send `Expect: 100-continue`,
-//! and one that did and was never invited to send gets its answer at once.
+//! said `000` where a 413 was due, or `100` when the refusal came mid-upload,
+//! after it had been invited to send). nginx's lingering close does the same as
+//! this layer. It wraps every request's body; when the handler is done with a
+//! body it had not read to its end, the rest comes back here. The answer is sent
+//! at once, and the connection is kept reading, within [`LINGER_BYTES`] and
+//! [`LINGER_TIME`], so that the client reads the answer and stops sending before
+//! the connection closes. A client that sent `Expect: 100-continue` and was
+//! never invited to send has sent nothing, and its connection closes at once.
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
-use axum::http::header::{CONTENT_LENGTH, EXPECT};
+use axum::http::header::EXPECT;
 use axum::middleware::Next;
 use axum::response::Response;
 use std::pin::Pin;
@@ -25,11 +28,7 @@ const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The middleware (see the module's doc).
 pub async fn layer(req: Request, next: Next) -> Response {
-    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let expects_continue = req.headers().get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if declared.is_some_and(|n| n > LINGER_BYTES) {
-        return next.run(req).await;
-    }
     let left = Arc::new(Mutex::new(None));
     let req = req.map(|body| Body::new(Tracked { body, polled: false, ended: false, left: left.clone() }));
     let response = next.run(req).await;
@@ -37,7 +36,9 @@ pub async fn layer(req: Request, next: Next) -> Response {
     if let Some(Left { body, polled }) = rest
         && (polled || !expects_continue)
     {
-        drain(body).await;
+        // Held by this task, the body keeps the connection reading after the
+        // answer is written.
+        tokio::spawn(drain(body));
     }
     response
 }
