@@ -32,6 +32,10 @@ struct Track {
     /// Packets well behind the stream's timeline, held until it is clear whether
     /// they start a join or are damaged.
     held: Vec<Packet>,
+    /// Packets without a decode time, held until the next packet that has one:
+    /// libav leaves it out on the first packets of a Matroska stream with
+    /// B-frames (their decode order is all it knows).
+    undated: Vec<Packet>,
     /// The last decode time written, in the output's seconds.
     written: f64,
 }
@@ -65,6 +69,7 @@ pub fn run(input: &str, out: &Path) -> Result<Remuxed> {
             out_tb: s.time_base(),
             part: 0,
             held: Vec::new(),
+            undated: Vec::new(),
             written: f64::MIN,
         }));
     }
@@ -112,14 +117,16 @@ pub fn run(input: &str, out: &Path) -> Result<Remuxed> {
             write(&mut octx, track, p, offsets[track.part], &mut end, &mut dropped)?;
         }
     }
-    dropped += tracks.iter().flatten().map(|t| t.held.len() as u64).sum::<u64>();
+    dropped += tracks.iter().flatten().map(|t| (t.held.len() + t.undated.len()) as u64).sum::<u64>();
     octx.write_trailer().ctx(|| "writing the Matroska index".into())?;
     Ok(Remuxed { parts: offsets.len() as u32, dropped })
 }
 
 /// Writes a packet `offset` seconds later than its source timestamps, unless it
 /// would land before what its stream already wrote (the muxer needs decode times
-/// that go forward).
+/// that go forward). A packet without a decode time waits for the next one with
+/// one, and those it waited for get the ticks just before it, in their order, as
+/// the ffmpeg CLI gives them decode times before the first it knows.
 fn write(
     octx: &mut ff::format::context::Output,
     track: &mut Track,
@@ -131,9 +138,24 @@ fn write(
     let shift = (offset / f64::from(track.in_tb)).round() as i64;
     pkt.set_dts(pkt.dts().map(|d| d + shift));
     pkt.set_pts(pkt.pts().map(|p| p + shift));
+    let Some(dts) = pkt.dts() else {
+        track.undated.push(pkt);
+        return Ok(());
+    };
+    let undated = std::mem::take(&mut track.undated);
+    let before = undated.len() as i64;
+    for (i, mut early) in undated.into_iter().enumerate() {
+        early.set_dts(Some(dts - before + i as i64));
+        put(octx, track, early, end, dropped)?;
+    }
+    put(octx, track, pkt, end, dropped)
+}
+
+/// Writes a packet with a decode time, as [`write`] says.
+fn put(octx: &mut ff::format::context::Output, track: &mut Track, mut pkt: Packet, end: &mut f64, dropped: &mut u64) -> Result<()> {
     let tb = f64::from(track.in_tb);
-    let dts = pkt.dts().or(pkt.pts()).map_or(track.written, |d| d as f64 * tb);
-    if dts <= track.written {
+    let dts = pkt.dts().map_or(track.written, |d| d as f64 * tb);
+    if dts <= track.written || pkt.pts().is_some_and(|p| p as f64 * tb < dts) {
         *dropped += 1;
         return Ok(());
     }
