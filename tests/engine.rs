@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -1076,23 +1076,32 @@ fn sparse_keyframes_make_longer_chunks_or_a_whole_encode() {
             .to_vec()
     };
     let vp8_live = ["-c:v", "libvpx", "-b:v", "200k", "-g", "100000", "-live", "1", "-f", "webm"].map(String::from).to_vec();
-    // (file, encoder, the probe's longest keyframe gap, the chunks' length and count)
+    let live = |mut codec: Vec<String>| {
+        codec.extend(["-f", "matroska", "-live", "1"].map(String::from));
+        codec
+    };
+    // (file, encoder, the probe's longest keyframe gap, the chunks' length and
+    // count, whether a chunk's seek would read through what is before it)
     #[rustfmt::skip]
     let cases = [
-        ("every5s.mp4", x264("150"), Some(5.0), Some((12.0, 5))),
-        ("every8s.mov", x264("240"), Some(8.0), Some((24.0, 3))),
-        ("one.mp4", x264("infinite"), Some(60.0), None),
-        ("one.avi", x264("infinite"), Some(60.0), None),
+        ("every5s.mp4", x264("150"), Some(5.0), Some((12.0, 5)), false),
+        ("every8s.mov", x264("240"), Some(8.0), Some((24.0, 3)), false),
+        ("one.mp4", x264("infinite"), Some(60.0), None, false),
+        ("one.avi", x264("infinite"), Some(60.0), None, false),
         // A browser's recording: no index, no duration; the probe reads it through.
-        ("one.webm", vp8_live, Some(60.0), None),
+        ("one.webm", vp8_live, Some(60.0), None, false),
         // MPEG-TS has no index, and Matroska's cues are not read before a seek: the
-        // probe reads them through.
-        ("one.ts", x264("infinite"), Some(60.0), None),
-        ("every5s.ts", x264("150"), Some(5.0), Some((12.0, 5))),
-        ("one.mkv", x264("infinite"), Some(60.0), None),
-        ("every8s.mkv", x264("240"), Some(8.0), Some((24.0, 3))),
+        // probe reads them through. A seek in MPEG-TS searches its timestamps.
+        ("one.ts", x264("infinite"), Some(60.0), None, false),
+        ("every5s.ts", x264("150"), Some(5.0), Some((12.0, 5)), false),
+        ("one.mkv", x264("infinite"), Some(60.0), None, false),
+        ("every8s.mkv", x264("240"), Some(8.0), Some((24.0, 3)), false),
+        // Matroska written as a stream has no cues, and FLV (from ffmpeg) no index:
+        // a seek reads everything before its target (the coordinator remuxes them).
+        ("every5s-live.mkv", live(x264("150")), Some(5.0), Some((12.0, 5)), true),
+        ("every5s.flv", x264("150"), Some(5.0), Some((12.0, 5)), true),
     ];
-    for (name, codec, gap, chunks) in cases {
+    for (name, codec, gap, chunks, seeks_by_reading) in cases {
         let src = dir.s(name);
         let mut args = vec!["-f".to_string(), "lavfi".into(), "-i".into(), "testsrc2=s=160x120:r=30:d=60".into()];
         args.extend(codec);
@@ -1102,11 +1111,36 @@ fn sparse_keyframes_make_longer_chunks_or_a_whole_encode() {
         let measured = probe["streams"][0]["keyframe_gap_s"].as_f64();
         // MP4 indexes decode times, a frame or two before the presentation times.
         assert!(measured.zip(gap).is_some_and(|(m, g)| (m - g).abs() < 0.1) || measured == gap, "{name}: gap {measured:?}");
+        assert_eq!(probe.get("seeks_by_reading").is_some_and(|b| b == true), seeks_by_reading, "{name}: {probe}");
         let plan: Value = serde_json::from_str(&drake_ok(&["plan", &src, "--profile", profile.to_str().unwrap()])).unwrap();
         let cut = &plan["chunks"];
         let got = cut["chunk_s"].as_f64().map(|s| (s, cut["chunks"].as_array().unwrap().len()));
         assert_eq!(got, chunks, "{name}: {cut}");
     }
+}
+
+/// `drake remux` gives a Matroska written as a stream (no cues) the cues a chunk's
+/// seek needs, and keeps every packet: libav gives the first packets of a stream
+/// with B-frames no decode time, and those get the ticks before the next one.
+#[test]
+fn a_remux_gives_a_matroska_without_cues_an_index_and_keeps_every_packet() {
+    let dir = Dir::new();
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=60", "-f", "lavfi", "-i", "sine=d=60", "-c:v", "libx264",
+             "-preset", "veryfast", "-bf", "3", "-g", "50", "-c:a", "aac", "-f", "matroska", "-live", "1", &dir.s("live.mkv")]);
+    let probe: Value = serde_json::from_str(&drake_ok(&["probe", &dir.s("live.mkv")])).unwrap();
+    assert_eq!(probe["seeks_by_reading"], true, "{probe}");
+    let remuxed: Value = serde_json::from_str(&drake_ok(&["remux", &dir.s("live.mkv"), "--out", &dir.s("cued.mkv")])).unwrap();
+    assert_eq!(remuxed, json!({"parts": 1, "dropped": 0}));
+    let probe: Value = serde_json::from_str(&drake_ok(&["probe", &dir.s("cued.mkv")])).unwrap();
+    assert!(probe.get("seeks_by_reading").is_none(), "{probe}");
+    let times = |name: &str| {
+        let mut t: Vec<u64> = video_packets(&dir.path(name)).iter().map(|p| (p.0 * 1000.0).round() as u64).collect();
+        t.sort_unstable();
+        t
+    };
+    assert_eq!(times("cued.mkv"), times("live.mkv"));
+    assert_eq!(times("cued.mkv").len(), 1500);
 }
 
 /// The thumbnails of a source with one keyframe (a screen recording) read it in

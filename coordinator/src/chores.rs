@@ -134,8 +134,11 @@ async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Option<String
     let (target, copy) =
         st.storage.local_copy(stored.as_deref().unwrap_or(&j.source), &spool).await.map_err(|e| Outcome::storage(None, e))?;
     let rel = stored.as_deref().unwrap_or(&j.source);
+    let cut = |probe: &proto::probe::Probe| {
+        proto::plan::plan(probe, &profile).ok().and_then(|plan| proto::plan::chunks(&plan, probe, &profile.chunking)).is_some()
+    };
     let probed = match probe_file(st, &target).await {
-        Ok(p) if p.timeline_joins > 0 => one_timeline(st, job, &target, rel).await,
+        Ok(p) if p.timeline_joins > 0 || (p.seeks_by_reading && cut(&p)) => remux_source(st, job, &target, rel).await,
         other => other,
     };
     if copy {
@@ -162,10 +165,13 @@ async fn probe_file(st: &AppState, path: &std::path::Path) -> Result<proto::prob
     serde_json::from_slice(&out).map_err(|e| Outcome::failed(format!("unreadable probe output: {e}")))
 }
 
-/// A source whose timestamps start over (recordings joined end to end) made one
-/// timeline: `drake remux` copies its packets into Matroska, the parts one after
-/// another, and that copy, probed again, replaces the stored source `rel`.
-async fn one_timeline(st: &AppState, job: &str, target: &std::path::Path, rel: &str) -> Result<proto::probe::Probe, Outcome> {
+/// A source the chunks cannot read as it is, remuxed: `drake remux` copies its
+/// packets into Matroska with cues, and that copy, probed again, replaces the
+/// stored source `rel`. Recordings joined end to end (timestamps that start over)
+/// are made one timeline, the parts one after another; a container whose seeks
+/// read through everything before their target (`Probe::seeks_by_reading`) gets
+/// an index, so each chunk fetches only its part.
+async fn remux_source(st: &AppState, job: &str, target: &std::path::Path, rel: &str) -> Result<proto::probe::Probe, Outcome> {
     let spool = st.storage.spool_dir();
     let out = spool.join(format!("remux-{job}.mkv"));
     let remuxed = async {

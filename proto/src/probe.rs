@@ -20,8 +20,16 @@ pub struct Probe {
     /// The coordinator makes such a source one timeline (`drake remux`) first.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub timeline_joins: u32,
-    /// Set by the coordinator when it made the uploaded source one timeline: how
-    /// many parts that source's timeline was in. The probe is then the remuxed file's.
+    /// A seek in the source reads through what lies before its target, or lands
+    /// far before it: a Matroska or WebM without cues (written as a stream, as a
+    /// browser's MediaRecorder does), an FLV without a keyframe index. Measured on
+    /// a local file without an index. Each time chunk would fetch everything
+    /// before its part, so the coordinator remuxes such a source before it cuts it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seeks_by_reading: bool,
+    /// Set by the coordinator when it remuxed the uploaded source (into Matroska
+    /// with cues) to make it one timeline or seekable: how many parts that
+    /// source's timeline was in. The probe is then the remuxed file's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remuxed_parts: Option<u32>,
 }

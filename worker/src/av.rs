@@ -464,6 +464,17 @@ pub fn seek_keyframe_before(
     }
 }
 
+/// How many bytes an input's reads have fetched so far (0 for an input libav
+/// reads without an I/O context).
+pub fn bytes_read(ictx: &ff::format::context::Input) -> u64 {
+    // SAFETY: `pb` is null or the open input's live I/O context; bytes_read is a
+    // plain statistic field of it.
+    unsafe {
+        let pb = (*ictx.as_ptr()).pb;
+        if pb.is_null() { 0 } else { (*pb).bytes_read.max(0) as u64 }
+    }
+}
+
 /// The container's start time in seconds (0 when unknown); outputs start at 0.
 pub fn start_seconds(ictx: &ff::format::context::Input) -> f64 {
     // SAFETY: start_time is a plain field of the open input context.

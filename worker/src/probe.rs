@@ -142,15 +142,55 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
         }
     }
     let size_bytes = if av::is_url(input) { None } else { std::fs::metadata(input).ok().map(|m| m.len()) };
-    Ok(Probe {
+    let mut probe = Probe {
         container: ictx.format().name().to_string(),
         duration: (duration * 1e6).round() / 1e6,
         bitrate: ictx.bit_rate().max(0) as u64,
         size_bytes,
         streams,
         timeline_joins,
+        seeks_by_reading: false,
         remuxed_parts: None,
-    })
+    };
+    if wanted
+        && local
+        && unindexed
+        && let Some(video) = probe.main_video()
+        && let Some(gap) = video.keyframe_gap_s
+        // A source this sparse in keyframes is encoded whole (`proto::plan::chunks`).
+        && proto::plan::CHUNK_PER_KEYFRAME_GAP * gap < probe.duration
+    {
+        // Only a time chunk's reading is at stake, so a seek that fails here is
+        // left for the chunk to report.
+        probe.seeks_by_reading = seeks_by_reading(input, video.index, probe.duration, gap).unwrap_or(false);
+    }
+    Ok(probe)
+}
+
+/// Whether a time chunk's seek in a local file would read through what lies
+/// before its part (see `Probe::seeks_by_reading`). Seeks to the middle of the
+/// file as a chunk does, reads on to it, and counts what libav read, in seconds
+/// of the file: a seek by an index (MP4's, Matroska's cues) or by a binary search
+/// (MPEG-TS) reads about one keyframe gap; one without either reads the half.
+fn seeks_by_reading(input: &str, video: usize, duration: f64, gap: f64) -> Result<bool> {
+    let size = std::fs::metadata(input).map_err(|e| EngineError::bad(format!("cannot read {input}: {e}")))?.len();
+    if size == 0 || duration <= 0.0 {
+        return Ok(false);
+    }
+    let mut ictx = av::open_input(input)?;
+    let (start, middle) = (av::start_seconds(&ictx), duration / 2.0);
+    let time_base = f64::from(ictx.stream(video).expect("the probed stream exists").time_base());
+    let before = av::bytes_read(&ictx);
+    let next = |i: &mut ff::format::context::Input| Ok(i.packets().next().map(|(_, p)| p));
+    if av::seek_keyframe_before(&mut ictx, video, start, middle, next)?.is_some() {
+        for (s, pkt) in ictx.packets() {
+            if s.index() == video && pkt.pts().or(pkt.dts()).is_some_and(|t| t as f64 * time_base - start >= middle) {
+                break;
+            }
+        }
+    }
+    let read_s = (av::bytes_read(&ictx) - before) as f64 / size as f64 * duration;
+    Ok(read_s > gap + 1.0 + middle / 2.0)
 }
 
 /// What reading a local file's packets, undecoded, finds.

@@ -33,7 +33,16 @@ fn probe(w: u32, h: u32, fps: f64, audio: bool) -> Probe {
             title: None,
         }));
     }
-    Probe { container: "mov".into(), duration: 10.0, bitrate: 0, size_bytes: None, streams, timeline_joins: 0, remuxed_parts: None }
+    Probe {
+        container: "mov".into(),
+        duration: 10.0,
+        bitrate: 0,
+        size_bytes: None,
+        streams,
+        timeline_joins: 0,
+        seeks_by_reading: false,
+        remuxed_parts: None,
+    }
 }
 
 /// Plans `web` for a source and compares `name WxH` of each rendition.
