@@ -189,9 +189,14 @@ fn seeks_by_reading(input: &str, video: usize, duration: f64, gap: f64) -> Resul
             }
         }
     }
-    let read_s = (av::bytes_read(&ictx) - before) as f64 / size as f64 * duration;
-    Ok(read_s > gap + 1.0 + middle / 2.0)
+    let read = av::bytes_read(&ictx) - before;
+    let read_s = read as f64 / size as f64 * duration;
+    Ok(read > SEEK_READ_FLOOR && read_s > gap + 1.0 + middle / 2.0)
 }
+
+/// A seek that reads less than this costs a chunk too little to remux its source
+/// for; in a small file, a binary search's reads are a large part of it.
+const SEEK_READ_FLOOR: u64 = 1 << 20;
 
 /// What reading a local file's packets, undecoded, finds.
 struct Reading {
