@@ -215,12 +215,13 @@ async fn drake_child(st: &AppState, command: &str, args: &[&std::ffi::OsStr], so
 }
 
 /// How long `drake probe` or `drake remux` may take on a source of `bytes`. The
-/// probe reads the packets of a source without a duration or a keyframe index
+/// probe reads all the packets of a source without a duration or a keyframe index
 /// (MPEG-TS, Matroska), undecoded, at about 1 GB/s from the page cache and a few
 /// hundred MB/s from a cold disk; the remux also writes them (1 GB in 6 s here).
+/// 20 s per GiB leaves room for a disk that reads 50 MB/s.
 fn probe_time_limit(bytes: u64) -> Duration {
     const BASE_S: u64 = 120;
-    const PER_GIB_S: u64 = 10;
+    const PER_GIB_S: u64 = 20;
     Duration::from_secs(BASE_S + PER_GIB_S * bytes.div_ceil(1 << 30))
 }
 
@@ -637,8 +638,8 @@ mod tests {
     #[test]
     fn a_bigger_source_may_take_longer_to_probe() {
         assert_eq!(probe_time_limit(0), Duration::from_secs(120));
-        assert_eq!(probe_time_limit(1), Duration::from_secs(130));
-        // The largest upload the coordinator takes by default, read through at 64 MB/s.
-        assert_eq!(probe_time_limit(20 << 30), Duration::from_secs(320));
+        assert_eq!(probe_time_limit(1), Duration::from_secs(140));
+        // The largest upload the coordinator takes by default, read through at 41 MB/s.
+        assert_eq!(probe_time_limit(20 << 30), Duration::from_secs(520));
     }
 }
