@@ -185,6 +185,8 @@ fn seeks_by_reading(input: &str, video: usize, duration: f64, gap: f64) -> Resul
     }
     let read = av::bytes_read(&ictx) - before;
     let read_s = read as f64 / size as f64 * duration;
+    // More than the gap a seek by an index decodes from (and the second early a
+    // chunk seeks), by half of all that lies before the middle.
     Ok(read > SEEK_READ_FLOOR && read_s > gap + 1.0 + middle / 2.0)
 }
 
