@@ -481,13 +481,14 @@ fn pages_cost_no_more_with_five_thousand_jobs_than_with_five_hundred() {
     let (small_pages, big_pages) = (pages(&small.2), pages(&big.2));
     let mut report = Vec::new();
     for ((s, _), (b, bound)) in small_pages.iter().zip(&big_pages) {
-        // Interleaved, so a noisy moment hits both farms alike.
-        let (mut ts, mut tb) = (Vec::new(), Vec::new());
+        // Interleaved, so a noisy moment hits both farms alike. The least of each:
+        // the browser tests that run alongside can only add to a page's time, and
+        // a burst of theirs once made a median ×3.6 (41.4 ms against 11.5).
+        let (mut ms, mut mb) = (f64::MAX, f64::MAX);
         for _ in 0..7 {
-            ts.push(page_time(&small.0, &small.1, s));
-            tb.push(page_time(&big.0, &big.1, b));
+            ms = ms.min(page_time(&small.0, &small.1, s));
+            mb = mb.min(page_time(&big.0, &big.1, b));
         }
-        let (ms, mb) = (median(ts), median(tb));
         let ratio = mb / ms.max(0.001);
         report.push(format!("{s}: {:.1} ms at 500 jobs, {:.1} ms at 5,000 (×{ratio:.2})", ms * 1000.0, mb * 1000.0));
         assert!(ratio < *bound, "{b} costs ×{ratio:.2} more at 5,000 jobs than at 500 ({:.1} ms vs {:.1} ms)", mb * 1000.0, ms * 1000.0);
@@ -537,11 +538,6 @@ fn page_time(farm: &Farm, cookie: &str, path: &str) -> f64 {
     let (status, t) = text.split_once(' ').unwrap();
     assert_eq!(status, "200", "{path}");
     t.parse().unwrap()
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 /// `jobs` jobs in every state with 5 tasks each, spread over the last hour, and 50
