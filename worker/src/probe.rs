@@ -15,9 +15,24 @@ use proto::probe::{
 /// Streams beyond this count make an input suspicious rather than useful.
 pub const MAX_STREAMS: usize = 64;
 
+/// `drake probe`: [`describe`], and for a local file whose header indexes no
+/// keyframe of its video, whether a chunk's seek in it would read through
+/// (`Probe::seeks_by_reading`), which only the coordinator's plan uses.
 pub fn probe(input: &str) -> Result<Probe> {
     let (ictx, keyframes) = av::open_input_indexed(input)?;
-    describe(&ictx, input, Some(&keyframes))
+    let mut probe = describe(&ictx, input, Some(&keyframes))?;
+    if !av::is_url(input)
+        && let Some(video) = probe.main_video()
+        && keyframes.get(video.index).is_none_or(Option::is_none)
+        && let Some(gap) = video.keyframe_gap_s
+        // A source this sparse in keyframes is encoded whole (`proto::plan::chunks`).
+        && proto::plan::CHUNK_PER_KEYFRAME_GAP * gap < probe.duration
+    {
+        // Only a time chunk's reading is at stake, so a seek that fails here is
+        // left for the chunk to report.
+        probe.seeks_by_reading = seeks_by_reading(input, video.index, probe.duration, gap).unwrap_or(false);
+    }
+    Ok(probe)
 }
 
 /// Describes an open input. `keyframes` is what its header indexes (from
@@ -136,7 +151,7 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
         }
     }
     let size_bytes = if av::is_url(input) { None } else { std::fs::metadata(input).ok().map(|m| m.len()) };
-    let mut probe = Probe {
+    Ok(Probe {
         container: ictx.format().name().to_string(),
         duration: (duration * 1e6).round() / 1e6,
         bitrate: ictx.bit_rate().max(0) as u64,
@@ -145,20 +160,7 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
         timeline_joins,
         seeks_by_reading: false,
         remuxed_parts: None,
-    };
-    if wanted
-        && local
-        && unindexed
-        && let Some(video) = probe.main_video()
-        && let Some(gap) = video.keyframe_gap_s
-        // A source this sparse in keyframes is encoded whole (`proto::plan::chunks`).
-        && proto::plan::CHUNK_PER_KEYFRAME_GAP * gap < probe.duration
-    {
-        // Only a time chunk's reading is at stake, so a seek that fails here is
-        // left for the chunk to report.
-        probe.seeks_by_reading = seeks_by_reading(input, video.index, probe.duration, gap).unwrap_or(false);
-    }
-    Ok(probe)
+    })
 }
 
 /// Whether a time chunk's seek in a local file would read through what lies
