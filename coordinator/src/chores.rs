@@ -182,7 +182,7 @@ async fn remux_source(st: &AppState, job: &str, target: &std::path::Path, rel: &
             return Err(Outcome::Rejected("bad input: the source's timestamps start over even after a remux".into()));
         }
         probe.remuxed_parts = parts;
-        st.storage.import(&out, rel).await.map_err(|e| Outcome::storage(Some("storing the source on one timeline".into()), e))?;
+        st.storage.import(&out, rel).await.map_err(|e| Outcome::storage(Some("storing the remuxed source".into()), e))?;
         Ok(probe)
     }
     .await;

@@ -154,8 +154,10 @@ enum Command {
         command: DbCommand,
     },
     /// Copy a source's audio, video and subtitle packets, undecoded, into Matroska
-    /// on one timeline: recordings joined end to end (their timestamps start over
-    /// at each join) come out one after another. Prints how many parts there were.
+    /// with cues, on one timeline: recordings joined end to end (their timestamps
+    /// start over at each join) come out one after another, and a file without
+    /// cues gets them. Prints how many parts there were and how many packets it
+    /// dropped.
     Remux {
         input: String,
         #[arg(long)]

@@ -127,22 +127,13 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
     };
     // MPEG-TS, FLV and Matroska (see `av::keyframe_index`).
     let unindexed = streams.iter().any(|s| matches!(s, StreamInfo::Video(v) if keyframes.get(v.index).is_none_or(Option::is_none)));
-    let mut timeline_joins = 0;
-    let duration = match said {
-        Some(d) => {
-            if wanted && local && unindexed {
-                let read = by_reading(input)?;
-                (keyframes, timeline_joins) = (read.keyframes, read.joins);
-            }
-            d
-        }
-        None if local => {
-            let read = by_reading(input)?;
-            (keyframes, timeline_joins) = (read.keyframes, read.joins);
-            read.end
-        }
-        None => 0.0,
-    };
+    let (mut duration, mut timeline_joins) = (said.unwrap_or(0.0), 0);
+    // What the container does not say, a local file's packets do.
+    if local && (said.is_none() || (wanted && unindexed)) {
+        let read = by_reading(input)?;
+        (keyframes, timeline_joins) = (read.keyframes, read.joins);
+        duration = said.unwrap_or(read.end);
+    }
     for s in &mut streams {
         if let StreamInfo::Video(v) = s
             && let Some(Some(k)) = keyframes.get(v.index)
