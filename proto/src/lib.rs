@@ -31,6 +31,11 @@ pub mod exit {
 /// storage. Only ever set for storage URLs, never for a job's own `source_url`.
 pub const HTTP_AUTHORIZATION_ENV: &str = "DRAKE_HTTP_AUTHORIZATION";
 
+/// Environment variable through which a worker names, in an engine child's HTTP
+/// `User-Agent`, the task that reads storage (`drake/VERSION (KIND TASK_ID)`), so
+/// that a store's access log says which task read what.
+pub const HTTP_USER_AGENT_ENV: &str = "DRAKE_HTTP_USER_AGENT";
+
 /// `eprintln!` for processes that run for days: a write error (a closed pipe whose
 /// reader went away) is ignored instead of panicking, so a coordinator or worker
 /// never dies, or drops a lease, over a log line.

@@ -332,7 +332,7 @@ impl Nginx {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let as_root = Command::new("id").arg("-u").output().unwrap().stdout.starts_with(b"0");
         let conf = format!(
-            "daemon off;\n{user}pid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  log_format drake '$request_method $uri $status $body_bytes_sent \"$http_range\"';\n  access_log {d}/access.log drake;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  client_max_body_size 0;\n  server {{\n    listen 127.0.0.1:{port};\n    location /media/ {{\n      if ($http_authorization != \"{auth}\") {{ return 401; }}\n      alias {root}/;\n      dav_methods PUT DELETE MKCOL COPY MOVE;\n      dav_access user:rw group:r all:r;\n    }}\n{balancer}  }}\n{upstream}}}\n",
+            "daemon off;\n{user}pid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  log_format drake '$request_method $uri $status $body_bytes_sent \"$http_range\" \"$http_user_agent\"';\n  access_log {d}/access.log drake;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  client_max_body_size 0;\n  server {{\n    listen 127.0.0.1:{port};\n    location /media/ {{\n      if ($http_authorization != \"{auth}\") {{ return 401; }}\n      alias {root}/;\n      dav_methods PUT DELETE MKCOL COPY MOVE;\n      dav_access user:rw group:r all:r;\n    }}\n{balancer}  }}\n{upstream}}}\n",
             balancer = if upstreams.is_empty() {
                 String::new()
             } else {

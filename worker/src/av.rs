@@ -114,6 +114,11 @@ fn open(input: &str, header: impl FnOnce(&ffi::AVFormatContext)) -> Result<ff::f
         {
             opts.set("headers", &format!("Authorization: {authorization}\r\n"));
         }
+        if let Ok(agent) = std::env::var(proto::HTTP_USER_AGENT_ENV)
+            && !agent.contains(['\r', '\n'])
+        {
+            opts.set("user_agent", &agent);
+        }
         input.to_string()
     } else {
         let meta = std::fs::metadata(input).map_err(|e| EngineError::bad(format!("cannot read {input}: {e}")))?;

@@ -69,6 +69,18 @@ fn task_cores(machine: u32, slots: u32) -> u32 {
     (machine / slots.max(1)).max(1)
 }
 
+/// Whether a lease's child reads the source from storage over HTTP rather than from
+/// a copy in scratch: chunks (only their part, with range requests), and a job's
+/// audio and thumbnails, which read it once from start to end. They start at once,
+/// where a copy of a long source would hold back the audio every join waits for,
+/// and take no scratch. A read error on a URL is internal, so the task is retried.
+/// A rendition encoded whole still reads a copy: its encode may take hours (a long
+/// source too sparse in keyframes to cut), and the copy resumes after a storage blip
+/// where the encode would start over.
+fn streams_source(tasks: &[TaskLease]) -> bool {
+    tasks.iter().all(|t| matches!(t.kind, TaskKind::Chunk | TaskKind::Audio | TaskKind::Thumbnails))
+}
+
 /// Most renditions one child encodes from one decode of the source.
 const MAX_BUNDLE: u32 = 4;
 
@@ -399,13 +411,17 @@ impl Node {
             cmd.arg("--out").arg(&dirs[0]);
         } else {
             let in_storage = !(lease.source.starts_with("http://") || lease.source.starts_with("https://"));
-            let source = if in_storage && lease.kind == TaskKind::Chunk {
-                // A chunk reads only its part of the source: libav seeks over HTTP
-                // with range requests, with the storage credential from the environment.
+            let source = if in_storage && streams_source(tasks) {
+                // libav reads the source over HTTP (a chunk only its part, seeking
+                // with range requests), with the storage credential from the environment.
                 let (base, authorization) = self.storage(lease);
                 if let Some(a) = authorization {
                     cmd.env(proto::HTTP_AUTHORIZATION_ENV, a);
                 }
+                cmd.env(
+                    proto::HTTP_USER_AGENT_ENV,
+                    format!("drake/{} ({} {})", env!("CARGO_PKG_VERSION"), lease.kind.as_str(), lease.task_id),
+                );
                 format!("{base}/{}", lease.source.trim_start_matches('/'))
             } else if in_storage {
                 match self.fetch_source(tasks, &dirs[0]).await {
