@@ -372,3 +372,71 @@ fn chunks_read_only_their_part(name: &str, format: &[&str]) -> Value {
     assert!(job_dir.join("240p/playlist.m3u8").is_file());
     job
 }
+
+/// A source that is remuxed before it is cut, on a farm whose spool is a small disk
+/// of its own (as root: a tmpfs) without room for the remux beside the source's
+/// copy: the job waits for space, saying so, and goes on once there is room.
+#[test]
+fn a_remux_waits_for_room_on_the_spool_disk() {
+    let dir = Dir::new();
+    let profiles_dir = profiles(&dir);
+    let nginx = Nginx::start();
+    #[rustfmt::skip]
+    let args = ["--storage-url", &nginx.url, "--storage-authorization", Nginx::AUTHORIZATION, "--min-free-disk-bytes", "65536"];
+    let c = Coordinator::start_env(&args, "", &[("DRAKE_PROFILES_DIR", &profiles_dir)]);
+    let Some(spool) = SpoolDisk::mount(&c.data.path("storage/uploads"), 32) else {
+        eprintln!("skipped: cannot mount a tmpfs (not root)");
+        return;
+    };
+    // 100 s without cues: cut in 2 chunks, so remuxed first.
+    let src = dir.s("rec.mkv");
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=426x240:r=25:d=100", "-f", "lavfi", "-i", "sine=d=100", "-c:v", "libx264",
+             "-preset", "ultrafast", "-crf", "30", "-g", "50", "-c:a", "aac", "-f", "matroska", "-live", "1", &src]);
+    let size = std::fs::metadata(&src).unwrap().len();
+    // Room for the upload, and then for the copy the probe reads, but not for the
+    // remux beside that copy.
+    let ballast = spool.fill_to(size * 3 / 2);
+    let (status, job) = c.upload(&src, &[("profile", "chunky")]);
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let planned = |j: &Value| !j["tasks"].as_array().unwrap().is_empty() || j["state"] != "queued";
+    let waiting = c.wait_for(&id, |j| j["waiting_for"].as_str().is_some_and(|w| w.contains("full disk")) || planned(j));
+    let why = waiting["waiting_for"].as_str().unwrap_or_default();
+    assert!(why.contains("the remux writes"), "{waiting}");
+    std::fs::remove_file(ballast).unwrap();
+
+    let join = c.join_token(2);
+    let (_w1, _w2) = (c.worker("w1", &join), c.worker("w2", &join));
+    let job = c.wait_ended(&id, Duration::from_secs(300));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!((job["probe"]["remuxed_parts"].as_u64(), &job["chunks"]), (Some(1), &json!({"count": 2, "done": 2})), "{job}");
+}
+
+/// A tmpfs mounted over a directory for a test's life (as root only).
+struct SpoolDisk(std::path::PathBuf);
+
+impl SpoolDisk {
+    fn mount(at: &Path, mib: u32) -> Option<SpoolDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        let size = format!("size={mib}m");
+        let mounted =
+            Command::new("mount").args(["-t", "tmpfs", "-o", &size, "tmpfs"]).arg(at).stderr(std::process::Stdio::null()).status();
+        mounted.is_ok_and(|s| s.success()).then(|| SpoolDisk(at.to_path_buf()))
+    }
+
+    /// Fills the disk until `free` bytes are left, with a file whose path it returns.
+    fn fill_to(&self, free: u64) -> std::path::PathBuf {
+        let out = Command::new("df").args(["-B1", "--output=avail"]).arg(&self.0).output().unwrap();
+        let avail: u64 = String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
+        let ballast = self.0.join("ballast");
+        std::fs::write(&ballast, vec![0u8; avail.checked_sub(free).expect("a disk big enough") as usize]).unwrap();
+        ballast
+    }
+}
+
+impl Drop for SpoolDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

@@ -207,15 +207,11 @@ pub(crate) const UPLOAD_STALL: std::time::Duration = std::time::Duration::from_s
 
 /// Refuses an upload (507) that would leave less than the reserve free on the spool disk.
 pub(crate) fn check_disk(st: &AppState, more: u64) -> Result<(), ApiError> {
-    let spool = st.storage.spool_dir();
-    let free = crate::gate::free_bytes(spool.parent().unwrap_or(&spool)).map_err(|e| ApiError::Storage(e.to_string()))?;
-    if free < more.saturating_add(st.limits.min_free_disk_bytes) {
-        return Err(ApiError::InsufficientStorage(format!(
-            "the coordinator's spool disk has {free} bytes free, and keeps {} in reserve; try again later",
-            st.limits.min_free_disk_bytes
-        )));
+    let short = crate::gate::spool_short_of(&st.storage.spool_dir(), more, st.limits.min_free_disk_bytes);
+    match short.map_err(|e| ApiError::Storage(e.to_string()))? {
+        Some(why) => Err(ApiError::InsufficientStorage(format!("{why}; try again later"))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Reads a multipart field, refusing it once it passes `limit` bytes.

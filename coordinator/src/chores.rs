@@ -174,6 +174,14 @@ async fn probe_file(st: &AppState, path: &std::path::Path) -> Result<proto::prob
 async fn remux_source(st: &AppState, job: &str, target: &std::path::Path, rel: &str) -> Result<proto::probe::Probe, Outcome> {
     let spool = st.storage.spool_dir();
     let out = spool.join(format!("remux-{job}.mkv"));
+    // The remux writes about the source's size into the spool: it waits for that
+    // room beyond the uploads' reserve, as an upload would, rather than failing
+    // its writes on a disk that fills.
+    let size = tokio::fs::metadata(target).await.map_err(|e| Outcome::failed(format!("{}: {e}", target.display())))?.len();
+    let short = crate::gate::spool_short_of(&spool, size, st.limits.min_free_disk_bytes).map_err(Outcome::failed)?;
+    if let Some(why) = short {
+        return Err(Outcome::NoSpace(Some("remuxing the source".into()), format!("{why}, and the remux writes {size} bytes")));
+    }
     let remuxed = async {
         let remuxed = drake_child(st, "remux", &[target.as_os_str(), "--out".as_ref(), out.as_os_str()], target).await?;
         let parts = serde_json::from_slice::<Value>(&remuxed).ok().and_then(|r| r["parts"].as_u64()).map(|n| n as u32);

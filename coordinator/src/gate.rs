@@ -63,6 +63,16 @@ impl Drop for Permit {
     }
 }
 
+/// Why the spool disk cannot take `more` bytes and still keep `reserve` free, if
+/// it cannot. The spool directory's own file system (a disk of its own may be
+/// mounted there), or its parent's before the first upload made it.
+pub fn spool_short_of(spool: &std::path::Path, more: u64, reserve: u64) -> std::io::Result<Option<String>> {
+    let disk = if spool.is_dir() { spool } else { spool.parent().unwrap_or(spool) };
+    let free = free_bytes(disk)?;
+    Ok((free < more.saturating_add(reserve))
+        .then(|| format!("the coordinator's spool disk has {free} bytes free, and keeps {reserve} in reserve")))
+}
+
 /// Free bytes on the file system holding `path`.
 pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
