@@ -1408,6 +1408,40 @@ fn a_still_picture_over_long_audio_is_held_to_the_audio_end() {
     check_rejected(&faststart_cut_in_half(&dir, &src), &dir.path("short"), "header declares");
 }
 
+/// An edit's or a recording's audio that ends half a second before or after its
+/// video, as uploads' tracks often do: every output's video and audio reach the
+/// source's end, the video holding its last picture, the audio padded with
+/// silence; whole, in the job's audio task, and cut in chunks. (Each failed the
+/// job as an internal error four times: the audio task's check of its length,
+/// the MP4's, and the last chunk's frame count.)
+#[test]
+fn audio_that_ends_before_or_after_the_video_reaches_the_source_end_as_the_video_does() {
+    for (name, video_s, audio_s) in [("audio-short", "30", "29.5"), ("audio-long", "29.5", "30")] {
+        let dir = Dir::new();
+        let src = dir.s(&format!("{name}.mp4"));
+        #[rustfmt::skip]
+        ffmpeg(&["-f", "lavfi", "-i", &format!("testsrc2=s=320x240:r=30:d={video_s}"), "-f", "lavfi", "-i", &format!("sine=d={audio_s}"),
+                 "-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-c:a", "aac", &src]);
+        let r = transcode(&src, "web", "240p", &dir.path("whole"));
+        assert_eq!(r["frame_count"], 900, "{name}: {r}");
+        let audio = mono_48k(&dir.path("whole/240p.mp4"));
+        assert!((audio.len() as f64 / 48000.0 - 30.0).abs() < 0.03, "{name}: {} samples", audio.len());
+        // What the source lacks is silence; what it has is kept.
+        let (heard, tail) = audio.split_at(48000 * 29);
+        assert!(heard[48000..].iter().any(|&s| s.abs() > 1000), "{name}: the sine is there");
+        let silent_from = if name == "audio-short" { 48000 / 2 + 1200 } else { tail.len() };
+        assert!(tail[silent_from.min(tail.len())..].iter().all(|&s| s.abs() <= 1), "{name}: silence after the source's audio");
+
+        drake_ok(&["transcode", &src, "--rendition", "240p", "--out", &dir.s("audio"), "--audio"]);
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.path("audio/audio.json")).unwrap()).unwrap();
+        assert!((report["tracks"][0]["duration"].as_f64().unwrap() - 30.0).abs() < 0.03, "{name}: {report}");
+        let cut = chunk_and_join(&dir, &src, Some(&dir.s("audio")));
+        assert_eq!((cut.total_frames, cut.chunks.len()), (900, 3), "{name}");
+        let joined: Value = serde_json::from_slice(&std::fs::read(dir.path("joined/rendition.json")).unwrap()).unwrap();
+        assert_eq!(joined["frame_count"], 900, "{name}: {joined}");
+    }
+}
+
 /// A source's default audio track is in a codec no decoder here reads (a newer
 /// phone's spatial audio beside its stereo track): it is listed, and the job
 /// keeps the audio it can read instead of failing.

@@ -161,8 +161,8 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
             None
         }
         (true, Some(a), _) => {
-            let silence_s = if video.is_some() { probe.duration } else { 0.0 };
-            Some(AudioPipe::new(&ictx, a.index, &renditions, (start, silence_s), &mut muxes)?)
+            let end_s = if video.is_some() { probe.duration } else { 0.0 };
+            Some(AudioPipe::new(&ictx, a.index, &renditions, (start, end_s), &mut muxes)?)
         }
         _ => None,
     };
@@ -193,7 +193,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
         }
     }
     if let Some(v) = video.as_mut() {
-        v.hold_until(source.audio_end);
+        v.hold_until(source.audio_end, probe.duration);
         v.feed(None, &mut muxes)?;
     }
     if let Some(a) = audio.as_mut() {
@@ -420,7 +420,7 @@ pub fn run_chunk(req: &Request, index: u32, span: Span, progress: &mut dyn FnMut
             });
         }
     }
-    video.hold_until(source.audio_end);
+    video.hold_until(source.audio_end, probe.duration);
     video.feed(None, &mut muxes)?;
     let mut reports = Vec::with_capacity(renditions.len());
     for (((mux, staging), r), out) in muxes.iter_mut().zip(&stagings).zip(&renditions).zip(&mut video.outs) {
@@ -1318,10 +1318,10 @@ trait Pipe {
         end_ts
     }
     fn empty_frame() -> Self::Frame;
-    /// Frame `n` of what is encoded in place of a stream that decoded nothing at
-    /// all, in the input time base; `None` past its end (and for a stream that
-    /// has no stand-in).
-    fn stand_in(&self, _n: u64) -> Option<Self::Frame> {
+    /// The next frame of what is encoded after the stream's last frame, or in
+    /// place of a stream that decoded nothing, up to where it must end, in the
+    /// input time base; `None` past that end (and for a stream that is not padded).
+    fn tail(&mut self) -> Option<Self::Frame> {
         None
     }
 
@@ -1387,11 +1387,9 @@ trait Pipe {
             f.set_pts(Some(ts));
             self.filter(&f, muxes)?;
         }
-        if pkt.is_none() && self.parts().1.end_ts.is_none() {
-            let mut n = 0;
-            while let Some(f) = self.stand_in(n) {
+        if pkt.is_none() {
+            while let Some(f) = self.tail() {
                 self.filter(&f, muxes)?;
-                n += 1;
             }
         }
         if pkt.is_none() {
@@ -1421,19 +1419,19 @@ pub struct Span {
     pub count: Option<u64>,
 }
 
-/// A video that stops more than this many seconds before its audio holds its last
-/// picture until the audio ends.
-const HOLD_AFTER_S: f64 = 1.0;
-
 impl VideoPipe {
-    /// The audio read ends at `audio_end` seconds of the source's timeline. A video
-    /// that stops over a second before it (a still picture over a podcast's audio,
-    /// a screen recording that stopped changing) holds its last picture to there:
-    /// a player stops where the first of video and audio runs out, and a truncated
-    /// file, whose audio stops too, is still one. Shorter differences are the
-    /// usual ends of a recording's tracks and are left as they are.
-    fn hold_until(&mut self, audio_end: f64) {
-        let end = (audio_end / f64::from(self.flow.in_tb)).round() as i64;
+    /// The audio read ends at `audio_end` seconds of the source's timeline, which
+    /// ends `duration` seconds after its start. A video that stops before the
+    /// audio holds its last picture to there, at most to the source's end: the
+    /// few frames by which a recording's or an edit's audio outlasts its video,
+    /// as much as a still picture over a podcast's audio or a screen recording
+    /// that stopped changing. So the video ends where the source does, as every
+    /// rendition and each chunk plan it (a player stops where the first of video
+    /// and audio runs out); the audio is padded likewise (`AudioPipe::tail`). A
+    /// truncated file, whose audio stops too, is still one.
+    fn hold_until(&mut self, audio_end: f64, duration: f64) {
+        let end = audio_end.min(self.flow.start + duration);
+        let end = (end / f64::from(self.flow.in_tb)).round() as i64;
         self.hold = Some(end).filter(|&e| e > 0);
     }
 
@@ -1618,7 +1616,7 @@ impl Pipe for VideoPipe {
 
     fn close_at(&self, end_ts: i64) -> i64 {
         match self.hold {
-            Some(hold) if (hold - end_ts) as f64 * f64::from(self.flow.in_tb) > HOLD_AFTER_S => hold,
+            Some(hold) if hold > end_ts => hold,
             _ => end_ts,
         }
     }
@@ -1756,15 +1754,22 @@ struct AudioPipe {
     index: usize,
     decoder: decoder::Audio,
     flow: Flow,
+    /// Samples sent through the filters, the padding's included.
     samples: u64,
     outs: Vec<AudioOut>,
-    /// Seconds of silence encoded if the stream decodes to nothing (see `Pipe::stand_in`).
-    silence_s: f64,
+    /// Where the track must reach, in seconds from the source's start (its end,
+    /// beside a video): silence pads it from its last sample, or stands in for a
+    /// track that decodes to nothing (see `Pipe::tail`). 0: never padded.
+    end_s: f64,
+    /// The last decoded frame's (rate, format, layout), which the padding takes.
+    last_shape: Option<(u32, format::Sample, ff::ChannelLayout)>,
+    /// The padding: where it starts (seconds from the source's start), its
+    /// samples at the shape's rate, and how many of them were sent.
+    pad: Option<(f64, u64, u64)>,
 }
 
-/// Samples in each frame of silence standing in for an audio track that holds
-/// no sound: a second at 48 kHz.
-const SILENCE_FRAME: usize = 48_000;
+/// The rate of the silence standing in for an audio track that holds no sound.
+const SILENCE_RATE: u32 = 48_000;
 
 /// One rendition's audio: resampling filters and encoder.
 struct AudioOut {
@@ -1789,12 +1794,12 @@ fn audio_layout(f: &frame::Audio) -> ff::ChannelLayout {
 }
 
 impl AudioPipe {
-    /// `silence_s`: how much silence to encode if the stream decodes to nothing.
+    /// `end_s`: where the track must reach (see [`AudioPipe::end_s`]).
     fn new(
         ictx: &format::context::Input,
         index: usize,
         renditions: &[PlannedRendition],
-        (start, silence_s): (f64, f64),
+        (start, end_s): (f64, f64),
         muxes: &mut [Muxers],
     ) -> Result<AudioPipe> {
         let ist = ictx.stream(index).expect("planned stream exists");
@@ -1808,7 +1813,8 @@ impl AudioPipe {
             let pa = r.audio.as_ref().ok_or_else(|| EngineError::bad(format!("rendition {} has no audio", r.name)))?;
             outs.push(AudioOut::new(pa, mux)?);
         }
-        Ok(AudioPipe { index, decoder, flow: Flow::new(ist.time_base(), start), samples: 0, outs, silence_s })
+        let flow = Flow::new(ist.time_base(), start);
+        Ok(AudioPipe { index, decoder, flow, samples: 0, outs, end_s, last_shape: None, pad: None })
     }
 }
 
@@ -1859,22 +1865,41 @@ impl Pipe for AudioPipe {
 
     fn decoded(&mut self, f: &frame::Audio) {
         self.samples += f.samples() as u64;
+        if self.pad.is_none() {
+            self.last_shape = Some((f.rate(), f.format(), audio_layout(f)));
+        }
     }
 
-    /// An audio track with no sound at all (a recorder that opened the track and
-    /// never wrote to it) beside a video: silence as long as the source, so that
-    /// every rendition and the job's audio group still have their track.
-    fn stand_in(&self, n: u64) -> Option<frame::Audio> {
-        let total = (self.silence_s * SILENCE_FRAME as f64).round() as u64;
-        let first = n * SILENCE_FRAME as u64;
-        let samples = total.checked_sub(first).filter(|&left| left > 0)?.min(SILENCE_FRAME as u64) as usize;
-        let mut f = frame::Audio::new(format::Sample::F32(format::sample::Type::Planar), samples, ff::ChannelLayout::STEREO);
-        f.set_rate(SILENCE_FRAME as u32);
-        for plane in 0..f.planes() {
-            f.plane_mut::<f32>(plane).fill(0.0);
+    /// Silence from the track's last sample to `end_s`, in frames of a second
+    /// shaped as the last decoded one (so the filters go on as they are): an audio
+    /// track that ends before the video (an edit's, a recording's whose microphone
+    /// stopped) still spans it, as every rendition and the job's audio group
+    /// expect. A track with no sound at all (a recorder that opened it and never
+    /// wrote to it) gets silence as long as the source, so that it is still there.
+    fn tail(&mut self) -> Option<frame::Audio> {
+        let (rate, format, layout) =
+            self.last_shape.unwrap_or((SILENCE_RATE, format::Sample::F32(format::sample::Type::Planar), ff::ChannelLayout::STEREO));
+        let (from, total, sent) = *self.pad.get_or_insert_with(|| {
+            let from = if self.flow.end_ts.is_some() { self.flow.decoded_end } else { 0.0 };
+            (from, ((self.end_s - from).max(0.0) * f64::from(rate)).round() as u64, 0)
+        });
+        let samples = total.checked_sub(sent).filter(|&left| left > 0)?.min(u64::from(rate)) as usize;
+        let mut f = frame::Audio::new(format, samples, layout);
+        f.set_rate(rate);
+        // SAFETY: `f` owns buffers for `samples` samples of its format and layout.
+        unsafe {
+            let raw = f.as_mut_ptr();
+            ff::ffi::av_samples_set_silence(
+                (*raw).extended_data,
+                0,
+                samples as i32,
+                f.channels() as i32,
+                ff::ffi::AVSampleFormat::from(format),
+            );
         }
-        let at = self.flow.start + first as f64 / SILENCE_FRAME as f64;
+        let at = self.flow.start + from + sent as f64 / f64::from(rate);
         f.set_pts(Some((at / f64::from(self.flow.in_tb)).round() as i64));
+        self.pad = Some((from, total, sent + samples as u64));
         Some(f)
     }
 
