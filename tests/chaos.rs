@@ -257,12 +257,7 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
     let mut pass = 0usize;
     // The spool on a small disk of its own (as root: a 16 MiB tmpfs), so it can fill up.
     let spool = cs[0].data.path("storage/uploads");
-    std::fs::create_dir_all(&spool).unwrap();
-    let spool_disk = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs", spool.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let spool_disk = SpoolDisk::mount(&spool, 16);
     let join = cs[0].join_token(50);
     // Workers keep their scratch in the first coordinator's data dir and know every coordinator.
     let worker = |cs: &[Coordinator], name: &str| cs[0].worker_at(&every, name, &join, std::process::Stdio::inherit());
@@ -410,7 +405,7 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
                     proxy.set(mode);
                     store_back_at = Some(Instant::now() + d);
                 }
-                Fault::FillSpool(d) if spool_disk => {
+                Fault::FillSpool(d) if spool_disk.is_some() => {
                     // All of it: below the reserve, so uploads get 507 and spooling fails.
                     let mut f = std::fs::File::create(&filler).unwrap();
                     let chunk = vec![0u8; 1 << 20];
@@ -578,9 +573,7 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
         let _ = c.child.kill();
         let _ = c.child.wait();
     }
-    if spool_disk {
-        let _ = Command::new("umount").arg(&spool).status();
-    }
+    drop(spool_disk);
     drop(cs);
     std::thread::sleep(Duration::from_millis(500));
     let orphans: Vec<String> = data.iter().flat_map(|d| processes_mentioning(d)).collect();

@@ -412,31 +412,3 @@ fn a_remux_waits_for_room_on_the_spool_disk() {
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!((job["probe"]["remuxed_parts"].as_u64(), &job["chunks"]), (Some(1), &json!({"count": 2, "done": 2})), "{job}");
 }
-
-/// A tmpfs mounted over a directory for a test's life (as root only).
-struct SpoolDisk(std::path::PathBuf);
-
-impl SpoolDisk {
-    fn mount(at: &Path, mib: u32) -> Option<SpoolDisk> {
-        std::fs::create_dir_all(at).unwrap();
-        let size = format!("size={mib}m");
-        let mounted =
-            Command::new("mount").args(["-t", "tmpfs", "-o", &size, "tmpfs"]).arg(at).stderr(std::process::Stdio::null()).status();
-        mounted.is_ok_and(|s| s.success()).then(|| SpoolDisk(at.to_path_buf()))
-    }
-
-    /// Fills the disk until `free` bytes are left, with a file whose path it returns.
-    fn fill_to(&self, free: u64) -> std::path::PathBuf {
-        let out = Command::new("df").args(["-B1", "--output=avail"]).arg(&self.0).output().unwrap();
-        let avail: u64 = String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
-        let ballast = self.0.join("ballast");
-        std::fs::write(&ballast, vec![0u8; avail.checked_sub(free).expect("a disk big enough") as usize]).unwrap();
-        ballast
-    }
-}
-
-impl Drop for SpoolDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}

@@ -399,3 +399,31 @@ pub fn files_under(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// A tmpfs mounted over a directory for a test's life (as root only).
+pub struct SpoolDisk(std::path::PathBuf);
+
+impl SpoolDisk {
+    pub fn mount(at: &std::path::Path, mib: u32) -> Option<SpoolDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        let size = format!("size={mib}m");
+        let mounted =
+            Command::new("mount").args(["-t", "tmpfs", "-o", &size, "tmpfs"]).arg(at).stderr(std::process::Stdio::null()).status();
+        mounted.is_ok_and(|s| s.success()).then(|| SpoolDisk(at.to_path_buf()))
+    }
+
+    /// Fills the disk until `free` bytes are left, with a file whose path it returns.
+    pub fn fill_to(&self, free: u64) -> std::path::PathBuf {
+        let out = Command::new("df").args(["-B1", "--output=avail"]).arg(&self.0).output().unwrap();
+        let avail: u64 = String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
+        let ballast = self.0.join("ballast");
+        std::fs::write(&ballast, vec![0u8; avail.checked_sub(free).expect("a disk big enough") as usize]).unwrap();
+        ballast
+    }
+}
+
+impl Drop for SpoolDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

@@ -1761,7 +1761,7 @@ struct AudioPipe {
     /// beside a video): silence pads it from its last sample, or stands in for a
     /// track that decodes to nothing (see `Pipe::tail`). 0: never padded.
     end_s: f64,
-    /// The last decoded frame's (rate, format, layout), which the padding takes.
+    /// The last frame's (rate, format, layout), which the padding takes.
     last_shape: Option<(u32, format::Sample, ff::ChannelLayout)>,
     /// The padding: where it starts (seconds from the source's start), its
     /// samples at the shape's rate, and how many of them were sent.
@@ -1865,9 +1865,7 @@ impl Pipe for AudioPipe {
 
     fn decoded(&mut self, f: &frame::Audio) {
         self.samples += f.samples() as u64;
-        if self.pad.is_none() {
-            self.last_shape = Some((f.rate(), f.format(), audio_layout(f)));
-        }
+        self.last_shape = Some((f.rate(), f.format(), audio_layout(f)));
     }
 
     /// Silence from the track's last sample to `end_s`, in frames of a second
