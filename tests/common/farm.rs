@@ -414,8 +414,7 @@ impl SpoolDisk {
 
     /// Fills the disk until `free` bytes are left, with a file whose path it returns.
     pub fn fill_to(&self, free: u64) -> std::path::PathBuf {
-        let out = Command::new("df").args(["-B1", "--output=avail"]).arg(&self.0).output().unwrap();
-        let avail: u64 = String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
+        let avail = coordinator::gate::free_bytes(&self.0).unwrap();
         let ballast = self.0.join("ballast");
         std::fs::write(&ballast, vec![0u8; avail.checked_sub(free).expect("a disk big enough") as usize]).unwrap();
         ballast
