@@ -88,6 +88,7 @@ def timed_job(w, mode, procs, groups):
     while len(call(url, token, "GET", "/api/v1/workers")["workers"]) < w:
         time.sleep(0.2)
     used_before = sum(int(open(cgroup("cpuacct", g) + "/cpuacct.usage").read()) for g in groups)
+    sampler = Sampler(groups)
     out = subprocess.run(["curl", "-sf", "-H", f"Authorization: Bearer {token}", "-F", f"file=@{src}", "-F",
                           f"profile={'web' if mode == 'chunked' else 'whole'}", url + "/api/v1/jobs"],
                          check=True, capture_output=True, text=True)
@@ -98,6 +99,7 @@ def timed_job(w, mode, procs, groups):
             break
         time.sleep(1)
     cpu_s = (sum(int(open(cgroup("cpuacct", g) + "/cpuacct.usage").read()) for g in groups) - used_before) / 1e9
+    sampler.stop()
     if job["state"] != "succeeded":
         sys.exit(f"W={w} {mode}: the job {job['state']}: {job.get('error')}")
     tasks = job["tasks"]
@@ -114,8 +116,62 @@ def timed_job(w, mode, procs, groups):
     playable = min(t["timing"]["finished_at"] for t in tasks if t["kind"] in ("transcode", "join")) - job["created_at"]
     done = job["updated_at"] - job["created_at"]
     chunks = job.get("chunks") or {}
+    names = {x["id"]: x["name"] for x in call(url, token, "GET", "/api/v1/workers")["workers"]}
     return {"done": done / 1000, "playable": playable / 1000, "cpu": cpu_s, "ideal": cpu_s / CORES,
-            "chunks": chunks.get("count", 0), "tasks": len(tasks)}
+            "chunks": chunks.get("count", 0), "tasks": len(tasks),
+            "floor": playable_floor(w, tasks, lambda t: sampler.cpu(groups[int(names[t["worker"]][1:])], t))}
+
+
+class Sampler:
+    """Each worker's cgroup CPU time, read every 0.2 s, so a task's CPU seconds are
+    its worker's between the task's child starting and exiting (one slot each)."""
+
+    def __init__(self, groups):
+        import threading
+        self.samples = {g: [] for g in groups}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self):
+        while not self.done.is_set():
+            for g, xs in self.samples.items():
+                xs.append((time.time() * 1000, int(open(cgroup("cpuacct", g) + "/cpuacct.usage").read()) / 1e9))
+            self.done.wait(0.2)
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+
+    def cpu(self, group, task):
+        xs = self.samples[group]
+
+        def at(ms):  # linear between the samples either side
+            for (t0, c0), (t1, c1) in zip(xs, xs[1:]):
+                if t0 <= ms <= t1:
+                    return c0 + (c1 - c0) * (ms - t0) / max(t1 - t0, 1e-9)
+            return xs[-1][1] if ms > xs[-1][0] else xs[0][1]
+
+        timing = task["timing"]
+        return at(timing["child_exited_at"]) - at(timing["child_started_at"])
+
+
+def playable_floor(w, tasks, cpu):
+    """The earliest the lowest rung could be published with the CPU its tasks took in
+    this run: its chunks and the job's audio, each on one worker of 2/W cores and all
+    together on 2 cores, then its join. Returns (floor s, what it is made of)."""
+    first = min((t for t in tasks if t["kind"] in ("transcode", "join")), key=lambda t: t["timing"]["finished_at"])
+    if first["kind"] != "join":
+        return None
+    quota = CORES / w
+    chunks = [cpu(t) for t in tasks if t["kind"] == "chunk" and t["name"].startswith(first["rendition"] + ".")]
+    audio = sum(cpu(t) for t in tasks if t["kind"] == "audio")
+    join = cpu(first)
+    floor = max(audio / quota, max(chunks) / quota, (audio + sum(chunks)) / CORES) + join / quota
+    audio_task = next((t for t in tasks if t["kind"] == "audio"), None)
+    audio_share = audio / ((audio_task["timing"]["child_exited_at"] - audio_task["timing"]["child_started_at"]) / 1000) if audio_task else 0
+    return floor, (f"audio {audio:.1f} CPU s (it got {audio_share:.2f} cores), {len(chunks)} {first['rendition']} chunks "
+                   f"{sum(chunks):.1f} CPU s (largest {max(chunks):.1f}), join {join:.1f} CPU s")
 
 
 def threading_drain(stream):
@@ -134,3 +190,8 @@ for w in counts:
         speedup = r["whole"]["done"] / r["chunked"]["done"] if mode == "chunked" and "whole" in r else float("nan")
         print(f"{w:>2} {mode:>8} {x['chunks']:>6} {x['done']:>8.1f} {x['playable']:>10.1f} {x['cpu']:>8.1f} {x['ideal']:>8.1f} "
               f"{x['done'] / x['ideal']:>10.3f} {x['playable'] / x['done']:>13.3f} {speedup:>13.2f}", flush=True)
+    for mode in modes:
+        if r[mode]["floor"]:
+            floor, parts = r[mode]["floor"]
+            print(f"   W={w} {mode}: first playable {r[mode]['playable']:.1f} s, its floor {floor:.1f} s "
+                  f"(playable/floor {r[mode]['playable'] / floor:.2f}; floor/done {floor / r[mode]['done']:.3f}): {parts}", flush=True)

@@ -5,7 +5,10 @@
 # has two cores' worth of CPU however many machines it has. Prints, per W and
 # mode: time to done, time to first playable, the ideal (the job's CPU seconds,
 # measured by cpuacct over every worker and its children, / 2 cores) and the
-# ratios the chunking issue asks for. Needs root (cgroups).
+# ratios the chunking issue asks for. Under each chunked row, the floor of its first
+# playable: the earliest any schedule could publish the lowest rung with the CPU its
+# chunks, the audio and its join took in that run (each task's CPU read from its
+# worker's cgroup). Needs root (cgroups).
 # Usage: bench/chunked.sh [SECONDS=600] [WORKER_COUNTS="1 2 4 8"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
