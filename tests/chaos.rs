@@ -451,12 +451,29 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
     }
     proxy.set(Mode::Pass);
 
-    // Sweeps run two lease TTLs after a job's end; webhooks may still be retrying.
-    std::thread::sleep(Duration::from_secs(2 * LEASE_TTL_SECONDS + 3));
     for c in cs.iter_mut() {
         if c.child.try_wait().unwrap().is_some() {
             c.restart();
         }
+    }
+    // Nothing left in staging or half written, on the store or in the spool: the
+    // sweeps (two lease TTLs after a job's end) clear what faults left; checked
+    // again at the end of the run, for a write that lands late.
+    let leftovers = || -> Vec<String> {
+        let store = files_under(&nginx.root.join("jobs"))
+            .into_iter()
+            .filter(|p| p.contains("/.staging") || p.contains("/.chunks") || p.contains(".part"));
+        let spool = cs.iter().flat_map(|c| files_under(&c.data.path("storage/uploads")));
+        store.chain(spool).collect()
+    };
+    let sweep_window = Instant::now() + Duration::from_secs(2 * LEASE_TTL_SECONDS + 3);
+    while !leftovers().is_empty() && Instant::now() < sweep_window {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let left = leftovers();
+    let was_clean = left.is_empty();
+    if !was_clean {
+        problems.push(format!("seed {seed}: staging, partial files or uploads left on the store or in the spool: {left:?}"));
     }
     let c = &cs[0];
     let mut finals: BTreeMap<String, Value> = BTreeMap::new();
@@ -525,18 +542,6 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
             }
         }
     }
-    // Nothing left in staging or half written, on the store or in the spool.
-    let leftovers: Vec<String> = files_under(&nginx.root.join("jobs"))
-        .into_iter()
-        .filter(|p| p.contains("/.staging") || p.contains("/.chunks") || p.contains(".part"))
-        .collect();
-    if !leftovers.is_empty() {
-        problems.push(format!("seed {seed}: staging or partial files left on the store: {leftovers:?}"));
-    }
-    let left: Vec<String> = cs.iter().flat_map(|c| files_under(&c.data.path("storage/uploads"))).collect();
-    if !left.is_empty() {
-        problems.push(format!("seed {seed}: partial uploads left in the spool: {left:?}"));
-    }
     // Exactly one terminal webhook per run of each job (deduplicated by webhook-id,
     // as receivers do), and the last one says how the job ended.
     let started_wait = Instant::now();
@@ -565,6 +570,10 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
+    }
+    let left = leftovers();
+    if was_clean && !left.is_empty() {
+        problems.push(format!("seed {seed}: written after the store and the spool were clean: {left:?}"));
     }
     // No child process outlives its worker.
     let data: Vec<String> = cs.iter().map(|c| c.data.tmp.path().to_string_lossy().into_owned()).collect();
