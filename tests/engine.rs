@@ -1150,6 +1150,27 @@ fn a_remux_gives_a_matroska_without_cues_an_index_and_keeps_every_packet() {
     assert_eq!(times("cued.mkv").len(), 1500);
 }
 
+/// A remux that fills its disk says so by its exit code, so the coordinator waits
+/// for room instead of counting a failed attempt; other failures keep theirs.
+#[test]
+fn a_remux_onto_a_full_disk_exits_as_out_of_space() {
+    let dir = Dir::new();
+    let Some(_disk) = common::farm::SpoolDisk::mount(&dir.path("small"), 1) else {
+        eprintln!("skipped: cannot mount a tmpfs (not root)");
+        return;
+    };
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=20", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "10",
+             "-f", "matroska", "-live", "1", &dir.s("live.mkv")]);
+    assert!(std::fs::metadata(dir.path("live.mkv")).unwrap().len() > 2 << 20, "a source bigger than the disk");
+    let full = drake(&["remux", &dir.s("live.mkv"), "--out", &dir.s("small/cued.mkv")]);
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert_eq!(full.status.code(), Some(proto::exit::NO_SPACE), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    let unwritable = drake(&["remux", &dir.s("live.mkv"), "--out", &dir.s("no/such/dir/cued.mkv")]);
+    assert_eq!(unwritable.status.code(), Some(proto::exit::INTERNAL), "{}", String::from_utf8_lossy(&unwritable.stderr));
+}
+
 /// The thumbnails of a source with one keyframe (a screen recording) read it in
 /// one pass: a seek to each tile would land on that keyframe at the start and
 /// decode everything before the tile again. With an index (MP4) the probe's

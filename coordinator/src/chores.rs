@@ -202,7 +202,8 @@ async fn remux_source(st: &AppState, job: &str, target: &std::path::Path, rel: &
 
 /// Runs `drake COMMAND ARGS` (an engine command reading `source`) within
 /// [`probe_time_limit`], for its standard output. Its last line of stderr is the
-/// failure: bad input rejects the job, anything else is retried.
+/// failure: bad input rejects the job, a full disk (the remux's spool) waits for
+/// room, anything else is retried.
 async fn drake_child(st: &AppState, command: &str, args: &[&std::ffi::OsStr], source: &std::path::Path) -> Result<Vec<u8>, Outcome> {
     let mut child = tokio::process::Command::new(st.drake_exe.as_ref());
     child.arg(command).args(args).kill_on_drop(true);
@@ -217,6 +218,7 @@ async fn drake_child(st: &AppState, command: &str, args: &[&std::ffi::OsStr], so
     let last = stderr.lines().last().unwrap_or("failed").trim_start_matches("drake: ").to_string();
     match out.status.code() {
         Some(0) => Ok(out.stdout),
+        Some(proto::exit::NO_SPACE) => Err(Outcome::NoSpace(Some(format!("drake {command}")), last)),
         Some(proto::exit::INTERNAL) | None => Err(Outcome::failed(last)),
         Some(_) => Err(Outcome::Rejected(last)),
     }

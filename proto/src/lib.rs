@@ -24,6 +24,9 @@ pub mod exit {
     pub const BAD_INPUT: i32 = 65;
     /// Something went wrong on this machine (I/O, encoder, verification).
     pub const INTERNAL: i32 = 70;
+    /// The disk being written is full (ENOSPC): the same work can succeed once
+    /// there is room, so it waits for room rather than counting as a failure.
+    pub const NO_SPACE: i32 = 74;
 }
 
 /// Environment variable through which a worker or the coordinator hands an engine

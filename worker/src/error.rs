@@ -36,8 +36,27 @@ impl EngineError {
     pub fn exit_code(&self) -> i32 {
         match self {
             EngineError::BadInput(_) => exit::BAD_INPUT,
+            EngineError::Internal { .. } if self.is_out_of_space() => exit::NO_SPACE,
             EngineError::Internal { .. } => exit::INTERNAL,
         }
+    }
+
+    /// Whether a write failed on a full disk (ENOSPC), from libav or from std.
+    pub fn is_out_of_space(&self) -> bool {
+        let EngineError::Internal { source, .. } = self else { return false };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(e) = cause {
+            let errno = match (e.downcast_ref::<std::io::Error>(), e.downcast_ref::<ffmpeg_next::Error>()) {
+                (Some(io), _) => io.raw_os_error(),
+                (_, Some(ffmpeg_next::Error::Other { errno })) => Some(*errno),
+                _ => None,
+            };
+            if errno == Some(libc::ENOSPC) {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
     }
 }
 
