@@ -1023,3 +1023,52 @@ fn a_job_that_requires_a_tag_runs_only_on_a_worker_with_it() {
     let gpu = workers["workers"].as_array().unwrap().iter().find(|w| w["name"] == "gpu").unwrap()["id"].clone();
     assert!(job["tasks"].as_array().unwrap().iter().all(|t| t["worker"] == gpu), "{job}");
 }
+
+/// A worker whose scratch disk is full takes no task (it would fail every one with
+/// ENOSPC and spend the jobs' attempts), stays live, and takes work again once
+/// there is room.
+#[test]
+fn a_worker_with_a_full_scratch_disk_takes_no_task_until_there_is_room() {
+    let c = Coordinator::start();
+    let scratch = c.data.path("scratch-w1");
+    let Some(disk) = SpoolDisk::mount(&scratch, 16) else {
+        eprintln!("skipped: cannot mount a tmpfs (not root)");
+        return;
+    };
+    let ballast = disk.fill_to(2 << 20);
+    let log = c.data.path("w1.log");
+    let mut worker = Command::new(drake_bin())
+        .args(["worker", "--coordinator", &c.url, "--name", "w1", "--scratch", scratch.to_str().unwrap()])
+        .args(["--min-free-scratch-bytes", &(8u64 << 20).to_string()])
+        .env("DRAKE_TOKEN", c.join_token(1))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let dir = Dir::new();
+    test_clip(&dir.s("clip.mp4"), "320x240", 2);
+    let (status, job) = c.upload(&dir.s("clip.mp4"), &[]);
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let planned = c.wait_for(&id, |j| !j["tasks"].as_array().unwrap().is_empty());
+    let stderr = || std::fs::read_to_string(&log).unwrap();
+    let since = Instant::now();
+    while !stderr().contains("taking no tasks") {
+        assert!(since.elapsed() < Duration::from_secs(10), "{}", stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, now) = c.call("GET", &format!("/api/v1/jobs/{id}"), Some(&c.admin), None);
+    assert!(now["tasks"].as_array().unwrap().iter().all(|t| t["state"] == "queued" && t["attempts"] == 0), "{planned}\n{now}");
+    let (_, workers) = c.call("GET", "/api/v1/workers", Some(&c.admin), None);
+    let w = &workers["workers"][0];
+    assert_eq!((w["state"].as_str(), w["free_slots"].as_i64()), (Some("idle"), Some(0)), "live, with no slot free: {workers}");
+    assert!(stderr().contains("less than the 8388608 it keeps"), "{}", stderr());
+
+    std::fs::remove_file(ballast).unwrap();
+    let ended = c.wait_ended(&id, Duration::from_secs(60));
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    assert!(stderr().contains("has room again"), "{}", stderr());
+    let _ = worker.kill();
+    let _ = worker.wait();
+}

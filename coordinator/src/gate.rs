@@ -68,21 +68,9 @@ impl Drop for Permit {
 /// mounted there), or its parent's before the first upload made it.
 pub fn spool_short_of(spool: &std::path::Path, more: u64, reserve: u64) -> std::io::Result<Option<String>> {
     let disk = if spool.is_dir() { spool } else { spool.parent().unwrap_or(spool) };
-    let free = free_bytes(disk)?;
+    let free = proto::disk::free_bytes(disk)?;
     Ok((free < more.saturating_add(reserve))
         .then(|| format!("the coordinator's spool disk has {free} bytes free, and keeps {reserve} in reserve")))
-}
-
-/// Free bytes on the file system holding `path`.
-pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `s` a valid out-pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(s.f_bavail as u64 * s.f_frsize as u64)
 }
 
 #[cfg(test)]

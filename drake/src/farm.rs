@@ -93,6 +93,7 @@ pub struct WorkerArgs {
     pub slots: u32,
     pub tags: Vec<String>,
     pub scratch: PathBuf,
+    pub min_free_scratch_bytes: u64,
     pub name: Option<String>,
 }
 
@@ -112,6 +113,7 @@ pub fn worker(args: WorkerArgs) -> i32 {
         slots: args.slots.clamp(1, 64),
         tags: args.tags,
         scratch: args.scratch,
+        min_free_scratch_bytes: args.min_free_scratch_bytes,
         drake_exe: drake_exe(),
     };
     match runtime().block_on(worker::node::run(cfg, shutdown_signal())) {

@@ -132,6 +132,10 @@ enum Command {
         /// Where children write before publishing; emptied after every task.
         #[arg(long, default_value = "drake-scratch")]
         scratch: PathBuf,
+        /// Take no task while the scratch disk has less than this free (it stays
+        /// live, and takes work again once there is room).
+        #[arg(long, default_value_t = 1 << 30)]
+        min_free_scratch_bytes: u64,
         #[arg(long)]
         name: Option<String>,
     },
@@ -293,8 +297,8 @@ fn main() {
     settings_from_files();
     let code = match Cli::parse().command {
         Command::Coordinator { data, listen, settings } => farm::coordinator(data, &listen, settings.settings()),
-        Command::Worker { coordinator, token, slots, tags, scratch, name } => {
-            farm::worker(farm::WorkerArgs { coordinators: coordinator, token, slots, tags, scratch, name })
+        Command::Worker { coordinator, token, slots, tags, scratch, min_free_scratch_bytes, name } => {
+            farm::worker(farm::WorkerArgs { coordinators: coordinator, token, slots, tags, scratch, min_free_scratch_bytes, name })
         }
         Command::Up { workers, data, listen, settings } => farm::up(data, &listen, workers, settings.settings()),
         Command::Submit(args) => farm::submit(args),

@@ -6,6 +6,7 @@
 
 pub mod captions;
 pub mod chunk;
+pub mod disk;
 pub mod language;
 pub mod plan;
 pub mod probe;

@@ -414,7 +414,7 @@ impl SpoolDisk {
 
     /// Fills the disk until `free` bytes are left, with a file whose path it returns.
     pub fn fill_to(&self, free: u64) -> std::path::PathBuf {
-        let avail = coordinator::gate::free_bytes(&self.0).unwrap();
+        let avail = proto::disk::free_bytes(&self.0).unwrap();
         let ballast = self.0.join("ballast");
         std::fs::write(&ballast, vec![0u8; avail.checked_sub(free).expect("a disk big enough") as usize]).unwrap();
         ballast

@@ -35,6 +35,8 @@ pub struct NodeConfig {
     pub slots: u32,
     pub tags: Vec<String>,
     pub scratch: PathBuf,
+    /// The worker takes no task while its scratch disk has less than this free.
+    pub min_free_scratch_bytes: u64,
     /// The `drake` executable the children run.
     pub drake_exe: PathBuf,
 }
@@ -83,6 +85,11 @@ fn streams_source(tasks: &[TaskLease]) -> bool {
 
 /// Most renditions one child encodes from one decode of the source.
 const MAX_BUNDLE: u32 = 4;
+/// How long a lease poll waits for work.
+const LEASE_WAIT_SECONDS: u64 = 20;
+/// How often a worker whose scratch disk is full looks again (each look a poll that
+/// keeps it live).
+const SCRATCH_RECHECK_SECONDS: u64 = 5;
 
 struct Node {
     cfg: NodeConfig,
@@ -129,6 +136,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
     }
     let slots = Arc::new(Semaphore::new(node.cfg.slots as usize));
     let mut errors = 0u32;
+    let mut scratch_short: Option<String> = None;
     loop {
         let free = slots.available_permits() as u32;
         if node.draining.load(Ordering::SeqCst) {
@@ -148,8 +156,19 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         if node.draining.load(Ordering::SeqCst) {
             continue;
         }
+        // A full scratch disk would fail every task it took: poll with no free slot
+        // (live, leasing nothing) until there is room again.
+        let short = node.scratch_short();
+        if short.as_ref() != scratch_short.as_ref() {
+            match &short {
+                Some(why) => proto::log!("drake worker: taking no tasks: {why}"),
+                None => proto::log!("drake worker: the scratch disk has room again; taking tasks"),
+            }
+            scratch_short = short;
+        }
+        let (free, wait_seconds) = if scratch_short.is_some() { (0, SCRATCH_RECHECK_SECONDS) } else { (free, LEASE_WAIT_SECONDS) };
         let leased = tokio::select! {
-            r = node.lease(free) => r,
+            r = node.lease(free, wait_seconds) => r,
             // Stop waiting for work at once; a lease granted meanwhile lapses and is requeued.
             _ = drained => continue,
         };
@@ -260,11 +279,23 @@ impl Node {
         Err(last)
     }
 
-    async fn lease(&self, free: u32) -> Result<Option<TaskLease>, String> {
+    /// Why the scratch disk is too full to take a task, if it is.
+    fn scratch_short(&self) -> Option<String> {
+        let (scratch, reserve) = (&self.cfg.scratch, self.cfg.min_free_scratch_bytes);
+        match proto::disk::free_bytes(scratch) {
+            Ok(free) if free < reserve => {
+                Some(format!("the scratch disk ({}) has {free} bytes free, less than the {reserve} it keeps", scratch.display()))
+            }
+            Ok(_) => None,
+            Err(e) => Some(format!("cannot measure the scratch disk ({}): {e}", scratch.display())),
+        }
+    }
+
+    async fn lease(&self, free: u32, wait_seconds: u64) -> Result<Option<TaskLease>, String> {
         let req = LeaseRequest {
             version: proto::WIRE_VERSION,
             free_slots: free,
-            wait_seconds: 20,
+            wait_seconds,
             draining: false,
             max_tasks: MAX_BUNDLE,
             bundle_thumbnails: true,
