@@ -1062,13 +1062,16 @@ fn a_worker_with_a_full_scratch_disk_takes_no_task_until_there_is_room() {
     assert!(now["tasks"].as_array().unwrap().iter().all(|t| t["state"] == "queued" && t["attempts"] == 0), "{planned}\n{now}");
     let (_, workers) = c.call("GET", "/api/v1/workers", Some(&c.admin), None);
     let w = &workers["workers"][0];
-    assert_eq!((w["state"].as_str(), w["free_slots"].as_i64()), (Some("idle"), Some(0)), "live, with no slot free: {workers}");
+    assert_eq!((w["state"].as_str(), w["free_slots"].as_i64()), (Some("paused"), Some(0)), "live, with no slot free: {workers}");
+    assert!(w["paused"].as_str().is_some_and(|why| why.contains("less than the 8388608 it keeps")), "{workers}");
     assert!(stderr().contains("less than the 8388608 it keeps"), "{}", stderr());
 
     std::fs::remove_file(ballast).unwrap();
     let ended = c.wait_ended(&id, Duration::from_secs(60));
     assert_eq!(ended["state"], "succeeded", "{ended}");
     assert!(stderr().contains("has room again"), "{}", stderr());
+    let (_, workers) = c.call("GET", "/api/v1/workers", Some(&c.admin), None);
+    assert_eq!((workers["workers"][0]["state"].as_str(), &workers["workers"][0]["paused"]), (Some("idle"), &Value::Null), "{workers}");
     let _ = worker.kill();
     let _ = worker.wait();
 }

@@ -15,8 +15,10 @@ pub const OFFLINE_AFTER_MS: i64 = 60_000;
 pub struct WorkerView {
     pub id: String,
     pub name: String,
-    /// idle, busy, draining or offline.
+    /// idle, busy, draining, paused (see `paused`) or offline.
     pub state: String,
+    /// Why the worker takes no task now (its scratch disk is full), as it last said.
+    pub paused: Option<String>,
     pub slots: i64,
     pub free_slots: i64,
     pub capabilities: Capabilities,
@@ -98,6 +100,15 @@ impl Queue {
         Ok(self.seen.keep(id, caps, now, free_slots))
     }
 
+    /// Records why the worker takes no task now (`None`: it takes work), as a lease
+    /// poll says; writes only a change (as this coordinator knows it). Returns
+    /// whether the worker went into or out of pause.
+    pub async fn worker_paused(&self, id: &str, paused: Option<&str>) -> Result<bool> {
+        let Some(was_paused) = self.seen.paused_changed(id, paused) else { return Ok(false) };
+        sql::query("UPDATE workers SET paused = $1 WHERE id = $2").bind(paused).bind(id).execute(&mut self.auto()).await?;
+        Ok(was_paused != paused.is_some())
+    }
+
     pub async fn set_draining(&self, id: &str, draining: bool) -> Result<()> {
         let n = sql::query("UPDATE workers SET draining = $1 WHERE id = $2 AND removed = 0")
             .bind(draining as i64)
@@ -143,7 +154,7 @@ impl Queue {
     }
 
     pub async fn list_workers(&self, now: i64) -> Result<Vec<WorkerView>> {
-        let rows = sql::query("SELECT id, name, slots, free_slots, capabilities, drake_version, last_seen, draining, load FROM workers WHERE removed = 0 ORDER BY created_at").fetch_all(&mut self.read().await?).await?;
+        let rows = sql::query("SELECT id, name, slots, free_slots, capabilities, drake_version, last_seen, draining, load, paused FROM workers WHERE removed = 0 ORDER BY created_at").fetch_all(&mut self.read().await?).await?;
         let tasks =
             sql::query("SELECT id, job_id, kind, rendition, progress, worker_id, name FROM tasks WHERE state IN ('leased', 'running')")
                 .fetch_all(&mut self.read().await?)
@@ -169,6 +180,8 @@ impl Queue {
                     "offline"
                 } else if r.get::<i64, _>(7) != 0 {
                     "draining"
+                } else if r.get::<Option<String>, _>(9).is_some() {
+                    "paused"
                 } else if current_tasks.is_empty() {
                     "idle"
                 } else {
@@ -178,6 +191,7 @@ impl Queue {
                     id,
                     name: r.get(1),
                     state: state.into(),
+                    paused: r.get(9),
                     slots: r.get(2),
                     free_slots: r.get(3),
                     capabilities: serde_json::from_str(&r.get::<String, _>(4)).unwrap_or(Capabilities {
@@ -326,6 +340,9 @@ struct Seen {
     /// When (farm ms) this coordinator last wrote the row.
     written_at: i64,
     free_slots: Option<i64>,
+    /// What this coordinator last wrote of why the worker takes no task (`None`: not
+    /// written yet).
+    paused: Option<Option<String>>,
 }
 
 impl SeenWorkers {
@@ -347,8 +364,21 @@ impl SeenWorkers {
         }
         let caps = Arc::new(caps);
         let free_slots = free_slots.or_else(|| seen.get(id).and_then(|s| s.free_slots));
-        seen.insert(id.to_string(), Seen { caps: caps.clone(), written_at: now, free_slots });
+        let paused = seen.get(id).and_then(|s| s.paused.clone());
+        seen.insert(id.to_string(), Seen { caps: caps.clone(), written_at: now, free_slots, paused });
         caps
+    }
+
+    /// Records `paused` as this coordinator writes it. `None` when it is what was
+    /// last written here; otherwise whether the worker was paused, as far as this
+    /// coordinator knew.
+    fn paused_changed(&self, id: &str, paused: Option<&str>) -> Option<bool> {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.get_mut(id) {
+            Some(s) if s.paused.as_ref().is_some_and(|p| p.as_deref() == paused) => None,
+            Some(s) => Some(s.paused.replace(paused.map(String::from)).flatten().is_some()),
+            None => Some(false),
+        }
     }
 
     fn forget(&self, id: &str) {

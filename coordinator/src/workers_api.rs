@@ -22,6 +22,8 @@ use serde_json::json;
 use std::time::Duration;
 
 const MAX_WAIT_SECONDS: u64 = 30;
+/// Most of a worker's reason for a pause that is kept.
+const MAX_PAUSED_CHARS: usize = 300;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -89,6 +91,10 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
     let _polling =
         st.gate.enter(crate::gate::Kind::LongPoll, &worker).ok_or(ApiError::TooMany("too many lease polls open for this worker"))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds.min(MAX_WAIT_SECONDS));
+    let paused = req.paused.as_deref().map(|p| p.chars().take(MAX_PAUSED_CHARS).collect::<String>());
+    if st.queue.worker_paused(&worker, paused.as_deref()).await? {
+        st.emit("worker", json!({"worker_id": worker, "state": if paused.is_some() { "paused" } else { "idle" }, "paused": paused}));
+    }
     loop {
         let now = now_ms();
         let caps = st.queue.worker_seen(&worker, Some(req.free_slots as i64), req.load, now).await?;

@@ -516,7 +516,7 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Result<Respo
         let _ = writeln!(out, "drake_task_failures_total{{kind=\"{kind}\"}} {n}");
     }
     out.push_str("# HELP drake_workers Worker machines by state.\n# TYPE drake_workers gauge\n");
-    for state in ["idle", "busy", "draining", "offline"] {
+    for state in ["idle", "busy", "draining", "paused", "offline"] {
         let _ = writeln!(out, "drake_workers{{state=\"{state}\"}} {}", workers.iter().filter(|w| w.state == state).count());
     }
     out.push_str(

@@ -448,12 +448,13 @@ pub fn workers(list: &[WorkerView], csrf: &str, now: i64) -> String {
         actions.push_str(&action(&format!("/workers/{}/remove", w.id), "Remove", csrf, "danger"));
         let _ = write!(
             s,
-            "<tr data-worker=\"{id}\" data-name=\"{name}\"><td>{name}<div class=\"muted small\">{short}</div></td><td><span class=\"pill state-{state}\" data-worker-state>{state}</span></td>\
+            "<tr data-worker=\"{id}\" data-name=\"{name}\"><td>{name}<div class=\"muted small\">{short}</div></td><td><span class=\"pill state-{state}\" data-worker-state>{state}</span>{paused}</td>\
 <td class=\"num\">{busy}/{slots}</td><td class=\"bars\">{tasks}</td><td class=\"small\">{enc}</td><td>{ver}</td><td>{seen}</td><td class=\"num\">{load}</td><td class=\"actions\">{actions}</td></tr>",
             id = esc(&w.id),
             name = esc(&w.name),
             short = esc(short_id(&w.id)),
             state = esc(&w.state),
+            paused = w.paused.as_deref().map_or(String::new(), |why| format!("<div class=\"muted small\">{}</div>", esc(why))),
             busy = w.current_tasks.len(),
             slots = w.slots,
             enc = esc(&w.capabilities.encoders.join(", ")),

@@ -55,6 +55,10 @@ pub struct LeaseRequest {
     /// The machine's 1-minute load average, for the dashboard.
     #[serde(default)]
     pub load: Option<f64>,
+    /// Why the worker takes no task now (its scratch disk is full), for the
+    /// dashboard; it then polls with no slot free.
+    #[serde(default)]
+    pub paused: Option<String>,
 }
 
 fn one() -> u32 {

@@ -168,7 +168,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         }
         let (free, wait_seconds) = if scratch_short.is_some() { (0, SCRATCH_RECHECK_SECONDS) } else { (free, LEASE_WAIT_SECONDS) };
         let leased = tokio::select! {
-            r = node.lease(free, wait_seconds) => r,
+            r = node.lease(free, wait_seconds, scratch_short.as_deref()) => r,
             // Stop waiting for work at once; a lease granted meanwhile lapses and is requeued.
             _ = drained => continue,
         };
@@ -291,7 +291,7 @@ impl Node {
         }
     }
 
-    async fn lease(&self, free: u32, wait_seconds: u64) -> Result<Option<TaskLease>, String> {
+    async fn lease(&self, free: u32, wait_seconds: u64, paused: Option<&str>) -> Result<Option<TaskLease>, String> {
         let req = LeaseRequest {
             version: proto::WIRE_VERSION,
             free_slots: free,
@@ -300,6 +300,7 @@ impl Node {
             max_tasks: MAX_BUNDLE,
             bundle_thumbnails: true,
             load: load_average(),
+            paused: paused.map(String::from),
         };
         let resp = self
             .send(|base| {
