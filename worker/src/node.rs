@@ -159,13 +159,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         // A full scratch disk would fail every task it took: poll with no free slot
         // (live, leasing nothing) until there is room again.
         let short = node.scratch_short();
-        if short.as_ref() != scratch_short.as_ref() {
+        if short.is_some() != scratch_short.is_some() {
             match &short {
                 Some(why) => proto::log!("drake worker: taking no tasks: {why}"),
                 None => proto::log!("drake worker: the scratch disk has room again; taking tasks"),
             }
-            scratch_short = short;
         }
+        scratch_short = short;
         let (free, wait_seconds) = if scratch_short.is_some() { (0, SCRATCH_RECHECK_SECONDS) } else { (free, LEASE_WAIT_SECONDS) };
         let leased = tokio::select! {
             r = node.lease(free, wait_seconds, scratch_short.as_deref()) => r,
