@@ -74,39 +74,34 @@ impl Queue {
     }
 
     /// Records a worker's poll or heartbeat (free slots and load when it reports
-    /// them). Returns its capabilities, or NotFound for a removed worker.
+    /// them; with the free slots, a poll says why it takes no task now, if it is
+    /// paused). Returns its capabilities, or NotFound for a removed worker.
     ///
     /// A worker calls several times a second under load, and liveness is judged
     /// against the lease TTL: the row is written only when this coordinator last
-    /// wrote it [`Queue::seen_every_ms`] ago or more, or the free slots changed;
-    /// otherwise the call costs no statement ([`SeenWorkers`]). Whether the worker
-    /// is draining is not answered here: the claim checks it.
-    pub async fn worker_seen(&self, id: &str, free_slots: Option<i64>, load: Option<f64>, now: i64) -> Result<Arc<Capabilities>> {
-        if let Some(caps) = self.seen.fresh(id, free_slots, now - self.seen_every_ms()) {
+    /// wrote it [`Queue::seen_every_ms`] ago or more, or the free slots or the
+    /// pause changed; otherwise the call costs no statement ([`SeenWorkers`]).
+    /// Whether the worker is draining is not answered here: the claim checks it.
+    pub async fn worker_seen(&self, id: &str, slots: Option<Slots<'_>>, load: Option<f64>, now: i64) -> Result<Arc<Capabilities>> {
+        if let Some(caps) = self.seen.fresh(id, slots, now - self.seen_every_ms()) {
             return Ok(caps);
         }
         let caps: Option<String> = sql::query_scalar(
-            "UPDATE workers SET last_seen = $1, free_slots = COALESCE($2, free_slots), load = COALESCE($3, load) WHERE id = $4 AND removed = 0
+            "UPDATE workers SET last_seen = $1, free_slots = COALESCE($2, free_slots), load = COALESCE($3, load),
+                                paused = CASE WHEN $2 IS NULL THEN paused ELSE $5 END
+             WHERE id = $4 AND removed = 0
              RETURNING capabilities",
         )
         .bind(now)
-        .bind(free_slots)
+        .bind(slots.map(|s| s.free))
         .bind(load.filter(|l| l.is_finite() && *l >= 0.0))
         .bind(id)
+        .bind(slots.and_then(|s| s.paused))
         .fetch_optional(&mut self.auto())
         .await?;
         let caps = caps.ok_or_else(|| QueueError::NotFound(format!("worker {id}")))?;
         let caps: Capabilities = serde_json::from_str(&caps).map_err(|e| QueueError::Conflict(e.to_string()))?;
-        Ok(self.seen.keep(id, caps, now, free_slots))
-    }
-
-    /// Records why the worker takes no task now (`None`: it takes work), as a lease
-    /// poll says; writes only a change (as this coordinator knows it). Returns
-    /// whether the worker went into or out of pause.
-    pub async fn worker_paused(&self, id: &str, paused: Option<&str>) -> Result<bool> {
-        let Some(was_paused) = self.seen.paused_changed(id, paused) else { return Ok(false) };
-        sql::query("UPDATE workers SET paused = $1 WHERE id = $2").bind(paused).bind(id).execute(&mut self.auto()).await?;
-        Ok(was_paused != paused.is_some())
+        Ok(self.seen.keep(id, caps, now, slots))
     }
 
     pub async fn set_draining(&self, id: &str, draining: bool) -> Result<()> {
@@ -340,9 +335,16 @@ struct Seen {
     /// When (farm ms) this coordinator last wrote the row.
     written_at: i64,
     free_slots: Option<i64>,
-    /// What this coordinator last wrote of why the worker takes no task (`None`: not
-    /// written yet).
-    paused: Option<Option<String>>,
+    /// Why the worker took no task, written with the free slots.
+    paused: Option<String>,
+}
+
+/// What a worker's lease poll says of its slots: how many are free, and why it
+/// takes no task now (its scratch disk is full), if it is paused.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slots<'a> {
+    pub free: i64,
+    pub paused: Option<&'a str>,
 }
 
 impl SeenWorkers {
@@ -350,35 +352,26 @@ impl SeenWorkers {
     const MAX: usize = 10_000;
 
     /// The worker's capabilities, if its row was written after `since` with these
-    /// free slots (`None`: not reported).
-    fn fresh(&self, id: &str, free_slots: Option<i64>, since: i64) -> Option<Arc<Capabilities>> {
+    /// slots (`None`: not reported).
+    fn fresh(&self, id: &str, slots: Option<Slots>, since: i64) -> Option<Arc<Capabilities>> {
         let seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let s = seen.get(id)?;
-        (s.written_at > since && free_slots.is_none_or(|f| s.free_slots == Some(f))).then(|| s.caps.clone())
+        let same = |n: Slots| s.free_slots == Some(n.free) && s.paused.as_deref() == n.paused;
+        (s.written_at > since && slots.is_none_or(same)).then(|| s.caps.clone())
     }
 
-    fn keep(&self, id: &str, caps: Capabilities, now: i64, free_slots: Option<i64>) -> Arc<Capabilities> {
+    fn keep(&self, id: &str, caps: Capabilities, now: i64, slots: Option<Slots>) -> Arc<Capabilities> {
         let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if seen.len() >= SeenWorkers::MAX {
             seen.clear();
         }
         let caps = Arc::new(caps);
-        let free_slots = free_slots.or_else(|| seen.get(id).and_then(|s| s.free_slots));
-        let paused = seen.get(id).and_then(|s| s.paused.clone());
+        let (free_slots, paused) = match slots {
+            Some(n) => (Some(n.free), n.paused.map(String::from)),
+            None => seen.get(id).map_or((None, None), |s| (s.free_slots, s.paused.clone())),
+        };
         seen.insert(id.to_string(), Seen { caps: caps.clone(), written_at: now, free_slots, paused });
         caps
-    }
-
-    /// Records `paused` as this coordinator writes it. `None` when it is what was
-    /// last written here; otherwise whether the worker was paused, as far as this
-    /// coordinator knew.
-    fn paused_changed(&self, id: &str, paused: Option<&str>) -> Option<bool> {
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match seen.get_mut(id) {
-            Some(s) if s.paused.as_ref().is_some_and(|p| p.as_deref() == paused) => None,
-            Some(s) => Some(s.paused.replace(paused.map(String::from)).flatten().is_some()),
-            None => Some(false),
-        }
     }
 
     fn forget(&self, id: &str) {

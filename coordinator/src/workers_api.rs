@@ -7,6 +7,7 @@ use crate::auth::{self, Caller, Role};
 use crate::error::ApiError;
 use crate::lifecycle;
 use crate::queue::{Bundling, Fit, QueueError};
+use crate::registry::Slots;
 use crate::state::{AppState, audit, now_ms};
 use crate::storage;
 use axum::extract::rejection::JsonRejection;
@@ -92,12 +93,10 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
         st.gate.enter(crate::gate::Kind::LongPoll, &worker).ok_or(ApiError::TooMany("too many lease polls open for this worker"))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds.min(MAX_WAIT_SECONDS));
     let paused = req.paused.as_deref().map(|p| p.chars().take(MAX_PAUSED_CHARS).collect::<String>());
-    if st.queue.worker_paused(&worker, paused.as_deref()).await? {
-        st.emit("worker", json!({"worker_id": worker, "state": if paused.is_some() { "paused" } else { "idle" }, "paused": paused}));
-    }
+    let slots = Slots { free: req.free_slots as i64, paused: paused.as_deref() };
     loop {
         let now = now_ms();
-        let caps = st.queue.worker_seen(&worker, Some(req.free_slots as i64), req.load, now).await?;
+        let caps = st.queue.worker_seen(&worker, Some(slots), req.load, now).await?;
         // A worker an admin drains gets nothing from the claim.
         if req.free_slots > 0 && !req.draining {
             // Register interest before looking, so a task queued in between wakes us.

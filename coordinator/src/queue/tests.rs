@@ -4,6 +4,7 @@
 use super::*;
 use crate::auth::{Role, digest, generate};
 use crate::queue::owed::CHORE_PUSH_GRACE_MS;
+use crate::registry::Slots;
 use crate::sessions::{LOGIN_LINK_TTL_MS, SESSION_TTL_MS};
 
 const T0: i64 = 1_000_000;
@@ -830,7 +831,8 @@ async fn login_links_work_once_and_sessions_expire(q: Queue) {
 async fn workers_register_drain_and_leave(q: Queue) {
     let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec!["gpu".into()] };
     q.register_worker("w1", "box-1", 2, &caps, "1.0", T0).await.unwrap();
-    assert_eq!(*q.worker_seen("w1", Some(1), Some(0.5), T0 + 1).await.unwrap(), caps);
+    let free = |n| Some(Slots { free: n, paused: None });
+    assert_eq!(*q.worker_seen("w1", free(1), Some(0.5), T0 + 1).await.unwrap(), caps);
     assert_eq!(*q.worker_seen("w1", None, None, T0 + 2).await.unwrap(), caps);
     let listed = q.list_workers(T0 + 2).await.unwrap();
     assert_eq!((listed.len(), listed[0].name.as_str(), listed[0].slots), (1, "box-1", 2));
@@ -839,10 +841,21 @@ async fn workers_register_drain_and_leave(q: Queue) {
     assert_eq!(listed[0].last_heartbeat, T0 + 1, "a call within the interval wrote last_seen");
     let every = q.seen_every_ms();
     assert!(every > 0 && every <= 1000, "{every}");
-    q.worker_seen("w1", Some(1), None, T0 + 1 + every).await.unwrap();
+    q.worker_seen("w1", free(1), None, T0 + 1 + every).await.unwrap();
     assert_eq!(q.list_workers(T0 + 2).await.unwrap()[0].last_heartbeat, T0 + 1 + every);
-    q.worker_seen("w1", Some(2), None, T0 + 2 + every).await.unwrap();
+    q.worker_seen("w1", free(2), None, T0 + 2 + every).await.unwrap();
     assert_eq!(q.list_workers(T0 + 2).await.unwrap()[0].last_heartbeat, T0 + 2 + every);
+    // A pause (a full scratch disk) is written at once with the free slots, shown as
+    // the state, kept by heartbeats, and ended by the next poll that takes work.
+    let full = Some(Slots { free: 0, paused: Some("the scratch disk is full") });
+    q.worker_seen("w1", full, None, T0 + 3 + every).await.unwrap();
+    let w = q.list_workers(T0 + 4).await.unwrap().remove(0);
+    assert_eq!((w.state.as_str(), w.paused.as_deref(), w.free_slots), ("paused", Some("the scratch disk is full"), 0));
+    q.worker_seen("w1", None, None, T0 + 4 + 2 * every).await.unwrap();
+    assert_eq!(q.list_workers(T0 + 4).await.unwrap()[0].state, "paused");
+    q.worker_seen("w1", free(2), None, T0 + 5 + 2 * every).await.unwrap();
+    let w = q.list_workers(T0 + 4).await.unwrap().remove(0);
+    assert_eq!((w.state.as_str(), w.paused, w.free_slots), ("idle", None, 2));
     // A draining worker's claim gets nothing; resumed, it gets work again.
     let job = job_with(&q, &["240p"]).await;
     q.set_draining("w1", true).await.unwrap();
