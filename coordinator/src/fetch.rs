@@ -199,7 +199,7 @@ pub struct IngestLimits {
 /// not (200). A body without a Content-Length is read to its end. Returns the size.
 pub async fn ingest(policy: &NetPolicy, url: &str, part: &Path, limits: IngestLimits) -> Result<u64, FetchError> {
     let io = |e: std::io::Error| {
-        if crate::storage::is_out_of_space(&e) { FetchError::NoSpace(e) } else { FetchError::Failed(format!("spooling the source: {e}")) }
+        if proto::disk::is_out_of_space(&e) { FetchError::NoSpace(e) } else { FetchError::Failed(format!("spooling the source: {e}")) }
     };
     let have = tokio::fs::metadata(part).await.map(|m| m.len()).unwrap_or(0);
     let run = async {

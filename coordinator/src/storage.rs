@@ -77,15 +77,10 @@ impl StoreError {
     /// 507 Insufficient Storage). A condition of the farm that passes, not of a job.
     pub fn is_out_of_space(&self) -> bool {
         match self {
-            StoreError::Io(e) => is_out_of_space(e),
+            StoreError::Io(e) => proto::disk::is_out_of_space(e),
             StoreError::Http { message, .. } => message.starts_with("HTTP 507"),
         }
     }
-}
-
-/// Whether a write failed because its disk is full or over quota.
-pub fn is_out_of_space(e: &std::io::Error) -> bool {
-    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }
 
 impl Store {

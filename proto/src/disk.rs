@@ -1,6 +1,17 @@
 //! Free space on a disk: the coordinator's spool and a worker's scratch both stop
 //! taking work before theirs runs out.
 
+/// Whether a write failed because its disk is full or over quota: a condition of
+/// the machine that passes, not of the work.
+pub fn is_out_of_space(e: &std::io::Error) -> bool {
+    is_out_of_space_errno(e.raw_os_error()) || matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+}
+
+/// The same for an OS error number (libav reports them as `AVERROR(errno)`).
+pub fn is_out_of_space_errno(errno: Option<i32>) -> bool {
+    errno.is_some_and(|n| n == libc::ENOSPC || n == libc::EDQUOT)
+}
+
 /// Free bytes on the file system holding `path` (what an unprivileged writer may use).
 pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;

@@ -41,17 +41,17 @@ impl EngineError {
         }
     }
 
-    /// Whether a write failed on a full disk (ENOSPC), from libav or from std.
+    /// Whether a write failed on a full disk (or over quota), from libav or from std.
     pub fn is_out_of_space(&self) -> bool {
         let EngineError::Internal { source, .. } = self else { return false };
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
         while let Some(e) = cause {
-            let errno = match (e.downcast_ref::<std::io::Error>(), e.downcast_ref::<ffmpeg_next::Error>()) {
-                (Some(io), _) => io.raw_os_error(),
-                (_, Some(ffmpeg_next::Error::Other { errno })) => Some(*errno),
-                _ => None,
+            let full = match (e.downcast_ref::<std::io::Error>(), e.downcast_ref::<ffmpeg_next::Error>()) {
+                (Some(io), _) => proto::disk::is_out_of_space(io),
+                (_, Some(ffmpeg_next::Error::Other { errno })) => proto::disk::is_out_of_space_errno(Some(*errno)),
+                _ => false,
             };
-            if errno == Some(libc::ENOSPC) {
+            if full {
                 return true;
             }
             cause = e.source();
