@@ -68,9 +68,8 @@ impl Drop for Permit {
 /// mounted there), or its parent's before the first upload made it.
 pub fn spool_short_of(spool: &std::path::Path, more: u64, reserve: u64) -> std::io::Result<Option<String>> {
     let disk = if spool.is_dir() { spool } else { spool.parent().unwrap_or(spool) };
-    let free = proto::disk::free_bytes(disk)?;
-    Ok((free < more.saturating_add(reserve))
-        .then(|| format!("the coordinator's spool disk has {free} bytes free, and keeps {reserve} in reserve")))
+    let short = proto::disk::short_of(disk, more, reserve)?;
+    Ok(short.map(|free| format!("the coordinator's spool disk has {free} bytes free, and keeps {reserve} in reserve")))
 }
 
 #[cfg(test)]

@@ -12,6 +12,13 @@ pub fn is_out_of_space_errno(errno: Option<i32>) -> bool {
     errno.is_some_and(|n| n == libc::ENOSPC || n == libc::EDQUOT)
 }
 
+/// The free bytes on the file system holding `path`, when they are fewer than
+/// `more` and `reserve` together (`None`: there is room).
+pub fn short_of(path: &std::path::Path, more: u64, reserve: u64) -> std::io::Result<Option<u64>> {
+    let free = free_bytes(path)?;
+    Ok((free < more.saturating_add(reserve)).then_some(free))
+}
+
 /// Free bytes on the file system holding `path` (what an unprivileged writer may use).
 pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;

@@ -279,14 +279,12 @@ impl Node {
         Err(last)
     }
 
-    /// Why the scratch disk is too full to take a task, if it is.
+    /// Why the scratch disk is too full to take a task, if it is. The same words
+    /// while the disk stays short, so the coordinator writes a pause once.
     fn scratch_short(&self) -> Option<String> {
         let (scratch, reserve) = (&self.cfg.scratch, self.cfg.min_free_scratch_bytes);
-        match proto::disk::free_bytes(scratch) {
-            Ok(free) if free < reserve => {
-                Some(format!("the scratch disk ({}) has {free} bytes free, less than the {reserve} it keeps", scratch.display()))
-            }
-            Ok(_) => None,
+        match proto::disk::short_of(scratch, 0, reserve) {
+            Ok(short) => short.map(|_| format!("the scratch disk ({}) has less than the {reserve} it keeps free", scratch.display())),
             Err(e) => Some(format!("cannot measure the scratch disk ({}): {e}", scratch.display())),
         }
     }
