@@ -1579,6 +1579,38 @@ fn a_high_dynamic_range_source_comes_out_in_standard_dynamic_range_colours() {
     }
 }
 
+/// Dolby Vision from a phone (profile 8.4) carries an HLG base layer, encoded as
+/// any HLG source is. A streaming master in profile 5 has none: its pictures are
+/// Dolby's IPTPQc2, which only the reshaping in every frame's metadata turns into
+/// colour, and Drake cannot apply it. Encoded as they are they come out green and
+/// purple, so such a source is refused with its reason.
+#[test]
+fn dolby_vision_is_encoded_from_its_base_layer_and_refused_without_one() {
+    let dir = Dir::new();
+    let hlg = dir.s("hlg.mp4");
+    let x265 = "log-level=error:colorprim=bt2020:transfer=arib-std-b67:colormatrix=bt2020nc";
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=1", "-pix_fmt", "yuv420p10le", "-c:v", "libx265", "-x265-params", x265, &hlg]);
+    let (phone, master) = (dir.s("profile-8.4.mp4"), dir.s("profile-5.mp4"));
+    with_dolby_vision(&hlg, &phone, 8, 4);
+    with_dolby_vision(&hlg, &master, 5, 0);
+
+    let probe: Value = serde_json::from_str(&drake_ok(&["probe", &master])).unwrap();
+    let video = probe["streams"].as_array().unwrap().iter().find(|s| s["kind"] == "video").unwrap().clone();
+    assert_eq!(video["dolby_vision"], json!({"profile": 5, "level": 6, "compatibility": 0}), "{probe}");
+
+    let out = dir.path("phone");
+    drake_ok(&["transcode", &phone, "--rendition", "240p", "--out", out.to_str().unwrap()]);
+    let s = &streams(&out.join("240p.mp4"))[0];
+    assert_eq!(s["color_transfer"].as_str(), Some("bt709"), "the HLG base layer is mapped to SDR");
+
+    let out = dir.path("master");
+    let o = drake(&["transcode", &master, "--rendition", "240p", "--out", out.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(65), "{stderr}");
+    assert!(stderr.contains("bad input: the video is Dolby Vision profile 5 with no HDR10, HLG or SDR base layer"), "{stderr}");
+    assert!(!out.join("240p.mp4").exists());
+}
+
 /// An MPEG-TS source has no keyframe index: a seek lands on any packet, often
 /// past the keyframe before a chunk. Each chunk must still decode from a
 /// keyframe before its start, or its first seconds would freeze on the next one.

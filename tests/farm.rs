@@ -81,6 +81,8 @@ fn submitted_jobs_are_probed_and_planned_lowest_rung_first_then_longest() {
         &dir.s("src.mp4"),
     ]);
     std::fs::write(dir.path("garbage.mp4"), vec![0x5au8; 50_000]).unwrap();
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=1", "-c:v", "libx265", "-x265-params", "log-level=error", &dir.s("hevc.mp4")]);
+    with_dolby_vision(&dir.s("hevc.mp4"), &dir.s("dolby-vision-5.mp4"), 5, 0);
     let server = RangeServer::start(dir.tmp.path().to_path_buf());
     let c = Coordinator::start_with(&["--allow-network", "127.0.0.1/32"]);
 
@@ -112,6 +114,11 @@ fn submitted_jobs_are_probed_and_planned_lowest_rung_first_then_longest() {
     let (_, bad) = c.call("POST", "/api/v1/jobs", Some(&c.admin), Some(json!({"source_url": format!("{}/garbage.mp4", server.url)})));
     let bad = c.wait_for(bad["id"].as_str().unwrap(), |j| j["state"] == "failed");
     assert!(bad["error"].as_str().unwrap().starts_with("bad input:"), "{bad}");
+    // So does a source whose colours Drake cannot map, before any task is planned.
+    let (_, dv) = c.call("POST", "/api/v1/jobs", Some(&c.admin), Some(json!({"source_url": format!("{}/dolby-vision-5.mp4", server.url)})));
+    let dv = c.wait_for(dv["id"].as_str().unwrap(), |j| j["state"] == "failed");
+    assert!(dv["error"].as_str().unwrap().starts_with("bad input: the video is Dolby Vision profile 5"), "{dv}");
+    assert_eq!(dv["tasks"], json!([]), "{dv}");
 
     // Cancel, then retry.
     let (status, canceled) = c.call("POST", &format!("/api/v1/jobs/{id}/cancel"), Some(&c.admin), None);

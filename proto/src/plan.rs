@@ -3,7 +3,7 @@
 //! Pure: the same probe and profile always give the same plan, so the coordinator
 //! can plan and each transcode process can re-derive its own rendition by name.
 
-use crate::probe::{Probe, StreamInfo, UNDECODABLE_AUDIO};
+use crate::probe::{DolbyVision, Probe, StreamInfo, UNDECODABLE_AUDIO};
 use crate::profile::{Chunking, Profile, RateControl, VideoCodec};
 use serde::{Deserialize, Serialize};
 
@@ -128,6 +128,13 @@ pub enum PlanError {
     /// or a corrupt file): refused before anything is decoded.
     #[error("the source claims {0}, over the limit of {1}")]
     OverLimit(String, String),
+    /// Pictures only Dolby's own processing turns into colour (see
+    /// [`DolbyVision::needs_reshaping`]): refused rather than encoded green and purple.
+    #[error(
+        "the video is Dolby Vision profile {0} with no HDR10, HLG or SDR base layer: its colours need Dolby's reshaping, \
+         which Drake cannot apply (export it as Dolby Vision profile 8, HDR10 or SDR)"
+    )]
+    DolbyVisionOnly(u8),
 }
 
 /// Most pixels in one source frame: 8K (8192x4320).
@@ -262,6 +269,9 @@ fn plan_within_limits(probe: &Probe, profile: &Profile) -> Result<Plan, PlanErro
     let (dw, dh) = (v.display_width, v.display_height);
     if dw < 2 || dh < 2 || dw > 16384 || dh > 16384 {
         return Err(PlanError::BadGeometry(dw, dh));
+    }
+    if let Some(dv) = v.dolby_vision.filter(DolbyVision::needs_reshaping) {
+        return Err(PlanError::DolbyVisionOnly(dv.profile));
     }
     // Rungs are named by the short side, so a portrait 1080x1920 phone video gets "1080p".
     let (short, long) = (dw.min(dh) as f64, dw.max(dh) as f64);

@@ -87,6 +87,31 @@ pub struct VideoStream {
     /// read for it (over HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keyframe_gap_s: Option<f64>,
+    /// The stream's Dolby Vision configuration, when its container declares one
+    /// (MP4's `dvcC`/`dvvC`, Matroska's block addition mapping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dolby_vision: Option<DolbyVision>,
+}
+
+/// A Dolby Vision stream's configuration record: what its base layer is, which
+/// decides whether its pictures can be shown without Dolby's own processing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DolbyVision {
+    /// 5 (streaming masters), 7 (Blu-ray), 8 (phones, streaming), 9, 10 (AV1), ...
+    pub profile: u8,
+    pub level: u8,
+    /// The base layer's signal: 0 none (IPTPQc2, Dolby's own colour space), 1
+    /// HDR10, 2 SDR, 4 HLG, 6 Blu-ray HDR10.
+    pub compatibility: u8,
+}
+
+impl DolbyVision {
+    /// Whether the base layer is Dolby's IPTPQc2 (profile 5, profile 10.0): only
+    /// the reshaping that every frame's RPU carries turns it into ordinary colour,
+    /// and Drake's filters cannot apply it. Decoded as YCbCr, it is green and purple.
+    pub fn needs_reshaping(&self) -> bool {
+        self.compatibility == 0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -37,6 +37,63 @@ pub fn test_clip(path: &str, size: &str, seconds: u32) {
     ffmpeg(&["-f", "lavfi", "-i", &video, "-f", "lavfi", "-i", &audio, "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", path]);
 }
 
+/// Declares the HEVC video of the MP4 at `src` Dolby Vision `profile` with base
+/// layer `compatibility`, as an encoder's `dvcC` box does, writing it to `dst`.
+/// No encoder here writes one. The box goes at the end of the `hvc1` sample entry;
+/// the file's `moov` must follow its `mdat` (ffmpeg's default), so that no chunk
+/// offset moves.
+pub fn with_dolby_vision(src: &str, dst: &str, profile: u16, compatibility: u8) {
+    let mut mp4 = std::fs::read(src).unwrap();
+    let size_at = |d: &[u8], at: usize| u32::from_be_bytes(d[at..at + 4].try_into().unwrap()) as usize;
+    // The boxes in `d[start..end]`: (offset, size, type).
+    let children = |d: &[u8], start: usize, end: usize| {
+        let mut found = Vec::new();
+        let mut at = start;
+        while at + 8 <= end {
+            let size = size_at(d, at);
+            assert!(size >= 8, "a box of {size} bytes at {at}");
+            found.push((at, size, d[at + 4..at + 8].to_vec()));
+            at += size;
+        }
+        found
+    };
+    let top = children(&mp4, 0, mp4.len());
+    let position = |name: &[u8]| top.iter().position(|b| b.2 == name).unwrap();
+    assert!(position(b"moov") > position(b"mdat"), "{src}: moov before mdat");
+    let (moov, moov_size, _) = top[position(b"moov")].clone();
+    // moov > trak > mdia > minf > stbl > stsd (8 bytes of version, flags and count) > hvc1.
+    let (ancestors, entry) = children(&mp4, moov + 8, moov + moov_size)
+        .into_iter()
+        .filter(|b| b.2 == b"trak")
+        .find_map(|trak| {
+            let mut chain = vec![moov, trak.0];
+            let (mut start, mut end) = (trak.0 + 8, trak.0 + trak.1);
+            for name in [&b"mdia"[..], b"minf", b"stbl", b"stsd"] {
+                let b = children(&mp4, start, end).into_iter().find(|b| b.2 == name)?;
+                chain.push(b.0);
+                (start, end) = (b.0 + 8 + if name == b"stsd" { 8 } else { 0 }, b.0 + b.1);
+            }
+            children(&mp4, start, end).into_iter().find(|b| b.2 == b"hvc1" || b.2 == b"hev1").map(|e| (chain, e))
+        })
+        .expect("an HEVC track");
+    // The configuration record: version 1.0, then profile (7 bits), level (6), and
+    // RPU, EL and BL present; then the base layer's compatibility id (4 bits).
+    let flags: u16 = (profile << 9) | (6 << 3) | 0b101;
+    let mut record = vec![1, 0];
+    record.extend(flags.to_be_bytes());
+    record.push(compatibility << 4);
+    record.resize(24, 0);
+    let mut dvcc = ((8 + record.len()) as u32).to_be_bytes().to_vec();
+    dvcc.extend(if profile > 7 { b"dvvC" } else { b"dvcC" });
+    dvcc.extend(record);
+    mp4.splice(entry.0 + entry.1..entry.0 + entry.1, dvcc.iter().copied());
+    for at in ancestors.into_iter().chain([entry.0]) {
+        let grown = (size_at(&mp4, at) + dvcc.len()) as u32;
+        mp4[at..at + 4].copy_from_slice(&grown.to_be_bytes());
+    }
+    std::fs::write(dst, mp4).unwrap();
+}
+
 pub fn ffprobe(args: &[&str]) -> Value {
     let out = Command::new("ffprobe").args(["-v", "error", "-of", "json"]).args(args).output().expect("ffprobe is installed");
     assert!(out.status.success(), "ffprobe {args:?}: {}", String::from_utf8_lossy(&out.stderr));

@@ -297,6 +297,17 @@ pub fn hdr_to_sdr(p: &ffi::AVCodecParameters) -> Option<String> {
     ))
 }
 
+/// A stream's Dolby Vision configuration record, if its container declares one.
+pub fn dolby_vision(stream: &ff::format::stream::Stream) -> Option<proto::probe::DolbyVision> {
+    let sd = stream.side_data().find(|sd| sd.kind() == ff::codec::packet::side_data::Type::DOVI_CONF)?;
+    // AVDOVIDecoderConfigurationRecord: eight bytes, in this order: version major
+    // and minor, profile, level, RPU, EL and BL present, base layer compatibility.
+    match *sd.data() {
+        [_, _, profile, level, _, _, _, compatibility, ..] => Some(proto::probe::DolbyVision { profile, level, compatibility }),
+        _ => None,
+    }
+}
+
 /// Tags an encoder's output as BT.709 standard dynamic range (its VUI), as
 /// `hdr_to_sdr`'s pictures are.
 pub fn tag_bt709(encoder: &mut ff::codec::context::Context) {

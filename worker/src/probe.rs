@@ -84,6 +84,7 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
                     bit_depth: av::bit_depth(p.format),
                     default,
                     keyframe_gap_s: None,
+                    dolby_vision: av::dolby_vision(&s),
                 })
             }
             // A track no decoder here reads (a newer phone's spatial audio beside its

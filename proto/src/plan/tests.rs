@@ -1,5 +1,5 @@
 use super::*;
-use crate::probe::{AudioStream, StreamInfo, VideoStream};
+use crate::probe::{AudioStream, DolbyVision, StreamInfo, VideoStream};
 
 fn probe(w: u32, h: u32, fps: f64, audio: bool) -> Probe {
     let mut streams = vec![];
@@ -19,6 +19,7 @@ fn probe(w: u32, h: u32, fps: f64, audio: bool) -> Probe {
             bit_depth: 8,
             default: true,
             keyframe_gap_s: None,
+            dolby_vision: None,
         }));
     }
     if audio {
@@ -77,6 +78,26 @@ fn no_audio_means_no_audio_rendition() {
     let plan = plan(&probe(640, 360, 30.0, false), &Profile::load("web").unwrap()).unwrap();
     assert!(plan.renditions.iter().all(|r| r.audio.is_none()));
     assert_eq!(plan.skipped.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["480p", "720p", "1080p"]);
+}
+
+#[test]
+fn dolby_vision_with_no_ordinary_base_layer_is_refused_and_the_rest_are_planned() {
+    let web = Profile::load("web").unwrap();
+    let with = |profile, compatibility| {
+        let mut p = probe(1920, 1080, 30.0, true);
+        if let StreamInfo::Video(v) = &mut p.streams[0] {
+            v.dolby_vision = Some(DolbyVision { profile, level: 6, compatibility });
+        }
+        plan(&p, &web)
+    };
+    let refused = with(5, 0).unwrap_err();
+    assert_eq!(refused, PlanError::DolbyVisionOnly(5));
+    assert!(refused.to_string().contains("Dolby Vision profile 5 with no HDR10, HLG or SDR base layer"), "{refused}");
+    // Profile 8.1 (HDR10), 8.4 (a phone's HLG), 7 (Blu-ray) and 9 (SDR) have a base
+    // layer of their own, which is encoded as any HDR or SDR stream is.
+    for (profile, compatibility) in [(8, 1), (8, 4), (7, 6), (9, 2)] {
+        assert_eq!(with(profile, compatibility).unwrap().renditions.len(), 5, "{profile}.{compatibility}");
+    }
 }
 
 #[test]
