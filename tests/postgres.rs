@@ -241,6 +241,15 @@ fn db_copy_moves_a_farm_from_sqlite_to_postgres() {
     c.wait_for(&queued, |j| j["tasks"].as_array().is_some_and(|t| !t.is_empty()) && j["state"] == "queued");
     let before: Vec<Value> =
         [&done, &failed, &queued].iter().map(|id| c.call("GET", &format!("/api/v1/jobs/{id}"), Some(&c.admin), None).1).collect();
+    // And a resumable upload the pipeline has sent half of.
+    let clip = std::fs::read(media.path("clip.mp4")).unwrap();
+    let half = clip.len() / 2;
+    std::fs::write(media.path("first-half"), &clip[..half]).unwrap();
+    std::fs::write(media.path("second-half"), &clip[half..]).unwrap();
+    let length = format!("Upload-Length: {}", clip.len());
+    let (status, h) = tus_at(&c.url, &submit, "POST", "/api/v1/uploads/", &[&length], Some(&media.s("first-half")));
+    assert_eq!(status, 201, "{h}");
+    let upload = header(&h, "location").to_string();
     // Not while the farm runs.
     let live = drake(&["db", "copy", "--from", &c.data.s("drake.db"), "--to", &db]);
     assert!(!live.status.success());
@@ -254,7 +263,7 @@ fn db_copy_moves_a_farm_from_sqlite_to_postgres() {
     let out = drake(&["db", "copy", "--from", &from, "--to", &db]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let said = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(said.contains("3 jobs") && said.contains("tokens"), "{said}");
+    assert!(said.contains("3 jobs") && said.contains("tokens") && said.contains("1 uploads"), "{said}");
     let again = drake(&["db", "copy", "--from", &from, "--to", &db]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("is not empty (it holds 3 jobs"), "{}", String::from_utf8_lossy(&again.stderr));
@@ -270,6 +279,15 @@ fn db_copy_moves_a_farm_from_sqlite_to_postgres() {
             assert_eq!(now[field], was[field], "job {id}: {field}");
         }
     }
+    // The upload goes on where it was, and becomes a job.
+    let (status, h) = tus_at(&c.url, &submit, "HEAD", &upload, &[], None);
+    assert_eq!((status, header(&h, "upload-offset")), (200, half.to_string().as_str()), "{h}");
+    let offset = format!("Upload-Offset: {half}");
+    let (status, h) = tus_at(&c.url, &submit, "PATCH", &upload, &[&offset], Some(&media.s("second-half")));
+    assert_eq!(status, 204, "{h}");
+    let uploaded = header(&h, "drake-job").to_string();
     let _w = c.worker_with_stderr("w2", &c.join_token(1), Stdio::null());
-    assert_eq!(c.wait_ended(&queued, Duration::from_secs(120))["state"], "succeeded");
+    for id in [&queued, &uploaded] {
+        assert_eq!(c.wait_ended(id, Duration::from_secs(120))["state"], "succeeded", "{id}");
+    }
 }

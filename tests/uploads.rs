@@ -190,36 +190,9 @@ fn tuspy_and_tus_js_client_killed_midway_resume_with_new_clients_and_their_jobs_
     assert_eq!(upload_of(&c, url)["offset"].as_u64(), Some(0));
 }
 
-/// A tus request with curl: (status, headers lowercased).
+/// A tus request of the admin's with curl: (status, headers lowercased).
 fn tus(c: &Coordinator, method: &str, path: &str, headers: &[&str], body: Option<&str>) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-s",
-        "-o",
-        "/dev/null",
-        "-D",
-        "-",
-        "-X",
-        method,
-        "-H",
-        &format!("Authorization: Bearer {}", c.admin),
-        "-H",
-        "Tus-Resumable: 1.0.0",
-    ]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    if let Some(file) = body {
-        cmd.args(["-H", "Content-Type: application/offset+octet-stream", "--data-binary", &format!("@{file}")]);
-    }
-    if method == "HEAD" {
-        cmd.arg("-I");
-    }
-    let out = String::from_utf8_lossy(&cmd.arg(format!("{}{path}", c.url)).output().unwrap().stdout).to_lowercase();
-    // The last head is the answer (a large body first gets "100 continue").
-    let out = out.rfind("http/1.1 ").map_or(out.clone(), |at| out[at..].to_string());
-    let status = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, out)
+    tus_at(&c.url, &c.admin, method, path, headers, body)
 }
 
 /// A 1 MB clip, whole, and cut in two files `a` and `b` in `dir`: its bytes and
@@ -386,6 +359,55 @@ fn with_external_storage_the_parts_never_touch_the_coordinators_disk() {
     assert_eq!(status, 204, "{h}");
     let job = header(&h, "drake-job").trim().to_string();
     assert!(std::fs::read(nginx.root.join(format!("jobs/{job}/source"))).unwrap() == bytes);
+    assert!(!nginx.root.join(format!("tus/{id}")).exists(), "the parts are removed once joined");
+}
+
+/// A farm outgrows its local store for a WebDAV one while an upload is under
+/// way. Its first bytes were written in place into one file (a row per PATCH,
+/// each naming that file), and a PATCH cut short left bytes past its offset
+/// there. Finished on WebDAV, the upload reads that file once, up to its offset,
+/// then the part stored on WebDAV.
+#[test]
+fn an_upload_begun_on_a_local_store_is_finished_after_the_store_moves_to_webdav() {
+    let mut c = Coordinator::start();
+    let dir = Dir::new();
+    let (bytes, half) = clip_in_halves(&dir);
+    let quarter = half / 2;
+    std::fs::write(dir.path("a1"), &bytes[..quarter]).unwrap();
+    std::fs::write(dir.path("a2"), &bytes[quarter..half]).unwrap();
+    let (status, h) = tus(&c, "POST", "/api/v1/uploads/", &[&format!("Upload-Length: {}", bytes.len())], Some(&dir.s("a1")));
+    assert_eq!(status, 201, "{h}");
+    let at = location(&h);
+    let id = at.rsplit('/').next().unwrap().to_string();
+    assert_eq!(tus(&c, "PATCH", &at, &[&format!("Upload-Offset: {quarter}")], Some(&dir.s("a2"))).0, 204);
+    let _ = c.child.kill();
+    let _ = c.child.wait();
+    let data = c.data.path(&format!("storage/tus/{id}/data"));
+    let mut written = std::fs::read(&data).unwrap();
+    assert_eq!(written.len(), half, "both PATCHes are in one file");
+    written.extend([0xee; 5000]);
+    std::fs::write(&data, written).unwrap();
+
+    // The operator moves the store to nginx, and the coordinator to it.
+    let nginx = Nginx::start();
+    let moved = Command::new("cp").arg("-a").arg(c.data.path("storage/tus")).arg(&nginx.root).status().unwrap();
+    assert!(moved.success());
+    std::fs::remove_dir_all(c.data.path("storage/tus")).unwrap();
+    c.args.extend(["--storage-url", &nginx.url, "--storage-authorization", Nginx::AUTHORIZATION].map(String::from));
+    c.restart();
+
+    let (status, h) = tus(&c, "HEAD", &at, &[], None);
+    assert_eq!((status, header(&h, "upload-offset").trim()), (200, half.to_string().as_str()), "{h}");
+    let (status, h) = tus(&c, "PATCH", &at, &[&format!("Upload-Offset: {half}")], Some(&dir.s("b")));
+    assert_eq!(status, 204, "{h}");
+    let job = header(&h, "drake-job").trim().to_string();
+    let source = std::fs::read(nginx.root.join(format!("jobs/{job}/source"))).unwrap();
+    assert!(
+        source.len() == bytes.len() && source == bytes,
+        "the source is the upload, byte for byte ({} of {})",
+        source.len(),
+        bytes.len()
+    );
     assert!(!nginx.root.join(format!("tus/{id}")).exists(), "the parts are removed once joined");
 }
 

@@ -24,6 +24,10 @@ pub const TABLES: &[&str] = &[
     "task_failures",
     "settings",
     "unclaimed_job_dirs",
+    // Unfinished resumable uploads: their bytes are on the store, which the copy
+    // leaves where it is.
+    "uploads",
+    "upload_parts",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

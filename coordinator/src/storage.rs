@@ -442,30 +442,48 @@ impl Store {
         Ok(())
     }
 
-    /// Joins the stored files `parts` (their sizes adding up to `size`) into `rel`,
-    /// streaming: no part is ever read whole into memory. Parts that are all one
-    /// local file written in place ([`Store::write_at`]) become `rel` by a rename.
-    pub async fn concat(&self, parts: &[String], rel: &str, size: u64) -> StoreResult<()> {
+    /// Joins an upload's stored parts, in order, into `rel` of `size` bytes,
+    /// streaming: no part is ever read whole into memory. A part is a path and its
+    /// bytes. Consecutive parts of one path are one file written in place
+    /// ([`Store::write_at`]), and its share is its first bytes, as many as theirs
+    /// (a PATCH cut short may have left more). An upload written in place on a
+    /// local store becomes `rel` by a rename. On another store it is read once, as
+    /// it is when the store moved (a local farm's upload finished on WebDAV).
+    pub async fn concat(&self, parts: &[(String, u64)], rel: &str, size: u64) -> StoreResult<()> {
+        let mut files: Vec<(String, u64)> = Vec::new();
+        for (path, bytes) in parts {
+            match files.last_mut() {
+                Some((last, share)) if last == path => *share += bytes,
+                _ => files.push((path.clone(), *bytes)),
+            }
+        }
         match &self.remote {
-            None if parts.first().is_some_and(|first| parts.iter().all(|p| p == first)) => self.adopt(&parts[0], rel, size).await,
+            None if files.len() == 1 => self.adopt(&files[0].0, rel, size).await,
             None => {
-                let files: Vec<PathBuf> = parts.iter().map(|p| self.root.join(p)).collect();
+                let root = self.root.clone();
                 let stream = futures_util::stream::iter(files)
-                    .then(|path| async move {
-                        tokio::fs::File::open(path).await.map(|f| tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024))
+                    .then(move |(path, share)| {
+                        let path = root.join(path);
+                        async move {
+                            use tokio::io::AsyncReadExt as _;
+                            let file = tokio::fs::File::open(path).await?;
+                            Ok::<_, std::io::Error>(tokio_util::io::ReaderStream::with_capacity(file.take(share), 256 * 1024))
+                        }
                     })
                     .try_flatten();
                 self.put_stream(rel, stream, size).await
             }
             Some(r) => {
-                let (remote, parts) = (r.clone(), parts.to_vec());
-                let stream = futures_util::stream::iter(parts)
-                    .then(move |p| {
+                let remote = r.clone();
+                let stream = futures_util::stream::iter(files)
+                    .then(move |(path, share)| {
                         let remote = remote.clone();
                         async move {
-                            let resp = remote.send("GET", &p, None, None).await.map_err(std::io::Error::other)?;
-                            remote.expect_ok("GET", &p, &resp).map_err(std::io::Error::other)?;
-                            Ok::<_, std::io::Error>(resp.bytes_stream().map_err(std::io::Error::other))
+                            let range = format!("bytes=0-{}", share.saturating_sub(1));
+                            let resp = remote.send("GET", &path, Some(("range", &range)), None).await.map_err(std::io::Error::other)?;
+                            remote.expect_ok("GET", &path, &resp).map_err(std::io::Error::other)?;
+                            // A server that ignores the range sends the whole file.
+                            Ok::<_, std::io::Error>(first_bytes(resp.bytes_stream().map_err(std::io::Error::other), share))
                         }
                     })
                     .try_flatten();
@@ -620,6 +638,25 @@ where
         return Err(std::io::Error::other(format!("{rel}: got {got} of {size} bytes")).into());
     }
     Ok(())
+}
+
+/// The first `n` bytes of a stream, which ends there.
+fn first_bytes<S>(stream: S, n: u64) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>>
+where
+    S: futures_util::Stream<Item = std::io::Result<axum::body::Bytes>>,
+{
+    stream.scan(n, |left, chunk| {
+        let next = match chunk {
+            Ok(_) if *left == 0 => None,
+            Ok(mut bytes) => {
+                bytes.truncate(bytes.len().min(*left as usize));
+                *left -= bytes.len() as u64;
+                Some(Ok(bytes))
+            }
+            Err(e) => Some(Err(e)),
+        };
+        futures_util::future::ready(next)
+    })
 }
 
 fn temp_path(rel: &str) -> String {

@@ -587,8 +587,8 @@ async fn finish_leased(st: &AppState, u: &Upload) -> Result<String, String> {
             Some(earlier) => earlier.id,
             None => {
                 new.source = crate::storage::source_path(&job_id);
-                let paths: Vec<String> = parts.iter().map(|(p, _)| p.clone()).collect();
-                st.storage.concat(&paths, &new.source, u.offset as u64).await.map_err(|e| format!("joining the parts: {e}"))?;
+                let parts: Vec<(String, u64)> = parts.iter().map(|(p, n)| (p.clone(), (*n).max(0) as u64)).collect();
+                st.storage.concat(&parts, &new.source, u.offset as u64).await.map_err(|e| format!("joining the parts: {e}"))?;
                 match st.queue.create_job_with_id(&job_id, &new, now_ms()).await {
                     Ok((job, created)) => {
                         if created {

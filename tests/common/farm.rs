@@ -284,6 +284,39 @@ pub fn webhook_receiver() -> (String, Received) {
     (url, seen)
 }
 
+/// A tus request to the coordinator at `base` with `token`, by curl: (status,
+/// headers lowercased). `body` is a file to send.
+pub fn tus_at(base: &str, token: &str, method: &str, path: &str, headers: &[&str], body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "-X",
+        method,
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-H",
+        "Tus-Resumable: 1.0.0",
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if let Some(file) = body {
+        cmd.args(["-H", "Content-Type: application/offset+octet-stream", "--data-binary", &format!("@{file}")]);
+    }
+    if method == "HEAD" {
+        cmd.arg("-I");
+    }
+    let out = String::from_utf8_lossy(&cmd.arg(format!("{base}{path}")).output().unwrap().stdout).to_lowercase();
+    // The last head is the answer (a large body first gets "100 continue").
+    let out = out.rfind("http/1.1 ").map_or(out.clone(), |at| out[at..].to_string());
+    let status = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, out)
+}
+
 pub fn header<'a>(head: &'a str, name: &str) -> &'a str {
     head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim())).unwrap_or("")
 }
