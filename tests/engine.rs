@@ -1519,15 +1519,19 @@ fn an_audio_track_with_no_sound_becomes_silence_beside_its_video() {
     assert!(stderr.contains("bad input: no decodable audio"), "{stderr}");
 }
 
-/// A phone's HLG recording or an HDR10 (PQ) film, with an SDR player: the
-/// outputs and the thumbnails show the colours the scene has in SDR, and say they
-/// are BT.709. Taken as BT.709 unmapped, HDR pictures are grey and washed out:
-/// SMPTE bars' 75% white shows as 50%, their yellow's blue as 53 where it is 2.
+/// A phone's HLG recording, an HDR10 (PQ) film or a camera's BT.2020 SDR, with an
+/// SDR player: the outputs and the thumbnails show the colours the scene has in
+/// BT.709 SDR, and say they are BT.709. Taken as BT.709 unmapped, HDR pictures are
+/// grey and washed out: SMPTE bars' 75% white shows as 50%, their yellow's blue as
+/// 53 where it is 2; BT.2020 SDR's yellow gets a blue of 78.
 #[test]
 fn a_high_dynamic_range_source_comes_out_in_standard_dynamic_range_colours() {
     let dir = Dir::new();
     let sdr = dir.s("sdr.mp4");
-    ffmpeg(&["-f", "lavfi", "-i", "smptebars=s=640x360:r=30:d=2", "-c:v", "libx264", "-crf", "10", "-pix_fmt", "yuv420p", &sdr]);
+    // Tagged BT.709, as the HDR versions below take it, so that it reads back as BT.709.
+    let bt709 = ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709"];
+    let bars_args = ["-f", "lavfi", "-i", "smptebars=s=640x360:r=30:d=2", "-c:v", "libx264", "-crf", "10", "-pix_fmt", "yuv420p"];
+    ffmpeg(&[&bars_args[..], &bt709, &[sdr.as_str()]].concat());
     // The seven bars across the top two thirds of a picture's first frame, in RGB.
     let bars = |path: &str| -> Vec<[u8; 3]> {
         let out = std::process::Command::new("ffmpeg")
@@ -1552,12 +1556,13 @@ fn a_high_dynamic_range_source_comes_out_in_standard_dynamic_range_colours() {
         out.stdout.chunks(3).map(|c| [c[0], c[1], c[2]]).collect()
     };
     let expected = bars(&sdr);
-    for transfer in ["arib-std-b67", "smpte2084"] {
-        // The same scene in HDR: SDR white at HDR reference white (203 nits), in
-        // 10-bit HEVC, BT.2020, as a phone or a grading suite writes it.
+    // HLG, PQ, and SDR in BT.2020's gamut (10-bit cameras): zscale's and x265's names.
+    for (zscale, transfer) in [("arib-std-b67", "arib-std-b67"), ("smpte2084", "smpte2084"), ("2020_10", "bt2020-10")] {
+        // The same scene in 10-bit HEVC, BT.2020, as a phone, a camera or a grading
+        // suite writes it; in HDR, SDR white at HDR reference white (203 nits).
         let hdr = dir.s(&format!("{transfer}.mp4"));
         let to_hdr =
-            format!("zscale=tin=709:pin=709:min=709:rin=limited:npl=203:t={transfer}:p=2020:m=2020_ncl:r=limited,format=yuv420p10le");
+            format!("zscale=tin=709:pin=709:min=709:rin=limited:npl=203:t={zscale}:p=2020:m=2020_ncl:r=limited,format=yuv420p10le");
         let x265 = format!("log-level=error:colorprim=bt2020:transfer={transfer}:colormatrix=bt2020nc");
         ffmpeg(&["-i", &sdr, "-vf", &to_hdr, "-c:v", "libx265", "-preset", "ultrafast", "-crf", "10", "-x265-params", &x265, &hdr]);
         let out = dir.path(&format!("out-{transfer}"));
@@ -1574,6 +1579,7 @@ fn a_high_dynamic_range_source_comes_out_in_standard_dynamic_range_colours() {
             // Highlights roll off and BT.2020 comes into BT.709's gamut, so colours
             // move a little; unmapped, every bar is off by 50 or more.
             let off = got.iter().zip(&expected).flat_map(|(g, e)| g.iter().zip(e).map(|(a, b)| a.abs_diff(*b))).max().unwrap();
+            eprintln!("OFF {transfer} {what} {off}");
             assert!(off <= 36, "{transfer} {what}: bars {got:?}, in SDR {expected:?}");
         }
     }

@@ -267,21 +267,31 @@ pub fn nominal_frame_rate(ictx: &ff::format::context::Input, stream: &ff::format
     ff::Rational::from(r)
 }
 
-/// Filters that turn a high dynamic range stream's pictures into standard dynamic
-/// range BT.709 at the same size (a `format` filter after them picks YUV or RGB),
-/// or `None` for a stream that is not HDR. PQ (HDR10, the base layer of Dolby
-/// Vision) and HLG (phones since 2020, broadcast) are both mapped with HDR
-/// reference white (203 nits, BT.2408) at SDR white, and highlights above it
-/// rolled off (Möbius) instead of clipped; the BT.2020 colours are then brought
-/// into BT.709's gamut. Without this, an HDR source's outputs, which players take
-/// as BT.709, look grey and washed out. The input's colour properties are named
-/// from the stream's parameters, so a decoder that leaves them out of its frames
-/// does not change the result.
-pub fn hdr_to_sdr(p: &ffi::AVCodecParameters) -> Option<String> {
+/// Filters that turn a stream's pictures into standard dynamic range BT.709 at the
+/// same size (a `format` filter after them picks YUV or RGB), or `None` for a
+/// stream that is BT.709 (or BT.601) already. Players take every output as BT.709;
+/// two kinds of source are not:
+/// - **High dynamic range.** PQ (HDR10, the base layer of Dolby Vision) and HLG
+///   (phones since 2020, broadcast) are both mapped with HDR reference white (203
+///   nits, BT.2408) at SDR white, and highlights above it rolled off (Möbius)
+///   instead of clipped. Unmapped, they look grey and washed out.
+/// - **Standard dynamic range in BT.2020's wider gamut** (10-bit cameras and
+///   phones): no tone mapping, only its matrix and gamut. Unmapped, its colours
+///   shift (a yellow gets a third of blue).
+///
+/// BT.2020 colours are brought into BT.709's gamut in linear light. The input's
+/// colour properties are named from the stream's parameters, so a decoder that
+/// leaves them out of its frames does not change the result.
+pub fn to_bt709(p: &ffi::AVCodecParameters) -> Option<String> {
     use ffi::{AVColorPrimaries as P, AVColorSpace as S, AVColorTransferCharacteristic as T};
-    let transfer = match p.color_trc {
-        T::AVCOL_TRC_SMPTE2084 => "smpte2084",
-        T::AVCOL_TRC_ARIB_STD_B67 => "arib-std-b67",
+    let wide = p.color_primaries == P::AVCOL_PRI_BT2020;
+    let (transfer, hdr) = match p.color_trc {
+        T::AVCOL_TRC_SMPTE2084 => ("smpte2084", true),
+        T::AVCOL_TRC_ARIB_STD_B67 => ("arib-std-b67", true),
+        T::AVCOL_TRC_BT2020_10 if wide => ("2020_10", false),
+        T::AVCOL_TRC_BT2020_12 if wide => ("2020_12", false),
+        T::AVCOL_TRC_SMPTE170M if wide => ("601", false),
+        _ if wide => ("709", false),
         _ => return None,
     };
     let primaries = if p.color_primaries == P::AVCOL_PRI_BT709 { "709" } else { "2020" };
@@ -291,9 +301,10 @@ pub fn hdr_to_sdr(p: &ffi::AVCodecParameters) -> Option<String> {
         _ => "2020_ncl",
     };
     let range = if p.color_range == ffi::AVColorRange::AVCOL_RANGE_JPEG { "full" } else { "limited" };
+    let tonemap = if hdr { "tonemap=tonemap=mobius:desat=0," } else { "" };
     Some(format!(
         "zscale=tin={transfer}:pin={primaries}:min={matrix}:rin={range}:t=linear:npl=203,format=gbrpf32le,zscale=p=709,\
-         tonemap=tonemap=mobius:desat=0,zscale=t=709:m=709:r=limited"
+         {tonemap}zscale=t=709:m=709:r=limited"
     ))
 }
 
@@ -309,7 +320,7 @@ pub fn dolby_vision(stream: &ff::format::stream::Stream) -> Option<proto::probe:
 }
 
 /// Tags an encoder's output as BT.709 standard dynamic range (its VUI), as
-/// `hdr_to_sdr`'s pictures are.
+/// `to_bt709`'s pictures are.
 pub fn tag_bt709(encoder: &mut ff::codec::context::Context) {
     // SAFETY: plain fields of an encoder context not yet opened.
     unsafe {

@@ -46,7 +46,7 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
     let (ictx, keyframes) = av::open_input_indexed(input)?;
     let probe = crate::probe::describe(&ictx, input, Some(&keyframes))?;
     let v = probe.main_video().cloned().ok_or_else(|| EngineError::bad("the source has no video to take thumbnails from"))?;
-    let to_sdr = av::hdr_to_sdr(av::params(&ictx.stream(v.index).expect("probed stream")));
+    let to_sdr = av::to_bt709(av::params(&ictx.stream(v.index).expect("probed stream")));
     let mut collector = Collector::new(&v, probe.duration, count, to_sdr)?;
     let mut walker = Walker::new(ictx, &v)?;
     while let Some(t) = collector.wants() {
@@ -80,7 +80,7 @@ pub struct Collector {
 impl Collector {
     /// `duration` is the source's; `count` thumbnails are spread over it; `to_sdr`
     /// are the filters from the source's high dynamic range, if it has one
-    /// (`av::hdr_to_sdr`).
+    /// (`av::to_bt709`).
     pub fn new(v: &VideoStream, duration: f64, count: usize, to_sdr: Option<String>) -> Result<Collector> {
         if count == 0 || count > MAX_COUNT {
             return Err(EngineError::bad(format!("a thumbnail count of {count} is outside 1..={MAX_COUNT}")));

@@ -146,7 +146,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
     };
     let mut sheet = req.thumbnails.map(|(_, count)| match (&video, probe.main_video()) {
         (Some(_), Some(v)) => {
-            Collector::new(v, probe.duration, count, av::hdr_to_sdr(av::params(&ictx.stream(v.index).expect("probed stream"))))
+            Collector::new(v, probe.duration, count, av::to_bt709(av::params(&ictx.stream(v.index).expect("probed stream"))))
         }
         _ => Err(EngineError::bad("the source has no video to take thumbnails from")),
     });
@@ -1489,7 +1489,7 @@ impl VideoPipe {
         let ist = ictx.stream(index).expect("planned stream exists");
         let codec_id = av::params(&ist).codec_id;
         let decoder = av::video_decoder(&ist)?;
-        let to_sdr = av::hdr_to_sdr(av::params(&ist));
+        let to_sdr = av::to_bt709(av::params(&ist));
         let mut outs = Vec::with_capacity(renditions.len());
         for (r, mux) in renditions.iter().zip(muxes) {
             let pv = r.video.as_ref().ok_or_else(|| EngineError::bad(format!("rendition {} has no video", r.name)))?;
