@@ -1519,6 +1519,67 @@ fn an_audio_track_with_no_sound_becomes_silence_beside_its_video() {
     assert!(stderr.contains("bad input: no decodable audio"), "{stderr}");
 }
 
+/// SMPTE bars' seven bars across the top two thirds of a picture's first frame, in
+/// RGB, after the filters `reading` (ending in a comma: a size, a matrix to read
+/// its YUV with; none: as the stream says).
+fn bars(path: &str, reading: &str) -> Vec<[u8; 3]> {
+    // To RGB first: libswscale takes a matrix only where it makes RGB.
+    let filters = format!("{reading}format=rgb24,crop=iw:ih*2/3:0:0,scale=7:1:flags=area");
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i", path, "-frames:v", "1", "-vf", &filters, "-f", "rawvideo", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout.chunks(3).map(|c| [c[0], c[1], c[2]]).collect()
+}
+
+/// The largest difference of one colour component between two sets of bars.
+fn bars_off(got: &[[u8; 3]], expected: &[[u8; 3]]) -> u8 {
+    got.iter().zip(expected).flat_map(|(g, e)| g.iter().zip(e).map(|(a, b)| a.abs_diff(*b))).max().unwrap()
+}
+
+/// Every rendition says which colours its pixels are (H.264's VUI), and the
+/// thumbnails are made from them as a player reads them. A source that does not
+/// say gets what players take for its size, BT.709 from 720 lines and BT.601
+/// below; left unsaid, a player may take an HD source's 1080p rung as BT.709 and
+/// its 240p rung as BT.601, and libswscale takes every picture as BT.601, so an
+/// HD source's thumbnails would shift (a cyan bar's green from 162 to 191).
+#[test]
+fn renditions_and_thumbnails_keep_the_colours_of_the_source() {
+    let dir = Dir::new();
+    let smpte = |size: &str| format!("smptebars=s={size}:r=30:d=1");
+    let x264 = ["-c:v", "libx264", "-crf", "10", "-pix_fmt", "yuv420p"];
+    let bt709 = ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709"];
+    // (name, size, how it is encoded, how its YUV reads, the matrix its renditions say)
+    let cases: [(&str, &str, Vec<&str>, Option<&str>, &str); 4] = [
+        ("tagged", "640x360", [&x264[..], &bt709].concat(), Some("bt709"), "bt709"),
+        ("untagged-hd", "1280x720", x264.to_vec(), Some("bt709"), "bt709"),
+        ("untagged-sd", "640x360", x264.to_vec(), Some("bt601"), "smpte170m"),
+        // H.264 in RGB (a screen recorder's lossless capture): no matrix to keep.
+        ("rgb", "640x360", vec!["-c:v", "libx264rgb", "-crf", "0", "-pix_fmt", "rgb24"], None, "smpte170m"),
+    ];
+    for (name, size, encode, reads_as, matrix) in cases {
+        let src = dir.s(&format!("{name}.mkv"));
+        ffmpeg(&[&["-f", "lavfi", "-i", &smpte(size)][..], &encode, &[src.as_str()]].concat());
+        // As a player reads it: at the rendition's size (so that both lose the same
+        // detail), or at the poster's (the source's own here).
+        let read_as = reads_as.map(|m| format!("scale=in_color_matrix={m},")).unwrap_or_default();
+        let (expected, expected_poster) = (bars(&src, &format!("scale=-2:240,{read_as}")), bars(&src, &read_as));
+        let (out, thumbs) = (dir.path(&format!("out-{name}")), dir.path(&format!("thumbs-{name}")));
+        drake_ok(&["transcode", &src, "--rendition", "240p", "--out", out.to_str().unwrap(), "--thumbnails", thumbs.to_str().unwrap()]);
+        let video = out.join("240p.mp4");
+        assert_eq!(streams(&video)[0]["color_space"].as_str(), Some(matrix), "{name}");
+        for (what, got) in [("video", bars(video.to_str().unwrap(), "")), ("poster", bars(thumbs.join("poster.jpg").to_str().unwrap(), ""))]
+        {
+            // The poster is a JPEG, whose 4:2:0 and quantizer move saturated colours
+            // by up to 15; either read with the other matrix is off by 29 or more.
+            let (expected, within) = if what == "video" { (&expected, 4) } else { (&expected_poster, 20) };
+            let off = bars_off(&got, expected);
+            assert!(off <= within, "{name} {what}: bars {got:?}, in the source {expected:?}");
+        }
+    }
+}
+
 /// A phone's HLG recording, an HDR10 (PQ) film or a camera's BT.2020 SDR, with an
 /// SDR player: the outputs and the thumbnails show the colours the scene has in
 /// BT.709 SDR, and say they are BT.709. Taken as BT.709 unmapped, HDR pictures are
@@ -1533,29 +1594,7 @@ fn a_high_dynamic_range_source_comes_out_in_standard_dynamic_range_colours() {
     let bars_args = ["-f", "lavfi", "-i", "smptebars=s=640x360:r=30:d=2", "-c:v", "libx264", "-crf", "10", "-pix_fmt", "yuv420p"];
     ffmpeg(&[&bars_args[..], &bt709, &[sdr.as_str()]].concat());
     // The seven bars across the top two thirds of a picture's first frame, in RGB.
-    let bars = |path: &str| -> Vec<[u8; 3]> {
-        let out = std::process::Command::new("ffmpeg")
-            .args([
-                "-v",
-                "error",
-                "-i",
-                path,
-                "-frames:v",
-                "1",
-                "-vf",
-                "crop=iw:ih*2/3:0:0,scale=7:1:flags=area",
-                "-f",
-                "rawvideo",
-                "-pix_fmt",
-                "rgb24",
-                "-",
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        out.stdout.chunks(3).map(|c| [c[0], c[1], c[2]]).collect()
-    };
-    let expected = bars(&sdr);
+    let expected = bars(&sdr, "");
     // HLG, PQ, and SDR in BT.2020's gamut (10-bit cameras): zscale's and x265's names.
     for (zscale, transfer) in [("arib-std-b67", "arib-std-b67"), ("smpte2084", "smpte2084"), ("2020_10", "bt2020-10")] {
         // The same scene in 10-bit HEVC, BT.2020, as a phone, a camera or a grading
@@ -1575,7 +1614,8 @@ fn a_high_dynamic_range_source_comes_out_in_standard_dynamic_range_colours() {
             (Some("bt709"), Some("bt709"), Some("bt709")),
             "{transfer}"
         );
-        for (what, got) in [("video", bars(video.to_str().unwrap())), ("poster", bars(thumbs.join("poster.jpg").to_str().unwrap()))] {
+        for (what, got) in [("video", bars(video.to_str().unwrap(), "")), ("poster", bars(thumbs.join("poster.jpg").to_str().unwrap(), ""))]
+        {
             // Highlights roll off and BT.2020 comes into BT.709's gamut, so colours
             // move a little; unmapped, every bar is off by 50 or more.
             let off = got.iter().zip(&expected).flat_map(|(g, e)| g.iter().zip(e).map(|(a, b)| a.abs_diff(*b))).max().unwrap();

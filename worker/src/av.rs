@@ -319,16 +319,74 @@ pub fn dolby_vision(stream: &ff::format::stream::Stream) -> Option<proto::probe:
     }
 }
 
-/// Tags an encoder's output as BT.709 standard dynamic range (its VUI), as
-/// `to_bt709`'s pictures are.
-pub fn tag_bt709(encoder: &mut ff::codec::context::Context) {
-    // SAFETY: plain fields of an encoder context not yet opened.
+/// What a rendition's pixels are, which its encoder says in the stream (H.264's
+/// VUI), so that every player shows every rung of a ladder alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Colours {
+    pub primaries: ffi::AVColorPrimaries,
+    pub transfer: ffi::AVColorTransferCharacteristic,
+    pub matrix: ffi::AVColorSpace,
+}
+
+impl Colours {
+    pub const BT709: Colours = Colours {
+        primaries: ffi::AVColorPrimaries::AVCOL_PRI_BT709,
+        transfer: ffi::AVColorTransferCharacteristic::AVCOL_TRC_BT709,
+        matrix: ffi::AVColorSpace::AVCOL_SPC_BT709,
+    };
+
+    /// The colours of a rendition of the stream with parameters `p`; `mapped`: its
+    /// pictures go through [`to_bt709`]. The filters keep a YUV source's matrix,
+    /// primaries and transfer, so those are said as the source says them. Where
+    /// it says no matrix, the one a player would take for the source's size
+    /// (BT.709 from 720 lines, BT.601 below) is said, so that the source's 240p
+    /// rung is not shown as BT.601 and its 1080p rung as BT.709. An RGB source's
+    /// pictures become YUV by libswscale's matrix, BT.601.
+    pub fn of(p: &ffi::AVCodecParameters, mapped: bool) -> Colours {
+        use ffi::{AVColorPrimaries as P, AVColorSpace as S, AVColorTransferCharacteristic as T};
+        if mapped {
+            return Colours::BT709;
+        }
+        let guess = if p.height >= 720 { S::AVCOL_SPC_BT709 } else { S::AVCOL_SPC_SMPTE170M };
+        let matrix = match p.color_space {
+            _ if is_rgb(p.format) => S::AVCOL_SPC_SMPTE170M,
+            m @ (S::AVCOL_SPC_BT709 | S::AVCOL_SPC_SMPTE170M | S::AVCOL_SPC_BT470BG | S::AVCOL_SPC_SMPTE240M | S::AVCOL_SPC_FCC) => m,
+            _ => guess,
+        };
+        let primaries = match p.color_primaries {
+            P::AVCOL_PRI_RESERVED0 | P::AVCOL_PRI_RESERVED => P::AVCOL_PRI_UNSPECIFIED,
+            known => known,
+        };
+        let transfer = match p.color_trc {
+            T::AVCOL_TRC_RESERVED0 | T::AVCOL_TRC_RESERVED => T::AVCOL_TRC_UNSPECIFIED,
+            known => known,
+        };
+        Colours { primaries, transfer, matrix }
+    }
+
+    /// Sets them on an encoder not yet opened, with the limited range every
+    /// rendition's `format=yuv420p` gives.
+    pub fn tag(self, encoder: &mut ff::codec::context::Context) {
+        // SAFETY: plain fields of an encoder context not yet opened.
+        unsafe {
+            let c = encoder.as_mut_ptr();
+            (*c).color_primaries = self.primaries;
+            (*c).color_trc = self.transfer;
+            (*c).colorspace = self.matrix;
+            (*c).color_range = ffi::AVColorRange::AVCOL_RANGE_MPEG;
+        }
+    }
+}
+
+/// Whether pixel format `fmt` holds RGB (or palette) pictures rather than YUV.
+fn is_rgb(fmt: i32) -> bool {
+    if fmt < 0 {
+        return false;
+    }
+    // SAFETY: av_pix_fmt_desc_get returns null or a static descriptor.
     unsafe {
-        let c = encoder.as_mut_ptr();
-        (*c).color_primaries = ffi::AVColorPrimaries::AVCOL_PRI_BT709;
-        (*c).color_trc = ffi::AVColorTransferCharacteristic::AVCOL_TRC_BT709;
-        (*c).colorspace = ffi::AVColorSpace::AVCOL_SPC_BT709;
-        (*c).color_range = ffi::AVColorRange::AVCOL_RANGE_MPEG;
+        let d = ffi::av_pix_fmt_desc_get(std::mem::transmute::<i32, ffi::AVPixelFormat>(fmt));
+        !d.is_null() && (*d).flags & (ffi::AV_PIX_FMT_FLAG_RGB | ffi::AV_PIX_FMT_FLAG_PAL) as u64 != 0
     }
 }
 

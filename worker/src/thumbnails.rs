@@ -46,8 +46,7 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
     let (ictx, keyframes) = av::open_input_indexed(input)?;
     let probe = crate::probe::describe(&ictx, input, Some(&keyframes))?;
     let v = probe.main_video().cloned().ok_or_else(|| EngineError::bad("the source has no video to take thumbnails from"))?;
-    let to_sdr = av::to_bt709(av::params(&ictx.stream(v.index).expect("probed stream")));
-    let mut collector = Collector::new(&v, probe.duration, count, to_sdr)?;
+    let mut collector = Collector::new(&v, av::params(&ictx.stream(v.index).expect("probed stream")), probe.duration, count)?;
     let mut walker = Walker::new(ictx, &v)?;
     while let Some(t) = collector.wants() {
         match walker.frame_towards(t)? {
@@ -78,10 +77,10 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// `duration` is the source's; `count` thumbnails are spread over it; `to_sdr`
-    /// are the filters from the source's high dynamic range, if it has one
-    /// (`av::to_bt709`).
-    pub fn new(v: &VideoStream, duration: f64, count: usize, to_sdr: Option<String>) -> Result<Collector> {
+    /// For the video stream `v` with parameters `p`: `duration` is the source's;
+    /// `count` thumbnails are spread over it. Its pictures become RGB as its
+    /// renditions' players show them (`av::to_bt709`, `av::Colours`).
+    pub fn new(v: &VideoStream, p: &ff::ffi::AVCodecParameters, duration: f64, count: usize) -> Result<Collector> {
         if count == 0 || count > MAX_COUNT {
             return Err(EngineError::bad(format!("a thumbnail count of {count} is outside 1..={MAX_COUNT}")));
         }
@@ -109,7 +108,13 @@ impl Collector {
             duration,
             interval,
             tile_size: fit(v.display_width, v.display_height, TILE_BOX, TILE_BOX),
-            rgb: Rgb { rotation: v.rotation, max_side: POSTER_BOX.0, to_sdr, converter: None },
+            rgb: Rgb {
+                rotation: v.rotation,
+                max_side: POSTER_BOX.0,
+                to_sdr: av::to_bt709(p),
+                matrix: av::Colours::of(p, false).matrix,
+                converter: None,
+            },
             slots: Slots::new(count),
             tile_images: vec![None; tiles],
             last: None,
@@ -397,6 +402,8 @@ struct Rgb {
     rotation: u32,
     max_side: u32,
     to_sdr: Option<String>,
+    /// The YUV matrix of pictures not mapped by `to_sdr`.
+    matrix: ff::ffi::AVColorSpace,
     /// The converter and what it converts: (source w, h, format, output w, h).
     converter: Option<(Converter, ConverterKey)>,
 }
@@ -407,10 +414,22 @@ enum Converter {
 }
 
 impl Converter {
-    fn new(f: &frame::Video, (ow, oh): (u32, u32), to_sdr: Option<&str>) -> Result<Converter> {
+    fn new(f: &frame::Video, (ow, oh): (u32, u32), to_sdr: Option<&str>, matrix: ff::ffi::AVColorSpace) -> Result<Converter> {
         let Some(to_sdr) = to_sdr else {
-            let s = scaling::Context::get(f.format(), f.width(), f.height(), format::Pixel::RGB24, ow, oh, scaling::Flags::BICUBIC)
+            let mut s = scaling::Context::get(f.format(), f.width(), f.height(), format::Pixel::RGB24, ow, oh, scaling::Flags::BICUBIC)
                 .ctx(|| "creating the RGB converter".into())?;
+            // libswscale takes every YUV picture as BT.601 unless told: an HD
+            // source's BT.709 reds would come out orange.
+            let full = f.color_range() == ff::color::Range::JPEG
+                || matches!(
+                    f.format(),
+                    format::Pixel::YUVJ420P | format::Pixel::YUVJ422P | format::Pixel::YUVJ444P | format::Pixel::YUVJ440P
+                );
+            // SAFETY: the context is live; sws_getCoefficients returns a static table.
+            unsafe {
+                let yuv = ff::ffi::sws_getCoefficients(matrix as i32);
+                ff::ffi::sws_setColorspaceDetails(s.as_mut_ptr(), yuv, i32::from(full), yuv, 1, 0, 1 << 16, 1 << 16);
+            }
             return Ok(Converter::Scaler(s));
         };
         let mut g = filter::Graph::new();
@@ -443,7 +462,7 @@ impl Rgb {
         let (ow, oh) = if dw.max(dh) > self.max_side { fit(dw, dh, self.max_side, self.max_side) } else { (dw, dh) };
         let key = (f.width(), f.height(), f.format(), ow, oh);
         if self.converter.as_ref().is_none_or(|(_, k)| *k != key) {
-            self.converter = Some((Converter::new(f, (ow, oh), self.to_sdr.as_deref())?, key));
+            self.converter = Some((Converter::new(f, (ow, oh), self.to_sdr.as_deref(), self.matrix)?, key));
         }
         let mut rgb = frame::Video::empty();
         self.converter.as_mut().expect("set above").0.run(f, &mut rgb)?;

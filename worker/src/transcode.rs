@@ -145,9 +145,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
         _ => None,
     };
     let mut sheet = req.thumbnails.map(|(_, count)| match (&video, probe.main_video()) {
-        (Some(_), Some(v)) => {
-            Collector::new(v, probe.duration, count, av::to_bt709(av::params(&ictx.stream(v.index).expect("probed stream"))))
-        }
+        (Some(_), Some(v)) => Collector::new(v, av::params(&ictx.stream(v.index).expect("probed stream")), probe.duration, count),
         _ => Err(EngineError::bad("the source has no video to take thumbnails from")),
     });
     if let Some(v) = video.as_mut() {
@@ -1490,10 +1488,11 @@ impl VideoPipe {
         let codec_id = av::params(&ist).codec_id;
         let decoder = av::video_decoder(&ist)?;
         let to_sdr = av::to_bt709(av::params(&ist));
+        let colours = av::Colours::of(av::params(&ist), to_sdr.is_some());
         let mut outs = Vec::with_capacity(renditions.len());
         for (r, mux) in renditions.iter().zip(muxes) {
             let pv = r.video.as_ref().ok_or_else(|| EngineError::bad(format!("rendition {} has no video", r.name)))?;
-            let look = Look { rotation, to_sdr: to_sdr.as_deref() };
+            let look = Look { rotation, to_sdr: to_sdr.as_deref(), colours };
             outs.push(VideoOut::new(pv, r, look, start, span, quality, mux)?);
         }
         Ok(VideoPipe { index, codec_id, decoder, flow: Flow::new(ist.time_base(), start), frames: 0, outs, sheet: None, hold: None })
@@ -1501,11 +1500,13 @@ impl VideoPipe {
 }
 
 /// How the source's pictures are turned to be shown as a player should: its
-/// rotation, and the filters from its high dynamic range, if it has one.
+/// rotation, the filters that bring it to BT.709 if it is not (`av::to_bt709`),
+/// and the colours its renditions say they have.
 #[derive(Clone, Copy)]
 struct Look<'a> {
     rotation: u32,
     to_sdr: Option<&'a str>,
+    colours: av::Colours,
 }
 
 impl VideoOut {
@@ -1554,9 +1555,7 @@ impl VideoOut {
         ectx.set_time_base(enc_tb);
         ectx.set_frame_rate(Some(fps));
         ectx.set_aspect_ratio(Rational(1, 1));
-        if look.to_sdr.is_some() {
-            av::tag_bt709(&mut ectx);
-        }
+        look.colours.tag(&mut ectx);
         let mut flags = codec::Flags::empty();
         if mux.needs_global_header() {
             flags |= codec::Flags::GLOBAL_HEADER;
