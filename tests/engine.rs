@@ -1551,7 +1551,7 @@ fn renditions_and_thumbnails_keep_the_colours_of_the_source() {
     let x264 = ["-c:v", "libx264", "-crf", "10", "-pix_fmt", "yuv420p"];
     let bt709 = ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709"];
     // (name, size, how it is encoded, how its YUV reads, the matrix its renditions say)
-    let cases: [(&str, &str, Vec<&str>, Option<&str>, &str); 4] = [
+    let cases = [
         ("tagged", "640x360", [&x264[..], &bt709].concat(), Some("bt709"), "bt709"),
         ("untagged-hd", "1280x720", x264.to_vec(), Some("bt709"), "bt709"),
         ("untagged-sd", "640x360", x264.to_vec(), Some("bt601"), "smpte170m"),
