@@ -303,7 +303,7 @@ pub fn to_bt709(p: &ffi::AVCodecParameters) -> Option<String> {
     let range = if p.color_range == ffi::AVColorRange::AVCOL_RANGE_JPEG { "full" } else { "limited" };
     let tonemap = if hdr { "tonemap=tonemap=mobius:desat=0," } else { "" };
     Some(format!(
-        "zscale=tin={transfer}:pin={primaries}:min={matrix}:rin={range}:t=linear:npl=203,format=gbrpf32le,zscale=p=709,\
+        "zscale=tin={transfer}:pin={primaries}:min={matrix}:rin={range}:t=linear:p={primaries}:npl=203,format=gbrpf32le,zscale=p=709,\
          {tonemap}zscale=t=709:m=709:r=limited"
     ))
 }
