@@ -1643,6 +1643,12 @@ fn dolby_vision_is_encoded_from_its_base_layer_and_refused_without_one() {
     let probe: Value = serde_json::from_str(&drake_ok(&["probe", &master])).unwrap();
     let video = probe["streams"].as_array().unwrap().iter().find(|s| s["kind"] == "video").unwrap().clone();
     assert_eq!(video["dolby_vision"], json!({"profile": 5, "level": 6, "compatibility": 0}), "{probe}");
+    // A remux (a source without cues, or joined recordings) keeps the record.
+    let remuxed = dir.s("profile-5.mkv");
+    drake_ok(&["remux", &master, "--out", &remuxed]);
+    let probe: Value = serde_json::from_str(&drake_ok(&["probe", &remuxed])).unwrap();
+    let video = probe["streams"].as_array().unwrap().iter().find(|s| s["kind"] == "video").unwrap().clone();
+    assert_eq!(video["dolby_vision"]["profile"], 5, "{probe}");
 
     let out = dir.path("phone");
     drake_ok(&["transcode", &phone, "--rendition", "240p", "--out", out.to_str().unwrap()]);

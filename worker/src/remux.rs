@@ -61,6 +61,18 @@ pub fn run(input: &str, out: &Path) -> Result<Remuxed> {
         unsafe { (*params.as_mut_ptr()).codec_tag = 0 };
         ost.set_parameters(params);
         ost.set_metadata(s.metadata().to_owned());
+        // The stream's side data goes along (a Dolby Vision record, HDR mastering
+        // metadata): the job's probe and every task read the remuxed file.
+        for sd in s.side_data() {
+            let data = sd.data();
+            // SAFETY: the new side data is `data.len()` bytes, owned by the live stream.
+            unsafe {
+                let copy = ff::ffi::av_stream_new_side_data(ost.as_mut_ptr(), sd.kind().into(), data.len());
+                if !copy.is_null() {
+                    std::ptr::copy_nonoverlapping(data.as_ptr(), copy, data.len());
+                }
+            }
+        }
         // SAFETY: plain fields of two live streams.
         unsafe { (*ost.as_mut_ptr()).disposition = (*s.as_ptr()).disposition };
         tracks.push(Some(Track {
