@@ -779,9 +779,54 @@ fn storyboard_tiles_show_their_time_in_a_source_without_a_keyframe_index() {
     ffmpeg(&["-f", "lavfi", "-i", &numbered_grey("32x24", 610), "-c:v", "libx264", "-preset", "ultrafast", "-g", "317", &src]);
     let out = dir.path("thumbs");
     drake_ok(&["thumbnails", &src, "--out", out.to_str().unwrap()]);
+    let tiles = storyboard_greys(&out);
+    assert_eq!(tiles.len(), 61);
+    let off: Vec<_> = tiles
+        .into_iter()
+        .filter_map(|(t, grey)| {
+            let want = numbered_grey_of((t * 30.0).round() as u64);
+            ((grey - want).abs() > 4.0).then_some((t, grey.round(), want.round()))
+        })
+        .collect();
+    assert!(off.is_empty(), "tiles showing another time (time, grey, the time's grey): {off:?}");
+}
+
+/// A phone's recording has a keyframe every second or so: its thumbnails are made
+/// from its keyframes alone (1 frame in 29 here), and each storyboard tile shows
+/// the first keyframe of its span.
+#[test]
+fn thumbnails_of_a_source_with_close_keyframes_decode_keyframes_alone() {
+    let dir = Dir::new();
+    let src = dir.s("phone.mp4");
+    // 61 s, so tiles are 2 s apart; keyframes every 29 frames, off the tiles' grid.
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", &numbered_grey("32x24", 61), "-c:v", "libx264", "-preset", "ultrafast", "-g", "29", "-keyint_min", "29", "-sc_threshold", "0", &src]);
+    let out = dir.path("thumbs");
+    drake_ok(&["thumbnails", &src, "--out", out.to_str().unwrap()]);
+    let tiles = storyboard_greys(&out);
+    assert_eq!(tiles.len(), 31);
+    let off: Vec<_> = tiles
+        .into_iter()
+        .filter_map(|(t, grey)| {
+            let keyframe = ((t * 30.0).round() as u64).div_ceil(29) * 29;
+            assert!((keyframe as f64) < (t + 2.0) * 30.0, "a keyframe in every span");
+            let want = numbered_grey_of(keyframe);
+            ((grey - want).abs() > 4.0).then_some((t, grey.round(), want.round()))
+        })
+        .collect();
+    assert!(off.is_empty(), "tiles not showing the first keyframe of their span (time, grey, its grey): {off:?}");
+    let report: Value = serde_json::from_slice(&std::fs::read(out.join("thumbnails.json")).unwrap()).unwrap();
+    for t in report["thumbnails"].as_array().unwrap().iter().chain([&report["poster"]]) {
+        let frame = (t["time"].as_f64().unwrap() * 30.0).round() as u64;
+        assert_eq!(frame % 29, 0, "a keyframe: {t}");
+    }
+}
+
+/// The storyboard's tiles in `out`: each cue's start and the mean grey (full range)
+/// of its tile's middle, clear of JPEG bleeding from its neighbours.
+fn storyboard_greys(out: &Path) -> Vec<(f64, f64)> {
     let vtt = std::fs::read_to_string(out.join("storyboard.vtt")).unwrap();
-    let mut off = Vec::new();
-    let mut cues = 0;
+    let mut tiles = Vec::new();
     for cue in vtt.split("\n\n").skip(1).filter(|c| !c.is_empty()) {
         let (times, target) = cue.split_once('\n').unwrap();
         let p: Vec<f64> = times.split(" --> ").next().unwrap().split(':').map(|x| x.parse().unwrap()).collect();
@@ -789,22 +834,18 @@ fn storyboard_tiles_show_their_time_in_a_source_without_a_keyframe_index() {
         let (sheet, xywh) = target.split_once("#xywh=").unwrap();
         let [x, y, w, h]: [u32; 4] = xywh.split(',').map(|v| v.parse().unwrap()).collect::<Vec<_>>().try_into().unwrap();
         let img = image::open(out.join(sheet)).unwrap().to_luma8();
-        // The tile's middle, clear of JPEG bleeding from its neighbours.
         let inner: Vec<f64> = (y + h / 4..y + 3 * h / 4)
             .flat_map(|j| (x + w / 4..x + 3 * w / 4).map(move |i| (i, j)))
             .map(|(i, j)| f64::from(img.get_pixel(i, j)[0]))
             .collect();
-        let mean = inner.iter().sum::<f64>() / inner.len() as f64;
-        // Frame n's grey in full range; neighbouring frames are 8 apart.
-        let n = (t * 30.0).round() as u64;
-        let want = ((n * 7) % 220) as f64 * 255.0 / 219.0;
-        if (mean - want).abs() > 4.0 {
-            off.push((t, mean.round(), want.round()));
-        }
-        cues += 1;
+        tiles.push((t, inner.iter().sum::<f64>() / inner.len() as f64));
     }
-    assert_eq!(cues, 61);
-    assert!(off.is_empty(), "tiles showing another time (time, grey, the time's grey): {off:?}");
+    tiles
+}
+
+/// Frame `n`'s grey in [`numbered_grey`], in full range; neighbouring frames are 8 apart.
+fn numbered_grey_of(n: u64) -> f64 {
+    ((n * 7) % 220) as f64 * 255.0 / 219.0
 }
 
 fn check_thumbnails(out: &Path) {
