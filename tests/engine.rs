@@ -1596,6 +1596,14 @@ fn renditions_and_thumbnails_keep_the_colours_of_the_source() {
         ("tagged", "640x360", [&x264[..], &bt709].concat(), Some("bt709"), "bt709"),
         ("untagged-hd", "1280x720", x264.to_vec(), Some("bt709"), "bt709"),
         ("untagged-sd", "640x360", x264.to_vec(), Some("bt601"), "smpte170m"),
+        // BT.2020's matrix with BT.709's primaries: brought to BT.709's matrix.
+        (
+            "bt2020-matrix",
+            "640x360",
+            [&x264[..], &["-colorspace", "bt2020nc", "-color_primaries", "bt709", "-color_trc", "bt709"]].concat(),
+            Some("bt2020"),
+            "bt709",
+        ),
         // H.264 in RGB (a screen recorder's lossless capture): no matrix to keep.
         ("rgb", "640x360", vec!["-c:v", "libx264rgb", "-crf", "0", "-pix_fmt", "rgb24"], None, "smpte170m"),
     ];

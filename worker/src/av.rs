@@ -284,7 +284,8 @@ pub fn nominal_frame_rate(ictx: &ff::format::context::Input, stream: &ff::format
 /// leaves them out of its frames does not change the result.
 pub fn to_bt709(p: &ffi::AVCodecParameters) -> Option<String> {
     use ffi::{AVColorPrimaries as P, AVColorSpace as S, AVColorTransferCharacteristic as T};
-    let wide = p.color_primaries == P::AVCOL_PRI_BT2020;
+    // BT.2020's gamut, or its matrix alone (a camera's odd mix with BT.709 primaries).
+    let wide = p.color_primaries == P::AVCOL_PRI_BT2020 || matches!(p.color_space, S::AVCOL_SPC_BT2020_NCL | S::AVCOL_SPC_BT2020_CL);
     let (transfer, hdr) = match p.color_trc {
         T::AVCOL_TRC_SMPTE2084 => ("smpte2084", true),
         T::AVCOL_TRC_ARIB_STD_B67 => ("arib-std-b67", true),
