@@ -107,6 +107,7 @@ def timed_job(w, mode, procs, groups):
         # Where each task ran, and when (seconds from the job's creation): what the
         # scheduler did, to read beside the table.
         t0 = job["created_at"]
+        os.makedirs(os.environ["BENCH_TIMELINE"], exist_ok=True)
         with open(os.path.join(os.environ["BENCH_TIMELINE"], f"timeline-{w}-{mode}.txt"), "w") as f:
             for t in sorted(tasks, key=lambda t: t["timing"].get("leased_at") or 0):
                 at = lambda k: (t["timing"].get(k) or t0) / 1000 - t0 / 1000

@@ -779,15 +779,7 @@ fn storyboard_tiles_show_their_time_in_a_source_without_a_keyframe_index() {
     ffmpeg(&["-f", "lavfi", "-i", &numbered_grey("32x24", 610), "-c:v", "libx264", "-preset", "ultrafast", "-g", "317", &src]);
     let out = dir.path("thumbs");
     drake_ok(&["thumbnails", &src, "--out", out.to_str().unwrap()]);
-    let tiles = storyboard_greys(&out);
-    assert_eq!(tiles.len(), 61);
-    let off: Vec<_> = tiles
-        .into_iter()
-        .filter_map(|(t, grey)| {
-            let want = numbered_grey_of((t * 30.0).round() as u64);
-            ((grey - want).abs() > 4.0).then_some((t, grey.round(), want.round()))
-        })
-        .collect();
+    let off = tiles_not_showing(&out, 61, |t| (t * 30.0).round() as u64);
     assert!(off.is_empty(), "tiles showing another time (time, grey, the time's grey): {off:?}");
 }
 
@@ -803,23 +795,31 @@ fn thumbnails_of_a_source_with_close_keyframes_decode_keyframes_alone() {
     ffmpeg(&["-f", "lavfi", "-i", &numbered_grey("32x24", 61), "-c:v", "libx264", "-preset", "ultrafast", "-g", "29", "-keyint_min", "29", "-sc_threshold", "0", &src]);
     let out = dir.path("thumbs");
     drake_ok(&["thumbnails", &src, "--out", out.to_str().unwrap()]);
-    let tiles = storyboard_greys(&out);
-    assert_eq!(tiles.len(), 31);
-    let off: Vec<_> = tiles
-        .into_iter()
-        .filter_map(|(t, grey)| {
-            let keyframe = ((t * 30.0).round() as u64).div_ceil(29) * 29;
-            assert!((keyframe as f64) < (t + 2.0) * 30.0, "a keyframe in every span");
-            let want = numbered_grey_of(keyframe);
-            ((grey - want).abs() > 4.0).then_some((t, grey.round(), want.round()))
-        })
-        .collect();
+    let off = tiles_not_showing(&out, 31, |t| {
+        let keyframe = ((t * 30.0).round() as u64).div_ceil(29) * 29;
+        assert!((keyframe as f64) < (t + 2.0) * 30.0, "a keyframe in every span");
+        keyframe
+    });
     assert!(off.is_empty(), "tiles not showing the first keyframe of their span (time, grey, its grey): {off:?}");
     let report: Value = serde_json::from_slice(&std::fs::read(out.join("thumbnails.json")).unwrap()).unwrap();
     for t in report["thumbnails"].as_array().unwrap().iter().chain([&report["poster"]]) {
         let frame = (t["time"].as_f64().unwrap() * 30.0).round() as u64;
         assert_eq!(frame % 29, 0, "a keyframe: {t}");
     }
+}
+
+/// The storyboard tiles in `out` (of a [`numbered_grey`] source; there must be
+/// `count`) that do not show frame `frame(cue start)`: (start, grey, that frame's grey).
+fn tiles_not_showing(out: &Path, count: usize, frame: impl Fn(f64) -> u64) -> Vec<(f64, f64, f64)> {
+    let tiles = storyboard_greys(out);
+    assert_eq!(tiles.len(), count);
+    tiles
+        .into_iter()
+        .filter_map(|(t, grey)| {
+            let want = numbered_grey_of(frame(t));
+            ((grey - want).abs() > 4.0).then_some((t, grey.round(), want.round()))
+        })
+        .collect()
 }
 
 /// The storyboard's tiles in `out`: each cue's start and the mean grey (full range)
