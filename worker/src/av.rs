@@ -220,26 +220,23 @@ pub fn codec_name(id: ffi::AVCodecID) -> String {
 }
 
 pub fn pix_fmt_name(fmt: i32) -> String {
+    // SAFETY: a descriptor's name is a static NUL-terminated string.
+    pix_fmt_desc(fmt).map_or("unknown".into(), |d| unsafe { CStr::from_ptr(d.name) }.to_string_lossy().into_owned())
+}
+
+/// libav's description of pixel format `fmt` (a value from libav), if it knows it.
+fn pix_fmt_desc(fmt: i32) -> Option<&'static ffi::AVPixFmtDescriptor> {
     if fmt < 0 {
-        return "unknown".into();
+        return None;
     }
-    // SAFETY: fmt is an AVPixelFormat value from libav; a null name means unknown.
-    unsafe {
-        let p = ffi::av_get_pix_fmt_name(std::mem::transmute::<i32, ffi::AVPixelFormat>(fmt));
-        if p.is_null() { "unknown".into() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
-    }
+    // SAFETY: fmt is an AVPixelFormat value from libav; av_pix_fmt_desc_get returns
+    // null or a static descriptor.
+    unsafe { ffi::av_pix_fmt_desc_get(std::mem::transmute::<i32, ffi::AVPixelFormat>(fmt)).as_ref() }
 }
 
 /// Bits per luma sample of a pixel format (8 when unknown).
 pub fn bit_depth(fmt: i32) -> u32 {
-    if fmt < 0 {
-        return 8;
-    }
-    // SAFETY: av_pix_fmt_desc_get returns null or a static descriptor.
-    unsafe {
-        let d = ffi::av_pix_fmt_desc_get(std::mem::transmute::<i32, ffi::AVPixelFormat>(fmt));
-        if d.is_null() { 8 } else { (*d).comp[0].depth as u32 }
-    }
+    pix_fmt_desc(fmt).map_or(8, |d| d.comp[0].depth as u32)
 }
 
 pub fn channel_layout_name(p: &ffi::AVCodecParameters) -> String {
@@ -381,14 +378,7 @@ impl Colours {
 
 /// Whether pixel format `fmt` holds RGB (or palette) pictures rather than YUV.
 fn is_rgb(fmt: i32) -> bool {
-    if fmt < 0 {
-        return false;
-    }
-    // SAFETY: av_pix_fmt_desc_get returns null or a static descriptor.
-    unsafe {
-        let d = ffi::av_pix_fmt_desc_get(std::mem::transmute::<i32, ffi::AVPixelFormat>(fmt));
-        !d.is_null() && (*d).flags & (ffi::AV_PIX_FMT_FLAG_RGB | ffi::AV_PIX_FMT_FLAG_PAL) as u64 != 0
-    }
+    pix_fmt_desc(fmt).is_some_and(|d| d.flags & (ffi::AV_PIX_FMT_FLAG_RGB | ffi::AV_PIX_FMT_FLAG_PAL) as u64 != 0)
 }
 
 /// Gives a graph its own reference to a decoded frame, leaving `f` intact for the

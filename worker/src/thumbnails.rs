@@ -91,6 +91,8 @@ impl Collector {
         if v.display_width < 2 || v.display_height < 2 || v.display_width > 16384 || v.display_height > 16384 {
             return Err(EngineError::bad(format!("the source picture is {}x{}", v.display_width, v.display_height)));
         }
+        let to_sdr = av::to_bt709(p);
+        let mapped = to_sdr.is_some();
         let duration = duration.max(0.04);
         // Thumbnail slots: candidates spread over each of `count` equal slices.
         let slot = duration / count as f64;
@@ -112,13 +114,7 @@ impl Collector {
             duration,
             interval,
             tile_size: fit(v.display_width, v.display_height, TILE_BOX, TILE_BOX),
-            rgb: Rgb {
-                rotation: v.rotation,
-                max_side: POSTER_BOX.0,
-                to_sdr: av::to_bt709(p),
-                matrix: av::Colours::of(p, false).matrix,
-                converter: None,
-            },
+            rgb: Rgb { rotation: v.rotation, max_side: POSTER_BOX.0, to_sdr, matrix: av::Colours::of(p, mapped).matrix, converter: None },
             slots: Slots::new(count),
             tile_images: vec![None; tiles],
             last: None,
@@ -517,8 +513,9 @@ impl Walker {
         let ist = ictx.stream(index).expect("probed stream");
         let tb = ist.time_base();
         let mut decoder = av::video_decoder(&ist)?;
-        // Otherwise frames nothing else refers to (most B-frames) are never decoded:
-        // any frame near a target serves, and it halves the decoding of typical uploads.
+        // Keyframes alone, or at least no frame nothing else refers to (most
+        // B-frames): any frame near a target serves, and the latter halves the
+        // decoding of typical uploads.
         decoder.skip_frame(if keyframes_only { ff::Discard::NonKey } else { ff::Discard::NonReference });
         let start = av::start_seconds(&ictx);
         let keyframe_gap = video.keyframe_gap_s.unwrap_or(0.0);
