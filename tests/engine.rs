@@ -1653,6 +1653,11 @@ fn a_high_dynamic_range_source_comes_out_in_standard_dynamic_range_colours() {
             format!("zscale=tin=709:pin=709:min=709:rin=limited:npl=203:t={zscale}:p=2020:m=2020_ncl:r=limited,format=yuv420p10le");
         let x265 = format!("log-level=error:colorprim=bt2020:transfer={transfer}:colormatrix=bt2020nc");
         ffmpeg(&["-i", &sdr, "-vf", &to_hdr, "-c:v", "libx265", "-preset", "ultrafast", "-crf", "10", "-x265-params", &x265, &hdr]);
+        // The probe (the job's manifest, the dashboard) says what the source's colours are.
+        let probe: Value = serde_json::from_str(&drake_ok(&["probe", &hdr])).unwrap();
+        let video = probe["streams"].as_array().unwrap().iter().find(|s| s["kind"] == "video").unwrap().clone();
+        let said = (video["color_primaries"].as_str(), video["color_transfer"].as_str(), video["color_space"].as_str());
+        assert_eq!(said, (Some("bt2020"), Some(transfer), Some("bt2020nc")), "{video}");
         let out = dir.path(&format!("out-{transfer}"));
         let thumbs = dir.path(&format!("thumbs-{transfer}"));
         drake_ok(&["transcode", &hdr, "--rendition", "360p", "--out", out.to_str().unwrap(), "--thumbnails", thumbs.to_str().unwrap()]);

@@ -6,7 +6,7 @@ use coordinator::queue::{Job, Task, TaskKind};
 use coordinator::registry::WorkerView;
 use coordinator::sessions::JoinTokenView;
 use coordinator::stats::Overview;
-use proto::probe::{Probe, StreamInfo};
+use proto::probe::{Probe, StreamInfo, VideoStream};
 use serde_json::Value;
 use std::fmt::Write as _;
 
@@ -100,6 +100,13 @@ pub fn overview(o: &Overview) -> String {
 
 pub fn short_id(id: &str) -> &str {
     id.get(id.len().saturating_sub(12)..).unwrap_or(id)
+}
+
+/// A video stream's colour description as its probe has it (", bt2020 arib-std-b67
+/// bt2020nc"), or nothing where the stream gives none.
+fn colours(v: &VideoStream) -> String {
+    let named: Vec<&str> = [&v.color_primaries, &v.color_transfer, &v.color_space].into_iter().flatten().map(String::as_str).collect();
+    if named.is_empty() { String::new() } else { format!(", {}", named.join(" ")) }
 }
 
 fn task_label(t: &Task) -> String {
@@ -380,7 +387,7 @@ pub fn job(
                 StreamInfo::Video(v) => (
                     v.index,
                     format!(
-                        "video: {} {}×{} coded, shown {}×{} (SAR {}, rotation {}°), {:.3} fps, {} {}-bit{}",
+                        "video: {} {}×{} coded, shown {}×{} (SAR {}, rotation {}°), {:.3} fps, {} {}-bit{}{}{}",
                         v.codec,
                         v.coded_width,
                         v.coded_height,
@@ -391,6 +398,8 @@ pub fn job(
                         v.frame_rate,
                         v.pix_fmt,
                         v.bit_depth,
+                        colours(v),
+                        v.dolby_vision.map_or(String::new(), |d| format!(", Dolby Vision {}.{}", d.profile, d.compatibility)),
                         if v.default { ", default" } else { "" }
                     ),
                 ),
@@ -569,4 +578,26 @@ pub fn login(error: Option<&str>) -> String {
 <button>Sign in</button></form><p class=\"muted\">Or open the one-time login link that <code>drake up</code> and <code>drake coordinator</code> print.</p></main></body></html>",
         error.map_or(String::new(), |e| format!("<p class=\"error\" id=\"login-error\">{}</p>", esc(e)))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_video_stream_shows_the_colours_its_probe_names() {
+        let stream = |extra: Value| -> VideoStream {
+            let mut v = serde_json::json!({
+                "index": 0, "codec": "hevc", "coded_width": 1920, "coded_height": 1080, "display_width": 1920,
+                "display_height": 1080, "sample_aspect_ratio": "1:1", "rotation": 0, "frame_rate": 30.0,
+                "avg_frame_rate": "30/1", "pix_fmt": "yuv420p10le", "bit_depth": 10, "default": true
+            });
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(v).unwrap()
+        };
+        let hlg = stream(serde_json::json!({"color_primaries": "bt2020", "color_transfer": "arib-std-b67", "color_space": "bt2020nc"}));
+        assert_eq!(colours(&hlg), ", bt2020 arib-std-b67 bt2020nc");
+        assert_eq!(colours(&stream(serde_json::json!({"color_space": "bt709"}))), ", bt709");
+        assert_eq!(colours(&stream(serde_json::json!({}))), "");
+    }
 }

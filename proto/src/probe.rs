@@ -87,6 +87,15 @@ pub struct VideoStream {
     /// read for it (over HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keyframe_gap_s: Option<f64>,
+    /// Its colour description as ffprobe names it (`bt709`, `bt2020`, `arib-std-b67`,
+    /// `smpte170m`, ...), where the stream gives one: what says whether its
+    /// renditions are mapped to BT.709 (HDR, BT.2020) and which colours they keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color_primaries: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color_transfer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color_space: Option<String>,
     /// The stream's Dolby Vision configuration, when its container declares one
     /// (MP4's `dvcC`/`dvvC`, Matroska's block addition mapping).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -306,6 +306,15 @@ pub fn to_bt709(p: &ffi::AVCodecParameters) -> Option<String> {
     ))
 }
 
+/// libav's name of a colour property's value (`av_color_*_name`), or `None` where
+/// the stream leaves it unspecified.
+pub fn colour_name<T>(name: unsafe extern "C" fn(T) -> *const std::os::raw::c_char, value: T) -> Option<String> {
+    // SAFETY: libav returns null or a static NUL-terminated name.
+    let n = unsafe { name(value) };
+    let n = (!n.is_null()).then(|| unsafe { CStr::from_ptr(n) }.to_string_lossy().into_owned())?;
+    (n != "unknown" && n != "reserved").then_some(n)
+}
+
 /// A stream's Dolby Vision configuration record, if its container declares one.
 pub fn dolby_vision(stream: &ff::format::stream::Stream) -> Option<proto::probe::DolbyVision> {
     let sd = stream.side_data().find(|sd| sd.kind() == ff::codec::packet::side_data::Type::DOVI_CONF)?;

@@ -84,6 +84,9 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
                     bit_depth: av::bit_depth(p.format),
                     default,
                     keyframe_gap_s: None,
+                    color_primaries: av::colour_name(ffi::av_color_primaries_name, p.color_primaries),
+                    color_transfer: av::colour_name(ffi::av_color_transfer_name, p.color_trc),
+                    color_space: av::colour_name(ffi::av_color_space_name, p.color_space),
                     dolby_vision: av::dolby_vision(&s),
                 })
             }

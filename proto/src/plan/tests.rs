@@ -19,6 +19,9 @@ fn probe(w: u32, h: u32, fps: f64, audio: bool) -> Probe {
             bit_depth: 8,
             default: true,
             keyframe_gap_s: None,
+            color_primaries: None,
+            color_transfer: None,
+            color_space: None,
             dolby_vision: None,
         }));
     }
