@@ -1468,6 +1468,23 @@ fn a_still_picture_over_long_audio_is_held_to_the_audio_end() {
 
     // A file cut short loses its audio too: it is still refused as truncated.
     check_rejected(&faststart_cut_in_half(&dir, &src), &dir.path("short"), "header declares");
+
+    // One picture under a song, as `ffmpeg -i cover.jpg -i song.m4a` makes it: the
+    // renditions hold it, and every thumbnail and tile is it. (The thumbnails
+    // failed the job: "no decodable video frames".)
+    let (cover, one) = (dir.s("cover.png"), dir.s("one-frame.mp4"));
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:d=1", "-frames:v", "1", &cover]);
+    ffmpeg(&["-i", &cover, "-f", "lavfi", "-i", "sine=d=10", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", &one]);
+    assert_eq!(streams(Path::new(&one))[0]["nb_frames"], "1");
+    let r = transcode(&one, "web", "240p", &dir.path("one"));
+    assert_eq!(r["frame_count"], 250, "{r}");
+    let thumbs = dir.path("one-thumbs");
+    drake_ok(&["thumbnails", &one, "--out", thumbs.to_str().unwrap()]);
+    check_thumbnails(&thumbs);
+    // Neither the poster nor a thumbnail is larger than the video.
+    let report: Value = serde_json::from_slice(&std::fs::read(thumbs.join("thumbnails.json")).unwrap()).unwrap();
+    assert_eq!((&report["poster"]["width"], &report["poster"]["height"]), (&json!(320), &json!(240)), "{report}");
+    assert_eq!(image::open(thumbs.join("thumb_00.jpg")).unwrap().width(), 320);
 }
 
 /// An edit's or a recording's audio that ends half a second before or after its

@@ -76,7 +76,7 @@ pub struct Collector {
     rgb: Rgb,
     slots: Slots,
     tile_images: Vec<Option<RgbImage>>,
-    /// A reference to the newest frame not yet used, for targets past the end.
+    /// A reference to the newest frame, for targets past the end.
     last: Option<(f64, frame::Video)>,
 }
 
@@ -126,17 +126,18 @@ impl Collector {
         self.targets.get(self.next).map(|t| t.0)
     }
 
-    /// Offers a decoded frame, `time` seconds from the source's start. A frame that
-    /// serves no target costs one reference, kept until the next frame.
+    /// Offers a decoded frame, `time` seconds from the source's start. The newest
+    /// frame costs one reference, kept until the next: targets past the last frame
+    /// take it, even when it served an earlier target (a single still frame under a
+    /// song).
     pub fn offer(&mut self, time: f64, f: &frame::Video) -> Result<()> {
         let Some(target) = self.wants() else { return Ok(()) };
+        let kept = self.last.get_or_insert_with(|| (time, frame::Video::empty()));
+        kept.0 = time;
+        av::frame_ref(&mut kept.1, f).ctx(|| "keeping a decoded frame".into())?;
         if target > time + 1e-3 {
-            let kept = self.last.get_or_insert_with(|| (time, frame::Video::empty()));
-            kept.0 = time;
-            av::frame_ref(&mut kept.1, f).ctx(|| "keeping a decoded frame".into())?;
             return Ok(());
         }
-        self.last = None;
         let img = self.rgb.convert(f)?;
         while self.wants().is_some_and(|t| t <= time + 1e-3) {
             self.take(time, &img);
@@ -245,6 +246,16 @@ pub fn fit(w: u32, h: u32, bw: u32, bh: u32) -> (u32, u32) {
     let scale = (bw as f64 / w as f64).min(bh as f64 / h as f64);
     let even = |x: f64| ((x / 2.0).round() as u32 * 2).max(2);
     (even(w as f64 * scale), even(h as f64 * scale))
+}
+
+/// `img` fitted into `bx`, never larger than it is: a thumbnail or poster of a
+/// small video is the video's own size, as its renditions are.
+fn shrunk(img: &RgbImage, bx: (u32, u32)) -> RgbImage {
+    if img.width() <= bx.0 && img.height() <= bx.1 {
+        return img.clone();
+    }
+    let (w, h) = fit(img.width(), img.height(), bx.0, bx.1);
+    imageops::resize(img, w, h, imageops::FilterType::Lanczos3)
 }
 
 fn round3(x: f64) -> f64 {
@@ -362,8 +373,7 @@ impl Slots {
             good.into_iter().min_by(|a, b| dist(&a.1).total_cmp(&dist(&b.1)))
         };
         let Some((time, stats, img)) = chosen else { return };
-        let (w, h) = fit(img.width(), img.height(), THUMB_BOX.0, THUMB_BOX.1);
-        let thumb = imageops::resize(img, w, h, imageops::FilterType::Lanczos3);
+        let thumb = shrunk(img, THUMB_BOX);
         let score = stats.interest();
         if self.best.as_ref().is_none_or(|(s, _, _)| score > *s) {
             self.best = Some((score, *time, img.clone()));
@@ -375,8 +385,7 @@ impl Slots {
     fn finish(&mut self) -> Vec<Pick> {
         self.close();
         if let Some((_, time, img)) = self.best.take() {
-            let (pw, ph) = fit(img.width(), img.height(), POSTER_BOX.0, POSTER_BOX.1);
-            self.poster = Some((time, imageops::resize(&img, pw, ph, imageops::FilterType::Lanczos3)));
+            self.poster = Some((time, shrunk(&img, POSTER_BOX)));
         }
         let good: Vec<Pick> = self.picks.iter().flatten().filter(|p| p.1).map(|p| p.0.clone()).collect();
         self.picks
@@ -633,5 +642,7 @@ mod tests {
         assert_eq!(vtt_time(3725.5), "01:02:05.500");
         assert_eq!(fit(1920, 1080, 160, 160), (160, 90));
         assert_eq!(fit(1080, 1920, 160, 160), (90, 160));
+        assert_eq!(shrunk(&RgbImage::new(320, 240), THUMB_BOX).dimensions(), (320, 240));
+        assert_eq!(shrunk(&RgbImage::new(1280, 720), THUMB_BOX).dimensions(), (640, 360));
     }
 }
