@@ -1521,6 +1521,31 @@ fn audio_that_ends_before_or_after_the_video_reaches_the_source_end_as_the_video
     }
 }
 
+/// An old phone's 3GP-like recording: AAC at 8 kHz, whose frames last 128 ms. Its
+/// container says where the sound ends, inside the last frame; the rest of that
+/// frame is the encoder's padding and is not the source's. Every output's audio
+/// ends there. (The last frame was kept whole, 96 ms past the source's end, and
+/// the job's audio task failed its own length check four times.)
+#[test]
+fn low_rate_audio_ends_where_its_container_says_not_at_its_last_frames_end() {
+    let dir = Dir::new();
+    let src = dir.s("phone.mp4");
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=15:d=20", "-f", "lavfi", "-i", "sine=sample_rate=8000:d=20",
+             "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-ar", "8000", "-ac", "1", &src]);
+    let declared = format_duration(Path::new(&src));
+    assert!((declared - 20.0).abs() < 0.01, "{declared}");
+
+    transcode(&src, "web", "240p", &dir.path("whole"));
+    let samples = mono_48k(&dir.path("whole/240p.mp4")).len() as f64;
+    // The output's own last AAC frame (21 ms at 48 kHz) is whole when decoded.
+    assert!((samples / 48000.0 - 20.0).abs() < 0.025, "{} s of audio", samples / 48000.0);
+
+    drake_ok(&["transcode", &src, "--rendition", "240p", "--out", &dir.s("audio"), "--audio"]);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.path("audio/audio.json")).unwrap()).unwrap();
+    assert!((report["tracks"][0]["duration"].as_f64().unwrap() - 20.0).abs() < 0.025, "{report}");
+}
+
 /// A source's default audio track is in a codec no decoder here reads (a newer
 /// phone's spatial audio beside its stereo track): it is listed, and the job
 /// keeps the audio it can read instead of failing.

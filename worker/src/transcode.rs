@@ -1310,6 +1310,11 @@ trait Pipe {
     /// Takes rendition `k`'s filtered frames out of its graph and encodes them.
     fn pull(&mut self, k: usize, mux: &mut Muxers) -> Result<()>;
     fn decoded(&mut self, _f: &Self::Frame) {}
+    /// Cuts a decoded frame (timed `ts`, in the input time base) at where the
+    /// stream ends; false drops it whole.
+    fn clip(&mut self, _f: &mut Self::Frame, _ts: i64) -> bool {
+        true
+    }
     /// Where the filters are closed at the end, in the input time base, given
     /// where the last decoded frame ends.
     fn close_at(&self, end_ts: i64) -> i64 {
@@ -1382,6 +1387,9 @@ trait Pipe {
             // untimed frame: `fps` with a start time (a chunk's) would put it hours
             // away and fill the gap with copies.
             let Some(ts) = f.timestamp().or(self.parts().1.end_ts) else { continue };
+            if !self.clip(&mut f, ts) {
+                continue;
+            }
             f.set_pts(Some(ts));
             self.filter(&f, muxes)?;
         }
@@ -1765,6 +1773,23 @@ struct AudioPipe {
     /// The padding: where it starts (seconds from the source's start), its
     /// samples at the shape's rate, and how many of them were sent.
     pad: Option<(f64, u64, u64)>,
+    /// Where the stream ends by its container, in the input time base: decoded
+    /// samples past it are cut (see [`declared_end`]).
+    until: Option<i64>,
+}
+
+/// Where an audio stream ends by its container's own account, when that account
+/// is exact: an MP4 or QuickTime track's, from its edit list or media header.
+/// Its last AAC frame is whole in the file but plays only up to there (the
+/// encoder's padding after the last sample), and libav decodes it whole: at 8 kHz
+/// (an old phone's 3GP), 128 ms more than the source. Other containers' durations
+/// are estimates (a bitrate's, FLV's metadata) or already end at a whole frame.
+fn declared_end(ictx: &format::context::Input, ist: &ff::format::stream::Stream) -> Option<i64> {
+    if !ictx.format().name().starts_with("mov,") {
+        return None;
+    }
+    let start = Some(ist.start_time()).filter(|&t| t != ff::ffi::AV_NOPTS_VALUE).unwrap_or(0);
+    Some(ist.duration()).filter(|&d| d > 0 && d != ff::ffi::AV_NOPTS_VALUE).map(|d| start + d)
 }
 
 /// The rate of the silence standing in for an audio track that holds no sound.
@@ -1813,7 +1838,8 @@ impl AudioPipe {
             outs.push(AudioOut::new(pa, mux)?);
         }
         let flow = Flow::new(ist.time_base(), start);
-        Ok(AudioPipe { index, decoder, flow, samples: 0, outs, end_s, last_shape: None, pad: None })
+        let until = declared_end(ictx, &ist);
+        Ok(AudioPipe { index, decoder, flow, samples: 0, outs, end_s, last_shape: None, pad: None, until })
     }
 }
 
@@ -1860,6 +1886,19 @@ impl Pipe for AudioPipe {
 
     fn frame_duration(&self, f: &frame::Audio) -> i64 {
         (f.samples() as i64).rescale(Rational(1, f.rate().max(1) as i32), self.flow.in_tb)
+    }
+
+    fn clip(&mut self, f: &mut frame::Audio, ts: i64) -> bool {
+        let Some(until) = self.until else { return true };
+        let keep = (until - ts).rescale(self.flow.in_tb, Rational(1, f.rate().max(1) as i32));
+        if keep <= 0 {
+            return false;
+        }
+        if (keep as usize) < f.samples() {
+            // SAFETY: fewer samples than the frame's buffers hold; the rest are ignored.
+            unsafe { (*f.as_mut_ptr()).nb_samples = keep as i32 };
+        }
+        true
     }
 
     fn decoded(&mut self, f: &frame::Audio) {
