@@ -1053,6 +1053,15 @@ fn profile_errors_name_the_file_line_and_key() {
     assert_eq!(o.status.code(), Some(65));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("mine.toml:") && err.contains("`sharpness`"), "{err}");
+
+    // A rung cannot take the name of a job's other directories.
+    for taken in ["audio", "subtitles", "captions", "thumbnails"] {
+        std::fs::write(&path, web.replacen("name = \"240p\"", &format!("name = \"{taken}\""), 1)).unwrap();
+        let o = drake(&["plan", &src, "--profile", path.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(65), "{taken}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("`rendition.name`") && err.contains(&format!("`{taken}`")), "{err}");
+    }
 }
 
 #[test]

@@ -17,6 +17,8 @@ const BUILTIN: &[(&str, &str)] = &[("web", include_str!("../../profiles/web.toml
 /// Largest frame dimension a profile may ask for (8K).
 const MAX_RUNG_HEIGHT: u32 = 4320;
 const MAX_RUNGS: usize = 16;
+/// Names a rung cannot take: a job's other directories (and its tasks' names).
+pub const RESERVED_NAMES: [&str; 4] = ["audio", "subtitles", "captions", "thumbnails"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -334,8 +336,12 @@ impl Profile {
         let mut rungs = Vec::with_capacity(raw.rendition.len());
         for r in &raw.rendition {
             let rname = r.name.get_ref();
-            if rname.is_empty() || rname == "audio" || !rname.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(err(r.name.span(), "rendition.name", "must be letters, digits, `-` or `_`, and not `audio`".into()));
+            if rname.is_empty()
+                || RESERVED_NAMES.contains(&rname.as_str())
+                || !rname.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                let reserved = RESERVED_NAMES.map(|n| format!("`{n}`")).join(", ");
+                return Err(err(r.name.span(), "rendition.name", format!("must be letters, digits, `-` or `_`, and none of {reserved}")));
             }
             if rungs.iter().any(|x: &Rung| &x.name == rname) {
                 return Err(err(r.name.span(), "rendition.name", format!("`{rname}` is used twice")));
