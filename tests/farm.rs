@@ -441,6 +441,43 @@ fn a_farm_of_two_workers_transcodes_an_upload_end_to_end() {
     assert!(events.contains("\"progress\":"), "progress reaches SSE subscribers");
 }
 
+/// A video without sound that carries its subtitles (a screen recording, a silent
+/// clip captioned for social feeds): with no audio task to extract them beside
+/// the audio, a task of their own does. (They were skipped: "the source has no
+/// audio and video together".)
+#[test]
+fn a_video_without_audio_keeps_its_text_subtitles() {
+    let c = Coordinator::start();
+    let _w = c.worker("w1", &c.join_token(1));
+    let dir = Dir::new();
+    std::fs::write(dir.path("en.srt"), "1\n00:00:01,000 --> 00:00:02,500\nNo sound here\n").unwrap();
+    let clip = dir.s("silent.mkv");
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=4", "-i", &dir.s("en.srt"), "-c:v", "libx264", "-preset", "ultrafast",
+             "-c:s", "srt", "-metadata:s:s:0", "language=eng", &clip]);
+    let (status, job) = c.upload(&clip, &[]);
+    assert_eq!(status, 201, "{job}");
+    let job = c.wait_ended(job["id"].as_str().unwrap(), Duration::from_secs(120));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let tasks: Vec<(&str, &str)> =
+        job["tasks"].as_array().unwrap().iter().map(|t| (t["kind"].as_str().unwrap(), t["name"].as_str().unwrap())).collect();
+    assert!(tasks.contains(&("audio", "subtitles")), "{tasks:?}");
+
+    let manifest: Value = serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
+    assert_eq!(manifest["audio"], Value::Null, "no audio tracks: {manifest}");
+    assert_eq!(manifest["skipped_subtitles"], json!([]));
+    let subtitles = manifest["subtitles"].as_array().unwrap();
+    assert_eq!(subtitles.len(), 1, "{manifest}");
+    let vtt = String::from_utf8(c.fetch(subtitles[0]["vtt"].as_str().unwrap())).unwrap();
+    assert!(vtt.contains("00:00:01.000 --> 00:00:02.500\nNo sound here"), "{vtt}");
+    let master = String::from_utf8(c.fetch(job["outputs"]["master_playlist"].as_str().unwrap())).unwrap();
+    assert!(master.contains("#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"subs\",NAME=\"English\",LANGUAGE=\"en\""), "{master}");
+    assert!(master.contains("URI=\"subtitles/s0.m3u8\""), "{master}");
+    assert!(!master.contains("TYPE=AUDIO"), "{master}");
+    let rungs = master.lines().filter(|l| l.starts_with("#EXT-X-STREAM-INF:")).collect::<Vec<_>>();
+    assert!(!rungs.is_empty() && rungs.iter().all(|l| l.contains(",SUBTITLES=\"subs\"") && !l.contains("AUDIO=")), "{master}");
+}
+
 #[test]
 fn a_worker_killed_mid_task_costs_one_lease_not_the_job() {
     let c = Coordinator::start_with(&["--lease-ttl-seconds", "4"]);

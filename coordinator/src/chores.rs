@@ -255,9 +255,14 @@ fn whole_tasks(plan: &proto::plan::Plan, video: bool, encoder: &str) -> Vec<NewT
 }
 
 /// The job's audio task, when its audio is apart from its video (every source
-/// with both; an audio-only source's one rendition is its audio).
+/// with both; an audio-only source's one rendition is its audio); for a video
+/// without audio but with text subtitles, the task that extracts them.
 fn audio_task(plan: &proto::plan::Plan) -> Option<NewTask> {
-    (!plan.audio_tracks.is_empty()).then(|| NewTask::audio(&plan.renditions[0].name))
+    if !plan.audio_tracks.is_empty() {
+        Some(NewTask::audio(&plan.renditions[0].name))
+    } else {
+        (!plan.subtitle_tracks.is_empty()).then(NewTask::subtitles)
+    }
 }
 
 /// A job cut in time chunks, in lease order: the audio (whole, once), which every
@@ -386,7 +391,8 @@ async fn write_outputs(st: &AppState, job_id: &str) -> Result<Written, Outcome> 
         "master_playlist": outputs["master_playlist"],
         "dash_manifest": outputs["dash_manifest"],
         "thumbnails": thumbnails,
-        "audio": audio,
+        // A source without audio: its subtitles' task reports no tracks.
+        "audio": if audio["tracks"].as_array().is_some_and(|t| !t.is_empty()) { audio.clone() } else { Value::Null },
         "subtitles": subtitles,
         "skipped_subtitles": skipped_subtitles,
         "renditions": renditions,

@@ -167,6 +167,12 @@ impl NewTask {
         NewTask { kind: TaskKind::Audio, rendition: Some(rendition.into()), requires: None, chunk: None, pixels: None }
     }
 
+    /// The text subtitles of a source without audio, which the audio task would
+    /// extract beside it (named `subtitles`).
+    pub fn subtitles() -> NewTask {
+        NewTask { kind: TaskKind::Audio, rendition: None, requires: None, chunk: None, pixels: None }
+    }
+
     /// Joins `rendition` once its chunks and the job's audio are done.
     pub fn join(rendition: &str) -> NewTask {
         NewTask { kind: TaskKind::Join, rendition: Some(rendition.into()), requires: None, chunk: None, pixels: None }
@@ -183,11 +189,13 @@ impl NewTask {
     }
 }
 
-/// A task's name: its rendition's, `thumbnails`, `audio`, or `RENDITION.cNNNN` for
-/// one chunk (rendition names cannot hold a `.`, nor be `audio`).
+/// A task's name: its rendition's, `thumbnails`, `audio`, `subtitles` (an audio
+/// task without a rendition), or `RENDITION.cNNNN` for one chunk (rendition names
+/// cannot hold a `.`, nor be one of `proto::profile::RESERVED_NAMES`).
 pub fn task_name(kind: TaskKind, rendition: Option<&str>, chunk: Option<u32>) -> String {
     match (kind, rendition, chunk) {
         (TaskKind::Thumbnails, ..) => "thumbnails".into(),
+        (TaskKind::Audio, None, _) => "subtitles".into(),
         (TaskKind::Audio, ..) => "audio".into(),
         (TaskKind::Chunk, Some(r), Some(i)) => format!("{r}.c{i:04}"),
         (_, r, _) => r.unwrap_or("thumbnails").into(),

@@ -113,6 +113,7 @@ fn task_label(t: &Task) -> String {
     let rendition = t.rendition.as_deref().unwrap_or("?");
     match (t.kind, t.chunk) {
         (TaskKind::Thumbnails, _) => "thumbs".into(),
+        (TaskKind::Audio, _) if t.rendition.is_none() => "subtitles".into(),
         (TaskKind::Audio, _) => "audio".into(),
         (TaskKind::Join, _) => format!("{rendition} join"),
         (TaskKind::Chunk, Some(c)) => format!("{rendition} #{c}"),

@@ -47,7 +47,7 @@ enum Command {
         input: String,
         #[arg(long, default_value = "web")]
         profile: String,
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "subtitles")]
         rendition: Vec<String>,
         #[arg(long, required = true)]
         out: Vec<PathBuf>,
@@ -73,6 +73,11 @@ enum Command {
         /// audio.json, into the --out DIR.
         #[arg(long, conflicts_with_all = ["thumbnails", "chunk"])]
         audio: bool,
+        /// Extract only the source's text subtitles, as the job's audio task does
+        /// beside its audio (for a source without audio): each as WebVTT with its
+        /// playlist (s0.vtt, s0.m3u8, ...) and audio.json, into the --out DIR.
+        #[arg(long, conflicts_with_all = ["thumbnails", "chunk", "audio", "rendition", "audio_packets"])]
+        subtitles: bool,
         /// Mux the job's audio from this packet file (audio.pkts from `--audio`)
         /// into each rendition's MP4 instead of encoding the source's audio again.
         #[arg(long, value_name = "FILE", conflicts_with_all = ["chunk", "audio"])]
@@ -330,11 +335,18 @@ fn run_engine(command: Command) -> i32 {
             thumbnails_count,
             chunk,
             audio,
+            subtitles,
             audio_packets,
             no_quality,
             cores,
         } => {
             cores.apply();
+            if subtitles {
+                return match subtitles_only(&input, &profile, &out, max_duration) {
+                    Ok(()) => 0,
+                    Err(f) => fail(f),
+                };
+            }
             let thumbnails = thumbnails.as_deref().map(|dir| (dir, thumbnails_count));
             let chunk = match chunk.as_deref().map(parse_chunk).transpose() {
                 Ok(c) => c,
@@ -453,6 +465,16 @@ fn parse_chunk(s: &str) -> Result<(u32, worker::transcode::Span), String> {
         n => Some(n.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(bad)?),
     };
     Ok((index.parse().map_err(|_| bad())?, worker::transcode::Span { first: first.parse().map_err(|_| bad())?, count }))
+}
+
+/// `drake transcode --subtitles`: the source's text subtitles into the one `--out` DIR.
+fn subtitles_only(input: &str, profile: &str, outs: &[PathBuf], max_duration: f64) -> Result<(), Failure> {
+    let [out] = outs else {
+        return Err(Failure::Engine(EngineError::bad(format!("--subtitles writes into one --out DIR, not {}", outs.len()))));
+    };
+    let profile = Profile::load(profile).map_err(Failure::Profile)?;
+    let limits = worker::transcode::Limits { max_duration };
+    worker::transcode::run_subtitles(input, &profile, out, limits).map(|_| ()).map_err(Failure::Engine)
 }
 
 /// What `drake transcode` was asked besides its renditions.

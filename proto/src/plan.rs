@@ -331,7 +331,7 @@ fn plan_within_limits(probe: &Probe, profile: &Profile) -> Result<Plan, PlanErro
         });
     }
     let audio_tracks = audio.map(|a| audio_tracks(probe, profile, &a)).unwrap_or_default();
-    let (subtitle_tracks, skipped_subtitles) = subtitle_tracks(probe, !audio_tracks.is_empty());
+    let (subtitle_tracks, skipped_subtitles) = subtitle_tracks(probe, true);
     Ok(Plan { profile: profile.name.clone(), renditions, skipped, audio_tracks, subtitle_tracks, skipped_subtitles })
 }
 
@@ -348,15 +348,16 @@ fn track_label(title: Option<&str>, language: Option<&str>, index: usize, taken:
 }
 
 /// The subtitle streams a source keeps: its text ones in stream order, up to
-/// [`MAX_SUBTITLE_TRACKS`], when the job has an audio task to extract them in its
-/// pass over the source; every other one skipped with its reason.
-fn subtitle_tracks(probe: &Probe, with_audio_task: bool) -> (Vec<PlannedSubtitle>, Vec<SkippedSubtitle>) {
+/// [`MAX_SUBTITLE_TRACKS`], when it has a video to caption; every other one
+/// skipped with its reason. The job's audio task extracts them in its pass over
+/// the source, or for a source without audio a task of their own.
+fn subtitle_tracks(probe: &Probe, with_video: bool) -> (Vec<PlannedSubtitle>, Vec<SkippedSubtitle>) {
     let (mut kept, mut skipped): (Vec<PlannedSubtitle>, Vec<SkippedSubtitle>) = (Vec::new(), Vec::new());
     for t in probe.subtitles() {
         let reason = if !t.text {
             Some(format!("{} subtitles are pictures, not text: they cannot become WebVTT", t.codec))
-        } else if !with_audio_task {
-            Some("the source has no audio and video together: subtitles are extracted by the job's audio task".to_string())
+        } else if !with_video {
+            Some("the source has no video to caption".to_string())
         } else if kept.len() == MAX_SUBTITLE_TRACKS {
             Some(format!("over the limit of {MAX_SUBTITLE_TRACKS} subtitle tracks"))
         } else {

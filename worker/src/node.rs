@@ -468,9 +468,11 @@ impl Node {
             } else {
                 cmd.arg("transcode").arg(&source).args(["--profile", &lease.profile, "--cores", &cores]);
                 for (task, dir) in tasks.iter().zip(dirs) {
-                    match task.kind {
-                        TaskKind::Thumbnails => cmd.arg("--thumbnails").arg(dir),
-                        _ => cmd.args(["--rendition", task.rendition.as_deref().unwrap_or_default()]).arg("--out").arg(dir),
+                    match (task.kind, task.rendition.as_deref()) {
+                        (TaskKind::Thumbnails, _) => cmd.arg("--thumbnails").arg(dir),
+                        // The subtitles of a source without audio (an audio task without a rendition).
+                        (TaskKind::Audio, None) => cmd.arg("--subtitles").arg("--out").arg(dir),
+                        (_, rendition) => cmd.args(["--rendition", rendition.unwrap_or_default()]).arg("--out").arg(dir),
                     };
                 }
                 match (lease.kind, lease.chunk) {
@@ -478,7 +480,7 @@ impl Node {
                         let frames = c.frames.map_or_else(|| "end".to_string(), |f| f.to_string());
                         cmd.arg("--chunk").arg(format!("{}:{}:{frames}", c.index, c.first_frame));
                     }
-                    (TaskKind::Audio, _) => {
+                    (TaskKind::Audio, _) if lease.rendition.is_some() => {
                         cmd.arg("--audio");
                     }
                     _ => {}

@@ -50,6 +50,19 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// A source longer than `max_duration` is bad input.
+    fn check(&self, probe: &proto::probe::Probe) -> Result<()> {
+        if probe.duration > self.max_duration {
+            return Err(EngineError::bad(format!(
+                "the source lasts {:.0} s; at most {:.0} s are accepted",
+                probe.duration, self.max_duration
+            )));
+        }
+        Ok(())
+    }
+}
+
 pub struct Request<'a> {
     pub input: &'a str,
     pub profile: &'a Profile,
@@ -104,12 +117,7 @@ pub(crate) fn plan_renditions(
     if names.is_empty() || names.len() > MAX_OUTPUTS {
         return Err(EngineError::bad(format!("give 1 to {MAX_OUTPUTS} renditions, each with its --out directory")));
     }
-    if probe.duration > limits.max_duration {
-        return Err(EngineError::bad(format!(
-            "the source lasts {:.0} s; at most {:.0} s are accepted",
-            probe.duration, limits.max_duration
-        )));
-    }
+    limits.check(probe)?;
     let plan = proto::plan::plan(probe, profile).map_err(|e| EngineError::bad(e.to_string()))?;
     let mut renditions = Vec::with_capacity(names.len());
     for name in names {
@@ -516,12 +524,7 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
     let tb = reader.header.time_base;
     let secs = |t: i64| t as f64 * f64::from(tb.0) / f64::from(tb.1.max(1));
     written.push(AUDIO_PACKETS.to_string());
-    let mut subtitle_reports = Vec::with_capacity(subtitles.len());
-    for (t, x) in plan.subtitle_tracks.iter().zip(subtitles) {
-        let (report, files) = write_subtitles(&staging, t, x.finish(), probe.duration)?;
-        subtitle_reports.push(report);
-        written.extend(files);
-    }
+    let subtitle_reports = finish_subtitles(&staging, &plan, subtitles, probe.duration, &mut written)?;
     let report = AudioTracksReport {
         version: proto::WIRE_VERSION,
         packets,
@@ -566,6 +569,61 @@ fn write_subtitles(
         files: BTreeMap::from([("vtt".to_string(), vtt.clone()), ("hls_playlist".to_string(), playlist.clone())]),
     };
     Ok((report, vec![vtt, playlist]))
+}
+
+/// The text subtitles of a source without audio, as the job's audio task extracts
+/// them beside its audio ([`run_audio`]): each stream's WebVTT and playlist, and
+/// [`AUDIO_REPORT`] listing them (with no audio tracks and no packets), into `out`.
+pub fn run_subtitles(input: &str, profile: &Profile, out: &Path, limits: Limits) -> Result<AudioTracksReport> {
+    let mut ictx = av::open_input(input)?;
+    let probe = crate::probe::describe(&ictx, input, None)?;
+    limits.check(&probe)?;
+    let plan = proto::plan::plan(&probe, profile).map_err(|e| EngineError::bad(e.to_string()))?;
+    if plan.subtitle_tracks.is_empty() {
+        return Err(EngineError::bad("the source has no text subtitles to extract"));
+    }
+    let staging = Staging::new(out)?;
+    let mut subtitles =
+        plan.subtitle_tracks.iter().map(|t| crate::subtitles::Extractor::new(&ictx, t.stream)).collect::<Result<Vec<_>>>()?;
+    let mut source = SourceReader::new(input);
+    while let Some(pkt) = source.next(&mut ictx)? {
+        if let Some(x) = subtitles.iter_mut().find(|x| x.index == pkt.stream()) {
+            x.feed(&pkt)?;
+        }
+    }
+    let mut written = Vec::new();
+    let subtitles = finish_subtitles(&staging, &plan, subtitles, probe.duration, &mut written)?;
+    let report = AudioTracksReport {
+        version: proto::WIRE_VERSION,
+        packets: 0,
+        start: 0.0,
+        end: 0.0,
+        sample_rate: 0,
+        tracks: Vec::new(),
+        subtitles,
+        checksums: staging.checksums(&written)?,
+    };
+    files::write_json(&staging.path(AUDIO_REPORT), &report)?;
+    staging.commit(AUDIO_REPORT)?;
+    Ok(report)
+}
+
+/// Writes each extracted subtitle track as WebVTT and its playlist into
+/// `staging`, adding their names to `written`.
+fn finish_subtitles(
+    staging: &Staging,
+    plan: &proto::plan::Plan,
+    extracted: Vec<crate::subtitles::Extractor>,
+    duration: f64,
+    written: &mut Vec<String>,
+) -> Result<Vec<SubtitleTrackReport>> {
+    let mut reports = Vec::with_capacity(extracted.len());
+    for (t, x) in plan.subtitle_tracks.iter().zip(extracted) {
+        let (report, files) = write_subtitles(staging, t, x.finish(), duration)?;
+        reports.push(report);
+        written.extend(files);
+    }
+    Ok(reports)
 }
 
 /// One audio track's HLS, remuxed from its packets (`pkts`) without re-encoding:

@@ -1,5 +1,5 @@
 use super::*;
-use crate::probe::{AudioStream, DolbyVision, StreamInfo, VideoStream};
+use crate::probe::{AudioStream, DolbyVision, StreamInfo, SubtitleStream, VideoStream};
 
 fn probe(w: u32, h: u32, fps: f64, audio: bool) -> Probe {
     let mut streams = vec![];
@@ -81,6 +81,37 @@ fn no_audio_means_no_audio_rendition() {
     let plan = plan(&probe(640, 360, 30.0, false), &Profile::load("web").unwrap()).unwrap();
     assert!(plan.renditions.iter().all(|r| r.audio.is_none()));
     assert_eq!(plan.skipped.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["480p", "720p", "1080p"]);
+}
+
+/// Text subtitles are kept wherever there is a video to caption, with or without
+/// audio; an audio-only source's are skipped, as its caption files are.
+#[test]
+fn text_subtitles_are_kept_beside_any_video() {
+    let web = Profile::load("web").unwrap();
+    let with_subs = |w, audio| {
+        let mut p = probe(w, w * 9 / 16, 30.0, audio);
+        let sub = |index, codec: &str, text| SubtitleStream {
+            index,
+            codec: codec.into(),
+            text,
+            language: Some("eng".into()),
+            title: None,
+            default: false,
+            forced: false,
+            hearing_impaired: false,
+        };
+        p.streams.push(StreamInfo::Subtitle(sub(2, "subrip", true)));
+        p.streams.push(StreamInfo::Subtitle(sub(3, "hdmv_pgs_subtitle", false)));
+        plan(&p, &web).unwrap()
+    };
+    for audio in [true, false] {
+        let plan = with_subs(640, audio);
+        assert_eq!(plan.subtitle_tracks.iter().map(|t| t.stream).collect::<Vec<_>>(), [2], "audio: {audio}");
+        assert_eq!(plan.skipped_subtitles.iter().map(|t| t.stream).collect::<Vec<_>>(), [3], "audio: {audio}");
+    }
+    let plan = with_subs(0, true);
+    assert!(plan.subtitle_tracks.is_empty());
+    assert_eq!(plan.skipped_subtitles[0].reason, "the source has no video to caption");
 }
 
 #[test]
