@@ -593,6 +593,48 @@ fn only_the_default_audio_track_is_kept_and_subtitles_are_ignored() {
     assert!((3000.0..5000.0).contains(&crossings), "{crossings} zero crossings per second");
 }
 
+/// A subtitle stream with more cues than any track should have (a fansub's
+/// karaoke effects: tens of thousands of events) is skipped with why; the job's
+/// audio, its other subtitles and, without audio, the subtitles alone go on. (It
+/// failed the audio task, and so the whole job, as bad input.)
+#[test]
+fn a_subtitle_track_over_the_cue_limit_is_skipped_alone() {
+    let dir = Dir::new();
+    std::fs::write(dir.path("ok.srt"), "1\n00:00:01,000 --> 00:00:02,000\nkept\n").unwrap();
+    // Each cue's text its own: ffmpeg's SubRip reader drops repeated events.
+    let flood: String = (1..=25_001).map(|i| format!("{i}\n00:00:01,000 --> 00:00:02,000\nla {i}\n\n")).collect();
+    std::fs::write(dir.path("flood.srt"), flood).unwrap();
+    for audio in [true, false] {
+        let src = dir.s(&format!("karaoke-{audio}.mkv"));
+        let mut args = vec!["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=3"];
+        if audio {
+            args.extend(["-f", "lavfi", "-i", "sine=d=3"]);
+        }
+        let (ok, flood) = (dir.s("ok.srt"), dir.s("flood.srt"));
+        args.extend(["-i", &ok, "-i", &flood, "-map", "0", "-map", "1", "-map", "2"]);
+        if audio {
+            args.extend(["-map", "3", "-c:a", "aac"]);
+        }
+        args.extend(["-c:v", "libx264", "-preset", "ultrafast", "-c:s", "srt", &src]);
+        ffmpeg(&args);
+        let out = dir.path(&format!("out-{audio}"));
+        if audio {
+            drake_ok(&["transcode", &src, "--rendition", "240p", "--out", out.to_str().unwrap(), "--audio"]);
+        } else {
+            drake_ok(&["transcode", &src, "--subtitles", "--out", out.to_str().unwrap()]);
+        }
+        let report: Value = serde_json::from_slice(&std::fs::read(out.join("audio.json")).unwrap()).unwrap();
+        let first = if audio { 2 } else { 1 };
+        assert_eq!(report["tracks"].as_array().unwrap().len(), usize::from(audio), "{report}");
+        assert_eq!(report["subtitles"].as_array().unwrap().iter().map(|t| &t["stream"]).collect::<Vec<_>>(), [&json!(first)]);
+        assert_eq!(
+            report["skipped_subtitles"],
+            json!([{"stream": first + 1, "codec": "subrip", "language": null, "reason": "more than 25000 cues"}])
+        );
+        assert!(std::fs::read_to_string(out.join("s0.vtt")).unwrap().contains("kept"));
+    }
+}
+
 #[test]
 fn ts_webm_and_hevc_are_accepted() {
     let dir = Dir::new();

@@ -451,9 +451,14 @@ fn a_video_without_audio_keeps_its_text_subtitles() {
     let _w = c.worker("w1", &c.join_token(1));
     let dir = Dir::new();
     std::fs::write(dir.path("en.srt"), "1\n00:00:01,000 --> 00:00:02,500\nNo sound here\n").unwrap();
+    // And one over the cue limit, which is skipped alone (each cue's text its own:
+    // ffmpeg's SubRip reader drops repeated events).
+    let flood: String = (1..=25_001).map(|i| format!("{i}\n00:00:01,000 --> 00:00:02,000\nla {i}\n\n")).collect();
+    std::fs::write(dir.path("flood.srt"), flood).unwrap();
     let clip = dir.s("silent.mkv");
     #[rustfmt::skip]
-    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=4", "-i", &dir.s("en.srt"), "-c:v", "libx264", "-preset", "ultrafast",
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=4", "-i", &dir.s("en.srt"), "-i", &dir.s("flood.srt"),
+             "-map", "0", "-map", "1", "-map", "2", "-c:v", "libx264", "-preset", "ultrafast",
              "-c:s", "srt", "-metadata:s:s:0", "language=eng", &clip]);
     let (status, job) = c.upload(&clip, &[]);
     assert_eq!(status, 201, "{job}");
@@ -465,7 +470,11 @@ fn a_video_without_audio_keeps_its_text_subtitles() {
 
     let manifest: Value = serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
     assert_eq!(manifest["audio"], Value::Null, "no audio tracks: {manifest}");
-    assert_eq!(manifest["skipped_subtitles"], json!([]));
+    assert_eq!(
+        manifest["skipped_subtitles"],
+        json!([{"stream": 2, "codec": "subrip", "language": null, "reason": "more than 25000 cues"}]),
+        "{manifest}"
+    );
     let subtitles = manifest["subtitles"].as_array().unwrap();
     assert_eq!(subtitles.len(), 1, "{manifest}");
     let vtt = String::from_utf8(c.fetch(subtitles[0]["vtt"].as_str().unwrap())).unwrap();

@@ -411,7 +411,8 @@ async fn write_outputs(st: &AppState, job_id: &str) -> Result<Written, Outcome> 
 /// The job's subtitles, each with its directory: the source's own (extracted by
 /// the audio task) then its caption files, published now; and the ones it does
 /// not publish, with why (the source's, from the plan made again from the job's
-/// probe and profile; caption files, when the source has no video).
+/// probe and profile, and those the audio task could not read; caption files,
+/// when the source has no video).
 async fn subtitles(st: &AppState, job: &crate::queue::Job, renditions: &[Value], audio: &Value) -> Result<(Vec<Value>, Value), String> {
     let mut subtitles = audio["subtitles"].as_array().cloned().unwrap_or_default();
     for t in &mut subtitles {
@@ -420,6 +421,10 @@ async fn subtitles(st: &AppState, job: &crate::queue::Job, renditions: &[Value],
     let probe = job.probe.as_ref().and_then(|p| serde_json::from_value::<proto::probe::Probe>(p.clone()).ok());
     let plan = probe.as_ref().zip(Profile::load(&job.profile).ok()).and_then(|(probe, profile)| proto::plan::plan(probe, &profile).ok());
     let mut skipped = json!(plan.map(|p| p.skipped_subtitles).unwrap_or_default());
+    // Tracks the plan kept that the task could not read (over the cue limit).
+    if let (Some(list), Some(unread)) = (skipped.as_array_mut(), audio["skipped_subtitles"].as_array()) {
+        list.extend(unread.iter().cloned());
+    }
     if renditions.iter().any(|r| r["video"].is_object()) {
         let taken: Vec<String> = subtitles.iter().filter_map(|t| t["label"].as_str().map(str::to_string)).collect();
         let duration = probe.map_or(0.0, |p| p.duration);

@@ -162,6 +162,9 @@ pub struct AudioTracksReport {
     /// The source's text subtitles, extracted in the same pass.
     #[serde(default)]
     pub subtitles: Vec<SubtitleTrackReport>,
+    /// The tracks the plan kept that could not be read (over the cue limit), with why.
+    #[serde(default)]
+    pub skipped_subtitles: Vec<crate::plan::SkippedSubtitle>,
     /// Every file written, with its size and sha256.
     pub checksums: Vec<FileSum>,
 }

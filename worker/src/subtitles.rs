@@ -15,10 +15,10 @@ pub fn extract(input: &str, index: usize) -> Result<Vec<Cue>> {
     let mut extractor = Extractor::new(&ictx, index)?;
     for (stream, packet) in ictx.packets() {
         if stream.index() == index {
-            extractor.feed(&packet)?;
+            extractor.feed(&packet);
         }
     }
-    Ok(extractor.finish())
+    extractor.finish().map_err(|why| EngineError::bad(format!("subtitle stream {index}: {why}")))
 }
 
 /// One subtitle stream's decoder and the cues it has made, fed that stream's
@@ -30,6 +30,8 @@ pub struct Extractor {
     time_base: f64,
     start: f64,
     cues: Vec<Cue>,
+    /// Why the stream's cues cannot be kept, once they cannot: the rest are not read.
+    failed: Option<String>,
 }
 
 impl Extractor {
@@ -49,17 +51,28 @@ impl Extractor {
         let ctx = ff::codec::context::Context::from_parameters(st.parameters())
             .map_err(|e| EngineError::internal("reading decoder parameters", e))?;
         let decoder = ctx.decoder().subtitle().map_err(|e| EngineError::bad(format!("{codec} subtitles: {e}")))?;
-        Ok(Extractor { index, decoder, time_base: f64::from(st.time_base()), start: av::start_seconds(ictx), cues: Vec::new() })
+        Ok(Extractor {
+            index,
+            decoder,
+            time_base: f64::from(st.time_base()),
+            start: av::start_seconds(ictx),
+            cues: Vec::new(),
+            failed: None,
+        })
     }
 
-    /// Decodes one packet of the stream; a damaged cue is skipped, as a player would.
-    pub fn feed(&mut self, packet: &ff::Packet) -> Result<()> {
-        let Some(pts) = packet.pts().or(packet.dts()) else { return Ok(()) };
+    /// Decodes one packet of the stream; a damaged cue is skipped, as a player
+    /// would. Past [`MAX_CUES`] the stream fails alone (see [`Extractor::finish`]).
+    pub fn feed(&mut self, packet: &ff::Packet) {
+        if self.failed.is_some() {
+            return;
+        }
+        let Some(pts) = packet.pts().or(packet.dts()) else { return };
         let seconds = |ts: i64| ts as f64 * self.time_base - self.start;
         let mut sub = ff::Subtitle::new();
         match self.decoder.decode(packet, &mut sub) {
             Ok(true) => {}
-            Ok(false) | Err(_) => return Ok(()),
+            Ok(false) | Err(_) => return,
         }
         let at = seconds(pts) + f64::from(sub.start()) / 1000.0;
         let end = if sub.end() > sub.start() && sub.end() != u32::MAX {
@@ -69,20 +82,24 @@ impl Extractor {
         };
         let text: Vec<String> = sub.rects().filter_map(|r| rect_text(&r)).filter(|t| !t.is_empty()).collect();
         if text.is_empty() || end <= at {
-            return Ok(());
+            return;
         }
         if self.cues.len() == MAX_CUES {
-            return Err(EngineError::bad(format!("subtitle stream {} has more than {MAX_CUES} cues", self.index)));
+            self.failed = Some(format!("more than {MAX_CUES} cues"));
+            self.cues = Vec::new();
+            return;
         }
         let text: String = text.join("\n").chars().take(MAX_CUE_CHARS).collect();
         self.cues.push(Cue { start: at.max(0.0), end, settings: String::new(), text });
-        Ok(())
     }
 
-    /// The cues, in presentation order.
-    pub fn finish(mut self) -> Vec<Cue> {
+    /// The cues, in presentation order, or why the stream cannot be kept.
+    pub fn finish(mut self) -> std::result::Result<Vec<Cue>, String> {
+        if let Some(why) = self.failed {
+            return Err(why);
+        }
         self.cues.sort_by(|a, b| a.start.total_cmp(&b.start));
-        self.cues
+        Ok(self.cues)
     }
 }
 

@@ -19,6 +19,7 @@ use crate::files::{self, Staging};
 use crate::fmp4;
 use crate::packets;
 use crate::quality::Meter;
+use crate::subtitles::Extractor;
 use crate::thumbnails::Collector;
 use crate::timeline::{Seen, Timelines};
 use crate::verify;
@@ -26,7 +27,7 @@ use ff::util::picture;
 use ff::{Dictionary, Packet, Rational, Rescale, codec, decoder, encoder, filter, format, frame};
 use ffmpeg_next as ff;
 use proto::chunk::ChunkReport;
-use proto::plan::{PlannedAudio, PlannedRendition, PlannedSubtitle, PlannedTrack, PlannedVideo};
+use proto::plan::{PlannedAudio, PlannedRendition, PlannedSubtitle, PlannedTrack, PlannedVideo, SkippedSubtitle};
 use proto::profile::{Profile, VideoCodec};
 use proto::report::{
     AudioReport, AudioTrackReport, AudioTracksReport, KeyframeIndex, ProgressLine, QualitySums, RenditionReport, SubtitleTrackReport,
@@ -478,16 +479,15 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
     for (t, mux) in plan.audio_tracks.iter().zip(muxes.iter_mut()) {
         pipes.push(AudioPipe::new(&ictx, t.stream, &renditions[..1], (start, probe.duration), std::slice::from_mut(mux))?);
     }
-    let mut subtitles =
-        plan.subtitle_tracks.iter().map(|t| crate::subtitles::Extractor::new(&ictx, t.stream)).collect::<Result<Vec<_>>>()?;
+    let mut subtitles = subtitle_extractors(&ictx, &plan)?;
     let total = probe.duration.max(0.001);
     let mut last_report = Instant::now();
     let mut source = SourceReader::new(req.input);
     while let Some(pkt) = source.next(&mut ictx)? {
         if let Some(k) = pipes.iter().position(|p| p.index == pkt.stream()) {
             pipes[k].feed(Some(&pkt), std::slice::from_mut(&mut muxes[k]))?;
-        } else if let Some(x) = subtitles.iter_mut().find(|x| x.index == pkt.stream()) {
-            x.feed(&pkt)?;
+        } else if let Some(x) = subtitles.iter_mut().flatten().find(|x| x.index == pkt.stream()) {
+            x.feed(&pkt);
         }
         if last_report.elapsed().as_millis() >= 500 {
             last_report = Instant::now();
@@ -524,7 +524,7 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
     let tb = reader.header.time_base;
     let secs = |t: i64| t as f64 * f64::from(tb.0) / f64::from(tb.1.max(1));
     written.push(AUDIO_PACKETS.to_string());
-    let subtitle_reports = finish_subtitles(&staging, &plan, subtitles, probe.duration, &mut written)?;
+    let (subtitle_reports, skipped_subtitles) = finish_subtitles(&staging, &plan, subtitles, probe.duration, &mut written)?;
     let report = AudioTracksReport {
         version: proto::WIRE_VERSION,
         packets,
@@ -533,6 +533,7 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
         sample_rate: reader.header.sample_rate,
         tracks,
         subtitles: subtitle_reports,
+        skipped_subtitles,
         checksums: staging.checksums(&written)?,
     };
     files::write_json(&staging.path(AUDIO_REPORT), &report)?;
@@ -583,16 +584,15 @@ pub fn run_subtitles(input: &str, profile: &Profile, out: &Path, limits: Limits)
         return Err(EngineError::bad("the source has no text subtitles to extract"));
     }
     let staging = Staging::new(out)?;
-    let mut subtitles =
-        plan.subtitle_tracks.iter().map(|t| crate::subtitles::Extractor::new(&ictx, t.stream)).collect::<Result<Vec<_>>>()?;
+    let mut subtitles = subtitle_extractors(&ictx, &plan)?;
     let mut source = SourceReader::new(input);
     while let Some(pkt) = source.next(&mut ictx)? {
-        if let Some(x) = subtitles.iter_mut().find(|x| x.index == pkt.stream()) {
-            x.feed(&pkt)?;
+        if let Some(x) = subtitles.iter_mut().flatten().find(|x| x.index == pkt.stream()) {
+            x.feed(&pkt);
         }
     }
     let mut written = Vec::new();
-    let subtitles = finish_subtitles(&staging, &plan, subtitles, probe.duration, &mut written)?;
+    let (subtitles, skipped_subtitles) = finish_subtitles(&staging, &plan, subtitles, probe.duration, &mut written)?;
     let report = AudioTracksReport {
         version: proto::WIRE_VERSION,
         packets: 0,
@@ -601,6 +601,7 @@ pub fn run_subtitles(input: &str, profile: &Profile, out: &Path, limits: Limits)
         sample_rate: 0,
         tracks: Vec::new(),
         subtitles,
+        skipped_subtitles,
         checksums: staging.checksums(&written)?,
     };
     files::write_json(&staging.path(AUDIO_REPORT), &report)?;
@@ -608,22 +609,42 @@ pub fn run_subtitles(input: &str, profile: &Profile, out: &Path, limits: Limits)
     Ok(report)
 }
 
+/// An extractor for each subtitle track the plan keeps, or why that track is
+/// skipped (its decoder does not open).
+fn subtitle_extractors(ictx: &format::context::Input, plan: &proto::plan::Plan) -> Result<Vec<Result<Extractor, String>>> {
+    plan.subtitle_tracks
+        .iter()
+        .map(|t| match Extractor::new(ictx, t.stream) {
+            Ok(x) => Ok(Ok(x)),
+            Err(EngineError::BadInput(why)) => Ok(Err(why)),
+            Err(e) => Err(e),
+        })
+        .collect()
+}
+
 /// Writes each extracted subtitle track as WebVTT and its playlist into
-/// `staging`, adding their names to `written`.
+/// `staging`, adding their names to `written`. A track that could not be read
+/// (over the cue limit, its decoder refused) is skipped with why, and costs
+/// nothing else: the job keeps its pictures, its sound and its other tracks.
 fn finish_subtitles(
     staging: &Staging,
     plan: &proto::plan::Plan,
-    extracted: Vec<crate::subtitles::Extractor>,
+    extracted: Vec<Result<Extractor, String>>,
     duration: f64,
     written: &mut Vec<String>,
-) -> Result<Vec<SubtitleTrackReport>> {
-    let mut reports = Vec::with_capacity(extracted.len());
+) -> Result<(Vec<SubtitleTrackReport>, Vec<SkippedSubtitle>)> {
+    let (mut reports, mut skipped) = (Vec::with_capacity(extracted.len()), Vec::new());
     for (t, x) in plan.subtitle_tracks.iter().zip(extracted) {
-        let (report, files) = write_subtitles(staging, t, x.finish(), duration)?;
-        reports.push(report);
-        written.extend(files);
+        match x.and_then(Extractor::finish) {
+            Ok(cues) => {
+                let (report, files) = write_subtitles(staging, t, cues, duration)?;
+                reports.push(report);
+                written.extend(files);
+            }
+            Err(reason) => skipped.push(SkippedSubtitle { stream: t.stream, codec: t.codec.clone(), language: t.language.clone(), reason }),
+        }
     }
-    Ok(reports)
+    Ok((reports, skipped))
 }
 
 /// One audio track's HLS, remuxed from its packets (`pkts`) without re-encoding:
