@@ -487,6 +487,63 @@ fn a_video_without_audio_keeps_its_text_subtitles() {
     assert!(!rungs.is_empty() && rungs.iter().all(|l| l.contains(",SUBTITLES=\"subs\"") && !l.contains("AUDIO=")), "{master}");
 }
 
+/// A song or podcast whose file carries its cover picture (an M4A's or MP3's
+/// front cover): the job's poster, thumbnail and one-tile storyboard are that
+/// picture, as a music player shows it. Without one, there are no pictures.
+#[test]
+fn an_audio_only_upload_shows_its_cover_art() {
+    let c = Coordinator::start();
+    let _w = c.worker("w1", &c.join_token(1));
+    let dir = Dir::new();
+    let (cover, plain, song) = (dir.s("cover.png"), dir.s("plain.m4a"), dir.s("song.m4a"));
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=300x200:d=1", "-frames:v", "1", &cover]);
+    ffmpeg(&["-f", "lavfi", "-i", "sine=d=6", "-c:a", "aac", &plain]);
+    ffmpeg(&["-i", &plain, "-i", &cover, "-map", "0", "-map", "1", "-c", "copy", "-disposition:v:0", "attached_pic", &song]);
+    // An MP3 whose cover is damaged past decoding (its JPEG's headers overwritten)
+    // is a song without pictures, not a failed job.
+    let (jpeg, mp3, broken) = (dir.s("cover.jpg"), dir.s("song.mp3"), dir.s("broken-cover.mp3"));
+    ffmpeg(&["-i", &cover, &jpeg]);
+    ffmpeg(&["-f", "lavfi", "-i", "sine=d=6", "-i", &jpeg, "-map", "0", "-map", "1", "-c:a", "libmp3lame", "-c:v", "copy", &mp3]);
+    let mut bytes = std::fs::read(&mp3).unwrap();
+    let at = bytes.windows(3).position(|w| w == [0xff, 0xd8, 0xff]).unwrap();
+    let mut x = 12345u32;
+    for b in &mut bytes[at + 2..at + 1500] {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        *b = (x >> 16) as u8;
+    }
+    std::fs::write(&broken, bytes).unwrap();
+    for (file, with_cover) in [(&song, true), (&plain, false), (&broken, false)] {
+        let (status, job) = c.upload(file, &[]);
+        assert_eq!(status, 201, "{job}");
+        let job = c.wait_ended(job["id"].as_str().unwrap(), Duration::from_secs(120));
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let kinds: Vec<&str> = job["tasks"].as_array().unwrap().iter().map(|t| t["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, if with_cover { vec!["transcode", "thumbnails"] } else { vec!["transcode"] }, "{file}");
+        let manifest: Value = serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
+        let thumbnails = &manifest["thumbnails"];
+        if *file == broken {
+            assert_eq!(job["probe"]["streams"][1]["medium"], "cover art that does not decode", "{job}");
+        }
+        if !with_cover {
+            assert_eq!(*thumbnails, Value::Null, "{manifest}");
+            continue;
+        }
+        assert_eq!((&thumbnails["poster"]["width"], &thumbnails["poster"]["height"]), (&json!(300), &json!(200)), "{thumbnails}");
+        assert_eq!(thumbnails["thumbnails"].as_array().unwrap().len(), 1, "{thumbnails}");
+        assert_eq!(thumbnails["storyboard"]["tiles"], 1, "{thumbnails}");
+        let url = |name: &str| {
+            let f = thumbnails["files"].as_array().unwrap().iter().find(|f| f["url"].as_str().unwrap().ends_with(name));
+            f.unwrap_or_else(|| panic!("{name} in {thumbnails}"))["url"].as_str().unwrap().to_string()
+        };
+        let vtt = String::from_utf8(c.fetch(&url("storyboard.vtt"))).unwrap();
+        assert!(vtt.contains("00:00:00.000 --> 00:00:06.0"), "one tile over the whole song: {vtt}");
+        // The poster is the cover: its red bar (testsrc2's first) at the left.
+        let poster = image::load_from_memory(&c.fetch(&url("poster.jpg"))).unwrap().to_rgb8();
+        let px = poster.get_pixel(20, 150);
+        assert!(px[0] > 180 && px[1] < 80 && px[2] < 80, "{px:?}");
+    }
+}
+
 #[test]
 fn a_worker_killed_mid_task_costs_one_lease_not_the_job() {
     let c = Coordinator::start_with(&["--lease-ttl-seconds", "4"]);

@@ -154,7 +154,8 @@ async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Option<String
     let encoder = profile.video.codec.encoder().to_string();
     let tasks = match proto::plan::chunks(&plan, &probe, &profile.chunking) {
         Some(cut) => chunked_tasks(&plan, &cut, &encoder),
-        None => whole_tasks(&plan, probe.main_video().is_some(), &encoder),
+        // An audio-only source's cover art is its poster, as a video's frames are.
+        None => whole_tasks(&plan, probe.main_video().is_some() || probe.cover_art().is_some(), &encoder),
     };
     Ok((stored, json!(probe), tasks))
 }
@@ -236,8 +237,9 @@ fn probe_time_limit(bytes: u64) -> Duration {
 }
 
 /// A job encoded whole, in lease order: its audio (every track, once), which the
-/// renditions' MP4s mux; one transcode task per rendition; the thumbnails.
-fn whole_tasks(plan: &proto::plan::Plan, video: bool, encoder: &str) -> Vec<NewTask> {
+/// renditions' MP4s mux; one transcode task per rendition; the thumbnails, when
+/// the source has `pictures` (a video, or an audio-only source's cover art).
+fn whole_tasks(plan: &proto::plan::Plan, pictures: bool, encoder: &str) -> Vec<NewTask> {
     let mut renditions: Vec<NewTask> =
         plan.renditions.iter().map(|r| NewTask::transcode(&r.name, r.video.as_ref().map(|_| encoder.to_string()))).collect();
     // The lowest rung runs first, so the job is playable early; then the longest
@@ -248,7 +250,7 @@ fn whole_tasks(plan: &proto::plan::Plan, video: bool, encoder: &str) -> Vec<NewT
     }
     let mut tasks: Vec<NewTask> = audio_task(plan).into_iter().collect();
     tasks.extend(renditions);
-    if video {
+    if pictures {
         tasks.push(NewTask::thumbnails());
     }
     tasks

@@ -40,6 +40,10 @@ fn is_zero(n: &u32) -> bool {
 
 /// The `medium` of an audio stream no decoder here reads, listed as `Other`.
 pub const UNDECODABLE_AUDIO: &str = "audio without a decoder";
+/// The `medium` of an embedded picture (an MP3's or M4A's front cover), listed as `Other`.
+pub const COVER_ART: &str = "cover art";
+/// The `medium` of an embedded picture that does not decode (or is too large to).
+pub const UNREADABLE_COVER_ART: &str = "cover art that does not decode";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -187,6 +191,14 @@ impl Probe {
     pub fn subtitles(&self) -> impl Iterator<Item = &SubtitleStream> {
         self.streams.iter().filter_map(|s| match s {
             StreamInfo::Subtitle(t) => Some(t),
+            _ => None,
+        })
+    }
+
+    /// The stream of the source's embedded cover picture, if it has one.
+    pub fn cover_art(&self) -> Option<usize> {
+        self.streams.iter().find_map(|s| match s {
+            StreamInfo::Other { index, medium, .. } if medium == COVER_ART => Some(*index),
             _ => None,
         })
     }

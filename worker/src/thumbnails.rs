@@ -45,7 +45,12 @@ pub fn tile_interval(duration: f64) -> f64 {
 pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
     let (ictx, keyframes) = av::open_input_indexed(input)?;
     let probe = crate::probe::describe(&ictx, input, Some(&keyframes))?;
-    let v = probe.main_video().cloned().ok_or_else(|| EngineError::bad("the source has no video to take thumbnails from"))?;
+    let Some(v) = probe.main_video().cloned() else {
+        return match probe.cover_art() {
+            Some(index) => cover(ictx, index, probe.duration, out),
+            None => Err(EngineError::bad("the source has no video or cover art to take thumbnails from")),
+        };
+    };
     let mut collector = Collector::new(&v, av::params(&ictx.stream(v.index).expect("probed stream")), probe.duration, count)?;
     // Every storyboard tile, and so every thumbnail's candidates, is near a
     // keyframe: decoding those alone serves each target with a picture from its
@@ -57,6 +62,30 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
             Some((time, f)) => collector.offer(time, f)?,
             None => break,
         }
+    }
+    collector.finish(out)
+}
+
+/// An audio-only source's embedded cover picture (an MP3's or M4A's front cover)
+/// as its poster, its one thumbnail and a storyboard of one tile spanning the
+/// whole source: what a player shows for it, as for a video.
+fn cover(mut ictx: format::context::Input, index: usize, duration: f64, out: &Path) -> Result<ThumbnailsReport> {
+    let ist = ictx.stream(index).expect("probed stream");
+    let p = av::params(&ist);
+    let mut decoder = av::video_decoder(&ist)?;
+    let mut collector = Collector::of_pictures((p.width as u32, p.height as u32), 0, p, duration, 1, duration.max(0.04))?;
+    // libav hands out the picture as the stream's first packet.
+    while let Some(pkt) = read_packet(&mut ictx)? {
+        if pkt.stream() != index {
+            continue;
+        }
+        let _ = decoder.send_packet(&pkt);
+        let _ = decoder.send_eof();
+        let mut picture = frame::Video::empty();
+        if decoder.receive_frame(&mut picture).is_ok() {
+            collector.offer(0.0, &picture)?;
+        }
+        break;
     }
     collector.finish(out)
 }
@@ -85,11 +114,24 @@ impl Collector {
     /// `count` thumbnails are spread over it. Its pictures become RGB as its
     /// renditions' players show them (`av::to_bt709`, `av::Colours`).
     pub fn new(v: &VideoStream, p: &ff::ffi::AVCodecParameters, duration: f64, count: usize) -> Result<Collector> {
+        Collector::of_pictures((v.display_width, v.display_height), v.rotation, p, duration, count, tile_interval(duration))
+    }
+
+    /// Pictures of `display` size turned by `rotation`, in storyboard tiles of
+    /// `interval` seconds.
+    fn of_pictures(
+        (width, height): (u32, u32),
+        rotation: u32,
+        p: &ff::ffi::AVCodecParameters,
+        duration: f64,
+        count: usize,
+        interval: f64,
+    ) -> Result<Collector> {
         if count == 0 || count > MAX_COUNT {
             return Err(EngineError::bad(format!("a thumbnail count of {count} is outside 1..={MAX_COUNT}")));
         }
-        if v.display_width < 2 || v.display_height < 2 || v.display_width > 16384 || v.display_height > 16384 {
-            return Err(EngineError::bad(format!("the source picture is {}x{}", v.display_width, v.display_height)));
+        if width < 2 || height < 2 || width > 16384 || height > 16384 {
+            return Err(EngineError::bad(format!("the source picture is {width}x{height}")));
         }
         let to_sdr = av::to_bt709(p);
         let mapped = to_sdr.is_some();
@@ -102,7 +144,6 @@ impl Collector {
                 targets.push((k as f64 * slot + (j as f64 + 0.5) * slot / CANDIDATES as f64, Use::Candidate(k)));
             }
         }
-        let interval = tile_interval(duration);
         let tiles = (duration / interval).ceil().max(1.0) as usize;
         for i in 0..tiles {
             targets.push((i as f64 * interval, Use::Tile(i)));
@@ -113,8 +154,8 @@ impl Collector {
             next: 0,
             duration,
             interval,
-            tile_size: fit(v.display_width, v.display_height, TILE_BOX, TILE_BOX),
-            rgb: Rgb { rotation: v.rotation, max_side: POSTER_BOX.0, to_sdr, matrix: av::Colours::of(p, mapped).matrix, converter: None },
+            tile_size: fit(width, height, TILE_BOX, TILE_BOX),
+            rgb: Rgb { rotation, max_side: POSTER_BOX.0, to_sdr, matrix: av::Colours::of(p, mapped).matrix, converter: None },
             slots: Slots::new(count),
             tile_images: vec![None; tiles],
             last: None,
