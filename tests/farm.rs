@@ -519,6 +519,8 @@ fn an_audio_only_upload_shows_its_cover_art() {
         assert_eq!(job["state"], "succeeded", "{job}");
         let kinds: Vec<&str> = job["tasks"].as_array().unwrap().iter().map(|t| t["kind"].as_str().unwrap()).collect();
         assert_eq!(kinds, if with_cover { vec!["transcode", "thumbnails"] } else { vec!["transcode"] }, "{file}");
+        // Made on the first try, alone or beside the audio rendition's encode.
+        assert!(job["tasks"].as_array().unwrap().iter().all(|t| t["attempts"] == 1), "{job}");
         let manifest: Value = serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
         let thumbnails = &manifest["thumbnails"];
         if *file == broken {

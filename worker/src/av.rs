@@ -549,6 +549,34 @@ pub fn seek_keyframe_before(
     }
 }
 
+/// Largest side of an embedded picture (cover art) that is decoded; an album's
+/// is 3000 at most.
+const MAX_ATTACHED_SIDE: i32 = 8192;
+
+/// An embedded picture's stream (an MP3's or M4A's front cover) decoded from the
+/// packet the open input holds for it, or `None` where it does not decode.
+pub fn attached_picture(s: &ff::format::stream::Stream) -> Option<ff::frame::Video> {
+    let p = params(s);
+    if !(1..=MAX_ATTACHED_SIDE).contains(&p.width) || !(1..=MAX_ATTACHED_SIDE).contains(&p.height) {
+        return None;
+    }
+    // SAFETY: attached_pic is a packet the open input owns for this stream; its
+    // data is `size` bytes (or null when empty), copied before it is used.
+    let data = unsafe {
+        let pic = &(*s.as_ptr()).attached_pic;
+        if pic.data.is_null() || pic.size <= 0 {
+            return None;
+        }
+        std::slice::from_raw_parts(pic.data, pic.size as usize).to_vec()
+    };
+    let mut decoder = video_decoder(s).ok()?;
+    decoder.send_packet(&ff::Packet::copy(&data)).ok()?;
+    decoder.send_eof().ok()?;
+    let mut frame = ff::frame::Video::empty();
+    decoder.receive_frame(&mut frame).ok()?;
+    Some(frame)
+}
+
 /// How many bytes an input's reads have fetched so far (0 for an input libav
 /// reads without an I/O context).
 pub fn bytes_read(ictx: &ff::format::context::Input) -> u64 {

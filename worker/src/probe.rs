@@ -55,7 +55,9 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
         }
         let info = match p.codec_type {
             ffi::AVMediaType::AVMEDIA_TYPE_VIDEO if s.disposition().contains(Disposition::ATTACHED_PIC) => {
-                other(&s, if cover_decodes(&s) { COVER_ART } else { UNREADABLE_COVER_ART })
+                // A song's job makes its poster from it (`thumbnails::cover`): one that would
+                // fail there is not planned.
+                other(&s, if av::attached_picture(&s).is_some() { COVER_ART } else { UNREADABLE_COVER_ART })
             }
             ffi::AVMediaType::AVMEDIA_TYPE_VIDEO => {
                 let rotation = av::rotation(&s);
@@ -254,30 +256,6 @@ fn language(s: &ff::format::stream::Stream) -> Option<String> {
 
 fn title(s: &ff::format::stream::Stream) -> Option<String> {
     s.metadata().get("title").and_then(|t| clean_tag(t, MAX_TITLE_CHARS))
-}
-
-/// Largest side of a cover picture that is decoded (an album's is 3000 at most).
-const MAX_COVER_SIDE: i32 = 8192;
-
-/// Whether an embedded picture decodes: a song's job makes its poster from it
-/// (`thumbnails::cover`), and one that would fail there is not planned.
-fn cover_decodes(s: &ff::format::stream::Stream) -> bool {
-    let p = av::params(s);
-    if !(1..=MAX_COVER_SIDE).contains(&p.width) || !(1..=MAX_COVER_SIDE).contains(&p.height) {
-        return false;
-    }
-    // SAFETY: attached_pic is a packet the open input owns for this stream; its
-    // data is `size` bytes (or null when empty), copied before it is used.
-    let data = unsafe {
-        let pic = &(*s.as_ptr()).attached_pic;
-        if pic.data.is_null() || pic.size <= 0 {
-            return false;
-        }
-        std::slice::from_raw_parts(pic.data, pic.size as usize).to_vec()
-    };
-    let Ok(mut decoder) = av::video_decoder(s) else { return false };
-    let mut frame = ff::frame::Video::empty();
-    decoder.send_packet(&ff::Packet::copy(&data)).is_ok() && decoder.send_eof().is_ok() && decoder.receive_frame(&mut frame).is_ok()
 }
 
 fn other(s: &ff::format::stream::Stream, medium: &str) -> StreamInfo {

@@ -47,7 +47,7 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
     let probe = crate::probe::describe(&ictx, input, Some(&keyframes))?;
     let Some(v) = probe.main_video().cloned() else {
         return match probe.cover_art() {
-            Some(index) => cover(ictx, index, probe.duration, out),
+            Some(index) => cover(&ictx, index, probe.duration)?.finish(out),
             None => Err(EngineError::bad("the source has no video or cover art to take thumbnails from")),
         };
     };
@@ -66,28 +66,17 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
     collector.finish(out)
 }
 
-/// An audio-only source's embedded cover picture (an MP3's or M4A's front cover)
-/// as its poster, its one thumbnail and a storyboard of one tile spanning the
-/// whole source: what a player shows for it, as for a video.
-fn cover(mut ictx: format::context::Input, index: usize, duration: f64, out: &Path) -> Result<ThumbnailsReport> {
-    let ist = ictx.stream(index).expect("probed stream");
-    let p = av::params(&ist);
-    let mut decoder = av::video_decoder(&ist)?;
-    let mut collector = Collector::of_pictures((p.width as u32, p.height as u32), 0, p, duration, 1, duration.max(0.04))?;
-    // libav hands out the picture as the stream's first packet.
-    while let Some(pkt) = read_packet(&mut ictx)? {
-        if pkt.stream() != index {
-            continue;
-        }
-        let _ = decoder.send_packet(&pkt);
-        let _ = decoder.send_eof();
-        let mut picture = frame::Video::empty();
-        if decoder.receive_frame(&mut picture).is_ok() {
-            collector.offer(0.0, &picture)?;
-        }
-        break;
-    }
-    collector.finish(out)
+/// An audio-only source's embedded cover picture (an MP3's or M4A's front cover,
+/// stream `index`) as its poster, its one thumbnail and a storyboard of one tile
+/// spanning the whole source: what a player shows for it, as for a video. The
+/// collector has its picture; `finish` writes them.
+pub fn cover(ictx: &format::context::Input, index: usize, duration: f64) -> Result<Collector> {
+    let ist = ictx.stream(index).ok_or_else(|| EngineError::bad(format!("the source has no stream {index}")))?;
+    let picture = av::attached_picture(&ist).ok_or_else(|| EngineError::bad("the cover picture does not decode"))?;
+    let size = (picture.width(), picture.height());
+    let mut collector = Collector::of_pictures(size, 0, av::params(&ist), duration, 1, duration.max(0.04))?;
+    collector.offer(0.0, &picture)?;
+    Ok(collector)
 }
 
 /// Makes the thumbnails and storyboard from decoded frames pushed to it in

@@ -153,9 +153,10 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
         (true, Some(v)) => Some(VideoPipe::new(&ictx, v.index, v.rotation, &renditions, start, None, req.quality, &mut muxes)?),
         _ => None,
     };
-    let mut sheet = req.thumbnails.map(|(_, count)| match (&video, probe.main_video()) {
-        (Some(_), Some(v)) => Collector::new(v, av::params(&ictx.stream(v.index).expect("probed stream")), probe.duration, count),
-        _ => Err(EngineError::bad("the source has no video to take thumbnails from")),
+    let mut sheet = req.thumbnails.map(|(_, count)| match (&video, probe.main_video(), probe.cover_art()) {
+        (Some(_), Some(v), _) => Collector::new(v, av::params(&ictx.stream(v.index).expect("probed stream")), probe.duration, count),
+        (None, None, Some(cover)) => crate::thumbnails::cover(&ictx, cover, probe.duration),
+        _ => Err(EngineError::bad("the source has no video or cover art to take thumbnails from")),
     });
     if let Some(v) = video.as_mut() {
         v.sheet = sheet.take();
