@@ -1595,6 +1595,22 @@ fn low_rate_audio_ends_where_its_container_says_not_at_its_last_frames_end() {
     drake_ok(&["transcode", &src, "--rendition", "240p", "--out", &dir.s("audio"), "--audio"]);
     let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.path("audio/audio.json")).unwrap()).unwrap();
     assert!((report["tracks"][0]["duration"].as_f64().unwrap() - 20.0).abs() < 0.025, "{report}");
+
+    // Only the last frame is ever cut: a track whose header declares half of what
+    // it holds (a recorder that wrote its header early) keeps all of its sound.
+    let whole = dir.s("no-edit-list.mp4");
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=30:d=10", "-f", "lavfi", "-i", "sine=d=10", "-c:v", "libx264",
+             "-preset", "ultrafast", "-c:a", "aac", "-use_editlist", "0", &whole]);
+    let mut bytes = std::fs::read(&whole).unwrap();
+    let mdhd = bytes.windows(4).enumerate().filter(|(_, w)| *w == b"mdhd").nth(1).unwrap().0; // the audio track's, version 0
+    let declared = u32::from_be_bytes(bytes[mdhd + 20..mdhd + 24].try_into().unwrap());
+    bytes[mdhd + 20..mdhd + 24].copy_from_slice(&(declared / 2).to_be_bytes());
+    let short = dir.s("declares-half.mp4");
+    std::fs::write(&short, bytes).unwrap();
+    drake_ok(&["transcode", &short, "--rendition", "240p", "--out", &dir.s("half"), "--audio"]);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.path("half/audio.json")).unwrap()).unwrap();
+    assert!(report["tracks"][0]["duration"].as_f64().unwrap() > 9.9, "{report}");
 }
 
 /// A source's default audio track is in a codec no decoder here reads (a newer

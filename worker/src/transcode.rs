@@ -1390,9 +1390,9 @@ trait Pipe {
     /// Takes rendition `k`'s filtered frames out of its graph and encodes them.
     fn pull(&mut self, k: usize, mux: &mut Muxers) -> Result<()>;
     fn decoded(&mut self, _f: &Self::Frame) {}
-    /// Cuts a decoded frame (timed `ts`, in the input time base) at where the
-    /// stream ends; false drops it whole.
-    fn clip(&mut self, _f: &mut Self::Frame, _ts: i64) -> bool {
+    /// Takes a decoded, timed frame: true sends `f` on (which may now be another
+    /// frame the pipe held back); false holds it for now (see `AudioPipe::until`).
+    fn clip(&mut self, _f: &mut Self::Frame) -> bool {
         true
     }
     /// Where the filters are closed at the end, in the input time base, given
@@ -1467,11 +1467,10 @@ trait Pipe {
             // untimed frame: `fps` with a start time (a chunk's) would put it hours
             // away and fill the gap with copies.
             let Some(ts) = f.timestamp().or(self.parts().1.end_ts) else { continue };
-            if !self.clip(&mut f, ts) {
-                continue;
-            }
             f.set_pts(Some(ts));
-            self.filter(&f, muxes)?;
+            if self.clip(&mut f) {
+                self.filter(&f, muxes)?;
+            }
         }
         if pkt.is_none() {
             while let Some(f) = self.tail() {
@@ -1853,9 +1852,12 @@ struct AudioPipe {
     /// The padding: where it starts (seconds from the source's start), its
     /// samples at the shape's rate, and how many of them were sent.
     pad: Option<(f64, u64, u64)>,
-    /// Where the stream ends by its container, in the input time base: decoded
-    /// samples past it are cut (see [`declared_end`]).
+    /// Where the stream ends by its container, in the input time base: the last
+    /// frame's samples past it are cut (see [`declared_end`]).
     until: Option<i64>,
+    /// The newest decoded frame, held back until the next one shows it was not
+    /// the last (only with `until`).
+    held: Option<frame::Audio>,
 }
 
 /// Where an audio stream ends by its container's own account, when that account
@@ -1919,7 +1921,7 @@ impl AudioPipe {
         }
         let flow = Flow::new(ist.time_base(), start);
         let until = declared_end(ictx, &ist);
-        Ok(AudioPipe { index, decoder, flow, samples: 0, outs, end_s, last_shape: None, pad: None, until })
+        Ok(AudioPipe { index, decoder, flow, samples: 0, outs, end_s, last_shape: None, pad: None, until, held: None })
     }
 }
 
@@ -1968,17 +1970,23 @@ impl Pipe for AudioPipe {
         (f.samples() as i64).rescale(Rational(1, f.rate().max(1) as i32), self.flow.in_tb)
     }
 
-    fn clip(&mut self, f: &mut frame::Audio, ts: i64) -> bool {
-        let Some(until) = self.until else { return true };
-        let keep = (until - ts).rescale(self.flow.in_tb, Rational(1, f.rate().max(1) as i32));
-        if keep <= 0 {
-            return false;
+    /// With a declared end, each frame waits for the next: only the stream's last
+    /// frame is cut there (`tail`), so a declaration that falls short of the
+    /// samples (a recorder's fragmented file) never cuts more.
+    fn clip(&mut self, f: &mut frame::Audio) -> bool {
+        if self.until.is_none() {
+            return true;
         }
-        if (keep as usize) < f.samples() {
-            // SAFETY: fewer samples than the frame's buffers hold; the rest are ignored.
-            unsafe { (*f.as_mut_ptr()).nb_samples = keep as i32 };
+        match self.held.as_mut() {
+            Some(held) => {
+                std::mem::swap(f, held);
+                true
+            }
+            None => {
+                self.held = Some(std::mem::replace(f, frame::Audio::empty()));
+                false
+            }
         }
-        true
     }
 
     fn decoded(&mut self, f: &frame::Audio) {
@@ -1986,13 +1994,24 @@ impl Pipe for AudioPipe {
         self.last_shape = Some((f.rate(), f.format(), audio_layout(f)));
     }
 
-    /// Silence from the track's last sample to `end_s`, in frames of a second
+    /// The held last frame, cut at the container's declared end (see `until`);
+    /// then silence from the track's last sample to `end_s`, in frames of a second
     /// shaped as the last decoded one (so the filters go on as they are): an audio
     /// track that ends before the video (an edit's, a recording's whose microphone
     /// stopped) still spans it, as every rendition and the job's audio group
     /// expect. A track with no sound at all (a recorder that opened it and never
     /// wrote to it) gets silence as long as the source, so that it is still there.
     fn tail(&mut self) -> Option<frame::Audio> {
+        if let Some(mut last) = self.held.take() {
+            if let (Some(until), Some(ts)) = (self.until, last.pts()) {
+                let keep = (until - ts).rescale(self.flow.in_tb, Rational(1, last.rate().max(1) as i32));
+                if keep > 0 && (keep as usize) < last.samples() {
+                    // SAFETY: fewer samples than the frame's buffers hold; the rest are ignored.
+                    unsafe { (*last.as_mut_ptr()).nb_samples = keep as i32 };
+                }
+            }
+            return Some(last);
+        }
         let (rate, format, layout) =
             self.last_shape.unwrap_or((SILENCE_RATE, format::Sample::F32(format::sample::Type::Planar), ff::ChannelLayout::STEREO));
         let (from, total, sent) = *self.pad.get_or_insert_with(|| {
