@@ -783,7 +783,7 @@ fn thumbnails_that_fail_in_a_transcode_do_not_cost_its_renditions() {
     ffmpeg(&["-f", "lavfi", "-i", "sine=f=440:d=3:sample_rate=44100", "-ac", "2", "-c:a", "aac", &song]);
     for (input, rendition, extra, reason) in [
         (src.as_str(), "240p", "0", "thumbnails not made: bad input: a thumbnail count of 0 is outside 1..=100"),
-        (song.as_str(), "audio", "4", "thumbnails not made: bad input: the source has no video to take thumbnails from"),
+        (song.as_str(), "audio", "4", "thumbnails not made: bad input: the source has no video or cover art to take thumbnails from"),
     ] {
         let (out, thumbs) = (dir.path(&format!("{rendition}-out")), dir.path(&format!("{rendition}-thumbs")));
         let run = drake(&[
