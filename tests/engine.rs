@@ -635,6 +635,33 @@ fn a_subtitle_track_over_the_cue_limit_is_skipped_alone() {
     }
 }
 
+/// A fansub's Matroska carries its ASS subtitles' fonts as attached files, often
+/// dozens: they are counted, not listed, and never count against the stream limit.
+/// (70 fonts made it "73 streams (at most 64 are accepted)", refused as bad input.)
+#[test]
+fn a_matroska_with_many_attached_fonts_is_accepted() {
+    let dir = Dir::new();
+    std::fs::write(dir.path("s.srt"), "1\n00:00:01,000 --> 00:00:02,000\nsung\n").unwrap();
+    let src = dir.s("fansub.mkv");
+    let srt = dir.s("s.srt");
+    let mut args: Vec<String> = ["-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=2", "-f", "lavfi", "-i", "sine=d=2", "-i", &srt]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    for i in 0..70 {
+        let font = dir.s(&format!("font{i}.ttf"));
+        std::fs::write(&font, format!("not really a font {i}")).unwrap();
+        args.extend(["-attach".into(), font, format!("-metadata:s:t:{i}"), "mimetype=application/x-truetype-font".into()]);
+    }
+    args.extend(["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-c:s", "ass", &src].map(String::from));
+    ffmpeg(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let p: Value = serde_json::from_str(&drake_ok(&["probe", &src])).unwrap();
+    assert_eq!((p["streams"].as_array().unwrap().len(), &p["attachments"]), (3, &json!(70)), "{p}");
+    transcode(&src, "web", "240p", &dir.path("out"));
+    drake_ok(&["transcode", &src, "--rendition", "240p", "--out", &dir.s("audio"), "--audio"]);
+    assert!(std::fs::read_to_string(dir.path("audio/s0.vtt")).unwrap().contains("sung"));
+}
+
 #[test]
 fn ts_webm_and_hevc_are_accepted() {
     let dir = Dir::new();

@@ -14,7 +14,12 @@ pub struct Probe {
     /// Bits per second over the whole file; 0 when unknown.
     pub bitrate: u64,
     pub size_bytes: Option<u64>,
+    /// Every stream but attachments.
     pub streams: Vec<StreamInfo>,
+    /// Files the container carries beside its streams (a Matroska's fonts for its
+    /// ASS subtitles, often dozens): counted, never read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attachments: u32,
     /// Where the source's timestamps start over: recordings joined end to end
     /// (MPEG-TS parts concatenated), found reading a local file without an index.
     /// The coordinator makes such a source one timeline (`drake remux`) first.

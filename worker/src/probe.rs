@@ -15,6 +15,9 @@ use proto::probe::{
 
 /// Streams beyond this count make an input suspicious rather than useful.
 pub const MAX_STREAMS: usize = 64;
+/// Most attached files accepted (fonts beside ASS subtitles); libav's own limit
+/// on a file's streams is 1000.
+pub const MAX_ATTACHMENTS: usize = 1000;
 
 /// `drake probe`: [`describe`], and for a local file whose header indexes no
 /// keyframe of its video, whether a chunk's seek in it would read through
@@ -42,12 +45,18 @@ pub fn probe(input: &str) -> Result<Probe> {
 /// no use for the gap, and it is left out unless a file without a duration is read
 /// anyway.
 pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Option<&[Option<av::KeyframeIndex>]>) -> Result<Probe> {
-    if ictx.nb_streams() as usize > MAX_STREAMS {
-        return Err(EngineError::bad(format!("{} streams (at most {MAX_STREAMS} are accepted)", ictx.nb_streams())));
+    let is_attachment = |s: &ff::format::stream::Stream| av::params(s).codec_type == ffi::AVMediaType::AVMEDIA_TYPE_ATTACHMENT;
+    let attachments = ictx.streams().filter(is_attachment).count();
+    let media = ictx.nb_streams() as usize - attachments;
+    if media > MAX_STREAMS {
+        return Err(EngineError::bad(format!("{media} streams (at most {MAX_STREAMS} are accepted)")));
+    }
+    if attachments > MAX_ATTACHMENTS {
+        return Err(EngineError::bad(format!("{attachments} attached files (at most {MAX_ATTACHMENTS} are accepted)")));
     }
     let mut streams = Vec::new();
     let mut longest = 0.0f64;
-    for s in ictx.streams() {
+    for s in ictx.streams().filter(|s| !is_attachment(s)) {
         let p = av::params(&s);
         let default = s.disposition().contains(Disposition::DEFAULT);
         if s.duration() > 0 {
@@ -121,7 +130,6 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
                     hearing_impaired: s.disposition().contains(Disposition::HEARING_IMPAIRED),
                 })
             }
-            ffi::AVMediaType::AVMEDIA_TYPE_ATTACHMENT => other(&s, "attachment"),
             _ => other(&s, "data"),
         };
         streams.push(info);
@@ -157,6 +165,7 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
         bitrate: ictx.bit_rate().max(0) as u64,
         size_bytes,
         streams,
+        attachments: attachments as u32,
         timeline_joins,
         seeks_by_reading: false,
         remuxed_parts: None,

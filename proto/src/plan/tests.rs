@@ -43,6 +43,7 @@ fn probe(w: u32, h: u32, fps: f64, audio: bool) -> Probe {
         bitrate: 0,
         size_bytes: None,
         streams,
+        attachments: 0,
         timeline_joins: 0,
         seeks_by_reading: false,
         remuxed_parts: None,
