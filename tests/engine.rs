@@ -1623,6 +1623,16 @@ fn low_rate_audio_ends_where_its_container_says_not_at_its_last_frames_end() {
     let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.path("audio/audio.json")).unwrap()).unwrap();
     assert!((report["tracks"][0]["duration"].as_f64().unwrap() - 20.0).abs() < 0.025, "{report}");
 
+    // Matroska and MPEG-TS say nothing of that padding: the last frame is kept
+    // whole, and the audio may end one source frame (128 ms here) past the source.
+    for ext in ["mkv", "ts"] {
+        let other = dir.s(&format!("phone.{ext}"));
+        #[rustfmt::skip]
+        ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=15:d=20", "-f", "lavfi", "-i", "sine=sample_rate=8000:d=20",
+                 "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-ar", "8000", "-ac", "1", &other]);
+        drake_ok(&["transcode", &other, "--rendition", "240p", "--out", &dir.s(&format!("audio-{ext}")), "--audio"]);
+    }
+
     // Only the last frame is ever cut: a track whose header declares half of what
     // it holds (a recorder that wrote its header early) keeps all of its sound.
     let whole = dir.s("no-edit-list.mp4");

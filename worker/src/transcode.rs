@@ -507,7 +507,8 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
         if pipe.samples == 0 {
             return Err(EngineError::bad(format!("no decodable audio in the source's stream {}", t.stream)));
         }
-        let (track, files) = package_track(&staging, req.profile, t, &staging.path(&packets_of(t)), probe.duration)?;
+        let source = (probe.duration, pipe.longest_frame_s);
+        let (track, files) = package_track(&staging, req.profile, t, &staging.path(&packets_of(t)), source)?;
         if !t.default {
             std::fs::remove_file(staging.path(&packets_of(t))).ctx(|| "removing a track's packets".into())?;
         }
@@ -649,13 +650,14 @@ fn finish_subtitles(
 }
 
 /// One audio track's HLS, remuxed from its packets (`pkts`) without re-encoding:
-/// checked to span the source, cut into segments of `gop_seconds` fragments.
+/// checked to span the source (`source_duration`; its track's longest decoded
+/// frame lasts `source_frame` seconds), cut into segments of `gop_seconds` fragments.
 fn package_track(
     staging: &Staging,
     profile: &Profile,
     t: &PlannedTrack,
     pkts: &Path,
-    source_duration: f64,
+    (source_duration, source_frame): (f64, f64),
 ) -> Result<(AudioTrackReport, Vec<String>)> {
     let mut reader = packets::Reader::open(pkts).ctx(|| format!("reading {}", pkts.display()))?;
     let mut mux = Muxers::open(None, &staging.path(FRAGMENTED), &profile.video)?;
@@ -669,8 +671,11 @@ fn package_track(
     mux.finish()?;
     let tb = reader.header.time_base;
     let duration = end as f64 * f64::from(tb.0) / f64::from(tb.1.max(1));
-    // The end within one AAC frame of the source's, and a little for the container's rounding.
-    if (duration - source_duration).abs() > 1024.0 / f64::from(t.audio.sample_rate) + 0.05 {
+    // The end within one frame of the source's track (whose last one libav decodes
+    // whole where the container says nothing of its padding: 128 ms at 8 kHz),
+    // one AAC frame of the encoder's, and a little for the container's rounding.
+    let slack = source_frame.max(0.03) + 1024.0 / f64::from(t.audio.sample_rate) + 0.02;
+    if (duration - source_duration).abs() > slack {
         return Err(EngineError::internal(
             "verifying the output",
             format!("audio track {} ends at {duration:.3} s, the source at {source_duration:.3} s", t.name),
@@ -1842,6 +1847,8 @@ struct AudioPipe {
     flow: Flow,
     /// Samples sent through the filters, the padding's included.
     samples: u64,
+    /// How long the longest decoded frame (not the padding's) lasts, in seconds.
+    longest_frame_s: f64,
     outs: Vec<AudioOut>,
     /// Where the track must reach, in seconds from the source's start (its end,
     /// beside a video): silence pads it from its last sample, or stands in for a
@@ -1921,7 +1928,19 @@ impl AudioPipe {
         }
         let flow = Flow::new(ist.time_base(), start);
         let until = declared_end(ictx, &ist);
-        Ok(AudioPipe { index, decoder, flow, samples: 0, outs, end_s, last_shape: None, pad: None, until, held: None })
+        Ok(AudioPipe {
+            index,
+            decoder,
+            flow,
+            samples: 0,
+            longest_frame_s: 0.0,
+            outs,
+            end_s,
+            last_shape: None,
+            pad: None,
+            until,
+            held: None,
+        })
     }
 }
 
@@ -1974,6 +1993,8 @@ impl Pipe for AudioPipe {
     /// frame is cut there (`tail`), so a declaration that falls short of the
     /// samples (a recorder's fragmented file) never cuts more.
     fn clip(&mut self, f: &mut frame::Audio) -> bool {
+        // Only decoded frames come here (not the padding's).
+        self.longest_frame_s = self.longest_frame_s.max(f.samples() as f64 / f64::from(f.rate().max(1)));
         if self.until.is_none() {
             return true;
         }
