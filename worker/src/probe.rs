@@ -19,12 +19,22 @@ pub const MAX_STREAMS: usize = 64;
 /// on a file's streams is 1000.
 pub const MAX_ATTACHMENTS: usize = 1000;
 
-/// `drake probe`: [`describe`], and for a local file whose header indexes no
-/// keyframe of its video, whether a chunk's seek in it would read through
-/// (`Probe::seeks_by_reading`), which only the coordinator's plan uses.
+/// `drake probe`: [`describe`], and what only the coordinator's plan uses: for a
+/// local file whose header indexes no keyframe of its video, whether a chunk's
+/// seek in it would read through (`Probe::seeks_by_reading`); and which cover
+/// pictures decode (a song's job makes its poster from one, `thumbnails::cover`,
+/// and is not given a thumbnails task that would fail).
 pub fn probe(input: &str) -> Result<Probe> {
     let (ictx, keyframes) = av::open_input_indexed(input)?;
     let mut probe = describe(&ictx, input, Some(&keyframes))?;
+    for s in &mut probe.streams {
+        if let StreamInfo::Other { index, medium, .. } = s
+            && medium == COVER_ART
+            && ictx.stream(*index).and_then(|st| av::attached_picture(&st)).is_none()
+        {
+            *medium = UNREADABLE_COVER_ART.into();
+        }
+    }
     if !av::is_url(input)
         && let Some(video) = probe.main_video()
         && keyframes.get(video.index).is_none_or(Option::is_none)
@@ -63,11 +73,7 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
             longest = longest.max(s.duration() as f64 * f64::from(s.time_base()));
         }
         let info = match p.codec_type {
-            ffi::AVMediaType::AVMEDIA_TYPE_VIDEO if s.disposition().contains(Disposition::ATTACHED_PIC) => {
-                // A song's job makes its poster from it (`thumbnails::cover`): one that would
-                // fail there is not planned.
-                other(&s, if av::attached_picture(&s).is_some() { COVER_ART } else { UNREADABLE_COVER_ART })
-            }
+            ffi::AVMediaType::AVMEDIA_TYPE_VIDEO if s.disposition().contains(Disposition::ATTACHED_PIC) => other(&s, COVER_ART),
             ffi::AVMediaType::AVMEDIA_TYPE_VIDEO => {
                 let rotation = av::rotation(&s);
                 let sar = if p.sample_aspect_ratio.num > 0 && p.sample_aspect_ratio.den > 0 {
