@@ -1166,6 +1166,48 @@ fn http_sources_are_read_with_range_requests() {
     assert_eq!(o.status.code(), Some(65));
 }
 
+/// A store that cuts answers short and fails requests now and then is waited
+/// out: what is read over HTTP is the whole source, as from a file. (libav alone
+/// let the MP4 demuxer drop the one keyframe of a short clip when a seek's range
+/// request failed, and the thumbnails failed as bad input: "no decodable video
+/// frames".) A store that refuses the rest of the source fails the engine as
+/// internal, to be retried, never as bad input.
+#[test]
+fn a_store_that_fails_mid_read_is_waited_out_and_one_that_refuses_fails_as_internal() {
+    let dir = Dir::new();
+    // One keyframe, and the moov at the end: every read after the header is a seek.
+    let src = dir.s("src.mp4");
+    test_clip(&src, "426x240", 2);
+    let thumbs = |input: &str, out: &str| {
+        drake_ok(&["thumbnails", input, "--out", &dir.s(out)]);
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.path(out).join("thumbnails.json")).unwrap()).unwrap();
+        report["thumbnails"].as_array().unwrap().iter().map(|t| t["time"].as_f64().unwrap()).collect::<Vec<_>>()
+    };
+    let local = thumbs(&src, "local");
+
+    // After the first answer, one request in three is cut short and one in three
+    // is a 503.
+    let flaky = RangeServer::answering(dir.tmp.path().to_path_buf(), |n| match n % 3 {
+        _ if n == 1 => Answer::Serve,
+        0 => Answer::Status(503),
+        1 => Answer::CutAfter(20_000),
+        _ => Answer::Serve,
+    });
+    let url = format!("{}/src.mp4", flaky.url);
+    assert_eq!(thumbs(&url, "flaky"), local, "the thumbnails read through a flaky store");
+    let r = transcode(&url, "web", "240p", &dir.path("out"));
+    assert_eq!(r["frame_count"], 60, "every frame read through a flaky store");
+    let o = drake(&["thumbnails", &url, "--out", &dir.s("again")]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("drake: storage: reading"), "the store's failures are in the log");
+
+    // The header is read, then the store answers 404 for good (the source deleted).
+    let refusing = RangeServer::answering(dir.tmp.path().to_path_buf(), |n| if n == 1 { Answer::Serve } else { Answer::Status(404) });
+    let o = drake(&["thumbnails", &format!("{}/src.mp4", refusing.url), "--out", &dir.s("refused")]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(70), "internal, to be retried: {stderr}");
+    assert!(stderr.contains("404"), "{stderr}");
+}
+
 #[test]
 fn small_files_that_claim_huge_pictures_fail_fast_as_bad_input() {
     let dir = Dir::new();

@@ -221,19 +221,38 @@ pub struct RangeServer {
     pub range_requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// How a [`RangeServer`] answers one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Serve,
+    /// Serves the head and this many bytes of the body, then closes.
+    CutAfter(u64),
+    /// Answers with this status and no body.
+    Status(u16),
+}
+
 impl RangeServer {
     pub fn start(root: PathBuf) -> RangeServer {
+        RangeServer::answering(root, |_| Answer::Serve)
+    }
+
+    /// A server that answers the `n`th request (from 1, over all connections) as
+    /// `answer(n)` says.
+    pub fn answering(root: PathBuf, answer: impl Fn(usize) -> Answer + Send + Sync + 'static) -> RangeServer {
         use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let ranges = counter.clone();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let answer = std::sync::Arc::new(answer);
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
                 let root = root.clone();
                 let ranges = ranges.clone();
+                let (requests, answer) = (requests.clone(), answer.clone());
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(conn.try_clone().unwrap());
                     loop {
@@ -252,6 +271,14 @@ impl RangeServer {
                                 range = Some((a.parse::<u64>().unwrap_or(0), b.parse::<u64>().ok()));
                             }
                         }
+                        let cut = match answer(requests.fetch_add(1, Ordering::SeqCst) + 1) {
+                            Answer::Serve => None,
+                            Answer::CutAfter(bytes) => Some(bytes),
+                            Answer::Status(code) => {
+                                let _ = write!(conn, "HTTP/1.1 {code} Trouble\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                                return;
+                            }
+                        };
                         let path = request.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
                         let file = root.join(&path);
                         let opened = if path.contains("..") || path.is_empty() { None } else { std::fs::File::open(&file).ok() };
@@ -275,7 +302,8 @@ impl RangeServer {
                             return;
                         }
                         f.seek(SeekFrom::Start(start)).unwrap();
-                        if std::io::copy(&mut f.take(end + 1 - start), &mut conn).is_err() {
+                        let body = cut.unwrap_or(u64::MAX).min(end + 1 - start);
+                        if std::io::copy(&mut f.take(body), &mut conn).is_err() || cut.is_some() {
                             return;
                         }
                     }

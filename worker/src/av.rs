@@ -5,6 +5,7 @@
 //! fields of structs owned by a live context, or calls libav with pointers it owns.
 
 use crate::error::{EngineError, Result};
+use crate::remote;
 use ff::ffi;
 use ffmpeg_next as ff;
 use proto::profile::VideoCodec;
@@ -100,26 +101,20 @@ unsafe fn keyframe_index(st: *mut ffi::AVStream, start_time: i64) -> Option<Keyf
 }
 
 /// Opens `input` with the whitelists, calls `header` once its header is read and
-/// before anything reads its packets, then reads its streams' parameters.
+/// before anything reads its packets, then reads its streams' parameters. A URL
+/// is read through [`remote::Reader`], which waits out a failing store.
 fn open(input: &str, header: impl FnOnce(&ffi::AVFormatContext)) -> Result<ff::format::context::Input> {
     let mut opts = ff::Dictionary::new();
     opts.set("format_whitelist", FORMAT_WHITELIST);
-    let target = if is_url(input) {
+    let (target, mut remote) = if is_url(input) {
+        // No demuxer on the whitelist opens another resource; were one to, it
+        // could only fetch over HTTP.
         opts.set("protocol_whitelist", "http,https,tcp,tls");
-        opts.set("reconnect", "1");
-        opts.set("rw_timeout", "30000000");
-        // A worker (or the coordinator) reading from storage passes its credential here.
-        if let Ok(authorization) = std::env::var(proto::HTTP_AUTHORIZATION_ENV)
-            && !authorization.contains(['\r', '\n'])
-        {
-            opts.set("headers", &format!("Authorization: {authorization}\r\n"));
-        }
-        if let Ok(agent) = std::env::var(proto::HTTP_USER_AGENT_ENV)
-            && !agent.contains(['\r', '\n'])
-        {
-            opts.set("user_agent", &agent);
-        }
-        input.to_string()
+        let reader = remote::Reader::open(input).map_err(|e| open_error(input, e))?;
+        let failure = reader.failure();
+        let io = ff::format::context::StreamIo::from_read_seek_with_capacity(reader, REMOTE_BUFFER)
+            .map_err(|e| EngineError::internal("setting up the source's reads", e))?;
+        (input.to_string(), Some((io, failure)))
     } else {
         let meta = std::fs::metadata(input).map_err(|e| EngineError::bad(format!("cannot read {input}: {e}")))?;
         if !meta.is_file() {
@@ -129,15 +124,27 @@ fn open(input: &str, header: impl FnOnce(&ffi::AVFormatContext)) -> Result<ff::f
             return Err(EngineError::bad(format!("{input} is empty (0 bytes)")));
         }
         opts.set("protocol_whitelist", "file");
-        format!("file:{input}")
+        (format!("file:{input}"), None)
     };
     let target = std::ffi::CString::new(target).map_err(|_| EngineError::bad(format!("{input}: a name with a NUL byte")))?;
-    // What `ff::format::input_with_dictionary` does, with `header` between its two steps.
-    // SAFETY: `ps` starts null, so avformat_open_input allocates the context; on
-    // failure it frees it and the options, else the context is ours: freed here if
-    // reading its streams fails, or by the returned `Input`.
+    // What `ff::format::input_with_dictionary` (or `input_from_stream`) does, with
+    // `header` between its two steps.
+    // SAFETY: `ps` starts null (libav allocates the context) or is a context
+    // allocated here reading through `remote`'s I/O context, which outlives it:
+    // on failure avformat_open_input frees the context but never a caller's I/O
+    // context, and the returned `Input` owns both. The context's `opaque` (libav
+    // never touches it) points at the reader's failure, which lives as long.
     unsafe {
         let mut ps = std::ptr::null_mut();
+        if let Some((io, failure)) = &mut remote {
+            ps = ffi::avformat_alloc_context();
+            if ps.is_null() {
+                return Err(EngineError::internal("allocating a format context", ff::Error::Other { errno: libc::ENOMEM }));
+            }
+            (*ps).pb = io.as_mut_ptr();
+            (*ps).flags |= ffi::AVFMT_FLAG_CUSTOM_IO;
+            (*ps).opaque = std::sync::Arc::as_ptr(failure) as *mut std::ffi::c_void;
+        }
         let mut raw = opts.disown();
         let opened = ffi::avformat_open_input(&mut ps, target.as_ptr(), std::ptr::null(), &mut raw);
         ff::Dictionary::own(raw);
@@ -146,12 +153,39 @@ fn open(input: &str, header: impl FnOnce(&ffi::AVFormatContext)) -> Result<ff::f
         }
         header(&*ps);
         let found = ffi::avformat_find_stream_info(ps, std::ptr::null_mut());
-        if found < 0 {
+        let failed = remote.as_ref().and_then(|(_, failure)| failure.get().cloned());
+        if found < 0 || failed.is_some() {
             ffi::avformat_close_input(&mut ps);
-            return Err(open_error(input, ff::Error::from(found)));
+            return Err(match failed {
+                Some(why) => EngineError::internal(format!("cannot fetch {input}"), why),
+                None => open_error(input, ff::Error::from(found)),
+            });
         }
-        Ok(ff::format::context::Input::wrap(ps))
+        Ok(match remote {
+            Some((io, _)) => ff::format::context::Input::wrap_with_custom_io(ps, io),
+            None => ff::format::context::Input::wrap(ps),
+        })
     }
+}
+
+/// The read buffer of a source over HTTP: libav's own for a file.
+const REMOTE_BUFFER: usize = 64 * 1024;
+
+/// Why the reads of `ictx`'s source over HTTP failed for good, if they did:
+/// whatever its demuxer made of that (an end of file, invalid data), what was
+/// read is not the source, and the reader must fail as internal, to be retried.
+pub fn read_failure(ictx: &ff::format::context::Input) -> Option<EngineError> {
+    // SAFETY: `open` makes every input, and sets `opaque` only for a URL, to the
+    // failure its reader shares, alive as long as the input.
+    let why = unsafe {
+        // The `OnceLock` inside the reader's `Arc`, as `Arc::as_ptr` gives it.
+        let failure = (*ictx.as_ptr()).opaque as *const std::sync::OnceLock<String>;
+        if failure.is_null() {
+            return None;
+        }
+        (*failure).get().cloned()
+    }?;
+    Some(EngineError::internal("reading the source over HTTP", why))
 }
 
 /// Classifies a failure to open an input. A file libav could read but not

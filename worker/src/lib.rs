@@ -13,6 +13,7 @@ pub mod packets;
 pub mod probe;
 pub mod publish;
 pub mod quality;
+pub mod remote;
 pub mod remux;
 pub mod subtitles;
 pub mod thumbnails;

@@ -129,6 +129,10 @@ pub fn run(input: &str, out: &Path) -> Result<Remuxed> {
             write(&mut octx, track, p, offsets[track.part], &mut end, &mut dropped)?;
         }
     }
+    // Over HTTP, a store that stayed away ends the packets as the file's end would.
+    if let Some(failed) = av::read_failure(&ictx) {
+        return Err(failed);
+    }
     dropped += tracks.iter().flatten().map(|t| (t.held.len() + t.undated.len()) as u64).sum::<u64>();
     octx.write_trailer().ctx(|| "writing the Matroska index".into())?;
     Ok(Remuxed { parts: offsets.len() as u32, dropped })

@@ -18,6 +18,10 @@ pub fn extract(input: &str, index: usize) -> Result<Vec<Cue>> {
             extractor.feed(&packet);
         }
     }
+    // Over HTTP, a store that stayed away ends the packets as the file's end would.
+    if let Some(failed) = av::read_failure(&ictx) {
+        return Err(failed);
+    }
     extractor.finish().map_err(|why| EngineError::bad(format!("subtitle stream {index}: {why}")))
 }
 

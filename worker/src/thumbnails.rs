@@ -63,6 +63,10 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
             None => break,
         }
     }
+    // A seek the store failed ends the walk early, as the end of the video would.
+    if let Some(failed) = av::read_failure(&walker.ictx) {
+        return Err(failed);
+    }
     collector.finish(out)
 }
 
@@ -635,11 +639,18 @@ impl Walker {
 fn read_packet(ictx: &mut format::context::Input) -> Result<Option<Packet>> {
     loop {
         let mut pkt = Packet::empty();
-        match pkt.read(ictx) {
+        let error = match pkt.read(ictx) {
             Ok(()) => return Ok(Some(pkt)),
-            Err(ff::Error::Eof) => return Ok(None),
-            Err(ff::Error::InvalidData) => {}
-            Err(e) => return Err(EngineError::bad(format!("the source cannot be read: {e}"))),
+            Err(e) => e,
+        };
+        // Over HTTP, a store that stayed away, whatever the demuxer made of it.
+        if let Some(failed) = av::read_failure(ictx) {
+            return Err(failed);
+        }
+        match error {
+            ff::Error::Eof => return Ok(None),
+            ff::Error::InvalidData => {}
+            e => return Err(EngineError::bad(format!("the source cannot be read: {e}"))),
         }
     }
 }

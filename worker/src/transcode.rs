@@ -36,7 +36,7 @@ use proto::report::{
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Limits on what a stranger's upload may ask of one transcode process.
 #[derive(Debug, Clone, Copy)]
@@ -179,7 +179,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
     }
 
     let total = probe.duration.max(0.001);
-    let mut source = SourceReader::new(req.input);
+    let mut source = SourceReader::default();
     let began = Instant::now();
     let mut last_report = Instant::now();
     while let Some(pkt) = source.next(&mut ictx)? {
@@ -253,13 +253,11 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
 
 /// Reads a source's packets: a few corrupt ones are skipped, too many (or a file
 /// that cannot be read to its end) are bad input, and a storage URL that fails is
-/// this machine's problem, worth a retry.
+/// this machine's problem, worth a retry. (A URL's reader waits out a store's
+/// blips, so the bytes the demuxer sees are the source's: see `crate::remote`.)
+#[derive(Default)]
 struct SourceReader {
-    is_url: bool,
     corrupt: u64,
-    /// Where the last invalid read left the input, and how many in a row left it there.
-    stuck_at: i64,
-    stuck_reads: u32,
     /// Where the furthest audio packet read so far ends, in seconds of the
     /// source's timeline (container start included).
     audio_end: f64,
@@ -267,22 +265,7 @@ struct SourceReader {
     timelines: Timelines,
 }
 
-/// Failed reads at one place of a source over HTTP before the task gives up (with
-/// the waits between them, about 10 s).
-const STUCK_READS: u32 = 25;
-
 impl SourceReader {
-    fn new(input: &str) -> SourceReader {
-        SourceReader {
-            is_url: av::is_url(input),
-            corrupt: 0,
-            stuck_at: -1,
-            stuck_reads: 0,
-            audio_end: 0.0,
-            timelines: Timelines::default(),
-        }
-    }
-
     /// Notes where a packet of the source is. Files joined end to end (see
     /// [`crate::timeline`]) start their timestamps over at each join. The frames
     /// after it would land on times already encoded and be dropped, and the
@@ -321,52 +304,31 @@ impl SourceReader {
         self.next(ictx)
     }
 
-    /// Counts an invalid read: true when it left the input where the last one did.
-    fn stuck(&mut self, ictx: &mut format::context::Input) -> bool {
-        // SAFETY: the context is open; its `pb` is null or the AVIOContext it reads
-        // through, and a seek by 0 from the current place only tells the place.
-        let at = unsafe {
-            let pb = (*ictx.as_mut_ptr()).pb;
-            if pb.is_null() { -1 } else { ff::ffi::avio_seek(pb, 0, libc::SEEK_CUR) }
-        };
-        if at == self.stuck_at {
-            self.stuck_reads += 1;
-        } else {
-            (self.stuck_at, self.stuck_reads) = (at, 1);
-        }
-        self.stuck_reads > 1
-    }
-
     /// The next packet, or `None` at the end of the source.
     fn next(&mut self, ictx: &mut format::context::Input) -> Result<Option<Packet>> {
         loop {
             let mut pkt = Packet::empty();
-            match pkt.read(ictx) {
+            let error = match pkt.read(ictx) {
                 Ok(()) => {
                     self.saw(ictx, &pkt)?;
                     return Ok(Some(pkt));
                 }
-                Err(ff::Error::Eof) => return Ok(None),
-                // Over HTTP, a read the store failed (a 503 to the range request of
-                // a seek) reaches the demuxer as a short read, which it reports as
-                // invalid data and tries again from the same place. Corrupt data
-                // moves on; a failing store does not: wait for it a little, then
-                // leave it to a retry of the task.
-                Err(ff::Error::InvalidData) if self.is_url && self.stuck(ictx) => {
-                    if self.stuck_reads > STUCK_READS {
-                        let why = format!("the store failed the read at byte {} {STUCK_READS} times", self.stuck_at);
-                        return Err(EngineError::internal("reading the source over HTTP", why));
-                    }
-                    std::thread::sleep(Duration::from_millis((5u64 << self.stuck_reads.min(7)).min(500)));
-                }
-                Err(ff::Error::InvalidData) => {
+                Err(e) => e,
+            };
+            // Over HTTP, a store that stayed away may reach the demuxer as an end,
+            // as invalid data or as an error: none of them is the source's.
+            if let Some(failed) = av::read_failure(ictx) {
+                return Err(failed);
+            }
+            match error {
+                ff::Error::Eof => return Ok(None),
+                ff::Error::InvalidData => {
                     self.corrupt += 1;
                     if self.corrupt > 1000 {
                         return Err(EngineError::bad("more than 1000 corrupt packets; the file is damaged"));
                     }
                 }
-                Err(e) if self.is_url => return Err(EngineError::internal("reading the source over HTTP", e)),
-                Err(e) => return Err(EngineError::bad(format!("the source cannot be read to its end: {e}"))),
+                e => return Err(EngineError::bad(format!("the source cannot be read to its end: {e}"))),
             }
         }
     }
@@ -390,7 +352,7 @@ pub fn run_chunk(req: &Request, index: u32, span: Span, progress: &mut dyn FnMut
     let (num, den) = frame_rate(pv);
     let start = av::start_seconds(&ictx);
     let first_time = span.first as f64 * f64::from(den) / f64::from(num);
-    let mut source = SourceReader::new(req.input);
+    let mut source = SourceReader::default();
     // Decoding starts from a source keyframe before the chunk.
     let key = if span.first > 0 {
         let before = first_time - f64::from(den) / f64::from(num);
@@ -483,7 +445,7 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
     let mut subtitles = subtitle_extractors(&ictx, &plan)?;
     let total = probe.duration.max(0.001);
     let mut last_report = Instant::now();
-    let mut source = SourceReader::new(req.input);
+    let mut source = SourceReader::default();
     while let Some(pkt) = source.next(&mut ictx)? {
         if let Some(k) = pipes.iter().position(|p| p.index == pkt.stream()) {
             pipes[k].feed(Some(&pkt), std::slice::from_mut(&mut muxes[k]))?;
@@ -587,7 +549,7 @@ pub fn run_subtitles(input: &str, profile: &Profile, out: &Path, limits: Limits)
     }
     let staging = Staging::new(out)?;
     let mut subtitles = subtitle_extractors(&ictx, &plan)?;
-    let mut source = SourceReader::new(input);
+    let mut source = SourceReader::default();
     while let Some(pkt) = source.next(&mut ictx)? {
         if let Some(x) = subtitles.iter_mut().flatten().find(|x| x.index == pkt.stream()) {
             x.feed(&pkt);
