@@ -106,6 +106,9 @@ unsafe fn keyframe_index(st: *mut ffi::AVStream, start_time: i64) -> Option<Keyf
 fn open(input: &str, header: impl FnOnce(&ffi::AVFormatContext)) -> Result<ff::format::context::Input> {
     let mut opts = ff::Dictionary::new();
     opts.set("format_whitelist", FORMAT_WHITELIST);
+    if input.contains('\0') {
+        return Err(EngineError::bad(format!("{input}: a name with a NUL byte")));
+    }
     let (target, mut remote) = if is_url(input) {
         // No demuxer on the whitelist opens another resource; were one to, it
         // could only fetch over HTTP.
@@ -126,7 +129,7 @@ fn open(input: &str, header: impl FnOnce(&ffi::AVFormatContext)) -> Result<ff::f
         opts.set("protocol_whitelist", "file");
         (format!("file:{input}"), None)
     };
-    let target = std::ffi::CString::new(target).map_err(|_| EngineError::bad(format!("{input}: a name with a NUL byte")))?;
+    let target = std::ffi::CString::new(target).expect("no NUL byte, checked above");
     // What `ff::format::input_with_dictionary` (or `input_from_stream`) does, with
     // `header` between its two steps.
     // SAFETY: `ps` starts null (libav allocates the context) or is a context
@@ -148,18 +151,21 @@ fn open(input: &str, header: impl FnOnce(&ffi::AVFormatContext)) -> Result<ff::f
         let mut raw = opts.disown();
         let opened = ffi::avformat_open_input(&mut ps, target.as_ptr(), std::ptr::null(), &mut raw);
         ff::Dictionary::own(raw);
+        // What the demuxer made of a store that stayed away is not the source's.
+        let failed = |remote: &Option<(_, remote::Failure)>| {
+            remote
+                .as_ref()
+                .and_then(|(_, failure)| failure.get())
+                .map(|why| EngineError::internal(format!("cannot fetch {input}"), why.clone()))
+        };
         if opened < 0 {
-            return Err(open_error(input, ff::Error::from(opened)));
+            return Err(failed(&remote).unwrap_or_else(|| open_error(input, ff::Error::from(opened))));
         }
         header(&*ps);
         let found = ffi::avformat_find_stream_info(ps, std::ptr::null_mut());
-        let failed = remote.as_ref().and_then(|(_, failure)| failure.get().cloned());
-        if found < 0 || failed.is_some() {
+        if found < 0 || failed(&remote).is_some() {
             ffi::avformat_close_input(&mut ps);
-            return Err(match failed {
-                Some(why) => EngineError::internal(format!("cannot fetch {input}"), why),
-                None => open_error(input, ff::Error::from(found)),
-            });
+            return Err(failed(&remote).unwrap_or_else(|| open_error(input, ff::Error::from(found))));
         }
         Ok(match remote {
             Some((io, _)) => ff::format::context::Input::wrap_with_custom_io(ps, io),
