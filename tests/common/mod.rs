@@ -229,6 +229,8 @@ pub enum Answer {
     CutAfter(u64),
     /// Answers with this status and no body.
     Status(u16),
+    /// Serves the whole file, as a server that does not know range requests.
+    Whole,
 }
 
 impl RangeServer {
@@ -271,8 +273,9 @@ impl RangeServer {
                                 range = Some((a.parse::<u64>().unwrap_or(0), b.parse::<u64>().ok()));
                             }
                         }
-                        let cut = match answer(requests.fetch_add(1, Ordering::SeqCst) + 1) {
-                            Answer::Serve => None,
+                        let answered = answer(requests.fetch_add(1, Ordering::SeqCst) + 1);
+                        let cut = match answered {
+                            Answer::Serve | Answer::Whole => None,
                             Answer::CutAfter(bytes) => Some(bytes),
                             Answer::Status(code) => {
                                 let _ = write!(conn, "HTTP/1.1 {code} Trouble\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -287,17 +290,20 @@ impl RangeServer {
                             continue;
                         };
                         let len = f.metadata().unwrap().len();
-                        let (status, start, end) = match range {
+                        let (status, start, end) = match range.filter(|_| answered != Answer::Whole) {
                             Some((a, b)) => {
                                 ranges.fetch_add(1, Ordering::SeqCst);
                                 ("206 Partial Content", a, b.unwrap_or(len - 1).min(len - 1))
                             }
                             None => ("200 OK", 0, len - 1),
                         };
-                        let head = format!(
-                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nContent-Range: bytes {start}-{end}/{len}\r\nContent-Type: video/mp4\r\n\r\n",
-                            end + 1 - start
-                        );
+                        let ranged = if answered == Answer::Whole {
+                            String::new()
+                        } else {
+                            format!("Accept-Ranges: bytes\r\nContent-Range: bytes {start}-{end}/{len}\r\n")
+                        };
+                        let head =
+                            format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n{ranged}Content-Type: video/mp4\r\n\r\n", end + 1 - start);
                         if conn.write_all(head.as_bytes()).is_err() {
                             return;
                         }

@@ -247,7 +247,8 @@ impl Seek for Reader {
         };
         let target = target.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a seek before the start"))?;
         if target != self.pos && !self.ranges {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "the store does not answer range requests"));
+            // The store's (or a proxy's) configuration, not the source: retried elsewhere.
+            return Err(self.give_up(format!("the store does not answer range requests, and the demuxer seeks to byte {target}")));
         }
         self.pos = target;
         Ok(target)
