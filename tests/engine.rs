@@ -1161,6 +1161,12 @@ fn http_sources_are_read_with_range_requests() {
 
     let o = drake(&["probe", &format!("{}/missing.mp4", server.url)]);
     assert_eq!(o.status.code(), Some(65), "a 404 is bad input: {}", String::from_utf8_lossy(&o.stderr));
+    // What the store serves whole but libav cannot read is bad input, as from a file.
+    std::fs::write(dir.path("garbage.mp4"), vec![0x42u8; 20_000]).unwrap();
+    let o = drake(&["probe", &format!("{}/garbage.mp4", server.url)]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(65), "{stderr}");
+    assert!(stderr.contains("not a media file"), "{stderr}");
     // Only http(s) and plain paths: other libav protocols are refused.
     let o = drake(&["probe", &format!("concat:{src}|{src}")]);
     assert_eq!(o.status.code(), Some(65));

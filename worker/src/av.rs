@@ -113,7 +113,7 @@ fn open(input: &str, header: impl FnOnce(&ffi::AVFormatContext)) -> Result<ff::f
         // No demuxer on the whitelist opens another resource; were one to, it
         // could only fetch over HTTP.
         opts.set("protocol_whitelist", "http,https,tcp,tls");
-        let reader = remote::Reader::open(input).map_err(|e| open_error(input, e))?;
+        let reader = remote::Reader::open(input).map_err(|e| fetch_error(input, e))?;
         let failure = reader.failure();
         let io = ff::format::context::StreamIo::from_read_seek_with_capacity(reader, REMOTE_BUFFER)
             .map_err(|e| EngineError::internal("setting up the source's reads", e))?;
@@ -163,9 +163,10 @@ fn open(input: &str, header: impl FnOnce(&ffi::AVFormatContext)) -> Result<ff::f
         }
         header(&*ps);
         let found = ffi::avformat_find_stream_info(ps, std::ptr::null_mut());
-        if found < 0 || failed(&remote).is_some() {
+        let failure = failed(&remote);
+        if found < 0 || failure.is_some() {
             ffi::avformat_close_input(&mut ps);
-            return Err(failed(&remote).unwrap_or_else(|| open_error(input, ff::Error::from(found))));
+            return Err(failure.unwrap_or_else(|| open_error(input, ff::Error::from(found))));
         }
         Ok(match remote {
             Some((io, _)) => ff::format::context::Input::wrap_with_custom_io(ps, io),
@@ -194,20 +195,31 @@ pub fn read_failure(ictx: &ff::format::context::Input) -> Option<EngineError> {
     Some(EngineError::internal("reading the source over HTTP", why))
 }
 
-/// Classifies a failure to open an input. A file libav could read but not
-/// understand is bad input. Over HTTP only a 4xx answer is: a cut connection shows
-/// up as a short read (end of file, or even invalid data), so anything else there
-/// is network trouble and retryable.
-fn open_error(input: &str, e: ff::Error) -> EngineError {
+/// Classifies a failure to reach a source over HTTP, after `remote::Reader` waited
+/// out what it could: a 4xx answer is bad input (a wrong or deleted source),
+/// anything else network trouble, retryable.
+fn fetch_error(input: &str, e: ff::Error) -> EngineError {
     use ff::Error as E;
     match e {
         E::HttpNotFound | E::HttpForbidden | E::HttpUnauthorized | E::HttpBadRequest | E::HttpOther4xx => {
             EngineError::bad(format!("cannot fetch {input}: {e}"))
         }
-        _ if is_url(input) => EngineError::internal(format!("cannot fetch {input}"), e),
+        _ => EngineError::internal(format!("cannot fetch {input}"), e),
+    }
+}
+
+/// Classifies a demuxer's failure to open an input: a file libav could read but
+/// not understand is bad input. Over HTTP as from a file, since the reader gives
+/// the demuxer the source's bytes or a failure of its own (checked first).
+fn open_error(input: &str, e: ff::Error) -> EngineError {
+    use ff::Error as E;
+    match e {
         E::InvalidData => EngineError::bad("not a media file libav can read (unrecognised or corrupt container)"),
         // libav recognised a format the whitelist refuses: a photo, a subtitle file.
-        E::Other { errno: libc::EINVAL } if let Some((name, long_name)) = sniff(input).filter(|(name, _)| !whitelisted(name)) => {
+        E::Other { errno: libc::EINVAL }
+            if !is_url(input)
+                && let Some((name, long_name)) = sniff(input).filter(|(name, _)| !whitelisted(name)) =>
+        {
             match name.strip_suffix("_pipe") {
                 Some(image) => EngineError::bad(format!("a still image ({image}), not a video or audio file")),
                 None if name == "image2" => EngineError::bad("a still image, not a video or audio file"),
