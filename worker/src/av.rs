@@ -673,17 +673,22 @@ mod tests {
         assert!(!whitelisted("png_pipe") && !whitelisted("image2") && !whitelisted("srt") && !whitelisted("hls"));
     }
 
+    /// Reaching the store: a refusal is bad input, anything else retryable. What the
+    /// demuxer makes of the bytes is the source's, over HTTP as from a file (the
+    /// reader's own failures are checked before, see `read_failure`).
     #[test]
-    fn a_short_read_over_http_is_retryable_but_not_from_a_file() {
+    fn reaching_the_store_is_classified_apart_from_reading_the_source() {
         let url = "http://store/media/jobs/j/source";
-        for e in [ff::Error::Eof, ff::Error::InvalidData, ff::Error::HttpServerError, ff::Error::Exit] {
-            assert!(!is_bad(&open_error(url, e)), "{e:?} over HTTP");
+        for e in [ff::Error::HttpServerError, ff::Error::Exit, ff::Error::Other { errno: libc::ECONNREFUSED }] {
+            assert!(!is_bad(&fetch_error(url, e)), "{e:?} reaching the store");
         }
         for e in [ff::Error::HttpNotFound, ff::Error::HttpForbidden] {
-            assert!(is_bad(&open_error(url, e)), "{e:?} over HTTP");
+            assert!(is_bad(&fetch_error(url, e)), "{e:?} reaching the store");
         }
-        for e in [ff::Error::Eof, ff::Error::InvalidData] {
-            assert!(is_bad(&open_error("/data/source", e)), "{e:?} from a file");
+        for input in [url, "/data/source"] {
+            for e in [ff::Error::Eof, ff::Error::InvalidData] {
+                assert!(is_bad(&open_error(input, e)), "{e:?} from {input}");
+            }
         }
     }
 
