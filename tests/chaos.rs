@@ -214,6 +214,18 @@ fn kill(pid: u32, signal: &str) {
     let _ = Command::new("kill").args([signal, &pid.to_string()]).status();
 }
 
+/// A live job in a line: its state, what it waits for, and each task's state,
+/// attempts, worker and error (the whole view is too long for a CI log's excerpt).
+fn stuck(v: &Value) -> String {
+    let tasks: Vec<String> = v["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| format!("{} {} x{} {} {}", t["name"], t["state"], t["attempts"], t["worker"], t["error"]))
+        .collect();
+    format!("state {} waiting for {} error {}; tasks [{}]", v["state"], v["waiting_for"], v["error"], tasks.join("; "))
+}
+
 /// One seeded run; returns the violated invariants. With `database` (PostgreSQL),
 /// two coordinators share it: clients alternate between them, workers know both,
 /// and the faults kill either.
@@ -320,6 +332,13 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
             (at, f)
         })
         .collect();
+    // CHAOS_SKEW_MS shifts every fault by as much, to explore the instants around a
+    // failing seed's (a slower machine reaches each step of a job later).
+    if let Some(skew) = std::env::var("CHAOS_SKEW_MS").ok().and_then(|s| s.parse::<i64>().ok()) {
+        for (at, _) in faults.iter_mut() {
+            *at = Duration::from_millis((at.as_millis() as i64 + skew).max(0) as u64);
+        }
+    }
     faults.sort_by_key(|f| f.0);
     let log = format!("seed {seed}: fault point {fault_point:?}, faults {faults:?}");
     eprintln!("chaos: {log}");
@@ -442,8 +461,14 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
         }
         if now > deadline {
             for j in &jobs {
-                let state = j.id.as_ref().map(|id| c.call("GET", &format!("/api/v1/jobs/{id}"), Some(&c.admin), None).1);
-                problems.push(format!("seed {seed}: job {:?}: did not end within 150 s (bounded end): {state:?}", j.id));
+                let Some(id) = &j.id else {
+                    problems.push(format!("seed {seed}: job {}: never submitted within 150 s (bounded end)", j.key));
+                    continue;
+                };
+                let (_, v) = c.call("GET", &format!("/api/v1/jobs/{id}"), Some(&c.admin), None);
+                if !matches!(v["state"].as_str(), Some("succeeded" | "failed" | "canceled")) || j.cancel_at.is_some() {
+                    problems.push(format!("seed {seed}: job {id} ({}): did not end within 150 s (bounded end): {}", j.key, stuck(&v)));
+                }
             }
             return problems;
         }
