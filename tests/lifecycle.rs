@@ -88,6 +88,16 @@ fn a_job_accepted_just_before_a_crash_is_still_probed() {
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 1, "one job for one key");
 }
 
+/// A probe whose run stops without recording its outcome (as one does when the
+/// apalis worker running it dies) is run again at the reconciler's next pass,
+/// not after its claim's 3-minute timeout, and the job succeeds.
+#[test]
+fn a_chore_that_lost_its_run_is_run_again_at_once() {
+    let (c, _w, id, _dir) = farm_with_a_job(coordinator::fault::LOSE_PROBE);
+    let job = c.wait_ended(&id, Duration::from_secs(60));
+    assert_outputs_complete(&c, &job);
+}
+
 /// An HTTP origin that answers every request with `response`, then closes.
 fn origin(response: &'static [u8]) -> String {
     use std::io::{Read, Write};

@@ -192,12 +192,27 @@ impl Chores {
     }
 }
 
+// A chore runs in a task of its own: an apalis worker that dies (its database
+// said busy) drops the futures it polls, and this one runs on to its outcome.
+
 async fn probe_and_plan(task: ProbeAndPlan, st: Data<AppState>) -> Result<(), BoxDynError> {
-    chores::probe_and_plan(&st, &task.job_id, task.seq).await.map_err(Into::into)
+    let (st, job) = ((*st).clone(), task.job_id.clone());
+    let run = tokio::spawn(async move { chores::probe_and_plan(&st, &job, task.seq).await });
+    run.await.map_err(|e| e.to_string()).and_then(|r| r).map_err(|e| lost(&task.job_id, "probe", e))
 }
 
 async fn finalize(task: Finalize, st: Data<AppState>) -> Result<(), BoxDynError> {
-    chores::finalize(&st, &task.job_id, task.seq).await.map_err(Into::into)
+    let (st, job) = ((*st).clone(), task.job_id.clone());
+    let run = tokio::spawn(async move { chores::finalize(&st, &job, task.seq).await });
+    run.await.map_err(|e| e.to_string()).and_then(|r| r).map_err(|e| lost(&task.job_id, "finalize", e))
+}
+
+/// A chore that could not record its outcome (the database refused, or it
+/// panicked): said, and left to the reconciler, which finds its claim without a
+/// run (`chores::Running`).
+fn lost(job: &str, chore: &str, e: String) -> BoxDynError {
+    proto::log!("coordinator: job {job}: {chore}: {e}");
+    e.into()
 }
 
 async fn deliver_webhook(task: DeliverWebhook, st: Data<AppState>) -> Result<(), BoxDynError> {
@@ -273,7 +288,10 @@ pub async fn run(st: AppState, pool: ChorePool, shutdown: impl std::future::Futu
                 .build(reconcile)
         })
         // A single SQLITE_BUSY kills an apalis worker; bring it back.
-        .should_restart(|_, _| true)
+        .should_restart(|worker, e| {
+            proto::log!("coordinator: chore worker {} stopped ({e}); restarting it", worker.name());
+            true
+        })
         .shutdown_timeout(Duration::from_secs(10));
     if let Err(e) = monitor
         .run_with_signal(async move {

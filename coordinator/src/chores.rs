@@ -12,8 +12,54 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use proto::profile::Profile;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The jobs whose chore runs in this process now, each with how many runs of
+/// it (a stale duplicate may run beside the current one). A run is entered
+/// before its claim and left after its outcome is recorded, on every path: an
+/// error, a panic, or its future dropped (an apalis worker that died under it).
+/// So a chore claimed by this coordinator whose job is not here has lost its run
+/// without recording an outcome, and the reconciler makes it due again at once
+/// (`Queue::rearm_lost_chores`) rather than after the claim's timeout.
+#[derive(Clone, Default)]
+pub struct Running(Arc<Mutex<HashMap<String, usize>>>);
+
+/// One run of a job's chore, in [`Running`] while it lives.
+pub struct RunningChore {
+    running: Running,
+    job: String,
+}
+
+impl Running {
+    pub fn enter(&self, job: &str) -> RunningChore {
+        *self.lock().entry(job.to_string()).or_default() += 1;
+        RunningChore { running: self.clone(), job: job.to_string() }
+    }
+
+    /// Whether a chore of `job` runs in this process now.
+    pub fn contains(&self, job: &str) -> bool {
+        self.lock().contains_key(job)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for RunningChore {
+    fn drop(&mut self) {
+        let mut runs = self.running.lock();
+        if let Some(n) = runs.get_mut(&self.job) {
+            *n -= 1;
+            if *n == 0 {
+                runs.remove(&self.job);
+            }
+        }
+    }
+}
 
 /// How a chore attempt ended, other than in success.
 enum Outcome {
@@ -58,9 +104,13 @@ impl Outcome {
 /// source fails the job with the engine's reason; other trouble is retried after a
 /// backoff, and the last attempt fails the job with its reason.
 pub async fn probe_and_plan(st: &AppState, job: &str, seq: i64) -> Result<(), String> {
+    let _running = st.chores_running.enter(job);
     let Some(claim) = st.queue.claim_chore(job, Chore::Probe, seq, &st.instance, now_ms()).await.map_err(|e| e.to_string())? else {
         return Ok(()); // not owed any more (canceled, retried), or a duplicate
     };
+    if crate::fault::lose(crate::fault::LOSE_PROBE) {
+        return Ok(());
+    }
     let outcome = match probe_and_plan_tasks(st, job).await {
         Ok((stored, probe, tasks)) => {
             if st.queue.plan_job(job, claim, stored.as_deref(), &probe, &tasks, now_ms()).await.map_err(|e| e.to_string())? {
@@ -300,6 +350,7 @@ fn chunked_tasks(plan: &proto::plan::Plan, cut: &proto::plan::ChunkPlan, encoder
 /// claim. A file missing or changed sends its task back to the queue; storage
 /// trouble is retried after a backoff.
 pub async fn finalize(st: &AppState, job: &str, seq: i64) -> Result<(), String> {
+    let _running = st.chores_running.enter(job);
     let Some(claim) = st.queue.claim_chore(job, Chore::Finalize, seq, &st.instance, now_ms()).await.map_err(|e| e.to_string())? else {
         return Ok(());
     };

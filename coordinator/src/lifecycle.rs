@@ -126,6 +126,14 @@ pub async fn reconcile(st: &AppState, at_start: bool) {
         Ok(_) => {}
         Err(e) => proto::log!("coordinator: lease reaper: {e}"),
     }
+    match st.queue.rearm_lost_chores(&st.instance, |job| st.chores_running.contains(job), now).await {
+        Ok(lost) => {
+            for job in lost {
+                proto::log!("coordinator: job {job}: its chore stopped before it recorded an outcome; due again");
+            }
+        }
+        Err(e) => proto::log!("coordinator: reconciler: looking for lost chores: {e}"),
+    }
     match st.queue.arm_chores(None, &st.instance, now).await {
         Ok(armed) => {
             for owed in &armed {

@@ -260,6 +260,7 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error 
         limits: cfg.limits,
         webhook_secret: Arc::new(webhook_secret),
         chores,
+        chores_running: Default::default(),
         gate: Default::default(),
         network: Arc::new(crate::fetch::NetPolicy::parse(&cfg.allow_network)?),
         instance: Arc::new(instance),

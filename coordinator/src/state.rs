@@ -79,6 +79,8 @@ pub struct AppState {
     pub webhook_secret: Arc<String>,
     /// Durable background chores (apalis).
     pub chores: crate::background::Chores,
+    /// The jobs whose chore runs in this process now (see `chores::Running`).
+    pub chores_running: crate::chores::Running,
     /// Per-caller caps on open streams, long polls and uploads.
     pub gate: crate::gate::Gate,
     /// Which networks caller-named URLs (sources, webhooks) may reach.

@@ -187,6 +187,46 @@ impl Queue {
         Ok(armed)
     }
 
+    /// Makes due at once the chores claimed by coordinator `me` whose run is no
+    /// longer in this process (`running` says which jobs' are): the run ended
+    /// without recording its outcome (an apalis worker died under it, or the
+    /// database refused the record). Otherwise they would wait out their claim's
+    /// timeout. The attempt counts, as a claim that died with its coordinator does.
+    /// Returns the jobs made due.
+    pub async fn rearm_lost_chores(&self, me: &str, running: impl Fn(&str) -> bool, now: i64) -> Result<Vec<String>> {
+        // A live claim is due in the future (its timeout); the index on due times
+        // keeps this to the chores armed or claimed lately.
+        let claimed = sql::query("SELECT id, chore_seq FROM jobs WHERE chore IS NOT NULL AND chore_due_at > $1 AND chore_claimed_by = $2")
+            .bind(now)
+            .bind(me)
+            .fetch_all(&mut self.read().await?)
+            .await?;
+        let mut lost = Vec::new();
+        for row in claimed {
+            let (job, seq): (String, i64) = (row.get(0), row.get(1));
+            // Runs enter `running` before they claim, so a claim read above whose
+            // job is not there now has ended; the seq keeps a newer claim out.
+            if running(&job) {
+                continue;
+            }
+            let rearmed = sql::query(
+                "UPDATE jobs SET chore_due_at = $4, chore_error = $5, updated_at = $4
+                 WHERE id = $1 AND chore IS NOT NULL AND chore_seq = $2 AND chore_claimed_by = $3",
+            )
+            .bind(&job)
+            .bind(seq)
+            .bind(me)
+            .bind(now)
+            .bind("its last run stopped before it recorded an outcome")
+            .execute(&mut self.auto())
+            .await?;
+            if rearmed.rows_affected() > 0 {
+                lost.push(job);
+            }
+        }
+        Ok(lost)
+    }
+
     /// Ended jobs whose staging area is owed a sweep: ended at least two lease TTLs
     /// ago, so no worker holding one of their leases can still be publishing.
     pub async fn unswept_jobs(&self, now: i64) -> Result<Vec<String>> {

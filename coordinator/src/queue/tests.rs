@@ -97,6 +97,7 @@ conformance!(
     a_probe_that_keeps_failing_backs_off_then_fails_the_job_with_its_reason,
     a_probe_waits_for_a_full_disk_without_spending_attempts_up_to_the_limit,
     a_chore_whose_coordinator_died_is_pushed_again_and_counts_as_an_attempt,
+    a_chore_whose_run_was_lost_here_is_due_again_at_once,
     cancel_during_a_probe_stops_the_job_and_cancel_plus_retry_plans_it_once,
     a_failed_job_stays_failed_and_reports_its_end_once,
     a_task_leased_before_its_job_ended_is_never_handed_out_after,
@@ -597,6 +598,37 @@ async fn a_chore_whose_coordinator_died_is_pushed_again_and_counts_as_an_attempt
     assert_eq!(j.state, "failed");
     assert!(j.error.unwrap().contains("failed 3 times: the coordinator running it stopped"));
     assert!(j.tasks.is_empty());
+}
+
+/// A chore this coordinator claimed whose run is no longer here (its future was
+/// dropped, or its outcome could not be written) is due again at the reconciler's
+/// next pass, not after its claim's timeout; a running one, another coordinator's
+/// and one whose outcome was recorded are left alone.
+async fn a_chore_whose_run_was_lost_here_is_due_again_at_once(q: Queue) {
+    let (lost, _) = q.create_job(&url_job(Some("lost")), T0).await.unwrap();
+    let (running, _) = q.create_job(&url_job(Some("running")), T0).await.unwrap();
+    let (failed, _) = q.create_job(&url_job(Some("failed")), T0).await.unwrap();
+    let (theirs, _) = q.create_job(&url_job(Some("theirs")), T0).await.unwrap();
+    claim(&q, &lost.id, Chore::Probe, T0).await.unwrap();
+    claim(&q, &running.id, Chore::Probe, T0).await.unwrap();
+    // This one recorded its outcome: due after its backoff, claimed by nobody.
+    let c = claim(&q, &failed.id, Chore::Probe, T0).await.unwrap();
+    assert!(q.chore_failed(&failed.id, Chore::Probe, c, None, "the origin said 503", T0).await.unwrap());
+    let seq = q.arm_chores(Some(&theirs.id), "other", T0).await.unwrap()[0].seq;
+    q.claim_chore(&theirs.id, Chore::Probe, seq, "other", T0).await.unwrap().unwrap();
+    q.coordinator_seen("other", T0).await.unwrap();
+
+    let now = T0 + 1_000;
+    let again = q.rearm_lost_chores("me", |job| job == running.id, now).await.unwrap();
+    assert_eq!(again, std::slice::from_ref(&lost.id));
+    assert!(q.rearm_lost_chores("me", |job| job == running.id, now).await.unwrap().is_empty(), "once");
+    // The reconciler's arming then pushes it again; the lost attempt counts.
+    let armed = q.arm_chores(Some(&lost.id), "me", now).await.unwrap();
+    assert_eq!(armed.len(), 1);
+    let j = q.job(&lost.id).await.unwrap().unwrap();
+    assert!(j.waiting_for.unwrap().contains("attempt 1 of 3 failed: its last run stopped before it recorded an outcome"));
+    let c = q.claim_chore(&lost.id, Chore::Probe, armed[0].seq, "me", now).await.unwrap().unwrap();
+    assert_eq!(c.attempt, 2);
 }
 
 async fn cancel_during_a_probe_stops_the_job_and_cancel_plus_retry_plans_it_once(q: Queue) {
