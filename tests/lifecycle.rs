@@ -98,6 +98,33 @@ fn a_chore_that_lost_its_run_is_run_again_at_once() {
     assert_outputs_complete(&c, &job);
 }
 
+/// Two coordinators redoing one promotion at once (the one that recorded the
+/// completion died, and its restart and another both find it overdue) on an
+/// external store: the MOVE of the one that comes second finds the staging area
+/// gone, and both see the task promoted, with every file in place.
+#[test]
+fn two_promotions_of_one_task_at_once_both_find_it_in_place() {
+    use coordinator::queue::TaskKind;
+    use coordinator::storage::{Store, output_dir, staging_dir};
+    let nginx = Nginx::start();
+    let spool = Dir::new();
+    let store = Store::remote(spool.path("spool"), &nginx.url, Some(Nginx::AUTHORIZATION.into())).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let names = ["240p.mp4", "index.m3u8", "rendition.json"];
+    for round in 0..10 {
+        let job = format!("job{round}");
+        for (i, name) in names.iter().enumerate() {
+            rt.block_on(store.write(&format!("{}/{name}", staging_dir(&job, "240p", 1)), vec![b'x'; 1000 + i])).unwrap();
+        }
+        let promote = || store.promote(&job, TaskKind::Transcode, "240p", 1, names[0], &names);
+        let (a, b) = rt.block_on(async { tokio::join!(promote(), promote()) });
+        let want: Vec<Option<u64>> = (0..names.len()).map(|i| Some(1000 + i as u64)).collect();
+        assert_eq!(a.unwrap(), want, "round {round}");
+        assert_eq!(b.unwrap(), want, "round {round}");
+        assert!(nginx.root.join(output_dir(&job, TaskKind::Transcode, "240p")).join(names[0]).exists());
+    }
+}
+
 /// An HTTP origin that answers every request with `response`, then closes.
 fn origin(response: &'static [u8]) -> String {
     use std::io::{Read, Write};

@@ -340,6 +340,16 @@ impl Store {
                         r.mkcol_parents(&final_dir).await?;
                     }
                     let resp = r.send("MOVE", &from, Some(("destination", &dest)), None).await?;
+                    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                        // Gone since the HEAD: another coordinator redoing this promotion
+                        // moved it first. Its files in place are the promotion; until
+                        // they all are, it stays owed.
+                        let sizes = self.sizes(&final_dir, names).await?;
+                        if sizes.iter().any(Option::is_none) {
+                            return Err(r.error("MOVE", &from, "HTTP 404, and the files are not in place yet".into()));
+                        }
+                        return Ok(sizes);
+                    }
                     r.expect_ok("MOVE", &from, &resp)?;
                     // No PROPFIND on nginx: earlier epochs are the only other attempts.
                     for e in 1..epoch {
