@@ -12,7 +12,8 @@
 //!
 //! CI runs the fixed seeds below; `CHAOS_RUNS=N` runs N seeds from `CHAOS_SEED`
 //! (default 1). A failure names the seed, the job and the invariant; replay it with
-//! `CHAOS_SEED=S CHAOS_RUNS=1 cargo test -p drake --test chaos`.
+//! `CHAOS_SEED=S CHAOS_RUNS=1 cargo test -p drake --test chaos`, and explore the
+//! instants around it with `CHAOS_SKEW_MS=MS` (every fault that much later, or earlier).
 
 mod common;
 
