@@ -9,6 +9,13 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Duration;
 
+/// How long a request without a body (MKCOL) may wait for its answer: a store
+/// that takes a connection and never answers must not hold a task, whose
+/// heartbeats go on while it publishes, for good.
+const ANSWER_WITHIN: Duration = Duration::from_secs(120);
+/// A MOVE may be a copy on stores without renames (object stores behind WebDAV).
+const MOVE_WITHIN: Duration = Duration::from_secs(900);
+
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("reading the local output: {0}")]
@@ -135,7 +142,7 @@ impl<'a> Dav<'a> {
     /// false when its parent is missing (409).
     async fn mkcol(&self, path: &str) -> Result<bool, PublishError> {
         let url = self.url(&format!("{path}/"));
-        let req = self.http.request(reqwest::Method::from_bytes(b"MKCOL").expect("method"), &url);
+        let req = self.http.request(reqwest::Method::from_bytes(b"MKCOL").expect("method"), &url).timeout(ANSWER_WITHIN);
         let resp = self.send("MKCOL", &url, req).await?;
         match resp.status().as_u16() {
             405 => Ok(true),
@@ -177,7 +184,8 @@ impl<'a> Dav<'a> {
             .http
             .request(reqwest::Method::from_bytes(b"MOVE").expect("method"), &temp)
             .header("destination", &dest)
-            .header("overwrite", "T");
+            .header("overwrite", "T")
+            .timeout(MOVE_WITHIN);
         let resp = self.send("MOVE", &temp, req).await?;
         if !resp.status().is_success() {
             return Err(PublishError::Http { method: "MOVE", url: temp, message: format!("HTTP {}", resp.status()) });
