@@ -578,7 +578,8 @@ async fn seed(db: &std::path::Path, jobs: i64) -> String {
     sqlx::query(
         "UPDATE jobs SET probe = '{\"container\":\"mov,mp4\",\"duration\":60.0,\"bitrate\":2000000,\"size_bytes\":15000000,\"streams\":[]}',
                          state = CASE abs(random()) % 7 WHEN 0 THEN 'failed' WHEN 1 THEN 'canceled' WHEN 2 THEN 'running' WHEN 3 THEN 'queued' ELSE 'succeeded' END,
-                         error = 'bad input: the source cannot be read to its end', updated_at = created_at + 40000",
+                         error = 'bad input: the source cannot be read to its end', updated_at = created_at + 40000,
+                         chore = NULL",
     )
     .execute(pool)
     .await

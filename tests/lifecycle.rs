@@ -111,6 +111,7 @@ fn two_promotions_of_one_task_at_once_both_find_it_in_place() {
     let store = Store::remote(spool.path("spool"), &nginx.url, Some(Nginx::AUTHORIZATION.into())).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let names = ["240p.mp4", "index.m3u8", "rendition.json"];
+    let want: Vec<Option<u64>> = (0..names.len()).map(|i| Some(1000 + i as u64)).collect();
     for round in 0..10 {
         let job = format!("job{round}");
         for (i, name) in names.iter().enumerate() {
@@ -118,10 +119,10 @@ fn two_promotions_of_one_task_at_once_both_find_it_in_place() {
         }
         let promote = || store.promote(&job, TaskKind::Transcode, "240p", 1, names[0], &names);
         let (a, b) = rt.block_on(async { tokio::join!(promote(), promote()) });
-        let want: Vec<Option<u64>> = (0..names.len()).map(|i| Some(1000 + i as u64)).collect();
         assert_eq!(a.unwrap(), want, "round {round}");
         assert_eq!(b.unwrap(), want, "round {round}");
         assert!(nginx.root.join(output_dir(&job, TaskKind::Transcode, "240p")).join(names[0]).exists());
+        assert_eq!(rt.block_on(promote()).unwrap(), want, "round {round}: promoted once and for all");
     }
 }
 

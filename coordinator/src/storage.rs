@@ -346,7 +346,7 @@ impl Store {
                         // they all are, it stays owed.
                         let sizes = self.sizes(&final_dir, names).await?;
                         if sizes.iter().any(Option::is_none) {
-                            return Err(r.error("MOVE", &from, "HTTP 404, and the files are not in place yet".into()));
+                            return Err(r.error("MOVE", &from, "HTTP 404: another promotion of it is moving its files".into()));
                         }
                         return Ok(sizes);
                     }
