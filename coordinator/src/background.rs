@@ -192,27 +192,30 @@ impl Chores {
     }
 }
 
-// A chore runs in a task of its own: an apalis worker that dies (its database
-// said busy) drops the futures it polls, and this one runs on to its outcome.
-
 async fn probe_and_plan(task: ProbeAndPlan, st: Data<AppState>) -> Result<(), BoxDynError> {
     let (st, job) = ((*st).clone(), task.job_id.clone());
-    let run = tokio::spawn(async move { chores::probe_and_plan(&st, &job, task.seq).await });
-    run.await.map_err(|e| e.to_string()).and_then(|r| r).map_err(|e| lost(&task.job_id, "probe", e))
+    detached(&task.job_id, "probe", async move { chores::probe_and_plan(&st, &job, task.seq).await }).await
 }
 
 async fn finalize(task: Finalize, st: Data<AppState>) -> Result<(), BoxDynError> {
     let (st, job) = ((*st).clone(), task.job_id.clone());
-    let run = tokio::spawn(async move { chores::finalize(&st, &job, task.seq).await });
-    run.await.map_err(|e| e.to_string()).and_then(|r| r).map_err(|e| lost(&task.job_id, "finalize", e))
+    detached(&task.job_id, "finalize", async move { chores::finalize(&st, &job, task.seq).await }).await
 }
 
-/// A chore that could not record its outcome (the database refused, or it
-/// panicked): said, and left to the reconciler, which finds its claim without a
-/// run (`chores::Running`).
-fn lost(job: &str, chore: &str, e: String) -> BoxDynError {
-    proto::log!("coordinator: job {job}: {chore}: {e}");
-    e.into()
+/// Runs a chore in a task of its own: an apalis worker that dies (its database
+/// said busy) drops the futures it polls, and this one runs on to its outcome.
+/// One that could not record its outcome (the database refused, or it panicked)
+/// is said, and left to the reconciler, which finds its claim without a run
+/// (`chores::Running`).
+async fn detached(
+    job: &str,
+    chore: &str,
+    run: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
+) -> Result<(), BoxDynError> {
+    tokio::spawn(run).await.map_err(|e| e.to_string()).and_then(|r| r).map_err(|e| {
+        proto::log!("coordinator: job {job}: {chore}: {e}");
+        e.into()
+    })
 }
 
 async fn deliver_webhook(task: DeliverWebhook, st: Data<AppState>) -> Result<(), BoxDynError> {
