@@ -479,20 +479,29 @@ fn pages_cost_no_more_with_five_thousand_jobs_than_with_five_hundred() {
         ]
     };
     let (small_pages, big_pages) = (pages(&small.2), pages(&big.2));
-    let mut report = Vec::new();
-    for ((s, _), (b, bound)) in small_pages.iter().zip(&big_pages) {
-        // Interleaved, so a noisy moment hits both farms alike. The least of each:
-        // the browser tests that run alongside can only add to a page's time, and
-        // a burst of theirs once made a median ×3.6 (41.4 ms against 11.5).
-        let (mut ms, mut mb) = (f64::MAX, f64::MAX);
-        for _ in 0..7 {
-            ms = ms.min(page_time(&small.0, &small.1, s));
-            mb = mb.min(page_time(&big.0, &big.1, b));
+    // The least of seven times each. The two farms are interleaved, so a noisy
+    // moment hits both alike, and each round goes through every page, so one
+    // page's seven times are seconds apart: the browser tests that run alongside
+    // can only add to a page's time, and a burst of theirs once made a median
+    // ×3.6 (41.4 ms against 11.5), then a least of seven taken within half a
+    // second ×4.2 (44.1 ms against 10.4).
+    let mut least = vec![(f64::MAX, f64::MAX); small_pages.len()];
+    for _ in 0..7 {
+        for (((s, _), (b, _)), (ms, mb)) in small_pages.iter().zip(&big_pages).zip(&mut least) {
+            *ms = ms.min(page_time(&small.0, &small.1, s));
+            *mb = mb.min(page_time(&big.0, &big.1, b));
         }
+    }
+    let mut report = Vec::new();
+    let mut over = Vec::new();
+    for (((s, _), (b, bound)), (ms, mb)) in small_pages.iter().zip(&big_pages).zip(&least) {
         let ratio = mb / ms.max(0.001);
         report.push(format!("{s}: {:.1} ms at 500 jobs, {:.1} ms at 5,000 (×{ratio:.2})", ms * 1000.0, mb * 1000.0));
-        assert!(ratio < *bound, "{b} costs ×{ratio:.2} more at 5,000 jobs than at 500 ({:.1} ms vs {:.1} ms)", mb * 1000.0, ms * 1000.0);
+        if ratio >= *bound {
+            over.push(format!("{b} costs ×{ratio:.2} more at 5,000 jobs than at 500 ({:.1} ms vs {:.1} ms)", mb * 1000.0, ms * 1000.0));
+        }
     }
+    assert!(over.is_empty(), "{}\nall pages:\n{}", over.join("\n"), report.join("\n"));
     let (farm, cookie, _) = &big;
     let (_, _, jobs) = http("GET", &format!("{}/jobs", farm.url), &[cookie], None);
     assert!(jobs.contains("5000 jobs · page 1 of 100"), "paged, not all at once");
@@ -584,6 +593,9 @@ async fn seed(db: &std::path::Path, jobs: i64) -> String {
     .execute(pool)
     .await
     .unwrap();
+    // Ended an hour ago at most, their staging areas were swept long since: the
+    // big farm swept 3,500 of them, a hundred a second, while its pages were timed.
+    sqlx::query("UPDATE jobs SET swept = 1 WHERE state IN ('succeeded', 'failed', 'canceled')").execute(pool).await.unwrap();
     sqlx::query(
         "UPDATE tasks SET state = (SELECT CASE j.state WHEN 'running' THEN 'running' WHEN 'queued' THEN 'queued' WHEN 'succeeded' THEN 'succeeded' ELSE 'failed' END FROM jobs j WHERE j.id = tasks.job_id),
                           progress = 0.5, leased_at = created_at + 1000, finished_at = created_at + 30000,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sql::Exec;
 use sqlx::Executor;
 use sqlx::{AnyConnection, AnyPool, any::AnyPoolOptions};
+use std::collections::HashMap;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -496,7 +497,7 @@ pub struct Queue {
 /// a kept one is never stale, and a completion through another coordinator reads
 /// its own. Taken on use; bounded by emptying it when full.
 #[derive(Default)]
-struct Targets(std::sync::Mutex<std::collections::HashMap<String, TaskTarget>>);
+struct Targets(std::sync::Mutex<HashMap<String, TaskTarget>>);
 
 impl Targets {
     /// A few times the tasks a large farm holds at once.
@@ -1286,13 +1287,7 @@ impl Queue {
                 .bind(pipeline)
                 .fetch_all(&mut self.read().await?)
                 .await?;
-        let mut jobs = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(j) = self.job(&id).await? {
-                jobs.push(j);
-            }
-        }
-        Ok(jobs)
+        self.jobs_by_id(&ids).await
     }
 
     /// What a transition's follow-up needs to know of a job, in one statement: its
@@ -1319,68 +1314,105 @@ impl Queue {
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<Job>> {
-        let Some(row) = sql::query("SELECT id, state, profile, source, callback_url, priority, error, created_at, updated_at, outputs, probe, pipeline, captions FROM jobs WHERE id = $1").bind(id).fetch_optional(&mut self.read().await?).await? else {
-            return Ok(None);
+        Ok(self.jobs_by_id(&[id.to_string()]).await?.pop())
+    }
+
+    /// The views of jobs `ids`, in that order (an id with no job is left out), in
+    /// three statements however many there are, plus [`Queue::waiting_for`]'s for
+    /// each live one. A page of the job list read each job on its own: about 250
+    /// statements, each a hand-off to a pooled connection's thread.
+    async fn jobs_by_id(&self, ids: &[String]) -> Result<Vec<Job>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = (1..=ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let bind_all = |mut q: sql::Query| {
+            for id in ids {
+                q = q.bind(id);
+            }
+            q
         };
-        let tasks = sql::query(
-            "SELECT id, kind, rendition, state, progress, attempts, worker_id, error, log_tail, queued_at, leased_at, finished_at, result, name, chunk FROM tasks WHERE job_id = $1 ORDER BY seq",
-        )
-        .bind(id)
-        .fetch_all(&mut self.read().await?)
+        let mut conn = self.read().await?;
+        let rows = bind_all(sql::query(format!(
+            "SELECT id, state, profile, source, callback_url, priority, error, created_at, updated_at, outputs, probe, pipeline, captions FROM jobs WHERE id IN ({list})"
+        )))
+        .fetch_all(&mut conn)
+        .await?;
+        let mut tasks: HashMap<String, Vec<Task>> = HashMap::new();
+        for t in bind_all(sql::query(format!(
+            "SELECT id, kind, rendition, state, progress, attempts, worker_id, error, log_tail, queued_at, leased_at, finished_at, result, name, chunk, job_id FROM tasks WHERE job_id IN ({list}) ORDER BY job_id, seq"
+        )))
+        .fetch_all(&mut conn)
         .await?
-        .into_iter()
-        .map(|t| {
-            // The child's times, from the worker's report.
-            let result: Option<serde_json::Value> = t.get::<Option<String>, _>(12).and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok());
-            let child = |k: &str| result.as_ref().and_then(|r| r["timing"][k].as_i64());
-            Task {
-            id: t.get(0),
-            kind: parse_kind(&t.get::<String, _>(1)),
-            rendition: t.get(2),
-            name: t.get(13),
-            chunk: t.get::<Option<i64>, _>(14).map(|c| c as u32),
-            state: t.get(3),
-            progress: t.get(4),
-            attempts: t.get(5),
-            worker: t.get(6),
-            error: t.get(7),
-            log_tail: t.get(8),
-            timing: TaskTiming {
-                queued_at: t.get(9),
-                leased_at: t.get(10),
-                finished_at: t.get(11),
-                child_started_at: child("child_started_at"),
-                child_exited_at: child("child_exited_at"),
-            },
-        }})
-        .collect::<Vec<_>>();
-        let requires_tags: Vec<String> = sql::query_scalar("SELECT tag FROM job_tags WHERE job_id = $1 ORDER BY tag")
-            .bind(id)
-            .fetch_all(&mut self.read().await?)
-            .await?;
-        let json = |v: Option<String>| v.and_then(|t| serde_json::from_str(&t).ok());
-        // An ended job waits for nothing; only a live one costs the lookups.
-        let waiting_for = if is_terminal(&row.get::<String, _>(1)) { None } else { self.waiting_for(id).await? };
-        Ok(Some(Job {
-            id: row.get(0),
-            state: row.get(1),
-            pipeline: row.get(11),
-            profile: row.get(2),
-            source: row.get(3),
-            callback_url: row.get(4),
-            priority: row.get(5),
-            requires_tags,
-            captions: row.get::<Option<String>, _>(12).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default(),
-            error: row.get(6),
-            created_at: row.get(7),
-            updated_at: row.get(8),
-            playable: tasks.iter().any(|t| matches!(t.kind, TaskKind::Transcode | TaskKind::Join) && t.state == "succeeded"),
-            outputs: json(row.get(9)),
-            probe: json(row.get(10)),
-            waiting_for,
-            chunks: ChunksView::of(&tasks),
-            tasks,
-        }))
+        {
+            tasks.entry(t.get(15)).or_default().push(task_view(&t));
+        }
+        let mut tags: HashMap<String, Vec<String>> = HashMap::new();
+        for r in bind_all(sql::query(format!("SELECT job_id, tag FROM job_tags WHERE job_id IN ({list}) ORDER BY job_id, tag")))
+            .fetch_all(&mut conn)
+            .await?
+        {
+            tags.entry(r.get(0)).or_default().push(r.get(1));
+        }
+        drop(conn);
+        let mut by_id: HashMap<String, Job> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.get(0);
+            let tasks = tasks.remove(&id).unwrap_or_default();
+            let json = |v: Option<String>| v.and_then(|t| serde_json::from_str(&t).ok());
+            // An ended job waits for nothing; only a live one costs the lookups.
+            let waiting_for = if is_terminal(&row.get::<String, _>(1)) { None } else { self.waiting_for(&id).await? };
+            let job = Job {
+                state: row.get(1),
+                pipeline: row.get(11),
+                profile: row.get(2),
+                source: row.get(3),
+                callback_url: row.get(4),
+                priority: row.get(5),
+                requires_tags: tags.remove(&id).unwrap_or_default(),
+                captions: row.get::<Option<String>, _>(12).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default(),
+                error: row.get(6),
+                created_at: row.get(7),
+                updated_at: row.get(8),
+                playable: tasks.iter().any(|t| matches!(t.kind, TaskKind::Transcode | TaskKind::Join) && t.state == "succeeded"),
+                outputs: json(row.get(9)),
+                probe: json(row.get(10)),
+                waiting_for,
+                chunks: ChunksView::of(&tasks),
+                tasks,
+                id: id.clone(),
+            };
+            by_id.insert(id, job);
+        }
+        Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+    }
+}
+
+/// A task's view from a row of `id, kind, rendition, state, progress, attempts,
+/// worker_id, error, log_tail, queued_at, leased_at, finished_at, result, name, chunk`.
+fn task_view(t: &sql::Row) -> Task {
+    // The child's times, from the worker's report.
+    let result: Option<serde_json::Value> = t.get::<Option<String>, _>(12).and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok());
+    let child = |k: &str| result.as_ref().and_then(|r| r["timing"][k].as_i64());
+    Task {
+        id: t.get(0),
+        kind: parse_kind(&t.get::<String, _>(1)),
+        rendition: t.get(2),
+        name: t.get(13),
+        chunk: t.get::<Option<i64>, _>(14).map(|c| c as u32),
+        state: t.get(3),
+        progress: t.get(4),
+        attempts: t.get(5),
+        worker: t.get(6),
+        error: t.get(7),
+        log_tail: t.get(8),
+        timing: TaskTiming {
+            queued_at: t.get(9),
+            leased_at: t.get(10),
+            finished_at: t.get(11),
+            child_started_at: child("child_started_at"),
+            child_exited_at: child("child_exited_at"),
+        },
     }
 }
 
