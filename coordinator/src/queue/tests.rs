@@ -91,6 +91,7 @@ conformance!(
     bad_input_fails_the_job_at_once,
     cancel_reaches_running_tasks_through_heartbeats,
     idempotency_keys_return_the_same_job,
+    a_page_of_jobs_is_each_jobs_own_view_newest_first,
     tasks_go_only_to_workers_with_the_encoder,
     bundles_split_a_jobs_renditions_over_the_free_workers,
     a_short_clip_is_not_queued_behind_a_long_film,
@@ -370,6 +371,33 @@ async fn idempotency_keys_return_the_same_job(q: Queue) {
     let (a, created_a) = q.create_job(&new, T0).await.unwrap();
     let (b, created_b) = q.create_job(&new, T0 + 5).await.unwrap();
     assert_eq!((a.id, created_a, created_b), (b.id, true, false));
+}
+
+async fn a_page_of_jobs_is_each_jobs_own_view_newest_first(q: Queue) {
+    // A page is read in a few statements for all its jobs (`Queue::jobs_by_id`):
+    // each job must get its own tasks and tags, in the page's order.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let new = NewJob { requires_tags: (0..i % 3).map(|t| format!("tag{t}")).collect(), ..web_job() };
+        let (job, _) = q.create_job(&new, T0 + i).await.unwrap();
+        let tasks: Vec<NewTask> = ["240p", "360p", "720p"][..1 + i as usize % 3].iter().map(|r| NewTask::transcode(r, None)).collect();
+        q.add_tasks(&job.id, &tasks, T0 + i).await.unwrap();
+        ids.push(job.id);
+    }
+    q.cancel_job(&ids[1], T0 + 10).await.unwrap();
+    let page = q.list_jobs(None, 0, 3).await.unwrap();
+    let newest: Vec<&String> = ids.iter().rev().take(3).collect();
+    assert_eq!(page.iter().map(|j| &j.id).collect::<Vec<_>>(), newest);
+    for j in page.iter().chain(&q.list_jobs(None, 1, 3).await.unwrap()) {
+        assert_eq!(Some(j), q.job(&j.id).await.unwrap().as_ref());
+    }
+    let last = q.list_jobs(None, 1, 3).await.unwrap();
+    assert_eq!(last.iter().map(|j| &j.id).collect::<Vec<_>>(), [&ids[1], &ids[0]]);
+    assert_eq!((last[0].state.as_str(), last[0].tasks.len(), last[0].requires_tags.as_slice()), ("canceled", 2, &["tag0".to_string()][..]));
+    assert_eq!(page[0].tasks.iter().map(|t| t.rendition.as_deref().unwrap()).collect::<Vec<_>>(), ["240p", "360p"]);
+    assert_eq!(page[0].requires_tags, ["tag0"]);
+    assert!(page[0].waiting_for.is_some() && last[0].waiting_for.is_none());
+    assert_eq!(q.list_jobs(Some("canceled"), 0, 50).await.unwrap().iter().map(|j| &j.id).collect::<Vec<_>>(), [&ids[1]]);
 }
 
 async fn tasks_go_only_to_workers_with_the_encoder(q: Queue) {
