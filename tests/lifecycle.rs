@@ -98,19 +98,30 @@ fn a_chore_that_lost_its_run_is_run_again_at_once() {
     assert_outputs_complete(&c, &job);
 }
 
-/// Two coordinators redoing one promotion at once (the one that recorded the
-/// completion died, and its restart and another both find it overdue) on an
-/// external store: the MOVE of the one that comes second finds the staging area
-/// gone, and both see the task promoted, with every file in place.
+/// Two promotions of one task at once, and both see it promoted, with every file
+/// in place. On an external store, two coordinators redo one promotion (the one
+/// that recorded the completion died, and its restart and another both find it
+/// overdue): the MOVE of the one that comes second finds the staging area gone. On
+/// a local store, the reply path and the reconciler (the promotion outlasted its
+/// deadline) take turns: the second once removed the first one's files.
 #[test]
 fn two_promotions_of_one_task_at_once_both_find_it_in_place() {
-    use coordinator::queue::TaskKind;
-    use coordinator::storage::{Store, output_dir, staging_dir};
+    use coordinator::storage::Store;
     let nginx = Nginx::start();
     let spool = Dir::new();
-    let store = Store::remote(spool.path("spool"), &nginx.url, Some(Nginx::AUTHORIZATION.into())).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let names = ["240p.mp4", "index.m3u8", "rendition.json"];
+    let remote = Store::remote(spool.path("spool"), &nginx.url, Some(Nginx::AUTHORIZATION.into())).unwrap();
+    promote_twice_at_once(&remote, &nginx.root, 3);
+    let local = Dir::new();
+    // More than a few files, so that each promotion runs on a blocking thread.
+    promote_twice_at_once(&Store::local(local.path("storage")), &local.path("storage"), 40);
+}
+
+fn promote_twice_at_once(store: &coordinator::storage::Store, root: &std::path::Path, files: usize) {
+    use coordinator::queue::TaskKind;
+    use coordinator::storage::{output_dir, staging_dir};
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let names: Vec<String> = (0..files).map(|i| format!("f{i:03}.m4s")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let want: Vec<Option<u64>> = (0..names.len()).map(|i| Some(1000 + i as u64)).collect();
     for round in 0..10 {
         let job = format!("job{round}");
@@ -121,7 +132,7 @@ fn two_promotions_of_one_task_at_once_both_find_it_in_place() {
         let (a, b) = rt.block_on(async { tokio::join!(promote(), promote()) });
         assert_eq!(a.unwrap(), want, "round {round}");
         assert_eq!(b.unwrap(), want, "round {round}");
-        assert!(nginx.root.join(output_dir(&job, TaskKind::Transcode, "240p")).join(names[0]).exists());
+        assert!(root.join(output_dir(&job, TaskKind::Transcode, "240p")).join(names[0]).exists());
         assert_eq!(rt.block_on(promote()).unwrap(), want, "round {round}: promoted once and for all");
     }
 }

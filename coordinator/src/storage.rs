@@ -51,6 +51,42 @@ pub struct Store {
     /// uploads are spooled (`uploads/`) before they are stored.
     root: PathBuf,
     remote: Option<Arc<Remote>>,
+    /// The local promotions under way, by task output directory.
+    promoting: Arc<Promoting>,
+}
+
+/// Local promotions of one task go one at a time. The reply path and the
+/// reconciler can promote one task at once (a promotion that outlasts its
+/// deadline is redone); each removes what is at the target before its rename, so
+/// the second removed the first one's promoted files, then found no staging area
+/// to rename, and the task ran again. One after the other, the second finds the
+/// staging area gone and the files in place. A local store has one coordinator,
+/// so a lock in the process is enough (a remote store's MOVE answers 404 instead).
+#[derive(Default)]
+struct Promoting(std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+/// One task's turn to promote; the last to hold it forgets the lock.
+struct PromotingTurn {
+    promoting: Arc<Promoting>,
+    dir: String,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Promoting {
+    async fn turn(self: &Arc<Self>, dir: &str) -> PromotingTurn {
+        let lock = self.0.lock().expect("promotions' lock").entry(dir.to_string()).or_default().clone();
+        PromotingTurn { promoting: self.clone(), dir: dir.to_string(), _held: lock.lock_owned().await }
+    }
+}
+
+impl Drop for PromotingTurn {
+    fn drop(&mut self) {
+        let mut locks = self.promoting.0.lock().expect("promotions' lock");
+        // The map's and this turn's own: nobody else holds or waits for it.
+        if locks.get(&self.dir).is_some_and(|l| Arc::strong_count(l) == 2) {
+            locks.remove(&self.dir);
+        }
+    }
 }
 
 /// An external WebDAV server.
@@ -85,7 +121,7 @@ impl StoreError {
 
 impl Store {
     pub fn local(root: PathBuf) -> Store {
-        Store { root, remote: None }
+        Store { root, remote: None, promoting: Arc::default() }
     }
 
     /// Storage on an external WebDAV server; `root` still spools uploads.
@@ -95,7 +131,7 @@ impl Store {
         }
         let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
         let remote = Remote { base: base.trim_end_matches('/').to_string(), authorization, http };
-        Ok(Store { root, remote: Some(Arc::new(remote)) })
+        Ok(Store { root, remote: Some(Arc::new(remote)), promoting: Arc::default() })
     }
 
     pub fn is_remote(&self) -> bool {
@@ -306,6 +342,7 @@ impl Store {
         let staging = staging_dir(job, name, epoch);
         match &self.remote {
             None => {
+                let _turn = self.promoting.turn(&final_dir).await;
                 let root = self.root.clone();
                 let (first, names) = (first.to_string(), names.iter().map(|n| n.to_string()).collect::<Vec<_>>());
                 let (job, name) = (job.to_string(), name.to_string());
