@@ -801,6 +801,42 @@ fn thumbnails_skip_black_frames_and_the_storyboard_covers_the_video() {
     }
 }
 
+/// A cover photo from a phone is stored as its sensor saw it, with an EXIF tag
+/// saying how to turn it upright (6: a quarter turn clockwise). Its poster is
+/// upright, as every picture viewer shows it; libav's decoder ignores the tag.
+#[test]
+fn a_cover_photo_is_turned_upright_by_its_exif_orientation() {
+    let dir = Dir::new();
+    let (png, jpeg) = (dir.s("cover.png"), dir.s("cover.jpg"));
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=300x200:d=1", "-frames:v", "1", &png]);
+    ffmpeg(&["-i", &png, &jpeg]);
+    let plain = std::fs::read(&jpeg).unwrap();
+    // APP1 "Exif", big-endian TIFF, one IFD entry: Orientation (0x0112), SHORT, 6.
+    let exif: &[u8] = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0\x06\0\0\0\0\0\0";
+    let mut turned = plain[..2].to_vec();
+    turned.extend_from_slice(&[0xff, 0xe1, 0, (exif.len() + 2) as u8]);
+    turned.extend_from_slice(exif);
+    turned.extend_from_slice(&plain[2..]);
+    let turned_jpeg = dir.s("turned.jpg");
+    std::fs::write(&turned_jpeg, &turned).unwrap();
+    for (cover, upright) in [(&jpeg, false), (&turned_jpeg, true)] {
+        let song = dir.s(&format!("song-{upright}.mp3"));
+        ffmpeg(&["-f", "lavfi", "-i", "sine=d=3", "-i", cover, "-map", "0", "-map", "1", "-c:a", "libmp3lame", "-c:v", "copy", &song]);
+        let out = dir.path(&format!("thumbs-{upright}"));
+        drake_ok(&["thumbnails", &song, "--out", out.to_str().unwrap()]);
+        let t: Value = serde_json::from_slice(&std::fs::read(out.join("thumbnails.json")).unwrap()).unwrap();
+        let poster = image::open(out.join("poster.jpg")).unwrap().to_rgb8();
+        // testsrc2's red bar is at its left; a quarter turn clockwise puts it on top.
+        let (size, red_at) = if upright { ((200, 300), (49, 20)) } else { ((300, 200), (20, 150)) };
+        assert_eq!((&t["poster"]["width"], &t["poster"]["height"]), (&json!(size.0), &json!(size.1)), "{t}");
+        assert_eq!(poster.dimensions(), size);
+        let px = poster.get_pixel(red_at.0, red_at.1);
+        assert!(px[0] > 180 && px[1] < 80 && px[2] < 80, "upright {upright}: {px:?}");
+        let tile = &t["storyboard"];
+        assert!(tile["tile_width"].as_u64() < tile["tile_height"].as_u64() || !upright, "the storyboard's tile is upright too: {tile}");
+    }
+}
+
 #[test]
 fn thumbnails_that_fail_in_a_transcode_do_not_cost_its_renditions() {
     let dir = Dir::new();

@@ -612,21 +612,26 @@ pub fn attached_picture(s: &ff::format::stream::Stream) -> Option<ff::frame::Vid
     if !(1..=MAX_ATTACHED_SIDE).contains(&p.width) || !(1..=MAX_ATTACHED_SIDE).contains(&p.height) {
         return None;
     }
-    // SAFETY: attached_pic is a packet the open input owns for this stream; its
-    // data is `size` bytes (or null when empty), copied before it is used.
-    let data = unsafe {
-        let pic = &(*s.as_ptr()).attached_pic;
-        if pic.data.is_null() || pic.size <= 0 {
-            return None;
-        }
-        std::slice::from_raw_parts(pic.data, pic.size as usize).to_vec()
-    };
+    let data = attached_picture_data(s)?;
     let mut decoder = video_decoder(s).ok()?;
     decoder.send_packet(&ff::Packet::copy(&data)).ok()?;
     decoder.send_eof().ok()?;
     let mut frame = ff::frame::Video::empty();
     decoder.receive_frame(&mut frame).ok()?;
     Some(frame)
+}
+
+/// The encoded bytes of stream `s`'s attached picture (a cover), if it has one.
+pub fn attached_picture_data(s: &ff::format::stream::Stream) -> Option<Vec<u8>> {
+    // SAFETY: attached_pic is a packet the open input owns for this stream; its
+    // data is `size` bytes (or null when empty), copied before it is used.
+    unsafe {
+        let pic = &(*s.as_ptr()).attached_pic;
+        if pic.data.is_null() || pic.size <= 0 {
+            return None;
+        }
+        Some(std::slice::from_raw_parts(pic.data, pic.size as usize).to_vec())
+    }
 }
 
 /// How many bytes an input's reads have fetched so far (0 for an input libav

@@ -12,7 +12,8 @@ use crate::files::{self, Staging};
 use ff::software::scaling;
 use ff::{Packet, Rational, Rescale, decoder, filter, format, frame};
 use ffmpeg_next as ff;
-use image::{RgbImage, imageops};
+use image::metadata::Orientation;
+use image::{ImageDecoder as _, RgbImage, imageops};
 use proto::probe::VideoStream;
 use proto::report::{Image, Storyboard, ThumbnailsReport};
 use std::fmt::Write as _;
@@ -77,8 +78,12 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
 pub fn cover(ictx: &format::context::Input, index: usize, duration: f64) -> Result<Collector> {
     let ist = ictx.stream(index).ok_or_else(|| EngineError::bad(format!("the source has no stream {index}")))?;
     let picture = av::attached_picture(&ist).ok_or_else(|| EngineError::bad("the cover picture does not decode"))?;
-    let size = (picture.width(), picture.height());
-    let mut collector = Collector::of_pictures(size, 0, av::params(&ist), duration, 1, duration.max(0.04))?;
+    // A photo from a phone is stored as the sensor saw it, with an EXIF tag saying
+    // how to turn it upright (libav's decoder ignores it, as viewers do not).
+    let orientation = av::attached_picture_data(&ist).map_or(Orientation::NoTransforms, |data| exif_orientation(&data));
+    let (w, h) = (picture.width(), picture.height());
+    let size = if swaps_sides(orientation) { (h, w) } else { (w, h) };
+    let mut collector = Collector::of_oriented_pictures(size, orientation, av::params(&ist), duration, 1, duration.max(0.04))?;
     collector.offer(0.0, &picture)?;
     Ok(collector)
 }
@@ -107,14 +112,20 @@ impl Collector {
     /// `count` thumbnails are spread over it. Its pictures become RGB as its
     /// renditions' players show them (`av::to_bt709`, `av::Colours`).
     pub fn new(v: &VideoStream, p: &ff::ffi::AVCodecParameters, duration: f64, count: usize) -> Result<Collector> {
-        Collector::of_pictures((v.display_width, v.display_height), v.rotation, p, duration, count, tile_interval(duration))
+        let orientation = match v.rotation {
+            90 => Orientation::Rotate90,
+            180 => Orientation::Rotate180,
+            270 => Orientation::Rotate270,
+            _ => Orientation::NoTransforms,
+        };
+        Collector::of_oriented_pictures((v.display_width, v.display_height), orientation, p, duration, count, tile_interval(duration))
     }
 
     /// Pictures of `display` size turned by `rotation`, in storyboard tiles of
     /// `interval` seconds.
-    fn of_pictures(
+    fn of_oriented_pictures(
         (width, height): (u32, u32),
-        rotation: u32,
+        orientation: Orientation,
         p: &ff::ffi::AVCodecParameters,
         duration: f64,
         count: usize,
@@ -148,7 +159,7 @@ impl Collector {
             duration,
             interval,
             tile_size: fit(width, height, TILE_BOX, TILE_BOX),
-            rgb: Rgb { rotation, max_side: POSTER_BOX.0, to_sdr, matrix: av::Colours::of(p, mapped).matrix, converter: None },
+            rgb: Rgb { orientation, max_side: POSTER_BOX.0, to_sdr, matrix: av::Colours::of(p, mapped).matrix, converter: None },
             slots: Slots::new(count),
             tile_images: vec![None; tiles],
             last: None,
@@ -442,7 +453,8 @@ type ConverterKey = (u32, u32, format::Pixel, u32, u32);
 /// final resize to each output's size). A high dynamic range source's pictures go
 /// through filters instead, which map them to SDR as its renditions are.
 struct Rgb {
-    rotation: u32,
+    /// How a picture is turned upright.
+    orientation: Orientation,
     max_side: u32,
     to_sdr: Option<String>,
     /// The YUV matrix of pictures not mapped by `to_sdr`.
@@ -515,12 +527,12 @@ impl Rgb {
             buf.extend_from_slice(&rgb.data(0)[y * stride..y * stride + w * 3]);
         }
         let img = RgbImage::from_raw(w as u32, h as u32, buf).expect("buffer sized for the image");
-        Ok(match self.rotation {
-            90 => imageops::rotate90(&img),
-            180 => imageops::rotate180(&img),
-            270 => imageops::rotate270(&img),
-            _ => img,
-        })
+        if self.orientation == Orientation::NoTransforms {
+            return Ok(img);
+        }
+        let mut img = image::DynamicImage::ImageRgb8(img);
+        img.apply_orientation(self.orientation);
+        Ok(img.into_rgb8())
     }
 }
 
@@ -653,6 +665,17 @@ fn read_packet(ictx: &mut format::context::Input) -> Result<Option<Packet>> {
             e => return Err(EngineError::bad(format!("the source cannot be read: {e}"))),
         }
     }
+}
+
+/// The EXIF orientation of an encoded picture (JPEG, PNG), or none.
+fn exif_orientation(data: &[u8]) -> Orientation {
+    let decoder = image::ImageReader::new(std::io::Cursor::new(data)).with_guessed_format().ok().and_then(|r| r.into_decoder().ok());
+    decoder.and_then(|mut d| d.orientation().ok()).unwrap_or(Orientation::NoTransforms)
+}
+
+/// Whether turning a picture upright swaps its width and height.
+fn swaps_sides(o: Orientation) -> bool {
+    matches!(o, Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH)
 }
 
 #[cfg(test)]
