@@ -121,8 +121,8 @@ impl Collector {
         Collector::of_oriented_pictures((v.display_width, v.display_height), orientation, p, duration, count, tile_interval(duration))
     }
 
-    /// Pictures of `display` size turned by `rotation`, in storyboard tiles of
-    /// `interval` seconds.
+    /// Pictures of `display` size (once upright) turned upright by `orientation`,
+    /// in storyboard tiles of `interval` seconds.
     fn of_oriented_pictures(
         (width, height): (u32, u32),
         orientation: Orientation,
