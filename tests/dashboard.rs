@@ -598,7 +598,7 @@ async fn seed(db: &std::path::Path, jobs: i64) -> String {
     sqlx::query("UPDATE jobs SET swept = 1 WHERE state IN ('succeeded', 'failed', 'canceled')").execute(pool).await.unwrap();
     sqlx::query(
         "UPDATE tasks SET state = (SELECT CASE j.state WHEN 'running' THEN 'running' WHEN 'queued' THEN 'queued' WHEN 'succeeded' THEN 'succeeded' ELSE 'failed' END FROM jobs j WHERE j.id = tasks.job_id),
-                          progress = 0.5, leased_at = created_at + 1000, finished_at = created_at + 30000,
+                          progress = 0.5, leased_at = created_at + 1000, finished_at = created_at + 30000, published_bytes = 1000000,
                           result = '{\"files\":[{\"path\":\"a.mp4\",\"size\":1000000,\"sha256\":\"x\"}],\"dir\":\"jobs/x/240p\",\"report\":{}}'",
     )
     .execute(pool)

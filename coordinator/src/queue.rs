@@ -940,7 +940,7 @@ impl Queue {
     pub async fn complete(&self, task: &str, worker: &str, epoch: i64, result: &serde_json::Value, now: i64) -> Result<Promotion> {
         let _turn = self.report_turn().await;
         let row = sql::query(
-            "UPDATE tasks SET state = 'promoting', progress = 1, result = $4, lease_expires_at = $5 + $6, updated_at = $5
+            "UPDATE tasks SET state = 'promoting', progress = 1, result = $4, published_bytes = $7, lease_expires_at = $5 + $6, updated_at = $5
              WHERE id = $1 AND worker_id = $2 AND epoch = $3 AND state IN ('leased', 'running') AND cancel = 0
                AND (SELECT state FROM jobs WHERE id = tasks.job_id) IN ('queued', 'running')
              RETURNING id, job_id, kind, name, epoch, result",
@@ -951,6 +951,7 @@ impl Queue {
         .bind(result.to_string())
         .bind(now)
         .bind(PROMOTE_GRACE_MS)
+        .bind(published_bytes(result))
         .fetch_optional(&mut self.auto())
         .await?;
         self.holds.forget_worker(worker);
@@ -1386,6 +1387,12 @@ impl Queue {
         }
         Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
     }
+}
+
+/// The bytes of a task result's files, which `/metrics` counts once it succeeds.
+fn published_bytes(result: &serde_json::Value) -> i64 {
+    let files = result["files"].as_array().map(Vec::as_slice).unwrap_or_default();
+    files.iter().filter_map(|f| f["size"].as_i64()).fold(0, i64::saturating_add)
 }
 
 /// A task's view from a row of `id, kind, rendition, state, progress, attempts,

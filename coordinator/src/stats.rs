@@ -177,16 +177,10 @@ impl Queue {
             .into_iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        let sql = match self.backend() {
-            Backend::Sqlite => {
-                "SELECT CAST(SUM(json_extract(f.value, '$.size')) AS BIGINT) FROM tasks t, json_each(t.result, '$.files') f WHERE t.state = 'succeeded'"
-            }
-            Backend::Postgres => {
-                "SELECT CAST(SUM((f.value ->> 'size')::BIGINT) AS BIGINT)
-                 FROM tasks t, jsonb_array_elements(t.result::jsonb -> 'files') f(value) WHERE t.state = 'succeeded'"
-            }
-        };
-        let bytes_published: Option<i64> = sql::query_scalar(sql).fetch_one(&mut self.read().await?).await?;
+        let bytes_published: Option<i64> =
+            sql::query_scalar("SELECT CAST(SUM(published_bytes) AS BIGINT) FROM tasks WHERE state = 'succeeded'")
+                .fetch_one(&mut self.read().await?)
+                .await?;
         Ok(Metrics {
             jobs_by_state: self.counts(true).await?,
             tasks_by_state: self.counts(false).await?,
