@@ -68,9 +68,10 @@ enum Outcome {
     /// Trouble that another attempt may not have (after a backoff), at a step
     /// ("fetching URL"; `None`: the chore's own name).
     Failed(Option<String>, String),
-    /// A disk it writes to is full, at a step: the attempt is tried again once there
-    /// may be room, and counts only after a long wait (see `Queue::chore_waits_for_space`).
-    NoSpace(Option<String>, String),
+    /// A condition of the farm that passes, at a step: a disk it writes to is full,
+    /// or the store cannot be reached. The attempt is tried again once it may have
+    /// passed, and counts only after a long wait (see `Queue::chore_waits`).
+    Waits(Option<String>, String),
 }
 
 impl From<String> for Outcome {
@@ -90,9 +91,16 @@ impl Outcome {
         Outcome::Failed(None, error.to_string())
     }
 
-    /// Storage trouble at `step`: waiting for space when a disk is full.
+    /// Storage trouble at `step`: waiting while a disk is full or the store is
+    /// unreachable. A finalize that counted a store's brief outage as a failed
+    /// attempt, then lost its coordinator, failed its finished job (chaos, PostgreSQL,
+    /// seed 1: two attempts in a store's 1 s of errors, then a crash).
     fn storage(step: Option<String>, e: StoreError) -> Outcome {
-        if e.is_out_of_space() { Outcome::NoSpace(step, format!("storage: {e}")) } else { Outcome::Failed(step, format!("storage: {e}")) }
+        if e.is_out_of_space() || e.is_unreachable() {
+            Outcome::Waits(step, format!("storage: {e}"))
+        } else {
+            Outcome::Failed(step, format!("storage: {e}"))
+        }
     }
 }
 
@@ -135,9 +143,9 @@ async fn finish_attempt(st: &AppState, job: &str, chore: Chore, claim: ChoreClai
             proto::log!("coordinator: job {job}: {} attempt {} failed: {error}", chore.as_str(), claim.attempt);
             st.queue.chore_failed(job, chore, claim, step.as_deref(), &error, now).await.map_err(|e| e.to_string())?;
         }
-        Err(Outcome::NoSpace(step, error)) => {
-            proto::log!("coordinator: job {job}: {} waits for space: {error}", chore.as_str());
-            st.queue.chore_waits_for_space(job, chore, claim, step.as_deref(), &error, now).await.map_err(|e| e.to_string())?;
+        Err(Outcome::Waits(step, error)) => {
+            proto::log!("coordinator: job {job}: {} waits for the farm: {error}", chore.as_str());
+            st.queue.chore_waits(job, chore, claim, step.as_deref(), &error, now).await.map_err(|e| e.to_string())?;
         }
     }
     lifecycle::kick(st, job).await;
@@ -166,7 +174,7 @@ async fn ingest(st: &AppState, job: &str, url: &str) -> Result<String, Outcome> 
             return Err(Outcome::Rejected(format!("bad input: fetching {url}: {e}")));
         }
         // The partial copy stays for the next attempt to resume.
-        Err(e @ crate::fetch::FetchError::NoSpace(_)) => return Err(Outcome::NoSpace(Some(format!("fetching {url}")), e.to_string())),
+        Err(e @ crate::fetch::FetchError::NoSpace(_)) => return Err(Outcome::Waits(Some(format!("fetching {url}")), e.to_string())),
         Err(e) => return Err(Outcome::Failed(Some(format!("fetching {url}")), e.to_string())),
     }
     st.storage.import(&part, &stored).await.map_err(|e| Outcome::storage(Some(format!("storing {url}")), e))?;
@@ -231,7 +239,7 @@ async fn remux_source(st: &AppState, job: &str, target: &std::path::Path, rel: &
     let size = tokio::fs::metadata(target).await.map_err(|e| Outcome::failed(format!("{}: {e}", target.display())))?.len();
     let short = crate::gate::spool_short_of(&spool, size, st.limits.min_free_disk_bytes).map_err(Outcome::failed)?;
     if let Some(why) = short {
-        return Err(Outcome::NoSpace(Some("remuxing the source".into()), format!("{why}, and the remux writes {size} bytes")));
+        return Err(Outcome::Waits(Some("remuxing the source".into()), format!("{why}, and the remux writes {size} bytes")));
     }
     let remuxed = async {
         let remuxed = drake_child(st, "remux", &[target.as_os_str(), "--out".as_ref(), out.as_os_str()], target).await?;
@@ -269,7 +277,7 @@ async fn drake_child(st: &AppState, command: &str, args: &[&std::ffi::OsStr], so
     let last = stderr.lines().last().unwrap_or("failed").trim_start_matches("drake: ").to_string();
     match out.status.code() {
         Some(0) => Ok(out.stdout),
-        Some(proto::exit::NO_SPACE) => Err(Outcome::NoSpace(Some(format!("drake {command}")), last)),
+        Some(proto::exit::NO_SPACE) => Err(Outcome::Waits(Some(format!("drake {command}")), last)),
         Some(proto::exit::INTERNAL) | None => Err(Outcome::failed(last)),
         Some(_) => Err(Outcome::Rejected(last)),
     }

@@ -117,6 +117,16 @@ impl StoreError {
             StoreError::Http { message, .. } => message.starts_with("HTTP 507"),
         }
     }
+
+    /// The external store could not be reached or failed on its side: a transport
+    /// error, a transfer cut short, or a 5xx answer other than 507. A condition of
+    /// the farm that passes, as a full disk does, and not of a job.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Io(_) => false,
+            StoreError::Http { message, .. } => !message.starts_with("HTTP ") || (message.starts_with("HTTP 5") && !self.is_out_of_space()),
+        }
+    }
 }
 
 impl Store {
@@ -760,5 +770,20 @@ mod tests {
         let http = |message: &str| StoreError::Http { method: "PUT".into(), url: "http://store/x".into(), message: message.into() };
         assert!(http("HTTP 507 Insufficient Storage").is_out_of_space());
         assert!(!http("HTTP 503 Service Unavailable").is_out_of_space());
+    }
+
+    #[tokio::test]
+    async fn a_store_that_cannot_be_reached_is_told_from_one_that_refuses() {
+        let http = |message: &str| StoreError::Http { method: "GET".into(), url: "http://store/x".into(), message: message.into() };
+        // What reqwest says of a connection that is refused, reset or timed out.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let refused = reqwest::get(format!("http://{closed}/x")).await.unwrap_err().to_string();
+        for unreachable in [refused.as_str(), "got 10 of 100 bytes", "HTTP 503 Service Unavailable", "HTTP 502 Bad Gateway"] {
+            assert!(http(unreachable).is_unreachable(), "{unreachable}");
+        }
+        for refusal in ["HTTP 404 Not Found", "HTTP 403 Forbidden", "HTTP 507 Insufficient Storage"] {
+            assert!(!http(refusal).is_unreachable(), "{refusal}");
+        }
+        assert!(!StoreError::Io(std::io::Error::other("local")).is_unreachable());
     }
 }

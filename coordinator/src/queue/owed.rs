@@ -352,8 +352,8 @@ impl Queue {
         self.count_chore_failure(job, chore, claim, step, error, false, now).await
     }
 
-    /// [`Queue::chore_failed`]; `for_space`: the failure is a full disk's, so a
-    /// wait for space that has run out goes on counting (rather than ending).
+    /// [`Queue::chore_failed`]; `waited`: the failure is a farm condition's, so a
+    /// wait for the farm that has run out goes on counting (rather than ending).
     #[allow(clippy::too_many_arguments)]
     async fn count_chore_failure(
         &self,
@@ -362,7 +362,7 @@ impl Queue {
         claim: ChoreClaim,
         step: Option<&str>,
         error: &str,
-        for_space: bool,
+        waited: bool,
         now: i64,
     ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
@@ -389,7 +389,7 @@ impl Queue {
             .bind(now + self.cfg.backoff(claim.attempt))
             .bind(now)
             .bind(&step)
-            .bind(for_space)
+            .bind(waited)
             .execute(&mut tx)
             .await?;
         }
@@ -397,22 +397,14 @@ impl Queue {
         Ok(true)
     }
 
-    /// Records that a claimed chore found a disk full (the spool's, or the store's):
-    /// a condition of the farm that passes, not of the job. The attempt is given
+    /// Records that a claimed chore found a disk full (the spool's, or the store's),
+    /// or the store unreachable: a condition of the farm that passes, not of the job. The attempt is given
     /// back and the chore is due again after a wait that grows with the time spent
     /// waiting (from the first backoff up to a minute). Once it has waited
     /// `space_wait_ms`, the attempt counts as a failed one ([`Queue::chore_failed`]),
     /// so a disk that stays full still ends the job with the reason. False when the
     /// claim was superseded.
-    pub async fn chore_waits_for_space(
-        &self,
-        job: &str,
-        chore: Chore,
-        claim: ChoreClaim,
-        step: Option<&str>,
-        error: &str,
-        now: i64,
-    ) -> Result<bool> {
+    pub async fn chore_waits(&self, job: &str, chore: Chore, claim: ChoreClaim, step: Option<&str>, error: &str, now: i64) -> Result<bool> {
         let mut tx = self.write_tx().await?;
         let since: Option<Option<i64>> =
             sql::query_scalar("SELECT chore_waiting_since FROM jobs WHERE id = $1 AND chore = $2 AND chore_seq = $3")
@@ -561,9 +553,9 @@ impl Queue {
         if let Some(chore) = chore {
             let what = if chore == "probe" { "its probe" } else { "finalize" };
             return Ok(Some(match (claimed, error) {
-                (Some(_), _) if waiting_since.is_some() => format!("{what} (running again after a disk was full)"),
+                (Some(_), _) if waiting_since.is_some() => format!("{what} (running again after waiting for the farm)"),
                 (Some(_), _) => format!("{what} (attempt {attempts} of {CHORE_ATTEMPTS} running)"),
-                (None, Some(e)) if waiting_since.is_some() => format!("{what} (space on a full disk: {e}; trying again)"),
+                (None, Some(e)) if waiting_since.is_some() => format!("{what} (waiting for the farm: {e}; trying again)"),
                 (None, Some(e)) => format!("{what} (attempt {attempts} of {CHORE_ATTEMPTS} failed: {e}; retrying after a backoff)"),
                 (None, None) => format!("{what} (queued)"),
             }));

@@ -563,10 +563,11 @@ async fn a_probe_waits_for_a_full_disk_without_spending_attempts_up_to_the_limit
     while now - (T0 + q.cfg.backoff(1)) < q.cfg.space_wait_ms {
         let c = claim(&q, &job.id, Chore::Probe, now).await.unwrap_or_else(|| panic!("an attempt is due at {now}"));
         assert_eq!(c.attempt, 2, "the wait gives its attempts back");
-        assert!(q.chore_waits_for_space(&job.id, Chore::Probe, c, None, full, now).await.unwrap());
+        assert!(q.chore_waits(&job.id, Chore::Probe, c, None, full, now).await.unwrap());
         let j = q.job(&job.id).await.unwrap().unwrap();
         assert_eq!(j.state, "queued");
-        assert!(j.waiting_for.unwrap().contains("full disk"), "the job view says it waits for space");
+        let why = j.waiting_for.unwrap();
+        assert!(why.contains("waiting for the farm: storage: No space left on device"), "the job view says it waits for space: {why}");
         let next = q.arm_chores(Some(&job.id), "me", now).await.unwrap();
         assert!(next.is_empty(), "not due again at once");
         // The wait grows with the time spent waiting, up to a minute.
@@ -584,7 +585,7 @@ async fn a_probe_waits_for_a_full_disk_without_spending_attempts_up_to_the_limit
     for attempt in 2..=3 {
         let c = claim(&q, &job.id, Chore::Probe, now).await.unwrap();
         assert_eq!(c.attempt, attempt);
-        assert!(q.chore_waits_for_space(&job.id, Chore::Probe, c, None, full, now).await.unwrap());
+        assert!(q.chore_waits(&job.id, Chore::Probe, c, None, full, now).await.unwrap());
         now += q.cfg.backoff(attempt) + CHORE_PUSH_GRACE_MS;
     }
     let j = q.job(&job.id).await.unwrap().unwrap();
