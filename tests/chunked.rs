@@ -401,7 +401,7 @@ fn a_remux_waits_for_room_on_the_spool_disk() {
     assert_eq!(status, 201, "{job}");
     let id = job["id"].as_str().unwrap().to_string();
     let planned = |j: &Value| !j["tasks"].as_array().unwrap().is_empty() || j["state"] != "queued";
-    let waiting = c.wait_for(&id, |j| j["waiting_for"].as_str().is_some_and(|w| w.contains("full disk")) || planned(j));
+    let waiting = c.wait_for(&id, |j| j["waiting_for"].as_str().is_some_and(|w| w.contains("waiting for the farm")) || planned(j));
     let why = waiting["waiting_for"].as_str().unwrap_or_default();
     assert!(why.contains("the remux writes"), "{waiting}");
     std::fs::remove_file(ballast).unwrap();

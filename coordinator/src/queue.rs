@@ -59,8 +59,8 @@ pub struct QueueConfig {
     /// How long a queued task may wait while no live worker has its encoder,
     /// before it fails with that reason.
     pub capable_worker_wait_ms: i64,
-    /// How long an owed chore may wait for a full disk (its attempts given back)
-    /// before further attempts count as failed ones.
+    /// How long an owed chore may wait for a full disk or an unreachable store (its
+    /// attempts given back) before further attempts count as failed ones.
     pub space_wait_ms: i64,
     /// On PostgreSQL, the longest a queue statement may run (waiting for a lock
     /// included) and a connection may take to open, before it fails: a hung one
