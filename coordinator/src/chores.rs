@@ -92,9 +92,8 @@ impl Outcome {
     }
 
     /// Storage trouble at `step`: waiting while a disk is full or the store is
-    /// unreachable. A finalize that counted a store's brief outage as a failed
-    /// attempt, then lost its coordinator, failed its finished job (chaos, PostgreSQL,
-    /// seed 1: two attempts in a store's 1 s of errors, then a crash).
+    /// unreachable, so that a brief outage and a crash never add up to the
+    /// attempts that fail a finished job.
     fn storage(step: Option<String>, e: StoreError) -> Outcome {
         if e.is_out_of_space() || e.is_unreachable() {
             Outcome::Waits(step, format!("storage: {e}"))

@@ -614,23 +614,25 @@ pub fn attached_picture(s: &ff::format::stream::Stream) -> Option<ff::frame::Vid
     }
     let data = attached_picture_data(s)?;
     let mut decoder = video_decoder(s).ok()?;
-    decoder.send_packet(&ff::Packet::copy(&data)).ok()?;
+    decoder.send_packet(&ff::Packet::copy(data)).ok()?;
     decoder.send_eof().ok()?;
     let mut frame = ff::frame::Video::empty();
     decoder.receive_frame(&mut frame).ok()?;
     Some(frame)
 }
 
-/// The encoded bytes of stream `s`'s attached picture (a cover), if it has one.
-pub fn attached_picture_data(s: &ff::format::stream::Stream) -> Option<Vec<u8>> {
-    // SAFETY: attached_pic is a packet the open input owns for this stream; its
-    // data is `size` bytes (or null when empty), copied before it is used.
+/// The encoded bytes of stream `s`'s attached picture (a cover), if it has one,
+/// borrowed from the open input.
+pub fn attached_picture_data<'s>(s: &'s ff::format::stream::Stream) -> Option<&'s [u8]> {
+    // SAFETY: attached_pic is a packet the open input owns for this stream, which
+    // `s` borrows (so the input outlives the slice and is not changed meanwhile);
+    // its data is `size` bytes, or null when empty.
     unsafe {
         let pic = &(*s.as_ptr()).attached_pic;
         if pic.data.is_null() || pic.size <= 0 {
             return None;
         }
-        Some(std::slice::from_raw_parts(pic.data, pic.size as usize).to_vec())
+        Some(std::slice::from_raw_parts(pic.data, pic.size as usize))
     }
 }
 

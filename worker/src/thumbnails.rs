@@ -80,7 +80,7 @@ pub fn cover(ictx: &format::context::Input, index: usize, duration: f64) -> Resu
     let picture = av::attached_picture(&ist).ok_or_else(|| EngineError::bad("the cover picture does not decode"))?;
     // A photo from a phone is stored as the sensor saw it, with an EXIF tag saying
     // how to turn it upright (libav's decoder ignores it, as viewers do not).
-    let orientation = av::attached_picture_data(&ist).map_or(Orientation::NoTransforms, |data| exif_orientation(&data));
+    let orientation = av::attached_picture_data(&ist).map_or(Orientation::NoTransforms, exif_orientation);
     let (w, h) = (picture.width(), picture.height());
     let size = if swaps_sides(orientation) { (h, w) } else { (w, h) };
     let mut collector = Collector::of_oriented_pictures(size, orientation, av::params(&ist), duration, 1, duration.max(0.04))?;

@@ -398,12 +398,12 @@ impl Queue {
     }
 
     /// Records that a claimed chore found a disk full (the spool's, or the store's),
-    /// or the store unreachable: a condition of the farm that passes, not of the job. The attempt is given
-    /// back and the chore is due again after a wait that grows with the time spent
-    /// waiting (from the first backoff up to a minute). Once it has waited
-    /// `space_wait_ms`, the attempt counts as a failed one ([`Queue::chore_failed`]),
-    /// so a disk that stays full still ends the job with the reason. False when the
-    /// claim was superseded.
+    /// or the store unreachable: a condition of the farm that passes, not of the
+    /// job. The attempt is given back and the chore is due again after a wait that
+    /// grows with the time spent waiting (from the first backoff up to a minute).
+    /// Once it has waited `space_wait_ms`, the attempt counts as a failed one
+    /// ([`Queue::chore_failed`]), so a disk that stays full or a store that stays
+    /// away still ends the job with the reason. False when the claim was superseded.
     pub async fn chore_waits(&self, job: &str, chore: Chore, claim: ChoreClaim, step: Option<&str>, error: &str, now: i64) -> Result<bool> {
         let mut tx = self.write_tx().await?;
         let since: Option<Option<i64>> =
