@@ -13,6 +13,7 @@ pub mod probe;
 pub mod profile;
 pub mod report;
 pub mod time;
+pub mod transfer;
 pub mod wire;
 
 /// Version of the JSON documents in this crate. Readers accept documents whose

@@ -3,8 +3,9 @@
 //! temporary name, read back to check its size and sha256, then MOVEd into place.
 
 use crate::files::sum_file;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use proto::report::FileSum;
+use proto::transfer::{Progress, STALL_WITHIN, unless_stalled, watched};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Duration;
@@ -32,11 +33,19 @@ pub struct Dav<'a> {
     base: String,
     /// The `Authorization` header value, if the store wants one.
     authorization: Option<String>,
+    /// How long a transfer may go without moving a byte (see `proto::transfer`).
+    stall: Duration,
 }
 
 impl<'a> Dav<'a> {
     pub fn new(http: &'a reqwest::Client, base: String, authorization: Option<String>) -> Dav<'a> {
-        Dav { http, base, authorization }
+        Dav { http, base, authorization, stall: STALL_WITHIN }
+    }
+
+    /// The same store, with transfers that fail after `stall` without moving.
+    #[cfg(test)]
+    fn stalling_after(self, stall: Duration) -> Dav<'a> {
+        Dav { stall, ..self }
     }
 
     fn url(&self, path: &str) -> String {
@@ -49,6 +58,25 @@ impl<'a> Dav<'a> {
             None => req,
         };
         req.send().await.map_err(|e| PublishError::Http { method, url: url.into(), message: e.to_string() })
+    }
+
+    /// [`Dav::send`] for a transfer, whose answer must come within the stall limit
+    /// of the last byte `progress` saw sent (or of now, for a request without a body).
+    async fn send_watched(
+        &self,
+        method: &'static str,
+        url: &str,
+        req: reqwest::RequestBuilder,
+        progress: &Progress,
+    ) -> Result<reqwest::Response, PublishError> {
+        unless_stalled(progress, self.stall, self.send(method, url, req))
+            .await
+            .unwrap_or_else(|s| Err(PublishError::Http { method, url: url.into(), message: s.to_string() }))
+    }
+
+    /// A response's body, failing once it has not moved for the stall limit.
+    fn body(&self, resp: reqwest::Response) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
+        watched(resp.bytes_stream().map_err(std::io::Error::other), self.stall)
     }
 
     /// Copies a stored file to `dest`, resuming with `Range` after a dropped
@@ -71,7 +99,7 @@ impl<'a> Dav<'a> {
             if have > 0 {
                 req = req.header("range", format!("bytes={have}-"));
             }
-            let resp = match self.send("GET", &url, req).await {
+            let resp = match self.send_watched("GET", &url, req, &Progress::new()).await {
                 Ok(r) => r,
                 Err(e) => {
                     last_error = e.to_string();
@@ -94,7 +122,7 @@ impl<'a> Dav<'a> {
             if total.is_none() || have == 0 {
                 total = resp.content_length().map(|n| n + have);
             }
-            let mut body = resp.bytes_stream();
+            let mut body = std::pin::pin!(self.body(resp));
             let mut broke = false;
             while let Some(chunk) = body.next().await {
                 match chunk {
@@ -157,19 +185,20 @@ impl<'a> Dav<'a> {
         let sum = sum_file(local, name).map_err(|e| PublishError::Local(std::io::Error::other(e.to_string())))?;
         let temp = self.url(&format!("{dir}/.{name}.part-{attempt}"));
         let file = tokio::fs::File::open(local).await.map_err(PublishError::Local)?;
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
+        let progress = Progress::new();
+        let body = reqwest::Body::wrap_stream(progress.counting(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)));
         let req = self.http.put(&temp).header("content-length", sum.size).body(body).timeout(Duration::from_secs(3600));
-        let resp = self.send("PUT", &temp, req).await?;
+        let resp = self.send_watched("PUT", &temp, req, &progress).await?;
         if !resp.status().is_success() {
             return Err(PublishError::Http { method: "PUT", url: temp, message: format!("HTTP {}", resp.status()) });
         }
         // Read it back: what the store holds must be byte for byte what we wrote.
-        let resp = self.send("GET", &temp, self.http.get(&temp).timeout(Duration::from_secs(3600))).await?;
+        let resp = self.send_watched("GET", &temp, self.http.get(&temp).timeout(Duration::from_secs(3600)), &Progress::new()).await?;
         if !resp.status().is_success() {
             return Err(PublishError::Http { method: "GET", url: temp, message: format!("HTTP {}", resp.status()) });
         }
         let (mut h, mut got_size) = (Sha256::new(), 0u64);
-        let mut stream = resp.bytes_stream();
+        let mut stream = std::pin::pin!(self.body(resp));
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| PublishError::Http { method: "GET", url: temp.clone(), message: e.to_string() })?;
             got_size += chunk.len() as u64;
@@ -191,5 +220,104 @@ impl<'a> Dav<'a> {
             return Err(PublishError::Http { method: "MOVE", url: temp, message: format!("HTTP {}", resp.status()) });
         }
         Ok(sum)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    const STALL: Duration = Duration::from_millis(400);
+
+    /// A store on a real socket that gives each connection, in order, to `serve`
+    /// with its request's head (request line and headers, lower-cased).
+    fn store(serve: impl Fn(usize, &str, TcpStream) + Send + 'static) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let conn = conn.unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut head = String::new();
+                while reader.read_line(&mut head).unwrap() > 2 {}
+                serve(n, &head.to_lowercase(), conn);
+            }
+        });
+        base
+    }
+
+    fn hold(conn: TcpStream) {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(60));
+            drop(conn);
+        });
+    }
+
+    #[tokio::test]
+    async fn a_download_that_stops_moving_is_resumed_where_it_stopped() {
+        let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let served = content.clone();
+        let base = store(move |n, head, mut conn| {
+            if n == 0 {
+                // The headers and 1,000 bytes, then nothing, on a connection kept open.
+                write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", served.len()).unwrap();
+                conn.write_all(&served[..1000]).unwrap();
+                hold(conn);
+            } else {
+                assert!(head.contains("range: bytes=1000-"), "{head}");
+                write!(conn, "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", served.len() - 1000)
+                    .unwrap();
+                conn.write_all(&served[1000..]).unwrap();
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let (http, dest) = (reqwest::Client::new(), dir.path().join("source"));
+        let dav = Dav::new(&http, base, None).stalling_after(STALL);
+        let got = tokio::time::timeout(Duration::from_secs(20), dav.download("jobs/j/source", &dest)).await.expect("not held");
+        assert_eq!(got.unwrap(), content.len() as u64);
+        assert_eq!(std::fs::read(&dest).unwrap(), content);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_stops_taking_an_upload_fails_it_soon() {
+        // The store reads the request's head, then neither reads its body nor answers.
+        let base = store(|_, _, conn| hold(conn));
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("v.mp4");
+        // More than the sockets' buffers hold, so the sender is blocked.
+        std::fs::write(&local, vec![7u8; 64 << 20]).unwrap();
+        let http = reqwest::Client::new();
+        let dav = Dav::new(&http, base, None).stalling_after(STALL);
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(20), dav.publish(&local, "jobs/j/240p", "v.mp4", "t-1"))
+            .await
+            .expect("not held")
+            .unwrap_err();
+        assert!(err.to_string().contains("PUT") && err.to_string().contains("stalled"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_store_that_takes_an_upload_and_never_answers_fails_it_soon() {
+        let base = store(|_, head, mut conn| {
+            let size: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap().trim().parse().unwrap();
+            let mut body = vec![0u8; size];
+            // What the store's head read buffered counts; read the rest, and keep quiet.
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = conn.read(&mut body);
+            hold(conn);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("v.mp4");
+        std::fs::write(&local, vec![7u8; 1000]).unwrap();
+        let http = reqwest::Client::new();
+        let dav = Dav::new(&http, base, None).stalling_after(STALL);
+        let err = tokio::time::timeout(Duration::from_secs(20), dav.publish(&local, "jobs/j/240p", "v.mp4", "t-1"))
+            .await
+            .expect("not held")
+            .unwrap_err();
+        assert!(err.to_string().contains("stalled"), "{err}");
     }
 }
