@@ -48,14 +48,14 @@ pub async fn read_response(st: &AppState, rel: &str, headers: &axum::http::Heade
         }
         true => {
             let passed: Vec<(&str, &[u8])> = PASSED.iter().filter_map(|h| headers.get(*h).map(|v| (*h, v.as_bytes()))).collect();
-            let resp = st.storage.get_remote(rel, &passed).await?;
-            let mut out = Response::builder().status(resp.status().as_u16());
+            let (status, headers, body) = st.storage.get_remote(rel, &passed).await?;
+            let mut out = Response::builder().status(status.as_u16());
             for h in ["content-type", "content-length", "content-range", "accept-ranges", "etag", "last-modified"] {
-                if let Some(v) = resp.headers().get(h) {
+                if let Some(v) = headers.get(h) {
                     out = out.header(h, v.as_bytes());
                 }
             }
-            out.body(axum::body::Body::from_stream(resp.bytes_stream())).map_err(|e| StoreError::Io(std::io::Error::other(e)))
+            out.body(axum::body::Body::from_stream(body)).map_err(|e| StoreError::Io(std::io::Error::other(e)))
         }
     }
 }

@@ -8,7 +8,9 @@
 //! `jobs/ID/thumbnails/...`, `jobs/ID/master.m3u8`, `jobs/ID/manifest.json`;
 //! `uploads/` holds uploads in flight and is never served.
 
+use axum::body::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
+use proto::transfer::{Progress, STALL_WITHIN, unless_stalled, watched};
 use proto::wire::{StorageAccess, TaskKind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -96,6 +98,8 @@ struct Remote {
     /// The `Authorization` header value it expects, if any.
     authorization: Option<String>,
     http: reqwest::Client,
+    /// How long a transfer may go without moving a byte (see `proto::transfer`).
+    stall: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,11 +140,16 @@ impl Store {
 
     /// Storage on an external WebDAV server; `root` still spools uploads.
     pub fn remote(root: PathBuf, base: &str, authorization: Option<String>) -> Result<Store, String> {
+        Store::remote_stalling_after(root, base, authorization, STALL_WITHIN)
+    }
+
+    /// [`Store::remote`], with transfers that fail after `stall` without moving.
+    fn remote_stalling_after(root: PathBuf, base: &str, authorization: Option<String>, stall: Duration) -> Result<Store, String> {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(format!("--storage-url must be an http(s) URL, not {base}"));
         }
         let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
-        let remote = Remote { base: base.trim_end_matches('/').to_string(), authorization, http };
+        let remote = Remote { base: base.trim_end_matches('/').to_string(), authorization, http, stall };
         Ok(Store { root, remote: Some(Arc::new(remote)), promoting: Arc::default() })
     }
 
@@ -181,13 +190,14 @@ impl Store {
         use tokio::io::AsyncWriteExt;
         tokio::fs::create_dir_all(spool).await?;
         let dest = spool.join(format!("probe-{}", uuid::Uuid::now_v7().simple()));
-        let mut resp = r.send("GET", rel, None, None).await?;
+        let resp = r.send("GET", rel, None).await?;
         r.expect_ok("GET", rel, &resp)?;
         let expected = resp.content_length();
         let mut file = tokio::fs::File::create(&dest).await?;
         let mut got = 0u64;
         let copied: StoreResult<()> = async {
-            while let Some(chunk) = resp.chunk().await.map_err(|e| r.error("GET", rel, e.to_string()))? {
+            let mut body = std::pin::pin!(r.body(resp));
+            while let Some(chunk) = body.try_next().await.map_err(|e| r.error("GET", rel, e.to_string()))? {
                 file.write_all(&chunk).await?;
                 got += chunk.len() as u64;
             }
@@ -215,8 +225,7 @@ impl Store {
             Some(r) => {
                 let size = tokio::fs::metadata(spooled).await?.len();
                 let file = tokio::fs::File::open(spooled).await?;
-                let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
-                r.put_verified(rel, body, size).await?;
+                r.put_verified(rel, tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024), size).await?;
                 tokio::fs::remove_file(spooled).await?;
             }
         }
@@ -236,7 +245,7 @@ impl Store {
             }
             Some(r) => {
                 let size = bytes.len() as u64;
-                r.put_verified(rel, reqwest::Body::from(bytes), size).await?;
+                r.put_verified(rel, futures_util::stream::once(std::future::ready(Ok(Bytes::from(bytes)))), size).await?;
             }
         }
         Ok(())
@@ -247,9 +256,13 @@ impl Store {
         let bytes = match &self.remote {
             None => tokio::fs::read(self.root.join(rel)).await?,
             Some(r) => {
-                let resp = r.send("GET", rel, None, None).await?;
+                let resp = r.send("GET", rel, None).await?;
                 r.expect_ok("GET", rel, &resp)?;
-                resp.bytes().await.map_err(|e| r.error("GET", rel, e.to_string()))?.to_vec()
+                let body = r.body(resp).try_fold(Vec::new(), |mut all, chunk| {
+                    all.extend_from_slice(&chunk);
+                    std::future::ready(Ok(all))
+                });
+                body.await.map_err(|e| r.error("GET", rel, e.to_string()))?
             }
         };
         if bytes.len() as u64 > limit {
@@ -266,7 +279,7 @@ impl Store {
                 Ok(local_io(true, move || file_size(&path)).await?)
             }
             Some(r) => {
-                let resp = r.send("HEAD", rel, None, None).await?;
+                let resp = r.send("HEAD", rel, None).await?;
                 if resp.status().as_u16() == 404 {
                     return Ok(None);
                 }
@@ -319,12 +332,13 @@ impl Store {
                 }
             }
             Some(r) => {
-                let mut resp = r.send("GET", rel, None, None).await?;
+                let resp = r.send("GET", rel, None).await?;
                 if resp.status().as_u16() == 404 {
                     return Ok(None);
                 }
                 r.expect_ok("GET", rel, &resp)?;
-                while let Some(chunk) = resp.chunk().await.map_err(|e| r.error("GET", rel, e.to_string()))? {
+                let mut body = std::pin::pin!(r.body(resp));
+                while let Some(chunk) = body.try_next().await.map_err(|e| r.error("GET", rel, e.to_string()))? {
                     hash.update(&chunk);
                     size += chunk.len() as u64;
                 }
@@ -386,7 +400,7 @@ impl Store {
                     if kind.is_part() {
                         r.mkcol_parents(&final_dir).await?;
                     }
-                    let resp = r.send("MOVE", &from, Some(("destination", &dest)), None).await?;
+                    let resp = r.send("MOVE", &from, Some(("destination", &dest))).await?;
                     if resp.status() == reqwest::StatusCode::NOT_FOUND {
                         // Gone since the HEAD: another coordinator redoing this promotion
                         // moved it first. Its files in place are the promotion; until
@@ -409,8 +423,14 @@ impl Store {
     }
 
     /// A streaming GET from the external store, passing `headers` (Range and
-    /// conditional ones) through; the caller relays status and body.
-    pub async fn get_remote(&self, rel: &str, headers: &[(&str, &[u8])]) -> StoreResult<reqwest::Response> {
+    /// conditional ones) through; the caller relays status and body (which fails
+    /// once the store stops sending it).
+    pub async fn get_remote(
+        &self,
+        rel: &str,
+        headers: &[(&str, &[u8])],
+    ) -> StoreResult<(reqwest::StatusCode, reqwest::header::HeaderMap, impl futures_util::Stream<Item = std::io::Result<Bytes>> + use<>)>
+    {
         let r = self.remote.as_ref().ok_or_else(|| StoreError::Io(std::io::Error::other("storage is local")))?;
         let mut req = r.http.get(r.url(rel)).timeout(Duration::from_secs(3600));
         if let Some(a) = &r.authorization {
@@ -419,7 +439,11 @@ impl Store {
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
-        req.send().await.map_err(|e| r.error("GET", rel, e.to_string()))
+        let resp = unless_stalled(&Progress::new(), r.stall, req.send())
+            .await
+            .map_err(|s| r.error("GET", rel, s.to_string()))?
+            .map_err(|e| r.error("GET", rel, e.to_string()))?;
+        Ok((resp.status(), resp.headers().clone(), r.body(resp)))
     }
 
     /// Removes a job's whole directory (a source stored for a job that was not made).
@@ -469,7 +493,7 @@ impl Store {
                 tokio::fs::rename(&tmp, dest).await?;
                 Ok(())
             }
-            Some(r) => r.put_verified(rel, reqwest::Body::wrap_stream(stream), size).await,
+            Some(r) => r.put_verified(rel, stream, size).await,
         }
     }
 
@@ -537,10 +561,10 @@ impl Store {
                         let remote = remote.clone();
                         async move {
                             let range = format!("bytes=0-{}", share.saturating_sub(1));
-                            let resp = remote.send("GET", &path, Some(("range", &range)), None).await.map_err(std::io::Error::other)?;
+                            let resp = remote.send("GET", &path, Some(("range", &range))).await.map_err(std::io::Error::other)?;
                             remote.expect_ok("GET", &path, &resp).map_err(std::io::Error::other)?;
                             // A server that ignores the range sends the whole file.
-                            Ok::<_, std::io::Error>(first_bytes(resp.bytes_stream().map_err(std::io::Error::other), share))
+                            Ok::<_, std::io::Error>(first_bytes(remote.body(resp), share))
                         }
                     })
                     .try_flatten();
@@ -614,7 +638,33 @@ impl Remote {
         if resp.status().is_success() { Ok(()) } else { Err(self.error(method, rel, format!("HTTP {}", resp.status()))) }
     }
 
-    async fn send(
+    /// A request without a body, whose answer must come within the stall limit;
+    /// but a MOVE, which a store without renames does as a copy on its side.
+    async fn send(&self, method: &str, rel: &str, header: Option<(&str, &str)>) -> StoreResult<reqwest::Response> {
+        let sent = self.request(method, rel, header, None);
+        if method == "MOVE" {
+            return sent.await;
+        }
+        self.unless_stalled(method, rel, &Progress::new(), sent).await
+    }
+
+    /// Fails `work` once the transfer `progress` follows has not moved for the stall limit.
+    async fn unless_stalled<T>(
+        &self,
+        method: &str,
+        rel: &str,
+        progress: &Progress,
+        work: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        unless_stalled(progress, self.stall, work).await.unwrap_or_else(|s| Err(self.error(method, rel, s.to_string())))
+    }
+
+    /// A response's body, which fails once it has not moved for the stall limit.
+    fn body(&self, resp: reqwest::Response) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + use<> {
+        watched(resp.bytes_stream().map_err(std::io::Error::other), self.stall)
+    }
+
+    async fn request(
         &self,
         method: &str,
         rel: &str,
@@ -636,7 +686,7 @@ impl Remote {
     }
 
     async fn delete(&self, rel: &str) -> StoreResult<()> {
-        let resp = self.send("DELETE", rel, None, None).await?;
+        let resp = self.send("DELETE", rel, None).await?;
         if resp.status().as_u16() == 404 { Ok(()) } else { self.expect_ok("DELETE", rel, &resp) }
     }
 
@@ -647,7 +697,7 @@ impl Remote {
         for seg in &segments[..segments.len().saturating_sub(1)] {
             path = if path.is_empty() { seg.to_string() } else { format!("{path}/{seg}") };
             let dir = format!("{path}/");
-            let resp = self.send("MKCOL", &dir, None, None).await?;
+            let resp = self.send("MKCOL", &dir, None).await?;
             if !(resp.status().is_success() || resp.status().as_u16() == 405) {
                 return Err(self.error("MKCOL", &dir, format!("HTTP {}", resp.status())));
             }
@@ -657,19 +707,26 @@ impl Remote {
 
     /// PUT under a temporary name, check the stored size, MOVE into place: a
     /// WebDAV PUT is not atomic, so nothing is ever written at its final name.
-    async fn put_verified(&self, rel: &str, body: reqwest::Body, size: u64) -> StoreResult<()> {
+    async fn put_verified<S>(&self, rel: &str, stream: S, size: u64) -> StoreResult<()>
+    where
+        S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
         self.mkcol_parents(rel).await?;
         let temp = temp_path(rel);
         self.mkcol_parents(&temp).await?;
-        let resp = self.send("PUT", &temp, Some(("content-length", &size.to_string())), Some(body)).await?;
+        let progress = Progress::new();
+        let body = reqwest::Body::wrap_stream(progress.counting(stream));
+        let length = size.to_string();
+        let put = self.request("PUT", &temp, Some(("content-length", &length)), Some(body));
+        let resp = self.unless_stalled("PUT", &temp, &progress, put).await?;
         self.expect_ok("PUT", &temp, &resp)?;
-        let head = self.send("HEAD", &temp, None, None).await?;
+        let head = self.send("HEAD", &temp, None).await?;
         let stored: Option<u64> = head.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         if stored != Some(size) {
             let _ = self.delete(&temp).await;
             return Err(self.error("PUT", &temp, format!("stored {stored:?} bytes of {size}")));
         }
-        let resp = self.send("MOVE", &temp, Some(("destination", &self.url(rel))), None).await?;
+        let resp = self.send("MOVE", &temp, Some(("destination", &self.url(rel)))).await?;
         self.expect_ok("MOVE", &temp, &resp)
     }
 }
@@ -785,5 +842,64 @@ mod tests {
             assert!(!http(refusal).is_unreachable(), "{refusal}");
         }
         assert!(!StoreError::Io(std::io::Error::other("local")).is_unreachable());
+    }
+
+    /// A store on a real socket that reads each request's head, answers it with
+    /// `answer` (nothing, for `None`), and then neither sends nor closes.
+    fn hanging_store(answer: Option<&'static [u8]>) -> String {
+        use std::io::{BufRead as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                let mut conn = conn.unwrap();
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap() > 2 {
+                    line.clear();
+                }
+                if let Some(answer) = answer {
+                    conn.write_all(answer).unwrap();
+                }
+                held.push(conn);
+            }
+        });
+        base
+    }
+
+    /// `what`'s outcome, which must come within a few seconds.
+    async fn timed<T>(what: impl std::future::Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let out = tokio::time::timeout(Duration::from_secs(20), what).await.expect("not held");
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        out
+    }
+
+    #[tokio::test]
+    async fn a_store_that_stops_moving_fails_its_transfers_soon_as_unreachable() {
+        let stall = Duration::from_millis(400);
+        let dir = tempfile::tempdir().unwrap();
+        // A GET whose body stops after its first bytes: a finalize's checksum, a probe's copy.
+        let slow = Store::remote_stalling_after(
+            dir.path().into(),
+            &hanging_store(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nfirst bytes")),
+            None,
+            stall,
+        )
+        .unwrap();
+        let err = timed(slow.checksum("jobs/j/240p/v.mp4")).await.unwrap_err();
+        assert!(err.is_unreachable() && err.to_string().contains("stalled"), "{err}");
+        let err = timed(slow.local_copy("jobs/j/source", dir.path())).await.unwrap_err();
+        assert!(err.is_unreachable() && err.to_string().contains("stalled"), "{err}");
+        let (_, _, body) = timed(slow.get_remote("jobs/j/240p/v.mp4", &[])).await.unwrap();
+        let err = timed(body.try_collect::<Vec<Bytes>>()).await.unwrap_err();
+        assert!(err.to_string().contains("stalled"), "{err}");
+        // A store that takes requests and never answers: an upload's MKCOL, a read.
+        let mute = Store::remote_stalling_after(dir.path().into(), &hanging_store(None), None, stall).unwrap();
+        let err = timed(mute.write("jobs/j/manifest.json", b"{}".to_vec())).await.unwrap_err();
+        assert!(err.is_unreachable() && err.to_string().contains("MKCOL") && err.to_string().contains("stalled"), "{err}");
+        let err = timed(mute.read("jobs/j/240p/index.m3u8", 1000)).await.unwrap_err();
+        assert!(err.is_unreachable() && err.to_string().contains("stalled"), "{err}");
     }
 }
