@@ -3,6 +3,7 @@
 
 use crate::queue::sql;
 use crate::queue::{Backend, Queue, Result};
+use proto::wire::TaskKind;
 use serde::Serialize;
 
 /// The window the overview looks back over.
@@ -87,17 +88,20 @@ impl Queue {
             worker: r.get(5),
         })
         .collect();
+        // A rendition is published by its transcode task, or a chunked one's by its
+        // join (a chunk is a part of one, never published itself): the job view's
+        // `playable` says the same.
         let mut per_minute = vec![0.0; 60];
         let sql = match self.backend() {
             Backend::Sqlite => {
                 "SELECT (t.finished_at - $1) / 60000, CAST(SUM(COALESCE(json_extract(j.probe, '$.duration'), 0)) AS DOUBLE PRECISION)
                  FROM tasks t JOIN jobs j ON j.id = t.job_id
-                 WHERE t.kind = 'transcode' AND t.state = 'succeeded' AND t.finished_at >= $1 GROUP BY 1"
+                 WHERE t.kind IN ('transcode', 'join') AND t.state = 'succeeded' AND t.finished_at >= $1 GROUP BY 1"
             }
             Backend::Postgres => {
                 "SELECT (t.finished_at - $1) / 60000, SUM(COALESCE((j.probe::jsonb ->> 'duration')::DOUBLE PRECISION, 0))
                  FROM tasks t JOIN jobs j ON j.id = t.job_id
-                 WHERE t.kind = 'transcode' AND t.state = 'succeeded' AND t.finished_at >= $1 GROUP BY 1"
+                 WHERE t.kind IN ('transcode', 'join') AND t.state = 'succeeded' AND t.finished_at >= $1 GROUP BY 1"
             }
         };
         let buckets = sql::query(sql).bind(start).fetch_all(&mut self.read().await?).await?;
@@ -122,8 +126,8 @@ impl Queue {
         .await?;
         let jobs = sql::query(
             "SELECT j.created_at, j.updated_at, j.state,
-                    (SELECT MIN(t.finished_at) FROM tasks t WHERE t.job_id = j.id AND t.kind = 'transcode' AND t.state = 'succeeded')
-             FROM jobs j WHERE j.updated_at >= $1 AND j.state IN ('running', 'succeeded') LIMIT 10000",
+                    (SELECT MIN(t.finished_at) FROM tasks t WHERE t.job_id = j.id AND t.kind IN ('transcode', 'join') AND t.state = 'succeeded')
+             FROM jobs j WHERE j.updated_at >= $1 LIMIT 10000",
         )
         .bind(start)
         .fetch_all(&mut self.read().await?)
@@ -153,24 +157,35 @@ impl Queue {
     }
 
     pub async fn metrics(&self) -> Result<Metrics> {
-        let mut task_durations = Vec::new();
-        for kind in ["transcode", "thumbnails"] {
-            let mut cols: Vec<String> = DURATION_BUCKETS
-                .iter()
-                .map(|b| format!("CAST(SUM(CASE WHEN (finished_at - leased_at) <= {} THEN 1 ELSE 0 END) AS BIGINT)", (b * 1000.0) as i64))
-                .collect();
-            cols.push("COUNT(*)".into());
-            cols.push("CAST(COALESCE(SUM(finished_at - leased_at), 0) AS BIGINT)".into());
-            let sql = format!(
-                "SELECT {} FROM tasks WHERE kind = $1 AND state = 'succeeded' AND finished_at IS NOT NULL AND leased_at IS NOT NULL",
-                cols.join(", ")
-            );
-            // Built from the constant buckets above only.
-            let r = sql::query(sql).bind(kind).fetch_one(&mut self.read().await?).await?;
-            let n = DURATION_BUCKETS.len();
-            let buckets: Vec<i64> = (0..n).map(|i| r.get::<Option<i64>, _>(i).unwrap_or(0)).collect();
-            task_durations.push((kind.to_string(), buckets, r.get(n), r.get::<i64, _>(n + 1) as f64 / 1000.0));
-        }
+        // One pass over the succeeded tasks, grouped by kind; every kind is reported,
+        // with zeros before its first task, so its series never appear from nowhere.
+        let mut cols: Vec<String> = DURATION_BUCKETS
+            .iter()
+            .map(|b| format!("CAST(SUM(CASE WHEN (finished_at - leased_at) <= {} THEN 1 ELSE 0 END) AS BIGINT)", (b * 1000.0) as i64))
+            .collect();
+        cols.push("COUNT(*)".into());
+        cols.push("CAST(COALESCE(SUM(finished_at - leased_at), 0) AS BIGINT)".into());
+        // Built from the constant buckets above only.
+        let sql = format!(
+            "SELECT kind, {} FROM tasks WHERE state = 'succeeded' AND finished_at IS NOT NULL AND leased_at IS NOT NULL GROUP BY kind",
+            cols.join(", ")
+        );
+        let n = DURATION_BUCKETS.len();
+        let mut by_kind: std::collections::HashMap<String, (Vec<i64>, i64, f64)> = sql::query(sql)
+            .fetch_all(&mut self.read().await?)
+            .await?
+            .into_iter()
+            .map(|r| {
+                let buckets: Vec<i64> = (1..=n).map(|i| r.get::<Option<i64>, _>(i).unwrap_or(0)).collect();
+                (r.get(0), (buckets, r.get(n + 1), r.get::<i64, _>(n + 2) as f64 / 1000.0))
+            })
+            .collect();
+        let task_durations = [TaskKind::Transcode, TaskKind::Chunk, TaskKind::Join, TaskKind::Audio, TaskKind::Thumbnails]
+            .map(|k| {
+                let (buckets, count, sum) = by_kind.remove(k.as_str()).unwrap_or_else(|| (vec![0; n], 0, 0.0));
+                (k.as_str().to_string(), buckets, count, sum)
+            })
+            .into();
         let failures = sql::query("SELECT kind, COUNT(*) FROM task_failures GROUP BY kind ORDER BY kind")
             .fetch_all(&mut self.read().await?)
             .await?

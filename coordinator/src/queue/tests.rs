@@ -1137,15 +1137,38 @@ async fn overview_and_metrics_count_what_happened(q: Queue) {
     let result = serde_json::json!({"files": [{"path": "a.mp4", "size": 1000}, {"path": "b.m3u8", "size": 24}]});
     q.complete(&l.task_id, "w", l.epoch, &result, T0 + 61_000).await.unwrap();
     assert!(q.promoted(&l.task_id, T0 + 61_000).await.unwrap().succeeded());
+    // A chunked job of 60 s, whose one rendition its join publishes at T0 + 100 s.
+    let (chunked, _) = q.create_job(&web_job(), T0).await.unwrap();
+    sqlx::query("UPDATE jobs SET probe = $1 WHERE id = $2")
+        .bind(r#"{"duration": 60.0}"#)
+        .bind(&chunked.id)
+        .execute(q.pool())
+        .await
+        .unwrap();
+    let span = ChunkSpan { index: 0, first_frame: 0, frames: None };
+    q.add_tasks(&chunked.id, &[NewTask::audio("240p"), NewTask::chunk("240p", span, None), NewTask::join("240p")], T0).await.unwrap();
+    for (at, kind) in [(70_000, TaskKind::Audio), (80_000, TaskKind::Chunk), (90_000, TaskKind::Join)] {
+        let l = q.lease("w", &[], T0 + at).await.unwrap().unwrap();
+        assert_eq!(l.kind, kind);
+        done(&q, &l, "w", T0 + at + if kind == TaskKind::Join { 10_000 } else { 5_000 }).await;
+    }
     let o = q.overview(T0 + 120_000).await.unwrap();
-    assert_eq!(o.jobs_by_state, [("finalizing".to_string(), 1)]);
-    assert_eq!(o.tasks_by_state, [("succeeded".to_string(), 1)]);
-    assert!((o.throughput_per_minute.iter().sum::<f64>() - 2.0).abs() < 1e-9, "{:?}", o.throughput_per_minute);
-    assert_eq!(o.avg_queue_wait_ms, Some(1_000.0));
+    assert_eq!(o.jobs_by_state, [("finalizing".to_string(), 2)]);
+    assert_eq!(o.tasks_by_state, [("succeeded".to_string(), 4)]);
+    // 120 s and 60 s of media: the join's rendition counts, its chunk does not.
+    assert!((o.throughput_per_minute.iter().sum::<f64>() - 3.0).abs() < 1e-9, "{:?}", o.throughput_per_minute);
+    assert_eq!(o.avg_queue_wait_ms, Some((1_000.0 + 70_000.0 + 80_000.0 + 90_000.0) / 4.0));
+    // Playable after 61 s and 100 s (finalizing jobs were playable too): the median of two is the later.
+    assert_eq!(o.median_first_playable_ms, Some(100_000));
     let m = q.metrics().await.unwrap();
     assert_eq!(m.bytes_published, 1024);
-    let transcode = m.task_durations.iter().find(|d| d.0 == "transcode").unwrap();
+    let kind = |k: &str| m.task_durations.iter().find(|d| d.0 == k).unwrap().clone();
+    let transcode = kind("transcode");
     assert_eq!((transcode.1[3], transcode.2, transcode.3), (1, 1, 60.0), "one task of 60 s");
+    for (k, seconds) in [("audio", 5.0), ("chunk", 5.0), ("join", 10.0)] {
+        assert_eq!((kind(k).1[2], kind(k).2, kind(k).3), (1, 1, seconds), "{k}");
+    }
+    assert_eq!(kind("thumbnails").2, 0, "a kind without tasks yet is reported, with zeros");
 }
 
 async fn tasks_go_only_to_workers_with_every_required_tag(q: Queue) {
