@@ -65,28 +65,45 @@ pub struct Store {
 /// staging area gone and the files in place. A local store has one coordinator,
 /// so a lock in the process is enough (a remote store's MOVE answers 404 instead).
 #[derive(Default)]
-struct Promoting(std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+struct Promoting(std::sync::Mutex<std::collections::HashMap<String, Queued>>);
 
-/// One task's turn to promote; the last to hold it forgets the lock.
+/// A task directory's lock, and how many promotions hold it or wait for it.
+struct Queued {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    interested: usize,
+}
+
+/// One task's turn to promote, or its wait for it; the last to hold or leave it
+/// (a wait given up included) forgets the lock.
 struct PromotingTurn {
     promoting: Arc<Promoting>,
     dir: String,
-    _held: tokio::sync::OwnedMutexGuard<()>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Promoting {
     async fn turn(self: &Arc<Self>, dir: &str) -> PromotingTurn {
-        let lock = self.0.lock().expect("promotions' lock").entry(dir.to_string()).or_default().clone();
-        PromotingTurn { promoting: self.clone(), dir: dir.to_string(), _held: lock.lock_owned().await }
+        let lock = {
+            let mut locks = self.0.lock().expect("promotions' lock");
+            let queued = locks.entry(dir.to_string()).or_insert_with(|| Queued { lock: Arc::default(), interested: 0 });
+            queued.interested += 1;
+            queued.lock.clone()
+        };
+        let mut turn = PromotingTurn { promoting: self.clone(), dir: dir.to_string(), held: None };
+        turn.held = Some(lock.lock_owned().await);
+        turn
     }
 }
 
 impl Drop for PromotingTurn {
     fn drop(&mut self) {
+        self.held = None;
         let mut locks = self.promoting.0.lock().expect("promotions' lock");
-        // The map's and this turn's own: nobody else holds or waits for it.
-        if locks.get(&self.dir).is_some_and(|l| Arc::strong_count(l) == 2) {
-            locks.remove(&self.dir);
+        if let Some(queued) = locks.get_mut(&self.dir) {
+            queued.interested -= 1;
+            if queued.interested == 0 {
+                locks.remove(&self.dir);
+            }
         }
     }
 }
@@ -842,6 +859,29 @@ mod tests {
             assert!(!http(refusal).is_unreachable(), "{refusal}");
         }
         assert!(!StoreError::Io(std::io::Error::other("local")).is_unreachable());
+    }
+
+    #[tokio::test]
+    async fn a_promotion_lock_is_forgotten_by_the_last_to_hold_or_leave_it() {
+        let promoting = Arc::new(Promoting::default());
+        let dir = "jobs/j/240p";
+        // Held, then handed to a second that waited for it.
+        let first = promoting.turn(dir).await;
+        let mut second = Box::pin(promoting.turn(dir));
+        assert!(futures_util::poll!(second.as_mut()).is_pending(), "the second waits its turn");
+        drop(first);
+        drop(second.await);
+        assert!(promoting.0.lock().unwrap().is_empty(), "no lock is left behind");
+        // Held, and a wait given up (a promotion past its deadline) after the
+        // holder is done: the one who leaves last forgets it.
+        let first = promoting.turn(dir).await;
+        let mut second = Box::pin(promoting.turn(dir));
+        assert!(futures_util::poll!(second.as_mut()).is_pending());
+        drop(first);
+        drop(second);
+        assert!(promoting.0.lock().unwrap().is_empty(), "no lock is left behind by a wait given up");
+        // And the lock still works for the next.
+        drop(tokio::time::timeout(Duration::from_secs(10), promoting.turn(dir)).await.expect("a turn"));
     }
 
     /// A store on a real socket that reads each request's head, answers it with
