@@ -81,6 +81,7 @@ conformance!(
     tasks_go_only_to_workers_with_every_required_tag,
     a_task_whose_tags_no_worker_has_fails_after_the_wait_with_that_reason,
     overview_and_metrics_count_what_happened,
+    the_published_bytes_backfill_gives_what_complete_writes,
     workers_register_drain_and_leave,
     tokens_are_stored_hashed_and_checked,
     login_links_work_once_and_sessions_expire,
@@ -1169,6 +1170,48 @@ async fn overview_and_metrics_count_what_happened(q: Queue) {
         assert_eq!((kind(k).1[2], kind(k).2, kind(k).3), (1, 1, seconds), "{k}");
     }
     assert_eq!(kind("thumbnails").2, 0, "a kind without tasks yet is reported, with zeros");
+}
+
+/// The migration that added `tasks.published_bytes` fills it from the results
+/// already stored, as `complete` writes it for new ones: run again over tasks
+/// whose column was emptied, it gives back what `complete` wrote.
+async fn the_published_bytes_backfill_gives_what_complete_writes(q: Queue) {
+    let migration = match q.backend() {
+        Backend::Sqlite => include_str!("../../migrations/sqlite/0023_published_bytes.sql"),
+        Backend::Postgres => include_str!("../../migrations/postgres/0019_published_bytes.sql"),
+    };
+    let backfill = &migration[migration.find("UPDATE tasks").expect("the backfill")..];
+    let job = job_with(&q, &["240p", "360p", "480p", "720p"]).await;
+    let results = [
+        serde_json::json!({"files": [{"path": "a.mp4", "size": 1000}, {"path": "b.m3u8", "size": 24}]}),
+        // Over 4 GiB: a long film's MP4.
+        serde_json::json!({"files": [{"path": "v.mp4", "size": 6_000_000_000u64}, {"path": "i.m3u8", "size": 1}]}),
+        serde_json::json!({"files": []}),
+        serde_json::json!({}),
+    ];
+    for (i, result) in results.iter().enumerate() {
+        let l = q.lease("w", &[], T0 + i as i64).await.unwrap().unwrap();
+        q.complete(&l.task_id, "w", l.epoch, result, T0 + 10 + i as i64).await.unwrap();
+    }
+    let bytes = |q: &Queue| {
+        let (pool, job) = (q.pool().clone(), job.id.clone());
+        async move {
+            sqlx::query("SELECT name, CAST(COALESCE(published_bytes, 0) AS BIGINT) FROM tasks WHERE job_id = $1 ORDER BY name")
+                .bind(job)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| (sqlx::Row::get::<String, _>(&r, 0), sqlx::Row::get::<i64, _>(&r, 1)))
+                .collect::<Vec<_>>()
+        }
+    };
+    let written = bytes(&q).await;
+    let named = |n: &str, b: i64| (n.to_string(), b);
+    assert_eq!(written, [named("240p", 1024), named("360p", 6_000_000_001), named("480p", 0), named("720p", 0)]);
+    sqlx::query("UPDATE tasks SET published_bytes = NULL").execute(q.pool()).await.unwrap();
+    sqlx::query(backfill).execute(q.pool()).await.unwrap();
+    assert_eq!(bytes(&q).await, written);
 }
 
 async fn tasks_go_only_to_workers_with_every_required_tag(q: Queue) {
