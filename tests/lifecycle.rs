@@ -109,7 +109,7 @@ fn two_promotions_of_one_task_at_once_both_find_it_in_place() {
     use coordinator::storage::Store;
     let nginx = Nginx::start();
     let spool = Dir::new();
-    let remote = Store::remote(spool.path("spool"), &nginx.url, Some(Nginx::AUTHORIZATION.into())).unwrap();
+    let remote = Store::remote(spool.path("spool"), &nginx.url, Some(Nginx::AUTHORIZATION.into()), proto::transfer::STALL_WITHIN).unwrap();
     promote_twice_at_once(&remote, &nginx.root, 3);
     let local = Dir::new();
     // More than a few files, so that each promotion runs on a blocking thread.

@@ -220,7 +220,12 @@ pub async fn prepare(cfg: Config) -> Result<Prepared, Box<dyn std::error::Error 
     std::fs::create_dir_all(root.join("jobs"))?;
     let dav = crate::dav::handler(&root);
     let storage = match &cfg.storage {
-        Some(ext) => crate::storage::Store::remote(root.clone(), &ext.url, ext.authorization.clone())?,
+        Some(ext) => crate::storage::Store::remote(
+            root.clone(),
+            &ext.url,
+            ext.authorization.clone(),
+            std::time::Duration::from_secs(cfg.limits.store_stall_seconds),
+        )?,
         None => crate::storage::Store::local(root.clone()),
     };
     let database = match &cfg.database {

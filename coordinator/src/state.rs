@@ -42,6 +42,9 @@ pub struct Limits {
     pub upload_expiry_ms: i64,
     /// Most bytes all unfinished resumable uploads together may hold (507 past it).
     pub max_spool_bytes: u64,
+    /// How long a transfer to or from storage may go without moving a byte (the
+    /// coordinator's own, and its workers', told in each lease).
+    pub store_stall_seconds: u64,
 }
 
 /// Largest JSON body on the API (jobs, tokens); over it, 413 at once.
@@ -58,6 +61,7 @@ impl Default for Limits {
             min_free_disk_bytes: 1 << 30,
             upload_expiry_ms: 24 * 3_600_000,
             max_spool_bytes: 100 * 1024 * 1024 * 1024,
+            store_stall_seconds: proto::transfer::STALL_WITHIN.as_secs(),
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use axum::body::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use proto::transfer::{Progress, STALL_WITHIN, unless_stalled, watched};
+use proto::transfer::{Progress, unless_stalled, watched};
 use proto::wire::{StorageAccess, TaskKind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -156,12 +156,8 @@ impl Store {
     }
 
     /// Storage on an external WebDAV server; `root` still spools uploads.
-    pub fn remote(root: PathBuf, base: &str, authorization: Option<String>) -> Result<Store, String> {
-        Store::remote_stalling_after(root, base, authorization, STALL_WITHIN)
-    }
-
-    /// [`Store::remote`], with transfers that fail after `stall` without moving.
-    fn remote_stalling_after(root: PathBuf, base: &str, authorization: Option<String>, stall: Duration) -> Result<Store, String> {
+    /// Its transfers fail once they have gone `stall` without moving a byte.
+    pub fn remote(root: PathBuf, base: &str, authorization: Option<String>, stall: Duration) -> Result<Store, String> {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(format!("--storage-url must be an http(s) URL, not {base}"));
         }
@@ -921,7 +917,7 @@ mod tests {
         let stall = Duration::from_millis(400);
         let dir = tempfile::tempdir().unwrap();
         // A GET whose body stops after its first bytes: a finalize's checksum, a probe's copy.
-        let slow = Store::remote_stalling_after(
+        let slow = Store::remote(
             dir.path().into(),
             &hanging_store(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nfirst bytes")),
             None,
@@ -936,7 +932,7 @@ mod tests {
         let err = timed(body.try_collect::<Vec<Bytes>>()).await.unwrap_err();
         assert!(err.to_string().contains("stalled"), "{err}");
         // A store that takes requests and never answers: an upload's MKCOL, a read.
-        let mute = Store::remote_stalling_after(dir.path().into(), &hanging_store(None), None, stall).unwrap();
+        let mute = Store::remote(dir.path().into(), &hanging_store(None), None, stall).unwrap();
         let err = timed(mute.write("jobs/j/manifest.json", b"{}".to_vec())).await.unwrap_err();
         assert!(err.is_unreachable() && err.to_string().contains("MKCOL") && err.to_string().contains("stalled"), "{err}");
         let err = timed(mute.read("jobs/j/240p/index.m3u8", 1000)).await.unwrap_err();

@@ -128,6 +128,7 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
                     profile: l.profile,
                     source: l.source,
                     timeout_seconds: st.limits.task_timeout_seconds,
+                    stall_seconds: st.limits.store_stall_seconds,
                     companions: Vec::new(),
                     chunk: l.chunk,
                     join,

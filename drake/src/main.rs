@@ -235,6 +235,10 @@ struct FarmArgs {
     /// The Authorization header value the storage server expects, e.g. "Basic ...".
     #[arg(long, env = "DRAKE_STORAGE_AUTHORIZATION", hide_env_values = true, requires = "storage_url")]
     storage_authorization: Option<String>,
+    /// How long a transfer to or from storage (the coordinator's and its workers')
+    /// may go without moving a byte before it fails and is tried again.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    store_stall_seconds: u64,
     /// Let URL sources and webhook callbacks reach this non-public network (CIDR,
     /// e.g. 10.0.0.0/8; repeatable). By default they reach public addresses only.
     #[arg(long = "allow-network", value_name = "CIDR")]
@@ -270,6 +274,7 @@ impl FarmArgs {
             allow_network: self.allow_network,
             min_free_disk_bytes: self.min_free_disk_bytes,
             capable_worker_wait_seconds: self.capable_worker_wait_seconds,
+            store_stall_seconds: self.store_stall_seconds,
             upload_expiry_seconds: self.upload_expiry_seconds,
             max_spool_bytes: self.max_spool_bytes,
             cors_origins: self.cors_origins,

@@ -147,6 +147,10 @@ pub struct TaskLease {
     pub output_dir: String,
     /// Hard limit for the child process.
     pub timeout_seconds: u64,
+    /// How long a transfer to or from storage may go without moving a byte before
+    /// it fails and is tried again (see `transfer`).
+    #[serde(default = "stall_seconds")]
+    pub stall_seconds: u64,
     /// More transcode tasks of the same job, leased with this one to share its
     /// decode: one child makes them all. Each has its own epoch and is
     /// heartbeated, completed or failed on its own.
@@ -166,6 +170,10 @@ pub struct TaskLease {
     /// storage is the coordinator's own `/dav/` (reached with the worker's token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageAccess>,
+}
+
+fn stall_seconds() -> u64 {
+    crate::transfer::STALL_WITHIN.as_secs()
 }
 
 /// How to reach an external WebDAV store.

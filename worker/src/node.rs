@@ -583,7 +583,7 @@ impl Node {
         let lease = &tasks[0];
         let dest = first_dir.with_extension("source");
         let (base, authorization) = self.storage(lease);
-        let dav = Dav::new(&self.http, base, authorization);
+        let dav = Dav::new(&self.http, base, authorization, Duration::from_secs(lease.stall_seconds.max(1)));
         match self.beating(tasks, "copying the source from storage", dav.download(&lease.source, &dest)).await {
             Ok(_) => Ok(dest),
             Err(o) => {
@@ -599,7 +599,7 @@ impl Node {
         let Some(from) = &lease.audio else { return Ok(None) };
         let dest = out_dir.with_extension("parts").join("audio").join(crate::transcode::AUDIO_PACKETS);
         let (base, authorization) = self.storage(lease);
-        let dav = Dav::new(&self.http, base, authorization);
+        let dav = Dav::new(&self.http, base, authorization, Duration::from_secs(lease.stall_seconds.max(1)));
         let copy = async {
             tokio::fs::create_dir_all(dest.parent().expect("a directory")).await.map_err(PublishError::Local)?;
             dav.download(&format!("{from}/{}", crate::transcode::AUDIO_PACKETS), &dest).await
@@ -620,7 +620,7 @@ impl Node {
         let parts =
             Parts { probe: root.join("probe.json"), chunks: (0..join.chunks.len()).map(|i| root.join(format!("c{i:04}"))).collect() };
         let (base, authorization) = self.storage(lease);
-        let dav = Dav::new(&self.http, base, authorization);
+        let dav = Dav::new(&self.http, base, authorization, Duration::from_secs(lease.stall_seconds.max(1)));
         let copy = async {
             for dir in &parts.chunks {
                 tokio::fs::create_dir_all(dir).await.map_err(PublishError::Local)?;
@@ -717,7 +717,7 @@ impl Node {
         names.sort();
         names.push(report_name.to_string());
         let (base, authorization) = self.storage(lease);
-        let dav = Dav::new(&self.http, base, authorization);
+        let dav = Dav::new(&self.http, base, authorization, Duration::from_secs(lease.stall_seconds.max(1)));
         dav.mkcol_all(&lease.output_dir).await?;
         let mut files: Vec<FileSum> = Vec::with_capacity(names.len());
         for name in names {

@@ -5,7 +5,7 @@
 use crate::files::sum_file;
 use futures_util::{StreamExt, TryStreamExt};
 use proto::report::FileSum;
-use proto::transfer::{Progress, STALL_WITHIN, unless_stalled, watched};
+use proto::transfer::{Progress, unless_stalled, watched};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Duration;
@@ -38,14 +38,9 @@ pub struct Dav<'a> {
 }
 
 impl<'a> Dav<'a> {
-    pub fn new(http: &'a reqwest::Client, base: String, authorization: Option<String>) -> Dav<'a> {
-        Dav { http, base, authorization, stall: STALL_WITHIN }
-    }
-
-    /// The same store, with transfers that fail after `stall` without moving.
-    #[cfg(test)]
-    fn stalling_after(self, stall: Duration) -> Dav<'a> {
-        Dav { stall, ..self }
+    /// A store whose transfers fail once they have gone `stall` without moving a byte.
+    pub fn new(http: &'a reqwest::Client, base: String, authorization: Option<String>, stall: Duration) -> Dav<'a> {
+        Dav { http, base, authorization, stall }
     }
 
     fn url(&self, path: &str) -> String {
@@ -274,7 +269,7 @@ mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         let (http, dest) = (reqwest::Client::new(), dir.path().join("source"));
-        let dav = Dav::new(&http, base, None).stalling_after(STALL);
+        let dav = Dav::new(&http, base, None, STALL);
         let got = tokio::time::timeout(Duration::from_secs(20), dav.download("jobs/j/source", &dest)).await.expect("not held");
         assert_eq!(got.unwrap(), content.len() as u64);
         assert_eq!(std::fs::read(&dest).unwrap(), content);
@@ -289,7 +284,7 @@ mod tests {
         // More than the sockets' buffers hold, so the sender is blocked.
         std::fs::write(&local, vec![7u8; 64 << 20]).unwrap();
         let http = reqwest::Client::new();
-        let dav = Dav::new(&http, base, None).stalling_after(STALL);
+        let dav = Dav::new(&http, base, None, STALL);
         let started = std::time::Instant::now();
         let err = tokio::time::timeout(Duration::from_secs(20), dav.publish(&local, "jobs/j/240p", "v.mp4", "t-1"))
             .await
@@ -313,7 +308,7 @@ mod tests {
         let local = dir.path().join("v.mp4");
         std::fs::write(&local, vec![7u8; 1000]).unwrap();
         let http = reqwest::Client::new();
-        let dav = Dav::new(&http, base, None).stalling_after(STALL);
+        let dav = Dav::new(&http, base, None, STALL);
         let err = tokio::time::timeout(Duration::from_secs(20), dav.publish(&local, "jobs/j/240p", "v.mp4", "t-1"))
             .await
             .expect("not held")
