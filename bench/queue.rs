@@ -403,7 +403,10 @@ impl Sim {
         };
         let dir = l["output_dir"].as_str().unwrap_or_default();
         // The staging directory, made the way a worker makes it.
-        worker::publish::Dav::new(&self.http, store.clone(), Some(auth.clone()), proto::transfer::STALL_WITHIN).mkcol_all(dir).await.map_err(|e| e.to_string())?;
+        worker::publish::Dav::new(&self.http, store.clone(), Some(auth.clone()), proto::transfer::STALL_WITHIN)
+            .mkcol_all(dir)
+            .await
+            .map_err(|e| e.to_string())?;
         let body = format!("{task} {epoch}\n");
         let put = self
             .http

@@ -13,21 +13,27 @@ use std::time::Duration;
 /// Checks a succeeded job's outputs as its upload pipeline would: every file the
 /// manifest lists is served, at its size and sha256, and no staging file is left.
 fn assert_outputs_complete(c: &Coordinator, job: &Value) {
+    assert_outputs_served(job, |url| c.fetch(url));
+    let job_dir = c.data.path(&format!("storage/jobs/{}", job["id"].as_str().unwrap()));
+    assert!(!job_dir.join(".staging").exists(), "staging left behind");
+}
+
+/// Checks that every file a succeeded job's manifest lists is served (by `fetch`),
+/// at its size and sha256.
+fn assert_outputs_served(job: &Value, fetch: impl Fn(&str) -> Vec<u8>) {
     use sha2::Digest;
     assert_eq!(job["state"], "succeeded", "{job}");
-    let manifest: Value = serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
+    let manifest: Value = serde_json::from_slice(&fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
     let mut files = 0;
     for r in manifest["renditions"].as_array().unwrap().iter().chain(std::iter::once(&manifest["thumbnails"])) {
         for f in r["files"].as_array().unwrap() {
-            let bytes = c.fetch(f["url"].as_str().unwrap());
+            let bytes = fetch(f["url"].as_str().unwrap());
             assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap(), "{}", f["url"]);
             assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), f["sha256"].as_str().unwrap(), "{}", f["url"]);
             files += 1;
         }
     }
     assert!(files > 10, "{manifest}");
-    let job_dir = c.data.path(&format!("storage/jobs/{}", job["id"].as_str().unwrap()));
-    assert!(!job_dir.join(".staging").exists(), "staging left behind");
 }
 
 /// One worker and a short clip; returns the coordinator, the worker and the job id.
@@ -304,4 +310,127 @@ fn a_webhook_whose_chore_died_with_its_coordinator_is_delivered_after_the_restar
     let ids: std::collections::BTreeSet<String> = got.iter().map(|(head, _)| header(head, "webhook-id").to_string()).collect();
     assert_eq!(ids.len(), 1, "one webhook, delivered at least once: {got:?}");
     assert!(got[1].1.contains("\"job.failed\""), "{}", got[1].1);
+}
+
+/// A proxy to `upstream` that, while `silent` is on, takes connections and neither
+/// answers nor closes them, and stops passing traffic on the open ones for good: a
+/// store whose disk hung, or connections left half-open by a network partition.
+/// While `armed` is on, a worker's first publishing request (a MKCOL or PUT in a
+/// first attempt's staging directory) turns `silent` on before it is passed.
+struct SilencingProxy {
+    port: u16,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SilencingProxy {
+    fn start(upstream: std::net::SocketAddr) -> SilencingProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (silent, armed) = (std::sync::Arc::new(AtomicBool::new(false)), std::sync::Arc::new(AtomicBool::new(false)));
+        let proxy = SilencingProxy { port, silent: silent.clone(), armed: armed.clone() };
+        // Held until the test ends: never answered, never closed.
+        let hold = |sockets: Vec<std::net::TcpStream>| -> ! {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+                let _ = &sockets;
+            }
+        };
+        let publishing = |request: &[u8]| {
+            let line = String::from_utf8_lossy(&request[..request.len().min(300)]).into_owned();
+            (line.starts_with("MKCOL ") || line.starts_with("PUT ")) && line.contains("/.staging/") && line.contains(".e1/")
+        };
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if silent.load(Ordering::SeqCst) {
+                    std::thread::spawn(move || hold(vec![client]));
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(upstream) else { continue };
+                for (upward, mut from, mut to) in
+                    [(true, client.try_clone().unwrap(), server.try_clone().unwrap()), (false, server, client)]
+                {
+                    let (silent, armed) = (silent.clone(), armed.clone());
+                    std::thread::spawn(move || {
+                        let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+                        let mut buf = vec![0u8; 65536];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => n,
+                                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => 0,
+                                Err(_) => break,
+                            };
+                            if upward && n > 0 && publishing(&buf[..n]) && armed.swap(false, Ordering::SeqCst) {
+                                silent.store(true, Ordering::SeqCst);
+                            }
+                            if silent.load(Ordering::SeqCst) {
+                                hold(vec![from, to]);
+                            }
+                            if n > 0 && to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        proxy
+    }
+
+    fn silence(&self, on: bool) {
+        self.silent.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A store that goes silent (it takes connections, then neither answers nor closes
+/// them) holds a job for the stall limit, not for a transfer's hour: the probe's
+/// copy of the source waits for the store, a worker's publishing fails and its task
+/// runs again, and the job ends with every file.
+#[test]
+fn a_store_that_goes_silent_holds_a_job_for_the_stall_limit_only() {
+    use std::sync::atomic::Ordering;
+    let nginx = Nginx::start();
+    let port: u16 = nginx.url.trim_start_matches("http://127.0.0.1:").split('/').next().unwrap().parse().unwrap();
+    let proxy = SilencingProxy::start(([127, 0, 0, 1], port).into());
+    let store = format!("http://127.0.0.1:{}/media", proxy.port);
+    let c =
+        Coordinator::start_with(&["--storage-url", &store, "--storage-authorization", Nginx::AUTHORIZATION, "--store-stall-seconds", "2"]);
+    let dir = Dir::new();
+    test_clip(&dir.s("clip.mp4"), "426x240", 4);
+    let (status, job) = c.upload(&dir.s("clip.mp4"), &[]);
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    // The probe copies the source from the silent store: the job says it waits for it.
+    proxy.silence(true);
+    c.wait_for(&id, |j| j.to_string().contains("waiting for the farm") && j.to_string().contains("stalled"));
+    eprintln!("the probe waited for the store after {:?}", started.elapsed());
+    proxy.silence(false);
+    // A worker comes, and the store goes silent when it starts to publish, for 5 s.
+    proxy.armed.store(true, Ordering::SeqCst);
+    let _w = c.worker("w1", &c.join_token(1));
+    let armed_at = std::time::Instant::now();
+    while !proxy.silent.load(Ordering::SeqCst) {
+        assert!(armed_at.elapsed() < Duration::from_secs(60), "the worker never published");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("the worker's publishing met a silent store after {:?}", started.elapsed());
+    std::thread::sleep(Duration::from_secs(5));
+    proxy.silence(false);
+    let job = c.wait_ended(&id, Duration::from_secs(120));
+    let took = started.elapsed();
+    eprintln!("the job ended after {took:?}");
+    assert_outputs_served(&job, |url| nginx.fetch(url));
+    let retried: Vec<&Value> = job["tasks"].as_array().unwrap().iter().filter(|t| t["attempts"].as_i64().unwrap() > 1).collect();
+    assert!(
+        retried.iter().any(|t| t["error"].as_str().is_some_and(|e| e.contains("publishing outputs") && e.contains("stalled"))),
+        "the silent store failed a worker's publishing, and the task ran again: {job}"
+    );
+    // 15 s here. Without the stall limit, a held request waits for its timeout: a
+    // MKCOL's 2 minutes, an engine's source read 30 s (it took 42 s with that).
+    assert!(took < Duration::from_secs(40), "took {took:?}");
 }

@@ -375,10 +375,10 @@ async fn store_upload(
     caption_files: Vec<(Sidecar, Option<Vec<u8>>)>,
     captions: &mut Vec<Sidecar>,
 ) -> Result<(), ApiError> {
-    st.storage.import(temp, source).await.map_err(|e| ApiError::Storage(e.to_string()))?;
+    st.storage.import(temp, source).await?;
     for (i, (sidecar, bytes)) in caption_files.into_iter().enumerate() {
         if let Some(bytes) = bytes {
-            st.storage.write(&crate::sidecars::stored_path(id, i), bytes).await.map_err(|e| ApiError::Storage(e.to_string()))?;
+            st.storage.write(&crate::sidecars::stored_path(id, i), bytes).await?;
         }
         captions.push(sidecar);
     }

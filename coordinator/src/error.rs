@@ -28,8 +28,19 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("storage: {0}")]
     Storage(String),
+    /// The store cannot be reached (see `StoreError::is_unreachable`): try again later.
+    #[error("storage: {0}")]
+    StorageUnreachable(String),
     #[error(transparent)]
     Queue(#[from] QueueError),
+}
+
+impl From<crate::storage::StoreError> for ApiError {
+    /// A store that cannot be reached answers 503, which a caller tries again
+    /// (a worker's report does); other storage trouble is a 500.
+    fn from(e: crate::storage::StoreError) -> ApiError {
+        if e.is_unreachable() { ApiError::StorageUnreachable(e.to_string()) } else { ApiError::Storage(e.to_string()) }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -43,6 +54,7 @@ impl IntoResponse for ApiError {
             ApiError::InsufficientStorage(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             ApiError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+            ApiError::StorageUnreachable(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage"),
             ApiError::Queue(e) => (
                 match e {
                     QueueError::NotFound(_) => StatusCode::NOT_FOUND,

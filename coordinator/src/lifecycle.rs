@@ -238,7 +238,7 @@ pub async fn complete(st: &AppState, worker: &str, task: &str, c: &proto::wire::
         return Err(ApiError::BadRequest(format!("bad file path {}", f.path)));
     }
     let names: Vec<&str> = c.files.iter().map(|f| f.path.as_str()).collect();
-    let stored = st.storage.sizes(&out_dir, &names).await.map_err(|e| ApiError::Storage(e.to_string()))?;
+    let stored = st.storage.sizes(&out_dir, &names).await?;
     for (f, stored) in c.files.iter().zip(stored) {
         let len = stored.ok_or_else(|| ApiError::BadRequest(format!("{} was not published", f.path)))?;
         if len != f.size {

@@ -648,7 +648,7 @@ async fn terminate(
     if u.job_id.is_some() {
         return Ok(refuse(StatusCode::CONFLICT, "this upload is a job now; cancel the job instead").into_response());
     }
-    st.storage.remove_tree(&parts_dir(&id)).await.map_err(|e| ApiError::Storage(e.to_string()))?;
+    st.storage.remove_tree(&parts_dir(&id)).await?;
     st.queue.delete_upload(&id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

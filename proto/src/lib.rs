@@ -41,6 +41,10 @@ pub const HTTP_AUTHORIZATION_ENV: &str = "DRAKE_HTTP_AUTHORIZATION";
 /// that a store's access log says which task read what.
 pub const HTTP_USER_AGENT_ENV: &str = "DRAKE_HTTP_USER_AGENT";
 
+/// Environment variable through which a worker hands an engine child reading
+/// storage over HTTP the farm's stall limit, in seconds (see `transfer`).
+pub const HTTP_STALL_SECONDS_ENV: &str = "DRAKE_HTTP_STALL_SECONDS";
+
 /// `eprintln!` for processes that run for days: a write error (a closed pipe whose
 /// reader went away) is ignored instead of panicking, so a coordinator or worker
 /// never dies, or drops a lease, over a log line.

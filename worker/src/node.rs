@@ -400,17 +400,42 @@ impl Node {
         keeper.abort();
     }
 
+    /// Reports a task's end. A coordinator that cannot be reached, or whose store
+    /// cannot (503), is asked again, with a growing wait, for up to
+    /// [`REPORT_RETRY_FOR`]; the task's heartbeats keep its lease meanwhile, so
+    /// the work done is not thrown away over a blip.
     async fn post<T: serde::Serialize>(&self, lease: &TaskLease, what: &str, body: &T) -> Result<(), String> {
-        let resp = self
-            .send(|base| {
-                self.http
-                    .post(format!("{base}/api/v1/tasks/{}/{what}", lease.task_id))
-                    .bearer_auth(&self.token)
-                    .json(body)
-                    .timeout(Duration::from_secs(60))
-            })
-            .await?;
-        if resp.status().is_success() { Ok(()) } else { Err(format!("HTTP {}: {}", resp.status(), resp.text().await.unwrap_or_default())) }
+        let started = tokio::time::Instant::now();
+        let mut wait = Duration::from_millis(500);
+        loop {
+            let sent = self
+                .send(|base| {
+                    self.http
+                        .post(format!("{base}/api/v1/tasks/{}/{what}", lease.task_id))
+                        .bearer_auth(&self.token)
+                        .json(body)
+                        .timeout(Duration::from_secs(60))
+                })
+                .await;
+            let error = match sent {
+                Ok(resp) if resp.status().is_success() => return Ok(()),
+                Ok(resp) => {
+                    let (status, text) = (resp.status(), resp.text().await.unwrap_or_default());
+                    let error = format!("HTTP {status}: {text}");
+                    if status != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                        return Err(error);
+                    }
+                    error
+                }
+                Err(e) => e,
+            };
+            if started.elapsed() + wait > REPORT_RETRY_FOR {
+                return Err(error);
+            }
+            proto::log!("drake worker: task {}: reporting: {error}; trying again in {wait:?}", lease.task_id);
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(10));
+        }
     }
 
     /// Runs the child, relaying progress as heartbeats, until it exits, times out,
@@ -452,6 +477,7 @@ impl Node {
                     proto::HTTP_USER_AGENT_ENV,
                     format!("drake/{} ({} {})", env!("CARGO_PKG_VERSION"), lease.kind.as_str(), lease.task_id),
                 );
+                cmd.env(proto::HTTP_STALL_SECONDS_ENV, lease.stall_seconds.max(1).to_string());
                 format!("{base}/{}", lease.source.trim_start_matches('/'))
             } else if in_storage {
                 match self.fetch_source(tasks, &dirs[0]).await {
@@ -729,6 +755,10 @@ impl Node {
         Ok(Complete { epoch: lease.epoch, report, files, timing })
     }
 }
+
+/// How long a task's report is tried again while the coordinator, or its store,
+/// cannot be reached.
+const REPORT_RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// How much of a child's stderr is kept: its end, shown to ops with a failure.
 const LOG_TAIL_BYTES: usize = 8000;

@@ -10,10 +10,6 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Duration;
 
-/// How long a request without a body (MKCOL) may wait for its answer: a store
-/// that takes a connection and never answers must not hold a task, whose
-/// heartbeats go on while it publishes, for good.
-const ANSWER_WITHIN: Duration = Duration::from_secs(120);
 /// A MOVE may be a copy on stores without renames (object stores behind WebDAV).
 const MOVE_WITHIN: Duration = Duration::from_secs(900);
 
@@ -165,8 +161,10 @@ impl<'a> Dav<'a> {
     /// false when its parent is missing (409).
     async fn mkcol(&self, path: &str) -> Result<bool, PublishError> {
         let url = self.url(&format!("{path}/"));
-        let req = self.http.request(reqwest::Method::from_bytes(b"MKCOL").expect("method"), &url).timeout(ANSWER_WITHIN);
-        let resp = self.send("MKCOL", &url, req).await?;
+        // A store that takes the request and never answers must not hold the task,
+        // whose heartbeats go on while it publishes: the answer comes within the stall limit.
+        let req = self.http.request(reqwest::Method::from_bytes(b"MKCOL").expect("method"), &url);
+        let resp = self.send_watched("MKCOL", &url, req, &Progress::new()).await?;
         match resp.status().as_u16() {
             405 => Ok(true),
             409 => Ok(false),

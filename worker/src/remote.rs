@@ -31,8 +31,13 @@ const LONGEST_WAIT: Duration = Duration::from_secs(5);
 /// The furthest a seek forward reads on through the open connection rather than
 /// open another.
 const READ_THROUGH: u64 = 256 * 1024;
-/// How long one connection may go without a byte (libav's `rw_timeout`).
-const STALL_TIMEOUT_US: &str = "30000000";
+/// How long one connection may go without a byte (libav's `rw_timeout`): the
+/// farm's stall limit, handed down by the worker, or `proto::transfer`'s.
+fn stall_timeout_us() -> String {
+    let seconds = std::env::var(proto::HTTP_STALL_SECONDS_ENV).ok().and_then(|s| s.parse::<u64>().ok());
+    let seconds = seconds.filter(|&s| s > 0).unwrap_or(proto::transfer::STALL_WITHIN.as_secs()).min(3600);
+    (seconds * 1_000_000).to_string()
+}
 
 /// Why a source's reads failed for good, shared by its reader and whoever reads
 /// the input (see the module's comment).
@@ -69,7 +74,7 @@ impl Reader {
     /// that will not change (4xx, a protocol libav refuses) fails at once.
     pub fn open(url: &str) -> Result<Reader, ff::Error> {
         let url_c = CString::new(url).map_err(|_| ff::Error::InvalidData)?;
-        let mut options = vec![("protocol_whitelist", "http,https,tcp,tls".to_string()), ("rw_timeout", STALL_TIMEOUT_US.to_string())];
+        let mut options = vec![("protocol_whitelist", "http,https,tcp,tls".to_string()), ("rw_timeout", stall_timeout_us())];
         // A worker (or the coordinator) reading from storage passes its credential here.
         if let Ok(authorization) = std::env::var(proto::HTTP_AUTHORIZATION_ENV)
             && !authorization.contains(['\r', '\n'])
