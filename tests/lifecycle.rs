@@ -315,12 +315,12 @@ fn a_webhook_whose_chore_died_with_its_coordinator_is_delivered_after_the_restar
 /// A proxy to `upstream` that, while `silent` is on, takes connections and neither
 /// answers nor closes them, and stops passing traffic on the open ones for good: a
 /// store whose disk hung, or connections left half-open by a network partition.
-/// While `armed` is on, a worker's first publishing request (a MKCOL or PUT in a
-/// first attempt's staging directory) turns `silent` on before it is passed.
+/// Once armed with methods, the first request with one of them in a first
+/// attempt's staging directory turns `silent` on before it is passed.
 struct SilencingProxy {
     port: u16,
     silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    armed: std::sync::Arc<std::sync::Mutex<&'static [&'static str]>>,
 }
 
 impl SilencingProxy {
@@ -329,7 +329,8 @@ impl SilencingProxy {
         use std::sync::atomic::{AtomicBool, Ordering};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let (silent, armed) = (std::sync::Arc::new(AtomicBool::new(false)), std::sync::Arc::new(AtomicBool::new(false)));
+        let silent = std::sync::Arc::new(AtomicBool::new(false));
+        let armed: std::sync::Arc<std::sync::Mutex<&'static [&'static str]>> = std::sync::Arc::default();
         let proxy = SilencingProxy { port, silent: silent.clone(), armed: armed.clone() };
         // Held until the test ends: never answered, never closed.
         let hold = |sockets: Vec<std::net::TcpStream>| -> ! {
@@ -338,9 +339,16 @@ impl SilencingProxy {
                 let _ = &sockets;
             }
         };
-        let publishing = |request: &[u8]| {
+        // Whether `request` starts with an armed method on a first attempt's staging
+        // directory; if so, disarms.
+        let trips = |request: &[u8], armed: &std::sync::Mutex<&'static [&'static str]>| {
             let line = String::from_utf8_lossy(&request[..request.len().min(300)]).into_owned();
-            (line.starts_with("MKCOL ") || line.starts_with("PUT ")) && line.contains("/.staging/") && line.contains(".e1/")
+            let mut methods = armed.lock().unwrap();
+            let hit = methods.iter().any(|m| line.starts_with(&format!("{m} "))) && line.contains("/.staging/") && line.contains(".e1/");
+            if hit {
+                *methods = &[];
+            }
+            hit
         };
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
@@ -363,7 +371,7 @@ impl SilencingProxy {
                                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => 0,
                                 Err(_) => break,
                             };
-                            if upward && n > 0 && publishing(&buf[..n]) && armed.swap(false, Ordering::SeqCst) {
+                            if upward && n > 0 && trips(&buf[..n], &armed) {
                                 silent.store(true, Ordering::SeqCst);
                             }
                             if silent.load(Ordering::SeqCst) {
@@ -384,6 +392,19 @@ impl SilencingProxy {
     fn silence(&self, on: bool) {
         self.silent.store(on, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// Waits (at most a minute) until an armed request has turned the store silent,
+    /// keeps it silent for `long`, then lets traffic pass again.
+    fn silent_at(&self, methods: &'static [&'static str], long: Duration) {
+        *self.armed.lock().unwrap() = methods;
+        let armed_at = std::time::Instant::now();
+        while !self.silent.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(armed_at.elapsed() < Duration::from_secs(60), "no {methods:?} came");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(long);
+        self.silence(false);
+    }
 }
 
 /// A store that goes silent (it takes connections, then neither answers nor closes
@@ -392,7 +413,6 @@ impl SilencingProxy {
 /// runs again, and the job ends with every file.
 #[test]
 fn a_store_that_goes_silent_holds_a_job_for_the_stall_limit_only() {
-    use std::sync::atomic::Ordering;
     let nginx = Nginx::start();
     let port: u16 = nginx.url.trim_start_matches("http://127.0.0.1:").split('/').next().unwrap().parse().unwrap();
     let proxy = SilencingProxy::start(([127, 0, 0, 1], port).into());
@@ -411,16 +431,8 @@ fn a_store_that_goes_silent_holds_a_job_for_the_stall_limit_only() {
     eprintln!("the probe waited for the store after {:?}", started.elapsed());
     proxy.silence(false);
     // A worker comes, and the store goes silent when it starts to publish, for 5 s.
-    proxy.armed.store(true, Ordering::SeqCst);
     let _w = c.worker("w1", &c.join_token(1));
-    let armed_at = std::time::Instant::now();
-    while !proxy.silent.load(Ordering::SeqCst) {
-        assert!(armed_at.elapsed() < Duration::from_secs(60), "the worker never published");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!("the worker's publishing met a silent store after {:?}", started.elapsed());
-    std::thread::sleep(Duration::from_secs(5));
-    proxy.silence(false);
+    proxy.silent_at(&["MKCOL", "PUT"], Duration::from_secs(5));
     let job = c.wait_ended(&id, Duration::from_secs(120));
     let took = started.elapsed();
     eprintln!("the job ended after {took:?}");
@@ -433,4 +445,17 @@ fn a_store_that_goes_silent_holds_a_job_for_the_stall_limit_only() {
     // 15 s here. Without the stall limit, a held request waits for its timeout: a
     // MKCOL's 2 minutes, an engine's source read 30 s (it took 42 s with that).
     assert!(took < Duration::from_secs(40), "took {took:?}");
+
+    // A second job: the store goes silent when the coordinator checks a worker's
+    // published files for its completion. The completion is answered 503, and the
+    // worker reports it again once the store is back: no work is thrown away.
+    let (status, job) = c.upload(&dir.s("clip.mp4"), &[]);
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    proxy.silent_at(&["HEAD"], Duration::from_secs(5));
+    let job = c.wait_ended(&id, Duration::from_secs(120));
+    assert_outputs_served(&job, |url| nginx.fetch(url));
+    for t in job["tasks"].as_array().unwrap() {
+        assert_eq!(t["attempts"], 1, "reported again, not run again: {t}");
+    }
 }
