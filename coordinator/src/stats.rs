@@ -2,7 +2,7 @@
 //! own tables (indexed by time, so they stay cheap with many jobs).
 
 use crate::queue::sql;
-use crate::queue::{Backend, Queue, Result};
+use crate::queue::{Backend, Queue, QueueError, Result};
 use proto::wire::TaskKind;
 use serde::Serialize;
 
@@ -69,90 +69,128 @@ impl Queue {
         Ok(sql::query(sql).fetch_all(&mut self.read().await?).await?.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// The overview's numbers. Its statements are independent reads, each on its
+    /// own pooled connection at once: the page waits for the slowest, not for all
+    /// of them one after another (their work grows with the last hour's jobs).
     pub async fn overview(&self, now: i64) -> Result<Overview> {
         let start = now - HOUR_MS;
-        let running = sql::query(
-            "SELECT t.id, t.job_id, t.kind, t.rendition, t.progress, w.name, t.name FROM tasks t LEFT JOIN workers w ON w.id = t.worker_id
-             WHERE t.state IN ('leased', 'running') ORDER BY t.leased_at LIMIT 200",
-        )
-        .fetch_all(&mut self.read().await?)
-        .await?
-        .into_iter()
-        .map(|r| RunningTask {
-            task_id: r.get(0),
-            job_id: r.get(1),
-            kind: r.get(2),
-            rendition: r.get(3),
-            name: r.get(6),
-            progress: r.get(4),
-            worker: r.get(5),
-        })
-        .collect();
+        let running = async {
+            let rows = sql::query(
+                "SELECT t.id, t.job_id, t.kind, t.rendition, t.progress, w.name, t.name FROM tasks t LEFT JOIN workers w ON w.id = t.worker_id
+                 WHERE t.state IN ('leased', 'running') ORDER BY t.leased_at LIMIT 200",
+            )
+            .fetch_all(&mut self.read().await?)
+            .await?;
+            Ok::<_, QueueError>(
+                rows.into_iter()
+                    .map(|r| RunningTask {
+                        task_id: r.get(0),
+                        job_id: r.get(1),
+                        kind: r.get(2),
+                        rendition: r.get(3),
+                        name: r.get(6),
+                        progress: r.get(4),
+                        worker: r.get(5),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
         // A rendition is published by its transcode task, or a chunked one's by its
         // join (a chunk is a part of one, never published itself): the job view's
-        // `playable` says the same.
-        let mut per_minute = vec![0.0; 60];
-        let sql = match self.backend() {
-            Backend::Sqlite => {
-                "SELECT (t.finished_at - $1) / 60000, CAST(SUM(COALESCE(json_extract(j.probe, '$.duration'), 0)) AS DOUBLE PRECISION)
-                 FROM tasks t JOIN jobs j ON j.id = t.job_id
-                 WHERE t.kind IN ('transcode', 'join') AND t.state = 'succeeded' AND t.finished_at >= $1 GROUP BY 1"
+        // `playable` says the same. Tasks are counted per job and minute first, so
+        // a job's duration is read from its probe once per minute, not per task.
+        let throughput = async {
+            let sql = match self.backend() {
+                Backend::Sqlite => {
+                    "SELECT m.minute, CAST(SUM(m.n * COALESCE(json_extract(j.probe, '$.duration'), 0)) AS DOUBLE PRECISION)
+                     FROM (SELECT job_id, (finished_at - $1) / 60000 AS minute, COUNT(*) AS n FROM tasks
+                           WHERE kind IN ('transcode', 'join') AND state = 'succeeded' AND finished_at >= $1 GROUP BY job_id, minute) m
+                     JOIN jobs j ON j.id = m.job_id GROUP BY m.minute"
+                }
+                Backend::Postgres => {
+                    "SELECT m.minute, SUM(m.n * COALESCE((j.probe::jsonb ->> 'duration')::DOUBLE PRECISION, 0))
+                     FROM (SELECT job_id, (finished_at - $1) / 60000 AS minute, COUNT(*) AS n FROM tasks
+                           WHERE kind IN ('transcode', 'join') AND state = 'succeeded' AND finished_at >= $1 GROUP BY job_id, minute) m
+                     JOIN jobs j ON j.id = m.job_id GROUP BY m.minute"
+                }
+            };
+            let mut per_minute = vec![0.0; 60];
+            for r in sql::query(sql).bind(start).fetch_all(&mut self.read().await?).await? {
+                let (minute, media): (i64, f64) = (r.get(0), r.get(1));
+                if let Some(slot) = per_minute.get_mut(minute.clamp(0, 59) as usize) {
+                    *slot += media / 60.0;
+                }
             }
-            Backend::Postgres => {
-                "SELECT (t.finished_at - $1) / 60000, SUM(COALESCE((j.probe::jsonb ->> 'duration')::DOUBLE PRECISION, 0))
-                 FROM tasks t JOIN jobs j ON j.id = t.job_id
-                 WHERE t.kind IN ('transcode', 'join') AND t.state = 'succeeded' AND t.finished_at >= $1 GROUP BY 1"
-            }
+            Ok::<_, QueueError>(per_minute)
         };
-        let buckets = sql::query(sql).bind(start).fetch_all(&mut self.read().await?).await?;
-        for r in buckets {
-            let (minute, media): (i64, f64) = (r.get(0), r.get(1));
-            if let Some(slot) = per_minute.get_mut(minute.clamp(0, 59) as usize) {
-                *slot += media / 60.0;
-            }
-        }
-        let throughput = per_minute.iter().sum::<f64>() / 60.0;
-        let failed_attempts: i64 =
-            sql::query_scalar("SELECT COUNT(*) FROM task_failures WHERE at >= $1").bind(start).fetch_one(&mut self.read().await?).await?;
-        let failed_jobs: i64 = sql::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'failed' AND updated_at >= $1")
+        let failed_attempts = async {
+            let n: i64 = sql::query_scalar("SELECT COUNT(*) FROM task_failures WHERE at >= $1")
+                .bind(start)
+                .fetch_one(&mut self.read().await?)
+                .await?;
+            Ok::<_, QueueError>(n)
+        };
+        let failed_jobs = async {
+            let n: i64 = sql::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'failed' AND updated_at >= $1")
+                .bind(start)
+                .fetch_one(&mut self.read().await?)
+                .await?;
+            Ok::<_, QueueError>(n)
+        };
+        let avg_queue_wait_ms = async {
+            let ms: Option<f64> = sql::query_scalar(
+                "SELECT CAST(AVG(leased_at - queued_at) AS DOUBLE PRECISION) FROM tasks WHERE leased_at >= $1 AND queued_at IS NOT NULL",
+            )
             .bind(start)
             .fetch_one(&mut self.read().await?)
             .await?;
-        let avg_queue_wait_ms: Option<f64> = sql::query_scalar(
-            "SELECT CAST(AVG(leased_at - queued_at) AS DOUBLE PRECISION) FROM tasks WHERE leased_at >= $1 AND queued_at IS NOT NULL",
-        )
-        .bind(start)
-        .fetch_one(&mut self.read().await?)
-        .await?;
-        let jobs = sql::query(
-            "SELECT j.created_at, j.updated_at, j.state,
-                    (SELECT MIN(t.finished_at) FROM tasks t WHERE t.job_id = j.id AND t.kind IN ('transcode', 'join') AND t.state = 'succeeded')
-             FROM jobs j WHERE j.updated_at >= $1 LIMIT 10000",
-        )
-        .bind(start)
-        .fetch_all(&mut self.read().await?)
-        .await?;
-        let (mut playable, mut done) = (Vec::new(), Vec::new());
-        for r in jobs {
-            let (created, updated, state, first): (i64, i64, String, Option<i64>) = (r.get(0), r.get(1), r.get(2), r.get(3));
-            if let Some(f) = first {
-                playable.push(f - created);
+            Ok::<_, QueueError>(ms)
+        };
+        // First playable: the hour's jobs out of the queue that have a published
+        // rendition (finalizing ones, and ones failed or canceled after it, too);
+        // done: the succeeded.
+        let medians = async {
+            let jobs = sql::query(
+                "SELECT j.created_at, j.updated_at, j.state,
+                        (SELECT MIN(t.finished_at) FROM tasks t WHERE t.job_id = j.id AND t.kind IN ('transcode', 'join') AND t.state = 'succeeded')
+                 FROM jobs j WHERE j.updated_at >= $1 AND j.state <> 'queued' LIMIT 10000",
+            )
+            .bind(start)
+            .fetch_all(&mut self.read().await?)
+            .await?;
+            let (mut playable, mut done) = (Vec::new(), Vec::new());
+            for r in jobs {
+                let (created, updated, state, first): (i64, i64, String, Option<i64>) = (r.get(0), r.get(1), r.get(2), r.get(3));
+                if let Some(f) = first {
+                    playable.push(f - created);
+                }
+                if state == "succeeded" {
+                    done.push(updated - created);
+                }
             }
-            if state == "succeeded" {
-                done.push(updated - created);
-            }
-        }
-        Ok(Overview {
-            jobs_by_state: self.counts(true).await?,
-            tasks_by_state: self.counts(false).await?,
+            Ok::<_, QueueError>((median(playable), median(done)))
+        };
+        let (running, per_minute, failed_attempts, failed_jobs, avg_queue_wait_ms, (playable, done), jobs_by_state, tasks_by_state) = tokio::try_join!(
             running,
-            throughput_per_minute: per_minute,
             throughput,
             failed_attempts,
             failed_jobs,
             avg_queue_wait_ms,
-            median_first_playable_ms: median(playable),
-            median_done_ms: median(done),
+            medians,
+            self.counts(true),
+            self.counts(false)
+        )?;
+        Ok(Overview {
+            jobs_by_state,
+            tasks_by_state,
+            running,
+            throughput: per_minute.iter().sum::<f64>() / 60.0,
+            throughput_per_minute: per_minute,
+            failed_attempts,
+            failed_jobs,
+            avg_queue_wait_ms,
+            median_first_playable_ms: playable,
+            median_done_ms: done,
         })
     }
 
