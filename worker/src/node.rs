@@ -400,10 +400,11 @@ impl Node {
         keeper.abort();
     }
 
-    /// Reports a task's end. A coordinator that cannot be reached, or whose store
-    /// cannot (503), is asked again, with a growing wait, for up to
-    /// [`REPORT_RETRY_FOR`]; the task's heartbeats keep its lease meanwhile, so
-    /// the work done is not thrown away over a blip.
+    /// Reports a task's end. A coordinator that cannot be reached, or answers 502
+    /// to 504 (503: its store cannot be reached to check the files), is asked
+    /// again, with a growing wait, for up to [`REPORT_RETRY_FOR`]; the task's
+    /// heartbeats keep its lease meanwhile, so the work done is not thrown away
+    /// over a blip.
     async fn post<T: serde::Serialize>(&self, lease: &TaskLease, what: &str, body: &T) -> Result<(), String> {
         let started = tokio::time::Instant::now();
         let mut wait = Duration::from_millis(500);
@@ -417,16 +418,10 @@ impl Node {
                         .timeout(Duration::from_secs(60))
                 })
                 .await;
+            // `send` tells an answer worth asking again for (none, or 502 to 504) by its error.
             let error = match sent {
                 Ok(resp) if resp.status().is_success() => return Ok(()),
-                Ok(resp) => {
-                    let (status, text) = (resp.status(), resp.text().await.unwrap_or_default());
-                    let error = format!("HTTP {status}: {text}");
-                    if status != reqwest::StatusCode::SERVICE_UNAVAILABLE {
-                        return Err(error);
-                    }
-                    error
-                }
+                Ok(resp) => return Err(format!("HTTP {}: {}", resp.status(), resp.text().await.unwrap_or_default())),
                 Err(e) => e,
             };
             if started.elapsed() + wait > REPORT_RETRY_FOR {
@@ -608,8 +603,7 @@ impl Node {
     async fn fetch_source(&self, tasks: &[TaskLease], first_dir: &Path) -> Result<PathBuf, Outcome> {
         let lease = &tasks[0];
         let dest = first_dir.with_extension("source");
-        let (base, authorization) = self.storage(lease);
-        let dav = Dav::new(&self.http, base, authorization, Duration::from_secs(lease.stall_seconds.max(1)));
+        let dav = self.dav(lease);
         match self.beating(tasks, "copying the source from storage", dav.download(&lease.source, &dest)).await {
             Ok(_) => Ok(dest),
             Err(o) => {
@@ -624,8 +618,7 @@ impl Node {
     async fn fetch_audio(&self, lease: &TaskLease, out_dir: &Path) -> Result<Option<PathBuf>, Outcome> {
         let Some(from) = &lease.audio else { return Ok(None) };
         let dest = out_dir.with_extension("parts").join("audio").join(crate::transcode::AUDIO_PACKETS);
-        let (base, authorization) = self.storage(lease);
-        let dav = Dav::new(&self.http, base, authorization, Duration::from_secs(lease.stall_seconds.max(1)));
+        let dav = self.dav(lease);
         let copy = async {
             tokio::fs::create_dir_all(dest.parent().expect("a directory")).await.map_err(PublishError::Local)?;
             dav.download(&format!("{from}/{}", crate::transcode::AUDIO_PACKETS), &dest).await
@@ -645,8 +638,7 @@ impl Node {
         let root = out_dir.with_extension("parts");
         let parts =
             Parts { probe: root.join("probe.json"), chunks: (0..join.chunks.len()).map(|i| root.join(format!("c{i:04}"))).collect() };
-        let (base, authorization) = self.storage(lease);
-        let dav = Dav::new(&self.http, base, authorization, Duration::from_secs(lease.stall_seconds.max(1)));
+        let dav = self.dav(lease);
         let copy = async {
             for dir in &parts.chunks {
                 tokio::fs::create_dir_all(dir).await.map_err(PublishError::Local)?;
@@ -703,6 +695,12 @@ impl Node {
         }
     }
 
+    /// The store a lease's files are on, with the farm's stall limit.
+    fn dav(&self, lease: &TaskLease) -> Dav<'_> {
+        let (base, authorization) = self.storage(lease);
+        Dav::new(&self.http, base, authorization, Duration::from_secs(lease.stall_seconds.max(1)))
+    }
+
     /// Sends one heartbeat; Ok(true) means stop (canceled or lease lost).
     async fn heartbeat(&self, lease: &TaskLease, progress: f64) -> Result<bool, String> {
         let beat = Heartbeat { epoch: lease.epoch, progress, load: load_average() };
@@ -742,8 +740,7 @@ impl Node {
             .collect();
         names.sort();
         names.push(report_name.to_string());
-        let (base, authorization) = self.storage(lease);
-        let dav = Dav::new(&self.http, base, authorization, Duration::from_secs(lease.stall_seconds.max(1)));
+        let dav = self.dav(lease);
         dav.mkcol_all(&lease.output_dir).await?;
         let mut files: Vec<FileSum> = Vec::with_capacity(names.len());
         for name in names {
