@@ -69,6 +69,11 @@ impl Queue {
         Ok(sql::query(sql).fetch_all(&mut self.read().await?).await?.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// `sql`'s one count, of rows since `start` (its `$1`).
+    async fn count_since(&self, sql: &'static str, start: i64) -> Result<i64> {
+        Ok(sql::query_scalar(sql).bind(start).fetch_one(&mut self.read().await?).await?)
+    }
+
     /// The overview's numbers. Its statements are independent reads, each on its
     /// own pooled connection at once: the page waits for the slowest, not for all
     /// of them one after another (their work grows with the last hour's jobs).
@@ -123,20 +128,8 @@ impl Queue {
             }
             Ok::<_, QueueError>(per_minute)
         };
-        let failed_attempts = async {
-            let n: i64 = sql::query_scalar("SELECT COUNT(*) FROM task_failures WHERE at >= $1")
-                .bind(start)
-                .fetch_one(&mut self.read().await?)
-                .await?;
-            Ok::<_, QueueError>(n)
-        };
-        let failed_jobs = async {
-            let n: i64 = sql::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'failed' AND updated_at >= $1")
-                .bind(start)
-                .fetch_one(&mut self.read().await?)
-                .await?;
-            Ok::<_, QueueError>(n)
-        };
+        let failed_attempts = self.count_since("SELECT COUNT(*) FROM task_failures WHERE at >= $1", start);
+        let failed_jobs = self.count_since("SELECT COUNT(*) FROM jobs WHERE state = 'failed' AND updated_at >= $1", start);
         let avg_queue_wait_ms = async {
             let ms: Option<f64> = sql::query_scalar(
                 "SELECT CAST(AVG(leased_at - queued_at) AS DOUBLE PRECISION) FROM tasks WHERE leased_at >= $1 AND queued_at IS NOT NULL",
