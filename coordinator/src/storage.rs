@@ -10,7 +10,7 @@
 
 use axum::body::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use proto::transfer::{Progress, unless_stalled, watched};
+use proto::transfer::{MOVE_WITHIN, Progress, unless_stalled, watched};
 use proto::wire::{StorageAccess, TaskKind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -652,11 +652,14 @@ impl Remote {
     }
 
     /// A request without a body, whose answer must come within the stall limit;
-    /// but a MOVE, which a store without renames does as a copy on its side.
+    /// but a MOVE, which a store without renames does as a copy on its side, within
+    /// `MOVE_WITHIN`.
     async fn send(&self, method: &str, rel: &str, header: Option<(&str, &str)>) -> StoreResult<reqwest::Response> {
         let sent = self.request(method, rel, header, None);
         if method == "MOVE" {
-            return sent.await;
+            return tokio::time::timeout(MOVE_WITHIN, sent)
+                .await
+                .unwrap_or_else(|_| Err(self.error(method, rel, format!("no answer within {MOVE_WITHIN:?}"))));
         }
         self.unless_stalled(method, rel, &Progress::new(), sent).await
     }

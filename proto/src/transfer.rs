@@ -20,6 +20,10 @@ use tokio::time::{Instant, Sleep};
 /// A store writing a large upload to a slow disk still answers well within it.
 pub const STALL_WITHIN: Duration = Duration::from_secs(60);
 
+/// How long a MOVE may take to be answered, since no byte of it moves on the
+/// connection: a store without renames (an object store behind WebDAV) copies.
+pub const MOVE_WITHIN: Duration = Duration::from_secs(900);
+
 /// No byte moved for the given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("stalled: no byte moved for {0:?}")]

@@ -5,13 +5,10 @@
 use crate::files::sum_file;
 use futures_util::{StreamExt, TryStreamExt};
 use proto::report::FileSum;
-use proto::transfer::{Progress, unless_stalled, watched};
+use proto::transfer::{MOVE_WITHIN, Progress, unless_stalled, watched};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Duration;
-
-/// A MOVE may be a copy on stores without renames (object stores behind WebDAV).
-const MOVE_WITHIN: Duration = Duration::from_secs(900);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
