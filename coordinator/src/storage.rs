@@ -911,13 +911,13 @@ mod tests {
     async fn timed<T>(what: impl std::future::Future<Output = T>) -> T {
         let started = std::time::Instant::now();
         let out = tokio::time::timeout(Duration::from_secs(20), what).await.expect("not held");
-        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
         out
     }
 
     #[tokio::test]
     async fn a_store_that_stops_moving_fails_its_transfers_soon_as_unreachable() {
-        let stall = Duration::from_millis(400);
+        let stall = Duration::from_secs(1);
         let dir = tempfile::tempdir().unwrap();
         // A GET whose body stops after its first bytes: a finalize's checksum, a probe's copy.
         let slow = Store::remote(

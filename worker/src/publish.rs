@@ -219,7 +219,7 @@ mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{TcpListener, TcpStream};
 
-    const STALL: Duration = Duration::from_millis(400);
+    const STALL: Duration = Duration::from_secs(1);
 
     /// A store on a real socket that gives each connection, in order, to `serve`
     /// with its request's head (request line and headers, lower-cased).
