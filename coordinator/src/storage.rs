@@ -413,7 +413,7 @@ impl Store {
                     if kind.is_part() {
                         r.mkcol_parents(&final_dir).await?;
                     }
-                    let resp = r.send("MOVE", &from, Some(("destination", &dest))).await?;
+                    let resp = r.move_to(&from, &dest).await?;
                     if resp.status() == reqwest::StatusCode::NOT_FOUND {
                         // Gone since the HEAD: another coordinator redoing this promotion
                         // moved it first. Its files in place are the promotion; until
@@ -651,17 +651,19 @@ impl Remote {
         if resp.status().is_success() { Ok(()) } else { Err(self.error(method, rel, format!("HTTP {}", resp.status()))) }
     }
 
-    /// A request without a body, whose answer must come within the stall limit;
-    /// but a MOVE, which a store without renames does as a copy on its side, within
-    /// `MOVE_WITHIN`.
+    /// A request without a body, whose answer must come within the stall limit.
     async fn send(&self, method: &str, rel: &str, header: Option<(&str, &str)>) -> StoreResult<reqwest::Response> {
-        let sent = self.request(method, rel, header, None);
-        if method == "MOVE" {
-            return tokio::time::timeout(MOVE_WITHIN, sent)
-                .await
-                .unwrap_or_else(|_| Err(self.error(method, rel, format!("no answer within {MOVE_WITHIN:?}"))));
-        }
-        self.unless_stalled(method, rel, &Progress::new(), sent).await
+        self.unless_stalled(method, rel, &Progress::new(), self.request(method, rel, header, None)).await
+    }
+
+    /// MOVEs `rel` to the URL `dest`. Nothing moves on the connection meanwhile, and
+    /// a store without renames copies on its side, so the answer may take up to
+    /// `MOVE_WITHIN` rather than the stall limit.
+    async fn move_to(&self, rel: &str, dest: &str) -> StoreResult<reqwest::Response> {
+        let moved = self.request("MOVE", rel, Some(("destination", dest)), None);
+        tokio::time::timeout(MOVE_WITHIN, moved)
+            .await
+            .unwrap_or_else(|_| Err(self.error("MOVE", rel, format!("no answer within {MOVE_WITHIN:?}"))))
     }
 
     /// Fails `work` once the transfer `progress` follows has not moved for the stall limit.
@@ -742,7 +744,7 @@ impl Remote {
             let _ = self.delete(&temp).await;
             return Err(self.error("PUT", &temp, format!("stored {stored:?} bytes of {size}")));
         }
-        let resp = self.send("MOVE", &temp, Some(("destination", &self.url(rel)))).await?;
+        let resp = self.move_to(&temp, &self.url(rel)).await?;
         self.expect_ok("MOVE", &temp, &resp)
     }
 }
