@@ -75,7 +75,8 @@ fn a_recording_that_does_not_say_how_long_it_is_is_measured() {
     let duration = p["duration"].as_f64().unwrap();
     assert!((duration - 20.0).abs() < 0.1, "{duration}");
     let thumbs = dir.path("thumbs");
-    drake_ok(&["thumbnails", &src, "--out", thumbs.to_str().unwrap()]);
+    let printed = drake_ok(&["thumbnails", &src, "--out", thumbs.to_str().unwrap()]);
+    assert!(printed.lines().any(|l| l.starts_with(r#"{"type":"progress""#)), "thumbnails print their progress: {printed}");
     let t: Value = serde_json::from_slice(&std::fs::read(thumbs.join("thumbnails.json")).unwrap()).unwrap();
     assert_eq!(t["storyboard"]["tiles"].as_f64(), Some((duration / 2.0).ceil()), "a tile every 2 s: {}", t["storyboard"]);
     let last = t["thumbnails"].as_array().unwrap().last().unwrap()["time"].as_f64().unwrap();
@@ -1491,7 +1492,9 @@ fn chunks_encoded_apart_and_joined_make_what_a_whole_encode_makes() {
     assert_eq!(o.status.code(), Some(70), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("chunk 0:"), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!joined.join("rendition.json").exists());
-    drake_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let printed = drake_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // Its progress, which the worker's heartbeats carry and whose silence stops a hung engine.
+    assert!(printed.lines().any(|l| l.starts_with(r#"{"type":"progress""#)), "the join prints its progress: {printed}");
     let j: Value = serde_json::from_slice(&std::fs::read(joined.join("rendition.json")).unwrap()).unwrap();
     let w: Value = serde_json::from_slice(&std::fs::read(dir.path("whole-240p").join("rendition.json")).unwrap()).unwrap();
     assert_eq!(files(&j), files(&w), "the same files as a whole encode");

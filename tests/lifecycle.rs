@@ -459,3 +459,57 @@ fn a_store_that_goes_silent_holds_a_job_for_the_stall_limit_only() {
         assert_eq!(t["attempts"], 1, "reported again, not run again: {t}");
     }
 }
+
+/// The pids of `parent`'s children whose command line has the argument `arg` and
+/// not `without`.
+fn children_with(parent: u32, arg: &str, without: &str) -> Vec<u32> {
+    let pids = std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
+    pids.filter(|pid| {
+        // "pid (comm) state ppid ...": the name may hold spaces, so read after its ')'.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        ppid == Some(parent) && args.contains(&arg.as_bytes()) && !args.contains(&without.as_bytes())
+    })
+    .collect()
+}
+
+/// An engine that hangs (a libav call that never returns; here the process is
+/// stopped) holds its task for the engine stall limit, not for the task's 4 hours:
+/// its worker stops it once it has printed no progress that long, the task runs
+/// again, and the job ends with every file.
+#[test]
+fn a_hung_engine_holds_its_task_for_the_stall_limit_only() {
+    let c = Coordinator::start_with(&["--engine-stall-seconds", "5"]);
+    let dir = Dir::new();
+    test_clip(&dir.s("clip.mp4"), "640x360", 10);
+    let w = c.worker("w1", &c.join_token(1));
+    let (status, job) = c.upload(&dir.s("clip.mp4"), &[]);
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    // The first rendition's engine (not the audio's) is stopped for good as it starts.
+    let started = std::time::Instant::now();
+    let engine = loop {
+        if let Some(&pid) = children_with(w.child.id(), "transcode", "--audio").first() {
+            break pid;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no rendition's engine started");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(std::process::Command::new("kill").args(["-STOP", &engine.to_string()]).status().unwrap().success());
+    let stopped = std::time::Instant::now();
+    let job = c.wait_ended(&id, Duration::from_secs(60));
+    let took = stopped.elapsed();
+    eprintln!("the job ended {took:?} after its engine was stopped");
+    assert_outputs_complete(&c, &job);
+    let retried: Vec<&Value> = job["tasks"].as_array().unwrap().iter().filter(|t| t["attempts"].as_i64().unwrap() > 1).collect();
+    assert_eq!(retried.len(), 1, "only the hung engine's task ran again: {job}");
+    let error = retried[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("the engine reported no progress for 5 s"), "{error}");
+    // The stopped engine was killed, not left behind.
+    let state = std::fs::read_to_string(format!("/proc/{engine}/stat")).unwrap_or_default();
+    assert!(state.is_empty() || state.contains(") Z"), "the hung engine is gone: {state}");
+    // The other engines never went 5 s without a line of progress, even as they started.
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}

@@ -45,6 +45,9 @@ pub struct Limits {
     /// How long a transfer to or from storage may go without moving a byte (the
     /// coordinator's own, and its workers', told in each lease).
     pub store_stall_seconds: u64,
+    /// How long a task's child process may go without reporting progress before
+    /// its worker stops it (told in each lease).
+    pub engine_stall_seconds: u64,
 }
 
 /// Largest JSON body on the API (jobs, tokens); over it, 413 at once.
@@ -62,6 +65,7 @@ impl Default for Limits {
             upload_expiry_ms: 24 * 3_600_000,
             max_spool_bytes: 100 * 1024 * 1024 * 1024,
             store_stall_seconds: proto::transfer::STALL_WITHIN.as_secs(),
+            engine_stall_seconds: proto::wire::ENGINE_STALL_SECONDS,
         }
     }
 }

@@ -129,6 +129,7 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
                     source: l.source,
                     timeout_seconds: st.limits.task_timeout_seconds,
                     stall_seconds: st.limits.store_stall_seconds,
+                    engine_stall_seconds: st.limits.engine_stall_seconds,
                     companions: Vec::new(),
                     chunk: l.chunk,
                     join,

@@ -40,6 +40,7 @@ pub struct FarmSettings {
     pub min_free_disk_bytes: u64,
     pub capable_worker_wait_seconds: u64,
     pub store_stall_seconds: u64,
+    pub engine_stall_seconds: u64,
     pub upload_expiry_seconds: u64,
     pub max_spool_bytes: u64,
     pub cors_origins: Vec<String>,
@@ -56,6 +57,7 @@ fn config(data: PathBuf, s: &FarmSettings) -> coordinator::server::Config {
             upload_expiry_ms: s.upload_expiry_seconds.clamp(1, 30 * 86400) as i64 * 1000,
             max_spool_bytes: s.max_spool_bytes,
             store_stall_seconds: s.store_stall_seconds,
+            engine_stall_seconds: s.engine_stall_seconds,
             ..Default::default()
         },
         queue: coordinator::queue::QueueConfig {

@@ -239,6 +239,11 @@ struct FarmArgs {
     /// may go without moving a byte before it fails and is tried again.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     store_stall_seconds: u64,
+    /// How long a task's engine (the child process a worker runs it in) may go
+    /// without reporting progress before the worker stops it and the task is tried
+    /// again: what a hung engine holds its task for.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    engine_stall_seconds: u64,
     /// Let URL sources and webhook callbacks reach this non-public network (CIDR,
     /// e.g. 10.0.0.0/8; repeatable). By default they reach public addresses only.
     #[arg(long = "allow-network", value_name = "CIDR")]
@@ -275,6 +280,7 @@ impl FarmArgs {
             min_free_disk_bytes: self.min_free_disk_bytes,
             capable_worker_wait_seconds: self.capable_worker_wait_seconds,
             store_stall_seconds: self.store_stall_seconds,
+            engine_stall_seconds: self.engine_stall_seconds,
             upload_expiry_seconds: self.upload_expiry_seconds,
             max_spool_bytes: self.max_spool_bytes,
             cors_origins: self.cors_origins,
@@ -386,12 +392,12 @@ fn run_engine(command: Command) -> i32 {
                 out: &out,
                 limits: worker::transcode::Limits { max_duration },
             };
-            worker::join::run(&req).map(|_| ()).map_err(Failure::Engine)
+            worker::join::run(&req, &mut print_progress).map(|_| ()).map_err(Failure::Engine)
         }
         Command::Remux { input, out } => worker::remux::run(&input, &out).map_err(Failure::Engine).and_then(|r| print_json(&r)),
         Command::Thumbnails { input, out, count, cores } => {
             cores.apply();
-            worker::thumbnails::run(&input, &out, count).map_err(Failure::Engine).map(|_| ())
+            worker::thumbnails::run(&input, &out, count, &mut print_progress).map_err(Failure::Engine).map(|_| ())
         }
         Command::Coordinator { .. } | Command::Worker { .. } | Command::Up { .. } | Command::Submit(_) | Command::Db { .. } => {
             unreachable!("farm commands are dispatched in main")
@@ -401,6 +407,15 @@ fn run_engine(command: Command) -> i32 {
         Ok(()) => 0,
         Err(f) => fail(f),
     }
+}
+
+/// One line of progress on stdout, where the worker reads it: its heartbeats carry
+/// it, and an engine that stops printing it is stopped.
+fn print_progress(line: proto::report::ProgressLine) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, &line);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
 }
 
 enum Failure {
@@ -510,13 +525,7 @@ fn transcode(input: &str, profile: &str, renditions: &[String], outs: &[PathBuf]
         quality,
         audio_packets,
     };
-    let stdout = std::io::stdout();
-    let mut progress = |line: proto::report::ProgressLine| {
-        let mut out = stdout.lock();
-        let _ = serde_json::to_writer(&mut out, &line);
-        let _ = out.write_all(b"\n");
-        let _ = out.flush();
-    };
+    let mut progress = print_progress;
     match only {
         Some(Only::Chunk(index, span)) => {
             return worker::transcode::run_chunk(&req, index, span, &mut progress).map(|_| ()).map_err(Failure::Engine);

@@ -151,6 +151,12 @@ pub struct TaskLease {
     /// it fails and is tried again (see `transfer`).
     #[serde(default = "stall_seconds")]
     pub stall_seconds: u64,
+    /// How long the child process may go without a line of progress before the
+    /// worker stops it and the task is tried again: a hung engine (a libav call
+    /// that never returns, a stopped process) holds its task this long, not for
+    /// `timeout_seconds`.
+    #[serde(default = "engine_stall_seconds")]
+    pub engine_stall_seconds: u64,
     /// More transcode tasks of the same job, leased with this one to share its
     /// decode: one child makes them all. Each has its own epoch and is
     /// heartbeated, completed or failed on its own.
@@ -174,6 +180,14 @@ pub struct TaskLease {
 
 fn stall_seconds() -> u64 {
     crate::transfer::STALL_WITHIN.as_secs()
+}
+
+/// The default `engine_stall_seconds`: well past the engine's longest silent step
+/// (packaging and checking a long film's outputs after its last frame).
+pub const ENGINE_STALL_SECONDS: u64 = 600;
+
+fn engine_stall_seconds() -> u64 {
+    ENGINE_STALL_SECONDS
 }
 
 /// How to reach an external WebDAV store.

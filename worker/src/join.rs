@@ -20,7 +20,7 @@ use ffmpeg_next as ff;
 use proto::chunk::ChunkReport;
 use proto::probe::Probe;
 use proto::profile::{Profile, VideoCodec};
-use proto::report::{QualitySums, RenditionReport};
+use proto::report::{ProgressLine, QualitySums, RenditionReport};
 use std::path::Path;
 
 pub struct JoinRequest<'a> {
@@ -37,7 +37,9 @@ pub struct JoinRequest<'a> {
     pub limits: Limits,
 }
 
-pub fn run(req: &JoinRequest) -> Result<RenditionReport> {
+/// Joins the chunks, printing a line of `progress` at least every half second
+/// while it writes packets.
+pub fn run(req: &JoinRequest, progress: &mut dyn FnMut(ProgressLine)) -> Result<RenditionReport> {
     let probe = req.probe;
     let renditions = transcode::plan_renditions(probe, req.profile, &[req.rendition], req.limits)?;
     let r = &renditions[0];
@@ -88,7 +90,13 @@ pub fn run(req: &JoinRequest) -> Result<RenditionReport> {
     // Video decode timestamps must keep rising across seams.
     let vh = video.header.clone();
     let (mut frames, mut last_dts) = (0u64, None::<i64>);
+    let mut pace = transcode::Every::half_second();
     while let Some(v) = video.next()? {
+        if pace.due() {
+            let out_time = frames as f64 * f64::from(den) / f64::from(num);
+            let fraction = (frames as f64 / cut.total_frames.max(1) as f64).clamp(0.0, 0.99);
+            progress(ProgressLine::Progress { fraction, fps: 0.0, frame: frames, out_time });
+        }
         if last_dts.is_some_and(|d| v.dts <= d) {
             return Err(EngineError::internal("joining", format!("decode timestamps go back at frame {} (a seam)", v.pts)));
         }
@@ -96,7 +104,10 @@ pub fn run(req: &JoinRequest) -> Result<RenditionReport> {
         frames += 1;
         mux.write(transcode::Track::Video, &mut transcode::record_packet(&v))?;
     }
+    let mut finishing = || progress(ProgressLine::Progress { fraction: 0.99, fps: 0.0, frame: frames, out_time: probe.duration });
+    finishing();
     mux.finish()?;
+    finishing();
     let audio_end = mux.fed_audio_end();
 
     let fps = Rational(num, den);

@@ -534,15 +534,19 @@ impl Node {
         };
         let pid = child.id();
         let progress = Arc::new(AtomicU64::new(0f64.to_bits()));
+        // When the engine last reported progress, in ms since it was started.
+        let spawned = tokio::time::Instant::now();
+        let last_progress = Arc::new(AtomicU64::new(0));
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let reader = {
-            let progress = progress.clone();
+            let (progress, last_progress) = (progress.clone(), last_progress.clone());
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stdout).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     if let Some(f) = parse_progress(&line) {
                         progress.store(f.to_bits(), Ordering::Relaxed);
+                        last_progress.store(spawned.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
                 }
             })
@@ -557,10 +561,28 @@ impl Node {
         // Each rendition of a bundle gets the per-task allowance.
         let timeout = lease.timeout_seconds.max(1) * tasks.len() as u64;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+        // The engine prints progress at least every half second while it works; one
+        // that goes quiet this long is hung (a libav call that never returns, a
+        // stopped process) and is stopped, rather than holding its task for `timeout`.
+        let quiet_limit = Duration::from_secs(lease.engine_stall_seconds.max(1));
+        let quiet_until = || spawned + Duration::from_millis(last_progress.load(Ordering::Relaxed)) + quiet_limit;
         let mut tick = tokio::time::interval(self.heartbeat);
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status,
+                _ = tokio::time::sleep_until(quiet_until()) => {
+                    if quiet_until() > tokio::time::Instant::now() {
+                        continue; // progress came while it slept
+                    }
+                    kill(pid);
+                    let _ = child.wait().await;
+                    let log_tail = stderr_task.await.unwrap_or_default();
+                    return Outcome::Failed {
+                        error: format!("the engine reported no progress for {} s; stopped", quiet_limit.as_secs()),
+                        retryable: true,
+                        log_tail,
+                    };
+                }
                 _ = tick.tick() => {
                     let p = f64::from_bits(progress.load(Ordering::Relaxed));
                     for task in tasks {

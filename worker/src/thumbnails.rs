@@ -15,7 +15,7 @@ use ffmpeg_next as ff;
 use image::metadata::Orientation;
 use image::{ImageDecoder as _, RgbImage, imageops};
 use proto::probe::VideoStream;
-use proto::report::{Image, Storyboard, ThumbnailsReport};
+use proto::report::{Image, ProgressLine, Storyboard, ThumbnailsReport};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -43,7 +43,9 @@ pub fn tile_interval(duration: f64) -> f64 {
     }
 }
 
-pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
+/// Takes the thumbnails and storyboard, printing a line of `progress` at least
+/// every half second while it decodes.
+pub fn run(input: &str, out: &Path, count: usize, progress: &mut dyn FnMut(ProgressLine)) -> Result<ThumbnailsReport> {
     let (ictx, keyframes) = av::open_input_indexed(input)?;
     let probe = crate::probe::describe(&ictx, input, Some(&keyframes))?;
     let Some(v) = probe.main_video().cloned() else {
@@ -58,7 +60,12 @@ pub fn run(input: &str, out: &Path, count: usize) -> Result<ThumbnailsReport> {
     // tile's span, at a fraction of the decoding (a phone's 1 s GOPs, 30 fps: 1 in 30).
     let keyframes_only = v.keyframe_gap_s.is_some_and(|gap| gap > 0.0 && gap <= tile_interval(probe.duration) / 2.0);
     let mut walker = Walker::new(ictx, &v, keyframes_only)?;
+    let mut pace = crate::transcode::Every::half_second();
     while let Some(t) = collector.wants() {
+        if pace.due() {
+            let fraction = (t / probe.duration.max(0.001)).clamp(0.0, 0.99);
+            progress(ProgressLine::Progress { fraction, fps: 0.0, frame: 0, out_time: t });
+        }
         match walker.frame_towards(t)? {
             Some((time, f)) => collector.offer(time, f)?,
             None => break,

@@ -36,7 +36,7 @@ use proto::report::{
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Limits on what a stranger's upload may ask of one transcode process.
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +137,28 @@ pub(crate) fn plan_renditions(
     Ok(renditions)
 }
 
+/// Paces the lines of progress an engine prints: one is due at once, then one
+/// every period while work goes on. The worker stops an engine that prints none
+/// for its lease's `engine_stall_seconds`.
+pub struct Every {
+    period: Duration,
+    last: Option<Instant>,
+}
+
+impl Every {
+    pub fn half_second() -> Every {
+        Every { period: Duration::from_millis(500), last: None }
+    }
+
+    pub fn due(&mut self) -> bool {
+        if self.last.is_some_and(|at| at.elapsed() < self.period) {
+            return false;
+        }
+        self.last = Some(Instant::now());
+        true
+    }
+}
+
 pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made> {
     let (mut ictx, probe, renditions) = prepare(req)?;
     let mut stagings = Vec::with_capacity(renditions.len());
@@ -181,15 +203,14 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
     let total = probe.duration.max(0.001);
     let mut source = SourceReader::default();
     let began = Instant::now();
-    let mut last_report = Instant::now();
+    let mut pace = Every::half_second();
     while let Some(pkt) = source.next(&mut ictx)? {
         if let Some(v) = video.as_mut().filter(|v| v.index == pkt.stream()) {
             v.feed(Some(&pkt), &mut muxes)?;
         } else if let Some(a) = audio.as_mut().filter(|a| a.index == pkt.stream()) {
             a.feed(Some(&pkt), &mut muxes)?;
         }
-        if last_report.elapsed().as_millis() >= 500 {
-            last_report = Instant::now();
+        if pace.due() {
             let frame = video.as_ref().map_or(0, |v| v.frames);
             let out_time = muxes.iter().map(|m| m.out_time).fold(f64::INFINITY, f64::min);
             progress(ProgressLine::Progress {
@@ -207,7 +228,12 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
     if let Some(a) = audio.as_mut() {
         a.feed(None, &mut muxes)?;
     }
+    // Finishing and checking each rendition's files reads no source: a line before
+    // each step tells the worker the engine still works (a long film's MP4 is
+    // rewritten whole to put its index first, then read back).
+    let mut finishing = || progress(ProgressLine::Progress { fraction: 0.99, fps: 0.0, frame: 0, out_time: probe.duration });
     for mux in &mut muxes {
+        finishing();
         mux.finish()?;
     }
 
@@ -236,6 +262,7 @@ pub fn run(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Result<Made
 
     let mut reports = Vec::with_capacity(renditions.len());
     for (k, r) in renditions.iter().enumerate() {
+        finishing();
         let v = video.as_mut().map(|v| v.outs[k].facts(r)).transpose()?;
         let a = if audio.is_some() || muxes[k].fed_audio_end().is_some() { r.audio.as_ref() } else { None };
         reports.push(package(&stagings[k], r, &progressive_name(r), v.as_ref(), a, &muxes[k], decoded)?);
@@ -373,14 +400,13 @@ pub fn run_chunk(req: &Request, index: u32, span: Span, progress: &mut dyn FnMut
         video.feed(Some(key), &mut muxes)?;
     }
     let began = Instant::now();
-    let mut last_report = Instant::now();
+    let mut pace = Every::half_second();
     while !video.has_span() {
         let Some(pkt) = source.next(&mut ictx)? else { break };
         if pkt.stream() == video.index {
             video.feed(Some(&pkt), &mut muxes)?;
         }
-        if last_report.elapsed().as_millis() >= 500 {
-            last_report = Instant::now();
+        if pace.due() {
             let out_time = muxes.iter().map(|m| m.out_time).fold(f64::INFINITY, f64::min) - first_time;
             progress(ProgressLine::Progress {
                 fraction: (out_time / total).clamp(0.0, 0.99),
@@ -444,7 +470,7 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
     }
     let mut subtitles = subtitle_extractors(&ictx, &plan)?;
     let total = probe.duration.max(0.001);
-    let mut last_report = Instant::now();
+    let mut pace = Every::half_second();
     let mut source = SourceReader::default();
     while let Some(pkt) = source.next(&mut ictx)? {
         if let Some(k) = pipes.iter().position(|p| p.index == pkt.stream()) {
@@ -452,8 +478,7 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
         } else if let Some(x) = subtitles.iter_mut().flatten().find(|x| x.index == pkt.stream()) {
             x.feed(&pkt);
         }
-        if last_report.elapsed().as_millis() >= 500 {
-            last_report = Instant::now();
+        if pace.due() {
             let out_time = muxes.iter().map(|m| m.out_time).fold(f64::INFINITY, f64::min);
             // Packaging the tracks' HLS is the last tenth.
             progress(ProgressLine::Progress { fraction: (0.9 * out_time / total).clamp(0.0, 0.9), fps: 0.0, frame: 0, out_time });
