@@ -100,6 +100,11 @@ pub const COORDINATOR_TTL_MS: i64 = 10_000;
 /// before the reconciler does it instead.
 pub const PROMOTE_GRACE_MS: i64 = 30_000;
 
+/// How long after a retry is due only workers other than the one whose attempt
+/// failed may take it, while one has a free slot (written into `lease_claim!`,
+/// which a unit test checks).
+pub const RETRY_ELSEWHERE_MS: i64 = 60_000;
+
 /// What one lease may carry besides its first task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bundling {
@@ -436,6 +441,11 @@ macro_rules! only_clause {
 /// turning them into a hash of every unfinished audio (or chunk) task of the farm,
 /// built for each claim: 2 ms a claim at 90,000 queued tasks, where a lookup per
 /// candidate in `tasks_pending_by_kind` is a few buffers.
+/// A retry goes elsewhere first: the worker whose attempt failed or lapsed
+/// (`failed_by`) takes it again only when no other live worker has a free slot
+/// ([`RETRY_ELSEWHERE_MS`] after it is due, any worker may), so a worker that fails
+/// everything (a broken disk, a bad libav build) cannot spend a task's attempts
+/// alone, and a farm of one worker retries at once.
 macro_rules! lease_claim {
     ($lock:literal, $only:expr, $tags:literal) => {
         concat!(
@@ -445,7 +455,11 @@ macro_rules! lease_claim {
                          WHERE t.state = 'queued' AND t.run_after <= $2 AND t.cancel = 0
                            AND (SELECT j.state FROM jobs j WHERE j.id = t.job_id) IN ('queued', 'running')
                            AND (t.requires IS NULL OR instr($4, ',' || t.requires || ',') > 0)
-                           AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = $1 AND (w.draining <> 0 OR w.removed <> 0)) ",
+                           AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = $1 AND (w.draining <> 0 OR w.removed <> 0))
+                           AND (t.failed_by IS NULL OR t.failed_by <> $1 OR t.run_after + 60000 <= $2
+                                OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id <> $1 AND w.removed = 0 AND w.draining = 0
+                                     AND w.paused IS NULL AND w.last_seen >= $2 - $3
+                                     AND w.slots > (SELECT COUNT(*) FROM tasks h WHERE h.worker_id = w.id AND h.state IN ('leased', 'running')))) ",
             $only,
             "
                            AND NOT EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = t.job_id AND instr(",
@@ -866,7 +880,7 @@ impl Queue {
         // (`tasks_lease_order`) that this worker can take. On PostgreSQL the subquery locks its row and
         // skips rows another coordinator holds, and the UPDATE checks the state again:
         // under Read Committed a plain `id = (SELECT ...)` can lease one task twice.
-        // On PostgreSQL the first claim is `drake_claim` (migration 0015): this claim
+        // On PostgreSQL the first claim is `drake_claim` (migration 0020): this claim
         // as a function with its planner settings, which starts the job too.
         let sql = match (self.backend, only.is_some()) {
             (Backend::Sqlite, false) => lease_claim!("", "", "$5"),
@@ -1487,7 +1501,8 @@ async fn requeue_or_fail(
     now: i64,
 ) -> Result<()> {
     if retryable && attempts < max {
-        sql::query("UPDATE tasks SET state = 'queued', worker_id = NULL, lease_expires_at = NULL, run_after = $1, queued_at = $1, error = $2, updated_at = $3 WHERE id = $4")
+        // `failed_by`: the retry goes to another worker first (see `lease_claim!`).
+        sql::query("UPDATE tasks SET state = 'queued', failed_by = worker_id, worker_id = NULL, lease_expires_at = NULL, run_after = $1, queued_at = $1, error = $2, updated_at = $3 WHERE id = $4")
             .bind(now + cfg.backoff(attempts))
             .bind(error)
             .bind(now)

@@ -88,6 +88,7 @@ conformance!(
     tasks_lease_lowest_rung_first_and_complete,
     expired_leases_are_requeued_and_stale_completions_rejected,
     retries_back_off_exponentially,
+    a_retry_goes_to_another_worker_while_one_has_a_free_slot,
     the_retry_limit_fails_the_job_with_the_last_error,
     bad_input_fails_the_job_at_once,
     cancel_reaches_running_tasks_through_heartbeats,
@@ -313,6 +314,76 @@ async fn retries_back_off_exponentially(q: Queue) {
     }
     assert_eq!(q.lease("w", &[], now).await.unwrap().unwrap().attempt, 3);
     assert_eq!(q.cfg.backoff(10), 8_000, "capped");
+}
+
+/// A retry goes elsewhere first: the worker whose attempt failed (or whose lease
+/// lapsed) takes the task again only when no other live worker has a free slot,
+/// or once it has been due for `RETRY_ELSEWHERE_MS`.
+async fn a_retry_goes_to_another_worker_while_one_has_a_free_slot(q: Queue) {
+    let backend = q.backend();
+
+    // w2 is live and free: the retry waits for it, and w2 takes it.
+    let (q, due) = failed_on_w1(q, false).await;
+    assert!(q.lease("w1", &[], due).await.unwrap().is_none(), "w2 has a free slot: not back to w1");
+    assert_eq!(q.lease("w2", &[], due).await.unwrap().unwrap().attempt, 2);
+
+    // A lapsed lease counts as a failed attempt.
+    let (q, due) = failed_on_w1(fresh(backend).await, true).await;
+    set(&q, "UPDATE workers SET last_seen = $1 WHERE id = 'w2'", due).await;
+    assert!(q.lease("w1", &[], due).await.unwrap().is_none(), "the lapsed lease's worker waits too");
+    assert_eq!(q.lease("w2", &[], due).await.unwrap().unwrap().attempt, 2);
+
+    // w2 is busy: w1 takes its retry at once.
+    let (q, due) = failed_on_w1(fresh(backend).await, false).await;
+    job_with(&q, &["360p"]).await;
+    assert_eq!(q.lease("w2", &[], T0 + 1).await.unwrap().unwrap().rendition.as_deref(), Some("360p"));
+    assert_eq!(q.lease("w1", &[], due).await.unwrap().unwrap().attempt, 2, "no other free slot");
+
+    // w2 is gone (not seen for a lease's TTL), paused, or draining: w1 takes it.
+    for (what, change) in [
+        ("gone", "UPDATE workers SET last_seen = $1 WHERE id = 'w2'"),
+        ("paused", "UPDATE workers SET paused = 'scratch disk full' WHERE id = 'w2' AND $1 = $1"),
+        ("draining", "UPDATE workers SET draining = 1 WHERE id = 'w2' AND $1 = $1"),
+    ] {
+        let (q, due) = failed_on_w1(fresh(backend).await, false).await;
+        set(&q, change, 0).await;
+        assert_eq!(q.lease("w1", &[], due).await.unwrap().map(|l| l.attempt), Some(2), "w2 {what}");
+    }
+
+    // w2 stays free but takes nothing (it lacks the encoder, say): w1 takes the
+    // retry once it has been due for RETRY_ELSEWHERE_MS.
+    let (q, due) = failed_on_w1(fresh(backend).await, false).await;
+    let later = due + RETRY_ELSEWHERE_MS;
+    set(&q, "UPDATE workers SET last_seen = $1 WHERE id = 'w2'", later).await;
+    assert!(q.lease("w1", &[], later - 1).await.unwrap().is_none());
+    assert_eq!(q.lease("w1", &[], later).await.unwrap().unwrap().attempt, 2);
+}
+
+/// Two live workers of one slot, and w1 failed a one-task job's task (or its
+/// lease lapsed): the queue and when the retry is due.
+async fn failed_on_w1(q: Queue, lapse: bool) -> (Queue, i64) {
+    let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![] };
+    for w in ["w1", "w2"] {
+        q.register_worker(w, w, 1, &caps, "0", T0).await.unwrap();
+    }
+    job_with(&q, &["240p"]).await;
+    let a = q.lease("w1", &[], T0).await.unwrap().unwrap();
+    let at = if lapse {
+        q.reap(T0 + 10_001).await.unwrap();
+        T0 + 10_001
+    } else {
+        q.fail(&a.task_id, "w1", a.epoch, "the engine crashed", true, "", T0).await.unwrap();
+        T0
+    };
+    let due = at + q.cfg.backoff(1);
+    (q, due)
+}
+
+/// Runs one statement of a test's own, with `$1` bound to `at`.
+async fn set(q: &Queue, statement: &'static str, at: i64) {
+    let mut tx = q.begin().await.unwrap();
+    sql::query(statement).bind(at).execute(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
 }
 
 async fn the_retry_limit_fails_the_job_with_the_last_error(q: Queue) {
@@ -1471,12 +1542,13 @@ async fn operations_answer_only_once_their_shared_commit_is_done() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// PostgreSQL's first claim (`drake_claim`, migration 0015) runs the claim
+/// PostgreSQL's first claim (`drake_claim`, migration 0020) runs the claim
 /// SQLite runs and a bundle's companions build on, word for word.
 #[test]
 fn the_postgres_claim_function_runs_the_same_claim() {
     let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-    let function = words(include_str!("../../migrations/postgres/0015_claim_function.sql"));
+    let function = words(include_str!("../../migrations/postgres/0020_retry_elsewhere.sql"));
     let claim = words(lease_claim!("FOR UPDATE SKIP LOCKED", "", "$5"));
     assert!(function.contains(&claim), "drake_claim differs from lease_claim!:\n{claim}");
+    assert!(claim.contains(&format!("t.run_after + {RETRY_ELSEWHERE_MS} <= $2")), "the claim's wait for another worker");
 }
