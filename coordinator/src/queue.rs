@@ -101,8 +101,8 @@ pub const COORDINATOR_TTL_MS: i64 = 10_000;
 pub const PROMOTE_GRACE_MS: i64 = 30_000;
 
 /// How long after a retry is due only workers other than the one whose attempt
-/// failed may take it, while one has a free slot (written into `lease_claim!`,
-/// which a unit test checks).
+/// failed may take it, while another is live (written into `lease_claim!`, which a
+/// unit test checks).
 pub const RETRY_ELSEWHERE_MS: i64 = 60_000;
 
 /// What one lease may carry besides its first task.
@@ -442,10 +442,10 @@ macro_rules! only_clause {
 /// built for each claim: 2 ms a claim at 90,000 queued tasks, where a lookup per
 /// candidate in `tasks_pending_by_kind` is a few buffers.
 /// A retry goes elsewhere first: the worker whose attempt failed or lapsed
-/// (`failed_by`) takes it again only when no other live worker has a free slot
-/// ([`RETRY_ELSEWHERE_MS`] after it is due, any worker may), so a worker that fails
-/// everything (a broken disk, a bad libav build) cannot spend a task's attempts
-/// alone, and a farm of one worker retries at once.
+/// (`failed_by`) takes it again only when no other worker is live (or
+/// [`RETRY_ELSEWHERE_MS`] after it is due, when the others are busy or cannot run
+/// it), so a worker that fails everything (a broken disk, a bad libav build)
+/// cannot spend a task's attempts alone, and a farm of one worker retries at once.
 macro_rules! lease_claim {
     ($lock:literal, $only:expr, $tags:literal) => {
         concat!(
@@ -458,8 +458,7 @@ macro_rules! lease_claim {
                            AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = $1 AND (w.draining <> 0 OR w.removed <> 0))
                            AND (t.failed_by IS NULL OR t.failed_by <> $1 OR t.run_after + 60000 <= $2
                                 OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id <> $1 AND w.removed = 0 AND w.draining = 0
-                                     AND w.paused IS NULL AND w.last_seen >= $2 - $3
-                                     AND w.slots > (SELECT COUNT(*) FROM tasks h WHERE h.worker_id = w.id AND h.state IN ('leased', 'running')))) ",
+                                     AND w.paused IS NULL AND w.last_seen >= $2 - $3)) ",
             $only,
             "
                            AND NOT EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = t.job_id AND instr(",

@@ -1,12 +1,10 @@
 -- The worker whose attempt at a task last failed (or whose lease of it lapsed): a
--- retry goes to another worker while one has a free slot, for up to a minute, so
+-- retry waits up to a minute for another live worker to take it, so
 -- a worker that fails everything it takes (a broken disk or libav) does not spend
 -- one task's attempts alone. `drake_claim` (migration 0015) is the same claim
 -- with that condition: `lease_claim!("FOR UPDATE SKIP LOCKED", "", "$5")` in
 -- queue.rs, word for word (a unit test compares them).
 ALTER TABLE tasks ADD COLUMN failed_by TEXT;
--- The tasks each worker holds, which that check counts per live worker.
-CREATE INDEX tasks_held ON tasks (worker_id) WHERE state IN ('leased', 'running');
 CREATE OR REPLACE FUNCTION drake_claim(TEXT, BIGINT, BIGINT, TEXT, TEXT)
 RETURNS TABLE (id TEXT, job_id TEXT, epoch BIGINT, kind TEXT, rendition TEXT, lease_expires_at BIGINT, attempts BIGINT, name TEXT,
                chunk BIGINT, first_frame BIGINT, frames BIGINT, pixels BIGINT, profile TEXT, source TEXT, job_state TEXT,
@@ -28,8 +26,7 @@ UPDATE tasks SET state = 'leased', worker_id = $1, epoch = epoch + 1, attempts =
                            AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = $1 AND (w.draining <> 0 OR w.removed <> 0))
                            AND (t.failed_by IS NULL OR t.failed_by <> $1 OR t.run_after + 60000 <= $2
                                 OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id <> $1 AND w.removed = 0 AND w.draining = 0
-                                     AND w.paused IS NULL AND w.last_seen >= $2 - $3
-                                     AND w.slots > (SELECT COUNT(*) FROM tasks h WHERE h.worker_id = w.id AND h.state IN ('leased', 'running'))))
+                                     AND w.paused IS NULL AND w.last_seen >= $2 - $3))
                            AND NOT EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = t.job_id AND instr($5, ',' || jt.tag || ',') = 0)
                            AND (t.kind NOT IN ('transcode', 'join', 'thumbnails') OR NOT EXISTS (SELECT 1 FROM tasks d
                                  WHERE d.job_id = t.job_id AND d.kind = 'audio' AND d.state <> 'succeeded' LIMIT 1 OFFSET 0))
