@@ -513,3 +513,62 @@ fn a_hung_engine_holds_its_task_for_the_stall_limit_only() {
     // The other engines never went 5 s without a line of progress, even as they started.
     assert!(took < Duration::from_secs(30), "took {took:?}");
 }
+
+/// A worker that fails everything it takes (here its engine is a script that fails
+/// as a broken libav build would) costs each task one attempt: the retry goes to
+/// the other live worker, never back to it, and the job succeeds.
+#[test]
+fn a_worker_that_fails_everything_costs_each_task_one_attempt() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Coordinator::start();
+    let dir = Dir::new();
+    test_clip(&dir.s("clip.mp4"), "640x360", 4);
+    // The broken worker runs a copy of drake, replaced once it runs by a script: it
+    // starts its engines from the path it started from.
+    let broken = dir.path("broken-drake");
+    std::fs::copy(drake_bin(), &broken).unwrap();
+    let scratch = c.data.path("scratch-broken");
+    let mut bad = Worker {
+        child: std::process::Command::new(&broken)
+            .args(["worker", "--coordinator", &c.url, "--name", "broken", "--slots", "1", "--scratch", scratch.to_str().unwrap()])
+            .env("DRAKE_TOKEN", c.join_token(1))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        name: "broken".into(),
+        scratch,
+    };
+    let listed = |name: &str| {
+        let (_, list) = c.call("GET", "/api/v1/workers", Some(&c.admin), None);
+        list["workers"].as_array().unwrap().iter().any(|w| w["name"] == name)
+    };
+    let started = std::time::Instant::now();
+    while !listed("broken") {
+        assert!(bad.child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(20), "the broken worker never joined");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::remove_file(&broken).unwrap();
+    std::fs::write(&broken, "#!/bin/sh\necho 'drake: libav: illegal instruction' >&2\nexit 70\n").unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _good = c.worker("good", &c.join_token(1));
+    while !listed("good") {
+        assert!(started.elapsed() < Duration::from_secs(20), "the good worker never joined");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (status, job) = c.upload(&dir.s("clip.mp4"), &[]);
+    assert_eq!(status, 201, "{job}");
+    let job = c.wait_ended(job["id"].as_str().unwrap(), Duration::from_secs(90));
+    assert_outputs_complete(&c, &job);
+    let tasks = job["tasks"].as_array().unwrap();
+    let failed_once: Vec<&Value> = tasks.iter().filter(|t| t["attempts"].as_i64().unwrap() > 1).collect();
+    assert!(
+        failed_once.iter().any(|t| t["error"].as_str().is_some_and(|e| e.contains("illegal instruction"))),
+        "the broken worker took a task and failed it: {job}"
+    );
+    for t in tasks {
+        assert!(t["attempts"].as_i64().unwrap() <= 2, "a retry went back to the broken worker: {t}");
+        assert_eq!(t["state"], "succeeded", "{t}");
+    }
+    let _ = bad.child.kill();
+}
