@@ -1214,9 +1214,9 @@ fn http_sources_are_read_with_range_requests() {
 /// let the MP4 demuxer drop the one keyframe of a short clip when a seek's range
 /// request failed, and the thumbnails failed as bad input: "no decodable video
 /// frames".) A store that refuses the rest of the source, or range requests,
-/// fails the engine as internal, to be retried, never as bad input.
+/// fails the engine as unreachable (exit 75), to be retried, never as bad input.
 #[test]
-fn a_store_that_fails_mid_read_is_waited_out_and_one_that_refuses_fails_as_internal() {
+fn a_store_that_fails_mid_read_is_waited_out_and_one_that_refuses_fails_as_unreachable() {
     let dir = Dir::new();
     // One keyframe, and the moov at the end: every read after the header is a seek.
     let src = dir.s("src.mp4");
@@ -1249,15 +1249,15 @@ fn a_store_that_fails_mid_read_is_waited_out_and_one_that_refuses_fails_as_inter
         let refusing = RangeServer::answering(dir.tmp.path().to_path_buf(), move |n| if n == 1 { first } else { Answer::Status(404) });
         let o = drake(&["thumbnails", &format!("{}/src.mp4", refusing.url), "--out", &dir.s("refused")]);
         let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(70), "{first:?}, then 404: internal, to be retried: {stderr}");
+        assert_eq!(o.status.code(), Some(75), "{first:?}, then 404: the store's trouble, to be retried: {stderr}");
         assert!(stderr.lines().last().is_some_and(|l| l.contains("404")), "{first:?}, then 404: {stderr}");
     }
     // A store (or a proxy in front of it) that does not answer range requests
-    // cannot serve a source whose index is at its end: internal too.
+    // cannot serve a source whose index is at its end: the store's trouble too.
     let whole = RangeServer::answering(dir.tmp.path().to_path_buf(), |_| Answer::Whole);
     let o = drake(&["thumbnails", &format!("{}/src.mp4", whole.url), "--out", &dir.s("whole")]);
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(70), "{stderr}");
+    assert_eq!(o.status.code(), Some(75), "{stderr}");
     assert!(stderr.contains("does not answer range requests"), "{stderr}");
 }
 

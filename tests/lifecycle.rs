@@ -516,9 +516,10 @@ fn a_hung_engine_holds_its_task_for_the_stall_limit_only() {
 
 /// A worker that fails everything it takes (here its engine is a script that fails
 /// as a broken libav build would) costs each task one attempt: the retry goes to
-/// the other live worker, never back to it, and the job succeeds.
+/// the other live worker, never back to it, and every job succeeds. Once it has
+/// failed tasks of three jobs in a row it rests, paused with why, taking nothing.
 #[test]
-fn a_worker_that_fails_everything_costs_each_task_one_attempt() {
+fn a_worker_that_fails_everything_costs_each_task_one_attempt_then_rests() {
     use std::os::unix::fs::PermissionsExt;
     let c = Coordinator::start();
     let dir = Dir::new();
@@ -556,19 +557,33 @@ fn a_worker_that_fails_everything_costs_each_task_one_attempt() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let (status, job) = c.upload(&dir.s("clip.mp4"), &[]);
-    assert_eq!(status, 201, "{job}");
-    let job = c.wait_ended(job["id"].as_str().unwrap(), Duration::from_secs(90));
-    assert_outputs_complete(&c, &job);
-    let tasks = job["tasks"].as_array().unwrap();
-    let failed_once: Vec<&Value> = tasks.iter().filter(|t| t["attempts"].as_i64().unwrap() > 1).collect();
-    assert!(
-        failed_once.iter().any(|t| t["error"].as_str().is_some_and(|e| e.contains("illegal instruction"))),
-        "the broken worker took a task and failed it: {job}"
-    );
-    for t in tasks {
-        assert!(t["attempts"].as_i64().unwrap() <= 2, "a retry went back to the broken worker: {t}");
-        assert_eq!(t["state"], "succeeded", "{t}");
+    let ids: Vec<String> = (0..4)
+        .map(|_| {
+            let (status, job) = c.upload(&dir.s("clip.mp4"), &[]);
+            assert_eq!(status, 201, "{job}");
+            job["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let mut failures = 0;
+    for id in &ids {
+        let job = c.wait_ended(id, Duration::from_secs(120));
+        assert_outputs_complete(&c, &job);
+        for t in job["tasks"].as_array().unwrap() {
+            let attempts = t["attempts"].as_i64().unwrap();
+            assert!(attempts <= 2, "a retry went back to the broken worker: {t}");
+            assert_eq!(t["state"], "succeeded", "{t}");
+            if attempts == 2 {
+                assert!(t["error"].as_str().is_some_and(|e| e.contains("illegal instruction")), "{t}");
+                failures += 1;
+            }
+        }
     }
+    // It failed tasks of three jobs (and perhaps a few more of those), then rested.
+    assert!((3..=8).contains(&failures), "{failures} tasks failed on the broken worker");
+    let (_, list) = c.call("GET", "/api/v1/workers", Some(&c.admin), None);
+    let listed = list["workers"].as_array().unwrap().iter().find(|w| w["name"] == "broken").unwrap().clone();
+    assert_eq!(listed["state"], "paused", "{listed}");
+    let why = listed["paused"].as_str().unwrap_or_default();
+    assert!(why.contains("failed tasks of 3 jobs in a row") && why.contains("illegal instruction"), "{why}");
     let _ = bad.child.kill();
 }

@@ -277,7 +277,7 @@ async fn drake_child(st: &AppState, command: &str, args: &[&std::ffi::OsStr], so
     match out.status.code() {
         Some(0) => Ok(out.stdout),
         Some(proto::exit::NO_SPACE) => Err(Outcome::Waits(Some(format!("drake {command}")), last)),
-        Some(proto::exit::INTERNAL) | None => Err(Outcome::failed(last)),
+        Some(proto::exit::INTERNAL | proto::exit::UNREACHABLE) | None => Err(Outcome::failed(last)),
         Some(_) => Err(Outcome::Rejected(last)),
     }
 }

@@ -20,7 +20,8 @@ pub mod wire;
 /// version they know; new optional fields do not bump it.
 pub const WIRE_VERSION: u32 = 1;
 
-/// Exit codes of the engine's subcommands. The farm retries only [`exit::INTERNAL`].
+/// Exit codes of the engine's subcommands. The farm retries [`exit::INTERNAL`] and
+/// [`exit::UNREACHABLE`].
 pub mod exit {
     /// The input (or the profile) cannot be transcoded; retrying will not help.
     pub const BAD_INPUT: i32 = 65;
@@ -29,6 +30,9 @@ pub mod exit {
     /// The disk being written is full (ENOSPC): the same work can succeed once
     /// there is room, so it waits for room rather than counting as a failure.
     pub const NO_SPACE: i32 = 74;
+    /// The source's store could not be read (after the reader waited out its
+    /// blips): the farm's trouble, not this machine's nor the source's; retried.
+    pub const UNREACHABLE: i32 = 75;
 }
 
 /// Environment variable through which a worker or the coordinator hands an engine

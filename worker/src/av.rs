@@ -156,7 +156,7 @@ fn open(input: &str, header: impl FnOnce(&ffi::AVFormatContext)) -> Result<ff::f
             remote
                 .as_ref()
                 .and_then(|(_, failure)| failure.get())
-                .map(|why| EngineError::internal(format!("cannot fetch {input}"), why.clone()))
+                .map(|why| EngineError::unreachable(format!("cannot fetch {input}"), why.clone()))
         };
         if opened < 0 {
             return Err(failed(&remote).unwrap_or_else(|| open_error(input, ff::Error::from(opened))));
@@ -192,19 +192,19 @@ pub fn read_failure(ictx: &ff::format::context::Input) -> Option<EngineError> {
         }
         (*failure).get().cloned()
     }?;
-    Some(EngineError::internal("reading the source over HTTP", why))
+    Some(EngineError::unreachable("reading the source over HTTP", why))
 }
 
 /// Classifies a failure to reach a source over HTTP, after `remote::Reader` waited
 /// out what it could: a 4xx answer is bad input (a wrong or deleted source),
-/// anything else network trouble, retryable.
+/// anything else the store's trouble, retryable.
 fn fetch_error(input: &str, e: ff::Error) -> EngineError {
     use ff::Error as E;
     match e {
         E::HttpNotFound | E::HttpForbidden | E::HttpUnauthorized | E::HttpBadRequest | E::HttpOther4xx => {
             EngineError::bad(format!("cannot fetch {input}: {e}"))
         }
-        _ => EngineError::internal(format!("cannot fetch {input}"), e),
+        _ => EngineError::unreachable(format!("cannot fetch {input}"), e),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The engine's error boundary. Classification lives here: the farm retries
-//! [`EngineError::Internal`] and fails the job at once on [`EngineError::BadInput`].
+//! [`EngineError::Internal`] and [`EngineError::Unreachable`], and fails the job
+//! at once on [`EngineError::BadInput`].
 
 use proto::exit;
 
@@ -11,6 +12,14 @@ pub enum EngineError {
     /// A failure of this machine or of libav that another attempt may not hit.
     #[error("internal error: {context}: {source}")]
     Internal {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The source's store could not be read, after the reader waited out what it
+    /// could: neither the source's fault nor this machine's.
+    #[error("store unreachable: {context}: {source}")]
+    Unreachable {
         context: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -28,8 +37,12 @@ impl EngineError {
         EngineError::Internal { context: context.into(), source: source.into() }
     }
 
+    pub fn unreachable(context: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        EngineError::Unreachable { context: context.into(), source: source.into() }
+    }
+
     pub fn is_retryable(&self) -> bool {
-        matches!(self, EngineError::Internal { .. })
+        matches!(self, EngineError::Internal { .. } | EngineError::Unreachable { .. })
     }
 
     /// The process exit code the CLI uses for this error.
@@ -38,6 +51,7 @@ impl EngineError {
             EngineError::BadInput(_) => exit::BAD_INPUT,
             EngineError::Internal { .. } if self.is_out_of_space() => exit::NO_SPACE,
             EngineError::Internal { .. } => exit::INTERNAL,
+            EngineError::Unreachable { .. } => exit::UNREACHABLE,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod codecs;
 pub mod error;
 pub mod files;
 pub mod fmp4;
+pub mod health;
 pub mod join;
 pub mod node;
 pub mod packets;

@@ -9,6 +9,7 @@
 //! It keeps no durable state: its scratch space is emptied after every task, and
 //! losing the machine loses at most the leases it held.
 
+use crate::health::Health;
 use crate::publish::{Dav, PublishError};
 use crate::thumbnails;
 use proto::report::{FileSum, ProgressLine};
@@ -87,8 +88,8 @@ fn streams_source(tasks: &[TaskLease]) -> bool {
 const MAX_BUNDLE: u32 = 4;
 /// How long a lease poll waits for work.
 const LEASE_WAIT_SECONDS: u64 = 20;
-/// How often a worker whose scratch disk is full looks again (each look a poll that
-/// keeps it live).
+/// How often a worker whose scratch disk is full (or who rests) looks again (each
+/// look a poll that keeps it live).
 const SCRATCH_RECHECK_SECONDS: u64 = 5;
 
 struct Node {
@@ -101,6 +102,8 @@ struct Node {
     draining: AtomicBool,
     /// Wakes the lease long-poll when draining starts.
     drain: tokio::sync::Notify,
+    /// Whether its engine keeps failing, and so it rests.
+    health: std::sync::Mutex<Health>,
 }
 
 pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
@@ -124,6 +127,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         heartbeat,
         draining: AtomicBool::new(false),
         drain: tokio::sync::Notify::new(),
+        health: Default::default(),
     });
     {
         let node = node.clone();
@@ -137,6 +141,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
     let slots = Arc::new(Semaphore::new(node.cfg.slots as usize));
     let mut errors = 0u32;
     let mut scratch_short: Option<String> = None;
+    let mut was_resting = false;
     loop {
         let free = slots.available_permits() as u32;
         if node.draining.load(Ordering::SeqCst) {
@@ -166,9 +171,16 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
             }
         }
         scratch_short = short;
-        let (free, wait_seconds) = if scratch_short.is_some() { (0, SCRATCH_RECHECK_SECONDS) } else { (free, LEASE_WAIT_SECONDS) };
+        // A worker whose engine keeps failing rests the same way (see `health`).
+        let resting = node.health.lock().ok().and_then(|mut h| h.resting(std::time::Instant::now()).map(String::from));
+        if resting.is_none() && was_resting {
+            proto::log!("drake worker: rested; taking tasks again");
+        }
+        was_resting = resting.is_some();
+        let paused = scratch_short.clone().or(resting);
+        let (free, wait_seconds) = if paused.is_some() { (0, SCRATCH_RECHECK_SECONDS) } else { (free, LEASE_WAIT_SECONDS) };
         let leased = tokio::select! {
-            r = node.lease(free, wait_seconds, scratch_short.as_deref()) => r,
+            r = node.lease(free, wait_seconds, paused.as_deref()) => r,
             // Stop waiting for work at once; a lease granted meanwhile lapses and is requeued.
             _ = drained => continue,
         };
@@ -239,9 +251,16 @@ enum Outcome {
         timing: ChildTiming,
         log_tail: String,
     },
+    /// The engine failed, or could not start.
     Failed {
         error: String,
         retryable: bool,
+        log_tail: String,
+    },
+    /// Storage failed the task (retryable): its inputs could not be copied, or the
+    /// engine could not read its source. Not this machine's fault.
+    StoreFailed {
+        error: String,
         log_tail: String,
     },
     /// Canceled, or the lease was lost: drop the work silently.
@@ -277,6 +296,22 @@ impl Node {
             }
         }
         Err(last)
+    }
+
+    /// Counts the engine's outcome towards the worker's health (see `health`): its
+    /// success, or its own failure (not bad input, not storage), which may start a
+    /// rest.
+    fn note_health(&self, lease: &TaskLease, outcome: &Outcome) {
+        let Ok(mut health) = self.health.lock() else { return };
+        match outcome {
+            Outcome::Succeeded { .. } => health.succeeded(),
+            Outcome::Failed { error, retryable: true, .. } => {
+                if let Some(why) = health.failed(&lease.job_id, error, std::time::Instant::now()) {
+                    proto::log!("drake worker: taking no tasks: {why}");
+                }
+            }
+            Outcome::Failed { retryable: false, .. } | Outcome::StoreFailed { .. } | Outcome::Abandoned => {}
+        }
     }
 
     /// Why the scratch disk is too full to take a task, if it is. The same words
@@ -322,6 +357,7 @@ impl Node {
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
         let outcome = self.execute(&tasks, &dirs).await;
+        self.note_health(&tasks[0], &outcome);
         // Publishing a large bundle can outlast the lease TTL: keep every lease not
         // yet reported alive until its completion or failure is posted.
         // A task whose lease is lost (or canceled) meanwhile stops publishing.
@@ -372,6 +408,10 @@ impl Node {
                 },
                 Outcome::Failed { error, retryable, log_tail } => {
                     let fail = Fail { epoch: lease.epoch, error: error.clone(), retryable: *retryable, log_tail: log_tail.clone() };
+                    self.post(lease, "fail", &fail).await
+                }
+                Outcome::StoreFailed { error, log_tail } => {
+                    let fail = Fail { epoch: lease.epoch, error: error.clone(), retryable: true, log_tail: log_tail.clone() };
                     self.post(lease, "fail", &fail).await
                 }
                 // The canceled or lost task is dropped silently; bundle mates that still
@@ -610,6 +650,7 @@ impl Node {
                 log_tail,
             },
             Ok(s) if s.code() == Some(proto::exit::BAD_INPUT) => Outcome::Failed { error: last, retryable: false, log_tail },
+            Ok(s) if s.code() == Some(proto::exit::UNREACHABLE) => Outcome::StoreFailed { error: last, log_tail },
             Ok(s) => Outcome::Failed {
                 error: if last.is_empty() { format!("the engine exited with {s}") } else { last },
                 retryable: true,
@@ -695,7 +736,7 @@ impl Node {
         loop {
             tokio::select! {
                 done = &mut work => {
-                    return done.map_err(|e| Outcome::Failed { error: format!("{what}: {e}"), retryable: true, log_tail: String::new() });
+                    return done.map_err(|e| Outcome::StoreFailed { error: format!("{what}: {e}"), log_tail: String::new() });
                 }
                 _ = tick.tick() => {
                     for task in tasks {
