@@ -1,8 +1,8 @@
 //! The fault-injection suite: a coordinator, two workers and nginx (as external
 //! storage, behind a fault proxy of our own) as real processes, a mix of good, bad
 //! and canceled jobs, and faults at seeded random instants: SIGKILL and restart of
-//! the coordinator and of workers, a worker stopped for longer than its lease, the
-//! store answering 503, stalling or resetting connections, the coordinator dying at
+//! the coordinator and of workers, a worker stopped for longer than its lease, a
+//! worker's engine hung, the store answering 503, stalling or resetting connections, the coordinator dying at
 //! its worst instants (fault points), duplicated and racing client requests.
 //!
 //! After every run the invariants hold: every job ended as it should within a
@@ -256,6 +256,9 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
         Nginx::AUTHORIZATION,
         "--min-free-disk-bytes",
         "65536",
+        // A hung engine (a fault below) is stopped after this long without progress.
+        "--engine-stall-seconds",
+        "10",
     ];
     if let Some(db) = database {
         args.extend(["--database", db]);
@@ -317,18 +320,22 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
         Store(Mode, Duration),
         /// Fill the spool disk for a while (only where it is a tmpfs of its own).
         FillSpool(Duration),
+        /// Stop a worker's running engine for good, as a libav call that never
+        /// returns would (nothing, when it runs none then).
+        HangEngine(usize),
     }
     let mut faults: Vec<(Duration, Fault)> = (0..3)
         .map(|_| {
             let at = rng.ms(200, 6000);
-            let f = match rng.below(7) {
+            let f = match rng.below(8) {
                 0 => Fault::KillCoordinator(rng.below(2) as usize),
                 1 => Fault::KillWorker(rng.below(2) as usize),
                 2 => Fault::StopWorker(rng.below(2) as usize),
                 3 => Fault::Store(Mode::Error, rng.ms(500, 2500)),
                 4 => Fault::Store(Mode::Stall, rng.ms(500, 2500)),
                 5 => Fault::Store(Mode::Reset, rng.ms(500, 2500)),
-                _ => Fault::FillSpool(rng.ms(500, 2500)),
+                6 => Fault::FillSpool(rng.ms(500, 2500)),
+                _ => Fault::HangEngine(rng.below(2) as usize),
             };
             (at, f)
         })
@@ -433,6 +440,12 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
                     spool_back_at = Some(Instant::now() + d);
                 }
                 Fault::FillSpool(_) => {}
+                Fault::HangEngine(i) => {
+                    for (engine, args) in children_of(workers[i].child.id()) {
+                        kill(engine, "-STOP");
+                        eprintln!("chaos: seed {seed}: stopped {}'s engine {engine}: {}", workers[i].name, args.join(" "));
+                    }
+                }
             }
         }
         if spool_back_at.is_some_and(|t| t <= now) {

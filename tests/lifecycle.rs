@@ -460,21 +460,6 @@ fn a_store_that_goes_silent_holds_a_job_for_the_stall_limit_only() {
     }
 }
 
-/// The pids of `parent`'s children whose command line has the argument `arg` and
-/// not `without`.
-fn children_with(parent: u32, arg: &str, without: &str) -> Vec<u32> {
-    let pids = std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
-    pids.filter(|pid| {
-        // "pid (comm) state ppid ...": the name may hold spaces, so read after its ')'.
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        ppid == Some(parent) && args.contains(&arg.as_bytes()) && !args.contains(&without.as_bytes())
-    })
-    .collect()
-}
-
 /// An engine that hangs (a libav call that never returns; here the process is
 /// stopped) holds its task for the engine stall limit, not for the task's 4 hours:
 /// its worker stops it once it has printed no progress that long, the task runs
@@ -491,7 +476,8 @@ fn a_hung_engine_holds_its_task_for_the_stall_limit_only() {
     // The first rendition's engine (not the audio's) is stopped for good as it starts.
     let started = std::time::Instant::now();
     let engine = loop {
-        if let Some(&pid) = children_with(w.child.id(), "transcode", "--audio").first() {
+        let is_rendition = |args: &Vec<String>| args.iter().any(|a| a == "transcode") && !args.iter().any(|a| a == "--audio");
+        if let Some((pid, _)) = children_of(w.child.id()).into_iter().find(|(_, args)| is_rendition(args)) {
             break pid;
         }
         assert!(started.elapsed() < Duration::from_secs(60), "no rendition's engine started");

@@ -532,3 +532,18 @@ pub fn joined_recordings(dir: &Dir, size: &str, fps: u32, seconds: u32, video: &
     }
     std::fs::write(dir.path("joined.ts"), joined).unwrap();
 }
+
+/// `parent`'s child processes (a worker's engines): each one's pid and arguments.
+pub fn children_of(parent: u32) -> Vec<(u32, Vec<String>)> {
+    let pids = std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
+    pids.filter(|pid| {
+        // "pid (comm) state ppid ...": the name may hold spaces, so read after its ')'.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok()) == Some(parent)
+    })
+    .map(|pid| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        (pid, cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+    })
+    .collect()
+}
