@@ -38,7 +38,7 @@ pub struct JoinRequest<'a> {
 }
 
 /// Joins the chunks, printing a line of `progress` at least every half second
-/// while it writes packets.
+/// while it reads or writes packets, and before each step that finishes the files.
 pub fn run(req: &JoinRequest, progress: &mut dyn FnMut(ProgressLine)) -> Result<RenditionReport> {
     let probe = req.probe;
     let renditions = transcode::plan_renditions(probe, req.profile, &[req.rendition], req.limits)?;
@@ -56,9 +56,14 @@ pub fn run(req: &JoinRequest, progress: &mut dyn FnMut(ProgressLine)) -> Result<
         return Err(EngineError::bad(format!("rendition {} {} audio", r.name, if r.audio.is_some() { "needs" } else { "has no" })));
     }
 
-    // Every chunk is checked before any packet is written.
+    // Every chunk is checked before any packet is written (reading each one's
+    // packets: a line of progress as it goes).
+    let mut pace = transcode::Every::half_second();
     let mut reports = Vec::with_capacity(req.chunks.len());
     for (dir, planned) in req.chunks.iter().zip(&cut.chunks) {
+        if pace.due() {
+            progress(ProgressLine::Progress { fraction: 0.0, fps: 0.0, frame: 0, out_time: 0.0 });
+        }
         let path = dir.join(CHUNK_REPORT);
         let text = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
         let report: ChunkReport = serde_json::from_slice(&text).map_err(|e| EngineError::internal("reading a chunk report", e))?;
@@ -90,7 +95,6 @@ pub fn run(req: &JoinRequest, progress: &mut dyn FnMut(ProgressLine)) -> Result<
     // Video decode timestamps must keep rising across seams.
     let vh = video.header.clone();
     let (mut frames, mut last_dts) = (0u64, None::<i64>);
-    let mut pace = transcode::Every::half_second();
     while let Some(v) = video.next()? {
         if pace.due() {
             let out_time = frames as f64 * f64::from(den) / f64::from(num);

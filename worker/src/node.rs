@@ -90,7 +90,7 @@ const MAX_BUNDLE: u32 = 4;
 const LEASE_WAIT_SECONDS: u64 = 20;
 /// How often a worker whose scratch disk is full (or who rests) looks again (each
 /// look a poll that keeps it live).
-const SCRATCH_RECHECK_SECONDS: u64 = 5;
+const PAUSED_RECHECK_SECONDS: u64 = 5;
 
 struct Node {
     cfg: NodeConfig,
@@ -178,7 +178,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         }
         was_resting = resting.is_some();
         let paused = scratch_short.clone().or(resting);
-        let (free, wait_seconds) = if paused.is_some() { (0, SCRATCH_RECHECK_SECONDS) } else { (free, LEASE_WAIT_SECONDS) };
+        let (free, wait_seconds) = if paused.is_some() { (0, PAUSED_RECHECK_SECONDS) } else { (free, LEASE_WAIT_SECONDS) };
         let leased = tokio::select! {
             r = node.lease(free, wait_seconds, paused.as_deref()) => r,
             // Stop waiting for work at once; a lease granted meanwhile lapses and is requeued.
