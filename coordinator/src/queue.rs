@@ -1128,7 +1128,7 @@ impl Queue {
         }
         // A chunked rendition not yet joined needs its chunks again, and a rendition
         // not yet made needs the audio packets again: the job's end swept them.
-        sql::query("UPDATE tasks SET state = 'queued', cancel = 0, attempts = 0, error = NULL, run_after = 0, worker_id = NULL, lease_expires_at = NULL, progress = 0, unrunnable_since = NULL, updated_at = $1, queued_at = $1
+        sql::query("UPDATE tasks SET state = 'queued', cancel = 0, attempts = 0, error = NULL, run_after = 0, worker_id = NULL, failed_by = NULL, lease_expires_at = NULL, progress = 0, unrunnable_since = NULL, updated_at = $1, queued_at = $1
                      WHERE job_id = $2 AND (state != 'succeeded'
                        OR (kind = 'chunk' AND EXISTS (SELECT 1 FROM tasks j WHERE j.job_id = tasks.job_id
                          AND j.kind = 'join' AND j.state != 'succeeded' AND j.rendition = tasks.rendition))
