@@ -564,8 +564,9 @@ fn a_worker_that_fails_everything_costs_each_task_one_attempt_then_rests() {
             }
         }
     }
-    // It failed tasks of three jobs (and perhaps a few more of those), then rested.
-    assert!((3..=8).contains(&failures), "{failures} tasks failed on the broken worker");
+    // It failed tasks of three jobs, then rested: at most every task (audio,
+    // renditions, thumbnails) of two of them and one of the third.
+    assert!((3..=9).contains(&failures), "{failures} tasks failed on the broken worker");
     let (_, list) = c.call("GET", "/api/v1/workers", Some(&c.admin), None);
     let listed = list["workers"].as_array().unwrap().iter().find(|w| w["name"] == "broken").unwrap().clone();
     assert_eq!(listed["state"], "paused", "{listed}");
