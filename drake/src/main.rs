@@ -242,7 +242,7 @@ struct FarmArgs {
     /// How long a task's engine (the child process a worker runs it in) may go
     /// without reporting progress before the worker stops it and the task is tried
     /// again: what a hung engine holds its task for.
-    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    #[arg(long, default_value_t = proto::wire::ENGINE_STALL_SECONDS, value_parser = clap::value_parser!(u64).range(1..=86400))]
     engine_stall_seconds: u64,
     /// Let URL sources and webhook callbacks reach this non-public network (CIDR,
     /// e.g. 10.0.0.0/8; repeatable). By default they reach public addresses only.
