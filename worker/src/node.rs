@@ -606,38 +606,46 @@ impl Node {
         // stopped process) and is stopped, rather than holding its task for `timeout`.
         let quiet_limit = Duration::from_secs(lease.engine_stall_seconds.max(1));
         let quiet_until = || spawned + Duration::from_millis(last_progress.load(Ordering::Relaxed)) + quiet_limit;
+        // Why the worker stops the child, if it does.
+        enum Stop {
+            Hung,
+            TimedOut,
+            Abandoned,
+        }
         let mut tick = tokio::time::interval(self.heartbeat);
-        let status = loop {
+        let ended = 'run: loop {
             tokio::select! {
-                status = child.wait() => break status,
+                status = child.wait() => break Ok(status),
                 _ = tokio::time::sleep_until(quiet_until()) => {
-                    if quiet_until() > tokio::time::Instant::now() {
-                        continue; // progress came while it slept
-                    }
-                    kill(pid);
-                    let _ = child.wait().await;
-                    let log_tail = stderr_task.await.unwrap_or_default();
-                    return Outcome::Failed {
-                        error: format!("the engine reported no progress for {} s; stopped", quiet_limit.as_secs()),
-                        retryable: true,
-                        log_tail,
-                    };
+                    if quiet_until() <= tokio::time::Instant::now() {
+                        break Err(Stop::Hung);
+                    } // else progress came while it slept
                 }
                 _ = tick.tick() => {
                     let p = f64::from_bits(progress.load(Ordering::Relaxed));
                     for task in tasks {
                         match self.heartbeat(task, p).await {
                             Ok(false) => {}
-                            Ok(true) => { kill(pid); let _ = child.wait().await; return Outcome::Abandoned; }
+                            Ok(true) => break 'run Err(Stop::Abandoned),
                             Err(e) => proto::log!("drake worker: heartbeat for {}: {e}", task.task_id),
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => {
-                    kill(pid);
-                    let _ = child.wait().await;
-                    return Outcome::Failed { error: format!("timed out after {timeout} s"), retryable: true, log_tail: String::new() };
-                }
+                _ = tokio::time::sleep_until(deadline) => break Err(Stop::TimedOut),
+            }
+        };
+        let status = match ended {
+            Ok(status) => status,
+            Err(stop) => {
+                kill(pid);
+                let _ = child.wait().await;
+                let log_tail = stderr_task.await.unwrap_or_default();
+                let error = match stop {
+                    Stop::Abandoned => return Outcome::Abandoned,
+                    Stop::Hung => format!("the engine reported no progress for {} s; stopped", quiet_limit.as_secs()),
+                    Stop::TimedOut => format!("timed out after {timeout} s"),
+                };
+                return Outcome::Failed { error, retryable: true, log_tail };
             }
         };
         let exited_at = unix_ms();
