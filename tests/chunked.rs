@@ -247,12 +247,34 @@ struct FakeWorker<'a> {
 
 impl<'a> FakeWorker<'a> {
     fn register(c: &'a Coordinator) -> FakeWorker<'a> {
+        FakeWorker::register_as(c, "fake", None)
+    }
+
+    /// Registers as `name`, of encoder build `build` (none: an older worker's).
+    fn register_as(c: &'a Coordinator, name: &str, build: Option<&str>) -> FakeWorker<'a> {
         let join = c.join_token(1);
-        let req = json!({"version": proto::WIRE_VERSION, "name": "fake", "drake_version": "0", "slots": 1,
-                         "capabilities": {"encoders": ["libx264", "aac"], "cores": 1}});
+        let req = json!({"version": proto::WIRE_VERSION, "name": name, "drake_version": "0", "slots": 1,
+                         "capabilities": {"encoders": ["libx264", "aac"], "cores": 1, "encoder_build": build}});
         let (status, reg) = c.call("POST", "/api/v1/workers/register", Some(&join), Some(req));
         assert_eq!(status, 201, "{reg}");
         FakeWorker { c, token: reg["token"].as_str().unwrap().to_string() }
+    }
+
+    /// One lease request, waiting up to a second: the task, if one was granted.
+    fn lease_once(&self) -> Option<Value> {
+        self.lease_announcing(None)
+    }
+
+    /// One lease request, as the first after a start, which says what the worker
+    /// can now do (`build`: its encoder build).
+    fn lease_announcing(&self, build: Option<&str>) -> Option<Value> {
+        let mut req = json!({"version": proto::WIRE_VERSION, "free_slots": 1, "wait_seconds": 1, "max_tasks": 1});
+        if let Some(build) = build {
+            req["capabilities"] = json!({"encoders": ["libx264", "aac"], "cores": 1, "encoder_build": build});
+        }
+        let (status, lease) = self.c.call("POST", "/api/v1/workers/lease", Some(&self.token), Some(req));
+        assert!(status == 200 || status == 204, "{status} {lease}");
+        (status == 200).then_some(lease)
     }
 
     /// Leases until it holds a chunk; whatever else it is given goes back at once.
@@ -277,10 +299,23 @@ impl<'a> FakeWorker<'a> {
 
     /// Publishes a chunk.json that claims `frames` frames and completes with it.
     fn complete_with_frames(&self, lease: &Value, frames: u64) -> (u16, Value) {
+        let first = lease["chunk"]["first_frame"].as_u64().unwrap();
+        self.complete_with(lease, frames, &[first], "00")
+    }
+
+    /// Publishes the chunk.json of a good chunk of `frames` frames at 25 fps,
+    /// encoded with codec headers hashed `headers`, and completes with it.
+    fn complete_good(&self, lease: &Value, frames: u64, headers: &str) -> (u16, Value) {
+        let first = lease["chunk"]["first_frame"].as_u64().unwrap();
+        let keyframes: Vec<u64> = proto::chunk::grid_keyframes(first..first + frames, (25, 1), 2.0);
+        self.complete_with(lease, frames, &keyframes, headers)
+    }
+
+    fn complete_with(&self, lease: &Value, frames: u64, keyframes: &[u64], headers: &str) -> (u16, Value) {
         let chunk = &lease["chunk"];
         let report = json!({"version": 1, "index": chunk["index"], "rendition": lease["rendition"], "frames": frames,
-                            "first_pts": chunk["first_frame"], "first_key": true, "keyframes": [chunk["first_frame"]],
-                            "dts_increasing": true, "extradata_sha256": "00", "bytes": 100});
+                            "first_pts": chunk["first_frame"], "first_key": true, "keyframes": keyframes,
+                            "dts_increasing": true, "extradata_sha256": headers, "bytes": 100});
         let body = report.to_string();
         let dir = lease["output_dir"].as_str().unwrap();
         let job = lease["job_id"].as_str().unwrap();
@@ -300,6 +335,83 @@ impl<'a> FakeWorker<'a> {
         let file = json!({"path": "chunk.json", "size": body.len(), "sha256": hex::encode(sha2::Sha256::digest(body.as_bytes()))});
         self.post(lease, "complete", json!({"epoch": lease["epoch"], "report": report, "files": [file]}))
     }
+}
+
+/// A farm upgraded under a chunked job, its workers on the wire. A rendition's
+/// chunks go to the encoder build that made its first accepted chunk while a
+/// worker of it is live. Once the last one restarts upgraded (with its issued
+/// credential: its first lease says what it now is), a chunk of the new build
+/// (whose codec headers differ) has the accepted ones made again, so the join gets
+/// one build's chunks, and no attempt is spent on the mismatch.
+#[test]
+fn a_renditions_chunks_are_made_by_one_encoder_build_across_an_upgrade() {
+    let dir = Dir::new();
+    let profiles_dir = profiles(&dir);
+    let c = Coordinator::start_env(&[], "", &[("DRAKE_PROFILES_DIR", &profiles_dir)]);
+    // 180 s at 25 fps, 240p, no audio: three chunks of 1500 frames, of one rung.
+    let src = dir.s("long.mp4");
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=426x240:r=25:d=180", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "35",
+             "-g", "250", &src]);
+    let (status, job) = c.upload(&src, &[("profile", "chunky")]);
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let planned = c.wait_for(&id, |j| !j["tasks"].as_array().unwrap().is_empty());
+    let chunk_states = |j: &Value| -> Vec<(String, i64)> {
+        let tasks = j["tasks"].as_array().unwrap().iter().filter(|t| t["kind"] == "chunk");
+        tasks.map(|t| (t["state"].as_str().unwrap().to_string(), t["attempts"].as_i64().unwrap())).collect()
+    };
+    assert_eq!(chunk_states(&planned).len(), 3, "{planned}");
+
+    let (build_163, build_164) =
+        ("drake 0.1.0, libavcodec 59.37.100, libx264 core 163", "drake 0.2.0, libavcodec 59.37.100, libx264 core 164");
+    let old = FakeWorker::register_as(&c, "old", Some(build_163));
+    let new = FakeWorker::register_as(&c, "new", Some(build_164));
+    let (_, workers) = c.call("GET", "/api/v1/workers", Some(&c.admin), None);
+    assert!(workers.to_string().contains("libx264 core 163"), "the build is listed: {workers}");
+    let c0 = old.lease_chunk();
+    assert_eq!(c0["chunk"]["index"], 0);
+    let (status, body) = old.complete_good(&c0, 1500, "aa");
+    assert!((200..300).contains(&status), "{status} {body}");
+    // old is live: new takes none of the rendition's chunks (the thumbnails, maybe).
+    for _ in 0..3 {
+        if let Some(l) = new.lease_once() {
+            assert_ne!(l["kind"], "chunk", "a chunk went to another build while old is live: {l}");
+            assert_eq!(new.post(&l, "fail", json!({"epoch": l["epoch"], "error": "not this one", "retryable": true})).0, 204);
+        }
+    }
+    let c1 = old.lease_chunk();
+    assert_eq!(c1["chunk"]["index"], 1);
+    let (status, body) = old.complete_good(&c1, 1500, "aa");
+    assert!((200..300).contains(&status), "{status} {body}");
+
+    // old's machine is upgraded and its worker started again: no live worker has
+    // the pinned build any more, so it takes the last chunk, whose headers differ;
+    // the two chunks it made before are queued again, afresh, and the new one is
+    // accepted.
+    let c2 = old.lease_announcing(Some(build_164)).expect("the last chunk");
+    assert_eq!((&c2["kind"], &c2["chunk"]["index"]), (&json!("chunk"), &json!(2)), "{c2}");
+    let (_, workers) = c.call("GET", "/api/v1/workers", Some(&c.admin), None);
+    assert!(!workers.to_string().contains("libx264 core 163"), "the upgrade is listed: {workers}");
+    let (status, body) = old.complete_good(&c2, 1500, "bb");
+    assert!((200..300).contains(&status), "the new build's chunk was rejected: {status} {body}");
+    let j = c.wait_for(&id, |j| chunk_states(j)[2].0 == "succeeded");
+    assert_eq!(chunk_states(&j), [("queued".into(), 0), ("queued".into(), 0), ("succeeded".into(), 1)], "{j}");
+    assert_eq!(j["chunks"], json!({"count": 3, "done": 1}));
+    let mut again: Vec<u64> = [&new, &old]
+        .map(|w| {
+            let l = w.lease_chunk();
+            let (status, body) = w.complete_good(&l, 1500, "bb");
+            assert!((200..300).contains(&status), "{status} {body}");
+            l["chunk"]["index"].as_u64().unwrap()
+        })
+        .into();
+    again.sort();
+    assert_eq!(again, [0, 1]);
+    let j = c.wait_for(&id, |j| j["chunks"]["done"] == 3);
+    assert_eq!(chunk_states(&j), [("succeeded".into(), 1), ("succeeded".into(), 1), ("succeeded".into(), 1)], "{j}");
+    let (status, _) = c.call("POST", &format!("/api/v1/jobs/{id}/cancel"), Some(&c.admin), None);
+    assert_eq!(status, 200);
 }
 
 /// On external storage (nginx): each chunk reads only its part of the source, with

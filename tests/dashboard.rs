@@ -555,7 +555,7 @@ async fn seed(db: &std::path::Path, jobs: i64) -> String {
     use coordinator::queue::{NewJob, NewTask, Queue, QueueConfig};
     let q = Queue::open(db, QueueConfig::default()).await.unwrap();
     let now = coordinator::state::now_ms();
-    let caps = proto::wire::Capabilities { encoders: vec!["libx264".into(), "aac".into()], cores: 16, tags: vec![] };
+    let caps = proto::wire::Capabilities { encoders: vec!["libx264".into(), "aac".into()], cores: 16, tags: vec![], encoder_build: None };
     for w in 0..50 {
         q.register_worker(&format!("w{w:02}"), &format!("machine-{w:02}"), 2, &caps, "0.1.0", now).await.unwrap();
     }

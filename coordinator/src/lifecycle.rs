@@ -246,7 +246,7 @@ pub async fn complete(st: &AppState, worker: &str, task: &str, c: &proto::wire::
         }
     }
     if target.kind == TaskKind::Chunk
-        && let Err(why) = check_chunk(st, &target, &c.report).await
+        && let Err(why) = check_chunk(st, &target, &c.report, (task, worker, c.epoch)).await
     {
         // A bad chunk never reaches a join: this attempt failed, and the chunk runs again alone.
         let why = format!("chunk rejected: {why}");
@@ -259,6 +259,9 @@ pub async fn complete(st: &AppState, worker: &str, task: &str, c: &proto::wire::
     let result =
         json!({"report": c.report, "files": c.files, "timing": c.timing, "dir": storage::output_dir(&job, target.kind, &target.name)});
     let owed = st.queue.complete(task, worker, c.epoch, &result, now_ms()).await?;
+    if let (TaskKind::Chunk, Some(rendition)) = (target.kind, target.rendition.as_deref()) {
+        st.queue.pin_chunk_build(&job, rendition, worker).await?;
+    }
     crate::fault::point(crate::fault::AFTER_COMPLETE);
     st.emit("task", json!({"job_id": job, "task_id": task, "state": "promoting", "progress": 1.0}));
     promote(st, &owed).await;
@@ -311,8 +314,11 @@ pub async fn promote(st: &AppState, p: &Promotion) {
 /// Checks a chunk's report against the job's chunk plan (recomputed from its probe
 /// and profile, as the join does): its frames, its first IDR, every IDR on the 2 s
 /// grid, rising decode times, and the codec parameters of the rendition's other
-/// accepted chunks.
-async fn check_chunk(st: &AppState, target: &TaskTarget, report: &serde_json::Value) -> Result<(), String> {
+/// accepted chunks. Those parameters differ only between encoder builds, and a
+/// rendition's chunks go to the build of its first accepted chunk while a worker
+/// has it; once none has, the accepted chunks are made again by the new build
+/// (`lease` the task's lease: id, worker, epoch).
+async fn check_chunk(st: &AppState, target: &TaskTarget, report: &serde_json::Value, lease: (&str, &str, i64)) -> Result<(), String> {
     let report: ChunkReport = serde_json::from_value(report.clone()).map_err(|e| format!("unreadable chunk.json: {e}"))?;
     let (Some(span), Some(rendition)) = (target.chunk, target.rendition.as_deref()) else {
         return Err("the task names no chunk".into());
@@ -338,7 +344,21 @@ async fn check_chunk(st: &AppState, target: &TaskTarget, report: &serde_json::Va
         .into_iter()
         .filter_map(|r| serde_json::from_value(r).ok())
         .collect();
-    proto::chunk::same_parameters(&std::iter::once(&report).chain(&others).collect::<Vec<_>>())
+    let Err(why) = proto::chunk::same_parameters(&std::iter::once(&report).chain(&others).collect::<Vec<_>>()) else {
+        return Ok(());
+    };
+    let (task, worker, epoch) = lease;
+    match st.queue.redo_chunks_of_a_gone_build(task, worker, epoch, now_ms()).await.map_err(|e| e.to_string())? {
+        0 => Err(why),
+        redone => {
+            audit(&format!(
+                "job {}: {rendition}: {redone} chunks made by an encoder build no live worker has are made again by worker {worker}'s",
+                target.job_id
+            ));
+            st.wake_workers();
+            Ok(())
+        }
+    }
 }
 
 /// A worker's report that a task's attempt failed.

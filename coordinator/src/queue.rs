@@ -446,6 +446,11 @@ macro_rules! only_clause {
 /// [`RETRY_ELSEWHERE_MS`] after it is due, when the others are busy or cannot run
 /// it), so a worker that fails everything (a broken disk, a bad libav build)
 /// cannot spend a task's attempts alone, and a farm of one worker retries at once.
+/// A chunk pinned to an encoder build (`encoder_build`: that of its rendition's
+/// first accepted chunk, see [`Queue::pin_chunk_build`]) goes to a worker of that
+/// build while one is live, since the join writes one set of codec headers for all
+/// of a rendition's chunks; once none is, to any worker (and then
+/// [`Queue::redo_chunks_of_a_gone_build`]).
 macro_rules! lease_claim {
     ($lock:literal, $only:expr, $tags:literal) => {
         concat!(
@@ -458,7 +463,10 @@ macro_rules! lease_claim {
                            AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = $1 AND (w.draining <> 0 OR w.removed <> 0))
                            AND (t.failed_by IS NULL OR t.failed_by <> $1 OR t.run_after + 60000 <= $2
                                 OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id <> $1 AND w.removed = 0 AND w.draining = 0
-                                     AND w.paused IS NULL AND w.last_seen >= $2 - $3)) ",
+                                     AND w.paused IS NULL AND w.last_seen >= $2 - $3))
+                           AND (t.encoder_build IS NULL OR t.encoder_build = (SELECT w.encoder_build FROM workers w WHERE w.id = $1)
+                                OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.encoder_build = t.encoder_build AND w.removed = 0
+                                     AND w.draining = 0 AND w.paused IS NULL AND w.last_seen >= $2 - $3)) ",
             $only,
             "
                            AND NOT EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = t.job_id AND instr(",
@@ -879,7 +887,7 @@ impl Queue {
         // (`tasks_lease_order`) that this worker can take. On PostgreSQL the subquery locks its row and
         // skips rows another coordinator holds, and the UPDATE checks the state again:
         // under Read Committed a plain `id = (SELECT ...)` can lease one task twice.
-        // On PostgreSQL the first claim is `drake_claim` (migration 0020): this claim
+        // On PostgreSQL the first claim is `drake_claim` (migration 0021): this claim
         // as a function with its planner settings, which starts the job too.
         let sql = match (self.backend, only.is_some()) {
             (Backend::Sqlite, false) => lease_claim!("", "", "$5"),
@@ -1238,10 +1246,13 @@ impl Queue {
         Ok(names)
     }
 
-    /// The succeeded chunk reports of `rendition` other than chunk `index`'s.
+    /// The accepted chunk reports of `rendition` other than chunk `index`'s: of chunks
+    /// that succeeded, or passed their checks and are being promoted (so that two
+    /// chunks of different codec headers completing together cannot both pass).
     pub async fn chunk_reports(&self, job: &str, rendition: &str, index: u32) -> Result<Vec<serde_json::Value>> {
         let rows: Vec<Option<String>> = sql::query_scalar(
-            "SELECT result FROM tasks WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2 AND chunk <> $3 AND state = 'succeeded' ORDER BY chunk",
+            "SELECT result FROM tasks WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2 AND chunk <> $3 AND state IN ('promoting', 'succeeded')
+             ORDER BY chunk",
         )
         .bind(job)
         .bind(rendition)
@@ -1254,6 +1265,72 @@ impl Queue {
             .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
             .map(|r| r["report"].clone())
             .collect())
+    }
+
+    /// Pins the chunks of `job`'s `rendition` to the encoder build of `worker`, whose
+    /// chunk was just accepted, unless they are pinned already (or the worker named
+    /// no build): the rest go to workers of that build (see `lease_claim!`), whose
+    /// codec headers match it.
+    pub async fn pin_chunk_build(&self, job: &str, rendition: &str, worker: &str) -> Result<()> {
+        sql::query(
+            "UPDATE tasks SET encoder_build = (SELECT w.encoder_build FROM workers w WHERE w.id = $3)
+             WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2 AND encoder_build IS NULL",
+        )
+        .bind(job)
+        .bind(rendition)
+        .bind(worker)
+        .execute(&mut self.auto())
+        .await?;
+        Ok(())
+    }
+
+    /// A chunk `worker` made (holding `task` at `epoch`) has other codec headers
+    /// than its rendition's accepted chunks. If those were made by a build no live
+    /// worker has any more (the farm was upgraded under the job), no chunk made from
+    /// now on can match them: they (and any being promoted, whose promotion then
+    /// changes nothing) are queued again, the rendition's chunks are pinned to
+    /// `worker`'s build, and the new chunk may be accepted. Returns how many
+    /// chunks were queued again; none means the mismatch stands.
+    pub async fn redo_chunks_of_a_gone_build(&self, task: &str, worker: &str, epoch: i64, now: i64) -> Result<u64> {
+        let _turn = self.report_turn().await;
+        let mut tx = self.write_tx().await?;
+        let row = sql::query(
+            "SELECT t.job_id, t.rendition, t.encoder_build, w.encoder_build FROM tasks t JOIN workers w ON w.id = t.worker_id
+             WHERE t.id = $1 AND t.worker_id = $2 AND t.epoch = $3 AND t.state IN ('leased', 'running') AND t.kind = 'chunk'
+               AND t.encoder_build IS NOT NULL AND w.encoder_build IS NOT NULL AND t.encoder_build <> w.encoder_build
+               AND NOT EXISTS (SELECT 1 FROM workers o WHERE o.encoder_build = t.encoder_build AND o.removed = 0 AND o.draining = 0
+                               AND o.paused IS NULL AND o.last_seen >= $4)",
+        )
+        .bind(task)
+        .bind(worker)
+        .bind(epoch)
+        .bind(now - self.cfg.lease_ttl_ms)
+        .fetch_optional(&mut tx)
+        .await?;
+        let Some(row) = row else {
+            tx.commit().await?;
+            return Ok(0);
+        };
+        let (job, rendition, build): (String, String, String) = (row.get(0), row.get(1), row.get(3));
+        let redone = sql::query(
+            "UPDATE tasks SET state = 'queued', attempts = 0, error = NULL, run_after = $3, queued_at = $3, worker_id = NULL, failed_by = NULL,
+                 lease_expires_at = NULL, progress = 0, unrunnable_since = NULL, updated_at = $3
+             WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2 AND state IN ('promoting', 'succeeded')",
+        )
+        .bind(&job)
+        .bind(&rendition)
+        .bind(now)
+        .execute(&mut tx)
+        .await?
+        .rows_affected();
+        sql::query("UPDATE tasks SET encoder_build = $3 WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2")
+            .bind(&job)
+            .bind(&rendition)
+            .bind(&build)
+            .execute(&mut tx)
+            .await?;
+        tx.commit().await?;
+        Ok(redone)
     }
 
     /// Whether `worker` holds a live join lease of `job` that reads part `part` (a

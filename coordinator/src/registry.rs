@@ -59,17 +59,34 @@ pub struct Retry {
 
 impl Queue {
     pub async fn register_worker(&self, id: &str, name: &str, slots: i64, caps: &Capabilities, version: &str, now: i64) -> Result<()> {
-        sql::query("INSERT INTO workers (id, name, slots, free_slots, capabilities, drake_version, last_seen, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        sql::query(
+            "INSERT INTO workers (id, name, slots, free_slots, capabilities, drake_version, last_seen, created_at, encoder_build)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(slots)
+        .bind(slots)
+        .bind(serde_json::to_string(caps).unwrap_or_default())
+        .bind(version)
+        .bind(now)
+        .bind(now)
+        .bind(caps.encoder_build.as_deref())
+        .execute(&mut self.auto())
+        .await?;
+        Ok(())
+    }
+
+    /// Replaces what a worker can do (it started again, maybe upgraded, with its
+    /// issued credential).
+    pub async fn update_capabilities(&self, id: &str, caps: &Capabilities) -> Result<()> {
+        sql::query("UPDATE workers SET capabilities = $2, encoder_build = $3 WHERE id = $1 AND removed = 0")
             .bind(id)
-            .bind(name)
-            .bind(slots)
-            .bind(slots)
             .bind(serde_json::to_string(caps).unwrap_or_default())
-            .bind(version)
-            .bind(now)
-            .bind(now)
+            .bind(caps.encoder_build.as_deref())
             .execute(&mut self.auto())
             .await?;
+        self.seen.forget(id);
         Ok(())
     }
 
@@ -193,6 +210,7 @@ impl Queue {
                         encoders: vec![],
                         cores: 0,
                         tags: vec![],
+                        encoder_build: None,
                     }),
                     drake_version: r.get(5),
                     last_heartbeat: last_seen,

@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use proto::wire::{
-    Complete, Fail, Heartbeat, HeartbeatReply, JoinInputs, LeaseRequest, RegisterRequest, RegisterResponse, TaskKind, TaskLease,
+    Capabilities, Complete, Fail, Heartbeat, HeartbeatReply, JoinInputs, LeaseRequest, RegisterRequest, RegisterResponse, TaskKind,
+    TaskLease,
 };
 use serde_json::json;
 use std::time::Duration;
@@ -53,9 +54,10 @@ async fn register(
 ) -> Result<Response, ApiError> {
     allow(&caller, &[Role::Join])?;
     let req = parsed(req)?;
-    if req.name.is_empty() || req.name.len() > 100 || !(1..=64).contains(&req.slots) || req.capabilities.encoders.len() > 500 {
+    if req.name.is_empty() || req.name.len() > 100 || !(1..=64).contains(&req.slots) {
         return Err(ApiError::BadRequest("name must be 1..=100 characters and slots 1..=64".into()));
     }
+    check_capabilities(&req.capabilities)?;
     // The join token is in the Authorization header; spend it atomically.
     let now = now_ms();
     let id = uuid::Uuid::now_v7().to_string();
@@ -83,6 +85,15 @@ async fn register(
 /// (and four per lease TTL, so one lost heartbeat never costs a lease).
 const HEARTBEAT_MAX_SECONDS: u64 = 2;
 
+/// Bounds what a worker says it can do.
+fn check_capabilities(caps: &Capabilities) -> Result<(), ApiError> {
+    let bounded = |v: &[String]| v.len() <= 500 && v.iter().all(|s| s.len() <= 100);
+    if !bounded(&caps.encoders) || !bounded(&caps.tags) || caps.encoder_build.as_ref().is_some_and(|b| b.is_empty() || b.len() > 200) {
+        return Err(ApiError::BadRequest("at most 500 encoders and tags of 100 characters, and an encoder_build of 1..=200".into()));
+    }
+    Ok(())
+}
+
 /// Most renditions one lease may bundle (the engine's limit per process).
 const MAX_BUNDLE: usize = 4;
 
@@ -94,6 +105,10 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds.min(MAX_WAIT_SECONDS));
     let paused = req.paused.as_deref().map(|p| p.chars().take(MAX_PAUSED_CHARS).collect::<String>());
     let slots = Slots { free: req.free_slots as i64, paused: paused.as_deref() };
+    if let Some(caps) = &req.capabilities {
+        check_capabilities(caps)?;
+        st.queue.update_capabilities(&worker, caps).await?;
+    }
     loop {
         let now = now_ms();
         let caps = st.queue.worker_seen(&worker, Some(slots), req.load, now).await?;

@@ -459,7 +459,7 @@ pub fn workers(list: &[WorkerView], csrf: &str, now: i64) -> String {
         let _ = write!(
             s,
             "<tr data-worker=\"{id}\" data-name=\"{name}\"><td>{name}<div class=\"muted small\">{short}</div></td><td><span class=\"pill state-{state}\" data-worker-state>{state}</span>{paused}</td>\
-<td class=\"num\">{busy}/{slots}</td><td class=\"bars\">{tasks}</td><td class=\"small\">{enc}</td><td>{ver}</td><td>{seen}</td><td class=\"num\">{load}</td><td class=\"actions\">{actions}</td></tr>",
+<td class=\"num\">{busy}/{slots}</td><td class=\"bars\">{tasks}</td><td class=\"small\">{enc}</td><td>{ver}{build}</td><td>{seen}</td><td class=\"num\">{load}</td><td class=\"actions\">{actions}</td></tr>",
             id = esc(&w.id),
             name = esc(&w.name),
             short = esc(short_id(&w.id)),
@@ -469,6 +469,11 @@ pub fn workers(list: &[WorkerView], csrf: &str, now: i64) -> String {
             slots = w.slots,
             enc = esc(&w.capabilities.encoders.join(", ")),
             ver = esc(&w.drake_version),
+            // Its encoders' build past Drake's version (libavcodec, libx264): a
+            // rendition's chunks stay with one build.
+            build = w.capabilities.encoder_build.as_deref().map_or(String::new(), |b| {
+                format!("<div class=\"muted small\">{}</div>", esc(b.split_once(", ").map_or(b, |(_, libs)| libs)))
+            }),
             seen = ago(now, w.last_heartbeat),
             load = w.load.map_or("–".into(), |l| format!("{l:.2}")),
         );

@@ -16,6 +16,11 @@ pub struct Capabilities {
     pub cores: u32,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// What decides the codec headers its encoders write (Drake's, libavcodec's and
+    /// libx264's versions): a rendition's chunks go to workers of one build, whose
+    /// headers the join can use for all of them. Absent from an older worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_build: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +64,11 @@ pub struct LeaseRequest {
     /// dashboard; it then polls with no slot free.
     #[serde(default)]
     pub paused: Option<String>,
+    /// What the worker can do, sent with its first lease request after it starts: a
+    /// worker started with an issued credential does not register again, so this is
+    /// how an upgraded machine's encoders and encoder build replace those recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
 }
 
 fn one() -> u32 {

@@ -3,6 +3,7 @@
 //! `node` is the worker loop that leases tasks and runs those children.
 
 pub mod av;
+pub mod build;
 pub mod codecs;
 pub mod error;
 pub mod files;

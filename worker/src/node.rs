@@ -50,14 +50,14 @@ pub enum NodeError {
     Scratch(PathBuf, std::io::Error),
 }
 
-/// Encoders this machine's libav has, of those a profile can ask for.
+/// Encoders this machine's libav has, of those a profile can ask for, and their build.
 pub fn capabilities(tags: Vec<String>) -> Capabilities {
     let encoders = ["libx264", "libx265", "libvpx-vp9", "libsvtav1", "libaom-av1", "aac", "libopus"]
         .into_iter()
         .filter(|n| ffmpeg_next::encoder::find_by_name(n).is_some())
         .map(String::from)
         .collect();
-    Capabilities { encoders, cores: machine_cores(), tags }
+    Capabilities { encoders, cores: machine_cores(), tags, encoder_build: Some(crate::build::encoder_build()) }
 }
 
 /// The cores this worker may use: its affinity and its cgroup's CPU quota (v1 or
@@ -104,6 +104,9 @@ struct Node {
     drain: tokio::sync::Notify,
     /// Whether its engine keeps failing, and so it rests.
     health: std::sync::Mutex<Health>,
+    /// Whether the coordinator has this process's capabilities: from its
+    /// registration, or else sent with its first lease request.
+    announced: AtomicBool,
 }
 
 pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
@@ -112,7 +115,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| NodeError::Register { url: cfg.coordinators.join(", "), message: e.to_string() })?;
-    let (token, heartbeat, current) = if cfg.token.starts_with("drk_worker_") {
+    let registered = !cfg.token.starts_with("drk_worker_");
+    let (token, heartbeat, current) = if !registered {
         (cfg.token.clone(), Duration::from_secs(5), 0)
     } else {
         let (reg, current) = register(&http, &cfg).await?;
@@ -126,6 +130,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         token,
         heartbeat,
         draining: AtomicBool::new(false),
+        announced: AtomicBool::new(registered),
         drain: tokio::sync::Notify::new(),
         health: Default::default(),
     });
@@ -334,12 +339,16 @@ impl Node {
             bundle_thumbnails: true,
             load: load_average(),
             paused: paused.map(String::from),
+            capabilities: (!self.announced.load(Ordering::Relaxed)).then(|| capabilities(self.cfg.tags.clone())),
         };
         let resp = self
             .send(|base| {
                 self.http.post(format!("{base}/api/v1/workers/lease")).bearer_auth(&self.token).json(&req).timeout(Duration::from_secs(40))
             })
             .await?;
+        if resp.status().is_success() {
+            self.announced.store(true, Ordering::Relaxed);
+        }
         match resp.status().as_u16() {
             200 => resp.json().await.map(Some).map_err(|e| e.to_string()),
             204 => Ok(None),

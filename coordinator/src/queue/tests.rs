@@ -89,6 +89,7 @@ conformance!(
     expired_leases_are_requeued_and_stale_completions_rejected,
     retries_back_off_exponentially,
     a_retry_goes_to_another_live_worker_first,
+    a_renditions_chunks_stay_with_one_encoder_build_while_it_is_live,
     the_retry_limit_fails_the_job_with_the_last_error,
     bad_input_fails_the_job_at_once,
     cancel_reaches_running_tasks_through_heartbeats,
@@ -353,10 +354,62 @@ async fn a_retry_goes_to_another_live_worker_first(q: Queue) {
     assert_eq!(q.lease("w1", &[], later).await.unwrap().unwrap().attempt, 2);
 }
 
+/// A rendition's chunks go to workers of the encoder build that made its first
+/// accepted chunk while one is live; once none is, to any. A chunk of another
+/// build then has the accepted ones made again, by its own build.
+async fn a_renditions_chunks_stay_with_one_encoder_build_while_it_is_live(q: Queue) {
+    let caps = |b: &str| proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![], encoder_build: Some(b.into()) };
+    q.register_worker("old", "old", 2, &caps("x264 core 163"), "0", T0).await.unwrap();
+    q.register_worker("new", "new", 2, &caps("x264 core 164"), "0", T0).await.unwrap();
+    let (job, _) = q.create_job(&web_job(), T0).await.unwrap();
+    let span = |i: u32| ChunkSpan { index: i, first_frame: u64::from(i) * 100, frames: (i < 4).then_some(100) };
+    let chunks: Vec<NewTask> = (0..5).map(|i| NewTask::chunk("240p", span(i), None)).collect();
+    q.add_tasks(&job.id, &chunks, T0).await.unwrap();
+    let view = |j: &Job, i: usize| (j.tasks[i].state.clone(), j.tasks[i].attempts);
+
+    // Nothing accepted yet: either build takes chunks.
+    let c0 = q.lease("old", &[], T0).await.unwrap().unwrap();
+    let c1 = q.lease("new", &[], T0).await.unwrap().unwrap();
+    done(&q, &c0, "old", T0 + 1).await;
+    q.pin_chunk_build(&job.id, "240p", "old").await.unwrap();
+    // Pinned to old's build: new takes none of them while old is live, and a
+    // mismatch from new stands.
+    assert!(q.lease("new", &[], T0 + 2).await.unwrap().is_none(), "old is live: its build makes the rest");
+    assert_eq!(q.redo_chunks_of_a_gone_build(&c1.task_id, "new", c1.epoch, T0 + 2).await.unwrap(), 0);
+    let c2 = q.lease("old", &[], T0 + 2).await.unwrap().unwrap();
+    done(&q, &c2, "old", T0 + 3).await;
+    // A later accepted chunk of another build does not move the pin.
+    q.pin_chunk_build(&job.id, "240p", "new").await.unwrap();
+    assert!(q.lease("new", &[], T0 + 3).await.unwrap().is_none());
+
+    // old is gone (not seen for a lease's TTL, or removed): new takes the rest.
+    let gone = T0 + 10_001;
+    q.worker_seen("new", None, None, gone).await.unwrap();
+    let c3 = q.lease("new", &[], gone).await.unwrap().unwrap();
+    assert_eq!(c3.chunk.unwrap().index, 3);
+    // new's first chunk differs from the accepted ones, which no live worker can
+    // match any more: they are queued again, afresh, and pinned to new's build.
+    assert_eq!(q.redo_chunks_of_a_gone_build(&c1.task_id, "new", c1.epoch, gone).await.unwrap(), 2);
+    assert_eq!(q.redo_chunks_of_a_gone_build(&c1.task_id, "new", c1.epoch, gone).await.unwrap(), 0, "once");
+    let j = q.job(&job.id).await.unwrap().unwrap();
+    assert_eq!((view(&j, 0), view(&j, 2)), ((String::from("queued"), 0), (String::from("queued"), 0)));
+    assert_eq!(j.chunks, Some(ChunksView { count: 5, done: 0 }));
+    done(&q, &c1, "new", gone + 1).await;
+    let mut made = vec![];
+    while let Some(l) = q.lease("new", &[], gone + 2).await.unwrap() {
+        made.push(l.chunk.unwrap().index);
+        done(&q, &l, "new", gone + 2).await;
+    }
+    assert_eq!(made, [0, 2, 4], "new makes what old made, and the last");
+    done(&q, &c3, "new", gone + 3).await;
+    let j = q.job(&job.id).await.unwrap().unwrap();
+    assert_eq!(j.chunks, Some(ChunksView { count: 5, done: 5 }));
+}
+
 /// Two live workers of one slot, and w1 failed a one-task job's task (or its
 /// lease lapsed): the queue and when the retry is due.
 async fn failed_on_w1(q: Queue, lapse: bool) -> (Queue, i64) {
-    let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![] };
+    let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![], encoder_build: None };
     for w in ["w1", "w2"] {
         q.register_worker(w, w, 1, &caps, "0", T0).await.unwrap();
     }
@@ -476,7 +529,7 @@ async fn tasks_go_only_to_workers_with_the_encoder(q: Queue) {
 
 async fn bundles_split_a_jobs_renditions_over_the_free_workers(q: Queue) {
     let backend = q.backend();
-    let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![] };
+    let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![], encoder_build: None };
     let rungs = ["240p", "720p", "480p", "360p"];
     let names = |ls: &[Lease]| ls.iter().map(|l| l.rendition.clone().unwrap_or_else(|| "thumbnails".into())).collect::<Vec<_>>();
     let up_to = |max_renditions| Bundling { max_renditions, thumbnails: true };
@@ -845,7 +898,12 @@ async fn an_unfinished_promotion_is_redone_not_papered_over(q: Queue) {
 }
 
 async fn a_task_no_live_worker_can_run_waits_then_fails_with_that_reason(q: Queue) {
-    let caps = |e: &[&str]| proto::wire::Capabilities { encoders: e.iter().map(|s| s.to_string()).collect(), cores: 2, tags: vec![] };
+    let caps = |e: &[&str]| proto::wire::Capabilities {
+        encoders: e.iter().map(|s| s.to_string()).collect(),
+        cores: 2,
+        tags: vec![],
+        encoder_build: None,
+    };
     let (job, _) = q.create_job(&url_job(None), T0).await.unwrap();
     q.add_tasks(&job.id, &[NewTask::transcode("360p", Some("libsvtav1".into()))], T0).await.unwrap();
     // Another job's task needs an encoder that stays live.
@@ -889,7 +947,7 @@ async fn a_farm_with_no_live_worker_says_so_and_fails_its_tasks_after_the_wait(q
         sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE unrunnable_since IS NOT NULL").fetch_one(q.pool()).await.unwrap();
     assert_eq!(marked, 0);
     // A worker seen meanwhile, then gone: the wait counts from when it was last live.
-    let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec![] };
+    let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec![], encoder_build: None };
     q.register_worker("brief", "brief", 1, &caps, "0", T0 + 20_000).await.unwrap();
     assert!(q.check_capable_workers(60_000, T0 + 20_001).await.unwrap().is_empty());
     assert_eq!(q.job(&job.id).await.unwrap().unwrap().waiting_for.as_deref(), Some("a free worker"));
@@ -926,7 +984,7 @@ async fn tokens_are_stored_hashed_and_checked(q: Queue) {
     assert!(q.authenticate(&expiring, 99).await.unwrap().is_some());
     assert!(q.authenticate(&expiring, 100).await.unwrap().is_none(), "an expired token answered from memory");
     // A removed worker's credential stops at once.
-    let caps = proto::wire::Capabilities { encoders: vec![], cores: 1, tags: vec![] };
+    let caps = proto::wire::Capabilities { encoders: vec![], cores: 1, tags: vec![], encoder_build: None };
     let worker = generate(Role::Worker);
     q.register_worker("w9", "box-9", 1, &caps, "1.0", 0).await.unwrap();
     q.add_token(&worker, Role::Worker, Some("w9"), None, None, 0).await.unwrap();
@@ -956,7 +1014,7 @@ async fn login_links_work_once_and_sessions_expire(q: Queue) {
 }
 
 async fn workers_register_drain_and_leave(q: Queue) {
-    let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec!["gpu".into()] };
+    let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec!["gpu".into()], encoder_build: None };
     q.register_worker("w1", "box-1", 2, &caps, "1.0", T0).await.unwrap();
     let free = |n| Some(Slots { free: n, paused: None });
     assert_eq!(*q.worker_seen("w1", free(1), Some(0.5), T0 + 1).await.unwrap(), caps);
@@ -1021,7 +1079,7 @@ mod races {
     #[tokio::test]
     async fn no_task_is_ever_held_by_two_leases_and_epochs_only_grow() {
         let Some(qs) = coordinators().await else { return };
-        let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![] };
+        let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![], encoder_build: None };
         let mut tasks = 0;
         for _ in 0..30 {
             job_with(&qs[0], &["240p", "360p", "480p", "720p"]).await;
@@ -1288,7 +1346,7 @@ async fn tasks_go_only_to_workers_with_every_required_tag(q: Queue) {
     let tasks = [NewTask::transcode("240p", None)];
     assert!(q.plan_job(&job.id, c, None, &serde_json::json!({}), &tasks, T0).await.unwrap());
     let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let caps = |t: &[&str]| proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: tags(t) };
+    let caps = |t: &[&str]| proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: tags(t), encoder_build: None };
     // A worker with only one of the tags is live but cannot take it: the wait shows.
     q.register_worker("gpu-us", "gpu-us", 1, &caps(&["gpu", "us"]), "0", T0).await.unwrap();
     q.check_capable_workers(60_000, T0).await.unwrap();
@@ -1314,7 +1372,7 @@ async fn a_task_whose_tags_no_worker_has_fails_after_the_wait_with_that_reason(q
     let c = claim(&q, &job.id, Chore::Probe, T0).await.unwrap();
     let tasks = [NewTask::transcode("240p", Some("libx264".into()))];
     assert!(q.plan_job(&job.id, c, None, &serde_json::json!({}), &tasks, T0).await.unwrap());
-    let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec![] };
+    let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec![], encoder_build: None };
     q.register_worker("plain", "plain", 1, &caps, "0", T0).await.unwrap();
     q.check_capable_workers(60_000, T0).await.unwrap();
     q.worker_seen("plain", None, None, T0 + 60_000).await.unwrap();
@@ -1330,7 +1388,7 @@ async fn a_task_whose_tags_no_worker_has_fails_after_the_wait_with_that_reason(q
 /// worker; a join waits for its rendition's chunks and the audio; the other rungs'
 /// chunks go one chunk at a time, the same chunk of several rungs in one lease.
 async fn a_chunked_job_joins_each_rung_once_its_chunks_and_audio_are_done(q: Queue) {
-    let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![] };
+    let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![], encoder_build: None };
     for w in ["w1", "w2"] {
         q.register_worker(w, w, 1, &caps, "0", T0).await.unwrap();
     }
@@ -1407,7 +1465,7 @@ async fn a_chunked_job_joins_each_rung_once_its_chunks_and_audio_are_done(q: Que
 /// chunks go alone, and the smaller rungs of a chunk share one lease (one decode)
 /// while their pixels together stay within the largest rung's.
 async fn chunk_bundles_stay_within_the_largest_rung_and_shrink_at_the_job_end(q: Queue) {
-    let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![] };
+    let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![], encoder_build: None };
     for i in 0..8 {
         q.register_worker(&format!("w{i}"), "w", 1, &caps, "0", T0).await.unwrap();
     }
@@ -1502,7 +1560,7 @@ async fn operations_answer_only_once_their_shared_commit_is_done() {
     let dir = std::env::temp_dir().join(format!("drake-group-commit-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let q = Queue::open(&dir.join("drake.db"), config()).await.unwrap();
-    let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec![] };
+    let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec![], encoder_build: None };
     let mut writers = Vec::new();
     for i in 0..64 {
         let (q, caps) = (q.clone(), caps.clone());
@@ -1536,12 +1594,12 @@ async fn operations_answer_only_once_their_shared_commit_is_done() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// PostgreSQL's first claim (`drake_claim`, migration 0020) runs the claim
+/// PostgreSQL's first claim (`drake_claim`, migration 0021) runs the claim
 /// SQLite runs and a bundle's companions build on, word for word.
 #[test]
 fn the_postgres_claim_function_runs_the_same_claim() {
     let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-    let function = words(include_str!("../../migrations/postgres/0020_retry_elsewhere.sql"));
+    let function = words(include_str!("../../migrations/postgres/0021_encoder_build.sql"));
     let claim = words(lease_claim!("FOR UPDATE SKIP LOCKED", "", "$5"));
     assert!(function.contains(&claim), "drake_claim differs from lease_claim!:\n{claim}");
     assert!(claim.contains(&format!("t.run_after + {RETRY_ELSEWHERE_MS} <= $2")), "the claim's wait for another worker");
