@@ -511,6 +511,8 @@ pub struct Queue {
     pub(crate) holds: std::sync::Arc<holds::Holds>,
     /// Turns for reports, so that leases go first (see [`turns`]).
     reports: std::sync::Arc<turns::Turns>,
+    /// `/metrics`' counters up to a settled time (see [`crate::stats::Tally`]).
+    pub(crate) tally: std::sync::Arc<crate::stats::Tally>,
 }
 
 /// The targets of tasks this coordinator leased, for their completions: a task's
@@ -618,6 +620,7 @@ impl Queue {
             seen: Default::default(),
             holds: Default::default(),
             reports: std::sync::Arc::new(turns::Turns::new(backend)),
+            tally: Default::default(),
         })
     }
 

@@ -490,7 +490,7 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Result<Respo
     if !by_token && session(&st, &headers).await.is_none() {
         return Err(Denied::Unauthorized);
     }
-    let m = st.queue.metrics().await.map_err(failed)?;
+    let m = st.queue.metrics(now_ms()).await.map_err(failed)?;
     let workers = st.queue.list_workers(now_ms()).await.map_err(failed)?;
     let mut out = String::new();
     out.push_str("# HELP drake_jobs Jobs by state.\n# TYPE drake_jobs gauge\n");

@@ -90,6 +90,7 @@ conformance!(
     retries_back_off_exponentially,
     a_retry_goes_to_another_live_worker_first,
     a_renditions_chunks_stay_with_one_encoder_build_while_it_is_live,
+    metrics_add_up_each_settled_row_once_and_never_go_down,
     the_retry_limit_fails_the_job_with_the_last_error,
     bad_input_fails_the_job_at_once,
     cancel_reaches_running_tasks_through_heartbeats,
@@ -1284,7 +1285,7 @@ async fn overview_and_metrics_count_what_happened(q: Queue) {
     assert_eq!(o.avg_queue_wait_ms, Some((1_000.0 + 70_000.0 + 80_000.0 + 90_000.0) / 4.0));
     // Playable after 61 s and 100 s (finalizing jobs were playable too): the median of two is the later.
     assert_eq!(o.median_first_playable_ms, Some(100_000));
-    let m = q.metrics().await.unwrap();
+    let m = q.metrics(T0 + 120_000).await.unwrap();
     assert_eq!(m.bytes_published, 1024);
     let kind = |k: &str| m.task_durations.iter().find(|d| d.0 == k).unwrap().clone();
     let transcode = kind("transcode");
@@ -1293,6 +1294,41 @@ async fn overview_and_metrics_count_what_happened(q: Queue) {
         assert_eq!((kind(k).1[2], kind(k).2, kind(k).3), (1, 1, seconds), "{k}");
     }
     assert_eq!(kind("thumbnails").2, 0, "a kind without tasks yet is reported, with zeros");
+}
+
+/// `/metrics`' counters take in each row once it has settled, adding only the
+/// rows since on each scrape, and never go down: a task counted and then queued
+/// again (a file of it found missing) still counts, and counts again when it
+/// succeeds again. A failed attempt counts once.
+async fn metrics_add_up_each_settled_row_once_and_never_go_down(q: Queue) {
+    use crate::stats::SETTLE_MS;
+    job_with(&q, &["240p", "360p"]).await;
+    let transcodes = |m: &crate::stats::Metrics| {
+        let t = m.task_durations.iter().find(|d| d.0 == "transcode").unwrap();
+        (t.1[0], t.2, t.3)
+    };
+    let first = q.lease("w", &[], T0).await.unwrap().unwrap();
+    done(&q, &first, "w", T0 + 500).await;
+    let second = q.lease("w", &[], T0 + 1_000).await.unwrap().unwrap();
+    q.fail(&second.task_id, "w", second.epoch, "the engine crashed", true, "", T0 + 2_000).await.unwrap();
+    let failed = |m: &crate::stats::Metrics| m.failures.clone();
+    for now in [T0 + 3_000, T0 + SETTLE_MS + 3_000, T0 + SETTLE_MS + 4_000, T0 + 10 * SETTLE_MS] {
+        let m = q.metrics(now).await.unwrap();
+        assert_eq!(transcodes(&m), (1, 1, 0.5), "at {now}: one task of 0.5 s, once");
+        assert_eq!(failed(&m), [("failed".to_string(), 1)], "at {now}");
+    }
+    set(&q, "UPDATE tasks SET state = 'queued', finished_at = NULL WHERE rendition = '240p' AND $1 = $1", 0).await;
+    let later = T0 + 10 * SETTLE_MS;
+    assert_eq!(transcodes(&q.metrics(later + 1).await.unwrap()), (1, 1, 0.5), "a counter never goes down");
+    let again = q.lease("w", &[], later).await.unwrap().unwrap();
+    assert_eq!(again.rendition.as_deref(), Some("240p"));
+    done(&q, &again, "w", later + 2_000).await;
+    for now in [later + 3_000, later + SETTLE_MS + 3_000, later + SETTLE_MS + 3_001] {
+        assert_eq!(transcodes(&q.metrics(now).await.unwrap()), (1, 2, 2.5), "at {now}: counted again, once");
+    }
+    // A coordinator starting afresh counts what is there now.
+    let m = Queue { tally: Default::default(), ..q.clone() }.metrics(later + SETTLE_MS + 3_001).await.unwrap();
+    assert_eq!((transcodes(&m), m.bytes_published), ((0, 1, 2.0), 0));
 }
 
 /// The migration that added `tasks.published_bytes` fills it from the results
