@@ -271,6 +271,7 @@ impl<'a> FakeWorker<'a> {
         let mut req = json!({"version": proto::WIRE_VERSION, "free_slots": 1, "wait_seconds": 1, "max_tasks": 1});
         if let Some(build) = build {
             req["capabilities"] = json!({"encoders": ["libx264", "aac"], "cores": 1, "encoder_build": build});
+            req["drake_version"] = json!(build.split(", ").next().unwrap().trim_start_matches("drake "));
         }
         let (status, lease) = self.c.call("POST", "/api/v1/workers/lease", Some(&self.token), Some(req));
         assert!(status == 200 || status == 204, "{status} {lease}");
@@ -393,6 +394,7 @@ fn a_renditions_chunks_are_made_by_one_encoder_build_across_an_upgrade() {
     assert_eq!((&c2["kind"], &c2["chunk"]["index"]), (&json!("chunk"), &json!(2)), "{c2}");
     let (_, workers) = c.call("GET", "/api/v1/workers", Some(&c.admin), None);
     assert!(!workers.to_string().contains("libx264 core 163"), "the upgrade is listed: {workers}");
+    assert!(workers.to_string().contains(r#""drake_version":"0.2.0""#), "{workers}");
     let (status, body) = old.complete_good(&c2, 1500, "bb");
     assert!((200..300).contains(&status), "the new build's chunk was rejected: {status} {body}");
     let j = c.wait_for(&id, |j| chunk_states(j)[2].0 == "succeeded");

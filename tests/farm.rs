@@ -1019,6 +1019,51 @@ fn weak_secrets_are_refused_at_start() {
     assert!(err.contains("webhook-secret"), "{err}");
 }
 
+/// A worker started again with its issued credential (it does not register again,
+/// as after an in-place upgrade) says what it now is with its first lease: its
+/// encoders, its encoder build (which a rendition's chunks stay with) and its
+/// version replace those recorded. What a worker says it is has bounds.
+#[test]
+fn a_worker_started_with_its_issued_credential_says_what_it_now_is() {
+    let c = Coordinator::start();
+    let register = |caps: Value| {
+        let reg = json!({"version": proto::WIRE_VERSION, "name": "m1", "drake_version": "0.0.1", "slots": 1, "capabilities": caps});
+        c.call("POST", "/api/v1/workers/register", Some(&c.join_token(1)), Some(reg))
+    };
+    for (caps, what) in [
+        (json!({"encoders": ["libx264"], "cores": 2, "encoder_build": "b".repeat(201)}), "a long build"),
+        (json!({"encoders": ["libx264"], "cores": 2, "encoder_build": ""}), "an empty build"),
+        (json!({"encoders": ["libx264"], "cores": 2, "tags": ["t".repeat(101)]}), "a long tag"),
+        (json!({"encoders": vec!["libx264"; 501], "cores": 2}), "too many encoders"),
+    ] {
+        assert_eq!(register(caps).0, 400, "{what}");
+    }
+    let (status, reg) = register(json!({"encoders": ["libx264"], "cores": 2}));
+    assert_eq!(status, 201, "{reg}");
+    let id = reg["worker_id"].as_str().unwrap().to_string();
+    let listed = || {
+        let (_, workers) = c.call("GET", "/api/v1/workers", Some(&c.admin), None);
+        workers["workers"].as_array().unwrap().iter().find(|w| w["id"] == id.as_str()).unwrap().clone()
+    };
+    let before = listed();
+    assert_eq!((&before["drake_version"], &before["capabilities"]["encoder_build"]), (&json!("0.0.1"), &Value::Null), "{before}");
+
+    let _w = c.worker("m1", reg["token"].as_str().unwrap());
+    let started = Instant::now();
+    let now = loop {
+        let w = listed();
+        if w["drake_version"] != "0.0.1" {
+            break w;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never said what it is: {w}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(now["drake_version"], env!("CARGO_PKG_VERSION"), "{now}");
+    let build = now["capabilities"]["encoder_build"].as_str().unwrap_or_default();
+    assert!(build.starts_with(&format!("drake {}, libavcodec ", env!("CARGO_PKG_VERSION"))) && build.contains("libx264 core "), "{now}");
+    assert!(now["capabilities"]["encoders"].as_array().unwrap().contains(&json!("aac")), "its encoders too: {now}");
+}
+
 #[test]
 fn every_size_and_count_a_stranger_sends_is_bounded() {
     let mut c = Coordinator::start_with(&["--max-upload-bytes", "100000"]);

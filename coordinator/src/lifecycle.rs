@@ -352,7 +352,7 @@ async fn check_chunk(st: &AppState, target: &TaskTarget, report: &serde_json::Va
         0 => Err(why),
         redone => {
             audit(&format!(
-                "job {}: {rendition}: {redone} chunks made by an encoder build no live worker has are made again by worker {worker}'s",
+                "job {}: {rendition}: {redone} chunks made by an encoder build no live worker has are made again by worker {worker}'s build",
                 target.job_id
             ));
             st.wake_workers();

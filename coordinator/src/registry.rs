@@ -77,13 +77,16 @@ impl Queue {
         Ok(())
     }
 
-    /// Replaces what a worker can do (it started again, maybe upgraded, with its
-    /// issued credential).
-    pub async fn update_capabilities(&self, id: &str, caps: &Capabilities) -> Result<()> {
-        sql::query("UPDATE workers SET capabilities = $2, encoder_build = $3 WHERE id = $1 AND removed = 0")
-            .bind(id)
-            .bind(serde_json::to_string(caps).unwrap_or_default())
-            .bind(caps.encoder_build.as_deref())
+    /// Replaces what a worker can do, and its version if given (it started again,
+    /// maybe upgraded, with its issued credential).
+    pub async fn update_capabilities(&self, id: &str, caps: &Capabilities, version: Option<&str>) -> Result<()> {
+        sql::query(
+            "UPDATE workers SET capabilities = $2, encoder_build = $3, drake_version = COALESCE($4, drake_version) WHERE id = $1 AND removed = 0",
+        )
+        .bind(id)
+        .bind(serde_json::to_string(caps).unwrap_or_default())
+        .bind(caps.encoder_build.as_deref())
+        .bind(version)
             .execute(&mut self.auto())
             .await?;
         self.seen.forget(id);

@@ -107,7 +107,8 @@ async fn lease(State(st): State<AppState>, caller: Caller, req: Result<Json<Leas
     let slots = Slots { free: req.free_slots as i64, paused: paused.as_deref() };
     if let Some(caps) = &req.capabilities {
         check_capabilities(caps)?;
-        st.queue.update_capabilities(&worker, caps).await?;
+        let version = req.drake_version.as_deref().filter(|v| !v.is_empty() && v.len() <= 100);
+        st.queue.update_capabilities(&worker, caps, version).await?;
     }
     loop {
         let now = now_ms();

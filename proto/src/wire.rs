@@ -69,6 +69,9 @@ pub struct LeaseRequest {
     /// how an upgraded machine's encoders and encoder build replace those recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Capabilities>,
+    /// Its version, sent with `capabilities`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drake_version: Option<String>,
 }
 
 fn one() -> u32 {

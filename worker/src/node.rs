@@ -115,8 +115,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| NodeError::Register { url: cfg.coordinators.join(", "), message: e.to_string() })?;
-    let registered = !cfg.token.starts_with("drk_worker_");
-    let (token, heartbeat, current) = if !registered {
+    let issued = cfg.token.starts_with("drk_worker_");
+    let (token, heartbeat, current) = if issued {
         (cfg.token.clone(), Duration::from_secs(5), 0)
     } else {
         let (reg, current) = register(&http, &cfg).await?;
@@ -130,7 +130,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         token,
         heartbeat,
         draining: AtomicBool::new(false),
-        announced: AtomicBool::new(registered),
+        announced: AtomicBool::new(!issued),
         drain: tokio::sync::Notify::new(),
         health: Default::default(),
     });
@@ -340,6 +340,7 @@ impl Node {
             load: load_average(),
             paused: paused.map(String::from),
             capabilities: (!self.announced.load(Ordering::Relaxed)).then(|| capabilities(self.cfg.tags.clone())),
+            drake_version: (!self.announced.load(Ordering::Relaxed)).then(|| env!("CARGO_PKG_VERSION").into()),
         };
         let resp = self
             .send(|base| {
