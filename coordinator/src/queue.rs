@@ -427,6 +427,15 @@ macro_rules! only_clause {
     };
 }
 
+/// A worker `w` that takes tasks now: not removed, draining or paused, and seen
+/// within a lease's TTL (`$2` now, `$3` the TTL). Whom a retry (see
+/// [`lease_claim`]) and a rendition's pinned chunks wait for.
+macro_rules! takes_tasks {
+    () => {
+        "w.removed = 0 AND w.draining = 0 AND w.paused IS NULL AND w.last_seen >= $2 - $3"
+    };
+}
+
 /// The lease claim, with `$lock` after the candidate's `LIMIT 1` (PostgreSQL's row
 /// lock; nothing on SQLite, whose writer is alone). `$1` worker, `$2` now, `$3` the
 /// lease TTL, `$4` the worker's encoders, and its tags (",a,b,") in `$tags`; a
@@ -462,11 +471,13 @@ macro_rules! lease_claim {
                            AND (t.requires IS NULL OR instr($4, ',' || t.requires || ',') > 0)
                            AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = $1 AND (w.draining <> 0 OR w.removed <> 0))
                            AND (t.failed_by IS NULL OR t.failed_by <> $1 OR t.run_after + 60000 <= $2
-                                OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id <> $1 AND w.removed = 0 AND w.draining = 0
-                                     AND w.paused IS NULL AND w.last_seen >= $2 - $3))
+                                OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id <> $1 AND ",
+            takes_tasks!(),
+            "))
                            AND (t.encoder_build IS NULL OR t.encoder_build = (SELECT w.encoder_build FROM workers w WHERE w.id = $1)
-                                OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.encoder_build = t.encoder_build AND w.removed = 0
-                                     AND w.draining = 0 AND w.paused IS NULL AND w.last_seen >= $2 - $3)) ",
+                                OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.encoder_build = t.encoder_build AND ",
+            takes_tasks!(),
+            ")) ",
             $only,
             "
                            AND NOT EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = t.job_id AND instr(",
@@ -1297,17 +1308,19 @@ impl Queue {
     pub async fn redo_chunks_of_a_gone_build(&self, task: &str, worker: &str, epoch: i64, now: i64) -> Result<u64> {
         let _turn = self.report_turn().await;
         let mut tx = self.write_tx().await?;
-        let row = sql::query(
-            "SELECT t.job_id, t.rendition, t.encoder_build, w.encoder_build FROM tasks t JOIN workers w ON w.id = t.worker_id
-             WHERE t.id = $1 AND t.worker_id = $2 AND t.epoch = $3 AND t.state IN ('leased', 'running') AND t.kind = 'chunk'
-               AND t.encoder_build IS NOT NULL AND w.encoder_build IS NOT NULL AND t.encoder_build <> w.encoder_build
-               AND NOT EXISTS (SELECT 1 FROM workers o WHERE o.encoder_build = t.encoder_build AND o.removed = 0 AND o.draining = 0
-                               AND o.paused IS NULL AND o.last_seen >= $4)",
-        )
+        let row = sql::query(concat!(
+            "SELECT t.job_id, t.rendition, t.encoder_build, me.encoder_build FROM tasks t JOIN workers me ON me.id = t.worker_id
+             WHERE t.id = $1 AND t.worker_id = $4 AND t.epoch = $5 AND t.state IN ('leased', 'running') AND t.kind = 'chunk'
+               AND t.encoder_build IS NOT NULL AND me.encoder_build IS NOT NULL AND t.encoder_build <> me.encoder_build
+               AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.encoder_build = t.encoder_build AND ",
+            takes_tasks!(),
+            ")"
+        ))
         .bind(task)
+        .bind(now)
+        .bind(self.cfg.lease_ttl_ms)
         .bind(worker)
         .bind(epoch)
-        .bind(now - self.cfg.lease_ttl_ms)
         .fetch_optional(&mut tx)
         .await?;
         let Some(row) = row else {
