@@ -15,7 +15,7 @@
 //! Every end (succeeded, failed, canceled) records exactly one webhook for its run.
 
 use crate::error::ApiError;
-use crate::queue::{Backend, Chore, Job, Promoted, Promotion, QueueError, TaskKind, TaskTarget};
+use crate::queue::{Backend, Chore, HeadersClaim, Job, Promoted, Promotion, QueueError, TaskKind, TaskTarget};
 use crate::state::{AppState, audit, now_ms};
 use crate::storage;
 use proto::chunk::ChunkReport;
@@ -259,9 +259,6 @@ pub async fn complete(st: &AppState, worker: &str, task: &str, c: &proto::wire::
     let result =
         json!({"report": c.report, "files": c.files, "timing": c.timing, "dir": storage::output_dir(&job, target.kind, &target.name)});
     let owed = st.queue.complete(task, worker, c.epoch, &result, now_ms()).await?;
-    if let (TaskKind::Chunk, Some(rendition)) = (target.kind, target.rendition.as_deref()) {
-        st.queue.pin_chunk_build(&job, rendition, worker).await?;
-    }
     crate::fault::point(crate::fault::AFTER_COMPLETE);
     st.emit("task", json!({"job_id": job, "task_id": task, "state": "promoting", "progress": 1.0}));
     promote(st, &owed).await;
@@ -313,11 +310,12 @@ pub async fn promote(st: &AppState, p: &Promotion) {
 
 /// Checks a chunk's report against the job's chunk plan (recomputed from its probe
 /// and profile, as the join does): its frames, its first IDR, every IDR on the 2 s
-/// grid, rising decode times, and the codec parameters of the rendition's other
-/// accepted chunks. Those parameters differ only between encoder builds, and a
-/// rendition's chunks go to the build of its first accepted chunk while a worker
-/// has it; once none has, the accepted chunks are made again by the new build
-/// (`lease` the task's lease: id, worker, epoch).
+/// grid, rising decode times, and the codec parameters the rendition's first
+/// checked chunk claimed. Those parameters differ only between encoder builds, and
+/// a rendition's chunks go to the claimant's build while a worker has it; once none
+/// has, the accepted chunks are made again by the new build
+/// ([`crate::queue::Queue::claim_chunk_headers`]; `lease` the task's lease: id,
+/// worker, epoch).
 async fn check_chunk(st: &AppState, target: &TaskTarget, report: &serde_json::Value, lease: (&str, &str, i64)) -> Result<(), String> {
     let report: ChunkReport = serde_json::from_value(report.clone()).map_err(|e| format!("unreadable chunk.json: {e}"))?;
     let (Some(span), Some(rendition)) = (target.chunk, target.rendition.as_deref()) else {
@@ -344,13 +342,17 @@ async fn check_chunk(st: &AppState, target: &TaskTarget, report: &serde_json::Va
         .into_iter()
         .filter_map(|r| serde_json::from_value(r).ok())
         .collect();
-    let Err(why) = proto::chunk::same_parameters(&std::iter::once(&report).chain(&others).collect::<Vec<_>>()) else {
-        return Ok(());
-    };
-    let (task, worker, epoch) = lease;
-    match st.queue.redo_chunks_of_a_gone_build(task, worker, epoch, now_ms()).await.map_err(|e| e.to_string())? {
-        0 => Err(why),
-        redone => {
+    let differs = proto::chunk::same_parameters(&std::iter::once(&report).chain(&others).collect::<Vec<_>>()).err();
+    let claim =
+        st.queue.claim_chunk_headers(lease, &report.extradata_sha256, differs.is_some(), now_ms()).await.map_err(|e| e.to_string())?;
+    match claim {
+        HeadersClaim::Match => Ok(()),
+        HeadersClaim::Differ => {
+            Err(differs.unwrap_or_else(|| format!("chunk {}: its codec parameters differ from the rendition's", span.index)))
+        }
+        HeadersClaim::Redone(0) => Ok(()),
+        HeadersClaim::Redone(redone) => {
+            let worker = lease.1;
             audit(&format!(
                 "job {}: {rendition}: {redone} chunks made by an encoder build no live worker has are made again by worker {worker}'s build",
                 target.job_id

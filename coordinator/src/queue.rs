@@ -436,6 +436,19 @@ macro_rules! takes_tasks {
     };
 }
 
+/// A task `t` whose inputs are made (see [`lease_claim`]): the job's audio for a
+/// rendition (transcode or join) and the thumbnails, and its rendition's chunks for
+/// a join.
+macro_rules! inputs_made {
+    () => {
+        "(t.kind NOT IN ('transcode', 'join', 'thumbnails') OR NOT EXISTS (SELECT 1 FROM tasks d
+                                 WHERE d.job_id = t.job_id AND d.kind = 'audio' AND d.state <> 'succeeded' LIMIT 1 OFFSET 0))
+                           AND (t.kind <> 'join' OR NOT EXISTS (SELECT 1 FROM tasks d
+                                 WHERE d.job_id = t.job_id AND d.kind = 'chunk' AND d.rendition = t.rendition AND d.state <> 'succeeded'
+                                 LIMIT 1 OFFSET 0))"
+    };
+}
+
 /// The lease claim, with `$lock` after the candidate's `LIMIT 1` (PostgreSQL's row
 /// lock; nothing on SQLite, whose writer is alone). `$1` worker, `$2` now, `$3` the
 /// lease TTL, `$4` the worker's encoders, and its tags (",a,b,") in `$tags`; a
@@ -456,10 +469,10 @@ macro_rules! takes_tasks {
 /// it), so a worker that fails everything (a broken disk, a bad libav build)
 /// cannot spend a task's attempts alone, and a farm of one worker retries at once.
 /// A chunk pinned to an encoder build (`encoder_build`: that of its rendition's
-/// first accepted chunk, see [`Queue::pin_chunk_build`]) goes to a worker of that
-/// build while one is live, since the join writes one set of codec headers for all
-/// of a rendition's chunks; once none is, to any worker (and then
-/// [`Queue::redo_chunks_of_a_gone_build`]).
+/// first checked chunk, see [`Queue::claim_chunk_headers`]) goes to a worker of
+/// that build while one is live, since the join writes one set of codec headers
+/// for all of a rendition's chunks; once none is, to any worker (whose chunk then
+/// claims the rendition afresh).
 macro_rules! lease_claim {
     ($lock:literal, $only:expr, $tags:literal) => {
         concat!(
@@ -483,11 +496,9 @@ macro_rules! lease_claim {
                            AND NOT EXISTS (SELECT 1 FROM job_tags jt WHERE jt.job_id = t.job_id AND instr(",
             $tags,
             ", ',' || jt.tag || ',') = 0)
-                           AND (t.kind NOT IN ('transcode', 'join', 'thumbnails') OR NOT EXISTS (SELECT 1 FROM tasks d
-                                 WHERE d.job_id = t.job_id AND d.kind = 'audio' AND d.state <> 'succeeded' LIMIT 1 OFFSET 0))
-                           AND (t.kind <> 'join' OR NOT EXISTS (SELECT 1 FROM tasks d
-                                 WHERE d.job_id = t.job_id AND d.kind = 'chunk' AND d.rendition = t.rendition AND d.state <> 'succeeded'
-                                 LIMIT 1 OFFSET 0))
+                           AND ",
+            inputs_made!(),
+            "
                          ORDER BY t.priority DESC, t.due_at, t.job_created_at, t.seq LIMIT 1 ",
             $lock,
             ")
@@ -1281,72 +1292,130 @@ impl Queue {
             .collect())
     }
 
-    /// Pins the chunks of `job`'s `rendition` to the encoder build of `worker`, whose
-    /// chunk was just accepted, unless they are pinned already (or the worker named
-    /// no build): the rest go to workers of that build (see `lease_claim!`), whose
-    /// codec headers match it.
-    pub async fn pin_chunk_build(&self, job: &str, rendition: &str, worker: &str) -> Result<()> {
-        sql::query(
-            "UPDATE tasks SET encoder_build = (SELECT w.encoder_build FROM workers w WHERE w.id = $3)
-             WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2 AND encoder_build IS NULL",
-        )
-        .bind(job)
-        .bind(rendition)
-        .bind(worker)
-        .execute(&mut self.auto())
-        .await?;
-        Ok(())
-    }
-
-    /// A chunk `worker` made (holding `task` at `epoch`) has other codec headers
-    /// than its rendition's accepted chunks. If those were made by a build no live
-    /// worker has any more (the farm was upgraded under the job), no chunk made from
-    /// now on can match them: they (and any being promoted, whose promotion then
-    /// changes nothing) are queued again, the rendition's chunks are pinned to
-    /// `worker`'s build, and the new chunk may be accepted. Returns how many
-    /// chunks were queued again; none means the mismatch stands.
-    pub async fn redo_chunks_of_a_gone_build(&self, task: &str, worker: &str, epoch: i64, now: i64) -> Result<u64> {
+    /// Decides whether the chunk `worker` made (holding `task` at `epoch`) may join
+    /// its rendition by its codec headers (`headers`: their sha256), since the join
+    /// writes one set for all of a rendition's chunks and only one encoder build
+    /// writes them. `differs` says whether they differ from the rendition's
+    /// accepted chunks' (a rendition claimed before this check existed has none).
+    ///
+    /// The first chunk of a rendition to get here claims it: its headers, and its
+    /// worker's build, which the rest of the chunks then go to while a worker has it
+    /// (`lease_claim!`). The claim is read and taken in one write transaction (the
+    /// farm's writer lock), so two chunks of different headers checked at once
+    /// cannot both pass. A chunk that differs is rejected while a live worker has the claimed
+    /// build. Once none has (the farm was upgraded under the job), no chunk made
+    /// from now on can match: the accepted chunks (and any being promoted, whose
+    /// promotion then changes nothing) are queued again with no attempt spent, and
+    /// the rendition is claimed afresh for this chunk.
+    pub async fn claim_chunk_headers(
+        &self,
+        (task, worker, epoch): (&str, &str, i64),
+        headers: &str,
+        differs: bool,
+        now: i64,
+    ) -> Result<HeadersClaim> {
         let _turn = self.report_turn().await;
         let mut tx = self.write_tx().await?;
-        let row = sql::query(concat!(
-            "SELECT t.job_id, t.rendition, t.encoder_build, me.encoder_build FROM tasks t JOIN workers me ON me.id = t.worker_id
-             WHERE t.id = $1 AND t.worker_id = $4 AND t.epoch = $5 AND t.state IN ('leased', 'running') AND t.kind = 'chunk'
-               AND t.encoder_build IS NOT NULL AND me.encoder_build IS NOT NULL AND t.encoder_build <> me.encoder_build
-               AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.encoder_build = t.encoder_build AND ",
-            takes_tasks!(),
-            ")"
-        ))
+        let held = sql::query(
+            "SELECT t.job_id, t.rendition, me.encoder_build FROM tasks t JOIN workers me ON me.id = t.worker_id
+             WHERE t.id = $1 AND t.worker_id = $2 AND t.epoch = $3 AND t.state IN ('leased', 'running') AND t.kind = 'chunk'",
+        )
         .bind(task)
-        .bind(now)
-        .bind(self.cfg.lease_ttl_ms)
         .bind(worker)
         .bind(epoch)
         .fetch_optional(&mut tx)
         .await?;
-        let Some(row) = row else {
+        // Not held: the completion's own fence refuses it, and nothing is claimed.
+        let Some(held) = held else {
             tx.commit().await?;
-            return Ok(0);
+            return Ok(HeadersClaim::Match);
         };
-        let (job, rendition, build): (String, String, String) = (row.get(0), row.get(1), row.get(3));
-        let redone = sql::query(
-            "UPDATE tasks SET state = 'queued', attempts = 0, error = NULL, run_after = $3, queued_at = $3, worker_id = NULL, failed_by = NULL,
-                 lease_expires_at = NULL, progress = 0, unrunnable_since = NULL, updated_at = $3
-             WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2 AND state IN ('promoting', 'succeeded')",
+        let (job, rendition, mine): (String, String, Option<String>) = (held.get(0), held.get(1), held.get(2));
+        let claim = sql::query(
+            "SELECT chunk_headers, encoder_build FROM tasks WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2 ORDER BY chunk LIMIT 1",
         )
         .bind(&job)
         .bind(&rendition)
-        .bind(now)
-        .execute(&mut tx)
-        .await?
-        .rows_affected();
-        sql::query("UPDATE tasks SET encoder_build = $3 WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2")
-            .bind(&job)
-            .bind(&rendition)
-            .bind(&build)
-            .execute(&mut tx)
-            .await?;
+        .fetch_one(&mut tx)
+        .await?;
+        let (claimed, pinned): (Option<String>, Option<String>) = (claim.get(0), claim.get(1));
+        let claim_for_me = |pin: &'static str| {
+            format!("UPDATE tasks SET chunk_headers = $3, encoder_build = {pin} WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2")
+        };
+        let outcome = match (claimed.as_deref(), pinned.as_deref(), mine.as_deref()) {
+            (c, ..) if !differs && c.is_none_or(|c| c == headers) => {
+                // First here, or the same: claimed (a build once pinned stays).
+                if c.is_none() || (pinned.is_none() && mine.is_some()) {
+                    sql::query(claim_for_me("COALESCE(encoder_build, $4)"))
+                        .bind(&job)
+                        .bind(&rendition)
+                        .bind(headers)
+                        .bind(&mine)
+                        .execute(&mut tx)
+                        .await?;
+                }
+                HeadersClaim::Match
+            }
+            (_, Some(pinned), Some(mine)) if pinned != mine && !self.build_takes_tasks(&mut tx, pinned, now).await? => {
+                let redone = sql::query(
+                    "UPDATE tasks SET state = 'queued', attempts = 0, error = NULL, run_after = $3, queued_at = $3, worker_id = NULL, failed_by = NULL,
+                         lease_expires_at = NULL, progress = 0, unrunnable_since = NULL, updated_at = $3
+                     WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2 AND state IN ('promoting', 'succeeded')",
+                )
+                .bind(&job)
+                .bind(&rendition)
+                .bind(now)
+                .execute(&mut tx)
+                .await?
+                .rows_affected();
+                sql::query(claim_for_me("$4")).bind(&job).bind(&rendition).bind(headers).bind(mine).execute(&mut tx).await?;
+                HeadersClaim::Redone(redone)
+            }
+            // Claimed by a worker that named no build (older than builds), and
+            // nothing accepted: its chunk never got in, and nothing says whether its
+            // build is live; these headers take the rendition over.
+            (Some(_), None, _) if !differs && !self.chunks_accepted(&mut tx, &job, &rendition).await? => {
+                sql::query(claim_for_me("COALESCE(encoder_build, $4)"))
+                    .bind(&job)
+                    .bind(&rendition)
+                    .bind(headers)
+                    .bind(&mine)
+                    .execute(&mut tx)
+                    .await?;
+                HeadersClaim::Match
+            }
+            _ => HeadersClaim::Differ,
+        };
         tx.commit().await?;
-        Ok(redone)
+        Ok(outcome)
+    }
+
+    /// Whether a live worker that takes tasks has encoder build `build`.
+    async fn build_takes_tasks(&self, tx: &mut impl Exec, build: &str, now: i64) -> Result<bool> {
+        let live: i64 = sql::query_scalar(concat!(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM workers w WHERE w.encoder_build = $1 AND ",
+            takes_tasks!(),
+            ") THEN 1 ELSE 0 END"
+        ))
+        .bind(build)
+        .bind(now)
+        .bind(self.cfg.lease_ttl_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(live != 0)
+    }
+
+    /// Whether any chunk of `job`'s `rendition` was accepted (succeeded, or being promoted).
+    async fn chunks_accepted(&self, tx: &mut impl Exec, job: &str, rendition: &str) -> Result<bool> {
+        let any: i64 = sql::query_scalar(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2
+                 AND state IN ('promoting', 'succeeded')) THEN 1 ELSE 0 END",
+        )
+        .bind(job)
+        .bind(rendition)
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(any != 0)
     }
 
     /// Whether `worker` holds a live join lease of `job` that reads part `part` (a
@@ -1668,6 +1737,18 @@ async fn settle_job(tx: &mut impl Exec, job: &str, now: i64) -> Result<bool> {
     }
     sql::query("UPDATE jobs SET state = $1, updated_at = $2 WHERE id = $3").bind(next).bind(now).bind(job).execute(&mut *tx).await?;
     Ok(true)
+}
+
+/// What [`Queue::claim_chunk_headers`] decided for a chunk.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadersClaim {
+    /// Its headers are its rendition's: it may be accepted.
+    Match,
+    /// They differ, and a live worker has the rendition's build: it is rejected.
+    Differ,
+    /// They differ, and no live worker has the rendition's build: that many
+    /// accepted chunks are queued again, and these headers are the rendition's.
+    Redone(u64),
 }
 
 /// What [`Queue::promoted`] did.

@@ -61,6 +61,10 @@ pub const CHORE_ATTEMPTS: i64 = 3;
 /// some are), written by [`Queue::check_capable_workers`].
 const NO_LIVE_WORKER: &str = "no_live_worker_since";
 
+/// The `settings` key that says why no live worker takes tasks (every one is paused
+/// or draining; absent while one does), written by [`Queue::check_capable_workers`].
+const NONE_TAKES_TASKS: &str = "no_worker_takes_tasks";
+
 /// Longest wait between a chore's attempts while a disk is full.
 const SPACE_RETRY_MAX_MS: i64 = 60_000;
 
@@ -535,8 +539,10 @@ impl Queue {
         Ok(held)
     }
 
-    /// What a job waits for, for its view: its probe, a capable worker, a free
-    /// worker, or its finalize. `None` once it has ended.
+    /// What a job waits for, for its view: its probe, a capable worker, a worker
+    /// that takes tasks (every live one is paused or draining), a free worker, its
+    /// running tasks (those its queued tasks need), or its finalize. `None` once it
+    /// has ended.
     pub async fn waiting_for(&self, id: &str) -> Result<Option<String>> {
         let row =
             sql::query("SELECT state, chore, chore_attempts, chore_error, chore_claimed_by, chore_waiting_since FROM jobs WHERE id = $1")
@@ -573,15 +579,31 @@ impl Queue {
             let tags = job_tags(&mut self.read().await?, id).await?;
             return Ok(Some(format!("a capable worker: {}", no_capable_worker(encoder.as_deref(), &tags))));
         }
-        let queued: i64 =
-            sql::query_scalar("SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND state = 'queued') THEN 1 ELSE 0 END")
-                .bind(id)
-                .fetch_one(&mut self.read().await?)
-                .await?;
-        Ok(Some(match (queued != 0, idle) {
-            (true, Some(_)) => format!("a capable worker: {}", no_capable_worker(None, &[])),
-            (true, None) => "a free worker".into(),
-            (false, _) => "its running tasks".into(),
+        // (any task queued, one of them with its inputs made): a queued task whose
+        // inputs are not made yet (a rendition's audio, a join's chunks) waits for the
+        // tasks making them, not for a worker.
+        let row = sql::query(concat!(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND state = 'queued') THEN 1 ELSE 0 END,
+                    CASE WHEN EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = $1 AND t.state = 'queued' AND ",
+            inputs_made!(),
+            ") THEN 1 ELSE 0 END"
+        ))
+        .bind(id)
+        .fetch_one(&mut self.read().await?)
+        .await?;
+        let (queued, ready): (i64, i64) = (row.get(0), row.get(1));
+        match (queued != 0, idle.is_some(), ready != 0) {
+            (false, ..) | (true, false, false) => return Ok(Some("its running tasks".into())),
+            (true, true, _) => return Ok(Some(format!("a capable worker: {}", no_capable_worker(None, &[])))),
+            (true, false, true) => {}
+        }
+        let none_takes: Option<String> = sql::query_scalar("SELECT value FROM settings WHERE key = $1")
+            .bind(NONE_TAKES_TASKS)
+            .fetch_optional(&mut self.read().await?)
+            .await?;
+        Ok(Some(match none_takes {
+            Some(why) => format!("a worker that takes tasks: {why}"),
+            None => "a free worker".into(),
         }))
     }
 
@@ -590,10 +612,13 @@ impl Queue {
     pub async fn check_capable_workers(&self, wait_ms: i64, now: i64) -> Result<Vec<String>> {
         let live_since = now - self.cfg.lease_ttl_ms;
         let mut tx = self.write_tx().await?;
-        let live: Vec<String> = sql::query_scalar("SELECT capabilities FROM workers WHERE removed = 0 AND last_seen >= $1")
+        let rows = sql::query("SELECT capabilities, paused, draining FROM workers WHERE removed = 0 AND last_seen >= $1")
             .bind(live_since)
             .fetch_all(&mut tx)
             .await?;
+        let live: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let paused: Vec<String> = rows.iter().filter_map(|r| r.get::<Option<String>, _>(1)).collect();
+        let draining = rows.iter().filter(|r| r.get::<Option<String>, _>(1).is_none() && r.get::<i64, _>(2) != 0).count();
         // With no live worker at all, the farm says so once (`settings`), rather
         // than on each queued task: a restart with a long queue rewrote every task,
         // holding the writer's lock for seconds, then again once the workers were
@@ -610,6 +635,18 @@ impl Queue {
             Some(since)
         } else {
             sql::query("DELETE FROM settings WHERE key = $1").bind(NO_LIVE_WORKER).execute(&mut tx).await?;
+            match none_takes_tasks(&paused, draining, live.len()) {
+                Some(why) => {
+                    sql::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+                        .bind(NONE_TAKES_TASKS)
+                        .bind(why)
+                        .execute(&mut tx)
+                        .await?;
+                }
+                None => {
+                    sql::query("DELETE FROM settings WHERE key = $1").bind(NONE_TAKES_TASKS).execute(&mut tx).await?;
+                }
+            }
             self.mark_unrunnable(&mut tx, &live, now, live_since).await?;
             None
         };
@@ -801,6 +838,27 @@ fn no_capable_worker(encoder: Option<&str>, tags: &[String]) -> String {
         (Some(e), t) => format!("no live worker has both the encoder {e} and the tags {}", t.join(", ")),
         (None, t) => format!("no live worker has the tags {}", t.join(", ")),
     }
+}
+
+/// Why no live worker takes tasks, if none does: each is paused (its reasons,
+/// `paused`) or draining (`draining` more).
+fn none_takes_tasks(paused: &[String], draining: usize, live: usize) -> Option<String> {
+    if live == 0 || paused.len() + draining < live {
+        return None;
+    }
+    let mut reasons: Vec<&str> = paused.iter().map(String::as_str).collect();
+    reasons.sort_unstable();
+    reasons.dedup();
+    let mut why = Vec::new();
+    match reasons.len() {
+        0 => {}
+        1..=3 => why.push(format!("{} paused ({})", paused.len(), reasons.join("; "))),
+        n => why.push(format!("{} paused ({}; and {} more reasons)", paused.len(), reasons[..3].join("; "), n - 3)),
+    }
+    if draining > 0 {
+        why.push(format!("{draining} draining"));
+    }
+    Some(format!("every live worker is paused or draining: {}", why.join(", ")))
 }
 
 /// The worker tags a job requires.

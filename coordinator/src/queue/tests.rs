@@ -90,6 +90,8 @@ conformance!(
     retries_back_off_exponentially,
     a_retry_goes_to_another_live_worker_first,
     a_renditions_chunks_stay_with_one_encoder_build_while_it_is_live,
+    a_chunk_claim_that_never_got_in_gives_way,
+    chunks_checked_at_once_claim_their_rendition_once,
     metrics_add_up_each_settled_row_once_and_never_go_down,
     the_retry_limit_fails_the_job_with_the_last_error,
     bad_input_fails_the_job_at_once,
@@ -112,6 +114,7 @@ conformance!(
     a_task_no_live_worker_can_run_waits_then_fails_with_that_reason,
     concurrent_submits_with_one_key_make_one_job,
     a_farm_with_no_live_worker_says_so_and_fails_its_tasks_after_the_wait,
+    a_job_says_when_it_waits_for_its_own_tasks_or_for_a_worker_that_takes_tasks,
     a_chunked_job_joins_each_rung_once_its_chunks_and_audio_are_done,
     chunk_bundles_stay_within_the_largest_rung_and_shrink_at_the_job_end,
     uploads_append_at_their_offset_within_limits_and_one_coordinator_joins_them,
@@ -367,20 +370,27 @@ async fn a_renditions_chunks_stay_with_one_encoder_build_while_it_is_live(q: Que
     let chunks: Vec<NewTask> = (0..5).map(|i| NewTask::chunk("240p", span(i), None)).collect();
     q.add_tasks(&job.id, &chunks, T0).await.unwrap();
     let view = |j: &Job, i: usize| (j.tasks[i].state.clone(), j.tasks[i].attempts);
+    let claim = |l: &Lease, worker: &'static str, headers: &'static str, differs: bool, now: i64| {
+        let (q, task, epoch) = (q.clone(), l.task_id.clone(), l.epoch);
+        async move { q.claim_chunk_headers((&task, worker, epoch), headers, differs, now).await.unwrap() }
+    };
 
-    // Nothing accepted yet: either build takes chunks.
+    // Nothing claimed yet: either build takes chunks.
     let c0 = q.lease("old", &[], T0).await.unwrap().unwrap();
     let c1 = q.lease("new", &[], T0).await.unwrap().unwrap();
+    // Both are checked before either is accepted: the first claims the rendition,
+    // and the other's headers differ from its claim while old is live (comparing
+    // only accepted chunks, both passed, and the join failed the job).
+    assert_eq!(claim(&c0, "old", "h163", false, T0 + 1).await, HeadersClaim::Match);
+    assert_eq!(claim(&c1, "new", "h164", false, T0 + 1).await, HeadersClaim::Differ);
     done(&q, &c0, "old", T0 + 1).await;
-    q.pin_chunk_build(&job.id, "240p", "old").await.unwrap();
-    // Pinned to old's build: new takes none of them while old is live, and a
-    // mismatch from new stands.
+    // Pinned to old's build: new takes none of them while old is live.
     assert!(q.lease("new", &[], T0 + 2).await.unwrap().is_none(), "old is live: its build makes the rest");
-    assert_eq!(q.redo_chunks_of_a_gone_build(&c1.task_id, "new", c1.epoch, T0 + 2).await.unwrap(), 0);
     let c2 = q.lease("old", &[], T0 + 2).await.unwrap().unwrap();
+    assert_eq!(claim(&c2, "old", "h163", false, T0 + 2).await, HeadersClaim::Match);
     done(&q, &c2, "old", T0 + 3).await;
-    // A later accepted chunk of another build does not move the pin.
-    q.pin_chunk_build(&job.id, "240p", "new").await.unwrap();
+    // A build whose headers are the same passes, and does not move the pin.
+    assert_eq!(claim(&c1, "new", "h163", false, T0 + 3).await, HeadersClaim::Match);
     assert!(q.lease("new", &[], T0 + 3).await.unwrap().is_none());
 
     // old is gone (not seen for a lease's TTL, or removed): new takes the rest.
@@ -388,10 +398,10 @@ async fn a_renditions_chunks_stay_with_one_encoder_build_while_it_is_live(q: Que
     q.worker_seen("new", None, None, gone).await.unwrap();
     let c3 = q.lease("new", &[], gone).await.unwrap().unwrap();
     assert_eq!(c3.chunk.unwrap().index, 3);
-    // new's first chunk differs from the accepted ones, which no live worker can
-    // match any more: they are queued again, afresh, and pinned to new's build.
-    assert_eq!(q.redo_chunks_of_a_gone_build(&c1.task_id, "new", c1.epoch, gone).await.unwrap(), 2);
-    assert_eq!(q.redo_chunks_of_a_gone_build(&c1.task_id, "new", c1.epoch, gone).await.unwrap(), 0, "once");
+    // new's chunk differs from the accepted ones, which no live worker can match
+    // any more: they are queued again, afresh, and the rendition is new's.
+    assert_eq!(claim(&c1, "new", "h164", true, gone).await, HeadersClaim::Redone(2));
+    assert_eq!(claim(&c1, "new", "h164", false, gone).await, HeadersClaim::Match, "once");
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!((view(&j, 0), view(&j, 2)), ((String::from("queued"), 0), (String::from("queued"), 0)));
     assert_eq!(j.chunks, Some(ChunksView { count: 5, done: 0 }));
@@ -399,12 +409,81 @@ async fn a_renditions_chunks_stay_with_one_encoder_build_while_it_is_live(q: Que
     let mut made = vec![];
     while let Some(l) = q.lease("new", &[], gone + 2).await.unwrap() {
         made.push(l.chunk.unwrap().index);
+        assert_eq!(claim(&l, "new", "h164", false, gone + 2).await, HeadersClaim::Match);
         done(&q, &l, "new", gone + 2).await;
     }
     assert_eq!(made, [0, 2, 4], "new makes what old made, and the last");
+    assert_eq!(claim(&c3, "new", "h164", false, gone + 3).await, HeadersClaim::Match);
     done(&q, &c3, "new", gone + 3).await;
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!(j.chunks, Some(ChunksView { count: 5, done: 5 }));
+}
+
+/// Chunks of two builds checked at the same moment: one claims the rendition, and
+/// the other differs.
+async fn chunks_checked_at_once_claim_their_rendition_once(q: Queue) {
+    let caps = |b: &str| proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![], encoder_build: Some(b.into()) };
+    q.register_worker("a", "a", 8, &caps("x264 core 163"), "0", T0).await.unwrap();
+    q.register_worker("b", "b", 8, &caps("x264 core 164"), "0", T0).await.unwrap();
+    for round in 0..8 {
+        let (job, _) = q.create_job(&web_job(), T0).await.unwrap();
+        let span = |i: u32| ChunkSpan { index: i, first_frame: u64::from(i) * 100, frames: (i < 1).then_some(100) };
+        q.add_tasks(&job.id, &[NewTask::chunk("240p", span(0), None), NewTask::chunk("240p", span(1), None)], T0).await.unwrap();
+        let la = q.lease("a", &[], T0).await.unwrap().unwrap();
+        let lb = q.lease("b", &[], T0).await.unwrap().unwrap();
+        let (ca, cb) = tokio::join!(
+            q.claim_chunk_headers((&la.task_id, "a", la.epoch), "ha", false, T0),
+            q.claim_chunk_headers((&lb.task_id, "b", lb.epoch), "hb", false, T0)
+        );
+        let mut got = [ca.unwrap(), cb.unwrap()];
+        got.sort_by_key(|c| *c != HeadersClaim::Match);
+        assert_eq!(got, [HeadersClaim::Match, HeadersClaim::Differ], "round {round}");
+    }
+}
+
+/// A claim whose chunk never got in (its lease lapsed) does not hold its rendition
+/// once its build is gone, nor, from a worker that named no build, once another
+/// chunk passes.
+async fn a_chunk_claim_that_never_got_in_gives_way(q: Queue) {
+    let caps = |b: Option<&str>| proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![], encoder_build: b.map(String::from) };
+    q.register_worker("old", "old", 2, &caps(Some("x264 core 163")), "0", T0).await.unwrap();
+    q.register_worker("anon", "anon", 2, &caps(None), "0", T0).await.unwrap();
+    q.register_worker("new", "new", 2, &caps(Some("x264 core 164")), "0", T0).await.unwrap();
+    let span = |i: u32| ChunkSpan { index: i, first_frame: u64::from(i) * 100, frames: (i < 1).then_some(100) };
+    let mut jobs = vec![];
+    for worker in ["old", "anon"] {
+        let (job, _) = q.create_job(&web_job(), T0).await.unwrap();
+        q.add_tasks(&job.id, &[NewTask::chunk("240p", span(0), None), NewTask::chunk("240p", span(1), None)], T0).await.unwrap();
+        let l = q.lease(worker, &[], T0).await.unwrap().unwrap();
+        assert_eq!(l.job_id, job.id);
+        let claimed = q.claim_chunk_headers((&l.task_id, worker, l.epoch), worker, false, T0).await.unwrap();
+        assert_eq!(claimed, HeadersClaim::Match);
+        // It holds the other chunk too (unclaimed), so the next job's go to anon.
+        assert_eq!(q.lease(worker, &[], T0).await.unwrap().unwrap().job_id, job.id);
+        jobs.push(job.id);
+    }
+    // Both lapse before they complete, and old and anon are seen no more.
+    let later = T0 + q.cfg.lease_ttl_ms + 1;
+    q.reap(later).await.unwrap();
+    // Past the retries' backoff.
+    let later = later + 120_000;
+    q.worker_seen("new", None, None, later).await.unwrap();
+    // old's build is known and gone; anon's is not known, and nothing got in.
+    let mut first = std::collections::HashMap::from([(jobs[0].clone(), HeadersClaim::Redone(0)), (jobs[1].clone(), HeadersClaim::Match)]);
+    while let Some(l) = q.lease("new", &[], later).await.unwrap() {
+        let claimed = q.claim_chunk_headers((&l.task_id, "new", l.epoch), "new", false, later).await.unwrap();
+        match first.remove(&l.job_id) {
+            Some(was) => assert_eq!(claimed, was, "{}", l.job_id),
+            None => {
+                // Taken over: the rest of the rendition goes with new's headers.
+                assert_eq!(claimed, HeadersClaim::Match);
+                let other = q.claim_chunk_headers((&l.task_id, "new", l.epoch), "other", false, later).await.unwrap();
+                assert_eq!(other, HeadersClaim::Differ, "{}: a chunk is accepted now", l.job_id);
+            }
+        }
+        done(&q, &l, "new", later).await;
+    }
+    assert!(first.is_empty());
 }
 
 /// Two live workers of one slot, and w1 failed a one-task job's task (or its
@@ -925,6 +1004,38 @@ async fn a_task_no_live_worker_can_run_waits_then_fails_with_that_reason(q: Queu
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!(j.state, "failed");
     assert_eq!(j.error.as_deref(), Some("no live worker has the encoder libsvtav1 (waited 60 s for one)"));
+}
+
+async fn a_job_says_when_it_waits_for_its_own_tasks_or_for_a_worker_that_takes_tasks(q: Queue) {
+    let (job, _) = q.create_job(&web_job(), T0).await.unwrap();
+    q.add_tasks(&job.id, &[NewTask::audio("240p"), NewTask::transcode("240p", None)], T0).await.unwrap();
+    let caps = proto::wire::Capabilities { encoders: vec!["libx264".into()], cores: 2, tags: vec![], encoder_build: None };
+    q.register_worker("w", "w", 1, &caps, "0", T0).await.unwrap();
+    q.register_worker("w2", "w2", 1, &caps, "0", T0).await.unwrap();
+    let waiting = |q: Queue, now: i64| {
+        let id = job.id.clone();
+        async move {
+            assert!(q.check_capable_workers(60_000, now).await.unwrap().is_empty());
+            q.job(&id).await.unwrap().unwrap().waiting_for.unwrap()
+        }
+    };
+    assert_eq!(waiting(q.clone(), T0).await, "a free worker", "the audio is queued");
+    let audio = q.lease("w", &[], T0 + 1_000).await.unwrap().unwrap();
+    assert_eq!(audio.kind, TaskKind::Audio);
+    // The rendition is queued, but it muxes the audio: it waits for that, not for
+    // a worker (w2 is idle).
+    assert_eq!(waiting(q.clone(), T0 + 2_000).await, "its running tasks");
+    done(&q, &audio, "w", T0 + 3_000).await;
+    assert_eq!(waiting(q.clone(), T0 + 4_000).await, "a free worker");
+    // Every live worker is paused or draining: the farm is not busy, it takes nothing.
+    let full = Slots { free: 1, paused: Some("scratch disk full") };
+    q.worker_seen("w", Some(full), None, T0 + 5_000).await.unwrap();
+    q.set_draining("w2", true).await.unwrap();
+    q.worker_seen("w2", None, None, T0 + 5_000).await.unwrap();
+    let why = "a worker that takes tasks: every live worker is paused or draining: 1 paused (scratch disk full), 1 draining";
+    assert_eq!(waiting(q.clone(), T0 + 6_000).await, why);
+    q.worker_seen("w", Some(Slots { free: 1, paused: None }), None, T0 + 7_000).await.unwrap();
+    assert_eq!(waiting(q.clone(), T0 + 8_000).await, "a free worker");
 }
 
 async fn concurrent_submits_with_one_key_make_one_job(q: Queue) {
