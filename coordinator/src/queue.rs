@@ -463,11 +463,12 @@ macro_rules! inputs_made {
 /// turning them into a hash of every unfinished audio (or chunk) task of the farm,
 /// built for each claim: 2 ms a claim at 90,000 queued tasks, where a lookup per
 /// candidate in `tasks_pending_by_kind` is a few buffers.
-/// A retry goes elsewhere first: the worker whose attempt failed or lapsed
-/// (`failed_by`) takes it again only when no other worker is live (or
-/// [`RETRY_ELSEWHERE_MS`] after it is due, when the others are busy or cannot run
-/// it), so a worker that fails everything (a broken disk, a bad libav build)
-/// cannot spend a task's attempts alone, and a farm of one worker retries at once.
+/// A retry goes elsewhere first: a worker an attempt failed or lapsed on (each is
+/// in `failed_by`, ",w1,w2,") takes it again only when every live worker has failed
+/// it (or [`RETRY_ELSEWHERE_MS`] after it is due, when the others are busy or
+/// cannot run it), so a worker that fails everything (a broken disk, a bad libav
+/// build), or two of them, cannot spend a task's attempts alone, and a farm of one
+/// worker retries at once.
 /// A chunk pinned to an encoder build (`encoder_build`: that of its rendition's
 /// first checked chunk, see [`Queue::claim_chunk_headers`]) goes to a worker of
 /// that build while one is live, since the join writes one set of codec headers
@@ -483,8 +484,8 @@ macro_rules! lease_claim {
                            AND (SELECT j.state FROM jobs j WHERE j.id = t.job_id) IN ('queued', 'running')
                            AND (t.requires IS NULL OR instr($4, ',' || t.requires || ',') > 0)
                            AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = $1 AND (w.draining <> 0 OR w.removed <> 0))
-                           AND (t.failed_by IS NULL OR t.failed_by <> $1 OR t.run_after + 60000 <= $2
-                                OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id <> $1 AND ",
+                           AND (t.failed_by IS NULL OR instr(t.failed_by, ',' || $1 || ',') = 0 OR t.run_after + 60000 <= $2
+                                OR NOT EXISTS (SELECT 1 FROM workers w WHERE instr(t.failed_by, ',' || w.id || ',') = 0 AND ",
             takes_tasks!(),
             "))
                            AND (t.encoder_build IS NULL OR t.encoder_build = (SELECT w.encoder_build FROM workers w WHERE w.id = $1)
@@ -912,7 +913,7 @@ impl Queue {
         // (`tasks_lease_order`) that this worker can take. On PostgreSQL the subquery locks its row and
         // skips rows another coordinator holds, and the UPDATE checks the state again:
         // under Read Committed a plain `id = (SELECT ...)` can lease one task twice.
-        // On PostgreSQL the first claim is `drake_claim` (migration 0021): this claim
+        // On PostgreSQL the first claim is `drake_claim` (migration 0024): this claim
         // as a function with its planner settings, which starts the job too.
         let sql = match (self.backend, only.is_some()) {
             (Backend::Sqlite, false) => lease_claim!("", "", "$5"),
@@ -1662,8 +1663,11 @@ async fn requeue_or_fail(
     now: i64,
 ) -> Result<()> {
     if retryable && attempts < max {
-        // `failed_by`: the retry goes to another worker first (see `lease_claim!`).
-        sql::query("UPDATE tasks SET state = 'queued', failed_by = worker_id, worker_id = NULL, lease_expires_at = NULL, run_after = $1, queued_at = $1, error = $2, updated_at = $3 WHERE id = $4")
+        // `failed_by` (",w1,w2,"): the retry goes to a worker that has not failed it
+        // first (see `lease_claim!`).
+        sql::query("UPDATE tasks SET state = 'queued', failed_by = CASE WHEN worker_id IS NULL OR instr(COALESCE(failed_by, ','), ',' || worker_id || ',') > 0
+                        THEN failed_by ELSE COALESCE(failed_by, ',') || worker_id || ',' END,
+                        worker_id = NULL, lease_expires_at = NULL, run_after = $1, queued_at = $1, error = $2, updated_at = $3 WHERE id = $4")
             .bind(now + cfg.backoff(attempts))
             .bind(error)
             .bind(now)

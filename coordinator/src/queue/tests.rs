@@ -321,9 +321,9 @@ async fn retries_back_off_exponentially(q: Queue) {
     assert_eq!(q.cfg.backoff(10), 8_000, "capped");
 }
 
-/// A retry goes elsewhere first: the worker whose attempt failed (or whose lease
-/// lapsed) takes the task again only when no other worker is live, or once it has
-/// been due for `RETRY_ELSEWHERE_MS`.
+/// A retry goes elsewhere first: a worker an attempt failed on (or whose lease
+/// lapsed) takes the task again only when every live worker has failed it, or once
+/// it has been due for `RETRY_ELSEWHERE_MS`.
 async fn a_retry_goes_to_another_live_worker_first(q: Queue) {
     let backend = q.backend();
 
@@ -348,6 +348,24 @@ async fn a_retry_goes_to_another_live_worker_first(q: Queue) {
         set(&q, change, 0).await;
         assert_eq!(q.lease("w1", &[], due).await.unwrap().map(|l| l.attempt), Some(2), "w2 {what}");
     }
+
+    // Every worker it failed on waits while one that has not is live: failed on
+    // w1, then on w2, the third attempt goes to w3.
+    let (q, due) = failed_on_w1(fresh(backend).await, false).await;
+    let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![], encoder_build: None };
+    q.register_worker("w3", "w3", 1, &caps, "0", T0).await.unwrap();
+    let second = q.lease("w2", &[], due).await.unwrap().unwrap();
+    q.fail(&second.task_id, "w2", second.epoch, "the engine crashed", true, "", due).await.unwrap();
+    let due = due + q.cfg.backoff(2);
+    assert!(q.lease("w1", &[], due).await.unwrap().is_none(), "w3 is live: not back to w1");
+    assert!(q.lease("w2", &[], due).await.unwrap().is_none(), "nor to w2");
+    assert_eq!(q.lease("w3", &[], due).await.unwrap().unwrap().attempt, 3);
+    // With w3 gone, w1 and w2 are all there is: either takes it.
+    let (q, due) = failed_on_w1(fresh(backend).await, false).await;
+    let second = q.lease("w2", &[], due).await.unwrap().unwrap();
+    q.fail(&second.task_id, "w2", second.epoch, "the engine crashed", true, "", due).await.unwrap();
+    let due = due + q.cfg.backoff(2);
+    assert_eq!(q.lease("w1", &[], due).await.unwrap().unwrap().attempt, 3);
 
     // w2 stays live but takes nothing (busy with a long film, or without the
     // encoder): w1 takes the retry once it has been due for RETRY_ELSEWHERE_MS.
@@ -1741,12 +1759,12 @@ async fn operations_answer_only_once_their_shared_commit_is_done() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// PostgreSQL's first claim (`drake_claim`, migration 0021) runs the claim
+/// PostgreSQL's first claim (`drake_claim`, migration 0024) runs the claim
 /// SQLite runs and a bundle's companions build on, word for word.
 #[test]
 fn the_postgres_claim_function_runs_the_same_claim() {
     let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-    let function = words(include_str!("../../migrations/postgres/0021_encoder_build.sql"));
+    let function = words(include_str!("../../migrations/postgres/0024_failed_by_every_worker.sql"));
     let claim = words(lease_claim!("FOR UPDATE SKIP LOCKED", "", "$5"));
     assert!(function.contains(&claim), "drake_claim differs from lease_claim!:\n{claim}");
     assert!(claim.contains(&format!("t.run_after + {RETRY_ELSEWHERE_MS} <= $2")), "the claim's wait for another worker");
