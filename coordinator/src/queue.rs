@@ -1340,22 +1340,12 @@ impl Queue {
         .fetch_one(&mut tx)
         .await?;
         let (claimed, pinned): (Option<String>, Option<String>) = (claim.get(0), claim.get(1));
-        let claim_for_me = |pin: &'static str| {
-            format!("UPDATE tasks SET chunk_headers = $3, encoder_build = {pin} WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2")
-        };
-        let outcome = match (claimed.as_deref(), pinned.as_deref(), mine.as_deref()) {
+        // The outcome, and the pin the rendition is claimed with now (if it is).
+        let keep_or_mine = "COALESCE(encoder_build, $4)";
+        let (outcome, claim_with) = match (claimed.as_deref(), pinned.as_deref(), mine.as_deref()) {
+            // First here, or the same: claimed (a build once pinned stays).
             (c, ..) if !differs && c.is_none_or(|c| c == headers) => {
-                // First here, or the same: claimed (a build once pinned stays).
-                if c.is_none() || (pinned.is_none() && mine.is_some()) {
-                    sql::query(claim_for_me("COALESCE(encoder_build, $4)"))
-                        .bind(&job)
-                        .bind(&rendition)
-                        .bind(headers)
-                        .bind(&mine)
-                        .execute(&mut tx)
-                        .await?;
-                }
-                HeadersClaim::Match
+                (HeadersClaim::Match, (c.is_none() || (pinned.is_none() && mine.is_some())).then_some(keep_or_mine))
             }
             (_, Some(pinned), Some(mine)) if pinned != mine && !self.build_takes_tasks(&mut tx, pinned, now).await? => {
                 let redone = sql::query(
@@ -1369,24 +1359,27 @@ impl Queue {
                 .execute(&mut tx)
                 .await?
                 .rows_affected();
-                sql::query(claim_for_me("$4")).bind(&job).bind(&rendition).bind(headers).bind(mine).execute(&mut tx).await?;
-                HeadersClaim::Redone(redone)
+                (HeadersClaim::Redone(redone), Some("$4"))
             }
             // Claimed by a worker that named no build (older than builds), and
             // nothing accepted: its chunk never got in, and nothing says whether its
             // build is live; these headers take the rendition over.
             (Some(_), None, _) if !differs && !self.chunks_accepted(&mut tx, &job, &rendition).await? => {
-                sql::query(claim_for_me("COALESCE(encoder_build, $4)"))
-                    .bind(&job)
-                    .bind(&rendition)
-                    .bind(headers)
-                    .bind(&mine)
-                    .execute(&mut tx)
-                    .await?;
-                HeadersClaim::Match
+                (HeadersClaim::Match, Some(keep_or_mine))
             }
-            _ => HeadersClaim::Differ,
+            _ => (HeadersClaim::Differ, None),
         };
+        if let Some(pin) = claim_with {
+            sql::query(format!(
+                "UPDATE tasks SET chunk_headers = $3, encoder_build = {pin} WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2"
+            ))
+            .bind(&job)
+            .bind(&rendition)
+            .bind(headers)
+            .bind(&mine)
+            .execute(&mut tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(outcome)
     }
