@@ -311,7 +311,7 @@ pub async fn promote(st: &AppState, p: &Promotion) {
 /// Checks a chunk's report against the job's chunk plan (recomputed from its probe
 /// and profile, as the join does): its frames, its first IDR, every IDR on the 2 s
 /// grid, rising decode times, and the codec parameters the rendition's first
-/// checked chunk claimed. Those parameters differ only between encoder builds, and
+/// checked chunk claimed (the accepted ones have them). Those parameters differ only between encoder builds, and
 /// a rendition's chunks go to the claimant's build while a worker has it; once none
 /// has, the accepted chunks are made again by the new build
 /// ([`crate::queue::Queue::claim_chunk_headers`]; `lease` the task's lease: id,
@@ -334,22 +334,10 @@ async fn check_chunk(st: &AppState, target: &TaskTarget, report: &serde_json::Va
     let rate = video.frame_rate.split_once('/').and_then(|(n, d)| Some((n.parse().ok()?, d.parse().ok()?))).ok_or("a bad frame rate")?;
     let last = span.index as usize + 1 == cut.chunks.len();
     proto::chunk::check(&report, planned, last, rate, video.gop_seconds)?;
-    let others: Vec<ChunkReport> = st
-        .queue
-        .chunk_reports(&target.job_id, rendition, span.index)
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter_map(|r| serde_json::from_value(r).ok())
-        .collect();
-    let differs = proto::chunk::same_parameters(&std::iter::once(&report).chain(&others).collect::<Vec<_>>()).err();
-    let claim =
-        st.queue.claim_chunk_headers(lease, &report.extradata_sha256, differs.is_some(), now_ms()).await.map_err(|e| e.to_string())?;
+    let claim = st.queue.claim_chunk_headers(lease, &report.extradata_sha256, now_ms()).await.map_err(|e| e.to_string())?;
     match claim {
         HeadersClaim::Match => Ok(()),
-        HeadersClaim::Differ => {
-            Err(differs.unwrap_or_else(|| format!("chunk {}: its codec parameters differ from the rendition's", span.index)))
-        }
+        HeadersClaim::Differ => Err(format!("chunk {}: its codec parameters differ from those its rendition's chunks have", span.index)),
         HeadersClaim::Redone(0) => Ok(()),
         HeadersClaim::Redone(redone) => {
             let worker = lease.1;

@@ -1272,32 +1272,10 @@ impl Queue {
         Ok(names)
     }
 
-    /// The accepted chunk reports of `rendition` other than chunk `index`'s: of chunks
-    /// that succeeded, or passed their checks and are being promoted (so that two
-    /// chunks of different codec headers completing together cannot both pass).
-    pub async fn chunk_reports(&self, job: &str, rendition: &str, index: u32) -> Result<Vec<serde_json::Value>> {
-        let rows: Vec<Option<String>> = sql::query_scalar(
-            "SELECT result FROM tasks WHERE job_id = $1 AND kind = 'chunk' AND rendition = $2 AND chunk <> $3 AND state IN ('promoting', 'succeeded')
-             ORDER BY chunk",
-        )
-        .bind(job)
-        .bind(rendition)
-        .bind(i64::from(index))
-        .fetch_all(&mut self.auto())
-        .await?;
-        Ok(rows
-            .into_iter()
-            .flatten()
-            .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
-            .map(|r| r["report"].clone())
-            .collect())
-    }
-
     /// Decides whether the chunk `worker` made (holding `task` at `epoch`) may join
     /// its rendition by its codec headers (`headers`: their sha256), since the join
     /// writes one set for all of a rendition's chunks and only one encoder build
-    /// writes them. `differs` says whether they differ from the rendition's
-    /// accepted chunks' (a rendition claimed before this check existed has none).
+    /// writes them.
     ///
     /// The first chunk of a rendition to get here claims it: its headers, and its
     /// worker's build, which the rest of the chunks then go to while a worker has it
@@ -1308,13 +1286,7 @@ impl Queue {
     /// from now on can match: the accepted chunks (and any being promoted, whose
     /// promotion then changes nothing) are queued again with no attempt spent, and
     /// the rendition is claimed afresh for this chunk.
-    pub async fn claim_chunk_headers(
-        &self,
-        (task, worker, epoch): (&str, &str, i64),
-        headers: &str,
-        differs: bool,
-        now: i64,
-    ) -> Result<HeadersClaim> {
+    pub async fn claim_chunk_headers(&self, (task, worker, epoch): (&str, &str, i64), headers: &str, now: i64) -> Result<HeadersClaim> {
         let _turn = self.report_turn().await;
         let mut tx = self.write_tx().await?;
         let held = sql::query(
@@ -1344,7 +1316,7 @@ impl Queue {
         let keep_or_mine = "COALESCE(encoder_build, $4)";
         let (outcome, claim_with) = match (claimed.as_deref(), pinned.as_deref(), mine.as_deref()) {
             // First here, or the same: claimed (a build once pinned stays).
-            (c, ..) if !differs && c.is_none_or(|c| c == headers) => {
+            (c, ..) if c.is_none_or(|c| c == headers) => {
                 (HeadersClaim::Match, (c.is_none() || (pinned.is_none() && mine.is_some())).then_some(keep_or_mine))
             }
             (_, Some(pinned), Some(mine)) if pinned != mine && !self.build_takes_tasks(&mut tx, pinned, now).await? => {
@@ -1364,9 +1336,7 @@ impl Queue {
             // Claimed by a worker that named no build (older than builds), and
             // nothing accepted: its chunk never got in, and nothing says whether its
             // build is live; these headers take the rendition over.
-            (Some(_), None, _) if !differs && !self.chunks_accepted(&mut tx, &job, &rendition).await? => {
-                (HeadersClaim::Match, Some(keep_or_mine))
-            }
+            (Some(_), None, _) if !self.chunks_accepted(&mut tx, &job, &rendition).await? => (HeadersClaim::Match, Some(keep_or_mine)),
             _ => (HeadersClaim::Differ, None),
         };
         if let Some(pin) = claim_with {

@@ -91,6 +91,7 @@ conformance!(
     a_retry_goes_to_another_live_worker_first,
     a_renditions_chunks_stay_with_one_encoder_build_while_it_is_live,
     a_chunk_claim_that_never_got_in_gives_way,
+    the_chunk_headers_backfill_claims_renditions_with_accepted_chunks,
     chunks_checked_at_once_claim_their_rendition_once,
     metrics_add_up_each_settled_row_once_and_never_go_down,
     the_retry_limit_fails_the_job_with_the_last_error,
@@ -388,9 +389,9 @@ async fn a_renditions_chunks_stay_with_one_encoder_build_while_it_is_live(q: Que
     let chunks: Vec<NewTask> = (0..5).map(|i| NewTask::chunk("240p", span(i), None)).collect();
     q.add_tasks(&job.id, &chunks, T0).await.unwrap();
     let view = |j: &Job, i: usize| (j.tasks[i].state.clone(), j.tasks[i].attempts);
-    let claim = |l: &Lease, worker: &'static str, headers: &'static str, differs: bool, now: i64| {
+    let claim = |l: &Lease, worker: &'static str, headers: &'static str, now: i64| {
         let (q, task, epoch) = (q.clone(), l.task_id.clone(), l.epoch);
-        async move { q.claim_chunk_headers((&task, worker, epoch), headers, differs, now).await.unwrap() }
+        async move { q.claim_chunk_headers((&task, worker, epoch), headers, now).await.unwrap() }
     };
 
     // Nothing claimed yet: either build takes chunks.
@@ -399,16 +400,16 @@ async fn a_renditions_chunks_stay_with_one_encoder_build_while_it_is_live(q: Que
     // Both are checked before either is accepted: the first claims the rendition,
     // and the other's headers differ from its claim while old is live (comparing
     // only accepted chunks, both passed, and the join failed the job).
-    assert_eq!(claim(&c0, "old", "h163", false, T0 + 1).await, HeadersClaim::Match);
-    assert_eq!(claim(&c1, "new", "h164", false, T0 + 1).await, HeadersClaim::Differ);
+    assert_eq!(claim(&c0, "old", "h163", T0 + 1).await, HeadersClaim::Match);
+    assert_eq!(claim(&c1, "new", "h164", T0 + 1).await, HeadersClaim::Differ);
     done(&q, &c0, "old", T0 + 1).await;
     // Pinned to old's build: new takes none of them while old is live.
     assert!(q.lease("new", &[], T0 + 2).await.unwrap().is_none(), "old is live: its build makes the rest");
     let c2 = q.lease("old", &[], T0 + 2).await.unwrap().unwrap();
-    assert_eq!(claim(&c2, "old", "h163", false, T0 + 2).await, HeadersClaim::Match);
+    assert_eq!(claim(&c2, "old", "h163", T0 + 2).await, HeadersClaim::Match);
     done(&q, &c2, "old", T0 + 3).await;
     // A build whose headers are the same passes, and does not move the pin.
-    assert_eq!(claim(&c1, "new", "h163", false, T0 + 3).await, HeadersClaim::Match);
+    assert_eq!(claim(&c1, "new", "h163", T0 + 3).await, HeadersClaim::Match);
     assert!(q.lease("new", &[], T0 + 3).await.unwrap().is_none());
 
     // old is gone (not seen for a lease's TTL, or removed): new takes the rest.
@@ -418,8 +419,8 @@ async fn a_renditions_chunks_stay_with_one_encoder_build_while_it_is_live(q: Que
     assert_eq!(c3.chunk.unwrap().index, 3);
     // new's chunk differs from the accepted ones, which no live worker can match
     // any more: they are queued again, afresh, and the rendition is new's.
-    assert_eq!(claim(&c1, "new", "h164", true, gone).await, HeadersClaim::Redone(2));
-    assert_eq!(claim(&c1, "new", "h164", false, gone).await, HeadersClaim::Match, "once");
+    assert_eq!(claim(&c1, "new", "h164", gone).await, HeadersClaim::Redone(2));
+    assert_eq!(claim(&c1, "new", "h164", gone).await, HeadersClaim::Match, "once");
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!((view(&j, 0), view(&j, 2)), ((String::from("queued"), 0), (String::from("queued"), 0)));
     assert_eq!(j.chunks, Some(ChunksView { count: 5, done: 0 }));
@@ -427,11 +428,11 @@ async fn a_renditions_chunks_stay_with_one_encoder_build_while_it_is_live(q: Que
     let mut made = vec![];
     while let Some(l) = q.lease("new", &[], gone + 2).await.unwrap() {
         made.push(l.chunk.unwrap().index);
-        assert_eq!(claim(&l, "new", "h164", false, gone + 2).await, HeadersClaim::Match);
+        assert_eq!(claim(&l, "new", "h164", gone + 2).await, HeadersClaim::Match);
         done(&q, &l, "new", gone + 2).await;
     }
     assert_eq!(made, [0, 2, 4], "new makes what old made, and the last");
-    assert_eq!(claim(&c3, "new", "h164", false, gone + 3).await, HeadersClaim::Match);
+    assert_eq!(claim(&c3, "new", "h164", gone + 3).await, HeadersClaim::Match);
     done(&q, &c3, "new", gone + 3).await;
     let j = q.job(&job.id).await.unwrap().unwrap();
     assert_eq!(j.chunks, Some(ChunksView { count: 5, done: 5 }));
@@ -450,8 +451,8 @@ async fn chunks_checked_at_once_claim_their_rendition_once(q: Queue) {
         let la = q.lease("a", &[], T0).await.unwrap().unwrap();
         let lb = q.lease("b", &[], T0).await.unwrap().unwrap();
         let (ca, cb) = tokio::join!(
-            q.claim_chunk_headers((&la.task_id, "a", la.epoch), "ha", false, T0),
-            q.claim_chunk_headers((&lb.task_id, "b", lb.epoch), "hb", false, T0)
+            q.claim_chunk_headers((&la.task_id, "a", la.epoch), "ha", T0),
+            q.claim_chunk_headers((&lb.task_id, "b", lb.epoch), "hb", T0)
         );
         let mut got = [ca.unwrap(), cb.unwrap()];
         got.sort_by_key(|c| *c != HeadersClaim::Match);
@@ -474,7 +475,7 @@ async fn a_chunk_claim_that_never_got_in_gives_way(q: Queue) {
         q.add_tasks(&job.id, &[NewTask::chunk("240p", span(0), None), NewTask::chunk("240p", span(1), None)], T0).await.unwrap();
         let l = q.lease(worker, &[], T0).await.unwrap().unwrap();
         assert_eq!(l.job_id, job.id);
-        let claimed = q.claim_chunk_headers((&l.task_id, worker, l.epoch), worker, false, T0).await.unwrap();
+        let claimed = q.claim_chunk_headers((&l.task_id, worker, l.epoch), worker, T0).await.unwrap();
         assert_eq!(claimed, HeadersClaim::Match);
         // It holds the other chunk too (unclaimed), so the next job's go to anon.
         assert_eq!(q.lease(worker, &[], T0).await.unwrap().unwrap().job_id, job.id);
@@ -489,13 +490,13 @@ async fn a_chunk_claim_that_never_got_in_gives_way(q: Queue) {
     // old's build is known and gone; anon's is not known, and nothing got in.
     let mut first = std::collections::HashMap::from([(jobs[0].clone(), HeadersClaim::Redone(0)), (jobs[1].clone(), HeadersClaim::Match)]);
     while let Some(l) = q.lease("new", &[], later).await.unwrap() {
-        let claimed = q.claim_chunk_headers((&l.task_id, "new", l.epoch), "new", false, later).await.unwrap();
+        let claimed = q.claim_chunk_headers((&l.task_id, "new", l.epoch), "new", later).await.unwrap();
         match first.remove(&l.job_id) {
             Some(was) => assert_eq!(claimed, was, "{}", l.job_id),
             None => {
                 // Taken over: the rest of the rendition goes with new's headers.
                 assert_eq!(claimed, HeadersClaim::Match);
-                let other = q.claim_chunk_headers((&l.task_id, "new", l.epoch), "other", false, later).await.unwrap();
+                let other = q.claim_chunk_headers((&l.task_id, "new", l.epoch), "other", later).await.unwrap();
                 assert_eq!(other, HeadersClaim::Differ, "{}: a chunk is accepted now", l.job_id);
             }
         }
@@ -1458,6 +1459,40 @@ async fn metrics_add_up_each_settled_row_once_and_never_go_down(q: Queue) {
     // A coordinator starting afresh counts what is there now.
     let m = Queue { tally: Default::default(), ..q.clone() }.metrics(later + SETTLE_MS + 3_001).await.unwrap();
     assert_eq!((transcodes(&m), m.bytes_published), ((0, 1, 2.0), 0));
+}
+
+/// The migration that added `tasks.chunk_headers` claims each rendition with
+/// accepted chunks for the first one's headers, as its check would have.
+async fn the_chunk_headers_backfill_claims_renditions_with_accepted_chunks(q: Queue) {
+    let migration = match q.backend() {
+        Backend::Sqlite => include_str!("../../migrations/sqlite/0027_chunk_headers.sql"),
+        Backend::Postgres => include_str!("../../migrations/postgres/0023_chunk_headers.sql"),
+    };
+    let backfill = &migration[migration.find("UPDATE tasks").expect("the backfill")..];
+    let caps = proto::wire::Capabilities { encoders: vec![], cores: 2, tags: vec![], encoder_build: None };
+    q.register_worker("w", "w", 2, &caps, "0", T0).await.unwrap();
+    let (job, _) = q.create_job(&web_job(), T0).await.unwrap();
+    let span = |i: u32| ChunkSpan { index: i, first_frame: u64::from(i) * 100, frames: (i < 2).then_some(100) };
+    let tasks: Vec<NewTask> = ["240p", "360p"].iter().flat_map(|r| (0..3).map(move |i| NewTask::chunk(r, span(i), None))).collect();
+    q.add_tasks(&job.id, &tasks, T0).await.unwrap();
+    // 240p's chunk 1 was accepted before claims existed; 360p has none accepted.
+    let (first, second) = (q.lease("w", &[], T0).await.unwrap().unwrap(), q.lease("w", &[], T0).await.unwrap().unwrap());
+    assert_eq!((first.chunk.unwrap().index, second.chunk.unwrap().index), (0, 1));
+    q.complete(&second.task_id, "w", second.epoch, &serde_json::json!({"report": {"extradata_sha256": "h1"}}), T0).await.unwrap();
+    q.promoted(&second.task_id, T0).await.unwrap();
+    sqlx::query(backfill).execute(q.pool()).await.unwrap();
+    let claims: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT rendition, chunk_headers FROM tasks WHERE job_id = $1 ORDER BY rendition, chunk")
+            .bind(&job.id)
+            .fetch_all(q.pool())
+            .await
+            .unwrap();
+    let h1 = Some(String::from("h1"));
+    let want = [("240p", &h1), ("240p", &h1), ("240p", &h1), ("360p", &None), ("360p", &None), ("360p", &None)];
+    assert_eq!(claims.iter().map(|(r, h)| (r.as_str(), h)).collect::<Vec<_>>(), want);
+    // Other headers from chunk 0 no longer pass; the same do.
+    assert_eq!(q.claim_chunk_headers((&first.task_id, "w", first.epoch), "h2", T0).await.unwrap(), HeadersClaim::Differ);
+    assert_eq!(q.claim_chunk_headers((&first.task_id, "w", first.epoch), "h1", T0).await.unwrap(), HeadersClaim::Match);
 }
 
 /// The migration that added `tasks.published_bytes` fills it from the results
