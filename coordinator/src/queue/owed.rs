@@ -566,10 +566,14 @@ impl Queue {
                 (None, None) => format!("{what} (queued)"),
             }));
         }
-        let idle: Option<String> = sql::query_scalar("SELECT value FROM settings WHERE key = $1")
+        // What the farm says of its workers: none live, or none taking tasks (why).
+        let farm: Vec<(String, String)> = sql::query_as("SELECT key, value FROM settings WHERE key IN ($1, $2)")
             .bind(NO_LIVE_WORKER)
-            .fetch_optional(&mut self.read().await?)
+            .bind(NONE_TAKES_TASKS)
+            .fetch_all(&mut self.read().await?)
             .await?;
+        let said = |key: &str| farm.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let (idle, none_takes) = (said(NO_LIVE_WORKER), said(NONE_TAKES_TASKS));
         let unrunnable: Option<Option<String>> =
             sql::query_scalar("SELECT requires FROM tasks WHERE job_id = $1 AND state = 'queued' AND unrunnable_since IS NOT NULL LIMIT 1")
                 .bind(id)
@@ -597,10 +601,6 @@ impl Queue {
             (true, true, _) => return Ok(Some(format!("a capable worker: {}", no_capable_worker(None, &[])))),
             (true, false, true) => {}
         }
-        let none_takes: Option<String> = sql::query_scalar("SELECT value FROM settings WHERE key = $1")
-            .bind(NONE_TAKES_TASKS)
-            .fetch_optional(&mut self.read().await?)
-            .await?;
         Ok(Some(match none_takes {
             Some(why) => format!("a worker that takes tasks: {why}"),
             None => "a free worker".into(),
