@@ -159,8 +159,9 @@ class Sampler:
 
 def playable_floor(w, tasks, cpu):
     """The earliest the lowest rung could be published with the CPU its tasks took in
-    this run: its chunks and the job's audio, each on one worker of 2/W cores and all
-    together on 2 cores, then its join. Returns (floor s, what it is made of)."""
+    this run: the job's audio and the rung's chunks, each whole on one worker of 2/W
+    cores (and all together on no more than 2 cores), then its join. Returns (floor s,
+    what it is made of)."""
     first = min((t for t in tasks if t["kind"] in ("transcode", "join")), key=lambda t: t["timing"]["finished_at"])
     if first["kind"] != "join":
         return None
@@ -168,7 +169,12 @@ def playable_floor(w, tasks, cpu):
     chunks = [cpu(t) for t in tasks if t["kind"] == "chunk" and t["name"].startswith(first["rendition"] + ".")]
     audio = sum(cpu(t) for t in tasks if t["kind"] == "audio")
     join = cpu(first)
-    floor = max(audio / quota, max(chunks) / quota, (audio + sum(chunks)) / CORES) + join / quota
+    # A chunk is not split: on W machines, the audio on one and the chunks each on
+    # the first machine free (longest first), the rung waits for its last wave.
+    free = [audio / quota] + [0.0] * (w - 1)
+    for c in sorted(chunks, reverse=True):
+        free[free.index(min(free))] += c / quota
+    floor = max(max(free), (audio + sum(chunks)) / CORES) + join / quota
     audio_task = next((t for t in tasks if t["kind"] == "audio"), None)
     audio_share = audio / ((audio_task["timing"]["child_exited_at"] - audio_task["timing"]["child_started_at"]) / 1000) if audio_task else 0
     return floor, (f"audio {audio:.1f} CPU s (it got {audio_share:.2f} cores), {len(chunks)} {first['rendition']} chunks "
