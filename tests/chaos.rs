@@ -256,8 +256,11 @@ fn run(seed: u64, database: Option<&str>) -> Vec<String> {
         Nginx::AUTHORIZATION,
         "--min-free-disk-bytes",
         "65536",
-        // A hung engine (a fault below) is stopped after this long without progress.
+        // A hung engine (a fault below) is stopped after this long without progress;
+        // a transfer that moves no byte fails sooner, as the store's fault.
         "--engine-stall-seconds",
+        "15",
+        "--store-stall-seconds",
         "10",
     ];
     if let Some(db) = database {

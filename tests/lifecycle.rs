@@ -466,7 +466,8 @@ fn a_store_that_goes_silent_holds_a_job_for_the_stall_limit_only() {
 /// again, and the job ends with every file.
 #[test]
 fn a_hung_engine_holds_its_task_for_the_stall_limit_only() {
-    let c = Coordinator::start_with(&["--engine-stall-seconds", "5"]);
+    // The engine's limit must outlast the store's (a silent store is the store's fault).
+    let c = Coordinator::start_with(&["--engine-stall-seconds", "8", "--store-stall-seconds", "5"]);
     let dir = Dir::new();
     test_clip(&dir.s("clip.mp4"), "640x360", 10);
     let w = c.worker("w1", &c.join_token(1));
@@ -492,11 +493,11 @@ fn a_hung_engine_holds_its_task_for_the_stall_limit_only() {
     let retried: Vec<&Value> = job["tasks"].as_array().unwrap().iter().filter(|t| t["attempts"].as_i64().unwrap() > 1).collect();
     assert_eq!(retried.len(), 1, "only the hung engine's task ran again: {job}");
     let error = retried[0]["error"].as_str().unwrap_or_default();
-    assert!(error.contains("the engine reported no progress for 5 s"), "{error}");
+    assert!(error.contains("the engine reported no progress for 8 s"), "{error}");
     // The stopped engine was killed, not left behind.
     let state = std::fs::read_to_string(format!("/proc/{engine}/stat")).unwrap_or_default();
     assert!(state.is_empty() || state.contains(") Z"), "the hung engine is gone: {state}");
-    // The other engines never went 5 s without a line of progress, even as they started.
+    // The other engines never went 8 s without a line of progress, even as they started.
     assert!(took < Duration::from_secs(30), "took {took:?}");
 }
 

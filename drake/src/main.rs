@@ -4,7 +4,7 @@
 mod farm;
 mod upload;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use proto::exit;
 use proto::profile::Profile;
 use std::io::Write;
@@ -241,7 +241,9 @@ struct FarmArgs {
     store_stall_seconds: u64,
     /// How long a task's engine (the child process a worker runs it in) may go
     /// without reporting progress before the worker stops it and the task is tried
-    /// again: what a hung engine holds its task for.
+    /// again: what a hung engine holds its task for. Longer than
+    /// `--store-stall-seconds`, so that an engine waiting on a silent store fails as
+    /// the store's fault, not its machine's.
     #[arg(long, default_value_t = proto::wire::ENGINE_STALL_SECONDS, value_parser = clap::value_parser!(u64).range(1..=86400))]
     engine_stall_seconds: u64,
     /// Let URL sources and webhook callbacks reach this non-public network (CIDR,
@@ -269,6 +271,23 @@ struct FarmArgs {
 }
 
 impl FarmArgs {
+    /// What clap cannot check one argument at a time. An engine reading from a
+    /// store that went silent prints no progress until the store's own limit cuts
+    /// the read (and the task is retried as the store's fault); with an engine limit
+    /// no longer than that, the worker would stop the engine first and count a
+    /// hung store against its machine (the retry avoids it, and a machine that
+    /// fails often rests).
+    fn check(&self) -> Result<(), String> {
+        if self.engine_stall_seconds <= self.store_stall_seconds {
+            return Err(format!(
+                "--engine-stall-seconds ({}) must be longer than --store-stall-seconds ({}): an engine waits on a silent store \
+                 that long before the store's fault ends its read",
+                self.engine_stall_seconds, self.store_stall_seconds
+            ));
+        }
+        Ok(())
+    }
+
     fn settings(self) -> farm::FarmSettings {
         farm::FarmSettings {
             database: self.database,
@@ -311,7 +330,13 @@ fn settings_from_files() {
 
 fn main() {
     settings_from_files();
-    let code = match Cli::parse().command {
+    let cli = Cli::parse();
+    if let Command::Coordinator { settings, .. } | Command::Up { settings, .. } = &cli.command
+        && let Err(e) = settings.check()
+    {
+        Cli::command().error(clap::error::ErrorKind::ArgumentConflict, e).exit();
+    }
+    let code = match cli.command {
         Command::Coordinator { data, listen, settings } => farm::coordinator(data, &listen, settings.settings()),
         Command::Worker { coordinator, token, slots, tags, scratch, min_free_scratch_bytes, name } => {
             farm::worker(farm::WorkerArgs { coordinators: coordinator, token, slots, tags, scratch, min_free_scratch_bytes, name })
@@ -538,4 +563,26 @@ fn transcode(input: &str, profile: &str, renditions: &[String], outs: &[PathBuf]
         let _ = writeln!(std::io::stderr(), "drake: {}{e}", worker::thumbnails::NOT_MADE);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn farm_args(args: &[&str]) -> FarmArgs {
+        match Cli::try_parse_from(["drake", "coordinator"].iter().chain(args)).expect("parses").command {
+            Command::Coordinator { settings, .. } => settings,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn an_engine_stall_limit_must_outlast_the_store_stall_limit() {
+        assert_eq!(farm_args(&[]).check(), Ok(()), "the defaults");
+        assert_eq!(farm_args(&["--engine-stall-seconds", "5", "--store-stall-seconds", "2"]).check(), Ok(()));
+        for args in [&["--engine-stall-seconds", "30"][..], &["--engine-stall-seconds", "60"], &["--store-stall-seconds", "600"]] {
+            let e = farm_args(args).check().expect_err("refused");
+            assert!(e.contains("--engine-stall-seconds") && e.contains("must be longer than --store-stall-seconds"), "{e}");
+        }
+    }
 }
