@@ -575,3 +575,42 @@ fn a_worker_that_fails_everything_costs_each_task_one_attempt_then_rests() {
     assert!(why.contains("failed tasks of 3 jobs in a row") && why.contains("illegal instruction"), "{why}");
     let _ = bad.child.kill();
 }
+
+/// An admin's drain and resume show in a job's `waiting_for` at once, not at the
+/// reconciler's next check of the workers (every tenth second): right after the
+/// drain answers, a job queued behind the only worker says it waits for a worker
+/// that takes tasks, and right after the resume, it no longer does.
+#[test]
+fn a_drain_and_a_resume_show_in_waiting_for_at_once() {
+    let c = Coordinator::start();
+    let dir = Dir::new();
+    test_clip(&dir.s("clip.mp4"), "320x240", 2);
+    let _w = c.worker("w1", &c.join_token(1));
+    let started = std::time::Instant::now();
+    let id = loop {
+        let (_, list) = c.call("GET", "/api/v1/workers", Some(&c.admin), None);
+        if let Some(w) = list["workers"].as_array().and_then(|ws| ws.first()) {
+            break w["id"].as_str().unwrap().to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the worker never joined");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let waiting_for = |job: &str| c.call("GET", &format!("/api/v1/jobs/{job}"), Some(&c.admin), None).1["waiting_for"].clone();
+    // The worker runs a job first. (A farm started without a worker says "no worker
+    // is live" until the next check: here, the drain's.)
+    let (_, job) = c.upload(&dir.s("clip.mp4"), &[]);
+    let job = job["id"].as_str().unwrap().to_string();
+    c.wait_ended(&job, Duration::from_secs(60));
+    let (status, _) = c.call("POST", &format!("/api/v1/workers/{id}/drain"), Some(&c.admin), None);
+    assert_eq!(status, 204);
+    let (status, queued) = c.upload(&dir.s("clip.mp4"), &[]);
+    assert_eq!(status, 201, "{queued}");
+    let queued = queued["id"].as_str().unwrap().to_string();
+    let said = c.wait_for(&queued, |j| j["waiting_for"].as_str().is_some_and(|w| !w.starts_with("its probe")));
+    assert_eq!(said["waiting_for"], "a worker that takes tasks: every live worker is paused or draining: 1 draining", "{said}");
+    let (status, _) = c.call("POST", &format!("/api/v1/workers/{id}/resume"), Some(&c.admin), None);
+    assert_eq!(status, 204);
+    let now = waiting_for(&queued);
+    assert!(!now.as_str().unwrap_or_default().contains("draining"), "right after the resume: {now}");
+    assert_eq!(c.wait_ended(&queued, Duration::from_secs(60))["state"], "succeeded");
+}

@@ -153,14 +153,7 @@ pub async fn reconcile(st: &AppState, at_start: bool) {
     }
     // Every queued task with an encoder to match: every tenth second is often enough.
     if at_start || (now / 1000) % 10 == 0 {
-        match st.queue.check_capable_workers(st.queue.cfg.capable_worker_wait_ms, now).await {
-            Ok(jobs) => {
-                for job in jobs {
-                    kick(st, &job).await;
-                }
-            }
-            Err(e) => proto::log!("coordinator: reconciler: checking capable workers: {e}"),
-        }
+        check_capable_workers(st, now).await;
     }
     push_deliveries(st, None, sole, now).await;
     // The farm clock follows the shared database's (PostgreSQL), checked twice a minute.
@@ -177,6 +170,22 @@ pub async fn reconcile(st: &AppState, at_start: bool) {
             }
         }
         Err(e) => proto::log!("coordinator: reconciler: listing jobs to sweep: {e}"),
+    }
+}
+
+/// What the farm's live workers can take, checked against the queue: marks the
+/// tasks none can run (and fails those that waited too long), and says whether any
+/// worker takes tasks at all, which the jobs' `waiting_for` reads. The reconciler
+/// runs it every tenth second; a worker's joining, and an admin's drain, resume or
+/// removal of one, run it at once.
+pub async fn check_capable_workers(st: &AppState, now: i64) {
+    match st.queue.check_capable_workers(st.queue.cfg.capable_worker_wait_ms, now).await {
+        Ok(jobs) => {
+            for job in jobs {
+                kick(st, &job).await;
+            }
+        }
+        Err(e) => proto::log!("coordinator: checking capable workers: {e}"),
     }
 }
 

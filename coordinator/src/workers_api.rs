@@ -68,6 +68,7 @@ async fn register(
     st.queue.register_worker(&id, &req.name, req.slots as i64, &req.capabilities, &req.drake_version, now).await?;
     st.queue.add_token(&token, Role::Worker, Some(&id), None, None, now).await?;
     st.emit("worker", json!({"worker_id": id, "state": "idle"}));
+    lifecycle::check_capable_workers(&st, now).await;
     Ok((
         StatusCode::CREATED,
         Json(RegisterResponse {
@@ -255,6 +256,8 @@ pub async fn set_draining(st: &AppState, id: &str, draining: bool) -> Result<(),
     st.queue.set_draining(id, draining).await?;
     audit(&format!("worker {id} {}", if draining { "draining" } else { "resumed" }));
     st.emit("worker", json!({"worker_id": id, "state": if draining { "draining" } else { "idle" }}));
+    // A job's `waiting_for` says at once whether any worker still takes tasks.
+    lifecycle::check_capable_workers(st, now_ms()).await;
     Ok(())
 }
 
@@ -263,5 +266,6 @@ pub async fn remove(st: &AppState, id: &str) -> Result<(), ApiError> {
     st.queue.remove_worker(id).await?;
     audit(&format!("worker {id} removed"));
     st.emit("worker", json!({"worker_id": id, "state": "removed"}));
+    lifecycle::check_capable_workers(st, now_ms()).await;
     Ok(())
 }
