@@ -596,8 +596,7 @@ fn a_drain_and_a_resume_show_in_waiting_for_at_once() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let waiting_for = |job: &str| c.call("GET", &format!("/api/v1/jobs/{job}"), Some(&c.admin), None).1["waiting_for"].clone();
-    // The worker runs a job first. (A farm started without a worker says "no worker
-    // is live" until the next check: here, the drain's.)
+    // The worker runs a job first: it is live, and takes tasks.
     let (_, job) = c.upload(&dir.s("clip.mp4"), &[]);
     let job = job["id"].as_str().unwrap().to_string();
     c.wait_ended(&job, Duration::from_secs(60));
