@@ -320,11 +320,11 @@ pub async fn promote(st: &AppState, p: &Promotion) {
 /// Checks a chunk's report against the job's chunk plan (recomputed from its probe
 /// and profile, as the join does): its frames, its first IDR, every IDR on the 2 s
 /// grid, rising decode times, and the codec parameters the rendition's first
-/// checked chunk claimed (the accepted ones have them). Those parameters differ only between encoder builds, and
-/// a rendition's chunks go to the claimant's build while a worker has it; once none
-/// has, the accepted chunks are made again by the new build
-/// ([`crate::queue::Queue::claim_chunk_headers`]; `lease` the task's lease: id,
-/// worker, epoch).
+/// checked chunk claimed (the accepted ones have them). Those parameters differ
+/// only between encoder builds, and a rendition's chunks go to the claimant's build
+/// while a worker has it; once none has, the accepted chunks are made again by the
+/// new build ([`crate::queue::Queue::claim_chunk_headers`]; `lease` the task's
+/// lease: id, worker, epoch).
 async fn check_chunk(st: &AppState, target: &TaskTarget, report: &serde_json::Value, lease: (&str, &str, i64)) -> Result<(), String> {
     let report: ChunkReport = serde_json::from_value(report.clone()).map_err(|e| format!("unreadable chunk.json: {e}"))?;
     let (Some(span), Some(rendition)) = (target.chunk, target.rendition.as_deref()) else {
