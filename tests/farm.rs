@@ -487,6 +487,37 @@ fn a_video_without_audio_keeps_its_text_subtitles() {
     assert!(!rungs.is_empty() && rungs.iter().all(|l| l.contains(",SUBTITLES=\"subs\"") && !l.contains("AUDIO=")), "{master}");
 }
 
+/// A browser's recording (MediaRecorder's WebM: VP8 and Opus written as a stream,
+/// with neither a duration nor cues). The tasks that read the source over HTTP
+/// could not tell how long it is (the audio's was "the source at 0.000 s", four
+/// times, and the job failed), so the coordinator remuxes it first.
+#[test]
+fn a_browser_recording_without_a_duration_is_transcoded() {
+    let c = Coordinator::start();
+    let _w = c.worker("w1", &c.join_token(1));
+    let dir = Dir::new();
+    let clip = dir.s("recording.webm");
+    #[rustfmt::skip]
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=30:d=6", "-f", "lavfi", "-i", "sine=d=6:sample_rate=48000",
+             "-c:v", "libvpx", "-deadline", "realtime", "-b:v", "300k", "-c:a", "libopus", "-f", "webm", "-live", "1", &clip]);
+    let said = Command::new("ffprobe").args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", &clip]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&said.stdout).trim(), "N/A", "the recording says no duration");
+    let (status, job) = c.upload(&clip, &[]);
+    assert_eq!(status, 201, "{job}");
+    let job = c.wait_ended(job["id"].as_str().unwrap(), Duration::from_secs(120));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["probe"]["remuxed_parts"], 1, "{}", job["probe"]);
+    assert!((job["probe"]["duration"].as_f64().unwrap() - 6.0).abs() < 0.05, "{}", job["probe"]);
+    assert!(job["tasks"].as_array().unwrap().iter().all(|t| t["attempts"] == 1), "{job}");
+    let manifest: Value = serde_json::from_slice(&c.fetch(job["outputs"]["manifest"].as_str().unwrap())).unwrap();
+    let tracks = manifest["audio"]["tracks"].as_array().unwrap();
+    assert!((tracks[0]["duration"].as_f64().unwrap() - 6.0).abs() < 0.05, "{manifest}");
+    assert_eq!(manifest["thumbnails"]["storyboard"]["tiles"].as_u64().map(|n| n > 1), Some(true), "{manifest}");
+    for r in manifest["renditions"].as_array().unwrap() {
+        assert!((r["duration"].as_f64().unwrap() - 6.0).abs() < 0.05, "{r}");
+    }
+}
+
 /// A song or podcast whose file carries its cover picture (an M4A's or MP3's
 /// front cover): the job's poster, thumbnail and one-tile storyboard are that
 /// picture, as a music player shows it. Without one, there are no pictures.

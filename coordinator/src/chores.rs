@@ -195,7 +195,9 @@ async fn probe_and_plan_tasks(st: &AppState, job: &str) -> Result<(Option<String
         proto::plan::plan(probe, &profile).ok().and_then(|plan| proto::plan::chunks(&plan, probe, &profile.chunking)).is_some()
     };
     let probed = match probe_file(st, &target).await {
-        Ok(p) if p.timeline_joins > 0 || (p.seeks_by_reading && cut(&p)) => remux_source(st, job, &target, rel).await,
+        Ok(p) if p.timeline_joins > 0 || p.duration_by_reading || (p.seeks_by_reading && cut(&p)) => {
+            remux_source(st, job, &target, rel).await
+        }
         other => other,
     };
     if copy {
@@ -228,7 +230,8 @@ async fn probe_file(st: &AppState, path: &std::path::Path) -> Result<proto::prob
 /// stored source `rel`. Recordings joined end to end (timestamps that start over)
 /// are made one timeline, the parts one after another; a container whose seeks
 /// read through everything before their target (`Probe::seeks_by_reading`) gets
-/// an index, so each chunk fetches only its part.
+/// an index, so each chunk fetches only its part; one that does not say how long
+/// it is (`Probe::duration_by_reading`) says so, to the tasks that read it over HTTP.
 async fn remux_source(st: &AppState, job: &str, target: &std::path::Path, rel: &str) -> Result<proto::probe::Probe, Outcome> {
     let spool = st.storage.spool_dir();
     let out = spool.join(format!("remux-{job}.mkv"));

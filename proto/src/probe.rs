@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 pub struct Probe {
     /// libav demuxer name, for example `mov,mp4,m4a,3gp,3g2,mj2` or `mpegts`.
     pub container: String,
-    /// Seconds, from the container (or the longest stream when the container has none).
+    /// Seconds, from the container (or the longest stream when the container has
+    /// none; or else read from a local file's packets, see `duration_by_reading`).
     pub duration: f64,
     /// Bits per second over the whole file; 0 when unknown.
     pub bitrate: u64,
@@ -32,8 +33,15 @@ pub struct Probe {
     /// before its part, so the coordinator remuxes such a source before it cuts it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub seeks_by_reading: bool,
+    /// Neither the container nor its streams say how long the source is (a
+    /// browser's MediaRecorder file, a live stream's dump): `duration` was read
+    /// from a local file's packets. The tasks that read the source over HTTP
+    /// (its audio, thumbnails, chunks) would not know it, so the coordinator
+    /// remuxes such a source, into a file that says, before it plans.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duration_by_reading: bool,
     /// Set by the coordinator when it remuxed the uploaded source (into Matroska
-    /// with cues) to make it one timeline or seekable: how many parts that
+    /// with cues) to make it one timeline, seekable or say its duration: how many parts that
     /// source's timeline was in. The probe is then the remuxed file's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remuxed_parts: Option<u32>,

@@ -151,8 +151,9 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
     // MPEG-TS, FLV and Matroska (see `av::keyframe_index`).
     let unindexed = streams.iter().any(|s| matches!(s, StreamInfo::Video(v) if keyframes.get(v.index).is_none_or(Option::is_none)));
     let (mut duration, mut timeline_joins) = (said.unwrap_or(0.0), 0);
+    let duration_by_reading = local && said.is_none();
     // What the container does not say, a local file's packets do.
-    if local && (said.is_none() || (wanted && unindexed)) {
+    if duration_by_reading || (local && wanted && unindexed) {
         let read = by_reading(input)?;
         (keyframes, timeline_joins) = (read.keyframes, read.joins);
         duration = said.unwrap_or(read.end);
@@ -174,6 +175,7 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
         attachments: attachments as u32,
         timeline_joins,
         seeks_by_reading: false,
+        duration_by_reading,
         remuxed_parts: None,
     })
 }

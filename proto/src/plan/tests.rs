@@ -46,6 +46,7 @@ fn probe(w: u32, h: u32, fps: f64, audio: bool) -> Probe {
         attachments: 0,
         timeline_joins: 0,
         seeks_by_reading: false,
+        duration_by_reading: false,
         remuxed_parts: None,
     }
 }
