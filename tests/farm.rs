@@ -490,7 +490,8 @@ fn a_video_without_audio_keeps_its_text_subtitles() {
 /// A browser's recording (MediaRecorder's WebM: VP8 and Opus written as a stream,
 /// with neither a duration nor cues). The tasks that read the source over HTTP
 /// could not tell how long it is (the audio's was "the source at 0.000 s", four
-/// times, and the job failed), so the coordinator remuxes it first.
+/// times, and the job failed), so the coordinator remuxes it first. A raw stream
+/// without a single timestamp is refused, saying so.
 #[test]
 fn a_browser_recording_without_a_duration_is_transcoded() {
     let c = Coordinator::start();
@@ -516,6 +517,17 @@ fn a_browser_recording_without_a_duration_is_transcoded() {
     for r in manifest["renditions"].as_array().unwrap() {
         assert!((r["duration"].as_f64().unwrap() - 6.0).abs() < 0.05, "{r}");
     }
+
+    // A raw H.264 stream (a dashcam's or DVR's export) has no timestamps to read a
+    // duration from either: its own job fails saying so (it failed on an empty remux).
+    let raw = dir.s("dashcam.h264");
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=30:d=2", "-c:v", "libx264", "-f", "h264", &raw]);
+    let (status, job) = c.upload(&raw, &[]);
+    assert_eq!(status, 201, "{job}");
+    let job = c.wait_ended(job["id"].as_str().unwrap(), Duration::from_secs(60));
+    assert_eq!(job["state"], "failed", "{job}");
+    let why = job["error"].as_str().unwrap();
+    assert!(why.starts_with("bad input: ") && why.contains("no packet carries a timestamp"), "{job}");
 }
 
 /// A song or podcast whose file carries its cover picture (an M4A's or MP3's

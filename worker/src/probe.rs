@@ -157,6 +157,12 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
         let read = by_reading(input)?;
         (keyframes, timeline_joins) = (read.keyframes, read.joins);
         duration = said.unwrap_or(read.end);
+        if duration <= 0.0 {
+            return Err(EngineError::bad(
+                "nothing in it says how long it is: no packet carries a timestamp (a raw H.264 or HEVC stream, outside \
+                 any container?); put it in one first, e.g. `ffmpeg -framerate 30 -i SOURCE -c copy OUT.mp4`",
+            ));
+        }
     }
     for s in &mut streams {
         if let StreamInfo::Video(v) = s
