@@ -1204,6 +1204,18 @@ fn http_sources_are_read_with_range_requests() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(65), "{stderr}");
     assert!(stderr.contains("not a media file"), "{stderr}");
+    // A browser's recording says no duration, which over HTTP would take reading it
+    // all: refused as bad input, saying what to do (it was a 0 s source, and the
+    // audio's check failed as internal, four times).
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=160x120:d=2", "-c:v", "libvpx", "-f", "webm", "-live", "1", &dir.s("live.webm")]);
+    let o = drake(&["probe", &format!("{}/live.webm", server.url)]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(65), "{stderr}");
+    assert!(stderr.contains("says how long it is") && stderr.contains("drake remux"), "{stderr}");
+    assert!(
+        (serde_json::from_str::<Value>(&drake_ok(&["probe", &dir.s("live.webm")])).unwrap()["duration"].as_f64().unwrap() - 2.0).abs()
+            < 0.05
+    );
     // Only http(s) and plain paths: other libav protocols are refused.
     let o = drake(&["probe", &format!("concat:{src}|{src}")]);
     assert_eq!(o.status.code(), Some(65));

@@ -150,6 +150,14 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
     };
     // MPEG-TS, FLV and Matroska (see `av::keyframe_index`).
     let unindexed = streams.iter().any(|s| matches!(s, StreamInfo::Video(v) if keyframes.get(v.index).is_none_or(Option::is_none)));
+    if !local && said.is_none() {
+        // Reading the packets over HTTP would fetch the whole source once more. The
+        // farm remuxes such a source before any task reads it so (`duration_by_reading`).
+        return Err(EngineError::bad(
+            "nothing in its headers says how long it is (a Matroska or WebM written as a stream, as a browser \
+             records), and it is read over HTTP: give a local copy, or `drake remux` it first",
+        ));
+    }
     let (mut duration, mut timeline_joins) = (said.unwrap_or(0.0), 0);
     let duration_by_reading = local && said.is_none();
     // What the container does not say, a local file's packets do.
