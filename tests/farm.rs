@@ -519,7 +519,7 @@ fn a_browser_recording_without_a_duration_is_transcoded() {
     }
 
     // A raw H.264 stream (a dashcam's or DVR's export) has no timestamps to read a
-    // duration from either: its own job fails saying so (it failed on an empty remux).
+    // duration from either: its own job fails, saying so.
     let raw = dir.s("dashcam.h264");
     ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240:r=30:d=2", "-c:v", "libx264", "-f", "h264", &raw]);
     let (status, job) = c.upload(&raw, &[]);

@@ -41,8 +41,8 @@ pub struct Probe {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub duration_by_reading: bool,
     /// Set by the coordinator when it remuxed the uploaded source (into Matroska
-    /// with cues) to make it one timeline, seekable or say its duration: how many parts that
-    /// source's timeline was in. The probe is then the remuxed file's.
+    /// with cues) to make it one timeline, seekable, or say its duration: how many
+    /// parts that source's timeline was in. The probe is then the remuxed file's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remuxed_parts: Option<u32>,
 }
