@@ -159,8 +159,8 @@ pub fn describe(ictx: &ff::format::context::Input, input: &str, keyframes: Optio
         ));
     }
     let (mut duration, mut timeline_joins) = (said.unwrap_or(0.0), 0);
-    let duration_by_reading = local && said.is_none();
-    // What the container does not say, a local file's packets do.
+    // What the container does not say, a local file's packets do (a URL was refused above).
+    let duration_by_reading = said.is_none();
     if duration_by_reading || (local && wanted && unindexed) {
         let read = by_reading(input)?;
         (keyframes, timeline_joins) = (read.keyframes, read.joins);
