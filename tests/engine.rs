@@ -2077,6 +2077,57 @@ fn same_source_frames(a: &[f64], b: &[f64]) {
 
 /// A job's audio encoded once, whole, for every rendition's join: it spans the
 /// source, priming included, and is not cut anywhere.
+/// A film's audio languages are encoded side by side, a thread a track up to the
+/// task's cores, into the very bytes one thread makes, each track its own.
+#[test]
+fn audio_tracks_encode_side_by_side_into_the_bytes_one_thread_makes() {
+    let dir = Dir::new();
+    let src = dir.s("languages.mp4");
+    let tones = [330.0, 550.0, 770.0, 990.0];
+    let mut args: Vec<String> = ["-f", "lavfi", "-i", "testsrc2=s=320x240:r=10:d=8"].map(String::from).to_vec();
+    for hz in tones {
+        args.extend(["-f".into(), "lavfi".into(), "-i".into(), format!("sine=f={hz}:d=8:sample_rate=48000")]);
+    }
+    for k in 0..=tones.len() {
+        args.extend(["-map".into(), k.to_string()]);
+    }
+    for (k, language) in ["eng", "fre", "ger", "spa"].iter().enumerate() {
+        args.extend([format!("-metadata:s:a:{k}"), format!("language={language}")]);
+    }
+    args.extend(["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-ac", "2", &src].map(String::from));
+    ffmpeg(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let mut checksums = Vec::new();
+    for cores in ["1", "4"] {
+        let out = dir.path(&format!("audio-{cores}"));
+        drake_ok(&["transcode", &src, "--rendition", "240p", "--out", out.to_str().unwrap(), "--audio", "--cores", cores]);
+        let made: Value = serde_json::from_slice(&std::fs::read(out.join("audio.json")).unwrap()).unwrap();
+        assert_eq!(made["tracks"].as_array().map(Vec::len), Some(tones.len()), "{made}");
+        checksums.push(made["checksums"].clone());
+    }
+    assert!(checksums[0].as_array().is_some_and(|files| files.len() > tones.len()), "{}", checksums[0]);
+    assert_eq!(checksums[0], checksums[1], "one thread and four made different files");
+
+    // Each track kept its own tone: no thread took another's packets.
+    let out = dir.path("audio-4");
+    for (k, hz) in tones.iter().enumerate() {
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&format!("a{k}.")) && p.extension().unwrap() == "m4s")
+            .collect();
+        segments.sort();
+        let mut whole = std::fs::read(out.join(format!("a{k}.init.mp4"))).unwrap();
+        for segment in segments {
+            whole.extend(std::fs::read(segment).unwrap());
+        }
+        let track = dir.path(&format!("a{k}.mp4"));
+        std::fs::write(&track, whole).unwrap();
+        let got = tone_hz(&mono_48k(&track)[48000..6 * 48000]);
+        assert!((got - hz).abs() <= 10.0, "track a{k}: {got} Hz, made from {hz} Hz");
+    }
+}
+
 #[test]
 fn the_audio_is_encoded_once_whole_as_packets() {
     let dir = Dir::new();

@@ -511,6 +511,14 @@ fn cores() -> Option<u32> {
     Some(CORES.load(Ordering::Relaxed)).filter(|&n| n > 0)
 }
 
+/// Threads an audio task encodes its tracks on: one a track, up to the task's
+/// cores (the machine's processors when unset). AAC encoders run on one thread
+/// each, so a second track is the only way a second core helps.
+pub fn track_threads(tracks: usize) -> usize {
+    let cores = cores().map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), |n| n as usize);
+    tracks.min(cores).max(1)
+}
+
 /// Frame threads for a video decoder: libav's own rule (one more than the cores,
 /// one on a single core) applied to the task's cores; 0 (libav's count) when unset.
 fn decoder_threads() -> usize {

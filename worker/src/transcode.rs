@@ -36,6 +36,7 @@ use proto::report::{
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Limits on what a stranger's upload may ask of one transcode process.
@@ -461,36 +462,18 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
     }
     let staging = Staging::new(req.outputs[0].1)?;
     let packets_of = |t: &PlannedTrack| if t.default { AUDIO_PACKETS.to_string() } else { format!("{}.pkts", t.name) };
-    let mut muxes: Vec<Muxers> =
-        plan.audio_tracks.iter().map(|t| Muxers::packets(&staging.path(&packets_of(t)), &req.profile.video)).collect();
+    let muxes: Vec<Muxers> = plan.audio_tracks.iter().map(|t| Muxers::packets(&staging.path(&packets_of(t)), &req.profile.video)).collect();
     let start = av::start_seconds(&ictx);
-    let mut pipes = Vec::with_capacity(plan.audio_tracks.len());
-    for (t, mux) in plan.audio_tracks.iter().zip(muxes.iter_mut()) {
-        pipes.push(AudioPipe::new(&ictx, t.stream, &renditions[..1], (start, probe.duration), std::slice::from_mut(mux))?);
+    let mut encodes = Vec::with_capacity(plan.audio_tracks.len());
+    for (t, mut mux) in plan.audio_tracks.iter().zip(muxes) {
+        let pipe = AudioPipe::new(&ictx, t.stream, &renditions[..1], (start, probe.duration), std::slice::from_mut(&mut mux))?;
+        encodes.push(TrackEncode { pipe, mux });
     }
     let mut subtitles = subtitle_extractors(&ictx, &plan)?;
-    let total = probe.duration.max(0.001);
-    let mut pace = Every::half_second();
-    let mut source = SourceReader::default();
-    while let Some(pkt) = source.next(&mut ictx)? {
-        if let Some(k) = pipes.iter().position(|p| p.index == pkt.stream()) {
-            pipes[k].feed(Some(&pkt), std::slice::from_mut(&mut muxes[k]))?;
-        } else if let Some(x) = subtitles.iter_mut().flatten().find(|x| x.index == pkt.stream()) {
-            x.feed(&pkt);
-        }
-        if pace.due() {
-            let out_time = muxes.iter().map(|m| m.out_time).fold(f64::INFINITY, f64::min);
-            // Packaging the tracks' HLS is the last tenth.
-            progress(ProgressLine::Progress { fraction: (0.9 * out_time / total).clamp(0.0, 0.9), fps: 0.0, frame: 0, out_time });
-        }
-    }
-    for (pipe, mux) in pipes.iter_mut().zip(muxes.iter_mut()) {
-        pipe.feed(None, std::slice::from_mut(mux))?;
-        mux.finish()?;
-    }
+    let encodes = encode_tracks(&mut ictx, encodes, &mut subtitles, probe.duration, progress)?;
     let mut tracks = Vec::with_capacity(plan.audio_tracks.len());
     let mut written = Vec::new();
-    for (t, pipe) in plan.audio_tracks.iter().zip(&pipes) {
+    for (t, TrackEncode { pipe, .. }) in plan.audio_tracks.iter().zip(&encodes) {
         if pipe.samples == 0 {
             return Err(EngineError::bad(format!("no decodable audio in the source's stream {}", t.stream)));
         }
@@ -529,6 +512,131 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
     staging.commit(AUDIO_REPORT)?;
     progress(ProgressLine::Done { fraction: 1.0 });
     Ok(report)
+}
+
+/// One audio track of the job being encoded: its decoder, filters and encoder,
+/// and the packet file they write.
+struct TrackEncode {
+    pipe: AudioPipe,
+    mux: Muxers,
+}
+
+/// What the reading thread hands a track's encoding thread.
+enum ToTrack {
+    Packet(Packet),
+    /// The source was read through: flush the encoders and finish the files.
+    End,
+}
+
+/// Packets queued for one encoding thread before the read waits for it.
+const TRACK_QUEUE: usize = 64;
+
+/// Reads the source through once, encoding its audio tracks on
+/// [`av::track_threads`] threads and extracting its text subtitles on this one.
+/// Tracks are independent (their own decoder, filters, encoder and file), so a
+/// film's languages encode side by side on a worker with the cores for them, and
+/// each track's bytes are the same however many threads there are. Returns the
+/// tracks in the order given, finished.
+fn encode_tracks(
+    ictx: &mut format::context::Input,
+    encodes: Vec<TrackEncode>,
+    subtitles: &mut [Result<Extractor, String>],
+    duration: f64,
+    progress: &mut dyn FnMut(ProgressLine),
+) -> Result<Vec<TrackEncode>> {
+    let count = encodes.len();
+    let threads = av::track_threads(count);
+    let out_times: Vec<AtomicU64> = (0..count).map(|_| AtomicU64::new(0f64.to_bits())).collect();
+    // Tracks are dealt to the threads in turn; `route` finds a stream's thread.
+    let mut groups: Vec<Vec<(usize, TrackEncode)>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut route = BTreeMap::new();
+    for (k, encode) in encodes.into_iter().enumerate() {
+        route.insert(encode.pipe.index, k % threads);
+        groups[k % threads].push((k, encode));
+    }
+    let total = duration.max(0.001);
+    std::thread::scope(|scope| {
+        let mut queues = Vec::with_capacity(threads);
+        let mut encoders = Vec::with_capacity(threads);
+        for group in groups {
+            let (queue, packets) = std::sync::mpsc::sync_channel(TRACK_QUEUE);
+            let out_times = &out_times;
+            encoders.push(scope.spawn(move || encode_group(group, &packets, out_times)));
+            queues.push(queue);
+        }
+        // Ok(false): an encoding thread stopped, and says why when joined.
+        let mut read = || -> Result<bool> {
+            let mut source = SourceReader::default();
+            let mut pace = Every::half_second();
+            while let Some(pkt) = source.next(ictx)? {
+                if let Some(&g) = route.get(&pkt.stream()) {
+                    if queues[g].send(ToTrack::Packet(pkt)).is_err() {
+                        return Ok(false);
+                    }
+                } else if let Some(x) = subtitles.iter_mut().flatten().find(|x| x.index == pkt.stream()) {
+                    x.feed(&pkt);
+                }
+                if pace.due() {
+                    let out_time = out_times.iter().map(|t| f64::from_bits(t.load(Ordering::Relaxed))).fold(f64::INFINITY, f64::min);
+                    // Packaging the tracks' HLS is the last tenth.
+                    progress(ProgressLine::Progress { fraction: (0.9 * out_time / total).clamp(0.0, 0.9), fps: 0.0, frame: 0, out_time });
+                }
+            }
+            Ok(true)
+        };
+        let read = read();
+        if matches!(read, Ok(true)) {
+            for queue in &queues {
+                // A thread that stopped says why when joined.
+                let _ = queue.send(ToTrack::End);
+            }
+        }
+        // Without an End, a thread stops where it is.
+        drop(queues);
+        let mut finished = Vec::with_capacity(count);
+        let mut failed = None;
+        for encoder in encoders {
+            match encoder.join() {
+                Ok(Ok(group)) => finished.extend(group),
+                Ok(Err(e)) => {
+                    failed.get_or_insert(e);
+                }
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        read?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        finished.sort_by_key(|(k, _)| *k);
+        Ok(finished.into_iter().map(|(_, encode)| encode).collect())
+    })
+}
+
+/// One encoding thread of [`encode_tracks`]: feeds each packet to its track, and
+/// at the end flushes and finishes every track it has.
+fn encode_group(
+    mut group: Vec<(usize, TrackEncode)>,
+    packets: &std::sync::mpsc::Receiver<ToTrack>,
+    out_times: &[AtomicU64],
+) -> Result<Vec<(usize, TrackEncode)>> {
+    loop {
+        match packets.recv() {
+            Ok(ToTrack::Packet(pkt)) => {
+                let Some((k, t)) = group.iter_mut().find(|(_, t)| t.pipe.index == pkt.stream()) else { continue };
+                t.pipe.feed(Some(&pkt), std::slice::from_mut(&mut t.mux))?;
+                out_times[*k].store(t.mux.out_time.to_bits(), Ordering::Relaxed);
+            }
+            Ok(ToTrack::End) => break,
+            // The read failed: its error is the task's.
+            Err(_) => return Ok(group),
+        }
+    }
+    for (_, t) in &mut group {
+        t.pipe.feed(None, std::slice::from_mut(&mut t.mux))?;
+        t.mux.finish()?;
+    }
+    Ok(group)
 }
 
 /// One subtitle track as a single-file WebVTT (`s0.vtt`) and its HLS playlist
