@@ -535,8 +535,10 @@ const TRACK_QUEUE: usize = 64;
 /// [`av::track_threads`] threads and extracting its text subtitles on this one.
 /// Tracks are independent (their own decoder, filters, encoder and file), so a
 /// film's languages encode side by side on a worker with the cores for them, and
-/// each track's bytes are the same however many threads there are. Returns the
-/// tracks in the order given, finished.
+/// each track's bytes are the same however many threads there are. With one
+/// thread the tracks are encoded here, as the source is read: handing each packet
+/// to another thread cost 4% more CPU. Returns the tracks in the order given,
+/// finished.
 fn encode_tracks(
     ictx: &mut format::context::Input,
     encodes: Vec<TrackEncode>,
@@ -554,63 +556,91 @@ fn encode_tracks(
         route.insert(encode.pipe.index, k % threads);
         groups[k % threads].push((k, encode));
     }
-    let total = duration.max(0.001);
-    std::thread::scope(|scope| {
-        let mut queues = Vec::with_capacity(threads);
-        let mut encoders = Vec::with_capacity(threads);
-        for group in groups {
-            let (queue, packets) = std::sync::mpsc::sync_channel(TRACK_QUEUE);
-            let out_times = &out_times;
-            encoders.push(scope.spawn(move || encode_group(group, &packets, out_times)));
-            queues.push(queue);
-        }
-        // Ok(false): an encoding thread stopped, and says why when joined.
-        let mut read = || -> Result<bool> {
-            let mut source = SourceReader::default();
-            let mut pace = Every::half_second();
-            while let Some(pkt) = source.next(ictx)? {
-                if let Some(&g) = route.get(&pkt.stream()) {
-                    if queues[g].send(ToTrack::Packet(pkt)).is_err() {
-                        return Ok(false);
+    let mut reader = TracksReader { subtitles, out_times: &out_times, total: duration.max(0.001), progress };
+    let mut finished = if threads == 1 {
+        let mut group = groups.pop().expect("one group");
+        reader.read(ictx, &mut |pkt| feed_track(&mut group, &pkt, &out_times).map(|()| true))?;
+        finish_tracks(&mut group)?;
+        group
+    } else {
+        std::thread::scope(|scope| {
+            let mut queues = Vec::with_capacity(threads);
+            let mut encoders = Vec::with_capacity(threads);
+            for group in groups {
+                let (queue, packets) = std::sync::mpsc::sync_channel(TRACK_QUEUE);
+                let out_times = &out_times;
+                encoders.push(scope.spawn(move || encode_group(group, &packets, out_times)));
+                queues.push(queue);
+            }
+            // Ok(false): an encoding thread stopped, and says why when joined.
+            let read =
+                reader.read(ictx, &mut |pkt| Ok(route.get(&pkt.stream()).is_none_or(|&g| queues[g].send(ToTrack::Packet(pkt)).is_ok())));
+            if matches!(read, Ok(true)) {
+                for queue in &queues {
+                    // A thread that stopped says why when joined.
+                    let _ = queue.send(ToTrack::End);
+                }
+            }
+            // Without an End, a thread stops where it is.
+            drop(queues);
+            let mut finished = Vec::with_capacity(count);
+            let mut failed = None;
+            for encoder in encoders {
+                match encoder.join() {
+                    Ok(Ok(group)) => finished.extend(group),
+                    Ok(Err(e)) => {
+                        failed.get_or_insert(e);
                     }
-                } else if let Some(x) = subtitles.iter_mut().flatten().find(|x| x.index == pkt.stream()) {
-                    x.feed(&pkt);
-                }
-                if pace.due() {
-                    let out_time = out_times.iter().map(|t| f64::from_bits(t.load(Ordering::Relaxed))).fold(f64::INFINITY, f64::min);
-                    // Packaging the tracks' HLS is the last tenth.
-                    progress(ProgressLine::Progress { fraction: (0.9 * out_time / total).clamp(0.0, 0.9), fps: 0.0, frame: 0, out_time });
+                    Err(panic) => std::panic::resume_unwind(panic),
                 }
             }
-            Ok(true)
-        };
-        let read = read();
-        if matches!(read, Ok(true)) {
-            for queue in &queues {
-                // A thread that stopped says why when joined.
-                let _ = queue.send(ToTrack::End);
+            match (read?, failed) {
+                (_, Some(e)) => Err(e),
+                (false, None) => Err(EngineError::internal("encoding the audio", "a track's thread stopped without an error")),
+                (true, None) => Ok(finished),
+            }
+        })?
+    };
+    finished.sort_by_key(|(k, _)| *k);
+    Ok(finished.into_iter().map(|(_, encode)| encode).collect())
+}
+
+/// The reading side of [`encode_tracks`]: the source's packets in file order,
+/// each to its track, or its subtitle extractor, with progress on the way.
+struct TracksReader<'a> {
+    subtitles: &'a mut [Result<Extractor, String>],
+    /// Where each track's encoding has reached, in seconds (an `f64`'s bits).
+    out_times: &'a [AtomicU64],
+    total: f64,
+    progress: &'a mut dyn FnMut(ProgressLine),
+}
+
+impl TracksReader<'_> {
+    /// Reads the source through, extracting subtitles here and giving every other
+    /// packet to `track`, which says false when the track's thread has stopped:
+    /// the read then stops too, and gives false.
+    fn read(&mut self, ictx: &mut format::context::Input, track: &mut dyn FnMut(Packet) -> Result<bool>) -> Result<bool> {
+        let mut source = SourceReader::default();
+        let mut pace = Every::half_second();
+        while let Some(pkt) = source.next(ictx)? {
+            if let Some(x) = self.subtitles.iter_mut().flatten().find(|x| x.index == pkt.stream()) {
+                x.feed(&pkt);
+            } else if !track(pkt)? {
+                return Ok(false);
+            }
+            if pace.due() {
+                let out_time = self.out_times.iter().map(|t| f64::from_bits(t.load(Ordering::Relaxed))).fold(f64::INFINITY, f64::min);
+                // Packaging the tracks' HLS is the last tenth.
+                (self.progress)(ProgressLine::Progress {
+                    fraction: (0.9 * out_time / self.total).clamp(0.0, 0.9),
+                    fps: 0.0,
+                    frame: 0,
+                    out_time,
+                });
             }
         }
-        // Without an End, a thread stops where it is.
-        drop(queues);
-        let mut finished = Vec::with_capacity(count);
-        let mut failed = None;
-        for encoder in encoders {
-            match encoder.join() {
-                Ok(Ok(group)) => finished.extend(group),
-                Ok(Err(e)) => {
-                    failed.get_or_insert(e);
-                }
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        read?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        finished.sort_by_key(|(k, _)| *k);
-        Ok(finished.into_iter().map(|(_, encode)| encode).collect())
-    })
+        Ok(true)
+    }
 }
 
 /// One encoding thread of [`encode_tracks`]: feeds each packet to its track, and
@@ -622,21 +652,32 @@ fn encode_group(
 ) -> Result<Vec<(usize, TrackEncode)>> {
     loop {
         match packets.recv() {
-            Ok(ToTrack::Packet(pkt)) => {
-                let Some((k, t)) = group.iter_mut().find(|(_, t)| t.pipe.index == pkt.stream()) else { continue };
-                t.pipe.feed(Some(&pkt), std::slice::from_mut(&mut t.mux))?;
-                out_times[*k].store(t.mux.out_time.to_bits(), Ordering::Relaxed);
-            }
+            Ok(ToTrack::Packet(pkt)) => feed_track(&mut group, &pkt, out_times)?,
             Ok(ToTrack::End) => break,
             // The read failed: its error is the task's.
             Err(_) => return Ok(group),
         }
     }
-    for (_, t) in &mut group {
+    finish_tracks(&mut group)?;
+    Ok(group)
+}
+
+/// Feeds a packet to the track of `group` it belongs to (none: it is dropped).
+fn feed_track(group: &mut [(usize, TrackEncode)], pkt: &Packet, out_times: &[AtomicU64]) -> Result<()> {
+    if let Some((k, t)) = group.iter_mut().find(|(_, t)| t.pipe.index == pkt.stream()) {
+        t.pipe.feed(Some(pkt), std::slice::from_mut(&mut t.mux))?;
+        out_times[*k].store(t.mux.out_time.to_bits(), Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Flushes each track's decoder, filters and encoder, and finishes its file.
+fn finish_tracks(group: &mut [(usize, TrackEncode)]) -> Result<()> {
+    for (_, t) in group {
         t.pipe.feed(None, std::slice::from_mut(&mut t.mux))?;
         t.mux.finish()?;
     }
-    Ok(group)
+    Ok(())
 }
 
 /// One subtitle track as a single-file WebVTT (`s0.vtt`) and its HLS playlist
