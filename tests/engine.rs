@@ -2075,8 +2075,6 @@ fn same_source_frames(a: &[f64], b: &[f64]) {
     assert!(differ.is_empty(), "frames showing other source frames (frame, one, other): {differ:?}");
 }
 
-/// A job's audio encoded once, whole, for every rendition's join: it spans the
-/// source, priming included, and is not cut anywhere.
 /// A film's audio languages are encoded side by side, a thread a track up to the
 /// task's cores, into the very bytes one thread makes, each track its own.
 #[test]
@@ -2128,6 +2126,8 @@ fn audio_tracks_encode_side_by_side_into_the_bytes_one_thread_makes() {
     }
 }
 
+/// A job's audio encoded once, whole, for every rendition's join: it spans the
+/// source, priming included, and is not cut anywhere.
 #[test]
 fn the_audio_is_encoded_once_whole_as_packets() {
     let dir = Dir::new();

@@ -462,10 +462,10 @@ pub fn run_audio(req: &Request, progress: &mut dyn FnMut(ProgressLine)) -> Resul
     }
     let staging = Staging::new(req.outputs[0].1)?;
     let packets_of = |t: &PlannedTrack| if t.default { AUDIO_PACKETS.to_string() } else { format!("{}.pkts", t.name) };
-    let muxes: Vec<Muxers> = plan.audio_tracks.iter().map(|t| Muxers::packets(&staging.path(&packets_of(t)), &req.profile.video)).collect();
     let start = av::start_seconds(&ictx);
     let mut encodes = Vec::with_capacity(plan.audio_tracks.len());
-    for (t, mut mux) in plan.audio_tracks.iter().zip(muxes) {
+    for t in &plan.audio_tracks {
+        let mut mux = Muxers::packets(&staging.path(&packets_of(t)), &req.profile.video);
         let pipe = AudioPipe::new(&ictx, t.stream, &renditions[..1], (start, probe.duration), std::slice::from_mut(&mut mux))?;
         encodes.push(TrackEncode { pipe, mux });
     }
